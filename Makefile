@@ -1,0 +1,63 @@
+# Thin wrapper over CMake. The two commands of the README:
+#   make run    install what is missing, build, start cyan with ./data
+#   make test   install what is missing, build, run every test
+# Others: make build, make asan, make fuzz, make bench, make clean.
+JOBS    ?= $(shell nproc)
+BUILD   ?= build
+ASAN    ?= build-asan
+FUZZB   ?= build-fuzz
+DATA    ?= data
+CONF    ?= etc/cyan.conf
+FUZZ_SECONDS ?= 20
+PYTHON  := /usr/bin/python3
+
+.PHONY: all build run test unit valgrind integration asan fuzz bench clean deps deps-test
+
+all: build
+
+deps:
+	@scripts/deps.sh build
+
+deps-test:
+	@scripts/deps.sh test
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+asan: deps-test
+	@cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DCYAN_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN) -j $(JOBS)
+
+run: build
+	@mkdir -p $(DATA)
+	$(BUILD)/cyan -c $(CONF) --data_dir=$(DATA)
+
+# Unit tests under ASan/UBSan, then again under valgrind; integration tests
+# drive the ASan binary with real clients; the fuzzer runs briefly on its corpus.
+test: deps-test build asan
+	@$(MAKE) --no-print-directory unit valgrind integration fuzz
+
+unit:
+	@cd $(ASAN) && ctest --output-on-failure -j $(JOBS)
+
+valgrind:
+	@set -e; for t in $(BUILD)/test_*; do \
+	  valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite $$t >/dev/null 2>$$t.vg || { cat $$t.vg; exit 1; }; \
+	done; echo "valgrind: all unit tests clean"
+
+integration:
+	@CYAN_BIN=$(CURDIR)/$(ASAN)/cyan $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+fuzz: deps-test
+	@CC=clang cmake -S . -B $(FUZZB) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DCYAN_FUZZ=ON >/dev/null
+	@cmake --build $(FUZZB) -j $(JOBS) --target fuzz_mqtt_codec
+	@mkdir -p $(FUZZB)/corpus && cp tests/fuzz/corpus/mqtt/* $(FUZZB)/corpus/
+	@$(FUZZB)/fuzz_mqtt_codec -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZB)/corpus 2>&1 | tail -n 4
+
+bench: build
+	@scripts/deps.sh bench
+	@bench/run.sh
+
+clean:
+	rm -rf $(BUILD) $(ASAN) $(FUZZB)

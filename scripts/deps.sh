@@ -1,0 +1,21 @@
+#!/bin/sh
+# Installs the Debian 12 packages cyan needs to build, run and test, when missing.
+# Usage: scripts/deps.sh [build|test|bench]   (each level includes the previous)
+set -eu
+level=${1:-build}
+pkgs="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libssl-dev sqlite3"
+case "$level" in
+  test|bench) pkgs="$pkgs libcmocka-dev python3-pytest python3-paho-mqtt mosquitto-clients clang valgrind" ;;
+esac
+case "$level" in
+  bench) pkgs="$pkgs mosquitto strace util-linux" ;;
+esac
+missing=""
+for p in $pkgs; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "cyan: installing Debian packages:$missing" >&2
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,2 @@
+/* placeholder until the broker lands */
+int cy_broker_placeholder_;

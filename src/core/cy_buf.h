@@ -1,0 +1,46 @@
+/* cy_buf: a growable byte buffer, the unit of I/O.
+ *
+ * Bytes live in data[off .. len). Appends grow the buffer geometrically;
+ * cy_buf_consume advances off and compacts lazily, so reading a stream of
+ * packets out of one buffer costs no memmove per packet.
+ *
+ * Ownership: the buffer owns data; cy_buf_fini frees it and is safe on a
+ * zeroed buffer. Errors: CY_ENOMEM. Thread: the owner's.
+ */
+#ifndef CY_BUF_H
+#define CY_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct cy_buf {
+    uint8_t *data;
+    size_t off; /* first unconsumed byte */
+    size_t len; /* end of valid bytes */
+    size_t cap; /* allocated bytes */
+} cy_buf;
+
+void cy_buf_init(cy_buf *b);
+void cy_buf_fini(cy_buf *b);
+/* Ensure room for n more bytes after len. */
+int cy_buf_reserve(cy_buf *b, size_t n);
+int cy_buf_append(cy_buf *b, const void *p, size_t n);
+int cy_buf_put_u8(cy_buf *b, uint8_t v);
+int cy_buf_put_u16(cy_buf *b, uint16_t v); /* big endian */
+int cy_buf_put_u32(cy_buf *b, uint32_t v); /* big endian */
+static inline size_t cy_buf_size(const cy_buf *b)
+{
+    return b->len - b->off;
+}
+static inline uint8_t *cy_buf_head(const cy_buf *b)
+{
+    return b->data + b->off;
+}
+/* Drop n bytes from the front. */
+void cy_buf_consume(cy_buf *b, size_t n);
+/* Empty the buffer, keeping its memory. */
+void cy_buf_reset(cy_buf *b);
+/* Release memory above a small floor when the buffer is empty (idle connections). */
+void cy_buf_shrink(cy_buf *b);
+
+#endif

@@ -1,0 +1,63 @@
+/* cy_log: formatted single-write log lines; see cy_log.h. */
+#include "core/cy_log.h"
+
+#include "core/cy_err.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static cy_log_level min_level = CY_LOG_INFO;
+static const char *names[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
+
+void cy_log_set_level(cy_log_level lvl)
+{
+    min_level = lvl;
+}
+
+int cy_log_enabled(cy_log_level lvl)
+{
+    return lvl >= min_level;
+}
+
+int cy_log_parse_level(const char *s, cy_log_level *out)
+{
+    static const char *words[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++)
+        if (strcmp(s, words[i]) == 0) {
+            *out = (cy_log_level)i;
+            return 0;
+        }
+    return CY_EINVAL;
+}
+
+void cy_log(cy_log_level lvl, const char *client, const char *fmt, ...)
+{
+    if (lvl < min_level) return;
+    char line[1024];
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s ",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                     tm.tm_sec, (int)(tv.tv_usec / 1000), names[lvl]);
+    if (client && n < (int)sizeof(line))
+        n += snprintf(line + n, sizeof(line) - (size_t)n, "client=%.200s ", client);
+    if (n < (int)sizeof(line)) {
+        va_list ap;
+        va_start(ap, fmt);
+        n += vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+        va_end(ap);
+    }
+    if (n >= (int)sizeof(line) - 1) n = (int)sizeof(line) - 2;
+    /* Control characters from client-supplied text must not forge lines. */
+    for (int i = 0; i < n; i++)
+        if ((unsigned char)line[i] < 0x20) line[i] = '?';
+    line[n++] = '\n';
+    ssize_t w = write(STDERR_FILENO, line, (size_t)n);
+    (void)w;
+}

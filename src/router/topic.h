@@ -1,0 +1,106 @@
+/* topic: MQTT topic names, topic filters, and the trees that match them.
+ *
+ * Rules (MQTT 5 4.7, the same in 3.1.1):
+ *   - levels are separated by '/'; empty levels are allowed ("a//b", "/a").
+ *   - '+' matches exactly one level and must fill its whole level:
+ *     "a/+/c" matches "a/b/c" and "a//c", not "a/b/x/c". "a/b+" is invalid.
+ *   - '#' matches the parent level and any number of levels below it, and
+ *     must be the last character, alone in its level: "a/#" matches "a",
+ *     "a/b" and "a/b/c"; "a#" and "a/#/b" are invalid.
+ *   - a topic name (what PUBLISH carries) has no wildcards.
+ *   - a filter that starts with a wildcard does not match a topic that
+ *     starts with '$': "#" and "+/x" do not match "$SYS/x"; "$SYS/#" does.
+ *   - "$share/{group}/{filter}" is a shared subscription: the group name is
+ *     non-empty and holds no '/', '+' or '#'; the filter after it is any
+ *     valid filter. Each message goes to one member of each group.
+ *   - names and filters are 1 to 65535 bytes of UTF-8 (the codec checks the
+ *     UTF-8; these functions check the structure).
+ *
+ * Two trees, both tries keyed by topic level:
+ *   cy_topic_tree holds subscriptions (owner, options, subscription id) and
+ *   answers "who is subscribed to this topic".
+ *   cy_retain holds one value per topic name and answers "which retained
+ *   values match this filter".
+ * Owners and values are opaque void pointers the caller manages; the trees
+ * never dereference them.
+ *
+ * Errors: CY_ENOMEM, CY_EINVAL (an invalid filter or name), CY_ENOENT.
+ * Thread: a tree belongs to one loop thread.
+ */
+#ifndef CY_TOPIC_H
+#define CY_TOPIC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+bool cy_topic_valid_name(const char *name, size_t len);
+/* Valid filter, including "$share/group/filter". */
+bool cy_topic_valid_filter(const char *filter, size_t len);
+/* If filter is "$share/group/f", set *group/*group_len and *f/*f_len to
+ * the parts and return true; otherwise return false. Does not validate. */
+bool cy_topic_split_shared(const char *filter, size_t len, const char **group, size_t *group_len,
+                           const char **f, size_t *f_len);
+/* Does the (non-shared, valid) filter match the (valid) topic name? */
+bool cy_topic_matches(const char *filter, size_t flen, const char *name, size_t nlen);
+
+/* ---- subscription tree ---- */
+
+typedef struct cy_topic_tree cy_topic_tree;
+
+/* Subscription options, packed as in the SUBSCRIBE options byte: bits 0-1
+ * QoS, bit 2 no-local, bit 3 retain-as-published, bits 4-5 retain handling. */
+#define CY_SUBOPT_QOS(o) ((o)&3u)
+#define CY_SUBOPT_NO_LOCAL 0x04u
+#define CY_SUBOPT_RAP 0x08u
+#define CY_SUBOPT_RH(o) (((o) >> 4) & 3u)
+
+/* Called once per matching subscription. For a shared group it is called
+ * once per group, with the member chosen for this message; `shared` is
+ * true then. */
+typedef void (*cy_topic_match_fn)(void *ctx, void *owner, uint8_t opts, uint32_t sub_id,
+                                  bool shared);
+/* Asked while choosing a shared-group member: may this owner take the
+ * message now (e.g. is it online)? Members are tried round robin from the
+ * one after the last chosen; if none accepts, the next in turn is chosen
+ * anyway. May be NULL (every member accepts). */
+typedef bool (*cy_topic_accept_fn)(void *ctx, void *owner);
+
+int cy_topic_tree_new(cy_topic_tree **out);
+/* Frees the tree; owners are not touched. Safe on NULL. */
+void cy_topic_tree_free(cy_topic_tree *t);
+/* Add owner's subscription to filter (shared filters included), or replace
+ * its options and id if owner already has it; *existed (may be NULL) says
+ * which. The filter bytes are copied. Errors: CY_EINVAL, CY_ENOMEM. */
+int cy_topic_tree_add(cy_topic_tree *t, const char *filter, size_t len, void *owner, uint8_t opts,
+                      uint32_t sub_id, bool *existed);
+/* Remove owner's subscription to filter. Errors: CY_ENOENT. Empty nodes are
+ * pruned. */
+int cy_topic_tree_remove(cy_topic_tree *t, const char *filter, size_t len, void *owner);
+/* Call fn for every subscription matching topic name. The callback must not
+ * modify the tree. */
+void cy_topic_tree_match(cy_topic_tree *t, const char *name, size_t len, cy_topic_match_fn fn,
+                         cy_topic_accept_fn accept, void *ctx);
+/* Number of subscriptions held (each shared member counts once). */
+size_t cy_topic_tree_count(const cy_topic_tree *t);
+
+/* ---- retained values ---- */
+
+typedef struct cy_retain cy_retain;
+
+int cy_retain_new(cy_retain **out);
+/* Frees the tree, calling release(value) for each value held (release may
+ * be NULL). Safe on NULL. */
+void cy_retain_free(cy_retain *r, void (*release)(void *value));
+/* Set the value of topic name (copied); value NULL deletes it. The value it
+ * replaces (or NULL) is returned in *old for the caller to release.
+ * Errors: CY_EINVAL (not a valid name), CY_ENOMEM (then nothing changed). */
+int cy_retain_set(cy_retain *r, const char *name, size_t len, void *value, void **old);
+void *cy_retain_get(cy_retain *r, const char *name, size_t len);
+/* Call fn for each value whose topic matches the (non-shared) filter, with
+ * the '$' rule applied. The callback must not modify the tree. */
+void cy_retain_match(cy_retain *r, const char *filter, size_t len,
+                     void (*fn)(void *ctx, const char *name, size_t len, void *value), void *ctx);
+size_t cy_retain_count(const cy_retain *r);
+
+#endif

@@ -1,0 +1,158 @@
+/* store: what cyan keeps on disk, in SQLite (WAL mode).
+ *
+ * Two handles, two files, because they have different owners once cyan
+ * runs as shards:
+ *   cy_registry  the device registry (devices, their hashed secrets). One
+ *                file for the whole node ("registry.db"), read by every
+ *                process, written by the admin command and the API.
+ *   cy_store     the broker state of one event loop ("broker.db"; later one
+ *                file per shard): persistent sessions, their subscriptions,
+ *                the messages queued or in flight for them, the packet ids
+ *                of inbound QoS 2 messages not yet released, and retained
+ *                messages.
+ *
+ * Durability: group commit. The first write after cy_store_commit opens a
+ * transaction; the loop calls cy_store_commit once per pass, *before* it
+ * flushes any acknowledgement to a socket. So a PUBACK is never on the wire
+ * before the message it acknowledges is in the WAL. With sync "normal" a
+ * committed transaction survives the process being killed (the shard-death
+ * case); with sync "full" it also survives power loss, at an fsync per
+ * commit.
+ *
+ * Secrets: device secrets are 128-bit random values made by cyan, so a
+ * single salted HMAC-SHA256 is as strong as a slow password hash would be
+ * and costs microseconds per CONNECT. Only the salt and the hash are stored;
+ * comparison is constant time.
+ *
+ * Ownership: every pointer argument is borrowed (copied into SQLite where
+ * kept). Pointers handed to loader callbacks are valid only during the call.
+ * Errors: CY_ESTORE (SQLite failed; the message is logged once here),
+ * CY_ENOENT, CY_EEXIST, CY_EACCES, CY_ENOMEM, CY_EINVAL.
+ * Thread: a handle belongs to the thread that opened it.
+ */
+#ifndef CY_STORE_H
+#define CY_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- device registry ---- */
+
+typedef struct cy_registry cy_registry;
+
+#define CY_DEVICE_ID_LEN 24     /* hex characters */
+#define CY_DEVICE_SECRET_LEN 32 /* hex characters (128 bits) */
+#define CY_DEVICE_NAME_MAX 64
+
+typedef struct cy_device {
+    char id[CY_DEVICE_ID_LEN + 1];
+    char name[CY_DEVICE_NAME_MAX + 1];
+    int64_t created_at; /* wall ms */
+} cy_device;
+
+/* Open (creating if needed) the registry at path. */
+int cy_registry_open(const char *path, cy_registry **out);
+void cy_registry_close(cy_registry *r); /* safe on NULL */
+/* Create a device named name (1..CY_DEVICE_NAME_MAX printable characters,
+ * unique: CY_EEXIST otherwise). Writes its new id and its secret (shown
+ * once, never stored) as NUL-terminated hex. */
+int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVICE_ID_LEN + 1],
+                           char secret_out[CY_DEVICE_SECRET_LEN + 1]);
+/* 0 if id exists and secret matches; CY_ENOENT if no such device;
+ * CY_EACCES if the secret is wrong. */
+int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, const uint8_t *secret,
+                             size_t secret_len);
+/* Look a device up by id or by name. */
+int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out);
+/* Remove by id or by name. CY_ENOENT if absent. */
+int cy_registry_device_remove(cy_registry *r, const char *id_or_name);
+/* Calls fn for each device in creation order; stops early if fn returns non-zero
+ * and returns that value. */
+int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device *d), void *ctx);
+
+/* ---- broker state ---- */
+
+typedef struct cy_store cy_store;
+
+/* Delivery states of a queued message (what the peer has seen). */
+enum {
+    CY_MSG_QUEUED = 0,  /* not yet sent */
+    CY_MSG_SENT = 1,    /* PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2) */
+    CY_MSG_RELEASED = 2 /* PUBREL sent, waiting for PUBCOMP (QoS 2) */
+};
+
+/* One message queued for one session. */
+typedef struct cy_store_msg {
+    int64_t id; /* row id: set by cy_store_msg_put, increasing in enqueue order */
+    const char *topic;
+    size_t topic_len;
+    const uint8_t *payload;
+    size_t payload_len;
+    const uint8_t *props; /* pass-through MQTT 5 properties, encoded; may be NULL */
+    size_t props_len;
+    uint8_t qos;
+    bool retain;
+    int64_t expiry_at; /* wall ms; 0 = never expires */
+    uint16_t packet_id; /* 0 until sent */
+    uint8_t state;      /* CY_MSG_* */
+    const uint32_t *sub_ids; /* subscription identifiers to report */
+    uint32_t n_sub_ids;
+} cy_store_msg;
+
+/* A persistent session. */
+typedef struct cy_store_session {
+    const char *client_id;
+    uint8_t version;         /* protocol version of its last connection */
+    uint32_t expiry;         /* session expiry interval, s; 0xFFFFFFFF = never */
+    int64_t disconnected_at; /* wall ms; 0 while connected */
+} cy_store_session;
+
+/* What cy_store_load reports, in this order: every session, then for each
+ * session its subscriptions, messages (in id order) and inbound QoS 2 ids,
+ * then every retained message. Any callback may be NULL. A non-zero return
+ * stops the load and is returned. */
+typedef struct cy_store_loader {
+    int (*session)(void *ctx, const cy_store_session *s);
+    int (*sub)(void *ctx, const char *client_id, const char *filter, uint8_t opts, uint32_t sub_id);
+    int (*msg)(void *ctx, const char *client_id, const cy_store_msg *m);
+    int (*inq2)(void *ctx, const char *client_id, uint16_t packet_id);
+    /* For retained messages m->packet_id, state and sub ids are unused. */
+    int (*retained)(void *ctx, const cy_store_msg *m);
+} cy_store_loader;
+
+/* Open (creating if needed) the store at path. sync_full: fsync every
+ * commit (power-loss safe) instead of WAL's "normal". */
+int cy_store_open(const char *path, bool sync_full, cy_store **out);
+/* Commits anything pending, then closes. Safe on NULL. */
+void cy_store_close(cy_store *s);
+/* Commit the open transaction, if any. Called once per loop pass. */
+int cy_store_commit(cy_store *s);
+/* Number of writes since the last commit (0 = nothing pending). */
+size_t cy_store_pending(const cy_store *s);
+
+int cy_store_load(cy_store *s, const cy_store_loader *l, void *ctx);
+
+/* Insert or update the session row. */
+int cy_store_session_put(cy_store *s, const cy_store_session *sess);
+/* Delete the session with its subscriptions, messages and inbound ids. */
+int cy_store_session_delete(cy_store *s, const char *client_id);
+
+int cy_store_sub_put(cy_store *s, const char *client_id, const char *filter, size_t filter_len,
+                     uint8_t opts, uint32_t sub_id);
+int cy_store_sub_delete(cy_store *s, const char *client_id, const char *filter, size_t filter_len);
+
+/* Append m to client_id's queue; sets m->id. */
+int cy_store_msg_put(cy_store *s, const char *client_id, cy_store_msg *m);
+/* Record that message id was sent with packet_id, or moved to state. */
+int cy_store_msg_update(cy_store *s, int64_t id, uint16_t packet_id, uint8_t state);
+int cy_store_msg_delete(cy_store *s, int64_t id);
+
+int cy_store_inq2_put(cy_store *s, const char *client_id, uint16_t packet_id);
+int cy_store_inq2_delete(cy_store *s, const char *client_id, uint16_t packet_id);
+
+/* Set topic's retained message (m's topic); cy_store_retain_delete clears it. */
+int cy_store_retain_put(cy_store *s, const cy_store_msg *m);
+int cy_store_retain_delete(cy_store *s, const char *topic, size_t topic_len);
+
+#endif
