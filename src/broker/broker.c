@@ -1,2 +1,363 @@
-/* placeholder until the broker lands */
-int cy_broker_placeholder_;
+/* broker: lifecycle of one loop's broker, and the work that is not a packet.
+ *
+ * - Start: load persistent sessions (with their subscriptions, queued and
+ *   in-flight messages, inbound QoS 2 ids) and retained messages from the
+ *   store; sessions whose expiry ran out while cyan was down are ended.
+ * - Each loop pass ends in the check handle: commit the store, then flush
+ *   every connection with output (see broker.h for why in that order).
+ * - A sweep timer every 250 ms closes sockets that sent no CONNECT within
+ *   connect_timeout and clients silent for 1.5 x their keep-alive, publishes
+ *   wills whose delay has passed, ends offline sessions whose expiry has
+ *   passed, and every sys_interval publishes the counters that changed as
+ *   retained $SYS/cyan/<name> messages.
+ * - Stop: refuse new work, close connections (MQTT 5 clients get 0x8B),
+ *   record offline time of persistent sessions, commit, close handles.
+ */
+#include "broker/broker_int.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const cy_counters *cy_broker_counters(const cy_broker *b)
+{
+    return &b->stats;
+}
+
+/* ---- loading persistent state ---- */
+
+static int load_session(void *ctx, const cy_store_session *sr)
+{
+    cy_broker *b = ctx;
+    cy_session *s = cy_session_new(b, sr->client_id, strlen(sr->client_id));
+    if (!s) return CY_ENOMEM;
+    s->version = sr->version;
+    s->expiry = sr->expiry;
+    s->persistent = true;
+    int64_t now_wall = cy_wall_ms();
+    int64_t away = sr->disconnected_at ? now_wall - sr->disconnected_at : 0;
+    if (away < 0) away = 0;
+    s->offline_since = (int64_t)uv_now(b->loop) - away;
+    if (s->offline_since <= 0) s->offline_since = 1;
+    cy_offline_link(b, s);
+    return 0;
+}
+
+static int load_sub(void *ctx, const char *client_id, const char *filter, uint8_t opts,
+                    uint32_t sub_id)
+{
+    cy_broker *b = ctx;
+    cy_session *s = cy_map_get(&b->sessions, client_id, strlen(client_id));
+    if (!s) return 0;
+    size_t len = strlen(filter);
+    if (cy_topic_tree_add(b->subs, filter, len, s, opts, sub_id, NULL)) return CY_ENOMEM;
+    if (cy_session_add_sub(s, filter, len, opts, sub_id)) return CY_ENOMEM;
+    b->stats.subscriptions++;
+    return 0;
+}
+
+static int load_msg(void *ctx, const char *client_id, const cy_store_msg *sm)
+{
+    cy_broker *b = ctx;
+    cy_session *s = cy_map_get(&b->sessions, client_id, strlen(client_id));
+    if (!s) return 0;
+    cy_msg *m = cy_msg_new(sm->topic, sm->topic_len, sm->payload, sm->payload_len, sm->props,
+                           sm->props_len, sm->qos, sm->retain, sm->expiry_at);
+    uint32_t n = sm->n_sub_ids > 255 ? 255 : sm->n_sub_ids;
+    cy_delivery *d = m ? cy_malloc(sizeof(*d) + n * sizeof(uint32_t)) : NULL;
+    if (!d) {
+        cy_msg_unref(m);
+        return CY_ENOMEM;
+    }
+    d->msg = m;
+    d->store_id = sm->id;
+    d->packet_id = sm->packet_id;
+    d->qos = sm->qos;
+    d->state = sm->state;
+    d->retain = sm->retain;
+    d->n_sub_ids = (uint8_t)n;
+    if (n) memcpy(d->sub_ids, sm->sub_ids, n * sizeof(uint32_t));
+    /* In-flight ones go before the first queued one, queued ones at the end. */
+    cy_delivery *before = d->state == CY_MSG_QUEUED ? NULL : s->next_send;
+    d->next = before;
+    d->prev = before ? before->prev : s->tail;
+    if (d->prev)
+        d->prev->next = d;
+    else
+        s->head = d;
+    if (before)
+        before->prev = d;
+    else
+        s->tail = d;
+    if (d->state == CY_MSG_QUEUED) {
+        if (!s->next_send) s->next_send = d;
+        s->n_queued++;
+    } else {
+        s->n_inflight++;
+        if (d->packet_id > s->last_packet_id) s->last_packet_id = d->packet_id;
+    }
+    return 0;
+}
+
+static int load_inq2(void *ctx, const char *client_id, uint16_t id)
+{
+    cy_broker *b = ctx;
+    cy_session *s = cy_map_get(&b->sessions, client_id, strlen(client_id));
+    return s ? cy_session_add_inq2(s, id) : 0;
+}
+
+static int load_retained(void *ctx, const cy_store_msg *sm)
+{
+    cy_broker *b = ctx;
+    cy_msg *m = cy_msg_new(sm->topic, sm->topic_len, sm->payload, sm->payload_len, sm->props,
+                           sm->props_len, sm->qos, true, sm->expiry_at);
+    if (!m) return CY_ENOMEM;
+    void *old = NULL;
+    int rc = cy_retain_set(b->retained, m->topic, m->topic_len, m, &old);
+    if (rc) {
+        cy_msg_unref(m);
+        return rc == CY_EINVAL ? 0 : rc;
+    }
+    if (old)
+        cy_msg_unref(old);
+    else
+        b->stats.retained_messages++;
+    return 0;
+}
+
+static bool session_expired(const cy_broker *b, const cy_session *s, int64_t now)
+{
+    return s->expiry != 0xFFFFFFFFu && now - s->offline_since >= (int64_t)s->expiry * 1000;
+}
+
+/* ---- the end of each loop pass ---- */
+
+static void on_pass_end(uv_check_t *h)
+{
+    cy_broker *b = h->data;
+    while (b->dirty || cy_store_pending(b->store)) {
+        if (cy_store_pending(b->store) && cy_store_commit(b->store))
+            cy_error(NULL, "store commit failed; acknowledgements are held back");
+        cy_conn *list = b->dirty;
+        b->dirty = NULL;
+        while (list) {
+            cy_conn *c = list;
+            list = c->dirty_next;
+            c->dirty = false;
+            c->dirty_next = NULL;
+            cy_conn_flush(c);
+        }
+    }
+}
+
+/* ---- the sweep ---- */
+
+static void publish_sys(cy_broker *b)
+{
+    static const char *names[] = {
+#define CY_COUNTER_NAME(name, doc) #name,
+        CY_COUNTERS(CY_COUNTER_NAME)
+#undef CY_COUNTER_NAME
+    };
+    const uint64_t *now = (const uint64_t *)&b->stats;
+    uint64_t *last = (uint64_t *)&b->sys_last;
+    bool first = b->sys_next == 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (!first && now[i] == last[i]) continue;
+        last[i] = now[i];
+        char topic[64], payload[24];
+        int tl = snprintf(topic, sizeof(topic), "$SYS/cyan/%s", names[i]);
+        int pl = snprintf(payload, sizeof(payload), "%llu", (unsigned long long)now[i]);
+        cy_msg *m = cy_msg_new(topic, (size_t)tl, (const uint8_t *)payload, (size_t)pl, NULL, 0,
+                               0, true, 0);
+        if (!m) return;
+        cy_route_publish(b, m, NULL);
+        cy_msg_unref(m);
+    }
+}
+
+static void on_sweep(uv_timer_t *t)
+{
+    cy_broker *b = t->data;
+    int64_t now = (int64_t)uv_now(b->loop);
+    for (cy_conn *c = b->conns; c; c = c->next) {
+        if (c->state == CONN_NEW && now - c->accepted_at > (int64_t)b->cfg->connect_timeout * 1000) {
+            b->stats.connect_timeouts++;
+            cy_conn_close(c, 0, "no CONNECT within connect_timeout");
+        } else if (c->state == CONN_ACTIVE && c->keepalive &&
+                   now - c->last_rx > (int64_t)c->keepalive * 1500) {
+            b->stats.keepalive_timeouts++;
+            cy_conn_close(c, CY_RC_KEEP_ALIVE_TIMEOUT, "keep-alive timeout");
+        }
+    }
+    cy_session *s = b->offline;
+    while (s) {
+        cy_session *next = s->offline_next;
+        if (session_expired(b, s, now)) {
+            cy_session_end(b, s); /* publishes a pending will */
+        } else if (s->will && s->will_at && now >= s->will_at) {
+            cy_msg *m = s->will;
+            s->will = NULL;
+            s->will_at = 0;
+            cy_info(s->client_id, "publishing will on %s after its delay", m->topic);
+            cy_route_publish(b, m, NULL);
+            cy_msg_unref(m);
+        }
+        s = next;
+    }
+    if (b->cfg->sys_interval && now >= b->sys_next) {
+        publish_sys(b);
+        b->sys_next = now + (int64_t)b->cfg->sys_interval * 1000;
+    }
+}
+
+/* ---- lifecycle ---- */
+
+int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_registry *registry,
+                  cy_broker **out)
+{
+    cy_broker *b = cy_calloc(1, sizeof(*b));
+    if (!b) return CY_ENOMEM;
+    b->loop = loop;
+    b->cfg = cfg;
+    b->store = store;
+    b->registry = registry;
+    cy_map_init(&b->sessions);
+    cy_buf_init(&b->scratch);
+    int rc = cy_topic_tree_new(&b->subs);
+    if (!rc) rc = cy_retain_new(&b->retained);
+    if (rc) goto fail;
+    cy_store_loader l = {
+        .session = load_session,
+        .sub = load_sub,
+        .msg = load_msg,
+        .inq2 = load_inq2,
+        .retained = load_retained,
+    };
+    rc = cy_store_load(store, &l, b);
+    if (rc) goto fail;
+    /* End what expired while we were down. */
+    int64_t now = (int64_t)uv_now(loop);
+    size_t ended = 0;
+    for (cy_session *s = b->offline, *n; s; s = n) {
+        n = s->offline_next;
+        if (session_expired(b, s, now)) {
+            cy_session_end(b, s);
+            ended++;
+        }
+    }
+    cy_store_commit(store);
+    cy_info(NULL, "loaded %llu sessions, %llu subscriptions, %llu retained messages%s",
+            (unsigned long long)b->stats.sessions, (unsigned long long)b->stats.subscriptions,
+            (unsigned long long)b->stats.retained_messages, ended ? " (expired ones ended)" : "");
+    *out = b;
+    return 0;
+fail:
+    cy_broker_free(b);
+    return rc;
+}
+
+static int parse_listen(const char *spec, struct sockaddr_storage *ss)
+{
+    char host[128];
+    const char *colon = strrchr(spec, ':');
+    if (!colon || colon == spec || (size_t)(colon - spec) >= sizeof(host)) return CY_EINVAL;
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port < 0 || port > 65535) return CY_EINVAL;
+    char *h = host;
+    if (h[0] == '[') { /* [::1]:1883 */
+        h++;
+        h[strlen(h) - 1] = '\0';
+    }
+    if (uv_ip4_addr(h, (int)port, (struct sockaddr_in *)ss) == 0) return 0;
+    if (uv_ip6_addr(h, (int)port, (struct sockaddr_in6 *)ss) == 0) return 0;
+    return CY_EINVAL;
+}
+
+int cy_broker_start(cy_broker *b)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    if (parse_listen(b->cfg->mqtt_listen, &ss)) {
+        cy_error(NULL, "mqtt_listen: cannot parse '%s' (expected host:port)", b->cfg->mqtt_listen);
+        return CY_EINVAL;
+    }
+    uv_tcp_init(b->loop, &b->listener);
+    b->listener.data = b;
+    b->listening = true;
+    int rc = uv_tcp_bind(&b->listener, (struct sockaddr *)&ss, 0);
+    if (!rc) rc = uv_listen((uv_stream_t *)&b->listener, 1024, cy_conn_on_connection);
+    if (rc) {
+        cy_error(NULL, "mqtt_listen %s: %s", b->cfg->mqtt_listen, uv_strerror(rc));
+        return rc;
+    }
+    uv_check_init(b->loop, &b->pass_end);
+    b->pass_end.data = b;
+    uv_check_start(&b->pass_end, on_pass_end);
+    uv_timer_init(b->loop, &b->sweep);
+    b->sweep.data = b;
+    uv_timer_start(&b->sweep, on_sweep, 0, CY_SWEEP_MS);
+    cy_info(NULL, "listening for MQTT on %s", b->cfg->mqtt_listen);
+    return 0;
+}
+
+void cy_broker_stop(cy_broker *b)
+{
+    if (b->stopping) return;
+    b->stopping = true;
+    cy_info(NULL, "stopping: closing %u connections", b->n_conns);
+    for (cy_conn *c = b->conns; c; c = c->next) {
+        c->clean_disconnect = true; /* a shutdown is not the client's failure */
+        cy_conn_close(c, CY_RC_SERVER_SHUTTING_DOWN, NULL);
+    }
+    cy_store_commit(b->store);
+    if (b->listening) {
+        uv_close((uv_handle_t *)&b->listener, NULL);
+        uv_close((uv_handle_t *)&b->pass_end, NULL);
+        uv_close((uv_handle_t *)&b->sweep, NULL);
+        b->listening = false;
+    }
+}
+
+typedef struct collect {
+    cy_session **v;
+    size_t n;
+} collect;
+
+static void collect_session(void *ctx, void *v)
+{
+    collect *c = ctx;
+    c->v[c->n++] = v;
+}
+
+static void release_retained(void *v)
+{
+    cy_msg_unref(v);
+}
+
+void cy_broker_free(cy_broker *b)
+{
+    if (!b) return;
+    /* cy_session_free removes from the map, so collect the sessions first. */
+    collect all = {cy_calloc(b->sessions.count + 1, sizeof(cy_session *)), 0};
+    if (all.v) {
+        cy_map_each(&b->sessions, collect_session, &all);
+        for (size_t i = 0; i < all.n; i++) cy_session_free(b, all.v[i]);
+        cy_free(all.v);
+    }
+    cy_store_commit(b->store);
+    cy_retain_free(b->retained, release_retained);
+    cy_topic_tree_free(b->subs);
+    cy_map_fini(&b->sessions);
+    cy_free(b->matches);
+    cy_buf_fini(&b->scratch);
+    cy_free(b);
+}

@@ -37,7 +37,7 @@
 bool cy_topic_valid_name(const char *name, size_t len);
 /* Valid filter, including "$share/group/filter". */
 bool cy_topic_valid_filter(const char *filter, size_t len);
-/* If filter is "$share/group/f", set *group/*group_len and *f/*f_len to
+/* If filter is "$share/group/f", set group and group_len, f and f_len to
  * the parts and return true; otherwise return false. Does not validate. */
 bool cy_topic_split_shared(const char *filter, size_t len, const char **group, size_t *group_len,
                            const char **f, size_t *f_len);

@@ -1,0 +1,71 @@
+/* broker: the MQTT server of one event loop.
+ *
+ * A cy_broker owns everything one loop needs to be an MQTT broker: its
+ * listener, connections, sessions, subscription tree, retained messages,
+ * counters and its store. It holds no global state, so N brokers can run as
+ * N independent processes (shards) with the same code.
+ *
+ * One loop pass: libuv reads sockets and runs the packet handlers, which
+ * change state, write to the store and append replies to per-connection
+ * output buffers. A check handle then runs once per pass: it commits the
+ * store, and only then flushes every connection that has output (one write
+ * per socket per pass). So an acknowledgement never leaves before what it
+ * acknowledges is on disk.
+ *
+ * Ownership: cy_broker_new borrows loop, config, store and registry; they
+ * must outlive the broker. Thread: the loop's thread only.
+ * Errors: CY_ENOMEM, CY_EINVAL (bad listen address), -errno from libuv.
+ */
+#ifndef CY_BROKER_H
+#define CY_BROKER_H
+
+#include "core/cy_config.h"
+#include "store/store.h"
+
+#include <stdint.h>
+#include <uv.h>
+
+/* The counters, X(name, what it counts). Published as $SYS/cyan/<name>. */
+#define CY_COUNTERS(X)                                                                             \
+    X(clients_connected, "clients connected now")                                                  \
+    X(connects_total, "CONNECTs accepted")                                                         \
+    X(connects_refused, "CONNECTs refused (credentials, version, limits)")                         \
+    X(protocol_errors, "connections closed for a malformed packet or protocol error")              \
+    X(keepalive_timeouts, "connections closed for silence beyond 1.5 x keep-alive")                \
+    X(connect_timeouts, "sockets closed for sending no CONNECT in time")                           \
+    X(publish_received, "PUBLISH packets received from clients")                                   \
+    X(publish_sent, "PUBLISH packets sent to clients")                                             \
+    X(messages_dropped, "messages dropped for one subscriber (queue full, too large, slow)")       \
+    X(messages_expired, "messages dropped because their expiry interval passed")                   \
+    X(limit_packet_too_large, "packets refused over max_packet_size")                              \
+    X(limit_topic_too_long, "topics refused over max_topic_length")                                \
+    X(limit_receive_max, "clients that exceeded the receive maximum")                              \
+    X(limit_queue_full, "messages dropped because a session queue held max_queued")                \
+    X(limit_connections, "CONNECTs refused at max_connections")                                    \
+    X(limit_subscriptions, "subscriptions refused at max_subscriptions")                           \
+    X(sessions, "sessions held (online and offline)")                                              \
+    X(subscriptions, "subscriptions held")                                                         \
+    X(retained_messages, "retained messages held")
+
+typedef struct cy_counters {
+#define CY_COUNTER_FIELD(name, doc) uint64_t name;
+    CY_COUNTERS(CY_COUNTER_FIELD)
+#undef CY_COUNTER_FIELD
+} cy_counters;
+
+typedef struct cy_broker cy_broker;
+
+/* Build the broker and load its persistent state from store. */
+int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_registry *registry,
+                  cy_broker **out);
+/* Start listening on cfg->mqtt_listen. */
+int cy_broker_start(cy_broker *b);
+/* Stop accepting, tell MQTT 5 clients the server is shutting down (0x8B),
+ * close every connection and handle. When the loop has run dry, call
+ * cy_broker_free. */
+void cy_broker_stop(cy_broker *b);
+/* Free the broker and every session and message it holds. Safe on NULL. */
+void cy_broker_free(cy_broker *b);
+const cy_counters *cy_broker_counters(const cy_broker *b);
+
+#endif

@@ -1,0 +1,344 @@
+/* conn: one client TCP connection: reading, framing, dispatch, output.
+ *
+ * Reading: a wake-up reads up to 64 KiB into the broker's shared read buffer
+ * and every complete packet in it is decoded and handled in place; only the
+ * bytes of an incomplete packet are copied into the connection's own `in`
+ * buffer, so an idle connection holds no read buffer at all.
+ *
+ * Writing: handlers append encoded packets to `out` and mark the connection
+ * dirty. The broker's check handle (once per loop pass, after the store
+ * commit) calls cy_conn_flush, which tries one write(2) of everything; what
+ * the kernel does not take is moved to `wbuf` and written by uv_write while
+ * `out` collects the next pass. Write readiness is armed only then.
+ *
+ * Errors are mapped to the wire here, once: a handler returns a MQTT 5
+ * reason code and the dispatcher closes with it (DISCONNECT for MQTT 5
+ * clients, a bare close for 3.1.1), logs one line naming the client and
+ * counts it.
+ */
+#include "broker/broker_int.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+const char *cy_conn_name(const cy_conn *c)
+{
+    return c->sess ? c->sess->client_id : c->peer;
+}
+
+size_t cy_conn_backlog(const cy_conn *c)
+{
+    return cy_buf_size(&c->out) + cy_buf_size(&c->wbuf);
+}
+
+static void on_close(uv_handle_t *h)
+{
+    cy_conn *c = h->data;
+    cy_broker *b = c->b;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        b->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    b->n_conns--;
+    cy_buf_fini(&c->in);
+    cy_buf_fini(&c->out);
+    cy_buf_fini(&c->wbuf);
+    if (c->alias_in) {
+        for (uint32_t i = 0; i <= b->cfg->topic_alias_max; i++) cy_free(c->alias_in[i]);
+        cy_free(c->alias_in);
+        cy_free(c->alias_in_len);
+    }
+    if (c->alias_out) {
+        for (uint16_t i = 0; i < c->n_alias_out; i++) cy_free(c->alias_out[i]);
+        cy_free(c->alias_out);
+    }
+    cy_free(c);
+}
+
+static void mark_dirty(cy_conn *c)
+{
+    if (c->dirty) return;
+    c->dirty = true;
+    c->dirty_next = c->b->dirty;
+    c->b->dirty = c;
+}
+
+int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p)
+{
+    if (c->state == CONN_CLOSING) return CY_EPIPE;
+    int rc = cy_mqtt_encode(&c->out, c->version ? c->version : CY_MQTT_V311, p);
+    if (rc) return rc;
+    mark_dirty(c);
+    return 0;
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    cy_conn *c = req->data;
+    c->writing = false;
+    cy_buf_reset(&c->wbuf);
+    cy_buf_shrink(&c->wbuf);
+    if (status < 0) {
+        if (c->state != CONN_CLOSING) {
+            cy_debug(cy_conn_name(c), "write failed: %s", uv_strerror(status));
+            cy_conn_close(c, 0, NULL);
+        }
+        return;
+    }
+    if (cy_buf_size(&c->out)) cy_conn_flush(c);
+}
+
+void cy_conn_flush(cy_conn *c)
+{
+    if (c->writing || cy_buf_size(&c->out) == 0) return;
+    uv_buf_t ub = uv_buf_init((char *)cy_buf_head(&c->out), (unsigned)cy_buf_size(&c->out));
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
+    if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
+    if (n < 0) {
+        cy_buf_reset(&c->out);
+        if (c->state != CONN_CLOSING) {
+            cy_debug(cy_conn_name(c), "write failed: %s", uv_strerror(n));
+            cy_conn_close(c, 0, NULL);
+        }
+        return;
+    }
+    cy_buf_consume(&c->out, (size_t)n);
+    if (cy_buf_size(&c->out) == 0) {
+        cy_buf_shrink(&c->out);
+        return;
+    }
+    if (c->state == CONN_CLOSING) return; /* best effort only */
+    cy_buf tmp = c->wbuf;
+    c->wbuf = c->out;
+    c->out = tmp;
+    cy_buf_reset(&c->out);
+    ub = uv_buf_init((char *)cy_buf_head(&c->wbuf), (unsigned)cy_buf_size(&c->wbuf));
+    c->wreq.data = c;
+    int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
+    if (rc) {
+        cy_buf_reset(&c->wbuf);
+        cy_conn_close(c, 0, NULL);
+        return;
+    }
+    c->writing = true;
+}
+
+void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
+{
+    if (c->state == CONN_CLOSING) return;
+    cy_broker *b = c->b;
+    if (reason && c->version == CY_MQTT_V5 && c->state == CONN_ACTIVE) {
+        cy_mqtt_packet p;
+        memset(&p, 0, sizeof(p));
+        p.type = CY_MQTT_DISCONNECT;
+        p.u.disconnect.reason = reason;
+        cy_conn_send(c, &p);
+    }
+    if (why) cy_info(cy_conn_name(c), "disconnecting: %s (reason 0x%02x)", why, reason);
+    cy_conn_flush(c);
+    c->state = CONN_CLOSING;
+    if (c->counted) {
+        b->stats.clients_connected--;
+        c->counted = false;
+    }
+    if (c->sess) {
+        cy_session *s = c->sess;
+        c->sess = NULL;
+        s->conn = NULL;
+        cy_session_detach(b, s, !c->clean_disconnect);
+    }
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+/* The dispatcher: one switch, errors mapped to the wire by the caller. */
+static int dispatch(cy_conn *c, cy_mqtt_packet *p)
+{
+    if (c->state == CONN_NEW && p->type != CY_MQTT_CONNECT) return CY_RC_PROTOCOL_ERROR;
+    switch (p->type) {
+    case CY_MQTT_CONNECT:
+        if (c->state != CONN_NEW) return CY_RC_PROTOCOL_ERROR;
+        return cy_handle_connect(c, &p->u.connect);
+    case CY_MQTT_PUBLISH: return cy_handle_publish(c, &p->u.publish);
+    case CY_MQTT_PUBACK: return cy_handle_puback(c, &p->u.ack);
+    case CY_MQTT_PUBREC: return cy_handle_pubrec(c, &p->u.ack);
+    case CY_MQTT_PUBREL: return cy_handle_pubrel(c, &p->u.ack);
+    case CY_MQTT_PUBCOMP: return cy_handle_pubcomp(c, &p->u.ack);
+    case CY_MQTT_SUBSCRIBE: return cy_handle_subscribe(c, &p->u.subscribe);
+    case CY_MQTT_UNSUBSCRIBE: return cy_handle_unsubscribe(c, &p->u.subscribe);
+    case CY_MQTT_PINGREQ: {
+        cy_mqtt_packet r;
+        memset(&r, 0, sizeof(r));
+        r.type = CY_MQTT_PINGRESP;
+        cy_conn_send(c, &r);
+        return 0;
+    }
+    case CY_MQTT_DISCONNECT: return cy_handle_disconnect(c, &p->u.disconnect);
+    default: /* CONNACK, SUBACK, UNSUBACK, PINGRESP, AUTH: not from a client */
+        return CY_RC_PROTOCOL_ERROR;
+    }
+}
+
+static void refuse_version(cy_conn *c, uint8_t level)
+{
+    /* An unknown level: answer in the 5.0 form if it looks newer, else 3.1.1. */
+    static const uint8_t v5[] = {0x20, 0x03, 0x00, CY_RC_UNSUPPORTED_VERSION, 0x00};
+    static const uint8_t v3[] = {0x20, 0x02, 0x00, CY_RC3_BAD_VERSION};
+    if (level >= CY_MQTT_V5)
+        cy_buf_append(&c->out, v5, sizeof(v5));
+    else
+        cy_buf_append(&c->out, v3, sizeof(v3));
+    c->b->stats.connects_refused++;
+    cy_info(cy_conn_name(c), "refused: unsupported protocol level %u", level);
+    cy_conn_close(c, 0, NULL);
+}
+
+/* Handle every complete packet in data[0..len); return the bytes consumed. */
+static size_t process(cy_conn *c, const uint8_t *data, size_t len)
+{
+    cy_broker *b = c->b;
+    size_t off = 0;
+    while (off < len && c->state != CONN_CLOSING) {
+        size_t pkt_len = 0;
+        int rc = cy_mqtt_frame(data + off, len - off, b->cfg->max_packet_size, &pkt_len);
+        if (rc == CY_EAGAIN) break;
+        if (rc == CY_EMSGSIZE) {
+            b->stats.limit_packet_too_large++;
+            char why[96];
+            snprintf(why, sizeof(why), "packet of %zu bytes over max_packet_size %u", pkt_len,
+                     b->cfg->max_packet_size);
+            cy_conn_close(c, CY_RC_PACKET_TOO_LARGE, why);
+            return len;
+        }
+        cy_mqtt_packet p;
+        size_t used = 0;
+        if (rc == 0) rc = cy_mqtt_decode(data + off, len - off, c->version, &p, &used);
+        if (rc == CY_ENOTSUP && c->state == CONN_NEW) {
+            refuse_version(c, p.u.connect.version);
+            return len;
+        }
+        if (rc) {
+            b->stats.protocol_errors++;
+            char why[96];
+            snprintf(why, sizeof(why), "malformed packet (first byte 0x%02x): %s", data[off],
+                     cy_strerror(rc));
+            cy_conn_close(c, CY_RC_MALFORMED, why);
+            return len;
+        }
+        off += used;
+        c->last_rx = uv_now(b->loop);
+        int reason = dispatch(c, &p);
+        if (reason >= 0x80) {
+            if (reason == CY_RC_PROTOCOL_ERROR || reason == CY_RC_MALFORMED)
+                b->stats.protocol_errors++;
+            char why[64];
+            snprintf(why, sizeof(why), "%s from client refused", cy_mqtt_type_name(p.type));
+            cy_conn_close(c, (uint8_t)reason, why);
+            return len;
+        }
+    }
+    return off;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    cy_conn *c = h->data;
+    cy_broker *b = c->b;
+    (void)suggested;
+    if (cy_buf_size(&c->in) == 0 && !b->rbuf_busy) {
+        b->rbuf_busy = true;
+        *buf = uv_buf_init((char *)b->rbuf, sizeof(b->rbuf));
+        return;
+    }
+    if (cy_buf_reserve(&c->in, CY_READ_CHUNK)) {
+        *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
+        return;
+    }
+    *buf = uv_buf_init((char *)c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    cy_conn *c = stream->data;
+    cy_broker *b = c->b;
+    bool shared = buf->base == (char *)b->rbuf;
+    if (nread < 0) {
+        if (shared) b->rbuf_busy = false;
+        if (c->state != CONN_CLOSING) {
+            if (nread != UV_EOF) cy_debug(cy_conn_name(c), "read: %s", uv_strerror((int)nread));
+            cy_info(cy_conn_name(c), "connection lost%s",
+                    c->clean_disconnect ? "" : " without DISCONNECT");
+            cy_conn_close(c, 0, NULL);
+        }
+        return;
+    }
+    if (shared) {
+        size_t used = process(c, b->rbuf, (size_t)nread);
+        b->rbuf_busy = false;
+        if (used < (size_t)nread && c->state != CONN_CLOSING &&
+            cy_buf_append(&c->in, b->rbuf + used, (size_t)nread - used)) {
+            cy_conn_close(c, CY_RC_UNSPECIFIED, "out of memory");
+        }
+        return;
+    }
+    c->in.len += (size_t)nread;
+    size_t used = process(c, cy_buf_head(&c->in), cy_buf_size(&c->in));
+    if (c->state == CONN_CLOSING) return;
+    cy_buf_consume(&c->in, used);
+    cy_buf_shrink(&c->in);
+}
+
+void cy_conn_on_connection(uv_stream_t *server, int status)
+{
+    cy_broker *b = server->data;
+    if (status < 0) {
+        cy_warn(NULL, "accept: %s", uv_strerror(status));
+        return;
+    }
+    cy_conn *c = cy_calloc(1, sizeof(*c));
+    if (!c) {
+        cy_error(NULL, "accept: out of memory");
+        return;
+    }
+    c->b = b;
+    uv_tcp_init(b->loop, &c->tcp);
+    c->tcp.data = c;
+    c->next = b->conns;
+    if (b->conns) b->conns->prev = c;
+    b->conns = c;
+    b->n_conns++;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
+        c->state = CONN_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, on_close);
+        return;
+    }
+    c->accepted_at = c->last_rx = uv_now(b->loop);
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        char ip[40] = "?";
+        int port = 0;
+        if (ss.ss_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+        snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
+    }
+    /* Sockets beyond the connection limit get no chance to send CONNECT. */
+    if (b->n_conns > b->cfg->max_connections + 64u) {
+        b->stats.limit_connections++;
+        cy_conn_close(c, 0, "over max_connections");
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}

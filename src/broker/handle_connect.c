@@ -1,0 +1,231 @@
+/* handle_connect: CONNECT in, CONNACK out.
+ *
+ * In order: connection limit, credentials (username = device id, password =
+ * device secret, checked against the registry; anonymous only when allowed),
+ * client identifier (assigned when empty), session expiry, then session
+ * takeover (a live connection with the same client id is disconnected with
+ * 0x8E and its will handled as for any abnormal close), then the session is
+ * resumed (clean start 0 and one exists: session present) or created, the
+ * will is armed, CONNACK goes out with cyan's limits as MQTT 5 properties,
+ * and whatever the session had in flight is resent with DUP.
+ *
+ * Refusals answer with the version's own code (MQTT 5 reason or 3.1.1
+ * return code) and close the connection without a DISCONNECT.
+ */
+#include "broker/broker_int.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int refuse(cy_conn *c, uint8_t rc5, uint8_t rc3, const char *who, const char *why)
+{
+    cy_mqtt_packet p;
+    memset(&p, 0, sizeof(p));
+    p.type = CY_MQTT_CONNACK;
+    p.u.connack.reason = c->version == CY_MQTT_V5 ? rc5 : rc3;
+    cy_conn_send(c, &p);
+    c->b->stats.connects_refused++;
+    cy_info(who, "connect refused: %s", why);
+    cy_conn_close(c, 0, NULL);
+    return 0;
+}
+
+static int authenticate(cy_conn *c, const cy_mqtt_connect *p, const char *who)
+{
+    cy_broker *b = c->b;
+    if (!p->has_username) {
+        if (b->cfg->allow_anonymous) return 0;
+        return refuse(c, CY_RC_NOT_AUTHORIZED, CY_RC3_NOT_AUTHORIZED, who,
+                      "no credentials and allow_anonymous is false"),
+               -1;
+    }
+    int rc = CY_EACCES;
+    if (p->has_password)
+        rc = cy_registry_device_check(b->registry, p->username.p, p->username.len,
+                                      (const uint8_t *)p->password.p, p->password.len);
+    if (rc == 0) return 0;
+    if (rc == CY_ESTORE)
+        return refuse(c, CY_RC_SERVER_UNAVAILABLE, CY_RC3_SERVER_UNAVAILABLE, who,
+                      "registry unavailable"),
+               -1;
+    char why[CY_MAX_CLIENT_ID + 64];
+    snprintf(why, sizeof(why), "bad credentials for device '%.*s' (%s)",
+             (int)(p->username.len > 64 ? 64 : p->username.len), p->username.p,
+             rc == CY_ENOENT ? "unknown device" : "wrong secret");
+    return refuse(c, CY_RC_BAD_USER_OR_PASSWORD, CY_RC3_BAD_USER_OR_PASSWORD, who, why), -1;
+}
+
+static cy_msg *make_will(cy_conn *c, const cy_mqtt_connect *p)
+{
+    return cy_msg_from_publish(&p->will_topic, (const uint8_t *)p->will_payload.p,
+                               p->will_payload.len, &p->will_props, p->will_qos, p->will_retain,
+                               p->version, &c->b->scratch);
+}
+
+int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
+{
+    cy_broker *b = c->b;
+    c->version = p->version;
+
+    char who[CY_MAX_CLIENT_ID + 1];
+    size_t idlen = p->client_id.len < CY_MAX_CLIENT_ID ? p->client_id.len : CY_MAX_CLIENT_ID;
+    memcpy(who, p->client_id.p, idlen);
+    who[idlen] = '\0';
+    const char *logname = idlen ? who : c->peer;
+
+    if (b->stopping)
+        return refuse(c, CY_RC_SERVER_UNAVAILABLE, CY_RC3_SERVER_UNAVAILABLE, logname,
+                      "shutting down");
+    if (b->stats.clients_connected >= b->cfg->max_connections) {
+        b->stats.limit_connections++;
+        return refuse(c, CY_RC_QUOTA_EXCEEDED, CY_RC3_SERVER_UNAVAILABLE, logname,
+                      "max_connections reached");
+    }
+    if (p->props.present & CY_PBIT(CY_PROP_AUTH_METHOD))
+        return refuse(c, CY_RC_BAD_AUTH_METHOD, CY_RC3_NOT_AUTHORIZED, logname,
+                      "enhanced authentication is not supported");
+    if (authenticate(c, p, logname)) return 0;
+    if (p->client_id.len > CY_MAX_CLIENT_ID)
+        return refuse(c, CY_RC_CLIENT_ID_INVALID, CY_RC3_ID_REJECTED, logname,
+                      "client id longer than 256 bytes");
+
+    /* Client identifier. */
+    bool assigned = false;
+    if (p->client_id.len == 0) {
+        if (c->version != CY_MQTT_V5 && !p->clean_start)
+            return refuse(c, CY_RC_CLIENT_ID_INVALID, CY_RC3_ID_REJECTED, c->peer,
+                          "empty client id needs clean session");
+        snprintf(who, sizeof(who), "auto-%016llx",
+                 (unsigned long long)(((uint64_t)cy_wall_ms() << 20) ^ ++b->next_assigned_id));
+        idlen = strlen(who);
+        assigned = true;
+    }
+    if (p->will && p->will_topic.len > b->cfg->max_topic_length) {
+        b->stats.limit_topic_too_long++;
+        return refuse(c, CY_RC_TOPIC_NAME_INVALID, CY_RC3_NOT_AUTHORIZED, who,
+                      "will topic over max_topic_length");
+    }
+    if (p->will && !cy_topic_valid_name(p->will_topic.p, p->will_topic.len))
+        return CY_RC_PROTOCOL_ERROR;
+    if (p->will && p->will_topic.p[0] == '$')
+        return refuse(c, CY_RC_NOT_AUTHORIZED, CY_RC3_NOT_AUTHORIZED, who,
+                      "will topic in a reserved $ space");
+
+    /* Session expiry: MQTT 5 property; 3.1.1 clean session 0 = never. */
+    uint32_t expiry;
+    if (c->version == CY_MQTT_V5)
+        expiry = (p->props.present & CY_PBIT(CY_PROP_SESSION_EXPIRY)) ? p->props.session_expiry : 0;
+    else
+        expiry = p->clean_start ? 0 : 0xFFFFFFFFu;
+    bool expiry_capped = false;
+    if (b->cfg->max_session_expiry && expiry > b->cfg->max_session_expiry) {
+        expiry = b->cfg->max_session_expiry;
+        expiry_capped = true;
+    }
+
+    /* Takeover. */
+    cy_session *s = cy_map_get(&b->sessions, who, idlen);
+    if (s && s->conn) {
+        cy_conn *old = s->conn;
+        cy_info(who, "session taken over by a new connection from %s", c->peer);
+        cy_conn_close(old, CY_RC_SESSION_TAKEN_OVER, "session taken over");
+        s = cy_map_get(&b->sessions, who, idlen); /* ended if it was not persistent */
+    }
+    bool present = false;
+    if (s && p->clean_start) {
+        cy_session_end(b, s);
+        s = NULL;
+    }
+    if (s) {
+        present = true;
+        cy_offline_unlink(b, s);
+        s->offline_since = 0;
+        if (s->will) { /* a will waiting for its delay is cancelled by the return */
+            cy_msg_unref(s->will);
+            s->will = NULL;
+            s->will_at = 0;
+        }
+    } else {
+        s = cy_session_new(b, who, idlen);
+        if (!s)
+            return refuse(c, CY_RC_SERVER_BUSY, CY_RC3_SERVER_UNAVAILABLE, who, "out of memory");
+    }
+    bool was_persistent = s->persistent;
+    s->version = c->version;
+    s->expiry = expiry;
+    s->persistent = expiry > 0;
+    if (was_persistent && !s->persistent) {
+        cy_store_session_delete(b->store, s->client_id);
+        for (cy_delivery *d = s->head; d; d = d->next) d->store_id = 0;
+    }
+    s->conn = c;
+    c->sess = s;
+    c->state = CONN_ACTIVE;
+    c->counted = true;
+    b->stats.clients_connected++;
+    b->stats.connects_total++;
+
+    /* Keep-alive. */
+    c->keepalive = p->keep_alive;
+    bool server_ka = false;
+    if (c->version == CY_MQTT_V5 && (p->keep_alive == 0 || p->keep_alive > b->cfg->max_keepalive)) {
+        c->keepalive = b->cfg->max_keepalive;
+        server_ka = true;
+    }
+
+    /* The client's limits. */
+    if (c->version == CY_MQTT_V5) {
+        if (p->props.present & CY_PBIT(CY_PROP_RECEIVE_MAX)) c->peer_recv_max = p->props.receive_max;
+        if (p->props.present & CY_PBIT(CY_PROP_MAX_PACKET_SIZE))
+            c->peer_max_packet = p->props.max_packet_size;
+        if (p->props.present & CY_PBIT(CY_PROP_TOPIC_ALIAS_MAX))
+            c->peer_alias_max = p->props.topic_alias_max;
+    }
+
+    /* Will. */
+    if (p->will) {
+        s->will = make_will(c, p);
+        s->will_delay = (p->will_props.present & CY_PBIT(CY_PROP_WILL_DELAY))
+                            ? p->will_props.will_delay
+                            : 0;
+        s->will_at = 0;
+    }
+
+    cy_session_persist(b, s);
+
+    cy_mqtt_packet ack;
+    memset(&ack, 0, sizeof(ack));
+    ack.type = CY_MQTT_CONNACK;
+    ack.u.connack.session_present = present;
+    ack.u.connack.reason = 0;
+    if (c->version == CY_MQTT_V5) {
+        cy_mqtt_props *ap = &ack.u.connack.props;
+        ap->present = CY_PBIT(CY_PROP_RECEIVE_MAX) | CY_PBIT(CY_PROP_MAX_PACKET_SIZE) |
+                      CY_PBIT(CY_PROP_TOPIC_ALIAS_MAX);
+        ap->receive_max = (uint16_t)b->cfg->max_inflight;
+        ap->max_packet_size = b->cfg->max_packet_size;
+        ap->topic_alias_max = (uint16_t)b->cfg->topic_alias_max;
+        if (assigned) {
+            ap->present |= CY_PBIT(CY_PROP_ASSIGNED_CLIENT_ID);
+            ap->assigned_client_id = (cy_str){s->client_id, s->client_id_len};
+        }
+        if (server_ka) {
+            ap->present |= CY_PBIT(CY_PROP_SERVER_KEEP_ALIVE);
+            ap->server_keep_alive = (uint16_t)c->keepalive;
+        }
+        if (expiry_capped) {
+            ap->present |= CY_PBIT(CY_PROP_SESSION_EXPIRY);
+            ap->session_expiry = expiry;
+        }
+    }
+    cy_conn_send(c, &ack);
+    cy_info(s->client_id, "connected from %s proto=%u keepalive=%u clean=%d expiry=%u%s", c->peer,
+            c->version, c->keepalive, p->clean_start, expiry, present ? " resumed" : "");
+    cy_session_resume(b, s);
+    return 0;
+}

@@ -1,0 +1,164 @@
+/* handle_publish: PUBLISH from a client, and the QoS 1/2 acknowledgements
+ * of both directions.
+ *
+ * Inbound QoS 2 is exactly-once by packet id: the id is remembered (and
+ * stored, for a persistent session) when the message is routed; a repeat of
+ * the same id before PUBREL is answered with PUBREC again and not routed.
+ * PUBREL forgets the id and answers PUBCOMP.
+ *
+ * Acknowledgements are appended to the output like any packet; they reach
+ * the socket after the store commit of this loop pass, so a PUBACK or
+ * PUBREC always follows the durable write of what it acknowledges.
+ */
+#include "broker/broker_int.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_log.h"
+
+#include <string.h>
+
+static void send_ack(cy_conn *c, uint8_t type, uint16_t id, uint8_t reason)
+{
+    cy_mqtt_packet p;
+    memset(&p, 0, sizeof(p));
+    p.type = type;
+    p.flags = type == CY_MQTT_PUBREL ? 2 : 0;
+    p.u.ack.packet_id = id;
+    p.u.ack.reason = c->version == CY_MQTT_V5 ? reason : 0;
+    cy_conn_send(c, &p);
+}
+
+/* A refused PUBLISH: MQTT 5 QoS 1/2 get the reason in the ack; QoS 0 is
+ * dropped; a 3.1.1 client, which has no way to hear a refusal, is
+ * disconnected rather than acknowledged for a message that was not taken. */
+static int refuse(cy_conn *c, cy_mqtt_publish *p, uint8_t reason, const char *why)
+{
+    if (c->version != CY_MQTT_V5) {
+        cy_info(cy_conn_name(c), "publish refused: %s", why);
+        return reason;
+    }
+    cy_debug(cy_conn_name(c), "publish refused: %s", why);
+    if (p->qos == 1) send_ack(c, CY_MQTT_PUBACK, p->packet_id, reason);
+    if (p->qos == 2) send_ack(c, CY_MQTT_PUBREC, p->packet_id, reason);
+    return 0;
+}
+
+/* Resolve the MQTT 5 topic alias. Returns 0 or a reason code. */
+static int resolve_alias(cy_conn *c, cy_mqtt_publish *p)
+{
+    cy_broker *b = c->b;
+    uint16_t a = p->props.topic_alias;
+    if (a == 0 || a > b->cfg->topic_alias_max) return CY_RC_TOPIC_ALIAS_INVALID;
+    if (!c->alias_in) {
+        c->alias_in = cy_calloc(b->cfg->topic_alias_max + 1u, sizeof(char *));
+        c->alias_in_len = cy_calloc(b->cfg->topic_alias_max + 1u, sizeof(uint16_t));
+        if (!c->alias_in || !c->alias_in_len) return CY_RC_UNSPECIFIED;
+    }
+    if (p->topic.len) {
+        char *t = cy_strndup(p->topic.p, p->topic.len);
+        if (!t) return CY_RC_UNSPECIFIED;
+        cy_free(c->alias_in[a]);
+        c->alias_in[a] = t;
+        c->alias_in_len[a] = (uint16_t)p->topic.len;
+        return 0;
+    }
+    if (!c->alias_in[a]) return CY_RC_PROTOCOL_ERROR;
+    p->topic = (cy_str){c->alias_in[a], c->alias_in_len[a]};
+    return 0;
+}
+
+int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
+{
+    cy_broker *b = c->b;
+    cy_session *s = c->sess;
+    b->stats.publish_received++;
+    if (p->props.present & CY_PBIT(CY_PROP_TOPIC_ALIAS)) {
+        int rc = resolve_alias(c, p);
+        if (rc) return rc;
+    }
+    if (p->props.present & CY_PBIT(CY_PROP_SUBSCRIPTION_ID)) return CY_RC_PROTOCOL_ERROR;
+    if (p->topic.len == 0) return CY_RC_PROTOCOL_ERROR;
+    if (p->topic.len > b->cfg->max_topic_length) {
+        b->stats.limit_topic_too_long++;
+        return refuse(c, p, CY_RC_TOPIC_NAME_INVALID, "topic over max_topic_length");
+    }
+    if (p->topic.p[0] == '$')
+        return refuse(c, p, CY_RC_NOT_AUTHORIZED, "topic in a reserved $ space");
+
+    if (p->qos == 2) {
+        if (cy_session_has_inq2(s, p->packet_id)) { /* a resend: already routed */
+            send_ack(c, CY_MQTT_PUBREC, p->packet_id, 0);
+            return 0;
+        }
+        if (s->n_inq2 >= b->cfg->max_inflight) {
+            b->stats.limit_receive_max++;
+            return CY_RC_RECEIVE_MAX_EXCEEDED;
+        }
+    }
+
+    cy_msg *m = cy_msg_from_publish(&p->topic, p->payload, p->payload_len, &p->props, p->qos,
+                                    p->retain, c->version, &b->scratch);
+    if (!m) return refuse(c, p, CY_RC_UNSPECIFIED, "out of memory");
+    cy_route_publish(b, m, s);
+    cy_msg_unref(m);
+
+    if (p->qos == 1) {
+        send_ack(c, CY_MQTT_PUBACK, p->packet_id, 0);
+    } else if (p->qos == 2) {
+        if (cy_session_add_inq2(s, p->packet_id)) return CY_RC_UNSPECIFIED;
+        if (s->persistent) cy_store_inq2_put(b->store, s->client_id, p->packet_id);
+        send_ack(c, CY_MQTT_PUBREC, p->packet_id, 0);
+    }
+    return 0;
+}
+
+int cy_handle_pubrel(cy_conn *c, cy_mqtt_ack *p)
+{
+    cy_session *s = c->sess;
+    bool known = cy_session_del_inq2(s, p->packet_id);
+    if (known && s->persistent) cy_store_inq2_delete(c->b->store, s->client_id, p->packet_id);
+    send_ack(c, CY_MQTT_PUBCOMP, p->packet_id, known ? 0 : CY_RC_PACKET_ID_NOT_FOUND);
+    return 0;
+}
+
+int cy_handle_puback(cy_conn *c, cy_mqtt_ack *p)
+{
+    cy_session *s = c->sess;
+    cy_delivery *d = cy_session_find_inflight(s, p->packet_id);
+    if (!d || d->qos != 1) {
+        cy_debug(s->client_id, "PUBACK for unknown packet id %u", p->packet_id);
+        return 0;
+    }
+    cy_session_remove_delivery(c->b, s, d);
+    cy_session_pump(c->b, s);
+    return 0;
+}
+
+int cy_handle_pubrec(cy_conn *c, cy_mqtt_ack *p)
+{
+    cy_session *s = c->sess;
+    cy_delivery *d = cy_session_find_inflight(s, p->packet_id);
+    if (!d || d->qos != 2 || d->state != CY_MSG_SENT) {
+        if (!d) send_ack(c, CY_MQTT_PUBREL, p->packet_id, CY_RC_PACKET_ID_NOT_FOUND);
+        return 0;
+    }
+    if (p->reason >= 0x80) { /* the client refused it: the flow ends here */
+        cy_session_remove_delivery(c->b, s, d);
+        cy_session_pump(c->b, s);
+        return 0;
+    }
+    d->state = CY_MSG_RELEASED;
+    if (d->store_id) cy_store_msg_update(c->b->store, d->store_id, d->packet_id, CY_MSG_RELEASED);
+    send_ack(c, CY_MQTT_PUBREL, p->packet_id, 0);
+    return 0;
+}
+
+int cy_handle_pubcomp(cy_conn *c, cy_mqtt_ack *p)
+{
+    cy_session *s = c->sess;
+    cy_delivery *d = cy_session_find_inflight(s, p->packet_id);
+    if (!d || d->state != CY_MSG_RELEASED) return 0;
+    cy_session_remove_delivery(c->b, s, d);
+    cy_session_pump(c->b, s);
+    return 0;
+}

@@ -1,0 +1,148 @@
+/* route: from one published message to the sessions it reaches.
+ *
+ * The subscription tree reports every matching subscription; a client with
+ * overlapping subscriptions ("a/+" and "a/#") must get the message once, at
+ * the highest QoS of those subscriptions, carrying all their subscription
+ * identifiers (MQTT 5 3.3.4). Matches are merged per session in a scratch
+ * array: each session remembers, by an epoch number that changes per
+ * publish, its index in that array, so merging is O(1) with no allocation.
+ *
+ * Retained messages: a PUBLISH with the retain flag replaces the topic's
+ * retained message (an empty payload deletes it), in memory and in the
+ * store ($SYS topics are kept in memory only: they are rebuilt at start).
+ */
+#include "broker/broker_int.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_log.h"
+
+#include <string.h>
+
+typedef struct route_ctx {
+    cy_broker *b;
+    cy_session *from;
+} route_ctx;
+
+static bool accept_online(void *ctx, void *owner)
+{
+    (void)ctx;
+    return ((cy_session *)owner)->conn != NULL;
+}
+
+static void on_match(void *ctx, void *owner, uint8_t opts, uint32_t sub_id, bool shared)
+{
+    route_ctx *rc = ctx;
+    cy_broker *b = rc->b;
+    cy_session *s = owner;
+    if ((opts & CY_SUBOPT_NO_LOCAL) && s == rc->from && !shared) return;
+    cy_match *mt;
+    if (s->match_epoch == b->epoch) {
+        mt = &b->matches[s->match_idx];
+        if (CY_SUBOPT_QOS(opts) > mt->qos) mt->qos = CY_SUBOPT_QOS(opts);
+    } else {
+        if (b->n_matches == b->cap_matches) {
+            uint32_t cap = b->cap_matches ? b->cap_matches * 2 : 64;
+            cy_match *n = cy_realloc(b->matches, cap * sizeof(*n));
+            if (!n) {
+                b->stats.messages_dropped++;
+                return;
+            }
+            b->matches = n;
+            b->cap_matches = cap;
+        }
+        s->match_epoch = b->epoch;
+        s->match_idx = b->n_matches;
+        mt = &b->matches[b->n_matches++];
+        mt->sess = s;
+        mt->qos = CY_SUBOPT_QOS(opts);
+        mt->rap = false;
+        mt->n_sub_ids = 0;
+    }
+    if (opts & CY_SUBOPT_RAP) mt->rap = true;
+    if (sub_id && mt->n_sub_ids < CY_MQTT_MAX_SUB_IDS) mt->sub_ids[mt->n_sub_ids++] = sub_id;
+}
+
+static void release_msg(void *v)
+{
+    cy_msg_unref(v);
+}
+
+void cy_route_set_retained(cy_broker *b, cy_msg *m)
+{
+    void *old = NULL;
+    bool sys = m->topic_len >= 5 && memcmp(m->topic, "$SYS/", 5) == 0;
+    if (m->payload_len == 0) {
+        if (cy_retain_set(b->retained, m->topic, m->topic_len, NULL, &old)) return;
+        if (old) {
+            b->stats.retained_messages--;
+            release_msg(old);
+            if (!sys) cy_store_retain_delete(b->store, m->topic, m->topic_len);
+        }
+        return;
+    }
+    if (cy_retain_set(b->retained, m->topic, m->topic_len, cy_msg_ref(m), &old)) {
+        cy_msg_unref(m);
+        return;
+    }
+    if (old)
+        release_msg(old);
+    else
+        b->stats.retained_messages++;
+    if (!sys) {
+        cy_store_msg sm = {
+            .topic = m->topic,
+            .topic_len = m->topic_len,
+            .payload = m->payload,
+            .payload_len = m->payload_len,
+            .props = m->props,
+            .props_len = m->props_len,
+            .qos = m->qos,
+            .retain = true,
+            .expiry_at = m->expiry_at,
+        };
+        cy_store_retain_put(b->store, &sm);
+    }
+}
+
+void cy_route_publish(cy_broker *b, cy_msg *m, cy_session *from)
+{
+    if (m->retain) cy_route_set_retained(b, m);
+    b->epoch++;
+    b->n_matches = 0;
+    route_ctx rc = {b, from};
+    cy_topic_tree_match(b->subs, m->topic, m->topic_len, on_match, accept_online, &rc);
+    for (uint32_t i = 0; i < b->n_matches; i++) {
+        cy_match *mt = &b->matches[i];
+        uint8_t qos = mt->qos < m->qos ? mt->qos : m->qos;
+        cy_session_deliver(b, mt->sess, m, qos, mt->rap && m->retain, mt->sub_ids,
+                           mt->n_sub_ids);
+    }
+}
+
+typedef struct retained_ctx {
+    cy_broker *b;
+    cy_session *s;
+    uint8_t opts;
+    uint32_t sub_id;
+    int64_t now;
+} retained_ctx;
+
+static void on_retained(void *ctx, const char *name, size_t len, void *value)
+{
+    retained_ctx *rc = ctx;
+    cy_msg *m = value;
+    (void)name;
+    (void)len;
+    if (cy_msg_expired(m, rc->now)) return; /* left for the sweep to remove */
+    uint8_t qos = CY_SUBOPT_QOS(rc->opts) < m->qos ? CY_SUBOPT_QOS(rc->opts) : m->qos;
+    cy_session_deliver(rc->b, rc->s, m, qos, true, rc->sub_id ? &rc->sub_id : NULL,
+                       rc->sub_id ? 1 : 0);
+}
+
+void cy_route_retained(cy_broker *b, cy_session *s, const char *filter, size_t len, uint8_t opts,
+                       uint32_t sub_id)
+{
+    retained_ctx rc = {b, s, opts, sub_id, cy_wall_ms()};
+    cy_retain_match(b->retained, filter, len, on_retained, &rc);
+}

@@ -1,0 +1,169 @@
+/* cy_config: the settings table and its parsers; see cy_config.h.
+ * To add a setting: a field in cy_config, a row here, nothing else. */
+#include "core/cy_config.h"
+
+#include "core/cy_err.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { T_STR, T_BOOL, T_U32 } kind;
+
+typedef struct setting {
+    const char *name;
+    kind type;
+    size_t offset;
+    size_t size; /* T_STR: array size */
+    const char *def;
+    uint32_t min, max; /* T_U32 bounds */
+    const char *doc;
+} setting;
+
+#define STR(f, d, doc) {#f, T_STR, offsetof(cy_config, f), sizeof(((cy_config *)0)->f), d, 0, 0, doc}
+#define BOOL(f, d, doc) {#f, T_BOOL, offsetof(cy_config, f), 0, d, 0, 1, doc}
+#define U32(f, d, lo, hi, doc) {#f, T_U32, offsetof(cy_config, f), 0, d, lo, hi, doc}
+
+static const setting table[] = {
+    STR(mqtt_listen, "0.0.0.0:1883", "address:port of the MQTT listener (TCP)"),
+    STR(data_dir, "data", "folder for registry.db (devices) and broker.db (sessions, queues, retained)"),
+    BOOL(allow_anonymous, "false", "accept MQTT connections without device credentials (development only)"),
+    STR(log_level, "info", "least level logged: debug, info, warn or error"),
+    U32(max_packet_size, "1048576", 64, 268435460u,
+        "largest MQTT packet accepted, bytes; larger ones disconnect the client (MQTT 5: 0x95)"),
+    U32(max_topic_length, "512", 1, 65535, "longest topic name or filter accepted, bytes"),
+    U32(max_inflight, "32", 1, 65535,
+        "QoS 1/2 messages in flight per client, each way (MQTT 5 Receive Maximum)"),
+    U32(max_queued, "1000", 1, 10000000,
+        "messages queued per session while offline or beyond max_inflight; more are dropped"),
+    U32(max_subscriptions, "100", 1, 1000000, "subscriptions per session"),
+    U32(max_connections, "16384", 1, 10000000, "simultaneous client connections"),
+    U32(connect_timeout, "10", 1, 3600, "seconds a new socket has to send CONNECT"),
+    U32(max_keepalive, "3600", 1, 65535,
+        "largest keep-alive granted, seconds; MQTT 5 clients asking more (or 0) get this"),
+    U32(max_session_expiry, "0", 0, 0xFFFFFFFFu,
+        "cap on a persistent session's expiry interval, seconds; 0 = no cap"),
+    U32(topic_alias_max, "32", 0, 65535, "topic aliases a MQTT 5 client may define"),
+    U32(sys_interval, "10", 0, 86400,
+        "seconds between updates of the retained $SYS/cyan/<counter> topics; 0 = off"),
+    STR(store_sync, "normal",
+        "normal: a commit survives the process being killed; full: also power loss (fsync)"),
+};
+
+#define NSETTINGS (sizeof(table) / sizeof(table[0]))
+
+static int fail(cy_config_error *err, const char *fmt, const char *a, const char *b)
+{
+    if (err) snprintf(err->msg, sizeof(err->msg), fmt, a, b);
+    return CY_ECONFIG;
+}
+
+static int apply(cy_config *c, const setting *s, const char *value, cy_config_error *err)
+{
+    char *field = (char *)c + s->offset;
+    switch (s->type) {
+    case T_STR:
+        if (strlen(value) >= s->size) return fail(err, "%s: value too long: %s", s->name, value);
+        strcpy(field, value);
+        break;
+    case T_BOOL:
+        if (!strcmp(value, "true") || !strcmp(value, "yes") || !strcmp(value, "1"))
+            *(bool *)field = true;
+        else if (!strcmp(value, "false") || !strcmp(value, "no") || !strcmp(value, "0"))
+            *(bool *)field = false;
+        else
+            return fail(err, "%s: expected true or false, got '%s'", s->name, value);
+        break;
+    case T_U32: {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(value, &end, 10);
+        if (errno || end == value || *end || value[0] == '-' || v < s->min || v > s->max) {
+            char range[64];
+            snprintf(range, sizeof(range), "%s (allowed %u..%u)", value, s->min, s->max);
+            return fail(err, "%s: bad number %s", s->name, range);
+        }
+        *(uint32_t *)field = (uint32_t)v;
+        break;
+    }
+    }
+    return 0;
+}
+
+void cy_config_defaults(cy_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    for (size_t i = 0; i < NSETTINGS; i++) apply(c, &table[i], table[i].def, NULL);
+}
+
+int cy_config_set(cy_config *c, const char *name, const char *value, cy_config_error *err)
+{
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (!strcmp(table[i].name, name)) {
+            int rc = apply(c, &table[i], value, err);
+            if (rc) return rc;
+            if (!strcmp(name, "store_sync") && strcmp(value, "normal") && strcmp(value, "full"))
+                return fail(err, "%s: expected normal or full, got '%s'", name, value);
+            return 0;
+        }
+    return fail(err, "unknown setting '%s'%s", name, "");
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s)) s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1])) *--e = '\0';
+    return s;
+}
+
+int cy_config_load(cy_config *c, const char *path, cy_config_error *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        if (err) snprintf(err->msg, sizeof(err->msg), "%s: %s", path, strerror(errno));
+        return CY_EIO;
+    }
+    char line[1024];
+    int lineno = 0, rc = 0;
+    while (!rc && fgets(line, sizeof(line), f)) {
+        lineno++;
+        char *hash = strchr(line, '#');
+        if (hash) *hash = '\0';
+        char *s = trim(line);
+        if (!*s) continue;
+        char *eq = strchr(s, '=');
+        cy_config_error e;
+        if (!eq) {
+            rc = CY_ECONFIG;
+            snprintf(e.msg, sizeof(e.msg), "expected name = value");
+        } else {
+            *eq = '\0';
+            rc = cy_config_set(c, trim(s), trim(eq + 1), &e);
+        }
+        if (rc && err)
+            snprintf(err->msg, sizeof(err->msg), "%.80s:%d: %.160s", path, lineno, e.msg);
+    }
+    fclose(f);
+    return rc;
+}
+
+void cy_config_print(const cy_config *c, FILE *out)
+{
+    fprintf(out, "# cyan configuration. Every setting, its default and its meaning.\n"
+                 "# Any of them can be given on the command line as --name=value.\n");
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const setting *s = &table[i];
+        const char *field = (const char *)c + s->offset;
+        fprintf(out, "\n# %s (default: %s", s->doc, s->def);
+        if (s->type == T_U32) fprintf(out, "; %u..%u", s->min, s->max);
+        fprintf(out, ")\n%s = ", s->name);
+        switch (s->type) {
+        case T_STR: fprintf(out, "%s\n", field); break;
+        case T_BOOL: fprintf(out, "%s\n", *(const bool *)field ? "true" : "false"); break;
+        case T_U32: fprintf(out, "%u\n", *(const uint32_t *)field); break;
+        }
+    }
+}

@@ -1,0 +1,54 @@
+/* cy_config: every setting of cyan, in one table.
+ *
+ * The table in cy_config.c is the single source of truth: it gives each
+ * setting its name, type, default, bounds and meaning. The defaults, the
+ * config-file parser, the --name=value command line overrides, `cyan config`
+ * and etc/cyan.conf are all derived from it.
+ *
+ * File format: one "name = value" per line; '#' starts a comment; blank
+ * lines are ignored; unknown names and out-of-range values are errors that
+ * name the file and line.
+ *
+ * Ownership: cy_config is a plain value; strings are fixed arrays inside it.
+ * Errors: CY_ECONFIG (with a message written to err), CY_EIO.
+ * Thread: any; no shared state.
+ */
+#ifndef CY_CONFIG_H
+#define CY_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct cy_config {
+    char mqtt_listen[128];      /* host:port */
+    char data_dir[512];         /* folder for registry.db and broker.db */
+    bool allow_anonymous;       /* accept CONNECT without credentials */
+    char log_level[16];         /* debug, info, warn, error */
+    uint32_t max_packet_size;   /* bytes, both directions' server side */
+    uint32_t max_topic_length;  /* bytes */
+    uint32_t max_inflight;      /* receive maximum, both directions */
+    uint32_t max_queued;        /* messages per session */
+    uint32_t max_subscriptions; /* per session */
+    uint32_t max_connections;   /* per process */
+    uint32_t connect_timeout;   /* s from accept to CONNECT */
+    uint32_t max_keepalive;     /* s; larger (or 0) client keepalives are lowered to it */
+    uint32_t max_session_expiry; /* s; 0 = no cap */
+    uint32_t topic_alias_max;   /* aliases a client may set */
+    uint32_t sys_interval;      /* s between $SYS/cyan updates; 0 = off */
+    char store_sync[16];        /* normal or full */
+} cy_config;
+
+typedef struct cy_config_error {
+    char msg[256];
+} cy_config_error;
+
+void cy_config_defaults(cy_config *c);
+/* Set one setting from its text form. */
+int cy_config_set(cy_config *c, const char *name, const char *value, cy_config_error *err);
+/* Read a config file over c (settings absent from the file keep their value). */
+int cy_config_load(cy_config *c, const char *path, cy_config_error *err);
+/* Print every setting as a commented config file (defaults when c is the default). */
+void cy_config_print(const cy_config *c, FILE *out);
+
+#endif

@@ -1,0 +1,119 @@
+/* cy_map: chained hash map; see cy_map.h. */
+#include "core/cy_map.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_err.h"
+
+#include <string.h>
+
+struct cy_map_entry {
+    cy_map_entry *next;
+    uint64_t hash;
+    const void *key;
+    size_t len;
+    void *value;
+};
+
+uint64_t cy_hash(const void *key, size_t len)
+{
+    const uint8_t *p = key;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+void cy_map_init(cy_map *m)
+{
+    memset(m, 0, sizeof(*m));
+}
+
+void cy_map_fini(cy_map *m)
+{
+    for (size_t i = 0; i < m->nslots; i++) {
+        cy_map_entry *e = m->slots[i];
+        while (e) {
+            cy_map_entry *n = e->next;
+            cy_free(e);
+            e = n;
+        }
+    }
+    cy_free(m->slots);
+    memset(m, 0, sizeof(*m));
+}
+
+static cy_map_entry **find(const cy_map *m, const void *key, size_t len, uint64_t h)
+{
+    if (!m->nslots) return NULL;
+    cy_map_entry **pp = &m->slots[h & (m->nslots - 1)];
+    for (; *pp; pp = &(*pp)->next)
+        if ((*pp)->hash == h && (*pp)->len == len && memcmp((*pp)->key, key, len) == 0) return pp;
+    return pp;
+}
+
+void *cy_map_get(const cy_map *m, const void *key, size_t len)
+{
+    cy_map_entry **pp = find(m, key, len, cy_hash(key, len));
+    return pp && *pp ? (*pp)->value : NULL;
+}
+
+static int grow(cy_map *m)
+{
+    size_t n = m->nslots ? m->nslots * 2 : 16;
+    cy_map_entry **slots = cy_calloc(n, sizeof(*slots));
+    if (!slots) return CY_ENOMEM;
+    for (size_t i = 0; i < m->nslots; i++) {
+        cy_map_entry *e = m->slots[i];
+        while (e) {
+            cy_map_entry *next = e->next;
+            e->next = slots[e->hash & (n - 1)];
+            slots[e->hash & (n - 1)] = e;
+            e = next;
+        }
+    }
+    cy_free(m->slots);
+    m->slots = slots;
+    m->nslots = n;
+    return 0;
+}
+
+int cy_map_put(cy_map *m, const void *key, size_t len, void *value)
+{
+    uint64_t h = cy_hash(key, len);
+    cy_map_entry **pp = find(m, key, len, h);
+    if (pp && *pp) return CY_EEXIST;
+    cy_map_entry *e = cy_malloc(sizeof(*e));
+    if (!e) return CY_ENOMEM;
+    if (m->count >= m->nslots && grow(m)) {
+        /* A failed grow only costs speed, unless there are no slots at all. */
+        if (!m->nslots) {
+            cy_free(e);
+            return CY_ENOMEM;
+        }
+    }
+    e->hash = h;
+    e->key = key;
+    e->len = len;
+    e->value = value;
+    e->next = m->slots[h & (m->nslots - 1)];
+    m->slots[h & (m->nslots - 1)] = e;
+    m->count++;
+    return 0;
+}
+
+void *cy_map_del(cy_map *m, const void *key, size_t len)
+{
+    cy_map_entry **pp = find(m, key, len, cy_hash(key, len));
+    if (!pp || !*pp) return NULL;
+    cy_map_entry *e = *pp;
+    void *v = e->value;
+    *pp = e->next;
+    cy_free(e);
+    m->count--;
+    return v;
+}
+
+void cy_map_each(const cy_map *m, void (*fn)(void *ctx, void *value), void *ctx)
+{
+    for (size_t i = 0; i < m->nslots; i++)
+        for (cy_map_entry *e = m->slots[i]; e; e = e->next) fn(ctx, e->value);
+}
