@@ -1,0 +1,291 @@
+/* Unit tests of src/core: buffers, the hash map, the config table, error
+ * text and the allocation fault hook. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "core/cy_alloc.h"
+#include "core/cy_buf.h"
+#include "core/cy_config.h"
+#include "core/cy_err.h"
+#include "core/cy_map.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void test_cy_buf_append_consume(void **state)
+{
+    (void)state;
+    cy_buf b;
+    cy_buf_init(&b);
+    for (int i = 0; i < 1000; i++) assert_int_equal(cy_buf_put_u16(&b, (uint16_t)i), 0);
+    assert_int_equal(cy_buf_size(&b), 2000);
+    assert_int_equal(cy_buf_head(&b)[0], 0);
+    assert_int_equal(cy_buf_head(&b)[3], 1);
+    cy_buf_consume(&b, 1998);
+    assert_int_equal(cy_buf_size(&b), 2);
+    assert_int_equal((cy_buf_head(&b)[0] << 8) | cy_buf_head(&b)[1], 999);
+    cy_buf_consume(&b, 2);
+    assert_int_equal(cy_buf_size(&b), 0);
+    assert_int_equal(b.off, 0); /* empty buffers rewind */
+    cy_buf_fini(&b);
+    cy_buf_fini(&b); /* safe twice */
+}
+
+static void test_cy_buf_put_big_endian(void **state)
+{
+    (void)state;
+    cy_buf b;
+    cy_buf_init(&b);
+    assert_int_equal(cy_buf_put_u32(&b, 0x01020304u), 0);
+    assert_int_equal(cy_buf_put_u8(&b, 0xff), 0);
+    const uint8_t want[] = {1, 2, 3, 4, 0xff};
+    assert_memory_equal(cy_buf_head(&b), want, sizeof(want));
+    cy_buf_fini(&b);
+}
+
+static void test_cy_buf_reserve_compacts(void **state)
+{
+    (void)state;
+    cy_buf b;
+    cy_buf_init(&b);
+    uint8_t x[200] = {0};
+    assert_int_equal(cy_buf_append(&b, x, sizeof(x)), 0);
+    size_t cap = b.cap;
+    cy_buf_consume(&b, 150);
+    /* room exists once the consumed prefix is reclaimed: no growth */
+    assert_int_equal(cy_buf_reserve(&b, cap - 60), 0);
+    assert_int_equal(b.cap, cap);
+    assert_int_equal(b.off, 0);
+    assert_int_equal(cy_buf_size(&b), 50);
+    cy_buf_fini(&b);
+}
+
+static void test_cy_buf_append_enomem_leaves_buffer(void **state)
+{
+    (void)state;
+    cy_buf b;
+    cy_buf_init(&b);
+    assert_int_equal(cy_buf_append(&b, "abc", 3), 0);
+    uint8_t big[1024];
+    memset(big, 7, sizeof(big));
+    cy_alloc_fail_after(0);
+    assert_int_equal(cy_buf_append(&b, big, sizeof(big)), CY_ENOMEM);
+    cy_alloc_fail_after(-1);
+    assert_int_equal(cy_buf_size(&b), 3);
+    assert_memory_equal(cy_buf_head(&b), "abc", 3);
+    cy_buf_fini(&b);
+}
+
+static void test_cy_buf_shrink_idle(void **state)
+{
+    (void)state;
+    cy_buf b;
+    cy_buf_init(&b);
+    uint8_t big[8192] = {0};
+    assert_int_equal(cy_buf_append(&b, big, sizeof(big)), 0);
+    cy_buf_shrink(&b); /* not empty: kept */
+    assert_non_null(b.data);
+    cy_buf_consume(&b, sizeof(big));
+    cy_buf_shrink(&b);
+    assert_null(b.data);
+    assert_int_equal(b.cap, 0);
+    cy_buf_fini(&b);
+}
+
+static void test_cy_map_put_get_del(void **state)
+{
+    (void)state;
+    cy_map m;
+    cy_map_init(&m);
+    static char keys[500][16];
+    for (int i = 0; i < 500; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "client-%d", i);
+        assert_int_equal(cy_map_put(&m, keys[i], strlen(keys[i]), keys[i]), 0);
+    }
+    assert_int_equal(m.count, 500);
+    assert_int_equal(cy_map_put(&m, keys[3], strlen(keys[3]), NULL), CY_EEXIST);
+    for (int i = 0; i < 500; i++) assert_ptr_equal(cy_map_get(&m, keys[i], strlen(keys[i])), keys[i]);
+    assert_null(cy_map_get(&m, "client-500", 10));
+    assert_null(cy_map_get(&m, "client-1", 7)); /* prefix is not a match */
+    for (int i = 0; i < 500; i += 2) assert_ptr_equal(cy_map_del(&m, keys[i], strlen(keys[i])), keys[i]);
+    assert_null(cy_map_del(&m, keys[0], strlen(keys[0])));
+    assert_int_equal(m.count, 250);
+    for (int i = 1; i < 500; i += 2) assert_ptr_equal(cy_map_get(&m, keys[i], strlen(keys[i])), keys[i]);
+    cy_map_fini(&m);
+}
+
+static void test_cy_map_put_enomem(void **state)
+{
+    (void)state;
+    cy_map m;
+    cy_map_init(&m);
+    for (long n = 0; n < 3; n++) {
+        cy_alloc_fail_after(n);
+        int rc = cy_map_put(&m, "k", 1, &m);
+        cy_alloc_fail_after(-1);
+        if (rc == 0) break;
+        assert_int_equal(rc, CY_ENOMEM);
+        assert_int_equal(m.count, 0);
+        assert_null(cy_map_get(&m, "k", 1));
+    }
+    assert_ptr_equal(cy_map_get(&m, "k", 1), &m);
+    cy_map_fini(&m);
+}
+
+static void count_each(void *ctx, void *v)
+{
+    (void)v;
+    (*(int *)ctx)++;
+}
+
+static void test_cy_map_each_visits_all(void **state)
+{
+    (void)state;
+    cy_map m;
+    cy_map_init(&m);
+    const char *k[] = {"a", "b", "c", "d"};
+    for (int i = 0; i < 4; i++) assert_int_equal(cy_map_put(&m, k[i], 1, (void *)k[i]), 0);
+    int n = 0;
+    cy_map_each(&m, count_each, &n);
+    assert_int_equal(n, 4);
+    cy_map_fini(&m);
+}
+
+static void test_cy_config_defaults(void **state)
+{
+    (void)state;
+    cy_config c;
+    cy_config_defaults(&c);
+    assert_string_equal(c.mqtt_listen, "0.0.0.0:1883");
+    assert_false(c.allow_anonymous);
+    assert_int_equal(c.max_inflight, 32);
+    assert_int_equal(c.max_packet_size, 1048576);
+    assert_string_equal(c.store_sync, "normal");
+}
+
+static void test_cy_config_set_errors(void **state)
+{
+    (void)state;
+    cy_config c;
+    cy_config_defaults(&c);
+    cy_config_error e;
+    assert_int_equal(cy_config_set(&c, "max_inflight", "64", &e), 0);
+    assert_int_equal(c.max_inflight, 64);
+    assert_int_equal(cy_config_set(&c, "max_inflight", "0", &e), CY_ECONFIG);
+    assert_non_null(strstr(e.msg, "max_inflight"));
+    assert_int_equal(cy_config_set(&c, "max_inflight", "-1", &e), CY_ECONFIG);
+    assert_int_equal(cy_config_set(&c, "max_inflight", "12x", &e), CY_ECONFIG);
+    assert_int_equal(cy_config_set(&c, "max_inflight", "", &e), CY_ECONFIG);
+    assert_int_equal(c.max_inflight, 64); /* unchanged by the failures */
+    assert_int_equal(cy_config_set(&c, "allow_anonymous", "yes", &e), 0);
+    assert_true(c.allow_anonymous);
+    assert_int_equal(cy_config_set(&c, "allow_anonymous", "maybe", &e), CY_ECONFIG);
+    assert_int_equal(cy_config_set(&c, "no_such_thing", "1", &e), CY_ECONFIG);
+    assert_non_null(strstr(e.msg, "no_such_thing"));
+    assert_int_equal(cy_config_set(&c, "store_sync", "sometimes", &e), CY_ECONFIG);
+    char longv[600];
+    memset(longv, 'x', sizeof(longv) - 1);
+    longv[sizeof(longv) - 1] = '\0';
+    assert_int_equal(cy_config_set(&c, "data_dir", longv, &e), CY_ECONFIG);
+}
+
+static char *write_tmp(const char *text)
+{
+    static char path[64];
+    snprintf(path, sizeof(path), "/tmp/cyan-test-conf-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    return path;
+}
+
+static void test_cy_config_load_file(void **state)
+{
+    (void)state;
+    cy_config c;
+    cy_config_defaults(&c);
+    cy_config_error e;
+    char *p = write_tmp("# comment\n\n  max_queued = 7   # trailing comment\nlog_level=debug\n");
+    assert_int_equal(cy_config_load(&c, p, &e), 0);
+    assert_int_equal(c.max_queued, 7);
+    assert_string_equal(c.log_level, "debug");
+    unlink(p);
+    p = write_tmp("max_queued = 7\nthis line is wrong\n");
+    assert_int_equal(cy_config_load(&c, p, &e), CY_ECONFIG);
+    assert_non_null(strstr(e.msg, ":2:"));
+    unlink(p);
+    assert_int_equal(cy_config_load(&c, "/nonexistent/cyan.conf", &e), CY_EIO);
+}
+
+static void test_cy_config_print_roundtrip(void **state)
+{
+    (void)state;
+    cy_config c, d;
+    cy_config_defaults(&c);
+    cy_config_error e;
+    assert_int_equal(cy_config_set(&c, "max_topic_length", "99", &e), 0);
+    char path[] = "/tmp/cyan-test-print-XXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fdopen(fd, "w");
+    cy_config_print(&c, f);
+    fclose(f);
+    cy_config_defaults(&d);
+    assert_int_equal(cy_config_load(&d, path, &e), 0);
+    assert_memory_equal(&c, &d, sizeof(c));
+    unlink(path);
+}
+
+static void test_cy_strerror_codes(void **state)
+{
+    (void)state;
+    assert_string_equal(cy_strerror(0), "success");
+    assert_string_equal(cy_strerror(CY_EAGAIN), "need more data");
+    assert_string_equal(cy_strerror(CY_ESTORE), "storage error");
+    assert_true(CY_ESTORE < -4096);
+    assert_int_equal(CY_ENOMEM, -ENOMEM);
+    assert_string_equal(cy_strerror(-99999), "unknown error");
+}
+
+static void test_cy_alloc_fail_after_counts(void **state)
+{
+    (void)state;
+    cy_alloc_fail_after(2);
+    void *a = cy_malloc(8), *b = cy_malloc(8), *c = cy_malloc(8), *d = cy_malloc(8);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_null(c);
+    assert_non_null(d); /* one failure, then back to normal */
+    cy_free(a);
+    cy_free(b);
+    cy_free(d);
+    char *s = cy_strndup("hello world", 5);
+    assert_string_equal(s, "hello");
+    cy_free(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cy_buf_append_consume),
+        cmocka_unit_test(test_cy_buf_put_big_endian),
+        cmocka_unit_test(test_cy_buf_reserve_compacts),
+        cmocka_unit_test(test_cy_buf_append_enomem_leaves_buffer),
+        cmocka_unit_test(test_cy_buf_shrink_idle),
+        cmocka_unit_test(test_cy_map_put_get_del),
+        cmocka_unit_test(test_cy_map_put_enomem),
+        cmocka_unit_test(test_cy_map_each_visits_all),
+        cmocka_unit_test(test_cy_config_defaults),
+        cmocka_unit_test(test_cy_config_set_errors),
+        cmocka_unit_test(test_cy_config_load_file),
+        cmocka_unit_test(test_cy_config_print_roundtrip),
+        cmocka_unit_test(test_cy_strerror_codes),
+        cmocka_unit_test(test_cy_alloc_fail_after_counts),
+    };
+    return cmocka_run_group_tests_name("core", tests, NULL, NULL);
+}
