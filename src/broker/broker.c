@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 const cy_counters *cy_broker_counters(const cy_broker *b)
 {
@@ -141,8 +142,15 @@ static void on_pass_end(uv_check_t *h)
 {
     cy_broker *b = h->data;
     while (b->dirty || cy_store_pending(b->store)) {
-        if (cy_store_pending(b->store) && cy_store_commit(b->store))
-            cy_error(NULL, "store commit failed; acknowledgements are held back");
+        if (cy_store_pending(b->store) && cy_store_commit(b->store)) {
+            /* The batch was rolled back: memory now holds state the disk
+             * does not, and this pass's acknowledgements cover it. Leave
+             * without sending them; the next start reloads what is durable
+             * and clients resend what was never acknowledged. */
+            cy_error(NULL, "store commit failed: exiting without sending this pass's "
+                           "acknowledgements");
+            _exit(3);
+        }
         cy_conn *list = b->dirty;
         b->dirty = NULL;
         while (list) {

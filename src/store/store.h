@@ -56,7 +56,10 @@ int cy_registry_open(const char *path, cy_registry **out);
 void cy_registry_close(cy_registry *r); /* safe on NULL */
 /* Create a device named name (1..CY_DEVICE_NAME_MAX printable characters,
  * unique: CY_EEXIST otherwise). Writes its new id and its secret (shown
- * once, never stored) as NUL-terminated hex. */
+ * once, never stored) as NUL-terminated hex.
+ * Names are letters, digits, '-', '_' and '.'; a name shaped like an id
+ * (24 lowercase hex characters) is refused. Both: CY_EINVAL. CY_EIO if the
+ * random generator fails. */
 int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVICE_ID_LEN + 1],
                            char secret_out[CY_DEVICE_SECRET_LEN + 1]);
 /* 0 if id exists and secret matches; CY_ENOENT if no such device;
@@ -68,7 +71,7 @@ int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *ou
 /* Remove by id or by name. CY_ENOENT if absent. */
 int cy_registry_device_remove(cy_registry *r, const char *id_or_name);
 /* Calls fn for each device in creation order; stops early if fn returns non-zero
- * and returns that value. */
+ * and returns that value. fn may call the other registry functions, not this one. */
 int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device *d), void *ctx);
 
 /* ---- broker state ---- */
@@ -126,11 +129,15 @@ typedef struct cy_store_loader {
 int cy_store_open(const char *path, bool sync_full, cy_store **out);
 /* Commits anything pending, then closes. Safe on NULL. */
 void cy_store_close(cy_store *s);
-/* Commit the open transaction, if any. Called once per loop pass. */
+/* Commit the open transaction, if any. Called once per loop pass.
+ * CY_ESTORE: the whole batch since the last commit is gone (rolled back),
+ * none of it may be acknowledged; the next write starts a new batch. */
 int cy_store_commit(cy_store *s);
 /* Number of writes since the last commit (0 = nothing pending). */
 size_t cy_store_pending(const cy_store *s);
 
+/* Callbacks may call the write functions and cy_store_commit; not cy_store_load
+ * (CY_EBUSY). Only sessions' rows are reported (rows without a session are not). */
 int cy_store_load(cy_store *s, const cy_store_loader *l, void *ctx);
 
 /* Insert or update the session row. */
@@ -144,7 +151,8 @@ int cy_store_sub_delete(cy_store *s, const char *client_id, const char *filter, 
 
 /* Append m to client_id's queue; sets m->id. */
 int cy_store_msg_put(cy_store *s, const char *client_id, cy_store_msg *m);
-/* Record that message id was sent with packet_id, or moved to state. */
+/* Record that message id was sent with packet_id, or moved to state.
+ * CY_ENOENT if there is no such message. Deletes of absent rows succeed. */
 int cy_store_msg_update(cy_store *s, int64_t id, uint16_t packet_id, uint8_t state);
 int cy_store_msg_delete(cy_store *s, int64_t id);
 

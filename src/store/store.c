@@ -1,0 +1,745 @@
+/* cy_store: the broker state of one event loop, in one SQLite file (WAL).
+ *
+ * The idea needed to read this file is group commit. Every statement is
+ * prepared once at open and only bound, stepped and reset afterwards. The
+ * first write after a commit runs BEGIN IMMEDIATE and sets in_txn; later
+ * writes join that transaction and bump `pending`; cy_store_commit, called
+ * once per loop pass before any acknowledgement reaches a socket, runs
+ * COMMIT. In WAL mode with synchronous=NORMAL a COMMIT is a write(2) to the
+ * WAL with no fsync, which survives the process being killed; with
+ * synchronous=FULL (sync_full) the WAL is fsynced per commit, which also
+ * survives power loss.
+ *
+ * If SQLite rolls the whole transaction back under us (it may on I/O errors,
+ * a full disk or out of memory), the failing call logs and returns
+ * CY_ESTORE, and the next cy_store_commit also returns CY_ESTORE: the batch
+ * the loop believed pending is gone and nothing of it may be acknowledged.
+ * A failed COMMIT is rolled back for the same reason, so the handle is
+ * always left in a clean state (no transaction open).
+ *
+ * cy_store_load reads inside one read transaction, so it sees a single
+ * snapshot. Its callbacks may call the write functions (say, to drop an
+ * expired session): the first such write turns the read transaction into
+ * the pending write transaction, which the loop's next cy_store_commit ends.
+ *
+ * Encodings: topics and filters are TEXT bound with explicit lengths (SQLite
+ * neither checks nor converts UTF-8 here, so they round-trip byte-exactly,
+ * and what comes back is NUL-terminated as a bonus); payloads are BLOBs, an
+ * empty payload being a zero-length blob, never NULL; props is NULL when
+ * empty; subscription identifiers are a blob of 4-byte big-endian values.
+ * Message ids are rowids (no AUTOINCREMENT): larger than every live id when
+ * assigned, so queue order is id order.
+ *
+ * Every SQLite failure is logged once, where it is detected, and returned
+ * as CY_ESTORE.
+ */
+#include "store/store.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+
+#include <sqlite3.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SCHEMA_VERSION 1
+#define BUSY_TIMEOUT_MS 5000
+
+static const char schema_v1[] = "CREATE TABLE IF NOT EXISTS sessions("
+                                " client_id TEXT PRIMARY KEY NOT NULL,"
+                                " version INTEGER NOT NULL,"
+                                " expiry INTEGER NOT NULL,"
+                                " disconnected_at INTEGER NOT NULL) WITHOUT ROWID;"
+                                "CREATE TABLE IF NOT EXISTS subs("
+                                " client_id TEXT NOT NULL,"
+                                " filter TEXT NOT NULL,"
+                                " opts INTEGER NOT NULL,"
+                                " sub_id INTEGER NOT NULL,"
+                                " PRIMARY KEY(client_id, filter)) WITHOUT ROWID;"
+                                "CREATE TABLE IF NOT EXISTS msgs("
+                                " id INTEGER PRIMARY KEY,"
+                                " client_id TEXT NOT NULL,"
+                                " topic TEXT NOT NULL,"
+                                " payload BLOB NOT NULL,"
+                                " props BLOB,"
+                                " qos INTEGER NOT NULL,"
+                                " retain INTEGER NOT NULL,"
+                                " expiry_at INTEGER NOT NULL,"
+                                " packet_id INTEGER NOT NULL,"
+                                " state INTEGER NOT NULL,"
+                                " sub_ids BLOB);"
+                                "CREATE INDEX IF NOT EXISTS msgs_client ON msgs(client_id, id);"
+                                "CREATE TABLE IF NOT EXISTS inq2("
+                                " client_id TEXT NOT NULL,"
+                                " packet_id INTEGER NOT NULL,"
+                                " PRIMARY KEY(client_id, packet_id)) WITHOUT ROWID;"
+                                "CREATE TABLE IF NOT EXISTS retained("
+                                " topic TEXT PRIMARY KEY NOT NULL,"
+                                " payload BLOB NOT NULL,"
+                                " props BLOB,"
+                                " qos INTEGER NOT NULL,"
+                                " expiry_at INTEGER NOT NULL);"
+                                "PRAGMA user_version = 1;";
+
+enum {
+    ST_BEGIN,
+    ST_BEGIN_READ,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_SESSION_PUT,
+    ST_SESSION_DEL,
+    ST_SESSION_DEL_SUBS,
+    ST_SESSION_DEL_MSGS,
+    ST_SESSION_DEL_INQ2,
+    ST_SUB_PUT,
+    ST_SUB_DEL,
+    ST_MSG_PUT,
+    ST_MSG_UPDATE,
+    ST_MSG_DEL,
+    ST_INQ2_PUT,
+    ST_INQ2_DEL,
+    ST_RETAIN_PUT,
+    ST_RETAIN_DEL,
+    ST_LOAD_SESSIONS,
+    ST_LOAD_SUBS,
+    ST_LOAD_MSGS,
+    ST_LOAD_INQ2,
+    ST_LOAD_RETAINED,
+    N_ST
+};
+
+static const char *const sql[N_ST] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_BEGIN_READ] = "BEGIN",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_SESSION_PUT] = "INSERT INTO sessions(client_id, version, expiry, disconnected_at)"
+                       " VALUES(?1, ?2, ?3, ?4) ON CONFLICT(client_id) DO UPDATE SET"
+                       " version = excluded.version, expiry = excluded.expiry,"
+                       " disconnected_at = excluded.disconnected_at",
+    [ST_SESSION_DEL] = "DELETE FROM sessions WHERE client_id = ?1",
+    [ST_SESSION_DEL_SUBS] = "DELETE FROM subs WHERE client_id = ?1",
+    [ST_SESSION_DEL_MSGS] = "DELETE FROM msgs WHERE client_id = ?1",
+    [ST_SESSION_DEL_INQ2] = "DELETE FROM inq2 WHERE client_id = ?1",
+    [ST_SUB_PUT] = "INSERT INTO subs(client_id, filter, opts, sub_id) VALUES(?1, ?2, ?3, ?4)"
+                   " ON CONFLICT(client_id, filter) DO UPDATE SET"
+                   " opts = excluded.opts, sub_id = excluded.sub_id",
+    [ST_SUB_DEL] = "DELETE FROM subs WHERE client_id = ?1 AND filter = ?2",
+    [ST_MSG_PUT] = "INSERT INTO msgs(client_id, topic, payload, props, qos, retain, expiry_at,"
+                   " packet_id, state, sub_ids) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    [ST_MSG_UPDATE] = "UPDATE msgs SET packet_id = ?2, state = ?3 WHERE id = ?1",
+    [ST_MSG_DEL] = "DELETE FROM msgs WHERE id = ?1",
+    [ST_INQ2_PUT] = "INSERT OR IGNORE INTO inq2(client_id, packet_id) VALUES(?1, ?2)",
+    [ST_INQ2_DEL] = "DELETE FROM inq2 WHERE client_id = ?1 AND packet_id = ?2",
+    [ST_RETAIN_PUT] = "INSERT INTO retained(topic, payload, props, qos, expiry_at)"
+                      " VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(topic) DO UPDATE SET"
+                      " payload = excluded.payload, props = excluded.props,"
+                      " qos = excluded.qos, expiry_at = excluded.expiry_at",
+    [ST_RETAIN_DEL] = "DELETE FROM retained WHERE topic = ?1",
+    [ST_LOAD_SESSIONS] = "SELECT client_id, version, expiry, disconnected_at FROM sessions"
+                         " ORDER BY client_id",
+    [ST_LOAD_SUBS] = "SELECT filter, opts, sub_id FROM subs WHERE client_id = ?1",
+    [ST_LOAD_MSGS] = "SELECT id, topic, payload, props, qos, retain, expiry_at, packet_id, state,"
+                     " sub_ids FROM msgs WHERE client_id = ?1 ORDER BY id",
+    [ST_LOAD_INQ2] = "SELECT packet_id FROM inq2 WHERE client_id = ?1 ORDER BY packet_id",
+    [ST_LOAD_RETAINED] = "SELECT topic, payload, props, qos, expiry_at FROM retained",
+};
+
+struct cy_store {
+    sqlite3 *db;
+    sqlite3_stmt *st[N_ST];
+    size_t pending; /* writes since the last commit */
+    bool in_txn;    /* a write transaction is open (ours, or load's read one joined) */
+    bool lost;      /* the open transaction was rolled back by SQLite with writes in it */
+    bool loading;   /* inside cy_store_load (it is not re-entrant) */
+    uint32_t *ids;  /* load's scratch for decoded subscription identifiers */
+    size_t ids_cap; /* entries */
+};
+
+/* Logs the connection's last error once and returns CY_ESTORE. */
+static int db_fail(sqlite3 *db, const char *what)
+{
+    cy_error(NULL, "store: %s: %s", what, sqlite3_errmsg(db));
+    return CY_ESTORE;
+}
+
+/* At open, the message names the file. */
+static int open_fail(sqlite3 *db, const char *path, const char *what)
+{
+    cy_error(NULL, "store: open %s: %s: %s", path, what, db ? sqlite3_errmsg(db) : "out of memory");
+    return CY_ESTORE;
+}
+
+static void done(sqlite3_stmt *st)
+{
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+}
+
+/* Steps a statement that returns no rows, then resets it. */
+static int step_done(cy_store *s, int which, const char *what)
+{
+    sqlite3_stmt *st = s->st[which];
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(s->db, what);
+    done(st);
+    return rc;
+}
+
+/* A zero-length blob must stay a blob: sqlite3_bind_blob with len 0 and a
+ * NULL pointer would bind SQL NULL. */
+static int bind_bytes(sqlite3_stmt *st, int i, const void *p, size_t n)
+{
+    if (n == 0) return sqlite3_bind_zeroblob(st, i, 0);
+    return sqlite3_bind_blob64(st, i, p, n, SQLITE_STATIC);
+}
+
+/* Empty optional bytes (props, sub ids) are NULL. */
+static int bind_opt_bytes(sqlite3_stmt *st, int i, const void *p, size_t n)
+{
+    if (n == 0 || !p) return sqlite3_bind_null(st, i);
+    return sqlite3_bind_blob64(st, i, p, n, SQLITE_STATIC);
+}
+
+static int bind_str(sqlite3_stmt *st, int i, const char *p, size_t n)
+{
+    return sqlite3_bind_text64(st, i, n ? p : "", n, SQLITE_STATIC, SQLITE_UTF8);
+}
+
+/* ---- open / close ---- */
+
+static int user_version_cb(void *ctx, int ncol, char **vals, char **names)
+{
+    if (ncol > 0 && vals[0]) *(int *)ctx = (int)strtol(vals[0], NULL, 10);
+    return 0;
+}
+
+static int journal_cb(void *ctx, int ncol, char **vals, char **names)
+{
+    if (ncol > 0 && vals[0]) *(bool *)ctx = strcmp(vals[0], "wal") == 0;
+    return 0;
+}
+
+static int read_version(sqlite3 *db, int *version)
+{
+    *version = 0;
+    return sqlite3_exec(db, "PRAGMA user_version", user_version_cb, version, NULL) == SQLITE_OK
+               ? 0
+               : CY_ESTORE;
+}
+
+/* Creates or migrates the schema. A current file needs no lock (so opening
+ * never waits for another process's write); otherwise the check is redone
+ * under the write lock, so two processes opening a new file at once do not
+ * both create it. */
+static int schema(sqlite3 *db, const char *path)
+{
+    int version;
+    if (read_version(db, &version)) return open_fail(db, path, "user_version");
+    if (version == SCHEMA_VERSION) return 0;
+    if (version < SCHEMA_VERSION) {
+        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+            return open_fail(db, path, "begin schema");
+        if (read_version(db, &version)) {
+            open_fail(db, path, "user_version");
+            goto rollback;
+        }
+        /* Future versions migrate here, one step per version. */
+        if (version < 1 && sqlite3_exec(db, schema_v1, NULL, NULL, NULL) != SQLITE_OK) {
+            open_fail(db, path, "schema");
+            goto rollback;
+        }
+        if (version <= SCHEMA_VERSION) {
+            if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return 0;
+            open_fail(db, path, "commit schema");
+            goto rollback;
+        }
+    }
+    cy_error(NULL, "store: %s has schema version %d, newer than this cyan's %d", path, version,
+             SCHEMA_VERSION);
+rollback:
+    if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return CY_ESTORE;
+}
+
+int cy_store_open(const char *path, bool sync_full, cy_store **out)
+{
+    if (!path || !out) return CY_EINVAL;
+    *out = NULL;
+    cy_store *s = cy_calloc(1, sizeof(*s));
+    if (!s) return CY_ENOMEM;
+    int rc = CY_ESTORE;
+
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
+        open_fail(s->db, path, "sqlite3_open_v2");
+        goto fail;
+    }
+    sqlite3_extended_result_codes(s->db, 1);
+    sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
+
+    bool wal = false;
+    if (sqlite3_exec(s->db, "PRAGMA journal_mode = WAL", journal_cb, &wal, NULL) != SQLITE_OK) {
+        rc = open_fail(s->db, path, "journal_mode");
+        goto fail;
+    }
+    if (!wal) cy_warn(NULL, "store: %s: WAL mode unavailable, using the rollback journal", path);
+    const char *sync = sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL";
+    if (sqlite3_exec(s->db, sync, NULL, NULL, NULL) != SQLITE_OK) {
+        rc = open_fail(s->db, path, "synchronous");
+        goto fail;
+    }
+    if ((rc = schema(s->db, path))) goto fail;
+
+    for (int i = 0; i < N_ST; i++) {
+        if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
+            SQLITE_OK) {
+            rc = open_fail(s->db, path, "prepare");
+            goto fail;
+        }
+    }
+    *out = s;
+    return 0;
+fail:
+    cy_store_close(s);
+    return rc;
+}
+
+void cy_store_close(cy_store *s)
+{
+    if (!s) return;
+    if (s->in_txn || s->lost) cy_store_commit(s); /* logs its own failure */
+    for (int i = 0; i < N_ST; i++)
+        sqlite3_finalize(s->st[i]);
+    if (s->db && sqlite3_close(s->db) != SQLITE_OK) db_fail(s->db, "close");
+    cy_free(s->ids);
+    cy_free(s);
+}
+
+/* ---- group commit ---- */
+
+/* Before a write: open the batch's transaction unless one is open. Inside
+ * cy_store_load a read transaction is open; the write joins it. */
+static int write_begin(cy_store *s)
+{
+    if (s->in_txn) return 0;
+    if (sqlite3_get_autocommit(s->db) && step_done(s, ST_BEGIN, "begin")) return CY_ESTORE;
+    s->in_txn = true;
+    return 0;
+}
+
+/* After a write: count it, or notice that SQLite rolled the batch back. */
+static int write_end(cy_store *s, int rc)
+{
+    if (rc == 0) {
+        s->pending++;
+        return 0;
+    }
+    if (s->in_txn && sqlite3_get_autocommit(s->db)) {
+        s->in_txn = false;
+        if (s->pending) {
+            cy_error(NULL, "store: transaction rolled back, %zu uncommitted writes lost",
+                     s->pending);
+            s->lost = true;
+        }
+    }
+    return rc;
+}
+
+int cy_store_commit(cy_store *s)
+{
+    int rc = 0;
+    if (s->lost) {
+        /* Logged when it happened. The whole batch since the last commit
+         * fails together: writes made after the loss are dropped too. */
+        rc = CY_ESTORE;
+        if (s->in_txn && !sqlite3_get_autocommit(s->db)) step_done(s, ST_ROLLBACK, "rollback");
+    } else if (s->in_txn && !sqlite3_get_autocommit(s->db)) {
+        rc = step_done(s, ST_COMMIT, "commit");
+        if (rc && !sqlite3_get_autocommit(s->db)) step_done(s, ST_ROLLBACK, "rollback");
+    }
+    s->lost = false;
+    s->in_txn = false;
+    s->pending = 0;
+    return rc;
+}
+
+size_t cy_store_pending(const cy_store *s)
+{
+    return s->pending;
+}
+
+/* ---- writes ---- */
+
+int cy_store_session_put(cy_store *s, const cy_store_session *sess)
+{
+    if (!sess || !sess->client_id) return CY_EINVAL;
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_SESSION_PUT];
+    if (sqlite3_bind_text(st, 1, sess->client_id, -1, SQLITE_STATIC) ||
+        sqlite3_bind_int(st, 2, sess->version) || sqlite3_bind_int64(st, 3, sess->expiry) ||
+        sqlite3_bind_int64(st, 4, sess->disconnected_at)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "session_put"));
+    }
+    return write_end(s, step_done(s, ST_SESSION_PUT, "session_put"));
+}
+
+int cy_store_session_delete(cy_store *s, const char *client_id)
+{
+    if (!client_id) return CY_EINVAL;
+    static const int del[] = {ST_SESSION_DEL_SUBS, ST_SESSION_DEL_MSGS, ST_SESSION_DEL_INQ2,
+                              ST_SESSION_DEL};
+    int rc = write_begin(s);
+    if (rc) return rc;
+    /* All four run in the batch's transaction, so the deletion is atomic. */
+    for (size_t i = 0; i < sizeof(del) / sizeof(del[0]) && !rc; i++) {
+        sqlite3_stmt *st = s->st[del[i]];
+        if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC)) {
+            done(st);
+            rc = db_fail(s->db, "session_delete");
+        } else {
+            rc = step_done(s, del[i], "session_delete");
+        }
+    }
+    return write_end(s, rc);
+}
+
+int cy_store_sub_put(cy_store *s, const char *client_id, const char *filter, size_t filter_len,
+                     uint8_t opts, uint32_t sub_id)
+{
+    if (!client_id || (!filter && filter_len)) return CY_EINVAL;
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_SUB_PUT];
+    if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC) ||
+        bind_str(st, 2, filter, filter_len) || sqlite3_bind_int(st, 3, opts) ||
+        sqlite3_bind_int64(st, 4, sub_id)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "sub_put"));
+    }
+    return write_end(s, step_done(s, ST_SUB_PUT, "sub_put"));
+}
+
+int cy_store_sub_delete(cy_store *s, const char *client_id, const char *filter, size_t filter_len)
+{
+    if (!client_id || (!filter && filter_len)) return CY_EINVAL;
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_SUB_DEL];
+    if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC) ||
+        bind_str(st, 2, filter, filter_len)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "sub_delete"));
+    }
+    return write_end(s, step_done(s, ST_SUB_DEL, "sub_delete"));
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static bool msg_valid(const cy_store_msg *m)
+{
+    return m && (m->topic || !m->topic_len) && (m->payload || !m->payload_len) &&
+           (m->props || !m->props_len) && (m->sub_ids || !m->n_sub_ids);
+}
+
+int cy_store_msg_put(cy_store *s, const char *client_id, cy_store_msg *m)
+{
+    if (!client_id || !msg_valid(m)) return CY_EINVAL;
+    /* Subscription ids: a few in practice, so usually no allocation. */
+    uint8_t small[64];
+    uint8_t *ids = small;
+    size_t ids_len = (size_t)m->n_sub_ids * 4;
+    if (ids_len > sizeof(small) && !(ids = cy_malloc(ids_len))) return CY_ENOMEM;
+    for (uint32_t i = 0; i < m->n_sub_ids; i++)
+        put_be32(ids + 4 * (size_t)i, m->sub_ids[i]);
+
+    int rc = write_begin(s);
+    if (rc) goto out;
+    sqlite3_stmt *st = s->st[ST_MSG_PUT];
+    if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC) ||
+        bind_str(st, 2, m->topic, m->topic_len) || bind_bytes(st, 3, m->payload, m->payload_len) ||
+        bind_opt_bytes(st, 4, m->props, m->props_len) || sqlite3_bind_int(st, 5, m->qos) ||
+        sqlite3_bind_int(st, 6, m->retain) || sqlite3_bind_int64(st, 7, m->expiry_at) ||
+        sqlite3_bind_int(st, 8, m->packet_id) || sqlite3_bind_int(st, 9, m->state) ||
+        bind_opt_bytes(st, 10, ids, ids_len)) {
+        done(st);
+        rc = write_end(s, db_fail(s->db, "msg_put"));
+        goto out;
+    }
+    rc = write_end(s, step_done(s, ST_MSG_PUT, "msg_put"));
+    if (!rc) m->id = sqlite3_last_insert_rowid(s->db);
+out:
+    if (ids != small) cy_free(ids);
+    return rc;
+}
+
+int cy_store_msg_update(cy_store *s, int64_t id, uint16_t packet_id, uint8_t state)
+{
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_MSG_UPDATE];
+    if (sqlite3_bind_int64(st, 1, id) || sqlite3_bind_int(st, 2, packet_id) ||
+        sqlite3_bind_int(st, 3, state)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "msg_update"));
+    }
+    rc = write_end(s, step_done(s, ST_MSG_UPDATE, "msg_update"));
+    /* An update that matched nothing is a caller bug worth reporting; the
+     * write still counts as pending (the transaction is open). */
+    if (!rc && sqlite3_changes(s->db) == 0) return CY_ENOENT;
+    return rc;
+}
+
+int cy_store_msg_delete(cy_store *s, int64_t id)
+{
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_MSG_DEL];
+    if (sqlite3_bind_int64(st, 1, id)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "msg_delete"));
+    }
+    return write_end(s, step_done(s, ST_MSG_DEL, "msg_delete"));
+}
+
+static int inq2_write(cy_store *s, int which, const char *what, const char *client_id,
+                      uint16_t packet_id)
+{
+    if (!client_id) return CY_EINVAL;
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[which];
+    if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC) ||
+        sqlite3_bind_int(st, 2, packet_id)) {
+        done(st);
+        return write_end(s, db_fail(s->db, what));
+    }
+    return write_end(s, step_done(s, which, what));
+}
+
+int cy_store_inq2_put(cy_store *s, const char *client_id, uint16_t packet_id)
+{
+    return inq2_write(s, ST_INQ2_PUT, "inq2_put", client_id, packet_id);
+}
+
+int cy_store_inq2_delete(cy_store *s, const char *client_id, uint16_t packet_id)
+{
+    return inq2_write(s, ST_INQ2_DEL, "inq2_delete", client_id, packet_id);
+}
+
+int cy_store_retain_put(cy_store *s, const cy_store_msg *m)
+{
+    if (!msg_valid(m)) return CY_EINVAL;
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_RETAIN_PUT];
+    if (bind_str(st, 1, m->topic, m->topic_len) || bind_bytes(st, 2, m->payload, m->payload_len) ||
+        bind_opt_bytes(st, 3, m->props, m->props_len) || sqlite3_bind_int(st, 4, m->qos) ||
+        sqlite3_bind_int64(st, 5, m->expiry_at)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "retain_put"));
+    }
+    return write_end(s, step_done(s, ST_RETAIN_PUT, "retain_put"));
+}
+
+int cy_store_retain_delete(cy_store *s, const char *topic, size_t topic_len)
+{
+    if (!topic && topic_len) return CY_EINVAL;
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_RETAIN_DEL];
+    if (bind_str(st, 1, topic, topic_len)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "retain_delete"));
+    }
+    return write_end(s, step_done(s, ST_RETAIN_DEL, "retain_delete"));
+}
+
+/* ---- load ---- */
+
+static const uint8_t empty[1];
+
+/* Column i as bytes: never NULL, even when empty (sqlite3_column_blob
+ * returns NULL for a zero-length value). */
+static const uint8_t *col_bytes(sqlite3_stmt *st, int i, size_t *len)
+{
+    const uint8_t *p = sqlite3_column_blob(st, i);
+    *len = (size_t)sqlite3_column_bytes(st, i);
+    return p && *len ? p : empty;
+}
+
+static const char *col_str(sqlite3_stmt *st, int i, size_t *len)
+{
+    const char *p = (const char *)sqlite3_column_text(st, i);
+    *len = (size_t)sqlite3_column_bytes(st, i);
+    return p ? p : "";
+}
+
+/* Decodes the sub_ids blob of column i into s->ids. */
+static int col_sub_ids(cy_store *s, sqlite3_stmt *st, int i, cy_store_msg *m)
+{
+    size_t len;
+    const uint8_t *p = col_bytes(st, i, &len);
+    m->sub_ids = NULL;
+    m->n_sub_ids = 0;
+    if (len == 0) return 0;
+    if (len % 4) {
+        cy_error(NULL, "store: load: message %lld has a corrupt sub_ids blob (%zu bytes)",
+                 (long long)m->id, len);
+        return CY_ESTORE;
+    }
+    size_t n = len / 4;
+    if (n > s->ids_cap) {
+        uint32_t *ids = cy_realloc(s->ids, n * sizeof(*ids));
+        if (!ids) return CY_ENOMEM;
+        s->ids = ids;
+        s->ids_cap = n;
+    }
+    for (size_t k = 0; k < n; k++)
+        s->ids[k] = get_be32(p + 4 * k);
+    m->sub_ids = s->ids;
+    m->n_sub_ids = (uint32_t)n;
+    return 0;
+}
+
+/* The end of a row loop: rc is the callback's (or a decode) result, sr the
+ * last sqlite3_step result. */
+static int rows_end(cy_store *s, sqlite3_stmt *st, int rc, int sr, const char *what)
+{
+    if (rc == 0 && sr != SQLITE_DONE) rc = db_fail(s->db, what);
+    done(st);
+    return rc;
+}
+
+static int load_sessions(cy_store *s, const cy_store_loader *l, void *ctx)
+{
+    sqlite3_stmt *st = s->st[ST_LOAD_SESSIONS];
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t len;
+        cy_store_session sess = {
+            .client_id = col_str(st, 0, &len),
+            .version = (uint8_t)sqlite3_column_int(st, 1),
+            .expiry = (uint32_t)sqlite3_column_int64(st, 2),
+            .disconnected_at = sqlite3_column_int64(st, 3),
+        };
+        rc = l->session(ctx, &sess);
+    }
+    return rows_end(s, st, rc, sr, "load sessions");
+}
+
+static int load_subs(cy_store *s, const cy_store_loader *l, void *ctx, const char *client_id)
+{
+    sqlite3_stmt *st = s->st[ST_LOAD_SUBS];
+    if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC)) return db_fail(s->db, "load subs");
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t len;
+        const char *filter = col_str(st, 0, &len);
+        rc = l->sub(ctx, client_id, filter, (uint8_t)sqlite3_column_int(st, 1),
+                    (uint32_t)sqlite3_column_int64(st, 2));
+    }
+    return rows_end(s, st, rc, sr, "load subs");
+}
+
+static int load_msgs(cy_store *s, const cy_store_loader *l, void *ctx, const char *client_id)
+{
+    sqlite3_stmt *st = s->st[ST_LOAD_MSGS];
+    if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC)) return db_fail(s->db, "load msgs");
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        cy_store_msg m = {.id = sqlite3_column_int64(st, 0)};
+        m.topic = col_str(st, 1, &m.topic_len);
+        m.payload = col_bytes(st, 2, &m.payload_len);
+        m.props = col_bytes(st, 3, &m.props_len);
+        if (!m.props_len) m.props = NULL;
+        m.qos = (uint8_t)sqlite3_column_int(st, 4);
+        m.retain = sqlite3_column_int(st, 5) != 0;
+        m.expiry_at = sqlite3_column_int64(st, 6);
+        m.packet_id = (uint16_t)sqlite3_column_int(st, 7);
+        m.state = (uint8_t)sqlite3_column_int(st, 8);
+        rc = col_sub_ids(s, st, 9, &m);
+        if (!rc) rc = l->msg(ctx, client_id, &m);
+    }
+    return rows_end(s, st, rc, sr, "load msgs");
+}
+
+static int load_inq2(cy_store *s, const cy_store_loader *l, void *ctx, const char *client_id)
+{
+    sqlite3_stmt *st = s->st[ST_LOAD_INQ2];
+    if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC)) return db_fail(s->db, "load inq2");
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW)
+        rc = l->inq2(ctx, client_id, (uint16_t)sqlite3_column_int(st, 0));
+    return rows_end(s, st, rc, sr, "load inq2");
+}
+
+/* Second pass over the sessions: each one's subscriptions, queue, inq2. */
+static int load_session_state(cy_store *s, const cy_store_loader *l, void *ctx)
+{
+    sqlite3_stmt *st = s->st[ST_LOAD_SESSIONS];
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t len;
+        /* Valid until this statement steps again, whatever the inner
+         * statements and the callbacks' writes do. */
+        const char *client_id = col_str(st, 0, &len);
+        if (l->sub) rc = load_subs(s, l, ctx, client_id);
+        if (!rc && l->msg) rc = load_msgs(s, l, ctx, client_id);
+        if (!rc && l->inq2) rc = load_inq2(s, l, ctx, client_id);
+    }
+    return rows_end(s, st, rc, sr, "load sessions");
+}
+
+static int load_retained(cy_store *s, const cy_store_loader *l, void *ctx)
+{
+    sqlite3_stmt *st = s->st[ST_LOAD_RETAINED];
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        cy_store_msg m = {.retain = true};
+        m.topic = col_str(st, 0, &m.topic_len);
+        m.payload = col_bytes(st, 1, &m.payload_len);
+        m.props = col_bytes(st, 2, &m.props_len);
+        if (!m.props_len) m.props = NULL;
+        m.qos = (uint8_t)sqlite3_column_int(st, 3);
+        m.expiry_at = sqlite3_column_int64(st, 4);
+        rc = l->retained(ctx, &m);
+    }
+    return rows_end(s, st, rc, sr, "load retained");
+}
+
+int cy_store_load(cy_store *s, const cy_store_loader *l, void *ctx)
+{
+    if (!l) return CY_EINVAL;
+    if (s->loading) return CY_EBUSY; /* its statements are in use */
+    /* One read transaction: one consistent snapshot for the whole load. */
+    bool opened = sqlite3_get_autocommit(s->db);
+    if (opened && step_done(s, ST_BEGIN_READ, "load begin")) return CY_ESTORE;
+    s->loading = true;
+    int rc = 0;
+    if (l->session) rc = load_sessions(s, l, ctx);
+    if (!rc && (l->sub || l->msg || l->inq2)) rc = load_session_state(s, l, ctx);
+    if (!rc && l->retained) rc = load_retained(s, l, ctx);
+    s->loading = false;
+    /* End the read transaction unless a callback's write made it the
+     * pending batch (then the loop's next cy_store_commit ends it). */
+    if (opened && !s->in_txn && !sqlite3_get_autocommit(s->db)) {
+        int crc = step_done(s, ST_COMMIT, "load end");
+        if (!rc) rc = crc;
+    }
+    return rc;
+}

@@ -1,0 +1,1040 @@
+/* Tests of cy_store (src/store/store.c): every write function round-trips
+ * through cy_store_load, load order and early stop, group commit (pending,
+ * close commits, a second connection sees only committed data), crash
+ * durability (a forked child commits, writes more, and dies without
+ * closing: the committed batch is there, the rest is not), error paths
+ * (bad files, a newer schema, a held write lock, allocation failures).
+ *
+ * Loads are recorded as one line per callback into a text log, so a test
+ * states the whole expected load, order included, in one string.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+#include "store/store.h"
+
+#include <dirent.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ---- fixture: a fresh temp dir per test ---- */
+
+typedef struct fixture {
+    char dir[64];
+    char path[128];
+} fixture;
+
+static int setup(void **state)
+{
+    fixture *f = calloc(1, sizeof(*f));
+    if (!f) return -1;
+    strcpy(f->dir, "/tmp/cyan-store-XXXXXX");
+    if (!mkdtemp(f->dir)) {
+        free(f);
+        return -1;
+    }
+    snprintf(f->path, sizeof(f->path), "%s/broker.db", f->dir);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    DIR *d = opendir(f->dir);
+    if (d) {
+        struct dirent *e;
+        char p[512];
+        while ((e = readdir(d)))
+            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+                snprintf(p, sizeof(p), "%s/%s", f->dir, e->d_name);
+                unlink(p);
+            }
+        closedir(d);
+    }
+    rmdir(f->dir);
+    free(f);
+    cy_alloc_fail_after(-1);
+    return 0;
+}
+
+static cy_store *open_store(fixture *f)
+{
+    cy_store *s = NULL;
+    assert_int_equal(cy_store_open(f->path, false, &s), 0);
+    assert_non_null(s);
+    return s;
+}
+
+/* ---- the load recorder ---- */
+
+typedef struct rec {
+    char log[8192];
+    size_t len;
+    int stop_at; /* callback number that returns 42; 0 = never */
+    int calls;
+} rec;
+
+static void out(rec *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void out(rec *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(r->log + r->len, sizeof(r->log) - r->len, fmt, ap);
+    va_end(ap);
+    assert_true(n >= 0 && (size_t)n < sizeof(r->log) - r->len);
+    r->len += (size_t)n;
+}
+
+/* Bytes as printable ASCII with \xNN escapes, so NULs and lengths show. */
+static void out_bytes(rec *r, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] >= 0x21 && b[i] < 0x7f && b[i] != '\\')
+            out(r, "%c", b[i]);
+        else
+            out(r, "\\x%02x", b[i]);
+    }
+}
+
+static int next(rec *r)
+{
+    return ++r->calls == r->stop_at ? 42 : 0;
+}
+
+static int on_session(void *ctx, const cy_store_session *s)
+{
+    rec *r = ctx;
+    out(r, "S %s v%u e%u d%lld\n", s->client_id, s->version, s->expiry,
+        (long long)s->disconnected_at);
+    return next(r);
+}
+
+static int on_sub(void *ctx, const char *client_id, const char *filter, uint8_t opts,
+                  uint32_t sub_id)
+{
+    rec *r = ctx;
+    out(r, "B %s %s o%u i%u\n", client_id, filter, opts, sub_id);
+    return next(r);
+}
+
+static void out_msg(rec *r, const cy_store_msg *m)
+{
+    assert_non_null(m->topic);
+    assert_non_null(m->payload); /* even when empty */
+    assert_true((m->props == NULL) == (m->props_len == 0));
+    out(r, "t=");
+    out_bytes(r, m->topic, m->topic_len);
+    out(r, "/%zu p=", m->topic_len);
+    out_bytes(r, m->payload, m->payload_len);
+    out(r, "/%zu", m->payload_len);
+    if (m->props) {
+        out(r, " pr=");
+        out_bytes(r, m->props, m->props_len);
+    }
+    out(r, " q%u r%d x%lld", m->qos, m->retain, (long long)m->expiry_at);
+}
+
+static int on_msg(void *ctx, const char *client_id, const cy_store_msg *m)
+{
+    rec *r = ctx;
+    out(r, "M %s #%lld ", client_id, (long long)m->id);
+    out_msg(r, m);
+    out(r, " pid%u st%u ids[", m->packet_id, m->state);
+    for (uint32_t i = 0; i < m->n_sub_ids; i++)
+        out(r, i ? ",%u" : "%u", m->sub_ids[i]);
+    out(r, "]\n");
+    return next(r);
+}
+
+static int on_inq2(void *ctx, const char *client_id, uint16_t packet_id)
+{
+    rec *r = ctx;
+    out(r, "Q %s %u\n", client_id, packet_id);
+    return next(r);
+}
+
+static int on_retained(void *ctx, const cy_store_msg *m)
+{
+    rec *r = ctx;
+    out(r, "R ");
+    out_msg(r, m);
+    out(r, "\n");
+    return next(r);
+}
+
+static const cy_store_loader all = {on_session, on_sub, on_msg, on_inq2, on_retained};
+
+/* Loads s into a fresh recording and returns its log (static storage). */
+static const char *load(cy_store *s)
+{
+    static rec r;
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(cy_store_load(s, &all, &r), 0);
+    return r.log;
+}
+
+/* Reopens the file and loads it, so the test sees only what is on disk. */
+static const char *load_fresh(fixture *f)
+{
+    cy_store *s = open_store(f);
+    const char *log = load(s);
+    cy_store_close(s);
+    return log;
+}
+
+static void put_session(cy_store *s, const char *id, uint8_t version, uint32_t expiry,
+                        int64_t disconnected_at)
+{
+    cy_store_session sess = {id, version, expiry, disconnected_at};
+    assert_int_equal(cy_store_session_put(s, &sess), 0);
+}
+
+static int64_t put_msg(cy_store *s, const char *client_id, const char *topic, const char *payload)
+{
+    cy_store_msg m = {.topic = topic,
+                      .topic_len = strlen(topic),
+                      .payload = (const uint8_t *)payload,
+                      .payload_len = strlen(payload),
+                      .qos = 1};
+    assert_int_equal(cy_store_msg_put(s, client_id, &m), 0);
+    return m.id;
+}
+
+/* ---- open / close ---- */
+
+static void test_cy_store_open_creates_wal_schema(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    assert_string_equal(load(s), "");
+    cy_store_close(s);
+
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+    sqlite3_finalize(st);
+    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 1);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+
+    /* Reopening an existing file works, also with sync_full. */
+    assert_int_equal(cy_store_open(f->path, true, &s), 0);
+    cy_store_close(s);
+}
+
+static void test_cy_store_open_missing_dir(void **state)
+{
+    fixture *f = *state;
+    char p[256];
+    snprintf(p, sizeof(p), "%s/no/such/dir/broker.db", f->dir);
+    cy_store *s = (cy_store *)1;
+    assert_int_equal(cy_store_open(p, false, &s), CY_ESTORE);
+    assert_null(s);
+}
+
+static void test_cy_store_open_not_a_database(void **state)
+{
+    fixture *f = *state;
+    FILE *fp = fopen(f->path, "w");
+    assert_non_null(fp);
+    for (int i = 0; i < 200; i++)
+        fputs("this is not an SQLite database, only text. ", fp);
+    fclose(fp);
+    cy_store *s = NULL;
+    assert_int_equal(cy_store_open(f->path, false, &s), CY_ESTORE);
+    assert_null(s);
+}
+
+static void test_cy_store_open_newer_schema(void **state)
+{
+    fixture *f = *state;
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    cy_store *s = NULL;
+    assert_int_equal(cy_store_open(f->path, false, &s), CY_ESTORE);
+    assert_null(s);
+}
+
+static void test_cy_store_open_einval(void **state)
+{
+    cy_store *s;
+    assert_int_equal(cy_store_open(NULL, false, &s), CY_EINVAL);
+    assert_int_equal(cy_store_open("x", false, NULL), CY_EINVAL);
+}
+
+static void test_cy_store_open_alloc_fail(void **state)
+{
+    fixture *f = *state;
+    /* Walk every cy_alloc failure point of open until it succeeds. */
+    for (long n = 0;; n++) {
+        cy_store *s = NULL;
+        cy_alloc_fail_after(n);
+        int rc = cy_store_open(f->path, false, &s);
+        cy_alloc_fail_after(-1);
+        if (rc == 0) {
+            assert_true(n > 0);
+            cy_store_close(s);
+            break;
+        }
+        assert_int_equal(rc, CY_ENOMEM);
+        assert_null(s);
+    }
+}
+
+static void test_cy_store_close_null(void **state)
+{
+    cy_store_close(NULL);
+}
+
+/* ---- sessions ---- */
+
+static void test_cy_store_session_put_round_trip(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "dev-b", 5, 0xFFFFFFFFu, 0);
+    put_session(s, "dev-a", 4, 300, 1700000000123);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "S dev-a v4 e300 d1700000000123\n"
+                                       "S dev-b v5 e4294967295 d0\n");
+}
+
+static void test_cy_store_session_put_upsert(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "dev", 4, 10, 0);
+    cy_store_sub_put(s, "dev", "a/#", 3, 1, 0);
+    put_session(s, "dev", 5, 20, 99);
+    /* The upsert updates in place: it does not drop the session's rows. */
+    assert_string_equal(load(s), "S dev v5 e20 d99\n"
+                                 "B dev a/# o1 i0\n");
+    cy_store_close(s);
+}
+
+static void test_cy_store_session_put_einval(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    cy_store_session sess = {0};
+    assert_int_equal(cy_store_session_put(s, NULL), CY_EINVAL);
+    assert_int_equal(cy_store_session_put(s, &sess), CY_EINVAL);
+    assert_int_equal(cy_store_session_delete(s, NULL), CY_EINVAL);
+    assert_int_equal(cy_store_pending(s), 0);
+    cy_store_close(s);
+}
+
+static void test_cy_store_session_delete_cascades(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    const char *ids[] = {"keep", "gone"};
+    for (int i = 0; i < 2; i++) {
+        put_session(s, ids[i], 5, 60, 0);
+        assert_int_equal(cy_store_sub_put(s, ids[i], "x/+", 3, 2, 7), 0);
+        put_msg(s, ids[i], "x/y", "hello");
+        assert_int_equal(cy_store_inq2_put(s, ids[i], 11), 0);
+    }
+    assert_int_equal(cy_store_session_delete(s, "gone"), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+
+    assert_string_equal(load_fresh(f), "S keep v5 e60 d0\n"
+                                       "B keep x/+ o2 i7\n"
+                                       "M keep #1 t=x/y/3 p=hello/5 q1 r0 x0 pid0 st0 ids[]\n"
+                                       "Q keep 11\n");
+    /* Nothing of "gone" survives, not even rows without a session. */
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT (SELECT count(*) FROM subs WHERE client_id='gone')"
+                                        " + (SELECT count(*) FROM msgs WHERE client_id='gone')"
+                                        " + (SELECT count(*) FROM inq2 WHERE client_id='gone')",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+
+    /* Deleting a session that does not exist is not an error. */
+    s = open_store(f);
+    assert_int_equal(cy_store_session_delete(s, "never"), 0);
+    cy_store_close(s);
+}
+
+/* ---- subscriptions ---- */
+
+static void test_cy_store_sub_put_upsert(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "c", 5, 0, 0);
+    assert_int_equal(cy_store_sub_put(s, "c", "a/b", 3, 1, 0), 0);
+    assert_int_equal(cy_store_sub_put(s, "c", "a/bXXX", 3, 0, 0), 0); /* length, not strlen */
+    assert_int_equal(cy_store_sub_put(s, "c", "$share/g/t", 10, 2, 268435455), 0);
+    assert_int_equal(cy_store_sub_put(s, "c", "a/b", 3, 0x2e, 9), 0); /* replaces */
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    const char *log = load_fresh(f);
+    /* Order of subscriptions within a session is unspecified. */
+    assert_non_null(strstr(log, "B c a/b o46 i9\n"));
+    assert_non_null(strstr(log, "B c $share/g/t o2 i268435455\n"));
+    assert_int_equal(strlen(log), strlen("S c v5 e0 d0\n"
+                                         "B c a/b o46 i9\n"
+                                         "B c $share/g/t o2 i268435455\n"));
+}
+
+static void test_cy_store_sub_delete(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "c", 5, 0, 0);
+    put_session(s, "d", 5, 0, 0);
+    assert_int_equal(cy_store_sub_put(s, "c", "a", 1, 0, 0), 0);
+    assert_int_equal(cy_store_sub_put(s, "d", "a", 1, 1, 0), 0);
+    assert_int_equal(cy_store_sub_delete(s, "c", "aXX", 1), 0);
+    assert_int_equal(cy_store_sub_delete(s, "c", "a", 1), 0); /* absent: fine */
+    assert_int_equal(cy_store_sub_put(s, NULL, "a", 1, 0, 0), CY_EINVAL);
+    assert_int_equal(cy_store_sub_delete(s, "c", NULL, 1), CY_EINVAL);
+    assert_string_equal(load(s), "S c v5 e0 d0\n"
+                                 "S d v5 e0 d0\n"
+                                 "B d a o1 i0\n");
+    cy_store_close(s);
+}
+
+/* ---- messages ---- */
+
+static void test_cy_store_msg_put_all_fields(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "c", 5, 0, 0);
+
+    static const uint8_t bin[] = {0, 1, 0, 0xff, 'z'};
+    static const uint8_t props[] = {0x01, 0x01, 0x23, 0x00, 0x02};
+    static const uint32_t ids[] = {1, 0x0fffffff, 0x12345678};
+    cy_store_msg m1 = {.topic = "bin/\xc3\xa9t\xc3\xa9",
+                       .topic_len = 9,
+                       .payload = bin,
+                       .payload_len = sizeof(bin),
+                       .props = props,
+                       .props_len = sizeof(props),
+                       .qos = 2,
+                       .retain = true,
+                       .expiry_at = 1800000000000,
+                       .packet_id = 65535,
+                       .state = CY_MSG_SENT,
+                       .sub_ids = ids,
+                       .n_sub_ids = 3};
+    cy_store_msg m2 = {.topic = "e/nullXX", .topic_len = 6, .qos = 0}; /* empty, NULL payload */
+    cy_store_msg m3 = {.topic = "e/zero", .topic_len = 6, .payload = bin, .payload_len = 0};
+    assert_int_equal(cy_store_msg_put(s, "c", &m1), 0);
+    assert_int_equal(cy_store_msg_put(s, "c", &m2), 0);
+    assert_int_equal(cy_store_msg_put(s, "c", &m3), 0);
+    assert_true(m1.id > 0 && m2.id > m1.id && m3.id > m2.id);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+
+    assert_string_equal(load_fresh(f),
+                        "S c v5 e0 d0\n"
+                        "M c #1 t=bin/\\xc3\\xa9t\\xc3\\xa9/9 p=\\x00\\x01\\x00\\xffz/5"
+                        " pr=\\x01\\x01#\\x00\\x02 q2 r1 x1800000000000 pid65535 st1"
+                        " ids[1,268435455,305419896]\n"
+                        "M c #2 t=e/null/6 p=/0 q0 r0 x0 pid0 st0 ids[]\n"
+                        "M c #3 t=e/zero/6 p=/0 q0 r0 x0 pid0 st0 ids[]\n");
+}
+
+static void test_cy_store_msg_put_many_sub_ids(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "c", 5, 0, 0);
+    uint32_t ids[40]; /* more than fit the stack buffer */
+    for (uint32_t i = 0; i < 40; i++)
+        ids[i] = i + 1;
+    cy_store_msg m = {.topic = "t", .topic_len = 1, .sub_ids = ids, .n_sub_ids = 40};
+    cy_alloc_fail_after(0);
+    assert_int_equal(cy_store_msg_put(s, "c", &m), CY_ENOMEM);
+    cy_alloc_fail_after(-1);
+    assert_int_equal(cy_store_pending(s), 1); /* only the session */
+    assert_int_equal(cy_store_msg_put(s, "c", &m), 0);
+    const char *log = load(s);
+    assert_non_null(strstr(log, "ids[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,"
+                                "23,24,25,26,27,28,29,30,31,32,33,34,35,36,37,38,39,40]\n"));
+    cy_store_close(s);
+}
+
+static void test_cy_store_msg_put_order(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "a", 5, 0, 0);
+    put_session(s, "b", 5, 0, 0);
+    /* Interleaved queues: each loads in its own enqueue order. */
+    put_msg(s, "b", "t", "b1");
+    put_msg(s, "a", "t", "a1");
+    put_msg(s, "b", "t", "b2");
+    int64_t a2 = put_msg(s, "a", "t", "a2");
+    put_msg(s, "a", "t", "a3");
+    assert_int_equal(cy_store_msg_delete(s, a2), 0);
+    int64_t a4 = put_msg(s, "a", "t", "a4");
+    assert_true(a4 > a2);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "S a v5 e0 d0\n"
+                                       "S b v5 e0 d0\n"
+                                       "M a #2 t=t/1 p=a1/2 q1 r0 x0 pid0 st0 ids[]\n"
+                                       "M a #5 t=t/1 p=a3/2 q1 r0 x0 pid0 st0 ids[]\n"
+                                       "M a #6 t=t/1 p=a4/2 q1 r0 x0 pid0 st0 ids[]\n"
+                                       "M b #1 t=t/1 p=b1/2 q1 r0 x0 pid0 st0 ids[]\n"
+                                       "M b #3 t=t/1 p=b2/2 q1 r0 x0 pid0 st0 ids[]\n");
+}
+
+static void test_cy_store_msg_update(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "c", 5, 0, 0);
+    int64_t id1 = put_msg(s, "c", "t", "one");
+    int64_t id2 = put_msg(s, "c", "t", "two");
+    assert_int_equal(cy_store_msg_update(s, id1, 7, CY_MSG_SENT), 0);
+    assert_int_equal(cy_store_msg_update(s, id2, 8, CY_MSG_SENT), 0);
+    assert_int_equal(cy_store_msg_update(s, id2, 8, CY_MSG_RELEASED), 0);
+    assert_int_equal(cy_store_msg_update(s, 999, 1, CY_MSG_SENT), CY_ENOENT);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "S c v5 e0 d0\n"
+                                       "M c #1 t=t/1 p=one/3 q1 r0 x0 pid7 st1 ids[]\n"
+                                       "M c #2 t=t/1 p=two/3 q1 r0 x0 pid8 st2 ids[]\n");
+}
+
+static void test_cy_store_msg_delete(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "c", 5, 0, 0);
+    int64_t id1 = put_msg(s, "c", "t", "one");
+    put_msg(s, "c", "t", "two");
+    assert_int_equal(cy_store_msg_delete(s, id1), 0);
+    assert_int_equal(cy_store_msg_delete(s, id1), 0); /* absent: fine */
+    assert_string_equal(load(s), "S c v5 e0 d0\n"
+                                 "M c #2 t=t/1 p=two/3 q1 r0 x0 pid0 st0 ids[]\n");
+    cy_store_close(s);
+}
+
+static void test_cy_store_msg_put_einval(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    cy_store_msg m = {.topic = NULL, .topic_len = 3};
+    assert_int_equal(cy_store_msg_put(s, "c", &m), CY_EINVAL);
+    m = (cy_store_msg){.topic = "t", .topic_len = 1, .payload_len = 4};
+    assert_int_equal(cy_store_msg_put(s, "c", &m), CY_EINVAL);
+    m = (cy_store_msg){.topic = "t", .topic_len = 1, .n_sub_ids = 1};
+    assert_int_equal(cy_store_msg_put(s, "c", &m), CY_EINVAL);
+    assert_int_equal(cy_store_msg_put(s, NULL, &m), CY_EINVAL);
+    assert_int_equal(cy_store_msg_put(s, "c", NULL), CY_EINVAL);
+    assert_int_equal(cy_store_pending(s), 0);
+    cy_store_close(s);
+}
+
+/* ---- inbound QoS 2 ids ---- */
+
+static void test_cy_store_inq2_put_delete(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "c", 5, 0, 0);
+    assert_int_equal(cy_store_inq2_put(s, "c", 65535), 0);
+    assert_int_equal(cy_store_inq2_put(s, "c", 3), 0);
+    assert_int_equal(cy_store_inq2_put(s, "c", 3), 0); /* duplicate ignored */
+    assert_int_equal(cy_store_inq2_put(s, "c", 1), 0);
+    assert_int_equal(cy_store_inq2_delete(s, "c", 1), 0);
+    assert_int_equal(cy_store_inq2_delete(s, "c", 2), 0); /* absent: fine */
+    assert_int_equal(cy_store_inq2_put(s, NULL, 2), CY_EINVAL);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "S c v5 e0 d0\n"
+                                       "Q c 3\n"
+                                       "Q c 65535\n");
+}
+
+/* ---- retained ---- */
+
+static void test_cy_store_retain_put_replace_delete(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    static const uint8_t props[] = {0x03, 0x00, 0x01, 'j'};
+    cy_store_msg m = {.topic = "r/1XX",
+                      .topic_len = 3,
+                      .payload = (const uint8_t *)"v1",
+                      .payload_len = 2,
+                      .props = props,
+                      .props_len = sizeof(props),
+                      .qos = 1,
+                      .expiry_at = 5};
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    m.payload = (const uint8_t *)"v\0002";
+    m.payload_len = 3;
+    m.props = NULL;
+    m.props_len = 0;
+    m.qos = 2;
+    m.expiry_at = 0;
+    assert_int_equal(cy_store_retain_put(s, &m), 0); /* replaces */
+    cy_store_msg e = {.topic = "r/empty", .topic_len = 7};
+    assert_int_equal(cy_store_retain_put(s, &e), 0);
+    cy_store_msg g = {
+        .topic = "r/gone", .topic_len = 6, .payload = (const uint8_t *)"x", .payload_len = 1};
+    assert_int_equal(cy_store_retain_put(s, &g), 0);
+    assert_int_equal(cy_store_retain_delete(s, "r/goneXX", 6), 0);
+    assert_int_equal(cy_store_retain_delete(s, "r/none", 6), 0); /* absent: fine */
+    assert_int_equal(cy_store_retain_delete(s, NULL, 6), CY_EINVAL);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    const char *log = load_fresh(f);
+    assert_non_null(strstr(log, "R t=r/1/3 p=v\\x002/3 q2 r1 x0\n"));
+    assert_non_null(strstr(log, "R t=r/empty/7 p=/0 q0 r1 x0\n"));
+    assert_int_equal(strlen(log), strlen("R t=r/1/3 p=v\\x002/3 q2 r1 x0\n"
+                                         "R t=r/empty/7 p=/0 q0 r1 x0\n"));
+}
+
+static void test_cy_store_retain_put_props(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    static const uint8_t props[] = {0x03, 0x00, 0x01, 'j'};
+    cy_store_msg m = {.topic = "p", .topic_len = 1, .props = props, .props_len = sizeof(props)};
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    assert_string_equal(load(s), "R t=p/1 p=/0 pr=\\x03\\x00\\x01j q0 r1 x0\n");
+    cy_store_close(s);
+}
+
+/* ---- load ---- */
+
+static void fill(cy_store *s)
+{
+    put_session(s, "b", 4, 1, 2);
+    put_session(s, "a", 5, 3, 4);
+    assert_int_equal(cy_store_sub_put(s, "a", "f", 1, 1, 0), 0);
+    assert_int_equal(cy_store_sub_put(s, "b", "g", 1, 0, 0), 0);
+    put_msg(s, "a", "t", "m1");
+    put_msg(s, "b", "t", "m2");
+    assert_int_equal(cy_store_inq2_put(s, "a", 9), 0);
+    assert_int_equal(cy_store_inq2_put(s, "b", 8), 0);
+    cy_store_msg r = {
+        .topic = "rt", .topic_len = 2, .payload = (const uint8_t *)"rv", .payload_len = 2};
+    assert_int_equal(cy_store_retain_put(s, &r), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+}
+
+static void test_cy_store_load_order(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    fill(s);
+    /* Every session first, then each session's subs, msgs, inq2, then retained. */
+    assert_string_equal(load(s), "S a v5 e3 d4\n"
+                                 "S b v4 e1 d2\n"
+                                 "B a f o1 i0\n"
+                                 "M a #1 t=t/1 p=m1/2 q1 r0 x0 pid0 st0 ids[]\n"
+                                 "Q a 9\n"
+                                 "B b g o0 i0\n"
+                                 "M b #2 t=t/1 p=m2/2 q1 r0 x0 pid0 st0 ids[]\n"
+                                 "Q b 8\n"
+                                 "R t=rt/2 p=rv/2 q0 r1 x0\n");
+    cy_store_close(s);
+}
+
+static void test_cy_store_load_null_callbacks(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    fill(s);
+    rec r = {0};
+    cy_store_loader only_msgs = {.msg = on_msg};
+    assert_int_equal(cy_store_load(s, &only_msgs, &r), 0);
+    assert_string_equal(r.log, "M a #1 t=t/1 p=m1/2 q1 r0 x0 pid0 st0 ids[]\n"
+                               "M b #2 t=t/1 p=m2/2 q1 r0 x0 pid0 st0 ids[]\n");
+    memset(&r, 0, sizeof(r));
+    cy_store_loader only_retained = {.retained = on_retained};
+    assert_int_equal(cy_store_load(s, &only_retained, &r), 0);
+    assert_string_equal(r.log, "R t=rt/2 p=rv/2 q0 r1 x0\n");
+    cy_store_loader none = {0};
+    assert_int_equal(cy_store_load(s, &none, NULL), 0);
+    assert_int_equal(cy_store_load(s, NULL, NULL), CY_EINVAL);
+    cy_store_close(s);
+}
+
+static void test_cy_store_load_stop(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    fill(s);
+    /* Stop at every callback in turn: the value comes back, nothing after
+     * it is reported, and the handle keeps working. */
+    for (int k = 1; k <= 9; k++) {
+        rec r = {.stop_at = k};
+        assert_int_equal(cy_store_load(s, &all, &r), 42);
+        assert_int_equal(r.calls, k);
+        put_msg(s, "a", "t", "more");
+        assert_int_equal(cy_store_commit(s), 0);
+    }
+    cy_store_close(s);
+}
+
+static void test_cy_store_load_alloc_fail(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "c", 5, 0, 0);
+    static const uint32_t ids[] = {4, 5};
+    cy_store_msg m = {.topic = "t", .topic_len = 1, .sub_ids = ids, .n_sub_ids = 2};
+    assert_int_equal(cy_store_msg_put(s, "c", &m), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    rec r = {0};
+    cy_alloc_fail_after(0);
+    assert_int_equal(cy_store_load(s, &all, &r), CY_ENOMEM);
+    cy_alloc_fail_after(-1);
+    assert_string_equal(load(s), "S c v5 e0 d0\n"
+                                 "M c #1 t=t/1 p=/0 q0 r0 x0 pid0 st0 ids[4,5]\n");
+    cy_store_close(s);
+}
+
+static void test_cy_store_load_corrupt_sub_ids(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "c", 5, 0, 0);
+    put_msg(s, "c", "t", "x");
+    cy_store_close(s);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "UPDATE msgs SET sub_ids = x'010203'", NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store(f);
+    rec r = {0};
+    assert_int_equal(cy_store_load(s, &all, &r), CY_ESTORE);
+    cy_store_close(s);
+}
+
+/* A loader that drops expired sessions while loading, as the broker may. */
+static int drop_expired(void *ctx, const cy_store_session *sess)
+{
+    cy_store *s = ctx;
+    if (sess->expiry == 0) assert_int_equal(cy_store_session_delete(s, sess->client_id), 0);
+    return 0;
+}
+
+static int drop_expired_commit(void *ctx, const cy_store_session *sess)
+{
+    drop_expired(ctx, sess);
+    assert_int_equal(cy_store_commit(ctx), 0);
+    return 0;
+}
+
+static void test_cy_store_load_callback_writes(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "old", 5, 0, 0);
+    put_session(s, "new", 5, 60, 0);
+    put_msg(s, "old", "t", "x");
+    assert_int_equal(cy_store_commit(s), 0);
+
+    cy_store_loader l = {.session = drop_expired};
+    assert_int_equal(cy_store_load(s, &l, s), 0);
+    assert_int_equal(cy_store_pending(s), 1);
+    assert_int_equal(cy_store_commit(s), 0);
+    /* A load with no writes leaves nothing open behind it. */
+    assert_int_equal(cy_store_load(s, &l, s), 0);
+    assert_int_equal(cy_store_pending(s), 0);
+    /* Even a commit from inside a callback is allowed. */
+    put_session(s, "old2", 5, 0, 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_loader lc = {.session = drop_expired_commit};
+    assert_int_equal(cy_store_load(s, &lc, s), 0);
+    assert_int_equal(cy_store_pending(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "S new v5 e60 d0\n");
+}
+
+/* ---- group commit and durability ---- */
+
+static void test_cy_store_pending_counts(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    assert_int_equal(cy_store_pending(s), 0);
+    assert_int_equal(cy_store_commit(s), 0); /* nothing open: fine */
+    put_session(s, "c", 5, 0, 0);
+    assert_int_equal(cy_store_pending(s), 1);
+    assert_int_equal(cy_store_sub_put(s, "c", "f", 1, 0, 0), 0);
+    int64_t id = put_msg(s, "c", "t", "x");
+    assert_int_equal(cy_store_msg_update(s, id, 1, CY_MSG_SENT), 0);
+    assert_int_equal(cy_store_inq2_put(s, "c", 1), 0);
+    assert_int_equal(cy_store_pending(s), 5);
+    assert_int_equal(cy_store_commit(s), 0);
+    assert_int_equal(cy_store_pending(s), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    assert_int_equal(cy_store_msg_delete(s, id), 0);
+    assert_int_equal(cy_store_pending(s), 1);
+    assert_int_equal(cy_store_commit(s), 0);
+    assert_int_equal(cy_store_pending(s), 0);
+    cy_store_close(s);
+}
+
+/* Another connection (another process in production) sees committed
+ * batches and never the pending one. */
+static void test_cy_store_commit_visibility(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "committed", 5, 0, 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    put_session(s, "pending", 5, 0, 0);
+    cy_store *other = open_store(f);
+    assert_string_equal(load(other), "S committed v5 e0 d0\n");
+    assert_int_equal(cy_store_commit(s), 0);
+    assert_string_equal(load(other), "S committed v5 e0 d0\n"
+                                     "S pending v5 e0 d0\n");
+    cy_store_close(other);
+    cy_store_close(s);
+}
+
+static void test_cy_store_close_commits_pending(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "c", 5, 0, 0);
+    put_msg(s, "c", "t", "x");
+    assert_int_equal(cy_store_pending(s), 2);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "S c v5 e0 d0\n"
+                                       "M c #1 t=t/1 p=x/1 q1 r0 x0 pid0 st0 ids[]\n");
+}
+
+/* The child commits one batch, leaves a second pending, says so on a pipe
+ * and waits; the parent kills it with SIGKILL, as the supervisor kills a
+ * hung shard: no destructor, no commit, no flush runs in the child. (A
+ * child that _exits or kills itself would do as well, but valgrind then
+ * reports the child's unclosed handle.) A failing child exits with a code
+ * naming its step. */
+static void crash_child(fixture *f, bool sync_full)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        cy_store *s;
+        if (cy_store_open(f->path, sync_full, &s)) _exit(10);
+        cy_store_session sess = {"kept", 5, 60, 0};
+        if (cy_store_session_put(s, &sess)) _exit(11);
+        cy_store_msg m = {.topic = "t",
+                          .topic_len = 1,
+                          .payload = (const uint8_t *)"acked",
+                          .payload_len = 5,
+                          .qos = 1};
+        if (cy_store_msg_put(s, "kept", &m)) _exit(12);
+        if (cy_store_commit(s)) _exit(13);
+        cy_store_session lost = {"lost", 5, 60, 0};
+        if (cy_store_session_put(s, &lost)) _exit(14);
+        m.payload = (const uint8_t *)"unacked";
+        m.payload_len = 7;
+        if (cy_store_msg_put(s, "kept", &m)) _exit(15);
+        if (cy_store_pending(s) != 2) _exit(16);
+        if (write(fds[1], "k", 1) != 1) _exit(17);
+        for (;;)
+            pause();
+    }
+    close(fds[1]);
+    char c;
+    if (read(fds[0], &c, 1) == 1) kill(pid, SIGKILL); /* else the child failed and exited */
+    close(fds[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    if (!WIFSIGNALED(status)) fail_msg("child exited with %d", WEXITSTATUS(status));
+    assert_int_equal(WTERMSIG(status), SIGKILL);
+    assert_string_equal(load_fresh(f), "S kept v5 e60 d0\n"
+                                       "M kept #1 t=t/1 p=acked/5 q1 r0 x0 pid0 st0 ids[]\n");
+}
+
+static void test_cy_store_commit_survives_sigkill(void **state)
+{
+    crash_child(*state, false);
+}
+
+static void test_cy_store_commit_survives_sigkill_sync_full(void **state)
+{
+    crash_child(*state, true);
+}
+
+/* A write that cannot get the write lock waits the busy timeout (5 s), then
+ * fails with CY_ESTORE and leaves the handle usable. */
+static void test_cy_store_session_put_busy(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+
+    int64_t t0 = cy_mono_ms();
+    cy_store_session sess = {"c", 5, 0, 0};
+    assert_int_equal(cy_store_session_put(s, &sess), CY_ESTORE);
+    int64_t waited = cy_mono_ms() - t0;
+    assert_true(waited >= 4000); /* it waited instead of failing at once */
+    assert_int_equal(cy_store_pending(s), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+
+    assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    assert_int_equal(cy_store_session_put(s, &sess), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "S c v5 e0 d0\n");
+}
+
+/* The disk fills up mid-batch (RLIMIT_FSIZE stands in for a full disk):
+ * whichever call notices, the batch is not reported committed, none of it
+ * is on disk, earlier batches are intact and the handle recovers. */
+static void test_cy_store_commit_disk_full(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "before", 5, 0, 0);
+    assert_int_equal(cy_store_commit(s), 0);
+
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    void (*old_handler)(int) = signal(SIGXFSZ, SIG_IGN);
+    char wal[160];
+    snprintf(wal, sizeof(wal), "%s-wal", f->path);
+    struct stat st;
+    assert_int_equal(stat(wal, &st), 0);
+    lim = old;
+    lim.rlim_cur = (rlim_t)st.st_size; /* no file may grow any more */
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+
+    put_session(s, "during", 5, 0, 0);
+    size_t big_len = 4 << 20; /* more than the page cache holds: it spills */
+    uint8_t *big = calloc(1, big_len);
+    assert_non_null(big);
+    cy_store_msg m = {.topic = "t", .topic_len = 1, .payload = big, .payload_len = big_len};
+    int rc = cy_store_msg_put(s, "during", &m);
+    assert_true(rc == 0 || rc == CY_ESTORE);
+    put_session(s, "after-error", 5, 0, 0);
+    assert_int_equal(cy_store_commit(s), CY_ESTORE);
+    assert_int_equal(cy_store_pending(s), 0);
+
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, old_handler);
+    free(big);
+    assert_string_equal(load(s), "S before v5 e0 d0\n");
+    put_session(s, "recovered", 5, 0, 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "S before v5 e0 d0\n"
+                                       "S recovered v5 e0 d0\n");
+}
+
+/* Informational only: the cost of the broker's write pattern. */
+static void test_cy_store_msg_put_cost(void **state)
+{
+    fixture *f = *state;
+    uint8_t payload[64]; /* a typical device event */
+    memset(payload, 'p', sizeof(payload));
+    for (int full = 0; full < 2; full++) {
+        cy_store *s;
+        assert_int_equal(cy_store_open(f->path, full, &s), 0);
+        put_session(s, "c", 5, 0, 0);
+        int64_t t0 = cy_mono_ms();
+        for (int i = 0; i < 10000; i++) {
+            cy_store_msg m = {.topic = "devices/abc/events/temp",
+                              .topic_len = 23,
+                              .payload = payload,
+                              .payload_len = sizeof(payload),
+                              .qos = 1};
+            assert_int_equal(cy_store_msg_put(s, "c", &m), 0);
+            if (i % 100 == 99) assert_int_equal(cy_store_commit(s), 0);
+        }
+        int64_t ms = cy_mono_ms() - t0;
+        printf("  store cost: 10000 msg_put, commit every 100, sync %s: %lld ms (%.1f us/put)\n",
+               full ? "full" : "normal", (long long)ms, ms * 1000.0 / 10000);
+        cy_store_close(s);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_cy_store_open_creates_wal_schema, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_open_missing_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_open_not_a_database, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_open_newer_schema, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_open_einval, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_open_alloc_fail, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_close_null, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_session_put_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_session_put_upsert, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_session_put_einval, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_session_delete_cascades, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_sub_put_upsert, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_sub_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_msg_put_all_fields, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_msg_put_many_sub_ids, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_msg_put_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_msg_update, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_msg_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_msg_put_einval, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_inq2_put_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_retain_put_replace_delete, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_retain_put_props, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_load_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_load_null_callbacks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_load_stop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_load_alloc_fail, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_load_corrupt_sub_ids, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_load_callback_writes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_pending_counts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_commit_visibility, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_close_commits_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_commit_survives_sigkill, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_commit_survives_sigkill_sync_full, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_session_put_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_commit_disk_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_msg_put_cost, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
