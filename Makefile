@@ -42,9 +42,11 @@ unit:
 	@cd $(ASAN) && ctest --output-on-failure -j $(JOBS)
 
 valgrind:
-	@set -e; for t in $(BUILD)/test_*; do \
-	  valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite $$t >/dev/null 2>$$t.vg || { cat $$t.vg; exit 1; }; \
-	done; echo "valgrind: all unit tests clean"
+	@set -e; mkdir -p $(BUILD)/valgrind; n=0; for t in $(BUILD)/test_*; do \
+	  [ -x "$$t" ] || continue; log=$(BUILD)/valgrind/$$(basename $$t).log; n=$$((n+1)); \
+	  valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite $$t >$$log 2>&1 \
+	    || { cat $$log; echo "valgrind: $$t failed"; exit 1; }; \
+	done; echo "valgrind: $$n unit test programs clean"
 
 integration:
 	@CYAN_BIN=$(CURDIR)/$(ASAN)/cyan $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration

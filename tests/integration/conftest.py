@@ -1,0 +1,364 @@
+"""Fixtures for the integration tests: the real cyan binary on a free port of
+127.0.0.1, its devices, and clients (paho, mosquitto_pub/sub, raw sockets).
+
+Environment:
+  CYAN_BIN    the binary (default: <repo>/build/cyan; `make integration` sets the
+              ASan build).
+  CYAN_PEER   "mosquitto": run the generic tests against Debian's mosquitto
+              instead, to validate the tests' own logic. Tests marked cyan_only
+              are skipped then.
+
+Every server is started in its own short temporary directory (unix socket
+paths must stay short), with its stdout+stderr in server.log there. A server
+stopped with SIGTERM must exit 0 within 5 s: under ASan a leak makes the exit
+code non-zero, and the test errors in teardown. When a test fails, the log of
+each server it started is attached to the report.
+"""
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from helpers import Device
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CYAN_BIN = os.environ.get("CYAN_BIN") or os.path.join(REPO, "build", "cyan")
+PEER = os.environ.get("CYAN_PEER", "")
+MOSQUITTO = "/usr/sbin/mosquitto"
+HOST = "127.0.0.1"
+
+READY_TIMEOUT = 10.0
+# Devices pre-registered once per run in a template data dir that each cyan
+# server starts from (`cyan device add` costs ~0.1 s under ASan; tests use
+# several devices each). add_device() hands these out first, then runs the CLI.
+POOL_SIZE = 6
+STOP_TIMEOUT = 5.0
+LOG_TAIL_CHARS = 40000
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cyan_only: cyan-specific behaviour (credentials, CLI, $SYS/cyan, "
+        "cyan limits, restart persistence); skipped with CYAN_PEER=mosquitto")
+    if PEER and PEER != "mosquitto":
+        raise pytest.UsageError("CYAN_PEER must be empty or 'mosquitto'")
+
+
+def pytest_report_header(config):
+    if PEER:
+        return "integration: peer %s (%s)" % (PEER, MOSQUITTO)
+    return "integration: cyan binary %s" % CYAN_BIN
+
+
+def pytest_collection_modifyitems(config, items):
+    if PEER != "mosquitto":
+        return
+    skip = pytest.mark.skip(reason="cyan-only behaviour (CYAN_PEER=mosquitto)")
+    for item in items:
+        if "cyan_only" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "_rep_" + rep.when, rep)
+    if rep.failed:
+        for srv in getattr(item, "_cyan_servers", []):
+            rep.sections.append(("server log %s" % srv.log_path, srv.log_tail()))
+
+
+def free_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
+def child_env():
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0"
+    env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
+    return env
+
+
+# Settings that have a mosquitto equivalent in peer mode (cyan name ->
+# mosquitto global option). Others are cyan-only and ignored by the peer.
+_MOSQ_GLOBAL = {
+    "max_keepalive": "max_keepalive",
+    "max_packet_size": "max_packet_size",
+    "max_queued": "max_queued_messages",
+    "max_inflight": "max_inflight_messages",
+    "sys_interval": "sys_interval",
+}
+
+
+class Server:
+    """One broker process (cyan, or mosquitto in peer mode) on HOST:port with
+    its own data directory. restart() keeps the port and the data dir."""
+
+    def __init__(self, workdir, settings, template=None):
+        self.workdir = workdir
+        self.data_dir = os.path.join(workdir, "data")
+        self.pool = []
+        if template is not None and PEER != "mosquitto":
+            tpl_dir, devices = template
+            shutil.copytree(tpl_dir, self.data_dir)
+            self.pool = list(devices)
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.log_path = os.path.join(workdir, "server.log")
+        self.host = HOST
+        self.port = free_port()
+        self.settings = dict(settings)
+        self.proc = None
+        self.starts = 0
+        self.peer = PEER
+        self._devno = 0
+
+    # ---- process
+    def argv(self):
+        if self.peer == "mosquitto":
+            return [MOSQUITTO, "-c", self._mosquitto_conf()]
+        argv = [CYAN_BIN, "--data_dir=%s" % self.data_dir,
+                "--mqtt_listen=%s:%d" % (self.host, self.port),
+                "--log_level=debug", "--sys_interval=1"]
+        for k, v in self.settings.items():
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            argv.append("--%s=%s" % (k, v))
+        return argv
+
+    def _mosquitto_conf(self):
+        path = os.path.join(self.workdir, "mosquitto.conf")
+        lines = [
+            "per_listener_settings false",
+            "allow_anonymous true",
+            "persistence true",
+            "persistence_location %s/" % self.data_dir,
+            "autosave_interval 1",
+            "autosave_on_changes true",
+            "user root",
+            "log_dest stderr",
+            "log_type all",
+            "connection_messages true",
+            "sys_interval 1",
+        ]
+        listener = ["listener %d %s" % (self.port, self.host)]
+        for k, v in self.settings.items():
+            if k in _MOSQ_GLOBAL and k != "sys_interval":
+                lines.append("%s %s" % (_MOSQ_GLOBAL[k], v))
+            elif k == "max_connections":
+                listener.append("max_connections %s" % v)
+            elif k == "topic_alias_max":
+                listener.append("max_topic_alias %s" % v)
+        with open(path, "w") as f:
+            f.write("\n".join(lines + listener) + "\n")
+        return path
+
+    def start(self):
+        assert self.proc is None, "already running"
+        if self.peer != "mosquitto" and not os.access(CYAN_BIN, os.X_OK):
+            pytest.fail("cyan binary not found: %s (set CYAN_BIN or build it)" % CYAN_BIN)
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(("==== start #%d: %s\n" % (self.starts, " ".join(self.argv()))).encode())
+            log.flush()
+            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=child_env(),
+                                         cwd=self.workdir)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                rc = self.proc.returncode
+                self.proc = None
+                pytest.fail("server exited with %s before accepting connections\n%s"
+                            % (rc, self.log_tail()))
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        pytest.fail("server not accepting on %s:%d after %.0fs\n%s"
+                    % (self.host, self.port, READY_TIMEOUT, self.log_tail()))
+
+    def stop(self, check=True):
+        """SIGTERM, wait up to 5 s (then SIGKILL). With check, the exit code
+        must be 0 (a leak under ASan makes it non-zero)."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+            if check:
+                pytest.fail("server did not exit within %.0fs of SIGTERM\n%s"
+                            % (STOP_TIMEOUT, self.log_tail()))
+            return None
+        self._log_note("exited with %d after SIGTERM" % rc)
+        if check and rc != 0:
+            pytest.fail("server exited with %d after SIGTERM (leak or crash?)\n%s"
+                        % (rc, self.log_tail()))
+        return rc
+
+    def kill(self):
+        """SIGKILL: no chance to flush anything."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        proc.kill()
+        proc.wait(5)
+        self._log_note("killed with SIGKILL")
+
+    def restart(self, kill=False, **settings):
+        """Stop (SIGTERM and check exit 0, or SIGKILL) and start again on the
+        same port and data dir; settings update the command line."""
+        if kill:
+            self.kill()
+        else:
+            self.stop()
+        self.settings.update(settings)
+        return self.start()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    # ---- logs
+    def _log_note(self, text):
+        with open(self.log_path, "ab") as f:
+            f.write(("==== %s\n" % text).encode())
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n=LOG_TAIL_CHARS):
+        text = self.log()
+        if len(text) > n:
+            text = "...(%d chars cut)...\n" % (len(text) - n) + text[-n:]
+        return text
+
+    def wait_log(self, needle, timeout=3.0):
+        """True once needle appears in the log (bounded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log():
+                return True
+            time.sleep(0.05)
+        return needle in self.log()
+
+    # ---- cli
+    def cli(self, *args, timeout=20, check=True, data_dir=True):
+        """Run `cyan ARGS --data_dir=DIR`; returns CompletedProcess (text)."""
+        argv = [CYAN_BIN] + list(args) + (["--data_dir=%s" % self.data_dir] if data_dir else [])
+        cp = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=timeout, env=child_env())
+        if check and cp.returncode != 0:
+            pytest.fail("%s exited %d\nstdout:\n%s\nstderr:\n%s"
+                        % (" ".join(argv), cp.returncode, cp.stdout, cp.stderr))
+        return cp
+
+    def add_device(self, name=None):
+        """A new device (id, secret, name). In peer mode mosquitto accepts
+        anyone, so credentials are made up with the same shape."""
+        self._devno += 1
+        if name is None and self.pool:
+            return self.pool.pop(0)
+        if name is None:
+            name = "dev%d-%s" % (self._devno, secrets.token_hex(3))
+        if self.peer == "mosquitto":
+            return Device(secrets.token_hex(12), secrets.token_hex(16), name)
+        cp = self.cli("device", "add", name)
+        return Device.parse(cp.stdout, name)
+
+
+@pytest.fixture(scope="session")
+def device_template():
+    """(data dir holding POOL_SIZE registered devices, [Device]) or None."""
+    if PEER == "mosquitto" or not os.access(CYAN_BIN, os.X_OK):
+        yield None
+        return
+    workdir = tempfile.mkdtemp(prefix="cytpl", dir="/tmp")
+    data_dir = os.path.join(workdir, "data")
+    os.makedirs(data_dir)
+    devices = []
+    for i in range(POOL_SIZE):
+        name = "pool%d" % i
+        cp = subprocess.run([CYAN_BIN, "device", "add", name, "--data_dir=%s" % data_dir],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=20, env=child_env())
+        if cp.returncode != 0:
+            shutil.rmtree(workdir, ignore_errors=True)
+            yield None  # each test then registers its own and reports the failure
+            return
+        devices.append(Device.parse(cp.stdout, name))
+    yield data_dir, devices
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def server_factory(request, device_template):
+    """server_factory(**settings) -> a started Server. Settings become
+    --key=value options of cyan. All are stopped (exit code checked) at
+    teardown; their work dirs are removed when the test passed."""
+    servers = []
+    request.node._cyan_servers = servers
+
+    def start(**settings):
+        workdir = tempfile.mkdtemp(prefix="cy", dir="/tmp")
+        srv = Server(workdir, settings, device_template)
+        servers.append(srv)
+        return srv.start()
+
+    yield start
+    failed = []
+    for srv in servers:
+        try:
+            srv.stop(check=True)
+        except BaseException as e:  # keep stopping the others
+            failed.append(e)
+    rep = getattr(request.node, "_rep_call", None)
+    if not failed and (rep is None or rep.passed):
+        for srv in servers:
+            shutil.rmtree(srv.workdir, ignore_errors=True)
+    if failed:
+        raise failed[0]
+
+
+@pytest.fixture
+def server(server_factory):
+    """cyan with its defaults (allow_anonymous=false)."""
+    return server_factory()
+
+
+@pytest.fixture
+def device(server):
+    """One registered device of `server`."""
+    return server.add_device()
+
+
+@pytest.fixture
+def new_device(server):
+    """Factory: new_device(name=None) -> Device of `server`."""
+    return server.add_device
