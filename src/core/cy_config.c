@@ -50,6 +50,11 @@ static const setting table[] = {
         "seconds between updates of the retained $SYS/cyan/<counter> topics; 0 = off"),
     STR(store_sync, "normal",
         "normal: a commit survives the process being killed; full: also power loss (fsync)"),
+    U32(shards, "4", 1, 64,
+        "shard processes; a device belongs to one, so a failed shard touches 1/shards of them"),
+    U32(watchdog_timeout, "2000", 100, 600000,
+        "milliseconds a shard may go without a heartbeat, or with work queued and no progress, "
+        "before the supervisor kills and replaces it"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))

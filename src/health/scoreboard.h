@@ -1,0 +1,124 @@
+/* scoreboard: what every shard says about itself, in shared memory.
+ *
+ * One file, data_dir/run/scoreboard, mapped MAP_SHARED by the supervisor,
+ * by every shard and by `cyan status`. It holds a header and one slot per
+ * shard. A slot is written only by its shard (single writer), read by
+ * anyone; fields are naturally aligned 64-bit words written with relaxed
+ * atomic stores, so a reader sees each field whole (never torn) though not
+ * necessarily all fields of one instant. The supervisor writes only the
+ * header and, per slot, the supervisor-owned fields marked below (restart
+ * bookkeeping of a shard that is down cannot be written by the shard).
+ *
+ * Liveness is progress, not a pid: a shard advances `heartbeat_ms` from its
+ * loop (every pass and at least every 100 ms) and `progress` for every unit
+ * of work it completes; peers record in their own slots how many bus frames
+ * they sent to it and how many it has acknowledged. The supervisor judges:
+ *   - heartbeat older than watchdog_timeout: hung (stopped, spinning,
+ *     deadlocked: its loop is not running);
+ *   - loop running but work queued for it (frames peers sent that it has not
+ *     acknowledged, or its own `queued`) and `progress` unchanged for
+ *     watchdog_timeout: stuck.
+ *
+ * Clock: heartbeat and change times are CLOCK_MONOTONIC milliseconds, which
+ * is one clock for all processes of a machine.
+ *
+ * Errors: CY_EIO (file or mmap failed, errno logged), CY_EINVAL (a file of
+ * another layout or version). Thread: any; slots are lock-free.
+ */
+#ifndef CY_SCOREBOARD_H
+#define CY_SCOREBOARD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define CY_SB_MAX_SHARDS 64
+#define CY_SB_MAGIC 0x6379616e53423031ull /* "cyanSB01" */
+
+enum {
+    CY_SHARD_DOWN = 0,     /* not running (not yet started, exited, killed) */
+    CY_SHARD_STARTING = 1, /* spawned, loading its state */
+    CY_SHARD_RUNNING = 2,  /* serving */
+    CY_SHARD_STOPPING = 3, /* shutting down on request */
+};
+
+/* Restart reasons, counted per shard by the supervisor. */
+enum {
+    CY_RESTART_EXIT = 0,    /* exited with a status */
+    CY_RESTART_SIGNAL = 1,  /* killed by a signal it did not get from us */
+    CY_RESTART_HUNG = 2,    /* no heartbeat for watchdog_timeout */
+    CY_RESTART_STUCK = 3,   /* work queued, no progress for watchdog_timeout */
+    CY_RESTART_NREASONS = 4
+};
+
+/* Counters a shard publishes about itself (the broker's counters are
+ * appended as `counters`, CY_SB_COUNTERS words, in cy_counters order). */
+#define CY_SB_COUNTERS 32
+
+typedef struct cy_sb_slot {
+    /* written by the shard */
+    int64_t pid;
+    int64_t state;          /* CY_SHARD_* */
+    int64_t generation;     /* spawn number, given by the supervisor on the command line */
+    int64_t started_ms;     /* monotonic ms when it began serving */
+    int64_t heartbeat_ms;   /* monotonic ms of its last loop pass */
+    uint64_t loops;         /* loop passes */
+    uint64_t progress;      /* units of work completed (packets handled, frames applied) */
+    uint64_t queued;        /* work it knows it has not done yet */
+    uint64_t connections;   /* client connections open */
+    uint64_t bus_sent[CY_SB_MAX_SHARDS];  /* frames sent to shard j (this generation of j) */
+    uint64_t bus_acked[CY_SB_MAX_SHARDS]; /* of those, acknowledged by j */
+    uint64_t counters[CY_SB_COUNTERS];
+    /* written by the supervisor */
+    int64_t sv_pid;          /* pid it spawned (0 when down) */
+    int64_t sv_restarts[CY_RESTART_NREASONS];
+    int64_t sv_last_restart_ms; /* monotonic */
+    int64_t sv_backoff_ms;      /* delay before the next spawn */
+    char sv_last_reason[128];   /* "no progress for 2.1 s with 530 queued" */
+} cy_sb_slot;
+
+typedef struct cy_sb_header {
+    uint64_t magic;
+    uint64_t version;      /* 1 */
+    uint64_t nshards;
+    int64_t supervisor_pid;
+    int64_t supervisor_heartbeat_ms;
+    int64_t watchdog_timeout_ms;
+} cy_sb_header;
+
+typedef struct cy_scoreboard {
+    cy_sb_header *hdr;
+    cy_sb_slot *slots; /* nshards of them */
+    size_t map_len;
+} cy_scoreboard;
+
+/* Create (truncate) the file for nshards (1..CY_SB_MAX_SHARDS) and map it.
+ * Used by the supervisor. */
+int cy_scoreboard_create(const char *path, unsigned nshards, cy_scoreboard *sb);
+/* Map an existing file (shards, `cyan status`). */
+int cy_scoreboard_open(const char *path, cy_scoreboard *sb);
+/* Unmap. The file stays. Safe on a zeroed scoreboard. */
+void cy_scoreboard_close(cy_scoreboard *sb);
+
+/* Relaxed atomic field access, so readers never see a torn word. */
+static inline void cy_sb_store(volatile int64_t *field, int64_t v)
+{
+    __atomic_store_n(field, v, __ATOMIC_RELAXED);
+}
+static inline int64_t cy_sb_load(const volatile int64_t *field)
+{
+    return __atomic_load_n(field, __ATOMIC_RELAXED);
+}
+static inline void cy_sb_storeu(volatile uint64_t *field, uint64_t v)
+{
+    __atomic_store_n(field, v, __ATOMIC_RELAXED);
+}
+static inline uint64_t cy_sb_loadu(const volatile uint64_t *field)
+{
+    return __atomic_load_n(field, __ATOMIC_RELAXED);
+}
+
+/* Work queued for shard i as its peers see it: the sum over live peers j of
+ * slot[j].bus_sent[i] - slot[j].bus_acked[i], plus slot[i].queued. */
+uint64_t cy_scoreboard_backlog(const cy_scoreboard *sb, unsigned i);
+
+#endif

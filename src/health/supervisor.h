@@ -1,0 +1,57 @@
+/* supervisor: process 0. Spawns the shards, judges them by progress,
+ * replaces the ones that die or stop moving. Does no protocol work.
+ *
+ * What it does, in order:
+ *   1. creates data_dir/run/, the scoreboard file data_dir/run/scoreboard
+ *      (see scoreboard.h), and the listening MQTT socket (mqtt_listen);
+ *   2. spawns `shards` shard processes with uv_spawn:
+ *        argv: exe "shard" <index> <generation> <pass-through args...>
+ *        fd 3: the listening TCP socket (bound, listening; shards accept on it)
+ *        fd 4: one end of a socketpair to the supervisor; a shard exits
+ *              when it reads EOF there (the supervisor is gone)
+ *        fd 0: /dev/null; fds 1, 2: inherited (one log stream)
+ *      The generation is a number that grows with every spawn of that index.
+ *   3. every 100 ms judges each shard from its scoreboard slot:
+ *        - exited: respawn at once, or with backoff if it ran less than 5 s
+ *          (crash loop: 250 ms doubling up to 30 s; reset after it stays up);
+ *        - RUNNING and heartbeat older than watchdog_timeout: SIGKILL,
+ *          reason "no heartbeat for 2.1 s";
+ *        - RUNNING, work queued for it (cy_scoreboard_backlog > 0) and its
+ *          progress counter unchanged for watchdog_timeout: SIGKILL, reason
+ *          "no progress for 2.1 s with 530 queued";
+ *        - STARTING longer than max(10 s, 5 x watchdog_timeout): SIGKILL.
+ *      Every restart is logged with its reason and counted by reason in the
+ *      slot (sv_restarts, sv_last_reason).
+ *   4. feeds systemd when run under it: READY=1 once every shard first
+ *      reports RUNNING, WATCHDOG=1 every second from its own loop, STOPPING=1
+ *      on shutdown (NOTIFY_SOCKET protocol, no libsystemd needed).
+ *   5. on SIGTERM/SIGINT: SIGTERM to every shard, waits up to 10 s (then
+ *      SIGKILL), returns 0 if every shard exited with status 0, else 1.
+ *
+ * Thread: main thread, own libuv loop. Errors: returns a process exit
+ * status; startup failures are logged (cannot listen, cannot create run dir).
+ */
+#ifndef CY_SUPERVISOR_H
+#define CY_SUPERVISOR_H
+
+#include "core/cy_config.h"
+
+/* Run until told to stop. exe: the binary to spawn (normally
+ * /proc/self/exe resolved); pass: NULL-terminated arguments appended to
+ * every shard's argv (the -c file and --name=value overrides, so shards see
+ * the same settings). Borrowed. */
+int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass);
+
+/* `cyan status`: print the scoreboard of the node whose data_dir is in cfg
+ * (one line per shard: index, pid, state, heartbeat age, progress, backlog,
+ * connections, restarts by reason, last reason). Returns 0, or 1 if no
+ * supervisor is running there. */
+int cy_status_print(const cy_config *cfg);
+
+/* Drills: `cyan shard stop|cont|kill|spin|stall INDEX`: sends the shard
+ * SIGSTOP, SIGCONT, SIGKILL, SIGUSR2 (spin: its loop busy-loops forever) or
+ * SIGUSR1 (stall: it stops handling input but keeps its heartbeat) and
+ * prints the pid. Returns a process exit status. */
+int cy_shard_drill(const cy_config *cfg, const char *what, const char *index);
+
+#endif
