@@ -66,6 +66,23 @@ typedef void (*cy_topic_match_fn)(void *ctx, void *owner, uint8_t opts, uint32_t
  * anyway. May be NULL (every member accepts). */
 typedef bool (*cy_topic_accept_fn)(void *ctx, void *owner);
 
+/* The general form of matching, for routing across shards. */
+typedef struct cy_topic_matcher {
+    /* Every matching plain subscription. */
+    void (*on_sub)(void *ctx, void *owner, uint8_t opts, uint32_t sub_id);
+    /* The member chosen for one matching shared group; filter is the group's
+     * whole "$share/group/filter" (borrowed for the call). */
+    void (*on_shared)(void *ctx, void *owner, uint8_t opts, uint32_t sub_id, const char *filter,
+                      size_t len);
+    /* Grade a shared-group member: 2 take it, 1 only if no member grades 2,
+     * 0 never. Members are tried round robin from the one after the last
+     * chosen; a group whose members all grade 0 is skipped. NULL: all 2. */
+    int (*grade)(void *ctx, void *owner);
+    /* Consider this shared group at all? NULL: every group. */
+    bool (*want_group)(void *ctx, const char *filter, size_t len);
+    void *ctx;
+} cy_topic_matcher;
+
 int cy_topic_tree_new(cy_topic_tree **out);
 /* Frees the tree; owners are not touched. Safe on NULL. */
 void cy_topic_tree_free(cy_topic_tree *t);
@@ -81,6 +98,9 @@ int cy_topic_tree_remove(cy_topic_tree *t, const char *filter, size_t len, void 
  * modify the tree. */
 void cy_topic_tree_match(cy_topic_tree *t, const char *name, size_t len, cy_topic_match_fn fn,
                          cy_topic_accept_fn accept, void *ctx);
+/* Match with a cy_topic_matcher (borrowed). Callbacks must not modify the tree. */
+void cy_topic_tree_match_with(cy_topic_tree *t, const char *name, size_t len,
+                              const cy_topic_matcher *m);
 /* Number of subscriptions held (each shared member counts once). */
 size_t cy_topic_tree_count(const cy_topic_tree *t);
 

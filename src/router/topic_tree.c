@@ -49,7 +49,8 @@ typedef struct group {
     sub *members;    /* in join order, which is the round robin order */
     uint32_t n, cap; /* members used and allocated */
     uint32_t cursor; /* index of the member tried first for the next message */
-    uint32_t namelen;
+    uint32_t namelen; /* the group name is name[7 .. 7 + namelen) */
+    uint32_t fulllen; /* name[] holds the whole "$share/group/filter" */
     char name[];
 } group;
 
@@ -159,7 +160,7 @@ static node *walk(cy_topic_tree *t, const char *f, size_t len, bool create, node
 static group *group_find(node *n, const char *name, size_t len)
 {
     for (group *g = n->groups; g; g = g->next)
-        if (g->namelen == len && memcmp(g->name, name, len) == 0) return g;
+        if (g->namelen == len && memcmp(g->name + 7, name, len) == 0) return g;
     return NULL;
 }
 
@@ -270,10 +271,11 @@ int cy_topic_tree_add(cy_topic_tree *t, const char *filter, size_t len, void *ow
     if (shared) {
         g = group_find(n, gname, glen);
         if (!g) {
-            g = cy_calloc(1, sizeof *g + glen);
+            g = cy_calloc(1, sizeof *g + len);
             if (!g) goto fail;
-            memcpy(g->name, gname, glen);
+            memcpy(g->name, filter, len);
             g->namelen = (uint32_t)glen;
+            g->fulllen = (uint32_t)len;
             g->next = n->groups;
             n->groups = g;
             new_group = true;
@@ -345,38 +347,82 @@ int cy_topic_tree_remove(cy_topic_tree *t, const char *filter, size_t len, void 
     return 0;
 }
 
-/* The member of g to get this message (see cy_topic_accept_fn). */
-static const sub *pick(group *g, cy_topic_accept_fn accept, void *ctx)
+/* The member of g to get this message: from the cursor on, the first that
+ * grades 2, else the first that grades 1; NULL if every member grades 0. */
+static const sub *pick(group *g, const cy_topic_matcher *m)
 {
     uint32_t idx = g->cursor;
-    if (accept) {
-        uint32_t i = g->cursor;
+    if (m->grade) {
+        uint32_t i = g->cursor, fallback = UINT32_MAX;
+        idx = UINT32_MAX;
         for (uint32_t k = 0; k < g->n; k++) {
-            if (accept(ctx, g->members[i].owner)) {
+            int grade = m->grade(m->ctx, g->members[i].owner);
+            if (grade >= 2) {
                 idx = i;
                 break;
             }
+            if (grade == 1 && fallback == UINT32_MAX) fallback = i;
             if (++i == g->n) i = 0;
         }
+        if (idx == UINT32_MAX) idx = fallback;
+        if (idx == UINT32_MAX) return NULL;
     }
     g->cursor = idx + 1 == g->n ? 0 : idx + 1;
     return &g->members[idx];
 }
 
-static void report(node *n, cy_topic_match_fn fn, cy_topic_accept_fn accept, void *ctx)
+static void report(node *n, const cy_topic_matcher *m)
 {
     for (uint32_t i = 0; i < n->nsubs; i++)
-        fn(ctx, n->subs[i].owner, n->subs[i].opts, n->subs[i].sub_id, false);
+        m->on_sub(m->ctx, n->subs[i].owner, n->subs[i].opts, n->subs[i].sub_id);
     for (group *g = n->groups; g; g = g->next) {
-        const sub *s = pick(g, accept, ctx);
-        fn(ctx, s->owner, s->opts, s->sub_id, true);
+        if (m->want_group && !m->want_group(m->ctx, g->name, g->fulllen)) continue;
+        const sub *s = pick(g, m);
+        if (s) m->on_shared(m->ctx, s->owner, s->opts, s->sub_id, g->name, g->fulllen);
     }
+}
+
+/* The old interface, on top of the matcher. */
+typedef struct legacy {
+    cy_topic_match_fn fn;
+    cy_topic_accept_fn accept;
+    void *ctx;
+} legacy;
+
+static void legacy_sub(void *ctx, void *owner, uint8_t opts, uint32_t sub_id)
+{
+    legacy *l = ctx;
+    l->fn(l->ctx, owner, opts, sub_id, false);
+}
+
+static void legacy_shared(void *ctx, void *owner, uint8_t opts, uint32_t sub_id,
+                          const char *filter, size_t len)
+{
+    legacy *l = ctx;
+    (void)filter;
+    (void)len;
+    l->fn(l->ctx, owner, opts, sub_id, true);
+}
+
+static int legacy_grade(void *ctx, void *owner)
+{
+    legacy *l = ctx;
+    return l->accept(l->ctx, owner) ? 2 : 1;
 }
 
 void cy_topic_tree_match(cy_topic_tree *t, const char *name, size_t len, cy_topic_match_fn fn,
                          cy_topic_accept_fn accept, void *ctx)
 {
-    if (!t || !fn || !name || len == 0) return;
+    if (!fn) return;
+    legacy l = {fn, accept, ctx};
+    cy_topic_matcher m = {legacy_sub, legacy_shared, accept ? legacy_grade : NULL, NULL, &l};
+    cy_topic_tree_match_with(t, name, len, &m);
+}
+
+void cy_topic_tree_match_with(cy_topic_tree *t, const char *name, size_t len,
+                              const cy_topic_matcher *m)
+{
+    if (!t || !m || !name || len == 0) return;
     node *const root = &t->root;
     const bool dollar = name[0] == '$';
     size_t start[CACHE_LEVELS]; /* start[d]: offset of level d */
@@ -390,9 +436,9 @@ void cy_topic_tree_match(cy_topic_tree *t, const char *name, size_t len, cy_topi
     for (;;) {
         const bool wild_ok = !(dollar && n == root);
         node *next = NULL;
-        if (n->hash && wild_ok) report(n->hash, fn, accept, ctx);
+        if (n->hash && wild_ok) report(n->hash, m);
         if (off > len) {
-            report(n, fn, accept, ctx);
+            report(n, m);
         } else {
             const char *slash = memchr(name + off, '/', len - off);
             end = slash ? (size_t)(slash - name) : len;

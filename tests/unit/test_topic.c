@@ -943,6 +943,103 @@ static void test_cy_topic_tree_add_alloc_fail_walk(void **state)
     cy_topic_tree_free(t);
 }
 
+
+/* ---- cy_topic_tree_match_with: graded choice, group identity ---- */
+
+typedef struct mw_ctx {
+    int grades[8]; /* by owner index */
+    void *chosen[16];
+    char filters[16][64];
+    int n_shared, n_plain;
+    const char *only_group; /* want_group filter, or NULL */
+} mw_ctx;
+
+static int owner_ix(void *o)
+{
+    return (int)(intptr_t)o;
+}
+
+static void mw_sub(void *ctx, void *owner, uint8_t opts, uint32_t sub_id)
+{
+    (void)owner, (void)opts, (void)sub_id;
+    ((mw_ctx *)ctx)->n_plain++;
+}
+
+static void mw_shared(void *ctx, void *owner, uint8_t opts, uint32_t sub_id, const char *f,
+                      size_t len)
+{
+    mw_ctx *c = ctx;
+    (void)opts, (void)sub_id;
+    c->chosen[c->n_shared] = owner;
+    snprintf(c->filters[c->n_shared], sizeof(c->filters[0]), "%.*s", (int)len, f);
+    c->n_shared++;
+}
+
+static int mw_grade(void *ctx, void *owner)
+{
+    return ((mw_ctx *)ctx)->grades[owner_ix(owner)];
+}
+
+static bool mw_want(void *ctx, const char *f, size_t len)
+{
+    mw_ctx *c = ctx;
+    return !c->only_group || (strlen(c->only_group) == len && !memcmp(c->only_group, f, len));
+}
+
+static void test_cy_topic_tree_match_with_grades(void **state)
+{
+    (void)state;
+    cy_topic_tree *t;
+    assert_int_equal(cy_topic_tree_new(&t), 0);
+    for (intptr_t i = 1; i <= 3; i++)
+        assert_int_equal(cy_topic_tree_add(t, "$share/g/a/+", 12, (void *)i, 1, 0, NULL), 0);
+    mw_ctx c;
+    memset(&c, 0, sizeof(c));
+    cy_topic_matcher m = {mw_sub, mw_shared, mw_grade, NULL, &c};
+    /* only member 3 is preferred: it is chosen every time */
+    c.grades[1] = 1, c.grades[2] = 1, c.grades[3] = 2;
+    for (int k = 0; k < 3; k++) cy_topic_tree_match_with(t, "a/x", 3, &m);
+    assert_int_equal(c.n_shared, 3);
+    for (int k = 0; k < 3; k++) assert_int_equal(owner_ix(c.chosen[k]), 3);
+    assert_string_equal(c.filters[0], "$share/g/a/+");
+    /* none preferred: the acceptable ones, round robin */
+    memset(&c, 0, sizeof(c));
+    c.grades[1] = 1, c.grades[2] = 0, c.grades[3] = 1;
+    for (int k = 0; k < 4; k++) cy_topic_tree_match_with(t, "a/x", 3, &m);
+    assert_int_equal(c.n_shared, 4);
+    for (int k = 0; k < 4; k++) assert_int_not_equal(owner_ix(c.chosen[k]), 2);
+    assert_int_not_equal(owner_ix(c.chosen[0]), owner_ix(c.chosen[1]));
+    /* all refused: the group is skipped */
+    memset(&c, 0, sizeof(c));
+    cy_topic_tree_match_with(t, "a/x", 3, &m);
+    assert_int_equal(c.n_shared, 0);
+    cy_topic_tree_free(t);
+}
+
+static void test_cy_topic_tree_match_with_group_identity(void **state)
+{
+    (void)state;
+    cy_topic_tree *t;
+    assert_int_equal(cy_topic_tree_new(&t), 0);
+    assert_int_equal(cy_topic_tree_add(t, "$share/g/a/#", 12, (void *)1, 0, 0, NULL), 0);
+    assert_int_equal(cy_topic_tree_add(t, "$share/g/a/+", 12, (void *)2, 0, 0, NULL), 0);
+    assert_int_equal(cy_topic_tree_add(t, "$share/h/a/+", 12, (void *)3, 0, 0, NULL), 0);
+    assert_int_equal(cy_topic_tree_add(t, "a/+", 3, (void *)4, 0, 0, NULL), 0);
+    mw_ctx c;
+    memset(&c, 0, sizeof(c));
+    cy_topic_matcher m = {mw_sub, mw_shared, NULL, mw_want, &c};
+    cy_topic_tree_match_with(t, "a/x", 3, &m);
+    assert_int_equal(c.n_plain, 1);
+    assert_int_equal(c.n_shared, 3); /* same name, other filter: another group */
+    memset(&c, 0, sizeof(c));
+    c.only_group = "$share/g/a/+";
+    cy_topic_tree_match_with(t, "a/x", 3, &m);
+    assert_int_equal(c.n_shared, 1);
+    assert_int_equal(owner_ix(c.chosen[0]), 2);
+    assert_string_equal(c.filters[0], "$share/g/a/+");
+    cy_topic_tree_free(t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -970,6 +1067,8 @@ int main(void)
         cmocka_unit_test(test_cy_topic_tree_match_random_shallow),
         cmocka_unit_test(test_cy_topic_tree_match_random_deep),
         cmocka_unit_test(test_cy_topic_tree_add_alloc_fail_walk),
+        cmocka_unit_test(test_cy_topic_tree_match_with_grades),
+        cmocka_unit_test(test_cy_topic_tree_match_with_group_identity),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
