@@ -159,11 +159,12 @@ typedef struct cy_str {
 /* The properties of one packet (or of a will message).
  *
  * Decode: the decoder sets the bit of every property it saw in `present` and
- * fills its field; user properties are counted in n_user and left in the
- * raw block (iterate with cy_mqtt_props_next_user); `raw` is the whole
- * property block (without its length prefix). Subscription identifiers: the
- * first is in sub_ids[0], the count in n_sub_ids (a decoded PUBLISH from a
- * server may carry several; up to CY_MQTT_MAX_SUB_IDS are kept).
+ * fills its field (the fields of absent properties are zero); user
+ * properties are counted in n_user and left in the raw block (iterate with
+ * cy_mqtt_props_next_user); `raw` is the whole property block (without its
+ * length prefix). Subscription identifiers: the first is in sub_ids[0], the
+ * count in n_sub_ids (a decoded PUBLISH from a server may carry several; up
+ * to CY_MQTT_MAX_SUB_IDS are kept).
  *
  * Encode: every field whose bit is in `present` is written (in ascending id
  * order); then the subscription identifiers sub_ids[0..n_sub_ids) if
@@ -312,7 +313,9 @@ typedef struct cy_mqtt_packet {
  * On success, *pkt_len is the whole packet's size (fixed header included).
  * Errors: CY_EAGAIN (fixed header or body incomplete), CY_EPROTO (remaining
  * length longer than 4 bytes), CY_EMSGSIZE (*pkt_len > max_size; *pkt_len is
- * still set so the caller can report it). max_size 0 means no limit. */
+ * still set so the caller can report it). max_size 0 means no limit.
+ * *pkt_len is also set with CY_EAGAIN once the fixed header is complete. A
+ * remaining length not in its shortest form (0x80 0x00) is CY_EPROTO. */
 int cy_mqtt_frame(const uint8_t *buf, size_t len, uint32_t max_size, size_t *pkt_len);
 
 /* Decode the packet at the start of buf[0..len) (framing included, so a
@@ -322,7 +325,14 @@ int cy_mqtt_frame(const uint8_t *buf, size_t len, uint32_t max_size, size_t *pkt
  * without session state, including UTF-8 validity of strings and topic
  * names (no wildcards in a PUBLISH topic, a non-empty topic unless v5 with a
  * topic alias), packet id non-zero where required, which properties each
- * packet may carry. On success *used is the packet size. */
+ * packet may carry. On success *used is the packet size.
+ * version 5 selects the MQTT 5 rules, any other value the 3.1.1 ones (so 0
+ * works for the first packet of a connection).
+ * CONNECT with protocol name "MQTT" and a level other than 4 or 5, or
+ * "MQIsdp" and a level other than 3: CY_ENOTSUP, with out->type set,
+ * out->u.connect.version the level seen (the rest of out->u.connect zero)
+ * and *used set, so the server can answer "unsupported protocol version"
+ * (0x84, or 3.1.1 return code 1). Any other protocol name is CY_EPROTO. */
 int cy_mqtt_decode(const uint8_t *buf, size_t len, uint8_t version, cy_mqtt_packet *out,
                    size_t *used);
 
@@ -338,20 +348,27 @@ int cy_mqtt_props_next_user(const cy_mqtt_props *p, size_t *pos, cy_str *key, cy
 
 /* Append the encoding of p to out for the given protocol version (for
  * CONNECT, p->u.connect.version is used). Property fields are ignored for
- * versions below 5. Errors: CY_ENOMEM; CY_EMSGSIZE if the packet would
- * exceed CY_MQTT_MAX_REMAINING; CY_EINVAL for a packet that cannot be
- * encoded (QoS > 2, a string over 65535 bytes). On error out is unchanged. */
+ * versions below 5 (version 5 selects the MQTT 5 layout, any other value the
+ * 3.1.1 one, as for decode). p->flags is ignored: the fixed header flags
+ * come from the packet type and, for PUBLISH, from dup/qos/retain.
+ * Errors: CY_ENOMEM; CY_EMSGSIZE if the packet would exceed
+ * CY_MQTT_MAX_REMAINING; CY_EINVAL for a packet that cannot be encoded
+ * (QoS > 2, a string over 65535 bytes, a subscription identifier of 0,
+ * an empty SUBSCRIBE/UNSUBSCRIBE/SUBACK list). On error out is unchanged. */
 int cy_mqtt_encode(cy_buf *out, uint8_t version, const cy_mqtt_packet *p);
 
 /* Size in bytes of the encoding of the property block of p (without its
- * length prefix), as cy_mqtt_encode would write it. */
+ * length prefix), as cy_mqtt_encode would write it; 0 if p cannot be
+ * encoded (cy_mqtt_props_encode then fails). Scanning user_src stops at its
+ * first malformed entry (here and in every encoder). */
 size_t cy_mqtt_props_size(const cy_mqtt_props *p);
 /* Append the encoded property block (length prefix first) to out. */
 int cy_mqtt_props_encode(cy_buf *out, const cy_mqtt_props *p);
 
 /* Variable byte integer helpers (1 to 4 bytes, values up to 268435455). */
 int cy_mqtt_varint_encode(uint8_t out[4], uint32_t value); /* returns the byte count */
-/* Returns CY_EAGAIN if truncated, CY_EPROTO if over 4 bytes. *used bytes read. */
+/* Returns CY_EAGAIN if truncated, CY_EPROTO if over 4 bytes or not in the
+ * shortest form (MQTT 5 1.5.5). *used bytes read. */
 int cy_mqtt_varint_decode(const uint8_t *buf, size_t len, uint32_t *value, size_t *used);
 
 /* UTF-8 well-formedness per MQTT (1.5.4): valid UTF-8, no U+0000, no
