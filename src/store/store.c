@@ -28,7 +28,24 @@
  * empty payload being a zero-length blob, never NULL; props is NULL when
  * empty; subscription identifiers are a blob of 4-byte big-endian values.
  * Message ids are rowids (no AUTOINCREMENT): larger than every live id when
- * assigned, so queue order is id order.
+ * assigned, so queue order is id order. Retained rows carry `ts`, the
+ * last-writer-wins stamp shards compare; this file only stores it.
+ *
+ * Cross-shard delivery adds two tables. `outbox` holds, per peer shard, the
+ * frames sent to it that it has not acknowledged yet, keyed (peer, seq):
+ * they are written in the same batch as the work that produced them, so a
+ * frame exists exactly when its work is committed, and an acknowledgement
+ * deletes a whole prefix (seq <= upto). `peers` holds one row per peer: the
+ * last seq assigned to a frame for it and the last seq applied from it.
+ * Sequence numbers are uint64 stored as the int64 with the same bits, so
+ * every value round-trips; comparisons and order are SQLite's signed ones,
+ * which agree with unsigned order as long as all the values compared are
+ * below 2^63 (sequences count from 1 and never get there).
+ *
+ * Schema versions (PRAGMA user_version): 1 had no retained.ts, outbox or
+ * peers; 2 is current. A new file gets version 2 directly; a version 1 file
+ * is migrated at open in one transaction (all of it or none of it); a newer
+ * file is refused.
  *
  * Every SQLite failure is logged once, where it is detected, and returned
  * as CY_ESTORE.
@@ -44,10 +61,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define BUSY_TIMEOUT_MS 5000
+#define PEER_MAX 64 /* peers are 0..PEER_MAX-1 */
 
-static const char schema_v1[] = "CREATE TABLE IF NOT EXISTS sessions("
+/* The tables version 2 added, shared by a new file and the migration. */
+#define TABLES_ADDED_V2                                                                            \
+    "CREATE TABLE IF NOT EXISTS outbox("                                                           \
+    " peer INTEGER NOT NULL,"                                                                      \
+    " seq INTEGER NOT NULL,"                                                                       \
+    " frame BLOB NOT NULL,"                                                                        \
+    " PRIMARY KEY(peer, seq)) WITHOUT ROWID;"                                                      \
+    "CREATE TABLE IF NOT EXISTS peers("                                                            \
+    " peer INTEGER PRIMARY KEY,"                                                                   \
+    " last_sent INTEGER NOT NULL,"                                                                 \
+    " last_applied INTEGER NOT NULL);"
+
+static const char schema_v2[] = "CREATE TABLE IF NOT EXISTS sessions("
                                 " client_id TEXT PRIMARY KEY NOT NULL,"
                                 " version INTEGER NOT NULL,"
                                 " expiry INTEGER NOT NULL,"
@@ -80,8 +110,14 @@ static const char schema_v1[] = "CREATE TABLE IF NOT EXISTS sessions("
                                 " payload BLOB NOT NULL,"
                                 " props BLOB,"
                                 " qos INTEGER NOT NULL,"
-                                " expiry_at INTEGER NOT NULL);"
-                                "PRAGMA user_version = 1;";
+                                " expiry_at INTEGER NOT NULL,"
+                                " ts INTEGER NOT NULL);" TABLES_ADDED_V2 "PRAGMA user_version = 2;";
+
+/* Version 1 to 2. Retained messages written before stamps existed get 0,
+ * older than any stamp, so the first replicated update of the topic wins. */
+static const char migrate_v2[] =
+    "ALTER TABLE retained ADD COLUMN ts INTEGER NOT NULL DEFAULT 0;" TABLES_ADDED_V2
+    "PRAGMA user_version = 2;";
 
 enum {
     ST_BEGIN,
@@ -102,11 +138,16 @@ enum {
     ST_INQ2_DEL,
     ST_RETAIN_PUT,
     ST_RETAIN_DEL,
+    ST_OUTBOX_PUT,
+    ST_OUTBOX_ACK,
+    ST_PEER_PUT,
     ST_LOAD_SESSIONS,
     ST_LOAD_SUBS,
     ST_LOAD_MSGS,
     ST_LOAD_INQ2,
     ST_LOAD_RETAINED,
+    ST_LOAD_PEERS,
+    ST_LOAD_OUTBOX,
     N_ST
 };
 
@@ -133,18 +174,28 @@ static const char *const sql[N_ST] = {
     [ST_MSG_DEL] = "DELETE FROM msgs WHERE id = ?1",
     [ST_INQ2_PUT] = "INSERT OR IGNORE INTO inq2(client_id, packet_id) VALUES(?1, ?2)",
     [ST_INQ2_DEL] = "DELETE FROM inq2 WHERE client_id = ?1 AND packet_id = ?2",
-    [ST_RETAIN_PUT] = "INSERT INTO retained(topic, payload, props, qos, expiry_at)"
-                      " VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(topic) DO UPDATE SET"
+    [ST_RETAIN_PUT] = "INSERT INTO retained(topic, payload, props, qos, expiry_at, ts)"
+                      " VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(topic) DO UPDATE SET"
                       " payload = excluded.payload, props = excluded.props,"
-                      " qos = excluded.qos, expiry_at = excluded.expiry_at",
+                      " qos = excluded.qos, expiry_at = excluded.expiry_at, ts = excluded.ts",
     [ST_RETAIN_DEL] = "DELETE FROM retained WHERE topic = ?1",
+    /* A frame put twice under one (peer, seq) replaces the first: the same
+     * seq is never assigned to two different frames, so this only happens
+     * on a retry, and a retry must not fail the batch. */
+    [ST_OUTBOX_PUT] = "INSERT OR REPLACE INTO outbox(peer, seq, frame) VALUES(?1, ?2, ?3)",
+    [ST_OUTBOX_ACK] = "DELETE FROM outbox WHERE peer = ?1 AND seq <= ?2",
+    [ST_PEER_PUT] = "INSERT INTO peers(peer, last_sent, last_applied) VALUES(?1, ?2, ?3)"
+                    " ON CONFLICT(peer) DO UPDATE SET"
+                    " last_sent = excluded.last_sent, last_applied = excluded.last_applied",
     [ST_LOAD_SESSIONS] = "SELECT client_id, version, expiry, disconnected_at FROM sessions"
                          " ORDER BY client_id",
     [ST_LOAD_SUBS] = "SELECT filter, opts, sub_id FROM subs WHERE client_id = ?1",
     [ST_LOAD_MSGS] = "SELECT id, topic, payload, props, qos, retain, expiry_at, packet_id, state,"
                      " sub_ids FROM msgs WHERE client_id = ?1 ORDER BY id",
     [ST_LOAD_INQ2] = "SELECT packet_id FROM inq2 WHERE client_id = ?1 ORDER BY packet_id",
-    [ST_LOAD_RETAINED] = "SELECT topic, payload, props, qos, expiry_at FROM retained",
+    [ST_LOAD_RETAINED] = "SELECT topic, payload, props, qos, expiry_at, ts FROM retained",
+    [ST_LOAD_PEERS] = "SELECT peer, last_sent, last_applied FROM peers ORDER BY peer",
+    [ST_LOAD_OUTBOX] = "SELECT peer, seq, frame FROM outbox ORDER BY peer, seq",
 };
 
 struct cy_store {
@@ -231,8 +282,9 @@ static int read_version(sqlite3 *db, int *version)
 
 /* Creates or migrates the schema. A current file needs no lock (so opening
  * never waits for another process's write); otherwise the check is redone
- * under the write lock, so two processes opening a new file at once do not
- * both create it. */
+ * under the write lock, so two processes opening a new (or old) file at
+ * once do not both create (or migrate) it. Creation or migration and the
+ * new user_version commit together: a failure leaves the file as it was. */
 static int schema(sqlite3 *db, const char *path)
 {
     int version;
@@ -245,10 +297,18 @@ static int schema(sqlite3 *db, const char *path)
             open_fail(db, path, "user_version");
             goto rollback;
         }
-        /* Future versions migrate here, one step per version. */
-        if (version < 1 && sqlite3_exec(db, schema_v1, NULL, NULL, NULL) != SQLITE_OK) {
+        /* A new file gets the current schema; an old one migrates, one
+         * step per version (future steps go after this one). */
+        if (version < 1 && sqlite3_exec(db, schema_v2, NULL, NULL, NULL) != SQLITE_OK) {
             open_fail(db, path, "schema");
             goto rollback;
+        }
+        if (version == 1) {
+            cy_info(NULL, "store: %s: migrating schema version 1 to 2", path);
+            if (sqlite3_exec(db, migrate_v2, NULL, NULL, NULL) != SQLITE_OK) {
+                open_fail(db, path, "migrate schema to version 2");
+                goto rollback;
+            }
         }
         if (version <= SCHEMA_VERSION) {
             if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return 0;
@@ -549,7 +609,7 @@ int cy_store_retain_put(cy_store *s, const cy_store_msg *m)
     sqlite3_stmt *st = s->st[ST_RETAIN_PUT];
     if (bind_str(st, 1, m->topic, m->topic_len) || bind_bytes(st, 2, m->payload, m->payload_len) ||
         bind_opt_bytes(st, 3, m->props, m->props_len) || sqlite3_bind_int(st, 4, m->qos) ||
-        sqlite3_bind_int64(st, 5, m->expiry_at)) {
+        sqlite3_bind_int64(st, 5, m->expiry_at) || sqlite3_bind_int64(st, 6, m->ts)) {
         done(st);
         return write_end(s, db_fail(s->db, "retain_put"));
     }
@@ -567,6 +627,61 @@ int cy_store_retain_delete(cy_store *s, const char *topic, size_t topic_len)
         return write_end(s, db_fail(s->db, "retain_delete"));
     }
     return write_end(s, step_done(s, ST_RETAIN_DEL, "retain_delete"));
+}
+
+/* ---- cross-shard delivery ---- */
+
+/* uint64 sequence numbers as SQLite's int64, bit for bit (the conversion is
+ * two's complement on every compiler cyan supports). */
+static int bind_u64(sqlite3_stmt *st, int i, uint64_t v)
+{
+    return sqlite3_bind_int64(st, i, (sqlite3_int64)v);
+}
+
+static uint64_t col_u64(sqlite3_stmt *st, int i)
+{
+    return (uint64_t)sqlite3_column_int64(st, i);
+}
+
+int cy_store_outbox_put(cy_store *s, unsigned peer, uint64_t seq, const uint8_t *frame, size_t len)
+{
+    if (peer >= PEER_MAX || (!frame && len)) return CY_EINVAL;
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_OUTBOX_PUT];
+    if (sqlite3_bind_int(st, 1, (int)peer) || bind_u64(st, 2, seq) ||
+        bind_bytes(st, 3, frame, len)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "outbox_put"));
+    }
+    return write_end(s, step_done(s, ST_OUTBOX_PUT, "outbox_put"));
+}
+
+int cy_store_outbox_ack(cy_store *s, unsigned peer, uint64_t upto)
+{
+    if (peer >= PEER_MAX) return CY_EINVAL;
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_OUTBOX_ACK];
+    if (sqlite3_bind_int(st, 1, (int)peer) || bind_u64(st, 2, upto)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "outbox_ack"));
+    }
+    return write_end(s, step_done(s, ST_OUTBOX_ACK, "outbox_ack"));
+}
+
+int cy_store_peer_put(cy_store *s, unsigned peer, uint64_t last_sent, uint64_t last_applied)
+{
+    if (peer >= PEER_MAX) return CY_EINVAL;
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_PEER_PUT];
+    if (sqlite3_bind_int(st, 1, (int)peer) || bind_u64(st, 2, last_sent) ||
+        bind_u64(st, 3, last_applied)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "peer_put"));
+    }
+    return write_end(s, step_done(s, ST_PEER_PUT, "peer_put"));
 }
 
 /* ---- load ---- */
@@ -717,9 +832,31 @@ static int load_retained(cy_store *s, const cy_store_loader *l, void *ctx)
         if (!m.props_len) m.props = NULL;
         m.qos = (uint8_t)sqlite3_column_int(st, 3);
         m.expiry_at = sqlite3_column_int64(st, 4);
+        m.ts = sqlite3_column_int64(st, 5);
         rc = l->retained(ctx, &m);
     }
     return rows_end(s, st, rc, sr, "load retained");
+}
+
+static int load_peers(cy_store *s, const cy_store_loader *l, void *ctx)
+{
+    sqlite3_stmt *st = s->st[ST_LOAD_PEERS];
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW)
+        rc = l->peer(ctx, (unsigned)sqlite3_column_int(st, 0), col_u64(st, 1), col_u64(st, 2));
+    return rows_end(s, st, rc, sr, "load peers");
+}
+
+static int load_outbox(cy_store *s, const cy_store_loader *l, void *ctx)
+{
+    sqlite3_stmt *st = s->st[ST_LOAD_OUTBOX];
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t len;
+        const uint8_t *frame = col_bytes(st, 2, &len);
+        rc = l->outbox(ctx, (unsigned)sqlite3_column_int(st, 0), col_u64(st, 1), frame, len);
+    }
+    return rows_end(s, st, rc, sr, "load outbox");
 }
 
 int cy_store_load(cy_store *s, const cy_store_loader *l, void *ctx)
@@ -734,6 +871,8 @@ int cy_store_load(cy_store *s, const cy_store_loader *l, void *ctx)
     if (l->session) rc = load_sessions(s, l, ctx);
     if (!rc && (l->sub || l->msg || l->inq2)) rc = load_session_state(s, l, ctx);
     if (!rc && l->retained) rc = load_retained(s, l, ctx);
+    if (!rc && l->peer) rc = load_peers(s, l, ctx);
+    if (!rc && l->outbox) rc = load_outbox(s, l, ctx);
     s->loading = false;
     /* End the read transaction unless a callback's write made it the
      * pending batch (then the loop's next cy_store_commit ends it). */

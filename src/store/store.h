@@ -101,6 +101,7 @@ typedef struct cy_store_msg {
     uint8_t state;      /* CY_MSG_* */
     const uint32_t *sub_ids; /* subscription identifiers to report */
     uint32_t n_sub_ids;
+    int64_t ts; /* retained only: last-writer-wins stamp (see cy_store_retain_put) */
 } cy_store_msg;
 
 /* A persistent session. */
@@ -122,6 +123,10 @@ typedef struct cy_store_loader {
     int (*inq2)(void *ctx, const char *client_id, uint16_t packet_id);
     /* For retained messages m->packet_id, state and sub ids are unused. */
     int (*retained)(void *ctx, const cy_store_msg *m);
+    /* Then the sequence state of every peer shard, then every outbox frame
+     * (per peer in seq order). */
+    int (*peer)(void *ctx, unsigned peer, uint64_t last_sent, uint64_t last_applied);
+    int (*outbox)(void *ctx, unsigned peer, uint64_t seq, const uint8_t *frame, size_t len);
 } cy_store_loader;
 
 /* Open (creating if needed) the store at path. sync_full: fsync every
@@ -159,8 +164,27 @@ int cy_store_msg_delete(cy_store *s, int64_t id);
 int cy_store_inq2_put(cy_store *s, const char *client_id, uint16_t packet_id);
 int cy_store_inq2_delete(cy_store *s, const char *client_id, uint16_t packet_id);
 
-/* Set topic's retained message (m's topic); cy_store_retain_delete clears it. */
+/* Set topic's retained message (m's topic); cy_store_retain_delete clears it.
+ * m->ts is stored and loaded back as is: shards replicate retained messages
+ * and keep the one with the highest stamp (wall ms << 8 | origin shard), so
+ * concurrent updates of one topic on two shards converge everywhere. */
 int cy_store_retain_put(cy_store *s, const cy_store_msg *m);
 int cy_store_retain_delete(cy_store *s, const char *topic, size_t topic_len);
+
+/* ---- cross-shard delivery (see docs/architecture.md, "The bus") ----
+ *
+ * A frame forwarded to peer shard `peer` that carries acknowledged work (a
+ * QoS 1/2 publish, a retained update) is kept in the outbox, in the same
+ * transaction as the work that produced it, until the peer acknowledges its
+ * sequence number; after a restart of either side it is sent again. Each
+ * side also keeps, per peer, the last sequence number it assigned to a frame
+ * for that peer and the last one it applied from that peer (so a frame sent
+ * twice is applied once). peer is 0..63. */
+int cy_store_outbox_put(cy_store *s, unsigned peer, uint64_t seq, const uint8_t *frame,
+                        size_t len);
+/* Delete peer's outbox frames with seq <= upto. */
+int cy_store_outbox_ack(cy_store *s, unsigned peer, uint64_t upto);
+/* Upsert the sequence state of peer. */
+int cy_store_peer_put(cy_store *s, unsigned peer, uint64_t last_sent, uint64_t last_applied);
 
 #endif

@@ -3,7 +3,8 @@
  * close commits, a second connection sees only committed data), crash
  * durability (a forked child commits, writes more, and dies without
  * closing: the committed batch is there, the rest is not), error paths
- * (bad files, a newer schema, a held write lock, allocation failures).
+ * (bad files, a newer schema, a held write lock, allocation failures), the
+ * cross-shard outbox and peer state, and the migration of a version 1 file.
  *
  * Loads are recorded as one line per callback into a text log, so a test
  * states the whole expected load, order included, in one string.
@@ -175,11 +176,35 @@ static int on_retained(void *ctx, const cy_store_msg *m)
     rec *r = ctx;
     out(r, "R ");
     out_msg(r, m);
-    out(r, "\n");
+    out(r, " ts%lld\n", (long long)m->ts);
     return next(r);
 }
 
-static const cy_store_loader all = {on_session, on_sub, on_msg, on_inq2, on_retained};
+static int on_peer(void *ctx, unsigned peer, uint64_t last_sent, uint64_t last_applied)
+{
+    rec *r = ctx;
+    out(r, "P %u s%llu a%llu\n", peer, (unsigned long long)last_sent,
+        (unsigned long long)last_applied);
+    return next(r);
+}
+
+static int on_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t *frame, size_t len)
+{
+    rec *r = ctx;
+    assert_non_null(frame); /* even when empty */
+    out(r, "O %u #%llu ", peer, (unsigned long long)seq);
+    out_bytes(r, frame, len);
+    out(r, "/%zu\n", len);
+    return next(r);
+}
+
+static const cy_store_loader all = {.session = on_session,
+                                    .sub = on_sub,
+                                    .msg = on_msg,
+                                    .inq2 = on_inq2,
+                                    .retained = on_retained,
+                                    .peer = on_peer,
+                                    .outbox = on_outbox};
 
 /* Loads s into a fresh recording and returns its log (static storage). */
 static const char *load(cy_store *s)
@@ -217,6 +242,35 @@ static int64_t put_msg(cy_store *s, const char *client_id, const char *topic, co
     return m.id;
 }
 
+/* Runs sql on the file through a plain connection of the test's own. */
+static void sql_exec(fixture *f, const char *sql)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    char *err = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) fail_msg("%s: %s", sql, err);
+    sqlite3_close(db);
+}
+
+/* The first column of the first row of sql, as an integer. */
+static long long sql_int(fixture *f, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    long long v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+static int user_version(fixture *f)
+{
+    return (int)sql_int(f, "PRAGMA user_version");
+}
+
 /* ---- open / close ---- */
 
 static void test_cy_store_open_creates_wal_schema(void **state)
@@ -233,11 +287,8 @@ static void test_cy_store_open_creates_wal_schema(void **state)
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
     sqlite3_finalize(st);
-    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 1);
-    sqlite3_finalize(st);
     sqlite3_close(db);
+    assert_int_equal(user_version(f), 2);
 
     /* Reopening an existing file works, also with sync_full. */
     assert_int_equal(cy_store_open(f->path, true, &s), 0);
@@ -270,13 +321,11 @@ static void test_cy_store_open_not_a_database(void **state)
 static void test_cy_store_open_newer_schema(void **state)
 {
     fixture *f = *state;
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL), SQLITE_OK);
-    sqlite3_close(db);
+    sql_exec(f, "PRAGMA user_version = 3");
     cy_store *s = NULL;
     assert_int_equal(cy_store_open(f->path, false, &s), CY_ESTORE);
     assert_null(s);
+    assert_int_equal(user_version(f), 3); /* untouched */
 }
 
 static void test_cy_store_open_einval(void **state)
@@ -620,10 +669,10 @@ static void test_cy_store_retain_put_replace_delete(void **state)
     assert_int_equal(cy_store_commit(s), 0);
     cy_store_close(s);
     const char *log = load_fresh(f);
-    assert_non_null(strstr(log, "R t=r/1/3 p=v\\x002/3 q2 r1 x0\n"));
-    assert_non_null(strstr(log, "R t=r/empty/7 p=/0 q0 r1 x0\n"));
-    assert_int_equal(strlen(log), strlen("R t=r/1/3 p=v\\x002/3 q2 r1 x0\n"
-                                         "R t=r/empty/7 p=/0 q0 r1 x0\n"));
+    assert_non_null(strstr(log, "R t=r/1/3 p=v\\x002/3 q2 r1 x0 ts0\n"));
+    assert_non_null(strstr(log, "R t=r/empty/7 p=/0 q0 r1 x0 ts0\n"));
+    assert_int_equal(strlen(log), strlen("R t=r/1/3 p=v\\x002/3 q2 r1 x0 ts0\n"
+                                         "R t=r/empty/7 p=/0 q0 r1 x0 ts0\n"));
 }
 
 static void test_cy_store_retain_put_props(void **state)
@@ -633,8 +682,329 @@ static void test_cy_store_retain_put_props(void **state)
     static const uint8_t props[] = {0x03, 0x00, 0x01, 'j'};
     cy_store_msg m = {.topic = "p", .topic_len = 1, .props = props, .props_len = sizeof(props)};
     assert_int_equal(cy_store_retain_put(s, &m), 0);
-    assert_string_equal(load(s), "R t=p/1 p=/0 pr=\\x03\\x00\\x01j q0 r1 x0\n");
+    assert_string_equal(load(s), "R t=p/1 p=/0 pr=\\x03\\x00\\x01j q0 r1 x0 ts0\n");
     cy_store_close(s);
+}
+
+static void test_cy_store_retain_put_ts(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    cy_store_msg m = {.topic = "a", .topic_len = 1, .ts = (1700000000123LL << 8) | 3};
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    m = (cy_store_msg){.topic = "max", .topic_len = 3, .ts = INT64_MAX};
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    m = (cy_store_msg){.topic = "min", .topic_len = 3, .ts = INT64_MIN};
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    /* The store keeps what it is given: last-writer-wins is the caller's
+     * rule, so an older stamp replaces a newer one here. */
+    m = (cy_store_msg){.topic = "b", .topic_len = 1, .ts = 900};
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    m.ts = 5;
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    const char *log = load_fresh(f);
+    assert_non_null(strstr(log, "R t=a/1 p=/0 q0 r1 x0 ts435200000031491\n"));
+    assert_non_null(strstr(log, "R t=max/3 p=/0 q0 r1 x0 ts9223372036854775807\n"));
+    assert_non_null(strstr(log, "R t=min/3 p=/0 q0 r1 x0 ts-9223372036854775808\n"));
+    assert_non_null(strstr(log, "R t=b/1 p=/0 q0 r1 x0 ts5\n"));
+    assert_int_equal(strlen(log), strlen("R t=a/1 p=/0 q0 r1 x0 ts435200000031491\n"
+                                         "R t=max/3 p=/0 q0 r1 x0 ts9223372036854775807\n"
+                                         "R t=min/3 p=/0 q0 r1 x0 ts-9223372036854775808\n"
+                                         "R t=b/1 p=/0 q0 r1 x0 ts5\n"));
+}
+
+/* ---- cross-shard outbox and peers ---- */
+
+static void test_cy_store_outbox_put_ack_order(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    static const uint8_t bin[] = {0, 'x', 0xff, 0};
+    /* Out of order, two peers interleaved: the load sorts by peer, seq. */
+    assert_int_equal(cy_store_outbox_put(s, 7, 3, (const uint8_t *)"c", 1), 0);
+    assert_int_equal(cy_store_outbox_put(s, 0, 2, bin, sizeof(bin)), 0);
+    assert_int_equal(cy_store_outbox_put(s, 7, 1, (const uint8_t *)"aXX", 1), 0);
+    assert_int_equal(cy_store_outbox_put(s, 0, 1, NULL, 0), 0); /* empty frame */
+    assert_int_equal(cy_store_outbox_put(s, 7, 2, bin, 0), 0);  /* empty, non-NULL */
+    assert_int_equal(cy_store_outbox_put(s, 63, 1, (const uint8_t *)"z", 1), 0);
+    assert_int_equal(cy_store_outbox_put(s, 7, 3, (const uint8_t *)"C2", 2), 0); /* replaces */
+    assert_int_equal(cy_store_pending(s), 7);
+    assert_string_equal(load(s), "O 0 #1 /0\n"
+                                 "O 0 #2 \\x00x\\xff\\x00/4\n"
+                                 "O 7 #1 a/1\n"
+                                 "O 7 #2 /0\n"
+                                 "O 7 #3 C2/2\n"
+                                 "O 63 #1 z/1\n");
+    /* An ack removes that peer's prefix only. */
+    assert_int_equal(cy_store_outbox_ack(s, 7, 2), 0);
+    assert_int_equal(cy_store_outbox_ack(s, 5, 100), 0); /* nothing there: fine */
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "O 0 #1 /0\n"
+                                       "O 0 #2 \\x00x\\xff\\x00/4\n"
+                                       "O 7 #3 C2/2\n"
+                                       "O 63 #1 z/1\n");
+}
+
+static void test_cy_store_outbox_ack_boundary(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    for (uint64_t seq = 10; seq <= 12; seq++)
+        assert_int_equal(cy_store_outbox_put(s, 1, seq, (const uint8_t *)"f", 1), 0);
+    assert_int_equal(cy_store_outbox_ack(s, 1, 0), 0);
+    assert_int_equal(cy_store_outbox_ack(s, 1, 9), 0); /* just below: keeps 10 */
+    assert_string_equal(load(s), "O 1 #10 f/1\n"
+                                 "O 1 #11 f/1\n"
+                                 "O 1 #12 f/1\n");
+    assert_int_equal(cy_store_outbox_ack(s, 1, 11), 0); /* inclusive: 10 and 11 go */
+    assert_string_equal(load(s), "O 1 #12 f/1\n");
+    assert_int_equal(cy_store_outbox_ack(s, 1, 11), 0); /* again: nothing more */
+    assert_string_equal(load(s), "O 1 #12 f/1\n");
+    assert_int_equal(cy_store_outbox_ack(s, 1, 12), 0);
+    assert_string_equal(load(s), "");
+    cy_store_close(s);
+}
+
+static void test_cy_store_peer_put_upsert(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    assert_int_equal(cy_store_peer_put(s, 5, 1, 2), 0);
+    assert_int_equal(cy_store_peer_put(s, 63, 0, 0), 0);
+    assert_int_equal(cy_store_peer_put(s, 0, 3, 4), 0);
+    assert_int_equal(cy_store_peer_put(s, 5, 10, 20), 0); /* replaces */
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "P 0 s3 a4\n"
+                                       "P 5 s10 a20\n"
+                                       "P 63 s0 a0\n");
+    assert_int_equal(sql_int(f, "SELECT count(*) FROM peers"), 3);
+}
+
+static void test_cy_store_outbox_einval(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    assert_int_equal(cy_store_outbox_put(s, 64, 1, (const uint8_t *)"f", 1), CY_EINVAL);
+    assert_int_equal(cy_store_outbox_put(s, 1000, 1, (const uint8_t *)"f", 1), CY_EINVAL);
+    assert_int_equal(cy_store_outbox_put(s, 1, 1, NULL, 1), CY_EINVAL);
+    assert_int_equal(cy_store_outbox_ack(s, 64, 1), CY_EINVAL);
+    assert_int_equal(cy_store_peer_put(s, 64, 1, 1), CY_EINVAL);
+    assert_int_equal(cy_store_peer_put(s, (unsigned)-1, 1, 1), CY_EINVAL);
+    assert_int_equal(cy_store_pending(s), 0);
+    assert_string_equal(load(s), "");
+    cy_store_close(s);
+}
+
+/* uint64 values round-trip bit for bit, also those that are negative as
+ * SQLite's int64; among values all >= 2^63 the order is still right. */
+static void test_cy_store_outbox_u64_above_2_63(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    const uint64_t half = 1ULL << 63;
+    assert_int_equal(cy_store_peer_put(s, 1, UINT64_MAX, half), 0);
+    assert_int_equal(cy_store_peer_put(s, 2, half + 1, UINT64_MAX - 1), 0);
+    assert_int_equal(cy_store_outbox_put(s, 1, UINT64_MAX, (const uint8_t *)"c", 1), 0);
+    assert_int_equal(cy_store_outbox_put(s, 1, half, (const uint8_t *)"a", 1), 0);
+    assert_int_equal(cy_store_outbox_put(s, 1, half + 1, (const uint8_t *)"b", 1), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "P 1 s18446744073709551615 a9223372036854775808\n"
+                                       "P 2 s9223372036854775809 a18446744073709551614\n"
+                                       "O 1 #9223372036854775808 a/1\n"
+                                       "O 1 #9223372036854775809 b/1\n"
+                                       "O 1 #18446744073709551615 c/1\n");
+    /* Stored as the int64 with the same bits (what the sqlite3 shell shows). */
+    assert_int_equal(sql_int(f, "SELECT last_sent FROM peers WHERE peer = 1"), -1);
+    assert_int_equal(sql_int(f, "SELECT min(seq) FROM outbox"), INT64_MIN);
+    s = open_store(f);
+    assert_int_equal(cy_store_outbox_ack(s, 1, half + 1), 0);
+    assert_string_equal(load(s), "P 1 s18446744073709551615 a9223372036854775808\n"
+                                 "P 2 s9223372036854775809 a18446744073709551614\n"
+                                 "O 1 #18446744073709551615 c/1\n");
+    cy_store_close(s);
+}
+
+/* Frames are re-sent at load, and a peer's ack may arrive and be written
+ * before the load is over: writes from the outbox callback work. */
+typedef struct rec_store {
+    rec r;
+    cy_store *s;
+} rec_store;
+
+static int ack_each(void *ctx, unsigned peer, uint64_t seq, const uint8_t *frame, size_t len)
+{
+    rec_store *rs = ctx;
+    assert_int_equal(cy_store_outbox_ack(rs->s, peer, seq), 0);
+    assert_int_equal(cy_store_peer_put(rs->s, peer, seq, 0), 0);
+    return on_outbox(&rs->r, peer, seq, frame, len);
+}
+
+static void test_cy_store_outbox_load_callback_writes(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    for (unsigned peer = 1; peer <= 2; peer++)
+        for (uint64_t seq = 1; seq <= 3; seq++)
+            assert_int_equal(cy_store_outbox_put(s, peer, seq, (const uint8_t *)"f", 1), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    rec_store ctx = {.s = s};
+    cy_store_loader l = {.outbox = ack_each};
+    assert_int_equal(cy_store_load(s, &l, &ctx), 0);
+    assert_string_equal(ctx.r.log, "O 1 #1 f/1\n"
+                                   "O 1 #2 f/1\n"
+                                   "O 1 #3 f/1\n"
+                                   "O 2 #1 f/1\n"
+                                   "O 2 #2 f/1\n"
+                                   "O 2 #3 f/1\n");
+    assert_int_equal(cy_store_pending(s), 12);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "P 1 s3 a0\n"
+                                       "P 2 s3 a0\n");
+}
+
+/* The new paths allocate nothing of cyan's, so they cannot fail for memory. */
+static void test_cy_store_outbox_no_alloc(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    cy_alloc_fail_after(0);
+    assert_int_equal(cy_store_outbox_put(s, 1, 1, (const uint8_t *)"f", 1), 0);
+    assert_int_equal(cy_store_outbox_put(s, 1, 2, (const uint8_t *)"g", 1), 0);
+    assert_int_equal(cy_store_outbox_ack(s, 1, 1), 0);
+    assert_int_equal(cy_store_peer_put(s, 1, 2, 3), 0);
+    cy_store_msg m = {.topic = "r", .topic_len = 1, .ts = 4};
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    assert_string_equal(load(s), "R t=r/1 p=/0 q0 r1 x0 ts4\n"
+                                 "P 1 s2 a3\n"
+                                 "O 1 #2 g/1\n");
+    cy_alloc_fail_after(-1);
+    cy_store_close(s);
+}
+
+/* ---- schema migration ---- */
+
+/* The exact version 1 schema, as cyan 1 created it (copied from store.c
+ * before version 2). Do not edit: it is the input the migration must take. */
+static const char schema_v1[] = "CREATE TABLE IF NOT EXISTS sessions("
+                                " client_id TEXT PRIMARY KEY NOT NULL,"
+                                " version INTEGER NOT NULL,"
+                                " expiry INTEGER NOT NULL,"
+                                " disconnected_at INTEGER NOT NULL) WITHOUT ROWID;"
+                                "CREATE TABLE IF NOT EXISTS subs("
+                                " client_id TEXT NOT NULL,"
+                                " filter TEXT NOT NULL,"
+                                " opts INTEGER NOT NULL,"
+                                " sub_id INTEGER NOT NULL,"
+                                " PRIMARY KEY(client_id, filter)) WITHOUT ROWID;"
+                                "CREATE TABLE IF NOT EXISTS msgs("
+                                " id INTEGER PRIMARY KEY,"
+                                " client_id TEXT NOT NULL,"
+                                " topic TEXT NOT NULL,"
+                                " payload BLOB NOT NULL,"
+                                " props BLOB,"
+                                " qos INTEGER NOT NULL,"
+                                " retain INTEGER NOT NULL,"
+                                " expiry_at INTEGER NOT NULL,"
+                                " packet_id INTEGER NOT NULL,"
+                                " state INTEGER NOT NULL,"
+                                " sub_ids BLOB);"
+                                "CREATE INDEX IF NOT EXISTS msgs_client ON msgs(client_id, id);"
+                                "CREATE TABLE IF NOT EXISTS inq2("
+                                " client_id TEXT NOT NULL,"
+                                " packet_id INTEGER NOT NULL,"
+                                " PRIMARY KEY(client_id, packet_id)) WITHOUT ROWID;"
+                                "CREATE TABLE IF NOT EXISTS retained("
+                                " topic TEXT PRIMARY KEY NOT NULL,"
+                                " payload BLOB NOT NULL,"
+                                " props BLOB,"
+                                " qos INTEGER NOT NULL,"
+                                " expiry_at INTEGER NOT NULL);"
+                                "PRAGMA user_version = 1;";
+
+/* A version 1 file with a row in each table, in WAL mode as cyan 1 left it. */
+static void make_v1(fixture *f)
+{
+    sql_exec(f, "PRAGMA journal_mode = WAL");
+    sql_exec(f, schema_v1);
+    sql_exec(f, "INSERT INTO sessions VALUES('c', 5, 60, 0);"
+                "INSERT INTO subs VALUES('c', 'a/#', 1, 0);"
+                "INSERT INTO msgs VALUES(1, 'c', 't', x'6d', NULL, 1, 0, 0, 0, 0, NULL);"
+                "INSERT INTO inq2 VALUES('c', 9);"
+                "INSERT INTO retained VALUES('r/1', x'7600', x'030001', 1, 5)");
+}
+
+static const char v1_load[] = "S c v5 e60 d0\n"
+                              "B c a/# o1 i0\n"
+                              "M c #1 t=t/1 p=m/1 q1 r0 x0 pid0 st0 ids[]\n"
+                              "Q c 9\n"
+                              "R t=r/1/3 p=v\\x00/2 pr=\\x03\\x00\\x01 q1 r1 x5 ts0\n";
+
+static void test_cy_store_open_migrates_v1(void **state)
+{
+    fixture *f = *state;
+    make_v1(f);
+    assert_int_equal(user_version(f), 1);
+
+    cy_store *s = open_store(f);
+    assert_int_equal(user_version(f), 2);
+    assert_string_equal(load(s), v1_load);
+    /* The migrated file works like a new one. */
+    cy_store_msg m = {.topic = "r/2", .topic_len = 3, .ts = 77};
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    assert_int_equal(cy_store_peer_put(s, 3, 2, 1), 0);
+    assert_int_equal(cy_store_outbox_put(s, 3, 1, (const uint8_t *)"f1", 2), 0);
+    assert_int_equal(cy_store_outbox_put(s, 3, 2, (const uint8_t *)"f2", 2), 0);
+    assert_int_equal(cy_store_outbox_ack(s, 3, 1), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+
+    /* Reopening a migrated file migrates nothing more. */
+    const char *log = load_fresh(f);
+    assert_non_null(strstr(log, v1_load));
+    assert_non_null(strstr(log, "R t=r/2/3 p=/0 q0 r1 x0 ts77\n"));
+    assert_non_null(strstr(log, "P 3 s2 a1\n"
+                                "O 3 #2 f2/2\n"));
+    assert_int_equal(strlen(log), strlen(v1_load) + strlen("R t=r/2/3 p=/0 q0 r1 x0 ts77\n"
+                                                           "P 3 s2 a1\n"
+                                                           "O 3 #2 f2/2\n"));
+    assert_int_equal(user_version(f), 2);
+    /* The file is as a new one would be, column for column. */
+    assert_int_equal(sql_int(f, "SELECT count(*) FROM pragma_table_info('retained')"
+                                " WHERE name = 'ts' AND \"notnull\" = 1"),
+                     1);
+    assert_int_equal(sql_int(f, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"), 7);
+}
+
+/* A migration that fails halfway leaves the file exactly at version 1. An
+ * index named "peers" makes the migration's CREATE TABLE peers fail after
+ * the ALTER TABLE and CREATE TABLE outbox before it succeeded. */
+static void test_cy_store_open_migration_atomic(void **state)
+{
+    fixture *f = *state;
+    make_v1(f);
+    sql_exec(f, "CREATE INDEX peers ON sessions(version)");
+    cy_store *s = (cy_store *)1;
+    assert_int_equal(cy_store_open(f->path, false, &s), CY_ESTORE);
+    assert_null(s);
+    assert_int_equal(user_version(f), 1);
+    assert_int_equal(sql_int(f, "SELECT count(*) FROM pragma_table_info('retained')"
+                                " WHERE name = 'ts'"),
+                     0);
+    assert_int_equal(sql_int(f, "SELECT count(*) FROM sqlite_schema WHERE name = 'outbox'"), 0);
+
+    /* With the obstacle gone the same file migrates. */
+    sql_exec(f, "DROP INDEX peers");
+    s = open_store(f);
+    assert_string_equal(load(s), v1_load);
+    cy_store_close(s);
+    assert_int_equal(user_version(f), 2);
 }
 
 /* ---- load ---- */
@@ -650,8 +1020,12 @@ static void fill(cy_store *s)
     assert_int_equal(cy_store_inq2_put(s, "a", 9), 0);
     assert_int_equal(cy_store_inq2_put(s, "b", 8), 0);
     cy_store_msg r = {
-        .topic = "rt", .topic_len = 2, .payload = (const uint8_t *)"rv", .payload_len = 2};
+        .topic = "rt", .topic_len = 2, .payload = (const uint8_t *)"rv", .payload_len = 2, .ts = 7};
     assert_int_equal(cy_store_retain_put(s, &r), 0);
+    assert_int_equal(cy_store_peer_put(s, 2, 10, 20), 0);
+    assert_int_equal(cy_store_peer_put(s, 1, 5, 6), 0);
+    assert_int_equal(cy_store_outbox_put(s, 2, 10, (const uint8_t *)"f2", 2), 0);
+    assert_int_equal(cy_store_outbox_put(s, 1, 5, (const uint8_t *)"f1", 2), 0);
     assert_int_equal(cy_store_commit(s), 0);
 }
 
@@ -660,7 +1034,8 @@ static void test_cy_store_load_order(void **state)
     fixture *f = *state;
     cy_store *s = open_store(f);
     fill(s);
-    /* Every session first, then each session's subs, msgs, inq2, then retained. */
+    /* Every session first, then each session's subs, msgs, inq2, then
+     * retained, peers, outbox. */
     assert_string_equal(load(s), "S a v5 e3 d4\n"
                                  "S b v4 e1 d2\n"
                                  "B a f o1 i0\n"
@@ -669,7 +1044,11 @@ static void test_cy_store_load_order(void **state)
                                  "B b g o0 i0\n"
                                  "M b #2 t=t/1 p=m2/2 q1 r0 x0 pid0 st0 ids[]\n"
                                  "Q b 8\n"
-                                 "R t=rt/2 p=rv/2 q0 r1 x0\n");
+                                 "R t=rt/2 p=rv/2 q0 r1 x0 ts7\n"
+                                 "P 1 s5 a6\n"
+                                 "P 2 s10 a20\n"
+                                 "O 1 #5 f1/2\n"
+                                 "O 2 #10 f2/2\n");
     cy_store_close(s);
 }
 
@@ -686,7 +1065,17 @@ static void test_cy_store_load_null_callbacks(void **state)
     memset(&r, 0, sizeof(r));
     cy_store_loader only_retained = {.retained = on_retained};
     assert_int_equal(cy_store_load(s, &only_retained, &r), 0);
-    assert_string_equal(r.log, "R t=rt/2 p=rv/2 q0 r1 x0\n");
+    assert_string_equal(r.log, "R t=rt/2 p=rv/2 q0 r1 x0 ts7\n");
+    memset(&r, 0, sizeof(r));
+    cy_store_loader only_outbox = {.outbox = on_outbox};
+    assert_int_equal(cy_store_load(s, &only_outbox, &r), 0);
+    assert_string_equal(r.log, "O 1 #5 f1/2\n"
+                               "O 2 #10 f2/2\n");
+    memset(&r, 0, sizeof(r));
+    cy_store_loader only_peers = {.peer = on_peer};
+    assert_int_equal(cy_store_load(s, &only_peers, &r), 0);
+    assert_string_equal(r.log, "P 1 s5 a6\n"
+                               "P 2 s10 a20\n");
     cy_store_loader none = {0};
     assert_int_equal(cy_store_load(s, &none, NULL), 0);
     assert_int_equal(cy_store_load(s, NULL, NULL), CY_EINVAL);
@@ -700,7 +1089,7 @@ static void test_cy_store_load_stop(void **state)
     fill(s);
     /* Stop at every callback in turn: the value comes back, nothing after
      * it is reported, and the handle keeps working. */
-    for (int k = 1; k <= 9; k++) {
+    for (int k = 1; k <= 13; k++) {
         rec r = {.stop_at = k};
         assert_int_equal(cy_store_load(s, &all, &r), 42);
         assert_int_equal(r.calls, k);
@@ -842,13 +1231,13 @@ static void test_cy_store_close_commits_pending(void **state)
                                        "M c #1 t=t/1 p=x/1 q1 r0 x0 pid0 st0 ids[]\n");
 }
 
-/* The child commits one batch, leaves a second pending, says so on a pipe
- * and waits; the parent kills it with SIGKILL, as the supervisor kills a
- * hung shard: no destructor, no commit, no flush runs in the child. (A
- * child that _exits or kills itself would do as well, but valgrind then
- * reports the child's unclosed handle.) A failing child exits with a code
- * naming its step. */
-static void crash_child(fixture *f, bool sync_full)
+/* The child runs body (commit one batch, leave a second pending), says so
+ * on a pipe and waits; the parent kills it with SIGKILL, as the supervisor
+ * kills a hung shard: no destructor, no commit, no flush runs in the child.
+ * (A child that _exits or kills itself would do as well, but valgrind then
+ * reports the child's unclosed handle.) A failing child exits with the code
+ * body returns, naming its step. Then the file must hold exactly expect. */
+static void crash_run(fixture *f, bool sync_full, int (*body)(cy_store *s), const char *expect)
 {
     int fds[2];
     assert_int_equal(pipe(fds), 0);
@@ -858,22 +1247,9 @@ static void crash_child(fixture *f, bool sync_full)
         close(fds[0]);
         cy_store *s;
         if (cy_store_open(f->path, sync_full, &s)) _exit(10);
-        cy_store_session sess = {"kept", 5, 60, 0};
-        if (cy_store_session_put(s, &sess)) _exit(11);
-        cy_store_msg m = {.topic = "t",
-                          .topic_len = 1,
-                          .payload = (const uint8_t *)"acked",
-                          .payload_len = 5,
-                          .qos = 1};
-        if (cy_store_msg_put(s, "kept", &m)) _exit(12);
-        if (cy_store_commit(s)) _exit(13);
-        cy_store_session lost = {"lost", 5, 60, 0};
-        if (cy_store_session_put(s, &lost)) _exit(14);
-        m.payload = (const uint8_t *)"unacked";
-        m.payload_len = 7;
-        if (cy_store_msg_put(s, "kept", &m)) _exit(15);
-        if (cy_store_pending(s) != 2) _exit(16);
-        if (write(fds[1], "k", 1) != 1) _exit(17);
+        int code = body(s);
+        if (code) _exit(code);
+        if (write(fds[1], "k", 1) != 1) _exit(9);
         for (;;)
             pause();
     }
@@ -885,18 +1261,69 @@ static void crash_child(fixture *f, bool sync_full)
     assert_int_equal(waitpid(pid, &status, 0), pid);
     if (!WIFSIGNALED(status)) fail_msg("child exited with %d", WEXITSTATUS(status));
     assert_int_equal(WTERMSIG(status), SIGKILL);
-    assert_string_equal(load_fresh(f), "S kept v5 e60 d0\n"
-                                       "M kept #1 t=t/1 p=acked/5 q1 r0 x0 pid0 st0 ids[]\n");
+    assert_string_equal(load_fresh(f), expect);
 }
+
+static int crash_sessions(cy_store *s)
+{
+    cy_store_session sess = {"kept", 5, 60, 0};
+    if (cy_store_session_put(s, &sess)) return 11;
+    cy_store_msg m = {.topic = "t",
+                      .topic_len = 1,
+                      .payload = (const uint8_t *)"acked",
+                      .payload_len = 5,
+                      .qos = 1};
+    if (cy_store_msg_put(s, "kept", &m)) return 12;
+    if (cy_store_commit(s)) return 13;
+    cy_store_session lost = {"lost", 5, 60, 0};
+    if (cy_store_session_put(s, &lost)) return 14;
+    m.payload = (const uint8_t *)"unacked";
+    m.payload_len = 7;
+    if (cy_store_msg_put(s, "kept", &m)) return 15;
+    if (cy_store_pending(s) != 2) return 16;
+    return 0;
+}
+
+static const char crash_sessions_expect[] = "S kept v5 e60 d0\n"
+                                            "M kept #1 t=t/1 p=acked/5 q1 r0 x0 pid0 st0 ids[]\n";
 
 static void test_cy_store_commit_survives_sigkill(void **state)
 {
-    crash_child(*state, false);
+    crash_run(*state, false, crash_sessions, crash_sessions_expect);
 }
 
 static void test_cy_store_commit_survives_sigkill_sync_full(void **state)
 {
-    crash_child(*state, true);
+    crash_run(*state, true, crash_sessions, crash_sessions_expect);
+}
+
+/* The bus's pattern: frames and sequence state commit with the work; an
+ * acknowledgement and newer frames still pending at the kill are lost, so
+ * the acknowledged frame comes back and is sent again. */
+static int crash_outbox(cy_store *s)
+{
+    const uint8_t *fr = (const uint8_t *)"frame";
+    for (uint64_t seq = 1; seq <= 3; seq++)
+        if (cy_store_outbox_put(s, 1, seq, fr, 5)) return 11;
+    if (cy_store_outbox_put(s, 2, 1, fr, 5)) return 12;
+    if (cy_store_peer_put(s, 1, 3, 0) || cy_store_peer_put(s, 2, 1, 7)) return 13;
+    if (cy_store_outbox_ack(s, 1, 1)) return 14;
+    if (cy_store_commit(s)) return 15;
+    if (cy_store_outbox_ack(s, 1, 2)) return 16;
+    if (cy_store_outbox_put(s, 1, 4, fr, 5) || cy_store_outbox_put(s, 3, 1, fr, 5)) return 17;
+    if (cy_store_peer_put(s, 1, 4, 9) || cy_store_peer_put(s, 3, 1, 0)) return 18;
+    if (cy_store_pending(s) != 5) return 19;
+    return 0;
+}
+
+static void test_cy_store_outbox_survives_sigkill(void **state)
+{
+    crash_run(*state, false, crash_outbox,
+              "P 1 s3 a0\n"
+              "P 2 s1 a7\n"
+              "O 1 #2 frame/5\n"
+              "O 1 #3 frame/5\n"
+              "O 2 #1 frame/5\n");
 }
 
 /* A write that cannot get the write lock waits the busy timeout (5 s), then
@@ -1020,6 +1447,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_store_inq2_put_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_retain_put_replace_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_retain_put_props, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_retain_put_ts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_outbox_put_ack_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_outbox_ack_boundary, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_peer_put_upsert, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_outbox_einval, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_outbox_u64_above_2_63, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_outbox_load_callback_writes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_outbox_no_alloc, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_open_migrates_v1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_open_migration_atomic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_load_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_load_null_callbacks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_load_stop, setup, teardown),
@@ -1032,6 +1469,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_store_commit_survives_sigkill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_commit_survives_sigkill_sync_full, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_outbox_survives_sigkill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_session_put_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_commit_disk_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_msg_put_cost, setup, teardown),
