@@ -24,11 +24,21 @@
  *
  * Every accepted link starts with a HELLO the bus itself sends and checks
  * (sender index, sender generation), so on_frame always knows who sent a
- * frame, and a peer's new generation is told apart from the old one.
+ * frame, and a peer's new generation is told apart from the old one. The
+ * acceptor answers with its own HELLO on the same socket; the dialler's
+ * link is up (on_peer_up, with the generation from that answer) only once
+ * the answer is read, so a peer that is stopped or gone is never "up".
+ * A newer link from the same shard index replaces an older one.
+ * Wire detail: bit 31 of the length word marks a frame that carries a
+ * descriptor (the length itself is at most CY_BUS_MAX_FRAME); type 0 is
+ * the bus's own and refused from callers.
  *
  * Ownership: the bus owns its handles; bodies passed to send are copied
  * (or written before return). Handles received are owned by the callee.
  * Callbacks run on the loop thread and may call cy_bus_send.
+ * Callbacks never run from inside a bus call; none runs after cy_bus_close
+ * except done_cb of cy_bus_send_handle (status < 0) and close_cb.
+ * The process must ignore SIGPIPE (a peer may die mid-write).
  * Errors: CY_EPIPE (no link to that peer now), CY_EAGAIN (backlog full),
  * CY_EINVAL (bad peer index, frame over CY_BUS_MAX_FRAME), CY_ENOMEM, and
  * -errno from libuv in cy_bus_new (socket path in use and live, ...).
@@ -49,10 +59,17 @@ typedef struct cy_bus_callbacks {
     /* A whole frame from shard `from`. body is borrowed for the call. */
     void (*on_frame)(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len);
     /* A frame that carried a TCP handle; the callee owns `tcp` (already
-     * uv_tcp_init'ed on the bus's loop and accepted) and must close it. */
+     * uv_tcp_init'ed on the bus's loop and accepted) and must close it:
+     * uv_close(tcp, cb) with cb calling cy_free(tcp). If on_handle is NULL
+     * the bus closes it. */
     void (*on_handle)(void *ctx, unsigned from, uv_tcp_t *tcp, uint8_t type, const uint8_t *body,
                       size_t len);
-    /* The outgoing link to peer is (again) connected, or no longer. */
+    /* The outgoing link to peer is (again) connected, or no longer.
+     * on_peer_up runs once per connection, when the peer has answered our
+     * HELLO; on_peer_down runs once after each on_peer_up, from the link's
+     * close callback (sends already return CY_EPIPE in between). Nothing
+     * tells when a full backlog drains: retry (each pass, or on a timer)
+     * while cy_bus_backlog is not 0. */
     void (*on_peer_up)(void *ctx, unsigned peer, uint64_t peer_generation);
     void (*on_peer_down)(void *ctx, unsigned peer);
 } cy_bus_callbacks;
@@ -62,7 +79,8 @@ typedef struct cy_bus_options {
     unsigned self;        /* this shard's index */
     unsigned nshards;     /* 1..64; with 1 the bus does nothing */
     uint64_t generation;  /* this process's spawn number (sent in HELLO) */
-    size_t max_backlog;   /* bytes queued per outgoing link; 0 = 64 MiB */
+    size_t max_backlog;   /* bytes queued per outgoing link; 0 = 64 MiB. A frame
+                           * is accepted if it fits or if nothing is queued. */
 } cy_bus_options;
 
 /* Listen on our socket (replacing a stale socket file) and start dialling
@@ -77,7 +95,9 @@ int cy_bus_send2(cy_bus *bus, unsigned peer, uint8_t type, const uint8_t *a, siz
                  const uint8_t *b, size_t blen);
 /* Send a frame carrying the TCP handle tcp (the caller keeps its handle and
  * closes it when done_cb runs: status 0 once the peer has the descriptor,
- * <0 if it never will). done_cb runs exactly once if this returns 0. */
+ * <0 if it never will). done_cb runs exactly once if this returns 0.
+ * "Has the descriptor" means it is in the peer's socket; a peer that dies
+ * before reading it loses the connection. Stop reading tcp first. */
 int cy_bus_send_handle(cy_bus *bus, unsigned peer, uv_tcp_t *tcp, uint8_t type,
                        const uint8_t *body, size_t len, void (*done_cb)(void *arg, int status),
                        void *arg);
