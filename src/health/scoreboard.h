@@ -23,12 +23,14 @@
  * is one clock for all processes of a machine.
  *
  * Errors: CY_EIO (file or mmap failed, errno logged), CY_EINVAL (a file of
- * another layout or version). Thread: any; slots are lock-free.
+ * another layout or version), CY_ENOENT (open: no such file). Thread: any;
+ * slots are lock-free.
  */
 #ifndef CY_SCOREBOARD_H
 #define CY_SCOREBOARD_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define CY_SB_MAX_SHARDS 64
@@ -65,6 +67,8 @@ typedef struct cy_sb_slot {
     uint64_t progress;      /* units of work completed (packets handled, frames applied) */
     uint64_t queued;        /* work it knows it has not done yet */
     uint64_t connections;   /* client connections open */
+    int64_t ready;          /* 1: links to every peer up and every peer's interest received */
+    int64_t accepting;      /* 1: taking client connections (and handovers) */
     uint64_t bus_sent[CY_SB_MAX_SHARDS];  /* frames sent to shard j (this generation of j) */
     uint64_t bus_acked[CY_SB_MAX_SHARDS]; /* of those, acknowledged by j */
     uint64_t counters[CY_SB_COUNTERS];

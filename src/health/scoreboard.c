@@ -1,0 +1,147 @@
+/* scoreboard: the shared-memory file every shard writes its liveness into
+ * (see scoreboard.h for the layout and the single-writer rule).
+ *
+ * The idea needed to read this file: the scoreboard is a plain file mapped
+ * MAP_SHARED, so all processes of a node see one set of pages. Creating it
+ * never truncates a file someone still maps: the supervisor builds the new
+ * file under a temporary name and rename()s it into place. A shard orphaned
+ * by a previous supervisor (it exits as soon as it sees EOF on fd 4, but may
+ * take a moment) keeps writing into the old inode and cannot scribble over
+ * the new slots; `cyan status` and new shards open the new file by name.
+ * Opening validates magic, version and the exact size for the slot count in
+ * the header, so a file of another layout is refused rather than misread.
+ */
+#include "health/scoreboard.h"
+
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+_Static_assert(sizeof(cy_sb_header) % 8 == 0, "slots must start 8-byte aligned");
+_Static_assert(sizeof(cy_sb_slot) % 8 == 0, "slot size must keep the next slot aligned");
+
+static size_t map_size(uint64_t nshards)
+{
+    return sizeof(cy_sb_header) + (size_t)nshards * sizeof(cy_sb_slot);
+}
+
+int cy_scoreboard_create(const char *path, unsigned nshards, cy_scoreboard *sb)
+{
+    memset(sb, 0, sizeof(*sb));
+    if (nshards < 1 || nshards > CY_SB_MAX_SHARDS) return CY_EINVAL;
+    char tmp[4096];
+    if (snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid()) >= (int)sizeof(tmp))
+        return CY_EINVAL;
+    size_t len = map_size(nshards);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        cy_error(NULL, "scoreboard %s: %s", tmp, strerror(errno));
+        return CY_EIO;
+    }
+    void *p = MAP_FAILED;
+    if (ftruncate(fd, (off_t)len) != 0) {
+        cy_error(NULL, "scoreboard %s: size %zu: %s", tmp, len, strerror(errno));
+        goto fail;
+    }
+    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+        cy_error(NULL, "scoreboard %s: mmap: %s", tmp, strerror(errno));
+        goto fail;
+    }
+    /* The file is all zeroes: every slot DOWN. The magic goes in last so a
+     * reader racing the rename never sees a valid header over a torn file. */
+    cy_sb_header *h = p;
+    h->version = 1;
+    h->nshards = nshards;
+    __atomic_store_n(&h->magic, CY_SB_MAGIC, __ATOMIC_RELEASE);
+    if (rename(tmp, path) != 0) {
+        cy_error(NULL, "scoreboard %s: rename: %s", path, strerror(errno));
+        goto fail;
+    }
+    close(fd);
+    sb->hdr = p;
+    sb->slots = (cy_sb_slot *)((char *)p + sizeof(cy_sb_header));
+    sb->map_len = len;
+    return 0;
+fail:
+    if (p != MAP_FAILED) munmap(p, len);
+    close(fd);
+    unlink(tmp);
+    return CY_EIO;
+}
+
+int cy_scoreboard_open(const char *path, cy_scoreboard *sb)
+{
+    memset(sb, 0, sizeof(*sb));
+    int prot = PROT_READ | PROT_WRITE;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0 && (errno == EACCES || errno == EROFS)) {
+        /* `cyan status` run by another user: a read-only view is enough. */
+        prot = PROT_READ;
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    }
+    if (fd < 0) {
+        if (errno == ENOENT) return CY_ENOENT;
+        cy_error(NULL, "scoreboard %s: %s", path, strerror(errno));
+        return CY_EIO;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        cy_error(NULL, "scoreboard %s: stat: %s", path, strerror(errno));
+        close(fd);
+        return CY_EIO;
+    }
+    if ((size_t)st.st_size < sizeof(cy_sb_header)) {
+        close(fd);
+        return CY_EINVAL;
+    }
+    size_t len = (size_t)st.st_size;
+    void *p = mmap(NULL, len, prot, MAP_SHARED, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) {
+        cy_error(NULL, "scoreboard %s: mmap: %s", path, strerror(errno));
+        return CY_EIO;
+    }
+    const cy_sb_header *h = p;
+    uint64_t n = h->nshards;
+    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != CY_SB_MAGIC || h->version != 1 || n < 1 ||
+        n > CY_SB_MAX_SHARDS || len != map_size(n)) {
+        munmap(p, len);
+        return CY_EINVAL;
+    }
+    sb->hdr = p;
+    sb->slots = (cy_sb_slot *)((char *)p + sizeof(cy_sb_header));
+    sb->map_len = len;
+    return 0;
+}
+
+void cy_scoreboard_close(cy_scoreboard *sb)
+{
+    if (sb->hdr) munmap(sb->hdr, sb->map_len);
+    memset(sb, 0, sizeof(*sb));
+}
+
+uint64_t cy_scoreboard_backlog(const cy_scoreboard *sb, unsigned i)
+{
+    if (!sb->hdr || i >= sb->hdr->nshards) return 0;
+    const cy_sb_slot *s = sb->slots;
+    uint64_t total = cy_sb_loadu(&s[i].queued);
+    for (unsigned j = 0; j < sb->hdr->nshards; j++) {
+        if (j == i || cy_sb_load(&s[j].state) != CY_SHARD_RUNNING) continue;
+        /* Two relaxed loads are not one instant. Both counters only grow
+         * and acked <= sent at every instant, so reading acked first gives
+         * a sent that is never below it; the clamp is for a writer that
+         * broke that rule (or was reset between the loads). */
+        uint64_t acked = cy_sb_loadu(&s[j].bus_acked[i]);
+        uint64_t sent = cy_sb_loadu(&s[j].bus_sent[i]);
+        if (sent > acked) total += sent - acked;
+    }
+    return total;
+}

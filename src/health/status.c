@@ -1,0 +1,227 @@
+/* status: `cyan status` and the drills `cyan shard stop|cont|kill|spin|stall`.
+ *
+ * Both are short-lived readers of a running node's scoreboard
+ * (data_dir/run/scoreboard): they map it, read what the shards and the
+ * supervisor last wrote, and never write to it. A scoreboard is only
+ * believed while the supervisor named in its header is alive; the file
+ * outlives the node (the supervisor marks everything DOWN and its own pid 0
+ * when it stops), so the last state stays readable after a crash and the
+ * table is printed then too, under an error that says the node is down.
+ *
+ * The drills send the signal to the pid the supervisor spawned (sv_pid), so
+ * an operator can rehearse the failures the watchdog exists for:
+ * stop (SIGSTOP: hung), spin (SIGUSR2: loop busy forever: hung), stall
+ * (SIGUSR1: loop turns, input ignored: stuck once work is owed), kill
+ * (SIGKILL: a crash), cont (SIGCONT: undo stop before the watchdog acts).
+ */
+#include "health/supervisor.h"
+
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "health/scoreboard.h"
+#include "health/watchdog.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *state_name(int64_t st)
+{
+    switch (st) {
+    case CY_SHARD_DOWN:
+        return "DOWN";
+    case CY_SHARD_STARTING:
+        return "STARTING";
+    case CY_SHARD_RUNNING:
+        return "RUNNING";
+    case CY_SHARD_STOPPING:
+        return "STOPPING";
+    default:
+        return "?";
+    }
+}
+
+/* A duration for people: 0.4s, 12.0s, 5m03s, 2h05m, 3d04h. */
+static void fmt_age(char *out, size_t len, int64_t ms)
+{
+    if (ms < 0) ms = 0;
+    int64_t s = ms / 1000;
+    if (s < 60)
+        snprintf(out, len, "%.1fs", (double)ms / 1000.0);
+    else if (s < 3600)
+        snprintf(out, len, "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
+    else if (s < 86400)
+        snprintf(out, len, "%lldh%02lldm", (long long)(s / 3600), (long long)(s % 3600 / 60));
+    else
+        snprintf(out, len, "%lldd%02lldh", (long long)(s / 86400), (long long)(s % 86400 / 3600));
+}
+
+static void scoreboard_path(const cy_config *cfg, char *out, size_t len)
+{
+    snprintf(out, len, "%s/run/scoreboard", cfg->data_dir);
+}
+
+/* Open the scoreboard, saying why not on stderr. 0 or 1 (exit status). */
+static int open_board(const cy_config *cfg, cy_scoreboard *sb, char *path, size_t len)
+{
+    scoreboard_path(cfg, path, len);
+    int rc = cy_scoreboard_open(path, sb);
+    if (rc == CY_ENOENT) {
+        fprintf(stderr, "cyan: not running: no scoreboard at %s (is data_dir = %s right?)\n", path,
+                cfg->data_dir);
+        return 1;
+    }
+    if (rc == CY_EINVAL) {
+        fprintf(stderr, "cyan: %s is not a scoreboard this cyan can read\n", path);
+        return 1;
+    }
+    if (rc) {
+        fprintf(stderr, "cyan: cannot read %s: %s\n", path, cy_strerror(rc));
+        return 1;
+    }
+    return 0;
+}
+
+static void print_table(const cy_scoreboard *sb, int64_t now)
+{
+    /* restarts: counted by reason, exit/signal/hung/stuck */
+    printf("%-5s %-7s %-8s %4s %7s %6s %12s %8s %6s  %-20s %s\n", "shard", "pid", "state", "gen",
+           "up", "beat", "progress", "backlog", "conns", "exit/sig/hung/stuck", "last restart");
+    for (unsigned i = 0; i < sb->hdr->nshards; i++) {
+        const cy_sb_slot *sl = &sb->slots[i];
+        int64_t st = cy_sb_load(&sl->state);
+        int64_t pid = cy_sb_load(&sl->sv_pid);
+        if (!pid && st != CY_SHARD_DOWN) pid = cy_sb_load(&sl->pid);
+        char pidbuf[24] = "-", up[32] = "-", beat[32] = "-", restarts[48], last[200] = "-";
+        if (pid) snprintf(pidbuf, sizeof(pidbuf), "%lld", (long long)pid);
+        int64_t started = cy_sb_load(&sl->started_ms);
+        if (st != CY_SHARD_DOWN) {
+            if (started > 0) fmt_age(up, sizeof(up), now - started);
+            fmt_age(beat, sizeof(beat), now - cy_sb_load(&sl->heartbeat_ms));
+        }
+        snprintf(restarts, sizeof(restarts), "%lld/%lld/%lld/%lld",
+                 (long long)cy_sb_load(&sl->sv_restarts[CY_RESTART_EXIT]),
+                 (long long)cy_sb_load(&sl->sv_restarts[CY_RESTART_SIGNAL]),
+                 (long long)cy_sb_load(&sl->sv_restarts[CY_RESTART_HUNG]),
+                 (long long)cy_sb_load(&sl->sv_restarts[CY_RESTART_STUCK]));
+        int64_t when = cy_sb_load(&sl->sv_last_restart_ms);
+        if (when > 0) {
+            char reason[sizeof(sl->sv_last_reason)], ago[32];
+            memcpy(reason, (const char *)sl->sv_last_reason, sizeof(reason));
+            reason[sizeof(reason) - 1] = '\0';
+            fmt_age(ago, sizeof(ago), now - when);
+            int64_t backoff = cy_sb_load(&sl->sv_backoff_ms);
+            if (st == CY_SHARD_DOWN && backoff > 0)
+                snprintf(last, sizeof(last), "%s ago: %s (respawn after %.1fs)", ago, reason,
+                         (double)backoff / 1000.0);
+            else
+                snprintf(last, sizeof(last), "%s ago: %s", ago, reason);
+        }
+        printf("%-5u %-7s %-8s %4lld %7s %6s %12llu %8llu %6llu  %-20s %s\n", i, pidbuf,
+               state_name(st), (long long)cy_sb_load(&sl->generation), up, beat,
+               (unsigned long long)cy_sb_loadu(&sl->progress),
+               (unsigned long long)cy_scoreboard_backlog(sb, i),
+               (unsigned long long)cy_sb_loadu(&sl->connections), restarts, last);
+    }
+}
+
+int cy_status_print(const cy_config *cfg)
+{
+    char path[640];
+    cy_scoreboard sb;
+    if (open_board(cfg, &sb, path, sizeof(path))) return 1;
+    int64_t now = cy_mono_ms();
+    int64_t age;
+    bool alive = cy_watchdog_supervisor_alive(&sb, &age);
+    int64_t pid = cy_sb_load(&sb.hdr->supervisor_pid);
+    int rc = 0;
+    if (!pid) {
+        fprintf(stderr, "cyan: not running: the supervisor of %s has stopped; last state:\n", path);
+        rc = 1;
+    } else if (!alive) {
+        fprintf(stderr,
+                "cyan: not running: supervisor pid %lld is gone without stopping "
+                "(crashed or killed); last state:\n",
+                (long long)pid);
+        rc = 1;
+    } else {
+        char agebuf[32];
+        fmt_age(agebuf, sizeof(agebuf), age);
+        printf("supervisor pid %lld, heartbeat %s ago, watchdog_timeout %lld ms, %llu shards\n",
+               (long long)pid, agebuf, (long long)cy_sb_load(&sb.hdr->watchdog_timeout_ms),
+               (unsigned long long)sb.hdr->nshards);
+        if (age > 5000)
+            fprintf(stderr,
+                    "cyan: warning: the supervisor has not beaten for %s: it may be "
+                    "hung\n",
+                    agebuf);
+    }
+    print_table(&sb, now);
+    cy_scoreboard_close(&sb);
+    return rc;
+}
+
+static int drill_usage(void)
+{
+    fprintf(stderr, "usage: cyan shard stop|cont|kill|spin|stall INDEX\n"
+                    "  stop   SIGSTOP: the shard freezes (the watchdog sees no heartbeat)\n"
+                    "  cont   SIGCONT: undo stop\n"
+                    "  kill   SIGKILL: a crash\n"
+                    "  spin   SIGUSR2: its loop busy-loops forever (no heartbeat)\n"
+                    "  stall  SIGUSR1: it ignores input but keeps beating (no progress)\n");
+    return 2;
+}
+
+int cy_shard_drill(const cy_config *cfg, const char *what, const char *index)
+{
+    static const struct {
+        const char *word;
+        int sig;
+        const char *name;
+    } acts[] = {
+        {"stop", SIGSTOP, "SIGSTOP"}, {"cont", SIGCONT, "SIGCONT"},  {"kill", SIGKILL, "SIGKILL"},
+        {"spin", SIGUSR2, "SIGUSR2"}, {"stall", SIGUSR1, "SIGUSR1"},
+    };
+    int a = -1;
+    for (int k = 0; what && k < (int)(sizeof(acts) / sizeof(acts[0])); k++)
+        if (!strcmp(what, acts[k].word)) a = k;
+    if (a < 0) return drill_usage();
+    unsigned long idx = 0;
+    if (!index || !*index || strlen(index) > 3) return drill_usage();
+    for (const char *p = index; *p; p++) {
+        if (*p < '0' || *p > '9') return drill_usage();
+        idx = idx * 10 + (unsigned long)(*p - '0');
+    }
+    char path[640];
+    cy_scoreboard sb;
+    if (open_board(cfg, &sb, path, sizeof(path))) return 1;
+    int rc = 1;
+    if (!cy_watchdog_supervisor_alive(&sb, NULL)) {
+        fprintf(stderr, "cyan: not running: no live supervisor in %s\n", path);
+        goto out;
+    }
+    if (idx >= sb.hdr->nshards) {
+        fprintf(stderr, "cyan: no shard %lu: this node runs %llu (0..%llu)\n", idx,
+                (unsigned long long)sb.hdr->nshards, (unsigned long long)sb.hdr->nshards - 1);
+        rc = 2;
+        goto out;
+    }
+    const cy_sb_slot *sl = &sb.slots[idx];
+    int64_t pid = cy_sb_load(&sl->sv_pid);
+    if (!pid) {
+        fprintf(stderr, "cyan: shard %lu is down (waiting to be respawned)\n", idx);
+        goto out;
+    }
+    if (kill((pid_t)pid, acts[a].sig) != 0) {
+        fprintf(stderr, "cyan: shard %lu (pid %lld): %s: %s\n", idx, (long long)pid, acts[a].name,
+                strerror(errno));
+        goto out;
+    }
+    printf("shard %lu (pid %lld): sent %s\n", idx, (long long)pid, acts[a].name);
+    rc = 0;
+out:
+    cy_scoreboard_close(&sb);
+    return rc;
+}

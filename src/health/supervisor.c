@@ -1,0 +1,711 @@
+/* supervisor: process 0 of a node. It owns the listening socket and the
+ * scoreboard, spawns one process per shard, and replaces a shard that died,
+ * whose loop stopped (hung) or whose work stopped moving (stuck). It serves
+ * nothing itself, so nothing a device sends can wedge it.
+ *
+ * The idea needed to read this file: every shard is a small state machine
+ * driven by three events, all on the supervisor's own libuv loop:
+ *   spawn        -> child alive; slot reset to STARTING with a fresh
+ *                   heartbeat before the exec, so neither a stale beat nor
+ *                   the previous process's counters are judged;
+ *   tick (100 ms)-> sample the slot, judge it (watchdog.c); a verdict
+ *                   SIGKILLs the child and remembers why, because the exit
+ *                   callback will only see "signal 9";
+ *   exit_cb      -> slot DOWN, the restart counted by reason, and the next
+ *                   spawn scheduled now or after the crash-loop backoff.
+ * The tick judges in two passes: first heartbeats, then progress. A shard
+ * killed in the first pass is marked DOWN at once, so the frames it had sent
+ * and never saw acknowledged stop counting as work owed by its peers: one
+ * hung shard must not get a healthy idle peer killed as stuck.
+ *
+ * The listening socket is made with plain socket/bind/listen rather than a
+ * uv_tcp_t: the supervisor must never accept (a libuv listener would accept
+ * one connection into the supervisor), and uv_tcp_bind defers EADDRINUSE to
+ * uv_listen, which we never call. SO_REUSEADDR is set as libuv would.
+ *
+ * Shards are spawned detached (their own session), so a Ctrl-C at a
+ * terminal reaches only the supervisor, which then stops them in order. A
+ * supervisor that dies anyway closes its end of every fd-4 socketpair, and
+ * the shards exit on that EOF.
+ */
+#include "health/supervisor.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+#include "health/scoreboard.h"
+#include "health/watchdog.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define TICK_MS 100
+#define FEED_MS 1000
+#define STOP_GRACE_MS 10000
+#define LISTEN_BACKLOG 1024
+
+typedef struct sv sv;
+typedef struct shard shard;
+
+/* One spawned process; freed in its close callback. */
+typedef struct child {
+    uv_process_t proc;
+    shard *sh;
+    int sock; /* our end of its fd-4 socketpair; open for the child's lifetime */
+} child;
+
+struct shard {
+    sv *sv;
+    unsigned idx;
+    int64_t generation; /* spawns of this index so far */
+    child *child;       /* NULL while down */
+    int64_t pid;
+    uv_timer_t respawn;
+    cy_watch watch;
+    int64_t running_since_ms; /* first sample RUNNING in this generation; 0 before */
+    bool ever_running;        /* some generation reached RUNNING (READY=1) */
+    int64_t backoff_ms;       /* the last crash-loop delay; 0 after a good run */
+    int killed_reason;        /* CY_RESTART_* if we killed it, else -1 */
+    int64_t killed_delay_ms;
+    char killed_why[128];
+    bool stop_killed; /* shutdown: needed SIGKILL */
+};
+
+struct sv {
+    const cy_config *cfg;
+    const char *exe;
+    char *const *pass;
+    size_t npass;
+    uv_loop_t loop;
+    uv_timer_t tick, feed, stop_timer;
+    uv_signal_t sigterm, sigint;
+    int listen_fd;
+    cy_scoreboard sb;
+    unsigned n;
+    unsigned alive;
+    bool ready, stopping, finished;
+    int result;
+    char notify[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    shard shards[CY_SB_MAX_SHARDS];
+};
+
+static void spawn_shard(shard *sh);
+
+static double secs(int64_t ms)
+{
+    return (double)ms / 1000.0;
+}
+
+static const char *signame(int sig)
+{
+    switch (sig) {
+    case SIGHUP:
+        return "SIGHUP";
+    case SIGINT:
+        return "SIGINT";
+    case SIGQUIT:
+        return "SIGQUIT";
+    case SIGILL:
+        return "SIGILL";
+    case SIGTRAP:
+        return "SIGTRAP";
+    case SIGABRT:
+        return "SIGABRT";
+    case SIGBUS:
+        return "SIGBUS";
+    case SIGFPE:
+        return "SIGFPE";
+    case SIGKILL:
+        return "SIGKILL";
+    case SIGUSR1:
+        return "SIGUSR1";
+    case SIGSEGV:
+        return "SIGSEGV";
+    case SIGUSR2:
+        return "SIGUSR2";
+    case SIGPIPE:
+        return "SIGPIPE";
+    case SIGALRM:
+        return "SIGALRM";
+    case SIGTERM:
+        return "SIGTERM";
+    case SIGXCPU:
+        return "SIGXCPU";
+    case SIGXFSZ:
+        return "SIGXFSZ";
+    case SIGSYS:
+        return "SIGSYS";
+    default:
+        return "?";
+    }
+}
+
+static void notify(sv *s, const char *state)
+{
+    if (!s->notify[0]) return;
+    int rc = cy_sd_notify_to(s->notify, state);
+    if (rc) cy_warn(NULL, "supervisor: notify %s to %s: %s", state, s->notify, cy_strerror(rc));
+}
+
+static int mkdir_p(const char *path)
+{
+    char tmp[1024];
+    if (snprintf(tmp, sizeof(tmp), "%s", path) >= (int)sizeof(tmp)) return CY_EINVAL;
+    for (char *p = tmp + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
+            *p = '/';
+        }
+    if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
+    return 0;
+}
+
+static void set_reason(cy_sb_slot *slot, const char *text)
+{
+    char buf[sizeof(slot->sv_last_reason)];
+    snprintf(buf, sizeof(buf), "%s", text);
+    memcpy(slot->sv_last_reason, buf, sizeof(buf));
+}
+
+/* ---- closing ---- */
+
+static void close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* Close every handle the supervisor owns; the loop then runs dry. */
+static void finish(sv *s)
+{
+    if (s->finished) return;
+    s->finished = true;
+    close_handle((uv_handle_t *)&s->tick);
+    close_handle((uv_handle_t *)&s->feed);
+    close_handle((uv_handle_t *)&s->stop_timer);
+    close_handle((uv_handle_t *)&s->sigterm);
+    close_handle((uv_handle_t *)&s->sigint);
+    for (unsigned i = 0; i < s->n; i++)
+        close_handle((uv_handle_t *)&s->shards[i].respawn);
+}
+
+static void on_child_closed(uv_handle_t *h)
+{
+    cy_free(h->data);
+}
+
+/* ---- shutdown ---- */
+
+static void on_stop_timeout(uv_timer_t *t)
+{
+    sv *s = t->data;
+    for (unsigned i = 0; i < s->n; i++) {
+        shard *sh = &s->shards[i];
+        if (!sh->child) continue;
+        cy_warn(NULL, "shard %u (pid %lld) did not stop within %.0f s: SIGKILL", i,
+                (long long)sh->pid, secs(STOP_GRACE_MS));
+        sh->stop_killed = true;
+        uv_process_kill(&sh->child->proc, SIGKILL);
+    }
+}
+
+static void begin_stop(sv *s, const char *why)
+{
+    s->stopping = true;
+    notify(s, "STOPPING=1");
+    cy_info(NULL, "supervisor: %s: stopping %u shard%s", why, s->alive, s->alive == 1 ? "" : "s");
+    for (unsigned i = 0; i < s->n; i++) {
+        shard *sh = &s->shards[i];
+        uv_timer_stop(&sh->respawn);
+        if (!sh->child) {
+            s->result = 1; /* down after a failure, waiting to be respawned */
+            continue;
+        }
+        /* SIGCONT first, so a stopped shard sees the SIGTERM; not after it,
+         * where it would land in a shard already exiting (and can wedge a
+         * sanitizer's leak check, which ptrace-stops the process). */
+        uv_process_kill(&sh->child->proc, SIGCONT);
+        uv_process_kill(&sh->child->proc, SIGTERM);
+    }
+    if (s->alive == 0)
+        finish(s);
+    else
+        uv_timer_start(&s->stop_timer, on_stop_timeout, STOP_GRACE_MS, 0);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    sv *s = h->data;
+    if (!s->stopping) {
+        begin_stop(s, signame(signum));
+        return;
+    }
+    cy_warn(NULL, "supervisor: %s again: killing %u shard%s now", signame(signum), s->alive,
+            s->alive == 1 ? "" : "s");
+    for (unsigned i = 0; i < s->n; i++)
+        if (s->shards[i].child) {
+            s->shards[i].stop_killed = true;
+            uv_process_kill(&s->shards[i].child->proc, SIGKILL);
+        }
+}
+
+/* ---- exits and respawns ---- */
+
+static void on_respawn(uv_timer_t *t)
+{
+    shard *sh = t->data;
+    if (!sh->sv->stopping) spawn_shard(sh);
+}
+
+static void schedule(shard *sh, int64_t delay_ms)
+{
+    if (delay_ms <= 0)
+        spawn_shard(sh);
+    else
+        uv_timer_start(&sh->respawn, on_respawn, (uint64_t)delay_ms, 0);
+}
+
+static void on_child_exit(uv_process_t *proc, int64_t exit_status, int term_signal)
+{
+    child *c = proc->data;
+    shard *sh = c->sh;
+    sv *s = sh->sv;
+    cy_sb_slot *slot = &s->sb.slots[sh->idx];
+    int64_t now = cy_mono_ms();
+    int64_t ran = now - sh->watch.spawned_ms;
+    long long pid = (long long)sh->pid;
+    int64_t last_state = cy_sb_load(&slot->state);
+
+    cy_sb_store(&slot->state, CY_SHARD_DOWN);
+    cy_sb_store(&slot->sv_pid, 0);
+    close(c->sock);
+    uv_close((uv_handle_t *)proc, on_child_closed);
+    sh->child = NULL;
+    s->alive--;
+
+    if (s->stopping) {
+        /* Our SIGTERM can beat a starting shard to installing its handler:
+         * it stopped on request with nothing served, so that is clean. */
+        bool early = term_signal == SIGTERM && last_state == CY_SHARD_STARTING;
+        if (exit_status != 0 || (term_signal != 0 && !early) || sh->stop_killed) {
+            s->result = 1;
+            if (term_signal)
+                cy_warn(NULL, "shard %u (pid %lld) stopped by signal %d (%s)", sh->idx, pid,
+                        term_signal, signame(term_signal));
+            else
+                cy_warn(NULL, "shard %u (pid %lld) stopped with status %lld", sh->idx, pid,
+                        (long long)exit_status);
+        } else {
+            cy_debug(NULL, "shard %u (pid %lld) stopped", sh->idx, pid);
+        }
+        if (s->alive == 0) finish(s);
+        return;
+    }
+
+    char text[128];
+    int reason;
+    int64_t delay;
+    if (sh->killed_reason >= 0) {
+        reason = sh->killed_reason; /* logged when we killed it */
+        snprintf(text, sizeof(text), "%s", sh->killed_why);
+        delay = sh->killed_delay_ms;
+    } else {
+        if (term_signal) {
+            reason = CY_RESTART_SIGNAL;
+            snprintf(text, sizeof(text), "exited with signal %d (%s)", term_signal,
+                     signame(term_signal));
+        } else {
+            reason = CY_RESTART_EXIT;
+            snprintf(text, sizeof(text), "exited with status %lld", (long long)exit_status);
+        }
+        delay = cy_backoff_next(sh->backoff_ms, ran);
+        if (delay > 0) sh->backoff_ms = delay;
+        if (delay > 0)
+            cy_info(NULL, "shard %u (pid %lld) %s after %.1f s; respawning in %g s (crash loop)",
+                    sh->idx, pid, text, secs(ran), secs(delay));
+        else
+            cy_info(NULL, "shard %u (pid %lld) %s after %.1f s; respawning", sh->idx, pid, text,
+                    secs(ran));
+    }
+    cy_sb_store(&slot->sv_restarts[reason], cy_sb_load(&slot->sv_restarts[reason]) + 1);
+    set_reason(slot, text);
+    cy_sb_store(&slot->sv_last_restart_ms, now);
+    cy_sb_store(&slot->sv_backoff_ms, delay);
+    schedule(sh, delay);
+}
+
+/* Reset the slot for a new process and start it. */
+static void spawn_shard(shard *sh)
+{
+    sv *s = sh->sv;
+    cy_sb_slot *slot = &s->sb.slots[sh->idx];
+    int64_t now = cy_mono_ms();
+    int64_t gen = sh->generation + 1;
+
+    /* Nobody owns the slot now (the previous process is reaped): reset the
+     * shard's fields before the exec, so the new process can only find
+     * them in this state, then take over. */
+    cy_sb_store(&slot->pid, 0);
+    cy_sb_store(&slot->generation, gen);
+    cy_sb_store(&slot->started_ms, 0);
+    cy_sb_store(&slot->heartbeat_ms, now);
+    cy_sb_storeu(&slot->loops, 0);
+    cy_sb_storeu(&slot->progress, 0);
+    cy_sb_storeu(&slot->queued, 0);
+    cy_sb_storeu(&slot->connections, 0);
+    cy_sb_store(&slot->ready, 0);
+    cy_sb_store(&slot->accepting, 0);
+    for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++) {
+        cy_sb_storeu(&slot->bus_sent[j], 0);
+        cy_sb_storeu(&slot->bus_acked[j], 0);
+    }
+    for (unsigned j = 0; j < CY_SB_COUNTERS; j++)
+        cy_sb_storeu(&slot->counters[j], 0);
+    cy_sb_store(&slot->state, CY_SHARD_STARTING);
+
+    char idx[16], genbuf[24];
+    snprintf(idx, sizeof(idx), "%u", sh->idx);
+    snprintf(genbuf, sizeof(genbuf), "%lld", (long long)gen);
+    char **args = cy_calloc(s->npass + 5, sizeof(char *));
+    child *c = cy_calloc(1, sizeof(*c));
+    int sp[2] = {-1, -1};
+    int rc;
+    if (!args || !c) {
+        rc = CY_ENOMEM;
+        goto fail;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) != 0) {
+        rc = -errno;
+        goto fail;
+    }
+    args[0] = (char *)s->exe;
+    args[1] = "shard";
+    args[2] = idx;
+    args[3] = genbuf;
+    for (size_t k = 0; k < s->npass; k++)
+        args[4 + k] = s->pass[k];
+
+    uv_stdio_container_t stdio[5];
+    stdio[0].flags = UV_IGNORE; /* /dev/null */
+    stdio[1].flags = UV_INHERIT_FD;
+    stdio[1].data.fd = 1;
+    stdio[2].flags = UV_INHERIT_FD;
+    stdio[2].data.fd = 2;
+    stdio[3].flags = UV_INHERIT_FD;
+    stdio[3].data.fd = s->listen_fd;
+    stdio[4].flags = UV_INHERIT_FD;
+    stdio[4].data.fd = sp[1];
+    uv_process_options_t opt;
+    memset(&opt, 0, sizeof(opt));
+    opt.file = s->exe;
+    opt.args = args;
+    opt.exit_cb = on_child_exit;
+    opt.flags = UV_PROCESS_DETACHED;
+    opt.stdio_count = 5;
+    opt.stdio = stdio;
+    c->sh = sh;
+    c->sock = sp[0];
+    c->proc.data = c;
+    rc = uv_spawn(&s->loop, &c->proc, &opt);
+    close(sp[1]);
+    sp[1] = -1;
+    if (rc) {
+        /* A failed uv_spawn still leaves an initialised handle to close. */
+        close(sp[0]);
+        uv_close((uv_handle_t *)&c->proc, on_child_closed);
+        c = NULL;
+        goto fail;
+    }
+    cy_free(args);
+    sh->generation = gen;
+    sh->child = c;
+    sh->pid = c->proc.pid;
+    sh->killed_reason = -1;
+    sh->running_since_ms = 0;
+    cy_watch_init(&sh->watch, now);
+    s->alive++;
+    cy_sb_store(&slot->sv_pid, sh->pid);
+    int64_t zero = 0; /* the shard may have written its pid first: same value */
+    __atomic_compare_exchange_n(&slot->pid, &zero, sh->pid, false, __ATOMIC_RELAXED,
+                                __ATOMIC_RELAXED);
+    cy_info(NULL, "shard %u (pid %lld) started, generation %lld", sh->idx, (long long)sh->pid,
+            (long long)gen);
+    return;
+fail:
+    if (sp[0] >= 0 && c) close(sp[0]);
+    if (sp[1] >= 0) close(sp[1]);
+    cy_free(c);
+    cy_free(args);
+    cy_sb_store(&slot->state, CY_SHARD_DOWN);
+    cy_sb_store(&slot->sv_pid, 0);
+    sh->backoff_ms = cy_backoff_next(sh->backoff_ms, 0);
+    char text[128];
+    snprintf(text, sizeof(text), "cannot spawn %.80s: %s", s->exe, uv_strerror(rc));
+    set_reason(slot, text);
+    cy_sb_store(&slot->sv_backoff_ms, sh->backoff_ms);
+    cy_error(NULL, "shard %u: %s; retrying in %g s", sh->idx, text, secs(sh->backoff_ms));
+    if (!s->stopping) uv_timer_start(&sh->respawn, on_respawn, (uint64_t)sh->backoff_ms, 0);
+}
+
+/* ---- judging ---- */
+
+static void kill_shard(shard *sh, cy_verdict v, const char *why, int64_t now)
+{
+    sv *s = sh->sv;
+    cy_sb_slot *slot = &s->sb.slots[sh->idx];
+    uv_process_kill(&sh->child->proc, SIGKILL);
+    /* Dead to its peers from now on (see the file comment). */
+    cy_sb_store(&slot->state, CY_SHARD_DOWN);
+    sh->killed_reason = cy_watchdog_reason(v);
+    snprintf(sh->killed_why, sizeof(sh->killed_why), "%s", why);
+    int64_t delay = cy_backoff_next(sh->backoff_ms, now - sh->watch.spawned_ms);
+    if (delay > 0) sh->backoff_ms = delay;
+    sh->killed_delay_ms = delay;
+    if (delay > 0)
+        cy_info(NULL, "shard %u (pid %lld) %s: killed, respawning in %g s (crash loop)", sh->idx,
+                (long long)sh->pid, why, secs(delay));
+    else
+        cy_info(NULL, "shard %u (pid %lld) %s: killed, respawning", sh->idx, (long long)sh->pid,
+                why);
+}
+
+static cy_verdict judge(sv *s, shard *sh, int64_t now, char *why, size_t len)
+{
+    const cy_sb_slot *slot = &s->sb.slots[sh->idx];
+    cy_watch_sample smp;
+    smp.state = cy_sb_load(&slot->state);
+    smp.heartbeat_ms = cy_sb_load(&slot->heartbeat_ms);
+    smp.progress = cy_sb_loadu(&slot->progress);
+    smp.backlog = cy_scoreboard_backlog(&s->sb, sh->idx);
+    cy_verdict v = cy_watchdog_judge(&sh->watch, &smp, now, s->cfg->watchdog_timeout, why, len);
+    if (smp.state == CY_SHARD_RUNNING && v == CY_VERDICT_OK) {
+        if (!sh->running_since_ms) sh->running_since_ms = now;
+        sh->ever_running = true;
+        if (sh->backoff_ms && now - sh->running_since_ms >= CY_BACKOFF_RESET_MS) {
+            sh->backoff_ms = 0; /* it stayed up: the crash loop is over */
+            cy_sb_store(&s->sb.slots[sh->idx].sv_backoff_ms, 0);
+        }
+    }
+    return v;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    sv *s = t->data;
+    int64_t now = cy_mono_ms();
+    cy_sb_store(&s->sb.hdr->supervisor_heartbeat_ms, now);
+    if (s->stopping) return;
+    char why[128];
+    /* Pass 1: loops that stopped (and shards that never started). */
+    for (unsigned i = 0; i < s->n; i++) {
+        shard *sh = &s->shards[i];
+        if (!sh->child || sh->killed_reason >= 0) continue;
+        cy_verdict v = judge(s, sh, now, why, sizeof(why));
+        if (v == CY_VERDICT_HUNG || v == CY_VERDICT_START_TIMEOUT) kill_shard(sh, v, why, now);
+    }
+    /* Pass 2: work that stopped moving, with the dead excluded from backlogs. */
+    for (unsigned i = 0; i < s->n; i++) {
+        shard *sh = &s->shards[i];
+        if (!sh->child || sh->killed_reason >= 0) continue;
+        cy_verdict v = judge(s, sh, now, why, sizeof(why));
+        if (v != CY_VERDICT_OK) kill_shard(sh, v, why, now);
+    }
+    if (!s->ready) {
+        unsigned up = 0;
+        for (unsigned i = 0; i < s->n; i++)
+            up += s->shards[i].ever_running;
+        if (up == s->n) {
+            s->ready = true;
+            cy_info(NULL, "supervisor: all %u shards running", s->n);
+            notify(s, "READY=1");
+        }
+    }
+}
+
+static void on_feed(uv_timer_t *t)
+{
+    notify(t->data, "WATCHDOG=1");
+}
+
+/* ---- start ---- */
+
+static int open_listener(const char *text, int *out)
+{
+    struct sockaddr_storage ss;
+    int rc = cy_listen_addr_parse(text, &ss);
+    if (rc) {
+        cy_error(NULL, "supervisor: mqtt_listen %s: expected host:port or [v6]:port", text);
+        return rc;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) goto fail;
+    int on = 1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0) goto fail;
+    socklen_t len =
+        ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (bind(fd, (struct sockaddr *)&ss, len) != 0) goto fail;
+    if (listen(fd, LISTEN_BACKLOG) != 0) goto fail;
+    *out = fd;
+    return 0;
+fail:
+    rc = -errno;
+    cy_error(NULL, "supervisor: cannot listen on %s: %s", text, strerror(errno));
+    if (fd >= 0) close(fd);
+    return rc;
+}
+
+/* Refuse to start over a live supervisor of the same data_dir. */
+static int check_previous(const char *path)
+{
+    cy_scoreboard old;
+    if (cy_scoreboard_open(path, &old) != 0) return 0;
+    int64_t age;
+    int rc = 0;
+    int64_t pid = cy_sb_load(&old.hdr->supervisor_pid);
+    if (pid != getpid() && cy_watchdog_supervisor_alive(&old, &age)) {
+        if (age >= 0 && age < 10000) {
+            cy_error(NULL, "supervisor: another supervisor (pid %lld) is running on %s",
+                     (long long)pid, path);
+            rc = CY_EBUSY;
+        } else {
+            cy_warn(NULL,
+                    "supervisor: pid %lld named in %s has not beaten for %.1f s; "
+                    "taking over",
+                    (long long)pid, path, secs(age));
+        }
+    }
+    cy_scoreboard_close(&old);
+    return rc;
+}
+
+static void init_handle(sv *s, uv_handle_t *h)
+{
+    h->data = s;
+}
+
+int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
+{
+    char run_dir[600], path[640];
+    if (snprintf(run_dir, sizeof(run_dir), "%s/run", cfg->data_dir) >= (int)sizeof(run_dir)) {
+        cy_error(NULL, "supervisor: data_dir too long");
+        return 1;
+    }
+    snprintf(path, sizeof(path), "%s/scoreboard", run_dir);
+    int rc = mkdir_p(run_dir);
+    if (rc) {
+        cy_error(NULL, "supervisor: cannot create %s: %s", run_dir, cy_strerror(rc));
+        return 1;
+    }
+    if (check_previous(path)) return 1;
+
+    sv *s = cy_calloc(1, sizeof(*s));
+    if (!s) {
+        cy_error(NULL, "supervisor: out of memory");
+        return 1;
+    }
+    s->cfg = cfg;
+    s->exe = exe;
+    s->pass = pass;
+    while (pass && pass[s->npass])
+        s->npass++;
+    s->n = cfg->shards;
+    s->listen_fd = -1;
+    if (s->n < 1 || s->n > CY_SB_MAX_SHARDS) {
+        cy_error(NULL, "supervisor: shards = %u: must be 1..%d", s->n, CY_SB_MAX_SHARDS);
+        cy_free(s);
+        return 1;
+    }
+    if (open_listener(cfg->mqtt_listen, &s->listen_fd)) {
+        cy_free(s);
+        return 1;
+    }
+    rc = cy_scoreboard_create(path, s->n, &s->sb);
+    if (rc) {
+        cy_error(NULL, "supervisor: cannot create %s: %s", path, cy_strerror(rc));
+        close(s->listen_fd);
+        cy_free(s);
+        return 1;
+    }
+    cy_sb_store(&s->sb.hdr->supervisor_pid, getpid());
+    cy_sb_store(&s->sb.hdr->supervisor_heartbeat_ms, cy_mono_ms());
+    cy_sb_store(&s->sb.hdr->watchdog_timeout_ms, cfg->watchdog_timeout);
+
+    /* Our children are not systemd's main process: they must not inherit
+     * the notify socket. */
+    const char *ns = getenv("NOTIFY_SOCKET");
+    if (ns && strlen(ns) < sizeof(s->notify)) snprintf(s->notify, sizeof(s->notify), "%s", ns);
+    unsetenv("NOTIFY_SOCKET");
+
+    rc = uv_loop_init(&s->loop);
+    if (rc) {
+        cy_error(NULL, "supervisor: loop: %s", uv_strerror(rc));
+        s->result = 1;
+        goto out_sb;
+    }
+    uv_timer_init(&s->loop, &s->tick);
+    init_handle(s, (uv_handle_t *)&s->tick);
+    uv_timer_init(&s->loop, &s->feed);
+    init_handle(s, (uv_handle_t *)&s->feed);
+    uv_timer_init(&s->loop, &s->stop_timer);
+    init_handle(s, (uv_handle_t *)&s->stop_timer);
+    uv_signal_init(&s->loop, &s->sigterm);
+    init_handle(s, (uv_handle_t *)&s->sigterm);
+    uv_signal_init(&s->loop, &s->sigint);
+    init_handle(s, (uv_handle_t *)&s->sigint);
+    for (unsigned i = 0; i < s->n; i++) {
+        shard *sh = &s->shards[i];
+        sh->sv = s;
+        sh->idx = i;
+        sh->killed_reason = -1;
+        uv_timer_init(&s->loop, &sh->respawn);
+        init_handle(s, (uv_handle_t *)&sh->respawn);
+        sh->respawn.data = sh;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+
+    cy_info(NULL,
+            "supervisor (pid %ld): %u shard%s, mqtt on %s, watchdog_timeout %u ms, "
+            "scoreboard %s",
+            (long)getpid(), s->n, s->n == 1 ? "" : "s", cfg->mqtt_listen, cfg->watchdog_timeout,
+            path);
+    for (unsigned i = 0; i < s->n; i++)
+        spawn_shard(&s->shards[i]);
+    if (s->alive < s->n) {
+        cy_error(NULL, "supervisor: could not start every shard; stopping");
+        s->result = 1;
+        begin_stop(s, "startup failed");
+    } else {
+        uv_timer_start(&s->tick, on_tick, TICK_MS, TICK_MS);
+        uv_timer_start(&s->feed, on_feed, 0, FEED_MS);
+    }
+
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    rc = uv_loop_close(&s->loop);
+    if (rc) cy_error(NULL, "supervisor: loop close: %s", uv_strerror(rc));
+    cy_info(NULL, "supervisor: stopped, exit status %d", s->result);
+
+out_sb:
+    for (unsigned i = 0; i < s->n; i++) {
+        cy_sb_store(&s->sb.slots[i].state, CY_SHARD_DOWN);
+        cy_sb_store(&s->sb.slots[i].sv_pid, 0);
+    }
+    cy_sb_store(&s->sb.hdr->supervisor_pid, 0);
+    cy_scoreboard_close(&s->sb);
+    close(s->listen_fd);
+    int result = s->result;
+    cy_free(s);
+    return result;
+}

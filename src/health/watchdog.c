@@ -1,0 +1,187 @@
+/* watchdog: verdicts, backoff, the listen address and systemd's notify
+ * datagrams; see watchdog.h for the rules.
+ *
+ * The idea needed to read the verdict: liveness is judged on two clocks. The
+ * heartbeat says the shard's loop turns; the progress clock says the work
+ * given to it gets done. A shard whose loop turns but whose progress counter
+ * has not moved while work is owed to it is as broken as one whose loop has
+ * stopped (Particle's 2018 outage: a routing process alive, answering
+ * nothing). The progress clock only runs while work is owed, so an idle
+ * shard is never stuck.
+ *
+ * The notify protocol (sd_notify(3)) is one datagram per message on a unix
+ * socket named in NOTIFY_SOCKET; a leading '@' means the abstract namespace.
+ * It is simple enough that cyan needs no libsystemd.
+ */
+#include "health/watchdog.h"
+
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "health/scoreboard.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+void cy_watch_init(cy_watch *w, int64_t now_ms)
+{
+    w->spawned_ms = now_ms;
+    w->progress = 0;
+    w->backlog = 0;
+    w->since_ms = now_ms;
+}
+
+int64_t cy_watchdog_start_limit(int64_t timeout_ms)
+{
+    int64_t t = timeout_ms * CY_WATCHDOG_START_FACTOR;
+    return t > CY_WATCHDOG_START_MIN_MS ? t : CY_WATCHDOG_START_MIN_MS;
+}
+
+int cy_watchdog_reason(cy_verdict v)
+{
+    return v == CY_VERDICT_STUCK ? CY_RESTART_STUCK : CY_RESTART_HUNG;
+}
+
+static void say(char *why, size_t len, const char *fmt, int64_t ms, uint64_t n)
+{
+    if (why && len) snprintf(why, len, fmt, (double)ms / 1000.0, (unsigned long long)n);
+}
+
+cy_verdict cy_watchdog_judge(cy_watch *w, const cy_watch_sample *s, int64_t now_ms,
+                             int64_t timeout_ms, char *why, size_t why_len)
+{
+    if (why && why_len) why[0] = '\0';
+    if (s->state != CY_SHARD_RUNNING) {
+        /* Not judged on progress: restart its clock, so the first RUNNING
+         * sample does not inherit the time spent loading. */
+        w->progress = s->progress;
+        w->backlog = 0;
+        w->since_ms = now_ms;
+        if (s->state == CY_SHARD_STARTING &&
+            now_ms - w->spawned_ms > cy_watchdog_start_limit(timeout_ms)) {
+            say(why, why_len, "still starting after %.1f s", now_ms - w->spawned_ms, 0);
+            return CY_VERDICT_START_TIMEOUT;
+        }
+        return CY_VERDICT_OK;
+    }
+    int64_t beat_age = now_ms - s->heartbeat_ms;
+    if (s->progress != w->progress || s->backlog == 0 || w->backlog == 0) {
+        w->progress = s->progress;
+        w->since_ms = now_ms;
+    }
+    w->backlog = s->backlog;
+    if (beat_age > timeout_ms) {
+        say(why, why_len, "no heartbeat for %.1f s", beat_age, 0);
+        return CY_VERDICT_HUNG;
+    }
+    int64_t still = now_ms - w->since_ms;
+    if (s->backlog > 0 && still > timeout_ms) {
+        say(why, why_len, "no progress for %.1f s with %llu queued", still, s->backlog);
+        return CY_VERDICT_STUCK;
+    }
+    return CY_VERDICT_OK;
+}
+
+int64_t cy_backoff_next(int64_t prev_ms, int64_t ran_ms)
+{
+    if (ran_ms >= CY_BACKOFF_SHORT_RUN_MS) return 0;
+    int64_t d = prev_ms > CY_BACKOFF_MAX_MS / 2 ? CY_BACKOFF_MAX_MS : prev_ms * 2;
+    if (d < CY_BACKOFF_MIN_MS) d = CY_BACKOFF_MIN_MS;
+    if (d > CY_BACKOFF_MAX_MS) d = CY_BACKOFF_MAX_MS;
+    return d;
+}
+
+static int parse_port(const char *s, int *port)
+{
+    if (!*s || strlen(s) > 5) return CY_EINVAL;
+    int v = 0;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9') return CY_EINVAL;
+        v = v * 10 + (*s - '0');
+    }
+    if (v > 65535) return CY_EINVAL;
+    *port = v;
+    return 0;
+}
+
+int cy_listen_addr_parse(const char *text, struct sockaddr_storage *addr)
+{
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *port_text;
+    int port;
+    memset(addr, 0, sizeof(*addr));
+    if (!text) return CY_EINVAL;
+    if (text[0] == '[') {
+        const char *end = strchr(text, ']');
+        if (!end || end[1] != ':' || (size_t)(end - text - 1) >= sizeof(host)) return CY_EINVAL;
+        memcpy(host, text + 1, (size_t)(end - text - 1));
+        host[end - text - 1] = '\0';
+        port_text = end + 2;
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)addr;
+        if (parse_port(port_text, &port) || inet_pton(AF_INET6, host, &a6->sin6_addr) != 1)
+            return CY_EINVAL;
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        return 0;
+    }
+    const char *colon = strrchr(text, ':');
+    if (!colon || strchr(text, ':') != colon || (size_t)(colon - text) >= sizeof(host))
+        return CY_EINVAL; /* a bare IPv6 address needs brackets */
+    memcpy(host, text, (size_t)(colon - text));
+    host[colon - text] = '\0';
+    struct sockaddr_in *a4 = (struct sockaddr_in *)addr;
+    if (parse_port(colon + 1, &port)) return CY_EINVAL;
+    if (!strcmp(host, "*"))
+        a4->sin_addr.s_addr = htonl(INADDR_ANY);
+    else if (inet_pton(AF_INET, host, &a4->sin_addr) != 1)
+        return CY_EINVAL;
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons((uint16_t)port);
+    return 0;
+}
+
+int cy_sd_notify_to(const char *socket_name, const char *state)
+{
+    if (!socket_name || !socket_name[0]) return CY_ENOENT;
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    size_t n = strlen(socket_name);
+    if (n >= sizeof(sa.sun_path)) return CY_EINVAL;
+    memcpy(sa.sun_path, socket_name, n);
+    socklen_t salen;
+    if (socket_name[0] == '@') {
+        sa.sun_path[0] = '\0'; /* abstract: the name is the bytes after the NUL, no terminator */
+        salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+    } else {
+        salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+    }
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return -errno;
+    int rc = 0;
+    if (sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa, salen) < 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+int cy_sd_notify(const char *state)
+{
+    return cy_sd_notify_to(getenv("NOTIFY_SOCKET"), state);
+}
+
+bool cy_watchdog_supervisor_alive(const cy_scoreboard *sb, int64_t *beat_age_ms)
+{
+    if (beat_age_ms) *beat_age_ms = 0;
+    if (!sb->hdr) return false;
+    int64_t pid = cy_sb_load(&sb->hdr->supervisor_pid);
+    if (beat_age_ms) *beat_age_ms = cy_mono_ms() - cy_sb_load(&sb->hdr->supervisor_heartbeat_ms);
+    if (pid <= 0) return false;
+    return kill((pid_t)pid, 0) == 0 || errno == EPERM;
+}

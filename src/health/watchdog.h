@@ -1,0 +1,103 @@
+/* watchdog: the supervisor's decisions as pure functions, and systemd's
+ * notify protocol. supervisor.c is the only production caller; they are
+ * exported so unit tests can drive every verdict and edge without processes
+ * or clocks.
+ *
+ * The judgement of one shard (cy_watchdog_judge), sampled every 100 ms:
+ *   - DOWN or STOPPING: OK (exits are the supervisor's exit callback's
+ *     business, and a shard asked to stop is not judged);
+ *   - STARTING: OK until START_TIMEOUT, max(10 s, 5 x timeout) after the
+ *     spawn; the heartbeat is not judged while a shard loads its state;
+ *   - RUNNING, heartbeat older than timeout (strictly): HUNG;
+ *   - RUNNING, work owed to it (backlog > 0) and its progress counter
+ *     unchanged for longer than timeout: STUCK. The clock of "unchanged"
+ *     starts at the sample where progress last moved or where work was
+ *     first seen owed, whichever is later: an idle shard that is handed
+ *     work is given the full timeout from then, not judged by how long it
+ *     was idle before. Sampling can only make a verdict late, never early.
+ * Exactly at the timeout is still OK; one millisecond later is not.
+ *
+ * Errors: cy_sd_notify* return 0, CY_ENOENT (NOTIFY_SOCKET unset: not under
+ * systemd), CY_EINVAL (address too long), or -errno from the socket calls.
+ * Thread: any; no shared state (cy_sd_notify reads the environment).
+ */
+#ifndef CY_WATCHDOG_H
+#define CY_WATCHDOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+
+#include "health/scoreboard.h"
+
+typedef enum {
+    CY_VERDICT_OK = 0,
+    CY_VERDICT_HUNG,          /* no heartbeat for timeout: counted as CY_RESTART_HUNG */
+    CY_VERDICT_STUCK,         /* work owed, no progress: CY_RESTART_STUCK */
+    CY_VERDICT_START_TIMEOUT, /* never got to RUNNING: counted as CY_RESTART_HUNG */
+} cy_verdict;
+
+/* What the supervisor read from one slot at one sample. */
+typedef struct cy_watch_sample {
+    int64_t state;        /* CY_SHARD_* */
+    int64_t heartbeat_ms; /* monotonic ms of the shard's last loop pass */
+    uint64_t progress;    /* the slot's progress counter */
+    uint64_t backlog;     /* cy_scoreboard_backlog() for the shard */
+} cy_watch_sample;
+
+/* The supervisor's memory of one shard between samples (caller's storage). */
+typedef struct cy_watch {
+    int64_t spawned_ms; /* monotonic ms of the spawn (STARTING deadline) */
+    uint64_t progress;  /* progress at the previous sample */
+    uint64_t backlog;   /* backlog at the previous sample (0: nothing was owed) */
+    int64_t since_ms;   /* monotonic ms since when work is owed and progress has not moved */
+} cy_watch;
+
+#define CY_WATCHDOG_START_MIN_MS 10000 /* STARTING grace: at least this, */
+#define CY_WATCHDOG_START_FACTOR 5     /* or this many timeouts */
+
+/* Reset w for a process spawned at now_ms. */
+void cy_watch_init(cy_watch *w, int64_t now_ms);
+/* Judge one sample and update w (progress and its clock). Deterministic;
+ * calling it twice with the same sample and now changes nothing more.
+ * why (may be NULL) receives the reason for a verdict other than OK, e.g.
+ * "no heartbeat for 2.1 s", "no progress for 2.1 s with 530 queued",
+ * "still starting after 10.0 s"; it is set to "" for OK. */
+cy_verdict cy_watchdog_judge(cy_watch *w, const cy_watch_sample *s, int64_t now_ms,
+                             int64_t timeout_ms, char *why, size_t why_len);
+/* How long a shard may stay STARTING: max(10 s, 5 x timeout_ms). */
+int64_t cy_watchdog_start_limit(int64_t timeout_ms);
+/* Which restart reason (CY_RESTART_*) a verdict counts as. */
+int cy_watchdog_reason(cy_verdict v);
+
+/* Crash-loop backoff. A shard that ran less than CY_BACKOFF_SHORT_RUN_MS
+ * waits clamp(prev x 2, 250 ms, 30 s) before its next spawn; one that ran
+ * longer is respawned at once (prev unchanged). Once a shard has been
+ * RUNNING for CY_BACKOFF_RESET_MS, the supervisor resets prev to 0. */
+#define CY_BACKOFF_MIN_MS 250
+#define CY_BACKOFF_MAX_MS 30000
+#define CY_BACKOFF_SHORT_RUN_MS 5000
+#define CY_BACKOFF_RESET_MS 30000
+/* The delay before the next spawn, given the previous delay (0 if none)
+ * and how long the process ran (spawn to exit). */
+int64_t cy_backoff_next(int64_t prev_ms, int64_t ran_ms);
+
+/* Parse "host:port" (IPv4 numbers, "*" for any IPv4 address) or
+ * "[v6 address]:port" into addr. No name lookup. 0 or CY_EINVAL. */
+int cy_listen_addr_parse(const char *text, struct sockaddr_storage *addr);
+
+/* Whether the supervisor named in the scoreboard's header is alive: its pid
+ * is non-zero and exists (kill(pid, 0)). *beat_age_ms (may be NULL) receives
+ * the age of its heartbeat. */
+bool cy_watchdog_supervisor_alive(const cy_scoreboard *sb, int64_t *beat_age_ms);
+
+/* Send one notify datagram ("READY=1", "WATCHDOG=1", "STOPPING=1", ...) to
+ * the socket named by NOTIFY_SOCKET: a path, or an abstract socket name if
+ * it starts with '@'. Does not block. */
+int cy_sd_notify(const char *state);
+/* The same to an explicit address (same syntax as NOTIFY_SOCKET); socket
+ * NULL or "" is CY_ENOENT. */
+int cy_sd_notify_to(const char *socket, const char *state);
+
+#endif
