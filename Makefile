@@ -48,8 +48,13 @@ valgrind:
 	    || { cat $$log; echo "valgrind: $$t failed"; exit 1; }; \
 	done; echo "valgrind: $$n unit test programs clean"
 
+# The whole MQTT suite runs on one shard and again on four: every behaviour
+# must hold across shards exactly as on one.
 integration:
-	@CYAN_BIN=$(CURDIR)/$(ASAN)/cyan $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	@echo "integration: 1 shard"
+	@CYAN_SHARDS=1 CYAN_BIN=$(CURDIR)/$(ASAN)/cyan $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+	@echo "integration: 4 shards"
+	@CYAN_SHARDS=4 CYAN_BIN=$(CURDIR)/$(ASAN)/cyan $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
 fuzz: deps-test
 	@CC=clang cmake -S . -B $(FUZZB) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DCYAN_FUZZ=ON >/dev/null

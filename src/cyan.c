@@ -4,6 +4,9 @@
  *   cyan device add NAME [-c FILE] [--data_dir=DIR]
  *   cyan device list | device remove ID_OR_NAME
  *   cyan config [-c FILE] [--name=value ...]     print every setting
+ *   cyan status                                  the shards, from the scoreboard
+ *   cyan shard stop|cont|kill|spin|stall INDEX   drills (see docs/supervision.md)
+ *   cyan shard INDEX GENERATION ...              a shard (spawned by the supervisor)
  *
  * Settings: defaults, then the config file (-c), then --name=value, each
  * overriding the one before. Exit status: 0 on a clean stop (SIGTERM or
@@ -13,6 +16,7 @@
 #include "core/cy_config.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "health/supervisor.h"
 #include "store/store.h"
 
 #include <errno.h>
@@ -22,6 +26,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
 #define CYAN_VERSION "0.1.0"
@@ -33,6 +38,8 @@ static void usage(FILE *out)
                  "       cyan device list [...]\n"
                  "       cyan device remove ID_OR_NAME [...]\n"
                  "       cyan config [-c FILE] [--name=value ...]  print every setting\n"
+                 "       cyan status [-c FILE]                     the shards and their health\n"
+                 "       cyan shard stop|cont|kill|spin|stall INDEX  outage drills\n"
                  "       cyan --version\n");
 }
 
@@ -157,21 +164,6 @@ static int cmd_device(cy_config *cfg, char **args, int nargs)
     return status;
 }
 
-typedef struct app {
-    uv_loop_t loop;
-    uv_signal_t sigterm, sigint;
-    cy_broker *broker;
-} app;
-
-static void on_signal(uv_signal_t *h, int signum)
-{
-    app *a = h->data;
-    cy_info(NULL, "received %s, shutting down", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    cy_broker_stop(a->broker);
-    uv_close((uv_handle_t *)&a->sigterm, NULL);
-    uv_close((uv_handle_t *)&a->sigint, NULL);
-}
-
 static int count_device(void *ctx, const cy_device *d)
 {
     (void)d;
@@ -188,57 +180,74 @@ static void raise_fd_limit(void)
     }
 }
 
-static int cmd_serve(const cy_config *cfg)
+/* The shard count is part of the data layout: sessions live in the file of
+ * the shard their client id hashes to. Refuse to start with another count. */
+static int check_layout(const cy_config *cfg)
 {
-    cy_registry *reg = NULL;
-    cy_store *store = NULL;
-    app a;
-    memset(&a, 0, sizeof(a));
-    int status = 1;
-    signal(SIGPIPE, SIG_IGN);
-    raise_fd_limit();
-    if (open_registry(cfg, &reg)) return 1;
     char path[600];
-    snprintf(path, sizeof(path), "%s/broker.db", cfg->data_dir);
-    int rc = cy_store_open(path, !strcmp(cfg->store_sync, "full"), &store);
-    if (rc) {
-        fprintf(stderr, "cyan: cannot open %s: %s\n", path, cy_strerror(rc));
-        goto out;
+    snprintf(path, sizeof(path), "%s/shards", cfg->data_dir);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        unsigned n = 0;
+        int ok = fscanf(f, "%u", &n) == 1;
+        fclose(f);
+        if (ok && n != cfg->shards) {
+            fprintf(stderr,
+                    "cyan: %s holds the state of %u shards, and shards = %u.\n"
+                    "Sessions are stored in the shard their client id hashes to, so the count "
+                    "cannot change\nunder existing data. Start with --shards=%u, or remove "
+                    "%s/shard-*.db to drop\npersistent sessions and retained messages.\n",
+                    cfg->data_dir, n, cfg->shards, n, cfg->data_dir);
+            return 1;
+        }
+        if (ok) return 0;
     }
-    uv_loop_init(&a.loop);
-    rc = cy_broker_new(&a.loop, cfg, store, reg, &a.broker);
-    if (rc) {
-        cy_error(NULL, "cannot load broker state: %s", cy_strerror(rc));
-        goto out_loop;
+    f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "cyan: cannot write %s: %s\n", path, strerror(errno));
+        return 1;
     }
-    if (cy_broker_start(a.broker)) {
-        cy_broker_stop(a.broker);
-        uv_run(&a.loop, UV_RUN_DEFAULT);
-        goto out_loop;
+    fprintf(f, "%u\n", cfg->shards);
+    fclose(f);
+    return 0;
+}
+
+static int cmd_serve(const cy_config *cfg, char **pass)
+{
+    if (make_dir(cfg->data_dir)) {
+        fprintf(stderr, "cyan: cannot create data_dir %s: %s\n", cfg->data_dir, strerror(errno));
+        return 1;
     }
+    if (check_layout(cfg)) return 1;
+    cy_registry *reg = NULL;
+    if (open_registry(cfg, &reg)) return 1;
     int ndev = 0;
     cy_registry_device_list(reg, count_device, &ndev);
-    cy_info(NULL, "cyan %s: data in %s, %d devices registered%s", CYAN_VERSION, cfg->data_dir,
-            ndev, cfg->allow_anonymous ? ", ANONYMOUS CLIENTS ALLOWED" : "");
+    cy_registry_close(reg);
+    cy_info(NULL, "cyan %s: %u shards, data in %s, %d devices registered%s", CYAN_VERSION,
+            cfg->shards, cfg->data_dir, ndev,
+            cfg->allow_anonymous ? ", ANONYMOUS CLIENTS ALLOWED" : "");
     if (ndev == 0 && !cfg->allow_anonymous)
         cy_info(NULL, "no devices yet: add one with `cyan device add NAME --data_dir=%s`",
                 cfg->data_dir);
-    uv_signal_init(&a.loop, &a.sigterm);
-    uv_signal_init(&a.loop, &a.sigint);
-    a.sigterm.data = a.sigint.data = &a;
-    uv_signal_start(&a.sigterm, on_signal, SIGTERM);
-    uv_signal_start(&a.sigint, on_signal, SIGINT);
-    uv_run(&a.loop, UV_RUN_DEFAULT);
-    status = 0;
-out_loop:
-    cy_broker_free(a.broker);
-    uv_run(&a.loop, UV_RUN_NOWAIT);
-    if (uv_loop_close(&a.loop)) cy_warn(NULL, "event loop closed with handles still open");
-out:
-    cy_store_close(store);
-    cy_registry_close(reg);
-    if (status == 0) cy_info(NULL, "stopped");
-    return status;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n <= 0) {
+        fprintf(stderr, "cyan: cannot find my own binary: %s\n", strerror(errno));
+        return 1;
+    }
+    exe[n] = '\0';
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
+    return cy_supervisor_run(cfg, exe, pass);
+}
+
+static int parse_uint(const char *s, unsigned long long *out)
+{
+    char *end;
+    errno = 0;
+    *out = strtoull(s, &end, 10);
+    return errno || end == s || *end || s[0] == '-' ? -1 : 0;
 }
 
 int main(int argc, char **argv)
@@ -272,9 +281,23 @@ int main(int argc, char **argv)
         return 2;
     }
     cy_log_set_level(lvl);
-    if (nargs == 0 || !strcmp(args[0], "serve"))
-        rc = cmd_serve(&cfg);
-    else if (!strcmp(args[0], "device"))
+    unsigned long long idx, gen;
+    if (nargs == 0 || !strcmp(args[0], "serve")) {
+        /* Shards get the same -c and --name=value arguments. */
+        char **pass = calloc((size_t)argc + 1, sizeof(char *));
+        int np = 0;
+        for (int i = 1; pass && i < argc; i++)
+            if (strcmp(argv[i], "serve")) pass[np++] = argv[i];
+        rc = pass ? cmd_serve(&cfg, pass) : 1;
+        free(pass);
+    } else if (!strcmp(args[0], "shard") && nargs == 3 && !parse_uint(args[1], &idx) &&
+               !parse_uint(args[2], &gen)) {
+        rc = cy_shard_run(&cfg, (unsigned)idx, gen);
+    } else if (!strcmp(args[0], "shard") && nargs == 3) {
+        rc = cy_shard_drill(&cfg, args[1], args[2]);
+    } else if (!strcmp(args[0], "status") && nargs == 1) {
+        rc = cy_status_print(&cfg);
+    } else if (!strcmp(args[0], "device"))
         rc = cmd_device(&cfg, args, nargs);
     else if (!strcmp(args[0], "config") && nargs == 1) {
         cy_config_print(&cfg, stdout);

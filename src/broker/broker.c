@@ -20,6 +20,8 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 
+#include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,7 +58,7 @@ static int load_sub(void *ctx, const char *client_id, const char *filter, uint8_
     cy_session *s = cy_map_get(&b->sessions, client_id, strlen(client_id));
     if (!s) return 0;
     size_t len = strlen(filter);
-    if (cy_topic_tree_add(b->subs, filter, len, s, opts, sub_id, NULL)) return CY_ENOMEM;
+    if (cy_broker_sub_add(b, s, filter, len, opts, sub_id)) return CY_ENOMEM;
     if (cy_session_add_sub(s, filter, len, opts, sub_id)) return CY_ENOMEM;
     b->stats.subscriptions++;
     return 0;
@@ -118,6 +120,7 @@ static int load_retained(void *ctx, const cy_store_msg *sm)
     cy_msg *m = cy_msg_new(sm->topic, sm->topic_len, sm->payload, sm->payload_len, sm->props,
                            sm->props_len, sm->qos, true, sm->expiry_at);
     if (!m) return CY_ENOMEM;
+    m->retain_ts = sm->ts;
     void *old = NULL;
     int rc = cy_retain_set(b->retained, m->topic, m->topic_len, m, &old);
     if (rc) {
@@ -141,7 +144,8 @@ static bool session_expired(const cy_broker *b, const cy_session *s, int64_t now
 static void on_pass_end(uv_check_t *h)
 {
     cy_broker *b = h->data;
-    while (b->dirty || cy_store_pending(b->store)) {
+    if (b->nshards > 1) cy_cluster_before_commit(b);
+    do {
         if (cy_store_pending(b->store) && cy_store_commit(b->store)) {
             /* The batch was rolled back: memory now holds state the disk
              * does not, and this pass's acknowledgements cover it. Leave
@@ -160,7 +164,50 @@ static void on_pass_end(uv_check_t *h)
             c->dirty_next = NULL;
             cy_conn_flush(c);
         }
+        if (b->nshards > 1) {
+            /* Bus acks and durable frames leave only after the commit; acks
+             * received may delete outbox rows, which the next round commits. */
+            cy_cluster_after_commit(b);
+            cy_cluster_before_commit(b);
+        }
+    } while (b->dirty || cy_store_pending(b->store));
+    cy_broker_beat(b);
+}
+
+void cy_broker_beat(cy_broker *b)
+{
+    cy_sb_slot *s = b->slot;
+    if (!s) return;
+    cy_sb_store(&s->heartbeat_ms, cy_mono_ms());
+    cy_sb_storeu(&s->loops, s->loops + 1);
+    cy_sb_storeu(&s->progress, b->progress);
+    cy_sb_storeu(&s->connections, b->n_conns);
+    for (unsigned j = 0; j < b->nshards; j++) {
+        cy_sb_storeu(&s->bus_sent[j], b->peers[j].frames_out);
+        cy_sb_storeu(&s->bus_acked[j], b->peers[j].frames_out_acked);
     }
+    const uint64_t *c = (const uint64_t *)&b->stats;
+    for (size_t i = 0; i < sizeof(b->stats) / sizeof(uint64_t); i++)
+        cy_sb_storeu(&s->counters[i], c[i]);
+}
+
+uint64_t cy_broker_clients_connected(const cy_broker *b)
+{
+    uint64_t n = b->stats.clients_connected;
+    size_t idx = offsetof(cy_counters, clients_connected) / sizeof(uint64_t);
+    for (unsigned j = 0; b->sb && j < b->nshards; j++)
+        if (j != b->self && cy_sb_load(&b->sb->slots[j].state) == CY_SHARD_RUNNING)
+            n += cy_sb_loadu(&b->sb->slots[j].counters[idx]);
+    return n;
+}
+
+void cy_broker_stall(cy_broker *b)
+{
+    cy_warn(NULL, "drill: stalling (input ignored, heartbeat kept) until killed");
+    b->stalled = true;
+    for (cy_conn *c = b->conns; c; c = c->next)
+        if (c->state != CONN_CLOSING && c->state != CONN_HANDED)
+            uv_read_stop((uv_stream_t *)&c->tcp);
 }
 
 /* ---- the sweep ---- */
@@ -172,7 +219,19 @@ static void publish_sys(cy_broker *b)
         CY_COUNTERS(CY_COUNTER_NAME)
 #undef CY_COUNTER_NAME
     };
-    const uint64_t *now = (const uint64_t *)&b->stats;
+    /* Node-wide totals: every shard's counters, from the scoreboard. */
+    uint64_t now[sizeof(names) / sizeof(names[0])];
+    memcpy(now, &b->stats, sizeof(now));
+    if (b->sb) {
+        memset(now, 0, sizeof(now));
+        for (unsigned j = 0; j < b->nshards; j++) {
+            const cy_sb_slot *s = &b->sb->slots[j];
+            if (j != b->self && cy_sb_load(&s->state) != CY_SHARD_RUNNING) continue;
+            for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+                now[i] += j == b->self ? ((const uint64_t *)&b->stats)[i]
+                                       : cy_sb_loadu(&s->counters[i]);
+        }
+    }
     uint64_t *last = (uint64_t *)&b->sys_last;
     bool first = b->sys_next == 0;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -218,6 +277,7 @@ static void on_sweep(uv_timer_t *t)
         }
         s = next;
     }
+    if (b->nshards > 1) cy_cluster_sweep(b);
     if (b->cfg->sys_interval && now >= b->sys_next) {
         publish_sys(b);
         b->sys_next = now + (int64_t)b->cfg->sys_interval * 1000;
@@ -226,8 +286,11 @@ static void on_sweep(uv_timer_t *t)
 
 /* ---- lifecycle ---- */
 
+_Static_assert(sizeof(cy_counters) / sizeof(uint64_t) <= CY_SB_COUNTERS,
+               "the scoreboard slot holds every counter");
+
 int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_registry *registry,
-                  cy_broker **out)
+                  const cy_broker_shard *shard, cy_broker **out)
 {
     cy_broker *b = cy_calloc(1, sizeof(*b));
     if (!b) return CY_ENOMEM;
@@ -235,8 +298,19 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
     b->cfg = cfg;
     b->store = store;
     b->registry = registry;
+    b->self = shard ? shard->index : 0;
+    b->nshards = shard && shard->count ? shard->count : 1;
+    b->generation = shard ? shard->generation : 0;
+    b->sb = shard ? shard->sb : NULL;
+    b->slot = b->sb ? &b->sb->slots[b->self] : NULL;
+    for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++) {
+        b->peers[j].index = j;
+        cy_map_init(&b->peers[j].filters);
+    }
     cy_map_init(&b->sessions);
+    cy_map_init(&b->interest);
     cy_buf_init(&b->scratch);
+    cy_buf_init(&b->frame);
     int rc = cy_topic_tree_new(&b->subs);
     if (!rc) rc = cy_retain_new(&b->retained);
     if (rc) goto fail;
@@ -246,6 +320,8 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
         .msg = load_msg,
         .inq2 = load_inq2,
         .retained = load_retained,
+        .peer = cy_cluster_load_peer,
+        .outbox = cy_cluster_load_outbox,
     };
     rc = cy_store_load(store, &l, b);
     if (rc) goto fail;
@@ -260,9 +336,15 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
         }
     }
     cy_store_commit(store);
-    cy_info(NULL, "loaded %llu sessions, %llu subscriptions, %llu retained messages%s",
-            (unsigned long long)b->stats.sessions, (unsigned long long)b->stats.subscriptions,
-            (unsigned long long)b->stats.retained_messages, ended ? " (expired ones ended)" : "");
+    size_t outbox = 0;
+    for (unsigned j = 0; j < b->nshards; j++) outbox += b->peers[j].out_count;
+    cy_info(NULL,
+            "shard %u/%u: loaded %llu sessions, %llu subscriptions, %llu retained messages, "
+            "%zu frames for other shards%s",
+            b->self, b->nshards, (unsigned long long)b->stats.sessions,
+            (unsigned long long)b->stats.subscriptions,
+            (unsigned long long)b->stats.retained_messages, outbox,
+            ended ? " (expired sessions ended)" : "");
     *out = b;
     return 0;
 fail:
@@ -270,42 +352,41 @@ fail:
     return rc;
 }
 
-static int parse_listen(const char *spec, struct sockaddr_storage *ss)
-{
-    char host[128];
-    const char *colon = strrchr(spec, ':');
-    if (!colon || colon == spec || (size_t)(colon - spec) >= sizeof(host)) return CY_EINVAL;
-    memcpy(host, spec, (size_t)(colon - spec));
-    host[colon - spec] = '\0';
-    char *end;
-    long port = strtol(colon + 1, &end, 10);
-    if (*end || port < 0 || port > 65535) return CY_EINVAL;
-    char *h = host;
-    if (h[0] == '[') { /* [::1]:1883 */
-        h++;
-        h[strlen(h) - 1] = '\0';
-    }
-    if (uv_ip4_addr(h, (int)port, (struct sockaddr_in *)ss) == 0) return 0;
-    if (uv_ip6_addr(h, (int)port, (struct sockaddr_in6 *)ss) == 0) return 0;
-    return CY_EINVAL;
-}
+static void on_ready(uv_timer_t *t);
 
-int cy_broker_start(cy_broker *b)
+int cy_broker_start(cy_broker *b, int listen_fd)
 {
-    struct sockaddr_storage ss;
-    memset(&ss, 0, sizeof(ss));
-    if (parse_listen(b->cfg->mqtt_listen, &ss)) {
-        cy_error(NULL, "mqtt_listen: cannot parse '%s' (expected host:port)", b->cfg->mqtt_listen);
-        return CY_EINVAL;
-    }
+    int fd = dup(listen_fd);
+    if (fd < 0) return -errno;
     uv_tcp_init(b->loop, &b->listener);
     b->listener.data = b;
     b->listening = true;
-    int rc = uv_tcp_bind(&b->listener, (struct sockaddr *)&ss, 0);
-    if (!rc) rc = uv_listen((uv_stream_t *)&b->listener, 1024, cy_conn_on_connection);
+    int rc = uv_tcp_open(&b->listener, fd);
     if (rc) {
-        cy_error(NULL, "mqtt_listen %s: %s", b->cfg->mqtt_listen, uv_strerror(rc));
+        close(fd);
+        cy_error(NULL, "listen on inherited socket: %s", uv_strerror(rc));
         return rc;
+    }
+    if (b->nshards > 1) {
+        char run_dir[600];
+        snprintf(run_dir, sizeof(run_dir), "%s/run", b->cfg->data_dir);
+        cy_bus_options o = {
+            .run_dir = run_dir,
+            .self = b->self,
+            .nshards = b->nshards,
+            .generation = b->generation,
+        };
+        cy_bus_callbacks cb = {
+            .on_frame = cy_cluster_on_frame,
+            .on_handle = cy_cluster_on_handle,
+            .on_peer_up = cy_cluster_on_peer_up,
+            .on_peer_down = cy_cluster_on_peer_down,
+        };
+        rc = cy_bus_new(b->loop, &o, &cb, b, &b->bus);
+        if (rc) {
+            cy_error(NULL, "bus: %s", cy_strerror(rc));
+            return rc;
+        }
     }
     uv_check_init(b->loop, &b->pass_end);
     b->pass_end.data = b;
@@ -313,8 +394,68 @@ int cy_broker_start(cy_broker *b)
     uv_timer_init(b->loop, &b->sweep);
     b->sweep.data = b;
     uv_timer_start(&b->sweep, on_sweep, 0, CY_SWEEP_MS);
-    cy_info(NULL, "listening for MQTT on %s", b->cfg->mqtt_listen);
+    b->started = cy_mono_ms();
+    uv_timer_init(b->loop, &b->ready);
+    b->ready.data = b;
+    uv_timer_start(&b->ready, on_ready, 0, 20);
     return 0;
+}
+
+/* Accept clients once every shard runs and our links to them are up, so a
+ * node that is starting does not refuse the devices of its slower shards;
+ * after CY_READY_WAIT_MS, accept anyway: refusals are then the truth. A
+ * replacement shard finds its peers running and starts at once. The socket
+ * is listening already (the supervisor's), so meanwhile clients wait in its
+ * backlog. */
+#define CY_READY_WAIT_MS 5000
+
+/* Ready: our links to every peer are up and we hold every peer's interest,
+ * so what our clients publish reaches every subscriber. */
+static bool self_ready(cy_broker *b, char *why, size_t whylen)
+{
+    for (unsigned j = 0; j < b->nshards; j++) {
+        if (j == b->self) continue;
+        if (!b->peers[j].up) {
+            snprintf(why, whylen, "no link to shard %u yet", j);
+            return false;
+        }
+        if (!(b->snap_from & (UINT64_C(1) << j))) {
+            snprintf(why, whylen, "no subscriptions from shard %u yet", j);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void on_ready(uv_timer_t *t)
+{
+    cy_broker *b = t->data;
+    char why[96] = "";
+    bool ready = self_ready(b, why, sizeof(why));
+    if (ready && b->slot) cy_sb_store(&b->slot->ready, 1);
+    for (unsigned j = 0; ready && b->sb && j < b->nshards; j++) {
+        const cy_sb_slot *s = &b->sb->slots[j];
+        if (j != b->self && (cy_sb_load(&s->state) != CY_SHARD_RUNNING ||
+                             !(cy_sb_load(&s->ready) || cy_sb_load(&s->accepting)))) {
+            snprintf(why, sizeof(why), "shard %u is not ready", j);
+            ready = false;
+        }
+    }
+    bool late = cy_mono_ms() - b->started > CY_READY_WAIT_MS;
+    if (!ready && !late) return;
+    uv_timer_stop(t);
+    if (b->slot) cy_sb_store(&b->slot->accepting, 1);
+    int rc = uv_listen((uv_stream_t *)&b->listener, 1024, cy_conn_on_connection);
+    if (rc) {
+        cy_error(NULL, "listen: %s", uv_strerror(rc));
+        return;
+    }
+    b->accepting = true;
+    if (ready)
+        cy_info(NULL, "shard %u/%u serving MQTT on %s", b->self, b->nshards, b->cfg->mqtt_listen);
+    else
+        cy_warn(NULL, "shard %u/%u serving MQTT on %s while %s", b->self, b->nshards,
+                b->cfg->mqtt_listen, why);
 }
 
 void cy_broker_stop(cy_broker *b)
@@ -326,11 +467,14 @@ void cy_broker_stop(cy_broker *b)
         c->clean_disconnect = true; /* a shutdown is not the client's failure */
         cy_conn_close(c, CY_RC_SERVER_SHUTTING_DOWN, NULL);
     }
+    if (b->nshards > 1) cy_cluster_before_commit(b);
     cy_store_commit(b->store);
+    if (b->bus) cy_bus_close(b->bus, NULL, NULL);
     if (b->listening) {
         uv_close((uv_handle_t *)&b->listener, NULL);
         uv_close((uv_handle_t *)&b->pass_end, NULL);
         uv_close((uv_handle_t *)&b->sweep, NULL);
+        uv_close((uv_handle_t *)&b->ready, NULL);
         b->listening = false;
     }
 }
@@ -362,6 +506,8 @@ void cy_broker_free(cy_broker *b)
         cy_free(all.v);
     }
     cy_store_commit(b->store);
+    cy_bus_free(b->bus);
+    cy_cluster_free(b);
     cy_retain_free(b->retained, release_retained);
     cy_topic_tree_free(b->subs);
     cy_map_fini(&b->sessions);

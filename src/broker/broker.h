@@ -22,6 +22,7 @@
 #include "core/cy_config.h"
 #include "store/store.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -55,11 +56,28 @@ typedef struct cy_counters {
 
 typedef struct cy_broker cy_broker;
 
-/* Build the broker and load its persistent state from store. */
+/* Where this broker sits among the shards of its node. */
+typedef struct cy_broker_shard {
+    unsigned index;      /* 0..count-1 */
+    unsigned count;      /* 1 = no bus, no handover */
+    uint64_t generation; /* spawn number, for the bus HELLO */
+    struct cy_scoreboard *sb; /* borrowed; NULL = no scoreboard */
+} cy_broker_shard;
+
+/* Build the broker and load its persistent state from store. shard is copied. */
 int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_registry *registry,
-                  cy_broker **out);
-/* Start listening on cfg->mqtt_listen. */
-int cy_broker_start(cy_broker *b);
+                  const cy_broker_shard *shard, cy_broker **out);
+/* Start serving: accept MQTT connections on the listening socket fd
+ * (inherited from the supervisor, not owned: it is duplicated), join the bus
+ * (data_dir/run) when there are several shards, start the loop hooks. */
+int cy_broker_start(cy_broker *b, int listen_fd);
+/* Write heartbeat, progress and counters to this shard's scoreboard slot.
+ * The broker calls it every loop pass; call it from a timer too, so an
+ * idle shard still beats. */
+void cy_broker_beat(cy_broker *b);
+/* Drill: a stalled broker ignores client input and bus frames but keeps
+ * beating, so it has work queued and makes no progress. */
+void cy_broker_stall(cy_broker *b);
 /* Stop accepting, tell MQTT 5 clients the server is shutting down (0x8B),
  * close every connection and handle. When the loop has run dry, call
  * cy_broker_free. */
@@ -67,5 +85,11 @@ void cy_broker_stop(cy_broker *b);
 /* Free the broker and every session and message it holds. Safe on NULL. */
 void cy_broker_free(cy_broker *b);
 const cy_counters *cy_broker_counters(const cy_broker *b);
+
+/* The body of a shard process (`cyan shard INDEX GENERATION ...`): maps the
+ * scoreboard, opens data_dir/shard-INDEX.db, serves on the inherited
+ * listening socket (fd 3) until SIGTERM or the supervisor's death (EOF on
+ * fd 4). Returns the process exit status. */
+int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation);
 
 #endif

@@ -23,7 +23,9 @@
 #define CY_BROKER_INT_H
 
 #include "broker/broker.h"
+#include "bus/bus.h"
 #include "core/cy_buf.h"
+#include "health/scoreboard.h"
 #include "core/cy_map.h"
 #include "mqtt/mqtt.h"
 #include "router/topic.h"
@@ -47,6 +49,7 @@ typedef struct cy_msg {
     uint32_t payload_len;
     uint32_t props_len;  /* pass-through MQTT 5 properties, encoded */
     int64_t expiry_at;   /* wall ms; 0 = never */
+    int64_t retain_ts;   /* retained: last-writer-wins stamp, wall ms << 8 | origin shard */
     char *topic;         /* NUL-terminated; in the same allocation */
     uint8_t *payload;    /* in the same allocation */
     uint8_t *props;      /* in the same allocation */
@@ -103,7 +106,7 @@ typedef struct cy_session {
     struct cy_session *offline_next, *offline_prev; /* broker->offline list */
 } cy_session;
 
-enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING };
+enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING, CONN_HANDED };
 
 struct cy_conn {
     uv_tcp_t tcp;
@@ -134,8 +137,60 @@ struct cy_conn {
     uint16_t n_alias_out;
     bool clean_disconnect; /* got DISCONNECT 0x00: no will */
     bool counted;          /* counted in clients_connected */
+    bool handed_in;        /* arrived by handover from another shard */
+    uint32_t n_held;       /* acknowledgements held until peers caught up */
+    uint64_t held_epoch;   /* release scratch: an earlier entry of ours still waits */
     char peer[48];         /* ip:port for logs before CONNECT */
 };
+
+/* A frame for a peer shard that must survive until the peer acknowledges it. */
+typedef struct cy_outframe {
+    struct cy_outframe *next;
+    uint64_t seq;
+    size_t len;
+    uint8_t data[];
+} cy_outframe;
+
+/* What this shard knows of one peer shard. Its address is the owner of the
+ * peer's interest in the subscription tree. */
+typedef struct cy_peer {
+    unsigned index;
+    bool up;              /* our link to it is usable */
+    bool resync;          /* interest changes were lost: send a full snapshot */
+    bool state_dirty;     /* last_sent / last_applied to be stored */
+    bool ack_due;         /* frames applied since the last ACK we sent */
+    uint64_t last_sent;   /* last sequence number given to a durable frame for it */
+    uint64_t last_applied; /* last durable sequence number applied from it */
+    uint64_t acked;       /* highest sequence number it acknowledged */
+    uint64_t written;     /* highest sequence number written on the current link */
+    uint64_t frames_out;  /* frames sent on the current link (scoreboard bus_sent) */
+    uint64_t frames_out_acked; /* of those, acknowledged (scoreboard bus_acked) */
+    uint64_t frames_in;   /* frames applied from its current link */
+    cy_outframe *out_head, *out_tail; /* unacknowledged durable frames, by seq */
+    size_t out_count;
+    cy_map filters;       /* its interest: filter -> owned copy (the key) */
+} cy_peer;
+
+/* An acknowledgement held until peer shards have applied what it
+ * acknowledges (new interest for a SUBACK, a retained update for a PUBACK),
+ * or until its deadline. */
+typedef struct cy_held {
+    struct cy_held *next;
+    cy_conn *c;
+    int64_t deadline;   /* mono ms */
+    uint64_t mask;      /* peers still waited for */
+    uint64_t need_frames[CY_SB_MAX_SHARDS]; /* their frames_out_acked must reach this */
+    uint64_t need_seq[CY_SB_MAX_SHARDS];    /* their acked seq must reach this */
+    size_t len;
+    uint8_t bytes[];    /* the encoded packet */
+} cy_held;
+
+/* One local filter and how many local sessions hold it (interest). */
+typedef struct cy_interest {
+    uint32_t refs;
+    uint32_t len;
+    char filter[];
+} cy_interest;
 
 /* One session a publish reaches, merged over its matching subscriptions. */
 typedef struct cy_match {
@@ -154,6 +209,9 @@ struct cy_broker {
     uv_tcp_t listener;
     uv_check_t pass_end; /* commit + flush once per loop pass */
     uv_timer_t sweep;    /* timeouts, expiries, will delays, $SYS */
+    uv_timer_t ready;    /* until every shard runs: then accept */
+    int64_t started;     /* mono ms */
+    bool accepting;
     bool listening, stopping;
     cy_conn *conns;      /* all connections */
     uint32_t n_conns;
@@ -170,9 +228,32 @@ struct cy_broker {
     uint32_t n_matches, cap_matches;
     uint64_t next_assigned_id;
     cy_buf scratch; /* encode scratch */
+    /* sharding: with nshards 1 the bus is NULL and all of this is idle */
+    unsigned self, nshards;
+    uint64_t generation;   /* our spawn number */
+    cy_bus *bus;
+    cy_sb_slot *slot;      /* our scoreboard slot, or NULL */
+    cy_scoreboard *sb;     /* borrowed, or NULL */
+    cy_peer peers[CY_SB_MAX_SHARDS];
+    cy_map interest;       /* local filter -> cy_interest */
+    uint64_t fwd_mask;     /* routing scratch: peers a publish goes to */
+    cy_str fwd_groups[CY_SB_MAX_SHARDS][8]; /* routing scratch: shared groups per peer */
+    uint8_t n_fwd_groups[CY_SB_MAX_SHARDS];
+    cy_buf frame;          /* frame encode scratch */
+    cy_held *held, *held_tail; /* held acknowledgements, in order */
+    uint64_t hold_mask;    /* scratch while handling a packet: peers to wait for */
+    uint64_t hold_frames[CY_SB_MAX_SHARDS];
+    uint64_t hold_seq[CY_SB_MAX_SHARDS];
+    uint64_t progress;     /* units of work done (scoreboard) */
+    bool stalled;          /* drill: input is ignored, heartbeat goes on */
+    uint64_t snap_from;    /* peers whose interest snapshot we hold (this incarnation) */
     uint8_t rbuf[CY_READ_CHUNK]; /* shared read buffer */
     bool rbuf_busy;
 };
+
+/* broker.c */
+/* Clients connected on the whole node (all shards, from the scoreboard). */
+uint64_t cy_broker_clients_connected(const cy_broker *b);
 
 /* msg.c */
 cy_msg *cy_msg_new(const char *topic, size_t topic_len, const uint8_t *payload, size_t payload_len,
@@ -253,5 +334,63 @@ void cy_route_publish(cy_broker *b, cy_msg *m, cy_session *from);
 void cy_route_retained(cy_broker *b, cy_session *s, const char *filter, size_t len, uint8_t opts,
                        uint32_t sub_id);
 void cy_route_set_retained(cy_broker *b, cy_msg *m);
+
+/* cluster.c: routing across shards. All of it is a no-op with one shard. */
+/* Which shard owns a client id: FNV-1a 64 of its bytes modulo nshards.
+ * Stable across versions: it decides which shard file holds a session. */
+unsigned cy_shard_of(const char *client_id, size_t len, unsigned nshards);
+/* Add / remove a local session's subscription: the tree, and the interest
+ * told to peers. */
+int cy_broker_sub_add(cy_broker *b, cy_session *s, const char *filter, size_t len, uint8_t opts,
+                      uint32_t sub_id);
+void cy_broker_sub_remove(cy_broker *b, cy_session *s, const char *filter, size_t len);
+bool cy_is_peer(const cy_broker *b, const void *owner);
+/* Send msg to the peers in b->fwd_mask (routing) and, if it sets a retained
+ * message, to every peer (replication). */
+void cy_cluster_forward(cy_broker *b, cy_msg *m, bool set_retained);
+/* Is shard i able to take a connection now? why: filled when not. */
+bool cy_cluster_shard_ready(cy_broker *b, unsigned i, char *why, size_t whylen);
+/* Pass connection c (whose first bytes are bytes[0..len)) to shard owner. */
+void cy_cluster_handover(cy_broker *b, cy_conn *c, unsigned owner, uint8_t version,
+                         const uint8_t *bytes, size_t len);
+/* End of a loop pass, after the commit: acknowledge applied frames, resend
+ * what peers are missing, store peer state (before the commit). */
+void cy_cluster_before_commit(cy_broker *b);
+void cy_cluster_after_commit(cy_broker *b);
+/* Send p to c once the peers this packet's handling wrote to (b->hold_mask)
+ * have applied it, or at once if there are none (and nothing held before
+ * it on c). Deadline: CY_HOLD_MS. */
+int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p);
+/* Release held acknowledgements whose peers caught up or whose time is up. */
+void cy_cluster_release(cy_broker *b);
+/* Forget c's held acknowledgements (it is closing). */
+void cy_cluster_drop_held(cy_broker *b, cy_conn *c);
+/* Sweep: retry snapshots and replays that the bus refused. */
+void cy_cluster_sweep(cy_broker *b);
+/* Bus callbacks. */
+void cy_cluster_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len);
+void cy_cluster_on_handle(void *ctx, unsigned from, uv_tcp_t *tcp, uint8_t type,
+                          const uint8_t *body, size_t len);
+void cy_cluster_on_peer_up(void *ctx, unsigned peer, uint64_t generation);
+void cy_cluster_on_peer_down(void *ctx, unsigned peer);
+/* Store loader callbacks for peer state and outbox frames. */
+int cy_cluster_load_peer(void *ctx, unsigned peer, uint64_t last_sent, uint64_t last_applied);
+int cy_cluster_load_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t *frame,
+                           size_t len);
+void cy_cluster_free(cy_broker *b);
+
+/* conn.c, for handover */
+/* Adopt a connection passed by another shard: fd is ours; bytes were read
+ * from it already. */
+void cy_conn_adopt(cy_broker *b, int fd, const uint8_t *bytes, size_t len);
+/* Feed bytes to a connection as if read (used by adopt). */
+void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len);
+
+/* route.c, for frames from peers */
+/* Route a message that came from a peer to local sessions only; groups:
+ * the shared groups ("$share/g/f") this shard was chosen to serve. */
+void cy_route_local(cy_broker *b, cy_msg *m, const cy_str *groups, unsigned n_groups);
+/* Apply a retained message under last-writer-wins (replication). */
+void cy_route_apply_retained(cy_broker *b, cy_msg *m);
 
 #endif

@@ -25,6 +25,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 const char *cy_conn_name(const cy_conn *c)
 {
@@ -72,6 +73,7 @@ static void mark_dirty(cy_conn *c)
 int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p)
 {
     if (c->state == CONN_CLOSING) return CY_EPIPE;
+    if (c->n_held) return cy_conn_send_acked(c, p); /* keep the wire in order */
     int rc = cy_mqtt_encode(&c->out, c->version ? c->version : CY_MQTT_V311, p);
     if (rc) return rc;
     mark_dirty(c);
@@ -131,7 +133,8 @@ void cy_conn_flush(cy_conn *c)
 
 void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
 {
-    if (c->state == CONN_CLOSING) return;
+    /* A connection being handed over belongs to the bus until its callback. */
+    if (c->state == CONN_CLOSING || c->state == CONN_HANDED) return;
     cy_broker *b = c->b;
     if (reason && c->version == CY_MQTT_V5 && c->state == CONN_ACTIVE) {
         cy_mqtt_packet p;
@@ -143,6 +146,7 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
     if (why) cy_info(cy_conn_name(c), "disconnecting: %s (reason 0x%02x)", why, reason);
     cy_conn_flush(c);
     c->state = CONN_CLOSING;
+    if (c->n_held) cy_cluster_drop_held(b, c);
     if (c->counted) {
         b->stats.clients_connected--;
         c->counted = false;
@@ -231,8 +235,19 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
             cy_conn_close(c, CY_RC_MALFORMED, why);
             return len;
         }
+        if (p.type == CY_MQTT_CONNECT && c->state == CONN_NEW && b->nshards > 1 &&
+            !c->handed_in && p.u.connect.client_id.len) {
+            unsigned owner = cy_shard_of(p.u.connect.client_id.p, p.u.connect.client_id.len,
+                                         b->nshards);
+            if (owner != b->self) {
+                cy_cluster_handover(b, c, owner, p.u.connect.version, data + off, len - off);
+                return len;
+            }
+        }
         off += used;
         c->last_rx = uv_now(b->loop);
+        b->progress++;
+        b->hold_mask = 0;
         int reason = dispatch(c, &p);
         if (reason >= 0x80) {
             if (reason == CY_RC_PROTOCOL_ERROR || reason == CY_RC_MALFORMED)
@@ -261,6 +276,14 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         return;
     }
     *buf = uv_buf_init((char *)c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
+}
+
+void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len)
+{
+    size_t used = process(c, bytes, len);
+    if (used < len && c->state != CONN_CLOSING &&
+        cy_buf_append(&c->in, bytes + used, len - used))
+        cy_conn_close(c, CY_RC_UNSPECIFIED, "out of memory");
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -294,17 +317,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     cy_buf_shrink(&c->in);
 }
 
-void cy_conn_on_connection(uv_stream_t *server, int status)
+/* A new connection object for an open socket, linked into the broker. */
+static cy_conn *conn_new(cy_broker *b)
 {
-    cy_broker *b = server->data;
-    if (status < 0) {
-        cy_warn(NULL, "accept: %s", uv_strerror(status));
-        return;
-    }
     cy_conn *c = cy_calloc(1, sizeof(*c));
     if (!c) {
         cy_error(NULL, "accept: out of memory");
-        return;
+        return NULL;
     }
     c->b = b;
     uv_tcp_init(b->loop, &c->tcp);
@@ -313,12 +332,11 @@ void cy_conn_on_connection(uv_stream_t *server, int status)
     if (b->conns) b->conns->prev = c;
     b->conns = c;
     b->n_conns++;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
-        c->state = CONN_CLOSING;
-        uv_close((uv_handle_t *)&c->tcp, on_close);
-        return;
-    }
-    c->accepted_at = c->last_rx = uv_now(b->loop);
+    return c;
+}
+
+static void name_peer(cy_conn *c)
+{
     struct sockaddr_storage ss;
     int sl = sizeof(ss);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
@@ -333,12 +351,52 @@ void cy_conn_on_connection(uv_stream_t *server, int status)
         }
         snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
     }
+}
+
+void cy_conn_on_connection(uv_stream_t *server, int status)
+{
+    cy_broker *b = server->data;
+    if (status < 0) {
+        cy_warn(NULL, "accept: %s", uv_strerror(status));
+        return;
+    }
+    cy_conn *c = conn_new(b);
+    if (!c) return;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
+        c->state = CONN_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, on_close);
+        return;
+    }
+    c->accepted_at = c->last_rx = uv_now(b->loop);
+    name_peer(c);
     /* Sockets beyond the connection limit get no chance to send CONNECT. */
     if (b->n_conns > b->cfg->max_connections + 64u) {
         b->stats.limit_connections++;
         cy_conn_close(c, 0, "over max_connections");
         return;
     }
+    if (b->stalled) return; /* drill: accepted, never read */
     uv_tcp_nodelay(&c->tcp, 1);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+void cy_conn_adopt(cy_broker *b, int fd, const uint8_t *bytes, size_t len)
+{
+    cy_conn *c = conn_new(b);
+    if (!c) {
+        close(fd);
+        return;
+    }
+    c->handed_in = true;
+    if (uv_tcp_open(&c->tcp, fd)) {
+        close(fd);
+        c->state = CONN_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, on_close);
+        return;
+    }
+    c->accepted_at = c->last_rx = uv_now(b->loop);
+    name_peer(c);
+    uv_tcp_nodelay(&c->tcp, 1);
+    cy_conn_feed(c, bytes, len);
+    if (c->state != CONN_CLOSING) uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }

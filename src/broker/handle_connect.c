@@ -81,7 +81,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     if (b->stopping)
         return refuse(c, CY_RC_SERVER_UNAVAILABLE, CY_RC3_SERVER_UNAVAILABLE, logname,
                       "shutting down");
-    if (b->stats.clients_connected >= b->cfg->max_connections) {
+    if (cy_broker_clients_connected(b) >= b->cfg->max_connections) {
         b->stats.limit_connections++;
         return refuse(c, CY_RC_QUOTA_EXCEEDED, CY_RC3_SERVER_UNAVAILABLE, logname,
                       "max_connections reached");
@@ -100,9 +100,13 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         if (c->version != CY_MQTT_V5 && !p->clean_start)
             return refuse(c, CY_RC_CLIENT_ID_INVALID, CY_RC3_ID_REJECTED, c->peer,
                           "empty client id needs clean session");
-        snprintf(who, sizeof(who), "auto-%016llx",
-                 (unsigned long long)(((uint64_t)cy_wall_ms() << 20) ^ ++b->next_assigned_id));
-        idlen = strlen(who);
+        /* An assigned id must belong to this shard, so that a client that
+         * reconnects with it lands where its session is. */
+        do {
+            snprintf(who, sizeof(who), "auto-%016llx",
+                     (unsigned long long)(((uint64_t)cy_wall_ms() << 20) ^ ++b->next_assigned_id));
+            idlen = strlen(who);
+        } while (cy_shard_of(who, idlen, b->nshards) != b->self);
         assigned = true;
     }
     if (p->will && p->will_topic.len > b->cfg->max_topic_length) {

@@ -25,7 +25,8 @@ static void send_ack(cy_conn *c, uint8_t type, uint16_t id, uint8_t reason)
     p.flags = type == CY_MQTT_PUBREL ? 2 : 0;
     p.u.ack.packet_id = id;
     p.u.ack.reason = c->version == CY_MQTT_V5 ? reason : 0;
-    cy_conn_send(c, &p);
+    /* A retained update is acknowledged once every shard holds it. */
+    cy_conn_send_acked(c, &p);
 }
 
 /* A refused PUBLISH: MQTT 5 QoS 1/2 get the reason in the ack; QoS 0 is

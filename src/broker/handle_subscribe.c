@@ -76,7 +76,7 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
             rv[i++] = fail_code(c, CY_RC_QUOTA_EXCEEDED);
             continue;
         }
-        if (cy_topic_tree_add(b->subs, f, len, s, opts, sub_id, NULL)) {
+        if (cy_broker_sub_add(b, s, f, len, opts, sub_id)) {
             rv[i++] = fail_code(c, CY_RC_UNSPECIFIED);
             continue;
         }
@@ -84,7 +84,7 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
             sub->opts = opts;
             sub->sub_id = sub_id;
         } else if (cy_session_add_sub(s, f, len, opts, sub_id)) {
-            cy_topic_tree_remove(b->subs, f, len, s);
+            cy_broker_sub_remove(b, s, f, len);
             rv[i++] = fail_code(c, CY_RC_UNSPECIFIED);
             continue;
         } else {
@@ -102,7 +102,7 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
     ack.u.suback.packet_id = p->packet_id;
     ack.u.suback.reasons = rv;
     ack.u.suback.count = i;
-    cy_conn_send(c, &ack);
+    cy_conn_send_acked(c, &ack); /* after peer shards know the new interest */
 
     /* Second pass: retained messages for what was granted. */
     pos = 0;
@@ -135,7 +135,7 @@ int cy_handle_unsubscribe(cy_conn *c, cy_mqtt_subscribe *p)
             reasons[i++] = CY_RC_NO_SUBSCRIPTION_EXISTED;
             continue;
         }
-        cy_topic_tree_remove(b->subs, f.p, f.len, s);
+        cy_broker_sub_remove(b, s, f.p, f.len);
         if (s->persistent) cy_store_sub_delete(b->store, s->client_id, f.p, f.len);
         cy_session_del_sub(s, sub);
         b->stats.subscriptions--;

@@ -28,6 +28,7 @@ cy_msg *cy_msg_new(const char *topic, size_t topic_len, const uint8_t *payload, 
     m->payload_len = (uint32_t)payload_len;
     m->props_len = (uint32_t)props_len;
     m->expiry_at = expiry_at;
+    m->retain_ts = 0;
     m->topic = (char *)(m + 1);
     memcpy(m->topic, topic, topic_len);
     m->topic[topic_len] = '\0';

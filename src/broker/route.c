@@ -21,21 +21,14 @@
 
 typedef struct route_ctx {
     cy_broker *b;
-    cy_session *from;
+    cy_session *from;  /* publisher, for no-local; NULL for wills and peers' messages */
+    const cy_str *groups; /* local routing of a peer's message: groups we serve */
+    unsigned n_groups;
+    bool local;        /* a peer's message: never forward */
 } route_ctx;
 
-static bool accept_online(void *ctx, void *owner)
+static void merge(cy_broker *b, cy_session *s, uint8_t opts, uint32_t sub_id)
 {
-    (void)ctx;
-    return ((cy_session *)owner)->conn != NULL;
-}
-
-static void on_match(void *ctx, void *owner, uint8_t opts, uint32_t sub_id, bool shared)
-{
-    route_ctx *rc = ctx;
-    cy_broker *b = rc->b;
-    cy_session *s = owner;
-    if ((opts & CY_SUBOPT_NO_LOCAL) && s == rc->from && !shared) return;
     cy_match *mt;
     if (s->match_epoch == b->epoch) {
         mt = &b->matches[s->match_idx];
@@ -63,15 +56,71 @@ static void on_match(void *ctx, void *owner, uint8_t opts, uint32_t sub_id, bool
     if (sub_id && mt->n_sub_ids < CY_MQTT_MAX_SUB_IDS) mt->sub_ids[mt->n_sub_ids++] = sub_id;
 }
 
+static void on_sub(void *ctx, void *owner, uint8_t opts, uint32_t sub_id)
+{
+    route_ctx *rc = ctx;
+    cy_broker *b = rc->b;
+    if (cy_is_peer(b, owner)) {
+        if (!rc->local) b->fwd_mask |= UINT64_C(1) << ((cy_peer *)owner)->index;
+        return;
+    }
+    cy_session *s = owner;
+    if ((opts & CY_SUBOPT_NO_LOCAL) && s == rc->from) return;
+    merge(b, s, opts, sub_id);
+}
+
+static void on_shared(void *ctx, void *owner, uint8_t opts, uint32_t sub_id, const char *filter,
+                      size_t len)
+{
+    route_ctx *rc = ctx;
+    cy_broker *b = rc->b;
+    if (cy_is_peer(b, owner)) { /* that shard serves this group for this message */
+        unsigned j = ((cy_peer *)owner)->index;
+        b->fwd_mask |= UINT64_C(1) << j;
+        if (b->n_fwd_groups[j] < 8)
+            b->fwd_groups[j][b->n_fwd_groups[j]++] = (cy_str){filter, (uint32_t)len};
+        return;
+    }
+    merge(b, owner, opts, sub_id);
+}
+
+/* Shared-group member choice: an online local session first, then a peer
+ * whose link is up (its own members decide there), then an offline local
+ * session (it will get the message queued), then a peer that is down (the
+ * frame waits in the outbox). A peer's message is never sent on. */
+static int grade(void *ctx, void *owner)
+{
+    route_ctx *rc = ctx;
+    if (cy_is_peer(rc->b, owner)) return rc->local ? 0 : ((cy_peer *)owner)->up ? 2 : 1;
+    return ((cy_session *)owner)->conn ? 2 : 1;
+}
+
+static bool want_group(void *ctx, const char *filter, size_t len)
+{
+    route_ctx *rc = ctx;
+    for (unsigned i = 0; i < rc->n_groups; i++)
+        if (rc->groups[i].len == len && memcmp(rc->groups[i].p, filter, len) == 0) return true;
+    return false;
+}
+
 static void release_msg(void *v)
 {
     cy_msg_unref(v);
 }
 
-void cy_route_set_retained(cy_broker *b, cy_msg *m)
+static bool is_sys(const cy_msg *m)
 {
+    return m->topic_len >= 5 && memcmp(m->topic, "$SYS/", 5) == 0;
+}
+
+/* Set or clear the retained message of m's topic if m is newer than what
+ * is held (last writer wins, so replicas converge). */
+void cy_route_apply_retained(cy_broker *b, cy_msg *m)
+{
+    cy_msg *cur = cy_retain_get(b->retained, m->topic, m->topic_len);
+    if (cur && cur->retain_ts > m->retain_ts) return;
     void *old = NULL;
-    bool sys = m->topic_len >= 5 && memcmp(m->topic, "$SYS/", 5) == 0;
+    bool sys = is_sys(m);
     if (m->payload_len == 0) {
         if (cy_retain_set(b->retained, m->topic, m->topic_len, NULL, &old)) return;
         if (old) {
@@ -100,24 +149,45 @@ void cy_route_set_retained(cy_broker *b, cy_msg *m)
             .qos = m->qos,
             .retain = true,
             .expiry_at = m->expiry_at,
+            .ts = m->retain_ts,
         };
         cy_store_retain_put(b->store, &sm);
+    }
+}
+
+void cy_route_set_retained(cy_broker *b, cy_msg *m)
+{
+    m->retain_ts = (cy_wall_ms() << 8) | b->self;
+    cy_route_apply_retained(b, m);
+}
+
+static void route(cy_broker *b, cy_msg *m, route_ctx *rc)
+{
+    b->epoch++;
+    b->n_matches = 0;
+    b->fwd_mask = 0;
+    memset(b->n_fwd_groups, 0, sizeof(b->n_fwd_groups[0]) * b->nshards);
+    cy_topic_matcher mt = {on_sub, on_shared, grade, rc->local ? want_group : NULL, rc};
+    cy_topic_tree_match_with(b->subs, m->topic, m->topic_len, &mt);
+    for (uint32_t i = 0; i < b->n_matches; i++) {
+        cy_match *x = &b->matches[i];
+        uint8_t qos = x->qos < m->qos ? x->qos : m->qos;
+        cy_session_deliver(b, x->sess, m, qos, x->rap && m->retain, x->sub_ids, x->n_sub_ids);
     }
 }
 
 void cy_route_publish(cy_broker *b, cy_msg *m, cy_session *from)
 {
     if (m->retain) cy_route_set_retained(b, m);
-    b->epoch++;
-    b->n_matches = 0;
-    route_ctx rc = {b, from};
-    cy_topic_tree_match(b->subs, m->topic, m->topic_len, on_match, accept_online, &rc);
-    for (uint32_t i = 0; i < b->n_matches; i++) {
-        cy_match *mt = &b->matches[i];
-        uint8_t qos = mt->qos < m->qos ? mt->qos : m->qos;
-        cy_session_deliver(b, mt->sess, m, qos, mt->rap && m->retain, mt->sub_ids,
-                           mt->n_sub_ids);
-    }
+    route_ctx rc = {b, from, NULL, 0, false};
+    route(b, m, &rc);
+    if (b->nshards > 1 && !is_sys(m)) cy_cluster_forward(b, m, m->retain);
+}
+
+void cy_route_local(cy_broker *b, cy_msg *m, const cy_str *groups, unsigned n_groups)
+{
+    route_ctx rc = {b, NULL, groups, n_groups, true};
+    route(b, m, &rc);
 }
 
 typedef struct retained_ctx {

@@ -91,7 +91,7 @@ static void release(cy_broker *b, cy_session *s, bool ending)
     cy_msg_unref(s->will);
     s->will = NULL;
     for (uint32_t i = 0; i < s->n_subs; i++) {
-        if (ending) cy_topic_tree_remove(b->subs, s->subs[i].filter, s->subs[i].len, s);
+        if (ending) cy_broker_sub_remove(b, s, s->subs[i].filter, s->subs[i].len);
         cy_free(s->subs[i].filter);
     }
     b->stats.subscriptions -= s->n_subs;

@@ -11,6 +11,12 @@
 #include <unistd.h>
 
 static cy_log_level min_level = CY_LOG_INFO;
+static char tag[32];
+
+void cy_log_set_tag(const char *t)
+{
+    snprintf(tag, sizeof(tag), "%s", t ? t : "");
+}
 static const char *names[] = {"DEBUG", "INFO ", "WARN ", "ERROR"};
 
 void cy_log_set_level(cy_log_level lvl)
@@ -45,6 +51,8 @@ void cy_log(cy_log_level lvl, const char *client, const char *fmt, ...)
     int n = snprintf(line, sizeof(line), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
                      tm.tm_sec, (int)(tv.tv_usec / 1000), names[lvl]);
+    if (tag[0] && n < (int)sizeof(line))
+        n += snprintf(line + n, sizeof(line) - (size_t)n, "%s ", tag);
     if (client && n < (int)sizeof(line))
         n += snprintf(line + n, sizeof(line) - (size_t)n, "client=%.200s ", client);
     if (n < (int)sizeof(line)) {

@@ -1,8 +1,9 @@
 /* cy_log: one line per event, to stderr.
  *
- *   2026-11-24T03:08:20.123Z INFO  client=dev-1 connected proto=5 keepalive=60
+ *   2026-11-24T03:08:20.123Z INFO  shard=2 client=dev-1 connected proto=5 keepalive=60
  *
- * Time is UTC with milliseconds, then the level, then client=<id> when the
+ * Time is UTC with milliseconds, then the level, then the process's tag
+ * (shard=N in a shard, none in the supervisor), then client=<id> when the
  * event concerns one client, then the message. Lines are written with one
  * write(2) so they do not interleave between processes sharing stderr.
  *
@@ -14,6 +15,8 @@
 typedef enum { CY_LOG_DEBUG = 0, CY_LOG_INFO, CY_LOG_WARN, CY_LOG_ERROR } cy_log_level;
 
 void cy_log_set_level(cy_log_level lvl);
+/* Tag every line of this process with "tag " (copied; NULL or "" for none). */
+void cy_log_set_tag(const char *tag);
 /* Parses "debug", "info", "warn", "error". Returns 0 or CY_EINVAL. */
 int cy_log_parse_level(const char *s, cy_log_level *out);
 int cy_log_enabled(cy_log_level lvl);

@@ -4,6 +4,9 @@
 Environment:
   CYAN_BIN    the binary (default: <repo>/build/cyan; `make integration` sets the
               ASan build).
+  CYAN_SHARDS how many shard processes cyan runs (default 1); `make integration`
+              runs the suite with 1 and again with 4, so every MQTT behaviour
+              holds across shards as on one.
   CYAN_PEER   "mosquitto": run the generic tests against Debian's mosquitto
               instead, to validate the tests' own logic. Tests marked cyan_only
               are skipped then.
@@ -32,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 CYAN_BIN = os.environ.get("CYAN_BIN") or os.path.join(REPO, "build", "cyan")
 PEER = os.environ.get("CYAN_PEER", "")
+SHARDS = int(os.environ.get("CYAN_SHARDS", "1"))
 MOSQUITTO = "/usr/sbin/mosquitto"
 HOST = "127.0.0.1"
 
@@ -133,6 +137,8 @@ class Server:
         argv = [CYAN_BIN, "--data_dir=%s" % self.data_dir,
                 "--mqtt_listen=%s:%d" % (self.host, self.port),
                 "--log_level=debug", "--sys_interval=1"]
+        if "shards" not in self.settings:
+            argv.append("--shards=%d" % SHARDS)
         for k, v in self.settings.items():
             if isinstance(v, bool):
                 v = "true" if v else "false"

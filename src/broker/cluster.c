@@ -1,0 +1,780 @@
+/* cluster: routing between the shards of one node.
+ *
+ * A client id belongs to one shard (cy_shard_of). Any shard may accept a
+ * TCP connection; when its CONNECT names a client of another shard, the
+ * socket and the bytes read so far are handed to the owner over the bus, if
+ * the owner is alive (scoreboard heartbeat fresh, link up); if it is not,
+ * the client is refused at once with "server unavailable" (MQTT 5 0x88,
+ * 3.1.1 return code 3) instead of waiting on a hung shard.
+ *
+ * Interest. Each shard tells every peer which filters its local sessions
+ * hold (a snapshot when the link comes up, then one frame per filter that
+ * gains its first or loses its last local subscriber). A peer's interest
+ * lives in the same subscription tree as local sessions, with the peer's
+ * cy_peer as owner, so one match of a topic finds local subscribers, the
+ * shards to forward to, and for a shared group one member among local
+ * sessions and peers (round robin).
+ *
+ * Forwarding. A publish that reaches peer j is sent to it as one frame. A
+ * frame that carries acknowledged work (QoS 1/2, or a retained update,
+ * which goes to every peer) is durable: it gets the next sequence number
+ * for j, is kept in the outbox in memory and in the store, and is written to
+ * the bus only after this pass's commit, so a crash can never reuse a
+ * sequence number the peer has seen. The peer applies frames in order,
+ * stores the last sequence number it applied in the same commit as the work,
+ * then acknowledges; the sender drops acknowledged frames. After either side
+ * restarts the sender replays what is unacknowledged and the receiver skips
+ * what it has applied: at least once on the wire, exactly once in effect.
+ * QoS 0 frames are not durable: sent at once when the link is up, else
+ * dropped (and counted).
+ *
+ * Frames (type: body), integers big endian:
+ *   1 INTEREST_RESET: -            2 INTEREST_ADD / 3 INTEREST_DEL: filter
+ *   4 PUBLISH: u64 seq (0 = not durable), u8 flags (bits 0-1 QoS, 2 retain
+ *     as published, 3 route to local subscribers, 4 set as retained),
+ *     i64 expiry_at, i64 retain_ts, u16 topic len, topic, u32 props len,
+ *     props, u8 group count, {u16 len, "$share/g/f"}..., payload (the rest)
+ *   5 ACK: u64 frames applied on this link, u64 last durable seq applied
+ *   6 HANDOVER (with a TCP handle): the bytes already read from it
+ */
+#include "broker/broker_int.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+enum {
+    F_INTEREST_RESET = 1,
+    F_INTEREST_ADD = 2,
+    F_INTEREST_DEL = 3,
+    F_PUBLISH = 4,
+    F_ACK = 5,
+    F_HANDOVER = 6,
+};
+
+enum { FL_RETAIN = 4, FL_ROUTE = 8, FL_SET_RETAINED = 16 };
+
+/* Durable frames kept per peer while it does not acknowledge them. Beyond
+ * this a down peer costs messages (counted, logged) rather than memory. */
+#define CY_OUTBOX_MAX 200000
+
+unsigned cy_shard_of(const char *client_id, size_t len, unsigned nshards)
+{
+    return nshards <= 1 ? 0 : (unsigned)(cy_hash(client_id, len) % nshards);
+}
+
+bool cy_is_peer(const cy_broker *b, const void *owner)
+{
+    const char *p = owner;
+    return p >= (const char *)&b->peers[0] && p < (const char *)&b->peers[CY_SB_MAX_SHARDS];
+}
+
+/* Acknowledgements wait at most this long for peers (a hung peer is found
+ * by the supervisor; its devices, not everyone's, pay for it). */
+#define CY_HOLD_MS 1000
+
+/* ---- held acknowledgements ---- */
+
+static void hold_need(cy_broker *b, unsigned j, uint64_t frames, uint64_t seq)
+{
+    uint64_t bit = UINT64_C(1) << j;
+    if (!(b->hold_mask & bit)) {
+        b->hold_mask |= bit;
+        b->hold_frames[j] = b->hold_seq[j] = 0;
+    }
+    if (frames > b->hold_frames[j]) b->hold_frames[j] = frames;
+    if (seq > b->hold_seq[j]) b->hold_seq[j] = seq;
+}
+
+int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p)
+{
+    cy_broker *b = c->b;
+    if (!b->hold_mask && !c->n_held) return cy_conn_send(c, p);
+    cy_buf_reset(&b->scratch);
+    int rc = cy_mqtt_encode(&b->scratch, c->version, p);
+    if (rc) return rc;
+    if (p->type == CY_MQTT_PUBLISH && c->peer_max_packet &&
+        cy_buf_size(&b->scratch) > c->peer_max_packet)
+        return CY_EMSGSIZE;
+    /* Packets queued behind a held one wait for nothing but it. */
+    uint64_t mask = b->hold_mask;
+    if (p->type != CY_MQTT_SUBACK && p->type != CY_MQTT_PUBACK && p->type != CY_MQTT_PUBREC)
+        mask = 0;
+    cy_held *h = cy_malloc(sizeof(*h) + cy_buf_size(&b->scratch));
+    if (!h) return cy_conn_send(c, p); /* better early than never */
+    h->next = NULL;
+    h->c = c;
+    h->deadline = cy_mono_ms() + CY_HOLD_MS;
+    h->mask = mask;
+    for (unsigned j = 0; j < b->nshards; j++) {
+        h->need_frames[j] = mask & (UINT64_C(1) << j) ? b->hold_frames[j] : 0;
+        h->need_seq[j] = mask & (UINT64_C(1) << j) ? b->hold_seq[j] : 0;
+    }
+    h->len = cy_buf_size(&b->scratch);
+    memcpy(h->bytes, cy_buf_head(&b->scratch), h->len);
+    if (b->held_tail)
+        b->held_tail->next = h;
+    else
+        b->held = h;
+    b->held_tail = h;
+    c->n_held++;
+    return 0;
+}
+
+static bool caught_up(cy_broker *b, cy_held *h, int64_t now)
+{
+    if (now >= h->deadline) return true;
+    for (unsigned j = 0; j < b->nshards; j++) {
+        uint64_t bit = UINT64_C(1) << j;
+        if (!(h->mask & bit)) continue;
+        cy_peer *p = &b->peers[j];
+        if (!p->up || (p->frames_out_acked >= h->need_frames[j] && p->acked >= h->need_seq[j]))
+            h->mask &= ~bit;
+    }
+    return h->mask == 0;
+}
+
+/* Release in order: an entry waits for the earlier entries of its connection. */
+void cy_cluster_release(cy_broker *b)
+{
+    if (!b->held) return;
+    int64_t now = cy_mono_ms();
+    uint64_t blocked_epoch = ++b->epoch; /* marks connections with an earlier entry waiting */
+    cy_held **pp = &b->held, *last = NULL;
+    while (*pp) {
+        cy_held *h = *pp;
+        cy_conn *c = h->c;
+        bool blocked = c->held_epoch == blocked_epoch;
+        if (!blocked && caught_up(b, h, now)) {
+            if (cy_buf_append(&c->out, h->bytes, h->len) == 0 && !c->dirty) {
+                c->dirty = true;
+                c->dirty_next = b->dirty;
+                b->dirty = c;
+            }
+            c->n_held--;
+            *pp = h->next;
+            cy_free(h);
+            continue;
+        }
+        c->held_epoch = blocked_epoch;
+        last = h;
+        pp = &h->next;
+    }
+    b->held_tail = last;
+}
+
+void cy_cluster_drop_held(cy_broker *b, cy_conn *c)
+{
+    cy_held **pp = &b->held, *last = NULL;
+    while (*pp) {
+        cy_held *h = *pp;
+        if (h->c == c) {
+            *pp = h->next;
+            cy_free(h);
+            continue;
+        }
+        last = h;
+        pp = &h->next;
+    }
+    b->held_tail = last;
+    c->n_held = 0;
+}
+
+/* ---- interest ---- */
+
+static void send_counted(cy_broker *b, cy_peer *p, uint8_t type, const void *body, size_t len)
+{
+    if (!p->up) return;
+    if (cy_bus_send(b->bus, p->index, type, body, len) == 0) {
+        p->frames_out++;
+        /* whoever acknowledges the packet being handled waits for this frame */
+        hold_need(b, p->index, p->frames_out, 0);
+    } else {
+        p->resync = true;
+    }
+}
+
+static void broadcast_interest(cy_broker *b, uint8_t type, const char *filter, size_t len)
+{
+    for (unsigned j = 0; j < b->nshards; j++)
+        if (j != b->self) send_counted(b, &b->peers[j], type, filter, len);
+}
+
+int cy_broker_sub_add(cy_broker *b, cy_session *s, const char *filter, size_t len, uint8_t opts,
+                      uint32_t sub_id)
+{
+    bool existed = false;
+    int rc = cy_topic_tree_add(b->subs, filter, len, s, opts, sub_id, &existed);
+    if (rc || existed || b->nshards <= 1) return rc;
+    cy_interest *in = cy_map_get(&b->interest, filter, len);
+    if (in) {
+        in->refs++;
+        return 0;
+    }
+    in = cy_malloc(sizeof(*in) + len + 1);
+    if (!in) goto fail;
+    in->refs = 1;
+    in->len = (uint32_t)len;
+    memcpy(in->filter, filter, len);
+    in->filter[len] = '\0';
+    if (cy_map_put(&b->interest, in->filter, len, in)) {
+        cy_free(in);
+        goto fail;
+    }
+    broadcast_interest(b, F_INTEREST_ADD, filter, len);
+    return 0;
+fail:
+    cy_topic_tree_remove(b->subs, filter, len, s);
+    return CY_ENOMEM;
+}
+
+void cy_broker_sub_remove(cy_broker *b, cy_session *s, const char *filter, size_t len)
+{
+    if (cy_topic_tree_remove(b->subs, filter, len, s) || b->nshards <= 1) return;
+    cy_interest *in = cy_map_get(&b->interest, filter, len);
+    if (!in || --in->refs) return;
+    cy_map_del(&b->interest, filter, len);
+    broadcast_interest(b, F_INTEREST_DEL, in->filter, in->len);
+    cy_free(in);
+}
+
+typedef struct snap_ctx {
+    cy_broker *b;
+    cy_peer *p;
+} snap_ctx;
+
+static void snap_one(void *ctx, void *v)
+{
+    snap_ctx *sc = ctx;
+    cy_interest *in = v;
+    send_counted(sc->b, sc->p, F_INTEREST_ADD, in->filter, in->len);
+}
+
+static void send_snapshot(cy_broker *b, cy_peer *p)
+{
+    p->resync = false;
+    send_counted(b, p, F_INTEREST_RESET, NULL, 0);
+    snap_ctx sc = {b, p};
+    cy_map_each(&b->interest, snap_one, &sc);
+}
+
+typedef struct drop_ctx {
+    cy_broker *b;
+    cy_peer *p;
+    char **v;
+    size_t n;
+} drop_ctx;
+
+static void collect_filter(void *ctx, void *v)
+{
+    drop_ctx *d = ctx;
+    d->v[d->n++] = v;
+}
+
+/* Forget peer p's interest (it sends a new snapshot, or broker teardown). */
+static void clear_interest(cy_broker *b, cy_peer *p, bool in_tree)
+{
+    if (p->filters.count) {
+        drop_ctx d = {b, p, cy_calloc(p->filters.count, sizeof(char *)), 0};
+        if (d.v) {
+            cy_map_each(&p->filters, collect_filter, &d);
+            for (size_t i = 0; i < d.n; i++) {
+                if (in_tree) cy_topic_tree_remove(b->subs, d.v[i], strlen(d.v[i]), p);
+                cy_free(d.v[i]);
+            }
+            cy_free(d.v);
+        }
+    }
+    cy_map_fini(&p->filters);
+    cy_map_init(&p->filters);
+}
+
+static void interest_add(cy_broker *b, cy_peer *p, const uint8_t *f, size_t len)
+{
+    if (cy_map_get(&p->filters, f, len)) return;
+    char *copy = cy_strndup((const char *)f, len);
+    if (!copy) return;
+    /* QoS 2 and no options: the peer applies each session's own options. */
+    if (cy_topic_tree_add(b->subs, copy, len, p, 2, 0, NULL) ||
+        cy_map_put(&p->filters, copy, len, copy)) {
+        cy_topic_tree_remove(b->subs, copy, len, p);
+        cy_free(copy);
+    }
+}
+
+static void interest_del(cy_broker *b, cy_peer *p, const uint8_t *f, size_t len)
+{
+    char *copy = cy_map_del(&p->filters, f, len);
+    if (!copy) return;
+    cy_topic_tree_remove(b->subs, copy, len, p);
+    cy_free(copy);
+}
+
+/* ---- durable frames ---- */
+
+static int put_u64(cy_buf *f, uint64_t v)
+{
+    return cy_buf_put_u32(f, (uint32_t)(v >> 32)) || cy_buf_put_u32(f, (uint32_t)v) ? CY_ENOMEM
+                                                                                      : 0;
+}
+
+static void outbox_append(cy_peer *p, cy_outframe *f)
+{
+    f->next = NULL;
+    if (p->out_tail)
+        p->out_tail->next = f;
+    else
+        p->out_head = f;
+    p->out_tail = f;
+    p->out_count++;
+}
+
+/* Write unwritten durable frames to peer p, in order, while the bus takes them. */
+static void pump(cy_broker *b, cy_peer *p)
+{
+    if (!p->up) return;
+    for (cy_outframe *f = p->out_head; f; f = f->next) {
+        if (f->seq <= p->written) continue;
+        if (cy_bus_send(b->bus, p->index, F_PUBLISH, f->data, f->len)) return;
+        p->written = f->seq;
+        p->frames_out++;
+    }
+}
+
+static int encode_publish(cy_buf *f, const cy_msg *m, uint64_t seq, uint8_t flags,
+                          const cy_str *groups, unsigned n_groups)
+{
+    cy_buf_reset(f);
+    int rc = put_u64(f, seq);
+    rc = rc ? rc : cy_buf_put_u8(f, flags);
+    rc = rc ? rc : put_u64(f, (uint64_t)m->expiry_at);
+    rc = rc ? rc : put_u64(f, (uint64_t)m->retain_ts);
+    rc = rc ? rc : cy_buf_put_u16(f, m->topic_len);
+    rc = rc ? rc : cy_buf_append(f, m->topic, m->topic_len);
+    rc = rc ? rc : cy_buf_put_u32(f, m->props_len);
+    rc = rc ? rc : cy_buf_append(f, m->props, m->props_len);
+    rc = rc ? rc : cy_buf_put_u8(f, (uint8_t)n_groups);
+    for (unsigned i = 0; !rc && i < n_groups; i++) {
+        rc = cy_buf_put_u16(f, (uint16_t)groups[i].len);
+        rc = rc ? rc : cy_buf_append(f, groups[i].p, groups[i].len);
+    }
+    return rc ? rc : cy_buf_append(f, m->payload, m->payload_len);
+}
+
+void cy_cluster_forward(cy_broker *b, cy_msg *m, bool set_retained)
+{
+    for (unsigned j = 0; j < b->nshards; j++) {
+        if (j == b->self) continue;
+        cy_peer *p = &b->peers[j];
+        bool routed = b->fwd_mask & (UINT64_C(1) << j);
+        if (!routed && !set_retained) continue;
+        bool durable = m->qos > 0 || set_retained;
+        uint8_t flags = (uint8_t)(m->qos | (m->retain ? FL_RETAIN : 0) | (routed ? FL_ROUTE : 0) |
+                                  (set_retained ? FL_SET_RETAINED : 0));
+        if (!durable) {
+            if (!p->up || encode_publish(&b->frame, m, 0, flags, b->fwd_groups[j],
+                                         b->n_fwd_groups[j]) ||
+                cy_bus_send(b->bus, j, F_PUBLISH, cy_buf_head(&b->frame),
+                            cy_buf_size(&b->frame))) {
+                b->stats.messages_dropped++;
+                continue;
+            }
+            p->frames_out++;
+            continue;
+        }
+        if (p->out_count >= CY_OUTBOX_MAX) {
+            b->stats.messages_dropped++;
+            if (p->out_count == CY_OUTBOX_MAX)
+                cy_warn(NULL, "outbox for shard %u is full (%d frames): dropping messages for it",
+                        j, CY_OUTBOX_MAX);
+            continue;
+        }
+        uint64_t seq = p->last_sent + 1;
+        if (encode_publish(&b->frame, m, seq, flags, b->fwd_groups[j], b->n_fwd_groups[j])) {
+            b->stats.messages_dropped++;
+            continue;
+        }
+        size_t len = cy_buf_size(&b->frame);
+        cy_outframe *f = cy_malloc(sizeof(*f) + len);
+        if (!f) {
+            b->stats.messages_dropped++;
+            continue;
+        }
+        f->seq = seq;
+        f->len = len;
+        memcpy(f->data, cy_buf_head(&b->frame), len);
+        if (cy_store_outbox_put(b->store, j, seq, f->data, len)) {
+            cy_free(f);
+            b->stats.messages_dropped++;
+            continue;
+        }
+        p->last_sent = seq;
+        p->state_dirty = true;
+        outbox_append(p, f);
+        if (set_retained && p->up) hold_need(b, j, 0, seq); /* later subscribers see it */
+        /* written by pump() after the commit */
+    }
+}
+
+/* ---- loop pass hooks ---- */
+
+void cy_cluster_before_commit(cy_broker *b)
+{
+    for (unsigned j = 0; j < b->nshards; j++) {
+        cy_peer *p = &b->peers[j];
+        if (j == b->self || !p->state_dirty) continue;
+        if (cy_store_peer_put(b->store, j, p->last_sent, p->last_applied) == 0)
+            p->state_dirty = false;
+    }
+}
+
+void cy_cluster_after_commit(cy_broker *b)
+{
+    for (unsigned j = 0; j < b->nshards; j++) {
+        cy_peer *p = &b->peers[j];
+        if (j == b->self || !p->up) continue;
+        if (p->ack_due) {
+            uint8_t body[16];
+            for (int k = 0; k < 8; k++) {
+                body[k] = (uint8_t)(p->frames_in >> (56 - 8 * k));
+                body[8 + k] = (uint8_t)(p->last_applied >> (56 - 8 * k));
+            }
+            if (cy_bus_send(b->bus, j, F_ACK, body, sizeof(body)) == 0) p->ack_due = false;
+        }
+        if (p->written < p->last_sent) pump(b, p);
+    }
+}
+
+void cy_cluster_sweep(cy_broker *b)
+{
+    cy_cluster_release(b);
+    for (unsigned j = 0; j < b->nshards; j++) {
+        cy_peer *p = &b->peers[j];
+        if (j == b->self || !p->up) continue;
+        if (p->resync) send_snapshot(b, p);
+    }
+}
+
+/* ---- frames from peers ---- */
+
+typedef struct reader {
+    const uint8_t *p, *end;
+    bool bad;
+} reader;
+
+static const uint8_t *take(reader *r, size_t n)
+{
+    if (r->bad || (size_t)(r->end - r->p) < n) {
+        r->bad = true;
+        return NULL;
+    }
+    const uint8_t *at = r->p;
+    r->p += n;
+    return at;
+}
+
+static uint64_t get_be(reader *r, size_t n)
+{
+    const uint8_t *p = take(r, n);
+    uint64_t v = 0;
+    for (size_t i = 0; p && i < n; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+static void on_publish(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len)
+{
+    reader r = {body, body + len, false};
+    uint64_t seq = get_be(&r, 8);
+    uint8_t flags = (uint8_t)get_be(&r, 1);
+    int64_t expiry_at = (int64_t)get_be(&r, 8);
+    int64_t retain_ts = (int64_t)get_be(&r, 8);
+    size_t tlen = (size_t)get_be(&r, 2);
+    const uint8_t *topic = take(&r, tlen);
+    size_t plen = (size_t)get_be(&r, 4);
+    const uint8_t *props = take(&r, plen);
+    unsigned ng = (unsigned)get_be(&r, 1);
+    cy_str groups[8];
+    for (unsigned i = 0; i < ng && !r.bad; i++) {
+        size_t gl = (size_t)get_be(&r, 2);
+        const uint8_t *g = take(&r, gl);
+        if (i < 8) groups[i] = (cy_str){(const char *)g, (uint32_t)gl};
+    }
+    if (r.bad || tlen == 0) {
+        cy_warn(NULL, "bus: malformed PUBLISH frame from shard %u ignored", p->index);
+        return;
+    }
+    p->frames_in++;
+    p->ack_due = true;
+    if (seq) {
+        if (seq <= p->last_applied) return; /* a replay of what we applied */
+        p->last_applied = seq;
+        p->state_dirty = true;
+    }
+    b->progress++;
+    cy_msg *m = cy_msg_new((const char *)topic, tlen, r.p, (size_t)(r.end - r.p), props, plen,
+                           flags & 3, (flags & FL_RETAIN) != 0, expiry_at);
+    if (!m) {
+        b->stats.messages_dropped++;
+        return;
+    }
+    m->retain_ts = retain_ts;
+    if (flags & FL_SET_RETAINED) cy_route_apply_retained(b, m);
+    if (flags & FL_ROUTE) cy_route_local(b, m, groups, ng < 8 ? ng : 8);
+    cy_msg_unref(m);
+}
+
+static void on_ack(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len)
+{
+    reader r = {body, body + len, false};
+    uint64_t frames = get_be(&r, 8);
+    uint64_t seq = get_be(&r, 8);
+    if (r.bad) return;
+    p->frames_out_acked = frames;
+    if (seq <= p->acked) return;
+    p->acked = seq;
+    while (p->out_head && p->out_head->seq <= seq) {
+        cy_outframe *f = p->out_head;
+        p->out_head = f->next;
+        if (!p->out_head) p->out_tail = NULL;
+        p->out_count--;
+        cy_free(f);
+    }
+    cy_store_outbox_ack(b->store, p->index, seq);
+}
+
+static void on_ack_release(cy_broker *b)
+{
+    cy_cluster_release(b);
+}
+
+void cy_cluster_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
+{
+    cy_broker *b = ctx;
+    if (from >= b->nshards || from == b->self || b->stalled) return;
+    cy_peer *p = &b->peers[from];
+    switch (type) {
+    case F_INTEREST_RESET:
+        clear_interest(b, p, true);
+        b->snap_from |= UINT64_C(1) << from;
+        p->frames_in = 1;
+        p->ack_due = true;
+        return;
+    case F_INTEREST_ADD:
+    case F_INTEREST_DEL:
+        if (type == F_INTEREST_ADD)
+            interest_add(b, p, body, len);
+        else
+            interest_del(b, p, body, len);
+        p->frames_in++;
+        p->ack_due = true;
+        b->progress++;
+        return;
+    case F_PUBLISH: on_publish(b, p, body, len); return;
+    case F_ACK:
+        on_ack(b, p, body, len);
+        on_ack_release(b);
+        return;
+    default: cy_warn(NULL, "bus: unknown frame type %u from shard %u", type, from);
+    }
+}
+
+/* ---- peers coming and going ---- */
+
+void cy_cluster_on_peer_up(void *ctx, unsigned peer, uint64_t generation)
+{
+    cy_broker *b = ctx;
+    if (peer >= b->nshards || peer == b->self) return;
+    cy_peer *p = &b->peers[peer];
+    p->up = true;
+    p->frames_out = p->frames_out_acked = 0;
+    p->written = p->acked; /* replay everything it has not acknowledged */
+    if (p->out_count)
+        cy_info(NULL, "replaying %zu unacknowledged frames to shard %u (generation %llu)",
+                p->out_count, peer, (unsigned long long)generation);
+    send_snapshot(b, p);
+    pump(b, p);
+}
+
+void cy_cluster_on_peer_down(void *ctx, unsigned peer)
+{
+    cy_broker *b = ctx;
+    if (peer >= b->nshards || peer == b->self) return;
+    b->peers[peer].up = false;
+    /* Its interest stays: what is published for it meanwhile waits in the outbox. */
+    cy_cluster_release(b);
+}
+
+int cy_cluster_load_peer(void *ctx, unsigned peer, uint64_t last_sent, uint64_t last_applied)
+{
+    cy_broker *b = ctx;
+    if (peer >= CY_SB_MAX_SHARDS) return 0;
+    b->peers[peer].last_sent = last_sent;
+    b->peers[peer].last_applied = last_applied;
+    return 0;
+}
+
+int cy_cluster_load_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t *frame,
+                           size_t len)
+{
+    cy_broker *b = ctx;
+    if (peer >= CY_SB_MAX_SHARDS) return 0;
+    cy_peer *p = &b->peers[peer];
+    cy_outframe *f = cy_malloc(sizeof(*f) + len);
+    if (!f) return CY_ENOMEM;
+    f->seq = seq;
+    f->len = len;
+    memcpy(f->data, frame, len);
+    outbox_append(p, f);
+    if (seq > p->last_sent) p->last_sent = seq;
+    return 0;
+}
+
+static void free_interest(void *ctx, void *v)
+{
+    (void)ctx;
+    cy_free(v);
+}
+
+void cy_cluster_free(cy_broker *b)
+{
+    cy_map_each(&b->interest, free_interest, NULL);
+    cy_map_fini(&b->interest);
+    while (b->held) {
+        cy_held *h = b->held;
+        b->held = h->next;
+        cy_free(h);
+    }
+    b->held_tail = NULL;
+    for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++) {
+        cy_peer *p = &b->peers[j];
+        clear_interest(b, p, false);
+        cy_map_fini(&p->filters);
+        while (p->out_head) {
+            cy_outframe *f = p->out_head;
+            p->out_head = f->next;
+            cy_free(f);
+        }
+        p->out_tail = NULL;
+        p->out_count = 0;
+    }
+    cy_buf_fini(&b->frame);
+}
+
+/* ---- connection handover ---- */
+
+bool cy_cluster_shard_ready(cy_broker *b, unsigned i, char *why, size_t whylen)
+{
+    if (!b->sb) return true;
+    const cy_sb_slot *s = &b->sb->slots[i];
+    int64_t state = cy_sb_load(&s->state);
+    if (state != CY_SHARD_RUNNING || !(cy_sb_load(&s->ready) || cy_sb_load(&s->accepting))) {
+        snprintf(why, whylen, "shard %u is %s", i,
+                 state == CY_SHARD_RUNNING    ? "joining the others"
+                 : state == CY_SHARD_STARTING ? "starting"
+                                              : "down");
+        return false;
+    }
+    int64_t age = cy_mono_ms() - cy_sb_load(&s->heartbeat_ms);
+    int64_t limit = b->cfg->watchdog_timeout / 2;
+    if (limit > 1000) limit = 1000;
+    if (limit < 300) limit = 300;
+    if (age > limit) {
+        snprintf(why, whylen, "shard %u has not moved for %.1f s", i, (double)age / 1000);
+        return false;
+    }
+    if (!b->peers[i].up) {
+        snprintf(why, whylen, "no link to shard %u", i);
+        return false;
+    }
+    return true;
+}
+
+static void refuse_unavailable(cy_conn *c, uint8_t version, const char *why)
+{
+    static const uint8_t v5[] = {0x20, 0x03, 0x00, CY_RC_SERVER_UNAVAILABLE, 0x00};
+    static const uint8_t v3[] = {0x20, 0x02, 0x00, CY_RC3_SERVER_UNAVAILABLE};
+    c->state = CONN_NEW;
+    if (version == CY_MQTT_V5)
+        cy_buf_append(&c->out, v5, sizeof(v5));
+    else
+        cy_buf_append(&c->out, v3, sizeof(v3));
+    c->b->stats.connects_refused++;
+    cy_info(c->peer, "connect refused (server unavailable): %s", why);
+    cy_conn_close(c, 0, NULL);
+}
+
+typedef struct handover {
+    cy_conn *c;
+    uint8_t version;
+    unsigned owner;
+} handover;
+
+static void handed(void *arg, int status)
+{
+    handover *h = arg;
+    cy_conn *c = h->c;
+    if (status < 0) {
+        char why[64];
+        snprintf(why, sizeof(why), "handover to shard %u failed: %s", h->owner,
+                 uv_strerror(status));
+        refuse_unavailable(c, h->version, why);
+    } else {
+        c->state = CONN_NEW; /* so close is a plain close of our copy */
+        cy_conn_close(c, 0, NULL);
+    }
+    cy_free(h);
+}
+
+void cy_cluster_handover(cy_broker *b, cy_conn *c, unsigned owner, uint8_t version,
+                         const uint8_t *bytes, size_t len)
+{
+    char why[96];
+    if (!cy_cluster_shard_ready(b, owner, why, sizeof(why))) {
+        refuse_unavailable(c, version, why);
+        return;
+    }
+    handover *h = cy_malloc(sizeof(*h));
+    if (!h) {
+        refuse_unavailable(c, version, "out of memory");
+        return;
+    }
+    h->c = c;
+    h->version = version;
+    h->owner = owner;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->state = CONN_HANDED;
+    int rc = cy_bus_send_handle(b->bus, owner, &c->tcp, F_HANDOVER, bytes, len, handed, h);
+    if (rc) {
+        cy_free(h);
+        snprintf(why, sizeof(why), "handover to shard %u: %s", owner, cy_strerror(rc));
+        refuse_unavailable(c, version, why);
+        return;
+    }
+    cy_debug(c->peer, "handed to shard %u", owner);
+}
+
+static void free_bus_tcp(uv_handle_t *h)
+{
+    cy_free(h);
+}
+
+void cy_cluster_on_handle(void *ctx, unsigned from, uv_tcp_t *tcp, uint8_t type,
+                          const uint8_t *body, size_t len)
+{
+    cy_broker *b = ctx;
+    int fd = -1;
+    uv_os_fd_t ofd;
+    if (type == F_HANDOVER && uv_fileno((uv_handle_t *)tcp, &ofd) == 0) fd = dup(ofd);
+    uv_close((uv_handle_t *)tcp, free_bus_tcp);
+    if (fd < 0) {
+        cy_warn(NULL, "bus: could not take a connection from shard %u", from);
+        return;
+    }
+    b->progress++;
+    cy_conn_adopt(b, fd, body, len);
+}
