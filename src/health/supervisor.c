@@ -338,8 +338,11 @@ static void on_child_exit(uv_process_t *proc, int64_t exit_status, int term_sign
             cy_info(NULL, "shard %u (pid %lld) %s after %.1f s; respawning", sh->idx, pid, text,
                     secs(ran));
     }
-    cy_sb_store(&slot->sv_restarts[reason], cy_sb_load(&slot->sv_restarts[reason]) + 1);
+    /* The text first, then the count, with a release fence: a reader that
+     * sees the new count sees the text that goes with it. */
     set_reason(slot, text);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    cy_sb_store(&slot->sv_restarts[reason], cy_sb_load(&slot->sv_restarts[reason]) + 1);
     cy_sb_store(&slot->sv_last_restart_ms, now);
     cy_sb_store(&slot->sv_backoff_ms, delay);
     schedule(sh, delay);
