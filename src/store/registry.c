@@ -35,12 +35,13 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include "store/db.h"
+
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define SCHEMA_VERSION 1
-#define BUSY_TIMEOUT_MS 5000
 #define ID_BYTES (CY_DEVICE_ID_LEN / 2)         /* 12 */
 #define SECRET_BYTES (CY_DEVICE_SECRET_LEN / 2) /* 16 */
 #define SALT_BYTES 16
@@ -75,16 +76,7 @@ struct cy_registry {
 
 static int db_fail(sqlite3 *db, const char *what)
 {
-    cy_error(NULL, "store: registry %s: %s", what, sqlite3_errmsg(db));
-    return CY_ESTORE;
-}
-
-/* At open, the message names the file. */
-static int open_fail(sqlite3 *db, const char *path, const char *what)
-{
-    cy_error(NULL, "store: registry open %s: %s: %s", path, what,
-             db ? sqlite3_errmsg(db) : "out of memory");
-    return CY_ESTORE;
+    return cy_db_fail(db, "registry", what);
 }
 
 static void done(sqlite3_stmt *st)
@@ -95,95 +87,15 @@ static void done(sqlite3_stmt *st)
 
 /* ---- open / close ---- */
 
-static int user_version_cb(void *ctx, int ncol, char **vals, char **names)
-{
-    if (ncol > 0 && vals[0]) *(int *)ctx = (int)strtol(vals[0], NULL, 10);
-    return 0;
-}
-
-static int journal_cb(void *ctx, int ncol, char **vals, char **names)
-{
-    if (ncol > 0 && vals[0]) *(bool *)ctx = strcmp(vals[0], "wal") == 0;
-    return 0;
-}
-
-static int read_version(sqlite3 *db, int *version)
-{
-    *version = 0;
-    return sqlite3_exec(db, "PRAGMA user_version", user_version_cb, version, NULL) == SQLITE_OK
-               ? 0
-               : CY_ESTORE;
-}
-
-/* Creates or migrates the schema. A current file needs no lock (so opening
- * never waits for another process's write); otherwise the check is redone
- * under the write lock, so two processes opening a new file at once do not
- * both create it. */
-static int schema(sqlite3 *db, const char *path)
-{
-    int version;
-    if (read_version(db, &version)) return open_fail(db, path, "user_version");
-    if (version == SCHEMA_VERSION) return 0;
-    if (version < SCHEMA_VERSION) {
-        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-            return open_fail(db, path, "begin schema");
-        if (read_version(db, &version)) {
-            open_fail(db, path, "user_version");
-            goto rollback;
-        }
-        /* Future versions migrate here, one step per version. */
-        if (version < 1 && sqlite3_exec(db, schema_v1, NULL, NULL, NULL) != SQLITE_OK) {
-            open_fail(db, path, "schema");
-            goto rollback;
-        }
-        if (version <= SCHEMA_VERSION) {
-            if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return 0;
-            open_fail(db, path, "commit schema");
-            goto rollback;
-        }
-    }
-    cy_error(NULL, "store: %s has schema version %d, newer than this cyan's %d", path, version,
-             SCHEMA_VERSION);
-rollback:
-    if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    return CY_ESTORE;
-}
-
 int cy_registry_open(const char *path, cy_registry **out)
 {
     if (!path || !out) return CY_EINVAL;
     *out = NULL;
     cy_registry *r = cy_calloc(1, sizeof(*r));
     if (!r) return CY_ENOMEM;
-    int rc = CY_ESTORE;
-
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
-    if (sqlite3_open_v2(path, &r->db, flags, NULL) != SQLITE_OK) {
-        open_fail(r->db, path, "sqlite3_open_v2");
-        goto fail;
-    }
-    sqlite3_extended_result_codes(r->db, 1);
-    sqlite3_busy_timeout(r->db, BUSY_TIMEOUT_MS);
-
-    bool wal = false;
-    if (sqlite3_exec(r->db, "PRAGMA journal_mode = WAL", journal_cb, &wal, NULL) != SQLITE_OK) {
-        rc = open_fail(r->db, path, "journal_mode");
-        goto fail;
-    }
-    if (!wal) cy_warn(NULL, "store: %s: WAL mode unavailable, using the rollback journal", path);
-    if (sqlite3_exec(r->db, "PRAGMA synchronous = FULL", NULL, NULL, NULL) != SQLITE_OK) {
-        rc = open_fail(r->db, path, "synchronous");
-        goto fail;
-    }
-    if ((rc = schema(r->db, path))) goto fail;
-
-    for (int i = 0; i < N_ST; i++) {
-        if (sqlite3_prepare_v3(r->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &r->st[i], NULL) !=
-            SQLITE_OK) {
-            rc = open_fail(r->db, path, "prepare");
-            goto fail;
-        }
-    }
+    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v1, NULL};
+    int rc = cy_db_open(path, true, &schema, sql, N_ST, &r->db, r->st);
+    if (rc) goto fail;
     *out = r;
     return 0;
 fail:

@@ -56,13 +56,14 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 
+#include "store/db.h"
+
 #include <sqlite3.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define SCHEMA_VERSION 2
-#define BUSY_TIMEOUT_MS 5000
 #define PEER_MAX 64 /* peers are 0..PEER_MAX-1 */
 
 /* The tables version 2 added, shared by a new file and the migration. */
@@ -118,6 +119,9 @@ static const char schema_v2[] = "CREATE TABLE IF NOT EXISTS sessions("
 static const char migrate_v2[] =
     "ALTER TABLE retained ADD COLUMN ts INTEGER NOT NULL DEFAULT 0;" TABLES_ADDED_V2
     "PRAGMA user_version = 2;";
+
+/* migrations[v] takes a file from version v to v + 1. */
+static const char *const migrations[] = {NULL, migrate_v2};
 
 enum {
     ST_BEGIN,
@@ -212,15 +216,7 @@ struct cy_store {
 /* Logs the connection's last error once and returns CY_ESTORE. */
 static int db_fail(sqlite3 *db, const char *what)
 {
-    cy_error(NULL, "store: %s: %s", what, sqlite3_errmsg(db));
-    return CY_ESTORE;
-}
-
-/* At open, the message names the file. */
-static int open_fail(sqlite3 *db, const char *path, const char *what)
-{
-    cy_error(NULL, "store: open %s: %s: %s", path, what, db ? sqlite3_errmsg(db) : "out of memory");
-    return CY_ESTORE;
+    return cy_db_fail(db, "store", what);
 }
 
 static void done(sqlite3_stmt *st)
@@ -260,105 +256,15 @@ static int bind_str(sqlite3_stmt *st, int i, const char *p, size_t n)
 
 /* ---- open / close ---- */
 
-static int user_version_cb(void *ctx, int ncol, char **vals, char **names)
-{
-    if (ncol > 0 && vals[0]) *(int *)ctx = (int)strtol(vals[0], NULL, 10);
-    return 0;
-}
-
-static int journal_cb(void *ctx, int ncol, char **vals, char **names)
-{
-    if (ncol > 0 && vals[0]) *(bool *)ctx = strcmp(vals[0], "wal") == 0;
-    return 0;
-}
-
-static int read_version(sqlite3 *db, int *version)
-{
-    *version = 0;
-    return sqlite3_exec(db, "PRAGMA user_version", user_version_cb, version, NULL) == SQLITE_OK
-               ? 0
-               : CY_ESTORE;
-}
-
-/* Creates or migrates the schema. A current file needs no lock (so opening
- * never waits for another process's write); otherwise the check is redone
- * under the write lock, so two processes opening a new (or old) file at
- * once do not both create (or migrate) it. Creation or migration and the
- * new user_version commit together: a failure leaves the file as it was. */
-static int schema(sqlite3 *db, const char *path)
-{
-    int version;
-    if (read_version(db, &version)) return open_fail(db, path, "user_version");
-    if (version == SCHEMA_VERSION) return 0;
-    if (version < SCHEMA_VERSION) {
-        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
-            return open_fail(db, path, "begin schema");
-        if (read_version(db, &version)) {
-            open_fail(db, path, "user_version");
-            goto rollback;
-        }
-        /* A new file gets the current schema; an old one migrates, one
-         * step per version (future steps go after this one). */
-        if (version < 1 && sqlite3_exec(db, schema_v2, NULL, NULL, NULL) != SQLITE_OK) {
-            open_fail(db, path, "schema");
-            goto rollback;
-        }
-        if (version == 1) {
-            cy_info(NULL, "store: %s: migrating schema version 1 to 2", path);
-            if (sqlite3_exec(db, migrate_v2, NULL, NULL, NULL) != SQLITE_OK) {
-                open_fail(db, path, "migrate schema to version 2");
-                goto rollback;
-            }
-        }
-        if (version <= SCHEMA_VERSION) {
-            if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK) return 0;
-            open_fail(db, path, "commit schema");
-            goto rollback;
-        }
-    }
-    cy_error(NULL, "store: %s has schema version %d, newer than this cyan's %d", path, version,
-             SCHEMA_VERSION);
-rollback:
-    if (!sqlite3_get_autocommit(db)) sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
-    return CY_ESTORE;
-}
-
 int cy_store_open(const char *path, bool sync_full, cy_store **out)
 {
     if (!path || !out) return CY_EINVAL;
     *out = NULL;
     cy_store *s = cy_calloc(1, sizeof(*s));
     if (!s) return CY_ENOMEM;
-    int rc = CY_ESTORE;
-
-    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
-    if (sqlite3_open_v2(path, &s->db, flags, NULL) != SQLITE_OK) {
-        open_fail(s->db, path, "sqlite3_open_v2");
-        goto fail;
-    }
-    sqlite3_extended_result_codes(s->db, 1);
-    sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
-
-    bool wal = false;
-    if (sqlite3_exec(s->db, "PRAGMA journal_mode = WAL", journal_cb, &wal, NULL) != SQLITE_OK) {
-        rc = open_fail(s->db, path, "journal_mode");
-        goto fail;
-    }
-    if (!wal) cy_warn(NULL, "store: %s: WAL mode unavailable, using the rollback journal", path);
-    const char *sync = sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL";
-    if (sqlite3_exec(s->db, sync, NULL, NULL, NULL) != SQLITE_OK) {
-        rc = open_fail(s->db, path, "synchronous");
-        goto fail;
-    }
-    if ((rc = schema(s->db, path))) goto fail;
-
-    for (int i = 0; i < N_ST; i++) {
-        if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
-            SQLITE_OK) {
-            rc = open_fail(s->db, path, "prepare");
-            goto fail;
-        }
-    }
+    static const cy_db_schema schema = {"store", SCHEMA_VERSION, schema_v2, migrations};
+    int rc = cy_db_open(path, sync_full, &schema, sql, N_ST, &s->db, s->st);
+    if (rc) goto fail;
     *out = s;
     return 0;
 fail:
