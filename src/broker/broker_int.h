@@ -271,6 +271,8 @@ cy_msg *cy_msg_from_publish(const cy_str *topic, const uint8_t *payload, size_t 
                             const cy_mqtt_props *props, uint8_t qos, bool retain,
                             uint8_t version, cy_buf *scratch);
 bool cy_msg_expired(const cy_msg *m, int64_t now_wall);
+/* The store's view of m (pointers borrowed from m), to queue at qos/retain. */
+cy_store_msg cy_msg_to_store(const cy_msg *m, uint8_t qos, bool retain);
 
 /* conn.c */
 /* libuv connection callback of the listener (listener.data = broker). */

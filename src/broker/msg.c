@@ -87,6 +87,23 @@ cy_msg *cy_msg_from_publish(const cy_str *topic, const uint8_t *payload, size_t 
                       expiry_at);
 }
 
+cy_store_msg cy_msg_to_store(const cy_msg *m, uint8_t qos, bool retain)
+{
+    cy_store_msg sm = {
+        .topic = m->topic,
+        .topic_len = m->topic_len,
+        .payload = m->payload,
+        .payload_len = m->payload_len,
+        .props = m->props,
+        .props_len = m->props_len,
+        .qos = qos,
+        .retain = retain,
+        .expiry_at = m->expiry_at,
+        .ts = m->retain_ts,
+    };
+    return sm;
+}
+
 bool cy_msg_expired(const cy_msg *m, int64_t now_wall)
 {
     return m->expiry_at && m->expiry_at <= now_wall;

@@ -139,18 +139,7 @@ void cy_route_apply_retained(cy_broker *b, cy_msg *m)
     else
         b->stats.retained_messages++;
     if (!sys) {
-        cy_store_msg sm = {
-            .topic = m->topic,
-            .topic_len = m->topic_len,
-            .payload = m->payload,
-            .payload_len = m->payload_len,
-            .props = m->props,
-            .props_len = m->props_len,
-            .qos = m->qos,
-            .retain = true,
-            .expiry_at = m->expiry_at,
-            .ts = m->retain_ts,
-        };
+        cy_store_msg sm = cy_msg_to_store(m, m->qos, true);
         cy_store_retain_put(b->store, &sm);
     }
 }

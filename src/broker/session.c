@@ -433,20 +433,9 @@ void cy_session_deliver(cy_broker *b, cy_session *s, cy_msg *m, uint8_t qos, boo
     if (!s->next_send) s->next_send = d;
     s->n_queued++;
     if (s->persistent) {
-        cy_store_msg sm = {
-            .topic = m->topic,
-            .topic_len = m->topic_len,
-            .payload = m->payload,
-            .payload_len = m->payload_len,
-            .props = m->props,
-            .props_len = m->props_len,
-            .qos = qos,
-            .retain = retain,
-            .expiry_at = m->expiry_at,
-            .state = CY_MSG_QUEUED,
-            .sub_ids = d->sub_ids,
-            .n_sub_ids = d->n_sub_ids,
-        };
+        cy_store_msg sm = cy_msg_to_store(m, qos, retain);
+        sm.sub_ids = d->sub_ids;
+        sm.n_sub_ids = d->n_sub_ids;
         if (cy_store_msg_put(b->store, s->client_id, &sm) == 0) d->store_id = sm.id;
     }
     if (c) cy_session_pump(b, s);
