@@ -550,6 +550,12 @@ class RawClient:
         del self.buf[:i + length]
         return Packet(first >> 4, first & 0x0F, body)
 
+    def take_packet(self):
+        """A complete packet already in the buffer (Packet), or None; never
+        reads. For callers that do their own non-blocking reads into buf
+        (many connections driven by one selector)."""
+        return self._take_packet()
+
     def read_packet(self, timeout=5.0):
         """Next packet as Packet(type, flags, body); raises Timeout or Closed."""
         deadline = time.monotonic() + timeout
