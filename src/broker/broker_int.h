@@ -168,7 +168,8 @@ typedef struct cy_peer {
     uint64_t frames_in;   /* frames applied from its current link */
     cy_outframe *out_head, *out_tail; /* unacknowledged durable frames, by seq */
     size_t out_count;
-    cy_map filters;       /* its interest: filter -> owned copy (the key) */
+    cy_map filters;       /* its interest: filter -> pfilter (cluster.c) */
+    uint64_t mark;        /* its current interest snapshot */
 } cy_peer;
 
 /* An acknowledgement held until peer shards have applied what it

@@ -30,6 +30,7 @@
  *
  * Frames (type: body), integers big endian:
  *   1 INTEREST_RESET: -            2 INTEREST_ADD / 3 INTEREST_DEL: filter
+ *   7 INTEREST_END: - (the snapshot that RESET began is complete)
  *   4 PUBLISH: u64 seq (0 = not durable), u8 flags (bits 0-1 QoS, 2 retain
  *     as published, 3 route to local subscribers, 4 set as retained),
  *     i64 expiry_at, i64 retain_ts, u16 topic len, topic, u32 props len,
@@ -55,6 +56,7 @@ enum {
     F_PUBLISH = 4,
     F_ACK = 5,
     F_HANDOVER = 6,
+    F_INTEREST_END = 7,
 };
 
 enum { FL_RETAIN = 4, FL_ROUTE = 8, FL_SET_RETAINED = 16 };
@@ -261,12 +263,24 @@ static void send_snapshot(cy_broker *b, cy_peer *p)
     send_counted(b, p, F_INTEREST_RESET, NULL, 0);
     snap_ctx sc = {b, p};
     cy_map_each(&b->interest, snap_one, &sc);
+    send_counted(b, p, F_INTEREST_END, NULL, 0);
 }
+
+/* One filter of a peer's interest. The mark says which snapshot last
+ * confirmed it: a new snapshot (RESET, ADD..., END) re-marks what the peer
+ * still holds and END sweeps the rest, so the peer's old interest keeps
+ * routing until its new one is complete. Clearing at RESET instead would
+ * drop acknowledged messages published while the snapshot is in flight. */
+typedef struct pfilter {
+    uint64_t mark;
+    uint32_t len;
+    char f[];
+} pfilter;
 
 typedef struct drop_ctx {
     cy_broker *b;
     cy_peer *p;
-    char **v;
+    pfilter **v;
     size_t n;
 } drop_ctx;
 
@@ -276,43 +290,54 @@ static void collect_filter(void *ctx, void *v)
     d->v[d->n++] = v;
 }
 
-/* Forget peer p's interest (it sends a new snapshot, or broker teardown). */
-static void clear_interest(cy_broker *b, cy_peer *p, bool in_tree)
+static void drop_filter(cy_broker *b, cy_peer *p, pfilter *pf, bool in_tree)
 {
-    if (p->filters.count) {
-        drop_ctx d = {b, p, cy_calloc(p->filters.count, sizeof(char *)), 0};
-        if (d.v) {
-            cy_map_each(&p->filters, collect_filter, &d);
-            for (size_t i = 0; i < d.n; i++) {
-                if (in_tree) cy_topic_tree_remove(b->subs, d.v[i], strlen(d.v[i]), p);
-                cy_free(d.v[i]);
-            }
-            cy_free(d.v);
-        }
-    }
-    cy_map_fini(&p->filters);
-    cy_map_init(&p->filters);
+    cy_map_del(&p->filters, pf->f, pf->len);
+    if (in_tree) cy_topic_tree_remove(b->subs, pf->f, pf->len, p);
+    cy_free(pf);
+}
+
+/* Drop peer p's filters not confirmed by the current mark (all of them with
+ * keep_current false: broker teardown). */
+static void sweep_interest(cy_broker *b, cy_peer *p, bool keep_current, bool in_tree)
+{
+    if (!p->filters.count) return;
+    drop_ctx d = {b, p, cy_calloc(p->filters.count, sizeof(pfilter *)), 0};
+    if (!d.v) return;
+    cy_map_each(&p->filters, collect_filter, &d);
+    for (size_t i = 0; i < d.n; i++)
+        if (!keep_current || d.v[i]->mark != p->mark) drop_filter(b, p, d.v[i], in_tree);
+    cy_free(d.v);
 }
 
 static void interest_add(cy_broker *b, cy_peer *p, const uint8_t *f, size_t len)
 {
-    if (cy_map_get(&p->filters, f, len)) return;
-    char *copy = cy_strndup((const char *)f, len);
-    if (!copy) return;
+    pfilter *pf = cy_map_get(&p->filters, f, len);
+    if (pf) {
+        pf->mark = p->mark;
+        return;
+    }
+    pf = cy_malloc(sizeof(*pf) + len + 1);
+    if (!pf) return;
+    pf->mark = p->mark;
+    pf->len = (uint32_t)len;
+    memcpy(pf->f, f, len);
+    pf->f[len] = '\0';
     /* QoS 2 and no options: the peer applies each session's own options. */
-    if (cy_topic_tree_add(b->subs, copy, len, p, 2, 0, NULL) ||
-        cy_map_put(&p->filters, copy, len, copy)) {
-        cy_topic_tree_remove(b->subs, copy, len, p);
-        cy_free(copy);
+    if (cy_topic_tree_add(b->subs, pf->f, len, p, 2, 0, NULL)) {
+        cy_free(pf);
+        return;
+    }
+    if (cy_map_put(&p->filters, pf->f, len, pf)) {
+        cy_topic_tree_remove(b->subs, pf->f, len, p);
+        cy_free(pf);
     }
 }
 
 static void interest_del(cy_broker *b, cy_peer *p, const uint8_t *f, size_t len)
 {
-    char *copy = cy_map_del(&p->filters, f, len);
-    if (!copy) return;
-    cy_topic_tree_remove(b->subs, copy, len, p);
-    cy_free(copy);
+    pfilter *pf = cy_map_get(&p->filters, f, len);
+    if (pf) drop_filter(b, p, pf, true);
 }
 
 /* ---- durable frames ---- */
@@ -558,11 +583,17 @@ void cy_cluster_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *
     if (from >= b->nshards || from == b->self || b->stalled) return;
     cy_peer *p = &b->peers[from];
     switch (type) {
-    case F_INTEREST_RESET:
-        clear_interest(b, p, true);
-        b->snap_from |= UINT64_C(1) << from;
+    case F_INTEREST_RESET: /* a new link from it: counts restart */
+        p->mark++;
         p->frames_in = 1;
         p->ack_due = true;
+        return;
+    case F_INTEREST_END:
+        sweep_interest(b, p, true, true);
+        b->snap_from |= UINT64_C(1) << from;
+        p->frames_in++;
+        p->ack_due = true;
+        b->progress++;
         return;
     case F_INTEREST_ADD:
     case F_INTEREST_DEL:
@@ -652,7 +683,7 @@ void cy_cluster_free(cy_broker *b)
     b->held_tail = NULL;
     for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++) {
         cy_peer *p = &b->peers[j];
-        clear_interest(b, p, false);
+        sweep_interest(b, p, false, false);
         cy_map_fini(&p->filters);
         while (p->out_head) {
             cy_outframe *f = p->out_head;
