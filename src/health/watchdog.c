@@ -53,6 +53,10 @@ static void say(char *why, size_t len, const char *fmt, int64_t ms, uint64_t n)
     if (why && len) snprintf(why, len, fmt, (double)ms / 1000.0, (unsigned long long)n);
 }
 
+/* A heartbeat this recent means the shard's loop turns (it beats every
+ * 100 ms). */
+#define CY_WATCH_FRESH_MS 300
+
 cy_verdict cy_watchdog_judge(cy_watch *w, const cy_watch_sample *s, int64_t now_ms,
                              int64_t timeout_ms, char *why, size_t why_len)
 {
@@ -80,8 +84,11 @@ cy_verdict cy_watchdog_judge(cy_watch *w, const cy_watch_sample *s, int64_t now_
         say(why, why_len, "no heartbeat for %.1f s", beat_age, 0);
         return CY_VERDICT_HUNG;
     }
+    /* Stuck is for a loop that turns without doing its work. A heartbeat
+     * that has stopped too means a loop that does not turn: leave it to the
+     * hung verdict, so a stopped shard is never reported as stuck. */
     int64_t still = now_ms - w->since_ms;
-    if (s->backlog > 0 && still > timeout_ms) {
+    if (s->backlog > 0 && still > timeout_ms && beat_age <= CY_WATCH_FRESH_MS) {
         say(why, why_len, "no progress for %.1f s with %llu queued", still, s->backlog);
         return CY_VERDICT_STUCK;
     }

@@ -101,6 +101,24 @@ static void test_watchdog_judge_stuck_edges(void **state)
     assert_int_equal(cy_watchdog_reason(CY_VERDICT_STUCK), CY_RESTART_STUCK);
 }
 
+/* Work owed and no progress, but the heartbeat stopped too (SIGSTOP just
+ * after work arrived): not stuck, but hung once the heartbeat is old enough. */
+static void test_watchdog_judge_stopped_with_backlog_is_hung_not_stuck(void **state)
+{
+    (void)state;
+    cy_watch w = started();
+    char why[128];
+    int64_t last_beat = T0 + 500;
+    for (int64_t t = T0; t <= last_beat + TO; t += 100) {
+        cy_watch_sample s = running(t < last_beat ? t : last_beat, 0, 7);
+        assert_int_equal(cy_watchdog_judge(&w, &s, t, TO, why, sizeof(why)), CY_VERDICT_OK);
+    }
+    cy_watch_sample s = running(last_beat, 0, 7);
+    assert_int_equal(cy_watchdog_judge(&w, &s, last_beat + TO + 1, TO, why, sizeof(why)),
+                     CY_VERDICT_HUNG);
+    assert_string_equal(why, "no heartbeat for 2.0 s");
+}
+
 static void test_watchdog_judge_progress_moving_with_backlog_ok(void **state)
 {
     (void)state;
@@ -391,6 +409,7 @@ int main(void)
         cmocka_unit_test(test_watchdog_judge_hung_edges),
         cmocka_unit_test(test_watchdog_judge_heartbeat_in_future_ok),
         cmocka_unit_test(test_watchdog_judge_stuck_edges),
+        cmocka_unit_test(test_watchdog_judge_stopped_with_backlog_is_hung_not_stuck),
         cmocka_unit_test(test_watchdog_judge_progress_moving_with_backlog_ok),
         cmocka_unit_test(test_watchdog_judge_idle_no_backlog_ok),
         cmocka_unit_test(test_watchdog_judge_clock_starts_when_work_arrives),
