@@ -142,7 +142,10 @@ class Client:
         for _ in range(10 ** 7):
             if self._stop.is_set():
                 return
-            rc = self.c.loop(timeout=0.05)
+            try:
+                rc = self.c.loop(timeout=0.05)
+            except (OSError, ValueError):  # the socket was closed under the loop
+                rc = mqtt.MQTT_ERR_CONN_LOST
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 self._gone.set()
                 return
