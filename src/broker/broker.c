@@ -260,6 +260,9 @@ static void on_sweep(uv_timer_t *t)
                    now - c->last_rx > (int64_t)c->keepalive * 1500) {
             b->stats.keepalive_timeouts++;
             cy_conn_close(c, CY_RC_KEEP_ALIVE_TIMEOUT, "keep-alive timeout");
+        } else if (c->state == CONN_ACTIVE && c->out.cap && !cy_buf_size(&c->out) && !c->dirty &&
+                   now - c->last_rx > 1000) {
+            cy_buf_fini(&c->out); /* an idle connection keeps no output buffer */
         }
     }
     cy_session *s = b->offline;

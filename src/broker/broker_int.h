@@ -76,6 +76,14 @@ typedef struct cy_sub {
 
 typedef struct cy_conn cy_conn;
 
+/* Output the kernel did not take at once, being written by uv_write.
+ * Allocated only then, so an idle connection does not carry it. */
+typedef struct cy_wstate {
+    uv_write_t req;
+    cy_buf buf;
+    cy_conn *c;
+} cy_wstate;
+
 typedef struct cy_session {
     char *client_id; /* owned, NUL-terminated; the key in broker->sessions */
     uint16_t client_id_len;
@@ -115,7 +123,7 @@ struct cy_conn {
     cy_conn *prev, *next;  /* broker->conns */
     cy_conn *dirty_next;   /* broker->dirty list of connections with output */
     bool dirty;
-    bool writing;          /* a uv_write of wbuf is in flight */
+
     uint8_t state;
     uint8_t version;       /* 0 until CONNECT */
     int64_t last_rx;       /* mono ms of the last packet received */
@@ -123,8 +131,7 @@ struct cy_conn {
     uint32_t keepalive;    /* s granted; 0 = none */
     cy_buf in;             /* partial packet carried between reads */
     cy_buf out;            /* output of this pass */
-    cy_buf wbuf;           /* output handed to uv_write */
-    uv_write_t wreq;
+    struct cy_wstate *w;   /* a uv_write in flight, or NULL (most of the time) */
     /* peer limits (MQTT 5), 0 = none */
     uint32_t peer_max_packet;
     uint16_t peer_recv_max;

@@ -8,8 +8,9 @@
  * Writing: handlers append encoded packets to `out` and mark the connection
  * dirty. The broker's check handle (once per loop pass, after the store
  * commit) calls cy_conn_flush, which tries one write(2) of everything; what
- * the kernel does not take is moved to `wbuf` and written by uv_write while
- * `out` collects the next pass. Write readiness is armed only then.
+ * the kernel does not take moves to a cy_wstate (allocated for that write
+ * only) and is written by uv_write while `out` collects the next pass.
+ * Write readiness is armed only then.
  *
  * Errors are mapped to the wire here, once: a handler returns a MQTT 5
  * reason code and the dispatcher closes with it (DISCONNECT for MQTT 5
@@ -34,7 +35,7 @@ const char *cy_conn_name(const cy_conn *c)
 
 size_t cy_conn_backlog(const cy_conn *c)
 {
-    return cy_buf_size(&c->out) + cy_buf_size(&c->wbuf);
+    return cy_buf_size(&c->out) + (c->w ? cy_buf_size(&c->w->buf) : 0);
 }
 
 static void on_close(uv_handle_t *h)
@@ -49,7 +50,7 @@ static void on_close(uv_handle_t *h)
     b->n_conns--;
     cy_buf_fini(&c->in);
     cy_buf_fini(&c->out);
-    cy_buf_fini(&c->wbuf);
+
     if (c->alias_in) {
         for (uint32_t i = 0; i <= b->cfg->topic_alias_max; i++) cy_free(c->alias_in[i]);
         cy_free(c->alias_in);
@@ -82,10 +83,11 @@ int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p)
 
 static void on_write(uv_write_t *req, int status)
 {
-    cy_conn *c = req->data;
-    c->writing = false;
-    cy_buf_reset(&c->wbuf);
-    cy_buf_shrink(&c->wbuf);
+    cy_wstate *w = req->data;
+    cy_conn *c = w->c;
+    c->w = NULL;
+    cy_buf_fini(&w->buf);
+    cy_free(w);
     if (status < 0) {
         if (c->state != CONN_CLOSING) {
             cy_debug(cy_conn_name(c), "write failed: %s", uv_strerror(status));
@@ -98,7 +100,7 @@ static void on_write(uv_write_t *req, int status)
 
 void cy_conn_flush(cy_conn *c)
 {
-    if (c->writing || cy_buf_size(&c->out) == 0) return;
+    if (c->w || cy_buf_size(&c->out) == 0) return;
     uv_buf_t ub = uv_buf_init((char *)cy_buf_head(&c->out), (unsigned)cy_buf_size(&c->out));
     int n = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
     if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
@@ -116,19 +118,25 @@ void cy_conn_flush(cy_conn *c)
         return;
     }
     if (c->state == CONN_CLOSING) return; /* best effort only */
-    cy_buf tmp = c->wbuf;
-    c->wbuf = c->out;
-    c->out = tmp;
-    cy_buf_reset(&c->out);
-    ub = uv_buf_init((char *)cy_buf_head(&c->wbuf), (unsigned)cy_buf_size(&c->wbuf));
-    c->wreq.data = c;
-    int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
+    cy_wstate *w = cy_malloc(sizeof(*w));
+    if (!w) {
+        cy_buf_reset(&c->out);
+        cy_conn_close(c, 0, "out of memory");
+        return;
+    }
+    w->c = c;
+    w->buf = c->out; /* the pending bytes move; out starts afresh */
+    cy_buf_init(&c->out);
+    w->req.data = w;
+    ub = uv_buf_init((char *)cy_buf_head(&w->buf), (unsigned)cy_buf_size(&w->buf));
+    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
     if (rc) {
-        cy_buf_reset(&c->wbuf);
+        cy_buf_fini(&w->buf);
+        cy_free(w);
         cy_conn_close(c, 0, NULL);
         return;
     }
-    c->writing = true;
+    c->w = w;
 }
 
 void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
