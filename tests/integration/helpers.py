@@ -144,7 +144,7 @@ class Client:
                 return
             try:
                 rc = self.c.loop(timeout=0.05)
-            except (OSError, ValueError):  # the socket was closed under the loop
+            except (OSError, ValueError, AttributeError):  # socket closed under the loop
                 rc = mqtt.MQTT_ERR_CONN_LOST
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 self._gone.set()
