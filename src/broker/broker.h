@@ -84,8 +84,6 @@ void cy_broker_stall(cy_broker *b);
 void cy_broker_stop(cy_broker *b);
 /* Free the broker and every session and message it holds. Safe on NULL. */
 void cy_broker_free(cy_broker *b);
-const cy_counters *cy_broker_counters(const cy_broker *b);
-
 /* The body of a shard process (`cyan shard INDEX GENERATION ...`): maps the
  * scoreboard, opens data_dir/shard-INDEX.db, serves on the inherited
  * listening socket (fd 3) until SIGTERM or the supervisor's death (EOF on

@@ -219,7 +219,6 @@ struct cy_broker {
     uv_timer_t sweep;    /* timeouts, expiries, will delays, $SYS */
     uv_timer_t ready;    /* until every shard runs: then accept */
     int64_t started;     /* mono ms */
-    bool accepting;
     bool listening, stopping;
     cy_conn *conns;      /* all connections */
     uint32_t n_conns;

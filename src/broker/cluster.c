@@ -572,10 +572,6 @@ static void on_ack(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len)
     cy_store_outbox_ack(b->store, p->index, seq);
 }
 
-static void on_ack_release(cy_broker *b)
-{
-    cy_cluster_release(b);
-}
 
 void cy_cluster_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
 {
@@ -608,7 +604,7 @@ void cy_cluster_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *
     case F_PUBLISH: on_publish(b, p, body, len); return;
     case F_ACK:
         on_ack(b, p, body, len);
-        on_ack_release(b);
+        cy_cluster_release(b); /* held acknowledgements may now go */
         return;
     default: cy_warn(NULL, "bus: unknown frame type %u from shard %u", type, from);
     }
