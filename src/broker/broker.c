@@ -27,11 +27,6 @@
 #include <string.h>
 #include <unistd.h>
 
-const cy_counters *cy_broker_counters(const cy_broker *b)
-{
-    return &b->stats;
-}
-
 /* ---- loading persistent state ---- */
 
 static int load_session(void *ctx, const cy_store_session *sr)
@@ -145,6 +140,10 @@ static void on_pass_end(uv_check_t *h)
 {
     cy_broker *b = h->data;
     if (b->nshards > 1) cy_cluster_before_commit(b);
+    /* Counters reach the scoreboard before any reply leaves: a client that
+     * got its CONNACK here and connects again elsewhere must be counted
+     * there (max_connections is node-wide). */
+    cy_broker_beat(b);
     do {
         if (cy_store_pending(b->store) && cy_store_commit(b->store)) {
             /* The batch was rolled back: memory now holds state the disk
@@ -453,7 +452,6 @@ static void on_ready(uv_timer_t *t)
         cy_error(NULL, "listen: %s", uv_strerror(rc));
         return;
     }
-    b->accepting = true;
     if (ready)
         cy_info(NULL, "shard %u/%u serving MQTT on %s", b->self, b->nshards, b->cfg->mqtt_listen);
     else
