@@ -3,6 +3,8 @@
  *   cyan [-c FILE] [--name=value ...]            run the device cloud
  *   cyan device add NAME [-c FILE] [--data_dir=DIR]
  *   cyan device list | device remove ID_OR_NAME
+ *   cyan token create [--read-only] [NAME]       an API token, shown once
+ *   cyan token list | token revoke ID
  *   cyan config [-c FILE] [--name=value ...]     print every setting
  *   cyan status                                  the shards, from the scoreboard
  *   cyan shard stop|cont|kill|spin|stall INDEX   drills (see docs/supervision.md)
@@ -11,6 +13,10 @@
  * Settings: defaults, then the config file (-c), then --name=value, each
  * overriding the one before. Exit status: 0 on a clean stop (SIGTERM or
  * SIGINT), 1 on a startup error, 2 on a usage error.
+ *
+ * The first `cyan serve` on a data dir (or on one whose tokens were all
+ * revoked) makes a full-access API token and leaves it in DATA_DIR/admin-token
+ * (mode 0600), so a new node is administrable without a console.
  */
 #include "broker/broker.h"
 #include "core/cy_config.h"
@@ -26,6 +32,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -37,13 +44,23 @@ static void usage(FILE *out)
                  "       cyan device add NAME [-c FILE] [--data_dir=DIR]\n"
                  "       cyan device list [...]\n"
                  "       cyan device remove ID_OR_NAME [...]\n"
+                 "       cyan token create [--read-only] [NAME] [...]\n"
+                 "       cyan token list [...]\n"
+                 "       cyan token revoke ID [...]\n"
                  "       cyan config [-c FILE] [--name=value ...]  print every setting\n"
                  "       cyan status [-c FILE]                     the shards and their health\n"
                  "       cyan shard stop|cont|kill|spin|stall INDEX  outage drills\n"
                  "       cyan --version\n");
 }
 
-/* Parse -c FILE and --name=value into cfg; other words go to args. */
+/* Flags of a subcommand (not settings): passed on to it as words. */
+static bool command_flag(const char *arg)
+{
+    return !strcmp(arg, "--read-only");
+}
+
+/* Parse -c FILE and --name=value into cfg; other words (and command flags)
+ * go to args. */
 static int parse_args(int argc, char **argv, cy_config *cfg, char **args, int *nargs)
 {
     cy_config_error err;
@@ -75,7 +92,7 @@ static int parse_args(int argc, char **argv, cy_config *cfg, char **args, int *n
                 fprintf(stderr, "cyan: %s\n", err.msg);
                 return 2;
             }
-        } else if (argv[i][0] == '-') {
+        } else if (argv[i][0] == '-' && !command_flag(argv[i])) {
             fprintf(stderr, "cyan: unknown option %s\n", argv[i]);
             usage(stderr);
             return 2;
@@ -164,6 +181,75 @@ static int cmd_device(cy_config *cfg, char **args, int nargs)
     return status;
 }
 
+static const char *scope_name(int scope)
+{
+    return scope == CY_SCOPE_FULL ? "full" : "read";
+}
+
+static int print_token(void *ctx, const cy_token *t)
+{
+    (void)ctx;
+    char when[32] = "?";
+    time_t secs = (time_t)(t->created_at / 1000);
+    struct tm tm;
+    if (gmtime_r(&secs, &tm)) strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    printf("%s  %s  %s  %s\n", t->id, t->name, scope_name(t->scope), when);
+    return 0;
+}
+
+static int cmd_token(cy_config *cfg, char **args, int nargs)
+{
+    /* --read-only may stand anywhere after "token create". */
+    bool read_only = false;
+    int n = 0;
+    for (int i = 0; i < nargs; i++) {
+        if (!strcmp(args[i], "--read-only"))
+            read_only = true;
+        else
+            args[n++] = args[i];
+    }
+    nargs = n;
+    const char *verb = nargs >= 2 ? args[1] : "";
+    bool create = !strcmp(verb, "create") && nargs <= 3;
+    bool list = !strcmp(verb, "list") && nargs == 2;
+    bool revoke = !strcmp(verb, "revoke") && nargs == 3;
+    if (!(create || list || revoke) || (read_only && !create)) {
+        usage(stderr);
+        return 2;
+    }
+    cy_registry *r = NULL;
+    if (open_registry(cfg, &r)) return 1;
+    int rc;
+    if (create) {
+        const char *name = nargs == 3 ? args[2] : "token";
+        char id[CY_TOKEN_ID_LEN + 1], token[CY_TOKEN_MAX + 1];
+        int scope = read_only ? CY_SCOPE_READ : CY_SCOPE_FULL;
+        rc = cy_registry_token_create(r, name, scope, id, token);
+        if (rc == 0) {
+            printf("id: %s\ntoken: %s\n", id, token);
+            fprintf(stderr,
+                    "cyan: token '%s' (%s access) created. It is shown only now: keep it\n"
+                    "somewhere safe. Revoke it with `cyan token revoke %s`.\n",
+                    name, read_only ? "read-only" : "full", id);
+        } else if (rc == CY_EINVAL) {
+            fprintf(stderr,
+                    "cyan: bad token name '%s': use 1 to %d letters, digits, '-', '_' "
+                    "or '.'\n",
+                    name, CY_TOKEN_NAME_MAX);
+        }
+    } else if (list) {
+        rc = cy_registry_token_list(r, print_token, NULL);
+    } else {
+        rc = cy_registry_token_revoke(r, args[2]);
+        if (rc == CY_ENOENT)
+            fprintf(stderr, "cyan: no token with id '%s' (see `cyan token list`)\n", args[2]);
+        if (rc == 0) fprintf(stderr, "cyan: token '%s' revoked\n", args[2]);
+    }
+    if (rc && rc != CY_EINVAL && rc != CY_ENOENT) fprintf(stderr, "cyan: %s\n", cy_strerror(rc));
+    cy_registry_close(r);
+    return rc ? 1 : 0;
+}
+
 static int count_device(void *ctx, const cy_device *d)
 {
     (void)d;
@@ -223,6 +309,12 @@ static int cmd_serve(const cy_config *cfg, char **pass)
     if (open_registry(cfg, &reg)) return 1;
     int ndev = 0;
     cy_registry_device_list(reg, count_device, &ndev);
+    /* Without a first token nobody could use the API; serving devices does not
+     * depend on it, so a failure here is only a warning. */
+    char token_path[600];
+    snprintf(token_path, sizeof(token_path), "%s/admin-token", cfg->data_dir);
+    bool created = false;
+    int trc = cy_registry_token_bootstrap(reg, token_path, &created);
     cy_registry_close(reg);
     cy_info(NULL, "cyan %s: %u shards, data in %s, %d devices registered%s", CYAN_VERSION,
             cfg->shards, cfg->data_dir, ndev,
@@ -230,6 +322,13 @@ static int cmd_serve(const cy_config *cfg, char **pass)
     if (ndev == 0 && !cfg->allow_anonymous)
         cy_info(NULL, "no devices yet: add one with `cyan device add NAME --data_dir=%s`",
                 cfg->data_dir);
+    if (trc)
+        cy_warn(NULL, "cannot create the first API token in %s: %s", token_path, cy_strerror(trc));
+    else if (created)
+        cy_info(NULL,
+                "created the first API token (full access); it is in %s; create others with "
+                "`cyan token create`",
+                token_path);
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     if (n <= 0) {
@@ -274,6 +373,16 @@ int main(int argc, char **argv)
         free(args);
         return rc;
     }
+    /* Command flags belong to their command only (serve would pass them on to
+     * the shards). */
+    bool token_cmd = nargs > 0 && !strcmp(args[0], "token");
+    for (int i = 0; i < nargs && !token_cmd; i++)
+        if (command_flag(args[i])) {
+            fprintf(stderr, "cyan: unknown option %s\n", args[i]);
+            usage(stderr);
+            free(args);
+            return 2;
+        }
     cy_log_level lvl;
     if (cy_log_parse_level(cfg.log_level, &lvl)) {
         fprintf(stderr, "cyan: log_level: expected debug, info, warn or error\n");
@@ -299,6 +408,8 @@ int main(int argc, char **argv)
         rc = cy_status_print(&cfg);
     } else if (!strcmp(args[0], "device"))
         rc = cmd_device(&cfg, args, nargs);
+    else if (!strcmp(args[0], "token"))
+        rc = cmd_token(&cfg, args, nargs);
     else if (!strcmp(args[0], "config") && nargs == 1) {
         cy_config_print(&cfg, stdout);
         rc = 0;

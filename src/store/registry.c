@@ -21,6 +21,19 @@
  * with synchronous=FULL: additions are rare, and a device whose secret was
  * shown must not be forgotten by a power cut.
  *
+ * API tokens (schema version 2) are stored the same way: a token is the
+ * text "cyt_<id>_<secret>", id 6 random bytes (12 lowercase hex characters)
+ * and secret 16 random bytes (32), and the row keeps the id, a name, the
+ * scope, a per-token salt and HMAC-SHA256(key = salt, data = the secret's 32
+ * ASCII hex characters). The fixed prefix lets people and secret scanners
+ * recognise a leaked token, and the id inside it finds the row without a
+ * search. Token names follow the device name rules but need not be unique,
+ * and may look like a device id: tokens are only ever revoked by id.
+ *
+ * Schema versions (PRAGMA user_version): 1 had devices only; 2 adds tokens.
+ * A new file gets version 2 directly, a version 1 file is migrated at open
+ * (see db.h), a newer file is refused.
+ *
  * Every SQLite failure is logged once, where it is detected, and returned
  * as CY_ESTORE.
  */
@@ -37,25 +50,74 @@
 #include <openssl/rand.h>
 #include "store/db.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define ID_BYTES (CY_DEVICE_ID_LEN / 2)         /* 12 */
 #define SECRET_BYTES (CY_DEVICE_SECRET_LEN / 2) /* 16 */
 #define SALT_BYTES 16
 #define HASH_BYTES 32 /* SHA-256 */
 
-static const char schema_v1[] = "CREATE TABLE IF NOT EXISTS devices("
-                                " id TEXT PRIMARY KEY NOT NULL,"
-                                " name TEXT NOT NULL UNIQUE,"
-                                " salt BLOB NOT NULL,"
-                                " hash BLOB NOT NULL,"
-                                " created_at INTEGER NOT NULL);"
-                                "PRAGMA user_version = 1;";
+#define TOKEN_PREFIX "cyt_"
+#define TOKEN_PREFIX_LEN 4
+#define TOKEN_ID_BYTES (CY_TOKEN_ID_LEN / 2) /* 6 */
+#define TOKEN_SECRET_LEN 32                  /* hex characters (128 bits) */
+#define TOKEN_SECRET_BYTES (TOKEN_SECRET_LEN / 2)
+/* "cyt_" id "_" secret: every valid token has exactly this length. */
+#define TOKEN_LEN (TOKEN_PREFIX_LEN + CY_TOKEN_ID_LEN + 1 + TOKEN_SECRET_LEN) /* 49 */
+_Static_assert(TOKEN_LEN <= CY_TOKEN_MAX, "a token must fit in CY_TOKEN_MAX");
+_Static_assert(CY_TOKEN_NAME_MAX == CY_DEVICE_NAME_MAX, "tokens share the device name rules");
 
-enum { ST_ADD, ST_CHECK, ST_GET, ST_REMOVE, ST_LIST, N_ST };
+#define TABLE_DEVICES                                                                              \
+    "CREATE TABLE IF NOT EXISTS devices("                                                          \
+    " id TEXT PRIMARY KEY NOT NULL,"                                                               \
+    " name TEXT NOT NULL UNIQUE,"                                                                  \
+    " salt BLOB NOT NULL,"                                                                         \
+    " hash BLOB NOT NULL,"                                                                         \
+    " created_at INTEGER NOT NULL);"
+
+/* Added by version 2, shared by a new file and the migration. Names are not
+ * unique: two people may both call their token "ci". */
+#define TABLE_TOKENS                                                                               \
+    "CREATE TABLE IF NOT EXISTS tokens("                                                           \
+    " id TEXT PRIMARY KEY NOT NULL,"                                                               \
+    " name TEXT NOT NULL,"                                                                         \
+    " scope INTEGER NOT NULL,"                                                                     \
+    " salt BLOB NOT NULL,"                                                                         \
+    " hash BLOB NOT NULL,"                                                                         \
+    " created_at INTEGER NOT NULL);"
+
+static const char schema_v2[] = TABLE_DEVICES TABLE_TOKENS "PRAGMA user_version = 2;";
+
+/* Version 1 to 2: devices are untouched, the tokens table starts empty (and
+ * so the next `cyan serve` bootstraps the first one). */
+static const char migrate_v2[] = TABLE_TOKENS "PRAGMA user_version = 2;";
+
+/* migrations[v] takes a file from version v to v + 1. */
+static const char *const migrations[] = {NULL, migrate_v2};
+
+enum {
+    ST_ADD,
+    ST_CHECK,
+    ST_GET,
+    ST_REMOVE,
+    ST_LIST,
+    ST_TOKEN_ADD,
+    ST_TOKEN_CHECK,
+    ST_TOKEN_LIST,
+    ST_TOKEN_REVOKE,
+    ST_TOKEN_ANY,
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    N_ST
+};
 
 /* A row found by id or name: an exact id match wins over a name match. */
 #define BY_ID_OR_NAME "WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
@@ -67,6 +129,16 @@ static const char *const sql[N_ST] = {
     [ST_REMOVE] = "DELETE FROM devices WHERE rowid = (SELECT rowid FROM devices " BY_ID_OR_NAME ")",
     /* rowids grow with insertion, so rowid order is creation order. */
     [ST_LIST] = "SELECT id, name, created_at FROM devices ORDER BY rowid",
+    [ST_TOKEN_ADD] = "INSERT INTO tokens(id, name, scope, salt, hash, created_at)"
+                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_TOKEN_CHECK] = "SELECT salt, hash, scope FROM tokens WHERE id = ?1",
+    [ST_TOKEN_LIST] = "SELECT id, name, scope, created_at FROM tokens ORDER BY rowid",
+    [ST_TOKEN_REVOKE] = "DELETE FROM tokens WHERE id = ?1",
+    [ST_TOKEN_ANY] = "SELECT EXISTS(SELECT 1 FROM tokens)",
+    /* IMMEDIATE: the bootstrap's check-then-insert must not race another process's. */
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
 };
 
 struct cy_registry {
@@ -93,7 +165,7 @@ int cy_registry_open(const char *path, cy_registry **out)
     *out = NULL;
     cy_registry *r = cy_calloc(1, sizeof(*r));
     if (!r) return CY_ENOMEM;
-    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v1, NULL};
+    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v2, migrations};
     int rc = cy_db_open(path, true, &schema, sql, N_ST, &r->db, r->st);
     if (rc) goto fail;
     *out = r;
@@ -127,13 +199,20 @@ static bool is_lower_hex(const char *s, size_t n)
     return true;
 }
 
-static bool name_valid(const char *name)
+/* 1..CY_DEVICE_NAME_MAX name characters (the rule of device and token names). */
+static bool name_chars_valid(const char *name)
 {
     size_t n = strnlen(name, CY_DEVICE_NAME_MAX + 1);
     if (n == 0 || n > CY_DEVICE_NAME_MAX) return false;
     for (size_t i = 0; i < n; i++)
         if (!name_char(name[i])) return false;
-    return !(n == CY_DEVICE_ID_LEN && is_lower_hex(name, n));
+    return true;
+}
+
+static bool name_valid(const char *name)
+{
+    return name_chars_valid(name) &&
+           !(strlen(name) == CY_DEVICE_ID_LEN && is_lower_hex(name, CY_DEVICE_ID_LEN));
 }
 
 static void hex(char *out, const uint8_t *in, size_t n)
@@ -322,5 +401,305 @@ int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device
     }
     if (rc == 0 && sr != SQLITE_DONE) rc = db_fail(r->db, "device_list");
     done(st);
+    return rc;
+}
+
+/* ---- API tokens ---- */
+
+static bool scope_valid(int scope)
+{
+    return scope == CY_SCOPE_READ || scope == CY_SCOPE_FULL;
+}
+
+/* "cyt_" 12 lowercase hex "_" 32 lowercase hex, and nothing else (a NUL
+ * inside len is just a wrong character). */
+static bool token_well_formed(const char *t, size_t len)
+{
+    return len == TOKEN_LEN && memcmp(t, TOKEN_PREFIX, TOKEN_PREFIX_LEN) == 0 &&
+           is_lower_hex(t + TOKEN_PREFIX_LEN, CY_TOKEN_ID_LEN) &&
+           t[TOKEN_PREFIX_LEN + CY_TOKEN_ID_LEN] == '_' &&
+           is_lower_hex(t + TOKEN_PREFIX_LEN + CY_TOKEN_ID_LEN + 1, TOKEN_SECRET_LEN);
+}
+
+static int copy_token(sqlite3_stmt *st, cy_token *out)
+{
+    const char *id = (const char *)sqlite3_column_text(st, 0);
+    const char *name = (const char *)sqlite3_column_text(st, 1);
+    size_t id_len = (size_t)sqlite3_column_bytes(st, 0);
+    size_t name_len = (size_t)sqlite3_column_bytes(st, 1);
+    int scope = sqlite3_column_int(st, 2);
+    if (!id || !name || id_len != CY_TOKEN_ID_LEN || name_len > CY_TOKEN_NAME_MAX ||
+        !scope_valid(scope)) {
+        cy_error(NULL, "store: registry: corrupt token row");
+        return CY_ESTORE;
+    }
+    memcpy(out->id, id, id_len + 1);
+    memcpy(out->name, name, name_len + 1);
+    out->scope = scope;
+    out->created_at = sqlite3_column_int64(st, 3);
+    return 0;
+}
+
+/* Run one of the statements without results (BEGIN, COMMIT, ROLLBACK). */
+static int exec_st(cy_registry *r, int which, const char *what)
+{
+    sqlite3_stmt *st = r->st[which];
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(r->db, what);
+    done(st);
+    return rc;
+}
+
+/* Leave the bootstrap's transaction, whatever state a failure left it in. */
+static void rollback(cy_registry *r)
+{
+    if (!sqlite3_get_autocommit(r->db)) exec_st(r, ST_ROLLBACK, "token_bootstrap rollback");
+}
+
+static int token_any(cy_registry *r, bool *any)
+{
+    sqlite3_stmt *st = r->st[ST_TOKEN_ANY];
+    int rc = 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        *any = sqlite3_column_int(st, 0) != 0;
+    else
+        rc = db_fail(r->db, "token_bootstrap");
+    done(st);
+    return rc;
+}
+
+/* Insert a new token row; arguments already checked. */
+static int token_insert(cy_registry *r, const char *name, int scope,
+                        char id_out[CY_TOKEN_ID_LEN + 1], char token_out[CY_TOKEN_MAX + 1])
+{
+    uint8_t raw[TOKEN_ID_BYTES + TOKEN_SECRET_BYTES + SALT_BYTES], hash[HASH_BYTES];
+    char id[CY_TOKEN_ID_LEN + 1], secret[TOKEN_SECRET_LEN + 1];
+    const uint8_t *salt = raw + TOKEN_ID_BYTES + TOKEN_SECRET_BYTES;
+    sqlite3_stmt *st = r->st[ST_TOKEN_ADD];
+    int rc;
+    /* 48-bit ids are short enough to read out, and a node holds few tokens;
+     * should two ever collide, draw again. */
+    for (int attempt = 0;; attempt++) {
+        if ((rc = random_bytes(raw, sizeof(raw)))) goto out;
+        hex(id, raw, TOKEN_ID_BYTES);
+        hex(secret, raw + TOKEN_ID_BYTES, TOKEN_SECRET_BYTES);
+        if ((rc = secret_hash(salt, (const uint8_t *)secret, TOKEN_SECRET_LEN, hash))) goto out;
+        if (sqlite3_bind_text(st, 1, id, CY_TOKEN_ID_LEN, SQLITE_STATIC) ||
+            sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC) || sqlite3_bind_int(st, 3, scope) ||
+            sqlite3_bind_blob(st, 4, salt, SALT_BYTES, SQLITE_STATIC) ||
+            sqlite3_bind_blob(st, 5, hash, HASH_BYTES, SQLITE_STATIC) ||
+            sqlite3_bind_int64(st, 6, cy_wall_ms())) {
+            rc = db_fail(r->db, "token_create");
+            done(st);
+            goto out;
+        }
+        int sr = sqlite3_step(st);
+        int ext = sqlite3_extended_errcode(r->db);
+        if (sr == SQLITE_DONE) {
+            rc = 0;
+        } else if (ext == SQLITE_CONSTRAINT_PRIMARYKEY && attempt < 3) {
+            done(st);
+            continue;
+        } else {
+            rc = db_fail(r->db, "token_create");
+        }
+        done(st);
+        break;
+    }
+    if (!rc) {
+        memcpy(id_out, id, sizeof(id));
+        memcpy(token_out, TOKEN_PREFIX, TOKEN_PREFIX_LEN);
+        memcpy(token_out + TOKEN_PREFIX_LEN, id, CY_TOKEN_ID_LEN);
+        token_out[TOKEN_PREFIX_LEN + CY_TOKEN_ID_LEN] = '_';
+        memcpy(token_out + TOKEN_PREFIX_LEN + CY_TOKEN_ID_LEN + 1, secret, TOKEN_SECRET_LEN + 1);
+    }
+out:
+    OPENSSL_cleanse(raw, sizeof(raw));
+    OPENSSL_cleanse(secret, sizeof(secret));
+    return rc;
+}
+
+int cy_registry_token_create(cy_registry *r, const char *name, int scope,
+                             char id_out[CY_TOKEN_ID_LEN + 1], char token_out[CY_TOKEN_MAX + 1])
+{
+    if (!name || !id_out || !token_out) return CY_EINVAL;
+    id_out[0] = token_out[0] = '\0';
+    if (!name_chars_valid(name) || !scope_valid(scope)) return CY_EINVAL;
+    return token_insert(r, name, scope, id_out, token_out);
+}
+
+int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *scope_out,
+                            char id_out[CY_TOKEN_ID_LEN + 1])
+{
+    /* Used when the id is unknown, so that case costs one HMAC too. */
+    static const uint8_t dummy_salt[SALT_BYTES];
+    static const uint8_t dummy_hash[HASH_BYTES];
+    if (id_out) id_out[0] = '\0';
+    if (!scope_out || (!token && len)) return CY_EINVAL;
+    *scope_out = 0;
+    if (!token_well_formed(token, len)) return CY_EINVAL;
+    const char *id = token + TOKEN_PREFIX_LEN;
+    const uint8_t *secret = (const uint8_t *)id + CY_TOKEN_ID_LEN + 1;
+
+    sqlite3_stmt *st = r->st[ST_TOKEN_CHECK];
+    const uint8_t *salt = dummy_salt, *want = dummy_hash;
+    bool found = false;
+    int scope = 0, rc;
+    if (sqlite3_bind_text(st, 1, id, CY_TOKEN_ID_LEN, SQLITE_STATIC)) {
+        rc = db_fail(r->db, "token_check");
+        goto out;
+    }
+    int sr = sqlite3_step(st);
+    if (sr == SQLITE_ROW) {
+        scope = sqlite3_column_int(st, 2);
+        if (sqlite3_column_bytes(st, 0) != SALT_BYTES ||
+            sqlite3_column_bytes(st, 1) != HASH_BYTES || !scope_valid(scope)) {
+            cy_error(NULL, "store: registry: corrupt token row %.*s", CY_TOKEN_ID_LEN, id);
+            rc = CY_ESTORE;
+            goto out;
+        }
+        salt = sqlite3_column_blob(st, 0);
+        want = sqlite3_column_blob(st, 1);
+        found = true;
+    } else if (sr != SQLITE_DONE) {
+        rc = db_fail(r->db, "token_check");
+        goto out;
+    }
+    uint8_t got[HASH_BYTES];
+    if ((rc = secret_hash(salt, secret, TOKEN_SECRET_LEN, got))) goto out;
+    /* Both failures are one answer: a caller learns nothing about which ids exist. */
+    bool same = CRYPTO_memcmp(got, want, HASH_BYTES) == 0;
+    rc = found && same ? 0 : CY_EACCES;
+    if (rc == 0) {
+        *scope_out = scope;
+        if (id_out) {
+            memcpy(id_out, id, CY_TOKEN_ID_LEN);
+            id_out[CY_TOKEN_ID_LEN] = '\0';
+        }
+    }
+out:
+    done(st);
+    return rc;
+}
+
+int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *t), void *ctx)
+{
+    if (!fn) return CY_EINVAL;
+    sqlite3_stmt *st = r->st[ST_TOKEN_LIST];
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        cy_token t;
+        if (!(rc = copy_token(st, &t))) rc = fn(ctx, &t);
+    }
+    if (rc == 0 && sr != SQLITE_DONE) rc = db_fail(r->db, "token_list");
+    done(st);
+    return rc;
+}
+
+int cy_registry_token_revoke(cy_registry *r, const char *id)
+{
+    if (!id) return CY_EINVAL;
+    sqlite3_stmt *st = r->st[ST_TOKEN_REVOKE];
+    int rc;
+    if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC))
+        rc = db_fail(r->db, "token_revoke");
+    else if (sqlite3_step(st) != SQLITE_DONE)
+        rc = db_fail(r->db, "token_revoke");
+    else
+        rc = sqlite3_changes(r->db) ? 0 : CY_ENOENT;
+    done(st);
+    return rc;
+}
+
+/* fsync the directory dir, so a rename in it survives a power cut. A file
+ * system that cannot sync directories (EINVAL) is let be. */
+static int sync_dir(const char *dir)
+{
+    int rc = 0, fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (fsync(fd) && errno != EINVAL) rc = -errno;
+    close(fd);
+    return rc;
+}
+
+/* Write text to path as a new file readable by its owner only. The text goes
+ * to a fresh temporary file beside path (mkstemp: O_CREAT | O_EXCL, so no
+ * existing file is ever opened or followed), is synced, and is then renamed
+ * over path: readers see no file or the whole file, and a stale file or
+ * symlink at path is replaced in one step. On failure nothing new is left
+ * at path. */
+static int write_private_file(const char *path, const char *text)
+{
+    static const char suffix[] = ".XXXXXX";
+    size_t plen = strlen(path), n = strlen(text), off = 0;
+    char *tmp = cy_malloc(plen + sizeof(suffix));
+    if (!tmp) return CY_ENOMEM;
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, suffix, sizeof(suffix));
+    int rc = 0, fd = mkstemp(tmp);
+    if (fd < 0) {
+        rc = -errno;
+        goto out;
+    }
+    /* mkstemp's mode is 0600 less the umask: make it exactly 0600. */
+    if (fchmod(fd, S_IRUSR | S_IWUSR)) rc = -errno;
+    while (!rc && off < n) {
+        ssize_t w = write(fd, text + off, n - off);
+        if (w > 0)
+            off += (size_t)w;
+        else if (w == 0)
+            rc = CY_EIO;
+        else if (errno != EINTR)
+            rc = -errno;
+    }
+    if (!rc && fsync(fd)) rc = -errno;
+    if (close(fd) && !rc) rc = -errno;
+    if (!rc && rename(tmp, path)) rc = -errno;
+    if (rc) {
+        unlink(tmp);
+        goto out;
+    }
+    /* tmp is free now: cut it down to path's directory. */
+    char *slash = strrchr(tmp, '/');
+    if (!slash)
+        strcpy(tmp, ".");
+    else
+        slash[slash == tmp] = '\0'; /* "/x" keeps the "/" */
+    if ((rc = sync_dir(tmp))) unlink(path);
+out:
+    cy_free(tmp);
+    return rc;
+}
+
+int cy_registry_token_bootstrap(cy_registry *r, const char *path, bool *created)
+{
+    if (created) *created = false;
+    if (!path || !*path || !created) return CY_EINVAL;
+    /* The usual case, tokens exist, costs one read and takes no write lock. */
+    bool any = false;
+    int rc = token_any(r, &any);
+    if (rc || any) return rc;
+
+    if ((rc = exec_st(r, ST_BEGIN, "token_bootstrap begin"))) return rc;
+    char id[CY_TOKEN_ID_LEN + 1], token[CY_TOKEN_MAX + 2];
+    /* Again under the write lock: another process may have just done it. */
+    if ((rc = token_any(r, &any)) || any) goto fail;
+    if ((rc = token_insert(r, "admin", CY_SCOPE_FULL, id, token))) goto fail;
+    /* The file is written before the row commits, so a failure never leaves
+     * a token that nobody has; a file whose row did not commit is removed
+     * (and would be replaced by the next bootstrap anyway). */
+    size_t n = strlen(token);
+    token[n] = '\n';
+    token[n + 1] = '\0';
+    if ((rc = write_private_file(path, token))) goto fail;
+    if ((rc = exec_st(r, ST_COMMIT, "token_bootstrap commit"))) {
+        unlink(path); /* best effort: do not leave a dead token to be tried */
+        goto fail;
+    }
+    *created = true;
+    OPENSSL_cleanse(token, sizeof(token));
+    return 0;
+fail:
+    rollback(r);
+    OPENSSL_cleanse(token, sizeof(token));
     return rc;
 }

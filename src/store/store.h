@@ -2,7 +2,7 @@
  *
  * Two handles, two files, because they have different owners once cyan
  * runs as shards:
- *   cy_registry  the device registry (devices, their hashed secrets). One
+ *   cy_registry  the registry (devices and API tokens, their hashed secrets). One
  *                file for the whole node ("registry.db"), read by every
  *                process, written by the admin command and the API.
  *   cy_store     the broker state of one event loop ("broker.db"; later one
@@ -73,6 +73,84 @@ int cy_registry_device_remove(cy_registry *r, const char *id_or_name);
 /* Calls fn for each device in creation order; stops early if fn returns non-zero
  * and returns that value. fn may call the other registry functions, not this one. */
 int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device *d), void *ctx);
+
+/* ---- API tokens ----
+ *
+ * A token is the text "cyt_<id>_<secret>": id is CY_TOKEN_ID_LEN lowercase
+ * hex characters, secret 32 (128 random bits). The text is shown once when
+ * the token is made; the registry keeps the id, the name, the scope and a
+ * salted HMAC-SHA256 of the secret, never the secret. Like devices, tokens
+ * are checked in constant time and an unknown id costs the same as a wrong
+ * secret. A token is revoked by id; its name is a label for people.
+ *
+ * Thread (every function below): any thread that owns the handle r.
+ */
+
+#define CY_TOKEN_ID_LEN 12 /* hex */
+#define CY_TOKEN_MAX 64    /* characters of the token text */
+#define CY_TOKEN_NAME_MAX 64
+
+/* What a token may do: read-only API calls, or everything. */
+enum { CY_SCOPE_READ = 1, CY_SCOPE_FULL = 2 };
+
+typedef struct cy_token {
+    char id[CY_TOKEN_ID_LEN + 1];
+    char name[CY_TOKEN_NAME_MAX + 1];
+    int scope;          /* CY_SCOPE_* */
+    int64_t created_at; /* wall ms */
+} cy_token;
+
+/* Create a token named name with scope CY_SCOPE_READ or CY_SCOPE_FULL.
+ * Writes its id and its whole text ("cyt_<id>_<secret>", shown once, never
+ * stored) NUL-terminated into id_out and token_out, or empty strings on
+ * failure.
+ * Names follow the device rules (1..CY_TOKEN_NAME_MAX letters, digits, '-',
+ * '_' and '.') but need not be unique, and an id-shaped name is allowed.
+ * Ownership: name borrowed (copied into the registry); the outputs are the
+ * caller's buffers.
+ * Errors: CY_EINVAL (NULL argument, bad name, unknown scope), CY_EIO (the
+ * random generator or HMAC failed), CY_ESTORE. */
+int cy_registry_token_create(cy_registry *r, const char *name, int scope,
+                             char id_out[CY_TOKEN_ID_LEN + 1], char token_out[CY_TOKEN_MAX + 1]);
+
+/* Check the token text token[0..len) (need not be NUL-terminated). On
+ * success returns 0, sets *scope_out to the token's CY_SCOPE_* and writes
+ * its id to id_out if that is not NULL. On failure *scope_out is 0 and
+ * id_out is "" (where they were given).
+ * Ownership: token borrowed; scope_out and id_out (may be NULL) are the
+ * caller's.
+ * Errors: CY_EINVAL if the text is not a token at all (wrong prefix, length
+ * or characters, a NUL inside len, upper-case hex) or scope_out is NULL;
+ * CY_EACCES for an unknown id or a wrong secret (one answer for both, in the
+ * same time); CY_EIO (HMAC failed); CY_ESTORE. */
+int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *scope_out,
+                            char id_out[CY_TOKEN_ID_LEN + 1]);
+
+/* Calls fn for each token in creation order; stops early if fn returns
+ * non-zero and returns that value. fn may call the other registry functions,
+ * not this one. *t is valid only during the call.
+ * Errors: CY_EINVAL (fn NULL), CY_ESTORE. */
+int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *t), void *ctx);
+
+/* Revoke (delete) the token with this id (borrowed): from the return on,
+ * checking it answers CY_EACCES.
+ * Errors: CY_ENOENT if there is no such token, CY_EINVAL (id NULL),
+ * CY_ESTORE. */
+int cy_registry_token_revoke(cy_registry *r, const char *id);
+
+/* Make the first token of a new node. If the registry holds no token at
+ * all, creates a full-scope token named "admin", writes "<token>\n" to path
+ * (borrowed) as a new file of mode 0600 and sets *created = true; otherwise
+ * sets *created = false and touches nothing (even if path is missing).
+ * The file is written to a fresh temporary file beside path (O_EXCL), synced
+ * and renamed over path, so a stale file there is replaced in one step and
+ * never seen half-written. The row commits only after the file is in place:
+ * on failure no token was added (and the check-and-create holds a write
+ * lock, so two processes do not both make one).
+ * Errors: -errno of the file system (e.g. -EACCES, -ENOENT for a missing
+ * directory, -ENOSPC), CY_EINVAL (NULL or empty path, created NULL), CY_EIO
+ * (random generator or HMAC), CY_ENOMEM, CY_ESTORE. */
+int cy_registry_token_bootstrap(cy_registry *r, const char *path, bool *created);
 
 /* ---- broker state ---- */
 

@@ -1,9 +1,19 @@
-"""The admin command line: `cyan device add|list|remove` on the registry in
-the data dir (also while the server runs), and `cyan config`."""
+"""The admin command line: `cyan device add|list|remove` and `cyan token
+create|list|revoke` on the registry in the data dir (also while the server
+runs), the first API token a new node writes to DATA_DIR/admin-token, and
+`cyan config`."""
 
+import datetime
+import hashlib
+import hmac
+import os
 import re
+import sqlite3
+import stat
 
 import pytest
+
+from helpers import Client, Device
 
 pytestmark = pytest.mark.cyan_only
 
@@ -66,3 +76,180 @@ def test_config_lists_settings_with_defaults(server):
         if default is not None:
             assert any(re.search(r"\b%s\b" % re.escape(default), line) for line in lines), \
                 "default %s of %s not shown: %r" % (default, name, lines)
+
+
+# ---- API tokens
+
+TOKEN_RE = r"cyt_([0-9a-f]{12})_[0-9a-f]{32}"
+FIRST_TOKEN_LOG = "created the first API token (full access)"
+
+
+def token_rows(server):
+    """`cyan token list` as {id: (name, scope, created)}."""
+    out = server.cli("token", "list").stdout
+    rows = {}
+    for line in out.strip().splitlines():
+        fields = line.split()
+        assert len(fields) == 4, out
+        rows[fields[0]] = tuple(fields[1:])
+    return rows
+
+
+def create_token(server, *args):
+    """`cyan token create ARGS` -> (id, token text)."""
+    cp = server.cli("token", "create", *args)
+    lines = cp.stdout.strip().splitlines()
+    assert len(lines) == 2, cp.stdout
+    m = re.fullmatch(r"id: ([0-9a-f]{12})", lines[0])
+    assert m, lines
+    t = re.fullmatch(r"token: (%s)" % TOKEN_RE, lines[1])
+    assert t and t.group(2) == m.group(1), lines
+    assert "shown only now" in cp.stderr, cp.stderr
+    return m.group(1), t.group(1)
+
+
+def test_token_create_list_revoke(server):
+    ci_id, ci = create_token(server, "ci")
+    ro_id, ro = create_token(server, "--read-only", "viewer")
+    df_id, _ = create_token(server)                     # default name, full access
+    dup_id, _ = create_token(server, "ci", "--read-only")  # names need not be unique
+    assert len({ci_id, ro_id, df_id, dup_id}) == 4
+    rows = token_rows(server)
+    assert rows[ci_id][:2] == ("ci", "full"), rows
+    assert rows[ro_id][:2] == ("viewer", "read"), rows
+    assert rows[df_id][:2] == ("token", "full"), rows
+    assert rows[dup_id][:2] == ("ci", "read"), rows
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for name, scope, created in rows.values():
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created), created
+        when = datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=datetime.timezone.utc)
+        assert abs((now - when).total_seconds()) < 120, (created, now)
+    # Creation order; the server's own first token comes first.
+    ids = list(rows)
+    assert ids.index(ci_id) < ids.index(ro_id) < ids.index(df_id) < ids.index(dup_id)
+    # The secret is never shown again.
+    listing = server.cli("token", "list").stdout
+    assert ci[17:] not in listing and ro[17:] not in listing
+
+    cp = server.cli("token", "revoke", ro_id)
+    assert ro_id in cp.stderr and "revoked" in cp.stderr, cp.stderr
+    rows = token_rows(server)
+    assert ro_id not in rows and ci_id in rows, rows
+    cp = server.cli("token", "revoke", ro_id, check=False)
+    assert cp.returncode == 1, cp
+    assert "no token" in cp.stderr and ro_id in cp.stderr, cp.stderr
+    cp = server.cli("token", "revoke", "viewer", check=False)   # by id only
+    assert cp.returncode == 1 and "no token" in cp.stderr, cp.stderr
+
+
+def test_token_usage_errors(server):
+    for args, code in [(("token",), 2),
+                       (("token", "frob"), 2),
+                       (("token", "list", "extra"), 2),
+                       (("token", "revoke"), 2),
+                       (("token", "create", "a", "b"), 2),
+                       (("token", "list", "--read-only"), 2),
+                       (("device", "list", "--read-only"), 2),
+                       (("token", "create", "bad name"), 1),
+                       (("token", "create", "x" * 65), 1)]:
+        cp = server.cli(*args, check=False)
+        assert cp.returncode == code, (args, cp.returncode, cp.stderr)
+        assert cp.stdout == "", (args, cp.stdout)
+        if code == 2:
+            assert "usage:" in cp.stderr, (args, cp.stderr)
+    cp = server.cli("token", "create", "bad name", check=False)
+    assert "bad token name" in cp.stderr, cp.stderr
+    assert "--read-only" in server.cli("--help", data_dir=False).stdout
+
+
+def read_admin_token(server):
+    path = os.path.join(server.data_dir, "admin-token")
+    st = os.lstat(path)
+    assert stat.S_ISREG(st.st_mode)
+    assert stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
+    with open(path) as f:
+        text = f.read()
+    m = re.fullmatch(r"(%s)\n" % TOKEN_RE, text)
+    assert m, repr(text)
+    return m.group(2), m.group(1)
+
+
+def test_admin_token_created_on_first_start(server):
+    tid, text = read_admin_token(server)
+    path = os.path.join(server.data_dir, "admin-token")
+    assert server.wait_log("%s; it is in %s; create others with `cyan token create`"
+                           % (FIRST_TOKEN_LOG, path))
+    rows = token_rows(server)
+    assert list(rows) == [tid], rows
+    assert rows[tid][:2] == ("admin", "full"), rows
+    # A restart makes no other and leaves the file alone.
+    server.restart()
+    assert read_admin_token(server) == (tid, text)
+    assert server.log().count(FIRST_TOKEN_LOG) == 1
+    assert list(token_rows(server)) == [tid]
+
+
+def test_admin_token_not_created_when_tokens_exist(server):
+    # Revoke the first token and make one of our own: the next start leaves
+    # the registry (and the stale file) alone.
+    tid, text = read_admin_token(server)
+    mine, _ = create_token(server, "mine")
+    server.cli("token", "revoke", tid)
+    server.restart()
+    assert list(token_rows(server)) == [mine]
+    assert read_admin_token(server) == (tid, text)
+    assert server.log().count(FIRST_TOKEN_LOG) == 1
+    # With every token revoked, the next start makes a new first one and
+    # replaces the stale file.
+    server.cli("token", "revoke", mine)
+    server.restart()
+    new_id, new_text = read_admin_token(server)
+    assert new_id != tid and new_text != text
+    assert list(token_rows(server)) == [new_id]
+    assert server.log().count(FIRST_TOKEN_LOG) == 2
+
+
+# The registry schema before API tokens (version 1), as cyan created it.
+REGISTRY_V1 = """
+CREATE TABLE IF NOT EXISTS devices(
+ id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL UNIQUE, salt BLOB NOT NULL,
+ hash BLOB NOT NULL, created_at INTEGER NOT NULL);
+PRAGMA user_version = 1;
+"""
+
+
+def test_registry_v1_migrates_on_start(server):
+    """A data dir from before tokens: its devices still connect, and the
+    first start makes the admin token."""
+    server.stop()
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.unlink(os.path.join(server.data_dir, "registry.db" + suffix))
+        except FileNotFoundError:
+            pass
+    os.unlink(os.path.join(server.data_dir, "admin-token"))
+    dev = Device("00112233445566778899aabb", "0123456789abcdef0123456789abcdef", "old")
+    salt = bytes(range(16))
+    db = sqlite3.connect(os.path.join(server.data_dir, "registry.db"))
+    db.execute("PRAGMA journal_mode = WAL")
+    db.executescript(REGISTRY_V1)
+    db.execute("INSERT INTO devices VALUES(?, ?, ?, ?, 1)",
+               (dev.id, dev.name, salt,
+                hmac.new(salt, dev.secret.encode(), hashlib.sha256).digest()))
+    db.commit()
+    db.close()
+    server.start()
+    assert server.wait_log("migrating schema version 1 to 2")
+    tid, _ = read_admin_token(server)
+    assert list(token_rows(server)) == [tid]
+    out = server.cli("device", "list").stdout
+    assert "%s  old" % dev.id in out, out
+    with Client(server, dev) as c:
+        sp, rc, _ = c.connect()
+        assert rc == 0
+    db = sqlite3.connect(os.path.join(server.data_dir, "registry.db"))
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        db.close()

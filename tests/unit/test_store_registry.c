@@ -2,7 +2,10 @@
  * secret formats, name rules, uniqueness), secret checks (right, wrong,
  * unknown, malformed), what is stored (salt and HMAC, never the secret),
  * lookup and removal by id or name, listing in creation order, reopening,
- * and the open error paths.
+ * and the open error paths. API tokens: creation (format, scopes, names),
+ * checks (right, wrong, unknown, malformed), what is stored, revocation,
+ * listing, the first-token bootstrap and its file, and the migration of a
+ * version 1 registry (devices only) to version 2.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,12 +19,15 @@
 #include "store/store.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef struct fixture {
@@ -406,6 +412,689 @@ static void test_cy_registry_device_add_persists(void **state)
     cy_registry_close(other);
 }
 
+/* ---- API tokens ---- */
+
+#define TOKEN_LEN 49 /* "cyt_" 12 hex "_" 32 hex */
+
+typedef struct made {
+    char id[CY_TOKEN_ID_LEN + 1];
+    char token[CY_TOKEN_MAX + 1];
+} made;
+
+static made mk(cy_registry *r, const char *name, int scope)
+{
+    made m;
+    assert_int_equal(cy_registry_token_create(r, name, scope, m.id, m.token), 0);
+    return m;
+}
+
+/* Check a NUL-terminated token; *scope and id get the results. */
+static int tcheck(cy_registry *r, const char *token, int *scope, char id[CY_TOKEN_ID_LEN + 1])
+{
+    return cy_registry_token_check(r, token, strlen(token), scope, id);
+}
+
+static bool token_shaped(const char *t)
+{
+    return strlen(t) == TOKEN_LEN && strncmp(t, "cyt_", 4) == 0 && t[16] == '_' &&
+           strspn(t + 4, "0123456789abcdef") == CY_TOKEN_ID_LEN &&
+           strspn(t + 17, "0123456789abcdef") == 32;
+}
+
+static void test_cy_registry_token_create_formats(void **state)
+{
+    fixture *f = *state;
+    made a = mk(f->r, "ci", CY_SCOPE_FULL);
+    made b = mk(f->r, "ci", CY_SCOPE_READ); /* names need not be unique */
+    assert_true(lower_hex(a.id, CY_TOKEN_ID_LEN));
+    assert_true(token_shaped(a.token));
+    assert_true(token_shaped(b.token));
+    assert_memory_equal(a.token + 4, a.id, CY_TOKEN_ID_LEN); /* the id is inside */
+    assert_string_not_equal(a.id, b.id);
+    assert_string_not_equal(a.token + 17, b.token + 17);
+    assert_true(TOKEN_LEN <= CY_TOKEN_MAX);
+}
+
+static void test_cy_registry_token_check_right_secret(void **state)
+{
+    fixture *f = *state;
+    made full = mk(f->r, "full", CY_SCOPE_FULL);
+    made read = mk(f->r, "read", CY_SCOPE_READ);
+    int scope = -1;
+    char id[CY_TOKEN_ID_LEN + 1];
+    assert_int_equal(tcheck(f->r, full.token, &scope, id), 0);
+    assert_int_equal(scope, CY_SCOPE_FULL);
+    assert_string_equal(id, full.id);
+    assert_int_equal(tcheck(f->r, read.token, &scope, id), 0);
+    assert_int_equal(scope, CY_SCOPE_READ);
+    assert_string_equal(id, read.id);
+    scope = -1;
+    assert_int_equal(tcheck(f->r, read.token, &scope, NULL), 0); /* id_out may be NULL */
+    assert_int_equal(scope, CY_SCOPE_READ);
+    /* The text need not be NUL-terminated: the length is explicit. */
+    char buf[TOKEN_LEN + 8];
+    memcpy(buf, full.token, TOKEN_LEN);
+    memcpy(buf + TOKEN_LEN, "abc\r\n", 6);
+    assert_int_equal(cy_registry_token_check(f->r, buf, TOKEN_LEN, &scope, NULL), 0);
+    assert_int_equal(scope, CY_SCOPE_FULL);
+    /* A token's id and secret are no device's credentials. */
+    assert_int_equal(check(f->r, full.id, full.token + 17), CY_ENOENT);
+}
+
+static void test_cy_registry_token_check_wrong_secret(void **state)
+{
+    fixture *f = *state;
+    made a = mk(f->r, "a", CY_SCOPE_FULL);
+    made b = mk(f->r, "b", CY_SCOPE_FULL);
+    int scope = -1;
+    char id[CY_TOKEN_ID_LEN + 1] = "x";
+    char t[TOKEN_LEN + 1];
+    strcpy(t, a.token);
+    t[TOKEN_LEN - 1] = t[TOKEN_LEN - 1] == '0' ? '1' : '0'; /* last character off */
+    assert_int_equal(tcheck(f->r, t, &scope, id), CY_EACCES);
+    assert_int_equal(scope, 0);
+    assert_string_equal(id, "");
+    strcpy(t, a.token);
+    t[17] = t[17] == 'f' ? 'e' : 'f'; /* first secret character off */
+    assert_int_equal(tcheck(f->r, t, &scope, id), CY_EACCES);
+    /* a's id with b's secret */
+    memcpy(t + 17, b.token + 17, 32);
+    assert_int_equal(tcheck(f->r, t, &scope, id), CY_EACCES);
+    assert_int_equal(tcheck(f->r, a.token, &scope, id), 0); /* still fine */
+}
+
+static void test_cy_registry_token_check_unknown_id(void **state)
+{
+    fixture *f = *state;
+    made a = mk(f->r, "a", CY_SCOPE_FULL);
+    int scope = -1;
+    char id[CY_TOKEN_ID_LEN + 1] = "x";
+    char t[TOKEN_LEN + 1];
+    strcpy(t, a.token);
+    memcpy(t + 4, "000000000000", CY_TOKEN_ID_LEN);
+    if (strcmp(a.id, "000000000000") == 0) memcpy(t + 4, "111111111111", CY_TOKEN_ID_LEN);
+    assert_int_equal(tcheck(f->r, t, &scope, id), CY_EACCES);
+    assert_int_equal(scope, 0);
+    assert_string_equal(id, "");
+    /* An empty registry answers the same. */
+    assert_int_equal(cy_registry_token_revoke(f->r, a.id), 0);
+    assert_int_equal(tcheck(f->r, a.token, &scope, id), CY_EACCES);
+}
+
+static void test_cy_registry_token_check_malformed(void **state)
+{
+    fixture *f = *state;
+    made a = mk(f->r, "a", CY_SCOPE_FULL);
+    int scope = -1;
+    char id[CY_TOKEN_ID_LEN + 1] = "x";
+    char t[CY_TOKEN_MAX + 16];
+    /* Every variant below is a's token changed in one way. */
+    static const struct {
+        size_t at;
+        char c;
+    } swaps[] = {
+        {0, 'C'},  {0, 'x'},   {2, 'x'},   {3, '-'}, /* prefix */
+        {4, 'A'},  {9, 'g'},   {15, ' '},            /* id: upper case, not hex */
+        {16, '-'}, {16, 'a'},                        /* separator */
+        {17, 'A'}, {30, 'z'},  {48, '_'},            /* secret */
+        {0, '\0'}, {20, '\0'}, {48, '\0'},           /* a NUL inside len */
+    };
+    for (size_t i = 0; i < sizeof(swaps) / sizeof(swaps[0]); i++) {
+        memcpy(t, a.token, TOKEN_LEN + 1);
+        t[swaps[i].at] = swaps[i].c;
+        assert_int_equal(cy_registry_token_check(f->r, t, TOKEN_LEN, &scope, id), CY_EINVAL);
+        assert_int_equal(scope, 0);
+        assert_string_equal(id, "");
+    }
+    /* Lengths: one short, one long (hex or NUL), empty. */
+    memcpy(t, a.token, TOKEN_LEN + 1);
+    assert_int_equal(cy_registry_token_check(f->r, t, TOKEN_LEN - 1, &scope, id), CY_EINVAL);
+    assert_int_equal(cy_registry_token_check(f->r, t, TOKEN_LEN + 1, &scope, id), CY_EINVAL);
+    strcat(t, "0");
+    assert_int_equal(tcheck(f->r, t, &scope, id), CY_EINVAL);
+    assert_int_equal(tcheck(f->r, "", &scope, id), CY_EINVAL);
+    assert_int_equal(tcheck(f->r, "cyt_", &scope, id), CY_EINVAL);
+    assert_int_equal(tcheck(f->r, a.token + 4, &scope, id), CY_EINVAL); /* no prefix */
+    /* The id alone; the token behind an HTTP scheme. */
+    assert_int_equal(tcheck(f->r, a.id, &scope, id), CY_EINVAL);
+    snprintf(t, sizeof(t), "Bearer %s", a.token);
+    assert_int_equal(tcheck(f->r, t, &scope, id), CY_EINVAL);
+    assert_int_equal(cy_registry_token_check(f->r, NULL, 0, &scope, id), CY_EINVAL);
+    assert_int_equal(cy_registry_token_check(f->r, NULL, TOKEN_LEN, &scope, id), CY_EINVAL);
+    assert_int_equal(cy_registry_token_check(f->r, a.token, TOKEN_LEN, NULL, id), CY_EINVAL);
+    /* None of that hurt the real one. */
+    assert_int_equal(tcheck(f->r, a.token, &scope, id), 0);
+}
+
+static void test_cy_registry_token_create_bad_args(void **state)
+{
+    fixture *f = *state;
+    char id[CY_TOKEN_ID_LEN + 1] = "x", token[CY_TOKEN_MAX + 1] = "x";
+    char long_name[CY_TOKEN_NAME_MAX + 2];
+    memset(long_name, 'a', CY_TOKEN_NAME_MAX + 1);
+    long_name[CY_TOKEN_NAME_MAX + 1] = '\0';
+    const char *bad[] = {"", "has space", "slash/", "nl\n", "quote'", "caf\xc3\xa9", long_name};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(cy_registry_token_create(f->r, bad[i], CY_SCOPE_FULL, id, token),
+                         CY_EINVAL);
+        assert_string_equal(id, "");
+        assert_string_equal(token, "");
+    }
+    const int bad_scopes[] = {0, 3, -1, CY_SCOPE_READ | CY_SCOPE_FULL};
+    for (size_t i = 0; i < sizeof(bad_scopes) / sizeof(bad_scopes[0]); i++)
+        assert_int_equal(cy_registry_token_create(f->r, "ok", bad_scopes[i], id, token), CY_EINVAL);
+    assert_int_equal(cy_registry_token_create(f->r, NULL, CY_SCOPE_FULL, id, token), CY_EINVAL);
+    assert_int_equal(cy_registry_token_create(f->r, "ok", CY_SCOPE_FULL, NULL, token), CY_EINVAL);
+    assert_int_equal(cy_registry_token_create(f->r, "ok", CY_SCOPE_FULL, id, NULL), CY_EINVAL);
+
+    long_name[CY_TOKEN_NAME_MAX] = '\0'; /* exactly the maximum */
+    mk(f->r, long_name, CY_SCOPE_READ);
+    mk(f->r, "Az09-_.", CY_SCOPE_FULL);
+    /* Tokens are revoked by id only, so an id-shaped name is harmless. */
+    mk(f->r, "0123456789abcdef01234567", CY_SCOPE_FULL);
+    mk(f->r, "0123456789ab", CY_SCOPE_FULL);
+}
+
+/* Only the salt and HMAC-SHA256(salt, the secret's hex text) are stored. */
+static void test_cy_registry_token_create_stores_hash_only(void **state)
+{
+    fixture *f = *state;
+    made a = mk(f->r, "ci", CY_SCOPE_READ);
+    const char *secret = a.token + 17;
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT name, scope, salt, hash FROM tokens WHERE id = ?1",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, a.id, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "ci");
+    assert_int_equal(sqlite3_column_int(st, 1), CY_SCOPE_READ);
+    assert_int_equal(sqlite3_column_bytes(st, 2), 16);
+    assert_int_equal(sqlite3_column_bytes(st, 3), 32);
+    uint8_t want[32];
+    unsigned int len = 0;
+    assert_non_null(HMAC(EVP_sha256(), sqlite3_column_blob(st, 2), 16, (const uint8_t *)secret, 32,
+                         want, &len));
+    assert_int_equal(len, 32);
+    assert_memory_equal(sqlite3_column_blob(st, 3), want, 32);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+
+    const char *suffixes[] = {"", "-wal"};
+    for (int i = 0; i < 2; i++) {
+        char p[256];
+        snprintf(p, sizeof(p), "%s%s", f->path, suffixes[i]);
+        FILE *fp = fopen(p, "rb");
+        if (!fp) continue;
+        static char buf[1 << 20];
+        size_t n = fread(buf, 1, sizeof(buf), fp);
+        fclose(fp);
+        for (size_t k = 0; k + 32 <= n; k++)
+            assert_false(memcmp(buf + k, secret, 32) == 0);
+    }
+}
+
+static void test_cy_registry_token_revoke(void **state)
+{
+    fixture *f = *state;
+    made a = mk(f->r, "a", CY_SCOPE_FULL);
+    made b = mk(f->r, "b", CY_SCOPE_READ);
+    int scope;
+    assert_int_equal(cy_registry_token_revoke(f->r, a.id), 0);
+    assert_int_equal(tcheck(f->r, a.token, &scope, NULL), CY_EACCES);
+    assert_int_equal(tcheck(f->r, b.token, &scope, NULL), 0);
+    assert_int_equal(cy_registry_token_revoke(f->r, a.id), CY_ENOENT);
+    assert_int_equal(cy_registry_token_revoke(f->r, "b"), CY_ENOENT); /* not by name */
+    assert_int_equal(cy_registry_token_revoke(f->r, b.token), CY_ENOENT);
+    assert_int_equal(cy_registry_token_revoke(f->r, ""), CY_ENOENT);
+    assert_int_equal(cy_registry_token_revoke(f->r, NULL), CY_EINVAL);
+    assert_int_equal(tcheck(f->r, b.token, &scope, NULL), 0);
+    /* Revoking a token leaves the devices alone, and the other way round. */
+    added d = add(f->r, "dev");
+    assert_int_equal(cy_registry_token_revoke(f->r, d.id), CY_ENOENT);
+    assert_int_equal(cy_registry_device_remove(f->r, b.id), CY_ENOENT);
+    assert_int_equal(check(f->r, d.id, d.secret), 0);
+}
+
+typedef struct token_listing {
+    cy_token t[16];
+    int n;
+    int stop_after;
+} token_listing;
+
+static int on_token(void *ctx, const cy_token *t)
+{
+    token_listing *l = ctx;
+    assert_true(l->n < 16);
+    l->t[l->n++] = *t;
+    return l->n == l->stop_after ? 9 : 0;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void test_cy_registry_token_list(void **state)
+{
+    fixture *f = *state;
+    token_listing l = {0};
+    assert_int_equal(cy_registry_token_list(f->r, on_token, &l), 0);
+    assert_int_equal(l.n, 0);
+
+    int64_t before = wall_ms();
+    made z = mk(f->r, "zeta", CY_SCOPE_FULL);
+    made a = mk(f->r, "alpha", CY_SCOPE_READ);
+    made m = mk(f->r, "mid", CY_SCOPE_FULL);
+    made b = mk(f->r, "beta", CY_SCOPE_READ);
+    assert_int_equal(cy_registry_token_revoke(f->r, m.id), 0);
+    made last = mk(f->r, "zeta", CY_SCOPE_READ);
+    int64_t after = wall_ms();
+    add(f->r, "a-device"); /* devices are not listed */
+
+    assert_int_equal(cy_registry_token_list(f->r, on_token, &l), 0);
+    assert_int_equal(l.n, 4);
+    const made *want[] = {&z, &a, &b, &last};
+    const char *names[] = {"zeta", "alpha", "beta", "zeta"};
+    const int scopes[] = {CY_SCOPE_FULL, CY_SCOPE_READ, CY_SCOPE_READ, CY_SCOPE_READ};
+    for (int i = 0; i < 4; i++) {
+        assert_string_equal(l.t[i].id, want[i]->id);
+        assert_string_equal(l.t[i].name, names[i]);
+        assert_int_equal(l.t[i].scope, scopes[i]);
+        assert_true(l.t[i].created_at >= before && l.t[i].created_at <= after);
+        if (i) assert_true(l.t[i].created_at >= l.t[i - 1].created_at);
+    }
+
+    memset(&l, 0, sizeof(l));
+    l.stop_after = 2;
+    assert_int_equal(cy_registry_token_list(f->r, on_token, &l), 9);
+    assert_int_equal(l.n, 2);
+    assert_int_equal(cy_registry_token_list(f->r, NULL, NULL), CY_EINVAL);
+}
+
+/* ---- the first token ---- */
+
+static char *slurp(const char *path, char *buf, size_t size)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    size_t n = fread(buf, 1, size - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* The file holds exactly one valid full-scope token and a newline, mode 0600. */
+static void assert_token_file(cy_registry *r, const char *path, char token[TOKEN_LEN + 1])
+{
+    char buf[256];
+    assert_non_null(slurp(path, buf, sizeof(buf)));
+    assert_int_equal(strlen(buf), TOKEN_LEN + 1);
+    assert_int_equal(buf[TOKEN_LEN], '\n');
+    buf[TOKEN_LEN] = '\0';
+    assert_true(token_shaped(buf));
+    int scope = -1;
+    char id[CY_TOKEN_ID_LEN + 1];
+    assert_int_equal(tcheck(r, buf, &scope, id), 0);
+    assert_int_equal(scope, CY_SCOPE_FULL);
+    struct stat sb;
+    assert_int_equal(lstat(path, &sb), 0);
+    assert_true(S_ISREG(sb.st_mode));
+    assert_int_equal(sb.st_mode & 07777, 0600);
+    if (token) strcpy(token, buf);
+}
+
+/* Nothing but the registry files and `keep` in the directory (no temporary
+ * files left behind). */
+static void assert_dir_clean(const char *dir, const char *keep)
+{
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        const char *n = e->d_name;
+        if (!strcmp(n, ".") || !strcmp(n, "..") || !strncmp(n, "registry.db", 11)) continue;
+        if (keep && !strcmp(n, keep)) continue;
+        fail_msg("unexpected file %s/%s", dir, n);
+    }
+    closedir(d);
+}
+
+static int count_tokens(cy_registry *r)
+{
+    token_listing l = {0};
+    assert_int_equal(cy_registry_token_list(r, on_token, &l), 0);
+    return l.n;
+}
+
+static void test_cy_registry_token_bootstrap_once(void **state)
+{
+    fixture *f = *state;
+    char path[256], first[TOKEN_LEN + 1], again[TOKEN_LEN + 1];
+    snprintf(path, sizeof(path), "%s/admin-token", f->dir);
+    mode_t old = umask(0277); /* the mode must not depend on the umask */
+    bool created = false;
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
+    umask(old);
+    assert_true(created);
+    assert_token_file(f->r, path, first);
+    assert_dir_clean(f->dir, "admin-token");
+    token_listing l = {0};
+    assert_int_equal(cy_registry_token_list(f->r, on_token, &l), 0);
+    assert_int_equal(l.n, 1);
+    assert_string_equal(l.t[0].name, "admin");
+    assert_int_equal(l.t[0].scope, CY_SCOPE_FULL);
+    assert_memory_equal(first + 4, l.t[0].id, CY_TOKEN_ID_LEN);
+
+    /* Not again: the file and the registry stay as they are. */
+    created = true;
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
+    assert_false(created);
+    assert_token_file(f->r, path, again);
+    assert_string_equal(again, first);
+    assert_int_equal(count_tokens(f->r), 1);
+    /* Not from another handle either (another process in production). */
+    cy_registry *other;
+    assert_int_equal(cy_registry_open(f->path, &other), 0);
+    assert_int_equal(cy_registry_token_bootstrap(other, path, &created), 0);
+    assert_false(created);
+    cy_registry_close(other);
+    /* Nor when the file was deleted: the token still exists. */
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
+    assert_false(created);
+    assert_int_equal(access(path, F_OK), -1);
+}
+
+static void test_cy_registry_token_bootstrap_existing_tokens(void **state)
+{
+    fixture *f = *state;
+    char path[256];
+    snprintf(path, sizeof(path), "%s/admin-token", f->dir);
+    made a = mk(f->r, "mine", CY_SCOPE_READ);
+    bool created = true;
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
+    assert_false(created);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(errno, ENOENT);
+    assert_int_equal(count_tokens(f->r), 1);
+    /* Once they are all revoked, the next bootstrap makes a new first one. */
+    assert_int_equal(cy_registry_token_revoke(f->r, a.id), 0);
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
+    assert_true(created);
+    assert_token_file(f->r, path, NULL);
+}
+
+/* A file left at the path (by a bootstrap whose commit was lost, or by hand)
+ * is replaced whole, with mode 0600; a symlink there is replaced, never
+ * followed. */
+static void test_cy_registry_token_bootstrap_stale_file(void **state)
+{
+    fixture *f = *state;
+    char path[256], target[256];
+    snprintf(path, sizeof(path), "%s/admin-token", f->dir);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs("cyt_000000000000_00000000000000000000000000000000\nand a much longer tail\n", fp);
+    fclose(fp);
+    assert_int_equal(chmod(path, 0644), 0);
+    bool created = false;
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
+    assert_true(created);
+    assert_token_file(f->r, path, NULL);
+    assert_dir_clean(f->dir, "admin-token");
+
+    /* Again with a symlink at the path, in a fresh registry. */
+    cy_registry_close(f->r);
+    f->r = NULL;
+    assert_int_equal(unlink(f->path), 0);
+    char wal[256];
+    snprintf(wal, sizeof(wal), "%s-wal", f->path);
+    unlink(wal);
+    snprintf(wal, sizeof(wal), "%s-shm", f->path);
+    unlink(wal);
+    assert_int_equal(cy_registry_open(f->path, &f->r), 0);
+    snprintf(target, sizeof(target), "%s/target", f->dir);
+    fp = fopen(target, "w");
+    assert_non_null(fp);
+    fputs("keep me", fp);
+    fclose(fp);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(symlink(target, path), 0);
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
+    assert_true(created);
+    assert_token_file(f->r, path, NULL); /* lstat: a regular file now */
+    char buf[64];
+    assert_string_equal(slurp(target, buf, sizeof(buf)), "keep me");
+}
+
+/* A file system error is returned as -errno, and the token is not created:
+ * no token exists that nobody has. */
+static void test_cy_registry_token_bootstrap_fs_error(void **state)
+{
+    fixture *f = *state;
+    char path[256];
+    snprintf(path, sizeof(path), "%s/missing/admin-token", f->dir);
+    bool created = true;
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), -ENOENT);
+    assert_false(created);
+    assert_int_equal(count_tokens(f->r), 0);
+    /* The path is a directory: rename fails after the temporary file was made. */
+    snprintf(path, sizeof(path), "%s/adir", f->dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), -EISDIR);
+    assert_false(created);
+    assert_int_equal(count_tokens(f->r), 0);
+    assert_int_equal(rmdir(path), 0);
+    assert_dir_clean(f->dir, NULL);
+    /* The registry is usable, outside any transaction, and the next try works. */
+    made a = mk(f->r, "after", CY_SCOPE_FULL);
+    assert_int_equal(cy_registry_token_revoke(f->r, a.id), 0);
+    snprintf(path, sizeof(path), "%s/admin-token", f->dir);
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
+    assert_true(created);
+    assert_token_file(f->r, path, NULL);
+}
+
+static void test_cy_registry_token_bootstrap_alloc_fail(void **state)
+{
+    fixture *f = *state;
+    char path[256];
+    snprintf(path, sizeof(path), "%s/admin-token", f->dir);
+    for (long n = 0;; n++) {
+        bool created = true;
+        cy_alloc_fail_after(n);
+        int rc = cy_registry_token_bootstrap(f->r, path, &created);
+        cy_alloc_fail_after(-1);
+        if (rc == 0) {
+            assert_true(created);
+            break;
+        }
+        assert_int_equal(rc, CY_ENOMEM);
+        assert_false(created);
+        assert_int_equal(count_tokens(f->r), 0);
+        assert_int_equal(access(path, F_OK), -1);
+    }
+    assert_token_file(f->r, path, NULL);
+    assert_dir_clean(f->dir, "admin-token");
+}
+
+static void test_cy_registry_token_bootstrap_bad_args(void **state)
+{
+    fixture *f = *state;
+    bool created = true;
+    assert_int_equal(cy_registry_token_bootstrap(f->r, NULL, &created), CY_EINVAL);
+    assert_false(created);
+    created = true;
+    assert_int_equal(cy_registry_token_bootstrap(f->r, "", &created), CY_EINVAL);
+    assert_false(created);
+    assert_int_equal(cy_registry_token_bootstrap(f->r, "x", NULL), CY_EINVAL);
+    assert_int_equal(count_tokens(f->r), 0);
+}
+
+/* ---- schema migration ---- */
+
+/* The exact version 1 schema, as cyan created it before tokens (copied from
+ * registry.c). Do not edit: it is the input the migration must take. */
+static const char schema_v1[] = "CREATE TABLE IF NOT EXISTS devices("
+                                " id TEXT PRIMARY KEY NOT NULL,"
+                                " name TEXT NOT NULL UNIQUE,"
+                                " salt BLOB NOT NULL,"
+                                " hash BLOB NOT NULL,"
+                                " created_at INTEGER NOT NULL);"
+                                "PRAGMA user_version = 1;";
+
+/* A known device of the version 1 file: its secret, salt and id. */
+#define V1_ID "0123456789abcdef01234567"
+#define V1_SECRET "00112233445566778899aabbccddeeff"
+static const uint8_t v1_salt[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
+
+static void sql_exec(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    char *err = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) fail_msg("%s: %s", sql, err);
+    sqlite3_close(db);
+}
+
+static int64_t sql_int(const char *path, const char *sql)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return v;
+}
+
+/* The CREATE statement SQLite keeps for table `name` (caller frees). */
+static char *table_sql(const char *path, const char *name)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "SELECT sql FROM sqlite_schema WHERE name = ?1", -1, &st, NULL),
+        SQLITE_OK);
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    char *s = strdup((const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    assert_non_null(s);
+    return s;
+}
+
+/* A version 1 registry with one device, in WAL mode as cyan left it. */
+static void make_v1(const char *path)
+{
+    uint8_t hash[32];
+    unsigned int len = 0;
+    assert_non_null(HMAC(EVP_sha256(), v1_salt, 16, (const uint8_t *)V1_SECRET, 32, hash, &len));
+    sql_exec(path, "PRAGMA journal_mode = WAL");
+    sql_exec(path, schema_v1);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "INSERT INTO devices VALUES(?1, 'old', ?2, ?3, 5)", -1, &st, NULL),
+        SQLITE_OK);
+    sqlite3_bind_text(st, 1, V1_ID, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, v1_salt, 16, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 3, hash, 32, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+static void test_cy_registry_open_new_is_v2(void **state)
+{
+    fixture *f = *state;
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 2);
+    assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"),
+                     2);
+}
+
+static void test_cy_registry_open_migrates_v1(void **state)
+{
+    fixture *f = *state;
+    char old[256];
+    snprintf(old, sizeof(old), "%s/old.db", f->dir);
+    make_v1(old);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), 1);
+
+    cy_registry *r = NULL;
+    assert_int_equal(cy_registry_open(old, &r), 0);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), 2);
+    /* The device came through. */
+    assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
+    cy_device d;
+    assert_int_equal(cy_registry_device_get(r, "old", &d), 0);
+    assert_string_equal(d.id, V1_ID);
+    assert_int_equal(d.created_at, 5);
+    /* Tokens start empty, and work. */
+    assert_int_equal(count_tokens(r), 0);
+    char path[256];
+    snprintf(path, sizeof(path), "%s/admin-token", f->dir);
+    bool created = false;
+    assert_int_equal(cy_registry_token_bootstrap(r, path, &created), 0);
+    assert_true(created);
+    assert_token_file(r, path, NULL);
+    made a = mk(r, "ci", CY_SCOPE_READ);
+    cy_registry_close(r);
+
+    /* Reopening migrates nothing more and keeps everything. */
+    assert_int_equal(cy_registry_open(old, &r), 0);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), 2);
+    int scope;
+    assert_int_equal(tcheck(r, a.token, &scope, NULL), 0);
+    assert_int_equal(scope, CY_SCOPE_READ);
+    assert_int_equal(count_tokens(r), 2);
+    assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
+    cy_registry_close(r);
+    /* The migrated file is a new one, table for table. */
+    const char *tables[] = {"devices", "tokens"};
+    for (int i = 0; i < 2; i++) {
+        char *got = table_sql(old, tables[i]), *want = table_sql(f->path, tables[i]);
+        assert_string_equal(got, want);
+        free(got);
+        free(want);
+    }
+    assert_int_equal(sql_int(old, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"), 2);
+}
+
+/* A migration that fails leaves the file exactly at version 1: an index
+ * named "tokens" makes the CREATE TABLE fail. */
+static void test_cy_registry_open_migration_atomic(void **state)
+{
+    fixture *f = *state;
+    char old[256];
+    snprintf(old, sizeof(old), "%s/old.db", f->dir);
+    make_v1(old);
+    sql_exec(old, "CREATE INDEX tokens ON devices(created_at)");
+    cy_registry *r = (cy_registry *)1;
+    assert_int_equal(cy_registry_open(old, &r), CY_ESTORE);
+    assert_null(r);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), 1);
+    assert_int_equal(sql_int(old, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"), 1);
+
+    sql_exec(old, "DROP INDEX tokens");
+    assert_int_equal(cy_registry_open(old, &r), 0);
+    assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
+    mk(r, "ci", CY_SCOPE_FULL);
+    cy_registry_close(r);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -429,6 +1118,28 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_registry_device_remove, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_device_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_device_add_persists, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_create_formats, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_check_right_secret, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_check_wrong_secret, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_check_unknown_id, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_check_malformed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_create_bad_args, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_create_stores_hash_only, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_revoke, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_list, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_bootstrap_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_bootstrap_existing_tokens, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_bootstrap_stale_file, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_bootstrap_fs_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_bootstrap_alloc_fail, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_bootstrap_bad_args, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_open_new_is_v2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_open_migrates_v1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_open_migration_atomic, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
