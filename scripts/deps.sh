@@ -3,12 +3,12 @@
 # Usage: scripts/deps.sh [build|test|bench]   (each level includes the previous)
 set -eu
 level=${1:-build}
-pkgs="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libssl-dev sqlite3"
+pkgs="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libssl-dev sqlite3 libmicrohttpd-dev libjansson-dev"
 case "$level" in
-  test|bench) pkgs="$pkgs libcmocka-dev python3-pytest python3-paho-mqtt mosquitto-clients clang valgrind" ;;
+  test|bench) pkgs="$pkgs libcmocka-dev python3-pytest python3-paho-mqtt mosquitto-clients clang valgrind curl" ;;
 esac
 case "$level" in
-  bench) pkgs="$pkgs mosquitto strace util-linux" ;;
+  bench) pkgs="$pkgs mosquitto strace util-linux libcurl4-openssl-dev" ;;
 esac
 missing=""
 for p in $pkgs; do

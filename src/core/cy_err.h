@@ -31,6 +31,7 @@
     X(CY_ENOTSUP, -ENOTSUP, "not supported")                                                       \
     X(CY_EBUSY, -EBUSY, "busy")                                                                    \
     X(CY_EPIPE, -EPIPE, "connection closed")                                                       \
+    X(CY_ENOBUFS, -ENOBUFS, "no buffer space")                                                     \
     X(CY_ESTORE, -4097, "storage error")                                                           \
     X(CY_ECONFIG, -4098, "invalid configuration")                                                  \
     X(CY_EQUOTA, -4099, "quota exceeded")

@@ -1,0 +1,948 @@
+/* http: libmicrohttpd (MHD 0.9.75) driven from a libuv loop; see http.h.
+ *
+ * The idea needed to read this file: MHD runs with no thread of its own
+ * (MHD_USE_EPOLL, external polling). All its sockets sit in one epoll set;
+ * a uv_poll_t watches that set's descriptor and calls MHD_run when it is
+ * readable, and one uv_timer_t is re-armed from MHD_get_timeout after every
+ * MHD_run (MHD may hold work that no socket will announce: buffered input,
+ * timeouts, resumed connections). Every MHD callback therefore runs inside
+ * run_mhd (or inside MHD_stop_daemon), on the loop thread.
+ *
+ * A request is the access handler's con_cls (cy_http_req). MHD calls the
+ * handler once with the headers, once per piece of body, and once more when
+ * the body is complete; only then does the application's handler run. If it
+ * answered, the answer is queued before the access handler returns. If not,
+ * the connection is suspended (MHD stops reading and timing it out) until
+ * cy_http_reply stores the answer and resumes it: MHD then calls the access
+ * handler again with nothing new, and that call queues the stored answer.
+ * MHD_queue_response is thus only ever called from the access handler,
+ * which every MHD version supports.
+ *
+ * A stream is a response of unknown size (chunked) whose content reader
+ * hands out the request's byte queue. With the queue empty the reader
+ * suspends the connection and returns 0 (MHD's documented way not to spin);
+ * cy_http_stream_write or cy_http_stream_end resumes it. MHD calls the reader
+ * for a chunk only after the previous chunk has entirely reached the kernel,
+ * so "bytes accepted minus the reader's pos" is exactly what the kernel has
+ * not taken: that is the backlog.
+ *
+ * MHD does not notice a client leaving while its connection is suspended,
+ * so each suspension also starts a uv_poll_t on the connection's socket for
+ * UV_DISCONNECT (EPOLLRDHUP, plus the HUP/ERR that epoll always reports).
+ * Readability is not watched: a pipelined next request is not a departure.
+ * When it fires the application hears cy_http_on_close at once, the request
+ * turns GONE, and the connection is resumed so that MHD closes it (the
+ * access handler answers MHD_NO, the reader END_WITH_ERROR). The watch is
+ * always stopped before MHD regains the connection, so it never outlives the
+ * descriptor. A client that half-closes (shutdown(SHUT_WR)) while waiting
+ * counts as gone, as it does for nginx.
+ *
+ * MHD's inactivity timeout (idle_timeout_s) resets on every byte, so on its
+ * own it would let a client trickle a request forever. Each connection
+ * therefore also has a request deadline, idle_timeout_s after it was
+ * accepted or after its previous request completed, cleared once the
+ * request's headers are in; a connection past it is shut down (shutdown(2),
+ * which MHD sees as the client leaving). Deadlines all have the same length, so
+ * the armed connections form a FIFO and one timer serves them.
+ *
+ * Two things MHD 0.9.75 cannot do are worked around here. It takes no
+ * response while a body is arriving, so a chunked body that outgrows
+ * max_body_bytes is read on (and dropped) to its end and answered 413 then,
+ * or closed unanswered if it runs on past twice the limit. And at
+ * max_connections it leaves the listening socket out of its epoll set until
+ * a later MHD_run notices a slot is free, so a closed connection asks for
+ * that run.
+ *
+ * Requests are freed in MHD's completion callback, after the application
+ * has heard cy_http_on_close if it still held them; a request whose socket
+ * watch was ever initialised is freed in that handle's close callback.
+ */
+#include "http/http.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_buf.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#define DEF_MAX_HEADER ((size_t)16 << 10)
+#define DEF_MAX_BODY ((size_t)64 << 10)
+#define DEF_MAX_CONN 1024u
+#define DEF_IDLE_S 60u
+#define DEF_MAX_BACKLOG ((size_t)1 << 20)
+#define STREAM_BLOCK ((size_t)16 << 10) /* bytes MHD may take from a stream per chunk */
+#define MIN_POOL ((size_t)32 << 10)     /* MHD's own default connection memory */
+
+typedef enum {
+    RQ_RECEIVING, /* headers in, body arriving; the application has not seen it */
+    RQ_HANDLING,  /* inside the application's handler, no answer yet */
+    RQ_PENDING,   /* the application holds it unanswered; connection suspended */
+    RQ_ANSWERED,  /* a reply is stored or queued; the application let go */
+    RQ_STREAM,    /* a stream is open; the application holds it */
+    RQ_ENDED,     /* stream ended by the application; MHD drains the queue */
+    RQ_GONE,      /* client left or server stopped; on_close ran; MHD to finish */
+} rq_state;
+
+/* Per connection (MHD's socket context): the request deadline. */
+typedef struct hconn {
+    struct hconn *prev, *next; /* in cy_http.armed while a deadline is set */
+    int fd;
+    int64_t deadline_ms; /* monotonic; 0 when not armed */
+} hconn;
+
+struct cy_http_req {
+    cy_http *h;
+    struct MHD_Connection *conn;
+    cy_http_req *prev, *next; /* cy_http.reqs: every request MHD has shown us */
+    rq_state state;
+    const char *method, *path; /* MHD's strings, valid until MHD completes the request */
+    uint8_t *body;
+    size_t body_len, body_cap;
+    size_t discarded;          /* body bytes dropped after the body was rejected */
+    unsigned reject;           /* status decided while the body arrived (413, 503); 0 none */
+    bool suspended;            /* by us, with the watch running */
+    bool watch_init;           /* watch needs uv_close; req is freed in its close callback */
+    uv_poll_t watch;           /* the socket, for UV_DISCONNECT, while suspended */
+    struct MHD_Response *resp; /* answer stored, to be queued by the access handler */
+    unsigned status;
+    void (*on_close)(void *arg, cy_http_req *req);
+    void *on_close_arg;
+    cy_buf out;         /* stream bytes not yet handed to MHD */
+    uint64_t out_total; /* stream bytes accepted from the application */
+    uint64_t out_sent;  /* stream bytes the kernel has taken (the reader's last pos) */
+    char peer[64];      /* "ip:port" */
+};
+
+struct cy_http {
+    uv_loop_t *loop;
+    struct MHD_Daemon *d;
+    cy_http_limits lim;
+    cy_http_handler handler;
+    void *ctx;
+    uv_poll_t epoll_w;   /* MHD's epoll descriptor */
+    uv_timer_t timer;    /* MHD_get_timeout, or 0 ms to run MHD soon */
+    uv_timer_t deadline; /* the first armed request deadline */
+    int handles;         /* of the three above, those initialised and not yet closed */
+    hconn *armed, *armed_tail;
+    cy_http_req *reqs;
+    uint64_t requests;  /* answers queued since start */
+    bool in_run;        /* inside MHD_run: do not re-enter, defer */
+    bool rerun;         /* something asked for MHD_run while in_run */
+    bool stop_deferred; /* cy_http_stop called from inside MHD_run */
+    bool stopping;      /* cy_http_stop has begun */
+    bool freed;         /* cy_http_free ran; free when the last handle closes */
+};
+
+static void run_mhd(cy_http *h);
+static void do_stop(cy_http *h);
+
+/* ---- loop glue ------------------------------------------------------------ */
+
+static void on_timer(uv_timer_t *t)
+{
+    run_mhd(t->data);
+}
+
+static void on_epoll(uv_poll_t *p, int status, int events)
+{
+    (void)status;
+    (void)events;
+    run_mhd(p->data);
+}
+
+/* Ask for MHD_run soon, from the loop (never re-entering MHD). */
+static void kick(cy_http *h)
+{
+    if (h->stopping) return;
+    if (h->in_run)
+        h->rerun = true;
+    else
+        uv_timer_start(&h->timer, on_timer, 0, 0);
+}
+
+static void run_mhd(cy_http *h)
+{
+    if (h->d == NULL || h->stopping) return;
+    h->in_run = true;
+    h->rerun = false;
+    MHD_run(h->d);
+    h->in_run = false;
+    if (h->stop_deferred) {
+        do_stop(h);
+        return;
+    }
+    MHD_UNSIGNED_LONG_LONG ms = 0;
+    if (h->rerun) {
+        h->rerun = false;
+        uv_timer_start(&h->timer, on_timer, 0, 0);
+    } else if (MHD_get_timeout(h->d, &ms) == MHD_YES) {
+        uv_timer_start(&h->timer, on_timer, (uint64_t)ms, 0);
+    } else {
+        uv_timer_stop(&h->timer);
+    }
+}
+
+/* MHD's messages about one client's conduct (it left, it sent too much, we
+ * closed it on purpose) are routine: debug. Anything else is about the
+ * server (epoll, memory, descriptors, the connection limit): warn. */
+static const char *const client_msgs[] = {
+    "Closing connection",
+    "Error processing request",
+    "Application reported internal error",
+    "Connection socket is closed",
+    "Socket has been disconnected",
+    "Connection was closed by remote",
+    "Failed to send",
+    "Received HTTP/1.1 request without",
+    "Too large value of 'Content-Length'",
+    "Failed to parse `Content-Length'",
+    "Not enough memory in pool",
+    "Too late",
+};
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char line[512];
+    vsnprintf(line, sizeof(line), fmt, ap);
+    size_t n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
+    for (size_t i = 0; i < sizeof(client_msgs) / sizeof(client_msgs[0]); i++)
+        if (strncmp(line, client_msgs[i], strlen(client_msgs[i])) == 0) {
+            cy_debug(NULL, "http: %s", line);
+            return;
+        }
+    cy_warn(NULL, "http: %s", line);
+}
+
+/* ---- request deadlines ------------------------------------------------------ */
+
+static void on_deadline(uv_timer_t *t);
+
+static void deadline_timer_update(cy_http *h)
+{
+    if (h->stopping) return;
+    if (h->armed == NULL) {
+        uv_timer_stop(&h->deadline);
+        return;
+    }
+    int64_t wait = h->armed->deadline_ms - cy_mono_ms();
+    uv_timer_start(&h->deadline, on_deadline, wait > 0 ? (uint64_t)wait : 0, 0);
+}
+
+static void disarm(cy_http *h, hconn *hc)
+{
+    if (hc == NULL || hc->deadline_ms == 0) return;
+    if (hc->prev)
+        hc->prev->next = hc->next;
+    else
+        h->armed = hc->next;
+    if (hc->next)
+        hc->next->prev = hc->prev;
+    else
+        h->armed_tail = hc->prev;
+    hc->prev = hc->next = NULL;
+    hc->deadline_ms = 0;
+}
+
+static void arm(cy_http *h, hconn *hc)
+{
+    if (hc == NULL) return;
+    disarm(h, hc);
+    hc->deadline_ms = cy_mono_ms() + (int64_t)h->lim.idle_timeout_s * 1000;
+    if (hc->deadline_ms == 0) hc->deadline_ms = 1;
+    hc->prev = h->armed_tail;
+    if (h->armed_tail)
+        h->armed_tail->next = hc;
+    else
+        h->armed = hc;
+    h->armed_tail = hc;
+    if (h->armed == hc) deadline_timer_update(h);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    cy_http *h = t->data;
+    int64_t now = cy_mono_ms();
+    bool cut = false;
+    while (h->armed && h->armed->deadline_ms <= now) {
+        hconn *hc = h->armed;
+        disarm(h, hc);
+        /* MHD reads EOF next and closes the connection as if the client left. */
+        shutdown(hc->fd, SHUT_RDWR);
+        cut = true;
+        cy_debug(NULL, "http: request not complete within %us, connection closed",
+                 h->lim.idle_timeout_s);
+    }
+    deadline_timer_update(h);
+    if (cut) kick(h);
+}
+
+static hconn *conn_ctx(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    cy_http *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        hconn *hc = cy_calloc(1, sizeof(*hc));
+        if (hc == NULL || ci == NULL) {
+            /* No memory for the deadline: refuse the connection rather than
+             * serve one that could be held open forever. */
+            cy_free(hc);
+            if (ci) shutdown(ci->connect_fd, SHUT_RDWR);
+            *socket_context = NULL;
+            return;
+        }
+        hc->fd = ci->connect_fd;
+        *socket_context = hc;
+        arm(h, hc);
+    } else {
+        hconn *hc = *socket_context;
+        *socket_context = NULL;
+        disarm(h, hc);
+        cy_free(hc);
+        if (!h->stopping && h->armed == NULL) uv_timer_stop(&h->deadline);
+        /* At max_connections MHD takes the listening socket out of its epoll
+         * set, and puts it back only at the start of a later MHD_run; no
+         * event would bring that run, so ask for it. */
+        kick(h);
+    }
+}
+
+/* ---- request lifetime ------------------------------------------------------- */
+
+static bool app_holds(const cy_http_req *req)
+{
+    return req->state == RQ_HANDLING || req->state == RQ_PENDING || req->state == RQ_STREAM;
+}
+
+static void req_free_mem(cy_http_req *req)
+{
+    if (req->resp) MHD_destroy_response(req->resp);
+    cy_free(req->body);
+    cy_buf_fini(&req->out);
+    cy_free(req);
+}
+
+static void on_watch_closed(uv_handle_t *hd)
+{
+    req_free_mem(hd->data);
+}
+
+static void on_watch(uv_poll_t *p, int status, int events);
+
+static void watch_start(cy_http_req *req)
+{
+    if (!req->watch_init) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (ci == NULL || uv_poll_init(req->h->loop, &req->watch, ci->connect_fd) != 0) {
+            cy_warn(NULL, "http: cannot watch %s for departure", req->peer);
+            return;
+        }
+        req->watch.data = req;
+        req->watch_init = true;
+    }
+    uv_poll_start(&req->watch, UV_DISCONNECT, on_watch);
+}
+
+static void watch_stop(cy_http_req *req)
+{
+    if (req->watch_init) uv_poll_stop(&req->watch);
+}
+
+/* From the access handler or the content reader only (MHD's rule). */
+static void suspend(cy_http_req *req)
+{
+    MHD_suspend_connection(req->conn);
+    req->suspended = true;
+    watch_start(req);
+}
+
+static void resume(cy_http_req *req)
+{
+    if (!req->suspended) return;
+    watch_stop(req);
+    req->suspended = false;
+    MHD_resume_connection(req->conn);
+    kick(req->h);
+}
+
+/* The application loses req: tell it once. */
+static void lose(cy_http_req *req)
+{
+    if (!app_holds(req)) return;
+    req->state = RQ_GONE;
+    void (*cb)(void *, cy_http_req *) = req->on_close;
+    req->on_close = NULL;
+    if (cb) cb(req->on_close_arg, req);
+}
+
+static void on_watch(uv_poll_t *p, int status, int events)
+{
+    (void)status;
+    (void)events;
+    cy_http_req *req = p->data;
+    uv_poll_stop(p);
+    cy_debug(NULL, "http: %s left while %s", req->peer,
+             req->state == RQ_PENDING ? "waiting for an answer" : "streaming");
+    lose(req);
+    /* MHD must now close it: the access handler answers MHD_NO, the reader
+     * END_WITH_ERROR. An ended stream still drains; MHD hits the error. */
+    resume(req);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    cy_http *h = cls;
+    cy_http_req *req = *con_cls;
+    *con_cls = NULL;
+    if (req == NULL) return;
+    if (req->state == RQ_STREAM || req->state == RQ_PENDING)
+        cy_debug(NULL, "http: %s %s %s ended (reason %d)", req->peer, req->method, req->path,
+                 (int)toe);
+    watch_stop(req);
+    req->suspended = false;
+    lose(req);
+    if (req->prev)
+        req->prev->next = req->next;
+    else
+        h->reqs = req->next;
+    if (req->next) req->next->prev = req->prev;
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !h->stopping) arm(h, conn_ctx(c));
+    if (req->watch_init)
+        uv_close((uv_handle_t *)&req->watch, on_watch_closed);
+    else
+        req_free_mem(req);
+}
+
+/* ---- answers ---------------------------------------------------------------- */
+
+static struct MHD_Response *make_response(const char *content_type, const char *body, size_t len,
+                                          const char *const *headers, int *err)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, (void *)(len ? body : ""), MHD_RESPMEM_MUST_COPY);
+    if (r == NULL) {
+        *err = CY_ENOMEM;
+        return NULL;
+    }
+    if (MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                content_type ? content_type : "application/json") != MHD_YES)
+        goto bad;
+    for (size_t i = 0; headers && headers[i]; i += 2) {
+        if (headers[i + 1] == NULL ||
+            MHD_add_response_header(r, headers[i], headers[i + 1]) != MHD_YES)
+            goto bad;
+    }
+    return r;
+bad:
+    MHD_destroy_response(r);
+    *err = CY_EINVAL;
+    return NULL;
+}
+
+/* An error produced by this module: {"error":code,"message":text}. */
+static struct MHD_Response *error_response(const char *code, const char *msg, bool close)
+{
+    char body[256];
+    int n = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
+    static const char *const close_hdr[] = {MHD_HTTP_HEADER_CONNECTION, "close", NULL};
+    int err;
+    return make_response(NULL, body, (size_t)n, close ? close_hdr : NULL, &err);
+}
+
+static enum MHD_Result queue(cy_http_req *req, struct MHD_Response *r, unsigned status)
+{
+    enum MHD_Result ok = r ? MHD_queue_response(req->conn, status, r) : MHD_NO;
+    if (r) MHD_destroy_response(r);
+    if (ok == MHD_YES) req->h->requests++;
+    return ok;
+}
+
+static enum MHD_Result queue_error(cy_http_req *req, unsigned status, const char *code,
+                                   const char *msg)
+{
+    req->state = RQ_ANSWERED;
+    return queue(req, error_response(code, msg, true), status);
+}
+
+int cy_http_reply(cy_http_req *req, unsigned status, const char *content_type, const char *body,
+                  size_t len, const char *const *headers)
+{
+    if (req == NULL || status < 200 || status > 599 || (body == NULL && len > 0)) return CY_EINVAL;
+    if (req->state == RQ_GONE) return CY_EPIPE;
+    if (req->state != RQ_HANDLING && req->state != RQ_PENDING) return CY_EINVAL;
+    if (req->h->stopping) return CY_EPIPE;
+    int err = 0;
+    struct MHD_Response *r = make_response(content_type, body, len, headers, &err);
+    if (r == NULL) return err;
+    req->resp = r;
+    req->status = status;
+    req->state = RQ_ANSWERED;
+    resume(req);
+    return 0;
+}
+
+/* ---- streams ---------------------------------------------------------------- */
+
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    cy_http_req *req = cls;
+    req->out_sent = pos;
+    if (req->state == RQ_GONE) return MHD_CONTENT_READER_END_WITH_ERROR;
+    size_t n = cy_buf_size(&req->out);
+    if (n > 0) {
+        if (n > max) n = max;
+        memcpy(buf, cy_buf_head(&req->out), n);
+        cy_buf_consume(&req->out, n);
+        if (cy_buf_size(&req->out) == 0) cy_buf_shrink(&req->out);
+        return (ssize_t)n;
+    }
+    if (req->state == RQ_ENDED) return MHD_CONTENT_READER_END_OF_STREAM;
+    suspend(req);
+    return 0;
+}
+
+int cy_http_stream_begin(cy_http_req *req, const char *content_type, const char *const *headers)
+{
+    if (req == NULL) return CY_EINVAL;
+    if (req->state == RQ_GONE) return CY_EPIPE;
+    if (req->state != RQ_HANDLING && req->state != RQ_PENDING) return CY_EINVAL;
+    if (req->h->stopping) return CY_EPIPE;
+    /* MHD 0.9.75 answers HEAD with a chunked response by sending the head
+     * and then a stray "0\r\n\r\n", which the client reads as the start of
+     * the next response. A HEAD gets an empty answer with the same head
+     * instead; the request completes at once and on_close tells the caller
+     * the stream is over, as it would for any stream the client ends. */
+    bool head = strcmp(req->method, MHD_HTTP_METHOD_HEAD) == 0;
+    struct MHD_Response *r =
+        head ? MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT)
+             : MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, req,
+                                                 NULL);
+    if (r == NULL) return CY_ENOMEM;
+    int err = CY_EINVAL;
+    if (MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                content_type ? content_type : "text/event-stream") != MHD_YES)
+        goto bad;
+    bool cache_set = false;
+    for (size_t i = 0; headers && headers[i]; i += 2) {
+        if (headers[i + 1] == NULL ||
+            MHD_add_response_header(r, headers[i], headers[i + 1]) != MHD_YES)
+            goto bad;
+        cache_set |= strcasecmp(headers[i], MHD_HTTP_HEADER_CACHE_CONTROL) == 0;
+    }
+    /* Events are not to be cached, unless the caller says otherwise. */
+    if (!cache_set &&
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") != MHD_YES)
+        goto bad;
+    req->resp = r;
+    req->status = 200;
+    req->state = RQ_STREAM;
+    resume(req);
+    return 0;
+bad:
+    MHD_destroy_response(r);
+    return err;
+}
+
+size_t cy_http_stream_backlog(const cy_http_req *req)
+{
+    return req ? (size_t)(req->out_total - req->out_sent) : 0;
+}
+
+int cy_http_stream_write(cy_http_req *req, const char *data, size_t len)
+{
+    if (req == NULL || (data == NULL && len > 0)) return CY_EINVAL;
+    if (req->state == RQ_GONE || req->h->stopping) return CY_EPIPE;
+    if (req->state != RQ_STREAM) return CY_EINVAL;
+    if (len == 0) return 0;
+    size_t backlog = cy_http_stream_backlog(req);
+    if (backlog > req->h->lim.max_stream_backlog || len > req->h->lim.max_stream_backlog - backlog)
+        return CY_ENOBUFS;
+    if (cy_buf_append(&req->out, data, len) != 0) return CY_ENOMEM;
+    req->out_total += len;
+    resume(req);
+    return 0;
+}
+
+void cy_http_stream_end(cy_http_req *req)
+{
+    if (req == NULL || req->state != RQ_STREAM) return;
+    req->state = RQ_ENDED;
+    req->on_close = NULL;
+    resume(req);
+}
+
+/* ---- the access handler ------------------------------------------------------ */
+
+static cy_http_req *req_new(cy_http *h, struct MHD_Connection *c, const char *url,
+                            const char *method)
+{
+    cy_http_req *req = cy_calloc(1, sizeof(*req));
+    if (req == NULL) return NULL;
+    req->h = h;
+    req->conn = c;
+    req->method = method;
+    req->path = url;
+    cy_buf_init(&req->out);
+    snprintf(req->peer, sizeof(req->peer), "?");
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci && ci->client_addr) {
+        char ip[INET6_ADDRSTRLEN];
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET) {
+            const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)sa;
+            inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+            snprintf(req->peer, sizeof(req->peer), "%s:%u", ip, ntohs(s4->sin_port));
+        } else if (sa->sa_family == AF_INET6) {
+            const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)sa;
+            inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+            snprintf(req->peer, sizeof(req->peer), "[%s]:%u", ip, ntohs(s6->sin6_port));
+        }
+    }
+    req->next = h->reqs;
+    if (h->reqs) h->reqs->prev = req;
+    h->reqs = req;
+    return req;
+}
+
+/* First call: headers complete, body not read. Decide the limits now. */
+static enum MHD_Result on_headers(cy_http *h, cy_http_req *req)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (ci && ci->header_size > h->lim.max_header_bytes) {
+        char msg[96];
+        snprintf(msg, sizeof(msg), "request headers exceed %zu bytes", h->lim.max_header_bytes);
+        return queue_error(req, 431, "headers_too_large", msg);
+    }
+    const char *cl =
+        MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (errno || end == cl || n > h->lim.max_body_bytes) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "request body exceeds %zu bytes", h->lim.max_body_bytes);
+            return queue_error(req, 413, "body_too_large", msg);
+        }
+        if (n > 0) {
+            req->body = cy_malloc((size_t)n);
+            if (req->body == NULL)
+                return queue_error(req, 503, "out_of_memory", "server out of memory");
+            req->body_cap = (size_t)n;
+        }
+    }
+    return MHD_YES;
+}
+
+/* A piece of body: keep it, or count it as discarded once rejected. */
+static enum MHD_Result on_body(cy_http *h, cy_http_req *req, const char *data, size_t len)
+{
+    if (req->reject) {
+        /* MHD 0.9.75 takes no response while a body is arriving
+         * (MHD_queue_response says no then, even on a suspended
+         * connection), so the 413 waits for the body's end: read on and
+         * drop, but not without bound; past another max_body_bytes close
+         * without an answer. */
+        req->discarded += len;
+        return req->discarded > h->lim.max_body_bytes ? MHD_NO : MHD_YES;
+    }
+    if (len > h->lim.max_body_bytes - req->body_len) {
+        req->reject = 413;
+        req->discarded = len;
+        return MHD_YES;
+    }
+    if (req->body_len + len > req->body_cap) {
+        size_t cap = req->body_cap ? req->body_cap * 2 : 1024;
+        while (cap < req->body_len + len)
+            cap *= 2;
+        if (cap > h->lim.max_body_bytes) cap = h->lim.max_body_bytes;
+        uint8_t *p = cy_realloc(req->body, cap);
+        if (p == NULL) {
+            req->reject = 503;
+            req->discarded = len;
+            return MHD_YES;
+        }
+        req->body = p;
+        req->body_cap = cap;
+    }
+    memcpy(req->body + req->body_len, data, len);
+    req->body_len += len;
+    return MHD_YES;
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url,
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls)
+{
+    (void)version;
+    cy_http *h = cls;
+    cy_http_req *req = *con_cls;
+    if (req == NULL) {
+        if (h->stopping) return MHD_NO;
+        disarm(h, conn_ctx(c));
+        req = req_new(h, c, url, method);
+        if (req == NULL) return MHD_NO;
+        *con_cls = req;
+        return on_headers(h, req);
+    }
+    if (*upload_data_size > 0) {
+        size_t len = *upload_data_size;
+        *upload_data_size = 0;
+        return on_body(h, req, upload_data, len);
+    }
+    switch (req->state) {
+    case RQ_RECEIVING:
+        if (req->reject == 413) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "request body exceeds %zu bytes", h->lim.max_body_bytes);
+            return queue_error(req, 413, "body_too_large", msg);
+        }
+        if (req->reject) return queue_error(req, 503, "out_of_memory", "server out of memory");
+        if (h->stopping) return MHD_NO;
+        req->state = RQ_HANDLING;
+        h->handler(h->ctx, req);
+        if (req->state == RQ_HANDLING) {
+            req->state = RQ_PENDING;
+            suspend(req);
+            return MHD_YES;
+        }
+        break;
+    case RQ_GONE:
+        return MHD_NO;
+    case RQ_PENDING:
+        /* Resumed with no answer (should not happen): wait again. */
+        suspend(req);
+        return MHD_YES;
+    default:
+        break;
+    }
+    if (req->resp == NULL) return MHD_YES; /* already queued */
+    struct MHD_Response *r = req->resp;
+    req->resp = NULL;
+    return queue(req, r, req->status);
+}
+
+/* ---- the server ------------------------------------------------------------- */
+
+static void on_handle_closed(uv_handle_t *hd)
+{
+    cy_http *h = hd->data;
+    if (--h->handles == 0 && h->freed) cy_free(h);
+}
+
+int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_http_handler handler,
+                void *ctx, cy_http **out)
+{
+    if (loop == NULL || listen_fd < 0 || handler == NULL || out == NULL) return CY_EINVAL;
+    *out = NULL;
+    int type = 0, acc = 0;
+    socklen_t sl = sizeof(type);
+    if (getsockopt(listen_fd, SOL_SOCKET, SO_TYPE, &type, &sl) != 0 || type != SOCK_STREAM)
+        return CY_EINVAL;
+    sl = sizeof(acc);
+    if (getsockopt(listen_fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &sl) != 0 || !acc) return CY_EINVAL;
+
+    int err = CY_ENOMEM;
+    int fd = -1;
+    cy_http *h = cy_calloc(1, sizeof(*h));
+    if (h == NULL) goto fail;
+    h->loop = loop;
+    h->handler = handler;
+    h->ctx = ctx;
+    if (lim) h->lim = *lim;
+    if (h->lim.max_header_bytes == 0) h->lim.max_header_bytes = DEF_MAX_HEADER;
+    if (h->lim.max_body_bytes == 0) h->lim.max_body_bytes = DEF_MAX_BODY;
+    if (h->lim.max_connections == 0) h->lim.max_connections = DEF_MAX_CONN;
+    if (h->lim.idle_timeout_s == 0) h->lim.idle_timeout_s = DEF_IDLE_S;
+    if (h->lim.max_stream_backlog == 0) h->lim.max_stream_backlog = DEF_MAX_BACKLOG;
+
+    /* Every shard accepts from this socket: a blocking one would stall this
+     * loop in accept() whenever another shard took the connection first.
+     * O_NONBLOCK lives in the shared open file, so this fixes it for all. */
+    err = CY_EIO;
+    fd = fcntl(listen_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) goto fail;
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)) goto fail;
+    if (!(fl & O_NONBLOCK))
+        cy_warn(NULL, "http: listening socket was blocking; made it non-blocking");
+
+    /* MHD's per-connection pool holds the request head (and its parsed
+     * headers) plus the response head: room for twice the header limit, so
+     * that a head just over it still reaches on_headers and gets our 431. */
+    size_t pool = h->lim.max_header_bytes * 2 + ((size_t)16 << 10);
+    if (pool < MIN_POOL) pool = MIN_POOL;
+    h->d = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_access, h,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool, MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned int)h->lim.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)h->lim.idle_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_END);
+    if (h->d == NULL) goto fail;
+    fd = -1; /* MHD's now: it closes it in MHD_stop_daemon */
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_EPOLL_FD);
+    if (di == NULL) goto fail;
+    if (uv_poll_init(loop, &h->epoll_w, di->epoll_fd) != 0) goto fail;
+    /* From here on the three handles exist and do_stop closes them. */
+    uv_timer_init(loop, &h->timer);
+    uv_timer_init(loop, &h->deadline);
+    h->epoll_w.data = h->timer.data = h->deadline.data = h;
+    h->handles = 3;
+    if (uv_poll_start(&h->epoll_w, UV_READABLE, on_epoll) != 0) goto fail;
+    uv_timer_start(&h->timer, on_timer, 0, 0);
+    *out = h;
+    return 0;
+
+fail:
+    if (fd >= 0) {
+        /* MHD_start_daemon failed, and may have closed the socket itself
+         * (the descriptor number cannot be reused meanwhile: one thread). */
+        if (fcntl(fd, F_GETFD) >= 0) close(fd);
+    }
+    if (h) {
+        cy_http_stop(h);
+        cy_http_free(h);
+    }
+    return err;
+}
+
+static void do_stop(cy_http *h)
+{
+    h->stopping = true;
+    h->stop_deferred = false;
+    if (h->handles > 0) {
+        uv_close((uv_handle_t *)&h->epoll_w, on_handle_closed);
+        uv_close((uv_handle_t *)&h->timer, on_handle_closed);
+        uv_close((uv_handle_t *)&h->deadline, on_handle_closed);
+    }
+    /* Tell the application first, then let MHD close everything. The list
+     * does not change meanwhile: requests leave it only in on_completed,
+     * which runs inside MHD. */
+    for (cy_http_req *req = h->reqs; req; req = req->next) {
+        lose(req);
+        if (req->suspended) {
+            watch_stop(req);
+            req->suspended = false;
+            MHD_resume_connection(req->conn);
+        }
+    }
+    if (h->d) {
+        /* Let the resumed connections reach the access handler / reader,
+         * which close them, before MHD_stop_daemon (MHD forbids stopping
+         * with connections suspended). */
+        MHD_run(h->d);
+        MHD_stop_daemon(h->d);
+        h->d = NULL;
+    }
+    h->armed = h->armed_tail = NULL;
+    /* on_completed freed every request MHD had shown us; any left over is a
+     * request MHD never completed: release it here. */
+    while (h->reqs) {
+        cy_http_req *req = h->reqs;
+        h->reqs = req->next;
+        if (req->watch_init)
+            uv_close((uv_handle_t *)&req->watch, on_watch_closed);
+        else
+            req_free_mem(req);
+    }
+}
+
+void cy_http_stop(cy_http *h)
+{
+    if (h == NULL || h->stopping) return;
+    if (h->in_run) {
+        h->stop_deferred = true;
+        return;
+    }
+    do_stop(h);
+}
+
+void cy_http_free(cy_http *h)
+{
+    if (h == NULL) return;
+    cy_http_stop(h);
+    h->freed = true;
+    if (h->handles == 0) cy_free(h);
+}
+
+unsigned cy_http_connections(const cy_http *h)
+{
+    if (h == NULL || h->d == NULL) return 0;
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    return di ? di->num_connections : 0;
+}
+
+uint64_t cy_http_requests(const cy_http *h)
+{
+    return h ? h->requests : 0;
+}
+
+/* ---- accessors -------------------------------------------------------------- */
+
+const char *cy_http_method(const cy_http_req *req)
+{
+    return req->method;
+}
+
+const char *cy_http_path(const cy_http_req *req)
+{
+    return req->path;
+}
+
+const char *cy_http_query(const cy_http_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *cy_http_header(const cy_http_req *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+const uint8_t *cy_http_body(const cy_http_req *req, size_t *len)
+{
+    if (len) *len = req->body_len;
+    return req->body_len ? req->body : NULL;
+}
+
+const char *cy_http_peer(const cy_http_req *req)
+{
+    return req->peer;
+}
+
+void cy_http_on_close(cy_http_req *req, void (*cb)(void *arg, cy_http_req *req), void *arg)
+{
+    req->on_close = cb;
+    req->on_close_arg = arg;
+}

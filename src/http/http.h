@@ -1,0 +1,120 @@
+/* http: an HTTP/1.1 server driven by a libuv loop, for cyan's API.
+ *
+ * libmicrohttpd parses HTTP (we never hand-parse it); this module runs it
+ * without threads of its own: libmicrohttpd keeps its sockets in an epoll
+ * set, whose descriptor the loop watches, and a timer drives its timeouts.
+ * The listening socket is inherited (every shard accepts from the same one),
+ * so it must be non-blocking: another process may take a connection first.
+ *
+ * A request reaches the handler once its headers and whole body have
+ * arrived. The handler answers at once or later (a function call waits for
+ * a device): the request stays valid until it is answered or its client goes
+ * away, whichever comes first. An answer is either one reply or a stream
+ * (server-sent events): chunks written while the client reads, ended by the
+ * server or by the client leaving.
+ *
+ * Limits, each answered by this module before the handler sees anything:
+ * headers over max_header_bytes (431), a body over max_body_bytes (413,
+ * judged from Content-Length when present, else while it arrives and then
+ * answered when it ends; one that runs on past twice the limit is cut off
+ * unanswered),
+ * max_connections (past it the server stops accepting until one of its
+ * connections closes: a new connection waits in the kernel's queue, or
+ * another process sharing the socket takes it), and
+ * idle_timeout_s (a connection that sends nothing and has nothing being
+ * answered for that long is closed; a slow client trickling headers is cut
+ * off by the same clock). A stream's unsent output is bounded by
+ * max_stream_backlog: past it cy_http_stream_write refuses with CY_ENOBUFS
+ * and the caller ends the stream.
+ *
+ * Ownership: cy_http_new borrows loop; the listening fd is duplicated (the
+ * caller keeps its own). Strings returned by the accessors are borrowed from
+ * the request and valid while it is. Reply bodies and stream chunks are
+ * copied.
+ * Thread: the loop's thread only; no callback runs on another thread.
+ * Errors: CY_ENOMEM, CY_EINVAL (bad argument, a second answer to one
+ * request), CY_EIO (libmicrohttpd refused to start), CY_ENOBUFS (stream
+ * backlog full), CY_EPIPE (the client is gone, or the server is stopping).
+ * A call that fails changes nothing: an unanswered req stays the caller's.
+ */
+#ifndef CY_HTTP_H
+#define CY_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct cy_http cy_http;
+typedef struct cy_http_req cy_http_req;
+
+typedef struct cy_http_limits {
+    size_t max_header_bytes;   /* request line + headers; 0 = 16 KiB */
+    size_t max_body_bytes;     /* 0 = 64 KiB */
+    unsigned max_connections;  /* per server; 0 = 1024 */
+    unsigned idle_timeout_s;   /* 0 = 60 */
+    size_t max_stream_backlog; /* unsent stream bytes; 0 = 1 MiB */
+} cy_http_limits;
+
+/* Called once per request, on the loop thread, with the whole body read.
+ * The handler must answer req exactly once (cy_http_reply, or
+ * cy_http_stream_begin then eventually cy_http_stream_end), now or later,
+ * unless the client leaves first (see cy_http_on_close). */
+typedef void (*cy_http_handler)(void *ctx, cy_http_req *req);
+
+/* Start serving on listen_fd (a bound, listening, non-blocking TCP socket).
+ * lim may be NULL (defaults). On success *out is the server; caller frees
+ * with cy_http_free after cy_http_stop. */
+int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_http_handler handler,
+                void *ctx, cy_http **out);
+/* Stop accepting and close every connection: pending requests get their
+ * close callback (cy_http_on_close), open streams end. Idempotent. The
+ * loop must run once more before cy_http_free. */
+void cy_http_stop(cy_http *h);
+void cy_http_free(cy_http *h); /* safe on NULL */
+/* Connections open now, and requests answered since start (for metrics). */
+unsigned cy_http_connections(const cy_http *h);
+uint64_t cy_http_requests(const cy_http *h);
+
+/* ---- the request (borrowed strings, valid while req is) ---- */
+const char *cy_http_method(const cy_http_req *req);
+/* The path, percent-decoded, without the query string. */
+const char *cy_http_path(const cy_http_req *req);
+/* A query argument (decoded), or NULL. */
+const char *cy_http_query(const cy_http_req *req, const char *name);
+/* A header, case-insensitive name, or NULL. */
+const char *cy_http_header(const cy_http_req *req, const char *name);
+/* The body (not NUL-terminated; NULL and 0 when empty). */
+const uint8_t *cy_http_body(const cy_http_req *req, size_t *len);
+/* "ip:port" of the client, for logs. */
+const char *cy_http_peer(const cy_http_req *req);
+
+/* Called if the client goes away (or the server stops) before req is
+ * answered or while its stream is open; req is freed when cb returns and
+ * must not be used again. Replaces a previous callback. A client that
+ * shuts down its sending side while it waits counts as gone. */
+void cy_http_on_close(cy_http_req *req, void (*cb)(void *arg, cy_http_req *req), void *arg);
+
+/* Answer req with status and body (copied; content_type NULL means
+ * "application/json"). headers: NULL, or name/value pairs ending with NULL,
+ * e.g. {"Retry-After", "2", NULL}. req must not be used after this call;
+ * the close callback does not run. */
+int cy_http_reply(cy_http_req *req, unsigned status, const char *content_type, const char *body,
+                  size_t len, const char *const *headers);
+
+/* ---- streams (server-sent events) ---- */
+/* Answer 200 with content_type (NULL means "text/event-stream") and
+ * headers, the body to follow in chunks (chunked encoding; no
+ * Content-Length). The connection stays open. A HEAD request gets the head
+ * only, and its close callback runs once that is sent. */
+int cy_http_stream_begin(cy_http_req *req, const char *content_type, const char *const *headers);
+/* Queue bytes (copied) for the client. CY_ENOBUFS past max_stream_backlog
+ * (nothing queued: end the stream), CY_EPIPE if the client is gone. */
+int cy_http_stream_write(cy_http_req *req, const char *data, size_t len);
+/* Bytes queued and not yet taken by the kernel. */
+size_t cy_http_stream_backlog(const cy_http_req *req);
+/* End the stream after what is queued has been sent; req must not be used
+ * after this call and its close callback does not run. */
+void cy_http_stream_end(cy_http_req *req);
+
+#endif
