@@ -11,7 +11,7 @@ CONF    ?= etc/cyan.conf
 FUZZ_SECONDS ?= 20
 PYTHON  := /usr/bin/python3
 
-.PHONY: all build run test unit valgrind integration asan fuzz bench clean deps deps-test
+.PHONY: all build run test unit valgrind integration asan fuzz bench bench-api clean deps deps-test
 
 all: build
 
@@ -67,6 +67,14 @@ fuzz: deps-test
 bench: build
 	@scripts/deps.sh bench
 	@bench/run.sh
+
+# The function-call round trip through the HTTP API, beside the same exchange
+# over plain MQTT (bench/api_bench.sh; DOC=1 writes docs/benchmarks.md).
+# The bench packages come first: api_bench is built only when libcurl is there.
+bench-api:
+	@scripts/deps.sh bench
+	@$(MAKE) --no-print-directory build
+	@BUILD=$(BUILD) bench/api_bench.sh
 
 clean:
 	rm -rf $(BUILD) $(ASAN) $(FUZZB)
