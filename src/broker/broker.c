@@ -468,6 +468,7 @@ void cy_broker_stop(cy_broker *b)
         c->clean_disconnect = true; /* a shutdown is not the client's failure */
         cy_conn_close(c, CY_RC_SERVER_SHUTTING_DOWN, NULL);
     }
+    cy_api_stop(b);
     if (b->nshards > 1) cy_cluster_before_commit(b);
     cy_store_commit(b->store);
     if (b->bus) cy_bus_close(b->bus, NULL, NULL);
@@ -506,6 +507,7 @@ void cy_broker_free(cy_broker *b)
         for (size_t i = 0; i < all.n; i++) cy_session_free(b, all.v[i]);
         cy_free(all.v);
     }
+    cy_api_free(b); /* holds message references; before the trees go */
     cy_store_commit(b->store);
     cy_bus_free(b->bus);
     cy_cluster_free(b);

@@ -46,7 +46,13 @@
     X(limit_subscriptions, "subscriptions refused at max_subscriptions")                           \
     X(sessions, "sessions held (online and offline)")                                              \
     X(subscriptions, "subscriptions held")                                                         \
-    X(retained_messages, "retained messages held")
+    X(retained_messages, "retained messages held")                                               \
+    X(acl_denied, "publishes and subscriptions refused outside a device's topic spaces")         \
+    X(api_requests, "HTTP API requests answered")                                                \
+    X(api_calls, "function calls and variable reads sent to devices")                            \
+    X(api_call_timeouts, "function calls and variable reads the device did not answer in time")  \
+    X(api_shard_unavailable, "API requests answered 503 because the device's shard was not healthy") \
+    X(events, "events buffered for the API's event streams")
 
 typedef struct cy_counters {
 #define CY_COUNTER_FIELD(name, doc) uint64_t name;
@@ -71,6 +77,9 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
  * (inherited from the supervisor, not owned: it is duplicated), join the bus
  * (data_dir/run) when there are several shards, start the loop hooks. */
 int cy_broker_start(cy_broker *b, int listen_fd);
+/* Serve the HTTP API (docs/api.md) on the inherited listening socket
+ * http_fd (duplicated; the caller closes its own). After cy_broker_start. */
+int cy_api_start(cy_broker *b, int http_fd);
 /* Write heartbeat, progress and counters to this shard's scoreboard slot.
  * The broker calls it every loop pass; call it from a timer too, so an
  * idle shard still beats. */

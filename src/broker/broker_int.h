@@ -50,6 +50,8 @@ typedef struct cy_msg {
     uint32_t props_len;  /* pass-through MQTT 5 properties, encoded */
     int64_t expiry_at;   /* wall ms; 0 = never */
     int64_t retain_ts;   /* retained: last-writer-wins stamp, wall ms << 8 | origin shard */
+    uint64_t event_seq;  /* an event (API streams): its origin shard's sequence number; 0 = none */
+    uint8_t origin;      /* the shard that took it from its publisher */
     char *topic;         /* NUL-terminated; in the same allocation */
     uint8_t *payload;    /* in the same allocation */
     uint8_t *props;      /* in the same allocation */
@@ -145,6 +147,7 @@ struct cy_conn {
     bool clean_disconnect; /* got DISCONNECT 0x00: no will */
     bool counted;          /* counted in clients_connected */
     bool handed_in;        /* arrived by handover from another shard */
+    bool device;           /* an isolated device: client id = device id, own topics only */
     uint32_t n_held;       /* acknowledgements held until peers caught up */
     uint64_t held_epoch;   /* release scratch: an earlier entry of ours still waits */
     char peer[48];         /* ip:port for logs before CONNECT */
@@ -254,6 +257,7 @@ struct cy_broker {
     uint64_t progress;     /* units of work done (scoreboard) */
     bool stalled;          /* drill: input is ignored, heartbeat goes on */
     uint64_t snap_from;    /* peers whose interest snapshot we hold (this incarnation) */
+    struct cy_api *api;    /* the HTTP API, or NULL when it is off */
     uint8_t rbuf[CY_READ_CHUNK]; /* shared read buffer */
     bool rbuf_busy;
 };
@@ -350,9 +354,12 @@ void cy_route_set_retained(cy_broker *b, cy_msg *m);
 unsigned cy_shard_of(const char *client_id, size_t len, unsigned nshards);
 /* Add / remove a local session's subscription: the tree, and the interest
  * told to peers. */
-int cy_broker_sub_add(cy_broker *b, cy_session *s, const char *filter, size_t len, uint8_t opts,
+int cy_broker_sub_add(cy_broker *b, void *owner, const char *filter, size_t len, uint8_t opts,
                       uint32_t sub_id);
-void cy_broker_sub_remove(cy_broker *b, cy_session *s, const char *filter, size_t len);
+void cy_broker_sub_remove(cy_broker *b, void *owner, const char *filter, size_t len);
+/* Send an API frame to peer j (counted for the watchdog, never held). */
+int cy_cluster_send_api(cy_broker *b, unsigned j, uint8_t type, const void *a, size_t alen,
+                        const void *c, size_t clen);
 bool cy_is_peer(const cy_broker *b, const void *owner);
 /* Send msg to the peers in b->fwd_mask (routing) and, if it sets a retained
  * message, to every peer (replication). */
@@ -401,5 +408,28 @@ void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len);
 void cy_route_local(cy_broker *b, cy_msg *m, const cy_str *groups, unsigned n_groups);
 /* Apply a retained message under last-writer-wins (replication). */
 void cy_route_apply_retained(cy_broker *b, cy_msg *m);
+
+/* api*.c: the HTTP API (details in api_int.h). With http_listen empty,
+ * b->api is NULL and only the device rules below apply. */
+#define CY_FRAME_API_REQ 8
+#define CY_FRAME_API_RESP 9
+int cy_api_start(cy_broker *b, int http_fd);
+/* Close every HTTP connection and stream (pending requests end). */
+void cy_api_stop(cy_broker *b);
+void cy_api_free(cy_broker *b);
+/* m matched the event filters: buffer it and send it to the streams. */
+void cy_api_event(cy_broker *b, cy_msg *m);
+/* Assign m its event sequence number if it is an event (origin side). */
+void cy_api_event_stamp(cy_broker *b, cy_msg *m);
+void cy_api_on_frame(cy_broker *b, unsigned from, uint8_t type, const uint8_t *body, size_t len);
+/* A device's connection was accepted / is closing (presence). */
+void cy_api_device_online(cy_broker *b, cy_conn *c);
+void cy_api_device_offline(cy_broker *b, cy_conn *c);
+/* May this isolated device use topic (or filter) t? */
+bool cy_device_topic_ok(const cy_conn *c, const char *t, size_t len);
+/* A device's PUBLISH in its own space, before routing: 0 = route it;
+ * 1 = consumed (a reply to a call or read); a reason code >= 0x80 to refuse
+ * it with. Sets *retain for a describe. */
+int cy_device_publish(cy_conn *c, const cy_mqtt_publish *p, bool *retain);
 
 #endif

@@ -32,11 +32,14 @@
  *   1 INTEREST_RESET: -            2 INTEREST_ADD / 3 INTEREST_DEL: filter
  *   7 INTEREST_END: - (the snapshot that RESET began is complete)
  *   4 PUBLISH: u64 seq (0 = not durable), u8 flags (bits 0-1 QoS, 2 retain
- *     as published, 3 route to local subscribers, 4 set as retained),
- *     i64 expiry_at, i64 retain_ts, u16 topic len, topic, u32 props len,
+ *     as published, 3 route to local subscribers, 4 set as retained, 5 an
+ *     event), i64 expiry_at, i64 retain_ts, [u64 event seq, if an event],
+ *     u16 topic len, topic, u32 props len,
  *     props, u8 group count, {u16 len, "$share/g/f"}..., payload (the rest)
  *   5 ACK: u64 frames applied on this link, u64 last durable seq applied
  *   6 HANDOVER (with a TCP handle): the bytes already read from it
+ *   8 API_REQ, 9 API_RESP: the HTTP API's requests to owner shards and
+ *     their answers (api_int.h); not durable, and never hold an ack
  */
 #include "broker/broker_int.h"
 
@@ -59,7 +62,7 @@ enum {
     F_INTEREST_END = 7,
 };
 
-enum { FL_RETAIN = 4, FL_ROUTE = 8, FL_SET_RETAINED = 16 };
+enum { FL_RETAIN = 4, FL_ROUTE = 8, FL_SET_RETAINED = 16, FL_EVENT = 32 };
 
 /* Durable frames kept per peer while it does not acknowledge them. Beyond
  * this a down peer costs messages (counted, logged) rather than memory. */
@@ -201,13 +204,23 @@ static void send_counted(cy_broker *b, cy_peer *p, uint8_t type, const void *bod
     }
 }
 
+int cy_cluster_send_api(cy_broker *b, unsigned j, uint8_t type, const void *a, size_t alen,
+                        const void *c, size_t clen)
+{
+    cy_peer *p = &b->peers[j];
+    if (!p->up) return CY_EPIPE;
+    int rc = cy_bus_send2(b->bus, j, type, a, alen, c, clen);
+    if (rc == 0) p->frames_out++;
+    return rc;
+}
+
 static void broadcast_interest(cy_broker *b, uint8_t type, const char *filter, size_t len)
 {
     for (unsigned j = 0; j < b->nshards; j++)
         if (j != b->self) send_counted(b, &b->peers[j], type, filter, len);
 }
 
-int cy_broker_sub_add(cy_broker *b, cy_session *s, const char *filter, size_t len, uint8_t opts,
+int cy_broker_sub_add(cy_broker *b, void *s, const char *filter, size_t len, uint8_t opts,
                       uint32_t sub_id)
 {
     bool existed = false;
@@ -235,7 +248,7 @@ fail:
     return CY_ENOMEM;
 }
 
-void cy_broker_sub_remove(cy_broker *b, cy_session *s, const char *filter, size_t len)
+void cy_broker_sub_remove(cy_broker *b, void *s, const char *filter, size_t len)
 {
     if (cy_topic_tree_remove(b->subs, filter, len, s) || b->nshards <= 1) return;
     cy_interest *in = cy_map_get(&b->interest, filter, len);
@@ -379,6 +392,7 @@ static int encode_publish(cy_buf *f, const cy_msg *m, uint64_t seq, uint8_t flag
     rc = rc ? rc : cy_buf_put_u8(f, flags);
     rc = rc ? rc : put_u64(f, (uint64_t)m->expiry_at);
     rc = rc ? rc : put_u64(f, (uint64_t)m->retain_ts);
+    if (flags & FL_EVENT) rc = rc ? rc : put_u64(f, m->event_seq);
     rc = rc ? rc : cy_buf_put_u16(f, m->topic_len);
     rc = rc ? rc : cy_buf_append(f, m->topic, m->topic_len);
     rc = rc ? rc : cy_buf_put_u32(f, m->props_len);
@@ -400,7 +414,8 @@ void cy_cluster_forward(cy_broker *b, cy_msg *m, bool set_retained)
         if (!routed && !set_retained) continue;
         bool durable = m->qos > 0 || set_retained;
         uint8_t flags = (uint8_t)(m->qos | (m->retain ? FL_RETAIN : 0) | (routed ? FL_ROUTE : 0) |
-                                  (set_retained ? FL_SET_RETAINED : 0));
+                                  (set_retained ? FL_SET_RETAINED : 0) |
+                                  (m->event_seq ? FL_EVENT : 0));
         if (!durable) {
             if (!p->up || encode_publish(&b->frame, m, 0, flags, b->fwd_groups[j],
                                          b->n_fwd_groups[j]) ||
@@ -518,6 +533,7 @@ static void on_publish(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len
     uint8_t flags = (uint8_t)get_be(&r, 1);
     int64_t expiry_at = (int64_t)get_be(&r, 8);
     int64_t retain_ts = (int64_t)get_be(&r, 8);
+    uint64_t event_seq = flags & FL_EVENT ? get_be(&r, 8) : 0;
     size_t tlen = (size_t)get_be(&r, 2);
     const uint8_t *topic = take(&r, tlen);
     size_t plen = (size_t)get_be(&r, 4);
@@ -548,6 +564,8 @@ static void on_publish(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len
         return;
     }
     m->retain_ts = retain_ts;
+    m->event_seq = event_seq;
+    m->origin = (uint8_t)p->index;
     if (flags & FL_SET_RETAINED) cy_route_apply_retained(b, m);
     if (flags & FL_ROUTE) cy_route_local(b, m, groups, ng < 8 ? ng : 8);
     cy_msg_unref(m);
@@ -602,6 +620,13 @@ void cy_cluster_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *
         b->progress++;
         return;
     case F_PUBLISH: on_publish(b, p, body, len); return;
+    case CY_FRAME_API_REQ:
+    case CY_FRAME_API_RESP:
+        p->frames_in++;
+        p->ack_due = true;
+        b->progress++;
+        cy_api_on_frame(b, from, type, body, len);
+        return;
     case F_ACK:
         on_ack(b, p, body, len);
         cy_cluster_release(b); /* held acknowledgements may now go */

@@ -161,6 +161,7 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
     }
     if (c->sess) {
         cy_session *s = c->sess;
+        if (c->device) cy_api_device_offline(b, c);
         c->sess = NULL;
         s->conn = NULL;
         cy_session_detach(b, s, !c->clean_disconnect);
@@ -243,10 +244,15 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
             cy_conn_close(c, CY_RC_MALFORMED, why);
             return len;
         }
+        /* A device's session is named by its device id (the client id, or
+         * the username when the client id is empty). */
+        const cy_str *name = &p.u.connect.client_id;
+        if (rc == 0 && p.type == CY_MQTT_CONNECT && name->len == 0 && b->cfg->isolate_devices &&
+            p.u.connect.has_username)
+            name = &p.u.connect.username;
         if (p.type == CY_MQTT_CONNECT && c->state == CONN_NEW && b->nshards > 1 &&
-            !c->handed_in && p.u.connect.client_id.len) {
-            unsigned owner = cy_shard_of(p.u.connect.client_id.p, p.u.connect.client_id.len,
-                                         b->nshards);
+            !c->handed_in && name->len) {
+            unsigned owner = cy_shard_of(name->p, name->len, b->nshards);
             if (owner != b->self) {
                 cy_cluster_handover(b, c, owner, p.u.connect.version, data + off, len - off);
                 return len;

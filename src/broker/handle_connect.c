@@ -94,9 +94,24 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         return refuse(c, CY_RC_CLIENT_ID_INVALID, CY_RC3_ID_REJECTED, logname,
                       "client id longer than 256 bytes");
 
+    /* An isolated device is its own session: client id = device id (an
+     * empty one becomes the device id), so no device can take over another
+     * device's session and the API finds each device's session by its id. */
+    bool device = p->has_username && b->cfg->isolate_devices;
+    if (device) {
+        if (p->client_id.len &&
+            (p->client_id.len != p->username.len ||
+             memcmp(p->client_id.p, p->username.p, p->username.len) != 0))
+            return refuse(c, CY_RC_CLIENT_ID_INVALID, CY_RC3_ID_REJECTED, logname,
+                          "a device's client id must be its device id");
+        idlen = p->username.len < CY_MAX_CLIENT_ID ? p->username.len : CY_MAX_CLIENT_ID;
+        memcpy(who, p->username.p, idlen);
+        who[idlen] = '\0';
+    }
+
     /* Client identifier. */
     bool assigned = false;
-    if (p->client_id.len == 0) {
+    if (p->client_id.len == 0 && !device) {
         if (c->version != CY_MQTT_V5 && !p->clean_start)
             return refuse(c, CY_RC_CLIENT_ID_INVALID, CY_RC3_ID_REJECTED, c->peer,
                           "empty client id needs clean session");
@@ -170,6 +185,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     s->conn = c;
     c->sess = s;
     c->state = CONN_ACTIVE;
+    c->device = device;
     c->counted = true;
     b->stats.clients_connected++;
     b->stats.connects_total++;
@@ -214,7 +230,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         ap->receive_max = (uint16_t)b->cfg->max_inflight;
         ap->max_packet_size = b->cfg->max_packet_size;
         ap->topic_alias_max = (uint16_t)b->cfg->topic_alias_max;
-        if (assigned) {
+        if (assigned || (device && p->client_id.len == 0)) {
             ap->present |= CY_PBIT(CY_PROP_ASSIGNED_CLIENT_ID);
             ap->assigned_client_id = (cy_str){s->client_id, s->client_id_len};
         }
@@ -230,6 +246,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     cy_conn_send(c, &ack);
     cy_info(s->client_id, "connected from %s proto=%u keepalive=%u clean=%d expiry=%u%s", c->peer,
             c->version, c->keepalive, p->clean_start, expiry, present ? " resumed" : "");
+    if (device) cy_api_device_online(b, c);
     cy_session_resume(b, s);
     return 0;
 }

@@ -61,7 +61,9 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
             rv[i++] = fail_code(c, CY_RC_TOPIC_FILTER_INVALID);
             continue;
         }
-        if (forbidden(f, len)) {
+        if (forbidden(f, len) ||
+            (c->device && !cy_device_topic_ok(c, shared ? inner : f, shared ? ilen : len))) {
+            if (c->device) b->stats.acl_denied++;
             rv[i++] = fail_code(c, CY_RC_NOT_AUTHORIZED);
             continue;
         }

@@ -25,6 +25,7 @@ typedef struct route_ctx {
     const cy_str *groups; /* local routing of a peer's message: groups we serve */
     unsigned n_groups;
     bool local;        /* a peer's message: never forward */
+    bool event;        /* the API's event filters matched */
 } route_ctx;
 
 static void merge(cy_broker *b, cy_session *s, uint8_t opts, uint32_t sub_id)
@@ -60,6 +61,10 @@ static void on_sub(void *ctx, void *owner, uint8_t opts, uint32_t sub_id)
 {
     route_ctx *rc = ctx;
     cy_broker *b = rc->b;
+    if (owner == (void *)b->api) {
+        rc->event = true;
+        return;
+    }
     if (cy_is_peer(b, owner)) {
         if (!rc->local) b->fwd_mask |= UINT64_C(1) << ((cy_peer *)owner)->index;
         return;
@@ -168,15 +173,21 @@ static void route(cy_broker *b, cy_msg *m, route_ctx *rc)
 void cy_route_publish(cy_broker *b, cy_msg *m, cy_session *from)
 {
     if (m->retain) cy_route_set_retained(b, m);
-    route_ctx rc = {b, from, NULL, 0, false};
+    route_ctx rc = {b, from, NULL, 0, false, false};
     route(b, m, &rc);
+    if (rc.event) { /* numbered here, where it entered the node */
+        m->origin = (uint8_t)b->self;
+        cy_api_event_stamp(b, m);
+        cy_api_event(b, m);
+    }
     if (b->nshards > 1 && !is_sys(m)) cy_cluster_forward(b, m, m->retain);
 }
 
 void cy_route_local(cy_broker *b, cy_msg *m, const cy_str *groups, unsigned n_groups)
 {
-    route_ctx rc = {b, NULL, groups, n_groups, true};
+    route_ctx rc = {b, NULL, groups, n_groups, true, false};
     route(b, m, &rc);
+    if (rc.event && m->event_seq) cy_api_event(b, m);
 }
 
 typedef struct retained_ctx {

@@ -1,7 +1,8 @@
 /* shard: the process that runs one broker, as spawned by the supervisor.
  *
- * It inherits the listening MQTT socket as fd 3 and one end of a socketpair
- * to the supervisor as fd 4 (see health/supervisor.h). It maps the
+ * It inherits the listening MQTT socket as fd 3, one end of a socketpair
+ * to the supervisor as fd 4 and the listening HTTP socket as fd 5 (see
+ * health/supervisor.h). It maps the
  * scoreboard and writes only its own slot: STARTING while it loads its
  * SQLite file (data_dir/shard-<index>.db), then RUNNING, with a heartbeat on
  * every loop pass and at least every 100 ms from a timer.
@@ -28,6 +29,7 @@
 
 #define LISTEN_FD 3
 #define SUPERVISOR_FD 4
+#define HTTP_FD 5
 #define BEAT_MS 100
 
 typedef struct shard {
@@ -141,6 +143,16 @@ int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation)
         goto out_loop;
     }
     close(LISTEN_FD); /* the broker holds its own duplicate */
+    if (cfg->http_listen[0]) {
+        rc = cy_api_start(sh.broker, HTTP_FD);
+        if (rc) {
+            cy_error(NULL, "shard %u: cannot serve the HTTP API: %s", index, cy_strerror(rc));
+            cy_broker_stop(sh.broker);
+            uv_run(&sh.loop, UV_RUN_DEFAULT);
+            goto out_loop;
+        }
+        close(HTTP_FD);
+    }
     uv_signal_init(&sh.loop, &sh.sigterm);
     uv_signal_init(&sh.loop, &sh.sigint);
     uv_signal_init(&sh.loop, &sh.sigusr1);

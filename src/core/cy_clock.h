@@ -16,6 +16,14 @@ static inline int64_t cy_mono_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Monotonic microseconds, for measuring short intervals (round trips). */
+static inline int64_t cy_mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 static inline int64_t cy_wall_ms(void)
 {
     struct timespec ts;

@@ -55,6 +55,16 @@ static const setting table[] = {
     U32(watchdog_timeout, "2000", 100, 600000,
         "milliseconds a shard may go without a heartbeat, or with work queued and no progress, "
         "before the supervisor kills and replaces it"),
+    BOOL(isolate_devices, "true",
+         "devices may use only their own topics (devices/<id>/...) and the shared events/...; "
+         "false makes cyan a plain MQTT broker"),
+    STR(http_listen, "0.0.0.0:8080", "address:port of the HTTP API; empty = no API"),
+    U32(http_max_body, "65536", 256, 16777216, "largest HTTP request body, bytes (413 beyond)"),
+    U32(http_max_connections, "1024", 1, 1000000, "simultaneous HTTP connections per shard"),
+    U32(http_idle_timeout, "60", 1, 3600, "seconds an idle HTTP connection is kept open"),
+    U32(sse_heartbeat, "15", 1, 3600, "seconds between heartbeat comments on event streams"),
+    U32(event_buffer, "1000", 1, 1000000,
+        "events each shard keeps so that a stream can resume (Last-Event-ID)"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))

@@ -39,6 +39,13 @@ typedef struct cy_config {
     char store_sync[16];        /* normal or full */
     uint32_t shards;            /* shard processes */
     uint32_t watchdog_timeout;  /* ms without heartbeat or progress before a shard is replaced */
+    bool isolate_devices;       /* devices keep to devices/<id>/... and events/... */
+    char http_listen[128];      /* host:port of the HTTP API; "" = off */
+    uint32_t http_max_body;     /* bytes */
+    uint32_t http_max_connections; /* per shard */
+    uint32_t http_idle_timeout; /* s */
+    uint32_t sse_heartbeat;     /* s between heartbeat comments on event streams */
+    uint32_t event_buffer;      /* events each shard keeps for resuming streams */
 } cy_config;
 
 typedef struct cy_config_error {

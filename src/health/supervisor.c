@@ -91,6 +91,7 @@ struct sv {
     uv_timer_t tick, feed, stop_timer;
     uv_signal_t sigterm, sigint;
     int listen_fd;
+    int http_fd; /* -1 when the HTTP API is off */
     cy_scoreboard sb;
     unsigned n;
     unsigned alive;
@@ -399,7 +400,7 @@ static void spawn_shard(shard *sh)
     for (size_t k = 0; k < s->npass; k++)
         args[4 + k] = s->pass[k];
 
-    uv_stdio_container_t stdio[5];
+    uv_stdio_container_t stdio[6];
     stdio[0].flags = UV_IGNORE; /* /dev/null */
     stdio[1].flags = UV_INHERIT_FD;
     stdio[1].data.fd = 1;
@@ -409,13 +410,19 @@ static void spawn_shard(shard *sh)
     stdio[3].data.fd = s->listen_fd;
     stdio[4].flags = UV_INHERIT_FD;
     stdio[4].data.fd = sp[1];
+    if (s->http_fd >= 0) {
+        stdio[5].flags = UV_INHERIT_FD;
+        stdio[5].data.fd = s->http_fd;
+    } else {
+        stdio[5].flags = UV_IGNORE;
+    }
     uv_process_options_t opt;
     memset(&opt, 0, sizeof(opt));
     opt.file = s->exe;
     opt.args = args;
     opt.exit_cb = on_child_exit;
     opt.flags = UV_PROCESS_DETACHED;
-    opt.stdio_count = 5;
+    opt.stdio_count = 6;
     opt.stdio = stdio;
     c->sh = sh;
     c->sock = sp[0];
@@ -543,12 +550,12 @@ static void on_feed(uv_timer_t *t)
 
 /* ---- start ---- */
 
-static int open_listener(const char *text, int *out)
+static int open_listener(const char *what, const char *text, int *out)
 {
     struct sockaddr_storage ss;
     int rc = cy_listen_addr_parse(text, &ss);
     if (rc) {
-        cy_error(NULL, "supervisor: mqtt_listen %s: expected host:port or [v6]:port", text);
+        cy_error(NULL, "supervisor: %s %s: expected host:port or [v6]:port", what, text);
         return rc;
     }
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -624,12 +631,18 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
         s->npass++;
     s->n = cfg->shards;
     s->listen_fd = -1;
+    s->http_fd = -1;
     if (s->n < 1 || s->n > CY_SB_MAX_SHARDS) {
         cy_error(NULL, "supervisor: shards = %u: must be 1..%d", s->n, CY_SB_MAX_SHARDS);
         cy_free(s);
         return 1;
     }
-    if (open_listener(cfg->mqtt_listen, &s->listen_fd)) {
+    if (open_listener("mqtt_listen", cfg->mqtt_listen, &s->listen_fd)) {
+        cy_free(s);
+        return 1;
+    }
+    if (cfg->http_listen[0] && open_listener("http_listen", cfg->http_listen, &s->http_fd)) {
+        close(s->listen_fd);
         cy_free(s);
         return 1;
     }
@@ -637,6 +650,7 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     if (rc) {
         cy_error(NULL, "supervisor: cannot create %s: %s", path, cy_strerror(rc));
         close(s->listen_fd);
+        if (s->http_fd >= 0) close(s->http_fd);
         cy_free(s);
         return 1;
     }
@@ -708,6 +722,7 @@ out_sb:
     cy_sb_store(&s->sb.hdr->supervisor_pid, 0);
     cy_scoreboard_close(&s->sb);
     close(s->listen_fd);
+    if (s->http_fd >= 0) close(s->http_fd);
     int result = s->result;
     cy_free(s);
     return result;

@@ -3,12 +3,14 @@
  *
  * What it does, in order:
  *   1. creates data_dir/run/, the scoreboard file data_dir/run/scoreboard
- *      (see scoreboard.h), and the listening MQTT socket (mqtt_listen);
+ *      (see scoreboard.h), the listening MQTT socket (mqtt_listen) and the
+ *      listening HTTP socket (http_listen, unless empty);
  *   2. spawns `shards` shard processes with uv_spawn:
  *        argv: exe "shard" <index> <generation> <pass-through args...>
  *        fd 3: the listening TCP socket (bound, listening; shards accept on it)
  *        fd 4: one end of a socketpair to the supervisor; a shard exits
  *              when it reads EOF there (the supervisor is gone)
+ *        fd 5: the listening HTTP socket, or /dev/null when the API is off
  *        fd 0: /dev/null; fds 1, 2: inherited (one log stream)
  *      The generation is a number that grows with every spawn of that index.
  *   3. every 100 ms judges each shard from its scoreboard slot:

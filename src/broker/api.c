@@ -1,0 +1,869 @@
+/* api: the HTTP API's routes (docs/api.md), tokens, and requests to the
+ * shards that own devices.
+ *
+ * Every shard serves the API from the same listening socket. A request
+ * about a device becomes an operation for the device's owner shard (the
+ * same hash as its MQTT session, cy_shard_of), run directly when that is
+ * this shard and sent as an API_REQ frame otherwise (see api_int.h). The
+ * request waits in `pending` for the answer, with a deadline; the tick
+ * answers 503 for an owner that stops being healthy while a request waits
+ * on it, so a hung shard never holds an application longer than about a
+ * second past what it asked for.
+ *
+ * Errors are mapped to HTTP once, here: every error body is
+ * {"error": code, "message": text} with a stable code.
+ */
+#include "broker/api_int.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- helpers ---- */
+
+json_t *cy_api_time(int64_t ms)
+{
+    if (ms <= 0) return json_null();
+    time_t sec = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!gmtime_r(&sec, &tm)) return json_null();
+    char buf[96];
+    snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    return json_string(buf);
+}
+
+char *cy_api_error_body(const char *code, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    json_t *o = json_pack("{s:s, s:s}", "error", code, "message", msg);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return text;
+}
+
+json_t *cy_api_describe(cy_broker *b, const char *id, const char *key)
+{
+    char topic[8 + CY_DEVICE_ID_LEN + 10];
+    int n = snprintf(topic, sizeof(topic), "devices/%s/describe", id);
+    cy_msg *m = cy_retain_get(b->retained, topic, (size_t)n);
+    json_t *d = m ? json_loadb((const char *)m->payload, m->payload_len, 0, NULL) : NULL;
+    json_t *v = json_object_get(d, key);
+    json_t *out = json_is_array(v) ? json_incref(v) : json_array();
+    json_decref(d);
+    return out;
+}
+
+static void reply_text(cy_broker *b, cy_http_req *req, unsigned status, const char *body,
+                       const char *const *headers)
+{
+    b->stats.api_requests++;
+    if (!body) body = "{\"error\":\"internal\",\"message\":\"out of memory\"}";
+    cy_http_reply(req, status, NULL, body, strlen(body), headers);
+}
+
+static void reply_json(cy_broker *b, cy_http_req *req, unsigned status, json_t *o)
+{
+    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    json_decref(o);
+    reply_text(b, req, text ? status : 500, text, NULL);
+    free(text);
+}
+
+static void reply_error(cy_broker *b, cy_http_req *req, unsigned status, const char *code,
+                        const char *const *headers, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+static void reply_error(cy_broker *b, cy_http_req *req, unsigned status, const char *code,
+                        const char *const *headers, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    char *body = cy_api_error_body(code, "%s", msg);
+    reply_text(b, req, status, body, headers);
+    free(body);
+}
+
+static void reply_unavailable(cy_broker *b, cy_http_req *req, const char *why)
+{
+    char retry[16];
+    unsigned s = (b->cfg->watchdog_timeout + 999) / 1000 + 1;
+    snprintf(retry, sizeof(retry), "%u", s);
+    const char *h[] = {"Retry-After", retry, NULL};
+    b->stats.api_shard_unavailable++;
+    reply_error(b, req, 503, "shard_unavailable", h, "%s; retry in a few seconds", why);
+}
+
+static bool shard_ok(cy_broker *b, unsigned j, char *why, size_t whylen)
+{
+    return j == b->self || cy_cluster_shard_ready(b, j, why, whylen);
+}
+
+/* ---- pending requests ---- */
+
+static void pending_free(cy_api *a, api_pending *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        a->pending = p->next;
+    if (p->next) p->next->prev = p->prev;
+    json_decref(p->devices);
+    for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++) json_decref(p->presence[j]);
+    cy_free(p);
+}
+
+static void pending_gone(void *arg, cy_http_req *req)
+{
+    api_pending *p = arg;
+    (void)req;
+    p->req = NULL; /* the answer, if it comes, is dropped */
+}
+
+static api_pending *pending_new(cy_broker *b, cy_http_req *req, uint8_t op, int64_t timeout_ms)
+{
+    cy_api *a = b->api;
+    api_pending *p = cy_calloc(1, sizeof(*p));
+    if (!p) return NULL;
+    p->id = ++a->next_id;
+    p->op = op;
+    p->req = req;
+    p->deadline = cy_mono_ms() + timeout_ms;
+    p->next = a->pending;
+    if (a->pending) a->pending->prev = p;
+    a->pending = p;
+    cy_http_on_close(req, pending_gone, p);
+    return p;
+}
+
+static api_pending *pending_find(cy_api *a, uint32_t id)
+{
+    for (api_pending *p = a->pending; p; p = p->next)
+        if (p->id == id) return p;
+    return NULL;
+}
+
+/* Send op to shard j for p (or run it here). */
+static int send_op(cy_broker *b, api_pending *p, unsigned j, const char *id, const char *name,
+                   const uint8_t *arg, size_t arg_len, uint32_t timeout_ms)
+{
+    size_t idl = id ? strlen(id) : 0, nl = name ? strlen(name) : 0;
+    p->waiting |= UINT64_C(1) << j;
+    if (j == b->self) {
+        cy_api_device_op(b, b->self, p->id, p->op, id ? id : "", idl, name ? name : "", nl, arg,
+                         arg_len, timeout_ms);
+        return 0;
+    }
+    uint8_t head[4 + 1 + 4 + 1 + CY_DEVICE_ID_LEN + 1 + API_NAME_MAX];
+    size_t h = 0;
+    head[h++] = (uint8_t)(p->id >> 24);
+    head[h++] = (uint8_t)(p->id >> 16);
+    head[h++] = (uint8_t)(p->id >> 8);
+    head[h++] = (uint8_t)p->id;
+    head[h++] = p->op;
+    head[h++] = (uint8_t)(timeout_ms >> 24);
+    head[h++] = (uint8_t)(timeout_ms >> 16);
+    head[h++] = (uint8_t)(timeout_ms >> 8);
+    head[h++] = (uint8_t)timeout_ms;
+    head[h++] = (uint8_t)idl;
+    if (idl) memcpy(head + h, id, idl);
+    h += idl;
+    head[h++] = (uint8_t)nl;
+    if (nl) memcpy(head + h, name, nl);
+    h += nl;
+    return cy_cluster_send_api(b, j, CY_FRAME_API_REQ, head, h, arg, arg_len);
+}
+
+/* Presence answers in: build the device objects. */
+static void finish_presence(cy_broker *b, api_pending *p)
+{
+    size_t i;
+    json_t *d;
+    json_array_foreach(p->devices, i, d)
+    {
+        unsigned j = (unsigned)json_integer_value(json_object_get(d, "shard"));
+        const char *id = json_string_value(json_object_get(d, "id"));
+        json_t *pr = j < CY_SB_MAX_SHARDS && p->presence[j] ? p->presence[j] : NULL;
+        bool healthy = pr != NULL;
+        json_t *one = NULL;
+        if (pr && p->op == API_OP_PRESENCE) one = pr;
+        if (pr && p->op == API_OP_PRESENCE_ALL) one = json_object_get(pr, id);
+        json_object_set_new(d, "shard_healthy", json_boolean(healthy));
+        static const char *const keys[] = {"online", "protocol", "connected_since", "last_heard",
+                                           "last_round_trip"};
+        for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+            json_t *v = one ? json_object_get(one, keys[k]) : NULL;
+            if (v)
+                json_object_set(d, keys[k], v);
+            else if (healthy && k == 0)
+                json_object_set_new(d, keys[k], json_false());
+            else
+                json_object_set_new(d, keys[k], json_null());
+        }
+    }
+    if (p->req) {
+        cy_http_on_close(p->req, NULL, NULL);
+        if (p->op == API_OP_PRESENCE)
+            reply_json(b, p->req, 200, json_incref(json_array_get(p->devices, 0)));
+        else
+            reply_json(b, p->req, 200, json_incref(p->devices));
+        p->req = NULL;
+    }
+    pending_free(b->api, p);
+}
+
+void cy_api_complete(cy_broker *b, uint32_t id, unsigned from, unsigned status, const char *body,
+                     size_t len)
+{
+    cy_api *a = b->api;
+    api_pending *p = pending_find(a, id);
+    if (!p || !(p->waiting & (UINT64_C(1) << from))) return; /* late: answered already */
+    p->waiting &= ~(UINT64_C(1) << from);
+    if (p->op == API_OP_PRESENCE || p->op == API_OP_PRESENCE_ALL) {
+        if (status == 200) p->presence[from] = json_loadb(body, len, 0, NULL);
+        if (!p->waiting) finish_presence(b, p);
+        return;
+    }
+    if (p->req) {
+        cy_http_on_close(p->req, NULL, NULL);
+        b->stats.api_requests++;
+        cy_http_reply(p->req, status, NULL, body, len, NULL);
+        p->req = NULL;
+    }
+    pending_free(a, p);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    cy_broker *b = t->data;
+    cy_api *a = b->api;
+    int64_t now = cy_mono_ms();
+    cy_api_device_tick(b, now);
+    cy_api_events_tick(b, now);
+    for (api_pending *p = a->pending, *n; p; p = n) {
+        n = p->next;
+        if (!p->req && now >= p->deadline) {
+            pending_free(a, p);
+            continue;
+        }
+        if (!p->req) continue;
+        char why[96] = "";
+        bool late = now >= p->deadline;
+        if (p->op == API_OP_PRESENCE || p->op == API_OP_PRESENCE_ALL) {
+            /* Shards that do not answer in time are reported unhealthy. */
+            for (unsigned j = 0; j < b->nshards; j++)
+                if ((p->waiting & (UINT64_C(1) << j)) && (late || !shard_ok(b, j, why, sizeof(why))))
+                    p->waiting &= ~(UINT64_C(1) << j);
+            if (!p->waiting) finish_presence(b, p);
+            continue;
+        }
+        if (!late && shard_ok(b, p->shard, why, sizeof(why))) continue;
+        if (late) snprintf(why, sizeof(why), "shard %u did not answer in time", p->shard);
+        cy_http_on_close(p->req, NULL, NULL);
+        reply_unavailable(b, p->req, why);
+        p->req = NULL;
+        pending_free(a, p);
+    }
+}
+
+void cy_api_on_frame(cy_broker *b, unsigned from, uint8_t type, const uint8_t *body, size_t len)
+{
+    if (!b->api || len < 6) return;
+    uint32_t id = (uint32_t)body[0] << 24 | (uint32_t)body[1] << 16 | (uint32_t)body[2] << 8 |
+                  body[3];
+    if (type == CY_FRAME_API_RESP) {
+        unsigned status = (unsigned)body[4] << 8 | body[5];
+        cy_api_complete(b, id, from, status, (const char *)body + 6, len - 6);
+        return;
+    }
+    /* API_REQ */
+    size_t h = 4;
+    if (len < h + 1 + 4 + 1) return;
+    uint8_t op = body[h++];
+    uint32_t timeout = (uint32_t)body[h] << 24 | (uint32_t)body[h + 1] << 16 |
+                       (uint32_t)body[h + 2] << 8 | body[h + 3];
+    h += 4;
+    size_t idl = body[h++];
+    if (len < h + idl + 1) return;
+    const char *dev = (const char *)body + h;
+    h += idl;
+    size_t nl = body[h++];
+    if (len < h + nl) return;
+    const char *name = (const char *)body + h;
+    h += nl;
+    cy_api_device_op(b, from, id, op, dev, idl, name, nl, body + h, len - h, timeout);
+}
+
+/* ---- routes ---- */
+
+typedef struct route_req {
+    cy_http_req *req;
+    const char *method;
+    char *seg[8]; /* path segments after /v1 */
+    unsigned nseg;
+    char *rest;   /* everything after the segment that starts a prefix, or NULL */
+    int scope;
+} route_req;
+
+static bool method_is(const route_req *r, const char *m)
+{
+    return strcmp(r->method, m) == 0;
+}
+
+static void not_allowed(cy_broker *b, cy_http_req *req, const char *allow)
+{
+    const char *h[] = {"Allow", allow, NULL};
+    reply_error(b, req, 405, "method_not_allowed", h, "allowed here: %s", allow);
+}
+
+static bool need_full(cy_broker *b, route_req *r)
+{
+    if (r->scope == CY_SCOPE_FULL) return true;
+    reply_error(b, r->req, 403, "forbidden", NULL, "this token is read-only");
+    return false;
+}
+
+static int authenticate(cy_broker *b, route_req *r)
+{
+    const char *h = cy_http_header(r->req, "Authorization");
+    static const char *const www[] = {"WWW-Authenticate", "Bearer realm=\"cyan\"", NULL};
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
+        reply_error(b, r->req, 401, "unauthorized", www, "an Authorization: Bearer token is needed");
+        return -1;
+    }
+    const char *tok = h + 7;
+    while (*tok == ' ') tok++;
+    int rc = cy_registry_token_check(b->registry, tok, strlen(tok), &r->scope, NULL);
+    if (rc == 0) return 0;
+    if (rc == CY_ESTORE) {
+        reply_error(b, r->req, 503, "registry_unavailable", NULL, "the registry cannot be read");
+        return -1;
+    }
+    reply_error(b, r->req, 401, "unauthorized", www, "%s",
+                rc == CY_EINVAL ? "malformed token" : "unknown or revoked token");
+    return -1;
+}
+
+/* The device a path names (id or name), as the base of its JSON object. */
+static json_t *device_base(cy_broker *b, const cy_device *d)
+{
+    return json_pack("{s:s, s:s, s:o, s:i, s:o, s:o}", "id", d->id, "name", d->name, "created_at",
+                     cy_api_time(d->created_at), "shard",
+                     (json_int_t)cy_shard_of(d->id, strlen(d->id), b->nshards), "functions",
+                     cy_api_describe(b, d->id, "functions"), "variables",
+                     cy_api_describe(b, d->id, "variables"));
+}
+
+static bool find_device(cy_broker *b, cy_http_req *req, const char *key, cy_device *d)
+{
+    int rc = cy_registry_device_get(b->registry, key, d);
+    if (rc == 0) return true;
+    if (rc == CY_ENOENT)
+        reply_error(b, req, 404, "device_not_found", NULL, "no device %.64s", key);
+    else
+        reply_error(b, req, 503, "registry_unavailable", NULL, "the registry cannot be read: %s",
+                    cy_strerror(rc));
+    return false;
+}
+
+static void presence_request(cy_broker *b, cy_http_req *req, json_t *devices, int one)
+{
+    api_pending *p = pending_new(b, req, one >= 0 ? API_OP_PRESENCE : API_OP_PRESENCE_ALL,
+                                 API_PRESENCE_TIMEOUT_MS);
+    if (!p) {
+        json_decref(devices);
+        reply_error(b, req, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    p->devices = devices;
+    char why[96];
+    uint32_t id = p->id;
+    /* Mark every shard first: a local answer may complete the request. */
+    uint64_t targets = 0;
+    for (unsigned j = 0; j < b->nshards; j++) {
+        if (one >= 0 && (int)j != one) continue;
+        if (shard_ok(b, j, why, sizeof(why))) targets |= UINT64_C(1) << j;
+    }
+    p->waiting = targets;
+    const char *dev = NULL;
+    if (one >= 0) dev = json_string_value(json_object_get(json_array_get(devices, 0), "id"));
+    char devcopy[CY_DEVICE_ID_LEN + 1] = "";
+    if (dev) snprintf(devcopy, sizeof(devcopy), "%s", dev);
+    for (unsigned j = 0; j < b->nshards; j++) {
+        if (!(targets & (UINT64_C(1) << j))) continue;
+        if (!pending_find(b->api, id)) return; /* completed by a local answer */
+        if (send_op(b, p, j, devcopy[0] ? devcopy : NULL, NULL, NULL, 0, 0))
+            p->waiting &= ~(UINT64_C(1) << j);
+    }
+    if (pending_find(b->api, id) && !p->waiting) finish_presence(b, p);
+}
+
+typedef struct list_ctx {
+    cy_broker *b;
+    json_t *arr;
+} list_ctx;
+
+static int list_one(void *ctx, const cy_device *d)
+{
+    list_ctx *lc = ctx;
+    json_array_append_new(lc->arr, device_base(lc->b, d));
+    return 0;
+}
+
+static void devices_list(cy_broker *b, cy_http_req *req)
+{
+    list_ctx lc = {b, json_array()};
+    int rc = cy_registry_device_list(b->registry, list_one, &lc);
+    if (rc) {
+        json_decref(lc.arr);
+        reply_error(b, req, 503, "registry_unavailable", NULL, "the registry cannot be read: %s",
+                    cy_strerror(rc));
+        return;
+    }
+    presence_request(b, req, lc.arr, -1);
+}
+
+static json_t *body_object(cy_broker *b, cy_http_req *req)
+{
+    size_t len;
+    const uint8_t *body = cy_http_body(req, &len);
+    if (!body || len == 0) return json_object();
+    json_error_t err;
+    json_t *o = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, &err);
+    if (!o || !json_is_object(o)) {
+        json_decref(o);
+        reply_error(b, req, 400, "bad_json", NULL, "the body must be a JSON object%s%s",
+                    o ? "" : ": ", o ? "" : err.text);
+        return NULL;
+    }
+    return o;
+}
+
+static void device_create(cy_broker *b, cy_http_req *req)
+{
+    json_t *o = body_object(b, req);
+    if (!o) return;
+    json_t *n = json_object_get(o, "name");
+    if (!json_is_string(n)) {
+        json_decref(o);
+        reply_error(b, req, 400, "bad_json", NULL, "\"name\" must be a string");
+        return;
+    }
+    char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
+    int rc = strlen(json_string_value(n)) == json_string_length(n)
+                 ? cy_registry_device_add(b->registry, json_string_value(n), id, secret)
+                 : CY_EINVAL;
+    if (rc == CY_EEXIST)
+        reply_error(b, req, 409, "name_taken", NULL, "a device named %.64s exists",
+                    json_string_value(n));
+    else if (rc == CY_EINVAL)
+        reply_error(b, req, 400, "bad_request", NULL,
+                    "a name is 1 to 64 letters, digits, '-', '_' or '.', and not shaped like an id");
+    else if (rc)
+        reply_error(b, req, 503, "registry_unavailable", NULL, "cannot add the device: %s",
+                    cy_strerror(rc));
+    else {
+        cy_info(id, "device created through the API (name %s)", json_string_value(n));
+        reply_json(b, req, 201,
+                   json_pack("{s:s, s:s, s:s}", "id", id, "name", json_string_value(n), "secret",
+                             secret));
+    }
+    json_decref(o);
+}
+
+static void clear_describe(cy_broker *b, const char *id)
+{
+    char topic[8 + CY_DEVICE_ID_LEN + 10];
+    int n = snprintf(topic, sizeof(topic), "devices/%s/describe", id);
+    if (!cy_retain_get(b->retained, topic, (size_t)n)) return;
+    cy_msg *m = cy_msg_new(topic, (size_t)n, NULL, 0, NULL, 0, 1, true, 0);
+    if (!m) return;
+    cy_route_publish(b, m, NULL);
+    cy_msg_unref(m);
+}
+
+static void device_delete(cy_broker *b, cy_http_req *req, const cy_device *d)
+{
+    int rc = cy_registry_device_remove(b->registry, d->id);
+    if (rc && rc != CY_ENOENT) {
+        reply_error(b, req, 503, "registry_unavailable", NULL, "cannot remove the device: %s",
+                    cy_strerror(rc));
+        return;
+    }
+    cy_info(d->id, "device deleted through the API");
+    clear_describe(b, d->id);
+    unsigned owner = cy_shard_of(d->id, strlen(d->id), b->nshards);
+    char why[96];
+    if (!shard_ok(b, owner, why, sizeof(why))) {
+        /* Deleted; its connection ends when its shard is replaced. */
+        reply_json(b, req, 200,
+                   json_pack("{s:s, s:b, s:b}", "id", d->id, "deleted", 1, "session_ended", 0));
+        return;
+    }
+    api_pending *p = pending_new(b, req, API_OP_KICK, API_PRESENCE_TIMEOUT_MS);
+    if (!p) {
+        reply_error(b, req, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    p->shard = owner;
+    if (send_op(b, p, owner, d->id, NULL, NULL, 0, 0) && pending_find(b->api, p->id)) {
+        cy_http_on_close(req, NULL, NULL);
+        pending_free(b->api, p);
+        reply_json(b, req, 200,
+                   json_pack("{s:s, s:b, s:b}", "id", d->id, "deleted", 1, "session_ended", 0));
+    }
+}
+
+/* "timeout" in seconds, 1..60, from JSON or query text; -1 if out of
+ * range, -2 if not a number (JSON). */
+static int64_t timeout_ms(json_t *v, const char *text)
+{
+    if (v) {
+        if (!json_is_integer(v)) return -2;
+        json_int_t s = json_integer_value(v);
+        return s >= 1 && s <= 60 ? (int64_t)s * 1000 : -1;
+    }
+    if (text) {
+        char *end;
+        long s = strtol(text, &end, 10);
+        return *text && !*end && s >= 1 && s <= 60 ? (int64_t)s * 1000 : -1;
+    }
+    return API_DEFAULT_TIMEOUT_MS;
+}
+
+static void device_op(cy_broker *b, cy_http_req *req, const cy_device *d, uint8_t op,
+                      const char *name)
+{
+    if (strlen(name) > API_NAME_MAX || !*name) {
+        reply_error(b, req, op == API_OP_CALL ? 404 : 404,
+                    op == API_OP_CALL ? "function_not_found" : "variable_not_found", NULL,
+                    "no such name");
+        return;
+    }
+    const char *arg = NULL;
+    size_t arg_len = 0;
+    int64_t ms;
+    json_t *o = NULL;
+    if (op == API_OP_CALL) {
+        o = body_object(b, req);
+        if (!o) return;
+        json_t *av = json_object_get(o, "arg");
+        if (av && !json_is_string(av) && !json_is_null(av)) {
+            json_decref(o);
+            reply_error(b, req, 400, "bad_json", NULL, "\"arg\" must be a string");
+            return;
+        }
+        if (json_is_string(av)) {
+            arg = json_string_value(av);
+            arg_len = json_string_length(av);
+        }
+        ms = timeout_ms(json_object_get(o, "timeout"), NULL);
+    } else {
+        ms = timeout_ms(NULL, cy_http_query(req, "timeout"));
+    }
+    if (ms == -2) {
+        json_decref(o);
+        reply_error(b, req, 400, "bad_json", NULL, "\"timeout\" must be a whole number");
+        return;
+    }
+    if (ms < 0 || arg_len > API_ARG_MAX) {
+        json_decref(o);
+        reply_error(b, req, 400, "bad_request", NULL, "%s",
+                    ms < 0 ? "timeout is a whole number of seconds from 1 to 60"
+                           : "arg is at most 1024 bytes");
+        return;
+    }
+    unsigned owner = cy_shard_of(d->id, strlen(d->id), b->nshards);
+    char why[96];
+    if (!shard_ok(b, owner, why, sizeof(why))) {
+        json_decref(o);
+        reply_unavailable(b, req, why);
+        return;
+    }
+    api_pending *p = pending_new(b, req, op, ms + API_SHARD_GRACE_MS);
+    if (!p) {
+        json_decref(o);
+        reply_error(b, req, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    p->shard = owner;
+    uint32_t id = p->id;
+    int rc = send_op(b, p, owner, d->id, name, (const uint8_t *)arg, arg_len, (uint32_t)ms);
+    json_decref(o);
+    if (rc && pending_find(b->api, id)) {
+        cy_http_on_close(req, NULL, NULL);
+        pending_free(b->api, p);
+        reply_unavailable(b, req, "the bus to its shard is full or down");
+    }
+}
+
+static void event_publish(cy_broker *b, cy_http_req *req)
+{
+    json_t *o = body_object(b, req);
+    if (!o) return;
+    json_t *n = json_object_get(o, "name"), *dv = json_object_get(o, "data");
+    const char *why = NULL;
+    if (!json_is_string(n))
+        why = "\"name\" must be a string";
+    else if (dv && !json_is_string(dv) && !json_is_null(dv))
+        why = "\"data\" must be a string";
+    if (why) {
+        json_decref(o);
+        reply_error(b, req, 400, "bad_json", NULL, "%s", why);
+        return;
+    }
+    const char *name = json_string_value(n);
+    size_t nl = json_string_length(n);
+    char topic[1024];
+    bool ok = nl > 0 && nl == strlen(name) && 7 + nl <= b->cfg->max_topic_length &&
+              7 + nl < sizeof(topic) && !strpbrk(name, "+#");
+    if (!ok) {
+        json_decref(o);
+        reply_error(b, req, 400, "bad_request", NULL,
+                    "an event name is 1 to %u bytes without '+' or '#'",
+                    b->cfg->max_topic_length - 7);
+        return;
+    }
+    if (json_is_string(dv) && json_string_length(dv) > API_EVENT_DATA_MAX) {
+        json_decref(o);
+        reply_error(b, req, 400, "bad_request", NULL, "\"data\" is at most %u bytes",
+                    API_EVENT_DATA_MAX);
+        return;
+    }
+    int tl = snprintf(topic, sizeof(topic), "events/%s", name);
+    const char *data = json_is_string(dv) ? json_string_value(dv) : "";
+    size_t dl = json_is_string(dv) ? json_string_length(dv) : 0;
+    cy_msg *m = cy_msg_new(topic, (size_t)tl, (const uint8_t *)data, dl, NULL, 0, 0, false, 0);
+    if (!m) {
+        json_decref(o);
+        reply_error(b, req, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    b->stats.publish_received++;
+    cy_route_publish(b, m, NULL);
+    cy_msg_unref(m);
+    reply_json(b, req, 202, json_pack("{s:s, s:b}", "name", name, "published", 1));
+    json_decref(o);
+}
+
+static void health(cy_broker *b, cy_http_req *req)
+{
+    json_t *arr = json_array();
+    bool all = true;
+    for (unsigned j = 0; j < b->nshards; j++) {
+        char why[96] = "";
+        bool ok = shard_ok(b, j, why, sizeof(why));
+        all = all && ok;
+        static const char *const states[] = {"down", "starting", "running", "stopping"};
+        int64_t st = b->sb ? cy_sb_load(&b->sb->slots[j].state) : CY_SHARD_RUNNING;
+        json_t *s = json_pack("{s:i, s:s, s:b}", "shard", (json_int_t)j, "state",
+                              st >= 0 && st <= 3 ? states[st] : "unknown", "healthy", ok);
+        if (!ok) json_object_set_new(s, "why", json_string(why));
+        json_array_append_new(arr, s);
+    }
+    reply_json(b, req, all ? 200 : 503,
+               json_pack("{s:s, s:i, s:o}", "status", all ? "ok" : "degraded", "served_by",
+                         (json_int_t)b->self, "shards", arr));
+}
+
+/* Split path into segments after "/v1/"; false if it is not an API path. */
+static bool split(route_req *r, char *path)
+{
+    if (strncmp(path, "/v1/", 4) != 0) return false;
+    char *p = path + 4;
+    r->nseg = 0;
+    while (*p && r->nseg < 8) {
+        r->seg[r->nseg++] = p;
+        char *slash = strchr(p, '/');
+        if (!slash) break;
+        *slash = '\0';
+        p = slash + 1;
+    }
+    return r->nseg > 0;
+}
+
+/* The prefix of an event stream: what follows ".../events/" in the raw path. */
+static const char *events_prefix(const char *path, const char *after)
+{
+    const char *p = strstr(path, after);
+    return p ? p + strlen(after) : "";
+}
+
+static void handle(void *ctx, cy_http_req *req)
+{
+    cy_broker *b = ctx;
+    route_req r;
+    memset(&r, 0, sizeof(r));
+    r.req = req;
+    r.method = cy_http_method(req);
+    const char *raw = cy_http_path(req);
+    char *path = cy_strdup(raw);
+    if (!path) {
+        reply_error(b, req, 500, "internal", NULL, "out of memory");
+        return;
+    }
+    if (!split(&r, path)) {
+        reply_error(b, req, 404, "not_found", NULL, "no such endpoint");
+        goto out;
+    }
+    if (r.nseg == 1 && !strcmp(r.seg[0], "health")) {
+        if (method_is(&r, "GET"))
+            health(b, req);
+        else
+            not_allowed(b, req, "GET");
+        goto out;
+    }
+    if (authenticate(b, &r)) goto out;
+    if (!strcmp(r.seg[0], "events")) {
+        if (r.nseg == 1 && method_is(&r, "POST")) {
+            if (need_full(b, &r)) event_publish(b, req);
+        } else if (method_is(&r, "GET")) {
+            cy_api_stream_open(b, req, NULL, r.nseg > 1 ? events_prefix(raw, "/v1/events/") : "");
+        } else {
+            not_allowed(b, req, r.nseg == 1 ? "GET, POST" : "GET");
+        }
+        goto out;
+    }
+    if (strcmp(r.seg[0], "devices") != 0) {
+        reply_error(b, req, 404, "not_found", NULL, "no such endpoint");
+        goto out;
+    }
+    if (r.nseg == 1) {
+        if (method_is(&r, "GET"))
+            devices_list(b, req);
+        else if (method_is(&r, "POST")) {
+            if (need_full(b, &r)) device_create(b, req);
+        } else
+            not_allowed(b, req, "GET, POST");
+        goto out;
+    }
+    bool is_delete = method_is(&r, "DELETE");
+    /* Check the method before touching the registry. */
+    const char *allow = NULL;
+    if (r.nseg == 2 && !method_is(&r, "GET") && !is_delete) allow = "GET, DELETE";
+    if (r.nseg == 4 && !strcmp(r.seg[2], "functions") && !method_is(&r, "POST")) allow = "POST";
+    if (r.nseg == 4 && !strcmp(r.seg[2], "variables") && !method_is(&r, "GET")) allow = "GET";
+    if (r.nseg >= 3 && !strcmp(r.seg[2], "events") && !method_is(&r, "GET")) allow = "GET";
+    if (allow) {
+        not_allowed(b, req, allow);
+        goto out;
+    }
+    bool known = r.nseg == 2 || (r.nseg == 4 && (!strcmp(r.seg[2], "functions") ||
+                                                 !strcmp(r.seg[2], "variables"))) ||
+                 (r.nseg >= 3 && !strcmp(r.seg[2], "events"));
+    if (!known) {
+        reply_error(b, req, 404, "not_found", NULL, "no such endpoint");
+        goto out;
+    }
+    if ((is_delete || (r.nseg == 4 && !strcmp(r.seg[2], "functions"))) && !need_full(b, &r))
+        goto out;
+    cy_device d;
+    if (!find_device(b, req, r.seg[1], &d)) goto out;
+    if (r.nseg == 2 && is_delete) {
+        device_delete(b, req, &d);
+    } else if (r.nseg == 2) {
+        json_t *arr = json_array();
+        json_array_append_new(arr, device_base(b, &d));
+        presence_request(b, req, arr, (int)cy_shard_of(d.id, strlen(d.id), b->nshards));
+    } else if (!strcmp(r.seg[2], "functions")) {
+        device_op(b, req, &d, API_OP_CALL, r.seg[3]);
+    } else if (!strcmp(r.seg[2], "variables")) {
+        device_op(b, req, &d, API_OP_GET, r.seg[3]);
+    } else {
+        const char *pre = "";
+        if (r.nseg > 3) {
+            char after[CY_DEVICE_ID_LEN + 80];
+            snprintf(after, sizeof(after), "/%s/events/", r.seg[1]);
+            pre = events_prefix(raw, after);
+        }
+        cy_api_stream_open(b, req, d.id, pre);
+    }
+out:
+    cy_free(path);
+}
+
+/* ---- lifecycle ---- */
+
+int cy_api_start(cy_broker *b, int http_fd)
+{
+    cy_api *a = cy_calloc(1, sizeof(*a));
+    if (!a) return CY_ENOMEM;
+    a->b = b;
+    cy_map_init(&a->presence);
+    cy_buf_init(&a->out);
+    int rc = cy_api_events_init(a, b->cfg->event_buffer);
+    if (rc) {
+        cy_free(a);
+        return rc;
+    }
+    b->api = a;
+    cy_http_limits lim = {
+        .max_header_bytes = 16384,
+        .max_body_bytes = b->cfg->http_max_body,
+        .max_connections = b->cfg->http_max_connections,
+        .idle_timeout_s = b->cfg->http_idle_timeout,
+        .max_stream_backlog = API_STREAM_BACKLOG,
+    };
+    rc = cy_http_new(b->loop, http_fd, &lim, handle, b, &a->http);
+    if (rc) {
+        cy_error(NULL, "http: cannot serve on %s: %s", b->cfg->http_listen, cy_strerror(rc));
+        goto fail;
+    }
+    /* Every shard sees every event (api_events.c). */
+    static const char *const filters[] = {"devices/+/events/#", "events/#"};
+    for (size_t i = 0; i < 2; i++) {
+        rc = cy_broker_sub_add(b, a, filters[i], strlen(filters[i]), 0, 0);
+        if (rc) goto fail;
+    }
+    uv_timer_init(b->loop, &a->tick);
+    a->tick.data = b;
+    uv_timer_start(&a->tick, on_tick, API_TICK_MS, API_TICK_MS);
+    a->tick_running = true;
+    a->next_heartbeat = cy_mono_ms() + (int64_t)b->cfg->sse_heartbeat * 1000;
+    cy_info(NULL, "shard %u serving the HTTP API on %s", b->self, b->cfg->http_listen);
+    return 0;
+fail:
+    cy_api_free(b);
+    return rc;
+}
+
+void cy_api_stop(cy_broker *b)
+{
+    cy_api *a = b->api;
+    if (!a) return;
+    cy_api_streams_close(a);
+    if (a->http) cy_http_stop(a->http);
+    if (a->tick_running) {
+        uv_close((uv_handle_t *)&a->tick, NULL);
+        a->tick_running = false;
+    }
+}
+
+void cy_api_free(cy_broker *b)
+{
+    cy_api *a = b->api;
+    if (!a) return;
+    while (a->pending) pending_free(a, a->pending);
+    cy_http_free(a->http);
+    cy_api_device_free(a);
+    cy_api_events_free(a);
+    cy_buf_fini(&a->out);
+    cy_free(a);
+    b->api = NULL;
+}

@@ -1,0 +1,168 @@
+/* api_int: the HTTP API's state inside one broker, shared by api.c (routes,
+ * tokens, requests to owner shards), api_device.c (the owner's side:
+ * presence, calls and reads sent to devices, their replies) and
+ * api_events.c (the event buffer and the server-sent event streams).
+ *
+ * A request about a device is an operation executed by the device's owner
+ * shard. The shard that took the HTTP request (the requester) gives it an
+ * id, keeps it in `pending` with a deadline, and sends it to the owner as an
+ * API_REQ frame (or runs it directly when it is the owner). The owner
+ * answers with an API_RESP frame: an HTTP status and a JSON body. The
+ * requester answers the client with 503 when the owner is not healthy, at
+ * once or as soon as it is seen to stop (checked every API_TICK_MS), and
+ * when the owner does not answer by the deadline: a hung shard never makes
+ * an application wait longer than it asked.
+ *
+ * Frames (integers big endian):
+ *   API_REQ:  u32 request id, u8 op, u32 timeout ms, u8 device id length,
+ *             device id, u8 name length, name, argument (the rest)
+ *   API_RESP: u32 request id, u16 HTTP status, JSON body (the rest)
+ *
+ * Ownership: cy_api is owned by the broker (b->api); everything here is
+ * freed by cy_api_free. Thread: the broker's loop thread.
+ */
+#ifndef CY_API_INT_H
+#define CY_API_INT_H
+
+#include "broker/broker_int.h"
+#include "http/http.h"
+
+#include <jansson.h>
+
+/* Operations executed by a device's owner shard. */
+enum {
+    API_OP_PRESENCE = 1, /* one device's presence */
+    API_OP_PRESENCE_ALL, /* every device this shard knows */
+    API_OP_CALL,         /* a function call */
+    API_OP_GET,          /* a variable read */
+    API_OP_KICK,         /* the device was deleted: end its session */
+};
+
+#define API_TICK_MS 100
+#define API_ARG_MAX 1024          /* bytes of a function argument */
+#define API_REPLY_MAX 65536       /* bytes of a device's reply */
+#define API_EVENT_DATA_MAX 65536u /* bytes of an event's data published through the API */
+#define API_DEFAULT_TIMEOUT_MS 10000
+#define API_MAX_TIMEOUT_MS 60000
+#define API_DESCRIBE_MAX 4096     /* bytes of a describe payload */
+#define API_DESCRIBE_NAMES 64     /* functions, and variables, per device */
+#define API_NAME_MAX 64           /* function / variable name */
+/* A requester waits this much longer than the device deadline before it
+ * concludes the owner shard itself is not answering. */
+#define API_SHARD_GRACE_MS 1000
+/* Presence and list requests wait this long for owner shards. */
+#define API_PRESENCE_TIMEOUT_MS 1000
+#define API_STREAM_BACKLOG (1u << 20)
+
+/* The owner's record of one device since this shard started. */
+typedef struct api_presence {
+    cy_conn *conn;           /* its connection, or NULL while offline */
+    int64_t connected_since; /* wall ms of the current connection, 0 offline */
+    int64_t last_heard;      /* wall ms of its last packet, kept when it goes offline */
+    int64_t last_rtt;        /* wall ms of its last answered call or read; 0 = none */
+    uint8_t version;         /* MQTT protocol level of the current connection */
+    char id[CY_DEVICE_ID_LEN + 1];
+} api_presence;
+
+/* An operation the owner sent to a device and waits for. */
+typedef struct api_call {
+    struct api_call *prev, *next;
+    char rid[17];          /* request id as sent to the device (16 hex) */
+    uint8_t op;            /* API_OP_CALL or API_OP_GET */
+    unsigned from;         /* requester shard */
+    uint32_t req_id;       /* requester's request id */
+    int64_t sent_us;       /* mono us when published */
+    int64_t deadline;      /* mono ms */
+    char device[CY_DEVICE_ID_LEN + 1];
+    char name[API_NAME_MAX + 1];
+} api_call;
+
+/* A request this shard took over HTTP and waits on owner shards for. */
+typedef struct api_pending {
+    struct api_pending *prev, *next;
+    uint32_t id;
+    uint8_t op;
+    cy_http_req *req;      /* NULL once the client left */
+    int64_t deadline;      /* mono ms */
+    uint64_t waiting;      /* shards whose answer is awaited */
+    unsigned shard;        /* the owner (single-shard operations) */
+    json_t *devices;       /* presence requests: the registry's device objects */
+    json_t *presence[CY_SB_MAX_SHARDS]; /* PRESENCE_ALL answers */
+} api_pending;
+
+/* One buffered event. */
+typedef struct api_event {
+    cy_msg *m;       /* reference */
+    uint64_t seq;    /* origin's event sequence number */
+    int64_t at;      /* wall ms when this shard got it */
+    uint8_t origin;  /* shard that took it from its publisher */
+} api_event;
+
+/* A server-sent event stream. */
+typedef struct api_stream {
+    struct api_stream *prev, *next;
+    struct cy_api *a;
+    cy_http_req *req;
+    char device[CY_DEVICE_ID_LEN + 1]; /* "" = all devices */
+    char *prefix;                      /* owned; "" = every name */
+    size_t prefix_len;
+    uint64_t cursor[CY_SB_MAX_SHARDS]; /* last seq sent, per origin */
+    bool catching_up;                  /* replaying from the ring, paced by its backlog */
+} api_stream;
+
+typedef struct cy_api cy_api;
+
+struct cy_api {
+    cy_broker *b;
+    cy_http *http;
+    uv_timer_t tick;
+    bool tick_running;
+    /* requester side */
+    uint32_t next_id;
+    api_pending *pending;
+    /* owner side */
+    cy_map presence;       /* device id -> api_presence */
+    api_call *calls;
+    uint64_t next_rid;
+    /* events */
+    api_event *ring;       /* event_buffer entries */
+    uint32_t ring_cap, ring_head, ring_count;
+    uint64_t evicted[CY_SB_MAX_SHARDS]; /* highest seq dropped from the ring, per origin */
+    uint64_t last_seq[CY_SB_MAX_SHARDS]; /* highest seq seen, per origin */
+    uint64_t seq;          /* ours, for events our clients publish */
+    api_stream *streams;
+    int64_t next_heartbeat; /* mono ms */
+    cy_buf out;            /* formatting scratch */
+};
+
+/* api.c */
+/* Answer a request this shard is waiting on (from the owner, local or via
+ * the bus). body is borrowed. */
+void cy_api_complete(cy_broker *b, uint32_t id, unsigned from, unsigned status, const char *body,
+                     size_t len);
+/* Format wall ms as ISO 8601 UTC with milliseconds into buf[32]; 0 -> null. */
+json_t *cy_api_time(int64_t wall_ms);
+/* {"error": code, "message": msg} as a string the caller frees with free(). */
+char *cy_api_error_body(const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* The describe message of a device (from the retained tree), or NULL. */
+json_t *cy_api_describe(cy_broker *b, const char *id, const char *key);
+
+/* api_device.c */
+/* Run operation op for requester (from, req_id); the answer goes to
+ * cy_api_complete (from == self) or to shard from as API_RESP. */
+void cy_api_device_op(cy_broker *b, unsigned from, uint32_t req_id, uint8_t op, const char *id,
+                      size_t id_len, const char *name, size_t name_len, const uint8_t *arg,
+                      size_t arg_len, uint32_t timeout_ms);
+void cy_api_device_tick(cy_broker *b, int64_t now);
+void cy_api_device_free(cy_api *a);
+
+/* api_events.c */
+int cy_api_events_init(cy_api *a, uint32_t capacity);
+void cy_api_events_free(cy_api *a);
+/* Open a stream on req (GET .../events...). device may be NULL. */
+void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, const char *prefix);
+void cy_api_events_tick(cy_broker *b, int64_t now);
+void cy_api_streams_close(cy_api *a);
+
+#endif
