@@ -839,7 +839,7 @@ int cy_api_start(cy_broker *b, int http_fd)
     cy_info(NULL, "shard %u serving the HTTP API on %s", b->self, b->cfg->http_listen);
     return 0;
 fail:
-    cy_api_free(b);
+    /* b->api stays: cy_broker_stop stops what started, cy_broker_free frees. */
     return rc;
 }
 
