@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <errno.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -596,7 +597,7 @@ static void device_op(cy_broker *b, cy_http_req *req, const cy_device *d, uint8_
         reply_unavailable(b, req, why);
         return;
     }
-    api_pending *p = pending_new(b, req, op, ms + API_SHARD_GRACE_MS);
+    api_pending *p = pending_new(b, req, op, ms);
     if (!p) {
         json_decref(o);
         reply_error(b, req, 500, "internal", NULL, "out of memory");
@@ -604,7 +605,8 @@ static void device_op(cy_broker *b, cy_http_req *req, const cy_device *d, uint8_
     }
     p->shard = owner;
     uint32_t id = p->id;
-    int rc = send_op(b, p, owner, d->id, name, (const uint8_t *)arg, arg_len, (uint32_t)ms);
+    int rc = send_op(b, p, owner, d->id, name, (const uint8_t *)arg, arg_len,
+                     (uint32_t)(ms - API_OWNER_MARGIN_MS));
     json_decref(o);
     if (rc && pending_find(b->api, id)) {
         cy_http_on_close(req, NULL, NULL);
@@ -812,7 +814,36 @@ int cy_api_start(cy_broker *b, int http_fd)
         cy_free(a);
         return rc;
     }
+    a->http_fd = dup(http_fd);
+    if (a->http_fd < 0) {
+        rc = -errno;
+        cy_api_events_free(a);
+        cy_free(a);
+        return rc;
+    }
     b->api = a;
+    /* Every shard sees every event (api_events.c). Subscribed now, before
+     * the links to peers come up, so the first interest snapshot has them. */
+    static const char *const filters[] = {"devices/+/events/#", "events/#"};
+    for (size_t i = 0; i < 2; i++) {
+        rc = cy_broker_sub_add(b, a, filters[i], strlen(filters[i]), 0, 0);
+        if (rc) return rc; /* b->api stays: cy_broker_stop and cy_broker_free clean up */
+    }
+    uv_timer_init(b->loop, &a->tick);
+    a->tick.data = b;
+    uv_timer_start(&a->tick, on_tick, API_TICK_MS, API_TICK_MS);
+    a->tick_running = true;
+    a->next_heartbeat = cy_mono_ms() + (int64_t)b->cfg->sse_heartbeat * 1000;
+    return 0;
+}
+
+/* Called when the broker starts accepting (every shard ready, or its wait
+ * ran out), so a request is never taken before the answers of the other
+ * shards can reach us. */
+void cy_api_listen(cy_broker *b)
+{
+    cy_api *a = b->api;
+    if (!a || a->http || a->http_fd < 0) return;
     cy_http_limits lim = {
         .max_header_bytes = 16384,
         .max_body_bytes = b->cfg->http_max_body,
@@ -820,27 +851,15 @@ int cy_api_start(cy_broker *b, int http_fd)
         .idle_timeout_s = b->cfg->http_idle_timeout,
         .max_stream_backlog = API_STREAM_BACKLOG,
     };
-    rc = cy_http_new(b->loop, http_fd, &lim, handle, b, &a->http);
+    int rc = cy_http_new(b->loop, a->http_fd, &lim, handle, b, &a->http);
+    close(a->http_fd); /* the server holds its own duplicate */
+    a->http_fd = -1;
     if (rc) {
-        cy_error(NULL, "http: cannot serve on %s: %s", b->cfg->http_listen, cy_strerror(rc));
-        goto fail;
+        cy_error(NULL, "http: cannot serve on %s: %s; this shard serves no API requests",
+                 b->cfg->http_listen, cy_strerror(rc));
+        return;
     }
-    /* Every shard sees every event (api_events.c). */
-    static const char *const filters[] = {"devices/+/events/#", "events/#"};
-    for (size_t i = 0; i < 2; i++) {
-        rc = cy_broker_sub_add(b, a, filters[i], strlen(filters[i]), 0, 0);
-        if (rc) goto fail;
-    }
-    uv_timer_init(b->loop, &a->tick);
-    a->tick.data = b;
-    uv_timer_start(&a->tick, on_tick, API_TICK_MS, API_TICK_MS);
-    a->tick_running = true;
-    a->next_heartbeat = cy_mono_ms() + (int64_t)b->cfg->sse_heartbeat * 1000;
     cy_info(NULL, "shard %u serving the HTTP API on %s", b->self, b->cfg->http_listen);
-    return 0;
-fail:
-    /* b->api stays: cy_broker_stop stops what started, cy_broker_free frees. */
-    return rc;
 }
 
 void cy_api_stop(cy_broker *b)
@@ -859,6 +878,7 @@ void cy_api_free(cy_broker *b)
 {
     cy_api *a = b->api;
     if (!a) return;
+    if (a->http_fd >= 0) close(a->http_fd);
     while (a->pending) pending_free(a, a->pending);
     cy_http_free(a->http);
     cy_api_device_free(a);

@@ -10,8 +10,9 @@
  * answers with an API_RESP frame: an HTTP status and a JSON body. The
  * requester answers the client with 503 when the owner is not healthy, at
  * once or as soon as it is seen to stop (checked every API_TICK_MS), and
- * when the owner does not answer by the deadline: a hung shard never makes
- * an application wait longer than it asked.
+ * when the owner does not answer by the caller's deadline (the owner gives
+ * the device a little less, to answer 504 in time): a hung shard never
+ * makes an application wait longer than it asked.
  *
  * Frames (integers big endian):
  *   API_REQ:  u32 request id, u8 op, u32 timeout ms, u8 device id length,
@@ -47,9 +48,10 @@ enum {
 #define API_DESCRIBE_MAX 4096     /* bytes of a describe payload */
 #define API_DESCRIBE_NAMES 64     /* functions, and variables, per device */
 #define API_NAME_MAX 64           /* function / variable name */
-/* A requester waits this much longer than the device deadline before it
- * concludes the owner shard itself is not answering. */
-#define API_SHARD_GRACE_MS 1000
+/* The owner gives the device this much less than the caller's deadline,
+ * so that its 504 reaches the requester in time; a requester that hears
+ * nothing by the caller's deadline answers 503 (the owner is not answering). */
+#define API_OWNER_MARGIN_MS 100
 /* Presence and list requests wait this long for owner shards. */
 #define API_PRESENCE_TIMEOUT_MS 1000
 #define API_STREAM_BACKLOG (1u << 20)
@@ -115,6 +117,7 @@ typedef struct cy_api cy_api;
 struct cy_api {
     cy_broker *b;
     cy_http *http;
+    int http_fd;           /* our duplicate of the listening socket until we serve on it */
     uv_timer_t tick;
     bool tick_running;
     /* requester side */

@@ -452,6 +452,7 @@ static void on_ready(uv_timer_t *t)
         cy_error(NULL, "listen: %s", uv_strerror(rc));
         return;
     }
+    cy_api_listen(b);
     if (ready)
         cy_info(NULL, "shard %u/%u serving MQTT on %s", b->self, b->nshards, b->cfg->mqtt_listen);
     else

@@ -78,7 +78,8 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
  * (data_dir/run) when there are several shards, start the loop hooks. */
 int cy_broker_start(cy_broker *b, int listen_fd);
 /* Serve the HTTP API (docs/api.md) on the inherited listening socket
- * http_fd (duplicated; the caller closes its own). After cy_broker_start. */
+ * http_fd (duplicated; the caller closes its own). After cy_broker_start;
+ * requests are taken once the broker accepts MQTT clients too. */
 int cy_api_start(cy_broker *b, int http_fd);
 /* Write heartbeat, progress and counters to this shard's scoreboard slot.
  * The broker calls it every loop pass; call it from a timer too, so an

@@ -414,6 +414,8 @@ void cy_route_apply_retained(cy_broker *b, cy_msg *m);
 #define CY_FRAME_API_REQ 8
 #define CY_FRAME_API_RESP 9
 int cy_api_start(cy_broker *b, int http_fd);
+/* Start taking HTTP requests (when the broker starts accepting). */
+void cy_api_listen(cy_broker *b);
 /* Close every HTTP connection and stream (pending requests end). */
 void cy_api_stop(cy_broker *b);
 void cy_api_free(cy_broker *b);

@@ -11,6 +11,13 @@ Environment:
               instead, to validate the tests' own logic. Tests marked cyan_only
               are skipped then.
 
+HTTP API: every cyan server also serves the API on a free port of 127.0.0.1
+(server.http_port, server.api_url) and is ready once that port accepts too.
+Servers run with isolate_devices=false unless the test's settings say
+otherwise: the generic MQTT tests use free client ids and topics, as on any
+broker. The API tests use api_server_factory / api_server:
+isolate_devices=true, an empty data dir, all shards healthy.
+
 Every server is started in its own short temporary directory (unix socket
 paths must stay short), with its stdout+stderr in server.log there. A server
 stopped with SIGTERM must exit 0 within 5 s: under ASan a leak makes the exit
@@ -129,6 +136,19 @@ class Server:
         self.starts = 0
         self.peer = PEER
         self._devno = 0
+        # The HTTP API: on a free port unless the settings choose (or, with
+        # an empty http_listen, turn it off).
+        self.http_port = None
+        self.api_url = None
+        self._admin_token = None
+        if self.peer != "mosquitto":
+            listen = self.settings.get("http_listen")
+            if listen is None:
+                self.http_port = free_port()
+            elif listen:
+                self.http_port = int(str(listen).rsplit(":", 1)[1])
+            if self.http_port is not None:
+                self.api_url = "http://%s:%d" % (self.host, self.http_port)
 
     # ---- process
     def argv(self):
@@ -139,6 +159,10 @@ class Server:
                 "--log_level=debug", "--sys_interval=1"]
         if "shards" not in self.settings:
             argv.append("--shards=%d" % SHARDS)
+        if "http_listen" not in self.settings and self.http_port is not None:
+            argv.append("--http_listen=%s:%d" % (self.host, self.http_port))
+        if "isolate_devices" not in self.settings:
+            argv.append("--isolate_devices=false")
         for k, v in self.settings.items():
             if isinstance(v, bool):
                 v = "true" if v else "false"
@@ -196,12 +220,16 @@ class Server:
                             % (rc, self.log_tail()))
             try:
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
+                if self.http_port is not None:
+                    socket.create_connection((self.host, self.http_port), timeout=0.5).close()
                 return
             except OSError:
                 time.sleep(0.05)
         self.kill()
-        pytest.fail("server not accepting on %s:%d after %.0fs\n%s"
-                    % (self.host, self.port, READY_TIMEOUT, self.log_tail()))
+        pytest.fail("server not accepting on %s:%d%s after %.0fs\n%s"
+                    % (self.host, self.port,
+                       " and HTTP %d" % self.http_port if self.http_port else "",
+                       READY_TIMEOUT, self.log_tail()))
 
     def stop(self, check=True):
         """SIGTERM, wait up to 5 s (then SIGKILL). With check, the exit code
@@ -246,6 +274,53 @@ class Server:
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
+
+    # ---- HTTP API
+    @property
+    def admin_token_path(self):
+        return os.path.join(self.data_dir, "admin-token")
+
+    def admin_token(self, timeout=3.0):
+        """The full-access token the first start wrote to data_dir/admin-token
+        ("<token>\\n"); waits for the file (bounded), cached."""
+        if self._admin_token is None:
+            deadline = time.monotonic() + timeout
+            text = ""
+            while True:
+                try:
+                    with open(self.admin_token_path) as f:
+                        text = f.read()
+                except OSError:
+                    text = ""
+                if text.endswith("\n") or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            if not text.strip():
+                pytest.fail("no admin token in %s within %.1fs\n%s"
+                            % (self.admin_token_path, timeout, self.log_tail()))
+            self._admin_token = text.strip()
+        return self._admin_token
+
+    def wait_api_healthy(self, timeout=READY_TIMEOUT):
+        """Wait until GET /v1/health answers 200 (every shard healthy)."""
+        import http.client
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            conn = http.client.HTTPConnection(self.host, self.http_port, timeout=2)
+            try:
+                conn.request("GET", "/v1/health")
+                r = conn.getresponse()
+                last = (r.status, r.read()[:500])
+                if r.status == 200:
+                    return
+            except (OSError, http.client.HTTPException) as e:
+                last = repr(e)
+            finally:
+                conn.close()
+            time.sleep(0.05)
+        pytest.fail("GET /v1/health not 200 within %.0fs (last: %r)\n%s"
+                    % (timeout, last, self.log_tail()))
 
     # ---- logs
     def _log_note(self, text):
@@ -331,9 +406,9 @@ def server_factory(request, device_template):
     servers = []
     request.node._cyan_servers = servers
 
-    def start(**settings):
+    def start(_template=True, **settings):
         workdir = tempfile.mkdtemp(prefix="cy", dir="/tmp")
-        srv = Server(workdir, settings, device_template)
+        srv = Server(workdir, settings, device_template if _template else None)
         servers.append(srv)
         return srv.start()
 
@@ -350,6 +425,29 @@ def server_factory(request, device_template):
             shutil.rmtree(srv.workdir, ignore_errors=True)
     if failed:
         raise failed[0]
+
+
+@pytest.fixture
+def api_server_factory(server_factory):
+    """api_server_factory(**settings) -> a started cyan with its HTTP API, on
+    an empty data dir (the first start writes admin-token), with
+    isolate_devices=true unless settings say otherwise, once GET /v1/health
+    says every shard is healthy."""
+    if PEER == "mosquitto":
+        pytest.skip("the HTTP API is cyan's")
+    def start(**settings):
+        settings.setdefault("isolate_devices", True)
+        srv = server_factory(_template=False, **settings)
+        srv.wait_api_healthy()
+        return srv
+
+    return start
+
+
+@pytest.fixture
+def api_server(api_server_factory):
+    """cyan with its HTTP API, defaults (isolate_devices=true)."""
+    return api_server_factory()
 
 
 @pytest.fixture
