@@ -375,19 +375,24 @@ int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *ou
     return rc;
 }
 
-int cy_registry_device_remove(cy_registry *r, const char *id_or_name)
+/* Run the DELETE statement st with key; CY_ENOENT if it deleted nothing. */
+static int delete_by_key(cy_registry *r, sqlite3_stmt *st, const char *key, const char *what)
 {
-    if (!id_or_name) return CY_EINVAL;
-    sqlite3_stmt *st = r->st[ST_REMOVE];
+    if (!key) return CY_EINVAL;
     int rc;
-    if (sqlite3_bind_text(st, 1, id_or_name, -1, SQLITE_STATIC))
-        rc = db_fail(r->db, "device_remove");
+    if (sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC))
+        rc = db_fail(r->db, what);
     else if (sqlite3_step(st) != SQLITE_DONE)
-        rc = db_fail(r->db, "device_remove");
+        rc = db_fail(r->db, what);
     else
         rc = sqlite3_changes(r->db) ? 0 : CY_ENOENT;
     done(st);
     return rc;
+}
+
+int cy_registry_device_remove(cy_registry *r, const char *id_or_name)
+{
+    return delete_by_key(r, r->st[ST_REMOVE], id_or_name, "device_remove");
 }
 
 int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device *d), void *ctx)
@@ -597,17 +602,7 @@ int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *
 
 int cy_registry_token_revoke(cy_registry *r, const char *id)
 {
-    if (!id) return CY_EINVAL;
-    sqlite3_stmt *st = r->st[ST_TOKEN_REVOKE];
-    int rc;
-    if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC))
-        rc = db_fail(r->db, "token_revoke");
-    else if (sqlite3_step(st) != SQLITE_DONE)
-        rc = db_fail(r->db, "token_revoke");
-    else
-        rc = sqlite3_changes(r->db) ? 0 : CY_ENOENT;
-    done(st);
-    return rc;
+    return delete_by_key(r, r->st[ST_TOKEN_REVOKE], id, "token_revoke");
 }
 
 /* fsync the directory dir, so a rename in it survives a power cut. A file
