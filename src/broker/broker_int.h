@@ -38,6 +38,9 @@
 #define CY_READ_CHUNK 65536
 /* Output a connection may accumulate before QoS 0 messages to it are dropped. */
 #define CY_OUT_HIGH_WATER (4u << 20)
+/* An output buffer this small is freed as soon as it is written out (malloc
+ * recycles it at once); a larger one is kept for the next pass. */
+#define CY_OUT_KEEP_MIN 1024u
 /* How often timeouts, expiries and will delays are checked, ms. */
 #define CY_SWEEP_MS 250
 

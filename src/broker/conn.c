@@ -113,10 +113,16 @@ void cy_conn_flush(cy_conn *c)
         return;
     }
     cy_buf_consume(&c->out, (size_t)n);
-    /* An emptied buffer is kept for the next pass (freeing it every pass
-     * made glibc trim and re-fault it: 10x slower at 1 KiB messages); the
-     * sweep frees the buffers of connections that went idle. */
-    if (cy_buf_size(&c->out) == 0) return;
+    if (cy_buf_size(&c->out) == 0) {
+        /* A small emptied buffer is freed now: malloc's per-thread cache
+         * hands the same block to the next pass or the next connection, and
+         * an idle connection (a CONNACK, a PINGRESP) keeps nothing. A large
+         * one is kept for the next pass (freeing it every pass made glibc
+         * trim and re-fault it: 10x slower at 1 KiB messages); the sweep
+         * frees it once the connection goes idle. */
+        if (c->out.cap <= CY_OUT_KEEP_MIN) cy_buf_fini(&c->out);
+        return;
+    }
     if (c->state == CONN_CLOSING) return; /* best effort only */
     cy_wstate *w = cy_malloc(sizeof(*w));
     if (!w) {
