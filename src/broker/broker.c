@@ -252,7 +252,7 @@ static void on_sweep(uv_timer_t *t)
     cy_broker *b = t->data;
     int64_t now = (int64_t)uv_now(b->loop);
     for (cy_conn *c = b->conns; c; c = c->next) {
-        if (c->state == CONN_NEW && now - c->accepted_at > (int64_t)b->cfg->connect_timeout * 1000) {
+        if (c->state == CONN_NEW && now - c->last_rx > (int64_t)b->cfg->connect_timeout * 1000) {
             b->stats.connect_timeouts++;
             cy_conn_close(c, 0, "no CONNECT within connect_timeout");
         } else if (c->state == CONN_ACTIVE && c->keepalive &&

@@ -119,38 +119,47 @@ typedef struct cy_session {
 
 enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING, CONN_HANDED };
 
+/* What only some MQTT 5 clients use: the limits they declared in CONNECT and
+ * topic aliases. Allocated the first time a client declares a limit or uses
+ * an alias, so a 3.1.1 client (and most 5.0 ones) does not carry it. */
+typedef struct cy_conn_v5 {
+    /* peer limits, 0 = none */
+    uint32_t peer_max_packet;
+    uint16_t peer_recv_max;
+    uint16_t peer_alias_max;
+    uint16_t n_alias_out;
+    /* topic aliases: inbound (client -> us), index = alias */
+    char **alias_in;
+    uint16_t *alias_in_len;
+    /* outbound aliases (us -> client): topic of each assigned alias */
+    char **alias_out;
+} cy_conn_v5;
+
+/* One client connection. Every idle connection carries one, so its layout
+ * is kept tight (376 bytes, 384 with malloc's header; the libuv handle is 248
+ * of them): what only some connections need hangs off a pointer that is NULL
+ * most of the time, and the peer's address is not kept (cy_conn_peer asks
+ * the socket when a log line needs it). */
 struct cy_conn {
     uv_tcp_t tcp;
     cy_broker *b;
     cy_session *sess;
     cy_conn *prev, *next;  /* broker->conns */
     cy_conn *dirty_next;   /* broker->dirty list of connections with output */
-    bool dirty;
-
+    int64_t last_rx;       /* mono ms of the last packet received; of the accept before CONNECT */
+    cy_buf out;            /* output of this pass; no memory while idle */
+    cy_buf *in;            /* partial packet carried between reads, or NULL (most of the time) */
+    struct cy_wstate *w;   /* a uv_write in flight, or NULL (most of the time) */
+    cy_conn_v5 *v5;        /* MQTT 5 limits and aliases, or NULL (none declared or used) */
+    uint64_t held_epoch;   /* release scratch: an earlier entry of ours still waits */
+    uint32_t n_held;       /* acknowledgements held until peers caught up */
+    uint16_t keepalive;    /* s granted; 0 = none */
     uint8_t state;
     uint8_t version;       /* 0 until CONNECT */
-    int64_t last_rx;       /* mono ms of the last packet received */
-    int64_t accepted_at;   /* mono ms */
-    uint32_t keepalive;    /* s granted; 0 = none */
-    cy_buf in;             /* partial packet carried between reads */
-    cy_buf out;            /* output of this pass */
-    struct cy_wstate *w;   /* a uv_write in flight, or NULL (most of the time) */
-    /* peer limits (MQTT 5), 0 = none */
-    uint32_t peer_max_packet;
-    uint16_t peer_recv_max;
-    uint16_t peer_alias_max;
-    /* topic aliases: inbound (client -> us), index = alias */
-    char **alias_in;
-    uint16_t *alias_in_len;
-    /* outbound aliases (us -> client): topic of each assigned alias */
-    char **alias_out;
-    uint16_t n_alias_out;
-    bool clean_disconnect; /* got DISCONNECT 0x00: no will */
-    bool counted;          /* counted in clients_connected */
-    bool handed_in;        /* arrived by handover from another shard */
-    uint32_t n_held;       /* acknowledgements held until peers caught up */
-    uint64_t held_epoch;   /* release scratch: an earlier entry of ours still waits */
-    char peer[48];         /* ip:port for logs before CONNECT */
+    bool dirty : 1;
+    bool clean_disconnect : 1; /* got DISCONNECT 0x00: no will */
+    bool counted : 1;          /* counted in clients_connected */
+    bool handed_in : 1;        /* arrived by handover from another shard */
 };
 
 /* A frame for a peer shard that must survive until the peer acknowledges it. */
@@ -294,7 +303,23 @@ int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p);
 void cy_conn_close(cy_conn *c, uint8_t reason, const char *why);
 void cy_conn_flush(cy_conn *c);
 size_t cy_conn_backlog(const cy_conn *c);
+/* The client id, or before CONNECT the peer's address (cy_conn_peer). */
 const char *cy_conn_name(const cy_conn *c);
+/* "ip:port" of the peer, asked of the socket now (the connection does not
+ * keep it), or "unknown peer" once the socket is closed or reset. The text
+ * is in a buffer of the loop thread, good until the next call. */
+const char *cy_conn_peer(const cy_conn *c);
+/* c's MQTT 5 block, allocated (zeroed) on first use. NULL: out of memory. */
+cy_conn_v5 *cy_conn_v5_get(cy_conn *c);
+/* The client's limits (MQTT 5 CONNECT properties); 0 = none declared. */
+static inline uint32_t cy_conn_peer_max_packet(const cy_conn *c)
+{
+    return c->v5 ? c->v5->peer_max_packet : 0;
+}
+static inline uint16_t cy_conn_peer_recv_max(const cy_conn *c)
+{
+    return c->v5 ? c->v5->peer_recv_max : 0;
+}
 
 /* handle_*.c: packet handlers. Return 0, or a MQTT 5 reason code >= 0x80
  * for the dispatcher to disconnect with. */

@@ -100,8 +100,8 @@ int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p)
     cy_buf_reset(&b->scratch);
     int rc = cy_mqtt_encode(&b->scratch, c->version, p);
     if (rc) return rc;
-    if (p->type == CY_MQTT_PUBLISH && c->peer_max_packet &&
-        cy_buf_size(&b->scratch) > c->peer_max_packet)
+    if (p->type == CY_MQTT_PUBLISH && cy_conn_peer_max_packet(c) &&
+        cy_buf_size(&b->scratch) > cy_conn_peer_max_packet(c))
         return CY_EMSGSIZE;
     /* Packets queued behind a held one wait for nothing but it. */
     uint64_t mask = b->hold_mask;
@@ -731,7 +731,7 @@ static void refuse_unavailable(cy_conn *c, uint8_t version, const char *why)
     else
         cy_buf_append(&c->out, v3, sizeof(v3));
     c->b->stats.connects_refused++;
-    cy_info(c->peer, "connect refused (server unavailable): %s", why);
+    cy_info(cy_conn_peer(c), "connect refused (server unavailable): %s", why);
     cy_conn_close(c, 0, NULL);
 }
 
@@ -782,7 +782,7 @@ void cy_cluster_handover(cy_broker *b, cy_conn *c, unsigned owner, uint8_t versi
         refuse_unavailable(c, version, why);
         return;
     }
-    cy_debug(c->peer, "handed to shard %u", owner);
+    cy_debug(cy_conn_peer(c), "handed to shard %u", owner);
 }
 
 static void free_bus_tcp(uv_handle_t *h)
