@@ -87,34 +87,36 @@ typedef struct cy_wstate {
     cy_conn *c;
 } cy_wstate;
 
+/* Fields are ordered by size so the struct has no holes: one of these lives
+ * for every connected client. The client id is stored inline, at the end. */
 typedef struct cy_session {
-    char *client_id; /* owned, NUL-terminated; the key in broker->sessions */
-    uint16_t client_id_len;
     cy_conn *conn;   /* NULL while offline */
-    uint8_t version;
-    bool persistent;         /* expiry > 0: kept in the store */
-    uint32_t expiry;         /* session expiry interval, s; 0xFFFFFFFF = never */
-    int64_t offline_since;   /* mono ms; 0 while online */
     /* subscriptions */
     cy_sub *subs;
-    uint32_t n_subs, cap_subs;
     /* outbound QoS 1/2: in flight ones first (sent order), then queued */
     cy_delivery *head, *tail;
     cy_delivery *next_send; /* first queued delivery, or NULL */
-    uint32_t n_inflight;
-    uint32_t n_queued;
-    uint16_t last_packet_id;
     /* inbound QoS 2 packet ids received and not yet released by PUBREL */
     uint16_t *inq2;
-    uint32_t n_inq2, cap_inq2;
     /* will message, armed while connected, pending after an abnormal close */
     cy_msg *will;
-    uint32_t will_delay; /* s */
     int64_t will_at;     /* mono ms when a pending will is due; 0 = not pending */
+    int64_t offline_since;   /* mono ms; 0 while online */
     /* routing scratch: dedupe of overlapping subscriptions per publish */
     uint64_t match_epoch;
-    uint32_t match_idx;
     struct cy_session *offline_next, *offline_prev; /* broker->offline list */
+    uint32_t expiry;         /* session expiry interval, s; 0xFFFFFFFF = never */
+    uint32_t will_delay; /* s */
+    uint32_t n_subs, cap_subs;
+    uint32_t n_inflight;
+    uint32_t n_queued;
+    uint32_t n_inq2, cap_inq2;
+    uint32_t match_idx;
+    uint16_t last_packet_id;
+    uint16_t client_id_len;
+    uint8_t version;
+    bool persistent;         /* expiry > 0: kept in the store */
+    char client_id[]; /* NUL-terminated, client_id_len bytes; the key in broker->sessions */
 } cy_session;
 
 enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING, CONN_HANDED };

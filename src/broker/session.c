@@ -22,22 +22,23 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 
+#include <stddef.h>
 #include <string.h>
 
 cy_session *cy_session_new(cy_broker *b, const char *client_id, size_t len)
 {
-    cy_session *s = cy_calloc(1, sizeof(*s));
+    /* One allocation with the id inline: the map's key points into it. */
+    cy_session *s = cy_calloc(1, offsetof(cy_session, client_id) + len + 1);
     if (!s) return NULL;
-    s->client_id = cy_strndup(client_id, len);
-    if (!s->client_id) goto fail;
+    memcpy(s->client_id, client_id, len);
+    s->client_id[len] = '\0';
     s->client_id_len = (uint16_t)len;
-    if (cy_map_put(&b->sessions, s->client_id, len, s)) goto fail;
+    if (cy_map_put(&b->sessions, s->client_id, len, s)) {
+        cy_free(s);
+        return NULL;
+    }
     b->stats.sessions++;
     return s;
-fail:
-    cy_free(s->client_id);
-    cy_free(s);
-    return NULL;
 }
 
 void cy_offline_link(cy_broker *b, cy_session *s)
@@ -108,7 +109,6 @@ static void release(cy_broker *b, cy_session *s, bool ending)
     cy_offline_unlink(b, s);
     cy_map_del(&b->sessions, s->client_id, s->client_id_len);
     b->stats.sessions--;
-    cy_free(s->client_id);
     cy_free(s);
 }
 
