@@ -139,6 +139,9 @@ static bool session_expired(const cy_broker *b, const cy_session *s, int64_t now
 static void on_pass_end(uv_check_t *h)
 {
     cy_broker *b = h->data;
+    /* Frames routed this pass go before the commit, which may wait for the
+     * disk; what the commit releases goes when the bus flushes itself. */
+    if (b->bus) cy_bus_flush(b->bus);
     if (b->nshards > 1) cy_cluster_before_commit(b);
     /* Counters reach the scoreboard before any reply leaves: a client that
      * got its CONNACK here and connects again elsewhere must be counted
