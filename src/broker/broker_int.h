@@ -180,6 +180,7 @@ typedef struct cy_peer {
     bool resync;          /* interest changes were lost: send a full snapshot */
     bool state_dirty;     /* last_sent / last_applied to be stored */
     bool ack_due;         /* frames applied since the last ACK we sent */
+    bool ack_lazy;        /* of those, only ones nobody waits on: the sweep acknowledges */
     uint64_t last_sent;   /* last sequence number given to a durable frame for it */
     uint64_t last_applied; /* last durable sequence number applied from it */
     uint64_t acked;       /* highest sequence number it acknowledged */
