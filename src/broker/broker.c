@@ -174,6 +174,7 @@ static void on_pass_end(uv_check_t *h)
         }
     } while (b->dirty || cy_store_pending(b->store));
     cy_broker_beat(b);
+    cy_registry_end_reads(b->registry); /* the next pass sees the CLI's changes */
 }
 
 void cy_broker_beat(cy_broker *b)
@@ -396,6 +397,9 @@ int cy_broker_start(cy_broker *b, int listen_fd)
     uv_check_init(b->loop, &b->pass_end);
     b->pass_end.data = b;
     uv_check_start(&b->pass_end, on_pass_end);
+    /* The CONNECTs of one pass share a registry read transaction; the pass
+     * end ends it. */
+    cy_registry_share_reads(b->registry, true);
     uv_timer_init(b->loop, &b->sweep);
     b->sweep.data = b;
     uv_timer_start(&b->sweep, on_sweep, 0, CY_SWEEP_MS);
