@@ -138,10 +138,10 @@ typedef struct cy_conn_v5 {
 } cy_conn_v5;
 
 /* One client connection. Every idle connection carries one, so its layout
- * is kept tight (376 bytes, 384 with malloc's header; the libuv handle is 248
- * of them): what only some connections need hangs off a pointer that is NULL
- * most of the time, and the peer's address is not kept (cy_conn_peer asks
- * the socket when a log line needs it). */
+ * is kept tight (376 bytes on x86-64 with libuv 1.44, 384 with malloc's
+ * header; the libuv handle is 248 of them): what only some connections need
+ * hangs off a pointer that is NULL most of the time, and the peer's address
+ * is not kept (cy_conn_peer asks the socket when a log line needs it). */
 struct cy_conn {
     uv_tcp_t tcp;
     cy_broker *b;
