@@ -139,6 +139,9 @@ static bool session_expired(const cy_broker *b, const cy_session *s, int64_t now
 static void on_pass_end(uv_check_t *h)
 {
     cy_broker *b = h->data;
+    /* Frames routed this pass go before the commit, which may wait for the
+     * disk; what the commit releases goes when the bus flushes itself. */
+    if (b->bus) cy_bus_flush(b->bus);
     if (b->nshards > 1) cy_cluster_before_commit(b);
     /* Counters reach the scoreboard before any reply leaves: a client that
      * got its CONNACK here and connects again elsewhere must be counted
@@ -171,6 +174,7 @@ static void on_pass_end(uv_check_t *h)
         }
     } while (b->dirty || cy_store_pending(b->store));
     cy_broker_beat(b);
+    cy_registry_end_reads(b->registry); /* the next pass sees the CLI's changes */
 }
 
 void cy_broker_beat(cy_broker *b)
@@ -252,7 +256,7 @@ static void on_sweep(uv_timer_t *t)
     cy_broker *b = t->data;
     int64_t now = (int64_t)uv_now(b->loop);
     for (cy_conn *c = b->conns; c; c = c->next) {
-        if (c->state == CONN_NEW && now - c->accepted_at > (int64_t)b->cfg->connect_timeout * 1000) {
+        if (c->state == CONN_NEW && now - c->last_rx > (int64_t)b->cfg->connect_timeout * 1000) {
             b->stats.connect_timeouts++;
             cy_conn_close(c, 0, "no CONNECT within connect_timeout");
         } else if (c->state == CONN_ACTIVE && c->keepalive &&
@@ -393,6 +397,9 @@ int cy_broker_start(cy_broker *b, int listen_fd)
     uv_check_init(b->loop, &b->pass_end);
     b->pass_end.data = b;
     uv_check_start(&b->pass_end, on_pass_end);
+    /* The CONNECTs of one pass share a registry read transaction; the pass
+     * end ends it. */
+    cy_registry_share_reads(b->registry, true);
     uv_timer_init(b->loop, &b->sweep);
     b->sweep.data = b;
     uv_timer_start(&b->sweep, on_sweep, 0, CY_SWEEP_MS);

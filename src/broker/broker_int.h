@@ -38,6 +38,9 @@
 #define CY_READ_CHUNK 65536
 /* Output a connection may accumulate before QoS 0 messages to it are dropped. */
 #define CY_OUT_HIGH_WATER (4u << 20)
+/* An output buffer this small is freed as soon as it is written out (malloc
+ * recycles it at once); a larger one is kept for the next pass. */
+#define CY_OUT_KEEP_MIN 1024u
 /* How often timeouts, expiries and will delays are checked, ms. */
 #define CY_SWEEP_MS 250
 
@@ -86,71 +89,82 @@ typedef struct cy_wstate {
     cy_conn *c;
 } cy_wstate;
 
+/* Fields are ordered by size so the struct has no holes: one of these lives
+ * for every connected client. The client id is stored inline, at the end. */
 typedef struct cy_session {
-    char *client_id; /* owned, NUL-terminated; the key in broker->sessions */
-    uint16_t client_id_len;
     cy_conn *conn;   /* NULL while offline */
-    uint8_t version;
-    bool persistent;         /* expiry > 0: kept in the store */
-    uint32_t expiry;         /* session expiry interval, s; 0xFFFFFFFF = never */
-    int64_t offline_since;   /* mono ms; 0 while online */
     /* subscriptions */
     cy_sub *subs;
-    uint32_t n_subs, cap_subs;
     /* outbound QoS 1/2: in flight ones first (sent order), then queued */
     cy_delivery *head, *tail;
     cy_delivery *next_send; /* first queued delivery, or NULL */
-    uint32_t n_inflight;
-    uint32_t n_queued;
-    uint16_t last_packet_id;
     /* inbound QoS 2 packet ids received and not yet released by PUBREL */
     uint16_t *inq2;
-    uint32_t n_inq2, cap_inq2;
     /* will message, armed while connected, pending after an abnormal close */
     cy_msg *will;
-    uint32_t will_delay; /* s */
     int64_t will_at;     /* mono ms when a pending will is due; 0 = not pending */
+    int64_t offline_since;   /* mono ms; 0 while online */
     /* routing scratch: dedupe of overlapping subscriptions per publish */
     uint64_t match_epoch;
-    uint32_t match_idx;
     struct cy_session *offline_next, *offline_prev; /* broker->offline list */
+    uint32_t expiry;         /* session expiry interval, s; 0xFFFFFFFF = never */
+    uint32_t will_delay; /* s */
+    uint32_t n_subs, cap_subs;
+    uint32_t n_inflight;
+    uint32_t n_queued;
+    uint32_t n_inq2, cap_inq2;
+    uint32_t match_idx;
+    uint16_t last_packet_id;
+    uint16_t client_id_len;
+    uint8_t version;
+    bool persistent;         /* expiry > 0: kept in the store */
+    char client_id[]; /* NUL-terminated, client_id_len bytes; the key in broker->sessions */
 } cy_session;
 
 enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING, CONN_HANDED };
 
+/* What only some MQTT 5 clients use: the limits they declared in CONNECT and
+ * topic aliases. Allocated the first time a client declares a limit or uses
+ * an alias, so a 3.1.1 client (and most 5.0 ones) does not carry it. */
+typedef struct cy_conn_v5 {
+    /* peer limits, 0 = none */
+    uint32_t peer_max_packet;
+    uint16_t peer_recv_max;
+    uint16_t peer_alias_max;
+    uint16_t n_alias_out;
+    /* topic aliases: inbound (client -> us), index = alias */
+    char **alias_in;
+    uint16_t *alias_in_len;
+    /* outbound aliases (us -> client): topic of each assigned alias */
+    char **alias_out;
+} cy_conn_v5;
+
+/* One client connection. Every idle connection carries one, so its layout
+ * is kept tight (376 bytes on x86-64 with libuv 1.44, 384 with malloc's
+ * header; the libuv handle is 248 of them): what only some connections need
+ * hangs off a pointer that is NULL most of the time, and the peer's address
+ * is not kept (cy_conn_peer asks the socket when a log line needs it). */
 struct cy_conn {
     uv_tcp_t tcp;
     cy_broker *b;
     cy_session *sess;
     cy_conn *prev, *next;  /* broker->conns */
     cy_conn *dirty_next;   /* broker->dirty list of connections with output */
-    bool dirty;
-
+    int64_t last_rx;       /* mono ms of the last packet received; of the accept before CONNECT */
+    cy_buf out;            /* output of this pass; no memory while idle */
+    cy_buf *in;            /* partial packet carried between reads, or NULL (most of the time) */
+    struct cy_wstate *w;   /* a uv_write in flight, or NULL (most of the time) */
+    cy_conn_v5 *v5;        /* MQTT 5 limits and aliases, or NULL (none declared or used) */
+    uint64_t held_epoch;   /* release scratch: an earlier entry of ours still waits */
+    uint32_t n_held;       /* acknowledgements held until peers caught up */
+    uint16_t keepalive;    /* s granted; 0 = none */
     uint8_t state;
     uint8_t version;       /* 0 until CONNECT */
-    int64_t last_rx;       /* mono ms of the last packet received */
-    int64_t accepted_at;   /* mono ms */
-    uint32_t keepalive;    /* s granted; 0 = none */
-    cy_buf in;             /* partial packet carried between reads */
-    cy_buf out;            /* output of this pass */
-    struct cy_wstate *w;   /* a uv_write in flight, or NULL (most of the time) */
-    /* peer limits (MQTT 5), 0 = none */
-    uint32_t peer_max_packet;
-    uint16_t peer_recv_max;
-    uint16_t peer_alias_max;
-    /* topic aliases: inbound (client -> us), index = alias */
-    char **alias_in;
-    uint16_t *alias_in_len;
-    /* outbound aliases (us -> client): topic of each assigned alias */
-    char **alias_out;
-    uint16_t n_alias_out;
-    bool clean_disconnect; /* got DISCONNECT 0x00: no will */
-    bool counted;          /* counted in clients_connected */
-    bool handed_in;        /* arrived by handover from another shard */
-    bool device;           /* an isolated device: client id = device id, own topics only */
-    uint32_t n_held;       /* acknowledgements held until peers caught up */
-    uint64_t held_epoch;   /* release scratch: an earlier entry of ours still waits */
-    char peer[48];         /* ip:port for logs before CONNECT */
+    bool dirty : 1;
+    bool clean_disconnect : 1; /* got DISCONNECT 0x00: no will */
+    bool counted : 1;          /* counted in clients_connected */
+    bool handed_in : 1;        /* arrived by handover from another shard */
+    bool device : 1;           /* an isolated device: client id = device id, own topics only */
 };
 
 /* A frame for a peer shard that must survive until the peer acknowledges it. */
@@ -169,6 +183,7 @@ typedef struct cy_peer {
     bool resync;          /* interest changes were lost: send a full snapshot */
     bool state_dirty;     /* last_sent / last_applied to be stored */
     bool ack_due;         /* frames applied since the last ACK we sent */
+    bool ack_lazy;        /* of those, only ones nobody waits on: the sweep acknowledges */
     uint64_t last_sent;   /* last sequence number given to a durable frame for it */
     uint64_t last_applied; /* last durable sequence number applied from it */
     uint64_t acked;       /* highest sequence number it acknowledged */
@@ -295,7 +310,23 @@ int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p);
 void cy_conn_close(cy_conn *c, uint8_t reason, const char *why);
 void cy_conn_flush(cy_conn *c);
 size_t cy_conn_backlog(const cy_conn *c);
+/* The client id, or before CONNECT the peer's address (cy_conn_peer). */
 const char *cy_conn_name(const cy_conn *c);
+/* "ip:port" of the peer, asked of the socket now (the connection does not
+ * keep it), or "unknown peer" once the socket is closed or reset. The text
+ * is in a buffer of the loop thread, good until the next call. */
+const char *cy_conn_peer(const cy_conn *c);
+/* c's MQTT 5 block, allocated (zeroed) on first use. NULL: out of memory. */
+cy_conn_v5 *cy_conn_v5_get(cy_conn *c);
+/* The client's limits (MQTT 5 CONNECT properties); 0 = none declared. */
+static inline uint32_t cy_conn_peer_max_packet(const cy_conn *c)
+{
+    return c->v5 ? c->v5->peer_max_packet : 0;
+}
+static inline uint16_t cy_conn_peer_recv_max(const cy_conn *c)
+{
+    return c->v5 ? c->v5->peer_recv_max : 0;
+}
 
 /* handle_*.c: packet handlers. Return 0, or a MQTT 5 reason code >= 0x80
  * for the dispatcher to disconnect with. */

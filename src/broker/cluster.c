@@ -103,8 +103,8 @@ int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p)
     cy_buf_reset(&b->scratch);
     int rc = cy_mqtt_encode(&b->scratch, c->version, p);
     if (rc) return rc;
-    if (p->type == CY_MQTT_PUBLISH && c->peer_max_packet &&
-        cy_buf_size(&b->scratch) > c->peer_max_packet)
+    if (p->type == CY_MQTT_PUBLISH && cy_conn_peer_max_packet(c) &&
+        cy_buf_size(&b->scratch) > cy_conn_peer_max_packet(c))
         return CY_EMSGSIZE;
     /* Packets queued behind a held one wait for nothing but it. */
     uint64_t mask = b->hold_mask;
@@ -473,19 +473,34 @@ void cy_cluster_before_commit(cy_broker *b)
     }
 }
 
+/* Acknowledge everything applied from p (after the commit that holds it). */
+static void send_ack(cy_broker *b, cy_peer *p)
+{
+    uint8_t body[16];
+    for (int k = 0; k < 8; k++) {
+        body[k] = (uint8_t)(p->frames_in >> (56 - 8 * k));
+        body[8 + k] = (uint8_t)(p->last_applied >> (56 - 8 * k));
+    }
+    if (cy_bus_send(b->bus, p->index, F_ACK, body, sizeof(body)) == 0)
+        p->ack_due = p->ack_lazy = false;
+}
+
+/* Does an applied frame that nobody waits on (a QoS 0 forward) wait for the
+ * sweep's ACK? Acknowledging each at once cost a write here and a wake-up
+ * and a read on the sender, per cross-shard message. The ACK only feeds the
+ * sender's bus_acked, whose lag the watchdog reads as work owed; a lag of
+ * one sweep (250 ms) must stay well inside watchdog_timeout. */
+static bool ack_lazily(const cy_broker *b)
+{
+    return b->cfg->watchdog_timeout >= 4 * CY_SWEEP_MS;
+}
+
 void cy_cluster_after_commit(cy_broker *b)
 {
     for (unsigned j = 0; j < b->nshards; j++) {
         cy_peer *p = &b->peers[j];
         if (j == b->self || !p->up) continue;
-        if (p->ack_due) {
-            uint8_t body[16];
-            for (int k = 0; k < 8; k++) {
-                body[k] = (uint8_t)(p->frames_in >> (56 - 8 * k));
-                body[8 + k] = (uint8_t)(p->last_applied >> (56 - 8 * k));
-            }
-            if (cy_bus_send(b->bus, j, F_ACK, body, sizeof(body)) == 0) p->ack_due = false;
-        }
+        if (p->ack_due) send_ack(b, p);
         if (p->written < p->last_sent) pump(b, p);
     }
 }
@@ -497,6 +512,8 @@ void cy_cluster_sweep(cy_broker *b)
         cy_peer *p = &b->peers[j];
         if (j == b->self || !p->up) continue;
         if (p->resync) send_snapshot(b, p);
+        /* Everything applied was committed by the passes before this timer. */
+        if (p->ack_lazy) send_ack(b, p);
     }
 }
 
@@ -550,7 +567,10 @@ static void on_publish(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len
         return;
     }
     p->frames_in++;
-    p->ack_due = true;
+    if (seq || !ack_lazily(b))
+        p->ack_due = true;
+    else
+        p->ack_lazy = true;
     if (seq) {
         if (seq <= p->last_applied) return; /* a replay of what we applied */
         p->last_applied = seq;
@@ -756,7 +776,7 @@ static void refuse_unavailable(cy_conn *c, uint8_t version, const char *why)
     else
         cy_buf_append(&c->out, v3, sizeof(v3));
     c->b->stats.connects_refused++;
-    cy_info(c->peer, "connect refused (server unavailable): %s", why);
+    cy_info(cy_conn_peer(c), "connect refused (server unavailable): %s", why);
     cy_conn_close(c, 0, NULL);
 }
 
@@ -807,7 +827,7 @@ void cy_cluster_handover(cy_broker *b, cy_conn *c, unsigned owner, uint8_t versi
         refuse_unavailable(c, version, why);
         return;
     }
-    cy_debug(c->peer, "handed to shard %u", owner);
+    cy_debug(cy_conn_peer(c), "handed to shard %u", owner);
 }
 
 static void free_bus_tcp(uv_handle_t *h)

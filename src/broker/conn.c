@@ -24,13 +24,67 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 const char *cy_conn_name(const cy_conn *c)
 {
-    return c->sess ? c->sess->client_id : c->peer;
+    return c->sess ? c->sess->client_id : cy_conn_peer(c);
+}
+
+const char *cy_conn_peer(const cy_conn *c)
+{
+    /* Asked of the socket when a log line needs it rather than kept: 48
+     * bytes on every idle connection for the few lines that name a client
+     * by address (before CONNECT, refusals). */
+    static char text[64];
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl)) return "unknown peer";
+    if (ss.ss_family == AF_INET) {
+        uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+        port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    } else if (ss.ss_family == AF_INET6) {
+        uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+        port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    }
+    snprintf(text, sizeof(text), "%s:%d", ip, port);
+    return text;
+}
+
+cy_conn_v5 *cy_conn_v5_get(cy_conn *c)
+{
+    if (!c->v5) c->v5 = cy_calloc(1, sizeof(*c->v5));
+    return c->v5;
+}
+
+static void v5_free(cy_broker *b, cy_conn_v5 *x)
+{
+    if (!x) return;
+    if (x->alias_in) {
+        for (uint32_t i = 0; i <= b->cfg->topic_alias_max; i++) cy_free(x->alias_in[i]);
+        cy_free(x->alias_in);
+    }
+    cy_free(x->alias_in_len);
+    if (x->alias_out) {
+        for (uint16_t i = 0; i < x->n_alias_out; i++) cy_free(x->alias_out[i]);
+        cy_free(x->alias_out);
+    }
+    cy_free(x);
+}
+
+/* Free the partial-input buffer (it is allocated only while a packet is
+ * split across reads). */
+static void in_free(cy_conn *c)
+{
+    if (!c->in) return;
+    cy_buf_fini(c->in);
+    cy_free(c->in);
+    c->in = NULL;
 }
 
 size_t cy_conn_backlog(const cy_conn *c)
@@ -48,18 +102,9 @@ static void on_close(uv_handle_t *h)
         b->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     b->n_conns--;
-    cy_buf_fini(&c->in);
+    in_free(c);
     cy_buf_fini(&c->out);
-
-    if (c->alias_in) {
-        for (uint32_t i = 0; i <= b->cfg->topic_alias_max; i++) cy_free(c->alias_in[i]);
-        cy_free(c->alias_in);
-        cy_free(c->alias_in_len);
-    }
-    if (c->alias_out) {
-        for (uint16_t i = 0; i < c->n_alias_out; i++) cy_free(c->alias_out[i]);
-        cy_free(c->alias_out);
-    }
+    v5_free(b, c->v5);
     cy_free(c);
 }
 
@@ -113,10 +158,16 @@ void cy_conn_flush(cy_conn *c)
         return;
     }
     cy_buf_consume(&c->out, (size_t)n);
-    /* An emptied buffer is kept for the next pass (freeing it every pass
-     * made glibc trim and re-fault it: 10x slower at 1 KiB messages); the
-     * sweep frees the buffers of connections that went idle. */
-    if (cy_buf_size(&c->out) == 0) return;
+    if (cy_buf_size(&c->out) == 0) {
+        /* A small emptied buffer is freed now: malloc's per-thread cache
+         * hands the same block to the next pass or the next connection, and
+         * an idle connection (a CONNACK, a PINGRESP) keeps nothing. A large
+         * one is kept for the next pass (freeing it every pass made glibc
+         * trim and re-fault it: 10x slower at 1 KiB messages); the sweep
+         * frees it once the connection goes idle. */
+        if (c->out.cap <= CY_OUT_KEEP_MIN) cy_buf_fini(&c->out);
+        return;
+    }
     if (c->state == CONN_CLOSING) return; /* best effort only */
     cy_wstate *w = cy_malloc(sizeof(*w));
     if (!w) {
@@ -280,24 +331,31 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     cy_conn *c = h->data;
     cy_broker *b = c->b;
     (void)suggested;
-    if (cy_buf_size(&c->in) == 0 && !b->rbuf_busy) {
+    if (!c->in && !b->rbuf_busy) {
         b->rbuf_busy = true;
         *buf = uv_buf_init((char *)b->rbuf, sizeof(b->rbuf));
         return;
     }
-    if (cy_buf_reserve(&c->in, CY_READ_CHUNK)) {
+    if (!c->in) c->in = cy_calloc(1, sizeof(*c->in));
+    if (!c->in || cy_buf_reserve(c->in, CY_READ_CHUNK)) {
         *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
         return;
     }
-    *buf = uv_buf_init((char *)c->in.data + c->in.len, (unsigned)(c->in.cap - c->in.len));
+    *buf = uv_buf_init((char *)c->in->data + c->in->len, (unsigned)(c->in->cap - c->in->len));
+}
+
+/* Keep the tail of a read that holds an incomplete packet. */
+static void keep_partial(cy_conn *c, const uint8_t *bytes, size_t len)
+{
+    if (!c->in) c->in = cy_calloc(1, sizeof(*c->in));
+    if (!c->in || cy_buf_append(c->in, bytes, len))
+        cy_conn_close(c, CY_RC_UNSPECIFIED, "out of memory");
 }
 
 void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len)
 {
     size_t used = process(c, bytes, len);
-    if (used < len && c->state != CONN_CLOSING &&
-        cy_buf_append(&c->in, bytes + used, len - used))
-        cy_conn_close(c, CY_RC_UNSPECIFIED, "out of memory");
+    if (used < len && c->state != CONN_CLOSING) keep_partial(c, bytes + used, len - used);
 }
 
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
@@ -318,17 +376,17 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (shared) {
         size_t used = process(c, b->rbuf, (size_t)nread);
         b->rbuf_busy = false;
-        if (used < (size_t)nread && c->state != CONN_CLOSING &&
-            cy_buf_append(&c->in, b->rbuf + used, (size_t)nread - used)) {
-            cy_conn_close(c, CY_RC_UNSPECIFIED, "out of memory");
-        }
+        if (used < (size_t)nread && c->state != CONN_CLOSING)
+            keep_partial(c, b->rbuf + used, (size_t)nread - used);
         return;
     }
-    c->in.len += (size_t)nread;
-    size_t used = process(c, cy_buf_head(&c->in), cy_buf_size(&c->in));
+    c->in->len += (size_t)nread;
+    size_t used = process(c, cy_buf_head(c->in), cy_buf_size(c->in));
     if (c->state == CONN_CLOSING) return;
-    cy_buf_consume(&c->in, used);
-    cy_buf_shrink(&c->in);
+    cy_buf_consume(c->in, used);
+    /* Once the split packet is whole, the connection reads into the shared
+     * buffer again. */
+    if (cy_buf_size(c->in) == 0) in_free(c);
 }
 
 /* A new connection object for an open socket, linked into the broker. */
@@ -349,24 +407,6 @@ static cy_conn *conn_new(cy_broker *b)
     return c;
 }
 
-static void name_peer(cy_conn *c)
-{
-    struct sockaddr_storage ss;
-    int sl = sizeof(ss);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
-        char ip[40] = "?";
-        int port = 0;
-        if (ss.ss_family == AF_INET) {
-            uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
-            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
-            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-        }
-        snprintf(c->peer, sizeof(c->peer), "%s:%d", ip, port);
-    }
-}
-
 void cy_conn_on_connection(uv_stream_t *server, int status)
 {
     cy_broker *b = server->data;
@@ -381,8 +421,7 @@ void cy_conn_on_connection(uv_stream_t *server, int status)
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
-    c->accepted_at = c->last_rx = uv_now(b->loop);
-    name_peer(c);
+    c->last_rx = uv_now(b->loop);
     /* Sockets beyond the connection limit get no chance to send CONNECT. */
     if (b->n_conns > b->cfg->max_connections + 64u) {
         b->stats.limit_connections++;
@@ -408,8 +447,7 @@ void cy_conn_adopt(cy_broker *b, int fd, const uint8_t *bytes, size_t len)
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
-    c->accepted_at = c->last_rx = uv_now(b->loop);
-    name_peer(c);
+    c->last_rx = uv_now(b->loop);
     uv_tcp_nodelay(&c->tcp, 1);
     cy_conn_feed(c, bytes, len);
     if (c->state != CONN_CLOSING) uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);

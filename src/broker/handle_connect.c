@@ -76,7 +76,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     size_t idlen = p->client_id.len < CY_MAX_CLIENT_ID ? p->client_id.len : CY_MAX_CLIENT_ID;
     memcpy(who, p->client_id.p, idlen);
     who[idlen] = '\0';
-    const char *logname = idlen ? who : c->peer;
+    const char *logname = idlen ? who : cy_conn_peer(c);
 
     if (b->stopping)
         return refuse(c, CY_RC_SERVER_UNAVAILABLE, CY_RC3_SERVER_UNAVAILABLE, logname,
@@ -113,7 +113,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     bool assigned = false;
     if (p->client_id.len == 0 && !device) {
         if (c->version != CY_MQTT_V5 && !p->clean_start)
-            return refuse(c, CY_RC_CLIENT_ID_INVALID, CY_RC3_ID_REJECTED, c->peer,
+            return refuse(c, CY_RC_CLIENT_ID_INVALID, CY_RC3_ID_REJECTED, cy_conn_peer(c),
                           "empty client id needs clean session");
         /* An assigned id must belong to this shard, so that a client that
          * reconnects with it lands where its session is. */
@@ -151,7 +151,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     cy_session *s = cy_map_get(&b->sessions, who, idlen);
     if (s && s->conn) {
         cy_conn *old = s->conn;
-        cy_info(who, "session taken over by a new connection from %s", c->peer);
+        cy_info(who, "session taken over by a new connection from %s", cy_conn_peer(c));
         cy_conn_close(old, CY_RC_SESSION_TAKEN_OVER, "session taken over");
         s = cy_map_get(&b->sessions, who, idlen); /* ended if it was not persistent */
     }
@@ -194,17 +194,21 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     c->keepalive = p->keep_alive;
     bool server_ka = false;
     if (c->version == CY_MQTT_V5 && (p->keep_alive == 0 || p->keep_alive > b->cfg->max_keepalive)) {
-        c->keepalive = b->cfg->max_keepalive;
+        c->keepalive = (uint16_t)b->cfg->max_keepalive; /* config keeps it <= 65535 */
         server_ka = true;
     }
 
     /* The client's limits. */
-    if (c->version == CY_MQTT_V5) {
-        if (p->props.present & CY_PBIT(CY_PROP_RECEIVE_MAX)) c->peer_recv_max = p->props.receive_max;
+    uint64_t limits = CY_PBIT(CY_PROP_RECEIVE_MAX) | CY_PBIT(CY_PROP_MAX_PACKET_SIZE) |
+                      CY_PBIT(CY_PROP_TOPIC_ALIAS_MAX);
+    if (c->version == CY_MQTT_V5 && (p->props.present & limits)) {
+        cy_conn_v5 *x = cy_conn_v5_get(c);
+        if (!x) return refuse(c, CY_RC_SERVER_BUSY, CY_RC3_SERVER_UNAVAILABLE, who, "out of memory");
+        if (p->props.present & CY_PBIT(CY_PROP_RECEIVE_MAX)) x->peer_recv_max = p->props.receive_max;
         if (p->props.present & CY_PBIT(CY_PROP_MAX_PACKET_SIZE))
-            c->peer_max_packet = p->props.max_packet_size;
+            x->peer_max_packet = p->props.max_packet_size;
         if (p->props.present & CY_PBIT(CY_PROP_TOPIC_ALIAS_MAX))
-            c->peer_alias_max = p->props.topic_alias_max;
+            x->peer_alias_max = p->props.topic_alias_max;
     }
 
     /* Will. */
@@ -244,7 +248,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         }
     }
     cy_conn_send(c, &ack);
-    cy_info(s->client_id, "connected from %s proto=%u keepalive=%u clean=%d expiry=%u%s", c->peer,
+    cy_info(s->client_id, "connected from %s proto=%u keepalive=%u clean=%d expiry=%u%s", cy_conn_peer(c),
             c->version, c->keepalive, p->clean_start, expiry, present ? " resumed" : "");
     if (device) cy_api_device_online(b, c);
     cy_session_resume(b, s);

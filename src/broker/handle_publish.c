@@ -50,21 +50,23 @@ static int resolve_alias(cy_conn *c, cy_mqtt_publish *p)
     cy_broker *b = c->b;
     uint16_t a = p->props.topic_alias;
     if (a == 0 || a > b->cfg->topic_alias_max) return CY_RC_TOPIC_ALIAS_INVALID;
-    if (!c->alias_in) {
-        c->alias_in = cy_calloc(b->cfg->topic_alias_max + 1u, sizeof(char *));
-        c->alias_in_len = cy_calloc(b->cfg->topic_alias_max + 1u, sizeof(uint16_t));
-        if (!c->alias_in || !c->alias_in_len) return CY_RC_UNSPECIFIED;
+    cy_conn_v5 *x = cy_conn_v5_get(c);
+    if (!x) return CY_RC_UNSPECIFIED;
+    if (!x->alias_in) {
+        x->alias_in = cy_calloc(b->cfg->topic_alias_max + 1u, sizeof(char *));
+        x->alias_in_len = cy_calloc(b->cfg->topic_alias_max + 1u, sizeof(uint16_t));
+        if (!x->alias_in || !x->alias_in_len) return CY_RC_UNSPECIFIED;
     }
     if (p->topic.len) {
         char *t = cy_strndup(p->topic.p, p->topic.len);
         if (!t) return CY_RC_UNSPECIFIED;
-        cy_free(c->alias_in[a]);
-        c->alias_in[a] = t;
-        c->alias_in_len[a] = (uint16_t)p->topic.len;
+        cy_free(x->alias_in[a]);
+        x->alias_in[a] = t;
+        x->alias_in_len[a] = (uint16_t)p->topic.len;
         return 0;
     }
-    if (!c->alias_in[a]) return CY_RC_PROTOCOL_ERROR;
-    p->topic = (cy_str){c->alias_in[a], c->alias_in_len[a]};
+    if (!x->alias_in[a]) return CY_RC_PROTOCOL_ERROR;
+    p->topic = (cy_str){x->alias_in[a], x->alias_in_len[a]};
     return 0;
 }
 

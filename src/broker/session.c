@@ -22,22 +22,23 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 
+#include <stddef.h>
 #include <string.h>
 
 cy_session *cy_session_new(cy_broker *b, const char *client_id, size_t len)
 {
-    cy_session *s = cy_calloc(1, sizeof(*s));
+    /* One allocation with the id inline: the map's key points into it. */
+    cy_session *s = cy_calloc(1, offsetof(cy_session, client_id) + len + 1);
     if (!s) return NULL;
-    s->client_id = cy_strndup(client_id, len);
-    if (!s->client_id) goto fail;
+    memcpy(s->client_id, client_id, len);
+    s->client_id[len] = '\0';
     s->client_id_len = (uint16_t)len;
-    if (cy_map_put(&b->sessions, s->client_id, len, s)) goto fail;
+    if (cy_map_put(&b->sessions, s->client_id, len, s)) {
+        cy_free(s);
+        return NULL;
+    }
     b->stats.sessions++;
     return s;
-fail:
-    cy_free(s->client_id);
-    cy_free(s);
-    return NULL;
 }
 
 void cy_offline_link(cy_broker *b, cy_session *s)
@@ -108,7 +109,6 @@ static void release(cy_broker *b, cy_session *s, bool ending)
     cy_offline_unlink(b, s);
     cy_map_del(&b->sessions, s->client_id, s->client_id_len);
     b->stats.sessions--;
-    cy_free(s->client_id);
     cy_free(s);
 }
 
@@ -219,20 +219,21 @@ bool cy_session_del_inq2(cy_session *s, uint16_t id)
 static uint16_t alias_for(cy_conn *c, const cy_msg *m, bool *fresh)
 {
     *fresh = false;
-    if (!c->peer_alias_max) return 0;
-    for (uint16_t i = 0; i < c->n_alias_out; i++)
-        if (strcmp(c->alias_out[i], m->topic) == 0) return (uint16_t)(i + 1);
-    uint16_t limit = c->peer_alias_max < 64 ? c->peer_alias_max : 64;
-    if (c->n_alias_out >= limit) return 0;
-    if (!c->alias_out) {
-        c->alias_out = cy_calloc(limit, sizeof(char *));
-        if (!c->alias_out) return 0;
+    cy_conn_v5 *x = c->v5; /* a client that allows aliases declared it in CONNECT */
+    if (!x || !x->peer_alias_max) return 0;
+    for (uint16_t i = 0; i < x->n_alias_out; i++)
+        if (strcmp(x->alias_out[i], m->topic) == 0) return (uint16_t)(i + 1);
+    uint16_t limit = x->peer_alias_max < 64 ? x->peer_alias_max : 64;
+    if (x->n_alias_out >= limit) return 0;
+    if (!x->alias_out) {
+        x->alias_out = cy_calloc(limit, sizeof(char *));
+        if (!x->alias_out) return 0;
     }
     char *t = cy_strndup(m->topic, m->topic_len);
     if (!t) return 0;
-    c->alias_out[c->n_alias_out++] = t;
+    x->alias_out[x->n_alias_out++] = t;
     *fresh = true;
-    return c->n_alias_out;
+    return x->n_alias_out;
 }
 
 /* Encode one PUBLISH to c. Returns 0, CY_ETIMEDOUT if the message expired,
@@ -282,11 +283,11 @@ static int send_publish(cy_broker *b, cy_conn *c, cy_msg *m, uint8_t qos, bool r
     }
     size_t before = c->out.len;
     int rc = cy_conn_send(c, &p);
-    if (rc == 0 && c->peer_max_packet && c->out.len - before > c->peer_max_packet) {
+    if (rc == 0 && cy_conn_peer_max_packet(c) && c->out.len - before > cy_conn_peer_max_packet(c)) {
         c->out.len = before; /* take it back */
         rc = CY_EMSGSIZE;
     }
-    if (rc && fresh) cy_free(c->alias_out[--c->n_alias_out]);
+    if (rc && fresh) cy_free(c->v5->alias_out[--c->v5->n_alias_out]);
     if (rc == 0) b->stats.publish_sent++;
     return rc;
 }
@@ -343,7 +344,8 @@ void cy_session_pump(cy_broker *b, cy_session *s)
     cy_conn *c = s->conn;
     if (!c || c->state != CONN_ACTIVE) return;
     uint32_t window = b->cfg->max_inflight;
-    if (c->peer_recv_max && c->peer_recv_max < window) window = c->peer_recv_max;
+    if (cy_conn_peer_recv_max(c) && cy_conn_peer_recv_max(c) < window)
+        window = cy_conn_peer_recv_max(c);
     while (s->next_send && s->n_inflight < window) {
         cy_delivery *d = s->next_send;
         uint16_t id = next_packet_id(s);

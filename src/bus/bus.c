@@ -28,10 +28,18 @@
  * any other type-0 frame closes the link.
  *
  * Writing never blocks: an olink keeps a FIFO of segments, each a cy_buf of
- * whole frames (or one handle frame). Only the head segment is ever handed
- * to libuv (uv_write writes what the socket takes at once and the rest when
- * it drains); frames sent meanwhile are appended to the tail segment, so a
- * burst of small frames leaves in few writes, each frame copied once. The
+ * whole frames (or one handle frame). A send only queues; the frames of a
+ * loop pass leave together, when the owner calls cy_bus_flush or at the
+ * latest from the bus's prepare handle, just before the loop waits. A flush
+ * writes with uv_try_write (one write(2), no request), and only what the
+ * socket did not take, or a frame carrying a handle, goes to uv_write, one
+ * head segment at a time, whose callback flushes again. Writing through
+ * uv_write every time cost two system calls more per frame: its callback is
+ * deferred to the next loop iteration (an extra epoll_wait that does not
+ * block), and on completion libuv stops POLLOUT, which re-queues the
+ * pipe's watcher for an EPOLL_CTL_MOD in the next poll. Frames sent while a
+ * uv_write is in flight are appended to the tail segment, so a burst of
+ * small frames leaves in few writes, each frame copied once. The
  * backlog is the byte count of all segments; a send that would take it past
  * max_backlog gets CY_EAGAIN (a frame is always accepted when the backlog is
  * 0, so one frame larger than max_backlog can still go). All memory a send
@@ -148,6 +156,7 @@ struct cy_bus {
     bool self_free;      /* cy_bus_new failed late: free when closed */
     unsigned open;       /* handles not yet through their close callback */
     uv_timer_t tick;
+    uv_prepare_t flusher; /* active while some olink has frames not yet flushed */
     uv_pipe_t listener;
     olink *out;          /* n entries; out[self] unused */
     alink *accepted;     /* list */
@@ -254,6 +263,7 @@ static char *shard_path(const char *dir, unsigned i)
 
 static void tick_arm(cy_bus *bus);
 static void bus_handle_closed(cy_bus *bus);
+static void flush_arm(cy_bus *bus);
 
 /* ---- outgoing links --------------------------------------------------- */
 
@@ -339,7 +349,9 @@ static void olink_close_cb(uv_handle_t *h)
 }
 
 static void seg_write_cb(uv_write_t *req, int status);
+static void olink_flush(olink *l);
 
+/* Hand the head segment to libuv (uv_write2 when it carries a handle). */
 static void olink_start_write(olink *l)
 {
     seg *s = l->head;
@@ -376,7 +388,57 @@ static void seg_write_cb(uv_write_t *req, int status)
         if (status != UV_ECANCELED) olink_fail(l, uv_strerror(status));
         return;
     }
-    olink_start_write(l);
+    olink_flush(l);
+}
+
+/* Write what l has queued: whole segments with uv_try_write while the
+ * socket takes them; the rest of a segment, or a frame carrying a handle,
+ * with uv_write, whose callback comes back here. */
+static void olink_flush(olink *l)
+{
+    while (l->head && !l->inflight && l->state == L_UP) {
+        seg *s = l->head;
+        if (s->handle) {
+            olink_start_write(l);
+            return;
+        }
+        uv_buf_t b = uv_buf_init((char *)cy_buf_head(&s->data), (unsigned)cy_buf_size(&s->data));
+        int n = uv_try_write((uv_stream_t *)&l->pipe, &b, 1);
+        if (n == UV_EAGAIN) n = 0; /* socket full, or libuv still writes the HELLO */
+        if (n < 0) {
+            olink_fail(l, uv_strerror(n)); /* the close callback fails what is queued */
+            return;
+        }
+        cy_buf_consume(&s->data, (size_t)n);
+        l->backlog -= (size_t)n;
+        if (cy_buf_size(&s->data)) {
+            olink_start_write(l); /* the rest when the socket drains */
+            return;
+        }
+        l->head = s->next;
+        if (!l->head) l->tail = NULL;
+        seg_recycle(l, s); /* a data segment: no done_cb */
+    }
+}
+
+static void flush_all(cy_bus *bus)
+{
+    for (unsigned j = 0; j < bus->n && bus->out; j++)
+        if (j != bus->self && bus->out[j].head) olink_flush(&bus->out[j]);
+}
+
+static void flusher_cb(uv_prepare_t *h)
+{
+    cy_bus *bus = h->data;
+    uv_prepare_stop(h);
+    flush_all(bus);
+}
+
+/* Flush before the loop next waits, unless the owner calls cy_bus_flush first. */
+static void flush_arm(cy_bus *bus)
+{
+    if (bus->closing || !bus->handles) return;
+    if (!uv_is_active((uv_handle_t *)&bus->flusher)) uv_prepare_start(&bus->flusher, flusher_cb);
 }
 
 static void olink_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -706,6 +768,7 @@ static void bus_handle_closed(cy_bus *bus)
     if (cb) cb(ctx);
 }
 
+/* The tick's and the flusher's close callback. */
 static void bus_timer_closed(uv_handle_t *h)
 {
     bus_handle_closed(h->data);
@@ -718,6 +781,12 @@ static void bus_listener_closed(uv_handle_t *h)
 
 static void bus_close(cy_bus *bus)
 {
+    /* Frames queued this pass get what the sockets take now, as they did
+     * when every send wrote at once. */
+    if (bus->handles && uv_is_active((uv_handle_t *)&bus->flusher)) {
+        uv_prepare_stop(&bus->flusher);
+        flush_all(bus);
+    }
     bus->closing = true;
     if (bus->bound) {
         struct stat st;
@@ -739,6 +808,7 @@ static void bus_close(cy_bus *bus)
     if (bus->handles) {
         uv_timer_stop(&bus->tick);
         uv_close((uv_handle_t *)&bus->tick, bus_timer_closed);
+        uv_close((uv_handle_t *)&bus->flusher, bus_timer_closed);
     }
 }
 
@@ -849,8 +919,10 @@ int cy_bus_new(uv_loop_t *loop, const cy_bus_options *opt, const cy_bus_callback
      * itself in the last close callback. */
     uv_timer_init(loop, &bus->tick);
     bus->tick.data = bus;
+    uv_prepare_init(loop, &bus->flusher);
+    bus->flusher.data = bus;
     bus->handles = true;
-    bus->open = 1;
+    bus->open = 2;
     if (bus->n > 1) {
         uv_pipe_init(loop, &bus->listener, 0);
         bus->listener.data = bus;
@@ -980,7 +1052,7 @@ int cy_bus_send2(cy_bus *bus, unsigned peer, uint8_t type, const uint8_t *a, siz
     if (!s) return CY_ENOMEM;
     seg_put(s, (uint32_t)(1 + alen + blen), type, a, alen, b, blen);
     l->backlog += need;
-    olink_start_write(l);
+    flush_arm(bus);
     return 0;
 }
 
@@ -1010,8 +1082,16 @@ int cy_bus_send_handle(cy_bus *bus, unsigned peer, uv_tcp_t *tcp, uint8_t type,
     s->done_cb = done_cb;
     s->arg = arg;
     l->backlog += need;
-    olink_start_write(l);
+    flush_arm(bus);
     return 0;
+}
+
+void cy_bus_flush(cy_bus *bus)
+{
+    if (!bus || bus->closing || !bus->handles || !uv_is_active((uv_handle_t *)&bus->flusher))
+        return;
+    uv_prepare_stop(&bus->flusher);
+    flush_all(bus);
 }
 
 int cy_bus_connected(const cy_bus *bus, unsigned peer)

@@ -20,7 +20,9 @@
  * the caller: sends are queued in memory up to max_backlog bytes per link,
  * beyond which cy_bus_send refuses with CY_EAGAIN, and a link down refuses
  * with CY_EPIPE. A hung peer therefore costs its senders memory up to that
- * bound and never time.
+ * bound and never time. Queued frames are written when the owner calls
+ * cy_bus_flush, or else just before the loop next waits (a uv_prepare
+ * handle), so the frames of one loop pass leave in one write per link.
  *
  * Every accepted link starts with a HELLO the bus itself sends and checks
  * (sender index, sender generation), so on_frame always knows who sent a
@@ -101,6 +103,11 @@ int cy_bus_send2(cy_bus *bus, unsigned peer, uint8_t type, const uint8_t *a, siz
 int cy_bus_send_handle(cy_bus *bus, unsigned peer, uv_tcp_t *tcp, uint8_t type,
                        const uint8_t *body, size_t len, void (*done_cb)(void *arg, int status),
                        void *arg);
+/* Write the frames queued so far (what the sockets take now; the rest as
+ * they drain). Optional: the bus flushes by itself before the loop waits;
+ * an owner calls this to send a pass's frames earlier than that (before a
+ * commit that may wait for the disk). */
+void cy_bus_flush(cy_bus *bus);
 /* Is the outgoing link to peer up? */
 int cy_bus_connected(const cy_bus *bus, unsigned peer);
 /* Bytes queued on the outgoing link to peer and not yet written. */

@@ -28,7 +28,13 @@ void cy_log(cy_log_level lvl, const char *client, const char *fmt, ...)
     do {                                                                                           \
         if (cy_log_enabled(CY_LOG_DEBUG)) cy_log(CY_LOG_DEBUG, client, __VA_ARGS__);               \
     } while (0)
-#define cy_info(client, ...) cy_log(CY_LOG_INFO, client, __VA_ARGS__)
+/* Checks the level before evaluating its arguments, as cy_debug does: some
+ * arguments cost a system call (cy_conn_peer), and info is off in production
+ * and benchmarks. */
+#define cy_info(client, ...)                                                                       \
+    do {                                                                                           \
+        if (cy_log_enabled(CY_LOG_INFO)) cy_log(CY_LOG_INFO, client, __VA_ARGS__);                 \
+    } while (0)
 #define cy_warn(client, ...) cy_log(CY_LOG_WARN, client, __VA_ARGS__)
 #define cy_error(client, ...) cy_log(CY_LOG_ERROR, client, __VA_ARGS__)
 

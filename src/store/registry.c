@@ -17,7 +17,23 @@
  *
  * Many processes open this file (every shard reads it, the admin command
  * and the API write it), so writes are single autocommitted statements and
- * the busy timeout absorbs the short write locks. The registry always runs
+ * the busy timeout absorbs the short write locks.
+ *
+ * A check costs a read transaction, and in WAL mode starting and ending one
+ * is most of the work: two POSIX lock calls and an fstat. An owner that
+ * checks in bursts (a shard, one loop pass of CONNECTs) turns on
+ * cy_registry_share_reads: checks then share one read transaction, begun
+ * by the first and ended by cy_registry_end_reads, which the owner calls
+ * before its loop waits. Between two such calls every check sees one
+ * snapshot; a device added or removed by another process is seen from the
+ * next. The other calls end a shared transaction first, so their writes
+ * commit at once. (An in-memory cache of device rows would save no more:
+ * telling whether it is still valid, PRAGMA data_version, costs the same
+ * read transaction, and it would hold memory per device.)
+ *
+ * The HMAC runs on a context made once at open (OpenSSL's one-shot HMAC()
+ * fetches the algorithm again on every call: 3x slower); making it loads
+ * OpenSSL's provider at start rather than at the first CONNECT. The registry always runs
  * with synchronous=FULL: additions are rare, and a device whose secret was
  * shown must not be forgotten by a power cut.
  *
@@ -44,9 +60,10 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 #include "store/db.h"
 
@@ -116,6 +133,8 @@ enum {
     ST_BEGIN,
     ST_COMMIT,
     ST_ROLLBACK,
+    ST_READ_BEGIN,
+    ST_READ_END,
     N_ST
 };
 
@@ -139,11 +158,16 @@ static const char *const sql[N_ST] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
+    [ST_READ_BEGIN] = "BEGIN", /* deferred: the read lock comes with the first SELECT */
+    [ST_READ_END] = "COMMIT",
 };
 
 struct cy_registry {
     sqlite3 *db;
     sqlite3_stmt *st[N_ST];
+    EVP_MAC_CTX *mac; /* HMAC-SHA256, rekeyed with each device's salt */
+    bool share_reads; /* checks share a read transaction until end_reads */
+    bool reading;     /* that transaction is open */
 };
 
 static int db_fail(sqlite3 *db, const char *what)
@@ -157,6 +181,29 @@ static void done(sqlite3_stmt *st)
     sqlite3_clear_bindings(st);
 }
 
+static int secret_hash(cy_registry *r, const uint8_t *salt, const uint8_t *secret,
+                       size_t secret_len, uint8_t out[HASH_BYTES]);
+
+/* The HMAC-SHA256 context, used once here so that OpenSSL loads what it
+ * needs at start rather than under the first CONNECT. */
+static int mac_open(cy_registry *r)
+{
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    r->mac = mac ? EVP_MAC_CTX_new(mac) : NULL;
+    EVP_MAC_free(mac); /* the context holds its own reference */
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (!r->mac || !EVP_MAC_CTX_set_params(r->mac, params)) {
+        cy_error(NULL, "store: registry: HMAC-SHA256 unavailable");
+        return CY_EIO;
+    }
+    static const uint8_t zero[SALT_BYTES];
+    uint8_t out[HASH_BYTES];
+    return secret_hash(r, zero, zero, sizeof(zero), out);
+}
+
 /* ---- open / close ---- */
 
 int cy_registry_open(const char *path, cy_registry **out)
@@ -168,6 +215,8 @@ int cy_registry_open(const char *path, cy_registry **out)
     static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v2, migrations};
     int rc = cy_db_open(path, true, &schema, sql, N_ST, &r->db, r->st);
     if (rc) goto fail;
+    rc = mac_open(r);
+    if (rc) goto fail;
     *out = r;
     return 0;
 fail:
@@ -178,10 +227,29 @@ fail:
 void cy_registry_close(cy_registry *r)
 {
     if (!r) return;
+    cy_registry_end_reads(r);
+    EVP_MAC_CTX_free(r->mac);
     for (int i = 0; i < N_ST; i++)
         sqlite3_finalize(r->st[i]);
     if (r->db && sqlite3_close(r->db) != SQLITE_OK) db_fail(r->db, "close");
     cy_free(r);
+}
+
+void cy_registry_share_reads(cy_registry *r, bool on)
+{
+    if (!r) return;
+    if (!on) cy_registry_end_reads(r);
+    r->share_reads = on;
+}
+
+void cy_registry_end_reads(cy_registry *r)
+{
+    if (!r || !r->reading) return;
+    r->reading = false;
+    /* COMMIT of a read-only transaction only drops the read lock; should it
+     * fail, sqlite3_reset leaves autocommit on all the same. */
+    if (sqlite3_step(r->st[ST_READ_END]) != SQLITE_DONE) db_fail(r->db, "end of shared read");
+    sqlite3_reset(r->st[ST_READ_END]);
 }
 
 /* ---- helpers ---- */
@@ -233,13 +301,13 @@ static int random_bytes(uint8_t *p, size_t n)
 }
 
 /* HMAC-SHA256(key = salt, data = secret). */
-static int secret_hash(const uint8_t *salt, const uint8_t *secret, size_t secret_len,
-                       uint8_t out[HASH_BYTES])
+static int secret_hash(cy_registry *r, const uint8_t *salt, const uint8_t *secret,
+                       size_t secret_len, uint8_t out[HASH_BYTES])
 {
-    unsigned int len = 0;
-    if (HMAC(EVP_sha256(), salt, SALT_BYTES, secret_len ? secret : (const uint8_t *)"", secret_len,
-             out, &len) &&
-        len == HASH_BYTES)
+    size_t len = 0;
+    if (EVP_MAC_init(r->mac, salt, SALT_BYTES, NULL) &&
+        EVP_MAC_update(r->mac, secret_len ? secret : (const uint8_t *)"", secret_len) &&
+        EVP_MAC_final(r->mac, out, &len, HASH_BYTES) && len == HASH_BYTES)
         return 0;
     cy_error(NULL, "store: registry: HMAC-SHA256 failed");
     return CY_EIO;
@@ -267,6 +335,7 @@ int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVI
                            char secret_out[CY_DEVICE_SECRET_LEN + 1])
 {
     if (!name || !id_out || !secret_out) return CY_EINVAL;
+    cy_registry_end_reads(r); /* the insert commits on its own */
     id_out[0] = secret_out[0] = '\0';
     if (!name_valid(name)) return CY_EINVAL;
 
@@ -280,7 +349,8 @@ int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVI
         if ((rc = random_bytes(raw, sizeof(raw)))) goto out;
         hex(id, raw, ID_BYTES);
         hex(secret, raw + ID_BYTES, SECRET_BYTES);
-        if ((rc = secret_hash(salt, (const uint8_t *)secret, CY_DEVICE_SECRET_LEN, hash))) goto out;
+        if ((rc = secret_hash(r, salt, (const uint8_t *)secret, CY_DEVICE_SECRET_LEN, hash)))
+            goto out;
         if (sqlite3_bind_text(st, 1, id, CY_DEVICE_ID_LEN, SQLITE_STATIC) ||
             sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC) ||
             sqlite3_bind_blob(st, 3, salt, SALT_BYTES, SQLITE_STATIC) ||
@@ -329,6 +399,11 @@ int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, cons
     int rc = 0;
     /* Only a well-formed id can exist: the others skip the lookup. */
     if (id_len == CY_DEVICE_ID_LEN) {
+        if (r->share_reads && !r->reading) {
+            /* A failed BEGIN leaves autocommit: this check reads on its own. */
+            r->reading = sqlite3_step(r->st[ST_READ_BEGIN]) == SQLITE_DONE;
+            sqlite3_reset(r->st[ST_READ_BEGIN]);
+        }
         if (sqlite3_bind_text(st, 1, id, (int)id_len, SQLITE_STATIC)) {
             rc = db_fail(r->db, "device_check");
             goto out;
@@ -350,7 +425,7 @@ int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, cons
         }
     }
     uint8_t got[HASH_BYTES];
-    if ((rc = secret_hash(salt, secret, secret_len, got))) goto out;
+    if ((rc = secret_hash(r, salt, secret, secret_len, got))) goto out;
     bool same = CRYPTO_memcmp(got, want, HASH_BYTES) == 0;
     rc = !found ? CY_ENOENT : same ? 0 : CY_EACCES;
 out:
@@ -361,6 +436,7 @@ out:
 int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out)
 {
     if (!id_or_name || !out) return CY_EINVAL;
+    cy_registry_end_reads(r);
     sqlite3_stmt *st = r->st[ST_GET];
     int rc;
     if (sqlite3_bind_text(st, 1, id_or_name, -1, SQLITE_STATIC)) {
@@ -379,6 +455,7 @@ int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *ou
 static int delete_by_key(cy_registry *r, sqlite3_stmt *st, const char *key, const char *what)
 {
     if (!key) return CY_EINVAL;
+    cy_registry_end_reads(r); /* the delete commits on its own */
     int rc;
     if (sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC))
         rc = db_fail(r->db, what);
@@ -398,6 +475,7 @@ int cy_registry_device_remove(cy_registry *r, const char *id_or_name)
 int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device *d), void *ctx)
 {
     if (!fn) return CY_EINVAL;
+    cy_registry_end_reads(r);
     sqlite3_stmt *st = r->st[ST_LIST];
     int rc = 0, sr = SQLITE_DONE;
     while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
@@ -479,6 +557,7 @@ static int token_insert(cy_registry *r, const char *name, int scope,
     uint8_t raw[TOKEN_ID_BYTES + TOKEN_SECRET_BYTES + SALT_BYTES], hash[HASH_BYTES];
     char id[CY_TOKEN_ID_LEN + 1], secret[TOKEN_SECRET_LEN + 1];
     const uint8_t *salt = raw + TOKEN_ID_BYTES + TOKEN_SECRET_BYTES;
+    cy_registry_end_reads(r); /* the insert commits on its own */
     sqlite3_stmt *st = r->st[ST_TOKEN_ADD];
     int rc;
     /* 48-bit ids are short enough to read out, and a node holds few tokens;
@@ -487,7 +566,7 @@ static int token_insert(cy_registry *r, const char *name, int scope,
         if ((rc = random_bytes(raw, sizeof(raw)))) goto out;
         hex(id, raw, TOKEN_ID_BYTES);
         hex(secret, raw + TOKEN_ID_BYTES, TOKEN_SECRET_BYTES);
-        if ((rc = secret_hash(salt, (const uint8_t *)secret, TOKEN_SECRET_LEN, hash))) goto out;
+        if ((rc = secret_hash(r, salt, (const uint8_t *)secret, TOKEN_SECRET_LEN, hash))) goto out;
         if (sqlite3_bind_text(st, 1, id, CY_TOKEN_ID_LEN, SQLITE_STATIC) ||
             sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC) || sqlite3_bind_int(st, 3, scope) ||
             sqlite3_bind_blob(st, 4, salt, SALT_BYTES, SQLITE_STATIC) ||
@@ -542,6 +621,7 @@ int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *
     if (!scope_out || (!token && len)) return CY_EINVAL;
     *scope_out = 0;
     if (!token_well_formed(token, len)) return CY_EINVAL;
+    cy_registry_end_reads(r); /* a revocation is seen at once */
     const char *id = token + TOKEN_PREFIX_LEN;
     const uint8_t *secret = (const uint8_t *)id + CY_TOKEN_ID_LEN + 1;
 
@@ -570,7 +650,7 @@ int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *
         goto out;
     }
     uint8_t got[HASH_BYTES];
-    if ((rc = secret_hash(salt, secret, TOKEN_SECRET_LEN, got))) goto out;
+    if ((rc = secret_hash(r, salt, secret, TOKEN_SECRET_LEN, got))) goto out;
     /* Both failures are one answer: a caller learns nothing about which ids exist. */
     bool same = CRYPTO_memcmp(got, want, HASH_BYTES) == 0;
     rc = found && same ? 0 : CY_EACCES;
@@ -589,6 +669,7 @@ out:
 int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *t), void *ctx)
 {
     if (!fn) return CY_EINVAL;
+    cy_registry_end_reads(r);
     sqlite3_stmt *st = r->st[ST_TOKEN_LIST];
     int rc = 0, sr = SQLITE_DONE;
     while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
@@ -669,6 +750,7 @@ int cy_registry_token_bootstrap(cy_registry *r, const char *path, bool *created)
 {
     if (created) *created = false;
     if (!path || !*path || !created) return CY_EINVAL;
+    cy_registry_end_reads(r); /* BEGIN IMMEDIATE cannot nest */
     /* The usual case, tokens exist, costs one read and takes no write lock. */
     bool any = false;
     int rc = token_any(r, &any);

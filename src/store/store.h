@@ -66,6 +66,17 @@ int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVI
  * CY_EACCES if the secret is wrong. */
 int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, const uint8_t *secret,
                              size_t secret_len);
+/* Let checks share one read transaction, begun by the first check and
+ * ended by cy_registry_end_reads, instead of one transaction each (most of
+ * a check's cost). Between two cy_registry_end_reads calls checks see one
+ * snapshot: a device added or removed by another process is seen from the
+ * next. An owner that turns it on calls cy_registry_end_reads before its
+ * loop waits (a shard: once per loop pass), or the snapshot is kept, and
+ * the WAL cannot be checkpointed past it. Off by default; off ends the
+ * transaction. The other registry calls end it before they run. */
+void cy_registry_share_reads(cy_registry *r, bool on);
+/* End the shared read transaction, if one is open. Safe on NULL. */
+void cy_registry_end_reads(cy_registry *r);
 /* Look a device up by id or by name. */
 int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out);
 /* Remove by id or by name. CY_ENOENT if absent. */

@@ -2,6 +2,7 @@
  * secret formats, name rules, uniqueness), secret checks (right, wrong,
  * unknown, malformed), what is stored (salt and HMAC, never the secret),
  * lookup and removal by id or name, listing in creation order, reopening,
+ * shared read transactions (one snapshot until cy_registry_end_reads),
  * and the open error paths. API tokens: creation (format, scopes, names),
  * checks (right, wrong, unknown, malformed), what is stored, revocation,
  * listing, the first-token bootstrap and its file, and the migration of a
@@ -1095,6 +1096,52 @@ static void test_cy_registry_open_migration_atomic(void **state)
     assert_int_equal(sql_int(old, "PRAGMA user_version"), 2);
 }
 
+/* With shared reads, checks see one snapshot until cy_registry_end_reads;
+ * another process's additions and removals show from the next one, and the
+ * handle's own writes commit at once. */
+static void test_cy_registry_share_reads_snapshot(void **state)
+{
+    fixture *f = *state;
+    cy_registry *cli; /* the admin command, another process in production */
+    assert_int_equal(cy_registry_open(f->path, &cli), 0);
+    cy_registry_share_reads(f->r, true);
+
+    added a = add(cli, "a");
+    assert_int_equal(check(f->r, a.id, a.secret), 0); /* begins the snapshot */
+    added b = add(cli, "b");
+    assert_int_equal(check(f->r, b.id, b.secret), CY_ENOENT);
+    assert_int_equal(cy_registry_device_remove(cli, "a"), 0);
+    assert_int_equal(check(f->r, a.id, a.secret), 0);
+    assert_int_equal(check(f->r, a.id, b.secret), CY_EACCES);
+    cy_registry_end_reads(f->r);
+    assert_int_equal(check(f->r, b.id, b.secret), 0);
+    assert_int_equal(check(f->r, a.id, a.secret), CY_ENOENT);
+    cy_registry_end_reads(f->r);
+    cy_registry_end_reads(f->r); /* nothing open: a no-op */
+
+    /* A write through the sharing handle ends the snapshot and commits. */
+    assert_int_equal(check(f->r, b.id, b.secret), 0);
+    added c = add(f->r, "c");
+    assert_int_equal(check(cli, c.id, c.secret), 0);
+    assert_int_equal(cy_registry_device_remove(f->r, "b"), 0);
+    assert_int_equal(check(cli, b.id, b.secret), CY_ENOENT);
+
+    /* Off: every check reads afresh. */
+    assert_int_equal(check(f->r, c.id, c.secret), 0);
+    cy_registry_share_reads(f->r, false);
+    assert_int_equal(cy_registry_device_remove(cli, "c"), 0);
+    assert_int_equal(check(f->r, c.id, c.secret), CY_ENOENT);
+    added d = add(cli, "d");
+    assert_int_equal(check(f->r, d.id, d.secret), 0);
+
+    cy_registry_share_reads(NULL, true);
+    cy_registry_end_reads(NULL);
+    /* Closing with a snapshot open ends it. */
+    cy_registry_share_reads(cli, true);
+    assert_int_equal(check(cli, d.id, d.secret), 0);
+    cy_registry_close(cli);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1140,6 +1187,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_registry_open_new_is_v2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_open_migrates_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_open_migration_atomic, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_share_reads_snapshot, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
