@@ -261,6 +261,35 @@ class Server:
         proc.kill()
         proc.wait(5)
         self._log_note("killed with SIGKILL")
+        self._wait_shards_gone()
+
+    def _wait_shards_gone(self, timeout=10.0):
+        """After the supervisor's SIGKILL its shards stop on their own (they
+        notice its death), still holding the listening sockets for a moment.
+        A restart must not begin before they are gone: its readiness probe
+        would reach the old sockets."""
+        if self.peer == "mosquitto":
+            return
+        needle = ("--data_dir=%s" % self.data_dir).encode()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = False
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open("/proc/%s/cmdline" % pid, "rb") as f:
+                        args = f.read().split(b"\0")
+                except OSError:
+                    continue
+                if len(args) > 1 and args[1] == b"shard" and needle in args:
+                    alive = True
+                    break
+            if not alive:
+                return
+            time.sleep(0.02)
+        pytest.fail("shards of the killed server still running after %.0fs\n%s"
+                    % (timeout, self.log_tail()))
 
     def restart(self, kill=False, **settings):
         """Stop (SIGTERM and check exit 0, or SIGKILL) and start again on the
