@@ -385,34 +385,36 @@ out:
     return rc;
 }
 
-int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, const uint8_t *secret,
-                             size_t secret_len)
+static bool scope_valid(int scope)
 {
-    /* Used when the id is unknown, so that case costs one HMAC too. */
+    return scope == CY_SCOPE_READ || scope == CY_SCOPE_FULL;
+}
+
+/* Look the row for id up with st (columns: salt, hash[, scope]) and check
+ * secret against it. An id that is absent (or not looked up: lookup false)
+ * costs one HMAC too, against a zero row, so the answer's timing does not
+ * tell which ids exist. 0, CY_ENOENT, CY_EACCES, CY_ESTORE. *scope (may be
+ * NULL) gets column 2 of a matching row. */
+static int check_secret(cy_registry *r, sqlite3_stmt *st, bool lookup, const char *id,
+                        size_t id_len, const uint8_t *secret, size_t secret_len,
+                        const char *what, int *scope)
+{
     static const uint8_t dummy_salt[SALT_BYTES];
     static const uint8_t dummy_hash[HASH_BYTES];
-    if ((!id && id_len) || (!secret && secret_len)) return CY_EINVAL;
-
-    sqlite3_stmt *st = r->st[ST_CHECK];
     const uint8_t *salt = dummy_salt, *want = dummy_hash;
     bool found = false;
     int rc = 0;
-    /* Only a well-formed id can exist: the others skip the lookup. */
-    if (id_len == CY_DEVICE_ID_LEN) {
-        if (r->share_reads && !r->reading) {
-            /* A failed BEGIN leaves autocommit: this check reads on its own. */
-            r->reading = sqlite3_step(r->st[ST_READ_BEGIN]) == SQLITE_DONE;
-            sqlite3_reset(r->st[ST_READ_BEGIN]);
-        }
+    if (lookup) {
         if (sqlite3_bind_text(st, 1, id, (int)id_len, SQLITE_STATIC)) {
-            rc = db_fail(r->db, "device_check");
+            rc = db_fail(r->db, what);
             goto out;
         }
         int sr = sqlite3_step(st);
         if (sr == SQLITE_ROW) {
+            if (scope) *scope = sqlite3_column_int(st, 2);
             if (sqlite3_column_bytes(st, 0) != SALT_BYTES ||
-                sqlite3_column_bytes(st, 1) != HASH_BYTES) {
-                cy_error(NULL, "store: registry: corrupt device row %.*s", (int)id_len, id);
+                sqlite3_column_bytes(st, 1) != HASH_BYTES || (scope && !scope_valid(*scope))) {
+                cy_error(NULL, "store: registry: corrupt row %.*s (%s)", (int)id_len, id, what);
                 rc = CY_ESTORE;
                 goto out;
             }
@@ -420,7 +422,7 @@ int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, cons
             want = sqlite3_column_blob(st, 1);
             found = true;
         } else if (sr != SQLITE_DONE) {
-            rc = db_fail(r->db, "device_check");
+            rc = db_fail(r->db, what);
             goto out;
         }
     }
@@ -429,8 +431,23 @@ int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, cons
     bool same = CRYPTO_memcmp(got, want, HASH_BYTES) == 0;
     rc = !found ? CY_ENOENT : same ? 0 : CY_EACCES;
 out:
-    done(st);
+    if (lookup) done(st);
     return rc;
+}
+
+int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, const uint8_t *secret,
+                             size_t secret_len)
+{
+    if ((!id && id_len) || (!secret && secret_len)) return CY_EINVAL;
+    /* Only a well-formed id can exist: the others skip the lookup. */
+    bool lookup = id_len == CY_DEVICE_ID_LEN;
+    if (lookup && r->share_reads && !r->reading) {
+        /* A failed BEGIN leaves autocommit: this check reads on its own. */
+        r->reading = sqlite3_step(r->st[ST_READ_BEGIN]) == SQLITE_DONE;
+        sqlite3_reset(r->st[ST_READ_BEGIN]);
+    }
+    return check_secret(r, r->st[ST_CHECK], lookup, id, id_len, secret, secret_len,
+                        "device_check", NULL);
 }
 
 int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out)
@@ -488,11 +505,6 @@ int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device
 }
 
 /* ---- API tokens ---- */
-
-static bool scope_valid(int scope)
-{
-    return scope == CY_SCOPE_READ || scope == CY_SCOPE_FULL;
-}
 
 /* "cyt_" 12 lowercase hex "_" 32 lowercase hex, and nothing else (a NUL
  * inside len is just a wrong character). */
@@ -614,9 +626,6 @@ int cy_registry_token_create(cy_registry *r, const char *name, int scope,
 int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *scope_out,
                             char id_out[CY_TOKEN_ID_LEN + 1])
 {
-    /* Used when the id is unknown, so that case costs one HMAC too. */
-    static const uint8_t dummy_salt[SALT_BYTES];
-    static const uint8_t dummy_hash[HASH_BYTES];
     if (id_out) id_out[0] = '\0';
     if (!scope_out || (!token && len)) return CY_EINVAL;
     *scope_out = 0;
@@ -624,36 +633,11 @@ int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *
     cy_registry_end_reads(r); /* a revocation is seen at once */
     const char *id = token + TOKEN_PREFIX_LEN;
     const uint8_t *secret = (const uint8_t *)id + CY_TOKEN_ID_LEN + 1;
-
-    sqlite3_stmt *st = r->st[ST_TOKEN_CHECK];
-    const uint8_t *salt = dummy_salt, *want = dummy_hash;
-    bool found = false;
-    int scope = 0, rc;
-    if (sqlite3_bind_text(st, 1, id, CY_TOKEN_ID_LEN, SQLITE_STATIC)) {
-        rc = db_fail(r->db, "token_check");
-        goto out;
-    }
-    int sr = sqlite3_step(st);
-    if (sr == SQLITE_ROW) {
-        scope = sqlite3_column_int(st, 2);
-        if (sqlite3_column_bytes(st, 0) != SALT_BYTES ||
-            sqlite3_column_bytes(st, 1) != HASH_BYTES || !scope_valid(scope)) {
-            cy_error(NULL, "store: registry: corrupt token row %.*s", CY_TOKEN_ID_LEN, id);
-            rc = CY_ESTORE;
-            goto out;
-        }
-        salt = sqlite3_column_blob(st, 0);
-        want = sqlite3_column_blob(st, 1);
-        found = true;
-    } else if (sr != SQLITE_DONE) {
-        rc = db_fail(r->db, "token_check");
-        goto out;
-    }
-    uint8_t got[HASH_BYTES];
-    if ((rc = secret_hash(r, salt, secret, TOKEN_SECRET_LEN, got))) goto out;
+    int scope = 0;
+    int rc = check_secret(r, r->st[ST_TOKEN_CHECK], true, id, CY_TOKEN_ID_LEN, secret,
+                          TOKEN_SECRET_LEN, "token_check", &scope);
     /* Both failures are one answer: a caller learns nothing about which ids exist. */
-    bool same = CRYPTO_memcmp(got, want, HASH_BYTES) == 0;
-    rc = found && same ? 0 : CY_EACCES;
+    if (rc == CY_ENOENT) rc = CY_EACCES;
     if (rc == 0) {
         *scope_out = scope;
         if (id_out) {
@@ -661,8 +645,6 @@ int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *
             id_out[CY_TOKEN_ID_LEN] = '\0';
         }
     }
-out:
-    done(st);
     return rc;
 }
 
