@@ -519,47 +519,23 @@ void cy_cluster_sweep(cy_broker *b)
 
 /* ---- frames from peers ---- */
 
-typedef struct reader {
-    const uint8_t *p, *end;
-    bool bad;
-} reader;
-
-static const uint8_t *take(reader *r, size_t n)
-{
-    if (r->bad || (size_t)(r->end - r->p) < n) {
-        r->bad = true;
-        return NULL;
-    }
-    const uint8_t *at = r->p;
-    r->p += n;
-    return at;
-}
-
-static uint64_t get_be(reader *r, size_t n)
-{
-    const uint8_t *p = take(r, n);
-    uint64_t v = 0;
-    for (size_t i = 0; p && i < n; i++) v = (v << 8) | p[i];
-    return v;
-}
-
 static void on_publish(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len)
 {
-    reader r = {body, body + len, false};
-    uint64_t seq = get_be(&r, 8);
-    uint8_t flags = (uint8_t)get_be(&r, 1);
-    int64_t expiry_at = (int64_t)get_be(&r, 8);
-    int64_t retain_ts = (int64_t)get_be(&r, 8);
-    uint64_t event_seq = flags & FL_EVENT ? get_be(&r, 8) : 0;
-    size_t tlen = (size_t)get_be(&r, 2);
-    const uint8_t *topic = take(&r, tlen);
-    size_t plen = (size_t)get_be(&r, 4);
-    const uint8_t *props = take(&r, plen);
-    unsigned ng = (unsigned)get_be(&r, 1);
+    cy_reader r = cy_reader_of(body, len);
+    uint64_t seq = cy_reader_be(&r, 8);
+    uint8_t flags = (uint8_t)cy_reader_be(&r, 1);
+    int64_t expiry_at = (int64_t)cy_reader_be(&r, 8);
+    int64_t retain_ts = (int64_t)cy_reader_be(&r, 8);
+    uint64_t event_seq = flags & FL_EVENT ? cy_reader_be(&r, 8) : 0;
+    size_t tlen = (size_t)cy_reader_be(&r, 2);
+    const uint8_t *topic = cy_reader_take(&r, tlen);
+    size_t plen = (size_t)cy_reader_be(&r, 4);
+    const uint8_t *props = cy_reader_take(&r, plen);
+    unsigned ng = (unsigned)cy_reader_be(&r, 1);
     cy_str groups[8];
     for (unsigned i = 0; i < ng && !r.bad; i++) {
-        size_t gl = (size_t)get_be(&r, 2);
-        const uint8_t *g = take(&r, gl);
+        size_t gl = (size_t)cy_reader_be(&r, 2);
+        const uint8_t *g = cy_reader_take(&r, gl);
         if (i < 8) groups[i] = (cy_str){(const char *)g, (uint32_t)gl};
     }
     if (r.bad || tlen == 0) {
@@ -593,9 +569,9 @@ static void on_publish(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len
 
 static void on_ack(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len)
 {
-    reader r = {body, body + len, false};
-    uint64_t frames = get_be(&r, 8);
-    uint64_t seq = get_be(&r, 8);
+    cy_reader r = cy_reader_of(body, len);
+    uint64_t frames = cy_reader_be(&r, 8);
+    uint64_t seq = cy_reader_be(&r, 8);
     if (r.bad) return;
     p->frames_out_acked = frames;
     if (seq <= p->acked) return;

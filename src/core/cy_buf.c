@@ -84,3 +84,22 @@ void cy_buf_shrink(cy_buf *b)
         b->cap = b->off = b->len = 0;
     }
 }
+
+const uint8_t *cy_reader_take(cy_reader *r, size_t n)
+{
+    if (r->bad || (size_t)(r->end - r->p) < n) {
+        r->bad = true;
+        return NULL;
+    }
+    const uint8_t *at = r->p;
+    r->p += n;
+    return at;
+}
+
+uint64_t cy_reader_be(cy_reader *r, size_t n)
+{
+    const uint8_t *p = cy_reader_take(r, n);
+    uint64_t v = 0;
+    for (size_t i = 0; p && i < n; i++) v = (v << 8) | p[i];
+    return v;
+}

@@ -10,6 +10,7 @@
 #ifndef CY_BUF_H
 #define CY_BUF_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,5 +43,27 @@ void cy_buf_consume(cy_buf *b, size_t n);
 void cy_buf_reset(cy_buf *b);
 /* Release memory above a small floor when the buffer is empty (idle connections). */
 void cy_buf_shrink(cy_buf *b);
+
+/* A bounded reader over borrowed bytes (frames between shards). A read past
+ * the end returns NULL / 0 and sets bad, which stays set: check it once at
+ * the end instead of after every field. */
+typedef struct cy_reader {
+    const uint8_t *p, *end;
+    bool bad;
+} cy_reader;
+
+static inline cy_reader cy_reader_of(const uint8_t *p, size_t len)
+{
+    return (cy_reader){p, p + len, false};
+}
+/* The next n bytes (borrowed), or NULL past the end. */
+const uint8_t *cy_reader_take(cy_reader *r, size_t n);
+/* The next n bytes (n <= 8) as a big-endian number, or 0 past the end. */
+uint64_t cy_reader_be(cy_reader *r, size_t n);
+/* Bytes left. */
+static inline size_t cy_reader_left(const cy_reader *r)
+{
+    return r->bad ? 0 : (size_t)(r->end - r->p);
+}
 
 #endif
