@@ -56,16 +56,18 @@ char *cy_api_error_body(const char *code, const char *fmt, ...)
     return text;
 }
 
-json_t *cy_api_describe(cy_broker *b, const char *id, const char *key)
+json_t *cy_api_describe(cy_broker *b, const char *id)
 {
     char topic[8 + CY_DEVICE_ID_LEN + 10];
     int n = snprintf(topic, sizeof(topic), "devices/%s/describe", id);
     cy_msg *m = cy_retain_get(b->retained, topic, (size_t)n);
-    json_t *d = m ? json_loadb((const char *)m->payload, m->payload_len, 0, NULL) : NULL;
-    json_t *v = json_object_get(d, key);
-    json_t *out = json_is_array(v) ? json_incref(v) : json_array();
-    json_decref(d);
-    return out;
+    return m ? json_loadb((const char *)m->payload, m->payload_len, 0, NULL) : NULL;
+}
+
+json_t *cy_api_names(json_t *describe, const char *key)
+{
+    json_t *v = json_object_get(describe, key);
+    return json_is_array(v) ? json_incref(v) : json_array();
 }
 
 static void reply_text(cy_broker *b, cy_http_req *req, unsigned status, const char *body,
@@ -125,6 +127,7 @@ static void pending_free(cy_api *a, api_pending *p)
     else
         a->pending = p->next;
     if (p->next) p->next->prev = p->prev;
+    cy_map_del(&a->pending_by_id, &p->id, sizeof(p->id));
     json_decref(p->devices);
     for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++) json_decref(p->presence[j]);
     cy_free(p);
@@ -146,6 +149,10 @@ static api_pending *pending_new(cy_broker *b, cy_http_req *req, uint8_t op, int6
     p->op = op;
     p->req = req;
     p->deadline = cy_mono_ms() + timeout_ms;
+    if (cy_map_put(&a->pending_by_id, &p->id, sizeof(p->id), p)) {
+        cy_free(p);
+        return NULL;
+    }
     p->next = a->pending;
     if (a->pending) a->pending->prev = p;
     a->pending = p;
@@ -155,40 +162,33 @@ static api_pending *pending_new(cy_broker *b, cy_http_req *req, uint8_t op, int6
 
 static api_pending *pending_find(cy_api *a, uint32_t id)
 {
-    for (api_pending *p = a->pending; p; p = p->next)
-        if (p->id == id) return p;
-    return NULL;
+    return cy_map_get(&a->pending_by_id, &id, sizeof(id));
 }
 
 /* Send op to shard j for p (or run it here). */
 static int send_op(cy_broker *b, api_pending *p, unsigned j, const char *id, const char *name,
                    const uint8_t *arg, size_t arg_len, uint32_t timeout_ms)
 {
-    size_t idl = id ? strlen(id) : 0, nl = name ? strlen(name) : 0;
+    if (!id) id = "";
+    if (!name) name = "";
+    size_t idl = strlen(id), nl = strlen(name);
     p->waiting |= UINT64_C(1) << j;
     if (j == b->self) {
-        cy_api_device_op(b, b->self, p->id, p->op, id ? id : "", idl, name ? name : "", nl, arg,
-                         arg_len, timeout_ms);
+        cy_api_device_op(b, b->self, p->id, p->op, id, idl, name, nl, arg, arg_len, timeout_ms);
         return 0;
     }
-    uint8_t head[4 + 1 + 4 + 1 + CY_DEVICE_ID_LEN + 1 + API_NAME_MAX];
-    size_t h = 0;
-    head[h++] = (uint8_t)(p->id >> 24);
-    head[h++] = (uint8_t)(p->id >> 16);
-    head[h++] = (uint8_t)(p->id >> 8);
-    head[h++] = (uint8_t)p->id;
-    head[h++] = p->op;
-    head[h++] = (uint8_t)(timeout_ms >> 24);
-    head[h++] = (uint8_t)(timeout_ms >> 16);
-    head[h++] = (uint8_t)(timeout_ms >> 8);
-    head[h++] = (uint8_t)timeout_ms;
-    head[h++] = (uint8_t)idl;
-    if (idl) memcpy(head + h, id, idl);
-    h += idl;
-    head[h++] = (uint8_t)nl;
-    if (nl) memcpy(head + h, name, nl);
-    h += nl;
-    return cy_cluster_send_api(b, j, CY_FRAME_API_REQ, head, h, arg, arg_len);
+    cy_buf *f = &b->api->out;
+    cy_buf_reset(f);
+    int rc = cy_buf_put_u32(f, p->id);
+    rc = rc ? rc : cy_buf_put_u8(f, p->op);
+    rc = rc ? rc : cy_buf_put_u32(f, timeout_ms);
+    rc = rc ? rc : cy_buf_put_u8(f, (uint8_t)idl);
+    rc = rc ? rc : cy_buf_append(f, id, idl);
+    rc = rc ? rc : cy_buf_put_u8(f, (uint8_t)nl);
+    rc = rc ? rc : cy_buf_append(f, name, nl);
+    return rc ? rc
+              : cy_cluster_send_api(b, j, CY_FRAME_API_REQ, cy_buf_head(f), cy_buf_size(f), arg,
+                                    arg_len);
 }
 
 /* Presence answers in: build the device objects. */
@@ -285,30 +285,25 @@ static void on_tick(uv_timer_t *t)
 
 void cy_api_on_frame(cy_broker *b, unsigned from, uint8_t type, const uint8_t *body, size_t len)
 {
-    if (!b->api || len < 6) return;
-    uint32_t id = (uint32_t)body[0] << 24 | (uint32_t)body[1] << 16 | (uint32_t)body[2] << 8 |
-                  body[3];
+    if (!b->api) return;
+    cy_reader r = cy_reader_of(body, len);
+    uint32_t id = (uint32_t)cy_reader_be(&r, 4);
     if (type == CY_FRAME_API_RESP) {
-        unsigned status = (unsigned)body[4] << 8 | body[5];
-        cy_api_complete(b, id, from, status, (const char *)body + 6, len - 6);
+        unsigned status = (unsigned)cy_reader_be(&r, 2);
+        if (!r.bad) cy_api_complete(b, id, from, status, (const char *)r.p, cy_reader_left(&r));
         return;
     }
-    /* API_REQ */
-    size_t h = 4;
-    if (len < h + 1 + 4 + 1) return;
-    uint8_t op = body[h++];
-    uint32_t timeout = (uint32_t)body[h] << 24 | (uint32_t)body[h + 1] << 16 |
-                       (uint32_t)body[h + 2] << 8 | body[h + 3];
-    h += 4;
-    size_t idl = body[h++];
-    if (len < h + idl + 1) return;
-    const char *dev = (const char *)body + h;
-    h += idl;
-    size_t nl = body[h++];
-    if (len < h + nl) return;
-    const char *name = (const char *)body + h;
-    h += nl;
-    cy_api_device_op(b, from, id, op, dev, idl, name, nl, body + h, len - h, timeout);
+    uint8_t op = (uint8_t)cy_reader_be(&r, 1);
+    uint32_t timeout = (uint32_t)cy_reader_be(&r, 4);
+    size_t idl = (size_t)cy_reader_be(&r, 1);
+    const char *dev = (const char *)cy_reader_take(&r, idl);
+    size_t nl = (size_t)cy_reader_be(&r, 1);
+    const char *name = (const char *)cy_reader_take(&r, nl);
+    if (r.bad) {
+        cy_warn(NULL, "bus: malformed API request from shard %u ignored", from);
+        return;
+    }
+    cy_api_device_op(b, from, id, op, dev, idl, name, nl, r.p, cy_reader_left(&r), timeout);
 }
 
 /* ---- routes ---- */
@@ -364,11 +359,14 @@ static int authenticate(cy_broker *b, route_req *r)
 /* The device a path names (id or name), as the base of its JSON object. */
 static json_t *device_base(cy_broker *b, const cy_device *d)
 {
-    return json_pack("{s:s, s:s, s:o, s:i, s:o, s:o}", "id", d->id, "name", d->name, "created_at",
-                     cy_api_time(d->created_at), "shard",
-                     (json_int_t)cy_shard_of(d->id, strlen(d->id), b->nshards), "functions",
-                     cy_api_describe(b, d->id, "functions"), "variables",
-                     cy_api_describe(b, d->id, "variables"));
+    json_t *desc = cy_api_describe(b, d->id);
+    json_t *o = json_pack("{s:s, s:s, s:o, s:i, s:o, s:o}", "id", d->id, "name", d->name,
+                          "created_at", cy_api_time(d->created_at), "shard",
+                          (json_int_t)cy_shard_of(d->id, strlen(d->id), b->nshards), "functions",
+                          cy_api_names(desc, "functions"), "variables",
+                          cy_api_names(desc, "variables"));
+    json_decref(desc);
+    return o;
 }
 
 static bool find_device(cy_broker *b, cy_http_req *req, const char *key, cy_device *d)
@@ -383,9 +381,12 @@ static bool find_device(cy_broker *b, cy_http_req *req, const char *key, cy_devi
     return false;
 }
 
-static void presence_request(cy_broker *b, cy_http_req *req, json_t *devices, int one)
+/* Ask the owner of device id (or, id NULL, every shard) for presence. The
+ * local shard answers at once, so it is asked last: its answer may finish
+ * the request. */
+static void presence_request(cy_broker *b, cy_http_req *req, json_t *devices, const char *id)
 {
-    api_pending *p = pending_new(b, req, one >= 0 ? API_OP_PRESENCE : API_OP_PRESENCE_ALL,
+    api_pending *p = pending_new(b, req, id ? API_OP_PRESENCE : API_OP_PRESENCE_ALL,
                                  API_PRESENCE_TIMEOUT_MS);
     if (!p) {
         json_decref(devices);
@@ -393,26 +394,19 @@ static void presence_request(cy_broker *b, cy_http_req *req, json_t *devices, in
         return;
     }
     p->devices = devices;
+    unsigned owner = id ? cy_shard_of(id, strlen(id), b->nshards) : 0;
     char why[96];
-    uint32_t id = p->id;
-    /* Mark every shard first: a local answer may complete the request. */
-    uint64_t targets = 0;
-    for (unsigned j = 0; j < b->nshards; j++) {
-        if (one >= 0 && (int)j != one) continue;
-        if (shard_ok(b, j, why, sizeof(why))) targets |= UINT64_C(1) << j;
-    }
-    p->waiting = targets;
-    const char *dev = NULL;
-    if (one >= 0) dev = json_string_value(json_object_get(json_array_get(devices, 0), "id"));
-    char devcopy[CY_DEVICE_ID_LEN + 1] = "";
-    if (dev) snprintf(devcopy, sizeof(devcopy), "%s", dev);
-    for (unsigned j = 0; j < b->nshards; j++) {
-        if (!(targets & (UINT64_C(1) << j))) continue;
-        if (!pending_find(b->api, id)) return; /* completed by a local answer */
-        if (send_op(b, p, j, devcopy[0] ? devcopy : NULL, NULL, NULL, 0, 0))
+    for (unsigned j = 0; j < b->nshards; j++)
+        if ((!id || j == owner) && shard_ok(b, j, why, sizeof(why)))
+            p->waiting |= UINT64_C(1) << j;
+    uint64_t self = UINT64_C(1) << b->self;
+    for (unsigned j = 0; j < b->nshards; j++)
+        if (j != b->self && (p->waiting & (UINT64_C(1) << j)) && send_op(b, p, j, id, NULL, NULL, 0, 0))
             p->waiting &= ~(UINT64_C(1) << j);
-    }
-    if (pending_find(b->api, id) && !p->waiting) finish_presence(b, p);
+    if (p->waiting & self)
+        send_op(b, p, b->self, id, NULL, NULL, 0, 0);
+    else if (!p->waiting)
+        finish_presence(b, p);
 }
 
 typedef struct list_ctx {
@@ -437,7 +431,7 @@ static void devices_list(cy_broker *b, cy_http_req *req)
                     cy_strerror(rc));
         return;
     }
-    presence_request(b, req, lc.arr, -1);
+    presence_request(b, req, lc.arr, NULL);
 }
 
 static json_t *body_object(cy_broker *b, cy_http_req *req)
@@ -523,7 +517,7 @@ static void device_delete(cy_broker *b, cy_http_req *req, const cy_device *d)
         return;
     }
     p->shard = owner;
-    if (send_op(b, p, owner, d->id, NULL, NULL, 0, 0) && pending_find(b->api, p->id)) {
+    if (send_op(b, p, owner, d->id, NULL, NULL, 0, 0)) { /* a local send always succeeds */
         cy_http_on_close(req, NULL, NULL);
         pending_free(b->api, p);
         reply_json(b, req, 200,
@@ -552,9 +546,8 @@ static void device_op(cy_broker *b, cy_http_req *req, const cy_device *d, uint8_
                       const char *name)
 {
     if (strlen(name) > API_NAME_MAX || !*name) {
-        reply_error(b, req, op == API_OP_CALL ? 404 : 404,
-                    op == API_OP_CALL ? "function_not_found" : "variable_not_found", NULL,
-                    "no such name");
+        reply_error(b, req, 404, op == API_OP_CALL ? "function_not_found" : "variable_not_found",
+                    NULL, "no such name");
         return;
     }
     const char *arg = NULL;
@@ -604,11 +597,10 @@ static void device_op(cy_broker *b, cy_http_req *req, const cy_device *d, uint8_
         return;
     }
     p->shard = owner;
-    uint32_t id = p->id;
     int rc = send_op(b, p, owner, d->id, name, (const uint8_t *)arg, arg_len,
                      (uint32_t)(ms - API_OWNER_MARGIN_MS));
     json_decref(o);
-    if (rc && pending_find(b->api, id)) {
+    if (rc) { /* a local send always succeeds */
         cy_http_on_close(req, NULL, NULL);
         pending_free(b->api, p);
         reply_unavailable(b, req, "the bus to its shard is full or down");
@@ -782,7 +774,7 @@ static void handle(void *ctx, cy_http_req *req)
     } else if (r.nseg == 2) {
         json_t *arr = json_array();
         json_array_append_new(arr, device_base(b, &d));
-        presence_request(b, req, arr, (int)cy_shard_of(d.id, strlen(d.id), b->nshards));
+        presence_request(b, req, arr, d.id);
     } else if (!strcmp(r.seg[2], "functions")) {
         device_op(b, req, &d, API_OP_CALL, r.seg[3]);
     } else if (!strcmp(r.seg[2], "variables")) {
@@ -808,6 +800,8 @@ int cy_api_start(cy_broker *b, int http_fd)
     if (!a) return CY_ENOMEM;
     a->b = b;
     cy_map_init(&a->presence);
+    cy_map_init(&a->pending_by_id);
+    cy_map_init(&a->calls_by_rid);
     cy_buf_init(&a->out);
     int rc = cy_api_events_init(a, b->cfg->event_buffer);
     if (rc) {
@@ -880,6 +874,7 @@ void cy_api_free(cy_broker *b)
     if (!a) return;
     if (a->http_fd >= 0) close(a->http_fd);
     while (a->pending) pending_free(a, a->pending);
+    cy_map_fini(&a->pending_by_id);
     cy_http_free(a->http);
     cy_api_device_free(a);
     cy_api_events_free(a);

@@ -148,9 +148,12 @@ static void answer(cy_broker *b, unsigned from, uint32_t req_id, unsigned status
         cy_api_complete(b, req_id, b->self, text ? status : 500, text ? text : "{}",
                         text ? len : 2);
     } else {
-        uint8_t head[6] = {(uint8_t)(req_id >> 24), (uint8_t)(req_id >> 16), (uint8_t)(req_id >> 8),
-                           (uint8_t)req_id,         (uint8_t)(status >> 8),  (uint8_t)status};
-        if (cy_cluster_send_api(b, from, CY_FRAME_API_RESP, head, sizeof(head), text, len))
+        cy_buf *f = &b->api->out;
+        cy_buf_reset(f);
+        int rc = cy_buf_put_u32(f, req_id);
+        rc = rc ? rc : cy_buf_put_u16(f, (uint16_t)status);
+        if (rc || cy_cluster_send_api(b, from, CY_FRAME_API_RESP, cy_buf_head(f), cy_buf_size(f),
+                                      text, len))
             cy_debug(NULL, "api: answer to shard %u lost (link down or full)", from);
     }
     free(text);
@@ -171,12 +174,15 @@ static void call_unlink(cy_api *a, api_call *k)
     else
         a->calls = k->next;
     if (k->next) k->next->prev = k->prev;
+    cy_map_del(&a->calls_by_rid, k->rid, 16);
     cy_free(k);
 }
 
 static bool described(cy_broker *b, const char *id, const char *key, const char *name)
 {
-    json_t *list = cy_api_describe(b, id, key);
+    json_t *desc = cy_api_describe(b, id);
+    json_t *list = cy_api_names(desc, key);
+    json_decref(desc);
     bool found = false;
     size_t i;
     json_t *v;
@@ -246,6 +252,11 @@ static void start_call(cy_broker *b, unsigned from, uint32_t req_id, uint8_t op,
              (b->generation << 40) ^ ((uint64_t)b->self << 56) ^ ++a->next_rid);
     k->sent_us = cy_mono_us();
     k->deadline = cy_mono_ms() + timeout_ms;
+    if (cy_map_put(&a->calls_by_rid, k->rid, 16, k)) {
+        cy_free(k);
+        answer_error(b, from, req_id, 500, "internal", "out of memory");
+        return;
+    }
     k->next = a->calls;
     if (a->calls) a->calls->prev = k;
     a->calls = k;
@@ -285,10 +296,8 @@ static void finish_call(cy_broker *b, api_call *k, const uint8_t *payload, size_
 
 static api_call *find_call(cy_api *a, const char *device, const char *rid, size_t rlen)
 {
-    if (rlen != 16) return NULL;
-    for (api_call *k = a->calls; k; k = k->next)
-        if (memcmp(k->rid, rid, 16) == 0 && strcmp(k->device, device) == 0) return k;
-    return NULL;
+    api_call *k = rlen == 16 ? cy_map_get(&a->calls_by_rid, rid, 16) : NULL;
+    return k && strcmp(k->device, device) == 0 ? k : NULL; /* only its own device answers */
 }
 
 int cy_device_publish(cy_conn *c, const cy_mqtt_publish *p, bool *retain)
@@ -423,6 +432,7 @@ static void free_presence(void *ctx, void *v)
 void cy_api_device_free(cy_api *a)
 {
     while (a->calls) call_unlink(a, a->calls);
+    cy_map_fini(&a->calls_by_rid);
     cy_map_each(&a->presence, free_presence, NULL);
     cy_map_fini(&a->presence);
 }

@@ -122,10 +122,12 @@ struct cy_api {
     bool tick_running;
     /* requester side */
     uint32_t next_id;
-    api_pending *pending;
+    api_pending *pending;  /* in a list for the tick's deadlines */
+    cy_map pending_by_id;  /* id (4 bytes of api_pending.id) -> api_pending */
     /* owner side */
     cy_map presence;       /* device id -> api_presence */
-    api_call *calls;
+    api_call *calls;       /* in a list for the tick's deadlines */
+    cy_map calls_by_rid;   /* rid (16 bytes) -> api_call, for replies */
     uint64_t next_rid;
     /* events */
     api_event *ring;       /* event_buffer entries */
@@ -148,8 +150,11 @@ json_t *cy_api_time(int64_t wall_ms);
 /* {"error": code, "message": msg} as a string the caller frees with free(). */
 char *cy_api_error_body(const char *code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-/* The describe message of a device (from the retained tree), or NULL. */
-json_t *cy_api_describe(cy_broker *b, const char *id, const char *key);
+/* The describe message of a device (from the retained tree), parsed, or
+ * NULL; caller frees with json_decref. */
+json_t *cy_api_describe(cy_broker *b, const char *id);
+/* describe[key] if it is an array, else an empty array (new reference). */
+json_t *cy_api_names(json_t *describe, const char *key);
 
 /* api_device.c */
 /* Run operation op for requester (from, req_id); the answer goes to
