@@ -107,36 +107,51 @@ static int append_cursor(cy_buf *o, const uint64_t *cursor, unsigned n)
     return rc;
 }
 
-/* Write one event to a stream; false if the stream must end. */
-static bool send_event(cy_broker *b, api_stream *s, const api_event *e, const ev_view *v)
+/* "event: <name>\ndata: <JSON>\n\n", the part of an event that is the same
+ * on every stream (caller frees with free()), or NULL if it cannot be shown
+ * (a name that is not UTF-8, or out of memory). */
+static char *event_body(const api_event *e, const ev_view *v)
 {
-    cy_api *a = b->api;
-    s->cursor[e->origin] = e->seq;
     bool b64;
     json_t *o = json_pack("{s:s%, s:o, s:o, s:o, s:b}", "name", v->name, v->name_len, "data",
                           data_json(e->m, &b64), "published_at", cy_api_time(e->at), "device_id",
                           v->device ? json_stringn(v->device, v->device_len) : json_null(),
                           "shared", v->device == NULL);
-    if (!o) { /* a name that is not UTF-8 cannot be shown */
-        return true;
-    }
+    if (!o) return NULL;
     if (b64) json_object_set_new(o, "encoding", json_string("base64"));
-    char *text = json_dumps(o, JSON_COMPACT);
+    char *data = json_dumps(o, JSON_COMPACT);
     json_decref(o);
-    if (!text) return true;
-    cy_buf *out = &a->out;
+    if (!data) return NULL;
+    size_t dl = strlen(data);
+    char *body = malloc(7 + v->name_len + 7 + dl + 3);
+    if (body) {
+        char *p = body;
+        memcpy(p, "event: ", 7);
+        p += 7;
+        for (size_t i = 0; i < v->name_len; i++) /* no line breaks inside a field */
+            *p++ = v->name[i] == '\n' || v->name[i] == '\r' ? '?' : v->name[i];
+        memcpy(p, "\ndata: ", 7);
+        p += 7;
+        memcpy(p, data, dl);
+        p += dl;
+        memcpy(p, "\n\n", 3); /* with the NUL */
+    }
+    free(data);
+    return body;
+}
+
+/* Write one event (its body from event_body) to a stream, with the
+ * stream's own id; false if the stream must end. */
+static bool send_event(cy_broker *b, api_stream *s, const api_event *e, const char *body)
+{
+    s->cursor[e->origin] = e->seq;
+    if (!body) return true; /* skipped, and the cursor moves past it */
+    cy_buf *out = &b->api->out;
     cy_buf_reset(out);
     int rc = cy_buf_append(out, "id: ", 4);
     rc = rc ? rc : append_cursor(out, s->cursor, b->nshards);
-    rc = rc ? rc : cy_buf_append(out, "\nevent: ", 8);
-    for (size_t i = 0; !rc && i < v->name_len; i++) { /* no line breaks inside a field */
-        char ch = v->name[i] == '\n' || v->name[i] == '\r' ? '?' : v->name[i];
-        rc = cy_buf_append(out, &ch, 1);
-    }
-    rc = rc ? rc : cy_buf_append(out, "\ndata: ", 7);
-    rc = rc ? rc : cy_buf_append(out, text, strlen(text));
-    rc = rc ? rc : cy_buf_append(out, "\n\n", 2);
-    free(text);
+    rc = rc ? rc : cy_buf_append(out, "\n", 1);
+    rc = rc ? rc : cy_buf_append(out, body, strlen(body));
     if (rc) return false;
     return cy_http_stream_write(s->req, (const char *)cy_buf_head(out), cy_buf_size(out)) == 0;
 }
@@ -182,14 +197,21 @@ void cy_api_event(cy_broker *b, cy_msg *m)
     e->seq = m->event_seq;
     e->origin = (uint8_t)o;
     e->at = cy_wall_ms();
+    char *body = NULL; /* formatted once, for the first stream that takes it */
+    bool formatted = false;
     for (api_stream *s = a->streams, *n; s; s = n) {
         n = s->next;
         if (s->catching_up || e->seq <= s->cursor[o] || !matches(s, &v)) continue;
-        if (!send_event(b, s, e, &v)) {
+        if (!formatted) {
+            body = event_body(e, &v);
+            formatted = true;
+        }
+        if (!send_event(b, s, e, body)) {
             cy_info(cy_http_peer(s->req), "event stream ended: the client reads too slowly");
             stream_end(a, s);
         }
     }
+    free(body);
 }
 
 /* The client left: forget the stream (the request is freed by http). */
@@ -213,7 +235,10 @@ static bool catch_up(cy_broker *b, api_stream *s)
         api_event *e = &a->ring[(a->ring_head + i) % a->ring_cap];
         ev_view v;
         if (e->seq <= s->cursor[e->origin] || !view(e->m, &v) || !matches(s, &v)) continue;
-        if (!send_event(b, s, e, &v)) return false;
+        char *body = event_body(e, &v);
+        bool ok = send_event(b, s, e, body);
+        free(body);
+        if (!ok) return false;
     }
     s->catching_up = false;
     return true;
@@ -237,6 +262,14 @@ static bool parse_cursor(const char *text, unsigned n, uint64_t *out)
     return *p == '\0';
 }
 
+/* The stream could not start: answer 500 instead (the request is ours). */
+static void open_failed(cy_http_req *req, const char *why)
+{
+    char *body = cy_api_error_body("internal", "%s", why);
+    if (body) cy_http_reply(req, 500, NULL, body, strlen(body), NULL);
+    free(body);
+}
+
 void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, const char *prefix)
 {
     cy_api *a = b->api;
@@ -244,9 +277,7 @@ void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, cons
     if (s) s->prefix = cy_strdup(prefix ? prefix : "");
     if (!s || !s->prefix) {
         cy_free(s);
-        char *body = cy_api_error_body("internal", "out of memory");
-        if (body) cy_http_reply(req, 500, NULL, body, strlen(body), NULL);
-        free(body);
+        open_failed(req, "out of memory");
         return;
     }
     s->a = a;
@@ -262,6 +293,7 @@ void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, cons
     if (cy_http_stream_begin(req, "text/event-stream", headers)) {
         cy_free(s->prefix);
         cy_free(s);
+        open_failed(req, "cannot start the stream");
         return;
     }
     cy_http_on_close(req, stream_gone, s);
