@@ -87,22 +87,9 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
     }
     if (p->topic.p[0] == '$')
         return refuse(c, p, CY_RC_NOT_AUTHORIZED, "topic in a reserved $ space");
-    bool retain = p->retain;
-    if (c->device) {
-        if (!cy_device_topic_ok(c, p->topic.p, p->topic.len)) {
-            b->stats.acl_denied++;
-            return refuse(c, p, CY_RC_NOT_AUTHORIZED, "topic outside the device's spaces");
-        }
-        int rc = cy_device_publish(c, p, &retain);
-        if (rc >= 0x80) return refuse(c, p, (uint8_t)rc, "invalid describe payload");
-        if (rc == 1) { /* a reply to the API: acknowledged, not routed */
-            if (p->qos == 1) send_ack(c, CY_MQTT_PUBACK, p->packet_id, 0);
-            if (p->qos == 2 && !cy_session_has_inq2(s, p->packet_id) &&
-                cy_session_add_inq2(s, p->packet_id) == 0 && s->persistent)
-                cy_store_inq2_put(b->store, s->client_id, p->packet_id);
-            if (p->qos == 2) send_ack(c, CY_MQTT_PUBREC, p->packet_id, 0);
-            return 0;
-        }
+    if (c->device && !cy_device_topic_ok(c, p->topic.p, p->topic.len)) {
+        b->stats.acl_denied++;
+        return refuse(c, p, CY_RC_NOT_AUTHORIZED, "topic outside the device's spaces");
     }
 
     if (p->qos == 2) {
@@ -116,11 +103,18 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
         }
     }
 
-    cy_msg *m = cy_msg_from_publish(&p->topic, p->payload, p->payload_len, &p->props, p->qos,
-                                    retain, c->version, &b->scratch);
-    if (!m) return refuse(c, p, CY_RC_UNSPECIFIED, "out of memory");
-    cy_route_publish(b, m, s);
-    cy_msg_unref(m);
+    /* The device convention: a describe is kept as retained; a reply to the
+     * API is taken here, acknowledged like any publish and not routed. */
+    bool retain = p->retain;
+    int taken = c->device ? cy_device_publish(c, p, &retain) : 0;
+    if (taken >= 0x80) return refuse(c, p, (uint8_t)taken, "invalid describe payload");
+    if (!taken) {
+        cy_msg *m = cy_msg_from_publish(&p->topic, p->payload, p->payload_len, &p->props, p->qos,
+                                        retain, c->version, &b->scratch);
+        if (!m) return refuse(c, p, CY_RC_UNSPECIFIED, "out of memory");
+        cy_route_publish(b, m, s);
+        cy_msg_unref(m);
+    }
 
     if (p->qos == 1) {
         send_ack(c, CY_MQTT_PUBACK, p->packet_id, 0);
