@@ -39,7 +39,8 @@ import time
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCodes
+
+from helpers import rc_value
 
 __all__ = ["ApiDevice", "Call", "api", "Response", "SseStream", "SseEvent", "TOKEN_RE",
            "ISO_MS_RE", "parse_time"]
@@ -54,10 +55,6 @@ def parse_time(text):
     import datetime
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
         tzinfo=datetime.timezone.utc).timestamp()
-
-
-def _rc(rc):
-    return rc.value if isinstance(rc, ReasonCodes) else int(rc)
 
 
 def _payload(value):
@@ -183,7 +180,7 @@ class ApiDevice:
 
     # ------------------------------------------------------------ callbacks (loop thread)
     def _on_connect(self, c, ud, flags, rc, props=None):
-        rc = _rc(rc)
+        rc = rc_value(rc)
         with self._cv:
             self.connacks.append(rc)
             self._cv.notify_all()
@@ -216,7 +213,7 @@ class ApiDevice:
             self._cv.notify_all()
 
     def _on_subscribe(self, c, ud, mid, granted, props=None):
-        codes = [_rc(g) for g in granted]
+        codes = [rc_value(g) for g in granted]
         if any(g >= 0x80 for g in codes):
             self.errors.append("SUBACK refused %r" % codes)
         self._done(mid)
@@ -383,29 +380,24 @@ class ApiDevice:
                 self._cv.wait(min(left, 0.05))
             return True
 
-    def wait_calls(self, n, timeout=3.0):
-        """The first n requests received (AssertionError after timeout)."""
+    def _wait_first(self, what, items, n, timeout):
         deadline = time.monotonic() + timeout
         with self._cv:
-            while len(self.calls) < n:
+            while len(items) < n:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError("device %s got %d of %d requests within %.1fs: %r" % (
-                        self.id, len(self.calls), n, timeout, self.calls))
+                    raise AssertionError("device %s got %d of %d %s within %.1fs: %r" % (
+                        self.id, len(items), n, what, timeout, items))
                 self._cv.wait(left)
-            return list(self.calls[:n])
+            return list(items[:n])
+
+    def wait_calls(self, n, timeout=3.0):
+        """The first n requests received (AssertionError after timeout)."""
+        return self._wait_first("requests", self.calls, n, timeout)
 
     def wait_events(self, n, timeout=3.0):
         """The first n shared events received: [(topic, payload)]."""
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while len(self.events) < n:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError("device %s got %d of %d events within %.1fs: %r" % (
-                        self.id, len(self.events), n, timeout, self.events))
-                self._cv.wait(left)
-            return list(self.events[:n])
+        return self._wait_first("events", self.events, n, timeout)
 
     def publish(self, topic, payload=b"", qos=1, retain=False, timeout=5.0):
         info = self.c.publish(topic, payload, qos, retain)
