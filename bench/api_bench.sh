@@ -33,6 +33,8 @@
 #   BUILD=build KEEP=1 (keep the work folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 ROOT=$PWD
 
 RUNS=${RUNS:-3}
@@ -76,17 +78,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() {
-    local port=$1 i
-    for i in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
 
 # ---- the device ----------------------------------------------------------------
 mkdir -p "$WORK/template"
@@ -131,23 +122,6 @@ EOF
         ;;
     esac
     wait_port "${MPORT[$s]}" || { log "$s did not open port ${MPORT[$s]}"; tail -n 20 "$WORK/$s.log" >&2 || true; exit 1; }
-}
-stop_server() {
-    local s=$1 pid=${SPID[$1]:-} i kids
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "$s (pid $pid) ignored SIGTERM for 5 s, killing it and its children"
-        kids=$(pgrep -P "$pid" 2>/dev/null || true)
-        # shellcheck disable=SC2086 # one pid per word
-        kill -KILL "$pid" $kids 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    unset "SPID[$s]"
 }
 
 SERVERS=(cyan1 cyan2 cyan1m cyan2m mosq)

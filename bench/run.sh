@@ -33,6 +33,8 @@
 # Everything it starts is stopped on exit (trap), whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 ROOT=$PWD
 
 RUNS=${RUNS:-5}
@@ -106,9 +108,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 if [ -n "${PORT_BASE:-}" ]; then
     P_CYAN1=$PORT_BASE; P_CYAN2=$((PORT_BASE + 1)); P_MOSQ=$((PORT_BASE + 2)); P_CYAN2U=$((PORT_BASE + 3))
 else
@@ -157,14 +156,6 @@ server_alive() {
     local pid=${SPID[$1]:-}
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
-wait_port() {
-    local port=$1 i
-    for i in $(seq 1 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        sleep 0.1
-    done
-    return 1
-}
 start_server() {
     local s=$1 port dir shards cores
     port=$(port_of "$s")
@@ -197,23 +188,6 @@ start_server() {
         log "$s did not open port $port"; tail -n 20 "$WORK/$s.log" >&2 || true; exit 1
     fi
     sleep 0.5 # shards link up over the bus, mosquitto settles
-}
-stop_server() {
-    local s=$1 pid=${SPID[$1]:-} i
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "$s (pid $pid) ignored SIGTERM for 5 s, killing"
-        local kids
-        kids=$(pgrep -P "$pid" 2>/dev/null || true)
-        kill -KILL "$pid" $kids 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-    unset "SPID[$s]"
 }
 ensure_server() {
     server_alive "$1" && return 0
