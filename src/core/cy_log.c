@@ -4,6 +4,7 @@
 #include "core/cy_err.h"
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
@@ -68,4 +69,56 @@ void cy_log(cy_log_level lvl, const char *client, const char *fmt, ...)
     line[n++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, (size_t)n);
     (void)w;
+}
+
+/* ---- rate-limited lines ---- */
+
+void cy_logrl_init(cy_logrl *rl, uint32_t window_ms, uint32_t burst)
+{
+    memset(rl, 0, sizeof(*rl));
+    rl->window_ms = window_ms;
+    rl->burst = burst;
+}
+
+static uint32_t key_hash(const char *k)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *k; k++) h = (h ^ (uint8_t)*k) * 16777619u;
+    return h;
+}
+
+int cy_logrl_allow(cy_logrl *rl, const char *key, int64_t now_ms, uint64_t *held)
+{
+    if (!key) key = "";
+    cy_logrl_slot *s = &rl->slots[key_hash(key) % CY_LOGRL_SLOTS];
+    bool mine = strncmp(s->key, key, CY_LOGRL_KEY - 1) == 0;
+    bool live = s->key[0] && now_ms - s->start_ms < (int64_t)rl->window_ms;
+    if (!mine && live) { /* another source holds the slot this window */
+        rl->others++;
+        return 0;
+    }
+    if (!mine) { /* a free or expired slot: this source takes it */
+        rl->others += s->held; /* the old source's count is reported by the next line */
+        snprintf(s->key, sizeof(s->key), "%s", key);
+        s->held = 0;
+        s->start_ms = now_ms - (int64_t)rl->window_ms; /* may log at once */
+    }
+    if (now_ms - s->start_ms < (int64_t)rl->window_ms) {
+        s->held++;
+        return 0;
+    }
+    if (now_ms - rl->win_start_ms >= (int64_t)rl->window_ms) {
+        rl->win_start_ms = now_ms;
+        rl->lines = 0;
+    }
+    if (rl->lines >= rl->burst) {
+        s->held++;
+        return 0;
+    }
+    rl->lines++;
+    *held = s->held + rl->others;
+    s->held = 0;
+    rl->others = 0;
+    s->start_ms = now_ms;
+    return 1;
 }

@@ -12,6 +12,8 @@
 #ifndef CY_LOG_H
 #define CY_LOG_H
 
+#include <stdint.h>
+
 typedef enum { CY_LOG_DEBUG = 0, CY_LOG_INFO, CY_LOG_WARN, CY_LOG_ERROR } cy_log_level;
 
 void cy_log_set_level(cy_log_level lvl);
@@ -37,5 +39,43 @@ void cy_log(cy_log_level lvl, const char *client, const char *fmt, ...)
     } while (0)
 #define cy_warn(client, ...) cy_log(CY_LOG_WARN, client, __VA_ARGS__)
 #define cy_error(client, ...) cy_log(CY_LOG_ERROR, client, __VA_ARGS__)
+
+/* A rate limit for log lines about one kind of event that a stranger can
+ * repeat at will (a failed login, an idle socket): at most one line per
+ * source (an address) per window, and at most `burst` lines per window in
+ * all, so a flood from one or from many sources cannot fill the log. What
+ * is held back is counted per source and reported by that source's next
+ * line ("... (37 more since the last line)").
+ *
+ * The table is fixed (CY_LOGRL_SLOTS sources); a source whose slot is taken
+ * by another source active in the same window is counted in `others`,
+ * which the next line of any source reports.
+ *
+ * Ownership: the caller's storage (zero it, or cy_logrl_init). Keys are
+ * copied (up to 47 bytes). Thread: the owner's. */
+#define CY_LOGRL_SLOTS 256
+#define CY_LOGRL_KEY 48
+
+typedef struct cy_logrl_slot {
+    char key[CY_LOGRL_KEY];
+    int64_t start_ms;    /* when this source's window began */
+    uint64_t held;       /* events of this source not logged since its last line */
+} cy_logrl_slot;
+
+typedef struct cy_logrl {
+    uint32_t window_ms;  /* one line per source per window */
+    uint32_t burst;      /* lines per window, all sources together */
+    int64_t win_start_ms;
+    uint32_t lines;      /* lines in the current global window */
+    uint64_t others;     /* events held back whose source had no slot */
+    cy_logrl_slot slots[CY_LOGRL_SLOTS];
+} cy_logrl;
+
+void cy_logrl_init(cy_logrl *rl, uint32_t window_ms, uint32_t burst);
+/* Decide for one event of `key` at monotonic time now_ms. Returns 1 when a
+ * line should be written, and sets *held to the number of events (of this
+ * source, and of sources without a slot) that were held back since the
+ * last line; returns 0 when the event is only counted. */
+int cy_logrl_allow(cy_logrl *rl, const char *key, int64_t now_ms, uint64_t *held);
 
 #endif

@@ -10,6 +10,7 @@
 #include "core/cy_buf.h"
 #include "core/cy_config.h"
 #include "core/cy_err.h"
+#include "core/cy_log.h"
 #include "core/cy_map.h"
 
 #include <stdio.h>
@@ -269,6 +270,51 @@ static void test_cy_alloc_fail_after_counts(void **state)
     cy_free(s);
 }
 
+static void test_cy_logrl_allow_one_line_per_source_per_window(void **state)
+{
+    (void)state;
+    static cy_logrl rl;
+    cy_logrl_init(&rl, 1000, 100);
+    uint64_t held = 99;
+    assert_int_equal(cy_logrl_allow(&rl, "10.0.0.1", 5000, &held), 1);
+    assert_int_equal(held, 0);
+    for (int i = 0; i < 7; i++) assert_int_equal(cy_logrl_allow(&rl, "10.0.0.1", 5100 + i, &held), 0);
+    /* another source is not held back by the first */
+    assert_int_equal(cy_logrl_allow(&rl, "10.0.0.2", 5200, &held), 1);
+    assert_int_equal(held, 0);
+    /* the next window's line reports what was held back */
+    assert_int_equal(cy_logrl_allow(&rl, "10.0.0.1", 6000, &held), 1);
+    assert_int_equal(held, 7);
+    assert_int_equal(cy_logrl_allow(&rl, "10.0.0.1", 6001, &held), 0);
+}
+
+static void test_cy_logrl_allow_burst_caps_all_sources(void **state)
+{
+    (void)state;
+    static cy_logrl rl;
+    cy_logrl_init(&rl, 1000, 3);
+    uint64_t held = 0;
+    char key[32];
+    int lines = 0;
+    for (int i = 0; i < 50; i++) {
+        snprintf(key, sizeof(key), "192.0.2.%d", i);
+        lines += cy_logrl_allow(&rl, key, 100, &held);
+    }
+    assert_int_equal(lines, 3);
+    /* a new window lets lines through again, and counts what was held */
+    uint64_t total = 0;
+    lines = 0;
+    for (int i = 0; i < 50; i++) {
+        snprintf(key, sizeof(key), "192.0.2.%d", i);
+        if (cy_logrl_allow(&rl, key, 1200, &held)) {
+            lines++;
+            total += held;
+        }
+    }
+    assert_int_equal(lines, 3);
+    assert_true(total >= 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -286,6 +332,8 @@ int main(void)
         cmocka_unit_test(test_cy_config_print_roundtrip),
         cmocka_unit_test(test_cy_strerror_codes),
         cmocka_unit_test(test_cy_alloc_fail_after_counts),
+        cmocka_unit_test(test_cy_logrl_allow_one_line_per_source_per_window),
+        cmocka_unit_test(test_cy_logrl_allow_burst_caps_all_sources),
     };
     return cmocka_run_group_tests_name("core", tests, NULL, NULL);
 }
