@@ -203,8 +203,12 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
         cy_conn_send(c, &p);
     }
     if (why) cy_info(cy_conn_name(c), "disconnecting: %s (reason 0x%02x)", why, reason);
-    cy_conn_flush(c);
+    /* Closing before the last flush: a write that fails (the peer reset the
+     * socket) must find the connection closing already, or it closes the
+     * handle itself and this call closes it a second time (an abort in
+     * uv_close). */
     c->state = CONN_CLOSING;
+    cy_conn_flush(c);
     if (c->n_held) cy_cluster_drop_held(b, c);
     if (c->counted) {
         b->stats.clients_connected--;

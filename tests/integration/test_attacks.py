@@ -1,0 +1,94 @@
+"""What a stranger with a socket, or a device with its own credentials, can do
+to cyan (issue 9): each test is a reproducer of a defect found by attacking
+cyan, and fails on the code before its fix.
+
+A shard that crashes is replaced by the supervisor within a second or two, so
+"nothing crashed" is checked by the shard processes' pids, after a later
+exchange that must succeed on the same shard."""
+
+import os
+import socket
+import struct
+import time
+
+import pytest
+
+import rawmqtt as rm
+from helpers import Client, MosquittoSub, raw, uniq, wait_until
+
+pytestmark = pytest.mark.cyan_only
+
+
+def shard_pids(server):
+    """{pid: cmdline} of the shard processes of this server's data dir."""
+    needle = ("--data_dir=%s" % server.data_dir).encode()
+    pids = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(args) > 1 and args[1] == b"shard" and needle in args:
+            pids[int(pid)] = args
+    return sorted(pids)
+
+
+def steady_pids(server):
+    """The shard pids once every shard has started."""
+    from conftest import SHARDS
+    n = int(server.settings.get("shards", SHARDS))
+    assert wait_until(lambda: len(shard_pids(server)) == n, timeout=10), server.log_tail()
+    return shard_pids(server)
+
+
+def reset_socket(server):
+    s = socket.create_connection((server.host, server.port), timeout=5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    return s
+
+
+def round_trip(server, device, client_id):
+    """A subscribe/publish exchange on the shard that owns client_id."""
+    with Client(server, device, client_id=client_id) as c:
+        c.connect()
+        topic = uniq("probe/")
+        c.subscribe(topic, 1)
+        c.publish(topic, b"alive", qos=1)
+        assert c.get().payload == b"alive"
+
+
+# ------------------------------------------------------------------ 1. double close
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_refused_connect_then_reset_leaves_shard_running(server, device, version):
+    """A CONNECT with bad credentials followed by a TCP reset: the refusal's
+    CONNACK fails to write, which closed the connection twice and aborted the
+    shard in uv_close (5 tries in 10)."""
+    before = steady_pids(server)
+    bad = rm.connect("nosuchdevice", version=version, username="nosuchdevice",
+                     password=b"x")
+    for _ in range(30):
+        s = reset_socket(server)
+        s.sendall(bad)
+        s.close()
+        time.sleep(0.01)
+    round_trip(server, device, "nosuchdevice")
+    assert shard_pids(server) == before, server.log_tail()
+    assert "Assertion" not in server.log()
+
+
+def test_protocol_error_then_reset_leaves_shard_running(server, device):
+    """The same close-while-flushing path through a protocol error (a v5
+    DISCONNECT is written, then the socket is found reset)."""
+    before = steady_pids(server)
+    for _ in range(30):
+        s = reset_socket(server)
+        s.sendall(rm.connect("nosuchdevice", version=5, username=device.id,
+                             password=device.secret) + rm.packet(0, 0, b""))
+        s.close()
+        time.sleep(0.01)
+    round_trip(server, device, "nosuchdevice")
+    assert shard_pids(server) == before, server.log_tail()
