@@ -624,9 +624,15 @@ static void event_publish(cy_broker *b, cy_http_req *req)
     }
     const char *name = json_string_value(n);
     size_t nl = json_string_length(n);
+    /* An event from the API is a publish like a device's: the same
+     * admission rules (cy_publish_admit), as an application, not a device. */
     char topic[1024];
-    bool ok = nl > 0 && nl == strlen(name) && 7 + nl <= b->cfg->max_topic_length &&
-              7 + nl < sizeof(topic) && !strpbrk(name, "+#");
+    int tl = snprintf(topic, sizeof(topic), "events/%s", name);
+    bool retain = false, reply = false;
+    const char *rule = NULL;
+    bool ok = nl > 0 && nl == strlen(name) && (size_t)tl < sizeof(topic) &&
+              cy_topic_valid_name(topic, (size_t)tl) &&
+              cy_publish_admit(b, NULL, 0, topic, (size_t)tl, NULL, 0, &retain, &reply, &rule) == 0;
     if (!ok) {
         json_decref(o);
         reply_error(b, req, 400, "bad_request", NULL,
@@ -640,7 +646,6 @@ static void event_publish(cy_broker *b, cy_http_req *req)
                     API_EVENT_DATA_MAX);
         return;
     }
-    int tl = snprintf(topic, sizeof(topic), "events/%s", name);
     const char *data = json_is_string(dv) ? json_string_value(dv) : "";
     size_t dl = json_is_string(dv) ? json_string_length(dv) : 0;
     cy_msg *m = cy_msg_new(topic, (size_t)tl, (const uint8_t *)data, dl, NULL, 0, 0, false, 0);

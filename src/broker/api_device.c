@@ -37,13 +37,30 @@ static bool has_prefix(const char *t, size_t len, const char *p, size_t plen)
     return len > plen && memcmp(t, p, plen) == 0;
 }
 
-bool cy_device_topic_ok(const cy_conn *c, const char *t, size_t len)
+/* Does t start with "devices/<id>/" and go on after it? */
+static bool own_space(const char *id, size_t idl, const char *t, size_t len)
 {
-    if (has_prefix(t, len, "events/", 7)) return true;
-    const cy_session *s = c->sess;
-    if (!s || !has_prefix(t, len, "devices/", 8)) return false;
-    size_t idl = s->client_id_len;
-    return len > 8 + idl + 1 && memcmp(t + 8, s->client_id, idl) == 0 && t[8 + idl] == '/';
+    return has_prefix(t, len, "devices/", 8) && len > 8 + idl + 1 &&
+           memcmp(t + 8, id, idl) == 0 && t[8 + idl] == '/';
+}
+
+bool cy_device_topic_ok(const char *id, size_t id_len, const char *t, size_t len)
+{
+    return has_prefix(t, len, "events/", 7) || (id && own_space(id, id_len, t, len));
+}
+
+bool cy_device_is_reply(const char *id, size_t id_len, const char *t, size_t len)
+{
+    if (!own_space(id, id_len, t, len)) return false;
+    const char *rest = t + 8 + id_len + 1;
+    size_t rlen = len - (8 + id_len + 1);
+    return rlen >= 5 && memcmp(rest, "reply", 5) == 0 && (rlen == 5 || rest[5] == '/');
+}
+
+static bool is_describe(const char *id, size_t id_len, const char *t, size_t len)
+{
+    return own_space(id, id_len, t, len) && len - (8 + id_len + 1) == 8 &&
+           memcmp(t + 8 + id_len + 1, "describe", 8) == 0;
 }
 
 /* ---- describe ---- */
@@ -74,7 +91,7 @@ static bool valid_names(json_t *arr)
     return true;
 }
 
-static bool valid_describe(const uint8_t *p, size_t len)
+bool cy_device_describe_ok(const uint8_t *p, size_t len)
 {
     if (len > API_DESCRIBE_MAX) return false;
     json_t *d = json_loadb((const char *)p, len, JSON_REJECT_DUPLICATES, NULL);
@@ -300,27 +317,13 @@ static api_call *find_call(cy_api *a, const char *device, const char *rid, size_
     return k && strcmp(k->device, device) == 0 ? k : NULL; /* only its own device answers */
 }
 
-int cy_device_publish(cy_conn *c, const cy_mqtt_publish *p, bool *retain)
+void cy_device_reply(cy_conn *c, const cy_mqtt_publish *p)
 {
     cy_broker *b = c->b;
     cy_session *s = c->sess;
-    const char *t = p->topic.p;
-    size_t len = p->topic.len;
-    size_t base = 8 + s->client_id_len + 1; /* "devices/<id>/" */
-    if (len < base || memcmp(t, "devices/", 8) != 0) return 0;
-    const char *rest = t + base;
-    size_t rlen = len - base;
-    if (rlen == 8 && memcmp(rest, "describe", 8) == 0) {
-        if (p->payload_len && !valid_describe(p->payload, p->payload_len)) {
-            cy_info(s->client_id, "describe refused: not {\"functions\": [names], "
-                                  "\"variables\": [names]} within the limits");
-            return CY_RC_PAYLOAD_FORMAT_INVALID;
-        }
-        *retain = true;
-        return 0;
-    }
-    if (!(rlen >= 5 && memcmp(rest, "reply", 5) == 0 && (rlen == 5 || rest[5] == '/'))) return 0;
-    if (!b->api) return 1;
+    if (!b->api) return;
+    const char *rest = p->topic.p + 8 + s->client_id_len + 1;
+    size_t rlen = p->topic.len - (8 + s->client_id_len + 1);
     const char *rid = NULL;
     size_t ridlen = 0;
     if (rlen > 6) {
@@ -333,16 +336,48 @@ int cy_device_publish(cy_conn *c, const cy_mqtt_publish *p, bool *retain)
     api_call *k = rid ? find_call(b->api, s->client_id, rid, ridlen) : NULL;
     if (!k) {
         cy_debug(s->client_id, "reply to an unknown or answered request ignored");
-        return 1;
+        return;
     }
     if (p->payload_len > API_REPLY_MAX) {
         answer_error(b, k->from, k->req_id, 502, "reply_too_large",
                      "the device's reply is over 64 KiB");
         call_unlink(b->api, k);
-        return 1;
+        return;
     }
     finish_call(b, k, p->payload, p->payload_len);
-    return 1;
+}
+
+int cy_publish_admit(cy_broker *b, const char *device_id, size_t id_len, const char *topic,
+                     size_t len, const uint8_t *payload, size_t plen, bool *retain, bool *reply,
+                     const char **why)
+{
+    *reply = false;
+    if (len > b->cfg->max_topic_length) {
+        b->stats.limit_topic_too_long++;
+        *why = "topic over max_topic_length";
+        return CY_RC_TOPIC_NAME_INVALID;
+    }
+    if (len && topic[0] == '$') {
+        *why = "topic in a reserved $ space";
+        return CY_RC_NOT_AUTHORIZED;
+    }
+    if (!device_id) return 0;
+    if (!cy_device_topic_ok(device_id, id_len, topic, len)) {
+        b->stats.acl_denied++;
+        *why = "topic outside the device's spaces";
+        return CY_RC_NOT_AUTHORIZED;
+    }
+    if (is_describe(device_id, id_len, topic, len)) {
+        if (plen && !cy_device_describe_ok(payload, plen)) {
+            *why = "describe is not {\"functions\": [names], \"variables\": [names]} "
+                   "within the limits";
+            return CY_RC_PAYLOAD_FORMAT_INVALID;
+        }
+        *retain = true;
+        return 0;
+    }
+    *reply = cy_device_is_reply(device_id, id_len, topic, len);
+    return 0;
 }
 
 /* ---- operations ---- */

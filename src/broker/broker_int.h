@@ -458,11 +458,31 @@ void cy_api_on_frame(cy_broker *b, unsigned from, uint8_t type, const uint8_t *b
 /* A device's connection was accepted / is closing (presence). */
 void cy_api_device_online(cy_broker *b, cy_conn *c);
 void cy_api_device_offline(cy_broker *b, cy_conn *c);
-/* May this isolated device use topic (or filter) t? */
-bool cy_device_topic_ok(const cy_conn *c, const char *t, size_t len);
-/* A device's PUBLISH in its own space, before routing: 0 = route it;
- * 1 = consumed (a reply to a call or read); a reason code >= 0x80 to refuse
- * it with. Sets *retain for a describe. */
-int cy_device_publish(cy_conn *c, const cy_mqtt_publish *p, bool *retain);
+/* May the isolated device `id` use topic (or filter) t? */
+bool cy_device_topic_ok(const char *id, size_t id_len, const char *t, size_t len);
+/* Is payload a valid describe (docs/device-protocol.md)? */
+bool cy_device_describe_ok(const uint8_t *payload, size_t len);
+/* Is t the device's reply topic, devices/<id>/reply[/<rid>]? */
+bool cy_device_is_reply(const char *id, size_t id_len, const char *t, size_t len);
+/* A device's reply (cy_device_is_reply) to a call or read: answered to the
+ * API, never routed. */
+void cy_device_reply(cy_conn *c, const cy_mqtt_publish *p);
+
+/* What a client may publish, whatever path its bytes take to the router:
+ * a PUBLISH, a will (checked at CONNECT, routed at the close), an event of
+ * the HTTP API; later a CoAP event. Every path calls this one function, so
+ * no path skips a rule:
+ *   - the topic is at most max_topic_length and not in a reserved $ space;
+ *   - an isolated device (device_id not NULL) keeps to its own spaces
+ *     (devices/<id>/... and events/...);
+ *   - its describe must be valid, and is always retained (*retain is set);
+ *   - its reply topic is a reply, not a message: *reply is set, and a path
+ *     that cannot carry a reply (a will) refuses it.
+ * The topic is a valid name already (the caller's decoder checked it).
+ * Returns 0, or an MQTT 5 reason code (>= 0x80) with *why naming the rule
+ * (static text); counts the refusal in b->stats. Thread: the shard's. */
+int cy_publish_admit(cy_broker *b, const char *device_id, size_t id_len, const char *topic,
+                     size_t len, const uint8_t *payload, size_t plen, bool *retain, bool *reply,
+                     const char **why);
 
 #endif

@@ -60,10 +60,10 @@ static int authenticate(cy_conn *c, const cy_mqtt_connect *p, const char *who)
     return refuse(c, CY_RC_BAD_USER_OR_PASSWORD, CY_RC3_BAD_USER_OR_PASSWORD, who, why), -1;
 }
 
-static cy_msg *make_will(cy_conn *c, const cy_mqtt_connect *p)
+static cy_msg *make_will(cy_conn *c, const cy_mqtt_connect *p, bool retain)
 {
     return cy_msg_from_publish(&p->will_topic, (const uint8_t *)p->will_payload.p,
-                               p->will_payload.len, &p->will_props, p->will_qos, p->will_retain,
+                               p->will_payload.len, &p->will_props, p->will_qos, retain,
                                p->version, &c->b->scratch);
 }
 
@@ -124,16 +124,27 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         } while (cy_shard_of(who, idlen, b->nshards) != b->self);
         assigned = true;
     }
-    if (p->will && p->will_topic.len > b->cfg->max_topic_length) {
-        b->stats.limit_topic_too_long++;
-        return refuse(c, CY_RC_TOPIC_NAME_INVALID, CY_RC3_NOT_AUTHORIZED, who,
-                      "will topic over max_topic_length");
+    /* A will is a publish made at the close: it passes the same rules as a
+     * PUBLISH from this client, now, so that no device can leave a message
+     * outside its own spaces by dropping its connection. */
+    bool will_retain = p->will_retain;
+    if (p->will) {
+        if (!cy_topic_valid_name(p->will_topic.p, p->will_topic.len)) return CY_RC_PROTOCOL_ERROR;
+        bool reply = false;
+        const char *why = NULL;
+        int reason = cy_publish_admit(b, device ? who : NULL, idlen, p->will_topic.p,
+                                      p->will_topic.len, (const uint8_t *)p->will_payload.p,
+                                      p->will_payload.len, &will_retain, &reply, &why);
+        if (!reason && reply) {
+            reason = CY_RC_NOT_AUTHORIZED;
+            why = "a reply topic (a will cannot answer a call)";
+        }
+        if (reason) {
+            char text[128];
+            snprintf(text, sizeof(text), "will refused: %s", why);
+            return refuse(c, (uint8_t)reason, CY_RC3_NOT_AUTHORIZED, who, text);
+        }
     }
-    if (p->will && !cy_topic_valid_name(p->will_topic.p, p->will_topic.len))
-        return CY_RC_PROTOCOL_ERROR;
-    if (p->will && p->will_topic.p[0] == '$')
-        return refuse(c, CY_RC_NOT_AUTHORIZED, CY_RC3_NOT_AUTHORIZED, who,
-                      "will topic in a reserved $ space");
 
     /* Session expiry: MQTT 5 property; 3.1.1 clean session 0 = never. */
     uint32_t expiry;
@@ -213,7 +224,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
 
     /* Will. */
     if (p->will) {
-        s->will = make_will(c, p);
+        s->will = make_will(c, p, will_retain);
         s->will_delay = (p->will_props.present & CY_PBIT(CY_PROP_WILL_DELAY))
                             ? p->will_props.will_delay
                             : 0;

@@ -81,16 +81,11 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
     }
     if (p->props.present & CY_PBIT(CY_PROP_SUBSCRIPTION_ID)) return CY_RC_PROTOCOL_ERROR;
     if (p->topic.len == 0) return CY_RC_PROTOCOL_ERROR;
-    if (p->topic.len > b->cfg->max_topic_length) {
-        b->stats.limit_topic_too_long++;
-        return refuse(c, p, CY_RC_TOPIC_NAME_INVALID, "topic over max_topic_length");
-    }
-    if (p->topic.p[0] == '$')
-        return refuse(c, p, CY_RC_NOT_AUTHORIZED, "topic in a reserved $ space");
-    if (c->device && !cy_device_topic_ok(c, p->topic.p, p->topic.len)) {
-        b->stats.acl_denied++;
-        return refuse(c, p, CY_RC_NOT_AUTHORIZED, "topic outside the device's spaces");
-    }
+    bool retain = p->retain, reply = false;
+    const char *why = NULL;
+    int reason = cy_publish_admit(b, c->device ? s->client_id : NULL, s->client_id_len, p->topic.p,
+                                  p->topic.len, p->payload, p->payload_len, &retain, &reply, &why);
+    if (reason) return refuse(c, p, (uint8_t)reason, why);
 
     if (p->qos == 2) {
         if (cy_session_has_inq2(s, p->packet_id)) { /* a resend: already routed */
@@ -103,12 +98,11 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
         }
     }
 
-    /* The device convention: a describe is kept as retained; a reply to the
-     * API is taken here, acknowledged like any publish and not routed. */
-    bool retain = p->retain;
-    int taken = c->device ? cy_device_publish(c, p, &retain) : 0;
-    if (taken >= 0x80) return refuse(c, p, (uint8_t)taken, "invalid describe payload");
-    if (!taken) {
+    /* The device convention: a reply to the API is taken here, acknowledged
+     * like any publish and not routed. */
+    if (reply) {
+        cy_device_reply(c, p);
+    } else {
         cy_msg *m = cy_msg_from_publish(&p->topic, p->payload, p->payload_len, &p->props, p->qos,
                                         retain, c->version, &b->scratch);
         if (!m) return refuse(c, p, CY_RC_UNSPECIFIED, "out of memory");

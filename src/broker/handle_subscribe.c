@@ -62,7 +62,8 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
             continue;
         }
         if (forbidden(f, len) ||
-            (c->device && !cy_device_topic_ok(c, shared ? inner : f, shared ? ilen : len))) {
+            (c->device && !cy_device_topic_ok(c->sess->client_id, c->sess->client_id_len,
+                                               shared ? inner : f, shared ? ilen : len))) {
             if (c->device) b->stats.acl_denied++;
             rv[i++] = fail_code(c, CY_RC_NOT_AUTHORIZED);
             continue;

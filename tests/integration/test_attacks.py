@@ -92,3 +92,81 @@ def test_protocol_error_then_reset_leaves_shard_running(server, device):
         time.sleep(0.01)
     round_trip(server, device, "nosuchdevice")
     assert shard_pids(server) == before, server.log_tail()
+
+
+# ------------------------------------------------------------------ 2. wills under isolation
+
+from apidevice import call, create_device, get_device, online_device  # noqa: E402
+
+CONNACK_REFUSED = {4: 5, 5: 0x87}
+
+
+def connect_with_will(srv, info, version, will):
+    c = raw(srv, version)
+    ack = c.connect(info["id"], username=info["id"], password=info["secret"], will=will)
+    return c, ack
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_will_outside_own_space_refused(api_server, version):
+    """A device's will is a publish: a will topic in another device's space
+    (a forged call, a forged event, its describe), in no device's space, or
+    in the device's own reply topic refuses the CONNECT; nothing of it ever
+    reaches the victim. Before the fix the CONNECT was accepted and the will
+    routed when the connection dropped."""
+    a = create_device(api_server)
+    victim = online_device(api_server, 5, {"reboot": lambda arg: "1"})
+    V, A = victim.id, a["id"]
+    try:
+        for topic in ["devices/%s/call/reboot/0000000000000001" % V,
+                      "devices/%s/events/forged" % V,
+                      "devices/%s/describe" % V,
+                      "elsewhere/topic",
+                      "devices/%s/reply/0000000000000001" % A]:
+            c, ack = connect_with_will(api_server, a, version,
+                                       dict(topic=topic, payload=b'{"functions":["x"]}',
+                                            retain=True, qos=1))
+            with c:
+                assert ack.rc == CONNACK_REFUSED[version], (topic, ack)
+                c.wait_closed(3.0)
+        # A later call through the API must be the first thing the victim
+        # sees: no forged call came before it.
+        r = call(api_server, V, "reboot", "now")
+        assert r.status == 200, r.body
+        assert [k.name for k in victim.calls] == ["reboot"], victim.calls
+        assert victim.calls[0].arg == "now", victim.calls
+        assert get_device(api_server, V)["functions"] == ["reboot"]
+    finally:
+        victim.close()
+
+
+def test_will_describe_is_checked_and_retained(api_server):
+    """A will on the device's own describe passes the describe rules, and is
+    kept as retained like a describe published directly."""
+    a = create_device(api_server)
+    A = a["id"]
+    c, ack = connect_with_will(api_server, a, 5, dict(topic="devices/%s/describe" % A,
+                                                      payload=b'{"functions": ["a b c"]}'))
+    with c:
+        assert ack.rc == 0x99, ack
+    c, ack = connect_with_will(api_server, a, 5, dict(topic="devices/%s/describe" % A,
+                                                      payload=b'{"functions": ["gone"]}'))
+    assert ack.rc == 0, ack
+    c.close()  # no DISCONNECT: the will goes out, retained though not flagged so
+    assert wait_until(lambda: get_device(api_server, A)["functions"] == ["gone"], timeout=5)
+
+
+def test_will_in_own_space_still_works(api_server):
+    """The rules keep a device's legitimate wills: its own events and the
+    shared events space."""
+    a = create_device(api_server)
+    watcher = online_device(api_server, 5, {}, events=True)
+    try:
+        c, ack = connect_with_will(api_server, a, 5,
+                                   dict(topic="events/lost", payload=b"bye", qos=1))
+        assert ack.rc == 0, ack
+        c.close()
+        assert wait_until(lambda: ("events/lost", b"bye") in watcher.events, timeout=5), \
+            watcher.events
+    finally:
+        watcher.close()
