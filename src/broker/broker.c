@@ -314,6 +314,7 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
         cy_map_init(&b->peers[j].filters);
     }
     cy_map_init(&b->sessions);
+    cy_logrl_init(&b->login_log, CY_LOGIN_LOG_WINDOW_MS, CY_LOGIN_LOG_BURST);
     cy_map_init(&b->interest);
     cy_buf_init(&b->scratch);
     cy_buf_init(&b->frame);

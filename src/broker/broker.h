@@ -34,6 +34,7 @@
     X(protocol_errors, "connections closed for a malformed packet or protocol error")              \
     X(keepalive_timeouts, "connections closed for silence beyond 1.5 x keep-alive")                \
     X(connect_timeouts, "sockets closed for sending no CONNECT in time")                           \
+    X(limit_preauth, "sockets closed before CONNECT: over max_connect_size or preauth_memory")     \
     X(publish_received, "PUBLISH packets received from clients")                                   \
     X(publish_sent, "PUBLISH packets sent to clients")                                             \
     X(messages_dropped, "messages dropped for one subscriber (queue full, too large, slow)")       \

@@ -25,6 +25,7 @@
 #include "broker/broker.h"
 #include "bus/bus.h"
 #include "core/cy_buf.h"
+#include "core/cy_log.h"
 #include "health/scoreboard.h"
 #include "core/cy_map.h"
 #include "mqtt/mqtt.h"
@@ -36,6 +37,10 @@
 
 #define CY_MAX_CLIENT_ID 256
 #define CY_READ_CHUNK 65536
+/* Failed logins and idle sockets are logged at most once per address per
+ * window, and at most this many lines per window from all addresses. */
+#define CY_LOGIN_LOG_WINDOW_MS 10000
+#define CY_LOGIN_LOG_BURST 20
 /* Output a connection may accumulate before QoS 0 messages to it are dropped. */
 #define CY_OUT_HIGH_WATER (4u << 20)
 /* An output buffer this small is freed as soon as it is written out (malloc
@@ -165,6 +170,7 @@ struct cy_conn {
     bool counted : 1;          /* counted in clients_connected */
     bool handed_in : 1;        /* arrived by handover from another shard */
     bool device : 1;           /* an isolated device: client id = device id, own topics only */
+    uint32_t preauth;          /* bytes of `in` counted in b->preauth_bytes (before CONNECT) */
 };
 
 /* A frame for a peer shard that must survive until the peer acknowledges it. */
@@ -240,6 +246,8 @@ struct cy_broker {
     bool listening, stopping;
     cy_conn *conns;      /* all connections */
     uint32_t n_conns;
+    size_t preauth_bytes;  /* partial-input bytes held for sockets before CONNECT (preauth_memory) */
+    cy_logrl login_log;    /* failed logins and idle sockets: one line per address per window */
     cy_conn *dirty;      /* connections with output to flush */
     cy_map sessions;     /* client id -> cy_session */
     cy_session *offline; /* sessions that are offline and persistent or have a pending will */
@@ -318,6 +326,10 @@ const char *cy_conn_name(const cy_conn *c);
 const char *cy_conn_peer(const cy_conn *c);
 /* c's MQTT 5 block, allocated (zeroed) on first use. NULL: out of memory. */
 cy_conn_v5 *cy_conn_v5_get(cy_conn *c);
+/* Log an event a stranger can repeat at will (a refused login, an idle or
+ * oversized socket before login) at info, at most one line per source
+ * address per CY_LOGIN_LOG_WINDOW_MS with a count of what was held back. */
+void cy_conn_log_stranger(cy_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The client's limits (MQTT 5 CONNECT properties); 0 = none declared. */
 static inline uint32_t cy_conn_peer_max_packet(const cy_conn *c)
 {

@@ -12,6 +12,13 @@
  * only) and is written by uv_write while `out` collects the next pass.
  * Write readiness is armed only then.
  *
+ * Before login a socket is a stranger's: its CONNECT may be at most
+ * max_connect_size (from the fixed header, before any byte of the body is
+ * held), its partial-input buffer grows only to what that header declared,
+ * and all such buffers of the shard together stay under preauth_memory. A
+ * CONNECT that arrives in one read (every real client's) is decoded in the
+ * shared read buffer and holds nothing.
+ *
  * Errors are mapped to the wire here, once: a handler returns a MQTT 5
  * reason code and the dispatcher closes with it (DISCONNECT for MQTT 5
  * clients, a bare close for 3.1.1), logs one line naming the client and
@@ -25,6 +32,7 @@
 #include "core/cy_log.h"
 
 #include <arpa/inet.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -56,6 +64,28 @@ const char *cy_conn_peer(const cy_conn *c)
     return text;
 }
 
+void cy_conn_log_stranger(cy_conn *c, const char *fmt, ...)
+{
+    if (!cy_log_enabled(CY_LOG_INFO)) return;
+    cy_broker *b = c->b;
+    char addr[64];
+    snprintf(addr, sizeof(addr), "%s", cy_conn_peer(c));
+    char *colon = strrchr(addr, ':'); /* one source is an address, whatever its port */
+    if (colon) *colon = '\0';
+    uint64_t held = 0;
+    if (!cy_logrl_allow(&b->login_log, addr, (int64_t)uv_now(b->loop), &held)) return;
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    if (held)
+        cy_log(CY_LOG_INFO, NULL, "from %s: %s (%llu more such events since the last line)",
+               addr, text, (unsigned long long)held);
+    else
+        cy_log(CY_LOG_INFO, NULL, "from %s: %s", addr, text);
+}
+
 cy_conn_v5 *cy_conn_v5_get(cy_conn *c)
 {
     if (!c->v5) c->v5 = cy_calloc(1, sizeof(*c->v5));
@@ -77,6 +107,16 @@ static void v5_free(cy_broker *b, cy_conn_v5 *x)
     cy_free(x);
 }
 
+/* Keep b->preauth_bytes equal to the capacity of the partial-input buffers
+ * of connections that have not logged in; call after `in` or the state
+ * changed. */
+static void preauth_account(cy_conn *c)
+{
+    uint32_t now = c->state == CONN_NEW && c->in ? (uint32_t)c->in->cap : 0;
+    c->b->preauth_bytes = c->b->preauth_bytes - c->preauth + now;
+    c->preauth = now;
+}
+
 /* Free the partial-input buffer (it is allocated only while a packet is
  * split across reads). */
 static void in_free(cy_conn *c)
@@ -85,6 +125,7 @@ static void in_free(cy_conn *c)
     cy_buf_fini(c->in);
     cy_free(c->in);
     c->in = NULL;
+    preauth_account(c);
 }
 
 size_t cy_conn_backlog(const cy_conn *c)
@@ -103,6 +144,8 @@ static void on_close(uv_handle_t *h)
     if (c->next) c->next->prev = c->prev;
     b->n_conns--;
     in_free(c);
+    c->state = CONN_CLOSING;
+    preauth_account(c);
     cy_buf_fini(&c->out);
     v5_free(b, c->v5);
     cy_free(c);
@@ -202,7 +245,10 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
         p.u.disconnect.reason = reason;
         cy_conn_send(c, &p);
     }
-    if (why) cy_info(cy_conn_name(c), "disconnecting: %s (reason 0x%02x)", why, reason);
+    if (why && c->state == CONN_NEW) /* not logged in: a stranger can repeat it at will */
+        cy_conn_log_stranger(c, "disconnecting before login: %s", why);
+    else if (why)
+        cy_info(cy_conn_name(c), "disconnecting: %s (reason 0x%02x)", why, reason);
     /* Closing before the last flush: a write that fails (the peer reset the
      * socket) must find the connection closing already, or it closes the
      * handle itself and this call closes it a second time (an abort in
@@ -263,8 +309,22 @@ static void refuse_version(cy_conn *c, uint8_t level)
     else
         cy_buf_append(&c->out, v3, sizeof(v3));
     c->b->stats.connects_refused++;
-    cy_info(cy_conn_name(c), "refused: unsupported protocol level %u", level);
+    cy_conn_log_stranger(c, "connect refused: unsupported protocol level %u", level);
     cy_conn_close(c, 0, NULL);
+}
+
+/* Close a socket that has not logged in for exceeding what a stranger may
+ * hold (the line is rate-limited per address: see cy_conn_close). */
+static void preauth_refused(cy_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void preauth_refused(cy_conn *c, const char *fmt, ...)
+{
+    char why[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    c->b->stats.limit_preauth++;
+    cy_conn_close(c, 0, why);
 }
 
 /* Handle every complete packet in data[0..len); return the bytes consumed. */
@@ -274,8 +334,14 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
     size_t off = 0;
     while (off < len && c->state != CONN_CLOSING) {
         size_t pkt_len = 0;
-        int rc = cy_mqtt_frame(data + off, len - off, b->cfg->max_packet_size, &pkt_len);
+        bool login = c->state == CONN_NEW;
+        uint32_t limit = login ? b->cfg->max_connect_size : b->cfg->max_packet_size;
+        int rc = cy_mqtt_frame(data + off, len - off, limit, &pkt_len);
         if (rc == CY_EAGAIN) break;
+        if (rc == CY_EMSGSIZE && login) {
+            preauth_refused(c, "CONNECT of %zu bytes over max_connect_size %u", pkt_len, limit);
+            return len;
+        }
         if (rc == CY_EMSGSIZE) {
             b->stats.limit_packet_too_large++;
             char why[96];
@@ -330,6 +396,27 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
     return off;
 }
 
+/* Would a partial-input buffer holding `total` bytes fit the shard's
+ * preauth_memory? (cy_buf grows by powers of two from 256.) */
+static bool preauth_fits(const cy_conn *c, size_t total)
+{
+    size_t cap = 256, held = c->in ? c->in->cap : 0;
+    while (cap < total) cap *= 2;
+    size_t grow = cap > held ? cap - held : 0;
+    return c->b->preauth_bytes + grow <= c->b->cfg->preauth_memory;
+}
+
+/* How many more bytes a socket that has not logged in may read: the rest of
+ * the CONNECT its fixed header declared (a few bytes while the header itself
+ * is incomplete); 0 when that would go over preauth_memory. */
+static size_t preauth_room(const cy_conn *c)
+{
+    size_t have = c->in ? cy_buf_size(c->in) : 0, total = 0;
+    if (!have || cy_mqtt_frame(cy_buf_head(c->in), have, 0, &total) != CY_EAGAIN || total <= have)
+        total = have + 5; /* the fixed header: type byte and up to 4 length bytes */
+    return preauth_fits(c, total) ? total - have : 0;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     cy_conn *c = h->data;
@@ -340,20 +427,34 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         *buf = uv_buf_init((char *)b->rbuf, sizeof(b->rbuf));
         return;
     }
+    size_t want = CY_READ_CHUNK;
+    if (c->state == CONN_NEW && (want = preauth_room(c)) == 0) {
+        *buf = uv_buf_init(NULL, 0); /* on_read sees UV_ENOBUFS */
+        return;
+    }
     if (!c->in) c->in = cy_calloc(1, sizeof(*c->in));
-    if (!c->in || cy_buf_reserve(c->in, CY_READ_CHUNK)) {
+    if (!c->in || cy_buf_reserve(c->in, want)) {
         *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
         return;
     }
+    preauth_account(c);
     *buf = uv_buf_init((char *)c->in->data + c->in->len, (unsigned)(c->in->cap - c->in->len));
 }
 
 /* Keep the tail of a read that holds an incomplete packet. */
 static void keep_partial(cy_conn *c, const uint8_t *bytes, size_t len)
 {
+    if (c->state == CONN_NEW && !preauth_fits(c, len + (c->in ? cy_buf_size(c->in) : 0))) {
+        preauth_refused(c, "preauth_memory (%u bytes) spent on sockets that have not logged in",
+                        c->b->cfg->preauth_memory);
+        return;
+    }
     if (!c->in) c->in = cy_calloc(1, sizeof(*c->in));
-    if (!c->in || cy_buf_append(c->in, bytes, len))
+    if (!c->in || cy_buf_append(c->in, bytes, len)) {
         cy_conn_close(c, CY_RC_UNSPECIFIED, "out of memory");
+        return;
+    }
+    preauth_account(c);
 }
 
 void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len)
@@ -369,10 +470,18 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     bool shared = buf->base == (char *)b->rbuf;
     if (nread < 0) {
         if (shared) b->rbuf_busy = false;
+        if (nread == UV_ENOBUFS && c->state == CONN_NEW) {
+            preauth_refused(c, "preauth_memory (%u bytes) spent on sockets that have not logged in",
+                            b->cfg->preauth_memory);
+            return;
+        }
         if (c->state != CONN_CLOSING) {
             if (nread != UV_EOF) cy_debug(cy_conn_name(c), "read: %s", uv_strerror((int)nread));
-            cy_info(cy_conn_name(c), "connection lost%s",
-                    c->clean_disconnect ? "" : " without DISCONNECT");
+            if (c->state == CONN_NEW)
+                cy_conn_log_stranger(c, "connection closed before CONNECT");
+            else
+                cy_info(cy_conn_name(c), "connection lost%s",
+                        c->clean_disconnect ? "" : " without DISCONNECT");
             cy_conn_close(c, 0, NULL);
         }
         return;
@@ -390,7 +499,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     cy_buf_consume(c->in, used);
     /* Once the split packet is whole, the connection reads into the shared
      * buffer again. */
-    if (cy_buf_size(c->in) == 0) in_free(c);
+    if (cy_buf_size(c->in) == 0)
+        in_free(c);
+    else
+        preauth_account(c); /* CONNECT handled: what is left is no longer counted */
 }
 
 /* A new connection object for an open socket, linked into the broker. */

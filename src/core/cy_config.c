@@ -41,6 +41,12 @@ static const setting table[] = {
     U32(max_subscriptions, "100", 1, 1000000, "subscriptions per session"),
     U32(max_connections, "16384", 1, 10000000, "simultaneous client connections"),
     U32(connect_timeout, "10", 1, 3600, "seconds a new socket has to send CONNECT"),
+    U32(max_connect_size, "8192", 64, 268435460u,
+        "largest CONNECT accepted, bytes (credentials, will, properties); a socket that has "
+        "not logged in may send no more"),
+    U32(preauth_memory, "16777216", 65536, 0xFFFFFFFFu,
+        "bytes each shard holds, all together, for sockets that have sent part of a CONNECT; "
+        "beyond it such sockets are closed"),
     U32(max_keepalive, "3600", 1, 65535,
         "largest keep-alive granted, seconds; MQTT 5 clients asking more (or 0) get this"),
     U32(max_session_expiry, "0", 0, 0xFFFFFFFFu,

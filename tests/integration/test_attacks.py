@@ -7,6 +7,7 @@ A shard that crashes is replaced by the supervisor within a second or two, so
 exchange that must succeed on the same shard."""
 
 import os
+import select
 import socket
 import struct
 import time
@@ -170,3 +171,88 @@ def test_will_in_own_space_still_works(api_server):
             watcher.events
     finally:
         watcher.close()
+
+
+# ------------------------------------------------------------------ 4. memory before login
+
+def big_connect(device, client_id, size):
+    """A valid CONNECT of exactly `size` bytes (padded with a will payload)."""
+    base = rm.connect(client_id, version=4, username=device.id, password=device.secret,
+                      will=dict(topic="w/" + client_id, payload=b""))
+    pkt = b""
+    pad = size - len(base)
+    for _ in range(4):  # the remaining-length field may grow a byte
+        pkt = rm.connect(client_id, version=4, username=device.id, password=device.secret,
+                         will=dict(topic="w/" + client_id, payload=b"p" * pad))
+        pad += size - len(pkt)
+    assert len(pkt) == size, len(pkt)
+    return pkt
+
+
+def test_connect_over_max_connect_size_closed_from_its_header(server_factory):
+    """A CONNECT whose fixed header declares more than max_connect_size is
+    refused before any byte of its body is held (before the fix the socket
+    waited, buffering up to max_packet_size = 1 MiB)."""
+    srv = server_factory(max_connect_size=4096)
+    with raw(srv, 4) as c:
+        c.send(bytes([0x10]) + rm.varint(100000) + b"\x00\x04MQTT")
+        assert c.wait_closed(3.0) == []
+    # a CONNECT within the bound is fine, also when it comes in pieces
+    dev = srv.add_device()
+    pkt = big_connect(dev, uniq("ok"), 4000)
+    with raw(srv, 4) as c:
+        c.send(pkt[:1500])
+        time.sleep(0.05)
+        c.send(pkt[1500:])
+        assert c.expect(rm.CONNACK, 3.0).rc == 0
+
+
+def _closed(sock):
+    """Has the server closed sock? (Never blocks; it sends nothing before
+    CONNECT, so readable means EOF or reset.)"""
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(1) == b""
+    except OSError:
+        return True
+
+
+def test_half_sent_connects_bounded_by_preauth_memory(server_factory):
+    """Sockets that hold part of a CONNECT share one budget per shard: past
+    preauth_memory, more such sockets are closed; the budget comes back when
+    they go, and a complete CONNECT never needs it."""
+    srv = server_factory(shards=1, preauth_memory=65536, max_connect_size=8192,
+                         connect_timeout=120)
+    dev = srv.add_device()
+    socks = []
+    try:
+        for i in range(40):
+            s = socket.create_connection((srv.host, srv.port), timeout=5)
+            s.sendall(big_connect(dev, "half%d" % i, 8000)[:4000])
+            socks.append(s)
+        # 40 x 4-8 KiB is well over 64 KiB: most must be closed.
+        assert wait_until(lambda: sum(_closed(s) for s in socks) >= 24, timeout=10), \
+            "closed: %d of 40" % sum(_closed(s) for s in socks)
+        # a real client logs in meanwhile (its CONNECT arrives whole)
+        round_trip(srv, dev, uniq("whole"))
+    finally:
+        for s in socks:
+            s.close()
+    # The budget is back once those sockets are gone: 6 new half-sent
+    # CONNECTs (6 x 8 KiB < 64 KiB) all complete and get a CONNACK. (The
+    # round trip is the barrier: the server has seen the closes before it.)
+    round_trip(srv, dev, uniq("whole"))
+    late = []
+    try:
+        pkts = [big_connect(dev, "late%d" % i, 8000) for i in range(6)]
+        for p in pkts:
+            s = raw(srv, 4)
+            s.send(p[:4000])
+            late.append((s, p))
+        for s, p in late:
+            s.send(p[4000:])
+            assert s.expect(rm.CONNACK, 5.0).rc == 0
+    finally:
+        for s, _ in late:
+            s.close()
