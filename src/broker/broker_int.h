@@ -327,9 +327,11 @@ const char *cy_conn_peer(const cy_conn *c);
 /* c's MQTT 5 block, allocated (zeroed) on first use. NULL: out of memory. */
 cy_conn_v5 *cy_conn_v5_get(cy_conn *c);
 /* Log an event a stranger can repeat at will (a refused login, an idle or
- * oversized socket before login) at info, at most one line per source
- * address per CY_LOGIN_LOG_WINDOW_MS with a count of what was held back. */
-void cy_conn_log_stranger(cy_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+ * oversized socket before login) at info, at most one line per kind
+ * ("refused logins", "closed sockets") and source address per
+ * CY_LOGIN_LOG_WINDOW_MS, with a count of what was held back. */
+void cy_conn_log_stranger(cy_conn *c, const char *kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 /* The client's limits (MQTT 5 CONNECT properties); 0 = none declared. */
 static inline uint32_t cy_conn_peer_max_packet(const cy_conn *c)
 {

@@ -64,24 +64,25 @@ const char *cy_conn_peer(const cy_conn *c)
     return text;
 }
 
-void cy_conn_log_stranger(cy_conn *c, const char *fmt, ...)
+void cy_conn_log_stranger(cy_conn *c, const char *kind, const char *fmt, ...)
 {
     if (!cy_log_enabled(CY_LOG_INFO)) return;
     cy_broker *b = c->b;
-    char addr[64];
+    char addr[INET6_ADDRSTRLEN + 8], key[CY_LOGRL_KEY + 64];
     snprintf(addr, sizeof(addr), "%s", cy_conn_peer(c));
     char *colon = strrchr(addr, ':'); /* one source is an address, whatever its port */
     if (colon) *colon = '\0';
+    snprintf(key, sizeof(key), "%s %s", kind, addr);
     uint64_t held = 0;
-    if (!cy_logrl_allow(&b->login_log, addr, (int64_t)uv_now(b->loop), &held)) return;
+    if (!cy_logrl_allow(&b->login_log, key, (int64_t)uv_now(b->loop), &held)) return;
     char text[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
     if (held)
-        cy_log(CY_LOG_INFO, NULL, "from %s: %s (%llu more such events since the last line)",
-               addr, text, (unsigned long long)held);
+        cy_log(CY_LOG_INFO, NULL, "from %s: %s (%llu more %s since the last line)", addr, text,
+               (unsigned long long)held, kind);
     else
         cy_log(CY_LOG_INFO, NULL, "from %s: %s", addr, text);
 }
@@ -246,7 +247,7 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
         cy_conn_send(c, &p);
     }
     if (why && c->state == CONN_NEW) /* not logged in: a stranger can repeat it at will */
-        cy_conn_log_stranger(c, "disconnecting before login: %s", why);
+        cy_conn_log_stranger(c, "closed sockets", "disconnecting before login: %s", why);
     else if (why)
         cy_info(cy_conn_name(c), "disconnecting: %s (reason 0x%02x)", why, reason);
     /* Closing before the last flush: a write that fails (the peer reset the
@@ -309,7 +310,8 @@ static void refuse_version(cy_conn *c, uint8_t level)
     else
         cy_buf_append(&c->out, v3, sizeof(v3));
     c->b->stats.connects_refused++;
-    cy_conn_log_stranger(c, "connect refused: unsupported protocol level %u", level);
+    cy_conn_log_stranger(c, "refused logins", "connect refused: unsupported protocol level %u",
+                         level);
     cy_conn_close(c, 0, NULL);
 }
 
@@ -478,7 +480,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         if (c->state != CONN_CLOSING) {
             if (nread != UV_EOF) cy_debug(cy_conn_name(c), "read: %s", uv_strerror((int)nread));
             if (c->state == CONN_NEW)
-                cy_conn_log_stranger(c, "connection closed before CONNECT");
+                cy_conn_log_stranger(c, "closed sockets", "connection closed before CONNECT");
             else
                 cy_info(cy_conn_name(c), "connection lost%s",
                         c->clean_disconnect ? "" : " without DISCONNECT");

@@ -30,7 +30,7 @@ static int refuse(cy_conn *c, uint8_t rc5, uint8_t rc3, const char *who, const c
     p.u.connack.reason = c->version == CY_MQTT_V5 ? rc5 : rc3;
     cy_conn_send(c, &p);
     c->b->stats.connects_refused++;
-    cy_conn_log_stranger(c, "connect refused for client '%.64s': %s", who, why);
+    cy_conn_log_stranger(c, "refused logins", "connect refused for client '%.64s': %s", who, why);
     cy_conn_close(c, 0, NULL);
     return 0;
 }

@@ -256,3 +256,20 @@ def test_half_sent_connects_bounded_by_preauth_memory(server_factory):
     finally:
         for s, _ in late:
             s.close()
+
+
+# ------------------------------------------------------------------ 8e. log floods
+
+def test_failed_logins_logged_once_per_address_per_window(server):
+    """50 refused logins from one address make one log line per shard (with the count
+    of the rest coming in the next window's line), not 50; every one of them
+    got its CONNACK, so the server had handled them all when the log is read."""
+    mark = len(server.log())
+    for i in range(50):
+        with raw(server, 5) as c:
+            ack = c.connect("nosuch%d" % i, username="nosuch%d" % i, password=b"x")
+            assert ack.rc == 0x86, ack
+    from conftest import SHARDS  # each shard keeps its own window
+    lines = [l for l in server.log()[mark:].splitlines() if "connect refused" in l]
+    assert 1 <= len(lines) <= 2 * SHARDS, "\n".join(lines[:10])
+    assert "from 127.0.0.1: connect refused for client 'nosuch" in lines[0], lines[0]
