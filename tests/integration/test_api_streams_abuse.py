@@ -13,6 +13,7 @@ events fanned out (a measure of the loop's longest pass), never asserts it.
 """
 
 import os
+import re
 import socket
 import threading
 import time
@@ -30,11 +31,14 @@ EVENT_BYTES = 65000
 EVENTS = 15
 
 
-def open_raw_stream(srv, token, path="/v1/events", rcvbuf=2048, timeout=10.0):
+def open_raw_stream(srv, token, path="/v1/events", rcvbuf=2048, timeout=10.0, source=None):
     """A stream whose client reads the response head and then nothing more:
-    (socket, status). The tiny receive buffer makes it a slow reader."""
+    (socket, status, bytes read). The tiny receive buffer makes it a slow
+    reader; source: the local address to connect from."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if source:
+        s.bind((source, 0))
     s.settimeout(timeout)
     s.connect((srv.host, srv.http_port))
     s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n"
@@ -48,6 +52,14 @@ def open_raw_stream(srv, token, path="/v1/events", rcvbuf=2048, timeout=10.0):
         buf += d
     head = buf.split(b"\r\n", 1)[0].split()
     st = int(head[1]) if len(head) > 1 else 0
+    if st != 200:  # an error: read its whole body too
+        m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", buf)
+        want = buf.index(b"\r\n\r\n") + 4 + int(m.group(1)) if m else 0
+        while len(buf) < want and time.monotonic() < deadline:
+            d = s.recv(4096)
+            if not d:
+                break
+            buf += d
     return s, st, buf
 
 
@@ -129,3 +141,87 @@ def test_slow_streams_and_large_events_do_not_stall_the_shard(api_server_factory
         for s in slow:
             s.close()
         dev.close()
+
+
+def test_streams_per_token_limit(api_server_factory):
+    srv = api_server_factory(shards=1, sse_max_per_token=3, sse_max_per_address=50)
+    _, ro = token_create(srv, "viewer", read_only=True)
+    _, other = token_create(srv, "other", read_only=True)
+    held = []
+    try:
+        for _ in range(3):
+            s = SseStream(srv, "/v1/events", token=ro)
+            held.append(s)
+            assert s.status == 200, s.body
+        s, st, head = open_raw_stream(srv, ro, "/v1/events/x")
+        s.close()
+        assert st == 429 and b"too_many_streams" in head, head
+        # Another token still gets one, and it works.
+        o = SseStream(srv, "/v1/events", token=other)
+        held.append(o)
+        assert o.status == 200, o.body
+        r = api(srv, "POST", "/v1/events", json={"name": "n", "data": "1"})
+        assert r.status == 202, r
+        assert o.next(5.0).event == "n"
+        assert held[0].next(5.0).event == "n"
+        # A stream that ends gives its place back.
+        held.pop(0).close()
+        for _ in range(100):
+            s = SseStream(srv, "/v1/events", token=ro)
+            if s.status == 200:
+                held.append(s)
+                break
+            s.close()
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the token's place was not given back")
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_streams_per_address_limit(api_server_factory):
+    srv = api_server_factory(shards=1, sse_max_per_token=50, sse_max_per_address=2)
+    toks = [token_create(srv, "t%d" % i, read_only=True)[1] for i in range(3)]
+    held = []
+    try:
+        for t in toks[:2]:
+            s, st, head = open_raw_stream(srv, t, rcvbuf=65536)
+            held.append(s)
+            assert st == 200, head
+        s, st, head = open_raw_stream(srv, toks[2])
+        s.close()
+        assert st == 429 and b"too_many_streams" in head, head
+        # Another address (127.0.0.2 is loopback too) still gets one.
+        s, st, head = open_raw_stream(srv, toks[2], source="127.0.0.2")
+        held.append(s)
+        assert st == 200, head
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_stream_ends_when_its_token_is_revoked(api_server_factory):
+    srv = api_server_factory()
+    tid, tok = token_create(srv, "doomed", read_only=True)
+    with SseStream(srv, "/v1/events", token=tok) as doomed, \
+            SseStream(srv, "/v1/events") as keeper:
+        assert doomed.status == 200 and keeper.status == 200
+        r = api(srv, "POST", "/v1/events", json={"name": "before", "data": "1"})
+        assert r.status == 202, r
+        assert doomed.next(5.0).event == "before"
+        assert keeper.next(5.0).event == "before"
+        srv.cli("token", "revoke", tid)
+        t0 = time.monotonic()
+        assert doomed.wait_eof(10.0), "the stream of a revoked token is still open after 10 s: %r" % (
+            doomed.items[-5:],)
+        print("\nstream of a revoked token ended %.2f s after `cyan token revoke`"
+              % (time.monotonic() - t0))
+        assert not [e for e in doomed.events() if e.event == "after"]
+        # The other token's stream goes on.
+        r = api(srv, "POST", "/v1/events", json={"name": "after", "data": "2"})
+        assert r.status == 202, r
+        assert keeper.next(5.0).event == "after"
+    # And the revoked token opens nothing more.
+    r = api(srv, "GET", "/v1/events", token=tok, timeout=5)
+    assert r.status == 401, r
