@@ -315,6 +315,7 @@ typedef struct route_req {
     unsigned nseg;
     char *rest;   /* everything after the segment that starts a prefix, or NULL */
     int scope;
+    char token_id[CY_TOKEN_ID_LEN + 1]; /* the token's id, once authenticated */
 } route_req;
 
 static bool method_is(const route_req *r, const char *m)
@@ -345,7 +346,7 @@ static int authenticate(cy_broker *b, route_req *r)
     }
     const char *tok = h + 7;
     while (*tok == ' ') tok++;
-    int rc = cy_registry_token_check(b->registry, tok, strlen(tok), &r->scope, NULL);
+    int rc = cy_registry_token_check(b->registry, tok, strlen(tok), &r->scope, r->token_id);
     if (rc == 0) return 0;
     if (rc == CY_ESTORE) {
         reply_error(b, r->req, 503, "registry_unavailable", NULL, "the registry cannot be read");
@@ -733,7 +734,8 @@ static void handle(void *ctx, cy_http_req *req)
         if (r.nseg == 1 && method_is(&r, "POST")) {
             if (need_full(b, &r)) event_publish(b, req);
         } else if (method_is(&r, "GET")) {
-            cy_api_stream_open(b, req, NULL, r.nseg > 1 ? events_prefix(raw, "/v1/events/") : "");
+            cy_api_stream_open(b, req, NULL, r.nseg > 1 ? events_prefix(raw, "/v1/events/") : "",
+                               r.token_id);
         } else {
             not_allowed(b, req, r.nseg == 1 ? "GET, POST" : "GET");
         }
@@ -791,7 +793,7 @@ static void handle(void *ctx, cy_http_req *req)
             snprintf(after, sizeof(after), "/%s/events/", r.seg[1]);
             pre = events_prefix(raw, after);
         }
-        cy_api_stream_open(b, req, d.id, pre);
+        cy_api_stream_open(b, req, d.id, pre, r.token_id);
     }
 out:
     cy_free(path);

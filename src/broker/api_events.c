@@ -36,6 +36,7 @@ int cy_api_events_init(cy_api *a, uint32_t capacity)
     if (!a->ring) return CY_ENOMEM;
     a->ring_cap = capacity;
     a->seq = (uint64_t)cy_wall_ms() * 1000;
+    cy_logrl_init(&a->rl, 10000, 20);
     return 0;
 }
 
@@ -140,29 +141,68 @@ static char *event_body(const api_event *e, const ev_view *v)
     return body;
 }
 
-/* Write one event (its body from event_body) to a stream, with the
- * stream's own id; false if the stream must end. */
-static bool send_event(cy_broker *b, api_stream *s, const api_event *e, const char *body)
+/* The event's shared body, made on first need (NULL: it cannot be shown,
+ * or out of memory; either way streams skip it). */
+static cy_http_chunk *event_chunk(api_event *e)
+{
+    if (!e->formatted) {
+        ev_view v;
+        char *body = view(e->m, &v) ? event_body(e, &v) : NULL;
+        e->body = body ? cy_http_chunk_new(body, strlen(body)) : NULL;
+        free(body);
+        e->formatted = true;
+    }
+    return e->body;
+}
+
+static api_event *ring_at(cy_api *a, uint64_t pos)
+{
+    return &a->ring[(a->ring_head + (uint32_t)(pos - a->ring_first)) % a->ring_cap];
+}
+
+/* Write one event to a stream: its own id line (copied), then the body all
+ * streams share (a reference). false if the stream must end. */
+static bool send_event(cy_broker *b, api_stream *s, api_event *e)
 {
     s->cursor[e->origin] = e->seq;
+    cy_http_chunk *body = event_chunk(e);
     if (!body) return true; /* skipped, and the cursor moves past it */
     cy_buf *out = &b->api->out;
     cy_buf_reset(out);
     int rc = cy_buf_append(out, "id: ", 4);
     rc = rc ? rc : append_cursor(out, s->cursor, b->nshards);
     rc = rc ? rc : cy_buf_append(out, "\n", 1);
-    rc = rc ? rc : cy_buf_append(out, body, strlen(body));
     if (rc) return false;
-    return cy_http_stream_write(s->req, (const char *)cy_buf_head(out), cy_buf_size(out)) == 0;
+    /* Both parts or neither: the id alone would be taken for the next event's. */
+    size_t need = cy_buf_size(out) + cy_http_chunk_len(body);
+    size_t backlog = cy_http_stream_backlog(s->req);
+    if (backlog > API_STREAM_BACKLOG || need > API_STREAM_BACKLOG - backlog) return false;
+    if (cy_http_stream_write(s->req, (const char *)cy_buf_head(out), cy_buf_size(out))) return false;
+    return cy_http_stream_write_ref(s->req, body) == 0;
+}
+
+/* A line about a stream the server ended or refused, at most one per client
+ * address per window: a stranger can repeat these at will. */
+static void stream_note(cy_api *a, const char *addr, const char *peer, const char *what)
+{
+    uint64_t held = 0;
+    if (!cy_logrl_allow(&a->rl, addr, cy_mono_ms(), &held)) return;
+    if (held)
+        cy_info(peer, "%s (%" PRIu64 " more like it not logged)", what, held);
+    else
+        cy_info(peer, "%s", what);
 }
 
 static void stream_unlink(cy_api *a, api_stream *s)
 {
+    if (a->fan_next == s) a->fan_next = s->next;
+    if (a->replay_next == s) a->replay_next = s->next;
     if (s->prev)
         s->prev->next = s->next;
     else
         a->streams = s->next;
     if (s->next) s->next->prev = s->prev;
+    a->nstreams--;
     cy_free(s->prefix);
     cy_free(s);
 }
@@ -171,6 +211,69 @@ static void stream_end(cy_api *a, api_stream *s)
 {
     cy_http_stream_end(s->req);
     stream_unlink(a, s);
+}
+
+/* Offer the event at a->fan_pos to the streams from a->fan_next on, and
+ * the next events after it up to end_pos, until none is left (true) or the
+ * slice's time is up (until_us; 0 = no limit) (false). A stream opened meanwhile is added at the head, behind
+ * the walk: it needs none of these events (its cursor starts past them, or
+ * its replay sends them). */
+static bool fan_out(cy_broker *b, int64_t until_us, uint64_t end_pos)
+{
+    cy_api *a = b->api;
+    unsigned n = 0;
+    while (a->fan_pos < end_pos) {
+        api_event *e = ring_at(a, a->fan_pos);
+        ev_view v;
+        if (!a->fan_started) {
+            a->fan_next = a->streams;
+            a->fan_started = true;
+        }
+        bool shown = view(e->m, &v);
+        while (shown && a->fan_next) {
+            api_stream *s = a->fan_next;
+            a->fan_next = s->next;
+            if (s->catching_up || e->seq <= s->cursor[e->origin] || !matches(s, &v)) continue;
+            if (!send_event(b, s, e)) {
+                stream_note(a, s->addr, cy_http_peer(s->req),
+                            "event stream ended: the client reads too slowly");
+                stream_end(a, s);
+            }
+            if (until_us && (++n & 31) == 0 && cy_mono_us() > until_us) return false;
+        }
+        a->fan_started = false;
+        a->fan_next = NULL;
+        a->fan_pos++;
+    }
+    return true;
+}
+
+static void fan_idle_cb(uv_idle_t *h);
+
+/* Run a slice of the fan-out now; if work is left, the next pass of the
+ * loop runs the next slice (an idle handle: the loop polls without
+ * blocking while it is on, so I/O is served between slices). */
+static void fan_slice(cy_broker *b)
+{
+    cy_api *a = b->api;
+    bool done = fan_out(b, cy_mono_us() + API_STREAM_SLICE_US, a->ring_first + a->ring_count);
+    if (done && a->fan_idle_on) {
+        uv_idle_stop(&a->fan_idle);
+        a->fan_idle_on = false;
+    } else if (!done && !a->fan_idle_on) {
+        if (!a->fan_idle_init) {
+            uv_idle_init(b->loop, &a->fan_idle);
+            a->fan_idle.data = b;
+            a->fan_idle_init = true;
+        }
+        uv_idle_start(&a->fan_idle, fan_idle_cb);
+        a->fan_idle_on = true;
+    }
+}
+
+static void fan_idle_cb(uv_idle_t *h)
+{
+    fan_slice(h->data);
 }
 
 void cy_api_event(cy_broker *b, cy_msg *m)
@@ -184,34 +287,24 @@ void cy_api_event(cy_broker *b, cy_msg *m)
     b->stats.events++;
     uint32_t at;
     if (a->ring_count == a->ring_cap) {
+        /* The oldest event leaves the ring: if the fan-out has not offered
+         * it to every stream yet (a burst larger than the ring), finish
+         * that now, whatever it costs, rather than lose it. */
+        if (a->fan_pos == a->ring_first) fan_out(b, 0, a->ring_first + 1);
         api_event *old = &a->ring[a->ring_head];
         if (old->seq > a->evicted[old->origin]) a->evicted[old->origin] = old->seq;
         cy_msg_unref(old->m);
+        cy_http_chunk_unref(old->body);
         at = a->ring_head;
         a->ring_head = (a->ring_head + 1) % a->ring_cap;
+        a->ring_first++;
     } else {
         at = (a->ring_head + a->ring_count++) % a->ring_cap;
     }
     api_event *e = &a->ring[at];
-    e->m = cy_msg_ref(m);
-    e->seq = m->event_seq;
-    e->origin = (uint8_t)o;
-    e->at = cy_wall_ms();
-    char *body = NULL; /* formatted once, for the first stream that takes it */
-    bool formatted = false;
-    for (api_stream *s = a->streams, *n; s; s = n) {
-        n = s->next;
-        if (s->catching_up || e->seq <= s->cursor[o] || !matches(s, &v)) continue;
-        if (!formatted) {
-            body = event_body(e, &v);
-            formatted = true;
-        }
-        if (!send_event(b, s, e, body)) {
-            cy_info(cy_http_peer(s->req), "event stream ended: the client reads too slowly");
-            stream_end(a, s);
-        }
-    }
-    free(body);
+    *e = (api_event){.m = cy_msg_ref(m), .seq = m->event_seq, .origin = (uint8_t)o,
+                     .at = cy_wall_ms()};
+    fan_slice(b);
 }
 
 /* The client left: forget the stream (the request is freed by http). */
@@ -223,22 +316,22 @@ static void stream_gone(void *arg, cy_http_req *req)
 }
 
 /* Replay what s missed from the ring, in ring order, while its unsent
- * output stays under half the limit; the tick calls again until it has
- * caught up, then live events flow. Meanwhile live events wait in the ring
- * (sending one would move the cursor past older ones not yet replayed).
- * false: the stream must end. */
-static bool catch_up(cy_broker *b, api_stream *s)
+ * output stays under half the limit and the slice lasts (until_us, 0 = no
+ * limit); the tick calls again until it has caught up, then live events
+ * flow. Meanwhile live events wait in the ring (sending one would move the
+ * cursor past older ones not yet replayed). false: the stream must end. */
+static bool catch_up(cy_broker *b, api_stream *s, int64_t until_us)
 {
     cy_api *a = b->api;
-    for (uint32_t i = 0; i < a->ring_count; i++) {
+    if (s->replay_pos < a->ring_first) s->replay_pos = a->ring_first;
+    unsigned n = 0;
+    for (; s->replay_pos < a->ring_first + a->ring_count; s->replay_pos++) {
         if (cy_http_stream_backlog(s->req) > API_STREAM_BACKLOG / 2) return true;
-        api_event *e = &a->ring[(a->ring_head + i) % a->ring_cap];
+        if (until_us && (++n & 63) == 0 && cy_mono_us() > until_us) return true;
+        api_event *e = ring_at(a, s->replay_pos);
         ev_view v;
         if (e->seq <= s->cursor[e->origin] || !view(e->m, &v) || !matches(s, &v)) continue;
-        char *body = event_body(e, &v);
-        bool ok = send_event(b, s, e, body);
-        free(body);
-        if (!ok) return false;
+        if (!send_event(b, s, e)) return false;
     }
     s->catching_up = false;
     return true;
@@ -270,9 +363,42 @@ static void open_failed(cy_http_req *req, const char *why)
     free(body);
 }
 
-void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, const char *prefix)
+/* The address part of "ip:port" / "[ip6]:port". */
+static void peer_addr(const char *peer, char *out, size_t size)
+{
+    snprintf(out, size, "%s", peer ? peer : "?");
+    char *colon = strrchr(out, ':');
+    if (colon && colon != out) *colon = '\0';
+}
+
+void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, const char *prefix,
+                        const char *token_id)
 {
     cy_api *a = b->api;
+    char addr[64];
+    peer_addr(cy_http_peer(req), addr, sizeof(addr));
+    if (!token_id) token_id = "";
+    /* One token or one address may not take every connection of the shard
+     * (each stream holds one for as long as it lasts). */
+    unsigned by_token = 0, by_addr = 0;
+    for (api_stream *s = a->streams; s; s = s->next) {
+        by_token += strcmp(s->token, token_id) == 0;
+        by_addr += strcmp(s->addr, addr) == 0;
+    }
+    if (by_token >= b->cfg->sse_max_per_token || by_addr >= b->cfg->sse_max_per_address) {
+        bool tok = by_token >= b->cfg->sse_max_per_token;
+        stream_note(a, addr, cy_http_peer(req),
+                    tok ? "event stream refused: too many streams on its token"
+                        : "event stream refused: too many streams from its address");
+        char *body = cy_api_error_body(
+            "too_many_streams", "%s already holds %u event streams on this shard (the limit)",
+            tok ? "this token" : "this address",
+            tok ? b->cfg->sse_max_per_token : b->cfg->sse_max_per_address);
+        static const char *const retry[] = {"Retry-After", "5", NULL};
+        if (body) cy_http_reply(req, 429, NULL, body, strlen(body), retry);
+        free(body);
+        return;
+    }
     api_stream *s = cy_calloc(1, sizeof(*s));
     if (s) s->prefix = cy_strdup(prefix ? prefix : "");
     if (!s || !s->prefix) {
@@ -283,6 +409,8 @@ void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, cons
     s->a = a;
     s->prefix_len = strlen(s->prefix);
     if (device) snprintf(s->device, sizeof(s->device), "%s", device);
+    snprintf(s->token, sizeof(s->token), "%s", token_id);
+    memcpy(s->addr, addr, sizeof(s->addr));
     s->req = req;
     const char *last = cy_http_header(req, "Last-Event-ID");
     if (!last) last = cy_http_query(req, "last_event_id");
@@ -300,6 +428,7 @@ void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, cons
     s->next = a->streams;
     if (a->streams) a->streams->prev = s;
     a->streams = s;
+    a->nstreams++;
 
     char line[256];
     int k = snprintf(line, sizeof(line), ": cyan event stream, shard %u%s\n\n", b->self,
@@ -317,34 +446,94 @@ void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, cons
                      ": gap: events from shard(s)%s are no longer buffered\n\n", gap);
         cy_http_stream_write(req, line, (size_t)k);
     }
+    /* The replay starts in the next tick, in slices shared with the other
+     * streams replaying: a thousand clients resuming at once are served
+     * without one long pass. */
     s->catching_up = true;
-    if (!catch_up(b, s)) stream_end(a, s);
+    s->replay_pos = a->ring_first;
+}
+
+/* End the streams whose token was revoked: one registry lookup per
+ * distinct token, not per stream. A registry that cannot be read ends
+ * nothing (the next check tries again). */
+static void recheck_tokens(cy_broker *b)
+{
+    cy_api *a = b->api;
+    cy_map seen; /* token id -> (void *)1 valid, (void *)2 revoked; keys borrowed from streams */
+    cy_map_init(&seen);
+    for (api_stream *s = a->streams; s; s = s->next) {
+        if (!s->token[0]) continue;
+        void *v = cy_map_get(&seen, s->token, strlen(s->token));
+        if (!v) {
+            int rc = cy_registry_token_exists(b->registry, s->token);
+            v = rc == 0 ? (void *)2 : (void *)1;
+            if (cy_map_put(&seen, s->token, strlen(s->token), v)) {
+                /* out of memory: judged alone, the next stream asks again */
+            }
+        }
+        s->revoked = v == (void *)2;
+    }
+    cy_map_fini(&seen);
+    for (api_stream *s = a->streams, *n; s; s = n) {
+        n = s->next;
+        if (!s->revoked) continue;
+        cy_http_stream_write(s->req, ": token revoked\n\n", 17);
+        stream_note(a, s->addr, cy_http_peer(s->req), "event stream ended: its token was revoked");
+        stream_end(a, s);
+    }
 }
 
 void cy_api_events_tick(cy_broker *b, int64_t now)
 {
     cy_api *a = b->api;
-    for (api_stream *s = a->streams, *n; s; s = n) {
-        n = s->next;
-        if (s->catching_up && !catch_up(b, s)) stream_end(a, s);
+    /* Replays, one slice per tick, going on from where the last one
+     * stopped so that every stream gets its turn. */
+    int64_t until = cy_mono_us() + API_STREAM_SLICE_US;
+    api_stream *s = a->replay_next ? a->replay_next : a->streams;
+    for (unsigned visited = 0; s && visited < a->nstreams; visited++) {
+        api_stream *n = s->next ? s->next : a->streams;
+        if (s->catching_up && !catch_up(b, s, until)) {
+            if (n == s) n = NULL;
+            stream_end(a, s);
+        }
+        s = n;
+        if (cy_mono_us() > until) break;
+    }
+    a->replay_next = s;
+    if (now >= a->next_token_check) {
+        a->next_token_check = now + API_TOKEN_RECHECK_MS;
+        recheck_tokens(b);
     }
     if (now < a->next_heartbeat) return;
     a->next_heartbeat = now + (int64_t)b->cfg->sse_heartbeat * 1000;
-    for (api_stream *s = a->streams, *n; s; s = n) {
-        n = s->next;
-        if (cy_http_stream_write(s->req, ": heartbeat\n\n", 13)) stream_end(a, s);
+    for (api_stream *t = a->streams, *n; t; t = n) {
+        n = t->next;
+        if (cy_http_stream_write(t->req, ": heartbeat\n\n", 13)) stream_end(a, t);
     }
+}
+
+static void fan_idle_closed(uv_handle_t *h)
+{
+    (void)h;
 }
 
 void cy_api_streams_close(cy_api *a)
 {
     while (a->streams) stream_end(a, a->streams);
+    a->fan_pos = a->ring_first + a->ring_count;
+    if (a->fan_idle_init) {
+        uv_close((uv_handle_t *)&a->fan_idle, fan_idle_closed);
+        a->fan_idle_init = a->fan_idle_on = false;
+    }
 }
 
 void cy_api_events_free(cy_api *a)
 {
-    for (uint32_t i = 0; i < a->ring_count; i++)
-        cy_msg_unref(a->ring[(a->ring_head + i) % a->ring_cap].m);
+    for (uint32_t i = 0; i < a->ring_count; i++) {
+        api_event *e = &a->ring[(a->ring_head + i) % a->ring_cap];
+        cy_msg_unref(e->m);
+        cy_http_chunk_unref(e->body);
+    }
     a->ring_count = 0;
     cy_free(a->ring);
     a->ring = NULL;

@@ -26,6 +26,7 @@
 #define CY_API_INT_H
 
 #include "broker/broker_int.h"
+#include "core/cy_log.h"
 #include "http/http.h"
 
 #include <jansson.h>
@@ -54,7 +55,17 @@ enum {
 #define API_OWNER_MARGIN_MS 100
 /* Presence and list requests wait this long for owner shards. */
 #define API_PRESENCE_TIMEOUT_MS 1000
+/* Bytes a stream may have queued and not yet taken by its client, shared
+ * event bodies counted at their full length (it is how far behind the
+ * client is; the memory of a body is paid once however many streams hold
+ * it). Past it the stream ends; the client resumes with Last-Event-ID. */
 #define API_STREAM_BACKLOG (1u << 20)
+/* Longest slice of stream work (fan-out of events, replays) in one pass of
+ * the loop; the rest continues in the next passes, so the loop never looks
+ * hung to the watchdog however many streams there are. */
+#define API_STREAM_SLICE_US 5000
+/* How often the tokens of open streams are checked again (revocation). */
+#define API_TOKEN_RECHECK_MS 1000
 
 /* The owner's record of one device since this shard started. */
 typedef struct api_presence {
@@ -95,6 +106,9 @@ typedef struct api_pending {
 /* One buffered event. */
 typedef struct api_event {
     cy_msg *m;       /* reference */
+    cy_http_chunk *body; /* reference: "event: ...\ndata: ...\n\n", made once when
+                          * a stream first needs it; NULL if it cannot be shown */
+    bool formatted;  /* body was made (or found impossible) */
     uint64_t seq;    /* origin's event sequence number */
     int64_t at;      /* wall ms when this shard got it */
     uint8_t origin;  /* shard that took it from its publisher */
@@ -110,6 +124,10 @@ typedef struct api_stream {
     size_t prefix_len;
     uint64_t cursor[CY_SB_MAX_SHARDS]; /* last seq sent, per origin */
     bool catching_up;                  /* replaying from the ring, paced by its backlog */
+    bool revoked;                      /* its token is gone: end it */
+    uint64_t replay_pos;               /* absolute ring position the replay goes on from */
+    char token[CY_TOKEN_ID_LEN + 1];   /* id of the token that opened it */
+    char addr[64];                     /* client address, without the port */
 } api_stream;
 
 typedef struct cy_api cy_api;
@@ -135,9 +153,23 @@ struct cy_api {
     uint64_t evicted[CY_SB_MAX_SHARDS]; /* highest seq dropped from the ring, per origin */
     uint64_t last_seq[CY_SB_MAX_SHARDS]; /* highest seq seen, per origin */
     uint64_t seq;          /* ours, for events our clients publish */
+    uint64_t ring_first;   /* absolute position of ring[ring_head]: events ever evicted */
     api_stream *streams;
+    unsigned nstreams;
     int64_t next_heartbeat; /* mono ms */
+    int64_t next_token_check; /* mono ms */
     cy_buf out;            /* formatting scratch */
+    /* Fan-out of new events, in slices (API_STREAM_SLICE_US): events at
+     * absolute ring positions [fan_pos, ring_first + ring_count) have not
+     * yet been offered to every stream; fan_next is the next stream to
+     * offer the one at fan_pos (valid while fan_started). */
+    uint64_t fan_pos;
+    api_stream *fan_next;
+    bool fan_started;
+    api_stream *replay_next; /* where the tick's replays go on from, or NULL */
+    uv_idle_t fan_idle;    /* runs the next slice in the next pass while work is left */
+    bool fan_idle_init, fan_idle_on;
+    cy_logrl rl;           /* streams ended or refused, one line per address per window */
 };
 
 /* api.c */
@@ -168,9 +200,15 @@ void cy_api_device_free(cy_api *a);
 /* api_events.c */
 int cy_api_events_init(cy_api *a, uint32_t capacity);
 void cy_api_events_free(cy_api *a);
-/* Open a stream on req (GET .../events...). device may be NULL. */
-void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, const char *prefix);
+/* Open a stream on req (GET .../events...) for the token with id token_id
+ * (borrowed; checked by the caller). device may be NULL. Answers 429
+ * too_many_streams past sse_max_per_token / sse_max_per_address. */
+void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, const char *prefix,
+                        const char *token_id);
+/* Replays, heartbeats, and ending the streams of revoked tokens. */
 void cy_api_events_tick(cy_broker *b, int64_t now);
+/* End every stream, and close the fan-out's idle handle (the loop must run
+ * once more before cy_api_events_free). */
 void cy_api_streams_close(cy_api *a);
 
 #endif

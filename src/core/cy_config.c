@@ -71,6 +71,10 @@ static const setting table[] = {
     U32(sse_heartbeat, "15", 1, 3600, "seconds between heartbeat comments on event streams"),
     U32(event_buffer, "1000", 1, 1000000,
         "events each shard keeps so that a stream can resume (Last-Event-ID)"),
+    U32(sse_max_per_token, "100", 1, 1000000,
+        "event streams one API token may hold open on each shard (429 beyond)"),
+    U32(sse_max_per_address, "100", 1, 1000000,
+        "event streams one client address may hold open on each shard (429 beyond)"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))

@@ -48,6 +48,8 @@ typedef struct cy_config {
     uint32_t http_idle_timeout; /* s */
     uint32_t sse_heartbeat;     /* s between heartbeat comments on event streams */
     uint32_t event_buffer;      /* events each shard keeps for resuming streams */
+    uint32_t sse_max_per_token;   /* open event streams per API token, per shard */
+    uint32_t sse_max_per_address; /* open event streams per client address, per shard */
 } cy_config;
 
 typedef struct cy_config_error {

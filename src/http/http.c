@@ -19,7 +19,9 @@
  * which every MHD version supports.
  *
  * A stream is a response of unknown size (chunked) whose content reader
- * hands out the request's byte queue. With the queue empty the reader
+ * hands out the request's byte queue: runs of copied bytes and references
+ * to shared chunks (one event's bytes, written to a thousand streams, are
+ * held once), copied into MHD's buffer only as the client takes them. With the queue empty the reader
  * suspends the connection and returns 0 (MHD's documented way not to spin);
  * cy_http_stream_write or cy_http_stream_end resumes it. MHD calls the reader
  * for a chunk only after the previous chunk has entirely reached the kernel,
@@ -105,6 +107,23 @@ typedef struct hconn {
     int64_t deadline_ms; /* monotonic; 0 when not armed */
 } hconn;
 
+/* Shared immutable bytes (cy_http_stream_write_ref). */
+struct cy_http_chunk {
+    unsigned refs;
+    size_t len;
+    char data[];
+};
+
+/* One piece of a stream's queue: the next len bytes of out (ref NULL), or
+ * bytes [off, ref->len) of a shared chunk. A stream writing the same chunk
+ * as a thousand others holds a reference, not a copy. */
+typedef struct oseg {
+    struct oseg *next;
+    cy_http_chunk *ref;
+    size_t len; /* ref NULL: bytes of out this piece stands for */
+    size_t off; /* ref: bytes of the chunk already handed to MHD */
+} oseg;
+
 struct cy_http_req {
     cy_http *h;
     struct MHD_Connection *conn;
@@ -122,7 +141,8 @@ struct cy_http_req {
     unsigned status;
     void (*on_close)(void *arg, cy_http_req *req);
     void *on_close_arg;
-    cy_buf out;         /* stream bytes not yet handed to MHD */
+    cy_buf out;         /* copied stream bytes not yet handed to MHD */
+    oseg *q_head, *q_tail; /* the stream's queue, in order: runs of out, shared chunks */
     uint64_t out_total; /* stream bytes accepted from the application */
     uint64_t out_sent;  /* stream bytes the kernel has taken (the reader's last pos) */
     char peer[64];      /* "ip:port" */
@@ -345,6 +365,12 @@ static void req_free_mem(cy_http_req *req)
     if (req->resp) MHD_destroy_response(req->resp);
     cy_free(req->body);
     cy_buf_fini(&req->out);
+    while (req->q_head) {
+        oseg *g = req->q_head;
+        req->q_head = g->next;
+        cy_http_chunk_unref(g->ref);
+        cy_free(g);
+    }
     cy_free(req);
 }
 
@@ -516,14 +542,33 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     cy_http_req *req = cls;
     req->out_sent = pos;
     if (req->state == RQ_GONE) return MHD_CONTENT_READER_END_WITH_ERROR;
-    size_t n = cy_buf_size(&req->out);
-    if (n > 0) {
-        if (n > max) n = max;
-        memcpy(buf, cy_buf_head(&req->out), n);
-        cy_buf_consume(&req->out, n);
-        if (cy_buf_size(&req->out) == 0) cy_buf_shrink(&req->out);
-        return (ssize_t)n;
+    size_t n = 0;
+    while (req->q_head && n < max) {
+        oseg *g = req->q_head;
+        size_t k;
+        bool done;
+        if (g->ref) {
+            k = g->ref->len - g->off;
+            if (k > max - n) k = max - n;
+            memcpy(buf + n, g->ref->data + g->off, k);
+            g->off += k;
+            done = g->off == g->ref->len;
+        } else {
+            k = g->len < max - n ? g->len : max - n;
+            memcpy(buf + n, cy_buf_head(&req->out), k);
+            cy_buf_consume(&req->out, k);
+            g->len -= k;
+            done = g->len == 0;
+        }
+        n += k;
+        if (!done) break;
+        req->q_head = g->next;
+        if (!req->q_head) req->q_tail = NULL;
+        cy_http_chunk_unref(g->ref);
+        cy_free(g);
     }
+    if (req->q_head == NULL) cy_buf_shrink(&req->out);
+    if (n > 0) return (ssize_t)n;
     if (req->state == RQ_ENDED) return MHD_CONTENT_READER_END_OF_STREAM;
     suspend(req);
     return 0;
@@ -576,17 +621,85 @@ size_t cy_http_stream_backlog(const cy_http_req *req)
     return req ? (size_t)(req->out_total - req->out_sent) : 0;
 }
 
-int cy_http_stream_write(cy_http_req *req, const char *data, size_t len)
+/* Checks shared by both writes: 0, or why len more bytes cannot be queued. */
+static int stream_can_take(const cy_http_req *req, size_t len)
 {
-    if (req == NULL || (data == NULL && len > 0)) return CY_EINVAL;
     if (req->state == RQ_GONE || req->h->stopping) return CY_EPIPE;
     if (req->state != RQ_STREAM) return CY_EINVAL;
-    if (len == 0) return 0;
     size_t backlog = cy_http_stream_backlog(req);
     if (backlog > req->h->lim.max_stream_backlog || len > req->h->lim.max_stream_backlog - backlog)
         return CY_ENOBUFS;
-    if (cy_buf_append(&req->out, data, len) != 0) return CY_ENOMEM;
+    return 0;
+}
+
+/* Append a piece to the queue (g is the caller's allocation). */
+static void stream_queue(cy_http_req *req, oseg *g)
+{
+    if (req->q_tail)
+        req->q_tail->next = g;
+    else
+        req->q_head = g;
+    req->q_tail = g;
+}
+
+int cy_http_stream_write(cy_http_req *req, const char *data, size_t len)
+{
+    if (req == NULL || (data == NULL && len > 0)) return CY_EINVAL;
+    int rc = stream_can_take(req, len);
+    if (rc || len == 0) return rc;
+    oseg *g = NULL;
+    if (!req->q_tail || req->q_tail->ref) { /* else the run at the tail grows */
+        g = cy_calloc(1, sizeof(*g));
+        if (g == NULL) return CY_ENOMEM;
+    }
+    if (cy_buf_append(&req->out, data, len) != 0) {
+        cy_free(g);
+        return CY_ENOMEM;
+    }
+    if (g) stream_queue(req, g);
+    req->q_tail->len += len;
     req->out_total += len;
+    resume(req);
+    return 0;
+}
+
+cy_http_chunk *cy_http_chunk_new(const char *data, size_t len)
+{
+    if (data == NULL && len > 0) return NULL;
+    cy_http_chunk *c = cy_malloc(sizeof(*c) + len);
+    if (c == NULL) return NULL;
+    c->refs = 1;
+    c->len = len;
+    if (len) memcpy(c->data, data, len);
+    return c;
+}
+
+cy_http_chunk *cy_http_chunk_ref(cy_http_chunk *c)
+{
+    if (c) c->refs++;
+    return c;
+}
+
+void cy_http_chunk_unref(cy_http_chunk *c)
+{
+    if (c && --c->refs == 0) cy_free(c);
+}
+
+size_t cy_http_chunk_len(const cy_http_chunk *c)
+{
+    return c ? c->len : 0;
+}
+
+int cy_http_stream_write_ref(cy_http_req *req, cy_http_chunk *c)
+{
+    if (req == NULL || c == NULL) return CY_EINVAL;
+    int rc = stream_can_take(req, c->len);
+    if (rc || c->len == 0) return rc;
+    oseg *g = cy_calloc(1, sizeof(*g));
+    if (g == NULL) return CY_ENOMEM;
+    g->ref = cy_http_chunk_ref(c);
+    stream_queue(req, g);
+    req->out_total += c->len;
     resume(req);
     return 0;
 }

@@ -29,8 +29,8 @@
  *
  * Ownership: cy_http_new borrows loop; the listening fd is duplicated (the
  * caller keeps its own). Strings returned by the accessors are borrowed from
- * the request and valid while it is. Reply bodies and stream chunks are
- * copied.
+ * the request and valid while it is. Reply bodies and stream writes are
+ * copied, except chunks written with cy_http_stream_write_ref (shared).
  * Thread: the loop's thread only; no callback runs on another thread.
  * Errors: CY_ENOMEM, CY_EINVAL (bad argument, a second answer to one
  * request), CY_EIO (libmicrohttpd refused to start), CY_ENOBUFS (stream
@@ -47,6 +47,8 @@
 
 typedef struct cy_http cy_http;
 typedef struct cy_http_req cy_http_req;
+/* Immutable bytes shared by many streams, refcounted. */
+typedef struct cy_http_chunk cy_http_chunk;
 
 typedef struct cy_http_limits {
     size_t max_header_bytes;   /* request line + headers; 0 = 16 KiB */
@@ -111,6 +113,18 @@ int cy_http_stream_begin(cy_http_req *req, const char *content_type, const char 
 /* Queue bytes (copied) for the client. CY_ENOBUFS past max_stream_backlog
  * (nothing queued: end the stream), CY_EPIPE if the client is gone. */
 int cy_http_stream_write(cy_http_req *req, const char *data, size_t len);
+/* The same for bytes many streams send: one chunk, written to each stream
+ * without a copy. cy_http_chunk_new copies data[0..len) once (NULL when out
+ * of memory); the caller holds the one reference it returns and drops it
+ * with cy_http_chunk_unref. cy_http_stream_write_ref takes a reference of
+ * its own on success (the caller keeps its own); the chunk's whole length
+ * counts toward max_stream_backlog, as copied bytes do (it is how far
+ * behind the client is). Errors as cy_http_stream_write. */
+cy_http_chunk *cy_http_chunk_new(const char *data, size_t len);
+cy_http_chunk *cy_http_chunk_ref(cy_http_chunk *c); /* returns c; NULL is ignored */
+void cy_http_chunk_unref(cy_http_chunk *c);         /* safe on NULL */
+size_t cy_http_chunk_len(const cy_http_chunk *c);
+int cy_http_stream_write_ref(cy_http_req *req, cy_http_chunk *c);
 /* Bytes queued and not yet taken by the kernel. */
 size_t cy_http_stream_backlog(const cy_http_req *req);
 /* End the stream after what is queued has been sent; req must not be used

@@ -663,6 +663,22 @@ int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *
     return rc;
 }
 
+int cy_registry_token_exists(cy_registry *r, const char *id)
+{
+    if (!id) return CY_EINVAL;
+    cy_registry_end_reads(r); /* a revocation is seen at once */
+    sqlite3_stmt *st = r->st[ST_TOKEN_CHECK];
+    int rc;
+    if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC)) {
+        rc = db_fail(r->db, "token_exists");
+    } else {
+        int sr = sqlite3_step(st);
+        rc = sr == SQLITE_ROW ? 1 : sr == SQLITE_DONE ? 0 : db_fail(r->db, "token_exists");
+    }
+    done(st);
+    return rc;
+}
+
 int cy_registry_token_revoke(cy_registry *r, const char *id)
 {
     return delete_by_key(r, r->st[ST_TOKEN_REVOKE], id, "token_revoke");

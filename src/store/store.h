@@ -143,6 +143,12 @@ int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *
  * Errors: CY_EINVAL (fn NULL), CY_ESTORE. */
 int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *t), void *ctx);
 
+/* Whether the token with this id (borrowed) still exists: 1 yes, 0 no (it
+ * was revoked; ids are never reused). A cheap lookup, no secret involved:
+ * for re-checking a token that was checked in full before.
+ * Errors: CY_EINVAL (id NULL), CY_ESTORE. */
+int cy_registry_token_exists(cy_registry *r, const char *id);
+
 /* Revoke (delete) the token with this id (borrowed): from the return on,
  * checking it answers CY_EACCES.
  * Errors: CY_ENOENT if there is no such token, CY_EINVAL (id NULL),
