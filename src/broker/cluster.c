@@ -752,7 +752,7 @@ static void refuse_unavailable(cy_conn *c, uint8_t version, const char *why)
     else
         cy_buf_append(&c->out, v3, sizeof(v3));
     c->b->stats.connects_refused++;
-    cy_info(cy_conn_peer(c), "connect refused (server unavailable): %s", why);
+    cy_conn_log_stranger(c, "refused logins", "connect refused (server unavailable): %s", why);
     cy_conn_close(c, 0, NULL);
 }
 
