@@ -26,6 +26,7 @@
 #define CY_API_INT_H
 
 #include "broker/broker_int.h"
+#include "core/cy_log.h"
 #include "http/http.h"
 
 #include <jansson.h>
@@ -55,6 +56,10 @@ enum {
 /* Presence and list requests wait this long for owner shards. */
 #define API_PRESENCE_TIMEOUT_MS 1000
 #define API_STREAM_BACKLOG (1u << 20)
+/* Failed token checks: one log line per source address per window, and at
+ * most this many lines per window from all sources together. */
+#define API_AUTH_LOG_WINDOW_MS 10000
+#define API_AUTH_LOG_BURST 20
 
 /* The owner's record of one device since this shard started. */
 typedef struct api_presence {
@@ -138,6 +143,7 @@ struct cy_api {
     api_stream *streams;
     int64_t next_heartbeat; /* mono ms */
     cy_buf out;            /* formatting scratch */
+    cy_logrl auth_log;     /* failed token checks: one line per source address per window */
 };
 
 /* api.c */
