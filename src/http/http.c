@@ -47,7 +47,9 @@
  * request's first line arrived (MHD's URI callback) until its body is
  * complete and the application's handler has it. A connection past its
  * deadline is shut down (shutdown(2), which MHD sees as the client
- * leaving), after a 408 if its body was arriving. Within a phase the
+ * leaving), after a 408 if its body was arriving. A new connection starts
+ * in the second phase (its first request's clock runs from the accept),
+ * unless idle_timeout_s is the shorter. Within a phase the
  * deadlines all have the same length, so each phase's armed connections
  * form a FIFO, and one timer serves the earlier of the two heads.
  *
@@ -383,11 +385,17 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         }
         hc->fd = ci->connect_fd;
         *socket_context = hc;
-        arm_idle(h, hc);
+        /* A new connection has no reason to wait before its first request:
+         * that request's deadline runs from the accept (or the idle one,
+         * if shorter), so that a socket that sends nothing, or trickles its
+         * first line, holds its place no longer than a slow request. */
+        if (h->lim.request_timeout_s <= h->lim.idle_timeout_s)
+            arm(h, hc, &h->req_q, h->lim.request_timeout_s);
+        else
+            arm_idle(h, hc);
     } else {
         hconn *hc = *socket_context;
         *socket_context = NULL;
-        if (hc && hc->req) hc->req->conn = NULL; /* cannot happen: completed first */
         disarm(h, hc);
         cy_free(hc);
         deadline_timer_update(h);
@@ -404,7 +412,9 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 {
     cy_http *h = cls;
     (void)uri;
-    if (!h->stopping) arm(h, conn_ctx(c), &h->req_q, h->lim.request_timeout_s);
+    hconn *hc = conn_ctx(c);
+    /* On a new connection the clock has run since the accept already. */
+    if (!h->stopping && hc && hc->q != &h->req_q) arm(h, hc, &h->req_q, h->lim.request_timeout_s);
     return NULL; /* the access handler's first call still sees *con_cls NULL */
 }
 

@@ -27,15 +27,17 @@
  * a body over max_body_bytes (413, judged from Content-Length when present,
  * else as soon as a chunked body passes the limit; the rest of that body is
  * read and dropped so that no reset loses the answer);
- * request_timeout_s, a total deadline from a request's first line to the
- * end of its body (past it the connection is closed, with a 408 when the
- * body was arriving), so that a client trickling its headers or its body
- * one byte at a time cannot hold a connection;
+ * request_timeout_s, a total deadline from a request's first line (for a
+ * new connection's first request: from the accept) to the end of its body
+ * (past it the connection is closed, with a 408 when the body was
+ * arriving), so that a client trickling its headers or its body one byte
+ * at a time cannot hold a connection;
  * max_connections (past it the server stops accepting until one of its
  * connections closes: a new connection waits in the kernel's queue, or
  * another process sharing the socket takes it);
- * idle_timeout_s (a connection with no request under way and nothing being
- * answered for that long is closed).
+ * idle_timeout_s (a kept-alive connection with no request under way and
+ * nothing being answered for that long is closed; the request line counts
+ * as under way once it is whole).
  * Streams may hold at most cy_http_stream_limit connections: the rest (a
  * tenth of max_connections, at least one) stay for ordinary requests, so
  * that streams alone can never use up the server. A stream's unsent output

@@ -1018,12 +1018,27 @@ static int64_t trickle_until_cut(cl *c, const char *byte)
 
 static void c_request_timeout(srv *s)
 {
-    /* A body trickled one byte at a time: each byte resets MHD's idle
-     * clock, but the request's total deadline (1 s) cuts it, with a 408. */
+    /* A new connection's first request has the deadline from the accept:
+     * one that sends nothing, or trickles its request line, is closed
+     * after 1 s (not idle_timeout_s, 30 s). */
     cl *c = cl_open(s);
     CHECK(c);
+    int64_t t0 = now_ms();
+    CHECK(cl_sees_close(c));
+    CHECK(now_ms() - t0 >= 800 && now_ms() - t0 < 2500);
+    cl_close(c);
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "GET /") == 0);
+    int64_t dt = trickle_until_cut(c, "a");
+    CHECK(dt >= 700 && dt < 2500);
+    cl_close(c);
+    /* A body trickled one byte at a time: each byte resets MHD's idle
+     * clock, but the request's total deadline (1 s) cuts it, with a 408. */
+    c = cl_open(s);
+    CHECK(c);
     CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n") == 0);
-    int64_t dt = trickle_until_cut(c, "x");
+    dt = trickle_until_cut(c, "x");
     CHECK(dt >= 800 && dt < 2500);
     CHECK(cl_response(c, &R, false) == 0);
     CHECK(R.status == 408);
