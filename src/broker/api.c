@@ -26,6 +26,7 @@
 #include <string.h>
 #include <strings.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -315,7 +316,6 @@ typedef struct route_req {
     unsigned nseg;
     char *rest;   /* everything after the segment that starts a prefix, or NULL */
     int scope;
-    char token_id[CY_TOKEN_ID_LEN + 1]; /* the token's id, once authenticated */
 } route_req;
 
 static bool method_is(const route_req *r, const char *m)
@@ -336,25 +336,63 @@ static bool need_full(cy_broker *b, route_req *r)
     return false;
 }
 
-static int authenticate(cy_broker *b, route_req *r)
+/* A failed token check, logged: a stranger can repeat it at will, so one
+ * line per source address per window, with the count of those held back.
+ * The token itself is never logged. */
+static void auth_failed_log(cy_broker *b, cy_http_req *req, const char *why)
 {
-    const char *h = cy_http_header(r->req, "Authorization");
+    uint64_t held = 0;
+    const char *addr = cy_http_peer_addr(req);
+    if (!cy_logrl_allow(&b->api->auth_log, addr, cy_mono_ms(), &held)) return;
+    char more[64] = "";
+    if (held) snprintf(more, sizeof(more), " (%" PRIu64 " more since the last line)", held);
+    cy_warn(NULL, "api: %s %s from %s refused: %s%s", cy_http_method(req), cy_http_path(req),
+            addr, why, more);
+}
+
+/* Check the request's bearer token. On success returns its CY_SCOPE_*; on
+ * failure answers req (401, or 503 when the registry cannot be read),
+ * logs it, and returns 0. */
+static int authenticate(cy_broker *b, cy_http_req *req)
+{
+    const char *h = cy_http_header(req, "Authorization");
     static const char *const www[] = {"WWW-Authenticate", "Bearer realm=\"cyan\"", NULL};
     if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
-        reply_error(b, r->req, 401, "unauthorized", www, "an Authorization: Bearer token is needed");
-        return -1;
+        auth_failed_log(b, req, h ? "Authorization is not a Bearer token" : "no token");
+        reply_error(b, req, 401, "unauthorized", www, "an Authorization: Bearer token is needed");
+        return 0;
     }
     const char *tok = h + 7;
     while (*tok == ' ') tok++;
-    int rc = cy_registry_token_check(b->registry, tok, strlen(tok), &r->scope, r->token_id);
-    if (rc == 0) return 0;
+    int scope = 0;
+    int rc = cy_registry_token_check(b->registry, tok, strlen(tok), &scope, NULL);
+    if (rc == 0 && scope != 0) return scope;
     if (rc == CY_ESTORE) {
-        reply_error(b, r->req, 503, "registry_unavailable", NULL, "the registry cannot be read");
-        return -1;
+        auth_failed_log(b, req, "the registry cannot be read");
+        reply_error(b, req, 503, "registry_unavailable", NULL, "the registry cannot be read");
+        return 0;
     }
-    reply_error(b, r->req, 401, "unauthorized", www, "%s",
-                rc == CY_EINVAL ? "malformed token" : "unknown or revoked token");
-    return -1;
+    const char *why = rc == CY_EINVAL ? "malformed token" : "unknown or revoked token";
+    auth_failed_log(b, req, why);
+    reply_error(b, req, 401, "unauthorized", www, "%s", why);
+    return 0;
+}
+
+/* The HTTP server's check, run once a request's headers are in and before
+ * any of its body is read: every path but /v1/health needs a valid token,
+ * so a stranger's body is refused (and the connection closed) unread. The
+ * scope found is left on the request for handle(). A GET of /v1/health
+ * needs nothing; another method on it is refused here too. */
+static void check_request(void *ctx, cy_http_req *req)
+{
+    cy_broker *b = ctx;
+    if (strcmp(cy_http_path(req), "/v1/health") == 0) {
+        const char *m = cy_http_method(req);
+        if (strcmp(m, "GET") != 0) not_allowed(b, req, "GET");
+        return;
+    }
+    int scope = authenticate(b, req);
+    if (scope) cy_http_set_tag(req, scope);
 }
 
 /* The device a path names (id or name), as the base of its JSON object. */
@@ -705,6 +743,39 @@ static const char *events_prefix(const char *path, const char *after)
     return p ? p + strlen(after) : "";
 }
 
+/* An event stream holds its connection for as long as the client likes, so
+ * streams may not take the connections kept for ordinary requests and
+ * /v1/health (cy_http_stream_limit). */
+static bool stream_room(cy_broker *b, cy_http_req *req)
+{
+    cy_http *h = b->api->http;
+    unsigned limit = cy_http_stream_limit(h);
+    if (cy_http_streams(h) < limit) return true;
+    static const char *const retry[] = {"Retry-After", "5", NULL};
+    reply_error(b, req, 503, "streams_full", retry,
+                "this server holds its most event streams (%u); other requests are still served",
+                limit);
+    return false;
+}
+
+/* Open an event stream, naming the token that opened it (the stream limits
+ * per token, and the end of its streams when it is revoked). The token was
+ * checked before the body (check_request); it is looked up once more here
+ * for its id, which only stream opens need. */
+static void open_stream(cy_broker *b, cy_http_req *req, const char *device, const char *prefix)
+{
+    char id[CY_TOKEN_ID_LEN + 1] = "";
+    const char *h = cy_http_header(req, "Authorization");
+    const char *tok = h && strncasecmp(h, "Bearer ", 7) == 0 ? h + 7 : "";
+    while (*tok == ' ') tok++;
+    int scope = 0;
+    if (cy_registry_token_check(b->registry, tok, strlen(tok), &scope, id) != 0) {
+        reply_error(b, req, 401, "unauthorized", NULL, "unknown or revoked token");
+        return;
+    }
+    cy_api_stream_open(b, req, device, prefix, id);
+}
+
 static void handle(void *ctx, cy_http_req *req)
 {
     cy_broker *b = ctx;
@@ -729,13 +800,15 @@ static void handle(void *ctx, cy_http_req *req)
             not_allowed(b, req, "GET");
         goto out;
     }
-    if (authenticate(b, &r)) goto out;
+    /* check_request found the token's scope before the body was read. */
+    r.scope = cy_http_tag(req);
+    if (!r.scope && !(r.scope = authenticate(b, req))) goto out;
     if (!strcmp(r.seg[0], "events")) {
         if (r.nseg == 1 && method_is(&r, "POST")) {
             if (need_full(b, &r)) event_publish(b, req);
         } else if (method_is(&r, "GET")) {
-            cy_api_stream_open(b, req, NULL, r.nseg > 1 ? events_prefix(raw, "/v1/events/") : "",
-                               r.token_id);
+            if (stream_room(b, req))
+                open_stream(b, req, NULL, r.nseg > 1 ? events_prefix(raw, "/v1/events/") : "");
         } else {
             not_allowed(b, req, r.nseg == 1 ? "GET, POST" : "GET");
         }
@@ -793,7 +866,7 @@ static void handle(void *ctx, cy_http_req *req)
             snprintf(after, sizeof(after), "/%s/events/", r.seg[1]);
             pre = events_prefix(raw, after);
         }
-        cy_api_stream_open(b, req, d.id, pre, r.token_id);
+        if (stream_room(b, req)) open_stream(b, req, d.id, pre);
     }
 out:
     cy_free(path);
@@ -810,6 +883,7 @@ int cy_api_start(cy_broker *b, int http_fd)
     cy_map_init(&a->pending_by_id);
     cy_map_init(&a->calls_by_rid);
     cy_buf_init(&a->out);
+    cy_logrl_init(&a->auth_log, API_AUTH_LOG_WINDOW_MS, API_AUTH_LOG_BURST);
     int rc = cy_api_events_init(a, b->cfg->event_buffer);
     if (rc) {
         cy_free(a);
@@ -851,8 +925,9 @@ void cy_api_listen(cy_broker *b)
         .max_connections = b->cfg->http_max_connections,
         .idle_timeout_s = b->cfg->http_idle_timeout,
         .max_stream_backlog = API_STREAM_BACKLOG,
+        .request_timeout_s = b->cfg->http_request_timeout,
     };
-    int rc = cy_http_new(b->loop, a->http_fd, &lim, handle, b, &a->http);
+    int rc = cy_http_new(b->loop, a->http_fd, &lim, handle, check_request, b, &a->http);
     close(a->http_fd); /* the server holds its own duplicate */
     a->http_fd = -1;
     if (rc) {

@@ -66,6 +66,10 @@ enum {
 #define API_STREAM_SLICE_US 5000
 /* How often the tokens of open streams are checked again (revocation). */
 #define API_TOKEN_RECHECK_MS 1000
+/* Failed token checks: one log line per source address per window, and at
+ * most this many lines per window from all sources together. */
+#define API_AUTH_LOG_WINDOW_MS 10000
+#define API_AUTH_LOG_BURST 20
 
 /* The owner's record of one device since this shard started. */
 typedef struct api_presence {
@@ -170,6 +174,7 @@ struct cy_api {
     uv_idle_t fan_idle;    /* runs the next slice in the next pass while work is left */
     bool fan_idle_init, fan_idle_on;
     cy_logrl rl;           /* streams ended or refused, one line per address per window */
+    cy_logrl auth_log;     /* failed token checks: one line per source address per window */
 };
 
 /* api.c */

@@ -68,6 +68,9 @@ static const setting table[] = {
     U32(http_max_body, "65536", 256, 16777216, "largest HTTP request body, bytes (413 beyond)"),
     U32(http_max_connections, "1024", 1, 1000000, "simultaneous HTTP connections per shard"),
     U32(http_idle_timeout, "60", 1, 3600, "seconds an idle HTTP connection is kept open"),
+    U32(http_request_timeout, "10", 1, 3600,
+        "seconds from the first line of an HTTP request to the end of its body; slower "
+        "requests are cut off"),
     U32(sse_heartbeat, "15", 1, 3600, "seconds between heartbeat comments on event streams"),
     U32(event_buffer, "1000", 1, 1000000,
         "events each shard keeps so that a stream can resume (Last-Event-ID)"),

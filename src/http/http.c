@@ -9,8 +9,10 @@
  * run_mhd (or inside MHD_stop_daemon), on the loop thread.
  *
  * A request is the access handler's con_cls (cy_http_req). MHD calls the
- * handler once with the headers, once per piece of body, and once more when
- * the body is complete; only then does the application's handler run. If it
+ * handler once with the headers (where the limits on the head and the
+ * application's check run, before any body is read), once per piece of
+ * body, and once more when the body is complete; only then does the
+ * application's handler run. If it
  * answered, the answer is queued before the access handler returns. If not,
  * the connection is suspended (MHD stops reading and timing it out) until
  * cy_http_reply stores the answer and resumes it: MHD then calls the access
@@ -41,19 +43,34 @@
  *
  * MHD's inactivity timeout (idle_timeout_s) resets on every byte, so on its
  * own it would let a client trickle a request forever. Each connection
- * therefore also has a request deadline, idle_timeout_s after it was
- * accepted or after its previous request completed, cleared once the
- * request's headers are in; a connection past it is shut down (shutdown(2),
- * which MHD sees as the client leaving). Deadlines all have the same length, so
- * the armed connections form a FIFO and one timer serves them.
+ * therefore also has a deadline of its own, in one of two phases: waiting
+ * for a request, idle_timeout_s after it was accepted or after its previous
+ * request completed; and receiving one, request_timeout_s after the
+ * request's first line arrived (MHD's URI callback) until its body is
+ * complete and the application's handler has it. A connection past its
+ * deadline is shut down (shutdown(2), which MHD sees as the client
+ * leaving), after a 408 if its body was arriving. A new connection starts
+ * in the second phase (its first request's clock runs from the accept),
+ * unless idle_timeout_s is the shorter. Within a phase the
+ * deadlines all have the same length, so each phase's armed connections
+ * form a FIFO, and one timer serves the earlier of the two heads.
  *
  * Two things MHD 0.9.75 cannot do are worked around here. It takes no
  * response while a body is arriving, so a chunked body that outgrows
- * max_body_bytes is read on (and dropped) to its end and answered 413 then,
- * or closed unanswered if it runs on past twice the limit. And at
+ * max_body_bytes gets its 413 written to the socket directly (nothing else
+ * is being sent on the connection while its body arrives: any 100 Continue
+ * went out before the body was read), then the write side is shut and the
+ * rest of the body read and dropped until it ends (the connection then
+ * closes) or the request deadline cuts it: closing with unread input would
+ * send a reset that can destroy the answer on its way. And at
  * max_connections it leaves the listening socket out of its epoll set until
  * a later MHD_run notices a slot is free, so a closed connection asks for
  * that run.
+ *
+ * The request target is decoded by our unescape callback (MHD's decoder,
+ * plus a look at the result): a control character there (a NUL would cut
+ * the C string short) marks the connection, and the request is refused
+ * with its headers.
  *
  * Requests are freed in MHD's completion callback, after the application
  * has heard cy_http_on_close if it still held them; a request whose socket
@@ -86,12 +103,14 @@
 #define DEF_MAX_BODY ((size_t)64 << 10)
 #define DEF_MAX_CONN 1024u
 #define DEF_IDLE_S 60u
+#define DEF_REQUEST_S 10u
 #define DEF_MAX_BACKLOG ((size_t)1 << 20)
 #define STREAM_BLOCK ((size_t)16 << 10) /* bytes MHD may take from a stream per chunk */
 #define MIN_POOL ((size_t)32 << 10)     /* MHD's own default connection memory */
 
 typedef enum {
     RQ_RECEIVING, /* headers in, body arriving; the application has not seen it */
+    RQ_CHECKING,  /* inside the application's check (headers in, no body read) */
     RQ_HANDLING,  /* inside the application's handler, no answer yet */
     RQ_PENDING,   /* the application holds it unanswered; connection suspended */
     RQ_ANSWERED,  /* a reply is stored or queued; the application let go */
@@ -100,12 +119,22 @@ typedef enum {
     RQ_GONE,      /* client left or server stopped; on_close ran; MHD to finish */
 } rq_state;
 
-/* Per connection (MHD's socket context): the request deadline. */
-typedef struct hconn {
-    struct hconn *prev, *next; /* in cy_http.armed while a deadline is set */
+typedef struct hconn hconn;
+
+/* Connections with a deadline of one length, earliest first. */
+typedef struct dqueue {
+    hconn *head, *tail;
+} dqueue;
+
+/* Per connection (MHD's socket context): its deadline and its request. */
+struct hconn {
+    hconn *prev, *next; /* in *q while a deadline is set */
+    dqueue *q;          /* cy_http.idle_q or .req_q; NULL when not armed */
     int fd;
-    int64_t deadline_ms; /* monotonic; 0 when not armed */
-} hconn;
+    int64_t deadline_ms;     /* monotonic; 0 when not armed */
+    struct cy_http_req *req; /* the request MHD has shown us, until it completes */
+    bool bad_target;         /* a control character decoded from the request target */
+};
 
 /* Shared immutable bytes (cy_http_stream_write_ref). */
 struct cy_http_chunk {
@@ -134,6 +163,9 @@ struct cy_http_req {
     size_t body_len, body_cap;
     size_t discarded;          /* body bytes dropped after the body was rejected */
     unsigned reject;           /* status decided while the body arrived (413, 503); 0 none */
+    bool raw_answered;         /* that answer was written to the socket directly */
+    bool streamed;             /* counted in cy_http.streams */
+    int tag;                   /* the application's (cy_http_set_tag) */
     bool suspended;            /* by us, with the watch running */
     bool watch_init;           /* watch needs uv_close; req is freed in its close callback */
     uv_poll_t watch;           /* the socket, for UV_DISCONNECT, while suspended */
@@ -146,6 +178,7 @@ struct cy_http_req {
     uint64_t out_total; /* stream bytes accepted from the application */
     uint64_t out_sent;  /* stream bytes the kernel has taken (the reader's last pos) */
     char peer[64];      /* "ip:port" */
+    char addr[48];      /* "ip" */
 };
 
 struct cy_http {
@@ -153,12 +186,15 @@ struct cy_http {
     struct MHD_Daemon *d;
     cy_http_limits lim;
     cy_http_handler handler;
+    cy_http_check check; /* NULL: none */
     void *ctx;
     uv_poll_t epoll_w;   /* MHD's epoll descriptor */
     uv_timer_t timer;    /* MHD_get_timeout, or 0 ms to run MHD soon */
-    uv_timer_t deadline; /* the first armed request deadline */
+    uv_timer_t deadline; /* the earlier of the two queues' first deadlines */
     int handles;         /* of the three above, those initialised and not yet closed */
-    hconn *armed, *armed_tail;
+    dqueue idle_q;       /* waiting for a request: idle_timeout_s */
+    dqueue req_q;        /* receiving one: request_timeout_s */
+    unsigned streams;    /* requests that began a stream and are not completed */
     cy_http_req *reqs;
     uint64_t requests;  /* answers queued since start */
     bool in_run;        /* inside MHD_run: do not re-enter, defer */
@@ -258,60 +294,90 @@ static void on_deadline(uv_timer_t *t);
 static void deadline_timer_update(cy_http *h)
 {
     if (h->stopping) return;
-    if (h->armed == NULL) {
+    hconn *a = h->idle_q.head, *b = h->req_q.head;
+    hconn *first = a == NULL || (b != NULL && b->deadline_ms < a->deadline_ms) ? b : a;
+    if (first == NULL) {
         uv_timer_stop(&h->deadline);
         return;
     }
-    int64_t wait = h->armed->deadline_ms - cy_mono_ms();
+    int64_t wait = first->deadline_ms - cy_mono_ms();
     uv_timer_start(&h->deadline, on_deadline, wait > 0 ? (uint64_t)wait : 0, 0);
 }
 
 static void disarm(cy_http *h, hconn *hc)
 {
-    if (hc == NULL || hc->deadline_ms == 0) return;
+    (void)h;
+    if (hc == NULL || hc->q == NULL) return;
+    dqueue *q = hc->q;
     if (hc->prev)
         hc->prev->next = hc->next;
     else
-        h->armed = hc->next;
+        q->head = hc->next;
     if (hc->next)
         hc->next->prev = hc->prev;
     else
-        h->armed_tail = hc->prev;
+        q->tail = hc->prev;
     hc->prev = hc->next = NULL;
+    hc->q = NULL;
     hc->deadline_ms = 0;
 }
 
-static void arm(cy_http *h, hconn *hc)
+/* Give hc a deadline secs from now, at the tail of q (all of q's deadlines
+ * have that length, so the tail is the latest). */
+static void arm(cy_http *h, hconn *hc, dqueue *q, unsigned secs)
 {
     if (hc == NULL) return;
     disarm(h, hc);
-    hc->deadline_ms = cy_mono_ms() + (int64_t)h->lim.idle_timeout_s * 1000;
+    hc->deadline_ms = cy_mono_ms() + (int64_t)secs * 1000;
     if (hc->deadline_ms == 0) hc->deadline_ms = 1;
-    hc->prev = h->armed_tail;
-    if (h->armed_tail)
-        h->armed_tail->next = hc;
+    hc->q = q;
+    hc->prev = q->tail;
+    if (q->tail)
+        q->tail->next = hc;
     else
-        h->armed = hc;
-    h->armed_tail = hc;
-    if (h->armed == hc) deadline_timer_update(h);
+        q->head = hc;
+    q->tail = hc;
+    if (q->head == hc) deadline_timer_update(h);
+}
+
+static void arm_idle(cy_http *h, hconn *hc)
+{
+    arm(h, hc, &h->idle_q, h->lim.idle_timeout_s);
+}
+
+static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+static void cut(cy_http *h, hconn *hc)
+{
+    cy_http_req *req = hc->req;
+    bool receiving = hc->q == &h->req_q;
+    disarm(h, hc);
+    if (receiving && req && req->state == RQ_RECEIVING && !req->raw_answered)
+        raw_answer(req, hc->fd, 408, "request_timeout", "request not complete within %us",
+                   h->lim.request_timeout_s);
+    /* MHD reads EOF next and closes the connection as if the client left. */
+    shutdown(hc->fd, SHUT_RDWR);
+    if (receiving)
+        cy_debug(NULL, "http: %s request not complete within %us, connection closed",
+                 req ? req->peer : "a", h->lim.request_timeout_s);
+    else
+        cy_debug(NULL, "http: no request within %us, connection closed", h->lim.idle_timeout_s);
 }
 
 static void on_deadline(uv_timer_t *t)
 {
     cy_http *h = t->data;
     int64_t now = cy_mono_ms();
-    bool cut = false;
-    while (h->armed && h->armed->deadline_ms <= now) {
-        hconn *hc = h->armed;
-        disarm(h, hc);
-        /* MHD reads EOF next and closes the connection as if the client left. */
-        shutdown(hc->fd, SHUT_RDWR);
-        cut = true;
-        cy_debug(NULL, "http: request not complete within %us, connection closed",
-                 h->lim.idle_timeout_s);
-    }
+    bool any = false;
+    dqueue *qs[2] = {&h->idle_q, &h->req_q};
+    for (int i = 0; i < 2; i++)
+        while (qs[i]->head && qs[i]->head->deadline_ms <= now) {
+            cut(h, qs[i]->head);
+            any = true;
+        }
     deadline_timer_update(h);
-    if (cut) kick(h);
+    if (any) kick(h);
 }
 
 static hconn *conn_ctx(struct MHD_Connection *c)
@@ -339,18 +405,55 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         }
         hc->fd = ci->connect_fd;
         *socket_context = hc;
-        arm(h, hc);
+        /* A new connection has no reason to wait before its first request:
+         * that request's deadline runs from the accept (or the idle one,
+         * if shorter), so that a socket that sends nothing, or trickles its
+         * first line, holds its place no longer than a slow request. */
+        if (h->lim.request_timeout_s <= h->lim.idle_timeout_s)
+            arm(h, hc, &h->req_q, h->lim.request_timeout_s);
+        else
+            arm_idle(h, hc);
     } else {
         hconn *hc = *socket_context;
         *socket_context = NULL;
         disarm(h, hc);
         cy_free(hc);
-        if (!h->stopping && h->armed == NULL) uv_timer_stop(&h->deadline);
+        deadline_timer_update(h);
         /* At max_connections MHD takes the listening socket out of its epoll
          * set, and puts it back only at the start of a later MHD_run; no
          * event would bring that run, so ask for it. */
         kick(h);
     }
+}
+
+/* A request's first line is in: from now its headers and body have
+ * request_timeout_s, whatever the pace of their bytes. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    cy_http *h = cls;
+    (void)uri;
+    hconn *hc = conn_ctx(c);
+    /* On a new connection the clock has run since the accept already. */
+    if (!h->stopping && hc && hc->q != &h->req_q) arm(h, hc, &h->req_q, h->lim.request_timeout_s);
+    return NULL; /* the access handler's first call still sees *con_cls NULL */
+}
+
+/* MHD's own decoding of the path and of each query key and value, then a
+ * look at the result: MHD hands the application C strings, so a decoded
+ * NUL would cut one short, and no control character belongs in a target. */
+static size_t on_unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls;
+    size_t n = MHD_http_unescape(s);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch == 0x7f) {
+            hconn *hc = conn_ctx(c);
+            if (hc) hc->bad_target = true;
+            break;
+        }
+    }
+    return n;
 }
 
 /* ---- request lifetime ------------------------------------------------------- */
@@ -362,6 +465,7 @@ static bool app_holds(const cy_http_req *req)
 
 static void req_free_mem(cy_http_req *req)
 {
+    if (req->streamed) req->h->streams--;
     if (req->resp) MHD_destroy_response(req->resp);
     cy_free(req->body);
     cy_buf_fini(&req->out);
@@ -448,6 +552,14 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     cy_http *h = cls;
     cy_http_req *req = *con_cls;
     *con_cls = NULL;
+    /* The connection waits for its next request now (also after an answer
+     * MHD made itself, when the access handler never saw the request). */
+    hconn *hc = conn_ctx(c);
+    if (hc) {
+        hc->req = NULL;
+        hc->bad_target = false;
+    }
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !h->stopping) arm_idle(h, hc);
     if (req == NULL) return;
     if (req->state == RQ_STREAM || req->state == RQ_PENDING)
         cy_debug(NULL, "http: %s %s %s ended (reason %d)", req->peer, req->method, req->path,
@@ -460,7 +572,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     else
         h->reqs = req->next;
     if (req->next) req->next->prev = req->prev;
-    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !h->stopping) arm(h, conn_ctx(c));
     if (req->watch_init)
         uv_close((uv_handle_t *)&req->watch, on_watch_closed);
     else
@@ -518,12 +629,37 @@ static enum MHD_Result queue_error(cy_http_req *req, unsigned status, const char
     return queue(req, error_response(code, msg, true), status);
 }
 
+/* An error answer written to the socket directly, for when MHD will not
+ * take one (a body is arriving): the connection is to close after it, so
+ * nothing of MHD's can follow it. True if the whole answer was taken. */
+static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code,
+                       const char *fmt, ...)
+{
+    char msg[128], body[256], out[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    int bl = snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}", code, msg);
+    const char *reason = MHD_get_reason_phrase_for(status);
+    int n = snprintf(out, sizeof(out),
+                     "HTTP/1.1 %u %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\n\r\n%s",
+                     status, reason ? reason : "Error", bl, body);
+    req->raw_answered = true;
+    ssize_t w = send(fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w != n) return false;
+    req->h->requests++;
+    return true;
+}
+
 int cy_http_reply(cy_http_req *req, unsigned status, const char *content_type, const char *body,
                   size_t len, const char *const *headers)
 {
     if (req == NULL || status < 200 || status > 599 || (body == NULL && len > 0)) return CY_EINVAL;
     if (req->state == RQ_GONE) return CY_EPIPE;
-    if (req->state != RQ_HANDLING && req->state != RQ_PENDING) return CY_EINVAL;
+    if (req->state != RQ_HANDLING && req->state != RQ_PENDING && req->state != RQ_CHECKING)
+        return CY_EINVAL;
     if (req->h->stopping) return CY_EPIPE;
     int err = 0;
     struct MHD_Response *r = make_response(content_type, body, len, headers, &err);
@@ -586,6 +722,7 @@ int cy_http_stream_begin(cy_http_req *req, const char *content_type, const char 
      * instead; the request completes at once and on_close tells the caller
      * the stream is over, as it would for any stream the client ends. */
     bool head = strcmp(req->method, MHD_HTTP_METHOD_HEAD) == 0;
+    if (!head && req->h->streams >= cy_http_stream_limit(req->h)) return CY_EBUSY;
     struct MHD_Response *r =
         head ? MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT)
              : MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, req,
@@ -609,6 +746,10 @@ int cy_http_stream_begin(cy_http_req *req, const char *content_type, const char 
     req->resp = r;
     req->status = 200;
     req->state = RQ_STREAM;
+    if (!head) {
+        req->streamed = true;
+        req->h->streams++;
+    }
     resume(req);
     return 0;
 bad:
@@ -725,6 +866,7 @@ static cy_http_req *req_new(cy_http *h, struct MHD_Connection *c, const char *ur
     req->path = url;
     cy_buf_init(&req->out);
     snprintf(req->peer, sizeof(req->peer), "?");
+    snprintf(req->addr, sizeof(req->addr), "?");
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci && ci->client_addr) {
@@ -734,16 +876,59 @@ static cy_http_req *req_new(cy_http *h, struct MHD_Connection *c, const char *ur
             const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)sa;
             inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
             snprintf(req->peer, sizeof(req->peer), "%s:%u", ip, ntohs(s4->sin_port));
+            snprintf(req->addr, sizeof(req->addr), "%s", ip);
         } else if (sa->sa_family == AF_INET6) {
             const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)sa;
             inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
             snprintf(req->peer, sizeof(req->peer), "[%s]:%u", ip, ntohs(s6->sin6_port));
+            snprintf(req->addr, sizeof(req->addr), "%s", ip);
         }
     }
     req->next = h->reqs;
     if (h->reqs) h->reqs->prev = req;
     h->reqs = req;
+    hconn *hc = conn_ctx(c);
+    if (hc) hc->req = req;
     return req;
+}
+
+/* The framing headers, counted (MHD keeps every line, and looks up the first). */
+typedef struct framing {
+    unsigned cl, te;       /* Content-Length, Transfer-Encoding lines */
+    const char *cl0, *te0; /* the first of each */
+} framing;
+
+static enum MHD_Result count_framing(void *cls, enum MHD_ValueKind kind, const char *key,
+                                     const char *value)
+{
+    framing *f = cls;
+    (void)kind;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0 && f->cl++ == 0) f->cl0 = value;
+    if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0 && f->te++ == 0) f->te0 = value;
+    return MHD_YES;
+}
+
+/* Let the application's check look at the head; queue its refusal, if any. */
+static enum MHD_Result run_check(cy_http *h, cy_http_req *req, bool *refused)
+{
+    *refused = false;
+    if (h->check == NULL) return MHD_YES;
+    req->state = RQ_CHECKING;
+    h->check(h->ctx, req);
+    if (h->stopping) return MHD_NO;
+    if (req->state == RQ_CHECKING) {
+        req->state = RQ_RECEIVING;
+        return MHD_YES;
+    }
+    /* Answered: close after it, so that the body is never read. */
+    *refused = true;
+    struct MHD_Response *r = req->resp;
+    req->resp = NULL;
+    if (r && MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close") != MHD_YES) {
+        MHD_destroy_response(r);
+        r = NULL;
+    }
+    return queue(req, r, req->status);
 }
 
 /* First call: headers complete, body not read. Decide the limits now. */
@@ -756,8 +941,25 @@ static enum MHD_Result on_headers(cy_http *h, cy_http_req *req)
         snprintf(msg, sizeof(msg), "request headers exceed %zu bytes", h->lim.max_header_bytes);
         return queue_error(req, 431, "headers_too_large", msg);
     }
-    const char *cl =
-        MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    hconn *hc = conn_ctx(req->conn);
+    if (hc && hc->bad_target)
+        return queue_error(req, 400, "bad_request",
+                           "control character in the request path or query");
+    /* One reading of where the body ends, or none: a proxy in front that
+     * picked the other header would see another request in this body. */
+    framing f = {0};
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_framing, &f);
+    if (f.cl && f.te)
+        return queue_error(req, 400, "bad_request",
+                           "Content-Length and Transfer-Encoding together");
+    if (f.cl > 1) return queue_error(req, 400, "bad_request", "more than one Content-Length");
+    if (f.te > 1 || (f.te && strcasecmp(f.te0, "chunked") != 0))
+        return queue_error(req, 400, "bad_request",
+                           "the only Transfer-Encoding accepted is chunked");
+    bool refused;
+    enum MHD_Result ok = run_check(h, req, &refused);
+    if (refused || ok != MHD_YES) return ok;
+    const char *cl = f.cl0;
     if (cl) {
         char *end;
         errno = 0;
@@ -777,34 +979,42 @@ static enum MHD_Result on_headers(cy_http *h, cy_http_req *req)
     return MHD_YES;
 }
 
-/* A piece of body: keep it, or count it as discarded once rejected. */
+/* The body cannot be taken (too large, no memory): answer now, straight to
+ * the socket (MHD takes no response while a body arrives), shut our side,
+ * and drop the rest of the body as it comes. */
+static enum MHD_Result reject_body(cy_http *h, cy_http_req *req, unsigned status, size_t len)
+{
+    req->reject = status;
+    req->discarded = len;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL) return MHD_NO;
+    bool sent = status == 413 ? raw_answer(req, ci->connect_fd, 413, "body_too_large",
+                                           "request body exceeds %zu bytes",
+                                           h->lim.max_body_bytes)
+                              : raw_answer(req, ci->connect_fd, 503, "out_of_memory",
+                                           "server out of memory");
+    if (!sent) return MHD_NO;
+    shutdown(ci->connect_fd, SHUT_WR);
+    return MHD_YES;
+}
+
+/* A piece of body: keep it, or drop it once the body is rejected. */
 static enum MHD_Result on_body(cy_http *h, cy_http_req *req, const char *data, size_t len)
 {
     if (req->reject) {
-        /* MHD 0.9.75 takes no response while a body is arriving
-         * (MHD_queue_response says no then, even on a suspended
-         * connection), so the 413 waits for the body's end: read on and
-         * drop, but not without bound; past another max_body_bytes close
-         * without an answer. */
+        /* Answered already; the request deadline bounds how long this lasts. */
         req->discarded += len;
-        return req->discarded > h->lim.max_body_bytes ? MHD_NO : MHD_YES;
-    }
-    if (len > h->lim.max_body_bytes - req->body_len) {
-        req->reject = 413;
-        req->discarded = len;
         return MHD_YES;
     }
+    if (len > h->lim.max_body_bytes - req->body_len) return reject_body(h, req, 413, len);
     if (req->body_len + len > req->body_cap) {
         size_t cap = req->body_cap ? req->body_cap * 2 : 1024;
         while (cap < req->body_len + len)
             cap *= 2;
         if (cap > h->lim.max_body_bytes) cap = h->lim.max_body_bytes;
         uint8_t *p = cy_realloc(req->body, cap);
-        if (p == NULL) {
-            req->reject = 503;
-            req->discarded = len;
-            return MHD_YES;
-        }
+        if (p == NULL) return reject_body(h, req, 503, len);
         req->body = p;
         req->body_cap = cap;
     }
@@ -822,7 +1032,6 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     cy_http_req *req = *con_cls;
     if (req == NULL) {
         if (h->stopping) return MHD_NO;
-        disarm(h, conn_ctx(c));
         req = req_new(h, c, url, method);
         if (req == NULL) return MHD_NO;
         *con_cls = req;
@@ -835,13 +1044,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     }
     switch (req->state) {
     case RQ_RECEIVING:
-        if (req->reject == 413) {
-            char msg[96];
-            snprintf(msg, sizeof(msg), "request body exceeds %zu bytes", h->lim.max_body_bytes);
-            return queue_error(req, 413, "body_too_large", msg);
-        }
-        if (req->reject) return queue_error(req, 503, "out_of_memory", "server out of memory");
+        /* The body ended after its answer went out directly: close. */
+        if (req->reject) return MHD_NO;
         if (h->stopping) return MHD_NO;
+        /* The whole request is in: its deadline ends; the application's
+         * own deadlines take over. */
+        disarm(h, conn_ctx(c));
+        deadline_timer_update(h);
         req->state = RQ_HANDLING;
         h->handler(h->ctx, req);
         if (req->state == RQ_HANDLING) {
@@ -874,7 +1083,7 @@ static void on_handle_closed(uv_handle_t *hd)
 }
 
 int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_http_handler handler,
-                void *ctx, cy_http **out)
+                cy_http_check check, void *ctx, cy_http **out)
 {
     if (loop == NULL || listen_fd < 0 || handler == NULL || out == NULL) return CY_EINVAL;
     *out = NULL;
@@ -891,6 +1100,7 @@ int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_ht
     if (h == NULL) goto fail;
     h->loop = loop;
     h->handler = handler;
+    h->check = check;
     h->ctx = ctx;
     if (lim) h->lim = *lim;
     if (h->lim.max_header_bytes == 0) h->lim.max_header_bytes = DEF_MAX_HEADER;
@@ -898,6 +1108,7 @@ int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_ht
     if (h->lim.max_connections == 0) h->lim.max_connections = DEF_MAX_CONN;
     if (h->lim.idle_timeout_s == 0) h->lim.idle_timeout_s = DEF_IDLE_S;
     if (h->lim.max_stream_backlog == 0) h->lim.max_stream_backlog = DEF_MAX_BACKLOG;
+    if (h->lim.request_timeout_s == 0) h->lim.request_timeout_s = DEF_REQUEST_S;
 
     /* Every shard accepts from this socket: a blocking one would stall this
      * loop in accept() whenever another shard took the connection first.
@@ -921,7 +1132,8 @@ int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_ht
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)h->lim.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)h->lim.idle_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,
+        MHD_OPTION_UNESCAPE_CALLBACK, on_unescape, h, MHD_OPTION_END);
     if (h->d == NULL) goto fail;
     fd = -1; /* MHD's now: it closes it in MHD_stop_daemon */
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_EPOLL_FD);
@@ -978,7 +1190,7 @@ static void do_stop(cy_http *h)
         MHD_stop_daemon(h->d);
         h->d = NULL;
     }
-    h->armed = h->armed_tail = NULL;
+    h->idle_q.head = h->idle_q.tail = h->req_q.head = h->req_q.tail = NULL;
     /* on_completed freed every request MHD had shown us; any left over is a
      * request MHD never completed: release it here. */
     while (h->reqs) {
@@ -1021,6 +1233,19 @@ uint64_t cy_http_requests(const cy_http *h)
     return h ? h->requests : 0;
 }
 
+unsigned cy_http_streams(const cy_http *h)
+{
+    return h ? h->streams : 0;
+}
+
+unsigned cy_http_stream_limit(const cy_http *h)
+{
+    if (h == NULL) return 0;
+    unsigned max = h->lim.max_connections;
+    unsigned reserve = max / 10 > 0 ? max / 10 : 1;
+    return max > reserve ? max - reserve : 0;
+}
+
 /* ---- accessors -------------------------------------------------------------- */
 
 const char *cy_http_method(const cy_http_req *req)
@@ -1052,6 +1277,21 @@ const uint8_t *cy_http_body(const cy_http_req *req, size_t *len)
 const char *cy_http_peer(const cy_http_req *req)
 {
     return req->peer;
+}
+
+const char *cy_http_peer_addr(const cy_http_req *req)
+{
+    return req->addr;
+}
+
+void cy_http_set_tag(cy_http_req *req, int tag)
+{
+    req->tag = tag;
+}
+
+int cy_http_tag(const cy_http_req *req)
+{
+    return req->tag;
 }
 
 void cy_http_on_close(cy_http_req *req, void (*cb)(void *arg, cy_http_req *req), void *arg)

@@ -7,25 +7,42 @@
  * so it must be non-blocking: another process may take a connection first.
  *
  * A request reaches the handler once its headers and whole body have
- * arrived. The handler answers at once or later (a function call waits for
- * a device): the request stays valid until it is answered or its client goes
- * away, whichever comes first. An answer is either one reply or a stream
- * (server-sent events): chunks written while the client reads, ended by the
- * server or by the client leaving.
+ * arrived. Before that, as soon as the headers are in and before any of the
+ * body is read, an optional check (cy_http_check) may refuse it: that is
+ * how the application turns away a request without credentials without
+ * ever buffering its body. The handler answers at once or later (a function
+ * call waits for a device): the request stays valid until it is answered or
+ * its client goes away, whichever comes first. An answer is either one
+ * reply or a stream (server-sent events): chunks written while the client
+ * reads, ended by the server or by the client leaving.
  *
- * Limits, each answered by this module before the handler sees anything:
- * headers over max_header_bytes (431), a body over max_body_bytes (413,
- * judged from Content-Length when present, else while it arrives and then
- * answered when it ends; one that runs on past twice the limit is cut off
- * unanswered),
+ * Limits, each answered by this module before the handler sees anything
+ * (every such answer closes the connection):
+ * headers over max_header_bytes (431);
+ * a request target whose decoded path or query holds a control character
+ * (%00-%1F, %7F: a NUL would cut the path short) (400);
+ * framing that two parsers could read two ways, the stuff of request
+ * smuggling: Content-Length together with Transfer-Encoding, two
+ * Content-Lengths, a Transfer-Encoding other than "chunked" (400);
+ * a body over max_body_bytes (413, judged from Content-Length when present,
+ * else as soon as a chunked body passes the limit; the rest of that body is
+ * read and dropped so that no reset loses the answer);
+ * request_timeout_s, a total deadline from a request's first line (for a
+ * new connection's first request: from the accept) to the end of its body
+ * (past it the connection is closed, with a 408 when the body was
+ * arriving), so that a client trickling its headers or its body one byte
+ * at a time cannot hold a connection;
  * max_connections (past it the server stops accepting until one of its
  * connections closes: a new connection waits in the kernel's queue, or
- * another process sharing the socket takes it), and
- * idle_timeout_s (a connection that sends nothing and has nothing being
- * answered for that long is closed; a slow client trickling headers is cut
- * off by the same clock). A stream's unsent output is bounded by
- * max_stream_backlog: past it cy_http_stream_write refuses with CY_ENOBUFS
- * and the caller ends the stream.
+ * another process sharing the socket takes it);
+ * idle_timeout_s (a kept-alive connection with no request under way and
+ * nothing being answered for that long is closed; the request line counts
+ * as under way once it is whole).
+ * Streams may hold at most cy_http_stream_limit connections: the rest (a
+ * tenth of max_connections, at least one) stay for ordinary requests, so
+ * that streams alone can never use up the server. A stream's unsent output
+ * is bounded by max_stream_backlog: past it cy_http_stream_write refuses
+ * with CY_ENOBUFS and the caller ends the stream.
  *
  * Ownership: cy_http_new borrows loop; the listening fd is duplicated (the
  * caller keeps its own). Strings returned by the accessors are borrowed from
@@ -34,7 +51,8 @@
  * Thread: the loop's thread only; no callback runs on another thread.
  * Errors: CY_ENOMEM, CY_EINVAL (bad argument, a second answer to one
  * request), CY_EIO (libmicrohttpd refused to start), CY_ENOBUFS (stream
- * backlog full), CY_EPIPE (the client is gone, or the server is stopping).
+ * backlog full), CY_EBUSY (no room for another stream), CY_EPIPE (the
+ * client is gone, or the server is stopping).
  * A call that fails changes nothing: an unanswered req stays the caller's.
  */
 #ifndef CY_HTTP_H
@@ -56,6 +74,7 @@ typedef struct cy_http_limits {
     unsigned max_connections;  /* per server; 0 = 1024 */
     unsigned idle_timeout_s;   /* 0 = 60 */
     size_t max_stream_backlog; /* unsent stream bytes; 0 = 1 MiB */
+    unsigned request_timeout_s; /* first line of a request to the end of its body; 0 = 10 */
 } cy_http_limits;
 
 /* Called once per request, on the loop thread, with the whole body read.
@@ -64,11 +83,21 @@ typedef struct cy_http_limits {
  * unless the client leaves first (see cy_http_on_close). */
 typedef void (*cy_http_handler)(void *ctx, cy_http_req *req);
 
+/* Called once per request on the loop thread when its headers are
+ * complete, before any of its body is read (the body accessor gives
+ * nothing yet). To let the request go on, return without answering; to
+ * refuse it, answer with cy_http_reply: the answer is sent with
+ * "Connection: close", the body is never read and the handler never runs.
+ * The check must not keep req, stream, or answer later. It may leave a
+ * value for the handler with cy_http_set_tag. */
+typedef void (*cy_http_check)(void *ctx, cy_http_req *req);
+
 /* Start serving on listen_fd (a bound, listening, non-blocking TCP socket).
- * lim may be NULL (defaults). On success *out is the server; caller frees
- * with cy_http_free after cy_http_stop. */
+ * lim may be NULL (defaults); check may be NULL (none). handler and check
+ * get ctx. On success *out is the server; caller frees with cy_http_free
+ * after cy_http_stop. */
 int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_http_handler handler,
-                void *ctx, cy_http **out);
+                cy_http_check check, void *ctx, cy_http **out);
 /* Stop accepting and close every connection: pending requests get their
  * close callback (cy_http_on_close), open streams end. Idempotent. The
  * loop must run once more before cy_http_free. */
@@ -77,6 +106,11 @@ void cy_http_free(cy_http *h); /* safe on NULL */
 /* Connections open now, and requests answered since start (for metrics). */
 unsigned cy_http_connections(const cy_http *h);
 uint64_t cy_http_requests(const cy_http *h);
+/* Connections that hold a stream now (begun with cy_http_stream_begin and
+ * not yet closed), and how many may: max_connections less a reserve of a
+ * tenth of it (at least 1) kept for ordinary requests. */
+unsigned cy_http_streams(const cy_http *h);
+unsigned cy_http_stream_limit(const cy_http *h);
 
 /* ---- the request (borrowed strings, valid while req is) ---- */
 const char *cy_http_method(const cy_http_req *req);
@@ -90,6 +124,12 @@ const char *cy_http_header(const cy_http_req *req, const char *name);
 const uint8_t *cy_http_body(const cy_http_req *req, size_t *len);
 /* "ip:port" of the client, for logs. */
 const char *cy_http_peer(const cy_http_req *req);
+/* The client's address alone ("ip"), e.g. to count or rate-limit by source. */
+const char *cy_http_peer_addr(const cy_http_req *req);
+/* A number the application keeps with the request (0 until set), e.g. what
+ * the check found for the handler to use. */
+void cy_http_set_tag(cy_http_req *req, int tag);
+int cy_http_tag(const cy_http_req *req);
 
 /* Called if the client goes away (or the server stops) before req is
  * answered or while its stream is open; req is freed when cb returns and
@@ -100,7 +140,7 @@ void cy_http_on_close(cy_http_req *req, void (*cb)(void *arg, cy_http_req *req),
 /* Answer req with status and body (copied; content_type NULL means
  * "application/json"). headers: NULL, or name/value pairs ending with NULL,
  * e.g. {"Retry-After", "2", NULL}. req must not be used after this call;
- * the close callback does not run. */
+ * the close callback does not run. Also the way a check refuses a request. */
 int cy_http_reply(cy_http_req *req, unsigned status, const char *content_type, const char *body,
                   size_t len, const char *const *headers);
 
@@ -108,7 +148,9 @@ int cy_http_reply(cy_http_req *req, unsigned status, const char *content_type, c
 /* Answer 200 with content_type (NULL means "text/event-stream") and
  * headers, the body to follow in chunks (chunked encoding; no
  * Content-Length). The connection stays open. A HEAD request gets the head
- * only, and its close callback runs once that is sent. */
+ * only, and its close callback runs once that is sent. CY_EBUSY (nothing
+ * sent, req still the caller's to answer) when cy_http_stream_limit streams
+ * are open already. */
 int cy_http_stream_begin(cy_http_req *req, const char *content_type, const char *const *headers);
 /* Queue bytes (copied) for the client. CY_ENOBUFS past max_stream_backlog
  * (nothing queued: end the stream), CY_EPIPE if the client is gone. */

@@ -51,6 +51,7 @@ struct srv {
     int port;
     cy_http *h;
     cy_http_limits lim;
+    cy_http_check check; /* NULL: none */
     uv_async_t done;  /* the client finished */
     uv_async_t call;  /* loop_call */
     uv_timer_t guard; /* the test's deadline */
@@ -69,6 +70,8 @@ struct srv {
     atomic_int handled;
     atomic_int closed;
     atomic_int closed_pending, closed_stream;
+    atomic_int checked;       /* the check ran */
+    atomic_int check_saw_body; /* bytes of body the check could see (must stay 0) */
     cy_http_req *pending;
     cy_http_req *stream;
     char echo[1024];
@@ -185,7 +188,12 @@ static void handler(void *ctx, cy_http_req *req)
         s->stream = req;
         cy_http_on_close(req, on_req_closed, s);
         int rc = cy_http_stream_begin(req, NULL, hdrs);
-        if (rc != 0) s->stream = NULL;
+        if (rc != 0) {
+            s->stream = NULL;
+            cy_http_on_close(req, NULL, NULL);
+            cy_http_reply(req, rc == CY_EBUSY ? 503 : 500, NULL, "{\"error\":\"no_stream\"}", 21,
+                          NULL);
+        }
     } else if (strcmp(path, "/release") == 0) {
         /* Answer the held request from inside this one's handler. */
         int rc = s->pending ? cy_http_reply(s->pending, 200, "text/plain", "freed", 5, NULL) : -1;
@@ -199,6 +207,12 @@ static void handler(void *ctx, cy_http_req *req)
         s->rc_bad_header = cy_http_reply(req, 200, NULL, "", 0, bad);
         cy_http_reply(req, 200, NULL, "{}", 2, NULL);
         s->rc_second = cy_http_reply(req, 200, NULL, "{}", 2, NULL);
+    } else if (strcmp(path, "/tag") == 0) {
+        size_t blen = 0;
+        cy_http_body(req, &blen);
+        char out[32];
+        int n = snprintf(out, sizeof(out), "%d|%zu", cy_http_tag(req), blen);
+        cy_http_reply(req, 200, "text/plain", out, (size_t)n, NULL);
     } else if (strcmp(path, "/stopnow") == 0) {
         s->pending = req;
         cy_http_on_close(req, on_req_closed, s);
@@ -206,6 +220,26 @@ static void handler(void *ctx, cy_http_req *req)
     } else {
         cy_http_reply(req, 404, NULL, "{\"error\":\"not_found\"}", 21, NULL);
     }
+}
+
+/* The pre-body check under test: "X-Key: good" passes (and leaves a tag
+ * for the handler), anything else is refused with 401. */
+static void check_key(void *ctx, cy_http_req *req)
+{
+    srv *s = ctx;
+    atomic_fetch_add(&s->checked, 1);
+    size_t blen = 0;
+    cy_http_body(req, &blen);
+    atomic_fetch_add(&s->check_saw_body, (int)blen);
+    /* No streaming from a check. */
+    if (cy_http_stream_begin(req, NULL, NULL) != CY_EINVAL) atomic_fetch_add(&s->check_saw_body, 1000);
+    const char *k = cy_http_header(req, "X-Key");
+    if (k && strcmp(k, "good") == 0) {
+        cy_http_set_tag(req, 42);
+        return;
+    }
+    static const char *const www[] = {"WWW-Authenticate", "Bearer", NULL};
+    cy_http_reply(req, 401, NULL, "{\"error\":\"unauthorized\"}", 24, www);
 }
 
 /* ---- loop plumbing ------------------------------------------------------------ */
@@ -273,7 +307,7 @@ static void srv_start(srv *s, const cy_http_limits *lim)
     assert_true(s->lfd >= 0);
     fcntl(s->lfd, F_SETFL, fcntl(s->lfd, F_GETFL) | O_NONBLOCK);
     if (lim) s->lim = *lim;
-    assert_int_equal(cy_http_new(&s->loop, s->lfd, lim, handler, s, &s->h), 0);
+    assert_int_equal(cy_http_new(&s->loop, s->lfd, lim, handler, s->check, s, &s->h), 0);
     uv_async_init(&s->loop, &s->done, on_done);
     uv_async_init(&s->loop, &s->call, on_call);
     s->call.data = s;
@@ -533,6 +567,8 @@ static bool cl_sees_close(cl *c)
     }
 }
 
+static int64_t trickle_until_cut(cl *c, const char *byte);
+
 static bool wait_atomic(atomic_int *v, int want, int ms)
 {
     int64_t end = now_ms() + ms;
@@ -586,6 +622,11 @@ static void lf_pending_reply(srv *s)
 {
     s->call_ret = s->pending ? cy_http_reply(s->pending, 200, "text/plain", "done", 4, NULL) : -1;
     s->pending = NULL;
+}
+
+static void lf_streams(srv *s)
+{
+    s->call_ret = (long)cy_http_streams(s->h) * 1000 + (long)cy_http_stream_limit(s->h);
 }
 
 static void lf_stop(srv *s)
@@ -754,6 +795,7 @@ static void test_cy_http_body_too_large_content_length(void **state)
 
 static void c_body_chunked(srv *s)
 {
+    char v413[32];
     cl *c = cl_open(s);
     CHECK(c);
     CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n") == 0);
@@ -777,14 +819,20 @@ static void c_body_chunked(srv *s)
     CHECK(cl_sends(c, "3\r\nabc\r\n0\r\n\r\n") == 0);
     CHECK(cl_response(c, &R, false) == 0 && R.status == 200 && strcmp(R.body, "515") == 0);
     cl_close(c);
-    /* Far over it (more than twice the limit): MHD cannot answer before the
-     * body ends, so the server stops reading and closes without an answer. */
+    /* Far over it (eight times the limit, and the body goes on): the 413
+     * still comes, as soon as the limit is passed, and then the close. */
     c = cl_open(s);
     CHECK(c);
     CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n") == 0);
-    for (int i = 0; i < 8; i++)
+    for (int i = 0; i < 16; i++)
         if (cl_send(c, chunk, (size_t)n + 514) != 0) break;
-    CHECK(cl_head(c, &R) != 0);
+    CHECK(cl_response(c, &R, false) == 0);
+    CHECK(R.status == 413);
+    CHECK(strstr(R.body, "\"error\":\"body_too_large\""));
+    CHECK(hdr(&R, "Connection", v413, sizeof(v413)) && strcasecmp(v413, "close") == 0);
+    /* The rest of the body is read and dropped: no reset loses the answer. */
+    cl_sends(c, "0\r\n\r\n");
+    CHECK(cl_sees_close(c));
 out:
     cl_close(c);
 }
@@ -796,6 +844,304 @@ static void test_cy_http_body_too_large_chunked(void **state)
     srv_start(s, &lim);
     run_client(s, c_body_chunked);
     assert_int_equal(atomic_load(&s->handled), 1);
+}
+
+static void c_framing(srv *s)
+{
+    /* Content-Length and Transfer-Encoding together: which one frames the
+     * body is what request smuggling plays on. Refused, connection closed. */
+    cl *c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                      "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0);
+    CHECK(R.status == 400);
+    CHECK(strstr(R.body, "\"error\":\"bad_request\""));
+    CHECK(cl_sees_close(c));
+    cl_close(c);
+    /* The other order too. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
+                      "Content-Length: 0\r\n\r\n5\r\nhello\r\n0\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0);
+    CHECK(R.status == 400);
+    CHECK(cl_sees_close(c));
+    cl_close(c);
+    /* Two different Content-Lengths. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                      "Content-Length: 0\r\n\r\nhello") == 0);
+    CHECK(cl_response(c, &R, false) == 0);
+    CHECK(R.status == 400);
+    CHECK(cl_sees_close(c));
+    cl_close(c);
+    /* A coding other than chunked. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n"
+                      "\r\n5\r\nhello\r\n0\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0);
+    CHECK(R.status == 400 || R.status == 501);
+    CHECK(cl_sees_close(c));
+    cl_close(c);
+    /* Either alone is fine. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "5\r\nhello\r\n0\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200 && strcmp(R.body, "5") == 0);
+    CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200 && strcmp(R.body, "5") == 0);
+out:
+    cl_close(c);
+}
+
+static void test_cy_http_content_length_and_chunked(void **state)
+{
+    srv *s = *state;
+    srv_start(s, NULL);
+    run_client(s, c_framing);
+    assert_int_equal(atomic_load(&s->handled), 2);
+}
+
+static void c_control_chars(srv *s)
+{
+    /* %00 would cut the path short ("/sync%00/x" read as "/sync"); any
+     * control character decoded from the path or query is refused. */
+    static const char *const bad[] = {
+        "/sync%00/x", "/sync%00", "/echo%20x/y%0a", "/sync%1F", "/sync%7f", "/sync?a=%00",
+        "/sync?a=b%0d%0aX-Injected:%201", "/sync?%00=1",
+    };
+    cl *c = NULL;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        c = cl_open(s);
+        CHECK(c);
+        char req[256];
+        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", bad[i]);
+        CHECK(cl_sends(c, req) == 0);
+        CHECK(cl_response(c, &R, false) == 0);
+        if (R.status != 400) {
+            snprintf(S->fail_what, sizeof(S->fail_what), "%s answered %d", bad[i], R.status);
+            S->fail_line = __LINE__;
+            goto out;
+        }
+        CHECK(strstr(R.body, "\"error\":\"bad_request\""));
+        CHECK(cl_sees_close(c));
+        cl_close(c);
+        c = NULL;
+    }
+    /* Printable escapes still decode, and the connection is usable. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "GET /sync%3F?a=%20 HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 404);
+    CHECK(cl_sends(c, "GET /%73ync?x=%2541 HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 201);
+out:
+    cl_close(c);
+}
+
+static void test_cy_http_control_chars_in_target(void **state)
+{
+    srv *s = *state;
+    srv_start(s, NULL);
+    run_client(s, c_control_chars);
+    assert_int_equal(atomic_load(&s->handled), 2);
+}
+
+static void c_check(srv *s)
+{
+    char v[64];
+    /* No key: 401 as soon as the headers are in, the body never read
+     * (none is sent: the answer must not wait for it), then the close. */
+    cl *c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nContent-Length: 60000\r\n\r\nxx") == 0);
+    CHECK(cl_response(c, &R, false) == 0);
+    CHECK(R.status == 401);
+    CHECK(strstr(R.body, "\"error\":\"unauthorized\""));
+    CHECK(hdr(&R, "WWW-Authenticate", v, sizeof(v)) && strcmp(v, "Bearer") == 0);
+    CHECK(hdr(&R, "Connection", v, sizeof(v)) && strcasecmp(v, "close") == 0);
+    CHECK(cl_sees_close(c));
+    cl_close(c);
+    /* Chunked, the same. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 401);
+    CHECK(cl_sees_close(c));
+    cl_close(c);
+    /* With the key: the body is read, the handler runs and sees the tag;
+     * the check could not see the body even though it came with the head. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "POST /tag HTTP/1.1\r\nHost: t\r\nX-Key: good\r\nContent-Length: 5\r\n\r\n"
+                      "hello") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200 && strcmp(R.body, "42|5") == 0);
+    /* Once per request on a kept-alive connection; the tag starts at 0. */
+    CHECK(cl_sends(c, "GET /tag HTTP/1.1\r\nHost: t\r\nX-Key: good\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200 && strcmp(R.body, "42|0") == 0);
+    CHECK(cl_sends(c, "GET /tag HTTP/1.1\r\nHost: t\r\nX-Key: bad\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 401);
+    CHECK(cl_sees_close(c));
+out:
+    cl_close(c);
+}
+
+static void test_cy_http_check_before_body(void **state)
+{
+    srv *s = *state;
+    s->check = check_key;
+    srv_start(s, NULL);
+    run_client(s, c_check);
+    assert_int_equal(atomic_load(&s->checked), 5);
+    assert_int_equal(atomic_load(&s->check_saw_body), 0);
+    assert_int_equal(atomic_load(&s->handled), 2);
+}
+
+/* Send s one byte every 100 ms until the server closes or answers; the ms
+ * that took, or -1 if it did not happen within 4 s. */
+static int64_t trickle_until_cut(cl *c, const char *byte)
+{
+    int64_t t0 = now_ms();
+    for (int i = 0; i < 40; i++) {
+        sleep_ms(100);
+        if (cl_sends(c, byte) != 0) return now_ms() - t0;
+        char tmp[16];
+        ssize_t k = recv(c->fd, tmp, sizeof(tmp), MSG_PEEK | MSG_DONTWAIT);
+        if (k >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return now_ms() - t0;
+    }
+    return -1;
+}
+
+static void c_request_timeout(srv *s)
+{
+    /* A new connection's first request has the deadline from the accept:
+     * one that sends nothing, or trickles its request line, is closed
+     * after 1 s (not idle_timeout_s, 30 s). */
+    cl *c = cl_open(s);
+    CHECK(c);
+    int64_t t0 = now_ms();
+    CHECK(cl_sees_close(c));
+    CHECK(now_ms() - t0 >= 800 && now_ms() - t0 < 2500);
+    cl_close(c);
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "GET /") == 0);
+    int64_t dt = trickle_until_cut(c, "a");
+    CHECK(dt >= 700 && dt < 2500);
+    cl_close(c);
+    /* A body trickled one byte at a time: each byte resets MHD's idle
+     * clock, but the request's total deadline (1 s) cuts it, with a 408. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n") == 0);
+    dt = trickle_until_cut(c, "x");
+    CHECK(dt >= 800 && dt < 2500);
+    CHECK(cl_response(c, &R, false) == 0);
+    CHECK(R.status == 408);
+    CHECK(strstr(R.body, "\"error\":\"request_timeout\""));
+    cl_close(c);
+    /* Headers trickled: the same clock, from the request's first line. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\n") == 0);
+    dt = trickle_until_cut(c, "X");
+    CHECK(dt >= 800 && dt < 2500);
+    CHECK(cl_sees_close(c));
+    cl_close(c);
+    /* A request that is slow but within the deadline is served; and on a
+     * kept-alive connection each request has its own deadline, counted
+     * from its first line (not from the end of the previous one). */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n") == 0);
+    for (int i = 0; i < 4; i++) {
+        sleep_ms(120);
+        CHECK(cl_sends(c, "y") == 0);
+    }
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200 && strcmp(R.body, "4") == 0);
+    sleep_ms(700);
+    CHECK(cl_sends(c, "POST /len HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n") == 0);
+    for (int i = 0; i < 4; i++) {
+        sleep_ms(120);
+        CHECK(cl_sends(c, "y") == 0);
+    }
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200 && strcmp(R.body, "4") == 0);
+    /* The deadline ends when the handler has the request: an answer that
+     * takes longer than it still arrives. */
+    CHECK(cl_sends(c, "GET /pending HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    sleep_ms(1500);
+    CHECK(loop_call(s, lf_pending_reply, 0) == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200 && strcmp(R.body, "done") == 0);
+out:
+    cl_close(c);
+}
+
+static void test_cy_http_request_timeout(void **state)
+{
+    srv *s = *state;
+    cy_http_limits lim = {.request_timeout_s = 1, .idle_timeout_s = 30};
+    srv_start(s, &lim);
+    run_client(s, c_request_timeout);
+    assert_int_equal(atomic_load(&s->handled), 3);
+}
+
+static void c_stream_limit(srv *s)
+{
+    /* max_connections 3: one is kept for ordinary requests, two may stream. */
+    cl *a = cl_open(s), *b = cl_open(s), *c = cl_open(s);
+    CHECK(a && b && c);
+    CHECK(loop_call(s, lf_streams, 0) == 0 * 1000 + 2);
+    CHECK(cl_sends(a, "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_head(a, &R) == 0 && R.status == 200);
+    CHECK(cl_sends(b, "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_head(b, &R) == 0 && R.status == 200);
+    CHECK(loop_call(s, lf_streams, 0) == 2 * 1000 + 2);
+    /* A third stream is refused (the handler answers 503)... */
+    CHECK(cl_sends(c, "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 503);
+    /* ...a HEAD is no stream, and ordinary requests go on. */
+    CHECK(cl_sends(c, "HEAD /stream HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, true) == 0 && R.status == 200);
+    CHECK(cl_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 201);
+    CHECK(loop_call(s, lf_streams, 0) == 2 * 1000 + 2);
+    /* A stream that ends frees its place. */
+    cl_close(a);
+    a = NULL;
+    long k = -1;
+    for (int i = 0; i < 200 && k != 1 * 1000 + 2; i++) {
+        k = loop_call(s, lf_streams, 0);
+        if (k != 1 * 1000 + 2) sleep_ms(5);
+    }
+    CHECK(k == 1 * 1000 + 2);
+    CHECK(cl_sends(c, "GET /stream HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_head(c, &R) == 0 && R.status == 200);
+    CHECK(loop_call(s, lf_streams, 0) == 2 * 1000 + 2);
+out:
+    cl_close(a);
+    cl_close(b);
+    cl_close(c);
+}
+
+static void test_cy_http_stream_limit(void **state)
+{
+    srv *s = *state;
+    cy_http_limits lim = {.max_connections = 3};
+    srv_start(s, &lim);
+    run_client(s, c_stream_limit);
+    /* The limit's arithmetic at other sizes. */
+    cy_http_limits one = {.max_connections = 1}, big = {.max_connections = 1024};
+    srv_finish(s);
+    srv_start(s, &one);
+    assert_int_equal(cy_http_stream_limit(s->h), 0);
+    srv_finish(s);
+    srv_start(s, &big);
+    assert_int_equal(cy_http_stream_limit(s->h), 1024 - 102);
+    assert_int_equal(cy_http_streams(s->h), 0);
 }
 
 static void c_headers(srv *s)
@@ -842,22 +1188,15 @@ static void c_idle(srv *s)
     int64_t dt = now_ms() - t0;
     CHECK(dt >= 900 && dt < 2500);
     cl_close(c);
-    /* A client trickling its headers is cut off by the same clock. */
+    /* A client trickling its request line is cut off by the same clock
+     * (until the line is in, no request has begun; then request_timeout_s
+     * runs, see test_cy_http_request_timeout). */
     c = cl_open(s);
     CHECK(c);
-    t0 = now_ms();
-    CHECK(cl_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\n") == 0);
-    bool cut = false;
-    for (int i = 0; i < 40 && !cut; i++) {
-        sleep_ms(100);
-        if (cl_sends(c, "X-Slow: 1\r\n") != 0) cut = true;
-        char tmp[16];
-        ssize_t k = recv(c->fd, tmp, sizeof(tmp), MSG_DONTWAIT);
-        if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) cut = true;
-    }
-    dt = now_ms() - t0;
-    CHECK(cut);
-    CHECK(dt >= 900 && dt < 2500);
+    CHECK(cl_sends(c, "GET /") == 0);
+    dt = trickle_until_cut(c, "a");
+    CHECK(dt >= 800 && dt < 2500);
+    CHECK(cl_sees_close(c));
     cl_close(c);
     /* A request that arrives in time is served. */
     c = cl_open(s);
@@ -872,7 +1211,7 @@ out:
 static void test_cy_http_idle_timeout(void **state)
 {
     srv *s = *state;
-    cy_http_limits lim = {.idle_timeout_s = 1};
+    cy_http_limits lim = {.idle_timeout_s = 1, .request_timeout_s = 30};
     srv_start(s, &lim);
     run_client(s, c_idle);
 }
@@ -1324,22 +1663,22 @@ static void test_cy_http_new_invalid(void **state)
     cy_http *h = (cy_http *)1;
     /* Not listening. */
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_int_equal(cy_http_new(&loop, fd, NULL, handler, NULL, &h), CY_EINVAL);
+    assert_int_equal(cy_http_new(&loop, fd, NULL, handler, NULL, NULL, &h), CY_EINVAL);
     assert_null(h);
     close(fd);
     /* Not a socket. */
     int p[2];
     assert_int_equal(pipe(p), 0);
-    assert_int_equal(cy_http_new(&loop, p[0], NULL, handler, NULL, &h), CY_EINVAL);
+    assert_int_equal(cy_http_new(&loop, p[0], NULL, handler, NULL, NULL, &h), CY_EINVAL);
     close(p[0]);
     close(p[1]);
-    assert_int_equal(cy_http_new(&loop, -1, NULL, handler, NULL, &h), CY_EINVAL);
+    assert_int_equal(cy_http_new(&loop, -1, NULL, handler, NULL, NULL, &h), CY_EINVAL);
     int port;
     fd = make_listener(&port);
-    assert_int_equal(cy_http_new(&loop, fd, NULL, NULL, NULL, &h), CY_EINVAL);
+    assert_int_equal(cy_http_new(&loop, fd, NULL, NULL, NULL, NULL, &h), CY_EINVAL);
     /* A blocking listener is made non-blocking (it is shared between shards). */
     assert_false(fcntl(fd, F_GETFL) & O_NONBLOCK);
-    assert_int_equal(cy_http_new(&loop, fd, NULL, handler, NULL, &h), 0);
+    assert_int_equal(cy_http_new(&loop, fd, NULL, handler, NULL, NULL, &h), 0);
     assert_true(fcntl(fd, F_GETFL) & O_NONBLOCK);
     cy_http_stop(h);
     cy_http_stop(h);
@@ -1354,7 +1693,7 @@ static void test_cy_http_new_invalid(void **state)
     int rc = CY_ENOMEM;
     for (long n = 0; n < 10 && rc == CY_ENOMEM; n++) {
         cy_alloc_fail_after(n);
-        rc = cy_http_new(&loop, fd, NULL, handler, NULL, &h);
+        rc = cy_http_new(&loop, fd, NULL, handler, NULL, NULL, &h);
         cy_alloc_fail_after(-1);
         uv_run(&loop, UV_RUN_NOWAIT);
     }
@@ -1382,6 +1721,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_http_body_too_large_content_length, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_body_too_large_chunked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_content_length_and_chunked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_control_chars_in_target, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_check_before_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_request_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_stream_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_headers_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_idle_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_max_connections, setup, teardown),
