@@ -92,16 +92,36 @@ static int exec_rows(sqlite3 *db, const char *sql)
     return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : CY_ESTORE;
 }
 
+/* Live data up to which an old file is converted at open: VACUUM copies
+ * what the file holds (free pages cost nothing), about a second for this
+ * much, well inside the time a starting shard is given. */
+#define CONVERT_MAX_LIVE (64LL << 20)
+
 /* A file made before incremental auto-vacuum: convert it once. VACUUM
- * rewrites the whole file (it needs that much free disk for a moment and
- * takes about as long as copying it), which is why this is done at open,
- * before the loop serves anyone. A failure is logged and not fatal: the
- * file keeps working, it only does not shrink. */
+ * rewrites the file (it needs that much free disk for a moment), which is
+ * why this is done at open, before the loop serves anyone, and only when
+ * little is live: a longer VACUUM would outlast the supervisor's start
+ * grace, be killed and start over at every restart. A larger file is left
+ * as it is, with a warning saying how to convert it offline. A failure is
+ * logged and not fatal: the file keeps working, it only does not shrink. */
 static void convert_vacuum(sqlite3 *db, const cy_db_schema *s, const char *path)
 {
-    int mode = 0;
+    int mode = 0, pages = 0, free_pages = 0, page_size = 0;
     if (sqlite3_exec(db, "PRAGMA auto_vacuum", int_cb, &mode, NULL) != SQLITE_OK || mode == 2)
         return;
+    if (sqlite3_exec(db, "PRAGMA page_count", int_cb, &pages, NULL) != SQLITE_OK ||
+        sqlite3_exec(db, "PRAGMA freelist_count", int_cb, &free_pages, NULL) != SQLITE_OK ||
+        sqlite3_exec(db, "PRAGMA page_size", int_cb, &page_size, NULL) != SQLITE_OK)
+        return;
+    long long live = (long long)(pages - free_pages) * page_size;
+    if (live > CONVERT_MAX_LIVE) {
+        cy_warn(NULL,
+                "%s: %s: made without incremental auto-vacuum and too large (%lld MiB) to "
+                "convert at start: its free space is not given back until it is converted "
+                "with cyan stopped: sqlite3 %s 'PRAGMA auto_vacuum = INCREMENTAL; VACUUM'",
+                s->name, path, live >> 20, path);
+        return;
+    }
     cy_info(NULL, "%s: %s: converting to incremental auto-vacuum (a one-time VACUUM)", s->name,
             path);
     if (exec_rows(db, "PRAGMA auto_vacuum = INCREMENTAL") || exec_rows(db, "VACUUM")) {
