@@ -135,7 +135,10 @@ static uint64_t retained_bytes(const cy_msg *m)
 
 /* The setting each CY_RETAIN_OVER_* stands for. */
 static const char *const over_setting[] = {
-    "", "max_retained", "max_retained_bytes", "max_retained_per_client",
+    "",
+    "max_retained",
+    "max_retained_bytes",
+    "max_retained_per_client",
     "max_retained_bytes_per_client",
 };
 
@@ -162,8 +165,9 @@ int cy_route_retain_check(cy_broker *b, const char *client_id, const cy_msg *m)
         cy_retain_usage node = cy_retain_usage_total(b->retained);
         cy_retain_usage own = cy_retain_usage_of(b->retained, client_id, idlen);
         char more[64] = "";
-        if (held) snprintf(more, sizeof(more), " (%llu more since the last line)",
-                           (unsigned long long)held);
+        if (held)
+            snprintf(more, sizeof(more), " (%llu more since the last line)",
+                     (unsigned long long)held);
         cy_warn(client_id,
                 "retained message on %s (%llu bytes) refused: over %s (the node holds %llu "
                 "messages, %llu bytes; this client %llu, %llu bytes)%s",

@@ -49,12 +49,12 @@ typedef struct rnode {
 } rnode;
 
 struct cy_retain {
-    rnode root;     /* key "", never holds a value, never pruned */
-    size_t count;   /* values held */
+    rnode root;          /* key "", never holds a value, never pruned */
+    size_t count;        /* values held */
     cy_retain_usage use; /* charged values */
-    cy_map owners;  /* owner id -> rowner */
-    char *namebuf;  /* rebuilds names for cy_retain_match */
-    size_t namecap; /* bytes of namebuf, >= every stored name's length */
+    cy_map owners;       /* owner id -> rowner */
+    char *namebuf;       /* rebuilds names for cy_retain_match */
+    size_t namecap;      /* bytes of namebuf, >= every stored name's length */
 };
 
 typedef void (*match_cb)(void *ctx, const char *name, size_t len, void *value);
