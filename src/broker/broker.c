@@ -117,7 +117,10 @@ static int load_retained(void *ctx, const cy_store_msg *sm)
     if (!m) return CY_ENOMEM;
     m->retain_ts = sm->ts;
     void *old = NULL;
-    int rc = cy_retain_set(b->retained, m->topic, m->topic_len, m, &old);
+    /* Charged as when it was set (route.c), to the client that set it. */
+    int rc = cy_retain_set_charged(b->retained, m->topic, m->topic_len, m,
+                                   (uint64_t)m->topic_len + m->payload_len + m->props_len,
+                                   sm->owner, sm->owner_len, &old);
     if (rc) {
         cy_msg_unref(m);
         return rc == CY_EINVAL ? 0 : rc;
@@ -278,12 +281,15 @@ static void on_sweep(uv_timer_t *t)
             s->will = NULL;
             s->will_at = 0;
             cy_info(s->client_id, "publishing will on %s after its delay", m->topic);
-            cy_route_publish(b, m, NULL);
+            cy_route_publish(b, m, s); /* s: a retained will is charged to its client */
             cy_msg_unref(m);
         }
         s = next;
     }
     if (b->nshards > 1) cy_cluster_sweep(b);
+    /* Space freed by deletes (cleared retained messages, acknowledged
+     * frames) goes back to the file system a slice per sweep. */
+    cy_store_reclaim(b->store, CY_RECLAIM_PAGES);
     if (b->cfg->sys_interval && now >= b->sys_next) {
         publish_sys(b);
         b->sys_next = now + (int64_t)b->cfg->sys_interval * 1000;

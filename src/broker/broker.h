@@ -45,6 +45,7 @@
     X(limit_queue_full, "messages dropped because a session queue held max_queued")                \
     X(limit_connections, "CONNECTs refused at max_connections")                                    \
     X(limit_subscriptions, "subscriptions refused at max_subscriptions")                           \
+    X(limit_retained, "retained publishes refused at max_retained* (node or client)")             \
     X(sessions, "sessions held (online and offline)")                                              \
     X(subscriptions, "subscriptions held")                                                         \
     X(retained_messages, "retained messages held")                                               \

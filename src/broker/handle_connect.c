@@ -139,6 +139,15 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
             reason = CY_RC_NOT_AUTHORIZED;
             why = "a reply topic (a will cannot answer a call)";
         }
+        /* A retained will is charged to its client when it is published; if it
+         * is over a retained limit already, the CONNECT says so now. */
+        if (!reason && will_retain) {
+            cy_msg *w = make_will(c, p, true);
+            if (!w) return refuse(c, CY_RC_SERVER_BUSY, CY_RC3_SERVER_UNAVAILABLE, who, "out of memory");
+            reason = cy_route_retain_check(b, who, w);
+            why = "over a retained messages limit";
+            cy_msg_unref(w);
+        }
         if (reason) {
             char text[128];
             snprintf(text, sizeof(text), "will refused: %s", why);

@@ -106,6 +106,11 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
         cy_msg *m = cy_msg_from_publish(&p->topic, p->payload, p->payload_len, &p->props, p->qos,
                                         retain, c->version, &b->scratch);
         if (!m) return refuse(c, p, CY_RC_UNSPECIFIED, "out of memory");
+        int rc = retain ? cy_route_retain_check(b, s->client_id, m) : 0;
+        if (rc) { /* counted and logged by the check */
+            cy_msg_unref(m);
+            return refuse(c, p, (uint8_t)rc, "over a retained messages limit");
+        }
         cy_route_publish(b, m, s);
         cy_msg_unref(m);
     }

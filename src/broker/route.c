@@ -10,6 +10,13 @@
  * Retained messages: a PUBLISH with the retain flag replaces the topic's
  * retained message (an empty payload deletes it), in memory and in the
  * store ($SYS topics are kept in memory only: they are rebuilt at start).
+ * Every shard holds every retained message, so the node's totals are known
+ * on each; the limits (max_retained*, docs/operations.md) are checked on the
+ * shard where the message enters, against the node's totals and the
+ * publishing client's. Each retained message records the client id that
+ * set it (in the tree and in the store), on the publisher's own shard;
+ * replicas record nobody, which is enough because a client always
+ * publishes through its own shard (cy_shard_of).
  */
 #include "broker/broker_int.h"
 
@@ -17,6 +24,7 @@
 #include "core/cy_clock.h"
 #include "core/cy_log.h"
 
+#include <stdio.h>
 #include <string.h>
 
 typedef struct route_ctx {
@@ -118,9 +126,62 @@ static bool is_sys(const cy_msg *m)
     return m->topic_len >= 5 && memcmp(m->topic, "$SYS/", 5) == 0;
 }
 
+/* What a retained message costs against the limits: its bytes in memory,
+ * near enough (the cy_msg header and tree node are not counted). */
+static uint64_t retained_bytes(const cy_msg *m)
+{
+    return (uint64_t)m->topic_len + m->payload_len + m->props_len;
+}
+
+/* The setting each CY_RETAIN_OVER_* stands for. */
+static const char *const over_setting[] = {
+    "",
+    "max_retained",
+    "max_retained_bytes",
+    "max_retained_per_client",
+    "max_retained_bytes_per_client",
+};
+
+#define RETAIN_LOG_WINDOW_MS 10000
+#define RETAIN_LOG_BURST 20
+
+int cy_route_retain_check(cy_broker *b, const char *client_id, const cy_msg *m)
+{
+    if (!m->retain || m->payload_len == 0 || is_sys(m)) return 0;
+    const cy_config *cfg = b->cfg;
+    cy_retain_limits l = {cfg->max_retained, cfg->max_retained_bytes, cfg->max_retained_per_client,
+                          cfg->max_retained_bytes_per_client};
+    size_t idlen = client_id ? strlen(client_id) : 0;
+    int which = 0;
+    if (!cy_retain_admit(b->retained, &l, m->topic, m->topic_len, retained_bytes(m), client_id,
+                         idlen, &which))
+        return 0;
+    b->stats.limit_retained++;
+    /* A device can repeat this at will: one line per client per window. */
+    if (b->retain_log.window_ms == 0)
+        cy_logrl_init(&b->retain_log, RETAIN_LOG_WINDOW_MS, RETAIN_LOG_BURST);
+    uint64_t held = 0;
+    if (cy_logrl_allow(&b->retain_log, client_id, (int64_t)cy_mono_ms(), &held)) {
+        cy_retain_usage node = cy_retain_usage_total(b->retained);
+        cy_retain_usage own = cy_retain_usage_of(b->retained, client_id, idlen);
+        char more[64] = "";
+        if (held)
+            snprintf(more, sizeof(more), " (%llu more since the last line)",
+                     (unsigned long long)held);
+        cy_warn(client_id,
+                "retained message on %s (%llu bytes) refused: over %s (the node holds %llu "
+                "messages, %llu bytes; this client %llu, %llu bytes)%s",
+                m->topic, (unsigned long long)retained_bytes(m), over_setting[which],
+                (unsigned long long)node.count, (unsigned long long)node.bytes,
+                (unsigned long long)own.count, (unsigned long long)own.bytes, more);
+    }
+    return CY_RC_QUOTA_EXCEEDED;
+}
+
 /* Set or clear the retained message of m's topic if m is newer than what
- * is held (last writer wins, so replicas converge). */
-void cy_route_apply_retained(cy_broker *b, cy_msg *m)
+ * is held (last writer wins, so replicas converge). owner: the client id
+ * that published it here, or NULL (a replica, or not a client's). */
+static void apply_retained(cy_broker *b, cy_msg *m, const char *owner)
 {
     cy_msg *cur = cy_retain_get(b->retained, m->topic, m->topic_len);
     if (cur && cur->retain_ts > m->retain_ts) return;
@@ -135,7 +196,10 @@ void cy_route_apply_retained(cy_broker *b, cy_msg *m)
         }
         return;
     }
-    if (cy_retain_set(b->retained, m->topic, m->topic_len, cy_msg_ref(m), &old)) {
+    /* $SYS values are the node's own: held, never charged. */
+    size_t olen = owner && !sys ? strlen(owner) : 0;
+    if (cy_retain_set_charged(b->retained, m->topic, m->topic_len, cy_msg_ref(m),
+                              sys ? 0 : retained_bytes(m), owner, olen, &old)) {
         cy_msg_unref(m);
         return;
     }
@@ -145,14 +209,21 @@ void cy_route_apply_retained(cy_broker *b, cy_msg *m)
         b->stats.retained_messages++;
     if (!sys) {
         cy_store_msg sm = cy_msg_to_store(m, m->qos, true);
+        sm.owner = owner;
+        sm.owner_len = olen;
         cy_store_retain_put(b->store, &sm);
     }
 }
 
-void cy_route_set_retained(cy_broker *b, cy_msg *m)
+void cy_route_apply_retained(cy_broker *b, cy_msg *m)
+{
+    apply_retained(b, m, NULL);
+}
+
+void cy_route_set_retained(cy_broker *b, cy_msg *m, const char *owner)
 {
     m->retain_ts = (cy_wall_ms() << 8) | b->self;
-    cy_route_apply_retained(b, m);
+    apply_retained(b, m, owner);
 }
 
 static void route(cy_broker *b, cy_msg *m, route_ctx *rc)
@@ -172,7 +243,14 @@ static void route(cy_broker *b, cy_msg *m, route_ctx *rc)
 
 void cy_route_publish(cy_broker *b, cy_msg *m, cy_session *from)
 {
-    if (m->retain) cy_route_set_retained(b, m);
+    /* The retained limits are enforced here, where the message enters the
+     * node; the replicas take what this shard took. A PUBLISH was checked
+     * (and refused) before; a will is checked again when it fires, since
+     * the node may have filled up since its CONNECT: over a limit it is
+     * still delivered, only not kept. */
+    const char *owner = from ? from->client_id : NULL;
+    bool set = m->retain && !cy_route_retain_check(b, owner, m);
+    if (set) cy_route_set_retained(b, m, owner);
     route_ctx rc = {b, from, NULL, 0, false, false};
     route(b, m, &rc);
     if (rc.event) { /* numbered here, where it entered the node */
@@ -180,7 +258,7 @@ void cy_route_publish(cy_broker *b, cy_msg *m, cy_session *from)
         cy_api_event_stamp(b, m);
         cy_api_event(b, m);
     }
-    if (b->nshards > 1 && !is_sys(m)) cy_cluster_forward(b, m, m->retain);
+    if (b->nshards > 1 && !is_sys(m)) cy_cluster_forward(b, m, set);
 }
 
 void cy_route_local(cy_broker *b, cy_msg *m, const cy_str *groups, unsigned n_groups)

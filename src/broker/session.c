@@ -80,7 +80,7 @@ static void publish_will(cy_broker *b, cy_session *s)
     s->will_at = 0;
     if (!m) return;
     cy_info(s->client_id, "publishing will on %s", m->topic);
-    cy_route_publish(b, m, NULL);
+    cy_route_publish(b, m, s); /* s: a retained will is charged to its client */
     cy_msg_unref(m);
 }
 

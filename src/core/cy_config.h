@@ -30,6 +30,10 @@ typedef struct cy_config {
     uint32_t max_inflight;      /* receive maximum, both directions */
     uint32_t max_queued;        /* messages per session */
     uint32_t max_subscriptions; /* per session */
+    uint32_t max_retained;      /* retained messages on the node; 0 = no limit */
+    uint32_t max_retained_bytes; /* bytes of them (topic + payload + props); 0 = no limit */
+    uint32_t max_retained_per_client; /* set by one client id; 0 = no limit */
+    uint32_t max_retained_bytes_per_client; /* bytes set by one client id; 0 = no limit */
     uint32_t max_connections;   /* per process */
     uint32_t connect_timeout;   /* s from accept to CONNECT */
     uint32_t max_connect_size;  /* bytes: the largest CONNECT (before login) */

@@ -14,6 +14,12 @@
  * the size of the longest name ever stored. The walks use parent pointers
  * and bucket order instead of recursion or a stack, so depth costs nothing,
  * and a node with no value and no children is pruned at once.
+ *
+ * Accounting: a node with a charged value remembers its cost and a pointer
+ * to its owner's record (one per owner that holds at least one charged
+ * value, in a map keyed by the owner's id, freed when its count reaches
+ * zero), so admitting, replacing and clearing are O(topic levels) with no
+ * scan of the tree.
  */
 #include "router/topic.h"
 
@@ -21,22 +27,34 @@
 
 #include "core/cy_alloc.h"
 #include "core/cy_err.h"
+#include "core/cy_map.h"
 #include "router/topic_trie.h"
 
 /* Filter levels whose start offset a match remembers (on the stack). */
 #define CACHE_LEVELS 64u
 #define MAX_NAME 65535u
 
+/* What one owner's charged values cost. */
+typedef struct rowner {
+    cy_retain_usage use;
+    size_t len;
+    char id[]; /* the map key, len bytes */
+} rowner;
+
 typedef struct rnode {
     cy_trie_node t; /* first member: a cy_trie_node * is an rnode * */
     void *value;    /* NULL: no retained value here (an inner node) */
+    uint64_t bytes; /* what value is charged; 0 = not charged */
+    rowner *owner;  /* whose it is, or NULL (nobody known, or not charged) */
 } rnode;
 
 struct cy_retain {
-    rnode root;     /* key "", never holds a value, never pruned */
-    size_t count;   /* values held */
-    char *namebuf;  /* rebuilds names for cy_retain_match */
-    size_t namecap; /* bytes of namebuf, >= every stored name's length */
+    rnode root;          /* key "", never holds a value, never pruned */
+    size_t count;        /* values held */
+    cy_retain_usage use; /* charged values */
+    cy_map owners;       /* owner id -> rowner */
+    char *namebuf;       /* rebuilds names for cy_retain_match */
+    size_t namecap;      /* bytes of namebuf, >= every stored name's length */
 };
 
 typedef void (*match_cb)(void *ctx, const char *name, size_t len, void *value);
@@ -86,11 +104,54 @@ static rnode *walk(cy_retain *r, const char *name, size_t len, bool create)
     }
 }
 
+static void free_owner(void *ctx, void *value)
+{
+    (void)ctx;
+    cy_free(value);
+}
+
+/* Take n's charge off the totals and its owner (freed at zero). */
+static void uncharge(cy_retain *r, rnode *n)
+{
+    if (!n->bytes) return;
+    r->use.count--;
+    r->use.bytes -= n->bytes;
+    rowner *o = n->owner;
+    if (o) {
+        o->use.count--;
+        o->use.bytes -= n->bytes;
+        if (o->use.count == 0) {
+            cy_map_del(&r->owners, o->id, o->len);
+            cy_free(o);
+        }
+    }
+    n->bytes = 0;
+    n->owner = NULL;
+}
+
+/* The record of owner, made (with nothing charged) if absent; NULL: out
+ * of memory. */
+static rowner *owner_get(cy_retain *r, const char *id, size_t len)
+{
+    rowner *o = cy_map_get(&r->owners, id, len);
+    if (o) return o;
+    o = cy_calloc(1, sizeof(*o) + len + 1);
+    if (!o) return NULL;
+    memcpy(o->id, id, len);
+    o->len = len;
+    if (cy_map_put(&r->owners, o->id, len, o)) {
+        cy_free(o);
+        return NULL;
+    }
+    return o;
+}
+
 int cy_retain_new(cy_retain **out)
 {
     cy_retain *r = cy_calloc(1, sizeof *r);
     if (!r) return CY_ENOMEM;
     cy_trie_init(&r->root.t, "", 0, cy_trie_hash("", 0));
+    cy_map_init(&r->owners);
     *out = r;
     return 0;
 }
@@ -117,18 +178,27 @@ void cy_retain_free(cy_retain *r, void (*release)(void *value))
         }
     }
     cy_trie_fini(&r->root.t);
+    cy_map_each(&r->owners, free_owner, NULL);
+    cy_map_fini(&r->owners);
     cy_free(r->namebuf);
     cy_free(r);
 }
 
 int cy_retain_set(cy_retain *r, const char *name, size_t len, void *value, void **old)
 {
+    return cy_retain_set_charged(r, name, len, value, 0, NULL, 0, old);
+}
+
+int cy_retain_set_charged(cy_retain *r, const char *name, size_t len, void *value, uint64_t bytes,
+                          const char *owner, size_t owner_len, void **old)
+{
     if (old) *old = NULL;
-    if (!r || !cy_topic_valid_name(name, len)) return CY_EINVAL;
+    if (!r || !cy_topic_valid_name(name, len) || (!owner && owner_len)) return CY_EINVAL;
     if (!value) {
         rnode *n = walk(r, name, len, false);
         if (!n || !n->value) return 0;
         if (old) *old = n->value;
+        uncharge(r, n);
         n->value = NULL;
         r->count--;
         prune(r, n);
@@ -142,12 +212,76 @@ int cy_retain_set(cy_retain *r, const char *name, size_t len, void *value, void 
         r->namebuf = b;
         r->namecap = cap;
     }
+    rowner *o = NULL;
+    if (bytes && owner_len && !(o = owner_get(r, owner, owner_len))) return CY_ENOMEM;
     rnode *n = walk(r, name, len, true);
-    if (!n) return CY_ENOMEM;
+    if (!n) {
+        if (o && o->use.count == 0) { /* made for this call */
+            cy_map_del(&r->owners, o->id, o->len);
+            cy_free(o);
+        }
+        return CY_ENOMEM;
+    }
+    /* Charge the new value before uncharging the old one: when both are
+     * the same owner's, its record must not reach zero (and be freed) in
+     * between. */
+    if (bytes) {
+        r->use.count++;
+        r->use.bytes += bytes;
+        if (o) {
+            o->use.count++;
+            o->use.bytes += bytes;
+        }
+    }
+    if (n->value) {
+        uncharge(r, n);
+    } else {
+        r->count++;
+    }
     if (old) *old = n->value;
-    if (!n->value) r->count++;
     n->value = value;
+    n->bytes = bytes;
+    n->owner = o;
     return 0;
+}
+
+int cy_retain_admit(const cy_retain *r, const cy_retain_limits *l, const char *name, size_t len,
+                    uint64_t bytes, const char *owner, size_t owner_len, int *which)
+{
+    if (which) *which = 0;
+    if (!r || !l || bytes == 0) return 0;
+    /* walk() without create changes nothing. */
+    rnode *n = cy_topic_valid_name(name, len) ? walk((cy_retain *)r, name, len, false) : NULL;
+    uint64_t old_bytes = n && n->value ? n->bytes : 0; /* 0: nothing charged there */
+    int over = 0;
+    if (l->count && !old_bytes && r->use.count + 1 > l->count)
+        over = CY_RETAIN_OVER_COUNT;
+    else if (l->bytes && bytes > old_bytes && r->use.bytes - old_bytes + bytes > l->bytes)
+        over = CY_RETAIN_OVER_BYTES;
+    else if (owner_len && (l->owner_count || l->owner_bytes)) {
+        const rowner *o = cy_map_get(&r->owners, owner, owner_len);
+        bool same = o && old_bytes && n->owner == o; /* replacing its own value */
+        cy_retain_usage u = o ? o->use : (cy_retain_usage){0, 0};
+        uint64_t mine = same ? old_bytes : 0;
+        if (l->owner_count && !same && u.count + 1 > l->owner_count)
+            over = CY_RETAIN_OVER_OWNER_COUNT;
+        else if (l->owner_bytes && bytes > mine && u.bytes - mine + bytes > l->owner_bytes)
+            over = CY_RETAIN_OVER_OWNER_BYTES;
+    }
+    if (!over) return 0;
+    if (which) *which = over;
+    return CY_EQUOTA;
+}
+
+cy_retain_usage cy_retain_usage_total(const cy_retain *r)
+{
+    return r ? r->use : (cy_retain_usage){0, 0};
+}
+
+cy_retain_usage cy_retain_usage_of(const cy_retain *r, const char *owner, size_t owner_len)
+{
+    const rowner *o = r && owner_len ? cy_map_get(&r->owners, owner, owner_len) : NULL;
+    return o ? o->use : (cy_retain_usage){0, 0};
 }
 
 void *cy_retain_get(cy_retain *r, const char *name, size_t len)

@@ -20,11 +20,13 @@
  *   cy_topic_tree holds subscriptions (owner, options, subscription id) and
  *   answers "who is subscribed to this topic".
  *   cy_retain holds one value per topic name and answers "which retained
- *   values match this filter".
+ *   values match this filter"; it also keeps what its values cost, in all
+ *   and per owner, so a caller can hold them to limits (cy_retain_admit).
  * Owners and values are opaque void pointers the caller manages; the trees
  * never dereference them.
  *
- * Errors: CY_ENOMEM, CY_EINVAL (an invalid filter or name), CY_ENOENT.
+ * Errors: CY_ENOMEM, CY_EINVAL (an invalid filter or name), CY_ENOENT,
+ * CY_EQUOTA (a retained limit).
  * Thread: a tree belongs to one loop thread.
  */
 #ifndef CY_TOPIC_H
@@ -121,6 +123,56 @@ void *cy_retain_get(cy_retain *r, const char *name, size_t len);
  * the '$' rule applied. The callback must not modify the tree. */
 void cy_retain_match(cy_retain *r, const char *filter, size_t len,
                      void (*fn)(void *ctx, const char *name, size_t len, void *value), void *ctx);
+/* Values held, charged or not. */
 size_t cy_retain_count(const cy_retain *r);
+
+/* ---- retained values: accounting and limits ----
+ *
+ * A value may be charged: it costs `bytes` (> 0; what the caller counts,
+ * e.g. topic + payload + properties) and may belong to an owner (the client
+ * id that set it, copied into the tree; empty = nobody known, e.g. a copy
+ * replicated from another shard). The tree keeps the totals of charged
+ * values and, per owner, that owner's. A value set with bytes 0 (or with
+ * cy_retain_set) is held but not charged ($SYS topics).
+ *
+ * cy_retain_admit answers "may this owner set this topic to a value of this
+ * many bytes?" against limits: a new topic adds one value and its bytes; a
+ * replacement adds only the difference in bytes (and one value to the new
+ * owner when the topic was someone else's); a limit is only enforced on
+ * what grows, so a replacement that shrinks, and clearing (bytes 0), are
+ * always admitted, even above a limit that was lowered. */
+typedef struct cy_retain_usage {
+    uint64_t count; /* charged values */
+    uint64_t bytes; /* their bytes */
+} cy_retain_usage;
+
+typedef struct cy_retain_limits {
+    uint64_t count, bytes;             /* the whole tree; 0 = no limit */
+    uint64_t owner_count, owner_bytes; /* each owner; 0 = no limit */
+} cy_retain_limits;
+
+/* Which limit cy_retain_admit found in the way. */
+enum {
+    CY_RETAIN_OVER_COUNT = 1,
+    CY_RETAIN_OVER_BYTES,
+    CY_RETAIN_OVER_OWNER_COUNT,
+    CY_RETAIN_OVER_OWNER_BYTES,
+};
+
+/* cy_retain_set, charging value `bytes` to owner[0..owner_len) (copied;
+ * owner may be NULL when owner_len is 0). The value replaced (or deleted)
+ * is uncharged from its own owner. Limits are not checked here (see
+ * cy_retain_admit): a replica must take what its origin admitted.
+ * Errors: CY_EINVAL, CY_ENOMEM (then nothing changed). */
+int cy_retain_set_charged(cy_retain *r, const char *name, size_t len, void *value, uint64_t bytes,
+                          const char *owner, size_t owner_len, void **old);
+/* 0 if setting name to a value of `bytes` charged to owner stays within
+ * limits (borrowed; NULL = none), else CY_EQUOTA with *which (may be NULL)
+ * set to a CY_RETAIN_OVER_* value. bytes 0 (clearing) is always 0. */
+int cy_retain_admit(const cy_retain *r, const cy_retain_limits *limits, const char *name,
+                    size_t len, uint64_t bytes, const char *owner, size_t owner_len, int *which);
+/* Totals of the charged values, and of one owner's (zero if it has none). */
+cy_retain_usage cy_retain_usage_total(const cy_retain *r);
+cy_retain_usage cy_retain_usage_of(const cy_retain *r, const char *owner, size_t owner_len);
 
 #endif

@@ -4,6 +4,7 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -86,6 +87,72 @@ rollback:
     return CY_ESTORE;
 }
 
+static int exec_rows(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : CY_ESTORE;
+}
+
+/* Live data up to which an old file is converted at open: VACUUM copies
+ * what the file holds (free pages cost nothing), about a second for this
+ * much, well inside the time a starting shard is given. */
+#define CONVERT_MAX_LIVE (64LL << 20)
+
+/* A file made before incremental auto-vacuum: convert it once. VACUUM
+ * rewrites the file (it needs that much free disk for a moment), which is
+ * why this is done at open, before the loop serves anyone, and only when
+ * little is live: a longer VACUUM would outlast the supervisor's start
+ * grace, be killed and start over at every restart. A larger file is left
+ * as it is, with a warning saying how to convert it offline. A failure is
+ * logged and not fatal: the file keeps working, it only does not shrink. */
+static void convert_vacuum(sqlite3 *db, const cy_db_schema *s, const char *path)
+{
+    int mode = 0, pages = 0, free_pages = 0, page_size = 0;
+    if (sqlite3_exec(db, "PRAGMA auto_vacuum", int_cb, &mode, NULL) != SQLITE_OK || mode == 2)
+        return;
+    if (sqlite3_exec(db, "PRAGMA page_count", int_cb, &pages, NULL) != SQLITE_OK ||
+        sqlite3_exec(db, "PRAGMA freelist_count", int_cb, &free_pages, NULL) != SQLITE_OK ||
+        sqlite3_exec(db, "PRAGMA page_size", int_cb, &page_size, NULL) != SQLITE_OK)
+        return;
+    long long live = (long long)(pages - free_pages) * page_size;
+    if (live > CONVERT_MAX_LIVE) {
+        cy_warn(NULL,
+                "%s: %s: made without incremental auto-vacuum and too large (%lld MiB) to "
+                "convert at start: its free space is not given back until it is converted "
+                "with cyan stopped: sqlite3 %s 'PRAGMA auto_vacuum = INCREMENTAL; VACUUM'",
+                s->name, path, live >> 20, path);
+        return;
+    }
+    cy_info(NULL, "%s: %s: converting to incremental auto-vacuum (a one-time VACUUM)", s->name,
+            path);
+    if (exec_rows(db, "PRAGMA auto_vacuum = INCREMENTAL") || exec_rows(db, "VACUUM")) {
+        cy_warn(NULL, "%s: %s: VACUUM failed (%s): free space in this file is not reclaimed",
+                s->name, path, sqlite3_errmsg(db));
+        return;
+    }
+    sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+}
+
+int cy_db_reclaim(sqlite3 *db, const char *name, unsigned max_pages)
+{
+    int mode = 0, free_pages = 0;
+    if (!sqlite3_get_autocommit(db)) return 0; /* a batch is open: next time */
+    if (sqlite3_exec(db, "PRAGMA auto_vacuum", int_cb, &mode, NULL) != SQLITE_OK)
+        return cy_db_fail(db, name, "auto_vacuum");
+    if (mode != 2) return 0;
+    if (sqlite3_exec(db, "PRAGMA freelist_count", int_cb, &free_pages, NULL) != SQLITE_OK)
+        return cy_db_fail(db, name, "freelist_count");
+    if (free_pages == 0 || max_pages == 0) return free_pages;
+    char sql[64];
+    snprintf(sql, sizeof(sql), "PRAGMA incremental_vacuum(%u)", max_pages);
+    /* sqlite3_exec steps to the end: each step frees one page. */
+    if (exec_rows(db, sql)) return cy_db_fail(db, name, "incremental_vacuum");
+    int left = 0;
+    if (sqlite3_exec(db, "PRAGMA freelist_count", int_cb, &left, NULL) != SQLITE_OK)
+        return cy_db_fail(db, name, "freelist_count");
+    if (left == 0) sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    return left;
+}
+
 int cy_db_open(const char *path, bool sync_full, const cy_db_schema *s, const char *const *sql,
                int nst, sqlite3 **db, sqlite3_stmt **st)
 {
@@ -94,6 +161,15 @@ int cy_db_open(const char *path, bool sync_full, const cy_db_schema *s, const ch
         return open_fail(*db, s, path, "sqlite3_open_v2");
     sqlite3_extended_result_codes(*db, 1);
     sqlite3_busy_timeout(*db, BUSY_TIMEOUT_MS);
+    /* On a new (empty) file, before WAL: switching to WAL writes the header,
+     * after which auto_vacuum can no longer change without a VACUUM. Only
+     * then: on an existing file the pragma would wait for the write lock. */
+    int pages = -1;
+    if (s->incremental_vacuum &&
+        (sqlite3_exec(*db, "PRAGMA page_count", int_cb, &pages, NULL) != SQLITE_OK ||
+         (pages == 0 &&
+          sqlite3_exec(*db, "PRAGMA auto_vacuum = INCREMENTAL", NULL, NULL, NULL) != SQLITE_OK)))
+        return open_fail(*db, s, path, "auto_vacuum");
     bool wal = false;
     if (sqlite3_exec(*db, "PRAGMA journal_mode = WAL", wal_cb, &wal, NULL) != SQLITE_OK)
         return open_fail(*db, s, path, "journal_mode");
@@ -101,8 +177,13 @@ int cy_db_open(const char *path, bool sync_full, const cy_db_schema *s, const ch
     const char *sync = sync_full ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL";
     if (sqlite3_exec(*db, sync, NULL, NULL, NULL) != SQLITE_OK)
         return open_fail(*db, s, path, "synchronous");
+    char limit[64];
+    snprintf(limit, sizeof(limit), "PRAGMA journal_size_limit = %d", CY_DB_WAL_KEEP);
+    if (sqlite3_exec(*db, limit, NULL, NULL, NULL) != SQLITE_OK)
+        return open_fail(*db, s, path, "journal_size_limit");
     int rc = schema(*db, s, path);
     if (rc) return rc;
+    if (s->incremental_vacuum) convert_vacuum(*db, s, path);
     for (int i = 0; i < nst; i++)
         if (sqlite3_prepare_v3(*db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &st[i], NULL) !=
             SQLITE_OK)

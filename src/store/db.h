@@ -2,7 +2,10 @@
  *
  * Open or create the file, turn on extended result codes, a busy timeout,
  * WAL and the requested synchronous level, bring the schema to the current
- * version, and prepare the module's statements once. Schema changes happen
+ * version, and prepare the module's statements once. The WAL file is cut
+ * back to CY_DB_WAL_KEEP bytes after each checkpoint that empties it
+ * (journal_size_limit), so one large batch does not leave a large WAL
+ * behind for good. Schema changes happen
  * under BEGIN IMMEDIATE with the version read again inside the lock, so two
  * processes opening a new or old file at once do not both create or migrate
  * it, and a failed step leaves the file as it was. A file already at the
@@ -26,10 +29,25 @@ typedef struct cy_db_schema {
     const char *create;   /* SQL creating the current schema in an empty file */
     /* migrate[v] takes version v to v + 1, for 1 <= v < version. */
     const char *const *migrate;
+    /* Free pages are given back to the file system in slices
+     * (cy_db_reclaim): a new file is made with auto_vacuum = INCREMENTAL,
+     * and an older file without it is converted once at open by a VACUUM
+     * (only for a file one process owns: it rewrites the whole file). */
+    bool incremental_vacuum;
 } cy_db_schema;
 
 int cy_db_open(const char *path, bool sync_full, const cy_db_schema *schema,
                const char *const *sql, int nst, sqlite3 **db, sqlite3_stmt **st);
+
+#define CY_DB_WAL_KEEP (4 << 20)
+
+/* Give up to max_pages free pages back to the file system (PRAGMA
+ * incremental_vacuum), outside any transaction; when the last free page
+ * goes, checkpoint (passive) so the main file shrinks now rather than at
+ * the next automatic checkpoint. Returns the free pages left (0: nothing
+ * to do, or a file without incremental auto-vacuum), or CY_ESTORE. The
+ * cost is about that of writing max_pages pages. */
+int cy_db_reclaim(sqlite3 *db, const char *name, unsigned max_pages);
 
 /* Log db's last error for `what` in module `name`; returns CY_ESTORE. */
 int cy_db_fail(sqlite3 *db, const char *name, const char *what);

@@ -212,7 +212,7 @@ int cy_registry_open(const char *path, cy_registry **out)
     *out = NULL;
     cy_registry *r = cy_calloc(1, sizeof(*r));
     if (!r) return CY_ENOMEM;
-    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v2, migrations};
+    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v2, migrations, false};
     int rc = cy_db_open(path, true, &schema, sql, N_ST, &r->db, r->st);
     if (rc) goto fail;
     rc = mac_open(r);

@@ -43,9 +43,15 @@
  * below 2^63 (sequences count from 1 and never get there).
  *
  * Schema versions (PRAGMA user_version): 1 had no retained.ts, outbox or
- * peers; 2 is current. A new file gets version 2 directly; a version 1 file
- * is migrated at open in one transaction (all of it or none of it); a newer
- * file is refused.
+ * peers; 2 had no retained.owner; 3 is current. A new file gets version 3
+ * directly; an older file is migrated at open in one transaction (all of it
+ * or none of it); a newer file is refused.
+ *
+ * Space: the file is made with auto_vacuum = INCREMENTAL (an older file is
+ * converted once at open, see db.c), so the pages that deleted rows free
+ * (cleared retained messages, acknowledged outbox frames, ended sessions)
+ * go back to the file system through cy_store_reclaim, a slice at a time,
+ * instead of staying in the file for good.
  *
  * Every SQLite failure is logged once, where it is detected, and returned
  * as CY_ESTORE.
@@ -63,7 +69,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 #define PEER_MAX 64 /* peers are 0..PEER_MAX-1 */
 
 /* The tables version 2 added, shared by a new file and the migration. */
@@ -78,7 +84,7 @@
     " last_sent INTEGER NOT NULL,"                                                                 \
     " last_applied INTEGER NOT NULL);"
 
-static const char schema_v2[] = "CREATE TABLE IF NOT EXISTS sessions("
+static const char schema_v3[] = "CREATE TABLE IF NOT EXISTS sessions("
                                 " client_id TEXT PRIMARY KEY NOT NULL,"
                                 " version INTEGER NOT NULL,"
                                 " expiry INTEGER NOT NULL,"
@@ -112,7 +118,8 @@ static const char schema_v2[] = "CREATE TABLE IF NOT EXISTS sessions("
                                 " props BLOB,"
                                 " qos INTEGER NOT NULL,"
                                 " expiry_at INTEGER NOT NULL,"
-                                " ts INTEGER NOT NULL);" TABLES_ADDED_V2 "PRAGMA user_version = 2;";
+                                " ts INTEGER NOT NULL,"
+                                " owner TEXT);" TABLES_ADDED_V2 "PRAGMA user_version = 3;";
 
 /* Version 1 to 2. Retained messages written before stamps existed get 0,
  * older than any stamp, so the first replicated update of the topic wins. */
@@ -120,8 +127,14 @@ static const char migrate_v2[] =
     "ALTER TABLE retained ADD COLUMN ts INTEGER NOT NULL DEFAULT 0;" TABLES_ADDED_V2
     "PRAGMA user_version = 2;";
 
+/* Version 2 to 3: who set each retained message. Rows written before are
+ * nobody's (NULL): they count against the node-wide retained limits, not
+ * against any client's. */
+static const char migrate_v3[] = "ALTER TABLE retained ADD COLUMN owner TEXT;"
+                                 "PRAGMA user_version = 3;";
+
 /* migrations[v] takes a file from version v to v + 1. */
-static const char *const migrations[] = {NULL, migrate_v2};
+static const char *const migrations[] = {NULL, migrate_v2, migrate_v3};
 
 enum {
     ST_BEGIN,
@@ -178,10 +191,11 @@ static const char *const sql[N_ST] = {
     [ST_MSG_DEL] = "DELETE FROM msgs WHERE id = ?1",
     [ST_INQ2_PUT] = "INSERT OR IGNORE INTO inq2(client_id, packet_id) VALUES(?1, ?2)",
     [ST_INQ2_DEL] = "DELETE FROM inq2 WHERE client_id = ?1 AND packet_id = ?2",
-    [ST_RETAIN_PUT] = "INSERT INTO retained(topic, payload, props, qos, expiry_at, ts)"
-                      " VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(topic) DO UPDATE SET"
+    [ST_RETAIN_PUT] = "INSERT INTO retained(topic, payload, props, qos, expiry_at, ts, owner)"
+                      " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(topic) DO UPDATE SET"
                       " payload = excluded.payload, props = excluded.props,"
-                      " qos = excluded.qos, expiry_at = excluded.expiry_at, ts = excluded.ts",
+                      " qos = excluded.qos, expiry_at = excluded.expiry_at, ts = excluded.ts,"
+                      " owner = excluded.owner",
     [ST_RETAIN_DEL] = "DELETE FROM retained WHERE topic = ?1",
     /* A frame put twice under one (peer, seq) replaces the first: the same
      * seq is never assigned to two different frames, so this only happens
@@ -197,7 +211,7 @@ static const char *const sql[N_ST] = {
     [ST_LOAD_MSGS] = "SELECT id, topic, payload, props, qos, retain, expiry_at, packet_id, state,"
                      " sub_ids FROM msgs WHERE client_id = ?1 ORDER BY id",
     [ST_LOAD_INQ2] = "SELECT packet_id FROM inq2 WHERE client_id = ?1 ORDER BY packet_id",
-    [ST_LOAD_RETAINED] = "SELECT topic, payload, props, qos, expiry_at, ts FROM retained",
+    [ST_LOAD_RETAINED] = "SELECT topic, payload, props, qos, expiry_at, ts, owner FROM retained",
     [ST_LOAD_PEERS] = "SELECT peer, last_sent, last_applied FROM peers ORDER BY peer",
     [ST_LOAD_OUTBOX] = "SELECT peer, seq, frame FROM outbox ORDER BY peer, seq",
 };
@@ -262,7 +276,7 @@ int cy_store_open(const char *path, bool sync_full, cy_store **out)
     *out = NULL;
     cy_store *s = cy_calloc(1, sizeof(*s));
     if (!s) return CY_ENOMEM;
-    static const cy_db_schema schema = {"store", SCHEMA_VERSION, schema_v2, migrations};
+    static const cy_db_schema schema = {"store", SCHEMA_VERSION, schema_v3, migrations, true};
     int rc = cy_db_open(path, sync_full, &schema, sql, N_ST, &s->db, s->st);
     if (rc) goto fail;
     *out = s;
@@ -419,7 +433,8 @@ static uint32_t get_be32(const uint8_t *p)
 static bool msg_valid(const cy_store_msg *m)
 {
     return m && (m->topic || !m->topic_len) && (m->payload || !m->payload_len) &&
-           (m->props || !m->props_len) && (m->sub_ids || !m->n_sub_ids);
+           (m->props || !m->props_len) && (m->sub_ids || !m->n_sub_ids) &&
+           (m->owner || !m->owner_len);
 }
 
 int cy_store_msg_put(cy_store *s, const char *client_id, cy_store_msg *m)
@@ -515,7 +530,8 @@ int cy_store_retain_put(cy_store *s, const cy_store_msg *m)
     sqlite3_stmt *st = s->st[ST_RETAIN_PUT];
     if (bind_str(st, 1, m->topic, m->topic_len) || bind_bytes(st, 2, m->payload, m->payload_len) ||
         bind_opt_bytes(st, 3, m->props, m->props_len) || sqlite3_bind_int(st, 4, m->qos) ||
-        sqlite3_bind_int64(st, 5, m->expiry_at) || sqlite3_bind_int64(st, 6, m->ts)) {
+        sqlite3_bind_int64(st, 5, m->expiry_at) || sqlite3_bind_int64(st, 6, m->ts) ||
+        (m->owner_len ? bind_str(st, 7, m->owner, m->owner_len) : sqlite3_bind_null(st, 7))) {
         done(st);
         return write_end(s, db_fail(s->db, "retain_put"));
     }
@@ -533,6 +549,14 @@ int cy_store_retain_delete(cy_store *s, const char *topic, size_t topic_len)
         return write_end(s, db_fail(s->db, "retain_delete"));
     }
     return write_end(s, step_done(s, ST_RETAIN_DEL, "retain_delete"));
+}
+
+/* ---- space ---- */
+
+int cy_store_reclaim(cy_store *s, unsigned max_pages)
+{
+    if (!s || s->in_txn || s->loading) return 0; /* between batches only */
+    return cy_db_reclaim(s->db, "store", max_pages);
 }
 
 /* ---- cross-shard delivery ---- */
@@ -739,6 +763,7 @@ static int load_retained(cy_store *s, const cy_store_loader *l, void *ctx)
         m.qos = (uint8_t)sqlite3_column_int(st, 3);
         m.expiry_at = sqlite3_column_int64(st, 4);
         m.ts = sqlite3_column_int64(st, 5);
+        if (sqlite3_column_type(st, 6) != SQLITE_NULL) m.owner = col_str(st, 6, &m.owner_len);
         rc = l->retained(ctx, &m);
     }
     return rows_end(s, st, rc, sr, "load retained");

@@ -197,6 +197,8 @@ typedef struct cy_store_msg {
     const uint32_t *sub_ids; /* subscription identifiers to report */
     uint32_t n_sub_ids;
     int64_t ts; /* retained only: last-writer-wins stamp (see cy_store_retain_put) */
+    const char *owner; /* retained only: client id that set it, or NULL (nobody known) */
+    size_t owner_len;
 } cy_store_msg;
 
 /* A persistent session. */
@@ -265,6 +267,14 @@ int cy_store_inq2_delete(cy_store *s, const char *client_id, uint16_t packet_id)
  * concurrent updates of one topic on two shards converge everywhere. */
 int cy_store_retain_put(cy_store *s, const cy_store_msg *m);
 int cy_store_retain_delete(cy_store *s, const char *topic, size_t topic_len);
+
+/* Give up to max_pages free pages of the file back to the file system
+ * (incremental vacuum; a page is 4 KiB), between batches only: with a
+ * batch open it does nothing. Call it from a timer with a small max_pages
+ * so that each call is short (about the cost of writing that many pages).
+ * Returns the free pages left in the file (0 when there is nothing to
+ * reclaim), or CY_ESTORE. */
+int cy_store_reclaim(cy_store *s, unsigned max_pages);
 
 /* ---- cross-shard delivery (see docs/architecture.md, "The bus") ----
  *

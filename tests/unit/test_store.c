@@ -176,7 +176,12 @@ static int on_retained(void *ctx, const cy_store_msg *m)
     rec *r = ctx;
     out(r, "R ");
     out_msg(r, m);
-    out(r, " ts%lld\n", (long long)m->ts);
+    out(r, " ts%lld", (long long)m->ts);
+    if (m->owner) {
+        out(r, " ow=");
+        out_bytes(r, m->owner, m->owner_len);
+    }
+    out(r, "\n");
     return next(r);
 }
 
@@ -288,7 +293,8 @@ static void test_cy_store_open_creates_wal_schema(void **state)
     assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
     sqlite3_finalize(st);
     sqlite3_close(db);
-    assert_int_equal(user_version(f), 2);
+    assert_int_equal(user_version(f), 3);
+    assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 2); /* incremental */
 
     /* Reopening an existing file works, also with sync_full. */
     assert_int_equal(cy_store_open(f->path, true, &s), 0);
@@ -321,11 +327,11 @@ static void test_cy_store_open_not_a_database(void **state)
 static void test_cy_store_open_newer_schema(void **state)
 {
     fixture *f = *state;
-    sql_exec(f, "PRAGMA user_version = 3");
+    sql_exec(f, "PRAGMA user_version = 4");
     cy_store *s = NULL;
     assert_int_equal(cy_store_open(f->path, false, &s), CY_ESTORE);
     assert_null(s);
-    assert_int_equal(user_version(f), 3); /* untouched */
+    assert_int_equal(user_version(f), 4); /* untouched */
 }
 
 static void test_cy_store_open_einval(void **state)
@@ -675,6 +681,87 @@ static void test_cy_store_retain_put_replace_delete(void **state)
                                          "R t=r/empty/7 p=/0 q0 r1 x0 ts0\n"));
 }
 
+static void test_cy_store_retain_put_owner(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    cy_store_msg m = {.topic = "o/1", .topic_len = 3, .owner = "dev-aXX", .owner_len = 5};
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    m.topic = "o/2";
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    /* replaced by a replica: nobody's */
+    m.owner = NULL;
+    m.owner_len = 0;
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    m.owner_len = 3; /* a length without bytes */
+    assert_int_equal(cy_store_retain_put(s, &m), CY_EINVAL);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_string_equal(load_fresh(f), "R t=o/1/3 p=/0 q0 r1 x0 ts0 ow=dev-a\n"
+                                       "R t=o/2/3 p=/0 q0 r1 x0 ts0\n");
+}
+
+static long long file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (long long)st.st_size : -1;
+}
+
+/* Cleared retained messages give their space back: the file shrinks to
+ * about what is still held, in slices of at most max_pages pages, and only
+ * between batches. */
+static void test_cy_store_reclaim_shrinks_file(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    enum { N = 40, SIZE = 256 * 1024 };
+    uint8_t *big = malloc(SIZE);
+    assert_non_null(big);
+    for (size_t i = 0; i < SIZE; i++)
+        big[i] = (uint8_t)(i * 31 + 7);
+    char topic[32];
+    for (int i = 0; i < N; i++) {
+        int n = snprintf(topic, sizeof(topic), "big/%d", i);
+        cy_store_msg m = {.topic = topic, .topic_len = (size_t)n, .payload = big,
+                          .payload_len = SIZE, .owner = "d", .owner_len = 1};
+        assert_int_equal(cy_store_retain_put(s, &m), 0);
+        assert_int_equal(cy_store_commit(s), 0);
+    }
+    cy_store_msg keep = {.topic = "keep", .topic_len = 4, .payload = big, .payload_len = 100};
+    assert_int_equal(cy_store_retain_put(s, &keep), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    assert_int_equal(cy_store_reclaim(s, 1000), 0); /* nothing free yet */
+    for (int i = 0; i < N; i++) {
+        int n = snprintf(topic, sizeof(topic), "big/%d", i);
+        assert_int_equal(cy_store_retain_delete(s, topic, (size_t)n), 0);
+    }
+    /* a batch is open: nothing is done */
+    assert_int_equal(cy_store_reclaim(s, 1000), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    long long full = file_size(f->path);
+    assert_true(full > 8 * 1024 * 1024); /* the 10 MB deleted are still in the file */
+    int left = cy_store_reclaim(s, 64);
+    assert_true(left > 64 * 10); /* ~2,500 free pages, 64 given back */
+    int calls = 1;
+    while (left > 0 && calls < 10000) {
+        int before = left;
+        left = cy_store_reclaim(s, 64);
+        assert_true(left >= 0);
+        assert_true(left == before - 64 || (before < 64 && left == 0)); /* 64 pages a call */
+        calls++;
+    }
+    assert_int_equal(left, 0);
+    assert_int_equal(cy_store_reclaim(s, 64), 0); /* nothing more to do */
+    long long after = file_size(f->path);
+    assert_true(after < 1024 * 1024);
+    cy_store_close(s);
+    const char *log = load_fresh(f);
+    assert_non_null(strstr(log, "R t=keep/4 p="));
+    assert_non_null(strstr(log, "/100 q0 r1 x0 ts0\n"));
+    assert_null(strstr(log, "big/"));
+    free(big);
+}
+
 static void test_cy_store_retain_put_props(void **state)
 {
     fixture *f = *state;
@@ -952,8 +1039,11 @@ static void test_cy_store_open_migrates_v1(void **state)
     make_v1(f);
     assert_int_equal(user_version(f), 1);
 
+    assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 0);
     cy_store *s = open_store(f);
-    assert_int_equal(user_version(f), 2);
+    assert_int_equal(user_version(f), 3);
+    /* converted once (VACUUM) so that freed pages can be given back */
+    assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 2);
     assert_string_equal(load(s), v1_load);
     /* The migrated file works like a new one. */
     cy_store_msg m = {.topic = "r/2", .topic_len = 3, .ts = 77};
@@ -974,10 +1064,13 @@ static void test_cy_store_open_migrates_v1(void **state)
     assert_int_equal(strlen(log), strlen(v1_load) + strlen("R t=r/2/3 p=/0 q0 r1 x0 ts77\n"
                                                            "P 3 s2 a1\n"
                                                            "O 3 #2 f2/2\n"));
-    assert_int_equal(user_version(f), 2);
+    assert_int_equal(user_version(f), 3);
     /* The file is as a new one would be, column for column. */
     assert_int_equal(sql_int(f, "SELECT count(*) FROM pragma_table_info('retained')"
                                 " WHERE name = 'ts' AND \"notnull\" = 1"),
+                     1);
+    assert_int_equal(sql_int(f, "SELECT count(*) FROM pragma_table_info('retained')"
+                                " WHERE name = 'owner' AND \"notnull\" = 0"),
                      1);
     assert_int_equal(sql_int(f, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"), 7);
 }
@@ -1004,7 +1097,27 @@ static void test_cy_store_open_migration_atomic(void **state)
     s = open_store(f);
     assert_string_equal(load(s), v1_load);
     cy_store_close(s);
+    assert_int_equal(user_version(f), 3);
+}
+
+/* A version 2 file (as the previous cyan left it) gains retained.owner;
+ * its retained rows are nobody's. */
+static void test_cy_store_open_migrates_v2(void **state)
+{
+    fixture *f = *state;
+    make_v1(f);
+    cy_store *s = open_store(f);
+    cy_store_close(s);
+    sql_exec(f, "ALTER TABLE retained DROP COLUMN owner; PRAGMA user_version = 2");
     assert_int_equal(user_version(f), 2);
+    s = open_store(f);
+    assert_int_equal(user_version(f), 3);
+    assert_string_equal(load(s), v1_load);
+    cy_store_msg m = {.topic = "r/2", .topic_len = 3, .owner = "dev1", .owner_len = 4};
+    assert_int_equal(cy_store_retain_put(s, &m), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_non_null(strstr(load_fresh(f), "R t=r/2/3 p=/0 q0 r1 x0 ts0 ow=dev1\n"));
 }
 
 /* ---- load ---- */
@@ -1447,6 +1560,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_store_inq2_put_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_retain_put_replace_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_retain_put_props, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_retain_put_owner, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_reclaim_shrinks_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_retain_put_ts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_outbox_put_ack_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_outbox_ack_boundary, setup, teardown),
@@ -1457,6 +1572,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_store_outbox_no_alloc, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_open_migrates_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_open_migration_atomic, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_open_migrates_v2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_load_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_load_null_callbacks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_load_stop, setup, teardown),

@@ -1,7 +1,9 @@
 /* test_topic_retain: the retained-value trie (cy_retain_*): set, replace,
  * delete and prune, matching with wildcards and the '$' rule, the names
- * handed to the callback, deep names, allocation failures, and a seeded
- * random cross-check against cy_topic_matches. The (filter, topic) table
+ * handed to the callback, deep names, allocation failures, a seeded
+ * random cross-check against cy_topic_matches, and the accounting of what
+ * values cost (in all and per owner) with the limits cy_retain_admit holds
+ * them to. The (filter, topic) table
  * shared with the subscription tree is run in test_topic.c.
  */
 #include <setjmp.h>
@@ -475,6 +477,143 @@ static void test_cy_retain_match_random_deep(void **state)
     random_cross_check(90, 300, 1500);
 }
 
+/* ---- accounting and limits ---- */
+
+#define USE(u, c, b)                                                                               \
+    do {                                                                                           \
+        cy_retain_usage u_ = (u);                                                                  \
+        assert_int_equal(u_.count, (c));                                                           \
+        assert_int_equal(u_.bytes, (b));                                                           \
+    } while (0)
+
+static void test_cy_retain_set_charged_totals(void **state)
+{
+    cy_retain *r;
+    void *old;
+    assert_int_equal(cy_retain_new(&r), 0);
+    assert_int_equal(cy_retain_set_charged(r, S("a"), VAL(1), 100, S("X"), NULL), 0);
+    assert_int_equal(cy_retain_set_charged(r, S("b"), VAL(2), 50, S("X"), NULL), 0);
+    assert_int_equal(cy_retain_set_charged(r, S("c"), VAL(3), 30, S("Y"), NULL), 0);
+    /* a replica: charged to the tree, to nobody */
+    assert_int_equal(cy_retain_set_charged(r, S("d"), VAL(4), 20, NULL, 0, NULL), 0);
+    /* $SYS-like: held, not charged */
+    assert_int_equal(cy_retain_set(r, S("$SYS/x"), VAL(5), NULL), 0);
+    assert_int_equal(cy_retain_count(r), 5);
+    USE(cy_retain_usage_total(r), 4, 200);
+    USE(cy_retain_usage_of(r, S("X")), 2, 150);
+    USE(cy_retain_usage_of(r, S("Y")), 1, 30);
+    USE(cy_retain_usage_of(r, S("Z")), 0, 0);
+    USE(cy_retain_usage_of(r, NULL, 0), 0, 0);
+
+    /* Y replaces X's "a": X loses it, Y gains it, the total moves by the difference. */
+    assert_int_equal(cy_retain_set_charged(r, S("a"), VAL(6), 10, S("Y"), &old), 0);
+    assert_ptr_equal(old, VAL(1));
+    USE(cy_retain_usage_total(r), 4, 110);
+    USE(cy_retain_usage_of(r, S("X")), 1, 50);
+    USE(cy_retain_usage_of(r, S("Y")), 2, 40);
+    /* X replaces its own "b": one value still, new size. */
+    assert_int_equal(cy_retain_set_charged(r, S("b"), VAL(7), 70, S("X"), &old), 0);
+    assert_ptr_equal(old, VAL(2));
+    USE(cy_retain_usage_of(r, S("X")), 1, 70);
+    /* X clears "b": its record goes. */
+    assert_int_equal(cy_retain_set_charged(r, S("b"), NULL, 0, S("X"), &old), 0);
+    assert_ptr_equal(old, VAL(7));
+    USE(cy_retain_usage_of(r, S("X")), 0, 0);
+    USE(cy_retain_usage_total(r), 3, 60);
+    /* A replica replaces Y's "c" (owner unknown): Y is uncharged. */
+    assert_int_equal(cy_retain_set_charged(r, S("c"), VAL(8), 5, NULL, 0, NULL), 0);
+    USE(cy_retain_usage_of(r, S("Y")), 1, 10);
+    USE(cy_retain_usage_total(r), 3, 35);
+    /* An uncharged set over a charged value uncharges it. */
+    assert_int_equal(cy_retain_set(r, S("a"), VAL(9), NULL), 0);
+    USE(cy_retain_usage_of(r, S("Y")), 0, 0);
+    USE(cy_retain_usage_total(r), 2, 25);
+    assert_int_equal(cy_retain_set_charged(r, S("a/+"), VAL(1), 1, S("X"), NULL), CY_EINVAL);
+    assert_int_equal(cy_retain_set_charged(r, S("q"), VAL(1), 1, NULL, 3, NULL), CY_EINVAL);
+    /* Freed with owners still recorded: ASan would report a leak. */
+    assert_int_equal(cy_retain_set_charged(r, S("e"), VAL(1), 1, S("W"), NULL), 0);
+    cy_retain_free(r, NULL);
+}
+
+static void test_cy_retain_admit_limits(void **state)
+{
+    cy_retain *r;
+    int which;
+    cy_retain_limits l = {.count = 4, .bytes = 1000, .owner_count = 2, .owner_bytes = 300};
+    assert_int_equal(cy_retain_new(&r), 0);
+    /* per owner count */
+    assert_int_equal(cy_retain_admit(r, &l, S("x/1"), 100, S("X"), &which), 0);
+    assert_int_equal(which, 0);
+    assert_int_equal(cy_retain_set_charged(r, S("x/1"), VAL(1), 100, S("X"), NULL), 0);
+    assert_int_equal(cy_retain_set_charged(r, S("x/2"), VAL(1), 100, S("X"), NULL), 0);
+    assert_int_equal(cy_retain_admit(r, &l, S("x/3"), 1, S("X"), &which), CY_EQUOTA);
+    assert_int_equal(which, CY_RETAIN_OVER_OWNER_COUNT);
+    /* replacing its own: only the difference counts, within owner_bytes */
+    assert_int_equal(cy_retain_admit(r, &l, S("x/1"), 200, S("X"), &which), 0);
+    assert_int_equal(cy_retain_admit(r, &l, S("x/1"), 201, S("X"), &which), CY_EQUOTA);
+    assert_int_equal(which, CY_RETAIN_OVER_OWNER_BYTES);
+    /* clearing is always admitted */
+    assert_int_equal(cy_retain_admit(r, &l, S("x/3"), 0, S("X"), &which), 0);
+    /* another owner takes X's topic: a new value for Y */
+    assert_int_equal(cy_retain_admit(r, &l, S("x/1"), 300, S("Y"), &which), 0);
+    assert_int_equal(cy_retain_admit(r, &l, S("x/1"), 301, S("Y"), &which), CY_EQUOTA);
+    assert_int_equal(which, CY_RETAIN_OVER_OWNER_BYTES);
+    /* node-wide count: 4 values */
+    assert_int_equal(cy_retain_set_charged(r, S("y/1"), VAL(1), 100, S("Y"), NULL), 0);
+    assert_int_equal(cy_retain_set_charged(r, S("r/1"), VAL(1), 100, NULL, 0, NULL), 0);
+    assert_int_equal(cy_retain_admit(r, &l, S("z/1"), 1, S("Z"), &which), CY_EQUOTA);
+    assert_int_equal(which, CY_RETAIN_OVER_COUNT);
+    /* ... but replacing an existing one is not a new value */
+    assert_int_equal(cy_retain_admit(r, &l, S("r/1"), 250, S("Z"), &which), 0);
+    /* node-wide bytes: 400 held, 1000 allowed */
+    assert_int_equal(cy_retain_set(r, S("r/1"), NULL, NULL), 0);
+    assert_int_equal(cy_retain_set_charged(r, S("r/1"), VAL(1), 700, NULL, 0, NULL), 0);
+    USE(cy_retain_usage_total(r), 4, 1000);
+    assert_int_equal(cy_retain_admit(r, &l, S("x/2"), 101, S("X"), &which), CY_EQUOTA);
+    assert_int_equal(which, CY_RETAIN_OVER_BYTES);
+    /* shrinking, and growing back to the same size, are fine at the limit */
+    assert_int_equal(cy_retain_admit(r, &l, S("x/2"), 100, S("X"), &which), 0);
+    assert_int_equal(cy_retain_admit(r, &l, S("x/2"), 1, S("X"), &which), 0);
+    /* limits lowered below what is held: shrinking still admitted, growing not */
+    cy_retain_limits low = {.count = 1, .bytes = 10, .owner_count = 1, .owner_bytes = 10};
+    assert_int_equal(cy_retain_admit(r, &low, S("x/1"), 50, S("X"), &which), 0);
+    assert_int_equal(cy_retain_admit(r, &low, S("x/1"), 101, S("X"), &which), CY_EQUOTA);
+    /* an owner without an id is held to the node-wide limits only */
+    cy_retain_limits own = {.owner_count = 1, .owner_bytes = 1};
+    assert_int_equal(cy_retain_admit(r, &own, S("n/1"), 5000, NULL, 0, &which), 0);
+    /* no limits at all */
+    cy_retain_limits none = {0};
+    assert_int_equal(cy_retain_admit(r, &none, S("n/1"), 1u << 30, S("X"), NULL), 0);
+    cy_retain_free(r, NULL);
+}
+
+static void test_cy_retain_set_charged_alloc_fail(void **state)
+{
+    cy_retain *r;
+    assert_int_equal(cy_retain_new(&r), 0);
+    assert_int_equal(cy_retain_set_charged(r, S("a/b"), VAL(1), 10, S("X"), NULL), 0);
+    for (const char *owner = "X"; owner; owner = owner[0] == 'X' ? "NEW" : NULL) {
+        int rc;
+        long n = 0;
+        do {
+            cy_alloc_fail_after(n++);
+            rc = cy_retain_set_charged(r, S("p/q/r"), VAL(2), 7, owner, strlen(owner), NULL);
+            cy_alloc_fail_after(-1);
+            if (rc) {
+                assert_int_equal(rc, CY_ENOMEM);
+                assert_null(cy_retain_get(r, S("p/q/r")));
+                USE(cy_retain_usage_total(r), 1, 10);
+                USE(cy_retain_usage_of(r, S("X")), 1, 10);
+                USE(cy_retain_usage_of(r, S("NEW")), 0, 0);
+            }
+            assert_true(n < 1000);
+        } while (rc);
+        assert_int_equal(cy_retain_set(r, S("p/q/r"), NULL, NULL), 0);
+    }
+    USE(cy_retain_usage_total(r), 1, 10);
+    cy_retain_free(r, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -489,6 +628,9 @@ int main(void)
         cmocka_unit_test(test_cy_retain_set_alloc_fail_walk),
         cmocka_unit_test(test_cy_retain_match_random_shallow),
         cmocka_unit_test(test_cy_retain_match_random_deep),
+        cmocka_unit_test(test_cy_retain_set_charged_totals),
+        cmocka_unit_test(test_cy_retain_admit_limits),
+        cmocka_unit_test(test_cy_retain_set_charged_alloc_fail),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
