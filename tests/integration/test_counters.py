@@ -15,7 +15,8 @@ COUNTERS = [
     "keepalive_timeouts", "connect_timeouts", "publish_received", "publish_sent",
     "messages_dropped", "messages_expired",
     "limit_packet_too_large", "limit_topic_too_long", "limit_queue_full",
-    "limit_subscriptions", "limit_connections", "limit_receive_max",
+    "limit_subscriptions", "limit_connections", "limit_receive_max", "limit_preauth",
+    "limit_retained",
 ]
 
 
