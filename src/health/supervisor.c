@@ -71,10 +71,10 @@
 #define FEED_MS 1000
 #define STOP_GRACE_MS 10000
 #define LISTEN_BACKLOG 1024
-#define LOCK_FD 6           /* where every shard holds the data folder's lock */
-#define LOCK_WAIT_MS 5000   /* for orphans we killed to let go of the lock */
+#define LOCK_FD 6         /* where every shard holds the data folder's lock */
+#define LOCK_WAIT_MS 5000 /* for orphans we killed to let go of the lock */
 #define LOCK_POLL_MS 20
-#define MAX_ORPHANS 64      /* named once each in the log */
+#define MAX_ORPHANS 64 /* named once each in the log */
 
 typedef struct sv sv;
 typedef struct shard shard;
@@ -628,8 +628,7 @@ static bool has_open(pid_t pid, int fd, const struct stat *lk)
     bool found = false;
     struct dirent *e;
     while (!found && (e = readdir(d)))
-        if (e->d_name[0] >= '0' && e->d_name[0] <= '9')
-            found = has_open(pid, atoi(e->d_name), lk);
+        if (e->d_name[0] >= '0' && e->d_name[0] <= '9') found = has_open(pid, atoi(e->d_name), lk);
     closedir(d);
     return found;
 }
@@ -686,7 +685,7 @@ static const char *state_words(char st)
 }
 
 typedef struct lock_scan {
-    pid_t live;  /* a live supervisor holding the lock, or 0 */
+    pid_t live; /* a live supervisor holding the lock, or 0 */
     char live_state;
     pid_t orphans[MAX_ORPHANS]; /* named and killed so far */
     int norphans;
@@ -697,8 +696,7 @@ typedef struct lock_scan {
  * also has the file open belongs to a live supervisor (that parent); a shard
  * whose parent does not is an orphan: SIGKILL (which ends it stopped or not)
  * and name it once. */
-static void scan_holders(lock_scan *ls, const struct stat *lk, const char *data_dir,
-                         pid_t recorded)
+static void scan_holders(lock_scan *ls, const struct stat *lk, const char *data_dir, pid_t recorded)
 {
     ls->present = 0;
     /* The supervisor the file names, if it is alive and holds the lock. */
@@ -788,9 +786,8 @@ static int lock_data_dir(const char *run_dir, const char *data_dir, int *out)
                 cy_error(NULL,
                          "supervisor: %d shard%s of a previous run on %s still hold %s %.0f s "
                          "after SIGKILL (pid %d%s)",
-                         ls.present, ls.present == 1 ? "" : "s", data_dir, path,
-                         secs(LOCK_WAIT_MS), (int)ls.orphans[0],
-                         ls.present > 1 ? " and others" : "");
+                         ls.present, ls.present == 1 ? "" : "s", data_dir, path, secs(LOCK_WAIT_MS),
+                         (int)ls.orphans[0], ls.present > 1 ? " and others" : "");
             else
                 cy_error(NULL,
                          "supervisor: %s is locked by a process that is neither a cyan "

@@ -731,8 +731,8 @@ static void test_supervisor_run_startup_failures(void **state)
     assert_int_equal(cy_sb_load(&R.sb.hdr->supervisor_pid), R.sv); /* untouched */
     /* ... and says who holds it, also when that supervisor is stopped. */
     char needle[160];
-    snprintf(needle, sizeof(needle), "another cyan (supervisor pid %d) is running on %s",
-             (int)R.sv, R.dir);
+    snprintf(needle, sizeof(needle), "another cyan (supervisor pid %d) is running on %s", (int)R.sv,
+             R.dir);
     assert_int_equal(run_second(), 1);
     assert_true(log_has(needle));
     assert_int_equal(kill(R.sv, SIGSTOP), 0);
