@@ -643,6 +643,20 @@ static void test_supervisor_run_unclean_stop_is_status_1(void **state)
     R.passed = true;
 }
 
+/* The state letter of pid in /proc/PID/stat, or '?'. */
+static char proc_state(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return '?';
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' ? p[2] : '?';
+}
+
 static bool reaped(pid_t p)
 {
     pid_t r = waitpid(p, NULL, WNOHANG);
@@ -682,6 +696,7 @@ static void test_supervisor_run_orphans_killed_at_next_start(void **state)
     pid_t p1 = (pid_t)cy_sb_load(&R.sb.slots[1].pid);
     assert_int_equal(kill(p1, SIGSTOP), 0);
     R.orphan = p1;
+    WAIT_FOR(proc_state(p1) == 'T', 2000);
     kill(R.sv, SIGKILL);
     waitpid(R.sv, NULL, 0);
     R.sv = 0;
@@ -736,6 +751,7 @@ static void test_supervisor_run_startup_failures(void **state)
     assert_int_equal(run_second(), 1);
     assert_true(log_has(needle));
     assert_int_equal(kill(R.sv, SIGSTOP), 0);
+    WAIT_FOR(proc_state(R.sv) == 'T', 2000); /* a signal lands asynchronously */
     assert_int_equal(run_second(), 1);
     assert_true(log_has("(it is stopped: SIGCONT or SIGKILL it)"));
     assert_int_equal(kill(R.sv, SIGCONT), 0);
