@@ -157,15 +157,31 @@ static int make_private(int dirfd, const char *dir, const char *name)
     return rc;
 }
 
-/* data_dir, cyan's files in it and those in run/: owner only. */
+/* data_dir, cyan's files in it and those in run/: owner only. The folder
+ * itself only if it is cyan's alone: a shared one (sticky, like /tmp) or one
+ * that holds other files (a home, /) is left as it is, with a warning; what
+ * matters, cyan's files, are private either way. */
 static int private_data_dir(const char *dir)
 {
     int rc = 0, dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) return -errno;
     DIR *d = fdopendir(dup(dfd));
     if (!d) rc = -errno;
-    if (!rc) rc = make_private(dfd, dir, ".");
     struct dirent *e;
+    char other[sizeof(e->d_name)] = ""; /* the first name that is not cyan's */
+    while (!rc && !other[0] && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && !own_name(e->d_name))
+            memcpy(other, e->d_name, sizeof(other));
+    struct stat st;
+    if (!rc && fstat(dfd, &st) != 0) rc = -errno;
+    if (!rc && (st.st_mode & 077) && (other[0] || (st.st_mode & S_ISVTX)))
+        cy_warn(NULL,
+                "data_dir: %s is open to others (mode %04o) and is not cyan's alone (%s%s): left "
+                "as it is; cyan's files in it are private. Give cyan a folder of its own.",
+                dir, (unsigned)(st.st_mode & 07777), other[0] ? "it holds " : "sticky", other);
+    else if (!rc)
+        rc = make_private(dfd, dir, ".");
+    if (d) rewinddir(d);
     while (!rc && (e = readdir(d)))
         if (own_name(e->d_name)) rc = make_private(dfd, dir, e->d_name);
     if (d) closedir(d);

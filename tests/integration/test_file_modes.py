@@ -7,7 +7,9 @@ device secrets and tokens, and every session's messages.
   the databases and the token are exactly 0600. Before: 0644 files in a 0750
   folder.
 - A data folder and files left open by an older cyan are made private at the
-  next start, and the log names each change.
+  next start, and the log names each change. A folder that is not cyan's
+  alone (it holds other files) keeps its mode, with a warning; cyan's files
+  in it are made private all the same.
 - The CLI (`cyan device add`) creates a new data folder private too.
 """
 
@@ -81,11 +83,6 @@ def test_existing_open_data_dir_made_private_at_start(server_factory):
     for name in loosened:
         os.chmod(os.path.join(srv.data_dir, name), 0o644)
     os.chmod(os.path.join(srv.data_dir, "run"), 0o755)
-    # An operator's own file beside cyan's is let be.
-    mine = os.path.join(srv.data_dir, "NOTES.txt")
-    with open(mine, "w") as f:
-        f.write("backups go to /srv/backup\n")
-    os.chmod(mine, 0o644)
 
     srv.start()
     wait_running(srv)
@@ -95,9 +92,33 @@ def test_existing_open_data_dir_made_private_at_start(server_factory):
         line = "data_dir: made %s/%s private: mode 0644 -> 0600" % (srv.data_dir, name)
         assert line in text, (line, text)
     assert "data_dir: made %s/run private: mode 0755 -> 0700" % srv.data_dir in text
-    assert stat.S_IMODE(os.stat(mine).st_mode) == 0o644
-    os.chmod(mine, 0o600)
     assert_private(srv.data_dir)
+
+
+def test_shared_data_dir_left_as_is_but_cyan_files_private(server_factory):
+    """A folder that is not cyan's alone (here: an operator's file in it; or
+    a home, /tmp, /) keeps its mode and its other files theirs."""
+    srv = server_factory(_template=False, shards=2)
+    wait_running(srv)
+    srv.stop()
+    os.chmod(srv.data_dir, 0o755)
+    os.chmod(os.path.join(srv.data_dir, "registry.db"), 0o644)
+    mine = os.path.join(srv.data_dir, "NOTES.txt")
+    with open(mine, "w") as f:
+        f.write("backups go to /srv/backup\n")
+    os.chmod(mine, 0o644)
+
+    srv.start()
+    wait_running(srv)
+    text = run_log(srv)
+    assert ("data_dir: %s is open to others (mode 0755) and is not cyan's alone (it holds "
+            "NOTES.txt): left as it is" % srv.data_dir) in text, text
+    assert "data_dir: made %s/registry.db private: mode 0644 -> 0600" % srv.data_dir in text
+    assert stat.S_IMODE(os.stat(srv.data_dir).st_mode) == 0o755
+    assert stat.S_IMODE(os.stat(mine).st_mode) == 0o644
+    m = modes(srv.data_dir)
+    del m["."], m["NOTES.txt"]
+    assert not {p: oct(v) for p, v in m.items() if v & 0o077}, m
 
 
 def test_cli_creates_a_private_data_dir(server_factory):
