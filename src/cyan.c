@@ -21,8 +21,9 @@
  * The data folder holds secrets (that token, the hashes of device secrets
  * and tokens, every session's messages): it is its user's alone. Every
  * command runs with umask 077, so whatever cyan creates is 0700/0600, and
- * `cyan serve` makes an existing data folder and cyan's files in it private
- * at start (logging each change), or refuses to start if it cannot.
+ * `cyan serve` makes cyan's existing files private at start, and the folder
+ * too if it is cyan's alone (logging each change), or refuses to start if
+ * it cannot.
  */
 #include "broker/broker.h"
 #include "core/cy_config.h"
