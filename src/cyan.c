@@ -17,6 +17,13 @@
  * The first `cyan serve` on a data dir (or on one whose tokens were all
  * revoked) makes a full-access API token and leaves it in DATA_DIR/admin-token
  * (mode 0600), so a new node is administrable without a console.
+ *
+ * The data folder holds secrets (that token, the hashes of device secrets
+ * and tokens, every session's messages): it is its user's alone. Every
+ * command runs with umask 077, so whatever cyan creates is 0700/0600, and
+ * `cyan serve` makes cyan's existing files private at start, and the folder
+ * too if it is cyan's alone (logging each change), or refuses to start if
+ * it cannot.
  */
 #include "broker/broker.h"
 #include "core/cy_config.h"
@@ -25,7 +32,9 @@
 #include "health/supervisor.h"
 #include "store/store.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,11 +119,83 @@ static int make_dir(const char *path)
     for (char *p = tmp + 1; *p; p++)
         if (*p == '/') {
             *p = '\0';
-            if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
+            if (mkdir(tmp, 0700) && errno != EEXIST) return -errno;
             *p = '/';
         }
-    if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
+    if (mkdir(tmp, 0700) && errno != EEXIST) return -errno;
     return 0;
+}
+
+/* The names cyan makes in data_dir (an operator's other files are let be). */
+static bool own_name(const char *n)
+{
+    return !strncmp(n, "registry.db", 11) || !strncmp(n, "shard-", 6) ||
+           !strncmp(n, "admin-token", 11) || !strcmp(n, "shards") || !strcmp(n, "run");
+}
+
+/* Take group and other bits off name in dir (a directory, or a file in it);
+ * log a change. Opened without following a symlink, changed through the fd,
+ * so nothing swapped in between is touched; what is neither a file nor a
+ * directory (a socket of a previous run) is let be. 0, or -errno. */
+static int make_private(int dirfd, const char *dir, const char *name)
+{
+    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return errno == ENXIO || errno == ELOOP || errno == ENOENT ? 0 : -errno;
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) != 0) {
+        rc = -errno;
+    } else if ((S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) && (st.st_mode & 077)) {
+        mode_t to = st.st_mode & 07700;
+        if (fchmod(fd, to) != 0)
+            rc = -errno;
+        else
+            cy_warn(NULL, "data_dir: made %s%s%s private: mode %04o -> %04o", dir,
+                    strcmp(name, ".") ? "/" : "", strcmp(name, ".") ? name : "",
+                    (unsigned)(st.st_mode & 07777), (unsigned)to);
+    }
+    close(fd);
+    return rc;
+}
+
+/* data_dir, cyan's files in it and those in run/: owner only. The folder
+ * itself only if it is cyan's alone: a shared one (sticky, like /tmp) or one
+ * that holds other files (a home, /) is left as it is, with a warning; what
+ * matters, cyan's files, are private either way. */
+static int private_data_dir(const char *dir)
+{
+    int rc = 0, dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) return -errno;
+    DIR *d = fdopendir(dup(dfd));
+    if (!d) rc = -errno;
+    struct dirent *e;
+    char other[sizeof(e->d_name)] = ""; /* the first name that is not cyan's */
+    while (!rc && !other[0] && (e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && !own_name(e->d_name))
+            memcpy(other, e->d_name, sizeof(other));
+    struct stat st;
+    if (!rc && fstat(dfd, &st) != 0) rc = -errno;
+    if (!rc && (st.st_mode & 077) && (other[0] || (st.st_mode & S_ISVTX)))
+        cy_warn(NULL,
+                "data_dir: %s is open to others (mode %04o) and is not cyan's alone (%s%s): left "
+                "as it is; cyan's files in it are private. Give cyan a folder of its own.",
+                dir, (unsigned)(st.st_mode & 07777), other[0] ? "it holds " : "sticky", other);
+    else if (!rc)
+        rc = make_private(dfd, dir, ".");
+    if (d) rewinddir(d);
+    while (!rc && (e = readdir(d)))
+        if (own_name(e->d_name)) rc = make_private(dfd, dir, e->d_name);
+    if (d) closedir(d);
+    char run[600];
+    snprintf(run, sizeof(run), "%s/run", dir);
+    int rfd = rc ? -1 : openat(dfd, "run", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    DIR *r = rfd >= 0 ? fdopendir(rfd) : NULL;
+    if (rfd >= 0 && !r) close(rfd);
+    while (r && !rc && (e = readdir(r)))
+        if (e->d_name[0] != '.') rc = make_private(dirfd(r), run, e->d_name);
+    if (r) closedir(r);
+    close(dfd);
+    return rc;
 }
 
 static int open_registry(const cy_config *cfg, cy_registry **r)
@@ -304,6 +385,14 @@ static int cmd_serve(const cy_config *cfg, char **pass)
         fprintf(stderr, "cyan: cannot create data_dir %s: %s\n", cfg->data_dir, strerror(errno));
         return 1;
     }
+    int prc = private_data_dir(cfg->data_dir);
+    if (prc) {
+        cy_error(NULL,
+                 "data_dir %s: cannot make it and its files private to this user: %s "
+                 "(cyan keeps secrets there; chown it to this user, or `chmod -R go= %s`)",
+                 cfg->data_dir, cy_strerror(prc), cfg->data_dir);
+        return 1;
+    }
     if (check_layout(cfg)) return 1;
     cy_registry *reg = NULL;
     if (open_registry(cfg, &reg)) return 1;
@@ -351,6 +440,8 @@ static int parse_uint(const char *s, unsigned long long *out)
 
 int main(int argc, char **argv)
 {
+    /* Before anything is created: see the file comment. */
+    umask(077);
     cy_config cfg;
     cy_config_defaults(&cfg);
     char **args = calloc((size_t)argc + 1, sizeof(char *));

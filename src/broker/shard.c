@@ -1,14 +1,23 @@
 /* shard: the process that runs one broker, as spawned by the supervisor.
  *
  * It inherits the listening MQTT socket as fd 3, one end of a socketpair
- * to the supervisor as fd 4 and the listening HTTP socket as fd 5 (see
- * health/supervisor.h). It maps the
+ * to the supervisor as fd 4, the listening HTTP socket as fd 5 and the data
+ * folder's lock as fd 6, which it keeps open and never touches: while any
+ * process of a run lives, the lock stays held (see health/supervisor.h). It
+ * maps the
  * scoreboard and writes only its own slot: STARTING while it loads its
  * SQLite file (data_dir/shard-<index>.db), then RUNNING, with a heartbeat on
  * every loop pass and at least every 100 ms from a timer.
  *
- * It stops cleanly on SIGTERM or SIGINT, and when fd 4 reads EOF (the
- * supervisor is gone: a shard never outlives it). Two drills, for people
+ * It stops cleanly on SIGTERM or SIGINT. It never outlives the supervisor:
+ * it asks the kernel for SIGKILL when its parent dies (PR_SET_PDEATHSIG).
+ * Not SIGTERM: a stopped (SIGSTOP) or spinning shard never runs the loop
+ * that would handle it, and a SIGTERM left pending kept such a shard, and
+ * the listening port, alive after a supervisor's SIGKILL. SIGKILL ends a
+ * process in any state, and costs nothing that matters: what a shard has
+ * acknowledged is on disk before the acknowledgement, and a supervisor
+ * killed is already an unclean stop. EOF on fd 4 stays as a second,
+ * independent way to notice. Two drills, for people
  * practising an outage: SIGUSR2 makes the loop spin forever (heartbeat
  * stops: the supervisor finds it "hung"); SIGUSR1 stalls it (input ignored,
  * heartbeat kept: found "stuck" once peers have queued work for it).
@@ -104,13 +113,23 @@ int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation)
     char tag[24];
     snprintf(tag, sizeof(tag), "shard=%u", index);
     cy_log_set_tag(tag);
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* see the file comment */
     signal(SIGPIPE, SIG_IGN);
     char path[600];
     snprintf(path, sizeof(path), "%s/run/scoreboard", cfg->data_dir);
     if (cy_scoreboard_open(path, &sb)) {
         cy_error(NULL, "shard %u: cannot open the scoreboard %s (is the supervisor running?)",
                  index, path);
+        return 1;
+    }
+    /* The death signal is armed only from the prctl on, so a supervisor
+     * that died before it would go unnoticed. Our parent is then some
+     * reaper, not the pid the supervisor wrote here before spawning us. */
+    pid_t parent = getppid();
+    if ((int64_t)parent != cy_sb_load(&sb.hdr->supervisor_pid)) {
+        cy_error(NULL, "shard %u: my supervisor (pid %lld) is gone; exiting", index,
+                 (long long)cy_sb_load(&sb.hdr->supervisor_pid));
+        cy_scoreboard_close(&sb);
         return 1;
     }
     if (index >= sb.hdr->nshards) {

@@ -25,8 +25,23 @@
  *
  * Shards are spawned detached (their own session), so a Ctrl-C at a
  * terminal reaches only the supervisor, which then stops them in order. A
- * supervisor that dies anyway closes its end of every fd-4 socketpair, and
- * the shards exit on that EOF.
+ * supervisor that dies anyway takes its shards with it: each shard asks the
+ * kernel for SIGKILL at its parent's death (PR_SET_PDEATHSIG, set in
+ * shard.c), which ends it whatever its state, stopped or spinning included;
+ * the EOF on fd 4 is the second way a running shard notices.
+ *
+ * The data folder's lock (data_dir/run/lock) makes "one node per data
+ * folder" checkable: the supervisor holds an exclusive flock on it and
+ * every shard inherits that same open file as fd 6, so the lock is free
+ * only when no process of the run is left. At start a held lock means one
+ * of two things, told apart through /proc: a live supervisor (the pid
+ * written in the file, if that process has the lock file open; or the
+ * parent of a shard holding it, if the parent has it open too): refuse and
+ * name its pid; or shards whose supervisor is gone (a process that has the
+ * lock file open as its fd 6 and argv[1] "shard", whose parent does not
+ * have it open): name each and SIGKILL it, then wait for the lock. A
+ * process that merely reuses a recorded pid cannot have our lock file open,
+ * so it is never killed.
  */
 #include "health/supervisor.h"
 
@@ -37,6 +52,7 @@
 #include "health/scoreboard.h"
 #include "health/watchdog.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -44,6 +60,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -54,6 +71,10 @@
 #define FEED_MS 1000
 #define STOP_GRACE_MS 10000
 #define LISTEN_BACKLOG 1024
+#define LOCK_FD 6         /* where every shard holds the data folder's lock */
+#define LOCK_WAIT_MS 5000 /* for orphans we killed to let go of the lock */
+#define LOCK_POLL_MS 20
+#define MAX_ORPHANS 64 /* named once each in the log */
 
 typedef struct sv sv;
 typedef struct shard shard;
@@ -92,6 +113,7 @@ struct sv {
     uv_signal_t sigterm, sigint;
     int listen_fd;
     int http_fd; /* -1 when the HTTP API is off */
+    int lock_fd; /* data_dir/run/lock, flock'ed; shards inherit it as fd 6 */
     cy_scoreboard sb;
     unsigned n;
     unsigned alive;
@@ -166,10 +188,10 @@ static int mkdir_p(const char *path)
     for (char *p = tmp + 1; *p; p++)
         if (*p == '/') {
             *p = '\0';
-            if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
+            if (mkdir(tmp, 0700) && errno != EEXIST) return -errno;
             *p = '/';
         }
-    if (mkdir(tmp, 0750) && errno != EEXIST) return -errno;
+    if (mkdir(tmp, 0700) && errno != EEXIST) return -errno;
     return 0;
 }
 
@@ -400,7 +422,7 @@ static void spawn_shard(shard *sh)
     for (size_t k = 0; k < s->npass; k++)
         args[4 + k] = s->pass[k];
 
-    uv_stdio_container_t stdio[6];
+    uv_stdio_container_t stdio[7];
     stdio[0].flags = UV_IGNORE; /* /dev/null */
     stdio[1].flags = UV_INHERIT_FD;
     stdio[1].data.fd = 1;
@@ -416,13 +438,15 @@ static void spawn_shard(shard *sh)
     } else {
         stdio[5].flags = UV_IGNORE;
     }
+    stdio[6].flags = UV_INHERIT_FD; /* the data folder's lock: see the file comment */
+    stdio[6].data.fd = s->lock_fd;
     uv_process_options_t opt;
     memset(&opt, 0, sizeof(opt));
     opt.file = s->exe;
     opt.args = args;
     opt.exit_cb = on_child_exit;
     opt.flags = UV_PROCESS_DETACHED;
-    opt.stdio_count = 6;
+    opt.stdio_count = 7;
     opt.stdio = stdio;
     c->sh = sh;
     c->sock = sp[0];
@@ -570,33 +594,223 @@ static int open_listener(const char *what, const char *text, int *out)
     return 0;
 fail:
     rc = -errno;
-    cy_error(NULL, "supervisor: cannot listen on %s: %s", text, strerror(errno));
+    /* Our own orphans were stopped before this (lock_data_dir): another
+     * program has the port; say how to find it. */
+    if (rc == -EADDRINUSE)
+        cy_error(NULL,
+                 "supervisor: cannot listen on %s (%s): %s: another process listens there "
+                 "(`ss -ltnp` names it)",
+                 text, what, strerror(errno));
+    else
+        cy_error(NULL, "supervisor: cannot listen on %s (%s): %s", text, what, strerror(errno));
     if (fd >= 0) close(fd);
     return rc;
 }
 
-/* Refuse to start over a live supervisor of the same data_dir. */
-static int check_previous(const char *path)
+/* ---- the data folder's lock (see the file comment) ---- */
+
+/* True if process pid has the file lk open: as its fd `fd`, or, with fd < 0,
+ * as any fd. /proc/PID/fd/N follows to the open file itself, so this holds
+ * even for a file renamed or unlinked since. A process we may not inspect
+ * (another user's) reads as not holding it. */
+static bool has_open(pid_t pid, int fd, const struct stat *lk)
 {
-    cy_scoreboard old;
-    if (cy_scoreboard_open(path, &old) != 0) return 0;
-    int64_t age;
-    int rc = 0;
-    int64_t pid = cy_sb_load(&old.hdr->supervisor_pid);
-    if (pid != getpid() && cy_watchdog_supervisor_alive(&old, &age)) {
-        if (age >= 0 && age < 10000) {
-            cy_error(NULL, "supervisor: another supervisor (pid %lld) is running on %s",
-                     (long long)pid, path);
-            rc = CY_EBUSY;
-        } else {
-            cy_warn(NULL,
-                    "supervisor: pid %lld named in %s has not beaten for %.1f s; "
-                    "taking over",
-                    (long long)pid, path, secs(age));
-        }
+    char path[64];
+    struct stat st;
+    if (pid <= 0) return false;
+    if (fd >= 0) {
+        snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)pid, fd);
+        return stat(path, &st) == 0 && st.st_dev == lk->st_dev && st.st_ino == lk->st_ino;
     }
-    cy_scoreboard_close(&old);
-    return rc;
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(path);
+    if (!d) return false;
+    bool found = false;
+    struct dirent *e;
+    while (!found && (e = readdir(d)))
+        if (e->d_name[0] >= '0' && e->d_name[0] <= '9') found = has_open(pid, atoi(e->d_name), lk);
+    closedir(d);
+    return found;
+}
+
+/* pid's parent and state letter from /proc/PID/stat ("pid (comm) S ppid");
+ * false if it is gone. comm may hold spaces and parentheses: parse after
+ * the last ')'. */
+static bool proc_stat(pid_t pid, pid_t *ppid, char *state)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) return false;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    int pp = 0;
+    if (!p || sscanf(p + 1, " %c %d", state, &pp) != 2) return false;
+    *ppid = (pid_t)pp;
+    return true;
+}
+
+/* The shard index if pid's command line is `EXE shard INDEX ...`, else -1. */
+static int shard_index(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buf[n] = '\0';
+    const char *a1 = memchr(buf, '\0', (size_t)n);
+    if (!a1 || ++a1 >= buf + n || strcmp(a1, "shard")) return -1;
+    const char *a2 = a1 + strlen(a1) + 1;
+    if (a2 >= buf + n || *a2 < '0' || *a2 > '9') return -1;
+    return atoi(a2);
+}
+
+static const char *state_words(char st)
+{
+    switch (st) {
+    case 'T':
+    case 't':
+        return " (it is stopped: SIGCONT or SIGKILL it)";
+    case 'D':
+        return " (it is in uninterruptible sleep)";
+    default:
+        return "";
+    }
+}
+
+typedef struct lock_scan {
+    pid_t live; /* a live supervisor holding the lock, or 0 */
+    char live_state;
+    pid_t orphans[MAX_ORPHANS]; /* named and killed so far */
+    int norphans;
+    int present; /* orphans seen in this scan */
+} lock_scan;
+
+/* One pass over /proc: find who holds the lock file lk. A shard whose parent
+ * also has the file open belongs to a live supervisor (that parent); a shard
+ * whose parent does not is an orphan: SIGKILL (which ends it stopped or not)
+ * and name it once. */
+static void scan_holders(lock_scan *ls, const struct stat *lk, const char *data_dir, pid_t recorded)
+{
+    ls->present = 0;
+    /* The supervisor the file names, if it is alive and holds the lock. */
+    pid_t pp;
+    char st;
+    if (recorded > 0 && recorded != getpid() && proc_stat(recorded, &pp, &st) && st != 'Z' &&
+        has_open(recorded, -1, lk)) {
+        ls->live = recorded;
+        ls->live_state = st;
+        return;
+    }
+    DIR *d = opendir("/proc");
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+        pid_t pid = (pid_t)atoi(e->d_name);
+        if (pid == getpid() || !has_open(pid, LOCK_FD, lk)) continue;
+        int idx = shard_index(pid);
+        if (idx < 0 || !proc_stat(pid, &pp, &st) || st == 'Z') continue;
+        char pst;
+        pid_t gp;
+        if (pp != getpid() && proc_stat(pp, &gp, &pst) && pst != 'Z' && has_open(pp, -1, lk)) {
+            ls->live = pp; /* its supervisor is alive: not an orphan */
+            ls->live_state = pst;
+            break;
+        }
+        ls->present++;
+        bool named = false;
+        for (int i = 0; i < ls->norphans; i++)
+            named |= ls->orphans[i] == pid;
+        kill(pid, SIGKILL);
+        if (named) continue;
+        if (ls->norphans < MAX_ORPHANS) ls->orphans[ls->norphans++] = pid;
+        cy_warn(NULL,
+                "supervisor: shard %d (pid %d) of a previous run on %s outlived its supervisor "
+                "(pid %d, gone)%s; killing it (SIGKILL)",
+                idx, (int)pid, data_dir, (int)recorded,
+                st == 'T' || st == 't' ? " and is stopped" : "");
+    }
+    closedir(d);
+}
+
+static pid_t read_pid(int fd)
+{
+    char buf[32];
+    ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    long v = strtol(buf, NULL, 10);
+    return v > 0 && v < INT32_MAX ? (pid_t)v : 0;
+}
+
+/* Take data_dir/run/lock for this run: 0 and *out the fd (close-on-exec;
+ * shards get it as fd 6), or 1 after logging why not. Orphaned shards of
+ * this data folder are killed; a live supervisor makes it refuse. */
+static int lock_data_dir(const char *run_dir, const char *data_dir, int *out)
+{
+    char path[700];
+    snprintf(path, sizeof(path), "%s/lock", run_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    struct stat lk;
+    if (fd < 0 || fstat(fd, &lk) != 0) {
+        cy_error(NULL, "supervisor: cannot open %s: %s", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return 1;
+    }
+    lock_scan ls;
+    memset(&ls, 0, sizeof(ls));
+    int64_t until = cy_mono_ms() + LOCK_WAIT_MS;
+    for (;;) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) break;
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            cy_error(NULL, "supervisor: cannot lock %s: %s", path, strerror(errno));
+            goto fail;
+        }
+        scan_holders(&ls, &lk, data_dir, read_pid(fd));
+        if (ls.live) {
+            cy_error(NULL,
+                     "supervisor: another cyan (supervisor pid %d) is running on %s%s; "
+                     "stop it first",
+                     (int)ls.live, data_dir, state_words(ls.live_state));
+            goto fail;
+        }
+        if (cy_mono_ms() >= until) {
+            if (ls.present)
+                cy_error(NULL,
+                         "supervisor: %d shard%s of a previous run on %s still hold %s %.0f s "
+                         "after SIGKILL (pid %d%s)",
+                         ls.present, ls.present == 1 ? "" : "s", data_dir, path, secs(LOCK_WAIT_MS),
+                         (int)ls.orphans[0], ls.present > 1 ? " and others" : "");
+            else
+                cy_error(NULL,
+                         "supervisor: %s is locked by a process that is neither a cyan "
+                         "supervisor nor a shard of this data folder (`fuser -v %s` names it)",
+                         path, path);
+            goto fail;
+        }
+        struct timespec ts = {0, LOCK_POLL_MS * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    if (ls.norphans)
+        cy_info(NULL, "supervisor: %d orphaned shard%s of a previous run stopped", ls.norphans,
+                ls.norphans == 1 ? "" : "s");
+    /* For people and for the next start: who holds it. */
+    char text[32];
+    int n = snprintf(text, sizeof(text), "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)n, 0) != n)
+        cy_warn(NULL, "supervisor: cannot write my pid to %s: %s", path, strerror(errno));
+    *out = fd;
+    return 0;
+fail:
+    close(fd);
+    return 1;
 }
 
 static void init_handle(sv *s, uv_handle_t *h)
@@ -617,13 +831,16 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
         cy_error(NULL, "supervisor: cannot create %s: %s", run_dir, cy_strerror(rc));
         return 1;
     }
-    if (check_previous(path)) return 1;
+    int lock_fd = -1;
+    if (lock_data_dir(run_dir, cfg->data_dir, &lock_fd)) return 1;
 
     sv *s = cy_calloc(1, sizeof(*s));
     if (!s) {
         cy_error(NULL, "supervisor: out of memory");
+        close(lock_fd);
         return 1;
     }
+    s->lock_fd = lock_fd;
     s->cfg = cfg;
     s->exe = exe;
     s->pass = pass;
@@ -634,15 +851,18 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     s->http_fd = -1;
     if (s->n < 1 || s->n > CY_SB_MAX_SHARDS) {
         cy_error(NULL, "supervisor: shards = %u: must be 1..%d", s->n, CY_SB_MAX_SHARDS);
+        close(s->lock_fd);
         cy_free(s);
         return 1;
     }
     if (open_listener("mqtt_listen", cfg->mqtt_listen, &s->listen_fd)) {
+        close(s->lock_fd);
         cy_free(s);
         return 1;
     }
     if (cfg->http_listen[0] && open_listener("http_listen", cfg->http_listen, &s->http_fd)) {
         close(s->listen_fd);
+        close(s->lock_fd);
         cy_free(s);
         return 1;
     }
@@ -651,6 +871,7 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
         cy_error(NULL, "supervisor: cannot create %s: %s", path, cy_strerror(rc));
         close(s->listen_fd);
         if (s->http_fd >= 0) close(s->http_fd);
+        close(s->lock_fd);
         cy_free(s);
         return 1;
     }
@@ -724,6 +945,7 @@ out_sb:
     close(s->listen_fd);
     if (s->http_fd >= 0) close(s->http_fd);
     int result = s->result;
+    close(s->lock_fd);
     cy_free(s);
     return result;
 }

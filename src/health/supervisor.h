@@ -2,16 +2,27 @@
  * replaces the ones that die or stop moving. Does no protocol work.
  *
  * What it does, in order:
- *   1. creates data_dir/run/, the scoreboard file data_dir/run/scoreboard
- *      (see scoreboard.h), the listening MQTT socket (mqtt_listen) and the
- *      listening HTTP socket (http_listen, unless empty);
+ *   1. creates data_dir/run/ (mode 0700) and takes the data folder's lock,
+ *      data_dir/run/lock (an exclusive flock; the file holds the
+ *      supervisor's pid). If the lock is held: by a live supervisor, it
+ *      refuses to start and logs that pid; by shards whose supervisor is
+ *      gone (orphans), it logs each pid, SIGKILLs them and waits up to 5 s
+ *      for the lock. Then it creates the scoreboard file
+ *      data_dir/run/scoreboard (see scoreboard.h), the listening MQTT socket
+ *      (mqtt_listen) and the listening HTTP socket (http_listen, unless
+ *      empty);
  *   2. spawns `shards` shard processes with uv_spawn:
  *        argv: exe "shard" <index> <generation> <pass-through args...>
  *        fd 3: the listening TCP socket (bound, listening; shards accept on it)
  *        fd 4: one end of a socketpair to the supervisor; a shard exits
  *              when it reads EOF there (the supervisor is gone)
  *        fd 5: the listening HTTP socket, or /dev/null when the API is off
+ *        fd 6: the data folder's lock file, the supervisor's own open file
+ *              (so the lock stays held while any process of the run lives);
+ *              a shard keeps it open and never touches it
  *        fd 0: /dev/null; fds 1, 2: inherited (one log stream)
+ *      A shard also asks for SIGKILL at the supervisor's death
+ *      (PR_SET_PDEATHSIG), so none outlives it, stopped or not.
  *      The generation is a number that grows with every spawn of that index.
  *   3. every 100 ms judges each shard from its scoreboard slot:
  *        - exited: respawn at once, or with backoff if it ran less than 5 s
@@ -31,7 +42,8 @@
  *      SIGKILL), returns 0 if every shard exited with status 0, else 1.
  *
  * Thread: main thread, own libuv loop. Errors: returns a process exit
- * status; startup failures are logged (cannot listen, cannot create run dir).
+ * status; startup failures are logged (data folder in use, cannot listen,
+ * cannot create run dir).
  */
 #ifndef CY_SUPERVISOR_H
 #define CY_SUPERVISOR_H

@@ -4,9 +4,11 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define BUSY_TIMEOUT_MS 5000
 
@@ -153,9 +155,21 @@ int cy_db_reclaim(sqlite3 *db, const char *name, unsigned max_pages)
     return left;
 }
 
+/* Create a new database file owner-only (0600) whatever the umask: SQLite
+ * would create it 0644 less the umask, and gives the -wal and -shm files the
+ * mode of the database file. An empty file is a valid empty database. An
+ * existing file is let be; other failures are SQLite's to report. */
+static void create_private(const char *path)
+{
+    if (!path[0] || !strcmp(path, ":memory:") || !strncmp(path, "file:", 5)) return;
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0) close(fd);
+}
+
 int cy_db_open(const char *path, bool sync_full, const cy_db_schema *s, const char *const *sql,
                int nst, sqlite3 **db, sqlite3_stmt **st)
 {
+    create_private(path);
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     if (sqlite3_open_v2(path, db, flags, NULL) != SQLITE_OK)
         return open_fail(*db, s, path, "sqlite3_open_v2");

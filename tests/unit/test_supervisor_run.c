@@ -176,6 +176,7 @@ typedef struct run {
     char exe[PATH_MAX];
     cy_config cfg;
     pid_t sv;
+    pid_t orphan; /* a shard of an earlier supervisor that the test watches */
     cy_scoreboard sb;
     bool passed;
 } run;
@@ -209,6 +210,7 @@ static int setup(void **state)
     cy_config_defaults(&R.cfg);
     snprintf(R.cfg.data_dir, sizeof(R.cfg.data_dir), "%s", R.dir);
     snprintf(R.cfg.mqtt_listen, sizeof(R.cfg.mqtt_listen), "127.0.0.1:0");
+    snprintf(R.cfg.http_listen, sizeof(R.cfg.http_listen), "127.0.0.1:0");
     R.cfg.watchdog_timeout = TIMEOUT_MS;
     R.cfg.shards = 2;
     return 0;
@@ -243,6 +245,10 @@ static int teardown(void **state)
             waitpid(p, NULL, 0);
         }
     }
+    if (R.orphan > 0 && waitpid(R.orphan, NULL, WNOHANG) == 0) {
+        kill(R.orphan, SIGKILL);
+        waitpid(R.orphan, NULL, 0);
+    }
     cy_scoreboard_close(&R.sb);
     /* Reap shards orphaned to us (we are their subreaper), bounded. */
     int64_t until = cy_mono_ms() + 3000;
@@ -254,6 +260,8 @@ static int teardown(void **state)
     }
     char p[200];
     snprintf(p, sizeof(p), "%s/run/scoreboard", R.dir);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/run/lock", R.dir);
     unlink(p);
     snprintf(p, sizeof(p), "%s/run", R.dir);
     rmdir(p);
@@ -281,6 +289,40 @@ static void start_nowait(const char *mode)
         int rc = cy_supervisor_run(&R.cfg, R.exe, pass);
         exit(rc);
     }
+}
+
+/* Another supervisor with --fake=ok on the same data_dir, in a forked child
+ * logging to the same file; its exit status (bounded). */
+static int run_second(void)
+{
+    char a1[600];
+    snprintf(a1, sizeof(a1), "--data_dir=%s", R.dir);
+    char *pass[] = {a1, NULL};
+    fflush(NULL);
+    pid_t p = fork();
+    assert_true(p >= 0);
+    if (p == 0) {
+        int fd = open(R.log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            close(fd);
+        }
+        cy_config cfg = R.cfg;
+        snprintf(cfg.mqtt_listen, sizeof(cfg.mqtt_listen), "127.0.0.1:0");
+        exit(cy_supervisor_run(&cfg, R.exe, pass));
+    }
+    int st = 0;
+    int64_t until = cy_mono_ms() + 5000;
+    while (waitpid(p, &st, WNOHANG) != p) {
+        if (cy_mono_ms() > until) {
+            kill(p, SIGKILL);
+            waitpid(p, &st, 0);
+            fail_msg("the second supervisor did not exit within 5 s");
+        }
+        sleep_ms(5);
+    }
+    assert_true(WIFEXITED(st));
+    return WEXITSTATUS(st);
 }
 
 /* The same, and wait for its scoreboard. */
@@ -601,6 +643,20 @@ static void test_supervisor_run_unclean_stop_is_status_1(void **state)
     R.passed = true;
 }
 
+/* The state letter of pid in /proc/PID/stat, or '?'. */
+static char proc_state(pid_t pid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return '?';
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    return p && p[1] == ' ' ? p[2] : '?';
+}
+
 static bool reaped(pid_t p)
 {
     pid_t r = waitpid(p, NULL, WNOHANG);
@@ -624,6 +680,42 @@ static void test_supervisor_run_shards_exit_when_supervisor_dies(void **state)
     char out[8192];
     assert_int_equal(capture(status_adapter, NULL, NULL, out, sizeof(out)), 1);
     assert_non_null(strstr(out, "shard"));
+    R.passed = true;
+}
+
+/* A shard that outlived its supervisor (here a stopped fake shard, which,
+ * unlike a real one, asks for no death signal: as a shard of an older
+ * binary, or one in uninterruptible sleep) is found at the next start by
+ * the lock it holds, named in the log and killed; the new run comes up. */
+static void test_supervisor_run_orphans_killed_at_next_start(void **state)
+{
+    (void)state;
+    start("ok");
+    WAIT_FOR(running_gen(0, 1) && running_gen(1, 1), 3000);
+    pid_t p0 = (pid_t)cy_sb_load(&R.sb.slots[0].pid);
+    pid_t p1 = (pid_t)cy_sb_load(&R.sb.slots[1].pid);
+    assert_int_equal(kill(p1, SIGSTOP), 0);
+    R.orphan = p1;
+    WAIT_FOR(proc_state(p1) == 'T', 2000);
+    kill(R.sv, SIGKILL);
+    waitpid(R.sv, NULL, 0);
+    R.sv = 0;
+    WAIT_FOR(reaped(p0), 2000); /* running: it saw EOF on fd 4 */
+    /* Stopped, it did not: it is ours now (subreaper) and alive. */
+    assert_int_equal(waitpid(p1, NULL, WNOHANG), 0);
+    cy_scoreboard_close(&R.sb);
+
+    start("ok"); /* returns once the new scoreboard is up: after the lock */
+    int st = 0;
+    WAIT_FOR(waitpid(p1, &st, WNOHANG) == p1, 3000);
+    assert_true(WIFSIGNALED(st));
+    assert_int_equal(WTERMSIG(st), SIGKILL);
+    R.orphan = 0;
+    char needle[160];
+    snprintf(needle, sizeof(needle), "shard 1 (pid %d) of a previous run on %s", (int)p1, R.dir);
+    assert_true(log_has(needle));
+    WAIT_FOR(running_gen(0, 1) && running_gen(1, 1), 3000);
+    assert_int_equal(stop(), 0);
     R.passed = true;
 }
 
@@ -652,6 +744,18 @@ static void test_supervisor_run_startup_failures(void **state)
     WAIT_FOR(running_gen(0, 1) && running_gen(1, 1), 3000);
     assert_int_equal(cy_supervisor_run(&R.cfg, R.exe, pass), 1);
     assert_int_equal(cy_sb_load(&R.sb.hdr->supervisor_pid), R.sv); /* untouched */
+    /* ... and says who holds it, also when that supervisor is stopped. */
+    char needle[160];
+    snprintf(needle, sizeof(needle), "another cyan (supervisor pid %d) is running on %s", (int)R.sv,
+             R.dir);
+    assert_int_equal(run_second(), 1);
+    assert_true(log_has(needle));
+    assert_int_equal(kill(R.sv, SIGSTOP), 0);
+    WAIT_FOR(proc_state(R.sv) == 'T', 2000); /* a signal lands asynchronously */
+    assert_int_equal(run_second(), 1);
+    assert_true(log_has("(it is stopped: SIGCONT or SIGKILL it)"));
+    assert_int_equal(kill(R.sv, SIGCONT), 0);
+    assert_int_equal(cy_sb_load(&R.sb.hdr->supervisor_pid), R.sv);
     assert_int_equal(stop(), 0);
 
     /* A binary that cannot be spawned: status 1, bounded. */
@@ -679,6 +783,7 @@ int main(int argc, char **argv)
         T(test_supervisor_run_drills),
         T(test_supervisor_run_unclean_stop_is_status_1),
         T(test_supervisor_run_shards_exit_when_supervisor_dies),
+        T(test_supervisor_run_orphans_killed_at_next_start),
         T(test_supervisor_run_startup_failures),
     };
     return cmocka_run_group_tests_name("supervisor_run", tests, NULL, NULL);
