@@ -760,12 +760,14 @@ typedef struct handover {
     cy_conn *c;
     uint8_t version;
     unsigned owner;
+    size_t bytes; /* counted in b->preauth_bytes until the bus has written them */
 } handover;
 
 static void handed(void *arg, int status)
 {
     handover *h = arg;
     cy_conn *c = h->c;
+    c->b->preauth_bytes -= h->bytes;
     if (status < 0) {
         char why[64];
         snprintf(why, sizeof(why), "handover to shard %u failed: %s", h->owner,
@@ -786,6 +788,14 @@ void cy_cluster_handover(cy_broker *b, cy_conn *c, unsigned owner, uint8_t versi
         refuse_unavailable(c, version, why);
         return;
     }
+    /* What is handed over has not logged in yet: its bytes (the CONNECT and
+     * whatever came after it in the same read) wait in the bus's buffer,
+     * so they count in the shard's preauth_memory until written. */
+    if (b->preauth_bytes + len > b->cfg->preauth_memory) {
+        b->stats.limit_preauth++;
+        refuse_unavailable(c, version, "preauth_memory spent on connections not logged in");
+        return;
+    }
     handover *h = cy_malloc(sizeof(*h));
     if (!h) {
         refuse_unavailable(c, version, "out of memory");
@@ -794,10 +804,13 @@ void cy_cluster_handover(cy_broker *b, cy_conn *c, unsigned owner, uint8_t versi
     h->c = c;
     h->version = version;
     h->owner = owner;
+    h->bytes = len;
+    b->preauth_bytes += len;
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->state = CONN_HANDED;
     int rc = cy_bus_send_handle(b->bus, owner, &c->tcp, F_HANDOVER, bytes, len, handed, h);
     if (rc) {
+        b->preauth_bytes -= h->bytes;
         cy_free(h);
         snprintf(why, sizeof(why), "handover to shard %u: %s", owner, cy_strerror(rc));
         refuse_unavailable(c, version, why);

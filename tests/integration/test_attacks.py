@@ -7,6 +7,7 @@ A shard that crashes is replaced by the supervisor within a second or two, so
 exchange that must succeed on the same shard."""
 
 import os
+import signal
 import select
 import socket
 import struct
@@ -273,3 +274,67 @@ def test_failed_logins_logged_once_per_address_per_window(server):
     lines = [l for l in server.log()[mark:].splitlines() if "connect refused" in l]
     assert 1 <= len(lines) <= 2 * SHARDS, "\n".join(lines[:10])
     assert "from 127.0.0.1: connect refused for client 'nosuch" in lines[0], lines[0]
+
+
+def shard_pid(server, index):
+    """The pid of shard `index` of this server."""
+    needle = ("--data_dir=%s" % server.data_dir).encode()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(args) > 2 and args[1] == b"shard" and args[2] == str(index).encode() \
+                and needle in args:
+            return int(pid)
+    return None
+
+
+def test_handover_of_strangers_bytes_counts_in_preauth_memory(server_factory):
+    """A CONNECT for a client of another shard is handed over with what came
+    after it in the same read, before login. While that shard does not read
+    (stopped), those bytes wait in the bus: they count in preauth_memory, so
+    past it the CONNECT is refused at once (0x88 Server unavailable)
+    instead of the shard queueing 60 KiB more for every stranger."""
+    from test_shards import shard_of
+    srv = server_factory(shards=2, preauth_memory=65536, watchdog_timeout=30000)
+    srv.wait_api_healthy()
+    cid = next("ho%d" % i for i in range(1000) if shard_of("ho%d" % i, 2) == 1)
+    victim = shard_pid(srv, 1)
+    junk = rm.packet(rm.PUBLISH, 0, rm.mstr("x") + b"j" * 60000)
+    socks = []
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        # shard 1 is stopped: only shard 0 accepts, and hands each over. (A
+        # second later shard 0 refuses them anyway, as shard 1's heartbeat is
+        # stale: the log says which refusal came.)
+        for _ in range(12):
+            c = raw(srv, 5, timeout=3.0)
+            socks.append(c)
+            c.send(rm.connect(cid, version=5, username="nosuch", password=b"x") + junk)
+        assert srv.wait_log("preauth_memory spent on connections not logged in", timeout=5)
+        codes = []
+        for c in socks:
+            try:
+                codes.append(c.expect(rm.CONNACK, 0.2).rc)
+            except (rm.Timeout, rm.Closed):
+                codes.append(None)  # still waiting in the bus
+        assert 0x88 in codes, codes
+    finally:
+        os.kill(victim, signal.SIGCONT)
+        for c in socks:
+            c.close()
+    # once shard 1 runs again (and its heartbeat is fresh), its clients log in
+    dev = srv.add_device()
+
+    def logs_in():
+        try:
+            round_trip(srv, dev, cid)
+            return True
+        except AssertionError:
+            return False
+    assert wait_until(logs_in, timeout=10, interval=0.3)
+    assert steady_pids(srv)
