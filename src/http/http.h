@@ -75,6 +75,7 @@ typedef struct cy_http_limits {
     unsigned idle_timeout_s;   /* 0 = 60 */
     size_t max_stream_backlog; /* unsent stream bytes; 0 = 1 MiB */
     unsigned request_timeout_s; /* first line of a request to the end of its body; 0 = 10 */
+    unsigned max_per_address;   /* connections from one client address; 0 = no limit */
 } cy_http_limits;
 
 /* Called once per request, on the loop thread, with the whole body read.
