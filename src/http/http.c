@@ -51,9 +51,20 @@
  * deadline is shut down (shutdown(2), which MHD sees as the client
  * leaving), after a 408 if its body was arriving. A new connection starts
  * in the second phase (its first request's clock runs from the accept),
- * unless idle_timeout_s is the shorter. Within a phase the
- * deadlines all have the same length, so each phase's armed connections
- * form a FIFO, and one timer serves the earlier of the two heads.
+ * unless idle_timeout_s is the shorter. A third clock runs while a
+ * request's head is not yet whole (from the accept, or from a later
+ * request's first line); it counts only under pressure (open connections
+ * in the last tenth of max_connections), when it allows PRESSURE_HEAD_MS,
+ * and the idle phase allows PRESSURE_IDLE_MS. Each clock's connections
+ * form a FIFO by the time they joined, and at any moment all members of
+ * one have a deadline of the same length (pressure changes it for all at
+ * once), so its head expires first and one timer serves the earliest of
+ * the three heads: O(1) per event. Under pressure a new connection also
+ * closes the head of the idle FIFO, or else of the head FIFO, when that
+ * one has no request under way (see evictable()): that needs no headroom
+ * above MHD's connection limit, which stays max_connections. The limit
+ * per client address is MHD's accept policy callback, before MHD makes a
+ * connection, with counts kept in a map.
  *
  * Two things MHD 0.9.75 cannot do are worked around here. It takes no
  * response while a body is arriving, so a chunked body that outgrows
