@@ -926,6 +926,7 @@ void cy_api_listen(cy_broker *b)
         .idle_timeout_s = b->cfg->http_idle_timeout,
         .max_stream_backlog = API_STREAM_BACKLOG,
         .request_timeout_s = b->cfg->http_request_timeout,
+        .max_per_address = b->cfg->http_max_per_address,
     };
     int rc = cy_http_new(b->loop, a->http_fd, &lim, handle, check_request, b, &a->http);
     close(a->http_fd); /* the server holds its own duplicate */

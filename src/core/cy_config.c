@@ -80,6 +80,9 @@ static const setting table[] = {
     U32(http_request_timeout, "10", 1, 3600,
         "seconds from the first line of an HTTP request to the end of its body; slower "
         "requests are cut off"),
+    U32(http_max_per_address, "256", 0, 1000000,
+        "HTTP connections one client address may hold open on each shard (closed at accept "
+        "beyond); 0 = no limit"),
     U32(sse_heartbeat, "15", 1, 3600, "seconds between heartbeat comments on event streams"),
     U32(event_buffer, "1000", 1, 1000000,
         "events each shard keeps so that a stream can resume (Last-Event-ID)"),

@@ -51,6 +51,7 @@ typedef struct cy_config {
     uint32_t http_max_connections; /* per shard */
     uint32_t http_idle_timeout; /* s */
     uint32_t http_request_timeout; /* s, first line of a request to the end of its body */
+    uint32_t http_max_per_address; /* per shard; 0 = no limit */
     uint32_t sse_heartbeat;     /* s between heartbeat comments on event streams */
     uint32_t event_buffer;      /* events each shard keeps for resuming streams */
     uint32_t sse_max_per_token;   /* open event streams per API token, per shard */

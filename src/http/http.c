@@ -51,9 +51,20 @@
  * deadline is shut down (shutdown(2), which MHD sees as the client
  * leaving), after a 408 if its body was arriving. A new connection starts
  * in the second phase (its first request's clock runs from the accept),
- * unless idle_timeout_s is the shorter. Within a phase the
- * deadlines all have the same length, so each phase's armed connections
- * form a FIFO, and one timer serves the earlier of the two heads.
+ * unless idle_timeout_s is the shorter. A third clock runs while a
+ * request's head is not yet whole (from the accept, or from a later
+ * request's first line); it counts only under pressure (open connections
+ * in the last tenth of max_connections), when it allows PRESSURE_HEAD_MS,
+ * and the idle phase allows PRESSURE_IDLE_MS. Each clock's connections
+ * form a FIFO by the time they joined, and at any moment all members of
+ * one have a deadline of the same length (pressure changes it for all at
+ * once), so its head expires first and one timer serves the earliest of
+ * the three heads: O(1) per event. Under pressure a new connection also
+ * closes the head of the idle FIFO, or else of the head FIFO, when that
+ * one has no request under way (see evictable()): that needs no headroom
+ * above MHD's connection limit, which stays max_connections. The limit
+ * per client address is MHD's accept policy callback, before MHD makes a
+ * connection, with counts kept in a map.
  *
  * Two things MHD 0.9.75 cannot do are worked around here. It takes no
  * response while a body is arriving, so a chunked body that outgrows
@@ -83,6 +94,7 @@
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "core/cy_map.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -107,6 +119,15 @@
 #define DEF_MAX_BACKLOG ((size_t)1 << 20)
 #define STREAM_BLOCK ((size_t)16 << 10) /* bytes MHD may take from a stream per chunk */
 #define MIN_POOL ((size_t)32 << 10)     /* MHD's own default connection memory */
+/* Under pressure (see pressure()): how long a connection may wait between
+ * requests, and how long it has to send a whole request head (from the
+ * accept, or from a later request's first line). Short enough that idle or
+ * silent sockets turn over faster than a stranger can open them from one
+ * address; long enough for any client that means to send a request. */
+#define PRESSURE_IDLE_MS 1000
+#define PRESSURE_HEAD_MS 2000
+#define REFUSE_LOG_WINDOW_MS 10000
+#define REFUSE_LOG_BURST 20
 
 typedef enum {
     RQ_RECEIVING, /* headers in, body arriving; the application has not seen it */
@@ -120,20 +141,41 @@ typedef enum {
 } rq_state;
 
 typedef struct hconn hconn;
+struct dqueue;
 
-/* Connections with a deadline of one length, earliest first. */
+/* A connection's place in one of the FIFO queues below. */
+typedef struct dlink {
+    hconn *prev, *next;
+    struct dqueue *q; /* NULL when not in a queue */
+    int64_t since_ms; /* monotonic: when it joined q */
+} dlink;
+
+/* Connections that joined in turn, earliest first. Every member of a queue
+ * has a deadline of the same length from the time it joined (a length that
+ * may change with pressure, for all of them at once), so the head is always
+ * the first to expire. slot: which of hconn's links the queue uses. */
 typedef struct dqueue {
     hconn *head, *tail;
+    int slot;
 } dqueue;
 
-/* Per connection (MHD's socket context): its deadline and its request. */
+/* Connections from one client address (cy_http.addrs), for
+ * max_per_address. The key lives here. */
+typedef struct addr_count {
+    unsigned n;
+    size_t len;
+    uint8_t key[17]; /* family byte + 4 or 16 address bytes */
+} addr_count;
+
+/* Per connection (MHD's socket context): its deadlines and its request. */
 struct hconn {
-    hconn *prev, *next; /* in *q while a deadline is set */
-    dqueue *q;          /* cy_http.idle_q or .req_q; NULL when not armed */
+    dlink link[2];           /* [0]: idle_q or req_q (its phase); [1]: head_q */
     int fd;
-    int64_t deadline_ms;     /* monotonic; 0 when not armed */
     struct cy_http_req *req; /* the request MHD has shown us, until it completes */
+    addr_count *ac;          /* its address's count; NULL without one */
     bool bad_target;         /* a control character decoded from the request target */
+    bool line_seen;          /* a request line has arrived on it (on_uri) */
+    bool cut;                /* shut down by us; MHD is about to close it */
 };
 
 /* Shared immutable bytes (cy_http_stream_write_ref). */
@@ -190,10 +232,15 @@ struct cy_http {
     void *ctx;
     uv_poll_t epoll_w;   /* MHD's epoll descriptor */
     uv_timer_t timer;    /* MHD_get_timeout, or 0 ms to run MHD soon */
-    uv_timer_t deadline; /* the earlier of the two queues' first deadlines */
+    uv_timer_t deadline; /* the earliest of the queues' first deadlines */
     int handles;         /* of the three above, those initialised and not yet closed */
-    dqueue idle_q;       /* waiting for a request: idle_timeout_s */
+    dqueue idle_q;       /* waiting for a request: idle_timeout_s (PRESSURE_IDLE_MS) */
     dqueue req_q;        /* receiving one: request_timeout_s */
+    dqueue head_q;       /* its request's head not yet whole: PRESSURE_HEAD_MS, under pressure */
+    unsigned nconns;     /* connections with an hconn (MHD's, less any it never told us of) */
+    unsigned ncut;       /* of those, shut down by us and not yet closed by MHD */
+    cy_map addrs;        /* address key -> addr_count, for max_per_address */
+    cy_logrl refuse_log; /* connections refused for their address */
     unsigned streams;    /* requests that began a stream and are not completed */
     cy_http_req *reqs;
     uint64_t requests;  /* answers queued since start */
@@ -291,78 +338,146 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 
 static void on_deadline(uv_timer_t *t);
 
+/* Connections open and not shut down by us. */
+static unsigned live(const cy_http *h)
+{
+    return h->nconns - h->ncut;
+}
+
+/* A tenth of max_connections (0 below 10): connections kept free for
+ * bursts. Past max_connections less this reserve the server is under
+ * pressure: idle and silent connections get short deadlines, and each new
+ * connection pushes out an idle one. */
+static unsigned reserve(const cy_http *h)
+{
+    return h->lim.max_connections / 10;
+}
+
+static bool pressure(const cy_http *h)
+{
+    return live(h) + reserve(h) >= h->lim.max_connections;
+}
+
+/* The length of q's deadlines now, ms; -1 when q has none. */
+static int64_t q_len(const cy_http *h, const dqueue *q)
+{
+    if (q == &h->idle_q)
+        return pressure(h) ? PRESSURE_IDLE_MS : (int64_t)h->lim.idle_timeout_s * 1000;
+    if (q == &h->req_q) return (int64_t)h->lim.request_timeout_s * 1000;
+    return pressure(h) ? PRESSURE_HEAD_MS : -1;
+}
+
+/* The deadline of q's head, or INT64_MAX. */
+static int64_t q_first(const cy_http *h, const dqueue *q)
+{
+    int64_t len = q_len(h, q);
+    if (q->head == NULL || len < 0) return INT64_MAX;
+    int64_t since = q->head->link[q->slot].since_ms;
+    if (len > INT64_MAX - since) return INT64_MAX;
+    return since + len;
+}
+
 static void deadline_timer_update(cy_http *h)
 {
     if (h->stopping) return;
-    hconn *a = h->idle_q.head, *b = h->req_q.head;
-    hconn *first = a == NULL || (b != NULL && b->deadline_ms < a->deadline_ms) ? b : a;
-    if (first == NULL) {
+    int64_t first = q_first(h, &h->idle_q), r = q_first(h, &h->req_q),
+            hd = q_first(h, &h->head_q);
+    if (r < first) first = r;
+    if (hd < first) first = hd;
+    if (first == INT64_MAX) {
         uv_timer_stop(&h->deadline);
         return;
     }
-    int64_t wait = first->deadline_ms - cy_mono_ms();
+    int64_t wait = first - cy_mono_ms();
     uv_timer_start(&h->deadline, on_deadline, wait > 0 ? (uint64_t)wait : 0, 0);
 }
 
-static void disarm(cy_http *h, hconn *hc)
+static void q_remove(hconn *hc, int slot)
 {
-    (void)h;
-    if (hc == NULL || hc->q == NULL) return;
-    dqueue *q = hc->q;
-    if (hc->prev)
-        hc->prev->next = hc->next;
+    dlink *l = &hc->link[slot];
+    dqueue *q = l->q;
+    if (q == NULL) return;
+    if (l->prev)
+        l->prev->link[slot].next = l->next;
     else
-        q->head = hc->next;
-    if (hc->next)
-        hc->next->prev = hc->prev;
+        q->head = l->next;
+    if (l->next)
+        l->next->link[slot].prev = l->prev;
     else
-        q->tail = hc->prev;
-    hc->prev = hc->next = NULL;
-    hc->q = NULL;
-    hc->deadline_ms = 0;
+        q->tail = l->prev;
+    l->prev = l->next = NULL;
+    l->q = NULL;
 }
 
-/* Give hc a deadline secs from now, at the tail of q (all of q's deadlines
- * have that length, so the tail is the latest). */
-static void arm(cy_http *h, hconn *hc, dqueue *q, unsigned secs)
+/* Append hc to q, joining now (the latest of q's members). */
+static void q_push(cy_http *h, hconn *hc, dqueue *q)
 {
-    if (hc == NULL) return;
-    disarm(h, hc);
-    hc->deadline_ms = cy_mono_ms() + (int64_t)secs * 1000;
-    if (hc->deadline_ms == 0) hc->deadline_ms = 1;
-    hc->q = q;
-    hc->prev = q->tail;
+    q_remove(hc, q->slot);
+    dlink *l = &hc->link[q->slot];
+    l->since_ms = cy_mono_ms();
+    l->q = q;
+    l->prev = q->tail;
     if (q->tail)
-        q->tail->next = hc;
+        q->tail->link[q->slot].next = hc;
     else
         q->head = hc;
     q->tail = hc;
     if (q->head == hc) deadline_timer_update(h);
 }
 
+/* hc leaves its phase's queue (idle_q or req_q). */
+static void disarm(cy_http *h, hconn *hc)
+{
+    (void)h;
+    if (hc) q_remove(hc, 0);
+}
+
+static void arm(cy_http *h, hconn *hc, dqueue *q)
+{
+    if (hc) q_push(h, hc, q);
+}
+
 static void arm_idle(cy_http *h, hconn *hc)
 {
-    arm(h, hc, &h->idle_q, h->lim.idle_timeout_s);
+    arm(h, hc, &h->idle_q);
 }
 
 static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code,
                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
-static void cut(cy_http *h, hconn *hc)
+typedef enum { CUT_DEADLINE, CUT_EVICT } cut_why;
+
+/* Close hc from our side: MHD reads EOF next and closes the connection as
+ * if the client left. */
+static void cut(cy_http *h, hconn *hc, cut_why why)
 {
+    if (hc->cut) return;
     cy_http_req *req = hc->req;
-    bool receiving = hc->q == &h->req_q;
-    disarm(h, hc);
-    if (receiving && req && req->state == RQ_RECEIVING && !req->raw_answered)
+    bool receiving = hc->link[0].q == &h->req_q;
+    bool idle = hc->link[0].q == &h->idle_q;
+    bool head = hc->link[1].q == &h->head_q;
+    bool press = pressure(h);
+    q_remove(hc, 0);
+    q_remove(hc, 1);
+    hc->cut = true;
+    h->ncut++;
+    if (why == CUT_DEADLINE && receiving && req && req->state == RQ_RECEIVING &&
+        !req->raw_answered)
         raw_answer(req, hc->fd, 408, "request_timeout", "request not complete within %us",
                    h->lim.request_timeout_s);
-    /* MHD reads EOF next and closes the connection as if the client left. */
     shutdown(hc->fd, SHUT_RDWR);
-    if (receiving)
-        cy_debug(NULL, "http: %s request not complete within %us, connection closed",
-                 req ? req->peer : "a", h->lim.request_timeout_s);
-    else
+    const char *peer = req ? req->peer : "a client";
+    if (why == CUT_EVICT)
+        cy_debug(NULL, "http: %u connections open, an idle one closed to make room",
+                 live(h) + 1);
+    else if (receiving && !(head && press))
+        cy_debug(NULL, "http: %s request not complete within %us, connection closed", peer,
+                 h->lim.request_timeout_s);
+    else if (idle && !press)
         cy_debug(NULL, "http: no request within %us, connection closed", h->lim.idle_timeout_s);
+    else
+        cy_debug(NULL, "http: %u connections open: one with no whole request head within "
+                       "%dms closed", live(h) + 1, idle ? PRESSURE_IDLE_MS : PRESSURE_HEAD_MS);
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -370,10 +485,10 @@ static void on_deadline(uv_timer_t *t)
     cy_http *h = t->data;
     int64_t now = cy_mono_ms();
     bool any = false;
-    dqueue *qs[2] = {&h->idle_q, &h->req_q};
-    for (int i = 0; i < 2; i++)
-        while (qs[i]->head && qs[i]->head->deadline_ms <= now) {
-            cut(h, qs[i]->head);
+    dqueue *qs[3] = {&h->idle_q, &h->req_q, &h->head_q};
+    for (int i = 0; i < 3; i++)
+        while (q_first(h, qs[i]) <= now) {
+            cut(h, qs[i]->head, CUT_DEADLINE);
             any = true;
         }
     deadline_timer_update(h);
@@ -387,6 +502,108 @@ static hconn *conn_ctx(struct MHD_Connection *c)
     return ci ? ci->socket_context : NULL;
 }
 
+/* ---- connection limits ------------------------------------------------------ */
+
+/* The key of a client address: family byte and address bytes; 0 if none. */
+static size_t addr_key(const struct sockaddr *sa, uint8_t key[17])
+{
+    if (sa == NULL) return 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)sa;
+        key[0] = 4;
+        memcpy(key + 1, &s4->sin_addr, 4);
+        return 5;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)sa;
+        key[0] = 6;
+        memcpy(key + 1, &s6->sin6_addr, 16);
+        return 17;
+    }
+    return 0;
+}
+
+/* MHD's accept policy, before a connection exists: refuse (MHD closes the
+ * socket at once) an address that holds max_per_address connections. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    cy_http *h = cls;
+    (void)addrlen;
+    if (h->lim.max_per_address == 0) return MHD_YES;
+    uint8_t key[17];
+    size_t kl = addr_key(addr, key);
+    addr_count *ac = kl ? cy_map_get(&h->addrs, key, kl) : NULL;
+    if (ac == NULL || ac->n < h->lim.max_per_address) return MHD_YES;
+    char ip[INET6_ADDRSTRLEN] = "?";
+    inet_ntop(key[0] == 4 ? AF_INET : AF_INET6, key + 1, ip, sizeof(ip));
+    uint64_t held = 0;
+    if (cy_logrl_allow(&h->refuse_log, ip, cy_mono_ms(), &held)) {
+        char more[64] = "";
+        if (held) snprintf(more, sizeof(more), " (%" PRIu64 " more since the last line)", held);
+        cy_warn(NULL, "http: connection from %s refused: it has %u open, the most one address "
+                      "may (http_max_per_address)%s", ip, ac->n, more);
+    }
+    return MHD_NO;
+}
+
+/* Count hc against its address. False when out of memory. */
+static bool addr_add(cy_http *h, hconn *hc, struct MHD_Connection *c)
+{
+    if (h->lim.max_per_address == 0) return true;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    uint8_t key[17];
+    size_t kl = ci ? addr_key(ci->client_addr, key) : 0;
+    if (kl == 0) return true;
+    addr_count *ac = cy_map_get(&h->addrs, key, kl);
+    if (ac == NULL) {
+        ac = cy_calloc(1, sizeof(*ac));
+        if (ac == NULL) return false;
+        memcpy(ac->key, key, kl);
+        ac->len = kl;
+        if (cy_map_put(&h->addrs, ac->key, kl, ac) != 0) {
+            cy_free(ac);
+            return false;
+        }
+    }
+    ac->n++;
+    hc->ac = ac;
+    return true;
+}
+
+static void addr_del(cy_http *h, hconn *hc)
+{
+    addr_count *ac = hc->ac;
+    hc->ac = NULL;
+    if (ac == NULL || --ac->n > 0) return;
+    cy_map_del(&h->addrs, ac->key, ac->len);
+    cy_free(ac);
+}
+
+/* Whether hc may be closed to make room: it has no request under way (it
+ * waits for its next request, or has not sent a whole first request line)
+ * and no bytes are waiting in its socket (a request that has arrived is
+ * never thrown away). */
+static bool evictable(const cy_http *h, const hconn *hc, const hconn *fresh)
+{
+    (void)h;
+    if (hc == NULL || hc == fresh || hc->cut || hc->line_seen) return false;
+    char b;
+    return recv(hc->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
+}
+
+/* A new connection (fresh) took the server past max_connections less its
+ * reserve: close the connection that has waited longest with no request
+ * under way, if any, so that idle sockets never crowd out new requests. */
+static void evict_one(cy_http *h, hconn *fresh)
+{
+    hconn *a = h->idle_q.head, *b = h->head_q.head;
+    if (evictable(h, a, fresh))
+        cut(h, a, CUT_EVICT);
+    else if (evictable(h, b, fresh))
+        cut(h, b, CUT_EVICT);
+}
+
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
@@ -395,7 +612,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         hconn *hc = cy_calloc(1, sizeof(*hc));
-        if (hc == NULL || ci == NULL) {
+        if (hc == NULL || ci == NULL || !addr_add(h, hc, c)) {
             /* No memory for the deadline: refuse the connection rather than
              * serve one that could be held open forever. */
             cy_free(hc);
@@ -403,21 +620,33 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
             *socket_context = NULL;
             return;
         }
+        hc->link[0].q = hc->link[1].q = NULL;
         hc->fd = ci->connect_fd;
         *socket_context = hc;
+        h->nconns++;
         /* A new connection has no reason to wait before its first request:
          * that request's deadline runs from the accept (or the idle one,
          * if shorter), so that a socket that sends nothing, or trickles its
          * first line, holds its place no longer than a slow request. */
         if (h->lim.request_timeout_s <= h->lim.idle_timeout_s)
-            arm(h, hc, &h->req_q, h->lim.request_timeout_s);
+            arm(h, hc, &h->req_q);
         else
             arm_idle(h, hc);
+        arm(h, hc, &h->head_q);
+        if (live(h) > h->lim.max_connections - reserve(h)) evict_one(h, hc);
+        /* Pressure may have begun: the queues' deadlines may be shorter. */
+        deadline_timer_update(h);
     } else {
         hconn *hc = *socket_context;
         *socket_context = NULL;
-        disarm(h, hc);
-        cy_free(hc);
+        if (hc) {
+            q_remove(hc, 0);
+            q_remove(hc, 1);
+            addr_del(h, hc);
+            h->nconns--;
+            if (hc->cut) h->ncut--;
+            cy_free(hc);
+        }
         deadline_timer_update(h);
         /* At max_connections MHD takes the listening socket out of its epoll
          * set, and puts it back only at the start of a later MHD_run; no
@@ -427,14 +656,18 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 }
 
 /* A request's first line is in: from now its headers and body have
- * request_timeout_s, whatever the pace of their bytes. */
+ * request_timeout_s, whatever the pace of their bytes, and under pressure
+ * its head has PRESSURE_HEAD_MS. */
 static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
 {
     cy_http *h = cls;
     (void)uri;
     hconn *hc = conn_ctx(c);
-    /* On a new connection the clock has run since the accept already. */
-    if (!h->stopping && hc && hc->q != &h->req_q) arm(h, hc, &h->req_q, h->lim.request_timeout_s);
+    if (h->stopping || hc == NULL || hc->cut) return NULL;
+    hc->line_seen = true;
+    /* On a new connection the clocks have run since the accept already. */
+    if (hc->link[0].q != &h->req_q) arm(h, hc, &h->req_q);
+    if (hc->link[1].q != &h->head_q) arm(h, hc, &h->head_q);
     return NULL; /* the access handler's first call still sees *con_cls NULL */
 }
 
@@ -558,6 +791,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (hc) {
         hc->req = NULL;
         hc->bad_target = false;
+        hc->line_seen = false;
+        q_remove(hc, 1);
     }
     if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK && !h->stopping) arm_idle(h, hc);
     if (req == NULL) return;
@@ -1032,6 +1267,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
     cy_http_req *req = *con_cls;
     if (req == NULL) {
         if (h->stopping) return MHD_NO;
+        /* The head is whole: the pressure deadline on it ends. */
+        hconn *hc = conn_ctx(c);
+        if (hc) q_remove(hc, 1);
         req = req_new(h, c, url, method);
         if (req == NULL) return MHD_NO;
         *con_cls = req;
@@ -1102,6 +1340,9 @@ int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_ht
     h->handler = handler;
     h->check = check;
     h->ctx = ctx;
+    h->head_q.slot = 1;
+    cy_map_init(&h->addrs);
+    cy_logrl_init(&h->refuse_log, REFUSE_LOG_WINDOW_MS, REFUSE_LOG_BURST);
     if (lim) h->lim = *lim;
     if (h->lim.max_header_bytes == 0) h->lim.max_header_bytes = DEF_MAX_HEADER;
     if (h->lim.max_body_bytes == 0) h->lim.max_body_bytes = DEF_MAX_BODY;
@@ -1127,7 +1368,7 @@ int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_ht
     size_t pool = h->lim.max_header_bytes * 2 + ((size_t)16 << 10);
     if (pool < MIN_POOL) pool = MIN_POOL;
     h->d = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_access, h,
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, on_accept, h, on_access, h,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)h->lim.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
@@ -1162,6 +1403,12 @@ fail:
     return err;
 }
 
+static void free_addr(void *ctx, void *value)
+{
+    (void)ctx;
+    cy_free(value);
+}
+
 static void do_stop(cy_http *h)
 {
     h->stopping = true;
@@ -1191,6 +1438,10 @@ static void do_stop(cy_http *h)
         h->d = NULL;
     }
     h->idle_q.head = h->idle_q.tail = h->req_q.head = h->req_q.tail = NULL;
+    h->head_q.head = h->head_q.tail = NULL;
+    /* MHD told us of every connection's close; any count left is freed. */
+    cy_map_each(&h->addrs, free_addr, NULL);
+    cy_map_fini(&h->addrs);
     /* on_completed freed every request MHD had shown us; any left over is a
      * request MHD never completed: release it here. */
     while (h->reqs) {

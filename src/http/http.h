@@ -38,6 +38,16 @@
  * idle_timeout_s (a kept-alive connection with no request under way and
  * nothing being answered for that long is closed; the request line counts
  * as under way once it is whole).
+ * max_per_address (when not 0: a connection from an address that holds
+ * that many already is closed at accept, logged rate-limited).
+ * Pressure: once open connections reach max_connections less a tenth of it
+ * (no reserve below 10), each new connection closes the one that has
+ * waited longest with no request under way (between requests, or no whole
+ * request line yet, and no bytes waiting in its socket); a connection
+ * between requests gets 1 s instead of idle_timeout_s; and a request head
+ * (from the accept, or from a later request's first line) must be whole
+ * within 2 s. Requests under way, held requests and streams are never
+ * closed to make room.
  * Streams may hold at most cy_http_stream_limit connections: the rest (a
  * tenth of max_connections, at least one) stay for ordinary requests, so
  * that streams alone can never use up the server. A stream's unsent output
@@ -75,6 +85,7 @@ typedef struct cy_http_limits {
     unsigned idle_timeout_s;   /* 0 = 60 */
     size_t max_stream_backlog; /* unsent stream bytes; 0 = 1 MiB */
     unsigned request_timeout_s; /* first line of a request to the end of its body; 0 = 10 */
+    unsigned max_per_address;   /* connections from one client address; 0 = no limit */
 } cy_http_limits;
 
 /* Called once per request, on the loop thread, with the whole body read.

@@ -339,3 +339,103 @@ def test_failed_tokens_logged_per_source_without_the_token(api_server):
         assert 1 <= n <= 2 * SHARDS, "%d lines for 15 failures from %s" % (n, source)
     log = api_server.log()
     assert secret not in log and "7" * 32 not in log, "the token is in the log"
+
+
+# ------------------------------------------- idle, silent and finished sockets
+
+MAXC = 40  # http_max_connections in the tests below: a few sockets fill a shard
+
+
+def test_finished_keepalive_connections_do_not_take_the_api(api_server_factory):
+    """Issue 9 (3), r4 after200: every connection asks one authenticated
+    question, reads its 200, and stays open and silent (keep-alive). More of
+    them than every shard has places: each still gets its answer (an idle
+    one is closed to make room, the oldest first), and /v1/health and a new
+    authenticated request answer at once."""
+    srv = api_server_factory(http_max_connections=MAXC, http_idle_timeout=60,
+                             http_max_per_address=0)
+    tok = srv.admin_token()
+    socks = []
+    try:
+        for i in range(MAXC * SHARDS + 10):
+            s = connect(srv)
+            socks.append(s)
+            s.sendall(head("GET", "/v1/devices", tok))
+            try:
+                a = read_answer(s, timeout=5.0)
+            except socket.timeout:
+                a = "no answer within 5 s"
+            assert a is not None and a != "no answer within 5 s" and a.status == 200, (i, a)
+        r = health(srv, timeout=5.0)
+        assert r.status == 200, r
+        r = api(srv, "GET", "/v1/devices", timeout=5.0)
+        assert r.status == 200, r
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_silent_connections_do_not_take_the_api(api_server_factory):
+    """Issue 9 (3), r4 idle: sockets that connect and send nothing, more
+    than every shard has places, opened while /v1/health is asked: a new
+    request is never stuck behind them for http_request_timeout (each
+    shard closes the oldest silent socket to make room, and gives silent
+    sockets 2 s when places are short)."""
+    srv = api_server_factory(http_max_connections=MAXC, http_request_timeout=30,
+                             http_max_per_address=0)
+    socks = []
+    try:
+        for _ in range(MAXC * SHARDS + 10):
+            socks.append(connect(srv))
+        r = health(srv, timeout=5.0)
+        assert r.status == 200, r
+        r = api(srv, "GET", "/v1/devices", timeout=5.0)
+        assert r.status == 200, r
+        # More silent sockets while they are cut: still answered.
+        for _ in range(MAXC):
+            socks.append(connect(srv))
+        r = health(srv, timeout=5.0)
+        assert r.status == 200, r
+        # The server closes silent sockets well before http_request_timeout.
+        assert sees_close(socks[0], timeout=10.0)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_connections_per_address_limited(api_server_factory):
+    """http_max_per_address: past it a connection from that address is
+    closed at accept, unanswered (logged, rate-limited); another address is
+    served, and so is the first one once it closes some."""
+    srv = api_server_factory(shards=1, http_max_per_address=3, http_max_connections=MAXC)
+    tok = srv.admin_token()
+    socks = []
+    try:
+        for _ in range(3):
+            s = connect(srv, source="127.0.0.7")
+            s.sendall(head("GET", "/v1/devices", tok))
+            a = read_answer(s)
+            assert a is not None and a.status == 200, a
+            socks.append(s)
+        extra = connect(srv, source="127.0.0.7")
+        socks.append(extra)
+        extra.sendall(head("GET", "/v1/devices", tok))
+        assert read_answer(extra) is None  # closed without an answer
+        other = connect(srv, source="127.0.0.8")
+        socks.append(other)
+        other.sendall(head("GET", "/v1/devices", tok))
+        a = read_answer(other)
+        assert a is not None and a.status == 200, a
+        assert wait_until(lambda: "from 127.0.0.7 refused" in srv.log(), timeout=3.0)
+        socks.pop(0).close()
+
+        def again():
+            s = connect(srv, source="127.0.0.7")
+            socks.append(s)
+            s.sendall(head("GET", "/v1/devices", tok))
+            a = read_answer(s)
+            return a is not None and a.status == 200
+        assert wait_until(again, timeout=3.0)
+    finally:
+        for s in socks:
+            s.close()

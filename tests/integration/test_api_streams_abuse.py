@@ -95,7 +95,8 @@ def test_slow_streams_and_large_events_do_not_stall_the_shard(api_server_factory
     srv = api_server_factory(shards=1, watchdog_timeout=int(os.environ.get("CYAN_STALL_WATCHDOG", "400")), http_max_body=262144,
                              http_max_connections=SLOW_STREAMS + 64,
                              sse_max_per_token=SLOW_STREAMS + 10,
-                             sse_max_per_address=SLOW_STREAMS + 10)
+                             sse_max_per_address=SLOW_STREAMS + 10,
+                             http_max_per_address=SLOW_STREAMS + 64)
     before = status(srv)[0]
     assert before.state == "RUNNING" and before.pid, before
     token = srv.admin_token()

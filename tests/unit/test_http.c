@@ -1258,6 +1258,169 @@ static void test_cy_http_max_connections(void **state)
     run_client(s, c_maxconn);
 }
 
+/* ---- pressure: idle and silent connections make room ------------------------------- */
+
+#define PRESS_MAX 10 /* max_connections in these tests: under pressure from 9 open */
+
+static int cl_get_sync(cl *c)
+{
+    if (cl_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\n\r\n") != 0) return -1;
+    if (cl_response(c, &R, false) != 0) return -1;
+    return R.status;
+}
+
+static void c_evict_idle(srv *s)
+{
+    cl *k[PRESS_MAX] = {0}, *n = NULL;
+    /* Every place taken by a kept-alive connection whose request is done. */
+    for (int i = 0; i < PRESS_MAX; i++) {
+        k[i] = cl_open(s);
+        CHECK(k[i]);
+        CHECK(cl_get_sync(k[i]) == 201);
+    }
+    /* A new connection is served at once: the oldest idle one made room
+     * (before, it waited for idle_timeout_s, 30 s)... */
+    n = cl_open(s);
+    CHECK(n);
+    CHECK(cl_get_sync(n) == 201);
+    /* ...the most recently used is still there, the oldest is gone. */
+    CHECK(cl_get_sync(k[PRESS_MAX - 1]) == 201);
+    CHECK(cl_sees_close(k[0]));
+    CHECK(loop_call(s, lf_counts, 0) / 1000000 <= PRESS_MAX);
+out:
+    for (int i = 0; i < PRESS_MAX; i++)
+        cl_close(k[i]);
+    cl_close(n);
+}
+
+static void test_cy_http_evict_idle_under_pressure(void **state)
+{
+    srv *s = *state;
+    cy_http_limits lim = {.max_connections = PRESS_MAX, .idle_timeout_s = 30,
+                          .request_timeout_s = 30};
+    srv_start(s, &lim);
+    run_client(s, c_evict_idle);
+}
+
+static void c_pressure_idle(srv *s)
+{
+    cl *k[PRESS_MAX] = {0};
+    /* 8 of 10: no pressure; idle connections keep idle_timeout_s. */
+    for (int i = 0; i < PRESS_MAX - 2; i++) {
+        k[i] = cl_open(s);
+        CHECK(k[i]);
+        CHECK(cl_get_sync(k[i]) == 201);
+    }
+    sleep_ms(1300);
+    for (int i = 0; i < PRESS_MAX - 2; i++)
+        CHECK(cl_get_sync(k[i]) == 201); /* idle 1.3 s, still open */
+    /* The ninth: under pressure, the oldest idle connection is closed once
+     * it has been idle a second (not 30); that ends the pressure, and the
+     * others stay. */
+    k[PRESS_MAX - 2] = cl_open(s);
+    CHECK(k[PRESS_MAX - 2]);
+    CHECK(cl_get_sync(k[PRESS_MAX - 2]) == 201);
+    int64_t t0 = now_ms();
+    CHECK(cl_sees_close(k[0]));
+    CHECK(now_ms() - t0 < 2500);
+    CHECK(cl_get_sync(k[PRESS_MAX - 2]) == 201);
+    CHECK(cl_get_sync(k[1]) == 201);
+out:
+    for (int i = 0; i < PRESS_MAX; i++)
+        cl_close(k[i]);
+}
+
+static void test_cy_http_idle_timeout_under_pressure(void **state)
+{
+    srv *s = *state;
+    cy_http_limits lim = {.max_connections = PRESS_MAX, .idle_timeout_s = 30,
+                          .request_timeout_s = 30};
+    srv_start(s, &lim);
+    run_client(s, c_pressure_idle);
+}
+
+static void c_pressure_silent(srv *s)
+{
+    cl *k[PRESS_MAX] = {0}, *n = NULL;
+    /* One silent socket and no pressure: it keeps its request_timeout_s. */
+    k[0] = cl_open(s);
+    CHECK(k[0]);
+    sleep_ms(2500);
+    CHECK(cl_get_sync(k[0]) == 201);
+    cl_close(k[0]);
+    k[0] = NULL;
+    /* Nine sockets that send no whole request head (one trickles it):
+     * under pressure each has 2 s from its accept, not 30, until the
+     * pressure ends. */
+    int64_t t0 = now_ms();
+    for (int i = 0; i < PRESS_MAX - 1; i++) {
+        k[i] = cl_open(s);
+        CHECK(k[i]);
+        if (i == 0) CHECK(cl_sends(k[0], "GET /sync HTTP/1.1\r\nX-A: b\r\n") == 0);
+    }
+    CHECK(cl_sees_close(k[0]));
+    CHECK(now_ms() - t0 < 3000);
+    /* A new connection is served; it brings the pressure back, and the
+     * next silent one goes too. */
+    n = cl_open(s);
+    CHECK(n);
+    CHECK(cl_get_sync(n) == 201);
+    CHECK(cl_sees_close(k[1]));
+out:
+    for (int i = 0; i < PRESS_MAX; i++)
+        cl_close(k[i]);
+    cl_close(n);
+}
+
+static void test_cy_http_head_deadline_under_pressure(void **state)
+{
+    srv *s = *state;
+    cy_http_limits lim = {.max_connections = PRESS_MAX, .idle_timeout_s = 30,
+                          .request_timeout_s = 30};
+    srv_start(s, &lim);
+    run_client(s, c_pressure_silent);
+}
+
+static void c_per_address(srv *s)
+{
+    cl *a = cl_open(s), *b = cl_open(s), *c = NULL, *d = NULL;
+    CHECK(a && b);
+    CHECK(cl_get_sync(a) == 201);
+    CHECK(cl_get_sync(b) == 201);
+    /* A third from the same address is closed at accept, unanswered. */
+    c = cl_open(s);
+    CHECK(c);
+    cl_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\n\r\n");
+    CHECK(cl_sees_close(c));
+    CHECK(cl_get_sync(a) == 201);
+    /* One closes: another may come. */
+    cl_close(a);
+    a = NULL;
+    int st = -1;
+    for (int i = 0; i < 100 && st != 201; i++) {
+        cl_close(d);
+        d = cl_open(s);
+        CHECK(d);
+        st = cl_get_sync(d);
+        if (st != 201) sleep_ms(20);
+    }
+    CHECK(st == 201);
+    CHECK(loop_call(s, lf_counts, 0) / 1000000 == 2);
+out:
+    cl_close(a);
+    cl_close(b);
+    cl_close(c);
+    cl_close(d);
+}
+
+static void test_cy_http_max_per_address(void **state)
+{
+    srv *s = *state;
+    cy_http_limits lim = {.max_per_address = 2};
+    srv_start(s, &lim);
+    run_client(s, c_per_address);
+}
+
 static void c_stream(srv *s)
 {
     cl *c = cl_open(s);
@@ -1729,6 +1892,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_http_headers_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_idle_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_max_connections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_evict_idle_under_pressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_idle_timeout_under_pressure, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_head_deadline_under_pressure, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_max_per_address, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream_head, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream_backlog_slow_reader, setup, teardown),
