@@ -11,8 +11,10 @@
  *   cyan shard INDEX GENERATION ...              a shard (spawned by the supervisor)
  *
  * Settings: defaults, then the config file (-c), then --name=value, each
- * overriding the one before. Exit status: 0 on a clean stop (SIGTERM or
- * SIGINT), 1 on a startup error, 2 on a usage error.
+ * overriding the one before; SIGHUP to the running node reads them again
+ * the same way and applies what can change at runtime (supervisor.h).
+ * Exit status: 0 on a clean stop (SIGTERM or SIGINT), 1 on a startup error
+ * (settings a run cannot start with included), 2 on a usage error.
  *
  * The first `cyan serve` on a data dir (or on one whose tokens were all
  * revoked) makes a full-access API token and leaves it in DATA_DIR/admin-token
@@ -381,6 +383,7 @@ static int check_layout(const cy_config *cfg)
 
 static int cmd_serve(const cy_config *cfg, char **pass)
 {
+    if (cy_supervisor_check(cfg)) return 1; /* before anything is created */
     if (make_dir(cfg->data_dir)) {
         fprintf(stderr, "cyan: cannot create data_dir %s: %s\n", cfg->data_dir, strerror(errno));
         return 1;

@@ -371,8 +371,16 @@ int cy_broker_start(cy_broker *b, int listen_fd)
 {
     int fd = dup(listen_fd);
     if (fd < 0) return -errno;
+    /* Every handle cy_broker_stop closes is initialised before anything
+     * here can fail: closing one never initialised aborts the process. */
     uv_tcp_init(b->loop, &b->listener);
     b->listener.data = b;
+    uv_check_init(b->loop, &b->pass_end);
+    b->pass_end.data = b;
+    uv_timer_init(b->loop, &b->sweep);
+    b->sweep.data = b;
+    uv_timer_init(b->loop, &b->ready);
+    b->ready.data = b;
     b->listening = true;
     int rc = uv_tcp_open(&b->listener, fd);
     if (rc) {
@@ -401,18 +409,12 @@ int cy_broker_start(cy_broker *b, int listen_fd)
             return rc;
         }
     }
-    uv_check_init(b->loop, &b->pass_end);
-    b->pass_end.data = b;
     uv_check_start(&b->pass_end, on_pass_end);
     /* The CONNECTs of one pass share a registry read transaction; the pass
      * end ends it. */
     cy_registry_share_reads(b->registry, true);
-    uv_timer_init(b->loop, &b->sweep);
-    b->sweep.data = b;
     uv_timer_start(&b->sweep, on_sweep, 0, CY_SWEEP_MS);
     b->started = cy_mono_ms();
-    uv_timer_init(b->loop, &b->ready);
-    b->ready.data = b;
     uv_timer_start(&b->ready, on_ready, 0, 20);
     return 0;
 }

@@ -3,6 +3,7 @@
 #include "core/cy_config.h"
 
 #include "core/cy_err.h"
+#include "core/cy_log.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -206,4 +207,87 @@ void cy_config_print(const cy_config *c, FILE *out)
         case T_U32: fprintf(out, "%u\n", *(const uint32_t *)field); break;
         }
     }
+}
+
+/* Read at each use, promised to no connected client, sizing nothing that
+ * is allocated: safe to change under a running shard. Not here, and why:
+ * max_packet_size, max_inflight and topic_alias_max are announced to MQTT 5
+ * clients in CONNACK (lowering them would break what a client was told, and
+ * alias tables are sized by topic_alias_max); event_buffer sizes a ring;
+ * the http_* limits are copied into the HTTP server at start;
+ * isolate_devices was checked against subscriptions already made;
+ * watchdog_timeout, listeners, data_dir, shards and store_sync shape the
+ * run itself. */
+static const char *const reloadable[] = {
+    "log_level",          "max_topic_length",  "max_queued",
+    "max_subscriptions",  "max_retained",      "max_retained_bytes",
+    "max_retained_per_client", "max_retained_bytes_per_client",
+    "max_connections",    "connect_timeout",   "max_connect_size",
+    "preauth_memory",     "max_keepalive",     "max_session_expiry",
+    "sys_interval",       "allow_anonymous",   "sse_heartbeat",
+    "sse_max_per_token",  "sse_max_per_address",
+};
+
+size_t cy_config_count(void)
+{
+    return NSETTINGS;
+}
+
+const char *cy_config_name(size_t i)
+{
+    return i < NSETTINGS ? table[i].name : NULL;
+}
+
+bool cy_config_reloadable(size_t i)
+{
+    for (size_t k = 0; i < NSETTINGS && k < sizeof(reloadable) / sizeof(reloadable[0]); k++)
+        if (!strcmp(reloadable[k], table[i].name)) return true;
+    return false;
+}
+
+void cy_config_value(const cy_config *c, size_t i, char *buf, size_t len)
+{
+    if (!len) return;
+    buf[0] = '\0';
+    if (i >= NSETTINGS) return;
+    const setting *s = &table[i];
+    const char *field = (const char *)c + s->offset;
+    switch (s->type) {
+    case T_STR: snprintf(buf, len, "%s", field); break;
+    case T_BOOL: snprintf(buf, len, "%s", *(const bool *)field ? "true" : "false"); break;
+    case T_U32: snprintf(buf, len, "%u", *(const uint32_t *)field); break;
+    }
+}
+
+int cy_config_load_args(cy_config *c, char *const *args, cy_config_error *err)
+{
+    cy_config n;
+    cy_config_defaults(&n);
+    const char *file = NULL;
+    for (size_t i = 0; args && args[i]; i++)
+        if (!strcmp(args[i], "-c") || !strcmp(args[i], "--config")) {
+            if (!args[i + 1]) return fail(err, "%s needs a file%s", args[i], "");
+            file = args[++i];
+        }
+    int rc = file ? cy_config_load(&n, file, err) : 0;
+    for (size_t i = 0; !rc && args && args[i]; i++) {
+        if (!strcmp(args[i], "-c") || !strcmp(args[i], "--config")) {
+            i++;
+            continue;
+        }
+        const char *eq = strchr(args[i], '=');
+        if (strncmp(args[i], "--", 2) || !eq) continue;
+        char name[64];
+        size_t len = (size_t)(eq - args[i] - 2);
+        if (len >= sizeof(name)) len = sizeof(name) - 1;
+        memcpy(name, args[i] + 2, len);
+        name[len] = '\0';
+        rc = cy_config_set(&n, name, eq + 1, err);
+    }
+    cy_log_level lvl;
+    if (!rc && cy_log_parse_level(n.log_level, &lvl))
+        rc = fail(err, "log_level: expected debug, info, warn or error, got '%s'%s", n.log_level,
+                  "");
+    if (!rc) *c = n;
+    return rc;
 }

@@ -70,4 +70,22 @@ int cy_config_load(cy_config *c, const char *path, cy_config_error *err);
 /* Print every setting as a commented config file (defaults when c is the default). */
 void cy_config_print(const cy_config *c, FILE *out);
 
+/* The settings as cyan's command line makes them: defaults, then the file
+ * after "-c" or "--config" (if any), then every "--name=value", each over
+ * the one before; other words are skipped. log_level is checked too. The
+ * supervisor calls it again on SIGHUP with the arguments it was started
+ * with. args: NULL-terminated, borrowed. On an error c is left as it was
+ * and err names the file and line or the argument. */
+int cy_config_load_args(cy_config *c, char *const *args, cy_config_error *err);
+
+/* The table, by index 0..cy_config_count()-1: each setting's name, its
+ * value as text (as a config file or --name=value takes it) and whether a
+ * running node applies a new value on SIGHUP (docs/operations.md, "Reload"):
+ * only limits read at each use, that no connected client was promised and
+ * that size nothing already allocated. */
+size_t cy_config_count(void);
+const char *cy_config_name(size_t i);
+void cy_config_value(const cy_config *c, size_t i, char *buf, size_t len);
+bool cy_config_reloadable(size_t i);
+
 #endif

@@ -7,7 +7,8 @@
  * event concerns one client, then the message. Lines are written with one
  * write(2) so they do not interleave between processes sharing stderr.
  *
- * Thread: any; the level is process-wide state set once at start.
+ * Thread: any; the level is process-wide state, set at start and on a
+ * reload (SIGHUP), from the process's main thread.
  */
 #ifndef CY_LOG_H
 #define CY_LOG_H

@@ -10,9 +10,12 @@
  *
  * The drills send the signal to the pid the supervisor spawned (sv_pid), so
  * an operator can rehearse the failures the watchdog exists for:
- * stop (SIGSTOP: hung), spin (SIGUSR2: loop busy forever: hung), stall
- * (SIGUSR1: loop turns, input ignored: stuck once work is owed), kill
- * (SIGKILL: a crash), cont (SIGCONT: undo stop before the watchdog acts).
+ * stop (SIGSTOP: hung), spin (loop busy forever: hung), stall (loop turns,
+ * input ignored: stuck once work is owed), kill (SIGKILL: a crash), cont
+ * (SIGCONT: undo stop before the watchdog acts). Spin and stall are the
+ * realtime signal CY_DRILL_SIGNAL sent with sigqueue and a value naming the
+ * drill and the shard's generation (from its slot), which only this
+ * command sends (health/watchdog.h says why not SIGUSR1/SIGUSR2).
  */
 #include "health/supervisor.h"
 
@@ -169,8 +172,8 @@ static int drill_usage(void)
                     "  stop   SIGSTOP: the shard freezes (the watchdog sees no heartbeat)\n"
                     "  cont   SIGCONT: undo stop\n"
                     "  kill   SIGKILL: a crash\n"
-                    "  spin   SIGUSR2: its loop busy-loops forever (no heartbeat)\n"
-                    "  stall  SIGUSR1: it ignores input but keeps beating (no progress)\n");
+                    "  spin   its loop busy-loops forever (no heartbeat)\n"
+                    "  stall  it ignores input but keeps beating (no progress)\n");
     return 2;
 }
 
@@ -178,11 +181,15 @@ int cy_shard_drill(const cy_config *cfg, const char *what, const char *index)
 {
     static const struct {
         const char *word;
-        int sig;
+        int sig; /* 0: the drill signal, with the value for `drill` */
+        int drill;
         const char *name;
     } acts[] = {
-        {"stop", SIGSTOP, "SIGSTOP"}, {"cont", SIGCONT, "SIGCONT"},  {"kill", SIGKILL, "SIGKILL"},
-        {"spin", SIGUSR2, "SIGUSR2"}, {"stall", SIGUSR1, "SIGUSR1"},
+        {"stop", SIGSTOP, 0, "SIGSTOP"},
+        {"cont", SIGCONT, 0, "SIGCONT"},
+        {"kill", SIGKILL, 0, "SIGKILL"},
+        {"spin", 0, CY_DRILL_SPIN, "the spin drill"},
+        {"stall", 0, CY_DRILL_STALL, "the stall drill"},
     };
     int a = -1;
     for (int k = 0; what && k < (int)(sizeof(acts) / sizeof(acts[0])); k++)
@@ -214,7 +221,16 @@ int cy_shard_drill(const cy_config *cfg, const char *what, const char *index)
         fprintf(stderr, "cyan: shard %lu is down (waiting to be respawned)\n", idx);
         goto out;
     }
-    if (kill((pid_t)pid, acts[a].sig) != 0) {
+    int sent;
+    if (acts[a].sig) {
+        sent = kill((pid_t)pid, acts[a].sig);
+    } else {
+        union sigval v;
+        memset(&v, 0, sizeof(v));
+        v.sival_int = cy_drill_token(cy_sb_load(&sl->generation), acts[a].drill);
+        sent = sigqueue((pid_t)pid, CY_DRILL_SIGNAL, v);
+    }
+    if (sent != 0) {
         fprintf(stderr, "cyan: shard %lu (pid %lld): %s: %s\n", idx, (long long)pid, acts[a].name,
                 strerror(errno));
         goto out;

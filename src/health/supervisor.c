@@ -75,6 +75,7 @@
 #define LOCK_WAIT_MS 5000 /* for orphans we killed to let go of the lock */
 #define LOCK_POLL_MS 20
 #define MAX_ORPHANS 64 /* named once each in the log */
+#define SETTING_ARG_MAX 640 /* "--name=value" of the longest setting (data_dir: 511 bytes) */
 
 typedef struct sv sv;
 typedef struct shard shard;
@@ -110,7 +111,9 @@ struct sv {
     size_t npass;
     uv_loop_t loop;
     uv_timer_t tick, feed, stop_timer;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup, sigusr1, sigusr2;
+    bool told_usr1, told_usr2; /* logged once */
+    cy_config live;            /* the settings of this run; reloads change some */
     int listen_fd;
     int http_fd; /* -1 when the HTTP API is off */
     int lock_fd; /* data_dir/run/lock, flock'ed; shards inherit it as fd 6 */
@@ -219,6 +222,9 @@ static void finish(sv *s)
     close_handle((uv_handle_t *)&s->stop_timer);
     close_handle((uv_handle_t *)&s->sigterm);
     close_handle((uv_handle_t *)&s->sigint);
+    close_handle((uv_handle_t *)&s->sighup);
+    close_handle((uv_handle_t *)&s->sigusr1);
+    close_handle((uv_handle_t *)&s->sigusr2);
     for (unsigned i = 0; i < s->n; i++)
         close_handle((uv_handle_t *)&s->shards[i].respawn);
 }
@@ -281,6 +287,97 @@ static void on_signal(uv_signal_t *h, int signum)
             s->shards[i].stop_killed = true;
             uv_process_kill(&s->shards[i].child->proc, SIGKILL);
         }
+}
+
+/* ---- reload (SIGHUP) ---- */
+
+/* Re-read the settings as at start (the -c file, then the command line's
+ * --name=value on top), apply those that may change at runtime, name each
+ * other change as not applied, and send the shards the runtime settings
+ * over their fd 4 (see shard.c). A file with an error changes nothing. */
+static void reload(sv *s)
+{
+    cy_config next;
+    cy_config_error err;
+    int rc = cy_config_load_args(&next, s->pass, &err);
+    if (rc) {
+        cy_error(NULL, "supervisor: SIGHUP: config not reloaded, nothing changed: %s", err.msg);
+        return;
+    }
+    char applied[900] = "";
+    size_t n = 0, kept = 0;
+    cy_log_level old = CY_LOG_INFO;
+    cy_log_parse_level(s->live.log_level, &old);
+    for (size_t i = 0; i < cy_config_count(); i++) {
+        char a[600], b[600];
+        cy_config_value(&s->live, i, a, sizeof(a));
+        cy_config_value(&next, i, b, sizeof(b));
+        if (!strcmp(a, b)) continue;
+        if (cy_config_reloadable(i)) {
+            if (n < sizeof(applied))
+                n += (size_t)snprintf(applied + n, sizeof(applied) - n, "%s%s %s -> %s",
+                                      n ? ", " : "", cy_config_name(i), a, b);
+            cy_config_set(&s->live, cy_config_name(i), b, NULL);
+        } else {
+            kept++;
+            cy_warn(NULL,
+                    "supervisor: SIGHUP: %s changed (%.200s -> %.200s) but cannot change at "
+                    "runtime: not applied; restart to apply it",
+                    cy_config_name(i), a, b);
+        }
+    }
+    cy_log_level lvl = old;
+    cy_log_parse_level(s->live.log_level, &lvl);
+    /* One message for every shard: each runtime setting, then an empty line. */
+    char msg[4096];
+    size_t m = 0;
+    for (size_t i = 0; i < cy_config_count() && m < sizeof(msg); i++) {
+        if (!cy_config_reloadable(i)) continue;
+        char v[600];
+        cy_config_value(&s->live, i, v, sizeof(v));
+        m += (size_t)snprintf(msg + m, sizeof(msg) - m, "%s=%s\n", cy_config_name(i), v);
+    }
+    if (m + 2 > sizeof(msg)) {
+        cy_error(NULL, "supervisor: SIGHUP: the runtime settings exceed %zu bytes: not sent",
+                 sizeof(msg));
+        return;
+    }
+    msg[m++] = '\n';
+    unsigned sent = 0;
+    for (unsigned i = 0; i < s->n; i++) {
+        child *c = s->shards[i].child;
+        if (!c) continue; /* a respawn gets the new settings on its command line */
+        ssize_t w = send(c->sock, msg, m, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w == (ssize_t)m)
+            sent++;
+        else
+            cy_warn(NULL, "supervisor: SIGHUP: shard %u (pid %lld) did not take the reload: %s",
+                    i, (long long)s->shards[i].pid,
+                    w < 0 ? strerror(errno) : "its pipe is full (is it stopped?)");
+    }
+    /* Shown under the old level or the new one, whichever says more. */
+    cy_log_set_level(lvl < old ? lvl : old);
+    cy_info(NULL, "supervisor: SIGHUP: reloaded the config: %s%s; %zu change%s not applied; "
+            "sent to %u shard%s",
+            n ? "applied " : "no runtime setting changed", applied, kept,
+            kept == 1 ? "" : "s", sent, sent == 1 ? "" : "s");
+    cy_log_set_level(lvl);
+}
+
+static void on_other_signal(uv_signal_t *h, int signum)
+{
+    sv *s = h->data;
+    if (signum == SIGHUP) {
+        if (!s->stopping) reload(s);
+        return;
+    }
+    bool *told = signum == SIGUSR1 ? &s->told_usr1 : &s->told_usr2;
+    if (!*told)
+        cy_warn(NULL,
+                "supervisor: %s ignored (logged once): cyan writes its log to stderr and has "
+                "nothing to reopen; SIGHUP reloads the config",
+                signame(signum));
+    *told = true;
 }
 
 /* ---- exits and respawns ---- */
@@ -403,11 +500,13 @@ static void spawn_shard(shard *sh)
     char idx[16], genbuf[24];
     snprintf(idx, sizeof(idx), "%u", sh->idx);
     snprintf(genbuf, sizeof(genbuf), "%lld", (long long)gen);
-    char **args = cy_calloc(s->npass + 5, sizeof(char *));
+    size_t nset = cy_config_count();
+    char **args = cy_calloc(s->npass + nset + 5, sizeof(char *));
+    char *text = cy_malloc(nset * SETTING_ARG_MAX);
     child *c = cy_calloc(1, sizeof(*c));
     int sp[2] = {-1, -1};
     int rc;
-    if (!args || !c) {
+    if (!args || !text || !c) {
         rc = CY_ENOMEM;
         goto fail;
     }
@@ -419,8 +518,24 @@ static void spawn_shard(shard *sh)
     args[1] = "shard";
     args[2] = idx;
     args[3] = genbuf;
-    for (size_t k = 0; k < s->npass; k++)
-        args[4 + k] = s->pass[k];
+    /* The command line's words, without the config file: a shard takes
+     * every setting from the supervisor's view of this run, so one started
+     * after a reload has the reloaded settings, and a file edited since
+     * (or broken) cannot reach it. */
+    size_t na = 4;
+    for (size_t k = 0; k < s->npass; k++) {
+        if (!strcmp(s->pass[k], "-c") || !strcmp(s->pass[k], "--config")) {
+            k++;
+            continue;
+        }
+        args[na++] = s->pass[k];
+    }
+    for (size_t i = 0; i < nset; i++) {
+        char *a = text + i * SETTING_ARG_MAX;
+        int k = snprintf(a, SETTING_ARG_MAX, "--%s=", cy_config_name(i));
+        cy_config_value(&s->live, i, a + k, SETTING_ARG_MAX - (size_t)k);
+        args[na++] = a;
+    }
 
     uv_stdio_container_t stdio[7];
     stdio[0].flags = UV_IGNORE; /* /dev/null */
@@ -462,6 +577,7 @@ static void spawn_shard(shard *sh)
         goto fail;
     }
     cy_free(args);
+    cy_free(text);
     sh->generation = gen;
     sh->child = c;
     sh->pid = c->proc.pid;
@@ -481,14 +597,15 @@ fail:
     if (sp[1] >= 0) close(sp[1]);
     cy_free(c);
     cy_free(args);
+    cy_free(text);
     cy_sb_store(&slot->state, CY_SHARD_DOWN);
     cy_sb_store(&slot->sv_pid, 0);
     sh->backoff_ms = cy_backoff_next(sh->backoff_ms, 0);
-    char text[128];
-    snprintf(text, sizeof(text), "cannot spawn %.80s: %s", s->exe, uv_strerror(rc));
-    set_reason(slot, text);
+    char why[128];
+    snprintf(why, sizeof(why), "cannot spawn %.80s: %s", s->exe, uv_strerror(rc));
+    set_reason(slot, why);
     cy_sb_store(&slot->sv_backoff_ms, sh->backoff_ms);
-    cy_error(NULL, "shard %u: %s; retrying in %g s", sh->idx, text, secs(sh->backoff_ms));
+    cy_error(NULL, "shard %u: %s; retrying in %g s", sh->idx, why, secs(sh->backoff_ms));
     if (!s->stopping) uv_timer_start(&sh->respawn, on_respawn, (uint64_t)sh->backoff_ms, 0);
 }
 
@@ -818,9 +935,36 @@ static void init_handle(sv *s, uv_handle_t *h)
     h->data = s;
 }
 
+int cy_supervisor_check(const cy_config *cfg)
+{
+    if (cfg->shards < 1 || cfg->shards > CY_SB_MAX_SHARDS) {
+        cy_error(NULL, "supervisor: shards = %u: must be 1..%d", cfg->shards, CY_SB_MAX_SHARDS);
+        return 1;
+    }
+    /* The bus between shards (several shards only) listens on
+     * data_dir/run/shard-<index>.sock: a unix socket, whose path must fit
+     * in sun_path. Found here, before anything starts, rather than by
+     * every shard failing at start, forever. */
+    size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1;
+    char sock[700];
+    int len = snprintf(sock, sizeof(sock), "%s/run/shard-%u.sock", cfg->data_dir,
+                       cfg->shards - 1);
+    if (cfg->shards > 1 && (len < 0 || (size_t)len > max)) {
+        size_t room = strlen(cfg->data_dir) - ((size_t)len - max);
+        cy_error(NULL,
+                 "supervisor: data_dir is too long for %u shards: the bus socket %s is %d bytes "
+                 "and a unix socket path may have at most %zu (sun_path); use a data_dir of at "
+                 "most %zu bytes (or a relative one), or shards = 1",
+                 cfg->shards, sock, len, max, room);
+        return 1;
+    }
+    return 0;
+}
+
 int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
 {
     char run_dir[600], path[640];
+    if (cy_supervisor_check(cfg)) return 1;
     if (snprintf(run_dir, sizeof(run_dir), "%s/run", cfg->data_dir) >= (int)sizeof(run_dir)) {
         cy_error(NULL, "supervisor: data_dir too long");
         return 1;
@@ -841,7 +985,8 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
         return 1;
     }
     s->lock_fd = lock_fd;
-    s->cfg = cfg;
+    s->live = *cfg;
+    s->cfg = cfg = &s->live;
     s->exe = exe;
     s->pass = pass;
     while (pass && pass[s->npass])
@@ -901,6 +1046,12 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     init_handle(s, (uv_handle_t *)&s->sigterm);
     uv_signal_init(&s->loop, &s->sigint);
     init_handle(s, (uv_handle_t *)&s->sigint);
+    uv_signal_init(&s->loop, &s->sighup);
+    init_handle(s, (uv_handle_t *)&s->sighup);
+    uv_signal_init(&s->loop, &s->sigusr1);
+    init_handle(s, (uv_handle_t *)&s->sigusr1);
+    uv_signal_init(&s->loop, &s->sigusr2);
+    init_handle(s, (uv_handle_t *)&s->sigusr2);
     for (unsigned i = 0; i < s->n; i++) {
         shard *sh = &s->shards[i];
         sh->sv = s;
@@ -913,6 +1064,9 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     signal(SIGPIPE, SIG_IGN);
     uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_signal_start(&s->sighup, on_other_signal, SIGHUP);
+    uv_signal_start(&s->sigusr1, on_other_signal, SIGUSR1);
+    uv_signal_start(&s->sigusr2, on_other_signal, SIGUSR2);
 
     cy_info(NULL,
             "supervisor (pid %ld): %u shard%s, mqtt on %s, watchdog_timeout %u ms, "

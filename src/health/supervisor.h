@@ -12,7 +12,9 @@
  *      (mqtt_listen) and the listening HTTP socket (http_listen, unless
  *      empty);
  *   2. spawns `shards` shard processes with uv_spawn:
- *        argv: exe "shard" <index> <generation> <pass-through args...>
+ *        argv: exe "shard" <index> <generation> <pass-through args without
+ *              "-c FILE"> and every setting as --name=value (the
+ *              supervisor's current settings, reloads included)
  *        fd 3: the listening TCP socket (bound, listening; shards accept on it)
  *        fd 4: one end of a socketpair to the supervisor; a shard exits
  *              when it reads EOF there (the supervisor is gone)
@@ -40,10 +42,19 @@
  *      on shutdown (NOTIFY_SOCKET protocol, no libsystemd needed).
  *   5. on SIGTERM/SIGINT: SIGTERM to every shard, waits up to 10 s (then
  *      SIGKILL), returns 0 if every shard exited with status 0, else 1.
+ *   6. on SIGHUP: reloads. Re-reads the settings from pass as at start
+ *      (the -c file, the --name=value on top); a file with an error changes
+ *      nothing (one error line). Otherwise it applies the settings that can
+ *      change at runtime (cy_config_reloadable), logs each other change as
+ *      not applied, and sends the runtime settings to every shard over its
+ *      fd 4 ("name=value" lines, then an empty line); each shard applies
+ *      them and logs what changed. No shard is restarted. SIGUSR1 and
+ *      SIGUSR2 (log rotation habits) are ignored, logged once.
  *
  * Thread: main thread, own libuv loop. Errors: returns a process exit
- * status; startup failures are logged (data folder in use, cannot listen,
- * cannot create run dir).
+ * status; startup failures are logged (settings the run cannot work with,
+ * see cy_supervisor_check; data folder in use, cannot listen, cannot
+ * create run dir).
  */
 #ifndef CY_SUPERVISOR_H
 #define CY_SUPERVISOR_H
@@ -56,6 +67,12 @@
  * the same settings). Borrowed. */
 int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass);
 
+/* Settings a run cannot start with, found before anything is created or
+ * spawned: shards outside 1..CY_SB_MAX_SHARDS, or a data_dir so long that
+ * the bus sockets (data_dir/run/shard-N.sock, several shards only) exceed
+ * a unix socket path's 107 bytes. 0, or 1 after logging why. */
+int cy_supervisor_check(const cy_config *cfg);
+
 /* `cyan status`: print the scoreboard of the node whose data_dir is in cfg
  * (one line per shard: index, pid, state, heartbeat age, progress, backlog,
  * connections, restarts by reason, last reason). Returns 0, or 1 if no
@@ -63,8 +80,9 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass);
 int cy_status_print(const cy_config *cfg);
 
 /* Drills: `cyan shard stop|cont|kill|spin|stall INDEX`: sends the shard
- * SIGSTOP, SIGCONT, SIGKILL, SIGUSR2 (spin: its loop busy-loops forever) or
- * SIGUSR1 (stall: it stops handling input but keeps its heartbeat) and
+ * SIGSTOP, SIGCONT, SIGKILL, or the drill signal CY_DRILL_SIGNAL with the
+ * value for spin (its loop busy-loops forever) or stall (it stops handling
+ * input but keeps its heartbeat) and its generation (watchdog.h), and
  * prints the pid. Returns a process exit status. */
 int cy_shard_drill(const cy_config *cfg, const char *what, const char *index);
 

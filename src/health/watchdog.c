@@ -192,3 +192,24 @@ bool cy_watchdog_supervisor_alive(const cy_scoreboard *sb, int64_t *beat_age_ms)
     if (pid <= 0) return false;
     return kill((pid_t)pid, 0) == 0 || errno == EPERM;
 }
+
+/* 8 bits of magic, 16 of generation, 8 of kind: an accidental value with
+ * the right signal is unlikely to pass, and a drill meant for a shard that
+ * has since been replaced (same index, new generation) is not acted on. */
+#define CY_DRILL_MAGIC 0xC7u
+
+int cy_drill_token(int64_t generation, int kind)
+{
+    uint32_t v = (CY_DRILL_MAGIC << 24) | (((uint32_t)generation & 0xFFFFu) << 8) |
+                 ((uint32_t)kind & 0xFFu);
+    return (int)v;
+}
+
+int cy_drill_kind(int value, int64_t generation)
+{
+    uint32_t v = (uint32_t)value;
+    if (v >> 24 != CY_DRILL_MAGIC || ((v >> 8) & 0xFFFFu) != ((uint32_t)generation & 0xFFFFu))
+        return CY_DRILL_NONE;
+    int kind = (int)(v & 0xFFu);
+    return kind == CY_DRILL_SPIN || kind == CY_DRILL_STALL ? kind : CY_DRILL_NONE;
+}

@@ -27,6 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
+#include <signal.h>
 #include <sys/socket.h>
 
 #include "health/scoreboard.h"
@@ -91,6 +92,23 @@ int cy_listen_addr_parse(const char *text, struct sockaddr_storage *addr);
  * is non-zero and exists (kill(pid, 0)). *beat_age_ms (may be NULL) receives
  * the age of its heartbeat. */
 bool cy_watchdog_supervisor_alive(const cy_scoreboard *sb, int64_t *beat_age_ms);
+
+/* Drills (`cyan shard spin|stall INDEX`, status.c) reach a shard as the
+ * realtime signal CY_DRILL_SIGNAL sent with sigqueue(3) and a value made by
+ * cy_drill_token: which drill, for which generation of the shard. A shard
+ * acts only on that signal, sent with sigqueue (si_code SI_QUEUE), whose
+ * value names a known drill and its own generation; anything else is
+ * ignored. Why not SIGUSR1/SIGUSR2 (as before): those are what log-rotation
+ * tools send, and a drill must never fire by accident in production; no
+ * such tool sends a realtime signal, let alone with this value. See
+ * docs/supervision.md. */
+#define CY_DRILL_SIGNAL (SIGRTMIN + 3)
+enum { CY_DRILL_NONE = 0, CY_DRILL_SPIN = 1, CY_DRILL_STALL = 2 };
+/* The value (sigval.sival_int) for drill kind at this generation. */
+int cy_drill_token(int64_t generation, int kind);
+/* The drill a received value asks for, or CY_DRILL_NONE if it is not a
+ * drill for this generation. Async-signal-safe (pure). */
+int cy_drill_kind(int value, int64_t generation);
 
 /* Send one notify datagram ("READY=1", "WATCHDOG=1", "STOPPING=1", ...) to
  * the socket named by NOTIFY_SOCKET: a path, or an abstract socket name if

@@ -1,7 +1,7 @@
 """A node's processes live and die together, and one data folder has one node.
 
 - A supervisor SIGKILLed while its shards are in any state (one stopped with
-  SIGSTOP, one spinning in the SIGUSR2 drill) takes them all with it, so a new
+  SIGSTOP, one spinning in the spin drill) takes them all with it, so a new
   start on the same ports and data folder comes up (before: the stopped shard
   kept the listening port and the next start failed with "Address already in
   use", naming nobody).
@@ -78,7 +78,7 @@ def proc_state(pid):
 
 def test_killed_supervisor_takes_stopped_and_spinning_shards(server_factory):
     srv = server_factory(shards=NSHARDS)
-    # Signal handlers installed (before, SIGUSR2 would simply kill a shard).
+    # Signal handlers installed (before, the drill signal would simply kill a shard).
     assert srv.wait_log("supervisor: all %d shards running" % NSHARDS, 10.0), srv.log_tail()
     first = shard_pids(srv)
     sv = srv.proc.pid
@@ -86,7 +86,7 @@ def test_killed_supervisor_takes_stopped_and_spinning_shards(server_factory):
     rawmqtt.RawClient(srv.host, srv.port, timeout=2).close()
 
     os.kill(first[0], signal.SIGSTOP)
-    os.kill(first[1], signal.SIGUSR2)  # the spin drill: its loop never turns again
+    srv.cli("shard", "spin", "1")  # the spin drill: its loop never turns again
     assert wait_until(lambda: proc_state(first[0]) == "T", 2.0)
     assert srv.wait_log("drill: spinning the event loop forever")
 

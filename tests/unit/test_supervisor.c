@@ -9,8 +9,11 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "core/cy_config.h"
 #include "core/cy_err.h"
+#include "core/cy_log.h"
 #include "health/scoreboard.h"
+#include "health/supervisor.h"
 #include "health/watchdog.h"
 
 #include <arpa/inet.h>
@@ -402,6 +405,105 @@ static void test_watchdog_supervisor_alive(void **state)
     rmdir(dir);
 }
 
+/* The drill value: a drill for this generation passes; any other kind,
+ * generation or stray value (what kill(1) or a tool would carry) does not. */
+static void test_drill_token_kind(void **state)
+{
+    (void)state;
+    for (int64_t gen = 1; gen < 70000; gen += 997) {
+        assert_int_equal(cy_drill_kind(cy_drill_token(gen, CY_DRILL_SPIN), gen), CY_DRILL_SPIN);
+        assert_int_equal(cy_drill_kind(cy_drill_token(gen, CY_DRILL_STALL), gen), CY_DRILL_STALL);
+        assert_int_equal(cy_drill_kind(cy_drill_token(gen, CY_DRILL_SPIN), gen + 1), CY_DRILL_NONE);
+        assert_int_equal(cy_drill_kind(cy_drill_token(gen, 7), gen), CY_DRILL_NONE);
+        assert_int_equal(cy_drill_kind(cy_drill_token(gen, CY_DRILL_NONE), gen), CY_DRILL_NONE);
+    }
+    assert_int_equal(cy_drill_kind(0, 0), CY_DRILL_NONE);
+    assert_int_equal(cy_drill_kind(1, 0), CY_DRILL_NONE);
+    assert_int_equal(cy_drill_kind(-1, 0), CY_DRILL_NONE);
+    assert_int_equal(cy_drill_kind(CY_DRILL_SPIN, 0), CY_DRILL_NONE);
+}
+
+/* A data_dir whose bus socket path would exceed sun_path is refused before
+ * anything starts, at exactly one byte too many; one shard has no bus. */
+static void test_supervisor_check_data_dir_length(void **state)
+{
+    (void)state;
+    cy_config c;
+    cy_config_defaults(&c);
+    size_t max = sizeof(((struct sockaddr_un *)0)->sun_path) - 1; /* 107 */
+    c.shards = 4;
+    /* "<dir>/run/shard-3.sock": 17 bytes after dir */
+    size_t fits = max - strlen("/run/shard-3.sock");
+    memset(c.data_dir, 'd', fits);
+    c.data_dir[fits] = '\0';
+    assert_int_equal(cy_supervisor_check(&c), 0);
+    c.data_dir[fits] = 'd';
+    c.data_dir[fits + 1] = '\0';
+    assert_int_equal(cy_supervisor_check(&c), 1);
+    c.shards = 1;
+    assert_int_equal(cy_supervisor_check(&c), 0);
+    c.shards = 0;
+    assert_int_equal(cy_supervisor_check(&c), 1);
+    c.shards = CY_SB_MAX_SHARDS + 1;
+    assert_int_equal(cy_supervisor_check(&c), 1);
+    cy_log_set_level(CY_LOG_INFO);
+}
+
+/* Reload reads settings as the command line does: the file, then the
+ * overrides on top; an error leaves the config untouched. */
+static void test_config_load_args(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/cy-test-conf-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char *text = "max_topic_length = 99\nlog_level = debug\nshards = 3\n";
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+    char *args[] = {"-c", path, "--shards=2", "word", NULL};
+    cy_config c, was;
+    cy_config_defaults(&c);
+    cy_config_error err;
+    assert_int_equal(cy_config_load_args(&c, args, &err), 0);
+    assert_int_equal(c.max_topic_length, 99);
+    assert_int_equal(c.shards, 2);
+    assert_string_equal(c.log_level, "debug");
+    was = c;
+    FILE *f = fopen(path, "w");
+    fputs("log_level = loud\n", f);
+    fclose(f);
+    assert_int_equal(cy_config_load_args(&c, args, &err), CY_ECONFIG);
+    assert_non_null(strstr(err.msg, "log_level"));
+    assert_memory_equal(&c, &was, sizeof(c));
+    f = fopen(path, "w");
+    fputs("max_topic_length = banana\n", f);
+    fclose(f);
+    assert_int_equal(cy_config_load_args(&c, args, &err), CY_ECONFIG);
+    assert_non_null(strstr(err.msg, ":1: max_topic_length"));
+    assert_memory_equal(&c, &was, sizeof(c));
+    unlink(path);
+    assert_int_not_equal(cy_config_load_args(&c, args, &err), 0); /* file gone */
+    assert_memory_equal(&c, &was, sizeof(c));
+
+    /* Which settings reload: limits read per use yes; what sizes or
+     * promises something no. */
+    size_t n = cy_config_count(), yes = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = cy_config_name(i);
+        bool r = cy_config_reloadable(i);
+        yes += r;
+        if (!strcmp(name, "log_level") || !strcmp(name, "max_topic_length"))
+            assert_true(r);
+        if (!strcmp(name, "data_dir") || !strcmp(name, "shards") ||
+            !strcmp(name, "topic_alias_max") || !strcmp(name, "event_buffer") ||
+            !strcmp(name, "max_inflight") || !strcmp(name, "mqtt_listen"))
+            assert_false(r);
+    }
+    assert_int_equal(yes, 19); /* every name in the list is a real setting */
+    assert_null(cy_config_name(n));
+    assert_false(cy_config_reloadable(n));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -423,6 +525,9 @@ int main(void)
         cmocka_unit_test(test_sd_notify_abstract),
         cmocka_unit_test(test_sd_notify_unset_and_bad),
         cmocka_unit_test(test_watchdog_supervisor_alive),
+        cmocka_unit_test(test_drill_token_kind),
+        cmocka_unit_test(test_supervisor_check_data_dir_length),
+        cmocka_unit_test(test_config_load_args),
     };
     return cmocka_run_group_tests_name("supervisor", tests, NULL, NULL);
 }
