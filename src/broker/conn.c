@@ -241,10 +241,13 @@ static void on_write(uv_write_t *req, int status)
         }
         return;
     }
-    if (cy_buf_size(&c->out))
-        cy_conn_flush(c); /* which applies back-pressure */
-    else
-        backpressure(c);
+    /* What `out` holds now may have been appended in this very pass (libuv
+     * runs a stream's read callback before its write callback), so its
+     * store writes are not committed yet: the end of the pass writes it,
+     * after the commit. Flushing here let an acknowledgement leave before
+     * what it acknowledges was on disk. */
+    if (cy_buf_size(&c->out)) mark_dirty(c);
+    backpressure(c);
 }
 
 void cy_conn_flush(cy_conn *c)
