@@ -262,8 +262,11 @@ static void on_sweep(uv_timer_t *t)
         if (c->state == CONN_NEW && now - c->last_rx > (int64_t)b->cfg->connect_timeout * 1000) {
             b->stats.connect_timeouts++;
             cy_conn_close(c, 0, "no CONNECT within connect_timeout");
-        } else if (c->state == CONN_ACTIVE && c->keepalive &&
+        } else if (cy_conn_check_stall(c, now)) {
+            /* closed: it read nothing of its output for max_output_stall */
+        } else if (c->state == CONN_ACTIVE && c->keepalive && !c->paused &&
                    now - c->last_rx > (int64_t)c->keepalive * 1500) {
+            /* (not while reading is stopped for back-pressure: that silence is ours) */
             b->stats.keepalive_timeouts++;
             cy_conn_close(c, CY_RC_KEEP_ALIVE_TIMEOUT, "keep-alive timeout");
         } else if (c->state == CONN_ACTIVE && c->out.cap && !cy_buf_size(&c->out) && !c->dirty &&

@@ -44,6 +44,7 @@
     X(limit_receive_max, "clients that exceeded the receive maximum")                              \
     X(limit_queue_full, "messages dropped because a session queue held max_queued")                \
     X(limit_connections, "CONNECTs refused at max_connections")                                    \
+    X(limit_output_stall, "clients closed for staying over max_output for max_output_stall")      \
     X(limit_subscriptions, "subscriptions refused at max_subscriptions")                           \
     X(limit_retained, "retained publishes refused at max_retained* (node or client)")             \
     X(sessions, "sessions held (online and offline)")                                              \

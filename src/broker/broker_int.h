@@ -173,6 +173,8 @@ struct cy_conn {
     bool counted : 1;          /* counted in clients_connected */
     bool handed_in : 1;        /* arrived by handover from another shard */
     bool device : 1;           /* an isolated device: client id = device id, own topics only */
+    bool paused : 1;           /* reading stopped: output over max_output (back-pressure) */
+    uint16_t paused_s;         /* mono s (mod 65536) when reading stopped; fits the padding */
     uint32_t preauth;          /* bytes of `in` counted in b->preauth_bytes (before CONNECT) */
 };
 
@@ -321,7 +323,12 @@ int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p);
  * (reason 0 = no DISCONNECT). Detaches the session. Idempotent. */
 void cy_conn_close(cy_conn *c, uint8_t reason, const char *why);
 void cy_conn_flush(cy_conn *c);
+/* Bytes waiting to be written to the client: `out` and the write in flight. */
 size_t cy_conn_backlog(const cy_conn *c);
+/* Sweep: close (0x97 Quota exceeded, counted in limit_output_stall) a
+ * connection whose reading has been stopped for back-pressure for longer
+ * than max_output_stall; true if it was closed. now: mono ms. */
+bool cy_conn_check_stall(cy_conn *c, int64_t now);
 /* The client id, or before CONNECT the peer's address (cy_conn_peer). */
 const char *cy_conn_name(const cy_conn *c);
 /* "ip:port" of the peer, asked of the socket now (the connection does not

@@ -12,6 +12,16 @@
  * only) and is written by uv_write while `out` collects the next pass.
  * Write readiness is armed only then.
  *
+ * Back-pressure: a client that publishes QoS 1/2 and never reads would make
+ * its acknowledgements pile up in `out` without bound. So once the backlog
+ * (`out` and the write in flight) is over max_output after a read or a
+ * flush, reading that socket stops (its publishes wait in the kernel, then
+ * in the client, whose sends block); it starts again when a write brings
+ * the backlog to half of max_output. A connection that stays stopped for
+ * max_output_stall seconds is closed by the sweep. While stopped, the
+ * client's silence is ours, not its own: keep-alive does not run, and on
+ * resume the clock of last_rx starts afresh.
+ *
  * Before login a socket is a stranger's: its CONNECT may be at most
  * max_connect_size (from the fixed header, before any byte of the body is
  * held), its partial-input buffer grows only to what that header declared,
@@ -129,9 +139,56 @@ static void in_free(cy_conn *c)
     preauth_account(c);
 }
 
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
 size_t cy_conn_backlog(const cy_conn *c)
 {
     return cy_buf_size(&c->out) + (c->w ? cy_buf_size(&c->w->buf) : 0);
+}
+
+/* Stop or resume reading by the output backlog (see the file comment).
+ * Only logged-in connections: before CONNECT there is no output to speak
+ * of, a handed-over socket belongs to the bus, and a stalled broker (drill)
+ * reads nothing. Safe inside the read callback: libuv stops its read loop
+ * when the handle is no longer reading. */
+static void backpressure(cy_conn *c)
+{
+    cy_broker *b = c->b;
+    if (c->state != CONN_ACTIVE || b->stalled) return;
+    size_t backlog = cy_conn_backlog(c);
+    if (!c->paused && backlog > b->cfg->max_output) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->paused = true;
+        c->paused_s = (uint16_t)(uv_now(b->loop) / 1000);
+        cy_debug(cy_conn_name(c), "reading stopped: %zu bytes of output waiting (max_output %u)",
+                 backlog, b->cfg->max_output);
+    } else if (c->paused && backlog <= b->cfg->max_output / 2) {
+        c->paused = false;
+        /* What the client sent meanwhile waits in our socket: it was not
+         * silent, we were not listening. */
+        c->last_rx = (int64_t)uv_now(b->loop);
+        int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        if (rc) {
+            cy_debug(cy_conn_name(c), "read start: %s", uv_strerror(rc));
+            cy_conn_close(c, 0, NULL);
+            return;
+        }
+        cy_debug(cy_conn_name(c), "reading resumed: %zu bytes of output waiting", backlog);
+    }
+}
+
+bool cy_conn_check_stall(cy_conn *c, int64_t now)
+{
+    if (!c->paused || c->state != CONN_ACTIVE) return false;
+    uint16_t stalled = (uint16_t)((uint16_t)(now / 1000) - c->paused_s); /* mod 65536 */
+    if (stalled <= c->b->cfg->max_output_stall) return false; /* whole seconds: never early */
+    c->b->stats.limit_output_stall++;
+    char why[128];
+    snprintf(why, sizeof(why), "not reading its output: over max_output (%u bytes) for %u s",
+             c->b->cfg->max_output, (unsigned)stalled);
+    cy_conn_close(c, CY_RC_QUOTA_EXCEEDED, why);
+    return true;
 }
 
 static void on_close(uv_handle_t *h)
@@ -184,12 +241,21 @@ static void on_write(uv_write_t *req, int status)
         }
         return;
     }
-    if (cy_buf_size(&c->out)) cy_conn_flush(c);
+    /* What `out` holds now may have been appended in this very pass (libuv
+     * runs a stream's read callback before its write callback), so its
+     * store writes are not committed yet: the end of the pass writes it,
+     * after the commit. Flushing here let an acknowledgement leave before
+     * what it acknowledges was on disk. */
+    if (cy_buf_size(&c->out)) mark_dirty(c);
+    backpressure(c);
 }
 
 void cy_conn_flush(cy_conn *c)
 {
-    if (c->w || cy_buf_size(&c->out) == 0) return;
+    if (c->w || cy_buf_size(&c->out) == 0) {
+        backpressure(c); /* `out` grew behind a write in flight */
+        return;
+    }
     uv_buf_t ub = uv_buf_init((char *)cy_buf_head(&c->out), (unsigned)cy_buf_size(&c->out));
     int n = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
     if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
@@ -210,6 +276,7 @@ void cy_conn_flush(cy_conn *c)
          * trim and re-fault it: 10x slower at 1 KiB messages); the sweep
          * frees it once the connection goes idle. */
         if (c->out.cap <= CY_OUT_KEEP_MIN) cy_buf_fini(&c->out);
+        backpressure(c);
         return;
     }
     if (c->state == CONN_CLOSING) return; /* best effort only */
@@ -232,6 +299,7 @@ void cy_conn_flush(cy_conn *c)
         return;
     }
     c->w = w;
+    backpressure(c);
 }
 
 void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
@@ -493,6 +561,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         b->rbuf_busy = false;
         if (used < (size_t)nread && c->state != CONN_CLOSING)
             keep_partial(c, b->rbuf + used, (size_t)nread - used);
+        backpressure(c);
         return;
     }
     c->in->len += (size_t)nread;
@@ -505,6 +574,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         in_free(c);
     else
         preauth_account(c); /* CONNECT handled: what is left is no longer counted */
+    backpressure(c);
 }
 
 /* A new connection object for an open socket, linked into the broker. */

@@ -1,6 +1,7 @@
 /* handle_connect: CONNECT in, CONNACK out.
  *
- * In order: connection limit, credentials (username = device id, password =
+ * In order: connection limit (not for a CONNECT that takes over a connected
+ * session: it replaces a connection), credentials (username = device id, password =
  * device secret, checked against the registry; anonymous only when allowed),
  * client identifier (assigned when empty), session expiry, then session
  * takeover (a live connection with the same client id is disconnected with
@@ -67,6 +68,20 @@ static cy_msg *make_will(cy_conn *c, const cy_mqtt_connect *p, bool retain)
                                p->version, &c->b->scratch);
 }
 
+/* Would this CONNECT take over a session that is connected now? Then it
+ * replaces a connection rather than adding one, and max_connections does
+ * not refuse it. The session is named as below: an isolated device's by its
+ * username. Credentials are checked after, as for any CONNECT, so a
+ * stranger who names a connected session gets no further than before. */
+static bool takes_over(cy_broker *b, const cy_mqtt_connect *p)
+{
+    const cy_str *name =
+        p->has_username && b->cfg->isolate_devices ? &p->username : &p->client_id;
+    if (name->len == 0 || name->len > CY_MAX_CLIENT_ID) return false;
+    cy_session *s = cy_map_get(&b->sessions, name->p, name->len);
+    return s && s->conn;
+}
+
 int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
 {
     cy_broker *b = c->b;
@@ -81,7 +96,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     if (b->stopping)
         return refuse(c, CY_RC_SERVER_UNAVAILABLE, CY_RC3_SERVER_UNAVAILABLE, logname,
                       "shutting down");
-    if (cy_broker_clients_connected(b) >= b->cfg->max_connections) {
+    if (cy_broker_clients_connected(b) >= b->cfg->max_connections && !takes_over(b, p)) {
         b->stats.limit_connections++;
         return refuse(c, CY_RC_QUOTA_EXCEEDED, CY_RC3_SERVER_UNAVAILABLE, logname,
                       "max_connections reached");

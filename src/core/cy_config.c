@@ -57,6 +57,12 @@ static const setting table[] = {
     U32(preauth_memory, "16777216", 65536, 0xFFFFFFFFu,
         "bytes each shard holds, all together, for sockets that have sent part of a CONNECT; "
         "beyond it such sockets are closed"),
+    U32(max_output, "4194304", 4096, 0xFFFFFFFFu,
+        "bytes of acknowledgements and messages waiting to be written to one client; past it "
+        "cyan stops reading that client until half of it is written"),
+    U32(max_output_stall, "60", 1, 86400,
+        "seconds a client may stay over max_output (not reading what it is sent) before it "
+        "is disconnected"),
     U32(max_keepalive, "3600", 1, 65535,
         "largest keep-alive granted, seconds; MQTT 5 clients asking more (or 0) get this"),
     U32(max_session_expiry, "0", 0, 0xFFFFFFFFu,

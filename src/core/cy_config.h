@@ -38,6 +38,8 @@ typedef struct cy_config {
     uint32_t connect_timeout;   /* s from accept to CONNECT */
     uint32_t max_connect_size;  /* bytes: the largest CONNECT (before login) */
     uint32_t preauth_memory;    /* bytes per shard for all sockets before CONNECT together */
+    uint32_t max_output;        /* bytes waiting to be written to one client before reading it stops */
+    uint32_t max_output_stall;  /* s a client may stay over max_output before it is closed */
     uint32_t max_keepalive;     /* s; larger (or 0) client keepalives are lowered to it */
     uint32_t max_session_expiry; /* s; 0 = no cap */
     uint32_t topic_alias_max;   /* aliases a client may set */

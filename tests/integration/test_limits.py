@@ -217,6 +217,56 @@ def test_max_connections(server_factory, counters_for):
         b.disconnect()
 
 
+@pytest.mark.cyan_only
+@pytest.mark.parametrize("isolate", [False, True])
+def test_max_connections_allows_takeover(server_factory, counters_for, isolate):
+    """At max_connections a reconnect that takes over its own connected
+    session replaces a connection, it does not add one: it is accepted, the
+    old connection gets 0x8E, and a new client is still refused."""
+    srv = server_factory(max_connections=3, isolate_devices=isolate)
+    if isolate:  # (the $SYS watcher is no device: no counters then)
+        d0 = srv.add_device()
+        first, _ = raw_connected(srv, d0, client_id=d0.id)  # connection 1
+        cnt = None
+    else:
+        cnt = counters_for(srv, srv.add_device())     # connection 1
+        cnt.snapshot("limit_connections")
+    d1, d2 = srv.add_device(), srv.add_device()
+    cid1 = d1.id if isolate else uniq("t")
+    cid2 = d2.id if isolate else uniq("t")
+    a, _ = raw_connected(srv, d1, client_id=cid1)  # 2
+    b, _ = raw_connected(srv, d2, client_id=cid2)  # 3
+    d3 = srv.add_device()
+    cid3 = d3.id if isolate else uniq("x")
+    with a, b:
+        with raw(srv, 5) as c:  # a new client: refused
+            assert c.connect(cid3, username=d3.id, password=d3.secret).rc == 0x97
+            c.wait_closed(3.0)
+        if cnt:
+            cnt.grew("limit_connections")
+        # the device reconnects (its old connection half-open, say): taken over
+        n, ack = raw_connected(srv, d1, client_id=cid1)
+        with n:
+            assert ack.rc == 0
+            assert [(type(p), p.rc) for p in a.wait_closed(3.0)] == [(rm.Disconnect, 0x8E)]
+            # and 3.1.1 the same way
+            m, ack = raw_connected(srv, d2, client_id=cid2, version=4)
+            with m:
+                assert ack.rc == 0
+                b.wait_closed(3.0)
+                # still 3 connections: a new client is still refused
+                with raw(srv, 4) as c:
+                    assert c.connect(cid3, username=d3.id, password=d3.secret,
+                                     version=4).rc == 3
+                    c.wait_closed(3.0)
+                # the new connections work
+                n.subscribe([(uniq("ok/"), 1)])
+                m.disconnect()
+            n.disconnect()
+    if isolate:
+        first.disconnect()
+
+
 @pytest.mark.cyan_only  # mosquitto's inbound quota is not max_inflight_messages
 def test_inbound_receive_maximum_exceeded(server_factory, counters_for):
     srv = server_factory(max_inflight=2)
