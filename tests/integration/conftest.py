@@ -271,22 +271,9 @@ class Server:
         would reach the old sockets."""
         if self.peer == "mosquitto":
             return
-        needle = ("--data_dir=%s" % self.data_dir).encode()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            alive = False
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    with open("/proc/%s/cmdline" % pid, "rb") as f:
-                        args = f.read().split(b"\0")
-                except OSError:
-                    continue
-                if len(args) > 1 and args[1] == b"shard" and needle in args:
-                    alive = True
-                    break
-            if not alive:
+            if not self.shard_pids():
                 break
             time.sleep(0.02)
         else:
@@ -311,6 +298,27 @@ class Server:
                     time.sleep(0.02)
         pytest.fail("processes of the killed server still hold %s after %.0fs\n%s"
                     % (lock, timeout, self.log_tail()))
+
+    def shard_pids(self):
+        """{shard index: pid} of this server's shard processes now, from /proc
+        (zombies left out)."""
+        needle = ("--data_dir=%s" % self.data_dir).encode()
+        found = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    args = f.read().split(b"\0")
+                with open("/proc/%s/stat" % pid) as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if stat[stat.rindex(")") + 2] in "ZX":
+                continue
+            if len(args) > 3 and args[1] == b"shard" and needle in args:
+                found[int(args[2])] = int(pid)
+        return found
 
     def restart(self, kill=False, **settings):
         """Stop (SIGTERM and check exit 0, or SIGKILL) and start again on the

@@ -7,8 +7,8 @@ A shard that crashes is replaced by the supervisor within a second or two, so
 exchange that must succeed on the same shard."""
 
 import os
-import signal
 import select
+import signal
 import socket
 import struct
 import time
@@ -22,20 +22,8 @@ pytestmark = pytest.mark.cyan_only
 
 
 def shard_pids(server):
-    """{pid: cmdline} of the shard processes of this server's data dir."""
-    needle = ("--data_dir=%s" % server.data_dir).encode()
-    pids = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if len(args) > 1 and args[1] == b"shard" and needle in args:
-            pids[int(pid)] = args
-    return sorted(pids)
+    """The pids of this server's shard processes, sorted."""
+    return sorted(server.shard_pids().values())
 
 
 def steady_pids(server):
@@ -278,19 +266,7 @@ def test_failed_logins_logged_once_per_address_per_window(server):
 
 def shard_pid(server, index):
     """The pid of shard `index` of this server."""
-    needle = ("--data_dir=%s" % server.data_dir).encode()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if len(args) > 2 and args[1] == b"shard" and args[2] == str(index).encode() \
-                and needle in args:
-            return int(pid)
-    return None
+    return server.shard_pids().get(index)
 
 
 def test_handover_of_strangers_bytes_counts_in_preauth_memory(server_factory):

@@ -36,25 +36,11 @@ NSHARDS = 2
 
 def shard_pids(srv, timeout=10.0):
     """{index: pid} of the running shards of srv (from /proc), once all are up."""
-    needle = ("--data_dir=%s" % srv.data_dir).encode()
     found = {}
 
     def scan():
         found.clear()
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as f:
-                    args = f.read().split(b"\0")
-                with open("/proc/%s/stat" % pid) as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if stat[stat.rindex(")") + 2] in "ZX":
-                continue
-            if len(args) > 3 and args[1] == b"shard" and needle in args:
-                found[int(args[2])] = int(pid)
+        found.update(srv.shard_pids())
         return len(found) == NSHARDS
 
     assert wait_until(scan, timeout), "shards not all up: %r\n%s" % (found, srv.log_tail())
