@@ -411,7 +411,11 @@ static void outbox_append(cy_broker *b, cy_peer *p, cy_outframe *f)
 int cy_cluster_admit(cy_broker *b, const cy_msg *m, bool set_retained)
 {
     if (!b->outbox_full) return 0;
-    uint64_t need = set_retained ? ~UINT64_C(0) : m->qos ? b->fwd_mask : 0;
+    /* Peers of this run only: an outbox loaded for a shard index the node
+     * no longer has (fewer shards than before) waits, it does not refuse. */
+    uint64_t peers = (b->nshards >= 64 ? ~UINT64_C(0) : (UINT64_C(1) << b->nshards) - 1) &
+                     ~(UINT64_C(1) << b->self);
+    uint64_t need = (set_retained ? peers : m->qos ? b->fwd_mask : 0) & peers;
     uint64_t over = need & b->outbox_full;
     if (!over) return 0;
     unsigned j = 0;
