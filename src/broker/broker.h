@@ -47,6 +47,7 @@
     X(limit_output_stall, "clients closed for staying over max_output for max_output_stall")      \
     X(limit_subscriptions, "subscriptions refused at max_subscriptions")                           \
     X(limit_retained, "retained publishes refused at max_retained* (node or client)")             \
+    X(limit_outbox, "publishes refused: a peer shard they must reach holds max_outbox_bytes")     \
     X(sessions, "sessions held (online and offline)")                                              \
     X(subscriptions, "subscriptions held")                                                         \
     X(retained_messages, "retained messages held")                                               \

@@ -203,7 +203,9 @@ typedef struct cy_peer {
     uint64_t frames_out_acked; /* of those, acknowledged (scoreboard bus_acked) */
     uint64_t frames_in;   /* frames applied from its current link */
     cy_outframe *out_head, *out_tail; /* unacknowledged durable frames, by seq */
+    cy_outframe *out_next; /* first of them not yet written on this link (seq > written) */
     size_t out_count;
+    size_t out_bytes;     /* bytes of their frames, bounded by max_outbox_bytes */
     cy_map filters;       /* its interest: filter -> pfilter (cluster.c) */
     uint64_t mark;        /* its current interest snapshot */
 } cy_peer;
@@ -275,6 +277,8 @@ struct cy_broker {
     cy_peer peers[CY_SB_MAX_SHARDS];
     cy_map interest;       /* local filter -> cy_interest */
     uint64_t fwd_mask;     /* routing scratch: peers a publish goes to */
+    uint64_t outbox_full;  /* peers whose outbox holds max_outbox_bytes or more */
+    cy_logrl outbox_log;   /* refusals at max_outbox_bytes, per peer */
     cy_str fwd_groups[CY_SB_MAX_SHARDS][8]; /* routing scratch: shared groups per peer */
     uint8_t n_fwd_groups[CY_SB_MAX_SHARDS];
     cy_buf frame;          /* frame encode scratch */
@@ -400,6 +404,11 @@ void cy_offline_unlink(cy_broker *b, cy_session *s);
  * clears the retained message when msg->retain and the retained limits
  * admit it (cy_route_retain_check); over a limit it is routed, not kept. */
 void cy_route_publish(cy_broker *b, cy_msg *m, cy_session *from);
+/* The same for work that can still be refused (a client's PUBLISH, before
+ * it is acknowledged): when m would need a peer shard whose outbox is full
+ * (cy_cluster_admit), nothing is routed, stored or forwarded and
+ * CY_RC_QUOTA_EXCEEDED (0x97) is returned; else as cy_route_publish, 0. */
+int cy_route_publish_bounded(cy_broker *b, cy_msg *m, cy_session *from);
 /* Send the retained messages matching filter to s (a new subscription). */
 void cy_route_retained(cy_broker *b, cy_session *s, const char *filter, size_t len, uint8_t opts,
                        uint32_t sub_id);
@@ -432,6 +441,17 @@ bool cy_is_peer(const cy_broker *b, const void *owner);
 /* Send msg to the peers in b->fwd_mask (routing) and, if it sets a retained
  * message, to every peer (replication). */
 void cy_cluster_forward(cy_broker *b, cy_msg *m, bool set_retained);
+/* After routing m (b->fwd_mask set) and before anything of it is done: may
+ * it be forwarded within max_outbox_bytes? A durable frame (QoS 1/2 to the
+ * peers in fwd_mask, or a retained update, which goes to every peer) for a
+ * peer whose outbox is full is refused: 0, or CY_RC_QUOTA_EXCEEDED after
+ * counting limit_outbox and logging (rate-limited, per peer). The forward
+ * itself never drops a durable frame: what was admitted is kept until the
+ * peer acknowledges it, so work past the bound that cannot be refused (a
+ * will, an API publish) overshoots it rather than being lost. */
+int cy_cluster_admit(cy_broker *b, const cy_msg *m, bool set_retained);
+/* Does peer j's outbox hold max_outbox_bytes or more? */
+bool cy_cluster_outbox_full(const cy_broker *b, unsigned j);
 /* Is shard i able to take a connection now? why: filled when not. */
 bool cy_cluster_shard_ready(cy_broker *b, unsigned i, char *why, size_t whylen);
 /* Pass connection c (whose first bytes are bytes[0..len)) to shard owner. */

@@ -28,6 +28,16 @@
  * QoS 0 frames are not durable: sent at once when the link is up, else
  * dropped (and counted).
  *
+ * The outbox is bounded in bytes per peer (max_outbox_bytes), and the bound
+ * is enforced before the acknowledgement, never after: a client's publish
+ * that needs a durable frame for a peer whose outbox is full is refused
+ * whole (cy_cluster_admit; MQTT 5 0x97 Quota exceeded, a 3.1.1 client is
+ * disconnected), before anything of it is routed. A frame in the outbox is
+ * acknowledged work and is only ever removed by the peer's ACK; work that
+ * cannot be refused (a will firing, an API publish) goes in past the bound.
+ * The pump keeps a cursor on the first frame not yet written on the current
+ * link, so a pass costs the frames it writes, not the length of the outbox.
+ *
  * Frames (type: body), integers big endian:
  *   1 INTEREST_RESET: -            2 INTEREST_ADD / 3 INTEREST_DEL: filter
  *   7 INTEREST_END: - (the snapshot that RESET began is complete)
@@ -64,9 +74,9 @@ enum {
 
 enum { FL_RETAIN = 4, FL_ROUTE = 8, FL_SET_RETAINED = 16, FL_EVENT = 32 };
 
-/* Durable frames kept per peer while it does not acknowledge them. Beyond
- * this a down peer costs messages (counted, logged) rather than memory. */
-#define CY_OUTBOX_MAX 200000
+/* One line per peer per window for refusals at max_outbox_bytes. */
+#define OUTBOX_LOG_WINDOW_MS 10000
+#define OUTBOX_LOG_BURST 20
 
 unsigned cy_shard_of(const char *client_id, size_t len, unsigned nshards)
 {
@@ -361,7 +371,30 @@ static int put_u64(cy_buf *f, uint64_t v)
                                                                                       : 0;
 }
 
-static void outbox_append(cy_peer *p, cy_outframe *f)
+bool cy_cluster_outbox_full(const cy_broker *b, unsigned j)
+{
+    return (b->outbox_full >> j) & 1;
+}
+
+/* Keep b->outbox_full in step with p->out_bytes. */
+static void outbox_account(cy_broker *b, cy_peer *p)
+{
+    uint64_t bit = UINT64_C(1) << p->index;
+    bool full = p->out_bytes >= b->cfg->max_outbox_bytes;
+    if (full == ((b->outbox_full & bit) != 0)) return;
+    if (full) {
+        b->outbox_full |= bit;
+        cy_warn(NULL,
+                "outbox for shard %u is full (%zu frames, %zu bytes, max_outbox_bytes %u): "
+                "refusing publishes that need it until it acknowledges",
+                p->index, p->out_count, p->out_bytes, b->cfg->max_outbox_bytes);
+    } else {
+        b->outbox_full &= ~bit;
+        cy_info(NULL, "outbox for shard %u has room again (%zu bytes)", p->index, p->out_bytes);
+    }
+}
+
+static void outbox_append(cy_broker *b, cy_peer *p, cy_outframe *f)
 {
     f->next = NULL;
     if (p->out_tail)
@@ -369,17 +402,56 @@ static void outbox_append(cy_peer *p, cy_outframe *f)
     else
         p->out_head = f;
     p->out_tail = f;
+    if (!p->out_next) p->out_next = f; /* every frame before it is written */
     p->out_count++;
+    p->out_bytes += f->len;
+    outbox_account(b, p);
 }
 
-/* Write unwritten durable frames to peer p, in order, while the bus takes them. */
+int cy_cluster_admit(cy_broker *b, const cy_msg *m, bool set_retained)
+{
+    if (!b->outbox_full) return 0;
+    /* Peers of this run only: an outbox loaded for a shard index the node
+     * no longer has (fewer shards than before) waits, it does not refuse. */
+    uint64_t peers = (b->nshards >= 64 ? ~UINT64_C(0) : (UINT64_C(1) << b->nshards) - 1) &
+                     ~(UINT64_C(1) << b->self);
+    uint64_t need = (set_retained ? peers : m->qos ? b->fwd_mask : 0) & peers;
+    uint64_t over = need & b->outbox_full;
+    if (!over) return 0;
+    unsigned j = 0;
+    while (!((over >> j) & 1)) j++;
+    b->stats.limit_outbox++;
+    /* A publisher repeats this at will while the peer is stuck: one line
+     * per peer per window, with the count of those held back. */
+    if (b->outbox_log.window_ms == 0)
+        cy_logrl_init(&b->outbox_log, OUTBOX_LOG_WINDOW_MS, OUTBOX_LOG_BURST);
+    char key[16];
+    snprintf(key, sizeof(key), "shard %u", j);
+    uint64_t held = 0;
+    if (cy_logrl_allow(&b->outbox_log, key, (int64_t)cy_mono_ms(), &held)) {
+        char more[64] = "";
+        if (held)
+            snprintf(more, sizeof(more), " (%llu more since the last line)",
+                     (unsigned long long)held);
+        cy_warn(NULL,
+                "publish on %.*s refused: the outbox for shard %u holds %zu bytes "
+                "(max_outbox_bytes %u)%s",
+                (int)m->topic_len, m->topic, j, b->peers[j].out_bytes, b->cfg->max_outbox_bytes,
+                more);
+    }
+    return CY_RC_QUOTA_EXCEEDED;
+}
+
+/* Write unwritten durable frames to peer p, in order, while the bus takes
+ * them: from the cursor on, so the cost is what is written. */
 static void pump(cy_broker *b, cy_peer *p)
 {
     if (!p->up) return;
-    for (cy_outframe *f = p->out_head; f; f = f->next) {
-        if (f->seq <= p->written) continue;
+    while (p->out_next) {
+        cy_outframe *f = p->out_next;
         if (cy_bus_send(b->bus, p->index, F_PUBLISH, f->data, f->len)) return;
         p->written = f->seq;
+        p->out_next = f->next;
         p->frames_out++;
     }
 }
@@ -427,13 +499,8 @@ void cy_cluster_forward(cy_broker *b, cy_msg *m, bool set_retained)
             p->frames_out++;
             continue;
         }
-        if (p->out_count >= CY_OUTBOX_MAX) {
-            b->stats.messages_dropped++;
-            if (p->out_count == CY_OUTBOX_MAX)
-                cy_warn(NULL, "outbox for shard %u is full (%d frames): dropping messages for it",
-                        j, CY_OUTBOX_MAX);
-            continue;
-        }
+        /* No bound here: what reaches this point was admitted (or cannot be
+         * refused) and is acknowledged; cy_cluster_admit keeps the bound. */
         uint64_t seq = p->last_sent + 1;
         if (encode_publish(&b->frame, m, seq, flags, b->fwd_groups[j], b->n_fwd_groups[j])) {
             b->stats.messages_dropped++;
@@ -455,7 +522,7 @@ void cy_cluster_forward(cy_broker *b, cy_msg *m, bool set_retained)
         }
         p->last_sent = seq;
         p->state_dirty = true;
-        outbox_append(p, f);
+        outbox_append(b, p, f);
         if (set_retained && p->up) hold_need(b, j, 0, seq); /* later subscribers see it */
         /* written by pump() after the commit */
     }
@@ -581,8 +648,17 @@ static void on_ack(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len)
         p->out_head = f->next;
         if (!p->out_head) p->out_tail = NULL;
         p->out_count--;
+        p->out_bytes -= f->len;
         cy_free(f);
     }
+    /* It applied frames it got on an earlier link (written was reset to
+     * acked when this one came up): those need no replay, and the cursor
+     * must not point at a frame just freed. */
+    if (p->written < seq) {
+        p->written = seq;
+        p->out_next = p->out_head;
+    }
+    outbox_account(b, p);
     cy_store_outbox_ack(b->store, p->index, seq);
 }
 
@@ -641,6 +717,7 @@ void cy_cluster_on_peer_up(void *ctx, unsigned peer, uint64_t generation)
     p->up = true;
     p->frames_out = p->frames_out_acked = 0;
     p->written = p->acked; /* replay everything it has not acknowledged */
+    p->out_next = p->out_head;
     if (p->out_count)
         cy_info(NULL, "replaying %zu unacknowledged frames to shard %u (generation %llu)",
                 p->out_count, peer, (unsigned long long)generation);
@@ -677,7 +754,7 @@ int cy_cluster_load_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t
     f->seq = seq;
     f->len = len;
     memcpy(f->data, frame, len);
-    outbox_append(p, f);
+    outbox_append(b, p, f);
     if (seq > p->last_sent) p->last_sent = seq;
     return 0;
 }
@@ -707,9 +784,10 @@ void cy_cluster_free(cy_broker *b)
             p->out_head = f->next;
             cy_free(f);
         }
-        p->out_tail = NULL;
-        p->out_count = 0;
+        p->out_tail = p->out_next = NULL;
+        p->out_count = p->out_bytes = 0;
     }
+    b->outbox_full = 0;
     cy_buf_fini(&b->frame);
 }
 

@@ -99,12 +99,18 @@ static void on_shared(void *ctx, void *owner, uint8_t opts, uint32_t sub_id, con
 
 /* Shared-group member choice: an online local session first, then a peer
  * whose link is up (its own members decide there), then an offline local
- * session (it will get the message queued), then a peer that is down (the
- * frame waits in the outbox). A peer's message is never sent on. */
+ * session (it will get the message queued), then a peer that is down or
+ * whose outbox is full (the frame waits in the outbox; a client's publish
+ * is refused rather than sent to a full one). A peer's message is never
+ * sent on. */
 static int grade(void *ctx, void *owner)
 {
     route_ctx *rc = ctx;
-    if (cy_is_peer(rc->b, owner)) return rc->local ? 0 : ((cy_peer *)owner)->up ? 2 : 1;
+    if (cy_is_peer(rc->b, owner)) {
+        const cy_peer *p = owner;
+        if (rc->local) return 0;
+        return p->up && !cy_cluster_outbox_full(rc->b, p->index) ? 2 : 1;
+    }
     return ((cy_session *)owner)->conn ? 2 : 1;
 }
 
@@ -226,7 +232,8 @@ void cy_route_set_retained(cy_broker *b, cy_msg *m, const char *owner)
     apply_retained(b, m, owner);
 }
 
-static void route(cy_broker *b, cy_msg *m, route_ctx *rc)
+/* Find who m goes to: local sessions (b->matches), peers (b->fwd_mask). */
+static void match(cy_broker *b, cy_msg *m, route_ctx *rc)
 {
     b->epoch++;
     b->n_matches = 0;
@@ -234,6 +241,10 @@ static void route(cy_broker *b, cy_msg *m, route_ctx *rc)
     memset(b->n_fwd_groups, 0, sizeof(b->n_fwd_groups[0]) * b->nshards);
     cy_topic_matcher mt = {on_sub, on_shared, grade, rc->local ? want_group : NULL, rc};
     cy_topic_tree_match_with(b->subs, m->topic, m->topic_len, &mt);
+}
+
+static void deliver(cy_broker *b, cy_msg *m)
+{
     for (uint32_t i = 0; i < b->n_matches; i++) {
         cy_match *x = &b->matches[i];
         uint8_t qos = x->qos < m->qos ? x->qos : m->qos;
@@ -241,7 +252,13 @@ static void route(cy_broker *b, cy_msg *m, route_ctx *rc)
     }
 }
 
-void cy_route_publish(cy_broker *b, cy_msg *m, cy_session *from)
+static void route(cy_broker *b, cy_msg *m, route_ctx *rc)
+{
+    match(b, m, rc);
+    deliver(b, m);
+}
+
+static int publish(cy_broker *b, cy_msg *m, cy_session *from, bool bounded)
 {
     /* The retained limits are enforced here, where the message enters the
      * node; the replicas take what this shard took. A PUBLISH was checked
@@ -250,15 +267,34 @@ void cy_route_publish(cy_broker *b, cy_msg *m, cy_session *from)
      * still delivered, only not kept. */
     const char *owner = from ? from->client_id : NULL;
     bool set = m->retain && !cy_route_retain_check(b, owner, m);
-    if (set) cy_route_set_retained(b, m, owner);
     route_ctx rc = {b, from, NULL, 0, false, false};
-    route(b, m, &rc);
+    match(b, m, &rc);
+    /* Refused here, before anything of it is kept or sent, so that a
+     * refusal leaves nothing half done. */
+    bool fwd = b->nshards > 1 && !is_sys(m);
+    if (bounded && fwd) {
+        int r = cy_cluster_admit(b, m, set);
+        if (r) return r;
+    }
+    if (set) cy_route_set_retained(b, m, owner);
+    deliver(b, m);
     if (rc.event) { /* numbered here, where it entered the node */
         m->origin = (uint8_t)b->self;
         cy_api_event_stamp(b, m);
         cy_api_event(b, m);
     }
-    if (b->nshards > 1 && !is_sys(m)) cy_cluster_forward(b, m, set);
+    if (fwd) cy_cluster_forward(b, m, set);
+    return 0;
+}
+
+void cy_route_publish(cy_broker *b, cy_msg *m, cy_session *from)
+{
+    publish(b, m, from, false);
+}
+
+int cy_route_publish_bounded(cy_broker *b, cy_msg *m, cy_session *from)
+{
+    return publish(b, m, from, true);
 }
 
 void cy_route_local(cy_broker *b, cy_msg *m, const cy_str *groups, unsigned n_groups)

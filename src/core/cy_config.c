@@ -63,6 +63,11 @@ static const setting table[] = {
     U32(max_output_stall, "60", 1, 86400,
         "seconds a client may stay over max_output (not reading what it is sent) before it "
         "is disconnected"),
+    U32(max_outbox_bytes, "67108864", 1024, 0xFFFFFFFFu,
+        "bytes of acknowledged QoS 1/2 messages and retained updates each shard keeps for one "
+        "peer shard that has not confirmed them (hung or restarting); past it, publishes that "
+        "need that shard are refused (MQTT 5 0x97, 3.1.1 disconnect), never dropped after the "
+        "acknowledgement"),
     U32(max_keepalive, "3600", 1, 65535,
         "largest keep-alive granted, seconds; MQTT 5 clients asking more (or 0) get this"),
     U32(max_session_expiry, "0", 0, 0xFFFFFFFFu,

@@ -40,6 +40,7 @@ typedef struct cy_config {
     uint32_t preauth_memory;    /* bytes per shard for all sockets before CONNECT together */
     uint32_t max_output;        /* bytes waiting to be written to one client before reading it stops */
     uint32_t max_output_stall;  /* s a client may stay over max_output before it is closed */
+    uint32_t max_outbox_bytes;  /* bytes of acknowledged frames kept for one peer shard */
     uint32_t max_keepalive;     /* s; larger (or 0) client keepalives are lowered to it */
     uint32_t max_session_expiry; /* s; 0 = no cap */
     uint32_t topic_alias_max;   /* aliases a client may set */
