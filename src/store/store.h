@@ -77,6 +77,14 @@ int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, cons
 void cy_registry_share_reads(cy_registry *r, bool on);
 /* End the shared read transaction, if one is open. Safe on NULL. */
 void cy_registry_end_reads(cy_registry *r);
+/* How long (ms, at most 5000) a statement waits for a lock another process
+ * holds on the file (a CLI's write, a `sqlite3` shell) before it fails
+ * with CY_ESTORE. 5000 by default; a handle with shared reads on (a loop)
+ * waits CY_REGISTRY_LOOP_BUSY_MS unless this was called. A loop sets a
+ * fraction of its watchdog: a statement that met the lock keeps its kind
+ * (reads, writes) failing at once for 200 ms, so one pass waits once. */
+#define CY_REGISTRY_LOOP_BUSY_MS 500 /* a quarter of the default watchdog */
+void cy_registry_set_busy_timeout(cy_registry *r, unsigned ms);
 /* Look a device up by id or by name. */
 int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out);
 /* Remove by id or by name. CY_ENOENT if absent. */
