@@ -17,19 +17,32 @@
  *
  * Many processes open this file (every shard reads it, the admin command
  * and the API write it), so writes are single autocommitted statements and
- * the busy timeout absorbs the short write locks.
+ * the busy timeout absorbs the short write locks. A loop must not wait out
+ * another process's lock (a `sqlite3` shell in a write transaction), or its
+ * watchdog kills it as hung: a handle with shared reads on (a loop) waits
+ * at most CY_REGISTRY_LOOP_BUSY_MS, or what cy_registry_set_busy_timeout
+ * says, and a statement that met a lock closes its kind (reads, writes)
+ * for BACKOFF_MS: they fail with CY_ESTORE at once, so a pass of many
+ * requests waits once. In WAL mode reads never wait for a writer anyway.
  *
- * A check costs a read transaction, and in WAL mode starting and ending one
+ * Checks read from a cache: the rows (salt, hash, scope) of devices and
+ * tokens found once, so the hot path (every CONNECT, every API request)
+ * does not touch SQLite. Whether the cache is still the file's is asked at
+ * most every RECHECK_MS with PRAGMA data_version, which moves when another
+ * connection commits; if it moved, the whole cache goes (rows are few and
+ * reloaded one by one as they are checked). This handle's own removals
+ * clear it at once (its own commits do not move data_version). So another
+ * process's revocation or removal is refused within RECHECK_MS. Nothing
+ * negative is kept: an unknown id is looked up every time, so a device
+ * added is found at once, and strangers' made-up ids cannot fill memory.
+ *
+ * A miss costs a read transaction, and in WAL mode starting and ending one
  * is most of the work: two POSIX lock calls and an fstat. An owner that
  * checks in bursts (a shard, one loop pass of CONNECTs) turns on
- * cy_registry_share_reads: checks then share one read transaction, begun
+ * cy_registry_share_reads: misses then share one read transaction, begun
  * by the first and ended by cy_registry_end_reads, which the owner calls
- * before its loop waits. Between two such calls every check sees one
- * snapshot; a device added or removed by another process is seen from the
- * next. The other calls end a shared transaction first, so their writes
- * commit at once. (An in-memory cache of device rows would save no more:
- * telling whether it is still valid, PRAGMA data_version, costs the same
- * read transaction, and it would hold memory per device.)
+ * before its loop waits. The other calls end a shared transaction first,
+ * so their writes commit at once.
  *
  * The HMAC runs on a context made once at open (OpenSSL's one-shot HMAC()
  * fetches the algorithm again on every call: 3x slower); making it loads
