@@ -10,8 +10,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define BUSY_TIMEOUT_MS 5000
-
 int cy_db_fail(sqlite3 *db, const char *name, const char *what)
 {
     cy_error(NULL, "%s: %s: %s", name, what, db ? sqlite3_errmsg(db) : "out of memory");
@@ -174,7 +172,7 @@ int cy_db_open(const char *path, bool sync_full, const cy_db_schema *s, const ch
     if (sqlite3_open_v2(path, db, flags, NULL) != SQLITE_OK)
         return open_fail(*db, s, path, "sqlite3_open_v2");
     sqlite3_extended_result_codes(*db, 1);
-    sqlite3_busy_timeout(*db, BUSY_TIMEOUT_MS);
+    sqlite3_busy_timeout(*db, CY_DB_BUSY_MS);
     /* On a new (empty) file, before WAL: switching to WAL writes the header,
      * after which auto_vacuum can no longer change without a VACUUM. Only
      * then: on an existing file the pragma would wait for the write lock. */

@@ -41,6 +41,12 @@ int cy_db_open(const char *path, bool sync_full, const cy_db_schema *schema,
 
 #define CY_DB_WAL_KEEP (4 << 20)
 
+/* How long a statement waits for another process's lock (sqlite3_busy_timeout)
+ * unless the module sets its own: long enough for a CLI's short write. A
+ * process serving a loop must wait less than its watchdog allows: the
+ * registry lowers it in shards (cy_registry_set_busy_timeout). */
+#define CY_DB_BUSY_MS 5000
+
 /* Give up to max_pages free pages back to the file system (PRAGMA
  * incremental_vacuum), outside any transaction; when the last free page
  * goes, checkpoint (passive) so the main file shrinks now rather than at

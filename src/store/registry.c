@@ -17,19 +17,32 @@
  *
  * Many processes open this file (every shard reads it, the admin command
  * and the API write it), so writes are single autocommitted statements and
- * the busy timeout absorbs the short write locks.
+ * the busy timeout absorbs the short write locks. A loop must not wait out
+ * another process's lock (a `sqlite3` shell in a write transaction), or its
+ * watchdog kills it as hung: a handle with shared reads on (a loop) waits
+ * at most CY_REGISTRY_LOOP_BUSY_MS, or what cy_registry_set_busy_timeout
+ * says, and a statement that met a lock closes its kind (reads, writes)
+ * for BACKOFF_MS: they fail with CY_ESTORE at once, so a pass of many
+ * requests waits once. In WAL mode reads never wait for a writer anyway.
  *
- * A check costs a read transaction, and in WAL mode starting and ending one
+ * Checks read from a cache: the rows (salt, hash, scope) of devices and
+ * tokens found once, so the hot path (every CONNECT, every API request)
+ * does not touch SQLite. Whether the cache is still the file's is asked at
+ * most every RECHECK_MS with PRAGMA data_version, which moves when another
+ * connection commits; if it moved, the whole cache goes (rows are few and
+ * reloaded one by one as they are checked). This handle's own removals
+ * clear it at once (its own commits do not move data_version). So another
+ * process's revocation or removal is refused within RECHECK_MS. Nothing
+ * negative is kept: an unknown id is looked up every time, so a device
+ * added is found at once, and strangers' made-up ids cannot fill memory.
+ *
+ * A miss costs a read transaction, and in WAL mode starting and ending one
  * is most of the work: two POSIX lock calls and an fstat. An owner that
  * checks in bursts (a shard, one loop pass of CONNECTs) turns on
- * cy_registry_share_reads: checks then share one read transaction, begun
+ * cy_registry_share_reads: misses then share one read transaction, begun
  * by the first and ended by cy_registry_end_reads, which the owner calls
- * before its loop waits. Between two such calls every check sees one
- * snapshot; a device added or removed by another process is seen from the
- * next. The other calls end a shared transaction first, so their writes
- * commit at once. (An in-memory cache of device rows would save no more:
- * telling whether it is still valid, PRAGMA data_version, costs the same
- * read transaction, and it would hold memory per device.)
+ * before its loop waits. The other calls end a shared transaction first,
+ * so their writes commit at once.
  *
  * The HMAC runs on a context made once at open (OpenSSL's one-shot HMAC()
  * fetches the algorithm again on every call: 3x slower); making it loads
@@ -59,6 +72,7 @@
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "core/cy_map.h"
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
@@ -135,6 +149,7 @@ enum {
     ST_ROLLBACK,
     ST_READ_BEGIN,
     ST_READ_END,
+    ST_VERSION,
     N_ST
 };
 
@@ -160,7 +175,27 @@ static const char *const sql[N_ST] = {
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_READ_BEGIN] = "BEGIN", /* deferred: the read lock comes with the first SELECT */
     [ST_READ_END] = "COMMIT",
+    [ST_VERSION] = "PRAGMA data_version",
 };
+
+/* The cache: how often its validity is asked of SQLite, how many rows it
+ * holds at most (a full cache starts over), and how long a statement that
+ * found the file locked keeps its kind of statement from trying again. */
+#define RECHECK_MS 200
+#define CACHE_MAX 262144
+#define BACKOFF_MS 200
+
+/* A cached row: a device ('d' + id) or a token ('t' + id). The key lives
+ * here, the map borrows it. */
+typedef struct cached {
+    char key[1 + CY_DEVICE_ID_LEN];
+    uint8_t klen;
+    int scope; /* tokens: CY_SCOPE_* */
+    uint8_t salt[SALT_BYTES];
+    uint8_t hash[HASH_BYTES];
+} cached;
+
+enum { READS, WRITES };
 
 struct cy_registry {
     sqlite3 *db;
@@ -168,11 +203,90 @@ struct cy_registry {
     EVP_MAC_CTX *mac; /* HMAC-SHA256, rekeyed with each device's salt */
     bool share_reads; /* checks share a read transaction until end_reads */
     bool reading;     /* that transaction is open */
+    bool busy_set;    /* cy_registry_set_busy_timeout was called */
+    cy_map cache;     /* key -> cached, rows seen by checks */
+    int64_t version;  /* PRAGMA data_version the cache is valid for; -1 none */
+    int64_t checked_ms;       /* mono ms of the last data_version read */
+    int64_t busy_until_ms[2]; /* READS, WRITES: mono ms before which they fail at once */
 };
 
-static int db_fail(sqlite3 *db, const char *what)
+/* Log a failed statement; CY_ESTORE. A lock held by another process
+ * (SQLITE_BUSY after the busy timeout) closes that kind of statement for
+ * BACKOFF_MS, so a loop serving many requests waits once, not once each. */
+static int fail(cy_registry *r, int kind, const char *what)
 {
-    return cy_db_fail(db, "registry", what);
+    if ((sqlite3_errcode(r->db) & 0xff) == SQLITE_BUSY)
+        r->busy_until_ms[kind] = cy_mono_ms() + BACKOFF_MS;
+    return cy_db_fail(r->db, "registry", what);
+}
+
+/* CY_ESTORE without touching SQLite while a lock was met recently. */
+static int closed(cy_registry *r, int kind)
+{
+    return cy_mono_ms() < r->busy_until_ms[kind] ? CY_ESTORE : 0;
+}
+
+static void cache_free_one(void *ctx, void *v)
+{
+    (void)ctx;
+    cy_free(v);
+}
+
+static void cache_clear(cy_registry *r)
+{
+    cy_map_each(&r->cache, cache_free_one, NULL);
+    cy_map_fini(&r->cache);
+    cy_map_init(&r->cache);
+}
+
+/* Is the cache still what the file holds? At most every RECHECK_MS, read
+ * PRAGMA data_version (a read transaction: it changes when another
+ * connection commits) and drop the whole cache if it moved. Outside any
+ * shared read, so the version is the file's latest, not an old snapshot's.
+ * A failed read keeps the cache (valid as of the last read) and is tried
+ * again RECHECK_MS later. */
+static void cache_recheck(cy_registry *r)
+{
+    int64_t now = cy_mono_ms();
+    if (r->version >= 0 && now - r->checked_ms < RECHECK_MS) return;
+    if (closed(r, READS)) return;
+    cy_registry_end_reads(r);
+    r->checked_ms = now;
+    sqlite3_stmt *st = r->st[ST_VERSION];
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        int64_t v = sqlite3_column_int64(st, 0);
+        if (v != r->version) cache_clear(r);
+        r->version = v;
+    } else {
+        fail(r, READS, "data_version");
+    }
+    sqlite3_reset(st);
+}
+
+static const cached *cache_get(cy_registry *r, char kind, const char *id, size_t id_len)
+{
+    char key[1 + CY_DEVICE_ID_LEN];
+    if (id_len > CY_DEVICE_ID_LEN) return NULL;
+    key[0] = kind;
+    memcpy(key + 1, id, id_len);
+    return cy_map_get(&r->cache, key, 1 + id_len);
+}
+
+/* Remember a row read from the file (out of memory: not remembered). */
+static void cache_put(cy_registry *r, char kind, const char *id, size_t id_len,
+                      const uint8_t *salt, const uint8_t *hash, int scope)
+{
+    if (id_len > CY_DEVICE_ID_LEN || r->version < 0) return;
+    if (r->cache.count >= CACHE_MAX) cache_clear(r);
+    cached *c = cy_malloc(sizeof(*c));
+    if (!c) return;
+    c->key[0] = kind;
+    memcpy(c->key + 1, id, id_len);
+    c->klen = (uint8_t)(1 + id_len);
+    c->scope = scope;
+    memcpy(c->salt, salt, SALT_BYTES);
+    memcpy(c->hash, hash, HASH_BYTES);
+    if (cy_map_put(&r->cache, c->key, c->klen, c)) cy_free(c);
 }
 
 static void done(sqlite3_stmt *st)
@@ -212,11 +326,14 @@ int cy_registry_open(const char *path, cy_registry **out)
     *out = NULL;
     cy_registry *r = cy_calloc(1, sizeof(*r));
     if (!r) return CY_ENOMEM;
+    cy_map_init(&r->cache);
+    r->version = -1;
     static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v2, migrations, false};
     int rc = cy_db_open(path, true, &schema, sql, N_ST, &r->db, r->st);
     if (rc) goto fail;
     rc = mac_open(r);
     if (rc) goto fail;
+    cache_recheck(r); /* the version the cache starts from */
     *out = r;
     return 0;
 fail:
@@ -228,10 +345,12 @@ void cy_registry_close(cy_registry *r)
 {
     if (!r) return;
     cy_registry_end_reads(r);
+    cache_clear(r);
+    cy_map_fini(&r->cache);
     EVP_MAC_CTX_free(r->mac);
     for (int i = 0; i < N_ST; i++)
         sqlite3_finalize(r->st[i]);
-    if (r->db && sqlite3_close(r->db) != SQLITE_OK) db_fail(r->db, "close");
+    if (r->db && sqlite3_close(r->db) != SQLITE_OK) fail(r, READS, "close");
     cy_free(r);
 }
 
@@ -240,6 +359,15 @@ void cy_registry_share_reads(cy_registry *r, bool on)
     if (!r) return;
     if (!on) cy_registry_end_reads(r);
     r->share_reads = on;
+    /* Who shares reads serves a loop: it must not wait out a CLI's lock. */
+    if (on && !r->busy_set) sqlite3_busy_timeout(r->db, CY_REGISTRY_LOOP_BUSY_MS);
+}
+
+void cy_registry_set_busy_timeout(cy_registry *r, unsigned ms)
+{
+    if (!r) return;
+    r->busy_set = true;
+    sqlite3_busy_timeout(r->db, (int)(ms < CY_DB_BUSY_MS ? ms : CY_DB_BUSY_MS));
 }
 
 void cy_registry_end_reads(cy_registry *r)
@@ -248,7 +376,7 @@ void cy_registry_end_reads(cy_registry *r)
     r->reading = false;
     /* COMMIT of a read-only transaction only drops the read lock; should it
      * fail, sqlite3_reset leaves autocommit on all the same. */
-    if (sqlite3_step(r->st[ST_READ_END]) != SQLITE_DONE) db_fail(r->db, "end of shared read");
+    if (sqlite3_step(r->st[ST_READ_END]) != SQLITE_DONE) fail(r, READS, "end of shared read");
     sqlite3_reset(r->st[ST_READ_END]);
 }
 
@@ -338,6 +466,7 @@ int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVI
     cy_registry_end_reads(r); /* the insert commits on its own */
     id_out[0] = secret_out[0] = '\0';
     if (!name_valid(name)) return CY_EINVAL;
+    if (closed(r, WRITES)) return CY_ESTORE;
 
     uint8_t raw[ID_BYTES + SECRET_BYTES + SALT_BYTES], hash[HASH_BYTES];
     char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
@@ -356,7 +485,7 @@ int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVI
             sqlite3_bind_blob(st, 3, salt, SALT_BYTES, SQLITE_STATIC) ||
             sqlite3_bind_blob(st, 4, hash, HASH_BYTES, SQLITE_STATIC) ||
             sqlite3_bind_int64(st, 5, cy_wall_ms())) {
-            rc = db_fail(r->db, "device_add");
+            rc = fail(r, WRITES, "device_add");
             done(st);
             goto out;
         }
@@ -370,7 +499,7 @@ int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVI
             done(st);
             continue;
         } else {
-            rc = db_fail(r->db, "device_add");
+            rc = fail(r, WRITES, "device_add");
         }
         done(st);
         break;
@@ -402,11 +531,29 @@ static int check_secret(cy_registry *r, sqlite3_stmt *st, bool lookup, const cha
     static const uint8_t dummy_salt[SALT_BYTES];
     static const uint8_t dummy_hash[HASH_BYTES];
     const uint8_t *salt = dummy_salt, *want = dummy_hash;
-    bool found = false;
+    bool found = false, stepped = false;
     int rc = 0;
+    char kind = scope ? 't' : 'd';
+    const cached *c = NULL;
     if (lookup) {
+        cache_recheck(r);
+        c = cache_get(r, kind, id, id_len);
+    }
+    if (c) {
+        salt = c->salt;
+        want = c->hash;
+        if (scope) *scope = c->scope;
+        found = true;
+    } else if (lookup) {
+        if ((rc = closed(r, READS))) goto out;
+        if (r->share_reads && !r->reading) {
+            /* A failed BEGIN leaves autocommit: this check reads on its own. */
+            r->reading = sqlite3_step(r->st[ST_READ_BEGIN]) == SQLITE_DONE;
+            sqlite3_reset(r->st[ST_READ_BEGIN]);
+        }
+        stepped = true;
         if (sqlite3_bind_text(st, 1, id, (int)id_len, SQLITE_STATIC)) {
-            rc = db_fail(r->db, what);
+            rc = fail(r, READS, what);
             goto out;
         }
         int sr = sqlite3_step(st);
@@ -421,8 +568,9 @@ static int check_secret(cy_registry *r, sqlite3_stmt *st, bool lookup, const cha
             salt = sqlite3_column_blob(st, 0);
             want = sqlite3_column_blob(st, 1);
             found = true;
+            cache_put(r, kind, id, id_len, salt, want, scope ? *scope : 0);
         } else if (sr != SQLITE_DONE) {
-            rc = db_fail(r->db, what);
+            rc = fail(r, READS, what);
             goto out;
         }
     }
@@ -431,7 +579,7 @@ static int check_secret(cy_registry *r, sqlite3_stmt *st, bool lookup, const cha
     bool same = CRYPTO_memcmp(got, want, HASH_BYTES) == 0;
     rc = !found ? CY_ENOENT : same ? 0 : CY_EACCES;
 out:
-    if (lookup) done(st);
+    if (stepped) done(st);
     return rc;
 }
 
@@ -441,11 +589,6 @@ int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, cons
     if ((!id && id_len) || (!secret && secret_len)) return CY_EINVAL;
     /* Only a well-formed id can exist: the others skip the lookup. */
     bool lookup = id_len == CY_DEVICE_ID_LEN;
-    if (lookup && r->share_reads && !r->reading) {
-        /* A failed BEGIN leaves autocommit: this check reads on its own. */
-        r->reading = sqlite3_step(r->st[ST_READ_BEGIN]) == SQLITE_DONE;
-        sqlite3_reset(r->st[ST_READ_BEGIN]);
-    }
     return check_secret(r, r->st[ST_CHECK], lookup, id, id_len, secret, secret_len,
                         "device_check", NULL);
 }
@@ -454,15 +597,16 @@ int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *ou
 {
     if (!id_or_name || !out) return CY_EINVAL;
     cy_registry_end_reads(r);
+    if (closed(r, READS)) return CY_ESTORE;
     sqlite3_stmt *st = r->st[ST_GET];
     int rc;
     if (sqlite3_bind_text(st, 1, id_or_name, -1, SQLITE_STATIC)) {
-        rc = db_fail(r->db, "device_get");
+        rc = fail(r, READS, "device_get");
     } else {
         int sr = sqlite3_step(st);
         rc = sr == SQLITE_ROW    ? copy_device(st, out)
              : sr == SQLITE_DONE ? CY_ENOENT
-                                 : db_fail(r->db, "device_get");
+                                 : fail(r, READS, "device_get");
     }
     done(st);
     return rc;
@@ -473,14 +617,17 @@ static int delete_by_key(cy_registry *r, sqlite3_stmt *st, const char *key, cons
 {
     if (!key) return CY_EINVAL;
     cy_registry_end_reads(r); /* the delete commits on its own */
+    if (closed(r, WRITES)) return CY_ESTORE;
     int rc;
     if (sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC))
-        rc = db_fail(r->db, what);
+        rc = fail(r, WRITES, what);
     else if (sqlite3_step(st) != SQLITE_DONE)
-        rc = db_fail(r->db, what);
+        rc = fail(r, WRITES, what);
     else
         rc = sqlite3_changes(r->db) ? 0 : CY_ENOENT;
     done(st);
+    /* Our own commit does not move data_version: forget what it removed. */
+    cache_clear(r);
     return rc;
 }
 
@@ -493,13 +640,14 @@ int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device
 {
     if (!fn) return CY_EINVAL;
     cy_registry_end_reads(r);
+    if (closed(r, READS)) return CY_ESTORE;
     sqlite3_stmt *st = r->st[ST_LIST];
     int rc = 0, sr = SQLITE_DONE;
     while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
         cy_device d;
         if (!(rc = copy_device(st, &d))) rc = fn(ctx, &d);
     }
-    if (rc == 0 && sr != SQLITE_DONE) rc = db_fail(r->db, "device_list");
+    if (rc == 0 && sr != SQLITE_DONE) rc = fail(r, READS, "device_list");
     done(st);
     return rc;
 }
@@ -539,7 +687,7 @@ static int copy_token(sqlite3_stmt *st, cy_token *out)
 static int exec_st(cy_registry *r, int which, const char *what)
 {
     sqlite3_stmt *st = r->st[which];
-    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(r->db, what);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : fail(r, WRITES, what);
     done(st);
     return rc;
 }
@@ -557,7 +705,7 @@ static int token_any(cy_registry *r, bool *any)
     if (sqlite3_step(st) == SQLITE_ROW)
         *any = sqlite3_column_int(st, 0) != 0;
     else
-        rc = db_fail(r->db, "token_bootstrap");
+        rc = fail(r, READS, "token_bootstrap");
     done(st);
     return rc;
 }
@@ -570,6 +718,7 @@ static int token_insert(cy_registry *r, const char *name, int scope,
     char id[CY_TOKEN_ID_LEN + 1], secret[TOKEN_SECRET_LEN + 1];
     const uint8_t *salt = raw + TOKEN_ID_BYTES + TOKEN_SECRET_BYTES;
     cy_registry_end_reads(r); /* the insert commits on its own */
+    if (closed(r, WRITES)) return CY_ESTORE;
     sqlite3_stmt *st = r->st[ST_TOKEN_ADD];
     int rc;
     /* 48-bit ids are short enough to read out, and a node holds few tokens;
@@ -584,7 +733,7 @@ static int token_insert(cy_registry *r, const char *name, int scope,
             sqlite3_bind_blob(st, 4, salt, SALT_BYTES, SQLITE_STATIC) ||
             sqlite3_bind_blob(st, 5, hash, HASH_BYTES, SQLITE_STATIC) ||
             sqlite3_bind_int64(st, 6, cy_wall_ms())) {
-            rc = db_fail(r->db, "token_create");
+            rc = fail(r, WRITES, "token_create");
             done(st);
             goto out;
         }
@@ -596,7 +745,7 @@ static int token_insert(cy_registry *r, const char *name, int scope,
             done(st);
             continue;
         } else {
-            rc = db_fail(r->db, "token_create");
+            rc = fail(r, WRITES, "token_create");
         }
         done(st);
         break;
@@ -630,7 +779,6 @@ int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *
     if (!scope_out || (!token && len)) return CY_EINVAL;
     *scope_out = 0;
     if (!token_well_formed(token, len)) return CY_EINVAL;
-    cy_registry_end_reads(r); /* a revocation is seen at once */
     const char *id = token + TOKEN_PREFIX_LEN;
     const uint8_t *secret = (const uint8_t *)id + CY_TOKEN_ID_LEN + 1;
     int scope = 0;
@@ -658,7 +806,7 @@ int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *
         cy_token t;
         if (!(rc = copy_token(st, &t))) rc = fn(ctx, &t);
     }
-    if (rc == 0 && sr != SQLITE_DONE) rc = db_fail(r->db, "token_list");
+    if (rc == 0 && sr != SQLITE_DONE) rc = fail(r, READS, "token_list");
     done(st);
     return rc;
 }
@@ -666,14 +814,17 @@ int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *
 int cy_registry_token_exists(cy_registry *r, const char *id)
 {
     if (!id) return CY_EINVAL;
-    cy_registry_end_reads(r); /* a revocation is seen at once */
+    cache_recheck(r);
+    if (cache_get(r, 't', id, strnlen(id, CY_DEVICE_ID_LEN + 1))) return 1;
+    cy_registry_end_reads(r);
+    if (closed(r, READS)) return CY_ESTORE;
     sqlite3_stmt *st = r->st[ST_TOKEN_CHECK];
     int rc;
     if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC)) {
-        rc = db_fail(r->db, "token_exists");
+        rc = fail(r, READS, "token_exists");
     } else {
         int sr = sqlite3_step(st);
-        rc = sr == SQLITE_ROW ? 1 : sr == SQLITE_DONE ? 0 : db_fail(r->db, "token_exists");
+        rc = sr == SQLITE_ROW ? 1 : sr == SQLITE_DONE ? 0 : fail(r, READS, "token_exists");
     }
     done(st);
     return rc;

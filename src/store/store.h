@@ -63,20 +63,31 @@ void cy_registry_close(cy_registry *r); /* safe on NULL */
 int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVICE_ID_LEN + 1],
                            char secret_out[CY_DEVICE_SECRET_LEN + 1]);
 /* 0 if id exists and secret matches; CY_ENOENT if no such device;
- * CY_EACCES if the secret is wrong. */
+ * CY_EACCES if the secret is wrong. Devices and tokens found once are
+ * checked from a cache in the handle; a removal or revocation by another
+ * process (or handle) is seen within 200 ms (PRAGMA data_version), one by
+ * this handle at once; unknown ids are never cached. */
 int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, const uint8_t *secret,
                              size_t secret_len);
-/* Let checks share one read transaction, begun by the first check and
- * ended by cy_registry_end_reads, instead of one transaction each (most of
- * a check's cost). Between two cy_registry_end_reads calls checks see one
- * snapshot: a device added or removed by another process is seen from the
- * next. An owner that turns it on calls cy_registry_end_reads before its
+/* Let checks that miss the cache share one read transaction, begun by
+ * the first and ended by cy_registry_end_reads, instead of one transaction
+ * each (most of a miss's cost). Between two cy_registry_end_reads calls
+ * misses see one snapshot: a device added by another process is seen from
+ * the next. An owner that turns it on calls cy_registry_end_reads before its
  * loop waits (a shard: once per loop pass), or the snapshot is kept, and
  * the WAL cannot be checkpointed past it. Off by default; off ends the
  * transaction. The other registry calls end it before they run. */
 void cy_registry_share_reads(cy_registry *r, bool on);
 /* End the shared read transaction, if one is open. Safe on NULL. */
 void cy_registry_end_reads(cy_registry *r);
+/* How long (ms, at most 5000) a statement waits for a lock another process
+ * holds on the file (a CLI's write, a `sqlite3` shell) before it fails
+ * with CY_ESTORE. 5000 by default; a handle with shared reads on (a loop)
+ * waits CY_REGISTRY_LOOP_BUSY_MS unless this was called. A loop sets a
+ * fraction of its watchdog: a statement that met the lock keeps its kind
+ * (reads, writes) failing at once for 200 ms, so one pass waits once. */
+#define CY_REGISTRY_LOOP_BUSY_MS 500 /* a quarter of the default watchdog */
+void cy_registry_set_busy_timeout(cy_registry *r, unsigned ms);
 /* Look a device up by id or by name. */
 int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out);
 /* Remove by id or by name. CY_ENOENT if absent. */
@@ -150,7 +161,8 @@ int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *
 int cy_registry_token_exists(cy_registry *r, const char *id);
 
 /* Revoke (delete) the token with this id (borrowed): from the return on,
- * checking it answers CY_EACCES.
+ * checking it through this handle answers CY_EACCES, through the others
+ * within 200 ms.
  * Errors: CY_ENOENT if there is no such token, CY_EINVAL (id NULL),
  * CY_ESTORE. */
 int cy_registry_token_revoke(cy_registry *r, const char *id);
