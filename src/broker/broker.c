@@ -416,6 +416,8 @@ int cy_broker_start(cy_broker *b, int listen_fd)
     /* The CONNECTs of one pass share a registry read transaction; the pass
      * end ends it. */
     cy_registry_share_reads(b->registry, true);
+    /* Never wait on the registry's lock long enough to look hung. */
+    cy_registry_set_busy_timeout(b->registry, b->cfg->watchdog_timeout / 4);
     uv_timer_start(&b->sweep, on_sweep, 0, CY_SWEEP_MS);
     b->started = cy_mono_ms();
     uv_timer_start(&b->ready, on_ready, 0, 20);

@@ -111,8 +111,11 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
             cy_msg_unref(m);
             return refuse(c, p, (uint8_t)rc, "over a retained messages limit");
         }
-        cy_route_publish(b, m, s);
+        /* Refused before anything happens when a peer shard that needs it
+         * has a full outbox: never acknowledged and then dropped. */
+        rc = cy_route_publish_bounded(b, m, s);
         cy_msg_unref(m);
+        if (rc) return refuse(c, p, (uint8_t)rc, "a peer shard's outbox is full");
     }
 
     if (p->qos == 1) {

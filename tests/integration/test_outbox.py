@@ -152,8 +152,6 @@ def test_outbox_full_never_loses_acknowledged(server_factory, version):
     assert len(delivered) == len(set(delivered)), "duplicates"
 
 
-@pytest.mark.xfail(strict=False, reason="the refusal needs handle_publish.c to route through "
-                   "cy_route_publish_bounded (see the issue 10 outbox report)")
 @pytest.mark.parametrize("version", [5, 4], ids=["mqtt5", "mqtt311"])
 def test_outbox_full_refuses_publishes(server_factory, version):
     """Past the bound a publish that needs the full peer is refused: MQTT 5
