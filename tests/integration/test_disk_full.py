@@ -210,3 +210,41 @@ def test_disk_full_refuses_then_recovers(shards):
         subprocess.run(["umount", data], capture_output=True, timeout=20)
         if passed:
             subprocess.run(["rm", "-rf", workdir], timeout=20)
+
+
+def test_shard_starts_on_a_full_disk():
+    """A node started (or a shard restarted after a commit that found no
+    room) on a disk already nearly full comes up refusing durable work from
+    the first client instead of failing again, and takes it once space
+    returns."""
+    workdir = tempfile.mkdtemp(prefix="cydisk", dir="/tmp")
+    data = os.path.join(workdir, "data")
+    os.makedirs(data)
+    mount_tmpfs(data, 32)
+    srv = None
+    passed = False
+    pub = None
+    try:
+        filler = os.path.join(data, "filler")
+        fill(filler, free_bytes(data) - 4 * MIB)  # under the 8 MiB mark
+        srv = Server(workdir, {"shards": 1, "allow_anonymous": True}, None)
+        srv.start()
+        assert srv.wait_log("disk full at start")
+        pids = srv.shard_pids()
+        pub, ack = connect(srv, "start-pub")
+        assert ack.rc == 0
+        for i in range(1, 4):
+            assert pub.publish("s/%d" % i, b"x" * 1000, qos=1, pid=i).rc == QUOTA_EXCEEDED
+        os.unlink(filler)
+        assert wait_until(lambda: pub.publish("s/back", b"y", qos=1, pid=9).rc == 0,
+                          timeout=10, interval=0.2)
+        assert srv.shard_pids() == pids
+        passed = True
+    finally:
+        if pub is not None:
+            pub.close()
+        if srv is not None:
+            srv.stop(check=passed)
+        subprocess.run(["umount", data], capture_output=True, timeout=20)
+        if passed:
+            subprocess.run(["rm", "-rf", workdir], timeout=20)
