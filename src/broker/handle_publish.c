@@ -110,6 +110,12 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
      * stored. */
     if (!reply && (p->qos || retain) && cy_broker_store_full(b)) {
         b->stats.store_full_refusals++;
+        /* The state was logged once when it began; a 3.1.1 fleet that
+         * reconnects and resends must not write a line each. */
+        if (c->version != CY_MQTT_V5) {
+            cy_debug(cy_conn_name(c), "publish refused: the data folder's disk is full");
+            return CY_RC_QUOTA_EXCEEDED;
+        }
         return refuse(c, p, CY_RC_QUOTA_EXCEEDED, "the data folder's disk is full");
     }
 
