@@ -10,6 +10,13 @@
  *   wills whose delay has passed, ends offline sessions whose expiry has
  *   passed, and every sys_interval publishes the counters that changed as
  *   retained $SYS/cyan/<name> messages.
+ * - Disk full: while the data folder's file system has less than
+ *   CY_DISK_LOW free, new durable work is refused before it is
+ *   acknowledged (the handlers ask cy_broker_store_full); QoS 0, reads and
+ *   the work already taken go on. The sweep asks the file system again and
+ *   the state ends by itself from CY_DISK_OK. A commit that fails anyway
+ *   still ends the process (see on_pass_end), and the next start begins in
+ *   the state, refusing, instead of failing again.
  * - Stop: refuse new work, close connections (MQTT 5 clients get 0x8B),
  *   record offline time of persistent sessions, commit, close handles.
  */
@@ -155,9 +162,16 @@ static void on_pass_end(uv_check_t *h)
             /* The batch was rolled back: memory now holds state the disk
              * does not, and this pass's acknowledgements cover it. Leave
              * without sending them; the next start reloads what is durable
-             * and clients resend what was never acknowledged. */
-            cy_error(NULL, "store commit failed: exiting without sending this pass's "
-                           "acknowledgements");
+             * and clients resend what was never acknowledged. With a full
+             * disk the next start finds it full and refuses durable work
+             * from the first CONNECT, so it does not come back here. */
+            if (cy_store_no_space(b->store))
+                cy_error(NULL, "store commit failed: the data folder's disk is full: exiting "
+                               "without sending this pass's acknowledgements; the restart "
+                               "refuses new durable work until space returns");
+            else
+                cy_error(NULL, "store commit failed: exiting without sending this pass's "
+                               "acknowledgements");
             _exit(3);
         }
         cy_conn *list = b->dirty;
@@ -214,6 +228,72 @@ void cy_broker_stall(cy_broker *b)
     for (cy_conn *c = b->conns; c; c = c->next)
         if (c->state != CONN_CLOSING && c->state != CONN_HANDED)
             uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+/* ---- disk full ---- */
+
+/* Enter the disk-full state (one warning; the sweep's probe leaves it). */
+static void disk_enter(cy_broker *b, uint64_t free_bytes, const char *when)
+{
+    if (b->disk_full) return;
+    b->disk_full = true;
+    b->disk_refused_at = b->stats.store_full_refusals;
+    cy_warn(NULL,
+            "disk full%s: %llu KiB free in %s (under %u MiB): refusing new durable work "
+            "(QoS 1/2 and retained publishes, new persistent sessions and their "
+            "subscriptions) until %u MiB are free; QoS 0 and connected clients go on",
+            when, (unsigned long long)(free_bytes >> 10), b->cfg->data_dir, CY_DISK_LOW >> 20,
+            CY_DISK_OK >> 20);
+}
+
+/* Ask the file system how much room is left, and enter or leave the
+ * disk-full state (one warning each way). */
+static void disk_probe(cy_broker *b, const char *when)
+{
+    uint64_t free_bytes = 0;
+    int rc = cy_store_space(b->store, &free_bytes);
+    b->disk_probe_at = (int64_t)uv_now(b->loop);
+    b->disk_bytes_at = cy_store_bytes(b->store);
+    if (rc) {
+        /* Cannot tell (an in-memory store, a statvfs failure): a commit that
+         * fails still keeps acknowledgements back; refusing on a guess
+         * would not. */
+        if (!b->disk_unknown)
+            cy_warn(NULL, "cannot ask the data folder's file system for free space (%s): "
+                          "durable work is not refused for lack of space",
+                    cy_strerror(rc));
+        b->disk_unknown = true;
+        return;
+    }
+    b->disk_unknown = false;
+    b->disk_free = free_bytes;
+    if (!b->disk_full && free_bytes < CY_DISK_LOW) {
+        disk_enter(b, free_bytes, when);
+    } else if (b->disk_full && free_bytes >= CY_DISK_OK) {
+        b->disk_full = false;
+        cy_warn(NULL, "disk space back: %llu MiB free in %s: taking durable work again "
+                      "(%llu refused meanwhile)",
+                (unsigned long long)(free_bytes >> 20), b->cfg->data_dir,
+                (unsigned long long)(b->stats.store_full_refusals - b->disk_refused_at));
+    }
+}
+
+bool cy_broker_store_full(cy_broker *b)
+{
+    if (b->disk_full) return true;
+    if (b->disk_unknown) return false;
+    /* The file system is asked at most every CY_DISK_PROBE_MS (other
+     * shards write to it too); in between, our own writes since the last
+     * answer count twice (the WAL, then the file at the checkpoint). */
+    if ((int64_t)uv_now(b->loop) - b->disk_probe_at >= CY_DISK_PROBE_MS) disk_probe(b, "");
+    if (b->disk_full) return true;
+    uint64_t spent = 2 * (cy_store_bytes(b->store) - b->disk_bytes_at);
+    uint64_t left = b->disk_free > spent ? b->disk_free - spent : 0;
+    /* Every refusal is made in the state (logged, left by the sweep), so a
+     * shard whose estimate runs low between probes does not take and
+     * refuse by turns. */
+    if (left < CY_DISK_LOW) disk_enter(b, left, " (estimated)");
+    return b->disk_full;
 }
 
 /* ---- the sweep ---- */
@@ -290,6 +370,7 @@ static void on_sweep(uv_timer_t *t)
         s = next;
     }
     if (b->nshards > 1) cy_cluster_sweep(b);
+    disk_probe(b, ""); /* the way out of the disk-full state */
     /* Space freed by deletes (cleared retained messages, acknowledged
      * frames) goes back to the file system a slice per sweep. */
     cy_store_reclaim(b->store, CY_RECLAIM_PAGES);
@@ -412,6 +493,9 @@ int cy_broker_start(cy_broker *b, int listen_fd)
             return rc;
         }
     }
+    /* A shard that starts on a full disk refuses durable work from the
+     * first client (it may have ended for a commit that found no room). */
+    disk_probe(b, " at start");
     uv_check_start(&b->pass_end, on_pass_end);
     /* The CONNECTs of one pass share a registry read transaction; the pass
      * end ends it. */

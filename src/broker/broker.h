@@ -56,7 +56,8 @@
     X(api_calls, "function calls and variable reads sent to devices")                            \
     X(api_call_timeouts, "function calls and variable reads the device did not answer in time")  \
     X(api_shard_unavailable, "API requests answered 503 because the device's shard was not healthy") \
-    X(events, "events buffered for the API's event streams")
+    X(events, "events buffered for the API's event streams")                                      \
+    X(store_full_refusals, "durable work refused because the data folder's disk was full")
 
 typedef struct cy_counters {
 #define CY_COUNTER_FIELD(name, doc) uint64_t name;

@@ -51,6 +51,17 @@
 /* Free store pages given back to the file system per sweep (4 KiB each):
  * about 10 ms of work, up to 16 MiB/s reclaimed. */
 #define CY_RECLAIM_PAGES 1024
+/* Disk full (broker.c): below CY_DISK_LOW bytes free on the data folder's
+ * file system a shard refuses new durable work; it takes it again from
+ * CY_DISK_OK (the gap keeps it from flapping). The low mark is the room
+ * left for what must still be written: deletes and updates of messages
+ * being delivered, sessions going offline, frames from other shards,
+ * SQLite's WAL and checkpoints. Between two probes of the file system
+ * (at most one per CY_DISK_PROBE_MS while durable work comes, and one per
+ * sweep) the shard counts its own writes twice (WAL, then the file). */
+#define CY_DISK_LOW (8u << 20)
+#define CY_DISK_OK (16u << 20)
+#define CY_DISK_PROBE_MS 10
 
 typedef struct cy_msg {
     uint32_t refs;
@@ -293,11 +304,24 @@ struct cy_broker {
     cy_logrl retain_log;   /* refusals at the retained limits, per client id */
     uint8_t rbuf[CY_READ_CHUNK]; /* shared read buffer */
     bool rbuf_busy;
+    /* disk full (broker.c) */
+    bool disk_full;         /* refusing new durable work until space returns */
+    bool disk_unknown;      /* the file system could not be asked: do not refuse */
+    uint64_t disk_free;     /* bytes free at the last probe */
+    uint64_t disk_bytes_at; /* cy_store_bytes at the last probe */
+    int64_t disk_probe_at;  /* uv_now of the last probe */
+    uint64_t disk_refused_at; /* store_full_refusals when the state began */
 };
 
 /* broker.c */
 /* Clients connected on the whole node (all shards, from the scoreboard). */
 uint64_t cy_broker_clients_connected(const cy_broker *b);
+/* Whether new durable work (a QoS 1/2 or retained publish, a new persistent
+ * session, a subscription of a persistent session) must be refused now
+ * because the data folder's disk is (nearly) full. May ask the file system
+ * (a statvfs, at most every CY_DISK_PROBE_MS). The caller counts the
+ * refusal in store_full_refusals and answers it. */
+bool cy_broker_store_full(cy_broker *b);
 
 /* msg.c */
 cy_msg *cy_msg_new(const char *topic, size_t topic_len, const uint8_t *payload, size_t payload_len,

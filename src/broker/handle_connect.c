@@ -10,6 +10,12 @@
  * will is armed, CONNACK goes out with cyan's limits as MQTT 5 properties,
  * and whatever the session had in flight is resent with DUP.
  *
+ * While the data folder's disk is full, a CONNECT that would make a new
+ * persistent session (expiry > 0 and no persistent session of that name to
+ * resume) is refused with 0x97 Quota exceeded (3.1.1: 3, server
+ * unavailable). Resuming one is allowed: its client drains its queue, which
+ * frees space, and the session row exists already.
+ *
  * Refusals answer with the version's own code (MQTT 5 reason or 3.1.1
  * return code) and close the connection without a DISCONNECT.
  */
@@ -182,8 +188,15 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         expiry_capped = true;
     }
 
-    /* Takeover. */
+    /* Disk full: no new persistent session (see the top of the file). */
     cy_session *s = cy_map_get(&b->sessions, who, idlen);
+    if (expiry > 0 && !(s && s->persistent && !p->clean_start) && cy_broker_store_full(b)) {
+        b->stats.store_full_refusals++;
+        return refuse(c, CY_RC_QUOTA_EXCEEDED, CY_RC3_SERVER_UNAVAILABLE, who,
+                      "the data folder's disk is full: no new persistent session");
+    }
+
+    /* Takeover. */
     if (s && s->conn) {
         cy_conn *old = s->conn;
         cy_info(who, "session taken over by a new connection from %s", cy_conn_peer(c));

@@ -9,6 +9,12 @@
  * Acknowledgements are appended to the output like any packet; they reach
  * the socket after the store commit of this loop pass, so a PUBACK or
  * PUBREC always follows the durable write of what it acknowledges.
+ *
+ * While the data folder's disk is full (cy_broker_store_full) a QoS 1/2 or
+ * retained publish is refused before it is routed: MQTT 5 gets 0x97 Quota
+ * exceeded in its PUBACK/PUBREC, a 3.1.1 client is disconnected (it cannot
+ * hear a refusal), a retained QoS 0 publish is dropped (MQTT 5) likewise.
+ * QoS 0 publishes and the acknowledgements of both directions go on.
  */
 #include "broker/broker_int.h"
 
@@ -96,6 +102,21 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
             b->stats.limit_receive_max++;
             return CY_RC_RECEIVE_MAX_EXCEEDED;
         }
+    }
+
+    /* New durable work on a full disk: refused before anything of it is
+     * routed, stored or acknowledged. (A QoS 2 resend above was taken
+     * before; its PUBREC again costs nothing.) A reply to the API is not
+     * stored. */
+    if (!reply && (p->qos || retain) && cy_broker_store_full(b)) {
+        b->stats.store_full_refusals++;
+        /* The state was logged once when it began; a 3.1.1 fleet that
+         * reconnects and resends must not write a line each. */
+        if (c->version != CY_MQTT_V5) {
+            cy_debug(cy_conn_name(c), "publish refused: the data folder's disk is full");
+            return CY_RC_QUOTA_EXCEEDED;
+        }
+        return refuse(c, p, CY_RC_QUOTA_EXCEEDED, "the data folder's disk is full");
     }
 
     /* The device convention: a reply to the API is taken here, acknowledged

@@ -4,7 +4,9 @@
  * (MQTT 5 reason code; 3.1.1 has only 0x80): 0x8F for an invalid filter or
  * one over max_topic_length, 0x87 for a filter in a reserved '$' space
  * (anything starting with '$' but "$SYS/" and "$share/"), 0x97 past
- * max_subscriptions. Valid filters in the same packet are granted.
+ * max_subscriptions, and 0x97 for every filter of a persistent session while
+ * the data folder's disk is full (its subscriptions are stored; those it
+ * holds stay). Valid filters in the same packet are granted.
  *
  * After the SUBACK, retained messages matching each new subscription are
  * sent as its retain handling option says (0: always, 1: only if the
@@ -71,6 +73,13 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
         uint8_t opts = (uint8_t)(e.qos | (e.no_local ? CY_SUBOPT_NO_LOCAL : 0) |
                                  (e.retain_as_published ? CY_SUBOPT_RAP : 0) |
                                  (e.retain_handling << 4));
+        if (s->persistent && cy_broker_store_full(b)) {
+            b->stats.store_full_refusals++;
+            cy_debug(s->client_id, "subscription to %.*s refused: the disk is full",
+                     (int)(len > 128 ? 128 : len), f);
+            rv[i++] = fail_code(c, CY_RC_QUOTA_EXCEEDED);
+            continue;
+        }
         cy_sub *sub = cy_session_find_sub(s, f, len);
         if (!sub && s->n_subs >= b->cfg->max_subscriptions) {
             b->stats.limit_subscriptions++;

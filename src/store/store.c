@@ -10,12 +10,21 @@
  * synchronous=FULL (sync_full) the WAL is fsynced per commit, which also
  * survives power loss.
  *
- * If SQLite rolls the whole transaction back under us (it may on I/O errors,
- * a full disk or out of memory), the failing call logs and returns
- * CY_ESTORE, and the next cy_store_commit also returns CY_ESTORE: the batch
- * the loop believed pending is gone and nothing of it may be acknowledged.
- * A failed COMMIT is rolled back for the same reason, so the handle is
- * always left in a clean state (no transaction open).
+ * Any failed write fails its whole batch: the failing call logs and returns
+ * CY_ESTORE, and the next cy_store_commit rolls back what the batch still
+ * holds and also returns CY_ESTORE, whether SQLite rolled the transaction
+ * back under us (it may on I/O errors, a full disk or out of memory) or only
+ * that statement failed. The loop cannot undo in memory what the batch
+ * recorded, so it must not acknowledge any of it. A failed COMMIT is rolled
+ * back for the same reason, so the handle is always left in a clean state
+ * (no transaction open).
+ *
+ * Disk full: a write or COMMIT that failed because the file system is full
+ * (SQLITE_FULL, or an I/O error with ENOSPC/EDQUOT) is remembered
+ * (cy_store_no_space) until a batch commits. The broker does better than
+ * hit that: it asks the file system for its free space (cy_store_space)
+ * and estimates what its writes take in between (cy_store_bytes), and
+ * refuses new durable work while space is short.
  *
  * cy_store_load reads inside one read transaction, so it sees a single
  * snapshot. Its callbacks may call the write functions (say, to drop an
@@ -64,13 +73,18 @@
 
 #include "store/db.h"
 
+#include <errno.h>
 #include <sqlite3.h>
 #include <stdint.h>
+#include <sys/statvfs.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define SCHEMA_VERSION 3
 #define PEER_MAX 64 /* peers are 0..PEER_MAX-1 */
+/* What a row costs beyond its variable bytes, roughly (keys, integers,
+ * b-tree cells), for cy_store_bytes. */
+#define CY_STORE_ROW_BYTES 64
 
 /* The tables version 2 added, shared by a new file and the migration. */
 #define TABLES_ADDED_V2                                                                            \
@@ -221,8 +235,10 @@ struct cy_store {
     sqlite3_stmt *st[N_ST];
     size_t pending; /* writes since the last commit */
     bool in_txn;    /* a write transaction is open (ours, or load's read one joined) */
-    bool lost;      /* the open transaction was rolled back by SQLite with writes in it */
+    bool lost;      /* a write of this batch failed: the commit must fail it */
     bool loading;   /* inside cy_store_load (it is not re-entrant) */
+    bool no_space;  /* a write or commit of this batch failed for lack of disk space */
+    uint64_t bytes; /* estimate of the bytes all writes so far have asked for */
     uint32_t *ids;  /* load's scratch for decoded subscription identifiers */
     size_t ids_cap; /* entries */
 };
@@ -239,11 +255,28 @@ static void done(sqlite3_stmt *st)
     sqlite3_clear_bindings(st);
 }
 
-/* Steps a statement that returns no rows, then resets it. */
+/* Whether the connection's last error is the file system being full:
+ * SQLite's own SQLITE_FULL, or an I/O error whose errno was ENOSPC (or
+ * EDQUOT, a quota: the same thing for us). */
+static bool out_of_space(sqlite3 *db)
+{
+    int e = sqlite3_extended_errcode(db);
+    if ((e & 0xff) == SQLITE_FULL) return true;
+    if ((e & 0xff) != SQLITE_IOERR) return false;
+    int sys = sqlite3_system_errno(db);
+    return sys == ENOSPC || sys == EDQUOT;
+}
+
+/* Steps a statement that returns no rows, then resets it. A failure for
+ * lack of space is remembered for cy_store_no_space. */
 static int step_done(cy_store *s, int which, const char *what)
 {
     sqlite3_stmt *st = s->st[which];
-    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : db_fail(s->db, what);
+    int rc = 0;
+    if (sqlite3_step(st) != SQLITE_DONE) {
+        if (out_of_space(s->db)) s->no_space = true;
+        rc = db_fail(s->db, what);
+    }
     done(st);
     return rc;
 }
@@ -304,26 +337,38 @@ void cy_store_close(cy_store *s)
 static int write_begin(cy_store *s)
 {
     if (s->in_txn) return 0;
-    if (sqlite3_get_autocommit(s->db) && step_done(s, ST_BEGIN, "begin")) return CY_ESTORE;
+    if (sqlite3_get_autocommit(s->db) && step_done(s, ST_BEGIN, "begin")) {
+        /* The write the caller meant is not done: the batch has failed. */
+        s->lost = true;
+        s->pending++;
+        return CY_ESTORE;
+    }
     s->in_txn = true;
     return 0;
 }
 
-/* After a write: count it, or notice that SQLite rolled the batch back. */
-static int write_end(cy_store *s, int rc)
+/* After a write: count it (with a rough size, see cy_store_bytes). A
+ * failed write fails the whole batch: the callers go on (they cannot undo
+ * what they did in memory), so it is cy_store_commit that says the batch is
+ * not durable, and nothing of it may be acknowledged. That holds whether
+ * SQLite rolled the transaction back under us (it may on I/O errors, a full
+ * disk, out of memory) or only this statement failed. The failed write
+ * counts as pending, so that the loop commits and hears of it. */
+static int write_end(cy_store *s, int rc, size_t bytes)
 {
     if (rc == 0) {
         s->pending++;
+        s->bytes += bytes + CY_STORE_ROW_BYTES;
         return 0;
     }
     if (s->in_txn && sqlite3_get_autocommit(s->db)) {
         s->in_txn = false;
-        if (s->pending) {
+        if (s->pending)
             cy_error(NULL, "store: transaction rolled back, %zu uncommitted writes lost",
                      s->pending);
-            s->lost = true;
-        }
     }
+    s->lost = true;
+    s->pending++;
     return rc;
 }
 
@@ -339,10 +384,34 @@ int cy_store_commit(cy_store *s)
         rc = step_done(s, ST_COMMIT, "commit");
         if (rc && !sqlite3_get_autocommit(s->db)) step_done(s, ST_ROLLBACK, "rollback");
     }
+    /* A batch that committed proves there was room for it. */
+    if (rc == 0) s->no_space = false;
     s->lost = false;
     s->in_txn = false;
     s->pending = 0;
     return rc;
+}
+
+bool cy_store_no_space(const cy_store *s)
+{
+    return s->no_space;
+}
+
+uint64_t cy_store_bytes(const cy_store *s)
+{
+    return s->bytes;
+}
+
+int cy_store_space(const cy_store *s, uint64_t *free_bytes)
+{
+    if (!s || !free_bytes) return CY_EINVAL;
+    /* The file system of the main file (the WAL and the shm beside it are
+     * on the same one). What an unprivileged process may use: f_bavail. */
+    const char *path = sqlite3_db_filename(s->db, "main");
+    struct statvfs v;
+    if (!path || !*path || statvfs(path, &v) != 0) return path && *path ? -errno : CY_EINVAL;
+    *free_bytes = (uint64_t)v.f_bavail * (uint64_t)(v.f_frsize ? v.f_frsize : v.f_bsize);
+    return 0;
 }
 
 size_t cy_store_pending(const cy_store *s)
@@ -362,9 +431,9 @@ int cy_store_session_put(cy_store *s, const cy_store_session *sess)
         sqlite3_bind_int(st, 2, sess->version) || sqlite3_bind_int64(st, 3, sess->expiry) ||
         sqlite3_bind_int64(st, 4, sess->disconnected_at)) {
         done(st);
-        return write_end(s, db_fail(s->db, "session_put"));
+        return write_end(s, db_fail(s->db, "session_put"), 0);
     }
-    return write_end(s, step_done(s, ST_SESSION_PUT, "session_put"));
+    return write_end(s, step_done(s, ST_SESSION_PUT, "session_put"), 0);
 }
 
 int cy_store_session_delete(cy_store *s, const char *client_id)
@@ -384,7 +453,7 @@ int cy_store_session_delete(cy_store *s, const char *client_id)
             rc = step_done(s, del[i], "session_delete");
         }
     }
-    return write_end(s, rc);
+    return write_end(s, rc, 0);
 }
 
 int cy_store_sub_put(cy_store *s, const char *client_id, const char *filter, size_t filter_len,
@@ -398,9 +467,9 @@ int cy_store_sub_put(cy_store *s, const char *client_id, const char *filter, siz
         bind_str(st, 2, filter, filter_len) || sqlite3_bind_int(st, 3, opts) ||
         sqlite3_bind_int64(st, 4, sub_id)) {
         done(st);
-        return write_end(s, db_fail(s->db, "sub_put"));
+        return write_end(s, db_fail(s->db, "sub_put"), 0);
     }
-    return write_end(s, step_done(s, ST_SUB_PUT, "sub_put"));
+    return write_end(s, step_done(s, ST_SUB_PUT, "sub_put"), filter_len);
 }
 
 int cy_store_sub_delete(cy_store *s, const char *client_id, const char *filter, size_t filter_len)
@@ -412,9 +481,9 @@ int cy_store_sub_delete(cy_store *s, const char *client_id, const char *filter, 
     if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC) ||
         bind_str(st, 2, filter, filter_len)) {
         done(st);
-        return write_end(s, db_fail(s->db, "sub_delete"));
+        return write_end(s, db_fail(s->db, "sub_delete"), 0);
     }
-    return write_end(s, step_done(s, ST_SUB_DEL, "sub_delete"));
+    return write_end(s, step_done(s, ST_SUB_DEL, "sub_delete"), 0);
 }
 
 static void put_be32(uint8_t *p, uint32_t v)
@@ -458,10 +527,11 @@ int cy_store_msg_put(cy_store *s, const char *client_id, cy_store_msg *m)
         sqlite3_bind_int(st, 8, m->packet_id) || sqlite3_bind_int(st, 9, m->state) ||
         bind_opt_bytes(st, 10, ids, ids_len)) {
         done(st);
-        rc = write_end(s, db_fail(s->db, "msg_put"));
+        rc = write_end(s, db_fail(s->db, "msg_put"), 0);
         goto out;
     }
-    rc = write_end(s, step_done(s, ST_MSG_PUT, "msg_put"));
+    rc = write_end(s, step_done(s, ST_MSG_PUT, "msg_put"),
+                   m->topic_len + m->payload_len + m->props_len + ids_len);
     if (!rc) m->id = sqlite3_last_insert_rowid(s->db);
 out:
     if (ids != small) cy_free(ids);
@@ -476,9 +546,9 @@ int cy_store_msg_update(cy_store *s, int64_t id, uint16_t packet_id, uint8_t sta
     if (sqlite3_bind_int64(st, 1, id) || sqlite3_bind_int(st, 2, packet_id) ||
         sqlite3_bind_int(st, 3, state)) {
         done(st);
-        return write_end(s, db_fail(s->db, "msg_update"));
+        return write_end(s, db_fail(s->db, "msg_update"), 0);
     }
-    rc = write_end(s, step_done(s, ST_MSG_UPDATE, "msg_update"));
+    rc = write_end(s, step_done(s, ST_MSG_UPDATE, "msg_update"), 0);
     /* An update that matched nothing is a caller bug worth reporting; the
      * write still counts as pending (the transaction is open). */
     if (!rc && sqlite3_changes(s->db) == 0) return CY_ENOENT;
@@ -492,9 +562,9 @@ int cy_store_msg_delete(cy_store *s, int64_t id)
     sqlite3_stmt *st = s->st[ST_MSG_DEL];
     if (sqlite3_bind_int64(st, 1, id)) {
         done(st);
-        return write_end(s, db_fail(s->db, "msg_delete"));
+        return write_end(s, db_fail(s->db, "msg_delete"), 0);
     }
-    return write_end(s, step_done(s, ST_MSG_DEL, "msg_delete"));
+    return write_end(s, step_done(s, ST_MSG_DEL, "msg_delete"), 0);
 }
 
 static int inq2_write(cy_store *s, int which, const char *what, const char *client_id,
@@ -507,9 +577,9 @@ static int inq2_write(cy_store *s, int which, const char *what, const char *clie
     if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC) ||
         sqlite3_bind_int(st, 2, packet_id)) {
         done(st);
-        return write_end(s, db_fail(s->db, what));
+        return write_end(s, db_fail(s->db, what), 0);
     }
-    return write_end(s, step_done(s, which, what));
+    return write_end(s, step_done(s, which, what), 0);
 }
 
 int cy_store_inq2_put(cy_store *s, const char *client_id, uint16_t packet_id)
@@ -533,9 +603,10 @@ int cy_store_retain_put(cy_store *s, const cy_store_msg *m)
         sqlite3_bind_int64(st, 5, m->expiry_at) || sqlite3_bind_int64(st, 6, m->ts) ||
         (m->owner_len ? bind_str(st, 7, m->owner, m->owner_len) : sqlite3_bind_null(st, 7))) {
         done(st);
-        return write_end(s, db_fail(s->db, "retain_put"));
+        return write_end(s, db_fail(s->db, "retain_put"), 0);
     }
-    return write_end(s, step_done(s, ST_RETAIN_PUT, "retain_put"));
+    return write_end(s, step_done(s, ST_RETAIN_PUT, "retain_put"),
+                     m->topic_len + m->payload_len + m->props_len + m->owner_len);
 }
 
 int cy_store_retain_delete(cy_store *s, const char *topic, size_t topic_len)
@@ -546,9 +617,9 @@ int cy_store_retain_delete(cy_store *s, const char *topic, size_t topic_len)
     sqlite3_stmt *st = s->st[ST_RETAIN_DEL];
     if (bind_str(st, 1, topic, topic_len)) {
         done(st);
-        return write_end(s, db_fail(s->db, "retain_delete"));
+        return write_end(s, db_fail(s->db, "retain_delete"), 0);
     }
-    return write_end(s, step_done(s, ST_RETAIN_DEL, "retain_delete"));
+    return write_end(s, step_done(s, ST_RETAIN_DEL, "retain_delete"), 0);
 }
 
 /* ---- space ---- */
@@ -582,9 +653,9 @@ int cy_store_outbox_put(cy_store *s, unsigned peer, uint64_t seq, const uint8_t 
     if (sqlite3_bind_int(st, 1, (int)peer) || bind_u64(st, 2, seq) ||
         bind_bytes(st, 3, frame, len)) {
         done(st);
-        return write_end(s, db_fail(s->db, "outbox_put"));
+        return write_end(s, db_fail(s->db, "outbox_put"), 0);
     }
-    return write_end(s, step_done(s, ST_OUTBOX_PUT, "outbox_put"));
+    return write_end(s, step_done(s, ST_OUTBOX_PUT, "outbox_put"), len);
 }
 
 int cy_store_outbox_ack(cy_store *s, unsigned peer, uint64_t upto)
@@ -595,9 +666,9 @@ int cy_store_outbox_ack(cy_store *s, unsigned peer, uint64_t upto)
     sqlite3_stmt *st = s->st[ST_OUTBOX_ACK];
     if (sqlite3_bind_int(st, 1, (int)peer) || bind_u64(st, 2, upto)) {
         done(st);
-        return write_end(s, db_fail(s->db, "outbox_ack"));
+        return write_end(s, db_fail(s->db, "outbox_ack"), 0);
     }
-    return write_end(s, step_done(s, ST_OUTBOX_ACK, "outbox_ack"));
+    return write_end(s, step_done(s, ST_OUTBOX_ACK, "outbox_ack"), 0);
 }
 
 int cy_store_peer_put(cy_store *s, unsigned peer, uint64_t last_sent, uint64_t last_applied)
@@ -609,9 +680,9 @@ int cy_store_peer_put(cy_store *s, unsigned peer, uint64_t last_sent, uint64_t l
     if (sqlite3_bind_int(st, 1, (int)peer) || bind_u64(st, 2, last_sent) ||
         bind_u64(st, 3, last_applied)) {
         done(st);
-        return write_end(s, db_fail(s->db, "peer_put"));
+        return write_end(s, db_fail(s->db, "peer_put"), 0);
     }
-    return write_end(s, step_done(s, ST_PEER_PUT, "peer_put"));
+    return write_end(s, step_done(s, ST_PEER_PUT, "peer_put"), 0);
 }
 
 /* ---- load ---- */

@@ -245,10 +245,31 @@ int cy_store_open(const char *path, bool sync_full, cy_store **out);
 void cy_store_close(cy_store *s);
 /* Commit the open transaction, if any. Called once per loop pass.
  * CY_ESTORE: the whole batch since the last commit is gone (rolled back),
- * none of it may be acknowledged; the next write starts a new batch. */
+ * none of it may be acknowledged; the next write starts a new batch. That
+ * is so whenever any write of the batch failed (the write returned
+ * CY_ESTORE), even if SQLite kept the others. */
 int cy_store_commit(cy_store *s);
-/* Number of writes since the last commit (0 = nothing pending). */
+/* Number of writes since the last commit, failed ones included (0 =
+ * nothing pending: no commit needed). */
 size_t cy_store_pending(const cy_store *s);
+
+/* ---- disk space ----
+ * Thread: the handle's owner. */
+
+/* Whether a write or the COMMIT of the current batch (or of the last one,
+ * if it failed) failed because the file system is full: SQLITE_FULL, or an
+ * I/O error with ENOSPC or EDQUOT. Cleared by a successful commit. */
+bool cy_store_no_space(const cy_store *s);
+/* A rough, growing count of the bytes the writes so far have asked for
+ * (variable data plus a fixed cost per row), never reset: the difference
+ * between two readings estimates what was written in between, before
+ * SQLite's own overhead (WAL copy, pages) which the caller allows for. */
+uint64_t cy_store_bytes(const cy_store *s);
+/* Free bytes an unprivileged process may use on the file system of the
+ * store's file (statvfs f_bavail, in bytes) into *free_bytes. A system
+ * call, no SQLite I/O: cheap enough for a timer and a few calls per pass.
+ * Errors: CY_EINVAL (NULL argument, an in-memory store), -errno of statvfs. */
+int cy_store_space(const cy_store *s, uint64_t *free_bytes);
 
 /* Callbacks may call the write functions and cy_store_commit; not cy_store_load
  * (CY_EBUSY). Only sessions' rows are reported (rows without a session are not). */

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -57,6 +58,10 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture *f = *state;
+    char mnt[96];
+    snprintf(mnt, sizeof(mnt), "%s/mnt", f->dir);
+    umount2(mnt, MNT_DETACH); /* a test that mounted there and failed (else: nothing there) */
+    rmdir(mnt);
     DIR *d = opendir(f->dir);
     if (d) {
         struct dirent *e;
@@ -1440,7 +1445,9 @@ static void test_cy_store_outbox_survives_sigkill(void **state)
 }
 
 /* A write that cannot get the write lock waits the busy timeout (5 s), then
- * fails with CY_ESTORE and leaves the handle usable. */
+ * fails with CY_ESTORE, fails its batch (the caller acted on a write that
+ * did not happen: nothing of the pass may be acknowledged) and leaves the
+ * handle usable. */
 static void test_cy_store_session_put_busy(void **state)
 {
     fixture *f = *state;
@@ -1454,8 +1461,10 @@ static void test_cy_store_session_put_busy(void **state)
     assert_int_equal(cy_store_session_put(s, &sess), CY_ESTORE);
     int64_t waited = cy_mono_ms() - t0;
     assert_true(waited >= 4000); /* it waited instead of failing at once */
+    assert_int_equal(cy_store_pending(s), 1); /* the failed write, so the loop commits */
+    assert_false(cy_store_no_space(s));       /* busy is not a full disk */
+    assert_int_equal(cy_store_commit(s), CY_ESTORE);
     assert_int_equal(cy_store_pending(s), 0);
-    assert_int_equal(cy_store_commit(s), 0);
 
     assert_int_equal(sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
@@ -1506,6 +1515,117 @@ static void test_cy_store_commit_disk_full(void **state)
     cy_store_close(s);
     assert_string_equal(load_fresh(f), "S before v5 e0 d0\n"
                                        "S recovered v5 e0 d0\n");
+}
+
+/* A statement that fails while SQLite keeps the transaction open (here: a
+ * message too large for SQLITE_LIMIT_LENGTH) fails the whole batch all the
+ * same: what was written before it in the batch is rolled back too. */
+static void test_cy_store_failed_write_fails_batch(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "keep", 5, 0, 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    put_session(s, "c", 5, 0, 0);
+    size_t big_len = (size_t)1 << 30; /* over SQLite's default 1e9 byte limit */
+    cy_store_msg m = {.topic = "t", .topic_len = 1, .payload = (const uint8_t *)"", .payload_len = 0};
+    assert_int_equal(cy_store_msg_put(s, "c", &m), 0);
+    uint8_t *big = malloc(big_len);
+    if (big) { /* an allocation this size may be refused under ASan: then skip that part */
+        m.payload = big;
+        m.payload_len = big_len;
+        assert_int_equal(cy_store_msg_put(s, "c", &m), CY_ESTORE);
+        free(big);
+        assert_int_equal(cy_store_pending(s), 3);
+        assert_int_equal(cy_store_commit(s), CY_ESTORE);
+        assert_string_equal(load(s), "S keep v5 e0 d0\n");
+    }
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+}
+
+/* cy_store_space reports the file system's free bytes; cy_store_bytes
+ * grows by at least what the writes carried. */
+static void test_cy_store_space_and_bytes(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    uint64_t free_bytes = 0;
+    assert_int_equal(cy_store_space(s, &free_bytes), 0);
+    assert_true(free_bytes > 0);
+    assert_int_equal(cy_store_space(s, NULL), CY_EINVAL);
+    uint64_t b0 = cy_store_bytes(s);
+    put_session(s, "c", 5, 0, 0);
+    uint8_t payload[1000] = {0};
+    cy_store_msg m = {.topic = "t/x", .topic_len = 3, .payload = payload, .payload_len = 1000};
+    assert_int_equal(cy_store_msg_put(s, "c", &m), 0);
+    assert_true(cy_store_bytes(s) - b0 >= 1003);
+    assert_int_equal(cy_store_commit(s), 0);
+    assert_true(cy_store_bytes(s) - b0 >= 1003); /* never reset */
+    cy_store_close(s);
+}
+
+/* A real full file system (a 2 MiB tmpfs; skipped where mounting is not
+ * permitted): the write or the commit that finds no room fails the batch,
+ * cy_store_no_space says why, what was committed before is intact, and once
+ * there is room again (a filler file removed) the handle writes again. */
+static void test_cy_store_no_space_tmpfs(void **state)
+{
+    fixture *f = *state;
+    char mnt[128], path[192], filler[192];
+    snprintf(mnt, sizeof(mnt), "%s/mnt", f->dir);
+    assert_int_equal(mkdir(mnt, 0700), 0);
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "mount -t tmpfs -o size=2m tmpfs %s 2>/dev/null", mnt);
+    if (geteuid() != 0 || system(cmd) != 0) {
+        rmdir(mnt);
+        skip();
+    }
+    snprintf(path, sizeof(path), "%s/broker.db", mnt);
+    snprintf(filler, sizeof(filler), "%s/filler", mnt);
+    cy_store *s;
+    assert_int_equal(cy_store_open(path, false, &s), 0);
+    put_session(s, "before", 5, 0, 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    assert_false(cy_store_no_space(s));
+    /* A filler file holds some of the space, to be given back later. */
+    FILE *fl = fopen(filler, "w");
+    assert_non_null(fl);
+    static uint8_t chunk[64 << 10];
+    memset(chunk, 'f', sizeof(chunk));
+    for (int i = 0; i < 16; i++) assert_int_equal(fwrite(chunk, 1, sizeof(chunk), fl), sizeof(chunk));
+    fclose(fl);
+    int failed_at = -1;
+    for (int i = 0; i < 64 && failed_at < 0; i++) {
+        cy_store_session sess = {"c", 5, 0, 0};
+        cy_store_session_put(s, &sess); /* may be the write that finds no room */
+        cy_store_msg m = {.topic = "t", .topic_len = 1, .payload = chunk, .payload_len = 60000};
+        int rc = cy_store_msg_put(s, "c", &m);
+        if (cy_store_commit(s) != 0) {
+            assert_true(rc == 0 || rc == CY_ESTORE);
+            failed_at = i;
+        }
+    }
+    assert_true(failed_at >= 0);
+    assert_true(cy_store_no_space(s));
+    uint64_t free_bytes = 1;
+    assert_int_equal(cy_store_space(s, &free_bytes), 0);
+    assert_true(free_bytes < (64 << 10));
+    unlink(filler);
+    assert_int_equal(cy_store_space(s, &free_bytes), 0);
+    assert_true(free_bytes >= (1 << 20));
+    put_session(s, "after", 5, 0, 0);
+    assert_int_equal(cy_store_session_delete(s, "c"), 0); /* its messages, for a short load */
+    assert_int_equal(cy_store_commit(s), 0);
+    assert_false(cy_store_no_space(s)); /* cleared by the batch that committed */
+    cy_store_close(s);
+    assert_int_equal(cy_store_open(path, false, &s), 0); /* what is on disk */
+    const char *loaded = load(s);
+    assert_string_equal(loaded, "S after v5 e0 d0\nS before v5 e0 d0\n");
+    cy_store_close(s);
+    snprintf(cmd, sizeof(cmd), "umount %s", mnt);
+    assert_int_equal(system(cmd), 0);
+    rmdir(mnt);
 }
 
 /* Informational only: the cost of the broker's write pattern. */
@@ -1588,6 +1708,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_store_outbox_survives_sigkill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_session_put_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_commit_disk_full, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_failed_write_fails_batch, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_space_and_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_no_space_tmpfs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_msg_put_cost, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
