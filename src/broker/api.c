@@ -341,11 +341,9 @@ static bool need_full(cy_broker *b, route_req *r)
  * The token itself is never logged. */
 static void auth_failed_log(cy_broker *b, cy_http_req *req, const char *why)
 {
-    uint64_t held = 0;
     const char *addr = cy_http_peer_addr(req);
-    if (!cy_logrl_allow(&b->api->auth_log, addr, cy_mono_ms(), &held)) return;
-    char more[64] = "";
-    if (held) snprintf(more, sizeof(more), " (%" PRIu64 " more since the last line)", held);
+    char more[CY_LOGRL_MORE];
+    if (!cy_logrl_line(&b->api->auth_log, addr, more)) return;
     cy_warn(NULL, "api: %s %s from %s refused: %s%s", cy_http_method(req), cy_http_path(req),
             addr, why, more);
 }

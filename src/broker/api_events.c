@@ -185,12 +185,8 @@ static bool send_event(cy_broker *b, api_stream *s, api_event *e)
  * address per window: a stranger can repeat these at will. */
 static void stream_note(cy_api *a, const char *addr, const char *peer, const char *what)
 {
-    uint64_t held = 0;
-    if (!cy_logrl_allow(&a->rl, addr, cy_mono_ms(), &held)) return;
-    if (held)
-        cy_info(peer, "%s (%" PRIu64 " more like it not logged)", what, held);
-    else
-        cy_info(peer, "%s", what);
+    char more[CY_LOGRL_MORE];
+    if (cy_logrl_line(&a->rl, addr, more)) cy_info(peer, "%s%s", what, more);
 }
 
 static void stream_unlink(cy_api *a, api_stream *s)

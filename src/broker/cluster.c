@@ -427,12 +427,8 @@ int cy_cluster_admit(cy_broker *b, const cy_msg *m, bool set_retained)
         cy_logrl_init(&b->outbox_log, OUTBOX_LOG_WINDOW_MS, OUTBOX_LOG_BURST);
     char key[16];
     snprintf(key, sizeof(key), "shard %u", j);
-    uint64_t held = 0;
-    if (cy_logrl_allow(&b->outbox_log, key, (int64_t)cy_mono_ms(), &held)) {
-        char more[64] = "";
-        if (held)
-            snprintf(more, sizeof(more), " (%llu more since the last line)",
-                     (unsigned long long)held);
+    char more[CY_LOGRL_MORE];
+    if (cy_logrl_line(&b->outbox_log, key, more)) {
         cy_warn(NULL,
                 "publish on %.*s refused: the outbox for shard %u holds %zu bytes "
                 "(max_outbox_bytes %u)%s",

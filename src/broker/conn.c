@@ -83,18 +83,13 @@ void cy_conn_log_stranger(cy_conn *c, const char *kind, const char *fmt, ...)
     char *colon = strrchr(addr, ':'); /* one source is an address, whatever its port */
     if (colon) *colon = '\0';
     snprintf(key, sizeof(key), "%s %s", kind, addr);
-    uint64_t held = 0;
-    if (!cy_logrl_allow(&b->login_log, key, (int64_t)uv_now(b->loop), &held)) return;
-    char text[512];
+    char more[CY_LOGRL_MORE], text[512];
+    if (!cy_logrl_line(&b->login_log, key, more)) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    if (held)
-        cy_log(CY_LOG_INFO, NULL, "from %s: %s (%llu more %s since the last line)", addr, text,
-               (unsigned long long)held, kind);
-    else
-        cy_log(CY_LOG_INFO, NULL, "from %s: %s", addr, text);
+    cy_log(CY_LOG_INFO, NULL, "from %s: %s%s", addr, text, more);
 }
 
 cy_conn_v5 *cy_conn_v5_get(cy_conn *c)

@@ -166,14 +166,10 @@ int cy_route_retain_check(cy_broker *b, const char *client_id, const cy_msg *m)
     /* A device can repeat this at will: one line per client per window. */
     if (b->retain_log.window_ms == 0)
         cy_logrl_init(&b->retain_log, RETAIN_LOG_WINDOW_MS, RETAIN_LOG_BURST);
-    uint64_t held = 0;
-    if (cy_logrl_allow(&b->retain_log, client_id, (int64_t)cy_mono_ms(), &held)) {
+    char more[CY_LOGRL_MORE];
+    if (cy_logrl_line(&b->retain_log, client_id, more)) {
         cy_retain_usage node = cy_retain_usage_total(b->retained);
         cy_retain_usage own = cy_retain_usage_of(b->retained, client_id, idlen);
-        char more[64] = "";
-        if (held)
-            snprintf(more, sizeof(more), " (%llu more since the last line)",
-                     (unsigned long long)held);
         cy_warn(client_id,
                 "retained message on %s (%llu bytes) refused: over %s (the node holds %llu "
                 "messages, %llu bytes; this client %llu, %llu bytes)%s",

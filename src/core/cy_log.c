@@ -122,3 +122,17 @@ int cy_logrl_allow(cy_logrl *rl, const char *key, int64_t now_ms, uint64_t *held
     s->start_ms = now_ms;
     return 1;
 }
+
+int cy_logrl_line(cy_logrl *rl, const char *key, char more[CY_LOGRL_MORE])
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    uint64_t held = 0;
+    more[0] = '\0';
+    if (!cy_logrl_allow(rl, key, now, &held)) return 0;
+    if (held)
+        snprintf(more, CY_LOGRL_MORE, " (%llu more since the last line)",
+                 (unsigned long long)held);
+    return 1;
+}

@@ -536,10 +536,8 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
     if (ac == NULL || ac->n < h->lim.max_per_address) return MHD_YES;
     char ip[INET6_ADDRSTRLEN] = "?";
     inet_ntop(key[0] == 4 ? AF_INET : AF_INET6, key + 1, ip, sizeof(ip));
-    uint64_t held = 0;
-    if (cy_logrl_allow(&h->refuse_log, ip, cy_mono_ms(), &held)) {
-        char more[64] = "";
-        if (held) snprintf(more, sizeof(more), " (%" PRIu64 " more since the last line)", held);
+    char more[CY_LOGRL_MORE];
+    if (cy_logrl_line(&h->refuse_log, ip, more)) {
         cy_warn(NULL, "http: connection from %s refused: it has %u open, the most one address "
                       "may (http_max_per_address)%s", ip, ac->n, more);
     }

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import rawmqtt as rm
-from helpers import Client, MosquittoSub, raw, uniq, wait_until
+from helpers import Client, raw, uniq, wait_until
 
 pytestmark = pytest.mark.cyan_only
 

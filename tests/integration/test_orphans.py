@@ -18,7 +18,6 @@ Runs with 2 shards whatever CYAN_SHARDS says.
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 

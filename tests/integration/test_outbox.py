@@ -20,13 +20,12 @@ the 20th never arrived.
 
 import os
 import signal
-import time
 
 import pytest
 
 import rawmqtt as rm
 from helpers import CYAN, raw_connected, uniq
-from test_shards import ids_by_shard, status
+from test_shards import ids_by_shard, wait_all_running
 
 pytestmark = [
     pytest.mark.cyan_only,
@@ -39,23 +38,11 @@ PAYLOAD = 200
 COUNT = 60               # about 4 times what the bound holds
 
 
-def wait_running(srv, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    st = None
-    while time.monotonic() < deadline:
-        st = status(srv)
-        if st.rc == 0 and len(st.rows) == NSHARDS and \
-                all(r.state == "RUNNING" and r.pid for r in st.rows.values()):
-            return st
-        time.sleep(0.1)
-    raise AssertionError("not every shard RUNNING within %.0fs:\n%r" % (timeout, st))
-
-
 def run_outbox(srv, dev, version):
     """Publish COUNT QoS 1 messages to a subscriber on a stopped shard.
     Returns (acked, refused, delivered, closed_at): lists of numbers, and
     the number the publisher was disconnected at (3.1.1) or None."""
-    wait_running(srv)
+    wait_all_running(srv, nshards=NSHARDS)
     sub_id = ids_by_shard(uniq("osub"), 1, NSHARDS)[1][0]
     pub_id = ids_by_shard(uniq("opub"), 1, NSHARDS)[0][0]
     topic = uniq("ob/")

@@ -155,12 +155,12 @@ class StatusPoller:
             self.proc = None
 
 
-def wait_all_running(srv, timeout=15.0):
+def wait_all_running(srv, timeout=15.0, nshards=NSHARDS):
     deadline = time.monotonic() + timeout
     st = None
     while time.monotonic() < deadline:
         st = status(srv)
-        if st.rc == 0 and len(st.rows) == NSHARDS and \
+        if st.rc == 0 and len(st.rows) == nshards and \
                 all(r.state == "RUNNING" and r.pid for r in st.rows.values()):
             return st
         time.sleep(0.1)

@@ -31,7 +31,6 @@ import shutil
 
 import pytest
 
-import rawmqtt
 from conftest import CYAN_BIN, SHARDS, Server, child_env
 from helpers import CYAN, Client, raw_connected, uniq, wait_until
 
