@@ -80,7 +80,7 @@ void cy_logrl_init(cy_logrl *rl, uint32_t window_ms, uint32_t burst);
 int cy_logrl_allow(cy_logrl *rl, const char *key, int64_t now_ms, uint64_t *held);
 /* cy_logrl_allow at the monotonic clock's now, and the end of the line to
  * write: "" or " (N more since the last line)" in more[0..CY_LOGRL_MORE). */
-#define CY_LOGRL_MORE 48
+#define CY_LOGRL_MORE 64
 int cy_logrl_line(cy_logrl *rl, const char *key, char more[CY_LOGRL_MORE]);
 
 #endif
