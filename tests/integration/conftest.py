@@ -459,15 +459,18 @@ def device_template():
 @pytest.fixture
 def server_factory(request, device_template):
     """server_factory(**settings) -> a started Server. Settings become
-    --key=value options of cyan. All are stopped (exit code checked) at
+    --key=value options of cyan; _prepare(srv), if given, runs before the
+    start. All are stopped (exit code checked) at
     teardown; their work dirs are removed when the test passed."""
     servers = []
     request.node._cyan_servers = servers
 
-    def start(_template=True, **settings):
+    def start(_template=True, _prepare=None, **settings):
         workdir = tempfile.mkdtemp(prefix="cy", dir="/tmp")
         srv = Server(workdir, settings, device_template if _template else None)
         servers.append(srv)
+        if _prepare is not None:  # e.g. a config file for -c, before the start
+            _prepare(srv)
         return srv.start()
 
     yield start

@@ -33,6 +33,18 @@ def _publish(server, dev, topic, payloads, qos=1):
 BARRIER = b"barrier"
 
 
+def _assert_not_subscribed(server, new_device, c, topic):
+    """c holds no subscription to topic: a message on it and then one on
+    topic/b (which c subscribes to now) are published; only the second
+    comes."""
+    c.subscribe(topic + "/b", 1)
+    with Client(server, new_device()) as pub:
+        pub.connect()
+        pub.publish(topic, b"stale", qos=1)
+        pub.publish(topic + "/b", BARRIER, qos=1)
+    assert _until_barrier(c) == []
+
+
 def _until_barrier(c, timeout=5.0):
     """Payloads a paho Client gets up to the barrier (excluded)."""
     got = []
@@ -162,12 +174,7 @@ def test_session_expiry_zero_ends_session(server, new_device):
         sp, _, _ = c.connect()
         assert sp == 0
         # the old subscription is gone: of these two, only the barrier comes
-        c.subscribe(topic + "/b", 1)
-        with Client(server, new_device()) as pub:
-            pub.connect()
-            pub.publish(topic, b"stale", qos=1)
-            pub.publish(topic + "/b", BARRIER, qos=1)
-        assert _until_barrier(c) == []
+        _assert_not_subscribed(server, new_device, c, topic)
 
 
 def test_session_expiry_elapses(server, new_device):
@@ -213,12 +220,7 @@ def test_v311_clean_session_discards(server, new_device):
     with Client(server, dev, client_id=cid, version=4, clean=False) as c:
         sp, _, _ = c.connect()
         assert sp == 0
-        c.subscribe(topic + "/b", 1)
-        with Client(server, new_device()) as pub:
-            pub.connect()
-            pub.publish(topic, b"stale", qos=1)
-            pub.publish(topic + "/b", BARRIER, qos=1)
-        assert _until_barrier(c) == []
+        _assert_not_subscribed(server, new_device, c, topic)
 
 
 @pytest.mark.parametrize("version", [4, 5])

@@ -41,40 +41,23 @@ pytestmark = [
 
 
 @pytest.fixture
-def conf_server(request, device_template):
+def conf_server(server_factory):
     """conf_server(conf_text, **settings) -> a started Server that reads the
     config file srv.conf (-c) and has no --log_level on its command line, so
     the file's log_level counts."""
-    servers = []
 
     def start(conf_text, **settings):
-        workdir = tempfile.mkdtemp(prefix="cy", dir="/tmp")
-        srv = Server(workdir, settings, device_template)
-        srv.conf = os.path.join(workdir, "cyan.conf")
-        with open(srv.conf, "w") as f:
-            f.write(conf_text)
-        base = Server.argv
+        def prepare(srv):
+            srv.conf = os.path.join(srv.workdir, "cyan.conf")
+            with open(srv.conf, "w") as f:
+                f.write(conf_text)
+            base = Server.argv
+            srv.argv = lambda: [a for a in base(srv) if not a.startswith("--log_level=")] + \
+                ["-c", srv.conf]
 
-        def argv():
-            return [a for a in base(srv) if not a.startswith("--log_level=")] + ["-c", srv.conf]
+        return server_factory(_prepare=prepare, **settings)
 
-        srv.argv = argv
-        servers.append(srv)
-        return srv.start()
-
-    yield start
-    failed = []
-    for srv in servers:
-        try:
-            srv.stop(check=True)
-        except BaseException as e:
-            failed.append(e)
-    rep = getattr(request.node, "_rep_call", None)
-    if not failed and (rep is None or rep.passed):
-        for srv in servers:
-            shutil.rmtree(srv.workdir, ignore_errors=True)
-    if failed:
-        raise failed[0]
+    return start
 
 
 def nshards(srv):

@@ -1269,6 +1269,22 @@ static int cl_get_sync(cl *c)
     return R.status;
 }
 
+/* A server of PRESS_MAX connections whose normal timeouts (30 s) are far
+ * longer than the test, so what closes a connection is the pressure. */
+static void run_pressure(srv *s, client_fn client)
+{
+    cy_http_limits lim = {.max_connections = PRESS_MAX, .idle_timeout_s = 30,
+                          .request_timeout_s = 30};
+    srv_start(s, &lim);
+    run_client(s, client);
+}
+
+static void close_all(cl **k, int n)
+{
+    for (int i = 0; i < n; i++)
+        cl_close(k[i]);
+}
+
 static void c_evict_idle(srv *s)
 {
     cl *k[PRESS_MAX] = {0}, *n = NULL;
@@ -1288,18 +1304,13 @@ static void c_evict_idle(srv *s)
     CHECK(cl_sees_close(k[0]));
     CHECK(loop_call(s, lf_counts, 0) / 1000000 <= PRESS_MAX);
 out:
-    for (int i = 0; i < PRESS_MAX; i++)
-        cl_close(k[i]);
+    close_all(k, PRESS_MAX);
     cl_close(n);
 }
 
 static void test_cy_http_evict_idle_under_pressure(void **state)
 {
-    srv *s = *state;
-    cy_http_limits lim = {.max_connections = PRESS_MAX, .idle_timeout_s = 30,
-                          .request_timeout_s = 30};
-    srv_start(s, &lim);
-    run_client(s, c_evict_idle);
+    run_pressure(*state, c_evict_idle);
 }
 
 static void c_pressure_idle(srv *s)
@@ -1326,17 +1337,12 @@ static void c_pressure_idle(srv *s)
     CHECK(cl_get_sync(k[PRESS_MAX - 2]) == 201);
     CHECK(cl_get_sync(k[1]) == 201);
 out:
-    for (int i = 0; i < PRESS_MAX; i++)
-        cl_close(k[i]);
+    close_all(k, PRESS_MAX);
 }
 
 static void test_cy_http_idle_timeout_under_pressure(void **state)
 {
-    srv *s = *state;
-    cy_http_limits lim = {.max_connections = PRESS_MAX, .idle_timeout_s = 30,
-                          .request_timeout_s = 30};
-    srv_start(s, &lim);
-    run_client(s, c_pressure_idle);
+    run_pressure(*state, c_pressure_idle);
 }
 
 static void c_pressure_silent(srv *s)
@@ -1367,18 +1373,13 @@ static void c_pressure_silent(srv *s)
     CHECK(cl_get_sync(n) == 201);
     CHECK(cl_sees_close(k[1]));
 out:
-    for (int i = 0; i < PRESS_MAX; i++)
-        cl_close(k[i]);
+    close_all(k, PRESS_MAX);
     cl_close(n);
 }
 
 static void test_cy_http_head_deadline_under_pressure(void **state)
 {
-    srv *s = *state;
-    cy_http_limits lim = {.max_connections = PRESS_MAX, .idle_timeout_s = 30,
-                          .request_timeout_s = 30};
-    srv_start(s, &lim);
-    run_client(s, c_pressure_silent);
+    run_pressure(*state, c_pressure_silent);
 }
 
 static void c_per_address(srv *s)
