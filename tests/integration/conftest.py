@@ -320,6 +320,20 @@ class Server:
                 found[int(args[2])] = int(pid)
         return found
 
+    def wait_shard_pids(self, timeout=10.0):
+        """shard_pids() once every shard of this server runs (a shard's pid is
+        in /proc as soon as it is forked, its command line only once it has
+        started)."""
+        n = int(self.settings.get("shards", SHARDS))
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.shard_pids()
+            if len(pids) == n or time.monotonic() >= deadline:
+                assert len(pids) == n, "%d of %d shards running\n%s" % (
+                    len(pids), n, self.log_tail())
+                return pids
+            time.sleep(0.02)
+
     def restart(self, kill=False, **settings):
         """Stop (SIGTERM and check exit 0, or SIGKILL) and start again on the
         same port and data dir; settings update the command line."""

@@ -28,10 +28,7 @@ def shard_pids(server):
 
 def steady_pids(server):
     """The shard pids once every shard has started."""
-    from conftest import SHARDS
-    n = int(server.settings.get("shards", SHARDS))
-    assert wait_until(lambda: len(shard_pids(server)) == n, timeout=10), server.log_tail()
-    return shard_pids(server)
+    return sorted(server.wait_shard_pids().values())
 
 
 def reset_socket(server):

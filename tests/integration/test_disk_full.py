@@ -90,7 +90,7 @@ def test_disk_full_refuses_then_recovers(shards):
         print("an empty data dir with %d shard(s) uses %d KiB" % (shards, used >> 10))
         filler = os.path.join(data, "filler")
         fill(filler, free_bytes(data) - FREE_MIB * MIB)
-        pids = srv.shard_pids()
+        pids = srv.wait_shard_pids()
         assert len(pids) == shards
 
         # The persistent subscriber: subscribes, then goes offline so that
@@ -230,7 +230,7 @@ def test_shard_starts_on_a_full_disk():
         srv = Server(workdir, {"shards": 1, "allow_anonymous": True}, None)
         srv.start()
         assert srv.wait_log("disk full at start")
-        pids = srv.shard_pids()
+        pids = srv.wait_shard_pids()
         pub, ack = connect(srv, "start-pub")
         assert ack.rc == 0
         for i in range(1, 4):
