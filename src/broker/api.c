@@ -61,7 +61,7 @@ json_t *cy_api_describe(cy_broker *b, const char *id)
 {
     char topic[8 + CY_DEVICE_ID_LEN + 10];
     int n = snprintf(topic, sizeof(topic), "devices/%s/describe", id);
-    cy_msg *m = cy_retain_get(b->retained, topic, (size_t)n);
+    cy_msg *m = cy_router_retained(b->router, topic, (size_t)n);
     return m ? json_loadb((const char *)m->payload, m->payload_len, 0, NULL) : NULL;
 }
 
@@ -523,10 +523,10 @@ static void clear_describe(cy_broker *b, const char *id)
 {
     char topic[8 + CY_DEVICE_ID_LEN + 10];
     int n = snprintf(topic, sizeof(topic), "devices/%s/describe", id);
-    if (!cy_retain_get(b->retained, topic, (size_t)n)) return;
+    if (!cy_router_retained(b->router, topic, (size_t)n)) return;
     cy_msg *m = cy_msg_new(topic, (size_t)n, NULL, 0, NULL, 0, 1, true, 0);
     if (!m) return;
-    cy_route_publish(b, m, NULL);
+    cy_router_publish(b->router, m, NULL, NULL, false);
     cy_msg_unref(m);
 }
 
@@ -692,7 +692,7 @@ static void event_publish(cy_broker *b, cy_http_req *req)
         return;
     }
     b->stats.publish_received++;
-    cy_route_publish(b, m, NULL);
+    cy_router_publish(b->router, m, NULL, NULL, false);
     cy_msg_unref(m);
     reply_json(b, req, 202, json_pack("{s:s, s:b}", "name", name, "published", 1));
     json_decref(o);
@@ -899,7 +899,7 @@ int cy_api_start(cy_broker *b, int http_fd)
      * the links to peers come up, so the first interest snapshot has them. */
     static const char *const filters[] = {"devices/+/events/#", "events/#"};
     for (size_t i = 0; i < 2; i++) {
-        rc = cy_broker_sub_add(b, a, filters[i], strlen(filters[i]), 0, 0);
+        rc = cy_broker_sub_add(b, &a->events_sub, filters[i], strlen(filters[i]), 0, 0);
         if (rc) return rc; /* b->api stays: cy_broker_stop and cy_broker_free clean up */
     }
     uv_timer_init(b->loop, &a->tick);

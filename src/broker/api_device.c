@@ -232,7 +232,7 @@ static void send_call(cy_broker *b, api_call *k, api_presence *pr, const uint8_t
     cy_str t = {topic, (uint32_t)strlen(topic)};
     cy_msg *m = cy_msg_from_publish(&t, arg, arg_len, &props, 1, false, version, &b->scratch);
     if (!m) return; /* the deadline answers */
-    cy_route_publish(b, m, NULL);
+    cy_router_publish(b->router, m, NULL, NULL, false);
     cy_msg_unref(m);
 }
 

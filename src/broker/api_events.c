@@ -2,7 +2,7 @@
  *
  * Events are device publishes on "devices/<id>/events/<name>" and publishes
  * on the shared "events/<name>". Every shard holds a subscription to both
- * (owner: the cy_api, see route.c), so every shard sees every event of the
+ * (a subscriber of kind "events", router.h), so every shard sees every event of the
  * node, and keeps the last event_buffer of them in a ring.
  *
  * Resuming on any shard. The shard where an event enters the node (its
@@ -30,6 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+static void event_seal(void *ctx, cy_subscriber *s, cy_route *r);
+static void event_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const cy_match *x);
+
 int cy_api_events_init(cy_api *a, uint32_t capacity)
 {
     a->ring = cy_calloc(capacity, sizeof(*a->ring));
@@ -37,12 +40,12 @@ int cy_api_events_init(cy_api *a, uint32_t capacity)
     a->ring_cap = capacity;
     a->seq = (uint64_t)cy_wall_ms() * 1000;
     cy_logrl_init(&a->rl, 10000, 20);
+    a->events_kind = (cy_sub_kind){.name = "events",
+                                   .deliver = event_deliver,
+                                   .seal = event_seal,
+                                   .ctx = a};
+    cy_subscriber_init(&a->events_sub, &a->events_kind);
     return 0;
-}
-
-void cy_api_event_stamp(cy_broker *b, cy_msg *m)
-{
-    if (b->api) m->event_seq = ++b->api->seq;
 }
 
 /* The event's name, device and space from its topic. */
@@ -272,10 +275,25 @@ static void fan_idle_cb(uv_idle_t *h)
     fan_slice(h->data);
 }
 
-void cy_api_event(cy_broker *b, cy_msg *m)
+/* The events kind's seal: an event is numbered where it enters the node,
+ * before it is routed (a copy from a peer shard carries its number). */
+static void event_seal(void *ctx, cy_subscriber *s, cy_route *r)
 {
-    cy_api *a = b->api;
-    if (!a || !m->event_seq || m->origin >= CY_SB_MAX_SHARDS) return;
+    cy_api *a = ctx;
+    (void)s;
+    if (!r->from_peer && !r->m->event_seq) r->m->event_seq = ++a->seq;
+}
+
+/* The events kind's deliver: m matched the event filters: buffer it and
+ * send it to the streams. */
+static void event_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const cy_match *x)
+{
+    cy_api *a = ctx;
+    cy_broker *b = a->b;
+    cy_msg *m = r->m;
+    (void)s;
+    (void)x;
+    if (!m->event_seq || m->origin >= CY_SB_MAX_SHARDS) return;
     ev_view v;
     if (!view(m, &v)) return;
     unsigned o = m->origin;

@@ -138,6 +138,8 @@ typedef struct cy_api cy_api;
 
 struct cy_api {
     cy_broker *b;
+    cy_subscriber events_sub; /* the event filters' subscriber (api_events.c) */
+    cy_sub_kind events_kind;
     cy_http *http;
     int http_fd;           /* our duplicate of the listening socket until we serve on it */
     uv_timer_t tick;
@@ -203,6 +205,7 @@ void cy_api_device_tick(cy_broker *b, int64_t now);
 void cy_api_device_free(cy_api *a);
 
 /* api_events.c */
+/* Also makes a->events_sub, the subscriber of kind "events". */
 int cy_api_events_init(cy_api *a, uint32_t capacity);
 void cy_api_events_free(cy_api *a);
 /* Open a stream on req (GET .../events...) for the token with id token_id

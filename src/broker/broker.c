@@ -60,7 +60,7 @@ static int load_sub(void *ctx, const char *client_id, const char *filter, uint8_
     cy_session *s = cy_map_get(&b->sessions, client_id, strlen(client_id));
     if (!s) return 0;
     size_t len = strlen(filter);
-    if (cy_broker_sub_add(b, s, filter, len, opts, sub_id)) return CY_ENOMEM;
+    if (cy_broker_sub_add(b, &s->sub, filter, len, opts, sub_id)) return CY_ENOMEM;
     if (cy_session_add_sub(s, filter, len, opts, sub_id)) return CY_ENOMEM;
     b->stats.subscriptions++;
     return 0;
@@ -119,24 +119,7 @@ static int load_inq2(void *ctx, const char *client_id, uint16_t id)
 static int load_retained(void *ctx, const cy_store_msg *sm)
 {
     cy_broker *b = ctx;
-    cy_msg *m = cy_msg_new(sm->topic, sm->topic_len, sm->payload, sm->payload_len, sm->props,
-                           sm->props_len, sm->qos, true, sm->expiry_at);
-    if (!m) return CY_ENOMEM;
-    m->retain_ts = sm->ts;
-    void *old = NULL;
-    /* Charged as when it was set (route.c), to the client that set it. */
-    int rc = cy_retain_set_charged(b->retained, m->topic, m->topic_len, m,
-                                   (uint64_t)m->topic_len + m->payload_len + m->props_len,
-                                   sm->owner, sm->owner_len, &old);
-    if (rc) {
-        cy_msg_unref(m);
-        return rc == CY_EINVAL ? 0 : rc;
-    }
-    if (old)
-        cy_msg_unref(old);
-    else
-        b->stats.retained_messages++;
-    return 0;
+    return cy_router_load_retained(b->router, sm);
 }
 
 static bool session_expired(const cy_broker *b, const cy_session *s, int64_t now)
@@ -329,7 +312,7 @@ static void publish_sys(cy_broker *b)
         cy_msg *m = cy_msg_new(topic, (size_t)tl, (const uint8_t *)payload, (size_t)pl, NULL, 0,
                                0, true, 0);
         if (!m) return;
-        cy_route_publish(b, m, NULL);
+        cy_router_publish(b->router, m, NULL, NULL, false);
         cy_msg_unref(m);
     }
 }
@@ -364,7 +347,8 @@ static void on_sweep(uv_timer_t *t)
             s->will = NULL;
             s->will_at = 0;
             cy_info(s->client_id, "publishing will on %s after its delay", m->topic);
-            cy_route_publish(b, m, s); /* s: a retained will is charged to its client */
+            /* s: a retained will is charged to its client */
+            cy_router_publish(b->router, m, &s->sub, s->client_id, false);
             cy_msg_unref(m);
         }
         s = next;
@@ -408,9 +392,10 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
     cy_map_init(&b->interest);
     cy_buf_init(&b->scratch);
     cy_buf_init(&b->frame);
-    int rc = cy_topic_tree_new(&b->subs);
-    if (!rc) rc = cy_retain_new(&b->retained);
+    int rc = cy_router_new(cfg, store, &b->stats, b->self, &b->router);
     if (rc) goto fail;
+    cy_session_init_kind(b);
+    cy_cluster_init_kind(b);
     cy_store_loader l = {
         .session = load_session,
         .sub = load_sub,
@@ -598,11 +583,6 @@ static void collect_session(void *ctx, void *v)
     c->v[c->n++] = v;
 }
 
-static void release_retained(void *v)
-{
-    cy_msg_unref(v);
-}
-
 void cy_broker_free(cy_broker *b)
 {
     if (!b) return;
@@ -617,10 +597,8 @@ void cy_broker_free(cy_broker *b)
     cy_store_commit(b->store);
     cy_bus_free(b->bus);
     cy_cluster_free(b);
-    cy_retain_free(b->retained, release_retained);
-    cy_topic_tree_free(b->subs);
+    cy_router_free(b->router);
     cy_map_fini(&b->sessions);
-    cy_free(b->matches);
     cy_buf_fini(&b->scratch);
     cy_free(b);
 }

@@ -29,6 +29,7 @@
 #include "health/scoreboard.h"
 #include "core/cy_map.h"
 #include "mqtt/mqtt.h"
+#include "router/router.h"
 #include "router/topic.h"
 
 #include <stdbool.h>
@@ -62,22 +63,6 @@
 #define CY_DISK_LOW (8u << 20)
 #define CY_DISK_OK (16u << 20)
 #define CY_DISK_PROBE_MS 10
-
-typedef struct cy_msg {
-    uint32_t refs;
-    uint8_t qos; /* as published */
-    bool retain; /* as published */
-    uint16_t topic_len;
-    uint32_t payload_len;
-    uint32_t props_len;  /* pass-through MQTT 5 properties, encoded */
-    int64_t expiry_at;   /* wall ms; 0 = never */
-    int64_t retain_ts;   /* retained: last-writer-wins stamp, wall ms << 8 | origin shard */
-    uint64_t event_seq;  /* an event (API streams): its origin shard's sequence number; 0 = none */
-    uint8_t origin;      /* the shard that took it from its publisher */
-    char *topic;         /* NUL-terminated; in the same allocation */
-    uint8_t *payload;    /* in the same allocation */
-    uint8_t *props;      /* in the same allocation */
-} cy_msg;
 
 typedef struct cy_delivery {
     struct cy_delivery *prev, *next;
@@ -123,8 +108,7 @@ typedef struct cy_session {
     cy_msg *will;
     int64_t will_at;     /* mono ms when a pending will is due; 0 = not pending */
     int64_t offline_since;   /* mono ms; 0 while online */
-    /* routing scratch: dedupe of overlapping subscriptions per publish */
-    uint64_t match_epoch;
+    cy_subscriber sub;       /* as the router sees it (kind: b->session_kind) */
     struct cy_session *offline_next, *offline_prev; /* broker->offline list */
     uint32_t expiry;         /* session expiry interval, s; 0xFFFFFFFF = never */
     uint32_t will_delay; /* s */
@@ -132,7 +116,6 @@ typedef struct cy_session {
     uint32_t n_inflight;
     uint32_t n_queued;
     uint32_t n_inq2, cap_inq2;
-    uint32_t match_idx;
     uint16_t last_packet_id;
     uint16_t client_id_len;
     uint8_t version;
@@ -200,6 +183,7 @@ typedef struct cy_outframe {
 /* What this shard knows of one peer shard. Its address is the owner of the
  * peer's interest in the subscription tree. */
 typedef struct cy_peer {
+    cy_subscriber sub;    /* its interest, as the router sees it (kind: b->peer_kind) */
     unsigned index;
     bool up;              /* our link to it is usable */
     bool resync;          /* interest changes were lost: send a full snapshot */
@@ -242,15 +226,6 @@ typedef struct cy_interest {
     char filter[];
 } cy_interest;
 
-/* One session a publish reaches, merged over its matching subscriptions. */
-typedef struct cy_match {
-    cy_session *sess;
-    uint8_t qos;
-    bool rap;
-    uint8_t n_sub_ids;
-    uint32_t sub_ids[CY_MQTT_MAX_SUB_IDS];
-} cy_match;
-
 struct cy_broker {
     uv_loop_t *loop;
     const cy_config *cfg;
@@ -269,14 +244,12 @@ struct cy_broker {
     cy_conn *dirty;      /* connections with output to flush */
     cy_map sessions;     /* client id -> cy_session */
     cy_session *offline; /* sessions that are offline and persistent or have a pending will */
-    cy_topic_tree *subs;
-    cy_retain *retained;
+    cy_router *router;   /* subscriptions and retained messages */
+    cy_sub_kind session_kind, peer_kind;
     cy_counters stats;
     cy_counters sys_last; /* values last published to $SYS */
     int64_t sys_next;     /* mono ms of the next $SYS update */
-    uint64_t epoch;       /* routing scratch */
-    cy_match *matches;
-    uint32_t n_matches, cap_matches;
+    uint64_t epoch;       /* release scratch (cy_cluster_release) */
     uint64_t next_assigned_id;
     cy_buf scratch; /* encode scratch */
     /* sharding: with nshards 1 the bus is NULL and all of this is idle */
@@ -287,11 +260,9 @@ struct cy_broker {
     cy_scoreboard *sb;     /* borrowed, or NULL */
     cy_peer peers[CY_SB_MAX_SHARDS];
     cy_map interest;       /* local filter -> cy_interest */
-    uint64_t fwd_mask;     /* routing scratch: peers a publish goes to */
+    uint64_t fwd_mask;     /* routing scratch: peers the message being routed was sent to */
     uint64_t outbox_full;  /* peers whose outbox holds max_outbox_bytes or more */
     cy_logrl outbox_log;   /* refusals at max_outbox_bytes, per peer */
-    cy_str fwd_groups[CY_SB_MAX_SHARDS][8]; /* routing scratch: shared groups per peer */
-    uint8_t n_fwd_groups[CY_SB_MAX_SHARDS];
     cy_buf frame;          /* frame encode scratch */
     cy_held *held, *held_tail; /* held acknowledgements, in order */
     uint64_t hold_mask;    /* scratch while handling a packet: peers to wait for */
@@ -301,7 +272,6 @@ struct cy_broker {
     bool stalled;          /* drill: input is ignored, heartbeat goes on */
     uint64_t snap_from;    /* peers whose interest snapshot we hold (this incarnation) */
     struct cy_api *api;    /* the HTTP API, or NULL when it is off */
-    cy_logrl retain_log;   /* refusals at the retained limits, per client id */
     uint8_t rbuf[CY_READ_CHUNK]; /* shared read buffer */
     bool rbuf_busy;
     /* disk full (broker.c) */
@@ -323,24 +293,12 @@ uint64_t cy_broker_clients_connected(const cy_broker *b);
  * refusal in store_full_refusals and answers it. */
 bool cy_broker_store_full(cy_broker *b);
 
-/* msg.c */
-cy_msg *cy_msg_new(const char *topic, size_t topic_len, const uint8_t *payload, size_t payload_len,
-                   const uint8_t *props, size_t props_len, uint8_t qos, bool retain,
-                   int64_t expiry_at);
-static inline cy_msg *cy_msg_ref(cy_msg *m)
-{
-    m->refs++;
-    return m;
-}
-void cy_msg_unref(cy_msg *m);
+/* publish.c */
 /* Build a message from a decoded PUBLISH (or will), keeping the MQTT 5
  * properties that travel with it. topic overrides p->topic (aliases). */
 cy_msg *cy_msg_from_publish(const cy_str *topic, const uint8_t *payload, size_t payload_len,
                             const cy_mqtt_props *props, uint8_t qos, bool retain,
                             uint8_t version, cy_buf *scratch);
-bool cy_msg_expired(const cy_msg *m, int64_t now_wall);
-/* The store's view of m (pointers borrowed from m), to queue at qos/retain. */
-cy_store_msg cy_msg_to_store(const cy_msg *m, uint8_t qos, bool retain);
 
 /* conn.c */
 /* libuv connection callback of the listener (listener.data = broker). */
@@ -420,34 +378,9 @@ bool cy_session_has_inq2(const cy_session *s, uint16_t id);
 int cy_session_add_inq2(cy_session *s, uint16_t id);
 bool cy_session_del_inq2(cy_session *s, uint16_t id);
 void cy_offline_link(cy_broker *b, cy_session *s);
+/* The session kind of subscriber (router.h), set at start. */
+void cy_session_init_kind(cy_broker *b);
 void cy_offline_unlink(cy_broker *b, cy_session *s);
-
-/* route.c */
-/* Route msg to every matching subscription. from: the publishing session
- * (for no-local, and the owner of a retained message), or NULL. Stores or
- * clears the retained message when msg->retain and the retained limits
- * admit it (cy_route_retain_check); over a limit it is routed, not kept. */
-void cy_route_publish(cy_broker *b, cy_msg *m, cy_session *from);
-/* The same for work that can still be refused (a client's PUBLISH, before
- * it is acknowledged): when m would need a peer shard whose outbox is full
- * (cy_cluster_admit), nothing is routed, stored or forwarded and
- * CY_RC_QUOTA_EXCEEDED (0x97) is returned; else as cy_route_publish, 0. */
-int cy_route_publish_bounded(cy_broker *b, cy_msg *m, cy_session *from);
-/* Send the retained messages matching filter to s (a new subscription). */
-void cy_route_retained(cy_broker *b, cy_session *s, const char *filter, size_t len, uint8_t opts,
-                       uint32_t sub_id);
-/* Stamp m (last-writer-wins) and set it as its topic's retained message,
- * charged to owner (a client id, borrowed; NULL = nobody). No limit check. */
-void cy_route_set_retained(cy_broker *b, cy_msg *m, const char *owner);
-/* May client_id (NUL-terminated, borrowed; NULL = no client) set m as a
- * retained message within max_retained, max_retained_bytes,
- * max_retained_per_client and max_retained_bytes_per_client? Replacing
- * counts only the difference; an empty payload (clearing), a message
- * without the retain flag and $SYS are always admitted. Returns 0, or
- * CY_RC_QUOTA_EXCEEDED (0x97) after counting limit_retained and logging
- * (at most one line per client per 10 s). For PUBLISH and wills (call it
- * on the will message at CONNECT; it is checked again when it fires). */
-int cy_route_retain_check(cy_broker *b, const char *client_id, const cy_msg *m);
 
 /* cluster.c: routing across shards. All of it is a no-op with one shard. */
 /* Which shard owns a client id: FNV-1a 64 of its bytes modulo nshards.
@@ -455,25 +388,14 @@ int cy_route_retain_check(cy_broker *b, const char *client_id, const cy_msg *m);
 unsigned cy_shard_of(const char *client_id, size_t len, unsigned nshards);
 /* Add / remove a local session's subscription: the tree, and the interest
  * told to peers. */
-int cy_broker_sub_add(cy_broker *b, void *owner, const char *filter, size_t len, uint8_t opts,
+int cy_broker_sub_add(cy_broker *b, cy_subscriber *s, const char *filter, size_t len, uint8_t opts,
                       uint32_t sub_id);
-void cy_broker_sub_remove(cy_broker *b, void *owner, const char *filter, size_t len);
+void cy_broker_sub_remove(cy_broker *b, cy_subscriber *s, const char *filter, size_t len);
 /* Send an API frame to peer j (counted for the watchdog, never held). */
 int cy_cluster_send_api(cy_broker *b, unsigned j, uint8_t type, const void *a, size_t alen,
                         const void *c, size_t clen);
-bool cy_is_peer(const cy_broker *b, const void *owner);
-/* Send msg to the peers in b->fwd_mask (routing) and, if it sets a retained
- * message, to every peer (replication). */
-void cy_cluster_forward(cy_broker *b, cy_msg *m, bool set_retained);
-/* After routing m (b->fwd_mask set) and before anything of it is done: may
- * it be forwarded within max_outbox_bytes? A durable frame (QoS 1/2 to the
- * peers in fwd_mask, or a retained update, which goes to every peer) for a
- * peer whose outbox is full is refused: 0, or CY_RC_QUOTA_EXCEEDED after
- * counting limit_outbox and logging (rate-limited, per peer). The forward
- * itself never drops a durable frame: what was admitted is kept until the
- * peer acknowledges it, so work past the bound that cannot be refused (a
- * will, an API publish) overshoots it rather than being lost. */
-int cy_cluster_admit(cy_broker *b, const cy_msg *m, bool set_retained);
+/* The peer kind and the router's hooks (admit, forward), set at start. */
+void cy_cluster_init_kind(cy_broker *b);
 /* Does peer j's outbox hold max_outbox_bytes or more? */
 bool cy_cluster_outbox_full(const cy_broker *b, unsigned j);
 /* Is shard i able to take a connection now? why: filled when not. */
@@ -514,13 +436,6 @@ void cy_conn_adopt(cy_broker *b, int fd, const uint8_t *bytes, size_t len);
 /* Feed bytes to a connection as if read (used by adopt). */
 void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len);
 
-/* route.c, for frames from peers */
-/* Route a message that came from a peer to local sessions only; groups:
- * the shared groups ("$share/g/f") this shard was chosen to serve. */
-void cy_route_local(cy_broker *b, cy_msg *m, const cy_str *groups, unsigned n_groups);
-/* Apply a retained message under last-writer-wins (replication). */
-void cy_route_apply_retained(cy_broker *b, cy_msg *m);
-
 /* api*.c: the HTTP API (details in api_int.h). With http_listen empty,
  * b->api is NULL and only the device rules below apply. */
 #define CY_FRAME_API_REQ 8
@@ -531,10 +446,6 @@ void cy_api_listen(cy_broker *b);
 /* Close every HTTP connection and stream (pending requests end). */
 void cy_api_stop(cy_broker *b);
 void cy_api_free(cy_broker *b);
-/* m matched the event filters: buffer it and send it to the streams. */
-void cy_api_event(cy_broker *b, cy_msg *m);
-/* Assign m its event sequence number if it is an event (origin side). */
-void cy_api_event_stamp(cy_broker *b, cy_msg *m);
 void cy_api_on_frame(cy_broker *b, unsigned from, uint8_t type, const uint8_t *body, size_t len);
 /* A device's connection was accepted / is closing (presence). */
 void cy_api_device_online(cy_broker *b, cy_conn *c);

@@ -31,7 +31,7 @@
  * The outbox is bounded in bytes per peer (max_outbox_bytes), and the bound
  * is enforced before the acknowledgement, never after: a client's publish
  * that needs a durable frame for a peer whose outbox is full is refused
- * whole (cy_cluster_admit; MQTT 5 0x97 Quota exceeded, a 3.1.1 client is
+ * whole (admit(), a router hook; MQTT 5 0x97 Quota exceeded, a 3.1.1 client is
  * disconnected), before anything of it is routed. A frame in the outbox is
  * acknowledged work and is only ever removed by the peer's ACK; work that
  * cannot be refused (a will firing, an API publish) goes in past the bound.
@@ -58,6 +58,7 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -81,12 +82,6 @@ enum { FL_RETAIN = 4, FL_ROUTE = 8, FL_SET_RETAINED = 16, FL_EVENT = 32 };
 unsigned cy_shard_of(const char *client_id, size_t len, unsigned nshards)
 {
     return nshards <= 1 ? 0 : (unsigned)(cy_hash(client_id, len) % nshards);
-}
-
-bool cy_is_peer(const cy_broker *b, const void *owner)
-{
-    const char *p = owner;
-    return p >= (const char *)&b->peers[0] && p < (const char *)&b->peers[CY_SB_MAX_SHARDS];
 }
 
 /* Acknowledgements wait at most this long for peers (a hung peer is found
@@ -230,11 +225,11 @@ static void broadcast_interest(cy_broker *b, uint8_t type, const char *filter, s
         if (j != b->self) send_counted(b, &b->peers[j], type, filter, len);
 }
 
-int cy_broker_sub_add(cy_broker *b, void *s, const char *filter, size_t len, uint8_t opts,
+int cy_broker_sub_add(cy_broker *b, cy_subscriber *s, const char *filter, size_t len, uint8_t opts,
                       uint32_t sub_id)
 {
     bool existed = false;
-    int rc = cy_topic_tree_add(b->subs, filter, len, s, opts, sub_id, &existed);
+    int rc = cy_router_subscribe(b->router, s, filter, len, opts, sub_id, &existed);
     if (rc || existed || b->nshards <= 1) return rc;
     cy_interest *in = cy_map_get(&b->interest, filter, len);
     if (in) {
@@ -254,13 +249,13 @@ int cy_broker_sub_add(cy_broker *b, void *s, const char *filter, size_t len, uin
     broadcast_interest(b, F_INTEREST_ADD, filter, len);
     return 0;
 fail:
-    cy_topic_tree_remove(b->subs, filter, len, s);
+    cy_router_unsubscribe(b->router, s, filter, len);
     return CY_ENOMEM;
 }
 
-void cy_broker_sub_remove(cy_broker *b, void *s, const char *filter, size_t len)
+void cy_broker_sub_remove(cy_broker *b, cy_subscriber *s, const char *filter, size_t len)
 {
-    if (cy_topic_tree_remove(b->subs, filter, len, s) || b->nshards <= 1) return;
+    if (cy_router_unsubscribe(b->router, s, filter, len) || b->nshards <= 1) return;
     cy_interest *in = cy_map_get(&b->interest, filter, len);
     if (!in || --in->refs) return;
     cy_map_del(&b->interest, filter, len);
@@ -316,7 +311,7 @@ static void collect_filter(void *ctx, void *v)
 static void drop_filter(cy_broker *b, cy_peer *p, pfilter *pf, bool in_tree)
 {
     cy_map_del(&p->filters, pf->f, pf->len);
-    if (in_tree) cy_topic_tree_remove(b->subs, pf->f, pf->len, p);
+    if (in_tree) cy_router_unsubscribe(b->router, &p->sub, pf->f, pf->len);
     cy_free(pf);
 }
 
@@ -347,12 +342,12 @@ static void interest_add(cy_broker *b, cy_peer *p, const uint8_t *f, size_t len)
     memcpy(pf->f, f, len);
     pf->f[len] = '\0';
     /* QoS 2 and no options: the peer applies each session's own options. */
-    if (cy_topic_tree_add(b->subs, pf->f, len, p, 2, 0, NULL)) {
+    if (cy_router_subscribe(b->router, &p->sub, pf->f, len, 2, 0, NULL)) {
         cy_free(pf);
         return;
     }
     if (cy_map_put(&p->filters, pf->f, len, pf)) {
-        cy_topic_tree_remove(b->subs, pf->f, len, p);
+        cy_router_unsubscribe(b->router, &p->sub, pf->f, len);
         cy_free(pf);
     }
 }
@@ -408,14 +403,38 @@ static void outbox_append(cy_broker *b, cy_peer *p, cy_outframe *f)
     outbox_account(b, p);
 }
 
-int cy_cluster_admit(cy_broker *b, const cy_msg *m, bool set_retained)
+static bool is_sys(const cy_msg *m)
 {
-    if (!b->outbox_full) return 0;
+    return m->topic_len >= 5 && memcmp(m->topic, "$SYS/", 5) == 0;
+}
+
+static cy_peer *peer_of(const cy_subscriber *s)
+{
+    return (cy_peer *)((char *)s - offsetof(cy_peer, sub));
+}
+
+/* Router hook, before anything of a client's publish is done: may it be
+ * forwarded within max_outbox_bytes? A durable frame (QoS 1/2 to the peers
+ * it matched, or a retained update, which goes to every peer) for a peer
+ * whose outbox is full is refused: CY_RC_QUOTA_EXCEEDED after counting
+ * limit_outbox and logging (rate-limited, per peer). The forward itself
+ * never drops a durable frame: what was admitted is kept until the peer
+ * acknowledges it, so work past the bound that cannot be refused (a will,
+ * an API publish) overshoots it rather than being lost. */
+static int admit(void *ctx, const cy_route *r)
+{
+    cy_broker *b = ctx;
+    const cy_msg *m = r->m;
+    if (!b->outbox_full || is_sys(m)) return 0;
     /* Peers of this run only: an outbox loaded for a shard index the node
      * no longer has (fewer shards than before) waits, it does not refuse. */
     uint64_t peers = (b->nshards >= 64 ? ~UINT64_C(0) : (UINT64_C(1) << b->nshards) - 1) &
                      ~(UINT64_C(1) << b->self);
-    uint64_t need = (set_retained ? peers : m->qos ? b->fwd_mask : 0) & peers;
+    uint64_t routed = 0;
+    for (uint32_t i = 0; m->qos && i < r->n_matches; i++)
+        if (r->matches[i].sub->kind == &b->peer_kind)
+            routed |= UINT64_C(1) << peer_of(r->matches[i].sub)->index;
+    uint64_t need = (r->set_retained ? peers : routed) & peers;
     uint64_t over = need & b->outbox_full;
     if (!over) return 0;
     unsigned j = 0;
@@ -473,55 +492,107 @@ static int encode_publish(cy_buf *f, const cy_msg *m, uint64_t seq, uint8_t flag
     return rc ? rc : cy_buf_append(f, m->payload, m->payload_len);
 }
 
-void cy_cluster_forward(cy_broker *b, cy_msg *m, bool set_retained)
+/* Send m to peer j as one frame: routed to its subscribers (with the
+ * shared groups it serves) and/or setting the retained message. */
+static void forward(cy_broker *b, unsigned j, const cy_msg *m, bool routed, bool set_retained,
+                    const cy_str *groups, unsigned n_groups)
 {
-    for (unsigned j = 0; j < b->nshards; j++) {
-        if (j == b->self) continue;
-        cy_peer *p = &b->peers[j];
-        bool routed = b->fwd_mask & (UINT64_C(1) << j);
-        if (!routed && !set_retained) continue;
-        bool durable = m->qos > 0 || set_retained;
-        uint8_t flags = (uint8_t)(m->qos | (m->retain ? FL_RETAIN : 0) | (routed ? FL_ROUTE : 0) |
-                                  (set_retained ? FL_SET_RETAINED : 0) |
-                                  (m->event_seq ? FL_EVENT : 0));
-        if (!durable) {
-            if (!p->up || encode_publish(&b->frame, m, 0, flags, b->fwd_groups[j],
-                                         b->n_fwd_groups[j]) ||
-                cy_bus_send(b->bus, j, F_PUBLISH, cy_buf_head(&b->frame),
-                            cy_buf_size(&b->frame))) {
-                b->stats.messages_dropped++;
-                continue;
-            }
-            p->frames_out++;
-            continue;
-        }
-        /* No bound here: what reaches this point was admitted (or cannot be
-         * refused) and is acknowledged; cy_cluster_admit keeps the bound. */
-        uint64_t seq = p->last_sent + 1;
-        if (encode_publish(&b->frame, m, seq, flags, b->fwd_groups[j], b->n_fwd_groups[j])) {
+    cy_peer *p = &b->peers[j];
+    bool durable = m->qos > 0 || set_retained;
+    uint8_t flags = (uint8_t)(m->qos | (m->retain ? FL_RETAIN : 0) | (routed ? FL_ROUTE : 0) |
+                              (set_retained ? FL_SET_RETAINED : 0) |
+                              (m->event_seq ? FL_EVENT : 0));
+    if (!durable) {
+        if (!p->up || encode_publish(&b->frame, m, 0, flags, groups, n_groups) ||
+            cy_bus_send(b->bus, j, F_PUBLISH, cy_buf_head(&b->frame), cy_buf_size(&b->frame))) {
             b->stats.messages_dropped++;
-            continue;
+            return;
         }
-        size_t len = cy_buf_size(&b->frame);
-        cy_outframe *f = cy_malloc(sizeof(*f) + len);
-        if (!f) {
-            b->stats.messages_dropped++;
-            continue;
-        }
-        f->seq = seq;
-        f->len = len;
-        memcpy(f->data, cy_buf_head(&b->frame), len);
-        if (cy_store_outbox_put(b->store, j, seq, f->data, len)) {
-            cy_free(f);
-            b->stats.messages_dropped++;
-            continue;
-        }
-        p->last_sent = seq;
-        p->state_dirty = true;
-        outbox_append(b, p, f);
-        if (set_retained && p->up) hold_need(b, j, 0, seq); /* later subscribers see it */
-        /* written by pump() after the commit */
+        p->frames_out++;
+        return;
     }
+    /* No bound here: what reaches this point was admitted (or cannot be
+     * refused) and is acknowledged; admit() keeps the bound. */
+    uint64_t seq = p->last_sent + 1;
+    if (encode_publish(&b->frame, m, seq, flags, groups, n_groups)) {
+        b->stats.messages_dropped++;
+        return;
+    }
+    size_t len = cy_buf_size(&b->frame);
+    cy_outframe *f = cy_malloc(sizeof(*f) + len);
+    if (!f) {
+        b->stats.messages_dropped++;
+        return;
+    }
+    f->seq = seq;
+    f->len = len;
+    memcpy(f->data, cy_buf_head(&b->frame), len);
+    if (cy_store_outbox_put(b->store, j, seq, f->data, len)) {
+        cy_free(f);
+        b->stats.messages_dropped++;
+        return;
+    }
+    p->last_sent = seq;
+    p->state_dirty = true;
+    outbox_append(b, p, f);
+    if (set_retained && p->up) hold_need(b, j, 0, seq); /* later subscribers see it */
+    /* written by pump() after the commit */
+}
+
+/* The peer kind's deliver: peer j holds an interest m matches (or was
+ * chosen for a shared group). $SYS stays on its shard: each publishes the
+ * node's totals itself. */
+static void peer_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const cy_match *x)
+{
+    cy_broker *b = ctx;
+    if (is_sys(r->m)) return;
+    unsigned j = peer_of(s)->index;
+    cy_str groups[CY_ROUTE_MAX_GROUPS];
+    unsigned ng = 0;
+    uint32_t at = (uint32_t)(x - r->matches);
+    for (uint32_t i = 0; i < r->n_groups && ng < CY_ROUTE_MAX_GROUPS; i++)
+        if (r->groups[i].match == at) groups[ng++] = r->groups[i].filter;
+    b->fwd_mask |= UINT64_C(1) << j;
+    forward(b, j, r->m, true, r->set_retained, groups, ng);
+}
+
+/* Shared-group member choice: a peer whose link is up (its own members
+ * decide there) ranks with an online local session; a peer that is down
+ * or whose outbox is full only if no member is better (the frame waits in
+ * the outbox; a client's publish is refused rather than sent to a full
+ * one). */
+static int peer_grade(void *ctx, const cy_subscriber *s, const cy_route *r)
+{
+    cy_broker *b = ctx;
+    (void)r;
+    const cy_peer *p = peer_of(s);
+    return p->up && !cy_cluster_outbox_full(b, p->index) ? 2 : 1;
+}
+
+/* Router hook, after the deliveries: a retained update goes to every peer,
+ * also those it was not routed to. */
+static void routed(void *ctx, const cy_route *r)
+{
+    cy_broker *b = ctx;
+    uint64_t sent = b->fwd_mask;
+    b->fwd_mask = 0;
+    if (!r->set_retained || b->nshards <= 1 || is_sys(r->m)) return;
+    for (unsigned j = 0; j < b->nshards; j++)
+        if (j != b->self && !(sent & (UINT64_C(1) << j)))
+            forward(b, j, r->m, false, true, NULL, 0);
+}
+
+void cy_cluster_init_kind(cy_broker *b)
+{
+    b->peer_kind = (cy_sub_kind){.name = "peer shard",
+                                 .remote = true,
+                                 .deliver = peer_deliver,
+                                 .grade = peer_grade,
+                                 .ctx = b};
+    for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++)
+        cy_subscriber_init(&b->peers[j].sub, &b->peer_kind);
+    cy_router_hooks h = {.admit = admit, .routed = routed, .ctx = b};
+    cy_router_set_hooks(b->router, &h);
 }
 
 /* ---- loop pass hooks ---- */
@@ -625,8 +696,8 @@ static void on_publish(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len
     m->retain_ts = retain_ts;
     m->event_seq = event_seq;
     m->origin = (uint8_t)p->index;
-    if (flags & FL_SET_RETAINED) cy_route_apply_retained(b, m);
-    if (flags & FL_ROUTE) cy_route_local(b, m, groups, ng < 8 ? ng : 8);
+    if (flags & FL_SET_RETAINED) cy_router_apply_retained(b->router, m);
+    if (flags & FL_ROUTE) cy_router_local(b->router, m, groups, ng < 8 ? ng : 8);
     cy_msg_unref(m);
 }
 

@@ -165,7 +165,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         if (!reason && will_retain) {
             cy_msg *w = make_will(c, p, true);
             if (!w) return refuse(c, CY_RC_SERVER_BUSY, CY_RC3_SERVER_UNAVAILABLE, who, "out of memory");
-            reason = cy_route_retain_check(b, who, w);
+            reason = cy_router_retain_check(b->router, who, w);
             why = "over a retained messages limit";
             cy_msg_unref(w);
         }

@@ -127,14 +127,14 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
         cy_msg *m = cy_msg_from_publish(&p->topic, p->payload, p->payload_len, &p->props, p->qos,
                                         retain, c->version, &b->scratch);
         if (!m) return refuse(c, p, CY_RC_UNSPECIFIED, "out of memory");
-        int rc = retain ? cy_route_retain_check(b, s->client_id, m) : 0;
+        int rc = retain ? cy_router_retain_check(b->router, s->client_id, m) : 0;
         if (rc) { /* counted and logged by the check */
             cy_msg_unref(m);
             return refuse(c, p, (uint8_t)rc, "over a retained messages limit");
         }
         /* Refused before anything happens when a peer shard that needs it
          * has a full outbox: never acknowledged and then dropped. */
-        rc = cy_route_publish_bounded(b, m, s);
+        rc = cy_router_publish(b->router, m, &s->sub, s->client_id, true);
         cy_msg_unref(m);
         if (rc) return refuse(c, p, (uint8_t)rc, "a peer shard's outbox is full");
     }

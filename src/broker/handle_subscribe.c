@@ -88,7 +88,7 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
             rv[i++] = fail_code(c, CY_RC_QUOTA_EXCEEDED);
             continue;
         }
-        if (cy_broker_sub_add(b, s, f, len, opts, sub_id)) {
+        if (cy_broker_sub_add(b, &s->sub, f, len, opts, sub_id)) {
             rv[i++] = fail_code(c, CY_RC_UNSPECIFIED);
             continue;
         }
@@ -96,7 +96,7 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
             sub->opts = opts;
             sub->sub_id = sub_id;
         } else if (cy_session_add_sub(s, f, len, opts, sub_id)) {
-            cy_broker_sub_remove(b, s, f, len);
+            cy_broker_sub_remove(b, &s->sub, f, len);
             rv[i++] = fail_code(c, CY_RC_UNSPECIFIED);
             continue;
         } else {
@@ -127,7 +127,7 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
         size_t glen, ilen;
         if (cy_topic_split_shared(e.filter.p, e.filter.len, &g, &glen, &inner, &ilen)) continue;
         if (e.retain_handling == 2 || (e.retain_handling == 1 && !is_new)) continue;
-        cy_route_retained(b, s, e.filter.p, e.filter.len, e.qos, sub_id);
+        cy_router_send_retained(b->router, &s->sub, e.filter.p, e.filter.len, e.qos, sub_id);
     }
     return 0;
 }
@@ -147,7 +147,7 @@ int cy_handle_unsubscribe(cy_conn *c, cy_mqtt_subscribe *p)
             reasons[i++] = CY_RC_NO_SUBSCRIPTION_EXISTED;
             continue;
         }
-        cy_broker_sub_remove(b, s, f.p, f.len);
+        cy_broker_sub_remove(b, &s->sub, f.p, f.len);
         if (s->persistent) cy_store_sub_delete(b->store, s->client_id, f.p, f.len);
         cy_session_del_sub(s, sub);
         b->stats.subscriptions--;

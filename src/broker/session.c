@@ -33,6 +33,7 @@ cy_session *cy_session_new(cy_broker *b, const char *client_id, size_t len)
     memcpy(s->client_id, client_id, len);
     s->client_id[len] = '\0';
     s->client_id_len = (uint16_t)len;
+    cy_subscriber_init(&s->sub, &b->session_kind);
     if (cy_map_put(&b->sessions, s->client_id, len, s)) {
         cy_free(s);
         return NULL;
@@ -80,7 +81,8 @@ static void publish_will(cy_broker *b, cy_session *s)
     s->will_at = 0;
     if (!m) return;
     cy_info(s->client_id, "publishing will on %s", m->topic);
-    cy_route_publish(b, m, s); /* s: a retained will is charged to its client */
+    /* s: a retained will is charged to its client */
+    cy_router_publish(b->router, m, &s->sub, s->client_id, false);
     cy_msg_unref(m);
 }
 
@@ -92,7 +94,7 @@ static void release(cy_broker *b, cy_session *s, bool ending)
     cy_msg_unref(s->will);
     s->will = NULL;
     for (uint32_t i = 0; i < s->n_subs; i++) {
-        if (ending) cy_broker_sub_remove(b, s, s->subs[i].filter, s->subs[i].len);
+        if (ending) cy_broker_sub_remove(b, &s->sub, s->subs[i].filter, s->subs[i].len);
         cy_free(s->subs[i].filter);
     }
     b->stats.subscriptions -= s->n_subs;
@@ -441,4 +443,30 @@ void cy_session_deliver(cy_broker *b, cy_session *s, cy_msg *m, uint8_t qos, boo
         if (cy_store_msg_put(b->store, s->client_id, &sm) == 0) d->store_id = sm.id;
     }
     if (c) cy_session_pump(b, s);
+}
+
+/* ---- the session as a subscriber ---- */
+
+static void session_deliver(void *ctx, cy_subscriber *sub, const cy_route *r, const cy_match *x)
+{
+    cy_session *s = (cy_session *)((char *)sub - offsetof(cy_session, sub));
+    cy_session_deliver(ctx, s, r->m, x->qos, x->retain, x->sub_ids, x->n_sub_ids);
+}
+
+/* A shared group prefers a member that is online: an offline one gets the
+ * message queued, only when no member is online. */
+static int session_grade(void *ctx, const cy_subscriber *sub, const cy_route *r)
+{
+    (void)ctx;
+    (void)r;
+    const cy_session *s = (const cy_session *)((const char *)sub - offsetof(cy_session, sub));
+    return s->conn ? 2 : 1;
+}
+
+void cy_session_init_kind(cy_broker *b)
+{
+    b->session_kind = (cy_sub_kind){.name = "session",
+                                    .deliver = session_deliver,
+                                    .grade = session_grade,
+                                    .ctx = b};
 }

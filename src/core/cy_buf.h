@@ -14,6 +14,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A length-delimited string or binary field, borrowed. Not NUL-terminated. */
+typedef struct cy_str {
+    const char *p;
+    uint32_t len;
+} cy_str;
+
 typedef struct cy_buf {
     uint8_t *data;
     size_t off; /* first unconsumed byte */

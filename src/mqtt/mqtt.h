@@ -147,12 +147,6 @@ enum {
     CY_PROP_SHARED_SUB_AVAILABLE = 0x2A,
 };
 
-/* A length-delimited string or binary field. Not NUL-terminated. */
-typedef struct cy_str {
-    const char *p;
-    uint32_t len;
-} cy_str;
-
 /* Bit for property id in cy_mqtt_props.present: CY_PBIT(CY_PROP_TOPIC_ALIAS). */
 #define CY_PBIT(id) (UINT64_C(1) << (id))
 
