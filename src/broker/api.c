@@ -116,7 +116,7 @@ static void reply_unavailable(cy_broker *b, cy_http_req *req, const char *why)
 
 static bool shard_ok(cy_broker *b, unsigned j, char *why, size_t whylen)
 {
-    return j == b->self || cy_cluster_shard_ready(b, j, why, whylen);
+    return j == b->self || cy_cluster_shard_ready(b->cluster, j, why, whylen);
 }
 
 /* ---- pending requests ---- */
@@ -188,7 +188,7 @@ static int send_op(cy_broker *b, api_pending *p, unsigned j, const char *id, con
     rc = rc ? rc : cy_buf_put_u8(f, (uint8_t)nl);
     rc = rc ? rc : cy_buf_append(f, name, nl);
     return rc ? rc
-              : cy_cluster_send_api(b, j, CY_FRAME_API_REQ, cy_buf_head(f), cy_buf_size(f), arg,
+              : cy_cluster_send(b->cluster, j, CY_FRAME_API_REQ, cy_buf_head(f), cy_buf_size(f), arg,
                                     arg_len);
 }
 

@@ -169,7 +169,7 @@ static void answer(cy_broker *b, unsigned from, uint32_t req_id, unsigned status
         cy_buf_reset(f);
         int rc = cy_buf_put_u32(f, req_id);
         rc = rc ? rc : cy_buf_put_u16(f, (uint16_t)status);
-        if (rc || cy_cluster_send_api(b, from, CY_FRAME_API_RESP, cy_buf_head(f), cy_buf_size(f),
+        if (rc || cy_cluster_send(b->cluster, from, CY_FRAME_API_RESP, cy_buf_head(f), cy_buf_size(f),
                                       text, len))
             cy_debug(NULL, "api: answer to shard %u lost (link down or full)", from);
     }

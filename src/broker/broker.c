@@ -122,6 +122,23 @@ static int load_retained(void *ctx, const cy_store_msg *sm)
     return cy_router_load_retained(b->router, sm);
 }
 
+static int load_peer(void *ctx, unsigned peer, uint64_t last_sent, uint64_t last_applied)
+{
+    cy_broker *b = ctx;
+    return cy_cluster_load_peer(b->cluster, peer, last_sent, last_applied);
+}
+
+static int load_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t *frame, size_t len)
+{
+    cy_broker *b = ctx;
+    return cy_cluster_load_outbox(b->cluster, peer, seq, frame, len);
+}
+
+static void on_api_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
+{
+    cy_api_on_frame(ctx, from, type, body, len);
+}
+
 static bool session_expired(const cy_broker *b, const cy_session *s, int64_t now)
 {
     return s->expiry != 0xFFFFFFFFu && now - s->offline_since >= (int64_t)s->expiry * 1000;
@@ -134,8 +151,8 @@ static void on_pass_end(uv_check_t *h)
     cy_broker *b = h->data;
     /* Frames routed this pass go before the commit, which may wait for the
      * disk; what the commit releases goes when the bus flushes itself. */
-    if (b->bus) cy_bus_flush(b->bus);
-    if (b->nshards > 1) cy_cluster_before_commit(b);
+    cy_cluster_flush(b->cluster);
+    cy_cluster_before_commit(b->cluster);
     /* Counters reach the scoreboard before any reply leaves: a client that
      * got its CONNACK here and connects again elsewhere must be counted
      * there (max_connections is node-wide). */
@@ -166,12 +183,10 @@ static void on_pass_end(uv_check_t *h)
             c->dirty_next = NULL;
             cy_conn_flush(c);
         }
-        if (b->nshards > 1) {
-            /* Bus acks and durable frames leave only after the commit; acks
-             * received may delete outbox rows, which the next round commits. */
-            cy_cluster_after_commit(b);
-            cy_cluster_before_commit(b);
-        }
+        /* Bus acks and durable frames leave only after the commit; acks
+         * received may delete outbox rows, which the next round commits. */
+        cy_cluster_after_commit(b->cluster);
+        cy_cluster_before_commit(b->cluster);
     } while (b->dirty || cy_store_pending(b->store));
     cy_broker_beat(b);
     cy_registry_end_reads(b->registry); /* the next pass sees the CLI's changes */
@@ -183,12 +198,9 @@ void cy_broker_beat(cy_broker *b)
     if (!s) return;
     cy_sb_store(&s->heartbeat_ms, cy_mono_ms());
     cy_sb_storeu(&s->loops, s->loops + 1);
-    cy_sb_storeu(&s->progress, b->progress);
+    cy_sb_storeu(&s->progress, b->progress + cy_cluster_progress(b->cluster));
     cy_sb_storeu(&s->connections, b->n_conns);
-    for (unsigned j = 0; j < b->nshards; j++) {
-        cy_sb_storeu(&s->bus_sent[j], b->peers[j].frames_out);
-        cy_sb_storeu(&s->bus_acked[j], b->peers[j].frames_out_acked);
-    }
+    cy_cluster_beat(b->cluster, s);
     const uint64_t *c = (const uint64_t *)&b->stats;
     for (size_t i = 0; i < sizeof(b->stats) / sizeof(uint64_t); i++)
         cy_sb_storeu(&s->counters[i], c[i]);
@@ -208,6 +220,7 @@ void cy_broker_stall(cy_broker *b)
 {
     cy_warn(NULL, "drill: stalling (input ignored, heartbeat kept) until killed");
     b->stalled = true;
+    cy_cluster_stall(b->cluster);
     for (cy_conn *c = b->conns; c; c = c->next)
         if (c->state != CONN_CLOSING && c->state != CONN_HANDED)
             uv_read_stop((uv_stream_t *)&c->tcp);
@@ -353,7 +366,7 @@ static void on_sweep(uv_timer_t *t)
         }
         s = next;
     }
-    if (b->nshards > 1) cy_cluster_sweep(b);
+    cy_cluster_sweep(b->cluster);
     disk_probe(b, ""); /* the way out of the disk-full state */
     /* Space freed by deletes (cleared retained messages, acknowledged
      * frames) goes back to the file system a slice per sweep. */
@@ -383,27 +396,28 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
     b->generation = shard ? shard->generation : 0;
     b->sb = shard ? shard->sb : NULL;
     b->slot = b->sb ? &b->sb->slots[b->self] : NULL;
-    for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++) {
-        b->peers[j].index = j;
-        cy_map_init(&b->peers[j].filters);
-    }
     cy_map_init(&b->sessions);
     cy_logrl_init(&b->login_log, CY_LOGIN_LOG_WINDOW_MS, CY_LOGIN_LOG_BURST);
-    cy_map_init(&b->interest);
     cy_buf_init(&b->scratch);
-    cy_buf_init(&b->frame);
     int rc = cy_router_new(cfg, store, &b->stats, b->self, &b->router);
     if (rc) goto fail;
     cy_session_init_kind(b);
-    cy_cluster_init_kind(b);
+    cy_cluster_options co = {b->self, b->nshards, b->generation, b->sb};
+    rc = cy_cluster_new(loop, cfg, store, b->router, &b->stats, &co, &b->cluster);
+    if (rc) goto fail;
+    cy_cluster_hooks ch = {.adopt = cy_conn_adopt,
+                           .frame = on_api_frame,
+                           .release = cy_conn_release_held,
+                           .ctx = b};
+    cy_cluster_set_hooks(b->cluster, &ch);
     cy_store_loader l = {
         .session = load_session,
         .sub = load_sub,
         .msg = load_msg,
         .inq2 = load_inq2,
         .retained = load_retained,
-        .peer = cy_cluster_load_peer,
-        .outbox = cy_cluster_load_outbox,
+        .peer = load_peer,
+        .outbox = load_outbox,
     };
     rc = cy_store_load(store, &l, b);
     if (rc) goto fail;
@@ -418,8 +432,7 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
         }
     }
     cy_store_commit(store);
-    size_t outbox = 0;
-    for (unsigned j = 0; j < b->nshards; j++) outbox += b->peers[j].out_count;
+    size_t outbox = cy_cluster_outbox_frames(b->cluster);
     cy_info(NULL,
             "shard %u/%u: loaded %llu sessions, %llu subscriptions, %llu retained messages, "
             "%zu frames for other shards%s",
@@ -457,27 +470,8 @@ int cy_broker_start(cy_broker *b, int listen_fd)
         cy_error(NULL, "listen on inherited socket: %s", uv_strerror(rc));
         return rc;
     }
-    if (b->nshards > 1) {
-        char run_dir[600];
-        snprintf(run_dir, sizeof(run_dir), "%s/run", b->cfg->data_dir);
-        cy_bus_options o = {
-            .run_dir = run_dir,
-            .self = b->self,
-            .nshards = b->nshards,
-            .generation = b->generation,
-        };
-        cy_bus_callbacks cb = {
-            .on_frame = cy_cluster_on_frame,
-            .on_handle = cy_cluster_on_handle,
-            .on_peer_up = cy_cluster_on_peer_up,
-            .on_peer_down = cy_cluster_on_peer_down,
-        };
-        rc = cy_bus_new(b->loop, &o, &cb, b, &b->bus);
-        if (rc) {
-            cy_error(NULL, "bus: %s", cy_strerror(rc));
-            return rc;
-        }
-    }
+    rc = cy_cluster_start(b->cluster);
+    if (rc) return rc;
     /* A shard that starts on a full disk refuses durable work from the
      * first client (it may have ended for a commit that found no room). */
     disk_probe(b, " at start");
@@ -501,29 +495,11 @@ int cy_broker_start(cy_broker *b, int listen_fd)
  * backlog. */
 #define CY_READY_WAIT_MS 5000
 
-/* Ready: our links to every peer are up and we hold every peer's interest,
- * so what our clients publish reaches every subscriber. */
-static bool self_ready(cy_broker *b, char *why, size_t whylen)
-{
-    for (unsigned j = 0; j < b->nshards; j++) {
-        if (j == b->self) continue;
-        if (!b->peers[j].up) {
-            snprintf(why, whylen, "no link to shard %u yet", j);
-            return false;
-        }
-        if (!(b->snap_from & (UINT64_C(1) << j))) {
-            snprintf(why, whylen, "no subscriptions from shard %u yet", j);
-            return false;
-        }
-    }
-    return true;
-}
-
 static void on_ready(uv_timer_t *t)
 {
     cy_broker *b = t->data;
     char why[96] = "";
-    bool ready = self_ready(b, why, sizeof(why));
+    bool ready = cy_cluster_ready(b->cluster, why, sizeof(why));
     if (ready && b->slot) cy_sb_store(&b->slot->ready, 1);
     for (unsigned j = 0; ready && b->sb && j < b->nshards; j++) {
         const cy_sb_slot *s = &b->sb->slots[j];
@@ -560,9 +536,8 @@ void cy_broker_stop(cy_broker *b)
         cy_conn_close(c, CY_RC_SERVER_SHUTTING_DOWN, NULL);
     }
     cy_api_stop(b);
-    if (b->nshards > 1) cy_cluster_before_commit(b);
+    cy_cluster_stop(b->cluster);
     cy_store_commit(b->store);
-    if (b->bus) cy_bus_close(b->bus, NULL, NULL);
     if (b->listening) {
         uv_close((uv_handle_t *)&b->listener, NULL);
         uv_close((uv_handle_t *)&b->pass_end, NULL);
@@ -595,8 +570,7 @@ void cy_broker_free(cy_broker *b)
     }
     cy_api_free(b); /* holds message references; before the trees go */
     cy_store_commit(b->store);
-    cy_bus_free(b->bus);
-    cy_cluster_free(b);
+    cy_cluster_free(b->cluster);
     cy_router_free(b->router);
     cy_map_fini(&b->sessions);
     cy_buf_fini(&b->scratch);

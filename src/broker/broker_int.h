@@ -23,7 +23,7 @@
 #define CY_BROKER_INT_H
 
 #include "broker/broker.h"
-#include "bus/bus.h"
+#include "cluster/cluster.h"
 #include "core/cy_buf.h"
 #include "core/cy_log.h"
 #include "health/scoreboard.h"
@@ -47,8 +47,7 @@
 /* An output buffer this small is freed as soon as it is written out (malloc
  * recycles it at once); a larger one is kept for the next pass. */
 #define CY_OUT_KEEP_MIN 1024u
-/* How often timeouts, expiries and will delays are checked, ms. */
-#define CY_SWEEP_MS 250
+/* Timeouts, expiries and will delays are checked every CY_SWEEP_MS (cluster.h). */
 /* Free store pages given back to the file system per sweep (4 KiB each):
  * about 10 ms of work, up to 16 MiB/s reclaimed. */
 #define CY_RECLAIM_PAGES 1024
@@ -157,8 +156,7 @@ struct cy_conn {
     cy_buf *in;            /* partial packet carried between reads, or NULL (most of the time) */
     struct cy_wstate *w;   /* a uv_write in flight, or NULL (most of the time) */
     cy_conn_v5 *v5;        /* MQTT 5 limits and aliases, or NULL (none declared or used) */
-    uint64_t held_epoch;   /* release scratch: an earlier entry of ours still waits */
-    uint32_t n_held;       /* acknowledgements held until peers caught up */
+    cy_held_owner held;    /* acknowledgements held until peers caught up (cluster.h) */
     uint16_t keepalive;    /* s granted; 0 = none */
     uint8_t state;
     uint8_t version;       /* 0 until CONNECT */
@@ -171,60 +169,6 @@ struct cy_conn {
     uint16_t paused_s;         /* mono s (mod 65536) when reading stopped; fits the padding */
     uint32_t preauth;          /* bytes of `in` counted in b->preauth_bytes (before CONNECT) */
 };
-
-/* A frame for a peer shard that must survive until the peer acknowledges it. */
-typedef struct cy_outframe {
-    struct cy_outframe *next;
-    uint64_t seq;
-    size_t len;
-    uint8_t data[];
-} cy_outframe;
-
-/* What this shard knows of one peer shard. Its address is the owner of the
- * peer's interest in the subscription tree. */
-typedef struct cy_peer {
-    cy_subscriber sub;    /* its interest, as the router sees it (kind: b->peer_kind) */
-    unsigned index;
-    bool up;              /* our link to it is usable */
-    bool resync;          /* interest changes were lost: send a full snapshot */
-    bool state_dirty;     /* last_sent / last_applied to be stored */
-    bool ack_due;         /* frames applied since the last ACK we sent */
-    bool ack_lazy;        /* of those, only ones nobody waits on: the sweep acknowledges */
-    uint64_t last_sent;   /* last sequence number given to a durable frame for it */
-    uint64_t last_applied; /* last durable sequence number applied from it */
-    uint64_t acked;       /* highest sequence number it acknowledged */
-    uint64_t written;     /* highest sequence number written on the current link */
-    uint64_t frames_out;  /* frames sent on the current link (scoreboard bus_sent) */
-    uint64_t frames_out_acked; /* of those, acknowledged (scoreboard bus_acked) */
-    uint64_t frames_in;   /* frames applied from its current link */
-    cy_outframe *out_head, *out_tail; /* unacknowledged durable frames, by seq */
-    cy_outframe *out_next; /* first of them not yet written on this link (seq > written) */
-    size_t out_count;
-    size_t out_bytes;     /* bytes of their frames, bounded by max_outbox_bytes */
-    cy_map filters;       /* its interest: filter -> pfilter (cluster.c) */
-    uint64_t mark;        /* its current interest snapshot */
-} cy_peer;
-
-/* An acknowledgement held until peer shards have applied what it
- * acknowledges (new interest for a SUBACK, a retained update for a PUBACK),
- * or until its deadline. */
-typedef struct cy_held {
-    struct cy_held *next;
-    cy_conn *c;
-    int64_t deadline;   /* mono ms */
-    uint64_t mask;      /* peers still waited for */
-    uint64_t need_frames[CY_SB_MAX_SHARDS]; /* their frames_out_acked must reach this */
-    uint64_t need_seq[CY_SB_MAX_SHARDS];    /* their acked seq must reach this */
-    size_t len;
-    uint8_t bytes[];    /* the encoded packet */
-} cy_held;
-
-/* One local filter and how many local sessions hold it (interest). */
-typedef struct cy_interest {
-    uint32_t refs;
-    uint32_t len;
-    char filter[];
-} cy_interest;
 
 struct cy_broker {
     uv_loop_t *loop;
@@ -245,32 +189,20 @@ struct cy_broker {
     cy_map sessions;     /* client id -> cy_session */
     cy_session *offline; /* sessions that are offline and persistent or have a pending will */
     cy_router *router;   /* subscriptions and retained messages */
-    cy_sub_kind session_kind, peer_kind;
+    cy_sub_kind session_kind;
     cy_counters stats;
     cy_counters sys_last; /* values last published to $SYS */
     int64_t sys_next;     /* mono ms of the next $SYS update */
-    uint64_t epoch;       /* release scratch (cy_cluster_release) */
     uint64_t next_assigned_id;
     cy_buf scratch; /* encode scratch */
-    /* sharding: with nshards 1 the bus is NULL and all of this is idle */
+    /* sharding: with nshards 1 the cluster is idle */
     unsigned self, nshards;
     uint64_t generation;   /* our spawn number */
-    cy_bus *bus;
+    cy_cluster *cluster;   /* the other shards */
     cy_sb_slot *slot;      /* our scoreboard slot, or NULL */
     cy_scoreboard *sb;     /* borrowed, or NULL */
-    cy_peer peers[CY_SB_MAX_SHARDS];
-    cy_map interest;       /* local filter -> cy_interest */
-    uint64_t fwd_mask;     /* routing scratch: peers the message being routed was sent to */
-    uint64_t outbox_full;  /* peers whose outbox holds max_outbox_bytes or more */
-    cy_logrl outbox_log;   /* refusals at max_outbox_bytes, per peer */
-    cy_buf frame;          /* frame encode scratch */
-    cy_held *held, *held_tail; /* held acknowledgements, in order */
-    uint64_t hold_mask;    /* scratch while handling a packet: peers to wait for */
-    uint64_t hold_frames[CY_SB_MAX_SHARDS];
-    uint64_t hold_seq[CY_SB_MAX_SHARDS];
-    uint64_t progress;     /* units of work done (scoreboard) */
+    uint64_t progress;     /* units of work done here (scoreboard, with the cluster's) */
     bool stalled;          /* drill: input is ignored, heartbeat goes on */
-    uint64_t snap_from;    /* peers whose interest snapshot we hold (this incarnation) */
     struct cy_api *api;    /* the HTTP API, or NULL when it is off */
     uint8_t rbuf[CY_READ_CHUNK]; /* shared read buffer */
     bool rbuf_busy;
@@ -382,64 +314,36 @@ void cy_offline_link(cy_broker *b, cy_session *s);
 void cy_session_init_kind(cy_broker *b);
 void cy_offline_unlink(cy_broker *b, cy_session *s);
 
-/* cluster.c: routing across shards. All of it is a no-op with one shard. */
-/* Which shard owns a client id: FNV-1a 64 of its bytes modulo nshards.
- * Stable across versions: it decides which shard file holds a session. */
-unsigned cy_shard_of(const char *client_id, size_t len, unsigned nshards);
-/* Add / remove a local session's subscription: the tree, and the interest
- * told to peers. */
-int cy_broker_sub_add(cy_broker *b, cy_subscriber *s, const char *filter, size_t len, uint8_t opts,
-                      uint32_t sub_id);
-void cy_broker_sub_remove(cy_broker *b, cy_subscriber *s, const char *filter, size_t len);
-/* Send an API frame to peer j (counted for the watchdog, never held). */
-int cy_cluster_send_api(cy_broker *b, unsigned j, uint8_t type, const void *a, size_t alen,
-                        const void *c, size_t clen);
-/* The peer kind and the router's hooks (admit, forward), set at start. */
-void cy_cluster_init_kind(cy_broker *b);
-/* Does peer j's outbox hold max_outbox_bytes or more? */
-bool cy_cluster_outbox_full(const cy_broker *b, unsigned j);
-/* Is shard i able to take a connection now? why: filled when not. */
-bool cy_cluster_shard_ready(cy_broker *b, unsigned i, char *why, size_t whylen);
-/* Pass connection c (whose first bytes are bytes[0..len)) to shard owner. */
-void cy_cluster_handover(cy_broker *b, cy_conn *c, unsigned owner, uint8_t version,
-                         const uint8_t *bytes, size_t len);
-/* End of a loop pass, after the commit: acknowledge applied frames, resend
- * what peers are missing, store peer state (before the commit). */
-void cy_cluster_before_commit(cy_broker *b);
-void cy_cluster_after_commit(cy_broker *b);
-/* Send p to c once the peers this packet's handling wrote to (b->hold_mask)
- * have applied it, or at once if there are none (and nothing held before
- * it on c). Deadline: CY_HOLD_MS. */
-int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p);
-/* Release held acknowledgements whose peers caught up or whose time is up. */
-void cy_cluster_release(cy_broker *b);
-/* Forget c's held acknowledgements (it is closing). */
-void cy_cluster_drop_held(cy_broker *b, cy_conn *c);
-/* Sweep: retry snapshots and replays that the bus refused. */
-void cy_cluster_sweep(cy_broker *b);
-/* Bus callbacks. */
-void cy_cluster_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len);
-void cy_cluster_on_handle(void *ctx, unsigned from, uv_tcp_t *tcp, uint8_t type,
-                          const uint8_t *body, size_t len);
-void cy_cluster_on_peer_up(void *ctx, unsigned peer, uint64_t generation);
-void cy_cluster_on_peer_down(void *ctx, unsigned peer);
-/* Store loader callbacks for peer state and outbox frames. */
-int cy_cluster_load_peer(void *ctx, unsigned peer, uint64_t last_sent, uint64_t last_applied);
-int cy_cluster_load_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t *frame,
-                           size_t len);
-void cy_cluster_free(cy_broker *b);
+/* Subscribe / unsubscribe a local subscriber: the router and the interest
+ * told to peer shards (cluster.h). */
+static inline int cy_broker_sub_add(cy_broker *b, cy_subscriber *s, const char *filter, size_t len,
+                                    uint8_t opts, uint32_t sub_id)
+{
+    return cy_cluster_subscribe(b->cluster, s, filter, len, opts, sub_id);
+}
+static inline void cy_broker_sub_remove(cy_broker *b, cy_subscriber *s, const char *filter,
+                                        size_t len)
+{
+    cy_cluster_unsubscribe(b->cluster, s, filter, len);
+}
 
-/* conn.c, for handover */
-/* Adopt a connection passed by another shard: fd is ours; bytes were read
- * from it already. */
-void cy_conn_adopt(cy_broker *b, int fd, const uint8_t *bytes, size_t len);
+/* conn.c, for the cluster */
+/* Send p to c once the peers this packet's handling wrote to have applied
+ * it, or at once if there are none (and nothing held before it on c). */
+int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p);
+/* Pass c (whose first bytes are bytes[0..len)) to shard owner, or refuse
+ * it as "server unavailable" when the owner is not able to take it. */
+void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t *bytes,
+                      size_t len);
+/* Cluster hooks: a connection handed over by a peer; a held
+ * acknowledgement released. */
+void cy_conn_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len);
+void cy_conn_release_held(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t len);
 /* Feed bytes to a connection as if read (used by adopt). */
 void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len);
 
 /* api*.c: the HTTP API (details in api_int.h). With http_listen empty,
  * b->api is NULL and only the device rules below apply. */
-#define CY_FRAME_API_REQ 8
-#define CY_FRAME_API_RESP 9
 int cy_api_start(cy_broker *b, int http_fd);
 /* Start taking HTTP requests (when the broker starts accepting). */
 void cy_api_listen(cy_broker *b);

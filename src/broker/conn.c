@@ -42,6 +42,7 @@
 #include "core/cy_log.h"
 
 #include <arpa/inet.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -215,7 +216,7 @@ static void mark_dirty(cy_conn *c)
 int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p)
 {
     if (c->state == CONN_CLOSING) return CY_EPIPE;
-    if (c->n_held) return cy_conn_send_acked(c, p); /* keep the wire in order */
+    if (c->held.n) return cy_conn_send_acked(c, p); /* keep the wire in order */
     int rc = cy_mqtt_encode(&c->out, c->version ? c->version : CY_MQTT_V311, p);
     if (rc) return rc;
     mark_dirty(c);
@@ -319,7 +320,7 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
      * uv_close). */
     c->state = CONN_CLOSING;
     cy_conn_flush(c);
-    if (c->n_held) cy_cluster_drop_held(b, c);
+    if (c->held.n) cy_cluster_drop_held(b->cluster, &c->held);
     if (c->counted) {
         b->stats.clients_connected--;
         c->counted = false;
@@ -440,14 +441,14 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
             !c->handed_in && name->len) {
             unsigned owner = cy_shard_of(name->p, name->len, b->nshards);
             if (owner != b->self) {
-                cy_cluster_handover(b, c, owner, p.u.connect.version, data + off, len - off);
+                cy_conn_handover(c, owner, p.u.connect.version, data + off, len - off);
                 return len;
             }
         }
         off += used;
         c->last_rx = uv_now(b->loop);
         b->progress++;
-        b->hold_mask = 0;
+        cy_cluster_hold_begin(b->cluster);
         int reason = dispatch(c, &p);
         if (reason >= 0x80) {
             if (reason == CY_RC_PROTOCOL_ERROR || reason == CY_RC_MALFORMED)
@@ -616,8 +617,10 @@ void cy_conn_on_connection(uv_stream_t *server, int status)
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
-void cy_conn_adopt(cy_broker *b, int fd, const uint8_t *bytes, size_t len)
+void cy_conn_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len)
 {
+    cy_broker *b = ctx;
+    (void)from;
     cy_conn *c = conn_new(b);
     if (!c) {
         close(fd);
@@ -635,3 +638,116 @@ void cy_conn_adopt(cy_broker *b, int fd, const uint8_t *bytes, size_t len)
     cy_conn_feed(c, bytes, len);
     if (c->state != CONN_CLOSING) uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
+
+/* ---- what the cluster asks of connections ---- */
+
+int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p)
+{
+    cy_broker *b = c->b;
+    if (!cy_cluster_must_hold(b->cluster, &c->held)) return cy_conn_send(c, p);
+    cy_buf_reset(&b->scratch);
+    int rc = cy_mqtt_encode(&b->scratch, c->version, p);
+    if (rc) return rc;
+    if (p->type == CY_MQTT_PUBLISH && cy_conn_peer_max_packet(c) &&
+        cy_buf_size(&b->scratch) > cy_conn_peer_max_packet(c))
+        return CY_EMSGSIZE;
+    /* Only these acknowledge work peers must have applied first; anything
+     * else waits only for what is held before it on this connection. */
+    bool wait = p->type == CY_MQTT_SUBACK || p->type == CY_MQTT_PUBACK ||
+                p->type == CY_MQTT_PUBREC;
+    if (cy_cluster_hold(b->cluster, &c->held, wait, cy_buf_head(&b->scratch),
+                        cy_buf_size(&b->scratch)) == 0)
+        return 0;
+    /* Out of memory: better early than never. */
+    rc = cy_buf_append(&c->out, cy_buf_head(&b->scratch), cy_buf_size(&b->scratch));
+    if (rc == 0) mark_dirty(c);
+    return rc;
+}
+
+void cy_conn_release_held(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t len)
+{
+    cy_conn *c = (cy_conn *)((char *)o - offsetof(cy_conn, held));
+    (void)ctx;
+    if (cy_buf_append(&c->out, bytes, len) == 0) mark_dirty(c);
+}
+
+/* ---- handover to the owner shard ---- */
+
+static void refuse_unavailable(cy_conn *c, uint8_t version, const char *why)
+{
+    static const uint8_t v5[] = {0x20, 0x03, 0x00, CY_RC_SERVER_UNAVAILABLE, 0x00};
+    static const uint8_t v3[] = {0x20, 0x02, 0x00, CY_RC3_SERVER_UNAVAILABLE};
+    c->state = CONN_NEW;
+    if (version == CY_MQTT_V5)
+        cy_buf_append(&c->out, v5, sizeof(v5));
+    else
+        cy_buf_append(&c->out, v3, sizeof(v3));
+    c->b->stats.connects_refused++;
+    cy_conn_log_stranger(c, "refused logins", "connect refused (server unavailable): %s", why);
+    cy_conn_close(c, 0, NULL);
+}
+
+typedef struct handover {
+    cy_conn *c;
+    uint8_t version;
+    unsigned owner;
+    size_t bytes; /* counted in b->preauth_bytes until the bus has written them */
+} handover;
+
+static void handed(void *arg, int status)
+{
+    handover *h = arg;
+    cy_conn *c = h->c;
+    c->b->preauth_bytes -= h->bytes;
+    if (status < 0) {
+        char why[64];
+        snprintf(why, sizeof(why), "handover to shard %u failed: %s", h->owner,
+                 uv_strerror(status));
+        refuse_unavailable(c, h->version, why);
+    } else {
+        c->state = CONN_NEW; /* so close is a plain close of our copy */
+        cy_conn_close(c, 0, NULL);
+    }
+    cy_free(h);
+}
+
+void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t *bytes,
+                      size_t len)
+{
+    cy_broker *b = c->b;
+    char why[96];
+    if (!cy_cluster_shard_ready(b->cluster, owner, why, sizeof(why))) {
+        refuse_unavailable(c, version, why);
+        return;
+    }
+    /* What is handed over has not logged in yet: its bytes (the CONNECT and
+     * whatever came after it in the same read) wait in the bus's buffer,
+     * so they count in the shard's preauth_memory until written. */
+    if (b->preauth_bytes + len > b->cfg->preauth_memory) {
+        b->stats.limit_preauth++;
+        refuse_unavailable(c, version, "preauth_memory spent on connections not logged in");
+        return;
+    }
+    handover *h = cy_malloc(sizeof(*h));
+    if (!h) {
+        refuse_unavailable(c, version, "out of memory");
+        return;
+    }
+    h->c = c;
+    h->version = version;
+    h->owner = owner;
+    h->bytes = len;
+    b->preauth_bytes += len;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->state = CONN_HANDED;
+    int rc = cy_cluster_handover(b->cluster, owner, &c->tcp, bytes, len, handed, h);
+    if (rc) {
+        b->preauth_bytes -= h->bytes;
+        cy_free(h);
+        snprintf(why, sizeof(why), "handover to shard %u: %s", owner, cy_strerror(rc));
+        refuse_unavailable(c, version, why);
+        return;
+    }
+    cy_debug(cy_conn_peer(c), "handed to shard %u", owner);
+}
+

@@ -9,7 +9,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#include "bus/bus.h"
+#include "cluster/bus.h"
 #include "core/cy_alloc.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"

@@ -55,7 +55,7 @@
  * Log lines: one when an up link goes down, one when a link comes up; dial
  * failures in between are silent.
  */
-#include "bus/bus.h"
+#include "cluster/bus.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_buf.h"

@@ -51,7 +51,10 @@
  *   8 API_REQ, 9 API_RESP: the HTTP API's requests to owner shards and
  *     their answers (api_int.h); not durable, and never hold an ack
  */
-#include "broker/broker_int.h"
+#include "cluster/cluster.h"
+
+#include "cluster/bus.h"
+#include "core/cy_map.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_clock.h"
@@ -75,6 +78,87 @@ enum {
 
 enum { FL_RETAIN = 4, FL_ROUTE = 8, FL_SET_RETAINED = 16, FL_EVENT = 32 };
 
+/* A frame for a peer shard that must survive until the peer acknowledges it. */
+typedef struct cy_outframe {
+    struct cy_outframe *next;
+    uint64_t seq;
+    size_t len;
+    uint8_t data[];
+} cy_outframe;
+
+/* What this shard knows of one peer shard. Its `sub` is the subscriber of
+ * the peer's interest in our router. */
+typedef struct cy_peer {
+    cy_subscriber sub;
+    unsigned index;
+    bool up;              /* our link to it is usable */
+    bool resync;          /* interest changes were lost: send a full snapshot */
+    bool state_dirty;     /* last_sent / last_applied to be stored */
+    bool ack_due;         /* frames applied since the last ACK we sent */
+    bool ack_lazy;        /* of those, only ones nobody waits on: the sweep acknowledges */
+    uint64_t last_sent;   /* last sequence number given to a durable frame for it */
+    uint64_t last_applied; /* last durable sequence number applied from it */
+    uint64_t acked;       /* highest sequence number it acknowledged */
+    uint64_t written;     /* highest sequence number written on the current link */
+    uint64_t frames_out;  /* frames sent on the current link (scoreboard bus_sent) */
+    uint64_t frames_out_acked; /* of those, acknowledged (scoreboard bus_acked) */
+    uint64_t frames_in;   /* frames applied from its current link */
+    cy_outframe *out_head, *out_tail; /* unacknowledged durable frames, by seq */
+    cy_outframe *out_next; /* first of them not yet written on this link (seq > written) */
+    size_t out_count;
+    size_t out_bytes;     /* bytes of their frames, bounded by max_outbox_bytes */
+    cy_map filters;       /* its interest: filter -> pfilter */
+    uint64_t mark;        /* its current interest snapshot */
+} cy_peer;
+
+/* An acknowledgement held until peer shards have applied what it
+ * acknowledges, or until its deadline. */
+typedef struct cy_held {
+    struct cy_held *next;
+    cy_held_owner *o;
+    int64_t deadline;   /* mono ms */
+    uint64_t mask;      /* peers still waited for */
+    uint64_t need_frames[CY_SB_MAX_SHARDS]; /* their frames_out_acked must reach this */
+    uint64_t need_seq[CY_SB_MAX_SHARDS];    /* their acked seq must reach this */
+    size_t len;
+    uint8_t bytes[];    /* the encoded packet */
+} cy_held;
+
+/* One local filter and how many local subscribers hold it (interest). */
+typedef struct cy_interest {
+    uint32_t refs;
+    uint32_t len;
+    char filter[];
+} cy_interest;
+
+struct cy_cluster {
+    uv_loop_t *loop;
+    const cy_config *cfg;
+    cy_store *store;
+    cy_router *router;
+    cy_counters *stats;
+    cy_scoreboard *sb;     /* borrowed, or NULL */
+    cy_cluster_hooks hooks;
+    unsigned self, nshards;
+    uint64_t generation;   /* our spawn number */
+    cy_bus *bus;           /* NULL with one shard */
+    bool stalled;          /* drill: frames from peers are ignored */
+    uint64_t progress;     /* frames applied (scoreboard progress) */
+    cy_sub_kind peer_kind;
+    cy_peer peers[CY_SB_MAX_SHARDS];
+    cy_map interest;       /* local filter -> cy_interest */
+    uint64_t fwd_mask;     /* routing scratch: peers the message being routed was sent to */
+    uint64_t outbox_full;  /* peers whose outbox holds max_outbox_bytes or more */
+    cy_logrl outbox_log;   /* refusals at max_outbox_bytes, per peer */
+    cy_buf frame;          /* frame encode scratch */
+    cy_held *held, *held_tail; /* held acknowledgements, in order */
+    uint64_t epoch;        /* release scratch */
+    uint64_t hold_mask;    /* scratch while handling a packet: peers to wait for */
+    uint64_t hold_frames[CY_SB_MAX_SHARDS];
+    uint64_t hold_seq[CY_SB_MAX_SHARDS];
+    uint64_t snap_from;    /* peers whose interest snapshot we hold (this incarnation) */
+};
+
 /* One line per peer per window for refusals at max_outbox_bytes. */
 #define OUTBOX_LOG_WINDOW_MS 10000
 #define OUTBOX_LOG_BURST 20
@@ -90,100 +174,97 @@ unsigned cy_shard_of(const char *client_id, size_t len, unsigned nshards)
 
 /* ---- held acknowledgements ---- */
 
-static void hold_need(cy_broker *b, unsigned j, uint64_t frames, uint64_t seq)
+static void hold_need(cy_cluster *cl, unsigned j, uint64_t frames, uint64_t seq)
 {
     uint64_t bit = UINT64_C(1) << j;
-    if (!(b->hold_mask & bit)) {
-        b->hold_mask |= bit;
-        b->hold_frames[j] = b->hold_seq[j] = 0;
+    if (!(cl->hold_mask & bit)) {
+        cl->hold_mask |= bit;
+        cl->hold_frames[j] = cl->hold_seq[j] = 0;
     }
-    if (frames > b->hold_frames[j]) b->hold_frames[j] = frames;
-    if (seq > b->hold_seq[j]) b->hold_seq[j] = seq;
+    if (frames > cl->hold_frames[j]) cl->hold_frames[j] = frames;
+    if (seq > cl->hold_seq[j]) cl->hold_seq[j] = seq;
 }
 
-int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p)
+void cy_cluster_hold_begin(cy_cluster *cl)
 {
-    cy_broker *b = c->b;
-    if (!b->hold_mask && !c->n_held) return cy_conn_send(c, p);
-    cy_buf_reset(&b->scratch);
-    int rc = cy_mqtt_encode(&b->scratch, c->version, p);
-    if (rc) return rc;
-    if (p->type == CY_MQTT_PUBLISH && cy_conn_peer_max_packet(c) &&
-        cy_buf_size(&b->scratch) > cy_conn_peer_max_packet(c))
-        return CY_EMSGSIZE;
+    cl->hold_mask = 0;
+}
+
+bool cy_cluster_must_hold(const cy_cluster *cl, const cy_held_owner *o)
+{
+    return cl->hold_mask || o->n;
+}
+
+int cy_cluster_hold(cy_cluster *cl, cy_held_owner *o, bool wait_peers, const uint8_t *bytes,
+                    size_t len)
+{
     /* Packets queued behind a held one wait for nothing but it. */
-    uint64_t mask = b->hold_mask;
-    if (p->type != CY_MQTT_SUBACK && p->type != CY_MQTT_PUBACK && p->type != CY_MQTT_PUBREC)
-        mask = 0;
-    cy_held *h = cy_malloc(sizeof(*h) + cy_buf_size(&b->scratch));
-    if (!h) return cy_conn_send(c, p); /* better early than never */
+    uint64_t mask = wait_peers ? cl->hold_mask : 0;
+    cy_held *h = cy_malloc(sizeof(*h) + len);
+    if (!h) return CY_ENOMEM;
     h->next = NULL;
-    h->c = c;
+    h->o = o;
     h->deadline = cy_mono_ms() + CY_HOLD_MS;
     h->mask = mask;
-    for (unsigned j = 0; j < b->nshards; j++) {
-        h->need_frames[j] = mask & (UINT64_C(1) << j) ? b->hold_frames[j] : 0;
-        h->need_seq[j] = mask & (UINT64_C(1) << j) ? b->hold_seq[j] : 0;
+    for (unsigned j = 0; j < cl->nshards; j++) {
+        h->need_frames[j] = mask & (UINT64_C(1) << j) ? cl->hold_frames[j] : 0;
+        h->need_seq[j] = mask & (UINT64_C(1) << j) ? cl->hold_seq[j] : 0;
     }
-    h->len = cy_buf_size(&b->scratch);
-    memcpy(h->bytes, cy_buf_head(&b->scratch), h->len);
-    if (b->held_tail)
-        b->held_tail->next = h;
+    h->len = len;
+    memcpy(h->bytes, bytes, len);
+    if (cl->held_tail)
+        cl->held_tail->next = h;
     else
-        b->held = h;
-    b->held_tail = h;
-    c->n_held++;
+        cl->held = h;
+    cl->held_tail = h;
+    o->n++;
     return 0;
 }
 
-static bool caught_up(cy_broker *b, cy_held *h, int64_t now)
+static bool caught_up(cy_cluster *cl, cy_held *h, int64_t now)
 {
     if (now >= h->deadline) return true;
-    for (unsigned j = 0; j < b->nshards; j++) {
+    for (unsigned j = 0; j < cl->nshards; j++) {
         uint64_t bit = UINT64_C(1) << j;
         if (!(h->mask & bit)) continue;
-        cy_peer *p = &b->peers[j];
+        cy_peer *p = &cl->peers[j];
         if (!p->up || (p->frames_out_acked >= h->need_frames[j] && p->acked >= h->need_seq[j]))
             h->mask &= ~bit;
     }
     return h->mask == 0;
 }
 
-/* Release in order: an entry waits for the earlier entries of its connection. */
-void cy_cluster_release(cy_broker *b)
+/* Release in order: an entry waits for the earlier entries of its owner. */
+static void release(cy_cluster *cl)
 {
-    if (!b->held) return;
+    if (!cl->held) return;
     int64_t now = cy_mono_ms();
-    uint64_t blocked_epoch = ++b->epoch; /* marks connections with an earlier entry waiting */
-    cy_held **pp = &b->held, *last = NULL;
+    uint64_t blocked_epoch = ++cl->epoch; /* marks connections with an earlier entry waiting */
+    cy_held **pp = &cl->held, *last = NULL;
     while (*pp) {
         cy_held *h = *pp;
-        cy_conn *c = h->c;
-        bool blocked = c->held_epoch == blocked_epoch;
-        if (!blocked && caught_up(b, h, now)) {
-            if (cy_buf_append(&c->out, h->bytes, h->len) == 0 && !c->dirty) {
-                c->dirty = true;
-                c->dirty_next = b->dirty;
-                b->dirty = c;
-            }
-            c->n_held--;
+        cy_held_owner *o = h->o;
+        bool blocked = o->epoch == blocked_epoch;
+        if (!blocked && caught_up(cl, h, now)) {
+            o->n--;
             *pp = h->next;
+            if (cl->hooks.release) cl->hooks.release(cl->hooks.ctx, o, h->bytes, h->len);
             cy_free(h);
             continue;
         }
-        c->held_epoch = blocked_epoch;
+        o->epoch = blocked_epoch;
         last = h;
         pp = &h->next;
     }
-    b->held_tail = last;
+    cl->held_tail = last;
 }
 
-void cy_cluster_drop_held(cy_broker *b, cy_conn *c)
+void cy_cluster_drop_held(cy_cluster *cl, cy_held_owner *o)
 {
-    cy_held **pp = &b->held, *last = NULL;
+    cy_held **pp = &cl->held, *last = NULL;
     while (*pp) {
         cy_held *h = *pp;
-        if (h->c == c) {
+        if (h->o == o) {
             *pp = h->next;
             cy_free(h);
             continue;
@@ -191,47 +272,47 @@ void cy_cluster_drop_held(cy_broker *b, cy_conn *c)
         last = h;
         pp = &h->next;
     }
-    b->held_tail = last;
-    c->n_held = 0;
+    cl->held_tail = last;
+    o->n = 0;
 }
 
 /* ---- interest ---- */
 
-static void send_counted(cy_broker *b, cy_peer *p, uint8_t type, const void *body, size_t len)
+static void send_counted(cy_cluster *cl, cy_peer *p, uint8_t type, const void *body, size_t len)
 {
     if (!p->up) return;
-    if (cy_bus_send(b->bus, p->index, type, body, len) == 0) {
+    if (cy_bus_send(cl->bus, p->index, type, body, len) == 0) {
         p->frames_out++;
         /* whoever acknowledges the packet being handled waits for this frame */
-        hold_need(b, p->index, p->frames_out, 0);
+        hold_need(cl, p->index, p->frames_out, 0);
     } else {
         p->resync = true;
     }
 }
 
-int cy_cluster_send_api(cy_broker *b, unsigned j, uint8_t type, const void *a, size_t alen,
+int cy_cluster_send(cy_cluster *cl, unsigned j, uint8_t type, const void *a, size_t alen,
                         const void *c, size_t clen)
 {
-    cy_peer *p = &b->peers[j];
+    cy_peer *p = &cl->peers[j];
     if (!p->up) return CY_EPIPE;
-    int rc = cy_bus_send2(b->bus, j, type, a, alen, c, clen);
+    int rc = cy_bus_send2(cl->bus, j, type, a, alen, c, clen);
     if (rc == 0) p->frames_out++;
     return rc;
 }
 
-static void broadcast_interest(cy_broker *b, uint8_t type, const char *filter, size_t len)
+static void broadcast_interest(cy_cluster *cl, uint8_t type, const char *filter, size_t len)
 {
-    for (unsigned j = 0; j < b->nshards; j++)
-        if (j != b->self) send_counted(b, &b->peers[j], type, filter, len);
+    for (unsigned j = 0; j < cl->nshards; j++)
+        if (j != cl->self) send_counted(cl, &cl->peers[j], type, filter, len);
 }
 
-int cy_broker_sub_add(cy_broker *b, cy_subscriber *s, const char *filter, size_t len, uint8_t opts,
+int cy_cluster_subscribe(cy_cluster *cl, cy_subscriber *s, const char *filter, size_t len, uint8_t opts,
                       uint32_t sub_id)
 {
     bool existed = false;
-    int rc = cy_router_subscribe(b->router, s, filter, len, opts, sub_id, &existed);
-    if (rc || existed || b->nshards <= 1) return rc;
-    cy_interest *in = cy_map_get(&b->interest, filter, len);
+    int rc = cy_router_subscribe(cl->router, s, filter, len, opts, sub_id, &existed);
+    if (rc || existed || cl->nshards <= 1) return rc;
+    cy_interest *in = cy_map_get(&cl->interest, filter, len);
     if (in) {
         in->refs++;
         return 0;
@@ -242,29 +323,29 @@ int cy_broker_sub_add(cy_broker *b, cy_subscriber *s, const char *filter, size_t
     in->len = (uint32_t)len;
     memcpy(in->filter, filter, len);
     in->filter[len] = '\0';
-    if (cy_map_put(&b->interest, in->filter, len, in)) {
+    if (cy_map_put(&cl->interest, in->filter, len, in)) {
         cy_free(in);
         goto fail;
     }
-    broadcast_interest(b, F_INTEREST_ADD, filter, len);
+    broadcast_interest(cl, F_INTEREST_ADD, filter, len);
     return 0;
 fail:
-    cy_router_unsubscribe(b->router, s, filter, len);
+    cy_router_unsubscribe(cl->router, s, filter, len);
     return CY_ENOMEM;
 }
 
-void cy_broker_sub_remove(cy_broker *b, cy_subscriber *s, const char *filter, size_t len)
+void cy_cluster_unsubscribe(cy_cluster *cl, cy_subscriber *s, const char *filter, size_t len)
 {
-    if (cy_router_unsubscribe(b->router, s, filter, len) || b->nshards <= 1) return;
-    cy_interest *in = cy_map_get(&b->interest, filter, len);
+    if (cy_router_unsubscribe(cl->router, s, filter, len) || cl->nshards <= 1) return;
+    cy_interest *in = cy_map_get(&cl->interest, filter, len);
     if (!in || --in->refs) return;
-    cy_map_del(&b->interest, filter, len);
-    broadcast_interest(b, F_INTEREST_DEL, in->filter, in->len);
+    cy_map_del(&cl->interest, filter, len);
+    broadcast_interest(cl, F_INTEREST_DEL, in->filter, in->len);
     cy_free(in);
 }
 
 typedef struct snap_ctx {
-    cy_broker *b;
+    cy_cluster *b;
     cy_peer *p;
 } snap_ctx;
 
@@ -275,13 +356,13 @@ static void snap_one(void *ctx, void *v)
     send_counted(sc->b, sc->p, F_INTEREST_ADD, in->filter, in->len);
 }
 
-static void send_snapshot(cy_broker *b, cy_peer *p)
+static void send_snapshot(cy_cluster *cl, cy_peer *p)
 {
     p->resync = false;
-    send_counted(b, p, F_INTEREST_RESET, NULL, 0);
-    snap_ctx sc = {b, p};
-    cy_map_each(&b->interest, snap_one, &sc);
-    send_counted(b, p, F_INTEREST_END, NULL, 0);
+    send_counted(cl, p, F_INTEREST_RESET, NULL, 0);
+    snap_ctx sc = {cl, p};
+    cy_map_each(&cl->interest, snap_one, &sc);
+    send_counted(cl, p, F_INTEREST_END, NULL, 0);
 }
 
 /* One filter of a peer's interest. The mark says which snapshot last
@@ -296,7 +377,7 @@ typedef struct pfilter {
 } pfilter;
 
 typedef struct drop_ctx {
-    cy_broker *b;
+    cy_cluster *cl;
     cy_peer *p;
     pfilter **v;
     size_t n;
@@ -308,27 +389,27 @@ static void collect_filter(void *ctx, void *v)
     d->v[d->n++] = v;
 }
 
-static void drop_filter(cy_broker *b, cy_peer *p, pfilter *pf, bool in_tree)
+static void drop_filter(cy_cluster *cl, cy_peer *p, pfilter *pf, bool in_tree)
 {
     cy_map_del(&p->filters, pf->f, pf->len);
-    if (in_tree) cy_router_unsubscribe(b->router, &p->sub, pf->f, pf->len);
+    if (in_tree) cy_router_unsubscribe(cl->router, &p->sub, pf->f, pf->len);
     cy_free(pf);
 }
 
 /* Drop peer p's filters not confirmed by the current mark (all of them with
  * keep_current false: broker teardown). */
-static void sweep_interest(cy_broker *b, cy_peer *p, bool keep_current, bool in_tree)
+static void sweep_interest(cy_cluster *cl, cy_peer *p, bool keep_current, bool in_tree)
 {
     if (!p->filters.count) return;
-    drop_ctx d = {b, p, cy_calloc(p->filters.count, sizeof(pfilter *)), 0};
+    drop_ctx d = {cl, p, cy_calloc(p->filters.count, sizeof(pfilter *)), 0};
     if (!d.v) return;
     cy_map_each(&p->filters, collect_filter, &d);
     for (size_t i = 0; i < d.n; i++)
-        if (!keep_current || d.v[i]->mark != p->mark) drop_filter(b, p, d.v[i], in_tree);
+        if (!keep_current || d.v[i]->mark != p->mark) drop_filter(cl, p, d.v[i], in_tree);
     cy_free(d.v);
 }
 
-static void interest_add(cy_broker *b, cy_peer *p, const uint8_t *f, size_t len)
+static void interest_add(cy_cluster *cl, cy_peer *p, const uint8_t *f, size_t len)
 {
     pfilter *pf = cy_map_get(&p->filters, f, len);
     if (pf) {
@@ -342,20 +423,20 @@ static void interest_add(cy_broker *b, cy_peer *p, const uint8_t *f, size_t len)
     memcpy(pf->f, f, len);
     pf->f[len] = '\0';
     /* QoS 2 and no options: the peer applies each session's own options. */
-    if (cy_router_subscribe(b->router, &p->sub, pf->f, len, 2, 0, NULL)) {
+    if (cy_router_subscribe(cl->router, &p->sub, pf->f, len, 2, 0, NULL)) {
         cy_free(pf);
         return;
     }
     if (cy_map_put(&p->filters, pf->f, len, pf)) {
-        cy_router_unsubscribe(b->router, &p->sub, pf->f, len);
+        cy_router_unsubscribe(cl->router, &p->sub, pf->f, len);
         cy_free(pf);
     }
 }
 
-static void interest_del(cy_broker *b, cy_peer *p, const uint8_t *f, size_t len)
+static void interest_del(cy_cluster *cl, cy_peer *p, const uint8_t *f, size_t len)
 {
     pfilter *pf = cy_map_get(&p->filters, f, len);
-    if (pf) drop_filter(b, p, pf, true);
+    if (pf) drop_filter(cl, p, pf, true);
 }
 
 /* ---- durable frames ---- */
@@ -366,30 +447,30 @@ static int put_u64(cy_buf *f, uint64_t v)
                                                                                       : 0;
 }
 
-bool cy_cluster_outbox_full(const cy_broker *b, unsigned j)
+static bool outbox_full(const cy_cluster *cl, unsigned j)
 {
-    return (b->outbox_full >> j) & 1;
+    return (cl->outbox_full >> j) & 1;
 }
 
-/* Keep b->outbox_full in step with p->out_bytes. */
-static void outbox_account(cy_broker *b, cy_peer *p)
+/* Keep cl->outbox_full in step with p->out_bytes. */
+static void outbox_account(cy_cluster *cl, cy_peer *p)
 {
     uint64_t bit = UINT64_C(1) << p->index;
-    bool full = p->out_bytes >= b->cfg->max_outbox_bytes;
-    if (full == ((b->outbox_full & bit) != 0)) return;
+    bool full = p->out_bytes >= cl->cfg->max_outbox_bytes;
+    if (full == ((cl->outbox_full & bit) != 0)) return;
     if (full) {
-        b->outbox_full |= bit;
+        cl->outbox_full |= bit;
         cy_warn(NULL,
                 "outbox for shard %u is full (%zu frames, %zu bytes, max_outbox_bytes %u): "
                 "refusing publishes that need it until it acknowledges",
-                p->index, p->out_count, p->out_bytes, b->cfg->max_outbox_bytes);
+                p->index, p->out_count, p->out_bytes, cl->cfg->max_outbox_bytes);
     } else {
-        b->outbox_full &= ~bit;
+        cl->outbox_full &= ~bit;
         cy_info(NULL, "outbox for shard %u has room again (%zu bytes)", p->index, p->out_bytes);
     }
 }
 
-static void outbox_append(cy_broker *b, cy_peer *p, cy_outframe *f)
+static void outbox_append(cy_cluster *cl, cy_peer *p, cy_outframe *f)
 {
     f->next = NULL;
     if (p->out_tail)
@@ -400,7 +481,7 @@ static void outbox_append(cy_broker *b, cy_peer *p, cy_outframe *f)
     if (!p->out_next) p->out_next = f; /* every frame before it is written */
     p->out_count++;
     p->out_bytes += f->len;
-    outbox_account(b, p);
+    outbox_account(cl, p);
 }
 
 static bool is_sys(const cy_msg *m)
@@ -416,55 +497,55 @@ static cy_peer *peer_of(const cy_subscriber *s)
 /* Router hook, before anything of a client's publish is done: may it be
  * forwarded within max_outbox_bytes? A durable frame (QoS 1/2 to the peers
  * it matched, or a retained update, which goes to every peer) for a peer
- * whose outbox is full is refused: CY_RC_QUOTA_EXCEEDED after counting
+ * whose outbox is full is refused: CY_ROUTE_QUOTA_EXCEEDED after counting
  * limit_outbox and logging (rate-limited, per peer). The forward itself
  * never drops a durable frame: what was admitted is kept until the peer
  * acknowledges it, so work past the bound that cannot be refused (a will,
  * an API publish) overshoots it rather than being lost. */
 static int admit(void *ctx, const cy_route *r)
 {
-    cy_broker *b = ctx;
+    cy_cluster *cl = ctx;
     const cy_msg *m = r->m;
-    if (!b->outbox_full || is_sys(m)) return 0;
+    if (!cl->outbox_full || is_sys(m)) return 0;
     /* Peers of this run only: an outbox loaded for a shard index the node
      * no longer has (fewer shards than before) waits, it does not refuse. */
-    uint64_t peers = (b->nshards >= 64 ? ~UINT64_C(0) : (UINT64_C(1) << b->nshards) - 1) &
-                     ~(UINT64_C(1) << b->self);
+    uint64_t peers = (cl->nshards >= 64 ? ~UINT64_C(0) : (UINT64_C(1) << cl->nshards) - 1) &
+                     ~(UINT64_C(1) << cl->self);
     uint64_t routed = 0;
     for (uint32_t i = 0; m->qos && i < r->n_matches; i++)
-        if (r->matches[i].sub->kind == &b->peer_kind)
+        if (r->matches[i].sub->kind == &cl->peer_kind)
             routed |= UINT64_C(1) << peer_of(r->matches[i].sub)->index;
     uint64_t need = (r->set_retained ? peers : routed) & peers;
-    uint64_t over = need & b->outbox_full;
+    uint64_t over = need & cl->outbox_full;
     if (!over) return 0;
     unsigned j = 0;
     while (!((over >> j) & 1)) j++;
-    b->stats.limit_outbox++;
+    cl->stats->limit_outbox++;
     /* A publisher repeats this at will while the peer is stuck: one line
      * per peer per window, with the count of those held back. */
-    if (b->outbox_log.window_ms == 0)
-        cy_logrl_init(&b->outbox_log, OUTBOX_LOG_WINDOW_MS, OUTBOX_LOG_BURST);
+    if (cl->outbox_log.window_ms == 0)
+        cy_logrl_init(&cl->outbox_log, OUTBOX_LOG_WINDOW_MS, OUTBOX_LOG_BURST);
     char key[16];
     snprintf(key, sizeof(key), "shard %u", j);
     char more[CY_LOGRL_MORE];
-    if (cy_logrl_line(&b->outbox_log, key, more)) {
+    if (cy_logrl_line(&cl->outbox_log, key, more)) {
         cy_warn(NULL,
                 "publish on %.*s refused: the outbox for shard %u holds %zu bytes "
                 "(max_outbox_bytes %u)%s",
-                (int)m->topic_len, m->topic, j, b->peers[j].out_bytes, b->cfg->max_outbox_bytes,
+                (int)m->topic_len, m->topic, j, cl->peers[j].out_bytes, cl->cfg->max_outbox_bytes,
                 more);
     }
-    return CY_RC_QUOTA_EXCEEDED;
+    return CY_ROUTE_QUOTA_EXCEEDED;
 }
 
 /* Write unwritten durable frames to peer p, in order, while the bus takes
  * them: from the cursor on, so the cost is what is written. */
-static void pump(cy_broker *b, cy_peer *p)
+static void pump(cy_cluster *cl, cy_peer *p)
 {
     if (!p->up) return;
     while (p->out_next) {
         cy_outframe *f = p->out_next;
-        if (cy_bus_send(b->bus, p->index, F_PUBLISH, f->data, f->len)) return;
+        if (cy_bus_send(cl->bus, p->index, F_PUBLISH, f->data, f->len)) return;
         p->written = f->seq;
         p->out_next = f->next;
         p->frames_out++;
@@ -494,18 +575,18 @@ static int encode_publish(cy_buf *f, const cy_msg *m, uint64_t seq, uint8_t flag
 
 /* Send m to peer j as one frame: routed to its subscribers (with the
  * shared groups it serves) and/or setting the retained message. */
-static void forward(cy_broker *b, unsigned j, const cy_msg *m, bool routed, bool set_retained,
+static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bool set_retained,
                     const cy_str *groups, unsigned n_groups)
 {
-    cy_peer *p = &b->peers[j];
+    cy_peer *p = &cl->peers[j];
     bool durable = m->qos > 0 || set_retained;
     uint8_t flags = (uint8_t)(m->qos | (m->retain ? FL_RETAIN : 0) | (routed ? FL_ROUTE : 0) |
                               (set_retained ? FL_SET_RETAINED : 0) |
                               (m->event_seq ? FL_EVENT : 0));
     if (!durable) {
-        if (!p->up || encode_publish(&b->frame, m, 0, flags, groups, n_groups) ||
-            cy_bus_send(b->bus, j, F_PUBLISH, cy_buf_head(&b->frame), cy_buf_size(&b->frame))) {
-            b->stats.messages_dropped++;
+        if (!p->up || encode_publish(&cl->frame, m, 0, flags, groups, n_groups) ||
+            cy_bus_send(cl->bus, j, F_PUBLISH, cy_buf_head(&cl->frame), cy_buf_size(&cl->frame))) {
+            cl->stats->messages_dropped++;
             return;
         }
         p->frames_out++;
@@ -514,28 +595,28 @@ static void forward(cy_broker *b, unsigned j, const cy_msg *m, bool routed, bool
     /* No bound here: what reaches this point was admitted (or cannot be
      * refused) and is acknowledged; admit() keeps the bound. */
     uint64_t seq = p->last_sent + 1;
-    if (encode_publish(&b->frame, m, seq, flags, groups, n_groups)) {
-        b->stats.messages_dropped++;
+    if (encode_publish(&cl->frame, m, seq, flags, groups, n_groups)) {
+        cl->stats->messages_dropped++;
         return;
     }
-    size_t len = cy_buf_size(&b->frame);
+    size_t len = cy_buf_size(&cl->frame);
     cy_outframe *f = cy_malloc(sizeof(*f) + len);
     if (!f) {
-        b->stats.messages_dropped++;
+        cl->stats->messages_dropped++;
         return;
     }
     f->seq = seq;
     f->len = len;
-    memcpy(f->data, cy_buf_head(&b->frame), len);
-    if (cy_store_outbox_put(b->store, j, seq, f->data, len)) {
+    memcpy(f->data, cy_buf_head(&cl->frame), len);
+    if (cy_store_outbox_put(cl->store, j, seq, f->data, len)) {
         cy_free(f);
-        b->stats.messages_dropped++;
+        cl->stats->messages_dropped++;
         return;
     }
     p->last_sent = seq;
     p->state_dirty = true;
-    outbox_append(b, p, f);
-    if (set_retained && p->up) hold_need(b, j, 0, seq); /* later subscribers see it */
+    outbox_append(cl, p, f);
+    if (set_retained && p->up) hold_need(cl, j, 0, seq); /* later subscribers see it */
     /* written by pump() after the commit */
 }
 
@@ -544,7 +625,7 @@ static void forward(cy_broker *b, unsigned j, const cy_msg *m, bool routed, bool
  * node's totals itself. */
 static void peer_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const cy_match *x)
 {
-    cy_broker *b = ctx;
+    cy_cluster *cl = ctx;
     if (is_sys(r->m)) return;
     unsigned j = peer_of(s)->index;
     cy_str groups[CY_ROUTE_MAX_GROUPS];
@@ -552,8 +633,8 @@ static void peer_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const c
     uint32_t at = (uint32_t)(x - r->matches);
     for (uint32_t i = 0; i < r->n_groups && ng < CY_ROUTE_MAX_GROUPS; i++)
         if (r->groups[i].match == at) groups[ng++] = r->groups[i].filter;
-    b->fwd_mask |= UINT64_C(1) << j;
-    forward(b, j, r->m, true, r->set_retained, groups, ng);
+    cl->fwd_mask |= UINT64_C(1) << j;
+    forward(cl, j, r->m, true, r->set_retained, groups, ng);
 }
 
 /* Shared-group member choice: a peer whose link is up (its own members
@@ -563,59 +644,51 @@ static void peer_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const c
  * one). */
 static int peer_grade(void *ctx, const cy_subscriber *s, const cy_route *r)
 {
-    cy_broker *b = ctx;
+    cy_cluster *cl = ctx;
     (void)r;
     const cy_peer *p = peer_of(s);
-    return p->up && !cy_cluster_outbox_full(b, p->index) ? 2 : 1;
+    return p->up && !outbox_full(cl, p->index) ? 2 : 1;
 }
 
 /* Router hook, after the deliveries: a retained update goes to every peer,
  * also those it was not routed to. */
 static void routed(void *ctx, const cy_route *r)
 {
-    cy_broker *b = ctx;
-    uint64_t sent = b->fwd_mask;
-    b->fwd_mask = 0;
-    if (!r->set_retained || b->nshards <= 1 || is_sys(r->m)) return;
-    for (unsigned j = 0; j < b->nshards; j++)
-        if (j != b->self && !(sent & (UINT64_C(1) << j)))
-            forward(b, j, r->m, false, true, NULL, 0);
-}
-
-void cy_cluster_init_kind(cy_broker *b)
-{
-    b->peer_kind = (cy_sub_kind){.name = "peer shard",
-                                 .remote = true,
-                                 .deliver = peer_deliver,
-                                 .grade = peer_grade,
-                                 .ctx = b};
-    for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++)
-        cy_subscriber_init(&b->peers[j].sub, &b->peer_kind);
-    cy_router_hooks h = {.admit = admit, .routed = routed, .ctx = b};
-    cy_router_set_hooks(b->router, &h);
+    cy_cluster *cl = ctx;
+    uint64_t sent = cl->fwd_mask;
+    cl->fwd_mask = 0;
+    if (!r->set_retained || cl->nshards <= 1 || is_sys(r->m)) return;
+    for (unsigned j = 0; j < cl->nshards; j++)
+        if (j != cl->self && !(sent & (UINT64_C(1) << j)))
+            forward(cl, j, r->m, false, true, NULL, 0);
 }
 
 /* ---- loop pass hooks ---- */
 
-void cy_cluster_before_commit(cy_broker *b)
+void cy_cluster_flush(cy_cluster *cl)
 {
-    for (unsigned j = 0; j < b->nshards; j++) {
-        cy_peer *p = &b->peers[j];
-        if (j == b->self || !p->state_dirty) continue;
-        if (cy_store_peer_put(b->store, j, p->last_sent, p->last_applied) == 0)
+    if (cl->bus) cy_bus_flush(cl->bus);
+}
+
+void cy_cluster_before_commit(cy_cluster *cl)
+{
+    for (unsigned j = 0; j < cl->nshards; j++) {
+        cy_peer *p = &cl->peers[j];
+        if (j == cl->self || !p->state_dirty) continue;
+        if (cy_store_peer_put(cl->store, j, p->last_sent, p->last_applied) == 0)
             p->state_dirty = false;
     }
 }
 
 /* Acknowledge everything applied from p (after the commit that holds it). */
-static void send_ack(cy_broker *b, cy_peer *p)
+static void send_ack(cy_cluster *cl, cy_peer *p)
 {
     uint8_t body[16];
     for (int k = 0; k < 8; k++) {
         body[k] = (uint8_t)(p->frames_in >> (56 - 8 * k));
         body[8 + k] = (uint8_t)(p->last_applied >> (56 - 8 * k));
     }
-    if (cy_bus_send(b->bus, p->index, F_ACK, body, sizeof(body)) == 0)
+    if (cy_bus_send(cl->bus, p->index, F_ACK, body, sizeof(body)) == 0)
         p->ack_due = p->ack_lazy = false;
 }
 
@@ -624,36 +697,36 @@ static void send_ack(cy_broker *b, cy_peer *p)
  * and a read on the sender, per cross-shard message. The ACK only feeds the
  * sender's bus_acked, whose lag the watchdog reads as work owed; a lag of
  * one sweep (250 ms) must stay well inside watchdog_timeout. */
-static bool ack_lazily(const cy_broker *b)
+static bool ack_lazily(const cy_cluster *cl)
 {
-    return b->cfg->watchdog_timeout >= 4 * CY_SWEEP_MS;
+    return cl->cfg->watchdog_timeout >= 4 * CY_SWEEP_MS;
 }
 
-void cy_cluster_after_commit(cy_broker *b)
+void cy_cluster_after_commit(cy_cluster *cl)
 {
-    for (unsigned j = 0; j < b->nshards; j++) {
-        cy_peer *p = &b->peers[j];
-        if (j == b->self || !p->up) continue;
-        if (p->ack_due) send_ack(b, p);
-        if (p->written < p->last_sent) pump(b, p);
+    for (unsigned j = 0; j < cl->nshards; j++) {
+        cy_peer *p = &cl->peers[j];
+        if (j == cl->self || !p->up) continue;
+        if (p->ack_due) send_ack(cl, p);
+        if (p->written < p->last_sent) pump(cl, p);
     }
 }
 
-void cy_cluster_sweep(cy_broker *b)
+void cy_cluster_sweep(cy_cluster *cl)
 {
-    cy_cluster_release(b);
-    for (unsigned j = 0; j < b->nshards; j++) {
-        cy_peer *p = &b->peers[j];
-        if (j == b->self || !p->up) continue;
-        if (p->resync) send_snapshot(b, p);
+    release(cl);
+    for (unsigned j = 0; j < cl->nshards; j++) {
+        cy_peer *p = &cl->peers[j];
+        if (j == cl->self || !p->up) continue;
+        if (p->resync) send_snapshot(cl, p);
         /* Everything applied was committed by the passes before this timer. */
-        if (p->ack_lazy) send_ack(b, p);
+        if (p->ack_lazy) send_ack(cl, p);
     }
 }
 
 /* ---- frames from peers ---- */
 
-static void on_publish(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len)
+static void on_publish(cy_cluster *cl, cy_peer *p, const uint8_t *body, size_t len)
 {
     cy_reader r = cy_reader_of(body, len);
     uint64_t seq = cy_reader_be(&r, 8);
@@ -677,7 +750,7 @@ static void on_publish(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len
         return;
     }
     p->frames_in++;
-    if (seq || !ack_lazily(b))
+    if (seq || !ack_lazily(cl))
         p->ack_due = true;
     else
         p->ack_lazy = true;
@@ -686,22 +759,22 @@ static void on_publish(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len
         p->last_applied = seq;
         p->state_dirty = true;
     }
-    b->progress++;
+    cl->progress++;
     cy_msg *m = cy_msg_new((const char *)topic, tlen, r.p, (size_t)(r.end - r.p), props, plen,
                            flags & 3, (flags & FL_RETAIN) != 0, expiry_at);
     if (!m) {
-        b->stats.messages_dropped++;
+        cl->stats->messages_dropped++;
         return;
     }
     m->retain_ts = retain_ts;
     m->event_seq = event_seq;
     m->origin = (uint8_t)p->index;
-    if (flags & FL_SET_RETAINED) cy_router_apply_retained(b->router, m);
-    if (flags & FL_ROUTE) cy_router_local(b->router, m, groups, ng < 8 ? ng : 8);
+    if (flags & FL_SET_RETAINED) cy_router_apply_retained(cl->router, m);
+    if (flags & FL_ROUTE) cy_router_local(cl->router, m, groups, ng < 8 ? ng : 8);
     cy_msg_unref(m);
 }
 
-static void on_ack(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len)
+static void on_ack(cy_cluster *cl, cy_peer *p, const uint8_t *body, size_t len)
 {
     cy_reader r = cy_reader_of(body, len);
     uint64_t frames = cy_reader_be(&r, 8);
@@ -725,16 +798,16 @@ static void on_ack(cy_broker *b, cy_peer *p, const uint8_t *body, size_t len)
         p->written = seq;
         p->out_next = p->out_head;
     }
-    outbox_account(b, p);
-    cy_store_outbox_ack(b->store, p->index, seq);
+    outbox_account(cl, p);
+    cy_store_outbox_ack(cl->store, p->index, seq);
 }
 
 
-void cy_cluster_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
+static void on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
 {
-    cy_broker *b = ctx;
-    if (from >= b->nshards || from == b->self || b->stalled) return;
-    cy_peer *p = &b->peers[from];
+    cy_cluster *cl = ctx;
+    if (from >= cl->nshards || from == cl->self || cl->stalled) return;
+    cy_peer *p = &cl->peers[from];
     switch (type) {
     case F_INTEREST_RESET: /* a new link from it: counts restart */
         p->mark++;
@@ -742,33 +815,33 @@ void cy_cluster_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *
         p->ack_due = true;
         return;
     case F_INTEREST_END:
-        sweep_interest(b, p, true, true);
-        b->snap_from |= UINT64_C(1) << from;
+        sweep_interest(cl, p, true, true);
+        cl->snap_from |= UINT64_C(1) << from;
         p->frames_in++;
         p->ack_due = true;
-        b->progress++;
+        cl->progress++;
         return;
     case F_INTEREST_ADD:
     case F_INTEREST_DEL:
         if (type == F_INTEREST_ADD)
-            interest_add(b, p, body, len);
+            interest_add(cl, p, body, len);
         else
-            interest_del(b, p, body, len);
+            interest_del(cl, p, body, len);
         p->frames_in++;
         p->ack_due = true;
-        b->progress++;
+        cl->progress++;
         return;
-    case F_PUBLISH: on_publish(b, p, body, len); return;
+    case F_PUBLISH: on_publish(cl, p, body, len); return;
     case CY_FRAME_API_REQ:
     case CY_FRAME_API_RESP:
         p->frames_in++;
         p->ack_due = true;
-        b->progress++;
-        cy_api_on_frame(b, from, type, body, len);
+        cl->progress++;
+        if (cl->hooks.frame) cl->hooks.frame(cl->hooks.ctx, from, type, body, len);
         return;
     case F_ACK:
-        on_ack(b, p, body, len);
-        cy_cluster_release(b); /* held acknowledgements may now go */
+        on_ack(cl, p, body, len);
+        release(cl); /* held acknowledgements may now go */
         return;
     default: cy_warn(NULL, "bus: unknown frame type %u from shard %u", type, from);
     }
@@ -776,11 +849,11 @@ void cy_cluster_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *
 
 /* ---- peers coming and going ---- */
 
-void cy_cluster_on_peer_up(void *ctx, unsigned peer, uint64_t generation)
+static void on_peer_up(void *ctx, unsigned peer, uint64_t generation)
 {
-    cy_broker *b = ctx;
-    if (peer >= b->nshards || peer == b->self) return;
-    cy_peer *p = &b->peers[peer];
+    cy_cluster *cl = ctx;
+    if (peer >= cl->nshards || peer == cl->self) return;
+    cy_peer *p = &cl->peers[peer];
     p->up = true;
     p->frames_out = p->frames_out_acked = 0;
     p->written = p->acked; /* replay everything it has not acknowledged */
@@ -788,40 +861,40 @@ void cy_cluster_on_peer_up(void *ctx, unsigned peer, uint64_t generation)
     if (p->out_count)
         cy_info(NULL, "replaying %zu unacknowledged frames to shard %u (generation %llu)",
                 p->out_count, peer, (unsigned long long)generation);
-    send_snapshot(b, p);
-    pump(b, p);
+    send_snapshot(cl, p);
+    pump(cl, p);
 }
 
-void cy_cluster_on_peer_down(void *ctx, unsigned peer)
+static void on_peer_down(void *ctx, unsigned peer)
 {
-    cy_broker *b = ctx;
-    if (peer >= b->nshards || peer == b->self) return;
-    b->peers[peer].up = false;
+    cy_cluster *cl = ctx;
+    if (peer >= cl->nshards || peer == cl->self) return;
+    cl->peers[peer].up = false;
     /* Its interest stays: what is published for it meanwhile waits in the outbox. */
-    cy_cluster_release(b);
+    release(cl);
 }
 
 int cy_cluster_load_peer(void *ctx, unsigned peer, uint64_t last_sent, uint64_t last_applied)
 {
-    cy_broker *b = ctx;
+    cy_cluster *cl = ctx;
     if (peer >= CY_SB_MAX_SHARDS) return 0;
-    b->peers[peer].last_sent = last_sent;
-    b->peers[peer].last_applied = last_applied;
+    cl->peers[peer].last_sent = last_sent;
+    cl->peers[peer].last_applied = last_applied;
     return 0;
 }
 
 int cy_cluster_load_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t *frame,
                            size_t len)
 {
-    cy_broker *b = ctx;
+    cy_cluster *cl = ctx;
     if (peer >= CY_SB_MAX_SHARDS) return 0;
-    cy_peer *p = &b->peers[peer];
+    cy_peer *p = &cl->peers[peer];
     cy_outframe *f = cy_malloc(sizeof(*f) + len);
     if (!f) return CY_ENOMEM;
     f->seq = seq;
     f->len = len;
     memcpy(f->data, frame, len);
-    outbox_append(b, p, f);
+    outbox_append(cl, p, f);
     if (seq > p->last_sent) p->last_sent = seq;
     return 0;
 }
@@ -832,19 +905,21 @@ static void free_interest(void *ctx, void *v)
     cy_free(v);
 }
 
-void cy_cluster_free(cy_broker *b)
+void cy_cluster_free(cy_cluster *cl)
 {
-    cy_map_each(&b->interest, free_interest, NULL);
-    cy_map_fini(&b->interest);
-    while (b->held) {
-        cy_held *h = b->held;
-        b->held = h->next;
+    if (!cl) return;
+    cy_bus_free(cl->bus);
+    cy_map_each(&cl->interest, free_interest, NULL);
+    cy_map_fini(&cl->interest);
+    while (cl->held) {
+        cy_held *h = cl->held;
+        cl->held = h->next;
         cy_free(h);
     }
-    b->held_tail = NULL;
+    cl->held_tail = NULL;
     for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++) {
-        cy_peer *p = &b->peers[j];
-        sweep_interest(b, p, false, false);
+        cy_peer *p = &cl->peers[j];
+        sweep_interest(cl, p, false, false);
         cy_map_fini(&p->filters);
         while (p->out_head) {
             cy_outframe *f = p->out_head;
@@ -854,16 +929,16 @@ void cy_cluster_free(cy_broker *b)
         p->out_tail = p->out_next = NULL;
         p->out_count = p->out_bytes = 0;
     }
-    b->outbox_full = 0;
-    cy_buf_fini(&b->frame);
+    cy_buf_fini(&cl->frame);
+    cy_free(cl);
 }
 
 /* ---- connection handover ---- */
 
-bool cy_cluster_shard_ready(cy_broker *b, unsigned i, char *why, size_t whylen)
+bool cy_cluster_shard_ready(const cy_cluster *cl, unsigned i, char *why, size_t whylen)
 {
-    if (!b->sb) return true;
-    const cy_sb_slot *s = &b->sb->slots[i];
+    if (!cl->sb) return true;
+    const cy_sb_slot *s = &cl->sb->slots[i];
     int64_t state = cy_sb_load(&s->state);
     if (state != CY_SHARD_RUNNING || !(cy_sb_load(&s->ready) || cy_sb_load(&s->accepting))) {
         snprintf(why, whylen, "shard %u is %s", i,
@@ -873,95 +948,25 @@ bool cy_cluster_shard_ready(cy_broker *b, unsigned i, char *why, size_t whylen)
         return false;
     }
     int64_t age = cy_mono_ms() - cy_sb_load(&s->heartbeat_ms);
-    int64_t limit = b->cfg->watchdog_timeout / 2;
+    int64_t limit = cl->cfg->watchdog_timeout / 2;
     if (limit > 1000) limit = 1000;
     if (limit < 300) limit = 300;
     if (age > limit) {
         snprintf(why, whylen, "shard %u has not moved for %.1f s", i, (double)age / 1000);
         return false;
     }
-    if (!b->peers[i].up) {
+    if (!cl->peers[i].up) {
         snprintf(why, whylen, "no link to shard %u", i);
         return false;
     }
     return true;
 }
 
-static void refuse_unavailable(cy_conn *c, uint8_t version, const char *why)
+int cy_cluster_handover(cy_cluster *cl, unsigned owner, uv_tcp_t *tcp, const uint8_t *bytes,
+                        size_t len, void (*cb)(void *arg, int status), void *arg)
 {
-    static const uint8_t v5[] = {0x20, 0x03, 0x00, CY_RC_SERVER_UNAVAILABLE, 0x00};
-    static const uint8_t v3[] = {0x20, 0x02, 0x00, CY_RC3_SERVER_UNAVAILABLE};
-    c->state = CONN_NEW;
-    if (version == CY_MQTT_V5)
-        cy_buf_append(&c->out, v5, sizeof(v5));
-    else
-        cy_buf_append(&c->out, v3, sizeof(v3));
-    c->b->stats.connects_refused++;
-    cy_conn_log_stranger(c, "refused logins", "connect refused (server unavailable): %s", why);
-    cy_conn_close(c, 0, NULL);
-}
-
-typedef struct handover {
-    cy_conn *c;
-    uint8_t version;
-    unsigned owner;
-    size_t bytes; /* counted in b->preauth_bytes until the bus has written them */
-} handover;
-
-static void handed(void *arg, int status)
-{
-    handover *h = arg;
-    cy_conn *c = h->c;
-    c->b->preauth_bytes -= h->bytes;
-    if (status < 0) {
-        char why[64];
-        snprintf(why, sizeof(why), "handover to shard %u failed: %s", h->owner,
-                 uv_strerror(status));
-        refuse_unavailable(c, h->version, why);
-    } else {
-        c->state = CONN_NEW; /* so close is a plain close of our copy */
-        cy_conn_close(c, 0, NULL);
-    }
-    cy_free(h);
-}
-
-void cy_cluster_handover(cy_broker *b, cy_conn *c, unsigned owner, uint8_t version,
-                         const uint8_t *bytes, size_t len)
-{
-    char why[96];
-    if (!cy_cluster_shard_ready(b, owner, why, sizeof(why))) {
-        refuse_unavailable(c, version, why);
-        return;
-    }
-    /* What is handed over has not logged in yet: its bytes (the CONNECT and
-     * whatever came after it in the same read) wait in the bus's buffer,
-     * so they count in the shard's preauth_memory until written. */
-    if (b->preauth_bytes + len > b->cfg->preauth_memory) {
-        b->stats.limit_preauth++;
-        refuse_unavailable(c, version, "preauth_memory spent on connections not logged in");
-        return;
-    }
-    handover *h = cy_malloc(sizeof(*h));
-    if (!h) {
-        refuse_unavailable(c, version, "out of memory");
-        return;
-    }
-    h->c = c;
-    h->version = version;
-    h->owner = owner;
-    h->bytes = len;
-    b->preauth_bytes += len;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    c->state = CONN_HANDED;
-    int rc = cy_bus_send_handle(b->bus, owner, &c->tcp, F_HANDOVER, bytes, len, handed, h);
-    if (rc) {
-        b->preauth_bytes -= h->bytes;
-        cy_free(h);
-        snprintf(why, sizeof(why), "handover to shard %u: %s", owner, cy_strerror(rc));
-        refuse_unavailable(c, version, why);
-        return;
-    }
-    cy_debug(cy_conn_peer(c), "handed to shard %u", owner);
+    if (!cl->bus) return CY_EPIPE;
+    return cy_bus_send_handle(cl->bus, owner, tcp, F_HANDOVER, bytes, len, cb, arg);
 }
 
 static void free_bus_tcp(uv_handle_t *h)
@@ -969,10 +974,10 @@ static void free_bus_tcp(uv_handle_t *h)
     cy_free(h);
 }
 
-void cy_cluster_on_handle(void *ctx, unsigned from, uv_tcp_t *tcp, uint8_t type,
-                          const uint8_t *body, size_t len)
+static void on_handle(void *ctx, unsigned from, uv_tcp_t *tcp, uint8_t type,
+                      const uint8_t *body, size_t len)
 {
-    cy_broker *b = ctx;
+    cy_cluster *cl = ctx;
     int fd = -1;
     uv_os_fd_t ofd;
     if (type == F_HANDOVER && uv_fileno((uv_handle_t *)tcp, &ofd) == 0) fd = dup(ofd);
@@ -981,6 +986,118 @@ void cy_cluster_on_handle(void *ctx, unsigned from, uv_tcp_t *tcp, uint8_t type,
         cy_warn(NULL, "bus: could not take a connection from shard %u", from);
         return;
     }
-    b->progress++;
-    cy_conn_adopt(b, fd, body, len);
+    cl->progress++;
+    if (cl->hooks.adopt)
+        cl->hooks.adopt(cl->hooks.ctx, from, fd, body, len);
+    else
+        close(fd);
+}
+
+/* ---- lifecycle ---- */
+
+int cy_cluster_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_router *router,
+                   cy_counters *stats, const cy_cluster_options *o, cy_cluster **out)
+{
+    cy_cluster *cl = cy_calloc(1, sizeof(*cl));
+    if (!cl) return CY_ENOMEM;
+    cl->loop = loop;
+    cl->cfg = cfg;
+    cl->store = store;
+    cl->router = router;
+    cl->stats = stats;
+    cl->sb = o->sb;
+    cl->self = o->self;
+    cl->nshards = o->nshards ? o->nshards : 1;
+    cl->generation = o->generation;
+    cy_map_init(&cl->interest);
+    cy_buf_init(&cl->frame);
+    cy_logrl_init(&cl->outbox_log, OUTBOX_LOG_WINDOW_MS, OUTBOX_LOG_BURST);
+    cl->peer_kind = (cy_sub_kind){.name = "peer shard",
+                                  .remote = true,
+                                  .deliver = peer_deliver,
+                                  .grade = peer_grade,
+                                  .ctx = cl};
+    for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++) {
+        cl->peers[j].index = j;
+        cy_map_init(&cl->peers[j].filters);
+        cy_subscriber_init(&cl->peers[j].sub, &cl->peer_kind);
+    }
+    cy_router_hooks h = {.admit = admit, .routed = routed, .ctx = cl};
+    cy_router_set_hooks(router, &h);
+    *out = cl;
+    return 0;
+}
+
+void cy_cluster_set_hooks(cy_cluster *cl, const cy_cluster_hooks *h)
+{
+    cl->hooks = *h;
+}
+
+int cy_cluster_start(cy_cluster *cl)
+{
+    if (cl->nshards <= 1) return 0;
+    char run_dir[600];
+    snprintf(run_dir, sizeof(run_dir), "%s/run", cl->cfg->data_dir);
+    cy_bus_options o = {
+        .run_dir = run_dir,
+        .self = cl->self,
+        .nshards = cl->nshards,
+        .generation = cl->generation,
+    };
+    cy_bus_callbacks cb = {
+        .on_frame = on_frame,
+        .on_handle = on_handle,
+        .on_peer_up = on_peer_up,
+        .on_peer_down = on_peer_down,
+    };
+    int rc = cy_bus_new(cl->loop, &o, &cb, cl, &cl->bus);
+    if (rc) cy_error(NULL, "bus: %s", cy_strerror(rc));
+    return rc;
+}
+
+void cy_cluster_stop(cy_cluster *cl)
+{
+    cy_cluster_before_commit(cl);
+    if (cl->bus) cy_bus_close(cl->bus, NULL, NULL);
+}
+
+void cy_cluster_stall(cy_cluster *cl)
+{
+    cl->stalled = true;
+}
+
+bool cy_cluster_ready(const cy_cluster *cl, char *why, size_t whylen)
+{
+    for (unsigned j = 0; j < cl->nshards; j++) {
+        if (j == cl->self) continue;
+        if (!cl->peers[j].up) {
+            snprintf(why, whylen, "no link to shard %u yet", j);
+            return false;
+        }
+        if (!(cl->snap_from & (UINT64_C(1) << j))) {
+            snprintf(why, whylen, "no subscriptions from shard %u yet", j);
+            return false;
+        }
+    }
+    return true;
+}
+
+void cy_cluster_beat(const cy_cluster *cl, cy_sb_slot *slot)
+{
+    for (unsigned j = 0; j < cl->nshards; j++) {
+        cy_sb_storeu(&slot->bus_sent[j], cl->peers[j].frames_out);
+        cy_sb_storeu(&slot->bus_acked[j], cl->peers[j].frames_out_acked);
+    }
+}
+
+uint64_t cy_cluster_progress(const cy_cluster *cl)
+{
+    return cl->progress;
+}
+
+size_t cy_cluster_outbox_frames(const cy_cluster *cl)
+{
+    size_t n = 0;
+    for (unsigned j = 0; j < cl->nshards; j++) n += cl->peers[j].out_count;
+    return n;
 }
