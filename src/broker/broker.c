@@ -201,19 +201,12 @@ void cy_broker_beat(cy_broker *b)
     cy_sb_storeu(&s->progress, b->progress + cy_cluster_progress(b->cluster));
     cy_sb_storeu(&s->connections, b->n_conns);
     cy_cluster_beat(b->cluster, s);
-    const uint64_t *c = (const uint64_t *)&b->stats;
-    for (size_t i = 0; i < sizeof(b->stats) / sizeof(uint64_t); i++)
-        cy_sb_storeu(&s->counters[i], c[i]);
+    cy_metrics_publish(s, &b->stats);
 }
 
 uint64_t cy_broker_clients_connected(const cy_broker *b)
 {
-    uint64_t n = b->stats.clients_connected;
-    size_t idx = offsetof(cy_counters, clients_connected) / sizeof(uint64_t);
-    for (unsigned j = 0; b->sb && j < b->nshards; j++)
-        if (j != b->self && cy_sb_load(&b->sb->slots[j].state) == CY_SHARD_RUNNING)
-            n += cy_sb_loadu(&b->sb->slots[j].counters[idx]);
-    return n;
+    return cy_metrics_node_total(b->sb, b->self, &b->stats, CY_METRIC_INDEX(clients_connected));
 }
 
 void cy_broker_stall(cy_broker *b)
@@ -296,31 +289,16 @@ bool cy_broker_store_full(cy_broker *b)
 
 static void publish_sys(cy_broker *b)
 {
-    static const char *names[] = {
-#define CY_COUNTER_NAME(name, doc) #name,
-        CY_COUNTERS(CY_COUNTER_NAME)
-#undef CY_COUNTER_NAME
-    };
     /* Node-wide totals: every shard's counters, from the scoreboard. */
-    uint64_t now[sizeof(names) / sizeof(names[0])];
-    memcpy(now, &b->stats, sizeof(now));
-    if (b->sb) {
-        memset(now, 0, sizeof(now));
-        for (unsigned j = 0; j < b->nshards; j++) {
-            const cy_sb_slot *s = &b->sb->slots[j];
-            if (j != b->self && cy_sb_load(&s->state) != CY_SHARD_RUNNING) continue;
-            for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-                now[i] += j == b->self ? ((const uint64_t *)&b->stats)[i]
-                                       : cy_sb_loadu(&s->counters[i]);
-        }
-    }
-    uint64_t *last = (uint64_t *)&b->sys_last;
+    uint64_t now[CY_METRICS_N];
+    cy_metrics_node_totals(b->sb, b->self, &b->stats, now);
+    uint64_t *last = b->sys_last.v;
     bool first = b->sys_next == 0;
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+    for (size_t i = 0; i < CY_METRICS_N; i++) {
         if (!first && now[i] == last[i]) continue;
         last[i] = now[i];
         char topic[64], payload[24];
-        int tl = snprintf(topic, sizeof(topic), "$SYS/cyan/%s", names[i]);
+        int tl = snprintf(topic, sizeof(topic), "$SYS/cyan/%s", cy_metric_defs[i].name);
         int pl = snprintf(payload, sizeof(payload), "%llu", (unsigned long long)now[i]);
         cy_msg *m = cy_msg_new(topic, (size_t)tl, (const uint8_t *)payload, (size_t)pl, NULL, 0,
                                0, true, 0);
@@ -378,9 +356,6 @@ static void on_sweep(uv_timer_t *t)
 }
 
 /* ---- lifecycle ---- */
-
-_Static_assert(sizeof(cy_counters) / sizeof(uint64_t) <= CY_SB_COUNTERS,
-               "the scoreboard slot holds every counter");
 
 int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_registry *registry,
                   const cy_broker_shard *shard, cy_broker **out)

@@ -27,6 +27,9 @@
 #include <stdint.h>
 #include <uv.h>
 
+/* The counters (cy_counters, b->stats) come from the metrics registry,
+ * health/metrics.h; each is published as $SYS/cyan/<name>. */
+
 typedef struct cy_broker cy_broker;
 
 /* Where this broker sits among the shards of its node. */

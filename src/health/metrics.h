@@ -1,46 +1,153 @@
-/* metrics: the counters of a shard (placeholder until the registry lands). */
+/* metrics: the registry of what a shard counts, and the node's totals.
+ *
+ * One list, CY_METRICS(X), names every metric once: X(name, kind, unit,
+ * help). Everything else is generated from it: the shard's live values
+ * (cy_counters, one uint64_t field per metric, so `stats.publish_sent++`),
+ * the scoreboard slot's `counters` words (slot order is list order),
+ * `$SYS/cyan/<name>`, the totals `cyan status` prints and the Prometheus
+ * text exposition for a future /metrics. Adding a metric is one line here;
+ * its position is its scoreboard word, so append rather than reorder while
+ * a node of the previous binary may share the scoreboard file.
+ *
+ * Kinds: a counter only goes up while its shard lives (a restarted shard
+ * starts again at 0: Prometheus sees a counter reset, which its rate()
+ * handles); a gauge is a level that goes up and down (clients connected
+ * now). Units are plural nouns of what is counted ("packets"), "" for none.
+ *
+ * Node totals: a metric's value for the node is the sum over the shards
+ * whose slot says RUNNING. The shard that asks passes its own live values,
+ * which replace its slot (a slot lags by up to one loop pass) and count
+ * whatever its state, so a shard that is still starting sees itself.
+ *
+ * Ownership: everything here is borrowed; nothing allocates but the
+ * renderer, which appends to the caller's cy_buf. Errors: CY_ENOMEM (the
+ * renderer). Thread: any; scoreboard words are read with relaxed loads.
+ */
 #ifndef CY_METRICS_H
 #define CY_METRICS_H
 
+#include "core/cy_buf.h"
+#include "health/scoreboard.h"
+
+#include <stddef.h>
 #include <stdint.h>
 
-/* The counters, X(name, what it counts). Published as $SYS/cyan/<name>. */
-#define CY_COUNTERS(X)                                                                             \
-    X(clients_connected, "clients connected now")                                                  \
-    X(connects_total, "CONNECTs accepted")                                                         \
-    X(connects_refused, "CONNECTs refused (credentials, version, limits)")                         \
-    X(protocol_errors, "connections closed for a malformed packet or protocol error")              \
-    X(keepalive_timeouts, "connections closed for silence beyond 1.5 x keep-alive")                \
-    X(connect_timeouts, "sockets closed for sending no CONNECT in time")                           \
-    X(limit_preauth, "sockets closed before CONNECT: over max_connect_size or preauth_memory")     \
-    X(publish_received, "PUBLISH packets received from clients")                                   \
-    X(publish_sent, "PUBLISH packets sent to clients")                                             \
-    X(messages_dropped, "messages dropped for one subscriber (queue full, too large, slow)")       \
-    X(messages_expired, "messages dropped because their expiry interval passed")                   \
-    X(limit_packet_too_large, "packets refused over max_packet_size")                              \
-    X(limit_topic_too_long, "topics refused over max_topic_length")                                \
-    X(limit_receive_max, "clients that exceeded the receive maximum")                              \
-    X(limit_queue_full, "messages dropped because a session queue held max_queued")                \
-    X(limit_connections, "CONNECTs refused at max_connections")                                    \
-    X(limit_output_stall, "clients closed for staying over max_output for max_output_stall")      \
-    X(limit_subscriptions, "subscriptions refused at max_subscriptions")                           \
-    X(limit_retained, "retained publishes refused at max_retained* (node or client)")             \
-    X(limit_outbox, "publishes refused: a peer shard they must reach holds max_outbox_bytes")     \
-    X(sessions, "sessions held (online and offline)")                                              \
-    X(subscriptions, "subscriptions held")                                                         \
-    X(retained_messages, "retained messages held")                                               \
-    X(acl_denied, "publishes and subscriptions refused outside a device's topic spaces")         \
-    X(api_requests, "HTTP API requests answered")                                                \
-    X(api_calls, "function calls and variable reads sent to devices")                            \
-    X(api_call_timeouts, "function calls and variable reads the device did not answer in time")  \
-    X(api_shard_unavailable, "API requests answered 503 because the device's shard was not healthy") \
-    X(events, "events buffered for the API's event streams")                                      \
-    X(store_full_refusals, "durable work refused because the data folder's disk was full")
+enum {
+    CY_METRIC_COUNTER = 0, /* goes up only (per shard process) */
+    CY_METRIC_GAUGE = 1,   /* a level: goes up and down */
+};
 
-typedef struct cy_counters {
-#define CY_COUNTER_FIELD(name, doc) uint64_t name;
-    CY_COUNTERS(CY_COUNTER_FIELD)
-#undef CY_COUNTER_FIELD
+/* X(name, kind, unit, help). Order = scoreboard slot order. */
+#define CY_METRICS(X)                                                                              \
+    X(clients_connected, CY_METRIC_GAUGE, "connections", "clients connected now")                  \
+    X(connects_total, CY_METRIC_COUNTER, "connections", "CONNECTs accepted")                       \
+    X(connects_refused, CY_METRIC_COUNTER, "connections",                                          \
+      "CONNECTs refused (credentials, version, limits)")                                           \
+    X(protocol_errors, CY_METRIC_COUNTER, "connections",                                           \
+      "connections closed for a malformed packet or protocol error")                               \
+    X(keepalive_timeouts, CY_METRIC_COUNTER, "connections",                                        \
+      "connections closed for silence beyond 1.5 x keep-alive")                                    \
+    X(connect_timeouts, CY_METRIC_COUNTER, "sockets",                                              \
+      "sockets closed for sending no CONNECT in time")                                             \
+    X(limit_preauth, CY_METRIC_COUNTER, "sockets",                                                 \
+      "sockets closed before CONNECT: over max_connect_size or preauth_memory")                    \
+    X(publish_received, CY_METRIC_COUNTER, "packets", "PUBLISH packets received from clients")     \
+    X(publish_sent, CY_METRIC_COUNTER, "packets", "PUBLISH packets sent to clients")               \
+    X(messages_dropped, CY_METRIC_COUNTER, "messages",                                             \
+      "messages dropped for one subscriber (queue full, too large, slow)")                         \
+    X(messages_expired, CY_METRIC_COUNTER, "messages",                                             \
+      "messages dropped because their expiry interval passed")                                     \
+    X(limit_packet_too_large, CY_METRIC_COUNTER, "packets", "packets refused over max_packet_size") \
+    X(limit_topic_too_long, CY_METRIC_COUNTER, "topics", "topics refused over max_topic_length")   \
+    X(limit_receive_max, CY_METRIC_COUNTER, "clients", "clients that exceeded the receive maximum") \
+    X(limit_queue_full, CY_METRIC_COUNTER, "messages",                                             \
+      "messages dropped because a session queue held max_queued")                                  \
+    X(limit_connections, CY_METRIC_COUNTER, "connections", "CONNECTs refused at max_connections")  \
+    X(limit_output_stall, CY_METRIC_COUNTER, "clients",                                            \
+      "clients closed for staying over max_output for max_output_stall")                           \
+    X(limit_subscriptions, CY_METRIC_COUNTER, "subscriptions",                                     \
+      "subscriptions refused at max_subscriptions")                                                \
+    X(limit_retained, CY_METRIC_COUNTER, "messages",                                               \
+      "retained publishes refused at max_retained* (node or client)")                              \
+    X(limit_outbox, CY_METRIC_COUNTER, "messages",                                                 \
+      "publishes refused: a peer shard they must reach holds max_outbox_bytes")                    \
+    X(sessions, CY_METRIC_GAUGE, "sessions", "sessions held (online and offline)")                 \
+    X(subscriptions, CY_METRIC_GAUGE, "subscriptions", "subscriptions held")                       \
+    X(retained_messages, CY_METRIC_GAUGE, "messages", "retained messages held")                    \
+    X(acl_denied, CY_METRIC_COUNTER, "requests",                                                   \
+      "publishes and subscriptions refused outside a device's topic spaces")                       \
+    X(api_requests, CY_METRIC_COUNTER, "requests", "HTTP API requests answered")                   \
+    X(api_calls, CY_METRIC_COUNTER, "calls", "function calls and variable reads sent to devices")  \
+    X(api_call_timeouts, CY_METRIC_COUNTER, "calls",                                               \
+      "function calls and variable reads the device did not answer in time")                       \
+    X(api_shard_unavailable, CY_METRIC_COUNTER, "requests",                                        \
+      "API requests answered 503 because the device's shard was not healthy")                      \
+    X(events, CY_METRIC_COUNTER, "events", "events buffered for the API's event streams")          \
+    X(store_full_refusals, CY_METRIC_COUNTER, "requests",                                          \
+      "durable work refused because the data folder's disk was full")
+
+#define CY_METRIC_ONE_(name, kind, unit, help) +1
+enum { CY_METRICS_N = 0 CY_METRICS(CY_METRIC_ONE_) };
+#undef CY_METRIC_ONE_
+
+/* A shard's live values: one field per metric (b->stats.publish_sent++),
+ * and the same words as an array in registry order (v). */
+typedef union cy_counters {
+    struct {
+#define CY_METRIC_FIELD_(name, kind, unit, help) uint64_t name;
+        CY_METRICS(CY_METRIC_FIELD_)
+#undef CY_METRIC_FIELD_
+    };
+    uint64_t v[CY_METRICS_N];
 } cy_counters;
+
+_Static_assert(sizeof(cy_counters) == CY_METRICS_N * sizeof(uint64_t),
+               "cy_counters is the registry's words, no padding");
+_Static_assert(CY_METRICS_N <= CY_SB_COUNTERS, "the scoreboard slot holds every metric");
+
+/* The registry index of a metric by its field name, at compile time. */
+#define CY_METRIC_INDEX(name) (offsetof(cy_counters, name) / sizeof(uint64_t))
+
+typedef struct cy_metric_def {
+    const char *name; /* as in CY_METRICS: [a-z_][a-z0-9_]* */
+    int kind;         /* CY_METRIC_COUNTER or CY_METRIC_GAUGE */
+    const char *unit; /* plural noun, or "" */
+    const char *help; /* one line, for people */
+} cy_metric_def;
+
+/* The registry, CY_METRICS_N entries in CY_METRICS order. */
+extern const cy_metric_def cy_metric_defs[CY_METRICS_N];
+
+/* The index of the metric called name, or -1. */
+int cy_metrics_find(const char *name);
+
+/* Write a shard's live values into its own slot (relaxed stores). */
+void cy_metrics_publish(cy_sb_slot *slot, const cy_counters *c);
+/* One slot's values as last published (relaxed loads), registry order. */
+void cy_metrics_read_slot(const cy_sb_slot *slot, uint64_t out[CY_METRICS_N]);
+
+/* Node totals: out[i] = metric i summed over the shards of sb whose state
+ * is CY_SHARD_RUNNING. With own (a shard asking about its node), shard
+ * `self` contributes own instead of its slot, whatever its state. sb may be
+ * NULL (a broker without scoreboard): out is then own, or zeros. Returns
+ * how many shards were summed. */
+unsigned cy_metrics_node_totals(const cy_scoreboard *sb, unsigned self, const cy_counters *own,
+                                uint64_t out[CY_METRICS_N]);
+/* The same for one metric (index < CY_METRICS_N). */
+uint64_t cy_metrics_node_total(const cy_scoreboard *sb, unsigned self, const cy_counters *own,
+                               size_t metric);
+
+/* The Prometheus exposition name of metric i into out (size >= 64):
+ * cyan_<name>, with _total appended to a counter not already ending so. */
+void cy_metrics_prom_name(size_t i, char *out, size_t len);
+
+/* Append the Prometheus text exposition (format 0.0.4) of nsets value
+ * sets to out: per metric one `# HELP` and one `# TYPE` line, then one
+ * sample per set. values holds nsets * CY_METRICS_N words, set after set,
+ * each in registry order. shards: NULL for a single unlabelled set (node
+ * totals), or nsets shard indexes, each set's samples labelled
+ * {shard="<index>"}. Returns 0 or CY_ENOMEM (out keeps what was appended). */
+int cy_metrics_prometheus(cy_buf *out, const uint64_t *values, size_t nsets,
+                          const unsigned *shards);
 
 #endif

@@ -52,8 +52,9 @@ enum {
     CY_RESTART_NREASONS = 4
 };
 
-/* Counters a shard publishes about itself (the broker's counters are
- * appended as `counters`, CY_SB_COUNTERS words, in cy_counters order). */
+/* Words for the metrics a shard publishes about itself: `counters[i]` is
+ * metric i of the registry (health/metrics.h, CY_METRICS order); words past
+ * CY_METRICS_N are spare, so a metric can be added without a new layout. */
 #define CY_SB_COUNTERS 32
 
 typedef struct cy_sb_slot {

@@ -21,6 +21,7 @@
 
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
+#include "health/metrics.h"
 #include "health/scoreboard.h"
 #include "health/watchdog.h"
 
@@ -130,6 +131,27 @@ static void print_table(const cy_scoreboard *sb, int64_t now)
     }
 }
 
+/* The node's totals of every metric in the registry, summed over the
+ * RUNNING shards (a shard that is down or starting has no live values; its
+ * counters start again at 0 when it is respawned). */
+static void print_totals(const cy_scoreboard *sb)
+{
+    uint64_t v[CY_METRICS_N];
+    unsigned n = cy_metrics_node_totals(sb, 0, NULL, v);
+    int width = 0;
+    for (size_t i = 0; i < CY_METRICS_N; i++) {
+        int l = (int)strlen(cy_metric_defs[i].name);
+        if (l > width) width = l;
+    }
+    printf("\nnode totals over %u of %llu shards (RUNNING):\n", n,
+           (unsigned long long)sb->hdr->nshards);
+    for (size_t i = 0; i < CY_METRICS_N; i++) {
+        const cy_metric_def *d = &cy_metric_defs[i];
+        printf("%-*s %14llu %-13s %s\n", width, d->name, (unsigned long long)v[i], d->unit,
+               d->kind == CY_METRIC_GAUGE ? "gauge" : "counter");
+    }
+}
+
 int cy_status_print(const cy_config *cfg)
 {
     char path[640];
@@ -162,6 +184,7 @@ int cy_status_print(const cy_config *cfg)
                     agebuf);
     }
     print_table(&sb, now);
+    print_totals(&sb);
     cy_scoreboard_close(&sb);
     return rc;
 }

@@ -1,12 +1,13 @@
 """$SYS/cyan/<name>: retained decimal counters republished every
 sys_interval (the tests run cyan with --sys_interval=1)."""
 
+import re
 import time
 
 import pytest
 
 import rawmqtt as rm
-from helpers import Client, SysWatcher, raw, raw_connected, uniq, publish_props
+from helpers import Client, SysWatcher, raw, raw_connected, uniq, publish_props, wait_until
 
 pytestmark = pytest.mark.cyan_only
 
@@ -130,3 +131,51 @@ def test_messages_expired_counter(server, new_device, watcher):
         c.connect()
         c.expect_none(0.5)
     watcher.wait("messages_expired", lambda v: v >= x0 + 1)
+
+
+_TOTAL = re.compile(r"^([a-z_]+) +(\d+) +([a-z]*) +(counter|gauge)$")
+
+
+def status_totals(server):
+    """{name: (value, unit, kind)} from the totals `cyan status` prints
+    after its shard table."""
+    out = server.cli("status").stdout
+    head, sep, tail = out.partition("\nnode totals over ")
+    assert sep, out
+    totals = {}
+    for line in tail.splitlines()[1:]:
+        m = _TOTAL.match(line)
+        assert m, "not a totals line: %r\n%s" % (line, out)
+        totals[m.group(1)] = (int(m.group(2)), m.group(3), m.group(4))
+    return totals
+
+
+def test_status_prints_node_totals(server, new_device):
+    """`cyan status` prints every metric's node total (summed over the
+    shards, whichever shard each client landed on) with unit and kind."""
+    t0 = status_totals(server)
+    assert set(COUNTERS) <= set(t0), t0
+    assert len(t0) == 30, t0
+    assert t0["clients_connected"][1:] == ("connections", "gauge")
+    assert t0["publish_received"][1:] == ("packets", "counter")
+    assert t0["sessions"][2] == "gauge" and t0["events"][2] == "counter"
+    dev = new_device()
+    topic = uniq("st/")
+    clients = [Client(server, dev) for _ in range(4)]
+    try:
+        for c in clients:
+            c.connect()
+        for c in clients:
+            c.publish(topic, b"x", qos=1)
+        seen = {}
+
+        def moved():
+            seen.update(status_totals(server))
+            return (seen["clients_connected"][0] >= t0["clients_connected"][0] + 4
+                    and seen["connects_total"][0] >= t0["connects_total"][0] + 4
+                    and seen["publish_received"][0] >= t0["publish_received"][0] + 4)
+
+        assert wait_until(moved, timeout=10.0, interval=0.2), (t0, seen)
+    finally:
+        for c in clients:
+            c.close()

@@ -1,0 +1,360 @@
+/* Unit tests of src/health/metrics.c: the registry's shape (unique, valid
+ * Prometheus names, the gauges that are gauges, struct fields at their
+ * registry index), the scoreboard round trip, node totals over a
+ * scoreboard file with shards in every state, and the Prometheus text
+ * exposition (HELP/TYPE once per family, _total on counters, values,
+ * per-shard labels, every allocation failure). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "core/cy_alloc.h"
+#include "core/cy_buf.h"
+#include "core/cy_err.h"
+#include "health/metrics.h"
+#include "health/scoreboard.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char dir[64];
+static char path[128];
+
+static int setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof(dir), "/tmp/cy-metrics-XXXXXX");
+    if (!mkdtemp(dir)) return -1;
+    snprintf(path, sizeof(path), "%s/scoreboard", dir);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    unlink(path);
+    rmdir(dir);
+    return 0;
+}
+
+static bool prom_name_ok(const char *s)
+{
+    if (!*s || !(s[0] == '_' || (s[0] >= 'a' && s[0] <= 'z'))) return false;
+    for (; *s; s++)
+        if (!(*s == '_' || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9'))) return false;
+    return true;
+}
+
+static void test_metrics_registry_shape(void **state)
+{
+    (void)state;
+    assert_int_equal(CY_METRICS_N, 30);
+    assert_true(CY_METRICS_N <= CY_SB_COUNTERS);
+    int gauges = 0;
+    for (size_t i = 0; i < CY_METRICS_N; i++) {
+        const cy_metric_def *d = &cy_metric_defs[i];
+        assert_true(prom_name_ok(d->name));
+        assert_true(d->kind == CY_METRIC_COUNTER || d->kind == CY_METRIC_GAUGE);
+        if (d->kind == CY_METRIC_GAUGE) gauges++;
+        assert_non_null(d->unit);
+        for (const char *u = d->unit; *u; u++)
+            assert_true(*u >= 'a' && *u <= 'z');
+        assert_true(strlen(d->help) > 0);
+        assert_null(strchr(d->help, '\n'));
+        for (size_t j = 0; j < i; j++)
+            assert_string_not_equal(cy_metric_defs[j].name, d->name);
+        assert_int_equal(cy_metrics_find(d->name), (int)i);
+    }
+    /* The levels are gauges; everything else only counts up. */
+    assert_int_equal(gauges, 4);
+    static const char *levels[] = {"clients_connected", "sessions", "subscriptions",
+                                   "retained_messages"};
+    for (size_t k = 0; k < 4; k++)
+        assert_int_equal(cy_metric_defs[cy_metrics_find(levels[k])].kind, CY_METRIC_GAUGE);
+    /* Slot order is the order the scoreboard has always had. */
+    assert_string_equal(cy_metric_defs[0].name, "clients_connected");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 1].name, "store_full_refusals");
+    assert_int_equal(CY_METRIC_INDEX(publish_received), 7);
+}
+
+static void test_metrics_fields_are_registry_words(void **state)
+{
+    (void)state;
+    cy_counters c;
+    memset(&c, 0, sizeof(c));
+#define CHECK_FIELD(name, kind, unit, help)                                                        \
+    assert_int_equal(CY_METRIC_INDEX(name), (size_t)cy_metrics_find(#name));                     \
+    c.name = 1000 + CY_METRIC_INDEX(name);
+    CY_METRICS(CHECK_FIELD)
+#undef CHECK_FIELD
+    for (size_t i = 0; i < CY_METRICS_N; i++)
+        assert_int_equal(c.v[i], 1000 + i);
+}
+
+static void test_metrics_find_unknown(void **state)
+{
+    (void)state;
+    assert_int_equal(cy_metrics_find("events"), (int)CY_METRIC_INDEX(events));
+    assert_int_equal(cy_metrics_find("client"), -1);
+    assert_int_equal(cy_metrics_find("clients_connected_"), -1);
+    assert_int_equal(cy_metrics_find(""), -1);
+    assert_int_equal(cy_metrics_find(NULL), -1);
+}
+
+static void test_metrics_publish_read_slot(void **state)
+{
+    (void)state;
+    cy_scoreboard w, r;
+    assert_int_equal(cy_scoreboard_create(path, 2, &w), 0);
+    assert_int_equal(cy_scoreboard_open(path, &r), 0);
+    cy_counters c;
+    for (size_t i = 0; i < CY_METRICS_N; i++)
+        c.v[i] = 7 * i + 1;
+    cy_metrics_publish(&w.slots[1], &c);
+    /* Another mapping (another process) reads the same words. */
+    uint64_t got[CY_METRICS_N];
+    cy_metrics_read_slot(&r.slots[1], got);
+    assert_memory_equal(got, c.v, sizeof(got));
+    cy_metrics_read_slot(&r.slots[0], got);
+    for (size_t i = 0; i < CY_METRICS_N; i++)
+        assert_int_equal(got[i], 0);
+    /* Spare words stay untouched. */
+    for (size_t i = CY_METRICS_N; i < CY_SB_COUNTERS; i++)
+        assert_int_equal(r.slots[1].counters[i], 0);
+    cy_scoreboard_close(&r);
+    cy_scoreboard_close(&w);
+}
+
+/* Shard j's value of metric i in the board of the totals tests. */
+static uint64_t val(unsigned j, size_t i)
+{
+    return (uint64_t)(j + 1) * 1000 + i;
+}
+
+static void board_with_states(cy_scoreboard *sb)
+{
+    static const int64_t states[] = {CY_SHARD_RUNNING, CY_SHARD_STARTING, CY_SHARD_RUNNING,
+                                     CY_SHARD_DOWN, CY_SHARD_STOPPING};
+    assert_int_equal(cy_scoreboard_create(path, 5, sb), 0);
+    for (unsigned j = 0; j < 5; j++) {
+        cy_sb_store(&sb->slots[j].state, states[j]);
+        cy_counters c;
+        for (size_t i = 0; i < CY_METRICS_N; i++)
+            c.v[i] = val(j, i);
+        cy_metrics_publish(&sb->slots[j], &c);
+    }
+}
+
+static void test_metrics_node_totals_running_only(void **state)
+{
+    (void)state;
+    cy_scoreboard sb;
+    board_with_states(&sb);
+    uint64_t t[CY_METRICS_N];
+    /* `cyan status`: no shard of its own; RUNNING are 0 and 2. */
+    assert_int_equal(cy_metrics_node_totals(&sb, 0, NULL, t), 2);
+    for (size_t i = 0; i < CY_METRICS_N; i++) {
+        assert_int_equal(t[i], val(0, i) + val(2, i));
+        assert_int_equal(cy_metrics_node_total(&sb, 0, NULL, i), t[i]);
+    }
+    /* A running shard asking: its live values replace its lagging slot. */
+    cy_counters own;
+    for (size_t i = 0; i < CY_METRICS_N; i++)
+        own.v[i] = 5;
+    assert_int_equal(cy_metrics_node_totals(&sb, 2, &own, t), 2);
+    for (size_t i = 0; i < CY_METRICS_N; i++) {
+        assert_int_equal(t[i], val(0, i) + 5);
+        assert_int_equal(cy_metrics_node_total(&sb, 2, &own, i), t[i]);
+    }
+    /* A shard still starting counts itself, not the other non-running ones. */
+    assert_int_equal(cy_metrics_node_totals(&sb, 1, &own, t), 3);
+    for (size_t i = 0; i < CY_METRICS_N; i++) {
+        assert_int_equal(t[i], val(0, i) + val(2, i) + 5);
+        assert_int_equal(cy_metrics_node_total(&sb, 1, &own, i), t[i]);
+    }
+    /* A shard that leaves RUNNING drops out of the totals. */
+    cy_sb_store(&sb.slots[0].state, CY_SHARD_DOWN);
+    assert_int_equal(cy_metrics_node_totals(&sb, 0, NULL, t), 1);
+    assert_int_equal(t[CY_METRIC_INDEX(sessions)], val(2, CY_METRIC_INDEX(sessions)));
+    assert_int_equal(cy_metrics_node_total(&sb, 0, NULL, CY_METRICS_N), 0);
+    cy_scoreboard_close(&sb);
+}
+
+static void test_metrics_node_totals_without_board(void **state)
+{
+    (void)state;
+    cy_counters own;
+    for (size_t i = 0; i < CY_METRICS_N; i++)
+        own.v[i] = i * 3;
+    uint64_t t[CY_METRICS_N];
+    assert_int_equal(cy_metrics_node_totals(NULL, 0, &own, t), 1);
+    assert_memory_equal(t, own.v, sizeof(t));
+    assert_int_equal(cy_metrics_node_total(NULL, 0, &own, 4), 12);
+    memset(t, 0xff, sizeof(t));
+    assert_int_equal(cy_metrics_node_totals(NULL, 0, NULL, t), 0);
+    for (size_t i = 0; i < CY_METRICS_N; i++)
+        assert_int_equal(t[i], 0);
+    assert_int_equal(cy_metrics_node_total(NULL, 0, NULL, 4), 0);
+}
+
+/* A NUL-terminated copy of the buffer's bytes. */
+static char *text_of(const cy_buf *b)
+{
+    char *s = malloc(cy_buf_size(b) + 1);
+    assert_non_null(s);
+    memcpy(s, cy_buf_head(b), cy_buf_size(b));
+    s[cy_buf_size(b)] = '\0';
+    return s;
+}
+
+static size_t count(const char *hay, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+/* Check every line against the exposition grammar as this renderer uses
+ * it: HELP, then TYPE, then samples of the family just typed. */
+static void check_grammar(char *text, size_t samples_per_family)
+{
+    char family[96] = "";
+    size_t families = 0, samples = 0;
+    assert_true(strlen(text) > 0 && text[strlen(text) - 1] == '\n');
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        char name[96], kind[16], rest[256];
+        if (!strncmp(line, "# HELP ", 7)) {
+            assert_int_equal(samples, families * samples_per_family);
+            assert_int_equal(sscanf(line, "# HELP %95s %255[^\n]", name, rest), 2);
+            assert_true(prom_name_ok(name));
+            snprintf(family, sizeof(family), "%s", name);
+            families++;
+        } else if (!strncmp(line, "# TYPE ", 7)) {
+            assert_int_equal(sscanf(line, "# TYPE %95s %15s", name, kind), 2);
+            assert_string_equal(name, family);
+            size_t l = strlen(name);
+            if (!strcmp(kind, "counter"))
+                assert_string_equal(name + l - 6, "_total");
+            else
+                assert_string_equal(kind, "gauge");
+        } else {
+            size_t l = strlen(family);
+            assert_int_equal(strncmp(line, family, l), 0);
+            const char *p = line + l;
+            if (*p == '{') {
+                assert_int_equal(strncmp(p, "{shard=\"", 8), 0);
+                p += 8;
+                assert_true(*p >= '0' && *p <= '9');
+                while (*p >= '0' && *p <= '9')
+                    p++;
+                assert_int_equal(strncmp(p, "\"}", 2), 0);
+                p += 2;
+            }
+            assert_true(*p++ == ' ');
+            assert_true(*p >= '0' && *p <= '9');
+            while (*p >= '0' && *p <= '9')
+                p++;
+            assert_true(*p == '\0');
+            samples++;
+        }
+    }
+    assert_int_equal(families, CY_METRICS_N);
+    assert_int_equal(samples, CY_METRICS_N * samples_per_family);
+}
+
+static void test_metrics_prometheus_node_totals(void **state)
+{
+    (void)state;
+    uint64_t v[CY_METRICS_N];
+    for (size_t i = 0; i < CY_METRICS_N; i++)
+        v[i] = 100 + i;
+    v[CY_METRIC_INDEX(publish_sent)] = UINT64_MAX;
+    cy_buf b;
+    cy_buf_init(&b);
+    assert_int_equal(cy_metrics_prometheus(&b, v, 1, NULL), 0);
+    char *t = text_of(&b);
+    assert_non_null(strstr(t, "# HELP cyan_clients_connected clients connected now "
+                              "(connections)\n# TYPE cyan_clients_connected gauge\n"
+                              "cyan_clients_connected 100\n"));
+    /* A counter named ..._total is not suffixed twice. */
+    assert_non_null(strstr(t, "# TYPE cyan_connects_total counter\ncyan_connects_total 101\n"));
+    assert_null(strstr(t, "_total_total"));
+    assert_non_null(strstr(t, "# TYPE cyan_publish_sent_total counter\n"
+                              "cyan_publish_sent_total 18446744073709551615\n"));
+    assert_non_null(strstr(t, "# TYPE cyan_sessions gauge\ncyan_sessions 120\n"));
+    assert_non_null(strstr(t, "\ncyan_store_full_refusals_total 129\n"));
+    assert_int_equal(count(t, "# HELP "), CY_METRICS_N);
+    assert_int_equal(count(t, "# TYPE "), CY_METRICS_N);
+    assert_int_equal(count(t, " gauge\n"), 4);
+    check_grammar(t, 1);
+    free(t);
+    cy_buf_fini(&b);
+}
+
+static void test_metrics_prometheus_per_shard(void **state)
+{
+    (void)state;
+    uint64_t v[2 * CY_METRICS_N];
+    for (size_t i = 0; i < CY_METRICS_N; i++) {
+        v[i] = i;
+        v[CY_METRICS_N + i] = 1000 + i;
+    }
+    const unsigned shards[] = {0, 13};
+    cy_buf b;
+    cy_buf_init(&b);
+    assert_int_equal(cy_metrics_prometheus(&b, v, 2, shards), 0);
+    char *t = text_of(&b);
+    assert_non_null(strstr(t, "# TYPE cyan_publish_sent_total counter\n"
+                              "cyan_publish_sent_total{shard=\"0\"} 8\n"
+                              "cyan_publish_sent_total{shard=\"13\"} 1008\n"));
+    assert_int_equal(count(t, "# HELP cyan_publish_sent_total "), 1);
+    assert_int_equal(count(t, "{shard=\"13\"}"), CY_METRICS_N);
+    check_grammar(t, 2);
+    free(t);
+    /* Appends: a second rendering follows the first. */
+    size_t first = cy_buf_size(&b);
+    assert_int_equal(cy_metrics_prometheus(&b, v, 1, NULL), 0);
+    assert_true(cy_buf_size(&b) > first);
+    cy_buf_fini(&b);
+}
+
+static void test_metrics_prometheus_enomem(void **state)
+{
+    (void)state;
+    uint64_t v[CY_METRICS_N] = {0};
+    int rc = CY_ENOMEM;
+    long n;
+    for (n = 0; n < 64 && rc == CY_ENOMEM; n++) {
+        cy_buf b;
+        cy_buf_init(&b);
+        cy_alloc_fail_after(n);
+        rc = cy_metrics_prometheus(&b, v, 1, NULL);
+        cy_alloc_fail_after(-1);
+        assert_true(rc == 0 || rc == CY_ENOMEM);
+        cy_buf_fini(&b);
+    }
+    assert_int_equal(rc, 0);
+    assert_true(n > 1); /* at least one failure was walked */
+}
+
+int main(void)
+{
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_metrics_registry_shape),
+        T(test_metrics_fields_are_registry_words),
+        T(test_metrics_find_unknown),
+        T(test_metrics_publish_read_slot),
+        T(test_metrics_node_totals_running_only),
+        T(test_metrics_node_totals_without_board),
+        T(test_metrics_prometheus_node_totals),
+        T(test_metrics_prometheus_per_shard),
+        T(test_metrics_prometheus_enomem),
+    };
+    return cmocka_run_group_tests_name("metrics", tests, NULL, NULL);
+}
