@@ -32,18 +32,6 @@
 
 /* ---- helpers ---- */
 
-json_t *cy_api_time(int64_t ms)
-{
-    if (ms <= 0) return json_null();
-    time_t sec = (time_t)(ms / 1000);
-    struct tm tm;
-    if (!gmtime_r(&sec, &tm)) return json_null();
-    char buf[96];
-    snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-    return json_string(buf);
-}
-
 char *cy_api_error_body(const char *code, const char *fmt, ...)
 {
     char msg[256];
@@ -55,20 +43,6 @@ char *cy_api_error_body(const char *code, const char *fmt, ...)
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     return text;
-}
-
-json_t *cy_api_describe(cy_broker *b, const char *id)
-{
-    char topic[8 + CY_DEVICE_ID_LEN + 10];
-    int n = snprintf(topic, sizeof(topic), "devices/%s/describe", id);
-    cy_msg *m = cy_router_retained(b->router, topic, (size_t)n);
-    return m ? json_loadb((const char *)m->payload, m->payload_len, 0, NULL) : NULL;
-}
-
-json_t *cy_api_names(json_t *describe, const char *key)
-{
-    json_t *v = json_object_get(describe, key);
-    return json_is_array(v) ? json_incref(v) : json_array();
 }
 
 static void reply_text(cy_broker *b, cy_http_req *req, unsigned status, const char *body,
@@ -175,7 +149,7 @@ static int send_op(cy_broker *b, api_pending *p, unsigned j, const char *id, con
     size_t idl = strlen(id), nl = strlen(name);
     p->waiting |= UINT64_C(1) << j;
     if (j == b->self) {
-        cy_api_device_op(b, b->self, p->id, p->op, id, idl, name, nl, arg, arg_len, timeout_ms);
+        cy_device_op(b->devices, b->self, p->id, p->op, id, idl, name, nl, arg, arg_len, timeout_ms);
         return 0;
     }
     cy_buf *f = &b->api->out;
@@ -204,8 +178,8 @@ static void finish_presence(cy_broker *b, api_pending *p)
         json_t *pr = j < CY_SB_MAX_SHARDS && p->presence[j] ? p->presence[j] : NULL;
         bool healthy = pr != NULL;
         json_t *one = NULL;
-        if (pr && p->op == API_OP_PRESENCE) one = pr;
-        if (pr && p->op == API_OP_PRESENCE_ALL) one = json_object_get(pr, id);
+        if (pr && p->op == CY_DEVICE_OP_PRESENCE) one = pr;
+        if (pr && p->op == CY_DEVICE_OP_PRESENCE_ALL) one = json_object_get(pr, id);
         json_object_set_new(d, "shard_healthy", json_boolean(healthy));
         static const char *const keys[] = {"online", "protocol", "connected_since", "last_heard",
                                            "last_round_trip"};
@@ -221,7 +195,7 @@ static void finish_presence(cy_broker *b, api_pending *p)
     }
     if (p->req) {
         cy_http_on_close(p->req, NULL, NULL);
-        if (p->op == API_OP_PRESENCE)
+        if (p->op == CY_DEVICE_OP_PRESENCE)
             reply_json(b, p->req, 200, json_incref(json_array_get(p->devices, 0)));
         else
             reply_json(b, p->req, 200, json_incref(p->devices));
@@ -237,7 +211,7 @@ void cy_api_complete(cy_broker *b, uint32_t id, unsigned from, unsigned status, 
     api_pending *p = pending_find(a, id);
     if (!p || !(p->waiting & (UINT64_C(1) << from))) return; /* late: answered already */
     p->waiting &= ~(UINT64_C(1) << from);
-    if (p->op == API_OP_PRESENCE || p->op == API_OP_PRESENCE_ALL) {
+    if (p->op == CY_DEVICE_OP_PRESENCE || p->op == CY_DEVICE_OP_PRESENCE_ALL) {
         if (status == 200) p->presence[from] = json_loadb(body, len, 0, NULL);
         if (!p->waiting) finish_presence(b, p);
         return;
@@ -251,12 +225,31 @@ void cy_api_complete(cy_broker *b, uint32_t id, unsigned from, unsigned status, 
     pending_free(a, p);
 }
 
+/* The device layer's answer, as the owner of a device, to requester
+ * (from, req_id): completed here, or sent back as an API_RESP frame. */
+static void owner_answer(void *ctx, unsigned from, uint32_t req_id, unsigned status,
+                         const char *body, size_t len)
+{
+    cy_broker *b = ctx;
+    if (from == b->self) {
+        cy_api_complete(b, req_id, b->self, status, body, len);
+        return;
+    }
+    cy_buf *f = &b->api->out;
+    cy_buf_reset(f);
+    int rc = cy_buf_put_u32(f, req_id);
+    rc = rc ? rc : cy_buf_put_u16(f, (uint16_t)status);
+    if (rc || cy_cluster_send(b->cluster, from, CY_FRAME_API_RESP, cy_buf_head(f), cy_buf_size(f),
+                              body, len))
+        cy_debug(NULL, "api: answer to shard %u lost (link down or full)", from);
+}
+
 static void on_tick(uv_timer_t *t)
 {
     cy_broker *b = t->data;
     cy_api *a = b->api;
     int64_t now = cy_mono_ms();
-    cy_api_device_tick(b, now);
+    cy_devices_tick(b->devices, now);
     cy_api_events_tick(b, now);
     for (api_pending *p = a->pending, *n; p; p = n) {
         n = p->next;
@@ -267,7 +260,7 @@ static void on_tick(uv_timer_t *t)
         if (!p->req) continue;
         char why[96] = "";
         bool late = now >= p->deadline;
-        if (p->op == API_OP_PRESENCE || p->op == API_OP_PRESENCE_ALL) {
+        if (p->op == CY_DEVICE_OP_PRESENCE || p->op == CY_DEVICE_OP_PRESENCE_ALL) {
             /* Shards that do not answer in time are reported unhealthy. */
             for (unsigned j = 0; j < b->nshards; j++)
                 if ((p->waiting & (UINT64_C(1) << j)) && (late || !shard_ok(b, j, why, sizeof(why))))
@@ -304,7 +297,7 @@ void cy_api_on_frame(cy_broker *b, unsigned from, uint8_t type, const uint8_t *b
         cy_warn(NULL, "bus: malformed API request from shard %u ignored", from);
         return;
     }
-    cy_api_device_op(b, from, id, op, dev, idl, name, nl, r.p, cy_reader_left(&r), timeout);
+    cy_device_op(b->devices, from, id, op, dev, idl, name, nl, r.p, cy_reader_left(&r), timeout);
 }
 
 /* ---- routes ---- */
@@ -396,12 +389,12 @@ static void check_request(void *ctx, cy_http_req *req)
 /* The device a path names (id or name), as the base of its JSON object. */
 static json_t *device_base(cy_broker *b, const cy_device *d)
 {
-    json_t *desc = cy_api_describe(b, d->id);
+    json_t *desc = cy_device_describe(b->devices, d->id);
     json_t *o = json_pack("{s:s, s:s, s:o, s:i, s:o, s:o}", "id", d->id, "name", d->name,
-                          "created_at", cy_api_time(d->created_at), "shard",
+                          "created_at", cy_device_time(d->created_at), "shard",
                           (json_int_t)cy_shard_of(d->id, strlen(d->id), b->nshards), "functions",
-                          cy_api_names(desc, "functions"), "variables",
-                          cy_api_names(desc, "variables"));
+                          cy_device_names(desc, "functions"), "variables",
+                          cy_device_names(desc, "variables"));
     json_decref(desc);
     return o;
 }
@@ -423,7 +416,7 @@ static bool find_device(cy_broker *b, cy_http_req *req, const char *key, cy_devi
  * the request. */
 static void presence_request(cy_broker *b, cy_http_req *req, json_t *devices, const char *id)
 {
-    api_pending *p = pending_new(b, req, id ? API_OP_PRESENCE : API_OP_PRESENCE_ALL,
+    api_pending *p = pending_new(b, req, id ? CY_DEVICE_OP_PRESENCE : CY_DEVICE_OP_PRESENCE_ALL,
                                  API_PRESENCE_TIMEOUT_MS);
     if (!p) {
         json_decref(devices);
@@ -548,7 +541,7 @@ static void device_delete(cy_broker *b, cy_http_req *req, const cy_device *d)
                    json_pack("{s:s, s:b, s:b}", "id", d->id, "deleted", 1, "session_ended", 0));
         return;
     }
-    api_pending *p = pending_new(b, req, API_OP_KICK, API_PRESENCE_TIMEOUT_MS);
+    api_pending *p = pending_new(b, req, CY_DEVICE_OP_KICK, API_PRESENCE_TIMEOUT_MS);
     if (!p) {
         reply_error(b, req, 500, "internal", NULL, "out of memory");
         return;
@@ -576,14 +569,14 @@ static int64_t timeout_ms(json_t *v, const char *text)
         long s = strtol(text, &end, 10);
         return *text && !*end && s >= 1 && s <= 60 ? (int64_t)s * 1000 : -1;
     }
-    return API_DEFAULT_TIMEOUT_MS;
+    return CY_DEVICE_DEFAULT_TIMEOUT_MS;
 }
 
 static void device_op(cy_broker *b, cy_http_req *req, const cy_device *d, uint8_t op,
                       const char *name)
 {
-    if (strlen(name) > API_NAME_MAX || !*name) {
-        reply_error(b, req, 404, op == API_OP_CALL ? "function_not_found" : "variable_not_found",
+    if (strlen(name) > CY_DEVICE_NAME_MAX || !*name) {
+        reply_error(b, req, 404, op == CY_DEVICE_OP_CALL ? "function_not_found" : "variable_not_found",
                     NULL, "no such name");
         return;
     }
@@ -591,7 +584,7 @@ static void device_op(cy_broker *b, cy_http_req *req, const cy_device *d, uint8_
     size_t arg_len = 0;
     int64_t ms;
     json_t *o = NULL;
-    if (op == API_OP_CALL) {
+    if (op == CY_DEVICE_OP_CALL) {
         o = body_object(b, req);
         if (!o) return;
         json_t *av = json_object_get(o, "arg");
@@ -613,7 +606,7 @@ static void device_op(cy_broker *b, cy_http_req *req, const cy_device *d, uint8_
         reply_error(b, req, 400, "bad_json", NULL, "\"timeout\" must be a whole number");
         return;
     }
-    if (ms < 0 || arg_len > API_ARG_MAX) {
+    if (ms < 0 || arg_len > CY_DEVICE_ARG_MAX) {
         json_decref(o);
         reply_error(b, req, 400, "bad_request", NULL, "%s",
                     ms < 0 ? "timeout is a whole number of seconds from 1 to 60"
@@ -662,14 +655,14 @@ static void event_publish(cy_broker *b, cy_http_req *req)
     const char *name = json_string_value(n);
     size_t nl = json_string_length(n);
     /* An event from the API is a publish like a device's: the same
-     * admission rules (cy_publish_admit), as an application, not a device. */
+     * admission rules (cy_device_admit), as an application, not a device. */
     char topic[1024];
     int tl = snprintf(topic, sizeof(topic), "events/%s", name);
     bool retain = false, reply = false;
     const char *rule = NULL;
     bool ok = nl > 0 && nl == strlen(name) && (size_t)tl < sizeof(topic) &&
               cy_topic_valid_name(topic, (size_t)tl) &&
-              cy_publish_admit(b, NULL, 0, topic, (size_t)tl, NULL, 0, &retain, &reply, &rule) == 0;
+              cy_device_admit(b->devices, NULL, 0, topic, (size_t)tl, NULL, 0, &retain, &reply, &rule) == 0;
     if (!ok) {
         json_decref(o);
         reply_error(b, req, 400, "bad_request", NULL,
@@ -854,9 +847,9 @@ static void handle(void *ctx, cy_http_req *req)
         json_array_append_new(arr, device_base(b, &d));
         presence_request(b, req, arr, d.id);
     } else if (!strcmp(r.seg[2], "functions")) {
-        device_op(b, req, &d, API_OP_CALL, r.seg[3]);
+        device_op(b, req, &d, CY_DEVICE_OP_CALL, r.seg[3]);
     } else if (!strcmp(r.seg[2], "variables")) {
-        device_op(b, req, &d, API_OP_GET, r.seg[3]);
+        device_op(b, req, &d, CY_DEVICE_OP_GET, r.seg[3]);
     } else {
         const char *pre = "";
         if (r.nseg > 3) {
@@ -877,9 +870,7 @@ int cy_api_start(cy_broker *b, int http_fd)
     cy_api *a = cy_calloc(1, sizeof(*a));
     if (!a) return CY_ENOMEM;
     a->b = b;
-    cy_map_init(&a->presence);
     cy_map_init(&a->pending_by_id);
-    cy_map_init(&a->calls_by_rid);
     cy_buf_init(&a->out);
     cy_logrl_init(&a->auth_log, API_AUTH_LOG_WINDOW_MS, API_AUTH_LOG_BURST);
     int rc = cy_api_events_init(a, b->cfg->event_buffer);
@@ -895,6 +886,7 @@ int cy_api_start(cy_broker *b, int http_fd)
         return rc;
     }
     b->api = a;
+    cy_devices_set_answer(b->devices, owner_answer, b);
     /* Every shard sees every event (api_events.c). Subscribed now, before
      * the links to peers come up, so the first interest snapshot has them. */
     static const char *const filters[] = {"devices/+/events/#", "events/#"};
@@ -957,7 +949,6 @@ void cy_api_free(cy_broker *b)
     while (a->pending) pending_free(a, a->pending);
     cy_map_fini(&a->pending_by_id);
     cy_http_free(a->http);
-    cy_api_device_free(a);
     cy_api_events_free(a);
     cy_buf_fini(&a->out);
     cy_free(a);

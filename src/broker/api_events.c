@@ -118,7 +118,7 @@ static char *event_body(const api_event *e, const ev_view *v)
 {
     bool b64;
     json_t *o = json_pack("{s:s%, s:o, s:o, s:o, s:b}", "name", v->name, v->name_len, "data",
-                          data_json(e->m, &b64), "published_at", cy_api_time(e->at), "device_id",
+                          data_json(e->m, &b64), "published_at", cy_device_time(e->at), "device_id",
                           v->device ? json_stringn(v->device, v->device_len) : json_null(),
                           "shared", v->device == NULL);
     if (!o) return NULL;

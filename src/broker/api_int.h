@@ -1,7 +1,6 @@
 /* api_int: the HTTP API's state inside one broker, shared by api.c (routes,
- * tokens, requests to owner shards), api_device.c (the owner's side:
- * presence, calls and reads sent to devices, their replies) and
- * api_events.c (the event buffer and the server-sent event streams).
+ * tokens, requests to owner shards; the owner's side is the device
+ * layer's, device/calls.c) and api_events.c (the event buffer and the server-sent event streams).
  *
  * A request about a device is an operation executed by the device's owner
  * shard. The shard that took the HTTP request (the requester) gives it an
@@ -31,24 +30,8 @@
 
 #include <jansson.h>
 
-/* Operations executed by a device's owner shard. */
-enum {
-    API_OP_PRESENCE = 1, /* one device's presence */
-    API_OP_PRESENCE_ALL, /* every device this shard knows */
-    API_OP_CALL,         /* a function call */
-    API_OP_GET,          /* a variable read */
-    API_OP_KICK,         /* the device was deleted: end its session */
-};
-
 #define API_TICK_MS 100
-#define API_ARG_MAX 1024          /* bytes of a function argument */
-#define API_REPLY_MAX 65536       /* bytes of a device's reply */
 #define API_EVENT_DATA_MAX 65536u /* bytes of an event's data published through the API */
-#define API_DEFAULT_TIMEOUT_MS 10000
-#define API_MAX_TIMEOUT_MS 60000
-#define API_DESCRIBE_MAX 4096     /* bytes of a describe payload */
-#define API_DESCRIBE_NAMES 64     /* functions, and variables, per device */
-#define API_NAME_MAX 64           /* function / variable name */
 /* The owner gives the device this much less than the caller's deadline,
  * so that its 504 reaches the requester in time; a requester that hears
  * nothing by the caller's deadline answers 503 (the owner is not answering). */
@@ -70,29 +53,6 @@ enum {
  * most this many lines per window from all sources together. */
 #define API_AUTH_LOG_WINDOW_MS 10000
 #define API_AUTH_LOG_BURST 20
-
-/* The owner's record of one device since this shard started. */
-typedef struct api_presence {
-    cy_conn *conn;           /* its connection, or NULL while offline */
-    int64_t connected_since; /* wall ms of the current connection, 0 offline */
-    int64_t last_heard;      /* wall ms of its last packet, kept when it goes offline */
-    int64_t last_rtt;        /* wall ms of its last answered call or read; 0 = none */
-    uint8_t version;         /* MQTT protocol level of the current connection */
-    char id[CY_DEVICE_ID_LEN + 1];
-} api_presence;
-
-/* An operation the owner sent to a device and waits for. */
-typedef struct api_call {
-    struct api_call *prev, *next;
-    char rid[17];          /* request id as sent to the device (16 hex) */
-    uint8_t op;            /* API_OP_CALL or API_OP_GET */
-    unsigned from;         /* requester shard */
-    uint32_t req_id;       /* requester's request id */
-    int64_t sent_us;       /* mono us when published */
-    int64_t deadline;      /* mono ms */
-    char device[CY_DEVICE_ID_LEN + 1];
-    char name[API_NAME_MAX + 1];
-} api_call;
 
 /* A request this shard took over HTTP and waits on owner shards for. */
 typedef struct api_pending {
@@ -148,11 +108,6 @@ struct cy_api {
     uint32_t next_id;
     api_pending *pending;  /* in a list for the tick's deadlines */
     cy_map pending_by_id;  /* id (4 bytes of api_pending.id) -> api_pending */
-    /* owner side */
-    cy_map presence;       /* device id -> api_presence */
-    api_call *calls;       /* in a list for the tick's deadlines */
-    cy_map calls_by_rid;   /* rid (16 bytes) -> api_call, for replies */
-    uint64_t next_rid;
     /* events */
     api_event *ring;       /* event_buffer entries */
     uint32_t ring_cap, ring_head, ring_count;
@@ -184,25 +139,9 @@ struct cy_api {
  * the bus). body is borrowed. */
 void cy_api_complete(cy_broker *b, uint32_t id, unsigned from, unsigned status, const char *body,
                      size_t len);
-/* Format wall ms as ISO 8601 UTC with milliseconds into buf[32]; 0 -> null. */
-json_t *cy_api_time(int64_t wall_ms);
 /* {"error": code, "message": msg} as a string the caller frees with free(). */
 char *cy_api_error_body(const char *code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
-/* The describe message of a device (from the retained tree), parsed, or
- * NULL; caller frees with json_decref. */
-json_t *cy_api_describe(cy_broker *b, const char *id);
-/* describe[key] if it is an array, else an empty array (new reference). */
-json_t *cy_api_names(json_t *describe, const char *key);
-
-/* api_device.c */
-/* Run operation op for requester (from, req_id); the answer goes to
- * cy_api_complete (from == self) or to shard from as API_RESP. */
-void cy_api_device_op(cy_broker *b, unsigned from, uint32_t req_id, uint8_t op, const char *id,
-                      size_t id_len, const char *name, size_t name_len, const uint8_t *arg,
-                      size_t arg_len, uint32_t timeout_ms);
-void cy_api_device_tick(cy_broker *b, int64_t now);
-void cy_api_device_free(cy_api *a);
 
 /* api_events.c */
 /* Also makes a->events_sub, the subscriber of kind "events". */

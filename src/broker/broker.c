@@ -36,84 +36,26 @@
 
 /* ---- loading persistent state ---- */
 
+/* The store's loader: each part of the state to the layer that owns it. */
 static int load_session(void *ctx, const cy_store_session *sr)
 {
-    cy_broker *b = ctx;
-    cy_session *s = cy_session_new(b, sr->client_id, strlen(sr->client_id));
-    if (!s) return CY_ENOMEM;
-    s->version = sr->version;
-    s->expiry = sr->expiry;
-    s->persistent = true;
-    int64_t now_wall = cy_wall_ms();
-    int64_t away = sr->disconnected_at ? now_wall - sr->disconnected_at : 0;
-    if (away < 0) away = 0;
-    s->offline_since = (int64_t)uv_now(b->loop) - away;
-    if (s->offline_since <= 0) s->offline_since = 1;
-    cy_offline_link(b, s);
-    return 0;
+    return cy_devices_load_session(((cy_broker *)ctx)->devices, sr);
 }
 
 static int load_sub(void *ctx, const char *client_id, const char *filter, uint8_t opts,
                     uint32_t sub_id)
 {
-    cy_broker *b = ctx;
-    cy_session *s = cy_map_get(&b->sessions, client_id, strlen(client_id));
-    if (!s) return 0;
-    size_t len = strlen(filter);
-    if (cy_broker_sub_add(b, &s->sub, filter, len, opts, sub_id)) return CY_ENOMEM;
-    if (cy_session_add_sub(s, filter, len, opts, sub_id)) return CY_ENOMEM;
-    b->stats.subscriptions++;
-    return 0;
+    return cy_devices_load_sub(((cy_broker *)ctx)->devices, client_id, filter, opts, sub_id);
 }
 
 static int load_msg(void *ctx, const char *client_id, const cy_store_msg *sm)
 {
-    cy_broker *b = ctx;
-    cy_session *s = cy_map_get(&b->sessions, client_id, strlen(client_id));
-    if (!s) return 0;
-    cy_msg *m = cy_msg_new(sm->topic, sm->topic_len, sm->payload, sm->payload_len, sm->props,
-                           sm->props_len, sm->qos, sm->retain, sm->expiry_at);
-    uint32_t n = sm->n_sub_ids > 255 ? 255 : sm->n_sub_ids;
-    cy_delivery *d = m ? cy_malloc(sizeof(*d) + n * sizeof(uint32_t)) : NULL;
-    if (!d) {
-        cy_msg_unref(m);
-        return CY_ENOMEM;
-    }
-    d->msg = m;
-    d->store_id = sm->id;
-    d->packet_id = sm->packet_id;
-    d->qos = sm->qos;
-    d->state = sm->state;
-    d->retain = sm->retain;
-    d->n_sub_ids = (uint8_t)n;
-    if (n) memcpy(d->sub_ids, sm->sub_ids, n * sizeof(uint32_t));
-    /* In-flight ones go before the first queued one, queued ones at the end. */
-    cy_delivery *before = d->state == CY_MSG_QUEUED ? NULL : s->next_send;
-    d->next = before;
-    d->prev = before ? before->prev : s->tail;
-    if (d->prev)
-        d->prev->next = d;
-    else
-        s->head = d;
-    if (before)
-        before->prev = d;
-    else
-        s->tail = d;
-    if (d->state == CY_MSG_QUEUED) {
-        if (!s->next_send) s->next_send = d;
-        s->n_queued++;
-    } else {
-        s->n_inflight++;
-        if (d->packet_id > s->last_packet_id) s->last_packet_id = d->packet_id;
-    }
-    return 0;
+    return cy_devices_load_msg(((cy_broker *)ctx)->devices, client_id, sm);
 }
 
 static int load_inq2(void *ctx, const char *client_id, uint16_t id)
 {
-    cy_broker *b = ctx;
-    cy_session *s = cy_map_get(&b->sessions, client_id, strlen(client_id));
-    return s ? cy_session_add_inq2(s, id) : 0;
+    return cy_devices_load_inq2(((cy_broker *)ctx)->devices, client_id, id);
 }
 
 static int load_retained(void *ctx, const cy_store_msg *sm)
@@ -137,11 +79,6 @@ static int load_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t *fr
 static void on_api_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
 {
     cy_api_on_frame(ctx, from, type, body, len);
-}
-
-static bool session_expired(const cy_broker *b, const cy_session *s, int64_t now)
-{
-    return s->expiry != 0xFFFFFFFFu && now - s->offline_since >= (int64_t)s->expiry * 1000;
 }
 
 /* ---- the end of each loop pass ---- */
@@ -328,22 +265,7 @@ static void on_sweep(uv_timer_t *t)
             cy_buf_fini(&c->out); /* an idle connection keeps no output buffer */
         }
     }
-    cy_session *s = b->offline;
-    while (s) {
-        cy_session *next = s->offline_next;
-        if (session_expired(b, s, now)) {
-            cy_session_end(b, s); /* publishes a pending will */
-        } else if (s->will && s->will_at && now >= s->will_at) {
-            cy_msg *m = s->will;
-            s->will = NULL;
-            s->will_at = 0;
-            cy_info(s->client_id, "publishing will on %s after its delay", m->topic);
-            /* s: a retained will is charged to its client */
-            cy_router_publish(b->router, m, &s->sub, s->client_id, false);
-            cy_msg_unref(m);
-        }
-        s = next;
-    }
+    cy_devices_sweep(b->devices);
     cy_cluster_sweep(b->cluster);
     disk_probe(b, ""); /* the way out of the disk-full state */
     /* Space freed by deletes (cleared retained messages, acknowledged
@@ -371,12 +293,10 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
     b->generation = shard ? shard->generation : 0;
     b->sb = shard ? shard->sb : NULL;
     b->slot = b->sb ? &b->sb->slots[b->self] : NULL;
-    cy_map_init(&b->sessions);
     cy_logrl_init(&b->login_log, CY_LOGIN_LOG_WINDOW_MS, CY_LOGIN_LOG_BURST);
     cy_buf_init(&b->scratch);
     int rc = cy_router_new(cfg, store, &b->stats, b->self, &b->router);
     if (rc) goto fail;
-    cy_session_init_kind(b);
     cy_cluster_options co = {b->self, b->nshards, b->generation, b->sb};
     rc = cy_cluster_new(loop, cfg, store, b->router, &b->stats, &co, &b->cluster);
     if (rc) goto fail;
@@ -385,6 +305,9 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
                            .release = cy_conn_release_held,
                            .ctx = b};
     cy_cluster_set_hooks(b->cluster, &ch);
+    rc = cy_devices_new(loop, cfg, store, b->router, b->cluster, &b->stats, b->self, b->nshards,
+                        b->generation, &b->devices);
+    if (rc) goto fail;
     cy_store_loader l = {
         .session = load_session,
         .sub = load_sub,
@@ -397,15 +320,7 @@ int cy_broker_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_reg
     rc = cy_store_load(store, &l, b);
     if (rc) goto fail;
     /* End what expired while we were down. */
-    int64_t now = (int64_t)uv_now(loop);
-    size_t ended = 0;
-    for (cy_session *s = b->offline, *n; s; s = n) {
-        n = s->offline_next;
-        if (session_expired(b, s, now)) {
-            cy_session_end(b, s);
-            ended++;
-        }
-    }
+    size_t ended = cy_devices_end_expired(b->devices);
     cy_store_commit(store);
     size_t outbox = cy_cluster_outbox_frames(b->cluster);
     cy_info(NULL,
@@ -522,32 +437,14 @@ void cy_broker_stop(cy_broker *b)
     }
 }
 
-typedef struct collect {
-    cy_session **v;
-    size_t n;
-} collect;
-
-static void collect_session(void *ctx, void *v)
-{
-    collect *c = ctx;
-    c->v[c->n++] = v;
-}
-
 void cy_broker_free(cy_broker *b)
 {
     if (!b) return;
-    /* cy_session_free removes from the map, so collect the sessions first. */
-    collect all = {cy_calloc(b->sessions.count + 1, sizeof(cy_session *)), 0};
-    if (all.v) {
-        cy_map_each(&b->sessions, collect_session, &all);
-        for (size_t i = 0; i < all.n; i++) cy_session_free(b, all.v[i]);
-        cy_free(all.v);
-    }
+    cy_devices_free(b->devices);
     cy_api_free(b); /* holds message references; before the trees go */
     cy_store_commit(b->store);
     cy_cluster_free(b->cluster);
     cy_router_free(b->router);
-    cy_map_fini(&b->sessions);
     cy_buf_fini(&b->scratch);
     cy_free(b);
 }

@@ -24,6 +24,8 @@
 
 #include "broker/broker.h"
 #include "cluster/cluster.h"
+#include "device/device.h"
+#include "device/session.h"
 #include "core/cy_buf.h"
 #include "core/cy_log.h"
 #include "health/scoreboard.h"
@@ -33,10 +35,10 @@
 #include "router/topic.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
-#define CY_MAX_CLIENT_ID 256
 #define CY_READ_CHUNK 65536
 /* Failed logins and idle sockets are logged at most once per address per
  * window, and at most this many lines per window from all addresses. */
@@ -63,25 +65,6 @@
 #define CY_DISK_OK (16u << 20)
 #define CY_DISK_PROBE_MS 10
 
-typedef struct cy_delivery {
-    struct cy_delivery *prev, *next;
-    cy_msg *msg; /* reference */
-    int64_t store_id; /* row in the store, 0 when the session is not persistent */
-    uint16_t packet_id; /* 0 while queued */
-    uint8_t qos;   /* effective: min(published, subscribed) */
-    uint8_t state; /* CY_MSG_QUEUED, CY_MSG_SENT, CY_MSG_RELEASED */
-    bool retain;   /* retain flag to send */
-    uint8_t n_sub_ids;
-    uint32_t sub_ids[]; /* n_sub_ids */
-} cy_delivery;
-
-typedef struct cy_sub {
-    char *filter; /* owned, NUL-terminated */
-    uint16_t len;
-    uint8_t opts; /* CY_SUBOPT_* */
-    uint32_t sub_id;
-} cy_sub;
-
 typedef struct cy_conn cy_conn;
 
 /* Output the kernel did not take at once, being written by uv_write.
@@ -91,36 +74,6 @@ typedef struct cy_wstate {
     cy_buf buf;
     cy_conn *c;
 } cy_wstate;
-
-/* Fields are ordered by size so the struct has no holes: one of these lives
- * for every connected client. The client id is stored inline, at the end. */
-typedef struct cy_session {
-    cy_conn *conn;   /* NULL while offline */
-    /* subscriptions */
-    cy_sub *subs;
-    /* outbound QoS 1/2: in flight ones first (sent order), then queued */
-    cy_delivery *head, *tail;
-    cy_delivery *next_send; /* first queued delivery, or NULL */
-    /* inbound QoS 2 packet ids received and not yet released by PUBREL */
-    uint16_t *inq2;
-    /* will message, armed while connected, pending after an abnormal close */
-    cy_msg *will;
-    int64_t will_at;     /* mono ms when a pending will is due; 0 = not pending */
-    int64_t offline_since;   /* mono ms; 0 while online */
-    cy_subscriber sub;       /* as the router sees it (kind: b->session_kind) */
-    struct cy_session *offline_next, *offline_prev; /* broker->offline list */
-    uint32_t expiry;         /* session expiry interval, s; 0xFFFFFFFF = never */
-    uint32_t will_delay; /* s */
-    uint32_t n_subs, cap_subs;
-    uint32_t n_inflight;
-    uint32_t n_queued;
-    uint32_t n_inq2, cap_inq2;
-    uint16_t last_packet_id;
-    uint16_t client_id_len;
-    uint8_t version;
-    bool persistent;         /* expiry > 0: kept in the store */
-    char client_id[]; /* NUL-terminated, client_id_len bytes; the key in broker->sessions */
-} cy_session;
 
 enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING, CONN_HANDED };
 
@@ -147,6 +100,7 @@ typedef struct cy_conn_v5 {
  * is not kept (cy_conn_peer asks the socket when a log line needs it). */
 struct cy_conn {
     uv_tcp_t tcp;
+    cy_link link;          /* what the session sees of it (device/link.h) */
     cy_broker *b;
     cy_session *sess;
     cy_conn *prev, *next;  /* broker->conns */
@@ -186,10 +140,8 @@ struct cy_broker {
     size_t preauth_bytes;  /* partial-input bytes held for sockets before CONNECT (preauth_memory) */
     cy_logrl login_log;    /* failed logins and idle sockets: one line per address per window */
     cy_conn *dirty;      /* connections with output to flush */
-    cy_map sessions;     /* client id -> cy_session */
-    cy_session *offline; /* sessions that are offline and persistent or have a pending will */
+    cy_devices *devices; /* sessions, presence, calls */
     cy_router *router;   /* subscriptions and retained messages */
-    cy_sub_kind session_kind;
     cy_counters stats;
     cy_counters sys_last; /* values last published to $SYS */
     int64_t sys_next;     /* mono ms of the next $SYS update */
@@ -235,6 +187,11 @@ cy_msg *cy_msg_from_publish(const cy_str *topic, const uint8_t *payload, size_t 
 /* conn.c */
 /* libuv connection callback of the listener (listener.data = broker). */
 void cy_conn_on_connection(uv_stream_t *server, int status);
+/* The connection as its session sees it: the MQTT binding of cy_link. */
+static inline cy_conn *cy_conn_of_link(cy_link *l)
+{
+    return (cy_conn *)((char *)l - offsetof(cy_conn, link));
+}
 /* Append bytes to the connection's output; flushed at the end of the pass. */
 int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p);
 /* Close: MQTT 5 clients past CONNECT get DISCONNECT with reason first
@@ -283,37 +240,6 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p);
 int cy_handle_unsubscribe(cy_conn *c, cy_mqtt_subscribe *p);
 int cy_handle_disconnect(cy_conn *c, cy_mqtt_disconnect *p);
 
-/* session.c */
-cy_session *cy_session_new(cy_broker *b, const char *client_id, size_t len);
-/* End the session: drop its subscriptions and queue, delete it from the
- * store, publish a pending will, free it. */
-void cy_session_end(cy_broker *b, cy_session *s);
-/* Free memory only (broker teardown). */
-void cy_session_free(cy_broker *b, cy_session *s);
-void cy_session_persist(cy_broker *b, cy_session *s);
-/* The connection went away. abnormal: publish or schedule the will. */
-void cy_session_detach(cy_broker *b, cy_session *s, bool abnormal);
-/* Queue (or send now) msg to s at qos with retain flag and sub ids. */
-void cy_session_deliver(cy_broker *b, cy_session *s, cy_msg *m, uint8_t qos, bool retain,
-                        const uint32_t *sub_ids, uint32_t n_sub_ids);
-/* Send queued deliveries while the peer's window allows. */
-void cy_session_pump(cy_broker *b, cy_session *s);
-/* Resend what was in flight (DUP) after a reconnect, then pump. */
-void cy_session_resume(cy_broker *b, cy_session *s);
-cy_delivery *cy_session_find_inflight(cy_session *s, uint16_t packet_id);
-void cy_session_remove_delivery(cy_broker *b, cy_session *s, cy_delivery *d);
-cy_sub *cy_session_find_sub(cy_session *s, const char *filter, size_t len);
-int cy_session_add_sub(cy_session *s, const char *filter, size_t len, uint8_t opts,
-                       uint32_t sub_id);
-void cy_session_del_sub(cy_session *s, cy_sub *sub);
-bool cy_session_has_inq2(const cy_session *s, uint16_t id);
-int cy_session_add_inq2(cy_session *s, uint16_t id);
-bool cy_session_del_inq2(cy_session *s, uint16_t id);
-void cy_offline_link(cy_broker *b, cy_session *s);
-/* The session kind of subscriber (router.h), set at start. */
-void cy_session_init_kind(cy_broker *b);
-void cy_offline_unlink(cy_broker *b, cy_session *s);
-
 /* Subscribe / unsubscribe a local subscriber: the router and the interest
  * told to peer shards (cluster.h). */
 static inline int cy_broker_sub_add(cy_broker *b, cy_subscriber *s, const char *filter, size_t len,
@@ -351,34 +277,4 @@ void cy_api_listen(cy_broker *b);
 void cy_api_stop(cy_broker *b);
 void cy_api_free(cy_broker *b);
 void cy_api_on_frame(cy_broker *b, unsigned from, uint8_t type, const uint8_t *body, size_t len);
-/* A device's connection was accepted / is closing (presence). */
-void cy_api_device_online(cy_broker *b, cy_conn *c);
-void cy_api_device_offline(cy_broker *b, cy_conn *c);
-/* May the isolated device `id` use topic (or filter) t? */
-bool cy_device_topic_ok(const char *id, size_t id_len, const char *t, size_t len);
-/* Is payload a valid describe (docs/device-protocol.md)? */
-bool cy_device_describe_ok(const uint8_t *payload, size_t len);
-/* Is t the device's reply topic, devices/<id>/reply[/<rid>]? */
-bool cy_device_is_reply(const char *id, size_t id_len, const char *t, size_t len);
-/* A device's reply (cy_device_is_reply) to a call or read: answered to the
- * API, never routed. */
-void cy_device_reply(cy_conn *c, const cy_mqtt_publish *p);
-
-/* What a client may publish, whatever path its bytes take to the router:
- * a PUBLISH, a will (checked at CONNECT, routed at the close), an event of
- * the HTTP API; later a CoAP event. Every path calls this one function, so
- * no path skips a rule:
- *   - the topic is at most max_topic_length and not in a reserved $ space;
- *   - an isolated device (device_id not NULL) keeps to its own spaces
- *     (devices/<id>/... and events/...);
- *   - its describe must be valid, and is always retained (*retain is set);
- *   - its reply topic is a reply, not a message: *reply is set, and a path
- *     that cannot carry a reply (a will) refuses it.
- * The topic is a valid name already (the caller's decoder checked it).
- * Returns 0, or an MQTT 5 reason code (>= 0x80) with *why naming the rule
- * (static text); counts the refusal in b->stats. Thread: the shard's. */
-int cy_publish_admit(cy_broker *b, const char *device_id, size_t id_len, const char *topic,
-                     size_t len, const uint8_t *payload, size_t plen, bool *retain, bool *reply,
-                     const char **why);
-
 #endif

@@ -136,6 +136,7 @@ static void in_free(cy_conn *c)
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static const cy_link_ops cy_conn_link_ops;
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 
 size_t cy_conn_backlog(const cy_conn *c)
@@ -327,10 +328,9 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
     }
     if (c->sess) {
         cy_session *s = c->sess;
-        if (c->device) cy_api_device_offline(b, c);
+        if (c->device) cy_device_offline(b->devices, s, &c->link);
         c->sess = NULL;
-        s->conn = NULL;
-        cy_session_detach(b, s, !c->clean_disconnect);
+        cy_session_detach(b->devices, s, !c->clean_disconnect);
     }
     uv_read_stop((uv_stream_t *)&c->tcp);
     uv_close((uv_handle_t *)&c->tcp, on_close);
@@ -582,6 +582,7 @@ static cy_conn *conn_new(cy_broker *b)
         return NULL;
     }
     c->b = b;
+    c->link.ops = &cy_conn_link_ops;
     uv_tcp_init(b->loop, &c->tcp);
     c->tcp.data = c;
     c->next = b->conns;
@@ -751,3 +752,176 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
     cy_debug(cy_conn_peer(c), "handed to shard %u", owner);
 }
 
+
+/* ---- the MQTT binding of cy_link (device/link.h) ---- */
+
+/* Find or assign an outbound topic alias for topic. Returns the alias (0 =
+ * none) and sets *fresh when it was assigned now (the topic must be sent). */
+static uint16_t alias_for(cy_conn *c, const cy_msg *m, bool *fresh)
+{
+    *fresh = false;
+    cy_conn_v5 *x = c->v5; /* a client that allows aliases declared it in CONNECT */
+    if (!x || !x->peer_alias_max) return 0;
+    for (uint16_t i = 0; i < x->n_alias_out; i++)
+        if (strcmp(x->alias_out[i], m->topic) == 0) return (uint16_t)(i + 1);
+    uint16_t limit = x->peer_alias_max < 64 ? x->peer_alias_max : 64;
+    if (x->n_alias_out >= limit) return 0;
+    if (!x->alias_out) {
+        x->alias_out = cy_calloc(limit, sizeof(char *));
+        if (!x->alias_out) return 0;
+    }
+    char *t = cy_strndup(m->topic, m->topic_len);
+    if (!t) return 0;
+    x->alias_out[x->n_alias_out++] = t;
+    *fresh = true;
+    return x->n_alias_out;
+}
+
+/* Encode one PUBLISH to c. Returns 0, CY_ETIMEDOUT if the message expired,
+ * CY_EMSGSIZE if it is over the client's maximum packet size (nothing sent). */
+static int send_publish(cy_conn *c, const cy_msg *m, uint8_t qos, bool retain, bool dup,
+                        uint16_t packet_id, const uint32_t *sub_ids, uint32_t n_sub_ids)
+{
+    cy_mqtt_packet p;
+    p.type = CY_MQTT_PUBLISH;
+    cy_mqtt_publish *pub = &p.u.publish;
+    pub->qos = qos;
+    pub->dup = dup;
+    pub->retain = retain;
+    pub->topic = (cy_str){m->topic, m->topic_len};
+    pub->packet_id = qos ? packet_id : 0;
+    pub->payload = m->payload;
+    pub->payload_len = m->payload_len;
+    pub->props.present = 0;
+    pub->props.n_sub_ids = 0;
+    pub->props.out_sub_ids = NULL;
+    pub->props.user_src = NULL;
+    pub->props.user_src_len = 0;
+    pub->props.extra = NULL;
+    pub->props.extra_len = 0;
+    bool fresh = false;
+    uint16_t alias = 0;
+    if (m->expiry_at) {
+        int64_t left = m->expiry_at - cy_wall_ms();
+        if (left <= 0) return CY_ETIMEDOUT;
+        pub->props.present |= CY_PBIT(CY_PROP_MESSAGE_EXPIRY);
+        pub->props.message_expiry = (uint32_t)((left + 999) / 1000);
+    }
+    if (c->version == CY_MQTT_V5) {
+        if (n_sub_ids) {
+            pub->props.present |= CY_PBIT(CY_PROP_SUBSCRIPTION_ID);
+            pub->props.out_sub_ids = sub_ids;
+            pub->props.n_sub_ids = n_sub_ids;
+        }
+        pub->props.extra = m->props;
+        pub->props.extra_len = m->props_len;
+        alias = alias_for(c, m, &fresh);
+        if (alias) {
+            pub->props.present |= CY_PBIT(CY_PROP_TOPIC_ALIAS);
+            pub->props.topic_alias = alias;
+            if (!fresh) pub->topic.len = 0;
+        }
+    }
+    size_t before = c->out.len;
+    int rc = cy_conn_send(c, &p);
+    if (rc == 0 && cy_conn_peer_max_packet(c) && c->out.len - before > cy_conn_peer_max_packet(c)) {
+        c->out.len = before; /* take it back */
+        rc = CY_EMSGSIZE;
+    }
+    if (rc && fresh) cy_free(c->v5->alias_out[--c->v5->n_alias_out]);
+    return rc;
+}
+
+static int link_send(cy_link *l, const cy_link_msg *lm)
+{
+    return send_publish(cy_conn_of_link(l), lm->m, lm->qos, lm->retain, lm->dup, lm->id,
+                        lm->sub_ids, lm->n_sub_ids);
+}
+
+static int link_send_release(cy_link *l, uint16_t id)
+{
+    cy_mqtt_packet p;
+    memset(&p, 0, sizeof(p));
+    p.type = CY_MQTT_PUBREL;
+    p.flags = 2;
+    p.u.ack.packet_id = id;
+    return cy_conn_send(cy_conn_of_link(l), &p);
+}
+
+static uint32_t link_window(const cy_link *l)
+{
+    return cy_conn_peer_recv_max(cy_conn_of_link((cy_link *)l));
+}
+
+static bool link_ready(const cy_link *l)
+{
+    return cy_conn_of_link((cy_link *)l)->state == CONN_ACTIVE;
+}
+
+static bool link_congested(const cy_link *l)
+{
+    return cy_conn_backlog(cy_conn_of_link((cy_link *)l)) > CY_OUT_HIGH_WATER;
+}
+
+static void link_close(cy_link *l, uint8_t reason, const char *why)
+{
+    cy_conn *c = cy_conn_of_link(l);
+    /* The device layer ends a session on purpose (takeover, deletion): not
+     * the client's failure, so no will unless the layer kept one. */
+    cy_conn_close(c, reason, why);
+}
+
+static const char *link_protocol(const cy_link *l)
+{
+    return cy_conn_of_link((cy_link *)l)->version == CY_MQTT_V5 ? "mqtt5" : "mqtt3.1.1";
+}
+
+static int64_t link_last_heard(const cy_link *l)
+{
+    return cy_conn_of_link((cy_link *)l)->last_rx;
+}
+
+/* A call or read goes to the device as a QoS 1 publish on
+ * devices/<id>/<verb>/<name>: the request id is the last topic level for
+ * 3.1.1, the Correlation Data for 5.0 (with the reply topic as Response
+ * Topic), docs/device-protocol.md. It is routed like any publish, so an
+ * application subscribed to the device's calls sees them too. */
+static int link_call(cy_link *l, const char *verb, const char *name, const char *rid,
+                     const uint8_t *arg, size_t len)
+{
+    cy_conn *c = cy_conn_of_link(l);
+    cy_broker *b = c->b;
+    if (!c->sess) return CY_EPIPE;
+    const char *id = c->sess->client_id;
+    char topic[8 + CY_MAX_CLIENT_ID + 6 + CY_DEVICE_NAME_MAX + 18 + 1];
+    char reply[8 + CY_MAX_CLIENT_ID + 7];
+    cy_mqtt_props props;
+    memset(&props, 0, sizeof(props));
+    if (c->version == CY_MQTT_V5) {
+        snprintf(topic, sizeof(topic), "devices/%s/%s/%s", id, verb, name);
+        snprintf(reply, sizeof(reply), "devices/%s/reply", id);
+        props.present = CY_PBIT(CY_PROP_RESPONSE_TOPIC) | CY_PBIT(CY_PROP_CORRELATION_DATA);
+        props.response_topic = (cy_str){reply, (uint32_t)strlen(reply)};
+        props.correlation_data = (cy_str){rid, (uint32_t)strlen(rid)};
+    } else {
+        snprintf(topic, sizeof(topic), "devices/%s/%s/%s/%s", id, verb, name, rid);
+    }
+    cy_str t = {topic, (uint32_t)strlen(topic)};
+    cy_msg *m = cy_msg_from_publish(&t, arg, len, &props, 1, false, c->version, &b->scratch);
+    if (!m) return CY_ENOMEM;
+    cy_router_publish(b->router, m, NULL, NULL, false);
+    cy_msg_unref(m);
+    return 0;
+}
+
+static const cy_link_ops cy_conn_link_ops = {
+    .send = link_send,
+    .send_release = link_send_release,
+    .window = link_window,
+    .ready = link_ready,
+    .congested = link_congested,
+    .close = link_close,
+    .protocol = link_protocol,
+    .last_heard = link_last_heard,
+    .call = link_call,
+};

@@ -84,8 +84,8 @@ static bool takes_over(cy_broker *b, const cy_mqtt_connect *p)
     const cy_str *name =
         p->has_username && b->cfg->isolate_devices ? &p->username : &p->client_id;
     if (name->len == 0 || name->len > CY_MAX_CLIENT_ID) return false;
-    cy_session *s = cy_map_get(&b->sessions, name->p, name->len);
-    return s && s->conn;
+    cy_session *s = cy_session_find(b->devices, name->p, name->len);
+    return s && s->link;
 }
 
 int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
@@ -153,7 +153,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         if (!cy_topic_valid_name(p->will_topic.p, p->will_topic.len)) return CY_RC_PROTOCOL_ERROR;
         bool reply = false;
         const char *why = NULL;
-        int reason = cy_publish_admit(b, device ? who : NULL, idlen, p->will_topic.p,
+        int reason = cy_device_admit(b->devices, device ? who : NULL, idlen, p->will_topic.p,
                                       p->will_topic.len, (const uint8_t *)p->will_payload.p,
                                       p->will_payload.len, &will_retain, &reply, &why);
         if (!reason && reply) {
@@ -189,7 +189,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     }
 
     /* Disk full: no new persistent session (see the top of the file). */
-    cy_session *s = cy_map_get(&b->sessions, who, idlen);
+    cy_session *s = cy_session_find(b->devices, who, idlen);
     if (expiry > 0 && !(s && s->persistent && !p->clean_start) && cy_broker_store_full(b)) {
         b->stats.store_full_refusals++;
         return refuse(c, CY_RC_QUOTA_EXCEEDED, CY_RC3_SERVER_UNAVAILABLE, who,
@@ -197,40 +197,28 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     }
 
     /* Takeover. */
-    if (s && s->conn) {
-        cy_conn *old = s->conn;
+    if (s && s->link) {
         cy_info(who, "session taken over by a new connection from %s", cy_conn_peer(c));
-        cy_conn_close(old, CY_RC_SESSION_TAKEN_OVER, "session taken over");
-        s = cy_map_get(&b->sessions, who, idlen); /* ended if it was not persistent */
+        s->link->ops->close(s->link, CY_RC_SESSION_TAKEN_OVER, "session taken over");
+        s = cy_session_find(b->devices, who, idlen); /* ended if it was not persistent */
     }
     bool present = false;
     if (s && p->clean_start) {
-        cy_session_end(b, s);
+        cy_session_end(b->devices, s);
         s = NULL;
     }
     if (s) {
         present = true;
-        cy_offline_unlink(b, s);
-        s->offline_since = 0;
-        if (s->will) { /* a will waiting for its delay is cancelled by the return */
-            cy_msg_unref(s->will);
-            s->will = NULL;
-            s->will_at = 0;
-        }
     } else {
-        s = cy_session_new(b, who, idlen);
+        s = cy_session_new(b->devices, who, idlen);
         if (!s)
             return refuse(c, CY_RC_SERVER_BUSY, CY_RC3_SERVER_UNAVAILABLE, who, "out of memory");
     }
-    bool was_persistent = s->persistent;
+    if (expiry == 0) cy_session_forget(b->devices, s);
     s->version = c->version;
     s->expiry = expiry;
     s->persistent = expiry > 0;
-    if (was_persistent && !s->persistent) {
-        cy_store_session_delete(b->store, s->client_id);
-        for (cy_delivery *d = s->head; d; d = d->next) d->store_id = 0;
-    }
-    s->conn = c;
+    cy_session_attach(b->devices, s, &c->link);
     c->sess = s;
     c->state = CONN_ACTIVE;
     c->device = device;
@@ -268,7 +256,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         s->will_at = 0;
     }
 
-    cy_session_persist(b, s);
+    cy_session_persist(b->devices, s);
 
     cy_mqtt_packet ack;
     memset(&ack, 0, sizeof(ack));
@@ -298,7 +286,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     cy_conn_send(c, &ack);
     cy_info(s->client_id, "connected from %s proto=%u keepalive=%u clean=%d expiry=%u%s", cy_conn_peer(c),
             c->version, c->keepalive, p->clean_start, expiry, present ? " resumed" : "");
-    if (device) cy_api_device_online(b, c);
-    cy_session_resume(b, s);
+    if (device) cy_device_online(b->devices, s, &c->link);
+    cy_session_resume(b->devices, s);
     return 0;
 }

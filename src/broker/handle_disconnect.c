@@ -18,12 +18,8 @@ int cy_handle_disconnect(cy_conn *c, cy_mqtt_disconnect *p)
         uint32_t e = p->props.session_expiry;
         if (b->cfg->max_session_expiry && e > b->cfg->max_session_expiry)
             e = b->cfg->max_session_expiry;
+        if (e == 0) cy_session_forget(b->devices, s);
         s->expiry = e;
-        if (s->persistent && e == 0) {
-            s->persistent = false;
-            cy_store_session_delete(b->store, s->client_id);
-            for (cy_delivery *d = s->head; d; d = d->next) d->store_id = 0;
-        }
     }
     c->clean_disconnect = c->version != CY_MQTT_V5 || p->reason == CY_RC_SUCCESS;
     cy_info(s->client_id, "disconnected (reason 0x%02x)", c->version == CY_MQTT_V5 ? p->reason : 0);

@@ -50,6 +50,26 @@ static int refuse(cy_conn *c, cy_mqtt_publish *p, uint8_t reason, const char *wh
     return 0;
 }
 
+/* The MQTT binding of a device's reply (device/calls.c): the request id
+ * is the topic level after "reply" (3.1.1) or the Correlation Data (5.0).
+ * Taken here, acknowledged like any publish, never routed. */
+static void device_reply(cy_conn *c, const cy_mqtt_publish *p)
+{
+    cy_session *s = c->sess;
+    const char *rest = p->topic.p + 8 + s->client_id_len + 1;
+    size_t rlen = p->topic.len - (8 + s->client_id_len + 1);
+    const char *rid = NULL;
+    size_t ridlen = 0;
+    if (rlen > 6) {
+        rid = rest + 6;
+        ridlen = rlen - 6;
+    } else if (p->props.present & CY_PBIT(CY_PROP_CORRELATION_DATA)) {
+        rid = p->props.correlation_data.p;
+        ridlen = p->props.correlation_data.len;
+    }
+    cy_device_reply(c->b->devices, s, rid, ridlen, p->payload, p->payload_len);
+}
+
 /* Resolve the MQTT 5 topic alias. Returns 0 or a reason code. */
 static int resolve_alias(cy_conn *c, cy_mqtt_publish *p)
 {
@@ -89,8 +109,9 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
     if (p->topic.len == 0) return CY_RC_PROTOCOL_ERROR;
     bool retain = p->retain, reply = false;
     const char *why = NULL;
-    int reason = cy_publish_admit(b, c->device ? s->client_id : NULL, s->client_id_len, p->topic.p,
-                                  p->topic.len, p->payload, p->payload_len, &retain, &reply, &why);
+    int reason = cy_device_admit(b->devices, c->device ? s->client_id : NULL, s->client_id_len,
+                                 p->topic.p, p->topic.len, p->payload, p->payload_len, &retain,
+                                 &reply, &why);
     if (reason) return refuse(c, p, (uint8_t)reason, why);
 
     if (p->qos == 2) {
@@ -122,7 +143,7 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
     /* The device convention: a reply to the API is taken here, acknowledged
      * like any publish and not routed. */
     if (reply) {
-        cy_device_reply(c, p);
+        device_reply(c, p);
     } else {
         cy_msg *m = cy_msg_from_publish(&p->topic, p->payload, p->payload_len, &p->props, p->qos,
                                         retain, c->version, &b->scratch);
@@ -134,7 +155,7 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
         }
         /* Refused before anything happens when a peer shard that needs it
          * has a full outbox: never acknowledged and then dropped. */
-        rc = cy_router_publish(b->router, m, &s->sub, s->client_id, true);
+        rc = cy_session_publish(b->devices, s, m, true);
         cy_msg_unref(m);
         if (rc) return refuse(c, p, (uint8_t)rc, "a peer shard's outbox is full");
     }
@@ -142,8 +163,7 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
     if (p->qos == 1) {
         send_ack(c, CY_MQTT_PUBACK, p->packet_id, 0);
     } else if (p->qos == 2) {
-        if (cy_session_add_inq2(s, p->packet_id)) return CY_RC_UNSPECIFIED;
-        if (s->persistent) cy_store_inq2_put(b->store, s->client_id, p->packet_id);
+        if (cy_session_add_inq2(b->devices, s, p->packet_id)) return CY_RC_UNSPECIFIED;
         send_ack(c, CY_MQTT_PUBREC, p->packet_id, 0);
     }
     return 0;
@@ -152,8 +172,7 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
 int cy_handle_pubrel(cy_conn *c, cy_mqtt_ack *p)
 {
     cy_session *s = c->sess;
-    bool known = cy_session_del_inq2(s, p->packet_id);
-    if (known && s->persistent) cy_store_inq2_delete(c->b->store, s->client_id, p->packet_id);
+    bool known = cy_session_del_inq2(c->b->devices, s, p->packet_id);
     send_ack(c, CY_MQTT_PUBCOMP, p->packet_id, known ? 0 : CY_RC_PACKET_ID_NOT_FOUND);
     return 0;
 }
@@ -166,8 +185,8 @@ int cy_handle_puback(cy_conn *c, cy_mqtt_ack *p)
         cy_debug(s->client_id, "PUBACK for unknown packet id %u", p->packet_id);
         return 0;
     }
-    cy_session_remove_delivery(c->b, s, d);
-    cy_session_pump(c->b, s);
+    cy_session_remove_delivery(c->b->devices, s, d);
+    cy_session_pump(c->b->devices, s);
     return 0;
 }
 
@@ -180,12 +199,11 @@ int cy_handle_pubrec(cy_conn *c, cy_mqtt_ack *p)
         return 0;
     }
     if (p->reason >= 0x80) { /* the client refused it: the flow ends here */
-        cy_session_remove_delivery(c->b, s, d);
-        cy_session_pump(c->b, s);
+        cy_session_remove_delivery(c->b->devices, s, d);
+        cy_session_pump(c->b->devices, s);
         return 0;
     }
-    d->state = CY_MSG_RELEASED;
-    if (d->store_id) cy_store_msg_update(c->b->store, d->store_id, d->packet_id, CY_MSG_RELEASED);
+    cy_session_released(c->b->devices, s, d);
     send_ack(c, CY_MQTT_PUBREL, p->packet_id, 0);
     return 0;
 }
@@ -195,7 +213,7 @@ int cy_handle_pubcomp(cy_conn *c, cy_mqtt_ack *p)
     cy_session *s = c->sess;
     cy_delivery *d = cy_session_find_inflight(s, p->packet_id);
     if (!d || d->state != CY_MSG_RELEASED) return 0;
-    cy_session_remove_delivery(c->b, s, d);
-    cy_session_pump(c->b, s);
+    cy_session_remove_delivery(c->b->devices, s, d);
+    cy_session_pump(c->b->devices, s);
     return 0;
 }

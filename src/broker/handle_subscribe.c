@@ -80,30 +80,17 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
             rv[i++] = fail_code(c, CY_RC_QUOTA_EXCEEDED);
             continue;
         }
-        cy_sub *sub = cy_session_find_sub(s, f, len);
-        if (!sub && s->n_subs >= b->cfg->max_subscriptions) {
+        if (!cy_session_find_sub(s, f, len) && s->n_subs >= b->cfg->max_subscriptions) {
             b->stats.limit_subscriptions++;
             cy_info(s->client_id, "subscription to %.*s refused: max_subscriptions %u",
                     (int)(len > 128 ? 128 : len), f, b->cfg->max_subscriptions);
             rv[i++] = fail_code(c, CY_RC_QUOTA_EXCEEDED);
             continue;
         }
-        if (cy_broker_sub_add(b, &s->sub, f, len, opts, sub_id)) {
+        if (cy_session_subscribe(b->devices, s, f, len, opts, sub_id, &fresh[i])) {
             rv[i++] = fail_code(c, CY_RC_UNSPECIFIED);
             continue;
         }
-        if (sub) {
-            sub->opts = opts;
-            sub->sub_id = sub_id;
-        } else if (cy_session_add_sub(s, f, len, opts, sub_id)) {
-            cy_broker_sub_remove(b, &s->sub, f, len);
-            rv[i++] = fail_code(c, CY_RC_UNSPECIFIED);
-            continue;
-        } else {
-            b->stats.subscriptions++;
-            fresh[i] = true;
-        }
-        if (s->persistent) cy_store_sub_put(b->store, s->client_id, f, len, opts, sub_id);
         cy_debug(s->client_id, "subscribed to %.*s qos %u", (int)len, f, e.qos);
         rv[i++] = e.qos;
     }
@@ -127,7 +114,7 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
         size_t glen, ilen;
         if (cy_topic_split_shared(e.filter.p, e.filter.len, &g, &glen, &inner, &ilen)) continue;
         if (e.retain_handling == 2 || (e.retain_handling == 1 && !is_new)) continue;
-        cy_router_send_retained(b->router, &s->sub, e.filter.p, e.filter.len, e.qos, sub_id);
+        cy_session_send_retained(b->devices, s, e.filter.p, e.filter.len, e.qos, sub_id);
     }
     return 0;
 }
@@ -142,16 +129,9 @@ int cy_handle_unsubscribe(cy_conn *c, cy_mqtt_subscribe *p)
     cy_str f;
     uint32_t i = 0;
     while (cy_mqtt_unsub_next(p, &pos, &f)) {
-        cy_sub *sub = cy_session_find_sub(s, f.p, f.len);
-        if (!sub) {
-            reasons[i++] = CY_RC_NO_SUBSCRIPTION_EXISTED;
-            continue;
-        }
-        cy_broker_sub_remove(b, &s->sub, f.p, f.len);
-        if (s->persistent) cy_store_sub_delete(b->store, s->client_id, f.p, f.len);
-        cy_session_del_sub(s, sub);
-        b->stats.subscriptions--;
-        reasons[i++] = CY_RC_SUCCESS;
+        reasons[i++] = cy_session_unsubscribe(b->devices, s, f.p, f.len)
+                           ? CY_RC_NO_SUBSCRIPTION_EXISTED
+                           : CY_RC_SUCCESS;
     }
     cy_mqtt_packet ack;
     memset(&ack, 0, sizeof(ack));

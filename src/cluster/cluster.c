@@ -497,7 +497,7 @@ static cy_peer *peer_of(const cy_subscriber *s)
 /* Router hook, before anything of a client's publish is done: may it be
  * forwarded within max_outbox_bytes? A durable frame (QoS 1/2 to the peers
  * it matched, or a retained update, which goes to every peer) for a peer
- * whose outbox is full is refused: CY_ROUTE_QUOTA_EXCEEDED after counting
+ * whose outbox is full is refused: CY_REASON_QUOTA_EXCEEDED after counting
  * limit_outbox and logging (rate-limited, per peer). The forward itself
  * never drops a durable frame: what was admitted is kept until the peer
  * acknowledges it, so work past the bound that cannot be refused (a will,
@@ -535,7 +535,7 @@ static int admit(void *ctx, const cy_route *r)
                 (int)m->topic_len, m->topic, j, cl->peers[j].out_bytes, cl->cfg->max_outbox_bytes,
                 more);
     }
-    return CY_ROUTE_QUOTA_EXCEEDED;
+    return CY_REASON_QUOTA_EXCEEDED;
 }
 
 /* Write unwritten durable frames to peer p, in order, while the bus takes

@@ -261,7 +261,7 @@ int cy_router_retain_check(cy_router *r, const char *client_id, const cy_msg *m)
                 (unsigned long long)node.count, (unsigned long long)node.bytes,
                 (unsigned long long)own.count, (unsigned long long)own.bytes, more);
     }
-    return CY_ROUTE_QUOTA_EXCEEDED;
+    return CY_REASON_QUOTA_EXCEEDED;
 }
 
 /* Set or clear the retained message of m's topic if m is newer than what

@@ -52,6 +52,7 @@
 #include "core/cy_buf.h"
 #include "core/cy_config.h"
 #include "core/cy_log.h"
+#include "core/cy_reason.h"
 #include "health/metrics.h"
 #include "router/msg.h"
 #include "router/topic.h"
@@ -195,7 +196,5 @@ cy_msg *cy_router_retained(cy_router *r, const char *topic, size_t len);
 /* Store loader: one retained message as stored (charged to its owner). */
 int cy_router_load_retained(cy_router *r, const cy_store_msg *sm);
 
-/* MQTT 5 reason code shared by every layer that refuses for a quota. */
-#define CY_ROUTE_QUOTA_EXCEEDED 0x97
 
 #endif

@@ -1,0 +1,390 @@
+/* device: the device layer's lifecycle, the device convention and presence
+ * (device.h; docs/device-protocol.md).
+ *
+ * A device's own space is "devices/<id>/..." and the shared event space is
+ * "events/..."; an isolated device may use nothing else. Three topics of its
+ * own space mean something to cyan:
+ *   devices/<id>/describe      its functions and variables (JSON), kept as
+ *                              a retained message, so every shard can list
+ *                              them without asking the owner;
+ *   devices/<id>/reply[/<rid>] the answer to a call or read (calls.c);
+ *   devices/<id>/events/...    events (routed like any publish; the API's
+ *                              event buffer is a subscriber of them).
+ */
+#include "device/device_int.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- lifecycle ---- */
+
+int cy_devices_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_router *router,
+                   cy_cluster *cluster, cy_counters *stats, unsigned self, unsigned nshards,
+                   uint64_t generation, cy_devices **out)
+{
+    cy_devices *d = cy_calloc(1, sizeof(*d));
+    if (!d) return CY_ENOMEM;
+    d->loop = loop;
+    d->cfg = cfg;
+    d->store = store;
+    d->router = router;
+    d->cluster = cluster;
+    d->stats = stats;
+    d->self = self;
+    d->nshards = nshards ? nshards : 1;
+    d->generation = generation;
+    cy_map_init(&d->sessions);
+    cy_map_init(&d->presence);
+    cy_map_init(&d->calls_by_rid);
+    cy_session_init_kind(d);
+    *out = d;
+    return 0;
+}
+
+void cy_devices_set_answer(cy_devices *d, cy_device_answer_fn fn, void *ctx)
+{
+    d->answer = fn;
+    d->answer_ctx = ctx;
+}
+
+typedef struct collect {
+    cy_session **v;
+    size_t n;
+} collect;
+
+static void collect_session(void *ctx, void *v)
+{
+    collect *c = ctx;
+    c->v[c->n++] = v;
+}
+
+static void free_presence(void *ctx, void *v)
+{
+    (void)ctx;
+    cy_free(v);
+}
+
+void cy_devices_free(cy_devices *d)
+{
+    if (!d) return;
+    /* cy_session_free removes from the map, so collect the sessions first. */
+    collect all = {cy_calloc(d->sessions.count + 1, sizeof(cy_session *)), 0};
+    if (all.v) {
+        cy_map_each(&d->sessions, collect_session, &all);
+        for (size_t i = 0; i < all.n; i++) cy_session_free(d, all.v[i]);
+        cy_free(all.v);
+    }
+    cy_map_fini(&d->sessions);
+    cy_calls_free(d);
+    cy_map_each(&d->presence, free_presence, NULL);
+    cy_map_fini(&d->presence);
+    cy_free(d);
+}
+
+/* ---- loading persistent state ---- */
+
+int cy_devices_load_session(void *ctx, const cy_store_session *sr)
+{
+    cy_devices *d = ctx;
+    cy_session *s = cy_session_new(d, sr->client_id, strlen(sr->client_id));
+    if (!s) return CY_ENOMEM;
+    s->version = sr->version;
+    s->expiry = sr->expiry;
+    s->persistent = true;
+    int64_t now_wall = cy_wall_ms();
+    int64_t away = sr->disconnected_at ? now_wall - sr->disconnected_at : 0;
+    if (away < 0) away = 0;
+    s->offline_since = (int64_t)uv_now(d->loop) - away;
+    if (s->offline_since <= 0) s->offline_since = 1;
+    cy_offline_link(d, s);
+    return 0;
+}
+
+int cy_devices_load_sub(void *ctx, const char *client_id, const char *filter, uint8_t opts,
+                        uint32_t sub_id)
+{
+    cy_devices *d = ctx;
+    cy_session *s = cy_session_find(d, client_id, strlen(client_id));
+    return s ? cy_session_load_sub(d, s, filter, strlen(filter), opts, sub_id) : 0;
+}
+
+int cy_devices_load_msg(void *ctx, const char *client_id, const cy_store_msg *sm)
+{
+    cy_devices *d = ctx;
+    cy_session *s = cy_session_find(d, client_id, strlen(client_id));
+    return s ? cy_session_load_msg(d, s, sm) : 0;
+}
+
+int cy_devices_load_inq2(void *ctx, const char *client_id, uint16_t id)
+{
+    cy_devices *d = ctx;
+    cy_session *s = cy_session_find(d, client_id, strlen(client_id));
+    return s ? cy_session_load_inq2(s, id) : 0;
+}
+
+static bool session_expired(const cy_session *s, int64_t now)
+{
+    return s->expiry != 0xFFFFFFFFu && now - s->offline_since >= (int64_t)s->expiry * 1000;
+}
+
+size_t cy_devices_end_expired(cy_devices *d)
+{
+    int64_t now = (int64_t)uv_now(d->loop);
+    size_t ended = 0;
+    for (cy_session *s = d->offline, *n; s; s = n) {
+        n = s->offline_next;
+        if (session_expired(s, now)) {
+            cy_session_end(d, s);
+            ended++;
+        }
+    }
+    return ended;
+}
+
+void cy_devices_sweep(cy_devices *d)
+{
+    int64_t now = (int64_t)uv_now(d->loop);
+    cy_session *s = d->offline;
+    while (s) {
+        cy_session *next = s->offline_next;
+        if (session_expired(s, now))
+            cy_session_end(d, s); /* publishes a pending will */
+        else if (s->will && s->will_at && now >= s->will_at)
+            cy_session_publish_will(d, s, " after its delay");
+        s = next;
+    }
+}
+
+void cy_devices_tick(cy_devices *d, int64_t now)
+{
+    cy_calls_tick(d, now);
+}
+
+/* ---- topic spaces ---- */
+
+static bool has_prefix(const char *t, size_t len, const char *p, size_t plen)
+{
+    return len > plen && memcmp(t, p, plen) == 0;
+}
+
+/* Does t start with "devices/<id>/" and go on after it? */
+static bool own_space(const char *id, size_t idl, const char *t, size_t len)
+{
+    return has_prefix(t, len, "devices/", 8) && len > 8 + idl + 1 &&
+           memcmp(t + 8, id, idl) == 0 && t[8 + idl] == '/';
+}
+
+bool cy_device_topic_ok(const char *id, size_t id_len, const char *t, size_t len)
+{
+    return has_prefix(t, len, "events/", 7) || (id && own_space(id, id_len, t, len));
+}
+
+bool cy_device_is_reply(const char *id, size_t id_len, const char *t, size_t len)
+{
+    if (!own_space(id, id_len, t, len)) return false;
+    const char *rest = t + 8 + id_len + 1;
+    size_t rlen = len - (8 + id_len + 1);
+    return rlen >= 5 && memcmp(rest, "reply", 5) == 0 && (rlen == 5 || rest[5] == '/');
+}
+
+static bool is_describe(const char *id, size_t id_len, const char *t, size_t len)
+{
+    return own_space(id, id_len, t, len) && len - (8 + id_len + 1) == 8 &&
+           memcmp(t + 8 + id_len + 1, "describe", 8) == 0;
+}
+
+/* ---- describe ---- */
+
+static bool valid_name(const char *n, size_t len)
+{
+    if (len == 0 || len > CY_DEVICE_NAME_MAX) return false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = n[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '_' || ch == '-' || ch == '.'))
+            return false;
+    }
+    return true;
+}
+
+static bool valid_names(json_t *arr)
+{
+    if (!arr) return true;
+    if (!json_is_array(arr) || json_array_size(arr) > CY_DEVICE_DESCRIBE_NAMES) return false;
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v)
+    {
+        if (!json_is_string(v) || !valid_name(json_string_value(v), json_string_length(v)))
+            return false;
+    }
+    return true;
+}
+
+bool cy_device_describe_ok(const uint8_t *p, size_t len)
+{
+    if (len > CY_DEVICE_DESCRIBE_MAX) return false;
+    json_t *doc = json_loadb((const char *)p, len, JSON_REJECT_DUPLICATES, NULL);
+    bool ok = doc && json_is_object(doc) && valid_names(json_object_get(doc, "functions")) &&
+              valid_names(json_object_get(doc, "variables"));
+    json_decref(doc);
+    return ok;
+}
+
+json_t *cy_device_describe(cy_devices *d, const char *id)
+{
+    char topic[8 + CY_DEVICE_ID_LEN + 10];
+    int n = snprintf(topic, sizeof(topic), "devices/%s/describe", id);
+    cy_msg *m = cy_router_retained(d->router, topic, (size_t)n);
+    return m ? json_loadb((const char *)m->payload, m->payload_len, 0, NULL) : NULL;
+}
+
+json_t *cy_device_names(json_t *describe, const char *key)
+{
+    json_t *v = json_object_get(describe, key);
+    return json_is_array(v) ? json_incref(v) : json_array();
+}
+
+/* ---- admission ---- */
+
+int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const char *topic,
+                    size_t len, const uint8_t *payload, size_t plen, bool *retain, bool *reply,
+                    const char **why)
+{
+    *reply = false;
+    if (len > d->cfg->max_topic_length) {
+        d->stats->limit_topic_too_long++;
+        *why = "topic over max_topic_length";
+        return CY_REASON_TOPIC_INVALID;
+    }
+    if (len && topic[0] == '$') {
+        *why = "topic in a reserved $ space";
+        return CY_REASON_NOT_AUTHORIZED;
+    }
+    if (!device_id) return 0;
+    if (!cy_device_topic_ok(device_id, id_len, topic, len)) {
+        d->stats->acl_denied++;
+        *why = "topic outside the device's spaces";
+        return CY_REASON_NOT_AUTHORIZED;
+    }
+    if (is_describe(device_id, id_len, topic, len)) {
+        if (plen && !cy_device_describe_ok(payload, plen)) {
+            *why = "describe is not {\"functions\": [names], \"variables\": [names]} "
+                   "within the limits";
+            return CY_REASON_PAYLOAD_INVALID;
+        }
+        *retain = true;
+        return 0;
+    }
+    *reply = cy_device_is_reply(device_id, id_len, topic, len);
+    return 0;
+}
+
+/* ---- presence ---- */
+
+dev_presence *cy_presence_get(cy_devices *d, const char *id, size_t len, bool create)
+{
+    dev_presence *pr = cy_map_get(&d->presence, id, len);
+    if (pr || !create || len > CY_DEVICE_ID_LEN) return pr;
+    pr = cy_calloc(1, sizeof(*pr));
+    if (!pr) return NULL;
+    memcpy(pr->id, id, len);
+    if (cy_map_put(&d->presence, pr->id, len, pr)) {
+        cy_free(pr);
+        return NULL;
+    }
+    return pr;
+}
+
+static int64_t wall_of_mono(cy_devices *d, int64_t mono_ms)
+{
+    return cy_wall_ms() - ((int64_t)uv_now(d->loop) - mono_ms);
+}
+
+void cy_device_online(cy_devices *d, cy_session *s, cy_link *link)
+{
+    dev_presence *pr = cy_presence_get(d, s->client_id, s->client_id_len, true);
+    if (!pr) return;
+    pr->link = link;
+    pr->connected_since = cy_wall_ms();
+    pr->last_heard = pr->connected_since;
+}
+
+void cy_device_offline(cy_devices *d, cy_session *s, cy_link *link)
+{
+    dev_presence *pr = cy_presence_get(d, s->client_id, s->client_id_len, false);
+    if (!pr || pr->link != link) return;
+    pr->link = NULL;
+    pr->connected_since = 0;
+    pr->last_heard = wall_of_mono(d, link->ops->last_heard(link));
+}
+
+json_t *cy_device_time(int64_t ms)
+{
+    if (ms <= 0) return json_null();
+    time_t sec = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!gmtime_r(&sec, &tm)) return json_null();
+    char buf[96];
+    snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    return json_string(buf);
+}
+
+static json_t *presence_json(cy_devices *d, const dev_presence *pr)
+{
+    cy_link *l = pr ? pr->link : NULL;
+    int64_t heard = !pr ? 0 : l ? wall_of_mono(d, l->ops->last_heard(l)) : pr->last_heard;
+    const char *proto = l ? l->ops->protocol(l) : NULL;
+    return json_pack("{s:b, s:o, s:o, s:o, s:o}", "online", l != NULL, "protocol",
+                     proto ? json_string(proto) : json_null(), "connected_since",
+                     cy_device_time(l ? pr->connected_since : 0), "last_heard",
+                     cy_device_time(heard), "last_round_trip",
+                     cy_device_time(pr ? pr->last_rtt : 0));
+}
+
+json_t *cy_device_presence(cy_devices *d, const char *id)
+{
+    return presence_json(d, cy_presence_get(d, id, strlen(id), false));
+}
+
+typedef struct all_ctx {
+    cy_devices *d;
+    json_t *obj;
+} all_ctx;
+
+static void add_presence(void *ctx, void *v)
+{
+    all_ctx *ac = ctx;
+    dev_presence *pr = v;
+    json_object_set_new(ac->obj, pr->id, presence_json(ac->d, pr));
+}
+
+json_t *cy_device_presence_all(cy_devices *d)
+{
+    all_ctx ac = {d, json_object()};
+    cy_map_each(&d->presence, add_presence, &ac);
+    return ac.obj;
+}
+
+void cy_device_kick(cy_devices *d, const char *id)
+{
+    cy_session *s = cy_session_find(d, id, strlen(id));
+    if (s && s->link) {
+        /* No will from a deleted device. */
+        cy_msg_unref(s->will);
+        s->will = NULL;
+        s->will_at = 0;
+        s->link->ops->close(s->link, CY_REASON_NOT_AUTHORIZED, "device deleted");
+    }
+    s = cy_session_find(d, id, strlen(id));
+    if (s) cy_session_end(d, s);
+    dev_presence *pr = cy_map_del(&d->presence, id, strlen(id));
+    cy_free(pr);
+}

@@ -1,0 +1,148 @@
+/* device: the transport-neutral device layer of one shard.
+ *
+ * What a device is to cyan whatever carries its bytes (MQTT today, CoAP
+ * next; each transport is a cy_link, link.h):
+ *   - its session (session.h): subscriptions, the QoS 1/2 messages on their
+ *     way to it, inbound QoS 2 ids, its will, kept across reconnects and
+ *     (when persistent) across restarts;
+ *   - the device convention (docs/device-protocol.md): an isolated device
+ *     keeps to "devices/<id>/..." and "events/..."; devices/<id>/describe
+ *     lists its functions and variables (retained); devices/<id>/reply is
+ *     the answer to a call; every input path admits a publish through one
+ *     function, cy_device_admit;
+ *   - presence: online since, protocol, last heard, last round trip;
+ *   - device calls (calls.c): call a function or read a variable on a
+ *     device with a deadline, on whichever shard owns it; the callback runs
+ *     exactly once.
+ *
+ * Ownership: cy_devices_new borrows loop, cfg, store, router, cluster and
+ * stats, which must outlive it. It owns every session (freed by
+ * cy_devices_free, which publishes nothing) and every presence record.
+ * Errors: CY_ENOMEM; MQTT 5 reason codes (>= 0x80) from cy_device_admit.
+ * Thread: the shard's loop thread.
+ */
+#ifndef CY_DEVICE_H
+#define CY_DEVICE_H
+
+#include "cluster/cluster.h"
+#include "core/cy_config.h"
+#include "core/cy_map.h"
+#include "device/link.h"
+#include "health/metrics.h"
+#include "router/router.h"
+#include "store/store.h"
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define CY_MAX_CLIENT_ID 256
+#define CY_DEVICE_ARG_MAX 1024       /* bytes of a function argument */
+#define CY_DEVICE_REPLY_MAX 65536    /* bytes of a device's reply */
+#define CY_DEVICE_DESCRIBE_MAX 4096  /* bytes of a describe payload */
+#define CY_DEVICE_DESCRIBE_NAMES 64  /* functions, and variables, per device */
+#define CY_DEVICE_NAME_MAX 64        /* function / variable name */
+#define CY_DEVICE_DEFAULT_TIMEOUT_MS 10000
+#define CY_DEVICE_MAX_TIMEOUT_MS 60000
+
+typedef struct cy_devices cy_devices;
+typedef struct cy_session cy_session;
+
+int cy_devices_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_router *router,
+                   cy_cluster *cluster, cy_counters *stats, unsigned self, unsigned nshards,
+                   uint64_t generation, cy_devices **out);
+/* Free every session and record (no will is published, nothing stored). */
+void cy_devices_free(cy_devices *d);
+/* Store loader callbacks (ctx: the device layer). */
+int cy_devices_load_session(void *ctx, const cy_store_session *sr);
+int cy_devices_load_sub(void *ctx, const char *client_id, const char *filter, uint8_t opts,
+                        uint32_t sub_id);
+int cy_devices_load_msg(void *ctx, const char *client_id, const cy_store_msg *sm);
+int cy_devices_load_inq2(void *ctx, const char *client_id, uint16_t id);
+/* After loading: end the sessions whose expiry ran out while cyan was
+ * down. Returns how many. */
+size_t cy_devices_end_expired(cy_devices *d);
+/* Every sweep: publish wills whose delay passed, end offline sessions
+ * whose expiry passed. */
+void cy_devices_sweep(cy_devices *d);
+/* Answer 504 for calls past their deadline (now: mono ms); call at least
+ * every 100 ms while calls are pending. */
+void cy_devices_tick(cy_devices *d, int64_t now);
+
+/* ---- the device convention ---- */
+
+/* What a client may publish, whatever path its bytes take to the router:
+ * a PUBLISH, a will (checked at CONNECT, routed at the close), an event of
+ * the HTTP API; later a CoAP event. Every path calls this one function, so
+ * no path skips a rule:
+ *   - the topic is at most max_topic_length and not in a reserved $ space;
+ *   - an isolated device (device_id not NULL) keeps to its own spaces
+ *     (devices/<id>/... and events/...);
+ *   - its describe must be valid, and is always retained (*retain is set);
+ *   - its reply topic is a reply, not a message: *reply is set, and a path
+ *     that cannot carry a reply (a will) refuses it.
+ * The topic is a valid name already (the caller's decoder checked it).
+ * Returns 0, or an MQTT 5 reason code (>= 0x80) with *why naming the rule
+ * (static text); counts the refusal. */
+int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const char *topic,
+                    size_t len, const uint8_t *payload, size_t plen, bool *retain, bool *reply,
+                    const char **why);
+/* May the isolated device `id` use topic (or filter) t? */
+bool cy_device_topic_ok(const char *id, size_t id_len, const char *t, size_t len);
+/* Is payload a valid describe (docs/device-protocol.md)? */
+bool cy_device_describe_ok(const uint8_t *payload, size_t len);
+/* Is t the device's reply topic, devices/<id>/reply[/<rid>]? */
+bool cy_device_is_reply(const char *id, size_t id_len, const char *t, size_t len);
+/* The describe of device id (from the retained messages), parsed, or NULL;
+ * the caller frees it with json_decref. */
+json_t *cy_device_describe(cy_devices *d, const char *id);
+/* describe[key] if it is an array, else an empty array (new reference). */
+json_t *cy_device_names(json_t *describe, const char *key);
+
+/* ---- presence ---- */
+
+/* A device's session is connected over link / has lost it (transports
+ * call these for isolated devices). */
+void cy_device_online(cy_devices *d, cy_session *s, cy_link *link);
+void cy_device_offline(cy_devices *d, cy_session *s, cy_link *link);
+/* The device was deleted: close its link (no will), end its session,
+ * forget its presence. */
+void cy_device_kick(cy_devices *d, const char *id);
+/* {"online", "protocol", "connected_since", "last_heard",
+ * "last_round_trip"} of one device this shard owns (new reference). */
+json_t *cy_device_presence(cy_devices *d, const char *id);
+/* {id: presence} of every device this shard knows (new reference). */
+json_t *cy_device_presence_all(cy_devices *d);
+/* ISO 8601 UTC with milliseconds, or null for 0 (new reference). */
+json_t *cy_device_time(int64_t wall_ms);
+
+/* ---- device calls (calls.c) ---- */
+
+enum {
+    CY_DEVICE_OP_PRESENCE = 1, /* one device's presence */
+    CY_DEVICE_OP_PRESENCE_ALL, /* every device a shard knows */
+    CY_DEVICE_OP_CALL,         /* a function call */
+    CY_DEVICE_OP_GET,          /* a variable read */
+    CY_DEVICE_OP_KICK,         /* the device was deleted: end its session */
+};
+
+/* Where the owner shard's answer to a requester goes: requester shard
+ * `from`, its request id, an HTTP status and a JSON body (borrowed). */
+typedef void (*cy_device_answer_fn)(void *ctx, unsigned from, uint32_t req_id, unsigned status,
+                                    const char *body, size_t len);
+void cy_devices_set_answer(cy_devices *d, cy_device_answer_fn fn, void *ctx);
+/* Run operation op on this shard (the owner of device id) for requester
+ * (from, req_id). Exactly one answer goes to the answer function: at once
+ * (presence, kick, 400/404/409), on the device's reply (200, 502 for a
+ * reply over CY_DEVICE_REPLY_MAX), or at the deadline (504). timeout_ms:
+ * 0 = the default; capped at CY_DEVICE_MAX_TIMEOUT_MS. */
+void cy_device_op(cy_devices *d, unsigned from, uint32_t req_id, uint8_t op, const char *id,
+                  size_t id_len, const char *name, size_t name_len, const uint8_t *arg,
+                  size_t arg_len, uint32_t timeout_ms);
+/* A device's reply to a call or read, from its transport: rid is the
+ * request id the transport found (topic level or correlation data). */
+void cy_device_reply(cy_devices *d, cy_session *s, const char *rid, size_t rid_len,
+                     const uint8_t *payload, size_t len);
+
+#endif

@@ -1,0 +1,75 @@
+/* device_int: the device layer's state, shared by its files only
+ * (device.c: lifecycle, convention, presence; session.c: sessions;
+ * calls.c: calls and reads on the owner shard).
+ * Thread: the shard's loop thread.
+ */
+#ifndef CY_DEVICE_INT_H
+#define CY_DEVICE_INT_H
+
+#include "device/device.h"
+#include "device/session.h"
+
+/* The owner's record of one device since this shard started. */
+typedef struct dev_presence {
+    cy_link *link;           /* its link, or NULL while offline */
+    int64_t connected_since; /* wall ms of the current connection, 0 offline */
+    int64_t last_heard;      /* wall ms of its last packet, kept when it goes offline */
+    int64_t last_rtt;        /* wall ms of its last answered call or read; 0 = none */
+    char id[CY_DEVICE_ID_LEN + 1];
+} dev_presence;
+
+/* A call or read the owner sent to a device and waits for. */
+typedef struct dev_call {
+    struct dev_call *prev, *next;
+    char rid[17];          /* request id as sent to the device (16 hex) */
+    uint8_t op;            /* CY_DEVICE_OP_CALL or CY_DEVICE_OP_GET */
+    unsigned from;         /* requester shard */
+    uint32_t req_id;       /* requester's request id */
+    int64_t sent_us;       /* mono us when sent */
+    int64_t deadline;      /* mono ms */
+    char device[CY_DEVICE_ID_LEN + 1];
+    char name[CY_DEVICE_NAME_MAX + 1];
+} dev_call;
+
+struct cy_devices {
+    uv_loop_t *loop;
+    const cy_config *cfg;
+    cy_store *store;
+    cy_router *router;
+    cy_cluster *cluster;
+    cy_counters *stats;
+    unsigned self, nshards;
+    uint64_t generation;
+    cy_map sessions;      /* client id -> cy_session */
+    cy_session *offline;  /* sessions offline and persistent, or with a pending will */
+    cy_sub_kind session_kind;
+    cy_map presence;      /* device id -> dev_presence */
+    dev_call *calls;      /* in a list for the deadlines */
+    cy_map calls_by_rid;  /* rid (16 bytes) -> dev_call, for replies */
+    uint64_t next_rid;
+    cy_device_answer_fn answer; /* where the owner's answers go */
+    void *answer_ctx;
+};
+
+/* session.c */
+void cy_session_init_kind(cy_devices *d);
+void cy_offline_link(cy_devices *d, cy_session *s);
+void cy_offline_unlink(cy_devices *d, cy_session *s);
+/* Free memory only (teardown). */
+void cy_session_free(cy_devices *d, cy_session *s);
+/* Publish s's will now (when: a note for the log line). */
+void cy_session_publish_will(cy_devices *d, cy_session *s, const char *when);
+/* Store loader helpers. */
+int cy_session_load_sub(cy_devices *d, cy_session *s, const char *filter, size_t len,
+                        uint8_t opts, uint32_t sub_id);
+int cy_session_load_msg(cy_devices *d, cy_session *s, const cy_store_msg *sm);
+int cy_session_load_inq2(cy_session *s, uint16_t id);
+
+/* device.c */
+dev_presence *cy_presence_get(cy_devices *d, const char *id, size_t len, bool create);
+
+/* calls.c */
+void cy_calls_tick(cy_devices *d, int64_t now);
+void cy_calls_free(cy_devices *d);
+
+#endif

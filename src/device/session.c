@@ -1,0 +1,525 @@
+/* session: a device's session and its outbound message flow (session.h).
+ *
+ * Everything here speaks to the device through its cy_link: the session
+ * decides what to send and when (queue, window, QoS, resend after a
+ * reconnect), the transport how.
+ */
+#include "device/device_int.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+
+#include <stddef.h>
+#include <string.h>
+
+cy_session *cy_session_find(cy_devices *d, const char *client_id, size_t len)
+{
+    return cy_map_get(&d->sessions, client_id, len);
+}
+
+size_t cy_session_count(const cy_devices *d)
+{
+    return d->sessions.count;
+}
+
+cy_session *cy_session_new(cy_devices *d, const char *client_id, size_t len)
+{
+    /* One allocation with the id inline: the map's key points into it. */
+    cy_session *s = cy_calloc(1, offsetof(cy_session, client_id) + len + 1);
+    if (!s) return NULL;
+    memcpy(s->client_id, client_id, len);
+    s->client_id[len] = '\0';
+    s->client_id_len = (uint16_t)len;
+    cy_subscriber_init(&s->sub, &d->session_kind);
+    if (cy_map_put(&d->sessions, s->client_id, len, s)) {
+        cy_free(s);
+        return NULL;
+    }
+    d->stats->sessions++;
+    return s;
+}
+
+void cy_offline_link(cy_devices *d, cy_session *s)
+{
+    if (s->offline_prev || d->offline == s) return;
+    s->offline_prev = NULL;
+    s->offline_next = d->offline;
+    if (d->offline) d->offline->offline_prev = s;
+    d->offline = s;
+}
+
+void cy_offline_unlink(cy_devices *d, cy_session *s)
+{
+    if (!s->offline_prev && d->offline != s) return;
+    if (s->offline_prev)
+        s->offline_prev->offline_next = s->offline_next;
+    else
+        d->offline = s->offline_next;
+    if (s->offline_next) s->offline_next->offline_prev = s->offline_prev;
+    s->offline_next = s->offline_prev = NULL;
+}
+
+void cy_session_persist(cy_devices *d, cy_session *s)
+{
+    if (!s->persistent) return;
+    cy_store_session sr = {
+        .client_id = s->client_id,
+        .version = s->version,
+        .expiry = s->expiry,
+        .disconnected_at = s->link ? 0 : cy_wall_ms(),
+    };
+    cy_store_session_put(d->store, &sr);
+}
+
+int cy_session_publish(cy_devices *d, cy_session *s, cy_msg *m, bool refusable)
+{
+    /* s: no-local, and a retained message is charged to its client */
+    return cy_router_publish(d->router, m, &s->sub, s->client_id, refusable);
+}
+
+void cy_session_publish_will(cy_devices *d, cy_session *s, const char *when)
+{
+    cy_msg *m = s->will;
+    s->will = NULL;
+    s->will_at = 0;
+    if (!m) return;
+    cy_info(s->client_id, "publishing will on %s%s", m->topic, when);
+    cy_session_publish(d, s, m, false);
+    cy_msg_unref(m);
+}
+
+/* Free what the session holds. ending: also undo its presence in the tree
+ * and the store and publish a pending will (teardown skips all that). */
+static void release(cy_devices *d, cy_session *s, bool ending)
+{
+    if (ending && s->will && s->will_at) cy_session_publish_will(d, s, "");
+    cy_msg_unref(s->will);
+    s->will = NULL;
+    for (uint32_t i = 0; i < s->n_subs; i++) {
+        if (ending) cy_cluster_unsubscribe(d->cluster, &s->sub, s->subs[i].filter, s->subs[i].len);
+        cy_free(s->subs[i].filter);
+    }
+    d->stats->subscriptions -= s->n_subs;
+    cy_free(s->subs);
+    cy_delivery *dv = s->head;
+    while (dv) {
+        cy_delivery *n = dv->next;
+        cy_msg_unref(dv->msg);
+        cy_free(dv);
+        dv = n;
+    }
+    cy_free(s->inq2);
+    if (ending && s->persistent) cy_store_session_delete(d->store, s->client_id);
+    cy_offline_unlink(d, s);
+    cy_map_del(&d->sessions, s->client_id, s->client_id_len);
+    d->stats->sessions--;
+    cy_free(s);
+}
+
+void cy_session_end(cy_devices *d, cy_session *s)
+{
+    cy_debug(s->client_id, "session ended");
+    release(d, s, true);
+}
+
+void cy_session_free(cy_devices *d, cy_session *s)
+{
+    release(d, s, false);
+}
+
+void cy_session_attach(cy_devices *d, cy_session *s, cy_link *link)
+{
+    cy_offline_unlink(d, s);
+    s->offline_since = 0;
+    if (s->will) { /* a will waiting for its delay is cancelled by the return */
+        cy_msg_unref(s->will);
+        s->will = NULL;
+        s->will_at = 0;
+    }
+    s->link = link;
+}
+
+void cy_session_detach(cy_devices *d, cy_session *s, bool abnormal)
+{
+    s->link = NULL;
+    if (s->will) {
+        if (!abnormal) {
+            cy_msg_unref(s->will);
+            s->will = NULL;
+        } else if (s->will_delay == 0 || !s->persistent) {
+            s->will_at = 1; /* due now */
+            cy_session_publish_will(d, s, "");
+        } else {
+            uint32_t delay = s->will_delay < s->expiry ? s->will_delay : s->expiry;
+            s->will_at = uv_now(d->loop) + (int64_t)delay * 1000;
+        }
+    }
+    if (!s->persistent) {
+        cy_session_end(d, s);
+        return;
+    }
+    s->offline_since = uv_now(d->loop);
+    if (s->offline_since == 0) s->offline_since = 1;
+    cy_offline_link(d, s);
+    cy_session_persist(d, s);
+}
+
+void cy_session_forget(cy_devices *d, cy_session *s)
+{
+    if (!s->persistent) return;
+    s->persistent = false;
+    cy_store_session_delete(d->store, s->client_id);
+    for (cy_delivery *dv = s->head; dv; dv = dv->next) dv->store_id = 0;
+}
+
+/* ---- subscriptions ---- */
+
+cy_sub *cy_session_find_sub(cy_session *s, const char *filter, size_t len)
+{
+    for (uint32_t i = 0; i < s->n_subs; i++)
+        if (s->subs[i].len == len && memcmp(s->subs[i].filter, filter, len) == 0)
+            return &s->subs[i];
+    return NULL;
+}
+
+static int add_sub(cy_session *s, const char *filter, size_t len, uint8_t opts, uint32_t sub_id)
+{
+    if (s->n_subs == s->cap_subs) {
+        uint32_t cap = s->cap_subs ? s->cap_subs * 2 : 4;
+        cy_sub *n = cy_realloc(s->subs, cap * sizeof(*n));
+        if (!n) return CY_ENOMEM;
+        s->subs = n;
+        s->cap_subs = cap;
+    }
+    char *f = cy_strndup(filter, len);
+    if (!f) return CY_ENOMEM;
+    s->subs[s->n_subs++] = (cy_sub){.filter = f, .len = (uint16_t)len, .opts = opts,
+                                    .sub_id = sub_id};
+    return 0;
+}
+
+int cy_session_load_sub(cy_devices *d, cy_session *s, const char *filter, size_t len,
+                        uint8_t opts, uint32_t sub_id)
+{
+    if (cy_cluster_subscribe(d->cluster, &s->sub, filter, len, opts, sub_id)) return CY_ENOMEM;
+    if (add_sub(s, filter, len, opts, sub_id)) return CY_ENOMEM;
+    d->stats->subscriptions++;
+    return 0;
+}
+
+int cy_session_subscribe(cy_devices *d, cy_session *s, const char *filter, size_t len,
+                         uint8_t opts, uint32_t sub_id, bool *fresh)
+{
+    *fresh = false;
+    cy_sub *sub = cy_session_find_sub(s, filter, len);
+    if (cy_cluster_subscribe(d->cluster, &s->sub, filter, len, opts, sub_id)) return CY_ENOMEM;
+    if (sub) {
+        sub->opts = opts;
+        sub->sub_id = sub_id;
+    } else if (add_sub(s, filter, len, opts, sub_id)) {
+        cy_cluster_unsubscribe(d->cluster, &s->sub, filter, len);
+        return CY_ENOMEM;
+    } else {
+        d->stats->subscriptions++;
+        *fresh = true;
+    }
+    if (s->persistent) cy_store_sub_put(d->store, s->client_id, filter, len, opts, sub_id);
+    return 0;
+}
+
+int cy_session_unsubscribe(cy_devices *d, cy_session *s, const char *filter, size_t len)
+{
+    cy_sub *sub = cy_session_find_sub(s, filter, len);
+    if (!sub) return CY_ENOENT;
+    cy_cluster_unsubscribe(d->cluster, &s->sub, filter, len);
+    if (s->persistent) cy_store_sub_delete(d->store, s->client_id, filter, len);
+    cy_free(sub->filter);
+    *sub = s->subs[--s->n_subs];
+    d->stats->subscriptions--;
+    return 0;
+}
+
+void cy_session_send_retained(cy_devices *d, cy_session *s, const char *filter, size_t len,
+                              uint8_t opts, uint32_t sub_id)
+{
+    cy_router_send_retained(d->router, &s->sub, filter, len, opts, sub_id);
+}
+
+/* ---- inbound QoS 2 ids ---- */
+
+bool cy_session_has_inq2(const cy_session *s, uint16_t id)
+{
+    for (uint32_t i = 0; i < s->n_inq2; i++)
+        if (s->inq2[i] == id) return true;
+    return false;
+}
+
+int cy_session_load_inq2(cy_session *s, uint16_t id)
+{
+    if (s->n_inq2 == s->cap_inq2) {
+        uint32_t cap = s->cap_inq2 ? s->cap_inq2 * 2 : 4;
+        uint16_t *n = cy_realloc(s->inq2, cap * sizeof(*n));
+        if (!n) return CY_ENOMEM;
+        s->inq2 = n;
+        s->cap_inq2 = cap;
+    }
+    s->inq2[s->n_inq2++] = id;
+    return 0;
+}
+
+int cy_session_add_inq2(cy_devices *d, cy_session *s, uint16_t id)
+{
+    int rc = cy_session_load_inq2(s, id);
+    if (rc == 0 && s->persistent) cy_store_inq2_put(d->store, s->client_id, id);
+    return rc;
+}
+
+bool cy_session_del_inq2(cy_devices *d, cy_session *s, uint16_t id)
+{
+    for (uint32_t i = 0; i < s->n_inq2; i++)
+        if (s->inq2[i] == id) {
+            s->inq2[i] = s->inq2[--s->n_inq2];
+            if (s->persistent) cy_store_inq2_delete(d->store, s->client_id, id);
+            return true;
+        }
+    return false;
+}
+
+/* ---- outbound ---- */
+
+/* Hand one message to the link. Returns 0 or the link's error. */
+static int send_msg(cy_devices *d, cy_link *l, cy_msg *m, uint8_t qos, bool retain, bool dup,
+                    uint16_t id, const uint32_t *sub_ids, uint32_t n_sub_ids)
+{
+    cy_link_msg lm = {m, qos, retain, dup, qos ? id : 0, sub_ids, n_sub_ids};
+    int rc = l->ops->send(l, &lm);
+    if (rc == 0) d->stats->publish_sent++;
+    return rc;
+}
+
+static void drop(cy_devices *d, cy_session *s, const cy_msg *m, int why)
+{
+    if (why == CY_ETIMEDOUT) {
+        d->stats->messages_expired++;
+    } else {
+        d->stats->messages_dropped++;
+        cy_debug(s->client_id, "dropped message on %s: %s", m->topic, cy_strerror(why));
+    }
+}
+
+void cy_session_remove_delivery(cy_devices *d, cy_session *s, cy_delivery *dv)
+{
+    if (dv == s->next_send) s->next_send = dv->next;
+    if (dv->state == CY_MSG_QUEUED)
+        s->n_queued--;
+    else
+        s->n_inflight--;
+    if (dv->prev)
+        dv->prev->next = dv->next;
+    else
+        s->head = dv->next;
+    if (dv->next)
+        dv->next->prev = dv->prev;
+    else
+        s->tail = dv->prev;
+    if (dv->store_id) cy_store_msg_delete(d->store, dv->store_id);
+    cy_msg_unref(dv->msg);
+    cy_free(dv);
+}
+
+void cy_session_released(cy_devices *d, cy_session *s, cy_delivery *dv)
+{
+    (void)s;
+    dv->state = CY_MSG_RELEASED;
+    if (dv->store_id) cy_store_msg_update(d->store, dv->store_id, dv->packet_id, CY_MSG_RELEASED);
+}
+
+cy_delivery *cy_session_find_inflight(cy_session *s, uint16_t packet_id)
+{
+    for (cy_delivery *dv = s->head; dv && dv != s->next_send; dv = dv->next)
+        if (dv->packet_id == packet_id) return dv;
+    return NULL;
+}
+
+static uint16_t next_packet_id(cy_session *s)
+{
+    for (;;) {
+        uint16_t id = (uint16_t)(s->last_packet_id + 1);
+        if (id == 0) id = 1;
+        s->last_packet_id = id;
+        if (!cy_session_find_inflight(s, id)) return id;
+    }
+}
+
+void cy_session_pump(cy_devices *d, cy_session *s)
+{
+    cy_link *l = s->link;
+    if (!l || !l->ops->ready(l)) return;
+    uint32_t window = d->cfg->max_inflight;
+    uint32_t own = l->ops->window(l);
+    if (own && own < window) window = own;
+    while (s->next_send && s->n_inflight < window) {
+        cy_delivery *dv = s->next_send;
+        uint16_t id = next_packet_id(s);
+        int rc = send_msg(d, l, dv->msg, dv->qos, dv->retain, false, id, dv->sub_ids,
+                          dv->n_sub_ids);
+        if (rc) {
+            drop(d, s, dv->msg, rc);
+            cy_session_remove_delivery(d, s, dv);
+            if (rc == CY_EPIPE) return;
+            continue;
+        }
+        s->next_send = dv->next;
+        s->n_queued--;
+        s->n_inflight++;
+        dv->packet_id = id;
+        dv->state = CY_MSG_SENT;
+        if (dv->store_id) cy_store_msg_update(d->store, dv->store_id, id, CY_MSG_SENT);
+    }
+}
+
+void cy_session_resume(cy_devices *d, cy_session *s)
+{
+    cy_link *l = s->link;
+    cy_delivery *dv = s->head;
+    while (dv && dv != s->next_send) {
+        cy_delivery *n = dv->next;
+        if (dv->state == CY_MSG_RELEASED) {
+            l->ops->send_release(l, dv->packet_id);
+        } else {
+            int rc = send_msg(d, l, dv->msg, dv->qos, dv->retain, true, dv->packet_id,
+                              dv->sub_ids, dv->n_sub_ids);
+            if (rc) {
+                drop(d, s, dv->msg, rc);
+                cy_session_remove_delivery(d, s, dv);
+            }
+        }
+        dv = n;
+    }
+    cy_session_pump(d, s);
+}
+
+/* Link a delivery at the tail of the queue. */
+static void enqueue(cy_session *s, cy_delivery *dv)
+{
+    dv->next = NULL;
+    dv->prev = s->tail;
+    if (s->tail)
+        s->tail->next = dv;
+    else
+        s->head = dv;
+    s->tail = dv;
+    if (!s->next_send) s->next_send = dv;
+    s->n_queued++;
+}
+
+void cy_session_deliver(cy_devices *d, cy_session *s, cy_msg *m, uint8_t qos, bool retain,
+                        const uint32_t *sub_ids, uint32_t n_sub_ids)
+{
+    cy_link *l = s->link;
+    if (qos == 0) {
+        if (!l || !l->ops->ready(l)) return;
+        if (l->ops->congested(l)) {
+            drop(d, s, m, CY_EBUSY);
+            return;
+        }
+        int rc = send_msg(d, l, m, 0, retain, false, 0, sub_ids, n_sub_ids);
+        if (rc) drop(d, s, m, rc);
+        return;
+    }
+    if (s->n_inflight + s->n_queued >= d->cfg->max_queued) {
+        d->stats->limit_queue_full++;
+        drop(d, s, m, CY_EQUOTA);
+        return;
+    }
+    if (n_sub_ids > 255) n_sub_ids = 255;
+    cy_delivery *dv = cy_malloc(sizeof(*dv) + n_sub_ids * sizeof(uint32_t));
+    if (!dv) {
+        drop(d, s, m, CY_ENOMEM);
+        return;
+    }
+    dv->msg = cy_msg_ref(m);
+    dv->store_id = 0;
+    dv->packet_id = 0;
+    dv->qos = qos;
+    dv->state = CY_MSG_QUEUED;
+    dv->retain = retain;
+    dv->n_sub_ids = (uint8_t)n_sub_ids;
+    if (n_sub_ids) memcpy(dv->sub_ids, sub_ids, n_sub_ids * sizeof(uint32_t));
+    enqueue(s, dv);
+    if (s->persistent) {
+        cy_store_msg sm = cy_msg_to_store(m, qos, retain);
+        sm.sub_ids = dv->sub_ids;
+        sm.n_sub_ids = dv->n_sub_ids;
+        if (cy_store_msg_put(d->store, s->client_id, &sm) == 0) dv->store_id = sm.id;
+    }
+    if (l) cy_session_pump(d, s);
+}
+
+int cy_session_load_msg(cy_devices *d, cy_session *s, const cy_store_msg *sm)
+{
+    (void)d;
+    cy_msg *m = cy_msg_new(sm->topic, sm->topic_len, sm->payload, sm->payload_len, sm->props,
+                           sm->props_len, sm->qos, sm->retain, sm->expiry_at);
+    uint32_t n = sm->n_sub_ids > 255 ? 255 : sm->n_sub_ids;
+    cy_delivery *dv = m ? cy_malloc(sizeof(*dv) + n * sizeof(uint32_t)) : NULL;
+    if (!dv) {
+        cy_msg_unref(m);
+        return CY_ENOMEM;
+    }
+    dv->msg = m;
+    dv->store_id = sm->id;
+    dv->packet_id = sm->packet_id;
+    dv->qos = sm->qos;
+    dv->state = sm->state;
+    dv->retain = sm->retain;
+    dv->n_sub_ids = (uint8_t)n;
+    if (n) memcpy(dv->sub_ids, sm->sub_ids, n * sizeof(uint32_t));
+    if (dv->state == CY_MSG_QUEUED) {
+        enqueue(s, dv);
+        return 0;
+    }
+    /* In flight: before the first queued one. */
+    cy_delivery *before = s->next_send;
+    dv->next = before;
+    dv->prev = before ? before->prev : s->tail;
+    if (dv->prev)
+        dv->prev->next = dv;
+    else
+        s->head = dv;
+    if (before)
+        before->prev = dv;
+    else
+        s->tail = dv;
+    s->n_inflight++;
+    if (dv->packet_id > s->last_packet_id) s->last_packet_id = dv->packet_id;
+    return 0;
+}
+
+/* ---- the session as a subscriber ---- */
+
+static void session_deliver(void *ctx, cy_subscriber *sub, const cy_route *r, const cy_match *x)
+{
+    cy_session *s = (cy_session *)((char *)sub - offsetof(cy_session, sub));
+    cy_session_deliver(ctx, s, r->m, x->qos, x->retain, x->sub_ids, x->n_sub_ids);
+}
+
+/* A shared group prefers a member that is online: an offline one gets the
+ * message queued, only when no member is online. */
+static int session_grade(void *ctx, const cy_subscriber *sub, const cy_route *r)
+{
+    (void)ctx;
+    (void)r;
+    const cy_session *s = (const cy_session *)((const char *)sub - offsetof(cy_session, sub));
+    return s->link ? 2 : 1;
+}
+
+void cy_session_init_kind(cy_devices *d)
+{
+    d->session_kind = (cy_sub_kind){.name = "session",
+                                    .deliver = session_deliver,
+                                    .grade = session_grade,
+                                    .ctx = d};
+}

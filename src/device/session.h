@@ -1,0 +1,139 @@
+/* session: a device's session and the outbound message flow.
+ *
+ * The session outlives its link when it is persistent (expiry > 0): its
+ * row, subscriptions and deliveries are mirrored into the store as they
+ * change, and the store commits once per loop pass, before any
+ * acknowledgement is flushed.
+ *
+ * A session's QoS 1/2 deliveries form one list in the order they were
+ * routed: a prefix that is in flight (sent, has an id, waits for its
+ * acknowledgement) and the rest, queued, starting at next_send.
+ * cy_session_pump moves deliveries from queued to in flight while the
+ * window allows: min(max_inflight, the link's own window). Acks may arrive
+ * out of order; a delivery is unlinked wherever it is. QoS 0 messages are
+ * never queued: they go straight to a connected device (dropped, and
+ * counted, while its link is congested) and are not kept for an offline one.
+ *
+ * Ownership: the device layer (device.h) owns every session; a session owns
+ * its subscriptions (also entered in the router with its cy_subscriber),
+ * its deliveries (each holds a reference on its message), its inbound QoS 2
+ * ids and its will. It borrows its link.
+ * Errors: CY_ENOMEM.
+ * Thread: the shard's loop thread.
+ */
+#ifndef CY_SESSION_H
+#define CY_SESSION_H
+
+#include "device/device.h"
+#include "device/link.h"
+#include "router/router.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct cy_delivery {
+    struct cy_delivery *prev, *next;
+    cy_msg *msg; /* reference */
+    int64_t store_id; /* row in the store, 0 when the session is not persistent */
+    uint16_t packet_id; /* 0 while queued */
+    uint8_t qos;   /* effective: min(published, subscribed) */
+    uint8_t state; /* CY_MSG_QUEUED, CY_MSG_SENT, CY_MSG_RELEASED */
+    bool retain;   /* retain flag to send */
+    uint8_t n_sub_ids;
+    uint32_t sub_ids[]; /* n_sub_ids */
+} cy_delivery;
+
+typedef struct cy_sub {
+    char *filter; /* owned, NUL-terminated */
+    uint16_t len;
+    uint8_t opts; /* CY_SUBOPT_* */
+    uint32_t sub_id;
+} cy_sub;
+
+/* Fields are ordered by size so the struct has no holes: one of these lives
+ * for every connected device. The client id is stored inline, at the end. */
+struct cy_session {
+    cy_link *link;   /* NULL while offline */
+    cy_subscriber sub;       /* as the router sees it (kind "session") */
+    /* subscriptions */
+    cy_sub *subs;
+    /* outbound QoS 1/2: in flight ones first (sent order), then queued */
+    cy_delivery *head, *tail;
+    cy_delivery *next_send; /* first queued delivery, or NULL */
+    /* inbound QoS 2 ids received and not yet released */
+    uint16_t *inq2;
+    /* will message, armed while connected, pending after an abnormal close */
+    cy_msg *will;
+    int64_t will_at;     /* mono ms when a pending will is due; 0 = not pending */
+    int64_t offline_since;   /* mono ms; 0 while online */
+    struct cy_session *offline_next, *offline_prev; /* the device layer's offline list */
+    uint32_t expiry;         /* session expiry interval, s; 0xFFFFFFFF = never */
+    uint32_t will_delay; /* s */
+    uint32_t n_subs, cap_subs;
+    uint32_t n_inflight;
+    uint32_t n_queued;
+    uint32_t n_inq2, cap_inq2;
+    uint16_t last_packet_id;
+    uint16_t client_id_len;
+    uint8_t version;         /* protocol version of its last connection */
+    bool persistent;         /* expiry > 0: kept in the store */
+    char client_id[]; /* NUL-terminated, client_id_len bytes; the key in the sessions map */
+};
+
+/* The session named client_id, or NULL. */
+cy_session *cy_session_find(cy_devices *d, const char *client_id, size_t len);
+/* How many sessions are held. */
+size_t cy_session_count(const cy_devices *d);
+cy_session *cy_session_new(cy_devices *d, const char *client_id, size_t len);
+/* End the session: drop its subscriptions and queue, delete it from the
+ * store, publish a pending will, free it. */
+void cy_session_end(cy_devices *d, cy_session *s);
+void cy_session_persist(cy_devices *d, cy_session *s);
+/* A link takes the session (a new connection or a takeover's): it leaves
+ * the offline list; a will waiting for its delay is cancelled. */
+void cy_session_attach(cy_devices *d, cy_session *s, cy_link *link);
+/* The link went away. abnormal: publish or schedule the will. */
+void cy_session_detach(cy_devices *d, cy_session *s, bool abnormal);
+/* The session stops being persistent (expiry set to 0): forget its rows. */
+void cy_session_forget(cy_devices *d, cy_session *s);
+/* Queue (or send now) msg to s at qos with retain flag and sub ids. */
+void cy_session_deliver(cy_devices *d, cy_session *s, cy_msg *m, uint8_t qos, bool retain,
+                        const uint32_t *sub_ids, uint32_t n_sub_ids);
+/* Send queued deliveries while the window allows. */
+void cy_session_pump(cy_devices *d, cy_session *s);
+/* Resend what was in flight (DUP) after a reconnect, then pump. */
+void cy_session_resume(cy_devices *d, cy_session *s);
+cy_delivery *cy_session_find_inflight(cy_session *s, uint16_t packet_id);
+/* The device acknowledged d (or refused it): the flow of d ends. */
+void cy_session_remove_delivery(cy_devices *d, cy_session *s, cy_delivery *dv);
+/* QoS 2: the device received d; its release is on the way. */
+void cy_session_released(cy_devices *d, cy_session *s, cy_delivery *dv);
+
+/* ---- subscriptions ---- */
+
+cy_sub *cy_session_find_sub(cy_session *s, const char *filter, size_t len);
+/* Subscribe s (router, interest, its list, the store): 0, or CY_ENOMEM.
+ * *fresh: it is new (not a replacement of the same filter's options). */
+int cy_session_subscribe(cy_devices *d, cy_session *s, const char *filter, size_t len,
+                         uint8_t opts, uint32_t sub_id, bool *fresh);
+/* Errors: CY_ENOENT (s holds no such subscription). */
+int cy_session_unsubscribe(cy_devices *d, cy_session *s, const char *filter, size_t len);
+/* Deliver the retained messages matching filter, as for a new subscription. */
+void cy_session_send_retained(cy_devices *d, cy_session *s, const char *filter, size_t len,
+                              uint8_t opts, uint32_t sub_id);
+
+/* ---- inbound QoS 2 ---- */
+
+bool cy_session_has_inq2(const cy_session *s, uint16_t id);
+/* Remember id (and store it for a persistent session). */
+int cy_session_add_inq2(cy_devices *d, cy_session *s, uint16_t id);
+/* Forget id; false if it was not known. */
+bool cy_session_del_inq2(cy_devices *d, cy_session *s, uint16_t id);
+
+/* ---- publishing ---- */
+
+/* Route a message s publishes (refusable: before it is acknowledged; see
+ * cy_router_publish). Returns 0 or a reason code. */
+int cy_session_publish(cy_devices *d, cy_session *s, cy_msg *m, bool refusable);
+
+#endif
