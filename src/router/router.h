@@ -117,7 +117,10 @@ typedef struct cy_sub_kind {
     void *ctx;
 } cy_sub_kind;
 
-/* Embed one in whatever subscribes (as its first member or anywhere). */
+/* Embed one in whatever subscribes (as its first member or anywhere). It
+ * subscribes in one router only: the scratch below is that router's (a
+ * new router counts its publishes from 1 again, so a subscriber moved to
+ * one must be initialised again). */
 struct cy_subscriber {
     const cy_sub_kind *kind;
     uint64_t match_epoch; /* router scratch: the publish it was last merged for */
