@@ -1057,9 +1057,9 @@ static void test_retain_limit_count(void **state)
     assert_int_equal(T.stats.limit_retained, 0);
 
     cy_msg *m = msg("l/3", "x", 1, true);
-    assert_int_equal(cy_router_retain_check(T.r, "c1", m), CY_ROUTE_QUOTA_EXCEEDED);
+    assert_int_equal(cy_router_retain_check(T.r, "c1", m), CY_REASON_QUOTA_EXCEEDED);
     assert_int_equal(T.stats.limit_retained, 1);
-    assert_int_equal(cy_router_retain_check(T.r, NULL, m), CY_ROUTE_QUOTA_EXCEEDED);
+    assert_int_equal(cy_router_retain_check(T.r, NULL, m), CY_REASON_QUOTA_EXCEEDED);
     assert_int_equal(T.stats.limit_retained, 2);
     /* Published anyway (a will): routed, delivered, not kept, counted. */
     assert_int_equal(pub(m, NULL, "c1", false), 0);
