@@ -27,7 +27,7 @@
  * too if it is cyan's alone (logging each change), or refuses to start if
  * it cannot.
  */
-#include "broker/broker.h"
+#include "shard/shard.h"
 #include "core/cy_config.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"

@@ -16,7 +16,7 @@
  * hear a refusal), a retained QoS 0 publish is dropped (MQTT 5) likewise.
  * QoS 0 publishes and the acknowledgements of both directions go on.
  */
-#include "broker/broker_int.h"
+#include "mqtt/gateway_int.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_log.h"
@@ -67,20 +67,20 @@ static void device_reply(cy_conn *c, const cy_mqtt_publish *p)
         rid = p->props.correlation_data.p;
         ridlen = p->props.correlation_data.len;
     }
-    cy_device_reply(c->b->devices, s, rid, ridlen, p->payload, p->payload_len);
+    cy_device_reply(c->g->devices, s, rid, ridlen, p->payload, p->payload_len);
 }
 
 /* Resolve the MQTT 5 topic alias. Returns 0 or a reason code. */
 static int resolve_alias(cy_conn *c, cy_mqtt_publish *p)
 {
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     uint16_t a = p->props.topic_alias;
-    if (a == 0 || a > b->cfg->topic_alias_max) return CY_RC_TOPIC_ALIAS_INVALID;
+    if (a == 0 || a > g->cfg->topic_alias_max) return CY_RC_TOPIC_ALIAS_INVALID;
     cy_conn_v5 *x = cy_conn_v5_get(c);
     if (!x) return CY_RC_UNSPECIFIED;
     if (!x->alias_in) {
-        x->alias_in = cy_calloc(b->cfg->topic_alias_max + 1u, sizeof(char *));
-        x->alias_in_len = cy_calloc(b->cfg->topic_alias_max + 1u, sizeof(uint16_t));
+        x->alias_in = cy_calloc(g->cfg->topic_alias_max + 1u, sizeof(char *));
+        x->alias_in_len = cy_calloc(g->cfg->topic_alias_max + 1u, sizeof(uint16_t));
         if (!x->alias_in || !x->alias_in_len) return CY_RC_UNSPECIFIED;
     }
     if (p->topic.len) {
@@ -98,9 +98,9 @@ static int resolve_alias(cy_conn *c, cy_mqtt_publish *p)
 
 int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
 {
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     cy_session *s = c->sess;
-    b->stats.publish_received++;
+    g->stats->publish_received++;
     if (p->props.present & CY_PBIT(CY_PROP_TOPIC_ALIAS)) {
         int rc = resolve_alias(c, p);
         if (rc) return rc;
@@ -109,7 +109,7 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
     if (p->topic.len == 0) return CY_RC_PROTOCOL_ERROR;
     bool retain = p->retain, reply = false;
     const char *why = NULL;
-    int reason = cy_device_admit(b->devices, c->device ? s->client_id : NULL, s->client_id_len,
+    int reason = cy_device_admit(g->devices, c->device ? s->client_id : NULL, s->client_id_len,
                                  p->topic.p, p->topic.len, p->payload, p->payload_len, &retain,
                                  &reply, &why);
     if (reason) return refuse(c, p, (uint8_t)reason, why);
@@ -119,8 +119,8 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
             send_ack(c, CY_MQTT_PUBREC, p->packet_id, 0);
             return 0;
         }
-        if (s->n_inq2 >= b->cfg->max_inflight) {
-            b->stats.limit_receive_max++;
+        if (s->n_inq2 >= g->cfg->max_inflight) {
+            g->stats->limit_receive_max++;
             return CY_RC_RECEIVE_MAX_EXCEEDED;
         }
     }
@@ -129,8 +129,8 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
      * routed, stored or acknowledged. (A QoS 2 resend above was taken
      * before; its PUBREC again costs nothing.) A reply to the API is not
      * stored. */
-    if (!reply && (p->qos || retain) && cy_broker_store_full(b)) {
-        b->stats.store_full_refusals++;
+    if (!reply && (p->qos || retain) && cy_space_full(g->space)) {
+        g->stats->store_full_refusals++;
         /* The state was logged once when it began; a 3.1.1 fleet that
          * reconnects and resends must not write a line each. */
         if (c->version != CY_MQTT_V5) {
@@ -146,16 +146,16 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
         device_reply(c, p);
     } else {
         cy_msg *m = cy_msg_from_publish(&p->topic, p->payload, p->payload_len, &p->props, p->qos,
-                                        retain, c->version, &b->scratch);
+                                        retain, c->version, &g->scratch);
         if (!m) return refuse(c, p, CY_RC_UNSPECIFIED, "out of memory");
-        int rc = retain ? cy_router_retain_check(b->router, s->client_id, m) : 0;
+        int rc = retain ? cy_router_retain_check(g->router, s->client_id, m) : 0;
         if (rc) { /* counted and logged by the check */
             cy_msg_unref(m);
             return refuse(c, p, (uint8_t)rc, "over a retained messages limit");
         }
         /* Refused before anything happens when a peer shard that needs it
          * has a full outbox: never acknowledged and then dropped. */
-        rc = cy_session_publish(b->devices, s, m, true);
+        rc = cy_session_publish(g->devices, s, m, true);
         cy_msg_unref(m);
         if (rc) return refuse(c, p, (uint8_t)rc, "a peer shard's outbox is full");
     }
@@ -163,7 +163,7 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
     if (p->qos == 1) {
         send_ack(c, CY_MQTT_PUBACK, p->packet_id, 0);
     } else if (p->qos == 2) {
-        if (cy_session_add_inq2(b->devices, s, p->packet_id)) return CY_RC_UNSPECIFIED;
+        if (cy_session_add_inq2(g->devices, s, p->packet_id)) return CY_RC_UNSPECIFIED;
         send_ack(c, CY_MQTT_PUBREC, p->packet_id, 0);
     }
     return 0;
@@ -172,7 +172,7 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
 int cy_handle_pubrel(cy_conn *c, cy_mqtt_ack *p)
 {
     cy_session *s = c->sess;
-    bool known = cy_session_del_inq2(c->b->devices, s, p->packet_id);
+    bool known = cy_session_del_inq2(c->g->devices, s, p->packet_id);
     send_ack(c, CY_MQTT_PUBCOMP, p->packet_id, known ? 0 : CY_RC_PACKET_ID_NOT_FOUND);
     return 0;
 }
@@ -185,8 +185,8 @@ int cy_handle_puback(cy_conn *c, cy_mqtt_ack *p)
         cy_debug(s->client_id, "PUBACK for unknown packet id %u", p->packet_id);
         return 0;
     }
-    cy_session_remove_delivery(c->b->devices, s, d);
-    cy_session_pump(c->b->devices, s);
+    cy_session_remove_delivery(c->g->devices, s, d);
+    cy_session_pump(c->g->devices, s);
     return 0;
 }
 
@@ -199,11 +199,11 @@ int cy_handle_pubrec(cy_conn *c, cy_mqtt_ack *p)
         return 0;
     }
     if (p->reason >= 0x80) { /* the client refused it: the flow ends here */
-        cy_session_remove_delivery(c->b->devices, s, d);
-        cy_session_pump(c->b->devices, s);
+        cy_session_remove_delivery(c->g->devices, s, d);
+        cy_session_pump(c->g->devices, s);
         return 0;
     }
-    cy_session_released(c->b->devices, s, d);
+    cy_session_released(c->g->devices, s, d);
     send_ack(c, CY_MQTT_PUBREL, p->packet_id, 0);
     return 0;
 }
@@ -213,7 +213,7 @@ int cy_handle_pubcomp(cy_conn *c, cy_mqtt_ack *p)
     cy_session *s = c->sess;
     cy_delivery *d = cy_session_find_inflight(s, p->packet_id);
     if (!d || d->state != CY_MSG_RELEASED) return 0;
-    cy_session_remove_delivery(c->b->devices, s, d);
-    cy_session_pump(c->b->devices, s);
+    cy_session_remove_delivery(c->g->devices, s, d);
+    cy_session_pump(c->g->devices, s);
     return 0;
 }

@@ -12,7 +12,7 @@
  * sent as its retain handling option says (0: always, 1: only if the
  * subscription is new, 2: never); shared subscriptions get none.
  */
-#include "broker/broker_int.h"
+#include "mqtt/gateway_int.h"
 
 #include "core/cy_log.h"
 
@@ -33,7 +33,7 @@ static uint8_t fail_code(cy_conn *c, uint8_t rc5)
 
 int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
 {
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     cy_session *s = c->sess;
     uint32_t sub_id = 0;
     if (p->props.present & CY_PBIT(CY_PROP_SUBSCRIPTION_ID)) sub_id = p->props.sub_ids[0];
@@ -50,12 +50,12 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
         const char *f = e.filter.p;
         size_t len = e.filter.len;
         fresh[i] = false;
-        const char *g, *inner;
+        const char *grp, *inner;
         size_t glen, ilen;
-        bool shared = cy_topic_split_shared(f, len, &g, &glen, &inner, &ilen);
+        bool shared = cy_topic_split_shared(f, len, &grp, &glen, &inner, &ilen);
         if (shared && e.no_local) return CY_RC_PROTOCOL_ERROR;
-        if (len > b->cfg->max_topic_length) {
-            b->stats.limit_topic_too_long++;
+        if (len > g->cfg->max_topic_length) {
+            g->stats->limit_topic_too_long++;
             rv[i++] = fail_code(c, CY_RC_TOPIC_FILTER_INVALID);
             continue;
         }
@@ -66,28 +66,28 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
         if (forbidden(f, len) ||
             (c->device && !cy_device_topic_ok(c->sess->client_id, c->sess->client_id_len,
                                                shared ? inner : f, shared ? ilen : len))) {
-            if (c->device) b->stats.acl_denied++;
+            if (c->device) g->stats->acl_denied++;
             rv[i++] = fail_code(c, CY_RC_NOT_AUTHORIZED);
             continue;
         }
         uint8_t opts = (uint8_t)(e.qos | (e.no_local ? CY_SUBOPT_NO_LOCAL : 0) |
                                  (e.retain_as_published ? CY_SUBOPT_RAP : 0) |
                                  (e.retain_handling << 4));
-        if (s->persistent && cy_broker_store_full(b)) {
-            b->stats.store_full_refusals++;
+        if (s->persistent && cy_space_full(g->space)) {
+            g->stats->store_full_refusals++;
             cy_debug(s->client_id, "subscription to %.*s refused: the disk is full",
                      (int)(len > 128 ? 128 : len), f);
             rv[i++] = fail_code(c, CY_RC_QUOTA_EXCEEDED);
             continue;
         }
-        if (!cy_session_find_sub(s, f, len) && s->n_subs >= b->cfg->max_subscriptions) {
-            b->stats.limit_subscriptions++;
+        if (!cy_session_find_sub(s, f, len) && s->n_subs >= g->cfg->max_subscriptions) {
+            g->stats->limit_subscriptions++;
             cy_info(s->client_id, "subscription to %.*s refused: max_subscriptions %u",
-                    (int)(len > 128 ? 128 : len), f, b->cfg->max_subscriptions);
+                    (int)(len > 128 ? 128 : len), f, g->cfg->max_subscriptions);
             rv[i++] = fail_code(c, CY_RC_QUOTA_EXCEEDED);
             continue;
         }
-        if (cy_session_subscribe(b->devices, s, f, len, opts, sub_id, &fresh[i])) {
+        if (cy_session_subscribe(g->devices, s, f, len, opts, sub_id, &fresh[i])) {
             rv[i++] = fail_code(c, CY_RC_UNSPECIFIED);
             continue;
         }
@@ -110,18 +110,18 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
         uint8_t r = rv[i];
         bool is_new = fresh[i++];
         if (r >= 0x80) continue;
-        const char *g, *inner;
+        const char *grp, *inner;
         size_t glen, ilen;
-        if (cy_topic_split_shared(e.filter.p, e.filter.len, &g, &glen, &inner, &ilen)) continue;
+        if (cy_topic_split_shared(e.filter.p, e.filter.len, &grp, &glen, &inner, &ilen)) continue;
         if (e.retain_handling == 2 || (e.retain_handling == 1 && !is_new)) continue;
-        cy_session_send_retained(b->devices, s, e.filter.p, e.filter.len, e.qos, sub_id);
+        cy_session_send_retained(g->devices, s, e.filter.p, e.filter.len, e.qos, sub_id);
     }
     return 0;
 }
 
 int cy_handle_unsubscribe(cy_conn *c, cy_mqtt_subscribe *p)
 {
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     cy_session *s = c->sess;
     uint8_t reasons[256];
     if (p->count > sizeof(reasons)) return CY_RC_QUOTA_EXCEEDED;
@@ -129,7 +129,7 @@ int cy_handle_unsubscribe(cy_conn *c, cy_mqtt_subscribe *p)
     cy_str f;
     uint32_t i = 0;
     while (cy_mqtt_unsub_next(p, &pos, &f)) {
-        reasons[i++] = cy_session_unsubscribe(b->devices, s, f.p, f.len)
+        reasons[i++] = cy_session_unsubscribe(g->devices, s, f.p, f.len)
                            ? CY_RC_NO_SUBSCRIPTION_EXISTED
                            : CY_RC_SUCCESS;
     }

@@ -34,7 +34,7 @@
  * clients, a bare close for 3.1.1), logs one line naming the client and
  * counts it.
  */
-#include "broker/broker_int.h"
+#include "mqtt/gateway_int.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_clock.h"
@@ -42,6 +42,7 @@
 #include "core/cy_log.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -78,14 +79,14 @@ const char *cy_conn_peer(const cy_conn *c)
 void cy_conn_log_stranger(cy_conn *c, const char *kind, const char *fmt, ...)
 {
     if (!cy_log_enabled(CY_LOG_INFO)) return;
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     char addr[INET6_ADDRSTRLEN + 8], key[CY_LOGRL_KEY + 64];
     snprintf(addr, sizeof(addr), "%s", cy_conn_peer(c));
     char *colon = strrchr(addr, ':'); /* one source is an address, whatever its port */
     if (colon) *colon = '\0';
     snprintf(key, sizeof(key), "%s %s", kind, addr);
     char more[CY_LOGRL_MORE], text[512];
-    if (!cy_logrl_line(&b->login_log, key, more)) return;
+    if (!cy_logrl_line(&g->login_log, key, more)) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
@@ -99,11 +100,11 @@ cy_conn_v5 *cy_conn_v5_get(cy_conn *c)
     return c->v5;
 }
 
-static void v5_free(cy_broker *b, cy_conn_v5 *x)
+static void v5_free(cy_mqtt *g, cy_conn_v5 *x)
 {
     if (!x) return;
     if (x->alias_in) {
-        for (uint32_t i = 0; i <= b->cfg->topic_alias_max; i++) cy_free(x->alias_in[i]);
+        for (uint32_t i = 0; i <= g->cfg->topic_alias_max; i++) cy_free(x->alias_in[i]);
         cy_free(x->alias_in);
     }
     cy_free(x->alias_in_len);
@@ -114,13 +115,13 @@ static void v5_free(cy_broker *b, cy_conn_v5 *x)
     cy_free(x);
 }
 
-/* Keep b->preauth_bytes equal to the capacity of the partial-input buffers
+/* Keep g->preauth_bytes equal to the capacity of the partial-input buffers
  * of connections that have not logged in; call after `in` or the state
  * changed. */
 static void preauth_account(cy_conn *c)
 {
     uint32_t now = c->state == CONN_NEW && c->in ? (uint32_t)c->in->cap : 0;
-    c->b->preauth_bytes = c->b->preauth_bytes - c->preauth + now;
+    c->g->preauth_bytes = c->g->preauth_bytes - c->preauth + now;
     c->preauth = now;
 }
 
@@ -151,20 +152,20 @@ size_t cy_conn_backlog(const cy_conn *c)
  * when the handle is no longer reading. */
 static void backpressure(cy_conn *c)
 {
-    cy_broker *b = c->b;
-    if (c->state != CONN_ACTIVE || b->stalled) return;
+    cy_mqtt *g = c->g;
+    if (c->state != CONN_ACTIVE || g->stalled) return;
     size_t backlog = cy_conn_backlog(c);
-    if (!c->paused && backlog > b->cfg->max_output) {
+    if (!c->paused && backlog > g->cfg->max_output) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->paused = true;
-        c->paused_s = (uint16_t)(uv_now(b->loop) / 1000);
+        c->paused_s = (uint16_t)(uv_now(g->loop) / 1000);
         cy_debug(cy_conn_name(c), "reading stopped: %zu bytes of output waiting (max_output %u)",
-                 backlog, b->cfg->max_output);
-    } else if (c->paused && backlog <= b->cfg->max_output / 2) {
+                 backlog, g->cfg->max_output);
+    } else if (c->paused && backlog <= g->cfg->max_output / 2) {
         c->paused = false;
         /* What the client sent meanwhile waits in our socket: it was not
          * silent, we were not listening. */
-        c->last_rx = (int64_t)uv_now(b->loop);
+        c->last_rx = (int64_t)uv_now(g->loop);
         int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
         if (rc) {
             cy_debug(cy_conn_name(c), "read start: %s", uv_strerror(rc));
@@ -179,11 +180,11 @@ bool cy_conn_check_stall(cy_conn *c, int64_t now)
 {
     if (!c->paused || c->state != CONN_ACTIVE) return false;
     uint16_t stalled = (uint16_t)((uint16_t)(now / 1000) - c->paused_s); /* mod 65536 */
-    if (stalled <= c->b->cfg->max_output_stall) return false; /* whole seconds: never early */
-    c->b->stats.limit_output_stall++;
+    if (stalled <= c->g->cfg->max_output_stall) return false; /* whole seconds: never early */
+    c->g->stats->limit_output_stall++;
     char why[128];
     snprintf(why, sizeof(why), "not reading its output: over max_output (%u bytes) for %u s",
-             c->b->cfg->max_output, (unsigned)stalled);
+             c->g->cfg->max_output, (unsigned)stalled);
     cy_conn_close(c, CY_RC_QUOTA_EXCEEDED, why);
     return true;
 }
@@ -191,18 +192,18 @@ bool cy_conn_check_stall(cy_conn *c, int64_t now)
 static void on_close(uv_handle_t *h)
 {
     cy_conn *c = h->data;
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     if (c->prev)
         c->prev->next = c->next;
     else
-        b->conns = c->next;
+        g->conns = c->next;
     if (c->next) c->next->prev = c->prev;
-    b->n_conns--;
+    g->n_conns--;
     in_free(c);
     c->state = CONN_CLOSING;
     preauth_account(c);
     cy_buf_fini(&c->out);
-    v5_free(b, c->v5);
+    v5_free(g, c->v5);
     cy_free(c);
 }
 
@@ -210,8 +211,8 @@ static void mark_dirty(cy_conn *c)
 {
     if (c->dirty) return;
     c->dirty = true;
-    c->dirty_next = c->b->dirty;
-    c->b->dirty = c;
+    c->dirty_next = c->g->dirty;
+    c->g->dirty = c;
 }
 
 int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p)
@@ -303,7 +304,7 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
 {
     /* A connection being handed over belongs to the bus until its callback. */
     if (c->state == CONN_CLOSING || c->state == CONN_HANDED) return;
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     if (reason && c->version == CY_MQTT_V5 && c->state == CONN_ACTIVE) {
         cy_mqtt_packet p;
         memset(&p, 0, sizeof(p));
@@ -321,16 +322,16 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
      * uv_close). */
     c->state = CONN_CLOSING;
     cy_conn_flush(c);
-    if (c->held.n) cy_cluster_drop_held(b->cluster, &c->held);
+    if (c->held.n) cy_cluster_drop_held(g->cluster, &c->held);
     if (c->counted) {
-        b->stats.clients_connected--;
+        g->stats->clients_connected--;
         c->counted = false;
     }
     if (c->sess) {
         cy_session *s = c->sess;
-        if (c->device) cy_device_offline(b->devices, s, &c->link);
+        if (c->device) cy_device_offline(g->devices, s, &c->link);
         c->sess = NULL;
-        cy_session_detach(b->devices, s, !c->clean_disconnect);
+        cy_session_detach(g->devices, s, !c->clean_disconnect);
     }
     uv_read_stop((uv_stream_t *)&c->tcp);
     uv_close((uv_handle_t *)&c->tcp, on_close);
@@ -373,7 +374,7 @@ static void refuse_version(cy_conn *c, uint8_t level)
         cy_buf_append(&c->out, v5, sizeof(v5));
     else
         cy_buf_append(&c->out, v3, sizeof(v3));
-    c->b->stats.connects_refused++;
+    c->g->stats->connects_refused++;
     cy_conn_log_stranger(c, "refused logins", "connect refused: unsupported protocol level %u",
                          level);
     cy_conn_close(c, 0, NULL);
@@ -389,19 +390,19 @@ static void preauth_refused(cy_conn *c, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
-    c->b->stats.limit_preauth++;
+    c->g->stats->limit_preauth++;
     cy_conn_close(c, 0, why);
 }
 
 /* Handle every complete packet in data[0..len); return the bytes consumed. */
 static size_t process(cy_conn *c, const uint8_t *data, size_t len)
 {
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     size_t off = 0;
     while (off < len && c->state != CONN_CLOSING) {
         size_t pkt_len = 0;
         bool login = c->state == CONN_NEW;
-        uint32_t limit = login ? b->cfg->max_connect_size : b->cfg->max_packet_size;
+        uint32_t limit = login ? g->cfg->max_connect_size : g->cfg->max_packet_size;
         int rc = cy_mqtt_frame(data + off, len - off, limit, &pkt_len);
         if (rc == CY_EAGAIN) break;
         if (rc == CY_EMSGSIZE && login) {
@@ -409,10 +410,10 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
             return len;
         }
         if (rc == CY_EMSGSIZE) {
-            b->stats.limit_packet_too_large++;
+            g->stats->limit_packet_too_large++;
             char why[96];
             snprintf(why, sizeof(why), "packet of %zu bytes over max_packet_size %u", pkt_len,
-                     b->cfg->max_packet_size);
+                     g->cfg->max_packet_size);
             cy_conn_close(c, CY_RC_PACKET_TOO_LARGE, why);
             return len;
         }
@@ -424,7 +425,7 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
             return len;
         }
         if (rc) {
-            b->stats.protocol_errors++;
+            g->stats->protocol_errors++;
             char why[96];
             snprintf(why, sizeof(why), "malformed packet (first byte 0x%02x): %s", data[off],
                      cy_strerror(rc));
@@ -434,25 +435,25 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
         /* A device's session is named by its device id (the client id, or
          * the username when the client id is empty). */
         const cy_str *name = &p.u.connect.client_id;
-        if (rc == 0 && p.type == CY_MQTT_CONNECT && name->len == 0 && b->cfg->isolate_devices &&
+        if (rc == 0 && p.type == CY_MQTT_CONNECT && name->len == 0 && g->cfg->isolate_devices &&
             p.u.connect.has_username)
             name = &p.u.connect.username;
-        if (p.type == CY_MQTT_CONNECT && c->state == CONN_NEW && b->nshards > 1 &&
+        if (p.type == CY_MQTT_CONNECT && c->state == CONN_NEW && g->nshards > 1 &&
             !c->handed_in && name->len) {
-            unsigned owner = cy_shard_of(name->p, name->len, b->nshards);
-            if (owner != b->self) {
+            unsigned owner = cy_shard_of(name->p, name->len, g->nshards);
+            if (owner != g->self) {
                 cy_conn_handover(c, owner, p.u.connect.version, data + off, len - off);
                 return len;
             }
         }
         off += used;
-        c->last_rx = uv_now(b->loop);
-        b->progress++;
-        cy_cluster_hold_begin(b->cluster);
+        c->last_rx = uv_now(g->loop);
+        g->progress++;
+        cy_cluster_hold_begin(g->cluster);
         int reason = dispatch(c, &p);
         if (reason >= 0x80) {
             if (reason == CY_RC_PROTOCOL_ERROR || reason == CY_RC_MALFORMED)
-                b->stats.protocol_errors++;
+                g->stats->protocol_errors++;
             char why[64];
             snprintf(why, sizeof(why), "%s from client refused", cy_mqtt_type_name(p.type));
             cy_conn_close(c, (uint8_t)reason, why);
@@ -469,7 +470,7 @@ static bool preauth_fits(const cy_conn *c, size_t total)
     size_t cap = 256, held = c->in ? c->in->cap : 0;
     while (cap < total) cap *= 2;
     size_t grow = cap > held ? cap - held : 0;
-    return c->b->preauth_bytes + grow <= c->b->cfg->preauth_memory;
+    return c->g->preauth_bytes + grow <= c->g->cfg->preauth_memory;
 }
 
 /* How many more bytes a socket that has not logged in may read: the rest of
@@ -486,11 +487,11 @@ static size_t preauth_room(const cy_conn *c)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     cy_conn *c = h->data;
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     (void)suggested;
-    if (!c->in && !b->rbuf_busy) {
-        b->rbuf_busy = true;
-        *buf = uv_buf_init((char *)b->rbuf, sizeof(b->rbuf));
+    if (!c->in && !g->rbuf_busy) {
+        g->rbuf_busy = true;
+        *buf = uv_buf_init((char *)g->rbuf, sizeof(g->rbuf));
         return;
     }
     size_t want = CY_READ_CHUNK;
@@ -512,7 +513,7 @@ static void keep_partial(cy_conn *c, const uint8_t *bytes, size_t len)
 {
     if (c->state == CONN_NEW && !preauth_fits(c, len + (c->in ? cy_buf_size(c->in) : 0))) {
         preauth_refused(c, "preauth_memory (%u bytes) spent on sockets that have not logged in",
-                        c->b->cfg->preauth_memory);
+                        c->g->cfg->preauth_memory);
         return;
     }
     if (!c->in) c->in = cy_calloc(1, sizeof(*c->in));
@@ -532,13 +533,13 @@ void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len)
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     cy_conn *c = stream->data;
-    cy_broker *b = c->b;
-    bool shared = buf->base == (char *)b->rbuf;
+    cy_mqtt *g = c->g;
+    bool shared = buf->base == (char *)g->rbuf;
     if (nread < 0) {
-        if (shared) b->rbuf_busy = false;
+        if (shared) g->rbuf_busy = false;
         if (nread == UV_ENOBUFS && c->state == CONN_NEW) {
             preauth_refused(c, "preauth_memory (%u bytes) spent on sockets that have not logged in",
-                            b->cfg->preauth_memory);
+                            g->cfg->preauth_memory);
             return;
         }
         if (c->state != CONN_CLOSING) {
@@ -553,10 +554,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (shared) {
-        size_t used = process(c, b->rbuf, (size_t)nread);
-        b->rbuf_busy = false;
+        size_t used = process(c, g->rbuf, (size_t)nread);
+        g->rbuf_busy = false;
         if (used < (size_t)nread && c->state != CONN_CLOSING)
-            keep_partial(c, b->rbuf + used, (size_t)nread - used);
+            keep_partial(c, g->rbuf + used, (size_t)nread - used);
         backpressure(c);
         return;
     }
@@ -574,55 +575,55 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 }
 
 /* A new connection object for an open socket, linked into the broker. */
-static cy_conn *conn_new(cy_broker *b)
+static cy_conn *conn_new(cy_mqtt *g)
 {
     cy_conn *c = cy_calloc(1, sizeof(*c));
     if (!c) {
         cy_error(NULL, "accept: out of memory");
         return NULL;
     }
-    c->b = b;
+    c->g = g;
     c->link.ops = &cy_conn_link_ops;
-    uv_tcp_init(b->loop, &c->tcp);
+    uv_tcp_init(g->loop, &c->tcp);
     c->tcp.data = c;
-    c->next = b->conns;
-    if (b->conns) b->conns->prev = c;
-    b->conns = c;
-    b->n_conns++;
+    c->next = g->conns;
+    if (g->conns) g->conns->prev = c;
+    g->conns = c;
+    g->n_conns++;
     return c;
 }
 
-void cy_conn_on_connection(uv_stream_t *server, int status)
+static void on_connection(uv_stream_t *server, int status)
 {
-    cy_broker *b = server->data;
+    cy_mqtt *g = server->data;
     if (status < 0) {
         cy_warn(NULL, "accept: %s", uv_strerror(status));
         return;
     }
-    cy_conn *c = conn_new(b);
+    cy_conn *c = conn_new(g);
     if (!c) return;
     if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
         c->state = CONN_CLOSING;
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
-    c->last_rx = uv_now(b->loop);
+    c->last_rx = uv_now(g->loop);
     /* Sockets beyond the connection limit get no chance to send CONNECT. */
-    if (b->n_conns > b->cfg->max_connections + 64u) {
-        b->stats.limit_connections++;
+    if (g->n_conns > g->cfg->max_connections + 64u) {
+        g->stats->limit_connections++;
         cy_conn_close(c, 0, "over max_connections");
         return;
     }
-    if (b->stalled) return; /* drill: accepted, never read */
+    if (g->stalled) return; /* drill: accepted, never read */
     uv_tcp_nodelay(&c->tcp, 1);
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
-void cy_conn_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len)
+void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len)
 {
-    cy_broker *b = ctx;
+    cy_mqtt *g = ctx;
     (void)from;
-    cy_conn *c = conn_new(b);
+    cy_conn *c = conn_new(g);
     if (!c) {
         close(fd);
         return;
@@ -634,7 +635,7 @@ void cy_conn_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
-    c->last_rx = uv_now(b->loop);
+    c->last_rx = uv_now(g->loop);
     uv_tcp_nodelay(&c->tcp, 1);
     cy_conn_feed(c, bytes, len);
     if (c->state != CONN_CLOSING) uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -644,28 +645,28 @@ void cy_conn_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_
 
 int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p)
 {
-    cy_broker *b = c->b;
-    if (!cy_cluster_must_hold(b->cluster, &c->held)) return cy_conn_send(c, p);
-    cy_buf_reset(&b->scratch);
-    int rc = cy_mqtt_encode(&b->scratch, c->version, p);
+    cy_mqtt *g = c->g;
+    if (!cy_cluster_must_hold(g->cluster, &c->held)) return cy_conn_send(c, p);
+    cy_buf_reset(&g->scratch);
+    int rc = cy_mqtt_encode(&g->scratch, c->version, p);
     if (rc) return rc;
     if (p->type == CY_MQTT_PUBLISH && cy_conn_peer_max_packet(c) &&
-        cy_buf_size(&b->scratch) > cy_conn_peer_max_packet(c))
+        cy_buf_size(&g->scratch) > cy_conn_peer_max_packet(c))
         return CY_EMSGSIZE;
     /* Only these acknowledge work peers must have applied first; anything
      * else waits only for what is held before it on this connection. */
     bool wait = p->type == CY_MQTT_SUBACK || p->type == CY_MQTT_PUBACK ||
                 p->type == CY_MQTT_PUBREC;
-    if (cy_cluster_hold(b->cluster, &c->held, wait, cy_buf_head(&b->scratch),
-                        cy_buf_size(&b->scratch)) == 0)
+    if (cy_cluster_hold(g->cluster, &c->held, wait, cy_buf_head(&g->scratch),
+                        cy_buf_size(&g->scratch)) == 0)
         return 0;
     /* Out of memory: better early than never. */
-    rc = cy_buf_append(&c->out, cy_buf_head(&b->scratch), cy_buf_size(&b->scratch));
+    rc = cy_buf_append(&c->out, cy_buf_head(&g->scratch), cy_buf_size(&g->scratch));
     if (rc == 0) mark_dirty(c);
     return rc;
 }
 
-void cy_conn_release_held(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t len)
+void cy_mqtt_release_held(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t len)
 {
     cy_conn *c = (cy_conn *)((char *)o - offsetof(cy_conn, held));
     (void)ctx;
@@ -683,7 +684,7 @@ static void refuse_unavailable(cy_conn *c, uint8_t version, const char *why)
         cy_buf_append(&c->out, v5, sizeof(v5));
     else
         cy_buf_append(&c->out, v3, sizeof(v3));
-    c->b->stats.connects_refused++;
+    c->g->stats->connects_refused++;
     cy_conn_log_stranger(c, "refused logins", "connect refused (server unavailable): %s", why);
     cy_conn_close(c, 0, NULL);
 }
@@ -692,14 +693,14 @@ typedef struct handover {
     cy_conn *c;
     uint8_t version;
     unsigned owner;
-    size_t bytes; /* counted in b->preauth_bytes until the bus has written them */
+    size_t bytes; /* counted in g->preauth_bytes until the bus has written them */
 } handover;
 
 static void handed(void *arg, int status)
 {
     handover *h = arg;
     cy_conn *c = h->c;
-    c->b->preauth_bytes -= h->bytes;
+    c->g->preauth_bytes -= h->bytes;
     if (status < 0) {
         char why[64];
         snprintf(why, sizeof(why), "handover to shard %u failed: %s", h->owner,
@@ -715,17 +716,17 @@ static void handed(void *arg, int status)
 void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t *bytes,
                       size_t len)
 {
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     char why[96];
-    if (!cy_cluster_shard_ready(b->cluster, owner, why, sizeof(why))) {
+    if (!cy_cluster_shard_ready(g->cluster, owner, why, sizeof(why))) {
         refuse_unavailable(c, version, why);
         return;
     }
     /* What is handed over has not logged in yet: its bytes (the CONNECT and
      * whatever came after it in the same read) wait in the bus's buffer,
      * so they count in the shard's preauth_memory until written. */
-    if (b->preauth_bytes + len > b->cfg->preauth_memory) {
-        b->stats.limit_preauth++;
+    if (g->preauth_bytes + len > g->cfg->preauth_memory) {
+        g->stats->limit_preauth++;
         refuse_unavailable(c, version, "preauth_memory spent on connections not logged in");
         return;
     }
@@ -738,12 +739,12 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
     h->version = version;
     h->owner = owner;
     h->bytes = len;
-    b->preauth_bytes += len;
+    g->preauth_bytes += len;
     uv_read_stop((uv_stream_t *)&c->tcp);
     c->state = CONN_HANDED;
-    int rc = cy_cluster_handover(b->cluster, owner, &c->tcp, bytes, len, handed, h);
+    int rc = cy_cluster_handover(g->cluster, owner, &c->tcp, bytes, len, handed, h);
     if (rc) {
-        b->preauth_bytes -= h->bytes;
+        g->preauth_bytes -= h->bytes;
         cy_free(h);
         snprintf(why, sizeof(why), "handover to shard %u: %s", owner, cy_strerror(rc));
         refuse_unavailable(c, version, why);
@@ -890,7 +891,7 @@ static int link_call(cy_link *l, const char *verb, const char *name, const char 
                      const uint8_t *arg, size_t len)
 {
     cy_conn *c = cy_conn_of_link(l);
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     if (!c->sess) return CY_EPIPE;
     const char *id = c->sess->client_id;
     char topic[8 + CY_MAX_CLIENT_ID + 6 + CY_DEVICE_NAME_MAX + 18 + 1];
@@ -907,9 +908,9 @@ static int link_call(cy_link *l, const char *verb, const char *name, const char 
         snprintf(topic, sizeof(topic), "devices/%s/%s/%s/%s", id, verb, name, rid);
     }
     cy_str t = {topic, (uint32_t)strlen(topic)};
-    cy_msg *m = cy_msg_from_publish(&t, arg, len, &props, 1, false, c->version, &b->scratch);
+    cy_msg *m = cy_msg_from_publish(&t, arg, len, &props, 1, false, c->version, &g->scratch);
     if (!m) return CY_ENOMEM;
-    cy_router_publish(b->router, m, NULL, NULL, false);
+    cy_router_publish(g->router, m, NULL, NULL, false);
     cy_msg_unref(m);
     return 0;
 }
@@ -925,3 +926,130 @@ static const cy_link_ops cy_conn_link_ops = {
     .last_heard = link_last_heard,
     .call = link_call,
 };
+
+/* ---- the gateway ---- */
+
+int cy_mqtt_new(const cy_mqtt_deps *deps, cy_mqtt **out)
+{
+    cy_mqtt *g = cy_calloc(1, sizeof(*g));
+    if (!g) return CY_ENOMEM;
+    g->loop = deps->loop;
+    g->cfg = deps->cfg;
+    g->store = deps->store;
+    g->registry = deps->registry;
+    g->router = deps->router;
+    g->cluster = deps->cluster;
+    g->devices = deps->devices;
+    g->space = deps->space;
+    g->stats = deps->stats;
+    g->sb = deps->sb;
+    g->self = deps->self;
+    g->nshards = deps->nshards ? deps->nshards : 1;
+    cy_logrl_init(&g->login_log, CY_LOGIN_LOG_WINDOW_MS, CY_LOGIN_LOG_BURST);
+    cy_buf_init(&g->scratch);
+    uv_tcp_init(g->loop, &g->listener);
+    g->listener.data = g;
+    *out = g;
+    return 0;
+}
+
+int cy_mqtt_open(cy_mqtt *g, int listen_fd)
+{
+    int fd = dup(listen_fd);
+    if (fd < 0) return -errno;
+    int rc = uv_tcp_open(&g->listener, fd);
+    if (rc) {
+        close(fd);
+        cy_error(NULL, "listen on inherited socket: %s", uv_strerror(rc));
+        return rc;
+    }
+    g->open = true;
+    return 0;
+}
+
+int cy_mqtt_accept(cy_mqtt *g)
+{
+    int rc = uv_listen((uv_stream_t *)&g->listener, 1024, on_connection);
+    if (rc) cy_error(NULL, "listen: %s", uv_strerror(rc));
+    return rc;
+}
+
+uint64_t cy_mqtt_clients_connected(const cy_mqtt *g)
+{
+    return cy_metrics_node_total(g->sb, g->self, g->stats, CY_METRIC_INDEX(clients_connected));
+}
+
+void cy_mqtt_stall(cy_mqtt *g)
+{
+    g->stalled = true;
+    for (cy_conn *c = g->conns; c; c = c->next)
+        if (c->state != CONN_CLOSING && c->state != CONN_HANDED)
+            uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
+void cy_mqtt_flush(cy_mqtt *g)
+{
+    cy_conn *list = g->dirty;
+    g->dirty = NULL;
+    while (list) {
+        cy_conn *c = list;
+        list = c->dirty_next;
+        c->dirty = false;
+        c->dirty_next = NULL;
+        cy_conn_flush(c);
+    }
+}
+
+bool cy_mqtt_dirty(const cy_mqtt *g)
+{
+    return g->dirty != NULL;
+}
+
+void cy_mqtt_sweep(cy_mqtt *g, int64_t now)
+{
+    for (cy_conn *c = g->conns; c; c = c->next) {
+        if (c->state == CONN_NEW && now - c->last_rx > (int64_t)g->cfg->connect_timeout * 1000) {
+            g->stats->connect_timeouts++;
+            cy_conn_close(c, 0, "no CONNECT within connect_timeout");
+        } else if (cy_conn_check_stall(c, now)) {
+            /* closed: it read nothing of its output for max_output_stall */
+        } else if (c->state == CONN_ACTIVE && c->keepalive && !c->paused &&
+                   now - c->last_rx > (int64_t)c->keepalive * 1500) {
+            /* (not while reading is stopped for back-pressure: that silence is ours) */
+            g->stats->keepalive_timeouts++;
+            cy_conn_close(c, CY_RC_KEEP_ALIVE_TIMEOUT, "keep-alive timeout");
+        } else if (c->state == CONN_ACTIVE && c->out.cap && !cy_buf_size(&c->out) && !c->dirty &&
+                   now - c->last_rx > 1000) {
+            cy_buf_fini(&c->out); /* an idle connection keeps no output buffer */
+        }
+    }
+}
+
+uint32_t cy_mqtt_connections(const cy_mqtt *g)
+{
+    return g->n_conns;
+}
+
+uint64_t cy_mqtt_progress(const cy_mqtt *g)
+{
+    return g->progress;
+}
+
+void cy_mqtt_stop(cy_mqtt *g)
+{
+    if (g->stopping) return;
+    g->stopping = true;
+    cy_info(NULL, "stopping: closing %u connections", g->n_conns);
+    for (cy_conn *c = g->conns; c; c = c->next) {
+        c->clean_disconnect = true; /* a shutdown is not the client's failure */
+        cy_conn_close(c, CY_RC_SERVER_SHUTTING_DOWN, NULL);
+    }
+    uv_close((uv_handle_t *)&g->listener, NULL);
+}
+
+void cy_mqtt_free(cy_mqtt *g)
+{
+    if (!g) return;
+    cy_buf_fini(&g->scratch);
+    cy_free(g);
+}

@@ -17,7 +17,7 @@
  * ring dropped events above a cursor, the stream says so in a ": gap"
  * comment first.
  */
-#include "broker/api_int.h"
+#include "api/api_int.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_clock.h"
@@ -165,12 +165,12 @@ static api_event *ring_at(cy_api *a, uint64_t pos)
 
 /* Write one event to a stream: its own id line (copied), then the body all
  * streams share (a reference). false if the stream must end. */
-static bool send_event(cy_broker *b, api_stream *s, api_event *e)
+static bool send_event(cy_api *b, api_stream *s, api_event *e)
 {
     s->cursor[e->origin] = e->seq;
     cy_http_chunk *body = event_chunk(e);
     if (!body) return true; /* skipped, and the cursor moves past it */
-    cy_buf *out = &b->api->out;
+    cy_buf *out = &b->out;
     cy_buf_reset(out);
     int rc = cy_buf_append(out, "id: ", 4);
     rc = rc ? rc : append_cursor(out, s->cursor, b->nshards);
@@ -217,9 +217,9 @@ static void stream_end(cy_api *a, api_stream *s)
  * slice's time is up (until_us; 0 = no limit) (false). A stream opened meanwhile is added at the head, behind
  * the walk: it needs none of these events (its cursor starts past them, or
  * its replay sends them). */
-static bool fan_out(cy_broker *b, int64_t until_us, uint64_t end_pos)
+static bool fan_out(cy_api *b, int64_t until_us, uint64_t end_pos)
 {
-    cy_api *a = b->api;
+    cy_api *a = b;
     unsigned n = 0;
     while (a->fan_pos < end_pos) {
         api_event *e = ring_at(a, a->fan_pos);
@@ -252,9 +252,9 @@ static void fan_idle_cb(uv_idle_t *h);
 /* Run a slice of the fan-out now; if work is left, the next pass of the
  * loop runs the next slice (an idle handle: the loop polls without
  * blocking while it is on, so I/O is served between slices). */
-static void fan_slice(cy_broker *b)
+static void fan_slice(cy_api *b)
 {
-    cy_api *a = b->api;
+    cy_api *a = b;
     bool done = fan_out(b, cy_mono_us() + API_STREAM_SLICE_US, a->ring_first + a->ring_count);
     if (done && a->fan_idle_on) {
         uv_idle_stop(&a->fan_idle);
@@ -289,7 +289,7 @@ static void event_seal(void *ctx, cy_subscriber *s, cy_route *r)
 static void event_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const cy_match *x)
 {
     cy_api *a = ctx;
-    cy_broker *b = a->b;
+    cy_api *b = a;
     cy_msg *m = r->m;
     (void)s;
     (void)x;
@@ -298,7 +298,7 @@ static void event_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const 
     if (!view(m, &v)) return;
     unsigned o = m->origin;
     if (m->event_seq > a->last_seq[o]) a->last_seq[o] = m->event_seq;
-    b->stats.events++;
+    b->stats->events++;
     uint32_t at;
     if (a->ring_count == a->ring_cap) {
         /* The oldest event leaves the ring: if the fan-out has not offered
@@ -334,9 +334,9 @@ static void stream_gone(void *arg, cy_http_req *req)
  * limit); the tick calls again until it has caught up, then live events
  * flow. Meanwhile live events wait in the ring (sending one would move the
  * cursor past older ones not yet replayed). false: the stream must end. */
-static bool catch_up(cy_broker *b, api_stream *s, int64_t until_us)
+static bool catch_up(cy_api *b, api_stream *s, int64_t until_us)
 {
-    cy_api *a = b->api;
+    cy_api *a = b;
     if (s->replay_pos < a->ring_first) s->replay_pos = a->ring_first;
     unsigned n = 0;
     for (; s->replay_pos < a->ring_first + a->ring_count; s->replay_pos++) {
@@ -385,10 +385,10 @@ static void peer_addr(const char *peer, char *out, size_t size)
     if (colon && colon != out) *colon = '\0';
 }
 
-void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, const char *prefix,
+void cy_api_stream_open(cy_api *b, cy_http_req *req, const char *device, const char *prefix,
                         const char *token_id)
 {
-    cy_api *a = b->api;
+    cy_api *a = b;
     char addr[64];
     peer_addr(cy_http_peer(req), addr, sizeof(addr));
     if (!token_id) token_id = "";
@@ -470,9 +470,9 @@ void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, cons
 /* End the streams whose token was revoked: one registry lookup per
  * distinct token, not per stream. A registry that cannot be read ends
  * nothing (the next check tries again). */
-static void recheck_tokens(cy_broker *b)
+static void recheck_tokens(cy_api *b)
 {
-    cy_api *a = b->api;
+    cy_api *a = b;
     cy_map seen; /* token id -> (void *)1 valid, (void *)2 revoked; keys borrowed from streams */
     cy_map_init(&seen);
     for (api_stream *s = a->streams; s; s = s->next) {
@@ -497,9 +497,9 @@ static void recheck_tokens(cy_broker *b)
     }
 }
 
-void cy_api_events_tick(cy_broker *b, int64_t now)
+void cy_api_events_tick(cy_api *b, int64_t now)
 {
-    cy_api *a = b->api;
+    cy_api *a = b;
     /* Replays, one slice per tick, going on from where the last one
      * stopped so that every stream gets its turn. */
     int64_t until = cy_mono_us() + API_STREAM_SLICE_US;

@@ -5,20 +5,20 @@
  * saying something went wrong). MQTT 5 may also change the session expiry
  * here, but not from 0 to non-zero (a protocol error, 3.14.2.2.2).
  */
-#include "broker/broker_int.h"
+#include "mqtt/gateway_int.h"
 
 #include "core/cy_log.h"
 
 int cy_handle_disconnect(cy_conn *c, cy_mqtt_disconnect *p)
 {
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     cy_session *s = c->sess;
     if (c->version == CY_MQTT_V5 && (p->props.present & CY_PBIT(CY_PROP_SESSION_EXPIRY))) {
         if (s->expiry == 0 && p->props.session_expiry != 0) return CY_RC_PROTOCOL_ERROR;
         uint32_t e = p->props.session_expiry;
-        if (b->cfg->max_session_expiry && e > b->cfg->max_session_expiry)
-            e = b->cfg->max_session_expiry;
-        if (e == 0) cy_session_forget(b->devices, s);
+        if (g->cfg->max_session_expiry && e > g->cfg->max_session_expiry)
+            e = g->cfg->max_session_expiry;
+        if (e == 0) cy_session_forget(g->devices, s);
         s->expiry = e;
     }
     c->clean_disconnect = c->version != CY_MQTT_V5 || p->reason == CY_RC_SUCCESS;

@@ -1,4 +1,4 @@
-/* api_int: the HTTP API's state inside one broker, shared by api.c (routes,
+/* api_int: the HTTP API's state inside one shard, shared by api.c (routes,
  * tokens, requests to owner shards; the owner's side is the device
  * layer's, device/calls.c) and api_events.c (the event buffer and the server-sent event streams).
  *
@@ -18,13 +18,15 @@
  *             device id, u8 name length, name, argument (the rest)
  *   API_RESP: u32 request id, u16 HTTP status, JSON body (the rest)
  *
- * Ownership: cy_api is owned by the broker (b->api); everything here is
- * freed by cy_api_free. Thread: the broker's loop thread.
+ * Ownership: cy_api is owned by the shard; everything here is freed by
+ * cy_api_free. Thread: the shard's loop thread.
  */
 #ifndef CY_API_INT_H
 #define CY_API_INT_H
 
-#include "broker/broker_int.h"
+#include "api/api.h"
+#include "core/cy_buf.h"
+#include "core/cy_map.h"
 #include "core/cy_log.h"
 #include "http/http.h"
 
@@ -97,7 +99,15 @@ typedef struct api_stream {
 typedef struct cy_api cy_api;
 
 struct cy_api {
-    cy_broker *b;
+    uv_loop_t *loop;
+    const cy_config *cfg;
+    cy_registry *registry;
+    cy_router *router;
+    cy_cluster *cluster;
+    cy_devices *devices;
+    cy_counters *stats;
+    cy_scoreboard *sb;
+    unsigned self, nshards;
     cy_subscriber events_sub; /* the event filters' subscriber (api_events.c) */
     cy_sub_kind events_kind;
     cy_http *http;
@@ -137,7 +147,7 @@ struct cy_api {
 /* api.c */
 /* Answer a request this shard is waiting on (from the owner, local or via
  * the bus). body is borrowed. */
-void cy_api_complete(cy_broker *b, uint32_t id, unsigned from, unsigned status, const char *body,
+void cy_api_complete(cy_api *b, uint32_t id, unsigned from, unsigned status, const char *body,
                      size_t len);
 /* {"error": code, "message": msg} as a string the caller frees with free(). */
 char *cy_api_error_body(const char *code, const char *fmt, ...)
@@ -150,10 +160,10 @@ void cy_api_events_free(cy_api *a);
 /* Open a stream on req (GET .../events...) for the token with id token_id
  * (borrowed; checked by the caller). device may be NULL. Answers 429
  * too_many_streams past sse_max_per_token / sse_max_per_address. */
-void cy_api_stream_open(cy_broker *b, cy_http_req *req, const char *device, const char *prefix,
+void cy_api_stream_open(cy_api *b, cy_http_req *req, const char *device, const char *prefix,
                         const char *token_id);
 /* Replays, heartbeats, and ending the streams of revoked tokens. */
-void cy_api_events_tick(cy_broker *b, int64_t now);
+void cy_api_events_tick(cy_api *b, int64_t now);
 /* End every stream, and close the fan-out's idle handle (the loop must run
  * once more before cy_api_events_free). */
 void cy_api_streams_close(cy_api *a);

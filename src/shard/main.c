@@ -1,4 +1,4 @@
-/* shard: the process that runs one broker, as spawned by the supervisor.
+/* main: the process that runs one shard, as spawned by the supervisor.
  *
  * It inherits the listening MQTT socket as fd 3, one end of a socketpair
  * to the supervisor as fd 4, the listening HTTP socket as fd 5 and the data
@@ -22,7 +22,7 @@
  * Fd 4 also carries reloads: on SIGHUP the supervisor re-reads the config
  * and sends every setting that can change at runtime as "name=value" lines
  * ended by an empty line; the shard checks them all, applies them to its
- * own copy of the settings (the broker reads that copy at each use) and
+ * own copy of the settings (the layers read that copy at each use) and
  * logs what changed. A shard thus never reads the config file after its
  * start: it applies what the supervisor checked, and a file broken since
  * cannot reach it.
@@ -35,7 +35,7 @@
  * have queued work for it). SIGUSR1, SIGUSR2 and SIGHUP, which log-rotation
  * tools and habits send to any process, do nothing here but log once.
  */
-#include "broker/broker.h"
+#include "shard/shard.h"
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
@@ -62,9 +62,9 @@ typedef struct shard {
     uv_async_t drill;
     uv_pipe_t supervisor;
     uv_timer_t beat;
-    cy_broker *broker;
+    cy_shard *shard;
     cy_sb_slot *slot;
-    cy_config live; /* the settings the broker reads; changed by reloads */
+    cy_config live; /* the settings the layers read; changed by reloads */
     unsigned index;
     bool stopping;
     bool told[3]; /* SIGUSR1, SIGUSR2, SIGHUP: logged once */
@@ -109,7 +109,7 @@ static void stop(shard *sh, const char *why)
     sh->stopping = true;
     cy_info(NULL, "%s, shutting down", why);
     if (sh->slot) cy_sb_store(&sh->slot->state, CY_SHARD_STOPPING);
-    cy_broker_stop(sh->broker);
+    cy_shard_stop(sh->shard);
     uv_close((uv_handle_t *)&sh->sigterm, NULL);
     uv_close((uv_handle_t *)&sh->sigint, NULL);
     uv_close((uv_handle_t *)&sh->sigusr1, NULL);
@@ -150,7 +150,7 @@ static void on_drill(uv_async_t *a)
         for (volatile int spin = 1; spin;) {
         }
     }
-    if (kind == CY_DRILL_STALL) cy_broker_stall(sh->broker);
+    if (kind == CY_DRILL_STALL) cy_shard_stall(sh->shard);
 }
 
 /* Apply one reload message (NUL-terminated "name=value" lines): all or
@@ -247,7 +247,7 @@ static void on_supervisor(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 static void on_beat(uv_timer_t *t)
 {
     shard *sh = t->data;
-    cy_broker_beat(sh->broker);
+    cy_shard_beat(sh->shard);
 }
 
 int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation)
@@ -308,28 +308,20 @@ int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation)
     snprintf(path, sizeof(path), "%s/shard-%u.db", cfg->data_dir, index);
     if (cy_store_open(path, !strcmp(cfg->store_sync, "full"), &store)) goto out;
     uv_loop_init(&sh.loop);
-    cy_broker_shard where = {index, (unsigned)sb.hdr->nshards, generation, &sb};
-    int rc = cy_broker_new(&sh.loop, cfg, store, reg, &where, &sh.broker);
+    cy_shard_place where = {index, (unsigned)sb.hdr->nshards, generation, &sb};
+    int rc = cy_shard_new(&sh.loop, cfg, store, reg, &where, &sh.shard);
     if (rc) {
         cy_error(NULL, "shard %u: cannot load its state: %s", index, cy_strerror(rc));
         goto out_loop;
     }
-    if (cy_broker_start(sh.broker, LISTEN_FD)) {
-        cy_broker_stop(sh.broker);
+    if (cy_shard_start(sh.shard, LISTEN_FD, cfg->http_listen[0] ? HTTP_FD : -1)) {
+        cy_error(NULL, "shard %u: cannot start serving", index);
+        cy_shard_stop(sh.shard);
         uv_run(&sh.loop, UV_RUN_DEFAULT);
         goto out_loop;
     }
-    close(LISTEN_FD); /* the broker holds its own duplicate */
-    if (cfg->http_listen[0]) {
-        rc = cy_api_start(sh.broker, HTTP_FD);
-        if (rc) {
-            cy_error(NULL, "shard %u: cannot serve the HTTP API: %s", index, cy_strerror(rc));
-            cy_broker_stop(sh.broker);
-            uv_run(&sh.loop, UV_RUN_DEFAULT);
-            goto out_loop;
-        }
-        close(HTTP_FD);
-    }
+    close(LISTEN_FD); /* the shard holds its own duplicates */
+    if (cfg->http_listen[0]) close(HTTP_FD);
     uv_signal_init(&sh.loop, &sh.sigterm);
     uv_signal_init(&sh.loop, &sh.sigint);
     uv_signal_init(&sh.loop, &sh.sigusr1);
@@ -356,12 +348,12 @@ int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation)
     sh.beat.data = &sh;
     uv_timer_start(&sh.beat, on_beat, BEAT_MS, BEAT_MS);
     cy_sb_store(&sh.slot->started_ms, cy_mono_ms());
-    cy_broker_beat(sh.broker);
+    cy_shard_beat(sh.shard);
     cy_sb_store(&sh.slot->state, CY_SHARD_RUNNING);
     uv_run(&sh.loop, UV_RUN_DEFAULT);
     status = 0;
 out_loop:
-    cy_broker_free(sh.broker);
+    cy_shard_free(sh.shard);
     uv_run(&sh.loop, UV_RUN_NOWAIT);
     if (uv_loop_close(&sh.loop)) cy_warn(NULL, "shard %u: loop closed with handles open", index);
 out:

@@ -13,7 +13,7 @@
  * Errors are mapped to HTTP once, here: every error body is
  * {"error": code, "message": text} with a stable code.
  */
-#include "broker/api_int.h"
+#include "api/api_int.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_clock.h"
@@ -45,15 +45,15 @@ char *cy_api_error_body(const char *code, const char *fmt, ...)
     return text;
 }
 
-static void reply_text(cy_broker *b, cy_http_req *req, unsigned status, const char *body,
+static void reply_text(cy_api *b, cy_http_req *req, unsigned status, const char *body,
                        const char *const *headers)
 {
-    b->stats.api_requests++;
+    b->stats->api_requests++;
     if (!body) body = "{\"error\":\"internal\",\"message\":\"out of memory\"}";
     cy_http_reply(req, status, NULL, body, strlen(body), headers);
 }
 
-static void reply_json(cy_broker *b, cy_http_req *req, unsigned status, json_t *o)
+static void reply_json(cy_api *b, cy_http_req *req, unsigned status, json_t *o)
 {
     char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     json_decref(o);
@@ -61,11 +61,11 @@ static void reply_json(cy_broker *b, cy_http_req *req, unsigned status, json_t *
     free(text);
 }
 
-static void reply_error(cy_broker *b, cy_http_req *req, unsigned status, const char *code,
+static void reply_error(cy_api *b, cy_http_req *req, unsigned status, const char *code,
                         const char *const *headers, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
 
-static void reply_error(cy_broker *b, cy_http_req *req, unsigned status, const char *code,
+static void reply_error(cy_api *b, cy_http_req *req, unsigned status, const char *code,
                         const char *const *headers, const char *fmt, ...)
 {
     char msg[256];
@@ -78,17 +78,17 @@ static void reply_error(cy_broker *b, cy_http_req *req, unsigned status, const c
     free(body);
 }
 
-static void reply_unavailable(cy_broker *b, cy_http_req *req, const char *why)
+static void reply_unavailable(cy_api *b, cy_http_req *req, const char *why)
 {
     char retry[16];
     unsigned s = (b->cfg->watchdog_timeout + 999) / 1000 + 1;
     snprintf(retry, sizeof(retry), "%u", s);
     const char *h[] = {"Retry-After", retry, NULL};
-    b->stats.api_shard_unavailable++;
+    b->stats->api_shard_unavailable++;
     reply_error(b, req, 503, "shard_unavailable", h, "%s; retry in a few seconds", why);
 }
 
-static bool shard_ok(cy_broker *b, unsigned j, char *why, size_t whylen)
+static bool shard_ok(cy_api *b, unsigned j, char *why, size_t whylen)
 {
     return j == b->self || cy_cluster_shard_ready(b->cluster, j, why, whylen);
 }
@@ -115,9 +115,9 @@ static void pending_gone(void *arg, cy_http_req *req)
     p->req = NULL; /* the answer, if it comes, is dropped */
 }
 
-static api_pending *pending_new(cy_broker *b, cy_http_req *req, uint8_t op, int64_t timeout_ms)
+static api_pending *pending_new(cy_api *b, cy_http_req *req, uint8_t op, int64_t timeout_ms)
 {
-    cy_api *a = b->api;
+    cy_api *a = b;
     api_pending *p = cy_calloc(1, sizeof(*p));
     if (!p) return NULL;
     p->id = ++a->next_id;
@@ -141,7 +141,7 @@ static api_pending *pending_find(cy_api *a, uint32_t id)
 }
 
 /* Send op to shard j for p (or run it here). */
-static int send_op(cy_broker *b, api_pending *p, unsigned j, const char *id, const char *name,
+static int send_op(cy_api *b, api_pending *p, unsigned j, const char *id, const char *name,
                    const uint8_t *arg, size_t arg_len, uint32_t timeout_ms)
 {
     if (!id) id = "";
@@ -152,7 +152,7 @@ static int send_op(cy_broker *b, api_pending *p, unsigned j, const char *id, con
         cy_device_op(b->devices, b->self, p->id, p->op, id, idl, name, nl, arg, arg_len, timeout_ms);
         return 0;
     }
-    cy_buf *f = &b->api->out;
+    cy_buf *f = &b->out;
     cy_buf_reset(f);
     int rc = cy_buf_put_u32(f, p->id);
     rc = rc ? rc : cy_buf_put_u8(f, p->op);
@@ -167,7 +167,7 @@ static int send_op(cy_broker *b, api_pending *p, unsigned j, const char *id, con
 }
 
 /* Presence answers in: build the device objects. */
-static void finish_presence(cy_broker *b, api_pending *p)
+static void finish_presence(cy_api *b, api_pending *p)
 {
     size_t i;
     json_t *d;
@@ -201,13 +201,13 @@ static void finish_presence(cy_broker *b, api_pending *p)
             reply_json(b, p->req, 200, json_incref(p->devices));
         p->req = NULL;
     }
-    pending_free(b->api, p);
+    pending_free(b, p);
 }
 
-void cy_api_complete(cy_broker *b, uint32_t id, unsigned from, unsigned status, const char *body,
+void cy_api_complete(cy_api *b, uint32_t id, unsigned from, unsigned status, const char *body,
                      size_t len)
 {
-    cy_api *a = b->api;
+    cy_api *a = b;
     api_pending *p = pending_find(a, id);
     if (!p || !(p->waiting & (UINT64_C(1) << from))) return; /* late: answered already */
     p->waiting &= ~(UINT64_C(1) << from);
@@ -218,7 +218,7 @@ void cy_api_complete(cy_broker *b, uint32_t id, unsigned from, unsigned status, 
     }
     if (p->req) {
         cy_http_on_close(p->req, NULL, NULL);
-        b->stats.api_requests++;
+        b->stats->api_requests++;
         cy_http_reply(p->req, status, NULL, body, len, NULL);
         p->req = NULL;
     }
@@ -230,12 +230,12 @@ void cy_api_complete(cy_broker *b, uint32_t id, unsigned from, unsigned status, 
 static void owner_answer(void *ctx, unsigned from, uint32_t req_id, unsigned status,
                          const char *body, size_t len)
 {
-    cy_broker *b = ctx;
+    cy_api *b = ctx;
     if (from == b->self) {
         cy_api_complete(b, req_id, b->self, status, body, len);
         return;
     }
-    cy_buf *f = &b->api->out;
+    cy_buf *f = &b->out;
     cy_buf_reset(f);
     int rc = cy_buf_put_u32(f, req_id);
     rc = rc ? rc : cy_buf_put_u16(f, (uint16_t)status);
@@ -246,8 +246,8 @@ static void owner_answer(void *ctx, unsigned from, uint32_t req_id, unsigned sta
 
 static void on_tick(uv_timer_t *t)
 {
-    cy_broker *b = t->data;
-    cy_api *a = b->api;
+    cy_api *b = t->data;
+    cy_api *a = b;
     int64_t now = cy_mono_ms();
     cy_devices_tick(b->devices, now);
     cy_api_events_tick(b, now);
@@ -277,9 +277,10 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
-void cy_api_on_frame(cy_broker *b, unsigned from, uint8_t type, const uint8_t *body, size_t len)
+void cy_api_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
 {
-    if (!b->api) return;
+    cy_api *b = ctx;
+    if (!b) return;
     cy_reader r = cy_reader_of(body, len);
     uint32_t id = (uint32_t)cy_reader_be(&r, 4);
     if (type == CY_FRAME_API_RESP) {
@@ -316,13 +317,13 @@ static bool method_is(const route_req *r, const char *m)
     return strcmp(r->method, m) == 0;
 }
 
-static void not_allowed(cy_broker *b, cy_http_req *req, const char *allow)
+static void not_allowed(cy_api *b, cy_http_req *req, const char *allow)
 {
     const char *h[] = {"Allow", allow, NULL};
     reply_error(b, req, 405, "method_not_allowed", h, "allowed here: %s", allow);
 }
 
-static bool need_full(cy_broker *b, route_req *r)
+static bool need_full(cy_api *b, route_req *r)
 {
     if (r->scope == CY_SCOPE_FULL) return true;
     reply_error(b, r->req, 403, "forbidden", NULL, "this token is read-only");
@@ -332,11 +333,11 @@ static bool need_full(cy_broker *b, route_req *r)
 /* A failed token check, logged: a stranger can repeat it at will, so one
  * line per source address per window, with the count of those held back.
  * The token itself is never logged. */
-static void auth_failed_log(cy_broker *b, cy_http_req *req, const char *why)
+static void auth_failed_log(cy_api *b, cy_http_req *req, const char *why)
 {
     const char *addr = cy_http_peer_addr(req);
     char more[CY_LOGRL_MORE];
-    if (!cy_logrl_line(&b->api->auth_log, addr, more)) return;
+    if (!cy_logrl_line(&b->auth_log, addr, more)) return;
     cy_warn(NULL, "api: %s %s from %s refused: %s%s", cy_http_method(req), cy_http_path(req),
             addr, why, more);
 }
@@ -344,7 +345,7 @@ static void auth_failed_log(cy_broker *b, cy_http_req *req, const char *why)
 /* Check the request's bearer token. On success returns its CY_SCOPE_*; on
  * failure answers req (401, or 503 when the registry cannot be read),
  * logs it, and returns 0. */
-static int authenticate(cy_broker *b, cy_http_req *req)
+static int authenticate(cy_api *b, cy_http_req *req)
 {
     const char *h = cy_http_header(req, "Authorization");
     static const char *const www[] = {"WWW-Authenticate", "Bearer realm=\"cyan\"", NULL};
@@ -376,7 +377,7 @@ static int authenticate(cy_broker *b, cy_http_req *req)
  * needs nothing; another method on it is refused here too. */
 static void check_request(void *ctx, cy_http_req *req)
 {
-    cy_broker *b = ctx;
+    cy_api *b = ctx;
     if (strcmp(cy_http_path(req), "/v1/health") == 0) {
         const char *m = cy_http_method(req);
         if (strcmp(m, "GET") != 0) not_allowed(b, req, "GET");
@@ -387,7 +388,7 @@ static void check_request(void *ctx, cy_http_req *req)
 }
 
 /* The device a path names (id or name), as the base of its JSON object. */
-static json_t *device_base(cy_broker *b, const cy_device *d)
+static json_t *device_base(cy_api *b, const cy_device *d)
 {
     json_t *desc = cy_device_describe(b->devices, d->id);
     json_t *o = json_pack("{s:s, s:s, s:o, s:i, s:o, s:o}", "id", d->id, "name", d->name,
@@ -399,7 +400,7 @@ static json_t *device_base(cy_broker *b, const cy_device *d)
     return o;
 }
 
-static bool find_device(cy_broker *b, cy_http_req *req, const char *key, cy_device *d)
+static bool find_device(cy_api *b, cy_http_req *req, const char *key, cy_device *d)
 {
     int rc = cy_registry_device_get(b->registry, key, d);
     if (rc == 0) return true;
@@ -414,7 +415,7 @@ static bool find_device(cy_broker *b, cy_http_req *req, const char *key, cy_devi
 /* Ask the owner of device id (or, id NULL, every shard) for presence. The
  * local shard answers at once, so it is asked last: its answer may finish
  * the request. */
-static void presence_request(cy_broker *b, cy_http_req *req, json_t *devices, const char *id)
+static void presence_request(cy_api *b, cy_http_req *req, json_t *devices, const char *id)
 {
     api_pending *p = pending_new(b, req, id ? CY_DEVICE_OP_PRESENCE : CY_DEVICE_OP_PRESENCE_ALL,
                                  API_PRESENCE_TIMEOUT_MS);
@@ -440,7 +441,7 @@ static void presence_request(cy_broker *b, cy_http_req *req, json_t *devices, co
 }
 
 typedef struct list_ctx {
-    cy_broker *b;
+    cy_api *b;
     json_t *arr;
 } list_ctx;
 
@@ -451,7 +452,7 @@ static int list_one(void *ctx, const cy_device *d)
     return 0;
 }
 
-static void devices_list(cy_broker *b, cy_http_req *req)
+static void devices_list(cy_api *b, cy_http_req *req)
 {
     list_ctx lc = {b, json_array()};
     int rc = cy_registry_device_list(b->registry, list_one, &lc);
@@ -464,7 +465,7 @@ static void devices_list(cy_broker *b, cy_http_req *req)
     presence_request(b, req, lc.arr, NULL);
 }
 
-static json_t *body_object(cy_broker *b, cy_http_req *req)
+static json_t *body_object(cy_api *b, cy_http_req *req)
 {
     size_t len;
     const uint8_t *body = cy_http_body(req, &len);
@@ -480,7 +481,7 @@ static json_t *body_object(cy_broker *b, cy_http_req *req)
     return o;
 }
 
-static void device_create(cy_broker *b, cy_http_req *req)
+static void device_create(cy_api *b, cy_http_req *req)
 {
     json_t *o = body_object(b, req);
     if (!o) return;
@@ -512,7 +513,7 @@ static void device_create(cy_broker *b, cy_http_req *req)
     json_decref(o);
 }
 
-static void clear_describe(cy_broker *b, const char *id)
+static void clear_describe(cy_api *b, const char *id)
 {
     char topic[8 + CY_DEVICE_ID_LEN + 10];
     int n = snprintf(topic, sizeof(topic), "devices/%s/describe", id);
@@ -523,7 +524,7 @@ static void clear_describe(cy_broker *b, const char *id)
     cy_msg_unref(m);
 }
 
-static void device_delete(cy_broker *b, cy_http_req *req, const cy_device *d)
+static void device_delete(cy_api *b, cy_http_req *req, const cy_device *d)
 {
     int rc = cy_registry_device_remove(b->registry, d->id);
     if (rc && rc != CY_ENOENT) {
@@ -549,7 +550,7 @@ static void device_delete(cy_broker *b, cy_http_req *req, const cy_device *d)
     p->shard = owner;
     if (send_op(b, p, owner, d->id, NULL, NULL, 0, 0)) { /* a local send always succeeds */
         cy_http_on_close(req, NULL, NULL);
-        pending_free(b->api, p);
+        pending_free(b, p);
         reply_json(b, req, 200,
                    json_pack("{s:s, s:b, s:b}", "id", d->id, "deleted", 1, "session_ended", 0));
     }
@@ -572,7 +573,7 @@ static int64_t timeout_ms(json_t *v, const char *text)
     return CY_DEVICE_DEFAULT_TIMEOUT_MS;
 }
 
-static void device_op(cy_broker *b, cy_http_req *req, const cy_device *d, uint8_t op,
+static void device_op(cy_api *b, cy_http_req *req, const cy_device *d, uint8_t op,
                       const char *name)
 {
     if (strlen(name) > CY_DEVICE_NAME_MAX || !*name) {
@@ -632,12 +633,12 @@ static void device_op(cy_broker *b, cy_http_req *req, const cy_device *d, uint8_
     json_decref(o);
     if (rc) { /* a local send always succeeds */
         cy_http_on_close(req, NULL, NULL);
-        pending_free(b->api, p);
+        pending_free(b, p);
         reply_unavailable(b, req, "the bus to its shard is full or down");
     }
 }
 
-static void event_publish(cy_broker *b, cy_http_req *req)
+static void event_publish(cy_api *b, cy_http_req *req)
 {
     json_t *o = body_object(b, req);
     if (!o) return;
@@ -684,14 +685,14 @@ static void event_publish(cy_broker *b, cy_http_req *req)
         reply_error(b, req, 500, "internal", NULL, "out of memory");
         return;
     }
-    b->stats.publish_received++;
+    b->stats->publish_received++;
     cy_router_publish(b->router, m, NULL, NULL, false);
     cy_msg_unref(m);
     reply_json(b, req, 202, json_pack("{s:s, s:b}", "name", name, "published", 1));
     json_decref(o);
 }
 
-static void health(cy_broker *b, cy_http_req *req)
+static void health(cy_api *b, cy_http_req *req)
 {
     json_t *arr = json_array();
     bool all = true;
@@ -737,9 +738,9 @@ static const char *events_prefix(const char *path, const char *after)
 /* An event stream holds its connection for as long as the client likes, so
  * streams may not take the connections kept for ordinary requests and
  * /v1/health (cy_http_stream_limit). */
-static bool stream_room(cy_broker *b, cy_http_req *req)
+static bool stream_room(cy_api *b, cy_http_req *req)
 {
-    cy_http *h = b->api->http;
+    cy_http *h = b->http;
     unsigned limit = cy_http_stream_limit(h);
     if (cy_http_streams(h) < limit) return true;
     static const char *const retry[] = {"Retry-After", "5", NULL};
@@ -753,7 +754,7 @@ static bool stream_room(cy_broker *b, cy_http_req *req)
  * per token, and the end of its streams when it is revoked). The token was
  * checked before the body (check_request); it is looked up once more here
  * for its id, which only stream opens need. */
-static void open_stream(cy_broker *b, cy_http_req *req, const char *device, const char *prefix)
+static void open_stream(cy_api *b, cy_http_req *req, const char *device, const char *prefix)
 {
     char id[CY_TOKEN_ID_LEN + 1] = "";
     const char *h = cy_http_header(req, "Authorization");
@@ -769,7 +770,7 @@ static void open_stream(cy_broker *b, cy_http_req *req, const char *device, cons
 
 static void handle(void *ctx, cy_http_req *req)
 {
-    cy_broker *b = ctx;
+    cy_api *b = ctx;
     route_req r;
     memset(&r, 0, sizeof(r));
     r.req = req;
@@ -865,49 +866,60 @@ out:
 
 /* ---- lifecycle ---- */
 
-int cy_api_start(cy_broker *b, int http_fd)
+int cy_api_new(const cy_api_deps *deps, int http_fd, cy_api **out)
 {
     cy_api *a = cy_calloc(1, sizeof(*a));
     if (!a) return CY_ENOMEM;
-    a->b = b;
+    a->loop = deps->loop;
+    a->cfg = deps->cfg;
+    a->registry = deps->registry;
+    a->router = deps->router;
+    a->cluster = deps->cluster;
+    a->devices = deps->devices;
+    a->stats = deps->stats;
+    a->sb = deps->sb;
+    a->self = deps->self;
+    a->nshards = deps->nshards ? deps->nshards : 1;
+    a->http_fd = -1;
     cy_map_init(&a->pending_by_id);
     cy_buf_init(&a->out);
     cy_logrl_init(&a->auth_log, API_AUTH_LOG_WINDOW_MS, API_AUTH_LOG_BURST);
-    int rc = cy_api_events_init(a, b->cfg->event_buffer);
-    if (rc) {
-        cy_free(a);
-        return rc;
-    }
+    uv_timer_init(a->loop, &a->tick);
+    a->tick.data = a;
+    a->tick_running = true;
+    int rc = cy_api_events_init(a, a->cfg->event_buffer);
+    if (rc) goto fail;
     a->http_fd = dup(http_fd);
     if (a->http_fd < 0) {
         rc = -errno;
-        cy_api_events_free(a);
-        cy_free(a);
-        return rc;
+        goto fail;
     }
-    b->api = a;
-    cy_devices_set_answer(b->devices, owner_answer, b);
+    cy_devices_set_answer(a->devices, owner_answer, a);
     /* Every shard sees every event (api_events.c). Subscribed now, before
      * the links to peers come up, so the first interest snapshot has them. */
     static const char *const filters[] = {"devices/+/events/#", "events/#"};
     for (size_t i = 0; i < 2; i++) {
-        rc = cy_broker_sub_add(b, &a->events_sub, filters[i], strlen(filters[i]), 0, 0);
-        if (rc) return rc; /* b->api stays: cy_broker_stop and cy_broker_free clean up */
+        rc = cy_cluster_subscribe(a->cluster, &a->events_sub, filters[i], strlen(filters[i]), 0,
+                                  0);
+        if (rc) goto fail;
     }
-    uv_timer_init(b->loop, &a->tick);
-    a->tick.data = b;
     uv_timer_start(&a->tick, on_tick, API_TICK_MS, API_TICK_MS);
-    a->tick_running = true;
-    a->next_heartbeat = cy_mono_ms() + (int64_t)b->cfg->sse_heartbeat * 1000;
+    a->next_heartbeat = cy_mono_ms() + (int64_t)a->cfg->sse_heartbeat * 1000;
+    *out = a;
     return 0;
+fail:
+    /* The tick handle was initialised: the caller's stop closes it and runs
+     * the loop before freeing. */
+    *out = a;
+    return rc;
 }
 
-/* Called when the broker starts accepting (every shard ready, or its wait
+/* Called when the shard starts accepting (every shard ready, or its wait
  * ran out), so a request is never taken before the answers of the other
  * shards can reach us. */
-void cy_api_listen(cy_broker *b)
+void cy_api_listen(cy_api *b)
 {
-    cy_api *a = b->api;
+    cy_api *a = b;
     if (!a || a->http || a->http_fd < 0) return;
     cy_http_limits lim = {
         .max_header_bytes = 16384,
@@ -929,9 +941,9 @@ void cy_api_listen(cy_broker *b)
     cy_info(NULL, "shard %u serving the HTTP API on %s", b->self, b->cfg->http_listen);
 }
 
-void cy_api_stop(cy_broker *b)
+void cy_api_stop(cy_api *b)
 {
-    cy_api *a = b->api;
+    cy_api *a = b;
     if (!a) return;
     cy_api_streams_close(a);
     if (a->http) cy_http_stop(a->http);
@@ -941,10 +953,12 @@ void cy_api_stop(cy_broker *b)
     }
 }
 
-void cy_api_free(cy_broker *b)
+void cy_api_free(cy_api *a)
 {
-    cy_api *a = b->api;
     if (!a) return;
+    static const char *const filters[] = {"devices/+/events/#", "events/#"};
+    for (size_t i = 0; i < 2; i++)
+        cy_cluster_unsubscribe(a->cluster, &a->events_sub, filters[i], strlen(filters[i]));
     if (a->http_fd >= 0) close(a->http_fd);
     while (a->pending) pending_free(a, a->pending);
     cy_map_fini(&a->pending_by_id);
@@ -952,5 +966,4 @@ void cy_api_free(cy_broker *b)
     cy_api_events_free(a);
     cy_buf_fini(&a->out);
     cy_free(a);
-    b->api = NULL;
 }

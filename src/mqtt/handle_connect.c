@@ -19,7 +19,7 @@
  * Refusals answer with the version's own code (MQTT 5 reason or 3.1.1
  * return code) and close the connection without a DISCONNECT.
  */
-#include "broker/broker_int.h"
+#include "mqtt/gateway_int.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_clock.h"
@@ -36,7 +36,7 @@ static int refuse(cy_conn *c, uint8_t rc5, uint8_t rc3, const char *who, const c
     p.type = CY_MQTT_CONNACK;
     p.u.connack.reason = c->version == CY_MQTT_V5 ? rc5 : rc3;
     cy_conn_send(c, &p);
-    c->b->stats.connects_refused++;
+    c->g->stats->connects_refused++;
     cy_conn_log_stranger(c, "refused logins", "connect refused for client '%.64s': %s", who, why);
     cy_conn_close(c, 0, NULL);
     return 0;
@@ -44,16 +44,16 @@ static int refuse(cy_conn *c, uint8_t rc5, uint8_t rc3, const char *who, const c
 
 static int authenticate(cy_conn *c, const cy_mqtt_connect *p, const char *who)
 {
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     if (!p->has_username) {
-        if (b->cfg->allow_anonymous) return 0;
+        if (g->cfg->allow_anonymous) return 0;
         return refuse(c, CY_RC_NOT_AUTHORIZED, CY_RC3_NOT_AUTHORIZED, who,
                       "no credentials and allow_anonymous is false"),
                -1;
     }
     int rc = CY_EACCES;
     if (p->has_password)
-        rc = cy_registry_device_check(b->registry, p->username.p, p->username.len,
+        rc = cy_registry_device_check(g->registry, p->username.p, p->username.len,
                                       (const uint8_t *)p->password.p, p->password.len);
     if (rc == 0) return 0;
     if (rc == CY_ESTORE)
@@ -71,7 +71,7 @@ static cy_msg *make_will(cy_conn *c, const cy_mqtt_connect *p, bool retain)
 {
     return cy_msg_from_publish(&p->will_topic, (const uint8_t *)p->will_payload.p,
                                p->will_payload.len, &p->will_props, p->will_qos, retain,
-                               p->version, &c->b->scratch);
+                               p->version, &c->g->scratch);
 }
 
 /* Would this CONNECT take over a session that is connected now? Then it
@@ -79,18 +79,18 @@ static cy_msg *make_will(cy_conn *c, const cy_mqtt_connect *p, bool retain)
  * not refuse it. The session is named as below: an isolated device's by its
  * username. Credentials are checked after, as for any CONNECT, so a
  * stranger who names a connected session gets no further than before. */
-static bool takes_over(cy_broker *b, const cy_mqtt_connect *p)
+static bool takes_over(cy_mqtt *g, const cy_mqtt_connect *p)
 {
     const cy_str *name =
-        p->has_username && b->cfg->isolate_devices ? &p->username : &p->client_id;
+        p->has_username && g->cfg->isolate_devices ? &p->username : &p->client_id;
     if (name->len == 0 || name->len > CY_MAX_CLIENT_ID) return false;
-    cy_session *s = cy_session_find(b->devices, name->p, name->len);
+    cy_session *s = cy_session_find(g->devices, name->p, name->len);
     return s && s->link;
 }
 
 int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
 {
-    cy_broker *b = c->b;
+    cy_mqtt *g = c->g;
     c->version = p->version;
 
     char who[CY_MAX_CLIENT_ID + 1];
@@ -99,11 +99,11 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     who[idlen] = '\0';
     const char *logname = idlen ? who : cy_conn_peer(c);
 
-    if (b->stopping)
+    if (g->stopping)
         return refuse(c, CY_RC_SERVER_UNAVAILABLE, CY_RC3_SERVER_UNAVAILABLE, logname,
                       "shutting down");
-    if (cy_broker_clients_connected(b) >= b->cfg->max_connections && !takes_over(b, p)) {
-        b->stats.limit_connections++;
+    if (cy_mqtt_clients_connected(g) >= g->cfg->max_connections && !takes_over(g, p)) {
+        g->stats->limit_connections++;
         return refuse(c, CY_RC_QUOTA_EXCEEDED, CY_RC3_SERVER_UNAVAILABLE, logname,
                       "max_connections reached");
     }
@@ -118,7 +118,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     /* An isolated device is its own session: client id = device id (an
      * empty one becomes the device id), so no device can take over another
      * device's session and the API finds each device's session by its id. */
-    bool device = p->has_username && b->cfg->isolate_devices;
+    bool device = p->has_username && g->cfg->isolate_devices;
     if (device) {
         if (p->client_id.len &&
             (p->client_id.len != p->username.len ||
@@ -140,9 +140,9 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
          * reconnects with it lands where its session is. */
         do {
             snprintf(who, sizeof(who), "auto-%016llx",
-                     (unsigned long long)(((uint64_t)cy_wall_ms() << 20) ^ ++b->next_assigned_id));
+                     (unsigned long long)(((uint64_t)cy_wall_ms() << 20) ^ ++g->next_assigned_id));
             idlen = strlen(who);
-        } while (cy_shard_of(who, idlen, b->nshards) != b->self);
+        } while (cy_shard_of(who, idlen, g->nshards) != g->self);
         assigned = true;
     }
     /* A will is a publish made at the close: it passes the same rules as a
@@ -153,7 +153,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         if (!cy_topic_valid_name(p->will_topic.p, p->will_topic.len)) return CY_RC_PROTOCOL_ERROR;
         bool reply = false;
         const char *why = NULL;
-        int reason = cy_device_admit(b->devices, device ? who : NULL, idlen, p->will_topic.p,
+        int reason = cy_device_admit(g->devices, device ? who : NULL, idlen, p->will_topic.p,
                                       p->will_topic.len, (const uint8_t *)p->will_payload.p,
                                       p->will_payload.len, &will_retain, &reply, &why);
         if (!reason && reply) {
@@ -165,7 +165,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         if (!reason && will_retain) {
             cy_msg *w = make_will(c, p, true);
             if (!w) return refuse(c, CY_RC_SERVER_BUSY, CY_RC3_SERVER_UNAVAILABLE, who, "out of memory");
-            reason = cy_router_retain_check(b->router, who, w);
+            reason = cy_router_retain_check(g->router, who, w);
             why = "over a retained messages limit";
             cy_msg_unref(w);
         }
@@ -183,15 +183,15 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     else
         expiry = p->clean_start ? 0 : 0xFFFFFFFFu;
     bool expiry_capped = false;
-    if (b->cfg->max_session_expiry && expiry > b->cfg->max_session_expiry) {
-        expiry = b->cfg->max_session_expiry;
+    if (g->cfg->max_session_expiry && expiry > g->cfg->max_session_expiry) {
+        expiry = g->cfg->max_session_expiry;
         expiry_capped = true;
     }
 
     /* Disk full: no new persistent session (see the top of the file). */
-    cy_session *s = cy_session_find(b->devices, who, idlen);
-    if (expiry > 0 && !(s && s->persistent && !p->clean_start) && cy_broker_store_full(b)) {
-        b->stats.store_full_refusals++;
+    cy_session *s = cy_session_find(g->devices, who, idlen);
+    if (expiry > 0 && !(s && s->persistent && !p->clean_start) && cy_space_full(g->space)) {
+        g->stats->store_full_refusals++;
         return refuse(c, CY_RC_QUOTA_EXCEEDED, CY_RC3_SERVER_UNAVAILABLE, who,
                       "the data folder's disk is full: no new persistent session");
     }
@@ -200,37 +200,37 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     if (s && s->link) {
         cy_info(who, "session taken over by a new connection from %s", cy_conn_peer(c));
         s->link->ops->close(s->link, CY_RC_SESSION_TAKEN_OVER, "session taken over");
-        s = cy_session_find(b->devices, who, idlen); /* ended if it was not persistent */
+        s = cy_session_find(g->devices, who, idlen); /* ended if it was not persistent */
     }
     bool present = false;
     if (s && p->clean_start) {
-        cy_session_end(b->devices, s);
+        cy_session_end(g->devices, s);
         s = NULL;
     }
     if (s) {
         present = true;
     } else {
-        s = cy_session_new(b->devices, who, idlen);
+        s = cy_session_new(g->devices, who, idlen);
         if (!s)
             return refuse(c, CY_RC_SERVER_BUSY, CY_RC3_SERVER_UNAVAILABLE, who, "out of memory");
     }
-    if (expiry == 0) cy_session_forget(b->devices, s);
+    if (expiry == 0) cy_session_forget(g->devices, s);
     s->version = c->version;
     s->expiry = expiry;
     s->persistent = expiry > 0;
-    cy_session_attach(b->devices, s, &c->link);
+    cy_session_attach(g->devices, s, &c->link);
     c->sess = s;
     c->state = CONN_ACTIVE;
     c->device = device;
     c->counted = true;
-    b->stats.clients_connected++;
-    b->stats.connects_total++;
+    g->stats->clients_connected++;
+    g->stats->connects_total++;
 
     /* Keep-alive. */
     c->keepalive = p->keep_alive;
     bool server_ka = false;
-    if (c->version == CY_MQTT_V5 && (p->keep_alive == 0 || p->keep_alive > b->cfg->max_keepalive)) {
-        c->keepalive = (uint16_t)b->cfg->max_keepalive; /* config keeps it <= 65535 */
+    if (c->version == CY_MQTT_V5 && (p->keep_alive == 0 || p->keep_alive > g->cfg->max_keepalive)) {
+        c->keepalive = (uint16_t)g->cfg->max_keepalive; /* config keeps it <= 65535 */
         server_ka = true;
     }
 
@@ -256,7 +256,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         s->will_at = 0;
     }
 
-    cy_session_persist(b->devices, s);
+    cy_session_persist(g->devices, s);
 
     cy_mqtt_packet ack;
     memset(&ack, 0, sizeof(ack));
@@ -267,9 +267,9 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         cy_mqtt_props *ap = &ack.u.connack.props;
         ap->present = CY_PBIT(CY_PROP_RECEIVE_MAX) | CY_PBIT(CY_PROP_MAX_PACKET_SIZE) |
                       CY_PBIT(CY_PROP_TOPIC_ALIAS_MAX);
-        ap->receive_max = (uint16_t)b->cfg->max_inflight;
-        ap->max_packet_size = b->cfg->max_packet_size;
-        ap->topic_alias_max = (uint16_t)b->cfg->topic_alias_max;
+        ap->receive_max = (uint16_t)g->cfg->max_inflight;
+        ap->max_packet_size = g->cfg->max_packet_size;
+        ap->topic_alias_max = (uint16_t)g->cfg->topic_alias_max;
         if (assigned || (device && p->client_id.len == 0)) {
             ap->present |= CY_PBIT(CY_PROP_ASSIGNED_CLIENT_ID);
             ap->assigned_client_id = (cy_str){s->client_id, s->client_id_len};
@@ -286,7 +286,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     cy_conn_send(c, &ack);
     cy_info(s->client_id, "connected from %s proto=%u keepalive=%u clean=%d expiry=%u%s", cy_conn_peer(c),
             c->version, c->keepalive, p->clean_start, expiry, present ? " resumed" : "");
-    if (device) cy_device_online(b->devices, s, &c->link);
-    cy_session_resume(b->devices, s);
+    if (device) cy_device_online(g->devices, s, &c->link);
+    cy_session_resume(g->devices, s);
     return 0;
 }

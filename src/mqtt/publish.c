@@ -5,7 +5,7 @@
  * data, user properties) are kept in the message already encoded (msg.h);
  * the message expiry interval becomes an absolute deadline.
  */
-#include "broker/broker_int.h"
+#include "mqtt/gateway_int.h"
 
 #include "core/cy_clock.h"
 

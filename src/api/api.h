@@ -1,0 +1,56 @@
+/* api: the HTTP API of one shard (docs/api.md): devices, tokens, function
+ * calls and variable reads, events published and streamed.
+ *
+ * Every shard serves the API from the same listening socket; a request
+ * about a device is run by the device's owner shard (the device layer's
+ * operations, device.h) and answered from there, over the cluster's
+ * frames. The event buffer is a subscriber of kind "events" (router.h) of
+ * "devices/+/events/#" and "events/#", so every shard sees every event.
+ *
+ * Ownership: cy_api_new borrows everything in cy_api_deps, which must
+ * outlive it, and duplicates http_fd. It holds message references (the
+ * event buffer): free it before the router.
+ * Errors: CY_ENOMEM, -errno.
+ * Thread: the shard's loop thread only.
+ */
+#ifndef CY_API_H
+#define CY_API_H
+
+#include "cluster/cluster.h"
+#include "core/cy_config.h"
+#include "device/device.h"
+#include "health/metrics.h"
+#include "health/scoreboard.h"
+#include "router/router.h"
+#include "store/store.h"
+
+#include <uv.h>
+
+typedef struct cy_api cy_api;
+
+typedef struct cy_api_deps {
+    uv_loop_t *loop;
+    const cy_config *cfg;
+    cy_registry *registry;  /* devices and tokens */
+    cy_router *router;
+    cy_cluster *cluster;
+    cy_devices *devices;
+    cy_counters *stats;
+    cy_scoreboard *sb;      /* NULL: none */
+    unsigned self, nshards;
+} cy_api_deps;
+
+/* Build the API on the inherited listening socket http_fd (duplicated),
+ * subscribe the event buffer, take the device layer's answers. Requests
+ * are served from cy_api_listen on. */
+int cy_api_new(const cy_api_deps *deps, int http_fd, cy_api **out);
+/* Start taking HTTP requests (when the shard starts accepting clients). */
+void cy_api_listen(cy_api *a);
+/* Close every HTTP connection and stream (pending requests end). */
+void cy_api_stop(cy_api *a);
+/* Safe on NULL. */
+void cy_api_free(cy_api *a);
+/* Cluster hook: an API_REQ or API_RESP frame from shard `from`. */
+void cy_api_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len);
+
+#endif

@@ -1,0 +1,78 @@
+/* gateway: the MQTT transport of one shard (3.1.1 and 5.0 over TCP).
+ *
+ * It accepts connections on the shard's listening socket, frames and
+ * decodes packets, runs the per-packet handlers (handle_*.c) and writes
+ * replies. What a packet means to a device (sessions, admission, calls)
+ * is the device layer's (device.h): each connection is a cy_link of it.
+ *
+ * Output: handlers append encoded packets to per-connection buffers; the
+ * shard's loop flushes them after the store commit of the pass
+ * (cy_mqtt_flush), so an acknowledgement never leaves before what it
+ * acknowledges is on disk.
+ *
+ * Ownership: cy_mqtt_new borrows everything in cy_mqtt_deps, which must
+ * outlive it; the gateway owns its connections (freed in their close
+ * callbacks: run the loop after cy_mqtt_stop, then cy_mqtt_free).
+ * Errors: CY_ENOMEM, -errno or libuv errors from cy_mqtt_open.
+ * Thread: the shard's loop thread only.
+ */
+#ifndef CY_GATEWAY_H
+#define CY_GATEWAY_H
+
+#include "cluster/cluster.h"
+#include "core/cy_config.h"
+#include "device/device.h"
+#include "health/metrics.h"
+#include "health/scoreboard.h"
+#include "router/router.h"
+#include "store/space.h"
+#include "store/store.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct cy_mqtt cy_mqtt;
+
+typedef struct cy_mqtt_deps {
+    uv_loop_t *loop;
+    const cy_config *cfg;
+    cy_store *store;
+    cy_registry *registry;  /* device credentials */
+    cy_router *router;
+    cy_cluster *cluster;
+    cy_devices *devices;
+    cy_space *space;        /* the disk-full state */
+    cy_counters *stats;
+    cy_scoreboard *sb;      /* node-wide connection count; NULL = this shard only */
+    unsigned self, nshards;
+} cy_mqtt_deps;
+
+int cy_mqtt_new(const cy_mqtt_deps *deps, cy_mqtt **out);
+/* Serve on the inherited listening socket fd (duplicated; not owned). The
+ * socket listens already; connections are taken from cy_mqtt_accept on. */
+int cy_mqtt_open(cy_mqtt *g, int fd);
+int cy_mqtt_accept(cy_mqtt *g);
+/* Refuse new CONNECTs (shutting down), close every connection (MQTT 5
+ * clients get 0x8B) and the listener. */
+void cy_mqtt_stop(cy_mqtt *g);
+/* Safe on NULL. */
+void cy_mqtt_free(cy_mqtt *g);
+/* Drill: stop reading every connection; new ones are accepted, never read. */
+void cy_mqtt_stall(cy_mqtt *g);
+/* Pass hook, after the commit: write every connection's output. */
+void cy_mqtt_flush(cy_mqtt *g);
+/* Has any connection output not yet flushed? */
+bool cy_mqtt_dirty(const cy_mqtt *g);
+/* Every sweep: connect and keep-alive timeouts, back-pressure stalls,
+ * idle buffers. now: mono ms (the loop's). */
+void cy_mqtt_sweep(cy_mqtt *g, int64_t now);
+uint32_t cy_mqtt_connections(const cy_mqtt *g);
+/* Packets handled (the scoreboard's progress). */
+uint64_t cy_mqtt_progress(const cy_mqtt *g);
+
+/* Cluster hooks (cluster.h; ctx: the gateway). */
+void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len);
+void cy_mqtt_release_held(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t len);
+
+#endif
