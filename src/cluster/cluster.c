@@ -39,7 +39,9 @@
  * link, so a pass costs the frames it writes, not the length of the outbox.
  *
  * Frames (type: body), integers big endian:
- *   1 INTEREST_RESET: -            2 INTEREST_ADD / 3 INTEREST_DEL: filter
+ *   1 INTEREST_RESET: u64 its number among the frames of its link (1 on a
+ *     new link; more when a snapshot is resent on a link in use)
+ *   2 INTEREST_ADD / 3 INTEREST_DEL: filter
  *   7 INTEREST_END: - (the snapshot that RESET began is complete)
  *   4 PUBLISH: u64 seq (0 = not durable), u8 flags (bits 0-1 QoS, 2 retain
  *     as published, 3 route to local subscribers, 4 set as retained, 5 an
@@ -359,7 +361,12 @@ static void snap_one(void *ctx, void *v)
 static void send_snapshot(cy_cluster *cl, cy_peer *p)
 {
     p->resync = false;
-    send_counted(cl, p, F_INTEREST_RESET, NULL, 0);
+    /* The RESET carries its own number among our frames on this link: 1 on
+     * a new link, more for a resync on a link in use, where the peer's
+     * count must go on, not restart, or its ACKs stay behind frames_out. */
+    uint8_t n[8];
+    for (int k = 0; k < 8; k++) n[k] = (uint8_t)((p->frames_out + 1) >> (56 - 8 * k));
+    send_counted(cl, p, F_INTEREST_RESET, n, sizeof(n));
     snap_ctx sc = {cl, p};
     cy_map_each(&cl->interest, snap_one, &sc);
     send_counted(cl, p, F_INTEREST_END, NULL, 0);
@@ -809,11 +816,14 @@ static void on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body
     if (from >= cl->nshards || from == cl->self || cl->stalled) return;
     cy_peer *p = &cl->peers[from];
     switch (type) {
-    case F_INTEREST_RESET: /* a new link from it: counts restart */
+    case F_INTEREST_RESET: { /* a new snapshot: counts restart at its number */
+        cy_reader r = cy_reader_of(body, len);
+        uint64_t n = cy_reader_be(&r, 8);
         p->mark++;
-        p->frames_in = 1;
+        p->frames_in = r.bad || n == 0 ? 1 : n;
         p->ack_due = true;
         return;
+    }
     case F_INTEREST_END:
         sweep_interest(cl, p, true, true);
         cl->snap_from |= UINT64_C(1) << from;
