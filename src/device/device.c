@@ -376,13 +376,15 @@ json_t *cy_device_presence_all(cy_devices *d)
 void cy_device_kick(cy_devices *d, const char *id)
 {
     cy_session *s = cy_session_find(d, id, strlen(id));
-    if (s && s->link) {
-        /* No will from a deleted device. */
+    if (s) {
+        /* No will from a deleted device: neither an armed one (the close
+         * below is abnormal) nor one waiting for its delay after an earlier
+         * abnormal close (cy_session_end would publish that one). */
         cy_msg_unref(s->will);
         s->will = NULL;
         s->will_at = 0;
-        s->link->ops->close(s->link, CY_REASON_NOT_AUTHORIZED, "device deleted");
     }
+    if (s && s->link) s->link->ops->close(s->link, CY_REASON_NOT_AUTHORIZED, "device deleted");
     s = cy_session_find(d, id, strlen(id));
     if (s) cy_session_end(d, s);
     dev_presence *pr = cy_map_del(&d->presence, id, strlen(id));

@@ -1,0 +1,1310 @@
+/* test_device: the transport-neutral device layer (src/device/) driven
+ * through a fake link.
+ *
+ * The layer is built as a shard builds it: a store in a temporary folder,
+ * a router, a cluster of one shard (idle: no bus), counters, a libuv loop
+ * of its own and the default settings with a few limits lowered. Sessions
+ * talk to their device only through a cy_link; the fake one here records
+ * every send, release, close and call, and its window, readiness and
+ * congestion are set by each test, so what the session decides is checked
+ * without any wire. Its close does what a transport does: tells the layer
+ * the device went offline and detaches the session.
+ *
+ * A "watcher" (a subscriber of a fake router kind) stands for any other
+ * consumer of routed messages: it sees wills and describes.
+ *
+ * Restarts are real: the layer, cluster, router and store are freed and
+ * closed, then opened again and loaded from the same file.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "cluster/cluster.h"
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_config.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+#include "core/cy_reason.h"
+#include "device/device.h"
+#include "device/device_int.h"
+#include "device/link.h"
+#include "device/session.h"
+#include "router/msg.h"
+#include "router/router.h"
+#include "store/store.h"
+
+#define S(lit) lit, sizeof(lit) - 1
+#define DEV "0123456789abcdef01234567"  /* a device id (24 hex) */
+#define DEV2 "89abcdef0123456789abcdef" /* another one */
+#define MAX_SENT 64
+#define MAX_ANSWERS 32
+
+/* ---- the fake link ---- */
+
+typedef struct sent_rec {
+    char topic[64];
+    uint16_t id;
+    uint8_t qos;
+    bool retain, dup;
+    uint32_t n_sub_ids;
+    uint32_t sub_id0;
+} sent_rec;
+
+typedef struct flink {
+    cy_link base;
+    const char *proto;
+    uint32_t window;
+    bool ready, congested;
+    int send_rc; /* what send answers (0: it takes the message) */
+    int64_t heard; /* uv_now-based ms of the last packet */
+    cy_session *s; /* attached to, for close */
+    bool device;   /* an isolated device: close reports it offline */
+    unsigned n_send, n_release, n_close, n_call;
+    sent_rec sent[MAX_SENT];
+    uint16_t released[MAX_SENT];
+    uint8_t close_reason;
+    char call_verb[8], call_name[CY_DEVICE_NAME_MAX + 1], call_rid[32];
+    uint8_t call_arg[64];
+    size_t call_len;
+} flink;
+
+static struct {
+    char dir[64], path[128];
+    uv_loop_t loop;
+    cy_config cfg;
+    cy_counters stats;
+    cy_store *store;
+    cy_router *r;
+    cy_cluster *cl;
+    cy_devices *d;
+    /* answers of device operations */
+    unsigned n_answers;
+    unsigned per_req[MAX_ANSWERS]; /* answers by req_id */
+    unsigned last_status;
+    uint32_t last_req;
+    char last_body[512];
+    size_t last_len;
+} T;
+
+static int f_send(cy_link *l, const cy_link_msg *lm)
+{
+    flink *f = (flink *)l;
+    if (f->send_rc) return f->send_rc;
+    assert_true(f->n_send < MAX_SENT);
+    sent_rec *x = &f->sent[f->n_send++];
+    snprintf(x->topic, sizeof(x->topic), "%s", lm->m->topic);
+    x->id = lm->id;
+    x->qos = lm->qos;
+    x->retain = lm->retain;
+    x->dup = lm->dup;
+    x->n_sub_ids = lm->n_sub_ids;
+    x->sub_id0 = lm->n_sub_ids ? lm->sub_ids[0] : 0;
+    return 0;
+}
+
+static int f_send_release(cy_link *l, uint16_t id)
+{
+    flink *f = (flink *)l;
+    assert_true(f->n_release < MAX_SENT);
+    f->released[f->n_release++] = id;
+    return 0;
+}
+
+static uint32_t f_window(const cy_link *l)
+{
+    return ((const flink *)l)->window;
+}
+
+static bool f_ready(const cy_link *l)
+{
+    return ((const flink *)l)->ready;
+}
+
+static bool f_congested(const cy_link *l)
+{
+    return ((const flink *)l)->congested;
+}
+
+static const char *f_protocol(const cy_link *l)
+{
+    return ((const flink *)l)->proto;
+}
+
+static int64_t f_last_heard(const cy_link *l)
+{
+    return ((const flink *)l)->heard;
+}
+
+/* As a transport: the link goes, the layer hears of it at once. */
+static void f_close(cy_link *l, uint8_t reason, const char *why)
+{
+    (void)why;
+    flink *f = (flink *)l;
+    f->n_close++;
+    f->close_reason = reason;
+    f->ready = false;
+    cy_session *s = f->s;
+    if (!s) return;
+    f->s = NULL;
+    if (f->device) cy_device_offline(T.d, s, l);
+    cy_session_detach(T.d, s, true);
+}
+
+static int f_call(cy_link *l, const char *verb, const char *name, const char *rid,
+                  const uint8_t *arg, size_t len)
+{
+    flink *f = (flink *)l;
+    f->n_call++;
+    snprintf(f->call_verb, sizeof(f->call_verb), "%s", verb);
+    snprintf(f->call_name, sizeof(f->call_name), "%s", name);
+    snprintf(f->call_rid, sizeof(f->call_rid), "%s", rid);
+    assert_true(len <= sizeof(f->call_arg));
+    if (len) memcpy(f->call_arg, arg, len);
+    f->call_len = len;
+    return 0;
+}
+
+static const cy_link_ops f_ops = {
+    .send = f_send,
+    .send_release = f_send_release,
+    .window = f_window,
+    .ready = f_ready,
+    .congested = f_congested,
+    .close = f_close,
+    .protocol = f_protocol,
+    .last_heard = f_last_heard,
+    .call = f_call,
+};
+
+/* A transport that cannot carry calls. */
+static const cy_link_ops f_ops_nocall = {
+    .send = f_send,
+    .send_release = f_send_release,
+    .window = f_window,
+    .ready = f_ready,
+    .congested = f_congested,
+    .close = f_close,
+    .protocol = f_protocol,
+    .last_heard = f_last_heard,
+    .call = NULL,
+};
+
+static void flink_init(flink *f)
+{
+    memset(f, 0, sizeof(*f));
+    f->base.ops = &f_ops;
+    f->proto = "fake1";
+    f->ready = true;
+    f->heard = (int64_t)uv_now(&T.loop);
+}
+
+/* ---- a watcher: a subscriber of another kind ---- */
+
+typedef struct watcher {
+    cy_subscriber sub;
+    unsigned n;
+    char topic[64];
+    char payload[64];
+} watcher;
+
+static void w_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const cy_match *x)
+{
+    (void)ctx;
+    (void)x;
+    watcher *w = (watcher *)s;
+    w->n++;
+    snprintf(w->topic, sizeof(w->topic), "%s", r->m->topic);
+    snprintf(w->payload, sizeof(w->payload), "%.*s", (int)r->m->payload_len,
+             (const char *)r->m->payload);
+}
+
+static const cy_sub_kind w_kind = {.name = "watcher", .deliver = w_deliver};
+
+static void watch(watcher *w, const char *filter)
+{
+    memset(w, 0, sizeof(*w));
+    cy_subscriber_init(&w->sub, &w_kind);
+    assert_int_equal(cy_router_subscribe(T.r, &w->sub, filter, strlen(filter), 1, 0, NULL), 0);
+}
+
+static void unwatch(watcher *w, const char *filter)
+{
+    assert_int_equal(cy_router_unsubscribe(T.r, &w->sub, filter, strlen(filter)), 0);
+}
+
+/* ---- answers ---- */
+
+static void on_answer(void *ctx, unsigned from, uint32_t req_id, unsigned status, const char *body,
+                      size_t len)
+{
+    (void)ctx;
+    assert_int_equal(from, 3);
+    assert_true(req_id < MAX_ANSWERS);
+    T.n_answers++;
+    T.per_req[req_id]++;
+    T.last_status = status;
+    T.last_req = req_id;
+    T.last_len = len;
+    snprintf(T.last_body, sizeof(T.last_body), "%.*s", (int)len, body);
+}
+
+/* ---- the layer ---- */
+
+static void layer_open(void)
+{
+    assert_int_equal(cy_store_open(T.path, false, &T.store), 0);
+    assert_int_equal(cy_router_new(&T.cfg, T.store, &T.stats, 0, &T.r), 0);
+    cy_cluster_options o = {.self = 0, .nshards = 1, .generation = 1, .sb = NULL};
+    assert_int_equal(cy_cluster_new(&T.loop, &T.cfg, T.store, T.r, &T.stats, &o, &T.cl), 0);
+    assert_int_equal(
+        cy_devices_new(&T.loop, &T.cfg, T.store, T.r, T.cl, &T.stats, 0, 1, 1, &T.d), 0);
+    cy_devices_set_answer(T.d, on_answer, NULL);
+}
+
+static void layer_close(void)
+{
+    cy_devices_free(T.d);
+    cy_cluster_free(T.cl);
+    cy_router_free(T.r);
+    cy_store_close(T.store); /* commits */
+    T.d = NULL;
+    T.cl = NULL;
+    T.r = NULL;
+    T.store = NULL;
+}
+
+/* A restart: everything freed, then loaded again from the same file. */
+static void layer_restart(void)
+{
+    assert_int_equal(cy_store_commit(T.store), 0);
+    layer_close();
+    memset(&T.stats, 0, sizeof(T.stats));
+    layer_open();
+    cy_store_loader l = {.session = cy_devices_load_session,
+                         .sub = cy_devices_load_sub,
+                         .msg = cy_devices_load_msg,
+                         .inq2 = cy_devices_load_inq2};
+    assert_int_equal(cy_store_load(T.store, &l, T.d), 0);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    memset(&T, 0, sizeof(T));
+    cy_log_set_level(CY_LOG_ERROR);
+    strcpy(T.dir, "/tmp/cyan-device-XXXXXX");
+    if (!mkdtemp(T.dir)) return -1;
+    snprintf(T.path, sizeof(T.path), "%s/broker.db", T.dir);
+    if (uv_loop_init(&T.loop)) return -1;
+    cy_config_defaults(&T.cfg);
+    T.cfg.max_topic_length = 64;
+    T.cfg.max_inflight = 3;
+    T.cfg.max_queued = 8;
+    layer_open();
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    layer_close();
+    uv_run(&T.loop, UV_RUN_NOWAIT);
+    uv_loop_close(&T.loop);
+    const char *files[] = {"broker.db", "broker.db-wal", "broker.db-shm"};
+    char p[160];
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(p, sizeof(p), "%s/%s", T.dir, files[i]);
+        unlink(p);
+    }
+    rmdir(T.dir);
+    return 0;
+}
+
+/* A connection as the MQTT transport makes it (handle_connect.c): find or
+ * make the session, set its expiry, attach, presence, resume. */
+static cy_session *connect_(flink *f, const char *id, uint32_t expiry, bool device)
+{
+    cy_session *s = cy_session_find(T.d, id, strlen(id));
+    if (!s) s = cy_session_new(T.d, id, strlen(id));
+    assert_non_null(s);
+    if (expiry == 0) cy_session_forget(T.d, s);
+    s->expiry = expiry;
+    s->persistent = expiry > 0;
+    cy_session_attach(T.d, s, &f->base);
+    f->s = s;
+    f->ready = true; /* past login */
+    f->device = device;
+    cy_session_persist(T.d, s);
+    if (device) cy_device_online(T.d, s, &f->base);
+    cy_session_resume(T.d, s);
+    return s;
+}
+
+/* The link goes away (abnormal: no clean DISCONNECT). */
+static void disconnect_(flink *f, bool abnormal)
+{
+    cy_session *s = f->s;
+    assert_non_null(s);
+    f->s = NULL;
+    f->ready = false;
+    if (f->device) cy_device_offline(T.d, s, &f->base);
+    cy_session_detach(T.d, s, abnormal);
+}
+
+static cy_msg *msg(const char *topic, const char *payload, uint8_t qos, bool retain)
+{
+    cy_msg *m = cy_msg_new(topic, strlen(topic), (const uint8_t *)payload, strlen(payload), NULL,
+                           0, qos, retain, 0);
+    assert_non_null(m);
+    return m;
+}
+
+/* Publish as an application (NULL) or from session s. */
+static void publish(cy_session *from, const char *topic, const char *payload, uint8_t qos,
+                    bool retain)
+{
+    cy_msg *m = msg(topic, payload, qos, retain);
+    if (from)
+        assert_int_equal(cy_session_publish(T.d, from, m, false), 0);
+    else
+        assert_int_equal(cy_router_publish(T.r, m, NULL, NULL, false), 0);
+    cy_msg_unref(m);
+}
+
+/* Give the session a message directly, as the router would. */
+static void deliver(cy_session *s, const char *topic, uint8_t qos)
+{
+    cy_msg *m = msg(topic, "x", qos, false);
+    cy_session_deliver(T.d, s, m, qos, false, NULL, 0);
+    cy_msg_unref(m);
+}
+
+static int admit(const char *id, const char *topic, const char *payload, bool *retain,
+                 bool *reply)
+{
+    const char *why = NULL;
+    int rc = cy_device_admit(T.d, id, id ? strlen(id) : 0, topic, strlen(topic),
+                             (const uint8_t *)payload, payload ? strlen(payload) : 0, retain,
+                             reply, &why);
+    if (rc) assert_non_null(why);
+    return rc;
+}
+
+/* ---- admission ---- */
+
+static void test_admit_topics(void **state)
+{
+    (void)state;
+    bool retain = false, reply = true;
+    char longt[80];
+    memset(longt, 'a', sizeof(longt) - 1);
+    longt[sizeof(longt) - 1] = '\0';
+    memcpy(longt, "events/", 7);
+    assert_int_equal(admit(NULL, longt, "", &retain, &reply), CY_REASON_TOPIC_INVALID);
+    assert_int_equal(T.stats.limit_topic_too_long, 1);
+    longt[64] = '\0'; /* exactly max_topic_length */
+    assert_int_equal(admit(DEV, longt, "", &retain, &reply), 0);
+    assert_int_equal(T.stats.limit_topic_too_long, 1);
+
+    /* $ spaces: nobody */
+    assert_int_equal(admit(NULL, "$SYS/x", "", &retain, &reply), CY_REASON_NOT_AUTHORIZED);
+    assert_int_equal(admit(DEV, "$share/x", "", &retain, &reply), CY_REASON_NOT_AUTHORIZED);
+    assert_int_equal(T.stats.acl_denied, 0);
+
+    /* an isolated device keeps to its spaces */
+    assert_int_equal(admit(DEV, "devices/" DEV "/temp", "1", &retain, &reply), 0);
+    assert_false(reply);
+    assert_false(retain);
+    assert_int_equal(admit(DEV, "events/boot", "1", &retain, &reply), 0);
+    assert_int_equal(T.stats.acl_denied, 0);
+    const char *outside[] = {"other/x", "devices/" DEV2 "/temp", "devices/" DEV "x/temp",
+                             "devices/" DEV, "devices/" DEV "/", "events/", "event/x",
+                             "devices/0123456789abcdef0123456/x"};
+    for (size_t i = 0; i < sizeof(outside) / sizeof(*outside); i++)
+        assert_int_equal(admit(DEV, outside[i], "", &retain, &reply), CY_REASON_NOT_AUTHORIZED);
+    assert_int_equal(T.stats.acl_denied, sizeof(outside) / sizeof(*outside));
+
+    /* an application may publish anywhere but $, even another's reply */
+    reply = true;
+    assert_int_equal(admit(NULL, "other/x", "", &retain, &reply), 0);
+    assert_false(reply);
+    assert_int_equal(admit(NULL, "devices/" DEV "/reply", "", &retain, &reply), 0);
+    assert_false(reply);
+    assert_false(retain);
+    assert_int_equal(T.stats.acl_denied, sizeof(outside) / sizeof(*outside));
+}
+
+static void test_admit_reply(void **state)
+{
+    (void)state;
+    bool retain = false, reply = false;
+    assert_int_equal(admit(DEV, "devices/" DEV "/reply", "1", &retain, &reply), 0);
+    assert_true(reply);
+    reply = false;
+    assert_int_equal(admit(DEV, "devices/" DEV "/reply/00000000000000ab", "1", &retain, &reply),
+                     0);
+    assert_true(reply);
+    assert_int_equal(admit(DEV, "devices/" DEV "/replyx", "1", &retain, &reply), 0);
+    assert_false(reply);
+    assert_int_equal(admit(DEV, "devices/" DEV "/x/reply", "1", &retain, &reply), 0);
+    assert_false(reply);
+    assert_int_equal(admit(DEV, "devices/" DEV2 "/reply", "1", &retain, &reply),
+                     CY_REASON_NOT_AUTHORIZED);
+    assert_false(retain);
+    assert_true(cy_device_is_reply(S(DEV), S("devices/" DEV "/reply/a")));
+    assert_false(cy_device_is_reply(S(DEV), S("devices/" DEV "/repl")));
+}
+
+static void test_admit_describe(void **state)
+{
+    (void)state;
+    const char *topic = "devices/" DEV "/describe";
+    bool retain = false, reply = false;
+    assert_int_equal(admit(DEV, topic, "{\"functions\":[\"reboot\"],\"variables\":[\"t.1\",\"a-b_C\"]}",
+                           &retain, &reply),
+                     0);
+    assert_true(retain); /* always retained */
+    assert_false(reply);
+    retain = false;
+    assert_int_equal(admit(DEV, topic, "{}", &retain, &reply), 0);
+    assert_true(retain);
+    retain = false;
+    assert_int_equal(admit(DEV, topic, "", &retain, &reply), 0); /* clearing it */
+    assert_true(retain);
+
+    const char *bad[] = {
+        "{\"functions\":[\"reboot\"]",              /* not JSON */
+        "[\"reboot\"]",                             /* not an object */
+        "{\"functions\":\"reboot\"}",               /* not an array */
+        "{\"functions\":[1]}",                      /* not a string */
+        "{\"functions\":[\"\"]}",                   /* empty name */
+        "{\"functions\":[\"a b\"]}",                /* bad character */
+        "{\"variables\":[\"a/b\"]}",                /* bad character */
+        "{\"functions\":[\"a\"],\"functions\":[\"b\"]}", /* duplicate key */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        retain = false;
+        assert_int_equal(admit(DEV, topic, bad[i], &retain, &reply), CY_REASON_PAYLOAD_INVALID);
+        assert_false(retain);
+    }
+
+    /* names: 64 characters at most, 64 names at most */
+    char buf[CY_DEVICE_DESCRIBE_MAX + 64];
+    char name[CY_DEVICE_NAME_MAX + 2];
+    memset(name, 'n', sizeof(name) - 1);
+    name[CY_DEVICE_NAME_MAX] = '\0';
+    snprintf(buf, sizeof(buf), "{\"functions\":[\"%s\"]}", name);
+    assert_int_equal(admit(DEV, topic, buf, &retain, &reply), 0);
+    name[CY_DEVICE_NAME_MAX] = 'n';
+    name[CY_DEVICE_NAME_MAX + 1] = '\0';
+    snprintf(buf, sizeof(buf), "{\"functions\":[\"%s\"]}", name);
+    assert_int_equal(admit(DEV, topic, buf, &retain, &reply), CY_REASON_PAYLOAD_INVALID);
+    for (unsigned n = CY_DEVICE_DESCRIBE_NAMES; n <= CY_DEVICE_DESCRIBE_NAMES + 1; n++) {
+        size_t o = (size_t)snprintf(buf, sizeof(buf), "{\"variables\":[");
+        for (unsigned i = 0; i < n; i++)
+            o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%s\"v%u\"", i ? "," : "", i);
+        snprintf(buf + o, sizeof(buf) - o, "]}");
+        assert_int_equal(admit(DEV, topic, buf, &retain, &reply),
+                         n <= CY_DEVICE_DESCRIBE_NAMES ? 0 : CY_REASON_PAYLOAD_INVALID);
+    }
+
+    /* 4 KiB at most, even of valid JSON (white space) */
+    memset(buf, ' ', sizeof(buf));
+    memcpy(buf, "{}", 2);
+    buf[CY_DEVICE_DESCRIBE_MAX] = '\0';
+    assert_int_equal(admit(DEV, topic, buf, &retain, &reply), 0);
+    buf[CY_DEVICE_DESCRIBE_MAX] = ' ';
+    buf[CY_DEVICE_DESCRIBE_MAX + 1] = '\0';
+    assert_int_equal(admit(DEV, topic, buf, &retain, &reply), CY_REASON_PAYLOAD_INVALID);
+
+    /* an application's publish there is not checked as a describe */
+    retain = false;
+    assert_int_equal(admit(NULL, topic, "not json", &retain, &reply), 0);
+    assert_false(retain);
+}
+
+/* ---- sessions ---- */
+
+static void test_qos0(void **state)
+{
+    (void)state;
+    flink f;
+    flink_init(&f);
+    cy_session *s = connect_(&f, "c1", 0, false);
+    assert_int_equal(cy_session_count(T.d), 1);
+    assert_int_equal(T.stats.sessions, 1);
+
+    deliver(s, "a/1", 0);
+    assert_int_equal(f.n_send, 1);
+    assert_string_equal(f.sent[0].topic, "a/1");
+    assert_int_equal(f.sent[0].qos, 0);
+    assert_int_equal(f.sent[0].id, 0);
+    assert_false(f.sent[0].dup);
+    assert_int_equal(T.stats.publish_sent, 1);
+    assert_null(s->head); /* never queued */
+
+    f.congested = true;
+    deliver(s, "a/2", 0);
+    assert_int_equal(f.n_send, 1);
+    assert_int_equal(T.stats.messages_dropped, 1);
+    f.congested = false;
+
+    f.ready = false; /* not past login: nothing, and nothing counted */
+    deliver(s, "a/3", 0);
+    assert_int_equal(f.n_send, 1);
+    assert_int_equal(T.stats.messages_dropped, 1);
+    f.ready = true;
+
+    f.send_rc = CY_ETIMEDOUT; /* expired on the way */
+    deliver(s, "a/4", 0);
+    assert_int_equal(T.stats.messages_expired, 1);
+    f.send_rc = 0;
+
+    /* offline (a persistent session): QoS 0 is not kept */
+    flink g;
+    flink_init(&g);
+    cy_session *p = connect_(&g, "p1", 3600, false);
+    disconnect_(&g, false);
+    assert_ptr_equal(cy_session_find(T.d, S("p1")), p);
+    deliver(p, "a/5", 0);
+    assert_null(p->head);
+    assert_int_equal(p->n_queued, 0);
+    assert_int_equal(g.n_send, 0);
+    assert_int_equal(T.stats.publish_sent, 1);
+
+    /* a non-persistent session ends with its link */
+    disconnect_(&f, false);
+    assert_null(cy_session_find(T.d, S("c1")));
+    assert_int_equal(cy_session_count(T.d), 1);
+    assert_int_equal(T.stats.sessions, 1);
+}
+
+static void test_qos1_window(void **state)
+{
+    (void)state;
+    flink f;
+    flink_init(&f);
+    f.window = 2; /* the device's own limit, under max_inflight 3 */
+    cy_session *s = connect_(&f, "c1", 0, false);
+    for (int i = 0; i < 5; i++) deliver(s, "q/1", 1);
+    assert_int_equal(f.n_send, 2);
+    assert_int_equal(f.sent[0].id, 1);
+    assert_int_equal(f.sent[1].id, 2);
+    assert_int_equal(f.sent[0].qos, 1);
+    assert_int_equal(s->n_inflight, 2);
+    assert_int_equal(s->n_queued, 3);
+
+    /* the device acknowledges 1: the next goes */
+    cy_delivery *dv = cy_session_find_inflight(s, 1);
+    assert_non_null(dv);
+    cy_session_remove_delivery(T.d, s, dv);
+    cy_session_pump(T.d, s);
+    assert_int_equal(f.n_send, 3);
+    assert_int_equal(f.sent[2].id, 3);
+    assert_int_equal(s->n_inflight, 2);
+    assert_int_equal(s->n_queued, 2);
+    assert_null(cy_session_find_inflight(s, 1));
+
+    /* no limit of its own: max_inflight rules */
+    f.window = 0;
+    cy_session_pump(T.d, s);
+    assert_int_equal(f.n_send, 4);
+    assert_int_equal(f.sent[3].id, 4);
+    assert_int_equal(s->n_inflight, 3);
+    assert_int_equal(s->n_queued, 1);
+    f.window = 100;
+    cy_session_pump(T.d, s);
+    assert_int_equal(f.n_send, 4);
+
+    /* in flight 2, 3, 4; ids wrap past 0 and skip those still in flight */
+    s->last_packet_id = 65534;
+    cy_session_remove_delivery(T.d, s, cy_session_find_inflight(s, 3)); /* out of order */
+    cy_session_pump(T.d, s);
+    assert_int_equal(f.n_send, 5);
+    assert_int_equal(f.sent[4].id, 65535);
+    assert_int_equal(s->n_queued, 0);
+    deliver(s, "q/2", 1);
+    assert_int_equal(s->n_inflight, 3); /* 2, 4, 65535: full */
+    assert_int_equal(f.n_send, 5);
+    cy_session_remove_delivery(T.d, s, cy_session_find_inflight(s, 65535));
+    cy_session_pump(T.d, s);
+    assert_int_equal(f.n_send, 6);
+    assert_int_equal(f.sent[5].id, 1); /* not 0; 1 is free */
+    cy_session_remove_delivery(T.d, s, cy_session_find_inflight(s, 1));
+    s->last_packet_id = 1;
+    deliver(s, "q/3", 1); /* 2 is still in flight: 3 */
+    assert_int_equal(f.n_send, 7);
+    assert_int_equal(f.sent[6].id, 3);
+    assert_int_equal(T.stats.publish_sent, 7);
+
+    /* max_queued 8 counts what is in flight and queued */
+    f.ready = false;
+    unsigned have = s->n_inflight + s->n_queued;
+    for (unsigned i = have; i < T.cfg.max_queued + 2; i++) deliver(s, "q/4", 1);
+    assert_int_equal(s->n_inflight + s->n_queued, T.cfg.max_queued);
+    assert_int_equal(T.stats.limit_queue_full, 2);
+    assert_int_equal(T.stats.messages_dropped, 2);
+    assert_int_equal(f.n_send, 7); /* not ready: nothing sent */
+
+    /* a message the device refuses (too large) is dropped, the next goes */
+    f.ready = true;
+    while (s->head != s->next_send) cy_session_remove_delivery(T.d, s, s->head);
+    f.send_rc = CY_EMSGSIZE;
+    cy_session_pump(T.d, s);
+    assert_null(s->head); /* every one refused */
+    assert_int_equal(s->n_queued, 0);
+    assert_int_equal(s->n_inflight, 0);
+    f.send_rc = 0;
+    deliver(s, "q/5", 2);
+    assert_int_equal(f.n_send, 8);
+    assert_int_equal(f.sent[7].qos, 2);
+}
+
+static void test_resume(void **state)
+{
+    (void)state;
+    flink f;
+    flink_init(&f);
+    cy_session *s = connect_(&f, "c1", 3600, false);
+    deliver(s, "r/1", 1);
+    deliver(s, "r/2", 2);
+    deliver(s, "r/3", 1);
+    assert_int_equal(f.n_send, 3);
+    /* r/2 was received: its release is on the way */
+    cy_delivery *dv = cy_session_find_inflight(s, 2);
+    cy_session_released(T.d, s, dv);
+    assert_int_equal(dv->state, CY_MSG_RELEASED);
+    /* r/3 was acknowledged */
+    cy_session_remove_delivery(T.d, s, cy_session_find_inflight(s, 3));
+    disconnect_(&f, false);
+    assert_ptr_equal(cy_session_find(T.d, S("c1")), s);
+    assert_true(s->offline_since > 0);
+    deliver(s, "r/4", 1); /* kept for it */
+    assert_int_equal(s->n_queued, 1);
+
+    flink g;
+    flink_init(&g);
+    assert_ptr_equal(connect_(&g, "c1", 3600, false), s);
+    assert_int_equal(s->offline_since, 0);
+    /* r/1 again with dup and its id, the release of 2, then r/4 */
+    assert_int_equal(g.n_send, 2);
+    assert_string_equal(g.sent[0].topic, "r/1");
+    assert_true(g.sent[0].dup);
+    assert_int_equal(g.sent[0].id, 1);
+    assert_int_equal(g.n_release, 1);
+    assert_int_equal(g.released[0], 2);
+    assert_string_equal(g.sent[1].topic, "r/4");
+    assert_false(g.sent[1].dup);
+    assert_int_equal(g.sent[1].id, 4); /* ids go on after the last one given */
+    assert_int_equal(s->n_inflight, 3);
+    assert_int_equal(f.n_send, 3); /* the old link was never touched again */
+}
+
+static void test_persistence(void **state)
+{
+    (void)state;
+    flink f;
+    flink_init(&f);
+    cy_session *s = connect_(&f, "keep", 3600, false);
+    bool fresh = false;
+    assert_int_equal(cy_session_subscribe(T.d, s, S("p/#"), 2, 7, &fresh), 0);
+    assert_true(fresh);
+    assert_int_equal(cy_session_subscribe(T.d, s, S("x/+"), 0, 0, &fresh), 0);
+    assert_int_equal(cy_session_unsubscribe(T.d, s, S("x/+")), 0);
+    f.window = 2;
+    publish(NULL, "p/1", "one", 1, false);
+    publish(NULL, "p/2", "two", 2, false);
+    publish(NULL, "p/3", "three", 1, false);
+    assert_int_equal(f.n_send, 2);
+    assert_int_equal(f.sent[0].sub_id0, 7);
+    cy_session_released(T.d, s, cy_session_find_inflight(s, 2));
+    assert_int_equal(cy_session_add_inq2(T.d, s, 42), 0);
+    assert_int_equal(cy_session_add_inq2(T.d, s, 43), 0);
+    assert_true(cy_session_del_inq2(T.d, s, 43));
+    assert_false(cy_session_del_inq2(T.d, s, 43));
+    /* a session that is not persistent leaves no rows */
+    flink g;
+    flink_init(&g);
+    cy_session *e = connect_(&g, "ephemeral", 0, false);
+    assert_int_equal(cy_session_subscribe(T.d, e, S("p/#"), 1, 0, &fresh), 0);
+    publish(NULL, "p/4", "four", 1, false); /* to both; 'keep' queues it */
+    assert_int_equal(g.n_send, 1);
+    disconnect_(&f, true);
+
+    layer_restart();
+
+    assert_int_equal(cy_session_count(T.d), 1);
+    assert_null(cy_session_find(T.d, S("ephemeral")));
+    s = cy_session_find(T.d, S("keep"));
+    assert_non_null(s);
+    assert_true(s->persistent);
+    assert_int_equal(s->expiry, 3600);
+    assert_null(s->link);
+    assert_true(s->offline_since > 0);
+    assert_int_equal(T.stats.sessions, 1);
+    assert_int_equal(T.stats.subscriptions, 1);
+    assert_int_equal(s->n_subs, 1);
+    cy_sub *sub = cy_session_find_sub(s, S("p/#"));
+    assert_non_null(sub);
+    assert_int_equal(sub->opts, 2);
+    assert_int_equal(sub->sub_id, 7);
+    assert_null(cy_session_find_sub(s, S("x/+")));
+    assert_true(cy_session_has_inq2(s, 42));
+    assert_false(cy_session_has_inq2(s, 43));
+    assert_int_equal(s->n_inflight, 2);
+    assert_int_equal(s->n_queued, 2);
+    cy_delivery *dv = cy_session_find_inflight(s, 1);
+    assert_non_null(dv);
+    assert_int_equal(dv->state, CY_MSG_SENT);
+    assert_int_equal(dv->qos, 1);
+    assert_int_equal(dv->n_sub_ids, 1);
+    assert_int_equal(dv->sub_ids[0], 7);
+    dv = cy_session_find_inflight(s, 2);
+    assert_non_null(dv);
+    assert_int_equal(dv->state, CY_MSG_RELEASED);
+    assert_int_equal(dv->qos, 2);
+
+    /* the router knows its subscription again */
+    publish(NULL, "p/5", "five", 0, false);
+    assert_int_equal(s->n_queued, 2); /* QoS 0: not kept for an offline session */
+    publish(NULL, "p/6", "six", 1, false);
+    assert_int_equal(s->n_queued, 3);
+
+    /* the device comes back: in flight first, then the queue in order */
+    flink h;
+    flink_init(&h);
+    assert_ptr_equal(connect_(&h, "keep", 3600, false), s);
+    assert_int_equal(h.n_send, 2); /* p/1 (dup), then p/3: max_inflight 3 */
+    assert_string_equal(h.sent[0].topic, "p/1");
+    assert_true(h.sent[0].dup);
+    assert_int_equal(h.sent[0].id, 1);
+    assert_int_equal(h.n_release, 1);
+    assert_int_equal(h.released[0], 2);
+    assert_string_equal(h.sent[1].topic, "p/3");
+    assert_false(h.sent[1].dup);
+    assert_int_equal(h.sent[1].id, 3); /* after the loaded ids */
+    assert_int_equal(h.sent[1].sub_id0, 7);
+
+    /* forgetting it (expiry set to 0) removes every row */
+    cy_session_forget(T.d, s);
+    assert_false(s->persistent);
+    for (dv = s->head; dv; dv = dv->next) assert_int_equal(dv->store_id, 0);
+    cy_session_remove_delivery(T.d, s, cy_session_find_inflight(s, 1)); /* no row to touch */
+    layer_restart();
+    assert_int_equal(cy_session_count(T.d), 0);
+    assert_int_equal(T.stats.subscriptions, 0);
+}
+
+static void test_expired_at_load(void **state)
+{
+    (void)state;
+    int64_t now = cy_wall_ms();
+    cy_store_session gone = {.client_id = "gone", .version = 5, .expiry = 10,
+                             .disconnected_at = now - 60000};
+    cy_store_session kept = {.client_id = "kept", .version = 4, .expiry = 3600,
+                             .disconnected_at = now - 60000};
+    cy_store_session never = {.client_id = "never", .version = 5, .expiry = 0xFFFFFFFFu,
+                              .disconnected_at = now - 86400000};
+    assert_int_equal(cy_store_session_put(T.store, &gone), 0);
+    assert_int_equal(cy_store_session_put(T.store, &kept), 0);
+    assert_int_equal(cy_store_session_put(T.store, &never), 0);
+    assert_int_equal(cy_store_sub_put(T.store, "gone", S("g/#"), 1, 0), 0);
+    layer_restart();
+    assert_int_equal(cy_session_count(T.d), 3);
+    assert_int_equal(cy_session_find(T.d, S("kept"))->version, 4);
+    assert_int_equal(cy_devices_end_expired(T.d), 1);
+    assert_null(cy_session_find(T.d, S("gone")));
+    assert_non_null(cy_session_find(T.d, S("kept")));
+    assert_non_null(cy_session_find(T.d, S("never")));
+    assert_int_equal(T.stats.subscriptions, 0);
+    assert_int_equal(cy_router_subscriptions(T.r), 0);
+    layer_restart(); /* and its rows are gone */
+    assert_int_equal(cy_session_count(T.d), 2);
+    assert_int_equal(cy_devices_end_expired(T.d), 0);
+}
+
+/* ---- wills ---- */
+
+static void set_will(cy_session *s, const char *topic, uint32_t delay)
+{
+    s->will = msg(topic, "bye", 1, false);
+    s->will_delay = delay;
+    s->will_at = 0;
+}
+
+static void test_will_now(void **state)
+{
+    (void)state;
+    watcher w;
+    watch(&w, "wills/#");
+    /* a second session subscribed gets it too */
+    flink fo;
+    flink_init(&fo);
+    cy_session *other = connect_(&fo, "other", 0, false);
+    bool fresh;
+    assert_int_equal(cy_session_subscribe(T.d, other, S("wills/+"), 1, 0, &fresh), 0);
+
+    flink f;
+    flink_init(&f);
+    cy_session *s = connect_(&f, "c1", 0, false);
+    set_will(s, "wills/c1", 0);
+    disconnect_(&f, true);
+    assert_int_equal(w.n, 1);
+    assert_string_equal(w.topic, "wills/c1");
+    assert_string_equal(w.payload, "bye");
+    assert_int_equal(fo.n_send, 1);
+    assert_string_equal(fo.sent[0].topic, "wills/c1");
+    assert_null(cy_session_find(T.d, S("c1")));
+
+    /* a clean close drops it */
+    s = connect_(&f, "c2", 0, false);
+    set_will(s, "wills/c2", 0);
+    disconnect_(&f, false);
+    s = connect_(&f, "c3", 3600, false);
+    set_will(s, "wills/c3", 0);
+    disconnect_(&f, false);
+    assert_null(s->will);
+    cy_devices_sweep(T.d);
+    /* a later will still arrives, and is the next thing seen */
+    s = connect_(&f, "c4", 3600, false);
+    set_will(s, "wills/c4", 0); /* persistent, no delay: at once */
+    disconnect_(&f, true);
+    assert_int_equal(w.n, 2);
+    assert_string_equal(w.topic, "wills/c4");
+    assert_int_equal(fo.n_send, 2);
+    assert_string_equal(fo.sent[1].topic, "wills/c4");
+    assert_null(s->will);
+    unwatch(&w, "wills/#");
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static void test_will_delay(void **state)
+{
+    (void)state;
+    watcher w;
+    watch(&w, "wills/#");
+    flink fa, fb, fc;
+    flink_init(&fa);
+    flink_init(&fb);
+    flink_init(&fc);
+    cy_session *a = connect_(&fa, "a", 3600, false);
+    set_will(a, "wills/a", 1);
+    cy_session *b = connect_(&fb, "b", 3600, false);
+    set_will(b, "wills/b", 1);
+    cy_session *c = connect_(&fc, "c", 1, false); /* expiry 1 s cuts a 10 s delay */
+    set_will(c, "wills/c", 10);
+    disconnect_(&fa, true);
+    disconnect_(&fb, true);
+    disconnect_(&fc, true);
+    assert_int_equal(w.n, 0);
+    assert_non_null(a->will);
+    assert_true(a->will_at > (int64_t)uv_now(&T.loop));
+    cy_devices_sweep(T.d);
+    assert_int_equal(w.n, 0);
+
+    /* b comes back: its will is cancelled */
+    flink fb2;
+    flink_init(&fb2);
+    assert_ptr_equal(connect_(&fb2, "b", 3600, false), b);
+    assert_null(b->will);
+    assert_int_equal(b->will_at, 0);
+
+    /* a second later */
+    uv_timer_t t;
+    uv_timer_init(&T.loop, &t);
+    uv_timer_start(&t, on_timer, 1000, 0);
+    uv_run(&T.loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(&T.loop, UV_RUN_DEFAULT);
+    cy_devices_sweep(T.d);
+    assert_int_equal(w.n, 2);
+    assert_null(a->will);
+    assert_non_null(cy_session_find(T.d, S("a"))); /* its session stays */
+    assert_null(cy_session_find(T.d, S("c")));     /* expired: ended, will published */
+    cy_devices_sweep(T.d);
+    assert_int_equal(w.n, 2); /* once */
+    /* b's will never came: the last is one of a and c */
+    assert_true(strcmp(w.topic, "wills/a") == 0 || strcmp(w.topic, "wills/c") == 0);
+    unwatch(&w, "wills/#");
+}
+
+/* ---- subscriptions and routing ---- */
+
+static void test_subscribe_route(void **state)
+{
+    (void)state;
+    flink fs, fp;
+    flink_init(&fs);
+    flink_init(&fp);
+    cy_session *s = connect_(&fs, "sub", 0, false);
+    cy_session *p = connect_(&fp, "pub", 0, false);
+    bool fresh = false;
+    assert_int_equal(cy_session_subscribe(T.d, s, S("t/+"), 1, 5, &fresh), 0);
+    assert_true(fresh);
+    assert_int_equal(cy_session_subscribe(T.d, s, S("t/+"), 2, 6, &fresh), 0);
+    assert_false(fresh); /* a replacement */
+    assert_int_equal(s->n_subs, 1);
+    assert_int_equal(T.stats.subscriptions, 1);
+    assert_int_equal(cy_router_subscriptions(T.r), 1);
+    /* the publisher subscribes to the same with no-local, and to more without */
+    assert_int_equal(
+        cy_session_subscribe(T.d, p, S("t/+"), 1 | CY_SUBOPT_NO_LOCAL, 0, &fresh), 0);
+    assert_int_equal(cy_session_subscribe(T.d, p, S("u/#"), 0, 0, &fresh), 0);
+    assert_int_equal(T.stats.subscriptions, 3);
+
+    publish(p, "t/a", "1", 2, false);
+    assert_int_equal(fs.n_send, 1);
+    assert_int_equal(fs.sent[0].qos, 2);
+    assert_int_equal(fs.sent[0].sub_id0, 6);
+    assert_int_equal(fp.n_send, 0); /* no-local */
+    publish(p, "u/a", "1", 1, false);
+    assert_int_equal(fp.n_send, 1); /* its own, where it did not ask no-local */
+    assert_int_equal(fp.sent[0].qos, 0);
+    publish(NULL, "t/b", "1", 1, false);
+    assert_int_equal(fs.n_send, 2);
+    assert_int_equal(fs.sent[1].qos, 1);
+    assert_int_equal(fp.n_send, 2); /* not its own: no-local does not apply */
+
+    assert_int_equal(cy_session_unsubscribe(T.d, s, S("t/+")), 0);
+    assert_int_equal(cy_session_unsubscribe(T.d, s, S("t/+")), CY_ENOENT);
+    assert_int_equal(T.stats.subscriptions, 2);
+    publish(NULL, "t/c", "1", 1, false);
+    assert_int_equal(fs.n_send, 2);
+    assert_int_equal(fp.n_send, 3);
+
+    /* retained ones for a new subscription */
+    publish(NULL, "r/x", "kept", 0, true);
+    assert_int_equal(cy_session_subscribe(T.d, s, S("r/#"), 0, 0, &fresh), 0);
+    cy_session_send_retained(T.d, s, S("r/#"), 0, 0);
+    assert_int_equal(fs.n_send, 3);
+    assert_string_equal(fs.sent[2].topic, "r/x");
+    assert_true(fs.sent[2].retain);
+
+    /* ending a session takes its subscriptions out of the router */
+    disconnect_(&fp, false);
+    assert_int_equal(cy_router_subscriptions(T.r), 1);
+    assert_int_equal(T.stats.subscriptions, 1);
+    publish(NULL, "u/b", "1", 1, false); /* would reach a freed session otherwise */
+}
+
+/* ---- device calls ---- */
+
+static void op(uint32_t req, uint8_t o, const char *id, const char *name, const char *arg,
+               uint32_t timeout_ms)
+{
+    /* as the API calls it: "" for no name, an argument of 0 bytes */
+    if (!name) name = "";
+    if (!arg) arg = "";
+    cy_device_op(T.d, 3, req, o, id, strlen(id), name, strlen(name), (const uint8_t *)arg,
+                 strlen(arg), timeout_ms);
+}
+
+static void do_reply(cy_session *s, const char *rid, const char *payload, size_t len)
+{
+    cy_device_reply(T.d, s, rid, rid ? strlen(rid) : 0, (const uint8_t *)payload, len);
+}
+
+static void test_calls(void **state)
+{
+    (void)state;
+    flink f;
+    flink_init(&f);
+    cy_session *s = connect_(&f, DEV, 0, true);
+
+    op(1, CY_DEVICE_OP_CALL, DEV, "reboot", "now", 0);
+    assert_int_equal(T.n_answers, 1);
+    assert_int_equal(T.last_status, 404);
+    assert_non_null(strstr(T.last_body, "function_not_found"));
+    assert_int_equal(f.n_call, 0);
+
+    publish(s, "devices/" DEV "/describe", "{\"functions\":[\"reboot\"],\"variables\":[\"temp\"]}",
+            1, true);
+    publish(NULL, "devices/" DEV2 "/describe", "{\"functions\":[\"reboot\"]}", 1, true);
+    json_t *desc = cy_device_describe(T.d, DEV);
+    assert_non_null(desc);
+    json_decref(desc);
+    assert_null(cy_device_describe(T.d, "ffffffffffffffffffffffff"));
+
+    op(2, CY_DEVICE_OP_GET, DEV, "reboot", NULL, 0); /* a function, not a variable */
+    assert_int_equal(T.last_status, 404);
+    assert_non_null(strstr(T.last_body, "variable_not_found"));
+    op(3, CY_DEVICE_OP_CALL, DEV2, "reboot", NULL, 0); /* described, never connected */
+    assert_int_equal(T.last_status, 409);
+    assert_non_null(strstr(T.last_body, "device_offline"));
+    assert_int_equal(T.n_answers, 3);
+
+    /* a call goes to the link */
+    op(4, CY_DEVICE_OP_CALL, DEV, "reboot", "now", 0);
+    assert_int_equal(T.n_answers, 3);
+    assert_int_equal(f.n_call, 1);
+    assert_string_equal(f.call_verb, "call");
+    assert_string_equal(f.call_name, "reboot");
+    assert_int_equal(f.call_len, 3);
+    assert_memory_equal(f.call_arg, "now", 3);
+    assert_int_equal(strlen(f.call_rid), 16);
+    assert_int_equal(strspn(f.call_rid, "0123456789abcdef"), 16);
+    assert_int_equal(T.stats.api_calls, 1);
+    char rid[32];
+    snprintf(rid, sizeof(rid), "%s", f.call_rid);
+
+    /* another device's session cannot answer it, nor a wrong id */
+    flink g;
+    flink_init(&g);
+    cy_session *s2 = connect_(&g, DEV2, 0, true);
+    do_reply(s2, rid, S("1"));
+    do_reply(s, "0123", S("1"));
+    do_reply(s, NULL, S("1"));
+    assert_int_equal(T.n_answers, 3);
+
+    do_reply(s, rid, S("{\"ok\":true}"));
+    assert_int_equal(T.n_answers, 4);
+    assert_int_equal(T.last_req, 4);
+    assert_int_equal(T.last_status, 200);
+    json_t *body = json_loads(T.last_body, 0, NULL);
+    assert_non_null(body);
+    assert_string_equal(json_string_value(json_object_get(body, "id")), DEV);
+    assert_string_equal(json_string_value(json_object_get(body, "name")), "reboot");
+    assert_true(json_is_true(json_object_get(json_object_get(body, "return_value"), "ok")));
+    assert_true(json_is_number(json_object_get(body, "round_trip_ms")));
+    json_decref(body);
+    do_reply(s, rid, S("2")); /* once */
+    assert_int_equal(T.n_answers, 4);
+
+    /* a read; a reply that is not JSON is a string */
+    op(5, CY_DEVICE_OP_GET, DEV, "temp", NULL, 0);
+    assert_int_equal(f.n_call, 2);
+    assert_string_equal(f.call_verb, "get");
+    assert_string_not_equal(f.call_rid, rid);
+    do_reply(s, f.call_rid, S("21 C"));
+    assert_int_equal(T.last_status, 200);
+    body = json_loads(T.last_body, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(body, "value")), "21 C");
+    json_decref(body);
+
+    /* over 64 KiB: 502, once */
+    op(6, CY_DEVICE_OP_GET, DEV, "temp", NULL, 0);
+    char *big = malloc(CY_DEVICE_REPLY_MAX + 1);
+    assert_non_null(big);
+    memset(big, '1', CY_DEVICE_REPLY_MAX + 1);
+    snprintf(rid, sizeof(rid), "%s", f.call_rid);
+    do_reply(s, rid, big, CY_DEVICE_REPLY_MAX + 1);
+    assert_int_equal(T.last_status, 502);
+    assert_int_equal(T.last_req, 6);
+    do_reply(s, rid, big, 1);
+    free(big);
+    assert_int_equal(T.n_answers, 6);
+
+    /* the deadline: 504, once, counted */
+    op(7, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 1000);
+    assert_int_equal(f.n_call, 4);
+    snprintf(rid, sizeof(rid), "%s", f.call_rid);
+    cy_devices_tick(T.d, cy_mono_ms());
+    assert_int_equal(T.n_answers, 6);
+    cy_devices_tick(T.d, cy_mono_ms() + 1100);
+    assert_int_equal(T.n_answers, 7);
+    assert_int_equal(T.last_status, 504);
+    assert_non_null(strstr(T.last_body, "device_timeout"));
+    assert_int_equal(T.stats.api_call_timeouts, 1);
+    cy_devices_tick(T.d, cy_mono_ms() + 120000);
+    do_reply(s, rid, S("late"));
+    assert_int_equal(T.n_answers, 7);
+    /* the default deadline is 10 s, and more than 60 s is the default */
+    op(8, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 0);
+    op(9, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, CY_DEVICE_MAX_TIMEOUT_MS + 1);
+    cy_devices_tick(T.d, cy_mono_ms() + CY_DEVICE_DEFAULT_TIMEOUT_MS - 1000);
+    assert_int_equal(T.n_answers, 7);
+    cy_devices_tick(T.d, cy_mono_ms() + CY_DEVICE_DEFAULT_TIMEOUT_MS + 10);
+    assert_int_equal(T.n_answers, 9);
+    assert_int_equal(T.stats.api_call_timeouts, 3);
+
+    /* malformed */
+    op(10, 99, DEV, "reboot", NULL, 0);
+    assert_int_equal(T.last_status, 400);
+    op(11, CY_DEVICE_OP_CALL, DEV "0", "reboot", NULL, 0);
+    assert_int_equal(T.last_status, 400);
+
+    /* a transport that cannot carry calls: offline for calls */
+    g.base.ops = &f_ops_nocall;
+    publish(s2, "devices/" DEV2 "/describe", "{\"functions\":[\"reboot\"]}", 1, true);
+    op(12, CY_DEVICE_OP_CALL, DEV2, "reboot", NULL, 0);
+    assert_int_equal(T.last_status, 409);
+    g.base.ops = &f_ops;
+
+    /* presence through an operation */
+    op(13, CY_DEVICE_OP_PRESENCE, DEV, NULL, NULL, 0);
+    assert_int_equal(T.last_status, 200);
+    body = json_loads(T.last_body, 0, NULL);
+    assert_true(json_is_true(json_object_get(body, "online")));
+    assert_true(json_is_string(json_object_get(body, "last_round_trip")));
+    json_decref(body);
+    op(14, CY_DEVICE_OP_PRESENCE_ALL, DEV, NULL, NULL, 0);
+    body = json_loads(T.last_body, 0, NULL);
+    assert_int_equal(json_object_size(body), 2);
+    json_decref(body);
+
+    /* kick: the link closes (no will), the session ends, presence goes;
+     * a call in flight is still answered, by its deadline */
+    op(15, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 100);
+    watcher w;
+    watch(&w, "wills/#");
+    set_will(s, "wills/" DEV, 0);
+    op(16, CY_DEVICE_OP_KICK, DEV, NULL, NULL, 0);
+    assert_int_equal(T.last_req, 16);
+    assert_int_equal(T.last_status, 200);
+    assert_int_equal(f.n_close, 1);
+    assert_int_equal(f.close_reason, CY_REASON_NOT_AUTHORIZED);
+    assert_null(cy_session_find(T.d, S(DEV)));
+    assert_int_equal(w.n, 0);
+    body = cy_device_presence_all(T.d);
+    assert_null(json_object_get(body, DEV));
+    assert_int_equal(json_object_size(body), 1);
+    json_decref(body);
+    cy_devices_tick(T.d, cy_mono_ms() + 200);
+    assert_int_equal(T.last_req, 15);
+    assert_int_equal(T.last_status, 504);
+    unwatch(&w, "wills/#");
+
+    /* every operation answered exactly once */
+    assert_int_equal(T.n_answers, 16);
+    for (uint32_t i = 1; i <= 16; i++) assert_int_equal(T.per_req[i], 1);
+}
+
+/* A deleted device's will waiting for its delay is not published either. */
+static void test_kick_pending_will(void **state)
+{
+    (void)state;
+    watcher w;
+    watch(&w, "devices/#");
+    flink f;
+    flink_init(&f);
+    cy_session *s = connect_(&f, DEV, 3600, true);
+    set_will(s, "devices/" DEV "/gone", 30);
+    disconnect_(&f, true);
+    assert_non_null(s->will);
+    op(1, CY_DEVICE_OP_KICK, DEV, NULL, NULL, 0);
+    assert_int_equal(T.last_status, 200);
+    assert_int_equal(f.n_close, 0); /* no link to close */
+    assert_null(cy_session_find(T.d, S(DEV)));
+    assert_int_equal(w.n, 0);
+    unwatch(&w, "devices/#");
+}
+
+/* ---- presence ---- */
+
+static void test_presence(void **state)
+{
+    (void)state;
+    json_t *p = cy_device_presence(T.d, DEV); /* never seen */
+    assert_false(json_is_true(json_object_get(p, "online")));
+    assert_true(json_is_null(json_object_get(p, "protocol")));
+    assert_true(json_is_null(json_object_get(p, "connected_since")));
+    assert_true(json_is_null(json_object_get(p, "last_heard")));
+    assert_true(json_is_null(json_object_get(p, "last_round_trip")));
+    json_decref(p);
+
+    flink f;
+    flink_init(&f);
+    f.proto = "coap";
+    int64_t before = cy_wall_ms();
+    cy_session *s = connect_(&f, DEV, 0, true);
+    f.heard = (int64_t)uv_now(&T.loop) - 86400000; /* a day ago */
+    p = cy_device_presence(T.d, DEV);
+    int64_t after = cy_wall_ms();
+    assert_true(json_is_true(json_object_get(p, "online")));
+    assert_string_equal(json_string_value(json_object_get(p, "protocol")), "coap");
+    json_t *lo = cy_device_time(before), *hi = cy_device_time(after);
+    json_t *day_lo = cy_device_time(before - 86400000), *day_hi = cy_device_time(after - 86400000);
+    const char *cs = json_string_value(json_object_get(p, "connected_since"));
+    const char *lh = json_string_value(json_object_get(p, "last_heard"));
+    assert_non_null(cs);
+    assert_non_null(lh);
+    /* ISO 8601 UTC of one length compares as text */
+    assert_int_equal(strlen(cs), 24);
+    assert_true(strcmp(cs, json_string_value(lo)) >= 0);
+    assert_true(strcmp(cs, json_string_value(hi)) <= 0);
+    assert_true(strcmp(lh, json_string_value(day_lo)) >= 0);
+    assert_true(strcmp(lh, json_string_value(day_hi)) <= 0);
+    json_decref(p);
+
+    /* an application's session has no presence */
+    flink g;
+    flink_init(&g);
+    connect_(&g, "app", 0, false);
+    p = cy_device_presence_all(T.d);
+    assert_int_equal(json_object_size(p), 1);
+    assert_true(json_is_true(json_object_get(json_object_get(p, DEV), "online")));
+    json_decref(p);
+
+    /* offline: last heard kept */
+    (void)s;
+    disconnect_(&f, true);
+    json_decref(day_hi);
+    day_hi = cy_device_time(cy_wall_ms() - 86400000);
+    f.heard = (int64_t)uv_now(&T.loop); /* the link is gone: not asked again */
+    p = cy_device_presence(T.d, DEV);
+    assert_false(json_is_true(json_object_get(p, "online")));
+    assert_true(json_is_null(json_object_get(p, "protocol")));
+    assert_true(json_is_null(json_object_get(p, "connected_since")));
+    lh = json_string_value(json_object_get(p, "last_heard"));
+    assert_non_null(lh);
+    assert_true(strcmp(lh, json_string_value(day_lo)) >= 0);
+    assert_true(strcmp(lh, json_string_value(day_hi)) <= 0);
+    json_decref(p);
+    p = cy_device_presence_all(T.d);
+    assert_false(json_is_true(json_object_get(json_object_get(p, DEV), "online")));
+    json_decref(p);
+
+    /* a stale link going offline does not touch the new one's record */
+    flink h;
+    flink_init(&h);
+    s = connect_(&h, DEV, 0, true);
+    cy_device_offline(T.d, s, &f.base);
+    p = cy_device_presence(T.d, DEV);
+    assert_true(json_is_true(json_object_get(p, "online")));
+    json_decref(p);
+
+    json_t *t = cy_device_time(0);
+    assert_true(json_is_null(t));
+    json_decref(t);
+    t = cy_device_time(1700000000123);
+    assert_string_equal(json_string_value(t), "2023-11-14T22:13:20.123Z");
+    json_decref(t);
+    json_decref(lo);
+    json_decref(hi);
+    json_decref(day_lo);
+    json_decref(day_hi);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_admit_topics, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admit_reply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_admit_describe, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_qos0, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_qos1_window, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resume, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_expired_at_load, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_will_now, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_will_delay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_subscribe_route, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_calls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kick_pending_will, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_presence, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
