@@ -609,12 +609,12 @@ static void test_cy_cluster_outbox_bound(void **state)
     assert_int_equal(publish(0, "o/1", "a", 1, false, true), 0); /* fits: the outbox was empty */
     assert_int_equal(outbox(0), 1);
     assert_int_equal(fa.n, 1);
-    assert_int_equal(publish(0, "o/2", "b", 1, false, true), CY_ROUTE_QUOTA_EXCEEDED);
+    assert_int_equal(publish(0, "o/2", "b", 1, false, true), CY_REASON_QUOTA_EXCEEDED);
     assert_int_equal(W->s[0].stats.limit_outbox, 1);
     assert_int_equal(outbox(0), 1);
     assert_int_equal(fa.n, 1); /* refused whole: not delivered here either */
     /* A retained update goes to every peer: refused too, and not kept. */
-    assert_int_equal(publish(0, "x/r", "r", 0, true, true), CY_ROUTE_QUOTA_EXCEEDED);
+    assert_int_equal(publish(0, "x/r", "r", 0, true, true), CY_REASON_QUOTA_EXCEEDED);
     assert_int_equal(W->s[0].stats.limit_outbox, 2);
     assert_null(cy_router_retained(W->s[0].router, "x/r", 3));
     /* QoS 0 needs no durable frame. */
