@@ -11,7 +11,7 @@ CONF    ?= etc/cyan.conf
 FUZZ_SECONDS ?= 20
 PYTHON  := /usr/bin/python3
 
-.PHONY: all build run test unit valgrind integration asan fuzz bench bench-api clean deps deps-test
+.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api clean deps deps-test
 
 all: build
 
@@ -36,7 +36,11 @@ run: build
 # Unit tests under ASan/UBSan, then again under valgrind; integration tests
 # drive the ASan binary with real clients; the fuzzer runs briefly on its corpus.
 test: deps-test build asan
-	@$(MAKE) --no-print-directory unit valgrind integration fuzz
+	@$(MAKE) --no-print-directory layers unit valgrind integration fuzz
+
+# The module graph: every include goes down a layer (docs/architecture.md).
+layers:
+	@$(PYTHON) scripts/layers.py
 
 unit:
 	@cd $(ASAN) && ctest --output-on-failure -j $(JOBS)

@@ -167,8 +167,8 @@ void cy_device_op(cy_devices *d, unsigned from, uint32_t req_id, uint8_t op, con
         answer_error(d, from, req_id, 400, "bad_request", "malformed request");
         return;
     }
-    memcpy(dev, id, id_len);
-    memcpy(nm, name, name_len);
+    if (id_len) memcpy(dev, id, id_len);
+    if (name_len) memcpy(nm, name, name_len);
     switch (op) {
     case CY_DEVICE_OP_PRESENCE: answer(d, from, req_id, 200, cy_device_presence(d, dev)); return;
     case CY_DEVICE_OP_PRESENCE_ALL: answer(d, from, req_id, 200, cy_device_presence_all(d)); return;

@@ -239,8 +239,9 @@ bool cy_device_describe_ok(const uint8_t *p, size_t len)
 
 json_t *cy_device_describe(cy_devices *d, const char *id)
 {
-    char topic[8 + CY_DEVICE_ID_LEN + 10];
+    char topic[8 + CY_MAX_CLIENT_ID + 10];
     int n = snprintf(topic, sizeof(topic), "devices/%s/describe", id);
+    if (n < 0 || (size_t)n >= sizeof(topic)) return NULL;
     cy_msg *m = cy_router_retained(d->router, topic, (size_t)n);
     return m ? json_loadb((const char *)m->payload, m->payload_len, 0, NULL) : NULL;
 }

@@ -365,10 +365,10 @@ void cy_session_pump(cy_devices *d, cy_session *s)
         uint16_t id = next_packet_id(s);
         int rc = send_msg(d, l, dv->msg, dv->qos, dv->retain, false, id, dv->sub_ids,
                           dv->n_sub_ids);
+        if (rc == CY_EPIPE) return; /* the link is going: it stays queued for the next one */
         if (rc) {
             drop(d, s, dv->msg, rc);
             cy_session_remove_delivery(d, s, dv);
-            if (rc == CY_EPIPE) return;
             continue;
         }
         s->next_send = dv->next;
@@ -391,6 +391,7 @@ void cy_session_resume(cy_devices *d, cy_session *s)
         } else {
             int rc = send_msg(d, l, dv->msg, dv->qos, dv->retain, true, dv->packet_id,
                               dv->sub_ids, dv->n_sub_ids);
+            if (rc == CY_EPIPE) return; /* kept in flight for the next link */
             if (rc) {
                 drop(d, s, dv->msg, rc);
                 cy_session_remove_delivery(d, s, dv);

@@ -667,6 +667,20 @@ static void test_qos1_window(void **state)
     deliver(s, "q/5", 2);
     assert_int_equal(f.n_send, 8);
     assert_int_equal(f.sent[7].qos, 2);
+
+    /* a link that is closing (CY_EPIPE) drops nothing: the message stays
+     * queued for the next link */
+    uint64_t dropped = T.stats.messages_dropped;
+    f.send_rc = CY_EPIPE;
+    deliver(s, "q/6", 1);
+    assert_int_equal(s->n_queued, 1);
+    assert_non_null(s->next_send);
+    assert_string_equal(s->next_send->msg->topic, "q/6");
+    assert_int_equal(T.stats.messages_dropped, dropped);
+    f.send_rc = 0;
+    cy_session_pump(T.d, s);
+    assert_int_equal(s->n_queued, 0);
+    assert_string_equal(f.sent[f.n_send - 1].topic, "q/6");
 }
 
 static void test_resume(void **state)
