@@ -2,13 +2,12 @@
  * shards that own devices.
  *
  * Every shard serves the API from the same listening socket. A request
- * about a device becomes an operation for the device's owner shard (the
- * same hash as its MQTT session, cy_shard_of), run directly when that is
- * this shard and sent as an API_REQ frame otherwise (see api_int.h). The
- * request waits in `pending` for the answer, with a deadline; the tick
- * answers 503 for an owner that stops being healthy while a request waits
- * on it, so a hung shard never holds an application longer than about a
- * second past what it asked for.
+ * about a device becomes a device request (device.h): an operation run by
+ * the device's owner shard (the same hash as its MQTT session,
+ * cy_shard_of), answered exactly once, 503 for an owner that is not
+ * healthy or stops being healthy while the request waits on it, so a hung
+ * shard never holds an application longer than about a second past what
+ * it asked for. The HTTP request waits in an api_wait (wait_on).
  *
  * Errors are mapped to HTTP once, here: every error body is
  * {"error": code, "message": text} with a stable code.
@@ -88,98 +87,43 @@ static void reply_unavailable(cy_api *b, cy_http_req *req, const char *why)
     reply_error(b, req, 503, "shard_unavailable", h, "%s; retry in a few seconds", why);
 }
 
-static bool shard_ok(cy_api *b, unsigned j, char *why, size_t whylen)
+static void on_tick(uv_timer_t *t)
 {
-    return j == b->self || cy_cluster_shard_ready(b->cluster, j, why, whylen);
+    cy_api *b = t->data;
+    cy_api_events_tick(b, cy_mono_ms());
 }
 
-/* ---- pending requests ---- */
+/* ---- HTTP requests waiting on device requests ---- */
 
-static void pending_free(cy_api *a, api_pending *p)
+static void wait_free(api_wait *w)
 {
-    if (p->prev)
-        p->prev->next = p->next;
-    else
-        a->pending = p->next;
-    if (p->next) p->next->prev = p->prev;
-    cy_map_del(&a->pending_by_id, &p->id, sizeof(p->id));
-    json_decref(p->devices);
-    for (unsigned j = 0; j < CY_SB_MAX_SHARDS; j++) json_decref(p->presence[j]);
-    cy_free(p);
+    json_decref(w->devices);
+    cy_free(w);
 }
 
-static void pending_gone(void *arg, cy_http_req *req)
+/* The client left first: the device request is cancelled. */
+static void wait_gone(void *arg, cy_http_req *req)
 {
-    api_pending *p = arg;
+    api_wait *w = arg;
     (void)req;
-    p->req = NULL; /* the answer, if it comes, is dropped */
+    cy_device_request_cancel(w->r);
+    wait_free(w);
 }
 
-static api_pending *pending_new(cy_api *b, cy_http_req *req, uint8_t op, int64_t timeout_ms)
-{
-    cy_api *a = b;
-    api_pending *p = cy_calloc(1, sizeof(*p));
-    if (!p) return NULL;
-    p->id = ++a->next_id;
-    p->op = op;
-    p->req = req;
-    p->deadline = cy_mono_ms() + timeout_ms;
-    if (cy_map_put(&a->pending_by_id, &p->id, sizeof(p->id), p)) {
-        cy_free(p);
-        return NULL;
-    }
-    p->next = a->pending;
-    if (a->pending) a->pending->prev = p;
-    a->pending = p;
-    cy_http_on_close(req, pending_gone, p);
-    return p;
-}
-
-static api_pending *pending_find(cy_api *a, uint32_t id)
-{
-    return cy_map_get(&a->pending_by_id, &id, sizeof(id));
-}
-
-/* Send op to shard j for p (or run it here). */
-static int send_op(cy_api *b, api_pending *p, unsigned j, const char *id, const char *name,
-                   const uint8_t *arg, size_t arg_len, uint32_t timeout_ms)
-{
-    if (!id) id = "";
-    if (!name) name = "";
-    size_t idl = strlen(id), nl = strlen(name);
-    p->waiting |= UINT64_C(1) << j;
-    if (j == b->self) {
-        cy_device_op(b->devices, b->self, p->id, p->op, id, idl, name, nl, arg, arg_len, timeout_ms);
-        return 0;
-    }
-    cy_buf *f = &b->out;
-    cy_buf_reset(f);
-    int rc = cy_buf_put_u32(f, p->id);
-    rc = rc ? rc : cy_buf_put_u8(f, p->op);
-    rc = rc ? rc : cy_buf_put_u32(f, timeout_ms);
-    rc = rc ? rc : cy_buf_put_u8(f, (uint8_t)idl);
-    rc = rc ? rc : cy_buf_append(f, id, idl);
-    rc = rc ? rc : cy_buf_put_u8(f, (uint8_t)nl);
-    rc = rc ? rc : cy_buf_append(f, name, nl);
-    return rc ? rc
-              : cy_cluster_send(b->cluster, j, CY_FRAME_API_REQ, cy_buf_head(f), cy_buf_size(f), arg,
-                                    arg_len);
-}
-
-/* Presence answers in: build the device objects. */
-static void finish_presence(cy_api *b, api_pending *p)
+/* Presence answers in: complete the registry's device objects. */
+static void finish_presence(cy_api *b, api_wait *w, json_t *const *presence)
 {
     size_t i;
     json_t *d;
-    json_array_foreach(p->devices, i, d)
+    json_array_foreach(w->devices, i, d)
     {
         unsigned j = (unsigned)json_integer_value(json_object_get(d, "shard"));
         const char *id = json_string_value(json_object_get(d, "id"));
-        json_t *pr = j < CY_SB_MAX_SHARDS && p->presence[j] ? p->presence[j] : NULL;
+        json_t *pr = presence && j < CY_SB_MAX_SHARDS ? presence[j] : NULL;
         bool healthy = pr != NULL;
         json_t *one = NULL;
-        if (pr && p->op == CY_DEVICE_OP_PRESENCE) one = pr;
-        if (pr && p->op == CY_DEVICE_OP_PRESENCE_ALL) one = json_object_get(pr, id);
+        if (pr && w->op == CY_DEVICE_OP_PRESENCE) one = pr;
+        if (pr && w->op == CY_DEVICE_OP_PRESENCE_ALL) one = json_object_get(pr, id);
         json_object_set_new(d, "shard_healthy", json_boolean(healthy));
         static const char *const keys[] = {"online", "protocol", "connected_since", "last_heard",
                                            "last_round_trip"};
@@ -193,112 +137,68 @@ static void finish_presence(cy_api *b, api_pending *p)
                 json_object_set_new(d, keys[k], json_null());
         }
     }
-    if (p->req) {
-        cy_http_on_close(p->req, NULL, NULL);
-        if (p->op == CY_DEVICE_OP_PRESENCE)
-            reply_json(b, p->req, 200, json_incref(json_array_get(p->devices, 0)));
-        else
-            reply_json(b, p->req, 200, json_incref(p->devices));
-        p->req = NULL;
-    }
-    pending_free(b, p);
+    if (w->op == CY_DEVICE_OP_PRESENCE)
+        reply_json(b, w->req, 200, json_incref(json_array_get(w->devices, 0)));
+    else
+        reply_json(b, w->req, 200, json_incref(w->devices));
 }
 
-void cy_api_complete(cy_api *b, uint32_t id, unsigned from, unsigned status, const char *body,
-                     size_t len)
+/* The device request ended (exactly once): answer the HTTP request. */
+static void wait_done(void *ctx, const cy_device_answer *ans)
 {
-    cy_api *a = b;
-    api_pending *p = pending_find(a, id);
-    if (!p || !(p->waiting & (UINT64_C(1) << from))) return; /* late: answered already */
-    p->waiting &= ~(UINT64_C(1) << from);
-    if (p->op == CY_DEVICE_OP_PRESENCE || p->op == CY_DEVICE_OP_PRESENCE_ALL) {
-        if (status == 200) p->presence[from] = json_loadb(body, len, 0, NULL);
-        if (!p->waiting) finish_presence(b, p);
-        return;
-    }
-    if (p->req) {
-        cy_http_on_close(p->req, NULL, NULL);
-        b->stats->api_requests++;
-        cy_http_reply(p->req, status, NULL, body, len, NULL);
-        p->req = NULL;
-    }
-    pending_free(a, p);
-}
-
-/* The device layer's answer, as the owner of a device, to requester
- * (from, req_id): completed here, or sent back as an API_RESP frame. */
-static void owner_answer(void *ctx, unsigned from, uint32_t req_id, unsigned status,
-                         const char *body, size_t len)
-{
-    cy_api *b = ctx;
-    if (from == b->self) {
-        cy_api_complete(b, req_id, b->self, status, body, len);
-        return;
-    }
-    cy_buf *f = &b->out;
-    cy_buf_reset(f);
-    int rc = cy_buf_put_u32(f, req_id);
-    rc = rc ? rc : cy_buf_put_u16(f, (uint16_t)status);
-    if (rc || cy_cluster_send(b->cluster, from, CY_FRAME_API_RESP, cy_buf_head(f), cy_buf_size(f),
-                              body, len))
-        cy_debug(NULL, "api: answer to shard %u lost (link down or full)", from);
-}
-
-static void on_tick(uv_timer_t *t)
-{
-    cy_api *b = t->data;
-    cy_api *a = b;
-    int64_t now = cy_mono_ms();
-    cy_devices_tick(b->devices, now);
-    cy_api_events_tick(b, now);
-    for (api_pending *p = a->pending, *n; p; p = n) {
-        n = p->next;
-        if (!p->req && now >= p->deadline) {
-            pending_free(a, p);
-            continue;
+    api_wait *w = ctx;
+    cy_api *b = w->a;
+    cy_http_on_close(w->req, NULL, NULL);
+    switch (w->op) {
+    case CY_DEVICE_OP_PRESENCE:
+    case CY_DEVICE_OP_PRESENCE_ALL: finish_presence(b, w, ans->presence); break;
+    case CY_DEVICE_OP_KICK:
+        if (ans->status == 503) /* deleted; its connection ends when its shard is replaced */
+            reply_json(b, w->req, 200,
+                       json_pack("{s:s, s:b, s:b}", "id", w->id, "deleted", 1, "session_ended", 0));
+        else {
+            b->stats->api_requests++;
+            cy_http_reply(w->req, ans->status, NULL, ans->body, ans->len, NULL);
         }
-        if (!p->req) continue;
-        char why[96] = "";
-        bool late = now >= p->deadline;
-        if (p->op == CY_DEVICE_OP_PRESENCE || p->op == CY_DEVICE_OP_PRESENCE_ALL) {
-            /* Shards that do not answer in time are reported unhealthy. */
-            for (unsigned j = 0; j < b->nshards; j++)
-                if ((p->waiting & (UINT64_C(1) << j)) && (late || !shard_ok(b, j, why, sizeof(why))))
-                    p->waiting &= ~(UINT64_C(1) << j);
-            if (!p->waiting) finish_presence(b, p);
-            continue;
+        break;
+    default:
+        if (ans->status == 503) {
+            reply_unavailable(b, w->req, ans->why);
+        } else {
+            b->stats->api_requests++;
+            cy_http_reply(w->req, ans->status, NULL, ans->body, ans->len, NULL);
         }
-        if (!late && shard_ok(b, p->shard, why, sizeof(why))) continue;
-        if (late) snprintf(why, sizeof(why), "shard %u did not answer in time", p->shard);
-        cy_http_on_close(p->req, NULL, NULL);
-        reply_unavailable(b, p->req, why);
-        p->req = NULL;
-        pending_free(a, p);
     }
+    wait_free(w);
 }
 
-void cy_api_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
+/* Run op about device id on its owner (device.h) and answer req when it
+ * ends. devices (presence; owned from here on) may be NULL. */
+static void wait_on(cy_api *b, cy_http_req *req, uint8_t op, const char *id, const char *name,
+                    const uint8_t *arg, size_t arg_len, uint32_t timeout_ms, json_t *devices)
 {
-    cy_api *b = ctx;
-    if (!b) return;
-    cy_reader r = cy_reader_of(body, len);
-    uint32_t id = (uint32_t)cy_reader_be(&r, 4);
-    if (type == CY_FRAME_API_RESP) {
-        unsigned status = (unsigned)cy_reader_be(&r, 2);
-        if (!r.bad) cy_api_complete(b, id, from, status, (const char *)r.p, cy_reader_left(&r));
+    api_wait *w = cy_calloc(1, sizeof(*w));
+    if (!w) {
+        json_decref(devices);
+        reply_error(b, req, 500, "internal", NULL, "out of memory");
         return;
     }
-    uint8_t op = (uint8_t)cy_reader_be(&r, 1);
-    uint32_t timeout = (uint32_t)cy_reader_be(&r, 4);
-    size_t idl = (size_t)cy_reader_be(&r, 1);
-    const char *dev = (const char *)cy_reader_take(&r, idl);
-    size_t nl = (size_t)cy_reader_be(&r, 1);
-    const char *name = (const char *)cy_reader_take(&r, nl);
-    if (r.bad) {
-        cy_warn(NULL, "bus: malformed API request from shard %u ignored", from);
+    w->a = b;
+    w->req = req;
+    w->op = op;
+    w->devices = devices;
+    if (id) snprintf(w->id, sizeof(w->id), "%s", id);
+    cy_device_request *r = NULL;
+    int rc = cy_device_request_start(b->devices, op, id, name, arg, arg_len, timeout_ms, wait_done,
+                                     w, &r);
+    if (rc) {
+        wait_free(w);
+        reply_error(b, req, 500, "internal", NULL, "%s", cy_strerror(rc));
         return;
     }
-    cy_device_op(b->devices, from, id, op, dev, idl, name, nl, r.p, cy_reader_left(&r), timeout);
+    if (!r) return; /* answered already (w is gone) */
+    w->r = r;
+    cy_http_on_close(req, wait_gone, w);
 }
 
 /* ---- routes ---- */
@@ -412,32 +312,11 @@ static bool find_device(cy_api *b, cy_http_req *req, const char *key, cy_device 
     return false;
 }
 
-/* Ask the owner of device id (or, id NULL, every shard) for presence. The
- * local shard answers at once, so it is asked last: its answer may finish
- * the request. */
+/* Ask the owner of device id (or, id NULL, every shard) for presence. */
 static void presence_request(cy_api *b, cy_http_req *req, json_t *devices, const char *id)
 {
-    api_pending *p = pending_new(b, req, id ? CY_DEVICE_OP_PRESENCE : CY_DEVICE_OP_PRESENCE_ALL,
-                                 API_PRESENCE_TIMEOUT_MS);
-    if (!p) {
-        json_decref(devices);
-        reply_error(b, req, 500, "internal", NULL, "out of memory");
-        return;
-    }
-    p->devices = devices;
-    unsigned owner = id ? cy_shard_of(id, strlen(id), b->nshards) : 0;
-    char why[96];
-    for (unsigned j = 0; j < b->nshards; j++)
-        if ((!id || j == owner) && shard_ok(b, j, why, sizeof(why)))
-            p->waiting |= UINT64_C(1) << j;
-    uint64_t self = UINT64_C(1) << b->self;
-    for (unsigned j = 0; j < b->nshards; j++)
-        if (j != b->self && (p->waiting & (UINT64_C(1) << j)) && send_op(b, p, j, id, NULL, NULL, 0, 0))
-            p->waiting &= ~(UINT64_C(1) << j);
-    if (p->waiting & self)
-        send_op(b, p, b->self, id, NULL, NULL, 0, 0);
-    else if (!p->waiting)
-        finish_presence(b, p);
+    wait_on(b, req, id ? CY_DEVICE_OP_PRESENCE : CY_DEVICE_OP_PRESENCE_ALL, id, NULL, NULL, 0,
+            API_PRESENCE_TIMEOUT_MS, devices);
 }
 
 typedef struct list_ctx {
@@ -534,26 +413,7 @@ static void device_delete(cy_api *b, cy_http_req *req, const cy_device *d)
     }
     cy_info(d->id, "device deleted through the API");
     clear_describe(b, d->id);
-    unsigned owner = cy_shard_of(d->id, strlen(d->id), b->nshards);
-    char why[96];
-    if (!shard_ok(b, owner, why, sizeof(why))) {
-        /* Deleted; its connection ends when its shard is replaced. */
-        reply_json(b, req, 200,
-                   json_pack("{s:s, s:b, s:b}", "id", d->id, "deleted", 1, "session_ended", 0));
-        return;
-    }
-    api_pending *p = pending_new(b, req, CY_DEVICE_OP_KICK, API_PRESENCE_TIMEOUT_MS);
-    if (!p) {
-        reply_error(b, req, 500, "internal", NULL, "out of memory");
-        return;
-    }
-    p->shard = owner;
-    if (send_op(b, p, owner, d->id, NULL, NULL, 0, 0)) { /* a local send always succeeds */
-        cy_http_on_close(req, NULL, NULL);
-        pending_free(b, p);
-        reply_json(b, req, 200,
-                   json_pack("{s:s, s:b, s:b}", "id", d->id, "deleted", 1, "session_ended", 0));
-    }
+    wait_on(b, req, CY_DEVICE_OP_KICK, d->id, NULL, NULL, 0, API_PRESENCE_TIMEOUT_MS, NULL);
 }
 
 /* "timeout" in seconds, 1..60, from JSON or query text; -1 if out of
@@ -614,28 +474,8 @@ static void device_op(cy_api *b, cy_http_req *req, const cy_device *d, uint8_t o
                            : "arg is at most 1024 bytes");
         return;
     }
-    unsigned owner = cy_shard_of(d->id, strlen(d->id), b->nshards);
-    char why[96];
-    if (!shard_ok(b, owner, why, sizeof(why))) {
-        json_decref(o);
-        reply_unavailable(b, req, why);
-        return;
-    }
-    api_pending *p = pending_new(b, req, op, ms);
-    if (!p) {
-        json_decref(o);
-        reply_error(b, req, 500, "internal", NULL, "out of memory");
-        return;
-    }
-    p->shard = owner;
-    int rc = send_op(b, p, owner, d->id, name, (const uint8_t *)arg, arg_len,
-                     (uint32_t)(ms - API_OWNER_MARGIN_MS));
-    json_decref(o);
-    if (rc) { /* a local send always succeeds */
-        cy_http_on_close(req, NULL, NULL);
-        pending_free(b, p);
-        reply_unavailable(b, req, "the bus to its shard is full or down");
-    }
+    wait_on(b, req, op, d->id, name, (const uint8_t *)arg, arg_len, (uint32_t)ms, NULL);
+    json_decref(o); /* after: arg points into it */
 }
 
 static void event_publish(cy_api *b, cy_http_req *req)
@@ -698,7 +538,7 @@ static void health(cy_api *b, cy_http_req *req)
     bool all = true;
     for (unsigned j = 0; j < b->nshards; j++) {
         char why[96] = "";
-        bool ok = shard_ok(b, j, why, sizeof(why));
+        bool ok = j == b->self || cy_cluster_shard_ready(b->cluster, j, why, sizeof(why));
         all = all && ok;
         static const char *const states[] = {"down", "starting", "running", "stopping"};
         int64_t st = b->sb ? cy_sb_load(&b->sb->slots[j].state) : CY_SHARD_RUNNING;
@@ -881,7 +721,6 @@ int cy_api_new(const cy_api_deps *deps, int http_fd, cy_api **out)
     a->self = deps->self;
     a->nshards = deps->nshards ? deps->nshards : 1;
     a->http_fd = -1;
-    cy_map_init(&a->pending_by_id);
     cy_buf_init(&a->out);
     cy_logrl_init(&a->auth_log, API_AUTH_LOG_WINDOW_MS, API_AUTH_LOG_BURST);
     uv_timer_init(a->loop, &a->tick);
@@ -894,7 +733,6 @@ int cy_api_new(const cy_api_deps *deps, int http_fd, cy_api **out)
         rc = -errno;
         goto fail;
     }
-    cy_devices_set_answer(a->devices, owner_answer, a);
     /* Every shard sees every event (api_events.c). Subscribed now, before
      * the links to peers come up, so the first interest snapshot has them. */
     static const char *const filters[] = {"devices/+/events/#", "events/#"};
@@ -960,8 +798,6 @@ void cy_api_free(cy_api *a)
     for (size_t i = 0; i < 2; i++)
         cy_cluster_unsubscribe(a->cluster, &a->events_sub, filters[i], strlen(filters[i]));
     if (a->http_fd >= 0) close(a->http_fd);
-    while (a->pending) pending_free(a, a->pending);
-    cy_map_fini(&a->pending_by_id);
     cy_http_free(a->http);
     cy_api_events_free(a);
     cy_buf_fini(&a->out);

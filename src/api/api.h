@@ -2,9 +2,8 @@
  * calls and variable reads, events published and streamed.
  *
  * Every shard serves the API from the same listening socket; a request
- * about a device is run by the device's owner shard (the device layer's
- * operations, device.h) and answered from there, over the cluster's
- * frames. The event buffer is a subscriber of kind "events" (router.h) of
+ * about a device is a device request (device.h): run by the device's owner
+ * shard and answered from there exactly once. The event buffer is a subscriber of kind "events" (router.h) of
  * "devices/+/events/#" and "events/#", so every shard sees every event.
  *
  * Ownership: cy_api_new borrows everything in cy_api_deps, which must
@@ -50,7 +49,5 @@ void cy_api_listen(cy_api *a);
 void cy_api_stop(cy_api *a);
 /* Safe on NULL. */
 void cy_api_free(cy_api *a);
-/* Cluster hook: an API_REQ or API_RESP frame from shard `from`. */
-void cy_api_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len);
 
 #endif

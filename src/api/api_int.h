@@ -1,22 +1,12 @@
 /* api_int: the HTTP API's state inside one shard, shared by api.c (routes,
- * tokens, requests to owner shards; the owner's side is the device
- * layer's, device/calls.c) and api_events.c (the event buffer and the server-sent event streams).
+ * tokens) and api_events.c (the event buffer and the server-sent event
+ * streams).
  *
- * A request about a device is an operation executed by the device's owner
- * shard. The shard that took the HTTP request (the requester) gives it an
- * id, keeps it in `pending` with a deadline, and sends it to the owner as an
- * API_REQ frame (or runs it directly when it is the owner). The owner
- * answers with an API_RESP frame: an HTTP status and a JSON body. The
- * requester answers the client with 503 when the owner is not healthy, at
- * once or as soon as it is seen to stop (checked every API_TICK_MS), and
- * when the owner does not answer by the caller's deadline (the owner gives
- * the device a little less, to answer 504 in time): a hung shard never
- * makes an application wait longer than it asked.
- *
- * Frames (integers big endian):
- *   API_REQ:  u32 request id, u8 op, u32 timeout ms, u8 device id length,
- *             device id, u8 name length, name, argument (the rest)
- *   API_RESP: u32 request id, u16 HTTP status, JSON body (the rest)
+ * A request about a device is a device request (device.h,
+ * device/requests.c): run by the device's owner shard, answered exactly
+ * once, 503 when the owner is not healthy or does not answer by the
+ * caller's deadline. The HTTP request waits on it in an api_wait; if the
+ * client leaves first, the device request is cancelled.
  *
  * Ownership: cy_api is owned by the shard; everything here is freed by
  * cy_api_free. Thread: the shard's loop thread.
@@ -34,10 +24,6 @@
 
 #define API_TICK_MS 100
 #define API_EVENT_DATA_MAX 65536u /* bytes of an event's data published through the API */
-/* The owner gives the device this much less than the caller's deadline,
- * so that its 504 reaches the requester in time; a requester that hears
- * nothing by the caller's deadline answers 503 (the owner is not answering). */
-#define API_OWNER_MARGIN_MS 100
 /* Presence and list requests wait this long for owner shards. */
 #define API_PRESENCE_TIMEOUT_MS 1000
 /* Bytes a stream may have queued and not yet taken by its client, shared
@@ -56,18 +42,15 @@
 #define API_AUTH_LOG_WINDOW_MS 10000
 #define API_AUTH_LOG_BURST 20
 
-/* A request this shard took over HTTP and waits on owner shards for. */
-typedef struct api_pending {
-    struct api_pending *prev, *next;
-    uint32_t id;
+/* An HTTP request waiting on a device request (device.h). */
+typedef struct api_wait {
+    struct cy_api *a;
+    cy_http_req *req;
+    cy_device_request *r;  /* NULL once done or before it is known */
     uint8_t op;
-    cy_http_req *req;      /* NULL once the client left */
-    int64_t deadline;      /* mono ms */
-    uint64_t waiting;      /* shards whose answer is awaited */
-    unsigned shard;        /* the owner (single-shard operations) */
-    json_t *devices;       /* presence requests: the registry's device objects */
-    json_t *presence[CY_SB_MAX_SHARDS]; /* PRESENCE_ALL answers */
-} api_pending;
+    json_t *devices;       /* presence: the registry's device objects */
+    char id[CY_DEVICE_ID_LEN + 1];
+} api_wait;
 
 /* One buffered event. */
 typedef struct api_event {
@@ -114,10 +97,6 @@ struct cy_api {
     int http_fd;           /* our duplicate of the listening socket until we serve on it */
     uv_timer_t tick;
     bool tick_running;
-    /* requester side */
-    uint32_t next_id;
-    api_pending *pending;  /* in a list for the tick's deadlines */
-    cy_map pending_by_id;  /* id (4 bytes of api_pending.id) -> api_pending */
     /* events */
     api_event *ring;       /* event_buffer entries */
     uint32_t ring_cap, ring_head, ring_count;
@@ -145,10 +124,6 @@ struct cy_api {
 };
 
 /* api.c */
-/* Answer a request this shard is waiting on (from the owner, local or via
- * the bus). body is borrowed. */
-void cy_api_complete(cy_api *b, uint32_t id, unsigned from, unsigned status, const char *body,
-                     size_t len);
 /* {"error": code, "message": msg} as a string the caller frees with free(). */
 char *cy_api_error_body(const char *code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -29,7 +29,7 @@ typedef struct setting {
 
 static const setting table[] = {
     STR(mqtt_listen, "0.0.0.0:1883", "address:port of the MQTT listener (TCP)"),
-    STR(data_dir, "data", "folder for registry.db (devices) and broker.db (sessions, queues, retained)"),
+    STR(data_dir, "data", "folder for registry.db (devices) and shard-N.db (sessions, queues, retained)"),
     BOOL(allow_anonymous, "false", "accept MQTT connections without device credentials (development only)"),
     STR(log_level, "info", "least level logged: debug, info, warn or error"),
     U32(max_packet_size, "1048576", 64, 268435460u,

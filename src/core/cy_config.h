@@ -22,7 +22,7 @@
 
 typedef struct cy_config {
     char mqtt_listen[128];      /* host:port */
-    char data_dir[512];         /* folder for registry.db and broker.db */
+    char data_dir[512];         /* folder for registry.db and shard-N.db */
     bool allow_anonymous;       /* accept CONNECT without credentials */
     char log_level[16];         /* debug, info, warn, error */
     uint32_t max_packet_size;   /* bytes, both directions' server side */

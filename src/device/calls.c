@@ -174,8 +174,8 @@ void cy_device_op(cy_devices *d, unsigned from, uint32_t req_id, uint8_t op, con
     case CY_DEVICE_OP_PRESENCE_ALL: answer(d, from, req_id, 200, cy_device_presence_all(d)); return;
     case CY_DEVICE_OP_CALL:
     case CY_DEVICE_OP_GET:
-        if (timeout_ms == 0 || timeout_ms > CY_DEVICE_MAX_TIMEOUT_MS)
-            timeout_ms = CY_DEVICE_DEFAULT_TIMEOUT_MS;
+        if (timeout_ms == 0) timeout_ms = CY_DEVICE_DEFAULT_TIMEOUT_MS;
+        if (timeout_ms > CY_DEVICE_MAX_TIMEOUT_MS) timeout_ms = CY_DEVICE_MAX_TIMEOUT_MS;
         start_call(d, from, req_id, op, dev, nm, arg, arg_len, timeout_ms);
         return;
     case CY_DEVICE_OP_KICK:

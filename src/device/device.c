@@ -43,12 +43,17 @@ int cy_devices_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_ro
     cy_map_init(&d->presence);
     cy_map_init(&d->calls_by_rid);
     cy_session_init_kind(d);
+    cy_requests_init(d);
     *out = d;
     return 0;
 }
 
 void cy_devices_set_answer(cy_devices *d, cy_device_answer_fn fn, void *ctx)
 {
+    if (!fn) {
+        cy_requests_init_answer(d);
+        return;
+    }
     d->answer = fn;
     d->answer_ctx = ctx;
 }
@@ -82,6 +87,7 @@ void cy_devices_free(cy_devices *d)
     }
     cy_map_fini(&d->sessions);
     cy_calls_free(d);
+    cy_requests_free(d);
     cy_map_each(&d->presence, free_presence, NULL);
     cy_map_fini(&d->presence);
     cy_free(d);
@@ -164,6 +170,7 @@ void cy_devices_sweep(cy_devices *d)
 void cy_devices_tick(cy_devices *d, int64_t now)
 {
     cy_calls_tick(d, now);
+    cy_requests_tick(d, now);
 }
 
 /* ---- topic spaces ---- */

@@ -66,8 +66,9 @@ size_t cy_devices_end_expired(cy_devices *d);
 /* Every sweep: publish wills whose delay passed, end offline sessions
  * whose expiry passed. */
 void cy_devices_sweep(cy_devices *d);
-/* Answer 504 for calls past their deadline (now: mono ms); call at least
- * every 100 ms while calls are pending. */
+/* Deadlines: answer 504 for calls the device did not answer, 503 for
+ * requests whose owner shard stopped or did not answer (now: mono ms).
+ * Call it about every 100 ms. */
 void cy_devices_tick(cy_devices *d, int64_t now);
 
 /* ---- the device convention ---- */
@@ -127,11 +128,54 @@ enum {
     CY_DEVICE_OP_KICK,         /* the device was deleted: end its session */
 };
 
-/* Where the owner shard's answer to a requester goes: requester shard
+/* ---- requests (requests.c): any shard asks the owner ---- */
+
+/* The owner gives the device this much less than the caller's deadline,
+ * so that its 504 reaches the requester before the requester gives up. */
+#define CY_DEVICE_OWNER_MARGIN_MS 100
+
+typedef struct cy_device_request cy_device_request;
+
+/* How a request ended. */
+typedef struct cy_device_answer {
+    /* The owner's status and JSON body (borrowed for the callback), or 503
+     * with `why` when the owner shard is not healthy, did not answer by the
+     * deadline, or could not be reached. */
+    unsigned status;
+    const char *body;
+    size_t len;
+    const char *why;
+    /* Presence operations: each shard's parsed answer (borrowed for the
+     * callback), NULL for a shard that did not answer; body is NULL then. */
+    json_t *const *presence;
+} cy_device_answer;
+
+typedef void (*cy_device_done)(void *ctx, const cy_device_answer *a);
+
+/* Run op (CY_DEVICE_OP_*) about device id on the shard that owns it (every
+ * healthy shard for PRESENCE_ALL) with a deadline of timeout_ms. done runs
+ * exactly once, unless the request is cancelled first: with the owner's
+ * answer (a reply, 404, 409, 504...), or 503 (owner unhealthy, silent past
+ * the deadline, unreachable). It may run inside this call (the owner is
+ * this shard, or is known to be down): *out is then NULL; otherwise *out is
+ * the request, valid until done runs or it is cancelled.
+ * Errors: CY_ENOMEM, CY_EINVAL (id or name over 255 bytes); done does not
+ * run then. */
+int cy_device_request_start(cy_devices *d, uint8_t op, const char *id, const char *name,
+                            const uint8_t *arg, size_t arg_len, uint32_t timeout_ms,
+                            cy_device_done done, void *ctx, cy_device_request **out);
+/* The caller left: done will not run. Safe on NULL. */
+void cy_device_request_cancel(cy_device_request *r);
+/* Cluster hook: an API_REQ or API_RESP frame from shard `from` (ctx: d). */
+void cy_devices_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len);
+
+/* Where the owner shard's answer to a requester goes (by default: the
+ * request machinery above, locally or as an API_RESP frame): requester shard
  * `from`, its request id, an HTTP status and a JSON body (borrowed). */
 typedef void (*cy_device_answer_fn)(void *ctx, unsigned from, uint32_t req_id, unsigned status,
                                     const char *body, size_t len);
 void cy_devices_set_answer(cy_devices *d, cy_device_answer_fn fn, void *ctx);
+/* (fn NULL: back to the default.) */
 /* Run operation op on this shard (the owner of device id) for requester
  * (from, req_id). Exactly one answer goes to the answer function: at once
  * (presence, kick, 400/404/409), on the device's reply (200, 502 for a

@@ -49,6 +49,11 @@ struct cy_devices {
     uint64_t next_rid;
     cy_device_answer_fn answer; /* where the owner's answers go */
     void *answer_ctx;
+    /* requester side (requests.c) */
+    cy_device_request *requests; /* in a list for the deadlines */
+    cy_map requests_by_id;       /* id (4 bytes) -> request */
+    uint32_t next_request;
+    cy_buf frame;                /* API_REQ encode scratch */
 };
 
 /* session.c */
@@ -67,6 +72,13 @@ int cy_session_load_inq2(cy_session *s, uint16_t id);
 
 /* device.c */
 dev_presence *cy_presence_get(cy_devices *d, const char *id, size_t len, bool create);
+
+/* requests.c */
+void cy_requests_init(cy_devices *d);
+/* The default answer function: back to the requester (requests.c). */
+void cy_requests_init_answer(cy_devices *d);
+void cy_requests_tick(cy_devices *d, int64_t now);
+void cy_requests_free(cy_devices *d);
 
 /* calls.c */
 void cy_calls_tick(cy_devices *d, int64_t now);

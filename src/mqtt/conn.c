@@ -1,12 +1,12 @@
 /* conn: one client TCP connection: reading, framing, dispatch, output.
  *
- * Reading: a wake-up reads up to 64 KiB into the broker's shared read buffer
+ * Reading: a wake-up reads up to 64 KiB into the gateway's shared read buffer
  * and every complete packet in it is decoded and handled in place; only the
  * bytes of an incomplete packet are copied into the connection's own `in`
  * buffer, so an idle connection holds no read buffer at all.
  *
  * Writing: handlers append encoded packets to `out` and mark the connection
- * dirty. The broker's check handle (once per loop pass, after the store
+ * dirty. The shard's pass hook (once per loop pass, after the store
  * commit) calls cy_conn_flush, which tries one write(2) of everything; what
  * the kernel does not take moves to a cy_wstate (allocated for that write
  * only) and is written by uv_write while `out` collects the next pass.
@@ -147,7 +147,7 @@ size_t cy_conn_backlog(const cy_conn *c)
 
 /* Stop or resume reading by the output backlog (see the file comment).
  * Only logged-in connections: before CONNECT there is no output to speak
- * of, a handed-over socket belongs to the bus, and a stalled broker (drill)
+ * of, a handed-over socket belongs to the bus, and a stalled shard (drill)
  * reads nothing. Safe inside the read callback: libuv stops its read loop
  * when the handle is no longer reading. */
 static void backpressure(cy_conn *c)
@@ -574,7 +574,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     backpressure(c);
 }
 
-/* A new connection object for an open socket, linked into the broker. */
+/* A new connection object for an open socket, linked into the gateway. */
 static cy_conn *conn_new(cy_mqtt *g)
 {
     cy_conn *c = cy_calloc(1, sizeof(*c));

@@ -10,7 +10,7 @@
  * the socket after the store commit of this loop pass, so a PUBACK or
  * PUBREC always follows the durable write of what it acknowledges.
  *
- * While the data folder's disk is full (cy_broker_store_full) a QoS 1/2 or
+ * While the data folder's disk is full (cy_space_full) a QoS 1/2 or
  * retained publish is refused before it is routed: MQTT 5 gets 0x97 Quota
  * exceeded in its PUBACK/PUBREC, a 3.1.1 client is disconnected (it cannot
  * hear a refusal), a retained QoS 0 publish is dropped (MQTT 5) likewise.

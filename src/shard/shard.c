@@ -43,6 +43,9 @@
  * about 10 ms of work, up to 16 MiB/s reclaimed. */
 #define CY_RECLAIM_PAGES 1024
 #define MAX_HOOKS 8
+/* How often device calls and requests are checked against their deadlines
+ * and their owner shard's health. */
+#define DEVICE_TICK_MS 100
 
 typedef struct pass_hook {
     void (*fn)(void *ctx);
@@ -78,6 +81,7 @@ struct cy_shard {
     uv_check_t pass_end;   /* the pass hooks, once per loop pass */
     uv_timer_t sweep;
     uv_timer_t ready;      /* until every shard runs: then accept */
+    uv_timer_t device_tick; /* deadlines of device calls and requests */
     bool handles, stopping, stalled;
     int64_t started;       /* mono ms */
     pass_hook hooks[CY_PASS_NPOINTS][MAX_HOOKS];
@@ -301,10 +305,17 @@ static void registry_end_reads(void *ctx)
     cy_registry_end_reads(ctx); /* the next pass sees the CLI's changes */
 }
 
-static void api_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
+static void devices_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body,
+                          size_t len)
 {
-    cy_shard *b = ctx;
-    if (b->api) cy_api_on_frame(b->api, from, type, body, len);
+    cy_devices_on_frame(((cy_shard *)ctx)->devices, from, type, body, len);
+}
+
+/* Deadlines of device calls and requests, every DEVICE_TICK_MS. */
+static void on_device_tick(uv_timer_t *t)
+{
+    cy_shard *b = t->data;
+    cy_devices_tick(b->devices, cy_mono_ms());
 }
 
 static void mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len)
@@ -327,7 +338,7 @@ static int compose(cy_shard *b)
     cy_cluster_options co = {b->self, b->nshards, b->generation, b->sb};
     rc = cy_cluster_new(b->loop, b->cfg, b->store, b->router, &b->stats, &co, &b->cluster);
     if (rc) return rc;
-    cy_cluster_hooks ch = {.adopt = mqtt_adopt, .frame = api_frame, .release = mqtt_release,
+    cy_cluster_hooks ch = {.adopt = mqtt_adopt, .frame = devices_frame, .release = mqtt_release,
                            .ctx = b};
     cy_cluster_set_hooks(b->cluster, &ch);
     rc = cy_devices_new(b->loop, b->cfg, b->store, b->router, b->cluster, &b->stats, b->self,
@@ -421,6 +432,8 @@ int cy_shard_start(cy_shard *b, int listen_fd, int http_fd)
     b->sweep.data = b;
     uv_timer_init(b->loop, &b->ready);
     b->ready.data = b;
+    uv_timer_init(b->loop, &b->device_tick);
+    b->device_tick.data = b;
     b->handles = true;
     int rc = cy_mqtt_open(b->mqtt, listen_fd);
     if (rc) return rc;
@@ -457,6 +470,7 @@ int cy_shard_start(cy_shard *b, int listen_fd, int http_fd)
     uv_timer_start(&b->sweep, on_sweep, 0, CY_SWEEP_MS);
     b->started = cy_mono_ms();
     uv_timer_start(&b->ready, on_ready, 0, 20);
+    uv_timer_start(&b->device_tick, on_device_tick, DEVICE_TICK_MS, DEVICE_TICK_MS);
     return 0;
 }
 
@@ -507,6 +521,7 @@ void cy_shard_stop(cy_shard *b)
         uv_close((uv_handle_t *)&b->pass_end, NULL);
         uv_close((uv_handle_t *)&b->sweep, NULL);
         uv_close((uv_handle_t *)&b->ready, NULL);
+        uv_close((uv_handle_t *)&b->device_tick, NULL);
         b->handles = false;
     }
 }

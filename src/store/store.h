@@ -5,8 +5,8 @@
  *   cy_registry  the registry (devices and API tokens, their hashed secrets). One
  *                file for the whole node ("registry.db"), read by every
  *                process, written by the admin command and the API.
- *   cy_store     the broker state of one event loop ("broker.db"; later one
- *                file per shard): persistent sessions, their subscriptions,
+ *   cy_store     the state of one shard ("shard-N.db", one file per
+ *                shard): persistent sessions, their subscriptions,
  *                the messages queued or in flight for them, the packet ids
  *                of inbound QoS 2 messages not yet released, and retained
  *                messages.

@@ -1302,6 +1302,105 @@ static void test_presence(void **state)
     json_decref(day_hi);
 }
 
+
+/* ---- requests: any shard asks the owner (here: one shard, itself) ---- */
+
+static struct {
+    int n;
+    unsigned status;
+    char body[512];
+    bool presence;
+    char why[128];
+} R;
+
+static void req_done(void *ctx, const cy_device_answer *a)
+{
+    (void)ctx;
+    R.n++;
+    R.status = a->status;
+    snprintf(R.body, sizeof(R.body), "%.*s", a->body ? (int)a->len : 0, a->body ? a->body : "");
+    R.presence = a->presence && a->presence[0];
+    snprintf(R.why, sizeof(R.why), "%s", a->why ? a->why : "");
+}
+
+static void test_requests(void **state)
+{
+    (void)state;
+    memset(&R, 0, sizeof(R));
+    cy_devices_set_answer(T.d, NULL, NULL); /* the default: back to the requester */
+    flink f;
+    flink_init(&f);
+    cy_session *s = connect_(&f, DEV, 0, true);
+    publish(s, "devices/" DEV "/describe", "{\"functions\":[\"reboot\"]}", 1, true);
+    cy_device_request *r = NULL;
+
+    /* answered at once (404): done ran inside, no handle */
+    assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_CALL, DEV, "nope", NULL, 0, 2000,
+                                             req_done, NULL, &r),
+                     0);
+    assert_null(r);
+    assert_int_equal(R.n, 1);
+    assert_int_equal(R.status, 404);
+
+    /* a call waits for the device; its reply ends it once */
+    assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_CALL, DEV, "reboot",
+                                             (const uint8_t *)"x", 1, 2000, req_done, NULL, &r),
+                     0);
+    assert_non_null(r);
+    assert_int_equal(R.n, 1);
+    assert_int_equal(f.n_call, 1);
+    char rid[32];
+    snprintf(rid, sizeof(rid), "%s", f.call_rid);
+    do_reply(s, rid, S("42"));
+    assert_int_equal(R.n, 2);
+    assert_int_equal(R.status, 200);
+    assert_non_null(strstr(R.body, "\"return_value\":42"));
+    do_reply(s, rid, S("43"));
+    cy_devices_tick(T.d, cy_mono_ms() + 60000);
+    assert_int_equal(R.n, 2);
+
+    /* cancelled: the reply and the deadline reach nobody */
+    assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 0, 2000,
+                                             req_done, NULL, &r),
+                     0);
+    assert_non_null(r);
+    snprintf(rid, sizeof(rid), "%s", f.call_rid);
+    cy_device_request_cancel(r);
+    do_reply(s, rid, S("1"));
+    cy_devices_tick(T.d, cy_mono_ms() + 60000);
+    assert_int_equal(R.n, 2);
+
+    /* the device never answers: the owner's 504 (its deadline is the
+     * caller's less the margin) arrives before the requester gives up */
+    assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 0, 1000,
+                                             req_done, NULL, &r),
+                     0);
+    assert_non_null(r);
+    cy_devices_tick(T.d, cy_mono_ms() + 950);
+    assert_int_equal(R.n, 3);
+    assert_int_equal(R.status, 504);
+    cy_devices_tick(T.d, cy_mono_ms() + 60000);
+    assert_int_equal(R.n, 3);
+
+    /* presence of every device this (only) shard knows, at once */
+    assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_PRESENCE_ALL, NULL, NULL, NULL, 0,
+                                             1000, req_done, NULL, &r),
+                     0);
+    assert_null(r);
+    assert_int_equal(R.n, 4);
+    assert_int_equal(R.status, 200);
+    assert_true(R.presence);
+
+    /* ids and names are bounded */
+    char longname[300];
+    memset(longname, 'a', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_CALL, DEV, longname, NULL, 0, 1000,
+                                             req_done, NULL, &r),
+                     CY_EINVAL);
+    assert_int_equal(R.n, 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1319,6 +1418,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_calls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kick_pending_will, setup, teardown),
         cmocka_unit_test_setup_teardown(test_presence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_requests, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
