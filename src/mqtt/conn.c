@@ -321,7 +321,6 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
      * handle itself and this call closes it a second time (an abort in
      * uv_close). */
     c->state = CONN_CLOSING;
-    cy_conn_flush(c);
     if (c->held.n) cy_cluster_drop_held(g->cluster, &c->held);
     if (c->counted) {
         g->stats->clients_connected--;
@@ -334,6 +333,14 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
         cy_session_detach(g->devices, s, !c->clean_disconnect);
     }
     uv_read_stop((uv_stream_t *)&c->tcp);
+    /* `out` may hold acknowledgements of this pass (a PUBLISH and a bad
+     * packet in one read, a takeover): they leave with the pass's flush,
+     * after the store commit, never before it; the socket closes then. */
+    if (cy_buf_size(&c->out)) {
+        c->close_at_flush = true;
+        mark_dirty(c);
+        return;
+    }
     uv_close((uv_handle_t *)&c->tcp, on_close);
 }
 
@@ -997,6 +1004,10 @@ void cy_mqtt_flush(cy_mqtt *g)
         c->dirty = false;
         c->dirty_next = NULL;
         cy_conn_flush(c);
+        if (c->close_at_flush) {
+            c->close_at_flush = false;
+            uv_close((uv_handle_t *)&c->tcp, on_close);
+        }
     }
 }
 

@@ -54,7 +54,8 @@ int cy_mqtt_new(const cy_mqtt_deps *deps, cy_mqtt **out);
 int cy_mqtt_open(cy_mqtt *g, int fd);
 int cy_mqtt_accept(cy_mqtt *g);
 /* Refuse new CONNECTs (shutting down), close every connection (MQTT 5
- * clients get 0x8B) and the listener. */
+ * clients get 0x8B) and the listener. Their last output leaves, and their
+ * sockets close, with the next cy_mqtt_flush (after the store commit). */
 void cy_mqtt_stop(cy_mqtt *g);
 /* Safe on NULL. */
 void cy_mqtt_free(cy_mqtt *g);

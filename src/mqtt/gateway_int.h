@@ -92,6 +92,7 @@ struct cy_conn {
     bool handed_in : 1;        /* arrived by handover from another shard */
     bool device : 1;           /* an isolated device: client id = device id, own topics only */
     bool paused : 1;           /* reading stopped: output over max_output (back-pressure) */
+    bool close_at_flush : 1;   /* closing: the socket closes after its last flush */
     uint16_t paused_s;         /* mono s (mod 65536) when reading stopped; fits the padding */
     uint32_t preauth;          /* bytes of `in` counted in g->preauth_bytes (before CONNECT) */
 };
@@ -142,7 +143,10 @@ static inline cy_conn *cy_conn_of_link(cy_link *l)
 /* Append bytes to the connection's output; flushed at the end of the pass. */
 int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p);
 /* Close: MQTT 5 clients past CONNECT get DISCONNECT with reason first
- * (reason 0 = no DISCONNECT). Detaches the session. Idempotent. */
+ * (reason 0 = no DISCONNECT). Detaches the session and stops reading at
+ * once; what `out` holds (acknowledgements of this pass among it) is
+ * written by the next flush, after the store commit, and the socket closed
+ * then. Idempotent. */
 void cy_conn_close(cy_conn *c, uint8_t reason, const char *why);
 void cy_conn_flush(cy_conn *c);
 /* Bytes waiting to be written to the client: `out` and the write in flight. */

@@ -517,6 +517,7 @@ void cy_shard_stop(cy_shard *b)
     if (b->api) cy_api_stop(b->api);
     cy_cluster_stop(b->cluster);
     cy_store_commit(b->store);
+    cy_mqtt_flush(b->mqtt); /* the closed connections' last output, after the commit */
     if (b->handles) {
         uv_close((uv_handle_t *)&b->pass_end, NULL);
         uv_close((uv_handle_t *)&b->sweep, NULL);
