@@ -5,10 +5,10 @@ set -eu
 level=${1:-build}
 pkgs="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libssl-dev sqlite3 libmicrohttpd-dev libjansson-dev"
 case "$level" in
-  test|bench) pkgs="$pkgs libcmocka-dev python3-pytest python3-paho-mqtt mosquitto-clients clang valgrind curl" ;;
+  test|bench) pkgs="$pkgs libcmocka-dev python3-pytest python3-paho-mqtt mosquitto-clients clang valgrind curl strace" ;;
 esac
 case "$level" in
-  bench) pkgs="$pkgs mosquitto strace util-linux libcurl4-openssl-dev" ;;
+  bench) pkgs="$pkgs mosquitto util-linux libcurl4-openssl-dev" ;;
 esac
 missing=""
 for p in $pkgs; do
