@@ -1135,12 +1135,16 @@ static void test_calls(void **state)
     cy_devices_tick(T.d, cy_mono_ms() + 120000);
     do_reply(s, rid, S("late"));
     assert_int_equal(T.n_answers, 7);
-    /* the default deadline is 10 s, and more than 60 s is the default */
+    /* the default deadline is 10 s, and more than 60 s is capped at 60 s */
     op(8, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 0);
-    op(9, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, CY_DEVICE_MAX_TIMEOUT_MS + 1);
+    op(9, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, CY_DEVICE_MAX_TIMEOUT_MS + 60000);
     cy_devices_tick(T.d, cy_mono_ms() + CY_DEVICE_DEFAULT_TIMEOUT_MS - 1000);
     assert_int_equal(T.n_answers, 7);
     cy_devices_tick(T.d, cy_mono_ms() + CY_DEVICE_DEFAULT_TIMEOUT_MS + 10);
+    assert_int_equal(T.n_answers, 8);
+    cy_devices_tick(T.d, cy_mono_ms() + CY_DEVICE_MAX_TIMEOUT_MS - 1000);
+    assert_int_equal(T.n_answers, 8);
+    cy_devices_tick(T.d, cy_mono_ms() + CY_DEVICE_MAX_TIMEOUT_MS + 10);
     assert_int_equal(T.n_answers, 9);
     assert_int_equal(T.stats.api_call_timeouts, 3);
 
