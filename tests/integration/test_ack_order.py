@@ -31,7 +31,7 @@ PUBACK_7 = "\\x40\\x02\\x00\\x07"  # as strace -xx prints it
 def test_puback_after_commit_when_the_connection_closes(server_factory, tmp_path):
     server = server_factory(shards=1)  # one shard process to trace
     device = server.add_device()
-    (pid,) = server.shard_pids().values()
+    (pid,) = server.wait_shard_pids().values()
     out = str(tmp_path / "strace.txt")
     st = subprocess.Popen(["strace", "-p", str(pid), "-e", "trace=write,writev,pwrite64",
                            "-xx", "-s", "8", "-o", out],
