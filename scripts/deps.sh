@@ -3,12 +3,12 @@
 # Usage: scripts/deps.sh [build|test|bench]   (each level includes the previous)
 set -eu
 level=${1:-build}
-pkgs="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libssl-dev sqlite3 libmicrohttpd-dev libjansson-dev"
+pkgs="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libssl-dev sqlite3 libmicrohttpd-dev libjansson-dev libcurl4-openssl-dev"
 case "$level" in
-  test|bench) pkgs="$pkgs libcmocka-dev python3-pytest python3-paho-mqtt mosquitto-clients clang valgrind curl strace" ;;
+  test|bench) pkgs="$pkgs libcmocka-dev python3-pytest python3-paho-mqtt mosquitto-clients clang valgrind curl strace prometheus" ;;
 esac
 case "$level" in
-  bench) pkgs="$pkgs mosquitto util-linux libcurl4-openssl-dev" ;;
+  bench) pkgs="$pkgs mosquitto util-linux" ;;
 esac
 missing=""
 for p in $pkgs; do
