@@ -9,6 +9,7 @@
  *   cyan status                                  the shards, from the scoreboard
  *   cyan shard stop|cont|kill|spin|stall INDEX   drills (see docs/supervision.md)
  *   cyan shard INDEX GENERATION ...              a shard (spawned by the supervisor)
+ *   cyan monitor INDEX GENERATION ...            the monitor (spawned by the supervisor)
  *
  * Settings: defaults, then the config file (-c), then --name=value, each
  * overriding the one before; SIGHUP to the running node reads them again
@@ -27,6 +28,8 @@
  * too if it is cyan's alone (logging each change), or refuses to start if
  * it cannot.
  */
+#include "core/cy_version.h"
+#include "monitor/monitor.h"
 #include "shard/shard.h"
 #include "core/cy_config.h"
 #include "core/cy_err.h"
@@ -47,7 +50,6 @@
 #include <unistd.h>
 #include <uv.h>
 
-#define CYAN_VERSION "0.1.0"
 
 static void usage(FILE *out)
 {
@@ -457,7 +459,7 @@ int main(int argc, char **argv)
             return 0;
         }
         if (!strcmp(argv[i], "--version")) {
-            printf("cyan %s\n", CYAN_VERSION);
+            printf("cyan %s (commit %s)\n", CYAN_VERSION, cy_commit);
             free(args);
             return 0;
         }
@@ -496,6 +498,9 @@ int main(int argc, char **argv)
     } else if (!strcmp(args[0], "shard") && nargs == 3 && !parse_uint(args[1], &idx) &&
                !parse_uint(args[2], &gen)) {
         rc = cy_shard_run(&cfg, (unsigned)idx, gen);
+    } else if (!strcmp(args[0], "monitor") && nargs == 3 && !parse_uint(args[1], &idx) &&
+               !parse_uint(args[2], &gen)) {
+        rc = cy_monitor_run(&cfg, (unsigned)idx, gen);
     } else if (!strcmp(args[0], "shard") && nargs == 3) {
         rc = cy_shard_drill(&cfg, args[1], args[2]);
     } else if (!strcmp(args[0], "status") && nargs == 1) {

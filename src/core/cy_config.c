@@ -102,6 +102,27 @@ static const setting table[] = {
         "event streams one API token may hold open on each shard (429 beyond)"),
     U32(sse_max_per_address, "100", 1, 1000000,
         "event streams one client address may hold open on each shard (429 beyond)"),
+    BOOL(monitor, "true",
+         "run the monitor process: /metrics, alerts, canaries and the status page, served on "
+         "ops_listen by a process no shard's hang can block"),
+    STR(ops_listen, "0.0.0.0:8081",
+        "address:port of the operations listener (/metrics, /status, /api/v2/*.json, "
+        "/v1/alerts, /v1/incidents); empty = none (the monitor still alerts and runs canaries)"),
+    BOOL(ops_public, "true",
+         "/metrics, /status and /api/v2/*.json readable without an API token; false requires "
+         "one (alerts and incidents always do)"),
+    U32(canary_interval, "1000", 100, 60000,
+        "milliseconds between rounds of each shard's canary (a QoS 1 event to itself and a "
+        "function call through the API)"),
+    U32(canary_timeout, "3000", 0, 600000,
+        "milliseconds a canary step may take; a shard whose canary has not succeeded for this "
+        "long is alerted on and replaced; 0 = no canaries"),
+    STR(alert_rules, "",
+        "file of alert rules replacing or adding to the built-in ones (docs/operations.md); "
+        "empty = the built-in rules"),
+    STR(alert_webhooks, "",
+        "comma-separated URLs that receive alert notifications as Alertmanager webhook JSON "
+        "(version 4); empty = alerts go to the log, /v1/alerts and the status page only"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))

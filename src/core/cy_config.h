@@ -59,6 +59,13 @@ typedef struct cy_config {
     uint32_t event_buffer;      /* events each shard keeps for resuming streams */
     uint32_t sse_max_per_token;   /* open event streams per API token, per shard */
     uint32_t sse_max_per_address; /* open event streams per client address, per shard */
+    bool monitor;               /* run the monitor process */
+    char ops_listen[128];       /* host:port of the operations listener; "" = off */
+    bool ops_public;            /* /metrics and /status without a token */
+    uint32_t canary_interval;   /* ms between canary rounds */
+    uint32_t canary_timeout;    /* ms; 0 = no canaries */
+    char alert_rules[512];      /* path of a rules file; "" = built-in rules */
+    char alert_webhooks[512];   /* comma-separated receiver URLs */
 } cy_config;
 
 typedef struct cy_config_error {

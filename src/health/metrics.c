@@ -34,10 +34,13 @@ int cy_metrics_find(const char *name)
     return -1;
 }
 
-void cy_metrics_publish(cy_sb_slot *slot, const cy_counters *c)
+void cy_metrics_publish(cy_sb_slot *slot, const cy_counters *c, int64_t now_ms)
 {
-    for (size_t i = 0; i < CY_METRICS_N; i++)
+    for (size_t i = 0; i < CY_METRICS_N; i++) {
+        if (cy_sb_loadu(&slot->counters[i]) == c->v[i]) continue;
         cy_sb_storeu(&slot->counters[i], c->v[i]);
+        cy_sb_store(&slot->changed_ms[i], now_ms);
+    }
 }
 
 void cy_metrics_read_slot(const cy_sb_slot *slot, uint64_t out[CY_METRICS_N])

@@ -121,8 +121,10 @@ extern const cy_metric_def cy_metric_defs[CY_METRICS_N];
 /* The index of the metric called name, or -1. */
 int cy_metrics_find(const char *name);
 
-/* Write a shard's live values into its own slot (relaxed stores). */
-void cy_metrics_publish(cy_sb_slot *slot, const cy_counters *c);
+/* Write a shard's live values into its own slot (relaxed stores), and
+ * now_ms (monotonic) as the change time of each value that differs from
+ * the slot's. */
+void cy_metrics_publish(cy_sb_slot *slot, const cy_counters *c, int64_t now_ms);
 /* One slot's values as last published (relaxed loads), registry order. */
 void cy_metrics_read_slot(const cy_sb_slot *slot, uint64_t out[CY_METRICS_N]);
 

@@ -29,7 +29,7 @@ _Static_assert(sizeof(cy_sb_slot) % 8 == 0, "slot size must keep the next slot a
 
 static size_t map_size(uint64_t nshards)
 {
-    return sizeof(cy_sb_header) + (size_t)nshards * sizeof(cy_sb_slot);
+    return sizeof(cy_sb_header) + (size_t)(nshards + 1) * sizeof(cy_sb_slot);
 }
 
 int cy_scoreboard_create(const char *path, unsigned nshards, cy_scoreboard *sb)
@@ -58,7 +58,7 @@ int cy_scoreboard_create(const char *path, unsigned nshards, cy_scoreboard *sb)
     /* The file is all zeroes: every slot DOWN. The magic goes in last so a
      * reader racing the rename never sees a valid header over a torn file. */
     cy_sb_header *h = p;
-    h->version = 1;
+    h->version = CY_SB_VERSION;
     h->nshards = nshards;
     __atomic_store_n(&h->magic, CY_SB_MAGIC, __ATOMIC_RELEASE);
     if (rename(tmp, path) != 0) {
@@ -111,7 +111,7 @@ int cy_scoreboard_open(const char *path, cy_scoreboard *sb)
     }
     const cy_sb_header *h = p;
     uint64_t n = h->nshards;
-    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != CY_SB_MAGIC || h->version != 1 || n < 1 ||
+    if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != CY_SB_MAGIC || h->version != CY_SB_VERSION || n < 1 ||
         n > CY_SB_MAX_SHARDS || len != map_size(n)) {
         munmap(p, len);
         return CY_EINVAL;
@@ -144,4 +144,37 @@ uint64_t cy_scoreboard_backlog(const cy_scoreboard *sb, unsigned i)
         if (sent > acked) total += sent - acked;
     }
     return total;
+}
+
+void cy_scoreboard_event(cy_scoreboard *sb, int64_t wall_ms, int kind, int shard, int64_t pid,
+                         int64_t generation, int reason, const char *text)
+{
+    cy_sb_header *h = sb->hdr;
+    uint64_t seq = h->event_seq + 1;
+    cy_sb_event *e = &h->events[seq % CY_SB_EVENTS];
+    /* Invalidate the entry first: a reader copying it now sees seq change. */
+    __atomic_store_n(&e->seq, 0, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    e->wall_ms = wall_ms;
+    e->kind = kind;
+    e->shard = shard;
+    e->pid = pid;
+    e->generation = generation;
+    e->reason = reason;
+    snprintf(e->text, sizeof(e->text), "%s", text ? text : "");
+    __atomic_store_n(&e->seq, seq, __ATOMIC_RELEASE);
+    __atomic_store_n(&h->event_seq, seq, __ATOMIC_RELEASE);
+}
+
+bool cy_scoreboard_event_get(const cy_scoreboard *sb, uint64_t seq, cy_sb_event *out)
+{
+    if (seq == 0) return false;
+    const cy_sb_event *e = &sb->hdr->events[seq % CY_SB_EVENTS];
+    if (__atomic_load_n(&e->seq, __ATOMIC_ACQUIRE) != seq) return false;
+    memcpy(out, (const void *)e, sizeof(*out));
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&e->seq, __ATOMIC_RELAXED) != seq) return false;
+    out->seq = seq;
+    out->text[sizeof(out->text) - 1] = '\0';
+    return true;
 }

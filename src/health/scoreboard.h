@@ -1,8 +1,11 @@
 /* scoreboard: what every shard says about itself, in shared memory.
  *
  * One file, data_dir/run/scoreboard, mapped MAP_SHARED by the supervisor,
- * by every shard and by `cyan status`. It holds a header and one slot per
- * shard. A slot is written only by its shard (single writer), read by
+ * by every shard, by the monitor process and by `cyan status`. It holds a
+ * header, one slot per shard and one more slot, after the shards', for the
+ * monitor (cy_scoreboard_monitor): spawned, watched and restarted like a
+ * shard, judged by its heartbeat only. A slot is written only by its
+ * process (single writer), read by
  * anyone; fields are naturally aligned 64-bit words written with relaxed
  * atomic stores, so a reader sees each field whole (never torn) though not
  * necessarily all fields of one instant. The supervisor writes only the
@@ -19,8 +22,15 @@
  *     acknowledged, or its own `queued`) and `progress` unchanged for
  *     watchdog_timeout: stuck.
  *
+ * The header's monitor section is written only by the monitor: per shard,
+ * when its canary last walked the whole path; the supervisor reads it to
+ * replace a shard whose canary keeps failing (watchdog.h). The header's
+ * event ring is written only by the supervisor (its start, spawns, restarts
+ * with their reasons), for the monitor's timeline.
+ *
  * Clock: heartbeat and change times are CLOCK_MONOTONIC milliseconds, which
- * is one clock for all processes of a machine.
+ * is one clock for all processes of a machine; *_wall_ms fields are
+ * CLOCK_REALTIME milliseconds.
  *
  * Errors: CY_EIO (file or mmap failed, errno logged), CY_EINVAL (a file of
  * another layout or version), CY_ENOENT (open: no such file). Thread: any;
@@ -35,6 +45,7 @@
 
 #define CY_SB_MAX_SHARDS 64
 #define CY_SB_MAGIC 0x6379616e53423031ull /* "cyanSB01" */
+#define CY_SB_VERSION 2
 
 enum {
     CY_SHARD_DOWN = 0,     /* not running (not yet started, exited, killed) */
@@ -49,7 +60,8 @@ enum {
     CY_RESTART_SIGNAL = 1,  /* killed by a signal it did not get from us */
     CY_RESTART_HUNG = 2,    /* no heartbeat for watchdog_timeout */
     CY_RESTART_STUCK = 3,   /* work queued, no progress for watchdog_timeout */
-    CY_RESTART_NREASONS = 4
+    CY_RESTART_CANARY = 4,  /* its canary failed for canary_timeout */
+    CY_RESTART_NREASONS = 5
 };
 
 /* Words for the metrics a shard publishes about itself: `counters[i]` is
@@ -73,6 +85,8 @@ typedef struct cy_sb_slot {
     uint64_t bus_sent[CY_SB_MAX_SHARDS];  /* frames sent to shard j (this generation of j) */
     uint64_t bus_acked[CY_SB_MAX_SHARDS]; /* of those, acknowledged by j */
     uint64_t counters[CY_SB_COUNTERS];
+    int64_t changed_ms[CY_SB_COUNTERS]; /* monotonic ms when counters[i] last changed, 0 never */
+    int64_t progress_ms;                /* monotonic ms when progress last moved, 0 never */
     /* written by the supervisor */
     int64_t sv_pid;          /* pid it spawned (0 when down) */
     int64_t sv_restarts[CY_RESTART_NREASONS];
@@ -81,23 +95,52 @@ typedef struct cy_sb_slot {
     char sv_last_reason[128];   /* "no progress for 2.1 s with 530 queued" */
 } cy_sb_slot;
 
+/* One entry of the supervisor's event ring (the timeline's raw input). */
+enum {
+    CY_SB_EVENT_START = 1,   /* the supervisor started (a deploy): text has version and commit */
+    CY_SB_EVENT_SPAWN = 2,   /* a shard (or the monitor) was spawned: pid, generation */
+    CY_SB_EVENT_RESTART = 3, /* one ended and will be replaced: reason, text */
+    CY_SB_EVENT_STOP = 4,    /* the supervisor is stopping */
+};
+#define CY_SB_EVENTS 64 /* ring size: the monitor reads it every second */
+
+typedef struct cy_sb_event {
+    uint64_t seq;    /* 1, 2, ... per supervisor run; 0 = empty */
+    int64_t wall_ms;
+    int64_t kind;    /* CY_SB_EVENT_* */
+    int64_t shard;   /* slot index (nshards = the monitor), -1 for the node */
+    int64_t pid;
+    int64_t generation;
+    int64_t reason;  /* CY_RESTART_* for RESTART, else -1 */
+    char text[136];
+} cy_sb_event;
+
 typedef struct cy_sb_header {
     uint64_t magic;
-    uint64_t version;      /* 1 */
+    uint64_t version;      /* CY_SB_VERSION */
     uint64_t nshards;
     int64_t supervisor_pid;
     int64_t supervisor_heartbeat_ms;
     int64_t watchdog_timeout_ms;
+    int64_t started_wall_ms; /* the supervisor's start */
+    char version_text[32];   /* "0.1.0" */
+    char commit[48];         /* git commit the binary was built from, or "unknown" */
+    /* written by the monitor */
+    int64_t canary_timeout_ms;                /* 0: canaries off, no verdicts */
+    int64_t canary_ok_ms[CY_SB_MAX_SHARDS];   /* monotonic ms of the last full success, 0 none */
+    /* written by the supervisor */
+    uint64_t event_seq; /* the last event written; entry seq % CY_SB_EVENTS */
+    cy_sb_event events[CY_SB_EVENTS];
 } cy_sb_header;
 
 typedef struct cy_scoreboard {
     cy_sb_header *hdr;
-    cy_sb_slot *slots; /* nshards of them */
+    cy_sb_slot *slots; /* nshards of them, then the monitor's */
     size_t map_len;
 } cy_scoreboard;
 
-/* Create (truncate) the file for nshards (1..CY_SB_MAX_SHARDS) and map it.
- * Used by the supervisor. */
+/* Create (truncate) the file for nshards (1..CY_SB_MAX_SHARDS) plus the
+ * monitor's slot, and map it. Used by the supervisor. */
 int cy_scoreboard_create(const char *path, unsigned nshards, cy_scoreboard *sb);
 /* Map an existing file (shards, `cyan status`). */
 int cy_scoreboard_open(const char *path, cy_scoreboard *sb);
@@ -121,6 +164,23 @@ static inline uint64_t cy_sb_loadu(const volatile uint64_t *field)
 {
     return __atomic_load_n(field, __ATOMIC_RELAXED);
 }
+
+/* The monitor's slot. */
+static inline cy_sb_slot *cy_scoreboard_monitor(const cy_scoreboard *sb)
+{
+    return &sb->slots[sb->hdr->nshards];
+}
+
+/* Append an event to the ring (the supervisor only): fields first, then
+ * the sequence number with a release store, so a reader that sees seq sees
+ * the rest. text may be NULL. */
+void cy_scoreboard_event(cy_scoreboard *sb, int64_t wall_ms, int kind, int shard, int64_t pid,
+                         int64_t generation, int reason, const char *text);
+/* Copy the event with sequence number seq into *out if the ring still
+ * holds it; false if it was overwritten (the reader fell behind) or not
+ * yet written. A copy torn by a concurrent overwrite is detected by
+ * reading seq again after the copy. */
+bool cy_scoreboard_event_get(const cy_scoreboard *sb, uint64_t seq, cy_sb_event *out);
 
 /* Work queued for shard i as its peers see it: the sum over live peers j of
  * slot[j].bus_sent[i] - slot[j].bus_acked[i], plus slot[i].queued. */

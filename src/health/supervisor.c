@@ -49,6 +49,7 @@
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "core/cy_version.h"
 #include "health/scoreboard.h"
 #include "health/watchdog.h"
 
@@ -87,9 +88,12 @@ typedef struct child {
     int sock; /* our end of its fd-4 socketpair; open for the child's lifetime */
 } child;
 
+/* A shard, or the monitor (idx == n: the slot after the shards'). */
 struct shard {
     sv *sv;
     unsigned idx;
+    bool monitor;
+    char name[24];      /* "shard 3" or "monitor", for logs */
     int64_t generation; /* spawns of this index so far */
     child *child;       /* NULL while down */
     int64_t pid;
@@ -116,14 +120,16 @@ struct sv {
     cy_config live;            /* the settings of this run; reloads change some */
     int listen_fd;
     int http_fd; /* -1 when the HTTP API is off */
+    int ops_fd;  /* the monitor's listener (ops_listen); -1 when off */
     int lock_fd; /* data_dir/run/lock, flock'ed; shards inherit it as fd 6 */
     cy_scoreboard sb;
-    unsigned n;
+    unsigned n;     /* shards */
+    unsigned nproc; /* processes watched: the shards, then the monitor if on */
     unsigned alive;
     bool ready, stopping, finished;
     int result;
     char notify[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    shard shards[CY_SB_MAX_SHARDS];
+    shard shards[CY_SB_MAX_SHARDS + 1];
 };
 
 static void spawn_shard(shard *sh);
@@ -225,7 +231,7 @@ static void finish(sv *s)
     close_handle((uv_handle_t *)&s->sighup);
     close_handle((uv_handle_t *)&s->sigusr1);
     close_handle((uv_handle_t *)&s->sigusr2);
-    for (unsigned i = 0; i < s->n; i++)
+    for (unsigned i = 0; i < s->nproc; i++)
         close_handle((uv_handle_t *)&s->shards[i].respawn);
 }
 
@@ -239,10 +245,10 @@ static void on_child_closed(uv_handle_t *h)
 static void on_stop_timeout(uv_timer_t *t)
 {
     sv *s = t->data;
-    for (unsigned i = 0; i < s->n; i++) {
+    for (unsigned i = 0; i < s->nproc; i++) {
         shard *sh = &s->shards[i];
         if (!sh->child) continue;
-        cy_warn(NULL, "shard %u (pid %lld) did not stop within %.0f s: SIGKILL", i,
+        cy_warn(NULL, "%s (pid %lld) did not stop within %.0f s: SIGKILL", sh->name,
                 (long long)sh->pid, secs(STOP_GRACE_MS));
         sh->stop_killed = true;
         uv_process_kill(&sh->child->proc, SIGKILL);
@@ -253,8 +259,9 @@ static void begin_stop(sv *s, const char *why)
 {
     s->stopping = true;
     notify(s, "STOPPING=1");
-    cy_info(NULL, "supervisor: %s: stopping %u shard%s", why, s->alive, s->alive == 1 ? "" : "s");
-    for (unsigned i = 0; i < s->n; i++) {
+    cy_scoreboard_event(&s->sb, cy_wall_ms(), CY_SB_EVENT_STOP, -1, getpid(), 0, -1, why);
+    cy_info(NULL, "supervisor: %s: stopping %u process%s", why, s->alive, s->alive == 1 ? "" : "es");
+    for (unsigned i = 0; i < s->nproc; i++) {
         shard *sh = &s->shards[i];
         uv_timer_stop(&sh->respawn);
         if (!sh->child) {
@@ -280,9 +287,9 @@ static void on_signal(uv_signal_t *h, int signum)
         begin_stop(s, signame(signum));
         return;
     }
-    cy_warn(NULL, "supervisor: %s again: killing %u shard%s now", signame(signum), s->alive,
-            s->alive == 1 ? "" : "s");
-    for (unsigned i = 0; i < s->n; i++)
+    cy_warn(NULL, "supervisor: %s again: killing %u process%s now", signame(signum), s->alive,
+            s->alive == 1 ? "" : "es");
+    for (unsigned i = 0; i < s->nproc; i++)
         if (s->shards[i].child) {
             s->shards[i].stop_killed = true;
             uv_process_kill(&s->shards[i].child->proc, SIGKILL);
@@ -344,15 +351,15 @@ static void reload(sv *s)
     }
     msg[m++] = '\n';
     unsigned sent = 0;
-    for (unsigned i = 0; i < s->n; i++) {
+    for (unsigned i = 0; i < s->nproc; i++) {
         child *c = s->shards[i].child;
         if (!c) continue; /* a respawn gets the new settings on its command line */
         ssize_t w = send(c->sock, msg, m, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (w == (ssize_t)m)
             sent++;
         else
-            cy_warn(NULL, "supervisor: SIGHUP: shard %u (pid %lld) did not take the reload: %s",
-                    i, (long long)s->shards[i].pid,
+            cy_warn(NULL, "supervisor: SIGHUP: %s (pid %lld) did not take the reload: %s",
+                    s->shards[i].name, (long long)s->shards[i].pid,
                     w < 0 ? strerror(errno) : "its pipe is full (is it stopped?)");
     }
     /* Shown under the old level or the new one, whichever says more. */
@@ -421,13 +428,13 @@ static void on_child_exit(uv_process_t *proc, int64_t exit_status, int term_sign
         if (exit_status != 0 || (term_signal != 0 && !early) || sh->stop_killed) {
             s->result = 1;
             if (term_signal)
-                cy_warn(NULL, "shard %u (pid %lld) stopped by signal %d (%s)", sh->idx, pid,
+                cy_warn(NULL, "%s (pid %lld) stopped by signal %d (%s)", sh->name, pid,
                         term_signal, signame(term_signal));
             else
-                cy_warn(NULL, "shard %u (pid %lld) stopped with status %lld", sh->idx, pid,
+                cy_warn(NULL, "%s (pid %lld) stopped with status %lld", sh->name, pid,
                         (long long)exit_status);
         } else {
-            cy_debug(NULL, "shard %u (pid %lld) stopped", sh->idx, pid);
+            cy_debug(NULL, "%s (pid %lld) stopped", sh->name, pid);
         }
         if (s->alive == 0) finish(s);
         return;
@@ -452,10 +459,10 @@ static void on_child_exit(uv_process_t *proc, int64_t exit_status, int term_sign
         delay = cy_backoff_next(sh->backoff_ms, ran);
         if (delay > 0) sh->backoff_ms = delay;
         if (delay > 0)
-            cy_info(NULL, "shard %u (pid %lld) %s after %.1f s; respawning in %g s (crash loop)",
-                    sh->idx, pid, text, secs(ran), secs(delay));
+            cy_info(NULL, "%s (pid %lld) %s after %.1f s; respawning in %g s (crash loop)",
+                    sh->name, pid, text, secs(ran), secs(delay));
         else
-            cy_info(NULL, "shard %u (pid %lld) %s after %.1f s; respawning", sh->idx, pid, text,
+            cy_info(NULL, "%s (pid %lld) %s after %.1f s; respawning", sh->name, pid, text,
                     secs(ran));
     }
     /* The text first, then the count, with a release fence: a reader that
@@ -465,6 +472,8 @@ static void on_child_exit(uv_process_t *proc, int64_t exit_status, int term_sign
     cy_sb_store(&slot->sv_restarts[reason], cy_sb_load(&slot->sv_restarts[reason]) + 1);
     cy_sb_store(&slot->sv_last_restart_ms, now);
     cy_sb_store(&slot->sv_backoff_ms, delay);
+    cy_scoreboard_event(&s->sb, cy_wall_ms(), CY_SB_EVENT_RESTART, (int)sh->idx, sh->pid,
+                        sh->generation, reason, text);
     schedule(sh, delay);
 }
 
@@ -493,8 +502,11 @@ static void spawn_shard(shard *sh)
         cy_sb_storeu(&slot->bus_sent[j], 0);
         cy_sb_storeu(&slot->bus_acked[j], 0);
     }
-    for (unsigned j = 0; j < CY_SB_COUNTERS; j++)
+    for (unsigned j = 0; j < CY_SB_COUNTERS; j++) {
         cy_sb_storeu(&slot->counters[j], 0);
+        cy_sb_store(&slot->changed_ms[j], 0);
+    }
+    cy_sb_store(&slot->progress_ms, 0);
     cy_sb_store(&slot->state, CY_SHARD_STARTING);
 
     char idx[16], genbuf[24];
@@ -515,7 +527,7 @@ static void spawn_shard(shard *sh)
         goto fail;
     }
     args[0] = (char *)s->exe;
-    args[1] = "shard";
+    args[1] = sh->monitor ? "monitor" : "shard";
     args[2] = idx;
     args[3] = genbuf;
     /* The command line's words, without the config file: a shard takes
@@ -543,11 +555,14 @@ static void spawn_shard(shard *sh)
     stdio[1].data.fd = 1;
     stdio[2].flags = UV_INHERIT_FD;
     stdio[2].data.fd = 2;
+    /* A shard gets the MQTT and HTTP listeners as fds 3 and 5; the monitor
+     * gets the operations listener as fd 3 and nothing as fd 5. */
     stdio[3].flags = UV_INHERIT_FD;
-    stdio[3].data.fd = s->listen_fd;
+    stdio[3].data.fd = sh->monitor ? s->ops_fd : s->listen_fd;
+    if (stdio[3].data.fd < 0) stdio[3].flags = UV_IGNORE;
     stdio[4].flags = UV_INHERIT_FD;
     stdio[4].data.fd = sp[1];
-    if (s->http_fd >= 0) {
+    if (s->http_fd >= 0 && !sh->monitor) {
         stdio[5].flags = UV_INHERIT_FD;
         stdio[5].data.fd = s->http_fd;
     } else {
@@ -589,8 +604,10 @@ static void spawn_shard(shard *sh)
     int64_t zero = 0; /* the shard may have written its pid first: same value */
     __atomic_compare_exchange_n(&slot->pid, &zero, sh->pid, false, __ATOMIC_RELAXED,
                                 __ATOMIC_RELAXED);
-    cy_info(NULL, "shard %u (pid %lld) started, generation %lld", sh->idx, (long long)sh->pid,
+    cy_info(NULL, "%s (pid %lld) started, generation %lld", sh->name, (long long)sh->pid,
             (long long)gen);
+    cy_scoreboard_event(&s->sb, cy_wall_ms(), CY_SB_EVENT_SPAWN, (int)sh->idx, sh->pid, gen, -1,
+                        NULL);
     return;
 fail:
     if (sp[0] >= 0 && c) close(sp[0]);
@@ -605,7 +622,7 @@ fail:
     snprintf(why, sizeof(why), "cannot spawn %.80s: %s", s->exe, uv_strerror(rc));
     set_reason(slot, why);
     cy_sb_store(&slot->sv_backoff_ms, sh->backoff_ms);
-    cy_error(NULL, "shard %u: %s; retrying in %g s", sh->idx, why, secs(sh->backoff_ms));
+    cy_error(NULL, "%s: %s; retrying in %g s", sh->name, why, secs(sh->backoff_ms));
     if (!s->stopping) uv_timer_start(&sh->respawn, on_respawn, (uint64_t)sh->backoff_ms, 0);
 }
 
@@ -624,10 +641,10 @@ static void kill_shard(shard *sh, cy_verdict v, const char *why, int64_t now)
     if (delay > 0) sh->backoff_ms = delay;
     sh->killed_delay_ms = delay;
     if (delay > 0)
-        cy_info(NULL, "shard %u (pid %lld) %s: killed, respawning in %g s (crash loop)", sh->idx,
+        cy_info(NULL, "%s (pid %lld) %s: killed, respawning in %g s (crash loop)", sh->name,
                 (long long)sh->pid, why, secs(delay));
     else
-        cy_info(NULL, "shard %u (pid %lld) %s: killed, respawning", sh->idx, (long long)sh->pid,
+        cy_info(NULL, "%s (pid %lld) %s: killed, respawning", sh->name, (long long)sh->pid,
                 why);
 }
 
@@ -651,6 +668,43 @@ static cy_verdict judge(sv *s, shard *sh, int64_t now, char *why, size_t len)
     return v;
 }
 
+/* The canary's verdict on a shard the watchdog found OK: its canary has
+ * not walked the whole path for canary_timeout. Judged only when the
+ * verdict can be trusted: the monitor is running, its heartbeat is fresh
+ * and it has run for a canary_timeout (its canaries had time to connect);
+ * the shard has been RUNNING for a canary_timeout; and, with several
+ * shards, not every canary is failing: that says the monitor or the path
+ * they share is broken (the alert says so), and restarting every shard
+ * would turn a monitoring fault into an outage. */
+static bool canary_failing(sv *s, shard *sh, int64_t now, char *why, size_t len)
+{
+    const cy_sb_header *h = s->sb.hdr;
+    int64_t limit = cy_sb_load(&h->canary_timeout_ms);
+    if (limit <= 0 || sh->monitor || s->nproc == s->n) return false;
+    const cy_sb_slot *m = cy_scoreboard_monitor(&s->sb);
+    int64_t mstart = cy_sb_load(&m->started_ms);
+    if (cy_sb_load(&m->state) != CY_SHARD_RUNNING || !mstart || now - mstart <= limit ||
+        now - cy_sb_load(&m->heartbeat_ms) > s->cfg->watchdog_timeout)
+        return false;
+    if (!sh->running_since_ms) return false;
+    int64_t ok = cy_sb_load(&h->canary_ok_ms[sh->idx]);
+    int64_t from = ok > sh->running_since_ms ? ok : sh->running_since_ms;
+    if (now - from <= limit) return false;
+    if (s->n > 1) {
+        unsigned failing = 0;
+        for (unsigned i = 0; i < s->n; i++) {
+            int64_t oki = cy_sb_load(&h->canary_ok_ms[i]);
+            if (now - oki > limit) failing++;
+        }
+        if (failing == s->n) return false;
+    }
+    if (ok > sh->running_since_ms)
+        snprintf(why, len, "canary failing for %.1f s", secs(now - ok));
+    else
+        snprintf(why, len, "canary never succeeded in %.1f s", secs(now - from));
+    return true;
+}
+
 static void on_tick(uv_timer_t *t)
 {
     sv *s = t->data;
@@ -659,7 +713,7 @@ static void on_tick(uv_timer_t *t)
     if (s->stopping) return;
     char why[128];
     /* Pass 1: loops that stopped (and shards that never started). */
-    for (unsigned i = 0; i < s->n; i++) {
+    for (unsigned i = 0; i < s->nproc; i++) {
         shard *sh = &s->shards[i];
         if (!sh->child || sh->killed_reason >= 0) continue;
         cy_verdict v = judge(s, sh, now, why, sizeof(why));
@@ -671,6 +725,12 @@ static void on_tick(uv_timer_t *t)
         if (!sh->child || sh->killed_reason >= 0) continue;
         cy_verdict v = judge(s, sh, now, why, sizeof(why));
         if (v != CY_VERDICT_OK) kill_shard(sh, v, why, now);
+    }
+    /* Pass 3: what the canaries found (see canary_failing). */
+    for (unsigned i = 0; i < s->n; i++) {
+        shard *sh = &s->shards[i];
+        if (!sh->child || sh->killed_reason >= 0) continue;
+        if (canary_failing(s, sh, now, why, sizeof(why))) kill_shard(sh, CY_VERDICT_CANARY, why, now);
     }
     if (!s->ready) {
         unsigned up = 0;
@@ -994,6 +1054,8 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     s->n = cfg->shards;
     s->listen_fd = -1;
     s->http_fd = -1;
+    s->ops_fd = -1;
+    s->nproc = s->n + (cfg->monitor ? 1 : 0);
     if (s->n < 1 || s->n > CY_SB_MAX_SHARDS) {
         cy_error(NULL, "supervisor: shards = %u: must be 1..%d", s->n, CY_SB_MAX_SHARDS);
         close(s->lock_fd);
@@ -1011,11 +1073,20 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
         cy_free(s);
         return 1;
     }
+    if (cfg->monitor && cfg->ops_listen[0] &&
+        open_listener("ops_listen", cfg->ops_listen, &s->ops_fd)) {
+        close(s->listen_fd);
+        if (s->http_fd >= 0) close(s->http_fd);
+        close(s->lock_fd);
+        cy_free(s);
+        return 1;
+    }
     rc = cy_scoreboard_create(path, s->n, &s->sb);
     if (rc) {
         cy_error(NULL, "supervisor: cannot create %s: %s", path, cy_strerror(rc));
         close(s->listen_fd);
         if (s->http_fd >= 0) close(s->http_fd);
+        if (s->ops_fd >= 0) close(s->ops_fd);
         close(s->lock_fd);
         cy_free(s);
         return 1;
@@ -1023,6 +1094,15 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     cy_sb_store(&s->sb.hdr->supervisor_pid, getpid());
     cy_sb_store(&s->sb.hdr->supervisor_heartbeat_ms, cy_mono_ms());
     cy_sb_store(&s->sb.hdr->watchdog_timeout_ms, cfg->watchdog_timeout);
+    cy_sb_store(&s->sb.hdr->started_wall_ms, cy_wall_ms());
+    snprintf(s->sb.hdr->version_text, sizeof(s->sb.hdr->version_text), "%s", CYAN_VERSION);
+    snprintf(s->sb.hdr->commit, sizeof(s->sb.hdr->commit), "%s", cy_commit);
+    {
+        char text[136];
+        snprintf(text, sizeof(text), "cyan %s (commit %.40s) started: %u shard%s", CYAN_VERSION,
+                 cy_commit, s->n, s->n == 1 ? "" : "s");
+        cy_scoreboard_event(&s->sb, cy_wall_ms(), CY_SB_EVENT_START, -1, getpid(), 0, -1, text);
+    }
 
     /* Our children are not systemd's main process: they must not inherit
      * the notify socket. */
@@ -1052,10 +1132,15 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     init_handle(s, (uv_handle_t *)&s->sigusr1);
     uv_signal_init(&s->loop, &s->sigusr2);
     init_handle(s, (uv_handle_t *)&s->sigusr2);
-    for (unsigned i = 0; i < s->n; i++) {
+    for (unsigned i = 0; i < s->nproc; i++) {
         shard *sh = &s->shards[i];
         sh->sv = s;
         sh->idx = i;
+        sh->monitor = i == s->n;
+        if (sh->monitor)
+            snprintf(sh->name, sizeof(sh->name), "monitor");
+        else
+            snprintf(sh->name, sizeof(sh->name), "shard %u", i);
         sh->killed_reason = -1;
         uv_timer_init(&s->loop, &sh->respawn);
         init_handle(s, (uv_handle_t *)&sh->respawn);
@@ -1073,9 +1158,9 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
             "scoreboard %s",
             (long)getpid(), s->n, s->n == 1 ? "" : "s", cfg->mqtt_listen, cfg->watchdog_timeout,
             path);
-    for (unsigned i = 0; i < s->n; i++)
+    for (unsigned i = 0; i < s->nproc; i++)
         spawn_shard(&s->shards[i]);
-    if (s->alive < s->n) {
+    if (s->alive < s->nproc) {
         cy_error(NULL, "supervisor: could not start every shard; stopping");
         s->result = 1;
         begin_stop(s, "startup failed");
@@ -1090,7 +1175,7 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     cy_info(NULL, "supervisor: stopped, exit status %d", s->result);
 
 out_sb:
-    for (unsigned i = 0; i < s->n; i++) {
+    for (unsigned i = 0; i < s->nproc; i++) {
         cy_sb_store(&s->sb.slots[i].state, CY_SHARD_DOWN);
         cy_sb_store(&s->sb.slots[i].sv_pid, 0);
     }
@@ -1098,6 +1183,7 @@ out_sb:
     cy_scoreboard_close(&s->sb);
     close(s->listen_fd);
     if (s->http_fd >= 0) close(s->http_fd);
+    if (s->ops_fd >= 0) close(s->ops_fd);
     int result = s->result;
     close(s->lock_fd);
     cy_free(s);

@@ -45,6 +45,7 @@ int64_t cy_watchdog_start_limit(int64_t timeout_ms)
 
 int cy_watchdog_reason(cy_verdict v)
 {
+    if (v == CY_VERDICT_CANARY) return CY_RESTART_CANARY;
     return v == CY_VERDICT_STUCK ? CY_RESTART_STUCK : CY_RESTART_HUNG;
 }
 

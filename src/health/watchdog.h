@@ -37,6 +37,9 @@ typedef enum {
     CY_VERDICT_HUNG,          /* no heartbeat for timeout: counted as CY_RESTART_HUNG */
     CY_VERDICT_STUCK,         /* work owed, no progress: CY_RESTART_STUCK */
     CY_VERDICT_START_TIMEOUT, /* never got to RUNNING: counted as CY_RESTART_HUNG */
+    CY_VERDICT_CANARY,        /* its canary failed for canary_timeout: CY_RESTART_CANARY
+                                 (given by the supervisor from the monitor's findings,
+                                 never by cy_watchdog_judge) */
 } cy_verdict;
 
 /* What the supervisor read from one slot at one sample. */

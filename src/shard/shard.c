@@ -202,12 +202,17 @@ void cy_shard_beat(cy_shard *b)
 {
     cy_sb_slot *s = b->slot;
     if (!s) return;
-    cy_sb_store(&s->heartbeat_ms, cy_mono_ms());
+    int64_t now = cy_mono_ms();
+    cy_sb_store(&s->heartbeat_ms, now);
     cy_sb_storeu(&s->loops, s->loops + 1);
-    cy_sb_storeu(&s->progress, cy_mqtt_progress(b->mqtt) + cy_cluster_progress(b->cluster));
+    uint64_t progress = cy_mqtt_progress(b->mqtt) + cy_cluster_progress(b->cluster);
+    if (progress != cy_sb_loadu(&s->progress)) {
+        cy_sb_storeu(&s->progress, progress);
+        cy_sb_store(&s->progress_ms, now);
+    }
     cy_sb_storeu(&s->connections, cy_mqtt_connections(b->mqtt));
     cy_cluster_beat(b->cluster, s);
-    cy_metrics_publish(s, &b->stats);
+    cy_metrics_publish(s, &b->stats, now);
 }
 
 void cy_shard_stall(cy_shard *b)

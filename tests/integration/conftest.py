@@ -150,6 +150,17 @@ class Server:
                 self.http_port = int(str(listen).rsplit(":", 1)[1])
             if self.http_port is not None:
                 self.api_url = "http://%s:%d" % (self.host, self.http_port)
+        # The operations listener (the monitor process): likewise.
+        self.ops_port = None
+        self.ops_url = None
+        if self.peer != "mosquitto":
+            listen = self.settings.get("ops_listen")
+            if listen is None:
+                self.ops_port = free_port()
+            elif listen:
+                self.ops_port = int(str(listen).rsplit(":", 1)[1])
+            if self.ops_port is not None:
+                self.ops_url = "http://%s:%d" % (self.host, self.ops_port)
 
     # ---- process
     def argv(self):
@@ -162,6 +173,8 @@ class Server:
             argv.append("--shards=%d" % SHARDS)
         if "http_listen" not in self.settings and self.http_port is not None:
             argv.append("--http_listen=%s:%d" % (self.host, self.http_port))
+        if "ops_listen" not in self.settings and self.ops_port is not None:
+            argv.append("--ops_listen=%s:%d" % (self.host, self.ops_port))
         if "isolate_devices" not in self.settings:
             argv.append("--isolate_devices=false")
         for k, v in self.settings.items():

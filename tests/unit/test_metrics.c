@@ -114,11 +114,19 @@ static void test_metrics_publish_read_slot(void **state)
     cy_counters c;
     for (size_t i = 0; i < CY_METRICS_N; i++)
         c.v[i] = 7 * i + 1;
-    cy_metrics_publish(&w.slots[1], &c);
+    cy_metrics_publish(&w.slots[1], &c, 500);
     /* Another mapping (another process) reads the same words. */
     uint64_t got[CY_METRICS_N];
     cy_metrics_read_slot(&r.slots[1], got);
     assert_memory_equal(got, c.v, sizeof(got));
+    /* Every word changed at 500 (all were 0 before, none of c is 0). */
+    for (size_t i = 0; i < CY_METRICS_N; i++)
+        assert_int_equal(r.slots[1].changed_ms[i], 500);
+    /* Republished at 900 with one value moved: only its time moves. */
+    c.v[3]++;
+    cy_metrics_publish(&w.slots[1], &c, 900);
+    for (size_t i = 0; i < CY_METRICS_N; i++)
+        assert_int_equal(r.slots[1].changed_ms[i], i == 3 ? 900 : 500);
     cy_metrics_read_slot(&r.slots[0], got);
     for (size_t i = 0; i < CY_METRICS_N; i++)
         assert_int_equal(got[i], 0);
@@ -145,7 +153,7 @@ static void board_with_states(cy_scoreboard *sb)
         cy_counters c;
         for (size_t i = 0; i < CY_METRICS_N; i++)
             c.v[i] = val(j, i);
-        cy_metrics_publish(&sb->slots[j], &c);
+        cy_metrics_publish(&sb->slots[j], &c, 1);
     }
 }
 

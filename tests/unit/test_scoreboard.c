@@ -49,12 +49,14 @@ static void test_scoreboard_create_sizes_and_zeroes(void **state)
     (void)state;
     cy_scoreboard sb;
     assert_int_equal(cy_scoreboard_create(path, 4, &sb), 0);
-    assert_int_equal(sb.map_len, sizeof(cy_sb_header) + 4 * sizeof(cy_sb_slot));
+    /* 4 shards and the monitor's slot after them. */
+    assert_int_equal(sb.map_len, sizeof(cy_sb_header) + 5 * sizeof(cy_sb_slot));
     assert_int_equal(file_size(path), (off_t)sb.map_len);
     assert_true(sb.hdr->magic == CY_SB_MAGIC);
-    assert_int_equal(sb.hdr->version, 1);
+    assert_int_equal(sb.hdr->version, CY_SB_VERSION);
     assert_int_equal(sb.hdr->nshards, 4);
-    for (unsigned i = 0; i < 4; i++) {
+    assert_ptr_equal(cy_scoreboard_monitor(&sb), &sb.slots[4]);
+    for (unsigned i = 0; i < 5; i++) {
         assert_int_equal(sb.slots[i].state, CY_SHARD_DOWN);
         assert_int_equal(sb.slots[i].pid, 0);
         assert_int_equal(sb.slots[i].progress, 0);
@@ -158,9 +160,44 @@ static void test_scoreboard_open_rejects_bad_version(void **state)
     cy_scoreboard sb;
     assert_int_equal(cy_scoreboard_create(path, 2, &sb), 0);
     cy_scoreboard_close(&sb);
-    uint64_t v = 2;
+    uint64_t v = CY_SB_VERSION - 1; /* a node of the previous binary */
     write_at(path, offsetof(cy_sb_header, version), &v, sizeof(v));
     assert_int_equal(cy_scoreboard_open(path, &sb), CY_EINVAL);
+}
+
+static void test_scoreboard_event_ring(void **state)
+{
+    (void)state;
+    cy_scoreboard w, r;
+    assert_int_equal(cy_scoreboard_create(path, 2, &w), 0);
+    assert_int_equal(cy_scoreboard_open(path, &r), 0);
+    cy_sb_event e;
+    assert_false(cy_scoreboard_event_get(&r, 0, &e));
+    assert_false(cy_scoreboard_event_get(&r, 1, &e)); /* not yet written */
+    cy_scoreboard_event(&w, 111, CY_SB_EVENT_START, -1, 42, 0, -1, "cyan 0.1.0 started");
+    assert_int_equal(r.hdr->event_seq, 1);
+    assert_true(cy_scoreboard_event_get(&r, 1, &e));
+    assert_int_equal(e.seq, 1);
+    assert_int_equal(e.wall_ms, 111);
+    assert_int_equal(e.kind, CY_SB_EVENT_START);
+    assert_int_equal(e.shard, -1);
+    assert_int_equal(e.pid, 42);
+    assert_string_equal(e.text, "cyan 0.1.0 started");
+    /* Wrap the ring: the first events are gone, the last CY_SB_EVENTS stay. */
+    for (int i = 2; i <= CY_SB_EVENTS + 5; i++)
+        cy_scoreboard_event(&w, 100 + i, CY_SB_EVENT_RESTART, i % 2, 1000 + i, i, CY_RESTART_HUNG,
+                            NULL);
+    assert_int_equal(r.hdr->event_seq, CY_SB_EVENTS + 5);
+    assert_false(cy_scoreboard_event_get(&r, 1, &e));
+    assert_false(cy_scoreboard_event_get(&r, 5, &e));
+    assert_true(cy_scoreboard_event_get(&r, 6, &e));
+    assert_int_equal(e.pid, 1006);
+    assert_true(cy_scoreboard_event_get(&r, CY_SB_EVENTS + 5, &e));
+    assert_int_equal(e.reason, CY_RESTART_HUNG);
+    assert_string_equal(e.text, "");
+    assert_false(cy_scoreboard_event_get(&r, CY_SB_EVENTS + 6, &e));
+    cy_scoreboard_close(&r);
+    cy_scoreboard_close(&w);
 }
 
 static void test_scoreboard_open_rejects_bad_count(void **state)
@@ -267,6 +304,7 @@ int main(void)
         T(test_scoreboard_open_missing),
         T(test_scoreboard_open_rejects_bad_magic),
         T(test_scoreboard_open_rejects_bad_version),
+        T(test_scoreboard_event_ring),
         T(test_scoreboard_open_rejects_bad_count),
         T(test_scoreboard_open_rejects_bad_size),
         T(test_scoreboard_close_zeroed_and_twice),

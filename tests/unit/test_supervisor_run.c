@@ -213,6 +213,7 @@ static int setup(void **state)
     snprintf(R.cfg.http_listen, sizeof(R.cfg.http_listen), "127.0.0.1:0");
     R.cfg.watchdog_timeout = TIMEOUT_MS;
     R.cfg.shards = 2;
+    R.cfg.monitor = false; /* this file fakes shards only; the monitor has its own tests */
     return 0;
 }
 

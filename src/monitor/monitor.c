@@ -1,0 +1,614 @@
+/* monitor: see monitor.h.
+ *
+ * The idea needed to read this file: everything hangs off two timers on
+ * one libuv loop. `beat` (100 ms) keeps the monitor's own heartbeat, as a
+ * shard does, so the supervisor can judge it. `eval` (1 s) takes a
+ * snapshot of the node (sample.h's model: one flat list of series built
+ * from the scoreboard, the canaries and /proc), then hands it to the alert
+ * engine, the status page and the timeline. The HTTP handler only reads the
+ * last snapshot and what the engines hold, so a request costs no scoreboard
+ * walk and every reader of one second sees the same figures.
+ */
+#include "monitor/monitor.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+#include "core/cy_version.h"
+#include "health/metrics.h"
+#include "health/scoreboard.h"
+#include "http/http.h"
+#include "store/store.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define OPS_FD 3
+#define SUPERVISOR_FD 4
+#define BEAT_MS 100
+#define EVAL_MS 1000
+#define RELOAD_MAX 8192
+
+typedef struct mon {
+    uv_loop_t loop;
+    uv_signal_t sigterm, sigint, sighup, sigusr1, sigusr2;
+    uv_pipe_t supervisor;
+    uv_timer_t beat, eval;
+    cy_config live;
+    cy_scoreboard sb;
+    cy_sb_slot *slot;
+    cy_registry *reg;
+    cy_http *http;
+    unsigned index, nshards;
+    bool stopping;
+    uint64_t evals;
+    cy_snapshot snap, prev; /* this second's and the last one's */
+    size_t inlen;
+    char in[RELOAD_MAX];
+} mon;
+
+/* ---- Prometheus text ---- */
+
+static const char *type_word(int kind)
+{
+    return kind == CY_SAMPLE_COUNTER ? "counter" : "gauge";
+}
+
+static int put_value(cy_buf *out, double v)
+{
+    char num[40];
+    if (isnan(v))
+        snprintf(num, sizeof(num), "NaN");
+    else if (isinf(v))
+        snprintf(num, sizeof(num), v > 0 ? "+Inf" : "-Inf");
+    else if (v == floor(v) && fabs(v) < 9e15)
+        snprintf(num, sizeof(num), "%.0f", v);
+    else
+        snprintf(num, sizeof(num), "%.15g", v);
+    return cy_buf_append(out, num, strlen(num));
+}
+
+static int put_str(cy_buf *out, const char *s)
+{
+    return cy_buf_append(out, s, strlen(s));
+}
+
+/* Help text escaped as the format wants: backslash and newline. */
+static int put_help(cy_buf *out, const char *h)
+{
+    int rc = 0;
+    for (; *h && !rc; h++) {
+        if (*h == '\\')
+            rc = put_str(out, "\\\\");
+        else if (*h == '\n')
+            rc = put_str(out, "\\n");
+        else
+            rc = cy_buf_append(out, h, 1);
+    }
+    return rc;
+}
+
+int cy_monitor_prometheus(cy_buf *out, const cy_snapshot *s, const char *(*help)(const char *name))
+{
+    bool *done = s->n ? cy_calloc(s->n, sizeof(bool)) : NULL;
+    if (s->n && !done) return CY_ENOMEM;
+    int rc = 0;
+    for (size_t i = 0; i < s->n && !rc; i++) {
+        if (done[i]) continue;
+        const cy_sample *f = &s->v[i];
+        const char *h = help ? help(f->name) : NULL;
+        rc |= put_str(out, "# HELP ");
+        rc |= put_str(out, f->name);
+        rc |= put_str(out, " ");
+        rc |= put_help(out, h ? h : f->name);
+        rc |= put_str(out, "\n# TYPE ");
+        rc |= put_str(out, f->name);
+        rc |= put_str(out, " ");
+        rc |= put_str(out, type_word(f->kind));
+        rc |= put_str(out, "\n");
+        for (size_t j = i; j < s->n && !rc; j++) {
+            const cy_sample *x = &s->v[j];
+            if (done[j] || strcmp(x->name, f->name)) continue;
+            done[j] = true;
+            rc |= put_str(out, x->name);
+            if (x->labels[0]) {
+                rc |= put_str(out, "{");
+                rc |= put_str(out, x->labels);
+                rc |= put_str(out, "}");
+            }
+            rc |= put_str(out, " ");
+            rc |= put_value(out, x->value);
+            rc |= put_str(out, "\n");
+        }
+    }
+    cy_free(done);
+    return rc ? CY_ENOMEM : 0;
+}
+
+/* ---- help for every series the monitor makes ---- */
+
+static const struct {
+    const char *name, *help;
+} helps[] = {
+    {"cyan_build_info", "the running binary: version and commit (always 1)"},
+    {"cyan_monitor_up", "1 while the monitor process serves these figures"},
+    {"cyan_supervisor_heartbeat_age_seconds", "seconds since the supervisor's last tick"},
+    {"cyan_supervisor_start_timestamp_seconds", "when the supervisor started (a deploy)"},
+    {"cyan_shard_up", "1 if the shard is running, 0 if down, starting or stopping"},
+    {"cyan_shard_stale",
+     "1 if the shard's figures are its last known ones: it is not running, or its heartbeat is "
+     "older than watchdog_timeout"},
+    {"cyan_shard_heartbeat_age_seconds", "seconds since the shard's loop last turned"},
+    {"cyan_shard_last_heartbeat_timestamp_seconds", "when the shard's loop last turned"},
+    {"cyan_shard_progress_total", "units of work the shard completed (packets, frames, calls)"},
+    {"cyan_shard_last_progress_timestamp_seconds", "when the shard last completed work"},
+    {"cyan_shard_backlog",
+     "work owed to the shard: frames its peers sent and it has not acknowledged, and its own "
+     "queued work"},
+    {"cyan_shard_generation", "how many times the supervisor has spawned this shard"},
+    {"cyan_shard_restarts_total", "shard restarts by reason (exit, signal, hung, stuck, canary)"},
+    {"cyan_shard_start_timestamp_seconds", "when the running shard process began serving"},
+    {"cyan_process_cpu_seconds_total", "user and system CPU time of a cyan process"},
+    {"cyan_process_resident_memory_bytes", "resident memory of a cyan process"},
+    {"cyan_monitor_evaluations_total", "snapshots the monitor has taken (one a second)"},
+};
+
+static char help_buf[256];
+
+/* Help of a series: the table, the metrics registry, or a companion's. */
+static const char *series_help(const char *name)
+{
+    for (size_t i = 0; i < sizeof(helps) / sizeof(helps[0]); i++)
+        if (!strcmp(helps[i].name, name)) return helps[i].help;
+    const char *suffix = "_last_change_timestamp_seconds";
+    size_t n = strlen(name), k = strlen(suffix);
+    if (n > k && !strcmp(name + n - k, suffix)) {
+        snprintf(help_buf, sizeof(help_buf), "when %.*s last changed (seconds since the epoch)",
+                 (int)(n - k), name);
+        return help_buf;
+    }
+    for (size_t i = 0; i < CY_METRICS_N; i++) {
+        char pn[96];
+        cy_metrics_prom_name(i, pn, sizeof(pn));
+        if (!strcmp(pn, name)) return cy_metric_defs[i].help;
+    }
+    return NULL;
+}
+
+/* ---- the snapshot ---- */
+
+/* Wall-clock ms of a monotonic ms (0 stays 0: never). */
+static int64_t to_wall(int64_t mono_ms, int64_t off)
+{
+    return mono_ms ? mono_ms + off : 0;
+}
+
+/* Add a sample; with changed_ms < 0 its change time is tracked here: the
+ * previous snapshot's if the value did not move, else now. */
+static void add(mon *m, const char *name, const char *labels, int kind, double v,
+                int64_t changed_ms, bool stale)
+{
+    if (changed_ms < 0) {
+        const cy_sample *p = cy_snapshot_find(&m->prev, name, labels);
+        changed_ms = p && p->value == v ? p->changed_ms : m->snap.now_ms;
+    }
+    int rc = cy_snapshot_add(&m->snap, name, labels, kind, v, changed_ms, stale);
+    if (rc) cy_warn(NULL, "monitor: series %s{%s} not recorded: %s", name, labels ? labels : "",
+                    cy_strerror(rc));
+}
+
+/* A series and its companion <base>_last_change_timestamp_seconds, where
+ * base is the name without a trailing _total. */
+static void add_tracked(mon *m, const char *name, const char *labels, int kind, double v,
+                        int64_t changed_ms, bool stale)
+{
+    add(m, name, labels, kind, v, changed_ms, stale);
+    const cy_sample *x = &m->snap.v[m->snap.n - 1];
+    if (strcmp(x->name, name)) return; /* not added */
+    int64_t changed = x->changed_ms;
+    char comp[CY_SAMPLE_NAME_MAX];
+    size_t n = strlen(name);
+    if (n > 6 && !strcmp(name + n - 6, "_total")) n -= 6;
+    if (snprintf(comp, sizeof(comp), "%.*s_last_change_timestamp_seconds", (int)n, name) >=
+        (int)sizeof(comp))
+        return;
+    add(m, comp, labels, CY_SAMPLE_GAUGE, changed ? (double)changed / 1000.0 : 0, changed, stale);
+}
+
+/* CPU seconds and resident bytes of a process, from /proc/<pid>/stat. */
+static bool proc_usage(int64_t pid, double *cpu_s, double *rss_bytes)
+{
+    if (pid <= 0) return false;
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%lld/stat", (long long)pid);
+    FILE *f = fopen(path, "re");
+    if (!f) return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* Fields after the command (which may hold spaces) start past its ')'. */
+    char *p = strrchr(buf, ')');
+    if (!p) return false;
+    unsigned long utime = 0, stime = 0;
+    long rss = 0;
+    /* state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+     * cutime cstime priority nice threads itrealvalue starttime vsize rss */
+    if (sscanf(p + 2,
+               "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d %*d %*d %*u "
+               "%*u %ld",
+               &utime, &stime, &rss) != 3)
+        return false;
+    long tick = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    *cpu_s = (double)(utime + stime) / (double)(tick > 0 ? tick : 100);
+    *rss_bytes = (double)rss * (double)(page > 0 ? page : 4096);
+    return true;
+}
+
+static void add_process(mon *m, const char *process, int shard, int64_t pid)
+{
+    double cpu, rss;
+    if (!proc_usage(pid, &cpu, &rss)) return;
+    char labels[64];
+    if (shard >= 0)
+        snprintf(labels, sizeof(labels), "process=\"%s\",shard=\"%d\"", process, shard);
+    else
+        snprintf(labels, sizeof(labels), "process=\"%s\"", process);
+    add(m, "cyan_process_cpu_seconds_total", labels, CY_SAMPLE_COUNTER, cpu, -1, false);
+    add(m, "cyan_process_resident_memory_bytes", labels, CY_SAMPLE_GAUGE, rss, -1, false);
+}
+
+static const char *const reason_words[CY_RESTART_NREASONS] = {"exit", "signal", "hung", "stuck",
+                                                              "canary"};
+
+static void snapshot_shard(mon *m, unsigned i, int64_t now_mono, int64_t off)
+{
+    const cy_sb_slot *sl = &m->sb.slots[i];
+    char l[32];
+    snprintf(l, sizeof(l), "shard=\"%u\"", i);
+    int64_t state = cy_sb_load(&sl->state);
+    int64_t beat = cy_sb_load(&sl->heartbeat_ms);
+    int64_t age = beat ? now_mono - beat : 0;
+    bool stale = state != CY_SHARD_RUNNING || age > (int64_t)m->live.watchdog_timeout;
+    add_tracked(m, "cyan_shard_up", l, CY_SAMPLE_GAUGE, state == CY_SHARD_RUNNING, -1, false);
+    add(m, "cyan_shard_stale", l, CY_SAMPLE_GAUGE, stale, -1, false);
+    add(m, "cyan_shard_heartbeat_age_seconds", l, CY_SAMPLE_GAUGE, (double)age / 1000.0, -1,
+        stale);
+    add(m, "cyan_shard_last_heartbeat_timestamp_seconds", l, CY_SAMPLE_GAUGE,
+        (double)to_wall(beat, off) / 1000.0, to_wall(beat, off), stale);
+    int64_t pms = cy_sb_load(&sl->progress_ms);
+    add(m, "cyan_shard_progress_total", l, CY_SAMPLE_COUNTER, (double)cy_sb_loadu(&sl->progress),
+        to_wall(pms, off), stale);
+    add(m, "cyan_shard_last_progress_timestamp_seconds", l, CY_SAMPLE_GAUGE,
+        (double)to_wall(pms, off) / 1000.0, to_wall(pms, off), stale);
+    add_tracked(m, "cyan_shard_backlog", l, CY_SAMPLE_GAUGE,
+                (double)cy_scoreboard_backlog(&m->sb, i), -1, stale);
+    add(m, "cyan_shard_generation", l, CY_SAMPLE_GAUGE, (double)cy_sb_load(&sl->generation), -1,
+        false);
+    int64_t started = cy_sb_load(&sl->started_ms);
+    if (state == CY_SHARD_RUNNING && started)
+        add(m, "cyan_shard_start_timestamp_seconds", l, CY_SAMPLE_GAUGE,
+            (double)to_wall(started, off) / 1000.0, to_wall(started, off), false);
+    for (int r = 0; r < CY_RESTART_NREASONS; r++) {
+        char lr[64];
+        snprintf(lr, sizeof(lr), "reason=\"%s\",shard=\"%u\"", reason_words[r], i);
+        add_tracked(m, "cyan_shard_restarts_total", lr, CY_SAMPLE_COUNTER,
+                    (double)cy_sb_load(&sl->sv_restarts[r]), -1, false);
+    }
+    uint64_t vals[CY_METRICS_N];
+    cy_metrics_read_slot(sl, vals);
+    for (size_t k = 0; k < CY_METRICS_N; k++) {
+        char pn[96];
+        cy_metrics_prom_name(k, pn, sizeof(pn));
+        int kind = cy_metric_defs[k].kind == CY_METRIC_COUNTER ? CY_SAMPLE_COUNTER
+                                                               : CY_SAMPLE_GAUGE;
+        add_tracked(m, pn, l, kind, (double)vals[k], to_wall(cy_sb_load(&sl->changed_ms[k]), off),
+                    stale);
+    }
+    if (state == CY_SHARD_RUNNING) add_process(m, "shard", (int)i, cy_sb_load(&sl->pid));
+}
+
+static void take_snapshot(mon *m)
+{
+    cy_snapshot t = m->prev;
+    m->prev = m->snap;
+    m->snap = t;
+    int64_t now_mono = cy_mono_ms(), now_wall = cy_wall_ms();
+    int64_t off = now_wall - now_mono;
+    cy_snapshot_reset(&m->snap, now_wall);
+    m->evals++;
+    char l[160];
+    snprintf(l, sizeof(l), "commit=\"%.48s\",version=\"%.32s\"", cy_commit, CYAN_VERSION);
+    add(m, "cyan_build_info", l, CY_SAMPLE_GAUGE, 1, -1, false);
+    add(m, "cyan_monitor_up", NULL, CY_SAMPLE_GAUGE, 1, -1, false);
+    add(m, "cyan_monitor_evaluations_total", NULL, CY_SAMPLE_COUNTER, (double)m->evals, now_wall,
+        false);
+    const cy_sb_header *h = m->sb.hdr;
+    int64_t sbeat = cy_sb_load(&h->supervisor_heartbeat_ms);
+    add(m, "cyan_supervisor_heartbeat_age_seconds", NULL, CY_SAMPLE_GAUGE,
+        sbeat ? (double)(now_mono - sbeat) / 1000.0 : 0, -1, false);
+    add(m, "cyan_supervisor_start_timestamp_seconds", NULL, CY_SAMPLE_GAUGE,
+        (double)cy_sb_load(&h->started_wall_ms) / 1000.0, cy_sb_load(&h->started_wall_ms), false);
+    for (unsigned i = 0; i < m->nshards; i++)
+        snapshot_shard(m, i, now_mono, off);
+    add_process(m, "supervisor", -1, cy_sb_load(&h->supervisor_pid));
+    add_process(m, "monitor", -1, (int64_t)getpid());
+}
+
+/* ---- the operations listener ---- */
+
+static void reply_text(cy_http_req *req, unsigned status, const char *type, const char *body)
+{
+    cy_http_reply(req, status, type, body, strlen(body), NULL);
+}
+
+static void reply_error(cy_http_req *req, unsigned status, const char *code, const char *msg)
+{
+    char body[256];
+    snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}\n", code, msg);
+    reply_text(req, status, NULL, body);
+}
+
+/* The scope of the request's bearer token, or 0 (none or not valid). */
+static int token_scope(mon *m, cy_http_req *req)
+{
+    const char *a = cy_http_header(req, "Authorization");
+    if (!a || strncasecmp(a, "Bearer ", 7) || !m->reg) return 0;
+    const char *t = a + 7;
+    int scope = 0;
+    if (cy_registry_token_check(m->reg, t, strlen(t), &scope, NULL)) return 0;
+    return scope;
+}
+
+static void serve_metrics(mon *m, cy_http_req *req)
+{
+    cy_buf out;
+    cy_buf_init(&out);
+    if (cy_monitor_prometheus(&out, &m->snap, series_help)) {
+        cy_buf_fini(&out);
+        reply_error(req, 500, "out_of_memory", "the monitor is out of memory");
+        return;
+    }
+    cy_http_reply(req, 200, "text/plain; version=0.0.4; charset=utf-8",
+                  (const char *)cy_buf_head(&out), cy_buf_size(&out), NULL);
+    cy_buf_fini(&out);
+}
+
+static void on_request(void *ctx, cy_http_req *req)
+{
+    mon *m = ctx;
+    const char *method = cy_http_method(req), *path = cy_http_path(req);
+    bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    bool open_read = !strcmp(path, "/metrics") || !strcmp(path, "/status") ||
+                     !strncmp(path, "/api/v2/", 8);
+    if (!strcmp(path, "/-/healthy")) {
+        reply_text(req, 200, "text/plain; charset=utf-8", "ok\n");
+        return;
+    }
+    if (open_read && !m->live.ops_public && token_scope(m, req) == 0) {
+        reply_error(req, 401, "unauthorized", "this listener requires an API token (ops_public)");
+        return;
+    }
+    if (!strcmp(path, "/metrics")) {
+        if (!get) {
+            reply_error(req, 405, "method_not_allowed", "GET only");
+            return;
+        }
+        serve_metrics(m, req);
+        return;
+    }
+    reply_error(req, 404, "not_found", "no such path on the operations listener");
+}
+
+/* ---- process plumbing (as a shard's: shard/main.c) ---- */
+
+static void on_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void stop(mon *m, const char *why)
+{
+    if (m->stopping) return;
+    m->stopping = true;
+    cy_info(NULL, "monitor: %s, shutting down", why);
+    if (m->slot) cy_sb_store(&m->slot->state, CY_SHARD_STOPPING);
+    if (m->http) cy_http_stop(m->http);
+    uv_close((uv_handle_t *)&m->sigterm, on_closed);
+    uv_close((uv_handle_t *)&m->sigint, on_closed);
+    uv_close((uv_handle_t *)&m->sighup, on_closed);
+    uv_close((uv_handle_t *)&m->sigusr1, on_closed);
+    uv_close((uv_handle_t *)&m->sigusr2, on_closed);
+    uv_close((uv_handle_t *)&m->supervisor, on_closed);
+    uv_close((uv_handle_t *)&m->beat, on_closed);
+    uv_close((uv_handle_t *)&m->eval, on_closed);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    mon *m = h->data;
+    if (signum == SIGTERM || signum == SIGINT) {
+        stop(m, signum == SIGTERM ? "received SIGTERM" : "received SIGINT");
+        return;
+    }
+    /* SIGHUP reaches the supervisor, which sends reloads over fd 4;
+     * SIGUSR1/2 are log-rotation habits: nothing to do here. */
+}
+
+/* A reload from the supervisor: "name=value" lines. The monitor's own
+ * settings shape the run; it applies log_level and ignores the rest. */
+static void reload(mon *m, char *msg)
+{
+    for (char *line = msg, *nl; line && *line; line = nl) {
+        nl = strchr(line, '\n');
+        if (nl) *nl++ = '\0';
+        if (!strncmp(line, "log_level=", 10)) {
+            cy_log_level lvl;
+            if (!cy_log_parse_level(line + 10, &lvl)) {
+                cy_log_set_level(lvl);
+                snprintf(m->live.log_level, sizeof(m->live.log_level), "%s", line + 10);
+            }
+        }
+    }
+}
+
+static void on_alloc_in(uv_handle_t *h, size_t size, uv_buf_t *buf)
+{
+    mon *m = h->data;
+    (void)size;
+    if (m->inlen + 1 >= sizeof(m->in)) m->inlen = 0;
+    *buf = uv_buf_init(m->in + m->inlen, (unsigned)(sizeof(m->in) - 1 - m->inlen));
+}
+
+static void on_supervisor(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    mon *m = s->data;
+    (void)buf;
+    if (nread < 0) {
+        stop(m, "supervisor gone");
+        return;
+    }
+    m->inlen += (size_t)nread;
+    m->in[m->inlen] = '\0';
+    char *end;
+    while ((end = strstr(m->in, "\n\n"))) {
+        end[1] = '\0';
+        reload(m, m->in);
+        size_t used = (size_t)(end + 2 - m->in);
+        memmove(m->in, end + 2, m->inlen - used + 1);
+        m->inlen -= used;
+    }
+}
+
+static void beat(mon *m)
+{
+    cy_sb_store(&m->slot->heartbeat_ms, cy_mono_ms());
+    cy_sb_storeu(&m->slot->loops, cy_sb_loadu(&m->slot->loops) + 1);
+    cy_sb_storeu(&m->slot->connections, m->http ? cy_http_connections(m->http) : 0);
+}
+
+static void on_beat(uv_timer_t *t)
+{
+    beat(t->data);
+}
+
+static void on_eval(uv_timer_t *t)
+{
+    mon *m = t->data;
+    take_snapshot(m);
+    cy_sb_storeu(&m->slot->progress, m->evals);
+    cy_sb_store(&m->slot->progress_ms, cy_mono_ms());
+}
+
+int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
+{
+    mon *m = cy_calloc(1, sizeof(*m));
+    if (!m) return 1;
+    int status = 1;
+    cy_log_set_tag("monitor");
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* as a shard: see shard/main.c */
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    m->live = *cfg;
+    m->index = index;
+    cy_snapshot_init(&m->snap, cy_wall_ms());
+    cy_snapshot_init(&m->prev, cy_wall_ms());
+    char path[600];
+    snprintf(path, sizeof(path), "%s/run/scoreboard", cfg->data_dir);
+    if (cy_scoreboard_open(path, &m->sb)) {
+        cy_error(NULL, "monitor: cannot open the scoreboard %s (is the supervisor running?)", path);
+        goto out;
+    }
+    if ((int64_t)getppid() != cy_sb_load(&m->sb.hdr->supervisor_pid)) {
+        cy_error(NULL, "monitor: my supervisor (pid %lld) is gone; exiting",
+                 (long long)cy_sb_load(&m->sb.hdr->supervisor_pid));
+        goto out;
+    }
+    m->nshards = (unsigned)m->sb.hdr->nshards;
+    if (index != m->nshards) {
+        cy_error(NULL, "monitor: index %u is not the monitor's slot (%u)", index, m->nshards);
+        goto out;
+    }
+    m->slot = cy_scoreboard_monitor(&m->sb);
+    cy_sb_store(&m->slot->pid, getpid());
+    cy_sb_store(&m->slot->generation, (int64_t)generation);
+    cy_sb_store(&m->slot->heartbeat_ms, cy_mono_ms());
+    cy_sb_store(&m->slot->state, CY_SHARD_STARTING);
+    snprintf(path, sizeof(path), "%s/registry.db", cfg->data_dir);
+    if (cy_registry_open(path, &m->reg)) {
+        cy_error(NULL, "monitor: cannot open %s", path);
+        goto out;
+    }
+    uv_loop_init(&m->loop);
+    if (cfg->ops_listen[0]) {
+        cy_http_limits lim;
+        memset(&lim, 0, sizeof(lim));
+        lim.max_connections = 256;
+        lim.max_body_bytes = 16384;
+        int rc = cy_http_new(&m->loop, OPS_FD, &lim, on_request, NULL, m, &m->http);
+        if (rc) {
+            cy_error(NULL, "monitor: cannot serve ops_listen %s: %s", cfg->ops_listen,
+                     cy_strerror(rc));
+            goto out_loop;
+        }
+        close(OPS_FD);
+    }
+    uv_signal_init(&m->loop, &m->sigterm);
+    uv_signal_init(&m->loop, &m->sigint);
+    uv_signal_init(&m->loop, &m->sighup);
+    uv_signal_init(&m->loop, &m->sigusr1);
+    uv_signal_init(&m->loop, &m->sigusr2);
+    m->sigterm.data = m->sigint.data = m->sighup.data = m->sigusr1.data = m->sigusr2.data = m;
+    uv_signal_start(&m->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&m->sigint, on_signal, SIGINT);
+    uv_signal_start(&m->sighup, on_signal, SIGHUP);
+    uv_signal_start(&m->sigusr1, on_signal, SIGUSR1);
+    uv_signal_start(&m->sigusr2, on_signal, SIGUSR2);
+    uv_pipe_init(&m->loop, &m->supervisor, 0);
+    m->supervisor.data = m;
+    if (uv_pipe_open(&m->supervisor, SUPERVISOR_FD) == 0)
+        uv_read_start((uv_stream_t *)&m->supervisor, on_alloc_in, on_supervisor);
+    else
+        cy_warn(NULL, "monitor: no supervisor pipe on fd 4; it will not notice its death");
+    uv_timer_init(&m->loop, &m->beat);
+    m->beat.data = m;
+    uv_timer_start(&m->beat, on_beat, BEAT_MS, BEAT_MS);
+    uv_timer_init(&m->loop, &m->eval);
+    m->eval.data = m;
+    uv_timer_start(&m->eval, on_eval, EVAL_MS, EVAL_MS);
+    take_snapshot(m); /* /metrics has figures from the first request on */
+    cy_sb_store(&m->slot->started_ms, cy_mono_ms());
+    beat(m);
+    cy_sb_store(&m->slot->state, CY_SHARD_RUNNING);
+    cy_info(NULL, "pid %ld: watching %u shard%s%s%s", (long)getpid(), m->nshards,
+            m->nshards == 1 ? "" : "s", cfg->ops_listen[0] ? ", serving on " : "",
+            cfg->ops_listen);
+    uv_run(&m->loop, UV_RUN_DEFAULT);
+    status = 0;
+out_loop:
+    if (m->http) {
+        cy_http_stop(m->http);
+        uv_run(&m->loop, UV_RUN_NOWAIT);
+        cy_http_free(m->http);
+    }
+    uv_run(&m->loop, UV_RUN_NOWAIT);
+    if (uv_loop_close(&m->loop)) cy_warn(NULL, "monitor: loop closed with handles open");
+out:
+    cy_registry_close(m->reg);
+    if (m->slot) cy_sb_store(&m->slot->state, CY_SHARD_DOWN);
+    cy_scoreboard_close(&m->sb);
+    cy_snapshot_fini(&m->snap);
+    cy_snapshot_fini(&m->prev);
+    cy_free(m);
+    if (status == 0) cy_info(NULL, "monitor stopped");
+    return status;
+}
