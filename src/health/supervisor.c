@@ -38,7 +38,7 @@
  * written in the file, if that process has the lock file open; or the
  * parent of a shard holding it, if the parent has it open too): refuse and
  * name its pid; or shards whose supervisor is gone (a process that has the
- * lock file open as its fd 6 and argv[1] "shard", whose parent does not
+ * lock file open as its fd 6 and argv[1] "shard" or "monitor", whose parent does not
  * have it open): name each and SIGKILL it, then wait for the lock. A
  * process that merely reuses a recorded pid cannot have our lock file open,
  * so it is never killed.
@@ -830,7 +830,8 @@ static bool proc_stat(pid_t pid, pid_t *ppid, char *state)
     return true;
 }
 
-/* The shard index if pid's command line is `EXE shard INDEX ...`, else -1. */
+/* The slot index if pid's command line is `EXE shard INDEX ...` or `EXE
+ * monitor INDEX ...` (a process of some run), else -1. */
 static int shard_index(pid_t pid)
 {
     char path[64], buf[256];
@@ -842,7 +843,7 @@ static int shard_index(pid_t pid)
     if (n <= 0) return -1;
     buf[n] = '\0';
     const char *a1 = memchr(buf, '\0', (size_t)n);
-    if (!a1 || ++a1 >= buf + n || strcmp(a1, "shard")) return -1;
+    if (!a1 || ++a1 >= buf + n || (strcmp(a1, "shard") && strcmp(a1, "monitor"))) return -1;
     const char *a2 = a1 + strlen(a1) + 1;
     if (a2 >= buf + n || *a2 < '0' || *a2 > '9') return -1;
     return atoi(a2);

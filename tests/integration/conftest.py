@@ -333,6 +333,62 @@ class Server:
                 found[int(args[2])] = int(pid)
         return found
 
+    def monitor_pid(self):
+        """The pid of this server's monitor process now, or None."""
+        needle = ("--data_dir=%s" % self.data_dir).encode()
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    args = f.read().split(b"\0")
+                with open("/proc/%s/stat" % pid) as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if stat[stat.rindex(")") + 2] in "ZX":
+                continue
+            if len(args) > 3 and args[1] == b"monitor" and needle in args:
+                return int(pid)
+        return None
+
+    def ops_get(self, path, token=None, timeout=3.0):
+        """GET path on the operations listener: (status, headers dict, body
+        bytes), or (None, {}, repr of the error) if it does not answer."""
+        import http.client
+        conn = http.client.HTTPConnection(self.host, self.ops_port, timeout=timeout)
+        try:
+            headers = {"Authorization": "Bearer " + token} if token else {}
+            conn.request("GET", path, headers=headers)
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        except (OSError, http.client.HTTPException) as e:
+            return None, {}, repr(e).encode()
+        finally:
+            conn.close()
+
+    def metrics(self, timeout=3.0):
+        """{(name, labels text): value} from GET /metrics (waits, bounded,
+        for the monitor to serve it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, _, body = self.ops_get("/metrics")
+            if status == 200 or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        assert status == 200, "GET /metrics: %r %r\n%s" % (status, body[:300], self.log_tail())
+        out = {}
+        for line in body.decode().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            series, value = line.rsplit(" ", 1)
+            if "{" in series:
+                name, labels = series[:-1].split("{", 1)
+            else:
+                name, labels = series, ""
+            out[(name, labels)] = float(value)
+        return out
+
     def wait_shard_pids(self, timeout=10.0):
         """shard_pids() once every shard of this server runs (a shard's pid is
         in /proc as soon as it is forked, its command line only once it has

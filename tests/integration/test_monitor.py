@@ -1,0 +1,167 @@
+"""The monitor process (issue 11): /metrics on the operations listener,
+served by a process that no shard's hang can stop, with the figures of a
+hung shard still served and marked stale; the monitor itself watched and
+replaced by the supervisor like a shard.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from helpers import CYAN
+
+pytestmark = [
+    pytest.mark.cyan_only,
+    pytest.mark.skipif(not CYAN, reason="cyan's monitor"),
+]
+
+
+def wait_for(pred, timeout, what, srv):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            pytest.fail("%s: not within %.1fs\n%s" % (what, timeout, srv.log_tail()))
+        time.sleep(0.05)
+
+
+def shard_label(i):
+    return 'shard="%d"' % i
+
+
+def wait_metrics(srv, pred, timeout, what):
+    """The first /metrics for which pred(metrics) is true (bounded)."""
+    return wait_for(lambda: (lambda m: m if pred(m) else None)(srv.metrics()), timeout, what,
+                    srv)
+
+
+def all_up(srv, n):
+    """/metrics once it shows every shard up and fresh (the monitor's first
+    snapshot may predate the shards' start)."""
+    return wait_metrics(srv, lambda m: all(
+        m.get(("cyan_shard_up", shard_label(i))) == 1
+        and m.get(("cyan_shard_stale", shard_label(i))) == 0 for i in range(n)), 10,
+        "every shard up in /metrics")
+
+
+def test_metrics_served_and_valid(server_factory):
+    srv = server_factory(shards=2)
+    m = all_up(srv, 2)
+    for i in range(2):
+        assert m[("cyan_shard_up", shard_label(i))] == 1
+        assert m[("cyan_shard_stale", shard_label(i))] == 0
+        assert m[("cyan_shard_restarts_total", 'reason="hung",' + shard_label(i))] == 0
+        # Every per-shard registry metric is there, with its companion.
+        assert ("cyan_publish_received_total", shard_label(i)) in m
+        assert ("cyan_publish_received_last_change_timestamp_seconds", shard_label(i)) in m
+        assert ("cyan_shard_last_progress_timestamp_seconds", shard_label(i)) in m
+    builds = [k for k in m if k[0] == "cyan_build_info"]
+    assert len(builds) == 1 and 'version="' in builds[0][1] and 'commit="' in builds[0][1]
+    assert ("cyan_process_cpu_seconds_total", 'process="supervisor"') in m
+    assert ("cyan_process_resident_memory_bytes", 'process="shard",shard="0"') in m
+    # promtool (Debian's prometheus package) accepts the exposition.
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: run scripts/deps.sh test"
+    status, headers, body = srv.ops_get("/metrics")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    cp = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
+                        timeout=20)
+    assert cp.returncode == 0, cp.stdout.decode() + cp.stderr.decode()
+
+
+def test_change_times_follow_traffic(server_factory, new_device):
+    """A counter's companion moves when the counter does, and not otherwise."""
+    srv = server_factory(shards=1)
+    m0 = all_up(srv, 1)
+    key = ("cyan_connects_total", shard_label(0))
+    comp = ("cyan_connects_last_change_timestamp_seconds", shard_label(0))
+    before = m0[key]
+    dev = new_device()
+    t0 = time.time()
+    cp = subprocess.run(["mosquitto_pub", "-h", srv.host, "-p", str(srv.port), "-u", dev.id,
+                         "-P", dev.secret, "-i", dev.id, "-t", "events/x", "-m", "1"],
+                        capture_output=True, timeout=10)
+    assert cp.returncode == 0, cp.stderr
+    m1 = wait_for(lambda: (lambda m: m if m[key] > before else None)(srv.metrics()), 5,
+                  "connects_total moves", srv)
+    assert m1[comp] >= t0 - 1.0
+    assert m1[comp] <= time.time() + 1.0
+    # An unchanged counter keeps its change time across snapshots.
+    other = ("cyan_limit_outbox_last_change_timestamp_seconds", shard_label(0))
+    evals = m1[("cyan_monitor_evaluations_total", "")]
+    m2 = wait_for(lambda: (lambda m: m if m[("cyan_monitor_evaluations_total", "")] > evals + 1
+                           else None)(srv.metrics()), 5, "two more snapshots", srv)
+    assert m2[other] == m1[other]
+    assert m2[comp] == m1[comp]
+
+
+def test_stopped_shard_served_stale_then_replaced(server_factory):
+    srv = server_factory(shards=2, watchdog_timeout=1000)
+    pids = srv.wait_shard_pids()
+    all_up(srv, 2)
+    os.kill(pids[1], signal.SIGSTOP)
+    try:
+        # Its figures are still served, marked stale, while it is stopped.
+        m = wait_for(lambda: (lambda m: m if m.get(("cyan_shard_stale", shard_label(1))) == 1
+                              or m[("cyan_shard_restarts_total",
+                                    'reason="hung",' + shard_label(1))] >= 1
+                              else None)(srv.metrics()), 5, "shard 1 stale", srv)
+        if m[("cyan_shard_restarts_total", 'reason="hung",' + shard_label(1))] == 0:
+            assert m[("cyan_shard_stale", shard_label(0))] == 0
+            assert m[("cyan_shard_heartbeat_age_seconds", shard_label(1))] > 1.0
+            assert ("cyan_publish_received_total", shard_label(1)) in m
+        # The supervisor replaces it; the counter says why.
+        m = wait_for(lambda: (lambda m: m if m[("cyan_shard_restarts_total",
+                                                'reason="hung",' + shard_label(1))] == 1
+                              and m[("cyan_shard_up", shard_label(1))] == 1
+                              and m[("cyan_shard_stale", shard_label(1))] == 0
+                              else None)(srv.metrics()), 10, "shard 1 replaced", srv)
+        assert m[("cyan_shard_restarts_total", 'reason="hung",' + shard_label(0))] == 0
+    finally:
+        try:
+            os.kill(pids[1], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def test_monitor_killed_is_replaced(server_factory):
+    srv = server_factory(shards=2)
+    shard_pids = srv.wait_shard_pids()
+    srv.metrics()
+    pid = wait_for(srv.monitor_pid, 5, "monitor running", srv)
+    os.kill(pid, signal.SIGKILL)
+    new = wait_for(lambda: (lambda p: p if p and p != pid else None)(srv.monitor_pid()), 10,
+                   "a new monitor", srv)
+    assert new != pid
+    m = srv.metrics(timeout=10)
+    assert m[("cyan_shard_up", shard_label(0))] == 1
+    # Shards never noticed.
+    assert srv.shard_pids() == shard_pids
+    assert srv.wait_log("monitor (pid %d) exited with signal 9" % pid, 5), srv.log_tail()
+
+
+def test_ops_public_false_needs_a_token(server_factory):
+    srv = server_factory(shards=1, ops_public=False)
+    status, _, _ = wait_for(lambda: (lambda r: r if r[0] is not None else None)(
+        srv.ops_get("/metrics")), 5, "ops listener answers", srv)
+    assert status == 401
+    status, _, body = srv.ops_get("/metrics", token=srv.admin_token())
+    assert status == 200, body
+    status, _, body = srv.ops_get("/-/healthy")
+    assert status == 200 and body == b"ok\n"
+
+
+def test_monitor_off(server_factory):
+    srv = server_factory(shards=1, monitor=False)
+    srv.wait_shard_pids()
+    assert srv.wait_log("all 1 shards running", 10)
+    assert srv.monitor_pid() is None
+    status, _, _ = srv.ops_get("/metrics", timeout=1)
+    assert status is None
