@@ -69,6 +69,13 @@ enum {
  * CY_METRICS_N are spare, so a metric can be added without a new layout. */
 #define CY_SB_COUNTERS 32
 
+/* Latency histograms a shard publishes (health/metrics.h names them):
+ * CY_SB_HISTS of them, each CY_SB_HIST_WORDS words: per-bucket counts
+ * (not cumulative) for the bucket bounds of metrics.h, then the sum of
+ * the observations in microseconds. */
+#define CY_SB_HISTS 4
+#define CY_SB_HIST_WORDS 18
+
 typedef struct cy_sb_slot {
     /* written by the shard */
     int64_t pid;
@@ -87,6 +94,8 @@ typedef struct cy_sb_slot {
     uint64_t counters[CY_SB_COUNTERS];
     int64_t changed_ms[CY_SB_COUNTERS]; /* monotonic ms when counters[i] last changed, 0 never */
     int64_t progress_ms;                /* monotonic ms when progress last moved, 0 never */
+    uint64_t hists[CY_SB_HISTS][CY_SB_HIST_WORDS];
+    int64_t hist_changed_ms[CY_SB_HISTS]; /* monotonic ms of the last observation, 0 never */
     /* written by the supervisor */
     int64_t sv_pid;          /* pid it spawned (0 when down) */
     int64_t sv_restarts[CY_RESTART_NREASONS];

@@ -507,6 +507,11 @@ static void spawn_shard(shard *sh)
         cy_sb_store(&slot->changed_ms[j], 0);
     }
     cy_sb_store(&slot->progress_ms, 0);
+    for (unsigned h = 0; h < CY_SB_HISTS; h++) {
+        for (unsigned j = 0; j < CY_SB_HIST_WORDS; j++)
+            cy_sb_storeu(&slot->hists[h][j], 0);
+        cy_sb_store(&slot->hist_changed_ms[h], 0);
+    }
     cy_sb_store(&slot->state, CY_SHARD_STARTING);
 
     char idx[16], genbuf[24];
