@@ -691,23 +691,14 @@ static bool canary_failing(sv *s, shard *sh, int64_t now, char *why, size_t len)
     if (cy_sb_load(&m->state) != CY_SHARD_RUNNING || !mstart || now - mstart <= limit ||
         now - cy_sb_load(&m->heartbeat_ms) > s->cfg->watchdog_timeout)
         return false;
-    if (!sh->running_since_ms) return false;
-    int64_t ok = cy_sb_load(&h->canary_ok_ms[sh->idx]);
-    int64_t from = ok > sh->running_since_ms ? ok : sh->running_since_ms;
-    if (now - from <= limit) return false;
-    if (s->n > 1) {
-        unsigned failing = 0;
-        for (unsigned i = 0; i < s->n; i++) {
-            int64_t oki = cy_sb_load(&h->canary_ok_ms[i]);
-            if (now - oki > limit) failing++;
-        }
-        if (failing == s->n) return false;
+    unsigned failing = 0;
+    for (unsigned i = 0; i < s->n; i++) {
+        const shard *o = &s->shards[i];
+        failing += cy_canary_failing(now, limit, o->running_since_ms ? o->running_since_ms : 1,
+                                     cy_sb_load(&h->canary_ok_ms[i]), 1, 0, NULL, 0);
     }
-    if (ok > sh->running_since_ms)
-        snprintf(why, len, "canary failing for %.1f s", secs(now - ok));
-    else
-        snprintf(why, len, "canary never succeeded in %.1f s", secs(now - from));
-    return true;
+    return cy_canary_failing(now, limit, sh->running_since_ms, cy_sb_load(&h->canary_ok_ms[sh->idx]),
+                             s->n, failing, why, len);
 }
 
 static void on_tick(uv_timer_t *t)

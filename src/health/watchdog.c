@@ -43,6 +43,25 @@ int64_t cy_watchdog_start_limit(int64_t timeout_ms)
     return t > CY_WATCHDOG_START_MIN_MS ? t : CY_WATCHDOG_START_MIN_MS;
 }
 
+bool cy_canary_failing(int64_t now_ms, int64_t timeout_ms, int64_t running_since_ms,
+                       int64_t ok_ms, unsigned nshards, unsigned nfailing, char *why,
+                       size_t why_len)
+{
+    if (why && why_len) why[0] = '\0';
+    if (timeout_ms <= 0 || running_since_ms <= 0) return false;
+    int64_t from = ok_ms > running_since_ms ? ok_ms : running_since_ms;
+    if (now_ms - from <= timeout_ms) return false;
+    if (nshards > 1 && nfailing >= nshards) return false;
+    if (why && why_len) {
+        double s = (double)(now_ms - from) / 1000.0;
+        if (ok_ms > running_since_ms)
+            snprintf(why, why_len, "canary failing for %.1f s", s);
+        else
+            snprintf(why, why_len, "canary never succeeded in %.1f s", s);
+    }
+    return true;
+}
+
 int cy_watchdog_reason(cy_verdict v)
 {
     if (v == CY_VERDICT_CANARY) return CY_RESTART_CANARY;

@@ -75,6 +75,21 @@ int64_t cy_watchdog_start_limit(int64_t timeout_ms);
 /* Which restart reason (CY_RESTART_*) a verdict counts as. */
 int cy_watchdog_reason(cy_verdict v);
 
+/* The canary's verdict on a running shard (the supervisor asks only when
+ * the monitor is healthy: running, heartbeat fresh, up for a timeout).
+ * True when the shard's canary has not succeeded for longer than
+ * timeout_ms, counted from the later of its last success (ok_ms, 0 none)
+ * and the moment the shard started running (running_since_ms; 0: not
+ * running, never failing), unless every one of nshards > 1 shards is
+ * failing (nfailing == nshards): that points at the monitor or the path
+ * all canaries share, and restarting every shard would turn a monitoring
+ * fault into an outage. timeout_ms <= 0: canaries off, never failing.
+ * why (may be NULL) receives "canary failing for 3.1 s" or "canary never
+ * succeeded in 3.1 s". */
+bool cy_canary_failing(int64_t now_ms, int64_t timeout_ms, int64_t running_since_ms,
+                       int64_t ok_ms, unsigned nshards, unsigned nfailing, char *why,
+                       size_t why_len);
+
 /* Crash-loop backoff. A shard that ran less than CY_BACKOFF_SHORT_RUN_MS
  * waits clamp(prev x 2, 250 ms, 30 s) before its next spawn; one that ran
  * longer is respawned at once (prev unchanged). Once a shard has been

@@ -504,9 +504,35 @@ static void test_config_load_args(void **state)
     assert_false(cy_config_reloadable(n));
 }
 
+static void test_canary_failing(void **state)
+{
+    (void)state;
+    char why[64];
+    /* Off, or the shard not running: never. */
+    assert_false(cy_canary_failing(100000, 0, 1000, 0, 1, 1, why, sizeof(why)));
+    assert_false(cy_canary_failing(100000, 3000, 0, 0, 1, 1, why, sizeof(why)));
+    assert_string_equal(why, "");
+    /* Running since 1000, never succeeded: at the timeout still fine, 1 ms later not. */
+    assert_false(cy_canary_failing(4000, 3000, 1000, 0, 1, 1, why, sizeof(why)));
+    assert_true(cy_canary_failing(4001, 3000, 1000, 0, 1, 1, why, sizeof(why)));
+    assert_string_equal(why, "canary never succeeded in 3.0 s");
+    /* A success before the shard's start does not count for this run. */
+    assert_true(cy_canary_failing(4001, 3000, 1000, 900, 1, 1, why, sizeof(why)));
+    /* A success at 2000 gives until 5000. */
+    assert_false(cy_canary_failing(5000, 3000, 1000, 2000, 1, 1, why, sizeof(why)));
+    assert_true(cy_canary_failing(5100, 3000, 1000, 2000, 1, 1, why, sizeof(why)));
+    assert_string_equal(why, "canary failing for 3.1 s");
+    /* Every shard of several failing: the monitor's problem, no verdict. */
+    assert_false(cy_canary_failing(5100, 3000, 1000, 2000, 4, 4, why, sizeof(why)));
+    assert_true(cy_canary_failing(5100, 3000, 1000, 2000, 4, 3, why, sizeof(why)));
+    /* One shard alone: its failure is its own. */
+    assert_true(cy_canary_failing(5100, 3000, 1000, 2000, 1, 1, NULL, 0));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_canary_failing),
         cmocka_unit_test(test_watchdog_judge_healthy_ok),
         cmocka_unit_test(test_watchdog_judge_hung_edges),
         cmocka_unit_test(test_watchdog_judge_heartbeat_in_future_ok),
