@@ -178,3 +178,34 @@ bool cy_scoreboard_event_get(const cy_scoreboard *sb, uint64_t seq, cy_sb_event 
     out->text[sizeof(out->text) - 1] = '\0';
     return true;
 }
+
+void cy_scoreboard_alerts_set(cy_scoreboard *sb, const char *text, int64_t now_ms)
+{
+    cy_sb_header *h = sb->hdr;
+    uint64_t seq = __atomic_load_n(&h->alerts_seq, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->alerts_seq, seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    snprintf(h->alerts_text, sizeof(h->alerts_text), "%s", text ? text : "");
+    h->alerts_ms = now_ms;
+    __atomic_store_n(&h->alerts_seq, seq + 2, __ATOMIC_RELEASE);
+}
+
+bool cy_scoreboard_alerts_get(const cy_scoreboard *sb, char *out, size_t len, int64_t *when_ms)
+{
+    const cy_sb_header *h = sb->hdr;
+    if (!len) return false;
+    for (int tries = 0; tries < 3; tries++) {
+        uint64_t a = __atomic_load_n(&h->alerts_seq, __ATOMIC_ACQUIRE);
+        if (a & 1) continue;
+        size_t n = len < sizeof(h->alerts_text) ? len : sizeof(h->alerts_text);
+        memcpy(out, (const char *)h->alerts_text, n);
+        out[n - 1] = '\0';
+        int64_t w = h->alerts_ms;
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&h->alerts_seq, __ATOMIC_RELAXED) != a) continue;
+        if (when_ms) *when_ms = w;
+        return true;
+    }
+    out[0] = '\0';
+    return false;
+}

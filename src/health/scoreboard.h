@@ -137,6 +137,9 @@ typedef struct cy_sb_header {
     /* written by the monitor */
     int64_t canary_timeout_ms;                /* 0: canaries off, no verdicts */
     int64_t canary_ok_ms[CY_SB_MAX_SHARDS];   /* monotonic ms of the last full success, 0 none */
+    uint64_t alerts_seq;      /* odd while the monitor rewrites alerts_text (a seqlock) */
+    int64_t alerts_ms;        /* monotonic ms of the last rewrite */
+    char alerts_text[2048];   /* active alerts, one line each, for `cyan status` */
     /* written by the supervisor */
     uint64_t event_seq; /* the last event written; entry seq % CY_SB_EVENTS */
     cy_sb_event events[CY_SB_EVENTS];
@@ -190,6 +193,13 @@ void cy_scoreboard_event(cy_scoreboard *sb, int64_t wall_ms, int kind, int shard
  * yet written. A copy torn by a concurrent overwrite is detected by
  * reading seq again after the copy. */
 bool cy_scoreboard_event_get(const cy_scoreboard *sb, uint64_t seq, cy_sb_event *out);
+
+/* The monitor's list of active alerts (the monitor only): a seqlock
+ * write, so cy_scoreboard_alerts_get never returns a torn text. */
+void cy_scoreboard_alerts_set(cy_scoreboard *sb, const char *text, int64_t now_ms);
+/* Copy the list into out (NUL-terminated) and its time into *when_ms;
+ * false if the monitor was writing it on every try (3). */
+bool cy_scoreboard_alerts_get(const cy_scoreboard *sb, char *out, size_t len, int64_t *when_ms);
 
 /* Work queued for shard i as its peers see it: the sum over live peers j of
  * slot[j].bus_sent[i] - slot[j].bus_acked[i], plus slot[i].queued. */

@@ -90,10 +90,15 @@ static int open_board(const cy_config *cfg, cy_scoreboard *sb, char *path, size_
 
 static void print_table(const cy_scoreboard *sb, int64_t now)
 {
-    /* restarts: counted by reason, exit/signal/hung/stuck */
-    printf("%-5s %-7s %-8s %4s %7s %6s %12s %8s %6s  %-20s %s\n", "shard", "pid", "state", "gen",
-           "up", "beat", "progress", "backlog", "conns", "exit/sig/hung/stuck", "last restart");
-    for (unsigned i = 0; i < sb->hdr->nshards; i++) {
+    /* restarts: counted by reason, exit/signal/hung/stuck/canary; the
+     * monitor's row (its slot after the shards') when it runs or ran. */
+    const cy_sb_slot *mon = cy_scoreboard_monitor(sb);
+    unsigned rows = sb->hdr->nshards + (cy_sb_load(&mon->generation) > 0 ? 1 : 0);
+    printf("%-7s %-7s %-8s %4s %7s %6s %12s %8s %6s %7s  %-22s %s\n", "shard", "pid", "state",
+           "gen", "up", "beat", "progress", "backlog", "conns", "canary",
+           "exit/sig/hung/stuck/can", "last restart");
+    for (unsigned i = 0; i < rows; i++) {
+        bool is_mon = i == sb->hdr->nshards;
         const cy_sb_slot *sl = &sb->slots[i];
         int64_t st = cy_sb_load(&sl->state);
         int64_t pid = cy_sb_load(&sl->sv_pid);
@@ -105,11 +110,26 @@ static void print_table(const cy_scoreboard *sb, int64_t now)
             if (started > 0) fmt_age(up, sizeof(up), now - started);
             fmt_age(beat, sizeof(beat), now - cy_sb_load(&sl->heartbeat_ms));
         }
-        snprintf(restarts, sizeof(restarts), "%lld/%lld/%lld/%lld",
+        snprintf(restarts, sizeof(restarts), "%lld/%lld/%lld/%lld/%lld",
                  (long long)cy_sb_load(&sl->sv_restarts[CY_RESTART_EXIT]),
                  (long long)cy_sb_load(&sl->sv_restarts[CY_RESTART_SIGNAL]),
                  (long long)cy_sb_load(&sl->sv_restarts[CY_RESTART_HUNG]),
-                 (long long)cy_sb_load(&sl->sv_restarts[CY_RESTART_STUCK]));
+                 (long long)cy_sb_load(&sl->sv_restarts[CY_RESTART_STUCK]),
+                 (long long)cy_sb_load(&sl->sv_restarts[CY_RESTART_CANARY]));
+        /* The canary: when it last walked the whole path (monitor: "-"). */
+        char canary[32] = "-";
+        int64_t ok = is_mon ? 0 : cy_sb_load(&sb->hdr->canary_ok_ms[i]);
+        if (!is_mon && cy_sb_load(&sb->hdr->canary_timeout_ms) > 0) {
+            if (ok > 0)
+                fmt_age(canary, sizeof(canary), now - ok);
+            else
+                snprintf(canary, sizeof(canary), "never");
+        }
+        char label[16];
+        if (is_mon)
+            snprintf(label, sizeof(label), "monitor");
+        else
+            snprintf(label, sizeof(label), "%u", i);
         int64_t when = cy_sb_load(&sl->sv_last_restart_ms);
         if (when > 0) {
             char reason[sizeof(sl->sv_last_reason)], ago[32];
@@ -123,12 +143,36 @@ static void print_table(const cy_scoreboard *sb, int64_t now)
             else
                 snprintf(last, sizeof(last), "%s ago: %s", ago, reason);
         }
-        printf("%-5u %-7s %-8s %4lld %7s %6s %12llu %8llu %6llu  %-20s %s\n", i, pidbuf,
+        printf("%-7s %-7s %-8s %4lld %7s %6s %12llu %8llu %6llu %7s  %-22s %s\n", label, pidbuf,
                state_name(st), (long long)cy_sb_load(&sl->generation), up, beat,
                (unsigned long long)cy_sb_loadu(&sl->progress),
                (unsigned long long)cy_scoreboard_backlog(sb, i),
-               (unsigned long long)cy_sb_loadu(&sl->connections), restarts, last);
+               (unsigned long long)cy_sb_loadu(&sl->connections), canary, restarts, last);
     }
+}
+
+/* The monitor's active alerts, as it last wrote them. */
+static void print_alerts(const cy_scoreboard *sb, int64_t now)
+{
+    const cy_sb_slot *mon = cy_scoreboard_monitor(sb);
+    if (cy_sb_load(&mon->generation) == 0) {
+        printf("\nalerts: no monitor in this run (monitor = false)\n");
+        return;
+    }
+    char text[sizeof(sb->hdr->alerts_text)];
+    int64_t when = 0;
+    if (!cy_scoreboard_alerts_get(sb, text, sizeof(text), &when) || when == 0) {
+        printf("\nalerts: not evaluated yet\n");
+        return;
+    }
+    char ago[32];
+    fmt_age(ago, sizeof(ago), now - when);
+    if (!text[0]) {
+        printf("\nalerts: none firing (evaluated %s ago)\n", ago);
+        return;
+    }
+    printf("\nalerts firing (evaluated %s ago):\n%s", ago, text);
+    if (text[strlen(text) - 1] != '\n') printf("\n");
 }
 
 /* The node's totals of every metric in the registry, summed over the
@@ -184,6 +228,7 @@ int cy_status_print(const cy_config *cfg)
                     agebuf);
     }
     print_table(&sb, now);
+    print_alerts(&sb, now);
     print_totals(&sb);
     cy_scoreboard_close(&sb);
     return rc;

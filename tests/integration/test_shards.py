@@ -80,12 +80,13 @@ def ids_by_shard(prefix, per_shard, nshards=NSHARDS):
 # ------------------------------------------------------------------ cyan status
 
 Row = collections.namedtuple(
-    "Row", "shard pid state gen up beat progress backlog conns exit sig hung stuck last reason")
+    "Row", "shard pid state gen up beat progress backlog conns canary exit sig hung stuck "
+    "canary_restarts last reason")
 
 _HEAD = re.compile(r"^supervisor pid (\d+), heartbeat \S+ ago, watchdog_timeout (\d+) ms, "
                    r"(\d+) shards$", re.M)
 _ROW = re.compile(r"^(\d+)\s+(\d+|-)\s+([A-Z?]+)\s+(\d+)\s+(\S+)\s+(\S+)\s+(\d+)\s+(\d+)\s+"
-                  r"(\d+)\s+(\d+)/(\d+)/(\d+)/(\d+)\s*(.*)$")
+                  r"(\d+)\s+(\S+)\s+(\d+)/(\d+)/(\d+)/(\d+)/(\d+)\s*(.*)$")
 _LAST = re.compile(r"^\S+ ago: (.*?)(?: \(respawn after [\d.]+s\))?$")
 
 
@@ -103,12 +104,12 @@ class Status:
             if not r:
                 continue
             g = r.groups()
-            last = g[13].strip()
+            last = g[15].strip()
             lm = _LAST.match(last)
             self.rows[int(g[0])] = Row(
                 int(g[0]), None if g[1] == "-" else int(g[1]), g[2], int(g[3]), g[4], g[5],
-                int(g[6]), int(g[7]), int(g[8]), int(g[9]), int(g[10]), int(g[11]),
-                int(g[12]), last, lm.group(1) if lm else None)
+                int(g[6]), int(g[7]), int(g[8]), g[9], int(g[10]), int(g[11]), int(g[12]),
+                int(g[13]), int(g[14]), last, lm.group(1) if lm else None)
 
     def __getitem__(self, i):
         return self.rows[i]
