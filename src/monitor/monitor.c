@@ -19,9 +19,15 @@
 #include "health/metrics.h"
 #include "health/scoreboard.h"
 #include "http/http.h"
+#include "monitor/statusdb.h"
+#include "monitor/statuspage.h"
 #include "store/store.h"
 
+#include <jansson.h>
+
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -50,7 +56,14 @@ typedef struct mon {
     unsigned index, nshards;
     bool stopping;
     uint64_t evals;
+    int64_t off; /* wall-clock ms minus monotonic ms, to show monotonic times as dates */
     cy_snapshot snap, prev; /* this second's and the last one's */
+    cy_statusdb *db;         /* data_dir/monitor.db; NULL if it cannot be opened */
+    cy_status_components comps;
+    cy_status_alert *firing; /* the alerts firing now, for the page */
+    size_t nfiring;
+    uint64_t event_seq;      /* the supervisor's events taken into the timeline */
+    char seq_path[600];      /* data_dir/run/monitor-events: where that position is kept */
     size_t inlen;
     char in[RELOAD_MAX];
 } mon;
@@ -321,7 +334,14 @@ static void take_snapshot(mon *m)
     m->prev = m->snap;
     m->snap = t;
     int64_t now_mono = cy_mono_ms(), now_wall = cy_wall_ms();
+    /* One offset, kept while the clocks agree within a second: computed
+     * afresh each time it would jitter by a millisecond, and an unchanged
+     * time would seem to move. A stepped wall clock resets it. */
     int64_t off = now_wall - now_mono;
+    if (m->off && llabs(off - m->off) <= 1000)
+        off = m->off;
+    else
+        m->off = off;
     cy_snapshot_reset(&m->snap, now_wall);
     m->evals++;
     char l[160];
@@ -340,6 +360,115 @@ static void take_snapshot(mon *m)
         snapshot_shard(m, i, now_mono, off);
     add_process(m, "supervisor", -1, cy_sb_load(&h->supervisor_pid));
     add_process(m, "monitor", -1, (int64_t)getpid());
+}
+
+/* ---- the timeline: the supervisor's events ---- */
+
+/* The position in the supervisor's event ring is kept in a small file, so
+ * a monitor that restarts within one run of the supervisor takes each
+ * event once: "<supervisor start ms> <seq>". */
+static void load_seq(mon *m)
+{
+    m->event_seq = 0;
+    FILE *f = fopen(m->seq_path, "re");
+    if (!f) return;
+    long long started = 0;
+    unsigned long long seq = 0;
+    if (fscanf(f, "%lld %llu", &started, &seq) == 2 &&
+        started == (long long)cy_sb_load(&m->sb.hdr->started_wall_ms))
+        m->event_seq = seq;
+    fclose(f);
+}
+
+static void save_seq(mon *m)
+{
+    char tmp[620];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", m->seq_path);
+    FILE *f = fopen(tmp, "we");
+    if (!f) return;
+    fprintf(f, "%lld %llu\n", (long long)cy_sb_load(&m->sb.hdr->started_wall_ms),
+            (unsigned long long)m->event_seq);
+    if (fclose(f) == 0) rename(tmp, m->seq_path);
+}
+
+static void component_of(const mon *m, int64_t slot, char *out, size_t len)
+{
+    if (slot < 0)
+        snprintf(out, len, "%s", "");
+    else if ((uint64_t)slot == m->nshards)
+        snprintf(out, len, "monitor");
+    else
+        snprintf(out, len, "shard-%lld", (long long)slot);
+}
+
+static void timeline_note(mon *m, int rc, const char *what)
+{
+    if (rc)
+        cy_warn(NULL, "monitor: %s not recorded in monitor.db: %s (%s)", what, cy_strerror(rc),
+                m->db ? cy_statusdb_errmsg(m->db) : "not open");
+}
+
+/* Take the supervisor's new events into the timeline. One that the ring
+ * overwrote before we read it is lost (64 behind: a crash loop faster
+ * than one a second); that is logged. */
+static void ingest_events(mon *m)
+{
+    if (!m->db) return;
+    uint64_t last = __atomic_load_n(&m->sb.hdr->event_seq, __ATOMIC_ACQUIRE);
+    if (m->event_seq > last) m->event_seq = 0; /* a new run reuses the file */
+    if (last > CY_SB_EVENTS && m->event_seq < last - CY_SB_EVENTS) {
+        cy_warn(NULL, "monitor: %llu supervisor events overwritten before the timeline took them",
+                (unsigned long long)(last - CY_SB_EVENTS - m->event_seq));
+        m->event_seq = last - CY_SB_EVENTS;
+    }
+    bool moved = false;
+    while (m->event_seq < last) {
+        uint64_t seq = m->event_seq + 1;
+        cy_sb_event e;
+        if (!cy_scoreboard_event_get(&m->sb, seq, &e)) break; /* being written: next time */
+        char comp[32], text[256], details[256];
+        component_of(m, e.shard, comp, sizeof(comp));
+        const char *who = (uint64_t)e.shard == m->nshards ? "monitor" : "shard";
+        int rc = 0;
+        switch (e.kind) {
+        case CY_SB_EVENT_START: {
+            char version[33], commit[49];
+            snprintf(version, sizeof(version), "%s", m->sb.hdr->version_text);
+            snprintf(commit, sizeof(commit), "%s", m->sb.hdr->commit);
+            rc = cy_statusdb_record_start(m->db, NULL, version[0] ? version : "unknown",
+                                          commit[0] ? commit : "unknown", e.wall_ms, NULL);
+            timeline_note(m, rc, "the node's start");
+            break;
+        }
+        case CY_SB_EVENT_RESTART:
+            if (e.shard >= 0 && (uint64_t)e.shard < m->nshards)
+                snprintf(text, sizeof(text), "shard %lld (pid %lld) replaced: %s",
+                         (long long)e.shard, (long long)e.pid, e.text);
+            else
+                snprintf(text, sizeof(text), "%s (pid %lld) replaced: %s", who,
+                         (long long)e.pid, e.text);
+            snprintf(details, sizeof(details),
+                     "{\"pid\":%lld,\"generation\":%lld,\"reason\":\"%s\"}", (long long)e.pid,
+                     (long long)e.generation,
+                     e.reason >= 0 && e.reason < CY_RESTART_NREASONS ? reason_words[e.reason]
+                                                                      : "unknown");
+            rc = cy_statusdb_timeline_append(m->db, CY_TL_RESTART, comp, text, details,
+                                             e.wall_ms, NULL);
+            timeline_note(m, rc, "a restart");
+            break;
+        case CY_SB_EVENT_STOP:
+            snprintf(text, sizeof(text), "node stopping: %s", e.text);
+            rc = cy_statusdb_timeline_append(m->db, CY_TL_NOTE, "", text, NULL, e.wall_ms, NULL);
+            timeline_note(m, rc, "the node's stop");
+            break;
+        default: /* spawns: the restart before them says it all */
+            break;
+        }
+        if (rc == CY_ENOSPC || rc == CY_EBUSY) break; /* try again next second */
+        m->event_seq = seq;
+        moved = true;
+    }
+    if (moved) save_seq(m);
 }
 
 /* ---- the operations listener ---- */
@@ -365,6 +494,135 @@ static int token_scope(mon *m, cy_http_req *req)
     int scope = 0;
     if (cy_registry_token_check(m->reg, t, strlen(t), &scope, NULL)) return 0;
     return scope;
+}
+
+/* The page's model of now: components, the alerts firing, incidents (the
+ * unresolved ones and the recent others) and the newest timeline events. */
+static int serve_status(mon *m, cy_http_req *req, int (*render)(const cy_status_model *, cy_buf *),
+                        const char *type)
+{
+    cy_incident_list inc = {0};
+    cy_timeline_list tl = {0};
+    int64_t now = cy_wall_ms();
+    if (m->db) {
+        int rc = cy_statusdb_incident_list(m->db, false, 50, &inc);
+        if (rc) cy_warn(NULL, "monitor: incidents unreadable: %s", cy_strerror(rc));
+        const char *since = cy_http_query(req, "since");
+        int64_t since_ms = since ? strtoll(since, NULL, 10) : 0;
+        rc = cy_statusdb_timeline_list(m->db, since_ms > 0 ? since_ms : 0, 200, &tl);
+        if (rc) cy_warn(NULL, "monitor: timeline unreadable: %s", cy_strerror(rc));
+    }
+    cy_status_model model;
+    memset(&model, 0, sizeof(model));
+    model.page.name = "cyan";
+    model.page.version = CYAN_VERSION;
+    model.page.commit = cy_commit;
+    model.page.created_ms = cy_sb_load(&m->sb.hdr->started_wall_ms);
+    model.page.now_ms = now;
+    model.page.refresh_s = 5;
+    model.components = &m->comps;
+    model.alerts = m->firing;
+    model.nalerts = m->nfiring;
+    model.incidents = inc.v;
+    model.nincidents = inc.n;
+    model.events = tl.v;
+    model.nevents = tl.n;
+    cy_buf out;
+    cy_buf_init(&out);
+    int rc = render(&model, &out);
+    if (rc)
+        reply_error(req, 500, "internal", "cannot render the page");
+    else
+        cy_http_reply(req, 200, type, (const char *)cy_buf_head(&out), cy_buf_size(&out), NULL);
+    cy_buf_fini(&out);
+    cy_incident_list_fini(&inc);
+    cy_timeline_list_fini(&tl);
+    return rc;
+}
+
+static unsigned status_of(int rc)
+{
+    switch (rc) {
+    case CY_EINVAL: return 400;
+    case CY_ENOENT: return 404;
+    case CY_ENOSPC: return 507;
+    case CY_EBUSY: return 503;
+    default: return 500;
+    }
+}
+
+/* POST /v1/incidents {name, component, status?, impact?, body}
+ * POST /v1/incidents/{id}/updates {status, body} */
+static void serve_incident_post(mon *m, cy_http_req *req, const char *rest)
+{
+    size_t len = 0;
+    const uint8_t *body = cy_http_body(req, &len);
+    json_error_t jerr;
+    json_t *o = body ? json_loadb((const char *)body, len, 0, &jerr) : NULL;
+    if (!o || !json_is_object(o)) {
+        json_decref(o);
+        reply_error(req, 400, "bad_request", "expected a JSON object");
+        return;
+    }
+    if (!m->db) {
+        json_decref(o);
+        reply_error(req, 503, "unavailable", "monitor.db is not open (see the log)");
+        return;
+    }
+    const char *name = json_string_value(json_object_get(o, "name"));
+    const char *component = json_string_value(json_object_get(o, "component"));
+    const char *status = json_string_value(json_object_get(o, "status"));
+    const char *impact = json_string_value(json_object_get(o, "impact"));
+    const char *text = json_string_value(json_object_get(o, "body"));
+    int64_t now = cy_wall_ms(), id = 0, uid = 0;
+    int st = status ? cy_incident_status_parse(status) : CY_INCIDENT_INVESTIGATING;
+    int rc;
+    char answer[160];
+    if (!rest[0]) {
+        int imp = impact ? cy_incident_impact_parse(impact) : CY_IMPACT_MINOR;
+        if (!name || !component || !text || st < 0 || imp < 0) {
+            reply_error(req, 400, "bad_request",
+                        "name, component and body are required; status investigating, "
+                        "identified, monitoring or resolved; impact none, minor, major or "
+                        "critical");
+            json_decref(o);
+            return;
+        }
+        if (!cy_status_component_find(&m->comps, component)) {
+            reply_error(req, 400, "bad_request", "no such component on the status page");
+            json_decref(o);
+            return;
+        }
+        rc = cy_statusdb_incident_create(m->db, name, component, st, imp, text, now, &id);
+        snprintf(answer, sizeof(answer), "{\"id\":%" PRId64 "}\n", id);
+    } else {
+        char *end = NULL;
+        long long v = strtoll(rest, &end, 10);
+        if (v <= 0 || !end || strcmp(end, "/updates")) {
+            reply_error(req, 404, "not_found", "no such path on the operations listener");
+            json_decref(o);
+            return;
+        }
+        if (!status || st < 0 || !text) {
+            reply_error(req, 400, "bad_request",
+                        "status (investigating, identified, monitoring, resolved) and body are "
+                        "required");
+            json_decref(o);
+            return;
+        }
+        id = v;
+        rc = cy_statusdb_incident_update(m->db, id, st, text, now, &uid);
+        snprintf(answer, sizeof(answer), "{\"id\":%" PRId64 ",\"incident_id\":%" PRId64 "}\n",
+                 uid, id);
+    }
+    json_decref(o);
+    if (rc) {
+        reply_error(req, status_of(rc), rc == CY_ENOENT ? "not_found" : "not_recorded",
+                    rc == CY_EINVAL ? "a field is out of its limits (docs/operations.md)"
+                                    : cy_strerror(rc));
+        return;
+    }
+    reply_text(req, 201, NULL, answer);
 }
 
 static void serve_metrics(mon *m, cy_http_req *req)
@@ -396,12 +654,41 @@ static void on_request(void *ctx, cy_http_req *req)
         reply_error(req, 401, "unauthorized", "this listener requires an API token (ops_public)");
         return;
     }
+    if (open_read && !get) {
+        reply_error(req, 405, "method_not_allowed", "GET only");
+        return;
+    }
     if (!strcmp(path, "/metrics")) {
-        if (!get) {
-            reply_error(req, 405, "method_not_allowed", "GET only");
+        serve_metrics(m, req);
+        return;
+    }
+    if (!strcmp(path, "/status") || !strcmp(path, "/status/")) {
+        serve_status(m, req, cy_status_render_html, "text/html; charset=utf-8");
+        return;
+    }
+    if (!strcmp(path, "/api/v2/summary.json")) {
+        serve_status(m, req, cy_status_render_summary, NULL);
+        return;
+    }
+    if (!strcmp(path, "/api/v2/incidents.json")) {
+        serve_status(m, req, cy_status_render_incidents, NULL);
+        return;
+    }
+    if (!strcmp(path, "/api/v2/timeline.json")) {
+        serve_status(m, req, cy_status_render_timeline, NULL);
+        return;
+    }
+    if (!strncmp(path, "/v1/incidents", 13) && (path[13] == '\0' || path[13] == '/')) {
+        if (strcmp(method, "POST")) {
+            reply_error(req, 405, "method_not_allowed",
+                        "POST; the incidents are read at /api/v2/incidents.json");
             return;
         }
-        serve_metrics(m, req);
+        if (token_scope(m, req) != CY_SCOPE_FULL) {
+            reply_error(req, 401, "unauthorized", "a full-access API token is required");
+            return;
+        }
+        serve_incident_post(m, req, path[13] ? path + 14 : "");
         return;
     }
     reply_error(req, 404, "not_found", "no such path on the operations listener");
@@ -503,6 +790,8 @@ static void on_eval(uv_timer_t *t)
 {
     mon *m = t->data;
     take_snapshot(m);
+    ingest_events(m);
+    cy_status_derive(&m->comps, m->firing, m->nfiring, m->snap.now_ms);
     cy_sb_storeu(&m->slot->progress, m->evals);
     cy_sb_store(&m->slot->progress_ms, cy_mono_ms());
 }
@@ -548,6 +837,17 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
         cy_error(NULL, "monitor: cannot open %s", path);
         goto out;
     }
+    snprintf(path, sizeof(path), "%s/%s", cfg->data_dir, CY_STATUSDB_FILE);
+    int dbrc = cy_statusdb_open(path, NULL, cy_wall_ms(), &m->db);
+    if (dbrc) {
+        /* The page, alerts and metrics work from memory without it. */
+        cy_error(NULL, "monitor: %s: %s; incidents and the timeline are not kept", path,
+                 cy_strerror(dbrc));
+        m->db = NULL;
+    }
+    cy_status_components_init(&m->comps, (int)m->nshards, cy_wall_ms());
+    snprintf(m->seq_path, sizeof(m->seq_path), "%s/run/monitor-events", cfg->data_dir);
+    load_seq(m);
     uv_loop_init(&m->loop);
     if (cfg->ops_listen[0]) {
         cy_http_limits lim;
@@ -586,6 +886,8 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
     m->eval.data = m;
     uv_timer_start(&m->eval, on_eval, EVAL_MS, EVAL_MS);
     take_snapshot(m); /* /metrics has figures from the first request on */
+    ingest_events(m);
+    cy_status_derive(&m->comps, m->firing, m->nfiring, m->snap.now_ms);
     cy_sb_store(&m->slot->started_ms, cy_mono_ms());
     beat(m);
     cy_sb_store(&m->slot->state, CY_SHARD_RUNNING);
@@ -604,6 +906,7 @@ out_loop:
     if (uv_loop_close(&m->loop)) cy_warn(NULL, "monitor: loop closed with handles open");
 out:
     cy_registry_close(m->reg);
+    cy_statusdb_close(m->db);
     if (m->slot) cy_sb_store(&m->slot->state, CY_SHARD_DOWN);
     cy_scoreboard_close(&m->sb);
     cy_snapshot_fini(&m->snap);

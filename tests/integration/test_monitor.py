@@ -165,3 +165,97 @@ def test_monitor_off(server_factory):
     assert srv.monitor_pid() is None
     status, _, _ = srv.ops_get("/metrics", timeout=1)
     assert status is None
+
+
+def ops_post(srv, path, body, token=None):
+    import http.client
+    import json
+    conn = http.client.HTTPConnection(srv.host, srv.ops_port, timeout=5)
+    try:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = "Bearer " + token
+        conn.request("POST", path, body=json.dumps(body) if not isinstance(body, bytes)
+                     else body, headers=headers)
+        r = conn.getresponse()
+        data = r.read()
+        try:
+            return r.status, json.loads(data)
+        except ValueError:
+            return r.status, data
+    finally:
+        conn.close()
+
+
+def ops_json(srv, path):
+    import json
+    status, _, body = srv.ops_get(path)
+    assert status == 200, (path, status, body[:300])
+    return json.loads(body)
+
+
+def test_status_page_and_timeline(server_factory):
+    srv = server_factory(shards=2)
+    pids = srv.wait_shard_pids()
+    all_up(srv, 2)
+    s = ops_json(srv, "/api/v2/summary.json")
+    ids = [c["id"] for c in s["components"]]
+    assert ids[:2] == ["mqtt", "api"] and "shard-0" in ids and "shard-1" in ids, ids
+    assert all(c["status"] == "operational" for c in s["components"]), s
+    assert s["status"]["indicator"] == "none"
+    # The node's start is on the timeline as a deploy (the first start recorded).
+    tl = ops_json(srv, "/api/v2/timeline.json")
+    kinds = [e["kind"] for e in tl["events"]]
+    assert "deploy" in kinds and "start" in kinds, tl
+    # A shard killed: its restart is on the timeline, with the reason.
+    os.kill(pids[1], signal.SIGKILL)
+    ev = wait_for(lambda: [e for e in ops_json(srv, "/api/v2/timeline.json")["events"]
+                           if e["kind"] == "restart"], 10, "the restart on the timeline", srv)
+    assert ev[0]["component"] == "shard-1", ev
+    assert ev[0]["details"]["reason"] == "signal", ev
+    assert "signal 9" in ev[0]["text"], ev
+    status, headers, body = srv.ops_get("/status")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert b"<script" not in body
+    assert b"shard-1" in body or b"Shard 1" in body
+
+
+def test_incidents_by_operators(server_factory):
+    srv = server_factory(shards=1)
+    all_up(srv, 1)
+    token = srv.admin_token()
+    body = {"name": "Drill <b>", "component": "shard-0", "body": "practising the outage"}
+    status, r = ops_post(srv, "/v1/incidents", body)
+    assert status == 401, r
+    status, r = ops_post(srv, "/v1/incidents", dict(body, component="shard-9"), token)
+    assert status == 400, r
+    status, r = ops_post(srv, "/v1/incidents", b"{not json", token)
+    assert status == 400, r
+    status, r = ops_post(srv, "/v1/incidents", body, token)
+    assert status == 201, r
+    iid = r["id"]
+    status, r = ops_post(srv, "/v1/incidents/%d/updates" % iid,
+                         {"status": "identified", "body": "found it"}, token)
+    assert status == 201, r
+    status, r = ops_post(srv, "/v1/incidents/%d/updates" % iid,
+                         {"status": "bogus", "body": "x"}, token)
+    assert status == 400, r
+    status, r = ops_post(srv, "/v1/incidents/999/updates",
+                         {"status": "resolved", "body": "x"}, token)
+    assert status == 404, r
+    inc = ops_json(srv, "/api/v2/incidents.json")["incidents"]
+    assert inc[0]["name"] == "Drill <b>" and inc[0]["status"] == "identified", inc
+    assert [u["status"] for u in inc[0]["incident_updates"]] == ["identified", "investigating"]
+    # Unresolved incidents are on the summary; the HTML escapes the name.
+    assert ops_json(srv, "/api/v2/summary.json")["incidents"][0]["id"] == inc[0]["id"]
+    status, _, page = srv.ops_get("/status")
+    assert b"Drill &lt;b&gt;" in page and b"Drill <b>" not in page
+    status, r = ops_post(srv, "/v1/incidents/%d/updates" % iid,
+                         {"status": "resolved", "body": "over"}, token)
+    assert status == 201, r
+    assert ops_json(srv, "/api/v2/summary.json")["incidents"] == []
+    # Kept across a restart of the node (monitor.db).
+    srv.restart()
+    inc = wait_for(lambda: ops_json(srv, "/api/v2/incidents.json")["incidents"]
+                   if srv.ops_get("/-/healthy")[0] == 200 else None, 10, "monitor back", srv)
+    assert inc[0]["status"] == "resolved", inc
