@@ -6,7 +6,7 @@
  *   cyan token create [--read-only] [NAME]       an API token, shown once
  *   cyan token list | token revoke ID
  *   cyan config [-c FILE] [--name=value ...]     print every setting
- *   cyan status                                  the shards, from the scoreboard
+ *   cyan status [--json]                         the shards, from the scoreboard
  *   cyan shard stop|cont|kill|spin|stall INDEX   drills (see docs/supervision.md)
  *   cyan shard INDEX GENERATION ...              a shard (spawned by the supervisor)
  *   cyan monitor INDEX GENERATION ...            the monitor (spawned by the supervisor)
@@ -61,7 +61,7 @@ static void usage(FILE *out)
                  "       cyan token list [...]\n"
                  "       cyan token revoke ID [...]\n"
                  "       cyan config [-c FILE] [--name=value ...]  print every setting\n"
-                 "       cyan status [-c FILE]                     the shards and their health\n"
+                 "       cyan status [--json] [-c FILE]            the shards and their health\n"
                  "       cyan shard stop|cont|kill|spin|stall INDEX  outage drills\n"
                  "       cyan --version\n");
 }
@@ -69,7 +69,14 @@ static void usage(FILE *out)
 /* Flags of a subcommand (not settings): passed on to it as words. */
 static bool command_flag(const char *arg)
 {
-    return !strcmp(arg, "--read-only");
+    return !strcmp(arg, "--read-only") || !strcmp(arg, "--json");
+}
+
+/* Whether command cmd takes the flag. */
+static bool flag_of(const char *cmd, const char *flag)
+{
+    return (!strcmp(cmd, "token") && !strcmp(flag, "--read-only")) ||
+           (!strcmp(cmd, "status") && !strcmp(flag, "--json"));
 }
 
 /* Parse -c FILE and --name=value into cfg; other words (and command flags)
@@ -471,9 +478,8 @@ int main(int argc, char **argv)
     }
     /* Command flags belong to their command only (serve would pass them on to
      * the shards). */
-    bool token_cmd = nargs > 0 && !strcmp(args[0], "token");
-    for (int i = 0; i < nargs && !token_cmd; i++)
-        if (command_flag(args[i])) {
+    for (int i = 0; i < nargs; i++)
+        if (command_flag(args[i]) && !flag_of(args[0], args[i])) {
             fprintf(stderr, "cyan: unknown option %s\n", args[i]);
             usage(stderr);
             free(args);
@@ -505,6 +511,8 @@ int main(int argc, char **argv)
         rc = cy_shard_drill(&cfg, args[1], args[2]);
     } else if (!strcmp(args[0], "status") && nargs == 1) {
         rc = cy_status_print(&cfg);
+    } else if (!strcmp(args[0], "status") && nargs == 2 && !strcmp(args[1], "--json")) {
+        rc = cy_status_json(&cfg);
     } else if (!strcmp(args[0], "device"))
         rc = cmd_device(&cfg, args, nargs);
     else if (!strcmp(args[0], "token"))

@@ -9,6 +9,11 @@
  * shard never holds an application longer than about a second past what
  * it asked for. The HTTP request waits in an api_wait (wait_on).
  *
+ * Every answer is counted (api_requests) and timed from the end of its
+ * request's head (api_request_duration_seconds) in one place,
+ * cy_api_answered; an event stream, open as long as its client likes, is
+ * not timed.
+ *
  * Errors are mapped to HTTP once, here: every error body is
  * {"error": code, "message": text} with a stable code.
  */
@@ -44,10 +49,17 @@ char *cy_api_error_body(const char *code, const char *fmt, ...)
     return text;
 }
 
+void cy_api_answered(cy_api *b, cy_http_req *req)
+{
+    b->stats->api_requests++;
+    int64_t now = cy_mono_us(), took = now - cy_http_started_us(req);
+    cy_hist_observe(b->hists, CY_HIST_API_REQUEST, took > 0 ? (uint64_t)took : 0, now / 1000);
+}
+
 static void reply_text(cy_api *b, cy_http_req *req, unsigned status, const char *body,
                        const char *const *headers)
 {
-    b->stats->api_requests++;
+    cy_api_answered(b, req);
     if (!body) body = "{\"error\":\"internal\",\"message\":\"out of memory\"}";
     cy_http_reply(req, status, NULL, body, strlen(body), headers);
 }
@@ -157,7 +169,7 @@ static void wait_done(void *ctx, const cy_device_answer *ans)
             reply_json(b, w->req, 200,
                        json_pack("{s:s, s:b, s:b}", "id", w->id, "deleted", 1, "session_ended", 0));
         else {
-            b->stats->api_requests++;
+            cy_api_answered(b, w->req);
             cy_http_reply(w->req, ans->status, NULL, ans->body, ans->len, NULL);
         }
         break;
@@ -165,7 +177,7 @@ static void wait_done(void *ctx, const cy_device_answer *ans)
         if (ans->status == 503) {
             reply_unavailable(b, w->req, ans->why);
         } else {
-            b->stats->api_requests++;
+            cy_api_answered(b, w->req);
             cy_http_reply(w->req, ans->status, NULL, ans->body, ans->len, NULL);
         }
     }
@@ -717,6 +729,7 @@ int cy_api_new(const cy_api_deps *deps, int http_fd, cy_api **out)
     a->cluster = deps->cluster;
     a->devices = deps->devices;
     a->stats = deps->stats;
+    a->hists = deps->hists;
     a->sb = deps->sb;
     a->self = deps->self;
     a->nshards = deps->nshards ? deps->nshards : 1;

@@ -35,6 +35,7 @@ typedef struct cy_api_deps {
     cy_cluster *cluster;
     cy_devices *devices;
     cy_counters *stats;
+    cy_hists *hists;        /* latency of every answer (CY_HIST_API_REQUEST); NULL: none */
     cy_scoreboard *sb;      /* NULL: none */
     unsigned self, nshards;
 } cy_api_deps;

@@ -369,11 +369,17 @@ static bool parse_cursor(const char *text, unsigned n, uint64_t *out)
     return *p == '\0';
 }
 
+/* An error body when there is no memory for the one meant (a request
+ * must be answered all the same). */
+static const char NO_MEMORY_BODY[] = "{\"error\":\"internal\",\"message\":\"out of memory\"}";
+
 /* The stream could not start: answer 500 instead (the request is ours). */
-static void open_failed(cy_http_req *req, const char *why)
+static void open_failed(cy_api *b, cy_http_req *req, const char *why)
 {
     char *body = cy_api_error_body("internal", "%s", why);
-    if (body) cy_http_reply(req, 500, NULL, body, strlen(body), NULL);
+    const char *text = body ? body : NO_MEMORY_BODY;
+    cy_api_answered(b, req);
+    cy_http_reply(req, 500, NULL, text, strlen(text), NULL);
     free(body);
 }
 
@@ -409,7 +415,9 @@ void cy_api_stream_open(cy_api *b, cy_http_req *req, const char *device, const c
             tok ? "this token" : "this address",
             tok ? b->cfg->sse_max_per_token : b->cfg->sse_max_per_address);
         static const char *const retry[] = {"Retry-After", "5", NULL};
-        if (body) cy_http_reply(req, 429, NULL, body, strlen(body), retry);
+        const char *text = body ? body : NO_MEMORY_BODY;
+        cy_api_answered(b, req);
+        cy_http_reply(req, 429, NULL, text, strlen(text), retry);
         free(body);
         return;
     }
@@ -417,7 +425,7 @@ void cy_api_stream_open(cy_api *b, cy_http_req *req, const char *device, const c
     if (s) s->prefix = cy_strdup(prefix ? prefix : "");
     if (!s || !s->prefix) {
         cy_free(s);
-        open_failed(req, "out of memory");
+        open_failed(b, req, "out of memory");
         return;
     }
     s->a = a;
@@ -435,7 +443,7 @@ void cy_api_stream_open(cy_api *b, cy_http_req *req, const char *device, const c
     if (cy_http_stream_begin(req, "text/event-stream", headers)) {
         cy_free(s->prefix);
         cy_free(s);
-        open_failed(req, "cannot start the stream");
+        open_failed(b, req, "cannot start the stream");
         return;
     }
     cy_http_on_close(req, stream_gone, s);

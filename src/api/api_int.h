@@ -89,6 +89,7 @@ struct cy_api {
     cy_cluster *cluster;
     cy_devices *devices;
     cy_counters *stats;
+    cy_hists *hists; /* NULL: none */
     cy_scoreboard *sb;
     unsigned self, nshards;
     cy_subscriber events_sub; /* the event filters' subscriber (api_events.c) */
@@ -124,6 +125,12 @@ struct cy_api {
 };
 
 /* api.c */
+/* Call just before req is answered (a reply, never a stream): counts it in
+ * api_requests and its latency, from the end of its head (cy_http_started_us)
+ * to now, in the CY_HIST_API_REQUEST histogram. An event stream is not
+ * observed: it lasts as long as its client likes, so its length says
+ * nothing about the server's speed; a refused stream (its 429 or 503) is. */
+void cy_api_answered(cy_api *b, cy_http_req *req);
 /* {"error": code, "message": msg} as a string the caller frees with free(). */
 char *cy_api_error_body(const char *code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -25,8 +25,8 @@
 /* ---- lifecycle ---- */
 
 int cy_devices_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_router *router,
-                   cy_cluster *cluster, cy_counters *stats, unsigned self, unsigned nshards,
-                   uint64_t generation, cy_devices **out)
+                   cy_cluster *cluster, cy_counters *stats, cy_hists *hists, unsigned self,
+                   unsigned nshards, uint64_t generation, cy_devices **out)
 {
     cy_devices *d = cy_calloc(1, sizeof(*d));
     if (!d) return CY_ENOMEM;
@@ -36,6 +36,7 @@ int cy_devices_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_ro
     d->router = router;
     d->cluster = cluster;
     d->stats = stats;
+    d->hists = hists;
     d->self = self;
     d->nshards = nshards ? nshards : 1;
     d->generation = generation;

@@ -15,8 +15,8 @@
  *     device with a deadline, on whichever shard owns it; the callback runs
  *     exactly once.
  *
- * Ownership: cy_devices_new borrows loop, cfg, store, router, cluster and
- * stats, which must outlive it. It owns every session (freed by
+ * Ownership: cy_devices_new borrows loop, cfg, store, router, cluster,
+ * stats and hists, which must outlive it. It owns every session (freed by
  * cy_devices_free, which publishes nothing) and every presence record.
  * Errors: CY_ENOMEM; MQTT 5 reason codes (>= 0x80) from cy_device_admit.
  * Thread: the shard's loop thread.
@@ -49,9 +49,11 @@
 typedef struct cy_devices cy_devices;
 typedef struct cy_session cy_session;
 
+/* hists (may be NULL): where the requester side times function calls and
+ * variable reads (CY_HIST_DEVICE_CALL, requests.c). */
 int cy_devices_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_router *router,
-                   cy_cluster *cluster, cy_counters *stats, unsigned self, unsigned nshards,
-                   uint64_t generation, cy_devices **out);
+                   cy_cluster *cluster, cy_counters *stats, cy_hists *hists, unsigned self,
+                   unsigned nshards, uint64_t generation, cy_devices **out);
 /* Free every session and record (no will is published, nothing stored). */
 void cy_devices_free(cy_devices *d);
 /* Store loader callbacks (ctx: the device layer). */

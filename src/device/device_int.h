@@ -38,6 +38,7 @@ struct cy_devices {
     cy_router *router;
     cy_cluster *cluster;
     cy_counters *stats;
+    cy_hists *hists; /* NULL: none */
     unsigned self, nshards;
     uint64_t generation;
     cy_map sessions;      /* client id -> cy_session */

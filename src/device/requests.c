@@ -38,6 +38,7 @@ struct cy_device_request {
     uint8_t op;
     unsigned shard;          /* the owner (single-owner operations) */
     int64_t deadline;        /* mono ms */
+    int64_t started_us;      /* mono us when it was asked (its latency's start) */
     uint64_t waiting;        /* shards whose answer is awaited */
     cy_device_done done;     /* NULL once cancelled */
     void *ctx;
@@ -66,9 +67,17 @@ static void request_free(cy_devices *d, cy_device_request *r)
     cy_free(r);
 }
 
-/* The one place a request's callback runs; the request is freed after. */
+/* The one place a request's callback runs; the request is freed after.
+ * A call or read is timed here, whatever its answer (the device's reply,
+ * 404, 409 offline, 504, 503): the latency an application sees. One whose
+ * caller left is timed too if its answer comes; one that gets none by the
+ * deadline after its caller left is not (nobody waited for it). */
 static void finish(cy_devices *d, cy_device_request *r, const cy_device_answer *a)
 {
+    if (r->op == CY_DEVICE_OP_CALL || r->op == CY_DEVICE_OP_GET) {
+        int64_t now = cy_mono_us(), took = now - r->started_us;
+        cy_hist_observe(d->hists, CY_HIST_DEVICE_CALL, took > 0 ? (uint64_t)took : 0, now / 1000);
+    }
     cy_device_done done = r->done;
     r->done = NULL;
     if (done) done(r->ctx, a);
@@ -174,7 +183,8 @@ int cy_device_request_start(cy_devices *d, uint8_t op, const char *id, const cha
     r->op = op;
     r->done = done;
     r->ctx = ctx;
-    r->deadline = cy_mono_ms() + timeout_ms;
+    r->started_us = cy_mono_us();
+    r->deadline = r->started_us / 1000 + timeout_ms;
     if (cy_map_put(&d->requests_by_id, &r->id, sizeof(r->id), r)) {
         cy_free(r);
         return CY_ENOMEM;

@@ -12,6 +12,11 @@
  * every family's samples together. Counters are named with `_total` (the
  * naming convention); units are not put in names because they are not base
  * units (the family name already says what is counted).
+ *
+ * Latency histograms (CY_HISTS) are kept by the shard as per-bucket counts
+ * and a sum in microseconds, the words of its slot; rendering them as
+ * Prometheus histograms (cumulative `_bucket{le}`, `_sum` in seconds,
+ * `_count`) is the monitor's, from cy_hist_cumulative and cy_hist_le.
  */
 #include "health/metrics.h"
 
@@ -158,4 +163,96 @@ int cy_metrics_prometheus(cy_buf *out, const uint64_t *values, size_t nsets,
         }
     }
     return 0;
+}
+
+/* ---- latency histograms ---- */
+
+const cy_hist_def cy_hist_defs[CY_HISTS_N] = {
+#define CY_HIST_DEF_(name, index, help) [index] = {#name, help},
+    CY_HISTS(CY_HIST_DEF_)
+#undef CY_HIST_DEF_
+};
+
+const double cy_hist_bounds[CY_HIST_BOUNDS] = {
+#define CY_HIST_BOUND_(s) s,
+    CY_HIST_BOUNDS_LIST(CY_HIST_BOUND_)
+#undef CY_HIST_BOUND_
+};
+
+/* Rounded to the nearest microsecond: every bound is a whole number of
+ * them, so this is exact. */
+const uint64_t cy_hist_bounds_us[CY_HIST_BOUNDS] = {
+#define CY_HIST_BOUND_US_(s) (uint64_t)((s) * 1e6 + 0.5),
+    CY_HIST_BOUNDS_LIST(CY_HIST_BOUND_US_)
+#undef CY_HIST_BOUND_US_
+};
+
+/* The literals as written, so `le` reads 0.00025 rather than 0.000250. */
+const char *const cy_hist_le[CY_HIST_BUCKETS] = {
+#define CY_HIST_LE_(s) #s,
+    CY_HIST_BOUNDS_LIST(CY_HIST_LE_)
+#undef CY_HIST_LE_
+    "+Inf",
+};
+
+size_t cy_hist_bucket(uint64_t micros)
+{
+    /* 16 bounds: a binary search saves nothing worth its reading. */
+    size_t i = 0;
+    while (i < CY_HIST_BOUNDS && micros > cy_hist_bounds_us[i])
+        i++;
+    return i;
+}
+
+void cy_hist_observe(cy_hists *h, size_t index, uint64_t micros, int64_t now_ms)
+{
+    if (!h || index >= CY_HISTS_N) return;
+    cy_hist *x = &h->h[index];
+    x->buckets[cy_hist_bucket(micros)]++;
+    x->sum_us += micros;
+    x->changed_ms = now_ms;
+}
+
+uint64_t cy_hist_count(const cy_hist *h)
+{
+    return cy_hist_cumulative(h, CY_HIST_BUCKETS - 1);
+}
+
+uint64_t cy_hist_cumulative(const cy_hist *h, size_t i)
+{
+    uint64_t n = 0;
+    for (size_t k = 0; k <= i && k < CY_HIST_BUCKETS; k++)
+        n += h->buckets[k];
+    return n;
+}
+
+void cy_hists_publish(cy_sb_slot *slot, const cy_hists *h)
+{
+    for (size_t i = 0; i < CY_HISTS_N; i++) {
+        const cy_hist *x = &h->h[i];
+        volatile uint64_t *w = slot->hists[i];
+        for (size_t k = 0; k < CY_HIST_BUCKETS; k++)
+            if (cy_sb_loadu(&w[k]) != x->buckets[k]) cy_sb_storeu(&w[k], x->buckets[k]);
+        if (cy_sb_loadu(&w[CY_HIST_BUCKETS]) != x->sum_us)
+            cy_sb_storeu(&w[CY_HIST_BUCKETS], x->sum_us);
+        if (cy_sb_load(&slot->hist_changed_ms[i]) != x->changed_ms)
+            cy_sb_store(&slot->hist_changed_ms[i], x->changed_ms);
+    }
+}
+
+void cy_hists_read_slot(const cy_sb_slot *slot, cy_hists *out)
+{
+    for (size_t i = 0; i < CY_HISTS_N; i++) {
+        cy_hist *x = &out->h[i];
+        const volatile uint64_t *w = slot->hists[i];
+        for (size_t k = 0; k < CY_HIST_BUCKETS; k++)
+            x->buckets[k] = cy_sb_loadu(&w[k]);
+        x->sum_us = cy_sb_loadu(&w[CY_HIST_BUCKETS]);
+        x->changed_ms = cy_sb_load(&slot->hist_changed_ms[i]);
+    }
+}
+
+void cy_hists_prom_name(size_t i, char *out, size_t len)
+{
+    snprintf(out, len, "cyan_%s", i < CY_HISTS_N ? cy_hist_defs[i].name : "");
 }

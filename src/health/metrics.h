@@ -19,6 +19,10 @@
  * which replace its slot (a slot lags by up to one loop pass) and count
  * whatever its state, so a shard that is still starting sees itself.
  *
+ * Latency histograms have a list of their own, CY_HISTS (below): a shard
+ * keeps them live in a cy_hists beside its cy_counters and publishes them
+ * into its slot's `hists` words on every loop pass.
+ *
  * Ownership: everything here is borrowed; nothing allocates but the
  * renderer, which appends to the caller's cy_buf. Errors: CY_ENOMEM (the
  * renderer). Thread: any; scoreboard words are read with relaxed loads.
@@ -138,6 +142,104 @@ unsigned cy_metrics_node_totals(const cy_scoreboard *sb, unsigned self, const cy
 /* The same for one metric (index < CY_METRICS_N). */
 uint64_t cy_metrics_node_total(const cy_scoreboard *sb, unsigned self, const cy_counters *own,
                                size_t metric);
+
+/* ---- latency histograms ----
+ *
+ * One list, CY_HISTS(X), names the latency histograms a shard keeps:
+ * X(name, index, help), in scoreboard slot order (`hists[index]`), at most
+ * CY_SB_HISTS of them. name is the Prometheus family without the cyan_
+ * prefix and without suffix: the monitor renders cyan_<name>_bucket{le},
+ * cyan_<name>_sum (seconds) and cyan_<name>_count. As with CY_METRICS,
+ * append rather than reorder.
+ *
+ * Every histogram has the same buckets: CY_HIST_BOUNDS finite upper bounds
+ * (cy_hist_bounds, seconds) and the +Inf bucket, CY_HIST_BUCKETS in all.
+ * An observation of v goes in the first bucket whose bound is >= v (`le`
+ * is "less or equal"), judged in whole microseconds (cy_hist_bounds_us) so
+ * that a value at a bound is exact; past the last bound, +Inf. A slot
+ * holds per-bucket counts, not cumulative ones, then the sum in
+ * microseconds (CY_SB_HIST_WORDS words): a reader that sums them into
+ * cumulative buckets always sees them grow with `le`, and the +Inf
+ * cumulative count is the count, even if it read mid-update.
+ */
+#define CY_HISTS(X)                                                                                \
+    X(api_request_duration_seconds, CY_HIST_API_REQUEST,                                           \
+      "HTTP API requests: from the end of the request's head to its answer")                       \
+    X(device_call_duration_seconds, CY_HIST_DEVICE_CALL,                                           \
+      "function calls and variable reads: from the API request to the device's answer, or to "     \
+      "the timeout")
+
+enum {
+#define CY_HIST_ENUM_(name, index, help) index,
+    CY_HISTS(CY_HIST_ENUM_)
+#undef CY_HIST_ENUM_
+    CY_HISTS_N
+};
+
+/* The bucket bounds: X(seconds), ascending. */
+#define CY_HIST_BOUNDS_LIST(X)                                                                     \
+    X(0.0001) X(0.00025) X(0.0005) X(0.001) X(0.0025) X(0.005) X(0.01) X(0.025) X(0.05) X(0.1)     \
+    X(0.25) X(0.5) X(1) X(2.5) X(5) X(10)
+
+#define CY_HIST_ONE_(s) +1
+enum {
+    CY_HIST_BOUNDS = 0 CY_HIST_BOUNDS_LIST(CY_HIST_ONE_), /* finite bounds */
+    CY_HIST_BUCKETS = CY_HIST_BOUNDS + 1,                 /* with +Inf, the last */
+};
+#undef CY_HIST_ONE_
+
+_Static_assert(CY_HISTS_N <= CY_SB_HISTS, "the scoreboard slot holds every histogram");
+_Static_assert(CY_HIST_BUCKETS + 1 == CY_SB_HIST_WORDS,
+               "a slot's histogram is its buckets then the sum");
+
+/* Upper bounds of the finite buckets: in seconds (for `le`), the same in
+ * microseconds (what observations are compared with), and as `le` label
+ * text ("0.0001" ... "10", then "+Inf": CY_HIST_BUCKETS entries). */
+extern const double cy_hist_bounds[CY_HIST_BOUNDS];
+extern const uint64_t cy_hist_bounds_us[CY_HIST_BOUNDS];
+extern const char *const cy_hist_le[CY_HIST_BUCKETS];
+
+typedef struct cy_hist_def {
+    const char *name; /* as in CY_HISTS: [a-z_][a-z0-9_]*, ends in _seconds */
+    const char *help; /* one line, for people */
+} cy_hist_def;
+
+/* The histograms, CY_HISTS_N entries in CY_HISTS order. */
+extern const cy_hist_def cy_hist_defs[CY_HISTS_N];
+
+/* One histogram: the words of its slot, and when it last moved. */
+typedef struct cy_hist {
+    uint64_t buckets[CY_HIST_BUCKETS]; /* observations per bucket, not cumulative */
+    uint64_t sum_us;                   /* sum of the observations, microseconds */
+    int64_t changed_ms;                /* monotonic ms of the last observation, 0 never */
+} cy_hist;
+
+/* A shard's live histograms (beside its cy_counters), CY_HISTS order. */
+typedef struct cy_hists {
+    cy_hist h[CY_HISTS_N];
+} cy_hists;
+
+/* Count one observation of `micros` microseconds in histogram index
+ * (CY_HIST_*; an index out of range is ignored), made at now_ms
+ * (monotonic). h may be NULL (nothing kept). */
+void cy_hist_observe(cy_hists *h, size_t index, uint64_t micros, int64_t now_ms);
+/* The bucket (0..CY_HIST_BUCKETS-1) an observation of micros goes in. */
+size_t cy_hist_bucket(uint64_t micros);
+/* Observations in h: the sum of its buckets. */
+uint64_t cy_hist_count(const cy_hist *h);
+/* Observations <= cy_hist_bounds[i] (i = CY_HIST_BUCKETS-1: +Inf, the
+ * count): the Prometheus `_bucket{le=cy_hist_le[i]}` value. */
+uint64_t cy_hist_cumulative(const cy_hist *h, size_t i);
+
+/* Write a shard's live histograms into its own slot (relaxed stores of the
+ * words that differ) and each one's last observation time. */
+void cy_hists_publish(cy_sb_slot *slot, const cy_hists *h);
+/* One slot's histograms as last published (relaxed loads). */
+void cy_hists_read_slot(const cy_sb_slot *slot, cy_hists *out);
+
+/* The Prometheus family name of histogram i into out (size >= 64):
+ * cyan_<name>; samples append _bucket, _sum, _count. */
+void cy_hists_prom_name(size_t i, char *out, size_t len);
 
 /* The Prometheus exposition name of metric i into out (size >= 64):
  * cyan_<name>, with _total appended to a counter not already ending so. */

@@ -1,4 +1,4 @@
-/* status: `cyan status` and the drills `cyan shard stop|cont|kill|spin|stall`.
+/* status: `cyan status` (a table, or --json) and the drills `cyan shard stop|cont|kill|spin|stall`.
  *
  * Both are short-lived readers of a running node's scoreboard
  * (data_dir/run/scoreboard): they map it, read what the shards and the
@@ -7,6 +7,9 @@
  * outlives the node (the supervisor marks everything DOWN and its own pid 0
  * when it stops), so the last state stays readable after a crash and the
  * table is printed then too, under an error that says the node is down.
+ * `cyan status --json` prints the same as one JSON object, with every
+ * shard's registry metrics and latency histograms (count, sum, cumulative
+ * buckets) besides.
  *
  * The drills send the signal to the pid the supervisor spawned (sv_pid), so
  * an operator can rehearse the failures the watchdog exists for:
@@ -232,6 +235,134 @@ int cy_status_print(const cy_config *cfg)
     print_totals(&sb);
     cy_scoreboard_close(&sb);
     return rc;
+}
+
+/* ---- cyan status --json ---- */
+
+/* s as a JSON string: quotes, backslashes and control bytes escaped
+ * (the scoreboard's texts are ours, ASCII). */
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20 || c == 0x7f)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+/* {"<metric>": value, ...} in registry order. */
+static void json_metrics(FILE *f, const uint64_t v[CY_METRICS_N])
+{
+    fputc('{', f);
+    for (size_t i = 0; i < CY_METRICS_N; i++)
+        fprintf(f, "%s\"%s\": %llu", i ? ", " : "", cy_metric_defs[i].name,
+                (unsigned long long)v[i]);
+    fputc('}', f);
+}
+
+/* One shard's histograms: {"<name>": {"count", "sum_seconds",
+ * "buckets": {"<le>": cumulative count, ..., "+Inf": count},
+ * "last_observed_ms_ago": ms or null}, ...}. */
+static void json_hists(FILE *f, const cy_sb_slot *sl, int64_t now)
+{
+    cy_hists h;
+    cy_hists_read_slot(sl, &h);
+    fputc('{', f);
+    for (size_t i = 0; i < CY_HISTS_N; i++) {
+        const cy_hist *x = &h.h[i];
+        fprintf(f, "%s\"%s\": {\"count\": %llu, \"sum_seconds\": %.6f, \"buckets\": {",
+                i ? ", " : "", cy_hist_defs[i].name, (unsigned long long)cy_hist_count(x),
+                (double)x->sum_us / 1e6);
+        for (size_t k = 0; k < CY_HIST_BUCKETS; k++)
+            fprintf(f, "%s\"%s\": %llu", k ? ", " : "", cy_hist_le[k],
+                    (unsigned long long)cy_hist_cumulative(x, k));
+        if (x->changed_ms > 0)
+            fprintf(f, "}, \"last_observed_ms_ago\": %lld}", (long long)(now - x->changed_ms));
+        else
+            fputs("}, \"last_observed_ms_ago\": null}", f);
+    }
+    fputc('}', f);
+}
+
+static void json_shard(FILE *f, const cy_scoreboard *sb, unsigned i, int64_t now)
+{
+    static const char *const reasons[CY_RESTART_NREASONS] = {"exit", "signal", "hung", "stuck",
+                                                             "canary"};
+    const cy_sb_slot *sl = &sb->slots[i];
+    int64_t st = cy_sb_load(&sl->state);
+    int64_t pid = cy_sb_load(&sl->sv_pid);
+    if (!pid && st != CY_SHARD_DOWN) pid = cy_sb_load(&sl->pid);
+    fprintf(f, "{\"shard\": %u, \"state\": \"%s\", \"pid\": %lld, \"generation\": %lld, ", i,
+            state_name(st), (long long)pid, (long long)cy_sb_load(&sl->generation));
+    int64_t beat = cy_sb_load(&sl->heartbeat_ms);
+    if (st != CY_SHARD_DOWN && beat > 0)
+        fprintf(f, "\"heartbeat_age_ms\": %lld, ", (long long)(now - beat));
+    else
+        fputs("\"heartbeat_age_ms\": null, ", f);
+    fprintf(f, "\"progress\": %llu, \"backlog\": %llu, \"connections\": %llu, \"restarts\": {",
+            (unsigned long long)cy_sb_loadu(&sl->progress),
+            (unsigned long long)cy_scoreboard_backlog(sb, i),
+            (unsigned long long)cy_sb_loadu(&sl->connections));
+    for (int r = 0; r < CY_RESTART_NREASONS; r++)
+        fprintf(f, "%s\"%s\": %lld", r ? ", " : "", reasons[r],
+                (long long)cy_sb_load(&sl->sv_restarts[r]));
+    fputs("}, \"last_restart_reason\": ", f);
+    if (cy_sb_load(&sl->sv_last_restart_ms) > 0) {
+        char reason[sizeof(sl->sv_last_reason)];
+        memcpy(reason, (const char *)sl->sv_last_reason, sizeof(reason));
+        reason[sizeof(reason) - 1] = '\0';
+        json_str(f, reason);
+    } else {
+        fputs("null", f);
+    }
+    uint64_t v[CY_METRICS_N];
+    cy_metrics_read_slot(sl, v);
+    fputs(", \"metrics\": ", f);
+    json_metrics(f, v);
+    fputs(", \"histograms\": ", f);
+    json_hists(f, sl, now);
+    fputc('}', f);
+}
+
+int cy_status_json(const cy_config *cfg)
+{
+    char path[640];
+    cy_scoreboard sb;
+    if (open_board(cfg, &sb, path, sizeof(path))) return 1;
+    int64_t now = cy_mono_ms();
+    int64_t age = 0;
+    bool alive = cy_watchdog_supervisor_alive(&sb, &age);
+    int64_t pid = cy_sb_load(&sb.hdr->supervisor_pid);
+    if (!alive)
+        fprintf(stderr, "cyan: not running: %s; last state follows\n",
+                pid ? "the supervisor is gone without stopping" : "the supervisor has stopped");
+    FILE *f = stdout;
+    fprintf(f, "{\"running\": %s, \"supervisor_pid\": %lld, ", alive ? "true" : "false",
+            (long long)pid);
+    if (alive)
+        fprintf(f, "\"supervisor_heartbeat_age_ms\": %lld, ", (long long)age);
+    else
+        fputs("\"supervisor_heartbeat_age_ms\": null, ", f);
+    fprintf(f, "\"watchdog_timeout_ms\": %lld, \"nshards\": %llu, \"shards\": [",
+            (long long)cy_sb_load(&sb.hdr->watchdog_timeout_ms),
+            (unsigned long long)sb.hdr->nshards);
+    for (unsigned i = 0; i < sb.hdr->nshards; i++) {
+        if (i) fputs(", ", f);
+        json_shard(f, &sb, i, now);
+    }
+    uint64_t v[CY_METRICS_N];
+    unsigned n = cy_metrics_node_totals(&sb, 0, NULL, v);
+    fprintf(f, "], \"totals_shards\": %u, \"totals\": ", n);
+    json_metrics(f, v);
+    fputs("}\n", f);
+    cy_scoreboard_close(&sb);
+    return alive ? 0 : 1;
 }
 
 static int drill_usage(void)

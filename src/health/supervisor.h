@@ -78,6 +78,15 @@ int cy_supervisor_check(const cy_config *cfg);
  * connections, restarts by reason, last reason). Returns 0, or 1 if no
  * supervisor is running there. */
 int cy_status_print(const cy_config *cfg);
+/* `cyan status --json`: the same as one JSON object on stdout: "running",
+ * "supervisor_pid", "supervisor_heartbeat_age_ms", "watchdog_timeout_ms",
+ * "nshards", "shards" (per shard: "shard", "state", "pid", "generation",
+ * "heartbeat_age_ms", "progress", "backlog", "connections", "restarts"
+ * {reason: n}, "last_restart_reason", "metrics" {name: value},
+ * "histograms" {name: {"count", "sum_seconds", "buckets" {le: cumulative},
+ * "last_observed_ms_ago"}}), "totals_shards" and "totals" {name: value}
+ * over the RUNNING shards. Returns as cy_status_print. */
+int cy_status_json(const cy_config *cfg);
 
 /* Drills: `cyan shard stop|cont|kill|spin|stall INDEX`: sends the shard
  * SIGSTOP, SIGCONT, SIGKILL, or the drill signal CY_DRILL_SIGNAL with the

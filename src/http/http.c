@@ -208,6 +208,7 @@ struct cy_http_req {
     bool raw_answered;         /* that answer was written to the socket directly */
     bool streamed;             /* counted in cy_http.streams */
     int tag;                   /* the application's (cy_http_set_tag) */
+    int64_t started_us;        /* monotonic us when its head was whole (cy_http_started_us) */
     bool suspended;            /* by us, with the watch running */
     bool watch_init;           /* watch needs uv_close; req is freed in its close callback */
     uv_poll_t watch;           /* the socket, for UV_DISCONNECT, while suspended */
@@ -1095,6 +1096,7 @@ static cy_http_req *req_new(cy_http *h, struct MHD_Connection *c, const char *ur
     if (req == NULL) return NULL;
     req->h = h;
     req->conn = c;
+    req->started_us = cy_mono_us(); /* MHD shows us a request once its head is whole */
     req->method = method;
     req->path = url;
     cy_buf_init(&req->out);
@@ -1541,6 +1543,11 @@ void cy_http_set_tag(cy_http_req *req, int tag)
 int cy_http_tag(const cy_http_req *req)
 {
     return req->tag;
+}
+
+int64_t cy_http_started_us(const cy_http_req *req)
+{
+    return req->started_us;
 }
 
 void cy_http_on_close(cy_http_req *req, void (*cb)(void *arg, cy_http_req *req), void *arg)

@@ -141,6 +141,12 @@ const char *cy_http_peer_addr(const cy_http_req *req);
  * the check found for the handler to use. */
 void cy_http_set_tag(cy_http_req *req, int tag);
 int cy_http_tag(const cy_http_req *req);
+/* When the request's head (request line and headers) was whole: monotonic
+ * microseconds (cy_mono_us, core/cy_clock.h), taken just before the check
+ * runs, before any of its body is read. What an answer's latency is
+ * measured from: it leaves out the time the client took to send the head,
+ * and counts its body's arrival. */
+int64_t cy_http_started_us(const cy_http_req *req);
 
 /* Called if the client goes away (or the server stops) before req is
  * answered or while its stream is open; req is freed when cb returns and

@@ -68,6 +68,7 @@ struct cy_shard {
     cy_scoreboard *sb;     /* borrowed, or NULL */
     cy_sb_slot *slot;      /* our scoreboard slot, or NULL */
     cy_counters stats;
+    cy_hists hists;        /* latency histograms, published with stats */
     cy_counters sys_last;  /* values last published to $SYS */
     int64_t sys_next;      /* mono ms of the next $SYS update */
     cy_space space;        /* the data folder's disk-full state */
@@ -213,6 +214,7 @@ void cy_shard_beat(cy_shard *b)
     cy_sb_storeu(&s->connections, cy_mqtt_connections(b->mqtt));
     cy_cluster_beat(b->cluster, s);
     cy_metrics_publish(s, &b->stats, now);
+    cy_hists_publish(s, &b->hists);
 }
 
 void cy_shard_stall(cy_shard *b)
@@ -346,8 +348,8 @@ static int compose(cy_shard *b)
     cy_cluster_hooks ch = {.adopt = mqtt_adopt, .frame = devices_frame, .release = mqtt_release,
                            .ctx = b};
     cy_cluster_set_hooks(b->cluster, &ch);
-    rc = cy_devices_new(b->loop, b->cfg, b->store, b->router, b->cluster, &b->stats, b->self,
-                        b->nshards, b->generation, &b->devices);
+    rc = cy_devices_new(b->loop, b->cfg, b->store, b->router, b->cluster, &b->stats, &b->hists,
+                        b->self, b->nshards, b->generation, &b->devices);
     if (rc) return rc;
     cy_mqtt_deps md = {
         .loop = b->loop,
@@ -453,6 +455,7 @@ int cy_shard_start(cy_shard *b, int listen_fd, int http_fd)
             .cluster = b->cluster,
             .devices = b->devices,
             .stats = &b->stats,
+            .hists = &b->hists,
             .sb = b->sb,
             .self = b->self,
             .nshards = b->nshards,

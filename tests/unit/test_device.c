@@ -82,6 +82,7 @@ static struct {
     uv_loop_t loop;
     cy_config cfg;
     cy_counters stats;
+    cy_hists hists;
     cy_store *store;
     cy_router *r;
     cy_cluster *cl;
@@ -266,7 +267,7 @@ static void layer_open(void)
     cy_cluster_options o = {.self = 0, .nshards = 1, .generation = 1, .sb = NULL};
     assert_int_equal(cy_cluster_new(&T.loop, &T.cfg, T.store, T.r, &T.stats, &o, &T.cl), 0);
     assert_int_equal(
-        cy_devices_new(&T.loop, &T.cfg, T.store, T.r, T.cl, &T.stats, 0, 1, 1, &T.d), 0);
+        cy_devices_new(&T.loop, &T.cfg, T.store, T.r, T.cl, &T.stats, &T.hists, 0, 1, 1, &T.d), 0);
     cy_devices_set_answer(T.d, on_answer, NULL);
 }
 
@@ -1337,6 +1338,8 @@ static void test_requests(void **state)
     cy_session *s = connect_(&f, DEV, 0, true);
     publish(s, "devices/" DEV "/describe", "{\"functions\":[\"reboot\"]}", 1, true);
     cy_device_request *r = NULL;
+    const cy_hist *calls = &T.hists.h[CY_HIST_DEVICE_CALL];
+    memset(&T.hists, 0, sizeof(T.hists));
 
     /* answered at once (404): done ran inside, no handle */
     assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_CALL, DEV, "nope", NULL, 0, 2000,
@@ -1345,6 +1348,9 @@ static void test_requests(void **state)
     assert_null(r);
     assert_int_equal(R.n, 1);
     assert_int_equal(R.status, 404);
+    /* every call is timed at its one end, whatever the answer */
+    assert_int_equal(cy_hist_count(calls), 1);
+    assert_true(calls->changed_ms > 0);
 
     /* a call waits for the device; its reply ends it once */
     assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_CALL, DEV, "reboot",
@@ -1353,15 +1359,18 @@ static void test_requests(void **state)
     assert_non_null(r);
     assert_int_equal(R.n, 1);
     assert_int_equal(f.n_call, 1);
+    assert_int_equal(cy_hist_count(calls), 1); /* not before its answer */
     char rid[32];
     snprintf(rid, sizeof(rid), "%s", f.call_rid);
     do_reply(s, rid, S("42"));
     assert_int_equal(R.n, 2);
     assert_int_equal(R.status, 200);
     assert_non_null(strstr(R.body, "\"return_value\":42"));
+    assert_int_equal(cy_hist_count(calls), 2);
     do_reply(s, rid, S("43"));
     cy_devices_tick(T.d, cy_mono_ms() + 60000);
     assert_int_equal(R.n, 2);
+    assert_int_equal(cy_hist_count(calls), 2); /* a late reply is not a second end */
 
     /* cancelled: the reply and the deadline reach nobody */
     assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 0, 2000,
@@ -1373,6 +1382,7 @@ static void test_requests(void **state)
     do_reply(s, rid, S("1"));
     cy_devices_tick(T.d, cy_mono_ms() + 60000);
     assert_int_equal(R.n, 2);
+    assert_int_equal(cy_hist_count(calls), 3); /* its answer came: timed */
 
     /* the device never answers: the owner's 504 (its deadline is the
      * caller's less the margin) arrives before the requester gives up */
@@ -1383,8 +1393,10 @@ static void test_requests(void **state)
     cy_devices_tick(T.d, cy_mono_ms() + 950);
     assert_int_equal(R.n, 3);
     assert_int_equal(R.status, 504);
+    assert_int_equal(cy_hist_count(calls), 4);
     cy_devices_tick(T.d, cy_mono_ms() + 60000);
     assert_int_equal(R.n, 3);
+    assert_int_equal(cy_hist_count(calls), 4);
 
     /* presence of every device this (only) shard knows, at once */
     assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_PRESENCE_ALL, NULL, NULL, NULL, 0,
@@ -1394,6 +1406,7 @@ static void test_requests(void **state)
     assert_int_equal(R.n, 4);
     assert_int_equal(R.status, 200);
     assert_true(R.presence);
+    assert_int_equal(cy_hist_count(calls), 4); /* presence is not a call */
 
     /* ids and names are bounded */
     char longname[300];
@@ -1403,6 +1416,11 @@ static void test_requests(void **state)
                                              req_done, NULL, &r),
                      CY_EINVAL);
     assert_int_equal(R.n, 4);
+    assert_int_equal(cy_hist_count(calls), 4);
+    /* within this test, every call took well under a second; the API's
+     * histogram is not the device layer's to touch */
+    assert_true(calls->sum_us < 4 * 1000000);
+    assert_int_equal(cy_hist_count(&T.hists.h[CY_HIST_API_REQUEST]), 0);
 }
 
 int main(void)

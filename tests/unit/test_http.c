@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "core/cy_alloc.h"
+#include "core/cy_clock.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 #include "http/http.h"
@@ -72,6 +73,7 @@ struct srv {
     atomic_int closed_pending, closed_stream;
     atomic_int checked;       /* the check ran */
     atomic_int check_saw_body; /* bytes of body the check could see (must stay 0) */
+    int64_t check_started_us;  /* cy_http_started_us as the check saw it */
     cy_http_req *pending;
     cy_http_req *stream;
     char echo[1024];
@@ -213,6 +215,13 @@ static void handler(void *ctx, cy_http_req *req)
         char out[32];
         int n = snprintf(out, sizeof(out), "%d|%zu", cy_http_tag(req), blen);
         cy_http_reply(req, 200, "text/plain", out, (size_t)n, NULL);
+    } else if (strcmp(path, "/started") == 0) {
+        /* When the head was whole, as the check and the handler see it,
+         * and now (monotonic us). */
+        char out[96];
+        int n = snprintf(out, sizeof(out), "%lld|%lld|%lld", (long long)s->check_started_us,
+                         (long long)cy_http_started_us(req), (long long)cy_mono_us());
+        cy_http_reply(req, 200, "text/plain", out, (size_t)n, NULL);
     } else if (strcmp(path, "/stopnow") == 0) {
         s->pending = req;
         cy_http_on_close(req, on_req_closed, s);
@@ -228,6 +237,7 @@ static void check_key(void *ctx, cy_http_req *req)
 {
     srv *s = ctx;
     atomic_fetch_add(&s->checked, 1);
+    s->check_started_us = cy_http_started_us(req);
     size_t blen = 0;
     cy_http_body(req, &blen);
     atomic_fetch_add(&s->check_saw_body, (int)blen);
@@ -988,6 +998,43 @@ static void c_check(srv *s)
     CHECK(cl_sees_close(c));
 out:
     cl_close(c);
+}
+
+/* A request's start is when its head was whole: before the check, before
+ * its body, one value for both; the body's arrival counts in what follows. */
+static void c_started(srv *s)
+{
+    cl *c = cl_open(s);
+    CHECK(c);
+    int64_t t0 = cy_mono_us();
+    CHECK(cl_sends(c, "POST /started HTTP/1.1\r\nHost: t\r\nX-Key: good\r\n"
+                      "Content-Length: 4\r\n\r\n") == 0);
+    sleep_ms(200);
+    int64_t t1 = cy_mono_us();
+    CHECK(cl_sends(c, "body") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200);
+    long long in_check = 0, started = 0, handled = 0;
+    CHECK(sscanf(R.body, "%lld|%lld|%lld", &in_check, &started, &handled) == 3);
+    CHECK(in_check == started);
+    CHECK(started >= t0 && started < t1);
+    CHECK(handled - started >= 190000);
+    /* The next request on the connection has its own start. */
+    int64_t t2 = cy_mono_us();
+    CHECK(cl_sends(c, "GET /started HTTP/1.1\r\nHost: t\r\nX-Key: good\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200);
+    CHECK(sscanf(R.body, "%lld|%lld|%lld", &in_check, &started, &handled) == 3);
+    CHECK(in_check == started && started >= t2 && handled >= started);
+out:
+    cl_close(c);
+}
+
+static void test_cy_http_started_us(void **state)
+{
+    srv *s = *state;
+    s->check = check_key;
+    srv_start(s, NULL);
+    run_client(s, c_started);
+    assert_int_equal(atomic_load(&s->handled), 2);
 }
 
 static void test_cy_http_check_before_body(void **state)
@@ -1888,6 +1935,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_http_content_length_and_chunked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_control_chars_in_target, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_check_before_body, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_started_us, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_request_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_headers_too_large, setup, teardown),

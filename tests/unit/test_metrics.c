@@ -3,7 +3,8 @@
  * registry index), the scoreboard round trip, node totals over a
  * scoreboard file with shards in every state, and the Prometheus text
  * exposition (HELP/TYPE once per family, _total on counters, values,
- * per-shard labels, every allocation failure). */
+ * per-shard labels, every allocation failure); the latency histograms
+ * (their list and bounds, bucket edges, the sum, the slot round trip). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -350,6 +351,171 @@ static void test_metrics_prometheus_enomem(void **state)
     assert_true(n > 1); /* at least one failure was walked */
 }
 
+/* ---- latency histograms ---- */
+
+static void test_hists_registry_shape(void **state)
+{
+    (void)state;
+    assert_int_equal(CY_HISTS_N, 2);
+    assert_true(CY_HISTS_N <= CY_SB_HISTS);
+    assert_int_equal(CY_HIST_BUCKETS, 17);
+    assert_int_equal(CY_HIST_BUCKETS + 1, CY_SB_HIST_WORDS);
+    assert_string_equal(cy_hist_defs[CY_HIST_API_REQUEST].name, "api_request_duration_seconds");
+    assert_string_equal(cy_hist_defs[CY_HIST_DEVICE_CALL].name, "device_call_duration_seconds");
+    for (size_t i = 0; i < CY_HISTS_N; i++) {
+        const cy_hist_def *d = &cy_hist_defs[i];
+        assert_true(prom_name_ok(d->name));
+        size_t l = strlen(d->name);
+        assert_true(l > 8 && !strcmp(d->name + l - 8, "_seconds"));
+        assert_true(strlen(d->help) > 0);
+        assert_null(strchr(d->help, '\n'));
+        /* No histogram family collides with a registry metric's name. */
+        assert_int_equal(cy_metrics_find(d->name), -1);
+        for (size_t j = 0; j < i; j++)
+            assert_string_not_equal(cy_hist_defs[j].name, d->name);
+        char pn[80];
+        cy_hists_prom_name(i, pn, sizeof(pn));
+        assert_int_equal(strncmp(pn, "cyan_", 5), 0);
+        assert_string_equal(pn + 5, d->name);
+    }
+}
+
+static void test_hists_bounds(void **state)
+{
+    (void)state;
+    static const uint64_t want_us[] = {100,     250,     500,     1000,    2500,   5000,
+                                       10000,   25000,   50000,   100000,  250000, 500000,
+                                       1000000, 2500000, 5000000, 10000000};
+    static const char *const want_le[] = {"0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005",
+                                          "0.01",   "0.025",   "0.05",   "0.1",   "0.25",   "0.5",
+                                          "1",      "2.5",     "5",      "10",    "+Inf"};
+    assert_int_equal(CY_HIST_BOUNDS, sizeof(want_us) / sizeof(want_us[0]));
+    for (size_t i = 0; i < CY_HIST_BOUNDS; i++) {
+        assert_int_equal(cy_hist_bounds_us[i], want_us[i]);
+        /* Seconds and microseconds are the same bound. */
+        assert_true(cy_hist_bounds[i] * 1e6 > (double)want_us[i] - 1e-6);
+        assert_true(cy_hist_bounds[i] * 1e6 < (double)want_us[i] + 1e-6);
+        /* The le text parses back to the bound (what Prometheus reads). */
+        assert_true(strtod(cy_hist_le[i], NULL) == cy_hist_bounds[i]);
+        if (i) assert_true(cy_hist_bounds[i] > cy_hist_bounds[i - 1]);
+    }
+    for (size_t i = 0; i < CY_HIST_BUCKETS; i++)
+        assert_string_equal(cy_hist_le[i], want_le[i]);
+}
+
+static void test_hist_bucket_edges(void **state)
+{
+    (void)state;
+    assert_int_equal(cy_hist_bucket(0), 0);
+    assert_int_equal(cy_hist_bucket(1), 0);
+    for (size_t i = 0; i < CY_HIST_BOUNDS; i++) {
+        uint64_t b = cy_hist_bounds_us[i];
+        /* le: a value exactly at a bound is in that bound's bucket... */
+        assert_int_equal(cy_hist_bucket(b), i);
+        /* ...one microsecond more is in the next (the last: +Inf). */
+        assert_int_equal(cy_hist_bucket(b + 1), i + 1);
+        /* ...and one less too (no two bounds are a microsecond apart). */
+        assert_int_equal(cy_hist_bucket(b - 1), i);
+    }
+    assert_int_equal(cy_hist_bucket(10000001), CY_HIST_BUCKETS - 1);
+    assert_int_equal(cy_hist_bucket(UINT64_MAX), CY_HIST_BUCKETS - 1);
+}
+
+static void test_hist_observe(void **state)
+{
+    (void)state;
+    cy_hists h;
+    memset(&h, 0, sizeof(h));
+    cy_hist *x = &h.h[CY_HIST_API_REQUEST];
+    cy_hist_observe(&h, CY_HIST_API_REQUEST, 100, 10);      /* le 0.0001, at the bound */
+    cy_hist_observe(&h, CY_HIST_API_REQUEST, 101, 11);      /* le 0.00025 */
+    cy_hist_observe(&h, CY_HIST_API_REQUEST, 1000000, 12);  /* le 1, at the bound */
+    cy_hist_observe(&h, CY_HIST_API_REQUEST, 60000000, 13); /* a minute: +Inf */
+    cy_hist_observe(&h, CY_HIST_API_REQUEST, 0, 14);        /* le 0.0001 */
+    assert_int_equal(x->buckets[0], 2);
+    assert_int_equal(x->buckets[1], 1);
+    assert_int_equal(x->buckets[12], 1);
+    assert_int_equal(x->buckets[CY_HIST_BUCKETS - 1], 1);
+    assert_int_equal(x->sum_us, 100 + 101 + 1000000 + 60000000);
+    assert_int_equal(x->changed_ms, 14);
+    assert_int_equal(cy_hist_count(x), 5);
+    /* Cumulative, as Prometheus's _bucket{le}: grows with le, +Inf is the count. */
+    assert_int_equal(cy_hist_cumulative(x, 0), 2);
+    assert_int_equal(cy_hist_cumulative(x, 1), 3);
+    assert_int_equal(cy_hist_cumulative(x, 11), 3);
+    assert_int_equal(cy_hist_cumulative(x, 12), 4);
+    assert_int_equal(cy_hist_cumulative(x, CY_HIST_BOUNDS - 1), 4);
+    assert_int_equal(cy_hist_cumulative(x, CY_HIST_BUCKETS - 1), 5);
+    assert_int_equal(cy_hist_cumulative(x, CY_HIST_BUCKETS + 5), 5);
+    /* The other histogram did not move. */
+    assert_int_equal(cy_hist_count(&h.h[CY_HIST_DEVICE_CALL]), 0);
+    assert_int_equal(h.h[CY_HIST_DEVICE_CALL].sum_us, 0);
+    assert_int_equal(h.h[CY_HIST_DEVICE_CALL].changed_ms, 0);
+    /* Out of range and NULL are ignored. */
+    cy_hists before = h;
+    cy_hist_observe(&h, CY_HISTS_N, 5, 99);
+    cy_hist_observe(NULL, CY_HIST_API_REQUEST, 5, 99);
+    assert_memory_equal(&h, &before, sizeof(h));
+}
+
+static void test_hists_publish_read_slot(void **state)
+{
+    (void)state;
+    cy_scoreboard w, r;
+    assert_int_equal(cy_scoreboard_create(path, 3, &w), 0);
+    assert_int_equal(cy_scoreboard_open(path, &r), 0);
+    cy_hists h, got;
+    memset(&h, 0, sizeof(h));
+    /* Nothing published: all zero, never observed. */
+    cy_hists_read_slot(&r.slots[2], &got);
+    assert_memory_equal(&got, &h, sizeof(h));
+    cy_hist_observe(&h, CY_HIST_DEVICE_CALL, 2500, 700);
+    cy_hist_observe(&h, CY_HIST_DEVICE_CALL, 7000000, 800);
+    cy_hist_observe(&h, CY_HIST_API_REQUEST, 42, 650);
+    cy_hists_publish(&w.slots[2], &h);
+    /* Another mapping (another process) reads the same words. */
+    cy_hists_read_slot(&r.slots[2], &got);
+    assert_memory_equal(&got, &h, sizeof(h));
+    assert_int_equal(got.h[CY_HIST_DEVICE_CALL].buckets[4], 1);  /* le 0.0025 */
+    assert_int_equal(got.h[CY_HIST_DEVICE_CALL].buckets[15], 1); /* le 10 */
+    assert_int_equal(got.h[CY_HIST_DEVICE_CALL].sum_us, 7002500);
+    assert_int_equal(got.h[CY_HIST_DEVICE_CALL].changed_ms, 800);
+    assert_int_equal(got.h[CY_HIST_API_REQUEST].changed_ms, 650);
+    /* The slot's layout: bucket words, then the sum; change times beside. */
+    assert_int_equal(r.slots[2].hists[CY_HIST_DEVICE_CALL][4], 1);
+    assert_int_equal(r.slots[2].hists[CY_HIST_DEVICE_CALL][CY_SB_HIST_WORDS - 1], 7002500);
+    assert_int_equal(r.slots[2].hist_changed_ms[CY_HIST_DEVICE_CALL], 800);
+    /* Spare histograms, other slots and the counters stay untouched. */
+    for (size_t i = CY_HISTS_N; i < CY_SB_HISTS; i++) {
+        for (size_t k = 0; k < CY_SB_HIST_WORDS; k++)
+            assert_int_equal(r.slots[2].hists[i][k], 0);
+        assert_int_equal(r.slots[2].hist_changed_ms[i], 0);
+    }
+    for (size_t i = 0; i < CY_SB_COUNTERS; i++)
+        assert_int_equal(r.slots[2].counters[i], 0);
+    cy_hists_read_slot(&r.slots[1], &got);
+    for (size_t i = 0; i < CY_HISTS_N; i++)
+        assert_int_equal(cy_hist_count(&got.h[i]), 0);
+    /* A later observation moves its words and time only. */
+    cy_hist_observe(&h, CY_HIST_API_REQUEST, 30000, 900);
+    cy_hists_publish(&w.slots[2], &h);
+    cy_hists_read_slot(&r.slots[2], &got);
+    assert_memory_equal(&got, &h, sizeof(h));
+    assert_int_equal(got.h[CY_HIST_API_REQUEST].changed_ms, 900);
+    assert_int_equal(got.h[CY_HIST_DEVICE_CALL].changed_ms, 800);
+    assert_int_equal(cy_hist_count(&got.h[CY_HIST_API_REQUEST]), 2);
+    assert_int_equal(cy_hist_cumulative(&got.h[CY_HIST_API_REQUEST], 7), 1); /* le 0.025 */
+    assert_int_equal(cy_hist_cumulative(&got.h[CY_HIST_API_REQUEST], 8), 2); /* le 0.05 */
+    /* A restarted shard's fresh zeros replace what its predecessor left. */
+    cy_hists fresh;
+    memset(&fresh, 0, sizeof(fresh));
+    cy_hists_publish(&w.slots[2], &fresh);
+    cy_hists_read_slot(&r.slots[2], &got);
+    assert_memory_equal(&got, &fresh, sizeof(fresh));
+    cy_scoreboard_close(&r);
+    cy_scoreboard_close(&w);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
@@ -363,6 +529,11 @@ int main(void)
         T(test_metrics_prometheus_node_totals),
         T(test_metrics_prometheus_per_shard),
         T(test_metrics_prometheus_enomem),
+        T(test_hists_registry_shape),
+        T(test_hists_bounds),
+        T(test_hist_bucket_edges),
+        T(test_hist_observe),
+        T(test_hists_publish_read_slot),
     };
     return cmocka_run_group_tests_name("metrics", tests, NULL, NULL);
 }
