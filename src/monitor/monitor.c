@@ -72,7 +72,27 @@ typedef struct mon {
 
 static const char *type_word(int kind)
 {
-    return kind == CY_SAMPLE_COUNTER ? "counter" : "gauge";
+    return kind == CY_SAMPLE_COUNTER ? "counter" : kind == CY_SAMPLE_HISTOGRAM ? "histogram" : "gauge";
+}
+
+/* The family a sample belongs to: its name, or for a histogram's series the
+ * name without _bucket, _sum or _count. */
+static size_t family_len(const cy_sample *x)
+{
+    size_t n = strlen(x->name);
+    if (x->kind != CY_SAMPLE_HISTOGRAM) return n;
+    static const char *const sfx[] = {"_bucket", "_sum", "_count"};
+    for (size_t i = 0; i < 3; i++) {
+        size_t k = strlen(sfx[i]);
+        if (n > k && !strcmp(x->name + n - k, sfx[i])) return n - k;
+    }
+    return n;
+}
+
+static bool same_family(const cy_sample *a, const cy_sample *b)
+{
+    size_t n = family_len(a);
+    return a->kind == b->kind && family_len(b) == n && !memcmp(a->name, b->name, n);
 }
 
 static int put_value(cy_buf *out, double v)
@@ -117,19 +137,21 @@ int cy_monitor_prometheus(cy_buf *out, const cy_snapshot *s, const char *(*help)
     for (size_t i = 0; i < s->n && !rc; i++) {
         if (done[i]) continue;
         const cy_sample *f = &s->v[i];
-        const char *h = help ? help(f->name) : NULL;
+        char fam[CY_SAMPLE_NAME_MAX];
+        snprintf(fam, sizeof(fam), "%.*s", (int)family_len(f), f->name);
+        const char *h = help ? help(fam) : NULL;
         rc |= put_str(out, "# HELP ");
-        rc |= put_str(out, f->name);
+        rc |= put_str(out, fam);
         rc |= put_str(out, " ");
-        rc |= put_help(out, h ? h : f->name);
+        rc |= put_help(out, h ? h : fam);
         rc |= put_str(out, "\n# TYPE ");
-        rc |= put_str(out, f->name);
+        rc |= put_str(out, fam);
         rc |= put_str(out, " ");
         rc |= put_str(out, type_word(f->kind));
         rc |= put_str(out, "\n");
         for (size_t j = i; j < s->n && !rc; j++) {
             const cy_sample *x = &s->v[j];
-            if (done[j] || strcmp(x->name, f->name)) continue;
+            if (done[j] || !same_family(x, f)) continue;
             done[j] = true;
             rc |= put_str(out, x->name);
             if (x->labels[0]) {
@@ -192,6 +214,11 @@ static const char *series_help(const char *name)
         char pn[96];
         cy_metrics_prom_name(i, pn, sizeof(pn));
         if (!strcmp(pn, name)) return cy_metric_defs[i].help;
+    }
+    for (size_t i = 0; i < CY_HISTS_N; i++) {
+        char pn[96];
+        cy_hists_prom_name(i, pn, sizeof(pn));
+        if (!strcmp(pn, name)) return cy_hist_defs[i].help;
     }
     return NULL;
 }
@@ -324,6 +351,25 @@ static void snapshot_shard(mon *m, unsigned i, int64_t now_mono, int64_t off)
                                                                : CY_SAMPLE_GAUGE;
         add_tracked(m, pn, l, kind, (double)vals[k], to_wall(cy_sb_load(&sl->changed_ms[k]), off),
                     stale);
+    }
+    cy_hists hs;
+    cy_hists_read_slot(sl, &hs);
+    for (size_t k = 0; k < CY_HISTS_N; k++) {
+        const cy_hist *h = &hs.h[k];
+        int64_t changed = to_wall(h->changed_ms, off);
+        char base[48], name[CY_SAMPLE_NAME_MAX], lb[64];
+        cy_hists_prom_name(k, base, sizeof(base));
+        for (size_t b = 0; b < CY_HIST_BUCKETS; b++) {
+            snprintf(name, sizeof(name), "%s_bucket", base);
+            snprintf(lb, sizeof(lb), "le=\"%s\",shard=\"%u\"", cy_hist_le[b], i);
+            add(m, name, lb, CY_SAMPLE_HISTOGRAM, (double)cy_hist_cumulative(h, b), changed, stale);
+        }
+        snprintf(name, sizeof(name), "%s_sum", base);
+        add(m, name, l, CY_SAMPLE_HISTOGRAM, (double)h->sum_us / 1e6, changed, stale);
+        snprintf(name, sizeof(name), "%s_count", base);
+        add(m, name, l, CY_SAMPLE_HISTOGRAM, (double)cy_hist_count(h), changed, stale);
+        snprintf(name, sizeof(name), "%s_last_change_timestamp_seconds", base);
+        add(m, name, l, CY_SAMPLE_GAUGE, (double)changed / 1000.0, changed, stale);
     }
     if (state == CY_SHARD_RUNNING) add_process(m, "shard", (int)i, cy_sb_load(&sl->pid));
 }

@@ -32,12 +32,15 @@
 #define CY_SAMPLE_NAME_MAX 96   /* bytes with the NUL */
 #define CY_SAMPLE_LABELS_MAX 128
 
-enum { CY_SAMPLE_GAUGE = 0, CY_SAMPLE_COUNTER = 1 };
+/* A histogram's samples are its <family>_bucket (with le), _sum and
+ * _count series, each of kind CY_SAMPLE_HISTOGRAM, so a renderer groups
+ * them under the family's one # TYPE line. */
+enum { CY_SAMPLE_GAUGE = 0, CY_SAMPLE_COUNTER = 1, CY_SAMPLE_HISTOGRAM = 2 };
 
 typedef struct cy_sample {
     char name[CY_SAMPLE_NAME_MAX];     /* cyan_shard_up, cyan_publish_received_total */
     char labels[CY_SAMPLE_LABELS_MAX]; /* canonical label set without braces, or "" */
-    int kind;                          /* CY_SAMPLE_GAUGE or CY_SAMPLE_COUNTER */
+    int kind;                          /* CY_SAMPLE_* */
     double value;
     int64_t changed_ms; /* wall-clock ms of the last change, 0 = unknown */
     bool stale;         /* last known value of a producer that is not running */

@@ -61,6 +61,11 @@ def test_metrics_served_and_valid(server_factory):
         assert ("cyan_publish_received_total", shard_label(i)) in m
         assert ("cyan_publish_received_last_change_timestamp_seconds", shard_label(i)) in m
         assert ("cyan_shard_last_progress_timestamp_seconds", shard_label(i)) in m
+    for i in range(2):
+        for h in ("cyan_api_request_duration_seconds", "cyan_device_call_duration_seconds"):
+            count = m[(h + "_count", shard_label(i))]
+            assert m[(h + "_bucket", 'le="+Inf",' + shard_label(i))] == count
+            assert (h + "_sum", shard_label(i)) in m
     builds = [k for k in m if k[0] == "cyan_build_info"]
     assert len(builds) == 1 and 'version="' in builds[0][1] and 'commit="' in builds[0][1]
     assert ("cyan_process_cpu_seconds_total", 'process="supervisor"') in m
