@@ -43,6 +43,14 @@ int64_t cy_watchdog_start_limit(int64_t timeout_ms)
     return t > CY_WATCHDOG_START_MIN_MS ? t : CY_WATCHDOG_START_MIN_MS;
 }
 
+int64_t cy_watchdog_owed_interval(int64_t timeout_ms)
+{
+    int64_t t = timeout_ms / 8;
+    if (t > CY_WATCHDOG_OWED_MAX_MS) t = CY_WATCHDOG_OWED_MAX_MS;
+    if (t < CY_WATCHDOG_OWED_MIN_MS) t = CY_WATCHDOG_OWED_MIN_MS;
+    return t;
+}
+
 int cy_watchdog_reason(cy_verdict v)
 {
     return v == CY_VERDICT_STUCK ? CY_RESTART_STUCK : CY_RESTART_HUNG;
