@@ -145,7 +145,7 @@ struct cy_cluster {
     uint64_t generation;   /* our spawn number */
     cy_bus *bus;           /* NULL with one shard */
     bool stalled;          /* drill: frames from peers are ignored */
-    uint64_t progress;     /* frames applied (scoreboard progress) */
+    uint64_t progress;     /* work done (cy_cluster_progress): the scoreboard's progress */
     cy_sub_kind peer_kind;
     cy_peer peers[CY_SB_MAX_SHARDS];
     cy_map interest;       /* local filter -> cy_interest */
@@ -223,16 +223,31 @@ int cy_cluster_hold(cy_cluster *cl, cy_held_owner *o, bool wait_peers, const uin
     return 0;
 }
 
+/* Has peer p applied what h waits for from it (or is it down)? */
+static bool peer_done(const cy_peer *p, const cy_held *h, unsigned j)
+{
+    return !p->up || (p->frames_out_acked >= h->need_frames[j] && p->acked >= h->need_seq[j]);
+}
+
+/* May h go now: past its deadline, or every peer it waits for done? No
+ * change to h: the owed-work count asks too. */
+static bool may_go(const cy_cluster *cl, const cy_held *h, int64_t now)
+{
+    if (now >= h->deadline) return true;
+    for (unsigned j = 0; j < cl->nshards; j++)
+        if ((h->mask & (UINT64_C(1) << j)) && !peer_done(&cl->peers[j], h, j)) return false;
+    return true;
+}
+
+/* may_go, forgetting the peers h no longer waits for: a peer that caught
+ * up, then came back on a new link with its counts reset, holds h no
+ * more. */
 static bool caught_up(cy_cluster *cl, cy_held *h, int64_t now)
 {
     if (now >= h->deadline) return true;
-    for (unsigned j = 0; j < cl->nshards; j++) {
-        uint64_t bit = UINT64_C(1) << j;
-        if (!(h->mask & bit)) continue;
-        cy_peer *p = &cl->peers[j];
-        if (!p->up || (p->frames_out_acked >= h->need_frames[j] && p->acked >= h->need_seq[j]))
-            h->mask &= ~bit;
-    }
+    for (unsigned j = 0; j < cl->nshards; j++)
+        if ((h->mask & (UINT64_C(1) << j)) && peer_done(&cl->peers[j], h, j))
+            h->mask &= ~(UINT64_C(1) << j);
     return h->mask == 0;
 }
 
@@ -249,6 +264,7 @@ static void release(cy_cluster *cl)
         bool blocked = o->epoch == blocked_epoch;
         if (!blocked && caught_up(cl, h, now)) {
             o->n--;
+            cl->progress++; /* an acknowledgement went */
             *pp = h->next;
             if (cl->hooks.release) cl->hooks.release(cl->hooks.ctx, o, h->bytes, h->len);
             cy_free(h);
@@ -259,6 +275,21 @@ static void release(cy_cluster *cl)
         pp = &h->next;
     }
     cl->held_tail = last;
+}
+
+size_t cy_cluster_owed_held(cy_cluster *cl, int64_t now)
+{
+    /* As release() would go through them, without releasing: an entry
+     * behind one of its owner's that must wait is not owed either. */
+    uint64_t blocked_epoch = ++cl->epoch;
+    size_t n = 0;
+    for (cy_held *h = cl->held; h; h = h->next) {
+        if (h->o->epoch != blocked_epoch && may_go(cl, h, now))
+            n++;
+        else
+            h->o->epoch = blocked_epoch;
+    }
+    return n;
 }
 
 void cy_cluster_drop_held(cy_cluster *cl, cy_held_owner *o)
@@ -556,6 +587,7 @@ static void pump(cy_cluster *cl, cy_peer *p)
         p->written = f->seq;
         p->out_next = f->next;
         p->frames_out++;
+        cl->progress++; /* a durable frame left for its peer */
     }
 }
 
@@ -1103,6 +1135,19 @@ void cy_cluster_beat(const cy_cluster *cl, cy_sb_slot *slot)
 uint64_t cy_cluster_progress(const cy_cluster *cl)
 {
     return cl->progress;
+}
+
+size_t cy_cluster_owed_frames(const cy_cluster *cl)
+{
+    size_t n = 0;
+    for (unsigned j = 0; j < cl->nshards; j++) {
+        const cy_peer *p = &cl->peers[j];
+        /* Sequence numbers of a peer's outbox are consecutive, so the
+         * frames past the cursor are last_sent - written. */
+        if (j != cl->self && p->up && p->out_next && cy_bus_backlog(cl->bus, j) == 0)
+            n += (size_t)(p->last_sent - p->written);
+    }
+    return n;
 }
 
 size_t cy_cluster_outbox_frames(const cy_cluster *cl)

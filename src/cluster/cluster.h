@@ -141,8 +141,29 @@ void cy_cluster_after_commit(cy_cluster *cl);
 void cy_cluster_sweep(cy_cluster *cl);
 /* Write bus_sent / bus_acked of every peer to our scoreboard slot. */
 void cy_cluster_beat(const cy_cluster *cl, cy_sb_slot *slot);
-/* Units of work done (frames applied), for the scoreboard's progress. */
+/* Units of work done, for the scoreboard's progress: frames from peers
+ * applied, connections adopted, held acknowledgements released, durable
+ * frames written to their peer. */
 uint64_t cy_cluster_progress(const cy_cluster *cl);
+
+/* ---- owed work, for the progress watchdog (health/watchdog.h) ---- */
+
+/* Held acknowledgements that may go now and have not: past their
+ * deadline, or every peer they wait for applied its part (or is down),
+ * and no earlier entry of their owner still waits. One that waits for a
+ * live peer within its deadline is that peer's work (the peer's backlog
+ * shows it), not ours. The sweep releases what reached its deadline, so a
+ * healthy shard owes these for at most CY_SWEEP_MS. now: mono ms. Uses the
+ * owners' release scratch (no other change). Cost: a walk of the held
+ * entries, each checked against the shards it waits for. */
+size_t cy_cluster_owed_held(cy_cluster *cl, int64_t now);
+/* Durable frames for peers whose link is up, not yet written although the
+ * bus would take them now (nothing queued on the link): a healthy shard
+ * writes them after the commit of the pass that made them. Frames written
+ * and not acknowledged are the peer's work (its backlog); frames for a
+ * peer that is down wait for it and are not this shard's fault. Cost:
+ * O(shards). */
+size_t cy_cluster_owed_frames(const cy_cluster *cl);
 /* Durable frames waiting for peers' acknowledgements. */
 size_t cy_cluster_outbox_frames(const cy_cluster *cl);
 

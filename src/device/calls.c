@@ -22,6 +22,7 @@
 
 static void answer(cy_devices *d, unsigned from, uint32_t req_id, unsigned status, json_t *body)
 {
+    d->progress++;
     char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(6));
     json_decref(body);
     if (d->answer)
@@ -198,6 +199,14 @@ void cy_calls_tick(cy_devices *d, int64_t now)
         answer_error(d, k->from, k->req_id, 504, "device_timeout", msg);
         call_unlink(d, k);
     }
+}
+
+uint64_t cy_calls_owed(const cy_devices *d, int64_t now)
+{
+    uint64_t n = 0;
+    for (const dev_call *k = d->calls; k; k = k->next)
+        if (now >= k->deadline) n++;
+    return n;
 }
 
 void cy_calls_free(cy_devices *d)

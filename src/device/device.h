@@ -73,6 +73,28 @@ void cy_devices_sweep(cy_devices *d);
  * Call it about every 100 ms. */
 void cy_devices_tick(cy_devices *d, int64_t now);
 
+/* ---- owed work, for the progress watchdog (health/watchdog.h) ---- */
+
+/* QoS 1/2 messages queued to sessions whose device is connected and has
+ * window for them (cy_session_sendable): sendable now, so owed by this
+ * shard; a healthy one sends them in the pass that made them sendable.
+ * Messages waiting for an offline device or for the device's own
+ * acknowledgements (a full window) are not owed. Cost: nothing while no
+ * connected device has a message queued, else a walk of every session
+ * (memory only). */
+uint64_t cy_devices_owed_deliveries(const cy_devices *d);
+/* Operations that owe an answer past their deadline: as the owner, calls
+ * and reads the device did not answer in time (a 504 is due); as the
+ * requester, requests the owner did not answer in time (a 503 is due).
+ * One within its deadline waits for a device or a peer and is not owed.
+ * cy_devices_tick answers them, so a healthy shard owes these for at most
+ * one tick. now: mono ms. Cost: a walk of the calls and requests. */
+uint64_t cy_devices_owed_calls(const cy_devices *d, int64_t now);
+/* Units of work done, for the scoreboard's progress: answers given as the
+ * owner (replies, 404/409/502/504, presence), requests ended as the
+ * requester, queued deliveries sent to their device. */
+uint64_t cy_devices_progress(const cy_devices *d);
+
 /* ---- the device convention ---- */
 
 /* What a client may publish, whatever path its bytes take to the router:

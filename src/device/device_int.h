@@ -48,6 +48,9 @@ struct cy_devices {
     dev_call *calls;      /* in a list for the deadlines */
     cy_map calls_by_rid;  /* rid (16 bytes) -> dev_call, for replies */
     uint64_t next_rid;
+    uint64_t progress;    /* answers given, requests ended, queued deliveries sent */
+    uint64_t online_queued; /* queued deliveries (n_queued) of sessions with a link: only
+                             * these can be deliverable now (session.c keeps it) */
     cy_device_answer_fn answer; /* where the owner's answers go */
     void *answer_ctx;
     /* requester side (requests.c) */
@@ -80,9 +83,13 @@ void cy_requests_init(cy_devices *d);
 void cy_requests_init_answer(cy_devices *d);
 void cy_requests_tick(cy_devices *d, int64_t now);
 void cy_requests_free(cy_devices *d);
+/* Requests with a caller whose deadline passed (now: mono ms). */
+uint64_t cy_requests_owed(const cy_devices *d, int64_t now);
 
 /* calls.c */
 void cy_calls_tick(cy_devices *d, int64_t now);
 void cy_calls_free(cy_devices *d);
+/* Calls and reads sent to a device whose deadline passed (now: mono ms). */
+uint64_t cy_calls_owed(const cy_devices *d, int64_t now);
 
 #endif

@@ -80,6 +80,7 @@ static void finish(cy_devices *d, cy_device_request *r, const cy_device_answer *
     }
     cy_device_done done = r->done;
     r->done = NULL;
+    d->progress++;
     if (done) done(r->ctx, a);
     request_free(d, r);
 }
@@ -287,6 +288,14 @@ void cy_devices_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *
         return;
     }
     cy_device_op(d, from, id, op, dev, idl, name, nl, r.p, cy_reader_left(&r), timeout);
+}
+
+uint64_t cy_requests_owed(const cy_devices *d, int64_t now)
+{
+    uint64_t n = 0;
+    for (const cy_device_request *r = d->requests; r; r = r->next)
+        if (r->done && now >= r->deadline) n++; /* a cancelled one owes nobody */
+    return n;
 }
 
 void cy_requests_free(cy_devices *d)

@@ -103,6 +103,7 @@ static void release(cy_devices *d, cy_session *s, bool ending)
     }
     d->stats->subscriptions -= s->n_subs;
     cy_free(s->subs);
+    if (s->link) d->online_queued -= s->n_queued;
     cy_delivery *dv = s->head;
     while (dv) {
         cy_delivery *n = dv->next;
@@ -138,11 +139,14 @@ void cy_session_attach(cy_devices *d, cy_session *s, cy_link *link)
         s->will = NULL;
         s->will_at = 0;
     }
+    if (s->link) d->online_queued -= s->n_queued;
     s->link = link;
+    if (link) d->online_queued += s->n_queued;
 }
 
 void cy_session_detach(cy_devices *d, cy_session *s, bool abnormal)
 {
+    if (s->link) d->online_queued -= s->n_queued;
     s->link = NULL;
     if (s->will) {
         if (!abnormal) {
@@ -312,9 +316,10 @@ static void drop(cy_devices *d, cy_session *s, const cy_msg *m, int why)
 void cy_session_remove_delivery(cy_devices *d, cy_session *s, cy_delivery *dv)
 {
     if (dv == s->next_send) s->next_send = dv->next;
-    if (dv->state == CY_MSG_QUEUED)
+    if (dv->state == CY_MSG_QUEUED) {
         s->n_queued--;
-    else
+        if (s->link) d->online_queued--;
+    } else
         s->n_inflight--;
     if (dv->prev)
         dv->prev->next = dv->next;
@@ -353,13 +358,29 @@ static uint16_t next_packet_id(cy_session *s)
     }
 }
 
+/* How many deliveries may be in flight to the device behind l. */
+static uint32_t window_of(const cy_devices *d, const cy_link *l)
+{
+    uint32_t window = d->cfg->max_inflight;
+    uint32_t own = l->ops->window(l);
+    return own && own < window ? own : window;
+}
+
+uint32_t cy_session_sendable(const cy_devices *d, const cy_session *s)
+{
+    const cy_link *l = s->link;
+    if (!l || !s->next_send || !l->ops->ready(l)) return 0;
+    uint32_t window = window_of(d, l);
+    if (s->n_inflight >= window) return 0;
+    uint32_t room = window - s->n_inflight;
+    return s->n_queued < room ? s->n_queued : room;
+}
+
 void cy_session_pump(cy_devices *d, cy_session *s)
 {
     cy_link *l = s->link;
     if (!l || !l->ops->ready(l)) return;
-    uint32_t window = d->cfg->max_inflight;
-    uint32_t own = l->ops->window(l);
-    if (own && own < window) window = own;
+    uint32_t window = window_of(d, l);
     while (s->next_send && s->n_inflight < window) {
         cy_delivery *dv = s->next_send;
         uint16_t id = next_packet_id(s);
@@ -373,7 +394,9 @@ void cy_session_pump(cy_devices *d, cy_session *s)
         }
         s->next_send = dv->next;
         s->n_queued--;
+        d->online_queued--;
         s->n_inflight++;
+        d->progress++; /* a queued delivery went out */
         dv->packet_id = id;
         dv->state = CY_MSG_SENT;
         if (dv->store_id) cy_store_msg_update(d->store, dv->store_id, id, CY_MSG_SENT);
@@ -403,8 +426,9 @@ void cy_session_resume(cy_devices *d, cy_session *s)
 }
 
 /* Link a delivery at the tail of the queue. */
-static void enqueue(cy_session *s, cy_delivery *dv)
+static void enqueue(cy_devices *d, cy_session *s, cy_delivery *dv)
 {
+    if (s->link) d->online_queued++;
     dv->next = NULL;
     dv->prev = s->tail;
     if (s->tail)
@@ -449,7 +473,7 @@ void cy_session_deliver(cy_devices *d, cy_session *s, cy_msg *m, uint8_t qos, bo
     dv->retain = retain;
     dv->n_sub_ids = (uint8_t)n_sub_ids;
     if (n_sub_ids) memcpy(dv->sub_ids, sub_ids, n_sub_ids * sizeof(uint32_t));
-    enqueue(s, dv);
+    enqueue(d, s, dv);
     if (s->persistent) {
         cy_store_msg sm = cy_msg_to_store(m, qos, retain);
         sm.sub_ids = dv->sub_ids;
@@ -461,7 +485,6 @@ void cy_session_deliver(cy_devices *d, cy_session *s, cy_msg *m, uint8_t qos, bo
 
 int cy_session_load_msg(cy_devices *d, cy_session *s, const cy_store_msg *sm)
 {
-    (void)d;
     cy_msg *m = cy_msg_new(sm->topic, sm->topic_len, sm->payload, sm->payload_len, sm->props,
                            sm->props_len, sm->qos, sm->retain, sm->expiry_at);
     uint32_t n = sm->n_sub_ids > 255 ? 255 : sm->n_sub_ids;
@@ -479,7 +502,7 @@ int cy_session_load_msg(cy_devices *d, cy_session *s, const cy_store_msg *sm)
     dv->n_sub_ids = (uint8_t)n;
     if (n) memcpy(dv->sub_ids, sm->sub_ids, n * sizeof(uint32_t));
     if (dv->state == CY_MSG_QUEUED) {
-        enqueue(s, dv);
+        enqueue(d, s, dv);
         return 0;
     }
     /* In flight: before the first queued one. */

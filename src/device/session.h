@@ -101,6 +101,13 @@ void cy_session_deliver(cy_devices *d, cy_session *s, cy_msg *m, uint8_t qos, bo
                         const uint32_t *sub_ids, uint32_t n_sub_ids);
 /* Send queued deliveries while the window allows. */
 void cy_session_pump(cy_devices *d, cy_session *s);
+/* How many of s's queued deliveries could go to its device now: none
+ * while it has no link or its link is not ready, else as many as the
+ * window (the smaller of max_inflight and the link's own) leaves room for.
+ * cy_session_pump sends exactly these, so it is 0 after a pump: a session
+ * whose sendable stays above 0 is work its shard owes (the progress
+ * watchdog). Pure, O(1). */
+uint32_t cy_session_sendable(const cy_devices *d, const cy_session *s);
 /* Resend what was in flight (DUP) after a reconnect, then pump. */
 void cy_session_resume(cy_devices *d, cy_session *s);
 cy_delivery *cy_session_find_inflight(cy_session *s, uint16_t packet_id);

@@ -62,6 +62,14 @@ bool cy_canary_failing(int64_t now_ms, int64_t timeout_ms, int64_t running_since
     return true;
 }
 
+int64_t cy_watchdog_owed_interval(int64_t timeout_ms)
+{
+    int64_t t = timeout_ms / 8;
+    if (t > CY_WATCHDOG_OWED_MAX_MS) t = CY_WATCHDOG_OWED_MAX_MS;
+    if (t < CY_WATCHDOG_OWED_MIN_MS) t = CY_WATCHDOG_OWED_MIN_MS;
+    return t;
+}
+
 int cy_watchdog_reason(cy_verdict v)
 {
     if (v == CY_VERDICT_CANARY) return CY_RESTART_CANARY;

@@ -17,6 +17,18 @@
  *     was idle before. Sampling can only make a verdict late, never early.
  * Exactly at the timeout is still OK; one millisecond later is not.
  *
+ * Work owed (the backlog, cy_scoreboard_backlog): the bus frames peers
+ * sent to the shard and it has not acknowledged, plus the shard's own
+ * `queued`, which the shard sums every cy_watchdog_owed_interval from its
+ * layers (shard.c): client sockets holding input it does not read and
+ * should (and its listening socket's accept queue), QoS 1/2 messages
+ * its connected devices have window for, held acknowledgements that may
+ * go, device calls and requests past their deadline, durable frames for
+ * live peers the bus would take. Each is work that only this shard can do
+ * and that a healthy shard does within a pass or a tick; work that waits
+ * for a client, a device or a peer is not owed. An idle shard owes 0. See
+ * docs/supervision.md, "What a shard owes".
+ *
  * Errors: cy_sd_notify* return 0, CY_ENOENT (NOTIFY_SOCKET unset: not under
  * systemd), CY_EINVAL (address too long), or -errno from the socket calls.
  * Thread: any; no shared state (cy_sd_notify reads the environment).
@@ -72,6 +84,16 @@ cy_verdict cy_watchdog_judge(cy_watch *w, const cy_watch_sample *s, int64_t now_
                              int64_t timeout_ms, char *why, size_t why_len);
 /* How long a shard may stay STARTING: max(10 s, 5 x timeout_ms). */
 int64_t cy_watchdog_start_limit(int64_t timeout_ms);
+/* How often a shard sums its owed work into its slot's `queued`:
+ * min(CY_WATCHDOG_OWED_MAX_MS, timeout_ms / 8), at least
+ * CY_WATCHDOG_OWED_MIN_MS. An eighth of the timeout keeps the verdict
+ * (first owed sample + timeout) within 1.125 x timeout plus the 100 ms
+ * sampling after work stops moving; the cap keeps `cyan status` current
+ * with long timeouts. A count costs microseconds on a healthy shard
+ * (docs/supervision.md), so counting this often is cheap. */
+#define CY_WATCHDOG_OWED_MAX_MS 250
+#define CY_WATCHDOG_OWED_MIN_MS 10
+int64_t cy_watchdog_owed_interval(int64_t timeout_ms);
 /* Which restart reason (CY_RESTART_*) a verdict counts as. */
 int cy_watchdog_reason(cy_verdict v);
 

@@ -43,10 +43,13 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 const char *cy_conn_name(const cy_conn *c)
@@ -140,6 +143,32 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static const cy_link_ops cy_conn_link_ops;
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 
+/* Reading a socket starts and stops only through these, so `reading` says
+ * what libuv does and g->n_not_reading counts the connections it does not
+ * read: the owed-input scan (cy_mqtt_owed_input) looks into those only. */
+static void set_reading(cy_conn *c, bool on)
+{
+    if (c->reading == on) return;
+    c->reading = on;
+    if (on)
+        c->g->n_not_reading--;
+    else
+        c->g->n_not_reading++;
+}
+
+static int conn_read_start(cy_conn *c)
+{
+    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (rc == 0) set_reading(c, true);
+    return rc;
+}
+
+static void conn_read_stop(cy_conn *c)
+{
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    set_reading(c, false);
+}
+
 size_t cy_conn_backlog(const cy_conn *c)
 {
     return cy_buf_size(&c->out) + (c->w ? cy_buf_size(&c->w->buf) : 0);
@@ -156,7 +185,7 @@ static void backpressure(cy_conn *c)
     if (c->state != CONN_ACTIVE || g->stalled) return;
     size_t backlog = cy_conn_backlog(c);
     if (!c->paused && backlog > g->cfg->max_output) {
-        uv_read_stop((uv_stream_t *)&c->tcp);
+        conn_read_stop(c);
         c->paused = true;
         c->paused_s = (uint16_t)(uv_now(g->loop) / 1000);
         cy_debug(cy_conn_name(c), "reading stopped: %zu bytes of output waiting (max_output %u)",
@@ -166,7 +195,7 @@ static void backpressure(cy_conn *c)
         /* What the client sent meanwhile waits in our socket: it was not
          * silent, we were not listening. */
         c->last_rx = (int64_t)uv_now(g->loop);
-        int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+        int rc = conn_read_start(c);
         if (rc) {
             cy_debug(cy_conn_name(c), "read start: %s", uv_strerror(rc));
             cy_conn_close(c, 0, NULL);
@@ -199,6 +228,7 @@ static void on_close(uv_handle_t *h)
         g->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     g->n_conns--;
+    if (!c->reading) g->n_not_reading--;
     in_free(c);
     c->state = CONN_CLOSING;
     preauth_account(c);
@@ -332,7 +362,7 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
         c->sess = NULL;
         cy_session_detach(g->devices, s, !c->clean_disconnect);
     }
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    conn_read_stop(c);
     /* `out` may hold acknowledgements of this pass (a PUBLISH and a bad
      * packet in one read, a takeover): they leave with the pass's flush,
      * after the store commit, never before it; the socket closes then. */
@@ -542,7 +572,12 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     cy_conn *c = stream->data;
     cy_mqtt *g = c->g;
     bool shared = buf->base == (char *)g->rbuf;
+    /* Input taken from the kernel, bytes or an end: work done, even when it
+     * completes no packet (a large one arriving slowly must not look like
+     * a shard that reads nothing). */
+    if (nread != 0) g->progress++;
     if (nread < 0) {
+        set_reading(c, false); /* libuv stops at an end; every end or error closes below */
         if (shared) g->rbuf_busy = false;
         if (nread == UV_ENOBUFS && c->state == CONN_NEW) {
             preauth_refused(c, "preauth_memory (%u bytes) spent on sockets that have not logged in",
@@ -597,6 +632,7 @@ static cy_conn *conn_new(cy_mqtt *g)
     if (g->conns) g->conns->prev = c;
     g->conns = c;
     g->n_conns++;
+    g->n_not_reading++; /* until conn_read_start */
     return c;
 }
 
@@ -618,12 +654,17 @@ static void on_connection(uv_stream_t *server, int status)
     /* Sockets beyond the connection limit get no chance to send CONNECT. */
     if (g->n_conns > g->cfg->max_connections + 64u) {
         g->stats->limit_connections++;
+        g->progress++; /* the accept queue's work, done by refusing it */
         cy_conn_close(c, 0, "over max_connections");
         return;
     }
-    if (g->stalled) return; /* drill: accepted, never read */
+    if (g->stalled) return; /* drill: accepted, never read (owed input once it sends) */
     uv_tcp_nodelay(&c->tcp, 1);
-    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    int rc = conn_read_start(c);
+    if (rc) {
+        cy_debug(NULL, "accept: read start: %s", uv_strerror(rc));
+        cy_conn_close(c, 0, NULL);
+    }
 }
 
 void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len)
@@ -645,7 +686,12 @@ void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_
     c->last_rx = uv_now(g->loop);
     uv_tcp_nodelay(&c->tcp, 1);
     cy_conn_feed(c, bytes, len);
-    if (c->state != CONN_CLOSING) uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (c->state == CONN_CLOSING) return;
+    int rc = conn_read_start(c);
+    if (rc) {
+        cy_debug(cy_conn_name(c), "adopt: read start: %s", uv_strerror(rc));
+        cy_conn_close(c, 0, NULL);
+    }
 }
 
 /* ---- what the cluster asks of connections ---- */
@@ -747,7 +793,7 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
     h->owner = owner;
     h->bytes = len;
     g->preauth_bytes += len;
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    conn_read_stop(c);
     c->state = CONN_HANDED;
     int rc = cy_cluster_handover(g->cluster, owner, &c->tcp, bytes, len, handed, h);
     if (rc) {
@@ -977,7 +1023,10 @@ int cy_mqtt_open(cy_mqtt *g, int listen_fd)
 int cy_mqtt_accept(cy_mqtt *g)
 {
     int rc = uv_listen((uv_stream_t *)&g->listener, 1024, on_connection);
-    if (rc) cy_error(NULL, "listen: %s", uv_strerror(rc));
+    if (rc)
+        cy_error(NULL, "listen: %s", uv_strerror(rc));
+    else
+        g->listening = true;
     return rc;
 }
 
@@ -990,8 +1039,7 @@ void cy_mqtt_stall(cy_mqtt *g)
 {
     g->stalled = true;
     for (cy_conn *c = g->conns; c; c = c->next)
-        if (c->state != CONN_CLOSING && c->state != CONN_HANDED)
-            uv_read_stop((uv_stream_t *)&c->tcp);
+        if (c->state != CONN_CLOSING && c->state != CONN_HANDED) conn_read_stop(c);
 }
 
 void cy_mqtt_flush(cy_mqtt *g)
@@ -1046,10 +1094,48 @@ uint64_t cy_mqtt_progress(const cy_mqtt *g)
     return g->progress;
 }
 
+/* Only the sockets nobody reads are looked into. libuv reads a socket it
+ * polls in the loop iteration where its input arrives, so while the loop
+ * turns (the heartbeat says so) bytes can wait in the kernel only on a
+ * socket whose reading is stopped. Of those, one paused for back-pressure
+ * waits for its own client to read its output (on purpose, bounded by
+ * max_output_stall), and one closing or handed over is no longer ours to
+ * read. Any other is owed: the stall drill's, one accepted while stalled,
+ * one a bug stopped. So a healthy shard makes no system call per
+ * connection here (an ioctl costs ~3 us: one on each of 10k connections
+ * would take ~30 ms of the loop), a stalled one an ioctl per connection. */
+uint64_t cy_mqtt_owed_input(const cy_mqtt *g)
+{
+    if (g->stopping) return 0;
+    uint64_t owed = 0;
+    uv_os_fd_t fd;
+    /* Walking 10k connections costs ~1 ms (a cache miss each): skipped
+     * while libuv reads every one, the usual case. */
+    for (const cy_conn *c = g->n_not_reading ? g->conns : NULL; c; c = c->next) {
+        if (c->reading || c->paused || (c->state != CONN_NEW && c->state != CONN_ACTIVE))
+            continue;
+        int n = 0;
+        if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0 &&
+            n > 0)
+            owed++;
+    }
+    /* On a listening socket, TCP_INFO's tcpi_unacked is the length of its
+     * accept queue (Linux): connections the kernel established and no
+     * shard took yet. The socket is shared by every shard, so each counts
+     * the same queue; any shard that accepts drains it. */
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    if (g->listening && uv_fileno((const uv_handle_t *)&g->listener, &fd) == 0 &&
+        getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0)
+        owed += ti.tcpi_unacked;
+    return owed;
+}
+
 void cy_mqtt_stop(cy_mqtt *g)
 {
     if (g->stopping) return;
     g->stopping = true;
+    g->listening = false;
     cy_info(NULL, "stopping: closing %u connections", g->n_conns);
     for (cy_conn *c = g->conns; c; c = c->next) {
         c->clean_disconnect = true; /* a shutdown is not the client's failure */

@@ -69,8 +69,20 @@ bool cy_mqtt_dirty(const cy_mqtt *g);
  * idle buffers. now: mono ms (the loop's). */
 void cy_mqtt_sweep(cy_mqtt *g, int64_t now);
 uint32_t cy_mqtt_connections(const cy_mqtt *g);
-/* Packets handled (the scoreboard's progress). */
+/* Units of work done, for the scoreboard's progress: reads (bytes or an
+ * end taken from a socket), packets handled, connections refused at
+ * max_connections. */
 uint64_t cy_mqtt_progress(const cy_mqtt *g);
+/* Owed input, for the progress watchdog (health/watchdog.h): how many
+ * client sockets hold bytes in the kernel that this shard does not read
+ * and should (not paused for back-pressure, not closing, not handed over;
+ * a socket the stall drill stopped, or accepted while stalled, counts),
+ * plus the connections waiting in the listening socket's accept queue
+ * once it accepts. Cost: one getsockopt for the accept queue; while some
+ * connection is not read (paused, closing, stalled), a walk of the
+ * connections (memory only) and one ioctl(FIONREAD) per socket whose
+ * reading is stopped. 0 once stopping. */
+uint64_t cy_mqtt_owed_input(const cy_mqtt *g);
 
 /* Cluster hooks (cluster.h; ctx: the gateway). */
 void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len);

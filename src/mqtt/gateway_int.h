@@ -93,6 +93,7 @@ struct cy_conn {
     bool device : 1;           /* an isolated device: client id = device id, own topics only */
     bool paused : 1;           /* reading stopped: output over max_output (back-pressure) */
     bool close_at_flush : 1;   /* closing: the socket closes after its last flush */
+    bool reading : 1;          /* libuv reads it: changed only by set_reading (conn.c) */
     uint16_t paused_s;         /* mono s (mod 65536) when reading stopped; fits the padding */
     uint32_t preauth;          /* bytes of `in` counted in g->preauth_bytes (before CONNECT) */
 };
@@ -111,14 +112,17 @@ struct cy_mqtt {
     unsigned self, nshards;
     uv_tcp_t listener;
     bool open, stopping;
+    bool listening;        /* uv_listen done: connections are taken from the accept queue */
     bool stalled;          /* drill: input is ignored */
     cy_conn *conns;        /* all connections */
     uint32_t n_conns;
+    uint32_t n_not_reading; /* of those, not read by libuv (reading false): the owed-input
+                             * scan walks the connections only when there are any */
     size_t preauth_bytes;  /* partial-input bytes held for sockets before CONNECT (preauth_memory) */
     cy_logrl login_log;    /* failed logins and idle sockets: one line per address per window */
     cy_conn *dirty;        /* connections with output to flush */
     uint64_t next_assigned_id;
-    uint64_t progress;     /* packets handled */
+    uint64_t progress;     /* reads done and packets handled (the scoreboard's progress) */
     cy_buf scratch;        /* encode scratch */
     uint8_t rbuf[CY_READ_CHUNK]; /* shared read buffer */
     bool rbuf_busy;

@@ -5,6 +5,10 @@
  *   retained messages to the router, peer state and outbox frames to the
  *   cluster); sessions whose expiry ran out while cyan was down are ended.
  * - Each loop pass ends in the check handle: the pass hooks (shard.h).
+ * - Owed work: every cy_watchdog_owed_interval a timer asks each layer
+ *   what work it owes (health/watchdog.h) and writes the sum to the
+ *   scoreboard slot's `queued`, so the supervisor finds a shard whose loop
+ *   turns but whose own work does not move, even when no peer waits on it.
  * - A sweep timer every CY_SWEEP_MS runs the sweep hooks (connection
  *   timeouts, wills and session expiry, the cluster's retries), asks the
  *   file system whether the disk is still full (store/space.h), gives freed
@@ -28,6 +32,7 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 #include "device/device.h"
+#include "health/watchdog.h"
 #include "mqtt/gateway.h"
 #include "router/router.h"
 #include "store/space.h"
@@ -83,6 +88,11 @@ struct cy_shard {
     uv_timer_t sweep;
     uv_timer_t ready;      /* until every shard runs: then accept */
     uv_timer_t device_tick; /* deadlines of device calls and requests */
+    uv_timer_t owed_scan;  /* sums the work the layers owe into the slot's queued */
+    uint64_t owed;         /* that sum at the last scan (cy_shard_beat writes it) */
+    uint64_t owed_progress; /* progress when owed work was last seen (a quiet episode) */
+    int64_t owed_since;    /* mono ms since work is owed and progress still; 0 = not */
+    bool owed_logged;      /* that episode has been logged */
     bool handles, stopping, stalled;
     int64_t started;       /* mono ms */
     pass_hook hooks[CY_PASS_NPOINTS][MAX_HOOKS];
@@ -199,6 +209,13 @@ static void on_pass_end(uv_check_t *h)
     run_hooks(b, CY_PASS_END);
 }
 
+/* Units of work done by every layer (the slot's progress). */
+static uint64_t shard_progress(const cy_shard *b)
+{
+    return cy_mqtt_progress(b->mqtt) + cy_cluster_progress(b->cluster) +
+           cy_devices_progress(b->devices);
+}
+
 void cy_shard_beat(cy_shard *b)
 {
     cy_sb_slot *s = b->slot;
@@ -206,11 +223,12 @@ void cy_shard_beat(cy_shard *b)
     int64_t now = cy_mono_ms();
     cy_sb_store(&s->heartbeat_ms, now);
     cy_sb_storeu(&s->loops, s->loops + 1);
-    uint64_t progress = cy_mqtt_progress(b->mqtt) + cy_cluster_progress(b->cluster);
+    uint64_t progress = shard_progress(b);
     if (progress != cy_sb_loadu(&s->progress)) {
         cy_sb_storeu(&s->progress, progress);
         cy_sb_store(&s->progress_ms, now);
     }
+    cy_sb_storeu(&s->queued, b->owed);
     cy_sb_storeu(&s->connections, cy_mqtt_connections(b->mqtt));
     cy_cluster_beat(b->cluster, s);
     cy_metrics_publish(s, &b->stats, now);
@@ -223,6 +241,44 @@ void cy_shard_stall(cy_shard *b)
     b->stalled = true;
     cy_cluster_stall(b->cluster);
     cy_mqtt_stall(b->mqtt);
+}
+
+/* ---- owed work ---- */
+
+/* The work this shard owes (health/watchdog.h, docs/supervision.md): each
+ * layer counts its own, summed here into the slot's `queued`, which the
+ * supervisor adds to the frames peers sent us and we did not acknowledge.
+ * Every cy_watchdog_owed_interval, not every pass: some counts walk every
+ * connection or session. Once owed work has stood still (no progress) for
+ * half the timeout, one line says what it is, so the log explains the
+ * kill that may follow. */
+static void on_owed_scan(uv_timer_t *t)
+{
+    cy_shard *b = t->data;
+    int64_t now = cy_mono_ms();
+    uint64_t input = cy_mqtt_owed_input(b->mqtt);
+    uint64_t deliveries = cy_devices_owed_deliveries(b->devices);
+    uint64_t calls = cy_devices_owed_calls(b->devices, now);
+    uint64_t held = cy_cluster_owed_held(b->cluster, now);
+    uint64_t frames = cy_cluster_owed_frames(b->cluster);
+    b->owed = input + deliveries + calls + held + frames;
+    if (b->slot) cy_sb_storeu(&b->slot->queued, b->owed);
+    uint64_t done = shard_progress(b);
+    if (!b->owed || !b->owed_since || done != b->owed_progress) {
+        b->owed_progress = done;
+        b->owed_since = b->owed ? now : 0;
+        b->owed_logged = false;
+        return;
+    }
+    if (b->owed_logged || now - b->owed_since < (int64_t)b->cfg->watchdog_timeout / 2) return;
+    b->owed_logged = true;
+    cy_warn(NULL,
+            "owed work has not moved for %.1f s: %llu sockets with unread input or "
+            "connections to accept, %llu messages deliverable, %llu calls past their deadline, "
+            "%llu held acknowledgements due, %llu frames for peers unwritten",
+            (double)(now - b->owed_since) / 1000.0, (unsigned long long)input,
+            (unsigned long long)deliveries, (unsigned long long)calls, (unsigned long long)held,
+            (unsigned long long)frames);
 }
 
 /* ---- the sweep ---- */
@@ -441,6 +497,8 @@ int cy_shard_start(cy_shard *b, int listen_fd, int http_fd)
     b->ready.data = b;
     uv_timer_init(b->loop, &b->device_tick);
     b->device_tick.data = b;
+    uv_timer_init(b->loop, &b->owed_scan);
+    b->owed_scan.data = b;
     b->handles = true;
     int rc = cy_mqtt_open(b->mqtt, listen_fd);
     if (rc) return rc;
@@ -479,6 +537,8 @@ int cy_shard_start(cy_shard *b, int listen_fd, int http_fd)
     b->started = cy_mono_ms();
     uv_timer_start(&b->ready, on_ready, 0, 20);
     uv_timer_start(&b->device_tick, on_device_tick, DEVICE_TICK_MS, DEVICE_TICK_MS);
+    uint64_t every = (uint64_t)cy_watchdog_owed_interval(b->cfg->watchdog_timeout);
+    uv_timer_start(&b->owed_scan, on_owed_scan, every, every);
     return 0;
 }
 
@@ -531,6 +591,7 @@ void cy_shard_stop(cy_shard *b)
         uv_close((uv_handle_t *)&b->sweep, NULL);
         uv_close((uv_handle_t *)&b->ready, NULL);
         uv_close((uv_handle_t *)&b->device_tick, NULL);
+        uv_close((uv_handle_t *)&b->owed_scan, NULL);
         b->handles = false;
     }
 }

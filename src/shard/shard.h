@@ -69,11 +69,15 @@ int cy_shard_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_regi
  * there are several shards; start the loop's handles. Clients are taken
  * once every shard is ready (or after a wait). */
 int cy_shard_start(cy_shard *sh, int listen_fd, int http_fd);
-/* Write heartbeat, progress and counters to this shard's scoreboard slot.
- * Every pass does; call it from a timer too, so an idle shard still beats. */
+/* Write heartbeat, progress, owed work (`queued`, as last summed by the
+ * owed-work timer, every cy_watchdog_owed_interval) and counters to this
+ * shard's scoreboard slot. Every pass does; call it from a timer too, so
+ * an idle shard still beats. */
 void cy_shard_beat(cy_shard *sh);
 /* Drill: a stalled shard ignores client input and bus frames but keeps
- * beating, so it has work queued and makes no progress. */
+ * beating, so once a client sends it a byte (or a peer a frame) it owes
+ * work and makes no progress. Stalled with nothing sent to it, it owes
+ * nothing and is left alone (docs/supervision.md). */
 void cy_shard_stall(cy_shard *sh);
 /* Stop accepting, tell MQTT 5 clients the server is shutting down (0x8B),
  * close every connection and handle. When the loop has run dry, call

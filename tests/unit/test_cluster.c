@@ -729,6 +729,79 @@ static void test_cy_cluster_hold_peer_down(void **state)
     assert_true(W->rel[0].at - t0 < 1000);
 }
 
+/* Held acknowledgements this shard owes (cy_cluster_owed_held): not one
+ * that waits for a live peer within its deadline (the peer's work), nor
+ * one behind its owner's waiting entry; one that may go and has not (no
+ * sweep ran), and every one once past its deadline. Releasing them is
+ * progress and leaves nothing owed. */
+static void test_cy_cluster_owed_held(void **state)
+{
+    (void)state;
+    up_all();
+    W->no_sweep = true;
+    cy_cluster_stall(W->s[1].cl); /* B never acknowledges */
+    cy_cluster *cl = W->s[0].cl;
+    fsub fa;
+    fsub_init(&fa);
+    cy_held_owner o1 = {0}, o2 = {0};
+    int64_t now = cy_mono_ms();
+    assert_int_equal(cy_cluster_owed_held(cl, now), 0);
+    cy_cluster_hold_begin(cl);
+    assert_int_equal(sub(0, &fa, "ow/x", 1), 0); /* an interest frame for B */
+    assert_int_equal(cy_cluster_hold(cl, &o1, true, (const uint8_t *)"a1", 2), 0);
+    assert_int_equal(cy_cluster_owed_held(cl, now), 0); /* B's to apply */
+    cy_cluster_hold_begin(cl); /* the next packets write to nobody */
+    assert_int_equal(cy_cluster_hold(cl, &o1, true, (const uint8_t *)"a2", 2), 0);
+    assert_int_equal(cy_cluster_owed_held(cl, now), 0); /* behind a1 */
+    assert_int_equal(cy_cluster_hold(cl, &o2, false, (const uint8_t *)"b1", 2), 0);
+    assert_int_equal(cy_cluster_owed_held(cl, now), 1); /* b1 may go: ours */
+    assert_int_equal(cy_cluster_owed_held(cl, now), 1); /* counting changes nothing */
+    assert_int_equal(cy_cluster_owed_held(cl, now + 2000), 3); /* all past the deadline */
+    assert_int_equal(W->nrel, 0);
+
+    uint64_t done = cy_cluster_progress(cl);
+    cy_cluster_sweep(cl); /* b1 goes; a1, a2 still within their deadline */
+    assert_int_equal(W->nrel, 1);
+    assert_string_equal(W->rel[0].bytes, "b1");
+    assert_int_equal(cy_cluster_progress(cl), done + 1);
+    assert_int_equal(cy_cluster_owed_held(cl, cy_mono_ms()), 0);
+    W->no_sweep = false;
+    WAIT(W->nrel == 3); /* at their deadline */
+    assert_int_equal(cy_cluster_progress(cl), done + 3);
+    assert_int_equal(cy_cluster_owed_held(cl, cy_mono_ms() + 10000), 0);
+}
+
+/* Durable frames this shard owes (cy_cluster_owed_frames): one not yet
+ * written to a live peer whose bus has nothing queued, until the pass end
+ * writes it (progress); not one written and unacknowledged (the peer's
+ * work), nor one for a peer that is down. */
+static void test_cy_cluster_owed_frames(void **state)
+{
+    (void)state;
+    up_all();
+    fsub fb;
+    fsub_init(&fb);
+    assert_int_equal(sub(1, &fb, "of/#", 1), 0);
+    WAIT(subs(0) == 1);
+    cy_cluster *cl = W->s[0].cl;
+    assert_int_equal(cy_cluster_owed_frames(cl), 0);
+    cy_cluster_stall(W->s[1].cl); /* B reads and applies nothing, sends nothing */
+    run_for(20); /* what A queued on the link (its ACKs) is written: the bus is idle */
+    uint64_t done = cy_cluster_progress(cl);
+    assert_int_equal(publish(0, "of/1", "p1", 1, false, true), 0);
+    assert_int_equal(publish(0, "of/2", "p2", 1, false, true), 0);
+    assert_int_equal(outbox(0), 2);
+    assert_int_equal(cy_cluster_owed_frames(cl), 2); /* the pass end has not run */
+    step();
+    assert_int_equal(cy_cluster_owed_frames(cl), 0); /* written: B's to acknowledge */
+    assert_int_equal(cy_cluster_progress(cl), done + 2);
+    assert_int_equal(outbox(0), 2);
+    shard_down(1);
+    assert_int_equal(publish(0, "of/4", "p4", 1, false, true), 0);
+    assert_int_equal(outbox(0), 3);
+    assert_int_equal(cy_cluster_owed_frames(cl), 0); /* for a peer that is down */
+}
+
 /* An interest frame the bus refused (backlog full) while the link is up
  * is made good by a new snapshot at the next sweep; the frame counts of
  * both ends stay in step across it, so the peer's acknowledgements catch
@@ -876,6 +949,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_cluster_hold_until_acked, setup2, teardown),
         cmocka_unit_test_setup_teardown(test_cy_cluster_hold_deadline, setup2, teardown),
         cmocka_unit_test_setup_teardown(test_cy_cluster_hold_peer_down, setup2, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_cluster_owed_held, setup2, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_cluster_owed_frames, setup2, teardown),
         cmocka_unit_test_setup_teardown(test_cy_cluster_interest_resync, setup2, teardown),
         cmocka_unit_test_setup_teardown(test_cy_cluster_send, setup2, teardown),
         cmocka_unit_test_setup_teardown(test_cy_cluster_retained_replication, setup2, teardown),

@@ -1423,6 +1423,169 @@ static void test_requests(void **state)
     assert_int_equal(cy_hist_count(&T.hists.h[CY_HIST_API_REQUEST]), 0);
 }
 
+/* ---- owed work (the progress watchdog) ---- */
+
+/* device_int.h's online_queued is what it says: the queued deliveries of
+ * the sessions that have a link (it lets the count skip its walk). */
+static void sum_online(void *ctx, void *value)
+{
+    const cy_session *s = value;
+    if (s->link) *(uint64_t *)ctx += s->n_queued;
+}
+
+static void check_online_queued(void)
+{
+    uint64_t n = 0;
+    cy_map_each(&T.d->sessions, sum_online, &n);
+    assert_int_equal(T.d->online_queued, n);
+}
+
+/* Deliverable messages are owed only while the device is connected, ready
+ * and has window for them; a pump sends exactly those (progress) and
+ * leaves nothing owed. Messages for an offline device or behind a full
+ * window wait for the device, not for the shard. */
+static void test_owed_deliveries(void **state)
+{
+    (void)state;
+    flink f, g;
+    flink_init(&f);
+    flink_init(&g);
+    f.window = 2; /* under max_inflight 3 */
+    cy_session *s = connect_(&f, "o1", 60, false);
+    cy_session *s2 = connect_(&g, "o2", 60, false);
+    assert_int_equal(cy_devices_owed_deliveries(T.d), 0); /* connected, idle */
+    for (int i = 0; i < 5; i++) deliver(s, "o/1", 1);
+    assert_int_equal(s->n_inflight, 2);
+    assert_int_equal(s->n_queued, 3);
+    assert_int_equal(cy_session_sendable(T.d, s), 0); /* the device's window is full */
+    assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
+    check_online_queued();
+    deliver(s, "o/1", 0); /* QoS 0 is never queued */
+    assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
+
+    /* the device widens its window: one more may go, and is owed until a
+     * pump sends it */
+    f.window = 0; /* max_inflight 3 rules */
+    assert_int_equal(cy_session_sendable(T.d, s), 1);
+    f.window = 100;
+    assert_int_equal(cy_session_sendable(T.d, s), 1);
+    assert_int_equal(cy_devices_owed_deliveries(T.d), 1);
+    uint64_t done = cy_devices_progress(T.d);
+    unsigned sent = f.n_send;
+    cy_session_pump(T.d, s);
+    assert_int_equal(f.n_send, sent + 1);
+    assert_int_equal(cy_devices_progress(T.d), done + 1);
+    assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
+
+    /* two acknowledged without a pump: two owed (two queued are left) */
+    cy_session_remove_delivery(T.d, s, s->head);
+    cy_session_remove_delivery(T.d, s, s->head);
+    assert_int_equal(cy_session_sendable(T.d, s), 2);
+    /* a second session adds its own */
+    g.ready = false;
+    deliver(s2, "o/2", 1);
+    assert_int_equal(s2->n_queued, 1);
+    assert_int_equal(cy_session_sendable(T.d, s2), 0); /* its link is not ready */
+    g.ready = true;
+    assert_int_equal(cy_devices_owed_deliveries(T.d), 3);
+    check_online_queued();
+    cy_session_pump(T.d, s2);
+    cy_session_pump(T.d, s);
+    assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
+    assert_int_equal(cy_devices_progress(T.d), done + 4);
+
+    /* offline with a queue: it waits for the device */
+    for (int i = 0; i < 3; i++) deliver(s, "o/1", 1);
+    disconnect_(&f, true);
+    assert_non_null(cy_session_find(T.d, S("o1")));
+    assert_true(s->n_queued > 0);
+    assert_int_equal(cy_session_sendable(T.d, s), 0);
+    assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
+    check_online_queued();
+
+    /* back online: its queue goes out as the window allows, nothing owed;
+     * its device does not acknowledge the next ones: nothing owed either */
+    flink_init(&f);
+    f.window = 1;
+    connect_(&f, "o1", 60, false);
+    check_online_queued();
+    assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
+    assert_true(s->n_queued > 0);
+    /* a restart loads the queue of the offline session */
+    disconnect_(&f, true);
+    disconnect_(&g, true);
+    layer_restart();
+    check_online_queued();
+    assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
+    s = cy_session_find(T.d, S("o1"));
+    assert_non_null(s);
+    assert_true(s->n_queued > 0);
+    flink_init(&f);
+    connect_(&f, "o1", 60, false);
+    check_online_queued();
+    assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
+    /* the session ends with its queue (a clean start): the count follows */
+    disconnect_(&f, false);
+    cy_session_end(T.d, s);
+    check_online_queued();
+    assert_int_equal(T.d->online_queued, 0);
+}
+
+/* Calls and requests are owed only past their deadline, until the tick
+ * answers them (progress); one waiting for its device within the deadline
+ * is not, nor a cancelled one. */
+static void test_owed_calls(void **state)
+{
+    (void)state;
+    flink f;
+    flink_init(&f);
+    cy_session *s = connect_(&f, DEV, 0, true);
+    publish(s, "devices/" DEV "/describe", "{\"functions\":[\"reboot\"]}", 1, true);
+    int64_t now = cy_mono_ms();
+    assert_int_equal(cy_devices_owed_calls(T.d, now), 0);
+    uint64_t done = cy_devices_progress(T.d);
+    op(1, CY_DEVICE_OP_CALL, DEV, "nope", NULL, 0); /* answered at once */
+    assert_int_equal(T.n_answers, 1);
+    assert_int_equal(cy_devices_progress(T.d), done + 1);
+    op(2, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 1000);
+    op(3, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 5000);
+    assert_int_equal(f.n_call, 2);
+    assert_int_equal(cy_devices_owed_calls(T.d, now), 0); /* waiting for the device */
+    assert_int_equal(cy_devices_owed_calls(T.d, now + 2000), 1); /* call 2's 504 is due */
+    assert_int_equal(cy_devices_owed_calls(T.d, now + 6000), 2);
+    done = cy_devices_progress(T.d);
+    cy_devices_tick(T.d, now + 2000);
+    assert_int_equal(T.last_status, 504);
+    assert_int_equal(T.last_req, 2);
+    assert_int_equal(cy_devices_progress(T.d), done + 1);
+    assert_int_equal(cy_devices_owed_calls(T.d, now + 2000), 0);
+    do_reply(s, f.call_rid, S("ok")); /* call 3 answered in time */
+    assert_int_equal(T.last_req, 3);
+    assert_int_equal(cy_devices_owed_calls(T.d, now + 60000), 0);
+
+    /* the requester's side: a request the owner did not answer in time */
+    memset(&R, 0, sizeof(R));
+    cy_devices_set_answer(T.d, NULL, NULL); /* back to the requester */
+    cy_device_request *r = NULL, *r2 = NULL;
+    now = cy_mono_ms();
+    assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 0, 1000,
+                                             req_done, NULL, &r),
+                     0);
+    assert_non_null(r);
+    assert_int_equal(cy_device_request_start(T.d, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 0, 1000,
+                                             req_done, NULL, &r2),
+                     0);
+    assert_non_null(r2);
+    cy_device_request_cancel(r2); /* its caller left: nobody is owed an answer */
+    assert_int_equal(cy_devices_owed_calls(T.d, now), 0);
+    /* past both deadlines: the owner's two calls and the request that
+     * still has a caller */
+    assert_int_equal(cy_devices_owed_calls(T.d, now + 1500), 3);
+    cy_devices_tick(T.d, now + 1500);
+    assert_int_equal(R.n, 1);
+    assert_int_equal(cy_devices_owed_calls(T.d, now + 60000), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1441,6 +1604,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_kick_pending_will, setup, teardown),
         cmocka_unit_test_setup_teardown(test_presence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_requests, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_owed_deliveries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_owed_calls, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

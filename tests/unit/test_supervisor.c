@@ -239,6 +239,24 @@ static void test_watchdog_judge_down_and_stopping_ok(void **state)
     assert_int_equal(cy_watchdog_judge(&w, &s, T0 + 100000, TO, NULL, 0), CY_VERDICT_OK);
 }
 
+/* The owed-work count: an eighth of the timeout, at most 250 ms, at least
+ * 10 ms; a verdict then comes at most timeout + timeout/8 after work stops
+ * moving (plus the 100 ms sampling). Never less often than min(500 ms, a
+ * quarter of the timeout), what issue 11 allows. */
+static void test_watchdog_owed_interval(void **state)
+{
+    (void)state;
+    assert_int_equal(cy_watchdog_owed_interval(2000), 250);
+    assert_int_equal(cy_watchdog_owed_interval(1000), 125);
+    assert_int_equal(cy_watchdog_owed_interval(600000), CY_WATCHDOG_OWED_MAX_MS);
+    assert_int_equal(cy_watchdog_owed_interval(100), 12);
+    assert_int_equal(cy_watchdog_owed_interval(79), CY_WATCHDOG_OWED_MIN_MS);
+    for (int64_t t = 100; t <= 600000; t += 37) {
+        int64_t quarter = t / 4 < 500 ? t / 4 : 500;
+        assert_true(cy_watchdog_owed_interval(t) <= quarter);
+    }
+}
+
 static void test_backoff_next_sequence(void **state)
 {
     (void)state;
@@ -545,6 +563,7 @@ int main(void)
         cmocka_unit_test(test_watchdog_judge_idempotent),
         cmocka_unit_test(test_watchdog_judge_starting_grace),
         cmocka_unit_test(test_watchdog_judge_down_and_stopping_ok),
+        cmocka_unit_test(test_watchdog_owed_interval),
         cmocka_unit_test(test_backoff_next_sequence),
         cmocka_unit_test(test_listen_addr_parse),
         cmocka_unit_test(test_sd_notify_path),
