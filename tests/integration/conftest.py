@@ -116,6 +116,10 @@ _MOSQ_GLOBAL = {
 }
 
 
+class _PortTaken(Exception):
+    """cyan could not bind a port free_port() had found free."""
+
+
 class Server:
     """One broker process (cyan, or mosquitto in peer mode) on HOST:port with
     its own data directory. restart() keeps the port and the data dir."""
@@ -211,6 +215,27 @@ class Server:
         return path
 
     def start(self):
+        """Start and wait until ready. A port taken between free_port() and
+        cyan's bind (by another test's server, or as a client socket's
+        ephemeral port) is not this test's failure: the ports we chose are
+        chosen again, up to 3 times, on the first start only."""
+        for attempt in range(3):
+            try:
+                return self._start_once()
+            except _PortTaken:
+                if self.starts > 1 + attempt:  # a restart keeps its ports
+                    raise
+                self.port = free_port()
+                if "http_listen" not in self.settings and self.http_port is not None:
+                    self.http_port = free_port()
+                    self.api_url = "http://%s:%d" % (self.host, self.http_port)
+                if "ops_listen" not in self.settings and self.ops_port is not None:
+                    self.ops_port = free_port()
+                    self.ops_url = "http://%s:%d" % (self.host, self.ops_port)
+                self.starts -= 1
+        return self._start_once()
+
+    def _start_once(self):
         assert self.proc is None, "already running"
         if self.peer != "mosquitto" and not os.access(CYAN_BIN, os.X_OK):
             pytest.fail("cyan binary not found: %s (set CYAN_BIN or build it)" % CYAN_BIN)
@@ -230,8 +255,11 @@ class Server:
             if self.proc.poll() is not None:
                 rc = self.proc.returncode
                 self.proc = None
+                tail = self.log_tail()
+                if "Address already in use" in tail.rsplit("==== start #", 1)[-1]:
+                    raise _PortTaken()
                 pytest.fail("server exited with %s before accepting connections\n%s"
-                            % (rc, self.log_tail()))
+                            % (rc, tail))
             try:
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
                 if self.http_port is not None:
