@@ -118,10 +118,14 @@ static bool pairs_render(lpair *v, size_t n, char *out, size_t len)
         for (const char *c = v[i].value; *c; c++) {
             const char *rep = NULL;
             char one[2] = {*c, 0};
-            if (*c == '\\') rep = "\\\\";
-            else if (*c == '"') rep = "\\\"";
-            else if (*c == '\n') rep = "\\n";
-            else rep = one;
+            if (*c == '\\')
+                rep = "\\\\";
+            else if (*c == '"')
+                rep = "\\\"";
+            else if (*c == '\n')
+                rep = "\\n";
+            else
+                rep = one;
             size_t rl = strlen(rep);
             if (o + rl + 1 >= len) return false;
             memcpy(out + o, rep, rl);
@@ -140,9 +144,11 @@ static uint64_t pairs_fingerprint(const lpair *v, size_t n)
 {
     uint64_t h = 14695981039346656037ULL;
     for (size_t i = 0; i < n; i++) {
-        for (const char *c = v[i].name; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ULL;
+        for (const char *c = v[i].name; *c; c++)
+            h = (h ^ (uint8_t)*c) * 1099511628211ULL;
         h = (h ^ 0xffu) * 1099511628211ULL;
-        for (const char *c = v[i].value; *c; c++) h = (h ^ (uint8_t)*c) * 1099511628211ULL;
+        for (const char *c = v[i].value; *c; c++)
+            h = (h ^ (uint8_t)*c) * 1099511628211ULL;
         h = (h ^ 0xffu) * 1099511628211ULL;
     }
     return h;
@@ -153,21 +159,30 @@ static uint64_t pairs_fingerprint(const lpair *v, size_t n)
 const char *cy_alert_severity_name(int severity)
 {
     switch (severity) {
-    case CY_ALERT_CRITICAL: return "critical";
-    case CY_ALERT_WARNING: return "warning";
-    case CY_ALERT_INFO: return "info";
-    default: return "unknown";
+    case CY_ALERT_CRITICAL:
+        return "critical";
+    case CY_ALERT_WARNING:
+        return "warning";
+    case CY_ALERT_INFO:
+        return "info";
+    default:
+        return "unknown";
     }
 }
 
 const char *cy_alert_state_name(int state)
 {
     switch (state) {
-    case CY_ALERT_INACTIVE: return "inactive";
-    case CY_ALERT_PENDING: return "pending";
-    case CY_ALERT_FIRING: return "firing";
-    case CY_ALERT_RESOLVED: return "resolved";
-    default: return "unknown";
+    case CY_ALERT_INACTIVE:
+        return "inactive";
+    case CY_ALERT_PENDING:
+        return "pending";
+    case CY_ALERT_FIRING:
+        return "firing";
+    case CY_ALERT_RESOLVED:
+        return "resolved";
+    default:
+        return "unknown";
     }
 }
 
@@ -205,7 +220,8 @@ static void fmt_value(double v, char *out, size_t len)
         char *dot = strchr(out, '.');
         if (dot) {
             char *e = out + strlen(out) - 1;
-            while (e > dot && *e == '0') *e-- = '\0';
+            while (e > dot && *e == '0')
+                *e-- = '\0';
             if (e == dot) *e = '\0';
         }
     }
@@ -214,29 +230,42 @@ static void fmt_value(double v, char *out, size_t len)
 /* "name{labels}" or "name". */
 static void fmt_series(const char *name, const char *labels, char *out, size_t len)
 {
-    if (labels && *labels) snprintf(out, len, "%s{%s}", name, labels);
-    else snprintf(out, len, "%s", name);
+    if (labels && *labels)
+        snprintf(out, len, "%s{%s}", name, labels);
+    else
+        snprintf(out, len, "%s", name);
 }
 
 static bool op_eval(int op, double v, double limit)
 {
     switch (op) {
-    case CY_ALERT_GT: return v > limit;
-    case CY_ALERT_GE: return v >= limit;
-    case CY_ALERT_LT: return v < limit;
-    case CY_ALERT_LE: return v <= limit;
-    case CY_ALERT_EQ: return v == limit;
-    case CY_ALERT_NE: return v != limit;
-    default: return false;
+    case CY_ALERT_GT:
+        return v > limit;
+    case CY_ALERT_GE:
+        return v >= limit;
+    case CY_ALERT_LT:
+        return v < limit;
+    case CY_ALERT_LE:
+        return v <= limit;
+    case CY_ALERT_EQ:
+        return v == limit;
+    case CY_ALERT_NE:
+        return v != limit;
+    default:
+        return false;
     }
 }
 
 static void fmt_dur(int64_t ms, char *out, size_t len)
 {
-    if (ms % 3600000 == 0 && ms) snprintf(out, len, "%lldh", (long long)(ms / 3600000));
-    else if (ms % 60000 == 0 && ms) snprintf(out, len, "%lldm", (long long)(ms / 60000));
-    else if (ms % 1000 == 0) snprintf(out, len, "%llds", (long long)(ms / 1000));
-    else snprintf(out, len, "%lldms", (long long)ms);
+    if (ms % 3600000 == 0 && ms)
+        snprintf(out, len, "%lldh", (long long)(ms / 3600000));
+    else if (ms % 60000 == 0 && ms)
+        snprintf(out, len, "%lldm", (long long)(ms / 60000));
+    else if (ms % 1000 == 0)
+        snprintf(out, len, "%llds", (long long)(ms / 1000));
+    else
+        snprintf(out, len, "%lldms", (long long)ms);
 }
 
 /* Append to out[len] at *o, truncating (the texts are for people). */
@@ -263,9 +292,11 @@ static size_t placeholder(const char *p, char *key, size_t klen)
     const char *e = strstr(p + 2, "}}");
     if (!e) return 0;
     const char *k = p + 2;
-    while (k < e && *k == ' ') k++;
+    while (k < e && *k == ' ')
+        k++;
     const char *ke = e;
-    while (ke > k && ke[-1] == ' ') ke--;
+    while (ke > k && ke[-1] == ' ')
+        ke--;
     size_t kl = (size_t)(ke - k);
     if (kl == 0 || kl >= klen) return 0;
     memcpy(key, k, kl);
@@ -281,8 +312,8 @@ static size_t placeholder(const char *p, char *key, size_t klen)
     return 0;
 }
 
-static void render_summary(const char *tpl, const cy_alert *a, const char *series_labels,
-                           char *out, size_t len)
+static void render_summary(const char *tpl, const cy_alert *a, const char *series_labels, char *out,
+                           size_t len)
 {
     size_t o = 0;
     out[0] = '\0';
@@ -295,12 +326,18 @@ static void render_summary(const char *tpl, const cy_alert *a, const char *serie
             continue;
         }
         char v[CY_SAMPLE_LABELS_MAX] = "";
-        if (!strcmp(key, "shard")) scopy(v, sizeof(v), a->shard);
-        else if (!strcmp(key, "value")) fmt_value(a->value, v, sizeof(v));
-        else if (!strcmp(key, "alertname")) scopy(v, sizeof(v), a->name);
-        else if (!strcmp(key, "component")) scopy(v, sizeof(v), a->component);
-        else if (!strcmp(key, "severity")) scopy(v, sizeof(v), cy_alert_severity_name(a->severity));
-        else if (!cy_labels_get(series_labels, key + 7, v, sizeof(v))) v[0] = '\0';
+        if (!strcmp(key, "shard"))
+            scopy(v, sizeof(v), a->shard);
+        else if (!strcmp(key, "value"))
+            fmt_value(a->value, v, sizeof(v));
+        else if (!strcmp(key, "alertname"))
+            scopy(v, sizeof(v), a->name);
+        else if (!strcmp(key, "component"))
+            scopy(v, sizeof(v), a->component);
+        else if (!strcmp(key, "severity"))
+            scopy(v, sizeof(v), cy_alert_severity_name(a->severity));
+        else if (!cy_labels_get(series_labels, key + 7, v, sizeof(v)))
+            v[0] = '\0';
         cat(out, len, &o, "%s", v);
         p += pl;
     }
@@ -359,7 +396,8 @@ void cy_alert_rules_defaults(cy_alert_rules *r, const cy_alert_params *p)
     cy_alert_rule *x;
 
     fmt_dur(down_for, d1, sizeof(d1));
-    snprintf(text, sizeof(text), "shard {{shard}} has not been running for %s (crash loop or slow start)", d1);
+    snprintf(text, sizeof(text),
+             "shard {{shard}} has not been running for %s (crash loop or slow start)", d1);
     x = rule_add(r, "CyanShardDown", CY_ALERT_THRESHOLD, "cyan_shard_up", CY_ALERT_CRITICAL,
                  "shard", text);
     x->op = CY_ALERT_EQ;
@@ -442,7 +480,8 @@ const cy_alert_rule *cy_alert_rules_find(const cy_alert_rules *r, const char *na
 static int next_tok(const char **pp, char *out)
 {
     const char *p = *pp;
-    while (*p == ' ' || *p == '\t' || *p == '\r') p++;
+    while (*p == ' ' || *p == '\t' || *p == '\r')
+        p++;
     if (!*p || *p == '\n' || *p == '#') {
         *pp = p;
         return 0;
@@ -461,8 +500,10 @@ static int next_tok(const char **pp, char *out)
                 continue;
             }
             /* Spaces inside braces belong to the selector. */
-            if (c == '"') inq = !inq;
-            else if (!inq && c == '}') depth--;
+            if (c == '"')
+                inq = !inq;
+            else if (!inq && c == '}')
+                depth--;
         } else {
             if (c == ' ' || c == '\t' || c == '\r') break;
             if (c == '{') depth++;
@@ -515,7 +556,8 @@ static bool parse_series(const char *t, char *name, char *selector)
     size_t n = 0;
     const char *p = b + 1, *end = t + tl - 1;
     while (p < end) {
-        while (p < end && (*p == ' ' || *p == ',')) p++;
+        while (p < end && (*p == ' ' || *p == ','))
+            p++;
         if (p >= end) break;
         const char *eq = memchr(p, '=', (size_t)(end - p));
         if (!eq || eq + 1 >= end || eq[1] != '"' || n == LPAIRS_MAX) return false;
@@ -558,11 +600,16 @@ static bool parse_dur(const char *s, int64_t *out)
     long long v = strtoll(s, &e, 10);
     if (e == s || errno || v < 0 || !isdigit((unsigned char)s[0])) return false;
     int64_t mul;
-    if (!strcmp(e, "ms")) mul = 1;
-    else if (!strcmp(e, "s")) mul = 1000;
-    else if (!strcmp(e, "m")) mul = 60000;
-    else if (!strcmp(e, "h")) mul = 3600000;
-    else return false;
+    if (!strcmp(e, "ms"))
+        mul = 1;
+    else if (!strcmp(e, "s"))
+        mul = 1000;
+    else if (!strcmp(e, "m"))
+        mul = 60000;
+    else if (!strcmp(e, "h"))
+        mul = 3600000;
+    else
+        return false;
     if (v > (long long)(366LL * 24 * 3600000 / mul)) return false; /* a year */
     *out = (int64_t)v * mul;
     return true;
@@ -641,8 +688,10 @@ static int parse_alert(const char **pp, cy_alert_rule *x, perr *pe)
     NEXT("kind");
     x->kind = parse_kind(t);
     if (x->kind < 0)
-        return fail(pe, "unknown kind '%.40s' (threshold, increase, staleness, absence, flow, "
-                        "heartbeat)", t);
+        return fail(pe,
+                    "unknown kind '%.40s' (threshold, increase, staleness, absence, flow, "
+                    "heartbeat)",
+                    t);
     if (x->kind != CY_ALERT_HEARTBEAT) {
         NEXT(x->kind == CY_ALERT_FLOW ? "input series" : "series");
         if (!parse_series(t, x->metric, x->selector)) return fail(pe, "bad series '%.80s'", t);
@@ -672,7 +721,8 @@ static int parse_alert(const char **pp, cy_alert_rule *x, perr *pe)
             if (!strcmp(seen[i], k)) return fail(pe, "%s= given twice", k);
         if (nseen < 16) scopy(seen[nseen++], 16, k);
         if (!strcmp(k, "for")) {
-            if (!parse_dur(v, &x->for_ms)) return fail(pe, "bad duration '%.40s' for for= (0, 500ms, 2s, 1m, 1h)", v);
+            if (!parse_dur(v, &x->for_ms))
+                return fail(pe, "bad duration '%.40s' for for= (0, 500ms, 2s, 1m, 1h)", v);
         } else if (!strcmp(k, "window")) {
             if (x->kind != CY_ALERT_INCREASE && x->kind != CY_ALERT_FLOW)
                 return fail(pe, "window= applies to increase and flow only");
@@ -686,15 +736,21 @@ static int parse_alert(const char **pp, cy_alert_rule *x, perr *pe)
                 return fail(pe, "bad duration '%.40s' for max_age= (0, 500ms, 2s, 1m, 1h)", v);
             seen_age = true;
         } else if (!strcmp(k, "while")) {
-            if (x->kind == CY_ALERT_HEARTBEAT) return fail(pe, "while= does not apply to heartbeat");
+            if (x->kind == CY_ALERT_HEARTBEAT)
+                return fail(pe, "while= does not apply to heartbeat");
             char sel[CY_SAMPLE_LABELS_MAX];
             if (!parse_series(v, x->guard, sel) || sel[0])
-                return fail(pe, "bad guard series '%.80s' (a name: it takes the series' labels)", v);
+                return fail(pe, "bad guard series '%.80s' (a name: it takes the series' labels)",
+                            v);
         } else if (!strcmp(k, "severity")) {
-            if (!strcmp(v, "critical")) x->severity = CY_ALERT_CRITICAL;
-            else if (!strcmp(v, "warning")) x->severity = CY_ALERT_WARNING;
-            else if (!strcmp(v, "info")) x->severity = CY_ALERT_INFO;
-            else return fail(pe, "unknown severity '%.40s' (critical, warning, info)", v);
+            if (!strcmp(v, "critical"))
+                x->severity = CY_ALERT_CRITICAL;
+            else if (!strcmp(v, "warning"))
+                x->severity = CY_ALERT_WARNING;
+            else if (!strcmp(v, "info"))
+                x->severity = CY_ALERT_INFO;
+            else
+                return fail(pe, "unknown severity '%.40s' (critical, warning, info)", v);
         } else if (!strcmp(k, "component")) {
             size_t n = strlen(v);
             bool ok = n > 0 && n < 32;
@@ -708,15 +764,19 @@ static int parse_alert(const char **pp, cy_alert_rule *x, perr *pe)
                 return fail(pe, "summary too long (max %zu bytes)", sizeof(x->summary) - 1);
             char bad[48];
             if (!template_ok(v, bad, sizeof(bad)))
-                return fail(pe, "unknown placeholder '%s' in summary ({{shard}}, {{value}}, "
-                                "{{alertname}}, {{component}}, {{severity}}, {{labels.NAME}})",
+                return fail(pe,
+                            "unknown placeholder '%s' in summary ({{shard}}, {{value}}, "
+                            "{{alertname}}, {{component}}, {{severity}}, {{labels.NAME}})",
                             bad);
             scopy(x->summary, sizeof(x->summary), v);
         } else if (!strcmp(k, "sum")) {
             if (x->kind == CY_ALERT_HEARTBEAT) return fail(pe, "sum= does not apply to heartbeat");
-            if (!strcmp(v, "yes") || !strcmp(v, "true")) x->sum = true;
-            else if (!strcmp(v, "no") || !strcmp(v, "false")) x->sum = false;
-            else return fail(pe, "bad value '%.20s' for sum= (yes, no)", v);
+            if (!strcmp(v, "yes") || !strcmp(v, "true"))
+                x->sum = true;
+            else if (!strcmp(v, "no") || !strcmp(v, "false"))
+                x->sum = false;
+            else
+                return fail(pe, "bad value '%.20s' for sum= (yes, no)", v);
         } else {
             return fail(pe, "unknown key '%.40s'", k);
         }
@@ -755,8 +815,10 @@ int cy_alert_rules_parse(cy_alert_rules *r, const char *text, const char *file, 
         char t[TOK_MAX];
         const char *q = p;
         int k = next_tok(&q, t);
-        if (k == -1) rc = fail(&pe, "unterminated quote or brace");
-        else if (k == -2) rc = fail(&pe, "token too long (max %d bytes)", TOK_MAX - 1);
+        if (k == -1)
+            rc = fail(&pe, "unterminated quote or brace");
+        else if (k == -2)
+            rc = fail(&pe, "token too long (max %d bytes)", TOK_MAX - 1);
         else if (k == 0) {
             /* blank or comment */
         } else if (!strcmp(t, "alert")) {
@@ -766,7 +828,8 @@ int cy_alert_rules_parse(cy_alert_rules *r, const char *text, const char *file, 
                 for (i = 0; i < w->n; i++)
                     if (!strcmp(w->v[i].name, x->name)) break;
                 if (i < w->n && defined[i]) {
-                    rc = fail(&pe, "alert %s defined twice (first on line %d)", x->name, defined[i]);
+                    rc =
+                        fail(&pe, "alert %s defined twice (first on line %d)", x->name, defined[i]);
                 } else if (i < w->n) {
                     w->v[i] = *x; /* replaces a rule of the base set (a default) */
                     defined[i] = pe.line;
@@ -823,7 +886,8 @@ int cy_alert_rules_load(cy_alert_rules *r, const char *path, char *err, size_t e
     bool bad = ferror(f);
     fclose(f);
     if (bad || n > MAX) {
-        if (err && errlen) snprintf(err, errlen, "%s: %s", path, bad ? "read error" : "larger than 1 MiB");
+        if (err && errlen)
+            snprintf(err, errlen, "%s: %s", path, bad ? "read error" : "larger than 1 MiB");
         cy_free(buf);
         return CY_EIO;
     }
@@ -921,7 +985,8 @@ static int ensure(cy_alerts *e, size_t n, size_t ncarry)
 {
     if (n > e->cap) {
         size_t cap = e->cap ? e->cap * 2 : 16;
-        while (cap < n) cap *= 2;
+        while (cap < n)
+            cap *= 2;
         if (cap > e->lim.max_instances) cap = e->lim.max_instances;
         if (cap < n) return CY_EINVAL;
         inst *v = cy_realloc(e->v, cap * sizeof(*v));
@@ -1039,10 +1104,14 @@ static void track_update(track *t, double v, int64_t src_changed, int64_t now, b
         return;
     }
     double inc = 0;
-    if (v > t->prev) inc = v - t->prev;
-    else if (v < t->prev && !sum) inc = v; /* a counter reset: it counted v since */
-    if (v != t->prev) t->changed_ms = src ? src : now;
-    else if (src > t->changed_ms) t->changed_ms = src; /* moved and came back between looks */
+    if (v > t->prev)
+        inc = v - t->prev;
+    else if (v < t->prev && !sum)
+        inc = v; /* a counter reset: it counted v since */
+    if (v != t->prev)
+        t->changed_ms = src ? src : now;
+    else if (src > t->changed_ms)
+        t->changed_ms = src; /* moved and came back between looks */
     if (inc > 0) {
         t->acc += inc;
         t->inc_ms = src ? src : now;
@@ -1098,8 +1167,10 @@ static void build_labels(cy_alerts *e, inst *x, const cy_alert_rule *r)
     for (size_t i = 0; i < n; i++)
         if (!strcmp(v[i].name, "shard")) scopy(a->shard, sizeof(a->shard), v[i].value);
     if (!strcmp(r->component, "shard")) {
-        if (a->shard[0]) snprintf(a->component, sizeof(a->component), "shard-%s", a->shard);
-        else snprintf(a->component, sizeof(a->component), "mqtt");
+        if (a->shard[0])
+            snprintf(a->component, sizeof(a->component), "shard-%s", a->shard);
+        else
+            snprintf(a->component, sizeof(a->component), "mqtt");
     } else {
         scopy(a->component, sizeof(a->component), r->component);
     }
@@ -1135,11 +1206,14 @@ static void observe(cy_alerts *e, inst *x, const cy_alert_rule *r, const obs *o,
             x->guard_since = 0;
             guard_ok = false;
         } else if (!x->guard_since) {
-            x->guard_since = o->guard_changed > 0 && o->guard_changed <= now ? o->guard_changed : now;
+            x->guard_since =
+                o->guard_changed > 0 && o->guard_changed <= now ? o->guard_changed : now;
         }
     }
     switch (r->kind) {
-    case CY_ALERT_THRESHOLD: cond = op_eval(r->op, o->v, r->limit); break;
+    case CY_ALERT_THRESHOLD:
+        cond = op_eval(r->op, o->v, r->limit);
+        break;
     case CY_ALERT_INCREASE:
         value = hist_increase(x, r->window_ms, now);
         cond = op_eval(r->op, value, r->limit);
@@ -1155,7 +1229,10 @@ static void observe(cy_alerts *e, inst *x, const cy_alert_rule *r, const obs *o,
         cond = o->out_have && now - x->in.inc_ms <= r->window_ms &&
                now - x->out.changed_ms > r->window_ms;
         break;
-    case CY_ALERT_HEARTBEAT: cond = true; value = 1; break;
+    case CY_ALERT_HEARTBEAT:
+        cond = true;
+        value = 1;
+        break;
     }
     cond = cond && guard_ok;
 
@@ -1285,7 +1362,8 @@ int cy_alerts_eval(cy_alerts *e, const cy_snapshot *s, int64_t now_ms)
         memcpy(e->trans, e->carry, e->ncarry * sizeof(cy_alert));
         e->ntrans = e->ncarry;
     }
-    for (size_t i = 0; i < e->n; i++) e->v[i].seen = false;
+    for (size_t i = 0; i < e->n; i++)
+        e->v[i].seen = false;
 
     for (size_t ri = 0; ri < e->rules.n; ri++) {
         const cy_alert_rule *r = &e->rules.v[ri];

@@ -79,9 +79,9 @@
  *
  * Example:
  *   # page when a shard's backlog stays high
- *   alert CyanShardBacklogHigh threshold cyan_shard_backlog > 10000 for=30s summary="{{value}} owed"
- *   alert CyanShard0Quiet absence cyan_publish_received_total{shard="0"} max_age=1m severity=info
- *   disable CyanShardFlowStopped
+ *   alert CyanShardBacklogHigh threshold cyan_shard_backlog > 10000 for=30s
+ *   alert CyanShard0Quiet absence cyan_publish_received_total{shard="0"} max_age=1m
+ *   disable CyanMessageFlowStopped
  *
  * A rule named like one already in the set (a default) replaces it; the same
  * name twice in one file is an error; `disable` of a name not in the set is an
@@ -103,14 +103,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CY_ALERT_NAME_MAX 64        /* rule name, with the NUL */
-#define CY_ALERT_COMPONENT_MAX 48   /* "shard-12", "mqtt" */
-#define CY_ALERT_TEXT_MAX 256       /* summary template and rendered summary */
+#define CY_ALERT_NAME_MAX 64      /* rule name, with the NUL */
+#define CY_ALERT_COMPONENT_MAX 48 /* "shard-12", "mqtt" */
+#define CY_ALERT_TEXT_MAX 256     /* summary template and rendered summary */
 #define CY_ALERT_EVIDENCE_MAX 512
-#define CY_ALERT_LABELS_MAX 384     /* canonical labels of an alert */
+#define CY_ALERT_LABELS_MAX 384 /* canonical labels of an alert */
 #define CY_ALERTS_MAX_RULES 64
-#define CY_ALERTS_MAX_INSTANCES 1024 /* default max_instances */
-#define CY_ALERTS_RESOLVED_MAX 64    /* default resolved_max */
+#define CY_ALERTS_MAX_INSTANCES 1024                /* default max_instances */
+#define CY_ALERTS_RESOLVED_MAX 64                   /* default resolved_max */
 #define CY_ALERTS_RESOLVED_KEEP_MS (15 * 60 * 1000) /* default resolved_keep_ms */
 
 typedef enum {
@@ -122,7 +122,14 @@ typedef enum {
     CY_ALERT_HEARTBEAT,
 } cy_alert_kind;
 
-typedef enum { CY_ALERT_GT = 0, CY_ALERT_GE, CY_ALERT_LT, CY_ALERT_LE, CY_ALERT_EQ, CY_ALERT_NE } cy_alert_op;
+typedef enum {
+    CY_ALERT_GT = 0,
+    CY_ALERT_GE,
+    CY_ALERT_LT,
+    CY_ALERT_LE,
+    CY_ALERT_EQ,
+    CY_ALERT_NE
+} cy_alert_op;
 
 typedef enum { CY_ALERT_CRITICAL = 0, CY_ALERT_WARNING, CY_ALERT_INFO } cy_alert_severity;
 
@@ -139,14 +146,14 @@ typedef struct cy_alert_rule {
     char metric[CY_SAMPLE_NAME_MAX];     /* the series (flow: the input) */
     char selector[CY_SAMPLE_LABELS_MAX]; /* canonical label set the series must carry, "" = any */
     char output[CY_SAMPLE_NAME_MAX];     /* flow: the output series */
-    char guard[CY_SAMPLE_NAME_MAX];      /* staleness/absence/flow: only while non-zero; "" = none */
-    int op;                              /* threshold, increase: cy_alert_op */
-    double limit;                        /* threshold, increase */
-    int64_t window_ms;                   /* increase, flow */
-    int64_t max_age_ms;                  /* staleness, absence */
-    int64_t for_ms;                      /* pending this long before firing */
-    bool sum;                            /* one instance over the sum of every matching series */
-    int severity;                        /* cy_alert_severity */
+    char guard[CY_SAMPLE_NAME_MAX]; /* staleness/absence/flow: only while non-zero; "" = none */
+    int op;                         /* threshold, increase: cy_alert_op */
+    double limit;                   /* threshold, increase */
+    int64_t window_ms;              /* increase, flow */
+    int64_t max_age_ms;             /* staleness, absence */
+    int64_t for_ms;                 /* pending this long before firing */
+    bool sum;                       /* one instance over the sum of every matching series */
+    int severity;                   /* cy_alert_severity */
     char component[CY_ALERT_COMPONENT_MAX]; /* literal, or "shard" = shard-<shard label> */
     char summary[CY_ALERT_TEXT_MAX];        /* template */
 } cy_alert_rule;
@@ -207,11 +214,11 @@ typedef struct cy_alert {
     int state;                              /* cy_alert_state: PENDING, FIRING, RESOLVED */
     double value;                           /* the value the rule compared (last evaluation) */
     char summary[CY_ALERT_TEXT_MAX];
-    char evidence[CY_ALERT_EVIDENCE_MAX];   /* series{labels} = v since <RFC 3339> ... */
-    int64_t active_ms;                      /* wall ms: condition true since (pending began) */
-    int64_t starts_at_ms;                   /* wall ms: firing since; 0 while pending */
-    int64_t ends_at_ms;                     /* wall ms: resolved at; 0 until resolved */
-    uint64_t fingerprint;                   /* FNV-1a 64 of labels (Prometheus' way) */
+    char evidence[CY_ALERT_EVIDENCE_MAX]; /* series{labels} = v since <RFC 3339> ... */
+    int64_t active_ms;                    /* wall ms: condition true since (pending began) */
+    int64_t starts_at_ms;                 /* wall ms: firing since; 0 while pending */
+    int64_t ends_at_ms;                   /* wall ms: resolved at; 0 until resolved */
+    uint64_t fingerprint;                 /* FNV-1a 64 of labels (Prometheus' way) */
 } cy_alert;
 
 typedef struct cy_alerts cy_alerts;
@@ -238,8 +245,9 @@ void cy_alerts_free(cy_alerts *e);
  * removed or changed resolve, and are reported with the next evaluation's
  * transitions. Returns 0 or CY_ENOMEM (nothing changed). */
 int cy_alerts_set_rules(cy_alerts *e, const cy_alert_rules *rules);
-/* Evaluate every rule over s at now_ms (wall clock, never earlier than the
- * previous evaluation's). Returns 0, or CY_ENOMEM when a new instance could
+/* Evaluate every rule over s (borrowed) at now_ms (wall clock; a now_ms
+ * earlier than the previous evaluation's, a clock step back, is taken as
+ * that one). Returns 0, or CY_ENOMEM when a new instance could
  * not be allocated (it is skipped and counted as refused; the rest of the
  * evaluation is complete and consistent). */
 int cy_alerts_eval(cy_alerts *e, const cy_snapshot *s, int64_t now_ms);
@@ -273,17 +281,17 @@ bool cy_alert_labels_next(const char *labels, size_t *pos, char *name, size_t nl
  *   max_alerts > 0 keeps the first max_alerts and counts the rest in
  *   truncatedAlerts. Annotations: summary and evidence. */
 typedef struct cy_alerts_webhook_opts {
-    const char *receiver;             /* "cyan" when NULL */
-    const char *external_url;         /* the monitor's URL, "" when NULL */
-    const char *generator_url;        /* every alert's generatorURL, "" when NULL */
-    const char *const *group_by;      /* label names, may be NULL */
+    const char *receiver;        /* "cyan" when NULL */
+    const char *external_url;    /* the monitor's URL, "" when NULL */
+    const char *generator_url;   /* every alert's generatorURL, "" when NULL */
+    const char *const *group_by; /* label names, may be NULL */
     size_t n_group_by;
-    size_t max_alerts;                /* 0 = no limit */
+    size_t max_alerts; /* 0 = no limit */
 } cy_alerts_webhook_opts;
 
 /* Returns 0 and *out, a NUL-terminated JSON text of *len bytes (caller frees
  * with cy_free), or CY_ENOMEM, CY_EINVAL (n == 0 or nothing firing/resolved). */
-int cy_alerts_webhook_json(const cy_alert *const *alerts, size_t n,
-                           const cy_alerts_webhook_opts *o, char **out, size_t *len);
+int cy_alerts_webhook_json(const cy_alert *const *alerts, size_t n, const cy_alerts_webhook_opts *o,
+                           char **out, size_t *len);
 
 #endif

@@ -68,8 +68,8 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(const char *const *)a, *(const char *const *)b);
 }
 
-int cy_alerts_webhook_json(const cy_alert *const *alerts, size_t n,
-                           const cy_alerts_webhook_opts *o, char **out, size_t *len)
+int cy_alerts_webhook_json(const cy_alert *const *alerts, size_t n, const cy_alerts_webhook_opts *o,
+                           char **out, size_t *len)
 {
     *out = NULL;
     if (len) *len = 0;
@@ -122,8 +122,10 @@ int cy_alerts_webhook_json(const cy_alert *const *alerts, size_t n,
         }
         char starts[40], ends[40], fp[20];
         cy_alert_time(a->starts_at_ms ? a->starts_at_ms : a->active_ms, starts, sizeof(starts));
-        if (a->state == CY_ALERT_RESOLVED) cy_alert_time(a->ends_at_ms, ends, sizeof(ends));
-        else snprintf(ends, sizeof(ends), "%s", ZERO_TIME);
+        if (a->state == CY_ALERT_RESOLVED)
+            cy_alert_time(a->ends_at_ms, ends, sizeof(ends));
+        else
+            snprintf(ends, sizeof(ends), "%s", ZERO_TIME);
         snprintf(fp, sizeof(fp), "%016llx", (unsigned long long)a->fingerprint);
         json_t *x = json_object();
         if (!x || json_array_append_new(arr, x)) {
@@ -134,8 +136,7 @@ int cy_alerts_webhook_json(const cy_alert *const *alerts, size_t n,
         }
         if (json_object_set_new(x, "status",
                                 json_string(a->state == CY_ALERT_FIRING ? "firing" : "resolved")) ||
-            json_object_set_new(x, "labels", lab) ||
-            json_object_set_new(x, "annotations", ann) ||
+            json_object_set_new(x, "labels", lab) || json_object_set_new(x, "annotations", ann) ||
             json_object_set_new(x, "startsAt", json_string(starts)) ||
             json_object_set_new(x, "endsAt", json_string(ends)) ||
             json_object_set_new(x, "generatorURL",

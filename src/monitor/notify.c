@@ -35,11 +35,11 @@ typedef struct job {
     struct job *prev, *next; /* in wait or inflight */
     cy_notify *n;
     body *b;
-    size_t url;         /* receiver index */
-    uint64_t seq;       /* order of first queueing */
-    uint32_t attempts;  /* made so far */
-    uint64_t due;       /* uv_now ms when it may start */
-    CURL *easy;         /* while in flight */
+    size_t url;        /* receiver index */
+    uint64_t seq;      /* order of first queueing */
+    uint32_t attempts; /* made so far */
+    uint64_t due;      /* uv_now ms when it may start */
+    CURL *easy;        /* while in flight */
     char err[CURL_ERROR_SIZE];
 } job;
 
@@ -81,10 +81,14 @@ static void pump(cy_notify *n);
 
 static void jl_remove(jlist *l, job *j)
 {
-    if (j->prev) j->prev->next = j->next;
-    else l->head = j->next;
-    if (j->next) j->next->prev = j->prev;
-    else l->tail = j->prev;
+    if (j->prev)
+        j->prev->next = j->next;
+    else
+        l->head = j->next;
+    if (j->next)
+        j->next->prev = j->prev;
+    else
+        l->tail = j->prev;
     j->prev = j->next = NULL;
     l->n--;
 }
@@ -93,8 +97,10 @@ static void jl_append(jlist *l, job *j)
 {
     j->next = NULL;
     j->prev = l->tail;
-    if (l->tail) l->tail->next = j;
-    else l->head = j;
+    if (l->tail)
+        l->tail->next = j;
+    else
+        l->head = j;
     l->tail = j;
     l->n++;
 }
@@ -103,18 +109,23 @@ static void jl_append(jlist *l, job *j)
 static void jl_insert_seq(jlist *l, job *j)
 {
     job *at = l->tail;
-    while (at && at->seq > j->seq) at = at->prev;
+    while (at && at->seq > j->seq)
+        at = at->prev;
     if (!at) {
         j->prev = NULL;
         j->next = l->head;
-        if (l->head) l->head->prev = j;
-        else l->tail = j;
+        if (l->head)
+            l->head->prev = j;
+        else
+            l->tail = j;
         l->head = j;
     } else {
         j->prev = at;
         j->next = at->next;
-        if (at->next) at->next->prev = j;
-        else l->tail = j;
+        if (at->next)
+            at->next->prev = j;
+        else
+            l->tail = j;
         at->next = j;
     }
     l->n++;
@@ -141,7 +152,8 @@ static void finish_close(cy_notify *n)
 {
     void (*cb)(void *) = n->close_cb;
     void *arg = n->close_arg;
-    for (size_t i = 0; i < n->nurls; i++) cy_free(n->urls[i]);
+    for (size_t i = 0; i < n->nurls; i++)
+        cy_free(n->urls[i]);
     cy_free(n->urls);
     cy_free(n->user_agent);
     if (n->headers) curl_slist_free_all(n->headers);
@@ -165,8 +177,10 @@ static void on_handle_closed(uv_handle_t *h)
 
 static void sock_close(cy_notify *n, sock *s)
 {
-    if (s->prev) s->prev->next = s->next;
-    else n->socks = s->next;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        n->socks = s->next;
     if (s->next) s->next->prev = s->prev;
     s->prev = s->next = NULL;
     uv_close((uv_handle_t *)&s->poll, on_handle_closed);
@@ -239,8 +253,10 @@ static int on_timer(CURLM *multi, long timeout_ms, void *userp)
 {
     (void)multi;
     cy_notify *n = userp;
-    if (timeout_ms < 0) uv_timer_stop(&n->curl_timer);
-    else if (!n->closing) uv_timer_start(&n->curl_timer, on_curl_timeout, (uint64_t)timeout_ms, 0);
+    if (timeout_ms < 0)
+        uv_timer_stop(&n->curl_timer);
+    else if (!n->closing)
+        uv_timer_start(&n->curl_timer, on_curl_timeout, (uint64_t)timeout_ms, 0);
     return 0;
 }
 
@@ -270,8 +286,10 @@ static void outcome(cy_notify *n, job *j, CURLcode res, long code)
     }
     char u[256], why[CURL_ERROR_SIZE + 32];
     url_for_log(n->urls[j->url], u, sizeof(u));
-    if (res != CURLE_OK) snprintf(why, sizeof(why), "%s", j->err[0] ? j->err : curl_easy_strerror(res));
-    else snprintf(why, sizeof(why), "HTTP %ld", code);
+    if (res != CURLE_OK)
+        snprintf(why, sizeof(why), "%s", j->err[0] ? j->err : curl_easy_strerror(res));
+    else
+        snprintf(why, sizeof(why), "HTTP %ld", code);
     cy_warn(NULL, "notify: %s: gave up on a notification after %u attempt%s: %s", u, j->attempts,
             j->attempts == 1 ? "" : "s", why);
     n->c.failed++;
@@ -357,7 +375,8 @@ static void pump(cy_notify *n)
     uint64_t now = uv_now(n->loop);
     while (n->inflight.n < n->max_inflight) {
         job *j = n->wait.head;
-        while (j && j->due > now) j = j->next;
+        while (j && j->due > now)
+            j = j->next;
         if (!j) break;
         jl_remove(&n->wait, j);
         start(n, j); /* may put it back (a failed start), due later */
@@ -366,8 +385,10 @@ static void pump(cy_notify *n)
     if (n->inflight.n < n->max_inflight)
         for (job *j = n->wait.head; j; j = j->next)
             if (j->due < next) next = j->due;
-    if (next == UINT64_MAX) uv_timer_stop(&n->retry_timer);
-    else uv_timer_start(&n->retry_timer, on_retry_timer, next > now ? next - now : 0, 0);
+    if (next == UINT64_MAX)
+        uv_timer_stop(&n->retry_timer);
+    else
+        uv_timer_start(&n->retry_timer, on_retry_timer, next > now ? next - now : 0, 0);
 }
 
 /* ---- the interface --------------------------------------------------------- */
@@ -377,8 +398,8 @@ int cy_notify_new(cy_notify **out, uv_loop_t *loop, const cy_notify_config *cfg)
     *out = NULL;
     if (!cfg || cfg->n_urls == 0 || !cfg->urls) return CY_EINVAL;
     for (size_t i = 0; i < cfg->n_urls; i++)
-        if (!cfg->urls[i] || (strncmp(cfg->urls[i], "http://", 7) &&
-                              strncmp(cfg->urls[i], "https://", 8)))
+        if (!cfg->urls[i] ||
+            (strncmp(cfg->urls[i], "http://", 7) && strncmp(cfg->urls[i], "https://", 8)))
             return CY_EINVAL;
     cy_notify *n = cy_calloc(1, sizeof(*n));
     if (!n) return CY_ENOMEM;
@@ -418,7 +439,8 @@ int cy_notify_new(cy_notify **out, uv_loop_t *loop, const cy_notify_config *cfg)
     return 0;
 fail:
     if (n->multi) curl_multi_cleanup(n->multi);
-    for (size_t i = 0; i < n->nurls; i++) cy_free(n->urls[i]);
+    for (size_t i = 0; i < n->nurls; i++)
+        cy_free(n->urls[i]);
     cy_free(n->urls);
     cy_free(n->user_agent);
     if (n->headers) curl_slist_free_all(n->headers);
@@ -444,7 +466,8 @@ int cy_notify_send(cy_notify *n, const char *data, size_t len)
     for (size_t i = 0; i < n->nurls; i++) {
         js[i] = cy_calloc(1, sizeof(job));
         if (!js[i]) {
-            for (size_t k = 0; k < i; k++) cy_free(js[k]);
+            for (size_t k = 0; k < i; k++)
+                cy_free(js[k]);
             cy_free(js);
             cy_free(b);
             return CY_ENOMEM;
@@ -456,8 +479,9 @@ int cy_notify_send(cy_notify *n, const char *data, size_t len)
             job *old = n->wait.head;
             char u[256];
             url_for_log(n->urls[old->url], u, sizeof(u));
-            cy_warn(NULL, "notify: %s: queue full (%zu waiting): dropped the oldest notification "
-                          "(%u attempt%s made)",
+            cy_warn(NULL,
+                    "notify: %s: queue full (%zu waiting): dropped the oldest notification "
+                    "(%u attempt%s made)",
                     u, n->wait.n, old->attempts, old->attempts == 1 ? "" : "s");
             jl_remove(&n->wait, old);
             job_free(old);

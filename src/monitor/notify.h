@@ -22,9 +22,9 @@
  * config's strings are copied. cy_notify_close cancels what is in flight or
  * waiting (not counted as failed or dropped: counted as cancelled), closes
  * every handle and, once all are closed (a later turn of the loop), frees
- * the notifier and runs `cb` exactly once: do not use it after close. Errors: CY_ENOMEM, CY_EINVAL (no
- * receiver, a URL that is not http:// or https://, or a send after close).
- * Thread: the loop's thread only.
+ * the notifier and runs `cb` exactly once: do not use it after close.
+ * Errors: CY_ENOMEM, CY_EINVAL (no receiver, a URL that is not http:// or
+ * https://, or a send after close). Thread: the loop's thread only.
  */
 #ifndef CY_MONITOR_NOTIFY_H
 #define CY_MONITOR_NOTIFY_H

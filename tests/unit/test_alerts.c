@@ -89,10 +89,11 @@ static void eval1(cy_alerts *e, int64_t now, const char *name, const char *label
 static void test_threshold_lifecycle(void **state)
 {
     (void)state;
-    cy_alerts *e = engine("alert Backlog threshold cyan_shard_backlog > 10 for=2s severity=critical "
-                          "summary=\"shard {{shard}} owes {{value}} ({{alertname}}, {{severity}}, "
-                          "{{component}})\"\n",
-                          NULL);
+    cy_alerts *e =
+        engine("alert Backlog threshold cyan_shard_backlog > 10 for=2s severity=critical "
+               "summary=\"shard {{shard}} owes {{value}} ({{alertname}}, {{severity}}, "
+               "{{component}})\"\n",
+               NULL);
     const char *l = "shard=\"1\"";
     eval1(e, T0, "cyan_shard_backlog", l, 5, T0);
     assert_int_equal(nactive(e), 0);
@@ -113,8 +114,8 @@ static void test_threshold_lifecycle(void **state)
     const cy_alert *a = trans(e, 0);
     assert_int_equal(a->state, CY_ALERT_FIRING);
     assert_string_equal(a->name, "Backlog");
-    assert_string_equal(a->labels,
-                        "alertname=\"Backlog\",component=\"shard-1\",severity=\"critical\",shard=\"1\"");
+    assert_string_equal(
+        a->labels, "alertname=\"Backlog\",component=\"shard-1\",severity=\"critical\",shard=\"1\"");
     assert_string_equal(a->component, "shard-1");
     assert_string_equal(a->shard, "1");
     assert_int_equal(a->severity, CY_ALERT_CRITICAL);
@@ -173,8 +174,8 @@ static void test_threshold_ops_and_for0(void **state)
         const char *op;
         double v;
         bool fires;
-    } c[] = {{">", 2, false}, {">", 2.5, true},  {">=", 2, true},  {"<", 2, false},
-             {"<", 1, true},  {"<=", 2, true},   {"==", 2, true},  {"==", 2.1, false},
+    } c[] = {{">", 2, false},  {">", 2.5, true}, {">=", 2, true}, {"<", 2, false},
+             {"<", 1, true},   {"<=", 2, true},  {"==", 2, true}, {"==", 2.1, false},
              {"!=", 2, false}, {"!=", 0, true}};
     for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) {
         char text[128];
@@ -234,8 +235,8 @@ static void test_staleness(void **state)
 #define STEP(now, prog, prog_ch, backlog, backlog_ch)                                              \
     do {                                                                                           \
         cy_snapshot_reset(&s, now);                                                                \
-        add(&s, "cyan_shard_progress_total", l, prog, prog_ch);                                   \
-        if ((backlog) >= 0) add(&s, "cyan_shard_backlog", l, backlog, backlog_ch);                \
+        add(&s, "cyan_shard_progress_total", l, prog, prog_ch);                                    \
+        if ((backlog) >= 0) add(&s, "cyan_shard_backlog", l, backlog, backlog_ch);                 \
         assert_int_equal(cy_alerts_eval(e, &s, now), 0);                                           \
     } while (0)
     /* Idle for an hour: progress still, backlog 0: never stale. */
@@ -430,7 +431,8 @@ static void test_flow_sum(void **state)
     assert_string_equal(a->labels, "alertname=\"F\",component=\"mqtt\",severity=\"warning\"");
     assert_string_equal(a->shard, "");
     assert_non_null(strstr(a->evidence, "sum in_total = 100 rose at"));
-    assert_non_null(strstr(a->evidence, "sum out_total = 50 unchanged since 2026-12-04T10:02:08.120Z"));
+    assert_non_null(
+        strstr(a->evidence, "sum out_total = 50 unchanged since 2026-12-04T10:02:08.120Z"));
     assert_non_null(strstr(a->evidence, "while sum subs = 1"));
     /* No subscriptions: false. */
     cy_snapshot_reset(&s, T0 + 11000);
@@ -647,9 +649,10 @@ static void test_clock_back(void **state)
 static void test_component_and_labels(void **state)
 {
     (void)state;
-    cy_alerts *e = engine("alert X threshold m > 0 component=shard "
-                          "summary=\"[{{shard}}] [{{labels.zone}}] [{{labels.none}}] {{ value }}\"\n",
-                          NULL);
+    cy_alerts *e =
+        engine("alert X threshold m > 0 component=shard "
+               "summary=\"[{{shard}}] [{{labels.zone}}] [{{labels.none}}] {{ value }}\"\n",
+               NULL);
     /* No shard label: component "mqtt"; a series label named like an alert
      * label is overridden. */
     eval1(e, T0, "m", "severity=\"x\",zone=\"a \\\"b\\\"\"", 1.25, T0);
@@ -677,8 +680,8 @@ static void test_value_format(void **state)
     struct {
         double v;
         const char *s;
-    } c[] = {{3.1, "3.1"}, {10001, "10001"}, {1234.5, "1234.5"}, {2.0 / 3, "0.667"},
-             {0.0001, "0.0001"}, {1e20, "100000000000000000000"}};
+    } c[] = {{3.1, "3.1"},       {10001, "10001"},   {1234.5, "1234.5"},
+             {2.0 / 3, "0.667"}, {0.0001, "0.0001"}, {1e20, "100000000000000000000"}};
     for (size_t i = 0; i < 6; i++) {
         eval1(e, T0 + (int64_t)i * 10, "m", "", c[i].v, 0);
         assert_string_equal(active(e, 0)->summary, c[i].s);
@@ -719,7 +722,8 @@ static void test_parse_errors(void **state)
     expect_error("# rules\n\nalert X treshold m > 1\n",
                  "alerts.conf:3: unknown kind 'treshold' (threshold, increase, staleness, absence, "
                  "flow, heartbeat)");
-    expect_error("alert X threshold m >> 1", "alerts.conf:1: unknown operator '>>' (> >= < <= == !=)");
+    expect_error("alert X threshold m >> 1",
+                 "alerts.conf:1: unknown operator '>>' (> >= < <= == !=)");
     expect_error("alert X threshold m > one", "alerts.conf:1: bad number 'one'");
     expect_error("alert X threshold m >", "alerts.conf:1: missing number");
     expect_error("alert X threshold", "alerts.conf:1: missing series");
@@ -727,14 +731,16 @@ static void test_parse_errors(void **state)
     expect_error("alert 9X heartbeat",
                  "alerts.conf:1: bad alert name '9X' (letters, digits, _; at most 63 bytes)");
     expect_error("alert X threshold m{shard=2} > 1", "alerts.conf:1: bad series 'm{shard=2}'");
-    expect_error("alert X threshold m{shard=\"2\" > 1", "alerts.conf:1: unterminated quote or brace");
+    expect_error("alert X threshold m{shard=\"2\" > 1",
+                 "alerts.conf:1: unterminated quote or brace");
     expect_error("alert X heartbeat summary=\"abc", "alerts.conf:1: unterminated quote or brace");
     expect_error("alert X threshold m > 1 for=2", "alerts.conf:1: bad duration '2' for for= (0, "
                                                   "500ms, 2s, 1m, 1h)");
     expect_error("alert X threshold m > 1 for=2d", "alerts.conf:1: bad duration '2d' for for= (0, "
                                                    "500ms, 2s, 1m, 1h)");
-    expect_error("alert X threshold m > 1 for=-1s", "alerts.conf:1: bad duration '-1s' for for= (0, "
-                                                    "500ms, 2s, 1m, 1h)");
+    expect_error("alert X threshold m > 1 for=-1s",
+                 "alerts.conf:1: bad duration '-1s' for for= (0, "
+                 "500ms, 2s, 1m, 1h)");
     expect_error("alert X threshold m > 1 window=1s",
                  "alerts.conf:1: window= applies to increase and flow only");
     expect_error("alert X increase m > 1", "alerts.conf:1: increase needs window=");
@@ -764,7 +770,8 @@ static void test_parse_errors(void **state)
     expect_error("disable CyanNope", "alerts.conf:1: disable: no rule named 'CyanNope'");
     expect_error("disable", "alerts.conf:1: disable needs a rule name");
     expect_error("disable CyanWatchdog CyanShardDown", "alerts.conf:1: disable takes one name");
-    expect_error("alerts X heartbeat", "alerts.conf:1: unknown directive 'alerts' (alert, disable)");
+    expect_error("alerts X heartbeat",
+                 "alerts.conf:1: unknown directive 'alerts' (alert, disable)");
     /* Everything before the error is discarded too. */
     expect_error("disable CyanShardDown\nalert Y heartbeat\nbogus\n",
                  "alerts.conf:3: unknown directive 'bogus' (alert, disable)");
@@ -838,11 +845,13 @@ static void test_defaults_replace_disable(void **state)
     (void)state;
     cy_alert_rules *r = calloc(1, sizeof(*r));
     cy_alert_rules_defaults(r, NULL);
-    const char *names[] = {"CyanShardDown",       "CyanShardHeartbeatStale", "CyanShardNoProgress",
-                           "CyanShardRestarting", "CyanCanaryFailing",       "CyanMessageFlowStopped",
-                           "CyanMessagesDropped", "CyanSupervisorStale",     "CyanWatchdog"};
+    const char *names[] = {
+        "CyanShardDown",       "CyanShardHeartbeatStale", "CyanShardNoProgress",
+        "CyanShardRestarting", "CyanCanaryFailing",       "CyanMessageFlowStopped",
+        "CyanMessagesDropped", "CyanSupervisorStale",     "CyanWatchdog"};
     assert_int_equal(r->n, 9);
-    for (size_t i = 0; i < 9; i++) assert_non_null(cy_alert_rules_find(r, names[i]));
+    for (size_t i = 0; i < 9; i++)
+        assert_non_null(cy_alert_rules_find(r, names[i]));
     char err[256];
     assert_int_equal(cy_alert_rules_parse(r,
                                           "alert CyanShardDown threshold cyan_shard_up == 0 "
@@ -856,9 +865,27 @@ static void test_defaults_replace_disable(void **state)
     assert_int_equal(cy_alert_rules_find(r, "CyanShardDown")->for_ms, 30000);
     assert_int_equal(cy_alert_rules_find(r, "CyanShardDown")->severity, CY_ALERT_WARNING);
     assert_non_null(cy_alert_rules_find(r, "Mine"));
-    /* A second file may replace again (a reload applies to fresh defaults). */
-    assert_int_equal(cy_alert_rules_parse(r, "disable Mine", "b", err, sizeof(err)), 0);
+    /* The example of alerts.h. */
+    assert_int_equal(
+        cy_alert_rules_parse(
+            r,
+            "# page when a shard's backlog stays high\n"
+            "alert CyanShardBacklogHigh threshold cyan_shard_backlog > 10000 for=30s\n"
+            "alert CyanShard0Quiet absence cyan_publish_received_total{shard=\"0\"} max_age=1m\n"
+            "disable CyanMessageFlowStopped\n",
+            "alerts.conf", err, sizeof(err)),
+        0);
+    assert_int_equal(r->n, 10);
+    assert_null(cy_alert_rules_find(r, "CyanMessageFlowStopped"));
+    assert_string_equal(cy_alert_rules_find(r, "CyanShard0Quiet")->selector, "shard=\"0\"");
+    assert_int_equal(cy_alert_rules_parse(r,
+                                          "disable CyanShardBacklogHigh\ndisable CyanShard0Quiet",
+                                          "b", err, sizeof(err)),
+                     0);
     assert_int_equal(r->n, 8);
+    /* Another text applies on top of what is there. */
+    assert_int_equal(cy_alert_rules_parse(r, "disable Mine", "b", err, sizeof(err)), 0);
+    assert_int_equal(r->n, 7);
     free(r);
 }
 
@@ -901,8 +928,8 @@ static void test_defaults_params(void **state)
     assert_int_equal(cy_alert_rules_find(r, "CyanCanaryFailing")->max_age_ms, 4000);
     assert_int_equal(cy_alert_rules_find(r, "CyanShardRestarting")->window_ms, 300000);
     assert_int_equal(cy_alert_rules_find(r, "CyanWatchdog")->severity, CY_ALERT_INFO);
-    cy_alert_params p = {.watchdog_timeout_ms = 600, .canary_timeout_ms = 5000,
-                         .canary_interval_ms = 2000};
+    cy_alert_params p = {
+        .watchdog_timeout_ms = 600, .canary_timeout_ms = 5000, .canary_interval_ms = 2000};
     cy_alert_rules_defaults(r, &p);
     assert_true(cy_alert_rules_find(r, "CyanShardHeartbeatStale")->limit == 0.3);
     assert_int_equal(cy_alert_rules_find(r, "CyanShardNoProgress")->max_age_ms, 300);
@@ -1088,8 +1115,10 @@ static void test_webhook_json(void **state)
     assert_string_equal(json_string_value(json_object_get(an0, "summary")), "shard 0 down");
     assert_string_equal(json_string_value(json_object_get(an0, "evidence")),
                         "cyan_shard_up{shard=\"0\"} = 0 since 2026-12-04T10:02:03.120Z");
-    assert_string_equal(json_string_value(json_object_get(a0, "startsAt")), "2026-12-04T10:02:03.120Z");
-    assert_string_equal(json_string_value(json_object_get(a0, "endsAt")), "2026-12-04T10:02:05.620Z");
+    assert_string_equal(json_string_value(json_object_get(a0, "startsAt")),
+                        "2026-12-04T10:02:03.120Z");
+    assert_string_equal(json_string_value(json_object_get(a0, "endsAt")),
+                        "2026-12-04T10:02:05.620Z");
     assert_string_equal(json_string_value(json_object_get(a1, "endsAt")), "0001-01-01T00:00:00Z");
     assert_string_equal(json_string_value(json_object_get(a1, "generatorURL")),
                         "http://mon:9100/alerts");
@@ -1107,7 +1136,8 @@ static void test_webhook_json(void **state)
     json_t *gl = json_object_get(j, "groupLabels");
     assert_int_equal(json_object_size(gl), 1);
     assert_string_equal(json_string_value(json_object_get(gl, "alertname")), "Down");
-    assert_string_equal(json_string_value(json_object_get(j, "groupKey")), "{}:{alertname=\"Down\"}");
+    assert_string_equal(json_string_value(json_object_get(j, "groupKey")),
+                        "{}:{alertname=\"Down\"}");
     json_decref(j);
     cy_free(body);
 

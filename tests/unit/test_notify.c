@@ -32,8 +32,8 @@
 #define SINK_MAX 16
 
 typedef struct req {
-    char line[128];   /* "POST /hook HTTP/1.1" */
-    char ctype[64];   /* Content-Type value */
+    char line[128]; /* "POST /hook HTTP/1.1" */
+    char ctype[64]; /* Content-Type value */
     char *body;
 } req;
 
@@ -91,7 +91,8 @@ static const char *find_header(const char *head, const char *name, char *out, si
         p += 2;
         if (!strncasecmp(p, name, nl) && p[nl] == ':') {
             const char *v = p + nl + 1;
-            while (*v == ' ') v++;
+            while (*v == ' ')
+                v++;
             size_t l = strcspn(v, "\r\n");
             if (l >= len) l = len - 1;
             memcpy(out, v, l);
@@ -170,7 +171,8 @@ static void sink_start(uv_loop_t *loop, sink *s)
 static void sink_stop(sink *s)
 {
     uv_close((uv_handle_t *)&s->server, NULL);
-    for (int i = 0; i < s->nreqs; i++) free(s->reqs[i].body);
+    for (int i = 0; i < s->nreqs; i++)
+        free(s->reqs[i].body);
 }
 
 /* A port nothing listens on: bound then closed. */
@@ -191,7 +193,7 @@ typedef struct world {
     uv_loop_t loop;
     uv_timer_t tick; /* keeps uv_run(ONCE) from blocking forever */
     cy_notify *n;
-    int closed;      /* close callbacks run */
+    int closed; /* close callbacks run */
 } world;
 
 static void tick(uv_timer_t *t)
@@ -215,7 +217,8 @@ static uint64_t run_until(world *w, pred p, void *arg, uint64_t timeout_ms)
     uv_update_time(&w->loop);
     uint64_t t0 = uv_now(&w->loop);
     while (!p(w, arg)) {
-        if (uv_now(&w->loop) - t0 > timeout_ms) fail_msg("timed out after %llu ms", (unsigned long long)timeout_ms);
+        if (uv_now(&w->loop) - t0 > timeout_ms)
+            fail_msg("timed out after %llu ms", (unsigned long long)timeout_ms);
         uv_run(&w->loop, UV_RUN_ONCE);
     }
     return uv_now(&w->loop) - t0;
@@ -253,16 +256,21 @@ static void world_fini(world *w, sink *s)
     if (s) sink_stop(s);
     uv_close((uv_handle_t *)&w->tick, NULL);
     /* Let the sink's connections and handles close. */
-    for (int i = 0; i < 100 && uv_loop_alive(&w->loop); i++) uv_run(&w->loop, UV_RUN_NOWAIT);
+    for (int i = 0; i < 100 && uv_loop_alive(&w->loop); i++)
+        uv_run(&w->loop, UV_RUN_NOWAIT);
     assert_int_equal(uv_loop_close(&w->loop), 0);
     assert_int_equal(w->closed, 1); /* exactly once */
 }
 
-static void new_notify(world *w, const char *url, uint32_t base, uint32_t attempts, uint32_t timeout)
+static void new_notify(world *w, const char *url, uint32_t base, uint32_t attempts,
+                       uint32_t timeout)
 {
     const char *urls[] = {url};
-    cy_notify_config cfg = {.urls = urls, .n_urls = 1, .retry_base_ms = base,
-                            .max_attempts = attempts, .timeout_ms = timeout};
+    cy_notify_config cfg = {.urls = urls,
+                            .n_urls = 1,
+                            .retry_base_ms = base,
+                            .max_attempts = attempts,
+                            .timeout_ms = timeout};
     assert_int_equal(cy_notify_new(&w->n, &w->loop, &cfg), 0);
 }
 
@@ -318,7 +326,8 @@ static void test_retries_500(void **state)
     uint64_t ms = run_until(&w, counter_at, want, 5000);
     assert_true(ms >= 20 + 40); /* waited 20 then 40 ms between attempts */
     assert_int_equal(s.nreqs, 3);
-    for (int i = 0; i < 3; i++) assert_string_equal(s.reqs[i].body, "{\"a\":1}");
+    for (int i = 0; i < 3; i++)
+        assert_string_equal(s.reqs[i].body, "{\"a\":1}");
     cy_notify_counters c;
     cy_notify_counters_get(w.n, &c);
     assert_int_equal(c.sent, 1);
@@ -509,16 +518,11 @@ static void test_idle_close(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_delivers_body),
-        cmocka_unit_test(test_retries_500),
-        cmocka_unit_test(test_unreachable_gives_up),
-        cmocka_unit_test(test_final_404),
-        cmocka_unit_test(test_timeout_retried),
-        cmocka_unit_test(test_queue_drops_oldest),
-        cmocka_unit_test(test_two_receivers),
-        cmocka_unit_test(test_close_cancels),
-        cmocka_unit_test(test_bad_config),
-        cmocka_unit_test(test_idle_close),
+        cmocka_unit_test(test_delivers_body),        cmocka_unit_test(test_retries_500),
+        cmocka_unit_test(test_unreachable_gives_up), cmocka_unit_test(test_final_404),
+        cmocka_unit_test(test_timeout_retried),      cmocka_unit_test(test_queue_drops_oldest),
+        cmocka_unit_test(test_two_receivers),        cmocka_unit_test(test_close_cancels),
+        cmocka_unit_test(test_bad_config),           cmocka_unit_test(test_idle_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
