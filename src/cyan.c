@@ -392,7 +392,7 @@ static int check_layout(const cy_config *cfg)
 
 static int cmd_serve(const cy_config *cfg, char **pass)
 {
-    if (cy_supervisor_check(cfg)) return 1; /* before anything is created */
+    if (cy_supervisor_check(cfg) || cy_monitor_check(cfg)) return 1; /* before anything is created */
     if (make_dir(cfg->data_dir)) {
         fprintf(stderr, "cyan: cannot create data_dir %s: %s\n", cfg->data_dir, strerror(errno));
         return 1;

@@ -179,7 +179,7 @@ typedef struct cy_alert_params {
  *   CyanShardNoProgress      staleness of cyan_shard_progress_total for more than T
  *                            while cyan_shard_backlog (a stall: loop turns, work not done)
  *                                                                               critical shard
- *   CyanShardRestarting      increase(cyan_shard_restarts_total[5m]) > 0         warning shard
+ *   CyanShardRestarting      increase(cyan_shard_restarts_total[1m]) > 0         warning shard
  *   CyanCanaryFailing        absence of cyan_canary_success_total increase for
  *                            canary_timeout + canary_interval                   critical shard
  *   CyanMessageFlowStopped   flow, summed over shards: cyan_publish_received_total rose

@@ -19,6 +19,8 @@
 #include "health/metrics.h"
 #include "health/scoreboard.h"
 #include "http/http.h"
+#include "monitor/alerts.h"
+#include "monitor/notify.h"
 #include "monitor/statusdb.h"
 #include "monitor/statuspage.h"
 #include "store/store.h"
@@ -42,6 +44,9 @@
 #define BEAT_MS 100
 #define EVAL_MS 1000
 #define RELOAD_MAX 8192
+#define REPEAT_MS 60000   /* firing alerts are sent again this often (the heartbeat rule's beat) */
+#define MAX_RECEIVERS 8  /* alert_webhooks URLs */
+#define FP_LEN 17        /* a fingerprint in hex, with the NUL */
 
 typedef struct mon {
     uv_loop_t loop;
@@ -63,6 +68,14 @@ typedef struct mon {
     cy_status_alert *firing; /* the alerts firing now, for the page */
     size_t nfiring;
     uint64_t event_seq;      /* the supervisor's events taken into the timeline */
+    cy_alerts *alerts;       /* the engine (alerts.h) */
+    int64_t reconcile_at_ms; /* wall ms after which incidents of alerts gone are closed, 0 done */
+    char (*fps)[FP_LEN];     /* hex fingerprints of m->firing */
+    size_t firing_cap;
+    cy_notify *notify;       /* NULL without alert_webhooks */
+    int64_t repeat_ms;       /* wall ms of the last full send of the firing alerts */
+    char *urls[MAX_RECEIVERS];
+    size_t nurls;
     char seq_path[600];      /* data_dir/run/monitor-events: where that position is kept */
     size_t inlen;
     char in[RELOAD_MAX];
@@ -517,8 +530,6 @@ static void ingest_events(mon *m)
     if (moved) save_seq(m);
 }
 
-/* ---- the operations listener ---- */
-
 static void reply_text(cy_http_req *req, unsigned status, const char *type, const char *body)
 {
     cy_http_reply(req, status, type, body, strlen(body), NULL);
@@ -530,6 +541,191 @@ static void reply_error(cy_http_req *req, unsigned status, const char *code, con
     snprintf(body, sizeof(body), "{\"error\":\"%s\",\"message\":\"%s\"}\n", code, msg);
     reply_text(req, status, NULL, body);
 }
+
+/* ---- alerts ---- */
+
+static void fp_hex(uint64_t fp, char out[FP_LEN])
+{
+    snprintf(out, FP_LEN, "%016llx", (unsigned long long)fp);
+}
+
+static const cy_status_alert *as_status_alert(mon *m, const cy_alert *a, size_t k)
+{
+    static cy_status_alert x;
+    fp_hex(a->fingerprint, m->fps[k]);
+    memset(&x, 0, sizeof(x));
+    x.fingerprint = m->fps[k];
+    x.alertname = a->name;
+    x.severity = cy_alert_severity_name(a->severity);
+    x.component = a->component;
+    x.shard = a->shard;
+    x.summary = a->summary;
+    x.evidence = a->evidence;
+    x.since_ms = a->starts_at_ms ? a->starts_at_ms : a->active_ms;
+    return &x;
+}
+
+/* Send alerts to the receivers (one Alertmanager body for all of them). */
+static void send_alerts(mon *m, const cy_alert *const *v, size_t n)
+{
+    if (!m->notify || n == 0) return;
+    char ext[160];
+    snprintf(ext, sizeof(ext), "http://%s", m->live.ops_listen);
+    char gen[200];
+    snprintf(gen, sizeof(gen), "%s/status", ext);
+    cy_alerts_webhook_opts o;
+    memset(&o, 0, sizeof(o));
+    o.receiver = "cyan";
+    o.external_url = ext;
+    o.generator_url = gen;
+    char *body = NULL;
+    size_t len = 0;
+    int rc = cy_alerts_webhook_json(v, n, &o, &body, &len);
+    if (rc == 0) {
+        rc = cy_notify_send(m->notify, body, len);
+        if (rc) cy_warn(NULL, "monitor: alert notification not queued: %s", cy_strerror(rc));
+    } else if (rc != CY_EINVAL) {
+        cy_warn(NULL, "monitor: alert notification not built: %s", cy_strerror(rc));
+    }
+    cy_free(body);
+}
+
+/* Evaluate the rules over this second's snapshot, then act on what
+ * changed: the log, monitor.db (timeline, incidents), the receivers, the
+ * scoreboard's list for `cyan status`, and the page's firing set. */
+static void run_alerts(mon *m)
+{
+    if (!m->alerts) return;
+    int64_t now = m->snap.now_ms;
+    int rc = cy_alerts_eval(m->alerts, &m->snap, now);
+    if (rc) cy_warn(NULL, "monitor: alert evaluation: %s", cy_strerror(rc));
+    size_t nt = 0, na = 0;
+    const cy_alert *t = cy_alerts_transitions(m->alerts, &nt);
+    const cy_alert *act = cy_alerts_active(m->alerts, &na);
+    if (na + nt > m->firing_cap) {
+        size_t cap = (na + nt) * 2 + 8;
+        cy_status_alert *f = cy_realloc(m->firing, cap * sizeof(*f));
+        if (f) m->firing = f;
+        char(*fp)[FP_LEN] = f ? cy_realloc(m->fps, cap * sizeof(*fp)) : NULL;
+        if (fp) m->fps = fp;
+        if (f && fp) m->firing_cap = cap;
+    }
+    const cy_alert **send = nt ? cy_calloc(nt, sizeof(*send)) : NULL;
+    size_t nsend = 0;
+    for (size_t i = 0; i < nt && i < m->firing_cap; i++) {
+        const cy_alert *a = &t[i];
+        bool firing = a->state == CY_ALERT_FIRING;
+        if (firing)
+            cy_log(a->severity == CY_ALERT_CRITICAL ? CY_LOG_ERROR : CY_LOG_WARN, NULL,
+                   "alert %s firing (%s): %s; %s", a->name, a->component, a->summary,
+                   a->evidence);
+        else
+            cy_info(NULL, "alert %s resolved (%s): %s", a->name, a->component, a->summary);
+        if (m->db) {
+            const cy_status_alert *x = as_status_alert(m, a, i);
+            rc = firing ? cy_statusdb_alert_fired(m->db, x, now, NULL, NULL)
+                        : cy_statusdb_alert_resolved(m->db, x, now, NULL, NULL);
+            timeline_note(m, rc, firing ? "an alert firing" : "an alert resolved");
+        }
+        if (send) send[nsend++] = a;
+    }
+    send_alerts(m, send, nsend);
+    cy_free(send);
+    /* Alertmanager's repeat: every firing alert again, now and then, so a
+     * receiver that missed one (or the heartbeat rule's watcher) hears. */
+    if (m->notify && na && now - m->repeat_ms >= REPEAT_MS) {
+        const cy_alert **all = cy_calloc(na, sizeof(*all));
+        size_t k = 0;
+        for (size_t i = 0; all && i < na; i++)
+            if (act[i].state == CY_ALERT_FIRING) all[k++] = &act[i];
+        send_alerts(m, all, k);
+        cy_free(all);
+        m->repeat_ms = now;
+    }
+    /* The page's set, the scoreboard's text, and the alerts series. */
+    char text[2048];
+    size_t tl = 0;
+    text[0] = '\0';
+    m->nfiring = 0;
+    for (size_t i = 0; i < na && i < m->firing_cap; i++) {
+        const cy_alert *a = &act[i];
+        if (a->state != CY_ALERT_FIRING) continue;
+        m->firing[m->nfiring] = *as_status_alert(m, a, m->nfiring);
+        m->nfiring++;
+        if (tl < sizeof(text))
+            tl += (size_t)snprintf(text + tl, sizeof(text) - tl, "%s %s %s: %s\n",
+                                   cy_alert_severity_name(a->severity), a->name, a->component,
+                                   a->summary);
+        char l[CY_ALERT_NAME_MAX + CY_ALERT_COMPONENT_MAX + 32];
+        snprintf(l, sizeof(l), "alertname=\"%s\",component=\"%s\"", a->name, a->component);
+        const cy_sample *prev = cy_snapshot_find(&m->snap, "cyan_alerts_firing", l);
+        if (prev)
+            ((cy_sample *)prev)->value += 1;
+        else
+            add(m, "cyan_alerts_firing", l, CY_SAMPLE_GAUGE, 1, now, false);
+    }
+    cy_scoreboard_alerts_set(&m->sb, text, cy_mono_ms());
+    /* After a restart of the monitor: incidents whose alerts cleared while
+     * it was down are closed once every rule had time to fire again. */
+    if (m->db && m->reconcile_at_ms && now >= m->reconcile_at_ms) {
+        size_t closed = 0;
+        rc = cy_statusdb_alert_reconcile(m->db, m->firing, m->nfiring, now, &closed);
+        if (rc == 0) {
+            m->reconcile_at_ms = 0;
+            if (closed) cy_info(NULL, "monitor: %zu alert(s) cleared while the monitor was down", closed);
+        }
+    }
+}
+
+static void alerts_json(json_t *arr, const cy_alert *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const cy_alert *a = &v[i];
+        char fp[FP_LEN], t1[40] = "", t2[40] = "", t3[40] = "";
+        fp_hex(a->fingerprint, fp);
+        if (a->active_ms) cy_alert_time(a->active_ms, t1, sizeof(t1));
+        if (a->starts_at_ms) cy_alert_time(a->starts_at_ms, t2, sizeof(t2));
+        if (a->ends_at_ms) cy_alert_time(a->ends_at_ms, t3, sizeof(t3));
+        json_t *labels = json_object();
+        char ln[64], lv[256];
+        size_t pos = 0;
+        while (labels && cy_alert_labels_next(a->labels, &pos, ln, sizeof(ln), lv, sizeof(lv)))
+            json_object_set_new(labels, ln, json_string(lv));
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:o, s:s, s:s, s:f, s:s?, s:s?, s:s?, s:s}",
+                              "name", a->name, "state", cy_alert_state_name(a->state),
+                              "severity", cy_alert_severity_name(a->severity), "component",
+                              a->component, "shard", a->shard[0] ? a->shard : NULL, "labels",
+                              labels ? labels : json_object(), "summary", a->summary, "evidence",
+                              a->evidence, "value", isfinite(a->value) ? a->value : 0.0,
+                              "activeAt", t1[0] ? t1 : NULL, "startsAt", t2[0] ? t2 : NULL,
+                              "endsAt", t3[0] ? t3 : NULL, "fingerprint", fp);
+        if (o) json_array_append_new(arr, o);
+    }
+}
+
+/* GET /v1/alerts: active (pending and firing) and recently resolved. */
+static void serve_alerts(mon *m, cy_http_req *req)
+{
+    size_t na = 0, nr = 0;
+    const cy_alert *act = m->alerts ? cy_alerts_active(m->alerts, &na) : NULL;
+    const cy_alert *res = m->alerts ? cy_alerts_resolved(m->alerts, &nr) : NULL;
+    json_t *a = json_array(), *r = json_array();
+    alerts_json(a, act, na);
+    alerts_json(r, res, nr);
+    char t[40];
+    cy_alert_time(m->snap.now_ms, t, sizeof(t));
+    json_t *o = json_pack("{s:s, s:o, s:o}", "evaluated_at", t, "active", a, "resolved", r);
+    char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!text) {
+        reply_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    cy_http_reply(req, 200, NULL, text, strlen(text), NULL);
+    free(text);
+}
+
+/* ---- the operations listener ---- */
 
 /* The scope of the request's bearer token, or 0 (none or not valid). */
 static int token_scope(mon *m, cy_http_req *req)
@@ -724,6 +920,18 @@ static void on_request(void *ctx, cy_http_req *req)
         serve_status(m, req, cy_status_render_timeline, NULL);
         return;
     }
+    if (!strcmp(path, "/v1/alerts")) {
+        if (!get) {
+            reply_error(req, 405, "method_not_allowed", "GET only");
+            return;
+        }
+        if (token_scope(m, req) == 0) {
+            reply_error(req, 401, "unauthorized", "an API token is required");
+            return;
+        }
+        serve_alerts(m, req);
+        return;
+    }
     if (!strncmp(path, "/v1/incidents", 13) && (path[13] == '\0' || path[13] == '/')) {
         if (strcmp(method, "POST")) {
             reply_error(req, 405, "method_not_allowed",
@@ -837,9 +1045,84 @@ static void on_eval(uv_timer_t *t)
     mon *m = t->data;
     take_snapshot(m);
     ingest_events(m);
+    run_alerts(m);
     cy_status_derive(&m->comps, m->firing, m->nfiring, m->snap.now_ms);
     cy_sb_storeu(&m->slot->progress, m->evals);
     cy_sb_store(&m->slot->progress_ms, cy_mono_ms());
+}
+
+/* The rules (built in, then the alert_rules file) and the engine. A file
+ * with an error was refused by `cyan` before the node started
+ * (cy_monitor_check); if it broke since, the built-in rules run and the
+ * log says why. */
+static int start_alerts(mon *m)
+{
+    cy_alert_rules *rules = cy_calloc(1, sizeof(*rules));
+    if (!rules) return 1;
+    cy_alert_params p = {m->live.watchdog_timeout, m->live.canary_timeout,
+                         m->live.canary_interval};
+    cy_alert_rules_defaults(rules, &p);
+    if (m->live.alert_rules[0]) {
+        char err[256];
+        if (cy_alert_rules_load(rules, m->live.alert_rules, err, sizeof(err))) {
+            cy_error(NULL, "monitor: %s; running the built-in rules only", err);
+            cy_alert_rules_defaults(rules, &p);
+        }
+    }
+    int rc = cy_alerts_new(&m->alerts, rules, NULL);
+    cy_free(rules);
+    if (rc) {
+        cy_error(NULL, "monitor: alert engine: %s", cy_strerror(rc));
+        return 1;
+    }
+    /* Every rule has had time to fire again: the longest for or window,
+     * plus a few evaluations. */
+    m->reconcile_at_ms = cy_wall_ms() + 10 * 60 * 1000;
+    return 0;
+}
+
+/* The receivers, from alert_webhooks: comma-separated URLs. */
+static int start_notify(mon *m)
+{
+    char list[sizeof(m->live.alert_webhooks)];
+    snprintf(list, sizeof(list), "%s", m->live.alert_webhooks);
+    for (char *save = NULL, *u = strtok_r(list, ", ", &save); u && m->nurls < MAX_RECEIVERS;
+         u = strtok_r(NULL, ", ", &save)) {
+        m->urls[m->nurls] = cy_malloc(strlen(u) + 1);
+        if (!m->urls[m->nurls]) return 1;
+        strcpy(m->urls[m->nurls++], u);
+    }
+    if (!m->nurls) return 0;
+    cy_notify_config c;
+    memset(&c, 0, sizeof(c));
+    c.urls = (const char *const *)m->urls;
+    c.n_urls = m->nurls;
+    c.user_agent = "cyan-monitor/" CYAN_VERSION;
+    int rc = cy_notify_new(&m->notify, &m->loop, &c);
+    if (rc) {
+        cy_error(NULL, "monitor: alert_webhooks: %s", cy_strerror(rc));
+        return 1;
+    }
+    cy_info(NULL, "alerts go to %zu receiver%s", m->nurls, m->nurls == 1 ? "" : "s");
+    return 0;
+}
+
+int cy_monitor_check(const cy_config *cfg)
+{
+    cy_alert_rules *rules = cy_calloc(1, sizeof(*rules));
+    if (!rules) return 1;
+    int rc = 0;
+    if (cfg->monitor && cfg->alert_rules[0]) {
+        char err[256];
+        cy_alert_params p = {cfg->watchdog_timeout, cfg->canary_timeout, cfg->canary_interval};
+        cy_alert_rules_defaults(rules, &p);
+        if (cy_alert_rules_load(rules, cfg->alert_rules, err, sizeof(err))) {
+            cy_error(NULL, "alert_rules: %s", err);
+            rc = 1;
+        }
+    }
+    cy_free(rules);
+    return rc;
 }
 
 int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
@@ -892,6 +1175,7 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
         m->db = NULL;
     }
     cy_status_components_init(&m->comps, (int)m->nshards, cy_wall_ms());
+    if (start_alerts(m)) goto out;
     snprintf(m->seq_path, sizeof(m->seq_path), "%s/run/monitor-events", cfg->data_dir);
     load_seq(m);
     uv_loop_init(&m->loop);
@@ -908,6 +1192,7 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
         }
         close(OPS_FD);
     }
+    if (start_notify(m)) goto out_loop;
     uv_signal_init(&m->loop, &m->sigterm);
     uv_signal_init(&m->loop, &m->sigint);
     uv_signal_init(&m->loop, &m->sighup);
@@ -933,6 +1218,7 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
     uv_timer_start(&m->eval, on_eval, EVAL_MS, EVAL_MS);
     take_snapshot(m); /* /metrics has figures from the first request on */
     ingest_events(m);
+    run_alerts(m);
     cy_status_derive(&m->comps, m->firing, m->nfiring, m->snap.now_ms);
     cy_sb_store(&m->slot->started_ms, cy_mono_ms());
     beat(m);
@@ -943,6 +1229,11 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
     uv_run(&m->loop, UV_RUN_DEFAULT);
     status = 0;
 out_loop:
+    if (m->notify) {
+        cy_notify_close(m->notify, NULL, NULL);
+        m->notify = NULL;
+        uv_run(&m->loop, UV_RUN_NOWAIT);
+    }
     if (m->http) {
         cy_http_stop(m->http);
         uv_run(&m->loop, UV_RUN_NOWAIT);
@@ -953,6 +1244,11 @@ out_loop:
 out:
     cy_registry_close(m->reg);
     cy_statusdb_close(m->db);
+    cy_alerts_free(m->alerts);
+    cy_free(m->firing);
+    cy_free(m->fps);
+    for (size_t i = 0; i < m->nurls; i++)
+        cy_free(m->urls[i]);
     if (m->slot) cy_sb_store(&m->slot->state, CY_SHARD_DOWN);
     cy_scoreboard_close(&m->sb);
     cy_snapshot_fini(&m->snap);

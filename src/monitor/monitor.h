@@ -45,6 +45,11 @@
 
 int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation);
 
+/* Settings of the monitor a node must not start with, found before it
+ * starts: an alert_rules file that cannot be read or has an error (logged
+ * with its file and line). 0 or 1. */
+int cy_monitor_check(const cy_config *cfg);
+
 /* The Prometheus text exposition (format 0.0.4) of a snapshot: samples of
  * one name are grouped under one `# HELP` and `# TYPE` (the order of first
  * appearance is kept), help(name) gives the help line (NULL: the name).

@@ -1092,7 +1092,7 @@ static int alert_incident(cy_statusdb *d, const cy_status_alert *a, const char *
                  evidence);
         rc = insert_incident(d, name, comp, CY_INCIDENT_INVESTIGATING, impact, body, since, now_ms,
                              &id);
-        *action = CY_ALERT_OPENED;
+        *action = CY_ALERT_ACT_OPENED;
     } else {
         cy_incident inc;
         rc = get(d, id, &inc);
@@ -1104,7 +1104,7 @@ static int alert_incident(cy_statusdb *d, const cy_status_alert *a, const char *
             rc = update_incident(d, &inc, inc.status, body, now_ms, NULL);
         }
         cy_incident_fini(&inc);
-        *action = CY_ALERT_JOINED;
+        *action = CY_ALERT_ACT_JOINED;
     }
     if (rc) goto out;
     st = d->st[ST_IA_ADD];
@@ -1132,7 +1132,7 @@ int cy_statusdb_alert_fired(cy_statusdb *d, const cy_status_alert *a, int64_t no
     if (!incident_id) incident_id = &id_tmp;
     if (!action) action = &act_tmp;
     *incident_id = 0;
-    *action = CY_ALERT_NOTHING;
+    *action = CY_ALERT_ACT_NOTHING;
     char comp[CY_STATUS_ID_MAX + 1];
     int severity;
     if (!d || !a || now_ms < 0 || !alert_ok(a, comp, &severity)) return CY_EINVAL;
@@ -1176,7 +1176,7 @@ int cy_statusdb_alert_fired(cy_statusdb *d, const cy_status_alert *a, int64_t no
     rc = finish(d, rc);
     if (rc) {
         *incident_id = 0;
-        *action = CY_ALERT_NOTHING;
+        *action = CY_ALERT_ACT_NOTHING;
     }
     return rc;
 }
@@ -1227,7 +1227,7 @@ static int resolve_one(cy_statusdb *d, const char *fingerprint, int64_t now_ms,
     rc = get(d, id, &inc);
     if (rc == CY_ENOENT) return 0; /* trimmed meanwhile */
     if (rc) return rc;
-    *action = CY_ALERT_CLEARED;
+    *action = CY_ALERT_ACT_CLEARED;
     if (inc.resolved_ms == 0) {
         int64_t still = 0;
         st = d->st[ST_FIRING_COUNT];
@@ -1248,7 +1248,7 @@ static int resolve_one(cy_statusdb *d, const char *fingerprint, int64_t now_ms,
                      " incident is firing. It lasted %s (since %s).",
                      alertname, at, dur, lasted, started);
             rc = update_incident(d, &inc, CY_INCIDENT_RESOLVED, body, now_ms, NULL);
-            *action = CY_ALERT_RESOLVED;
+            *action = CY_ALERT_ACT_RESOLVED;
         } else if (rc == 0) {
             snprintf(body, sizeof(body), "%s cleared at %s after %s; %lld alert%s still firing.",
                      alertname, at, dur, (long long)still, still == 1 ? "" : "s");
@@ -1267,7 +1267,7 @@ int cy_statusdb_alert_resolved(cy_statusdb *d, const cy_status_alert *a, int64_t
     if (!incident_id) incident_id = &id_tmp;
     if (!action) action = &act_tmp;
     *incident_id = 0;
-    *action = CY_ALERT_NOTHING;
+    *action = CY_ALERT_ACT_NOTHING;
     if (!d || !a || now_ms < 0 || !text_ok(a->fingerprint, 1, CY_STATUS_FP_MAX, false))
         return CY_EINVAL;
     int rc = begin(d);
@@ -1275,7 +1275,7 @@ int cy_statusdb_alert_resolved(cy_statusdb *d, const cy_status_alert *a, int64_t
     rc = finish(d, resolve_one(d, a->fingerprint, now_ms, incident_id, action));
     if (rc) {
         *incident_id = 0;
-        *action = CY_ALERT_NOTHING;
+        *action = CY_ALERT_ACT_NOTHING;
     }
     return rc;
 }
@@ -1316,7 +1316,7 @@ int cy_statusdb_alert_reconcile(cy_statusdb *d, const cy_status_alert *firing, s
             still = firing[k].fingerprint && !strcmp(firing[k].fingerprint, fps[i]);
         if (still) continue;
         int64_t id;
-        int action = CY_ALERT_NOTHING;
+        int action = CY_ALERT_ACT_NOTHING;
         rc = begin(d);
         if (rc == 0) rc = finish(d, resolve_one(d, fps[i], now_ms, &id, &action));
         if (rc == 0 && resolved) (*resolved)++;

@@ -283,12 +283,12 @@ int cy_statusdb_timeline_list(cy_statusdb *db, int64_t since_ms, size_t limit,
 
 /* What an alert call did. */
 enum {
-    CY_ALERT_NOTHING = 0, /* already firing (fired), not firing (resolved), or info only */
-    CY_ALERT_OPENED,      /* opened a new incident */
-    CY_ALERT_JOINED,      /* joined an unresolved incident of its component */
-    CY_ALERT_CLEARED,     /* left its incident, which is still open (other alerts fire, or
+    CY_ALERT_ACT_NOTHING = 0, /* already firing (fired), not firing (resolved), or info only */
+    CY_ALERT_ACT_OPENED,      /* opened a new incident */
+    CY_ALERT_ACT_JOINED,      /* joined an unresolved incident of its component */
+    CY_ALERT_ACT_CLEARED,     /* left its incident, which is still open (other alerts fire, or
                              an operator resolved it before) */
-    CY_ALERT_RESOLVED,    /* resolved its incident: it was the last of its alerts */
+    CY_ALERT_ACT_RESOLVED,    /* resolved its incident: it was the last of its alerts */
 };
 
 /* The alert a began firing at a->since_ms; now_ms is the time of the
@@ -303,7 +303,7 @@ int cy_statusdb_alert_fired(cy_statusdb *db, const cy_status_alert *a, int64_t n
 
 /* The alert with a's fingerprint stopped firing at now_ms (only the
  * fingerprint is read: the firing set has the rest). An alert not firing:
- * CY_ALERT_NOTHING, nothing written. */
+ * CY_ALERT_ACT_NOTHING, nothing written. */
 int cy_statusdb_alert_resolved(cy_statusdb *db, const cy_status_alert *a, int64_t now_ms,
                                int64_t *incident_id, int *action);
 

@@ -926,7 +926,7 @@ static void test_defaults_params(void **state)
     assert_string_equal(cy_alert_rules_find(r, "CyanShardNoProgress")->guard, "cyan_shard_backlog");
     assert_int_equal(cy_alert_rules_find(r, "CyanShardDown")->for_ms, 5000);
     assert_int_equal(cy_alert_rules_find(r, "CyanCanaryFailing")->max_age_ms, 4000);
-    assert_int_equal(cy_alert_rules_find(r, "CyanShardRestarting")->window_ms, 300000);
+    assert_int_equal(cy_alert_rules_find(r, "CyanShardRestarting")->window_ms, 60000);
     assert_int_equal(cy_alert_rules_find(r, "CyanWatchdog")->severity, CY_ALERT_INFO);
     cy_alert_params p = {
         .watchdog_timeout_ms = 600, .canary_timeout_ms = 5000, .canary_interval_ms = 2000};

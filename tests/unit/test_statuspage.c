@@ -751,7 +751,7 @@ static void test_db_alert_flow(void **state)
     int act = -1;
     cy_status_alert a1 = hung("ShardHung{shard=\"2\"}", "ShardHung", "critical", "2", T0);
     assert_int_equal(cy_statusdb_alert_fired(f->db, &a1, T0 + 1000, &id, &act), 0);
-    assert_int_equal(act, CY_ALERT_OPENED);
+    assert_int_equal(act, CY_ALERT_ACT_OPENED);
     assert_true(id > 0);
     cy_incident inc;
     assert_int_equal(cy_statusdb_incident_get(f->db, id, &inc), 0);
@@ -776,7 +776,7 @@ static void test_db_alert_flow(void **state)
 
     /* The same alert again (a restarted monitor): nothing new. */
     assert_int_equal(cy_statusdb_alert_fired(f->db, &a1, T0 + 2000, &id2, &act), 0);
-    assert_int_equal(act, CY_ALERT_NOTHING);
+    assert_int_equal(act, CY_ALERT_ACT_NOTHING);
     assert_int_equal(id2, id);
     assert_int_equal(timeline_count(f->db), events);
     cy_incident_list l;
@@ -789,12 +789,12 @@ static void test_db_alert_flow(void **state)
     cy_status_alert a2 =
         hung("CanaryFailing{shard=\"2\"}", "CanaryFailing", "warning", "2", T0 + 3000);
     assert_int_equal(cy_statusdb_alert_fired(f->db, &a2, T0 + 3000, &id2, &act), 0);
-    assert_int_equal(act, CY_ALERT_JOINED);
+    assert_int_equal(act, CY_ALERT_ACT_JOINED);
     assert_int_equal(id2, id);
     cy_status_alert a3 = hung("ShardHung{shard=\"3\"}", "ShardHung", "warning", "3", T0 + 3500);
     int64_t id3;
     assert_int_equal(cy_statusdb_alert_fired(f->db, &a3, T0 + 3500, &id3, &act), 0);
-    assert_int_equal(act, CY_ALERT_OPENED);
+    assert_int_equal(act, CY_ALERT_ACT_OPENED);
     assert_true(id3 != id);
     assert_int_equal(cy_statusdb_incident_get(f->db, id3, &inc), 0);
     assert_int_equal(inc.impact, CY_IMPACT_MINOR);
@@ -809,7 +809,7 @@ static void test_db_alert_flow(void **state)
 
     /* The first alert clears: the incident stays, one alert still fires. */
     assert_int_equal(cy_statusdb_alert_resolved(f->db, &a1, T0 + 181000, &id2, &act), 0);
-    assert_int_equal(act, CY_ALERT_CLEARED);
+    assert_int_equal(act, CY_ALERT_ACT_CLEARED);
     assert_int_equal(id2, id);
     assert_int_equal(cy_statusdb_incident_get(f->db, id, &inc), 0);
     assert_int_equal(inc.status, CY_INCIDENT_IDENTIFIED);
@@ -830,7 +830,7 @@ static void test_db_alert_flow(void **state)
 
     /* The last one clears: resolved automatically, saying how long. */
     assert_int_equal(cy_statusdb_alert_resolved(f->db, &a2, T0 + 301000, &id2, &act), 0);
-    assert_int_equal(act, CY_ALERT_RESOLVED);
+    assert_int_equal(act, CY_ALERT_ACT_RESOLVED);
     assert_int_equal(id2, id);
     assert_int_equal(cy_statusdb_incident_get(f->db, id, &inc), 0);
     assert_int_equal(inc.status, CY_INCIDENT_RESOLVED);
@@ -841,13 +841,13 @@ static void test_db_alert_flow(void **state)
     cy_incident_fini(&inc);
     /* Resolving again: nothing. */
     assert_int_equal(cy_statusdb_alert_resolved(f->db, &a2, T0 + 302000, &id2, &act), 0);
-    assert_int_equal(act, CY_ALERT_NOTHING);
+    assert_int_equal(act, CY_ALERT_ACT_NOTHING);
     assert_int_equal(id2, 0);
 
     /* It fires again after: a new incident. */
     int64_t id4;
     assert_int_equal(cy_statusdb_alert_fired(f->db, &a1, T0 + 400000, &id4, &act), 0);
-    assert_int_equal(act, CY_ALERT_OPENED);
+    assert_int_equal(act, CY_ALERT_ACT_OPENED);
     assert_true(id4 > id3);
 
     /* Info alerts: the timeline only. */
@@ -855,11 +855,11 @@ static void test_db_alert_flow(void **state)
     a5.component = "monitor";
     size_t before = timeline_count(f->db);
     assert_int_equal(cy_statusdb_alert_fired(f->db, &a5, T0 + 500000, &id2, &act), 0);
-    assert_int_equal(act, CY_ALERT_NOTHING);
+    assert_int_equal(act, CY_ALERT_ACT_NOTHING);
     assert_int_equal(id2, 0);
     assert_int_equal(timeline_count(f->db), before + 1);
     assert_int_equal(cy_statusdb_alert_resolved(f->db, &a5, T0 + 501000, &id2, &act), 0);
-    assert_int_equal(act, CY_ALERT_NOTHING);
+    assert_int_equal(act, CY_ALERT_ACT_NOTHING);
     assert_int_equal(timeline_count(f->db), before + 2);
 
     /* Listing: unresolved first (newest first), then resolved. */
@@ -937,7 +937,7 @@ static void test_db_operator(void **state)
     int64_t aid;
     int act;
     assert_int_equal(cy_statusdb_alert_fired(f->db, &a, T0 + 5000, &aid, &act), 0);
-    assert_int_equal(act, CY_ALERT_OPENED);
+    assert_int_equal(act, CY_ALERT_ACT_OPENED);
     assert_true(aid != id);
 
     /* Unknown incidents; created resolved; no component. */
@@ -1212,11 +1212,11 @@ static void test_db_durable(void **state)
     assert_int_equal(timeline_count(f->db), events);
     /* The firing set survived: the restarted monitor's "fired" is a no-op... */
     assert_int_equal(cy_statusdb_alert_fired(f->db, &a, T0 + 4, &id2, &act), 0);
-    assert_int_equal(act, CY_ALERT_NOTHING);
+    assert_int_equal(act, CY_ALERT_ACT_NOTHING);
     assert_int_equal(id2, id);
     /* ...and its resolution resolves the incident it opened before. */
     assert_int_equal(cy_statusdb_alert_resolved(f->db, &a, T0 + 5, &id2, &act), 0);
-    assert_int_equal(act, CY_ALERT_RESOLVED);
+    assert_int_equal(act, CY_ALERT_ACT_RESOLVED);
     assert_int_equal(id2, id);
 }
 
@@ -1233,9 +1233,9 @@ static void test_db_reconcile(void **state)
     assert_int_equal(n, 2);
     int act;
     assert_int_equal(cy_statusdb_alert_resolved(f->db, &a[1], T0 + 2000, NULL, &act), 0);
-    assert_int_equal(act, CY_ALERT_RESOLVED); /* still firing until now */
+    assert_int_equal(act, CY_ALERT_ACT_RESOLVED); /* still firing until now */
     assert_int_equal(cy_statusdb_alert_resolved(f->db, &a[0], T0 + 2000, NULL, &act), 0);
-    assert_int_equal(act, CY_ALERT_NOTHING); /* resolved by the reconcile */
+    assert_int_equal(act, CY_ALERT_ACT_NOTHING); /* resolved by the reconcile */
     cy_incident_list l;
     assert_int_equal(cy_statusdb_incident_list(f->db, true, 10, &l), 0);
     assert_int_equal(l.n, 0);
@@ -1271,7 +1271,7 @@ static void test_db_full(void **state)
     a.evidence = evidence;
     int act = -1;
     assert_int_equal(cy_statusdb_alert_fired(f->db, &a, T0, &id, &act), CY_ENOSPC);
-    assert_int_equal(act, CY_ALERT_NOTHING);
+    assert_int_equal(act, CY_ALERT_ACT_NOTHING);
     assert_int_equal(id, 0);
     cy_incident_list l;
     assert_int_equal(cy_statusdb_incident_list(f->db, false, 10, &l), 0);
@@ -1287,7 +1287,7 @@ static void test_db_full(void **state)
     cy_statusdb_opts big = {.max_bytes = 64 << 20};
     reopen(f, &big, T0);
     assert_int_equal(cy_statusdb_alert_fired(f->db, &a, T0 + 1, &id, &act), 0);
-    assert_int_equal(act, CY_ALERT_OPENED);
+    assert_int_equal(act, CY_ALERT_ACT_OPENED);
     assert_int_equal(id, 2);
 }
 
