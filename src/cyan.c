@@ -141,7 +141,8 @@ static int make_dir(const char *path)
 static bool own_name(const char *n)
 {
     return !strncmp(n, "registry.db", 11) || !strncmp(n, "shard-", 6) ||
-           !strncmp(n, "admin-token", 11) || !strcmp(n, "shards") || !strcmp(n, "run");
+           !strncmp(n, "admin-token", 11) || !strncmp(n, "monitor.db", 10) ||
+           !strcmp(n, "shards") || !strcmp(n, "run");
 }
 
 /* Take group and other bits off name in dir (a directory, or a file in it);
