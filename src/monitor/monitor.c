@@ -621,12 +621,6 @@ static void run_alerts(mon *m)
                    a->evidence);
         else
             cy_info(NULL, "alert %s resolved (%s): %s", a->name, a->component, a->summary);
-        if (m->db) {
-            const cy_status_alert *x = as_status_alert(m, a, i);
-            rc = firing ? cy_statusdb_alert_fired(m->db, x, now, NULL, NULL)
-                        : cy_statusdb_alert_resolved(m->db, x, now, NULL, NULL);
-            timeline_note(m, rc, firing ? "an alert firing" : "an alert resolved");
-        }
         if (send) send[nsend++] = a;
     }
     send_alerts(m, send, nsend);
@@ -651,6 +645,13 @@ static void run_alerts(mon *m)
         const cy_alert *a = &act[i];
         if (a->state != CY_ALERT_FIRING) continue;
         m->firing[m->nfiring] = *as_status_alert(m, a, m->nfiring);
+        /* Every second for every firing alert, not only when it begins: a
+         * write that failed (a full disk, a lock) is retried this way, and
+         * one already recorded writes nothing (statusdb.h). */
+        if (m->db) {
+            rc = cy_statusdb_alert_fired(m->db, &m->firing[m->nfiring], now, NULL, NULL);
+            if (rc && a->starts_at_ms == now) timeline_note(m, rc, "an alert firing");
+        }
         m->nfiring++;
         if (tl < sizeof(text))
             tl += (size_t)snprintf(text + tl, sizeof(text) - tl, "%s %s %s: %s\n",
@@ -665,6 +666,26 @@ static void run_alerts(mon *m)
             add(m, "cyan_alerts_firing", l, CY_SAMPLE_GAUGE, 1, now, false);
     }
     cy_scoreboard_alerts_set(&m->sb, text, cy_mono_ms());
+    /* Resolutions after the firing ones: a shard's restart alert that
+     * begins as its hang alert ends joins the same incident, so one
+     * incident tells the hang, the restart and the recovery. */
+    for (size_t i = 0; m->db && i < nt; i++) {
+        if (t[i].state == CY_ALERT_FIRING) continue;
+        char fp[FP_LEN];
+        fp_hex(t[i].fingerprint, fp);
+        cy_status_alert x;
+        memset(&x, 0, sizeof(x));
+        x.fingerprint = fp;
+        x.alertname = t[i].name;
+        x.severity = cy_alert_severity_name(t[i].severity);
+        x.component = t[i].component;
+        x.shard = t[i].shard;
+        x.summary = t[i].summary;
+        x.evidence = t[i].evidence;
+        x.since_ms = t[i].starts_at_ms ? t[i].starts_at_ms : t[i].active_ms;
+        rc = cy_statusdb_alert_resolved(m->db, &x, now, NULL, NULL);
+        timeline_note(m, rc, "an alert resolved");
+    }
     /* After a restart of the monitor: incidents whose alerts cleared while
      * it was down are closed once every rule had time to fire again. */
     if (m->db && m->reconcile_at_ms && now >= m->reconcile_at_ms) {
@@ -822,21 +843,21 @@ static void serve_incident_post(mon *m, cy_http_req *req, const char *rest)
     char answer[160];
     if (!rest[0]) {
         int imp = impact ? cy_incident_impact_parse(impact) : CY_IMPACT_MINOR;
-        if (!name || !component || !text || st < 0 || imp < 0) {
+        if (!name || !text || st < 0 || imp < 0) {
             reply_error(req, 400, "bad_request",
-                        "name, component and body are required; status investigating, "
+                        "name and body are required; status investigating, "
                         "identified, monitoring or resolved; impact none, minor, major or "
                         "critical");
             json_decref(o);
             return;
         }
-        if (!cy_status_component_find(&m->comps, component)) {
+        if (component && !cy_status_component_find(&m->comps, component)) {
             reply_error(req, 400, "bad_request", "no such component on the status page");
             json_decref(o);
             return;
         }
         rc = cy_statusdb_incident_create(m->db, name, component, st, imp, text, now, &id);
-        snprintf(answer, sizeof(answer), "{\"id\":%" PRId64 "}\n", id);
+        snprintf(answer, sizeof(answer), "{\"id\":\"%" PRId64 "\"}\n", id);
     } else {
         char *end = NULL;
         long long v = strtoll(rest, &end, 10);
@@ -854,8 +875,8 @@ static void serve_incident_post(mon *m, cy_http_req *req, const char *rest)
         }
         id = v;
         rc = cy_statusdb_incident_update(m->db, id, st, text, now, &uid);
-        snprintf(answer, sizeof(answer), "{\"id\":%" PRId64 ",\"incident_id\":%" PRId64 "}\n",
-                 uid, id);
+        snprintf(answer, sizeof(answer),
+                 "{\"id\":\"%" PRId64 "\",\"incident_id\":\"%" PRId64 "\"}\n", uid, id);
     }
     json_decref(o);
     if (rc) {

@@ -239,10 +239,10 @@ def test_incidents_by_operators(server_factory):
     status, r = ops_post(srv, "/v1/incidents", body, token)
     assert status == 201, r
     iid = r["id"]
-    status, r = ops_post(srv, "/v1/incidents/%d/updates" % iid,
+    status, r = ops_post(srv, "/v1/incidents/%s/updates" % iid,
                          {"status": "identified", "body": "found it"}, token)
     assert status == 201, r
-    status, r = ops_post(srv, "/v1/incidents/%d/updates" % iid,
+    status, r = ops_post(srv, "/v1/incidents/%s/updates" % iid,
                          {"status": "bogus", "body": "x"}, token)
     assert status == 400, r
     status, r = ops_post(srv, "/v1/incidents/999/updates",
@@ -255,7 +255,7 @@ def test_incidents_by_operators(server_factory):
     assert ops_json(srv, "/api/v2/summary.json")["incidents"][0]["id"] == inc[0]["id"]
     status, _, page = srv.ops_get("/status")
     assert b"Drill &lt;b&gt;" in page and b"Drill <b>" not in page
-    status, r = ops_post(srv, "/v1/incidents/%d/updates" % iid,
+    status, r = ops_post(srv, "/v1/incidents/%s/updates" % iid,
                          {"status": "resolved", "body": "over"}, token)
     assert status == 201, r
     assert ops_json(srv, "/api/v2/summary.json")["incidents"] == []
