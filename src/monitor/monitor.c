@@ -254,7 +254,7 @@ static void add(mon *m, const char *name, const char *labels, int kind, double v
         changed_ms = p && p->value == v ? p->changed_ms : m->snap.now_ms;
     }
     int rc = cy_snapshot_add(&m->snap, name, labels, kind, v, changed_ms, stale);
-    if (rc) cy_warn(NULL, "monitor: series %s{%s} not recorded: %s", name, labels ? labels : "",
+    if (rc) cy_warn(NULL, "series %s{%s} not recorded: %s", name, labels ? labels : "",
                     cy_strerror(rc));
 }
 
@@ -463,7 +463,7 @@ static void component_of(const mon *m, int64_t slot, char *out, size_t len)
 static void timeline_note(mon *m, int rc, const char *what)
 {
     if (rc)
-        cy_warn(NULL, "monitor: %s not recorded in monitor.db: %s (%s)", what, cy_strerror(rc),
+        cy_warn(NULL, "%s not recorded in monitor.db: %s (%s)", what, cy_strerror(rc),
                 m->db ? cy_statusdb_errmsg(m->db) : "not open");
 }
 
@@ -476,7 +476,7 @@ static void ingest_events(mon *m)
     uint64_t last = __atomic_load_n(&m->sb.hdr->event_seq, __ATOMIC_ACQUIRE);
     if (m->event_seq > last) m->event_seq = 0; /* a new run reuses the file */
     if (last > CY_SB_EVENTS && m->event_seq < last - CY_SB_EVENTS) {
-        cy_warn(NULL, "monitor: %llu supervisor events overwritten before the timeline took them",
+        cy_warn(NULL, "%llu supervisor events overwritten before the timeline took them",
                 (unsigned long long)(last - CY_SB_EVENTS - m->event_seq));
         m->event_seq = last - CY_SB_EVENTS;
     }
@@ -583,9 +583,9 @@ static void send_alerts(mon *m, const cy_alert *const *v, size_t n)
     int rc = cy_alerts_webhook_json(v, n, &o, &body, &len);
     if (rc == 0) {
         rc = cy_notify_send(m->notify, body, len);
-        if (rc) cy_warn(NULL, "monitor: alert notification not queued: %s", cy_strerror(rc));
+        if (rc) cy_warn(NULL, "alert notification not queued: %s", cy_strerror(rc));
     } else if (rc != CY_EINVAL) {
-        cy_warn(NULL, "monitor: alert notification not built: %s", cy_strerror(rc));
+        cy_warn(NULL, "alert notification not built: %s", cy_strerror(rc));
     }
     cy_free(body);
 }
@@ -598,7 +598,7 @@ static void run_alerts(mon *m)
     if (!m->alerts) return;
     int64_t now = m->snap.now_ms;
     int rc = cy_alerts_eval(m->alerts, &m->snap, now);
-    if (rc) cy_warn(NULL, "monitor: alert evaluation: %s", cy_strerror(rc));
+    if (rc) cy_warn(NULL, "alert evaluation: %s", cy_strerror(rc));
     size_t nt = 0, na = 0;
     const cy_alert *t = cy_alerts_transitions(m->alerts, &nt);
     const cy_alert *act = cy_alerts_active(m->alerts, &na);
@@ -616,7 +616,10 @@ static void run_alerts(mon *m)
         const cy_alert *a = &t[i];
         bool firing = a->state == CY_ALERT_FIRING;
         if (firing)
-            cy_log(a->severity == CY_ALERT_CRITICAL ? CY_LOG_ERROR : CY_LOG_WARN, NULL,
+            cy_log(a->severity == CY_ALERT_CRITICAL  ? CY_LOG_ERROR
+                   : a->severity == CY_ALERT_WARNING ? CY_LOG_WARN
+                                                     : CY_LOG_INFO,
+                   NULL,
                    "alert %s firing (%s): %s; %s", a->name, a->component, a->summary,
                    a->evidence);
         else
@@ -693,7 +696,7 @@ static void run_alerts(mon *m)
         rc = cy_statusdb_alert_reconcile(m->db, m->firing, m->nfiring, now, &closed);
         if (rc == 0) {
             m->reconcile_at_ms = 0;
-            if (closed) cy_info(NULL, "monitor: %zu alert(s) cleared while the monitor was down", closed);
+            if (closed) cy_info(NULL, "%zu alert(s) cleared while the monitor was down", closed);
         }
     }
 }
@@ -769,11 +772,11 @@ static int serve_status(mon *m, cy_http_req *req, int (*render)(const cy_status_
     int64_t now = cy_wall_ms();
     if (m->db) {
         int rc = cy_statusdb_incident_list(m->db, false, 50, &inc);
-        if (rc) cy_warn(NULL, "monitor: incidents unreadable: %s", cy_strerror(rc));
+        if (rc) cy_warn(NULL, "incidents unreadable: %s", cy_strerror(rc));
         const char *since = cy_http_query(req, "since");
         int64_t since_ms = since ? strtoll(since, NULL, 10) : 0;
         rc = cy_statusdb_timeline_list(m->db, since_ms > 0 ? since_ms : 0, 200, &tl);
-        if (rc) cy_warn(NULL, "monitor: timeline unreadable: %s", cy_strerror(rc));
+        if (rc) cy_warn(NULL, "timeline unreadable: %s", cy_strerror(rc));
     }
     cy_status_model model;
     memset(&model, 0, sizeof(model));
@@ -980,7 +983,7 @@ static void stop(mon *m, const char *why)
 {
     if (m->stopping) return;
     m->stopping = true;
-    cy_info(NULL, "monitor: %s, shutting down", why);
+    cy_info(NULL, "%s, shutting down", why);
     if (m->slot) cy_sb_store(&m->slot->state, CY_SHARD_STOPPING);
     if (m->http) cy_http_stop(m->http);
     uv_close((uv_handle_t *)&m->sigterm, on_closed);
@@ -1086,14 +1089,14 @@ static int start_alerts(mon *m)
     if (m->live.alert_rules[0]) {
         char err[256];
         if (cy_alert_rules_load(rules, m->live.alert_rules, err, sizeof(err))) {
-            cy_error(NULL, "monitor: %s; running the built-in rules only", err);
+            cy_error(NULL, "%s; running the built-in rules only", err);
             cy_alert_rules_defaults(rules, &p);
         }
     }
     int rc = cy_alerts_new(&m->alerts, rules, NULL);
     cy_free(rules);
     if (rc) {
-        cy_error(NULL, "monitor: alert engine: %s", cy_strerror(rc));
+        cy_error(NULL, "alert engine: %s", cy_strerror(rc));
         return 1;
     }
     /* Every rule has had time to fire again: the longest for or window,
@@ -1121,7 +1124,7 @@ static int start_notify(mon *m)
     c.user_agent = "cyan-monitor/" CYAN_VERSION;
     int rc = cy_notify_new(&m->notify, &m->loop, &c);
     if (rc) {
-        cy_error(NULL, "monitor: alert_webhooks: %s", cy_strerror(rc));
+        cy_error(NULL, "alert_webhooks: %s", cy_strerror(rc));
         return 1;
     }
     cy_info(NULL, "alerts go to %zu receiver%s", m->nurls, m->nurls == 1 ? "" : "s");
@@ -1164,17 +1167,17 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
     char path[600];
     snprintf(path, sizeof(path), "%s/run/scoreboard", cfg->data_dir);
     if (cy_scoreboard_open(path, &m->sb)) {
-        cy_error(NULL, "monitor: cannot open the scoreboard %s (is the supervisor running?)", path);
+        cy_error(NULL, "cannot open the scoreboard %s (is the supervisor running?)", path);
         goto out;
     }
     if ((int64_t)getppid() != cy_sb_load(&m->sb.hdr->supervisor_pid)) {
-        cy_error(NULL, "monitor: my supervisor (pid %lld) is gone; exiting",
+        cy_error(NULL, "my supervisor (pid %lld) is gone; exiting",
                  (long long)cy_sb_load(&m->sb.hdr->supervisor_pid));
         goto out;
     }
     m->nshards = (unsigned)m->sb.hdr->nshards;
     if (index != m->nshards) {
-        cy_error(NULL, "monitor: index %u is not the monitor's slot (%u)", index, m->nshards);
+        cy_error(NULL, "index %u is not the monitor's slot (%u)", index, m->nshards);
         goto out;
     }
     m->slot = cy_scoreboard_monitor(&m->sb);
@@ -1184,14 +1187,14 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
     cy_sb_store(&m->slot->state, CY_SHARD_STARTING);
     snprintf(path, sizeof(path), "%s/registry.db", cfg->data_dir);
     if (cy_registry_open(path, &m->reg)) {
-        cy_error(NULL, "monitor: cannot open %s", path);
+        cy_error(NULL, "cannot open %s", path);
         goto out;
     }
     snprintf(path, sizeof(path), "%s/%s", cfg->data_dir, CY_STATUSDB_FILE);
     int dbrc = cy_statusdb_open(path, NULL, cy_wall_ms(), &m->db);
     if (dbrc) {
         /* The page, alerts and metrics work from memory without it. */
-        cy_error(NULL, "monitor: %s: %s; incidents and the timeline are not kept", path,
+        cy_error(NULL, "%s: %s; incidents and the timeline are not kept", path,
                  cy_strerror(dbrc));
         m->db = NULL;
     }
@@ -1207,7 +1210,7 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
         lim.max_body_bytes = 16384;
         int rc = cy_http_new(&m->loop, OPS_FD, &lim, on_request, NULL, m, &m->http);
         if (rc) {
-            cy_error(NULL, "monitor: cannot serve ops_listen %s: %s", cfg->ops_listen,
+            cy_error(NULL, "cannot serve ops_listen %s: %s", cfg->ops_listen,
                      cy_strerror(rc));
             goto out_loop;
         }
@@ -1230,7 +1233,7 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
     if (uv_pipe_open(&m->supervisor, SUPERVISOR_FD) == 0)
         uv_read_start((uv_stream_t *)&m->supervisor, on_alloc_in, on_supervisor);
     else
-        cy_warn(NULL, "monitor: no supervisor pipe on fd 4; it will not notice its death");
+        cy_warn(NULL, "no supervisor pipe on fd 4; it will not notice its death");
     uv_timer_init(&m->loop, &m->beat);
     m->beat.data = m;
     uv_timer_start(&m->beat, on_beat, BEAT_MS, BEAT_MS);
@@ -1261,7 +1264,7 @@ out_loop:
         cy_http_free(m->http);
     }
     uv_run(&m->loop, UV_RUN_NOWAIT);
-    if (uv_loop_close(&m->loop)) cy_warn(NULL, "monitor: loop closed with handles open");
+    if (uv_loop_close(&m->loop)) cy_warn(NULL, "loop closed with handles open");
 out:
     cy_registry_close(m->reg);
     cy_statusdb_close(m->db);
