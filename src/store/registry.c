@@ -226,7 +226,7 @@ static const char *const sql[N_ST] = {
 /* The cache: how often its validity is asked of SQLite, how many rows it
  * holds at most (a full cache starts over), and how long a statement that
  * found the file locked keeps its kind of statement from trying again. */
-#define RECHECK_MS 200
+#define RECHECK_MS CY_REGISTRY_RECHECK_MS
 #define CACHE_MAX 262144
 #define BACKOFF_MS 200
 

@@ -70,6 +70,10 @@ int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVI
  * this handle at once; unknown ids are never cached. */
 int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, const uint8_t *secret,
                              size_t secret_len);
+/* How often (ms) a handle asks whether another process changed the file
+ * (PRAGMA data_version), dropping its cache if so: the delay after which
+ * another process's removal, revocation or new secret is seen. */
+#define CY_REGISTRY_RECHECK_MS 200
 /* Let checks that miss the cache share one read transaction, begun by
  * the first and ended by cy_registry_end_reads, instead of one transaction
  * each (most of a miss's cost). Between two cy_registry_end_reads calls
@@ -207,8 +211,9 @@ int cy_registry_token_bootstrap(cy_registry *r, const char *path, bool *created)
  * start) asks for it again instead of reading a secret from a file: there
  * is no file to leak, to keep in step with the registry, or to protect.
  * The price: a shard may hold the old hash of a device in its cache for up
- * to 200 ms (the recheck), so a CONNECT right after a rotation may be
- * refused (bad credentials) once; a client retrying with backoff gets in.
+ * to CY_REGISTRY_RECHECK_MS, so a CONNECT right after a rotation may be
+ * refused (bad credentials): the canaries wait that long before their
+ * first connect.
  * A token is replaced by a new id rather than rekeyed, so it works at once.
  * Two processes rotating the same name take each other's credentials: use
  * one name per user (the monitor's canaries and `cyan canary` have their
