@@ -270,7 +270,14 @@ static void fail_now(cy_canary *c, int step, uint64_t seq, const char *what)
     a->active = true;
     a->seq = seq;
     a->t0_us = cy_mono_us();
-    finish(c, step, false, "%s: %s", what, c->why[0] ? c->why : "connecting");
+    static const char *const doing[] = {
+        [MQ_IDLE] = "waiting to connect",
+        [MQ_TCP] = "TCP connect under way",
+        [MQ_CONNACK] = "waiting for the CONNACK",
+        [MQ_SETUP] = "waiting for the SUBACK and the describe's PUBACK",
+        [MQ_READY] = "connected",
+    };
+    finish(c, step, false, "%s: %s", what, c->why[0] ? c->why : doing[c->state]);
 }
 
 /* ---- MQTT: output ---- */
