@@ -29,9 +29,11 @@
  * timeout_ms is opened again after a backoff (200 ms doubling to 2 s, reset
  * on success); a publish that times out drops the connection too (a fresh
  * one is what a device would try, and it says at once whether the shard
- * takes new clients). The first attempts start once the canary is connected
- * (or at timeout_ms, failing, if it cannot connect); the next every
- * interval_ms after.
+ * takes new clients). The first connect waits CY_REGISTRY_RECHECK_MS (and
+ * a little): the credentials were usually made just now, and a shard that
+ * checked the old secret keeps it that long. The first attempts start once
+ * the canary is connected (or at timeout_ms, failing, if it cannot
+ * connect); the next every interval_ms after.
  *
  * Everything runs on the caller's libuv loop and never blocks: the MQTT
  * connection is a uv_tcp_t, the HTTP client libcurl's multi interface

@@ -250,7 +250,10 @@ int cy_registry_internal_get(cy_registry *r, const char *id, cy_device *out);
  * 1 yes, 0 no (a user device, no device, not shaped like an id), or
  * CY_ESTORE. From the cache of rows checks have seen (a device's CONNECT
  * puts it there), so a connected device costs a map lookup; the first
- * lookup of an id reads the file. For the hot path of events. */
+ * lookup of an id reads the file, and so does every lookup of an id that
+ * is no device (nothing negative is cached; only with isolate_devices off
+ * can a client publish on another id's topics). For the hot path of
+ * events. */
 int cy_registry_device_internal(cy_registry *r, const char *id, size_t id_len);
 /* Replace the internal token named name (borrowed): every internal token
  * of that name is revoked and a new one made (a new id, so no cache anywhere
