@@ -7,6 +7,7 @@
  *   cyan token list | token revoke ID
  *   cyan config [-c FILE] [--name=value ...]     print every setting
  *   cyan status [--json]                         the shards, from the scoreboard
+ *   cyan canary [--shard N] [--count K]          walk the canary path now (monitor/canary.h)
  *   cyan shard stop|cont|kill|spin|stall INDEX   drills (see docs/supervision.md)
  *   cyan shard INDEX GENERATION ...              a shard (spawned by the supervisor)
  *   cyan monitor INDEX GENERATION ...            the monitor (spawned by the supervisor)
@@ -35,6 +36,7 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 #include "health/supervisor.h"
+#include "monitor/canary.h"
 #include "store/store.h"
 
 #include <dirent.h>
@@ -62,6 +64,7 @@ static void usage(FILE *out)
                  "       cyan token revoke ID [...]\n"
                  "       cyan config [-c FILE] [--name=value ...]  print every setting\n"
                  "       cyan status [--json] [-c FILE]            the shards and their health\n"
+                 "       cyan canary [--shard N] [--count K]       is the path working now?\n"
                  "       cyan shard stop|cont|kill|spin|stall INDEX  outage drills\n"
                  "       cyan --version\n");
 }
@@ -69,14 +72,18 @@ static void usage(FILE *out)
 /* Flags of a subcommand (not settings): passed on to it as words. */
 static bool command_flag(const char *arg)
 {
-    return !strcmp(arg, "--read-only") || !strcmp(arg, "--json");
+    return !strcmp(arg, "--read-only") || !strcmp(arg, "--json") || !strcmp(arg, "--shard") ||
+           !strcmp(arg, "--count") || !strncmp(arg, "--shard=", 8) || !strncmp(arg, "--count=", 8);
 }
 
-/* Whether command cmd takes the flag. */
+/* Whether command flag `flag` belongs to subcommand cmd. */
 static bool flag_of(const char *cmd, const char *flag)
 {
-    return (!strcmp(cmd, "token") && !strcmp(flag, "--read-only")) ||
-           (!strcmp(cmd, "status") && !strcmp(flag, "--json"));
+    if (!strcmp(cmd, "token")) return !strcmp(flag, "--read-only");
+    if (!strcmp(cmd, "status")) return !strcmp(flag, "--json");
+    if (!strcmp(cmd, "canary"))
+        return strcmp(flag, "--read-only") != 0 && strcmp(flag, "--json") != 0;
+    return false;
 }
 
 /* Parse -c FILE and --name=value into cfg; other words (and command flags)
@@ -101,6 +108,8 @@ static int parse_args(int argc, char **argv, cy_config *cfg, char **args, int *n
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) {
             i++;
+        } else if (command_flag(argv[i])) {
+            args[(*nargs)++] = argv[i];
         } else if (!strncmp(argv[i], "--", 2) && strchr(argv[i], '=')) {
             char name[64];
             const char *eq = strchr(argv[i], '=');
@@ -112,7 +121,7 @@ static int parse_args(int argc, char **argv, cy_config *cfg, char **args, int *n
                 fprintf(stderr, "cyan: %s\n", err.msg);
                 return 2;
             }
-        } else if (argv[i][0] == '-' && !command_flag(argv[i])) {
+        } else if (argv[i][0] == '-') {
             fprintf(stderr, "cyan: unknown option %s\n", argv[i]);
             usage(stderr);
             return 2;
@@ -276,7 +285,7 @@ static int cmd_device(cy_config *cfg, char **args, int nargs)
 
 static const char *scope_name(int scope)
 {
-    return scope == CY_SCOPE_FULL ? "full" : "read";
+    return scope == CY_SCOPE_FULL ? "full" : scope == CY_SCOPE_INTERNAL ? "internal" : "read";
 }
 
 static int print_token(void *ctx, const cy_token *t)
@@ -341,6 +350,36 @@ static int cmd_token(cy_config *cfg, char **args, int nargs)
     if (rc && rc != CY_EINVAL && rc != CY_ENOENT) fprintf(stderr, "cyan: %s\n", cy_strerror(rc));
     cy_registry_close(r);
     return rc ? 1 : 0;
+}
+
+/* cyan canary [--shard N] [--count K]: the logic is cy_canary_probe's. */
+static int cmd_canary(const cy_config *cfg, char **args, int nargs)
+{
+    long shard = -1;
+    unsigned long long count = 1;
+    for (int i = 1; i < nargs; i++) {
+        const char *a = args[i], *v = NULL;
+        bool is_shard = !strncmp(a, "--shard", 7), is_count = !strncmp(a, "--count", 7);
+        if ((is_shard || is_count) && a[7] == '=')
+            v = a + 8;
+        else if ((is_shard || is_count) && a[7] == '\0' && i + 1 < nargs)
+            v = args[++i];
+        char *end;
+        errno = 0;
+        unsigned long long n = v ? strtoull(v, &end, 10) : 0;
+        if (!v || !*v || *end || errno || v[0] == '-' || (is_count && (n < 1 || n > 86400)) ||
+            (is_shard && n >= cfg->shards)) {
+            fprintf(stderr, "cyan: canary: expected --shard 0..%u and --count 1..86400\n",
+                    cfg->shards - 1);
+            usage(stderr);
+            return 2;
+        }
+        if (is_shard)
+            shard = (long)n;
+        else
+            count = n;
+    }
+    return cy_canary_probe(cfg, (int)shard, (unsigned)count, stdout);
 }
 
 static int count_device(void *ctx, const cy_device *d)
@@ -514,6 +553,8 @@ int main(int argc, char **argv)
         rc = cy_status_print(&cfg);
     } else if (!strcmp(args[0], "status") && nargs == 2 && !strcmp(args[1], "--json")) {
         rc = cy_status_json(&cfg);
+    } else if (!strcmp(args[0], "canary")) {
+        rc = cmd_canary(&cfg, args, nargs);
     } else if (!strcmp(args[0], "device"))
         rc = cmd_device(&cfg, args, nargs);
     else if (!strcmp(args[0], "token"))

@@ -235,9 +235,11 @@ static void not_allowed(cy_api *b, cy_http_req *req, const char *allow)
     reply_error(b, req, 405, "method_not_allowed", h, "allowed here: %s", allow);
 }
 
+/* A write: a full token (or the internal token, which reaches only the
+ * one write it may make: handle() checked its route). */
 static bool need_full(cy_api *b, route_req *r)
 {
-    if (r->scope == CY_SCOPE_FULL) return true;
+    if (r->scope == CY_SCOPE_FULL || r->scope == CY_SCOPE_INTERNAL) return true;
     reply_error(b, r->req, 403, "forbidden", NULL, "this token is read-only");
     return false;
 }
@@ -312,9 +314,13 @@ static json_t *device_base(cy_api *b, const cy_device *d)
     return o;
 }
 
-static bool find_device(cy_api *b, cy_http_req *req, const char *key, cy_device *d)
+/* The device a path names: a user's by id or name for a user's token; for
+ * the internal token, an internal device by id (store.h, "Internal devices
+ * and tokens"). Either is 404 to the other. */
+static bool find_device(cy_api *b, cy_http_req *req, int scope, const char *key, cy_device *d)
 {
-    int rc = cy_registry_device_get(b->registry, key, d);
+    int rc = scope == CY_SCOPE_INTERNAL ? cy_registry_internal_get(b->registry, key, d)
+                                        : cy_registry_device_get(b->registry, key, d);
     if (rc == 0) return true;
     if (rc == CY_ENOENT)
         reply_error(b, req, 404, "device_not_found", NULL, "no device %.64s", key);
@@ -647,6 +653,15 @@ static void handle(void *ctx, cy_http_req *req)
     /* check_request found the token's scope before the body was read. */
     r.scope = cy_http_tag(req);
     if (!r.scope && !(r.scope = authenticate(b, req))) goto out;
+    /* The internal token (the canaries') calls internal devices' functions
+     * and nothing else: it sees no user device, list or stream. */
+    if (r.scope == CY_SCOPE_INTERNAL &&
+        !(method_is(&r, "POST") && r.nseg == 4 && !strcmp(r.seg[0], "devices") &&
+          !strcmp(r.seg[2], "functions"))) {
+        reply_error(b, req, 403, "forbidden", NULL,
+                    "this token only calls the functions of cyan's internal devices");
+        goto out;
+    }
     if (!strcmp(r.seg[0], "events")) {
         if (r.nseg == 1 && method_is(&r, "POST")) {
             if (need_full(b, &r)) event_publish(b, req);
@@ -692,7 +707,7 @@ static void handle(void *ctx, cy_http_req *req)
     if ((is_delete || (r.nseg == 4 && !strcmp(r.seg[2], "functions"))) && !need_full(b, &r))
         goto out;
     cy_device d;
-    if (!find_device(b, req, r.seg[1], &d)) goto out;
+    if (!find_device(b, req, r.scope, r.seg[1], &d)) goto out;
     if (r.nseg == 2 && is_delete) {
         device_delete(b, req, &d);
     } else if (r.nseg == 2) {

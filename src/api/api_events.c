@@ -275,13 +275,29 @@ static void fan_idle_cb(uv_idle_t *h)
     fan_slice(h->data);
 }
 
+/* Whether m is an event of an internal device (a canary's,
+ * devices/<id>/events/...): not an event of users. A registry that cannot
+ * answer says no: better a canary's event shown than a user's lost. */
+static bool internal_event(cy_api *a, const cy_msg *m)
+{
+    ev_view v;
+    return view(m, &v) && v.device &&
+           cy_registry_device_internal(a->registry, v.device, v.device_len) == 1;
+}
+
 /* The events kind's seal: an event is numbered where it enters the node,
- * before it is routed (a copy from a peer shard carries its number). */
+ * before it is routed (a copy from a peer shard carries its number). An
+ * internal device's event is left unnumbered, and event_deliver skips
+ * unnumbered messages on every shard: it is routed (to its subscribers,
+ * to peers) but never buffered or streamed. It enters on its device's
+ * own shard, whose registry cache holds the device's row since its
+ * CONNECT, so the test costs a lookup in memory. */
 static void event_seal(void *ctx, cy_subscriber *s, cy_route *r)
 {
     cy_api *a = ctx;
     (void)s;
-    if (!r->from_peer && !r->m->event_seq) r->m->event_seq = ++a->seq;
+    if (r->from_peer || r->m->event_seq || internal_event(a, r->m)) return;
+    r->m->event_seq = ++a->seq;
 }
 
 /* The events kind's deliver: m matched the event filters: buffer it and

@@ -59,9 +59,23 @@
  * search. Token names follow the device name rules but need not be unique,
  * and may look like a device id: tokens are only ever revoked by id.
  *
- * Schema versions (PRAGMA user_version): 1 had devices only; 2 adds tokens.
- * A new file gets version 2 directly, a version 1 file is migrated at open
- * (see db.h), a newer file is refused.
+ * Internal devices and tokens (schema version 3) are cyan's own: the
+ * canaries, synthetic devices the monitor keeps on every shard, and the
+ * token with which they call each other through the API. A device row has
+ * an `internal` flag; an internal token has the scope CY_SCOPE_INTERNAL.
+ * The user-facing calls (get, remove, list of devices) see user devices
+ * only, so no caller can show, count or delete an internal device by
+ * mistake; checks see both (a canary connects like any device). Internal
+ * names hold a ':', which user names cannot, so the two never take each
+ * other's name. Their secrets are not kept anywhere: whoever ensures an
+ * internal device or token gets a new secret each time (the old one stops
+ * working), so the only copy lives in the memory of the process that uses
+ * it (see store.h, "Internal devices and tokens").
+ *
+ * Schema versions (PRAGMA user_version): 1 had devices only; 2 adds tokens;
+ * 3 adds devices.internal. A new file gets version 3 directly, an older
+ * file is migrated at open one version at a time (see db.h), a newer file
+ * is refused.
  *
  * Every SQLite failure is logged once, where it is detected, and returned
  * as CY_ESTORE.
@@ -89,7 +103,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 #define ID_BYTES (CY_DEVICE_ID_LEN / 2)         /* 12 */
 #define SECRET_BYTES (CY_DEVICE_SECRET_LEN / 2) /* 16 */
 #define SALT_BYTES 16
@@ -105,13 +119,15 @@
 _Static_assert(TOKEN_LEN <= CY_TOKEN_MAX, "a token must fit in CY_TOKEN_MAX");
 _Static_assert(CY_TOKEN_NAME_MAX == CY_DEVICE_NAME_MAX, "tokens share the device name rules");
 
+/* Version 3's devices; a migrated file gets the same table text (ALTER
+ * TABLE appends ", <column>" before the closing parenthesis). */
 #define TABLE_DEVICES                                                                              \
     "CREATE TABLE IF NOT EXISTS devices("                                                          \
     " id TEXT PRIMARY KEY NOT NULL,"                                                               \
     " name TEXT NOT NULL UNIQUE,"                                                                  \
     " salt BLOB NOT NULL,"                                                                         \
     " hash BLOB NOT NULL,"                                                                         \
-    " created_at INTEGER NOT NULL);"
+    " created_at INTEGER NOT NULL, internal INTEGER NOT NULL DEFAULT 0);"
 
 /* Added by version 2, shared by a new file and the migration. Names are not
  * unique: two people may both call their token "ci". */
@@ -124,14 +140,20 @@ _Static_assert(CY_TOKEN_NAME_MAX == CY_DEVICE_NAME_MAX, "tokens share the device
     " hash BLOB NOT NULL,"                                                                         \
     " created_at INTEGER NOT NULL);"
 
-static const char schema_v2[] = TABLE_DEVICES TABLE_TOKENS "PRAGMA user_version = 2;";
+static const char schema_v3[] = TABLE_DEVICES TABLE_TOKENS "PRAGMA user_version = 3;";
 
 /* Version 1 to 2: devices are untouched, the tokens table starts empty (and
  * so the next `cyan serve` bootstraps the first one). */
 static const char migrate_v2[] = TABLE_TOKENS "PRAGMA user_version = 2;";
 
+/* Version 2 to 3: every existing device is a user's. Tokens keep their
+ * table; CY_SCOPE_INTERNAL is a new value of their scope. */
+static const char migrate_v3[] =
+    "ALTER TABLE devices ADD COLUMN internal INTEGER NOT NULL DEFAULT 0;"
+    "PRAGMA user_version = 3;";
+
 /* migrations[v] takes a file from version v to v + 1. */
-static const char *const migrations[] = {NULL, migrate_v2};
+static const char *const migrations[] = {NULL, migrate_v2, migrate_v3};
 
 enum {
     ST_ADD,
@@ -144,6 +166,12 @@ enum {
     ST_TOKEN_LIST,
     ST_TOKEN_REVOKE,
     ST_TOKEN_ANY,
+    ST_INTERNAL_GET,
+    ST_INTERNAL_BY_NAME,
+    ST_INTERNAL_ADD,
+    ST_INTERNAL_REKEY,
+    ST_INTERNAL_DELETE,
+    ST_TOKEN_DROP_INTERNAL,
     ST_BEGIN,
     ST_COMMIT,
     ST_ROLLBACK,
@@ -153,22 +181,39 @@ enum {
     N_ST
 };
 
-/* A row found by id or name: an exact id match wins over a name match. */
-#define BY_ID_OR_NAME "WHERE id = ?1 OR name = ?1 ORDER BY id = ?1 DESC LIMIT 1"
+_Static_assert(CY_SCOPE_INTERNAL == 3, "the SQL below spells CY_SCOPE_INTERNAL as 3");
+
+/* A user device found by id or name: an exact id match wins over a name
+ * match. Internal devices are never found this way. */
+#define USER_BY_ID_OR_NAME                                                                         \
+    "WHERE internal = 0 AND (id = ?1 OR name = ?1) ORDER BY id = ?1 DESC LIMIT 1"
 
 static const char *const sql[N_ST] = {
     [ST_ADD] = "INSERT INTO devices(id, name, salt, hash, created_at) VALUES(?1, ?2, ?3, ?4, ?5)",
-    [ST_CHECK] = "SELECT salt, hash FROM devices WHERE id = ?1",
-    [ST_GET] = "SELECT id, name, created_at FROM devices " BY_ID_OR_NAME,
-    [ST_REMOVE] = "DELETE FROM devices WHERE rowid = (SELECT rowid FROM devices " BY_ID_OR_NAME ")",
+    /* Column 2 (internal) is cached with the row: the events of internal
+     * devices are told apart from the cache (cy_registry_device_internal). */
+    [ST_CHECK] = "SELECT salt, hash, internal FROM devices WHERE id = ?1",
+    [ST_GET] = "SELECT id, name, created_at, internal FROM devices " USER_BY_ID_OR_NAME,
+    [ST_REMOVE] =
+        "DELETE FROM devices WHERE rowid = (SELECT rowid FROM devices " USER_BY_ID_OR_NAME ")",
     /* rowids grow with insertion, so rowid order is creation order. */
-    [ST_LIST] = "SELECT id, name, created_at FROM devices ORDER BY rowid",
+    [ST_LIST] = "SELECT id, name, created_at, internal FROM devices WHERE internal = 0"
+                " ORDER BY rowid",
     [ST_TOKEN_ADD] = "INSERT INTO tokens(id, name, scope, salt, hash, created_at)"
                      " VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
     [ST_TOKEN_CHECK] = "SELECT salt, hash, scope FROM tokens WHERE id = ?1",
     [ST_TOKEN_LIST] = "SELECT id, name, scope, created_at FROM tokens ORDER BY rowid",
     [ST_TOKEN_REVOKE] = "DELETE FROM tokens WHERE id = ?1",
-    [ST_TOKEN_ANY] = "SELECT EXISTS(SELECT 1 FROM tokens)",
+    /* Only a user's token counts: the monitor's own does not administer the node. */
+    [ST_TOKEN_ANY] = "SELECT EXISTS(SELECT 1 FROM tokens WHERE scope != 3)",
+    [ST_INTERNAL_GET] =
+        "SELECT id, name, created_at, internal FROM devices WHERE internal = 1 AND id = ?1",
+    [ST_INTERNAL_BY_NAME] = "SELECT id FROM devices WHERE internal = 1 AND name = ?1",
+    [ST_INTERNAL_ADD] = "INSERT INTO devices(id, name, salt, hash, created_at, internal)"
+                        " VALUES(?1, ?2, ?3, ?4, ?5, 1)",
+    [ST_INTERNAL_REKEY] = "UPDATE devices SET salt = ?2, hash = ?3 WHERE internal = 1 AND id = ?1",
+    [ST_INTERNAL_DELETE] = "DELETE FROM devices WHERE internal = 1 AND id = ?1",
+    [ST_TOKEN_DROP_INTERNAL] = "DELETE FROM tokens WHERE scope = 3 AND name = ?1",
     /* IMMEDIATE: the bootstrap's check-then-insert must not race another process's. */
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
@@ -181,7 +226,7 @@ static const char *const sql[N_ST] = {
 /* The cache: how often its validity is asked of SQLite, how many rows it
  * holds at most (a full cache starts over), and how long a statement that
  * found the file locked keeps its kind of statement from trying again. */
-#define RECHECK_MS 200
+#define RECHECK_MS CY_REGISTRY_RECHECK_MS
 #define CACHE_MAX 262144
 #define BACKOFF_MS 200
 
@@ -190,7 +235,7 @@ static const char *const sql[N_ST] = {
 typedef struct cached {
     char key[1 + CY_DEVICE_ID_LEN];
     uint8_t klen;
-    int scope; /* tokens: CY_SCOPE_* */
+    int scope; /* tokens: CY_SCOPE_*; devices: 1 for an internal device, else 0 */
     uint8_t salt[SALT_BYTES];
     uint8_t hash[HASH_BYTES];
 } cached;
@@ -328,7 +373,7 @@ int cy_registry_open(const char *path, cy_registry **out)
     if (!r) return CY_ENOMEM;
     cy_map_init(&r->cache);
     r->version = -1;
-    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v2, migrations, false};
+    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v3, migrations, false};
     int rc = cy_db_open(path, true, &schema, sql, N_ST, &r->db, r->st);
     if (rc) goto fail;
     rc = mac_open(r);
@@ -454,7 +499,19 @@ static int copy_device(sqlite3_stmt *st, cy_device *out)
     memcpy(out->id, id, id_len + 1);
     memcpy(out->name, name, name_len + 1);
     out->created_at = sqlite3_column_int64(st, 2);
+    out->internal = sqlite3_column_int(st, 3) != 0;
     return 0;
+}
+
+/* An internal name: name characters or ':', 1..CY_DEVICE_NAME_MAX of them,
+ * at least one ':' (which no user name has). */
+static bool internal_name_valid(const char *name)
+{
+    size_t n = strnlen(name, CY_DEVICE_NAME_MAX + 1);
+    if (n == 0 || n > CY_DEVICE_NAME_MAX || !memchr(name, ':', n)) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!name_char(name[i]) && name[i] != ':') return false;
+    return true;
 }
 
 /* ---- devices ---- */
@@ -514,16 +571,64 @@ out:
     return rc;
 }
 
+/* A scope a token row may hold. */
 static bool scope_valid(int scope)
 {
-    return scope == CY_SCOPE_READ || scope == CY_SCOPE_FULL;
+    return scope == CY_SCOPE_READ || scope == CY_SCOPE_FULL || scope == CY_SCOPE_INTERNAL;
 }
 
-/* Look the row for id up with st (columns: salt, hash[, scope]) and check
- * secret against it. An id that is absent (or not looked up: lookup false)
- * costs one HMAC too, against a zero row, so the answer's timing does not
- * tell which ids exist. 0, CY_ENOENT, CY_EACCES, CY_ESTORE. *scope (may be
- * NULL) gets column 2 of a matching row. */
+/* The row of id, looked up with st (columns: salt, hash, extra: a token's
+ * scope or a device's internal flag), from the cache or else the file (and
+ * then cached), copied into *row. kind: 'd' or 't'. 1 found, 0 absent,
+ * CY_ESTORE. */
+static int row_get(cy_registry *r, sqlite3_stmt *st, char kind, const char *id, size_t id_len,
+                   const char *what, cached *row)
+{
+    cache_recheck(r);
+    const cached *c = cache_get(r, kind, id, id_len);
+    if (c) {
+        *row = *c;
+        return 1;
+    }
+    if (closed(r, READS)) return CY_ESTORE;
+    if (r->share_reads && !r->reading) {
+        /* A failed BEGIN leaves autocommit: this lookup reads on its own. */
+        r->reading = sqlite3_step(r->st[ST_READ_BEGIN]) == SQLITE_DONE;
+        sqlite3_reset(r->st[ST_READ_BEGIN]);
+    }
+    int rc = 0;
+    if (sqlite3_bind_text(st, 1, id, (int)id_len, SQLITE_STATIC)) {
+        rc = fail(r, READS, what);
+        goto out;
+    }
+    int sr = sqlite3_step(st);
+    if (sr == SQLITE_ROW) {
+        int extra = sqlite3_column_int(st, 2);
+        bool extra_ok = kind == 't' ? scope_valid(extra) : (extra == 0 || extra == 1);
+        if (sqlite3_column_bytes(st, 0) != SALT_BYTES ||
+            sqlite3_column_bytes(st, 1) != HASH_BYTES || !extra_ok) {
+            cy_error(NULL, "store: registry: corrupt row %.*s (%s)", (int)id_len, id, what);
+            rc = CY_ESTORE;
+            goto out;
+        }
+        memcpy(row->salt, sqlite3_column_blob(st, 0), SALT_BYTES);
+        memcpy(row->hash, sqlite3_column_blob(st, 1), HASH_BYTES);
+        row->scope = extra;
+        cache_put(r, kind, id, id_len, row->salt, row->hash, extra);
+        rc = 1;
+    } else if (sr != SQLITE_DONE) {
+        rc = fail(r, READS, what);
+    }
+out:
+    done(st);
+    return rc;
+}
+
+/* Look the row for id up with st and check secret against it. An id that
+ * is absent (or not looked up: lookup false) costs one HMAC too, against a
+ * zero row, so the answer's timing does not tell which ids exist. 0,
+ * CY_ENOENT, CY_EACCES, CY_ESTORE. *scope (tokens, else NULL) gets the
+ * scope of a matching row. */
 static int check_secret(cy_registry *r, sqlite3_stmt *st, bool lookup, const char *id,
                         size_t id_len, const uint8_t *secret, size_t secret_len,
                         const char *what, int *scope)
@@ -531,56 +636,22 @@ static int check_secret(cy_registry *r, sqlite3_stmt *st, bool lookup, const cha
     static const uint8_t dummy_salt[SALT_BYTES];
     static const uint8_t dummy_hash[HASH_BYTES];
     const uint8_t *salt = dummy_salt, *want = dummy_hash;
-    bool found = false, stepped = false;
-    int rc = 0;
-    char kind = scope ? 't' : 'd';
-    const cached *c = NULL;
+    cached row;
+    int found = 0;
     if (lookup) {
-        cache_recheck(r);
-        c = cache_get(r, kind, id, id_len);
-    }
-    if (c) {
-        salt = c->salt;
-        want = c->hash;
-        if (scope) *scope = c->scope;
-        found = true;
-    } else if (lookup) {
-        if ((rc = closed(r, READS))) goto out;
-        if (r->share_reads && !r->reading) {
-            /* A failed BEGIN leaves autocommit: this check reads on its own. */
-            r->reading = sqlite3_step(r->st[ST_READ_BEGIN]) == SQLITE_DONE;
-            sqlite3_reset(r->st[ST_READ_BEGIN]);
-        }
-        stepped = true;
-        if (sqlite3_bind_text(st, 1, id, (int)id_len, SQLITE_STATIC)) {
-            rc = fail(r, READS, what);
-            goto out;
-        }
-        int sr = sqlite3_step(st);
-        if (sr == SQLITE_ROW) {
-            if (scope) *scope = sqlite3_column_int(st, 2);
-            if (sqlite3_column_bytes(st, 0) != SALT_BYTES ||
-                sqlite3_column_bytes(st, 1) != HASH_BYTES || (scope && !scope_valid(*scope))) {
-                cy_error(NULL, "store: registry: corrupt row %.*s (%s)", (int)id_len, id, what);
-                rc = CY_ESTORE;
-                goto out;
-            }
-            salt = sqlite3_column_blob(st, 0);
-            want = sqlite3_column_blob(st, 1);
-            found = true;
-            cache_put(r, kind, id, id_len, salt, want, scope ? *scope : 0);
-        } else if (sr != SQLITE_DONE) {
-            rc = fail(r, READS, what);
-            goto out;
+        found = row_get(r, st, scope ? 't' : 'd', id, id_len, what, &row);
+        if (found < 0) return found;
+        if (found) {
+            salt = row.salt;
+            want = row.hash;
+            if (scope) *scope = row.scope;
         }
     }
     uint8_t got[HASH_BYTES];
-    if ((rc = secret_hash(r, salt, secret, secret_len, got))) goto out;
+    int rc = secret_hash(r, salt, secret, secret_len, got);
+    if (rc) return rc;
     bool same = CRYPTO_memcmp(got, want, HASH_BYTES) == 0;
-    rc = !found ? CY_ENOENT : same ? 0 : CY_EACCES;
-out:
-    if (stepped) done(st);
-    return rc;
+    return !found ? CY_ENOENT : same ? 0 : CY_EACCES;
 }
 
 int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, const uint8_t *secret,
@@ -652,6 +723,161 @@ int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device
     return rc;
 }
 
+/* ---- internal devices ---- */
+
+static int exec_st(cy_registry *r, int which, const char *what);
+static void rollback(cy_registry *r);
+
+int cy_registry_device_internal(cy_registry *r, const char *id, size_t id_len)
+{
+    if (!r || (!id && id_len)) return CY_EINVAL;
+    /* Only a well-formed id can be a device: the others cost no lookup. */
+    if (id_len != CY_DEVICE_ID_LEN || !is_lower_hex(id, id_len)) return 0;
+    cached row;
+    int rc = row_get(r, r->st[ST_CHECK], 'd', id, id_len, "device_internal", &row);
+    return rc < 0 ? rc : rc == 1 ? row.scope : 0;
+}
+
+int cy_registry_internal_get(cy_registry *r, const char *id, cy_device *out)
+{
+    if (!r || !id || !out) return CY_EINVAL;
+    cy_registry_end_reads(r);
+    if (closed(r, READS)) return CY_ESTORE;
+    sqlite3_stmt *st = r->st[ST_INTERNAL_GET];
+    int rc;
+    if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC)) {
+        rc = fail(r, READS, "internal_get");
+    } else {
+        int sr = sqlite3_step(st);
+        rc = sr == SQLITE_ROW    ? copy_device(st, out)
+             : sr == SQLITE_DONE ? CY_ENOENT
+                                 : fail(r, READS, "internal_get");
+    }
+    done(st);
+    return rc;
+}
+
+/* Run st (bound with id, and salt and hash when given) to its end. */
+static int run_id(cy_registry *r, sqlite3_stmt *st, const char *id, const uint8_t *salt,
+                  const uint8_t *hash, const char *what)
+{
+    int rc = 0;
+    if (sqlite3_bind_text(st, 1, id, CY_DEVICE_ID_LEN, SQLITE_STATIC) ||
+        (salt && sqlite3_bind_blob(st, 2, salt, SALT_BYTES, SQLITE_STATIC)) ||
+        (hash && sqlite3_bind_blob(st, 3, hash, HASH_BYTES, SQLITE_STATIC)) ||
+        sqlite3_step(st) != SQLITE_DONE)
+        rc = fail(r, WRITES, what);
+    done(st);
+    return rc;
+}
+
+/* The id of the internal device named name into id (1), or 0 if there is
+ * none; CY_ESTORE. */
+static int internal_by_name(cy_registry *r, const char *name, char id[CY_DEVICE_ID_LEN + 1])
+{
+    sqlite3_stmt *st = r->st[ST_INTERNAL_BY_NAME];
+    int rc = 0;
+    if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC)) {
+        rc = fail(r, READS, "internal_device");
+    } else {
+        int sr = sqlite3_step(st);
+        if (sr == SQLITE_ROW) {
+            const char *t = (const char *)sqlite3_column_text(st, 0);
+            if (t && sqlite3_column_bytes(st, 0) == CY_DEVICE_ID_LEN) {
+                memcpy(id, t, CY_DEVICE_ID_LEN + 1);
+                rc = 1;
+            } else {
+                cy_error(NULL, "store: registry: corrupt device row (internal %s)", name);
+                rc = CY_ESTORE;
+            }
+        } else if (sr != SQLITE_DONE) {
+            rc = fail(r, READS, "internal_device");
+        }
+    }
+    done(st);
+    return rc;
+}
+
+/* A new internal device named name with a fresh id that id_ok takes; its
+ * salt and hash given. In the caller's transaction. */
+static int internal_insert(cy_registry *r, const char *name, bool (*id_ok)(void *, const char *),
+                           void *ctx, const uint8_t *salt, const uint8_t *hash,
+                           char id[CY_DEVICE_ID_LEN + 1])
+{
+    sqlite3_stmt *st = r->st[ST_INTERNAL_ADD];
+    int64_t now = cy_wall_ms();
+    for (int draw = 0; draw < CY_REGISTRY_INTERNAL_DRAWS; draw++) {
+        uint8_t raw[ID_BYTES];
+        int rc = random_bytes(raw, sizeof(raw));
+        if (rc) return rc;
+        hex(id, raw, ID_BYTES);
+        if (id_ok && !id_ok(ctx, id)) continue;
+        if (sqlite3_bind_text(st, 1, id, CY_DEVICE_ID_LEN, SQLITE_STATIC) ||
+            sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC) ||
+            sqlite3_bind_blob(st, 3, salt, SALT_BYTES, SQLITE_STATIC) ||
+            sqlite3_bind_blob(st, 4, hash, HASH_BYTES, SQLITE_STATIC) ||
+            sqlite3_bind_int64(st, 5, now)) {
+            rc = fail(r, WRITES, "internal_device");
+            done(st);
+            return rc;
+        }
+        int sr = sqlite3_step(st);
+        int ext = sqlite3_extended_errcode(r->db);
+        done(st);
+        if (sr == SQLITE_DONE) return 0;
+        if (ext == SQLITE_CONSTRAINT_PRIMARYKEY) continue; /* taken: draw again */
+        if (ext == SQLITE_CONSTRAINT_UNIQUE) return CY_EEXIST;
+        return fail(r, WRITES, "internal_device");
+    }
+    id[0] = '\0';
+    return CY_ERANGE;
+}
+
+int cy_registry_internal_device(cy_registry *r, const char *name,
+                                bool (*id_ok)(void *ctx, const char *id), void *ctx,
+                                char id_out[CY_DEVICE_ID_LEN + 1],
+                                char secret_out[CY_DEVICE_SECRET_LEN + 1])
+{
+    if (!r || !name || !id_out || !secret_out) return CY_EINVAL;
+    id_out[0] = secret_out[0] = '\0';
+    if (!internal_name_valid(name)) return CY_EINVAL;
+    cy_registry_end_reads(r); /* BEGIN IMMEDIATE cannot nest */
+    if (closed(r, WRITES)) return CY_ESTORE;
+
+    uint8_t raw[SECRET_BYTES + SALT_BYTES], hash[HASH_BYTES];
+    char id[CY_DEVICE_ID_LEN + 1] = "", secret[CY_DEVICE_SECRET_LEN + 1];
+    const uint8_t *salt = raw + SECRET_BYTES;
+    int rc = random_bytes(raw, sizeof(raw));
+    if (rc) goto out;
+    hex(secret, raw, SECRET_BYTES);
+    if ((rc = secret_hash(r, salt, (const uint8_t *)secret, CY_DEVICE_SECRET_LEN, hash))) goto out;
+    if ((rc = exec_st(r, ST_BEGIN, "internal_device begin"))) goto out;
+    int have = internal_by_name(r, name, id);
+    if (have < 0) {
+        rc = have;
+    } else if (have && (!id_ok || id_ok(ctx, id))) {
+        /* The same device, a new secret: the old one stops working. */
+        rc = run_id(r, r->st[ST_INTERNAL_REKEY], id, salt, hash, "internal_device rekey");
+    } else {
+        /* None yet, or its id belongs to another shard now (the shard
+         * count changed under a new data layout): a new device. */
+        if (have) rc = run_id(r, r->st[ST_INTERNAL_DELETE], id, NULL, NULL, "internal_device");
+        if (!rc) rc = internal_insert(r, name, id_ok, ctx, salt, hash, id);
+    }
+    if (!rc) rc = exec_st(r, ST_COMMIT, "internal_device commit");
+    if (rc) rollback(r);
+    /* Our own commit does not move data_version: forget the old hash. */
+    cache_clear(r);
+    if (!rc) {
+        memcpy(id_out, id, sizeof(id));
+        memcpy(secret_out, secret, sizeof(secret));
+    }
+out:
+    OPENSSL_cleanse(raw, sizeof(raw));
+    OPENSSL_cleanse(secret, sizeof(secret));
+    return rc;
+}
+
 /* ---- API tokens ---- */
 
 /* "cyt_" 12 lowercase hex "_" 32 lowercase hex, and nothing else (a NUL
@@ -692,7 +918,8 @@ static int exec_st(cy_registry *r, int which, const char *what)
     return rc;
 }
 
-/* Leave the bootstrap's transaction, whatever state a failure left it in. */
+/* Leave a transaction of ours (BEGIN IMMEDIATE), whatever state a failure
+ * left it in. */
 static void rollback(cy_registry *r)
 {
     if (!sqlite3_get_autocommit(r->db)) exec_st(r, ST_ROLLBACK, "token_bootstrap rollback");
@@ -768,7 +995,9 @@ int cy_registry_token_create(cy_registry *r, const char *name, int scope,
 {
     if (!name || !id_out || !token_out) return CY_EINVAL;
     id_out[0] = token_out[0] = '\0';
-    if (!name_chars_valid(name) || !scope_valid(scope)) return CY_EINVAL;
+    /* Internal tokens are made by cy_registry_internal_token only. */
+    if (!name_chars_valid(name) || (scope != CY_SCOPE_READ && scope != CY_SCOPE_FULL))
+        return CY_EINVAL;
     return token_insert(r, name, scope, id_out, token_out);
 }
 
@@ -833,6 +1062,34 @@ int cy_registry_token_exists(cy_registry *r, const char *id)
 int cy_registry_token_revoke(cy_registry *r, const char *id)
 {
     return delete_by_key(r, r->st[ST_TOKEN_REVOKE], id, "token_revoke");
+}
+
+int cy_registry_internal_token(cy_registry *r, const char *name,
+                               char id_out[CY_TOKEN_ID_LEN + 1], char token_out[CY_TOKEN_MAX + 1])
+{
+    if (!r || !name || !id_out || !token_out) return CY_EINVAL;
+    id_out[0] = token_out[0] = '\0';
+    if (!internal_name_valid(name)) return CY_EINVAL;
+    cy_registry_end_reads(r); /* BEGIN IMMEDIATE cannot nest */
+    if (closed(r, WRITES)) return CY_ESTORE;
+    int rc = exec_st(r, ST_BEGIN, "internal_token begin");
+    if (rc) return rc;
+    /* A new id, not a new secret under the old one: a shard that cached the
+     * old row (for up to RECHECK_MS) knows nothing of the new id and reads
+     * it from the file. */
+    sqlite3_stmt *st = r->st[ST_TOKEN_DROP_INTERNAL];
+    if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) || sqlite3_step(st) != SQLITE_DONE)
+        rc = fail(r, WRITES, "internal_token");
+    done(st);
+    if (!rc) rc = token_insert(r, name, CY_SCOPE_INTERNAL, id_out, token_out);
+    if (!rc) rc = exec_st(r, ST_COMMIT, "internal_token commit");
+    if (rc) {
+        rollback(r);
+        OPENSSL_cleanse(token_out, CY_TOKEN_MAX + 1);
+        id_out[0] = token_out[0] = '\0';
+    }
+    cache_clear(r);
+    return rc;
 }
 
 /* fsync the directory dir, so a rename in it survives a power cut. A file

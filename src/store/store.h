@@ -49,6 +49,7 @@ typedef struct cy_device {
     char id[CY_DEVICE_ID_LEN + 1];
     char name[CY_DEVICE_NAME_MAX + 1];
     int64_t created_at; /* wall ms */
+    bool internal;      /* cyan's own (a canary): see "Internal devices and tokens" */
 } cy_device;
 
 /* Open (creating if needed) the registry at path. */
@@ -69,6 +70,10 @@ int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVI
  * this handle at once; unknown ids are never cached. */
 int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, const uint8_t *secret,
                              size_t secret_len);
+/* How often (ms) a handle asks whether another process changed the file
+ * (PRAGMA data_version), dropping its cache if so: the delay after which
+ * another process's removal, revocation or new secret is seen. */
+#define CY_REGISTRY_RECHECK_MS 200
 /* Let checks that miss the cache share one read transaction, begun by
  * the first and ended by cy_registry_end_reads, instead of one transaction
  * each (most of a miss's cost). Between two cy_registry_end_reads calls
@@ -88,12 +93,13 @@ void cy_registry_end_reads(cy_registry *r);
  * (reads, writes) failing at once for 200 ms, so one pass waits once. */
 #define CY_REGISTRY_LOOP_BUSY_MS 500 /* a quarter of the default watchdog */
 void cy_registry_set_busy_timeout(cy_registry *r, unsigned ms);
-/* Look a device up by id or by name. */
+/* Look a user device up by id or by name (CY_ENOENT for an internal one). */
 int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out);
-/* Remove by id or by name. CY_ENOENT if absent. */
+/* Remove a user device by id or by name. CY_ENOENT if absent (or internal). */
 int cy_registry_device_remove(cy_registry *r, const char *id_or_name);
-/* Calls fn for each device in creation order; stops early if fn returns non-zero
- * and returns that value. fn may call the other registry functions, not this one. */
+/* Calls fn for each user device (internal ones are never listed) in
+ * creation order; stops early if fn returns non-zero and returns that
+ * value. fn may call the other registry functions, not this one. */
 int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device *d), void *ctx);
 
 /* ---- API tokens ----
@@ -112,8 +118,10 @@ int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device
 #define CY_TOKEN_MAX 64    /* characters of the token text */
 #define CY_TOKEN_NAME_MAX 64
 
-/* What a token may do: read-only API calls, or everything. */
-enum { CY_SCOPE_READ = 1, CY_SCOPE_FULL = 2 };
+/* What a token may do: read-only API calls, or everything; an internal
+ * token (cyan's own, see "Internal devices and tokens") only calls the
+ * functions of internal devices. */
+enum { CY_SCOPE_READ = 1, CY_SCOPE_FULL = 2, CY_SCOPE_INTERNAL = 3 };
 
 typedef struct cy_token {
     char id[CY_TOKEN_ID_LEN + 1];
@@ -122,7 +130,8 @@ typedef struct cy_token {
     int64_t created_at; /* wall ms */
 } cy_token;
 
-/* Create a token named name with scope CY_SCOPE_READ or CY_SCOPE_FULL.
+/* Create a token named name with scope CY_SCOPE_READ or CY_SCOPE_FULL
+ * (internal tokens: cy_registry_internal_token).
  * Writes its id and its whole text ("cyt_<id>_<secret>", shown once, never
  * stored) NUL-terminated into id_out and token_out, or empty strings on
  * failure.
@@ -148,7 +157,8 @@ int cy_registry_token_create(cy_registry *r, const char *name, int scope,
 int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *scope_out,
                             char id_out[CY_TOKEN_ID_LEN + 1]);
 
-/* Calls fn for each token in creation order; stops early if fn returns
+/* Calls fn for each token (internal ones included, scope
+ * CY_SCOPE_INTERNAL) in creation order; stops early if fn returns
  * non-zero and returns that value. fn may call the other registry functions,
  * not this one. *t is valid only during the call.
  * Errors: CY_EINVAL (fn NULL), CY_ESTORE. */
@@ -168,7 +178,7 @@ int cy_registry_token_exists(cy_registry *r, const char *id);
 int cy_registry_token_revoke(cy_registry *r, const char *id);
 
 /* Make the first token of a new node. If the registry holds no token at
- * all, creates a full-scope token named "admin", writes "<token>\n" to path
+ * all (internal ones do not count: they administer nothing), creates a full-scope token named "admin", writes "<token>\n" to path
  * (borrowed) as a new file of mode 0600 and sets *created = true; otherwise
  * sets *created = false and touches nothing (even if path is missing).
  * The file is written to a fresh temporary file beside path (O_EXCL), synced
@@ -180,6 +190,78 @@ int cy_registry_token_revoke(cy_registry *r, const char *id);
  * directory, -ENOSPC), CY_EINVAL (NULL or empty path, created NULL), CY_EIO
  * (random generator or HMAC), CY_ENOMEM, CY_ESTORE. */
 int cy_registry_token_bootstrap(cy_registry *r, const char *path, bool *created);
+
+/* ---- internal devices and tokens ----
+ *
+ * cyan's own synthetic devices (the canaries: one per shard, kept by the
+ * monitor, plus those of `cyan canary`) and the tokens with which they are
+ * called through the API. An internal device connects and publishes like
+ * any device, but the user-facing calls above never return it (get, remove,
+ * list: so no device list, count or deletion shows it), the API hides it
+ * from users' tokens, and its own events (devices/<id>/events/...) never
+ * reach users' event streams (the API asks cy_registry_device_internal).
+ * An internal token (scope CY_SCOPE_INTERNAL) may only call the functions
+ * of internal devices; `cyan token list` shows it with that scope, so an
+ * audit of what can reach the API sees it.
+ *
+ * Secrets: the registry keeps only hashes, and an internal secret is kept
+ * nowhere else either: each cy_registry_internal_device or
+ * cy_registry_internal_token makes a new one and returns it, and the old
+ * one stops working. So the process that needs it (the monitor, at every
+ * start) asks for it again instead of reading a secret from a file: there
+ * is no file to leak, to keep in step with the registry, or to protect.
+ * The price: a shard may hold the old hash of a device in its cache for up
+ * to CY_REGISTRY_RECHECK_MS, so a CONNECT right after a rotation may be
+ * refused (bad credentials): the canaries wait that long before their
+ * first connect.
+ * A token is replaced by a new id rather than rekeyed, so it works at once.
+ * Two processes rotating the same name take each other's credentials: use
+ * one name per user (the monitor's canaries and `cyan canary` have their
+ * own names).
+ *
+ * Names of internal devices and tokens hold a ':' (e.g. "cyan:canary:2"),
+ * which user names cannot, so they never take a user's name; otherwise the
+ * user name rules (1..CY_DEVICE_NAME_MAX letters, digits, '-', '_', '.').
+ * Thread: the handle's owner. */
+
+/* Ids cy_registry_internal_device draws before giving up on id_ok. */
+#define CY_REGISTRY_INTERNAL_DRAWS 4096
+
+/* Make sure the internal device named name (borrowed) exists with an id
+ * that id_ok takes (NULL: any; the monitor passes "hashes to shard i"),
+ * and give it a new secret. An existing device keeps its id if id_ok takes
+ * it; if not (the shard count changed), it is replaced by a new one. In
+ * one transaction: on failure nothing changed. Writes the id and the new
+ * secret (shown once, never stored) NUL-terminated, or empty strings on
+ * failure. id_ok runs inside the transaction: it must not call the
+ * registry.
+ * Errors: CY_EINVAL (NULL argument, bad internal name), CY_ERANGE (id_ok
+ * took none of CY_REGISTRY_INTERNAL_DRAWS random ids), CY_EEXIST (a user
+ * device has the name: impossible through this API), CY_EIO (random
+ * generator or HMAC), CY_ESTORE. */
+int cy_registry_internal_device(cy_registry *r, const char *name,
+                                bool (*id_ok)(void *ctx, const char *id), void *ctx,
+                                char id_out[CY_DEVICE_ID_LEN + 1],
+                                char secret_out[CY_DEVICE_SECRET_LEN + 1]);
+/* Look an internal device up by id (borrowed); CY_ENOENT if there is none
+ * (user devices included). Errors: CY_EINVAL, CY_ESTORE. */
+int cy_registry_internal_get(cy_registry *r, const char *id, cy_device *out);
+/* Whether id[0..id_len) (need not be NUL-terminated) is an internal device:
+ * 1 yes, 0 no (a user device, no device, not shaped like an id), or
+ * CY_ESTORE. From the cache of rows checks have seen (a device's CONNECT
+ * puts it there), so a connected device costs a map lookup; the first
+ * lookup of an id reads the file, and so does every lookup of an id that
+ * is no device (nothing negative is cached; only with isolate_devices off
+ * can a client publish on another id's topics). For the hot path of
+ * events. */
+int cy_registry_device_internal(cy_registry *r, const char *id, size_t id_len);
+/* Replace the internal token named name (borrowed): every internal token
+ * of that name is revoked and a new one made (a new id, so no cache anywhere
+ * knows it: it works at once on every shard). Outputs as for
+ * cy_registry_token_create.
+ * Errors: CY_EINVAL (NULL argument, bad internal name), CY_EIO, CY_ESTORE. */
+int cy_registry_internal_token(cy_registry *r, const char *name,
+                               char id_out[CY_TOKEN_ID_LEN + 1], char token_out[CY_TOKEN_MAX + 1]);
 
 /* ---- broker state ---- */
 

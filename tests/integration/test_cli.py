@@ -220,8 +220,9 @@ PRAGMA user_version = 1;
 
 
 def test_registry_v1_migrates_on_start(server):
-    """A data dir from before tokens: its devices still connect, and the
-    first start makes the admin token."""
+    """A data dir from before tokens: migrated to the current version (3)
+    one version at a time, its devices still connect, and the first start
+    makes the admin token."""
     server.stop()
     for suffix in ("", "-wal", "-shm"):
         try:
@@ -241,6 +242,7 @@ def test_registry_v1_migrates_on_start(server):
     db.close()
     server.start()
     assert server.wait_log("migrating schema version 1 to 2")
+    assert server.wait_log("migrating schema version 2 to 3")
     tid, _ = read_admin_token(server)
     assert list(token_rows(server)) == [tid]
     out = server.cli("device", "list").stdout
@@ -250,6 +252,9 @@ def test_registry_v1_migrates_on_start(server):
         assert rc == 0
     db = sqlite3.connect(os.path.join(server.data_dir, "registry.db"))
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        # Every device it had is a user's (version 3 marks cyan's own).
+        assert db.execute("SELECT internal FROM devices WHERE id = ?", (dev.id,)).fetchall() \
+            == [(0,)]
     finally:
         db.close()

@@ -5,8 +5,12 @@
  * shared read transactions (one snapshot until cy_registry_end_reads),
  * and the open error paths. API tokens: creation (format, scopes, names),
  * checks (right, wrong, unknown, malformed), what is stored, revocation,
- * listing, the first-token bootstrap and its file, and the migration of a
- * version 1 registry (devices only) to version 2.
+ * listing, the first-token bootstrap and its file, and the migrations of a
+ * version 1 registry (devices only) and a version 2 one (tokens) to version
+ * 3. Internal devices and tokens (cyan's canaries): ensured with an id a
+ * predicate takes, a new secret each time, hidden from get, remove and
+ * list, told apart by cy_registry_device_internal; internal tokens replaced
+ * by a new id, listed with their scope, ignored by the bootstrap.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1027,10 +1031,10 @@ static void make_v1(const char *path)
     sqlite3_close(db);
 }
 
-static void test_cy_registry_open_new_is_v2(void **state)
+static void test_cy_registry_open_new_is_v3(void **state)
 {
     fixture *f = *state;
-    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 2);
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 3);
     assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"),
                      2);
 }
@@ -1045,13 +1049,15 @@ static void test_cy_registry_open_migrates_v1(void **state)
 
     cy_registry *r = NULL;
     assert_int_equal(cy_registry_open(old, &r), 0);
-    assert_int_equal(sql_int(old, "PRAGMA user_version"), 2);
-    /* The device came through. */
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), 3);
+    /* The device came through, as a user's. */
     assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
     cy_device d;
     assert_int_equal(cy_registry_device_get(r, "old", &d), 0);
     assert_string_equal(d.id, V1_ID);
     assert_int_equal(d.created_at, 5);
+    assert_false(d.internal);
+    assert_int_equal(cy_registry_device_internal(r, V1_ID, CY_DEVICE_ID_LEN), 0);
     /* Tokens start empty, and work. */
     assert_int_equal(count_tokens(r), 0);
     char path[256];
@@ -1065,7 +1071,7 @@ static void test_cy_registry_open_migrates_v1(void **state)
 
     /* Reopening migrates nothing more and keeps everything. */
     assert_int_equal(cy_registry_open(old, &r), 0);
-    assert_int_equal(sql_int(old, "PRAGMA user_version"), 2);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), 3);
     int scope;
     assert_int_equal(tcheck(r, a.token, &scope, NULL), 0);
     assert_int_equal(scope, CY_SCOPE_READ);
@@ -1103,7 +1109,87 @@ static void test_cy_registry_open_migration_atomic(void **state)
     assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
     mk(r, "ci", CY_SCOPE_FULL);
     cy_registry_close(r);
-    assert_int_equal(sql_int(old, "PRAGMA user_version"), 2);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), 3);
+}
+
+/* The exact version 2 schema (copied from registry.c before internal
+ * devices). Do not edit: it is the input the migration must take. */
+static const char schema_v2[] = "CREATE TABLE IF NOT EXISTS devices("
+                                " id TEXT PRIMARY KEY NOT NULL,"
+                                " name TEXT NOT NULL UNIQUE,"
+                                " salt BLOB NOT NULL,"
+                                " hash BLOB NOT NULL,"
+                                " created_at INTEGER NOT NULL);"
+                                "CREATE TABLE IF NOT EXISTS tokens("
+                                " id TEXT PRIMARY KEY NOT NULL,"
+                                " name TEXT NOT NULL,"
+                                " scope INTEGER NOT NULL,"
+                                " salt BLOB NOT NULL,"
+                                " hash BLOB NOT NULL,"
+                                " created_at INTEGER NOT NULL);"
+                                "PRAGMA user_version = 2;";
+
+/* A version 2 registry (devices and a token) becomes version 3: its devices
+ * are users', its token keeps working, and the file is a new one's, table
+ * for table. */
+static void test_cy_registry_open_migrates_v2(void **state)
+{
+    fixture *f = *state;
+    char old[256];
+    snprintf(old, sizeof(old), "%s/v2.db", f->dir);
+    uint8_t hash[32];
+    unsigned int len = 0;
+    assert_non_null(HMAC(EVP_sha256(), v1_salt, 16, (const uint8_t *)V1_SECRET, 32, hash, &len));
+    sql_exec(old, "PRAGMA journal_mode = WAL");
+    sql_exec(old, schema_v2);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(old, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "INSERT INTO devices VALUES(?1, 'old', ?2, ?3, 5);",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, V1_ID, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, v1_salt, 16, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 3, hash, 32, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    /* A full token "cyt_00112233aabb_<V1_SECRET>" with the same salt. */
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "INSERT INTO tokens VALUES('00112233aabb', 'ci', 2, ?1,"
+                                        " ?2, 6);",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_blob(st, 1, v1_salt, 16, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, hash, 32, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+
+    cy_registry *r = NULL;
+    assert_int_equal(cy_registry_open(old, &r), 0);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), 3);
+    assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
+    cy_device d;
+    assert_int_equal(cy_registry_device_get(r, "old", &d), 0);
+    assert_false(d.internal);
+    assert_int_equal(cy_registry_internal_get(r, V1_ID, &d), CY_ENOENT);
+    assert_int_equal(cy_registry_device_internal(r, V1_ID, CY_DEVICE_ID_LEN), 0);
+    int scope = 0;
+    assert_int_equal(tcheck(r, "cyt_00112233aabb_" V1_SECRET, &scope, NULL), 0);
+    assert_int_equal(scope, CY_SCOPE_FULL);
+    /* Internal devices work in it. */
+    char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
+    assert_int_equal(cy_registry_internal_device(r, "cyan:test", NULL, NULL, id, secret), 0);
+    assert_int_equal(check(r, id, secret), 0);
+    cy_registry_close(r);
+    const char *tables[] = {"devices", "tokens"};
+    for (int i = 0; i < 2; i++) {
+        char *got = table_sql(old, tables[i]), *want = table_sql(f->path, tables[i]);
+        assert_string_equal(got, want);
+        free(got);
+        free(want);
+    }
 }
 
 /* With shared reads, checks see one snapshot until cy_registry_end_reads;
@@ -1272,6 +1358,236 @@ static void test_cy_registry_cache_invalidation(void **state)
     cy_registry_close(cli);
 }
 
+/* ---- internal devices and tokens ---- */
+
+/* id_ok: ids whose last hex digit is ctx's (a stand-in for "hashes to
+ * shard i"); counts its calls. */
+typedef struct last_digit {
+    char want;
+    int calls;
+} last_digit;
+
+static bool ends_with(void *ctx, const char *id)
+{
+    last_digit *l = ctx;
+    l->calls++;
+    assert_int_equal(strlen(id), CY_DEVICE_ID_LEN);
+    return id[CY_DEVICE_ID_LEN - 1] == l->want;
+}
+
+static bool never(void *ctx, const char *id)
+{
+    (void)ctx;
+    (void)id;
+    return false;
+}
+
+static int count_devices(cy_registry *r)
+{
+    listing l = {0};
+    assert_int_equal(cy_registry_device_list(r, on_device, &l), 0);
+    return l.n;
+}
+
+static void test_cy_registry_internal_device_ensure(void **state)
+{
+    fixture *f = *state;
+    added user = add(f->r, "lamp");
+    char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
+    last_digit ld = {'7', 0};
+    assert_int_equal(cy_registry_internal_device(f->r, "cyan:canary:1", ends_with, &ld, id, secret),
+                     0);
+    assert_true(lower_hex(id, CY_DEVICE_ID_LEN));
+    assert_true(lower_hex(secret, CY_DEVICE_SECRET_LEN));
+    assert_int_equal(id[CY_DEVICE_ID_LEN - 1], '7');
+    assert_true(ld.calls >= 1);
+    /* It connects like any device... */
+    assert_int_equal(check(f->r, id, secret), 0);
+    /* ...and is nobody's to see, count or delete. */
+    cy_device d;
+    assert_int_equal(cy_registry_device_get(f->r, id, &d), CY_ENOENT);
+    assert_int_equal(cy_registry_device_get(f->r, "cyan:canary:1", &d), CY_ENOENT);
+    assert_int_equal(cy_registry_device_remove(f->r, id), CY_ENOENT);
+    assert_int_equal(cy_registry_device_remove(f->r, "cyan:canary:1"), CY_ENOENT);
+    assert_int_equal(count_devices(f->r), 1);
+    assert_int_equal(check(f->r, id, secret), 0);
+    /* Found as what it is. */
+    memset(&d, 0, sizeof(d));
+    assert_int_equal(cy_registry_internal_get(f->r, id, &d), 0);
+    assert_string_equal(d.id, id);
+    assert_string_equal(d.name, "cyan:canary:1");
+    assert_true(d.internal);
+    assert_true(d.created_at > 1600000000000);
+    assert_int_equal(cy_registry_internal_get(f->r, user.id, &d), CY_ENOENT);
+    assert_int_equal(cy_registry_internal_get(f->r, "cyan:canary:1", &d), CY_ENOENT); /* by id only */
+    assert_int_equal(cy_registry_device_get(f->r, user.id, &d), 0);
+    assert_false(d.internal);
+    assert_int_equal(cy_registry_device_internal(f->r, id, CY_DEVICE_ID_LEN), 1);
+    assert_int_equal(cy_registry_device_internal(f->r, user.id, CY_DEVICE_ID_LEN), 0);
+    assert_int_equal(cy_registry_device_internal(f->r, "0123456789abcdef01234567", 24), 0);
+    assert_int_equal(cy_registry_device_internal(f->r, id, 23), 0);
+    assert_int_equal(cy_registry_device_internal(f->r, "not-an-id-but-24-chars!!", 24), 0);
+    assert_int_equal(cy_registry_device_internal(f->r, NULL, 0), 0);
+    assert_int_equal(cy_registry_device_internal(f->r, NULL, 24), CY_EINVAL);
+    assert_int_equal(cy_registry_device_internal(NULL, id, 24), CY_EINVAL);
+
+    /* Again: the same device, a new secret; the old one stops working. */
+    char id2[CY_DEVICE_ID_LEN + 1], secret2[CY_DEVICE_SECRET_LEN + 1];
+    assert_int_equal(
+        cy_registry_internal_device(f->r, "cyan:canary:1", ends_with, &ld, id2, secret2), 0);
+    assert_string_equal(id2, id);
+    assert_string_not_equal(secret2, secret);
+    assert_int_equal(check(f->r, id, secret2), 0);
+    assert_int_equal(check(f->r, id, secret), CY_EACCES);
+    assert_int_equal(count_devices(f->r), 1);
+
+    /* Another predicate (the shard count changed): a new device replaces it. */
+    last_digit other = {'a', 0};
+    char id3[CY_DEVICE_ID_LEN + 1], secret3[CY_DEVICE_SECRET_LEN + 1];
+    assert_int_equal(
+        cy_registry_internal_device(f->r, "cyan:canary:1", ends_with, &other, id3, secret3), 0);
+    assert_int_equal(id3[CY_DEVICE_ID_LEN - 1], 'a');
+    assert_int_equal(check(f->r, id3, secret3), 0);
+    assert_int_equal(check(f->r, id, secret2), CY_ENOENT);
+    assert_int_equal(cy_registry_internal_get(f->r, id, &d), CY_ENOENT);
+    /* A second name is a second device. */
+    char id4[CY_DEVICE_ID_LEN + 1], secret4[CY_DEVICE_SECRET_LEN + 1];
+    assert_int_equal(cy_registry_internal_device(f->r, "cyan:probe:1", NULL, NULL, id4, secret4),
+                     0);
+    assert_string_not_equal(id4, id3);
+    assert_int_equal(check(f->r, id3, secret3), 0);
+    assert_int_equal(check(f->r, id4, secret4), 0);
+    assert_int_equal(count_devices(f->r), 1);
+    /* A user's name stays free for users. */
+    add(f->r, "canary-1");
+    assert_int_equal(count_devices(f->r), 2);
+}
+
+static void test_cy_registry_internal_device_errors(void **state)
+{
+    fixture *f = *state;
+    char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
+    const char *bad[] = {"canary", "", "cyan canary:1", "cyan:canary/1",
+                         "cyan:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        strcpy(id, "x");
+        strcpy(secret, "x");
+        assert_int_equal(cy_registry_internal_device(f->r, bad[i], NULL, NULL, id, secret),
+                         CY_EINVAL);
+        assert_string_equal(id, "");
+        assert_string_equal(secret, "");
+    }
+    /* 64 characters is the longest name. */
+    char longest[CY_DEVICE_NAME_MAX + 1];
+    memset(longest, 'a', CY_DEVICE_NAME_MAX);
+    longest[0] = ':';
+    longest[CY_DEVICE_NAME_MAX] = '\0';
+    assert_int_equal(cy_registry_internal_device(f->r, longest, NULL, NULL, id, secret), 0);
+    assert_int_equal(cy_registry_internal_device(NULL, "a:b", NULL, NULL, id, secret), CY_EINVAL);
+    assert_int_equal(cy_registry_internal_device(f->r, NULL, NULL, NULL, id, secret), CY_EINVAL);
+    assert_int_equal(cy_registry_internal_device(f->r, "a:b", NULL, NULL, NULL, secret), CY_EINVAL);
+    assert_int_equal(cy_registry_internal_device(f->r, "a:b", NULL, NULL, id, NULL), CY_EINVAL);
+
+    /* A predicate that takes nothing: CY_ERANGE, and nothing changed. */
+    char kept[CY_DEVICE_ID_LEN + 1], ksecret[CY_DEVICE_SECRET_LEN + 1];
+    assert_int_equal(cy_registry_internal_device(f->r, "a:b", NULL, NULL, kept, ksecret), 0);
+    assert_int_equal(cy_registry_internal_device(f->r, "a:b", never, NULL, id, secret), CY_ERANGE);
+    assert_string_equal(id, "");
+    assert_int_equal(check(f->r, kept, ksecret), 0);
+    cy_device d;
+    assert_int_equal(cy_registry_internal_get(f->r, kept, &d), 0);
+    assert_int_equal(cy_registry_internal_device(f->r, "c:d", never, NULL, id, secret), CY_ERANGE);
+    assert_int_equal(cy_registry_internal_get(f->r, kept, &d), 0);
+    assert_int_equal(cy_registry_internal_get(f->r, NULL, &d), CY_EINVAL);
+    assert_int_equal(cy_registry_internal_get(f->r, kept, NULL), CY_EINVAL);
+}
+
+/* Another process (the monitor) rotates a canary's secret: a shard's
+ * handle that cached the old row takes the new one by the recheck, and
+ * tells the device is internal from its cache. */
+static void test_cy_registry_internal_device_other_process(void **state)
+{
+    fixture *f = *state;
+    cy_registry *mon;
+    assert_int_equal(cy_registry_open(f->path, &mon), 0);
+    char id[CY_DEVICE_ID_LEN + 1], s1[CY_DEVICE_SECRET_LEN + 1], s2[CY_DEVICE_SECRET_LEN + 1];
+    assert_int_equal(cy_registry_internal_device(mon, "cyan:canary:0", NULL, NULL, id, s1), 0);
+    assert_int_equal(check(f->r, id, s1), 0); /* cached in the shard's handle */
+    assert_int_equal(cy_registry_device_internal(f->r, id, CY_DEVICE_ID_LEN), 1);
+    assert_int_equal(cy_registry_internal_device(mon, "cyan:canary:0", NULL, NULL, id, s2), 0);
+    past_recheck();
+    assert_int_equal(check(f->r, id, s2), 0);
+    assert_int_equal(check(f->r, id, s1), CY_EACCES);
+    assert_int_equal(cy_registry_device_internal(f->r, id, CY_DEVICE_ID_LEN), 1);
+    cy_registry_close(mon);
+}
+
+static void test_cy_registry_internal_token(void **state)
+{
+    fixture *f = *state;
+    made user = mk(f->r, "ci", CY_SCOPE_FULL);
+    made t1, t2;
+    assert_int_equal(cy_registry_internal_token(f->r, "cyan:monitor", t1.id, t1.token), 0);
+    assert_true(token_shaped(t1.token));
+    int scope = 0;
+    char id[CY_TOKEN_ID_LEN + 1];
+    assert_int_equal(tcheck(f->r, t1.token, &scope, id), 0);
+    assert_int_equal(scope, CY_SCOPE_INTERNAL);
+    assert_string_equal(id, t1.id);
+    /* Listed, with its scope. */
+    token_listing l = {0};
+    assert_int_equal(cy_registry_token_list(f->r, on_token, &l), 0);
+    assert_int_equal(l.n, 2);
+    assert_string_equal(l.t[1].id, t1.id);
+    assert_string_equal(l.t[1].name, "cyan:monitor");
+    assert_int_equal(l.t[1].scope, CY_SCOPE_INTERNAL);
+    /* Replaced: a new id; the old token is gone, the user's untouched. */
+    assert_int_equal(cy_registry_internal_token(f->r, "cyan:monitor", t2.id, t2.token), 0);
+    assert_string_not_equal(t2.id, t1.id);
+    assert_int_equal(tcheck(f->r, t1.token, &scope, NULL), CY_EACCES);
+    assert_int_equal(tcheck(f->r, t2.token, &scope, NULL), 0);
+    assert_int_equal(scope, CY_SCOPE_INTERNAL);
+    assert_int_equal(tcheck(f->r, user.token, &scope, NULL), 0);
+    assert_int_equal(count_tokens(f->r), 2);
+    /* Another name is another token. */
+    made t3;
+    assert_int_equal(cy_registry_internal_token(f->r, "cyan:probe", t3.id, t3.token), 0);
+    assert_int_equal(tcheck(f->r, t2.token, &scope, NULL), 0);
+    assert_int_equal(count_tokens(f->r), 3);
+    /* Revocable like any token. */
+    assert_int_equal(cy_registry_token_revoke(f->r, t3.id), 0);
+    assert_int_equal(tcheck(f->r, t3.token, &scope, NULL), CY_EACCES);
+    /* Users cannot make one; internal names are the internal calls'. */
+    made u;
+    assert_int_equal(cy_registry_token_create(f->r, "x", CY_SCOPE_INTERNAL, u.id, u.token),
+                     CY_EINVAL);
+    assert_int_equal(cy_registry_token_create(f->r, "a:b", CY_SCOPE_FULL, u.id, u.token),
+                     CY_EINVAL);
+    strcpy(u.id, "x");
+    assert_int_equal(cy_registry_internal_token(f->r, "monitor", u.id, u.token), CY_EINVAL);
+    assert_string_equal(u.id, "");
+    assert_int_equal(cy_registry_internal_token(f->r, NULL, u.id, u.token), CY_EINVAL);
+    assert_int_equal(cy_registry_internal_token(f->r, "a:b", NULL, u.token), CY_EINVAL);
+}
+
+/* The first token is made while no user token exists, whatever internal
+ * tokens there are: they administer nothing. */
+static void test_cy_registry_token_bootstrap_ignores_internal(void **state)
+{
+    fixture *f = *state;
+    made t;
+    assert_int_equal(cy_registry_internal_token(f->r, "cyan:monitor", t.id, t.token), 0);
+    char path[256];
+    snprintf(path, sizeof(path), "%s/admin-token", f->dir);
+    bool created = false;
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
+    assert_true(created);
+    assert_token_file(f->r, path, NULL);
+    assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
+    assert_false(created);
+    assert_int_equal(count_tokens(f->r), 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1314,8 +1630,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_registry_token_bootstrap_alloc_fail, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_token_bootstrap_bad_args, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cy_registry_open_new_is_v2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_open_new_is_v3, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_open_migrates_v1, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_open_migrates_v2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_internal_device_ensure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_internal_device_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_internal_device_other_process, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_internal_token, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_bootstrap_ignores_internal, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_open_migration_atomic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_share_reads_snapshot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_cache_hit, setup, teardown),
