@@ -1,4 +1,4 @@
-/* status: `cyan status` (a table, or --json) and the drills `cyan shard stop|cont|kill|spin|stall`.
+/* status: `cyan status` (a table, or --json) and the drills `cyan shard stop|cont|kill|spin|stall|drop`.
  *
  * Both are short-lived readers of a running node's scoreboard
  * (data_dir/run/scoreboard): they map it, read what the shards and the
@@ -15,7 +15,9 @@
  * an operator can rehearse the failures the watchdog exists for:
  * stop (SIGSTOP: hung), spin (loop busy forever: hung), stall (loop turns,
  * input ignored: stuck once work is owed), kill (SIGKILL: a crash), cont
- * (SIGCONT: undo stop before the watchdog acts). Spin and stall are the
+ * (SIGCONT: undo stop before the watchdog acts), drop (it acknowledges
+ * every message its clients publish and routes none: progress moves, only
+ * a canary can tell). Spin, stall and drop are the
  * realtime signal CY_DRILL_SIGNAL sent with sigqueue and a value naming the
  * drill and the shard's generation (from its slot), which only this
  * command sends (health/watchdog.h says why not SIGUSR1/SIGUSR2).
@@ -367,12 +369,14 @@ int cy_status_json(const cy_config *cfg)
 
 static int drill_usage(void)
 {
-    fprintf(stderr, "usage: cyan shard stop|cont|kill|spin|stall INDEX\n"
+    fprintf(stderr, "usage: cyan shard stop|cont|kill|spin|stall|drop INDEX\n"
                     "  stop   SIGSTOP: the shard freezes (the watchdog sees no heartbeat)\n"
                     "  cont   SIGCONT: undo stop\n"
                     "  kill   SIGKILL: a crash\n"
                     "  spin   its loop busy-loops forever (no heartbeat)\n"
-                    "  stall  it ignores input but keeps beating (no progress)\n");
+                    "  stall  it ignores input but keeps beating (no progress)\n"
+                    "  drop   it acknowledges what its clients publish and routes nothing\n"
+                    "         (progress moves; its canary finds it; those messages are lost)\n");
     return 2;
 }
 
@@ -389,6 +393,7 @@ int cy_shard_drill(const cy_config *cfg, const char *what, const char *index)
         {"kill", SIGKILL, 0, "SIGKILL"},
         {"spin", 0, CY_DRILL_SPIN, "the spin drill"},
         {"stall", 0, CY_DRILL_STALL, "the stall drill"},
+        {"drop", 0, CY_DRILL_DROP, "the drop drill"},
     };
     int a = -1;
     for (int k = 0; what && k < (int)(sizeof(acts) / sizeof(acts[0])); k++)

@@ -239,5 +239,6 @@ int cy_drill_kind(int value, int64_t generation)
     if (v >> 24 != CY_DRILL_MAGIC || ((v >> 8) & 0xFFFFu) != ((uint32_t)generation & 0xFFFFu))
         return CY_DRILL_NONE;
     int kind = (int)(v & 0xFFu);
-    return kind == CY_DRILL_SPIN || kind == CY_DRILL_STALL ? kind : CY_DRILL_NONE;
+    return kind == CY_DRILL_SPIN || kind == CY_DRILL_STALL || kind == CY_DRILL_DROP ? kind
+                                                                                   : CY_DRILL_NONE;
 }

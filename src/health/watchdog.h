@@ -143,7 +143,7 @@ bool cy_watchdog_supervisor_alive(const cy_scoreboard *sb, int64_t *beat_age_ms)
  * such tool sends a realtime signal, let alone with this value. See
  * docs/supervision.md. */
 #define CY_DRILL_SIGNAL (SIGRTMIN + 3)
-enum { CY_DRILL_NONE = 0, CY_DRILL_SPIN = 1, CY_DRILL_STALL = 2 };
+enum { CY_DRILL_NONE = 0, CY_DRILL_SPIN = 1, CY_DRILL_STALL = 2, CY_DRILL_DROP = 3 };
 /* The value (sigval.sival_int) for drill kind at this generation. */
 int cy_drill_token(int64_t generation, int kind);
 /* The drill a received value asks for, or CY_DRILL_NONE if it is not a

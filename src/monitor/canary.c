@@ -86,6 +86,7 @@ struct cy_canary {
     cy_canary_cb cb;
     void *ctx;
     unsigned shard, interval_ms, timeout_ms;
+    bool publish_only; /* conf: no call step */
     char id[CY_DEVICE_ID_LEN + 1];
     char secret[CY_DEVICE_SECRET_LEN + 1];
     char auth[CY_TOKEN_MAX + 32]; /* "Authorization: Bearer <token>" */
@@ -732,7 +733,7 @@ static void tick(uv_timer_t *t)
         mq_send(c, &p);
     }
     start_publish(c);
-    if (!c->stopping) start_call(c);
+    if (!c->stopping && !c->publish_only) start_call(c);
 }
 
 /* Before the first session: the first attempts at timeout_ms, failing. */
@@ -919,7 +920,8 @@ int cy_canary_new(uv_loop_t *loop, const cy_canary_conf *conf, cy_canary_cb cb, 
     for (int i = 0; i < CY_CANARY_NSTEPS; i++)
         cy_buf_init(&c->at[i].body);
     int rc = cy_canary_target(conf->mqtt_addr, &c->mqtt);
-    if (!rc) rc = http_url(conf->http_addr, c->id, c->url, sizeof(c->url));
+    c->publish_only = conf->publish_only;
+    if (!rc && !c->publish_only) rc = http_url(conf->http_addr, c->id, c->url, sizeof(c->url));
     if (rc) {
         really_free(c);
         return CY_EINVAL;

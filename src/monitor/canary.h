@@ -90,6 +90,8 @@ typedef struct cy_canary_conf {
     unsigned interval_ms;  /* between attempts; 0: CY_CANARY_INTERVAL_MS */
     unsigned timeout_ms;   /* an attempt's deadline, 1000..CY_CANARY_MAX_TIMEOUT_MS;
                             * 0: CY_CANARY_TIMEOUT_MS */
+    bool publish_only;     /* no call step (http_addr unused): the API is off, or
+                            * isolate_devices is false and calls cannot reach a device */
 } cy_canary_conf;
 
 /* The end of one attempt of one step. */

@@ -20,6 +20,7 @@
 #include "health/scoreboard.h"
 #include "http/http.h"
 #include "monitor/alerts.h"
+#include "monitor/canary.h"
 #include "monitor/notify.h"
 #include "monitor/statusdb.h"
 #include "monitor/statuspage.h"
@@ -76,6 +77,9 @@ typedef struct mon {
     int64_t repeat_ms;       /* wall ms of the last full send of the firing alerts */
     char *urls[MAX_RECEIVERS];
     size_t nurls;
+    cy_canary *canary[CY_SB_MAX_SHARDS]; /* one per shard; NULL with canaries off */
+    int64_t canary_ok[CY_SB_MAX_SHARDS][CY_CANARY_NSTEPS]; /* monotonic ms of the last success */
+    int nsteps;                                            /* steps the canaries walk */
     char seq_path[600];      /* data_dir/run/monitor-events: where that position is kept */
     size_t inlen;
     char in[RELOAD_MAX];
@@ -207,6 +211,15 @@ static const struct {
     {"cyan_process_cpu_seconds_total", "user and system CPU time of a cyan process"},
     {"cyan_process_resident_memory_bytes", "resident memory of a cyan process"},
     {"cyan_monitor_evaluations_total", "snapshots the monitor has taken (one a second)"},
+    {"cyan_canary_success_total",
+     "canary attempts that walked the step's whole path (publish: a QoS 1 event to itself, "
+     "acknowledged and received; call: a function call through the API, answered)"},
+    {"cyan_canary_failure_total", "canary attempts that failed or passed canary_timeout"},
+    {"cyan_canary_latency_seconds", "the last successful canary attempt's round trip"},
+    {"cyan_canary_last_success_timestamp_seconds", "when the step last succeeded"},
+    {"cyan_canary_up",
+     "1 if every step of the shard's canary succeeded within canary_timeout + canary_interval"},
+    {"cyan_alerts_firing", "alerts firing now, by name and component"},
 };
 
 static char help_buf[256];
@@ -383,6 +396,25 @@ static void snapshot_shard(mon *m, unsigned i, int64_t now_mono, int64_t off)
         add(m, name, l, CY_SAMPLE_HISTOGRAM, (double)cy_hist_count(h), changed, stale);
         snprintf(name, sizeof(name), "%s_last_change_timestamp_seconds", base);
         add(m, name, l, CY_SAMPLE_GAUGE, (double)changed / 1000.0, changed, stale);
+    }
+    if (m->canary[i]) {
+        int64_t limit = (int64_t)m->live.canary_timeout + m->live.canary_interval;
+        bool up = true;
+        for (int st = 0; st < m->nsteps; st++) {
+            const cy_canary_stats *cs = cy_canary_stats_of(m->canary[i], st);
+            char ls[64];
+            snprintf(ls, sizeof(ls), "shard=\"%u\",step=\"%s\"", i, cy_canary_step_name(st));
+            add_tracked(m, "cyan_canary_success_total", ls, CY_SAMPLE_COUNTER,
+                        (double)cs->success, cs->last_success_ms, false);
+            add_tracked(m, "cyan_canary_failure_total", ls, CY_SAMPLE_COUNTER,
+                        (double)cs->failure, cs->last_failure_ms, false);
+            add(m, "cyan_canary_latency_seconds", ls, CY_SAMPLE_GAUGE,
+                (double)cs->last_latency_us / 1e6, cs->last_success_ms, false);
+            add(m, "cyan_canary_last_success_timestamp_seconds", ls, CY_SAMPLE_GAUGE,
+                (double)cs->last_success_ms / 1000.0, cs->last_success_ms, false);
+            if (!m->canary_ok[i][st] || now_mono - m->canary_ok[i][st] > limit) up = false;
+        }
+        add_tracked(m, "cyan_canary_up", l, CY_SAMPLE_GAUGE, up, -1, false);
     }
     if (state == CY_SHARD_RUNNING) add_process(m, "shard", (int)i, cy_sb_load(&sl->pid));
 }
@@ -974,6 +1006,8 @@ static void on_request(void *ctx, cy_http_req *req)
 
 /* ---- process plumbing (as a shard's: shard/main.c) ---- */
 
+static void stop_canaries(mon *m);
+
 static void on_closed(uv_handle_t *h)
 {
     (void)h;
@@ -986,6 +1020,7 @@ static void stop(mon *m, const char *why)
     cy_info(NULL, "%s, shutting down", why);
     if (m->slot) cy_sb_store(&m->slot->state, CY_SHARD_STOPPING);
     if (m->http) cy_http_stop(m->http);
+    stop_canaries(m);
     uv_close((uv_handle_t *)&m->sigterm, on_closed);
     uv_close((uv_handle_t *)&m->sigint, on_closed);
     uv_close((uv_handle_t *)&m->sighup, on_closed);
@@ -1073,6 +1108,93 @@ static void on_eval(uv_timer_t *t)
     cy_status_derive(&m->comps, m->firing, m->nfiring, m->snap.now_ms);
     cy_sb_storeu(&m->slot->progress, m->evals);
     cy_sb_store(&m->slot->progress_ms, cy_mono_ms());
+}
+
+/* ---- canaries ---- */
+
+/* A step's result: its success time, and the shard's "whole path walked"
+ * time for the supervisor: the oldest of its steps' last successes. */
+static void on_canary(void *ctx, const cy_canary_result *r)
+{
+    mon *m = ctx;
+    if (r->shard >= m->nshards || r->step < 0 || r->step >= CY_CANARY_NSTEPS) return;
+    if (!r->ok) {
+        cy_debug(NULL, "canary of shard %u: %s failed: %s", r->shard, cy_canary_step_name(r->step),
+                 r->error ? r->error : "?");
+        return;
+    }
+    m->canary_ok[r->shard][r->step] = cy_mono_ms();
+    int64_t oldest = INT64_MAX;
+    for (int st = 0; st < m->nsteps; st++)
+        if (m->canary_ok[r->shard][st] < oldest) oldest = m->canary_ok[r->shard][st];
+    if (oldest > 0 && oldest != INT64_MAX)
+        cy_sb_store(&m->sb.hdr->canary_ok_ms[r->shard], oldest);
+}
+
+/* One canary per shard: an internal device whose client id lands on it,
+ * and one internal token for their calls (monitor/canary.h). Fresh
+ * secrets at every start of the monitor. Off with canary_timeout = 0. */
+static void start_canaries(mon *m)
+{
+    cy_sb_store(&m->sb.hdr->canary_timeout_ms, 0);
+    if (!m->live.canary_timeout) {
+        cy_info(NULL, "canaries off (canary_timeout = 0)");
+        return;
+    }
+    bool calls = m->live.http_listen[0] && m->live.isolate_devices;
+    m->nsteps = calls ? CY_CANARY_NSTEPS : 1;
+    char tid[CY_TOKEN_ID_LEN + 1], token[CY_TOKEN_MAX + 1] = "";
+    if (calls && cy_canary_token(m->reg, "canary", tid, token)) {
+        cy_error(NULL, "canaries off: cannot make their API token");
+        return;
+    }
+    unsigned started = 0;
+    for (unsigned i = 0; i < m->nshards; i++) {
+        char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
+        if (cy_canary_device(m->reg, "canary", i, m->nshards, id, secret)) {
+            cy_error(NULL, "canary of shard %u: cannot register its device", i);
+            continue;
+        }
+        cy_canary_conf c;
+        memset(&c, 0, sizeof(c));
+        c.mqtt_addr = m->live.mqtt_listen;
+        c.http_addr = m->live.http_listen;
+        c.device_id = id;
+        c.secret = secret;
+        c.token = token;
+        c.shard = i;
+        c.interval_ms = m->live.canary_interval;
+        c.timeout_ms = m->live.canary_timeout < 1000 ? 1000 : m->live.canary_timeout;
+        c.publish_only = !calls;
+        int rc = cy_canary_new(&m->loop, &c, on_canary, m, &m->canary[i]);
+        if (rc) {
+            cy_error(NULL, "canary of shard %u: %s", i, cy_strerror(rc));
+            m->canary[i] = NULL;
+            continue;
+        }
+        started++;
+    }
+    if (!started) return;
+    /* The supervisor replaces a shard whose canary has not walked the whole
+     * path for this long (the same span as the CyanCanaryFailing alert). */
+    cy_sb_store(&m->sb.hdr->canary_timeout_ms,
+                (int64_t)m->live.canary_timeout + m->live.canary_interval);
+    cy_info(NULL, "%u canar%s walking %s every %u ms", started, started == 1 ? "y" : "ies",
+            calls ? "a QoS 1 event and a function call" : "a QoS 1 event (no API calls: "
+                                                         "http_listen is off or "
+                                                         "isolate_devices is false)",
+            m->live.canary_interval);
+}
+
+static void stop_canaries(mon *m)
+{
+    cy_sb_store(&m->sb.hdr->canary_timeout_ms, 0); /* no verdicts from a stopped monitor */
+    for (unsigned i = 0; i < m->nshards; i++)
+        if (m->canary[i]) {
+            cy_canary_stop(m->canary[i]);
+            cy_canary_free(m->canary[i]);
+            m->canary[i] = NULL;
+        }
 }
 
 /* The rules (built in, then the alert_rules file) and the engine. A file
@@ -1217,6 +1339,7 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
         close(OPS_FD);
     }
     if (start_notify(m)) goto out_loop;
+    start_canaries(m);
     uv_signal_init(&m->loop, &m->sigterm);
     uv_signal_init(&m->loop, &m->sigint);
     uv_signal_init(&m->loop, &m->sighup);
@@ -1253,6 +1376,7 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
     uv_run(&m->loop, UV_RUN_DEFAULT);
     status = 0;
 out_loop:
+    stop_canaries(m);
     if (m->notify) {
         cy_notify_close(m->notify, NULL, NULL);
         m->notify = NULL;

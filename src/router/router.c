@@ -27,6 +27,7 @@ struct cy_router {
     cy_topic_tree *subs;
     cy_retain *retained;
     cy_router_hooks hooks;
+    bool dropping; /* the drop drill */
     cy_logrl retain_log;  /* refusals at the retained limits, per client id */
     /* scratch of the publish being routed */
     uint64_t epoch;
@@ -342,6 +343,7 @@ int cy_router_publish(cy_router *r, cy_msg *m, const cy_subscriber *from, const 
      * (and refused) before; a will is checked again when it fires, since
      * the node may have filled up since its CONNECT: over a limit it is
      * still delivered, only not kept. */
+    if (r->dropping) return 0;
     bool set = m->retain && !cy_router_retain_check(r, owner, m);
     m->origin = (uint8_t)r->self;
     cy_route route = {.m = m, .from = from, .set_retained = set};
@@ -359,6 +361,11 @@ int cy_router_publish(cy_router *r, cy_msg *m, const cy_subscriber *from, const 
     deliver(&route);
     if (r->hooks.routed) r->hooks.routed(r->hooks.ctx, &route);
     return 0;
+}
+
+void cy_router_drop_all(cy_router *r)
+{
+    r->dropping = true;
 }
 
 void cy_router_local(cy_router *r, cy_msg *m, const cy_str *groups, unsigned n_groups)

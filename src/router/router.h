@@ -174,6 +174,9 @@ size_t cy_router_subscriptions(const cy_router *r);
  * Returns 0, or the admit hook's reason code. */
 int cy_router_publish(cy_router *r, cy_msg *m, const cy_subscriber *from, const char *owner,
                       bool refusable);
+/* Drill (cyan shard drop): from now on cy_router_publish routes nothing
+ * and returns 0, so what clients publish here is acknowledged and lost. */
+void cy_router_drop_all(cy_router *r);
 /* Route a message that came from a peer shard to local subscribers only;
  * groups: the shared groups this shard was chosen to serve for it. */
 void cy_router_local(cy_router *r, cy_msg *m, const cy_str *groups, unsigned n_groups);

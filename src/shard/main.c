@@ -151,6 +151,7 @@ static void on_drill(uv_async_t *a)
         }
     }
     if (kind == CY_DRILL_STALL) cy_shard_stall(sh->shard);
+    if (kind == CY_DRILL_DROP) cy_shard_drop(sh->shard);
 }
 
 /* Apply one reload message (NUL-terminated "name=value" lines): all or

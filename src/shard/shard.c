@@ -235,6 +235,12 @@ void cy_shard_beat(cy_shard *b)
     cy_hists_publish(s, &b->hists);
 }
 
+void cy_shard_drop(cy_shard *b)
+{
+    cy_warn(NULL, "drill: acknowledging and dropping every message published here until killed");
+    cy_router_drop_all(b->router);
+}
+
 void cy_shard_stall(cy_shard *b)
 {
     cy_warn(NULL, "drill: stalling (input ignored, heartbeat kept) until killed");

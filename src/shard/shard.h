@@ -79,6 +79,11 @@ void cy_shard_beat(cy_shard *sh);
  * work and makes no progress. Stalled with nothing sent to it, it owes
  * nothing and is left alone (docs/supervision.md). */
 void cy_shard_stall(cy_shard *sh);
+/* Drill: the shard keeps reading, acknowledging and beating, but routes
+ * none of the messages its clients publish (they are lost): the gray
+ * failure that progress cannot see and a canary can (docs/operations.md,
+ * "The drill"). */
+void cy_shard_drop(cy_shard *sh);
 /* Stop accepting, tell MQTT 5 clients the server is shutting down (0x8B),
  * close every connection and handle. When the loop has run dry, call
  * cy_shard_free. */

@@ -431,6 +431,7 @@ static void test_drill_token_kind(void **state)
     for (int64_t gen = 1; gen < 70000; gen += 997) {
         assert_int_equal(cy_drill_kind(cy_drill_token(gen, CY_DRILL_SPIN), gen), CY_DRILL_SPIN);
         assert_int_equal(cy_drill_kind(cy_drill_token(gen, CY_DRILL_STALL), gen), CY_DRILL_STALL);
+        assert_int_equal(cy_drill_kind(cy_drill_token(gen, CY_DRILL_DROP), gen), CY_DRILL_DROP);
         assert_int_equal(cy_drill_kind(cy_drill_token(gen, CY_DRILL_SPIN), gen + 1), CY_DRILL_NONE);
         assert_int_equal(cy_drill_kind(cy_drill_token(gen, 7), gen), CY_DRILL_NONE);
         assert_int_equal(cy_drill_kind(cy_drill_token(gen, CY_DRILL_NONE), gen), CY_DRILL_NONE);
