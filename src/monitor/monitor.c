@@ -19,11 +19,11 @@
 #include "health/metrics.h"
 #include "health/scoreboard.h"
 #include "http/http.h"
-#include "monitor/alerts.h"
+#include "alerts/alerts.h"
 #include "monitor/canary.h"
-#include "monitor/notify.h"
-#include "monitor/statusdb.h"
-#include "monitor/statuspage.h"
+#include "alerts/notify.h"
+#include "status/statusdb.h"
+#include "status/statuspage.h"
 #include "store/store.h"
 
 #include <jansson.h>

@@ -39,7 +39,7 @@
 
 #include "core/cy_buf.h"
 #include "core/cy_config.h"
-#include "monitor/sample.h"
+#include "alerts/sample.h"
 
 #include <stdint.h>
 

@@ -11,7 +11,7 @@
 
 #include "core/cy_alloc.h"
 #include "core/cy_err.h"
-#include "monitor/alerts.h"
+#include "alerts/alerts.h"
 
 #include <jansson.h>
 #include <stdio.h>

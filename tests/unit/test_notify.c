@@ -14,7 +14,7 @@
 #include <cmocka.h>
 
 #include "core/cy_err.h"
-#include "monitor/notify.h"
+#include "alerts/notify.h"
 
 #include <arpa/inet.h>
 #include <stdbool.h>

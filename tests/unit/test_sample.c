@@ -5,7 +5,7 @@
 #include <cmocka.h>
 
 #include "core/cy_err.h"
-#include "monitor/sample.h"
+#include "alerts/sample.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -26,8 +26,8 @@
 #include "core/cy_alloc.h"
 #include "core/cy_buf.h"
 #include "core/cy_err.h"
-#include "monitor/statusdb.h"
-#include "monitor/statuspage.h"
+#include "status/statusdb.h"
+#include "status/statuspage.h"
 
 #include <dirent.h>
 #include <jansson.h>

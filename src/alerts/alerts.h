@@ -94,10 +94,10 @@
  * or free. Errors: CY_ENOMEM, CY_EINVAL, CY_ECONFIG (parse), CY_EIO (load).
  * Thread: one thread per engine / rule set (the monitor's loop).
  */
-#ifndef CY_MONITOR_ALERTS_H
-#define CY_MONITOR_ALERTS_H
+#ifndef CY_ALERTS_ALERTS_H
+#define CY_ALERTS_ALERTS_H
 
-#include "monitor/sample.h"
+#include "alerts/sample.h"
 
 #include <stdbool.h>
 #include <stddef.h>

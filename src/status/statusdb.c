@@ -13,7 +13,7 @@
  *                     "fired" of the same alert change nothing
  *   meta              key/value: the last start recorded per component
  */
-#include "monitor/statusdb.h"
+#include "status/statusdb.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_err.h"

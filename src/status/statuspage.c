@@ -1,5 +1,5 @@
 /* statuspage: component statuses and the page's renderers; see statuspage.h. */
-#include "monitor/statuspage.h"
+#include "status/statuspage.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_err.h"

@@ -9,7 +9,7 @@
  * arrays that hold what an evaluation reports (active, transitions) grow
  * with the instance array, before an instance is added, so an evaluation
  * never fails half-way. */
-#include "monitor/alerts.h"
+#include "alerts/alerts.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_err.h"

@@ -77,8 +77,8 @@
  * (copied into the file). Thread: the handle's owner (the monitor's loop);
  * other processes may open the file to read.
  */
-#ifndef CY_MONITOR_STATUSDB_H
-#define CY_MONITOR_STATUSDB_H
+#ifndef CY_STATUS_STATUSDB_H
+#define CY_STATUS_STATUSDB_H
 
 #include <stdbool.h>
 #include <stddef.h>

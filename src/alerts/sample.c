@@ -1,5 +1,5 @@
 /* sample: see sample.h. */
-#include "monitor/sample.h"
+#include "alerts/sample.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_err.h"

@@ -26,8 +26,8 @@
  * Errors: CY_ENOMEM, CY_EINVAL (no receiver, a URL that is not http:// or
  * https://, or a send after close). Thread: the loop's thread only.
  */
-#ifndef CY_MONITOR_NOTIFY_H
-#define CY_MONITOR_NOTIFY_H
+#ifndef CY_ALERTS_NOTIFY_H
+#define CY_ALERTS_NOTIFY_H
 
 #include <stddef.h>
 #include <stdint.h>

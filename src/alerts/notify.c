@@ -14,7 +14,7 @@
  * queued (seq), whether new or between attempts, so "drop the oldest" is
  * the head. pump() starts the due ones up to max_inflight and arms
  * retry_timer for the next due time. */
-#include "monitor/notify.h"
+#include "alerts/notify.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_err.h"

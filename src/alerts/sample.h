@@ -22,8 +22,8 @@
  * fixed fields (too long: CY_EINVAL, nothing added). Errors: CY_ENOMEM,
  * CY_EINVAL. Thread: one thread per snapshot (the monitor's loop).
  */
-#ifndef CY_MONITOR_SAMPLE_H
-#define CY_MONITOR_SAMPLE_H
+#ifndef CY_ALERTS_SAMPLE_H
+#define CY_ALERTS_SAMPLE_H
 
 #include <stdbool.h>
 #include <stddef.h>

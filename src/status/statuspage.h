@@ -51,11 +51,11 @@
  * On failure (CY_ENOMEM) nothing is left appended to out. Thread: any; no
  * state.
  */
-#ifndef CY_MONITOR_STATUSPAGE_H
-#define CY_MONITOR_STATUSPAGE_H
+#ifndef CY_STATUS_STATUSPAGE_H
+#define CY_STATUS_STATUSPAGE_H
 
 #include "core/cy_buf.h"
-#include "monitor/statusdb.h"
+#include "status/statusdb.h"
 
 #include <stddef.h>
 #include <stdint.h>

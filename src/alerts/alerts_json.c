@@ -11,7 +11,7 @@
  *    "externalURL": "...", "version": "4", "groupKey": "{}:{alertname=\"X\"}",
  *    "truncatedAlerts": 0}
  */
-#include "monitor/alerts.h"
+#include "alerts/alerts.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_err.h"
