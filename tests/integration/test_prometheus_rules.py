@@ -1,7 +1,7 @@
 """The Prometheus rules and the Grafana dashboard shipped for users who run
 their own Prometheus (etc/prometheus, etc/grafana): promtool checks the
 rules and runs their unit tests; the rules carry every alert built into
-the monitor (src/monitor/alerts.c); the dashboard is valid JSON whose
+the monitor (src/alerts/alerts.c); the dashboard is valid JSON whose
 queries name only series cyan produces.
 
 Needs promtool (Debian package prometheus, installed by scripts/deps.sh

@@ -1,5 +1,5 @@
-/* Tests of the status page (src/monitor/statuspage.c) and of its durable
- * record (src/monitor/statusdb.c).
+/* Tests of the status page (src/status/statuspage.c) and of its durable
+ * record (src/status/statusdb.c).
  *
  * statuspage: component statuses derived from alerts (one shard down
  * among four, all down, warnings only, per-component alerts, the call
