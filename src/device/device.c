@@ -187,6 +187,11 @@ static void add_sendable(void *ctx, void *value)
     sum->n += cy_session_sendable(sum->d, value);
 }
 
+uint64_t cy_devices_online_queued(const cy_devices *d)
+{
+    return d->online_queued;
+}
+
 uint64_t cy_devices_owed_deliveries(const cy_devices *d)
 {
     /* Walking 10k sessions costs ~0.7 ms: skipped while no connected

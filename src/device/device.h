@@ -83,6 +83,9 @@ void cy_devices_tick(cy_devices *d, int64_t now);
  * connected device has a message queued, else a walk of every session
  * (memory only). */
 uint64_t cy_devices_owed_deliveries(const cy_devices *d);
+/* Messages queued for sessions with a link (a device connected), whether
+ * or not their window lets them go now. O(1): a running count. */
+uint64_t cy_devices_online_queued(const cy_devices *d);
 /* Operations that owe an answer past their deadline: as the owner, calls
  * and reads the device did not answer in time (a 504 is due); as the
  * requester, requests the owner did not answer in time (a 503 is due).

@@ -299,7 +299,15 @@ static int send_msg(cy_devices *d, cy_link *l, cy_msg *m, uint8_t qos, bool reta
 {
     cy_link_msg lm = {m, qos, retain, dup, qos ? id : 0, sub_ids, n_sub_ids};
     int rc = l->ops->send(l, &lm);
-    if (rc == 0) d->stats->publish_sent++;
+    if (rc == 0) {
+        d->stats->publish_sent++;
+        if (qos == 0)
+            d->stats->publish_sent_qos0++;
+        else if (qos == 1)
+            d->stats->publish_sent_qos1++;
+        else
+            d->stats->publish_sent_qos2++;
+    }
     return rc;
 }
 

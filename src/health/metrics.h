@@ -88,7 +88,15 @@ enum {
       "API requests answered 503 because the device's shard was not healthy")                      \
     X(events, CY_METRIC_COUNTER, "events", "events buffered for the API's event streams")          \
     X(store_full_refusals, CY_METRIC_COUNTER, "requests",                                          \
-      "durable work refused because the data folder's disk was full")
+      "durable work refused because the data folder's disk was full")                              \
+    X(publish_received_qos0, CY_METRIC_COUNTER, "packets", "PUBLISH packets received at QoS 0")    \
+    X(publish_received_qos1, CY_METRIC_COUNTER, "packets", "PUBLISH packets received at QoS 1")    \
+    X(publish_received_qos2, CY_METRIC_COUNTER, "packets", "PUBLISH packets received at QoS 2")    \
+    X(publish_sent_qos0, CY_METRIC_COUNTER, "packets", "PUBLISH packets sent at QoS 0")            \
+    X(publish_sent_qos1, CY_METRIC_COUNTER, "packets", "PUBLISH packets sent at QoS 1")            \
+    X(publish_sent_qos2, CY_METRIC_COUNTER, "packets", "PUBLISH packets sent at QoS 2")            \
+    X(messages_queued_online, CY_METRIC_GAUGE, "messages",                                         \
+      "messages queued for connected devices (waiting for their window)")
 
 #define CY_METRIC_ONE_(name, kind, unit, help) +1
 enum { CY_METRICS_N = 0 CY_METRICS(CY_METRIC_ONE_) };

@@ -101,6 +101,12 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
     cy_mqtt *g = c->g;
     cy_session *s = c->sess;
     g->stats->publish_received++;
+    if (p->qos == 0)
+        g->stats->publish_received_qos0++;
+    else if (p->qos == 1)
+        g->stats->publish_received_qos1++;
+    else
+        g->stats->publish_received_qos2++;
     if (p->props.present & CY_PBIT(CY_PROP_TOPIC_ALIAS)) {
         int rc = resolve_alias(c, p);
         if (rc) return rc;

@@ -231,6 +231,7 @@ void cy_shard_beat(cy_shard *b)
     cy_sb_storeu(&s->queued, b->owed);
     cy_sb_storeu(&s->connections, cy_mqtt_connections(b->mqtt));
     cy_cluster_beat(b->cluster, s);
+    b->stats.messages_queued_online = cy_devices_online_queued(b->devices);
     cy_metrics_publish(s, &b->stats, now);
     cy_hists_publish(s, &b->hists);
 }

@@ -96,6 +96,7 @@ def test_change_times_follow_traffic(server_factory, new_device):
     assert cp.returncode == 0, cp.stderr
     m1 = wait_for(lambda: (lambda m: m if m[key] > before else None)(srv.metrics()), 5,
                   "connects_total moves", srv)
+    assert m1[("cyan_publish_received_qos0_total", shard_label(0))] >= 1
     assert m1[comp] >= t0 - 1.0
     assert m1[comp] <= time.time() + 1.0
     # An unchanged counter keeps its change time across snapshots.

@@ -53,7 +53,7 @@ static bool prom_name_ok(const char *s)
 static void test_metrics_registry_shape(void **state)
 {
     (void)state;
-    assert_int_equal(CY_METRICS_N, 30);
+    assert_int_equal(CY_METRICS_N, 37);
     assert_true(CY_METRICS_N <= CY_SB_COUNTERS);
     int gauges = 0;
     for (size_t i = 0; i < CY_METRICS_N; i++) {
@@ -71,14 +71,15 @@ static void test_metrics_registry_shape(void **state)
         assert_int_equal(cy_metrics_find(d->name), (int)i);
     }
     /* The levels are gauges; everything else only counts up. */
-    assert_int_equal(gauges, 4);
+    assert_int_equal(gauges, 5);
     static const char *levels[] = {"clients_connected", "sessions", "subscriptions",
-                                   "retained_messages"};
-    for (size_t k = 0; k < 4; k++)
+                                   "retained_messages", "messages_queued_online"};
+    for (size_t k = 0; k < 5; k++)
         assert_int_equal(cy_metric_defs[cy_metrics_find(levels[k])].kind, CY_METRIC_GAUGE);
     /* Slot order is the order the scoreboard has always had. */
     assert_string_equal(cy_metric_defs[0].name, "clients_connected");
-    assert_string_equal(cy_metric_defs[CY_METRICS_N - 1].name, "store_full_refusals");
+    assert_string_equal(cy_metric_defs[29].name, "store_full_refusals"); /* appended after it */
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 1].name, "messages_queued_online");
     assert_int_equal(CY_METRIC_INDEX(publish_received), 7);
 }
 
@@ -299,7 +300,7 @@ static void test_metrics_prometheus_node_totals(void **state)
     assert_non_null(strstr(t, "\ncyan_store_full_refusals_total 129\n"));
     assert_int_equal(count(t, "# HELP "), CY_METRICS_N);
     assert_int_equal(count(t, "# TYPE "), CY_METRICS_N);
-    assert_int_equal(count(t, " gauge\n"), 4);
+    assert_int_equal(count(t, " gauge\n"), 5);
     check_grammar(t, 1);
     free(t);
     cy_buf_fini(&b);
