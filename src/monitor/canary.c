@@ -91,7 +91,7 @@ struct cy_canary {
     char secret[CY_DEVICE_SECRET_LEN + 1];
     char auth[CY_TOKEN_MAX + 32]; /* "Authorization: Bearer <token>" */
     char url[160];                /* the call's URL */
-    char ev_topic[TOPIC_MAX];     /* devices/<id>/events/cyan/canary */
+    char ev_topic[TOPIC_MAX];     /* $cyan/canary/<id> */
     char call_prefix[TOPIC_MAX];  /* devices/<id>/call/ping/ */
     struct sockaddr_storage mqtt;
     /* MQTT */
@@ -486,8 +486,15 @@ static void on_packet(cy_canary *c, const cy_mqtt_packet *p)
             s.type = CY_MQTT_SUBSCRIBE;
             c->sub_pid = s.u.subscribe.packet_id = next_pid(c);
             s.u.subscribe.entries = e;
-            s.u.subscribe.count = 2;
+            /* Publishing only: no call will come, so neither the call
+             * subscription nor a describe (retained, on the device's
+             * topics, which a plain broker's `#` subscriber would see). */
+            s.u.subscribe.count = c->publish_only ? 1 : 2;
             if (mq_send(c, &s)) return;
+            if (c->publish_only) {
+                c->desc_ok = true;
+                return;
+            }
             /* Described after the SUBSCRIBE: a call can only come once the
              * describe is known, and then the subscription is there. */
             char topic[TOPIC_MAX];
@@ -912,7 +919,7 @@ int cy_canary_new(uv_loop_t *loop, const cy_canary_conf *conf, cy_canary_cb cb, 
     memcpy(c->id, conf->device_id, CY_DEVICE_ID_LEN + 1);
     memcpy(c->secret, conf->secret, CY_DEVICE_SECRET_LEN + 1);
     snprintf(c->auth, sizeof(c->auth), "Authorization: Bearer %s", conf->token);
-    snprintf(c->ev_topic, sizeof(c->ev_topic), "devices/%s/events/" CY_CANARY_EVENT, c->id);
+    snprintf(c->ev_topic, sizeof(c->ev_topic), CY_CANARY_TOPIC "%s", c->id);
     snprintf(c->call_prefix, sizeof(c->call_prefix), "devices/%s/call/" CY_CANARY_FUNCTION "/",
              c->id);
     cy_buf_init(&c->in);

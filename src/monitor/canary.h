@@ -8,7 +8,9 @@
  * and describes one function, "ping", which returns its argument. Then, every
  * interval, it runs one attempt of each step:
  *
- *   publish  a QoS 1 event on devices/<id>/events/cyan/canary whose payload
+ *   publish  a QoS 1 message on $cyan/canary/<id> (its private topic: only an
+ *            internal device may use it, only its own, and no wildcard matches
+ *            a $ topic, so no user ever sees it) whose payload
  *            is the attempt's number; it succeeds when both the PUBACK and
  *            the event itself, delivered back through the canary's own
  *            subscription, have arrived. That is the device path: accept,
@@ -72,7 +74,7 @@
 #define CY_CANARY_TIMEOUT_MS 3000
 #define CY_CANARY_MAX_TIMEOUT_MS 60000 /* a call's timeout is at most 60 s (docs/api.md) */
 #define CY_CANARY_FUNCTION "ping"
-#define CY_CANARY_EVENT "cyan/canary" /* the event's name: devices/<id>/events/cyan/canary */
+#define CY_CANARY_TOPIC "$cyan/canary/" /* + the device id: its private topic */
 #define CY_CANARY_ERROR_MAX 160       /* bytes of an error text, with the NUL */
 
 enum { CY_CANARY_PUBLISH = 0, CY_CANARY_CALL = 1, CY_CANARY_NSTEPS = 2 };

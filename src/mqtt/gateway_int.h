@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <uv.h>
 
 #define CY_READ_CHUNK 65536
@@ -91,6 +92,8 @@ struct cy_conn {
     bool counted : 1;          /* counted in clients_connected */
     bool handed_in : 1;        /* arrived by handover from another shard */
     bool device : 1;           /* an isolated device: client id = device id, own topics only */
+    bool internal : 1;         /* an internal device (a canary), client id = its id: it may
+                                  use its private $cyan/canary/<id> (cy_conn_canary_topic) */
     bool paused : 1;           /* reading stopped: output over max_output (back-pressure) */
     bool close_at_flush : 1;   /* closing: the socket closes after its last flush */
     bool reading : 1;          /* libuv reads it: changed only by set_reading (conn.c) */
@@ -205,5 +208,17 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
                       size_t len);
 /* Feed bytes to a connection as if read (used by adopt). */
 void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len);
+
+/* Whether topic is the connection's private canary topic: an internal
+ * device's $cyan/canary/<its client id>. Only that client may publish and
+ * subscribe there, and no wildcard matches a $ topic, so a canary's
+ * messages reach nobody else, whatever isolate_devices says. */
+static inline bool cy_conn_canary_topic(const cy_conn *c, const char *t, size_t len)
+{
+    static const char pfx[] = "$cyan/canary/";
+    size_t pl = sizeof(pfx) - 1;
+    return c->internal && c->sess && len == pl + c->sess->client_id_len &&
+           memcmp(t, pfx, pl) == 0 && memcmp(t + pl, c->sess->client_id, len - pl) == 0;
+}
 
 #endif

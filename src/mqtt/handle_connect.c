@@ -222,6 +222,9 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     c->sess = s;
     c->state = CONN_ACTIVE;
     c->device = device;
+    c->internal = p->has_username && p->username.len == idlen &&
+                  memcmp(p->username.p, who, idlen) == 0 &&
+                  cy_registry_device_internal(g->registry, who, idlen) == 1;
     c->counted = true;
     g->stats->clients_connected++;
     g->stats->connects_total++;

@@ -115,7 +115,8 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
     if (p->topic.len == 0) return CY_RC_PROTOCOL_ERROR;
     bool retain = p->retain, reply = false;
     const char *why = NULL;
-    int reason = cy_device_admit(g->devices, c->device ? s->client_id : NULL, s->client_id_len,
+    int reason = cy_conn_canary_topic(c, p->topic.p, p->topic.len) ? 0 :
+                 cy_device_admit(g->devices, c->device ? s->client_id : NULL, s->client_id_len,
                                  p->topic.p, p->topic.len, p->payload, p->payload_len, &retain,
                                  &reply, &why);
     if (reason) return refuse(c, p, (uint8_t)reason, why);

@@ -265,3 +265,31 @@ def test_incidents_by_operators(server_factory):
     inc = wait_for(lambda: ops_json(srv, "/api/v2/incidents.json")["incidents"]
                    if srv.ops_get("/-/healthy")[0] == 200 else None, 10, "monitor back", srv)
     assert inc[0]["status"] == "resolved", inc
+
+
+def test_canary_invisible_to_other_clients(server_factory, new_device):
+    """Canaries walk a private $cyan/canary/<id> topic: a `#` subscriber of a
+    plain broker (isolate_devices = false) never sees them, and no other
+    client may publish or subscribe there."""
+    from helpers import Client
+    srv = server_factory(shards=1)
+    key = ("cyan_canary_success_total", 'shard="0",step="publish"')
+    wait_metrics(srv, lambda m: m.get(key, 0) >= 1, 15, "the canary walks")
+    dev = new_device()
+    with Client(srv, dev, version=5) as c:
+        c.connect()
+        assert c.subscribe("#", 1) == [1]
+        assert c.subscribe("$cyan/canary/" + dev.id, 1) != [1]
+        m0 = srv.metrics()[key]
+        # Two more canary rounds while subscribed, then a barrier of our own.
+        wait_metrics(srv, lambda m: m[key] >= m0 + 2, 10, "two canary rounds")
+        c.publish("after/canary", b"barrier", qos=1)
+        got = []
+        for _ in range(100):
+            msg = c.get(timeout=5)
+            assert msg is not None, got
+            got.append(msg.topic)
+            if msg.topic == "after/canary":
+                break
+        assert got[-1] == "after/canary", got
+        assert [t for t in got if t != "after/canary"] == [], got

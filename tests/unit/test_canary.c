@@ -195,7 +195,7 @@ static void on_mqtt_packet(fake *f, peer *p, const cy_mqtt_packet *pk)
             assert_true(pb->retain);
             assert_int_equal(pb->qos, 1);
             f->describes++;
-        } else if (!strcmp(topic, "devices/" ID "/events/" CY_CANARY_EVENT)) {
+        } else if (!strcmp(topic, CY_CANARY_TOPIC ID)) {
             f->events++;
             char payload[64];
             snprintf(payload, sizeof(payload), "%.*s", (int)pb->payload_len,
