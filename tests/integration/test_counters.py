@@ -133,7 +133,7 @@ def test_messages_expired_counter(server, new_device, watcher):
     watcher.wait("messages_expired", lambda v: v >= x0 + 1)
 
 
-_TOTAL = re.compile(r"^([a-z_]+) +(\d+) +([a-z]*) +(counter|gauge)$")
+_TOTAL = re.compile(r"^([a-z0-9_]+) +(\d+) +([a-z]*) +(counter|gauge)$")
 
 
 def status_totals(server):
