@@ -664,23 +664,29 @@ int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, cons
                         "device_check", NULL);
 }
 
-int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out)
+/* One device row by key with statement st: 0, CY_ENOENT or CY_ESTORE. */
+static int get_device(cy_registry *r, sqlite3_stmt *st, const char *key, const char *what,
+                      cy_device *out)
 {
-    if (!id_or_name || !out) return CY_EINVAL;
     cy_registry_end_reads(r);
     if (closed(r, READS)) return CY_ESTORE;
-    sqlite3_stmt *st = r->st[ST_GET];
     int rc;
-    if (sqlite3_bind_text(st, 1, id_or_name, -1, SQLITE_STATIC)) {
-        rc = fail(r, READS, "device_get");
+    if (sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC)) {
+        rc = fail(r, READS, what);
     } else {
         int sr = sqlite3_step(st);
         rc = sr == SQLITE_ROW    ? copy_device(st, out)
              : sr == SQLITE_DONE ? CY_ENOENT
-                                 : fail(r, READS, "device_get");
+                                 : fail(r, READS, what);
     }
     done(st);
     return rc;
+}
+
+int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out)
+{
+    if (!id_or_name || !out) return CY_EINVAL;
+    return get_device(r, r->st[ST_GET], id_or_name, "device_get", out);
 }
 
 /* Run the DELETE statement st with key; CY_ENOENT if it deleted nothing. */
@@ -741,20 +747,7 @@ int cy_registry_device_internal(cy_registry *r, const char *id, size_t id_len)
 int cy_registry_internal_get(cy_registry *r, const char *id, cy_device *out)
 {
     if (!r || !id || !out) return CY_EINVAL;
-    cy_registry_end_reads(r);
-    if (closed(r, READS)) return CY_ESTORE;
-    sqlite3_stmt *st = r->st[ST_INTERNAL_GET];
-    int rc;
-    if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC)) {
-        rc = fail(r, READS, "internal_get");
-    } else {
-        int sr = sqlite3_step(st);
-        rc = sr == SQLITE_ROW    ? copy_device(st, out)
-             : sr == SQLITE_DONE ? CY_ENOENT
-                                 : fail(r, READS, "internal_get");
-    }
-    done(st);
-    return rc;
+    return get_device(r, r->st[ST_INTERNAL_GET], id, "internal_get", out);
 }
 
 /* Run st (bound with id, and salt and hash when given) to its end. */

@@ -340,9 +340,9 @@ class Server:
         pytest.fail("processes of the killed server still hold %s after %.0fs\n%s"
                     % (lock, timeout, self.log_tail()))
 
-    def shard_pids(self):
-        """{shard index: pid} of this server's shard processes now, from /proc
-        (zombies left out)."""
+    def _procs(self, kind):
+        """{slot index: pid} of this server's `cyan KIND INDEX ...` processes
+        now (kind "shard" or "monitor"), from /proc, zombies left out."""
         needle = ("--data_dir=%s" % self.data_dir).encode()
         found = {}
         for pid in os.listdir("/proc"):
@@ -357,28 +357,18 @@ class Server:
                 continue
             if stat[stat.rindex(")") + 2] in "ZX":
                 continue
-            if len(args) > 3 and args[1] == b"shard" and needle in args:
+            if len(args) > 3 and args[1] == kind.encode() and needle in args:
                 found[int(args[2])] = int(pid)
         return found
 
+    def shard_pids(self):
+        """{shard index: pid} of this server's shard processes now."""
+        return self._procs("shard")
+
     def monitor_pid(self):
         """The pid of this server's monitor process now, or None."""
-        needle = ("--data_dir=%s" % self.data_dir).encode()
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as f:
-                    args = f.read().split(b"\0")
-                with open("/proc/%s/stat" % pid) as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if stat[stat.rindex(")") + 2] in "ZX":
-                continue
-            if len(args) > 3 and args[1] == b"monitor" and needle in args:
-                return int(pid)
-        return None
+        pids = list(self._procs("monitor").values())
+        return pids[0] if pids else None
 
     def ops_get(self, path, token=None, timeout=3.0):
         """GET path on the operations listener: (status, headers dict, body
