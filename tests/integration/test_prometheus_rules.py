@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 RULES = os.path.join(REPO, "etc", "prometheus", "cyan-alerts.yml")
 RULES_TEST = os.path.join(REPO, "etc", "prometheus", "cyan-alerts.test.yml")
 DASHBOARD = os.path.join(REPO, "etc", "grafana", "cyan-dashboard.json")
-ALERTS_C = os.path.join(REPO, "src", "monitor", "alerts.c")
+ALERTS_C = os.path.join(REPO, "src", "alerts", "alerts.c")
 METRICS_H = os.path.join(REPO, "src", "health", "metrics.h")
 
 # Series the monitor produces besides the registry's (docs: MONITOR spec,
