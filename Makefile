@@ -54,14 +54,18 @@ valgrind:
 
 # The whole MQTT suite runs on one shard and again on four: every behaviour
 # must hold across shards exactly as on one. The shard fault, stall, drill,
-# monitor and rules tests choose their own shard counts (or need none), so
-# they run once, in the second pass.
+# monitor and rules tests choose their own shard counts (or need none), and
+# the canary, internal-device and histogram tests are about several shards,
+# so they run once, in the second pass.
 integration:
 	@echo "integration: 1 shard"
 	@CYAN_SHARDS=1 CYAN_BIN=$(CURDIR)/$(ASAN)/cyan $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration \
 	  --ignore=tests/integration/test_shards.py --ignore=tests/integration/test_drill.py \
 	  --ignore=tests/integration/test_stall_local.py --ignore=tests/integration/test_monitor.py \
-	  --ignore=tests/integration/test_prometheus_rules.py
+	  --ignore=tests/integration/test_prometheus_rules.py \
+	  --ignore=tests/integration/test_canary_client.py \
+	  --ignore=tests/integration/test_internal_devices.py \
+	  --ignore=tests/integration/test_histograms.py
 	@echo "integration: 4 shards"
 	@CYAN_SHARDS=4 CYAN_BIN=$(CURDIR)/$(ASAN)/cyan $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
