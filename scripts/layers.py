@@ -15,7 +15,7 @@ LAYERS = {
     "core": 0,
     "health": 1, "store": 1, "http": 1, "alerts": 1,
     "router": 2, "status": 2,
-    "cluster": 3,
+    "cluster": 3, "webhooks": 3,
     "device": 4,
     "mqtt": 5, "api": 5,
     "shard": 6, "monitor": 6,

@@ -123,6 +123,21 @@ static const setting table[] = {
     STR(alert_webhooks, "",
         "comma-separated URLs that receive alert notifications as Alertmanager webhook JSON "
         "(version 4); empty = alerts go to the log, /v1/alerts and the status page only"),
+    U32(event_retention, "3600", 0, 31536000,
+        "seconds an event stays in its shard's event log once every webhook has delivered it "
+        "(how far back an event stream can resume with Last-Event-ID)"),
+    U32(webhook_timeout, "20", 1, 600, "seconds a webhook request may take before it is retried"),
+    U32(webhook_max_age, "86400", 1, 2592000,
+        "seconds an event is retried for a webhook before it goes to the dead-letter list"),
+    U32(webhook_retry_base, "5000", 10, 3600000,
+        "milliseconds before a failed webhook request is first retried; the next waits grow "
+        "from it (x60, x360, x1440, x3600, then x7200: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h)"),
+    U32(webhook_concurrency, "16", 1, 1024,
+        "webhook requests in flight at once for one webhook, on each shard"),
+    U32(webhook_max, "100", 0, 100000, "webhooks a node may have"),
+    BOOL(webhook_allow_private, "false",
+         "webhooks may call loopback, private (RFC 1918, fc00::/7) and link-local addresses; "
+         "false refuses them (a webhook URL is a way into your network)"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))

@@ -66,6 +66,13 @@ typedef struct cy_config {
     uint32_t canary_timeout;    /* ms; 0 = no canaries */
     char alert_rules[512];      /* path of a rules file; "" = built-in rules */
     char alert_webhooks[512];   /* comma-separated receiver URLs */
+    uint32_t event_retention;   /* s an event stays in the log after every webhook has passed it */
+    uint32_t webhook_timeout;   /* s per webhook request */
+    uint32_t webhook_max_age;   /* s an event is retried before it is dead-lettered */
+    uint32_t webhook_retry_base; /* ms: first retry wait; later ones grow from it */
+    uint32_t webhook_concurrency; /* requests in flight per webhook, per shard */
+    uint32_t webhook_max;       /* webhooks per node */
+    bool webhook_allow_private; /* webhooks may target loopback, private, link-local addresses */
 } cy_config;
 
 typedef struct cy_config_error {
