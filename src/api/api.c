@@ -89,6 +89,22 @@ static void reply_error(cy_api *b, cy_http_req *req, unsigned status, const char
     free(body);
 }
 
+void cy_api_reply_json(cy_api *b, cy_http_req *req, unsigned status, json_t *o)
+{
+    reply_json(b, req, status, o);
+}
+
+void cy_api_reply_error(cy_api *b, cy_http_req *req, unsigned status, const char *code,
+                        const char *const *headers, const char *fmt, ...)
+{
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    reply_error(b, req, status, code, headers, "%s", msg);
+}
+
 static void reply_unavailable(cy_api *b, cy_http_req *req, const char *why)
 {
     char retry[16];
@@ -662,6 +678,13 @@ static void handle(void *ctx, cy_http_req *req)
                     "this token only calls the functions of cyan's internal devices");
         goto out;
     }
+    if (cy_api_is_trace(r.seg, r.nseg)) {
+        if (method_is(&r, "GET"))
+            cy_api_event_trace(b, req, r.seg[1]);
+        else
+            not_allowed(b, req, "GET");
+        goto out;
+    }
     if (!strcmp(r.seg[0], "events")) {
         if (r.nseg == 1 && method_is(&r, "POST")) {
             if (need_full(b, &r)) event_publish(b, req);
@@ -755,6 +778,7 @@ int cy_api_new(const cy_api_deps *deps, int http_fd, cy_api **out)
     a->tick.data = a;
     a->tick_running = true;
     int rc = cy_api_events_init(a, a->cfg->event_buffer);
+    if (!rc) rc = cy_api_events_preload(a);
     if (rc) goto fail;
     a->http_fd = dup(http_fd);
     if (a->http_fd < 0) {

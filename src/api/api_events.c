@@ -23,6 +23,7 @@
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "webhooks/webhooks.h"
 
 #include <inttypes.h>
 #include <openssl/evp.h>
@@ -30,7 +31,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void event_seal(void *ctx, cy_subscriber *s, cy_route *r);
 static void event_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const cy_match *x);
 
 int cy_api_events_init(cy_api *a, uint32_t capacity)
@@ -38,11 +38,9 @@ int cy_api_events_init(cy_api *a, uint32_t capacity)
     a->ring = cy_calloc(capacity, sizeof(*a->ring));
     if (!a->ring) return CY_ENOMEM;
     a->ring_cap = capacity;
-    a->seq = (uint64_t)cy_wall_ms() * 1000;
     cy_logrl_init(&a->rl, 10000, 20);
     a->events_kind = (cy_sub_kind){.name = "events",
                                    .deliver = event_deliver,
-                                   .seal = event_seal,
                                    .ctx = a};
     cy_subscriber_init(&a->events_sub, &a->events_kind);
     return 0;
@@ -275,31 +273,6 @@ static void fan_idle_cb(uv_idle_t *h)
     fan_slice(h->data);
 }
 
-/* Whether m is an event of an internal device (a canary's,
- * devices/<id>/events/...): not an event of users. A registry that cannot
- * answer says no: better a canary's event shown than a user's lost. */
-static bool internal_event(cy_api *a, const cy_msg *m)
-{
-    ev_view v;
-    return view(m, &v) && v.device &&
-           cy_registry_device_internal(a->registry, v.device, v.device_len) == 1;
-}
-
-/* The events kind's seal: an event is numbered where it enters the node,
- * before it is routed (a copy from a peer shard carries its number). An
- * internal device's event is left unnumbered, and event_deliver skips
- * unnumbered messages on every shard: it is routed (to its subscribers,
- * to peers) but never buffered or streamed. It enters on its device's
- * own shard, whose registry cache holds the device's row since its
- * CONNECT, so the test costs a lookup in memory. */
-static void event_seal(void *ctx, cy_subscriber *s, cy_route *r)
-{
-    cy_api *a = ctx;
-    (void)s;
-    if (r->from_peer || r->m->event_seq || internal_event(a, r->m)) return;
-    r->m->event_seq = ++a->seq;
-}
-
 /* The events kind's deliver: m matched the event filters: buffer it and
  * send it to the streams. */
 static void event_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const cy_match *x)
@@ -313,7 +286,10 @@ static void event_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const 
     ev_view v;
     if (!view(m, &v)) return;
     unsigned o = m->origin;
-    if (m->event_seq > a->last_seq[o]) a->last_seq[o] = m->event_seq;
+    /* Already here: loaded from the logs at start, or a frame a peer sent
+     * again after a restart. */
+    if (m->event_seq <= a->last_seq[o]) return;
+    a->last_seq[o] = m->event_seq;
     b->stats->events++;
     uint32_t at;
     if (a->ring_count == a->ring_cap) {
@@ -335,6 +311,79 @@ static void event_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const 
     *e = (api_event){.m = cy_msg_ref(m), .seq = m->event_seq, .origin = (uint8_t)o,
                      .at = cy_wall_ms()};
     fan_slice(b);
+}
+
+/* ---- the ring's first events, from the logs ---- */
+
+typedef struct tail_ev {
+    cy_msg *m;
+    int64_t at;
+} tail_ev;
+
+typedef struct tail_ctx {
+    tail_ev *v;
+    size_t n, cap;
+    unsigned origin;
+} tail_ctx;
+
+static int tail_row(void *ctx, const cy_store_event *e)
+{
+    tail_ctx *c = ctx;
+    if (c->n == c->cap) return 1;
+    cy_msg *m = cy_msg_new(e->topic, e->topic_len, e->payload, e->payload_len, NULL, 0, 0, false, 0);
+    if (!m) return CY_ENOMEM;
+    m->origin = (uint8_t)c->origin;
+    m->event_seq = e->seq;
+    c->v[c->n++] = (tail_ev){m, e->at};
+    return 0;
+}
+
+static int tail_cmp(const void *x, const void *y)
+{
+    const tail_ev *a = x, *b = y;
+    if (a->at != b->at) return a->at < b->at ? -1 : 1;
+    if (a->m->origin != b->m->origin) return a->m->origin < b->m->origin ? -1 : 1;
+    return a->m->event_seq < b->m->event_seq ? -1 : a->m->event_seq > b->m->event_seq;
+}
+
+int cy_api_events_preload(cy_api *a)
+{
+    size_t cap = (size_t)a->ring_cap * a->nshards;
+    tail_ctx c = {cy_calloc(cap ? cap : 1, sizeof(tail_ev)), 0, 0, 0};
+    if (!c.v) return CY_ENOMEM;
+    for (unsigned j = 0; j < a->nshards; j++) {
+        char path[1200];
+        cy_webhooks_shard_path(a->cfg, j, path, sizeof(path));
+        cy_store *r;
+        if (cy_store_open_reader(path, &r)) continue; /* no file yet: nothing logged */
+        c.origin = j;
+        size_t before = c.n;
+        c.cap = before + a->ring_cap;
+        cy_store_events_tail(r, a->ring_cap, tail_row, &c);
+        cy_store_close(r);
+        (void)before;
+    }
+    /* Oldest first, by the time each was logged; the newest ring_cap stay. */
+    qsort(c.v, c.n, sizeof(*c.v), tail_cmp);
+    size_t from = c.n > a->ring_cap ? c.n - a->ring_cap : 0;
+    for (size_t i = 0; i < c.n; i++) {
+        cy_msg *m = c.v[i].m;
+        unsigned o = m->origin;
+        if (i < from) {
+            /* Not kept: what a resuming client misses from here is a gap. */
+            if (m->event_seq > a->evicted[o]) a->evicted[o] = m->event_seq;
+        } else if (m->event_seq > a->last_seq[o] && a->ring_count < a->ring_cap) {
+            a->last_seq[o] = m->event_seq;
+            uint32_t at = (a->ring_head + a->ring_count++) % a->ring_cap;
+            a->ring[at] = (api_event){.m = cy_msg_ref(m), .seq = m->event_seq,
+                                      .origin = (uint8_t)o, .at = c.v[i].at};
+        }
+        if (m->event_seq > a->last_seq[o]) a->last_seq[o] = m->event_seq;
+        cy_msg_unref(m);
+    }
+    a->fan_pos = a->ring_first + a->ring_count; /* nothing to fan out: no stream yet */
+    cy_free(c.v);
+    return 0;
 }
 
 /* The client left: forget the stream (the request is freed by http). */

@@ -103,7 +103,6 @@ struct cy_api {
     uint32_t ring_cap, ring_head, ring_count;
     uint64_t evicted[CY_SB_MAX_SHARDS]; /* highest seq dropped from the ring, per origin */
     uint64_t last_seq[CY_SB_MAX_SHARDS]; /* highest seq seen, per origin */
-    uint64_t seq;          /* ours, for events our clients publish */
     uint64_t ring_first;   /* absolute position of ring[ring_head]: events ever evicted */
     api_stream *streams;
     unsigned nstreams;
@@ -131,6 +130,13 @@ struct cy_api {
  * observed: it lasts as long as its client likes, so its length says
  * nothing about the server's speed; a refused stream (its 429 or 503) is. */
 void cy_api_answered(cy_api *b, cy_http_req *req);
+/* Answer req with o (takes the reference; NULL: 500), or with
+ * {"error": code, "message": ...} and extra headers (NULL-terminated
+ * name, value pairs; may be NULL). Both count the answer (cy_api_answered). */
+void cy_api_reply_json(cy_api *b, cy_http_req *req, unsigned status, json_t *o);
+void cy_api_reply_error(cy_api *b, cy_http_req *req, unsigned status, const char *code,
+                        const char *const *headers, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
 /* {"error": code, "message": msg} as a string the caller frees with free(). */
 char *cy_api_error_body(const char *code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -139,6 +145,10 @@ char *cy_api_error_body(const char *code, const char *fmt, ...)
 /* Also makes a->events_sub, the subscriber of kind "events". */
 int cy_api_events_init(cy_api *a, uint32_t capacity);
 void cy_api_events_free(cy_api *a);
+/* Fill the ring with the newest logged events of every shard (read from
+ * their files), so a stream resumes across restarts of cyan. Call once,
+ * after init and before the first event. */
+int cy_api_events_preload(cy_api *a);
 /* Open a stream on req (GET .../events...) for the token with id token_id
  * (borrowed; checked by the caller). device may be NULL. Answers 429
  * too_many_streams past sse_max_per_token / sse_max_per_address. */
@@ -149,5 +159,17 @@ void cy_api_events_tick(cy_api *b, int64_t now);
 /* End every stream, and close the fan-out's idle handle (the loop must run
  * once more before cy_api_events_free). */
 void cy_api_streams_close(cy_api *a);
+
+/* api_deliveries.c: what became of events (webhooks/webhooks.h, inspect). */
+/* A webhook's figures for its GET ("stats"), or NULL. */
+json_t *cy_api_webhook_stats(cy_api *b, const char *id);
+/* /v1/webhooks/{id}/dead-letters[/{event id}]/... (seg[0] is "webhooks",
+ * seg[2] "dead-letters"); the webhook exists. scope: the token's. */
+void cy_api_dead_letters(cy_api *b, cy_http_req *req, int scope, char *const *seg,
+                         unsigned nseg);
+/* GET /v1/events/{event id}/trace. */
+void cy_api_event_trace(cy_api *b, cy_http_req *req, const char *event_id);
+/* Whether seg (after /v1) is an event's trace: events/{id}/trace. */
+bool cy_api_is_trace(char *const *seg, unsigned nseg);
 
 #endif

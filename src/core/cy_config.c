@@ -124,8 +124,11 @@ static const setting table[] = {
         "comma-separated URLs that receive alert notifications as Alertmanager webhook JSON "
         "(version 4); empty = alerts go to the log, /v1/alerts and the status page only"),
     U32(event_retention, "3600", 0, 31536000,
-        "seconds an event stays in its shard's event log once every webhook has delivered it "
-        "(how far back an event stream can resume with Last-Event-ID)"),
+        "seconds an event stays in its shard's event log once every webhook has passed it, "
+        "unless event_log_keep newer events are there (how far back an event stream can "
+        "resume with Last-Event-ID, across restarts too)"),
+    U32(event_log_keep, "100000", 1, 0xFFFFFFFFu,
+        "events each shard's log keeps at most once every webhook has passed them"),
     U32(webhook_timeout, "20", 1, 600, "seconds a webhook request may take before it is retried"),
     U32(webhook_max_age, "86400", 1, 2592000,
         "seconds an event is retried for a webhook before it goes to the dead-letter list"),

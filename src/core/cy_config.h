@@ -66,6 +66,7 @@ typedef struct cy_config {
     uint32_t canary_timeout;    /* ms; 0 = no canaries */
     char alert_rules[512];      /* path of a rules file; "" = built-in rules */
     char alert_webhooks[512];   /* comma-separated receiver URLs */
+    uint32_t event_log_keep;    /* events kept in the log beyond what webhooks need */
     uint32_t event_retention;   /* s an event stays in the log after every webhook has passed it */
     uint32_t webhook_timeout;   /* s per webhook request */
     uint32_t webhook_max_age;   /* s an event is retried before it is dead-lettered */

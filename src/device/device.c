@@ -374,14 +374,8 @@ void cy_device_offline(cy_devices *d, cy_session *s, cy_link *link)
 
 json_t *cy_device_time(int64_t ms)
 {
-    if (ms <= 0) return json_null();
-    time_t sec = (time_t)(ms / 1000);
-    struct tm tm;
-    if (!gmtime_r(&sec, &tm)) return json_null();
-    char buf[96];
-    snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-    return json_string(buf);
+    char buf[CY_TIME_ISO_LEN];
+    return cy_time_iso(ms, buf)[0] ? json_string(buf) : json_null();
 }
 
 static json_t *presence_json(cy_devices *d, const dev_presence *pr)

@@ -96,7 +96,17 @@ enum {
     X(publish_sent_qos1, CY_METRIC_COUNTER, "packets", "PUBLISH packets sent at QoS 1")            \
     X(publish_sent_qos2, CY_METRIC_COUNTER, "packets", "PUBLISH packets sent at QoS 2")            \
     X(messages_queued_online, CY_METRIC_GAUGE, "messages",                                         \
-      "messages queued for connected devices (waiting for their window)")
+      "messages queued for connected devices (waiting for their window)")                          \
+    X(events_logged, CY_METRIC_COUNTER, "events", "events appended to this shard's event log")     \
+    X(webhook_attempts, CY_METRIC_COUNTER, "requests", "webhook requests made")                    \
+    X(webhook_delivered, CY_METRIC_COUNTER, "events", "events delivered to a webhook (2xx)")       \
+    X(webhook_failures, CY_METRIC_COUNTER, "requests",                                             \
+      "webhook requests that failed and will be tried again")                                      \
+    X(webhook_dead, CY_METRIC_COUNTER, "events", "events put on a webhook's dead-letter list")      \
+    X(webhook_pending, CY_METRIC_GAUGE, "events",                                                  \
+      "events matched by a webhook and not yet delivered nor dead-lettered (queued, in flight)")   \
+    X(webhook_oldest_seconds, CY_METRIC_GAUGE, "seconds",                                          \
+      "age of the oldest event a webhook has not yet delivered (0: none)")
 
 #define CY_METRIC_ONE_(name, kind, unit, help) +1
 enum { CY_METRICS_N = 0 CY_METRICS(CY_METRIC_ONE_) };

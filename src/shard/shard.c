@@ -36,6 +36,7 @@
 #include "mqtt/gateway.h"
 #include "router/router.h"
 #include "store/space.h"
+#include "webhooks/webhooks.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -82,6 +83,7 @@ struct cy_shard {
     cy_cluster *cluster;
     cy_devices *devices;
     cy_mqtt *mqtt;
+    cy_webhooks *webhooks; /* the event log's numbering and webhook deliveries */
     cy_api *api;           /* NULL when http_listen is empty */
     /* the loop */
     uv_check_t pass_end;   /* the pass hooks, once per loop pass */
@@ -268,7 +270,8 @@ static void on_owed_scan(uv_timer_t *t)
     uint64_t calls = cy_devices_owed_calls(b->devices, now);
     uint64_t held = cy_cluster_owed_held(b->cluster, now);
     uint64_t frames = cy_cluster_owed_frames(b->cluster);
-    b->owed = input + deliveries + calls + held + frames;
+    uint64_t hooks = cy_webhooks_owed(b->webhooks);
+    b->owed = input + deliveries + calls + held + frames + hooks;
     if (b->slot) cy_sb_storeu(&b->slot->queued, b->owed);
     uint64_t done = shard_progress(b);
     if (!b->owed || !b->owed_since || done != b->owed_progress) {
@@ -282,10 +285,11 @@ static void on_owed_scan(uv_timer_t *t)
     cy_warn(NULL,
             "owed work has not moved for %.1f s: %llu sockets with unread input or "
             "connections to accept, %llu messages deliverable, %llu calls past their deadline, "
-            "%llu held acknowledgements due, %llu frames for peers unwritten",
+            "%llu held acknowledgements due, %llu frames for peers unwritten, %llu webhook "
+            "deliveries due",
             (double)(now - b->owed_since) / 1000.0, (unsigned long long)input,
             (unsigned long long)deliveries, (unsigned long long)calls, (unsigned long long)held,
-            (unsigned long long)frames);
+            (unsigned long long)frames, (unsigned long long)hooks);
 }
 
 /* ---- the sweep ---- */
@@ -430,10 +434,23 @@ static int compose(cy_shard *b)
     };
     rc = cy_mqtt_new(&md, &b->mqtt);
     if (rc) return rc;
+    cy_webhooks_deps wd = {
+        .loop = b->loop,
+        .cfg = b->cfg,
+        .store = b->store,
+        .registry = b->registry,
+        .router = b->router,
+        .stats = &b->stats,
+        .self = b->self,
+        .nshards = b->nshards,
+    };
+    rc = cy_webhooks_new(&wd, &b->webhooks);
+    if (rc) return rc;
     /* Frames routed this pass go before the commit, which may wait for the
      * disk; replies and durable frames after it. */
     if ((rc = cy_shard_on_pass(b, CY_PASS_START, cluster_flush, NULL, b->cluster)) ||
         (rc = cy_shard_on_pass(b, CY_PASS_BEFORE_COMMIT, cluster_before, NULL, b->cluster)) ||
+        (rc = cy_shard_on_pass(b, CY_PASS_BEFORE_COMMIT, cy_webhooks_pass, NULL, b->webhooks)) ||
         (rc = cy_shard_on_pass(b, CY_PASS_AFTER_COMMIT, mqtt_flush, mqtt_more, b->mqtt)) ||
         (rc = cy_shard_on_pass(b, CY_PASS_AFTER_COMMIT, cluster_after, NULL, b->cluster)) ||
         (rc = cy_shard_on_pass(b, CY_PASS_END, registry_end_reads, NULL, b->registry)) ||
@@ -511,6 +528,11 @@ int cy_shard_start(cy_shard *b, int listen_fd, int http_fd)
     if (rc) return rc;
     rc = cy_cluster_start(b->cluster);
     if (rc) return rc;
+    rc = cy_webhooks_start(b->webhooks);
+    if (rc) {
+        cy_error(NULL, "webhooks: %s", cy_strerror(rc));
+        return rc;
+    }
     if (http_fd >= 0) {
         cy_api_deps ad = {
             .loop = b->loop,
@@ -591,6 +613,7 @@ void cy_shard_stop(cy_shard *b)
     cy_mqtt_stop(b->mqtt);
     if (b->api) cy_api_stop(b->api);
     cy_cluster_stop(b->cluster);
+    cy_webhooks_stop(b->webhooks);
     cy_store_commit(b->store);
     cy_mqtt_flush(b->mqtt); /* the closed connections' last output, after the commit */
     if (b->handles) {
@@ -609,6 +632,7 @@ void cy_shard_free(cy_shard *b)
     /* Highest layer first: each holds references into the ones below. */
     cy_api_free(b->api);
     cy_mqtt_free(b->mqtt);
+    cy_webhooks_free(b->webhooks);
     cy_devices_free(b->devices);
     cy_store_commit(b->store);
     cy_cluster_free(b->cluster);

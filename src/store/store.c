@@ -79,8 +79,9 @@
 #include <sys/statvfs.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 #define PEER_MAX 64 /* peers are 0..PEER_MAX-1 */
 /* What a row costs beyond its variable bytes, roughly (keys, integers,
  * b-tree cells), for cy_store_bytes. */
@@ -98,7 +99,30 @@
     " last_sent INTEGER NOT NULL,"                                                                 \
     " last_applied INTEGER NOT NULL);"
 
-static const char schema_v3[] = "CREATE TABLE IF NOT EXISTS sessions("
+/* The tables version 4 added: the event log and webhook delivery state. */
+#define TABLES_ADDED_V4                                                                            \
+    "CREATE TABLE IF NOT EXISTS events("                                                           \
+    " seq INTEGER PRIMARY KEY,"                                                                    \
+    " at INTEGER NOT NULL,"                                                                        \
+    " topic TEXT NOT NULL,"                                                                        \
+    " payload BLOB NOT NULL);"                                                                     \
+    "CREATE TABLE IF NOT EXISTS hook_state("                                                       \
+    " hook TEXT PRIMARY KEY NOT NULL,"                                                             \
+    " cursor INTEGER NOT NULL,"                                                                    \
+    " matched INTEGER NOT NULL, delivered INTEGER NOT NULL, dead INTEGER NOT NULL,"               \
+    " shown TEXT NOT NULL) WITHOUT ROWID;"                                                         \
+    "CREATE TABLE IF NOT EXISTS hook_retry("                                                       \
+    " hook TEXT NOT NULL, seq INTEGER NOT NULL,"                                                   \
+    " at INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,"                           \
+    " attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, trail TEXT NOT NULL,"                  \
+    " PRIMARY KEY(hook, seq)) WITHOUT ROWID;"                                                      \
+    "CREATE TABLE IF NOT EXISTS hook_dead("                                                        \
+    " hook TEXT NOT NULL, seq INTEGER NOT NULL,"                                                   \
+    " at INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,"                           \
+    " attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, trail TEXT NOT NULL,"                  \
+    " PRIMARY KEY(hook, seq)) WITHOUT ROWID;"
+
+static const char schema_v4[] = "CREATE TABLE IF NOT EXISTS sessions("
                                 " client_id TEXT PRIMARY KEY NOT NULL,"
                                 " version INTEGER NOT NULL,"
                                 " expiry INTEGER NOT NULL,"
@@ -133,7 +157,8 @@ static const char schema_v3[] = "CREATE TABLE IF NOT EXISTS sessions("
                                 " qos INTEGER NOT NULL,"
                                 " expiry_at INTEGER NOT NULL,"
                                 " ts INTEGER NOT NULL,"
-                                " owner TEXT);" TABLES_ADDED_V2 "PRAGMA user_version = 3;";
+                                " owner TEXT);" TABLES_ADDED_V2 TABLES_ADDED_V4
+                                "PRAGMA user_version = 4;";
 
 /* Version 1 to 2. Retained messages written before stamps existed get 0,
  * older than any stamp, so the first replicated update of the topic wins. */
@@ -147,8 +172,11 @@ static const char migrate_v2[] =
 static const char migrate_v3[] = "ALTER TABLE retained ADD COLUMN owner TEXT;"
                                  "PRAGMA user_version = 3;";
 
+/* Version 3 to 4: the event log and webhook delivery state. */
+static const char migrate_v4[] = TABLES_ADDED_V4 "PRAGMA user_version = 4;";
+
 /* migrations[v] takes a file from version v to v + 1. */
-static const char *const migrations[] = {NULL, migrate_v2, migrate_v3};
+static const char *const migrations[] = {NULL, migrate_v2, migrate_v3, migrate_v4};
 
 enum {
     ST_BEGIN,
@@ -179,6 +207,29 @@ enum {
     ST_LOAD_RETAINED,
     ST_LOAD_PEERS,
     ST_LOAD_OUTBOX,
+    ST_EV_PUT,
+    ST_EV_LAST,
+    ST_EV_READ,
+    ST_EV_GET,
+    ST_EV_TRIM,
+    ST_EV_NTH,
+    ST_EV_TAIL,
+    ST_EV_FIRST,
+    ST_EV_COUNT_AFTER,
+    ST_HS_PUT,
+    ST_HS_LOAD,
+    ST_HS_DEL,
+    ST_HR_PUT,
+    ST_HR_DEL,
+    ST_HR_LOAD,
+    ST_HR_DEL_HOOK,
+    ST_HR_GET,
+    ST_HD_PUT,
+    ST_HD_DEL,
+    ST_HD_LIST,
+    ST_HD_GET,
+    ST_HD_DEL_HOOK,
+    ST_HD_SEQS,
     N_ST
 };
 
@@ -228,6 +279,42 @@ static const char *const sql[N_ST] = {
     [ST_LOAD_RETAINED] = "SELECT topic, payload, props, qos, expiry_at, ts, owner FROM retained",
     [ST_LOAD_PEERS] = "SELECT peer, last_sent, last_applied FROM peers ORDER BY peer",
     [ST_LOAD_OUTBOX] = "SELECT peer, seq, frame FROM outbox ORDER BY peer, seq",
+    [ST_EV_PUT] = "INSERT INTO events(seq, at, topic, payload) VALUES(?1, ?2, ?3, ?4)",
+    [ST_EV_LAST] = "SELECT max(seq) FROM events",
+    [ST_EV_READ] = "SELECT seq, at, topic, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    [ST_EV_GET] = "SELECT seq, at, topic, payload FROM events WHERE seq = ?1",
+    /* The newest event always stays: it carries the sequence across a
+     * restart (cy_store_event_append never goes below it). */
+    [ST_EV_TRIM] = "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq < ?1"
+                   " AND (at < ?2 OR seq <= ?4) AND seq < (SELECT max(seq) FROM events)"
+                   " ORDER BY seq LIMIT ?3)",
+    [ST_EV_NTH] = "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?1",
+    [ST_EV_TAIL] = "SELECT seq, at, topic, payload FROM events ORDER BY seq DESC LIMIT ?1",
+    [ST_EV_FIRST] = "SELECT min(seq), count(*) FROM events",
+    [ST_EV_COUNT_AFTER] = "SELECT count(*) FROM events WHERE seq > ?1",
+    [ST_HS_PUT] = "INSERT INTO hook_state(hook, cursor, matched, delivered, dead, shown)"
+                  " VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(hook) DO UPDATE SET"
+                  " cursor = excluded.cursor, matched = excluded.matched,"
+                  " delivered = excluded.delivered, dead = excluded.dead, shown = excluded.shown",
+    [ST_HS_LOAD] = "SELECT hook, cursor, matched, delivered, dead, shown FROM hook_state",
+    [ST_HS_DEL] = "DELETE FROM hook_state WHERE hook = ?1",
+    [ST_HR_PUT] = "INSERT OR REPLACE INTO hook_retry(hook, seq, at, topic, payload, attempts,"
+                  " next_at, trail) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [ST_HR_DEL] = "DELETE FROM hook_retry WHERE hook = ?1 AND seq = ?2",
+    [ST_HR_LOAD] = "SELECT hook, seq, at, topic, payload, attempts, next_at, trail FROM hook_retry"
+                   " ORDER BY hook, seq",
+    [ST_HR_DEL_HOOK] = "DELETE FROM hook_retry WHERE hook = ?1",
+    [ST_HR_GET] = "SELECT hook, seq, at, topic, payload, attempts, next_at, trail FROM hook_retry"
+                  " WHERE hook = ?1 AND seq = ?2",
+    [ST_HD_PUT] = "INSERT OR REPLACE INTO hook_dead(hook, seq, at, topic, payload, attempts,"
+                  " next_at, trail) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    [ST_HD_DEL] = "DELETE FROM hook_dead WHERE hook = ?1 AND seq = ?2",
+    [ST_HD_LIST] = "SELECT hook, seq, at, topic, payload, attempts, next_at, trail FROM hook_dead"
+                   " WHERE hook = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    [ST_HD_GET] = "SELECT hook, seq, at, topic, payload, attempts, next_at, trail FROM hook_dead"
+                  " WHERE hook = ?1 AND seq = ?2",
+    [ST_HD_DEL_HOOK] = "DELETE FROM hook_dead WHERE hook = ?1",
+    [ST_HD_SEQS] = "SELECT hook, seq FROM hook_dead WHERE seq > ?1",
 };
 
 struct cy_store {
@@ -239,6 +326,8 @@ struct cy_store {
     bool loading;   /* inside cy_store_load (it is not re-entrant) */
     bool no_space;  /* a write or commit of this batch failed for lack of disk space */
     uint64_t bytes; /* estimate of the bytes all writes so far have asked for */
+    uint64_t ev_last; /* the event log's last sequence number (0: none yet) */
+    bool readonly;  /* cy_store_open_reader: only the read calls */
     uint32_t *ids;  /* load's scratch for decoded subscription identifiers */
     size_t ids_cap; /* entries */
 };
@@ -303,14 +392,17 @@ static int bind_str(sqlite3_stmt *st, int i, const char *p, size_t n)
 
 /* ---- open / close ---- */
 
+static int ev_last_load(cy_store *s);
+
 int cy_store_open(const char *path, bool sync_full, cy_store **out)
 {
     if (!path || !out) return CY_EINVAL;
     *out = NULL;
     cy_store *s = cy_calloc(1, sizeof(*s));
     if (!s) return CY_ENOMEM;
-    static const cy_db_schema schema = {"store", SCHEMA_VERSION, schema_v3, migrations, true};
+    static const cy_db_schema schema = {"store", SCHEMA_VERSION, schema_v4, migrations, true};
     int rc = cy_db_open(path, sync_full, &schema, sql, N_ST, &s->db, s->st);
+    if (!rc) rc = ev_last_load(s);
     if (rc) goto fail;
     *out = s;
     return 0;
@@ -882,5 +974,364 @@ int cy_store_load(cy_store *s, const cy_store_loader *l, void *ctx)
         int crc = step_done(s, ST_COMMIT, "load end");
         if (!rc) rc = crc;
     }
+    return rc;
+}
+
+/* ---- the event log ---- */
+
+/* The open's own step: read the log's last sequence number. */
+static int ev_last_load(cy_store *s)
+{
+    sqlite3_stmt *st = s->st[ST_EV_LAST];
+    int sr = sqlite3_step(st);
+    if (sr == SQLITE_ROW) s->ev_last = col_u64(st, 0);
+    done(st);
+    return sr == SQLITE_ROW ? 0 : db_fail(s->db, "event last");
+}
+
+uint64_t cy_store_event_last(const cy_store *s)
+{
+    return s->ev_last;
+}
+
+int cy_store_event_append(cy_store *s, int64_t at, const char *topic, size_t topic_len,
+                          const uint8_t *payload, size_t payload_len, uint64_t *seq_out)
+{
+    if (!s || !topic || (!payload && payload_len) || s->readonly) return CY_EINVAL;
+    /* Ordered and unique even when the wall clock steps back: never below
+     * the last number given (which outlives restarts in the log). */
+    uint64_t now_us = at > 0 ? (uint64_t)at * 1000 : 0;
+    uint64_t seq = s->ev_last + 1 > now_us ? s->ev_last + 1 : now_us;
+    if (write_begin(s)) return CY_ESTORE;
+    sqlite3_stmt *st = s->st[ST_EV_PUT];
+    if (bind_u64(st, 1, seq) || sqlite3_bind_int64(st, 2, at) ||
+        bind_str(st, 3, topic, topic_len) || bind_bytes(st, 4, payload, payload_len)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "event append"), 0);
+    }
+    int rc = write_end(s, step_done(s, ST_EV_PUT, "event append"), topic_len + payload_len);
+    if (rc) return rc;
+    s->ev_last = seq;
+    if (seq_out) *seq_out = seq;
+    return 0;
+}
+
+static int ev_rows(cy_store *s, sqlite3_stmt *st, int (*fn)(void *, const cy_store_event *),
+                   void *ctx, const char *what)
+{
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        cy_store_event e = {.seq = col_u64(st, 0), .at = sqlite3_column_int64(st, 1)};
+        e.topic = col_str(st, 2, &e.topic_len);
+        e.payload = col_bytes(st, 3, &e.payload_len);
+        rc = fn(ctx, &e);
+    }
+    return rows_end(s, st, rc, sr, what);
+}
+
+int cy_store_events_read(cy_store *s, uint64_t after, unsigned limit,
+                         int (*fn)(void *ctx, const cy_store_event *e), void *ctx)
+{
+    if (!s || !fn) return CY_EINVAL;
+    sqlite3_stmt *st = s->st[ST_EV_READ];
+    if (bind_u64(st, 1, after) || sqlite3_bind_int64(st, 2, limit ? limit : 1)) {
+        done(st);
+        return db_fail(s->db, "events read");
+    }
+    return ev_rows(s, st, fn, ctx, "events read");
+}
+
+int cy_store_events_tail(cy_store *s, unsigned limit,
+                         int (*fn)(void *ctx, const cy_store_event *e), void *ctx)
+{
+    if (!s || !fn) return CY_EINVAL;
+    sqlite3_stmt *st = s->st[ST_EV_TAIL];
+    if (sqlite3_bind_int64(st, 1, limit)) {
+        done(st);
+        return db_fail(s->db, "events tail");
+    }
+    return ev_rows(s, st, fn, ctx, "events tail");
+}
+
+int cy_store_event_get(cy_store *s, uint64_t seq, int (*fn)(void *ctx, const cy_store_event *e),
+                       void *ctx)
+{
+    if (!s || !fn) return CY_EINVAL;
+    sqlite3_stmt *st = s->st[ST_EV_GET];
+    if (bind_u64(st, 1, seq)) {
+        done(st);
+        return db_fail(s->db, "event get");
+    }
+    bool found = false;
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        cy_store_event e = {.seq = col_u64(st, 0), .at = sqlite3_column_int64(st, 1)};
+        e.topic = col_str(st, 2, &e.topic_len);
+        e.payload = col_bytes(st, 3, &e.payload_len);
+        found = true;
+        rc = fn(ctx, &e);
+    }
+    rc = rows_end(s, st, rc, sr, "event get");
+    return rc ? rc : found ? 0 : CY_ENOENT;
+}
+
+int cy_store_events_span(cy_store *s, uint64_t after, uint64_t *first, uint64_t *count,
+                         uint64_t *count_after)
+{
+    if (!s) return CY_EINVAL;
+    sqlite3_stmt *st = s->st[ST_EV_FIRST];
+    int sr = sqlite3_step(st);
+    if (sr == SQLITE_ROW) {
+        if (first) *first = col_u64(st, 0);
+        if (count) *count = col_u64(st, 1);
+    }
+    done(st);
+    if (sr != SQLITE_ROW) return db_fail(s->db, "events span");
+    if (!count_after) return 0;
+    st = s->st[ST_EV_COUNT_AFTER];
+    if (bind_u64(st, 1, after)) {
+        done(st);
+        return db_fail(s->db, "events count");
+    }
+    sr = sqlite3_step(st);
+    if (sr == SQLITE_ROW) *count_after = col_u64(st, 0);
+    done(st);
+    return sr == SQLITE_ROW ? 0 : db_fail(s->db, "events count");
+}
+
+int cy_store_events_trim(cy_store *s, uint64_t below, int64_t at_before, uint64_t keep,
+                         unsigned max_rows)
+{
+    if (!s || s->readonly) return CY_EINVAL;
+    /* cut: the newest seq beyond the `keep` newest events (0: none). */
+    uint64_t cut = 0;
+    sqlite3_stmt *nth = s->st[ST_EV_NTH];
+    if (sqlite3_bind_int64(nth, 1, (sqlite3_int64)(keep > INT64_MAX ? INT64_MAX : keep))) {
+        done(nth);
+        return db_fail(s->db, "events trim");
+    }
+    int sr = sqlite3_step(nth);
+    if (sr == SQLITE_ROW) cut = col_u64(nth, 0);
+    done(nth);
+    if (sr != SQLITE_ROW && sr != SQLITE_DONE) return db_fail(s->db, "events trim");
+    if (write_begin(s)) return CY_ESTORE;
+    sqlite3_stmt *st = s->st[ST_EV_TRIM];
+    if (bind_u64(st, 1, below) || sqlite3_bind_int64(st, 2, at_before) ||
+        sqlite3_bind_int64(st, 3, max_rows) || bind_u64(st, 4, cut)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "events trim"), 0);
+    }
+    int rc = write_end(s, step_done(s, ST_EV_TRIM, "events trim"), 0);
+    return rc ? rc : sqlite3_changes(s->db);
+}
+
+/* ---- webhook delivery state ---- */
+
+int cy_store_hook_state_put(cy_store *s, const cy_store_hook_state *h)
+{
+    if (!s || !h || !h->hook || !h->shown || s->readonly) return CY_EINVAL;
+    if (write_begin(s)) return CY_ESTORE;
+    sqlite3_stmt *st = s->st[ST_HS_PUT];
+    size_t sl = strlen(h->shown);
+    if (bind_str(st, 1, h->hook, strlen(h->hook)) || bind_u64(st, 2, h->cursor) ||
+        bind_u64(st, 3, h->matched) || bind_u64(st, 4, h->delivered) ||
+        bind_u64(st, 5, h->dead) || bind_str(st, 6, h->shown, sl)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "hook state put"), 0);
+    }
+    return write_end(s, step_done(s, ST_HS_PUT, "hook state put"), sl);
+}
+
+int cy_store_hook_states(cy_store *s, int (*fn)(void *ctx, const cy_store_hook_state *h),
+                         void *ctx)
+{
+    if (!s || !fn) return CY_EINVAL;
+    sqlite3_stmt *st = s->st[ST_HS_LOAD];
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t len;
+        cy_store_hook_state h = {.cursor = col_u64(st, 1),
+                                 .matched = col_u64(st, 2),
+                                 .delivered = col_u64(st, 3),
+                                 .dead = col_u64(st, 4)};
+        h.hook = col_str(st, 0, &len);
+        h.shown = col_str(st, 5, &len);
+        rc = fn(ctx, &h);
+    }
+    return rows_end(s, st, rc, sr, "hook states");
+}
+
+/* Put a retry or dead row (same columns). */
+static int hook_row_put(cy_store *s, int which, const char *what, const cy_store_hook_row *r)
+{
+    if (!s || !r || !r->hook || !r->topic || (!r->payload && r->payload_len) || !r->trail ||
+        s->readonly)
+        return CY_EINVAL;
+    if (write_begin(s)) return CY_ESTORE;
+    sqlite3_stmt *st = s->st[which];
+    size_t tl = strlen(r->trail);
+    if (bind_str(st, 1, r->hook, strlen(r->hook)) || bind_u64(st, 2, r->seq) ||
+        sqlite3_bind_int64(st, 3, r->at) || bind_str(st, 4, r->topic, r->topic_len) ||
+        bind_bytes(st, 5, r->payload, r->payload_len) || sqlite3_bind_int(st, 6, (int)r->attempts) ||
+        sqlite3_bind_int64(st, 7, r->next_at) || bind_str(st, 8, r->trail, tl)) {
+        done(st);
+        return write_end(s, db_fail(s->db, what), 0);
+    }
+    return write_end(s, step_done(s, which, what), r->topic_len + r->payload_len + tl);
+}
+
+static int hook_row_del(cy_store *s, int which, const char *what, const char *hook, uint64_t seq,
+                        bool by_seq)
+{
+    if (!s || !hook || s->readonly) return CY_EINVAL;
+    if (write_begin(s)) return CY_ESTORE;
+    sqlite3_stmt *st = s->st[which];
+    if (bind_str(st, 1, hook, strlen(hook)) || (by_seq && bind_u64(st, 2, seq))) {
+        done(st);
+        return write_end(s, db_fail(s->db, what), 0);
+    }
+    return write_end(s, step_done(s, which, what), 0);
+}
+
+static int hook_rows(cy_store *s, sqlite3_stmt *st, int (*fn)(void *, const cy_store_hook_row *),
+                     void *ctx, const char *what, bool *found)
+{
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t len;
+        cy_store_hook_row r = {.seq = col_u64(st, 1),
+                               .at = sqlite3_column_int64(st, 2),
+                               .attempts = (unsigned)sqlite3_column_int(st, 5),
+                               .next_at = sqlite3_column_int64(st, 6)};
+        r.hook = col_str(st, 0, &len);
+        r.topic = col_str(st, 3, &r.topic_len);
+        r.payload = col_bytes(st, 4, &r.payload_len);
+        r.trail = col_str(st, 7, &len);
+        if (found) *found = true;
+        rc = fn(ctx, &r);
+    }
+    return rows_end(s, st, rc, sr, what);
+}
+
+int cy_store_hook_retry_put(cy_store *s, const cy_store_hook_row *r)
+{
+    return hook_row_put(s, ST_HR_PUT, "hook retry put", r);
+}
+
+int cy_store_hook_retry_delete(cy_store *s, const char *hook, uint64_t seq)
+{
+    return hook_row_del(s, ST_HR_DEL, "hook retry delete", hook, seq, true);
+}
+
+int cy_store_hook_retries(cy_store *s, int (*fn)(void *ctx, const cy_store_hook_row *r),
+                          void *ctx)
+{
+    if (!s || !fn) return CY_EINVAL;
+    return hook_rows(s, s->st[ST_HR_LOAD], fn, ctx, "hook retries", NULL);
+}
+
+int cy_store_hook_dead_put(cy_store *s, const cy_store_hook_row *r)
+{
+    return hook_row_put(s, ST_HD_PUT, "hook dead put", r);
+}
+
+int cy_store_hook_dead_delete(cy_store *s, const char *hook, uint64_t seq)
+{
+    return hook_row_del(s, ST_HD_DEL, "hook dead delete", hook, seq, true);
+}
+
+int cy_store_hook_dead_list(cy_store *s, const char *hook, uint64_t after, unsigned limit,
+                            int (*fn)(void *ctx, const cy_store_hook_row *r), void *ctx)
+{
+    if (!s || !hook || !fn) return CY_EINVAL;
+    sqlite3_stmt *st = s->st[ST_HD_LIST];
+    if (bind_str(st, 1, hook, strlen(hook)) || bind_u64(st, 2, after) ||
+        sqlite3_bind_int64(st, 3, limit ? limit : 1)) {
+        done(st);
+        return db_fail(s->db, "hook dead list");
+    }
+    return hook_rows(s, st, fn, ctx, "hook dead list", NULL);
+}
+
+int cy_store_hook_dead_get(cy_store *s, const char *hook, uint64_t seq,
+                           int (*fn)(void *ctx, const cy_store_hook_row *r), void *ctx)
+{
+    if (!s || !hook || !fn) return CY_EINVAL;
+    sqlite3_stmt *st = s->st[ST_HD_GET];
+    if (bind_str(st, 1, hook, strlen(hook)) || bind_u64(st, 2, seq)) {
+        done(st);
+        return db_fail(s->db, "hook dead get");
+    }
+    bool found = false;
+    int rc = hook_rows(s, st, fn, ctx, "hook dead get", &found);
+    return rc ? rc : found ? 0 : CY_ENOENT;
+}
+
+int cy_store_hook_retry_get(cy_store *s, const char *hook, uint64_t seq,
+                            int (*fn)(void *ctx, const cy_store_hook_row *r), void *ctx)
+{
+    if (!s || !hook || !fn) return CY_EINVAL;
+    sqlite3_stmt *st = s->st[ST_HR_GET];
+    if (bind_str(st, 1, hook, strlen(hook)) || bind_u64(st, 2, seq)) {
+        done(st);
+        return db_fail(s->db, "hook retry get");
+    }
+    bool found = false;
+    int rc = hook_rows(s, st, fn, ctx, "hook retry get", &found);
+    return rc ? rc : found ? 0 : CY_ENOENT;
+}
+
+int cy_store_hook_dead_after(cy_store *s, uint64_t after,
+                             int (*fn)(void *ctx, const char *hook, uint64_t seq), void *ctx)
+{
+    if (!s || !fn) return CY_EINVAL;
+    sqlite3_stmt *st = s->st[ST_HD_SEQS];
+    if (bind_u64(st, 1, after)) {
+        done(st);
+        return db_fail(s->db, "hook dead seqs");
+    }
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t len;
+        rc = fn(ctx, col_str(st, 0, &len), col_u64(st, 1));
+    }
+    return rows_end(s, st, rc, sr, "hook dead seqs");
+}
+
+int cy_store_hook_forget(cy_store *s, const char *hook)
+{
+    int rc = hook_row_del(s, ST_HS_DEL, "hook forget", hook, 0, false);
+    if (!rc) rc = hook_row_del(s, ST_HR_DEL_HOOK, "hook forget", hook, 0, false);
+    if (!rc) rc = hook_row_del(s, ST_HD_DEL_HOOK, "hook forget", hook, 0, false);
+    return rc;
+}
+
+int cy_store_open_reader(const char *path, cy_store **out)
+{
+    if (!path || !out) return CY_EINVAL;
+    *out = NULL;
+    cy_store *s = cy_calloc(1, sizeof(*s));
+    if (!s) return CY_ENOMEM;
+    s->readonly = true;
+    int rc;
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        rc = access(path, F_OK) == 0 ? CY_ESTORE : CY_ENOENT;
+        goto fail;
+    }
+    sqlite3_busy_timeout(s->db, 200);
+    for (int i = 0; i < N_ST; i++) {
+        if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
+            SQLITE_OK) {
+            /* An older file (its shard not restarted since the upgrade) has
+             * no log: nothing to read in it, which is not an error. */
+            rc = CY_ENOENT;
+            goto fail;
+        }
+    }
+    *out = s;
+    return 0;
+fail:
+    cy_store_close(s);
     return rc;
 }

@@ -407,4 +407,111 @@ int cy_store_outbox_ack(cy_store *s, unsigned peer, uint64_t upto);
 /* Upsert the sequence state of peer. */
 int cy_store_peer_put(cy_store *s, unsigned peer, uint64_t last_sent, uint64_t last_applied);
 
+/* ---- the event log (docs/architecture.md, "Events and webhooks") ----
+ *
+ * Every event that enters the node on this shard (a publish on
+ * devices/<id>/events/... or events/...) is appended here in the same batch
+ * as the rest of the publish's work, so it is on disk before the PUBACK.
+ * Its sequence number seq is max(last + 1, its time in microseconds):
+ * unique and increasing per shard even when the wall clock steps back,
+ * across restarts too (the newest event is never trimmed, and the open
+ * reads it back). Consumers (webhooks, resuming event streams) read the
+ * log by seq; it is trimmed once they have all passed (cy_store_events_trim).
+ *
+ * Pointers in a cy_store_event passed to a callback are valid only during
+ * the call. Thread: the handle's owner. */
+
+typedef struct cy_store_event {
+    uint64_t seq;
+    int64_t at; /* wall ms when it was logged */
+    const char *topic;
+    size_t topic_len;
+    const uint8_t *payload;
+    size_t payload_len;
+} cy_store_event;
+
+/* Append an event logged at wall ms `at`; *seq_out (may be NULL) gets its
+ * number. Errors: CY_EINVAL (NULL topic, a reader), CY_ESTORE. */
+int cy_store_event_append(cy_store *s, int64_t at, const char *topic, size_t topic_len,
+                          const uint8_t *payload, size_t payload_len, uint64_t *seq_out);
+/* The last number given (0: the log was always empty). */
+uint64_t cy_store_event_last(const cy_store *s);
+/* fn for each event with seq > after, in order, at most limit (0: 1). */
+int cy_store_events_read(cy_store *s, uint64_t after, unsigned limit,
+                         int (*fn)(void *ctx, const cy_store_event *e), void *ctx);
+/* fn for each of the `limit` newest events, newest first. */
+int cy_store_events_tail(cy_store *s, unsigned limit,
+                         int (*fn)(void *ctx, const cy_store_event *e), void *ctx);
+/* fn for the event seq; CY_ENOENT if the log does not hold it. */
+int cy_store_event_get(cy_store *s, uint64_t seq, int (*fn)(void *ctx, const cy_store_event *e),
+                       void *ctx);
+/* The oldest seq held and how many events (either may be NULL), and how
+ * many have seq > after (count_after may be NULL). */
+int cy_store_events_span(cy_store *s, uint64_t after, uint64_t *first, uint64_t *count,
+                         uint64_t *count_after);
+/* Delete up to max_rows of the oldest events with seq < below (what every
+ * consumer has passed) that were logged before at_before (wall ms) or are
+ * not among the `keep` newest; never the newest. Returns how many went, or
+ * CY_ESTORE. */
+int cy_store_events_trim(cy_store *s, uint64_t below, int64_t at_before, uint64_t keep,
+                         unsigned max_rows);
+
+/* ---- webhook delivery state (webhooks/webhooks.h says what it means) ----
+ * Per webhook: hook_state (its cursor in the log and settled counters,
+ * plus `shown`, the JSON of its figures for readers in other processes),
+ * hook_retry (events waiting to be tried again, each with a copy of the
+ * event) and hook_dead (the dead-letter list, the same columns). `trail`
+ * is a JSON array of attempts. Thread: the handle's owner. */
+
+typedef struct cy_store_hook_state {
+    const char *hook; /* webhook id */
+    uint64_t cursor;  /* every event <= cursor is settled for this webhook */
+    uint64_t matched, delivered, dead; /* settled counters */
+    const char *shown; /* JSON text */
+} cy_store_hook_state;
+
+typedef struct cy_store_hook_row {
+    const char *hook;
+    uint64_t seq;
+    int64_t at; /* the event's */
+    const char *topic;
+    size_t topic_len;
+    const uint8_t *payload;
+    size_t payload_len;
+    unsigned attempts;
+    int64_t next_at; /* retry: wall ms of the next attempt; dead: wall ms it died */
+    const char *trail; /* JSON array text */
+} cy_store_hook_row;
+
+int cy_store_hook_state_put(cy_store *s, const cy_store_hook_state *h);
+int cy_store_hook_states(cy_store *s, int (*fn)(void *ctx, const cy_store_hook_state *h),
+                         void *ctx);
+int cy_store_hook_retry_put(cy_store *s, const cy_store_hook_row *r);
+int cy_store_hook_retry_delete(cy_store *s, const char *hook, uint64_t seq);
+/* Every retry row, by webhook then seq. */
+int cy_store_hook_retries(cy_store *s, int (*fn)(void *ctx, const cy_store_hook_row *r),
+                          void *ctx);
+int cy_store_hook_dead_put(cy_store *s, const cy_store_hook_row *r);
+int cy_store_hook_dead_delete(cy_store *s, const char *hook, uint64_t seq);
+/* hook's dead letters with seq > after, in order, at most limit. */
+int cy_store_hook_dead_list(cy_store *s, const char *hook, uint64_t after, unsigned limit,
+                            int (*fn)(void *ctx, const cy_store_hook_row *r), void *ctx);
+/* CY_ENOENT when there is none. */
+int cy_store_hook_dead_get(cy_store *s, const char *hook, uint64_t seq,
+                           int (*fn)(void *ctx, const cy_store_hook_row *r), void *ctx);
+/* CY_ENOENT when there is none. */
+int cy_store_hook_retry_get(cy_store *s, const char *hook, uint64_t seq,
+                            int (*fn)(void *ctx, const cy_store_hook_row *r), void *ctx);
+/* (webhook, seq) of every dead letter with seq > after. */
+int cy_store_hook_dead_after(cy_store *s, uint64_t after,
+                             int (*fn)(void *ctx, const char *hook, uint64_t seq), void *ctx);
+/* Delete a webhook's state, retries and dead letters. */
+int cy_store_hook_forget(cy_store *s, const char *hook);
+
+/* Open another shard's file to read its log and webhook state (the API
+ * answers for every shard from any shard). Only the read calls work on it.
+ * CY_ENOENT: no such file, or one without a log yet. Close with
+ * cy_store_close. Each read is its own snapshot. */
+int cy_store_open_reader(const char *path, cy_store **out);
+
 #endif

@@ -298,7 +298,7 @@ static void test_cy_store_open_creates_wal_schema(void **state)
     assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
     sqlite3_finalize(st);
     sqlite3_close(db);
-    assert_int_equal(user_version(f), 3);
+    assert_int_equal(user_version(f), 4);
     assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 2); /* incremental */
 
     /* Reopening an existing file works, also with sync_full. */
@@ -332,11 +332,11 @@ static void test_cy_store_open_not_a_database(void **state)
 static void test_cy_store_open_newer_schema(void **state)
 {
     fixture *f = *state;
-    sql_exec(f, "PRAGMA user_version = 4");
+    sql_exec(f, "PRAGMA user_version = 5");
     cy_store *s = NULL;
     assert_int_equal(cy_store_open(f->path, false, &s), CY_ESTORE);
     assert_null(s);
-    assert_int_equal(user_version(f), 4); /* untouched */
+    assert_int_equal(user_version(f), 5); /* untouched */
 }
 
 static void test_cy_store_open_einval(void **state)
@@ -1046,7 +1046,7 @@ static void test_cy_store_open_migrates_v1(void **state)
 
     assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 0);
     cy_store *s = open_store(f);
-    assert_int_equal(user_version(f), 3);
+    assert_int_equal(user_version(f), 4);
     /* converted once (VACUUM) so that freed pages can be given back */
     assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 2);
     assert_string_equal(load(s), v1_load);
@@ -1069,7 +1069,7 @@ static void test_cy_store_open_migrates_v1(void **state)
     assert_int_equal(strlen(log), strlen(v1_load) + strlen("R t=r/2/3 p=/0 q0 r1 x0 ts77\n"
                                                            "P 3 s2 a1\n"
                                                            "O 3 #2 f2/2\n"));
-    assert_int_equal(user_version(f), 3);
+    assert_int_equal(user_version(f), 4);
     /* The file is as a new one would be, column for column. */
     assert_int_equal(sql_int(f, "SELECT count(*) FROM pragma_table_info('retained')"
                                 " WHERE name = 'ts' AND \"notnull\" = 1"),
@@ -1077,7 +1077,7 @@ static void test_cy_store_open_migrates_v1(void **state)
     assert_int_equal(sql_int(f, "SELECT count(*) FROM pragma_table_info('retained')"
                                 " WHERE name = 'owner' AND \"notnull\" = 0"),
                      1);
-    assert_int_equal(sql_int(f, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"), 7);
+    assert_int_equal(sql_int(f, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"), 11);
 }
 
 /* A migration that fails halfway leaves the file exactly at version 1. An
@@ -1102,7 +1102,7 @@ static void test_cy_store_open_migration_atomic(void **state)
     s = open_store(f);
     assert_string_equal(load(s), v1_load);
     cy_store_close(s);
-    assert_int_equal(user_version(f), 3);
+    assert_int_equal(user_version(f), 4);
 }
 
 /* A version 2 file (as the previous cyan left it) gains retained.owner;
@@ -1116,7 +1116,7 @@ static void test_cy_store_open_migrates_v2(void **state)
     sql_exec(f, "ALTER TABLE retained DROP COLUMN owner; PRAGMA user_version = 2");
     assert_int_equal(user_version(f), 2);
     s = open_store(f);
-    assert_int_equal(user_version(f), 3);
+    assert_int_equal(user_version(f), 4);
     assert_string_equal(load(s), v1_load);
     cy_store_msg m = {.topic = "r/2", .topic_len = 3, .owner = "dev1", .owner_len = 4};
     assert_int_equal(cy_store_retain_put(s, &m), 0);
