@@ -150,4 +150,10 @@ void cy_api_events_tick(cy_api *b, int64_t now);
  * once more before cy_api_events_free). */
 void cy_api_streams_close(cy_api *a);
 
+/* api_webhooks.c */
+/* Answer req, a request under /v1/webhooks: seg[0..nseg) are its path
+ * segments after /v1 (seg[0] is "webhooks"), scope its token's CY_SCOPE_*
+ * (not internal: refused before). */
+void cy_api_webhooks(cy_api *b, cy_http_req *req, int scope, char *const *seg, unsigned nseg);
+
 #endif
