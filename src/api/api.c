@@ -685,6 +685,10 @@ static void handle(void *ctx, cy_http_req *req)
             not_allowed(b, req, "GET");
         goto out;
     }
+    if (!strcmp(r.seg[0], "webhooks")) {
+        cy_api_webhooks(b, req, r.scope, r.seg, r.nseg);
+        goto out;
+    }
     if (!strcmp(r.seg[0], "events")) {
         if (r.nseg == 1 && method_is(&r, "POST")) {
             if (need_full(b, &r)) event_publish(b, req);

@@ -172,4 +172,10 @@ void cy_api_event_trace(cy_api *b, cy_http_req *req, const char *event_id);
 /* Whether seg (after /v1) is an event's trace: events/{id}/trace. */
 bool cy_api_is_trace(char *const *seg, unsigned nseg);
 
+/* api_webhooks.c */
+/* Answer req, a request under /v1/webhooks: seg[0..nseg) are its path
+ * segments after /v1 (seg[0] is "webhooks"), scope its token's CY_SCOPE_*
+ * (not internal: refused before). */
+void cy_api_webhooks(cy_api *b, cy_http_req *req, int scope, char *const *seg, unsigned nseg);
+
 #endif

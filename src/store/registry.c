@@ -72,15 +72,24 @@
  * working), so the only copy lives in the memory of the process that uses
  * it (see store.h, "Internal devices and tokens").
  *
+ * Webhook definitions (schema version 4) live here too, beside devices and
+ * tokens, because they belong to the node: tables webhooks and
+ * webhook_replays, and a generation counter in the meta table (named
+ * counters, one row each), bumped in the same transaction as every change
+ * so that a shard rereads the definitions only when they changed. hooks.c
+ * reads and writes them through the handle (registry_int.h); the schema is
+ * here.
+ *
  * Schema versions (PRAGMA user_version): 1 had devices only; 2 adds tokens;
- * 3 adds devices.internal. A new file gets version 3 directly, an older
- * file is migrated at open one version at a time (see db.h), a newer file
- * is refused.
+ * 3 adds devices.internal; 4 adds webhooks, webhook_replays and meta. A new
+ * file gets version 4 directly, an older file is migrated at open one
+ * version at a time (see db.h), a newer file is refused.
  *
  * Every SQLite failure is logged once, where it is detected, and returned
  * as CY_ESTORE.
  */
 #include "store/store.h"
+#include "store/registry_int.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_clock.h"
@@ -103,7 +112,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 #define ID_BYTES (CY_DEVICE_ID_LEN / 2)         /* 12 */
 #define SECRET_BYTES (CY_DEVICE_SECRET_LEN / 2) /* 16 */
 #define SALT_BYTES 16
@@ -140,7 +149,44 @@ _Static_assert(CY_TOKEN_NAME_MAX == CY_DEVICE_NAME_MAX, "tokens share the device
     " hash BLOB NOT NULL,"                                                                         \
     " created_at INTEGER NOT NULL);"
 
-static const char schema_v3[] = TABLE_DEVICES TABLE_TOKENS "PRAGMA user_version = 3;";
+/* Added by version 4 (hooks.c; store/hooks.h), shared by a new file and the
+ * migration. A webhook's fields are what hooks.c checked; its secret is
+ * kept as is (it signs requests, see hooks.h). Replay requests name their
+ * shard first, so the shard's poll reads the unique index. meta holds
+ * named counters; 'webhooks_gen' moves with every change of the webhooks
+ * and their replay requests. */
+#define TABLE_WEBHOOKS                                                                             \
+    "CREATE TABLE IF NOT EXISTS webhooks("                                                         \
+    " id TEXT PRIMARY KEY NOT NULL,"                                                               \
+    " event TEXT NOT NULL,"                                                                        \
+    " url TEXT NOT NULL,"                                                                          \
+    " method TEXT NOT NULL,"                                                                       \
+    " headers TEXT,"                                                                               \
+    " body_kind INTEGER NOT NULL,"                                                                 \
+    " body TEXT,"                                                                                  \
+    " device_id TEXT NOT NULL,"                                                                    \
+    " response_topic TEXT,"                                                                        \
+    " error_topic TEXT,"                                                                           \
+    " enabled INTEGER NOT NULL,"                                                                   \
+    " ordered INTEGER NOT NULL,"                                                                   \
+    " disabled_reason TEXT NOT NULL,"                                                              \
+    " secret TEXT NOT NULL,"                                                                       \
+    " old_secret TEXT NOT NULL,"                                                                   \
+    " old_secret_until INTEGER NOT NULL,"                                                          \
+    " created_at INTEGER NOT NULL,"                                                                \
+    " updated_at INTEGER NOT NULL);"                                                               \
+    "CREATE TABLE IF NOT EXISTS webhook_replays("                                                  \
+    " shard INTEGER NOT NULL,"                                                                     \
+    " webhook TEXT NOT NULL,"                                                                      \
+    " seq INTEGER NOT NULL,"                                                                       \
+    " UNIQUE(shard, webhook, seq));"                                                               \
+    "CREATE TABLE IF NOT EXISTS meta("                                                             \
+    " name TEXT PRIMARY KEY NOT NULL,"                                                             \
+    " value INTEGER NOT NULL);"                                                                    \
+    "INSERT OR IGNORE INTO meta(name, value) VALUES('webhooks_gen', 0);"
+
+static const char schema_v4[] =
+    TABLE_DEVICES TABLE_TOKENS TABLE_WEBHOOKS "PRAGMA user_version = 4;";
 
 /* Version 1 to 2: devices are untouched, the tokens table starts empty (and
  * so the next `cyan serve` bootstraps the first one). */
@@ -152,8 +198,11 @@ static const char migrate_v3[] =
     "ALTER TABLE devices ADD COLUMN internal INTEGER NOT NULL DEFAULT 0;"
     "PRAGMA user_version = 3;";
 
+/* Version 3 to 4: devices and tokens untouched; no webhooks yet. */
+static const char migrate_v4[] = TABLE_WEBHOOKS "PRAGMA user_version = 4;";
+
 /* migrations[v] takes a file from version v to v + 1. */
-static const char *const migrations[] = {NULL, migrate_v2, migrate_v3};
+static const char *const migrations[] = {NULL, migrate_v2, migrate_v3, migrate_v4};
 
 enum {
     ST_ADD,
@@ -253,6 +302,7 @@ struct cy_registry {
     int64_t version;  /* PRAGMA data_version the cache is valid for; -1 none */
     int64_t checked_ms;       /* mono ms of the last data_version read */
     int64_t busy_until_ms[2]; /* READS, WRITES: mono ms before which they fail at once */
+    sqlite3_stmt *hook_st[CY_RH_N]; /* hooks.c's statements (registry_int.h) */
 };
 
 /* Log a failed statement; CY_ESTORE. A lock held by another process
@@ -373,9 +423,15 @@ int cy_registry_open(const char *path, cy_registry **out)
     if (!r) return CY_ENOMEM;
     cy_map_init(&r->cache);
     r->version = -1;
-    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v3, migrations, false};
+    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v4, migrations, false};
     int rc = cy_db_open(path, true, &schema, sql, N_ST, &r->db, r->st);
     if (rc) goto fail;
+    for (int i = 0; i < CY_RH_N; i++)
+        if (sqlite3_prepare_v3(r->db, cy_registry_hooks_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                               &r->hook_st[i], NULL) != SQLITE_OK) {
+            rc = cy_db_fail(r->db, "registry", "prepare webhook statements");
+            goto fail;
+        }
     rc = mac_open(r);
     if (rc) goto fail;
     cache_recheck(r); /* the version the cache starts from */
@@ -395,6 +451,8 @@ void cy_registry_close(cy_registry *r)
     EVP_MAC_CTX_free(r->mac);
     for (int i = 0; i < N_ST; i++)
         sqlite3_finalize(r->st[i]);
+    for (int i = 0; i < CY_RH_N; i++)
+        sqlite3_finalize(r->hook_st[i]);
     if (r->db && sqlite3_close(r->db) != SQLITE_OK) fail(r, READS, "close");
     cy_free(r);
 }
@@ -1178,4 +1236,43 @@ fail:
     rollback(r);
     OPENSSL_cleanse(token, sizeof(token));
     return rc;
+}
+
+/* ---- for hooks.c (registry_int.h) ---- */
+
+sqlite3_stmt *cy_registry_hook_st(cy_registry *r, int which)
+{
+    return r->hook_st[which];
+}
+
+sqlite3 *cy_registry_db(cy_registry *r)
+{
+    return r->db;
+}
+
+int cy_registry_ready(cy_registry *r, bool write)
+{
+    cy_registry_end_reads(r);
+    return closed(r, write ? WRITES : READS);
+}
+
+int cy_registry_fail(cy_registry *r, bool write, const char *what)
+{
+    return fail(r, write ? WRITES : READS, what);
+}
+
+int cy_registry_begin(cy_registry *r, const char *what)
+{
+    int rc = cy_registry_ready(r, true);
+    return rc ? rc : exec_st(r, ST_BEGIN, what);
+}
+
+int cy_registry_commit(cy_registry *r, const char *what)
+{
+    return exec_st(r, ST_COMMIT, what);
+}
+
+void cy_registry_rollback(cy_registry *r)
+{
+    rollback(r);
 }

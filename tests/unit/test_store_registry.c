@@ -6,11 +6,12 @@
  * and the open error paths. API tokens: creation (format, scopes, names),
  * checks (right, wrong, unknown, malformed), what is stored, revocation,
  * listing, the first-token bootstrap and its file, and the migrations of a
- * version 1 registry (devices only) and a version 2 one (tokens) to version
- * 3. Internal devices and tokens (cyan's canaries): ensured with an id a
- * predicate takes, a new secret each time, hidden from get, remove and
- * list, told apart by cy_registry_device_internal; internal tokens replaced
- * by a new id, listed with their scope, ignored by the bootstrap.
+ * version 1 registry (devices only) and a version 2 one (tokens) to the
+ * current version (4). Internal devices and tokens (cyan's canaries):
+ * ensured with an id a predicate takes, a new secret each time, hidden
+ * from get, remove and list, told apart by cy_registry_device_internal;
+ * internal tokens replaced by a new id, listed with their scope, ignored
+ * by the bootstrap.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -1009,6 +1010,11 @@ static char *table_sql(const char *path, const char *name)
     return s;
 }
 
+/* What a new or migrated file is: version 4 added the webhook tables
+ * (webhooks, webhook_replays, meta; tested in test_store_hooks.c). */
+#define CURRENT_VERSION 4
+#define CURRENT_TABLES 5
+
 /* A version 1 registry with one device, in WAL mode as cyan left it. */
 static void make_v1(const char *path)
 {
@@ -1031,12 +1037,12 @@ static void make_v1(const char *path)
     sqlite3_close(db);
 }
 
-static void test_cy_registry_open_new_is_v3(void **state)
+static void test_cy_registry_open_new_is_current(void **state)
 {
     fixture *f = *state;
-    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), 3);
+    assert_int_equal(sql_int(f->path, "PRAGMA user_version"), CURRENT_VERSION);
     assert_int_equal(sql_int(f->path, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"),
-                     2);
+                     CURRENT_TABLES);
 }
 
 static void test_cy_registry_open_migrates_v1(void **state)
@@ -1049,7 +1055,7 @@ static void test_cy_registry_open_migrates_v1(void **state)
 
     cy_registry *r = NULL;
     assert_int_equal(cy_registry_open(old, &r), 0);
-    assert_int_equal(sql_int(old, "PRAGMA user_version"), 3);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), CURRENT_VERSION);
     /* The device came through, as a user's. */
     assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
     cy_device d;
@@ -1071,7 +1077,7 @@ static void test_cy_registry_open_migrates_v1(void **state)
 
     /* Reopening migrates nothing more and keeps everything. */
     assert_int_equal(cy_registry_open(old, &r), 0);
-    assert_int_equal(sql_int(old, "PRAGMA user_version"), 3);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), CURRENT_VERSION);
     int scope;
     assert_int_equal(tcheck(r, a.token, &scope, NULL), 0);
     assert_int_equal(scope, CY_SCOPE_READ);
@@ -1086,7 +1092,8 @@ static void test_cy_registry_open_migrates_v1(void **state)
         free(got);
         free(want);
     }
-    assert_int_equal(sql_int(old, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"), 2);
+    assert_int_equal(sql_int(old, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"),
+                     CURRENT_TABLES);
 }
 
 /* A migration that fails leaves the file exactly at version 1: an index
@@ -1109,7 +1116,7 @@ static void test_cy_registry_open_migration_atomic(void **state)
     assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
     mk(r, "ci", CY_SCOPE_FULL);
     cy_registry_close(r);
-    assert_int_equal(sql_int(old, "PRAGMA user_version"), 3);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), CURRENT_VERSION);
 }
 
 /* The exact version 2 schema (copied from registry.c before internal
@@ -1168,7 +1175,7 @@ static void test_cy_registry_open_migrates_v2(void **state)
 
     cy_registry *r = NULL;
     assert_int_equal(cy_registry_open(old, &r), 0);
-    assert_int_equal(sql_int(old, "PRAGMA user_version"), 3);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), CURRENT_VERSION);
     assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
     cy_device d;
     assert_int_equal(cy_registry_device_get(r, "old", &d), 0);
@@ -1630,7 +1637,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_registry_token_bootstrap_alloc_fail, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_token_bootstrap_bad_args, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cy_registry_open_new_is_v3, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_open_new_is_current, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_open_migrates_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_open_migrates_v2, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_internal_device_ensure, setup, teardown),
