@@ -26,9 +26,10 @@
  * without a request (once one came), or after --max_time seconds, and then
  * prints one line on stdout:
  *   RESULT workload=W server=whsink value=<req/s> unit=req/s count=N
- *     window_s=S conns=C bytes=B marks=M ids=I bad=X
- * where the rate is over the active window (first to last request) and
- * bad counts malformed requests (answered 400, connection closed).
+ *     window_s=S conns=C bytes=B marks=M ids=I bad=X cpu_s=T
+ * where the rate is over the active window (first to last request), bad
+ * counts malformed requests (answered 4xx, connection closed) and cpu_s is
+ * the sink's own CPU time (user + system).
  * Exit status 0, 1 on usage errors, 2 when it cannot listen or write.
  */
 #define _GNU_SOURCE
@@ -44,6 +45,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -572,11 +574,15 @@ int main(int argc, char **argv)
         fprintf(stderr, "whsink: %s: %s\n", o.out, strerror(errno));
         return 2;
     }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
     printf("RESULT workload=%s server=whsink value=%.6g unit=req/s count=%llu window_s=%.3f "
-           "conns=%llu bytes=%llu marks=%llu ids=%llu bad=%llu\n",
+           "conns=%llu bytes=%llu marks=%llu ids=%llu bad=%llu cpu_s=%.2f\n",
            o.workload, rate, (unsigned long long)n_req, window, (unsigned long long)n_conns,
            (unsigned long long)n_bytes, (unsigned long long)n_marks, (unsigned long long)n_ids,
-           (unsigned long long)n_bad);
+           (unsigned long long)n_bad, cpu);
     fflush(stdout);
     while (conns)
         conn_close(conns);

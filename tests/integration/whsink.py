@@ -23,6 +23,7 @@ time (time.monotonic() and time.time()) and the number of the TCP connection
 they came on (connection reuse shows as repeated numbers).
 
 Thread: every method may be called from any thread. Every wait is bounded.
+`python3 whsink.py` runs its self-test.
 """
 
 import http.server
@@ -340,3 +341,62 @@ def _ids(rs):
             seen.add(i)
             out.append(i)
     return out
+
+
+def _selftest():
+    """The sink against http.client and a raw socket (python3 whsink.py)."""
+    import http.client
+
+    def post(c, wid):
+        c.request("POST", "/h", body=b"{}", headers={"webhook-id": wid})
+        r = c.getresponse()
+        return r.status, r.getheader("Retry-After"), r.read()
+
+    threads = threading.active_count()
+    with Sink() as s:
+        c = http.client.HTTPConnection(s.host, s.port, timeout=5)
+        s.sequence([500, Answer(503, retry_after=7)], then=Answer(204))
+        got = [post(c, w) for w in ("a", "b", "a", "c")]
+        assert got == [(500, None, b""), (503, "7", b""), (204, None, b""), (204, None, b"")], got
+        assert s.ids() == ["a", "b", "c"] and s.duplicates() == {"a": 2}
+        assert {r.conn for r in s.requests} == {1}, "keep-alive: one connection"
+        s.answer(Answer(200, delay=0.3, body="ok"))
+        t0 = time.monotonic()
+        assert post(c, "d")[2] == b"ok" and time.monotonic() - t0 >= 0.3
+        raw = socket.create_connection((s.host, s.port))  # pipelined, chunked, split
+        msg = (b"POST /x HTTP/1.1\r\nwebhook-id: e\r\nContent-Length: 3\r\n\r\nabc"
+               b"POST /y HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n1;k=v\r\nz\r\n0\r\n\r\n")
+        for i in range(0, len(msg), 5):
+            raw.sendall(msg[i:i + 5])
+        rs = s.wait_for(7, timeout=2)  # a b a c d, then the two raw ones
+        assert [r.body for r in rs[-2:]] == [b"abc", b"xyz"], rs
+        s.black_hole()
+        c2 = http.client.HTTPConnection(s.host, s.port, timeout=0.3)
+        try:
+            post(c2, "f")
+            raise AssertionError("a black hole answered")
+        except socket.timeout:
+            pass
+        try:
+            s.wait_for(100, timeout=0.1)
+            raise AssertionError("wait_for did not time out")
+        except SinkTimeout as e:
+            assert "100 requests" in str(e)
+        s.down()  # cuts the held request and the idle keep-alive connections: their threads end
+        deadline = time.monotonic() + 2
+        while threading.active_count() > threads and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert threading.active_count() == threads, threading.enumerate()
+        try:
+            socket.create_connection((s.host, s.port), timeout=1)
+            raise AssertionError("still listening while down")
+        except ConnectionRefusedError:
+            pass
+        s.up()
+        s.answer(410)
+        assert post(http.client.HTTPConnection(s.host, s.port, timeout=5), "g")[0] == 410
+    print("whsink self-test passed")
+
+
+if __name__ == "__main__":
+    _selftest()
