@@ -113,15 +113,11 @@ static void not_found(cy_api *b, cy_http_req *req, const char *id)
 
 /* ---- the webhook object ---- */
 
-/* The lead adds the webhook's delivery figures here ("stats": status, last
- * success, last error, counters; see issue 12): a new JSON object, or NULL
- * while there are none, and then the answer has no "stats" key. Nothing
- * is made up in the meantime. */
+/* The webhook's delivery figures, summed over the shards
+ * (api_deliveries.c), or NULL (out of memory): then no "stats" key. */
 static json_t *webhook_stats(cy_api *b, const cy_webhook *w)
 {
-    (void)b;
-    (void)w;
-    return NULL;
+    return cy_api_webhook_stats(b, w->id);
 }
 
 static json_t *opt_string(const char *s)
@@ -649,6 +645,19 @@ void cy_api_webhooks(cy_api *b, cy_http_req *req, int scope, char *const *seg, u
             webhook_get(b, req, seg[1]);
         else if (need_full(b, req, scope))
             (patch ? webhook_patch : webhook_delete)(b, req, seg[1]);
+        return;
+    }
+    if (nseg >= 3 && !strcmp(seg[2], "dead-letters")) {
+        cy_webhook w;
+        memset(&w, 0, sizeof(w));
+        int rc = cy_registry_webhook_get(b->registry, seg[1], &w);
+        cy_webhook_fini(&w);
+        if (rc == CY_ENOENT)
+            not_found(b, req, seg[1]);
+        else if (rc)
+            registry_error(b, req, rc);
+        else
+            cy_api_dead_letters(b, req, scope, seg, nseg);
         return;
     }
     if (nseg == 3 && !strcmp(seg[2], "secret")) {
