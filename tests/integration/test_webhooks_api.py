@@ -1,10 +1,11 @@
 """Webhook definitions through the HTTP API (docs/api.md, "Webhooks"):
 create, list, get, change, delete, secret rotation; the answers to bad
 fields (400 naming the field), unknown ids (404), the webhook_max limit
-(409 limit); scopes (reads with any token, writes with a full one); private
-addresses refused unless webhook_allow_private; hostile bodies (a huge
-headers object, long and broken templates, values of the wrong type); and
-definitions that outlive a restart and are the same from every shard.
+(409 limit); scopes (reads with any token but cyan's internal one, writes
+with a full one); private addresses refused unless webhook_allow_private;
+hostile bodies (a huge headers object, long and broken templates, values
+of the wrong type); and definitions that outlive a restart and are the
+same from every shard.
 
 Delivery is not tested here (no request is ever sent to these URLs).
 """
@@ -17,6 +18,7 @@ import pytest
 
 from apidevice import ISO_MS_RE, api, parse_time, token_create
 from conftest import SHARDS
+from test_internal_devices import forge_internal_token
 
 pytestmark = pytest.mark.cyan_only
 
@@ -389,6 +391,11 @@ def test_scopes(srv):
         assert_error(api(srv, method, path, token=ro, json=body), 403, "forbidden")
     for method, path, body in writes + [("GET", "/v1/webhooks", None)]:
         assert_error(api(srv, method, path, token=None, json=body), 401, "unauthorized")
+    # cyan's internal token (the canaries') does not even read them.
+    internal = forge_internal_token(srv)
+    for method, path, body in writes + [("GET", "/v1/webhooks", None),
+                                        ("GET", "/v1/webhooks/%s" % wid, None)]:
+        assert_error(api(srv, method, path, token=internal, json=body), 403, "forbidden")
     # Nothing changed.
     assert [w["id"] for w in listed(srv)] == [wid]
     g = get(srv, wid)
