@@ -220,7 +220,7 @@ PRAGMA user_version = 1;
 
 
 def test_registry_v1_migrates_on_start(server):
-    """A data dir from before tokens: migrated to the current version (3)
+    """A data dir from before tokens: migrated to the current version (4)
     one version at a time, its devices still connect, and the first start
     makes the admin token."""
     server.stop()
@@ -243,6 +243,7 @@ def test_registry_v1_migrates_on_start(server):
     server.start()
     assert server.wait_log("migrating schema version 1 to 2")
     assert server.wait_log("migrating schema version 2 to 3")
+    assert server.wait_log("migrating schema version 3 to 4")
     tid, _ = read_admin_token(server)
     assert list(token_rows(server)) == [tid]
     out = server.cli("device", "list").stdout
@@ -252,7 +253,7 @@ def test_registry_v1_migrates_on_start(server):
         assert rc == 0
     db = sqlite3.connect(os.path.join(server.data_dir, "registry.db"))
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
         # Every device it had is a user's (version 3 marks cyan's own).
         assert db.execute("SELECT internal FROM devices WHERE id = ?", (dev.id,)).fetchall() \
             == [(0,)]
