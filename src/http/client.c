@@ -20,6 +20,14 @@
  * ours: the header list is an array of curl_slist nodes we own, pointing
  * into one text buffer, never curl_slist_append's nodes.
  *
+ * The request on the wire: the caller's headers, "Expect:" (no wait for a
+ * 100-continue) and "User-Agent: <cfg>" unless the caller gave one. A body
+ * (Content-Length, even 0) with POST, PUT, PATCH and any method given one;
+ * none with GET, HEAD, DELETE and others given none. curl adds Host, Accept
+ * and, with a body, a Content-Type when the caller gave none (form
+ * urlencoded). Never through a proxy: the environment's http_proxy and the
+ * like are ignored, so the address check sees the receiver's address.
+ *
  * An xfer is in exactly one of: the free list, `live` (added to the multi
  * handle), `deferred` (curl refused it synchronously: its callback waits
  * for the defer timer, so that it never runs inside cy_hc_send), or none
@@ -41,7 +49,8 @@
 #define DEFAULT_TIMEOUT_MS 20000
 #define FREE_MAX 256 /* idle xfers kept for reuse (each holds a curl handle, ~20 KiB) */
 #define METHOD_MAX 16
-#define HDR_VALUE_MAX 128 /* Retry-After and Content-Type kept up to this (truncated) */
+#define HDR_VALUE_MAX 128   /* Retry-After and Content-Type kept up to this (truncated) */
+#define KEEP_BODY_CAP 65536 /* a reused xfer keeps a request body buffer up to this */
 
 enum xstate { X_FREE, X_LIVE, X_DEFERRED, X_DONE };
 
@@ -346,6 +355,11 @@ static void recycle(cy_hc *c, cy_hc_xfer *x)
         xfer_free(x);
         return;
     }
+    if (x->req_body_cap > KEEP_BODY_CAP) {
+        cy_free(x->req_body);
+        x->req_body = NULL;
+        x->req_body_cap = 0;
+    }
     x->state = X_FREE;
     x->cb = NULL;
     x->arg = NULL;
@@ -415,7 +429,8 @@ static void check_done(cy_hc *c)
         cy_hc_xfer *x = NULL;
         CURLcode res = m->data.result;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-        finish(c, x, res);
+        /* (curl_multi_remove_handle drops a cancelled transfer's message) */
+        if (x && x->state == X_LIVE) finish(c, x, res);
     }
 }
 
