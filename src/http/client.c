@@ -1,7 +1,7 @@
 /* client: see client.h. libcurl's multi socket interface on the libuv loop:
  *
- *   curl -> on_socket(fd, what)   start/stop a uv_poll_t on fd (one `sock`
- *                                 per fd, attached with curl_multi_assign)
+ *   curl -> on_socket(fd, what)   start/stop the uv_poll_t of fd (one `sock`
+ *                                 per socket number, in a table by number)
  *   curl -> on_timer(ms)          (re)arm curl_timer, or stop it (-1)
  *   uv   -> on_poll / on_curl_timeout -> curl_multi_socket_action, then
  *           drain curl_multi_info_read for finished transfers (check_done).
@@ -19,6 +19,14 @@
  * its handle's caches), so a steady stream of requests allocates nothing of
  * ours: the header list is an array of curl_slist nodes we own, pointing
  * into one text buffer, never curl_slist_append's nodes.
+ *
+ * The request on the wire: the caller's headers, "Expect:" (no wait for a
+ * 100-continue) and "User-Agent: <cfg>" unless the caller gave one. A body
+ * (Content-Length, even 0) with POST, PUT, PATCH and any method given one;
+ * none with GET, HEAD, DELETE and others given none. curl adds Host, Accept
+ * and, with a body, a Content-Type when the caller gave none (form
+ * urlencoded). Never through a proxy: the environment's http_proxy and the
+ * like are ignored, so the address check sees the receiver's address.
  *
  * An xfer is in exactly one of: the free list, `live` (added to the multi
  * handle), `deferred` (curl refused it synchronously: its callback waits
@@ -41,7 +49,8 @@
 #define DEFAULT_TIMEOUT_MS 20000
 #define FREE_MAX 256 /* idle xfers kept for reuse (each holds a curl handle, ~20 KiB) */
 #define METHOD_MAX 16
-#define HDR_VALUE_MAX 128 /* Retry-After and Content-Type kept up to this (truncated) */
+#define HDR_VALUE_MAX 128   /* Retry-After and Content-Type kept up to this (truncated) */
+#define KEEP_BODY_CAP 65536 /* a reused xfer keeps a request body buffer up to this */
 
 enum xstate { X_FREE, X_LIVE, X_DEFERRED, X_DONE };
 
@@ -71,11 +80,15 @@ struct cy_hc_xfer {
     char err[CURL_ERROR_SIZE + 64];
 };
 
+/* The poll handle of one socket number. Kept (stopped) when curl is done
+ * with the socket, and started again when curl hands us a socket with the
+ * same number: connections taken from curl's cache and put back, request
+ * after request, cost no handle init or close. */
 typedef struct sock {
     uv_poll_t poll;
     curl_socket_t fd;
     cy_hc *c;
-    struct sock *prev, *next; /* every open poll handle, to close at the end */
+    int events; /* UV_READABLE | UV_WRITABLE being polled; 0: stopped */
 } sock;
 
 typedef struct xlist {
@@ -92,7 +105,8 @@ struct cy_hc {
     bool (*addr_ok)(void *ctx, const struct sockaddr *sa);
     void *addr_ctx;
     xlist live, deferred, free;
-    sock *socks;
+    sock **byfd; /* by socket number; NULL where none was made */
+    size_t nbyfd;
     int open_handles; /* uv handles not yet closed */
     bool closing, global;
     void (*close_cb)(void *);
@@ -162,17 +176,6 @@ static void on_handle_closed(uv_handle_t *h)
     if (--c->open_handles == 0 && c->closing) finish_close(c);
 }
 
-static void sock_close(cy_hc *c, sock *s)
-{
-    if (s->prev)
-        s->prev->next = s->next;
-    else
-        c->socks = s->next;
-    if (s->next) s->next->prev = s->prev;
-    s->prev = s->next = NULL;
-    uv_close((uv_handle_t *)&s->poll, on_handle_closed);
-}
-
 /* ---- curl <-> uv ---------------------------------------------------------- */
 
 static void check_done(cy_hc *c);
@@ -196,17 +199,28 @@ static void on_poll(uv_poll_t *h, int status, int events)
 static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     (void)easy;
+    (void)socketp;
     cy_hc *c = userp;
-    sock *s = socketp;
+    if (fd < 0) return -1;
+    sock *s = (size_t)fd < c->nbyfd ? c->byfd[fd] : NULL;
     if (what == CURL_POLL_REMOVE) {
-        if (s) {
+        if (s && s->events) {
             uv_poll_stop(&s->poll);
-            curl_multi_assign(c->multi, fd, NULL);
-            sock_close(c, s);
+            s->events = 0;
         }
         return 0;
     }
     if (!s) {
+        if ((size_t)fd >= c->nbyfd) {
+            size_t n = c->nbyfd ? c->nbyfd : 64;
+            while (n <= (size_t)fd)
+                n *= 2;
+            sock **t = cy_realloc(c->byfd, n * sizeof(*t));
+            if (!t) return -1;
+            memset(t + c->nbyfd, 0, (n - c->nbyfd) * sizeof(*t));
+            c->byfd = t;
+            c->nbyfd = n;
+        }
         s = cy_calloc(1, sizeof(*s));
         if (!s) return -1;
         if (uv_poll_init_socket(c->loop, &s->poll, fd) != 0) {
@@ -216,16 +230,19 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
         s->poll.data = s;
         s->fd = fd;
         s->c = c;
-        s->next = c->socks;
-        if (c->socks) c->socks->prev = s;
-        c->socks = s;
+        c->byfd[fd] = s;
         c->open_handles++;
-        curl_multi_assign(c->multi, fd, s);
     }
     int ev = 0;
     if (what & CURL_POLL_IN) ev |= UV_READABLE;
     if (what & CURL_POLL_OUT) ev |= UV_WRITABLE;
-    return uv_poll_start(&s->poll, ev, on_poll) == 0 ? 0 : -1;
+    if (ev == s->events) return 0;
+    if (uv_poll_start(&s->poll, ev, on_poll) != 0) {
+        s->events = 0;
+        return -1;
+    }
+    s->events = ev;
+    return 0;
 }
 
 static void on_curl_timeout(uv_timer_t *t)
@@ -338,6 +355,11 @@ static void recycle(cy_hc *c, cy_hc_xfer *x)
         xfer_free(x);
         return;
     }
+    if (x->req_body_cap > KEEP_BODY_CAP) {
+        cy_free(x->req_body);
+        x->req_body = NULL;
+        x->req_body_cap = 0;
+    }
     x->state = X_FREE;
     x->cb = NULL;
     x->arg = NULL;
@@ -407,7 +429,8 @@ static void check_done(cy_hc *c)
         cy_hc_xfer *x = NULL;
         CURLcode res = m->data.result;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
-        finish(c, x, res);
+        /* (curl_multi_remove_handle drops a cancelled transfer's message) */
+        if (x && x->state == X_LIVE) finish(c, x, res);
     }
 }
 
@@ -683,10 +706,11 @@ void cy_hc_close(cy_hc *c, void (*cb)(void *arg), void *arg)
     }
     curl_multi_cleanup(c->multi); /* closes cached connections, may call on_socket */
     c->multi = NULL;
-    while (c->socks) {
-        uv_poll_stop(&c->socks->poll);
-        sock_close(c, c->socks);
-    }
+    for (size_t i = 0; i < c->nbyfd; i++)
+        if (c->byfd[i]) uv_close((uv_handle_t *)&c->byfd[i]->poll, on_handle_closed);
+    cy_free(c->byfd);
+    c->byfd = NULL;
+    c->nbyfd = 0;
     uv_timer_stop(&c->curl_timer);
     uv_timer_stop(&c->defer_timer);
     uv_close((uv_handle_t *)&c->curl_timer, on_handle_closed);

@@ -891,6 +891,90 @@ static void test_close_from_callback(void **state)
     world_fini(&w);
 }
 
+/* Answers come in one batch; each callback cancels the next request if
+ * its callback has not run yet: still exactly one callback each. */
+typedef struct canceller {
+    cy_hc_xfer *x[16];
+    int calls[16];
+    bool over[16];
+    int cancelled, total;
+} canceller;
+
+typedef struct canceller_ref {
+    canceller *cn;
+    int i;
+} canceller_ref;
+
+static void on_answer_cancel(void *arg, const cy_hc_resp *r)
+{
+    canceller_ref *ref = arg;
+    canceller *cn = ref->cn;
+    cn->calls[ref->i]++;
+    cn->over[ref->i] = true;
+    cn->total++;
+    if (r->status == 0) {
+        assert_string_equal(r->error, "cancelled");
+        cn->cancelled++;
+    } else {
+        assert_int_equal(r->status, 200);
+    }
+    int j = ref->i + 1;
+    if (j < 16 && !cn->over[j]) cy_hc_cancel(cn->x[j]);
+}
+
+static bool all_called(world *w, void *arg)
+{
+    (void)w;
+    return ((canceller *)arg)->total == 16;
+}
+
+static void test_cancel_from_callback(void **state)
+{
+    (void)state;
+    world w;
+    world_init(&w, NULL);
+    char url[128];
+    url_of(&w, "/ok", url, sizeof(url));
+    canceller cn = {0};
+    canceller_ref refs[16];
+    cy_hc_req r = {.url = url};
+    for (int i = 0; i < 16; i++) {
+        refs[i] = (canceller_ref){&cn, i};
+        assert_int_equal(cy_hc_send(w.c, &r, on_answer_cancel, &refs[i], &cn.x[i]), 0);
+    }
+    run_until(&w, all_called, &cn, 5000);
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(cn.calls[i], 1);
+    assert_true(cn.cancelled >= 1);
+    assert_true(cn.cancelled <= 15); /* a cancelled one cancels the next, and so on */
+    assert_int_equal(cy_hc_inflight(w.c), 0);
+    /* The client still works (a cancelled transfer's connection was closed). */
+    answer a;
+    get(&w, "/ok", 0, &a);
+    assert_int_equal(a.status, 200);
+    world_fini(&w);
+}
+
+/* A proxy in the environment is not used: the address check must see the
+ * receiver's address, not a proxy's. */
+static void test_no_proxy(void **state)
+{
+    (void)state;
+    setenv("http_proxy", "http://127.0.0.1:1", 1);
+    setenv("HTTPS_PROXY", "http://127.0.0.1:1", 1);
+    setenv("ALL_PROXY", "http://127.0.0.1:1", 1);
+    world w;
+    world_init(&w, NULL);
+    answer a;
+    get(&w, "/ok", 0, &a);
+    unsetenv("http_proxy");
+    unsetenv("HTTPS_PROXY");
+    unsetenv("ALL_PROXY");
+    assert_int_equal(a.status, 200);
+    assert_int_equal(w.s.accepted, 1);
+    world_fini(&w);
+}
+
 static void test_idle_close(void **state)
 {
     (void)state;
@@ -1057,15 +1141,25 @@ static void test_alloc_failure(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_200_and_204),          cmocka_unit_test(test_503_retry_after),
-        cmocka_unit_test(test_body_capped),          cmocka_unit_test(test_request_copied),
-        cmocka_unit_test(test_bad_requests),         cmocka_unit_test(test_sync_failure_deferred),
-        cmocka_unit_test(test_connection_refused),   cmocka_unit_test(test_timeout),
-        cmocka_unit_test(test_address_refused),      cmocka_unit_test(test_cancel),
-        cmocka_unit_test(test_close_in_flight),      cmocka_unit_test(test_close_from_callback),
-        cmocka_unit_test(test_idle_close),           cmocka_unit_test(test_keepalive_reuse),
-        cmocka_unit_test(test_max_host_connections), cmocka_unit_test(test_rate),
+        cmocka_unit_test(test_200_and_204),
+        cmocka_unit_test(test_503_retry_after),
+        cmocka_unit_test(test_body_capped),
+        cmocka_unit_test(test_request_copied),
+        cmocka_unit_test(test_bad_requests),
+        cmocka_unit_test(test_sync_failure_deferred),
+        cmocka_unit_test(test_connection_refused),
+        cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_address_refused),
+        cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_close_in_flight),
+        cmocka_unit_test(test_close_from_callback),
+        cmocka_unit_test(test_idle_close),
+        cmocka_unit_test(test_keepalive_reuse),
+        cmocka_unit_test(test_max_host_connections),
+        cmocka_unit_test(test_rate),
         cmocka_unit_test(test_alloc_failure),
+        cmocka_unit_test(test_cancel_from_callback),
+        cmocka_unit_test(test_no_proxy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
