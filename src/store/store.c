@@ -999,9 +999,14 @@ int cy_store_event_append(cy_store *s, int64_t at, const char *topic, size_t top
 {
     if (!s || !topic || (!payload && payload_len) || s->readonly) return CY_EINVAL;
     /* Ordered and unique even when the wall clock steps back: never below
-     * the last number given (which outlives restarts in the log). */
+     * the last number given (which outlives restarts in the log). Numbers
+     * stay below 2^63, where SQLite's signed order is ours (bind_u64): an
+     * `at` whose microseconds would not fit is refused rather than wrapped,
+     * since one wrapped number sorts before all the others for good. */
+    if (at > INT64_MAX / 1000) return CY_ERANGE;
     uint64_t now_us = at > 0 ? (uint64_t)at * 1000 : 0;
     uint64_t seq = s->ev_last + 1 > now_us ? s->ev_last + 1 : now_us;
+    if (seq > INT64_MAX) return CY_ERANGE;
     if (write_begin(s)) return CY_ESTORE;
     sqlite3_stmt *st = s->st[ST_EV_PUT];
     if (bind_u64(st, 1, seq) || sqlite3_bind_int64(st, 2, at) ||
@@ -1323,9 +1328,11 @@ int cy_store_open_reader(const char *path, cy_store **out)
     for (int i = 0; i < N_ST; i++) {
         if (sqlite3_prepare_v3(s->db, sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) !=
             SQLITE_OK) {
-            /* An older file (its shard not restarted since the upgrade) has
-             * no log: nothing to read in it, which is not an error. */
-            rc = CY_ENOENT;
+            /* An older file (its shard not restarted since the upgrade), or
+             * an empty one, has no log: nothing to read in it, which is not
+             * an error (a missing table is SQLITE_ERROR). A file that is not
+             * a database, is corrupt or could not be read is. */
+            rc = sqlite3_errcode(s->db) == SQLITE_ERROR ? CY_ENOENT : db_fail(s->db, "open reader");
             goto fail;
         }
     }

@@ -431,7 +431,9 @@ typedef struct cy_store_event {
 } cy_store_event;
 
 /* Append an event logged at wall ms `at`; *seq_out (may be NULL) gets its
- * number. Errors: CY_EINVAL (NULL topic, a reader), CY_ESTORE. */
+ * number. Errors: CY_EINVAL (NULL topic, a reader), CY_ERANGE (`at` in
+ * microseconds, or the number, would reach 2^63: refused before the batch,
+ * nothing logged), CY_ESTORE. */
 int cy_store_event_append(cy_store *s, int64_t at, const char *topic, size_t topic_len,
                           const uint8_t *payload, size_t payload_len, uint64_t *seq_out);
 /* The last number given (0: the log was always empty). */
@@ -510,7 +512,8 @@ int cy_store_hook_forget(cy_store *s, const char *hook);
 
 /* Open another shard's file to read its log and webhook state (the API
  * answers for every shard from any shard). Only the read calls work on it.
- * CY_ENOENT: no such file, or one without a log yet. Close with
+ * CY_ENOENT: no such file, or one without a log yet (empty, or an older
+ * schema); CY_ESTORE: not a database, corrupt, or unreadable. Close with
  * cy_store_close. Each read is its own snapshot. */
 int cy_store_open_reader(const char *path, cy_store **out);
 
