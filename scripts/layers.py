@@ -13,8 +13,8 @@ import sys
 # Layer of each module: a module may include only modules of a lower layer.
 LAYERS = {
     "core": 0,
-    "health": 1, "store": 1, "http": 1, "alerts": 1,
-    "router": 2, "status": 2,
+    "health": 1, "store": 1, "http": 1,
+    "router": 2, "status": 2, "alerts": 2,
     "cluster": 3, "webhooks": 3,
     "device": 4,
     "mqtt": 5, "api": 5,
