@@ -291,7 +291,8 @@ static const char *const sql[N_ST] = {
     [ST_EV_NTH] = "SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?1",
     [ST_EV_TAIL] = "SELECT seq, at, topic, payload FROM events ORDER BY seq DESC LIMIT ?1",
     [ST_EV_FIRST] = "SELECT min(seq), count(*) FROM events",
-    [ST_EV_COUNT_AFTER] = "SELECT count(*) FROM events WHERE seq > ?1",
+    /* Counted up to a million: past it the figure says "at least". */
+    [ST_EV_COUNT_AFTER] = "SELECT count(*) FROM (SELECT 1 FROM events WHERE seq > ?1 LIMIT 1000000)",
     [ST_HS_PUT] = "INSERT INTO hook_state(hook, cursor, matched, delivered, dead, shown)"
                   " VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(hook) DO UPDATE SET"
                   " cursor = excluded.cursor, matched = excluded.matched,"
@@ -327,6 +328,10 @@ struct cy_store {
     bool no_space;  /* a write or commit of this batch failed for lack of disk space */
     uint64_t bytes; /* estimate of the bytes all writes so far have asked for */
     uint64_t ev_last; /* the event log's last sequence number (0: none yet) */
+    uint64_t ev_appends;  /* events appended since open */
+    uint64_t ev_cut;      /* trim's cached cut (see cy_store_events_trim) */
+    uint64_t ev_cut_keep; /* the keep it was found for */
+    uint64_t ev_cut_mark; /* ev_appends when it was found; 0 = never */
     bool readonly;  /* cy_store_open_reader: only the read calls */
     uint32_t *ids;  /* load's scratch for decoded subscription identifiers */
     size_t ids_cap; /* entries */
@@ -1017,6 +1022,7 @@ int cy_store_event_append(cy_store *s, int64_t at, const char *topic, size_t top
     int rc = write_end(s, step_done(s, ST_EV_PUT, "event append"), topic_len + payload_len);
     if (rc) return rc;
     s->ev_last = seq;
+    s->ev_appends++;
     if (seq_out) *seq_out = seq;
     return 0;
 }
@@ -1108,17 +1114,27 @@ int cy_store_events_trim(cy_store *s, uint64_t below, int64_t at_before, uint64_
                          unsigned max_rows)
 {
     if (!s || s->readonly) return CY_EINVAL;
-    /* cut: the newest seq beyond the `keep` newest events (0: none). */
-    uint64_t cut = 0;
-    sqlite3_stmt *nth = s->st[ST_EV_NTH];
-    if (sqlite3_bind_int64(nth, 1, (sqlite3_int64)(keep > INT64_MAX ? INT64_MAX : keep))) {
+    /* cut: the newest seq beyond the `keep` newest events (0: none). Found
+     * by walking `keep` rows of the index, so it is cached and found again
+     * only once keep/8 more events came: a cut older than the true one
+     * only keeps a few more rows than asked. */
+    if (!s->ev_cut_mark || keep != s->ev_cut_keep ||
+        s->ev_appends - (s->ev_cut_mark - 1) > keep / 8) {
+        uint64_t cut = 0;
+        sqlite3_stmt *nth = s->st[ST_EV_NTH];
+        if (sqlite3_bind_int64(nth, 1, (sqlite3_int64)(keep > INT64_MAX ? INT64_MAX : keep))) {
+            done(nth);
+            return db_fail(s->db, "events trim");
+        }
+        int sr = sqlite3_step(nth);
+        if (sr == SQLITE_ROW) cut = col_u64(nth, 0);
         done(nth);
-        return db_fail(s->db, "events trim");
+        if (sr != SQLITE_ROW && sr != SQLITE_DONE) return db_fail(s->db, "events trim");
+        s->ev_cut = cut;
+        s->ev_cut_keep = keep;
+        s->ev_cut_mark = s->ev_appends + 1;
     }
-    int sr = sqlite3_step(nth);
-    if (sr == SQLITE_ROW) cut = col_u64(nth, 0);
-    done(nth);
-    if (sr != SQLITE_ROW && sr != SQLITE_DONE) return db_fail(s->db, "events trim");
+    uint64_t cut = s->ev_cut;
     if (write_begin(s)) return CY_ESTORE;
     sqlite3_stmt *st = s->st[ST_EV_TRIM];
     if (bind_u64(st, 1, below) || sqlite3_bind_int64(st, 2, at_before) ||

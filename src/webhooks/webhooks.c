@@ -88,7 +88,7 @@ static void trail_add(wh_entry *e, int64_t at, long status, const char *error)
     }
     a->at = at;
     a->status = status;
-    snprintf(a->error, sizeof(a->error), "%s", error ? error : "");
+    snprintf(a->error, sizeof(a->error), "%.*s", (int)sizeof(a->error) - 1, error ? error : "");
 }
 
 /* The trail as JSON text (caller frees with free()). */
@@ -526,13 +526,18 @@ static void scan_hook(cy_webhooks *w, wh_hook *h)
                 break;
         settle(h);
     }
-    h->behind_at = 0;
-    h->behind = 0;
-    if (h->scan < last) {
-        uint64_t n = 0;
-        if (cy_store_events_span(w->store, h->scan, NULL, NULL, &n) == 0) h->behind = n;
-        h->behind_at = (int64_t)((h->scan + 1) / 1000); /* seq ~ wall us: the next one's age */
+    if (h->scan >= last) {
+        h->behind_at = 0;
+        h->behind = 0;
+        return;
     }
+    /* A count walks the rows: once a second is enough for a figure. */
+    int64_t mono = uv_now(w->loop);
+    if (mono < h->behind_next) return;
+    h->behind_next = mono + 1000;
+    uint64_t n = 0;
+    if (cy_store_events_span(w->store, h->scan, NULL, NULL, &n) == 0) h->behind = n;
+    h->behind_at = (int64_t)((h->scan + 1) / 1000); /* seq ~ wall us: the next one's age */
 }
 
 /* ---- sending ---- */
@@ -872,10 +877,13 @@ static void trim(cy_webhooks *w, int64_t now)
     for (wh_hook *h = w->hooks; h; h = h->next)
         if (h->cursor < below) below = h->cursor;
     /* The cursor itself was passed: trim what is below cursor + 1. */
-    int n = cy_store_events_trim(w->store, below + 1,
-                                 now - (int64_t)w->cfg->event_retention * 1000,
-                                 w->cfg->event_log_keep, WH_TRIM_ROWS);
-    (void)n;
+    /* At least as many as were logged since the last trim, twice over, so
+     * trimming keeps up with the log at any rate. */
+    uint64_t logged = w->stats->events_logged - w->trim_logged;
+    w->trim_logged = w->stats->events_logged;
+    unsigned rows = logged * 2 > WH_TRIM_ROWS ? (unsigned)(logged * 2) : WH_TRIM_ROWS;
+    cy_store_events_trim(w->store, below + 1, now - (int64_t)w->cfg->event_retention * 1000,
+                         w->cfg->event_log_keep, rows);
 }
 
 static void tick_cb(uv_timer_t *t)

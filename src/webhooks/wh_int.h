@@ -19,8 +19,8 @@
 
 #define WH_TICK_MS 100          /* retries coming due, figures */
 #define WH_DEFS_CHECK_MS 500    /* how often the definitions' generation is read */
-#define WH_TRIM_MS 1000         /* how often the log is trimmed */
-#define WH_TRIM_ROWS 20000      /* events deleted per trim at most */
+#define WH_TRIM_MS 250          /* how often the log is trimmed */
+#define WH_TRIM_ROWS 5000       /* events deleted per trim at least (more at high rates) */
 #define WH_TRAIL 8              /* attempts remembered per event */
 #define WH_RESPONSE_KEEP 4096   /* bytes of an answer kept (hook-response) */
 #define CY_WH_MAX_HEADERS 32    /* user headers sent per request */
@@ -80,6 +80,7 @@ struct wh_hook {
     uint64_t attempts_total;
     uint64_t behind;         /* events in the log not yet read by scan */
     int64_t behind_at;       /* the first of those's time (0: none) */
+    int64_t behind_next;     /* mono ms of the next count of `behind` */
     int64_t last_ok_at, last_err_at; /* wall ms */
     long last_status;
     char last_error[128];
@@ -119,6 +120,7 @@ struct cy_webhooks {
     uint64_t defs_gen, defs_mark;
     bool defs_loaded;
     int64_t next_defs_check, next_trim; /* mono ms */
+    uint64_t trim_logged;    /* events_logged at the last trim */
     wh_hook *hooks;
     cy_map adopt; /* "<hook id>/<seq>" -> wh_adopt */
     cy_buf body, url, hdr, sig; /* scratch for sending */
