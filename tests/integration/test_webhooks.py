@@ -397,3 +397,95 @@ def test_stream_resumes_across_restart(api_server_factory):
     with SseStream(srv, "/v1/events/lr", last_event_id=first.id) as s:
         got = [s.next(timeout=5).event, s.next(timeout=5).event]
     assert got == ["lr/b", "lr/c"], got
+
+
+# ================================================================ more
+
+def wait_messages(dev, pred, timeout=10.0, what="a message"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = [m for m in list(dev.messages) if pred(m)]
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError("%s never came; messages: %r" % (what, dev.messages[-5:]))
+
+
+def test_hook_response_and_error_back_to_the_device(api_server_factory):
+    srv = start(api_server_factory)
+    with Sink() as sink:
+        dev = online_device(srv)
+        try:
+            hook = make_hook(srv, sink, event="hr",
+                             response_topic="devices/{{device_id}}/hook-response/{{name}}",
+                             error_topic="devices/{{device_id}}/hook-error/{{name}}")
+            dev.c.subscribe("devices/%s/hook-response/#" % dev.id, 1)
+            dev.c.subscribe("devices/%s/hook-error/#" % dev.id, 1)
+            wait_hook_seen(srv, dev, hook, sink, name="hr/probe")
+            sink.answer(Answer(200, body=b'{"ok": 42}'))
+            dev.publish_event("hr/x", b"1")
+            got = wait_messages(dev, lambda m: m[0] == "devices/%s/hook-response/hr/x" % dev.id,
+                                what="the hook response")
+            assert got[0][1] == b'{"ok": 42}', got
+            sink.answer(404)
+            dev.publish_event("hr/y", b"2")
+            got = wait_messages(dev, lambda m: m[0] == "devices/%s/hook-error/hr/y" % dev.id,
+                                what="the hook error")
+            err = json.loads(got[0][1])
+            assert err["status"] == 404 and err["event_id"], err
+        finally:
+            dev.close()
+
+
+def test_ordered_webhook_keeps_log_order_through_failures(api_server_factory):
+    srv = start(api_server_factory, webhook_retry_base=20)
+    with Sink() as sink:
+        dev = online_device(srv)
+        try:
+            hook = make_hook(srv, sink, event="ord", ordered=True)
+            wait_hook_seen(srv, dev, hook, sink, name="ord/probe")
+            sink.clear()
+            sink.sequence([503, 503], then=200)
+            for i in range(20):
+                dev.publish_event("ord/n", b"%d" % i)
+            sink.wait(lambda rs: len({b["data"] for b in bodies(rs, "ord/n")}) >= 20, timeout=20,
+                      what="all twenty")
+            reqs = [r for r in sink.requests if (rj(r) or {}).get("name") == "ord/n"]
+            # First attempts in log order, the failing head retried before the rest.
+            seq = [rj(r)["data"] for r in reqs]
+            firsts = []
+            for d in seq:
+                if d not in firsts:
+                    firsts.append(d)
+            assert firsts == [str(i) for i in range(20)], seq
+            assert seq[:3] == ["0", "0", "0"], seq  # the head is retried in place
+        finally:
+            dev.close()
+
+
+def test_private_address_by_name_refused_at_connect(api_server_factory):
+    srv = start(api_server_factory, webhook_allow_private=False)
+    with Sink() as sink:
+        r = api(srv, "POST", "/v1/webhooks", json={"url": "http://127.0.0.1:%d/x" % sink.port})
+        assert r.status == 400, r
+        # A name is judged by what it resolves to, when connecting.
+        r = api(srv, "POST", "/v1/webhooks",
+                json={"url": "http://localhost:%d/x" % sink.port, "event": "ssrf"})
+        assert r.status == 201, r
+        hook = r.body
+        dev = online_device(srv)
+        try:
+            deadline = time.monotonic() + 15
+            n = 0
+            s = {}
+            while time.monotonic() < deadline:
+                n += 1
+                dev.publish_event("ssrf/x", b"%d" % n)
+                s = stats(srv, hook["id"])
+                if (s.get("last_error") or {}).get("error", "").startswith("address not allowed"):
+                    break
+                time.sleep(0.5)
+            assert (s.get("last_error") or {}).get("error", "").startswith("address not allowed"), s
+            assert sink.count == 0, sink.requests
+        finally:
+            dev.close()
