@@ -415,6 +415,9 @@ run_phase() {
         sleep 0.1
     done
     c1=$(cpu_of "${SPID[cyan]}")
+    # cyan's own figures for the webhook (docs/api.md, "What became of each event")
+    curl -s -H "Authorization: Bearer $TOKEN" "$API/v1/webhooks/$HOOK_ID" >"$WORK/stats-$phase.json" || true
+    log "  cyan: $($PY -c 'import json,sys; s=json.load(open(sys.argv[1])).get("stats",{}); print(" ".join("%s=%s" % (k, s.get(k)) for k in ("status","matched","delivered","queued","in_flight","dead","attempts","behind","last_error")))' "$WORK/stats-$phase.json" 2>/dev/null || echo '?')"
     stop_server sink
     log "  $(grep '^RESULT' "$WORK/sink-$phase.out" | cut -d' ' -f4-)"
     rc=0

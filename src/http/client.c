@@ -671,6 +671,10 @@ int cy_hc_new(uv_loop_t *loop, const cy_hc_config *cfg, cy_hc **out)
     curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, on_timer);
     curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
     curl_multi_setopt(c->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+    /* Idle connections kept for reuse. curl's default (four per transfer
+     * in progress) shrinks as a burst ends, closing connections the next
+     * burst must open again. */
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, (long)CY_HC_IDLE_MAX);
     if (cfg->max_host_connections)
         curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)cfg->max_host_connections);
     uv_timer_init(loop, &c->curl_timer);

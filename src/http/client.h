@@ -41,6 +41,9 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+/* Idle connections kept open for reuse, over all hosts. */
+#define CY_HC_IDLE_MAX 256
+
 typedef struct cy_hc cy_hc;
 typedef struct cy_hc_xfer cy_hc_xfer;
 

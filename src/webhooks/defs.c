@@ -9,9 +9,9 @@
  * its new definition, and a deleted one is forgotten here and in the store.
  * The same check takes this shard's dead-letter replay requests.
  *
- * A webhook this shard has never seen starts at the end of the log: it
- * gets the events logged from its creation on (as the shard learns of it,
- * within WH_DEFS_CHECK_MS).
+ * A webhook this shard has never seen starts at its creation time in the
+ * log: it gets every event logged from its creation on, though the shard
+ * learns of it up to WH_DEFS_CHECK_MS later.
  */
 #include "webhooks/wh_int.h"
 
@@ -153,7 +153,12 @@ static wh_hook *hook_new(cy_webhooks *w, const cy_webhook *def)
                 h->def.id, cy_strerror(rc));
     }
     if (!c.found || rc) {
-        h->cursor = h->scan = cy_store_event_last(w->store);
+        /* From its creation on: every event logged since has a number at
+         * or above its creation time in microseconds (a number is never
+         * below its log time), whenever this shard learns of it. */
+        uint64_t last = cy_store_event_last(w->store);
+        uint64_t from = def->created_at > 0 ? (uint64_t)def->created_at * 1000 : 0;
+        h->cursor = h->scan = from && from - 1 < last ? from - 1 : last;
         h->dirty = true;
     }
     return h;
@@ -296,6 +301,7 @@ static int replay_row(void *ctx, const cy_store_hook_row *r)
     h->n_retry++;
     h->dead_c--;
     h->dirty = true;
+    h->persist_now = true; /* with the rows, in this batch */
     return 0;
 }
 

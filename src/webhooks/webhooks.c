@@ -387,6 +387,13 @@ static char *hook_shown(cy_webhooks *w, const wh_hook *h)
 static void hook_persist(cy_webhooks *w, wh_hook *h)
 {
     if (!h->dirty) return;
+    /* Only a change of settled rows must go in its own batch (persist_now);
+     * the rest (the cursor, folds of the window) may lag: a crash then
+     * reads a little more of the log again, and the rows past the cursor
+     * are taken up as they were (the adoption map). So the state is written
+     * at most every WH_PERSIST_MS, not in every pass. */
+    int64_t mono = uv_now(w->loop);
+    if (!h->persist_now && mono < h->next_persist) return;
     char *shown = hook_shown(w, h);
     if (!shown) return; /* out of memory: the next pass tries again */
     cy_store_hook_state st = {.hook = h->def.id,
@@ -395,7 +402,10 @@ static void hook_persist(cy_webhooks *w, wh_hook *h)
                               .delivered = h->delivered_c,
                               .dead = h->dead_c,
                               .shown = shown};
-    if (cy_store_hook_state_put(w->store, &st) == 0) h->dirty = false;
+    if (cy_store_hook_state_put(w->store, &st) == 0) {
+        h->dirty = h->persist_now = false;
+        h->next_persist = mono + WH_PERSIST_MS;
+    }
     free(shown);
 }
 
@@ -701,8 +711,10 @@ static void finish(cy_webhooks *w, wh_hook *h, wh_entry *e, bool ok, int64_t now
             h->delivered_c++;
         else
             h->dead_c++;
-        /* The row was settled: matched stays, retry rows fall by one. */
+        /* The row was settled: matched stays, retry rows fall by one;
+         * the counters go in this batch with the row's deletion. */
         h->dirty = true;
+        h->persist_now = true;
         entry_free(e);
         return;
     }
@@ -717,6 +729,7 @@ static void on_answer(void *arg, const cy_hc_resp *resp)
     cy_webhooks *w = h->w;
     e->xfer = NULL;
     h->inflight--;
+    w->due = true; /* room for the next request: this pass's end sends it */
     if (w->stopping || h->removed) {
         /* Cancelled: the event stays where it was (sent again after the
          * restart, or forgotten with its webhook). */

@@ -19,6 +19,7 @@
 
 #define WH_TICK_MS 100          /* retries coming due, figures */
 #define WH_DEFS_CHECK_MS 500    /* how often the definitions' generation is read */
+#define WH_PERSIST_MS 100       /* a webhook's state is written at most this often */
 #define WH_TRIM_MS 250          /* how often the log is trimmed */
 #define WH_TRIM_ROWS 5000       /* events deleted per trim at least (more at high rates) */
 #define WH_TRAIL 8              /* attempts remembered per event */
@@ -67,7 +68,9 @@ struct wh_hook {
     bool own_content_type;   /* the webhook's headers set Content-Type */
     bool broken;             /* its templates do not compile: paused */
     bool removed;            /* deleted: freed once nothing is in flight */
-    bool dirty;              /* state to write in the next batch */
+    bool dirty;              /* state to write (at most every WH_PERSIST_MS) */
+    bool persist_now;        /* ... in this batch: settled rows changed */
+    int64_t next_persist;    /* mono ms */
     uint64_t seen_mark;      /* the definitions listing that last had it */
     uint64_t cursor, scan;   /* see webhooks.h */
     uint64_t matched_c, delivered_c, dead_c; /* settled */
