@@ -441,6 +441,7 @@ static int compose(cy_shard *b)
         .registry = b->registry,
         .router = b->router,
         .stats = &b->stats,
+        .space = &b->space,
         .self = b->self,
         .nshards = b->nshards,
     };

@@ -1027,6 +1027,15 @@ int cy_store_event_append(cy_store *s, int64_t at, const char *topic, size_t top
     return 0;
 }
 
+uint64_t cy_store_event_number(cy_store *s, int64_t at)
+{
+    uint64_t now_us = at > 0 && at <= INT64_MAX / 1000 ? (uint64_t)at * 1000 : 0;
+    uint64_t seq = s->ev_last + 1 > now_us ? s->ev_last + 1 : now_us;
+    if (seq >= (UINT64_C(1) << 63)) return 0;
+    s->ev_last = seq;
+    return seq;
+}
+
 static int ev_rows(cy_store *s, sqlite3_stmt *st, int (*fn)(void *, const cy_store_event *),
                    void *ctx, const char *what)
 {

@@ -436,6 +436,12 @@ typedef struct cy_store_event {
  * nothing logged), CY_ESTORE. */
 int cy_store_event_append(cy_store *s, int64_t at, const char *topic, size_t topic_len,
                           const uint8_t *payload, size_t payload_len, uint64_t *seq_out);
+/* A number for an event that is not logged (a QoS 0 event while the disk
+ * is full), from the same sequence, so it is unique among this run's; 0
+ * if the sequence is spent. Not kept: after a restart the log's last
+ * number is the base again, so an unlogged number may come again if the
+ * clock stepped back meanwhile. */
+uint64_t cy_store_event_number(cy_store *s, int64_t at);
 /* The last number given (0: the log was always empty). */
 uint64_t cy_store_event_last(const cy_store *s);
 /* fn for each event with seq > after, in order, at most limit (0: 1). */

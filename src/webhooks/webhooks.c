@@ -35,6 +35,7 @@
 #include "http/client.h"
 #include "router/msg.h"
 #include "router/topic.h"
+#include "store/space.h"
 #include "webhooks/policy.h"
 #include "webhooks/render.h"
 #include "webhooks/sign.h"
@@ -213,6 +214,13 @@ static void event_seal(void *ctx, cy_subscriber *s, cy_route *r)
     (void)s;
     if (r->from_peer || r->m->event_seq || internal_event(w, r->m)) return;
     uint64_t seq;
+    /* While the disk is full, durable work is refused before it gets here
+     * (store/space.h); a QoS 0 event is still routed and streamed, numbered
+     * but not logged: no webhook gets it (at most once, as QoS 0 says). */
+    if (r->m->qos == 0 && w->space && cy_space_full(w->space)) {
+        r->m->event_seq = cy_store_event_number(w->store, cy_wall_ms());
+        return;
+    }
     /* A failed append fails the batch: the shard exits at its commit and
      * the publisher is never acknowledged (store.h). */
     if (cy_store_event_append(w->store, cy_wall_ms(), r->m->topic, r->m->topic_len,
@@ -932,6 +940,7 @@ int cy_webhooks_new(const cy_webhooks_deps *d, cy_webhooks **out)
     w->registry = d->registry;
     w->router = d->router;
     w->stats = d->stats;
+    w->space = d->space;
     w->self = d->self;
     w->nshards = d->nshards;
     w->window_max = 4 * d->cfg->webhook_concurrency;

@@ -70,6 +70,7 @@ typedef struct cy_webhooks_deps {
     cy_registry *registry; /* definitions; internal devices */
     cy_router *router;     /* the event log's subscriber; hook responses */
     cy_counters *stats;
+    struct cy_space *space; /* the disk-full state (store/space.h); NULL: never full */
     unsigned self, nshards;
 } cy_webhooks_deps;
 

@@ -109,6 +109,7 @@ struct cy_webhooks {
     cy_registry *registry;
     cy_router *router;
     cy_counters *stats;
+    struct cy_space *space; /* NULL: never full */
     unsigned self, nshards;
     cy_sub_kind kind;
     cy_subscriber sub;
