@@ -11,7 +11,7 @@ CONF    ?= etc/cyan.conf
 FUZZ_SECONDS ?= 20
 PYTHON  := /usr/bin/python3
 
-.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api clean deps deps-test
+.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks clean deps deps-test
 
 all: build
 
@@ -92,6 +92,13 @@ fuzz: deps-test
 bench: build
 	@scripts/deps.sh bench
 	@bench/run.sh
+	@BUILD=$(BUILD) bench/webhook_bench.sh
+
+# Device events to a webhook: events/s to a fast local sink (bench/whsink.c)
+# and the latency from PUBACK to the sink's receipt (bench/webhook_bench.sh).
+bench-webhooks: build
+	@scripts/deps.sh bench
+	@BUILD=$(BUILD) bench/webhook_bench.sh
 
 # The function-call round trip through the HTTP API, beside the same exchange
 # over plain MQTT (bench/api_bench.sh; DOC=1 writes docs/benchmarks.md).

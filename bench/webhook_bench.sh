@@ -27,8 +27,8 @@
 # Every acknowledged event must arrive (at least once): any missing one
 # fails the run (exit 2) after the figures are printed.
 #
-# Not yet part of `make bench`. Until the webhook engine exists (issue 12),
-# cyan has no POST /v1/webhooks: the script stops there with exit 3 and says so.
+# Part of `make bench` (and alone: `make bench-webhooks`). A cyan without
+# POST /v1/webhooks makes the script stop there with exit 3.
 #
 # Environment:
 #   SHARDS=2 NDEV=8 INFLIGHT=32   cyan's shards; devices (one connection each); un-acked per device
