@@ -100,6 +100,7 @@ struct shard {
     uv_timer_t respawn;
     cy_watch watch;
     int64_t running_since_ms; /* first sample RUNNING in this generation; 0 before */
+    int64_t accepting_since_ms; /* first sample accepting clients in it; 0 before */
     bool ever_running;        /* some generation reached RUNNING (READY=1) */
     int64_t backoff_ms;       /* the last crash-loop delay; 0 after a good run */
     int killed_reason;        /* CY_RESTART_* if we killed it, else -1 */
@@ -603,6 +604,7 @@ static void spawn_shard(shard *sh)
     sh->pid = c->proc.pid;
     sh->killed_reason = -1;
     sh->running_since_ms = 0;
+    sh->accepting_since_ms = 0;
     cy_watch_init(&sh->watch, now);
     s->alive++;
     cy_sb_store(&slot->sv_pid, sh->pid);
@@ -677,7 +679,7 @@ static cy_verdict judge(sv *s, shard *sh, int64_t now, char *why, size_t len)
  * not walked the whole path for canary_timeout. Judged only when the
  * verdict can be trusted: the monitor is running, its heartbeat is fresh
  * and it has run for a canary_timeout (its canaries had time to connect);
- * the shard has been RUNNING for a canary_timeout; and, with several
+ * the shard has accepted clients for a canary_timeout; and, with several
  * shards, not every canary is failing: that says the monitor or the path
  * they share is broken (the alert says so), and restarting every shard
  * would turn a monitoring fault into an outage. */
@@ -691,14 +693,25 @@ static bool canary_failing(sv *s, shard *sh, int64_t now, char *why, size_t len)
     if (cy_sb_load(&m->state) != CY_SHARD_RUNNING || !mstart || now - mstart <= limit ||
         now - cy_sb_load(&m->heartbeat_ms) > s->cfg->watchdog_timeout)
         return false;
+    /* A shard is judged from when it accepts clients: a canary cannot reach
+     * one that still waits for its peers at start (up to 5 s). */
+    for (unsigned i = 0; i < s->n; i++) {
+        shard *o = &s->shards[i];
+        if (!o->running_since_ms || !cy_sb_load(&s->sb.slots[o->idx].accepting))
+            o->accepting_since_ms = 0;
+        else if (!o->accepting_since_ms)
+            o->accepting_since_ms = now;
+    }
+    if (!sh->accepting_since_ms) return false;
     unsigned failing = 0;
     for (unsigned i = 0; i < s->n; i++) {
         const shard *o = &s->shards[i];
-        failing += cy_canary_failing(now, limit, o->running_since_ms ? o->running_since_ms : 1,
+        failing += o->accepting_since_ms &&
+                   cy_canary_failing(now, limit, o->accepting_since_ms,
                                      cy_sb_load(&h->canary_ok_ms[i]), 1, 0, NULL, 0);
     }
-    return cy_canary_failing(now, limit, sh->running_since_ms, cy_sb_load(&h->canary_ok_ms[sh->idx]),
-                             s->n, failing, why, len);
+    return cy_canary_failing(now, limit, sh->accepting_since_ms,
+                             cy_sb_load(&h->canary_ok_ms[sh->idx]), s->n, failing, why, len);
 }
 
 static void on_tick(uv_timer_t *t)
