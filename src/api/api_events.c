@@ -56,21 +56,8 @@ typedef struct ev_view {
 
 static bool view(const cy_msg *m, ev_view *v)
 {
-    const char *t = m->topic;
-    size_t len = m->topic_len;
-    if (len > 7 && memcmp(t, "events/", 7) == 0) {
-        *v = (ev_view){t + 7, len - 7, NULL, 0};
-        return true;
-    }
-    if (len <= 8 || memcmp(t, "devices/", 8) != 0) return false;
-    const char *id = t + 8;
-    const char *slash = memchr(id, '/', len - 8);
-    if (!slash) return false;
-    size_t idl = (size_t)(slash - id);
-    size_t rest = len - 8 - idl - 1;
-    if (rest <= 7 || memcmp(slash + 1, "events/", 7) != 0) return false;
-    *v = (ev_view){slash + 8, rest - 7, id, idl};
-    return true;
+    return cy_webhooks_event_view(m->topic, m->topic_len, &v->name, &v->name_len, &v->device,
+                                  &v->device_len);
 }
 
 static bool matches(const api_stream *s, const ev_view *v)

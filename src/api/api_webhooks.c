@@ -78,13 +78,7 @@ static void reply_error(cy_api *b, cy_http_req *req, unsigned status, const char
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    char *body = cy_api_error_body(code, "%s", msg);
-    cy_api_answered(b, req);
-    if (body)
-        cy_http_reply(req, status, NULL, body, strlen(body), headers);
-    else
-        cy_http_reply(req, 500, NULL, "{\"error\":\"internal\"}", 20, NULL);
-    free(body);
+    cy_api_reply_error(b, req, status, code, headers, "%s", msg);
 }
 
 static void not_allowed(cy_api *b, cy_http_req *req, const char *allow)

@@ -144,7 +144,7 @@ static json_t *event_json(unsigned shard, uint64_t seq, int64_t at, const char *
     snprintf(id, sizeof(id), "%u-%" PRIu64, shard, seq);
     json_t *o = json_pack("{s:s, s:o}", "event_id", id, "published_at", time_json(at));
     if (!o) return NULL;
-    if (cy_wh_event_view(topic, topic_len, &name, &nl, &dev, &dl)) {
+    if (cy_webhooks_event_view(topic, topic_len, &name, &nl, &dev, &dl)) {
         json_object_set_new(o, "name", json_stringn(name, nl));
         json_object_set_new(o, "device_id", dev ? json_stringn(dev, dl) : json_null());
     }

@@ -159,7 +159,7 @@ static int put_dead(cy_webhooks *w, wh_entry *e, int64_t now)
 /* ---- the event's view ---- */
 
 /* Name and device of an event topic; false if it is not one. */
-bool cy_wh_event_view(const char *t, size_t len, const char **name, size_t *name_len,
+bool cy_webhooks_event_view(const char *t, size_t len, const char **name, size_t *name_len,
                       const char **device, size_t *device_len)
 {
     if (len > 7 && memcmp(t, "events/", 7) == 0) {
@@ -187,7 +187,7 @@ bool cy_wh_hook_matches(const cy_webhook *d, const char *topic, size_t topic_len
 {
     const char *name, *dev;
     size_t nl, dl;
-    if (!cy_wh_event_view(topic, topic_len, &name, &nl, &dev, &dl)) return false;
+    if (!cy_webhooks_event_view(topic, topic_len, &name, &nl, &dev, &dl)) return false;
     size_t pl = strlen(d->event);
     if (nl < pl || memcmp(name, d->event, pl) != 0) return false;
     if (d->device_id[0] && (!dev || dl != strlen(d->device_id) || memcmp(dev, d->device_id, dl)))
@@ -204,7 +204,7 @@ static bool internal_event(cy_webhooks *w, const cy_msg *m)
 {
     const char *name, *dev;
     size_t nl, dl;
-    return cy_wh_event_view(m->topic, m->topic_len, &name, &nl, &dev, &dl) && dev &&
+    return cy_webhooks_event_view(m->topic, m->topic_len, &name, &nl, &dev, &dl) && dev &&
            cy_registry_device_internal(w->registry, dev, dl) == 1;
 }
 
@@ -570,7 +570,7 @@ static bool send_entry(cy_webhooks *w, wh_hook *h, wh_entry *e, int64_t now)
     const char *name, *dev;
     size_t nl, dl;
     char device[CY_DEVICE_ID_LEN + 1] = "";
-    if (!cy_wh_event_view(e->topic, e->topic_len, &name, &nl, &dev, &dl)) return false;
+    if (!cy_webhooks_event_view(e->topic, e->topic_len, &name, &nl, &dev, &dl)) return false;
     if (dev && dl <= CY_DEVICE_ID_LEN) {
         memcpy(device, dev, dl);
         device[dl] = '\0';
@@ -661,7 +661,7 @@ static void publish_back(cy_webhooks *w, wh_hook *h, wh_entry *e, const char *tm
     size_t nl, dl;
     char device[CY_DEVICE_ID_LEN + 1] = "";
     char id[48];
-    if (!cy_wh_event_view(e->topic, e->topic_len, &name, &nl, &dev, &dl)) return;
+    if (!cy_webhooks_event_view(e->topic, e->topic_len, &name, &nl, &dev, &dl)) return;
     if (dev && dl <= CY_DEVICE_ID_LEN) {
         memcpy(device, dev, dl);
         device[dl] = '\0';

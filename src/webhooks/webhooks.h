@@ -110,6 +110,12 @@ json_t *cy_webhooks_dead_letters(const cy_config *cfg, unsigned nshards, const c
 int cy_webhooks_trace(const cy_config *cfg, unsigned nshards, cy_registry *registry,
                       const char *event_id, json_t **out);
 
+/* An event's name and device from its topic (devices/<id>/events/<name>:
+ * device set; events/<name>: device NULL); false if it is no event topic.
+ * Pointers into topic. */
+bool cy_webhooks_event_view(const char *topic, size_t len, const char **name, size_t *name_len,
+                            const char **device, size_t *device_len);
+
 /* The path of shard i's store file in the data folder, into buf. */
 void cy_webhooks_shard_path(const cy_config *cfg, unsigned shard, char *buf, size_t len);
 

@@ -131,8 +131,6 @@ struct cy_webhooks {
 };
 
 /* webhooks.c */
-bool cy_wh_event_view(const char *t, size_t len, const char **name, size_t *name_len,
-                      const char **device, size_t *device_len);
 bool cy_wh_hook_matches(const cy_webhook *d, const char *topic, size_t topic_len);
 void cy_wh_hook_counts(const wh_hook *h, wh_counts *c);
 int cy_wh_hook_compile(wh_hook *h);
