@@ -172,7 +172,7 @@ start_server() {
         # A plain broker, as mosquitto is: every connection uses the one
         # bench device's credentials with its own client id and topics
         # (isolate_devices=false), and no HTTP API (make bench-api measures it).
-        taskset -c "$cores" "$CYAN" --data_dir="$dir" --mqtt_listen="127.0.0.1:$port" --shards=$shards \
+        taskset -c "$cores" "$CYAN" --data_dir="$dir" --mqtt_listen="127.0.0.1:$port" --shards=$shards --ops_listen= \
             --isolate_devices=false --http_listen= \
             --log_level=warn --sys_interval=0 >>"$WORK/$s.log" 2>&1 &
         SPID[$s]=$!
