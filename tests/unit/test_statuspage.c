@@ -16,6 +16,8 @@
  * the file (durability, dedupe across a restart), rejected input (nothing
  * written), and a full file (CY_ENOSPC, reads go on, nothing half-written).
  */
+#include "store_testlib.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -686,18 +688,7 @@ static int db_teardown(void **state)
 {
     db_fixture *f = *state;
     cy_statusdb_close(f->db);
-    DIR *d = opendir(f->dir);
-    if (d) {
-        struct dirent *e;
-        char p[512];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                snprintf(p, sizeof(p), "%s/%s", f->dir, e->d_name);
-                unlink(p);
-            }
-        closedir(d);
-    }
-    rmdir(f->dir);
+    cyt_dir_remove(f->dir);
     free(f);
     cy_alloc_fail_after(-1);
     return 0;

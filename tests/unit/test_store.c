@@ -9,6 +9,8 @@
  * Loads are recorded as one line per callback into a text log, so a test
  * states the whole expected load, order included, in one string.
  */
+#include "store_testlib.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -62,18 +64,7 @@ static int teardown(void **state)
     snprintf(mnt, sizeof(mnt), "%s/mnt", f->dir);
     umount2(mnt, MNT_DETACH); /* a test that mounted there and failed (else: nothing there) */
     rmdir(mnt);
-    DIR *d = opendir(f->dir);
-    if (d) {
-        struct dirent *e;
-        char p[512];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                snprintf(p, sizeof(p), "%s/%s", f->dir, e->d_name);
-                unlink(p);
-            }
-        closedir(d);
-    }
-    rmdir(f->dir);
+    cyt_dir_remove(f->dir);
     free(f);
     cy_alloc_fail_after(-1);
     return 0;
@@ -89,40 +80,7 @@ static cy_store *open_store(fixture *f)
 
 /* ---- the load recorder ---- */
 
-typedef struct rec {
-    char log[8192];
-    size_t len;
-    int stop_at; /* callback number that returns 42; 0 = never */
-    int calls;
-} rec;
-
-static void out(rec *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void out(rec *r, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(r->log + r->len, sizeof(r->log) - r->len, fmt, ap);
-    va_end(ap);
-    assert_true(n >= 0 && (size_t)n < sizeof(r->log) - r->len);
-    r->len += (size_t)n;
-}
-
-/* Bytes as printable ASCII with \xNN escapes, so NULs and lengths show. */
-static void out_bytes(rec *r, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        if (b[i] >= 0x21 && b[i] < 0x7f && b[i] != '\\')
-            out(r, "%c", b[i]);
-        else
-            out(r, "\\x%02x", b[i]);
-    }
-}
-
-static int next(rec *r)
-{
-    return ++r->calls == r->stop_at ? 42 : 0;
-}
+/* rec, out, out_bytes and next: store_testlib.h */
 
 static int on_session(void *ctx, const cy_store_session *s)
 {
@@ -253,28 +211,8 @@ static int64_t put_msg(cy_store *s, const char *client_id, const char *topic, co
 }
 
 /* Runs sql on the file through a plain connection of the test's own. */
-static void sql_exec(fixture *f, const char *sql)
-{
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    char *err = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) fail_msg("%s: %s", sql, err);
-    sqlite3_close(db);
-}
-
-/* The first column of the first row of sql, as an integer. */
-static long long sql_int(fixture *f, const char *sql)
-{
-    sqlite3 *db;
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    long long v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
-}
+#define sql_exec(f, sql) cyt_sql_exec((f)->path, (sql))
+#define sql_int(f, sql) cyt_sql_int((f)->path, (sql))
 
 static int user_version(fixture *f)
 {

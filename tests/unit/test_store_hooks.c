@@ -7,6 +7,8 @@
  * by their shard only, deleted once taken, kept when the callback refuses),
  * the migration of a version 3 file, and fields of a bad shape.
  */
+#include "store_testlib.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -56,18 +58,7 @@ static int teardown(void **state)
 {
     fixture *f = *state;
     cy_registry_close(f->r);
-    DIR *d = opendir(f->dir);
-    if (d) {
-        struct dirent *e;
-        char p[512];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                snprintf(p, sizeof(p), "%s/%s", f->dir, e->d_name);
-                unlink(p);
-            }
-        closedir(d);
-    }
-    rmdir(f->dir);
+    cyt_dir_remove(f->dir);
     free(f);
     cy_alloc_fail_after(-1);
     return 0;
@@ -950,14 +941,7 @@ static const char schema_v3[] = "CREATE TABLE IF NOT EXISTS devices("
                                 " created_at INTEGER NOT NULL);"
                                 "PRAGMA user_version = 3;";
 
-static void sql_exec(const char *path, const char *sql)
-{
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    char *err = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) fail_msg("%s: %s", sql, err);
-    sqlite3_close(db);
-}
+#define sql_exec(path, sql) cyt_sql_exec((path), (sql))
 
 static int64_t sql_int(const char *path, const char *sql)
 {

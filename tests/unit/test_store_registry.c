@@ -13,6 +13,8 @@
  * internal tokens replaced by a new id, listed with their scope, ignored
  * by the bootstrap.
  */
+#include "store_testlib.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -65,18 +67,7 @@ static int teardown(void **state)
 {
     fixture *f = *state;
     cy_registry_close(f->r);
-    DIR *d = opendir(f->dir);
-    if (d) {
-        struct dirent *e;
-        char p[512];
-        while ((e = readdir(d)))
-            if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-                snprintf(p, sizeof(p), "%s/%s", f->dir, e->d_name);
-                unlink(p);
-            }
-        closedir(d);
-    }
-    rmdir(f->dir);
+    cyt_dir_remove(f->dir);
     free(f);
     cy_alloc_fail_after(-1);
     return 0;
@@ -970,14 +961,7 @@ static const char schema_v1[] = "CREATE TABLE IF NOT EXISTS devices("
 #define V1_SECRET "00112233445566778899aabbccddeeff"
 static const uint8_t v1_salt[16] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16};
 
-static void sql_exec(const char *path, const char *sql)
-{
-    sqlite3 *db;
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    char *err = NULL;
-    if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) fail_msg("%s: %s", sql, err);
-    sqlite3_close(db);
-}
+#define sql_exec(path, sql) cyt_sql_exec((path), (sql))
 
 static int64_t sql_int(const char *path, const char *sql)
 {
