@@ -66,10 +66,7 @@ static void reply_text(cy_api *b, cy_http_req *req, unsigned status, const char 
 
 static void reply_json(cy_api *b, cy_http_req *req, unsigned status, json_t *o)
 {
-    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
-    json_decref(o);
-    reply_text(b, req, text ? status : 500, text, NULL);
-    free(text);
+    cy_api_reply_json(b, req, status, o, NULL);
 }
 
 static void reply_error(cy_api *b, cy_http_req *req, unsigned status, const char *code,
@@ -89,9 +86,13 @@ static void reply_error(cy_api *b, cy_http_req *req, unsigned status, const char
     free(body);
 }
 
-void cy_api_reply_json(cy_api *b, cy_http_req *req, unsigned status, json_t *o)
+void cy_api_reply_json(cy_api *b, cy_http_req *req, unsigned status, json_t *o,
+                       const char *const *headers)
 {
-    reply_json(b, req, status, o);
+    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+    json_decref(o);
+    reply_text(b, req, text ? status : 500, text, text ? headers : NULL);
+    free(text);
 }
 
 void cy_api_reply_error(cy_api *b, cy_http_req *req, unsigned status, const char *code,

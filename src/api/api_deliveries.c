@@ -44,7 +44,7 @@ void cy_api_event_trace(cy_api *b, cy_http_req *req, const char *event_id)
                            "event %s is not in its shard's log (never logged, or trimmed)",
                            event_id);
     else
-        cy_api_reply_json(b, req, 200, o);
+        cy_api_reply_json(b, req, 200, o, NULL);
 }
 
 /* GET .../dead-letters?limit=N */
@@ -64,7 +64,8 @@ static void dead_list(cy_api *b, cy_http_req *req, const char *id)
     }
     json_t *arr = cy_webhooks_dead_letters(b->cfg, b->nshards, id, limit);
     cy_api_reply_json(b, req, 200,
-                      arr ? json_pack("{s:s, s:o}", "webhook_id", id, "dead_letters", arr) : NULL);
+                      arr ? json_pack("{s:s, s:o}", "webhook_id", id, "dead_letters", arr) : NULL,
+                      NULL);
 }
 
 /* POST .../dead-letters/replay (all) or .../dead-letters/{event id}/replay. */
@@ -93,7 +94,8 @@ static void dead_replay(cy_api *b, cy_http_req *req, const char *id, const char 
     /* Asynchronous: each shard takes its request within half a second. */
     cy_api_reply_json(b, req, 202,
                       json_pack("{s:s, s:s?, s:b}", "webhook_id", id, "event_id", event_id,
-                                "replay_requested", 1));
+                                "replay_requested", 1),
+                      NULL);
     (void)asked;
 }
 

@@ -133,7 +133,8 @@ void cy_api_answered(cy_api *b, cy_http_req *req);
 /* Answer req with o (takes the reference; NULL: 500), or with
  * {"error": code, "message": ...} and extra headers (NULL-terminated
  * name, value pairs; may be NULL). Both count the answer (cy_api_answered). */
-void cy_api_reply_json(cy_api *b, cy_http_req *req, unsigned status, json_t *o);
+void cy_api_reply_json(cy_api *b, cy_http_req *req, unsigned status, json_t *o,
+                       const char *const *headers);
 void cy_api_reply_error(cy_api *b, cy_http_req *req, unsigned status, const char *code,
                         const char *const *headers, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));

@@ -51,35 +51,9 @@
 
 /* ---- answers ---- */
 
-static void reply_json(cy_api *b, cy_http_req *req, unsigned status, json_t *o,
-                       const char *const *headers)
-{
-    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    json_decref(o);
-    cy_api_answered(b, req);
-    if (!text) {
-        static const char oom[] = "{\"error\":\"internal\",\"message\":\"out of memory\"}";
-        cy_http_reply(req, 500, NULL, oom, sizeof(oom) - 1, NULL);
-        return;
-    }
-    cy_http_reply(req, status, NULL, text, strlen(text), headers);
-    free(text);
-}
-
-static void reply_error(cy_api *b, cy_http_req *req, unsigned status, const char *code,
-                        const char *const *headers, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
-
-static void reply_error(cy_api *b, cy_http_req *req, unsigned status, const char *code,
-                        const char *const *headers, const char *fmt, ...)
-{
-    char msg[256];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    cy_api_reply_error(b, req, status, code, headers, "%s", msg);
-}
+/* The API's own answers (api.c): JSON with optional headers, and errors. */
+#define reply_json cy_api_reply_json
+#define reply_error cy_api_reply_error
 
 static void not_allowed(cy_api *b, cy_http_req *req, const char *allow)
 {
