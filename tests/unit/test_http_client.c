@@ -20,6 +20,8 @@
  *
  * Every wait is for an event that must come, bounded by a deadline that
  * fails the test. */
+#include "http_testlib.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -118,25 +120,7 @@ static void respond(conn *c, const char *head, const char *body, size_t blen, bo
     }
 }
 
-static const char *find_header(const char *head, const char *name, char *out, size_t len)
-{
-    const char *p = head;
-    size_t nl = strlen(name);
-    while ((p = strstr(p, "\r\n")) != NULL) {
-        p += 2;
-        if (!strncasecmp(p, name, nl) && p[nl] == ':') {
-            const char *v = p + nl + 1;
-            while (*v == ' ')
-                v++;
-            size_t l = strcspn(v, "\r\n");
-            if (l >= len) l = len - 1;
-            memcpy(out, v, l);
-            out[l] = '\0';
-            return out;
-        }
-    }
-    return NULL;
-}
+/* find_header: http_testlib.h */
 
 /* path (from the request line) is p, with or without a query. */
 static bool path_is(const char *path, const char *p)

@@ -8,6 +8,8 @@
  *
  * Every wait is for an event that must come (a counter reaching a value),
  * bounded by a deadline that fails the test. */
+#include "http_testlib.h"
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -83,25 +85,7 @@ static void written(uv_write_t *w, int status)
     uv_close((uv_handle_t *)&c->tcp, conn_closed);
 }
 
-static const char *find_header(const char *head, const char *name, char *out, size_t len)
-{
-    const char *p = head;
-    size_t nl = strlen(name);
-    while ((p = strstr(p, "\r\n")) != NULL) {
-        p += 2;
-        if (!strncasecmp(p, name, nl) && p[nl] == ':') {
-            const char *v = p + nl + 1;
-            while (*v == ' ')
-                v++;
-            size_t l = strcspn(v, "\r\n");
-            if (l >= len) l = len - 1;
-            memcpy(out, v, l);
-            out[l] = '\0';
-            return out;
-        }
-    }
-    return NULL;
-}
+/* find_header: http_testlib.h */
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 {
