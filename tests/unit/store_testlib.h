@@ -21,6 +21,9 @@
 
 #include <cmocka.h>
 
+#include "core/cy_alloc.h"
+#include "store/store.h"
+
 /* Make a fresh folder from template (e.g. "/tmp/cyan-store-XXXXXX") into
  * dir (room for the template and its NUL). 0, or -1. */
 static inline int cyt_dir_make(char *dir, size_t len, const char *template)
@@ -45,6 +48,45 @@ static inline void cyt_dir_remove(const char *dir)
         closedir(d);
     }
     rmdir(dir);
+}
+
+/* ---- a registry in a fresh folder, per test ---- */
+
+typedef struct cyt_registry_fixture {
+    char dir[64];
+    char path[128]; /* dir/registry.db */
+    cy_registry *r;
+} cyt_registry_fixture;
+
+/* cmocka setup: *state gets a cyt_registry_fixture with its registry open,
+ * in a folder made from template ("/tmp/cyan-...-XXXXXX"). */
+static inline int cyt_registry_setup(void **state, const char *template)
+{
+    cyt_registry_fixture *f = calloc(1, sizeof(*f));
+    if (!f) return -1;
+    if (cyt_dir_make(f->dir, sizeof(f->dir), template)) {
+        free(f);
+        return -1;
+    }
+    snprintf(f->path, sizeof(f->path), "%s/registry.db", f->dir);
+    if (cy_registry_open(f->path, &f->r)) {
+        rmdir(f->dir);
+        free(f);
+        return -1;
+    }
+    *state = f;
+    return 0;
+}
+
+/* cmocka teardown for cyt_registry_setup; also ends any allocation fault. */
+static inline int cyt_registry_teardown(void **state)
+{
+    cyt_registry_fixture *f = *state;
+    cy_registry_close(f->r);
+    cyt_dir_remove(f->dir);
+    free(f);
+    cy_alloc_fail_after(-1);
+    return 0;
 }
 
 /* Run sql on the database at path from a connection of the test's own;

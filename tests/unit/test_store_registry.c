@@ -38,40 +38,14 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef struct fixture {
-    char dir[64];
-    char path[128];
-    cy_registry *r;
-} fixture;
+typedef cyt_registry_fixture fixture;
 
 static int setup(void **state)
 {
-    fixture *f = calloc(1, sizeof(*f));
-    if (!f) return -1;
-    strcpy(f->dir, "/tmp/cyan-registry-XXXXXX");
-    if (!mkdtemp(f->dir)) {
-        free(f);
-        return -1;
-    }
-    snprintf(f->path, sizeof(f->path), "%s/registry.db", f->dir);
-    if (cy_registry_open(f->path, &f->r)) {
-        rmdir(f->dir);
-        free(f);
-        return -1;
-    }
-    *state = f;
-    return 0;
+    return cyt_registry_setup(state, "/tmp/cyan-registry-XXXXXX");
 }
 
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    cy_registry_close(f->r);
-    cyt_dir_remove(f->dir);
-    free(f);
-    cy_alloc_fail_after(-1);
-    return 0;
-}
+#define teardown cyt_registry_teardown
 
 static bool lower_hex(const char *s, size_t n)
 {
