@@ -1,0 +1,114 @@
+/* dtls: a DTLS 1.2 server for many peers on one UDP socket (OpenSSL),
+ * authenticated by pre-shared keys: the PSK identity is the device id.
+ *
+ * The caller owns the socket: it reads each datagram and gives it to
+ * cy_dtls_input with its source address; the DTLS object never touches the
+ * socket and sends through the send hook. Each peer (one source address
+ * and port) has its own SSL object, whose BIO reads the datagram being
+ * input and writes through the hook, so one socket serves every peer.
+ *
+ * Against spoofed handshakes: a ClientHello from an address with no peer
+ * state is answered statelessly with a HelloVerifyRequest whose cookie is
+ * an HMAC of the address under a per-process secret (rotated; the previous
+ * one is accepted too); state (an SSL object) is made only for a
+ * ClientHello carrying a valid cookie, and then only within the limits
+ * (max_peers, max_per_ip, handshakes per second). Everything else from an
+ * unknown address is dropped and counted.
+ *
+ * Session continuity: OpenSSL 3.0 has no DTLS Connection ID (RFC 9146),
+ * so a device whose NAT mapping changed is a new peer: it does a new PSK
+ * handshake (no public-key operation: cheap for both ends), after which
+ * the old peer idles out. docs/architecture.md says why.
+ *
+ * Ownership: cy_dtls_new copies the options and hooks; the caller keeps
+ * nothing alive for it but the hooks' ctx. Buffers passed in are borrowed
+ * for the call; buffers passed to hooks are borrowed for the hook's call.
+ * Hooks run inside cy_dtls_input, cy_dtls_send, cy_dtls_tick and
+ * cy_dtls_close_all; a hook must not free the cy_dtls (it may call
+ * cy_dtls_send and cy_dtls_kick).
+ * Errors: CY_ENOMEM, CY_EIO (OpenSSL setup), CY_ENOENT (no established
+ * peer at that address), CY_EMSGSIZE (plaintext over the record limit).
+ * Thread: one thread per cy_dtls (the shard's loop).
+ */
+#ifndef CY_COAP_DTLS_H
+#define CY_COAP_DTLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+typedef struct cy_dtls cy_dtls;
+
+/* The largest PSK the lookup may return. */
+#define CY_DTLS_PSK_MAX 64
+/* The largest identity accepted (a device id is 24 characters). */
+#define CY_DTLS_IDENTITY_MAX 128
+
+typedef struct cy_dtls_hooks {
+    /* The key for identity (NUL-terminated, borrowed) into key[0..max):
+     * its length (> 0), or a negative CY_E* (CY_ENOENT: unknown identity
+     * or no key; anything else: a lookup failure). The handshake fails
+     * with an alert either way. */
+    int (*psk)(void *ctx, const char *identity, uint8_t *key, size_t max);
+    /* Write one datagram to addr. A failure is not retried (DTLS
+     * retransmits its handshake flights; the layer above its own data). */
+    void (*send)(void *ctx, const struct sockaddr *addr, socklen_t alen, const uint8_t *p,
+                 size_t len);
+    /* The handshake with the peer at addr completed for identity. */
+    void (*up)(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity);
+    /* Application data (one record's plaintext) from the established peer
+     * at addr, authenticated as identity. */
+    void (*data)(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity,
+                 const uint8_t *p, size_t len);
+    /* An established peer is gone (close_notify, a fatal alert, idle past
+     * idle_ms, evicted, kicked, cy_dtls_close_all). why: static text. Not
+     * called for peers that never completed their handshake. */
+    void (*down)(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity,
+                 const char *why);
+    void *ctx;
+} cy_dtls_hooks;
+
+typedef struct cy_dtls_options {
+    uint32_t max_peers;      /* peers with state (handshaking or established); 0 = 10000 */
+    uint32_t max_per_ip;     /* of them from one IP address, any port; 0 = 1024 */
+    uint32_t handshakes_per_sec; /* new stateful handshakes per second; 0 = 1000 */
+    uint32_t idle_ms;        /* an established peer heard from for this long is closed; 0 = 180000 */
+    uint32_t handshake_ms;   /* a handshake not done in this long is dropped; 0 = 30000 */
+    uint16_t mtu;            /* largest datagram sent; 0 = 1280 */
+} cy_dtls_options;
+
+typedef struct cy_dtls_stats {
+    uint64_t cookies_sent;       /* HelloVerifyRequests */
+    uint64_t handshakes_started; /* cookie verified, state made */
+    uint64_t handshakes_done;
+    uint64_t handshakes_failed;  /* alerts, bad PSK, timeouts */
+    uint64_t refused;            /* over a limit: max_peers, max_per_ip, rate */
+    uint64_t dropped;            /* datagrams from unknown addresses that were not a ClientHello, bad records */
+    uint32_t peers;              /* now, handshaking and established */
+    uint32_t established;        /* now */
+} cy_dtls_stats;
+
+int cy_dtls_new(const cy_dtls_options *o, const cy_dtls_hooks *h, cy_dtls **out);
+/* Free every peer (no alert is sent, no hook runs). Safe on NULL. */
+void cy_dtls_free(cy_dtls *t);
+/* One datagram read from the socket, from addr. now: monotonic ms. */
+void cy_dtls_input(cy_dtls *t, const struct sockaddr *addr, socklen_t alen, const uint8_t *p,
+                   size_t len, int64_t now);
+/* Encrypt p as one record to the established peer at addr (sent through
+ * the send hook). Errors: CY_ENOENT, CY_EMSGSIZE (over mtu minus the
+ * record overhead), CY_EIO. */
+int cy_dtls_send(cy_dtls *t, const struct sockaddr *addr, socklen_t alen, const uint8_t *p,
+                 size_t len);
+/* Handshake retransmissions, handshake deadlines, idle peers. Call about
+ * every 100 ms. now: monotonic ms. */
+void cy_dtls_tick(cy_dtls *t, int64_t now);
+/* Close the peers authenticated as identity (the device was removed or
+ * its key changed) with a close_notify; down runs for each. */
+void cy_dtls_kick(cy_dtls *t, const char *identity);
+/* Close every peer with a close_notify (shutting down); down runs for
+ * each established one. */
+void cy_dtls_close_all(cy_dtls *t);
+const cy_dtls_stats *cy_dtls_get_stats(const cy_dtls *t);
+
+#endif
