@@ -17,7 +17,7 @@ LAYERS = {
     "router": 2, "status": 2, "alerts": 2,
     "cluster": 3, "webhooks": 3,
     "device": 4,
-    "mqtt": 5, "api": 5,
+    "mqtt": 5, "coap": 5, "api": 5,
     "shard": 6, "monitor": 6,
 }
 MAX_LINES = 3000
