@@ -116,26 +116,32 @@ typedef struct cy_coap_msg {
     uint8_t token[CY_COAP_TOKEN_MAX];
     uint16_t n_opts;
     cy_coap_opt opts[CY_COAP_MAX_OPTS]; /* in wire order (ascending numbers, repeats kept) */
-    const uint8_t *payload;              /* borrowed; NULL when payload_len is 0 */
+    const uint8_t *payload;             /* borrowed; NULL when payload_len is 0 */
     size_t payload_len;
 } cy_coap_msg;
 
-/* Decode one datagram.
+/* Decode one datagram (buf[0..len), borrowed by *out).
  * Returns 0, or:
  *   CY_EINVAL   shorter than 4 bytes, or a version other than 1: nothing
  *               is known of it (RFC: silently ignore);
  *   CY_EPROTO   a message format error after a valid header: type, code
  *               and mid of *out are set (reject a CON with RST, ignore a
  *               NON, ignore an ACK or RST). Format errors: token length
- *               9..15, an option delta or length nibble of 15 outside the
- *               payload marker, an option running past the end, an option
- *               number over 65535, a payload marker with no payload after
- *               it, an empty message (code 0.00) with a token, options or
- *               payload;
+ *               9..15, a token running past the end, an option delta or
+ *               length nibble of 15 outside the payload marker, an option
+ *               running past the end, an option number over 65535, a
+ *               payload marker with no payload after it, an empty message
+ *               (code 0.00) with a token, options or payload;
  *   CY_EMSGSIZE more than CY_COAP_MAX_OPTS options, or one longer than
  *               CY_COAP_OPT_MAX_LEN: the header and token of *out are set
  *               (a request gets 4.02 Bad Option: the dispatcher answers).
- * Reserved code classes (1, 6, 7) are not refused here. */
+ *               The whole message is read first: a format error anywhere
+ *               in it makes the answer CY_EPROTO instead.
+ * On any error *out has no options and no payload (n_opts 0, payload
+ * NULL), and no token (tkl 0) except with CY_EMSGSIZE.
+ * Reserved code classes (1, 6, 7) are not refused here, nor are the rules
+ * of section 4 (a NON or RST that is empty or not, a request in an ACK):
+ * those are the dispatcher's. */
 int cy_coap_decode(const uint8_t *buf, size_t len, cy_coap_msg *out);
 
 /* The first option numbered num, or NULL. */
@@ -151,12 +157,20 @@ uint16_t cy_coap_unknown_critical(const cy_coap_msg *m, const uint16_t *known, s
 
 /* The Uri-Path segments joined with '/', NUL-terminated, in out[0..cap).
  * *len: the length without the NUL. An empty path ("/" or no Uri-Path) is
- * "". Errors: CY_EMSGSIZE (longer than cap - 1), CY_EINVAL (a segment is
- * empty, holds '/', a NUL byte, '+' or '#', or is not valid UTF-8: such a
- * path cannot be a topic). */
+ * "": one empty Uri-Path option alone is also the root (RFC 7252 6.5 makes
+ * it "/"), any other empty segment is refused. Errors: CY_EINVAL (a
+ * segment is empty, holds '/', a NUL byte, '+' or '#', or is not valid
+ * UTF-8: such a path cannot be a topic; checked before the size),
+ * CY_EMSGSIZE (longer than cap - 1). On error out is "" (when cap > 0) and
+ * *len 0. out may be NULL when cap is 0. */
 int cy_coap_uri_path(const cy_coap_msg *m, char *out, size_t cap, size_t *len);
 /* The value of the first Uri-Query "key=value" whose key is key (the
- * value borrowed from the message, *vlen its length), or CY_ENOENT. */
+ * value borrowed from the message, *vlen its length; *val NULL when *vlen
+ * is 0), or CY_ENOENT. The key of an option is its bytes before the first
+ * '=' and must equal key exactly (case matters; key "" finds "=v"). An
+ * option without '=' ("debug") is its key with an empty value: found, *vlen
+ * 0, the same as "debug=". val and vlen may be NULL (presence only).
+ * CY_EINVAL if key is NULL. */
 int cy_coap_query(const cy_coap_msg *m, const char *key, const uint8_t **val, size_t *vlen);
 
 /* Block1 / Block2 (RFC 7959 2.2): num (up to 20 bits), more, szx 0..6
@@ -168,6 +182,8 @@ typedef struct cy_coap_block {
 } cy_coap_block;
 /* CY_EPROTO: longer than 3 bytes, or szx 7 (reserved, BERT only on TCP). */
 int cy_coap_block_decode(const cy_coap_opt *o, cy_coap_block *b);
+/* The option value of b (write it with cy_coap_w_opt_uint): num must fit
+ * 20 bits, or the value is one cy_coap_block_decode refuses. */
 uint32_t cy_coap_block_value(const cy_coap_block *b);
 static inline size_t cy_coap_block_size(uint8_t szx)
 {
@@ -181,27 +197,35 @@ typedef struct cy_coap_writer {
     size_t cap, len;
     uint16_t last_opt; /* number of the last option written */
     int err;           /* sticky: the first error */
+    bool payload;      /* cy_coap_w_payload was called: no option may follow */
 } cy_coap_writer;
 
-/* Start a message in buf[0..cap): header and token (tkl 0..8; token may be
- * NULL when tkl is 0). */
+/* Start a message in buf[0..cap) (borrowed; buf may be NULL when cap is
+ * 0): header and token (tkl 0..8, copied; token may be NULL when tkl is 0).
+ * Every call writes all its bytes or none: after an error nothing more is
+ * written, and nothing is ever written past cap. The writer refuses what
+ * the decoder would (CY_EINVAL): a type over 3, and an empty message (code
+ * 0.00) with a token, an option or a payload. */
 void cy_coap_w_init(cy_coap_writer *w, uint8_t *buf, size_t cap, uint8_t type, uint8_t code,
                     uint16_t mid, const uint8_t *token, uint8_t tkl);
-/* Append an option. Numbers must not decrease (CY_EINVAL, sticky). */
+/* Append an option (val copied; NULL when len is 0). Numbers must not
+ * decrease (CY_EINVAL, sticky); repeats are kept. */
 void cy_coap_w_opt(cy_coap_writer *w, uint16_t num, const void *val, size_t len);
 /* An unsigned integer option in its shortest form (0 is empty). */
 void cy_coap_w_opt_uint(cy_coap_writer *w, uint16_t num, uint32_t v);
-/* The payload (none when len is 0: no marker is written). After it no
- * option may follow (CY_EINVAL). */
+/* The payload (copied; none when len is 0: no marker is written). Once
+ * only; after it no option may follow (CY_EINVAL). */
 void cy_coap_w_payload(cy_coap_writer *w, const void *p, size_t len);
 /* 0 and *len the message's length, or the first error: CY_EMSGSIZE (did
  * not fit), CY_EINVAL (options out of order, a token over 8 bytes, an
  * option after the payload, an option longer than 65535 + 269). */
 int cy_coap_w_end(cy_coap_writer *w, size_t *len);
-/* An empty ACK or RST (4 bytes) for mid into buf. Returns 4. */
+/* An empty ACK or RST (4 bytes) for mid into buf. Returns 4. (Only the
+ * low 2 bits of type are used: CON makes a CoAP ping.) */
 size_t cy_coap_empty(uint8_t buf[CY_COAP_HEADER], uint8_t type, uint16_t mid);
 
-/* "2.05", "4.04"... for logs (static storage per call site: writes into buf). */
+/* "2.05", "4.04"... for logs: written into buf (NUL-terminated), which is
+ * returned. */
 const char *cy_coap_code_text(uint8_t code, char buf[8]);
 
 #endif
