@@ -15,6 +15,13 @@
  * (max_peers, max_per_ip, handshakes per second). Everything else from an
  * unknown address is dropped and counted.
  *
+ * A device that restarts behind the same address and port sends a fresh
+ * ClientHello to an address that has a peer: that too goes through the
+ * stateless cookie exchange, and only a valid cookie (the sender receives
+ * at that address) replaces the old peer, whose down hook runs with why
+ * "new handshake" (RFC 6347 4.2.8). A forged ClientHello cannot end a
+ * session.
+ *
  * Session continuity: OpenSSL 3.0 has no DTLS Connection ID (RFC 9146),
  * so a device whose NAT mapping changed is a new peer: it does a new PSK
  * handshake (no public-key operation: cheap for both ends), after which
@@ -23,11 +30,14 @@
  * Ownership: cy_dtls_new copies the options and hooks; the caller keeps
  * nothing alive for it but the hooks' ctx. Buffers passed in are borrowed
  * for the call; buffers passed to hooks are borrowed for the hook's call.
- * Hooks run inside cy_dtls_input, cy_dtls_send, cy_dtls_tick and
- * cy_dtls_close_all; a hook must not free the cy_dtls (it may call
- * cy_dtls_send and cy_dtls_kick).
+ * Hooks run inside cy_dtls_input, cy_dtls_send, cy_dtls_tick,
+ * cy_dtls_kick and cy_dtls_close_all; a hook must not free the cy_dtls.
+ * The up, data and down hooks may call cy_dtls_send and cy_dtls_kick;
+ * the psk and send hooks run inside OpenSSL and must not call any
+ * cy_dtls function.
  * Errors: CY_ENOMEM, CY_EIO (OpenSSL setup), CY_ENOENT (no established
- * peer at that address), CY_EMSGSIZE (plaintext over the record limit).
+ * peer at that address), CY_EMSGSIZE (plaintext over the record limit),
+ * CY_EINVAL (a missing psk or send hook, an mtu under 256, an empty send).
  * Thread: one thread per cy_dtls (the shard's loop).
  */
 #ifndef CY_COAP_DTLS_H
@@ -61,32 +71,38 @@ typedef struct cy_dtls_hooks {
      * at addr, authenticated as identity. */
     void (*data)(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity,
                  const uint8_t *p, size_t len);
-    /* An established peer is gone (close_notify, a fatal alert, idle past
-     * idle_ms, evicted, kicked, cy_dtls_close_all). why: static text. Not
-     * called for peers that never completed their handshake. */
+    /* An established peer is gone. why (static text): "close_notify" (it
+     * closed), "alert" (it sent a fatal alert), "error" (a fatal protocol
+     * error), "idle" (not heard from for idle_ms), "kicked"
+     * (cy_dtls_kick), "shutdown" (cy_dtls_close_all), "new handshake"
+     * (a ClientHello with a valid cookie from its address). Not called
+     * for peers that never completed their handshake. */
     void (*down)(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity,
                  const char *why);
     void *ctx;
 } cy_dtls_hooks;
 
+/* idle_ms counts from the peer's last authenticated record (application data). */
 typedef struct cy_dtls_options {
-    uint32_t max_peers;      /* peers with state (handshaking or established); 0 = 10000 */
-    uint32_t max_per_ip;     /* of them from one IP address, any port; 0 = 1024 */
+    uint32_t max_peers;          /* peers with state (handshaking or established); 0 = 10000 */
+    uint32_t max_per_ip;         /* of them from one IP address, any port; 0 = 1024 */
     uint32_t handshakes_per_sec; /* new stateful handshakes per second; 0 = 1000 */
-    uint32_t idle_ms;        /* an established peer heard from for this long is closed; 0 = 180000 */
-    uint32_t handshake_ms;   /* a handshake not done in this long is dropped; 0 = 30000 */
-    uint16_t mtu;            /* largest datagram sent; 0 = 1280 */
+    uint32_t idle_ms;            /* established, not heard from this long: closed; 0 = 180000 */
+    uint32_t handshake_ms;       /* a handshake not done in this long is dropped; 0 = 30000 */
+    uint16_t mtu;                /* largest datagram sent (UDP payload), >= 256; 0 = 1280 */
 } cy_dtls_options;
 
+/* dropped does not count bad records of a peer: OpenSSL discards those
+ * silently (RFC 6347 4.1.2.7) and does not say so. */
 typedef struct cy_dtls_stats {
     uint64_t cookies_sent;       /* HelloVerifyRequests */
     uint64_t handshakes_started; /* cookie verified, state made */
     uint64_t handshakes_done;
-    uint64_t handshakes_failed;  /* alerts, bad PSK, timeouts */
-    uint64_t refused;            /* over a limit: max_peers, max_per_ip, rate */
-    uint64_t dropped;            /* datagrams from unknown addresses that were not a ClientHello, bad records */
-    uint32_t peers;              /* now, handshaking and established */
-    uint32_t established;        /* now */
+    uint64_t handshakes_failed; /* alerts, bad PSK, timeouts */
+    uint64_t refused;           /* over a limit: max_peers, max_per_ip, rate */
+    uint64_t dropped;           /* from unknown addresses and not a ClientHello */
+    uint32_t peers;             /* now, handshaking and established */
+    uint32_t established;       /* now */
 } cy_dtls_stats;
 
 int cy_dtls_new(const cy_dtls_options *o, const cy_dtls_hooks *h, cy_dtls **out);
@@ -97,17 +113,18 @@ void cy_dtls_input(cy_dtls *t, const struct sockaddr *addr, socklen_t alen, cons
                    size_t len, int64_t now);
 /* Encrypt p as one record to the established peer at addr (sent through
  * the send hook). Errors: CY_ENOENT, CY_EMSGSIZE (over mtu minus the
- * record overhead), CY_EIO. */
+ * record overhead of the negotiated cipher), CY_EINVAL (len 0), CY_EIO. */
 int cy_dtls_send(cy_dtls *t, const struct sockaddr *addr, socklen_t alen, const uint8_t *p,
                  size_t len);
 /* Handshake retransmissions, handshake deadlines, idle peers. Call about
  * every 100 ms. now: monotonic ms. */
 void cy_dtls_tick(cy_dtls *t, int64_t now);
 /* Close the peers authenticated as identity (the device was removed or
- * its key changed) with a close_notify; down runs for each. */
+ * its key changed) with a close_notify; down runs for each established
+ * one (handshaking ones that already named identity are dropped too). */
 void cy_dtls_kick(cy_dtls *t, const char *identity);
-/* Close every peer with a close_notify (shutting down); down runs for
- * each established one. */
+/* Close every peer with a close_notify (shutting down; handshaking
+ * peers are dropped without one); down runs for each established one. */
 void cy_dtls_close_all(cy_dtls *t);
 const cy_dtls_stats *cy_dtls_get_stats(const cy_dtls *t);
 
