@@ -83,11 +83,23 @@ integration:
 	 echo "---- 4 shards"; cat $(ASAN)/integration/four.log; \
 	 test "$$(cat $(ASAN)/integration/one.rc)" = 0 && test "$$(cat $(ASAN)/integration/four.rc)" = 0
 
+# Each codec's target runs FUZZ_SECONDS on a copy of its corpus (what it
+# finds stays in $(FUZZB)/corpus/<codec>). A crash, or any UBSan report
+# (the fuzz build would let those go on), fails the target and leaves the
+# input in $(FUZZB)/crash-*.
+FUZZ_CODECS = mqtt coap
 fuzz: deps-test
 	@CC=clang cmake -S . -B $(FUZZB) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DCYAN_FUZZ=ON >/dev/null
-	@cmake --build $(FUZZB) -j $(JOBS) --target fuzz_mqtt_codec
-	@mkdir -p $(FUZZB)/corpus && cp tests/fuzz/corpus/mqtt/* $(FUZZB)/corpus/
-	@$(FUZZB)/fuzz_mqtt_codec -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(FUZZB)/corpus 2>&1 | tail -n 4
+	@cmake --build $(FUZZB) -j $(JOBS) $(foreach c,$(FUZZ_CODECS),--target fuzz_$(c)_codec)
+	@set -e; for c in $(FUZZ_CODECS); do \
+	  mkdir -p $(FUZZB)/corpus/$$c && cp tests/fuzz/corpus/$$c/* $(FUZZB)/corpus/$$c/; \
+	  echo "fuzz_$${c}_codec:"; \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    $(FUZZB)/fuzz_$${c}_codec -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZB)/ $(FUZZB)/corpus/$$c > $(FUZZB)/fuzz_$$c.log 2>&1 \
+	    || { tail -n 40 $(FUZZB)/fuzz_$$c.log; echo "fuzz_$${c}_codec failed"; exit 1; }; \
+	  tail -n 5 $(FUZZB)/fuzz_$$c.log; \
+	done
 
 bench: build
 	@scripts/deps.sh bench

@@ -746,6 +746,10 @@ static void test_cy_coap_uri_path_ok(void **state)
         {{"\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf"}, /* 3- and 4-byte forms */
          "\xe2\x82\xac/\xf0\x9f\x98\x80/\xf4\x8f\xbf\xbf"},
         {{"$sys", "a b", "."}, "$sys/a b/."},
+        {{"\xed\x9f\xbf", "\xee\x80\x80", NULL}, /* around the surrogates */
+         "\xed\x9f\xbf/\xee\x80\x80"},
+        {{"\xc2\x80", "\xdf\xbf", "\xf0\x90\x80\x80"}, /* the shortest forms' edges */
+         "\xc2\x80/\xdf\xbf/\xf0\x90\x80\x80"},
     };
     for (size_t i = 0; i < N(cases); i++) {
         uint8_t buf[128];
@@ -765,21 +769,23 @@ static void test_cy_coap_uri_path_refused(void **state)
         const char *segs[4];
         size_t lens[3];
     } cases[] = {
-        {{"a", "", "c"}, {1, 0, 1}},           /* empty in the middle */
-        {{"a", "", NULL}, {1, 0}},             /* trailing slash */
-        {{"", "a", NULL}, {0, 1}},             /* leading */
-        {{"", "", NULL}, {0, 0}},              /* two empty */
-        {{"a/b", NULL}, {3}},                  /* a slash in a segment */
-        {{"a\0b", NULL}, {3}},                 /* NUL */
-        {{"a", "+", NULL}, {1, 1}},            /* wildcards */
-        {{"#", NULL}, {1}},                    /* */
-        {{"x+y", NULL}, {3}},                  /* */
-        {{"\xc0\x80", NULL}, {2}},             /* overlong NUL */
-        {{"\xe0\x80\xaf", NULL}, {3}},         /* overlong '/' */
-        {{"\x80", NULL}, {1}},                 /* lone continuation */
-        {{"\xc3", NULL}, {1}},                 /* truncated */
-        {{"\xe2\x82", NULL}, {2}},             /* truncated */
-        {{"\xed\xa0\x80", NULL}, {3}},         /* surrogate */
+        {{"a", "", "c"}, {1, 0, 1}},   /* empty in the middle */
+        {{"a", "", NULL}, {1, 0}},     /* trailing slash */
+        {{"", "a", NULL}, {0, 1}},     /* leading */
+        {{"", "", NULL}, {0, 0}},      /* two empty */
+        {{"a/b", NULL}, {3}},          /* a slash in a segment */
+        {{"a\0b", NULL}, {3}},         /* NUL */
+        {{"a", "+", NULL}, {1, 1}},    /* wildcards */
+        {{"#", NULL}, {1}},            /* */
+        {{"x+y", NULL}, {3}},          /* */
+        {{"\xc0\x80", NULL}, {2}},     /* overlong NUL */
+        {{"\xe0\x80\xaf", NULL}, {3}}, /* overlong '/' */
+        {{"\x80", NULL}, {1}},         /* lone continuation */
+        {{"\xc3", NULL}, {1}},         /* truncated */
+        {{"\xe2\x82", NULL}, {2}},     /* truncated */
+        {{"\xed\xa0\x80", NULL}, {3}},
+        {{"\xed\xbf\xbf", NULL}, {3}},
+        /* the last surrogate */               /* surrogate */
         {{"\xf4\x90\x80\x80", NULL}, {4}},     /* over U+10FFFF */
         {{"\xf8\x88\x80\x80\x80", NULL}, {5}}, /* 5-byte form */
         {{"\xff", NULL}, {1}},                 /* */
