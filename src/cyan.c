@@ -3,6 +3,7 @@
  *   cyan [-c FILE] [--name=value ...]            run the device cloud
  *   cyan device add NAME [-c FILE] [--data_dir=DIR]
  *   cyan device list | device remove ID_OR_NAME
+ *   cyan device psk ID_OR_NAME                   a new DTLS PSK (CoAP), shown once
  *   cyan token create [--read-only] [NAME]       an API token, shown once
  *   cyan token list | token revoke ID
  *   cyan config [-c FILE] [--name=value ...]     print every setting
@@ -23,7 +24,8 @@
  * (mode 0600), so a new node is administrable without a console.
  *
  * The data folder holds secrets (that token, the hashes of device secrets
- * and tokens, every session's messages): it is its user's alone. Every
+ * and tokens, registry.key which opens the devices' DTLS PSKs, every
+ * session's messages): it is its user's alone. Every
  * command runs with umask 077, so whatever cyan creates is 0700/0600, and
  * `cyan serve` makes cyan's existing files private at start, and the folder
  * too if it is cyan's alone (logging each change), or refuses to start if
@@ -59,6 +61,7 @@ static void usage(FILE *out)
                  "       cyan device add NAME [-c FILE] [--data_dir=DIR]\n"
                  "       cyan device list [...]\n"
                  "       cyan device remove ID_OR_NAME [...]\n"
+                 "       cyan device psk ID_OR_NAME [...]          a new DTLS PSK (CoAP)\n"
                  "       cyan token create [--read-only] [NAME] [...]\n"
                  "       cyan token list [...]\n"
                  "       cyan token revoke ID [...]\n"
@@ -149,9 +152,9 @@ static int make_dir(const char *path)
 /* The names cyan makes in data_dir (an operator's other files are let be). */
 static bool own_name(const char *n)
 {
-    return !strncmp(n, "registry.db", 11) || !strncmp(n, "shard-", 6) ||
-           !strncmp(n, "admin-token", 11) || !strncmp(n, "monitor.db", 10) ||
-           !strcmp(n, "shards") || !strcmp(n, "run");
+    return !strncmp(n, "registry.db", 11) || !strncmp(n, "registry.key", 12) ||
+           !strncmp(n, "shard-", 6) || !strncmp(n, "admin-token", 11) ||
+           !strncmp(n, "monitor.db", 10) || !strcmp(n, "shards") || !strcmp(n, "run");
 }
 
 /* Take group and other bits off name in dir (a directory, or a file in it);
@@ -251,11 +254,14 @@ static int cmd_device(cy_config *cfg, char **args, int nargs)
     int rc = 0, status = 0;
     if (!strcmp(args[1], "add") && nargs == 3) {
         char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
-        rc = cy_registry_device_add(r, args[2], id, secret);
+        char psk[CY_DEVICE_PSK_LEN + 1];
+        rc = cy_registry_device_add(r, args[2], id, secret, psk);
         if (rc == 0) {
-            printf("id: %s\nsecret: %s\n", id, secret);
-            fprintf(stderr, "cyan: device '%s' added. The secret is shown only now: the device\n"
-                            "connects with MQTT username = id and password = secret.\n",
+            printf("id: %s\nsecret: %s\npsk: %s\n", id, secret, psk);
+            fprintf(stderr,
+                    "cyan: device '%s' added. The secret is shown only now: the device\n"
+                    "connects with MQTT username = id and password = secret, or with\n"
+                    "CoAP over DTLS with PSK identity = id and key = psk.\n",
                     args[2]);
         } else if (rc == CY_EEXIST) {
             fprintf(stderr, "cyan: a device named '%s' exists already\n", args[2]);
@@ -266,6 +272,18 @@ static int cmd_device(cy_config *cfg, char **args, int nargs)
         }
     } else if (!strcmp(args[1], "list") && nargs == 2) {
         rc = cy_registry_device_list(r, print_device, NULL);
+    } else if (!strcmp(args[1], "psk") && nargs == 3) {
+        char psk[CY_DEVICE_PSK_LEN + 1];
+        rc = cy_registry_device_psk_new(r, args[2], psk);
+        if (rc == 0) {
+            printf("psk: %s\n", psk);
+            fprintf(stderr,
+                    "cyan: device '%s' has a new DTLS PSK; the old one no longer works.\n"
+                    "It is shown only now: the device connects with CoAP over DTLS with\n"
+                    "PSK identity = its id and key = psk.\n",
+                    args[2]);
+        }
+        if (rc == CY_ENOENT) fprintf(stderr, "cyan: no device '%s'\n", args[2]);
     } else if (!strcmp(args[1], "remove") && nargs == 3) {
         rc = cy_registry_device_remove(r, args[2]);
         if (rc == CY_ENOENT) fprintf(stderr, "cyan: no device '%s'\n", args[2]);

@@ -405,9 +405,9 @@ static void device_create(cy_api *b, cy_http_req *req)
         reply_error(b, req, 400, "bad_json", NULL, "\"name\" must be a string");
         return;
     }
-    char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
+    char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1], psk[CY_DEVICE_PSK_LEN + 1];
     int rc = strlen(json_string_value(n)) == json_string_length(n)
-                 ? cy_registry_device_add(b->registry, json_string_value(n), id, secret)
+                 ? cy_registry_device_add(b->registry, json_string_value(n), id, secret, psk)
                  : CY_EINVAL;
     if (rc == CY_EEXIST)
         reply_error(b, req, 409, "name_taken", NULL, "a device named %.64s exists",
@@ -421,10 +421,27 @@ static void device_create(cy_api *b, cy_http_req *req)
     else {
         cy_info(id, "device created through the API (name %s)", json_string_value(n));
         reply_json(b, req, 201,
-                   json_pack("{s:s, s:s, s:s}", "id", id, "name", json_string_value(n), "secret",
-                             secret));
+                   json_pack("{s:s, s:s, s:s, s:s}", "id", id, "name", json_string_value(n),
+                             "secret", secret, "psk", psk));
     }
     json_decref(o);
+}
+
+/* POST /v1/devices/{id}/psk: a new DTLS PSK for device d, shown once. */
+static void device_psk(cy_api *b, cy_http_req *req, const cy_device *d)
+{
+    char psk[CY_DEVICE_PSK_LEN + 1];
+    int rc = cy_registry_device_psk_new(b->registry, d->id, psk);
+    if (rc == CY_ENOENT) {
+        reply_error(b, req, 404, "device_not_found", NULL, "no device %s", d->id);
+    } else if (rc) {
+        reply_error(b, req, 503, "registry_unavailable", NULL, "cannot issue a PSK: %s",
+                    cy_strerror(rc));
+    } else {
+        cy_info(d->id, "a new DTLS PSK issued through the API");
+        reply_json(b, req, 200, json_pack("{s:s, s:s}", "id", d->id, "psk", psk));
+    }
+    memset(psk, 0, sizeof(psk));
 }
 
 static void clear_describe(cy_api *b, const char *id)
@@ -719,25 +736,31 @@ static void handle(void *ctx, cy_http_req *req)
     const char *allow = NULL;
     if (r.nseg == 2 && !method_is(&r, "GET") && !is_delete) allow = "GET, DELETE";
     if (r.nseg == 4 && !strcmp(r.seg[2], "functions") && !method_is(&r, "POST")) allow = "POST";
+    if (r.nseg == 3 && !strcmp(r.seg[2], "psk") && !method_is(&r, "POST")) allow = "POST";
     if (r.nseg == 4 && !strcmp(r.seg[2], "variables") && !method_is(&r, "GET")) allow = "GET";
     if (r.nseg >= 3 && !strcmp(r.seg[2], "events") && !method_is(&r, "GET")) allow = "GET";
     if (allow) {
         not_allowed(b, req, allow);
         goto out;
     }
-    bool known = r.nseg == 2 || (r.nseg == 4 && (!strcmp(r.seg[2], "functions") ||
-                                                 !strcmp(r.seg[2], "variables"))) ||
-                 (r.nseg >= 3 && !strcmp(r.seg[2], "events"));
+    bool is_psk = r.nseg == 3 && !strcmp(r.seg[2], "psk");
+    bool known =
+        r.nseg == 2 || is_psk ||
+        (r.nseg == 4 && (!strcmp(r.seg[2], "functions") || !strcmp(r.seg[2], "variables"))) ||
+        (r.nseg >= 3 && !strcmp(r.seg[2], "events"));
     if (!known) {
         reply_error(b, req, 404, "not_found", NULL, "no such endpoint");
         goto out;
     }
-    if ((is_delete || (r.nseg == 4 && !strcmp(r.seg[2], "functions"))) && !need_full(b, &r))
+    if ((is_delete || is_psk || (r.nseg == 4 && !strcmp(r.seg[2], "functions"))) &&
+        !need_full(b, &r))
         goto out;
     cy_device d;
     if (!find_device(b, req, r.scope, r.seg[1], &d)) goto out;
     if (r.nseg == 2 && is_delete) {
         device_delete(b, req, &d);
+    } else if (is_psk) {
+        device_psk(b, req, &d);
     } else if (r.nseg == 2) {
         json_t *arr = json_array();
         json_array_append_new(arr, device_base(b, &d));

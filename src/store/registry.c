@@ -80,10 +80,33 @@
  * reads and writes them through the handle (registry_int.h); the schema is
  * here.
  *
+ * DTLS pre-shared keys (schema version 5): CoAP over DTLS authenticates a
+ * device with a PSK, and a PSK server must hold the key itself, not a hash
+ * of it. So each device also gets a PSK, 16 random bytes shown as 32
+ * lowercase hex characters (that ASCII text is the key's bytes), kept in a
+ * nullable column devices.psk as AES-256-GCM(key = the node's key file,
+ * nonce = 12 random bytes, additional data = the device id) of the text,
+ * stored nonce | ciphertext | tag (60 bytes). The id as additional data
+ * binds a sealed PSK to its row: copied to another device it fails to
+ * open. The key file is "registry.key" beside the registry file, 32 random
+ * bytes: read at open when it exists, made on first need (the first PSK
+ * issued) as a whole file of mode 0600 (written to a fresh temporary file
+ * and linked into place, which fails if another process made it first:
+ * then theirs is read, so all processes use one key and none reads a half
+ * written file). A handle without the key (no file yet, or unreadable)
+ * works for everything else; a lookup of a PSK retries reading it at most
+ * every RECHECK_MS, so a key file another process made is found. So a
+ * stolen registry.db alone exposes no PSK; the data folder does. Devices
+ * made before version 5 have NULL: no PSK until one is issued
+ * (cy_registry_device_psk_new). PSK lookups are not cached: each reads
+ * its row (in the shared read transaction of a loop pass), so a new PSK
+ * is used from the next pass.
+ *
  * Schema versions (PRAGMA user_version): 1 had devices only; 2 adds tokens;
- * 3 adds devices.internal; 4 adds webhooks, webhook_replays and meta. A new
- * file gets version 4 directly, an older file is migrated at open one
- * version at a time (see db.h), a newer file is refused.
+ * 3 adds devices.internal; 4 adds webhooks, webhook_replays and meta; 5 adds
+ * devices.psk. A new file gets version 5 directly, an older file is
+ * migrated at open one version at a time (see db.h), a newer file is
+ * refused.
  *
  * Every SQLite failure is logged once, where it is detected, and returned
  * as CY_ESTORE.
@@ -112,11 +135,22 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 4
+#define SCHEMA_VERSION 5
 #define ID_BYTES (CY_DEVICE_ID_LEN / 2)         /* 12 */
 #define SECRET_BYTES (CY_DEVICE_SECRET_LEN / 2) /* 16 */
 #define SALT_BYTES 16
-#define HASH_BYTES 32 /* SHA-256 */
+#define HASH_BYTES 32                     /* SHA-256 */
+#define PSK_BYTES (CY_DEVICE_PSK_LEN / 2) /* 16 random bytes, shown as hex */
+
+/* A sealed PSK: AES-256-GCM nonce | ciphertext of the PSK's hex text | tag. */
+#define KEY_BYTES 32 /* AES-256 */
+#define NONCE_BYTES 12
+#define TAG_BYTES 16
+#define SEALED_BYTES (NONCE_BYTES + CY_DEVICE_PSK_LEN + TAG_BYTES) /* 60 */
+#define KEY_FILE "registry.key"
+/* PSK failures (no key, a record that does not open) are logged at most
+ * once per this many ms per handle: a handshake may ask every moment. */
+#define PSK_LOG_MS 60000
 
 #define TOKEN_PREFIX "cyt_"
 #define TOKEN_PREFIX_LEN 4
@@ -128,15 +162,16 @@
 _Static_assert(TOKEN_LEN <= CY_TOKEN_MAX, "a token must fit in CY_TOKEN_MAX");
 _Static_assert(CY_TOKEN_NAME_MAX == CY_DEVICE_NAME_MAX, "tokens share the device name rules");
 
-/* Version 3's devices; a migrated file gets the same table text (ALTER
- * TABLE appends ", <column>" before the closing parenthesis). */
+/* Version 5's devices; a migrated file gets the same table text (ALTER
+ * TABLE appends ", <column>" before the closing parenthesis). psk is NULL
+ * for a device that has none (made before version 5). */
 #define TABLE_DEVICES                                                                              \
     "CREATE TABLE IF NOT EXISTS devices("                                                          \
     " id TEXT PRIMARY KEY NOT NULL,"                                                               \
     " name TEXT NOT NULL UNIQUE,"                                                                  \
     " salt BLOB NOT NULL,"                                                                         \
     " hash BLOB NOT NULL,"                                                                         \
-    " created_at INTEGER NOT NULL, internal INTEGER NOT NULL DEFAULT 0);"
+    " created_at INTEGER NOT NULL, internal INTEGER NOT NULL DEFAULT 0, psk BLOB);"
 
 /* Added by version 2, shared by a new file and the migration. Names are not
  * unique: two people may both call their token "ci". */
@@ -185,8 +220,8 @@ _Static_assert(CY_TOKEN_NAME_MAX == CY_DEVICE_NAME_MAX, "tokens share the device
     " value INTEGER NOT NULL);"                                                                    \
     "INSERT OR IGNORE INTO meta(name, value) VALUES('webhooks_gen', 0);"
 
-static const char schema_v4[] =
-    TABLE_DEVICES TABLE_TOKENS TABLE_WEBHOOKS "PRAGMA user_version = 4;";
+static const char schema_v5[] =
+    TABLE_DEVICES TABLE_TOKENS TABLE_WEBHOOKS "PRAGMA user_version = 5;";
 
 /* Version 1 to 2: devices are untouched, the tokens table starts empty (and
  * so the next `cyan serve` bootstraps the first one). */
@@ -201,8 +236,12 @@ static const char migrate_v3[] =
 /* Version 3 to 4: devices and tokens untouched; no webhooks yet. */
 static const char migrate_v4[] = TABLE_WEBHOOKS "PRAGMA user_version = 4;";
 
+/* Version 4 to 5: every existing device has no PSK until one is issued. */
+static const char migrate_v5[] = "ALTER TABLE devices ADD COLUMN psk BLOB;"
+                                 "PRAGMA user_version = 5;";
+
 /* migrations[v] takes a file from version v to v + 1. */
-static const char *const migrations[] = {NULL, migrate_v2, migrate_v3, migrate_v4};
+static const char *const migrations[] = {NULL, migrate_v2, migrate_v3, migrate_v4, migrate_v5};
 
 enum {
     ST_ADD,
@@ -221,6 +260,9 @@ enum {
     ST_INTERNAL_REKEY,
     ST_INTERNAL_DELETE,
     ST_TOKEN_DROP_INTERNAL,
+    ST_PSK_GET,
+    ST_PSK_SET,
+    ST_PSK_ANY,
     ST_BEGIN,
     ST_COMMIT,
     ST_ROLLBACK,
@@ -238,7 +280,8 @@ _Static_assert(CY_SCOPE_INTERNAL == 3, "the SQL below spells CY_SCOPE_INTERNAL a
     "WHERE internal = 0 AND (id = ?1 OR name = ?1) ORDER BY id = ?1 DESC LIMIT 1"
 
 static const char *const sql[N_ST] = {
-    [ST_ADD] = "INSERT INTO devices(id, name, salt, hash, created_at) VALUES(?1, ?2, ?3, ?4, ?5)",
+    [ST_ADD] = "INSERT INTO devices(id, name, salt, hash, created_at, psk)"
+               " VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
     /* Column 2 (internal) is cached with the row: the events of internal
      * devices are told apart from the cache (cy_registry_device_internal). */
     [ST_CHECK] = "SELECT salt, hash, internal FROM devices WHERE id = ?1",
@@ -263,6 +306,10 @@ static const char *const sql[N_ST] = {
     [ST_INTERNAL_REKEY] = "UPDATE devices SET salt = ?2, hash = ?3 WHERE internal = 1 AND id = ?1",
     [ST_INTERNAL_DELETE] = "DELETE FROM devices WHERE internal = 1 AND id = ?1",
     [ST_TOKEN_DROP_INTERNAL] = "DELETE FROM tokens WHERE scope = 3 AND name = ?1",
+    /* A user's device or an internal one: both connect. */
+    [ST_PSK_GET] = "SELECT psk FROM devices WHERE id = ?1",
+    [ST_PSK_SET] = "UPDATE devices SET psk = ?2 WHERE id = ?1 AND internal = ?3",
+    [ST_PSK_ANY] = "SELECT EXISTS(SELECT 1 FROM devices WHERE psk IS NOT NULL)",
     /* IMMEDIATE: the bootstrap's check-then-insert must not race another process's. */
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
@@ -303,6 +350,17 @@ struct cy_registry {
     int64_t checked_ms;       /* mono ms of the last data_version read */
     int64_t busy_until_ms[2]; /* READS, WRITES: mono ms before which they fail at once */
     sqlite3_stmt *hook_st[CY_RH_N]; /* hooks.c's statements (registry_int.h) */
+    /* DTLS PSKs: the cipher, fetched once, and one context reused. */
+    EVP_CIPHER *gcm;
+    EVP_CIPHER_CTX *cctx;
+    char *key_path;         /* DIR/registry.key; NULL for an in-memory registry */
+    bool have_key;          /* key holds the key file's bytes */
+    uint8_t key[KEY_BYTES]; /* AES-256 key sealing the PSKs */
+    bool key_tried;         /* a lookup read the key file and failed... */
+    int64_t key_tried_ms;   /* ...at this mono ms: again after RECHECK_MS */
+    bool psk_logged;        /* a PSK failure was logged... */
+    int64_t psk_log_ms;     /* ...at this mono ms */
+    uint64_t psk_held;      /* failures not logged since that line */
 };
 
 /* Log a failed statement; CY_ESTORE. A lock held by another process
@@ -413,6 +471,10 @@ static int mac_open(cy_registry *r)
     return secret_hash(r, zero, zero, sizeof(zero), out);
 }
 
+static int cipher_open(cy_registry *r);
+static int key_path_make(const char *path, char **out);
+static int key_load(cy_registry *r, const char **why);
+
 /* ---- open / close ---- */
 
 int cy_registry_open(const char *path, cy_registry **out)
@@ -423,7 +485,7 @@ int cy_registry_open(const char *path, cy_registry **out)
     if (!r) return CY_ENOMEM;
     cy_map_init(&r->cache);
     r->version = -1;
-    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v4, migrations, false};
+    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v5, migrations, false};
     int rc = cy_db_open(path, true, &schema, sql, N_ST, &r->db, r->st);
     if (rc) goto fail;
     for (int i = 0; i < CY_RH_N; i++)
@@ -434,6 +496,14 @@ int cy_registry_open(const char *path, cy_registry **out)
         }
     rc = mac_open(r);
     if (rc) goto fail;
+    if ((rc = cipher_open(r)) || (rc = key_path_make(path, &r->key_path))) goto fail;
+    /* No key file yet is the usual state of a node before its first PSK;
+     * one that cannot be read is said now, and is not fatal: only PSKs
+     * need it. */
+    const char *why = NULL;
+    if (key_load(r, &why) == CY_EIO)
+        cy_error(NULL, "store: registry: key file %s: %s: DTLS PSKs cannot be read or issued",
+                 r->key_path, why);
     cache_recheck(r); /* the version the cache starts from */
     *out = r;
     return 0;
@@ -449,6 +519,10 @@ void cy_registry_close(cy_registry *r)
     cache_clear(r);
     cy_map_fini(&r->cache);
     EVP_MAC_CTX_free(r->mac);
+    EVP_CIPHER_CTX_free(r->cctx);
+    EVP_CIPHER_free(r->gcm);
+    cy_free(r->key_path);
+    OPENSSL_cleanse(r->key, sizeof(r->key));
     for (int i = 0; i < N_ST; i++)
         sqlite3_finalize(r->st[i]);
     for (int i = 0; i < CY_RH_N; i++)
@@ -572,34 +646,360 @@ static bool internal_name_valid(const char *name)
     return true;
 }
 
+/* ---- the key file and sealed PSKs ---- */
+
+static int sync_dir(const char *dir);
+
+/* AES-256-GCM, fetched once (as the HMAC is: a fetch per call costs). */
+static int cipher_open(cy_registry *r)
+{
+    r->gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+    r->cctx = r->gcm ? EVP_CIPHER_CTX_new() : NULL;
+    if (r->cctx) return 0;
+    cy_error(NULL, "store: registry: AES-256-GCM unavailable");
+    return CY_EIO;
+}
+
+/* KEY_FILE in the folder of the registry file path, into *out (caller
+ * frees with cy_free); NULL for an in-memory registry, whose key is made in
+ * memory and dies with the handle. */
+static int key_path_make(const char *path, char **out)
+{
+    *out = NULL;
+    if (!path[0] || !strcmp(path, ":memory:")) return 0;
+    const char *slash = strrchr(path, '/');
+    size_t dlen = slash ? (size_t)(slash - path) + 1 : 0;
+    char *p = cy_malloc(dlen + sizeof(KEY_FILE));
+    if (!p) return CY_ENOMEM;
+    memcpy(p, path, dlen);
+    memcpy(p + dlen, KEY_FILE, sizeof(KEY_FILE));
+    *out = p;
+    return 0;
+}
+
+/* Read the key file into r->key. 0; CY_ENOENT if there is none (or no
+ * file to have: in memory); CY_EIO if it cannot be read or is not
+ * KEY_BYTES bytes long, *why saying which (static text). Logs nothing. */
+static int key_load(cy_registry *r, const char **why)
+{
+    *why = "";
+    if (!r->key_path) return CY_ENOENT;
+    int fd = open(r->key_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) return CY_ENOENT;
+        *why = strerror(errno);
+        return CY_EIO;
+    }
+    uint8_t buf[KEY_BYTES];
+    struct stat sb;
+    ssize_t n = -1;
+    int rc = CY_EIO;
+    *why = "not a regular file of 32 bytes";
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == KEY_BYTES) {
+        do
+            n = read(fd, buf, sizeof(buf));
+        while (n < 0 && errno == EINTR);
+        if (n < 0) *why = strerror(errno);
+    }
+    close(fd);
+    if (n == KEY_BYTES) {
+        memcpy(r->key, buf, KEY_BYTES);
+        r->have_key = true;
+        rc = 0;
+        if (sb.st_mode & (S_IRWXG | S_IRWXO))
+            cy_warn(NULL,
+                    "store: registry: key file %s is readable by others (mode %03o): it "
+                    "opens every device's DTLS PSK; chmod 600 it",
+                    r->key_path, (unsigned)(sb.st_mode & 0777));
+    }
+    OPENSSL_cleanse(buf, sizeof(buf));
+    return rc;
+}
+
+/* Make the key file: 32 random bytes written to a fresh temporary file
+ * beside it (mkstemp: O_CREAT | O_EXCL, mode exactly 0600), synced, then
+ * linked to its name. link() fails if the name exists, so two processes
+ * making it at once end up with one file, which both then use; and nobody
+ * ever reads a half-written key. Logs its failures; CY_EIO. */
+static int key_create(cy_registry *r)
+{
+    static const char suffix[] = ".XXXXXX";
+    uint8_t key[KEY_BYTES];
+    if (random_bytes(key, sizeof(key))) return CY_EIO;
+    if (!r->key_path) {
+        memcpy(r->key, key, KEY_BYTES);
+        r->have_key = true;
+        OPENSSL_cleanse(key, sizeof(key));
+        return 0;
+    }
+    size_t plen = strlen(r->key_path), off = 0;
+    char *tmp = cy_malloc(plen + sizeof(suffix));
+    int rc = 0, fd = -1;
+    const char *what = "temporary file";
+    if (!tmp) {
+        rc = CY_ENOMEM;
+        goto out;
+    }
+    memcpy(tmp, r->key_path, plen);
+    memcpy(tmp + plen, suffix, sizeof(suffix));
+    if ((fd = mkstemp(tmp)) < 0) {
+        rc = -errno;
+        goto out;
+    }
+    if (fchmod(fd, S_IRUSR | S_IWUSR)) rc = -errno;
+    while (!rc && off < KEY_BYTES) {
+        ssize_t w = write(fd, key + off, KEY_BYTES - off);
+        if (w > 0)
+            off += (size_t)w;
+        else if (w == 0)
+            rc = CY_EIO;
+        else if (errno != EINTR)
+            rc = -errno;
+    }
+    if (!rc && fsync(fd)) rc = -errno;
+    if (close(fd) && !rc) rc = -errno;
+    what = "link";
+    if (!rc && link(tmp, r->key_path)) rc = -errno;
+    unlink(tmp);
+    if (rc == -EEXIST) {
+        /* Another process made it first: theirs is the node's key. */
+        const char *why;
+        rc = key_load(r, &why);
+        if (rc) {
+            cy_error(NULL, "store: registry: key file %s: %s", r->key_path, why);
+            rc = CY_EIO;
+        }
+        goto done;
+    }
+    if (rc) goto out;
+    /* The file is in place: a directory that cannot be synced is said, and
+     * the key used (other processes may already have read it). */
+    char *slash = strrchr(tmp, '/');
+    if (!slash)
+        strcpy(tmp, ".");
+    else
+        slash[slash == tmp] = '\0';
+    if ((rc = sync_dir(tmp)))
+        cy_warn(NULL,
+                "store: registry: fsync of %s: %s: the new key file %s may not survive a "
+                "power cut",
+                tmp, cy_strerror(rc), r->key_path);
+    memcpy(r->key, key, KEY_BYTES);
+    r->have_key = true;
+    rc = 0;
+    cy_info(NULL, "store: registry: made the key file %s (back it up with the registry)",
+            r->key_path);
+    goto done;
+out:
+    cy_error(NULL, "store: registry: cannot make the key file %s (%s): %s", r->key_path, what,
+             cy_strerror(rc));
+    if (rc != CY_ENOMEM) rc = CY_EIO;
+done:
+    OPENSSL_cleanse(key, sizeof(key));
+    cy_free(tmp);
+    return rc;
+}
+
+/* Whether any device has a sealed PSK: 0 (and *any), or CY_ESTORE. */
+static int psk_any(cy_registry *r, bool *any)
+{
+    sqlite3_stmt *st = r->st[ST_PSK_ANY];
+    int rc = 0;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        *any = sqlite3_column_int(st, 0) != 0;
+    else
+        rc = fail(r, READS, "psk key file");
+    done(st);
+    return rc;
+}
+
+/* The key, for issuing a PSK: read it, or make the file if there is none.
+ * Not while PSKs sealed with a key exist, though: then the file was lost
+ * or not restored with the registry, and a new key would leave those PSKs
+ * unreadable for good, and be overwritten by the restore. */
+static int key_need(cy_registry *r)
+{
+    if (r->have_key) return 0;
+    const char *why;
+    int rc = key_load(r, &why);
+    if (rc == CY_ENOENT) {
+        bool sealed = false;
+        if ((rc = psk_any(r, &sealed))) return rc;
+        if (!sealed) return key_create(r);
+        cy_error(NULL,
+                 "store: registry: the key file %s is missing but devices have PSKs sealed "
+                 "with it: restore it with the registry (if it is lost for good, clear them "
+                 "with sqlite3 'UPDATE devices SET psk = NULL' and issue new ones)",
+                 r->key_path ? r->key_path : KEY_FILE);
+        return CY_EIO;
+    }
+    if (rc) {
+        cy_error(NULL, "store: registry: key file %s: %s: no PSK can be issued", r->key_path, why);
+        rc = CY_EIO;
+    }
+    return rc;
+}
+
+/* A PSK failure of device id, logged at most once per PSK_LOG_MS per
+ * handle (a device retries its handshake at will), with the count held
+ * back since the last line. */
+static void psk_log(cy_registry *r, const char *id, size_t id_len, const char *what)
+{
+    int64_t now = cy_mono_ms();
+    if (r->psk_logged && now - r->psk_log_ms < PSK_LOG_MS) {
+        r->psk_held++;
+        return;
+    }
+    char client[CY_DEVICE_ID_LEN + 1], more[80] = "";
+    size_t n = id_len < CY_DEVICE_ID_LEN ? id_len : CY_DEVICE_ID_LEN;
+    memcpy(client, id, n);
+    client[n] = '\0';
+    if (r->psk_held)
+        snprintf(more, sizeof(more), " (%llu more PSK failures since the last line)",
+                 (unsigned long long)r->psk_held);
+    cy_error(client, "store: registry: cannot read the device's DTLS PSK: %s%s", what, more);
+    r->psk_logged = true;
+    r->psk_log_ms = now;
+    r->psk_held = 0;
+}
+
+/* The key, for reading a PSK: loaded at open, or read now if another
+ * process has made it since (tried at most every RECHECK_MS). */
+static int key_get(cy_registry *r, const char *id, size_t id_len)
+{
+    if (r->have_key) return 0;
+    int64_t now = cy_mono_ms();
+    const char *why = "no key file (read again shortly)";
+    int rc = CY_EIO;
+    if (!r->key_tried || now - r->key_tried_ms >= RECHECK_MS) {
+        r->key_tried = true;
+        r->key_tried_ms = now;
+        rc = key_load(r, &why);
+        if (rc == CY_ENOENT) why = "missing";
+    }
+    if (rc == 0) return 0;
+    char what[160];
+    snprintf(what, sizeof(what), "%s: %s", r->key_path ? r->key_path : KEY_FILE, why);
+    psk_log(r, id, id_len, what);
+    return CY_EIO;
+}
+
+/* Seal the PSK text psk (CY_DEVICE_PSK_LEN characters) of device id
+ * (CY_DEVICE_ID_LEN characters, the additional data) into out:
+ * nonce | ciphertext | tag. The key must be loaded. 0 or CY_EIO. */
+static int psk_seal(cy_registry *r, const char *id, const char *psk, uint8_t out[SEALED_BYTES])
+{
+    if (random_bytes(out, NONCE_BYTES)) return CY_EIO;
+    EVP_CIPHER_CTX *c = r->cctx;
+    uint8_t *ct = out + NONCE_BYTES, *tag = ct + CY_DEVICE_PSK_LEN;
+    int len = 0, fin = 0;
+    if (EVP_EncryptInit_ex2(c, r->gcm, r->key, out, NULL) == 1 &&
+        EVP_EncryptUpdate(c, NULL, &len, (const uint8_t *)id, CY_DEVICE_ID_LEN) == 1 &&
+        EVP_EncryptUpdate(c, ct, &len, (const uint8_t *)psk, CY_DEVICE_PSK_LEN) == 1 &&
+        len == CY_DEVICE_PSK_LEN && EVP_EncryptFinal_ex(c, ct + len, &fin) == 1 && fin == 0 &&
+        EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, TAG_BYTES, tag) == 1)
+        return 0;
+    cy_error(NULL, "store: registry: AES-256-GCM sealing failed");
+    return CY_EIO;
+}
+
+/* Open a sealed PSK of device id[0..id_len) into out. 0, or CY_EIO if it
+ * does not authenticate (tampered, moved from another row, another key). */
+static int psk_unseal(cy_registry *r, const char *id, size_t id_len, const uint8_t *sealed,
+                      uint8_t out[CY_DEVICE_PSK_LEN])
+{
+    EVP_CIPHER_CTX *c = r->cctx;
+    const uint8_t *ct = sealed + NONCE_BYTES, *tag = ct + CY_DEVICE_PSK_LEN;
+    uint8_t text[CY_DEVICE_PSK_LEN + TAG_BYTES];
+    int len = 0, fin = 0;
+    bool ok = EVP_DecryptInit_ex2(c, r->gcm, r->key, sealed, NULL) == 1 &&
+              EVP_DecryptUpdate(c, NULL, &len, (const uint8_t *)id, (int)id_len) == 1 &&
+              EVP_DecryptUpdate(c, text, &len, ct, CY_DEVICE_PSK_LEN) == 1 &&
+              len == CY_DEVICE_PSK_LEN &&
+              EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, TAG_BYTES, (void *)tag) == 1 &&
+              EVP_DecryptFinal_ex(c, text + len, &fin) == 1 && fin == 0 &&
+              is_lower_hex((const char *)text, CY_DEVICE_PSK_LEN);
+    if (ok) memcpy(out, text, CY_DEVICE_PSK_LEN);
+    OPENSSL_cleanse(text, sizeof(text));
+    return ok ? 0 : CY_EIO;
+}
+
+/* Draw a new PSK for device id, seal it and store it in the row (ST_PSK_SET,
+ * the row's internal flag given); its text into psk. Without the key
+ * (have_key false) the row gets none (NULL) and psk is "". In the caller's
+ * transaction, if any. 0, CY_ENOENT (no such row), CY_EIO, CY_ESTORE. */
+static int psk_store(cy_registry *r, const char *id, int internal, char psk[CY_DEVICE_PSK_LEN + 1],
+                     const char *what)
+{
+    uint8_t raw[PSK_BYTES], sealed[SEALED_BYTES];
+    int rc = 0;
+    psk[0] = '\0';
+    if (r->have_key) {
+        rc = random_bytes(raw, sizeof(raw));
+        if (!rc) {
+            hex(psk, raw, PSK_BYTES);
+            rc = psk_seal(r, id, psk, sealed);
+        }
+        OPENSSL_cleanse(raw, sizeof(raw));
+        if (rc) return rc;
+    }
+    sqlite3_stmt *st = r->st[ST_PSK_SET];
+    if (sqlite3_bind_text(st, 1, id, CY_DEVICE_ID_LEN, SQLITE_STATIC) ||
+        (r->have_key ? sqlite3_bind_blob(st, 2, sealed, SEALED_BYTES, SQLITE_STATIC)
+                     : sqlite3_bind_null(st, 2)) ||
+        sqlite3_bind_int(st, 3, internal) || sqlite3_step(st) != SQLITE_DONE)
+        rc = fail(r, WRITES, what);
+    else
+        rc = sqlite3_changes(r->db) ? 0 : CY_ENOENT;
+    done(st);
+    return rc;
+}
+
+/* With shared reads on, begin the pass's read transaction if none is open
+ * (a failed BEGIN leaves autocommit: the lookup then reads on its own). */
+static void read_begin(cy_registry *r)
+{
+    if (!r->share_reads || r->reading) return;
+    r->reading = sqlite3_step(r->st[ST_READ_BEGIN]) == SQLITE_DONE;
+    sqlite3_reset(r->st[ST_READ_BEGIN]);
+}
+
 /* ---- devices ---- */
 
 int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVICE_ID_LEN + 1],
-                           char secret_out[CY_DEVICE_SECRET_LEN + 1])
+                           char secret_out[CY_DEVICE_SECRET_LEN + 1],
+                           char psk_out[CY_DEVICE_PSK_LEN + 1])
 {
     if (!name || !id_out || !secret_out) return CY_EINVAL;
     cy_registry_end_reads(r); /* the insert commits on its own */
     id_out[0] = secret_out[0] = '\0';
+    if (psk_out) psk_out[0] = '\0';
     if (!name_valid(name)) return CY_EINVAL;
     if (closed(r, WRITES)) return CY_ESTORE;
+    int rc = key_need(r);
+    if (rc) return rc;
 
-    uint8_t raw[ID_BYTES + SECRET_BYTES + SALT_BYTES], hash[HASH_BYTES];
-    char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
+    uint8_t raw[ID_BYTES + SECRET_BYTES + SALT_BYTES + PSK_BYTES], hash[HASH_BYTES];
+    uint8_t sealed[SEALED_BYTES];
+    char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1], psk[CY_DEVICE_PSK_LEN + 1];
     const uint8_t *salt = raw + ID_BYTES + SECRET_BYTES;
     sqlite3_stmt *st = r->st[ST_ADD];
-    int rc;
     /* 96-bit ids do not collide in practice; if one ever does, draw again. */
     for (int attempt = 0;; attempt++) {
         if ((rc = random_bytes(raw, sizeof(raw)))) goto out;
         hex(id, raw, ID_BYTES);
         hex(secret, raw + ID_BYTES, SECRET_BYTES);
+        hex(psk, salt + SALT_BYTES, PSK_BYTES);
         if ((rc = secret_hash(r, salt, (const uint8_t *)secret, CY_DEVICE_SECRET_LEN, hash)))
             goto out;
+        /* Sealed under this id: a new draw of the id seals again. */
+        if ((rc = psk_seal(r, id, psk, sealed))) goto out;
         if (sqlite3_bind_text(st, 1, id, CY_DEVICE_ID_LEN, SQLITE_STATIC) ||
             sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC) ||
             sqlite3_bind_blob(st, 3, salt, SALT_BYTES, SQLITE_STATIC) ||
             sqlite3_bind_blob(st, 4, hash, HASH_BYTES, SQLITE_STATIC) ||
-            sqlite3_bind_int64(st, 5, cy_wall_ms())) {
+            sqlite3_bind_int64(st, 5, cy_wall_ms()) ||
+            sqlite3_bind_blob(st, 6, sealed, SEALED_BYTES, SQLITE_STATIC)) {
             rc = fail(r, WRITES, "device_add");
             done(st);
             goto out;
@@ -622,10 +1022,12 @@ int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVI
     if (!rc) {
         memcpy(id_out, id, sizeof(id));
         memcpy(secret_out, secret, sizeof(secret));
+        if (psk_out) memcpy(psk_out, psk, sizeof(psk));
     }
 out:
     OPENSSL_cleanse(raw, sizeof(raw));
     OPENSSL_cleanse(secret, sizeof(secret));
+    OPENSSL_cleanse(psk, sizeof(psk));
     return rc;
 }
 
@@ -649,11 +1051,7 @@ static int row_get(cy_registry *r, sqlite3_stmt *st, char kind, const char *id, 
         return 1;
     }
     if (closed(r, READS)) return CY_ESTORE;
-    if (r->share_reads && !r->reading) {
-        /* A failed BEGIN leaves autocommit: this lookup reads on its own. */
-        r->reading = sqlite3_step(r->st[ST_READ_BEGIN]) == SQLITE_DONE;
-        sqlite3_reset(r->st[ST_READ_BEGIN]);
-    }
+    read_begin(r);
     int rc = 0;
     if (sqlite3_bind_text(st, 1, id, (int)id_len, SQLITE_STATIC)) {
         rc = fail(r, READS, what);
@@ -722,6 +1120,48 @@ int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, cons
                         "device_check", NULL);
 }
 
+int cy_registry_device_psk(cy_registry *r, const char *id, size_t id_len, uint8_t *key, size_t cap)
+{
+    if (!r || (!id && id_len) || !key) return CY_EINVAL;
+    if (cap < CY_DEVICE_PSK_LEN) return CY_ERANGE;
+    /* Only a well-formed id can exist: the others cost no lookup. */
+    if (id_len != CY_DEVICE_ID_LEN || !is_lower_hex(id, id_len)) return CY_ENOENT;
+    if (closed(r, READS)) return CY_ESTORE;
+    read_begin(r);
+    sqlite3_stmt *st = r->st[ST_PSK_GET];
+    uint8_t sealed[SEALED_BYTES];
+    size_t n = 0;
+    int rc;
+    if (sqlite3_bind_text(st, 1, id, (int)id_len, SQLITE_STATIC)) {
+        rc = fail(r, READS, "device_psk");
+    } else {
+        int sr = sqlite3_step(st);
+        if (sr == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) {
+            const void *b = sqlite3_column_blob(st, 0);
+            n = (size_t)sqlite3_column_bytes(st, 0);
+            if (b && n == SEALED_BYTES) memcpy(sealed, b, SEALED_BYTES);
+            rc = 1;
+        } else {
+            /* No such device, or one made before PSKs that has none yet. */
+            rc = sr == SQLITE_ROW || sr == SQLITE_DONE ? CY_ENOENT : fail(r, READS, "device_psk");
+        }
+    }
+    done(st);
+    if (rc < 0) return rc;
+    if (n != SEALED_BYTES) {
+        psk_log(r, id, id_len, "its stored record has the wrong length (damaged)");
+        return CY_EIO;
+    }
+    if (key_get(r, id, id_len)) return CY_EIO;
+    if (psk_unseal(r, id, id_len, sealed, key)) {
+        psk_log(r, id, id_len,
+                "its stored record does not open with the key file (damaged or tampered with, "
+                "or " KEY_FILE " is not the one it was sealed with)");
+        return CY_EIO;
+    }
+    return CY_DEVICE_PSK_LEN;
+}
+
 /* One device row by key with statement st: 0, CY_ENOENT or CY_ESTORE. */
 static int get_device(cy_registry *r, sqlite3_stmt *st, const char *key, const char *what,
                       cy_device *out)
@@ -763,6 +1203,25 @@ static int delete_by_key(cy_registry *r, sqlite3_stmt *st, const char *key, cons
     done(st);
     /* Our own commit does not move data_version: forget what it removed. */
     cache_clear(r);
+    return rc;
+}
+
+int cy_registry_device_psk_new(cy_registry *r, const char *id_or_name,
+                               char psk_out[CY_DEVICE_PSK_LEN + 1])
+{
+    if (psk_out) psk_out[0] = '\0';
+    if (!r || !id_or_name || !psk_out) return CY_EINVAL;
+    cy_device d;
+    int rc = get_device(r, r->st[ST_GET], id_or_name, "device_psk_new", &d);
+    if (rc) return rc;
+    if (closed(r, WRITES)) return CY_ESTORE;
+    if ((rc = key_need(r))) return rc;
+    /* By id, and a user's still: removed meanwhile, it is CY_ENOENT (ids
+     * are never reused). */
+    char psk[CY_DEVICE_PSK_LEN + 1];
+    rc = psk_store(r, d.id, 0, psk, "device_psk_new");
+    if (!rc) memcpy(psk_out, psk, sizeof(psk));
+    OPENSSL_cleanse(psk, sizeof(psk));
     return rc;
 }
 
@@ -887,18 +1346,28 @@ static int internal_insert(cy_registry *r, const char *name, bool (*id_ok)(void 
 int cy_registry_internal_device(cy_registry *r, const char *name,
                                 bool (*id_ok)(void *ctx, const char *id), void *ctx,
                                 char id_out[CY_DEVICE_ID_LEN + 1],
-                                char secret_out[CY_DEVICE_SECRET_LEN + 1])
+                                char secret_out[CY_DEVICE_SECRET_LEN + 1],
+                                char psk_out[CY_DEVICE_PSK_LEN + 1])
 {
+    if (psk_out) psk_out[0] = '\0';
     if (!r || !name || !id_out || !secret_out) return CY_EINVAL;
     id_out[0] = secret_out[0] = '\0';
     if (!internal_name_valid(name)) return CY_EINVAL;
     cy_registry_end_reads(r); /* BEGIN IMMEDIATE cannot nest */
     if (closed(r, WRITES)) return CY_ESTORE;
+    /* cyan's own MQTT canaries must not stop over a key file only PSKs
+     * need: without it (logged) the device is ensured without a PSK. */
+    int rc = key_need(r);
+    if (rc == CY_EIO)
+        cy_warn(NULL, "store: registry: internal device %s gets no DTLS PSK (no key)", name);
+    else if (rc)
+        return rc;
 
     uint8_t raw[SECRET_BYTES + SALT_BYTES], hash[HASH_BYTES];
     char id[CY_DEVICE_ID_LEN + 1] = "", secret[CY_DEVICE_SECRET_LEN + 1];
+    char psk[CY_DEVICE_PSK_LEN + 1] = "";
     const uint8_t *salt = raw + SECRET_BYTES;
-    int rc = random_bytes(raw, sizeof(raw));
+    rc = random_bytes(raw, sizeof(raw));
     if (rc) goto out;
     hex(secret, raw, SECRET_BYTES);
     if ((rc = secret_hash(r, salt, (const uint8_t *)secret, CY_DEVICE_SECRET_LEN, hash))) goto out;
@@ -915,6 +1384,9 @@ int cy_registry_internal_device(cy_registry *r, const char *name,
         if (have) rc = run_id(r, r->st[ST_INTERNAL_DELETE], id, NULL, NULL, "internal_device");
         if (!rc) rc = internal_insert(r, name, id_ok, ctx, salt, hash, id);
     }
+    /* A new PSK too, sealed under the id now known (or none, without the
+     * key: the old one must not outlive the rotation). */
+    if (!rc) rc = psk_store(r, id, 1, psk, "internal_device psk");
     if (!rc) rc = exec_st(r, ST_COMMIT, "internal_device commit");
     if (rc) rollback(r);
     /* Our own commit does not move data_version: forget the old hash. */
@@ -922,10 +1394,12 @@ int cy_registry_internal_device(cy_registry *r, const char *name,
     if (!rc) {
         memcpy(id_out, id, sizeof(id));
         memcpy(secret_out, secret, sizeof(secret));
+        if (psk_out) memcpy(psk_out, psk, sizeof(psk));
     }
 out:
     OPENSSL_cleanse(raw, sizeof(raw));
     OPENSSL_cleanse(secret, sizeof(secret));
+    OPENSSL_cleanse(psk, sizeof(psk));
     return rc;
 }
 

@@ -2,7 +2,8 @@
  *
  * Two handles, two files, because they have different owners once cyan
  * runs as shards:
- *   cy_registry  the registry (devices and API tokens, their hashed secrets). One
+ *   cy_registry  the registry (devices and API tokens, their hashed secrets,
+ *                devices' encrypted DTLS PSKs, webhook definitions). One
  *                file for the whole node ("registry.db"), read by every
  *                process, written by the admin command and the API.
  *   cy_store     the state of one shard ("shard-N.db", one file per
@@ -22,7 +23,10 @@
  * Secrets: device secrets are 128-bit random values made by cyan, so a
  * single salted HMAC-SHA256 is as strong as a slow password hash would be
  * and costs microseconds per CONNECT. Only the salt and the hash are stored;
- * comparison is constant time.
+ * comparison is constant time. A device's DTLS pre-shared key (CoAP) is the
+ * exception: the server needs the key itself, so it is stored encrypted
+ * (AES-256-GCM) under the node's key file, "registry.key" beside the
+ * registry (registry.c says how).
  *
  * Ownership: every pointer argument is borrowed (copied into SQLite where
  * kept). Pointers handed to loader callbacks are valid only during the call.
@@ -44,6 +48,9 @@ typedef struct cy_registry cy_registry;
 #define CY_DEVICE_ID_LEN 24     /* hex characters */
 #define CY_DEVICE_SECRET_LEN 32 /* hex characters (128 bits) */
 #define CY_DEVICE_NAME_MAX 64
+/* A DTLS PSK: 32 lowercase hex characters (128 random bits). The ASCII text
+ * itself is the key's bytes (coap-client -u <id> -k <psk>). */
+#define CY_DEVICE_PSK_LEN 32
 
 typedef struct cy_device {
     char id[CY_DEVICE_ID_LEN + 1];
@@ -57,12 +64,17 @@ int cy_registry_open(const char *path, cy_registry **out);
 void cy_registry_close(cy_registry *r); /* safe on NULL */
 /* Create a device named name (1..CY_DEVICE_NAME_MAX printable characters,
  * unique: CY_EEXIST otherwise). Writes its new id and its secret (shown
- * once, never stored) as NUL-terminated hex.
+ * once, never stored) as NUL-terminated hex, and its DTLS PSK (stored
+ * encrypted, see cy_registry_device_psk) to psk_out unless that is NULL:
+ * every device gets a PSK, psk_out only says whether the caller sees it.
+ * The outputs are "" on failure.
  * Names are letters, digits, '-', '_' and '.'; a name shaped like an id
  * (24 lowercase hex characters) is refused. Both: CY_EINVAL. CY_EIO if the
- * random generator fails. */
+ * random generator fails, or the key file cannot be read or made (logged:
+ * the first PSK of a node makes it). */
 int cy_registry_device_add(cy_registry *r, const char *name, char id_out[CY_DEVICE_ID_LEN + 1],
-                           char secret_out[CY_DEVICE_SECRET_LEN + 1]);
+                           char secret_out[CY_DEVICE_SECRET_LEN + 1],
+                           char psk_out[CY_DEVICE_PSK_LEN + 1]);
 /* 0 if id exists and secret matches; CY_ENOENT if no such device;
  * CY_EACCES if the secret is wrong. Devices and tokens found once are
  * checked from a cache in the handle; a removal or revocation by another
@@ -93,6 +105,32 @@ void cy_registry_end_reads(cy_registry *r);
  * (reads, writes) failing at once for 200 ms, so one pass waits once. */
 #define CY_REGISTRY_LOOP_BUSY_MS 500 /* a quarter of the default watchdog */
 void cy_registry_set_busy_timeout(cy_registry *r, unsigned ms);
+/* The DTLS PSK of device id[0..id_len) (need not be NUL-terminated; a
+ * user's or an internal device): its CY_DEVICE_PSK_LEN bytes (the ASCII
+ * hex text, no NUL) into key[0..cap), and returns CY_DEVICE_PSK_LEN.
+ * For a DTLS server's PSK callback: run on a shard's loop for each
+ * handshake, it reads the row in the read transaction shared until
+ * cy_registry_end_reads (cy_registry_share_reads), so a new PSK is used
+ * from the loop's next pass; nothing is cached.
+ * Ownership: id borrowed; key is the caller's (cleanse it after use).
+ * Errors: CY_ENOENT (no such device, an id not shaped like one, or a device
+ * without a PSK: made before schema version 5 and none issued since),
+ * CY_EIO (the key file is missing or unreadable, or the stored record does
+ * not decrypt: damaged, tampered with, or sealed under another key file;
+ * logged here, at most once a minute per handle), CY_ERANGE (cap <
+ * CY_DEVICE_PSK_LEN), CY_EINVAL (NULL r or key, NULL id with id_len),
+ * CY_ESTORE. */
+int cy_registry_device_psk(cy_registry *r, const char *id, size_t id_len, uint8_t *key, size_t cap);
+/* Issue a new DTLS PSK for the user device id_or_name (borrowed): the old
+ * one stops working at once on this handle, from the next loop pass on
+ * shards (see cy_registry_device_psk). For rotation, or the first PSK of a
+ * device made before PSKs. Writes the new PSK NUL-terminated to psk_out
+ * ("" on failure). Makes the key file if there is none yet.
+ * Errors: CY_ENOENT (no such user device: internal ones are
+ * cy_registry_internal_device's), CY_EINVAL (a NULL argument), CY_EIO
+ * (random generator, cipher, key file: logged), CY_ESTORE. */
+int cy_registry_device_psk_new(cy_registry *r, const char *id_or_name,
+                               char psk_out[CY_DEVICE_PSK_LEN + 1]);
 /* Look a user device up by id or by name (CY_ENOENT for an internal one). */
 int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out);
 /* Remove a user device by id or by name. CY_ENOENT if absent (or internal). */
@@ -229,20 +267,25 @@ int cy_registry_token_bootstrap(cy_registry *r, const char *path, bool *created)
 
 /* Make sure the internal device named name (borrowed) exists with an id
  * that id_ok takes (NULL: any; the monitor passes "hashes to shard i"),
- * and give it a new secret. An existing device keeps its id if id_ok takes
- * it; if not (the shard count changed), it is replaced by a new one. In
- * one transaction: on failure nothing changed. Writes the id and the new
- * secret (shown once, never stored) NUL-terminated, or empty strings on
- * failure. id_ok runs inside the transaction: it must not call the
- * registry.
+ * and give it a new secret and a new DTLS PSK. An existing device keeps its
+ * id if id_ok takes it; if not (the shard count changed), it is replaced by
+ * a new one. In one transaction: on failure nothing changed. Writes the id
+ * and the new secret (shown once, never stored) NUL-terminated, and the PSK
+ * to psk_out unless that is NULL (a caller without CoAP discards it), or
+ * empty strings on failure. Without a key file that can be read or made
+ * (see cy_registry_device_psk_new) the device is ensured all the same,
+ * without a PSK: psk_out is "" (logged), so cyan's MQTT canaries do not
+ * stop over a key only PSKs need. id_ok runs inside the transaction: it
+ * must not call the registry.
  * Errors: CY_EINVAL (NULL argument, bad internal name), CY_ERANGE (id_ok
  * took none of CY_REGISTRY_INTERNAL_DRAWS random ids), CY_EEXIST (a user
  * device has the name: impossible through this API), CY_EIO (random
- * generator or HMAC), CY_ESTORE. */
+ * generator, HMAC, cipher), CY_ESTORE. */
 int cy_registry_internal_device(cy_registry *r, const char *name,
                                 bool (*id_ok)(void *ctx, const char *id), void *ctx,
                                 char id_out[CY_DEVICE_ID_LEN + 1],
-                                char secret_out[CY_DEVICE_SECRET_LEN + 1]);
+                                char secret_out[CY_DEVICE_SECRET_LEN + 1],
+                                char psk_out[CY_DEVICE_PSK_LEN + 1]);
 /* Look an internal device up by id (borrowed); CY_ENOENT if there is none
  * (user devices included). Errors: CY_EINVAL, CY_ESTORE. */
 int cy_registry_internal_get(cy_registry *r, const char *id, cy_device *out);

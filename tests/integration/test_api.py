@@ -11,6 +11,7 @@ Servers run with isolate_devices=true (api_server fixtures).
 import json
 import os
 import re
+import sqlite3
 import stat
 import time
 
@@ -212,6 +213,10 @@ def test_read_only_token(api_server):
         assert_error(r, 403, "forbidden")
         r = api(api_server, "DELETE", "/v1/devices/%s" % did, token=ro)
         assert_error(r, 403, "forbidden")
+        sealed = stored_psk(api_server, did)
+        r = api(api_server, "POST", "/v1/devices/%s/psk" % did, token=ro)
+        assert_error(r, 403, "forbidden")
+        assert stored_psk(api_server, did) == sealed, "a read-only token issued a PSK"
 
         time.sleep(0.2)
         assert len(dev.calls) == n_calls, dev.calls  # the refused call never reached it
@@ -230,13 +235,18 @@ def test_create_device_then_it_connects(api_server):
     r = api(api_server, "POST", "/v1/devices", json={"name": name})
     assert r.status == 201, r
     assert r.headers.get("content-type", "").startswith("application/json"), r
-    assert set(r.body) == {"id", "name", "secret"}, r
+    assert set(r.body) == {"id", "name", "secret", "psk"}, r
     assert re.fullmatch(r"[0-9a-f]{24}", r.body["id"]), r
     assert re.fullmatch(r"[0-9a-f]{32}", r.body["secret"]), r
+    assert re.fullmatch(r"[0-9a-f]{32}", r.body["psk"]), r
+    assert r.body["psk"] != r.body["secret"], r
     assert r.body["name"] == name
-    # The secret is shown only at creation.
+    # The secret and the PSK are shown only at creation.
     g = get_device(api_server, r.body["id"])
-    assert "secret" not in g and r.body["secret"] not in json.dumps(g), g
+    for k in ("secret", "psk"):
+        assert k not in g and r.body[k] not in json.dumps(g), g
+    listed = api(api_server, "GET", "/v1/devices").text
+    assert r.body["psk"] not in listed and '"psk"' not in listed, listed
     for version in (4, 5):
         with raw(api_server, version) as c:
             ack = c.connect(r.body["id"], username=r.body["id"], password=r.body["secret"])
@@ -375,6 +385,56 @@ def test_delete_device(api_server, by):
     finally:
         dev.close()
         keep.close()
+
+
+def stored_psk(srv, did):
+    """What the registry keeps of device did's PSK (sealed bytes, or None)."""
+    db = sqlite3.connect(os.path.join(srv.data_dir, "registry.db"))
+    try:
+        rows = db.execute("SELECT psk FROM devices WHERE id = ?", (did,)).fetchall()
+    finally:
+        db.close()
+    assert len(rows) == 1, rows
+    return rows[0][0]
+
+
+def test_device_psk_rotate(api_server):
+    """POST /v1/devices/{id}/psk: 200 {"id", "psk"}, a new PSK each time
+    (by id or name), stored sealed (never its text), never shown by GET;
+    404 for an unknown device, 405 for another method."""
+    m = create_device(api_server, new_name("coap"))
+    did, first = m["id"], m["psk"]
+    sealed = stored_psk(api_server, did)
+    assert isinstance(sealed, bytes) and len(sealed) == 60, sealed
+    seen = {first}
+    for ref in (did, m["name"]):
+        r = api(api_server, "POST", "/v1/devices/%s/psk" % ref)
+        assert r.status == 200, r
+        assert r.headers.get("content-type", "").startswith("application/json"), r
+        assert set(r.body) == {"id", "psk"} and r.body["id"] == did, r
+        assert re.fullmatch(r"[0-9a-f]{32}", r.body["psk"]), r
+        assert r.body["psk"] not in seen, r
+        seen.add(r.body["psk"])
+        now = stored_psk(api_server, did)
+        assert len(now) == 60 and now != sealed, (now, sealed)
+        assert r.body["psk"].encode() not in now
+        sealed = now
+    g = get_device(api_server, did)
+    assert "psk" not in g and not any(p in json.dumps(g) for p in seen), g
+    # The secret still works: only the PSK changed.
+    with raw(api_server, 5) as c:
+        ack = c.connect(did, username=did, password=m["secret"])
+        assert ack.rc == 0, ack
+        c.disconnect()
+    for ref in ("0123456789abcdef01234567", "no-such-device"):
+        assert_error(api(api_server, "POST", "/v1/devices/%s/psk" % ref), 404,
+                     "device_not_found")
+    r = api(api_server, "GET", "/v1/devices/%s/psk" % did)
+    assert_error(r, 405, "method_not_allowed")
+    assert r.headers.get("allow") == "POST", r
+    # Gone with its device.
+    assert api(api_server, "DELETE", "/v1/devices/%s" % did).status == 200
+    assert_error(api(api_server, "POST", "/v1/devices/%s/psk" % did), 404, "device_not_found")
 
 
 # ================================================================== presence

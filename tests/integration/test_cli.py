@@ -1,4 +1,4 @@
-"""The admin command line: `cyan device add|list|remove` and `cyan token
+"""The admin command line: `cyan device add|list|remove|psk` and `cyan token
 create|list|revoke` on the registry in the data dir (also while the server
 runs), the first API token a new node writes to DATA_DIR/admin-token, and
 `cyan config`."""
@@ -39,11 +39,61 @@ SETTINGS = {
 def test_device_add_prints_id_and_secret(server):
     cp = server.cli("device", "add", "sensor-a")
     lines = cp.stdout.strip().splitlines()
-    assert len(lines) == 2, cp.stdout
+    assert len(lines) == 3, cp.stdout
     assert re.fullmatch(r"id: [0-9a-f]{24}", lines[0]), lines
     assert re.fullmatch(r"secret: [0-9a-f]{32}", lines[1]), lines
-    other = server.add_device("sensor-b")
-    assert other.id != lines[0][4:] and other.secret != lines[1][8:]
+    assert re.fullmatch(r"psk: [0-9a-f]{32}", lines[2]), lines
+    assert lines[2][5:] != lines[1][8:]
+    other = server.cli("device", "add", "sensor-b").stdout.strip().splitlines()
+    assert len(other) == 3 and all(a != b for a, b in zip(lines, other)), (lines, other)
+    # The PSK is kept sealed: its text is nowhere in the registry; the key
+    # file that opens it is the user's alone.
+    for suffix in ("", "-wal"):
+        path = os.path.join(server.data_dir, "registry.db" + suffix)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                assert lines[2][5:].encode() not in f.read(), path
+    key = os.stat(os.path.join(server.data_dir, "registry.key"))
+    assert stat.S_IMODE(key.st_mode) == 0o600 and key.st_size == 32, key
+
+
+def stored_psk(server, ref):
+    """The sealed PSK bytes the registry keeps for device ref (id or name),
+    or None."""
+    db = sqlite3.connect(os.path.join(server.data_dir, "registry.db"))
+    try:
+        rows = db.execute("SELECT psk FROM devices WHERE id = ?1 OR name = ?1",
+                          (ref,)).fetchall()
+    finally:
+        db.close()
+    assert len(rows) == 1, rows
+    return rows[0][0]
+
+
+def test_device_psk(server):
+    """`cyan device psk NAME_OR_ID` prints a new PSK (the old one is gone);
+    an unknown device fails; a missing argument is a usage error."""
+    dev = server.add_device("coap-a")
+    before = stored_psk(server, dev.id)
+    cp = server.cli("device", "psk", "coap-a")
+    assert re.fullmatch(r"psk: [0-9a-f]{32}\n", cp.stdout), cp.stdout
+    assert "shown only now" in cp.stderr, cp.stderr
+    first = cp.stdout[5:].strip()
+    mid = stored_psk(server, dev.id)
+    assert mid != before and len(mid) == 60, (mid, before)
+    cp = server.cli("device", "psk", dev.id)
+    second = cp.stdout[5:].strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", second) and second != first, cp.stdout
+    assert stored_psk(server, dev.id) not in (before, mid)
+    # The device's secret is untouched.
+    with Client(server, dev) as c:
+        sp, rc, _ = c.connect()
+        assert rc == 0
+    cp = server.cli("device", "psk", "no-such-device", check=False)
+    assert cp.returncode == 1 and "no device 'no-such-device'" in cp.stderr, cp
+    assert cp.stdout == "", cp.stdout
+    cp = server.cli("device", "psk", check=False)
+    assert cp.returncode == 2 and "cyan device psk ID_OR_NAME" in cp.stderr, cp
 
 
 def test_device_add_duplicate_name_fails(server):
@@ -220,9 +270,10 @@ PRAGMA user_version = 1;
 
 
 def test_registry_v1_migrates_on_start(server):
-    """A data dir from before tokens: migrated to the current version (4)
-    one version at a time, its devices still connect, and the first start
-    makes the admin token."""
+    """A data dir from before tokens: migrated to the current version (5)
+    one version at a time, its devices still connect, have no PSK until one
+    is issued (`cyan device psk`), and the first start makes the admin
+    token."""
     server.stop()
     for suffix in ("", "-wal", "-shm"):
         try:
@@ -244,6 +295,7 @@ def test_registry_v1_migrates_on_start(server):
     assert server.wait_log("migrating schema version 1 to 2")
     assert server.wait_log("migrating schema version 2 to 3")
     assert server.wait_log("migrating schema version 3 to 4")
+    assert server.wait_log("migrating schema version 4 to 5")
     tid, _ = read_admin_token(server)
     assert list(token_rows(server)) == [tid]
     out = server.cli("device", "list").stdout
@@ -253,9 +305,13 @@ def test_registry_v1_migrates_on_start(server):
         assert rc == 0
     db = sqlite3.connect(os.path.join(server.data_dir, "registry.db"))
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
         # Every device it had is a user's (version 3 marks cyan's own).
         assert db.execute("SELECT internal FROM devices WHERE id = ?", (dev.id,)).fetchall() \
             == [(0,)]
     finally:
         db.close()
+    assert stored_psk(server, dev.id) is None
+    cp = server.cli("device", "psk", "old")
+    assert re.fullmatch(r"psk: [0-9a-f]{32}\n", cp.stdout), cp.stdout
+    assert len(stored_psk(server, dev.id)) == 60

@@ -11,7 +11,12 @@
  * ensured with an id a predicate takes, a new secret each time, hidden
  * from get, remove and list, told apart by cy_registry_device_internal;
  * internal tokens replaced by a new id, listed with their scope, ignored
- * by the bootstrap.
+ * by the bootstrap. DTLS PSKs (schema version 5): issued with every
+ * device, read back, distinct, sealed under the key file (mode 0600, never
+ * the text in the registry), refused when the key file is missing or the
+ * record was tampered with (checks still work), rotated, seen by another
+ * handle, and absent from the devices of a migrated version 4 file until
+ * one is issued.
  */
 #include "store_testlib.h"
 
@@ -58,12 +63,13 @@ static bool lower_hex(const char *s, size_t n)
 typedef struct added {
     char id[CY_DEVICE_ID_LEN + 1];
     char secret[CY_DEVICE_SECRET_LEN + 1];
+    char psk[CY_DEVICE_PSK_LEN + 1];
 } added;
 
 static added add(cy_registry *r, const char *name)
 {
     added a;
-    assert_int_equal(cy_registry_device_add(r, name, a.id, a.secret), 0);
+    assert_int_equal(cy_registry_device_add(r, name, a.id, a.secret, a.psk), 0);
     return a;
 }
 
@@ -251,7 +257,7 @@ static void test_cy_registry_device_add_duplicate_name(void **state)
     fixture *f = *state;
     add(f->r, "dup");
     char id[CY_DEVICE_ID_LEN + 1] = "x", secret[CY_DEVICE_SECRET_LEN + 1] = "x";
-    assert_int_equal(cy_registry_device_add(f->r, "dup", id, secret), CY_EEXIST);
+    assert_int_equal(cy_registry_device_add(f->r, "dup", id, secret, NULL), CY_EEXIST);
     assert_string_equal(id, "");
     assert_string_equal(secret, "");
     add(f->r, "Dup"); /* names are case-sensitive */
@@ -280,10 +286,10 @@ static void test_cy_registry_device_add_bad_names(void **state)
         "0123456789abcdef01234567", /* looks like an id */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_int_equal(cy_registry_device_add(f->r, bad[i], id, secret), CY_EINVAL);
-    assert_int_equal(cy_registry_device_add(f->r, NULL, id, secret), CY_EINVAL);
-    assert_int_equal(cy_registry_device_add(f->r, "ok", NULL, secret), CY_EINVAL);
-    assert_int_equal(cy_registry_device_add(f->r, "ok", id, NULL), CY_EINVAL);
+        assert_int_equal(cy_registry_device_add(f->r, bad[i], id, secret, NULL), CY_EINVAL);
+    assert_int_equal(cy_registry_device_add(f->r, NULL, id, secret, NULL), CY_EINVAL);
+    assert_int_equal(cy_registry_device_add(f->r, "ok", NULL, secret, NULL), CY_EINVAL);
+    assert_int_equal(cy_registry_device_add(f->r, "ok", id, NULL, NULL), CY_EINVAL);
 
     long_name[CY_DEVICE_NAME_MAX] = '\0'; /* exactly the maximum */
     add(f->r, long_name);
@@ -969,8 +975,9 @@ static char *table_sql(const char *path, const char *name)
 }
 
 /* What a new or migrated file is: version 4 added the webhook tables
- * (webhooks, webhook_replays, meta; tested in test_store_hooks.c). */
-#define CURRENT_VERSION 4
+ * (webhooks, webhook_replays, meta; tested in test_store_hooks.c), version
+ * 5 the column devices.psk. */
+#define CURRENT_VERSION 5
 #define CURRENT_TABLES 5
 
 /* A version 1 registry with one device, in WAL mode as cyan left it. */
@@ -1145,7 +1152,7 @@ static void test_cy_registry_open_migrates_v2(void **state)
     assert_int_equal(scope, CY_SCOPE_FULL);
     /* Internal devices work in it. */
     char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
-    assert_int_equal(cy_registry_internal_device(r, "cyan:test", NULL, NULL, id, secret), 0);
+    assert_int_equal(cy_registry_internal_device(r, "cyan:test", NULL, NULL, id, secret, NULL), 0);
     assert_int_equal(check(r, id, secret), 0);
     cy_registry_close(r);
     const char *tables[] = {"devices", "tokens"};
@@ -1262,7 +1269,7 @@ static void test_cy_registry_write_lock_fails_fast(void **state)
     sqlite3 *x = hold(f->path, "BEGIN IMMEDIATE; DELETE FROM devices");
     char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
     int64_t t0 = now_ms();
-    assert_int_equal(cy_registry_device_add(f->r, "new", id, secret), CY_ESTORE);
+    assert_int_equal(cy_registry_device_add(f->r, "new", id, secret, NULL), CY_ESTORE);
     int64_t waited = now_ms() - t0;
     assert_true(waited >= CY_REGISTRY_LOOP_BUSY_MS / 2 && waited < 2000);
     t0 = now_ms();
@@ -1277,7 +1284,7 @@ static void test_cy_registry_write_lock_fails_fast(void **state)
     sqlite3_exec(x, "ROLLBACK", NULL, NULL, NULL);
     sqlite3_close(x);
     past_recheck(); /* the writes' pause is over */
-    assert_int_equal(cy_registry_device_add(f->r, "new", id, secret), 0);
+    assert_int_equal(cy_registry_device_add(f->r, "new", id, secret, NULL), 0);
     assert_int_equal(check(f->r, id, secret), 0);
 }
 
@@ -1360,8 +1367,8 @@ static void test_cy_registry_internal_device_ensure(void **state)
     added user = add(f->r, "lamp");
     char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
     last_digit ld = {'7', 0};
-    assert_int_equal(cy_registry_internal_device(f->r, "cyan:canary:1", ends_with, &ld, id, secret),
-                     0);
+    assert_int_equal(
+        cy_registry_internal_device(f->r, "cyan:canary:1", ends_with, &ld, id, secret, NULL), 0);
     assert_true(lower_hex(id, CY_DEVICE_ID_LEN));
     assert_true(lower_hex(secret, CY_DEVICE_SECRET_LEN));
     assert_int_equal(id[CY_DEVICE_ID_LEN - 1], '7');
@@ -1399,7 +1406,7 @@ static void test_cy_registry_internal_device_ensure(void **state)
     /* Again: the same device, a new secret; the old one stops working. */
     char id2[CY_DEVICE_ID_LEN + 1], secret2[CY_DEVICE_SECRET_LEN + 1];
     assert_int_equal(
-        cy_registry_internal_device(f->r, "cyan:canary:1", ends_with, &ld, id2, secret2), 0);
+        cy_registry_internal_device(f->r, "cyan:canary:1", ends_with, &ld, id2, secret2, NULL), 0);
     assert_string_equal(id2, id);
     assert_string_not_equal(secret2, secret);
     assert_int_equal(check(f->r, id, secret2), 0);
@@ -1410,15 +1417,16 @@ static void test_cy_registry_internal_device_ensure(void **state)
     last_digit other = {'a', 0};
     char id3[CY_DEVICE_ID_LEN + 1], secret3[CY_DEVICE_SECRET_LEN + 1];
     assert_int_equal(
-        cy_registry_internal_device(f->r, "cyan:canary:1", ends_with, &other, id3, secret3), 0);
+        cy_registry_internal_device(f->r, "cyan:canary:1", ends_with, &other, id3, secret3, NULL),
+        0);
     assert_int_equal(id3[CY_DEVICE_ID_LEN - 1], 'a');
     assert_int_equal(check(f->r, id3, secret3), 0);
     assert_int_equal(check(f->r, id, secret2), CY_ENOENT);
     assert_int_equal(cy_registry_internal_get(f->r, id, &d), CY_ENOENT);
     /* A second name is a second device. */
     char id4[CY_DEVICE_ID_LEN + 1], secret4[CY_DEVICE_SECRET_LEN + 1];
-    assert_int_equal(cy_registry_internal_device(f->r, "cyan:probe:1", NULL, NULL, id4, secret4),
-                     0);
+    assert_int_equal(
+        cy_registry_internal_device(f->r, "cyan:probe:1", NULL, NULL, id4, secret4, NULL), 0);
     assert_string_not_equal(id4, id3);
     assert_int_equal(check(f->r, id3, secret3), 0);
     assert_int_equal(check(f->r, id4, secret4), 0);
@@ -1437,7 +1445,7 @@ static void test_cy_registry_internal_device_errors(void **state)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         strcpy(id, "x");
         strcpy(secret, "x");
-        assert_int_equal(cy_registry_internal_device(f->r, bad[i], NULL, NULL, id, secret),
+        assert_int_equal(cy_registry_internal_device(f->r, bad[i], NULL, NULL, id, secret, NULL),
                          CY_EINVAL);
         assert_string_equal(id, "");
         assert_string_equal(secret, "");
@@ -1447,21 +1455,27 @@ static void test_cy_registry_internal_device_errors(void **state)
     memset(longest, 'a', CY_DEVICE_NAME_MAX);
     longest[0] = ':';
     longest[CY_DEVICE_NAME_MAX] = '\0';
-    assert_int_equal(cy_registry_internal_device(f->r, longest, NULL, NULL, id, secret), 0);
-    assert_int_equal(cy_registry_internal_device(NULL, "a:b", NULL, NULL, id, secret), CY_EINVAL);
-    assert_int_equal(cy_registry_internal_device(f->r, NULL, NULL, NULL, id, secret), CY_EINVAL);
-    assert_int_equal(cy_registry_internal_device(f->r, "a:b", NULL, NULL, NULL, secret), CY_EINVAL);
-    assert_int_equal(cy_registry_internal_device(f->r, "a:b", NULL, NULL, id, NULL), CY_EINVAL);
+    assert_int_equal(cy_registry_internal_device(f->r, longest, NULL, NULL, id, secret, NULL), 0);
+    assert_int_equal(cy_registry_internal_device(NULL, "a:b", NULL, NULL, id, secret, NULL),
+                     CY_EINVAL);
+    assert_int_equal(cy_registry_internal_device(f->r, NULL, NULL, NULL, id, secret, NULL),
+                     CY_EINVAL);
+    assert_int_equal(cy_registry_internal_device(f->r, "a:b", NULL, NULL, NULL, secret, NULL),
+                     CY_EINVAL);
+    assert_int_equal(cy_registry_internal_device(f->r, "a:b", NULL, NULL, id, NULL, NULL),
+                     CY_EINVAL);
 
     /* A predicate that takes nothing: CY_ERANGE, and nothing changed. */
     char kept[CY_DEVICE_ID_LEN + 1], ksecret[CY_DEVICE_SECRET_LEN + 1];
-    assert_int_equal(cy_registry_internal_device(f->r, "a:b", NULL, NULL, kept, ksecret), 0);
-    assert_int_equal(cy_registry_internal_device(f->r, "a:b", never, NULL, id, secret), CY_ERANGE);
+    assert_int_equal(cy_registry_internal_device(f->r, "a:b", NULL, NULL, kept, ksecret, NULL), 0);
+    assert_int_equal(cy_registry_internal_device(f->r, "a:b", never, NULL, id, secret, NULL),
+                     CY_ERANGE);
     assert_string_equal(id, "");
     assert_int_equal(check(f->r, kept, ksecret), 0);
     cy_device d;
     assert_int_equal(cy_registry_internal_get(f->r, kept, &d), 0);
-    assert_int_equal(cy_registry_internal_device(f->r, "c:d", never, NULL, id, secret), CY_ERANGE);
+    assert_int_equal(cy_registry_internal_device(f->r, "c:d", never, NULL, id, secret, NULL),
+                     CY_ERANGE);
     assert_int_equal(cy_registry_internal_get(f->r, kept, &d), 0);
     assert_int_equal(cy_registry_internal_get(f->r, NULL, &d), CY_EINVAL);
     assert_int_equal(cy_registry_internal_get(f->r, kept, NULL), CY_EINVAL);
@@ -1476,10 +1490,12 @@ static void test_cy_registry_internal_device_other_process(void **state)
     cy_registry *mon;
     assert_int_equal(cy_registry_open(f->path, &mon), 0);
     char id[CY_DEVICE_ID_LEN + 1], s1[CY_DEVICE_SECRET_LEN + 1], s2[CY_DEVICE_SECRET_LEN + 1];
-    assert_int_equal(cy_registry_internal_device(mon, "cyan:canary:0", NULL, NULL, id, s1), 0);
+    assert_int_equal(cy_registry_internal_device(mon, "cyan:canary:0", NULL, NULL, id, s1, NULL),
+                     0);
     assert_int_equal(check(f->r, id, s1), 0); /* cached in the shard's handle */
     assert_int_equal(cy_registry_device_internal(f->r, id, CY_DEVICE_ID_LEN), 1);
-    assert_int_equal(cy_registry_internal_device(mon, "cyan:canary:0", NULL, NULL, id, s2), 0);
+    assert_int_equal(cy_registry_internal_device(mon, "cyan:canary:0", NULL, NULL, id, s2, NULL),
+                     0);
     past_recheck();
     assert_int_equal(check(f->r, id, s2), 0);
     assert_int_equal(check(f->r, id, s1), CY_EACCES);
@@ -1553,6 +1569,440 @@ static void test_cy_registry_token_bootstrap_ignores_internal(void **state)
     assert_int_equal(count_tokens(f->r), 2);
 }
 
+/* ---- DTLS PSKs ---- */
+
+/* The PSK of id through handle r as text, or "" with *rc the error. */
+static int psk_of(cy_registry *r, const char *id, char out[CY_DEVICE_PSK_LEN + 1])
+{
+    uint8_t key[CY_DEVICE_PSK_LEN + 8];
+    memset(key, 0x5a, sizeof(key));
+    int rc = cy_registry_device_psk(r, id, strlen(id), key, sizeof(key));
+    out[0] = '\0';
+    if (rc == CY_DEVICE_PSK_LEN) {
+        memcpy(out, key, CY_DEVICE_PSK_LEN);
+        out[CY_DEVICE_PSK_LEN] = '\0';
+        assert_int_equal(key[CY_DEVICE_PSK_LEN], 0x5a); /* nothing written past it */
+    }
+    return rc;
+}
+
+/* Whether the file at path holds the bytes text[0..n) anywhere (a missing
+ * file holds nothing). */
+static bool file_holds(const char *path, const char *text, size_t n)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return false;
+    static char buf[1 << 20];
+    size_t got = fread(buf, 1, sizeof(buf), fp);
+    fclose(fp);
+    for (size_t k = 0; k + n <= got; k++)
+        if (memcmp(buf + k, text, n) == 0) return true;
+    return false;
+}
+
+static void key_path(const fixture *f, char *p, size_t len)
+{
+    snprintf(p, len, "%s/registry.key", f->dir);
+}
+
+static void test_cy_registry_device_psk_issued(void **state)
+{
+    fixture *f = *state;
+    added a = add(f->r, "a"), b = add(f->r, "b");
+    assert_true(lower_hex(a.psk, CY_DEVICE_PSK_LEN));
+    assert_true(lower_hex(b.psk, CY_DEVICE_PSK_LEN));
+    assert_string_not_equal(a.psk, b.psk);
+    assert_string_not_equal(a.psk, a.secret);
+    char got[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(psk_of(f->r, a.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, a.psk);
+    assert_int_equal(psk_of(f->r, b.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, b.psk);
+    /* The id need not be NUL-terminated. */
+    char idbuf[CY_DEVICE_ID_LEN + 4];
+    memcpy(idbuf, a.id, CY_DEVICE_ID_LEN);
+    memcpy(idbuf + CY_DEVICE_ID_LEN, "zzz", 4);
+    uint8_t key[CY_DEVICE_PSK_LEN];
+    assert_int_equal(cy_registry_device_psk(f->r, idbuf, CY_DEVICE_ID_LEN, key, sizeof(key)),
+                     CY_DEVICE_PSK_LEN);
+    assert_memory_equal(key, a.psk, CY_DEVICE_PSK_LEN);
+
+    /* A caller that does not want to see it still gets a device with a PSK. */
+    char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
+    assert_int_equal(cy_registry_device_add(f->r, "c", id, secret, NULL), 0);
+    assert_int_equal(psk_of(f->r, id, got), CY_DEVICE_PSK_LEN);
+    assert_true(lower_hex(got, CY_DEVICE_PSK_LEN));
+    /* A failed add shows no PSK. */
+    char psk[CY_DEVICE_PSK_LEN + 1] = "x";
+    assert_int_equal(cy_registry_device_add(f->r, "a", id, secret, psk), CY_EEXIST);
+    assert_string_equal(psk, "");
+    strcpy(psk, "x");
+    assert_int_equal(cy_registry_device_add(f->r, "bad name", id, secret, psk), CY_EINVAL);
+    assert_string_equal(psk, "");
+
+    /* Internal devices have one too. */
+    char iid[CY_DEVICE_ID_LEN + 1], isecret[CY_DEVICE_SECRET_LEN + 1], ipsk[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(
+        cy_registry_internal_device(f->r, "cyan:canary:0", NULL, NULL, iid, isecret, ipsk), 0);
+    assert_true(lower_hex(ipsk, CY_DEVICE_PSK_LEN));
+    assert_int_equal(psk_of(f->r, iid, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, ipsk);
+    /* Ensured again: a new PSK with the new secret. */
+    char ipsk2[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(
+        cy_registry_internal_device(f->r, "cyan:canary:0", NULL, NULL, iid, isecret, ipsk2), 0);
+    assert_string_not_equal(ipsk2, ipsk);
+    assert_int_equal(psk_of(f->r, iid, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, ipsk2);
+    /* A new internal device discarding it (NULL) still has one. */
+    assert_int_equal(
+        cy_registry_internal_device(f->r, "cyan:probe:0", NULL, NULL, iid, isecret, NULL), 0);
+    assert_int_equal(psk_of(f->r, iid, got), CY_DEVICE_PSK_LEN);
+
+    /* Another handle (a shard) reads them with the same key file. */
+    cy_registry *shard;
+    assert_int_equal(cy_registry_open(f->path, &shard), 0);
+    cy_registry_share_reads(shard, true);
+    assert_int_equal(psk_of(shard, a.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, a.psk);
+    cy_registry_end_reads(shard);
+    cy_registry_close(shard);
+}
+
+static void test_cy_registry_device_psk_errors(void **state)
+{
+    fixture *f = *state;
+    added a = add(f->r, "a");
+    uint8_t key[CY_DEVICE_PSK_LEN];
+    char got[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(psk_of(f->r, "000000000000000000000000", got), CY_ENOENT);
+    assert_int_equal(psk_of(f->r, "a", got), CY_ENOENT); /* a name is not an id */
+    assert_int_equal(psk_of(f->r, "", got), CY_ENOENT);
+    char upper[CY_DEVICE_ID_LEN + 1];
+    strcpy(upper, a.id);
+    for (char *p = upper; *p; p++)
+        if (*p >= 'a' && *p <= 'f') *p = (char)(*p - 32);
+    if (strcmp(upper, a.id)) assert_int_equal(psk_of(f->r, upper, got), CY_ENOENT);
+    assert_int_equal(cy_registry_device_psk(f->r, a.id, CY_DEVICE_ID_LEN - 1, key, sizeof(key)),
+                     CY_ENOENT);
+    assert_int_equal(cy_registry_device_psk(f->r, NULL, 0, key, sizeof(key)), CY_ENOENT);
+    assert_int_equal(cy_registry_device_psk(f->r, NULL, 24, key, sizeof(key)), CY_EINVAL);
+    assert_int_equal(cy_registry_device_psk(f->r, a.id, 24, NULL, 32), CY_EINVAL);
+    assert_int_equal(cy_registry_device_psk(NULL, a.id, 24, key, sizeof(key)), CY_EINVAL);
+    assert_int_equal(cy_registry_device_psk(f->r, a.id, 24, key, CY_DEVICE_PSK_LEN - 1), CY_ERANGE);
+    /* Removed: gone. */
+    assert_int_equal(cy_registry_device_remove(f->r, "a"), 0);
+    assert_int_equal(psk_of(f->r, a.id, got), CY_ENOENT);
+}
+
+/* The key file is made once, 0600 whatever the umask, 32 bytes; the
+ * registry's files never hold a PSK's text. */
+static void test_cy_registry_device_psk_key_file(void **state)
+{
+    fixture *f = *state;
+    char kp[256];
+    key_path(f, kp, sizeof(kp));
+    struct stat sb;
+    assert_int_equal(stat(kp, &sb), -1); /* nothing needed it yet */
+    mode_t old = umask(0);
+    added a = add(f->r, "a");
+    umask(old);
+    assert_int_equal(stat(kp, &sb), 0);
+    assert_true(S_ISREG(sb.st_mode));
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    assert_int_equal(sb.st_size, 32);
+    added b = add(f->r, "b");
+    char psk[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(cy_registry_device_psk_new(f->r, "a", psk), 0);
+    struct stat sb2;
+    assert_int_equal(stat(kp, &sb2), 0);
+    assert_int_equal(sb2.st_ino, sb.st_ino); /* the same file, not made again */
+    /* No temporary file left beside it. */
+    DIR *d = opendir(f->dir);
+    assert_non_null(d);
+    struct dirent *e;
+    while ((e = readdir(d)))
+        assert_null(strstr(e->d_name, "registry.key."));
+    closedir(d);
+
+    const char *texts[] = {a.psk, b.psk, psk};
+    const char *suffixes[] = {"", "-wal"};
+    for (int i = 0; i < 2; i++) {
+        char p[256];
+        snprintf(p, sizeof(p), "%s%s", f->path, suffixes[i]);
+        for (int t = 0; t < 3; t++)
+            assert_false(file_holds(p, texts[t], CY_DEVICE_PSK_LEN));
+    }
+    /* What is stored: 60 bytes (nonce, ciphertext, tag) per device. */
+    assert_int_equal(cyt_sql_int(f->path, "SELECT min(length(psk)) FROM devices"), 60);
+    assert_int_equal(cyt_sql_int(f->path, "SELECT max(length(psk)) FROM devices"), 60);
+}
+
+/* Without its key file a registry does everything but PSKs: reading one
+ * is CY_EIO, and no new key is made while PSKs sealed with the old one
+ * exist. Put back, the key is read again. */
+static void test_cy_registry_device_psk_missing_key(void **state)
+{
+    fixture *f = *state;
+    added a = add(f->r, "a");
+    made t = mk(f->r, "t", CY_SCOPE_FULL);
+    char iid[CY_DEVICE_ID_LEN + 1], isecret[CY_DEVICE_SECRET_LEN + 1], ipsk[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(
+        cy_registry_internal_device(f->r, "cyan:canary:0", NULL, NULL, iid, isecret, ipsk), 0);
+    cy_registry_close(f->r);
+    f->r = NULL;
+    char kp[256], moved[300];
+    key_path(f, kp, sizeof(kp));
+    snprintf(moved, sizeof(moved), "%s.away", kp);
+    assert_int_equal(rename(kp, moved), 0);
+
+    assert_int_equal(cy_registry_open(f->path, &f->r), 0);
+    char got[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(psk_of(f->r, a.id, got), CY_EIO);
+    assert_int_equal(psk_of(f->r, a.id, got), CY_EIO); /* again: logged once */
+    assert_int_equal(check(f->r, a.id, a.secret), 0);
+    int scope;
+    assert_int_equal(tcheck(f->r, t.token, &scope, NULL), 0);
+    cy_device d;
+    assert_int_equal(cy_registry_device_get(f->r, "a", &d), 0);
+    assert_int_equal(count_devices(f->r), 1);
+    assert_int_equal(cy_registry_device_remove(f->r, "nope"), CY_ENOENT);
+    /* A new key would orphan a's PSK: refused, and no file made. */
+    char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1], psk[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(cy_registry_device_add(f->r, "b", id, secret, psk), CY_EIO);
+    assert_string_equal(psk, "");
+    assert_int_equal(cy_registry_device_psk_new(f->r, "a", psk), CY_EIO);
+    /* cyan's canaries go on, without a PSK (the old one is dropped). */
+    assert_int_equal(psk_of(f->r, iid, got), CY_EIO);
+    strcpy(ipsk, "x");
+    assert_int_equal(
+        cy_registry_internal_device(f->r, "cyan:canary:0", NULL, NULL, iid, isecret, ipsk), 0);
+    assert_string_equal(ipsk, "");
+    assert_true(lower_hex(isecret, CY_DEVICE_SECRET_LEN));
+    assert_int_equal(check(f->r, iid, isecret), 0);
+    assert_int_equal(psk_of(f->r, iid, got), CY_ENOENT);
+    struct stat sb;
+    assert_int_equal(stat(kp, &sb), -1);
+
+    /* Restored: read again at the next lookup after the retry pause. */
+    assert_int_equal(rename(moved, kp), 0);
+    past_recheck();
+    assert_int_equal(psk_of(f->r, a.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, a.psk);
+    added b = add(f->r, "b");
+    assert_int_equal(psk_of(f->r, b.id, got), CY_DEVICE_PSK_LEN);
+
+    /* A key file that is not 32 bytes is no key: CY_EIO, checks go on. */
+    cy_registry_close(f->r);
+    f->r = NULL;
+    FILE *fp = fopen(kp, "ab");
+    assert_non_null(fp);
+    fputc('x', fp);
+    fclose(fp);
+    assert_int_equal(cy_registry_open(f->path, &f->r), 0);
+    assert_int_equal(psk_of(f->r, a.id, got), CY_EIO);
+    assert_int_equal(check(f->r, b.id, b.secret), 0);
+    assert_int_equal(cy_registry_device_psk_new(f->r, "a", psk), CY_EIO);
+}
+
+/* A stored PSK that was changed, cut or moved to another row does not
+ * open: CY_EIO, and the device's secret still works. */
+static void test_cy_registry_device_psk_tampered(void **state)
+{
+    fixture *f = *state;
+    added a = add(f->r, "a"), b = add(f->r, "b"), c = add(f->r, "c"), e = add(f->r, "e");
+    char sql[512], got[CY_DEVICE_PSK_LEN + 1];
+    /* One bit off: in the ciphertext (byte 20), the tag (the last), the
+     * nonce (the first). */
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(f->path, &db), SQLITE_OK);
+    const char *ids[] = {a.id, b.id, c.id};
+    const int at[] = {20, 59, 0};
+    for (int i = 0; i < 3; i++) {
+        sqlite3_stmt *st;
+        assert_int_equal(
+            sqlite3_prepare_v2(db, "SELECT psk FROM devices WHERE id = ?1", -1, &st, NULL),
+            SQLITE_OK);
+        sqlite3_bind_text(st, 1, ids[i], -1, SQLITE_STATIC);
+        assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+        assert_int_equal(sqlite3_column_bytes(st, 0), 60);
+        uint8_t blob[60];
+        memcpy(blob, sqlite3_column_blob(st, 0), 60);
+        sqlite3_finalize(st);
+        blob[at[i]] ^= 1;
+        assert_int_equal(
+            sqlite3_prepare_v2(db, "UPDATE devices SET psk = ?2 WHERE id = ?1", -1, &st, NULL),
+            SQLITE_OK);
+        sqlite3_bind_text(st, 1, ids[i], -1, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 2, blob, 60, SQLITE_STATIC);
+        assert_int_equal(sqlite3_step(st), SQLITE_DONE);
+        sqlite3_finalize(st);
+    }
+    sqlite3_close(db);
+    assert_int_equal(psk_of(f->r, a.id, got), CY_EIO);
+    assert_int_equal(psk_of(f->r, b.id, got), CY_EIO);
+    assert_int_equal(psk_of(f->r, c.id, got), CY_EIO);
+    assert_int_equal(check(f->r, a.id, a.secret), 0);
+    /* e's record copied to a: sealed for e, it does not open as a's. */
+    snprintf(sql, sizeof(sql),
+             "UPDATE devices SET psk = (SELECT psk FROM devices WHERE id = '%s') WHERE id = '%s'",
+             e.id, a.id);
+    cyt_sql_exec(f->path, sql);
+    assert_int_equal(psk_of(f->r, a.id, got), CY_EIO);
+    assert_int_equal(psk_of(f->r, e.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, e.psk);
+    /* Cut short, or not a blob of the right size. */
+    snprintf(sql, sizeof(sql), "UPDATE devices SET psk = substr(psk, 1, 59) WHERE id = '%s'", e.id);
+    cyt_sql_exec(f->path, sql);
+    assert_int_equal(psk_of(f->r, e.id, got), CY_EIO);
+    snprintf(sql, sizeof(sql), "UPDATE devices SET psk = x'' WHERE id = '%s'", e.id);
+    cyt_sql_exec(f->path, sql);
+    assert_int_equal(psk_of(f->r, e.id, got), CY_EIO);
+    /* A new PSK mends it. */
+    char psk[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(cy_registry_device_psk_new(f->r, e.id, psk), 0);
+    assert_int_equal(psk_of(f->r, e.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, psk);
+    assert_int_equal(check(f->r, e.id, e.secret), 0);
+}
+
+static void test_cy_registry_device_psk_new(void **state)
+{
+    fixture *f = *state;
+    added a = add(f->r, "a"), b = add(f->r, "b");
+    char p1[CY_DEVICE_PSK_LEN + 1], p2[CY_DEVICE_PSK_LEN + 1], got[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(cy_registry_device_psk_new(f->r, "a", p1), 0); /* by name */
+    assert_true(lower_hex(p1, CY_DEVICE_PSK_LEN));
+    assert_string_not_equal(p1, a.psk);
+    assert_int_equal(psk_of(f->r, a.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, p1);
+    assert_int_equal(cy_registry_device_psk_new(f->r, a.id, p2), 0); /* by id */
+    assert_string_not_equal(p2, p1);
+    assert_int_equal(psk_of(f->r, a.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, p2);
+    /* The others and the secret are untouched. */
+    assert_int_equal(psk_of(f->r, b.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, b.psk);
+    assert_int_equal(check(f->r, a.id, a.secret), 0);
+
+    /* Unknown, internal, bad arguments. */
+    char psk[CY_DEVICE_PSK_LEN + 1] = "x";
+    assert_int_equal(cy_registry_device_psk_new(f->r, "nope", psk), CY_ENOENT);
+    assert_string_equal(psk, "");
+    assert_int_equal(cy_registry_device_psk_new(f->r, "000000000000000000000000", psk), CY_ENOENT);
+    char iid[CY_DEVICE_ID_LEN + 1], isecret[CY_DEVICE_SECRET_LEN + 1], ipsk[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(
+        cy_registry_internal_device(f->r, "cyan:canary:0", NULL, NULL, iid, isecret, ipsk), 0);
+    assert_int_equal(cy_registry_device_psk_new(f->r, iid, psk), CY_ENOENT);
+    assert_int_equal(cy_registry_device_psk_new(f->r, "cyan:canary:0", psk), CY_ENOENT);
+    assert_int_equal(psk_of(f->r, iid, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, ipsk);
+    assert_int_equal(cy_registry_device_psk_new(f->r, NULL, psk), CY_EINVAL);
+    assert_int_equal(cy_registry_device_psk_new(f->r, "a", NULL), CY_EINVAL);
+    assert_int_equal(cy_registry_device_psk_new(NULL, "a", psk), CY_EINVAL);
+
+    /* A shard's handle sees the new PSK from its next pass: within one
+     * shared read it keeps the snapshot it began. */
+    cy_registry *shard;
+    assert_int_equal(cy_registry_open(f->path, &shard), 0);
+    cy_registry_share_reads(shard, true);
+    assert_int_equal(psk_of(shard, a.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, p2);
+    char p3[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(cy_registry_device_psk_new(f->r, "a", p3), 0);
+    assert_int_equal(psk_of(shard, a.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, p2);
+    cy_registry_end_reads(shard);
+    assert_int_equal(psk_of(shard, a.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, p3);
+    cy_registry_end_reads(shard);
+    cy_registry_close(shard);
+}
+
+/* Two processes opened before there was a key file: the first PSK makes
+ * it, and the other reads it for lookups and for its own additions. */
+static void test_cy_registry_device_psk_key_made_elsewhere(void **state)
+{
+    fixture *f = *state;
+    cy_registry *cli;
+    assert_int_equal(cy_registry_open(f->path, &cli), 0); /* no key file: both */
+    added a = add(cli, "a");
+    char got[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(psk_of(f->r, a.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, a.psk);
+    added b = add(f->r, "b");
+    assert_int_equal(psk_of(cli, b.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, b.psk);
+    cy_registry_close(cli);
+}
+
+/* A version 4 file (devices without psk) becomes version 5: its devices,
+ * user and internal, keep working and have no PSK (CY_ENOENT) until one is
+ * issued; no key file is made until then. */
+static void test_cy_registry_open_migrates_v4(void **state)
+{
+    fixture *f = *state;
+    char old[256], kp[256];
+    snprintf(old, sizeof(old), "%s/v4.db", f->dir);
+    key_path(f, kp, sizeof(kp));
+    cy_registry_close(f->r);
+    f->r = NULL;
+    make_v1(old);
+    cy_registry *r = NULL;
+    /* Up to 4 with the migrations of cyan's own past, then back to a
+     * genuine 4: the column dropped (SQLite >= 3.35). */
+    assert_int_equal(cy_registry_open(old, &r), 0);
+    char iid[CY_DEVICE_ID_LEN + 1], isecret[CY_DEVICE_SECRET_LEN + 1];
+    assert_int_equal(
+        cy_registry_internal_device(r, "cyan:canary:0", NULL, NULL, iid, isecret, NULL), 0);
+    cy_registry_close(r);
+    sql_exec(old, "ALTER TABLE devices DROP COLUMN psk; PRAGMA user_version = 4");
+    assert_int_equal(unlink(kp), 0);
+
+    assert_int_equal(cy_registry_open(old, &r), 0);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), CURRENT_VERSION);
+    assert_int_equal(sql_int(old, "SELECT count(*) FROM devices WHERE psk IS NULL"), 2);
+    assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
+    assert_int_equal(check(r, iid, isecret), 0);
+    char got[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(psk_of(r, V1_ID, got), CY_ENOENT);
+    assert_int_equal(psk_of(r, iid, got), CY_ENOENT);
+    struct stat sb;
+    assert_int_equal(stat(kp, &sb), -1);
+    /* The first PSK makes the key file. */
+    char psk[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(cy_registry_device_psk_new(r, "old", psk), 0);
+    assert_int_equal(stat(kp, &sb), 0);
+    assert_int_equal(psk_of(r, V1_ID, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, psk);
+    assert_int_equal(psk_of(r, iid, got), CY_ENOENT); /* until the monitor's next start */
+    char isecret2[CY_DEVICE_SECRET_LEN + 1], ipsk[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(
+        cy_registry_internal_device(r, "cyan:canary:0", NULL, NULL, iid, isecret2, ipsk), 0);
+    assert_int_equal(psk_of(r, iid, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, ipsk);
+    cy_registry_close(r);
+    /* Reopened: the migrated file reads as is. */
+    assert_int_equal(cy_registry_open(old, &r), 0);
+    assert_int_equal(psk_of(r, V1_ID, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, psk);
+    cy_registry_close(r);
+    assert_int_equal(cy_registry_open(f->path, &f->r), 0); /* for the teardown */
+}
+
+/* An in-memory registry keeps its key in memory: PSKs work for the handle. */
+static void test_cy_registry_device_psk_in_memory(void **state)
+{
+    (void)state;
+    cy_registry *r;
+    assert_int_equal(cy_registry_open(":memory:", &r), 0);
+    added a = add(r, "a");
+    char got[CY_DEVICE_PSK_LEN + 1];
+    assert_int_equal(psk_of(r, a.id, got), CY_DEVICE_PSK_LEN);
+    assert_string_equal(got, a.psk);
+    cy_registry_close(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1610,6 +2060,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_registry_cache_hit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_write_lock_fails_fast, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_cache_invalidation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_device_psk_issued, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_device_psk_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_device_psk_key_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_device_psk_missing_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_device_psk_tampered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_device_psk_new, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_device_psk_key_made_elsewhere, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_open_migrates_v4, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_device_psk_in_memory, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
