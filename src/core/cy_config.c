@@ -141,6 +141,26 @@ static const setting table[] = {
     BOOL(webhook_allow_private, "false",
          "webhooks may call loopback, private (RFC 1918, fc00::/7) and link-local addresses; "
          "false refuses them (a webhook URL is a way into your network)"),
+    STR(coap_listen, "0.0.0.0:5683",
+        "address:port of plain CoAP over UDP (development: see coap_insecure); empty = off"),
+    STR(coaps_listen, "0.0.0.0:5684",
+        "address:port of CoAP over DTLS 1.2 (pre-shared key per device); empty = off"),
+    BOOL(coap_insecure, "false",
+         "take plain CoAP requests, whose device is named (?id=) and not authenticated "
+         "(development only; allow_anonymous does too); false answers them 4.01"),
+    U32(coap_idle_timeout, "180", 5, 86400,
+        "seconds a CoAP device stays online without a datagram from it (its address is "
+        "fresh: the cloud sends it calls and messages); cellular NAT bindings last 30-180 s"),
+    U32(coap_session_expiry, "86400", 0, 0xFFFFFFFFu,
+        "seconds a CoAP device's session (subscriptions, queued QoS 1 messages) is kept "
+        "after it goes offline; 0 = ended at once"),
+    U32(coap_max_message, "1280", 64, 65000,
+        "largest CoAP message taken or sent, bytes; a larger request gets 4.13"),
+    U32(coaps_max_peers, "20000", 1, 10000000,
+        "DTLS sessions, handshakes included, each shard holds at most"),
+    U32(coaps_handshake_rate, "1000", 1, 1000000,
+        "new DTLS handshakes each shard starts per second at most (after the cookie "
+        "exchange); more are dropped and the device retries"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))

@@ -74,6 +74,14 @@ typedef struct cy_config {
     uint32_t webhook_concurrency; /* requests in flight per webhook, per shard */
     uint32_t webhook_max;       /* webhooks per node */
     bool webhook_allow_private; /* webhooks may target loopback, private, link-local addresses */
+    char coap_listen[128];      /* host:port of plain CoAP (UDP); "" = off */
+    char coaps_listen[128];     /* host:port of CoAP over DTLS; "" = off */
+    bool coap_insecure;         /* take plain CoAP requests (device named, not authenticated) */
+    uint32_t coap_idle_timeout; /* s a CoAP device stays online (its address fresh) unheard */
+    uint32_t coap_session_expiry; /* s a CoAP device's session outlives its last datagram */
+    uint32_t coap_max_message;  /* bytes of the largest CoAP message taken or sent */
+    uint32_t coaps_max_peers;   /* DTLS sessions (and handshakes) per shard */
+    uint32_t coaps_handshake_rate; /* new DTLS handshakes per second per shard */
 } cy_config;
 
 typedef struct cy_config_error {
