@@ -106,7 +106,16 @@ enum {
     X(webhook_pending, CY_METRIC_GAUGE, "events",                                                  \
       "events matched by a webhook and not yet delivered nor dead-lettered (queued, in flight)")   \
     X(webhook_oldest_seconds, CY_METRIC_GAUGE, "seconds",                                          \
-      "age of the oldest event a webhook has not yet delivered (0: none)")
+      "age of the oldest event a webhook has not yet delivered (0: none)")                         \
+    X(coap_online, CY_METRIC_GAUGE, "devices", "devices online over CoAP (heard within coap_idle_timeout)") \
+    X(coap_received, CY_METRIC_COUNTER, "messages", "CoAP messages handled (decrypted, from any shard)") \
+    X(coap_dropped, CY_METRIC_COUNTER, "datagrams",                                                \
+      "CoAP datagrams dropped: malformed, over a limit, for a shard that is down, unknown DTLS peers") \
+    X(coap_retransmissions, CY_METRIC_COUNTER, "messages",                                         \
+      "confirmable CoAP messages sent again for want of an acknowledgement")                       \
+    X(coaps_handshakes, CY_METRIC_COUNTER, "handshakes", "DTLS handshakes completed")              \
+    X(coaps_handshake_failures, CY_METRIC_COUNTER, "handshakes",                                   \
+      "DTLS handshakes failed (bad key, unknown device, timeout) or refused over a limit")
 
 #define CY_METRIC_ONE_(name, kind, unit, help) +1
 enum { CY_METRICS_N = 0 CY_METRICS(CY_METRIC_ONE_) };

@@ -67,7 +67,7 @@ enum {
 /* Words for the metrics a shard publishes about itself: `counters[i]` is
  * metric i of the registry (health/metrics.h, CY_METRICS order); words past
  * CY_METRICS_N are spare, so a metric can be added without a new layout. */
-#define CY_SB_COUNTERS 48
+#define CY_SB_COUNTERS 64
 
 /* Latency histograms a shard publishes (health/metrics.h names them):
  * CY_SB_HISTS of them, each CY_SB_HIST_WORDS words: per-bucket counts

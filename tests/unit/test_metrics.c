@@ -53,7 +53,7 @@ static bool prom_name_ok(const char *s)
 static void test_metrics_registry_shape(void **state)
 {
     (void)state;
-    assert_int_equal(CY_METRICS_N, 44);
+    assert_int_equal(CY_METRICS_N, 50);
     assert_true(CY_METRICS_N <= CY_SB_COUNTERS);
     int gauges = 0;
     for (size_t i = 0; i < CY_METRICS_N; i++) {
@@ -71,17 +71,18 @@ static void test_metrics_registry_shape(void **state)
         assert_int_equal(cy_metrics_find(d->name), (int)i);
     }
     /* The levels are gauges; everything else only counts up. */
-    assert_int_equal(gauges, 7);
+    assert_int_equal(gauges, 8);
     static const char *levels[] = {"clients_connected", "sessions", "subscriptions",
                                    "retained_messages", "messages_queued_online",
-                                   "webhook_pending", "webhook_oldest_seconds"};
-    for (size_t k = 0; k < 7; k++)
+                                   "webhook_pending", "webhook_oldest_seconds", "coap_online"};
+    for (size_t k = 0; k < 8; k++)
         assert_int_equal(cy_metric_defs[cy_metrics_find(levels[k])].kind, CY_METRIC_GAUGE);
     /* Slot order is the order the scoreboard has always had. */
     assert_string_equal(cy_metric_defs[0].name, "clients_connected");
     assert_string_equal(cy_metric_defs[29].name, "store_full_refusals"); /* appended after it */
-    assert_string_equal(cy_metric_defs[CY_METRICS_N - 1].name, "webhook_oldest_seconds");
-    assert_string_equal(cy_metric_defs[CY_METRICS_N - 8].name, "messages_queued_online");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 1].name, "coaps_handshake_failures");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 7].name, "webhook_oldest_seconds");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 14].name, "messages_queued_online");
     assert_int_equal(CY_METRIC_INDEX(publish_received), 7);
 }
 
@@ -302,7 +303,7 @@ static void test_metrics_prometheus_node_totals(void **state)
     assert_non_null(strstr(t, "\ncyan_store_full_refusals_total 129\n"));
     assert_int_equal(count(t, "# HELP "), CY_METRICS_N);
     assert_int_equal(count(t, "# TYPE "), CY_METRICS_N);
-    assert_int_equal(count(t, " gauge\n"), 7);
+    assert_int_equal(count(t, " gauge\n"), 8);
     check_grammar(t, 1);
     free(t);
     cy_buf_fini(&b);
