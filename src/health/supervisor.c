@@ -122,6 +122,8 @@ struct sv {
     int listen_fd;
     int http_fd; /* -1 when the HTTP API is off */
     int ops_fd;  /* the monitor's listener (ops_listen); -1 when off */
+    int coap_fd; /* plain CoAP, one UDP socket every shard reads; -1 when off */
+    int *coaps_fd; /* CoAP over DTLS: shard i's UDP socket of one SO_REUSEPORT group, or NULL */
     int lock_fd; /* data_dir/run/lock, flock'ed; shards inherit it as fd 6 */
     cy_scoreboard sb;
     unsigned n;     /* shards */
@@ -555,7 +557,7 @@ static void spawn_shard(shard *sh)
         args[na++] = a;
     }
 
-    uv_stdio_container_t stdio[7];
+    uv_stdio_container_t stdio[9];
     stdio[0].flags = UV_IGNORE; /* /dev/null */
     stdio[1].flags = UV_INHERIT_FD;
     stdio[1].data.fd = 1;
@@ -576,13 +578,27 @@ static void spawn_shard(shard *sh)
     }
     stdio[6].flags = UV_INHERIT_FD; /* the data folder's lock: see the file comment */
     stdio[6].data.fd = s->lock_fd;
+    /* CoAP: the shared plain socket as fd 7, the shard's own DTLS socket
+     * as fd 8 (the supervisor keeps every one open, so the SO_REUSEPORT
+     * group, and with it which shard a device's address reaches, does not
+     * change when a shard is replaced). */
+    stdio[7].flags = UV_IGNORE;
+    stdio[8].flags = UV_IGNORE;
+    if (!sh->monitor && s->coap_fd >= 0) {
+        stdio[7].flags = UV_INHERIT_FD;
+        stdio[7].data.fd = s->coap_fd;
+    }
+    if (!sh->monitor && s->coaps_fd) {
+        stdio[8].flags = UV_INHERIT_FD;
+        stdio[8].data.fd = s->coaps_fd[sh->idx];
+    }
     uv_process_options_t opt;
     memset(&opt, 0, sizeof(opt));
     opt.file = s->exe;
     opt.args = args;
     opt.exit_cb = on_child_exit;
     opt.flags = UV_PROCESS_DETACHED;
-    opt.stdio_count = 7;
+    opt.stdio_count = 9;
     opt.stdio = stdio;
     c->sh = sh;
     c->sock = sp[0];
@@ -791,6 +807,68 @@ fail:
         cy_error(NULL, "supervisor: cannot listen on %s (%s): %s", text, what, strerror(errno));
     if (fd >= 0) close(fd);
     return rc;
+}
+
+/* A UDP socket bound to text (CoAP). reuseport: one of a SO_REUSEPORT
+ * group, in which the kernel keeps each source address on one socket. */
+static int open_udp(const char *what, const char *text, bool reuseport, int *out)
+{
+    struct sockaddr_storage ss;
+    int rc = cy_listen_addr_parse(text, &ss);
+    if (rc) {
+        cy_error(NULL, "supervisor: %s %s: expected host:port or [v6]:port", what, text);
+        return rc;
+    }
+    int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) goto fail;
+    int on = 1;
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0) goto fail;
+    /* A burst of datagrams waits in the kernel while the loop is busy. */
+    int rcvbuf = 4 << 20;
+    (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    socklen_t len =
+        ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (bind(fd, (struct sockaddr *)&ss, len) != 0) goto fail;
+    *out = fd;
+    return 0;
+fail:
+    rc = -errno;
+    if (rc == -EADDRINUSE)
+        cy_error(NULL,
+                 "supervisor: cannot bind %s (%s): %s: another process uses that UDP port "
+                 "(`ss -lunp` names it); set %s to another address, or empty to turn it off",
+                 text, what, strerror(errno), what);
+    else
+        cy_error(NULL, "supervisor: cannot bind %s (%s): %s", text, what, strerror(errno));
+    if (fd >= 0) close(fd);
+    return rc;
+}
+
+static void close_udp(sv *s)
+{
+    if (s->coap_fd >= 0) close(s->coap_fd);
+    s->coap_fd = -1;
+    if (s->coaps_fd) {
+        for (unsigned i = 0; i < s->n; i++)
+            if (s->coaps_fd[i] >= 0) close(s->coaps_fd[i]);
+        cy_free(s->coaps_fd);
+        s->coaps_fd = NULL;
+    }
+}
+
+/* The CoAP sockets: one plain socket, and one DTLS socket per shard. */
+static int open_coap(sv *s, const cy_config *cfg)
+{
+    if (cfg->coap_listen[0] && open_udp("coap_listen", cfg->coap_listen, false, &s->coap_fd))
+        return -1;
+    if (!cfg->coaps_listen[0]) return 0;
+    s->coaps_fd = cy_calloc(s->n, sizeof(int));
+    if (!s->coaps_fd) return -1;
+    for (unsigned i = 0; i < s->n; i++)
+        s->coaps_fd[i] = -1;
+    for (unsigned i = 0; i < s->n; i++)
+        if (open_udp("coaps_listen", cfg->coaps_listen, true, &s->coaps_fd[i])) return -1;
+    return 0;
 }
 
 /* ---- the data folder's lock (see the file comment) ---- */
@@ -1065,6 +1143,7 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     s->listen_fd = -1;
     s->http_fd = -1;
     s->ops_fd = -1;
+    s->coap_fd = -1;
     s->nproc = s->n + (cfg->monitor ? 1 : 0);
     if (s->n < 1 || s->n > CY_SB_MAX_SHARDS) {
         cy_error(NULL, "supervisor: shards = %u: must be 1..%d", s->n, CY_SB_MAX_SHARDS);
@@ -1091,9 +1170,19 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
         cy_free(s);
         return 1;
     }
+    if (open_coap(s, cfg)) {
+        close_udp(s);
+        close(s->listen_fd);
+        if (s->http_fd >= 0) close(s->http_fd);
+        if (s->ops_fd >= 0) close(s->ops_fd);
+        close(s->lock_fd);
+        cy_free(s);
+        return 1;
+    }
     rc = cy_scoreboard_create(path, s->n, &s->sb);
     if (rc) {
         cy_error(NULL, "supervisor: cannot create %s: %s", path, cy_strerror(rc));
+        close_udp(s);
         close(s->listen_fd);
         if (s->http_fd >= 0) close(s->http_fd);
         if (s->ops_fd >= 0) close(s->ops_fd);
@@ -1194,6 +1283,7 @@ out_sb:
     close(s->listen_fd);
     if (s->http_fd >= 0) close(s->http_fd);
     if (s->ops_fd >= 0) close(s->ops_fd);
+    close_udp(s);
     int result = s->result;
     close(s->lock_fd);
     cy_free(s);
