@@ -876,6 +876,8 @@ static void on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body
     case F_PUBLISH: on_publish(cl, p, body, len); return;
     case CY_FRAME_API_REQ:
     case CY_FRAME_API_RESP:
+    case CY_FRAME_COAP_IN:
+    case CY_FRAME_COAP_OUT:
         p->frames_in++;
         p->ack_due = true;
         cl->progress++;

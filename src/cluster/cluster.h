@@ -42,6 +42,8 @@
  * (never durable, never holding an acknowledgement). */
 #define CY_FRAME_API_REQ 8
 #define CY_FRAME_API_RESP 9
+#define CY_FRAME_COAP_IN 10  /* a CoAP datagram for the device's owner (coap.c) */
+#define CY_FRAME_COAP_OUT 11 /* a CoAP datagram for a DTLS terminator to send */
 
 typedef struct cy_cluster cy_cluster;
 
@@ -59,7 +61,7 @@ typedef struct cy_cluster_hooks {
     /* A connection handed over by shard `from`: fd is ours, bytes were
      * read from it already. */
     void (*adopt)(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len);
-    /* A frame of type CY_FRAME_API_REQ or CY_FRAME_API_RESP. */
+    /* A frame of type CY_FRAME_API_REQ, _API_RESP, _COAP_IN or _COAP_OUT. */
     void (*frame)(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len);
     /* A held acknowledgement may go now: append bytes to o's output. */
     void (*release)(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t len);
