@@ -1,2 +1,702 @@
-/* coap: the CoAP transport of a shard (coap.h); built up in the next commits. */
-typedef int cy_coap_unused;
+/* coap: the front of the CoAP transport (coap.h): sockets, which shard a
+ * datagram is for, the DTLS terminator, frames between shards, output.
+ *
+ * Which shard (the owner) a datagram is for:
+ *   - a plain request names its device: Uri-Query id=<device id>; the owner
+ *     is cy_shard_of(id). The address is remembered (addr_owner), so that
+ *     the device's pings (empty CON), which name nothing, reach it too; an
+ *     unknown one is answered RST here, which keeps the NAT binding alive.
+ *   - a plain ACK or RST answers one of our confirmable messages, whose id
+ *     we chose as k * shards + owner (coap_mid_for); a response to one of
+ *     our requests carries our token, whose first byte is the owner.
+ *   - over DTLS every record of a session comes from one address to one
+ *     shard (SO_REUSEPORT keeps it there), whose terminator knows the
+ *     device from the PSK identity.
+ * A datagram for another shard goes to it as a CY_FRAME_COAP_IN frame; a
+ * datagram for a shard that is not ready gets 5.03 from here at once (a
+ * hung shard makes its own devices fail fast and nobody else's).
+ *
+ * CY_FRAME_COAP_IN body: via (u8), term (u8), address length (u8) and
+ * bytes, device id length (u8) and bytes, then the datagram (plaintext).
+ * CY_FRAME_COAP_OUT body: address length (u8) and bytes, then the
+ * plaintext datagram for the terminator to encrypt and send.
+ *
+ * Output records (c->out), sent by cy_coap_flush after the commit: via
+ * (u8), term (u8), address length (u8) and bytes, length (u16), datagram.
+ */
+#define _GNU_SOURCE /* recvmmsg */
+#include "coap/coap_int.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+/* Addresses remembered for routing plain pings; the map is emptied when full. */
+#define ADDR_OWNER_MAX 65536
+
+bool coap_addr_eq(const coap_addr *a, const coap_addr *b)
+{
+    if (a->u.sa.sa_family != b->u.sa.sa_family) return false;
+    if (a->u.sa.sa_family == AF_INET)
+        return a->u.in4.sin_port == b->u.in4.sin_port &&
+               a->u.in4.sin_addr.s_addr == b->u.in4.sin_addr.s_addr;
+    return a->u.in6.sin6_port == b->u.in6.sin6_port &&
+           memcmp(&a->u.in6.sin6_addr, &b->u.in6.sin6_addr, 16) == 0;
+}
+
+const char *coap_addr_text(const coap_addr *a, char *buf, size_t len)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (a->u.sa.sa_family == AF_INET) {
+        inet_ntop(AF_INET, &a->u.in4.sin_addr, host, sizeof(host));
+        snprintf(buf, len, "%s:%u", host, ntohs(a->u.in4.sin_port));
+    } else {
+        inet_ntop(AF_INET6, &a->u.in6.sin6_addr, host, sizeof(host));
+        snprintf(buf, len, "[%s]:%u", host, ntohs(a->u.in6.sin6_port));
+    }
+    return buf;
+}
+
+/* The address as compact key bytes: family, port, address. */
+size_t coap_addr_key(const coap_addr *a, uint8_t key[19])
+{
+    if (a->u.sa.sa_family == AF_INET) {
+        key[0] = 4;
+        memcpy(key + 1, &a->u.in4.sin_port, 2);
+        memcpy(key + 3, &a->u.in4.sin_addr, 4);
+        return 7;
+    }
+    key[0] = 6;
+    memcpy(key + 1, &a->u.in6.sin6_port, 2);
+    memcpy(key + 3, &a->u.in6.sin6_addr, 16);
+    return 19;
+}
+
+static bool addr_from(coap_addr *a, const struct sockaddr *sa, socklen_t len)
+{
+    memset(a, 0, sizeof(*a));
+    if (sa->sa_family == AF_INET && len >= (socklen_t)sizeof(struct sockaddr_in)) {
+        memcpy(&a->u.in4, sa, sizeof(struct sockaddr_in));
+        a->len = sizeof(struct sockaddr_in);
+        return true;
+    }
+    if (sa->sa_family == AF_INET6 && len >= (socklen_t)sizeof(struct sockaddr_in6)) {
+        memcpy(&a->u.in6, sa, sizeof(struct sockaddr_in6));
+        a->len = sizeof(struct sockaddr_in6);
+        return true;
+    }
+    return false;
+}
+
+/* ---- the address -> owner memory (plain pings) ---- */
+
+typedef struct addr_entry {
+    uint8_t key[19];
+    uint8_t klen;
+    uint8_t owner;
+} addr_entry;
+
+static void free_entry(void *ctx, void *v)
+{
+    (void)ctx;
+    cy_free(v);
+}
+
+static void addr_forget_all(cy_coap *c)
+{
+    cy_map_each(&c->addr_owner, free_entry, NULL);
+    cy_map_fini(&c->addr_owner);
+    cy_map_init(&c->addr_owner);
+}
+
+static void addr_learn(cy_coap *c, const coap_addr *a, unsigned owner)
+{
+    uint8_t key[19];
+    size_t kl = coap_addr_key(a, key);
+    addr_entry *e = cy_map_get(&c->addr_owner, key, kl);
+    if (e) {
+        e->owner = (uint8_t)owner;
+        return;
+    }
+    if (c->addr_owner.count >= ADDR_OWNER_MAX) addr_forget_all(c);
+    e = cy_malloc(sizeof(*e));
+    if (!e) return;
+    memcpy(e->key, key, kl);
+    e->klen = (uint8_t)kl;
+    e->owner = (uint8_t)owner;
+    if (cy_map_put(&c->addr_owner, e->key, kl, e)) cy_free(e);
+}
+
+static int addr_owner(const cy_coap *c, const coap_addr *a)
+{
+    uint8_t key[19];
+    size_t kl = coap_addr_key(a, key);
+    addr_entry *e = cy_map_get(&c->addr_owner, key, kl);
+    return e ? e->owner : -1;
+}
+
+/* ---- output ---- */
+
+void coap_output(cy_coap *c, uint8_t via, uint8_t term, const coap_addr *a, const uint8_t *p,
+                 size_t len)
+{
+    if (len > 65535) return;
+    uint8_t head[3];
+    head[0] = via;
+    head[1] = term;
+    head[2] = (uint8_t)a->len;
+    if (cy_buf_append(&c->out, head, 3) || cy_buf_append(&c->out, &a->u, a->len) ||
+        cy_buf_put_u16(&c->out, (uint16_t)len) || cy_buf_append(&c->out, p, len))
+        c->stats->coap_dropped++; /* out of memory: lost like a datagram */
+}
+
+static void send_plain(cy_coap *c, const coap_addr *a, const uint8_t *p, size_t len)
+{
+    if (c->udp_fd < 0) return;
+    ssize_t n;
+    do
+        n = sendto(c->udp_fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL, &a->u.sa, a->len);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) c->stats->coap_dropped++; /* a full socket buffer: lost like any datagram */
+}
+
+static void send_frame_out(cy_coap *c, unsigned term, const coap_addr *a, const uint8_t *p,
+                           size_t len)
+{
+    uint8_t head[1 + sizeof(a->u)];
+    head[0] = (uint8_t)a->len;
+    memcpy(head + 1, &a->u, a->len);
+    if (cy_cluster_send(c->cluster, term, CY_FRAME_COAP_OUT, head, 1 + a->len, p, len))
+        c->stats->coap_dropped++;
+}
+
+void cy_coap_flush(cy_coap *c)
+{
+    cy_reader r = cy_reader_of(cy_buf_head(&c->out), cy_buf_size(&c->out));
+    while (cy_reader_left(&r)) {
+        uint8_t via = (uint8_t)cy_reader_be(&r, 1);
+        uint8_t term = (uint8_t)cy_reader_be(&r, 1);
+        uint8_t alen = (uint8_t)cy_reader_be(&r, 1);
+        const uint8_t *ab = cy_reader_take(&r, alen);
+        size_t len = (size_t)cy_reader_be(&r, 2);
+        const uint8_t *p = cy_reader_take(&r, len);
+        if (r.bad || !ab || alen > sizeof(((coap_addr *)0)->u)) break;
+        coap_addr a;
+        memset(&a, 0, sizeof(a));
+        a.len = alen;
+        memcpy(&a.u, ab, alen);
+        if (via == COAP_VIA_PLAIN)
+            send_plain(c, &a, p, len);
+        else if (term == c->self && c->dtls)
+            (void)cy_dtls_send(c->dtls, &a.u.sa, a.len, p, len);
+        else if (term != c->self)
+            send_frame_out(c, term, &a, p, len);
+    }
+    cy_buf_reset(&c->out);
+    if (cy_buf_size(&c->out) == 0) cy_buf_shrink(&c->out);
+}
+
+bool cy_coap_dirty(const cy_coap *c)
+{
+    return cy_buf_size(&c->out) > 0;
+}
+
+/* ---- answers from the front ---- */
+
+void coap_answer_error(cy_coap *c, uint8_t via, uint8_t term, const coap_addr *a,
+                       const cy_coap_msg *m, uint8_t code, const char *diag)
+{
+    if (m->type != CY_COAP_CON && m->type != CY_COAP_NON) return;
+    uint8_t buf[256];
+    cy_coap_writer w;
+    uint16_t mid = m->type == CY_COAP_CON ? m->mid : coap_mid_for(c, c->progress);
+    cy_coap_w_init(&w, buf, sizeof(buf), m->type == CY_COAP_CON ? CY_COAP_ACK : CY_COAP_NON, code,
+                   mid, m->token, m->tkl);
+    if (code == CY_COAP_UNAVAILABLE) cy_coap_w_opt_uint(&w, CY_COAP_OPT_MAX_AGE, 5);
+    if (code == CY_COAP_TOO_LARGE)
+        cy_coap_w_opt_uint(&w, CY_COAP_OPT_SIZE1, c->cfg->coap_max_message);
+    if (diag) cy_coap_w_payload(&w, diag, strnlen(diag, 128));
+    size_t len;
+    if (cy_coap_w_end(&w, &len) == 0) coap_output(c, via, term, a, buf, len);
+}
+
+static void answer_rst(cy_coap *c, uint8_t via, uint8_t term, const coap_addr *a, uint16_t mid)
+{
+    uint8_t b[CY_COAP_HEADER];
+    coap_output(c, via, term, a, b, cy_coap_empty(b, CY_COAP_RST, mid));
+}
+
+/* ---- dispatch ---- */
+
+/* Send a datagram to owner over the bus (or answer 5.03 if it cannot take it). */
+static void forward(cy_coap *c, unsigned owner, uint8_t via, uint8_t term, const coap_addr *a,
+                    const char *id, size_t id_len, const cy_coap_msg *m, const uint8_t *raw,
+                    size_t len)
+{
+    char why[96];
+    if (!cy_cluster_shard_ready(c->cluster, owner, why, sizeof(why))) {
+        c->stats->coap_dropped++;
+        if (m && CY_COAP_CLASS(m->code) == 0 && m->code != CY_COAP_EMPTY)
+            coap_answer_error(c, via, term, a, m, CY_COAP_UNAVAILABLE,
+                              "the device's shard is unavailable");
+        return;
+    }
+    uint8_t head[4 + sizeof(a->u) + 255];
+    size_t h = 0;
+    head[h++] = via;
+    head[h++] = term;
+    head[h++] = (uint8_t)a->len;
+    memcpy(head + h, &a->u, a->len);
+    h += a->len;
+    head[h++] = (uint8_t)id_len;
+    if (id_len) memcpy(head + h, id, id_len);
+    h += id_len;
+    if (cy_cluster_send(c->cluster, owner, CY_FRAME_COAP_IN, head, h, raw, len))
+        c->stats->coap_dropped++;
+    c->progress++;
+}
+
+/* A plain datagram (decoded as m) read here from a. */
+static void plain_input(cy_coap *c, const coap_addr *a, const uint8_t *raw, size_t len)
+{
+    cy_coap_msg m;
+    int rc = cy_coap_decode(raw, len, &m);
+    if (rc == CY_EINVAL) { /* not CoAP: silently ignored (RFC 7252 3) */
+        c->stats->coap_dropped++;
+        return;
+    }
+    if (rc == CY_EPROTO) { /* a format error: a CON is rejected, the rest ignored */
+        c->stats->coap_dropped++;
+        if (m.type == CY_COAP_CON) answer_rst(c, COAP_VIA_PLAIN, 0, a, m.mid);
+        return;
+    }
+    if (rc == CY_EMSGSIZE) {
+        c->stats->coap_dropped++;
+        if (CY_COAP_CLASS(m.code) == 0 && m.code != CY_COAP_EMPTY)
+            coap_answer_error(c, COAP_VIA_PLAIN, 0, a, &m, CY_COAP_BAD_OPTION,
+                              "too many or too long options");
+        else if (m.type == CY_COAP_CON)
+            answer_rst(c, COAP_VIA_PLAIN, 0, a, m.mid);
+        return;
+    }
+    uint8_t cls = CY_COAP_CLASS(m.code);
+    int owner = -1;
+    const uint8_t *id = NULL;
+    size_t id_len = 0;
+    if (m.code == CY_COAP_EMPTY) {
+        if (m.type == CY_COAP_ACK || m.type == CY_COAP_RST) {
+            owner = (int)(m.mid % c->nshards); /* our ids: k * shards + owner */
+        } else if (m.type == CY_COAP_CON) {    /* a ping */
+            owner = addr_owner(c, a);
+            if (owner < 0) {
+                answer_rst(c, COAP_VIA_PLAIN, 0, a, m.mid);
+                return;
+            }
+        } else {
+            c->stats->coap_dropped++; /* an empty NON: meaningless */
+            return;
+        }
+    } else if (cls == 0) { /* a request names its device */
+        if (!c->cfg->coap_insecure && !c->cfg->allow_anonymous) {
+            c->stats->coap_dropped++;
+            coap_answer_error(c, COAP_VIA_PLAIN, 0, a, &m, CY_COAP_UNAUTHORIZED,
+                              "plain CoAP is off here: use CoAP over DTLS (coaps)");
+            return;
+        }
+        if (cy_coap_query(&m, "id", &id, &id_len) || id_len == 0 || id_len > CY_MAX_CLIENT_ID) {
+            c->stats->coap_dropped++;
+            coap_answer_error(c, COAP_VIA_PLAIN, 0, a, &m, CY_COAP_BAD_REQUEST,
+                              "name the device: ?id=<device id>");
+            return;
+        }
+        owner = (int)cy_shard_of((const char *)id, id_len, c->nshards);
+        addr_learn(c, a, (unsigned)owner);
+    } else if (cls >= 2 && cls <= 5) { /* a response to one of our requests */
+        owner = m.tkl ? (int)(m.token[0] % c->nshards) : -1;
+        if (owner < 0) {
+            c->stats->coap_dropped++;
+            if (m.type == CY_COAP_CON) answer_rst(c, COAP_VIA_PLAIN, 0, a, m.mid);
+            return;
+        }
+    } else { /* a reserved class */
+        c->stats->coap_dropped++;
+        if (m.type == CY_COAP_CON) answer_rst(c, COAP_VIA_PLAIN, 0, a, m.mid);
+        return;
+    }
+    if ((unsigned)owner == c->self) {
+        c->stats->coap_received++;
+        coap_ep_input(c, (const char *)id, id_len, COAP_VIA_PLAIN, 0, a, &m, raw, len);
+        return;
+    }
+    forward(c, (unsigned)owner, COAP_VIA_PLAIN, 0, a, (const char *)id, id_len, &m, raw, len);
+}
+
+/* ---- the DTLS terminator's hooks ---- */
+
+static int dtls_psk(void *ctx, const char *identity, uint8_t *key, size_t max)
+{
+    cy_coap *c = ctx;
+    return cy_registry_device_psk(c->registry, identity, strlen(identity), key, max);
+}
+
+static void dtls_send(void *ctx, const struct sockaddr *addr, socklen_t alen, const uint8_t *p,
+                      size_t len)
+{
+    cy_coap *c = ctx;
+    ssize_t n;
+    do
+        n = sendto(c->dtls_fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL, addr, alen);
+    while (n < 0 && errno == EINTR);
+    if (n < 0) c->stats->coap_dropped++;
+}
+
+static void dtls_up(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity)
+{
+    cy_coap *c = ctx;
+    c->stats->coaps_handshakes++;
+    if (cy_log_enabled(CY_LOG_DEBUG)) {
+        coap_addr a;
+        char t[64];
+        if (addr_from(&a, addr, alen))
+            cy_debug(identity, "DTLS session from %s", coap_addr_text(&a, t, sizeof(t)));
+    }
+}
+
+static void dtls_data(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity,
+                      const uint8_t *p, size_t len)
+{
+    cy_coap *c = ctx;
+    coap_addr a;
+    if (!addr_from(&a, addr, alen)) return;
+    size_t id_len = strlen(identity);
+    unsigned owner = cy_shard_of(identity, id_len, c->nshards);
+    cy_coap_msg m;
+    int rc = cy_coap_decode(p, len, &m);
+    if (rc == CY_EINVAL) {
+        c->stats->coap_dropped++;
+        return;
+    }
+    if (rc == CY_EPROTO) {
+        c->stats->coap_dropped++;
+        if (m.type == CY_COAP_CON) answer_rst(c, COAP_VIA_DTLS, (uint8_t)c->self, &a, m.mid);
+        return;
+    }
+    if (rc == CY_EMSGSIZE) {
+        c->stats->coap_dropped++;
+        if (CY_COAP_CLASS(m.code) == 0 && m.code != CY_COAP_EMPTY)
+            coap_answer_error(c, COAP_VIA_DTLS, (uint8_t)c->self, &a, &m, CY_COAP_BAD_OPTION,
+                              "too many or too long options");
+        return;
+    }
+    if (owner == c->self) {
+        c->stats->coap_received++;
+        coap_ep_input(c, identity, id_len, COAP_VIA_DTLS, (uint8_t)c->self, &a, &m, p, len);
+        return;
+    }
+    forward(c, owner, COAP_VIA_DTLS, (uint8_t)c->self, &a, identity, id_len, &m, p, len);
+}
+
+static void dtls_down(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity,
+                      const char *why)
+{
+    cy_coap *c = ctx;
+    coap_addr a;
+    if (!addr_from(&a, addr, alen)) return;
+    cy_debug(identity, "DTLS session ended: %s", why);
+    size_t id_len = strlen(identity);
+    unsigned owner = cy_shard_of(identity, id_len, c->nshards);
+    if (owner == c->self) {
+        coap_ep_closed(c, identity, id_len, (uint8_t)c->self, &a);
+        return;
+    }
+    char whyb[8];
+    if (!cy_cluster_shard_ready(c->cluster, owner, whyb, sizeof(whyb))) return;
+    uint8_t head[4 + sizeof(a.u) + 255];
+    size_t h = 0;
+    head[h++] = COAP_VIA_CLOSED;
+    head[h++] = (uint8_t)c->self;
+    head[h++] = (uint8_t)a.len;
+    memcpy(head + h, &a.u, a.len);
+    h += a.len;
+    head[h++] = (uint8_t)id_len;
+    memcpy(head + h, identity, id_len);
+    h += id_len;
+    (void)cy_cluster_send(c->cluster, owner, CY_FRAME_COAP_IN, head, h, NULL, 0);
+}
+
+/* ---- frames ---- */
+
+void cy_coap_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
+{
+    cy_coap *c = ctx;
+    if (c->stopping) return;
+    cy_reader r = cy_reader_of(body, len);
+    c->progress++;
+    if (type == CY_FRAME_COAP_OUT) {
+        uint8_t alen = (uint8_t)cy_reader_be(&r, 1);
+        const uint8_t *ab = cy_reader_take(&r, alen);
+        if (r.bad || alen > sizeof(((coap_addr *)0)->u) || !c->dtls) return;
+        coap_addr a;
+        memset(&a, 0, sizeof(a));
+        a.len = alen;
+        memcpy(&a.u, ab, alen);
+        size_t n = cy_reader_left(&r);
+        if (cy_dtls_send(c->dtls, &a.u.sa, a.len, r.p, n)) c->stats->coap_dropped++;
+        return;
+    }
+    if (type != CY_FRAME_COAP_IN) return;
+    uint8_t via = (uint8_t)cy_reader_be(&r, 1);
+    uint8_t term = (uint8_t)cy_reader_be(&r, 1);
+    uint8_t alen = (uint8_t)cy_reader_be(&r, 1);
+    const uint8_t *ab = cy_reader_take(&r, alen);
+    uint8_t id_len = (uint8_t)cy_reader_be(&r, 1);
+    const uint8_t *id = cy_reader_take(&r, id_len);
+    if (r.bad || alen > sizeof(((coap_addr *)0)->u) || term >= c->nshards) return;
+    coap_addr a;
+    memset(&a, 0, sizeof(a));
+    a.len = alen;
+    memcpy(&a.u, ab, alen);
+    if (via == COAP_VIA_CLOSED) {
+        coap_ep_closed(c, (const char *)id, id_len, term, &a);
+        return;
+    }
+    size_t n = cy_reader_left(&r);
+    cy_coap_msg m;
+    if (cy_coap_decode(r.p, n, &m)) return; /* the sender decoded it already */
+    c->stats->coap_received++;
+    (void)from;
+    coap_ep_input(c, (const char *)id, id_len, via, term, &a, &m, r.p, n);
+}
+
+/* ---- reading ---- */
+
+/* Read what the socket holds, a batch at a time (at most a few batches per
+ * wake-up, so one busy socket does not starve the loop). */
+static void read_socket(cy_coap *c, int fd, bool dtls)
+{
+    struct mmsghdr msgs[COAP_BATCH];
+    struct iovec iov[COAP_BATCH];
+    struct sockaddr_storage from[COAP_BATCH];
+    for (int round = 0; round < 4; round++) {
+        for (unsigned i = 0; i < COAP_BATCH; i++) {
+            iov[i].iov_base = c->rbuf + i * c->rbuf_each;
+            iov[i].iov_len = c->rbuf_each;
+            memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_name = &from[i];
+            msgs[i].msg_hdr.msg_namelen = sizeof(from[i]);
+        }
+        int n = recvmmsg(fd, msgs, COAP_BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0) return;
+        int64_t now = uv_now(c->loop);
+        for (int i = 0; i < n; i++) {
+            coap_addr a;
+            c->progress++;
+            if (!addr_from(&a, (struct sockaddr *)&from[i], msgs[i].msg_hdr.msg_namelen)) continue;
+            const uint8_t *p = iov[i].iov_base;
+            size_t len = msgs[i].msg_len;
+            if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) { /* over what we take */
+                c->stats->coap_dropped++;
+                if (!dtls && len >= CY_COAP_HEADER && (p[0] >> 6) == 1 && ((p[0] >> 4) & 3) == 0 &&
+                    (p[0] & 15) <= 8 && len >= CY_COAP_HEADER + (size_t)(p[0] & 15)) {
+                    cy_coap_msg m;
+                    memset(&m, 0, sizeof(m));
+                    m.type = CY_COAP_CON;
+                    m.mid = (uint16_t)(p[2] << 8 | p[3]);
+                    m.tkl = p[0] & 15;
+                    memcpy(m.token, p + 4, m.tkl);
+                    coap_answer_error(c, COAP_VIA_PLAIN, 0, &a, &m, CY_COAP_TOO_LARGE, NULL);
+                }
+                continue;
+            }
+            if (dtls)
+                cy_dtls_input(c->dtls, &a.u.sa, a.len, p, len, now);
+            else
+                plain_input(c, &a, p, len);
+        }
+        if (n < COAP_BATCH) return;
+    }
+}
+
+static void on_udp(uv_poll_t *h, int status, int events)
+{
+    cy_coap *c = h->data;
+    if (status < 0 || !(events & UV_READABLE) || c->stalled) return;
+    read_socket(c, c->udp_fd, false);
+}
+
+static void on_dtls(uv_poll_t *h, int status, int events)
+{
+    cy_coap *c = h->data;
+    if (status < 0 || !(events & UV_READABLE) || c->stalled) return;
+    read_socket(c, c->dtls_fd, true);
+}
+
+/* ---- lifecycle ---- */
+
+int cy_coap_new(const cy_coap_deps *deps, cy_coap **out)
+{
+    cy_coap *c = cy_calloc(1, sizeof(*c));
+    if (!c) return CY_ENOMEM;
+    c->loop = deps->loop;
+    c->cfg = deps->cfg;
+    c->registry = deps->registry;
+    c->router = deps->router;
+    c->cluster = deps->cluster;
+    c->devices = deps->devices;
+    c->space = deps->space;
+    c->stats = deps->stats;
+    c->self = deps->self;
+    c->nshards = deps->nshards ? deps->nshards : 1;
+    c->udp_fd = c->dtls_fd = -1;
+    cy_map_init(&c->addr_owner);
+    cy_map_init(&c->eps);
+    cy_map_init(&c->by_addr);
+    cy_buf_init(&c->out);
+    if (RAND_bytes(c->echo_key, sizeof(c->echo_key)) != 1) {
+        cy_free(c);
+        return CY_EIO;
+    }
+    *out = c;
+    return 0;
+}
+
+static int open_fd(cy_coap *c, int fd, int *mine, uv_poll_t *poll)
+{
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 10);
+    if (d < 0) return -errno;
+    int rc = uv_poll_init(c->loop, poll, d);
+    if (rc) {
+        close(d);
+        return rc;
+    }
+    poll->data = c;
+    *mine = d;
+    return 0;
+}
+
+int cy_coap_open(cy_coap *c, int udp_fd, int dtls_fd)
+{
+    size_t each = c->cfg->coap_max_message + 64; /* room for the DTLS record's overhead */
+    c->rbuf_each = each < 1500 ? 1500 : each;
+    c->rbuf = cy_malloc(COAP_BATCH * c->rbuf_each);
+    if (!c->rbuf) return CY_ENOMEM;
+    int rc;
+    if (udp_fd >= 0) {
+        if ((rc = open_fd(c, udp_fd, &c->udp_fd, &c->udp_poll))) return rc;
+        c->udp_polling = true;
+    }
+    if (dtls_fd >= 0) {
+        cy_dtls_options o = {
+            .max_peers = c->cfg->coaps_max_peers,
+            .handshakes_per_sec = c->cfg->coaps_handshake_rate,
+            .idle_ms = c->cfg->coap_idle_timeout * 1000u,
+            .mtu =
+                (uint16_t)(c->cfg->coap_max_message + 64 > 65000 ? 65000
+                                                                 : c->cfg->coap_max_message + 64),
+        };
+        cy_dtls_hooks h = {dtls_psk, dtls_send, dtls_up, dtls_data, dtls_down, c};
+        if ((rc = cy_dtls_new(&o, &h, &c->dtls))) return rc;
+        if ((rc = open_fd(c, dtls_fd, &c->dtls_fd, &c->dtls_poll))) return rc;
+        c->dtls_polling = true;
+    }
+    return 0;
+}
+
+int cy_coap_accept(cy_coap *c)
+{
+    int rc = 0;
+    c->accepting = true;
+    if (c->udp_polling) rc = uv_poll_start(&c->udp_poll, UV_READABLE, on_udp);
+    if (!rc && c->dtls_polling) rc = uv_poll_start(&c->dtls_poll, UV_READABLE, on_dtls);
+    return rc;
+}
+
+void cy_coap_stall(cy_coap *c)
+{
+    c->stalled = true;
+    if (c->udp_polling) uv_poll_stop(&c->udp_poll);
+    if (c->dtls_polling) uv_poll_stop(&c->dtls_poll);
+}
+
+void cy_coap_stop(cy_coap *c)
+{
+    if (c->stopping) return;
+    if (c->dtls) cy_dtls_close_all(c->dtls);
+    coap_ep_free_all(c, true);
+    c->stopping = true;
+    if (c->udp_polling) uv_close((uv_handle_t *)&c->udp_poll, NULL);
+    if (c->dtls_polling) uv_close((uv_handle_t *)&c->dtls_poll, NULL);
+    c->udp_polling = c->dtls_polling = false;
+}
+
+void cy_coap_free(cy_coap *c)
+{
+    if (!c) return;
+    coap_ep_free_all(c, false);
+    cy_map_fini(&c->eps);
+    cy_map_fini(&c->by_addr);
+    addr_forget_all(c);
+    cy_map_fini(&c->addr_owner);
+    cy_dtls_free(c->dtls);
+    if (c->udp_fd >= 0) close(c->udp_fd);
+    if (c->dtls_fd >= 0) close(c->dtls_fd);
+    cy_buf_fini(&c->out);
+    cy_free(c->rbuf);
+    cy_free(c);
+}
+
+void cy_coap_tick(cy_coap *c, int64_t now)
+{
+    if (c->stopping) return;
+    coap_ep_tick(c, now);
+    if (c->dtls) cy_dtls_tick(c->dtls, now);
+}
+
+void cy_coap_sweep(cy_coap *c, int64_t now)
+{
+    if (c->stopping) return;
+    coap_ep_sweep(c, now);
+    if (c->dtls) {
+        const cy_dtls_stats *st = cy_dtls_get_stats(c->dtls);
+        c->stats->coaps_handshake_failures = st->handshakes_failed + st->refused;
+    }
+}
+
+void cy_coap_kick(cy_coap *c, const char *id)
+{
+    if (c->dtls) cy_dtls_kick(c->dtls, id);
+}
+
+uint32_t cy_coap_online(const cy_coap *c)
+{
+    return c->online;
+}
+
+uint64_t cy_coap_progress(const cy_coap *c)
+{
+    return c->progress;
+}
+
+uint64_t cy_coap_owed(const cy_coap *c, int64_t now)
+{
+    uint64_t owed = coap_ep_owed(c, now);
+    /* Our own DTLS socket is read by us alone: datagrams left in it while
+     * we do not read are ours (the shared plain one others read too). */
+    int n = 0;
+    if (c->dtls_fd >= 0 && c->accepting && !c->stopping && ioctl(c->dtls_fd, FIONREAD, &n) == 0 &&
+        n > 0)
+        owed++;
+    return owed;
+}

@@ -53,6 +53,8 @@
 #define LISTEN_FD 3
 #define SUPERVISOR_FD 4
 #define HTTP_FD 5
+#define COAP_FD 7  /* the plain CoAP socket, when coap_listen is set */
+#define COAPS_FD 8 /* this shard's DTLS socket, when coaps_listen is set */
 #define BEAT_MS 100
 #define RELOAD_MAX 8192 /* bytes of one reload message from the supervisor */
 
@@ -315,7 +317,9 @@ int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation)
         cy_error(NULL, "shard %u: cannot load its state: %s", index, cy_strerror(rc));
         goto out_loop;
     }
-    if (cy_shard_start(sh.shard, LISTEN_FD, cfg->http_listen[0] ? HTTP_FD : -1)) {
+    cy_shard_fds fds = {LISTEN_FD, cfg->http_listen[0] ? HTTP_FD : -1,
+                        cfg->coap_listen[0] ? COAP_FD : -1, cfg->coaps_listen[0] ? COAPS_FD : -1};
+    if (cy_shard_start(sh.shard, &fds)) {
         cy_error(NULL, "shard %u: cannot start serving", index);
         cy_shard_stop(sh.shard);
         uv_run(&sh.loop, UV_RUN_DEFAULT);
@@ -323,6 +327,8 @@ int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation)
     }
     close(LISTEN_FD); /* the shard holds its own duplicates */
     if (cfg->http_listen[0]) close(HTTP_FD);
+    if (cfg->coap_listen[0]) close(COAP_FD);
+    if (cfg->coaps_listen[0]) close(COAPS_FD);
     uv_signal_init(&sh.loop, &sh.sigterm);
     uv_signal_init(&sh.loop, &sh.sigint);
     uv_signal_init(&sh.loop, &sh.sigusr1);

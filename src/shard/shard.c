@@ -27,6 +27,7 @@
 
 #include "api/api.h"
 #include "cluster/cluster.h"
+#include "coap/coap.h"
 #include "core/cy_alloc.h"
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
@@ -83,6 +84,7 @@ struct cy_shard {
     cy_cluster *cluster;
     cy_devices *devices;
     cy_mqtt *mqtt;
+    cy_coap *coap;         /* CoAP and DTLS devices */
     cy_webhooks *webhooks; /* the event log's numbering and webhook deliveries */
     cy_api *api;           /* NULL when http_listen is empty */
     /* the loop */
@@ -215,7 +217,7 @@ static void on_pass_end(uv_check_t *h)
 static uint64_t shard_progress(const cy_shard *b)
 {
     return cy_mqtt_progress(b->mqtt) + cy_cluster_progress(b->cluster) +
-           cy_devices_progress(b->devices);
+           cy_devices_progress(b->devices) + cy_coap_progress(b->coap);
 }
 
 void cy_shard_beat(cy_shard *b)
@@ -250,6 +252,7 @@ void cy_shard_stall(cy_shard *b)
     b->stalled = true;
     cy_cluster_stall(b->cluster);
     cy_mqtt_stall(b->mqtt);
+    cy_coap_stall(b->coap);
 }
 
 /* ---- owed work ---- */
@@ -271,7 +274,8 @@ static void on_owed_scan(uv_timer_t *t)
     uint64_t held = cy_cluster_owed_held(b->cluster, now);
     uint64_t frames = cy_cluster_owed_frames(b->cluster);
     uint64_t hooks = cy_webhooks_owed(b->webhooks);
-    b->owed = input + deliveries + calls + held + frames + hooks;
+    uint64_t coap = cy_coap_owed(b->coap, now);
+    b->owed = input + deliveries + calls + held + frames + hooks + coap;
     if (b->slot) cy_sb_storeu(&b->slot->queued, b->owed);
     uint64_t done = shard_progress(b);
     if (!b->owed || !b->owed_since || done != b->owed_progress) {
@@ -286,10 +290,10 @@ static void on_owed_scan(uv_timer_t *t)
             "owed work has not moved for %.1f s: %llu sockets with unread input or "
             "connections to accept, %llu messages deliverable, %llu calls past their deadline, "
             "%llu held acknowledgements due, %llu frames for peers unwritten, %llu webhook "
-            "deliveries due",
+            "deliveries due, %llu CoAP datagrams unread or retransmissions late",
             (double)(now - b->owed_since) / 1000.0, (unsigned long long)input,
             (unsigned long long)deliveries, (unsigned long long)calls, (unsigned long long)held,
-            (unsigned long long)frames, (unsigned long long)hooks);
+            (unsigned long long)frames, (unsigned long long)hooks, (unsigned long long)coap);
 }
 
 /* ---- the sweep ---- */
@@ -379,10 +383,28 @@ static void registry_end_reads(void *ctx)
     cy_registry_end_reads(ctx); /* the next pass sees the CLI's changes */
 }
 
-static void devices_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body,
-                          size_t len)
+static void layers_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
 {
-    cy_devices_on_frame(((cy_shard *)ctx)->devices, from, type, body, len);
+    cy_shard *b = ctx;
+    if (type == CY_FRAME_COAP_IN || type == CY_FRAME_COAP_OUT)
+        cy_coap_on_frame(b->coap, from, type, body, len);
+    else
+        cy_devices_on_frame(b->devices, from, type, body, len);
+}
+
+static void coap_flush(void *ctx)
+{
+    cy_coap_flush(ctx);
+}
+
+static bool coap_more(const void *ctx)
+{
+    return cy_coap_dirty(ctx);
+}
+
+static void coap_sweep(void *ctx, int64_t now)
+{
+    cy_coap_sweep(ctx, now);
 }
 
 /* Deadlines of device calls and requests, every DEVICE_TICK_MS. */
@@ -390,6 +412,7 @@ static void on_device_tick(uv_timer_t *t)
 {
     cy_shard *b = t->data;
     cy_devices_tick(b->devices, cy_mono_ms());
+    cy_coap_tick(b->coap, (int64_t)uv_now(b->loop));
 }
 
 static void mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len)
@@ -412,7 +435,7 @@ static int compose(cy_shard *b)
     cy_cluster_options co = {b->self, b->nshards, b->generation, b->sb};
     rc = cy_cluster_new(b->loop, b->cfg, b->store, b->router, &b->stats, &co, &b->cluster);
     if (rc) return rc;
-    cy_cluster_hooks ch = {.adopt = mqtt_adopt, .frame = devices_frame, .release = mqtt_release,
+    cy_cluster_hooks ch = {.adopt = mqtt_adopt, .frame = layers_frame, .release = mqtt_release,
                            .ctx = b};
     cy_cluster_set_hooks(b->cluster, &ch);
     rc = cy_devices_new(b->loop, b->cfg, b->store, b->router, b->cluster, &b->stats, &b->hists,
@@ -434,6 +457,20 @@ static int compose(cy_shard *b)
     };
     rc = cy_mqtt_new(&md, &b->mqtt);
     if (rc) return rc;
+    cy_coap_deps cd = {
+        .loop = b->loop,
+        .cfg = b->cfg,
+        .registry = b->registry,
+        .router = b->router,
+        .cluster = b->cluster,
+        .devices = b->devices,
+        .space = &b->space,
+        .stats = &b->stats,
+        .self = b->self,
+        .nshards = b->nshards,
+    };
+    rc = cy_coap_new(&cd, &b->coap);
+    if (rc) return rc;
     cy_webhooks_deps wd = {
         .loop = b->loop,
         .cfg = b->cfg,
@@ -453,10 +490,12 @@ static int compose(cy_shard *b)
         (rc = cy_shard_on_pass(b, CY_PASS_BEFORE_COMMIT, cluster_before, NULL, b->cluster)) ||
         (rc = cy_shard_on_pass(b, CY_PASS_BEFORE_COMMIT, cy_webhooks_pass, NULL, b->webhooks)) ||
         (rc = cy_shard_on_pass(b, CY_PASS_AFTER_COMMIT, mqtt_flush, mqtt_more, b->mqtt)) ||
+        (rc = cy_shard_on_pass(b, CY_PASS_AFTER_COMMIT, coap_flush, coap_more, b->coap)) ||
         (rc = cy_shard_on_pass(b, CY_PASS_AFTER_COMMIT, cluster_after, NULL, b->cluster)) ||
         (rc = cy_shard_on_pass(b, CY_PASS_END, registry_end_reads, NULL, b->registry)) ||
         (rc = cy_shard_on_sweep(b, mqtt_sweep, b->mqtt)) ||
         (rc = cy_shard_on_sweep(b, devices_sweep, b->devices)) ||
+        (rc = cy_shard_on_sweep(b, coap_sweep, b->coap)) ||
         (rc = cy_shard_on_sweep(b, cluster_sweep, b->cluster)))
         return rc;
     return 0;
@@ -510,8 +549,9 @@ fail:
 
 static void on_ready(uv_timer_t *t);
 
-int cy_shard_start(cy_shard *b, int listen_fd, int http_fd)
+int cy_shard_start(cy_shard *b, const cy_shard_fds *fds)
 {
+    int listen_fd = fds->mqtt, http_fd = fds->http;
     /* Every handle cy_shard_stop closes is initialised before anything
      * here can fail: closing one never initialised aborts the process. */
     uv_check_init(b->loop, &b->pass_end);
@@ -529,6 +569,11 @@ int cy_shard_start(cy_shard *b, int listen_fd, int http_fd)
     if (rc) return rc;
     rc = cy_cluster_start(b->cluster);
     if (rc) return rc;
+    rc = cy_coap_open(b->coap, fds->coap, fds->coaps);
+    if (rc) {
+        cy_error(NULL, "coap: %s", cy_strerror(rc));
+        return rc;
+    }
     rc = cy_webhooks_start(b->webhooks);
     if (rc) {
         cy_error(NULL, "webhooks: %s", cy_strerror(rc));
@@ -599,6 +644,7 @@ static void on_ready(uv_timer_t *t)
     uv_timer_stop(t);
     if (b->slot) cy_sb_store(&b->slot->accepting, 1);
     if (cy_mqtt_accept(b->mqtt)) return;
+    if (cy_coap_accept(b->coap)) cy_error(NULL, "coap: cannot poll its sockets");
     if (b->api) cy_api_listen(b->api);
     if (ready)
         cy_info(NULL, "shard %u/%u serving MQTT on %s", b->self, b->nshards, b->cfg->mqtt_listen);
@@ -612,11 +658,13 @@ void cy_shard_stop(cy_shard *b)
     if (b->stopping) return;
     b->stopping = true;
     cy_mqtt_stop(b->mqtt);
+    cy_coap_stop(b->coap);
     if (b->api) cy_api_stop(b->api);
     cy_cluster_stop(b->cluster);
     cy_webhooks_stop(b->webhooks);
     cy_store_commit(b->store);
     cy_mqtt_flush(b->mqtt); /* the closed connections' last output, after the commit */
+    cy_coap_flush(b->coap);
     if (b->handles) {
         uv_close((uv_handle_t *)&b->pass_end, NULL);
         uv_close((uv_handle_t *)&b->sweep, NULL);
@@ -633,6 +681,7 @@ void cy_shard_free(cy_shard *b)
     /* Highest layer first: each holds references into the ones below. */
     cy_api_free(b->api);
     cy_mqtt_free(b->mqtt);
+    cy_coap_free(b->coap);
     cy_webhooks_free(b->webhooks);
     cy_devices_free(b->devices);
     cy_store_commit(b->store);

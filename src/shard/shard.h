@@ -2,7 +2,7 @@
  *
  * A cy_shard owns one of each layer over one store: the router (router.h),
  * the cluster (cluster.h), the device layer (device.h), the MQTT gateway
- * (gateway.h) and, when http_listen is set, the HTTP API (api.h). It holds
+ * (gateway.h), the CoAP transport (coap.h) and, when http_listen is set, the HTTP API (api.h). It holds
  * no global state, so N shards run as N processes with the same code.
  *
  * One loop pass: libuv reads sockets and the layers handle what came,
@@ -64,11 +64,17 @@ int cy_shard_on_sweep(cy_shard *sh, void (*fn)(void *ctx, int64_t now), void *ct
 /* Build the layers and load the persistent state from store. place is copied. */
 int cy_shard_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_registry *registry,
                  const cy_shard_place *place, cy_shard **out);
-/* Start serving: the MQTT listening socket listen_fd and, when http_fd >= 0,
- * the HTTP one (both inherited, duplicated, not owned); join the bus when
- * there are several shards; start the loop's handles. Clients are taken
- * once every shard is ready (or after a wait). */
-int cy_shard_start(cy_shard *sh, int listen_fd, int http_fd);
+/* The sockets a shard serves on (inherited from the supervisor; -1 = off). */
+typedef struct cy_shard_fds {
+    int mqtt;  /* the MQTT listening socket */
+    int http;  /* the HTTP API's */
+    int coap;  /* the plain CoAP UDP socket, shared by every shard */
+    int coaps; /* this shard's CoAP over DTLS UDP socket (one of a SO_REUSEPORT group) */
+} cy_shard_fds;
+/* Start serving on fds (duplicated, not owned); join the bus when there
+ * are several shards; start the loop's handles. Clients are taken once
+ * every shard is ready (or after a wait). */
+int cy_shard_start(cy_shard *sh, const cy_shard_fds *fds);
 /* Write heartbeat, progress, owed work (`queued`, as last summed by the
  * owed-work timer, every cy_watchdog_owed_interval) and counters to this
  * shard's scoreboard slot. Every pass does; call it from a timer too, so

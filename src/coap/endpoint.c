@@ -1,0 +1,912 @@
+/* endpoint: a CoAP device as its owner shard sees it (coap_int.h).
+ *
+ * One endpoint per device heard here as its owner. It is the device's
+ * cy_link while the device is online, that is while its address is fresh:
+ * heard within coap_idle_timeout. Going online attaches the device's
+ * session (persistent for coap_session_expiry, so QoS 1 messages wait for
+ * a device that sleeps) and resends what was in flight; going offline
+ * (idle, our retransmissions unanswered, its DTLS session closed, a
+ * takeover or a deletion) detaches it.
+ *
+ * The device convention over CoAP (docs/device-protocol.md):
+ *   POST /e/<name>      an event, devices/<id>/events/<name>: a CON is QoS 1,
+ *                       answered 2.04 only after it is on disk; a NON is QoS 0
+ *   POST /t/<topic>     a publish on any topic the device may use
+ *   PUT  /d             its describe (JSON), kept retained
+ *   POST /s/<filter>    subscribe (?qos=0|1, default 1); DELETE unsubscribes;
+ *                       GET reads the retained message of a topic
+ *   empty CON           a ping: RST, and the device is heard
+ * and the cloud's requests to the device, one outstanding at a time (NSTART
+ * 1), confirmable ones retransmitted at ACK_TIMEOUT..x1.5, doubling, at most
+ * MAX_RETRANSMIT times:
+ *   POST /m/<topic>     a message for the device (CON for QoS 1, NON for 0)
+ *   POST /c/<function>  a function call: the response's payload is its return value
+ *   GET  /v/<variable>  a variable read: the response's payload is the value
+ *
+ * Deduplication: the responses to the device's last COAP_SEEN messages are
+ * kept (for EXCHANGE_LIFETIME); a repeated message id gets the same
+ * response again and is not handled twice.
+ */
+#include "coap/coap_int.h"
+
+#include "core/cy_alloc.h"
+#include "core/cy_clock.h"
+#include "core/cy_err.h"
+#include "core/cy_log.h"
+#include "core/cy_reason.h"
+#include "router/topic.h"
+
+#include <openssl/hmac.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PATH_MAX_BYTES 1024
+
+static coap_ep *ep_of(cy_link *l)
+{
+    return (coap_ep *)l;
+}
+
+static int64_t now_ms(const cy_coap *c)
+{
+    return (int64_t)uv_now(c->loop);
+}
+
+/* ---- the busy list (endpoints with an outstanding message) ---- */
+
+static void busy_link(cy_coap *c, coap_ep *ep)
+{
+    if (ep->busy_linked) return;
+    ep->busy_prev = NULL;
+    ep->busy_next = c->busy;
+    if (c->busy) c->busy->busy_prev = ep;
+    c->busy = ep;
+    ep->busy_linked = true;
+}
+
+static void busy_unlink(cy_coap *c, coap_ep *ep)
+{
+    if (!ep->busy_linked) return;
+    if (ep->busy_prev)
+        ep->busy_prev->busy_next = ep->busy_next;
+    else
+        c->busy = ep->busy_next;
+    if (ep->busy_next) ep->busy_next->busy_prev = ep->busy_prev;
+    ep->busy_next = ep->busy_prev = NULL;
+    ep->busy_linked = false;
+}
+
+/* ---- sending ---- */
+
+static void send_raw(coap_ep *ep, const uint8_t *p, size_t len)
+{
+    coap_output(ep->c, ep->via, ep->term, &ep->addr, p, len);
+}
+
+static uint32_t first_timeout(void)
+{
+    /* ACK_TIMEOUT .. ACK_TIMEOUT * ACK_RANDOM_FACTOR */
+    return COAP_ACK_TIMEOUT_MS +
+           (uint32_t)(random() % (uint32_t)(COAP_ACK_TIMEOUT_MS * (COAP_ACK_RANDOM_FACTOR - 1)));
+}
+
+static void free_queue(coap_ep *ep)
+{
+    while (ep->q_head) {
+        coap_out *o = ep->q_head;
+        ep->q_head = o->next;
+        cy_free(o);
+    }
+    ep->q_tail = NULL;
+    ep->n_q = 0;
+    cy_free(ep->inflight);
+    ep->inflight = NULL;
+    busy_unlink(ep->c, ep);
+}
+
+/* Send the next waiting confirmable message, if the slot is free. */
+static void send_next(coap_ep *ep)
+{
+    cy_coap *c = ep->c;
+    if (ep->inflight || !ep->q_head || !ep->online) return;
+    coap_out *o = ep->q_head;
+    ep->q_head = o->next;
+    if (!ep->q_head) ep->q_tail = NULL;
+    ep->n_q--;
+    o->next = NULL;
+    uint16_t mid = coap_mid_for(c, ep->mid_seq++);
+    o->bytes[2] = (uint8_t)(mid >> 8);
+    o->bytes[3] = (uint8_t)mid;
+    ep->inflight = o;
+    ep->inflight_mid = mid;
+    ep->retx_n = 0;
+    ep->retx_ms = first_timeout();
+    ep->retx_at = now_ms(c) + ep->retx_ms;
+    busy_link(c, ep);
+    send_raw(ep, o->bytes, o->len);
+}
+
+/* Encode a request to the device: code, path segments (first, then the
+ * '/'-separated levels of rest), payload. NULL if over coap_max_message
+ * (*err CY_EMSGSIZE) or out of memory. */
+static coap_out *make_request(coap_ep *ep, uint8_t type, uint8_t code, const char *first,
+                              const char *rest, size_t rest_len, const uint8_t *payload,
+                              size_t plen, int *err)
+{
+    cy_coap *c = ep->c;
+    size_t cap = c->cfg->coap_max_message;
+    coap_out *o = cy_malloc(sizeof(*o) + cap);
+    if (!o) {
+        *err = CY_ENOMEM;
+        return NULL;
+    }
+    memset(o, 0, sizeof(*o));
+    uint32_t t = ep->tok_seq++;
+    o->tkl = 4;
+    o->token[0] = (uint8_t)c->self; /* the owner, for plain routing */
+    o->token[1] = (uint8_t)(t >> 16);
+    o->token[2] = (uint8_t)(t >> 8);
+    o->token[3] = (uint8_t)t;
+    cy_coap_writer w;
+    cy_coap_w_init(&w, o->bytes, cap, type, code, 0, o->token, o->tkl);
+    cy_coap_w_opt(&w, CY_COAP_OPT_URI_PATH, first, strlen(first));
+    size_t start = 0;
+    for (size_t i = 0; i <= rest_len; i++) {
+        if (i == rest_len || rest[i] == '/') {
+            cy_coap_w_opt(&w, CY_COAP_OPT_URI_PATH, rest + start, i - start);
+            start = i + 1;
+        }
+    }
+    cy_coap_w_payload(&w, payload, plen);
+    size_t len;
+    *err = cy_coap_w_end(&w, &len);
+    if (*err) {
+        cy_free(o);
+        return NULL;
+    }
+    o->len = (uint16_t)len;
+    return o;
+}
+
+static void enqueue(coap_ep *ep, coap_out *o)
+{
+    if (ep->q_tail)
+        ep->q_tail->next = o;
+    else
+        ep->q_head = o;
+    ep->q_tail = o;
+    ep->n_q++;
+    send_next(ep);
+}
+
+/* ---- the link (device/link.h) ---- */
+
+static int link_send(cy_link *l, const cy_link_msg *lm)
+{
+    coap_ep *ep = ep_of(l);
+    cy_coap *c = ep->c;
+    if (!ep->online) return CY_EPIPE;
+    int err;
+    bool con = lm->qos > 0;
+    coap_out *o = make_request(ep, con ? CY_COAP_CON : CY_COAP_NON, CY_COAP_POST, "m", lm->m->topic,
+                               lm->m->topic_len, lm->m->payload, lm->m->payload_len, &err);
+    if (!o) return err;
+    o->kind = OUT_DELIVERY;
+    o->qos = con ? 1 : 0;
+    o->pkt_id = lm->id;
+    if (con) {
+        enqueue(ep, o);
+        return 0;
+    }
+    uint16_t mid = coap_mid_for(c, ep->mid_seq++);
+    o->bytes[2] = (uint8_t)(mid >> 8);
+    o->bytes[3] = (uint8_t)mid;
+    send_raw(ep, o->bytes, o->len);
+    cy_free(o);
+    return 0;
+}
+
+static int link_send_release(cy_link *l, uint16_t id)
+{
+    (void)l;
+    (void)id;
+    return 0; /* CoAP subscriptions are QoS 0 or 1: no QoS 2 flow to release */
+}
+
+static uint32_t link_window(const cy_link *l)
+{
+    (void)l;
+    return 1; /* NSTART */
+}
+
+static bool link_ready(const cy_link *l)
+{
+    return ((const coap_ep *)l)->online;
+}
+
+static bool link_congested(const cy_link *l)
+{
+    return ((const coap_ep *)l)->n_q >= COAP_QUEUE_MAX;
+}
+
+static void go_offline(coap_ep *ep, const char *why);
+
+static void link_close(cy_link *l, uint8_t reason, const char *why)
+{
+    (void)reason;
+    go_offline(ep_of(l), why ? why : "closed");
+}
+
+static const char *link_protocol(const cy_link *l)
+{
+    return ((const coap_ep *)l)->via == COAP_VIA_DTLS ? "coaps" : "coap";
+}
+
+static int64_t link_last_heard(const cy_link *l)
+{
+    return ((const coap_ep *)l)->last_rx;
+}
+
+static int link_call(cy_link *l, const char *verb, const char *name, const char *rid,
+                     const uint8_t *arg, size_t len)
+{
+    coap_ep *ep = ep_of(l);
+    if (!ep->online) return CY_EPIPE;
+    if (ep->n_q >= COAP_QUEUE_MAX) return CY_ENOBUFS; /* the deadline answers it */
+    bool get = !strcmp(verb, "get");
+    int err;
+    coap_out *o = make_request(ep, CY_COAP_CON, get ? CY_COAP_GET : CY_COAP_POST, get ? "v" : "c",
+                               name, strlen(name), get ? NULL : arg, get ? 0 : len, &err);
+    if (!o) return err;
+    o->kind = OUT_CALL;
+    snprintf(o->rid, sizeof(o->rid), "%s", rid);
+    enqueue(ep, o);
+    return 0;
+}
+
+static const cy_link_ops coap_link_ops = {
+    .send = link_send,
+    .send_release = link_send_release,
+    .window = link_window,
+    .ready = link_ready,
+    .congested = link_congested,
+    .close = link_close,
+    .protocol = link_protocol,
+    .last_heard = link_last_heard,
+    .call = link_call,
+};
+
+/* ---- endpoints ---- */
+
+static coap_ep *ep_find(cy_coap *c, const char *id, size_t id_len)
+{
+    return cy_map_get(&c->eps, id, id_len);
+}
+
+/* A plain endpoint by the address it was last heard from (ACKs, pings and
+ * responses name no device). */
+static coap_ep *ep_by_addr(cy_coap *c, const coap_addr *a)
+{
+    uint8_t key[19];
+    size_t kl = coap_addr_key(a, key);
+    return cy_map_get(&c->by_addr, key, kl);
+}
+
+static void addr_unindex(cy_coap *c, coap_ep *ep)
+{
+    if (ep->akey_len && cy_map_get(&c->by_addr, ep->akey, ep->akey_len) == ep)
+        cy_map_del(&c->by_addr, ep->akey, ep->akey_len);
+    ep->akey_len = 0;
+}
+
+/* Index a plain endpoint by its address; the address's previous endpoint
+ * (another device now behind it) loses it. */
+static void addr_index(cy_coap *c, coap_ep *ep)
+{
+    addr_unindex(c, ep);
+    if (ep->via != COAP_VIA_PLAIN) return;
+    uint8_t key[19];
+    size_t kl = coap_addr_key(&ep->addr, key);
+    coap_ep *old = cy_map_del(&c->by_addr, key, kl);
+    if (old) old->akey_len = 0;
+    memcpy(ep->akey, key, kl);
+    if (cy_map_put(&c->by_addr, ep->akey, kl, ep) == 0) ep->akey_len = (uint8_t)kl;
+}
+
+static coap_ep *ep_new(cy_coap *c, const char *id, size_t id_len)
+{
+    coap_ep *ep = cy_calloc(1, sizeof(*ep) + id_len + 1);
+    if (!ep) return NULL;
+    ep->link.ops = &coap_link_ops;
+    ep->c = c;
+    memcpy(ep->id, id, id_len);
+    ep->id_len = (uint16_t)id_len;
+    ep->tok_seq = (uint32_t)random();
+    ep->mid_seq = (uint32_t)random();
+    if (cy_map_put(&c->eps, ep->id, id_len, ep)) {
+        cy_free(ep);
+        return NULL;
+    }
+    return ep;
+}
+
+static void ep_free(cy_coap *c, coap_ep *ep)
+{
+    free_queue(ep);
+    addr_unindex(c, ep);
+    for (unsigned i = 0; i < COAP_SEEN; i++)
+        cy_free(ep->seen[i].resp);
+    cy_map_del(&c->eps, ep->id, ep->id_len);
+    cy_free(ep);
+}
+
+static void go_online(coap_ep *ep)
+{
+    cy_coap *c = ep->c;
+    cy_devices *d = c->devices;
+    cy_session *s = cy_session_find(d, ep->id, ep->id_len);
+    if (s && s->link) { /* an MQTT connection of the same device: taken over */
+        cy_info(ep->id, "session taken over by CoAP");
+        s->link->ops->close(s->link, CY_REASON_TAKEN_OVER, "session taken over");
+        s = cy_session_find(d, ep->id, ep->id_len);
+    }
+    if (!s) {
+        s = cy_session_new(d, ep->id, ep->id_len);
+        if (!s) return;
+        /* No new persistent session on a full disk (it would need rows). */
+        uint32_t expiry = cy_space_full(c->space) ? 0 : c->cfg->coap_session_expiry;
+        s->expiry = expiry;
+        s->persistent = expiry > 0;
+    }
+    s->version = 5;
+    cy_session_attach(d, s, &ep->link);
+    cy_session_persist(d, s);
+    ep->sess = s;
+    ep->online = true;
+    ep->offline_at = 0;
+    c->online++;
+    c->stats->coap_online = c->online;
+    char t[64];
+    cy_info(ep->id, "online over %s from %s", link_protocol(&ep->link),
+            coap_addr_text(&ep->addr, t, sizeof(t)));
+    cy_device_online(d, s, &ep->link);
+    cy_session_resume(d, s);
+}
+
+static void go_offline(coap_ep *ep, const char *why)
+{
+    cy_coap *c = ep->c;
+    if (!ep->online) return;
+    ep->online = false;
+    ep->offline_at = now_ms(c);
+    c->online--;
+    c->stats->coap_online = c->online;
+    free_queue(ep); /* what was in flight stays in the session: resent when it is back */
+    cy_session *s = ep->sess;
+    ep->sess = NULL;
+    cy_info(ep->id, "offline: %s", why);
+    if (s) {
+        cy_device_offline(c->devices, s, &ep->link);
+        cy_session_detach(c->devices, s, false);
+    }
+}
+
+/* The device was heard from a (via term). */
+static void heard(coap_ep *ep, uint8_t via, uint8_t term, const coap_addr *a)
+{
+    ep->last_rx = now_ms(ep->c);
+    if (!coap_addr_eq(&ep->addr, a) || ep->via != via || ep->term != term) {
+        if (ep->online && cy_log_enabled(CY_LOG_DEBUG)) {
+            char t[64];
+            cy_debug(ep->id, "now at %s", coap_addr_text(a, t, sizeof(t)));
+        }
+        ep->addr = *a;
+        ep->via = via;
+        ep->term = term;
+        addr_index(ep->c, ep);
+    }
+    if (!ep->online) go_online(ep);
+}
+
+/* ---- answering the device's messages ---- */
+
+static coap_seen *seen_find(coap_ep *ep, uint16_t mid, int64_t now)
+{
+    for (unsigned i = 0; i < COAP_SEEN; i++) {
+        coap_seen *s = &ep->seen[i];
+        if (s->at && s->mid == mid && now - s->at < COAP_SEEN_MS) return s;
+    }
+    return NULL;
+}
+
+/* Remember the answer to the device's message mid (a copy), send it. */
+static void reply(coap_ep *ep, uint16_t mid, const uint8_t *p, size_t len)
+{
+    coap_seen *s = &ep->seen[ep->seen_next++ % COAP_SEEN];
+    cy_free(s->resp);
+    s->resp = NULL;
+    s->len = 0;
+    s->at = now_ms(ep->c);
+    s->mid = mid;
+    if (len) {
+        s->resp = cy_malloc(len);
+        if (s->resp) {
+            memcpy(s->resp, p, len);
+            s->len = (uint16_t)len;
+        }
+        send_raw(ep, p, len);
+    }
+}
+
+typedef struct answer {
+    uint8_t code;
+    const char *diag;       /* diagnostic payload (static text), or NULL */
+    const uint8_t *payload; /* or a payload (borrowed), or NULL */
+    size_t plen;
+    uint32_t max_age; /* 0: no Max-Age option */
+} answer;
+
+/* No-Response (RFC 7967): does the request ask us not to answer code? */
+static bool suppressed(const cy_coap_msg *m, uint8_t code)
+{
+    const cy_coap_opt *o = cy_coap_opt_find(m, CY_COAP_OPT_NO_RESPONSE);
+    uint32_t v;
+    if (!o || cy_coap_opt_uint(o, &v)) return false;
+    uint8_t cls = CY_COAP_CLASS(code);
+    return (cls == 2 && (v & 2)) || (cls == 4 && (v & 8)) || (cls == 5 && (v & 16));
+}
+
+static void respond(coap_ep *ep, const cy_coap_msg *m, const answer *an)
+{
+    uint8_t buf[2048];
+    size_t cap =
+        ep->c->cfg->coap_max_message < sizeof(buf) ? ep->c->cfg->coap_max_message : sizeof(buf);
+    if (suppressed(m, an->code)) {
+        if (m->type == CY_COAP_CON) {
+            uint8_t b[CY_COAP_HEADER];
+            reply(ep, m->mid, b, cy_coap_empty(b, CY_COAP_ACK, m->mid));
+        } else {
+            reply(ep, m->mid, NULL, 0);
+        }
+        return;
+    }
+    cy_coap_writer w;
+    bool con = m->type == CY_COAP_CON;
+    cy_coap_w_init(&w, buf, cap, con ? CY_COAP_ACK : CY_COAP_NON, an->code,
+                   con ? m->mid : coap_mid_for(ep->c, ep->mid_seq++), m->token, m->tkl);
+    if (an->payload && an->plen)
+        cy_coap_w_opt_uint(&w, CY_COAP_OPT_CONTENT_FORMAT, CY_COAP_FMT_OCTETS);
+    if (an->max_age) cy_coap_w_opt_uint(&w, CY_COAP_OPT_MAX_AGE, an->max_age);
+    if (an->code == CY_COAP_TOO_LARGE)
+        cy_coap_w_opt_uint(&w, CY_COAP_OPT_SIZE1, ep->c->cfg->coap_max_message);
+    if (an->payload)
+        cy_coap_w_payload(&w, an->payload, an->plen);
+    else if (an->diag)
+        cy_coap_w_payload(&w, an->diag, strlen(an->diag));
+    size_t len;
+    if (cy_coap_w_end(&w, &len)) { /* the payload did not fit */
+        cy_coap_w_init(&w, buf, cap, con ? CY_COAP_ACK : CY_COAP_NON, CY_COAP_INTERNAL_ERROR,
+                       con ? m->mid : coap_mid_for(ep->c, ep->mid_seq++), m->token, m->tkl);
+        cy_coap_w_payload(&w, "response too large", 18);
+        if (cy_coap_w_end(&w, &len)) return;
+    }
+    reply(ep, m->mid, buf, len);
+}
+
+static answer refused(uint8_t code, const char *diag)
+{
+    return (answer){.code = code, .diag = diag};
+}
+
+/* An MQTT 5 reason code (a refusal of cy_device_admit or the router) as a
+ * CoAP answer. */
+static answer from_reason(int reason, const char *why)
+{
+    switch (reason) {
+    case CY_REASON_NOT_AUTHORIZED:
+        return refused(CY_COAP_FORBIDDEN, why);
+    case CY_REASON_QUOTA_EXCEEDED: {
+        answer a = refused(CY_COAP_UNAVAILABLE, why);
+        a.max_age = 30;
+        return a;
+    }
+    default:
+        return refused(CY_COAP_BAD_REQUEST, why);
+    }
+}
+
+/* The path below the first segment ("e", "t", "s"...) joined with '/'.
+ * filter: '+' and '#' are allowed (a topic filter). Returns its length, or
+ * -1 if a segment cannot be a topic level (holds '/' or NUL) or it is too long. */
+static int rest_of_path(const cy_coap_msg *m, char *out, size_t cap, bool filter)
+{
+    size_t n = 0;
+    unsigned seg = 0;
+    for (unsigned i = 0; i < m->n_opts; i++) {
+        const cy_coap_opt *o = &m->opts[i];
+        if (o->num != CY_COAP_OPT_URI_PATH) continue;
+        if (seg++ == 0) continue;
+        if (seg > 2) {
+            if (n + 1 >= cap) return -1;
+            out[n++] = '/';
+        }
+        if (n + o->len >= cap) return -1;
+        for (unsigned k = 0; k < o->len; k++) {
+            uint8_t ch = o->val[k];
+            if (ch == '/' || ch == 0 || (!filter && (ch == '+' || ch == '#'))) return -1;
+        }
+        if (o->len) memcpy(out + n, o->val, o->len);
+        n += o->len;
+    }
+    out[n] = '\0';
+    return seg >= 2 ? (int)n : -1;
+}
+
+static const char *first_segment(const cy_coap_msg *m, size_t *len)
+{
+    const cy_coap_opt *o = cy_coap_opt_find(m, CY_COAP_OPT_URI_PATH);
+    *len = o ? o->len : 0;
+    return o ? (const char *)o->val : "";
+}
+
+/* Publish topic as the device: the checks every input path shares. */
+static answer publish(coap_ep *ep, const cy_coap_msg *m, const char *topic, size_t tlen,
+                      bool retain)
+{
+    cy_coap *c = ep->c;
+    uint8_t qos = m->type == CY_COAP_CON ? 1 : 0;
+    c->stats->publish_received++;
+    if (qos)
+        c->stats->publish_received_qos1++;
+    else
+        c->stats->publish_received_qos0++;
+    if (!cy_topic_valid_name(topic, tlen)) return refused(CY_COAP_BAD_REQUEST, "not a valid topic");
+    bool reply_topic = false;
+    const char *why = NULL;
+    int reason =
+        cy_device_admit(c->devices, c->cfg->isolate_devices ? ep->id : NULL, ep->id_len, topic,
+                        tlen, m->payload, m->payload_len, &retain, &reply_topic, &why);
+    if (reason) return from_reason(reason, why);
+    if (reply_topic)
+        return refused(CY_COAP_BAD_REQUEST,
+                       "over CoAP a call is answered in the response to the cloud's request");
+    if ((qos || retain) && cy_space_full(c->space)) {
+        c->stats->store_full_refusals++;
+        answer a = refused(CY_COAP_UNAVAILABLE, "the server's disk is full");
+        a.max_age = 60;
+        return a;
+    }
+    cy_msg *msg = cy_msg_new(topic, tlen, m->payload, m->payload_len, NULL, 0, qos, retain, 0);
+    if (!msg) return refused(CY_COAP_INTERNAL_ERROR, "out of memory");
+    int rc = retain ? cy_router_retain_check(c->router, ep->id, msg) : 0;
+    if (!rc) rc = cy_session_publish(c->devices, ep->sess, msg, true);
+    cy_msg_unref(msg);
+    if (rc)
+        return from_reason(rc, "refused: a limit was reached (retained messages, or a "
+                               "peer shard's outbox is full)");
+    return (answer){.code = CY_COAP_CHANGED};
+}
+
+static answer subscribe(coap_ep *ep, const cy_coap_msg *m, const char *f, size_t flen, bool *fresh,
+                        uint8_t *qos_out)
+{
+    cy_coap *c = ep->c;
+    cy_session *s = ep->sess;
+    uint8_t qos = 1;
+    const uint8_t *v;
+    size_t vlen;
+    if (cy_coap_query(m, "qos", &v, &vlen) == 0) {
+        if (vlen != 1 || (v[0] != '0' && v[0] != '1'))
+            return refused(CY_COAP_BAD_REQUEST, "qos is 0 or 1");
+        qos = (uint8_t)(v[0] - '0');
+    }
+    if (flen > c->cfg->max_topic_length || !cy_topic_valid_filter(f, flen) || f[0] == '$')
+        return refused(CY_COAP_BAD_REQUEST, "not a valid topic filter");
+    if (c->cfg->isolate_devices && !cy_device_topic_ok(ep->id, ep->id_len, f, flen)) {
+        c->stats->acl_denied++;
+        return refused(CY_COAP_FORBIDDEN, "a device subscribes within devices/<id>/ and events/");
+    }
+    if (s->persistent && cy_space_full(c->space)) {
+        c->stats->store_full_refusals++;
+        return refused(CY_COAP_UNAVAILABLE, "the server's disk is full");
+    }
+    if (!cy_session_find_sub(s, f, flen) && s->n_subs >= c->cfg->max_subscriptions) {
+        c->stats->limit_subscriptions++;
+        return refused(CY_COAP_UNAVAILABLE, "max_subscriptions reached");
+    }
+    if (cy_session_subscribe(c->devices, s, f, flen, qos, 0, fresh))
+        return refused(CY_COAP_INTERNAL_ERROR, "out of memory");
+    *qos_out = qos;
+    return (answer){.code = CY_COAP_CHANGED};
+}
+
+static void request(coap_ep *ep, const cy_coap_msg *m)
+{
+    cy_coap *c = ep->c;
+    static const uint16_t known[] = {CY_COAP_OPT_URI_HOST, CY_COAP_OPT_URI_PORT,
+                                     CY_COAP_OPT_URI_PATH, CY_COAP_OPT_URI_QUERY,
+                                     CY_COAP_OPT_ACCEPT};
+    uint16_t bad = cy_coap_unknown_critical(m, known, sizeof(known) / sizeof(known[0]));
+    if (bad) {
+        respond(ep, m,
+                &(answer){.code = CY_COAP_BAD_OPTION, .diag = "unsupported critical option"});
+        return;
+    }
+    size_t flen;
+    const char *first = first_segment(m, &flen);
+    char rest[PATH_MAX_BYTES + 1];
+    answer an = refused(CY_COAP_NOT_FOUND, "no such resource: see docs/device-protocol.md");
+    bool sub_fresh = false, subscribed = false;
+    uint8_t sub_qos = 0;
+    int rl;
+    char topic[PATH_MAX_BYTES + 64];
+    if (flen == 1 && first[0] == 'e') { /* an event of the device */
+        if (m->code != CY_COAP_POST) {
+            an = refused(CY_COAP_METHOD_NOT_ALLOWED, "POST an event");
+        } else if ((rl = rest_of_path(m, rest, sizeof(rest), false)) <= 0) {
+            an = refused(CY_COAP_BAD_REQUEST, "name the event: /e/<name>");
+        } else {
+            int n = snprintf(topic, sizeof(topic), "devices/%s/events/%s", ep->id, rest);
+            an = publish(ep, m, topic, (size_t)n, false);
+        }
+    } else if (flen == 1 && first[0] == 't') { /* a publish on a topic */
+        if (m->code != CY_COAP_POST)
+            an = refused(CY_COAP_METHOD_NOT_ALLOWED, "POST a message");
+        else if ((rl = rest_of_path(m, rest, sizeof(rest), false)) <= 0)
+            an = refused(CY_COAP_BAD_REQUEST, "name the topic: /t/<topic>");
+        else
+            an = publish(ep, m, rest, (size_t)rl, false);
+    } else if (flen == 1 && first[0] == 'd') { /* its describe */
+        if (m->code != CY_COAP_PUT && m->code != CY_COAP_POST) {
+            an = refused(CY_COAP_METHOD_NOT_ALLOWED, "PUT the describe");
+        } else {
+            int n = snprintf(topic, sizeof(topic), "devices/%s/describe", ep->id);
+            an = publish(ep, m, topic, (size_t)n, true);
+        }
+    } else if (flen == 1 && first[0] == 's') { /* subscriptions */
+        rl = rest_of_path(m, rest, sizeof(rest), m->code != CY_COAP_GET);
+        if (rl <= 0) {
+            an = refused(CY_COAP_BAD_REQUEST, "name the topic filter: /s/<filter>");
+        } else if (m->code == CY_COAP_POST || m->code == CY_COAP_PUT) {
+            an = subscribe(ep, m, rest, (size_t)rl, &sub_fresh, &sub_qos);
+            subscribed = an.code == CY_COAP_CHANGED;
+        } else if (m->code == CY_COAP_DELETE) {
+            cy_session_unsubscribe(c->devices, ep->sess, rest, (size_t)rl);
+            an = (answer){.code = CY_COAP_DELETED};
+        } else { /* GET: the retained message of a topic */
+            cy_msg *r = cy_router_retained(c->router, rest, (size_t)rl);
+            if (c->cfg->isolate_devices &&
+                !cy_device_topic_ok(ep->id, ep->id_len, rest, (size_t)rl))
+                an = refused(CY_COAP_FORBIDDEN, "a device reads within devices/<id>/ and events/");
+            else if (!r)
+                an = refused(CY_COAP_NOT_FOUND, "no retained message");
+            else
+                an = (answer){
+                    .code = CY_COAP_CONTENT, .payload = r->payload, .plen = r->payload_len};
+        }
+    }
+    respond(ep, m, &an);
+    if (subscribed && sub_fresh)
+        cy_session_send_retained(c->devices, ep->sess, rest, (size_t)rl, sub_qos, 0);
+}
+
+/* An answer (ACK with code, or a separate response) to our call o. */
+static void call_answered(coap_ep *ep, const char *rid, const cy_coap_msg *m)
+{
+    if (ep->sess)
+        cy_device_reply(ep->c->devices, ep->sess, rid, strlen(rid), m->payload, m->payload_len);
+}
+
+static void on_ack(coap_ep *ep, const cy_coap_msg *m)
+{
+    cy_coap *c = ep->c;
+    coap_out *o = ep->inflight;
+    if (!o || m->mid != ep->inflight_mid) return; /* late or repeated */
+    ep->inflight = NULL;
+    busy_unlink(c, ep);
+    c->progress++;
+    if (o->kind == OUT_DELIVERY && ep->sess) {
+        /* ACK: received. RST: the device refused it; either way its flow ends. */
+        cy_delivery *dv = cy_session_find_inflight(ep->sess, o->pkt_id);
+        if (dv) {
+            cy_session_remove_delivery(c->devices, ep->sess, dv);
+            cy_session_pump(c->devices, ep->sess);
+        }
+    } else if (o->kind == OUT_CALL && m->type == CY_COAP_ACK) {
+        if (m->code != CY_COAP_EMPTY) {
+            call_answered(ep, o->rid, m);
+        } else { /* the answer comes separately */
+            coap_wait *w = NULL;
+            int64_t now = now_ms(c);
+            for (unsigned i = 0; i < COAP_WAITS_MAX && !w; i++)
+                if (!ep->waits[i].until || ep->waits[i].until < now) w = &ep->waits[i];
+            if (w) {
+                w->until = now + COAP_WAIT_MS;
+                w->tkl = o->tkl;
+                memcpy(w->token, o->token, o->tkl);
+                memcpy(w->rid, o->rid, sizeof(w->rid));
+            }
+        }
+    }
+    cy_free(o);
+    send_next(ep);
+}
+
+/* A separate response to one of our calls (its token). */
+static void on_response(coap_ep *ep, const cy_coap_msg *m)
+{
+    int64_t now = now_ms(ep->c);
+    for (unsigned i = 0; i < COAP_WAITS_MAX; i++) {
+        coap_wait *w = &ep->waits[i];
+        if (w->until >= now && w->tkl == m->tkl && !memcmp(w->token, m->token, m->tkl)) {
+            w->until = 0;
+            call_answered(ep, w->rid, m);
+            break;
+        }
+    }
+    if (m->type == CY_COAP_CON) {
+        uint8_t b[CY_COAP_HEADER];
+        reply(ep, m->mid, b, cy_coap_empty(b, CY_COAP_ACK, m->mid));
+    } else {
+        reply(ep, m->mid, NULL, 0);
+    }
+}
+
+/* Does device id exist (plain requests name one; DTLS authenticated it)? */
+static bool device_exists(cy_coap *c, const char *id, size_t id_len)
+{
+    char buf[CY_MAX_CLIENT_ID + 1];
+    if (id_len > CY_MAX_CLIENT_ID || memchr(id, 0, id_len)) return false;
+    memcpy(buf, id, id_len);
+    buf[id_len] = '\0';
+    cy_device dev;
+    return cy_registry_device_get(c->registry, buf, &dev) == 0 && !strcmp(dev.id, buf);
+}
+
+void coap_ep_input(cy_coap *c, const char *id, size_t id_len, uint8_t via, uint8_t term,
+                   const coap_addr *a, const cy_coap_msg *m, const uint8_t *raw, size_t rawlen)
+{
+    (void)raw;
+    (void)rawlen;
+    if (c->stopping) return;
+    c->progress++;
+    coap_ep *ep = id_len ? ep_find(c, id, id_len) : ep_by_addr(c, a);
+    /* Coming online: the device must (still) exist; a deleted one's DTLS
+     * session may outlive it until it idles out. */
+    if ((!ep || !ep->online) && id_len && !device_exists(c, id, id_len)) {
+        c->stats->coap_dropped++;
+        coap_answer_error(c, via, term, a, m, CY_COAP_UNAUTHORIZED, "unknown device");
+        return;
+    }
+    if (!ep && id_len) {
+        ep = ep_new(c, id, id_len);
+        if (!ep) {
+            coap_answer_error(c, via, term, a, m, CY_COAP_UNAVAILABLE, "out of memory");
+            return;
+        }
+    }
+    if (!ep) { /* an ACK, RST, ping or response from an address we do not know */
+        c->stats->coap_dropped++;
+        if (m->type == CY_COAP_CON) {
+            uint8_t b[CY_COAP_HEADER];
+            coap_output(c, via, term, a, b, cy_coap_empty(b, CY_COAP_RST, m->mid));
+        }
+        return;
+    }
+    /* A plain ACK, RST or response from another address than the device's
+     * is not the device's (a stranger guessing ids). */
+    if (!id_len && (!ep->online || !coap_addr_eq(&ep->addr, a))) return;
+    heard(ep, via, term, a);
+    if (!ep->online) return; /* could not attach (out of memory) */
+    if (m->type == CY_COAP_ACK || m->type == CY_COAP_RST) {
+        on_ack(ep, m);
+        return;
+    }
+    if (m->code == CY_COAP_EMPTY) { /* a ping (an empty NON was dropped by the front) */
+        uint8_t b[CY_COAP_HEADER];
+        send_raw(ep, b, cy_coap_empty(b, CY_COAP_RST, m->mid));
+        return;
+    }
+    int64_t now = now_ms(c);
+    coap_seen *s = seen_find(ep, m->mid, now);
+    if (s) { /* a duplicate: the same answer again, nothing done twice */
+        if (m->type == CY_COAP_CON && s->len) send_raw(ep, s->resp, s->len);
+        return;
+    }
+    if (CY_COAP_CLASS(m->code) == 0)
+        request(ep, m);
+    else
+        on_response(ep, m);
+}
+
+void coap_ep_closed(cy_coap *c, const char *id, size_t id_len, uint8_t term, const coap_addr *a)
+{
+    coap_ep *ep = ep_find(c, id, id_len);
+    if (ep && ep->online && ep->via == COAP_VIA_DTLS && ep->term == term &&
+        coap_addr_eq(&ep->addr, a))
+        go_offline(ep, "its DTLS session ended");
+}
+
+void coap_ep_tick(cy_coap *c, int64_t now)
+{
+    coap_ep *next;
+    for (coap_ep *ep = c->busy; ep; ep = next) {
+        next = ep->busy_next;
+        if (!ep->inflight || now < ep->retx_at) continue;
+        if (ep->retx_n >= COAP_MAX_RETRANSMIT) {
+            go_offline(ep, "no acknowledgement from the device");
+            continue;
+        }
+        ep->retx_n++;
+        ep->retx_ms *= 2;
+        ep->retx_at = now + ep->retx_ms;
+        c->stats->coap_retransmissions++;
+        c->progress++;
+        send_raw(ep, ep->inflight->bytes, ep->inflight->len);
+    }
+}
+
+typedef struct sweep_ctx {
+    cy_coap *c;
+    int64_t now;
+    coap_ep *idle[64];
+    unsigned n_idle;
+    coap_ep *gone[64];
+    unsigned n_gone;
+} sweep_ctx;
+
+static void sweep_one(void *ctx, void *v)
+{
+    sweep_ctx *x = ctx;
+    coap_ep *ep = v;
+    int64_t idle_ms = (int64_t)x->c->cfg->coap_idle_timeout * 1000;
+    if (ep->online && x->now - ep->last_rx > idle_ms && x->n_idle < 64) x->idle[x->n_idle++] = ep;
+    /* An offline endpoint whose session ended holds nothing worth keeping. */
+    if (!ep->online && x->n_gone < 64 && !cy_session_find(x->c->devices, ep->id, ep->id_len))
+        x->gone[x->n_gone++] = ep;
+}
+
+void coap_ep_sweep(cy_coap *c, int64_t now)
+{
+    sweep_ctx x = {.c = c, .now = now};
+    cy_map_each(&c->eps, sweep_one, &x);
+    for (unsigned i = 0; i < x.n_idle; i++)
+        go_offline(x.idle[i], "not heard for coap_idle_timeout");
+    for (unsigned i = 0; i < x.n_gone; i++)
+        ep_free(c, x.gone[i]);
+}
+
+typedef struct all_ctx {
+    coap_ep **v;
+    size_t n;
+} all_ctx;
+
+static void collect(void *ctx, void *v)
+{
+    all_ctx *a = ctx;
+    a->v[a->n++] = v;
+}
+
+void coap_ep_free_all(cy_coap *c, bool offline)
+{
+    size_t n = c->eps.count;
+    if (!n) return;
+    all_ctx a = {cy_malloc(n * sizeof(coap_ep *)), 0};
+    if (!a.v) return;
+    cy_map_each(&c->eps, collect, &a);
+    for (size_t i = 0; i < a.n; i++) {
+        if (offline) go_offline(a.v[i], "shutting down");
+        ep_free(c, a.v[i]);
+    }
+    cy_free(a.v);
+}
+
+uint64_t coap_ep_owed(const cy_coap *c, int64_t now)
+{
+    uint64_t owed = 0;
+    /* A retransmission more than a sweep late: the tick did not run. */
+    for (const coap_ep *ep = c->busy; ep; ep = ep->busy_next)
+        if (ep->inflight && now - ep->retx_at > 1000) owed++;
+    return owed;
+}
