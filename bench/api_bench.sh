@@ -110,7 +110,7 @@ EOF
         dir=$WORK/data-$s
         cp -r "$WORK/template" "$dir"
         taskset -c $SERVER_CORE "$CYAN" --data_dir="$dir" --mqtt_listen="127.0.0.1:${MPORT[$s]}" \
-            --http_listen="127.0.0.1:${HPORT[$s]}" --shards=$shards --ops_listen= --log_level=warn \
+            --http_listen="127.0.0.1:${HPORT[$s]}" --shards=$shards --ops_listen= --coap_listen= --coaps_listen= --log_level=warn \
             --sys_interval=0 "${extra[@]}" >>"$WORK/$s.log" 2>&1 &
         SPID[$s]=$!
         for i in $(seq 1 100); do

@@ -173,7 +173,7 @@ start_server() {
         # bench device's credentials with its own client id and topics
         # (isolate_devices=false), and no HTTP API (make bench-api measures it).
         taskset -c "$cores" "$CYAN" --data_dir="$dir" --mqtt_listen="127.0.0.1:$port" --shards=$shards --ops_listen= \
-            --isolate_devices=false --http_listen= \
+            --isolate_devices=false --http_listen= --coap_listen= --coaps_listen= \
             --log_level=warn --sys_interval=0 >>"$WORK/$s.log" 2>&1 &
         SPID[$s]=$!
         local i n

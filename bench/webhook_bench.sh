@@ -341,7 +341,7 @@ extra=()
 [ -n "$CONCURRENCY" ] && extra+=(--webhook_concurrency="$CONCURRENCY")
 log "cyan: $SHARDS shards, mqtt :$P_MQTT, http :$P_HTTP; sink :$P_SINK; $NDEV devices; work folder $WORK"
 # ops_listen off: its default port (8081) may be taken by another cyan
-"${PIN_CYAN[@]}" "$CYAN" --data_dir="$DATA" --mqtt_listen="127.0.0.1:$P_MQTT" --http_listen="127.0.0.1:$P_HTTP" \
+"${PIN_CYAN[@]}" "$CYAN" --data_dir="$DATA" --mqtt_listen="127.0.0.1:$P_MQTT" --http_listen="127.0.0.1:$P_HTTP" --coap_listen= --coaps_listen= \
     --ops_listen= --shards="$SHARDS" --log_level=warn --sys_interval=0 --webhook_allow_private=true \
     "${extra[@]}" >>"$WORK/cyan.log" 2>&1 &
 SPID[cyan]=$!

@@ -98,6 +98,15 @@ def free_port():
         s.close()
 
 
+def free_udp_port():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
 def child_env():
     env = dict(os.environ)
     env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0"
@@ -165,6 +174,14 @@ class Server:
                 self.ops_port = int(str(listen).rsplit(":", 1)[1])
             if self.ops_port is not None:
                 self.ops_url = "http://%s:%d" % (self.host, self.ops_port)
+        # CoAP (UDP) and CoAP over DTLS: likewise, on free UDP ports.
+        self.coap_port = self.coaps_port = None
+        if self.peer != "mosquitto":
+            for key in ("coap_listen", "coaps_listen"):
+                listen = self.settings.get(key)
+                port = free_udp_port() if listen is None else \
+                    int(str(listen).rsplit(":", 1)[1]) if listen else None
+                setattr(self, key.replace("_listen", "_port"), port)
 
     # ---- process
     def argv(self):
@@ -179,6 +196,10 @@ class Server:
             argv.append("--http_listen=%s:%d" % (self.host, self.http_port))
         if "ops_listen" not in self.settings and self.ops_port is not None:
             argv.append("--ops_listen=%s:%d" % (self.host, self.ops_port))
+        for key in ("coap_listen", "coaps_listen"):
+            port = getattr(self, key.replace("_listen", "_port"))
+            if key not in self.settings and port is not None:
+                argv.append("--%s=%s:%d" % (key, self.host, port))
         if "isolate_devices" not in self.settings:
             argv.append("--isolate_devices=false")
         for k, v in self.settings.items():
@@ -232,6 +253,10 @@ class Server:
                 if "ops_listen" not in self.settings and self.ops_port is not None:
                     self.ops_port = free_port()
                     self.ops_url = "http://%s:%d" % (self.host, self.ops_port)
+                for key in ("coap_listen", "coaps_listen"):
+                    attr = key.replace("_listen", "_port")
+                    if key not in self.settings and getattr(self, attr) is not None:
+                        setattr(self, attr, free_udp_port())
                 self.starts -= 1
         return self._start_once()
 

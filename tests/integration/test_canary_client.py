@@ -71,7 +71,8 @@ def probe(srv, *args, timeout=60):
     """Run `cyan canary ARGS` against srv (its listeners, shard count, data dir)."""
     argv = [CYAN_BIN, "canary"] + list(args) + [
         "--data_dir=%s" % srv.data_dir, "--mqtt_listen=%s:%d" % (srv.host, srv.port),
-        "--http_listen=%s:%d" % (srv.host, srv.http_port), "--shards=%d" % nshards(srv)]
+        "--http_listen=%s:%d" % (srv.host, srv.http_port), "--shards=%d" % nshards(srv),
+        "--coap_listen=", "--coaps_listen="]
     t0 = time.monotonic()
     cp = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                         timeout=timeout, env=child_env())

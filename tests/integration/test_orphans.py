@@ -104,7 +104,7 @@ def test_second_start_on_a_running_data_dir_is_refused(server_factory):
     pids = shard_pids(srv)
     argv = [CYAN_BIN, "--data_dir=%s" % srv.data_dir, "--shards=%d" % NSHARDS,
             "--mqtt_listen=127.0.0.1:%d" % free_port(),
-            "--http_listen=127.0.0.1:%d" % free_port()]
+            "--http_listen=127.0.0.1:%d" % free_port(), "--coap_listen=", "--coaps_listen="]
     cp = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                         timeout=20, env=child_env())
     assert cp.returncode == 1, (cp.returncode, cp.stdout, cp.stderr)

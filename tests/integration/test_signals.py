@@ -239,7 +239,8 @@ def test_a_data_dir_too_long_for_the_bus_is_refused_at_start():
         data_dir = os.path.join(base, "d" * (110 - len(base)))
         t0 = time.monotonic()
         cp = subprocess.run([CYAN_BIN, "--data_dir=%s" % data_dir, "--shards=2",
-                             "--mqtt_listen=127.0.0.1:0", "--http_listen="],
+                             "--mqtt_listen=127.0.0.1:0", "--http_listen=",
+                             "--coap_listen=", "--coaps_listen="],
                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
                             timeout=20, env=child_env())
         out = cp.stdout + cp.stderr

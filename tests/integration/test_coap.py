@@ -1,0 +1,261 @@
+"""CoAP devices over plain UDP (docs/device-protocol.md, "CoAP"): events,
+describe, function calls and variable reads through the API, messages for
+the device, presence, deduplication, retransmissions, and the answers to
+bad input. Plain CoAP names its device (?id=) and is for development only:
+these servers run with coap_insecure=true, except where the refusal is the
+point. With several shards the datagrams reach any shard and travel to the
+device's owner over the bus, so the same tests cover that path."""
+
+import json
+import subprocess
+import time
+
+import pytest
+
+import coapdev
+from apidevice import api
+from coapdev import ACK, CON, NON, POST, RST, URI_PATH, URI_QUERY, code, encode
+from helpers import Client
+
+pytestmark = pytest.mark.cyan_only
+
+COAP_CLIENT = "/usr/bin/coap-client-notls"
+
+
+@pytest.fixture
+def coap_server(api_server_factory):
+    return api_server_factory(coap_insecure=True)
+
+
+def new_device(srv):
+    r = api(srv, "POST", "/v1/devices", json={"name": "coap-%d" % time.monotonic_ns()})
+    assert r.status == 201, r.text
+    return r.body
+
+
+def dev_for(srv, d, **kw):
+    return coapdev.Device(srv.host, srv.coap_port, d["id"], **kw)
+
+
+def wait_for(fn, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for %s" % what)
+
+
+def mqtt_watch(srv, topic):
+    c = Client(srv, client_id="watch-%d" % time.monotonic_ns(), version=5)
+    c.connect()
+    c.subscribe(topic, 1)
+    return c
+
+
+@pytest.fixture
+def isolated_off_server(server_factory):
+    """No isolation, anonymous MQTT (to watch any topic), plain CoAP on."""
+    srv = server_factory(_template=False, coap_insecure=True, allow_anonymous=True)
+    srv.wait_api_healthy()
+    return srv
+
+
+def test_event_from_coap_client_reaches_mqtt_subscriber(isolated_off_server):
+    srv = isolated_off_server
+    d = new_device(srv)
+    w = mqtt_watch(srv, "devices/%s/events/#" % d["id"])
+    cp = subprocess.run([COAP_CLIENT, "-m", "post", "-e", "21.5", "-B", "5",
+                         "coap://127.0.0.1:%d/e/temp?id=%s" % (srv.coap_port, d["id"])],
+                        capture_output=True, text=True, timeout=20)
+    assert cp.returncode == 0, cp.stderr
+    m = w.get(timeout=5)
+    assert m.topic == "devices/%s/events/temp" % d["id"]
+    assert m.payload == b"21.5"
+    assert m.qos == 1  # a CON is QoS 1
+    w.disconnect()
+
+
+def test_plain_coap_is_refused_by_default(api_server):
+    d = new_device(api_server)
+    dev = dev_for(api_server, d)
+    try:
+        r = dev.event("x", b"1")
+        assert r.code == code(4, 1), r
+        assert b"coaps" in r.payload
+    finally:
+        dev.close()
+
+
+def test_unknown_device_and_missing_id(coap_server):
+    dev = coapdev.Device(coap_server.host, coap_server.coap_port, "0" * 24)
+    try:
+        assert dev.event("x", b"1").code == code(4, 1)
+        dev.query_id = False
+        r = dev.event("x", b"1")
+        assert r.code == code(4, 0) and b"id=" in r.payload
+    finally:
+        dev.close()
+
+
+def test_call_and_read_reach_a_coap_device(coap_server):
+    srv = coap_server
+    d = new_device(srv)
+    dev = dev_for(srv, d, functions={"led": lambda arg: b"on:" + arg},
+                  variables={"temp": b"21.5"})
+    try:
+        assert dev.describe().code == code(2, 4)
+        r = api(srv, "POST", "/v1/devices/%s/functions/led" % d["id"], json={"arg": "x"})
+        assert r.status == 200, r.text
+        assert r.body["return_value"] == "on:x"
+        r = api(srv, "GET", "/v1/devices/%s/variables/temp" % d["id"])
+        assert r.status == 200, r.text
+        assert r.body["value"] == 21.5
+        r = api(srv, "GET", "/v1/devices/%s" % d["id"])
+        assert r.status == 200, r.text
+        p = r.body.get("presence", r.body)
+        assert p["online"] is True and p["protocol"] == "coap", r.body
+        assert p["last_round_trip"], r.body
+    finally:
+        dev.close()
+
+
+def test_call_with_a_separate_response(coap_server):
+    srv = coap_server
+    d = new_device(srv)
+    dev = dev_for(srv, d, functions={"slow": lambda arg: b"42"}, separate=True)
+    try:
+        dev.describe()
+        r = api(srv, "POST", "/v1/devices/%s/functions/slow" % d["id"], json={"arg": ""})
+        assert r.status == 200, r.text
+        assert r.body["return_value"] == 42
+    finally:
+        dev.close()
+
+
+def test_lost_ack_is_retransmitted(coap_server):
+    srv = coap_server
+    d = new_device(srv)
+    dev = dev_for(srv, d, functions={"f": lambda arg: b"ok"})
+    try:
+        dev.describe()
+        dev.drop_next_acks = 1  # the first request is lost: cyan sends it again after ~2-3 s
+        r = api(srv, "POST", "/v1/devices/%s/functions/f" % d["id"], json={"arg": ""},
+                timeout=15)
+        assert r.status == 200, r.text
+        assert r.body["return_value"] == "ok"
+        assert r.body["round_trip_ms"] >= 1900
+    finally:
+        dev.close()
+
+
+def test_messages_reach_a_subscribed_coap_device(isolated_off_server):
+    srv = isolated_off_server
+    d = new_device(srv)
+    dev = dev_for(srv, d)
+    try:
+        assert dev.subscribe("devices/%s/cmd/#" % d["id"]).code == code(2, 4)
+        c = Client(srv, client_id="pub-%d" % time.monotonic_ns(), version=5)
+        c.connect()
+        c.publish("devices/%s/cmd/a" % d["id"], b"one", qos=1)
+        c.publish("devices/%s/cmd/b" % d["id"], b"two", qos=0)
+        got = [dev.messages.get(timeout=10) for _ in range(2)]
+        assert sorted(got) == [("devices/%s/cmd/a" % d["id"], b"one"),
+                               ("devices/%s/cmd/b" % d["id"], b"two")]
+        assert dev.request(coapdev.DELETE, "s/devices/%s/cmd/#" % d["id"]).code == code(2, 2)
+        c.disconnect()
+    finally:
+        dev.close()
+
+
+def test_isolation_applies_to_coap(coap_server):
+    d = new_device(coap_server)
+    dev = dev_for(coap_server, d)
+    try:
+        r = dev.request(POST, "t/devices/someone-else/events/x", b"1")
+        assert r.code == code(4, 3), r
+        assert dev.subscribe("devices/other/#").code == code(4, 3)
+        assert dev.request(POST, "t/events/shared", b"1").code == code(2, 4)
+    finally:
+        dev.close()
+
+
+def test_duplicate_con_is_answered_again_not_routed_twice(isolated_off_server):
+    srv = isolated_off_server
+    d = new_device(srv)
+    w = mqtt_watch(srv, "devices/%s/events/#" % d["id"])
+    dev = dev_for(srv, d)
+    try:
+        mid = dev.next_mid()
+        raw = encode(CON, POST, mid, b"\x01\x02",
+                     [(URI_PATH, "e"), (URI_PATH, "dup"), (URI_QUERY, "id=" + d["id"])], b"once")
+        dev.send_raw(raw)
+        a = dev.wait_mid(mid)
+        dev.send_raw(raw)  # the device did not hear the ACK and sends again
+        b = dev.wait_mid(mid)
+        assert a.code == b.code == code(2, 4)
+        # A later event must arrive right after the one copy of "dup".
+        assert dev.event("after", b"2").code == code(2, 4)
+        topics = [w.get(timeout=5).topic for _ in range(2)]
+        assert topics == ["devices/%s/events/dup" % d["id"], "devices/%s/events/after" % d["id"]]
+    finally:
+        dev.close()
+        w.disconnect()
+
+
+def test_ping_and_bad_input(coap_server):
+    d = new_device(coap_server)
+    dev = dev_for(coap_server, d)
+    try:
+        dev.event("hello", b"1")
+        assert dev.ping().type == RST
+        # token length 9: a format error; a CON is rejected with RST
+        mid = dev.next_mid()
+        dev.send_raw(bytes([0x49, 0x01, mid >> 8, mid & 255]) + b"123456789")
+        assert dev.wait_mid(mid).type == RST
+        # garbage and a version-2 header: ignored, and the device is still served
+        dev.send_raw(b"\x00")
+        dev.send_raw(bytes([0x80, 0x01, 0, 1]))
+        # an unknown critical option (number 9)
+        r = dev.request(POST, "e/x", b"1", extra=[(9, b"x")])
+        assert r.code == code(4, 2), r
+        # an unknown resource, a wrong method
+        assert dev.request(POST, "nope", b"").code == code(4, 4)
+        assert dev.request(coapdev.GET, "e/x").code == code(4, 5)
+        # an event with no name; a describe that is not JSON
+        assert dev.request(POST, "e", b"1").code == code(4, 0)
+        assert dev.request(coapdev.PUT, "d", b"not json").code == code(4, 0)
+        # more options than cyan takes
+        r = dev.request(POST, "e/x", b"1", extra=[(2000, b"")] * 50)
+        assert r.code == code(4, 2), r
+        # a datagram over coap_max_message
+        r = dev.request(POST, "e/big", b"x" * 3000)
+        assert r.code == code(4, 13), r
+        assert r.opt(coapdev.SIZE1)
+        assert dev.ping().type == RST
+    finally:
+        dev.close()
+
+
+def test_non_event_is_qos0_and_no_response_is_honoured(isolated_off_server):
+    srv = isolated_off_server
+    d = new_device(srv)
+    w = mqtt_watch(srv, "devices/%s/events/#" % d["id"])
+    dev = dev_for(srv, d)
+    try:
+        r = dev.event("n", b"1", con=False)
+        assert r.type == NON and r.code == code(2, 4)
+        m = w.get(timeout=5)
+        assert m.topic.endswith("/events/n") and m.qos == 0
+        # No-Response for 2.xx on a CON: an empty ACK only
+        mid = dev.next_mid()
+        dev.send_raw(encode(CON, POST, mid, b"\x07",
+                            [(URI_PATH, "e"), (URI_PATH, "q"), (URI_QUERY, "id=" + d["id"]),
+                             (coapdev.NO_RESPONSE, 2)], b"x"))
+        a = dev.wait_mid(mid)
+        assert a.type == ACK and a.code == 0
+        assert w.get(timeout=5).topic.endswith("/events/q")
+    finally:
+        dev.close()
+        w.disconnect()
