@@ -66,6 +66,7 @@ typedef struct coap_out {
     uint8_t kind;
     uint8_t qos;     /* deliveries: 0 (NON) or 1 (CON) */
     uint16_t pkt_id; /* deliveries: the session's id of it */
+    int8_t obs;      /* a notification: its observation's slot; -1 = none */
     char rid[17];    /* calls: the device layer's request id */
     uint8_t tkl;
     uint8_t token[CY_COAP_TOKEN_MAX];
@@ -86,6 +87,30 @@ typedef struct coap_wait {
     uint8_t token[CY_COAP_TOKEN_MAX];
     char rid[17];
 } coap_wait;
+
+/* An observation (RFC 7641): GET /s/<filter> with Observe 0 subscribed the
+ * filter with sub_id COAP_OBS_SUB_ID + its slot; matching messages go as
+ * notifications with its token. Soft state: forgotten offline. */
+#define COAP_OBS_MAX 8
+#define COAP_OBS_SUB_ID 1000
+typedef struct coap_obs {
+    char *filter; /* owned; NULL = free slot */
+    uint16_t flen;
+    uint8_t tkl;
+    uint8_t token[CY_COAP_TOKEN_MAX];
+} coap_obs;
+
+/* A request body arriving in blocks (RFC 7959 Block1), one per device. */
+#define COAP_BLOCK1_MAX 65536
+typedef struct coap_block1 {
+    uint8_t *buf; /* owned */
+    size_t len;
+    uint32_t next; /* the block number expected */
+    uint8_t szx;
+    uint8_t code;  /* the method */
+    uint64_t path; /* hash of the Uri-Path and Uri-Query: one resource per transfer */
+    int64_t at;    /* mono ms of the last block */
+} coap_block1;
 
 typedef struct coap_ep {
     cy_link link; /* first: the device layer's view */
@@ -109,6 +134,11 @@ typedef struct coap_ep {
     uint32_t retx_ms; /* the current timeout */
     uint32_t mid_seq, tok_seq;
     coap_wait waits[COAP_WAITS_MAX];
+    coap_obs obs[COAP_OBS_MAX];
+    uint32_t obs_seq; /* Observe sequence numbers of notifications */
+    coap_block1 blk;
+    bool addr_verified; /* plain: this address echoed our Echo value (RFC 9175) */
+    size_t req_len;     /* the datagram being answered (amplification bound) */
     struct coap_ep *busy_next, *busy_prev;
     uint8_t akey[19]; /* plain: addr as a key of c->by_addr (akey_len 0: not in it) */
     uint8_t akey_len;

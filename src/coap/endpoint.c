@@ -36,6 +36,8 @@
 #include "core/cy_reason.h"
 #include "router/topic.h"
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,6 +144,7 @@ static coap_out *make_request(coap_ep *ep, uint8_t type, uint8_t code, const cha
         return NULL;
     }
     memset(o, 0, sizeof(*o));
+    o->obs = -1;
     uint32_t t = ep->tok_seq++;
     o->tkl = 4;
     o->token[0] = (uint8_t)c->self; /* the owner, for plain routing */
@@ -180,6 +183,39 @@ static void enqueue(coap_ep *ep, coap_out *o)
     send_next(ep);
 }
 
+/* A notification of observation slot (RFC 7641): 2.05 with its token and
+ * the next Observe number. */
+static coap_out *make_notification(coap_ep *ep, int slot, bool con, const cy_msg *msg, int *err)
+{
+    const coap_obs *ob = &ep->obs[slot];
+    size_t cap = ep->c->cfg->coap_max_message;
+    coap_out *o = cy_malloc(sizeof(*o) + cap);
+    if (!o) {
+        *err = CY_ENOMEM;
+        return NULL;
+    }
+    memset(o, 0, sizeof(*o));
+    o->obs = (int8_t)slot;
+    o->tkl = ob->tkl;
+    memcpy(o->token, ob->token, ob->tkl);
+    cy_coap_writer w;
+    cy_coap_w_init(&w, o->bytes, cap, con ? CY_COAP_CON : CY_COAP_NON, CY_COAP_CONTENT, 0, o->token,
+                   o->tkl);
+    cy_coap_w_opt_uint(&w, CY_COAP_OPT_OBSERVE, ep->obs_seq++ & 0xFFFFFF);
+    cy_coap_w_opt_uint(&w, CY_COAP_OPT_CONTENT_FORMAT, CY_COAP_FMT_OCTETS);
+    cy_coap_w_payload(&w, msg->payload, msg->payload_len);
+    size_t len;
+    *err = cy_coap_w_end(&w, &len);
+    if (*err) {
+        cy_free(o);
+        return NULL;
+    }
+    o->len = (uint16_t)len;
+    return o;
+}
+
+static int obs_of(const coap_ep *ep, const cy_link_msg *lm);
+
 /* ---- the link (device/link.h) ---- */
 
 static int link_send(cy_link *l, const cy_link_msg *lm)
@@ -189,8 +225,11 @@ static int link_send(cy_link *l, const cy_link_msg *lm)
     if (!ep->online) return CY_EPIPE;
     int err;
     bool con = lm->qos > 0;
-    coap_out *o = make_request(ep, con ? CY_COAP_CON : CY_COAP_NON, CY_COAP_POST, "m", lm->m->topic,
-                               lm->m->topic_len, lm->m->payload, lm->m->payload_len, &err);
+    int slot = obs_of(ep, lm);
+    coap_out *o = slot >= 0 ? make_notification(ep, slot, con, lm->m, &err)
+                            : make_request(ep, con ? CY_COAP_CON : CY_COAP_NON, CY_COAP_POST, "m",
+                                           lm->m->topic, lm->m->topic_len, lm->m->payload,
+                                           lm->m->payload_len, &err);
     if (!o) return err;
     o->kind = OUT_DELIVERY;
     o->qos = con ? 1 : 0;
@@ -231,6 +270,8 @@ static bool link_congested(const cy_link *l)
 }
 
 static void go_offline(coap_ep *ep, const char *why);
+static void obs_cancel(coap_ep *ep, coap_obs *o);
+static void block1_reset(coap_ep *ep);
 
 static void link_close(cy_link *l, uint8_t reason, const char *why)
 {
@@ -335,6 +376,9 @@ static void ep_free(cy_coap *c, coap_ep *ep)
 {
     free_queue(ep);
     addr_unindex(c, ep);
+    for (unsigned i = 0; i < COAP_OBS_MAX; i++)
+        cy_free(ep->obs[i].filter);
+    cy_free(ep->blk.buf);
     for (unsigned i = 0; i < COAP_SEEN; i++)
         cy_free(ep->seen[i].resp);
     cy_map_del(&c->eps, ep->id, ep->id_len);
@@ -360,6 +404,13 @@ static void go_online(coap_ep *ep)
         s->persistent = expiry > 0;
     }
     s->version = 5;
+    /* Observations of an earlier life of this shard are gone with their
+     * tokens: so are their subscriptions. */
+    for (uint32_t i = s->n_subs; i-- > 0;) {
+        cy_sub *sub = &s->subs[i];
+        if (sub->sub_id >= COAP_OBS_SUB_ID && sub->sub_id < COAP_OBS_SUB_ID + COAP_OBS_MAX)
+            cy_session_unsubscribe(d, s, sub->filter, sub->len);
+    }
     cy_session_attach(d, s, &ep->link);
     cy_session_persist(d, s);
     ep->sess = s;
@@ -383,6 +434,10 @@ static void go_offline(coap_ep *ep, const char *why)
     c->online--;
     c->stats->coap_online = c->online;
     free_queue(ep); /* what was in flight stays in the session: resent when it is back */
+    /* Observations are soft state (RFC 7641): a device back online registers again. */
+    for (unsigned i = 0; i < COAP_OBS_MAX; i++)
+        obs_cancel(ep, &ep->obs[i]);
+    block1_reset(ep);
     cy_session *s = ep->sess;
     ep->sess = NULL;
     cy_info(ep->id, "offline: %s", why);
@@ -404,6 +459,7 @@ static void heard(coap_ep *ep, uint8_t via, uint8_t term, const coap_addr *a)
         ep->addr = *a;
         ep->via = via;
         ep->term = term;
+        ep->addr_verified = false;
         addr_index(ep->c, ep);
     }
     if (!ep->online) go_online(ep);
@@ -445,6 +501,9 @@ typedef struct answer {
     const uint8_t *payload; /* or a payload (borrowed), or NULL */
     size_t plen;
     uint32_t max_age; /* 0: no Max-Age option */
+    bool observe;     /* an Observe option (the observation's sequence number) */
+    bool has_block1;  /* echo the request's Block1 (RFC 7959 2.3) */
+    cy_coap_block block1;
 } answer;
 
 /* No-Response (RFC 7967): does the request ask us not to answer code? */
@@ -457,12 +516,54 @@ static bool suppressed(const cy_coap_msg *m, uint8_t code)
     return (cls == 2 && (v & 2)) || (cls == 4 && (v & 8)) || (cls == 5 && (v & 16));
 }
 
-static void respond(coap_ep *ep, const cy_coap_msg *m, const answer *an)
+/* ---- Echo (RFC 9175): a plain address proves it receives what we send ---- */
+
+#define ECHO_LEN 8
+#define ECHO_PERIOD_MS 60000
+
+static void echo_value(const coap_ep *ep, int64_t period, uint8_t out[ECHO_LEN])
 {
+    uint8_t data[19 + 8];
+    size_t kl = coap_addr_key(&ep->addr, data);
+    for (int i = 0; i < 8; i++)
+        data[kl + (size_t)i] = (uint8_t)((uint64_t)period >> (8 * i));
+    uint8_t mac[EVP_MAX_MD_SIZE];
+    unsigned ml = 0;
+    HMAC(EVP_sha256(), ep->c->echo_key, sizeof(ep->c->echo_key), data, kl + 8, mac, &ml);
+    memcpy(out, mac, ECHO_LEN);
+}
+
+/* Does the request echo a value we gave this address (this period or the last)? */
+static bool echo_ok(const coap_ep *ep, const cy_coap_msg *m)
+{
+    const cy_coap_opt *o = cy_coap_opt_find(m, CY_COAP_OPT_ECHO);
+    if (!o || o->len != ECHO_LEN) return false;
+    int64_t period = now_ms(ep->c) / ECHO_PERIOD_MS;
+    uint8_t v[ECHO_LEN];
+    for (int64_t p = period; p >= period - 1; p--) {
+        echo_value(ep, p, v);
+        if (CRYPTO_memcmp(v, o->val, ECHO_LEN) == 0) return true;
+    }
+    return false;
+}
+
+/* The largest block size (szx) whose block fits in a message of cap bytes
+ * with room for the header, token and options. */
+static uint8_t block_szx(size_t cap)
+{
+    uint8_t szx = 6;
+    while (szx > 0 && cy_coap_block_size(szx) + 64 > cap)
+        szx--;
+    return szx;
+}
+
+static void respond(coap_ep *ep, const cy_coap_msg *m, const answer *an_in)
+{
+    answer an = *an_in;
     uint8_t buf[2048];
     size_t cap =
         ep->c->cfg->coap_max_message < sizeof(buf) ? ep->c->cfg->coap_max_message : sizeof(buf);
-    if (suppressed(m, an->code)) {
+    if (suppressed(m, an.code)) {
         if (m->type == CY_COAP_CON) {
             uint8_t b[CY_COAP_HEADER];
             reply(ep, m->mid, b, cy_coap_empty(b, CY_COAP_ACK, m->mid));
@@ -471,24 +572,64 @@ static void respond(coap_ep *ep, const cy_coap_msg *m, const answer *an)
         }
         return;
     }
+    /* Block2 (RFC 7959): a payload that does not fit goes a block at a
+     * time; the device asks for the next with Block2 num+1. */
+    bool block2 = false;
+    cy_coap_block b2 = {0, false, block_szx(cap)};
+    size_t total = an.plen;
+    const cy_coap_opt *b2o = cy_coap_opt_find(m, CY_COAP_OPT_BLOCK2);
+    cy_coap_block want;
+    if (an.payload && CY_COAP_CLASS(an.code) == 2 &&
+        (an.plen + 64 > cap || (b2o && cy_coap_block_decode(b2o, &want) == 0))) {
+        if (b2o && cy_coap_block_decode(b2o, &want) == 0) {
+            if (want.szx < b2.szx) b2.szx = want.szx;
+            b2.num =
+                want.num * (uint32_t)(cy_coap_block_size(want.szx) / cy_coap_block_size(b2.szx));
+        }
+        size_t bs = cy_coap_block_size(b2.szx), off = (size_t)b2.num * bs;
+        if (off >= total && total) {
+            an = (answer){.code = CY_COAP_BAD_OPTION, .diag = "no such block"};
+        } else {
+            block2 = true;
+            b2.more = off + bs < total;
+            an.payload += off;
+            an.plen = b2.more ? bs : total - off;
+        }
+    }
     cy_coap_writer w;
     bool con = m->type == CY_COAP_CON;
-    cy_coap_w_init(&w, buf, cap, con ? CY_COAP_ACK : CY_COAP_NON, an->code,
-                   con ? m->mid : coap_mid_for(ep->c, ep->mid_seq++), m->token, m->tkl);
-    if (an->payload && an->plen)
+    uint16_t mid = con ? m->mid : coap_mid_for(ep->c, ep->mid_seq++);
+    cy_coap_w_init(&w, buf, cap, con ? CY_COAP_ACK : CY_COAP_NON, an.code, mid, m->token, m->tkl);
+    if (an.observe) cy_coap_w_opt_uint(&w, CY_COAP_OPT_OBSERVE, ep->obs_seq++ & 0xFFFFFF);
+    if (an.payload && an.plen)
         cy_coap_w_opt_uint(&w, CY_COAP_OPT_CONTENT_FORMAT, CY_COAP_FMT_OCTETS);
-    if (an->max_age) cy_coap_w_opt_uint(&w, CY_COAP_OPT_MAX_AGE, an->max_age);
-    if (an->code == CY_COAP_TOO_LARGE)
-        cy_coap_w_opt_uint(&w, CY_COAP_OPT_SIZE1, ep->c->cfg->coap_max_message);
-    if (an->payload)
-        cy_coap_w_payload(&w, an->payload, an->plen);
-    else if (an->diag)
-        cy_coap_w_payload(&w, an->diag, strlen(an->diag));
+    if (an.max_age) cy_coap_w_opt_uint(&w, CY_COAP_OPT_MAX_AGE, an.max_age);
+    if (block2) cy_coap_w_opt_uint(&w, CY_COAP_OPT_BLOCK2, cy_coap_block_value(&b2));
+    if (an.has_block1) cy_coap_w_opt_uint(&w, CY_COAP_OPT_BLOCK1, cy_coap_block_value(&an.block1));
+    if (block2 && b2.num == 0) cy_coap_w_opt_uint(&w, CY_COAP_OPT_SIZE2, (uint32_t)total);
+    if (an.code == CY_COAP_TOO_LARGE)
+        cy_coap_w_opt_uint(&w, CY_COAP_OPT_SIZE1,
+                           an.has_block1 ? COAP_BLOCK1_MAX : ep->c->cfg->coap_max_message);
+    if (an.payload)
+        cy_coap_w_payload(&w, an.payload, an.plen);
+    else if (an.diag)
+        cy_coap_w_payload(&w, an.diag, strlen(an.diag));
     size_t len;
     if (cy_coap_w_end(&w, &len)) { /* the payload did not fit */
-        cy_coap_w_init(&w, buf, cap, con ? CY_COAP_ACK : CY_COAP_NON, CY_COAP_INTERNAL_ERROR,
-                       con ? m->mid : coap_mid_for(ep->c, ep->mid_seq++), m->token, m->tkl);
+        cy_coap_w_init(&w, buf, cap, con ? CY_COAP_ACK : CY_COAP_NON, CY_COAP_INTERNAL_ERROR, mid,
+                       m->token, m->tkl);
         cy_coap_w_payload(&w, "response too large", 18);
+        if (cy_coap_w_end(&w, &len)) return;
+    }
+    /* Against amplification from a spoofed plain source: no answer more
+     * than 3 times the request's size to an address that has not proved,
+     * by echoing a value we sent it, that it is the sender (RFC 9175 2.4). */
+    if (ep->via == COAP_VIA_PLAIN && !ep->addr_verified && len > 3 * ep->req_len && len > 64) {
+        uint8_t ev[ECHO_LEN];
+        echo_value(ep, now_ms(ep->c) / ECHO_PERIOD_MS, ev);
+        cy_coap_w_init(&w, buf, cap, con ? CY_COAP_ACK : CY_COAP_NON, CY_COAP_UNAUTHORIZED, mid,
+                       m->token, m->tkl);
+        cy_coap_w_opt(&w, CY_COAP_OPT_ECHO, ev, sizeof(ev));
         if (cy_coap_w_end(&w, &len)) return;
     }
     reply(ep, m->mid, buf, len);
@@ -588,8 +729,8 @@ static answer publish(coap_ep *ep, const cy_coap_msg *m, const char *topic, size
     return (answer){.code = CY_COAP_CHANGED};
 }
 
-static answer subscribe(coap_ep *ep, const cy_coap_msg *m, const char *f, size_t flen, bool *fresh,
-                        uint8_t *qos_out)
+static answer subscribe(coap_ep *ep, const cy_coap_msg *m, const char *f, size_t flen,
+                        uint32_t sub_id, bool *fresh, uint8_t *qos_out)
 {
     cy_coap *c = ep->c;
     cy_session *s = ep->sess;
@@ -615,23 +756,182 @@ static answer subscribe(coap_ep *ep, const cy_coap_msg *m, const char *f, size_t
         c->stats->limit_subscriptions++;
         return refused(CY_COAP_UNAVAILABLE, "max_subscriptions reached");
     }
-    if (cy_session_subscribe(c->devices, s, f, flen, qos, 0, fresh))
+    if (cy_session_subscribe(c->devices, s, f, flen, qos, sub_id, fresh))
         return refused(CY_COAP_INTERNAL_ERROR, "out of memory");
     *qos_out = qos;
     return (answer){.code = CY_COAP_CHANGED};
 }
 
-static void request(coap_ep *ep, const cy_coap_msg *m)
+/* ---- observations (RFC 7641) ---- */
+
+static coap_obs *obs_find(coap_ep *ep, const char *f, size_t flen)
+{
+    for (unsigned i = 0; i < COAP_OBS_MAX; i++)
+        if (ep->obs[i].filter && ep->obs[i].flen == flen && !memcmp(ep->obs[i].filter, f, flen))
+            return &ep->obs[i];
+    return NULL;
+}
+
+/* End observation o: its subscription goes too. */
+static void obs_cancel(coap_ep *ep, coap_obs *o)
+{
+    if (!o->filter) return;
+    if (ep->sess) cy_session_unsubscribe(ep->c->devices, ep->sess, o->filter, o->flen);
+    cy_free(o->filter);
+    memset(o, 0, sizeof(*o));
+}
+
+/* The observation a delivery is for (its subscription identifiers). */
+static int obs_of(const coap_ep *ep, const cy_link_msg *lm)
+{
+    for (uint32_t i = 0; i < lm->n_sub_ids; i++) {
+        uint32_t id = lm->sub_ids[i];
+        if (id >= COAP_OBS_SUB_ID && id < COAP_OBS_SUB_ID + COAP_OBS_MAX &&
+            ep->obs[id - COAP_OBS_SUB_ID].filter)
+            return (int)(id - COAP_OBS_SUB_ID);
+    }
+    return -1;
+}
+
+/* GET /s/<filter> with Observe 0: register (or renew: a new token), with
+ * the same checks as a subscription. The answer is the current state: the
+ * retained message of the topic, if any. */
+static answer observe(coap_ep *ep, const cy_coap_msg *m, const char *f, size_t flen)
+{
+    coap_obs *o = obs_find(ep, f, flen);
+    unsigned slot = 0;
+    if (!o) {
+        for (slot = 0; slot < COAP_OBS_MAX && ep->obs[slot].filter; slot++)
+            ;
+        if (slot == COAP_OBS_MAX) /* RFC 7641 4.1: answered as a plain GET */
+            return (answer){.code = 0};
+    } else {
+        slot = (unsigned)(o - ep->obs);
+    }
+    bool fresh;
+    uint8_t qos;
+    answer an = subscribe(ep, m, f, flen, COAP_OBS_SUB_ID + slot, &fresh, &qos);
+    if (an.code != CY_COAP_CHANGED) return an;
+    o = &ep->obs[slot];
+    if (!o->filter) {
+        o->filter = cy_malloc(flen + 1);
+        if (!o->filter) {
+            cy_session_unsubscribe(ep->c->devices, ep->sess, f, flen);
+            return refused(CY_COAP_INTERNAL_ERROR, "out of memory");
+        }
+        memcpy(o->filter, f, flen);
+        o->filter[flen] = '\0';
+        o->flen = (uint16_t)flen;
+    }
+    o->tkl = m->tkl;
+    memcpy(o->token, m->token, m->tkl);
+    cy_msg *r = cy_router_retained(ep->c->router, f, flen);
+    return (answer){.code = CY_COAP_CONTENT,
+                    .observe = true,
+                    .payload = r ? r->payload : NULL,
+                    .plen = r ? r->payload_len : 0};
+}
+
+/* ---- block-wise request bodies (RFC 7959 Block1) ---- */
+
+static void block1_reset(coap_ep *ep)
+{
+    cy_free(ep->blk.buf);
+    memset(&ep->blk, 0, sizeof(ep->blk));
+}
+
+static uint64_t resource_hash(const cy_coap_msg *m)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned i = 0; i < m->n_opts; i++) {
+        const cy_coap_opt *o = &m->opts[i];
+        if (o->num != CY_COAP_OPT_URI_PATH && o->num != CY_COAP_OPT_URI_QUERY) continue;
+        h = (h ^ o->num) * 1099511628211ull;
+        for (unsigned k = 0; k < o->len; k++)
+            h = (h ^ o->val[k]) * 1099511628211ull;
+    }
+    return h;
+}
+
+/* A block of a request body: 1 and *an set when the request is answered
+ * here (2.31 Continue, or an error); 0 when the body is whole: then *full
+ * is the request with the whole body (pointing into ep->blk) and *an has
+ * the Block1 option to echo. */
+static int block1(coap_ep *ep, const cy_coap_msg *m, const cy_coap_opt *o, cy_coap_msg *full,
+                  answer *an)
+{
+    cy_coap_block b;
+    if (cy_coap_block_decode(o, &b)) {
+        *an = refused(CY_COAP_BAD_OPTION, "bad Block1");
+        return 1;
+    }
+    uint64_t h = resource_hash(m);
+    if (b.num == 0) {
+        block1_reset(ep);
+        ep->blk.szx = b.szx;
+        ep->blk.code = m->code;
+        ep->blk.path = h;
+    }
+    *an = (answer){.has_block1 = true, .block1 = b};
+    if (b.num != ep->blk.next || (b.num && !ep->blk.buf) || h != ep->blk.path ||
+        m->code != ep->blk.code || b.szx != ep->blk.szx ||
+        (b.more && m->payload_len != cy_coap_block_size(b.szx))) {
+        block1_reset(ep);
+        an->code = CY_COAP_INCOMPLETE;
+        an->diag = "blocks out of order: start again at block 0";
+        return 1;
+    }
+    if (ep->blk.len + m->payload_len > COAP_BLOCK1_MAX) {
+        block1_reset(ep);
+        an->code = CY_COAP_TOO_LARGE;
+        return 1;
+    }
+    uint8_t *nb = cy_realloc(ep->blk.buf, ep->blk.len + m->payload_len + 1);
+    if (!nb) {
+        block1_reset(ep);
+        an->code = CY_COAP_INTERNAL_ERROR;
+        return 1;
+    }
+    ep->blk.buf = nb;
+    if (m->payload_len) memcpy(nb + ep->blk.len, m->payload, m->payload_len);
+    ep->blk.len += m->payload_len;
+    ep->blk.next++;
+    ep->blk.at = now_ms(ep->c);
+    if (b.more) {
+        an->code = CY_COAP_CONTINUE;
+        return 1;
+    }
+    *full = *m;
+    full->payload = ep->blk.buf;
+    full->payload_len = ep->blk.len;
+    return 0;
+}
+
+static void request(coap_ep *ep, const cy_coap_msg *m_in)
 {
     cy_coap *c = ep->c;
-    static const uint16_t known[] = {CY_COAP_OPT_URI_HOST, CY_COAP_OPT_URI_PORT,
-                                     CY_COAP_OPT_URI_PATH, CY_COAP_OPT_URI_QUERY,
-                                     CY_COAP_OPT_ACCEPT};
-    uint16_t bad = cy_coap_unknown_critical(m, known, sizeof(known) / sizeof(known[0]));
+    static const uint16_t known[] = {
+        CY_COAP_OPT_URI_HOST, CY_COAP_OPT_URI_PORT, CY_COAP_OPT_URI_PATH, CY_COAP_OPT_URI_QUERY,
+        CY_COAP_OPT_ACCEPT,   CY_COAP_OPT_BLOCK1,   CY_COAP_OPT_BLOCK2};
+    uint16_t bad = cy_coap_unknown_critical(m_in, known, sizeof(known) / sizeof(known[0]));
     if (bad) {
-        respond(ep, m,
+        respond(ep, m_in,
                 &(answer){.code = CY_COAP_BAD_OPTION, .diag = "unsupported critical option"});
         return;
+    }
+    if (ep->via == COAP_VIA_PLAIN && !ep->addr_verified && echo_ok(ep, m_in))
+        ep->addr_verified = true;
+    /* A body in blocks is put together first. */
+    cy_coap_msg whole;
+    const cy_coap_msg *m = m_in;
+    answer b1 = {0};
+    const cy_coap_opt *b1o = cy_coap_opt_find(m_in, CY_COAP_OPT_BLOCK1);
+    if (b1o) {
+        if (block1(ep, m_in, b1o, &whole, &b1)) {
+            respond(ep, m_in, &b1);
+            return;
+        }
+        m = &whole;
     }
     size_t flen;
     const char *first = first_segment(m, &flen);
@@ -665,17 +965,33 @@ static void request(coap_ep *ep, const cy_coap_msg *m)
             an = publish(ep, m, topic, (size_t)n, true);
         }
     } else if (flen == 1 && first[0] == 's') { /* subscriptions */
-        rl = rest_of_path(m, rest, sizeof(rest), m->code != CY_COAP_GET);
+        const cy_coap_opt *obs = cy_coap_opt_find(m, CY_COAP_OPT_OBSERVE);
+        uint32_t ov = 2;
+        if (obs && cy_coap_opt_uint(obs, &ov)) ov = 2;
+        bool filter = m->code != CY_COAP_GET || ov == 0 || ov == 1;
+        rl = rest_of_path(m, rest, sizeof(rest), filter);
         if (rl <= 0) {
             an = refused(CY_COAP_BAD_REQUEST, "name the topic filter: /s/<filter>");
         } else if (m->code == CY_COAP_POST || m->code == CY_COAP_PUT) {
-            an = subscribe(ep, m, rest, (size_t)rl, &sub_fresh, &sub_qos);
+            an = subscribe(ep, m, rest, (size_t)rl, 0, &sub_fresh, &sub_qos);
             subscribed = an.code == CY_COAP_CHANGED;
         } else if (m->code == CY_COAP_DELETE) {
-            cy_session_unsubscribe(c->devices, ep->sess, rest, (size_t)rl);
+            coap_obs *o = obs_find(ep, rest, (size_t)rl);
+            if (o)
+                obs_cancel(ep, o);
+            else
+                cy_session_unsubscribe(c->devices, ep->sess, rest, (size_t)rl);
             an = (answer){.code = CY_COAP_DELETED};
-        } else { /* GET: the retained message of a topic */
-            cy_msg *r = cy_router_retained(c->router, rest, (size_t)rl);
+        } else if (ov == 0 && (an = observe(ep, m, rest, (size_t)rl)).code != 0) {
+            /* registered, or refused */
+        } else { /* GET (or an observation ended): the retained message of a topic */
+            if (ov == 1) {
+                coap_obs *o = obs_find(ep, rest, (size_t)rl);
+                if (o) obs_cancel(ep, o);
+            }
+            cy_msg *r = cy_topic_valid_name(rest, (size_t)rl)
+                            ? cy_router_retained(c->router, rest, (size_t)rl)
+                            : NULL;
             if (c->cfg->isolate_devices &&
                 !cy_device_topic_ok(ep->id, ep->id_len, rest, (size_t)rl))
                 an = refused(CY_COAP_FORBIDDEN, "a device reads within devices/<id>/ and events/");
@@ -686,7 +1002,12 @@ static void request(coap_ep *ep, const cy_coap_msg *m)
                     .code = CY_COAP_CONTENT, .payload = r->payload, .plen = r->payload_len};
         }
     }
-    respond(ep, m, &an);
+    if (b1o) {
+        an.has_block1 = true;
+        an.block1 = b1.block1;
+    }
+    respond(ep, m_in, &an);
+    if (b1o) block1_reset(ep);
     if (subscribed && sub_fresh)
         cy_session_send_retained(c->devices, ep->sess, rest, (size_t)rl, sub_qos, 0);
 }
@@ -713,6 +1034,8 @@ static void on_ack(coap_ep *ep, const cy_coap_msg *m)
             cy_session_remove_delivery(c->devices, ep->sess, dv);
             cy_session_pump(c->devices, ep->sess);
         }
+        /* A RST to a notification: the device no longer observes (RFC 7641 3.6). */
+        if (m->type == CY_COAP_RST && o->obs >= 0) obs_cancel(ep, &ep->obs[o->obs]);
     } else if (o->kind == OUT_CALL && m->type == CY_COAP_ACK) {
         if (m->code != CY_COAP_EMPTY) {
             call_answered(ep, o->rid, m);
@@ -768,7 +1091,6 @@ void coap_ep_input(cy_coap *c, const char *id, size_t id_len, uint8_t via, uint8
                    const coap_addr *a, const cy_coap_msg *m, const uint8_t *raw, size_t rawlen)
 {
     (void)raw;
-    (void)rawlen;
     if (c->stopping) return;
     c->progress++;
     coap_ep *ep = id_len ? ep_find(c, id, id_len) : ep_by_addr(c, a);
@@ -814,6 +1136,7 @@ void coap_ep_input(cy_coap *c, const char *id, size_t id_len, uint8_t via, uint8
         if (m->type == CY_COAP_CON && s->len) send_raw(ep, s->resp, s->len);
         return;
     }
+    ep->req_len = rawlen;
     if (CY_COAP_CLASS(m->code) == 0)
         request(ep, m);
     else

@@ -19,6 +19,7 @@ import time
 CON, NON, ACK, RST = 0, 1, 2, 3
 GET, POST, PUT, DELETE = 1, 2, 3, 4
 URI_PATH, CONTENT_FORMAT, MAX_AGE, URI_QUERY, SIZE1, NO_RESPONSE = 11, 12, 14, 15, 60, 258
+OBSERVE, BLOCK2, BLOCK1, SIZE2, ECHO = 6, 23, 27, 28, 252
 
 
 def code(c, dd):
@@ -132,6 +133,8 @@ class Device:
         self.calls = queue.Queue()     # (kind, name, arg) served
         self.drop_next_acks = 0        # tests of retransmission: ignore n cloud requests
         self.seen = {}                 # cloud mids answered: mid -> response bytes
+        self.notifications = queue.Queue()  # Msg of Observe notifications
+        self.rst_notifications = False      # answer notifications with RST (cancel)
         self.running = True
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -220,6 +223,11 @@ class Device:
             try:
                 m = decode(data)
             except (ValueError, IndexError):
+                continue
+            if m.opt(OBSERVE) and m.type in (CON, NON) and m.code >> 5 == 2:
+                self.notifications.put(m)
+                if m.type == CON:
+                    self.sock.sendto(encode(RST if self.rst_notifications else ACK, 0, m.mid), addr)
                 continue
             if m.type in (ACK, RST) or (m.code >> 5) in (2, 4, 5):
                 with self.cond:

@@ -259,3 +259,154 @@ def test_non_event_is_qos0_and_no_response_is_honoured(isolated_off_server):
     finally:
         dev.close()
         w.disconnect()
+
+
+def _read_all(proc, out):
+    """Collect what proc writes (coap-client prints payloads without newlines)."""
+    import os
+    while True:
+        b = os.read(proc.stdout.fileno(), 4096)
+        if not b:
+            return
+        out[0] += b.decode("utf-8", "replace")
+
+
+def test_observe_with_coap_client(isolated_off_server):
+    """RFC 7641 with a client nobody here wrote: coap-client observes a
+    device topic; the registration answers with the retained state, and
+    each message after it arrives as a notification."""
+    import threading
+    srv = isolated_off_server
+    d = new_device(srv)
+    topic = "devices/%s/led" % d["id"]
+    c = Client(srv, client_id="pub-%d" % time.monotonic_ns(), version=5)
+    c.connect()
+    c.publish(topic, b"initial", qos=1, retain=True)
+    proc = subprocess.Popen([COAP_CLIENT, "-s", "20", "-B", "20", "-m", "get",
+                             "coap://127.0.0.1:%d/s/%s?id=%s" % (srv.coap_port, topic, d["id"])],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = [""]
+    t = threading.Thread(target=_read_all, args=(proc, out), daemon=True)
+    t.start()
+    try:
+        wait_for(lambda: "initial" in out[0], 10, "the registration's answer")
+        for i in range(3):
+            c.publish(topic, b"state-%d" % i, qos=1)
+            wait_for(lambda: "state-%d" % i in out[0], 10, "notification %d" % i)
+    finally:
+        proc.kill()
+        proc.wait(5)
+        c.disconnect()
+
+
+def test_observe_notifications_and_rst_cancel(isolated_off_server):
+    srv = isolated_off_server
+    d = new_device(srv)
+    topic = "devices/%s/cfg" % d["id"]
+    dev = dev_for(srv, d)
+    c = Client(srv, client_id="pub-%d" % time.monotonic_ns(), version=5)
+    c.connect()
+    try:
+        token = b"\x0b\x5e"
+        mid = dev.next_mid()
+        dev.send_raw(encode(CON, coapdev.GET, mid, token,
+                            [(URI_PATH, "s"), (URI_PATH, "devices"), (URI_PATH, d["id"]),
+                             (URI_PATH, "cfg"), (URI_QUERY, "id=" + d["id"]),
+                             (coapdev.OBSERVE, 0)]))
+        r = dev.wait_mid(mid)
+        assert r.code == code(2, 5) and r.opt(coapdev.OBSERVE), r
+        c.publish(topic, b"v1", qos=1)
+        n = dev.notifications.get(timeout=10)
+        assert n.token == token and n.payload == b"v1" and n.opt(coapdev.OBSERVE)
+        assert n.type == CON  # QoS 1: confirmable; the device ACKs it
+        # The device refuses the next one with RST: the observation ends.
+        dev.rst_notifications = True
+        c.publish(topic, b"v2", qos=1)
+        assert dev.notifications.get(timeout=10).payload == b"v2"
+        dev.rst_notifications = False
+        # After it, messages on the topic do not come; a later subscription's do.
+        assert dev.subscribe("devices/%s/other" % d["id"]).code == code(2, 4)
+        c.publish(topic, b"v3", qos=1)
+        c.publish("devices/%s/other" % d["id"], b"later", qos=1)
+        assert dev.messages.get(timeout=10) == ("devices/%s/other" % d["id"], b"later")
+        assert dev.notifications.empty()
+    finally:
+        dev.close()
+        c.disconnect()
+
+
+def test_block1_describe_larger_than_a_message(server_factory):
+    srv = server_factory(_template=False, coap_insecure=True, coap_max_message=256)
+    srv.wait_api_healthy()
+    d = new_device(srv)
+    names = ["function_number_%02d" % i for i in range(20)]
+    dev = dev_for(srv, d, functions={n: (lambda arg: b"1") for n in names})
+    try:
+        body = json.dumps({"functions": names}).encode()
+        assert len(body) > 256
+        size, szx = 64, 2
+        nblocks = (len(body) + size - 1) // size
+        for num in range(nblocks):
+            more = num < nblocks - 1
+            r = dev.request(coapdev.PUT, "d", body[num * size:(num + 1) * size],
+                            extra=[(coapdev.BLOCK1, num << 4 | more << 3 | szx)])
+            assert r.code == (code(2, 31) if more else code(2, 4)), (num, r)
+            assert r.opt(coapdev.BLOCK1)
+        r = api(srv, "POST", "/v1/devices/%s/functions/%s" % (d["id"], names[-1]),
+                json={"arg": ""})
+        assert r.status == 200, r.text
+        # A block out of order: 4.08, start again.
+        r = dev.request(coapdev.PUT, "d", body[:size],
+                        extra=[(coapdev.BLOCK1, 3 << 4 | 1 << 3 | szx)])
+        assert r.code == code(4, 8), r
+    finally:
+        dev.close()
+
+
+def test_block2_and_echo_for_a_large_retained_message(isolated_off_server):
+    """A retained message larger than a CoAP message comes in Block2 blocks;
+    and since the answer is many times the request, an address that has not
+    proved itself gets 4.01 with an Echo value first (RFC 9175)."""
+    srv = isolated_off_server
+    d = new_device(srv)
+    topic = "devices/%s/blob" % d["id"]
+    big = bytes(range(256)) * 12  # 3072 bytes
+    c = Client(srv, client_id="pub-%d" % time.monotonic_ns(), version=5)
+    c.connect()
+    c.publish(topic, big, qos=1, retain=True)
+    c.disconnect()
+    dev = dev_for(srv, d)
+    try:
+        r = dev.request(coapdev.GET, "s/" + topic)
+        assert r.code == code(4, 1) and r.opt(coapdev.ECHO), r
+        echo = r.opt(coapdev.ECHO)[0]
+        got, num = b"", 0
+        while True:
+            r = dev.request(coapdev.GET, "s/" + topic,
+                            extra=[(coapdev.ECHO, echo), (coapdev.BLOCK2, num << 4 | 6)])
+            assert r.code == code(2, 5), r
+            b2 = int.from_bytes(r.opt(coapdev.BLOCK2)[0], "big")
+            assert b2 >> 4 == num
+            got += r.payload
+            if not b2 & 8:
+                break
+            num += 1
+        assert got == big
+    finally:
+        dev.close()
+
+
+def test_coap_client_reads_a_large_retained_message(isolated_off_server):
+    srv = isolated_off_server
+    d = new_device(srv)
+    topic = "devices/%s/blob" % d["id"]
+    big = (b"0123456789abcdef" * 200)
+    c = Client(srv, client_id="pub-%d" % time.monotonic_ns(), version=5)
+    c.connect()
+    c.publish(topic, big, qos=1, retain=True)
+    c.disconnect()
+    cp = subprocess.run([COAP_CLIENT, "-m", "get", "-B", "10",
+                         "coap://127.0.0.1:%d/s/%s?id=%s" % (srv.coap_port, topic, d["id"])],
+                        capture_output=True, timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    assert big in cp.stdout, cp.stdout[:200]
