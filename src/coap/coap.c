@@ -225,7 +225,11 @@ void coap_answer_error(cy_coap *c, uint8_t via, uint8_t term, const coap_addr *a
     if (code == CY_COAP_UNAVAILABLE) cy_coap_w_opt_uint(&w, CY_COAP_OPT_MAX_AGE, 5);
     if (code == CY_COAP_TOO_LARGE)
         cy_coap_w_opt_uint(&w, CY_COAP_OPT_SIZE1, c->cfg->coap_max_message);
-    if (diag) cy_coap_w_payload(&w, diag, strnlen(diag, 128));
+    /* A plain source may be spoofed: the answer, diagnostic included, stays
+     * within 3 times the request (RFC 9175 2.4's bound on amplification). */
+    size_t dlen = diag ? strnlen(diag, 128) : 0;
+    if (via == COAP_VIA_PLAIN && w.len + 1 + dlen > 3 * c->req_len) dlen = 0;
+    if (dlen) cy_coap_w_payload(&w, diag, dlen);
     size_t len;
     if (cy_coap_w_end(&w, &len) == 0) coap_output(c, via, term, a, buf, len);
 }
@@ -269,6 +273,7 @@ static void forward(cy_coap *c, unsigned owner, uint8_t via, uint8_t term, const
 /* A plain datagram (decoded as m) read here from a. */
 static void plain_input(cy_coap *c, const coap_addr *a, const uint8_t *raw, size_t len)
 {
+    c->req_len = len;
     cy_coap_msg m;
     int rc = cy_coap_decode(raw, len, &m);
     if (rc == CY_EINVAL) { /* not CoAP: silently ignored (RFC 7252 3) */
@@ -473,6 +478,7 @@ void cy_coap_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *bod
     size_t n = cy_reader_left(&r);
     cy_coap_msg m;
     if (cy_coap_decode(r.p, n, &m)) return; /* the sender decoded it already */
+    c->req_len = n;
     c->stats->coap_received++;
     (void)from;
     coap_ep_input(c, (const char *)id, id_len, via, term, &a, &m, r.p, n);
@@ -508,6 +514,7 @@ static void read_socket(cy_coap *c, int fd, bool dtls)
             size_t len = msgs[i].msg_len;
             if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) { /* over what we take */
                 c->stats->coap_dropped++;
+                c->req_len = len;
                 if (!dtls && len >= CY_COAP_HEADER && (p[0] >> 6) == 1 && ((p[0] >> 4) & 3) == 0 &&
                     (p[0] & 15) <= 8 && len >= CY_COAP_HEADER + (size_t)(p[0] & 15)) {
                     cy_coap_msg m;

@@ -173,7 +173,8 @@ struct cy_coap {
     /* output: records for cy_coap_flush (see coap.c) */
     cy_buf out;
     uint64_t progress;
-    uint8_t *rbuf; /* COAP_BATCH datagrams of rbuf_each bytes */
+    size_t req_len; /* bytes of the datagram being handled (bounds plain answers) */
+    uint8_t *rbuf;  /* COAP_BATCH datagrams of rbuf_each bytes */
     size_t rbuf_each;
 };
 

@@ -1184,6 +1184,8 @@ static void sweep_one(void *ctx, void *v)
     sweep_ctx *x = ctx;
     coap_ep *ep = v;
     int64_t idle_ms = (int64_t)x->c->cfg->coap_idle_timeout * 1000;
+    /* A block-wise body abandoned half way is dropped after EXCHANGE_LIFETIME. */
+    if (ep->blk.buf && x->now - ep->blk.at > COAP_SEEN_MS) block1_reset(ep);
     if (ep->online && x->now - ep->last_rx > idle_ms && x->n_idle < 64) x->idle[x->n_idle++] = ep;
     /* An offline endpoint whose session ended holds nothing worth keeping. */
     if (!ep->online && x->n_gone < 64 && !cy_session_find(x->c->devices, ep->id, ep->id_len))

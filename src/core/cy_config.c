@@ -156,8 +156,8 @@ static const setting table[] = {
         "after it goes offline; 0 = ended at once"),
     U32(coap_max_message, "1280", 64, 65000,
         "largest CoAP message taken or sent, bytes; a larger request gets 4.13"),
-    U32(coaps_max_peers, "20000", 1, 10000000,
-        "DTLS sessions, handshakes included, each shard holds at most"),
+    U32(coaps_max_peers, "10000", 1, 10000000,
+        "DTLS sessions, handshakes included, each shard holds at most (about 35 KB each)"),
     U32(coaps_handshake_rate, "1000", 1, 1000000,
         "new DTLS handshakes each shard starts per second at most (after the cookie "
         "exchange); more are dropped and the device retries"),

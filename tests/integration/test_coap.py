@@ -410,3 +410,20 @@ def test_coap_client_reads_a_large_retained_message(isolated_off_server):
                         capture_output=True, timeout=30)
     assert cp.returncode == 0, cp.stderr
     assert big in cp.stdout, cp.stdout[:200]
+
+
+def test_coap_event_reaches_the_api_event_stream(coap_server):
+    from apidevice import SseStream
+    srv = coap_server
+    d = new_device(srv)
+    dev = dev_for(srv, d)
+    try:
+        with SseStream(srv, "/v1/devices/%s/events" % d["id"]) as s:
+            assert s.status == 200
+            assert dev.event("door/open", b'{"n":1}').code == code(2, 4)
+            ev = s.next(timeout=10)
+            assert ev.json["name"] == "door/open", ev
+            assert ev.json["device_id"] == d["id"], ev
+            assert ev.json["data"] == '{"n":1}', ev
+    finally:
+        dev.close()
