@@ -31,7 +31,7 @@
  * 0 deliveries are dropped (congested) and calls wait for the deadline. */
 #define COAP_QUEUE_MAX 64
 /* Calls answered by an empty ACK, waiting for their separate response. */
-#define COAP_WAITS_MAX 16
+#define COAP_WAITS_MAX 4
 #define COAP_WAIT_MS 60000
 /* Datagrams read per recvmmsg. */
 #define COAP_BATCH 32

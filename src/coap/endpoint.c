@@ -1170,12 +1170,15 @@ void coap_ep_tick(cy_coap *c, int64_t now)
     }
 }
 
+/* Endpoints taken offline, or freed, per sweep at most (the rest next sweep). */
+#define SWEEP_BATCH 1024
+
 typedef struct sweep_ctx {
     cy_coap *c;
     int64_t now;
-    coap_ep *idle[64];
+    coap_ep *idle[SWEEP_BATCH];
     unsigned n_idle;
-    coap_ep *gone[64];
+    coap_ep *gone[SWEEP_BATCH];
     unsigned n_gone;
 } sweep_ctx;
 
@@ -1186,9 +1189,11 @@ static void sweep_one(void *ctx, void *v)
     int64_t idle_ms = (int64_t)x->c->cfg->coap_idle_timeout * 1000;
     /* A block-wise body abandoned half way is dropped after EXCHANGE_LIFETIME. */
     if (ep->blk.buf && x->now - ep->blk.at > COAP_SEEN_MS) block1_reset(ep);
-    if (ep->online && x->now - ep->last_rx > idle_ms && x->n_idle < 64) x->idle[x->n_idle++] = ep;
+    if (ep->online && x->now - ep->last_rx > idle_ms && x->n_idle < SWEEP_BATCH)
+        x->idle[x->n_idle++] = ep;
     /* An offline endpoint whose session ended holds nothing worth keeping. */
-    if (!ep->online && x->n_gone < 64 && !cy_session_find(x->c->devices, ep->id, ep->id_len))
+    if (!ep->online && x->n_gone < SWEEP_BATCH &&
+        !cy_session_find(x->c->devices, ep->id, ep->id_len))
         x->gone[x->n_gone++] = ep;
 }
 
