@@ -14,6 +14,12 @@ missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+# Node.js and npm for the npm coap device (tests/integration/node): Debian's,
+# unless an npm is there already (nodesource's nodejs bundles npm and conflicts
+# with Debian's npm package, so the command decides, not dpkg).
+case "$level" in
+  test|bench) command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm" ;;
+esac
 [ -z "$missing" ] && exit 0
 echo "cyan: installing Debian packages:$missing" >&2
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
