@@ -98,6 +98,16 @@ static bool addr_from(coap_addr *a, const struct sockaddr *sa, socklen_t len)
     return false;
 }
 
+uint32_t coap_rand32(cy_coap *c)
+{
+    uint64_t x = c->rng ? c->rng : 0x9e3779b97f4a7c15ull;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    c->rng = x;
+    return (uint32_t)((x * 0x2545f4914f6cdd1dull) >> 32);
+}
+
 /* ---- the address -> owner memory (plain pings) ---- */
 
 typedef struct addr_entry {
@@ -571,7 +581,8 @@ int cy_coap_new(const cy_coap_deps *deps, cy_coap **out)
     cy_map_init(&c->eps);
     cy_map_init(&c->by_addr);
     cy_buf_init(&c->out);
-    if (RAND_bytes(c->echo_key, sizeof(c->echo_key)) != 1) {
+    if (RAND_bytes(c->echo_key, sizeof(c->echo_key)) != 1 ||
+        RAND_bytes((unsigned char *)&c->rng, sizeof(c->rng)) != 1) {
         cy_free(c);
         return CY_EIO;
     }

@@ -86,7 +86,17 @@ typedef struct coap_wait {
     uint8_t tkl;
     uint8_t token[CY_COAP_TOKEN_MAX];
     char rid[17];
+    uint8_t *req; /* owned: the request as sent (to ask for a next Block2 block) */
+    uint16_t req_len;
 } coap_wait;
+
+/* A call's answer arriving in Block2 blocks, one at a time per device. */
+typedef struct coap_block2 {
+    uint8_t *buf; /* owned */
+    size_t len;
+    uint32_t next; /* the block number expected */
+    char rid[17];  /* the call's; "" = none */
+} coap_block2;
 
 /* An observation (RFC 7641): GET /s/<filter> with Observe 0 subscribed the
  * filter with sub_id COAP_OBS_SUB_ID + its slot; matching messages go as
@@ -137,6 +147,7 @@ typedef struct coap_ep {
     coap_obs obs[COAP_OBS_MAX];
     uint32_t obs_seq; /* Observe sequence numbers of notifications */
     coap_block1 blk;
+    coap_block2 ans;    /* a call's answer in blocks */
     bool addr_verified; /* plain: this address echoed our Echo value (RFC 9175) */
     size_t req_len;     /* the datagram being answered (amplification bound) */
     struct coap_ep *busy_next, *busy_prev;
@@ -170,6 +181,7 @@ struct cy_coap {
     coap_ep *busy;  /* endpoints with an outstanding message */
     uint32_t online;
     uint8_t echo_key[32]; /* RFC 9175 Echo values: HMAC over the address */
+    uint64_t rng;         /* xorshift state (jitter, first ids), seeded from RAND_bytes */
     /* output: records for cy_coap_flush (see coap.c) */
     cy_buf out;
     uint64_t progress;
@@ -190,6 +202,9 @@ static inline uint16_t coap_mid_for(const cy_coap *c, uint32_t seq)
     uint32_t span = 65536u / c->nshards; /* ids k * nshards + self, k < span */
     return (uint16_t)((seq % span) * c->nshards + c->self);
 }
+
+/* A pseudo-random 32-bit number (not for secrets: tokens use RAND_bytes). */
+uint32_t coap_rand32(cy_coap *c);
 
 /* ---- owner (endpoint.c) ---- */
 

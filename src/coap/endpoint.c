@@ -39,6 +39,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,11 +87,11 @@ static void send_raw(coap_ep *ep, const uint8_t *p, size_t len)
     coap_output(ep->c, ep->via, ep->term, &ep->addr, p, len);
 }
 
-static uint32_t first_timeout(void)
+static uint32_t first_timeout(cy_coap *c)
 {
     /* ACK_TIMEOUT .. ACK_TIMEOUT * ACK_RANDOM_FACTOR */
     return COAP_ACK_TIMEOUT_MS +
-           (uint32_t)(random() % (uint32_t)(COAP_ACK_TIMEOUT_MS * (COAP_ACK_RANDOM_FACTOR - 1)));
+           coap_rand32(c) % (uint32_t)(COAP_ACK_TIMEOUT_MS * (COAP_ACK_RANDOM_FACTOR - 1));
 }
 
 static void free_queue(coap_ep *ep)
@@ -123,7 +124,7 @@ static void send_next(coap_ep *ep)
     ep->inflight = o;
     ep->inflight_mid = mid;
     ep->retx_n = 0;
-    ep->retx_ms = first_timeout();
+    ep->retx_ms = first_timeout(c);
     ep->retx_at = now_ms(c) + ep->retx_ms;
     busy_link(c, ep);
     send_raw(ep, o->bytes, o->len);
@@ -145,12 +146,14 @@ static coap_out *make_request(coap_ep *ep, uint8_t type, uint8_t code, const cha
     }
     memset(o, 0, sizeof(*o));
     o->obs = -1;
-    uint32_t t = ep->tok_seq++;
-    o->tkl = 4;
-    o->token[0] = (uint8_t)c->self; /* the owner, for plain routing */
-    o->token[1] = (uint8_t)(t >> 16);
-    o->token[2] = (uint8_t)(t >> 8);
-    o->token[3] = (uint8_t)t;
+    /* The owner, for plain routing, then 32 random bits (RFC 7252 5.3.1:
+     * an off-path attacker must not guess a token over plain UDP). */
+    o->tkl = 5;
+    o->token[0] = (uint8_t)c->self;
+    if (RAND_bytes(o->token + 1, 4) != 1) {
+        uint32_t t = coap_rand32(c) ^ ep->tok_seq++;
+        memcpy(o->token + 1, &t, 4);
+    }
     cy_coap_writer w;
     cy_coap_w_init(&w, o->bytes, cap, type, code, 0, o->token, o->tkl);
     cy_coap_w_opt(&w, CY_COAP_OPT_URI_PATH, first, strlen(first));
@@ -272,6 +275,7 @@ static bool link_congested(const cy_link *l)
 static void go_offline(coap_ep *ep, const char *why);
 static void obs_cancel(coap_ep *ep, coap_obs *o);
 static void block1_reset(coap_ep *ep);
+static void answer_reset(coap_ep *ep);
 
 static void link_close(cy_link *l, uint8_t reason, const char *why)
 {
@@ -363,8 +367,7 @@ static coap_ep *ep_new(cy_coap *c, const char *id, size_t id_len)
     ep->c = c;
     memcpy(ep->id, id, id_len);
     ep->id_len = (uint16_t)id_len;
-    ep->tok_seq = (uint32_t)random();
-    ep->mid_seq = (uint32_t)random();
+    ep->mid_seq = coap_rand32(c); /* not the same ids after a restart (RFC 7252 4.4) */
     if (cy_map_put(&c->eps, ep->id, id_len, ep)) {
         cy_free(ep);
         return NULL;
@@ -378,7 +381,10 @@ static void ep_free(cy_coap *c, coap_ep *ep)
     addr_unindex(c, ep);
     for (unsigned i = 0; i < COAP_OBS_MAX; i++)
         cy_free(ep->obs[i].filter);
+    for (unsigned i = 0; i < COAP_WAITS_MAX; i++)
+        cy_free(ep->waits[i].req);
     cy_free(ep->blk.buf);
+    cy_free(ep->ans.buf);
     for (unsigned i = 0; i < COAP_SEEN; i++)
         cy_free(ep->seen[i].resp);
     cy_map_del(&c->eps, ep->id, ep->id_len);
@@ -438,6 +444,7 @@ static void go_offline(coap_ep *ep, const char *why)
     for (unsigned i = 0; i < COAP_OBS_MAX; i++)
         obs_cancel(ep, &ep->obs[i]);
     block1_reset(ep);
+    answer_reset(ep); /* a call whose answer was coming in blocks: its deadline answers it */
     cy_session *s = ep->sess;
     ep->sess = NULL;
     cy_info(ep->id, "offline: %s", why);
@@ -1012,11 +1019,120 @@ static void request(coap_ep *ep, const cy_coap_msg *m_in)
         cy_session_send_retained(c->devices, ep->sess, rest, (size_t)rl, sub_qos, 0);
 }
 
-/* An answer (ACK with code, or a separate response) to our call o. */
-static void call_answered(coap_ep *ep, const char *rid, const cy_coap_msg *m)
+/* ---- a call's answer ---- */
+
+static void answer_reset(coap_ep *ep)
 {
-    if (ep->sess)
+    cy_free(ep->ans.buf);
+    memset(&ep->ans, 0, sizeof(ep->ans));
+}
+
+static void call_failed(coap_ep *ep, const char *rid, const char *why)
+{
+    if (!strcmp(ep->ans.rid, rid)) answer_reset(ep);
+    if (ep->sess) cy_device_reply_error(ep->c->devices, ep->sess, rid, strlen(rid), why);
+}
+
+/* The request req (as we sent it) again, asking for Block2 block num of
+ * size szx: same token (some devices keep the blocks of an answer by it). */
+static coap_out *next_block(coap_ep *ep, const uint8_t *req, size_t len, uint32_t num, uint8_t szx,
+                            const char *rid)
+{
+    cy_coap_msg m;
+    if (cy_coap_decode(req, len, &m)) return NULL;
+    size_t cap = ep->c->cfg->coap_max_message;
+    coap_out *o = cy_malloc(sizeof(*o) + cap);
+    if (!o) return NULL;
+    memset(o, 0, sizeof(*o));
+    o->obs = -1;
+    o->kind = OUT_CALL;
+    snprintf(o->rid, sizeof(o->rid), "%s", rid);
+    o->tkl = m.tkl;
+    memcpy(o->token, m.token, m.tkl);
+    cy_coap_block b = {num, false, szx};
+    cy_coap_writer w;
+    cy_coap_w_init(&w, o->bytes, cap, CY_COAP_CON, m.code, 0, m.token, m.tkl);
+    bool put = false;
+    for (unsigned i = 0; i < m.n_opts; i++) {
+        if (!put && m.opts[i].num > CY_COAP_OPT_BLOCK2) {
+            cy_coap_w_opt_uint(&w, CY_COAP_OPT_BLOCK2, cy_coap_block_value(&b));
+            put = true;
+        }
+        if (m.opts[i].num != CY_COAP_OPT_BLOCK2)
+            cy_coap_w_opt(&w, m.opts[i].num, m.opts[i].val, m.opts[i].len);
+    }
+    if (!put) cy_coap_w_opt_uint(&w, CY_COAP_OPT_BLOCK2, cy_coap_block_value(&b));
+    cy_coap_w_payload(&w, m.payload, m.payload_len);
+    size_t n;
+    if (cy_coap_w_end(&w, &n)) {
+        cy_free(o);
+        return NULL;
+    }
+    o->len = (uint16_t)n;
+    return o;
+}
+
+/* The device's answer m (piggybacked or separate) to our call rid, whose
+ * request was req: a 2.xx is its value, put together from Block2 blocks
+ * first (the next block asked for with the same token, ahead of anything
+ * queued); any other code is a refusal, 502 for the caller. */
+static void call_response(coap_ep *ep, const char *rid, const cy_coap_msg *m, const uint8_t *req,
+                          size_t req_len)
+{
+    if (!ep->sess) return;
+    if (CY_COAP_CLASS(m->code) != 2) {
+        char why[128], ct[8], diag[65];
+        size_t n = m->payload_len < 64 ? m->payload_len : 64;
+        for (size_t i = 0; i < n; i++) /* a diagnostic payload, for people: printable */
+            diag[i] = m->payload[i] >= 0x20 && m->payload[i] < 0x7f ? (char)m->payload[i] : '?';
+        diag[n] = '\0';
+        snprintf(why, sizeof(why), "the device answered %s%s%s", cy_coap_code_text(m->code, ct),
+                 n ? ": " : "", diag);
+        call_failed(ep, rid, why);
+        return;
+    }
+    const cy_coap_opt *bo = cy_coap_opt_find(m, CY_COAP_OPT_BLOCK2);
+    cy_coap_block b;
+    if (!bo || cy_coap_block_decode(bo, &b) || (b.num == 0 && !b.more)) {
+        if (!strcmp(ep->ans.rid, rid)) answer_reset(ep);
         cy_device_reply(ep->c->devices, ep->sess, rid, strlen(rid), m->payload, m->payload_len);
+        return;
+    }
+    if (b.num == 0) {
+        answer_reset(ep);
+        snprintf(ep->ans.rid, sizeof(ep->ans.rid), "%s", rid);
+    } else if (strcmp(ep->ans.rid, rid) || b.num != ep->ans.next) {
+        call_failed(ep, rid, "the device's answer came in blocks out of order");
+        return;
+    }
+    if (ep->ans.len + m->payload_len > CY_DEVICE_REPLY_MAX) {
+        call_failed(ep, rid, "the device's answer is over 64 KiB");
+        return;
+    }
+    uint8_t *nb = cy_realloc(ep->ans.buf, ep->ans.len + m->payload_len + 1);
+    if (!nb) {
+        call_failed(ep, rid, "out of memory");
+        return;
+    }
+    ep->ans.buf = nb;
+    if (m->payload_len) memcpy(nb + ep->ans.len, m->payload, m->payload_len);
+    ep->ans.len += m->payload_len;
+    ep->ans.next = b.num + 1;
+    if (!b.more) {
+        cy_device_reply(ep->c->devices, ep->sess, rid, strlen(rid), ep->ans.buf, ep->ans.len);
+        answer_reset(ep);
+        return;
+    }
+    coap_out *o = req ? next_block(ep, req, req_len, b.num + 1, b.szx, rid) : NULL;
+    if (!o) {
+        call_failed(ep, rid, "cannot ask the device for the rest of its answer");
+        return;
+    }
+    o->next = ep->q_head; /* first in line */
+    ep->q_head = o;
+    if (!ep->q_tail) ep->q_tail = o;
+    ep->n_q++;
+    send_next(ep);
 }
 
 static void on_ack(coap_ep *ep, const cy_coap_msg *m)
@@ -1036,15 +1152,22 @@ static void on_ack(coap_ep *ep, const cy_coap_msg *m)
         }
         /* A RST to a notification: the device no longer observes (RFC 7641 3.6). */
         if (m->type == CY_COAP_RST && o->obs >= 0) obs_cancel(ep, &ep->obs[o->obs]);
-    } else if (o->kind == OUT_CALL && m->type == CY_COAP_ACK) {
+    } else if (o->kind == OUT_CALL && m->type == CY_COAP_RST) {
+        call_failed(ep, o->rid, "the device refused the request (RST)");
+    } else if (o->kind == OUT_CALL) {
+        ep->inflight = NULL;
         if (m->code != CY_COAP_EMPTY) {
-            call_answered(ep, o->rid, m);
+            call_response(ep, o->rid, m, o->bytes, o->len);
         } else { /* the answer comes separately */
             coap_wait *w = NULL;
             int64_t now = now_ms(c);
             for (unsigned i = 0; i < COAP_WAITS_MAX && !w; i++)
                 if (!ep->waits[i].until || ep->waits[i].until < now) w = &ep->waits[i];
             if (w) {
+                cy_free(w->req);
+                w->req = cy_malloc(o->len);
+                w->req_len = w->req ? o->len : 0;
+                if (w->req) memcpy(w->req, o->bytes, o->len);
                 w->until = now + COAP_WAIT_MS;
                 w->tkl = o->tkl;
                 memcpy(w->token, o->token, o->tkl);
@@ -1064,7 +1187,13 @@ static void on_response(coap_ep *ep, const cy_coap_msg *m)
         coap_wait *w = &ep->waits[i];
         if (w->until >= now && w->tkl == m->tkl && !memcmp(w->token, m->token, m->tkl)) {
             w->until = 0;
-            call_answered(ep, w->rid, m);
+            char rid[17];
+            memcpy(rid, w->rid, sizeof(rid));
+            uint8_t *req = w->req;
+            size_t req_len = w->req_len;
+            w->req = NULL;
+            call_response(ep, rid, m, req, req_len);
+            cy_free(req);
             break;
         }
     }

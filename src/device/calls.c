@@ -121,7 +121,8 @@ static json_t *reply_value(const uint8_t *p, size_t len)
     if (v) return v;
     char *copy = cy_malloc(len + 1);
     if (!copy) return json_string("");
-    for (size_t i = 0; i < len; i++) copy[i] = p[i] < 0x80 ? (char)p[i] : '?';
+    for (size_t i = 0; i < len; i++)
+        copy[i] = p[i] < 0x80 ? (char)p[i] : '?';
     v = json_stringn(copy, len);
     cy_free(copy);
     return v ? v : json_string("");
@@ -163,16 +164,19 @@ void cy_device_op(cy_devices *d, unsigned from, uint32_t req_id, uint8_t op, con
 {
     char dev[CY_DEVICE_ID_LEN + 1] = "";
     char nm[CY_DEVICE_NAME_MAX + 1] = "";
-    if (id_len > CY_DEVICE_ID_LEN || name_len > CY_DEVICE_NAME_MAX ||
-        arg_len > CY_DEVICE_ARG_MAX) {
+    if (id_len > CY_DEVICE_ID_LEN || name_len > CY_DEVICE_NAME_MAX || arg_len > CY_DEVICE_ARG_MAX) {
         answer_error(d, from, req_id, 400, "bad_request", "malformed request");
         return;
     }
     if (id_len) memcpy(dev, id, id_len);
     if (name_len) memcpy(nm, name, name_len);
     switch (op) {
-    case CY_DEVICE_OP_PRESENCE: answer(d, from, req_id, 200, cy_device_presence(d, dev)); return;
-    case CY_DEVICE_OP_PRESENCE_ALL: answer(d, from, req_id, 200, cy_device_presence_all(d)); return;
+    case CY_DEVICE_OP_PRESENCE:
+        answer(d, from, req_id, 200, cy_device_presence(d, dev));
+        return;
+    case CY_DEVICE_OP_PRESENCE_ALL:
+        answer(d, from, req_id, 200, cy_device_presence_all(d));
+        return;
     case CY_DEVICE_OP_CALL:
     case CY_DEVICE_OP_GET:
         if (timeout_ms == 0) timeout_ms = CY_DEVICE_DEFAULT_TIMEOUT_MS;
@@ -183,7 +187,8 @@ void cy_device_op(cy_devices *d, unsigned from, uint32_t req_id, uint8_t op, con
         cy_device_kick(d, dev);
         answer(d, from, req_id, 200, json_pack("{s:s, s:b}", "id", dev, "deleted", 1));
         return;
-    default: answer_error(d, from, req_id, 400, "bad_request", "unknown operation");
+    default:
+        answer_error(d, from, req_id, 400, "bad_request", "unknown operation");
     }
 }
 
@@ -211,6 +216,19 @@ uint64_t cy_calls_owed(const cy_devices *d, int64_t now)
 
 void cy_calls_free(cy_devices *d)
 {
-    while (d->calls) call_unlink(d, d->calls);
+    while (d->calls)
+        call_unlink(d, d->calls);
     cy_map_fini(&d->calls_by_rid);
+}
+
+void cy_device_reply_error(cy_devices *d, cy_session *s, const char *rid, size_t rid_len,
+                           const char *why)
+{
+    dev_call *k = rid && rid_len == 16 ? cy_map_get(&d->calls_by_rid, rid, 16) : NULL;
+    if (k && strcmp(k->device, s->client_id) != 0) k = NULL; /* only its own device answers */
+    if (!k) return;
+    dev_presence *pr = cy_presence_get(d, k->device, strlen(k->device), false);
+    if (pr) pr->last_rtt = cy_wall_ms(); /* it answered: a round trip all the same */
+    answer_error(d, k->from, k->req_id, 502, "device_error", why);
+    call_unlink(d, k);
 }

@@ -38,11 +38,11 @@
 #include <uv.h>
 
 #define CY_MAX_CLIENT_ID 256
-#define CY_DEVICE_ARG_MAX 1024       /* bytes of a function argument */
-#define CY_DEVICE_REPLY_MAX 65536    /* bytes of a device's reply */
-#define CY_DEVICE_DESCRIBE_MAX 4096  /* bytes of a describe payload */
-#define CY_DEVICE_DESCRIBE_NAMES 64  /* functions, and variables, per device */
-#define CY_DEVICE_NAME_MAX 64        /* function / variable name */
+#define CY_DEVICE_ARG_MAX 1024      /* bytes of a function argument */
+#define CY_DEVICE_REPLY_MAX 65536   /* bytes of a device's reply */
+#define CY_DEVICE_DESCRIBE_MAX 4096 /* bytes of a describe payload */
+#define CY_DEVICE_DESCRIBE_NAMES 64 /* functions, and variables, per device */
+#define CY_DEVICE_NAME_MAX 64       /* function / variable name */
 #define CY_DEVICE_DEFAULT_TIMEOUT_MS 10000
 #define CY_DEVICE_MAX_TIMEOUT_MS 60000
 
@@ -215,5 +215,10 @@ void cy_device_op(cy_devices *d, unsigned from, uint32_t req_id, uint8_t op, con
  * request id the transport found (topic level or correlation data). */
 void cy_device_reply(cy_devices *d, cy_session *s, const char *rid, size_t rid_len,
                      const uint8_t *payload, size_t len);
+/* The device refused a call or read (a transport's error answer, e.g. a
+ * CoAP 4.04): the requester gets 502 device_error with why (copied; at
+ * most 200 bytes shown). An unknown rid is ignored. */
+void cy_device_reply_error(cy_devices *d, cy_session *s, const char *rid, size_t rid_len,
+                           const char *why);
 
 #endif
