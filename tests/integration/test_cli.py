@@ -315,3 +315,12 @@ def test_registry_v1_migrates_on_start(server):
     cp = server.cli("device", "psk", "old")
     assert re.fullmatch(r"psk: [0-9a-f]{32}\n", cp.stdout), cp.stdout
     assert len(stored_psk(server, dev.id)) == 60
+
+
+def test_etc_cyan_conf_is_cyan_config(server):
+    """etc/cyan.conf is generated from the settings table (`cyan config`):
+    a setting added without regenerating it would be missing there."""
+    cp = server.cli("config", data_dir=False)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(repo, "etc", "cyan.conf")) as f:
+        assert f.read() == cp.stdout, "etc/cyan.conf is stale: run `build/cyan config > etc/cyan.conf`"
