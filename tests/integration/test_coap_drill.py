@@ -24,6 +24,10 @@ comment). So what is guaranteed, and asserted:
     socket); after SIGCONT the same session works again. After a
     replacement the new process has no DTLS state, so the session is gone:
     what happens to it is printed, and a new handshake must work.
+A second test kills (SIGKILL) the terminator of a DTLS device owned by
+another shard: the session died with that process, so the owner must take
+the device offline and refuse calls at once (409), not keep it online and
+retransmit into a session that is gone.
 Each DTLS device gets a proxy (tests/tools/coaps_proxy) whose source port
 lands it on the wanted terminator: proxies are started until one does.
 

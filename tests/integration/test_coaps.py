@@ -422,3 +422,63 @@ def test_deleted_device_is_refused_and_its_dtls_session_closed(open_server):
         px.stop()
         px2.stop()
         w.disconnect()
+
+
+def test_queued_message_waits_for_the_next_session(open_server):
+    """A QoS 1 message for a subscribed DTLS device that went offline (its
+    session closed) waits in its session and is sent once the device is
+    heard again over a new session (a new source port, so likely another
+    terminator shard)."""
+    srv = open_server
+    d = new_device(srv)
+    px, dev = proxy_device(srv, d)
+    px2 = dev2 = None
+    c = Client(srv, client_id="pub-%d" % time.monotonic_ns(), version=5)
+    try:
+        assert dev.subscribe("devices/%s/cmd/#" % d["id"]).code == code(2, 4)
+        dev.close()
+        px.stop()
+        wait_until(lambda: presence(srv, d["id"])["online"] is False, 5, "offline")
+        c.connect()
+        c.publish("devices/%s/cmd/q" % d["id"], b"kept", qos=1)
+        px2, dev2 = proxy_device(srv, d)
+        assert dev2.ping().type == coapdev.RST
+        assert dev2.messages.get(timeout=10) == ("devices/%s/cmd/q" % d["id"], b"kept")
+    finally:
+        c.disconnect()
+        dev.close()
+        px.stop()
+        if dev2 is not None:
+            dev2.close()
+            px2.stop()
+
+
+def test_old_session_idling_out_does_not_take_the_new_one_offline(api_server_factory):
+    """A device whose address changed makes a new handshake; its old
+    session idles out later (coap_idle_timeout) on its terminator, and that
+    must not take the device, now online through the new one, offline."""
+    srv = api_server_factory(coap_idle_timeout=5)
+    d = new_device(srv)
+    px1, dev1 = proxy_device(srv, d)
+    px2 = dev2 = None
+    try:
+        assert dev1.event("first", b"1").code == code(2, 4)
+        dev1.close()  # the old address goes quiet; its proxy keeps the session
+        px2, dev2 = proxy_device(srv, d, functions={"f": lambda arg: b"new"})
+        assert dev2.describe().code == code(2, 4)
+        # Keep the new session heard until the old one has idled out.
+        deadline = time.monotonic() + 15
+        while not srv.wait_log("client=%s DTLS session ended: idle" % d["id"], timeout=1):
+            assert time.monotonic() < deadline, "the old session never idled out"
+            assert dev2.ping().type == coapdev.RST
+        assert dev2.ping().type == coapdev.RST
+        p = presence(srv, d["id"])
+        assert p["online"] is True and p["protocol"] == "coaps", p
+        r = api(srv, "POST", "/v1/devices/%s/functions/f" % d["id"], json={"arg": ""})
+        assert r.status == 200 and r.body["return_value"] == "new", r.text
+    finally:
+        dev1.close()
+        px1.stop()
+        if dev2 is not None:
+            dev2.close()
+            px2.stop()
