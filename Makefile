@@ -63,7 +63,8 @@ valgrind:
 # under 15 minutes on two cores. Each pass's output is printed whole when
 # both are done.
 INT_FAULTS = tests/integration/test_shards.py tests/integration/test_drill.py \
-  tests/integration/test_stall_local.py tests/integration/test_monitor.py
+  tests/integration/test_stall_local.py tests/integration/test_monitor.py \
+  tests/integration/test_coap_drill.py
 INT_MULTI = tests/integration/test_prometheus_rules.py tests/integration/test_canary_client.py \
   tests/integration/test_internal_devices.py tests/integration/test_histograms.py
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=10
