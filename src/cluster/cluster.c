@@ -111,6 +111,7 @@ typedef struct cy_peer {
     size_t out_bytes;     /* bytes of their frames, bounded by max_outbox_bytes */
     cy_map filters;       /* its interest: filter -> pfilter */
     uint64_t mark;        /* its current interest snapshot */
+    uint64_t generation;  /* its spawn number, from the last link's HELLO */
 } cy_peer;
 
 /* An acknowledgement held until peer shards have applied what it
@@ -878,6 +879,7 @@ static void on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body
     case CY_FRAME_API_RESP:
     case CY_FRAME_COAP_IN:
     case CY_FRAME_COAP_OUT:
+    case CY_FRAME_COAP_KICK:
         p->frames_in++;
         p->ack_due = true;
         cl->progress++;
@@ -899,6 +901,7 @@ static void on_peer_up(void *ctx, unsigned peer, uint64_t generation)
     if (peer >= cl->nshards || peer == cl->self) return;
     cy_peer *p = &cl->peers[peer];
     p->up = true;
+    p->generation = generation;
     p->frames_out = p->frames_out_acked = 0;
     p->written = p->acked; /* replay everything it has not acknowledged */
     p->out_next = p->out_head;
@@ -916,6 +919,17 @@ static void on_peer_down(void *ctx, unsigned peer)
     cl->peers[peer].up = false;
     /* Its interest stays: what is published for it meanwhile waits in the outbox. */
     release(cl);
+}
+
+bool cy_cluster_peer_up(const cy_cluster *cl, unsigned i, uint64_t *generation)
+{
+    if (i == cl->self) {
+        if (generation) *generation = cl->generation;
+        return true;
+    }
+    if (i >= cl->nshards) return false;
+    if (generation) *generation = cl->peers[i].generation;
+    return cl->peers[i].up;
 }
 
 int cy_cluster_load_peer(void *ctx, unsigned peer, uint64_t last_sent, uint64_t last_applied)

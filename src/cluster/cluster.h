@@ -44,6 +44,7 @@
 #define CY_FRAME_API_RESP 9
 #define CY_FRAME_COAP_IN 10  /* a CoAP datagram for the device's owner (coap.c) */
 #define CY_FRAME_COAP_OUT 11 /* a CoAP datagram for a DTLS terminator to send */
+#define CY_FRAME_COAP_KICK 12 /* close the DTLS sessions of a device (it was deleted) */
 
 typedef struct cy_cluster cy_cluster;
 
@@ -61,7 +62,7 @@ typedef struct cy_cluster_hooks {
     /* A connection handed over by shard `from`: fd is ours, bytes were
      * read from it already. */
     void (*adopt)(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len);
-    /* A frame of type CY_FRAME_API_REQ, _API_RESP, _COAP_IN or _COAP_OUT. */
+    /* A frame of type CY_FRAME_API_REQ, _API_RESP or _COAP_*. */
     void (*frame)(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len);
     /* A held acknowledgement may go now: append bytes to o's output. */
     void (*release)(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t len);
@@ -116,6 +117,11 @@ int cy_cluster_send(cy_cluster *cl, unsigned j, uint8_t type, const void *a, siz
                     const void *c, size_t clen);
 /* Is shard i able to take work now (running, beating, linked)? why: filled when not. */
 bool cy_cluster_shard_ready(const cy_cluster *cl, unsigned i, char *why, size_t whylen);
+/* Is our link to shard i up (always, for ourselves)? *generation (may be
+ * NULL): its spawn number as its last link said (ours for ourselves), so a
+ * layer that keeps state tied to another shard's process (a DTLS session
+ * there) sees that process replaced. */
+bool cy_cluster_peer_up(const cy_cluster *cl, unsigned i, uint64_t *generation);
 /* Are our links to every peer up and every peer's interest known, so that
  * what our clients publish reaches every subscriber? why: filled when not. */
 bool cy_cluster_ready(const cy_cluster *cl, char *why, size_t whylen);

@@ -396,7 +396,14 @@ static void dtls_data(void *ctx, const struct sockaddr *addr, socklen_t alen, co
     size_t id_len = strlen(identity);
     unsigned owner = cy_shard_of(identity, id_len, c->nshards);
     cy_coap_msg m;
+    c->req_len = len;
     int rc = cy_coap_decode(p, len, &m);
+    if (rc == 0 && len > c->cfg->coap_max_message) { /* over the limit, as plain CoAP is */
+        c->stats->coap_dropped++;
+        if (CY_COAP_CLASS(m.code) == 0 && m.code != CY_COAP_EMPTY)
+            coap_answer_error(c, COAP_VIA_DTLS, (uint8_t)c->self, &a, &m, CY_COAP_TOO_LARGE, NULL);
+        return;
+    }
     if (rc == CY_EINVAL) {
         c->stats->coap_dropped++;
         return;
@@ -469,6 +476,14 @@ void cy_coap_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *bod
         if (cy_dtls_send(c->dtls, &a.u.sa, a.len, r.p, n)) c->stats->coap_dropped++;
         return;
     }
+    if (type == CY_FRAME_COAP_KICK) {
+        char id[CY_DTLS_IDENTITY_MAX + 1];
+        if (len == 0 || len > CY_DTLS_IDENTITY_MAX || !c->dtls) return;
+        memcpy(id, body, len);
+        id[len] = '\0';
+        cy_dtls_kick(c->dtls, id);
+        return;
+    }
     if (type != CY_FRAME_COAP_IN) return;
     uint8_t via = (uint8_t)cy_reader_be(&r, 1);
     uint8_t term = (uint8_t)cy_reader_be(&r, 1);
@@ -506,7 +521,10 @@ static void read_socket(cy_coap *c, int fd, bool dtls)
     for (int round = 0; round < 4; round++) {
         for (unsigned i = 0; i < COAP_BATCH; i++) {
             iov[i].iov_base = c->rbuf + i * c->rbuf_each;
-            iov[i].iov_len = c->rbuf_each;
+            /* A plain datagram over coap_max_message is truncated (and
+             * answered 4.13); a DTLS record may be larger than what it
+             * holds, so it is read whole and its plaintext measured. */
+            iov[i].iov_len = dtls ? c->rbuf_each : c->cfg->coap_max_message;
             memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
             msgs[i].msg_hdr.msg_iov = &iov[i];
             msgs[i].msg_hdr.msg_iovlen = 1;
@@ -606,8 +624,9 @@ static int open_fd(cy_coap *c, int fd, int *mine, uv_poll_t *poll)
 
 int cy_coap_open(cy_coap *c, int udp_fd, int dtls_fd)
 {
-    size_t each = c->cfg->coap_max_message + 64; /* room for the DTLS record's overhead */
-    c->rbuf_each = each < 1500 ? 1500 : each;
+    /* Room for the largest DTLS record (16 KiB of plaintext and its overhead). */
+    size_t each = c->cfg->coap_max_message + 64;
+    c->rbuf_each = each < 16384 + 256 ? 16384 + 256 : each;
     c->rbuf = cy_malloc(COAP_BATCH * c->rbuf_each);
     if (!c->rbuf) return CY_ENOMEM;
     int rc;
@@ -694,7 +713,12 @@ void cy_coap_sweep(cy_coap *c, int64_t now)
 
 void cy_coap_kick(cy_coap *c, const char *id)
 {
+    size_t len = strlen(id);
+    if (!len || len > CY_DTLS_IDENTITY_MAX) return;
     if (c->dtls) cy_dtls_kick(c->dtls, id);
+    for (unsigned j = 0; j < c->nshards; j++)
+        if (j != c->self)
+            (void)cy_cluster_send(c->cluster, j, CY_FRAME_COAP_KICK, id, len, NULL, 0);
 }
 
 uint32_t cy_coap_online(const cy_coap *c)

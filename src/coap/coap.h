@@ -84,8 +84,8 @@ void cy_coap_tick(cy_coap *c, int64_t now);
 void cy_coap_sweep(cy_coap *c, int64_t now);
 /* Cluster hook for CY_FRAME_COAP_IN / CY_FRAME_COAP_OUT (ctx: c). */
 void cy_coap_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len);
-/* A device was deleted: close its DTLS sessions here (the device layer
- * ends its session through the link). */
+/* A device was deleted: close its DTLS sessions on every shard (each
+ * shard's terminator holds those of the addresses its socket gets). */
 void cy_coap_kick(cy_coap *c, const char *id);
 /* Devices online over CoAP on this shard (as owner). */
 uint32_t cy_coap_online(const cy_coap *c);

@@ -125,10 +125,11 @@ typedef struct coap_block1 {
 typedef struct coap_ep {
     cy_link link; /* first: the device layer's view */
     cy_coap *c;
-    cy_session *sess; /* while online */
-    coap_addr addr;   /* where it was last heard from */
-    uint8_t via;      /* COAP_VIA_PLAIN or COAP_VIA_DTLS */
-    uint8_t term;     /* DTLS: the terminator shard */
+    cy_session *sess;  /* while online */
+    coap_addr addr;    /* where it was last heard from */
+    uint8_t via;       /* COAP_VIA_PLAIN or COAP_VIA_DTLS */
+    uint8_t term;      /* DTLS: the terminator shard */
+    uint64_t term_gen; /* DTLS: its spawn number when last heard through it */
     bool online;
     bool busy_linked;   /* on c->busy (has an outstanding message) */
     int64_t last_rx;    /* mono ms */

@@ -279,8 +279,11 @@ static void answer_reset(coap_ep *ep);
 
 static void link_close(cy_link *l, uint8_t reason, const char *why)
 {
-    (void)reason;
-    go_offline(ep_of(l), why ? why : "closed");
+    coap_ep *ep = ep_of(l);
+    go_offline(ep, why ? why : "closed");
+    /* Deleted (the device layer closes with Not authorized): its DTLS
+     * sessions end too, wherever they are. */
+    if (reason == CY_REASON_NOT_AUTHORIZED) cy_coap_kick(ep->c, ep->id);
 }
 
 static const char *link_protocol(const cy_link *l)
@@ -458,6 +461,7 @@ static void go_offline(coap_ep *ep, const char *why)
 static void heard(coap_ep *ep, uint8_t via, uint8_t term, const coap_addr *a)
 {
     ep->last_rx = now_ms(ep->c);
+    if (via == COAP_VIA_DTLS) (void)cy_cluster_peer_up(ep->c->cluster, term, &ep->term_gen);
     if (!coap_addr_eq(&ep->addr, a) || ep->via != via || ep->term != term) {
         if (ep->online && cy_log_enabled(CY_LOG_DEBUG)) {
             char t[64];
@@ -1306,6 +1310,7 @@ typedef struct sweep_ctx {
     cy_coap *c;
     int64_t now;
     coap_ep *idle[SWEEP_BATCH];
+    const char *why[SWEEP_BATCH];
     unsigned n_idle;
     coap_ep *gone[SWEEP_BATCH];
     unsigned n_gone;
@@ -1316,10 +1321,23 @@ static void sweep_one(void *ctx, void *v)
     sweep_ctx *x = ctx;
     coap_ep *ep = v;
     int64_t idle_ms = (int64_t)x->c->cfg->coap_idle_timeout * 1000;
+    /* Over DTLS, the session lives on its terminator shard: if that
+     * process died (its link is down) or was replaced, the session is gone. */
+    if (ep->online && ep->via == COAP_VIA_DTLS && ep->term != x->c->self &&
+        x->n_idle < SWEEP_BATCH) {
+        uint64_t gen = 0;
+        if (!cy_cluster_peer_up(x->c->cluster, ep->term, &gen) || gen != ep->term_gen) {
+            x->idle[x->n_idle] = ep;
+            x->why[x->n_idle++] = "the shard holding its DTLS session stopped";
+            return;
+        }
+    }
     /* A block-wise body abandoned half way is dropped after EXCHANGE_LIFETIME. */
     if (ep->blk.buf && x->now - ep->blk.at > COAP_SEEN_MS) block1_reset(ep);
-    if (ep->online && x->now - ep->last_rx > idle_ms && x->n_idle < SWEEP_BATCH)
-        x->idle[x->n_idle++] = ep;
+    if (ep->online && x->now - ep->last_rx > idle_ms && x->n_idle < SWEEP_BATCH) {
+        x->idle[x->n_idle] = ep;
+        x->why[x->n_idle++] = "not heard for coap_idle_timeout";
+    }
     /* An offline endpoint whose session ended holds nothing worth keeping. */
     if (!ep->online && x->n_gone < SWEEP_BATCH &&
         !cy_session_find(x->c->devices, ep->id, ep->id_len))
@@ -1331,7 +1349,7 @@ void coap_ep_sweep(cy_coap *c, int64_t now)
     sweep_ctx x = {.c = c, .now = now};
     cy_map_each(&c->eps, sweep_one, &x);
     for (unsigned i = 0; i < x.n_idle; i++)
-        go_offline(x.idle[i], "not heard for coap_idle_timeout");
+        go_offline(x.idle[i], x.why[i]);
     for (unsigned i = 0; i < x.n_gone; i++)
         ep_free(c, x.gone[i]);
 }

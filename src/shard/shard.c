@@ -386,7 +386,7 @@ static void registry_end_reads(void *ctx)
 static void layers_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
 {
     cy_shard *b = ctx;
-    if (type == CY_FRAME_COAP_IN || type == CY_FRAME_COAP_OUT)
+    if (type == CY_FRAME_COAP_IN || type == CY_FRAME_COAP_OUT || type == CY_FRAME_COAP_KICK)
         cy_coap_on_frame(b->coap, from, type, body, len);
     else
         cy_devices_on_frame(b->devices, from, type, body, len);
