@@ -11,7 +11,7 @@ CONF    ?= etc/cyan.conf
 FUZZ_SECONDS ?= 20
 PYTHON  := /usr/bin/python3
 
-.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks clean deps deps-test
+.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap clean deps deps-test
 
 all: build
 
@@ -106,12 +106,20 @@ bench: build
 	@scripts/deps.sh bench
 	@bench/run.sh
 	@BUILD=$(BUILD) bench/webhook_bench.sh
+	@BUILD=$(BUILD) bench/coap_bench.sh
 
 # Device events to a webhook: events/s to a fast local sink (bench/whsink.c)
 # and the latency from PUBACK to the sink's receipt (bench/webhook_bench.sh).
 bench-webhooks: build
 	@scripts/deps.sh bench
 	@BUILD=$(BUILD) bench/webhook_bench.sh
+
+# Confirmable CoAP event posts per second from 2000 devices, cyan (1 shard)
+# beside libcoap's coap-server-notls and cyan's MQTT QoS 1 ingest
+# (bench/coap_bench.sh, bench/coap_bench.c).
+bench-coap: build
+	@scripts/deps.sh bench
+	@BUILD=$(BUILD) bench/coap_bench.sh
 
 # The function-call round trip through the HTTP API, beside the same exchange
 # over plain MQTT (bench/api_bench.sh; DOC=1 writes docs/benchmarks.md).
