@@ -131,6 +131,7 @@ static void addr_forget_all(cy_coap *c)
 
 static void addr_learn(cy_coap *c, const coap_addr *a, unsigned owner)
 {
+    if (c->nshards == 1) return; /* every ping is ours */
     uint8_t key[19];
     size_t kl = coap_addr_key(a, key);
     addr_entry *e = cy_map_get(&c->addr_owner, key, kl);
@@ -149,6 +150,7 @@ static void addr_learn(cy_coap *c, const coap_addr *a, unsigned owner)
 
 static int addr_owner(const cy_coap *c, const coap_addr *a)
 {
+    if (c->nshards == 1) return 0;
     uint8_t key[19];
     size_t kl = coap_addr_key(a, key);
     addr_entry *e = cy_map_get(&c->addr_owner, key, kl);
@@ -170,14 +172,42 @@ void coap_output(cy_coap *c, uint8_t via, uint8_t term, const coap_addr *a, cons
         c->stats->coap_dropped++; /* out of memory: lost like a datagram */
 }
 
-static void send_plain(cy_coap *c, const coap_addr *a, const uint8_t *p, size_t len)
+/* Plain datagrams are sent in batches, one sendmmsg for up to COAP_BATCH. */
+typedef struct plain_batch {
+    struct mmsghdr msgs[COAP_BATCH];
+    struct iovec iov[COAP_BATCH];
+    coap_addr addr[COAP_BATCH];
+    unsigned n;
+} plain_batch;
+
+static void plain_send_all(cy_coap *c, plain_batch *b)
 {
-    if (c->udp_fd < 0) return;
-    ssize_t n;
-    do
-        n = sendto(c->udp_fd, p, len, MSG_DONTWAIT | MSG_NOSIGNAL, &a->u.sa, a->len);
-    while (n < 0 && errno == EINTR);
-    if (n < 0) c->stats->coap_dropped++; /* a full socket buffer: lost like any datagram */
+    unsigned done = 0;
+    while (done < b->n && c->udp_fd >= 0) {
+        int n = sendmmsg(c->udp_fd, b->msgs + done, b->n - done, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) { /* a full socket buffer: the first is lost like any datagram */
+            c->stats->coap_dropped++;
+            done++;
+            continue;
+        }
+        done += (unsigned)n;
+    }
+    b->n = 0;
+}
+
+static void send_plain(cy_coap *c, plain_batch *b, const coap_addr *a, const uint8_t *p, size_t len)
+{
+    unsigned i = b->n++;
+    b->addr[i] = *a;
+    b->iov[i].iov_base = (void *)p; /* borrowed from c->out until plain_send_all */
+    b->iov[i].iov_len = len;
+    memset(&b->msgs[i], 0, sizeof(b->msgs[i]));
+    b->msgs[i].msg_hdr.msg_name = &b->addr[i].u;
+    b->msgs[i].msg_hdr.msg_namelen = b->addr[i].len;
+    b->msgs[i].msg_hdr.msg_iov = &b->iov[i];
+    b->msgs[i].msg_hdr.msg_iovlen = 1;
+    if (b->n == COAP_BATCH) plain_send_all(c, b);
 }
 
 static void send_frame_out(cy_coap *c, unsigned term, const coap_addr *a, const uint8_t *p,
@@ -192,6 +222,8 @@ static void send_frame_out(cy_coap *c, unsigned term, const coap_addr *a, const 
 
 void cy_coap_flush(cy_coap *c)
 {
+    plain_batch batch;
+    batch.n = 0;
     cy_reader r = cy_reader_of(cy_buf_head(&c->out), cy_buf_size(&c->out));
     while (cy_reader_left(&r)) {
         uint8_t via = (uint8_t)cy_reader_be(&r, 1);
@@ -206,12 +238,13 @@ void cy_coap_flush(cy_coap *c)
         a.len = alen;
         memcpy(&a.u, ab, alen);
         if (via == COAP_VIA_PLAIN)
-            send_plain(c, &a, p, len);
+            send_plain(c, &batch, &a, p, len);
         else if (term == c->self && c->dtls)
             (void)cy_dtls_send(c->dtls, &a.u.sa, a.len, p, len);
         else if (term != c->self)
             send_frame_out(c, term, &a, p, len);
     }
+    plain_send_all(c, &batch);
     cy_buf_reset(&c->out);
     if (cy_buf_size(&c->out) == 0) cy_buf_shrink(&c->out);
 }

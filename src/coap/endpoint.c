@@ -471,6 +471,12 @@ static void heard(coap_ep *ep, uint8_t via, uint8_t term, const coap_addr *a)
         ep->via = via;
         ep->term = term;
         ep->addr_verified = false;
+        /* Message ids are per endpoint (RFC 7252 4.5): a new address (a
+         * new NAT binding, a rebooted device) starts a new id space. */
+        for (unsigned i = 0; i < COAP_SEEN; i++) {
+            cy_free(ep->seen[i].resp);
+            memset(&ep->seen[i], 0, sizeof(ep->seen[i]));
+        }
         addr_index(ep->c, ep);
     }
     if (!ep->online) go_online(ep);
