@@ -85,23 +85,7 @@ GEN=$BUILD/coap_bench
 command -v taskset >/dev/null || die "taskset missing (util-linux)"
 
 # ---- work folder, cleanup ----------------------------------------------------------
-WORK=$(mktemp -d /tmp/cyan-coap-bench.XXXXXX)
-RESULTS=$WORK/results.txt
-: >"$RESULTS"
-declare -A SPID=() # name -> pid (stop_server in lib.sh)
-cleanup() {
-    local rc=$? s
-    set +e
-    for s in "${!SPID[@]}"; do stop_server "$s"; done
-    if [ "$rc" = 0 ] && [ "${KEEP:-0}" != 1 ]; then
-        rm -rf "$WORK"
-    else
-        log "work folder kept: $WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir coap-bench
 
 # A port of 127.0.0.1 free for both TCP and UDP (coap-server-notls takes both).
 free_port2() {

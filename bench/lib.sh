@@ -1,6 +1,6 @@
-# bench/lib.sh: helpers shared by bench/run.sh and bench/api_bench.sh
-# (sourced; the caller defines log() and the associative array SPID, server
-# name -> pid).
+# bench/lib.sh: helpers shared by the bench scripts (sourced; the caller
+# defines log() and the associative array SPID, server name -> pid, or has
+# bench_workdir make it).
 
 # A free TCP port of 127.0.0.1.
 free_port() {
@@ -34,4 +34,28 @@ stop_server() {
     fi
     wait "$pid" 2>/dev/null || true
     unset "SPID[$s]"
+}
+
+# bench_workdir NAME: a work folder /tmp/cyan-NAME.XXXXXX in WORK with an
+# empty RESULTS file, the SPID table, and traps that stop every server in
+# SPID on exit and remove WORK (kept after a failure, or with KEEP=1).
+bench_workdir() {
+    WORK=$(mktemp -d "/tmp/cyan-$1.XXXXXX")
+    RESULTS=$WORK/results.txt
+    : >"$RESULTS"
+    declare -gA SPID=()
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+    local rc=$? s
+    set +e
+    for s in "${!SPID[@]}"; do stop_server "$s"; done
+    if [ "$rc" = 0 ] && [ "${KEEP:-0}" != 1 ]; then
+        rm -rf "$WORK"
+    else
+        log "work folder kept: $WORK"
+    fi
+    exit "$rc"
 }

@@ -87,23 +87,7 @@ SINK=$BUILD/whsink
 command -v curl >/dev/null || die "curl missing"
 
 # ---- work folder, cleanup ----------------------------------------------------------
-WORK=$(mktemp -d /tmp/cyan-webhook-bench.XXXXXX)
-RESULTS=$WORK/results.txt
-: >"$RESULTS"
-declare -A SPID=() # name -> pid (stop_server in lib.sh)
-cleanup() {
-    local rc=$? s
-    set +e
-    for s in "${!SPID[@]}"; do stop_server "$s"; done
-    if [ "$rc" = 0 ] && [ "${KEEP:-0}" != 1 ]; then
-        rm -rf "$WORK"
-    else
-        log "work folder kept: $WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir webhook-bench
 
 # ---- the publisher and the statistics (Python, Debian's) -----------------------------
 cat >"$WORK/whpub.py" <<'PY'

@@ -130,6 +130,34 @@ static void send_next(coap_ep *ep)
     send_raw(ep, o->bytes, o->len);
 }
 
+/* A new message for the device (up to coap_max_message bytes), or NULL
+ * (*err CY_ENOMEM). */
+static coap_out *out_new(coap_ep *ep, int *err)
+{
+    coap_out *o = cy_malloc(sizeof(*o) + ep->c->cfg->coap_max_message);
+    if (!o) {
+        *err = CY_ENOMEM;
+        return NULL;
+    }
+    memset(o, 0, sizeof(*o));
+    o->obs = -1;
+    return o;
+}
+
+/* Finish o's encoding in w: o, or NULL (freed; *err: CY_EMSGSIZE over
+ * coap_max_message, CY_EINVAL). */
+static coap_out *out_end(coap_out *o, cy_coap_writer *w, int *err)
+{
+    size_t len;
+    *err = cy_coap_w_end(w, &len);
+    if (*err) {
+        cy_free(o);
+        return NULL;
+    }
+    o->len = (uint16_t)len;
+    return o;
+}
+
 /* Encode a request to the device: code, path segments (first, then the
  * '/'-separated levels of rest), payload. NULL if over coap_max_message
  * (*err CY_EMSGSIZE) or out of memory. */
@@ -139,13 +167,8 @@ static coap_out *make_request(coap_ep *ep, uint8_t type, uint8_t code, const cha
 {
     cy_coap *c = ep->c;
     size_t cap = c->cfg->coap_max_message;
-    coap_out *o = cy_malloc(sizeof(*o) + cap);
-    if (!o) {
-        *err = CY_ENOMEM;
-        return NULL;
-    }
-    memset(o, 0, sizeof(*o));
-    o->obs = -1;
+    coap_out *o = out_new(ep, err);
+    if (!o) return NULL;
     /* The owner, for plain routing, then 32 random bits (RFC 7252 5.3.1:
      * an off-path attacker must not guess a token over plain UDP). */
     o->tkl = 5;
@@ -165,14 +188,7 @@ static coap_out *make_request(coap_ep *ep, uint8_t type, uint8_t code, const cha
         }
     }
     cy_coap_w_payload(&w, payload, plen);
-    size_t len;
-    *err = cy_coap_w_end(&w, &len);
-    if (*err) {
-        cy_free(o);
-        return NULL;
-    }
-    o->len = (uint16_t)len;
-    return o;
+    return out_end(o, &w, err);
 }
 
 static void enqueue(coap_ep *ep, coap_out *o)
@@ -192,12 +208,8 @@ static coap_out *make_notification(coap_ep *ep, int slot, bool con, const cy_msg
 {
     const coap_obs *ob = &ep->obs[slot];
     size_t cap = ep->c->cfg->coap_max_message;
-    coap_out *o = cy_malloc(sizeof(*o) + cap);
-    if (!o) {
-        *err = CY_ENOMEM;
-        return NULL;
-    }
-    memset(o, 0, sizeof(*o));
+    coap_out *o = out_new(ep, err);
+    if (!o) return NULL;
     o->obs = (int8_t)slot;
     o->tkl = ob->tkl;
     memcpy(o->token, ob->token, ob->tkl);
@@ -207,14 +219,7 @@ static coap_out *make_notification(coap_ep *ep, int slot, bool con, const cy_msg
     cy_coap_w_opt_uint(&w, CY_COAP_OPT_OBSERVE, ep->obs_seq++ & 0xFFFFFF);
     cy_coap_w_opt_uint(&w, CY_COAP_OPT_CONTENT_FORMAT, CY_COAP_FMT_OCTETS);
     cy_coap_w_payload(&w, msg->payload, msg->payload_len);
-    size_t len;
-    *err = cy_coap_w_end(&w, &len);
-    if (*err) {
-        cy_free(o);
-        return NULL;
-    }
-    o->len = (uint16_t)len;
-    return o;
+    return out_end(o, &w, err);
 }
 
 static int obs_of(const coap_ep *ep, const cy_link_msg *lm);
@@ -1051,10 +1056,9 @@ static coap_out *next_block(coap_ep *ep, const uint8_t *req, size_t len, uint32_
     cy_coap_msg m;
     if (cy_coap_decode(req, len, &m)) return NULL;
     size_t cap = ep->c->cfg->coap_max_message;
-    coap_out *o = cy_malloc(sizeof(*o) + cap);
+    int err;
+    coap_out *o = out_new(ep, &err);
     if (!o) return NULL;
-    memset(o, 0, sizeof(*o));
-    o->obs = -1;
     o->kind = OUT_CALL;
     snprintf(o->rid, sizeof(o->rid), "%s", rid);
     o->tkl = m.tkl;
@@ -1073,13 +1077,7 @@ static coap_out *next_block(coap_ep *ep, const uint8_t *req, size_t len, uint32_
     }
     if (!put) cy_coap_w_opt_uint(&w, CY_COAP_OPT_BLOCK2, cy_coap_block_value(&b));
     cy_coap_w_payload(&w, m.payload, m.payload_len);
-    size_t n;
-    if (cy_coap_w_end(&w, &n)) {
-        cy_free(o);
-        return NULL;
-    }
-    o->len = (uint16_t)n;
-    return o;
+    return out_end(o, &w, &err);
 }
 
 /* The device's answer m (piggybacked or separate) to our call rid, whose

@@ -776,14 +776,19 @@ static void on_feed(uv_timer_t *t)
 
 /* ---- start ---- */
 
+/* The address of setting `what` (text), or an error line. */
+static int listen_addr(const char *what, const char *text, struct sockaddr_storage *ss)
+{
+    int rc = cy_listen_addr_parse(text, ss);
+    if (rc) cy_error(NULL, "supervisor: %s %s: expected host:port or [v6]:port", what, text);
+    return rc;
+}
+
 static int open_listener(const char *what, const char *text, int *out)
 {
     struct sockaddr_storage ss;
-    int rc = cy_listen_addr_parse(text, &ss);
-    if (rc) {
-        cy_error(NULL, "supervisor: %s %s: expected host:port or [v6]:port", what, text);
-        return rc;
-    }
+    int rc = listen_addr(what, text, &ss);
+    if (rc) return rc;
     int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) goto fail;
     int on = 1;
@@ -814,11 +819,8 @@ fail:
 static int open_udp(const char *what, const char *text, bool reuseport, int *out)
 {
     struct sockaddr_storage ss;
-    int rc = cy_listen_addr_parse(text, &ss);
-    if (rc) {
-        cy_error(NULL, "supervisor: %s %s: expected host:port or [v6]:port", what, text);
-        return rc;
-    }
+    int rc = listen_addr(what, text, &ss);
+    if (rc) return rc;
     int fd = socket(ss.ss_family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) goto fail;
     int on = 1;
@@ -869,6 +871,19 @@ static int open_coap(sv *s, const cy_config *cfg)
     for (unsigned i = 0; i < s->n; i++)
         if (open_udp("coaps_listen", cfg->coaps_listen, true, &s->coaps_fd[i])) return -1;
     return 0;
+}
+
+/* A start that failed before the shards: close what was opened, free s,
+ * exit status 1. */
+static int start_failed(sv *s)
+{
+    close_udp(s);
+    if (s->listen_fd >= 0) close(s->listen_fd);
+    if (s->http_fd >= 0) close(s->http_fd);
+    if (s->ops_fd >= 0) close(s->ops_fd);
+    close(s->lock_fd);
+    cy_free(s);
+    return 1;
 }
 
 /* ---- the data folder's lock (see the file comment) ---- */
@@ -1147,48 +1162,18 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     s->nproc = s->n + (cfg->monitor ? 1 : 0);
     if (s->n < 1 || s->n > CY_SB_MAX_SHARDS) {
         cy_error(NULL, "supervisor: shards = %u: must be 1..%d", s->n, CY_SB_MAX_SHARDS);
-        close(s->lock_fd);
-        cy_free(s);
-        return 1;
+        return start_failed(s);
     }
-    if (open_listener("mqtt_listen", cfg->mqtt_listen, &s->listen_fd)) {
-        close(s->lock_fd);
-        cy_free(s);
-        return 1;
-    }
-    if (cfg->http_listen[0] && open_listener("http_listen", cfg->http_listen, &s->http_fd)) {
-        close(s->listen_fd);
-        close(s->lock_fd);
-        cy_free(s);
-        return 1;
-    }
-    if (cfg->monitor && cfg->ops_listen[0] &&
-        open_listener("ops_listen", cfg->ops_listen, &s->ops_fd)) {
-        close(s->listen_fd);
-        if (s->http_fd >= 0) close(s->http_fd);
-        close(s->lock_fd);
-        cy_free(s);
-        return 1;
-    }
-    if (open_coap(s, cfg)) {
-        close_udp(s);
-        close(s->listen_fd);
-        if (s->http_fd >= 0) close(s->http_fd);
-        if (s->ops_fd >= 0) close(s->ops_fd);
-        close(s->lock_fd);
-        cy_free(s);
-        return 1;
-    }
+    if (open_listener("mqtt_listen", cfg->mqtt_listen, &s->listen_fd) ||
+        (cfg->http_listen[0] && open_listener("http_listen", cfg->http_listen, &s->http_fd)) ||
+        (cfg->monitor && cfg->ops_listen[0] &&
+         open_listener("ops_listen", cfg->ops_listen, &s->ops_fd)) ||
+        open_coap(s, cfg))
+        return start_failed(s);
     rc = cy_scoreboard_create(path, s->n, &s->sb);
     if (rc) {
         cy_error(NULL, "supervisor: cannot create %s: %s", path, cy_strerror(rc));
-        close_udp(s);
-        close(s->listen_fd);
-        if (s->http_fd >= 0) close(s->http_fd);
-        if (s->ops_fd >= 0) close(s->ops_fd);
-        close(s->lock_fd);
-        cy_free(s);
-        return 1;
+        return start_failed(s);
     }
     cy_sb_store(&s->sb.hdr->supervisor_pid, getpid());
     cy_sb_store(&s->sb.hdr->supervisor_heartbeat_ms, cy_mono_ms());

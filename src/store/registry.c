@@ -341,14 +341,14 @@ enum { READS, WRITES };
 struct cy_registry {
     sqlite3 *db;
     sqlite3_stmt *st[N_ST];
-    EVP_MAC_CTX *mac; /* HMAC-SHA256, rekeyed with each device's salt */
-    bool share_reads; /* checks share a read transaction until end_reads */
-    bool reading;     /* that transaction is open */
-    bool busy_set;    /* cy_registry_set_busy_timeout was called */
-    cy_map cache;     /* key -> cached, rows seen by checks */
-    int64_t version;  /* PRAGMA data_version the cache is valid for; -1 none */
-    int64_t checked_ms;       /* mono ms of the last data_version read */
-    int64_t busy_until_ms[2]; /* READS, WRITES: mono ms before which they fail at once */
+    EVP_MAC_CTX *mac;               /* HMAC-SHA256, rekeyed with each device's salt */
+    bool share_reads;               /* checks share a read transaction until end_reads */
+    bool reading;                   /* that transaction is open */
+    bool busy_set;                  /* cy_registry_set_busy_timeout was called */
+    cy_map cache;                   /* key -> cached, rows seen by checks */
+    int64_t version;                /* PRAGMA data_version the cache is valid for; -1 none */
+    int64_t checked_ms;             /* mono ms of the last data_version read */
+    int64_t busy_until_ms[2];       /* READS, WRITES: mono ms before which they fail at once */
     sqlite3_stmt *hook_st[CY_RH_N]; /* hooks.c's statements (registry_int.h) */
     /* DTLS PSKs: the cipher, fetched once, and one context reused. */
     EVP_CIPHER *gcm;
@@ -426,8 +426,8 @@ static const cached *cache_get(cy_registry *r, char kind, const char *id, size_t
 }
 
 /* Remember a row read from the file (out of memory: not remembered). */
-static void cache_put(cy_registry *r, char kind, const char *id, size_t id_len,
-                      const uint8_t *salt, const uint8_t *hash, int scope)
+static void cache_put(cy_registry *r, char kind, const char *id, size_t id_len, const uint8_t *salt,
+                      const uint8_t *hash, int scope)
 {
     if (id_len > CY_DEVICE_ID_LEN || r->version < 0) return;
     if (r->cache.count >= CACHE_MAX) cache_clear(r);
@@ -716,39 +716,29 @@ static int key_load(cy_registry *r, const char **why)
     return rc;
 }
 
-/* Make the key file: 32 random bytes written to a fresh temporary file
- * beside it (mkstemp: O_CREAT | O_EXCL, mode exactly 0600), synced, then
- * linked to its name. link() fails if the name exists, so two processes
- * making it at once end up with one file, which both then use; and nobody
- * ever reads a half-written key. Logs its failures; CY_EIO. */
-static int key_create(cy_registry *r)
+/* A private file's bytes, in a fresh temporary file beside path (mkstemp:
+ * O_CREAT | O_EXCL, so nothing existing is opened or followed; mode made
+ * exactly 0600, whatever the umask), written and synced: *tmp_out is its
+ * name (caller frees it with cy_free, and renames, links or unlinks the
+ * file). On failure nothing is left and *tmp_out is NULL. */
+static int private_tmp(const char *path, const void *bytes, size_t n, char **tmp_out)
 {
     static const char suffix[] = ".XXXXXX";
-    uint8_t key[KEY_BYTES];
-    if (random_bytes(key, sizeof(key))) return CY_EIO;
-    if (!r->key_path) {
-        memcpy(r->key, key, KEY_BYTES);
-        r->have_key = true;
-        OPENSSL_cleanse(key, sizeof(key));
-        return 0;
-    }
-    size_t plen = strlen(r->key_path), off = 0;
+    size_t plen = strlen(path), off = 0;
     char *tmp = cy_malloc(plen + sizeof(suffix));
-    int rc = 0, fd = -1;
-    const char *what = "temporary file";
-    if (!tmp) {
-        rc = CY_ENOMEM;
-        goto out;
-    }
-    memcpy(tmp, r->key_path, plen);
+    *tmp_out = NULL;
+    if (!tmp) return CY_ENOMEM;
+    memcpy(tmp, path, plen);
     memcpy(tmp + plen, suffix, sizeof(suffix));
-    if ((fd = mkstemp(tmp)) < 0) {
+    int rc = 0, fd = mkstemp(tmp);
+    if (fd < 0) {
         rc = -errno;
-        goto out;
+        cy_free(tmp);
+        return rc;
     }
     if (fchmod(fd, S_IRUSR | S_IWUSR)) rc = -errno;
-    while (!rc && off < KEY_BYTES) {
-        ssize_t w = write(fd, key + off, KEY_BYTES - off);
+    while (!rc && off < n) {
+        ssize_t w = write(fd, (const uint8_t *)bytes + off, n - off);
         if (w > 0)
             off += (size_t)w;
         else if (w == 0)
@@ -758,8 +748,46 @@ static int key_create(cy_registry *r)
     }
     if (!rc && fsync(fd)) rc = -errno;
     if (close(fd) && !rc) rc = -errno;
+    if (rc) {
+        unlink(tmp);
+        cy_free(tmp);
+        return rc;
+    }
+    *tmp_out = tmp;
+    return 0;
+}
+
+/* Cut a file name down to its directory, in place ("x" -> ".", "/x" -> "/"). */
+static void dir_of(char *name)
+{
+    char *slash = strrchr(name, '/');
+    if (!slash)
+        strcpy(name, ".");
+    else
+        slash[slash == name] = '\0';
+}
+
+/* Make the key file: 32 random bytes written to a fresh temporary file
+ * beside it (mkstemp: O_CREAT | O_EXCL, mode exactly 0600), synced, then
+ * linked to its name. link() fails if the name exists, so two processes
+ * making it at once end up with one file, which both then use; and nobody
+ * ever reads a half-written key. Logs its failures; CY_EIO. */
+static int key_create(cy_registry *r)
+{
+    uint8_t key[KEY_BYTES];
+    if (random_bytes(key, sizeof(key))) return CY_EIO;
+    if (!r->key_path) {
+        memcpy(r->key, key, KEY_BYTES);
+        r->have_key = true;
+        OPENSSL_cleanse(key, sizeof(key));
+        return 0;
+    }
+    char *tmp = NULL;
+    const char *what = "temporary file";
+    int rc = private_tmp(r->key_path, key, KEY_BYTES, &tmp);
+    if (rc) goto out;
     what = "link";
-    if (!rc && link(tmp, r->key_path)) rc = -errno;
+    if (link(tmp, r->key_path)) rc = -errno;
     unlink(tmp);
     if (rc == -EEXIST) {
         /* Another process made it first: theirs is the node's key. */
@@ -774,11 +802,7 @@ static int key_create(cy_registry *r)
     if (rc) goto out;
     /* The file is in place: a directory that cannot be synced is said, and
      * the key used (other processes may already have read it). */
-    char *slash = strrchr(tmp, '/');
-    if (!slash)
-        strcpy(tmp, ".");
-    else
-        slash[slash == tmp] = '\0';
+    dir_of(tmp);
     if ((rc = sync_dir(tmp)))
         cy_warn(NULL,
                 "store: registry: fsync of %s: %s: the new key file %s may not survive a "
@@ -1086,8 +1110,8 @@ out:
  * CY_ENOENT, CY_EACCES, CY_ESTORE. *scope (tokens, else NULL) gets the
  * scope of a matching row. */
 static int check_secret(cy_registry *r, sqlite3_stmt *st, bool lookup, const char *id,
-                        size_t id_len, const uint8_t *secret, size_t secret_len,
-                        const char *what, int *scope)
+                        size_t id_len, const uint8_t *secret, size_t secret_len, const char *what,
+                        int *scope)
 {
     static const uint8_t dummy_salt[SALT_BYTES];
     static const uint8_t dummy_hash[HASH_BYTES];
@@ -1116,8 +1140,8 @@ int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, cons
     if ((!id && id_len) || (!secret && secret_len)) return CY_EINVAL;
     /* Only a well-formed id can exist: the others skip the lookup. */
     bool lookup = id_len == CY_DEVICE_ID_LEN;
-    return check_secret(r, r->st[ST_CHECK], lookup, id, id_len, secret, secret_len,
-                        "device_check", NULL);
+    return check_secret(r, r->st[ST_CHECK], lookup, id, id_len, secret, secret_len, "device_check",
+                        NULL);
 }
 
 int cy_registry_device_psk(cy_registry *r, const char *id, size_t id_len, uint8_t *key, size_t cap)
@@ -1589,8 +1613,8 @@ int cy_registry_token_revoke(cy_registry *r, const char *id)
     return delete_by_key(r, r->st[ST_TOKEN_REVOKE], id, "token_revoke");
 }
 
-int cy_registry_internal_token(cy_registry *r, const char *name,
-                               char id_out[CY_TOKEN_ID_LEN + 1], char token_out[CY_TOKEN_MAX + 1])
+int cy_registry_internal_token(cy_registry *r, const char *name, char id_out[CY_TOKEN_ID_LEN + 1],
+                               char token_out[CY_TOKEN_MAX + 1])
 {
     if (!r || !name || !id_out || !token_out) return CY_EINVAL;
     id_out[0] = token_out[0] = '\0';
@@ -1636,43 +1660,17 @@ static int sync_dir(const char *dir)
  * at path. */
 static int write_private_file(const char *path, const char *text)
 {
-    static const char suffix[] = ".XXXXXX";
-    size_t plen = strlen(path), n = strlen(text), off = 0;
-    char *tmp = cy_malloc(plen + sizeof(suffix));
-    if (!tmp) return CY_ENOMEM;
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, suffix, sizeof(suffix));
-    int rc = 0, fd = mkstemp(tmp);
-    if (fd < 0) {
+    char *tmp;
+    int rc = private_tmp(path, text, strlen(text), &tmp);
+    if (rc) return rc;
+    if (rename(tmp, path)) {
         rc = -errno;
-        goto out;
-    }
-    /* mkstemp's mode is 0600 less the umask: make it exactly 0600. */
-    if (fchmod(fd, S_IRUSR | S_IWUSR)) rc = -errno;
-    while (!rc && off < n) {
-        ssize_t w = write(fd, text + off, n - off);
-        if (w > 0)
-            off += (size_t)w;
-        else if (w == 0)
-            rc = CY_EIO;
-        else if (errno != EINTR)
-            rc = -errno;
-    }
-    if (!rc && fsync(fd)) rc = -errno;
-    if (close(fd) && !rc) rc = -errno;
-    if (!rc && rename(tmp, path)) rc = -errno;
-    if (rc) {
         unlink(tmp);
-        goto out;
+        cy_free(tmp);
+        return rc;
     }
-    /* tmp is free now: cut it down to path's directory. */
-    char *slash = strrchr(tmp, '/');
-    if (!slash)
-        strcpy(tmp, ".");
-    else
-        slash[slash == tmp] = '\0'; /* "/x" keeps the "/" */
+    dir_of(tmp); /* tmp is free now */
     if ((rc = sync_dir(tmp))) unlink(path);
-out:
     cy_free(tmp);
     return rc;
 }
