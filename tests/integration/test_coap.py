@@ -427,3 +427,23 @@ def test_coap_event_reaches_the_api_event_stream(coap_server):
             assert ev.json["data"] == '{"n":1}', ev
     finally:
         dev.close()
+
+
+def test_coap_event_reaches_a_webhook(api_server_factory):
+    """A CoAP event is an event like any other: on disk before its 2.04,
+    delivered to webhooks from the event log."""
+    from whsink import Sink
+    srv = api_server_factory(coap_insecure=True, webhook_allow_private=True)
+    d = new_device(srv)
+    dev = dev_for(srv, d)
+    with Sink() as sink:
+        try:
+            r = api(srv, "POST", "/v1/webhooks", json={"url": sink.url + "/hook", "event": "door"})
+            assert r.status == 201, r.text
+            assert dev.event("door/open", b"1").code == code(2, 4)
+            req = sink.wait_for(1, timeout=15)[0]
+            body = json.loads(req.body)
+            assert body["name"] == "door/open" and body["device_id"] == d["id"], body
+            assert body["data"] == "1", body
+        finally:
+            dev.close()
