@@ -768,10 +768,18 @@ uint64_t cy_coap_owed(const cy_coap *c, int64_t now)
 {
     uint64_t owed = coap_ep_owed(c, now);
     /* Our own DTLS socket is read by us alone: datagrams left in it while
-     * we do not read are ours (the shared plain one others read too). */
+     * we do not read are ours. */
     int n = 0;
     if (c->dtls_fd >= 0 && c->accepting && !c->stopping && ioctl(c->dtls_fd, FIONREAD, &n) == 0 &&
         n > 0)
+        owed++;
+    /* The plain socket is everyone's: a datagram left in it is ours only
+     * when no other shard reads it (one shard). With several, what a
+     * stalled shard owes of it is the frames the readers forward to it,
+     * which the supervisor counts as unacknowledged bus frames. */
+    n = 0;
+    if (c->nshards == 1 && c->udp_fd >= 0 && c->accepting && !c->stopping &&
+        ioctl(c->udp_fd, FIONREAD, &n) == 0 && n > 0)
         owed++;
     return owed;
 }

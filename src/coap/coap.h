@@ -93,10 +93,10 @@ uint32_t cy_coap_online(const cy_coap *c);
  * frames handled, retransmissions sent. */
 uint64_t cy_coap_progress(const cy_coap *c);
 /* Owed work, for the progress watchdog: datagrams waiting in this shard's
- * own DTLS socket while it does not read (stalled), our confirmable
- * messages past their retransmission time, queued output not flushed.
- * Cost: one ioctl(FIONREAD) and a walk of the endpoints with a message
- * outstanding. */
+ * own DTLS socket (and in the plain one when it is the only shard: nobody
+ * else reads it), our confirmable messages past their retransmission
+ * time. Cost: two ioctl(FIONREAD) and a walk of the endpoints with a
+ * message outstanding. */
 uint64_t cy_coap_owed(const cy_coap *c, int64_t now);
 
 #endif

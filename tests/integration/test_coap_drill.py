@@ -36,6 +36,7 @@ on answers that arrived before the resume, and "never published" by A's
 later event being the next message after the last one published before.
 Measured latencies are printed (pytest -s shows them)."""
 
+import re
 import threading
 import time
 
@@ -334,3 +335,32 @@ def test_dtls_devices_of_a_killed_terminator_go_offline(api_server_factory):
             dev2.close()
         if px2 is not None:
             px2.stop()
+
+
+def test_stalled_single_shard_with_coap_traffic_is_replaced(api_server_factory):
+    """`cyan shard stall`: the loop turns and beats but reads nothing. With
+    one shard nobody else reads the plain CoAP socket, so the datagrams
+    waiting there are work it owes (cy_coap_owed): the supervisor replaces
+    it within the watchdog's bound, and the device is answered again."""
+    srv = api_server_factory(shards=1, coap_insecure=True, watchdog_timeout=1000,
+                             canary_timeout=0)
+    d = new_device(srv)
+    dev = coapdev.Device(srv.host, srv.coap_port, d["id"])
+    w = Worker("stall", dev, victim=True, period=0.1)
+    try:
+        w.start()
+        wait_until(lambda: w.ok_after(0), 10, "a first 2.04")
+        old = wait_all_running(srv, nshards=1).rows[0].pid
+        t_drill = time.monotonic()
+        srv.cli("shard", "stall", "0")
+        wait_until(lambda: srv.shard_pids().get(0) not in (None, old), 15, "shard 0 replaced")
+        t_new = time.monotonic()
+        back = wait_until(lambda: w.ok_after(t_new), 20, "a 2.04 from the new shard")
+        print("\n[stall, 1 shard] replaced %.2f s after the drill; answered again %.2f s after"
+              % (t_new - t_drill, back - t_new))
+        owed = [int(m.group(1)) for m in re.finditer(
+            r"owed work has not moved .* (\d+) CoAP datagrams unread", srv.log_tail(20000))]
+        assert any(n >= 1 for n in owed), srv.log_tail(4000)
+    finally:
+        w.stop()
+        dev.close()
