@@ -48,17 +48,8 @@
 
 typedef struct cy_coap cy_coap;
 
-typedef struct cy_coap_deps {
-    uv_loop_t *loop;
-    const cy_config *cfg;
-    cy_registry *registry; /* devices and their PSKs */
-    cy_router *router;
-    cy_cluster *cluster;
-    cy_devices *devices;
-    cy_space *space; /* the disk-full state */
-    cy_counters *stats;
-    unsigned self, nshards;
-} cy_coap_deps;
+/* registry: devices and their PSKs; store and sb are not used. */
+typedef cy_transport_deps cy_coap_deps;
 
 int cy_coap_new(const cy_coap_deps *deps, cy_coap **out);
 /* Serve on the inherited sockets (duplicated, not owned): udp_fd, the

@@ -30,6 +30,7 @@
 #include "device/link.h"
 #include "health/metrics.h"
 #include "router/router.h"
+#include "store/space.h"
 #include "store/store.h"
 
 #include <jansson.h>
@@ -48,6 +49,23 @@
 
 typedef struct cy_devices cy_devices;
 typedef struct cy_session cy_session;
+
+/* What a transport (a binding of the device layer: src/mqtt, src/coap) is
+ * built on: one shard's layers, all borrowed, which must outlive it. A
+ * transport uses what it needs of them. */
+typedef struct cy_transport_deps {
+    uv_loop_t *loop;
+    const cy_config *cfg;
+    cy_store *store;
+    cy_registry *registry; /* device credentials and PSKs */
+    cy_router *router;
+    cy_cluster *cluster;
+    cy_devices *devices;
+    cy_space *space; /* the disk-full state */
+    cy_counters *stats;
+    cy_scoreboard *sb; /* node-wide figures; NULL = this shard only */
+    unsigned self, nshards;
+} cy_transport_deps;
 
 /* hists (may be NULL): where the requester side times function calls and
  * variable reads (CY_HIST_DEVICE_CALL, requests.c). */

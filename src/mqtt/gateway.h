@@ -34,19 +34,8 @@
 
 typedef struct cy_mqtt cy_mqtt;
 
-typedef struct cy_mqtt_deps {
-    uv_loop_t *loop;
-    const cy_config *cfg;
-    cy_store *store;
-    cy_registry *registry;  /* device credentials */
-    cy_router *router;
-    cy_cluster *cluster;
-    cy_devices *devices;
-    cy_space *space;        /* the disk-full state */
-    cy_counters *stats;
-    cy_scoreboard *sb;      /* node-wide connection count; NULL = this shard only */
-    unsigned self, nshards;
-} cy_mqtt_deps;
+/* sb: the node-wide connection count (NULL = this shard only). */
+typedef cy_transport_deps cy_mqtt_deps;
 
 int cy_mqtt_new(const cy_mqtt_deps *deps, cy_mqtt **out);
 /* Serve on the inherited listening socket fd (duplicated; not owned). The

@@ -71,14 +71,14 @@ struct cy_shard {
     cy_store *store;
     cy_registry *registry;
     unsigned self, nshards;
-    uint64_t generation;   /* our spawn number */
-    cy_scoreboard *sb;     /* borrowed, or NULL */
-    cy_sb_slot *slot;      /* our scoreboard slot, or NULL */
+    uint64_t generation; /* our spawn number */
+    cy_scoreboard *sb;   /* borrowed, or NULL */
+    cy_sb_slot *slot;    /* our scoreboard slot, or NULL */
     cy_counters stats;
-    cy_hists hists;        /* latency histograms, published with stats */
-    cy_counters sys_last;  /* values last published to $SYS */
-    int64_t sys_next;      /* mono ms of the next $SYS update */
-    cy_space space;        /* the data folder's disk-full state */
+    cy_hists hists;       /* latency histograms, published with stats */
+    cy_counters sys_last; /* values last published to $SYS */
+    int64_t sys_next;     /* mono ms of the next $SYS update */
+    cy_space space;       /* the data folder's disk-full state */
     /* the layers, lowest first */
     cy_router *router;
     cy_cluster *cluster;
@@ -88,17 +88,17 @@ struct cy_shard {
     cy_webhooks *webhooks; /* the event log's numbering and webhook deliveries */
     cy_api *api;           /* NULL when http_listen is empty */
     /* the loop */
-    uv_check_t pass_end;   /* the pass hooks, once per loop pass */
+    uv_check_t pass_end; /* the pass hooks, once per loop pass */
     uv_timer_t sweep;
-    uv_timer_t ready;      /* until every shard runs: then accept */
+    uv_timer_t ready;       /* until every shard runs: then accept */
     uv_timer_t device_tick; /* deadlines of device calls and requests */
-    uv_timer_t owed_scan;  /* sums the work the layers owe into the slot's queued */
-    uint64_t owed;         /* that sum at the last scan (cy_shard_beat writes it) */
+    uv_timer_t owed_scan;   /* sums the work the layers owe into the slot's queued */
+    uint64_t owed;          /* that sum at the last scan (cy_shard_beat writes it) */
     uint64_t owed_progress; /* progress when owed work was last seen (a quiet episode) */
-    int64_t owed_since;    /* mono ms since work is owed and progress still; 0 = not */
-    bool owed_logged;      /* that episode has been logged */
+    int64_t owed_since;     /* mono ms since work is owed and progress still; 0 = not */
+    bool owed_logged;       /* that episode has been logged */
     bool handles, stopping, stalled;
-    int64_t started;       /* mono ms */
+    int64_t started; /* mono ms */
     pass_hook hooks[CY_PASS_NPOINTS][MAX_HOOKS];
     unsigned n_hooks[CY_PASS_NPOINTS];
     sweep_hook sweeps[MAX_HOOKS];
@@ -311,8 +311,8 @@ static void publish_sys(cy_shard *b)
         char topic[64], payload[24];
         int tl = snprintf(topic, sizeof(topic), "$SYS/cyan/%s", cy_metric_defs[i].name);
         int pl = snprintf(payload, sizeof(payload), "%llu", (unsigned long long)now[i]);
-        cy_msg *m = cy_msg_new(topic, (size_t)tl, (const uint8_t *)payload, (size_t)pl, NULL, 0,
-                               0, true, 0);
+        cy_msg *m = cy_msg_new(topic, (size_t)tl, (const uint8_t *)payload, (size_t)pl, NULL, 0, 0,
+                               true, 0);
         if (!m) return;
         cy_router_publish(b->router, m, NULL, NULL, false);
         cy_msg_unref(m);
@@ -323,7 +323,8 @@ static void on_sweep(uv_timer_t *t)
 {
     cy_shard *b = t->data;
     int64_t now = (int64_t)uv_now(b->loop);
-    for (unsigned i = 0; i < b->n_sweeps; i++) b->sweeps[i].fn(b->sweeps[i].ctx, now);
+    for (unsigned i = 0; i < b->n_sweeps; i++)
+        b->sweeps[i].fn(b->sweeps[i].ctx, now);
     cy_space_probe(&b->space, ""); /* the way out of the disk-full state */
     /* Space freed by deletes (cleared retained messages, acknowledged
      * frames) goes back to the file system a slice per sweep. */
@@ -435,13 +436,14 @@ static int compose(cy_shard *b)
     cy_cluster_options co = {b->self, b->nshards, b->generation, b->sb};
     rc = cy_cluster_new(b->loop, b->cfg, b->store, b->router, &b->stats, &co, &b->cluster);
     if (rc) return rc;
-    cy_cluster_hooks ch = {.adopt = mqtt_adopt, .frame = layers_frame, .release = mqtt_release,
-                           .ctx = b};
+    cy_cluster_hooks ch = {
+        .adopt = mqtt_adopt, .frame = layers_frame, .release = mqtt_release, .ctx = b};
     cy_cluster_set_hooks(b->cluster, &ch);
     rc = cy_devices_new(b->loop, b->cfg, b->store, b->router, b->cluster, &b->stats, &b->hists,
                         b->self, b->nshards, b->generation, &b->devices);
     if (rc) return rc;
-    cy_mqtt_deps md = {
+    /* Both transports stand on the same layers. */
+    cy_transport_deps td = {
         .loop = b->loop,
         .cfg = b->cfg,
         .store = b->store,
@@ -455,21 +457,9 @@ static int compose(cy_shard *b)
         .self = b->self,
         .nshards = b->nshards,
     };
-    rc = cy_mqtt_new(&md, &b->mqtt);
+    rc = cy_mqtt_new(&td, &b->mqtt);
     if (rc) return rc;
-    cy_coap_deps cd = {
-        .loop = b->loop,
-        .cfg = b->cfg,
-        .registry = b->registry,
-        .router = b->router,
-        .cluster = b->cluster,
-        .devices = b->devices,
-        .space = &b->space,
-        .stats = &b->stats,
-        .self = b->self,
-        .nshards = b->nshards,
-    };
-    rc = cy_coap_new(&cd, &b->coap);
+    rc = cy_coap_new(&td, &b->coap);
     if (rc) return rc;
     cy_webhooks_deps wd = {
         .loop = b->loop,
