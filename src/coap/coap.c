@@ -18,8 +18,8 @@
  *
  * CY_FRAME_COAP_IN body: via (u8), term (u8), address length (u8) and
  * bytes, device id length (u8) and bytes, then the datagram (plaintext).
- * CY_FRAME_COAP_OUT body: address length (u8) and bytes, then the
- * plaintext datagram for the terminator to encrypt and send.
+ * CY_FRAME_COAP_OUT body: via, term and the address as above (put_addr_head),
+ * then the plaintext datagram for the terminator to encrypt and send.
  *
  * Output records (c->out), sent by cy_coap_flush after the commit: via
  * (u8), term (u8), address length (u8) and bytes, length (u16), datagram.
@@ -159,16 +159,52 @@ static int addr_owner(const cy_coap *c, const coap_addr *a)
 
 /* ---- output ---- */
 
+/* The head shared by output records and COAP_IN frames: via, term, the
+ * address's length and bytes. Returns its length. */
+#define ADDR_HEAD_MAX (3 + sizeof(((coap_addr *)0)->u))
+static size_t put_addr_head(uint8_t *head, uint8_t via, uint8_t term, const coap_addr *a)
+{
+    head[0] = via;
+    head[1] = term;
+    head[2] = (uint8_t)a->len;
+    memcpy(head + 3, &a->u, a->len);
+    return 3 + (size_t)a->len;
+}
+
+/* Read what put_addr_head wrote. false: too short or a bad address. */
+static bool read_addr_head(cy_reader *r, uint8_t *via, uint8_t *term, coap_addr *a)
+{
+    *via = (uint8_t)cy_reader_be(r, 1);
+    *term = (uint8_t)cy_reader_be(r, 1);
+    uint8_t alen = (uint8_t)cy_reader_be(r, 1);
+    if (r->bad || alen > sizeof(a->u)) return false;
+    const uint8_t *ab = cy_reader_take(r, alen);
+    if (r->bad || !ab) return false;
+    memset(a, 0, sizeof(*a));
+    a->len = alen;
+    memcpy(&a->u, ab, alen);
+    return true;
+}
+
+/* A COAP_IN frame's head: the address head, then the device id. */
+#define IN_HEAD_MAX (ADDR_HEAD_MAX + 1 + 255)
+static size_t put_in_head(uint8_t *head, uint8_t via, uint8_t term, const coap_addr *a,
+                          const char *id, size_t id_len)
+{
+    size_t h = put_addr_head(head, via, term, a);
+    head[h++] = (uint8_t)id_len;
+    if (id_len) memcpy(head + h, id, id_len);
+    return h + id_len;
+}
+
 void coap_output(cy_coap *c, uint8_t via, uint8_t term, const coap_addr *a, const uint8_t *p,
                  size_t len)
 {
     if (len > 65535) return;
-    uint8_t head[3];
-    head[0] = via;
-    head[1] = term;
-    head[2] = (uint8_t)a->len;
-    if (cy_buf_append(&c->out, head, 3) || cy_buf_append(&c->out, &a->u, a->len) ||
-        cy_buf_put_u16(&c->out, (uint16_t)len) || cy_buf_append(&c->out, p, len))
+    uint8_t head[ADDR_HEAD_MAX];
+    size_t h = put_addr_head(head, via, term, a);
+    if (cy_buf_append(&c->out, head, h) || cy_buf_put_u16(&c->out, (uint16_t)len) ||
+        cy_buf_append(&c->out, p, len))
         c->stats->coap_dropped++; /* out of memory: lost like a datagram */
 }
 
@@ -213,10 +249,9 @@ static void send_plain(cy_coap *c, plain_batch *b, const coap_addr *a, const uin
 static void send_frame_out(cy_coap *c, unsigned term, const coap_addr *a, const uint8_t *p,
                            size_t len)
 {
-    uint8_t head[1 + sizeof(a->u)];
-    head[0] = (uint8_t)a->len;
-    memcpy(head + 1, &a->u, a->len);
-    if (cy_cluster_send(c->cluster, term, CY_FRAME_COAP_OUT, head, 1 + a->len, p, len))
+    uint8_t head[ADDR_HEAD_MAX];
+    size_t h = put_addr_head(head, COAP_VIA_DTLS, (uint8_t)term, a);
+    if (cy_cluster_send(c->cluster, term, CY_FRAME_COAP_OUT, head, h, p, len))
         c->stats->coap_dropped++;
 }
 
@@ -226,17 +261,12 @@ void cy_coap_flush(cy_coap *c)
     batch.n = 0;
     cy_reader r = cy_reader_of(cy_buf_head(&c->out), cy_buf_size(&c->out));
     while (cy_reader_left(&r)) {
-        uint8_t via = (uint8_t)cy_reader_be(&r, 1);
-        uint8_t term = (uint8_t)cy_reader_be(&r, 1);
-        uint8_t alen = (uint8_t)cy_reader_be(&r, 1);
-        const uint8_t *ab = cy_reader_take(&r, alen);
+        uint8_t via, term;
+        coap_addr a;
+        if (!read_addr_head(&r, &via, &term, &a)) break;
         size_t len = (size_t)cy_reader_be(&r, 2);
         const uint8_t *p = cy_reader_take(&r, len);
-        if (r.bad || !ab || alen > sizeof(((coap_addr *)0)->u)) break;
-        coap_addr a;
-        memset(&a, 0, sizeof(a));
-        a.len = alen;
-        memcpy(&a.u, ab, alen);
+        if (r.bad) break;
         if (via == COAP_VIA_PLAIN)
             send_plain(c, &batch, &a, p, len);
         else if (term == c->self && c->dtls)
@@ -298,16 +328,8 @@ static void forward(cy_coap *c, unsigned owner, uint8_t via, uint8_t term, const
                               "the device's shard is unavailable");
         return;
     }
-    uint8_t head[4 + sizeof(a->u) + 255];
-    size_t h = 0;
-    head[h++] = via;
-    head[h++] = term;
-    head[h++] = (uint8_t)a->len;
-    memcpy(head + h, &a->u, a->len);
-    h += a->len;
-    head[h++] = (uint8_t)id_len;
-    if (id_len) memcpy(head + h, id, id_len);
-    h += id_len;
+    uint8_t head[IN_HEAD_MAX];
+    size_t h = put_in_head(head, via, term, a, id, id_len);
     if (cy_cluster_send(c->cluster, owner, CY_FRAME_COAP_IN, head, h, raw, len))
         c->stats->coap_dropped++;
     c->progress++;
@@ -476,16 +498,8 @@ static void dtls_down(void *ctx, const struct sockaddr *addr, socklen_t alen, co
     }
     char whyb[8];
     if (!cy_cluster_shard_ready(c->cluster, owner, whyb, sizeof(whyb))) return;
-    uint8_t head[4 + sizeof(a.u) + 255];
-    size_t h = 0;
-    head[h++] = COAP_VIA_CLOSED;
-    head[h++] = (uint8_t)c->self;
-    head[h++] = (uint8_t)a.len;
-    memcpy(head + h, &a.u, a.len);
-    h += a.len;
-    head[h++] = (uint8_t)id_len;
-    memcpy(head + h, identity, id_len);
-    h += id_len;
+    uint8_t head[IN_HEAD_MAX];
+    size_t h = put_in_head(head, COAP_VIA_CLOSED, (uint8_t)c->self, &a, identity, id_len);
     (void)cy_cluster_send(c->cluster, owner, CY_FRAME_COAP_IN, head, h, NULL, 0);
 }
 
@@ -497,14 +511,10 @@ void cy_coap_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *bod
     if (c->stopping) return;
     cy_reader r = cy_reader_of(body, len);
     c->progress++;
+    uint8_t via, term;
+    coap_addr a;
     if (type == CY_FRAME_COAP_OUT) {
-        uint8_t alen = (uint8_t)cy_reader_be(&r, 1);
-        const uint8_t *ab = cy_reader_take(&r, alen);
-        if (r.bad || alen > sizeof(((coap_addr *)0)->u) || !c->dtls) return;
-        coap_addr a;
-        memset(&a, 0, sizeof(a));
-        a.len = alen;
-        memcpy(&a.u, ab, alen);
+        if (!read_addr_head(&r, &via, &term, &a) || !c->dtls) return;
         size_t n = cy_reader_left(&r);
         if (cy_dtls_send(c->dtls, &a.u.sa, a.len, r.p, n)) c->stats->coap_dropped++;
         return;
@@ -517,18 +527,10 @@ void cy_coap_on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *bod
         cy_dtls_kick(c->dtls, id);
         return;
     }
-    if (type != CY_FRAME_COAP_IN) return;
-    uint8_t via = (uint8_t)cy_reader_be(&r, 1);
-    uint8_t term = (uint8_t)cy_reader_be(&r, 1);
-    uint8_t alen = (uint8_t)cy_reader_be(&r, 1);
-    const uint8_t *ab = cy_reader_take(&r, alen);
+    if (type != CY_FRAME_COAP_IN || !read_addr_head(&r, &via, &term, &a)) return;
     uint8_t id_len = (uint8_t)cy_reader_be(&r, 1);
     const uint8_t *id = cy_reader_take(&r, id_len);
-    if (r.bad || alen > sizeof(((coap_addr *)0)->u) || term >= c->nshards) return;
-    coap_addr a;
-    memset(&a, 0, sizeof(a));
-    a.len = alen;
-    memcpy(&a.u, ab, alen);
+    if (r.bad || term >= c->nshards) return;
     if (via == COAP_VIA_CLOSED) {
         coap_ep_closed(c, (const char *)id, id_len, term, &a);
         return;
