@@ -60,23 +60,8 @@ done
 [ -x "$MOSQ" ] || { log "mosquitto not installed ($MOSQ); run scripts/deps.sh bench"; exit 1; }
 command -v taskset >/dev/null || { log "taskset missing (util-linux)"; exit 1; }
 
-WORK=$(mktemp -d /tmp/cyan-api-bench.XXXXXX)
-RESULTS=$WORK/results.txt
-: >"$RESULTS"
-declare -A SPID=() MPORT=() HPORT=()
-cleanup() {
-    local rc=$? s
-    set +e
-    for s in "${!SPID[@]}"; do stop_server "$s"; done
-    if [ "$rc" = 0 ] && [ "${KEEP:-0}" != 1 ]; then
-        rm -rf "$WORK"
-    else
-        log "work folder kept: $WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_workdir api-bench
+declare -A MPORT=() HPORT=()
 
 
 # ---- the device ----------------------------------------------------------------

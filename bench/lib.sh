@@ -38,7 +38,8 @@ stop_server() {
 
 # bench_workdir NAME: a work folder /tmp/cyan-NAME.XXXXXX in WORK with an
 # empty RESULTS file, the SPID table, and traps that stop every server in
-# SPID on exit and remove WORK (kept after a failure, or with KEEP=1).
+# SPID on exit and remove WORK (kept after a failure, or with KEEP=1); a
+# function bench_on_exit, if the script defines one, runs first.
 bench_workdir() {
     WORK=$(mktemp -d "/tmp/cyan-$1.XXXXXX")
     RESULTS=$WORK/results.txt
@@ -51,6 +52,8 @@ bench_workdir() {
 bench_cleanup() {
     local rc=$? s
     set +e
+    # A script's own last words (e.g. a tracer to stop), if it defines them.
+    if declare -F bench_on_exit >/dev/null; then bench_on_exit; fi
     for s in "${!SPID[@]}"; do stop_server "$s"; done
     if [ "$rc" = 0 ] && [ "${KEEP:-0}" != 1 ]; then
         rm -rf "$WORK"

@@ -87,26 +87,11 @@ GEN=$ROOT/$BUILD/cyan_bench
 command -v taskset >/dev/null || { log "taskset missing (util-linux)"; exit 1; }
 
 # ---- work folder, cleanup ---------------------------------------------------
-WORK=$(mktemp -d /tmp/cyan-bench.XXXXXX)
-RESULTS=$WORK/results.txt
-: >"$RESULTS"
-declare -A SPID=()      # server name -> pid
+bench_workdir bench
 STRACE_PID=""
-cleanup() {
-    local rc=$?
-    set +e
+bench_on_exit() {
     if [ -n "$STRACE_PID" ]; then kill "$STRACE_PID" 2>/dev/null; wait "$STRACE_PID" 2>/dev/null; fi
-    local s
-    for s in "${!SPID[@]}"; do stop_server "$s"; done
-    if [ "$rc" = 0 ] && [ "${KEEP:-0}" != 1 ]; then
-        rm -rf "$WORK"
-    else
-        log "work folder kept: $WORK"
-    fi
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 if [ -n "${PORT_BASE:-}" ]; then
     P_CYAN1=$PORT_BASE; P_CYAN2=$((PORT_BASE + 1)); P_MOSQ=$((PORT_BASE + 2)); P_CYAN2U=$((PORT_BASE + 3))
