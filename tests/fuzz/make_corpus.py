@@ -143,12 +143,17 @@ SEEDS = {
 }
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    for name, data in SEEDS.items():
-        with open(os.path.join(OUT, name), "wb") as f:
+def write_seeds(out, seeds):
+    """Write each seed {name: bytes} as a file of folder out (made if needed)."""
+    os.makedirs(out, exist_ok=True)
+    for name, data in seeds.items():
+        with open(os.path.join(out, name), "wb") as f:
             f.write(data)
-    print(f"{len(SEEDS)} seeds in {OUT}")
+    print(f"{len(seeds)} seeds in {out}")
+
+
+def main():
+    write_seeds(OUT, SEEDS)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ seeds also cross-check the codec. Run: /usr/bin/python3 tests/fuzz/make_corpus_c
 import os
 import struct
 
+from make_corpus import write_seeds
+
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "coap")
 
 CON, NON, ACK, RST = 0, 1, 2, 3
@@ -128,11 +130,7 @@ SEEDS = {
 
 
 def main():
-    os.makedirs(OUT, exist_ok=True)
-    for name, data in SEEDS.items():
-        with open(os.path.join(OUT, name), "wb") as f:
-            f.write(data)
-    print(f"{len(SEEDS)} seeds in {OUT}")
+    write_seeds(OUT, SEEDS)
 
 
 if __name__ == "__main__":

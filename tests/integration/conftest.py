@@ -89,8 +89,9 @@ def pytest_runtest_makereport(item, call):
             rep.sections.append(("server log %s" % srv.log_path, srv.log_tail()))
 
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def free_port(kind=socket.SOCK_STREAM):
+    """A free TCP (or, with kind SOCK_DGRAM, UDP) port of HOST."""
+    s = socket.socket(socket.AF_INET, kind)
     try:
         s.bind((HOST, 0))
         return s.getsockname()[1]
@@ -99,12 +100,7 @@ def free_port():
 
 
 def free_udp_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    return free_port(socket.SOCK_DGRAM)
 
 
 def child_env():
@@ -635,6 +631,22 @@ def api_server_factory(server_factory):
 def api_server(api_server_factory):
     """cyan with its HTTP API, defaults (isolate_devices=true)."""
     return api_server_factory()
+
+
+@pytest.fixture
+def coap_server(api_server_factory):
+    """cyan with its API, isolate_devices=true, and plain CoAP taken."""
+    return api_server_factory(coap_insecure=True)
+
+
+@pytest.fixture
+def coap_open_server(server_factory):
+    """No isolation, anonymous MQTT (to watch any topic), plain CoAP taken."""
+    if PEER == "mosquitto":
+        pytest.skip("CoAP is cyan's")
+    srv = server_factory(_template=False, coap_insecure=True, allow_anonymous=True)
+    srv.wait_api_healthy()
+    return srv
 
 
 @pytest.fixture

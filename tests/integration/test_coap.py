@@ -15,6 +15,7 @@ import pytest
 import coapdev
 from apidevice import api
 from coapdev import ACK, CON, NON, POST, RST, URI_PATH, URI_QUERY, code, encode
+from coaptest import check_call_and_read, mqtt_watch, new_device, wait_until
 from helpers import Client
 
 pytestmark = pytest.mark.cyan_only
@@ -22,48 +23,12 @@ pytestmark = pytest.mark.cyan_only
 COAP_CLIENT = "/usr/bin/coap-client-notls"
 
 
-@pytest.fixture
-def coap_server(api_server_factory):
-    return api_server_factory(coap_insecure=True)
-
-
-def new_device(srv):
-    r = api(srv, "POST", "/v1/devices", json={"name": "coap-%d" % time.monotonic_ns()})
-    assert r.status == 201, r.text
-    return r.body
-
-
 def dev_for(srv, d, **kw):
     return coapdev.Device(srv.host, srv.coap_port, d["id"], **kw)
 
 
-def wait_for(fn, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for %s" % what)
-
-
-def mqtt_watch(srv, topic):
-    c = Client(srv, client_id="watch-%d" % time.monotonic_ns(), version=5)
-    c.connect()
-    c.subscribe(topic, 1)
-    return c
-
-
-@pytest.fixture
-def isolated_off_server(server_factory):
-    """No isolation, anonymous MQTT (to watch any topic), plain CoAP on."""
-    srv = server_factory(_template=False, coap_insecure=True, allow_anonymous=True)
-    srv.wait_api_healthy()
-    return srv
-
-
-def test_event_from_coap_client_reaches_mqtt_subscriber(isolated_off_server):
-    srv = isolated_off_server
+def test_event_from_coap_client_reaches_mqtt_subscriber(coap_open_server):
+    srv = coap_open_server
     d = new_device(srv)
     w = mqtt_watch(srv, "devices/%s/events/#" % d["id"])
     cp = subprocess.run([COAP_CLIENT, "-m", "post", "-e", "21.5", "-B", "5",
@@ -105,18 +70,7 @@ def test_call_and_read_reach_a_coap_device(coap_server):
     dev = dev_for(srv, d, functions={"led": lambda arg: b"on:" + arg},
                   variables={"temp": b"21.5"})
     try:
-        assert dev.describe().code == code(2, 4)
-        r = api(srv, "POST", "/v1/devices/%s/functions/led" % d["id"], json={"arg": "x"})
-        assert r.status == 200, r.text
-        assert r.body["return_value"] == "on:x"
-        r = api(srv, "GET", "/v1/devices/%s/variables/temp" % d["id"])
-        assert r.status == 200, r.text
-        assert r.body["value"] == 21.5
-        r = api(srv, "GET", "/v1/devices/%s" % d["id"])
-        assert r.status == 200, r.text
-        p = r.body.get("presence", r.body)
-        assert p["online"] is True and p["protocol"] == "coap", r.body
-        assert p["last_round_trip"], r.body
+        check_call_and_read(srv, d, dev, "coap")
     finally:
         dev.close()
 
@@ -150,8 +104,8 @@ def test_lost_ack_is_retransmitted(coap_server):
         dev.close()
 
 
-def test_messages_reach_a_subscribed_coap_device(isolated_off_server):
-    srv = isolated_off_server
+def test_messages_reach_a_subscribed_coap_device(coap_open_server):
+    srv = coap_open_server
     d = new_device(srv)
     dev = dev_for(srv, d)
     try:
@@ -181,8 +135,8 @@ def test_isolation_applies_to_coap(coap_server):
         dev.close()
 
 
-def test_duplicate_con_is_answered_again_not_routed_twice(isolated_off_server):
-    srv = isolated_off_server
+def test_duplicate_con_is_answered_again_not_routed_twice(coap_open_server):
+    srv = coap_open_server
     d = new_device(srv)
     w = mqtt_watch(srv, "devices/%s/events/#" % d["id"])
     dev = dev_for(srv, d)
@@ -238,8 +192,8 @@ def test_ping_and_bad_input(coap_server):
         dev.close()
 
 
-def test_non_event_is_qos0_and_no_response_is_honoured(isolated_off_server):
-    srv = isolated_off_server
+def test_non_event_is_qos0_and_no_response_is_honoured(coap_open_server):
+    srv = coap_open_server
     d = new_device(srv)
     w = mqtt_watch(srv, "devices/%s/events/#" % d["id"])
     dev = dev_for(srv, d)
@@ -271,12 +225,12 @@ def _read_all(proc, out):
         out[0] += b.decode("utf-8", "replace")
 
 
-def test_observe_with_coap_client(isolated_off_server):
+def test_observe_with_coap_client(coap_open_server):
     """RFC 7641 with a client nobody here wrote: coap-client observes a
     device topic; the registration answers with the retained state, and
     each message after it arrives as a notification."""
     import threading
-    srv = isolated_off_server
+    srv = coap_open_server
     d = new_device(srv)
     topic = "devices/%s/led" % d["id"]
     c = Client(srv, client_id="pub-%d" % time.monotonic_ns(), version=5)
@@ -289,18 +243,18 @@ def test_observe_with_coap_client(isolated_off_server):
     t = threading.Thread(target=_read_all, args=(proc, out), daemon=True)
     t.start()
     try:
-        wait_for(lambda: "initial" in out[0], 10, "the registration's answer")
+        wait_until(lambda: "initial" in out[0], 10, "the registration's answer")
         for i in range(3):
             c.publish(topic, b"state-%d" % i, qos=1)
-            wait_for(lambda: "state-%d" % i in out[0], 10, "notification %d" % i)
+            wait_until(lambda: "state-%d" % i in out[0], 10, "notification %d" % i)
     finally:
         proc.kill()
         proc.wait(5)
         c.disconnect()
 
 
-def test_observe_notifications_and_rst_cancel(isolated_off_server):
-    srv = isolated_off_server
+def test_observe_notifications_and_rst_cancel(coap_open_server):
+    srv = coap_open_server
     d = new_device(srv)
     topic = "devices/%s/cfg" % d["id"]
     dev = dev_for(srv, d)
@@ -363,11 +317,11 @@ def test_block1_describe_larger_than_a_message(server_factory):
         dev.close()
 
 
-def test_block2_and_echo_for_a_large_retained_message(isolated_off_server):
+def test_block2_and_echo_for_a_large_retained_message(coap_open_server):
     """A retained message larger than a CoAP message comes in Block2 blocks;
     and since the answer is many times the request, an address that has not
     proved itself gets 4.01 with an Echo value first (RFC 9175)."""
-    srv = isolated_off_server
+    srv = coap_open_server
     d = new_device(srv)
     topic = "devices/%s/blob" % d["id"]
     big = bytes(range(256)) * 12  # 3072 bytes
@@ -396,8 +350,8 @@ def test_block2_and_echo_for_a_large_retained_message(isolated_off_server):
         dev.close()
 
 
-def test_coap_client_reads_a_large_retained_message(isolated_off_server):
-    srv = isolated_off_server
+def test_coap_client_reads_a_large_retained_message(coap_open_server):
+    srv = coap_open_server
     d = new_device(srv)
     topic = "devices/%s/blob" % d["id"]
     big = (b"0123456789abcdef" * 200)

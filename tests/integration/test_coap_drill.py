@@ -46,7 +46,8 @@ import coapdev
 from apidevice import api
 from coapdev import code
 from helpers import CYAN, Client
-from test_coaps import new_device, presence, proxy_on, wait_until
+from coaptest import new_device, presence, wait_until
+from test_coaps import proxy_on
 from test_shards import age_s, pid_gone, shard_of, status, wait_all_running
 
 pytestmark = [

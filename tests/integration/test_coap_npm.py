@@ -30,6 +30,7 @@ import pytest
 
 import coapdev
 from apidevice import SseStream, api
+from coaptest import new_device
 from helpers import Client
 
 pytestmark = [pytest.mark.cyan_only, pytest.mark.usefixtures("node_coap")]
@@ -51,6 +52,10 @@ def _installed():
         return False
     return have == want and os.path.exists(
         os.path.join(NODE_DIR, "node_modules", ".package-lock.json"))
+
+
+def new_device_id(srv):
+    return new_device(srv, "npm")["id"]
 
 
 @pytest.fixture(scope="session")
@@ -196,25 +201,6 @@ def npm_device(node_coap):
         d.close()
 
 
-@pytest.fixture
-def coap_server(api_server_factory):
-    return api_server_factory(coap_insecure=True)
-
-
-@pytest.fixture
-def open_server(server_factory):
-    """No isolation, anonymous MQTT (to watch any topic), plain CoAP on."""
-    srv = server_factory(_template=False, coap_insecure=True, allow_anonymous=True)
-    srv.wait_api_healthy()
-    return srv
-
-
-def new_device(srv):
-    r = api(srv, "POST", "/v1/devices", json={"name": "npm-%d" % time.monotonic_ns()})
-    assert r.status == 201, r.text
-    return r.body["id"]
-
-
 def mqtt_client(srv, topic=None):
     c = Client(srv, client_id="npm-%d" % time.monotonic_ns(), version=5)
     c.connect()
@@ -223,9 +209,9 @@ def mqtt_client(srv, topic=None):
     return c
 
 
-def test_npm_events_reach_mqtt_and_the_event_stream(open_server, npm_device):
-    srv = open_server
-    did = new_device(srv)
+def test_npm_events_reach_mqtt_and_the_event_stream(coap_open_server, npm_device):
+    srv = coap_open_server
+    did = new_device_id(srv)
     w = mqtt_client(srv, "devices/%s/events/#" % did)
     s = SseStream(srv, "/v1/devices/%s/events" % did)
     dev = npm_device(srv, did)
@@ -256,7 +242,7 @@ def test_npm_events_reach_mqtt_and_the_event_stream(open_server, npm_device):
 
 def test_npm_device_answers_calls_and_reads(coap_server, npm_device):
     srv = coap_server
-    did = new_device(srv)
+    did = new_device_id(srv)
     dev = npm_device(srv, did,
                      functions={"led": {"prefix": "on:"},
                                 "slow": {"prefix": "", "delay_ms": 400}},
@@ -286,9 +272,9 @@ def test_npm_device_answers_calls_and_reads(coap_server, npm_device):
     assert p["last_round_trip"], r.body
 
 
-def test_npm_device_gets_mqtt_messages(open_server, npm_device):
-    srv = open_server
-    did = new_device(srv)
+def test_npm_device_gets_mqtt_messages(coap_open_server, npm_device):
+    srv = coap_open_server
+    did = new_device_id(srv)
     pub = mqtt_client(srv)
     try:
         base = "devices/%s/" % did
@@ -335,7 +321,7 @@ def test_npm_blockwise_answer_is_not_truncated(coap_server, npm_device):
     read of which cyan has only the first block must not be answered 200
     with those 1024 bytes as the whole value."""
     srv = coap_server
-    did = new_device(srv)
+    did = new_device_id(srv)
     big = "v" * 1500
     dev = npm_device(srv, did, functions={"dump": {"prefix": big}}, variables={"big": big})
     assert dev.describe()["code"] == "2.04"
@@ -355,7 +341,7 @@ def test_npm_error_answer_is_not_a_value(coap_server, npm_device):
     it does not serve) has not returned a value: the API must not answer
     200 with an empty return value or value."""
     srv = coap_server
-    did = new_device(srv)
+    did = new_device_id(srv)
     dev = npm_device(srv, did)
     r = dev.request("PUT", "d", json.dumps({"functions": ["ghost"], "variables": ["nothing"]}))
     assert r["code"] == "2.04", r
@@ -375,7 +361,7 @@ def test_npm_call_after_a_restart_is_not_an_old_answer(coap_server, npm_device):
     cyan restarted on the same address whose message ids and tokens start
     where the last run's did gets the last run's answers to its new calls."""
     srv = coap_server
-    did = new_device(srv)
+    did = new_device_id(srv)
     dev = npm_device(srv, did, functions={"echo": {"prefix": "got:"}})
     assert dev.describe()["code"] == "2.04"
     r = api(srv, "POST", "/v1/devices/%s/functions/echo" % did, json={"arg": "before"})

@@ -26,6 +26,8 @@ import coapdev
 from apidevice import api
 from coapdev import POST, code
 from conftest import CYAN_BIN, SHARDS, child_env
+from coaptest import (check_call_and_read, mqtt_watch, new_device, owner_of, presence,
+                      wait_until)
 from helpers import Client
 
 pytestmark = pytest.mark.cyan_only
@@ -103,38 +105,6 @@ def proxy_device(srv, d, **kw):
     return px, px.device(d["id"], **kw)
 
 
-def new_device(srv):
-    r = api(srv, "POST", "/v1/devices", json={"name": "coaps-%d" % time.monotonic_ns()})
-    assert r.status == 201, r.text
-    assert len(r.body["psk"]) == 32, r.body
-    return r.body
-
-
-def presence(srv, device_id):
-    r = api(srv, "GET", "/v1/devices/%s" % device_id)
-    assert r.status == 200, r.text
-    return r.body.get("presence", r.body)
-
-
-def wait_until(fn, timeout, what):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError("timed out (%.0fs) waiting for %s (last %r)" % (timeout, what, last))
-
-
-def owner_of(device_id, nshards):
-    """cy_shard_of: FNV-1a 64 of the id, modulo the shards."""
-    h = 0xcbf29ce484222325
-    for b in device_id.encode():
-        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
-    return h % nshards if nshards > 1 else 0
-
-
 def terminators(srv, identity):
     """The shards that logged a DTLS session of identity (the terminator
     logs "DTLS session from" at debug level), in order."""
@@ -157,13 +127,6 @@ def proxy_on(srv, d, want, tries=40):
             return px, t
         px.stop()
     raise AssertionError("no DTLS session on a wanted terminator in %d tries" % tries)
-
-
-def mqtt_watch(srv, topic):
-    c = Client(srv, client_id="watch-%d" % time.monotonic_ns(), version=5)
-    c.connect()
-    c.subscribe(topic, 1)
-    return c
 
 
 def coap_client(srv, identity, key, name, payload, timeout=20):
@@ -230,16 +193,7 @@ def test_call_read_presence_over_dtls(coaps_server):
     px, dev = proxy_device(srv, d, functions={"led": lambda arg: b"on:" + arg},
                            variables={"temp": b"21.5"})
     try:
-        assert dev.describe().code == code(2, 4)
-        r = api(srv, "POST", "/v1/devices/%s/functions/led" % d["id"], json={"arg": "x"})
-        assert r.status == 200, r.text
-        assert r.body["return_value"] == "on:x"
-        r = api(srv, "GET", "/v1/devices/%s/variables/temp" % d["id"])
-        assert r.status == 200, r.text
-        assert r.body["value"] == 21.5
-        p = presence(srv, d["id"])
-        assert p["online"] is True and p["protocol"] == "coaps", p
-        assert p["last_round_trip"], p
+        check_call_and_read(srv, d, dev, "coaps")
         # Requests over DTLS carry no ?id=; one that does is still the session's device.
         assert dev.request(POST, "e/x", b"1", extra=[(coapdev.URI_QUERY, "id=" + "0" * 24)]
                            ).code == code(2, 4)
