@@ -66,3 +66,19 @@ def check_call_and_read(srv, d, dev, protocol):
     p = presence(srv, d["id"])
     assert p["online"] is True and p["protocol"] == protocol, p
     assert p["last_round_trip"], p
+
+
+def check_messages(srv, d, dev):
+    """dev, a coapdev.Device of device d, subscribes devices/<id>/cmd/#: a
+    QoS 1 and a QoS 0 message published over MQTT both reach it."""
+    assert dev.subscribe("devices/%s/cmd/#" % d["id"]).code == code(2, 4)
+    c = Client(srv, client_id="pub-%d" % time.monotonic_ns(), version=5)
+    c.connect()
+    try:
+        c.publish("devices/%s/cmd/a" % d["id"], b"one", qos=1)
+        c.publish("devices/%s/cmd/b" % d["id"], b"two", qos=0)
+        got = [dev.messages.get(timeout=10) for _ in range(2)]
+        assert sorted(got) == [("devices/%s/cmd/a" % d["id"], b"one"),
+                               ("devices/%s/cmd/b" % d["id"], b"two")]
+    finally:
+        c.disconnect()

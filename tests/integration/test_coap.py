@@ -15,7 +15,7 @@ import pytest
 import coapdev
 from apidevice import api
 from coapdev import ACK, CON, NON, POST, RST, URI_PATH, URI_QUERY, code, encode
-from coaptest import check_call_and_read, mqtt_watch, new_device, wait_until
+from coaptest import check_call_and_read, check_messages, mqtt_watch, new_device, wait_until
 from helpers import Client
 
 pytestmark = pytest.mark.cyan_only
@@ -109,16 +109,8 @@ def test_messages_reach_a_subscribed_coap_device(coap_open_server):
     d = new_device(srv)
     dev = dev_for(srv, d)
     try:
-        assert dev.subscribe("devices/%s/cmd/#" % d["id"]).code == code(2, 4)
-        c = Client(srv, client_id="pub-%d" % time.monotonic_ns(), version=5)
-        c.connect()
-        c.publish("devices/%s/cmd/a" % d["id"], b"one", qos=1)
-        c.publish("devices/%s/cmd/b" % d["id"], b"two", qos=0)
-        got = [dev.messages.get(timeout=10) for _ in range(2)]
-        assert sorted(got) == [("devices/%s/cmd/a" % d["id"], b"one"),
-                               ("devices/%s/cmd/b" % d["id"], b"two")]
+        check_messages(srv, d, dev)
         assert dev.request(coapdev.DELETE, "s/devices/%s/cmd/#" % d["id"]).code == code(2, 2)
-        c.disconnect()
     finally:
         dev.close()
 
