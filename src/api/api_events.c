@@ -205,7 +205,7 @@ static void stream_end(cy_api *a, api_stream *s)
 static bool fan_out(cy_api *b, int64_t until_us, uint64_t end_pos)
 {
     cy_api *a = b;
-    unsigned n = 0;
+    unsigned n = 0, sent = 0;
     while (a->fan_pos < end_pos) {
         api_event *e = ring_at(a, a->fan_pos);
         ev_view v;
@@ -223,6 +223,7 @@ static bool fan_out(cy_api *b, int64_t until_us, uint64_t end_pos)
                             "event stream ended: the client reads too slowly");
                 stream_end(a, s);
             }
+            if (until_us && ++sent >= API_STREAM_SLICE_WRITES) return false;
             if (until_us && (++n & 31) == 0 && cy_mono_us() > until_us) return false;
         }
         a->fan_started = false;

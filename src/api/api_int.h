@@ -35,6 +35,11 @@
  * the loop; the rest continues in the next passes, so the loop never looks
  * hung to the watchdog however many streams there are. */
 #define API_STREAM_SLICE_US 5000
+/* At most this many stream writes per slice: each write resumes a
+ * connection, and the HTTP server then sends to every resumed connection in
+ * one pass, outside the slice's clock (300 slow clients on loopback made
+ * that pass 125 ms); the next slice waits for that pass. */
+#define API_STREAM_SLICE_WRITES 64
 /* How often the tokens of open streams are checked again (revocation). */
 #define API_TOKEN_RECHECK_MS 1000
 /* Failed token checks: one log line per source address per window, and at
