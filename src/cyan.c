@@ -37,6 +37,7 @@
 #include "core/cy_config.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "http/http.h"
 #include "health/supervisor.h"
 #include "monitor/canary.h"
 #include "store/store.h"
@@ -448,9 +449,28 @@ static int check_layout(const cy_config *cfg)
     return 0;
 }
 
+/* The TLS certificate and key, when set, load as a pair; 0 or 1 with a
+ * message. Shards and the monitor load them again: this only makes a
+ * mistake fail the start rather than each listener. */
+static int check_tls(const cy_config *cfg)
+{
+    if (!cfg->tls_cert[0] && !cfg->tls_key[0]) return 0;
+    char why[300];
+    if (!cfg->tls_cert[0] || !cfg->tls_key[0]) {
+        fprintf(stderr, "cyan: tls_cert and tls_key go together: set both or neither\n");
+        return 1;
+    }
+    if (cy_http_tls_check(cfg->tls_cert, cfg->tls_key, why, sizeof(why))) {
+        fprintf(stderr, "cyan: TLS: %s\n", why);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_serve(const cy_config *cfg, char **pass)
 {
-    if (cy_supervisor_check(cfg) || cy_monitor_check(cfg)) return 1; /* before anything is created */
+    /* before anything is created */
+    if (cy_supervisor_check(cfg) || cy_monitor_check(cfg) || check_tls(cfg)) return 1;
     if (make_dir(cfg->data_dir)) {
         fprintf(stderr, "cyan: cannot create data_dir %s: %s\n", cfg->data_dir, strerror(errno));
         return 1;
