@@ -163,3 +163,44 @@ def test_key_of_another_certificate_stops_the_start(tmp_path):
     cp = subprocess.run([CYAN_BIN, "--data_dir=%s" % (tmp_path / "data"), "--tls_cert=%s" % cert],
                         capture_output=True, text=True, timeout=30)
     assert cp.returncode == 1 and "set both or neither" in cp.stderr, cp
+
+
+def test_device_cert_from_the_development_ca(tmp_path):
+    """`cyan device add NAME --cert` makes the development CA on first use
+    and a client certificate for the device (CN = its id, clientAuth),
+    owner-only files, never overwritten; `cyan device cert` issues one for
+    an existing device."""
+    data = str(tmp_path / "data")
+
+    def cyan(*args):
+        return subprocess.run([CYAN_BIN] + list(args) + ["--data_dir=%s" % data],
+                              capture_output=True, text=True, timeout=30)
+
+    cp = cyan("device", "add", "lamp", "--cert")
+    assert cp.returncode == 0, cp
+    out = dict(line.split(": ", 1) for line in cp.stdout.strip().splitlines())
+    assert "made a development CA" in cp.stderr, cp.stderr
+    ca = os.path.join(data, "dev-ca.crt")
+    assert out["cert"] == os.path.join(data, "certs", out["id"] + ".crt")
+    for path in (ca, os.path.join(data, "dev-ca.key"), out["cert"], out["key"]):
+        assert os.stat(path).st_mode & 0o777 == 0o600, path
+    v = subprocess.run(["openssl", "verify", "-CAfile", ca, "-purpose", "sslclient", out["cert"]],
+                       capture_output=True, text=True)
+    assert v.returncode == 0, v
+    subj = subprocess.run(["openssl", "x509", "-in", out["cert"], "-noout", "-subject"],
+                          capture_output=True, text=True).stdout
+    assert subj.strip().replace(" ", "") == "subject=CN=%s" % out["id"], subj
+    # The key is the certificate's.
+    pub = [subprocess.run(argv, capture_output=True, text=True).stdout for argv in (
+        ["openssl", "x509", "-in", out["cert"], "-noout", "-pubkey"],
+        ["openssl", "pkey", "-in", out["key"], "-pubout"])]
+    assert pub[0] == pub[1] and pub[0]
+    # Never over existing files; the CA is made once.
+    before = open(out["cert"]).read()
+    cp = cyan("device", "cert", "lamp")
+    assert cp.returncode == 1 and "exists already" in cp.stderr, cp
+    assert open(out["cert"]).read() == before
+    cp = cyan("device", "add", "fan", "--cert")
+    assert cp.returncode == 0 and "made a development CA" not in cp.stderr, cp
+    cp = cyan("device", "cert", "nobody")
+    assert cp.returncode == 1 and "no device 'nobody'" in cp.stderr, cp
