@@ -4,6 +4,9 @@
  *   cyan device add NAME [-c FILE] [--data_dir=DIR]
  *   cyan device list | device remove ID_OR_NAME
  *   cyan device psk ID_OR_NAME                   a new DTLS PSK (CoAP), shown once
+ *   cyan device add NAME --cert | device cert ID_OR_NAME
+ *                                                a client certificate from the
+ *                                                development CA (core/cy_x509.h)
  *   cyan token create [--read-only] [NAME]       an API token, shown once
  *   cyan token list | token revoke ID
  *   cyan config [-c FILE] [--name=value ...]     print every setting
@@ -32,11 +35,13 @@
  * it cannot.
  */
 #include "core/cy_version.h"
+#include "core/cy_x509.h"
 #include "monitor/monitor.h"
 #include "shard/shard.h"
 #include "core/cy_config.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "http/http.h"
 #include "health/supervisor.h"
 #include "monitor/canary.h"
 #include "store/store.h"
@@ -62,6 +67,8 @@ static void usage(FILE *out)
                  "       cyan device list [...]\n"
                  "       cyan device remove ID_OR_NAME [...]\n"
                  "       cyan device psk ID_OR_NAME [...]          a new DTLS PSK (CoAP)\n"
+                 "       cyan device add NAME --cert [...]         with a certificate (dev CA)\n"
+                 "       cyan device cert ID_OR_NAME [...]         a certificate (dev CA)\n"
                  "       cyan token create [--read-only] [NAME] [...]\n"
                  "       cyan token list [...]\n"
                  "       cyan token revoke ID [...]\n"
@@ -75,7 +82,8 @@ static void usage(FILE *out)
 /* Flags of a subcommand (not settings): passed on to it as words. */
 static bool command_flag(const char *arg)
 {
-    return !strcmp(arg, "--read-only") || !strcmp(arg, "--json") || !strcmp(arg, "--shard") ||
+    return !strcmp(arg, "--read-only") || !strcmp(arg, "--json") || !strcmp(arg, "--cert") ||
+           !strcmp(arg, "--shard") ||
            !strcmp(arg, "--count") || !strncmp(arg, "--shard=", 8) || !strncmp(arg, "--count=", 8);
 }
 
@@ -84,6 +92,7 @@ static bool flag_of(const char *cmd, const char *flag)
 {
     if (!strcmp(cmd, "token")) return !strcmp(flag, "--read-only");
     if (!strcmp(cmd, "status")) return !strcmp(flag, "--json");
+    if (!strcmp(cmd, "device")) return !strcmp(flag, "--cert");
     if (!strcmp(cmd, "canary"))
         return strcmp(flag, "--read-only") != 0 && strcmp(flag, "--json") != 0;
     return false;
@@ -243,6 +252,40 @@ static int print_device(void *ctx, const cy_device *d)
     return 0;
 }
 
+/* A client certificate for device id from the development CA in data_dir
+ * (made on first use): data_dir/certs/<id>.crt and .key. 0, or a code
+ * already reported. */
+static int issue_cert(const cy_config *cfg, const char *id)
+{
+    char dir[600], cert[700], key[700];
+    snprintf(dir, sizeof(dir), "%s/certs", cfg->data_dir);
+    int rc = make_dir(dir);
+    bool made = false;
+    if (!rc) rc = cy_x509_ca_ensure(cfg->data_dir, &made);
+    if (rc) {
+        fprintf(stderr, "cyan: the development CA in %s: %s\n", cfg->data_dir,
+                rc == CY_EINVAL ? "one of dev-ca.crt and dev-ca.key is missing or broken"
+                                : cy_strerror(rc));
+        return rc;
+    }
+    if (made)
+        fprintf(stderr,
+                "cyan: made a development CA: %s/" CY_X509_CA_CERT " (set tls_ca to it so devices "
+                "log in with its certificates; use your own CA in production)\n",
+                cfg->data_dir);
+    snprintf(cert, sizeof(cert), "%s/%s.crt", dir, id);
+    snprintf(key, sizeof(key), "%s/%s.key", dir, id);
+    rc = cy_x509_issue_device(cfg->data_dir, id, cert, key);
+    if (rc == CY_EEXIST)
+        fprintf(stderr, "cyan: %s or %s exists already: remove them for a new certificate\n", cert,
+                key);
+    else if (rc)
+        fprintf(stderr, "cyan: cannot issue a certificate: %s\n", cy_strerror(rc));
+    else
+        printf("cert: %s\nkey: %s\n", cert, key);
+    return rc;
+}
+
 static int cmd_device(cy_config *cfg, char **args, int nargs)
 {
     if (nargs < 2) {
@@ -252,12 +295,14 @@ static int cmd_device(cy_config *cfg, char **args, int nargs)
     cy_registry *r = NULL;
     if (open_registry(cfg, &r)) return 1;
     int rc = 0, status = 0;
-    if (!strcmp(args[1], "add") && nargs == 3) {
+    bool cert = nargs == 4 && !strcmp(args[3], "--cert");
+    if (!strcmp(args[1], "add") && (nargs == 3 || cert)) {
         char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
         char psk[CY_DEVICE_PSK_LEN + 1];
         rc = cy_registry_device_add(r, args[2], id, secret, psk);
         if (rc == 0) {
             printf("id: %s\nsecret: %s\npsk: %s\n", id, secret, psk);
+            if (cert && issue_cert(cfg, id)) status = 1;
             fprintf(stderr,
                     "cyan: device '%s' added. The secret is shown only now: the device\n"
                     "connects with MQTT username = id and password = secret, or with\n"
@@ -270,6 +315,11 @@ static int cmd_device(cy_config *cfg, char **args, int nargs)
                             "or '.'\n",
                     args[2], CY_DEVICE_NAME_MAX);
         }
+    } else if (!strcmp(args[1], "cert") && nargs == 3) {
+        cy_device d;
+        rc = cy_registry_device_get(r, args[2], &d);
+        if (rc == CY_ENOENT) fprintf(stderr, "cyan: no device '%s'\n", args[2]);
+        if (rc == 0 && issue_cert(cfg, d.id)) status = 1;
     } else if (!strcmp(args[1], "list") && nargs == 2) {
         rc = cy_registry_device_list(r, print_device, NULL);
     } else if (!strcmp(args[1], "psk") && nargs == 3) {
@@ -448,9 +498,28 @@ static int check_layout(const cy_config *cfg)
     return 0;
 }
 
+/* The TLS certificate and key, when set, load as a pair; 0 or 1 with a
+ * message. Shards and the monitor load them again: this only makes a
+ * mistake fail the start rather than each listener. */
+static int check_tls(const cy_config *cfg)
+{
+    if (!cfg->tls_cert[0] && !cfg->tls_key[0]) return 0;
+    char why[300];
+    if (!cfg->tls_cert[0] || !cfg->tls_key[0]) {
+        fprintf(stderr, "cyan: tls_cert and tls_key go together: set both or neither\n");
+        return 1;
+    }
+    if (cy_http_tls_check(cfg->tls_cert, cfg->tls_key, why, sizeof(why))) {
+        fprintf(stderr, "cyan: TLS: %s\n", why);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_serve(const cy_config *cfg, char **pass)
 {
-    if (cy_supervisor_check(cfg) || cy_monitor_check(cfg)) return 1; /* before anything is created */
+    /* before anything is created */
+    if (cy_supervisor_check(cfg) || cy_monitor_check(cfg) || check_tls(cfg)) return 1;
     if (make_dir(cfg->data_dir)) {
         fprintf(stderr, "cyan: cannot create data_dir %s: %s\n", cfg->data_dir, strerror(errno));
         return 1;

@@ -832,6 +832,18 @@ fail:
     return rc;
 }
 
+void cy_api_reload_tls(cy_api *b)
+{
+    cy_api *a = b;
+    if (!a || !a->http || !b->cfg->tls_cert[0] || !b->cfg->http_tls) return;
+    char why[256];
+    if (cy_http_tls_reload(a->http, b->cfg->tls_cert, b->cfg->tls_key, why, sizeof(why)))
+        cy_error(NULL, "http: reload of the TLS certificate failed, the old one stays in use: %s",
+                 why);
+    else
+        cy_info(NULL, "http: TLS certificate %s loaded for new connections", b->cfg->tls_cert);
+}
+
 /* Called when the shard starts accepting (every shard ready, or its wait
  * ran out), so a request is never taken before the answers of the other
  * shards can reach us. */
@@ -848,6 +860,11 @@ void cy_api_listen(cy_api *b)
         .request_timeout_s = b->cfg->http_request_timeout,
         .max_per_address = b->cfg->http_max_per_address,
     };
+    bool tls = b->cfg->tls_cert[0] && b->cfg->http_tls;
+    if (tls) {
+        lim.tls_cert = b->cfg->tls_cert;
+        lim.tls_key = b->cfg->tls_key;
+    }
     int rc = cy_http_new(b->loop, a->http_fd, &lim, handle, check_request, b, &a->http);
     close(a->http_fd); /* the server holds its own duplicate */
     a->http_fd = -1;
@@ -856,7 +873,8 @@ void cy_api_listen(cy_api *b)
                  b->cfg->http_listen, cy_strerror(rc));
         return;
     }
-    cy_info(NULL, "shard %u serving the HTTP API on %s", b->self, b->cfg->http_listen);
+    cy_info(NULL, "shard %u serving the HTTP API on %s%s", b->self, b->cfg->http_listen,
+            tls ? " (HTTPS)" : "");
 }
 
 void cy_api_stop(cy_api *b)

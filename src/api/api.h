@@ -48,6 +48,10 @@ int cy_api_new(const cy_api_deps *deps, int http_fd, cy_api **out);
 void cy_api_listen(cy_api *a);
 /* Close every HTTP connection and stream (pending requests end). */
 void cy_api_stop(cy_api *a);
+/* HTTPS: read tls_cert and tls_key again for new connections (open ones
+ * keep theirs); a failure keeps the old pair and is logged. No-op on plain
+ * HTTP. */
+void cy_api_reload_tls(cy_api *a);
 /* Safe on NULL. */
 void cy_api_free(cy_api *a);
 

@@ -161,6 +161,12 @@ static const setting table[] = {
     U32(coaps_handshake_rate, "1000", 1, 1000000,
         "new DTLS handshakes each shard starts per second at most (after the cookie "
         "exchange); more are dropped and the device retries"),
+    STR(tls_cert, "",
+        "PEM file of the server certificate (chain, leaf first) for TLS listeners; empty = no TLS"),
+    STR(tls_key, "", "PEM file of the private key of tls_cert (keep it mode 0600)"),
+    BOOL(http_tls, "true", "with tls_cert set, the HTTP API on http_listen speaks HTTPS"),
+    BOOL(ops_tls, "true",
+         "with tls_cert set, the operations listener on ops_listen speaks HTTPS"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))

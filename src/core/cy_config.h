@@ -82,6 +82,10 @@ typedef struct cy_config {
     uint32_t coap_max_message;  /* bytes of the largest CoAP message taken or sent */
     uint32_t coaps_max_peers;   /* DTLS sessions (and handshakes) per shard */
     uint32_t coaps_handshake_rate; /* new DTLS handshakes per second per shard */
+    char tls_cert[512];         /* PEM certificate chain for TLS listeners; "" = no TLS */
+    char tls_key[512];          /* PEM private key of tls_cert */
+    bool http_tls;              /* HTTPS on http_listen when tls_cert is set */
+    bool ops_tls;               /* HTTPS on ops_listen when tls_cert is set */
 } cy_config;
 
 typedef struct cy_config_error {

@@ -109,6 +109,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <gnutls/abstract.h>
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 
 #define DEF_MAX_HEADER ((size_t)16 << 10)
@@ -250,6 +252,7 @@ struct cy_http {
     bool stop_deferred; /* cy_http_stop called from inside MHD_run */
     bool stopping;      /* cy_http_stop has begun */
     bool freed;         /* cy_http_free ran; free when the last handle closes */
+    struct tls_creds *creds; /* HTTPS: the pair new handshakes get; NULL = plain */
 };
 
 static void run_mhd(cy_http *h);
@@ -317,6 +320,10 @@ static const char *const client_msgs[] = {
     "Failed to parse `Content-Length'",
     "Not enough memory in pool",
     "Too late",
+    /* TLS: a client that failed or abandoned its handshake, or sent
+     * records that do not decrypt; a stranger can cause these at will. */
+    "Error: received handshake message out of context",
+    "TLS encryption or decryption error",
 };
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
@@ -443,6 +450,7 @@ static void arm_idle(cy_http *h, hconn *hc)
     arm(h, hc, &h->idle_q);
 }
 
+static bool raw_send(cy_http_req *req, int fd, const char *out, size_t n);
 static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code,
                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
@@ -881,8 +889,7 @@ static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *co
                      "Content-Length: %d\r\n\r\n%s",
                      status, reason ? reason : "Error", bl, body);
     req->raw_answered = true;
-    ssize_t w = send(fd, out, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w != n) return false;
+    if (!raw_send(req, fd, out, (size_t)n)) return false;
     req->h->requests++;
     return true;
 }
@@ -1314,10 +1321,166 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
 
 /* ---- the server ------------------------------------------------------------- */
 
+/* ---- HTTPS -------------------------------------------------------------
+ *
+ * MHD speaks TLS through GnuTLS. The certificate is not given to MHD as
+ * bytes but through its certificate callback, which GnuTLS calls in each
+ * handshake: it hands out the server's current pair, so a reload is a swap
+ * of that pointer and no connection is dropped. GnuTLS neither copies nor
+ * frees what the callback returns, and a handshake under way may still use
+ * the pair it was given, so a replaced pair is kept (a list through
+ * `older`) until the server is freed: a few KiB per reload.
+ *
+ * The callback has no argument of ours, so a process has at most one HTTPS
+ * server (`tls_server`); the shard has one (the API), the monitor one (the
+ * operations listener). */
+
+#define TLS_MAX_CHAIN 8
+/* TLS 1.2 and 1.3 only, AEAD ciphers with forward secrecy. */
+#define TLS_PRIORITIES                                                                             \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+CHACHA20-POLY1305:+AES-256-GCM:"     \
+    "+AES-128-GCM:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:%SERVER_PRECEDENCE"
+
+typedef struct tls_creds {
+    struct tls_creds *older;
+    gnutls_pcert_st chain[TLS_MAX_CHAIN];
+    unsigned n;
+    gnutls_privkey_t key;
+} tls_creds;
+
+static cy_http *tls_server;
+
+static void creds_free(tls_creds *c)
+{
+    while (c) {
+        tls_creds *o = c->older;
+        for (unsigned i = 0; i < c->n; i++) gnutls_pcert_deinit(&c->chain[i]);
+        if (c->key) gnutls_privkey_deinit(c->key);
+        cy_free(c);
+        c = o;
+    }
+}
+
+/* Do the public keys of the certificate and of the private key agree? */
+static bool key_matches(gnutls_pubkey_t cert_pub, gnutls_privkey_t key)
+{
+    gnutls_pubkey_t pub = NULL;
+    gnutls_datum_t a = {0}, b = {0};
+    bool same = false;
+    if (gnutls_pubkey_init(&pub) >= 0 && gnutls_pubkey_import_privkey(pub, key, 0, 0) >= 0 &&
+        gnutls_pubkey_export2(pub, GNUTLS_X509_FMT_DER, &a) >= 0 &&
+        gnutls_pubkey_export2(cert_pub, GNUTLS_X509_FMT_DER, &b) >= 0)
+        same = a.size == b.size && memcmp(a.data, b.data, a.size) == 0;
+    gnutls_free(a.data);
+    gnutls_free(b.data);
+    if (pub) gnutls_pubkey_deinit(pub);
+    return same;
+}
+
+/* Load a certificate chain and its key; NULL with the reason in buf. */
+static tls_creds *creds_load(const char *cert, const char *key, char *buf, size_t len)
+{
+    tls_creds *c = cy_calloc(1, sizeof(*c));
+    if (c == NULL) {
+        snprintf(buf, len, "out of memory");
+        return NULL;
+    }
+    unsigned n = TLS_MAX_CHAIN;
+    int rc = gnutls_pcert_list_import_x509_file(c->chain, &n, cert, GNUTLS_X509_FMT_PEM, NULL,
+                                                NULL, 0);
+    if (rc < 0 || n == 0) {
+        snprintf(buf, len, "certificate %s: %s", cert,
+                 rc == GNUTLS_E_SHORT_MEMORY_BUFFER ? "more than 8 certificates in the chain"
+                 : rc < 0                           ? gnutls_strerror(rc)
+                                                    : "no certificate in the file");
+        goto fail;
+    }
+    c->n = n;
+    gnutls_datum_t d = {0};
+    if ((rc = gnutls_load_file(key, &d)) < 0) {
+        snprintf(buf, len, "key %s: %s", key, gnutls_strerror(rc));
+        goto fail;
+    }
+    rc = gnutls_privkey_init(&c->key);
+    if (rc >= 0) rc = gnutls_privkey_import_x509_raw(c->key, &d, GNUTLS_X509_FMT_PEM, NULL, 0);
+    gnutls_memset(d.data, 0, d.size);
+    gnutls_free(d.data);
+    if (rc < 0) {
+        snprintf(buf, len, "key %s: %s", key, gnutls_strerror(rc));
+        goto fail;
+    }
+    if (!key_matches(c->chain[0].pubkey, c->key)) {
+        snprintf(buf, len, "key %s is not the key of certificate %s", key, cert);
+        goto fail;
+    }
+    return c;
+fail:
+    creds_free(c);
+    return NULL;
+}
+
+static int tls_retrieve(gnutls_session_t s, const gnutls_datum_t *req_ca_rdn, int nreqs,
+                        const gnutls_pk_algorithm_t *algos, int nalgos, gnutls_pcert_st **pcert,
+                        unsigned int *pcert_length, gnutls_privkey_t *pkey)
+{
+    (void)s, (void)req_ca_rdn, (void)nreqs, (void)algos, (void)nalgos;
+    tls_creds *c = tls_server ? tls_server->creds : NULL;
+    if (c == NULL) return -1;
+    *pcert = c->chain;
+    *pcert_length = c->n;
+    *pkey = c->key;
+    return 0;
+}
+
+int cy_http_tls_check(const char *cert, const char *key, char *buf, size_t len)
+{
+    if (cert == NULL || key == NULL || !cert[0] || !key[0]) {
+        snprintf(buf, len, "both a certificate and a key are needed");
+        return CY_EINVAL;
+    }
+    tls_creds *c = creds_load(cert, key, buf, len);
+    if (c == NULL) return CY_EINVAL;
+    creds_free(c);
+    return 0;
+}
+
+int cy_http_tls_reload(cy_http *h, const char *cert, const char *key, char *buf, size_t len)
+{
+    if (h == NULL || h->creds == NULL) {
+        snprintf(buf, len, "this server does not serve HTTPS");
+        return CY_EINVAL;
+    }
+    tls_creds *c = cy_http_tls_check(cert, key, buf, len) ? NULL : creds_load(cert, key, buf, len);
+    if (c == NULL) return CY_EINVAL;
+    c->older = h->creds;
+    h->creds = c;
+    return 0;
+}
+
+/* Bytes for the client written past MHD (raw_answer): through the TLS
+ * session when there is one. Non-blocking; true if all were taken. */
+static bool raw_send(cy_http_req *req, int fd, const char *out, size_t n)
+{
+    if (req->h->creds) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+        if (ci == NULL || ci->tls_session == NULL) return false;
+        return gnutls_record_send((gnutls_session_t)ci->tls_session, out, n) == (ssize_t)n;
+    }
+    return send(fd, out, n, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)n;
+}
+
+static void http_free(cy_http *h)
+{
+    if (tls_server == h) tls_server = NULL;
+    creds_free(h->creds);
+    cy_free(h);
+}
+
 static void on_handle_closed(uv_handle_t *hd)
 {
     cy_http *h = hd->data;
-    if (--h->handles == 0 && h->freed) cy_free(h);
+    if (--h->handles == 0 && h->freed) http_free(h);
 }
 
 int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_http_handler handler,
@@ -1367,9 +1530,33 @@ int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_ht
      * that a head just over it still reaches on_headers and gets our 431. */
     size_t pool = h->lim.max_header_bytes * 2 + ((size_t)16 << 10);
     if (pool < MIN_POOL) pool = MIN_POOL;
+    /* HTTPS: the pair first, so a bad file fails before anything starts. */
+    struct MHD_OptionItem tls_opts[3] = {{MHD_OPTION_END, 0, NULL}};
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (h->lim.tls_cert && h->lim.tls_cert[0]) {
+        char why[256];
+        err = CY_EBUSY;
+        if (tls_server != NULL) {
+            cy_error(NULL, "http: a second HTTPS server in one process is not supported");
+            goto fail;
+        }
+        err = CY_EINVAL;
+        if (!h->lim.tls_key || !h->lim.tls_key[0] ||
+            (h->creds = creds_load(h->lim.tls_cert, h->lim.tls_key, why, sizeof(why))) == NULL) {
+            cy_error(NULL, "http: %s", h->lim.tls_key && h->lim.tls_key[0] ? why : "no key");
+            goto fail;
+        }
+        tls_server = h;
+        flags |= MHD_USE_TLS;
+        tls_opts[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0, (void *)tls_retrieve};
+        tls_opts[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES};
+    }
+    /* The strings are the caller's: not kept. */
+    h->lim.tls_cert = h->lim.tls_key = NULL;
+    err = CY_EIO;
     h->d = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, on_accept, h, on_access, h,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+        flags, 0, on_accept, h, on_access, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+        MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool, MHD_OPTION_CONNECTION_LIMIT,
         (unsigned int)h->lim.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)h->lim.idle_timeout_s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
@@ -1469,7 +1656,7 @@ void cy_http_free(cy_http *h)
     if (h == NULL) return;
     cy_http_stop(h);
     h->freed = true;
-    if (h->handles == 0) cy_free(h);
+    if (h->handles == 0) http_free(h);
 }
 
 unsigned cy_http_connections(const cy_http *h)

@@ -86,6 +86,10 @@ typedef struct cy_http_limits {
     size_t max_stream_backlog; /* unsent stream bytes; 0 = 1 MiB */
     unsigned request_timeout_s; /* first line of a request to the end of its body; 0 = 10 */
     unsigned max_per_address;   /* connections from one client address; 0 = no limit */
+    /* HTTPS: PEM files of the certificate (chain, leaf first) and its
+     * private key; both NULL or "" = plain HTTP. Read at cy_http_new. */
+    const char *tls_cert;
+    const char *tls_key;
 } cy_http_limits;
 
 /* Called once per request, on the loop thread, with the whole body read.
@@ -109,6 +113,17 @@ typedef void (*cy_http_check)(void *ctx, cy_http_req *req);
  * after cy_http_stop. */
 int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_http_handler handler,
                 cy_http_check check, void *ctx, cy_http **out);
+/* HTTPS only: read the certificate and key again (say, after SIGHUP).
+ * New handshakes use them; connections already open keep theirs, and none
+ * is dropped. On failure (a file missing or not parsing, the key not the
+ * certificate's) the old pair stays in use and *why (static or in buf of
+ * len bytes) says what failed. CY_EINVAL if h serves plain HTTP. */
+int cy_http_tls_reload(cy_http *h, const char *cert, const char *key, char *buf, size_t len);
+/* Check that cert and key are PEM files that load as a pair, without a
+ * server (the supervisor, before it starts anything). 0 or CY_EINVAL, with
+ * the reason in buf. */
+int cy_http_tls_check(const char *cert, const char *key, char *buf, size_t len);
+
 /* Stop accepting and close every connection: pending requests get their
  * close callback (cy_http_on_close), open streams end. Idempotent. The
  * loop must run once more before cy_http_free. */

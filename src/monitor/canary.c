@@ -717,6 +717,10 @@ static void start_call(cy_canary *c)
     curl_easy_setopt(e, CURLOPT_PROXY, ""); /* never an http_proxy of the environment */
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)c->timeout_ms + 1000); /* ours comes first */
+    if (!strncmp(c->url, "https:", 6)) { /* our own listener: see cy_canary_conf.http_tls */
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
     a->easy = e;
     uv_timer_start(&a->deadline, on_deadline, c->timeout_ms, 0);
     CURLMcode mc = curl_multi_add_handle(c->multi, e);
@@ -868,8 +872,9 @@ static bool hex_len(const char *s, size_t n)
     return true;
 }
 
-static int http_url(const char *listen, const char *id, char *url, size_t size)
+static int http_url(const char *listen, bool tls, const char *id, char *url, size_t size)
 {
+    const char *scheme = tls ? "https" : "http";
     struct sockaddr_storage ss;
     int rc = cy_canary_target(listen, &ss);
     if (rc) return rc;
@@ -879,14 +884,14 @@ static int http_url(const char *listen, const char *id, char *url, size_t size)
         struct sockaddr_in *a = (struct sockaddr_in *)&ss;
         inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
         port = ntohs(a->sin_port);
-        snprintf(url, size, "http://%s:%u/v1/devices/%s/functions/" CY_CANARY_FUNCTION, host, port,
-                 id);
+        snprintf(url, size, "%s://%s:%u/v1/devices/%s/functions/" CY_CANARY_FUNCTION, scheme, host,
+                 port, id);
     } else {
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
         inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
         port = ntohs(a->sin6_port);
-        snprintf(url, size, "http://[%s]:%u/v1/devices/%s/functions/" CY_CANARY_FUNCTION, host,
-                 port, id);
+        snprintf(url, size, "%s://[%s]:%u/v1/devices/%s/functions/" CY_CANARY_FUNCTION, scheme,
+                 host, port, id);
     }
     return 0;
 }
@@ -928,7 +933,7 @@ int cy_canary_new(uv_loop_t *loop, const cy_canary_conf *conf, cy_canary_cb cb, 
         cy_buf_init(&c->at[i].body);
     int rc = cy_canary_target(conf->mqtt_addr, &c->mqtt);
     c->publish_only = conf->publish_only;
-    if (!rc && !c->publish_only) rc = http_url(conf->http_addr, c->id, c->url, sizeof(c->url));
+    if (!rc && !c->publish_only) rc = http_url(conf->http_addr, conf->http_tls, c->id, c->url, sizeof(c->url));
     if (rc) {
         really_free(c);
         return CY_EINVAL;

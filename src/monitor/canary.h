@@ -85,6 +85,10 @@ const char *cy_canary_step_name(int step);
 typedef struct cy_canary_conf {
     const char *mqtt_addr; /* mqtt_listen: "host:port" or "[v6]:port", numeric */
     const char *http_addr; /* http_listen, the same form */
+    bool http_tls;         /* the API speaks HTTPS: the call goes to the node's own
+                            * listener on a loopback or local address, so its
+                            * certificate is not verified (it may not name that
+                            * address) */
     const char *device_id; /* the internal device: CY_DEVICE_ID_LEN lowercase hex */
     const char *secret;    /* its secret: CY_DEVICE_SECRET_LEN lowercase hex */
     const char *token;     /* the internal API token ("cyt_..."), at most CY_TOKEN_MAX */

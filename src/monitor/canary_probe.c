@@ -112,6 +112,7 @@ int cy_canary_probe(const cy_config *cfg, int shard, unsigned count, FILE *out)
         probe_one *o = &p.one[i];
         cy_canary_conf conf = {.mqtt_addr = cfg->mqtt_listen,
                                .http_addr = cfg->http_listen,
+                               .http_tls = cfg->tls_cert[0] && cfg->http_tls,
                                .device_id = o->id,
                                .secret = o->secret,
                                .token = token,

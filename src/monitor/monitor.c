@@ -1046,6 +1046,16 @@ static void on_signal(uv_signal_t *h, int signum)
  * settings shape the run; it applies log_level and ignores the rest. */
 static void reload(mon *m, char *msg)
 {
+    if (m->http && m->live.tls_cert[0] && m->live.ops_tls) {
+        char why[256];
+        if (cy_http_tls_reload(m->http, m->live.tls_cert, m->live.tls_key, why, sizeof(why)))
+            cy_error(NULL, "ops_listen: reload of the TLS certificate failed, the old one stays "
+                           "in use: %s",
+                     why);
+        else
+            cy_info(NULL, "ops_listen: TLS certificate %s loaded for new connections",
+                    m->live.tls_cert);
+    }
     for (char *line = msg, *nl; line && *line; line = nl) {
         nl = strchr(line, '\n');
         if (nl) *nl++ = '\0';
@@ -1159,6 +1169,7 @@ static void start_canaries(mon *m)
         memset(&c, 0, sizeof(c));
         c.mqtt_addr = m->live.mqtt_listen;
         c.http_addr = m->live.http_listen;
+        c.http_tls = m->live.tls_cert[0] && m->live.http_tls;
         c.device_id = id;
         c.secret = secret;
         c.token = token;
@@ -1330,6 +1341,10 @@ int cy_monitor_run(const cy_config *cfg, unsigned index, uint64_t generation)
         memset(&lim, 0, sizeof(lim));
         lim.max_connections = 256;
         lim.max_body_bytes = 16384;
+        if (cfg->tls_cert[0] && cfg->ops_tls) {
+            lim.tls_cert = cfg->tls_cert;
+            lim.tls_key = cfg->tls_key;
+        }
         int rc = cy_http_new(&m->loop, OPS_FD, &lim, on_request, NULL, m, &m->http);
         if (rc) {
             cy_error(NULL, "cannot serve ops_listen %s: %s", cfg->ops_listen,

@@ -192,6 +192,8 @@ static void reload(shard *sh, char *msg)
         cy_error(NULL, "shard %u: reload refused, nothing changed: %s", sh->index, err.msg);
         return;
     }
+    /* Files named by settings may have changed even if no setting did. */
+    cy_shard_reload_files(sh->shard);
     char what[900] = "";
     size_t n = 0;
     for (size_t i = 0; i < cy_config_count(); i++) {

@@ -246,6 +246,11 @@ void cy_shard_drop(cy_shard *b)
     cy_router_drop_all(b->router);
 }
 
+void cy_shard_reload_files(cy_shard *b)
+{
+    if (b->api) cy_api_reload_tls(b->api);
+}
+
 void cy_shard_stall(cy_shard *b)
 {
     cy_warn(NULL, "drill: stalling (input ignored, heartbeat kept) until killed");

@@ -90,6 +90,10 @@ void cy_shard_stall(cy_shard *sh);
  * failure that progress cannot see and a canary can (docs/operations.md,
  * "The drill"). */
 void cy_shard_drop(cy_shard *sh);
+/* After a reload (SIGHUP): read again the files the settings name (the
+ * TLS certificate and key). A file that fails keeps the old contents in
+ * use and is logged; nothing is dropped. */
+void cy_shard_reload_files(cy_shard *sh);
 /* Stop accepting, tell MQTT 5 clients the server is shutting down (0x8B),
  * close every connection and handle. When the loop has run dry, call
  * cy_shard_free. */
