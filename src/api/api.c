@@ -351,7 +351,8 @@ bool cy_api_authenticate(cy_api *b, cy_http_req *req, bool stream_route, api_aut
             return false;
         }
         tok = h + 7;
-        while (*tok == ' ') tok++;
+        while (*tok == ' ')
+            tok++;
     } else if ((tok = cy_http_query(req, "stream_token")) != NULL) {
         in_url = true;
     } else {
@@ -510,8 +511,7 @@ static json_t *device_base(cy_api *b, const cy_device *d)
 /* The device a path names: a user's by id or name for a user's token; for
  * the internal token, an internal device by id (store.h, "Internal devices
  * and tokens"). Either is 404 to the other. */
-static bool find_device(cy_api *b, cy_http_req *req, bool internal, const char *key,
-                        cy_device *d)
+static bool find_device(cy_api *b, cy_http_req *req, bool internal, const char *key, cy_device *d)
 {
     int rc = internal ? cy_registry_internal_get(b->registry, key, d)
                       : cy_registry_device_get(b->registry, key, d);
@@ -821,10 +821,18 @@ static void device_route(cy_api *b, cy_http_req *req, const api_route *rt, bool 
     cy_device d;
     if (!find_device(b, req, internal, seg[1], &d)) return;
     switch (rt->op) {
-    case API_OP_DEVICE_DELETE: device_delete(b, req, &d); break;
-    case API_OP_DEVICE_PSK: device_psk(b, req, &d); break;
-    case API_OP_DEVICE_CALL: device_op(b, req, &d, CY_DEVICE_OP_CALL, seg[3]); break;
-    case API_OP_DEVICE_VARIABLE: device_op(b, req, &d, CY_DEVICE_OP_GET, seg[3]); break;
+    case API_OP_DEVICE_DELETE:
+        device_delete(b, req, &d);
+        break;
+    case API_OP_DEVICE_PSK:
+        device_psk(b, req, &d);
+        break;
+    case API_OP_DEVICE_CALL:
+        device_op(b, req, &d, CY_DEVICE_OP_CALL, seg[3]);
+        break;
+    case API_OP_DEVICE_VARIABLE:
+        device_op(b, req, &d, CY_DEVICE_OP_GET, seg[3]);
+        break;
     case API_OP_DEVICE_EVENTS: {
         const char *pre = "";
         if (nseg > 3) {
@@ -892,20 +900,30 @@ static void handle(void *ctx, cy_http_req *req)
         goto out;
     }
     switch (rt->op) {
-    case API_OP_DEVICES_LIST: devices_list(b, req); break;
-    case API_OP_DEVICE_CREATE: device_create(b, req); break;
+    case API_OP_DEVICES_LIST:
+        devices_list(b, req);
+        break;
+    case API_OP_DEVICE_CREATE:
+        device_create(b, req);
+        break;
     case API_OP_DEVICE_GET:
     case API_OP_DEVICE_DELETE:
     case API_OP_DEVICE_PSK:
     case API_OP_DEVICE_CALL:
     case API_OP_DEVICE_VARIABLE:
-    case API_OP_DEVICE_EVENTS: device_route(b, req, rt, internal, seg, nseg, raw); break;
+    case API_OP_DEVICE_EVENTS:
+        device_route(b, req, rt, internal, seg, nseg, raw);
+        break;
     case API_OP_EVENTS_STREAM:
         if (stream_room(b, req))
             open_stream(b, req, NULL, nseg > 1 ? events_prefix(raw, "/v1/events/") : "");
         break;
-    case API_OP_EVENT_PUBLISH: event_publish(b, req); break;
-    case API_OP_EVENT_TRACE: cy_api_event_trace(b, req, seg[1]); break;
+    case API_OP_EVENT_PUBLISH:
+        event_publish(b, req);
+        break;
+    case API_OP_EVENT_TRACE:
+        cy_api_event_trace(b, req, seg[1]);
+        break;
     case API_OP_STREAM_TOKEN: {
         api_auth a;
         if (cy_api_authenticate(b, req, false, &a)) cy_api_stream_token(b, req, &a);
@@ -913,9 +931,14 @@ static void handle(void *ctx, cy_http_req *req)
     }
     case API_OP_TOKENS_LIST:
     case API_OP_TOKEN_CREATE:
-    case API_OP_TOKEN_REVOKE: cy_api_tokens(b, req, rt->op, seg); break;
-    case API_OP_HEALTH: break; /* answered above */
-    default: cy_api_webhooks(b, req, rt->op, seg); break;
+    case API_OP_TOKEN_REVOKE:
+        cy_api_tokens(b, req, rt->op, seg);
+        break;
+    case API_OP_HEALTH:
+        break; /* answered above */
+    default:
+        cy_api_webhooks(b, req, rt->op, seg);
+        break;
     }
 out:
     cy_free(path);

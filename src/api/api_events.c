@@ -563,8 +563,7 @@ static void recheck_tokens(cy_api *b)
                         "event stream ended: its token was revoked");
         } else {
             cy_http_stream_write(s->req, ": token expired\n\n", 17);
-            stream_note(a, s->addr, cy_http_peer(s->req),
-                        "event stream ended: its token expired");
+            stream_note(a, s->addr, cy_http_peer(s->req), "event stream ended: its token expired");
         }
         stream_end(a, s);
     }

@@ -101,8 +101,8 @@ static bool route_matches(const api_route *r, char *const *seg, unsigned nseg)
     return true;
 }
 
-const api_route *cy_api_route_find(const char *method, char *const *seg, unsigned nseg,
-                                   char *allow, size_t allow_cap)
+const api_route *cy_api_route_find(const char *method, char *const *seg, unsigned nseg, char *allow,
+                                   size_t allow_cap)
 {
     if (allow && allow_cap) allow[0] = '\0';
     size_t used = 0;
@@ -130,11 +130,14 @@ const char *cy_api_cors_allow(const char *list, const char *origin)
     size_t olen = strlen(origin);
     const char *p = list;
     while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == ',') p++;
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
         const char *start = p;
-        while (*p && *p != ',') p++;
+        while (*p && *p != ',')
+            p++;
         const char *end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t')) end--;
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
         size_t len = (size_t)(end - start);
         if (len == 1 && *start == '*') return "*";
         if (len && len == olen && strncasecmp(start, origin, len) == 0) return origin;

@@ -54,7 +54,7 @@ typedef struct api_route {
     const char *pattern; /* after "/v1/" */
     unsigned scope;      /* the CY_SCOPE_* bit it needs; 0: none (GET /v1/health) */
     api_op op;
-    bool stream;         /* an event stream: a stream token may open it */
+    bool stream; /* an event stream: a stream token may open it */
 } api_route;
 
 #define API_MAX_SEGMENTS 8 /* path segments after /v1/ that a request is split into */
@@ -68,8 +68,8 @@ const api_route *cy_api_routes(size_t *n);
  * the path is no route's, 404). GET /v1/events/{id}/trace is a trace only
  * when {id} is an event id (cy_api_is_trace); otherwise it is an event
  * stream with that prefix. */
-const api_route *cy_api_route_find(const char *method, char *const *seg, unsigned nseg,
-                                   char *allow, size_t allow_cap);
+const api_route *cy_api_route_find(const char *method, char *const *seg, unsigned nseg, char *allow,
+                                   size_t allow_cap);
 
 /* Split path (changed in place) into its segments after "/v1/", at most
  * API_MAX_SEGMENTS (the rest is not split off: an event stream takes its

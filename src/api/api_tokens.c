@@ -65,8 +65,7 @@ static int list_one(void *ctx, const cy_token *t)
 
 static void registry_error(cy_api *b, cy_http_req *req, const char *what, int rc)
 {
-    cy_api_reply_error(b, req, 503, "registry_unavailable", NULL, "%s: %s", what,
-                       cy_strerror(rc));
+    cy_api_reply_error(b, req, 503, "registry_unavailable", NULL, "%s: %s", what, cy_strerror(rc));
 }
 
 static void tokens_list(cy_api *b, cy_http_req *req)
@@ -94,13 +93,18 @@ static bool parse_time(const char *s, int64_t *ms)
         for (p++; *p >= '0' && *p <= '9'; p++, digits++)
             if (digits < 3) frac = frac * 10 + (*p - '0');
         if (digits == 0) return false;
-        for (; digits < 3; digits++) frac *= 10;
+        for (; digits < 3; digits++)
+            frac *= 10;
     }
     if (strcmp(p, "Z") != 0 || y < 1970 || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 ||
         mi > 59 || sec > 60)
         return false;
-    struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h,
-                    .tm_min = mi, .tm_sec = sec};
+    struct tm tm = {.tm_year = y - 1900,
+                    .tm_mon = mo - 1,
+                    .tm_mday = d,
+                    .tm_hour = h,
+                    .tm_min = mi,
+                    .tm_sec = sec};
     time_t t = timegm(&tm);
     if (t == (time_t)-1 || tm.tm_mday != d) return false; /* Feb 30 is March 2 to timegm */
     *ms = (int64_t)t * 1000 + frac;

@@ -413,7 +413,7 @@ struct cy_registry {
     /* Last uses of tokens noted by checks and not yet written (see "Token
      * scopes, expiry and last use"): token id -> token_use. */
     cy_map used;
-    int64_t used_scan_ms; /* wall ms of the last flush's look at `used` */
+    int64_t used_scan_ms;  /* wall ms of the last flush's look at `used` */
     int64_t used_retry_ms; /* wall ms before which a failed flush is not tried again */
 };
 
@@ -1186,8 +1186,8 @@ static int row_get(cy_registry *r, sqlite3_stmt *st, char kind, const char *id, 
     if (sr == SQLITE_ROW) {
         int64_t extra = sqlite3_column_int64(st, 2);
         int64_t expires = kind == 't' ? sqlite3_column_int64(st, 3) : 0;
-        bool extra_ok = kind == 't' ? scopes_valid(extra) && expires >= 0
-                                    : (extra == 0 || extra == 1);
+        bool extra_ok =
+            kind == 't' ? scopes_valid(extra) && expires >= 0 : (extra == 0 || extra == 1);
         if (sqlite3_column_bytes(st, 0) != SALT_BYTES ||
             sqlite3_column_bytes(st, 1) != HASH_BYTES || !extra_ok) {
             cy_error(NULL, "store: registry: corrupt row %.*s (%s)", (int)id_len, id, what);
@@ -1646,9 +1646,8 @@ out:
     return rc;
 }
 
-int cy_registry_token_create(cy_registry *r, const char *name, unsigned scopes,
-                             int64_t expires_at, char id_out[CY_TOKEN_ID_LEN + 1],
-                             char token_out[CY_TOKEN_MAX + 1])
+int cy_registry_token_create(cy_registry *r, const char *name, unsigned scopes, int64_t expires_at,
+                             char id_out[CY_TOKEN_ID_LEN + 1], char token_out[CY_TOKEN_MAX + 1])
 {
     if (!name || !id_out || !token_out) return CY_EINVAL;
     id_out[0] = token_out[0] = '\0';

@@ -61,11 +61,14 @@ int cy_scopes_parse(const char *text, unsigned *scopes, char *bad, size_t bad_ca
     unsigned got = 0;
     const char *p = text;
     for (;;) {
-        while (*p == ' ' || *p == '\t') p++;
+        while (*p == ' ' || *p == '\t')
+            p++;
         const char *start = p;
-        while (*p && *p != ',') p++;
+        while (*p && *p != ',')
+            p++;
         const char *end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t')) end--;
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+            end--;
         unsigned bit;
         if (cy_scope_parse(start, (size_t)(end - start), &bit)) {
             if (bad && bad_cap) {
@@ -107,11 +110,20 @@ int cy_duration_parse(const char *text, int64_t *ms)
     unsigned long long unit = 1;
     if (*end) {
         switch (*end) {
-        case 's': unit = 1; break;
-        case 'm': unit = 60; break;
-        case 'h': unit = 3600; break;
-        case 'd': unit = 86400; break;
-        default: return CY_EINVAL;
+        case 's':
+            unit = 1;
+            break;
+        case 'm':
+            unit = 60;
+            break;
+        case 'h':
+            unit = 3600;
+            break;
+        case 'd':
+            unit = 86400;
+            break;
+        default:
+            return CY_EINVAL;
         }
         if (end[1]) return CY_EINVAL;
     }

@@ -314,8 +314,9 @@ int cy_registry_subkey(cy_registry *r, const char *label, bool make,
 /* Make the first token of a new node. If the registry holds no token at
  * all (internal ones do not count: they administer nothing), creates a
  * token with every scope (CY_SCOPE_ALL) and no expiry named "admin",
- * writes "<token>\n" to path (borrowed) as a new file of mode 0600 and sets *created = true; otherwise
- * sets *created = false and touches nothing (even if path is missing).
+ * writes "<token>\n" to path (borrowed) as a new file of mode 0600 and
+ * sets *created = true; otherwise sets *created = false and touches
+ * nothing (even if path is missing).
  * The file is written to a fresh temporary file beside path (O_EXCL), synced
  * and renamed over path, so a stale file there is replaced in one step and
  * never seen half-written. The row commits only after the file is in place:

@@ -26,7 +26,8 @@
 static unsigned popcount(unsigned v)
 {
     unsigned n = 0;
-    for (; v; v &= v - 1) n++;
+    for (; v; v &= v - 1)
+        n++;
     return n;
 }
 
@@ -279,9 +280,15 @@ static void test_api_cors_allow(void **state)
     assert_string_equal(cy_api_cors_allow(list, "http://localhost:3000"), "http://localhost:3000");
     assert_string_equal(cy_api_cors_allow(list, "HTTPS://APP.example.com"),
                         "HTTPS://APP.example.com");
-    const char *no[] = {"https://evil.example.com", "https://app.example.com.evil.com",
-                        "https://app.example.co", "http://app.example.com",
-                        "http://localhost:30000", "http://localhost", "null", "", "*"};
+    const char *no[] = {"https://evil.example.com",
+                        "https://app.example.com.evil.com",
+                        "https://app.example.co",
+                        "http://app.example.com",
+                        "http://localhost:30000",
+                        "http://localhost",
+                        "null",
+                        "",
+                        "*"};
     for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
         if (cy_api_cors_allow(list, no[i])) fail_msg("%s allowed", no[i]);
     assert_null(cy_api_cors_allow("", "https://app.example.com"));

@@ -270,7 +270,8 @@ static void check_extra(void *ctx, cy_http_req *req)
     bad += cy_http_add_header(req, "X-Extra", "one") != 0;
     bad += cy_http_add_header(req, "Vary", "Origin") != 0;
     int n = 2;
-    while (cy_http_add_header(req, "X-Fill", "f") == 0) n++;
+    while (cy_http_add_header(req, "X-Fill", "f") == 0)
+        n++;
     bad += n != CY_HTTP_EXTRA_HEADERS;
     if (bad) atomic_fetch_add(&s->check_saw_body, 1000 * bad);
     check_key(ctx, req);
@@ -2010,10 +2011,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_http_idle_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_max_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_evict_idle_under_pressure, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cy_http_idle_timeout_under_pressure, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_cy_http_head_deadline_under_pressure, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_idle_timeout_under_pressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_head_deadline_under_pressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_max_per_address, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream_head, setup, teardown),

@@ -1957,8 +1957,8 @@ static void test_cy_registry_device_psk_key_made_elsewhere(void **state)
  * dropped (SQLite >= 3.35) and the masks back to the three scopes of old
  * (1 read-only, 2 full, 3 internal). */
 #define TO_V5                                                                                      \
-    "ALTER TABLE tokens DROP COLUMN expires_at; ALTER TABLE tokens DROP COLUMN last_used_at;"     \
-    "UPDATE tokens SET scope = CASE scope WHEN 5 THEN 1 WHEN 63 THEN 2 WHEN 64 THEN 3 END;"      \
+    "ALTER TABLE tokens DROP COLUMN expires_at; ALTER TABLE tokens DROP COLUMN last_used_at;"      \
+    "UPDATE tokens SET scope = CASE scope WHEN 5 THEN 1 WHEN 63 THEN 2 WHEN 64 THEN 3 END;"        \
     "PRAGMA user_version = 5"
 
 /* A version 5 file becomes version 6: a read-only token holds devices:read
@@ -2222,7 +2222,7 @@ static void test_cy_registry_subkey(void **state)
     assert_int_equal(cy_registry_open(f->path, &f->r), 0);
     uint8_t k1[CY_REGISTRY_SUBKEY_LEN], k2[CY_REGISTRY_SUBKEY_LEN], k3[CY_REGISTRY_SUBKEY_LEN];
     assert_int_equal(cy_registry_subkey(f->r, "x", false, k1), CY_EIO); /* no key file */
-    assert_int_equal(cy_registry_subkey(f->r, "x", true, k1), 0);        /* made */
+    assert_int_equal(cy_registry_subkey(f->r, "x", true, k1), 0);       /* made */
     struct stat sb;
     assert_int_equal(stat(kp, &sb), 0);
     assert_int_equal(sb.st_mode & 0777, 0600);
@@ -2263,13 +2263,19 @@ static void test_cy_scopes_parse_format(void **state)
     assert_string_equal(out, "internal");
     assert_int_equal(cy_scopes_format(0, out, sizeof(out)), 0);
     assert_string_equal(out, "");
-    assert_int_equal(cy_scopes_format(CY_SCOPE_READ_ONLY, out, 5), strlen("devices:read,events:read"));
+    assert_int_equal(cy_scopes_format(CY_SCOPE_READ_ONLY, out, 5),
+                     strlen("devices:read,events:read"));
     assert_string_equal(out, "devi"); /* cut, terminated */
     struct {
         const char *text, *bad;
-    } wrong[] = {{"devices:read,bogus", "bogus"}, {"", ""},       {"admin,", ""},
-                 {"internal", "internal"},        {"ADMIN", "ADMIN"}, {"admin;x", "admin;x"},
-                 {",admin", ""},                   {"devices:readx", "devices:readx"}};
+    } wrong[] = {{"devices:read,bogus", "bogus"},
+                 {"", ""},
+                 {"admin,", ""},
+                 {"internal", "internal"},
+                 {"ADMIN", "ADMIN"},
+                 {"admin;x", "admin;x"},
+                 {",admin", ""},
+                 {"devices:readx", "devices:readx"}};
     for (size_t i = 0; i < sizeof(wrong) / sizeof(wrong[0]); i++) {
         s = 77;
         assert_int_equal(cy_scopes_parse(wrong[i].text, &s, bad, sizeof(bad)), CY_EINVAL);
