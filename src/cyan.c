@@ -385,7 +385,7 @@ static int cmd_token(cy_config *cfg, char **args, int nargs)
                     "cyan: unknown scope '%s': the scopes are devices:read, devices:call, "
                     "events:read, events:publish, webhooks:manage, admin\n",
                     unknown);
-            return 2;
+            return 1;
         }
     }
     if (expires_text && cy_duration_parse(expires_text, &lifetime)) {
@@ -393,7 +393,7 @@ static int cmd_token(cy_config *cfg, char **args, int nargs)
                 "cyan: bad --expires '%s': a number of seconds, or a number followed by s, m, "
                 "h or d (30d), from 1 s to 10 years\n",
                 expires_text);
-        return 2;
+        return 1;
     }
     cy_registry *r = NULL;
     if (open_registry(cfg, &r)) return 1;

@@ -414,6 +414,7 @@ struct cy_registry {
      * scopes, expiry and last use"): token id -> token_use. */
     cy_map used;
     int64_t used_scan_ms;  /* wall ms of the last flush's look at `used` */
+    int64_t used_window_ms; /* wall ms the current minute of writes began (0: none yet) */
     int64_t used_retry_ms; /* wall ms before which a failed flush is not tried again */
 };
 
@@ -1686,6 +1687,7 @@ static void used_note(cy_registry *r, const char *id, int64_t now)
         }
     }
     if (now > u->used) u->used = now;
+    if (!r->used_window_ms) r->used_window_ms = now;
 }
 
 typedef struct used_walk {
@@ -1711,15 +1713,19 @@ int cy_registry_token_flush(cy_registry *r, int64_t now_ms, bool all)
     used_walk w = {cy_calloc(r->used.count, sizeof(token_use *)), 0};
     if (!w.v) return CY_ENOMEM;
     cy_map_each(&r->used, used_collect, &w);
-    /* Due: a use not yet written whose token was last written a while ago
-     * (a clock stepped back counts as a while). Idle long enough: dropped,
-     * so the map holds only the tokens in use. */
+    /* Due: a token's first use this handle saw (written at once, so a new
+     * token shows its use), and once a minute every use not yet written, in
+     * one transaction: a busy shard writes once a minute, not once per
+     * token per minute (each write makes every other process drop its
+     * cache of rows). A clock stepped back counts as a minute passed. Idle
+     * long enough: dropped, so the map holds only the tokens in use. */
+    int64_t since_window = now_ms - r->used_window_ms;
+    bool window = since_window >= CY_TOKEN_USED_WRITE_MS || since_window < 0;
     size_t due = 0;
     for (size_t i = 0; i < w.n; i++) {
         token_use *u = w.v[i];
         int64_t since = now_ms - u->written;
-        bool old = since >= CY_TOKEN_USED_WRITE_MS || since < 0;
-        if (u->used > u->stored && (all || old)) {
+        if (u->used > u->stored && (all || window || u->written == 0)) {
             w.v[due++] = u;
         } else if (u->used <= u->stored && since >= 2 * CY_TOKEN_USED_WRITE_MS) {
             cy_map_del(&r->used, u->id, CY_TOKEN_ID_LEN);
@@ -1746,6 +1752,7 @@ int cy_registry_token_flush(cy_registry *r, int64_t now_ms, bool all)
                 w.v[i]->stored = w.v[i]->used;
                 w.v[i]->written = now_ms;
             }
+            if (window || all) r->used_window_ms = now_ms;
             rc = (int)due;
         }
     }

@@ -161,11 +161,12 @@ int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device
  * until it is revoked.
  *
  * Last use: each successful check notes the time in the handle's memory;
- * cy_registry_token_flush writes what changed, each token at most once per
- * CY_TOKEN_USED_WRITE_MS (the first use a handle sees at once). So a
- * shard costs one write per token per minute, not one per request, and a
- * crash (or SIGKILL) of a process loses at most the last
- * CY_TOKEN_USED_WRITE_MS of its uses; cy_registry_close writes the rest.
+ * cy_registry_token_flush writes what changed: a token's first use the
+ * handle sees at once, then every token's newer use together, once per
+ * CY_TOKEN_USED_WRITE_MS. So a shard costs about one write a minute, not
+ * one per request, and a crash (or SIGKILL) of a process loses at most
+ * the last CY_TOKEN_USED_WRITE_MS of its uses; cy_registry_close writes
+ * the rest.
  *
  * Thread (every function below): any thread that owns the handle r.
  */
@@ -270,9 +271,9 @@ int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int64
  * filled, scopes 0), CY_EINVAL (NULL argument), CY_ESTORE. */
 int cy_registry_token_auth(cy_registry *r, const char *id, int64_t now_ms, cy_token_auth *out);
 
-/* Write the last uses this handle noted and has not written: those of
- * tokens not written for CY_TOKEN_USED_WRITE_MS (all of them when all is
- * true), in one transaction. Cheap when there is nothing to write: a
+/* Write the last uses this handle noted and has not written: first uses
+ * at once, the others once per CY_TOKEN_USED_WRITE_MS (all of them now
+ * when all is true), in one transaction. Looks at most once a second. Cheap when there is nothing to write: a
  * loop calls it from a timer. Returns how many tokens were written, or
  * CY_ESTORE (logged; the uses stay noted and are tried again later). */
 int cy_registry_token_flush(cy_registry *r, int64_t now_ms, bool all);

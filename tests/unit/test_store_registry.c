@@ -2210,6 +2210,30 @@ static void test_cy_registry_token_last_used(void **state)
     assert_true(cy_registry_token_flush(f->r, T + 400000, true) >= 0);
 }
 
+/* Uses are written together once a minute: a new token's first use at
+ * once, then the newer uses of every token in one write. */
+static void test_cy_registry_token_used_batched(void **state)
+{
+    fixture *f = *state;
+    const int64_t T = 1700000000000;
+    made a = mk(f->r, "a", CY_SCOPE_ALL), b = mk(f->r, "b", CY_SCOPE_ALL);
+    cy_token_auth ta;
+    assert_int_equal(cy_registry_token_check(f->r, a.token, TOKEN_LEN, T, &ta), 0);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 100, false), 1);
+    assert_int_equal(cy_registry_token_check(f->r, b.token, TOKEN_LEN, T + 10000, &ta), 0);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 10100, false), 1); /* b's first */
+    assert_int_equal(used_in_file(f, b.id), T + 10000);
+    assert_int_equal(cy_registry_token_check(f->r, a.token, TOKEN_LEN, T + 20000, &ta), 0);
+    assert_int_equal(cy_registry_token_check(f->r, b.token, TOKEN_LEN, T + 20000, &ta), 0);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 30000, false), 0);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 30500, false), 0); /* within a second */
+    assert_int_equal(cy_registry_token_flush(f->r, T + 60100, false), 2); /* both, once */
+    assert_int_equal(used_in_file(f, a.id), T + 20000);
+    assert_int_equal(used_in_file(f, b.id), T + 20000);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 130000, false), 0);
+    assert_int_equal(cy_registry_token_flush(NULL, T, false), CY_EINVAL);
+}
+
 /* A derived key is the same in every handle of the node, differs by label,
  * is not the key file itself, and without make needs the key file. */
 static void test_cy_registry_subkey(void **state)
@@ -2370,6 +2394,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_registry_token_check_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_token_auth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_token_last_used, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_used_batched, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_subkey, setup, teardown),
         cmocka_unit_test(test_cy_scopes_parse_format),
         cmocka_unit_test_setup_teardown(test_cy_registry_internal_device_ensure, setup, teardown),
