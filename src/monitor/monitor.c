@@ -1107,6 +1107,8 @@ static void on_eval(uv_timer_t *t)
     ingest_events(m);
     run_alerts(m);
     cy_status_derive(&m->comps, m->firing, m->nfiring, m->snap.now_ms);
+    /* The last uses of the tokens the ops listener checked (store.h). */
+    if (m->reg) cy_registry_token_flush(m->reg, cy_wall_ms(), false);
     cy_sb_storeu(&m->slot->progress, m->evals);
     cy_sb_store(&m->slot->progress_ms, cy_mono_ms());
 }
