@@ -7,7 +7,8 @@
  *   cyan device add NAME --cert | device cert ID_OR_NAME
  *                                                a client certificate from the
  *                                                development CA (core/cy_x509.h)
- *   cyan token create [--read-only] [NAME]       an API token, shown once
+ *   cyan token create [NAME] [--scope S,S...|--read-only] [--expires 30d]
+ *                                                an API token, shown once
  *   cyan token list | token revoke ID
  *   cyan config [-c FILE] [--name=value ...]     print every setting
  *   cyan status [--json]                         the shards, from the scoreboard
@@ -23,7 +24,7 @@
  * (settings a run cannot start with included), 2 on a usage error.
  *
  * The first `cyan serve` on a data dir (or on one whose tokens were all
- * revoked) makes a full-access API token and leaves it in DATA_DIR/admin-token
+ * revoked) makes an API token with every scope and leaves it in DATA_DIR/admin-token
  * (mode 0600), so a new node is administrable without a console.
  *
  * The data folder holds secrets (that token, the hashes of device secrets
@@ -38,6 +39,7 @@
 #include "core/cy_x509.h"
 #include "monitor/monitor.h"
 #include "shard/shard.h"
+#include "core/cy_clock.h"
 #include "core/cy_config.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
@@ -69,7 +71,11 @@ static void usage(FILE *out)
                  "       cyan device psk ID_OR_NAME [...]          a new DTLS PSK (CoAP)\n"
                  "       cyan device add NAME --cert [...]         with a certificate (dev CA)\n"
                  "       cyan device cert ID_OR_NAME [...]         a certificate (dev CA)\n"
-                 "       cyan token create [--read-only] [NAME] [...]\n"
+                 "       cyan token create [NAME] [--scope S[,S...] | --read-only]\n"
+                 "                         [--expires DURATION] [...]\n"
+                 "           scopes: devices:read devices:call events:read events:publish\n"
+                 "                   webhooks:manage admin (default: all of them);\n"
+                 "           --read-only = devices:read,events:read; DURATION: 3600, 90m, 12h, 30d\n"
                  "       cyan token list [...]\n"
                  "       cyan token revoke ID [...]\n"
                  "       cyan config [-c FILE] [--name=value ...]  print every setting\n"
@@ -80,9 +86,15 @@ static void usage(FILE *out)
 }
 
 /* Flags of a subcommand (not settings): passed on to it as words. */
+static bool token_flag(const char *arg)
+{
+    return !strcmp(arg, "--read-only") || !strcmp(arg, "--scope") || !strcmp(arg, "--expires") ||
+           !strncmp(arg, "--scope=", 8) || !strncmp(arg, "--expires=", 10);
+}
+
 static bool command_flag(const char *arg)
 {
-    return !strcmp(arg, "--read-only") || !strcmp(arg, "--json") || !strcmp(arg, "--cert") ||
+    return token_flag(arg) || !strcmp(arg, "--json") || !strcmp(arg, "--cert") ||
            !strcmp(arg, "--shard") ||
            !strcmp(arg, "--count") || !strncmp(arg, "--shard=", 8) || !strncmp(arg, "--count=", 8);
 }
@@ -90,11 +102,11 @@ static bool command_flag(const char *arg)
 /* Whether command flag `flag` belongs to subcommand cmd. */
 static bool flag_of(const char *cmd, const char *flag)
 {
-    if (!strcmp(cmd, "token")) return !strcmp(flag, "--read-only");
+    if (!strcmp(cmd, "token")) return token_flag(flag);
     if (!strcmp(cmd, "status")) return !strcmp(flag, "--json");
     if (!strcmp(cmd, "device")) return !strcmp(flag, "--cert");
     if (!strcmp(cmd, "canary"))
-        return strcmp(flag, "--read-only") != 0 && strcmp(flag, "--json") != 0;
+        return !token_flag(flag) && strcmp(flag, "--json") != 0 && strcmp(flag, "--cert") != 0;
     return false;
 }
 
@@ -351,56 +363,108 @@ static int cmd_device(cy_config *cfg, char **args, int nargs)
     return status;
 }
 
-static const char *scope_name(int scope)
+/* wall ms as "2026-12-04T13:35:32Z", or "-" for 0 (never). */
+static void when(int64_t ms, char out[32])
 {
-    return scope == CY_SCOPE_FULL ? "full" : scope == CY_SCOPE_INTERNAL ? "internal" : "read";
+    snprintf(out, 32, "-");
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    if (ms > 0 && gmtime_r(&secs, &tm)) strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+/* One line per token: id, name, scopes, created, expires, last used (the
+ * last two "-" for never; "expired" after an expiry in the past). */
 static int print_token(void *ctx, const cy_token *t)
 {
-    (void)ctx;
-    char when[32] = "?";
-    time_t secs = (time_t)(t->created_at / 1000);
-    struct tm tm;
-    if (gmtime_r(&secs, &tm)) strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    printf("%s  %s  %s  %s\n", t->id, t->name, scope_name(t->scope), when);
+    int64_t now = *(const int64_t *)ctx;
+    char created[32], expires[32], used[32], scopes[128];
+    when(t->created_at, created);
+    when(t->expires_at, expires);
+    when(t->last_used_at, used);
+    cy_scopes_format(t->scopes, scopes, sizeof(scopes));
+    printf("%s  %s  %s  %s  %s%s  %s\n", t->id, t->name, scopes, created, expires,
+           t->expires_at > 0 && now >= t->expires_at ? " (expired)" : "", used);
     return 0;
+}
+
+/* The value of a flag given as "--flag VALUE" or "--flag=VALUE" at
+ * args[*i] (moving *i past a separate value), or NULL if it is missing. */
+static const char *flag_value(char **args, int nargs, int *i, const char *flag)
+{
+    size_t n = strlen(flag);
+    if (args[*i][n] == '=') return args[*i] + n + 1;
+    if (*i + 1 < nargs && args[*i + 1][0] != '-') return args[++*i];
+    return NULL;
 }
 
 static int cmd_token(cy_config *cfg, char **args, int nargs)
 {
-    /* --read-only may stand anywhere after "token create". */
+    /* The flags may stand anywhere after "token create". */
     bool read_only = false;
+    const char *scope_text = NULL, *expires_text = NULL;
+    bool flags = false, bad = false;
     int n = 0;
     for (int i = 0; i < nargs; i++) {
-        if (!strcmp(args[i], "--read-only"))
-            read_only = true;
-        else
+        if (!strcmp(args[i], "--read-only")) {
+            read_only = flags = true;
+        } else if (!strncmp(args[i], "--scope", 7) && token_flag(args[i])) {
+            flags = true;
+            bad |= scope_text != NULL || !(scope_text = flag_value(args, nargs, &i, "--scope"));
+        } else if (!strncmp(args[i], "--expires", 9) && token_flag(args[i])) {
+            flags = true;
+            bad |=
+                expires_text != NULL || !(expires_text = flag_value(args, nargs, &i, "--expires"));
+        } else {
             args[n++] = args[i];
+        }
     }
     nargs = n;
     const char *verb = nargs >= 2 ? args[1] : "";
     bool create = !strcmp(verb, "create") && nargs <= 3;
     bool list = !strcmp(verb, "list") && nargs == 2;
     bool revoke = !strcmp(verb, "revoke") && nargs == 3;
-    if (!(create || list || revoke) || (read_only && !create)) {
+    if (!(create || list || revoke) || (flags && !create) || bad || (read_only && scope_text)) {
         usage(stderr);
         return 2;
+    }
+    unsigned scopes = read_only ? CY_SCOPE_READ_ONLY : CY_SCOPE_ALL;
+    int64_t lifetime = 0;
+    if (scope_text) {
+        char unknown[CY_SCOPE_NAME_MAX + 16];
+        if (cy_scopes_parse(scope_text, &scopes, unknown, sizeof(unknown))) {
+            fprintf(stderr,
+                    "cyan: unknown scope '%s': the scopes are devices:read, devices:call, "
+                    "events:read, events:publish, webhooks:manage, admin\n",
+                    unknown);
+            return 1;
+        }
+    }
+    if (expires_text && cy_duration_parse(expires_text, &lifetime)) {
+        fprintf(stderr,
+                "cyan: bad --expires '%s': a number of seconds, or a number followed by s, m, "
+                "h or d (30d), from 1 s to 10 years\n",
+                expires_text);
+        return 1;
     }
     cy_registry *r = NULL;
     if (open_registry(cfg, &r)) return 1;
     int rc;
+    int64_t now = cy_wall_ms();
     if (create) {
         const char *name = nargs == 3 ? args[2] : "token";
         char id[CY_TOKEN_ID_LEN + 1], token[CY_TOKEN_MAX + 1];
-        int scope = read_only ? CY_SCOPE_READ : CY_SCOPE_FULL;
-        rc = cy_registry_token_create(r, name, scope, id, token);
+        int64_t expires_at = lifetime ? now + lifetime : 0;
+        rc = cy_registry_token_create(r, name, scopes, expires_at, id, token);
         if (rc == 0) {
+            char names[128], until[32];
+            cy_scopes_format(scopes, names, sizeof(names));
+            when(expires_at, until);
             printf("id: %s\ntoken: %s\n", id, token);
             fprintf(stderr,
-                    "cyan: token '%s' (%s access) created. It is shown only now: keep it\n"
+                    "cyan: token '%s' created, scopes %s, %s%s. It is shown only now: keep it\n"
                     "somewhere safe. Revoke it with `cyan token revoke %s`.\n",
-                    name, read_only ? "read-only" : "full", id);
+                    name, names, expires_at ? "expires " : "never expires", expires_at ? until : "",
+                    id);
         } else if (rc == CY_EINVAL) {
             fprintf(stderr,
                     "cyan: bad token name '%s': use 1 to %d letters, digits, '-', '_' "
@@ -408,7 +472,7 @@ static int cmd_token(cy_config *cfg, char **args, int nargs)
                     name, CY_TOKEN_NAME_MAX);
         }
     } else if (list) {
-        rc = cy_registry_token_list(r, print_token, NULL);
+        rc = cy_registry_token_list(r, print_token, &now);
     } else {
         rc = cy_registry_token_revoke(r, args[2]);
         if (rc == CY_ENOENT)

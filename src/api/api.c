@@ -19,6 +19,7 @@
  */
 #include "api/api_int.h"
 
+#include "api/api_stream_token.h"
 #include "core/cy_alloc.h"
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
@@ -120,6 +121,8 @@ static void on_tick(uv_timer_t *t)
 {
     cy_api *b = t->data;
     cy_api_events_tick(b, cy_mono_ms());
+    /* Tokens' last uses, each written at most once a minute (store.h). */
+    cy_registry_token_flush(b->registry, cy_wall_ms(), false);
 }
 
 /* ---- HTTP requests waiting on device requests ---- */
@@ -230,21 +233,7 @@ static void wait_on(cy_api *b, cy_http_req *req, uint8_t op, const char *id, con
     cy_http_on_close(req, wait_gone, w);
 }
 
-/* ---- routes ---- */
-
-typedef struct route_req {
-    cy_http_req *req;
-    const char *method;
-    char *seg[8]; /* path segments after /v1 */
-    unsigned nseg;
-    char *rest;   /* everything after the segment that starts a prefix, or NULL */
-    int scope;
-} route_req;
-
-static bool method_is(const route_req *r, const char *m)
-{
-    return strcmp(r->method, m) == 0;
-}
+/* ---- tokens and the door ---- */
 
 static void not_allowed(cy_api *b, cy_http_req *req, const char *allow)
 {
@@ -252,18 +241,10 @@ static void not_allowed(cy_api *b, cy_http_req *req, const char *allow)
     reply_error(b, req, 405, "method_not_allowed", h, "allowed here: %s", allow);
 }
 
-/* A write: a full token (or the internal token, which reaches only the
- * one write it may make: handle() checked its route). */
-static bool need_full(cy_api *b, route_req *r)
-{
-    if (r->scope == CY_SCOPE_FULL || r->scope == CY_SCOPE_INTERNAL) return true;
-    reply_error(b, r->req, 403, "forbidden", NULL, "this token is read-only");
-    return false;
-}
-
 /* A failed token check, logged: a stranger can repeat it at will, so one
  * line per source address per window, with the count of those held back.
- * The token itself is never logged. */
+ * The token itself is never logged (nor the query, which may hold a
+ * stream token: cy_http_path is the path alone). */
 static void auth_failed_log(cy_api *b, cy_http_req *req, const char *why)
 {
     const char *addr = cy_http_peer_addr(req);
@@ -273,49 +254,245 @@ static void auth_failed_log(cy_api *b, cy_http_req *req, const char *why)
             addr, why, more);
 }
 
-/* Check the request's bearer token. On success returns its CY_SCOPE_*; on
- * failure answers req (401, or 503 when the registry cannot be read),
- * logs it, and returns 0. */
-static int authenticate(cy_api *b, cy_http_req *req)
+static const char *const www[] = {"WWW-Authenticate", "Bearer realm=\"cyan\"", NULL};
+static const char *const www_expired[] = {
+    "WWW-Authenticate",
+    "Bearer realm=\"cyan\", error=\"invalid_token\", error_description=\"the token expired\"",
+    NULL};
+
+/* 401 for a credential that has expired at ms (what: "token", "stream
+ * token", ...). */
+static void refuse_expired(cy_api *b, cy_http_req *req, const char *what, int64_t ms,
+                           const char *hint)
 {
-    const char *h = cy_http_header(req, "Authorization");
-    static const char *const www[] = {"WWW-Authenticate", "Bearer realm=\"cyan\"", NULL};
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
-        auth_failed_log(b, req, h ? "Authorization is not a Bearer token" : "no token");
-        reply_error(b, req, 401, "unauthorized", www, "an Authorization: Bearer token is needed");
-        return 0;
+    char when[CY_TIME_ISO_LEN];
+    cy_time_iso(ms, when);
+    auth_failed_log(b, req, "expired token");
+    reply_error(b, req, 401, "token_expired", www_expired, "this %s expired at %s%s", what, when,
+                hint);
+}
+
+static bool refuse_store(cy_api *b, cy_http_req *req)
+{
+    auth_failed_log(b, req, "the registry cannot be read");
+    reply_error(b, req, 503, "registry_unavailable", NULL, "the registry cannot be read");
+    return false;
+}
+
+/* A stream token (api_stream_token.h): valid, for an event stream, with a
+ * parent that is neither revoked nor expired. */
+static bool stream_token_auth(cy_api *b, cy_http_req *req, const char *tok, size_t len,
+                              bool stream_route, int64_t now, api_auth *out)
+{
+    if (!stream_route) {
+        auth_failed_log(b, req, "a stream token outside an event stream");
+        reply_error(b, req, 401, "unauthorized", www,
+                    "a stream token only opens event streams (GET /v1/events..., "
+                    "GET /v1/devices/{id}/events...)");
+        return false;
     }
-    const char *tok = h + 7;
-    while (*tok == ' ') tok++;
-    int scope = 0;
-    int rc = cy_registry_token_check(b->registry, tok, strlen(tok), &scope, NULL);
-    if (rc == 0 && scope != 0) return scope;
-    if (rc == CY_ESTORE) {
-        auth_failed_log(b, req, "the registry cannot be read");
-        reply_error(b, req, 503, "registry_unavailable", NULL, "the registry cannot be read");
-        return 0;
+    char parent[CY_TOKEN_ID_LEN + 1];
+    int64_t exp = 0;
+    /* No key file: no stream token was ever made, this one included. */
+    int rc = cy_api_stream_key(b, false);
+    if (rc == CY_ESTORE) return refuse_store(b, req);
+    if (rc == 0) rc = cy_stream_token_verify(b->stream_key, tok, len, now, parent, &exp);
+    if (rc == CY_ETIMEDOUT) {
+        refuse_expired(b, req, "stream token", exp,
+                       ": ask for another (POST /v1/events/stream-token)");
+        return false;
+    }
+    if (rc) {
+        auth_failed_log(b, req, "malformed or unknown stream token");
+        reply_error(b, req, 401, "unauthorized", www, "malformed or unknown stream token");
+        return false;
+    }
+    cy_token_auth ta;
+    rc = cy_registry_token_auth(b->registry, parent, now, &ta);
+    if (rc == CY_ESTORE) return refuse_store(b, req);
+    if (rc == CY_ETIMEDOUT) {
+        refuse_expired(b, req, "stream token's token", ta.expires_at, "");
+        return false;
+    }
+    if (rc) {
+        auth_failed_log(b, req, "the stream token's token is revoked");
+        reply_error(b, req, 401, "unauthorized", www,
+                    "the token this stream token was made with is revoked");
+        return false;
+    }
+    memcpy(out->id, ta.id, sizeof(out->id));
+    out->scopes = ta.scopes;
+    out->expires_at = ta.expires_at;
+    out->stream_token = true;
+    return true;
+}
+
+bool cy_api_authenticate(cy_api *b, cy_http_req *req, bool stream_route, api_auth *out)
+{
+    memset(out, 0, sizeof(*out));
+    /* A long-lived token never stands in a URL: proxies, browser history
+     * and Referer headers keep URLs. Said loudly, whatever else came. */
+    if (cy_http_query(req, "access_token")) {
+        auth_failed_log(b, req, "a token in the URL (access_token)");
+        reply_error(b, req, 400, "token_in_url", NULL,
+                    "tokens are never taken from the URL (access_token): send it in an "
+                    "Authorization: Bearer header; a browser's EventSource opens streams with a "
+                    "stream token (POST /v1/events/stream-token, then ?stream_token=)");
+        return false;
+    }
+    const char *h = cy_http_header(req, "Authorization");
+    const char *tok = NULL;
+    bool in_url = false;
+    if (h) {
+        if (strncasecmp(h, "Bearer ", 7) != 0) {
+            auth_failed_log(b, req, "Authorization is not a Bearer token");
+            reply_error(b, req, 401, "unauthorized", www,
+                        "an Authorization: Bearer token is needed");
+            return false;
+        }
+        tok = h + 7;
+        while (*tok == ' ')
+            tok++;
+    } else if ((tok = cy_http_query(req, "stream_token")) != NULL) {
+        in_url = true;
+    } else {
+        auth_failed_log(b, req, "no token");
+        reply_error(b, req, 401, "unauthorized", www, "an Authorization: Bearer token is needed");
+        return false;
+    }
+    size_t len = strlen(tok);
+    int64_t now = cy_wall_ms();
+    if (len >= 4 && memcmp(tok, CY_STREAM_TOKEN_PREFIX, 4) == 0)
+        return stream_token_auth(b, req, tok, len, stream_route, now, out);
+    if (in_url) {
+        auth_failed_log(b, req, "a token in the URL (stream_token)");
+        reply_error(b, req, 400, "token_in_url", NULL,
+                    "stream_token takes a stream token (cys_...) from POST "
+                    "/v1/events/stream-token; a long-lived token is never taken from the URL");
+        return false;
+    }
+    cy_token_auth ta;
+    int rc = cy_registry_token_check(b->registry, tok, len, now, &ta);
+    if (rc == 0 && ta.scopes != 0) {
+        memcpy(out->id, ta.id, sizeof(out->id));
+        out->scopes = ta.scopes;
+        out->expires_at = ta.expires_at;
+        return true;
+    }
+    if (rc == CY_ESTORE) return refuse_store(b, req);
+    if (rc == CY_ETIMEDOUT) {
+        refuse_expired(b, req, "token", ta.expires_at, "");
+        return false;
     }
     const char *why = rc == CY_EINVAL ? "malformed token" : "unknown or revoked token";
     auth_failed_log(b, req, why);
     reply_error(b, req, 401, "unauthorized", www, "%s", why);
-    return 0;
+    return false;
+}
+
+/* The route of req (method and path), or NULL (no path of the API, or
+ * out of memory: the handler says which). */
+static const api_route *route_of(cy_http_req *req)
+{
+    char *path = cy_strdup(cy_http_path(req));
+    if (!path) return NULL;
+    char *seg[API_MAX_SEGMENTS];
+    unsigned nseg = cy_api_split(path, seg);
+    const api_route *r = nseg ? cy_api_route_find(cy_http_method(req), seg, nseg, NULL, 0) : NULL;
+    cy_free(path);
+    return r;
+}
+
+/* CORS (docs/api.md, "CORS"): an allowed Origin gets
+ * Access-Control-Allow-Origin on whatever answers its request, refusals
+ * included (a page can read why it was refused), with Vary: Origin so that
+ * a cache keeps one answer per origin. cors_origins is read at each use
+ * (SIGHUP changes it). Returns whether the origin is allowed. */
+static bool cors_headers(cy_api *b, cy_http_req *req)
+{
+    const char *origin = cy_http_header(req, "Origin");
+    const char *allow = origin ? cy_api_cors_allow(b->cfg->cors_origins, origin) : NULL;
+    if (!allow) return false;
+    cy_http_add_header(req, "Access-Control-Allow-Origin", allow);
+    cy_http_add_header(req, "Vary", "Origin");
+    cy_http_add_header(req, "Access-Control-Expose-Headers",
+                       "Location, Retry-After, WWW-Authenticate");
+    return true;
 }
 
 /* The HTTP server's check, run once a request's headers are in and before
- * any of its body is read: every path but /v1/health needs a valid token,
- * so a stranger's body is refused (and the connection closed) unread. The
- * scope found is left on the request for handle(). A GET of /v1/health
- * needs nothing; another method on it is refused here too. */
+ * any of its body is read: every path but /v1/health needs a valid token
+ * (or, to open an event stream, a stream token), so a stranger's body is
+ * refused (and the connection closed) unread. The scopes found are left
+ * on the request for handle(). A GET of /v1/health needs nothing; another
+ * method on it is refused here too. OPTIONS (a CORS preflight) needs no
+ * token and may have no body: handle() answers it. */
 static void check_request(void *ctx, cy_http_req *req)
 {
     cy_api *b = ctx;
+    cors_headers(b, req);
+    const char *m = cy_http_method(req);
+    if (strcmp(m, "OPTIONS") == 0) {
+        const char *cl = cy_http_header(req, "Content-Length");
+        if (cy_http_header(req, "Transfer-Encoding") || (cl && strcmp(cl, "0") != 0))
+            reply_error(b, req, 400, "bad_request", NULL, "OPTIONS takes no body");
+        return;
+    }
     if (strcmp(cy_http_path(req), "/v1/health") == 0) {
-        const char *m = cy_http_method(req);
         if (strcmp(m, "GET") != 0) not_allowed(b, req, "GET");
         return;
     }
-    int scope = authenticate(b, req);
-    if (scope) cy_http_set_tag(req, scope);
+    const api_route *r = route_of(req);
+    api_auth a;
+    if (cy_api_authenticate(b, req, r && r->stream, &a)) cy_http_set_tag(req, (int)a.scopes);
+}
+
+/* OPTIONS on an API path: 204 with Allow, and for an allowed origin the
+ * preflight's answer (every method the path takes, the request headers a
+ * page may send, and how long a browser may keep the answer). No token:
+ * a browser sends a preflight without one. */
+static void options(cy_api *b, cy_http_req *req, char *const *seg, unsigned nseg)
+{
+    char allow[96];
+    cy_api_route_find("OPTIONS", seg, nseg, allow, sizeof(allow));
+    if (!allow[0]) {
+        reply_error(b, req, 404, "not_found", NULL, "no such endpoint");
+        return;
+    }
+    const char *origin = cy_http_header(req, "Origin");
+    bool cors = origin && cy_api_cors_allow(b->cfg->cors_origins, origin);
+    const char *h[] = {"Allow",
+                       allow,
+                       "Access-Control-Allow-Methods",
+                       allow,
+                       "Access-Control-Allow-Headers",
+                       "Authorization, Content-Type, Last-Event-ID",
+                       "Access-Control-Max-Age",
+                       API_CORS_MAX_AGE,
+                       NULL};
+    if (!cors) h[2] = NULL;
+    cy_api_answered(b, req);
+    cy_http_reply(req, 204, NULL, "", 0, h);
+}
+
+/* 403 for a token without the route's scope, naming it (and, RFC 6750's
+ * way, in WWW-Authenticate). */
+static void refuse_scope(cy_api *b, cy_http_req *req, unsigned need, unsigned have)
+{
+    const char *name = cy_scope_name(need);
+    char has[128], hdr[128];
+    cy_scopes_format(have, has, sizeof(has));
+    snprintf(hdr, sizeof(hdr), "Bearer realm=\"cyan\", error=\"insufficient_scope\", scope=\"%s\"",
+             name);
+    const char *h[] = {"WWW-Authenticate", hdr, NULL};
+    char *body = NULL;
+    json_t *o = json_pack("{s:s, s:s+++, s:s}", "error", "forbidden", "message",
+                          "this token lacks the scope ", name, "; it has ", has[0] ? has : "none",
+                          "scope", name);
+    if (o) body = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    reply_text(b, req, 403, body, h);
+    free(body);
 }
 
 /* The device a path names (id or name), as the base of its JSON object. */
@@ -334,10 +511,10 @@ static json_t *device_base(cy_api *b, const cy_device *d)
 /* The device a path names: a user's by id or name for a user's token; for
  * the internal token, an internal device by id (store.h, "Internal devices
  * and tokens"). Either is 404 to the other. */
-static bool find_device(cy_api *b, cy_http_req *req, int scope, const char *key, cy_device *d)
+static bool find_device(cy_api *b, cy_http_req *req, bool internal, const char *key, cy_device *d)
 {
-    int rc = scope == CY_SCOPE_INTERNAL ? cy_registry_internal_get(b->registry, key, d)
-                                        : cy_registry_device_get(b->registry, key, d);
+    int rc = internal ? cy_registry_internal_get(b->registry, key, d)
+                      : cy_registry_device_get(b->registry, key, d);
     if (rc == 0) return true;
     if (rc == CY_ENOENT)
         reply_error(b, req, 404, "device_not_found", NULL, "no device %.64s", key);
@@ -379,7 +556,7 @@ static void devices_list(cy_api *b, cy_http_req *req)
     presence_request(b, req, lc.arr, NULL);
 }
 
-static json_t *body_object(cy_api *b, cy_http_req *req)
+json_t *cy_api_body_object(cy_api *b, cy_http_req *req)
 {
     size_t len;
     const uint8_t *body = cy_http_body(req, &len);
@@ -397,7 +574,7 @@ static json_t *body_object(cy_api *b, cy_http_req *req)
 
 static void device_create(cy_api *b, cy_http_req *req)
 {
-    json_t *o = body_object(b, req);
+    json_t *o = cy_api_body_object(b, req);
     if (!o) return;
     json_t *n = json_object_get(o, "name");
     if (!json_is_string(n)) {
@@ -498,7 +675,7 @@ static void device_op(cy_api *b, cy_http_req *req, const cy_device *d, uint8_t o
     int64_t ms;
     json_t *o = NULL;
     if (op == CY_DEVICE_OP_CALL) {
-        o = body_object(b, req);
+        o = cy_api_body_object(b, req);
         if (!o) return;
         json_t *av = json_object_get(o, "arg");
         if (av && !json_is_string(av) && !json_is_null(av)) {
@@ -532,7 +709,7 @@ static void device_op(cy_api *b, cy_http_req *req, const cy_device *d, uint8_t o
 
 static void event_publish(cy_api *b, cy_http_req *req)
 {
-    json_t *o = body_object(b, req);
+    json_t *o = cy_api_body_object(b, req);
     if (!o) return;
     json_t *n = json_object_get(o, "name"), *dv = json_object_get(o, "data");
     const char *why = NULL;
@@ -604,22 +781,6 @@ static void health(cy_api *b, cy_http_req *req)
                          (json_int_t)b->self, "shards", arr));
 }
 
-/* Split path into segments after "/v1/"; false if it is not an API path. */
-static bool split(route_req *r, char *path)
-{
-    if (strncmp(path, "/v1/", 4) != 0) return false;
-    char *p = path + 4;
-    r->nseg = 0;
-    while (*p && r->nseg < 8) {
-        r->seg[r->nseg++] = p;
-        char *slash = strchr(p, '/');
-        if (!slash) break;
-        *slash = '\0';
-        p = slash + 1;
-    }
-    return r->nseg > 0;
-}
-
 /* The prefix of an event stream: what follows ".../events/" in the raw path. */
 static const char *events_prefix(const char *path, const char *after)
 {
@@ -642,141 +803,142 @@ static bool stream_room(cy_api *b, cy_http_req *req)
     return false;
 }
 
-/* Open an event stream, naming the token that opened it (the stream limits
- * per token, and the end of its streams when it is revoked). The token was
- * checked before the body (check_request); it is looked up once more here
- * for its id, which only stream opens need. */
+/* Open an event stream, naming the token that opened it (the stream
+ * limits per token, the end of its streams when it is revoked or expires).
+ * The token was checked before the body (check_request); it is looked up
+ * once more here for its id and expiry, which only stream opens need. */
 static void open_stream(cy_api *b, cy_http_req *req, const char *device, const char *prefix)
 {
-    char id[CY_TOKEN_ID_LEN + 1] = "";
-    const char *h = cy_http_header(req, "Authorization");
-    const char *tok = h && strncasecmp(h, "Bearer ", 7) == 0 ? h + 7 : "";
-    while (*tok == ' ') tok++;
-    int scope = 0;
-    if (cy_registry_token_check(b->registry, tok, strlen(tok), &scope, id) != 0) {
-        reply_error(b, req, 401, "unauthorized", NULL, "unknown or revoked token");
-        return;
+    api_auth a;
+    if (cy_api_authenticate(b, req, true, &a)) cy_api_stream_open(b, req, device, prefix, &a);
+}
+
+/* The device routes, once the route and the scope are known: find the
+ * device (a 404 never says more than the scope allowed), then act. */
+static void device_route(cy_api *b, cy_http_req *req, const api_route *rt, bool internal,
+                         char *const *seg, unsigned nseg, const char *raw)
+{
+    cy_device d;
+    if (!find_device(b, req, internal, seg[1], &d)) return;
+    switch (rt->op) {
+    case API_OP_DEVICE_DELETE:
+        device_delete(b, req, &d);
+        break;
+    case API_OP_DEVICE_PSK:
+        device_psk(b, req, &d);
+        break;
+    case API_OP_DEVICE_CALL:
+        device_op(b, req, &d, CY_DEVICE_OP_CALL, seg[3]);
+        break;
+    case API_OP_DEVICE_VARIABLE:
+        device_op(b, req, &d, CY_DEVICE_OP_GET, seg[3]);
+        break;
+    case API_OP_DEVICE_EVENTS: {
+        const char *pre = "";
+        if (nseg > 3) {
+            char after[CY_DEVICE_ID_LEN + 80];
+            snprintf(after, sizeof(after), "/%s/events/", seg[1]);
+            pre = events_prefix(raw, after);
+        }
+        if (stream_room(b, req)) open_stream(b, req, d.id, pre);
+        break;
     }
-    cy_api_stream_open(b, req, device, prefix, id);
+    default: {
+        json_t *arr = json_array();
+        json_array_append_new(arr, device_base(b, &d));
+        presence_request(b, req, arr, d.id);
+    }
+    }
 }
 
 static void handle(void *ctx, cy_http_req *req)
 {
     cy_api *b = ctx;
-    route_req r;
-    memset(&r, 0, sizeof(r));
-    r.req = req;
-    r.method = cy_http_method(req);
+    const char *method = cy_http_method(req);
     const char *raw = cy_http_path(req);
     char *path = cy_strdup(raw);
     if (!path) {
         reply_error(b, req, 500, "internal", NULL, "out of memory");
         return;
     }
-    if (!split(&r, path)) {
-        reply_error(b, req, 404, "not_found", NULL, "no such endpoint");
+    char *seg[API_MAX_SEGMENTS];
+    unsigned nseg = cy_api_split(path, seg);
+    char allow[96];
+    const api_route *rt = nseg ? cy_api_route_find(method, seg, nseg, allow, sizeof(allow)) : NULL;
+    if (nseg && !strcmp(method, "OPTIONS")) {
+        options(b, req, seg, nseg);
         goto out;
     }
-    if (r.nseg == 1 && !strcmp(r.seg[0], "health")) {
-        if (method_is(&r, "GET"))
-            health(b, req);
+    if (!rt) {
+        if (nseg && allow[0])
+            not_allowed(b, req, allow);
         else
-            not_allowed(b, req, "GET");
+            reply_error(b, req, 404, "not_found", NULL, "no such endpoint");
         goto out;
     }
-    /* check_request found the token's scope before the body was read. */
-    r.scope = cy_http_tag(req);
-    if (!r.scope && !(r.scope = authenticate(b, req))) goto out;
+    if (rt->op == API_OP_HEALTH) {
+        health(b, req);
+        goto out;
+    }
+    /* check_request found the token's scopes before the body was read. */
+    unsigned scopes = (unsigned)cy_http_tag(req);
+    if (!scopes) {
+        api_auth a;
+        if (!cy_api_authenticate(b, req, rt->stream, &a)) goto out;
+        scopes = a.scopes;
+    }
     /* The internal token (the canaries') calls internal devices' functions
      * and nothing else: it sees no user device, list or stream. */
-    if (r.scope == CY_SCOPE_INTERNAL &&
-        !(method_is(&r, "POST") && r.nseg == 4 && !strcmp(r.seg[0], "devices") &&
-          !strcmp(r.seg[2], "functions"))) {
+    bool internal = scopes == CY_SCOPE_INTERNAL;
+    if (internal && rt->op != API_OP_DEVICE_CALL) {
         reply_error(b, req, 403, "forbidden", NULL,
                     "this token only calls the functions of cyan's internal devices");
         goto out;
     }
-    if (cy_api_is_trace(r.seg, r.nseg)) {
-        if (method_is(&r, "GET"))
-            cy_api_event_trace(b, req, r.seg[1]);
-        else
-            not_allowed(b, req, "GET");
+    if (!internal && !(scopes & rt->scope)) {
+        refuse_scope(b, req, rt->scope, scopes);
         goto out;
     }
-    if (!strcmp(r.seg[0], "webhooks")) {
-        cy_api_webhooks(b, req, r.scope, r.seg, r.nseg);
-        goto out;
+    switch (rt->op) {
+    case API_OP_DEVICES_LIST:
+        devices_list(b, req);
+        break;
+    case API_OP_DEVICE_CREATE:
+        device_create(b, req);
+        break;
+    case API_OP_DEVICE_GET:
+    case API_OP_DEVICE_DELETE:
+    case API_OP_DEVICE_PSK:
+    case API_OP_DEVICE_CALL:
+    case API_OP_DEVICE_VARIABLE:
+    case API_OP_DEVICE_EVENTS:
+        device_route(b, req, rt, internal, seg, nseg, raw);
+        break;
+    case API_OP_EVENTS_STREAM:
+        if (stream_room(b, req))
+            open_stream(b, req, NULL, nseg > 1 ? events_prefix(raw, "/v1/events/") : "");
+        break;
+    case API_OP_EVENT_PUBLISH:
+        event_publish(b, req);
+        break;
+    case API_OP_EVENT_TRACE:
+        cy_api_event_trace(b, req, seg[1]);
+        break;
+    case API_OP_STREAM_TOKEN: {
+        api_auth a;
+        if (cy_api_authenticate(b, req, false, &a)) cy_api_stream_token(b, req, &a);
+        break;
     }
-    if (!strcmp(r.seg[0], "events")) {
-        if (r.nseg == 1 && method_is(&r, "POST")) {
-            if (need_full(b, &r)) event_publish(b, req);
-        } else if (method_is(&r, "GET")) {
-            if (stream_room(b, req))
-                open_stream(b, req, NULL, r.nseg > 1 ? events_prefix(raw, "/v1/events/") : "");
-        } else {
-            not_allowed(b, req, r.nseg == 1 ? "GET, POST" : "GET");
-        }
-        goto out;
-    }
-    if (strcmp(r.seg[0], "devices") != 0) {
-        reply_error(b, req, 404, "not_found", NULL, "no such endpoint");
-        goto out;
-    }
-    if (r.nseg == 1) {
-        if (method_is(&r, "GET"))
-            devices_list(b, req);
-        else if (method_is(&r, "POST")) {
-            if (need_full(b, &r)) device_create(b, req);
-        } else
-            not_allowed(b, req, "GET, POST");
-        goto out;
-    }
-    bool is_delete = method_is(&r, "DELETE");
-    /* Check the method before touching the registry. */
-    const char *allow = NULL;
-    if (r.nseg == 2 && !method_is(&r, "GET") && !is_delete) allow = "GET, DELETE";
-    if (r.nseg == 4 && !strcmp(r.seg[2], "functions") && !method_is(&r, "POST")) allow = "POST";
-    if (r.nseg == 3 && !strcmp(r.seg[2], "psk") && !method_is(&r, "POST")) allow = "POST";
-    if (r.nseg == 4 && !strcmp(r.seg[2], "variables") && !method_is(&r, "GET")) allow = "GET";
-    if (r.nseg >= 3 && !strcmp(r.seg[2], "events") && !method_is(&r, "GET")) allow = "GET";
-    if (allow) {
-        not_allowed(b, req, allow);
-        goto out;
-    }
-    bool is_psk = r.nseg == 3 && !strcmp(r.seg[2], "psk");
-    bool known =
-        r.nseg == 2 || is_psk ||
-        (r.nseg == 4 && (!strcmp(r.seg[2], "functions") || !strcmp(r.seg[2], "variables"))) ||
-        (r.nseg >= 3 && !strcmp(r.seg[2], "events"));
-    if (!known) {
-        reply_error(b, req, 404, "not_found", NULL, "no such endpoint");
-        goto out;
-    }
-    if ((is_delete || is_psk || (r.nseg == 4 && !strcmp(r.seg[2], "functions"))) &&
-        !need_full(b, &r))
-        goto out;
-    cy_device d;
-    if (!find_device(b, req, r.scope, r.seg[1], &d)) goto out;
-    if (r.nseg == 2 && is_delete) {
-        device_delete(b, req, &d);
-    } else if (is_psk) {
-        device_psk(b, req, &d);
-    } else if (r.nseg == 2) {
-        json_t *arr = json_array();
-        json_array_append_new(arr, device_base(b, &d));
-        presence_request(b, req, arr, d.id);
-    } else if (!strcmp(r.seg[2], "functions")) {
-        device_op(b, req, &d, CY_DEVICE_OP_CALL, r.seg[3]);
-    } else if (!strcmp(r.seg[2], "variables")) {
-        device_op(b, req, &d, CY_DEVICE_OP_GET, r.seg[3]);
-    } else {
-        const char *pre = "";
-        if (r.nseg > 3) {
-            char after[CY_DEVICE_ID_LEN + 80];
-            snprintf(after, sizeof(after), "/%s/events/", r.seg[1]);
-            pre = events_prefix(raw, after);
-        }
-        if (stream_room(b, req)) open_stream(b, req, d.id, pre);
+    case API_OP_TOKENS_LIST:
+    case API_OP_TOKEN_CREATE:
+    case API_OP_TOKEN_REVOKE:
+        cy_api_tokens(b, req, rt->op, seg);
+        break;
+    case API_OP_HEALTH:
+        break; /* answered above */
+    default:
+        cy_api_webhooks(b, req, rt->op, seg);
+        break;
     }
 out:
     cy_free(path);

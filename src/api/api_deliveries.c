@@ -99,34 +99,10 @@ static void dead_replay(cy_api *b, cy_http_req *req, const char *id, const char 
     (void)asked;
 }
 
-void cy_api_dead_letters(cy_api *b, cy_http_req *req, int scope, char *const *seg,
-                         unsigned nseg)
+void cy_api_dead_letters(cy_api *b, cy_http_req *req, api_op op, char *const *seg)
 {
-    const char *id = seg[1];
-    const char *method = cy_http_method(req);
-    bool post = !strcmp(method, "POST");
-    if (nseg == 3) {
-        if (!strcmp(method, "GET"))
-            dead_list(b, req, id);
-        else
-            cy_api_reply_error(b, req, 405, "method_not_allowed",
-                               (const char *const[]){"Allow", "GET", NULL}, "allowed here: GET");
-        return;
-    }
-    bool all = nseg == 4 && !strcmp(seg[3], "replay");
-    bool one = nseg == 5 && !strcmp(seg[4], "replay");
-    if (!all && !one) {
-        cy_api_reply_error(b, req, 404, "not_found", NULL, "no such endpoint");
-        return;
-    }
-    if (!post) {
-        cy_api_reply_error(b, req, 405, "method_not_allowed",
-                           (const char *const[]){"Allow", "POST", NULL}, "allowed here: POST");
-        return;
-    }
-    if (scope != CY_SCOPE_FULL) {
-        cy_api_reply_error(b, req, 403, "forbidden", NULL, "this token is read-only");
-        return;
-    }
-    dead_replay(b, req, id, one ? seg[3] : NULL);
+    if (op == API_OP_DEAD_LETTERS)
+        dead_list(b, req, seg[1]);
+    else
+        dead_replay(b, req, seg[1], op == API_OP_DEAD_REPLAY_ONE ? seg[3] : NULL);
 }

@@ -445,12 +445,12 @@ static void peer_addr(const char *peer, char *out, size_t size)
 }
 
 void cy_api_stream_open(cy_api *b, cy_http_req *req, const char *device, const char *prefix,
-                        const char *token_id)
+                        const api_auth *auth)
 {
     cy_api *a = b;
     char addr[64];
     peer_addr(cy_http_peer(req), addr, sizeof(addr));
-    if (!token_id) token_id = "";
+    const char *token_id = auth ? auth->id : "";
     /* One token or one address may not take every connection of the shard
      * (each stream holds one for as long as it lasts). */
     unsigned by_token = 0, by_addr = 0;
@@ -485,6 +485,7 @@ void cy_api_stream_open(cy_api *b, cy_http_req *req, const char *device, const c
     s->prefix_len = strlen(s->prefix);
     if (device) snprintf(s->device, sizeof(s->device), "%s", device);
     snprintf(s->token, sizeof(s->token), "%s", token_id);
+    s->expires_at = auth ? auth->expires_at : 0;
     memcpy(s->addr, addr, sizeof(s->addr));
     s->req = req;
     const char *last = cy_http_header(req, "Last-Event-ID");
@@ -528,12 +529,15 @@ void cy_api_stream_open(cy_api *b, cy_http_req *req, const char *device, const c
     s->replay_pos = a->ring_first;
 }
 
-/* End the streams whose token was revoked: one registry lookup per
- * distinct token, not per stream. A registry that cannot be read ends
- * nothing (the next check tries again). */
+/* End the streams whose token was revoked (one registry lookup per
+ * distinct token, not per stream) or has expired (the expiry each stream
+ * keeps: a token's never changes). A registry that cannot be read ends
+ * nothing (the next check tries again). A stream opened with a stream
+ * token belongs to its parent: it lives as long as the parent does. */
 static void recheck_tokens(cy_api *b)
 {
     cy_api *a = b;
+    int64_t wall = cy_wall_ms();
     cy_map seen; /* token id -> (void *)1 valid, (void *)2 revoked; keys borrowed from streams */
     cy_map_init(&seen);
     for (api_stream *s = a->streams; s; s = s->next) {
@@ -551,9 +555,16 @@ static void recheck_tokens(cy_api *b)
     cy_map_fini(&seen);
     for (api_stream *s = a->streams, *n; s; s = n) {
         n = s->next;
-        if (!s->revoked) continue;
-        cy_http_stream_write(s->req, ": token revoked\n\n", 17);
-        stream_note(a, s->addr, cy_http_peer(s->req), "event stream ended: its token was revoked");
+        bool expired = s->expires_at > 0 && wall >= s->expires_at;
+        if (!s->revoked && !expired) continue;
+        if (s->revoked) {
+            cy_http_stream_write(s->req, ": token revoked\n\n", 17);
+            stream_note(a, s->addr, cy_http_peer(s->req),
+                        "event stream ended: its token was revoked");
+        } else {
+            cy_http_stream_write(s->req, ": token expired\n\n", 17);
+            stream_note(a, s->addr, cy_http_peer(s->req), "event stream ended: its token expired");
+        }
         stream_end(a, s);
     }
 }

@@ -15,6 +15,7 @@
 #define CY_API_INT_H
 
 #include "api/api.h"
+#include "api/api_routes.h"
 #include "core/cy_buf.h"
 #include "core/cy_map.h"
 #include "core/cy_log.h"
@@ -40,12 +41,24 @@
  * one pass, outside the slice's clock (300 slow clients on loopback made
  * that pass 125 ms); the next slice waits for that pass. */
 #define API_STREAM_SLICE_WRITES 64
-/* How often the tokens of open streams are checked again (revocation). */
+/* How often the tokens of open streams are checked again (revocation,
+ * expiry). */
 #define API_TOKEN_RECHECK_MS 1000
+/* How long (s, as text) a browser may keep the answer to a CORS preflight. */
+#define API_CORS_MAX_AGE "600"
 /* Failed token checks: one log line per source address per window, and at
  * most this many lines per window from all sources together. */
 #define API_AUTH_LOG_WINDOW_MS 10000
 #define API_AUTH_LOG_BURST 20
+
+/* Who a request is: what its credential resolved to (api.c,
+ * cy_api_authenticate). */
+typedef struct api_auth {
+    char id[CY_TOKEN_ID_LEN + 1]; /* the token's id; a stream token's parent's */
+    unsigned scopes;              /* CY_SCOPE_* bits */
+    int64_t expires_at;           /* the (parent) token's, wall ms; 0 = never */
+    bool stream_token;            /* came as a stream token (api_stream_token.h) */
+} api_auth;
 
 /* An HTTP request waiting on a device request (device.h). */
 typedef struct api_wait {
@@ -79,8 +92,10 @@ typedef struct api_stream {
     uint64_t cursor[CY_SB_MAX_SHARDS]; /* last seq sent, per origin */
     bool catching_up;                  /* replaying from the ring, paced by its backlog */
     bool revoked;                      /* its token is gone: end it */
+    int64_t expires_at;                /* its token's expiry, wall ms (0 = never): end it then */
     uint64_t replay_pos;               /* absolute ring position the replay goes on from */
-    char token[CY_TOKEN_ID_LEN + 1];   /* id of the token that opened it */
+    char token[CY_TOKEN_ID_LEN + 1];   /* id of the token that opened it (a stream
+                                        * token's parent) */
     char addr[64];                     /* client address, without the port */
 } api_stream;
 
@@ -126,6 +141,10 @@ struct cy_api {
     bool fan_idle_init, fan_idle_on;
     cy_logrl rl;           /* streams ended or refused, one line per address per window */
     cy_logrl auth_log;     /* failed token checks: one line per source address per window */
+    /* The key of stream tokens (api_stream_token.h), derived from the
+     * node's key file once it was found. */
+    uint8_t stream_key[CY_REGISTRY_SUBKEY_LEN];
+    bool have_stream_key;
 };
 
 /* api.c */
@@ -146,6 +165,16 @@ void cy_api_reply_error(cy_api *b, cy_http_req *req, unsigned status, const char
 /* {"error": code, "message": msg} as a string the caller frees with free(). */
 char *cy_api_error_body(const char *code, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* The request's body as a JSON object (new reference; {} when empty), or
+ * NULL after answering 400 bad_json. */
+json_t *cy_api_body_object(cy_api *b, cy_http_req *req);
+/* Who req is (its Authorization header, or for an event stream
+ * (stream_route) a stream token in the header or in ?stream_token=), into
+ * *out: true; or false after answering it (400 token_in_url, 401
+ * unauthorized or token_expired, 503 registry_unavailable) and logging
+ * the failure (never the token). A long-lived token is never taken from
+ * the URL. */
+bool cy_api_authenticate(cy_api *b, cy_http_req *req, bool stream_route, api_auth *out);
 
 /* api_events.c */
 /* Also makes a->events_sub, the subscriber of kind "events". */
@@ -155,12 +184,13 @@ void cy_api_events_free(cy_api *a);
  * their files), so a stream resumes across restarts of cyan. Call once,
  * after init and before the first event. */
 int cy_api_events_preload(cy_api *a);
-/* Open a stream on req (GET .../events...) for the token with id token_id
- * (borrowed; checked by the caller). device may be NULL. Answers 429
+/* Open a stream on req (GET .../events...) for the token auth names
+ * (borrowed; checked by the caller: the stream belongs to auth->id and
+ * ends at auth->expires_at). device may be NULL. Answers 429
  * too_many_streams past sse_max_per_token / sse_max_per_address. */
 void cy_api_stream_open(cy_api *b, cy_http_req *req, const char *device, const char *prefix,
-                        const char *token_id);
-/* Replays, heartbeats, and ending the streams of revoked tokens. */
+                        const api_auth *auth);
+/* Replays, heartbeats, and ending the streams of revoked or expired tokens. */
 void cy_api_events_tick(cy_api *b, int64_t now);
 /* End every stream, and close the fan-out's idle handle (the loop must run
  * once more before cy_api_events_free). */
@@ -169,19 +199,31 @@ void cy_api_streams_close(cy_api *a);
 /* api_deliveries.c: what became of events (webhooks/webhooks.h, inspect). */
 /* A webhook's figures for its GET ("stats"), or NULL. */
 json_t *cy_api_webhook_stats(cy_api *b, const char *id);
-/* /v1/webhooks/{id}/dead-letters[/{event id}]/... (seg[0] is "webhooks",
- * seg[2] "dead-letters"); the webhook exists. scope: the token's. */
-void cy_api_dead_letters(cy_api *b, cy_http_req *req, int scope, char *const *seg,
-                         unsigned nseg);
+/* /v1/webhooks/{id}/dead-letters[/{event id}]/replay: op is
+ * API_OP_DEAD_LETTERS, _DEAD_REPLAY_ALL or _DEAD_REPLAY_ONE (seg: the path
+ * segments after /v1, as the route matched them); the webhook exists. */
+void cy_api_dead_letters(cy_api *b, cy_http_req *req, api_op op, char *const *seg);
 /* GET /v1/events/{event id}/trace. */
 void cy_api_event_trace(cy_api *b, cy_http_req *req, const char *event_id);
 /* Whether seg (after /v1) is an event's trace: events/{id}/trace. */
 bool cy_api_is_trace(char *const *seg, unsigned nseg);
 
 /* api_webhooks.c */
-/* Answer req, a request under /v1/webhooks: seg[0..nseg) are its path
- * segments after /v1 (seg[0] is "webhooks"), scope its token's CY_SCOPE_*
- * (not internal: refused before). */
-void cy_api_webhooks(cy_api *b, cy_http_req *req, int scope, char *const *seg, unsigned nseg);
+/* Answer req, a request of a webhook route (op API_OP_WEBHOOK* or
+ * API_OP_DEAD_*): seg are its path segments after /v1, as the route matched
+ * them. The token's scope was checked before. */
+void cy_api_webhooks(cy_api *b, cy_http_req *req, api_op op, char *const *seg);
+
+/* api_tokens.c: token management and stream tokens. */
+/* GET /v1/tokens, POST /v1/tokens, DELETE /v1/tokens/{id} (op
+ * API_OP_TOKENS_LIST, _TOKEN_CREATE, _TOKEN_REVOKE; seg after /v1). */
+void cy_api_tokens(cy_api *b, cy_http_req *req, api_op op, char *const *seg);
+/* POST /v1/events/stream-token for the token auth names. */
+void cy_api_stream_token(cy_api *b, cy_http_req *req, const api_auth *auth);
+/* The stream tokens' key (b->stream_key) once known: 0, or CY_EIO when the
+ * key file cannot be had (make: made if missing), CY_ESTORE. */
+int cy_api_stream_key(cy_api *b, bool make);
+/* wall ms as the API shows times (ISO 8601 UTC), or null for 0. */
+json_t *cy_api_time_or_null(int64_t ms);
 
 #endif

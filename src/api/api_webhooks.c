@@ -23,8 +23,9 @@
  * The signing secret appears in two answers only: the 201 of its creation
  * and the 200 of a rotation. Never in a GET, never in a log.
  *
- * Scopes: every token but the internal one (refused before this file, in
- * api.c) may read; writes need a full token.
+ * Scopes: every route here needs webhooks:manage (checked before this
+ * file, in api.c, from the route table api_routes.c): a webhook's URL and
+ * headers often hold the receiver's own credentials.
  *
  * Ownership: nothing is kept past a request. Thread: the shard's loop.
  */
@@ -54,19 +55,6 @@
 /* The API's own answers (api.c): JSON with optional headers, and errors. */
 #define reply_json cy_api_reply_json
 #define reply_error cy_api_reply_error
-
-static void not_allowed(cy_api *b, cy_http_req *req, const char *allow)
-{
-    const char *h[] = {"Allow", allow, NULL};
-    reply_error(b, req, 405, "method_not_allowed", h, "allowed here: %s", allow);
-}
-
-static bool need_full(cy_api *b, cy_http_req *req, int scope)
-{
-    if (scope == CY_SCOPE_FULL) return true;
-    reply_error(b, req, 403, "forbidden", NULL, "this token is read-only");
-    return false;
-}
 
 static void registry_error(cy_api *b, cy_http_req *req, int rc)
 {
@@ -592,30 +580,22 @@ static void webhook_rotate(cy_api *b, cy_http_req *req, const char *id)
     memset(secret, 0, sizeof(secret));
 }
 
-void cy_api_webhooks(cy_api *b, cy_http_req *req, int scope, char *const *seg, unsigned nseg)
+void cy_api_webhooks(cy_api *b, cy_http_req *req, api_op op, char *const *seg)
 {
-    const char *m = cy_http_method(req);
-    bool get = !strcmp(m, "GET"), post = !strcmp(m, "POST"), patch = !strcmp(m, "PATCH"),
-         del = !strcmp(m, "DELETE");
-    if (nseg == 1) {
-        if (get)
-            webhooks_list(b, req);
-        else if (post && need_full(b, req, scope))
-            webhook_create(b, req);
-        else if (!post)
-            not_allowed(b, req, "GET, POST");
-        return;
-    }
-    if (nseg == 2) {
-        if (!get && !patch && !del)
-            not_allowed(b, req, "GET, PATCH, DELETE");
-        else if (get)
-            webhook_get(b, req, seg[1]);
-        else if (need_full(b, req, scope))
-            (patch ? webhook_patch : webhook_delete)(b, req, seg[1]);
-        return;
-    }
-    if (nseg >= 3 && !strcmp(seg[2], "dead-letters")) {
+    if (op == API_OP_WEBHOOKS_LIST) {
+        webhooks_list(b, req);
+    } else if (op == API_OP_WEBHOOK_CREATE) {
+        webhook_create(b, req);
+    } else if (op == API_OP_WEBHOOK_GET) {
+        webhook_get(b, req, seg[1]);
+    } else if (op == API_OP_WEBHOOK_PATCH) {
+        webhook_patch(b, req, seg[1]);
+    } else if (op == API_OP_WEBHOOK_DELETE) {
+        webhook_delete(b, req, seg[1]);
+    } else if (op == API_OP_WEBHOOK_SECRET) {
+        webhook_rotate(b, req, seg[1]);
+    } else {
+        /* The dead letters of a webhook that exists. */
         cy_webhook w;
         memset(&w, 0, sizeof(w));
         int rc = cy_registry_webhook_get(b->registry, seg[1], &w);
@@ -625,15 +605,6 @@ void cy_api_webhooks(cy_api *b, cy_http_req *req, int scope, char *const *seg, u
         else if (rc)
             registry_error(b, req, rc);
         else
-            cy_api_dead_letters(b, req, scope, seg, nseg);
-        return;
+            cy_api_dead_letters(b, req, op, seg);
     }
-    if (nseg == 3 && !strcmp(seg[2], "secret")) {
-        if (!post)
-            not_allowed(b, req, "POST");
-        else if (need_full(b, req, scope))
-            webhook_rotate(b, req, seg[1]);
-        return;
-    }
-    reply_error(b, req, 404, "not_found", NULL, "no such endpoint");
 }

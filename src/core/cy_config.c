@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 typedef enum { T_STR, T_BOOL, T_U32 } kind;
 
@@ -102,6 +103,9 @@ static const setting table[] = {
         "event streams one API token may hold open on each shard (429 beyond)"),
     U32(sse_max_per_address, "100", 1, 1000000,
         "event streams one client address may hold open on each shard (429 beyond)"),
+    STR(cors_origins, "",
+        "origins (scheme://host[:port], comma-separated) whose web pages may call the HTTP API "
+        "from a browser (CORS), or * for any; empty = no CORS headers"),
     BOOL(monitor, "true",
          "run the monitor process: /metrics, alerts, canaries and the status page, served on "
          "ops_listen by a process no shard's hang can block"),
@@ -215,10 +219,72 @@ void cy_config_defaults(cy_config *c)
     for (size_t i = 0; i < NSETTINGS; i++) apply(c, &table[i], table[i].def, NULL);
 }
 
+/* One origin as a browser sends it: http or https, "://", a host (letters,
+ * digits, '-', '.', or an IPv6 literal in brackets), an optional ":port",
+ * and nothing after: a trailing '/' or a path would never match. */
+static bool origin_valid(const char *s, size_t n)
+{
+    size_t i;
+    if (n > 8 && !strncasecmp(s, "https://", 8))
+        i = 8;
+    else if (n > 7 && !strncasecmp(s, "http://", 7))
+        i = 7;
+    else
+        return false;
+    size_t host = i;
+    if (s[i] == '[') {
+        while (i < n && s[i] != ']') {
+            if (!isxdigit((unsigned char)s[i]) && s[i] != ':' && s[i] != '[' && s[i] != '.')
+                return false;
+            i++;
+        }
+        if (i == n) return false;
+        i++;
+    } else {
+        while (i < n && (isalnum((unsigned char)s[i]) || s[i] == '-' || s[i] == '.')) i++;
+    }
+    if (i == host) return false;
+    if (i < n && s[i] == ':') {
+        size_t d = ++i;
+        while (i < n && isdigit((unsigned char)s[i])) i++;
+        if (i == d || i - d > 5) return false;
+    }
+    return i == n;
+}
+
+/* cors_origins: empty, "*" alone, or origins separated by commas. */
+static bool origins_valid(const char *v)
+{
+    const char *p = v;
+    while (*p == ' ' || *p == '\t') p++;
+    if (!*p) return true;
+    if (p[0] == '*') {
+        p++;
+        while (*p == ' ' || *p == '\t') p++;
+        return !*p;
+    }
+    for (;;) {
+        while (*p == ' ' || *p == '\t') p++;
+        const char *start = p;
+        while (*p && *p != ',') p++;
+        const char *end = p;
+        while (end > start && (end[-1] == ' ' || end[-1] == '\t')) end--;
+        if (!origin_valid(start, (size_t)(end - start))) return false;
+        if (!*p) return true;
+        p++;
+    }
+}
+
 int cy_config_set(cy_config *c, const char *name, const char *value, cy_config_error *err)
 {
     for (size_t i = 0; i < NSETTINGS; i++)
         if (!strcmp(table[i].name, name)) {
+            /* Checked before it is applied: a refused value changes nothing. */
+            if (!strcmp(name, "cors_origins") && !origins_valid(value))
+                return fail(err,
+                            "%s: expected *, or origins like https://app.example.com[:port] "
+                            "separated by commas (no path), got '%s'",
+                            name, value);
             int rc = apply(c, &table[i], value, err);
             if (rc) return rc;
             if (!strcmp(name, "store_sync") && strcmp(value, "normal") && strcmp(value, "full"))
@@ -302,6 +368,7 @@ static const char *const reloadable[] = {
     "preauth_memory",     "max_keepalive",     "max_session_expiry",
     "sys_interval",       "allow_anonymous",   "sse_heartbeat",
     "sse_max_per_token",  "sse_max_per_address",
+    "cors_origins",
 };
 
 size_t cy_config_count(void)

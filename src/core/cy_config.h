@@ -59,6 +59,7 @@ typedef struct cy_config {
     uint32_t event_buffer;      /* events each shard keeps for resuming streams */
     uint32_t sse_max_per_token;   /* open event streams per API token, per shard */
     uint32_t sse_max_per_address; /* open event streams per client address, per shard */
+    char cors_origins[512];     /* "", "*" or comma-separated origins whose pages may call the API */
     bool monitor;               /* run the monitor process */
     char ops_listen[128];       /* host:port of the operations listener; "" = off */
     bool ops_public;            /* /metrics and /status without a token */

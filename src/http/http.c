@@ -224,6 +224,8 @@ struct cy_http_req {
     uint64_t out_sent;  /* stream bytes the kernel has taken (the reader's last pos) */
     char peer[64];      /* "ip:port" */
     char addr[48];      /* "ip" */
+    char *extra[2 * CY_HTTP_EXTRA_HEADERS]; /* name, value pairs (owned) for every answer */
+    unsigned nextra;                        /* pairs in extra */
 };
 
 struct cy_http {
@@ -706,6 +708,8 @@ static bool app_holds(const cy_http_req *req)
 static void req_free_mem(cy_http_req *req)
 {
     if (req->streamed) req->h->streams--;
+    for (unsigned i = 0; i < 2 * req->nextra; i++)
+        cy_free(req->extra[i]);
     if (req->resp) MHD_destroy_response(req->resp);
     cy_free(req->body);
     cy_buf_fini(&req->out);
@@ -831,7 +835,9 @@ static struct MHD_Response *make_response(const char *content_type, const char *
         *err = CY_ENOMEM;
         return NULL;
     }
-    if (MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+    /* "": no Content-Type at all (a 204 has no content). */
+    if ((!content_type || content_type[0]) &&
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
                                 content_type ? content_type : "application/json") != MHD_YES)
         goto bad;
     for (size_t i = 0; headers && headers[i]; i += 2) {
@@ -894,6 +900,15 @@ static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *co
     return true;
 }
 
+/* The request's own headers (cy_http_add_header) onto its answer r. */
+static bool add_extra(const cy_http_req *req, struct MHD_Response *r)
+{
+    for (unsigned i = 0; i < req->nextra; i++)
+        if (MHD_add_response_header(r, req->extra[2 * i], req->extra[2 * i + 1]) != MHD_YES)
+            return false;
+    return true;
+}
+
 int cy_http_reply(cy_http_req *req, unsigned status, const char *content_type, const char *body,
                   size_t len, const char *const *headers)
 {
@@ -903,8 +918,13 @@ int cy_http_reply(cy_http_req *req, unsigned status, const char *content_type, c
         return CY_EINVAL;
     if (req->h->stopping) return CY_EPIPE;
     int err = 0;
-    struct MHD_Response *r = make_response(content_type, body, len, headers, &err);
+    struct MHD_Response *r =
+        make_response(status == 204 ? "" : content_type, body, len, headers, &err);
     if (r == NULL) return err;
+    if (!add_extra(req, r)) {
+        MHD_destroy_response(r);
+        return CY_EINVAL;
+    }
     req->resp = r;
     req->status = status;
     req->state = RQ_ANSWERED;
@@ -984,6 +1004,7 @@ int cy_http_stream_begin(cy_http_req *req, const char *content_type, const char 
     if (!cache_set &&
         MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache") != MHD_YES)
         goto bad;
+    if (!add_extra(req, r)) goto bad;
     req->resp = r;
     req->status = 200;
     req->state = RQ_STREAM;
@@ -1720,6 +1741,33 @@ const char *cy_http_peer(const cy_http_req *req)
 const char *cy_http_peer_addr(const cy_http_req *req)
 {
     return req->addr;
+}
+
+static bool header_text_ok(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return false;
+    return true;
+}
+
+int cy_http_add_header(cy_http_req *req, const char *name, const char *value)
+{
+    if (!req || !name || !value || !*name || !header_text_ok(name) || !header_text_ok(value))
+        return CY_EINVAL;
+    if (req->state != RQ_CHECKING && req->state != RQ_RECEIVING && req->state != RQ_HANDLING &&
+        req->state != RQ_PENDING)
+        return CY_EINVAL;
+    if (req->nextra == CY_HTTP_EXTRA_HEADERS) return CY_ENOBUFS;
+    char *n = cy_strdup(name), *v = cy_strdup(value);
+    if (!n || !v) {
+        cy_free(n);
+        cy_free(v);
+        return CY_ENOMEM;
+    }
+    req->extra[2 * req->nextra] = n;
+    req->extra[2 * req->nextra + 1] = v;
+    req->nextra++;
+    return 0;
 }
 
 void cy_http_set_tag(cy_http_req *req, int tag)

@@ -156,6 +156,13 @@ const char *cy_http_peer_addr(const cy_http_req *req);
  * the check found for the handler to use. */
 void cy_http_set_tag(cy_http_req *req, int tag);
 int cy_http_tag(const cy_http_req *req);
+/* Add a header (name and value copied) to whatever answers req: a reply, a
+ * check's refusal or a stream's head; for headers every answer of a
+ * request carries, whoever makes it (CORS). At most CY_HTTP_EXTRA_HEADERS
+ * per request. Errors: CY_EINVAL (NULL, a control character in either, or
+ * req already answered), CY_ENOBUFS (too many), CY_ENOMEM. */
+#define CY_HTTP_EXTRA_HEADERS 8
+int cy_http_add_header(cy_http_req *req, const char *name, const char *value);
 /* When the request's head (request line and headers) was whole: monotonic
  * microseconds (cy_mono_us, core/cy_clock.h), taken just before the check
  * runs, before any of its body is read. What an answer's latency is
@@ -170,7 +177,7 @@ int64_t cy_http_started_us(const cy_http_req *req);
 void cy_http_on_close(cy_http_req *req, void (*cb)(void *arg, cy_http_req *req), void *arg);
 
 /* Answer req with status and body (copied; content_type NULL means
- * "application/json"). headers: NULL, or name/value pairs ending with NULL,
+ * "application/json"; a 204 has none). headers: NULL, or name/value pairs ending with NULL,
  * e.g. {"Retry-After", "2", NULL}. req must not be used after this call;
  * the close callback does not run. Also the way a check refuses a request. */
 int cy_http_reply(cy_http_req *req, unsigned status, const char *content_type, const char *body,

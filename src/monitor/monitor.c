@@ -783,15 +783,16 @@ static void serve_alerts(mon *m, cy_http_req *req)
 
 /* ---- the operations listener ---- */
 
-/* The scope of the request's bearer token, or 0 (none or not valid). */
-static int token_scope(mon *m, cy_http_req *req)
+/* The scopes (CY_SCOPE_* bits) of the request's bearer token, or 0 (none,
+ * not valid, or expired). */
+static unsigned token_scope(mon *m, cy_http_req *req)
 {
     const char *a = cy_http_header(req, "Authorization");
     if (!a || strncasecmp(a, "Bearer ", 7) || !m->reg) return 0;
     const char *t = a + 7;
-    int scope = 0;
-    if (cy_registry_token_check(m->reg, t, strlen(t), &scope, NULL)) return 0;
-    return scope;
+    cy_token_auth ta;
+    if (cy_registry_token_check(m->reg, t, strlen(t), cy_wall_ms(), &ta)) return 0;
+    return ta.scopes;
 }
 
 /* The page's model of now: components, the alerts firing, incidents (the
@@ -994,8 +995,8 @@ static void on_request(void *ctx, cy_http_req *req)
                         "POST; the incidents are read at /api/v2/incidents.json");
             return;
         }
-        if (token_scope(m, req) != CY_SCOPE_FULL) {
-            reply_error(req, 401, "unauthorized", "a full-access API token is required");
+        if (!(token_scope(m, req) & CY_SCOPE_ADMIN)) {
+            reply_error(req, 401, "unauthorized", "an API token with the admin scope is required");
             return;
         }
         serve_incident_post(m, req, path[13] ? path + 14 : "");
@@ -1116,6 +1117,8 @@ static void on_eval(uv_timer_t *t)
     ingest_events(m);
     run_alerts(m);
     cy_status_derive(&m->comps, m->firing, m->nfiring, m->snap.now_ms);
+    /* The last uses of the tokens the ops listener checked (store.h). */
+    if (m->reg) cy_registry_token_flush(m->reg, cy_wall_ms(), false);
     cy_sb_storeu(&m->slot->progress, m->evals);
     cy_sb_store(&m->slot->progress_ms, cy_mono_ms());
 }

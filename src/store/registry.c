@@ -25,7 +25,7 @@
  * for BACKOFF_MS: they fail with CY_ESTORE at once, so a pass of many
  * requests waits once. In WAL mode reads never wait for a writer anyway.
  *
- * Checks read from a cache: the rows (salt, hash, scope) of devices and
+ * Checks read from a cache: the rows (salt, hash, scopes, expiry) of devices and
  * tokens found once, so the hot path (every CONNECT, every API request)
  * does not touch SQLite. Whether the cache is still the file's is asked at
  * most every RECHECK_MS with PRAGMA data_version, which moves when another
@@ -102,9 +102,25 @@
  * its row (in the shared read transaction of a loop pass), so a new PSK
  * is used from the next pass.
  *
+ * Token scopes, expiry and last use (schema version 6): tokens.scope holds
+ * a bit mask of CY_SCOPE_* (store.h) instead of one of the three values of
+ * before (1 read-only, 2 full, 3 internal), which the migration turns into
+ * devices:read + events:read, every user scope, and CY_SCOPE_INTERNAL; any
+ * other value becomes 0, which no check accepts (a corrupt row stays
+ * refused, rather than turning into some scope). tokens.expires_at (wall
+ * ms, 0 = never) is cached with the row and judged at each check;
+ * tokens.last_used_at (wall ms, 0 = never) is written from the uses a
+ * handle notes in memory (map `used`), at most once a minute per token:
+ * a check on the hot path never writes.
+ *
+ * Derived keys: a purpose that needs a secret every process of the node
+ * shares (stream tokens: api/api_stream_token.h) gets HMAC-SHA256(key file,
+ * label), never the key file's own bytes (cy_registry_subkey).
+ *
  * Schema versions (PRAGMA user_version): 1 had devices only; 2 adds tokens;
  * 3 adds devices.internal; 4 adds webhooks, webhook_replays and meta; 5 adds
- * devices.psk. A new file gets version 5 directly, an older file is
+ * devices.psk; 6 makes tokens.scope a mask and adds tokens.expires_at and
+ * tokens.last_used_at. A new file gets version 6 directly, an older file is
  * migrated at open one version at a time (see db.h), a newer file is
  * refused.
  *
@@ -135,7 +151,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 5
+#define SCHEMA_VERSION 6
 #define ID_BYTES (CY_DEVICE_ID_LEN / 2)         /* 12 */
 #define SECRET_BYTES (CY_DEVICE_SECRET_LEN / 2) /* 16 */
 #define SALT_BYTES 16
@@ -173,8 +189,9 @@ _Static_assert(CY_TOKEN_NAME_MAX == CY_DEVICE_NAME_MAX, "tokens share the device
     " hash BLOB NOT NULL,"                                                                         \
     " created_at INTEGER NOT NULL, internal INTEGER NOT NULL DEFAULT 0, psk BLOB);"
 
-/* Added by version 2, shared by a new file and the migration. Names are not
- * unique: two people may both call their token "ci". */
+/* Added by version 2 (the migration to 2 makes it so); version 6 appends two
+ * columns (TABLE_TOKENS_V6). Names are not unique: two people may both call
+ * their token "ci". */
 #define TABLE_TOKENS                                                                               \
     "CREATE TABLE IF NOT EXISTS tokens("                                                           \
     " id TEXT PRIMARY KEY NOT NULL,"                                                               \
@@ -220,8 +237,21 @@ _Static_assert(CY_TOKEN_NAME_MAX == CY_DEVICE_NAME_MAX, "tokens share the device
     " value INTEGER NOT NULL);"                                                                    \
     "INSERT OR IGNORE INTO meta(name, value) VALUES('webhooks_gen', 0);"
 
-static const char schema_v5[] =
-    TABLE_DEVICES TABLE_TOKENS TABLE_WEBHOOKS "PRAGMA user_version = 5;";
+/* Version 6's tokens; a migrated file gets the same table text (ALTER
+ * TABLE appends ", <column>" before the closing parenthesis). scope is a
+ * mask of CY_SCOPE_* bits. */
+#define TABLE_TOKENS_V6                                                                            \
+    "CREATE TABLE IF NOT EXISTS tokens("                                                           \
+    " id TEXT PRIMARY KEY NOT NULL,"                                                               \
+    " name TEXT NOT NULL,"                                                                         \
+    " scope INTEGER NOT NULL,"                                                                     \
+    " salt BLOB NOT NULL,"                                                                         \
+    " hash BLOB NOT NULL,"                                                                         \
+    " created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL DEFAULT 0,"                         \
+    " last_used_at INTEGER NOT NULL DEFAULT 0);"
+
+static const char schema_v6[] =
+    TABLE_DEVICES TABLE_TOKENS_V6 TABLE_WEBHOOKS "PRAGMA user_version = 6;";
 
 /* Version 1 to 2: devices are untouched, the tokens table starts empty (and
  * so the next `cyan serve` bootstraps the first one). */
@@ -240,8 +270,21 @@ static const char migrate_v4[] = TABLE_WEBHOOKS "PRAGMA user_version = 4;";
 static const char migrate_v5[] = "ALTER TABLE devices ADD COLUMN psk BLOB;"
                                  "PRAGMA user_version = 5;";
 
+/* Version 5 to 6: scopes become masks (1 read-only -> devices:read +
+ * events:read, 2 full -> every user scope, 3 internal -> CY_SCOPE_INTERNAL;
+ * anything else -> 0, refused); no token expires; none was used yet as far
+ * as the file knows. */
+static const char migrate_v6[] =
+    "ALTER TABLE tokens ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tokens ADD COLUMN last_used_at INTEGER NOT NULL DEFAULT 0;"
+    "UPDATE tokens SET scope = CASE scope WHEN 1 THEN 5 WHEN 2 THEN 63 WHEN 3 THEN 64 ELSE 0 END;"
+    "PRAGMA user_version = 6;";
+_Static_assert(CY_SCOPE_READ_ONLY == 5 && CY_SCOPE_ALL == 63 && CY_SCOPE_INTERNAL == 64,
+               "migrate_v6 spells the scopes as numbers");
+
 /* migrations[v] takes a file from version v to v + 1. */
-static const char *const migrations[] = {NULL, migrate_v2, migrate_v3, migrate_v4, migrate_v5};
+static const char *const migrations[] = {NULL,       migrate_v2, migrate_v3,
+                                         migrate_v4, migrate_v5, migrate_v6};
 
 enum {
     ST_ADD,
@@ -260,6 +303,7 @@ enum {
     ST_INTERNAL_REKEY,
     ST_INTERNAL_DELETE,
     ST_TOKEN_DROP_INTERNAL,
+    ST_TOKEN_USED,
     ST_PSK_GET,
     ST_PSK_SET,
     ST_PSK_ANY,
@@ -272,7 +316,7 @@ enum {
     N_ST
 };
 
-_Static_assert(CY_SCOPE_INTERNAL == 3, "the SQL below spells CY_SCOPE_INTERNAL as 3");
+_Static_assert(CY_SCOPE_INTERNAL == 64, "the SQL below spells CY_SCOPE_INTERNAL as 64");
 
 /* A user device found by id or name: an exact id match wins over a name
  * match. Internal devices are never found this way. */
@@ -291,13 +335,15 @@ static const char *const sql[N_ST] = {
     /* rowids grow with insertion, so rowid order is creation order. */
     [ST_LIST] = "SELECT id, name, created_at, internal FROM devices WHERE internal = 0"
                 " ORDER BY rowid",
-    [ST_TOKEN_ADD] = "INSERT INTO tokens(id, name, scope, salt, hash, created_at)"
-                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
-    [ST_TOKEN_CHECK] = "SELECT salt, hash, scope FROM tokens WHERE id = ?1",
-    [ST_TOKEN_LIST] = "SELECT id, name, scope, created_at FROM tokens ORDER BY rowid",
+    [ST_TOKEN_ADD] = "INSERT INTO tokens(id, name, scope, salt, hash, created_at, expires_at)"
+                     " VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    /* Column 3 (expires_at) is cached with the row, beside the scope. */
+    [ST_TOKEN_CHECK] = "SELECT salt, hash, scope, expires_at FROM tokens WHERE id = ?1",
+    [ST_TOKEN_LIST] = "SELECT id, name, scope, created_at, expires_at, last_used_at FROM tokens"
+                      " ORDER BY rowid",
     [ST_TOKEN_REVOKE] = "DELETE FROM tokens WHERE id = ?1",
     /* Only a user's token counts: the monitor's own does not administer the node. */
-    [ST_TOKEN_ANY] = "SELECT EXISTS(SELECT 1 FROM tokens WHERE scope != 3)",
+    [ST_TOKEN_ANY] = "SELECT EXISTS(SELECT 1 FROM tokens WHERE scope != 64)",
     [ST_INTERNAL_GET] =
         "SELECT id, name, created_at, internal FROM devices WHERE internal = 1 AND id = ?1",
     [ST_INTERNAL_BY_NAME] = "SELECT id FROM devices WHERE internal = 1 AND name = ?1",
@@ -305,7 +351,9 @@ static const char *const sql[N_ST] = {
                         " VALUES(?1, ?2, ?3, ?4, ?5, 1)",
     [ST_INTERNAL_REKEY] = "UPDATE devices SET salt = ?2, hash = ?3 WHERE internal = 1 AND id = ?1",
     [ST_INTERNAL_DELETE] = "DELETE FROM devices WHERE internal = 1 AND id = ?1",
-    [ST_TOKEN_DROP_INTERNAL] = "DELETE FROM tokens WHERE scope = 3 AND name = ?1",
+    [ST_TOKEN_DROP_INTERNAL] = "DELETE FROM tokens WHERE scope = 64 AND name = ?1",
+    /* Never back in time: shards write the uses each of them saw. */
+    [ST_TOKEN_USED] = "UPDATE tokens SET last_used_at = ?2 WHERE id = ?1 AND last_used_at < ?2",
     /* A user's device or an internal one: both connect. */
     [ST_PSK_GET] = "SELECT psk FROM devices WHERE id = ?1",
     [ST_PSK_SET] = "UPDATE devices SET psk = ?2 WHERE id = ?1 AND internal = ?3",
@@ -331,7 +379,8 @@ static const char *const sql[N_ST] = {
 typedef struct cached {
     char key[1 + CY_DEVICE_ID_LEN];
     uint8_t klen;
-    int scope; /* tokens: CY_SCOPE_*; devices: 1 for an internal device, else 0 */
+    unsigned scope;     /* tokens: CY_SCOPE_* bits; devices: 1 for an internal device, else 0 */
+    int64_t expires_at; /* tokens: wall ms, 0 = never; devices: 0 */
     uint8_t salt[SALT_BYTES];
     uint8_t hash[HASH_BYTES];
 } cached;
@@ -361,7 +410,21 @@ struct cy_registry {
     bool psk_logged;        /* a PSK failure was logged... */
     int64_t psk_log_ms;     /* ...at this mono ms */
     uint64_t psk_held;      /* failures not logged since that line */
+    /* Last uses of tokens noted by checks and not yet written (see "Token
+     * scopes, expiry and last use"): token id -> token_use. */
+    cy_map used;
+    int64_t used_scan_ms;  /* wall ms of the last flush's look at `used` */
+    int64_t used_window_ms; /* wall ms the current minute of writes began (0: none yet) */
+    int64_t used_retry_ms; /* wall ms before which a failed flush is not tried again */
 };
+
+/* A token's use as this handle knows it. */
+typedef struct token_use {
+    char id[CY_TOKEN_ID_LEN + 1]; /* the map's key */
+    int64_t used;                 /* wall ms of the latest use */
+    int64_t stored;               /* the use last written (0: none by us) */
+    int64_t written;              /* wall ms when it was written (0: never) */
+} token_use;
 
 /* Log a failed statement; CY_ESTORE. A lock held by another process
  * (SQLITE_BUSY after the busy timeout) closes that kind of statement for
@@ -427,7 +490,7 @@ static const cached *cache_get(cy_registry *r, char kind, const char *id, size_t
 
 /* Remember a row read from the file (out of memory: not remembered). */
 static void cache_put(cy_registry *r, char kind, const char *id, size_t id_len, const uint8_t *salt,
-                      const uint8_t *hash, int scope)
+                      const uint8_t *hash, unsigned scope, int64_t expires_at)
 {
     if (id_len > CY_DEVICE_ID_LEN || r->version < 0) return;
     if (r->cache.count >= CACHE_MAX) cache_clear(r);
@@ -437,6 +500,7 @@ static void cache_put(cy_registry *r, char kind, const char *id, size_t id_len, 
     memcpy(c->key + 1, id, id_len);
     c->klen = (uint8_t)(1 + id_len);
     c->scope = scope;
+    c->expires_at = expires_at;
     memcpy(c->salt, salt, SALT_BYTES);
     memcpy(c->hash, hash, HASH_BYTES);
     if (cy_map_put(&r->cache, c->key, c->klen, c)) cy_free(c);
@@ -484,8 +548,9 @@ int cy_registry_open(const char *path, cy_registry **out)
     cy_registry *r = cy_calloc(1, sizeof(*r));
     if (!r) return CY_ENOMEM;
     cy_map_init(&r->cache);
+    cy_map_init(&r->used);
     r->version = -1;
-    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v5, migrations, false};
+    static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v6, migrations, false};
     int rc = cy_db_open(path, true, &schema, sql, N_ST, &r->db, r->st);
     if (rc) goto fail;
     for (int i = 0; i < CY_RH_N; i++)
@@ -512,10 +577,16 @@ fail:
     return rc;
 }
 
+static void used_clear(cy_registry *r);
+
 void cy_registry_close(cy_registry *r)
 {
     if (!r) return;
     cy_registry_end_reads(r);
+    /* The uses not yet written (a failure is logged, and they are lost). */
+    if (r->db && r->used.count) cy_registry_token_flush(r, cy_wall_ms(), true);
+    used_clear(r);
+    cy_map_fini(&r->used);
     cache_clear(r);
     cy_map_fini(&r->cache);
     EVP_MAC_CTX_free(r->mac);
@@ -864,6 +935,36 @@ static int key_need(cy_registry *r)
     return rc;
 }
 
+int cy_registry_subkey(cy_registry *r, const char *label, bool make,
+                       uint8_t out[CY_REGISTRY_SUBKEY_LEN])
+{
+    if (!r || !label || !out) return CY_EINVAL;
+    int rc = 0;
+    if (make) {
+        cy_registry_end_reads(r);
+        rc = key_need(r);
+    } else if (!r->have_key) {
+        /* Read again at most every RECHECK_MS: a stranger's request must
+         * not cost a file open each. */
+        int64_t now = cy_mono_ms();
+        rc = CY_EIO;
+        if (!r->key_tried || now - r->key_tried_ms >= RECHECK_MS) {
+            const char *why;
+            r->key_tried = true;
+            r->key_tried_ms = now;
+            rc = key_load(r, &why) ? CY_EIO : 0;
+        }
+    }
+    if (rc) return rc == CY_ESTORE || rc == CY_ENOMEM ? rc : CY_EIO;
+    size_t len = 0;
+    if (EVP_MAC_init(r->mac, r->key, KEY_BYTES, NULL) &&
+        EVP_MAC_update(r->mac, (const uint8_t *)label, strlen(label)) &&
+        EVP_MAC_final(r->mac, out, &len, CY_REGISTRY_SUBKEY_LEN) && len == CY_REGISTRY_SUBKEY_LEN)
+        return 0;
+    cy_error(NULL, "store: registry: HMAC-SHA256 failed (subkey)");
+    return CY_EIO;
+}
+
 /* A PSK failure of device id, logged at most once per PSK_LOG_MS per
  * handle (a device retries its handshake at will), with the count held
  * back since the last line. */
@@ -1055,16 +1156,17 @@ out:
     return rc;
 }
 
-/* A scope a token row may hold. */
-static bool scope_valid(int scope)
+/* The scopes a token row may hold: a non-empty set of user scopes, or the
+ * internal scope alone. */
+static bool scopes_valid(int64_t scopes)
 {
-    return scope == CY_SCOPE_READ || scope == CY_SCOPE_FULL || scope == CY_SCOPE_INTERNAL;
+    return (scopes > 0 && (scopes & ~(int64_t)CY_SCOPE_ALL) == 0) || scopes == CY_SCOPE_INTERNAL;
 }
 
 /* The row of id, looked up with st (columns: salt, hash, extra: a token's
- * scope or a device's internal flag), from the cache or else the file (and
- * then cached), copied into *row. kind: 'd' or 't'. 1 found, 0 absent,
- * CY_ESTORE. */
+ * scopes or a device's internal flag, and for a token its expiry), from the
+ * cache or else the file (and then cached), copied into *row. kind: 'd' or
+ * 't'. 1 found, 0 absent, CY_ESTORE. */
 static int row_get(cy_registry *r, sqlite3_stmt *st, char kind, const char *id, size_t id_len,
                    const char *what, cached *row)
 {
@@ -1083,8 +1185,10 @@ static int row_get(cy_registry *r, sqlite3_stmt *st, char kind, const char *id, 
     }
     int sr = sqlite3_step(st);
     if (sr == SQLITE_ROW) {
-        int extra = sqlite3_column_int(st, 2);
-        bool extra_ok = kind == 't' ? scope_valid(extra) : (extra == 0 || extra == 1);
+        int64_t extra = sqlite3_column_int64(st, 2);
+        int64_t expires = kind == 't' ? sqlite3_column_int64(st, 3) : 0;
+        bool extra_ok =
+            kind == 't' ? scopes_valid(extra) && expires >= 0 : (extra == 0 || extra == 1);
         if (sqlite3_column_bytes(st, 0) != SALT_BYTES ||
             sqlite3_column_bytes(st, 1) != HASH_BYTES || !extra_ok) {
             cy_error(NULL, "store: registry: corrupt row %.*s (%s)", (int)id_len, id, what);
@@ -1093,8 +1197,9 @@ static int row_get(cy_registry *r, sqlite3_stmt *st, char kind, const char *id, 
         }
         memcpy(row->salt, sqlite3_column_blob(st, 0), SALT_BYTES);
         memcpy(row->hash, sqlite3_column_blob(st, 1), HASH_BYTES);
-        row->scope = extra;
-        cache_put(r, kind, id, id_len, row->salt, row->hash, extra);
+        row->scope = (unsigned)extra;
+        row->expires_at = expires;
+        cache_put(r, kind, id, id_len, row->salt, row->hash, row->scope, expires);
         rc = 1;
     } else if (sr != SQLITE_DONE) {
         rc = fail(r, READS, what);
@@ -1107,11 +1212,11 @@ out:
 /* Look the row for id up with st and check secret against it. An id that
  * is absent (or not looked up: lookup false) costs one HMAC too, against a
  * zero row, so the answer's timing does not tell which ids exist. 0,
- * CY_ENOENT, CY_EACCES, CY_ESTORE. *scope (tokens, else NULL) gets the
- * scope of a matching row. */
+ * CY_ENOENT, CY_EACCES, CY_ESTORE. *token (tokens, else NULL) gets the
+ * scopes and expiry of a matching row. */
 static int check_secret(cy_registry *r, sqlite3_stmt *st, bool lookup, const char *id,
                         size_t id_len, const uint8_t *secret, size_t secret_len, const char *what,
-                        int *scope)
+                        cached *token)
 {
     static const uint8_t dummy_salt[SALT_BYTES];
     static const uint8_t dummy_hash[HASH_BYTES];
@@ -1119,12 +1224,12 @@ static int check_secret(cy_registry *r, sqlite3_stmt *st, bool lookup, const cha
     cached row;
     int found = 0;
     if (lookup) {
-        found = row_get(r, st, scope ? 't' : 'd', id, id_len, what, &row);
+        found = row_get(r, st, token ? 't' : 'd', id, id_len, what, &row);
         if (found < 0) return found;
         if (found) {
             salt = row.salt;
             want = row.hash;
-            if (scope) *scope = row.scope;
+            if (token) *token = row;
         }
     }
     uint8_t got[HASH_BYTES];
@@ -1282,7 +1387,7 @@ int cy_registry_device_internal(cy_registry *r, const char *id, size_t id_len)
     if (id_len != CY_DEVICE_ID_LEN || !is_lower_hex(id, id_len)) return 0;
     cached row;
     int rc = row_get(r, r->st[ST_CHECK], 'd', id, id_len, "device_internal", &row);
-    return rc < 0 ? rc : rc == 1 ? row.scope : 0;
+    return rc < 0 ? rc : rc == 1 ? (int)row.scope : 0;
 }
 
 int cy_registry_internal_get(cy_registry *r, const char *id, cy_device *out)
@@ -1445,16 +1550,18 @@ static int copy_token(sqlite3_stmt *st, cy_token *out)
     const char *name = (const char *)sqlite3_column_text(st, 1);
     size_t id_len = (size_t)sqlite3_column_bytes(st, 0);
     size_t name_len = (size_t)sqlite3_column_bytes(st, 1);
-    int scope = sqlite3_column_int(st, 2);
+    int64_t scopes = sqlite3_column_int64(st, 2);
     if (!id || !name || id_len != CY_TOKEN_ID_LEN || name_len > CY_TOKEN_NAME_MAX ||
-        !scope_valid(scope)) {
+        !scopes_valid(scopes)) {
         cy_error(NULL, "store: registry: corrupt token row");
         return CY_ESTORE;
     }
     memcpy(out->id, id, id_len + 1);
     memcpy(out->name, name, name_len + 1);
-    out->scope = scope;
+    out->scopes = (unsigned)scopes;
     out->created_at = sqlite3_column_int64(st, 3);
+    out->expires_at = sqlite3_column_int64(st, 4);
+    out->last_used_at = sqlite3_column_int64(st, 5);
     return 0;
 }
 
@@ -1487,7 +1594,7 @@ static int token_any(cy_registry *r, bool *any)
 }
 
 /* Insert a new token row; arguments already checked. */
-static int token_insert(cy_registry *r, const char *name, int scope,
+static int token_insert(cy_registry *r, const char *name, unsigned scopes, int64_t expires_at,
                         char id_out[CY_TOKEN_ID_LEN + 1], char token_out[CY_TOKEN_MAX + 1])
 {
     uint8_t raw[TOKEN_ID_BYTES + TOKEN_SECRET_BYTES + SALT_BYTES], hash[HASH_BYTES];
@@ -1505,10 +1612,11 @@ static int token_insert(cy_registry *r, const char *name, int scope,
         hex(secret, raw + TOKEN_ID_BYTES, TOKEN_SECRET_BYTES);
         if ((rc = secret_hash(r, salt, (const uint8_t *)secret, TOKEN_SECRET_LEN, hash))) goto out;
         if (sqlite3_bind_text(st, 1, id, CY_TOKEN_ID_LEN, SQLITE_STATIC) ||
-            sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC) || sqlite3_bind_int(st, 3, scope) ||
+            sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC) ||
+            sqlite3_bind_int64(st, 3, scopes) ||
             sqlite3_bind_blob(st, 4, salt, SALT_BYTES, SQLITE_STATIC) ||
             sqlite3_bind_blob(st, 5, hash, HASH_BYTES, SQLITE_STATIC) ||
-            sqlite3_bind_int64(st, 6, cy_wall_ms())) {
+            sqlite3_bind_int64(st, 6, cy_wall_ms()) || sqlite3_bind_int64(st, 7, expires_at)) {
             rc = fail(r, WRITES, "token_create");
             done(st);
             goto out;
@@ -1539,39 +1647,167 @@ out:
     return rc;
 }
 
-int cy_registry_token_create(cy_registry *r, const char *name, int scope,
+int cy_registry_token_create(cy_registry *r, const char *name, unsigned scopes, int64_t expires_at,
                              char id_out[CY_TOKEN_ID_LEN + 1], char token_out[CY_TOKEN_MAX + 1])
 {
     if (!name || !id_out || !token_out) return CY_EINVAL;
     id_out[0] = token_out[0] = '\0';
     /* Internal tokens are made by cy_registry_internal_token only. */
-    if (!name_chars_valid(name) || (scope != CY_SCOPE_READ && scope != CY_SCOPE_FULL))
+    if (!name_chars_valid(name) || scopes == 0 || (scopes & ~CY_SCOPE_ALL) || expires_at < 0)
         return CY_EINVAL;
-    return token_insert(r, name, scope, id_out, token_out);
+    return token_insert(r, name, scopes, expires_at, id_out, token_out);
 }
 
-int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *scope_out,
-                            char id_out[CY_TOKEN_ID_LEN + 1])
+/* ---- last uses ---- */
+
+static void used_free_one(void *ctx, void *v)
 {
-    if (id_out) id_out[0] = '\0';
-    if (!scope_out || (!token && len)) return CY_EINVAL;
-    *scope_out = 0;
+    (void)ctx;
+    cy_free(v);
+}
+
+static void used_clear(cy_registry *r)
+{
+    cy_map_each(&r->used, used_free_one, NULL);
+    cy_map_fini(&r->used);
+    cy_map_init(&r->used);
+}
+
+/* Note a use of token id at wall ms now (out of memory: not noted). */
+static void used_note(cy_registry *r, const char *id, int64_t now)
+{
+    token_use *u = cy_map_get(&r->used, id, CY_TOKEN_ID_LEN);
+    if (!u) {
+        u = cy_calloc(1, sizeof(*u));
+        if (!u) return;
+        memcpy(u->id, id, CY_TOKEN_ID_LEN);
+        if (cy_map_put(&r->used, u->id, CY_TOKEN_ID_LEN, u)) {
+            cy_free(u);
+            return;
+        }
+    }
+    if (now > u->used) u->used = now;
+    if (!r->used_window_ms) r->used_window_ms = now;
+}
+
+typedef struct used_walk {
+    token_use **v;
+    size_t n;
+} used_walk;
+
+static void used_collect(void *ctx, void *v)
+{
+    used_walk *w = ctx;
+    w->v[w->n++] = v;
+}
+
+int cy_registry_token_flush(cy_registry *r, int64_t now_ms, bool all)
+{
+    if (!r) return CY_EINVAL;
+    if (!r->used.count) return 0;
+    /* A look at most every second (a loop calls this far more often), and
+     * after a failure not before its retry time. */
+    if (!all && (now_ms - r->used_scan_ms < 1000 && now_ms >= r->used_scan_ms)) return 0;
+    if (!all && now_ms < r->used_retry_ms) return 0;
+    r->used_scan_ms = now_ms;
+    used_walk w = {cy_calloc(r->used.count, sizeof(token_use *)), 0};
+    if (!w.v) return CY_ENOMEM;
+    cy_map_each(&r->used, used_collect, &w);
+    /* Due: a token's first use this handle saw (written at once, so a new
+     * token shows its use), and once a minute every use not yet written, in
+     * one transaction: a busy shard writes once a minute, not once per
+     * token per minute (each write makes every other process drop its
+     * cache of rows). A clock stepped back counts as a minute passed. Idle
+     * long enough: dropped, so the map holds only the tokens in use. */
+    int64_t since_window = now_ms - r->used_window_ms;
+    bool window = since_window >= CY_TOKEN_USED_WRITE_MS || since_window < 0;
+    size_t due = 0;
+    for (size_t i = 0; i < w.n; i++) {
+        token_use *u = w.v[i];
+        int64_t since = now_ms - u->written;
+        if (u->used > u->stored && (all || window || u->written == 0)) {
+            w.v[due++] = u;
+        } else if (u->used <= u->stored && since >= 2 * CY_TOKEN_USED_WRITE_MS) {
+            cy_map_del(&r->used, u->id, CY_TOKEN_ID_LEN);
+            cy_free(u);
+        }
+    }
+    int rc = 0;
+    if (due) {
+        cy_registry_end_reads(r); /* BEGIN IMMEDIATE cannot nest */
+        rc = closed(r, WRITES) ? CY_ESTORE : exec_st(r, ST_BEGIN, "token_flush begin");
+        sqlite3_stmt *st = r->st[ST_TOKEN_USED];
+        for (size_t i = 0; i < due && !rc; i++) {
+            if (sqlite3_bind_text(st, 1, w.v[i]->id, CY_TOKEN_ID_LEN, SQLITE_STATIC) ||
+                sqlite3_bind_int64(st, 2, w.v[i]->used) || sqlite3_step(st) != SQLITE_DONE)
+                rc = fail(r, WRITES, "token_flush");
+            done(st);
+        }
+        if (!rc) rc = exec_st(r, ST_COMMIT, "token_flush commit");
+        if (rc) {
+            rollback(r);
+            r->used_retry_ms = now_ms + 10000;
+        } else {
+            for (size_t i = 0; i < due; i++) {
+                w.v[i]->stored = w.v[i]->used;
+                w.v[i]->written = now_ms;
+            }
+            if (window || all) r->used_window_ms = now_ms;
+            rc = (int)due;
+        }
+    }
+    cy_free(w.v);
+    return rc;
+}
+
+/* What this handle knows of id's last use beyond the file: 0 if nothing. */
+static int64_t used_get(cy_registry *r, const char *id)
+{
+    token_use *u = cy_map_get(&r->used, id, strnlen(id, CY_TOKEN_ID_LEN + 1));
+    return u ? u->used : 0;
+}
+
+int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int64_t now_ms,
+                            cy_token_auth *out)
+{
+    if (out) memset(out, 0, sizeof(*out));
+    if (!out || (!token && len)) return CY_EINVAL;
     if (!token_well_formed(token, len)) return CY_EINVAL;
     const char *id = token + TOKEN_PREFIX_LEN;
     const uint8_t *secret = (const uint8_t *)id + CY_TOKEN_ID_LEN + 1;
-    int scope = 0;
+    cached row;
+    memset(&row, 0, sizeof(row));
     int rc = check_secret(r, r->st[ST_TOKEN_CHECK], true, id, CY_TOKEN_ID_LEN, secret,
-                          TOKEN_SECRET_LEN, "token_check", &scope);
+                          TOKEN_SECRET_LEN, "token_check", &row);
     /* Both failures are one answer: a caller learns nothing about which ids exist. */
     if (rc == CY_ENOENT) rc = CY_EACCES;
-    if (rc == 0) {
-        *scope_out = scope;
-        if (id_out) {
-            memcpy(id_out, id, CY_TOKEN_ID_LEN);
-            id_out[CY_TOKEN_ID_LEN] = '\0';
-        }
-    }
-    return rc;
+    if (rc) return rc;
+    memcpy(out->id, id, CY_TOKEN_ID_LEN);
+    out->id[CY_TOKEN_ID_LEN] = '\0';
+    out->expires_at = row.expires_at;
+    /* Expiry is said only to who holds the secret. */
+    if (row.expires_at && now_ms >= row.expires_at) return CY_ETIMEDOUT;
+    out->scopes = row.scope;
+    used_note(r, out->id, now_ms);
+    return 0;
+}
+
+int cy_registry_token_auth(cy_registry *r, const char *id, int64_t now_ms, cy_token_auth *out)
+{
+    if (out) memset(out, 0, sizeof(*out));
+    if (!r || !id || !out) return CY_EINVAL;
+    size_t len = strnlen(id, CY_TOKEN_ID_LEN + 1);
+    if (len != CY_TOKEN_ID_LEN || !is_lower_hex(id, len)) return CY_ENOENT;
+    cached row;
+    int rc = row_get(r, r->st[ST_TOKEN_CHECK], 't', id, len, "token_auth", &row);
+    if (rc < 0) return rc;
+    if (rc == 0) return CY_ENOENT;
+    memcpy(out->id, id, len + 1);
+    out->expires_at = row.expires_at;
+    if (row.expires_at && now_ms >= row.expires_at) return CY_ETIMEDOUT;
+    out->scopes = row.scope;
+    used_note(r, out->id, now_ms);
+    return 0;
 }
 
 int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *t), void *ctx)
@@ -1582,7 +1818,11 @@ int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *
     int rc = 0, sr = SQLITE_DONE;
     while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
         cy_token t;
-        if (!(rc = copy_token(st, &t))) rc = fn(ctx, &t);
+        if (!(rc = copy_token(st, &t))) {
+            int64_t mine = used_get(r, t.id);
+            if (mine > t.last_used_at) t.last_used_at = mine;
+            rc = fn(ctx, &t);
+        }
     }
     if (rc == 0 && sr != SQLITE_DONE) rc = fail(r, READS, "token_list");
     done(st);
@@ -1630,7 +1870,7 @@ int cy_registry_internal_token(cy_registry *r, const char *name, char id_out[CY_
     if (sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC) || sqlite3_step(st) != SQLITE_DONE)
         rc = fail(r, WRITES, "internal_token");
     done(st);
-    if (!rc) rc = token_insert(r, name, CY_SCOPE_INTERNAL, id_out, token_out);
+    if (!rc) rc = token_insert(r, name, CY_SCOPE_INTERNAL, 0, id_out, token_out);
     if (!rc) rc = exec_st(r, ST_COMMIT, "internal_token commit");
     if (rc) {
         rollback(r);
@@ -1689,7 +1929,7 @@ int cy_registry_token_bootstrap(cy_registry *r, const char *path, bool *created)
     char id[CY_TOKEN_ID_LEN + 1], token[CY_TOKEN_MAX + 2];
     /* Again under the write lock: another process may have just done it. */
     if ((rc = token_any(r, &any)) || any) goto fail;
-    if ((rc = token_insert(r, "admin", CY_SCOPE_FULL, id, token))) goto fail;
+    if ((rc = token_insert(r, "admin", CY_SCOPE_ALL, 0, id, token))) goto fail;
     /* The file is written before the row commits, so a failure never leaves
      * a token that nobody has; a file whose row did not commit is removed
      * (and would be replaced by the next bootstrap anyway). */

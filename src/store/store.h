@@ -144,10 +144,29 @@ int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device
  *
  * A token is the text "cyt_<id>_<secret>": id is CY_TOKEN_ID_LEN lowercase
  * hex characters, secret 32 (128 random bits). The text is shown once when
- * the token is made; the registry keeps the id, the name, the scope and a
- * salted HMAC-SHA256 of the secret, never the secret. Like devices, tokens
- * are checked in constant time and an unknown id costs the same as a wrong
- * secret. A token is revoked by id; its name is a label for people.
+ * the token is made; the registry keeps the id, the name, the scopes, the
+ * expiry, when it was last used and a salted HMAC-SHA256 of the secret,
+ * never the secret. Like devices, tokens are checked in constant time and
+ * an unknown id costs the same as a wrong secret. A token is revoked by id;
+ * its name is a label for people.
+ *
+ * Scopes (schema version 6): a token holds a set of them, a bit mask of
+ * CY_SCOPE_*; every API route needs exactly one (docs/api.md). A version 5
+ * "read-only" token became devices:read + events:read, a "full" one every
+ * scope. An internal token (cyan's own, see "Internal devices and tokens")
+ * holds CY_SCOPE_INTERNAL alone, which no user token may hold.
+ *
+ * Expiry: a token may end at a wall time (expires_at, ms; 0 = never); a
+ * check after it answers CY_ETIMEDOUT. The row stays (listed, revocable)
+ * until it is revoked.
+ *
+ * Last use: each successful check notes the time in the handle's memory;
+ * cy_registry_token_flush writes what changed: a token's first use the
+ * handle sees at once, then every token's newer use together, once per
+ * CY_TOKEN_USED_WRITE_MS. So a shard costs about one write a minute, not
+ * one per request, and a crash (or SIGKILL) of a process loses at most
+ * the last CY_TOKEN_USED_WRITE_MS of its uses; cy_registry_close writes
+ * the rest.
  *
  * Thread (every function below): any thread that owns the handle r.
  */
@@ -156,55 +175,121 @@ int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device
 #define CY_TOKEN_MAX 64    /* characters of the token text */
 #define CY_TOKEN_NAME_MAX 64
 
-/* What a token may do: read-only API calls, or everything; an internal
- * token (cyan's own, see "Internal devices and tokens") only calls the
- * functions of internal devices. */
-enum { CY_SCOPE_READ = 1, CY_SCOPE_FULL = 2, CY_SCOPE_INTERNAL = 3 };
+/* The scopes, one bit each (docs/api.md lists the routes of each). */
+#define CY_SCOPE_DEVICES_READ (1u << 0)    /* "devices:read": device list, details, presence */
+#define CY_SCOPE_DEVICES_CALL (1u << 1)    /* "devices:call": function calls, variable reads */
+#define CY_SCOPE_EVENTS_READ (1u << 2)     /* "events:read": event streams, traces */
+#define CY_SCOPE_EVENTS_PUBLISH (1u << 3)  /* "events:publish": POST /v1/events */
+#define CY_SCOPE_WEBHOOKS_MANAGE (1u << 4) /* "webhooks:manage": every webhook route */
+#define CY_SCOPE_ADMIN (1u << 5)           /* "admin": tokens, device creation, removal, PSKs */
+#define CY_SCOPE_ALL 0x3fu                 /* every user scope: what "full" was */
+/* What a version 5 read-only token became, and `--read-only` still makes. */
+#define CY_SCOPE_READ_ONLY (CY_SCOPE_DEVICES_READ | CY_SCOPE_EVENTS_READ)
+/* cyan's own token: calls internal devices' functions, nothing else. */
+#define CY_SCOPE_INTERNAL (1u << 6)
+#define CY_SCOPE_NAME_MAX 16 /* the longest name, "webhooks:manage", and its NUL */
+
+/* The name of one scope bit ("devices:read", ... "internal"), or NULL if
+ * bit is not exactly one known scope. Static storage. Thread: any. */
+const char *cy_scope_name(unsigned bit);
+/* The scope named name[0..len) (not NUL-terminated), into *bit: 0, or
+ * CY_EINVAL for an unknown name ("internal" included: no user token may
+ * hold it). Thread: any. */
+int cy_scope_parse(const char *name, size_t len, unsigned *bit);
+/* A comma-separated list of scope names ("devices:read,events:read";
+ * blanks around names are skipped; a name given twice counts once) into
+ * *scopes. On CY_EINVAL (an unknown or empty name, or no name at all) the
+ * offending name is copied NUL-terminated, cut to bad_cap - 1 bytes, into
+ * bad (may be NULL), "" when the list is empty. Thread: any. */
+int cy_scopes_parse(const char *text, unsigned *scopes, char *bad, size_t bad_cap);
+/* The names of the bits of scopes, comma-separated, in bit order, into
+ * buf (cap bytes, NUL-terminated, cut if short). Returns the length it
+ * needed (as snprintf). Thread: any. */
+size_t cy_scopes_format(unsigned scopes, char *buf, size_t cap);
+/* A duration: a whole number followed by s, m, h or d ("90s", "30d"), or
+ * a bare number of seconds, 1 s .. CY_TOKEN_MAX_LIFETIME_S, into *ms.
+ * CY_EINVAL (not a duration), CY_ERANGE (0 or past the maximum). */
+#define CY_TOKEN_MAX_LIFETIME_S (10LL * 366 * 86400) /* ten years */
+int cy_duration_parse(const char *text, int64_t *ms);
+
+/* How often (ms) at most a handle writes one token's last use. */
+#define CY_TOKEN_USED_WRITE_MS 60000
 
 typedef struct cy_token {
     char id[CY_TOKEN_ID_LEN + 1];
     char name[CY_TOKEN_NAME_MAX + 1];
-    int scope;          /* CY_SCOPE_* */
-    int64_t created_at; /* wall ms */
+    unsigned scopes;      /* CY_SCOPE_* bits */
+    int64_t created_at;   /* wall ms */
+    int64_t expires_at;   /* wall ms; 0 = never */
+    int64_t last_used_at; /* wall ms; 0 = never (as far as written and this handle know) */
 } cy_token;
 
-/* Create a token named name with scope CY_SCOPE_READ or CY_SCOPE_FULL
- * (internal tokens: cy_registry_internal_token).
+/* What a check found: the token's id, scopes and expiry. */
+typedef struct cy_token_auth {
+    char id[CY_TOKEN_ID_LEN + 1];
+    unsigned scopes;    /* CY_SCOPE_* bits; 0 on failure */
+    int64_t expires_at; /* wall ms; 0 = never */
+} cy_token_auth;
+
+/* Create a token named name with the scopes given (a non-empty subset of
+ * CY_SCOPE_ALL; internal tokens: cy_registry_internal_token), ending at
+ * expires_at (wall ms; 0 = never).
  * Writes its id and its whole text ("cyt_<id>_<secret>", shown once, never
  * stored) NUL-terminated into id_out and token_out, or empty strings on
  * failure.
  * Names follow the device rules (1..CY_TOKEN_NAME_MAX letters, digits, '-',
  * '_' and '.') but need not be unique, and an id-shaped name is allowed.
+ * The registry does not judge expires_at against the clock: the caller
+ * refuses a time in the past.
  * Ownership: name borrowed (copied into the registry); the outputs are the
  * caller's buffers.
- * Errors: CY_EINVAL (NULL argument, bad name, unknown scope), CY_EIO (the
- * random generator or HMAC failed), CY_ESTORE. */
-int cy_registry_token_create(cy_registry *r, const char *name, int scope,
-                             char id_out[CY_TOKEN_ID_LEN + 1], char token_out[CY_TOKEN_MAX + 1]);
+ * Errors: CY_EINVAL (NULL argument, bad name, no scope, an unknown or
+ * internal scope, a negative expiry), CY_EIO (the random generator or HMAC
+ * failed), CY_ESTORE. */
+int cy_registry_token_create(cy_registry *r, const char *name, unsigned scopes,
+                             int64_t expires_at, char id_out[CY_TOKEN_ID_LEN + 1],
+                             char token_out[CY_TOKEN_MAX + 1]);
 
-/* Check the token text token[0..len) (need not be NUL-terminated). On
- * success returns 0, sets *scope_out to the token's CY_SCOPE_* and writes
- * its id to id_out if that is not NULL. On failure *scope_out is 0 and
- * id_out is "" (where they were given).
- * Ownership: token borrowed; scope_out and id_out (may be NULL) are the
- * caller's.
+/* Check the token text token[0..len) (need not be NUL-terminated) at wall
+ * time now_ms. On success returns 0, fills *out and notes the use (see
+ * "Last use" above). An expired token (expires_at <= now_ms) with the right
+ * secret answers CY_ETIMEDOUT, with out's id and expires_at filled (scopes
+ * 0) so that the caller can say which; on any other failure *out is zeroed.
+ * Ownership: token borrowed; out is the caller's.
  * Errors: CY_EINVAL if the text is not a token at all (wrong prefix, length
- * or characters, a NUL inside len, upper-case hex) or scope_out is NULL;
+ * or characters, a NUL inside len, upper-case hex) or out is NULL;
  * CY_EACCES for an unknown id or a wrong secret (one answer for both, in the
- * same time); CY_EIO (HMAC failed); CY_ESTORE. */
-int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int *scope_out,
-                            char id_out[CY_TOKEN_ID_LEN + 1]);
+ * same time); CY_ETIMEDOUT (expired); CY_EIO (HMAC failed); CY_ESTORE. */
+int cy_registry_token_check(cy_registry *r, const char *token, size_t len, int64_t now_ms,
+                            cy_token_auth *out);
+
+/* The scopes and expiry of the token with this id (borrowed), for a
+ * credential derived from it that was verified otherwise (a stream token,
+ * api_stream_token.h): like a successful check without the secret, from
+ * the same cache, and noted as a use. 0 and *out filled; CY_ENOENT (no
+ * such token: revoked, or never), CY_ETIMEDOUT (expired at now_ms; out
+ * filled, scopes 0), CY_EINVAL (NULL argument), CY_ESTORE. */
+int cy_registry_token_auth(cy_registry *r, const char *id, int64_t now_ms, cy_token_auth *out);
+
+/* Write the last uses this handle noted and has not written: first uses
+ * at once, the others once per CY_TOKEN_USED_WRITE_MS (all of them now
+ * when all is true), in one transaction. Looks at most once a second. Cheap when there is nothing to write: a
+ * loop calls it from a timer. Returns how many tokens were written, or
+ * CY_ESTORE (logged; the uses stay noted and are tried again later). */
+int cy_registry_token_flush(cy_registry *r, int64_t now_ms, bool all);
 
 /* Calls fn for each token (internal ones included, scope
  * CY_SCOPE_INTERNAL) in creation order; stops early if fn returns
- * non-zero and returns that value. fn may call the other registry functions,
+ * non-zero and returns that value. last_used_at is the later of the file's
+ * and what this handle noted. fn may call the other registry functions,
  * not this one. *t is valid only during the call.
  * Errors: CY_EINVAL (fn NULL), CY_ESTORE. */
 int cy_registry_token_list(cy_registry *r, int (*fn)(void *ctx, const cy_token *t), void *ctx);
 
 /* Whether the token with this id (borrowed) still exists: 1 yes, 0 no (it
  * was revoked; ids are never reused). A cheap lookup, no secret involved:
- * for re-checking a token that was checked in full before.
+ * for re-checking a token that was checked in full before. Expiry is not
+ * looked at (it never changes: the caller keeps it).
  * Errors: CY_EINVAL (id NULL), CY_ESTORE. */
 int cy_registry_token_exists(cy_registry *r, const char *id);
 
@@ -215,10 +300,24 @@ int cy_registry_token_exists(cy_registry *r, const char *id);
  * CY_ESTORE. */
 int cy_registry_token_revoke(cy_registry *r, const char *id);
 
+/* A key for one purpose (label, borrowed: e.g. "cyan stream tokens v1"),
+ * derived from the node's key file (registry.key, see
+ * cy_registry_device_psk) as HMAC-SHA256(key file, label): the same in
+ * every process of the node, never the key file's bytes themselves. With
+ * make, a missing key file is made (as the first PSK does); without, it is
+ * only read (a process that finds none answers CY_EIO). 32 bytes into out.
+ * Errors: CY_EINVAL (NULL argument), CY_EIO (no key file and not made, or
+ * it cannot be read or made: logged), CY_ESTORE. */
+#define CY_REGISTRY_SUBKEY_LEN 32
+int cy_registry_subkey(cy_registry *r, const char *label, bool make,
+                       uint8_t out[CY_REGISTRY_SUBKEY_LEN]);
+
 /* Make the first token of a new node. If the registry holds no token at
- * all (internal ones do not count: they administer nothing), creates a full-scope token named "admin", writes "<token>\n" to path
- * (borrowed) as a new file of mode 0600 and sets *created = true; otherwise
- * sets *created = false and touches nothing (even if path is missing).
+ * all (internal ones do not count: they administer nothing), creates a
+ * token with every scope (CY_SCOPE_ALL) and no expiry named "admin",
+ * writes "<token>\n" to path (borrowed) as a new file of mode 0600 and
+ * sets *created = true; otherwise sets *created = false and touches
+ * nothing (even if path is missing).
  * The file is written to a fresh temporary file beside path (O_EXCL), synced
  * and renamed over path, so a stale file there is replaced in one step and
  * never seen half-written. The row commits only after the file is in place:

@@ -977,9 +977,15 @@ def online_device(server, version=5, functions=None, variables=None, name=None, 
     return dev
 
 
-def token_create(server, name="t", read_only=False):
-    """`cyan token create [--read-only] NAME`; returns (id, token)."""
+def token_create(server, name="t", read_only=False, scopes=None, expires=None):
+    """`cyan token create [--read-only] [--scope S,S] [--expires E] NAME`;
+    returns (id, token). scopes: a list of scope names or a comma-separated
+    string; read_only: devices:read,events:read."""
     args = ["token", "create"] + (["--read-only"] if read_only else []) + [name]
+    if scopes is not None:
+        args += ["--scope", scopes if isinstance(scopes, str) else ",".join(scopes)]
+    if expires is not None:
+        args += ["--expires", str(expires)]
     cp = server.cli(*args)
     m = TOKEN_RE.search(cp.stdout)
     assert m, "no token in `cyan %s` output:\n%s\n%s" % (" ".join(args), cp.stdout, cp.stderr)

@@ -186,8 +186,10 @@ def test_cli_token_and_revocation(api_server):
 
 
 def test_read_only_token(api_server):
-    """A read-only token: every GET; no function call, event, creation or
-    deletion (403 forbidden, and nothing happens)."""
+    """A read-only token (devices:read + events:read): devices and event
+    streams; no function call, variable read (devices:call), event,
+    creation or deletion (403 forbidden naming the scope, and nothing
+    happens)."""
     _, ro = token_create(api_server, "viewer", read_only=True)
     dev = online_device(api_server, 5, FUNCTIONS, VARIABLES)
     try:
@@ -196,7 +198,9 @@ def test_read_only_token(api_server):
         assert r.status == 200 and [d["id"] for d in r.body] == [did], r
         assert api(api_server, "GET", "/v1/devices/%s" % did, token=ro).status == 200
         r = read_var(api_server, did, "temperature", token=ro)
-        assert r.status == 200 and r.body["value"] == 21.5, r
+        assert_error(r, 403, "forbidden")
+        assert r.body["scope"] == "devices:call", r
+        assert "devices:call" in r.headers.get("www-authenticate", ""), r
         assert api(api_server, "GET", "/v1/health", token=ro).status == 200
         from apidevice import SseStream
         with SseStream(api_server, "/v1/events", token=ro) as s:
@@ -207,10 +211,13 @@ def test_read_only_token(api_server):
 
         r = call(api_server, did, "num", token=ro)
         assert_error(r, 403, "forbidden")
+        assert r.body["scope"] == "devices:call", r
         r = api(api_server, "POST", "/v1/events", token=ro, json={"name": "x", "data": "y"})
         assert_error(r, 403, "forbidden")
+        assert r.body["scope"] == "events:publish", r
         r = api(api_server, "POST", "/v1/devices", token=ro, json={"name": "ro-made"})
         assert_error(r, 403, "forbidden")
+        assert r.body["scope"] == "admin", r
         r = api(api_server, "DELETE", "/v1/devices/%s" % did, token=ro)
         assert_error(r, 403, "forbidden")
         sealed = stored_psk(api_server, did)

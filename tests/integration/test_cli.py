@@ -134,13 +134,20 @@ TOKEN_RE = r"cyt_([0-9a-f]{12})_[0-9a-f]{32}"
 FIRST_TOKEN_LOG = "created the first API token (full access)"
 
 
+ALL = "devices:read,devices:call,events:read,events:publish,webhooks:manage,admin"
+READ = "devices:read,events:read"
+
+
 def token_rows(server):
-    """`cyan token list` as {id: (name, scope, created)}."""
+    """`cyan token list` as {id: (name, scopes, created, expires, last used)};
+    an expired token's expiry is "<time> (expired)"."""
     out = server.cli("token", "list").stdout
     rows = {}
     for line in out.strip().splitlines():
         fields = line.split()
-        assert len(fields) == 4, out
+        if len(fields) == 7 and fields[5] == "(expired)":
+            fields[4:6] = [fields[4] + " (expired)"]
+        assert len(fields) == 6, out
         rows[fields[0]] = tuple(fields[1:])
     return rows
 
@@ -165,12 +172,14 @@ def test_token_create_list_revoke(server):
     dup_id, _ = create_token(server, "ci", "--read-only")  # names need not be unique
     assert len({ci_id, ro_id, df_id, dup_id}) == 4
     rows = token_rows(server)
-    assert rows[ci_id][:2] == ("ci", "full"), rows
-    assert rows[ro_id][:2] == ("viewer", "read"), rows
-    assert rows[df_id][:2] == ("token", "full"), rows
-    assert rows[dup_id][:2] == ("ci", "read"), rows
+    assert rows[ci_id][:2] == ("ci", ALL), rows
+    assert rows[ro_id][:2] == ("viewer", READ), rows
+    assert rows[df_id][:2] == ("token", ALL), rows
+    assert rows[dup_id][:2] == ("ci", READ), rows
     now = datetime.datetime.now(datetime.timezone.utc)
-    for name, scope, created in rows.values():
+    for name, scope, created, expires, used in rows.values():
+        assert expires == "-", expires  # no --expires: never
+        assert used == "-" or re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", used), used
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", created), created
         when = datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(
             tzinfo=datetime.timezone.utc)
@@ -202,7 +211,15 @@ def test_token_usage_errors(server):
                        (("token", "list", "--read-only"), 2),
                        (("device", "list", "--read-only"), 2),
                        (("token", "create", "bad name"), 1),
-                       (("token", "create", "x" * 65), 1)]:
+                       (("token", "create", "x" * 65), 1),
+                       (("token", "create", "a", "--scope"), 2),
+                       (("token", "create", "a", "--scope", "bogus"), 1),
+                       (("token", "create", "a", "--scope=devices:read,nope"), 1),
+                       (("token", "create", "a", "--scope", "admin", "--read-only"), 2),
+                       (("token", "create", "a", "--expires", "soon"), 1),
+                       (("token", "create", "a", "--expires=0"), 1),
+                       (("token", "list", "--scope", "admin"), 2),
+                       (("token", "revoke", "x", "--expires", "1d"), 2)]:
         cp = server.cli(*args, check=False)
         assert cp.returncode == code, (args, cp.returncode, cp.stderr)
         assert cp.stdout == "", (args, cp.stdout)
@@ -210,6 +227,8 @@ def test_token_usage_errors(server):
             assert "usage:" in cp.stderr, (args, cp.stderr)
     cp = server.cli("token", "create", "bad name", check=False)
     assert "bad token name" in cp.stderr, cp.stderr
+    cp = server.cli("token", "create", "a", "--scope", "devices:read,bogus", check=False)
+    assert "unknown scope 'bogus'" in cp.stderr, cp.stderr
     assert "--read-only" in server.cli("--help", data_dir=False).stdout
 
 
@@ -232,7 +251,7 @@ def test_admin_token_created_on_first_start(server):
                            % (FIRST_TOKEN_LOG, path))
     rows = token_rows(server)
     assert list(rows) == [tid], rows
-    assert rows[tid][:2] == ("admin", "full"), rows
+    assert rows[tid][:2] == ("admin", ALL), rows
     # A restart makes no other and leaves the file alone.
     server.restart()
     assert read_admin_token(server) == (tid, text)
@@ -296,6 +315,7 @@ def test_registry_v1_migrates_on_start(server):
     assert server.wait_log("migrating schema version 2 to 3")
     assert server.wait_log("migrating schema version 3 to 4")
     assert server.wait_log("migrating schema version 4 to 5")
+    assert server.wait_log("migrating schema version 5 to 6")
     tid, _ = read_admin_token(server)
     assert list(token_rows(server)) == [tid]
     out = server.cli("device", "list").stdout
@@ -305,7 +325,7 @@ def test_registry_v1_migrates_on_start(server):
         assert rc == 0
     db = sqlite3.connect(os.path.join(server.data_dir, "registry.db"))
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 6
         # Every device it had is a user's (version 3 marks cyan's own).
         assert db.execute("SELECT internal FROM devices WHERE id = ?", (dev.id,)).fetchall() \
             == [(0,)]

@@ -132,7 +132,7 @@ def forge_internal_token(srv, name="cyan:test"):
     db = sqlite3.connect(os.path.join(srv.data_dir, "registry.db"), timeout=5)
     try:
         db.execute("INSERT INTO tokens(id, name, scope, salt, hash, created_at)"
-                   " VALUES(?, ?, 3, ?, ?, ?)", (tid, name, salt, digest, int(time.time() * 1000)))
+                   " VALUES(?, ?, 64, ?, ?, ?)", (tid, name, salt, digest, int(time.time() * 1000)))
         db.commit()
     finally:
         db.close()

@@ -383,19 +383,35 @@ def test_routes_and_methods(srv):
 # ================================================================== scopes
 
 def test_scopes(srv):
+    """Every webhook route needs webhooks:manage, reads too (a webhook's URL
+    and headers often hold the receiver's credentials): a read-only token,
+    or one with every other scope, gets 403 naming it; a token with
+    webhooks:manage alone may read and write them (and nothing else)."""
     o = create(srv, {"url": URL})
     wid = o["id"]
     _, ro = token_create(srv, "viewer", read_only=True)
-    assert api(srv, "GET", "/v1/webhooks", token=ro).status == 200
-    r = api(srv, "GET", "/v1/webhooks/%s" % wid, token=ro)
-    assert r.status == 200 and r.body["id"] == wid, r
-    no_secret_in(r.text, o["secret"])
+    _, others = token_create(srv, "others", scopes="devices:read,devices:call,events:read,"
+                                                   "events:publish,admin")
+    _, wm = token_create(srv, "hooks", scopes="webhooks:manage")
+    reads = [("GET", "/v1/webhooks", None), ("GET", "/v1/webhooks/%s" % wid, None),
+             ("GET", "/v1/webhooks/%s/dead-letters" % wid, None)]
     writes = [("POST", "/v1/webhooks", {"url": URL}),
               ("PATCH", "/v1/webhooks/%s" % wid, {"event": "changed"}),
               ("DELETE", "/v1/webhooks/%s" % wid, None),
-              ("POST", "/v1/webhooks/%s/secret" % wid, None)]
-    for method, path, body in writes:
-        assert_error(api(srv, method, path, token=ro, json=body), 403, "forbidden")
+              ("POST", "/v1/webhooks/%s/secret" % wid, None),
+              ("POST", "/v1/webhooks/%s/dead-letters/replay" % wid, None)]
+    for tok in (ro, others):
+        for method, path, body in reads + writes:
+            r = api(srv, method, path, token=tok, json=body)
+            assert_error(r, 403, "forbidden")
+            assert r.body["scope"] == "webhooks:manage", r
+            no_secret_in(r.text, o["secret"])
+            assert URL not in r.text, r
+    r = api(srv, "GET", "/v1/webhooks/%s" % wid, token=wm)
+    assert r.status == 200 and r.body["id"] == wid, r
+    no_secret_in(r.text, o["secret"])
+    assert api(srv, "GET", "/v1/webhooks", token=wm).status == 200
+    assert_error(api(srv, "GET", "/v1/devices", token=wm), 403, "forbidden")
     for method, path, body in writes + [("GET", "/v1/webhooks", None)]:
         assert_error(api(srv, method, path, token=None, json=body), 401, "unauthorized")
     # cyan's internal token (the canaries') does not even read them.

@@ -719,8 +719,9 @@ static void test_canary_device_per_shard(void **state)
     /* The token. */
     char tid[CY_TOKEN_ID_LEN + 1], tok[CY_TOKEN_MAX + 1];
     assert_int_equal(cy_canary_token(r, "canary", tid, tok), 0);
-    int scope = 0;
-    assert_int_equal(cy_registry_token_check(r, tok, strlen(tok), &scope, NULL), 0);
+    cy_token_auth ta;
+    assert_int_equal(cy_registry_token_check(r, tok, strlen(tok), cy_wall_ms(), &ta), 0);
+    unsigned scope = ta.scopes;
     assert_int_equal(scope, CY_SCOPE_INTERNAL);
     assert_int_equal(cy_canary_token(r, "", tid, tok), CY_EINVAL);
     cy_registry_close(r);

@@ -193,6 +193,34 @@ static void test_cy_config_set_errors(void **state)
     memset(longv, 'x', sizeof(longv) - 1);
     longv[sizeof(longv) - 1] = '\0';
     assert_int_equal(cy_config_set(&c, "data_dir", longv, &e), CY_ECONFIG);
+    /* cors_origins: empty, "*", or origins; a refused value changes nothing. */
+    assert_string_equal(c.cors_origins, "");
+    const char *good[] = {"*",
+                          " * ",
+                          "https://app.example.com",
+                          "https://app.example.com, http://localhost:3000",
+                          "http://[::1]:8080,https://a-b.example",
+                          ""};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        assert_int_equal(cy_config_set(&c, "cors_origins", good[i], &e), 0);
+    assert_int_equal(cy_config_set(&c, "cors_origins", "https://ok.example", &e), 0);
+    const char *bad[] = {"app.example.com",
+                         "https://app.example.com/",
+                         "https://a.example/path",
+                         "ftp://a.example",
+                         "*, https://a.example",
+                         "https://a.example,",
+                         "https://",
+                         "https://a.example:",
+                         "https://a.example:123456",
+                         "https://*.example.com",
+                         "https://a b.example",
+                         "null"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(cy_config_set(&c, "cors_origins", bad[i], &e), CY_ECONFIG);
+        assert_non_null(strstr(e.msg, "cors_origins"));
+    }
+    assert_string_equal(c.cors_origins, "https://ok.example");
 }
 
 static char *write_tmp(const char *text)

@@ -222,6 +222,10 @@ static void handler(void *ctx, cy_http_req *req)
         int n = snprintf(out, sizeof(out), "%lld|%lld|%lld", (long long)s->check_started_us,
                          (long long)cy_http_started_us(req), (long long)cy_mono_us());
         cy_http_reply(req, 200, "text/plain", out, (size_t)n, NULL);
+    } else if (strcmp(path, "/nocontent") == 0) {
+        cy_http_reply(req, 204, NULL, "", 0, NULL);
+        /* Answered: no more headers. */
+        if (cy_http_add_header(req, "X-Late", "x") != CY_EINVAL) s->rc_second = 1000;
     } else if (strcmp(path, "/stopnow") == 0) {
         s->pending = req;
         cy_http_on_close(req, on_req_closed, s);
@@ -250,6 +254,27 @@ static void check_key(void *ctx, cy_http_req *req)
     }
     static const char *const www[] = {"WWW-Authenticate", "Bearer", NULL};
     cy_http_reply(req, 401, NULL, "{\"error\":\"unauthorized\"}", 24, www);
+}
+
+/* A check that adds headers every answer of the request carries (as the
+ * API's CORS headers are), then works as check_key; it also tries what
+ * cy_http_add_header must refuse. */
+static void check_extra(void *ctx, cy_http_req *req)
+{
+    srv *s = ctx;
+    int bad = 0;
+    bad += cy_http_add_header(req, "Bad\nName", "x") != CY_EINVAL;
+    bad += cy_http_add_header(req, "X-Ok", "bad\r\nvalue") != CY_EINVAL;
+    bad += cy_http_add_header(req, "", "x") != CY_EINVAL;
+    bad += cy_http_add_header(NULL, "X", "x") != CY_EINVAL;
+    bad += cy_http_add_header(req, "X-Extra", "one") != 0;
+    bad += cy_http_add_header(req, "Vary", "Origin") != 0;
+    int n = 2;
+    while (cy_http_add_header(req, "X-Fill", "f") == 0)
+        n++;
+    bad += n != CY_HTTP_EXTRA_HEADERS;
+    if (bad) atomic_fetch_add(&s->check_saw_body, 1000 * bad);
+    check_key(ctx, req);
 }
 
 /* ---- loop plumbing ------------------------------------------------------------ */
@@ -1035,6 +1060,49 @@ static void test_cy_http_started_us(void **state)
     srv_start(s, NULL);
     run_client(s, c_started);
     assert_int_equal(atomic_load(&s->handled), 2);
+}
+
+static void c_extra_headers(srv *s)
+{
+    char v[64];
+    cl *c = cl_open(s);
+    CHECK(c);
+    /* A reply, a 204 (no body, no Content-Type), a stream's head: each
+     * carries the request's own headers, once. */
+    CHECK(cl_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\nX-Key: good\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 201);
+    CHECK(hdr(&R, "X-Extra", v, sizeof(v)) && strcmp(v, "one") == 0);
+    CHECK(hdr(&R, "Vary", v, sizeof(v)) && strcmp(v, "Origin") == 0);
+    CHECK(hdr(&R, "Retry-After", v, sizeof(v)) && strcmp(v, "2") == 0);
+    CHECK(strstr(R.head, "X-Extra") && !strstr(strstr(R.head, "X-Extra") + 1, "X-Extra"));
+    CHECK(cl_sends(c, "GET /nocontent HTTP/1.1\r\nHost: t\r\nX-Key: good\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 204);
+    CHECK(hdr(&R, "X-Extra", v, sizeof(v)));
+    CHECK(!hdr(&R, "Content-Type", v, sizeof(v)));
+    CHECK(s->rc_second == 0);
+    CHECK(cl_sends(c, "GET /stream HTTP/1.1\r\nHost: t\r\nX-Key: good\r\n\r\n") == 0);
+    CHECK(cl_head(c, &R) == 0 && R.status == 200);
+    CHECK(hdr(&R, "X-Extra", v, sizeof(v)) && strcmp(v, "one") == 0);
+    CHECK(hdr(&R, "X-Accel-Buffering", v, sizeof(v)));
+    cl_close(c);
+    /* A check's refusal too. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 401);
+    CHECK(hdr(&R, "X-Extra", v, sizeof(v)) && strcmp(v, "one") == 0);
+    CHECK(hdr(&R, "WWW-Authenticate", v, sizeof(v)));
+out:
+    cl_close(c);
+}
+
+static void test_cy_http_extra_headers(void **state)
+{
+    srv *s = *state;
+    s->check = check_extra;
+    srv_start(s, NULL);
+    run_client(s, c_extra_headers);
+    assert_int_equal(atomic_load(&s->check_saw_body), 0);
 }
 
 static void test_cy_http_check_before_body(void **state)
@@ -1934,6 +2002,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_http_body_too_large_chunked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_content_length_and_chunked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_control_chars_in_target, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_extra_headers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_check_before_body, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_started_us, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_request_timeout, setup, teardown),
@@ -1942,10 +2011,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_http_idle_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_max_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_evict_idle_under_pressure, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cy_http_idle_timeout_under_pressure, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_cy_http_head_deadline_under_pressure, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_idle_timeout_under_pressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_head_deadline_under_pressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_max_per_address, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream_head, setup, teardown),

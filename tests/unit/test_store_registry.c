@@ -30,6 +30,7 @@
 #include "core/cy_alloc.h"
 #include "core/cy_err.h"
 #include "store/store.h"
+#include "core/cy_clock.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -408,17 +409,29 @@ typedef struct made {
     char token[CY_TOKEN_MAX + 1];
 } made;
 
-static made mk(cy_registry *r, const char *name, int scope)
+static made mk(cy_registry *r, const char *name, unsigned scopes)
 {
     made m;
-    assert_int_equal(cy_registry_token_create(r, name, scope, m.id, m.token), 0);
+    assert_int_equal(cy_registry_token_create(r, name, scopes, 0, m.id, m.token), 0);
     return m;
+}
+
+/* Check token[0..len) now; *scope (may be NULL: CY_EINVAL, as the old
+ * check said) and id (may be NULL) get the results. */
+static int tcheckn(cy_registry *r, const char *token, size_t len, int *scope,
+                   char id[CY_TOKEN_ID_LEN + 1])
+{
+    cy_token_auth ta;
+    int rc = cy_registry_token_check(r, token, len, cy_wall_ms(), scope ? &ta : NULL);
+    if (scope) *scope = (int)ta.scopes;
+    if (id) memcpy(id, scope ? ta.id : "", scope ? sizeof(ta.id) : 1);
+    return rc;
 }
 
 /* Check a NUL-terminated token; *scope and id get the results. */
 static int tcheck(cy_registry *r, const char *token, int *scope, char id[CY_TOKEN_ID_LEN + 1])
 {
-    return cy_registry_token_check(r, token, strlen(token), scope, id);
+    return tcheckn(r, token, strlen(token), scope, id);
 }
 
 static bool token_shaped(const char *t)
@@ -431,8 +444,8 @@ static bool token_shaped(const char *t)
 static void test_cy_registry_token_create_formats(void **state)
 {
     fixture *f = *state;
-    made a = mk(f->r, "ci", CY_SCOPE_FULL);
-    made b = mk(f->r, "ci", CY_SCOPE_READ); /* names need not be unique */
+    made a = mk(f->r, "ci", CY_SCOPE_ALL);
+    made b = mk(f->r, "ci", CY_SCOPE_READ_ONLY); /* names need not be unique */
     assert_true(lower_hex(a.id, CY_TOKEN_ID_LEN));
     assert_true(token_shaped(a.token));
     assert_true(token_shaped(b.token));
@@ -445,25 +458,25 @@ static void test_cy_registry_token_create_formats(void **state)
 static void test_cy_registry_token_check_right_secret(void **state)
 {
     fixture *f = *state;
-    made full = mk(f->r, "full", CY_SCOPE_FULL);
-    made read = mk(f->r, "read", CY_SCOPE_READ);
+    made full = mk(f->r, "full", CY_SCOPE_ALL);
+    made read = mk(f->r, "read", CY_SCOPE_READ_ONLY);
     int scope = -1;
     char id[CY_TOKEN_ID_LEN + 1];
     assert_int_equal(tcheck(f->r, full.token, &scope, id), 0);
-    assert_int_equal(scope, CY_SCOPE_FULL);
+    assert_int_equal(scope, CY_SCOPE_ALL);
     assert_string_equal(id, full.id);
     assert_int_equal(tcheck(f->r, read.token, &scope, id), 0);
-    assert_int_equal(scope, CY_SCOPE_READ);
+    assert_int_equal(scope, CY_SCOPE_READ_ONLY);
     assert_string_equal(id, read.id);
     scope = -1;
     assert_int_equal(tcheck(f->r, read.token, &scope, NULL), 0); /* id_out may be NULL */
-    assert_int_equal(scope, CY_SCOPE_READ);
+    assert_int_equal(scope, CY_SCOPE_READ_ONLY);
     /* The text need not be NUL-terminated: the length is explicit. */
     char buf[TOKEN_LEN + 8];
     memcpy(buf, full.token, TOKEN_LEN);
     memcpy(buf + TOKEN_LEN, "abc\r\n", 6);
-    assert_int_equal(cy_registry_token_check(f->r, buf, TOKEN_LEN, &scope, NULL), 0);
-    assert_int_equal(scope, CY_SCOPE_FULL);
+    assert_int_equal(tcheckn(f->r, buf, TOKEN_LEN, &scope, NULL), 0);
+    assert_int_equal(scope, CY_SCOPE_ALL);
     /* A token's id and secret are no device's credentials. */
     assert_int_equal(check(f->r, full.id, full.token + 17), CY_ENOENT);
 }
@@ -471,8 +484,8 @@ static void test_cy_registry_token_check_right_secret(void **state)
 static void test_cy_registry_token_check_wrong_secret(void **state)
 {
     fixture *f = *state;
-    made a = mk(f->r, "a", CY_SCOPE_FULL);
-    made b = mk(f->r, "b", CY_SCOPE_FULL);
+    made a = mk(f->r, "a", CY_SCOPE_ALL);
+    made b = mk(f->r, "b", CY_SCOPE_ALL);
     int scope = -1;
     char id[CY_TOKEN_ID_LEN + 1] = "x";
     char t[TOKEN_LEN + 1];
@@ -493,7 +506,7 @@ static void test_cy_registry_token_check_wrong_secret(void **state)
 static void test_cy_registry_token_check_unknown_id(void **state)
 {
     fixture *f = *state;
-    made a = mk(f->r, "a", CY_SCOPE_FULL);
+    made a = mk(f->r, "a", CY_SCOPE_ALL);
     int scope = -1;
     char id[CY_TOKEN_ID_LEN + 1] = "x";
     char t[TOKEN_LEN + 1];
@@ -511,7 +524,7 @@ static void test_cy_registry_token_check_unknown_id(void **state)
 static void test_cy_registry_token_check_malformed(void **state)
 {
     fixture *f = *state;
-    made a = mk(f->r, "a", CY_SCOPE_FULL);
+    made a = mk(f->r, "a", CY_SCOPE_ALL);
     int scope = -1;
     char id[CY_TOKEN_ID_LEN + 1] = "x";
     char t[CY_TOKEN_MAX + 16];
@@ -529,14 +542,14 @@ static void test_cy_registry_token_check_malformed(void **state)
     for (size_t i = 0; i < sizeof(swaps) / sizeof(swaps[0]); i++) {
         memcpy(t, a.token, TOKEN_LEN + 1);
         t[swaps[i].at] = swaps[i].c;
-        assert_int_equal(cy_registry_token_check(f->r, t, TOKEN_LEN, &scope, id), CY_EINVAL);
+        assert_int_equal(tcheckn(f->r, t, TOKEN_LEN, &scope, id), CY_EINVAL);
         assert_int_equal(scope, 0);
         assert_string_equal(id, "");
     }
     /* Lengths: one short, one long (hex or NUL), empty. */
     memcpy(t, a.token, TOKEN_LEN + 1);
-    assert_int_equal(cy_registry_token_check(f->r, t, TOKEN_LEN - 1, &scope, id), CY_EINVAL);
-    assert_int_equal(cy_registry_token_check(f->r, t, TOKEN_LEN + 1, &scope, id), CY_EINVAL);
+    assert_int_equal(tcheckn(f->r, t, TOKEN_LEN - 1, &scope, id), CY_EINVAL);
+    assert_int_equal(tcheckn(f->r, t, TOKEN_LEN + 1, &scope, id), CY_EINVAL);
     strcat(t, "0");
     assert_int_equal(tcheck(f->r, t, &scope, id), CY_EINVAL);
     assert_int_equal(tcheck(f->r, "", &scope, id), CY_EINVAL);
@@ -546,9 +559,9 @@ static void test_cy_registry_token_check_malformed(void **state)
     assert_int_equal(tcheck(f->r, a.id, &scope, id), CY_EINVAL);
     snprintf(t, sizeof(t), "Bearer %s", a.token);
     assert_int_equal(tcheck(f->r, t, &scope, id), CY_EINVAL);
-    assert_int_equal(cy_registry_token_check(f->r, NULL, 0, &scope, id), CY_EINVAL);
-    assert_int_equal(cy_registry_token_check(f->r, NULL, TOKEN_LEN, &scope, id), CY_EINVAL);
-    assert_int_equal(cy_registry_token_check(f->r, a.token, TOKEN_LEN, NULL, id), CY_EINVAL);
+    assert_int_equal(tcheckn(f->r, NULL, 0, &scope, id), CY_EINVAL);
+    assert_int_equal(tcheckn(f->r, NULL, TOKEN_LEN, &scope, id), CY_EINVAL);
+    assert_int_equal(tcheckn(f->r, a.token, TOKEN_LEN, NULL, id), CY_EINVAL);
     /* None of that hurt the real one. */
     assert_int_equal(tcheck(f->r, a.token, &scope, id), 0);
 }
@@ -562,31 +575,35 @@ static void test_cy_registry_token_create_bad_args(void **state)
     long_name[CY_TOKEN_NAME_MAX + 1] = '\0';
     const char *bad[] = {"", "has space", "slash/", "nl\n", "quote'", "caf\xc3\xa9", long_name};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        assert_int_equal(cy_registry_token_create(f->r, bad[i], CY_SCOPE_FULL, id, token),
+        assert_int_equal(cy_registry_token_create(f->r, bad[i], CY_SCOPE_ALL, 0, id, token),
                          CY_EINVAL);
         assert_string_equal(id, "");
         assert_string_equal(token, "");
     }
-    const int bad_scopes[] = {0, 3, -1, CY_SCOPE_READ | CY_SCOPE_FULL};
+    /* No scope, the internal one (alone or with others), an unknown bit. */
+    const unsigned bad_scopes[] = {0, CY_SCOPE_INTERNAL, CY_SCOPE_ALL | CY_SCOPE_INTERNAL, 1u << 7,
+                                   ~0u};
     for (size_t i = 0; i < sizeof(bad_scopes) / sizeof(bad_scopes[0]); i++)
-        assert_int_equal(cy_registry_token_create(f->r, "ok", bad_scopes[i], id, token), CY_EINVAL);
-    assert_int_equal(cy_registry_token_create(f->r, NULL, CY_SCOPE_FULL, id, token), CY_EINVAL);
-    assert_int_equal(cy_registry_token_create(f->r, "ok", CY_SCOPE_FULL, NULL, token), CY_EINVAL);
-    assert_int_equal(cy_registry_token_create(f->r, "ok", CY_SCOPE_FULL, id, NULL), CY_EINVAL);
+        assert_int_equal(cy_registry_token_create(f->r, "ok", bad_scopes[i], 0, id, token),
+                         CY_EINVAL);
+    assert_int_equal(cy_registry_token_create(f->r, "ok", CY_SCOPE_ALL, -1, id, token), CY_EINVAL);
+    assert_int_equal(cy_registry_token_create(f->r, NULL, CY_SCOPE_ALL, 0, id, token), CY_EINVAL);
+    assert_int_equal(cy_registry_token_create(f->r, "ok", CY_SCOPE_ALL, 0, NULL, token), CY_EINVAL);
+    assert_int_equal(cy_registry_token_create(f->r, "ok", CY_SCOPE_ALL, 0, id, NULL), CY_EINVAL);
 
     long_name[CY_TOKEN_NAME_MAX] = '\0'; /* exactly the maximum */
-    mk(f->r, long_name, CY_SCOPE_READ);
-    mk(f->r, "Az09-_.", CY_SCOPE_FULL);
+    mk(f->r, long_name, CY_SCOPE_READ_ONLY);
+    mk(f->r, "Az09-_.", CY_SCOPE_ALL);
     /* Tokens are revoked by id only, so an id-shaped name is harmless. */
-    mk(f->r, "0123456789abcdef01234567", CY_SCOPE_FULL);
-    mk(f->r, "0123456789ab", CY_SCOPE_FULL);
+    mk(f->r, "0123456789abcdef01234567", CY_SCOPE_ALL);
+    mk(f->r, "0123456789ab", CY_SCOPE_ALL);
 }
 
 /* Only the salt and HMAC-SHA256(salt, the secret's hex text) are stored. */
 static void test_cy_registry_token_create_stores_hash_only(void **state)
 {
     fixture *f = *state;
-    made a = mk(f->r, "ci", CY_SCOPE_READ);
+    made a = mk(f->r, "ci", CY_SCOPE_READ_ONLY);
     const char *secret = a.token + 17;
     sqlite3 *db;
     sqlite3_stmt *st;
@@ -598,7 +615,7 @@ static void test_cy_registry_token_create_stores_hash_only(void **state)
     sqlite3_bind_text(st, 1, a.id, -1, SQLITE_STATIC);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     assert_string_equal((const char *)sqlite3_column_text(st, 0), "ci");
-    assert_int_equal(sqlite3_column_int(st, 1), CY_SCOPE_READ);
+    assert_int_equal(sqlite3_column_int(st, 1), CY_SCOPE_READ_ONLY);
     assert_int_equal(sqlite3_column_bytes(st, 2), 16);
     assert_int_equal(sqlite3_column_bytes(st, 3), 32);
     uint8_t want[32];
@@ -627,8 +644,8 @@ static void test_cy_registry_token_create_stores_hash_only(void **state)
 static void test_cy_registry_token_revoke(void **state)
 {
     fixture *f = *state;
-    made a = mk(f->r, "a", CY_SCOPE_FULL);
-    made b = mk(f->r, "b", CY_SCOPE_READ);
+    made a = mk(f->r, "a", CY_SCOPE_ALL);
+    made b = mk(f->r, "b", CY_SCOPE_READ_ONLY);
     int scope;
     assert_int_equal(cy_registry_token_revoke(f->r, a.id), 0);
     assert_int_equal(tcheck(f->r, a.token, &scope, NULL), CY_EACCES);
@@ -675,12 +692,12 @@ static void test_cy_registry_token_list(void **state)
     assert_int_equal(l.n, 0);
 
     int64_t before = wall_ms();
-    made z = mk(f->r, "zeta", CY_SCOPE_FULL);
-    made a = mk(f->r, "alpha", CY_SCOPE_READ);
-    made m = mk(f->r, "mid", CY_SCOPE_FULL);
-    made b = mk(f->r, "beta", CY_SCOPE_READ);
+    made z = mk(f->r, "zeta", CY_SCOPE_ALL);
+    made a = mk(f->r, "alpha", CY_SCOPE_READ_ONLY);
+    made m = mk(f->r, "mid", CY_SCOPE_ALL);
+    made b = mk(f->r, "beta", CY_SCOPE_READ_ONLY);
     assert_int_equal(cy_registry_token_revoke(f->r, m.id), 0);
-    made last = mk(f->r, "zeta", CY_SCOPE_READ);
+    made last = mk(f->r, "zeta", CY_SCOPE_READ_ONLY);
     int64_t after = wall_ms();
     add(f->r, "a-device"); /* devices are not listed */
 
@@ -688,11 +705,11 @@ static void test_cy_registry_token_list(void **state)
     assert_int_equal(l.n, 4);
     const made *want[] = {&z, &a, &b, &last};
     const char *names[] = {"zeta", "alpha", "beta", "zeta"};
-    const int scopes[] = {CY_SCOPE_FULL, CY_SCOPE_READ, CY_SCOPE_READ, CY_SCOPE_READ};
+    const int scopes[] = {CY_SCOPE_ALL, CY_SCOPE_READ_ONLY, CY_SCOPE_READ_ONLY, CY_SCOPE_READ_ONLY};
     for (int i = 0; i < 4; i++) {
         assert_string_equal(l.t[i].id, want[i]->id);
         assert_string_equal(l.t[i].name, names[i]);
-        assert_int_equal(l.t[i].scope, scopes[i]);
+        assert_int_equal(l.t[i].scopes, scopes[i]);
         assert_true(l.t[i].created_at >= before && l.t[i].created_at <= after);
         if (i) assert_true(l.t[i].created_at >= l.t[i - 1].created_at);
     }
@@ -728,7 +745,7 @@ static void assert_token_file(cy_registry *r, const char *path, char token[TOKEN
     int scope = -1;
     char id[CY_TOKEN_ID_LEN + 1];
     assert_int_equal(tcheck(r, buf, &scope, id), 0);
-    assert_int_equal(scope, CY_SCOPE_FULL);
+    assert_int_equal(scope, CY_SCOPE_ALL);
     struct stat sb;
     assert_int_equal(lstat(path, &sb), 0);
     assert_true(S_ISREG(sb.st_mode));
@@ -775,7 +792,7 @@ static void test_cy_registry_token_bootstrap_once(void **state)
     assert_int_equal(cy_registry_token_list(f->r, on_token, &l), 0);
     assert_int_equal(l.n, 1);
     assert_string_equal(l.t[0].name, "admin");
-    assert_int_equal(l.t[0].scope, CY_SCOPE_FULL);
+    assert_int_equal(l.t[0].scopes, CY_SCOPE_ALL);
     assert_memory_equal(first + 4, l.t[0].id, CY_TOKEN_ID_LEN);
 
     /* Not again: the file and the registry stay as they are. */
@@ -803,7 +820,7 @@ static void test_cy_registry_token_bootstrap_existing_tokens(void **state)
     fixture *f = *state;
     char path[256];
     snprintf(path, sizeof(path), "%s/admin-token", f->dir);
-    made a = mk(f->r, "mine", CY_SCOPE_READ);
+    made a = mk(f->r, "mine", CY_SCOPE_READ_ONLY);
     bool created = true;
     assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
     assert_false(created);
@@ -880,7 +897,7 @@ static void test_cy_registry_token_bootstrap_fs_error(void **state)
     assert_int_equal(rmdir(path), 0);
     assert_dir_clean(f->dir, NULL);
     /* The registry is usable, outside any transaction, and the next try works. */
-    made a = mk(f->r, "after", CY_SCOPE_FULL);
+    made a = mk(f->r, "after", CY_SCOPE_ALL);
     assert_int_equal(cy_registry_token_revoke(f->r, a.id), 0);
     snprintf(path, sizeof(path), "%s/admin-token", f->dir);
     assert_int_equal(cy_registry_token_bootstrap(f->r, path, &created), 0);
@@ -977,7 +994,7 @@ static char *table_sql(const char *path, const char *name)
 /* What a new or migrated file is: version 4 added the webhook tables
  * (webhooks, webhook_replays, meta; tested in test_store_hooks.c), version
  * 5 the column devices.psk. */
-#define CURRENT_VERSION 5
+#define CURRENT_VERSION 6
 #define CURRENT_TABLES 5
 
 /* A version 1 registry with one device, in WAL mode as cyan left it. */
@@ -1037,7 +1054,7 @@ static void test_cy_registry_open_migrates_v1(void **state)
     assert_int_equal(cy_registry_token_bootstrap(r, path, &created), 0);
     assert_true(created);
     assert_token_file(r, path, NULL);
-    made a = mk(r, "ci", CY_SCOPE_READ);
+    made a = mk(r, "ci", CY_SCOPE_READ_ONLY);
     cy_registry_close(r);
 
     /* Reopening migrates nothing more and keeps everything. */
@@ -1045,7 +1062,7 @@ static void test_cy_registry_open_migrates_v1(void **state)
     assert_int_equal(sql_int(old, "PRAGMA user_version"), CURRENT_VERSION);
     int scope;
     assert_int_equal(tcheck(r, a.token, &scope, NULL), 0);
-    assert_int_equal(scope, CY_SCOPE_READ);
+    assert_int_equal(scope, CY_SCOPE_READ_ONLY);
     assert_int_equal(count_tokens(r), 2);
     assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
     cy_registry_close(r);
@@ -1079,7 +1096,7 @@ static void test_cy_registry_open_migration_atomic(void **state)
     sql_exec(old, "DROP INDEX tokens");
     assert_int_equal(cy_registry_open(old, &r), 0);
     assert_int_equal(check(r, V1_ID, V1_SECRET), 0);
-    mk(r, "ci", CY_SCOPE_FULL);
+    mk(r, "ci", CY_SCOPE_ALL);
     cy_registry_close(r);
     assert_int_equal(sql_int(old, "PRAGMA user_version"), CURRENT_VERSION);
 }
@@ -1149,7 +1166,7 @@ static void test_cy_registry_open_migrates_v2(void **state)
     assert_int_equal(cy_registry_device_internal(r, V1_ID, CY_DEVICE_ID_LEN), 0);
     int scope = 0;
     assert_int_equal(tcheck(r, "cyt_00112233aabb_" V1_SECRET, &scope, NULL), 0);
-    assert_int_equal(scope, CY_SCOPE_FULL);
+    assert_int_equal(scope, CY_SCOPE_ALL);
     /* Internal devices work in it. */
     char id[CY_DEVICE_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1];
     assert_int_equal(cy_registry_internal_device(r, "cyan:test", NULL, NULL, id, secret, NULL), 0);
@@ -1275,7 +1292,7 @@ static void test_cy_registry_write_lock_fails_fast(void **state)
     t0 = now_ms();
     assert_int_equal(cy_registry_device_remove(f->r, "a"), CY_ESTORE);
     char tid[CY_TOKEN_ID_LEN + 1], tok[CY_TOKEN_MAX + 1];
-    assert_int_equal(cy_registry_token_create(f->r, "t", CY_SCOPE_FULL, tid, tok), CY_ESTORE);
+    assert_int_equal(cy_registry_token_create(f->r, "t", CY_SCOPE_ALL, 0, tid, tok), CY_ESTORE);
     assert_true(now_ms() - t0 < 40);
     /* Reads are not held up (uncached: the file is read). */
     cy_device d;
@@ -1298,7 +1315,7 @@ static void test_cy_registry_cache_invalidation(void **state)
     cy_registry *cli;
     assert_int_equal(cy_registry_open(f->path, &cli), 0);
     cy_registry_share_reads(f->r, true);
-    made t = mk(cli, "t", CY_SCOPE_FULL);
+    made t = mk(cli, "t", CY_SCOPE_ALL);
     added a = add(cli, "a"), b = add(cli, "b");
     int scope;
     assert_int_equal(tcheck(f->r, t.token, &scope, NULL), 0);
@@ -1506,7 +1523,7 @@ static void test_cy_registry_internal_device_other_process(void **state)
 static void test_cy_registry_internal_token(void **state)
 {
     fixture *f = *state;
-    made user = mk(f->r, "ci", CY_SCOPE_FULL);
+    made user = mk(f->r, "ci", CY_SCOPE_ALL);
     made t1, t2;
     assert_int_equal(cy_registry_internal_token(f->r, "cyan:monitor", t1.id, t1.token), 0);
     assert_true(token_shaped(t1.token));
@@ -1521,7 +1538,7 @@ static void test_cy_registry_internal_token(void **state)
     assert_int_equal(l.n, 2);
     assert_string_equal(l.t[1].id, t1.id);
     assert_string_equal(l.t[1].name, "cyan:monitor");
-    assert_int_equal(l.t[1].scope, CY_SCOPE_INTERNAL);
+    assert_int_equal(l.t[1].scopes, CY_SCOPE_INTERNAL);
     /* Replaced: a new id; the old token is gone, the user's untouched. */
     assert_int_equal(cy_registry_internal_token(f->r, "cyan:monitor", t2.id, t2.token), 0);
     assert_string_not_equal(t2.id, t1.id);
@@ -1540,9 +1557,9 @@ static void test_cy_registry_internal_token(void **state)
     assert_int_equal(tcheck(f->r, t3.token, &scope, NULL), CY_EACCES);
     /* Users cannot make one; internal names are the internal calls'. */
     made u;
-    assert_int_equal(cy_registry_token_create(f->r, "x", CY_SCOPE_INTERNAL, u.id, u.token),
+    assert_int_equal(cy_registry_token_create(f->r, "x", CY_SCOPE_INTERNAL, 0, u.id, u.token),
                      CY_EINVAL);
-    assert_int_equal(cy_registry_token_create(f->r, "a:b", CY_SCOPE_FULL, u.id, u.token),
+    assert_int_equal(cy_registry_token_create(f->r, "a:b", CY_SCOPE_ALL, 0, u.id, u.token),
                      CY_EINVAL);
     strcpy(u.id, "x");
     assert_int_equal(cy_registry_internal_token(f->r, "monitor", u.id, u.token), CY_EINVAL);
@@ -1745,7 +1762,7 @@ static void test_cy_registry_device_psk_missing_key(void **state)
 {
     fixture *f = *state;
     added a = add(f->r, "a");
-    made t = mk(f->r, "t", CY_SCOPE_FULL);
+    made t = mk(f->r, "t", CY_SCOPE_ALL);
     char iid[CY_DEVICE_ID_LEN + 1], isecret[CY_DEVICE_SECRET_LEN + 1], ipsk[CY_DEVICE_PSK_LEN + 1];
     assert_int_equal(
         cy_registry_internal_device(f->r, "cyan:canary:0", NULL, NULL, iid, isecret, ipsk), 0);
@@ -1936,6 +1953,55 @@ static void test_cy_registry_device_psk_key_made_elsewhere(void **state)
     cy_registry_close(cli);
 }
 
+/* Back from version 6 to a genuine 5: the token columns of version 6
+ * dropped (SQLite >= 3.35) and the masks back to the three scopes of old
+ * (1 read-only, 2 full, 3 internal). */
+#define TO_V5                                                                                      \
+    "ALTER TABLE tokens DROP COLUMN expires_at; ALTER TABLE tokens DROP COLUMN last_used_at;"      \
+    "UPDATE tokens SET scope = CASE scope WHEN 5 THEN 1 WHEN 63 THEN 2 WHEN 64 THEN 3 END;"        \
+    "PRAGMA user_version = 5"
+
+/* A version 5 file becomes version 6: a read-only token holds devices:read
+ * and events:read, a full one every user scope, an internal one the
+ * internal scope; a row with a scope version 5 never had is refused, not
+ * turned into some scope; none expires; the table is a new file's. */
+static void test_cy_registry_open_migrates_v5(void **state)
+{
+    fixture *f = *state;
+    char old[256];
+    snprintf(old, sizeof(old), "%s/v5.db", f->dir);
+    cy_registry *r = NULL;
+    assert_int_equal(cy_registry_open(old, &r), 0);
+    made ro = mk(r, "ro", CY_SCOPE_READ_ONLY), full = mk(r, "full", CY_SCOPE_ALL);
+    made odd = mk(r, "odd", CY_SCOPE_ALL);
+    made in;
+    assert_int_equal(cy_registry_internal_token(r, "cyan:canary", in.id, in.token), 0);
+    cy_registry_close(r);
+    sql_exec(old, TO_V5);
+    char sql[128];
+    snprintf(sql, sizeof(sql), "UPDATE tokens SET scope = 4 WHERE id = '%s'", odd.id);
+    sql_exec(old, sql);
+    assert_int_equal(sql_int(old, "SELECT count(*) FROM tokens WHERE scope IN (1, 2, 3)"), 3);
+
+    assert_int_equal(cy_registry_open(old, &r), 0);
+    assert_int_equal(sql_int(old, "PRAGMA user_version"), CURRENT_VERSION);
+    int scope = 0;
+    assert_int_equal(tcheck(r, ro.token, &scope, NULL), 0);
+    assert_int_equal(scope, CY_SCOPE_DEVICES_READ | CY_SCOPE_EVENTS_READ);
+    assert_int_equal(tcheck(r, full.token, &scope, NULL), 0);
+    assert_int_equal(scope, CY_SCOPE_ALL);
+    assert_int_equal(tcheck(r, in.token, &scope, NULL), 0);
+    assert_int_equal(scope, CY_SCOPE_INTERNAL);
+    assert_int_not_equal(tcheck(r, odd.token, &scope, NULL), 0);
+    assert_int_equal(scope, 0);
+    assert_int_equal(sql_int(old, "SELECT count(*) FROM tokens WHERE expires_at = 0"), 4);
+    cy_registry_close(r);
+    char *got = table_sql(old, "tokens"), *want = table_sql(f->path, "tokens");
+    assert_string_equal(got, want);
+    free(got);
+    free(want);
+}
+
 /* A version 4 file (devices without psk) becomes version 5: its devices,
  * user and internal, keep working and have no PSK (CY_ENOENT) until one is
  * issued; no key file is made until then. */
@@ -1956,6 +2022,7 @@ static void test_cy_registry_open_migrates_v4(void **state)
     assert_int_equal(
         cy_registry_internal_device(r, "cyan:canary:0", NULL, NULL, iid, isecret, NULL), 0);
     cy_registry_close(r);
+    sql_exec(old, TO_V5);
     sql_exec(old, "ALTER TABLE devices DROP COLUMN psk; PRAGMA user_version = 4");
     assert_int_equal(unlink(kp), 0);
 
@@ -2003,6 +2070,281 @@ static void test_cy_registry_device_psk_in_memory(void **state)
     cy_registry_close(r);
 }
 
+/* ---- scopes, expiry, last use, derived keys (schema version 6) ---- */
+
+static made mk_exp(cy_registry *r, const char *name, unsigned scopes, int64_t expires_at)
+{
+    made m;
+    assert_int_equal(cy_registry_token_create(r, name, scopes, expires_at, m.id, m.token), 0);
+    return m;
+}
+
+/* A token works until its expiry, to the millisecond, and then says
+ * CY_ETIMEDOUT (with its id and expiry, no scopes) only to who holds the
+ * secret: a wrong secret is CY_EACCES whatever the time. */
+static void test_cy_registry_token_check_expiry(void **state)
+{
+    fixture *f = *state;
+    made m = mk_exp(f->r, "short", CY_SCOPE_EVENTS_READ, 5000);
+    cy_token_auth ta;
+    assert_int_equal(cy_registry_token_check(f->r, m.token, TOKEN_LEN, 4999, &ta), 0);
+    assert_int_equal(ta.scopes, CY_SCOPE_EVENTS_READ);
+    assert_int_equal(ta.expires_at, 5000);
+    assert_string_equal(ta.id, m.id);
+    assert_int_equal(cy_registry_token_check(f->r, m.token, TOKEN_LEN, 5000, &ta), CY_ETIMEDOUT);
+    assert_int_equal(ta.scopes, 0);
+    assert_int_equal(ta.expires_at, 5000);
+    assert_string_equal(ta.id, m.id);
+    char wrong[TOKEN_LEN + 1];
+    memcpy(wrong, m.token, TOKEN_LEN + 1);
+    wrong[TOKEN_LEN - 1] = wrong[TOKEN_LEN - 1] == 'a' ? 'b' : 'a';
+    assert_int_equal(cy_registry_token_check(f->r, wrong, TOKEN_LEN, 9999, &ta), CY_EACCES);
+    assert_int_equal(ta.expires_at, 0);
+    assert_string_equal(ta.id, "");
+    /* From the cache too, and from another handle (the file). */
+    assert_int_equal(cy_registry_token_check(f->r, m.token, TOKEN_LEN, 6000, &ta), CY_ETIMEDOUT);
+    cy_registry *other;
+    assert_int_equal(cy_registry_open(f->path, &other), 0);
+    assert_int_equal(cy_registry_token_check(other, m.token, TOKEN_LEN, 4000, &ta), 0);
+    assert_int_equal(cy_registry_token_check(other, m.token, TOKEN_LEN, 7000, &ta), CY_ETIMEDOUT);
+    /* No expiry: never. */
+    made n = mk(f->r, "forever", CY_SCOPE_ADMIN);
+    assert_int_equal(cy_registry_token_check(f->r, n.token, TOKEN_LEN, INT64_MAX, &ta), 0);
+    assert_int_equal(ta.expires_at, 0);
+    assert_int_equal(cy_registry_token_check(f->r, n.token, TOKEN_LEN, 1, NULL), CY_EINVAL);
+    cy_registry_close(other);
+}
+
+/* cy_registry_token_auth: a token by id, no secret, same answers. */
+static void test_cy_registry_token_auth(void **state)
+{
+    fixture *f = *state;
+    made m = mk_exp(f->r, "t", CY_SCOPE_EVENTS_READ | CY_SCOPE_DEVICES_READ, 5000);
+    cy_token_auth ta;
+    assert_int_equal(cy_registry_token_auth(f->r, m.id, 1000, &ta), 0);
+    assert_int_equal(ta.scopes, CY_SCOPE_EVENTS_READ | CY_SCOPE_DEVICES_READ);
+    assert_int_equal(ta.expires_at, 5000);
+    assert_string_equal(ta.id, m.id);
+    assert_int_equal(cy_registry_token_auth(f->r, m.id, 5000, &ta), CY_ETIMEDOUT);
+    assert_int_equal(ta.scopes, 0);
+    assert_int_equal(cy_registry_token_auth(f->r, "0123456789ab", 1000, &ta), CY_ENOENT);
+    assert_int_equal(cy_registry_token_auth(f->r, "short", 1000, &ta), CY_ENOENT);
+    assert_int_equal(cy_registry_token_auth(f->r, "0123456789AB", 1000, &ta), CY_ENOENT);
+    assert_int_equal(cy_registry_token_auth(f->r, NULL, 1000, &ta), CY_EINVAL);
+    assert_int_equal(cy_registry_token_auth(f->r, m.id, 1000, NULL), CY_EINVAL);
+    assert_int_equal(cy_registry_token_revoke(f->r, m.id), 0);
+    assert_int_equal(cy_registry_token_auth(f->r, m.id, 1000, &ta), CY_ENOENT);
+}
+
+static int64_t used_in_file(const fixture *f, const char *id)
+{
+    char sql[128];
+    snprintf(sql, sizeof(sql), "SELECT last_used_at FROM tokens WHERE id = '%s'", id);
+    return sql_int(f->path, sql);
+}
+
+typedef struct used_of {
+    const char *id;
+    int64_t used;
+} used_of;
+
+static int find_used(void *ctx, const cy_token *t)
+{
+    used_of *u = ctx;
+    if (!strcmp(t->id, u->id)) u->used = t->last_used_at;
+    return 0;
+}
+
+/* Last use: noted by checks in memory, written by the flush at most once
+ * a minute per token (the first use at once), listed from memory before
+ * it is written, and written at close. A failed check is no use. */
+static void test_cy_registry_token_last_used(void **state)
+{
+    fixture *f = *state;
+    const int64_t T = 1700000000000; /* a wall time, ms */
+    made a = mk(f->r, "a", CY_SCOPE_ALL), b = mk(f->r, "b", CY_SCOPE_ALL);
+    cy_token_auth ta;
+    assert_int_equal(cy_registry_token_flush(f->r, T, false), 0); /* nothing noted */
+    assert_int_equal(cy_registry_token_check(f->r, a.token, TOKEN_LEN, T, &ta), 0);
+    assert_int_equal(used_in_file(f, a.id), 0); /* a check never writes */
+    used_of u = {a.id, 0};
+    assert_int_equal(cy_registry_token_list(f->r, find_used, &u), 0);
+    assert_int_equal(u.used, T); /* but the list knows */
+    assert_int_equal(cy_registry_token_flush(f->r, T + 100, false), 1);
+    assert_int_equal(used_in_file(f, a.id), T);
+    assert_int_equal(used_in_file(f, b.id), 0);
+    /* Used again within the minute: not written... */
+    assert_int_equal(cy_registry_token_check(f->r, a.token, TOKEN_LEN, T + 30000, &ta), 0);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 31000, false), 0);
+    assert_int_equal(used_in_file(f, a.id), T);
+    /* ... until the minute since the last write has passed. */
+    assert_int_equal(cy_registry_token_flush(f->r, T + 60100, false), 1);
+    assert_int_equal(used_in_file(f, a.id), T + 30000);
+    /* A wrong secret or an expired token is no use. */
+    char wrong[TOKEN_LEN + 1];
+    memcpy(wrong, b.token, TOKEN_LEN + 1);
+    wrong[TOKEN_LEN - 1] = wrong[TOKEN_LEN - 1] == 'a' ? 'b' : 'a';
+    assert_int_equal(cy_registry_token_check(f->r, wrong, TOKEN_LEN, T + 70000, &ta), CY_EACCES);
+    made e = mk_exp(f->r, "e", CY_SCOPE_ALL, T);
+    assert_int_equal(cy_registry_token_check(f->r, e.token, TOKEN_LEN, T + 70000, &ta),
+                     CY_ETIMEDOUT);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 200000, false), 0);
+    assert_int_equal(used_in_file(f, b.id), 0);
+    assert_int_equal(used_in_file(f, e.id), 0);
+    /* Another process's uses never go back in time. */
+    cy_registry *other;
+    assert_int_equal(cy_registry_open(f->path, &other), 0);
+    assert_int_equal(cy_registry_token_check(other, a.token, TOKEN_LEN, T + 1, &ta), 0);
+    assert_int_equal(cy_registry_token_flush(other, T + 2, false), 1);
+    assert_int_equal(used_in_file(f, a.id), T + 30000);
+    /* What is not yet due is written at close; a token used through the
+     * auth of a stream token counts as used. */
+    assert_int_equal(cy_registry_token_auth(other, b.id, T + 3, &ta), 0);
+    assert_int_equal(cy_registry_token_check(other, a.token, TOKEN_LEN, T + 40000, &ta), 0);
+    cy_registry_close(other);
+    assert_int_equal(used_in_file(f, a.id), T + 40000);
+    assert_int_equal(used_in_file(f, b.id), T + 3);
+    /* A revoked token's use is dropped without harm. */
+    assert_int_equal(cy_registry_token_check(f->r, b.token, TOKEN_LEN, T + 300000, &ta), 0);
+    assert_int_equal(cy_registry_token_revoke(f->r, b.id), 0);
+    assert_true(cy_registry_token_flush(f->r, T + 400000, true) >= 0);
+}
+
+/* Uses are written together once a minute: a new token's first use at
+ * once, then the newer uses of every token in one write. */
+static void test_cy_registry_token_used_batched(void **state)
+{
+    fixture *f = *state;
+    const int64_t T = 1700000000000;
+    made a = mk(f->r, "a", CY_SCOPE_ALL), b = mk(f->r, "b", CY_SCOPE_ALL);
+    cy_token_auth ta;
+    assert_int_equal(cy_registry_token_check(f->r, a.token, TOKEN_LEN, T, &ta), 0);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 100, false), 1);
+    assert_int_equal(cy_registry_token_check(f->r, b.token, TOKEN_LEN, T + 10000, &ta), 0);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 10100, false), 1); /* b's first */
+    assert_int_equal(used_in_file(f, b.id), T + 10000);
+    assert_int_equal(cy_registry_token_check(f->r, a.token, TOKEN_LEN, T + 20000, &ta), 0);
+    assert_int_equal(cy_registry_token_check(f->r, b.token, TOKEN_LEN, T + 20000, &ta), 0);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 30000, false), 0);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 30500, false), 0); /* within a second */
+    assert_int_equal(cy_registry_token_flush(f->r, T + 60100, false), 2); /* both, once */
+    assert_int_equal(used_in_file(f, a.id), T + 20000);
+    assert_int_equal(used_in_file(f, b.id), T + 20000);
+    assert_int_equal(cy_registry_token_flush(f->r, T + 130000, false), 0);
+    assert_int_equal(cy_registry_token_flush(NULL, T, false), CY_EINVAL);
+}
+
+/* A derived key is the same in every handle of the node, differs by label,
+ * is not the key file itself, and without make needs the key file. */
+static void test_cy_registry_subkey(void **state)
+{
+    fixture *f = *state;
+    char kp[256];
+    key_path(f, kp, sizeof(kp));
+    unlink(kp); /* the fixture's handle may have made one already */
+    cy_registry_close(f->r);
+    assert_int_equal(cy_registry_open(f->path, &f->r), 0);
+    uint8_t k1[CY_REGISTRY_SUBKEY_LEN], k2[CY_REGISTRY_SUBKEY_LEN], k3[CY_REGISTRY_SUBKEY_LEN];
+    assert_int_equal(cy_registry_subkey(f->r, "x", false, k1), CY_EIO); /* no key file */
+    assert_int_equal(cy_registry_subkey(f->r, "x", true, k1), 0);       /* made */
+    struct stat sb;
+    assert_int_equal(stat(kp, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+    cy_registry *other;
+    assert_int_equal(cy_registry_open(f->path, &other), 0);
+    assert_int_equal(cy_registry_subkey(other, "x", false, k2), 0);
+    assert_memory_equal(k1, k2, sizeof(k1));
+    assert_int_equal(cy_registry_subkey(other, "y", false, k3), 0);
+    assert_memory_not_equal(k1, k3, sizeof(k1));
+    uint8_t file[32];
+    FILE *fp = fopen(kp, "rb");
+    assert_non_null(fp);
+    assert_int_equal(fread(file, 1, sizeof(file), fp), sizeof(file));
+    fclose(fp);
+    assert_memory_not_equal(file, k1, sizeof(file));
+    assert_int_equal(cy_registry_subkey(other, NULL, false, k3), CY_EINVAL);
+    assert_int_equal(cy_registry_subkey(NULL, "x", false, k3), CY_EINVAL);
+    cy_registry_close(other);
+}
+
+/* Scope names and lists, and durations (store/scopes.c). */
+static void test_cy_scopes_parse_format(void **state)
+{
+    (void)state;
+    unsigned s = 0;
+    char bad[32];
+    assert_int_equal(cy_scopes_parse("devices:read,events:read", &s, bad, sizeof(bad)), 0);
+    assert_int_equal(s, CY_SCOPE_READ_ONLY);
+    assert_int_equal(cy_scopes_parse(" admin , admin,webhooks:manage ", &s, bad, sizeof(bad)), 0);
+    assert_int_equal(s, CY_SCOPE_ADMIN | CY_SCOPE_WEBHOOKS_MANAGE);
+    const char *all = "devices:read,devices:call,events:read,events:publish,webhooks:manage,admin";
+    assert_int_equal(cy_scopes_parse(all, &s, bad, sizeof(bad)), 0);
+    assert_int_equal(s, CY_SCOPE_ALL);
+    char out[128];
+    assert_int_equal(cy_scopes_format(CY_SCOPE_ALL, out, sizeof(out)), strlen(all));
+    assert_string_equal(out, all);
+    assert_int_equal(cy_scopes_format(CY_SCOPE_INTERNAL, out, sizeof(out)), 8);
+    assert_string_equal(out, "internal");
+    assert_int_equal(cy_scopes_format(0, out, sizeof(out)), 0);
+    assert_string_equal(out, "");
+    assert_int_equal(cy_scopes_format(CY_SCOPE_READ_ONLY, out, 5),
+                     strlen("devices:read,events:read"));
+    assert_string_equal(out, "devi"); /* cut, terminated */
+    struct {
+        const char *text, *bad;
+    } wrong[] = {{"devices:read,bogus", "bogus"},
+                 {"", ""},
+                 {"admin,", ""},
+                 {"internal", "internal"},
+                 {"ADMIN", "ADMIN"},
+                 {"admin;x", "admin;x"},
+                 {",admin", ""},
+                 {"devices:readx", "devices:readx"}};
+    for (size_t i = 0; i < sizeof(wrong) / sizeof(wrong[0]); i++) {
+        s = 77;
+        assert_int_equal(cy_scopes_parse(wrong[i].text, &s, bad, sizeof(bad)), CY_EINVAL);
+        assert_string_equal(bad, wrong[i].bad);
+        assert_int_equal(s, 77);
+    }
+    assert_int_equal(cy_scopes_parse("averyveryverylongscopename", &s, bad, 6), CY_EINVAL);
+    assert_string_equal(bad, "avery");
+    assert_int_equal(cy_scopes_parse("x", &s, NULL, 0), CY_EINVAL);
+    assert_int_equal(cy_scopes_parse(NULL, &s, bad, sizeof(bad)), CY_EINVAL);
+    for (unsigned bit = 1; bit <= CY_SCOPE_INTERNAL; bit <<= 1) {
+        const char *name = cy_scope_name(bit);
+        assert_non_null(name);
+        assert_true(strlen(name) < CY_SCOPE_NAME_MAX);
+        unsigned back = 0;
+        assert_int_equal(cy_scope_parse(name, strlen(name), &back),
+                         bit == CY_SCOPE_INTERNAL ? CY_EINVAL : 0);
+        if (bit != CY_SCOPE_INTERNAL) assert_int_equal(back, bit);
+    }
+    assert_null(cy_scope_name(0));
+    assert_null(cy_scope_name(3));
+    assert_null(cy_scope_name(1u << 7));
+
+    int64_t ms = 0;
+    assert_int_equal(cy_duration_parse("30d", &ms), 0);
+    assert_int_equal(ms, 30LL * 86400 * 1000);
+    assert_int_equal(cy_duration_parse("12h", &ms), 0);
+    assert_int_equal(ms, 12LL * 3600 * 1000);
+    assert_int_equal(cy_duration_parse("90m", &ms), 0);
+    assert_int_equal(ms, 90LL * 60 * 1000);
+    assert_int_equal(cy_duration_parse("2s", &ms), 0);
+    assert_int_equal(ms, 2000);
+    assert_int_equal(cy_duration_parse("3600", &ms), 0);
+    assert_int_equal(ms, 3600000);
+    assert_int_equal(cy_duration_parse("3660d", &ms), 0);
+    const char *bad_d[] = {"", "d", "-1d", "1.5h", "1w", "1dd", " 1d", "1d ", "+1", "0x10"};
+    for (size_t i = 0; i < sizeof(bad_d) / sizeof(bad_d[0]); i++)
+        assert_int_equal(cy_duration_parse(bad_d[i], &ms), CY_EINVAL);
+    assert_int_equal(cy_duration_parse("0", &ms), CY_ERANGE);
+    assert_int_equal(cy_duration_parse("0d", &ms), CY_ERANGE);
+    assert_int_equal(cy_duration_parse("3661d", &ms), CY_ERANGE);
+    assert_int_equal(cy_duration_parse("99999999999999999999999", &ms), CY_ERANGE);
+    assert_int_equal(cy_duration_parse(NULL, &ms), CY_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2048,6 +2390,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_registry_open_new_is_current, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_open_migrates_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_open_migrates_v2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_open_migrates_v5, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_check_expiry, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_auth, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_last_used, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_token_used_batched, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_subkey, setup, teardown),
+        cmocka_unit_test(test_cy_scopes_parse_format),
         cmocka_unit_test_setup_teardown(test_cy_registry_internal_device_ensure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_internal_device_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_internal_device_other_process, setup,
