@@ -66,7 +66,8 @@ INT_FAULTS = tests/integration/test_shards.py tests/integration/test_drill.py \
   tests/integration/test_stall_local.py tests/integration/test_monitor.py \
   tests/integration/test_coap_drill.py
 INT_MULTI = tests/integration/test_prometheus_rules.py tests/integration/test_canary_client.py \
-  tests/integration/test_internal_devices.py tests/integration/test_histograms.py
+  tests/integration/test_internal_devices.py tests/integration/test_histograms.py \
+  tests/integration/test_browser.py
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=10
 integration:
 	@echo "integration: fault tests, 4 shards"
