@@ -37,6 +37,7 @@
 #include "core/cy_config.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "device/acl.h"
 #include "health/supervisor.h"
 #include "monitor/canary.h"
 #include "store/store.h"
@@ -448,9 +449,31 @@ static int check_layout(const cy_config *cfg)
     return 0;
 }
 
+/* The ACL file the settings name parses (or none is named): at start and
+ * at every SIGHUP, so that a broken file stops neither the start nor a
+ * running node quietly (docs/operations.md, "Access control"). */
+static int check_acl(const cy_config *cfg, char *err, size_t errlen)
+{
+    if (!cfg->acl_file[0]) return 0;
+    char why[200];
+    cy_acl *a = cy_acl_load(cfg->acl_file, why, sizeof(why));
+    if (!a) {
+        snprintf(err, errlen, "acl_file %s", why);
+        return 1;
+    }
+    cy_acl_free(a);
+    return 0;
+}
+
 static int cmd_serve(const cy_config *cfg, char **pass)
 {
     if (cy_supervisor_check(cfg) || cy_monitor_check(cfg)) return 1; /* before anything is created */
+    char acl_err[256];
+    if (check_acl(cfg, acl_err, sizeof(acl_err))) {
+        cy_error(NULL, "cannot start: %s", acl_err);
+        return 1;
+    }
+    cy_supervisor_set_reload_check(check_acl);
     if (make_dir(cfg->data_dir)) {
         fprintf(stderr, "cyan: cannot create data_dir %s: %s\n", cfg->data_dir, strerror(errno));
         return 1;

@@ -82,6 +82,7 @@ typedef struct cy_config {
     uint32_t coap_max_message;  /* bytes of the largest CoAP message taken or sent */
     uint32_t coaps_max_peers;   /* DTLS sessions (and handshakes) per shard */
     uint32_t coaps_handshake_rate; /* new DTLS handshakes per second per shard */
+    char acl_file[512];         /* the operator's ACL (Mosquitto's acl_file format); "" = none */
 } cy_config;
 
 typedef struct cy_config_error {

@@ -25,7 +25,9 @@
  * own copy of the settings (the layers read that copy at each use) and
  * logs what changed. A shard thus never reads the config file after its
  * start: it applies what the supervisor checked, and a file broken since
- * cannot reach it.
+ * cannot reach it. The ACL file (acl_file) is another matter: the shard
+ * reads it again at every reload (cy_shard_reload); one that no longer
+ * parses is logged and the rules in use stay.
  *
  * Two drills, for people practising an outage, come from `cyan shard
  * spin|stall` as the realtime signal CY_DRILL_SIGNAL with a value naming
@@ -210,8 +212,10 @@ static void reload(shard *sh, char *msg)
     if (n)
         cy_info(NULL, "shard %u: reload applied: %s", sh->index, what);
     else
-        cy_info(NULL, "shard %u: reload: nothing changed", sh->index);
+        cy_info(NULL, "shard %u: reload: no setting changed", sh->index);
     cy_log_set_level(lvl);
+    /* A file a setting names is read again at every reload, changed or not. */
+    cy_shard_reload(sh->shard);
 }
 
 static void on_alloc_in(uv_handle_t *h, size_t size, uv_buf_t *buf)

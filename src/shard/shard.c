@@ -442,6 +442,12 @@ static int compose(cy_shard *b)
     rc = cy_devices_new(b->loop, b->cfg, b->store, b->router, b->cluster, &b->stats, &b->hists,
                         b->self, b->nshards, b->generation, &b->devices);
     if (rc) return rc;
+    char err[320];
+    rc = cy_devices_load_acl(b->devices, err, sizeof(err));
+    if (rc) {
+        cy_error(NULL, "shard %u: acl_file: %s", b->self, err);
+        return rc;
+    }
     /* Both transports stand on the same layers. */
     cy_transport_deps td = {
         .loop = b->loop,
@@ -535,6 +541,22 @@ int cy_shard_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_regi
 fail:
     cy_shard_free(b);
     return rc;
+}
+
+void cy_shard_reload(cy_shard *b)
+{
+    char err[320];
+    bool had = cy_devices_acl(b->devices) != NULL;
+    if (cy_devices_load_acl(b->devices, err, sizeof(err))) {
+        cy_error(NULL, "shard %u: acl_file not reloaded, the rules in use stay: %s", b->self, err);
+        return;
+    }
+    const cy_acl *a = cy_devices_acl(b->devices);
+    if (a)
+        cy_info(NULL, "shard %u: acl_file %s read: %zu rules, %zu user blocks", b->self,
+                b->cfg->acl_file, cy_acl_rule_count(a), cy_acl_user_count(a));
+    else if (had)
+        cy_info(NULL, "shard %u: acl_file unset: no access control beyond isolation", b->self);
 }
 
 static void on_ready(uv_timer_t *t);

@@ -61,7 +61,9 @@ int cy_shard_on_pass(cy_shard *sh, cy_pass_point at, void (*fn)(void *ctx),
 /* Run fn(ctx, now) every sweep (CY_SWEEP_MS; now: the loop's mono ms). */
 int cy_shard_on_sweep(cy_shard *sh, void (*fn)(void *ctx, int64_t now), void *ctx);
 
-/* Build the layers and load the persistent state from store. place is copied. */
+/* Build the layers (the device layer reads the ACL file, acl_file: one
+ * that does not parse fails this with CY_ECONFIG, logged) and load the
+ * persistent state from store. place is copied. */
 int cy_shard_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_registry *registry,
                  const cy_shard_place *place, cy_shard **out);
 /* The sockets a shard serves on (inherited from the supervisor; -1 = off). */
@@ -90,6 +92,10 @@ void cy_shard_stall(cy_shard *sh);
  * failure that progress cannot see and a canary can (docs/operations.md,
  * "The drill"). */
 void cy_shard_drop(cy_shard *sh);
+/* A reload (SIGHUP, main.c) was applied to the settings: read the ACL
+ * file again (acl_file; device.h, cy_devices_load_acl). A file that does
+ * not parse is logged and the rules in use stay. */
+void cy_shard_reload(cy_shard *sh);
 /* Stop accepting, tell MQTT 5 clients the server is shutting down (0x8B),
  * close every connection and handle. When the loop has run dry, call
  * cy_shard_free. */
