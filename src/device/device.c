@@ -250,7 +250,9 @@ const cy_acl *cy_devices_acl(const cy_devices *d)
 
 static const char *access_word(int access)
 {
-    return access == CY_ACL_WRITE ? "publish on" : access == CY_ACL_READ ? "delivery of" : "subscription to";
+    return access == CY_ACL_WRITE  ? "publish on"
+           : access == CY_ACL_READ ? "delivery of"
+                                   : "subscription to";
 }
 
 bool cy_device_acl(cy_devices *d, const cy_who *w, const char *t, size_t len, int access)

@@ -148,8 +148,7 @@ void cy_session_attach(cy_devices *d, cy_session *s, cy_link *link)
 
 void cy_session_who(const cy_session *s, cy_who *out)
 {
-    *out = (cy_who){s->client_id, s->client_id_len, s->username, s->username_len,
-                    s->acl_internal};
+    *out = (cy_who){s->client_id, s->client_id_len, s->username, s->username_len, s->acl_internal};
 }
 
 void cy_session_acl_recheck(cy_devices *d, cy_session *s)
@@ -166,8 +165,8 @@ void cy_session_acl_recheck(cy_devices *d, cy_session *s)
                 f = inner;
                 len = ilen;
             }
-            if (!cy_acl_check(d->acl, w.client_id, w.client_id_len, w.username, w.username_len,
-                              f, len, CY_ACL_SUBSCRIBE))
+            if (!cy_acl_check(d->acl, w.client_id, w.client_id_len, w.username, w.username_len, f,
+                              len, CY_ACL_SUBSCRIBE))
                 return;
         }
     s->acl_gen = d->acl_gen;
@@ -354,9 +353,8 @@ static bool may_read(cy_devices *d, cy_session *s, const cy_msg *m)
 
 /* Hand one message to s's link l. Returns 0, CY_EACCES (the ACL refused
  * it: not sent) or the link's error. */
-static int send_msg(cy_devices *d, cy_session *s, cy_link *l, cy_msg *m, uint8_t qos,
-                    bool retain, bool dup, uint16_t id, const uint32_t *sub_ids,
-                    uint32_t n_sub_ids)
+static int send_msg(cy_devices *d, cy_session *s, cy_link *l, cy_msg *m, uint8_t qos, bool retain,
+                    bool dup, uint16_t id, const uint32_t *sub_ids, uint32_t n_sub_ids)
 {
     if (d->acl && !may_read(d, s, m)) return CY_EACCES;
     cy_link_msg lm = {m, qos, retain, dup, qos ? id : 0, sub_ids, n_sub_ids};
@@ -455,8 +453,8 @@ void cy_session_pump(cy_devices *d, cy_session *s)
     while (s->next_send && s->n_inflight < window) {
         cy_delivery *dv = s->next_send;
         uint16_t id = next_packet_id(s);
-        int rc = send_msg(d, s, l, dv->msg, dv->qos, dv->retain, false, id, dv->sub_ids,
-                          dv->n_sub_ids);
+        int rc =
+            send_msg(d, s, l, dv->msg, dv->qos, dv->retain, false, id, dv->sub_ids, dv->n_sub_ids);
         if (rc == CY_EPIPE) return; /* the link is going: it stays queued for the next one */
         if (rc) {
             drop(d, s, dv->msg, rc);
