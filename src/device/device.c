@@ -233,6 +233,12 @@ int cy_devices_load_acl(cy_devices *d, char *err, size_t errlen)
         a = cy_acl_load(d->cfg->acl_file, err, errlen);
         if (!a) return CY_ECONFIG;
     }
+    cy_devices_set_acl(d, a);
+    return 0;
+}
+
+void cy_devices_set_acl(cy_devices *d, cy_acl *a)
+{
     cy_acl_free(d->acl);
     d->acl = a;
     if (++d->acl_gen == 0) d->acl_gen = 1;
@@ -240,7 +246,6 @@ int cy_devices_load_acl(cy_devices *d, char *err, size_t errlen)
      * itself then); connected ones now, so that an ACL without deny rules
      * keeps its deliveries free of per-message checks. */
     if (a) cy_map_each(&d->sessions, recheck_online, d);
-    return 0;
 }
 
 const cy_acl *cy_devices_acl(const cy_devices *d)

@@ -144,6 +144,9 @@ typedef struct cy_who {
  * changes (the rules in use stay) and err says why ("FILE:LINE: what").
  * Returns 0 or CY_ECONFIG. */
 int cy_devices_load_acl(cy_devices *d, char *err, size_t errlen);
+/* Use ACL a from now on (takes ownership; NULL: none, everything allowed),
+ * as cy_devices_load_acl does with the one it reads. */
+void cy_devices_set_acl(cy_devices *d, cy_acl *a);
 /* The ACL in use (NULL: none), borrowed until the next cy_devices_load_acl. */
 const cy_acl *cy_devices_acl(const cy_devices *d);
 /* May who have access (CY_ACL_READ, CY_ACL_WRITE, CY_ACL_SUBSCRIBE) to

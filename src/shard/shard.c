@@ -442,11 +442,19 @@ static int compose(cy_shard *b)
     rc = cy_devices_new(b->loop, b->cfg, b->store, b->router, b->cluster, &b->stats, &b->hists,
                         b->self, b->nshards, b->generation, &b->devices);
     if (rc) return rc;
+    /* The supervisor checked the file before the run began; one broken
+     * since (a respawn) refuses every access rather than this shard's
+     * start: a file must not turn a crash into a crash loop, nor open the
+     * node. */
     char err[320];
-    rc = cy_devices_load_acl(b->devices, err, sizeof(err));
-    if (rc) {
-        cy_error(NULL, "shard %u: acl_file: %s", b->self, err);
-        return rc;
+    if (cy_devices_load_acl(b->devices, err, sizeof(err))) {
+        cy_error(NULL,
+                 "shard %u: acl_file %s; every client access is refused (an empty ACL) until a "
+                 "reload (SIGHUP) reads a good file",
+                 b->self, err);
+        cy_acl *none = cy_acl_parse("(deny all)", "", 0, NULL, 0);
+        if (!none) return CY_ENOMEM;
+        cy_devices_set_acl(b->devices, none);
     }
     /* Both transports stand on the same layers. */
     cy_transport_deps td = {

@@ -62,8 +62,9 @@ int cy_shard_on_pass(cy_shard *sh, cy_pass_point at, void (*fn)(void *ctx),
 int cy_shard_on_sweep(cy_shard *sh, void (*fn)(void *ctx, int64_t now), void *ctx);
 
 /* Build the layers (the device layer reads the ACL file, acl_file: one
- * that does not parse fails this with CY_ECONFIG, logged) and load the
- * persistent state from store. place is copied. */
+ * that does not parse is logged, and the shard refuses every client access
+ * until a reload reads a good one) and load the persistent state from
+ * store. place is copied. */
 int cy_shard_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_registry *registry,
                  const cy_shard_place *place, cy_shard **out);
 /* The sockets a shard serves on (inherited from the supervisor; -1 = off). */

@@ -17,7 +17,9 @@ mosquitto_pub/mosquitto_sub, a CoAP device):
   - SIGHUP re-reads the file: the next publish meets the new rules, the
     connections stay; a file that no longer parses changes nothing (the
     supervisor says why) and the old rules stay;
-  - a file that does not parse stops the start, naming file and line;
+  - a file that does not parse stops the start, naming file and line; a
+    shard respawned on a file broken since starts and refuses everything
+    until a good file is reloaded;
   - cyan's own canaries (internal devices) work under an ACL that denies
     everything;
   - refusals are counted in acl_file_denied and logged.
@@ -256,6 +258,29 @@ def test_sighup_changes_the_rules_and_a_broken_file_keeps_them(server_factory):
         assert c.is_open() and d.is_open()
         c.disconnect()
         d.disconnect()
+
+
+def test_a_shard_respawned_on_a_broken_file_refuses_everything(server_factory):
+    """The file broke after the start and a shard is replaced: it starts
+    (no crash loop) and refuses every access until a good file is reloaded."""
+    srv = acl_server(server_factory, shards=1)
+    c = anon(srv)
+    with c:
+        assert c.publish("anon/a", b"1", qos=1, pid=1).rc == 0
+    write_acl(srv, "topic readwrite anon/#\nbogus line\n")
+    first = srv.shard_pids()
+    srv.cli("shard", "kill", "0")
+    assert wait_until(lambda: srv.shard_pids() and srv.shard_pids() != first, 10.0), \
+        srv.log_tail()
+    assert srv.wait_log("acl:2: unknown keyword 'bogus'", 10.0), srv.log_tail()
+    assert "every client access is refused" in srv.log()
+    srv.wait_api_healthy()
+    c = anon(srv)
+    with c:
+        assert c.publish("anon/a", b"2", qos=1, pid=1).rc == 0x87
+        reload_acl(srv, ACL)
+        assert c.publish("anon/a", b"3", qos=1, pid=2).rc == 0
+        c.disconnect()
 
 
 def test_a_broken_file_stops_the_start(tmp_path):
