@@ -109,8 +109,8 @@ void cy_session_attach(cy_devices *d, cy_session *s, cy_link *link);
  * username it logged in with (copied; NULL: anonymous) and whether it is an
  * internal device. A transport calls it when a link takes the session
  * (after cy_session_attach, before cy_session_resume); s's subscriptions
- * are checked under the ACL in use for this identity. Errors: CY_ENOMEM
- * (nothing changed). */
+ * are checked under the ACL in use for this identity. Errors: CY_ENOMEM,
+ * CY_EINVAL (a username over 65535 bytes); nothing changed then. */
 int cy_session_set_who(cy_devices *d, cy_session *s, const char *username, size_t len,
                        bool internal);
 /* s's identity as cy_session_set_who last set it (borrowed from s). */
