@@ -451,7 +451,8 @@ static int check_layout(const cy_config *cfg)
 
 /* The ACL file the settings name parses (or none is named): at start and
  * at every SIGHUP, so that a broken file stops neither the start nor a
- * running node quietly (docs/operations.md, "Access control"). */
+ * running node quietly (docs/operations.md, "Access control"). err: why
+ * not, or what the file holds. */
 static int check_acl(const cy_config *cfg, char *err, size_t errlen)
 {
     if (!cfg->acl_file[0]) return 0;
@@ -461,6 +462,8 @@ static int check_acl(const cy_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "acl_file %s", why);
         return 1;
     }
+    snprintf(err, errlen, "acl_file %s: %zu rules, %zu user blocks", cfg->acl_file,
+             cy_acl_rule_count(a), cy_acl_user_count(a));
     cy_acl_free(a);
     return 0;
 }
@@ -468,11 +471,12 @@ static int check_acl(const cy_config *cfg, char *err, size_t errlen)
 static int cmd_serve(const cy_config *cfg, char **pass)
 {
     if (cy_supervisor_check(cfg) || cy_monitor_check(cfg)) return 1; /* before anything is created */
-    char acl_err[256];
+    char acl_err[256] = "";
     if (check_acl(cfg, acl_err, sizeof(acl_err))) {
         cy_error(NULL, "cannot start: %s", acl_err);
         return 1;
     }
+    if (acl_err[0]) cy_info(NULL, "%s", acl_err);
     cy_supervisor_set_reload_check(check_acl);
     if (make_dir(cfg->data_dir)) {
         fprintf(stderr, "cyan: cannot create data_dir %s: %s\n", cfg->data_dir, strerror(errno));

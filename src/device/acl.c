@@ -197,11 +197,20 @@ static int access_of(const char *w, size_t n)
     return -1;
 }
 
+/* Where topic lines go: an owner number, or the user a user line named,
+ * whose block is made at its first topic line (so there are never more
+ * user blocks than rules). */
+typedef struct parse_state {
+    long owner;        /* OWN_ANON, or a user block's number once made */
+    bool pending;      /* a user line named a user whose block is not made yet */
+    uint32_t user_off; /* that username in the text */
+    uint32_t user_len;
+} parse_state;
+
 /* One line, text[off, off+len), its blanks at both ends already trimmed and
- * not a comment. *owner: the block topic lines go to (a user line changes
- * it). Returns 0, -1 (error said) or -2 (out of memory). */
-static int parse_line(cy_acl *a, uint32_t off, size_t len, long *owner, char *err, size_t errlen,
-                      const char *name, unsigned line)
+ * not a comment. Returns 0, -1 (error said) or -2 (out of memory). */
+static int parse_line(cy_acl *a, uint32_t off, size_t len, parse_state *ps, char *err,
+                      size_t errlen, const char *name, unsigned line)
 {
     const char *s = a->text + off;
     char w1[68], w2[68];
@@ -218,9 +227,9 @@ static int parse_line(cy_acl *a, uint32_t off, size_t len, long *owner, char *er
             say(err, errlen, name, line, "user: no username");
             return -1;
         }
-        long o = user_owner(a, (uint32_t)(off + rest), (uint32_t)(len - rest));
-        if (o < 0) return -2;
-        *owner = o;
+        ps->pending = true;
+        ps->user_off = (uint32_t)(off + rest);
+        ps->user_len = (uint32_t)(len - rest);
         return 0;
     }
     if (!topic && !pattern) {
@@ -262,9 +271,15 @@ static int parse_line(cy_acl *a, uint32_t off, size_t len, long *owner, char *er
         say(err, errlen, name, line, "more than %d rules", CY_ACL_MAX_RULES);
         return -1;
     }
+    if (topic && ps->pending) {
+        long o = user_owner(a, ps->user_off, ps->user_len);
+        if (o < 0) return -2;
+        ps->owner = o;
+        ps->pending = false;
+    }
     if (grow((void **)&a->rules, &a->cap_rules, a->nrules + 1, sizeof(acl_rule))) return -2;
     acl_rule *r = &a->rules[a->nrules];
-    r->owner = pattern ? OWN_PAT : (uint32_t)*owner;
+    r->owner = pattern ? OWN_PAT : (uint32_t)ps->owner;
     r->line = line;
     r->access = (uint8_t)access;
     int rc = compile_topic(a, r, (uint32_t)(off + toff), tlen, pattern, err, errlen, name, line);
@@ -303,8 +318,8 @@ static int finish(cy_acl *a)
         i = j;
     }
     /* The map's values become the blocks (a->users no longer moves). A user
-     * line with no topic line after it keeps an empty block: only the
-     * patterns apply to that user, as to a user the file never names. */
+     * line with no topic line after it made no block: only the patterns
+     * apply to that user, as to a user the file never names. */
     cy_map_fini(&a->by_user);
     cy_map_init(&a->by_user);
     for (size_t k = 0; k < a->nusers; k++) {
@@ -334,7 +349,7 @@ cy_acl *cy_acl_parse(const char *name, const char *text, size_t len, char *err, 
     if (len) memcpy(a->text, text, len);
     a->text[len] = '\0';
     a->text_len = len;
-    long owner = OWN_ANON;
+    parse_state ps = {.owner = OWN_ANON};
     unsigned line = 0;
     size_t pos = 0;
     if (len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3)) pos = 3; /* a UTF-8 byte order mark */
@@ -357,7 +372,7 @@ cy_acl *cy_acl_parse(const char *name, const char *text, size_t len, char *err, 
         while (e > b && blank(a->text[e - 1]))
             e--;
         if (b == e || a->text[b] == '#') continue;
-        int rc = parse_line(a, (uint32_t)b, e - b, &owner, err, errlen, name, line);
+        int rc = parse_line(a, (uint32_t)b, e - b, &ps, err, errlen, name, line);
         if (rc == -2) goto nomem;
         if (rc) goto fail;
     }

@@ -127,9 +127,9 @@ static void test_parse_good(void **state)
     assert_false(cy_acl_has_deny(a));
     cy_acl_free(a);
 
-    /* a user line and nothing after it: no rules of its own */
+    /* a user line and nothing after it: no rules of its own (no block) */
     a = parse_ok("user lonely\npattern read p/%u\n");
-    assert_int_equal(cy_acl_user_count(a), 1);
+    assert_int_equal(cy_acl_user_count(a), 0);
     assert_true(can(a, "c", "lonely", "p/lonely", R));
     assert_false(can(a, "c", "lonely", "p/other", R));
     cy_acl_free(a);
@@ -240,6 +240,34 @@ static void test_parse_limits(void **state)
     cy_acl_free(a);
     assert_null(cy_acl_parse("acl", text, CY_ACL_MAX_FILE + 1, err, sizeof(err)));
     assert_string_equal(err, "acl: larger than 1048576 bytes");
+    free(text);
+}
+
+static void test_user_lines_only(void **state)
+{
+    (void)state;
+    /* user lines make no block until a topic line follows: a file of user
+     * lines costs no more than its text */
+    size_t cap = 80000 * 13, len = 0; /* more users than rules, within CY_ACL_MAX_FILE */
+    char *text = malloc(cap);
+    assert_non_null(text);
+    for (int i = 0; i < 80000; i++)
+        len += (size_t)sprintf(text + len, "user u%d\n", i);
+    assert_true(len <= CY_ACL_MAX_FILE);
+    cy_acl *a = cy_acl_parse("acl", text, len, err, sizeof(err));
+    assert_non_null(a);
+    assert_int_equal(cy_acl_user_count(a), 0);
+    assert_int_equal(cy_acl_rule_count(a), 0);
+    cy_acl_free(a);
+    /* the last one named before topic lines owns them; a pattern between
+     * does not make the block */
+    a = parse_ok("user a\nuser b\npattern read p\ntopic read t\nuser c\n");
+    assert_int_equal(cy_acl_user_count(a), 1);
+    assert_true(can(a, "c", "b", "t", R));
+    assert_false(can(a, "c", "a", "t", R));
+    assert_false(can(a, "c", NULL, "t", R));
+    assert_true(can(a, "c", "a", "p", R));
+    cy_acl_free(a);
     free(text);
 }
 
@@ -622,12 +650,13 @@ static void test_alloc_failures(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_good),          cmocka_unit_test(test_parse_errors),
-        cmocka_unit_test(test_parse_limits),        cmocka_unit_test(test_load),
-        cmocka_unit_test(test_anonymous_and_users), cmocka_unit_test(test_patterns),
-        cmocka_unit_test(test_wildcard_ids),        cmocka_unit_test(test_deny),
-        cmocka_unit_test(test_access_words),        cmocka_unit_test(test_wildcards),
-        cmocka_unit_test(test_subscribe_cover),     cmocka_unit_test(test_alloc_failures),
+        cmocka_unit_test(test_parse_good),     cmocka_unit_test(test_parse_errors),
+        cmocka_unit_test(test_parse_limits),   cmocka_unit_test(test_user_lines_only),
+        cmocka_unit_test(test_load),           cmocka_unit_test(test_anonymous_and_users),
+        cmocka_unit_test(test_patterns),       cmocka_unit_test(test_wildcard_ids),
+        cmocka_unit_test(test_deny),           cmocka_unit_test(test_access_words),
+        cmocka_unit_test(test_wildcards),      cmocka_unit_test(test_subscribe_cover),
+        cmocka_unit_test(test_alloc_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
