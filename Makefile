@@ -34,7 +34,7 @@ run: build
 	$(BUILD)/cyan -c $(CONF) --data_dir=$(DATA)
 
 # Unit tests under ASan/UBSan, then again under valgrind; integration tests
-# drive the ASan binary with real clients; the fuzzer runs briefly on its corpus.
+# drive the ASan binary with real clients; each fuzzer runs briefly on its corpus.
 test: deps-test build asan
 	@$(MAKE) --no-print-directory layers unit valgrind integration fuzz
 
@@ -85,22 +85,24 @@ integration:
 	 echo "---- 4 shards"; cat $(ASAN)/integration/four.log; \
 	 test "$$(cat $(ASAN)/integration/one.rc)" = 0 && test "$$(cat $(ASAN)/integration/four.rc)" = 0
 
-# Each codec's target runs FUZZ_SECONDS on a copy of its corpus (what it
-# finds stays in $(FUZZB)/corpus/<codec>). A crash, or any UBSan report
-# (the fuzz build would let those go on), fails the target and leaves the
-# input in $(FUZZB)/crash-*.
-FUZZ_CODECS = mqtt coap
+# Each fuzz target runs FUZZ_SECONDS on a copy of its corpus (what it finds
+# stays in $(FUZZB)/corpus/<corpus>): the MQTT and CoAP codecs and the ACL
+# parser and matcher (target:corpus). A crash, or any UBSan report (the fuzz
+# build would let those go on), fails the target and leaves the input in
+# $(FUZZB)/crash-*.
+FUZZ_TARGETS = fuzz_mqtt_codec:mqtt fuzz_coap_codec:coap fuzz_acl:acl
 fuzz: deps-test
 	@CC=clang cmake -S . -B $(FUZZB) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DCYAN_FUZZ=ON >/dev/null
-	@cmake --build $(FUZZB) -j $(JOBS) $(foreach c,$(FUZZ_CODECS),--target fuzz_$(c)_codec)
-	@set -e; for c in $(FUZZ_CODECS); do \
+	@cmake --build $(FUZZB) -j $(JOBS) $(foreach t,$(FUZZ_TARGETS),--target $(firstword $(subst :, ,$(t))))
+	@set -e; for tc in $(FUZZ_TARGETS); do \
+	  t=$${tc%%:*}; c=$${tc##*:}; \
 	  mkdir -p $(FUZZB)/corpus/$$c && cp tests/fuzz/corpus/$$c/* $(FUZZB)/corpus/$$c/; \
-	  echo "fuzz_$${c}_codec:"; \
+	  echo "$$t:"; \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	    $(FUZZB)/fuzz_$${c}_codec -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	    -artifact_prefix=$(FUZZB)/ $(FUZZB)/corpus/$$c > $(FUZZB)/fuzz_$$c.log 2>&1 \
-	    || { tail -n 40 $(FUZZB)/fuzz_$$c.log; echo "fuzz_$${c}_codec failed"; exit 1; }; \
-	  tail -n 5 $(FUZZB)/fuzz_$$c.log; \
+	    $(FUZZB)/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZB)/ $(FUZZB)/corpus/$$c > $(FUZZB)/$$t.log 2>&1 \
+	    || { tail -n 40 $(FUZZB)/$$t.log; echo "$$t failed"; exit 1; }; \
+	  tail -n 5 $(FUZZB)/$$t.log; \
 	done
 
 bench: build

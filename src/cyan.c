@@ -44,6 +44,7 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 #include "http/http.h"
+#include "device/acl.h"
 #include "health/supervisor.h"
 #include "monitor/canary.h"
 #include "store/store.h"
@@ -580,10 +581,36 @@ static int check_tls(const cy_config *cfg)
     return 0;
 }
 
+/* The ACL file the settings name parses (or none is named): at start and
+ * at every SIGHUP, so that a broken file stops neither the start nor a
+ * running node quietly (docs/operations.md, "Access control"). err: why
+ * not, or what the file holds. */
+static int check_acl(const cy_config *cfg, char *err, size_t errlen)
+{
+    if (!cfg->acl_file[0]) return 0;
+    char why[200];
+    cy_acl *a = cy_acl_load(cfg->acl_file, why, sizeof(why));
+    if (!a) {
+        snprintf(err, errlen, "acl_file %s", why);
+        return 1;
+    }
+    snprintf(err, errlen, "acl_file %s: %zu rules, %zu user blocks", cfg->acl_file,
+             cy_acl_rule_count(a), cy_acl_user_count(a));
+    cy_acl_free(a);
+    return 0;
+}
+
 static int cmd_serve(const cy_config *cfg, char **pass)
 {
     /* before anything is created */
     if (cy_supervisor_check(cfg) || cy_monitor_check(cfg) || check_tls(cfg)) return 1;
+    char acl_err[256] = "";
+    if (check_acl(cfg, acl_err, sizeof(acl_err))) {
+        cy_error(NULL, "cannot start: %s", acl_err);
+        return 1;
+    }
+    if (acl_err[0]) cy_info(NULL, "%s", acl_err);
+    cy_supervisor_set_reload_check(check_acl);
     if (make_dir(cfg->data_dir)) {
         fprintf(stderr, "cyan: cannot create data_dir %s: %s\n", cfg->data_dir, strerror(errno));
         return 1;

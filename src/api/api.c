@@ -725,14 +725,16 @@ static void event_publish(cy_api *b, cy_http_req *req)
     const char *name = json_string_value(n);
     size_t nl = json_string_length(n);
     /* An event from the API is a publish like a device's: the same
-     * admission rules (cy_device_admit), as an application, not a device. */
+     * admission rules (cy_device_admit), as an application, not a device
+     * (not bound by the ACL, which is about clients). */
     char topic[1024];
     int tl = snprintf(topic, sizeof(topic), "events/%s", name);
     bool retain = false, reply = false;
     const char *rule = NULL;
     bool ok = nl > 0 && nl == strlen(name) && (size_t)tl < sizeof(topic) &&
               cy_topic_valid_name(topic, (size_t)tl) &&
-              cy_device_admit(b->devices, NULL, 0, topic, (size_t)tl, NULL, 0, &retain, &reply, &rule) == 0;
+              cy_device_admit(b->devices, NULL, 0, NULL, topic, (size_t)tl, NULL, 0, &retain, &reply,
+                              &rule) == 0;
     if (!ok) {
         json_decref(o);
         reply_error(b, req, 400, "bad_request", NULL,

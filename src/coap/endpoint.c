@@ -426,6 +426,10 @@ static void go_online(coap_ep *ep)
             cy_session_unsubscribe(d, s, sub->filter, sub->len);
     }
     cy_session_attach(d, s, &ep->link);
+    /* For the ACL its username is its device id, the session's name: no
+     * copy is made, so this cannot fail. */
+    (void)cy_session_set_who(d, s, ep->id, ep->id_len,
+                             cy_registry_device_internal(c->registry, ep->id, ep->id_len) == 1);
     cy_session_persist(d, s);
     ep->sess = s;
     ep->online = true;
@@ -727,9 +731,11 @@ static answer publish(coap_ep *ep, const cy_coap_msg *m, const char *topic, size
     if (!cy_topic_valid_name(topic, tlen)) return refused(CY_COAP_BAD_REQUEST, "not a valid topic");
     bool reply_topic = false;
     const char *why = NULL;
+    cy_who who;
+    cy_session_who(ep->sess, &who);
     int reason =
-        cy_device_admit(c->devices, c->cfg->isolate_devices ? ep->id : NULL, ep->id_len, topic,
-                        tlen, m->payload, m->payload_len, &retain, &reply_topic, &why);
+        cy_device_admit(c->devices, c->cfg->isolate_devices ? ep->id : NULL, ep->id_len, &who,
+                        topic, tlen, m->payload, m->payload_len, &retain, &reply_topic, &why);
     if (reason) return from_reason(reason, why);
     if (reply_topic)
         return refused(CY_COAP_BAD_REQUEST,
@@ -770,6 +776,10 @@ static answer subscribe(coap_ep *ep, const cy_coap_msg *m, const char *f, size_t
         c->stats->acl_denied++;
         return refused(CY_COAP_FORBIDDEN, "a device subscribes within devices/<id>/ and events/");
     }
+    cy_who who;
+    cy_session_who(s, &who);
+    if (!cy_device_acl(c->devices, &who, f, flen, CY_ACL_SUBSCRIBE))
+        return refused(CY_COAP_FORBIDDEN, "denied by acl_file");
     if (s->persistent && cy_space_full(c->space)) {
         c->stats->store_full_refusals++;
         return refused(CY_COAP_UNAVAILABLE, "the server's disk is full");
@@ -1011,12 +1021,15 @@ static void request(coap_ep *ep, const cy_coap_msg *m_in)
                 coap_obs *o = obs_find(ep, rest, (size_t)rl);
                 if (o) obs_cancel(ep, o);
             }
-            cy_msg *r = cy_topic_valid_name(rest, (size_t)rl)
-                            ? cy_router_retained(c->router, rest, (size_t)rl)
-                            : NULL;
+            bool name = cy_topic_valid_name(rest, (size_t)rl);
+            cy_msg *r = name ? cy_router_retained(c->router, rest, (size_t)rl) : NULL;
+            cy_who who;
+            cy_session_who(ep->sess, &who);
             if (c->cfg->isolate_devices &&
                 !cy_device_topic_ok(ep->id, ep->id_len, rest, (size_t)rl))
                 an = refused(CY_COAP_FORBIDDEN, "a device reads within devices/<id>/ and events/");
+            else if (name && !cy_device_acl(c->devices, &who, rest, (size_t)rl, CY_ACL_READ))
+                an = refused(CY_COAP_FORBIDDEN, "denied by acl_file");
             else if (!r)
                 an = refused(CY_COAP_NOT_FOUND, "no retained message");
             else

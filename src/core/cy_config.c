@@ -171,6 +171,11 @@ static const setting table[] = {
     BOOL(http_tls, "true", "with tls_cert set, the HTTP API on http_listen speaks HTTPS"),
     BOOL(ops_tls, "true",
          "with tls_cert set, the operations listener on ops_listen speaks HTTPS"),
+    STR(acl_file, "",
+        "file of access rules in Mosquitto's acl_file format (topic/user/pattern lines), "
+        "applied on top of isolate_devices to what clients publish, subscribe and receive; "
+        "once set, what it does not grant is refused; empty = no ACL, everything allowed; "
+        "re-read on SIGHUP (docs/operations.md, \"Access control\")"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))
@@ -359,7 +364,9 @@ void cy_config_print(const cy_config *c, FILE *out)
  * the http_* limits are copied into the HTTP server at start;
  * isolate_devices was checked against subscriptions already made;
  * watchdog_timeout, listeners, data_dir, shards and store_sync shape the
- * run itself. */
+ * run itself. acl_file is here because the file it names is read again by
+ * each shard at every reload (a file that does not parse keeps the rules
+ * in use), and checked by the supervisor before it sends the reload. */
 static const char *const reloadable[] = {
     "log_level",          "max_topic_length",  "max_queued",
     "max_subscriptions",  "max_retained",      "max_retained_bytes",
@@ -369,6 +376,7 @@ static const char *const reloadable[] = {
     "sys_interval",       "allow_anonymous",   "sse_heartbeat",
     "sse_max_per_token",  "sse_max_per_address",
     "cors_origins",
+    "acl_file",
 };
 
 size_t cy_config_count(void)

@@ -87,6 +87,7 @@ typedef struct cy_config {
     char tls_key[512];          /* PEM private key of tls_cert */
     bool http_tls;              /* HTTPS on http_listen when tls_cert is set */
     bool ops_tls;               /* HTTPS on ops_listen when tls_cert is set */
+    char acl_file[512];         /* the operator's ACL (Mosquitto's acl_file format); "" = none */
 } cy_config;
 
 typedef struct cy_config_error {

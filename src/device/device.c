@@ -22,6 +22,10 @@
 #include <string.h>
 #include <time.h>
 
+/* ACL refusals: one line per client per window, at most a burst a window. */
+#define ACL_LOG_WINDOW_MS 10000
+#define ACL_LOG_BURST 20
+
 /* ---- lifecycle ---- */
 
 int cy_devices_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_router *router,
@@ -45,6 +49,7 @@ int cy_devices_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_ro
     cy_map_init(&d->calls_by_rid);
     cy_session_init_kind(d);
     cy_requests_init(d);
+    cy_logrl_init(&d->acl_log, ACL_LOG_WINDOW_MS, ACL_LOG_BURST);
     *out = d;
     return 0;
 }
@@ -91,6 +96,7 @@ void cy_devices_free(cy_devices *d)
     cy_requests_free(d);
     cy_map_each(&d->presence, free_presence, NULL);
     cy_map_fini(&d->presence);
+    cy_acl_free(d->acl);
     cy_free(d);
 }
 
@@ -212,6 +218,68 @@ uint64_t cy_devices_progress(const cy_devices *d)
     return d->progress;
 }
 
+/* ---- the operator's ACL ---- */
+
+static void recheck_online(void *ctx, void *v)
+{
+    cy_session *s = v;
+    if (s->link) cy_session_acl_recheck(ctx, s);
+}
+
+int cy_devices_load_acl(cy_devices *d, char *err, size_t errlen)
+{
+    cy_acl *a = NULL;
+    if (d->cfg->acl_file[0]) {
+        a = cy_acl_load(d->cfg->acl_file, err, errlen);
+        if (!a) return CY_ECONFIG;
+    }
+    cy_devices_set_acl(d, a);
+    return 0;
+}
+
+void cy_devices_set_acl(cy_devices *d, cy_acl *a)
+{
+    cy_acl_free(d->acl);
+    d->acl = a;
+    if (++d->acl_gen == 0) d->acl_gen = 1;
+    /* Offline sessions are checked when their device comes back (it names
+     * itself then); connected ones now, so that an ACL without deny rules
+     * keeps its deliveries free of per-message checks. */
+    if (a) cy_map_each(&d->sessions, recheck_online, d);
+}
+
+const cy_acl *cy_devices_acl(const cy_devices *d)
+{
+    return d->acl;
+}
+
+static const char *access_word(int access)
+{
+    return access == CY_ACL_WRITE  ? "publish on"
+           : access == CY_ACL_READ ? "delivery of"
+                                   : "subscription to";
+}
+
+bool cy_device_acl(cy_devices *d, const cy_who *w, const char *t, size_t len, int access)
+{
+    if (!d->acl || !w || w->internal) return true;
+    if (cy_acl_check(d->acl, w->client_id, w->client_id_len, w->username, w->username_len, t, len,
+                     access))
+        return true;
+    d->stats->acl_file_denied++;
+    char id[CY_MAX_CLIENT_ID + 1];
+    size_t n = w->client_id_len < CY_MAX_CLIENT_ID ? w->client_id_len : CY_MAX_CLIENT_ID;
+    if (n) memcpy(id, w->client_id, n);
+    id[n] = '\0';
+    char more[CY_LOGRL_MORE];
+    if (cy_logrl_line(&d->acl_log, id, more))
+        cy_warn(id, "%s %.*s refused by acl_file (%s%.*s%s)%s", access_word(access),
+                (int)(len > 200 ? 200 : len), t, w->username ? "user '" : "anonymous",
+                w->username ? (int)(w->username_len > 64 ? 64 : w->username_len) : 0,
+                w->username ? w->username : "", w->username ? "'" : "", more);
+    return false;
+}
+
 /* ---- topic spaces ---- */
 
 static bool has_prefix(const char *t, size_t len, const char *p, size_t plen)
@@ -300,9 +368,9 @@ json_t *cy_device_names(json_t *describe, const char *key)
 
 /* ---- admission ---- */
 
-int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const char *topic,
-                    size_t len, const uint8_t *payload, size_t plen, bool *retain, bool *reply,
-                    const char **why)
+int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const cy_who *who,
+                    const char *topic, size_t len, const uint8_t *payload, size_t plen,
+                    bool *retain, bool *reply, const char **why)
 {
     *reply = false;
     if (len > d->cfg->max_topic_length) {
@@ -314,12 +382,17 @@ int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const c
         *why = "topic in a reserved $ space";
         return CY_REASON_NOT_AUTHORIZED;
     }
-    if (!device_id) return 0;
-    if (!cy_device_topic_ok(device_id, id_len, topic, len)) {
+    if (device_id && !cy_device_topic_ok(device_id, id_len, topic, len)) {
         d->stats->acl_denied++;
         *why = "topic outside the device's spaces";
         return CY_REASON_NOT_AUTHORIZED;
     }
+    /* The operator's ACL, on top of isolation (counted and logged there). */
+    if (!cy_device_acl(d, who, topic, len, CY_ACL_WRITE)) {
+        *why = "denied by acl_file";
+        return CY_REASON_NOT_AUTHORIZED;
+    }
+    if (!device_id) return 0;
     if (is_describe(device_id, id_len, topic, len)) {
         if (plen && !cy_device_describe_ok(payload, plen)) {
             *why = "describe is not {\"functions\": [names], \"variables\": [names]} "

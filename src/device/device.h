@@ -10,6 +10,10 @@
  *     lists its functions and variables (retained); devices/<id>/reply is
  *     the answer to a call; every input path admits a publish through one
  *     function, cy_device_admit;
+ *   - the operator's ACL (acl.h, setting acl_file), on top of isolation:
+ *     publishes (cy_device_admit), subscriptions (cy_device_acl) and each
+ *     message delivered to a session (session.c) are checked against it,
+ *     as the client's connection named itself (cy_who);
  *   - presence: online since, protocol, last heard, last round trip;
  *   - device calls (calls.c): call a function or read a variable on a
  *     device with a deadline, on whichever shard owns it; the callback runs
@@ -17,7 +21,8 @@
  *
  * Ownership: cy_devices_new borrows loop, cfg, store, router, cluster,
  * stats and hists, which must outlive it. It owns every session (freed by
- * cy_devices_free, which publishes nothing) and every presence record.
+ * cy_devices_free, which publishes nothing), every presence record and the
+ * ACL in use.
  * Errors: CY_ENOMEM; MQTT 5 reason codes (>= 0x80) from cy_device_admit.
  * Thread: the shard's loop thread.
  */
@@ -26,6 +31,7 @@
 
 #include "cluster/cluster.h"
 #include "core/cy_config.h"
+#include "device/acl.h"
 #include "core/cy_map.h"
 #include "device/link.h"
 #include "health/metrics.h"
@@ -116,6 +122,40 @@ uint64_t cy_devices_owed_calls(const cy_devices *d, int64_t now);
  * requester, queued deliveries sent to their device. */
 uint64_t cy_devices_progress(const cy_devices *d);
 
+/* ---- the operator's ACL (acl.h) ---- */
+
+/* Who publishes or subscribes, as the ACL sees a client: its client id and
+ * the username its connection logged in with (NULL: anonymous; an isolated
+ * device's is its device id). Borrowed. An internal device (a canary) is
+ * not subject to the ACL. */
+typedef struct cy_who {
+    const char *client_id;
+    size_t client_id_len;
+    const char *username;
+    size_t username_len;
+    bool internal;
+} cy_who;
+
+/* Read the ACL file the settings name (cfg->acl_file; empty: no ACL, every
+ * access allowed) and use it from now on: for the next publish, subscribe
+ * and delivery. The subscriptions of connected sessions are checked again
+ * under the new rules (session.c: those no longer covered make their
+ * deliveries checked one by one; none is removed). On an error nothing
+ * changes (the rules in use stay) and err says why ("FILE:LINE: what").
+ * Returns 0 or CY_ECONFIG. */
+int cy_devices_load_acl(cy_devices *d, char *err, size_t errlen);
+/* Use ACL a from now on (takes ownership; NULL: none, everything allowed),
+ * as cy_devices_load_acl does with the one it reads. */
+void cy_devices_set_acl(cy_devices *d, cy_acl *a);
+/* The ACL in use (NULL: none), borrowed until the next cy_devices_load_acl. */
+const cy_acl *cy_devices_acl(const cy_devices *d);
+/* May who have access (CY_ACL_READ, CY_ACL_WRITE, CY_ACL_SUBSCRIBE) to
+ * topic (a filter for CY_ACL_SUBSCRIBE, without its $share/<group>/)?
+ * Always yes without an ACL, for an application (who NULL) and for an
+ * internal device. A refusal is counted (acl_file_denied) and logged, at
+ * most one line per client per 10 s. */
+bool cy_device_acl(cy_devices *d, const cy_who *who, const char *topic, size_t len, int access);
+
 /* ---- the device convention ---- */
 
 /* What a client may publish, whatever path its bytes take to the router:
@@ -127,13 +167,15 @@ uint64_t cy_devices_progress(const cy_devices *d);
  *     (devices/<id>/... and events/...);
  *   - its describe must be valid, and is always retained (*retain is set);
  *   - its reply topic is a reply, not a message: *reply is set, and a path
- *     that cannot carry a reply (a will) refuses it.
+ *     that cannot carry a reply (a will) refuses it;
+ *   - the ACL (acl_file) lets who write the topic (cy_device_acl); who is
+ *     NULL for an application (the HTTP API), which the ACL does not bind.
  * The topic is a valid name already (the caller's decoder checked it).
  * Returns 0, or an MQTT 5 reason code (>= 0x80) with *why naming the rule
  * (static text); counts the refusal. */
-int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const char *topic,
-                    size_t len, const uint8_t *payload, size_t plen, bool *retain, bool *reply,
-                    const char **why);
+int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const cy_who *who,
+                    const char *topic, size_t len, const uint8_t *payload, size_t plen,
+                    bool *retain, bool *reply, const char **why);
 /* May the isolated device `id` use topic (or filter) t? */
 bool cy_device_topic_ok(const char *id, size_t id_len, const char *t, size_t len);
 /* Is payload a valid describe (docs/device-protocol.md)? */

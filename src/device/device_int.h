@@ -6,6 +6,7 @@
 #ifndef CY_DEVICE_INT_H
 #define CY_DEVICE_INT_H
 
+#include "core/cy_log.h"
 #include "device/device.h"
 #include "device/session.h"
 
@@ -58,6 +59,11 @@ struct cy_devices {
     cy_map requests_by_id;       /* id (4 bytes) -> request */
     uint32_t next_request;
     cy_buf frame;                /* API_REQ encode scratch */
+    /* the operator's ACL (acl_file) */
+    cy_acl *acl;       /* NULL: none, everything allowed */
+    uint32_t acl_gen;  /* bumped by every load (never 0): a session whose acl_gen equals it
+                        * had each subscription checked under these rules (session.c) */
+    cy_logrl acl_log;  /* refusals: one line per client per window */
 };
 
 /* session.c */
@@ -68,6 +74,10 @@ void cy_offline_unlink(cy_devices *d, cy_session *s);
 void cy_session_free(cy_devices *d, cy_session *s);
 /* Publish s's will now (when: a note for the log line). */
 void cy_session_publish_will(cy_devices *d, cy_session *s, const char *when);
+/* Check s's subscriptions under the ACL in use as its connection names
+ * itself: s->acl_gen becomes d->acl_gen if every one is covered, else 0
+ * (its deliveries are then checked one by one). */
+void cy_session_acl_recheck(cy_devices *d, cy_session *s);
 /* Store loader helpers. */
 int cy_session_load_sub(cy_devices *d, cy_session *s, const char *filter, size_t len,
                         uint8_t opts, uint32_t sub_id);

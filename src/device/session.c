@@ -10,6 +10,7 @@
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "router/topic.h"
 
 #include <stddef.h>
 #include <string.h>
@@ -112,6 +113,7 @@ static void release(cy_devices *d, cy_session *s, bool ending)
         dv = n;
     }
     cy_free(s->inq2);
+    if (s->username != s->client_id) cy_free(s->username);
     if (ending && s->persistent) cy_store_session_delete(d->store, s->client_id);
     cy_offline_unlink(d, s);
     cy_map_del(&d->sessions, s->client_id, s->client_id_len);
@@ -142,6 +144,51 @@ void cy_session_attach(cy_devices *d, cy_session *s, cy_link *link)
     if (s->link) d->online_queued -= s->n_queued;
     s->link = link;
     if (link) d->online_queued += s->n_queued;
+}
+
+void cy_session_who(const cy_session *s, cy_who *out)
+{
+    *out = (cy_who){s->client_id, s->client_id_len, s->username, s->username_len, s->acl_internal};
+}
+
+void cy_session_acl_recheck(cy_devices *d, cy_session *s)
+{
+    s->acl_gen = 0;
+    if (!d->acl) return;
+    cy_who w;
+    cy_session_who(s, &w);
+    if (!w.internal)
+        for (uint32_t i = 0; i < s->n_subs; i++) {
+            const char *f = s->subs[i].filter, *grp, *inner;
+            size_t len = s->subs[i].len, glen, ilen;
+            if (cy_topic_split_shared(f, len, &grp, &glen, &inner, &ilen)) {
+                f = inner;
+                len = ilen;
+            }
+            if (!cy_acl_check(d->acl, w.client_id, w.client_id_len, w.username, w.username_len, f,
+                              len, CY_ACL_SUBSCRIBE))
+                return;
+        }
+    s->acl_gen = d->acl_gen;
+}
+
+int cy_session_set_who(cy_devices *d, cy_session *s, const char *username, size_t len,
+                       bool internal)
+{
+    char *u = NULL;
+    if (len > UINT16_MAX) return CY_EINVAL;
+    if (username) {
+        if (len == s->client_id_len && memcmp(username, s->client_id, len) == 0)
+            u = s->client_id; /* an isolated device: no copy */
+        else if (!(u = cy_strndup(username, len)))
+            return CY_ENOMEM;
+    }
+    if (s->username != s->client_id) cy_free(s->username);
+    s->username = u;
+    s->username_len = (uint16_t)(username ? len : 0);
+    s->acl_internal = internal;
+    cy_session_acl_recheck(d, s);
+    return 0;
 }
 
 void cy_session_detach(cy_devices *d, cy_session *s, bool abnormal)
@@ -293,10 +340,23 @@ bool cy_session_del_inq2(cy_devices *d, cy_session *s, uint16_t id)
 
 /* ---- outbound ---- */
 
-/* Hand one message to the link. Returns 0 or the link's error. */
-static int send_msg(cy_devices *d, cy_link *l, cy_msg *m, uint8_t qos, bool retain, bool dup,
-                    uint16_t id, const uint32_t *sub_ids, uint32_t n_sub_ids)
+/* May s's device read m (the ACL)? Asked per message only when the
+ * subscriptions alone do not prove it (session.h). */
+static bool may_read(cy_devices *d, cy_session *s, const cy_msg *m)
 {
+    if (!d->acl || s->acl_internal) return true;
+    if (s->acl_gen == d->acl_gen && !cy_acl_has_deny(d->acl)) return true;
+    cy_who w;
+    cy_session_who(s, &w);
+    return cy_device_acl(d, &w, m->topic, m->topic_len, CY_ACL_READ);
+}
+
+/* Hand one message to s's link l. Returns 0, CY_EACCES (the ACL refused
+ * it: not sent) or the link's error. */
+static int send_msg(cy_devices *d, cy_session *s, cy_link *l, cy_msg *m, uint8_t qos, bool retain,
+                    bool dup, uint16_t id, const uint32_t *sub_ids, uint32_t n_sub_ids)
+{
+    if (d->acl && !may_read(d, s, m)) return CY_EACCES;
     cy_link_msg lm = {m, qos, retain, dup, qos ? id : 0, sub_ids, n_sub_ids};
     int rc = l->ops->send(l, &lm);
     if (rc == 0) {
@@ -313,6 +373,7 @@ static int send_msg(cy_devices *d, cy_link *l, cy_msg *m, uint8_t qos, bool reta
 
 static void drop(cy_devices *d, cy_session *s, const cy_msg *m, int why)
 {
+    if (why == CY_EACCES) return; /* counted and logged by cy_device_acl */
     if (why == CY_ETIMEDOUT) {
         d->stats->messages_expired++;
     } else {
@@ -392,8 +453,8 @@ void cy_session_pump(cy_devices *d, cy_session *s)
     while (s->next_send && s->n_inflight < window) {
         cy_delivery *dv = s->next_send;
         uint16_t id = next_packet_id(s);
-        int rc = send_msg(d, l, dv->msg, dv->qos, dv->retain, false, id, dv->sub_ids,
-                          dv->n_sub_ids);
+        int rc =
+            send_msg(d, s, l, dv->msg, dv->qos, dv->retain, false, id, dv->sub_ids, dv->n_sub_ids);
         if (rc == CY_EPIPE) return; /* the link is going: it stays queued for the next one */
         if (rc) {
             drop(d, s, dv->msg, rc);
@@ -420,7 +481,7 @@ void cy_session_resume(cy_devices *d, cy_session *s)
         if (dv->state == CY_MSG_RELEASED) {
             l->ops->send_release(l, dv->packet_id);
         } else {
-            int rc = send_msg(d, l, dv->msg, dv->qos, dv->retain, true, dv->packet_id,
+            int rc = send_msg(d, s, l, dv->msg, dv->qos, dv->retain, true, dv->packet_id,
                               dv->sub_ids, dv->n_sub_ids);
             if (rc == CY_EPIPE) return; /* kept in flight for the next link */
             if (rc) {
@@ -458,10 +519,13 @@ void cy_session_deliver(cy_devices *d, cy_session *s, cy_msg *m, uint8_t qos, bo
             drop(d, s, m, CY_EBUSY);
             return;
         }
-        int rc = send_msg(d, l, m, 0, retain, false, 0, sub_ids, n_sub_ids);
+        int rc = send_msg(d, s, l, m, 0, retain, false, 0, sub_ids, n_sub_ids);
         if (rc) drop(d, s, m, rc);
         return;
     }
+    /* Refused now rather than queued, stored and dropped at the send (a
+     * queued one is checked again as it goes: the rules may change). */
+    if (l && d->acl && !may_read(d, s, m)) return;
     if (s->n_inflight + s->n_queued >= d->cfg->max_queued) {
         d->stats->limit_queue_full++;
         drop(d, s, m, CY_EQUOTA);

@@ -14,10 +14,16 @@
  * never queued: they go straight to a connected device (dropped, and
  * counted, while its link is congested) and are not kept for an offline one.
  *
+ * With an ACL (acl_file) a message is checked for read access as it goes
+ * to the link (Mosquitto does the same), unless the session's every
+ * subscription is covered by a read rule under the rules in use and the
+ * ACL has no deny rule (then every message of those subscriptions is
+ * readable); a refused one is dropped and counted in acl_file_denied.
+ *
  * Ownership: the device layer (device.h) owns every session; a session owns
  * its subscriptions (also entered in the router with its cy_subscriber),
  * its deliveries (each holds a reference on its message), its inbound QoS 2
- * ids and its will. It borrows its link.
+ * ids, its will and its username. It borrows its link.
  * Errors: CY_ENOMEM.
  * Thread: the shard's loop thread.
  */
@@ -64,6 +70,9 @@ struct cy_session {
     uint16_t *inq2;
     /* will message, armed while connected, pending after an abnormal close */
     cy_msg *will;
+    /* the username its last connection logged in with, for the ACL: owned,
+     * or client_id itself (an isolated device), or NULL (anonymous) */
+    char *username;
     int64_t will_at;     /* mono ms when a pending will is due; 0 = not pending */
     int64_t offline_since;   /* mono ms; 0 while online */
     struct cy_session *offline_next, *offline_prev; /* the device layer's offline list */
@@ -73,10 +82,14 @@ struct cy_session {
     uint32_t n_inflight;
     uint32_t n_queued;
     uint32_t n_inq2, cap_inq2;
+    uint32_t acl_gen;        /* the device layer's acl_gen when every subscription was last
+                              * found covered by the ACL; else 0: deliveries checked each */
     uint16_t last_packet_id;
     uint16_t client_id_len;
+    uint16_t username_len;
     uint8_t version;         /* protocol version of its last connection */
     bool persistent;         /* expiry > 0: kept in the store */
+    bool acl_internal;       /* its connection is an internal device's: no ACL */
     char client_id[]; /* NUL-terminated, client_id_len bytes; the key in the sessions map */
 };
 
@@ -92,6 +105,16 @@ void cy_session_persist(cy_devices *d, cy_session *s);
 /* A link takes the session (a new connection or a takeover's): it leaves
  * the offline list; a will waiting for its delay is cancelled. */
 void cy_session_attach(cy_devices *d, cy_session *s, cy_link *link);
+/* Who s's current connection is, for the ACL (device.h, cy_who): the
+ * username it logged in with (copied; NULL: anonymous) and whether it is an
+ * internal device. A transport calls it when a link takes the session
+ * (after cy_session_attach, before cy_session_resume); s's subscriptions
+ * are checked under the ACL in use for this identity. Errors: CY_ENOMEM,
+ * CY_EINVAL (a username over 65535 bytes); nothing changed then. */
+int cy_session_set_who(cy_devices *d, cy_session *s, const char *username, size_t len,
+                       bool internal);
+/* s's identity as cy_session_set_who last set it (borrowed from s). */
+void cy_session_who(const cy_session *s, cy_who *out);
 /* The link went away. abnormal: publish or schedule the will. */
 void cy_session_detach(cy_devices *d, cy_session *s, bool abnormal);
 /* The session stops being persistent (expiry set to 0): forget its rows. */

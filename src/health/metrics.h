@@ -115,7 +115,9 @@ enum {
       "confirmable CoAP messages sent again for want of an acknowledgement")                       \
     X(coaps_handshakes, CY_METRIC_COUNTER, "handshakes", "DTLS handshakes completed")              \
     X(coaps_handshake_failures, CY_METRIC_COUNTER, "handshakes",                                   \
-      "DTLS handshakes failed (bad key, unknown device, timeout) or refused over a limit")
+      "DTLS handshakes failed (bad key, unknown device, timeout) or refused over a limit")         \
+    X(acl_file_denied, CY_METRIC_COUNTER, "requests",                                              \
+      "publishes, subscriptions and deliveries refused by the operator's acl_file")
 
 #define CY_METRIC_ONE_(name, kind, unit, help) +1
 enum { CY_METRICS_N = 0 CY_METRICS(CY_METRIC_ONE_) };

@@ -301,6 +301,13 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- reload (SIGHUP) ---- */
 
+static cy_supervisor_check_fn reload_check;
+
+void cy_supervisor_set_reload_check(cy_supervisor_check_fn fn)
+{
+    reload_check = fn;
+}
+
 /* Re-read the settings as at start (the -c file, then the command line's
  * --name=value on top), apply those that may change at runtime, name each
  * other change as not applied, and send the shards the runtime settings
@@ -310,6 +317,7 @@ static void reload(sv *s)
     cy_config next;
     cy_config_error err;
     int rc = cy_config_load_args(&next, s->pass, &err);
+    if (!rc && reload_check) rc = reload_check(&next, err.msg, sizeof(err.msg));
     if (rc) {
         cy_error(NULL, "supervisor: SIGHUP: config not reloaded, nothing changed: %s", err.msg);
         return;

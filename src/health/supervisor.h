@@ -43,8 +43,9 @@
  *   5. on SIGTERM/SIGINT: SIGTERM to every shard, waits up to 10 s (then
  *      SIGKILL), returns 0 if every shard exited with status 0, else 1.
  *   6. on SIGHUP: reloads. Re-reads the settings from pass as at start
- *      (the -c file, the --name=value on top); a file with an error changes
- *      nothing (one error line). Otherwise it applies the settings that can
+ *      (the -c file, the --name=value on top); a file with an error, or
+ *      settings the reload check refuses (an acl_file that does not parse,
+ *      cy_supervisor_set_reload_check), changes nothing (one error line). Otherwise it applies the settings that can
  *      change at runtime (cy_config_reloadable), logs each other change as
  *      not applied, and sends the runtime settings to every shard over its
  *      fd 4 ("name=value" lines, then an empty line); each shard applies
@@ -66,6 +67,16 @@
  * every shard's argv (the -c file and --name=value overrides, so shards see
  * the same settings). Borrowed. */
 int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass);
+
+/* A check of what the settings name that this layer cannot read itself
+ * (the ACL file, which the device layer parses): 0, or non-zero with why
+ * in err. */
+typedef int (*cy_supervisor_check_fn)(const cy_config *cfg, char *err, size_t errlen);
+/* Run fn on the settings each SIGHUP re-reads, before anything of them is
+ * applied: a failure refuses the reload as a config file with an error
+ * does (one error line, nothing changes, the shards are not told). NULL: no
+ * check. Call it before cy_supervisor_run; process-wide. */
+void cy_supervisor_set_reload_check(cy_supervisor_check_fn fn);
 
 /* Settings a run cannot start with, found before anything is created or
  * spawned: shards outside 1..CY_SB_MAX_SHARDS, or a data_dir so long that

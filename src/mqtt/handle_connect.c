@@ -148,12 +148,17 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     /* A will is a publish made at the close: it passes the same rules as a
      * PUBLISH from this client, now, so that no device can leave a message
      * outside its own spaces by dropping its connection. */
+    bool internal = p->has_username && p->username.len == idlen &&
+                    memcmp(p->username.p, who, idlen) == 0 &&
+                    cy_registry_device_internal(g->registry, who, idlen) == 1;
     bool will_retain = p->will_retain;
     if (p->will) {
         if (!cy_topic_valid_name(p->will_topic.p, p->will_topic.len)) return CY_RC_PROTOCOL_ERROR;
         bool reply = false;
         const char *why = NULL;
-        int reason = cy_device_admit(g->devices, device ? who : NULL, idlen, p->will_topic.p,
+        cy_who as = {who, idlen, p->has_username ? p->username.p : NULL,
+                     p->has_username ? p->username.len : 0, internal};
+        int reason = cy_device_admit(g->devices, device ? who : NULL, idlen, &as, p->will_topic.p,
                                       p->will_topic.len, (const uint8_t *)p->will_payload.p,
                                       p->will_payload.len, &will_retain, &reply, &why);
         if (!reason && reply) {
@@ -222,12 +227,14 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     c->sess = s;
     c->state = CONN_ACTIVE;
     c->device = device;
-    c->internal = p->has_username && p->username.len == idlen &&
-                  memcmp(p->username.p, who, idlen) == 0 &&
-                  cy_registry_device_internal(g->registry, who, idlen) == 1;
+    c->internal = internal;
     c->counted = true;
     g->stats->clients_connected++;
     g->stats->connects_total++;
+    /* Who the ACL sees (before anything is sent to the session). */
+    if (cy_session_set_who(g->devices, s, p->has_username ? p->username.p : NULL,
+                           p->has_username ? p->username.len : 0, internal))
+        return refuse(c, CY_RC_SERVER_BUSY, CY_RC3_SERVER_UNAVAILABLE, who, "out of memory");
 
     /* Keep-alive. */
     c->keepalive = p->keep_alive;

@@ -115,10 +115,12 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
     if (p->topic.len == 0) return CY_RC_PROTOCOL_ERROR;
     bool retain = p->retain, reply = false;
     const char *why = NULL;
+    cy_who who;
+    cy_session_who(s, &who);
     int reason = cy_conn_canary_topic(c, p->topic.p, p->topic.len) ? 0 :
                  cy_device_admit(g->devices, c->device ? s->client_id : NULL, s->client_id_len,
-                                 p->topic.p, p->topic.len, p->payload, p->payload_len, &retain,
-                                 &reply, &why);
+                                 &who, p->topic.p, p->topic.len, p->payload, p->payload_len,
+                                 &retain, &reply, &why);
     if (reason) return refuse(c, p, (uint8_t)reason, why);
 
     if (p->qos == 2) {

@@ -3,10 +3,13 @@
  * Each filter gets its own answer in SUBACK: the granted QoS, or a refusal
  * (MQTT 5 reason code; 3.1.1 has only 0x80): 0x8F for an invalid filter or
  * one over max_topic_length, 0x87 for a filter in a reserved '$' space
- * (anything starting with '$' but "$SYS/" and "$share/"), 0x97 past
- * max_subscriptions, and 0x97 for every filter of a persistent session while
- * the data folder's disk is full (its subscriptions are stored; those it
- * holds stay). Valid filters in the same packet are granted.
+ * (anything starting with '$' but "$SYS/" and "$share/"), 0x87 for a filter
+ * outside an isolated device's spaces or that the operator's ACL does not
+ * let the client read (acl_file; a shared one's filter without its
+ * $share/<group>/), 0x97 past max_subscriptions, and 0x97 for every filter
+ * of a persistent session while the data folder's disk is full (its
+ * subscriptions are stored; those it holds stay). Valid filters in the same
+ * packet are granted.
  *
  * After the SUBACK, retained messages matching each new subscription are
  * sent as its retain handling option says (0: always, 1: only if the
@@ -46,6 +49,8 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
     cy_mqtt_sub_entry e;
     uint32_t i = 0;
     bool fresh[256];
+    cy_who who;
+    cy_session_who(s, &who);
     while (cy_mqtt_sub_next(p, c->version, &pos, &e)) {
         const char *f = e.filter.p;
         size_t len = e.filter.len;
@@ -69,6 +74,10 @@ int cy_handle_subscribe(cy_conn *c, cy_mqtt_subscribe *p)
             (c->device && !cy_device_topic_ok(c->sess->client_id, c->sess->client_id_len,
                                                shared ? inner : f, shared ? ilen : len))) {
             if (c->device) g->stats->acl_denied++;
+            rv[i++] = fail_code(c, CY_RC_NOT_AUTHORIZED);
+            continue;
+        } else if (!cy_device_acl(g->devices, &who, shared ? inner : f, shared ? ilen : len,
+                                  CY_ACL_SUBSCRIBE)) { /* counted and logged there */
             rv[i++] = fail_code(c, CY_RC_NOT_AUTHORIZED);
             continue;
         }

@@ -25,7 +25,9 @@
  * own copy of the settings (the layers read that copy at each use) and
  * logs what changed. A shard thus never reads the config file after its
  * start: it applies what the supervisor checked, and a file broken since
- * cannot reach it.
+ * cannot reach it. The ACL file (acl_file) is another matter: the shard
+ * reads it again at every reload (cy_shard_reload); one that no longer
+ * parses is logged and the rules in use stay.
  *
  * Two drills, for people practising an outage, come from `cyan shard
  * spin|stall` as the realtime signal CY_DRILL_SIGNAL with a value naming
@@ -192,8 +194,6 @@ static void reload(shard *sh, char *msg)
         cy_error(NULL, "shard %u: reload refused, nothing changed: %s", sh->index, err.msg);
         return;
     }
-    /* Files named by settings may have changed even if no setting did. */
-    cy_shard_reload_files(sh->shard);
     char what[900] = "";
     size_t n = 0;
     for (size_t i = 0; i < cy_config_count(); i++) {
@@ -212,8 +212,10 @@ static void reload(shard *sh, char *msg)
     if (n)
         cy_info(NULL, "shard %u: reload applied: %s", sh->index, what);
     else
-        cy_info(NULL, "shard %u: reload: nothing changed", sh->index);
+        cy_info(NULL, "shard %u: reload: no setting changed", sh->index);
     cy_log_set_level(lvl);
+    /* A file a setting names is read again at every reload, changed or not. */
+    cy_shard_reload(sh->shard);
 }
 
 static void on_alloc_in(uv_handle_t *h, size_t size, uv_buf_t *buf)

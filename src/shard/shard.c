@@ -246,11 +246,6 @@ void cy_shard_drop(cy_shard *b)
     cy_router_drop_all(b->router);
 }
 
-void cy_shard_reload_files(cy_shard *b)
-{
-    if (b->api) cy_api_reload_tls(b->api);
-}
-
 void cy_shard_stall(cy_shard *b)
 {
     cy_warn(NULL, "drill: stalling (input ignored, heartbeat kept) until killed");
@@ -447,6 +442,20 @@ static int compose(cy_shard *b)
     rc = cy_devices_new(b->loop, b->cfg, b->store, b->router, b->cluster, &b->stats, &b->hists,
                         b->self, b->nshards, b->generation, &b->devices);
     if (rc) return rc;
+    /* The supervisor checked the file before the run began; one broken
+     * since (a respawn) refuses every access rather than this shard's
+     * start: a file must not turn a crash into a crash loop, nor open the
+     * node. */
+    char err[320];
+    if (cy_devices_load_acl(b->devices, err, sizeof(err))) {
+        cy_error(NULL,
+                 "shard %u: acl_file %s; every client access is refused (an empty ACL) until a "
+                 "reload (SIGHUP) reads a good file",
+                 b->self, err);
+        cy_acl *none = cy_acl_parse("(deny all)", "", 0, NULL, 0);
+        if (!none) return CY_ENOMEM;
+        cy_devices_set_acl(b->devices, none);
+    }
     /* Both transports stand on the same layers. */
     cy_transport_deps td = {
         .loop = b->loop,
@@ -540,6 +549,23 @@ int cy_shard_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_regi
 fail:
     cy_shard_free(b);
     return rc;
+}
+
+void cy_shard_reload(cy_shard *b)
+{
+    if (b->api) cy_api_reload_tls(b->api);
+    char err[320];
+    bool had = cy_devices_acl(b->devices) != NULL;
+    if (cy_devices_load_acl(b->devices, err, sizeof(err))) {
+        cy_error(NULL, "shard %u: acl_file not reloaded, the rules in use stay: %s", b->self, err);
+        return;
+    }
+    const cy_acl *a = cy_devices_acl(b->devices);
+    if (a)
+        cy_info(NULL, "shard %u: acl_file %s read: %zu rules, %zu user blocks", b->self,
+                b->cfg->acl_file, cy_acl_rule_count(a), cy_acl_user_count(a));
+    else if (had)
+        cy_info(NULL, "shard %u: acl_file unset: no access control beyond isolation", b->self);
 }
 
 static void on_ready(uv_timer_t *t);

@@ -61,7 +61,10 @@ int cy_shard_on_pass(cy_shard *sh, cy_pass_point at, void (*fn)(void *ctx),
 /* Run fn(ctx, now) every sweep (CY_SWEEP_MS; now: the loop's mono ms). */
 int cy_shard_on_sweep(cy_shard *sh, void (*fn)(void *ctx, int64_t now), void *ctx);
 
-/* Build the layers and load the persistent state from store. place is copied. */
+/* Build the layers (the device layer reads the ACL file, acl_file: one
+ * that does not parse is logged, and the shard refuses every client access
+ * until a reload reads a good one) and load the persistent state from
+ * store. place is copied. */
 int cy_shard_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_registry *registry,
                  const cy_shard_place *place, cy_shard **out);
 /* The sockets a shard serves on (inherited from the supervisor; -1 = off). */
@@ -90,10 +93,12 @@ void cy_shard_stall(cy_shard *sh);
  * failure that progress cannot see and a canary can (docs/operations.md,
  * "The drill"). */
 void cy_shard_drop(cy_shard *sh);
-/* After a reload (SIGHUP): read again the files the settings name (the
- * TLS certificate and key). A file that fails keeps the old contents in
- * use and is logged; nothing is dropped. */
-void cy_shard_reload_files(cy_shard *sh);
+/* A reload (SIGHUP, main.c) was applied to the settings: read again the
+ * files they name, changed or not: the TLS certificate and key of the API
+ * (api.h, cy_api_reload_tls) and the ACL file (acl_file; device.h,
+ * cy_devices_load_acl). A file that does not load is logged and what was
+ * in use stays; no connection is dropped. */
+void cy_shard_reload(cy_shard *sh);
 /* Stop accepting, tell MQTT 5 clients the server is shutting down (0x8B),
  * close every connection and handle. When the loop has run dry, call
  * cy_shard_free. */

@@ -320,9 +320,9 @@ static int teardown(void **state)
     layer_close();
     uv_run(&T.loop, UV_RUN_NOWAIT);
     uv_loop_close(&T.loop);
-    const char *files[] = {"broker.db", "broker.db-wal", "broker.db-shm"};
+    const char *files[] = {"broker.db", "broker.db-wal", "broker.db-shm", "acl"};
     char p[160];
-    for (size_t i = 0; i < 3; i++) {
+    for (size_t i = 0; i < sizeof(files) / sizeof(*files); i++) {
         snprintf(p, sizeof(p), "%s/%s", T.dir, files[i]);
         unlink(p);
     }
@@ -393,7 +393,9 @@ static int admit(const char *id, const char *topic, const char *payload, bool *r
                  bool *reply)
 {
     const char *why = NULL;
-    int rc = cy_device_admit(T.d, id, id ? strlen(id) : 0, topic, strlen(topic),
+    /* A device is who it is (username = its id); NULL is an application. */
+    cy_who w = {id, id ? strlen(id) : 0, id, id ? strlen(id) : 0, false};
+    int rc = cy_device_admit(T.d, id, id ? strlen(id) : 0, id ? &w : NULL, topic, strlen(topic),
                              (const uint8_t *)payload, payload ? strlen(payload) : 0, retain,
                              reply, &why);
     if (rc) assert_non_null(why);
@@ -1015,6 +1017,210 @@ static void test_subscribe_route(void **state)
     publish(NULL, "u/b", "1", 1, false); /* would reach a freed session otherwise */
 }
 
+/* ---- the operator's ACL (acl_file) ---- */
+
+static void write_acl(const char *text)
+{
+    snprintf(T.cfg.acl_file, sizeof(T.cfg.acl_file), "%s/acl", T.dir);
+    FILE *f = fopen(T.cfg.acl_file, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void load_acl(const char *text)
+{
+    char err[256];
+    write_acl(text);
+    if (cy_devices_load_acl(T.d, err, sizeof(err))) fail_msg("%s", err);
+}
+
+static void drop_acl_file(void)
+{
+    unlink(T.cfg.acl_file);
+    T.cfg.acl_file[0] = '\0';
+}
+
+static int admit_as(const cy_who *w, const char *device_id, const char *topic)
+{
+    bool retain = false, reply = false;
+    const char *why = NULL;
+    int rc = cy_device_admit(T.d, device_id, device_id ? strlen(device_id) : 0, w, topic,
+                             strlen(topic), (const uint8_t *)"1", 1, &retain, &reply, &why);
+    if (rc) assert_non_null(why);
+    return rc;
+}
+
+static void test_acl_admit(void **state)
+{
+    (void)state;
+    bool retain = false, reply = false;
+    /* no ACL: everything isolation allows */
+    assert_null(cy_devices_acl(T.d));
+    assert_int_equal(admit(DEV, "events/boot", "1", &retain, &reply), 0);
+
+    load_acl("topic write anon/#\n"
+             "pattern readwrite devices/%u/#\n"
+             "user " DEV2 "\n"
+             "topic write events/#\n");
+    assert_non_null(cy_devices_acl(T.d));
+    /* a device: its own space by the pattern; events/ not granted */
+    assert_int_equal(admit(DEV, "devices/" DEV "/temp", "1", &retain, &reply), 0);
+    assert_int_equal(admit(DEV, "events/boot", "1", &retain, &reply), CY_REASON_NOT_AUTHORIZED);
+    assert_int_equal(T.stats.acl_file_denied, 1);
+    assert_int_equal(T.stats.acl_denied, 0);
+    /* its describe and reply are publishes like any other */
+    assert_int_equal(admit(DEV, "devices/" DEV "/reply", "1", &retain, &reply), 0);
+    assert_true(reply);
+    /* isolation comes first and counts as before */
+    assert_int_equal(admit(DEV, "devices/" DEV2 "/x", "1", &retain, &reply),
+                     CY_REASON_NOT_AUTHORIZED);
+    assert_int_equal(T.stats.acl_denied, 1);
+    assert_int_equal(T.stats.acl_file_denied, 1);
+    /* its own block */
+    assert_int_equal(admit(DEV2, "events/boot", "1", &retain, &reply), 0);
+    /* an application is not bound by the ACL */
+    assert_int_equal(admit(NULL, "other/x", "1", &retain, &reply), 0);
+    /* an anonymous client (plain MQTT): the lines before any user line */
+    cy_who anon = {"c1", 2, NULL, 0, false};
+    assert_int_equal(admit_as(&anon, NULL, "anon/x"), 0);
+    assert_int_equal(admit_as(&anon, NULL, "devices/c1/x"), CY_REASON_NOT_AUTHORIZED);
+    /* an internal device is not bound by it */
+    cy_who canary = {DEV, strlen(DEV), DEV, strlen(DEV), true};
+    assert_int_equal(admit_as(&canary, NULL, "anything/at/all"), 0);
+    assert_int_equal(T.stats.acl_file_denied, 2);
+    /* subscriptions */
+    assert_true(cy_device_acl(T.d, &anon, S("anon/#"), CY_ACL_SUBSCRIBE) == false);
+    cy_who dev = {DEV, strlen(DEV), DEV, strlen(DEV), false};
+    assert_true(cy_device_acl(T.d, &dev, S("devices/" DEV "/#"), CY_ACL_SUBSCRIBE));
+    assert_true(cy_device_acl(T.d, NULL, S("x/#"), CY_ACL_SUBSCRIBE));
+    assert_int_equal(T.stats.acl_file_denied, 3);
+
+    /* a broken file: refused, the rules in use stay */
+    write_acl("topic write events/#\ntopic wirte x\n");
+    char err[256];
+    assert_int_equal(cy_devices_load_acl(T.d, err, sizeof(err)), CY_ECONFIG);
+    assert_non_null(strstr(err, "/acl:2: unknown access 'wirte'"));
+    assert_int_equal(admit(DEV, "events/boot", "1", &retain, &reply), CY_REASON_NOT_AUTHORIZED);
+    assert_int_equal(admit(DEV, "devices/" DEV "/temp", "1", &retain, &reply), 0);
+    /* a missing one likewise */
+    unlink(T.cfg.acl_file);
+    assert_int_equal(cy_devices_load_acl(T.d, err, sizeof(err)), CY_ECONFIG);
+    assert_non_null(strstr(err, "No such file"));
+    assert_int_equal(admit(DEV, "devices/" DEV "/temp", "1", &retain, &reply), 0);
+    /* no file named: no ACL */
+    drop_acl_file();
+    assert_int_equal(cy_devices_load_acl(T.d, err, sizeof(err)), 0);
+    assert_null(cy_devices_acl(T.d));
+    assert_int_equal(admit(DEV, "events/boot", "1", &retain, &reply), 0);
+}
+
+/* Messages a session may not read are not delivered: QoS 0 dropped, QoS 1
+ * not queued (or, queued while offline, dropped as they would go). */
+static void test_acl_delivery(void **state)
+{
+    (void)state;
+    load_acl("topic read a/#\ntopic deny a/secret\nuser u\ntopic read b/#\n");
+    flink f;
+    flink_init(&f);
+    cy_session *s = connect_(&f, "c1", 3600, false);
+    assert_int_equal(cy_session_set_who(T.d, s, NULL, 0, false), 0);
+    bool fresh;
+    assert_int_equal(cy_session_subscribe(T.d, s, S("a/#"), 1, 0, &fresh), 0);
+    publish(NULL, "a/secret", "s", 0, false);
+    publish(NULL, "a/secret", "s", 1, false);
+    publish(NULL, "a/ok", "o", 1, false);
+    assert_int_equal(f.n_send, 1);
+    assert_string_equal(f.sent[0].topic, "a/ok");
+    assert_int_equal(T.stats.acl_file_denied, 2);
+    assert_int_equal(T.stats.messages_dropped, 0);
+    assert_int_equal(s->n_queued + s->n_inflight, 1);
+
+    /* queued while offline (no identity is judged then), dropped as it goes */
+    cy_session_remove_delivery(T.d, s, s->head);
+    disconnect_(&f, false);
+    publish(NULL, "a/secret", "s", 1, false);
+    publish(NULL, "a/ok2", "o", 1, false);
+    assert_int_equal(s->n_queued, 2);
+    flink_init(&f);
+    s = connect_(&f, "c1", 3600, false);
+    assert_int_equal(f.n_send, 1);
+    assert_string_equal(f.sent[0].topic, "a/ok2");
+    assert_int_equal(s->n_queued + s->n_inflight, 1);
+    assert_int_equal(T.stats.acl_file_denied, 3);
+    cy_session_remove_delivery(T.d, s, s->head);
+
+    /* the same client as user u: only u's block applies */
+    assert_int_equal(cy_session_set_who(T.d, s, S("u"), false), 0);
+    publish(NULL, "a/ok", "o", 0, false);
+    assert_int_equal(f.n_send, 1);
+    assert_int_equal(T.stats.acl_file_denied, 4);
+    /* an internal device reads everything */
+    assert_int_equal(cy_session_set_who(T.d, s, S("u"), true), 0);
+    publish(NULL, "a/secret", "s", 0, false);
+    assert_int_equal(f.n_send, 2);
+    assert_int_equal(T.stats.acl_file_denied, 4);
+    disconnect_(&f, false);
+}
+
+/* Without deny rules a session whose subscriptions are all covered is not
+ * checked per message; one with a subscription that is not (made before the
+ * ACL, or under other rules) is. A reload checks connected sessions again. */
+static void test_acl_recheck(void **state)
+{
+    (void)state;
+    flink f;
+    flink_init(&f);
+    cy_session *s = connect_(&f, "c1", 0, false);
+    assert_int_equal(cy_session_set_who(T.d, s, S("someone"), false), 0);
+    assert_non_null(s->username);
+    assert_true(s->username != s->client_id);
+    bool fresh;
+    assert_int_equal(cy_session_subscribe(T.d, s, S("a/#"), 0, 0, &fresh), 0);
+    assert_int_equal(cy_session_subscribe(T.d, s, S("$share/g/b/+"), 0, 0, &fresh), 0);
+    assert_int_equal(s->acl_gen, 0); /* no ACL: nothing to check */
+
+    load_acl("user someone\ntopic read a/#\ntopic read b/+\n");
+    assert_int_equal(s->acl_gen, T.d->acl_gen); /* covered, the shared one by its filter */
+    publish(NULL, "a/x", "1", 0, false);
+    publish(NULL, "b/x", "1", 0, false);
+    assert_int_equal(f.n_send, 2);
+
+    /* a reload that no longer covers b/+: its messages are checked one by one */
+    load_acl("user someone\ntopic read a/#\n");
+    assert_int_equal(s->acl_gen, 0);
+    publish(NULL, "b/x", "1", 0, false);
+    publish(NULL, "a/y", "1", 0, false);
+    assert_int_equal(f.n_send, 3);
+    assert_string_equal(f.sent[2].topic, "a/y");
+    assert_int_equal(T.stats.acl_file_denied, 1);
+    /* the subscription stays (Mosquitto's way): a later reload gives it back */
+    assert_int_equal(s->n_subs, 2);
+    load_acl("user someone\ntopic read #\n");
+    assert_int_equal(s->acl_gen, T.d->acl_gen);
+    publish(NULL, "b/x", "1", 0, false);
+    assert_int_equal(f.n_send, 4);
+
+    /* the username of an isolated device is its id: no copy */
+    flink g;
+    flink_init(&g);
+    cy_session *d = connect_(&g, DEV, 0, true);
+    assert_int_equal(cy_session_set_who(T.d, d, S(DEV), false), 0);
+    assert_true(d->username == d->client_id);
+    cy_who w;
+    cy_session_who(d, &w);
+    assert_int_equal(w.username_len, strlen(DEV));
+    assert_false(w.internal);
+    /* out of memory copying a username: refused, nothing changed */
+    cy_alloc_fail_after(0);
+    assert_int_equal(cy_session_set_who(T.d, s, S("other"), false), CY_ENOMEM);
+    cy_alloc_fail_after(-1);
+    assert_string_equal(s->username, "someone");
+    disconnect_(&g, false);
+    disconnect_(&f, false);
+    drop_acl_file();
+}
+
 /* ---- device calls ---- */
 
 static void op(uint32_t req, uint8_t o, const char *id, const char *name, const char *arg,
@@ -1606,6 +1812,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_requests, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owed_deliveries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_owed_calls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_acl_admit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_acl_delivery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_acl_recheck, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
