@@ -273,13 +273,42 @@ static void auth_failed_log(cy_api *b, cy_http_req *req, const char *why)
             addr, why, more);
 }
 
+/* authenticate's answer for a request held before its check (below). */
+#define API_AUTH_HELD (-1)
+
 /* Check the request's bearer token. On success returns its CY_SCOPE_*; on
  * failure answers req (401, or 503 when the registry cannot be read),
- * logs it, and returns 0. */
-static int authenticate(cy_api *b, cy_http_req *req)
+ * logs it, and returns 0.
+ *
+ * Failed checks are limited for the whole node by address
+ * (core/cy_limit.h), before the token is looked at: an address locked out
+ * gets 429 with Retry-After, even with a valid token; one over
+ * auth_fail_burst, unless `held` (it has been held once), gets
+ * API_AUTH_HELD: the request is held for auth_fail_delay, then checked
+ * (handle, hold_auth). A malformed, unknown or revoked token is a failure
+ * of its address; no token at all is not (a client that forgot it
+ * guesses nothing). Tokens are not counted by id: a token's id says
+ * nothing until its secret matches, and any id could be locked out. */
+static int authenticate(cy_api *b, cy_http_req *req, bool held)
 {
     const char *h = cy_http_header(req, "Authorization");
     static const char *const www[] = {"WWW-Authenticate", "Bearer realm=\"cyan\"", NULL};
+    const struct sockaddr *sa = b->limit ? cy_http_peer_sockaddr(req) : NULL;
+    int64_t now = cy_mono_ms(), retry = 0;
+    switch (cy_limit_auth_check(b->limit, sa, NULL, 0, held, now, &retry)) {
+    case CY_LIMIT_LOCKED: {
+        char s[24];
+        snprintf(s, sizeof(s), "%lld", (long long)((retry + 999) / 1000));
+        const char *hd[] = {"Retry-After", s, NULL};
+        b->stats->auth_locked++;
+        auth_failed_log(b, req, "locked out after repeated failed token checks");
+        reply_error(b, req, 429, "too_many_failures", hd,
+                    "too many failed token checks from this address; retry in %s s", s);
+        return 0;
+    }
+    case CY_LIMIT_DELAY: b->stats->auth_delayed++; return API_AUTH_HELD;
+    default: break;
+    }
     if (!h || strncasecmp(h, "Bearer ", 7) != 0) {
         auth_failed_log(b, req, h ? "Authorization is not a Bearer token" : "no token");
         reply_error(b, req, 401, "unauthorized", www, "an Authorization: Bearer token is needed");
@@ -295,10 +324,81 @@ static int authenticate(cy_api *b, cy_http_req *req)
         reply_error(b, req, 503, "registry_unavailable", NULL, "the registry cannot be read");
         return 0;
     }
+    b->stats->auth_failures++;
+    unsigned bits = cy_limit_auth_failed(b->limit, sa, NULL, 0, false, now);
     const char *why = rc == CY_EINVAL ? "malformed token" : "unknown or revoked token";
-    auth_failed_log(b, req, why);
+    char text[160];
+    snprintf(text, sizeof(text), "%s%s", why,
+             (bits & CY_LIMIT_ADDR_LOCKED_NOW) ? "; the address is now locked out"
+             : (bits & CY_LIMIT_ADDR_SLOW_NOW) ? "; its checks are now held"
+                                               : "");
+    auth_failed_log(b, req, text);
     reply_error(b, req, 401, "unauthorized", www, "%s", why);
     return 0;
+}
+
+static void handle(void *ctx, cy_http_req *req);
+
+/* A request held for auth_fail_delay before its token is checked. */
+typedef struct api_hold {
+    uv_timer_t t;
+    cy_api *b;
+    cy_http_req *req; /* NULL once the client left */
+} api_hold;
+
+static void hold_closed(uv_handle_t *h)
+{
+    cy_free(h->data);
+}
+
+static void hold_gone(void *arg, cy_http_req *req)
+{
+    api_hold *ho = arg;
+    (void)req;
+    ho->req = NULL;
+    uv_timer_stop(&ho->t);
+    uv_close((uv_handle_t *)&ho->t, hold_closed);
+}
+
+static void hold_done(uv_timer_t *t)
+{
+    api_hold *ho = t->data;
+    cy_http_req *req = ho->req;
+    cy_http_on_close(req, NULL, NULL);
+    uv_close((uv_handle_t *)&ho->t, hold_closed);
+    int scope = authenticate(ho->b, req, true);
+    if (!scope) return; /* answered */
+    cy_http_set_tag(req, scope);
+    handle(ho->b, req);
+}
+
+static void hold_auth(cy_api *b, cy_http_req *req)
+{
+    api_hold *ho = cy_calloc(1, sizeof(*ho));
+    if (!ho) {
+        reply_error(b, req, 503, "internal", NULL, "out of memory");
+        return;
+    }
+    ho->b = b;
+    ho->req = req;
+    uv_timer_init(b->loop, &ho->t);
+    ho->t.data = ho;
+    uv_timer_start(&ho->t, hold_done, b->cfg->auth_fail_delay, 0);
+    cy_http_on_close(req, hold_gone, ho);
+}
+
+/* The HTTP server's admit: max_connect_rate_per_address, at accept. */
+static bool admit(void *ctx, const struct sockaddr *sa)
+{
+    cy_api *b = ctx;
+    if (cy_limit_connect(b->limit, sa, (int64_t)uv_now(b->loop))) return true;
+    b->stats->limit_connect_rate++;
+    char a[64], more[CY_LOGRL_MORE];
+    cy_limit_addr_text(sa, a, sizeof(a));
+    if (cy_logrl_line(&b->auth_log, a, more))
+        cy_info(NULL, "api: connection from %s closed: over max_connect_rate_per_address (%u/s)%s",
+                a, b->cfg->max_connect_rate_per_address, more);
+    return false;
 }
 
 /* The HTTP server's check, run once a request's headers are in and before
@@ -314,7 +414,7 @@ static void check_request(void *ctx, cy_http_req *req)
         if (strcmp(m, "GET") != 0) not_allowed(b, req, "GET");
         return;
     }
-    int scope = authenticate(b, req);
+    int scope = authenticate(b, req, false);
     if (scope) cy_http_set_tag(req, scope);
 }
 
@@ -684,9 +784,14 @@ static void handle(void *ctx, cy_http_req *req)
             not_allowed(b, req, "GET");
         goto out;
     }
-    /* check_request found the token's scope before the body was read. */
+    /* check_request found the token's scope before the body was read, or
+     * found that it must wait (API_AUTH_HELD). */
     r.scope = cy_http_tag(req);
-    if (!r.scope && !(r.scope = authenticate(b, req))) goto out;
+    if (r.scope == API_AUTH_HELD) {
+        hold_auth(b, req);
+        goto out;
+    }
+    if (!r.scope && !(r.scope = authenticate(b, req, true))) goto out;
     /* The internal token (the canaries') calls internal devices' functions
      * and nothing else: it sees no user device, list or stream. */
     if (r.scope == CY_SCOPE_INTERNAL &&
@@ -797,6 +902,7 @@ int cy_api_new(const cy_api_deps *deps, int http_fd, cy_api **out)
     a->stats = deps->stats;
     a->hists = deps->hists;
     a->sb = deps->sb;
+    a->limit = deps->limit;
     a->self = deps->self;
     a->nshards = deps->nshards ? deps->nshards : 1;
     a->http_fd = -1;
@@ -847,6 +953,8 @@ void cy_api_listen(cy_api *b)
         .max_stream_backlog = API_STREAM_BACKLOG,
         .request_timeout_s = b->cfg->http_request_timeout,
         .max_per_address = b->cfg->http_max_per_address,
+        .admit = b->limit ? admit : NULL,
+        .admit_ctx = b,
     };
     int rc = cy_http_new(b->loop, a->http_fd, &lim, handle, check_request, b, &a->http);
     close(a->http_fd); /* the server holds its own duplicate */

@@ -26,6 +26,7 @@
 
 #include "cluster/cluster.h"
 #include "core/cy_config.h"
+#include "core/cy_limit.h"
 #include "core/cy_map.h"
 #include "device/link.h"
 #include "health/metrics.h"
@@ -64,6 +65,7 @@ typedef struct cy_transport_deps {
     cy_space *space; /* the disk-full state */
     cy_counters *stats;
     cy_scoreboard *sb; /* node-wide figures; NULL = this shard only */
+    cy_limit *limit;   /* failed logins, connection rates (core/cy_limit.h); NULL = none */
     unsigned self, nshards;
 } cy_transport_deps;
 
