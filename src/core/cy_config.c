@@ -176,7 +176,7 @@ static const setting table[] = {
     U32(auth_lockout, "1800", 1, 604800, "seconds a lockout lasts"),
     U32(auth_fail_delay, "2000", 0, 60000,
         "milliseconds a login attempt is held before it is checked once its address or device "
-        "has failed auth_fail_burst times"),
+        "has failed auth_fail_burst times; 0 = not held"),
     U32(max_connect_rate_per_address, "100", 0, 1000000,
         "new MQTT and HTTP connections per second from one address (the node's accepts "
         "together); more are closed at accept; 0 = no limit"),

@@ -518,7 +518,8 @@ static fstate state_of(const cy_limit *l, slot *s, int64_t now)
     uint32_t n = (uint32_t)(w & COUNT_MAX);
     if (n && now - start < (int64_t)l->cfg->auth_fail_window * 1000) f.n = n;
     f.lock_end = __atomic_load_n(&s->w2, __ATOMIC_RELAXED);
-    f.locked = f.lock_end > now;
+    /* auth_fail_lockout_after 0 (a reload) lifts the lockouts that run. */
+    f.locked = l->cfg->auth_fail_lockout_after && f.lock_end > now;
     return f;
 }
 
@@ -546,7 +547,7 @@ int cy_limit_auth_check(cy_limit *l, const struct sockaddr *sa, const char *id, 
         if (retry_ms) *retry_ms = d.lock_end - now;
         return CY_LIMIT_LOCKED;
     }
-    if (!delayed && ((!ex && slow(l, a)) || (!clean && slow(l, d)))) {
+    if (!delayed && l->cfg->auth_fail_delay && ((!ex && slow(l, a)) || (!clean && slow(l, d)))) {
         if (retry_ms) *retry_ms = l->cfg->auth_fail_delay;
         return CY_LIMIT_DELAY;
     }

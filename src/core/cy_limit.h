@@ -39,7 +39,7 @@
  *     otherwise a lockout would not stop guessing);
  *   - its id locked: refuse it unchecked, unless its address is clean;
  *   - its address slow, or its id slow and its address not clean: check it
- *     after auth_fail_delay milliseconds (the caller holds the attempt on a
+ *     after auth_fail_delay milliseconds (0: at once; the caller holds the attempt on a
  *     timer, never blocking its loop; success and failure alike, so that
  *     the delay tells nothing);
  *   - otherwise check it now.
@@ -60,7 +60,9 @@
  * again.
  *
  * Settings are read from the config at each call (reloadable), except
- * limits_exempt, parsed when the table is opened.
+ * limits_exempt, parsed when the table is opened. auth_fail_lockout_after
+ * 0 also lifts the lockouts that are running (an operator's way out,
+ * with a reload).
  *
  * Time: every call takes now_ms, CLOCK_MONOTONIC milliseconds (the same
  * clock in every process of a machine; tests inject their own).

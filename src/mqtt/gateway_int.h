@@ -86,7 +86,7 @@ struct cy_conn {
     cy_buf out;            /* output of this pass; no memory while idle */
     cy_buf *in;            /* partial packet carried between reads, or NULL (most of the time) */
     struct cy_wstate *w;   /* a uv_write in flight, or NULL (most of the time) */
-    cy_conn_v5 *v5;        /* MQTT 5 limits and aliases, or NULL (none declared or used) */
+    cy_conn_v5 *v5;        /* MQTT 5 limits, aliases, publish rates, or NULL (most of the time) */
     cy_held_owner held;    /* acknowledgements held until peers caught up (cluster.h) */
     uint16_t keepalive;    /* s granted; 0 = none */
     uint8_t state;

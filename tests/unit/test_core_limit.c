@@ -228,6 +228,10 @@ static void test_auth_address_slow_then_locked(void **state)
     assert_int_equal(retry, 60000 - 1);
     assert_int_equal(check(l, "10.0.0.1", "other", true, t + 6, NULL), CY_LIMIT_LOCKED);
     assert_int_equal(check(l, "10.0.0.1", NULL, false, t + 5 + 59999, NULL), CY_LIMIT_LOCKED);
+    /* An operator's reload with auth_fail_lockout_after 0 lifts it (slow stays). */
+    c.auth_fail_lockout_after = 0;
+    assert_int_equal(check(l, "10.0.0.1", NULL, false, t + 7, NULL), CY_LIMIT_DELAY);
+    c.auth_fail_lockout_after = 5;
     /* The window (10 s) ended long before: free and clean again. */
     assert_int_equal(check(l, "10.0.0.1", NULL, false, t + 5 + 60000, &retry), CY_LIMIT_GO);
     assert_int_equal(addr_failures(l, "10.0.0.1", t + 5 + 60000, &locked), 0);
