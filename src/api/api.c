@@ -393,9 +393,10 @@ static bool admit(void *ctx, const struct sockaddr *sa)
     cy_api *b = ctx;
     if (cy_limit_connect(b->limit, sa, (int64_t)uv_now(b->loop))) return true;
     b->stats->limit_connect_rate++;
-    char a[64], more[CY_LOGRL_MORE];
+    char a[64], key[72], more[CY_LOGRL_MORE];
     cy_limit_addr_text(sa, a, sizeof(a));
-    if (cy_logrl_line(&b->auth_log, a, more))
+    snprintf(key, sizeof(key), "rate %s", a); /* apart from the token failures' lines */
+    if (cy_logrl_line(&b->auth_log, key, more))
         cy_info(NULL, "api: connection from %s closed: over max_connect_rate_per_address (%u/s)%s",
                 a, b->cfg->max_connect_rate_per_address, more);
     return false;
