@@ -279,6 +279,58 @@ static bool refuse_store(cy_api *b, cy_http_req *req)
     return false;
 }
 
+/* limit_gate's answer for a request held before its check (below); the
+ * request's tag says so until the hold ends. */
+#define API_AUTH_HELD (-1)
+
+/* Failed token checks are limited for the whole node by address
+ * (core/cy_limit.h), before the token is looked at: an address locked out
+ * gets 429 with Retry-After, even with a valid token; one over
+ * auth_fail_burst, unless `held` (it has been held once), gets
+ * API_AUTH_HELD: the request is held for auth_fail_delay, then checked
+ * (handle, hold_auth). Returns 1 (go on to the token), 0 (answered) or
+ * API_AUTH_HELD. A malformed, unknown or revoked token, or a stream token
+ * that does not verify, is a failure of its address
+ * (cy_api_authenticate, auth_failed); no token at all, or an expired one,
+ * is not (a client that forgot it, or kept an old one, guesses nothing).
+ * Tokens are not counted by id: a token's id says nothing until its
+ * secret matches, and any id could be locked out. */
+static int limit_gate(cy_api *b, cy_http_req *req, bool held)
+{
+    const struct sockaddr *sa = b->limit ? cy_http_peer_sockaddr(req) : NULL;
+    int64_t retry = 0;
+    switch (cy_limit_auth_check(b->limit, sa, NULL, 0, held, cy_mono_ms(), &retry)) {
+    case CY_LIMIT_LOCKED: {
+        char s[24];
+        snprintf(s, sizeof(s), "%lld", (long long)((retry + 999) / 1000));
+        const char *hd[] = {"Retry-After", s, NULL};
+        b->stats->auth_locked++;
+        auth_failed_log(b, req, "locked out after repeated failed token checks");
+        reply_error(b, req, 429, "too_many_failures", hd,
+                    "too many failed token checks from this address; retry in %s s", s);
+        return 0;
+    }
+    case CY_LIMIT_DELAY: b->stats->auth_delayed++; return API_AUTH_HELD;
+    default: return 1;
+    }
+}
+
+/* A guess that failed (see limit_gate): counted for its address, logged,
+ * answered 401 with why. */
+static void auth_failed(cy_api *b, cy_http_req *req, const char *why)
+{
+    const struct sockaddr *sa = b->limit ? cy_http_peer_sockaddr(req) : NULL;
+    b->stats->auth_failures++;
+    unsigned bits = cy_limit_auth_failed(b->limit, sa, NULL, 0, false, cy_mono_ms());
+    char text[160];
+    snprintf(text, sizeof(text), "%s%s", why,
+             (bits & CY_LIMIT_ADDR_LOCKED_NOW) ? "; the address is now locked out"
+             : (bits & CY_LIMIT_ADDR_SLOW_NOW) ? "; its checks are now held"
+                                               : "");
+    auth_failed_log(b, req, text);
+    reply_error(b, req, 401, "unauthorized", www, "%s", why);
+}
+
 /* A stream token (api_stream_token.h): valid, for an event stream, with a
  * parent that is neither revoked nor expired. */
 static bool stream_token_auth(cy_api *b, cy_http_req *req, const char *tok, size_t len,
@@ -303,8 +355,7 @@ static bool stream_token_auth(cy_api *b, cy_http_req *req, const char *tok, size
         return false;
     }
     if (rc) {
-        auth_failed_log(b, req, "malformed or unknown stream token");
-        reply_error(b, req, 401, "unauthorized", www, "malformed or unknown stream token");
+        auth_failed(b, req, "malformed or unknown stream token");
         return false;
     }
     cy_token_auth ta;
@@ -384,9 +435,7 @@ bool cy_api_authenticate(cy_api *b, cy_http_req *req, bool stream_route, api_aut
         refuse_expired(b, req, "token", ta.expires_at, "");
         return false;
     }
-    const char *why = rc == CY_EINVAL ? "malformed token" : "unknown or revoked token";
-    auth_failed_log(b, req, why);
-    reply_error(b, req, 401, "unauthorized", www, "%s", why);
+    auth_failed(b, req, rc == CY_EINVAL ? "malformed token" : "unknown or revoked token");
     return false;
 }
 
@@ -420,6 +469,74 @@ static bool cors_headers(cy_api *b, cy_http_req *req)
     return true;
 }
 
+static void handle(void *ctx, cy_http_req *req);
+
+/* A request held for auth_fail_delay before its token is checked. */
+typedef struct api_hold {
+    uv_timer_t t;
+    cy_api *b;
+    cy_http_req *req; /* NULL once the client left */
+} api_hold;
+
+static void hold_closed(uv_handle_t *h)
+{
+    cy_free(h->data);
+}
+
+static void hold_gone(void *arg, cy_http_req *req)
+{
+    api_hold *ho = arg;
+    (void)req;
+    ho->req = NULL;
+    uv_timer_stop(&ho->t);
+    uv_close((uv_handle_t *)&ho->t, hold_closed);
+}
+
+static void hold_done(uv_timer_t *t)
+{
+    api_hold *ho = t->data;
+    cy_http_req *req = ho->req;
+    cy_http_on_close(req, NULL, NULL);
+    uv_close((uv_handle_t *)&ho->t, hold_closed);
+    cy_http_set_tag(req, 0);
+    if (limit_gate(ho->b, req, true) != 1) return; /* answered: locked out meanwhile */
+    const api_route *r = route_of(req);
+    api_auth a;
+    if (!cy_api_authenticate(ho->b, req, r && r->stream, &a)) return; /* answered */
+    cy_http_set_tag(req, (int)a.scopes);
+    handle(ho->b, req);
+}
+
+static void hold_auth(cy_api *b, cy_http_req *req)
+{
+    api_hold *ho = cy_calloc(1, sizeof(*ho));
+    if (!ho) {
+        reply_error(b, req, 503, "internal", NULL, "out of memory");
+        return;
+    }
+    ho->b = b;
+    ho->req = req;
+    uv_timer_init(b->loop, &ho->t);
+    ho->t.data = ho;
+    uv_timer_start(&ho->t, hold_done, b->cfg->auth_fail_delay, 0);
+    cy_http_on_close(req, hold_gone, ho);
+}
+
+/* The HTTP server's admit: max_connect_rate_per_address, at accept. */
+static bool admit(void *ctx, const struct sockaddr *sa)
+{
+    cy_api *b = ctx;
+    if (cy_limit_connect(b->limit, sa, (int64_t)uv_now(b->loop))) return true;
+    b->stats->limit_connect_rate++;
+    char a[64], key[72], more[CY_LOGRL_MORE];
+    cy_limit_addr_text(sa, a, sizeof(a));
+    snprintf(key, sizeof(key), "rate %s", a); /* apart from the token failures' lines */
+    if (cy_logrl_line(&b->auth_log, key, more))
+        cy_info(NULL, "api: connection from %s closed: over max_connect_rate_per_address (%u/s)%s",
+                a, b->cfg->max_connect_rate_per_address, more);
+    return false;
+}
+
 /* The HTTP server's check, run once a request's headers are in and before
  * any of its body is read: every path but /v1/health needs a valid token
  * (or, to open an event stream, a stream token), so a stranger's body is
@@ -442,6 +559,9 @@ static void check_request(void *ctx, cy_http_req *req)
         if (strcmp(m, "GET") != 0) not_allowed(b, req, "GET");
         return;
     }
+    int g = limit_gate(b, req, false);
+    if (g == API_AUTH_HELD) cy_http_set_tag(req, API_AUTH_HELD);
+    if (g != 1) return;
     const api_route *r = route_of(req);
     api_auth a;
     if (cy_api_authenticate(b, req, r && r->stream, &a)) cy_http_set_tag(req, (int)a.scopes);
@@ -882,7 +1002,12 @@ static void handle(void *ctx, cy_http_req *req)
         health(b, req);
         goto out;
     }
-    /* check_request found the token's scopes before the body was read. */
+    /* check_request found the token's scopes before the body was read, or
+     * found that it must wait (API_AUTH_HELD). */
+    if (cy_http_tag(req) == API_AUTH_HELD) {
+        hold_auth(b, req);
+        goto out;
+    }
     unsigned scopes = (unsigned)cy_http_tag(req);
     if (!scopes) {
         api_auth a;
@@ -961,6 +1086,7 @@ int cy_api_new(const cy_api_deps *deps, int http_fd, cy_api **out)
     a->stats = deps->stats;
     a->hists = deps->hists;
     a->sb = deps->sb;
+    a->limit = deps->limit;
     a->self = deps->self;
     a->nshards = deps->nshards ? deps->nshards : 1;
     a->http_fd = -1;
@@ -1023,6 +1149,8 @@ void cy_api_listen(cy_api *b)
         .max_stream_backlog = API_STREAM_BACKLOG,
         .request_timeout_s = b->cfg->http_request_timeout,
         .max_per_address = b->cfg->http_max_per_address,
+        .admit = b->limit ? admit : NULL,
+        .admit_ctx = b,
     };
     bool tls = b->cfg->tls_cert[0] && b->cfg->http_tls;
     if (tls) {

@@ -17,6 +17,7 @@
 
 #include "cluster/cluster.h"
 #include "core/cy_config.h"
+#include "core/cy_limit.h"
 #include "device/device.h"
 #include "health/metrics.h"
 #include "health/scoreboard.h"
@@ -37,6 +38,7 @@ typedef struct cy_api_deps {
     cy_counters *stats;
     cy_hists *hists;        /* latency of every answer (CY_HIST_API_REQUEST); NULL: none */
     cy_scoreboard *sb;      /* NULL: none */
+    cy_limit *limit;        /* failed tokens, connection rates (core/cy_limit.h); NULL: none */
     unsigned self, nshards;
 } cy_api_deps;
 

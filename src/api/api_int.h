@@ -111,6 +111,7 @@ struct cy_api {
     cy_counters *stats;
     cy_hists *hists; /* NULL: none */
     cy_scoreboard *sb;
+    cy_limit *limit; /* the node's failed logins and connection rates; NULL: none */
     unsigned self, nshards;
     cy_subscriber events_sub; /* the event filters' subscriber (api_events.c) */
     cy_sub_kind events_kind;

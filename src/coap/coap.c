@@ -36,6 +36,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/rand.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -413,10 +414,75 @@ static void plain_input(cy_coap *c, const coap_addr *a, const uint8_t *raw, size
 
 /* ---- the DTLS terminator's hooks ---- */
 
-static int dtls_psk(void *ctx, const char *identity, uint8_t *key, size_t max)
+/* A DTLS login's limits (core/cy_limit.h): an address, or a device for
+ * the addresses that failed, locked out gets no key, so its handshake
+ * fails, even with the right key. A slow one is not held: a handshake
+ * costs the client a cookie round trip and is rate-limited per shard
+ * already (coaps_handshake_rate). An unknown identity is a failed login
+ * of its address here; a wrong key is one of the address and the device
+ * when its handshake fails (dtls_failed). */
+/* One line per kind of event per address per 10 s (a stranger repeats
+ * these at will). */
+static void auth_log(cy_coap *c, char kind, const struct sockaddr *addr, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void auth_log(cy_coap *c, char kind, const struct sockaddr *addr, const char *fmt, ...)
+{
+    if (!cy_log_enabled(CY_LOG_INFO)) return;
+    char a[64], key[72], more[CY_LOGRL_MORE], text[256];
+    cy_limit_addr_text(addr, a, sizeof(a));
+    snprintf(key, sizeof(key), "%c %s", kind, a);
+    if (!cy_logrl_line(&c->auth_log, key, more)) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    cy_log(CY_LOG_INFO, NULL, "coaps: from %s: %s%s", a, text, more);
+}
+
+static void auth_failed(cy_coap *c, const struct sockaddr *addr, const char *identity, bool exists,
+                        const char *why)
+{
+    c->stats->auth_failures++;
+    unsigned bits =
+        cy_limit_auth_failed(c->limit, addr, identity, strlen(identity), exists, cy_mono_ms());
+    auth_log(c, 'f', addr, "handshake for device '%.64s' failed: %s", identity, why);
+    if (bits & CY_LIMIT_ADDR_LOCKED_NOW)
+        auth_log(c, 'l', addr, "address locked out for %u s: %u failed logins within %u s",
+                 c->cfg->auth_lockout, c->cfg->auth_fail_lockout_after, c->cfg->auth_fail_window);
+    if (bits & CY_LIMIT_ID_LOCKED_NOW)
+        auth_log(c, 'd', addr,
+                 "device '%.64s' locked out for %u s for the addresses that failed: %u failed "
+                 "logins within %u s",
+                 identity, c->cfg->auth_lockout, c->cfg->auth_fail_lockout_after,
+                 c->cfg->auth_fail_window);
+}
+
+static int dtls_psk(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity,
+                    uint8_t *key, size_t max)
 {
     cy_coap *c = ctx;
-    return cy_registry_device_psk(c->registry, identity, strlen(identity), key, max);
+    (void)alen;
+    size_t n = strlen(identity);
+    int64_t retry = 0;
+    if (cy_limit_auth_check(c->limit, addr, identity, n, true, cy_mono_ms(), &retry) ==
+        CY_LIMIT_LOCKED) {
+        c->stats->auth_locked++;
+        auth_log(c, 'r', addr,
+                 "handshake for device '%.64s' refused: locked out after repeated "
+                 "failed logins (%lld s left)",
+                 identity, (long long)((retry + 999) / 1000));
+        return CY_EACCES;
+    }
+    int rc = cy_registry_device_psk(c->registry, identity, n, key, max);
+    if (rc == CY_ENOENT) auth_failed(c, addr, identity, false, "unknown device");
+    return rc;
+}
+
+static void dtls_failed(void *ctx, const struct sockaddr *addr, socklen_t alen,
+                        const char *identity)
+{
+    (void)alen;
+    auth_failed(ctx, addr, identity, true, "wrong key, or the handshake timed out");
 }
 
 static void dtls_send(void *ctx, const struct sockaddr *addr, socklen_t alen, const uint8_t *p,
@@ -627,6 +693,8 @@ int cy_coap_new(const cy_coap_deps *deps, cy_coap **out)
     c->devices = deps->devices;
     c->space = deps->space;
     c->stats = deps->stats;
+    c->limit = deps->limit;
+    cy_logrl_init(&c->auth_log, 10000, 20);
     c->self = deps->self;
     c->nshards = deps->nshards ? deps->nshards : 1;
     c->udp_fd = c->dtls_fd = -1;
@@ -678,7 +746,7 @@ int cy_coap_open(cy_coap *c, int udp_fd, int dtls_fd)
                 (uint16_t)(c->cfg->coap_max_message + 64 > 65000 ? 65000
                                                                  : c->cfg->coap_max_message + 64),
         };
-        cy_dtls_hooks h = {dtls_psk, dtls_send, dtls_up, dtls_data, dtls_down, c};
+        cy_dtls_hooks h = {dtls_psk, dtls_send, dtls_up, dtls_data, dtls_down, dtls_failed, c};
         if ((rc = cy_dtls_new(&o, &h, &c->dtls))) return rc;
         if ((rc = open_fd(c, dtls_fd, &c->dtls_fd, &c->dtls_poll))) return rc;
         c->dtls_polling = true;

@@ -12,6 +12,8 @@
 #include "coap/codec.h"
 #include "coap/dtls.h"
 #include "core/cy_buf.h"
+#include "core/cy_limit.h"
+#include "core/cy_log.h"
 #include "core/cy_map.h"
 #include "device/session.h"
 
@@ -150,6 +152,7 @@ typedef struct coap_ep {
     coap_block1 blk;
     coap_block2 ans;    /* a call's answer in blocks */
     bool addr_verified; /* plain: this address echoed our Echo value (RFC 9175) */
+    cy_pub_rate rate;   /* max_publish_rate, max_publish_bytes_rate (core/cy_limit.h) */
     size_t req_len;     /* the datagram being answered (amplification bound) */
     struct coap_ep *busy_next, *busy_prev;
     uint8_t akey[19]; /* plain: addr as a key of c->by_addr (akey_len 0: not in it) */
@@ -167,6 +170,8 @@ struct cy_coap {
     cy_devices *devices;
     cy_space *space;
     cy_counters *stats;
+    cy_limit *limit;   /* the node's failed logins (DTLS), or NULL */
+    cy_logrl auth_log; /* failed and refused DTLS logins: a line per address per 10 s */
     unsigned self, nshards;
     /* sockets */
     int udp_fd, dtls_fd; /* our duplicates; -1 = off */

@@ -365,13 +365,14 @@ static unsigned int psk_server(SSL *ssl, const char *identity, unsigned char *ps
     if (!pe || !identity || !identity_ok(identity)) return 0;
     cy_dtls *t = pe->t;
     uint8_t key[CY_DTLS_PSK_MAX];
-    int r = t->h.psk(t->h.ctx, identity, key, sizeof(key));
+    int r = t->h.psk(t->h.ctx, (const struct sockaddr *)&pe->addr, pe->alen, identity, key,
+                     sizeof(key));
     unsigned int out = 0;
     if (r > 0 && (unsigned int)r <= max && r <= CY_DTLS_PSK_MAX) {
         memcpy(psk, key, (size_t)r);
         out = (unsigned int)r;
         snprintf(pe->identity, sizeof(pe->identity), "%s", identity);
-    } else if (r != CY_ENOENT) {
+    } else if (r != CY_ENOENT && r != CY_EACCES) {
         cy_warn(identity, "dtls: PSK lookup failed: %s", r > 0 ? "key too long" : cy_strerror(r));
     }
     OPENSSL_cleanse(key, sizeof(key));
@@ -436,6 +437,18 @@ static void peer_close(cy_dtls *t, peer *pe, const char *why, bool notify)
     t->graveyard = pe;
 }
 
+/* A handshake that will not complete. Its key was found (identity set) but
+ * no Finished came that it decrypts: the peer holds another key, most
+ * likely (DTLS drops undecryptable records silently, so a wrong key shows
+ * as a handshake that times out), and the failed hook hears of it. */
+static void handshake_failed(cy_dtls *t, peer *pe)
+{
+    t->st.handshakes_failed++;
+    if (pe->identity[0] && t->h.failed)
+        t->h.failed(t->h.ctx, (const struct sockaddr *)&pe->addr, pe->alen, pe->identity);
+    peer_close(t, pe, NULL, false);
+}
+
 static void enter(cy_dtls *t)
 {
     t->busy++;
@@ -477,8 +490,7 @@ static void peer_input(cy_dtls *t, peer *pe, const uint8_t *p, size_t len, int64
                 unsigned long err = ERR_peek_error();
                 cy_debug(pe->identity[0] ? pe->identity : NULL, "dtls: handshake failed: %s",
                          err ? ERR_reason_error_string(err) : "closed");
-                t->st.handshakes_failed++;
-                peer_close(t, pe, NULL, false);
+                handshake_failed(t, pe);
             }
             goto done;
         }
@@ -795,8 +807,7 @@ void cy_dtls_tick(cy_dtls *t, int64_t now)
         next = pe->next; /* only the send hook runs below: it must not close peers */
         if (now - pe->started_ms >= (int64_t)t->o.handshake_ms) {
             cy_debug(pe->identity[0] ? pe->identity : NULL, "dtls: handshake timed out");
-            t->st.handshakes_failed++;
-            peer_close(t, pe, NULL, false);
+            handshake_failed(t, pe);
             continue;
         }
         struct timeval tv;
@@ -804,8 +815,7 @@ void cy_dtls_tick(cy_dtls *t, int64_t now)
         if (DTLSv1_get_timeout(pe->ssl, &tv) && tv.tv_sec == 0 && tv.tv_usec == 0 &&
             SSL_alloc_buffers(pe->ssl)) {
             if (DTLSv1_handle_timeout(pe->ssl) < 0) {
-                t->st.handshakes_failed++;
-                peer_close(t, pe, NULL, false);
+                handshake_failed(t, pe);
             } else {
                 (void)SSL_free_buffers(pe->ssl);
             }

@@ -33,8 +33,8 @@
  * Hooks run inside cy_dtls_input, cy_dtls_send, cy_dtls_tick,
  * cy_dtls_kick and cy_dtls_close_all; a hook must not free the cy_dtls.
  * The up, data and down hooks may call cy_dtls_send and cy_dtls_kick;
- * the psk and send hooks run inside OpenSSL and must not call any
- * cy_dtls function.
+ * the psk and send hooks run inside OpenSSL, and the failed hook inside
+ * cy_dtls_input or cy_dtls_tick: they must not call any cy_dtls function.
  * Errors: CY_ENOMEM, CY_EIO (OpenSSL setup), CY_ENOENT (no established
  * peer at that address), CY_EMSGSIZE (plaintext over the record limit),
  * CY_EINVAL (a missing psk or send hook, an mtu under 256, an empty send).
@@ -56,11 +56,13 @@ typedef struct cy_dtls cy_dtls;
 #define CY_DTLS_IDENTITY_MAX 128
 
 typedef struct cy_dtls_hooks {
-    /* The key for identity (NUL-terminated, borrowed) into key[0..max):
-     * its length (> 0), or a negative CY_E* (CY_ENOENT: unknown identity
-     * or no key; anything else: a lookup failure). The handshake fails
-     * with an alert either way. */
-    int (*psk)(void *ctx, const char *identity, uint8_t *key, size_t max);
+    /* The key for identity (NUL-terminated, borrowed) into key[0..max)
+     * for the peer at addr: its length (> 0), or a negative CY_E*
+     * (CY_ENOENT: unknown identity or no key; CY_EACCES: refused, e.g. a
+     * lockout, not logged here; anything else: a lookup failure). The
+     * handshake fails with an alert but for a length. */
+    int (*psk)(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity,
+               uint8_t *key, size_t max);
     /* Write one datagram to addr. A failure is not retried (DTLS
      * retransmits its handshake flights; the layer above its own data). */
     void (*send)(void *ctx, const struct sockaddr *addr, socklen_t alen, const uint8_t *p,
@@ -79,6 +81,12 @@ typedef struct cy_dtls_hooks {
      * for peers that never completed their handshake. */
     void (*down)(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity,
                  const char *why);
+    /* May be NULL. A handshake for identity, whose key psk gave, failed or
+     * timed out (handshake_ms): the peer holds another key, most likely (a
+     * record under a wrong key is dropped silently, RFC 6347 4.1.2.7, so a
+     * wrong key shows as a handshake that never ends), or its flights were
+     * lost. A failed login. */
+    void (*failed)(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity);
     void *ctx;
 } cy_dtls_hooks;
 

@@ -728,6 +728,19 @@ static answer publish(coap_ep *ep, const cy_coap_msg *m, const char *topic, size
         c->stats->publish_received_qos1++;
     else
         c->stats->publish_received_qos0++;
+    /* max_publish_rate, max_publish_bytes_rate: 4.29 Too Many Requests
+     * (RFC 8516), Max-Age saying in how many seconds the rate allows
+     * again. A repeated message id gets its first answer, uncharged. */
+    int64_t now_us = now_ms(c) * 1000;
+    if (cy_pub_rate_on(c->cfg) &&
+        !cy_pub_rate_take(&ep->rate, c->cfg, tlen + m->payload_len, now_us)) {
+        c->stats->limit_publish_rate++;
+        answer a = refused(CY_COAP_TOO_MANY_REQUESTS, "over max_publish_rate");
+        int64_t wait = cy_pub_rate_wait(&ep->rate, c->cfg, now_us);
+        a.max_age = (uint32_t)((wait + 999999) / 1000000);
+        if (a.max_age == 0) a.max_age = 1;
+        return a;
+    }
     if (!cy_topic_valid_name(topic, tlen)) return refused(CY_COAP_BAD_REQUEST, "not a valid topic");
     bool reply_topic = false;
     const char *why = NULL;

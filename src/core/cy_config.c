@@ -3,6 +3,7 @@
 #include "core/cy_config.h"
 
 #include "core/cy_err.h"
+#include "core/cy_limit.h"
 #include "core/cy_log.h"
 
 #include <ctype.h>
@@ -176,6 +177,36 @@ static const setting table[] = {
         "applied on top of isolate_devices to what clients publish, subscribe and receive; "
         "once set, what it does not grant is refused; empty = no ACL, everything allowed; "
         "re-read on SIGHUP (docs/operations.md, \"Access control\")"),
+    /* Limits against abuse (docs/operations.md), counted for the whole node. */
+    U32(auth_fail_burst, "10", 0, 1000000,
+        "failed logins (MQTT, API token, DTLS key) from one address, or for one device, within "
+        "auth_fail_window before further attempts are answered only after auth_fail_delay; "
+        "0 = never"),
+    U32(auth_fail_window, "60", 1, 86400,
+        "seconds over which failed logins are counted, from the first of them"),
+    U32(auth_fail_lockout_after, "20", 0, 1000000,
+        "failed logins within auth_fail_window after which an address (or a device, for the "
+        "addresses that failed) is refused outright, even with the right secret, for "
+        "auth_lockout; 0 = never"),
+    U32(auth_lockout, "1800", 1, 604800, "seconds a lockout lasts"),
+    U32(auth_fail_delay, "2000", 0, 60000,
+        "milliseconds a login attempt is held before it is checked once its address or device "
+        "has failed auth_fail_burst times; 0 = not held"),
+    U32(max_connect_rate_per_address, "100", 0, 1000000,
+        "new MQTT and HTTP connections per second from one address (the node's accepts "
+        "together); more are closed at accept; 0 = no limit"),
+    U32(connect_burst_per_address, "200", 1, 1000000,
+        "connections one address may open at once within max_connect_rate_per_address"),
+    STR(limits_exempt, "127.0.0.0/8, ::1",
+        "addresses (address/prefix, comma-separated) that no per-address limit applies to: "
+        "not max_connect_rate_per_address, not the lockout of an address; empty = none"),
+    U32(max_publish_rate, "0", 0, 10000000,
+        "publishes per second one connection (a CoAP device) may make, bursts of one second's "
+        "worth; over it MQTT 5 QoS 1/2 get 0x97, QoS 0 is dropped, 3.1.1 is slowed (not "
+        "read), CoAP gets 4.29; 0 = no limit"),
+    U32(max_publish_bytes_rate, "0", 0, 0xFFFFFFFFu,
+        "bytes (topic and payload) per second one connection (a CoAP device) may publish, as "
+        "max_publish_rate; 0 = no limit"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))
@@ -294,6 +325,9 @@ int cy_config_set(cy_config *c, const char *name, const char *value, cy_config_e
             if (rc) return rc;
             if (!strcmp(name, "store_sync") && strcmp(value, "normal") && strcmp(value, "full"))
                 return fail(err, "%s: expected normal or full, got '%s'", name, value);
+            char bad[128];
+            if (!strcmp(name, "limits_exempt") && cy_limit_exempt_check(value, bad, sizeof(bad)))
+                return fail(err, "%s: not an address or address/prefix: %s", name, bad);
             return 0;
         }
     return fail(err, "unknown setting '%s'%s", name, "");
@@ -377,6 +411,9 @@ static const char *const reloadable[] = {
     "sse_max_per_token",  "sse_max_per_address",
     "cors_origins",
     "acl_file",
+    "auth_fail_burst",    "auth_fail_window",  "auth_fail_lockout_after",
+    "auth_lockout",       "auth_fail_delay",   "max_connect_rate_per_address",
+    "connect_burst_per_address", "max_publish_rate", "max_publish_bytes_rate",
 };
 
 size_t cy_config_count(void)

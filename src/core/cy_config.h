@@ -88,6 +88,17 @@ typedef struct cy_config {
     bool http_tls;              /* HTTPS on http_listen when tls_cert is set */
     bool ops_tls;               /* HTTPS on ops_listen when tls_cert is set */
     char acl_file[512];         /* the operator's ACL (Mosquitto's acl_file format); "" = none */
+    /* limits against abuse (core/cy_limit.h), node-wide */
+    uint32_t auth_fail_burst;     /* failed logins in a window before attempts are delayed; 0 = never */
+    uint32_t auth_fail_window;    /* s */
+    uint32_t auth_fail_lockout_after; /* failed logins in a window before a lockout; 0 = never */
+    uint32_t auth_lockout;        /* s */
+    uint32_t auth_fail_delay;     /* ms an attempt is held once its address or device is slow */
+    uint32_t max_connect_rate_per_address; /* new connections per s per address; 0 = no limit */
+    uint32_t connect_burst_per_address;    /* connections at once within that rate */
+    char limits_exempt[256];      /* addresses (with /prefix) no per-address limit applies to */
+    uint32_t max_publish_rate;    /* messages per s per connection (CoAP: per device); 0 = no limit */
+    uint32_t max_publish_bytes_rate; /* payload and topic bytes per s per connection; 0 = no limit */
 } cy_config;
 
 typedef struct cy_config_error {

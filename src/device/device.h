@@ -32,6 +32,7 @@
 #include "cluster/cluster.h"
 #include "core/cy_config.h"
 #include "device/acl.h"
+#include "core/cy_limit.h"
 #include "core/cy_map.h"
 #include "device/link.h"
 #include "health/metrics.h"
@@ -70,6 +71,7 @@ typedef struct cy_transport_deps {
     cy_space *space; /* the disk-full state */
     cy_counters *stats;
     cy_scoreboard *sb; /* node-wide figures; NULL = this shard only */
+    cy_limit *limit;   /* failed logins, connection rates (core/cy_limit.h); NULL = none */
     unsigned self, nshards;
 } cy_transport_deps;
 

@@ -117,7 +117,19 @@ enum {
     X(coaps_handshake_failures, CY_METRIC_COUNTER, "handshakes",                                   \
       "DTLS handshakes failed (bad key, unknown device, timeout) or refused over a limit")         \
     X(acl_file_denied, CY_METRIC_COUNTER, "requests",                                              \
-      "publishes, subscriptions and deliveries refused by the operator's acl_file")
+      "publishes, subscriptions and deliveries refused by the operator's acl_file")               \
+    X(auth_failures, CY_METRIC_COUNTER, "logins",                                                  \
+      "failed logins: a wrong or unknown device secret (MQTT), DTLS key, or API token")            \
+    X(auth_delayed, CY_METRIC_COUNTER, "logins",                                                   \
+      "login attempts held auth_fail_delay before their check: address or device over "            \
+      "auth_fail_burst")                                                                           \
+    X(auth_locked, CY_METRIC_COUNTER, "logins",                                                    \
+      "login attempts refused unchecked: address or device locked out (auth_lockout)")             \
+    X(limit_connect_rate, CY_METRIC_COUNTER, "connections",                                        \
+      "MQTT and HTTP connections closed at accept over max_connect_rate_per_address")              \
+    X(limit_publish_rate, CY_METRIC_COUNTER, "packets",                                            \
+      "publishes over max_publish_rate or max_publish_bytes_rate: refused or dropped (MQTT 5, "    \
+      "CoAP), or that paused reading their connection (MQTT 3.1.1)")
 
 #define CY_METRIC_ONE_(name, kind, unit, help) +1
 enum { CY_METRICS_N = 0 CY_METRICS(CY_METRIC_ONE_) };

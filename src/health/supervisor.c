@@ -48,6 +48,7 @@
 #include "core/cy_alloc.h"
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
+#include "core/cy_limit.h"
 #include "core/cy_log.h"
 #include "core/cy_version.h"
 #include "health/scoreboard.h"
@@ -1181,6 +1182,15 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     rc = cy_scoreboard_create(path, s->n, &s->sb);
     if (rc) {
         cy_error(NULL, "supervisor: cannot create %s: %s", path, cy_strerror(rc));
+        return start_failed(s);
+    }
+    /* The node's table of failed logins and connection rates (core/cy_limit.h):
+     * new at each start, so a restart forgets every count and lockout. */
+    char lpath[640];
+    snprintf(lpath, sizeof(lpath), "%s/limits", run_dir);
+    rc = cy_limit_file_create(lpath);
+    if (rc) {
+        cy_error(NULL, "supervisor: cannot create %s: %s", lpath, cy_strerror(rc));
         return start_failed(s);
     }
     cy_sb_store(&s->sb.hdr->supervisor_pid, getpid());

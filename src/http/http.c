@@ -535,11 +535,13 @@ static size_t addr_key(const struct sockaddr *sa, uint8_t key[17])
 }
 
 /* MHD's accept policy, before a connection exists: refuse (MHD closes the
- * socket at once) an address that holds max_per_address connections. */
+ * socket at once) what the application's admit refuses, and an address
+ * that holds max_per_address connections. */
 static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
 {
     cy_http *h = cls;
     (void)addrlen;
+    if (h->lim.admit && !h->lim.admit(h->lim.admit_ctx, addr)) return MHD_NO;
     if (h->lim.max_per_address == 0) return MHD_YES;
     uint8_t key[17];
     size_t kl = addr_key(addr, key);
@@ -1768,6 +1770,15 @@ int cy_http_add_header(cy_http_req *req, const char *name, const char *value)
     req->extra[2 * req->nextra + 1] = v;
     req->nextra++;
     return 0;
+}
+
+const struct sockaddr *cy_http_peer_sockaddr(const cy_http_req *req)
+{
+    const union MHD_ConnectionInfo *ci =
+        req->state == RQ_GONE ? NULL
+                              : MHD_get_connection_info(req->conn,
+                                                        MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    return ci ? ci->client_addr : NULL;
 }
 
 void cy_http_set_tag(cy_http_req *req, int tag)

@@ -39,7 +39,9 @@
  * nothing being answered for that long is closed; the request line counts
  * as under way once it is whole).
  * max_per_address (when not 0: a connection from an address that holds
- * that many already is closed at accept, logged rate-limited).
+ * that many already is closed at accept, logged rate-limited);
+ * the application's admit callback (its own limits, e.g. a connection
+ * rate per address: a false closes the connection at accept).
  * Pressure: once open connections reach max_connections less a tenth of it
  * (no reserve below 10), each new connection closes the one that has
  * waited longest with no request under way (between requests, or no whole
@@ -73,6 +75,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+struct sockaddr;
 typedef struct cy_http cy_http;
 typedef struct cy_http_req cy_http_req;
 /* Immutable bytes shared by many streams, refcounted. */
@@ -90,6 +93,11 @@ typedef struct cy_http_limits {
      * private key; both NULL or "" = plain HTTP. Read at cy_http_new. */
     const char *tls_cert;
     const char *tls_key;
+    /* Called at each accept with the client's address (borrowed for the
+     * call), before anything else: false closes the connection at once
+     * (the callback counts and logs it). NULL: every connection is taken. */
+    bool (*admit)(void *ctx, const struct sockaddr *addr);
+    void *admit_ctx;
 } cy_http_limits;
 
 /* Called once per request, on the loop thread, with the whole body read.
@@ -152,6 +160,9 @@ const uint8_t *cy_http_body(const cy_http_req *req, size_t *len);
 const char *cy_http_peer(const cy_http_req *req);
 /* The client's address alone ("ip"), e.g. to count or rate-limit by source. */
 const char *cy_http_peer_addr(const cy_http_req *req);
+/* The client's address as a sockaddr (borrowed, valid while req is), or
+ * NULL if unknown. */
+const struct sockaddr *cy_http_peer_sockaddr(const cy_http_req *req);
 /* A number the application keeps with the request (0 until set), e.g. what
  * the check found for the handler to use. */
 void cy_http_set_tag(cy_http_req *req, int tag);

@@ -29,6 +29,14 @@
  * CONNECT that arrives in one read (every real client's) is decoded in the
  * shared read buffer and holds nothing.
  *
+ * Limits against abuse (core/cy_limit.h): a new socket from an address over
+ * max_connect_rate_per_address is closed at accept; a CONNECT whose address
+ * or device has failed too often is held (handle_connect.c says when): its
+ * bytes wait in `in`, the socket is not read, and the sweep hands it over
+ * again once auth_fail_delay has passed; a 3.1.1 publisher over
+ * max_publish_rate is throttled the same way (handle_publish.c), what it
+ * sent after the publish that crossed the rate waiting in `in`.
+ *
  * Errors are mapped to the wire here, once: a handler returns a MQTT 5
  * reason code and the dispatcher closes with it (DISCONNECT for MQTT 5
  * clients, a bare close for 3.1.1), logs one line naming the client and
@@ -77,6 +85,13 @@ const char *cy_conn_peer(const cy_conn *c)
     }
     snprintf(text, sizeof(text), "%s:%d", ip, port);
     return text;
+}
+
+const struct sockaddr *cy_conn_addr(const cy_conn *c, struct sockaddr_storage *ss)
+{
+    int sl = sizeof(*ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)ss, &sl)) return NULL;
+    return (const struct sockaddr *)ss;
 }
 
 void cy_conn_log_stranger(cy_conn *c, const char *kind, const char *fmt, ...)
@@ -195,6 +210,7 @@ static void backpressure(cy_conn *c)
         /* What the client sent meanwhile waits in our socket: it was not
          * silent, we were not listening. */
         c->last_rx = (int64_t)uv_now(g->loop);
+        if (c->throttled) return; /* the sweep resumes it when its rate allows */
         int rc = conn_read_start(c);
         if (rc) {
             cy_debug(cy_conn_name(c), "read start: %s", uv_strerror(rc));
@@ -436,7 +452,7 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
 {
     cy_mqtt *g = c->g;
     size_t off = 0;
-    while (off < len && c->state != CONN_CLOSING) {
+    while (off < len && c->state != CONN_CLOSING && !c->delayed && !c->throttled) {
         size_t pkt_len = 0;
         bool login = c->state == CONN_NEW;
         uint32_t limit = login ? g->cfg->max_connect_size : g->cfg->max_packet_size;
@@ -483,11 +499,18 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
                 return len;
             }
         }
+        size_t at = off;
         off += used;
         c->last_rx = uv_now(g->loop);
         g->progress++;
         cy_cluster_hold_begin(g->cluster);
         int reason = dispatch(c, &p);
+        if (reason == CY_CONN_HOLD) { /* this CONNECT and what follows wait in `in` */
+            c->delayed = true;
+            c->last_rx = uv_now(g->loop) + g->cfg->auth_fail_delay;
+            conn_read_stop(c);
+            return at;
+        }
         if (reason >= 0x80) {
             if (reason == CY_RC_PROTOCOL_ERROR || reason == CY_RC_MALFORMED)
                 g->stats->protocol_errors++;
@@ -616,6 +639,38 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     backpressure(c);
 }
 
+/* Handle what waits in `in` (a held CONNECT, a throttled publisher's
+ * input), then read the socket again unless something stopped it anew. */
+static void resume_input(cy_conn *c)
+{
+    if (c->in) {
+        size_t used = process(c, cy_buf_head(c->in), cy_buf_size(c->in));
+        if (c->state == CONN_CLOSING) return;
+        cy_buf_consume(c->in, used);
+        if (cy_buf_size(c->in) == 0)
+            in_free(c);
+        else
+            preauth_account(c);
+        backpressure(c);
+    }
+    if (c->state == CONN_CLOSING || c->delayed || c->throttled || c->paused || c->reading ||
+        c->g->stalled)
+        return;
+    int rc = conn_read_start(c);
+    if (rc) {
+        cy_debug(cy_conn_name(c), "read start: %s", uv_strerror(rc));
+        cy_conn_close(c, 0, NULL);
+    }
+}
+
+void cy_conn_throttle(cy_conn *c)
+{
+    if (c->throttled || c->state != CONN_ACTIVE) return;
+    c->throttled = true;
+    c->g->stats->limit_publish_rate++;
+    conn_read_stop(c);
+}
+
 /* A new connection object for an open socket, linked into the gateway. */
 static cy_conn *conn_new(cy_mqtt *g)
 {
@@ -658,6 +713,17 @@ static void on_connection(uv_stream_t *server, int status)
         cy_conn_close(c, 0, "over max_connections");
         return;
     }
+    /* Nor do sockets from an address that opens them too fast (the node's
+     * accepts together): a getpeername per accept, only while the limit is on. */
+    struct sockaddr_storage ss;
+    const struct sockaddr *sa;
+    if (g->limit && g->cfg->max_connect_rate_per_address && (sa = cy_conn_addr(c, &ss)) &&
+        !cy_limit_connect(g->limit, sa, (int64_t)uv_now(g->loop))) {
+        g->stats->limit_connect_rate++;
+        g->progress++;
+        cy_conn_close(c, 0, "over max_connect_rate_per_address");
+        return;
+    }
     if (g->stalled) return; /* drill: accepted, never read (owed input once it sends) */
     uv_tcp_nodelay(&c->tcp, 1);
     int rc = conn_read_start(c);
@@ -686,7 +752,7 @@ void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_
     c->last_rx = uv_now(g->loop);
     uv_tcp_nodelay(&c->tcp, 1);
     cy_conn_feed(c, bytes, len);
-    if (c->state == CONN_CLOSING) return;
+    if (c->state == CONN_CLOSING || c->delayed) return;
     int rc = conn_read_start(c);
     if (rc) {
         cy_debug(cy_conn_name(c), "adopt: read start: %s", uv_strerror(rc));
@@ -996,6 +1062,7 @@ int cy_mqtt_new(const cy_mqtt_deps *deps, cy_mqtt **out)
     g->space = deps->space;
     g->stats = deps->stats;
     g->sb = deps->sb;
+    g->limit = deps->limit;
     g->self = deps->self;
     g->nshards = deps->nshards ? deps->nshards : 1;
     cy_logrl_init(&g->login_log, CY_LOGIN_LOG_WINDOW_MS, CY_LOGIN_LOG_BURST);
@@ -1067,6 +1134,24 @@ bool cy_mqtt_dirty(const cy_mqtt *g)
 void cy_mqtt_sweep(cy_mqtt *g, int64_t now)
 {
     for (cy_conn *c = g->conns; c; c = c->next) {
+        if (c->delayed) { /* a held CONNECT (last_rx: when the hold ends) */
+            if (c->state == CONN_NEW && now >= c->last_rx && !g->stalled) {
+                c->delayed = false;
+                c->delay_served = true;
+                c->last_rx = now; /* connect_timeout runs again from here */
+                resume_input(c);
+            }
+            continue;
+        }
+        if (c->throttled && c->state == CONN_ACTIVE) {
+            const cy_conn_v5 *x = c->v5;
+            if (!g->stalled && (!x || cy_pub_rate_wait(&x->rate, g->cfg, now * 1000) == 0)) {
+                c->throttled = false;
+                c->last_rx = now; /* its silence was ours */
+                resume_input(c);
+            }
+            continue;
+        }
         if (c->state == CONN_NEW && now - c->last_rx > (int64_t)g->cfg->connect_timeout * 1000) {
             g->stats->connect_timeouts++;
             cy_conn_close(c, 0, "no CONNECT within connect_timeout");
@@ -1112,7 +1197,8 @@ uint64_t cy_mqtt_owed_input(const cy_mqtt *g)
     /* Walking 10k connections costs ~1 ms (a cache miss each): skipped
      * while libuv reads every one, the usual case. */
     for (const cy_conn *c = g->n_not_reading ? g->conns : NULL; c; c = c->next) {
-        if (c->reading || c->paused || (c->state != CONN_NEW && c->state != CONN_ACTIVE))
+        if (c->reading || c->paused || c->delayed || c->throttled ||
+            (c->state != CONN_NEW && c->state != CONN_ACTIVE))
             continue;
         int n = 0;
         if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0 &&

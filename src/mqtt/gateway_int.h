@@ -15,6 +15,7 @@
 #define CY_GATEWAY_INT_H
 
 #include "core/cy_buf.h"
+#include "core/cy_limit.h"
 #include "core/cy_log.h"
 #include "device/session.h"
 #include "mqtt/gateway.h"
@@ -50,9 +51,11 @@ typedef struct cy_wstate {
 
 enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING, CONN_HANDED };
 
-/* What only some MQTT 5 clients use: the limits they declared in CONNECT and
- * topic aliases. Allocated the first time a client declares a limit or uses
- * an alias, so a 3.1.1 client (and most 5.0 ones) does not carry it. */
+/* What only some connections use: the limits a MQTT 5 client declared in
+ * CONNECT, topic aliases, and the publish rates while max_publish_rate or
+ * max_publish_bytes_rate is set. Allocated the first time a client declares
+ * a limit, uses an alias or publishes under a rate limit, so most
+ * connections do not carry it (a 3.1.1 client may: its v5 fields are 0). */
 typedef struct cy_conn_v5 {
     /* peer limits, 0 = none */
     uint32_t peer_max_packet;
@@ -64,6 +67,7 @@ typedef struct cy_conn_v5 {
     uint16_t *alias_in_len;
     /* outbound aliases (us -> client): topic of each assigned alias */
     char **alias_out;
+    cy_pub_rate rate; /* max_publish_rate, max_publish_bytes_rate (core/cy_limit.h) */
 } cy_conn_v5;
 
 /* One client connection. Every idle connection carries one, so its layout
@@ -82,7 +86,7 @@ struct cy_conn {
     cy_buf out;            /* output of this pass; no memory while idle */
     cy_buf *in;            /* partial packet carried between reads, or NULL (most of the time) */
     struct cy_wstate *w;   /* a uv_write in flight, or NULL (most of the time) */
-    cy_conn_v5 *v5;        /* MQTT 5 limits and aliases, or NULL (none declared or used) */
+    cy_conn_v5 *v5;        /* MQTT 5 limits, aliases, publish rates, or NULL (most of the time) */
     cy_held_owner held;    /* acknowledgements held until peers caught up (cluster.h) */
     uint16_t keepalive;    /* s granted; 0 = none */
     uint8_t state;
@@ -97,6 +101,11 @@ struct cy_conn {
     bool paused : 1;           /* reading stopped: output over max_output (back-pressure) */
     bool close_at_flush : 1;   /* closing: the socket closes after its last flush */
     bool reading : 1;          /* libuv reads it: changed only by set_reading (conn.c) */
+    bool delayed : 1;          /* its CONNECT is held for auth_fail_delay (in `in`, unread
+                                  socket); last_rx is then when the hold ends */
+    bool delay_served : 1;     /* its CONNECT was held once: never again */
+    bool throttled : 1;        /* 3.1.1 over max_publish_rate: reading stopped until the rate
+                                  allows (the sweep resumes it) */
     uint16_t paused_s;         /* mono s (mod 65536) when reading stopped; fits the padding */
     uint32_t preauth;          /* bytes of `in` counted in g->preauth_bytes (before CONNECT) */
 };
@@ -112,6 +121,7 @@ struct cy_mqtt {
     cy_space *space;
     cy_counters *stats;
     cy_scoreboard *sb;
+    cy_limit *limit;       /* the node's failed logins and connection rates, or NULL */
     unsigned self, nshards;
     uv_tcp_t listener;
     bool open, stopping;
@@ -187,7 +197,10 @@ static inline uint16_t cy_conn_peer_recv_max(const cy_conn *c)
 }
 
 /* handle_*.c: packet handlers. Return 0, or a MQTT 5 reason code >= 0x80
- * for the dispatcher to disconnect with. */
+ * for the dispatcher to disconnect with; cy_handle_connect may also return
+ * CY_CONN_HOLD: nothing done, hold the CONNECT (its bytes and what follows
+ * them) for auth_fail_delay and hand it over again then (conn.c). */
+#define CY_CONN_HOLD 1
 int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p);
 int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p);
 int cy_handle_puback(cy_conn *c, cy_mqtt_ack *p);
@@ -208,6 +221,11 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
                       size_t len);
 /* Feed bytes to a connection as if read (used by adopt). */
 void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len);
+/* The peer's address into ss (a system call): the sockaddr, or NULL. */
+const struct sockaddr *cy_conn_addr(const cy_conn *c, struct sockaddr_storage *ss);
+/* 3.1.1 publisher over its rate: stop reading it until the rate allows
+ * (the sweep resumes it); the rest of what was read waits in `in`. */
+void cy_conn_throttle(cy_conn *c);
 
 /* Whether topic is the connection's private canary topic: an internal
  * device's $cyan/canary/<its client id>. Only that client may publish and

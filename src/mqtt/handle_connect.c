@@ -18,6 +18,16 @@
  *
  * Refusals answer with the version's own code (MQTT 5 reason or 3.1.1
  * return code) and close the connection without a DISCONNECT.
+ *
+ * Failed logins are limited for the whole node (core/cy_limit.h), before
+ * the secret is checked: an address (or, for addresses that have failed
+ * too, a device id) over auth_fail_burst failures in auth_fail_window has
+ * its CONNECT held for auth_fail_delay (CY_CONN_HOLD: conn.c keeps it and
+ * hands it back), success or not; over auth_fail_lockout_after it is
+ * refused unchecked for auth_lockout with 0x9F Connection rate exceeded
+ * (3.1.1: 5, not authorized). A wrong secret or an unknown device is 0x86
+ * (3.1.1: 4) and counts against the address, and against the device id
+ * when that device exists. The secret is never logged.
  */
 #include "mqtt/gateway_int.h"
 
@@ -42,6 +52,36 @@ static int refuse(cy_conn *c, uint8_t rc5, uint8_t rc3, const char *who, const c
     return 0;
 }
 
+/* A failure changed the state of its address or device: say so, once per
+ * lockout (or slowdown) and address, rate-limited like every line a
+ * stranger can cause. */
+static void log_limit_change(cy_conn *c, unsigned bits, const struct sockaddr *sa,
+                             const cy_mqtt_connect *p)
+{
+    const cy_config *cfg = c->g->cfg;
+    char addr[64];
+    cy_limit_addr_text(sa, addr, sizeof(addr));
+    int ul = (int)(p->username.len > 64 ? 64 : p->username.len);
+    if (bits & CY_LIMIT_ADDR_LOCKED_NOW)
+        cy_conn_log_stranger(c, "login lockouts",
+                             "address %s locked out for %u s: %u failed logins within %u s",
+                             addr, cfg->auth_lockout, cfg->auth_fail_lockout_after,
+                             cfg->auth_fail_window);
+    else if (bits & CY_LIMIT_ADDR_SLOW_NOW)
+        cy_conn_log_stranger(c, "login slowdowns",
+                             "address %s slowed: %u failed logins within %u s; its logins "
+                             "are held %u ms",
+                             addr, cfg->auth_fail_burst, cfg->auth_fail_window,
+                             cfg->auth_fail_delay);
+    if (bits & CY_LIMIT_ID_LOCKED_NOW)
+        cy_conn_log_stranger(c, "device lockouts",
+                             "device '%.*s' locked out for %u s for the addresses that failed: "
+                             "%u failed logins within %u s",
+                             ul, p->username.p, cfg->auth_lockout, cfg->auth_fail_lockout_after,
+                             cfg->auth_fail_window);
+}
+
+/* 0: logged in; -1: refused (answered, closed); CY_CONN_HOLD: hold it. */
 static int authenticate(cy_conn *c, const cy_mqtt_connect *p, const char *who)
 {
     cy_mqtt *g = c->g;
@@ -50,6 +90,27 @@ static int authenticate(cy_conn *c, const cy_mqtt_connect *p, const char *who)
         return refuse(c, CY_RC_NOT_AUTHORIZED, CY_RC3_NOT_AUTHORIZED, who,
                       "no credentials and allow_anonymous is false"),
                -1;
+    }
+    struct sockaddr_storage ss;
+    const struct sockaddr *sa = g->limit ? cy_conn_addr(c, &ss) : NULL;
+    int64_t now = cy_mono_ms(), retry = 0;
+    char why[CY_MAX_CLIENT_ID + 96];
+    int ul = (int)(p->username.len > 64 ? 64 : p->username.len);
+    switch (cy_limit_auth_check(g->limit, sa, p->username.p, p->username.len, c->delay_served,
+                                now, &retry)) {
+    case CY_LIMIT_LOCKED:
+        g->stats->auth_locked++;
+        snprintf(why, sizeof(why),
+                 "device '%.*s': locked out after repeated failed logins (%lld s left)", ul,
+                 p->username.p, (long long)((retry + 999) / 1000));
+        return refuse(c, CY_RC_CONNECTION_RATE_EXCEEDED, CY_RC3_NOT_AUTHORIZED, who, why), -1;
+    case CY_LIMIT_DELAY:
+        g->stats->auth_delayed++;
+        cy_conn_log_stranger(c, "held logins",
+                             "login for device '%.*s' held %lld ms: repeated failed logins", ul,
+                             p->username.p, (long long)retry);
+        return CY_CONN_HOLD;
+    default: break;
     }
     int rc = CY_EACCES;
     if (p->has_password)
@@ -60,9 +121,11 @@ static int authenticate(cy_conn *c, const cy_mqtt_connect *p, const char *who)
         return refuse(c, CY_RC_SERVER_UNAVAILABLE, CY_RC3_SERVER_UNAVAILABLE, who,
                       "registry unavailable"),
                -1;
-    char why[CY_MAX_CLIENT_ID + 64];
-    snprintf(why, sizeof(why), "bad credentials for device '%.*s' (%s)",
-             (int)(p->username.len > 64 ? 64 : p->username.len), p->username.p,
+    g->stats->auth_failures++;
+    unsigned bits = cy_limit_auth_failed(g->limit, sa, p->username.p, p->username.len,
+                                         rc == CY_EACCES, now);
+    if (bits) log_limit_change(c, bits, sa, p);
+    snprintf(why, sizeof(why), "bad credentials for device '%.*s' (%s)", ul, p->username.p,
              rc == CY_ENOENT ? "unknown device" : "wrong secret");
     return refuse(c, CY_RC_BAD_USER_OR_PASSWORD, CY_RC3_BAD_USER_OR_PASSWORD, who, why), -1;
 }
@@ -110,7 +173,9 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     if (p->props.present & CY_PBIT(CY_PROP_AUTH_METHOD))
         return refuse(c, CY_RC_BAD_AUTH_METHOD, CY_RC3_NOT_AUTHORIZED, logname,
                       "enhanced authentication is not supported");
-    if (authenticate(c, p, logname)) return 0;
+    int auth = authenticate(c, p, logname);
+    if (auth == CY_CONN_HOLD) return CY_CONN_HOLD;
+    if (auth) return 0;
     if (p->client_id.len > CY_MAX_CLIENT_ID)
         return refuse(c, CY_RC_CLIENT_ID_INVALID, CY_RC3_ID_REJECTED, logname,
                       "client id longer than 256 bytes");

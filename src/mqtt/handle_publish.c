@@ -15,6 +15,18 @@
  * exceeded in its PUBACK/PUBREC, a 3.1.1 client is disconnected (it cannot
  * hear a refusal), a retained QoS 0 publish is dropped (MQTT 5) likewise.
  * QoS 0 publishes and the acknowledgements of both directions go on.
+ *
+ * A connection's publishes are limited to max_publish_rate messages and
+ * max_publish_bytes_rate bytes (topic and payload) per second, with bursts
+ * of one second's worth (core/cy_limit.h, a token bucket per connection,
+ * charged at the loop's cached time: no system call). Over it, a MQTT 5
+ * QoS 1/2 publish gets 0x97 Quota exceeded in its PUBACK/PUBREC and a QoS
+ * 0 one is dropped, before anything else is done with it. A 3.1.1 client
+ * cannot hear a refusal, and closing it would make it reconnect and send
+ * the same again: its publish is taken, and once it is over the rate its
+ * socket is not read until the rate allows again (as EMQX and HiveMQ
+ * throttle), so the client's own sends wait; nothing is lost or refused.
+ * The resend of a QoS 2 publish already taken is not charged again.
  */
 #include "mqtt/gateway_int.h"
 
@@ -48,6 +60,30 @@ static int refuse(cy_conn *c, cy_mqtt_publish *p, uint8_t reason, const char *wh
     if (p->qos == 1) send_ack(c, CY_MQTT_PUBACK, p->packet_id, reason);
     if (p->qos == 2) send_ack(c, CY_MQTT_PUBREC, p->packet_id, reason);
     return 0;
+}
+
+/* max_publish_rate and max_publish_bytes_rate (see the file comment).
+ * True when p was refused or dropped here (answered as it must be). */
+static bool over_rate(cy_conn *c, cy_mqtt_publish *p)
+{
+    cy_mqtt *g = c->g;
+    cy_conn_v5 *x = cy_conn_v5_get(c);
+    if (!x) return false; /* out of memory: no limit rather than no service */
+    int64_t now_us = (int64_t)uv_now(g->loop) * 1000;
+    size_t bytes = p->topic.len + p->payload_len;
+    if (c->version != CY_MQTT_V5) {
+        if (!cy_pub_rate_charge(&x->rate, g->cfg, bytes, now_us)) cy_conn_throttle(c);
+        return false;
+    }
+    if (cy_pub_rate_take(&x->rate, g->cfg, bytes, now_us)) return false;
+    g->stats->limit_publish_rate++;
+    if (p->qos == 0) {
+        cy_debug(cy_conn_name(c), "publish dropped: over max_publish_rate or "
+                                  "max_publish_bytes_rate");
+        return true;
+    }
+    refuse(c, p, CY_RC_QUOTA_EXCEEDED, "over max_publish_rate or max_publish_bytes_rate");
+    return true;
 }
 
 /* The MQTT binding of a device's reply (device/calls.c): the request id
@@ -113,6 +149,9 @@ int cy_handle_publish(cy_conn *c, cy_mqtt_publish *p)
     }
     if (p->props.present & CY_PBIT(CY_PROP_SUBSCRIPTION_ID)) return CY_RC_PROTOCOL_ERROR;
     if (p->topic.len == 0) return CY_RC_PROTOCOL_ERROR;
+    if (cy_pub_rate_on(g->cfg) && !(p->qos == 2 && cy_session_has_inq2(s, p->packet_id)) &&
+        over_rate(c, p))
+        return 0;
     bool retain = p->retain, reply = false;
     const char *why = NULL;
     cy_who who;

@@ -40,6 +40,7 @@
 #include "shard/shard.h"
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
+#include "core/cy_limit.h"
 #include "core/cy_log.h"
 #include "health/scoreboard.h"
 #include "health/watchdog.h"
@@ -265,7 +266,8 @@ int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation)
     memset(&sb, 0, sizeof(sb));
     cy_registry *reg = NULL;
     cy_store *store = NULL;
-    int status = 1;
+    cy_limit *limit = NULL;
+    int status = 1, rc;
     char tag[24];
     snprintf(tag, sizeof(tag), "shard=%u", index);
     cy_log_set_tag(tag);
@@ -314,9 +316,18 @@ int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation)
     if (cy_registry_open(path, &reg)) goto out;
     snprintf(path, sizeof(path), "%s/shard-%u.db", cfg->data_dir, index);
     if (cy_store_open(path, !strcmp(cfg->store_sync, "full"), &store)) goto out;
+    /* The node's limits against abuse; alone, this shard's own if the node's
+     * table cannot be mapped (the limits then count per shard). */
+    snprintf(path, sizeof(path), "%s/run/limits", cfg->data_dir);
+    if ((rc = cy_limit_open(path, cfg, &limit))) {
+        cy_warn(NULL, "shard %u: cannot map the node's limits table %s (%s): counting failed "
+                      "logins and connection rates for this shard alone",
+                index, path, cy_strerror(rc));
+        if ((rc = cy_limit_new(cfg, &limit))) goto out;
+    }
     uv_loop_init(&sh.loop);
-    cy_shard_place where = {index, (unsigned)sb.hdr->nshards, generation, &sb};
-    int rc = cy_shard_new(&sh.loop, cfg, store, reg, &where, &sh.shard);
+    cy_shard_place where = {index, (unsigned)sb.hdr->nshards, generation, &sb, limit};
+    rc = cy_shard_new(&sh.loop, cfg, store, reg, &where, &sh.shard);
     if (rc) {
         cy_error(NULL, "shard %u: cannot load its state: %s", index, cy_strerror(rc));
         goto out_loop;
@@ -368,6 +379,7 @@ out_loop:
     uv_run(&sh.loop, UV_RUN_NOWAIT);
     if (uv_loop_close(&sh.loop)) cy_warn(NULL, "shard %u: loop closed with handles open", index);
 out:
+    cy_limit_free(limit);
     cy_store_close(store);
     cy_registry_close(reg);
     if (sh.slot) cy_sb_store(&sh.slot->state, CY_SHARD_DOWN);

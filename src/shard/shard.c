@@ -74,6 +74,7 @@ struct cy_shard {
     uint64_t generation; /* our spawn number */
     cy_scoreboard *sb;   /* borrowed, or NULL */
     cy_sb_slot *slot;    /* our scoreboard slot, or NULL */
+    cy_limit *limit;     /* borrowed, or NULL */
     cy_counters stats;
     cy_hists hists;       /* latency histograms, published with stats */
     cy_counters sys_last; /* values last published to $SYS */
@@ -468,6 +469,7 @@ static int compose(cy_shard *b)
         .space = &b->space,
         .stats = &b->stats,
         .sb = b->sb,
+        .limit = b->limit,
         .self = b->self,
         .nshards = b->nshards,
     };
@@ -518,6 +520,7 @@ int cy_shard_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_regi
     b->nshards = place && place->count ? place->count : 1;
     b->generation = place ? place->generation : 0;
     b->sb = place ? place->sb : NULL;
+    b->limit = place ? place->limit : NULL;
     b->slot = b->sb ? &b->sb->slots[b->self] : NULL;
     cy_space_init(&b->space, store, cfg->data_dir, &b->stats.store_full_refusals);
     int rc = compose(b);
@@ -611,6 +614,7 @@ int cy_shard_start(cy_shard *b, const cy_shard_fds *fds)
             .stats = &b->stats,
             .hists = &b->hists,
             .sb = b->sb,
+            .limit = b->limit,
             .self = b->self,
             .nshards = b->nshards,
         };

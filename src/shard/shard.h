@@ -23,6 +23,7 @@
 #define CY_SHARD_H
 
 #include "core/cy_config.h"
+#include "core/cy_limit.h"
 #include "health/metrics.h"
 #include "health/scoreboard.h"
 #include "store/store.h"
@@ -39,6 +40,7 @@ typedef struct cy_shard_place {
     unsigned count;      /* 1 = no bus, no handover */
     uint64_t generation; /* spawn number, for the bus HELLO */
     cy_scoreboard *sb;   /* borrowed; NULL = no scoreboard */
+    cy_limit *limit;     /* borrowed: the node's limits against abuse; NULL = none */
 } cy_shard_place;
 
 /* The points of the end of a loop pass where hooks run, in this order:

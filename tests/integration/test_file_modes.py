@@ -127,3 +127,33 @@ def test_cli_creates_a_private_data_dir(server_factory):
     srv.cli("device", "add", "d1", "--data_dir=%s" % fresh, data_dir=False)
     m = assert_private(os.path.join(srv.workdir, "fresh"))
     assert m["data/registry.db"] == 0o600, m
+
+
+def test_everything_private_whatever_the_umask(server_factory):
+    """Issue 14 (5), secrets at rest: cyan and its CLI started with umask
+    000 still make every file of the data folder 0600 and every folder
+    0700: the registry and its key file (a device made over the API gets a
+    PSK), the shards' files (their event logs), the admin token, the
+    monitor's files, run/ with the scoreboard and the limits table. No log
+    line shows a device's secret or PSK, nor the admin token."""
+    old = os.umask(0)
+    try:
+        srv = server_factory(_template=False, shards=2)
+        cli_dev = srv.add_device()  # `cyan device add`, under umask 000 too
+    finally:
+        os.umask(old)
+    from apidevice import api
+    token = srv.admin_token()
+    wait_running(srv)
+    srv.wait_api_healthy()
+    r = api(srv, "POST", "/v1/devices", json={"name": "umask-dev"})
+    assert r.status == 201, r.text
+    made = r.body
+    m = assert_private(srv.data_dir)
+    for name in ("registry.db", "registry.key", "shard-0.db", "shard-1.db", "admin-token",
+                 "shards", "run/scoreboard", "run/lock", "run/limits"):
+        assert m.get(name) == 0o600, "%s: %r\n%r" % (name, m.get(name), m)
+    assert m["run"] == 0o700
+    log = srv.log()
+    for secret in (cli_dev.secret, made["secret"], made["psk"], token):
+        assert secret not in log, "a secret is in the log"

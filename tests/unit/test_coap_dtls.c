@@ -52,7 +52,7 @@ typedef struct srv {
     cy_dtls *t;
     int fd;
     struct sockaddr_in addr;
-    int ups, downs, datas, psk_calls, sends;
+    int ups, downs, datas, psk_calls, sends, fails;
     size_t max_dgram;
     char up_id[CY_DTLS_IDENTITY_MAX + 1], down_id[CY_DTLS_IDENTITY_MAX + 1], down_why[32];
     char data_id[CY_DTLS_IDENTITY_MAX + 1];
@@ -65,10 +65,16 @@ typedef struct srv {
     int kick_rc_down;    /* downs seen from inside that kick */
 } srv;
 
-static int h_psk(void *ctx, const char *identity, uint8_t *key, size_t max)
+static int h_psk(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity,
+                 uint8_t *key, size_t max)
 {
     srv *s = ctx;
     s->psk_calls++;
+    /* The hook learns the peer's address (the limits count failures by it). */
+    assert_non_null(addr);
+    assert_int_equal(addr->sa_family, AF_INET);
+    assert_true(alen >= sizeof(struct sockaddr_in));
+    if (strcmp(identity, "locked") == 0) return CY_EACCES;
     const char *k = NULL;
     if (strcmp(identity, "dev-1") == 0) k = "secret-1";
     if (strcmp(identity, "dev-2") == 0) k = "secret-2";
@@ -151,14 +157,28 @@ static int udp_socket(const char *ip, uint16_t port, struct sockaddr_in *out)
     return fd;
 }
 
+static void h_failed(void *ctx, const struct sockaddr *addr, socklen_t alen, const char *identity)
+{
+    srv *s = ctx;
+    assert_non_null(addr);
+    assert_true(alen > 0);
+    assert_string_equal(identity, "dev-1");
+    s->fails++;
+}
+
 static void srv_open(srv *s, const cy_dtls_options *o)
 {
     memset(s, 0, sizeof(*s));
     g_skew = 0;
     g_frozen = 0;
     s->fd = udp_socket("127.0.0.1", 0, &s->addr);
-    cy_dtls_hooks h = {
-        .psk = h_psk, .send = h_send, .up = h_up, .data = h_data, .down = h_down, .ctx = s};
+    cy_dtls_hooks h = {.psk = h_psk,
+                       .send = h_send,
+                       .up = h_up,
+                       .data = h_data,
+                       .down = h_down,
+                       .failed = h_failed,
+                       .ctx = s};
     assert_int_equal(cy_dtls_new(o, &h, &s->t), 0);
 }
 
@@ -402,8 +422,11 @@ static void test_dtls_wrong_psk(void **state)
     assert_int_equal(st(&s)->handshakes_started, 1);
     /* ...whose Finished it cannot decrypt: DTLS drops such records
      * silently, so the handshake ends at its deadline. */
+    assert_int_equal(s.fails, 0);
     g_skew += 2000;
     WAIT_FOR(&s, cs, 1, st(&s)->handshakes_failed == 1);
+    /* A failed login for the identity whose key was found. */
+    assert_int_equal(s.fails, 1);
     assert_int_equal(s.ups, 0);
     assert_int_equal(s.downs, 0);
     assert_int_equal(st(&s)->handshakes_done, 0);
@@ -431,6 +454,15 @@ static void test_dtls_unknown_identity(void **state)
     cs[0] = &c2;
     WAIT_FOR(&s, cs, 1, st(&s)->handshakes_failed == 2 && c2.failed);
     assert_int_equal(s.psk_calls, 1);
+    /* A refused lookup (a lockout) fails at once too, as no failed login
+     * of the DTLS layer's own: the hook counted it. */
+    cli c3;
+    cli_open(&c3, &s, "127.0.0.1", 0, "locked", "secret-1");
+    cs[0] = &c3;
+    WAIT_FOR(&s, cs, 1, st(&s)->handshakes_failed == 3 && c3.failed);
+    assert_int_equal(s.psk_calls, 2);
+    assert_int_equal(s.fails, 0);
+    cli_close(&c3);
     cli_close(&c2);
     cli_close(&c);
     srv_close(&s);

@@ -1537,6 +1537,45 @@ static void test_cy_http_max_per_address(void **state)
     run_client(s, c_per_address);
 }
 
+/* The application's admit: called at each accept with the client's
+ * address, before anything; false closes the connection unanswered. */
+static int admit_calls;
+static bool admit_two(void *ctx, const struct sockaddr *sa)
+{
+    (void)ctx;
+    int n = __atomic_add_fetch(&admit_calls, 1, __ATOMIC_SEQ_CST);
+    return sa && sa->sa_family == AF_INET && n <= 2;
+}
+
+static void c_admit(srv *s)
+{
+    cl *a = cl_open(s), *b = cl_open(s), *c = NULL;
+    CHECK(a && b);
+    CHECK(cl_get_sync(a) == 201);
+    CHECK(cl_get_sync(b) == 201);
+    c = cl_open(s);
+    CHECK(c);
+    cl_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\n\r\n");
+    CHECK(cl_sees_close(c));
+    CHECK(__atomic_load_n(&admit_calls, __ATOMIC_SEQ_CST) == 3);
+    /* Requests on admitted connections are not accepts. */
+    CHECK(cl_get_sync(a) == 201);
+    CHECK(__atomic_load_n(&admit_calls, __ATOMIC_SEQ_CST) == 3);
+out:
+    cl_close(a);
+    cl_close(b);
+    cl_close(c);
+}
+
+static void test_cy_http_admit(void **state)
+{
+    srv *s = *state;
+    admit_calls = 0;
+    cy_http_limits lim = {.admit = admit_two};
+    srv_start(s, &lim);
+    run_client(s, c_admit);
+}
+
 static void c_stream(srv *s)
 {
     cl *c = cl_open(s);
@@ -2014,6 +2053,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_http_idle_timeout_under_pressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_head_deadline_under_pressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_max_per_address, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_admit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream_head, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream_backlog_slow_reader, setup, teardown),
