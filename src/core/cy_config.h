@@ -82,6 +82,12 @@ typedef struct cy_config {
     uint32_t coap_max_message;  /* bytes of the largest CoAP message taken or sent */
     uint32_t coaps_max_peers;   /* DTLS sessions (and handshakes) per shard */
     uint32_t coaps_handshake_rate; /* new DTLS handshakes per second per shard */
+    char mqtts_listen[128];        /* host:port of MQTT over TLS (with tls_cert); "" = off */
+    char tls_cert[512];            /* PEM certificate chain; "" = no TLS */
+    char tls_key[512];             /* PEM private key of tls_cert */
+    char tls_ca[512];              /* PEM CAs of device certificates; "" = none */
+    char tls_ciphers[256];         /* TLS 1.2 cipher list; "" = cyan's */
+    char tls_min_version[8];       /* "1.2" or "1.3" */
 } cy_config;
 
 typedef struct cy_config_error {

@@ -262,6 +262,16 @@ fail:
     return rc;
 }
 
+void cy_tls_options_of(const cy_config *cfg, cy_tls_options *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->cert = cfg->tls_cert;
+    o->key = cfg->tls_key;
+    o->ca = cfg->tls_ca;
+    o->ciphers = cfg->tls_ciphers;
+    o->min_version = cfg->tls_min_version;
+}
+
 int cy_tls_check(const cy_tls_options *o, char *err, size_t errlen)
 {
     cy_tls_ctx *c = NULL;

@@ -42,6 +42,7 @@
 #define CY_TLS_H
 
 #include "core/cy_buf.h"
+#include "core/cy_config.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -70,6 +71,10 @@ typedef struct cy_tls_options {
     const char *max_version; /* "1.2" or "1.3" (NULL or "" too) */
     bool client;             /* a client context (tests, tools) */
 } cy_tls_options;
+
+/* A server's options from the settings (tls_cert, tls_key, tls_ca,
+ * tls_ciphers, tls_min_version; the strings are borrowed from cfg). */
+void cy_tls_options_of(const cy_config *cfg, cy_tls_options *o);
 
 /* A context from files. Fails with CY_ECONFIG and a message in err (may be
  * NULL) naming the file: unreadable, not PEM, a key that does not match

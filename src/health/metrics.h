@@ -115,7 +115,10 @@ enum {
       "confirmable CoAP messages sent again for want of an acknowledgement")                       \
     X(coaps_handshakes, CY_METRIC_COUNTER, "handshakes", "DTLS handshakes completed")              \
     X(coaps_handshake_failures, CY_METRIC_COUNTER, "handshakes",                                   \
-      "DTLS handshakes failed (bad key, unknown device, timeout) or refused over a limit")
+      "DTLS handshakes failed (bad key, unknown device, timeout) or refused over a limit")         \
+    X(tls_handshakes, CY_METRIC_COUNTER, "handshakes", "MQTT over TLS handshakes completed")       \
+    X(tls_handshake_failures, CY_METRIC_COUNTER, "handshakes",                                     \
+      "MQTT over TLS handshakes failed (bad certificate, protocol version, not TLS)")
 
 #define CY_METRIC_ONE_(name, kind, unit, help) +1
 enum { CY_METRICS_N = 0 CY_METRICS(CY_METRIC_ONE_) };

@@ -41,6 +41,15 @@ int cy_mqtt_new(const cy_mqtt_deps *deps, cy_mqtt **out);
 /* Serve on the inherited listening socket fd (duplicated; not owned). The
  * socket listens already; connections are taken from cy_mqtt_accept on. */
 int cy_mqtt_open(cy_mqtt *g, int fd);
+/* Serve MQTT over TLS on the inherited listening socket fd (duplicated):
+ * a TLS context from cfg's tls_* settings. CY_ECONFIG (logged, naming the
+ * file) when the files do not make one: the shard then serves no TLS (the
+ * other shards take the shared socket's connections). */
+int cy_mqtt_open_tls(cy_mqtt *g, int fd);
+/* After a reload: a new TLS context from the tls_* settings for new
+ * connections (established ones keep theirs); broken files are logged and
+ * the context in use is kept. Nothing without a TLS listener. */
+void cy_mqtt_tls_reload(cy_mqtt *g);
 int cy_mqtt_accept(cy_mqtt *g);
 /* Refuse new CONNECTs (shutting down), close every connection (MQTT 5
  * clients get 0x8B) and the listener. Their last output leaves, and their
@@ -74,7 +83,8 @@ uint64_t cy_mqtt_progress(const cy_mqtt *g);
 uint64_t cy_mqtt_owed_input(const cy_mqtt *g);
 
 /* Cluster hooks (cluster.h; ctx: the gateway). */
-void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len);
+void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const cy_handover_info *info,
+                   const uint8_t *bytes, size_t len);
 void cy_mqtt_release_held(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t len);
 
 #endif

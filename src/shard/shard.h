@@ -70,11 +70,17 @@ typedef struct cy_shard_fds {
     int http;  /* the HTTP API's */
     int coap;  /* the plain CoAP UDP socket, shared by every shard */
     int coaps; /* this shard's CoAP over DTLS UDP socket (one of a SO_REUSEPORT group) */
+    int mqtts; /* the MQTT over TLS listening socket, shared like mqtt's */
 } cy_shard_fds;
 /* Start serving on fds (duplicated, not owned); join the bus when there
  * are several shards; start the loop's handles. Clients are taken once
  * every shard is ready (or after a wait). */
 int cy_shard_start(cy_shard *sh, const cy_shard_fds *fds);
+/* After a reload (SIGHUP) applied the new settings to the config the
+ * shard reads: read again what settings name (a new TLS context from
+ * tls_cert and tls_key for new connections; the old one is kept if the
+ * files are broken). */
+void cy_shard_reload(cy_shard *sh);
 /* Write heartbeat, progress, owed work (`queued`, as last summed by the
  * owed-work timer, every cy_watchdog_owed_interval) and counters to this
  * shard's scoreboard slot. Every pass does; call it from a timer too, so

@@ -162,7 +162,7 @@ static void test_cy_config_defaults(void **state)
     (void)state;
     cy_config c;
     cy_config_defaults(&c);
-    assert_string_equal(c.mqtt_listen, "0.0.0.0:1883");
+    assert_string_equal(c.mqtt_listen, "127.0.0.1:1883");
     assert_false(c.allow_anonymous);
     assert_int_equal(c.max_inflight, 32);
     assert_int_equal(c.max_packet_size, 1048576);

@@ -518,7 +518,7 @@ static void test_config_load_args(void **state)
             !strcmp(name, "max_inflight") || !strcmp(name, "mqtt_listen"))
             assert_false(r);
     }
-    assert_int_equal(yes, 19); /* every name in the list is a real setting */
+    assert_int_equal(yes, 24); /* every name in the list is a real setting */
     assert_null(cy_config_name(n));
     assert_false(cy_config_reloadable(n));
 }
