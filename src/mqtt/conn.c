@@ -805,6 +805,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             return;
         }
         g->tls_rbuf_busy = false;
+        if (nread == 0) return; /* EAGAIN */
     }
     if (nread < 0) {
         set_reading(c, false); /* libuv stops at an end; every end or error closes below */

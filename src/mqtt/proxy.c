@@ -159,6 +159,10 @@ static void pipe_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (cy_conn_backlog(c) > g->cfg->max_output) {
         pipe_read_stop(p);
         p->paused = true;
+        cy_debug(cy_conn_peer(c),
+                 "pair from shard %u not read: the device reads slowly (%zu "
+                 "bytes of output waiting, max_output %u)",
+                 p->owner, cy_conn_backlog(c), g->cfg->max_output);
     }
 }
 
