@@ -608,7 +608,7 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
             unsigned owner = cy_shard_of(name->p, name->len, g->nshards);
             if (owner != g->self) {
                 if (c->ext && cy_conn_ext_of(c)->tls) /* we stay its TLS terminator */
-                    cy_proxy_start(c, owner, p.u.connect.version, name, data + off, len - off);
+                    cy_proxy_start(c, owner, &p.u.connect, name, data + off, len - off);
                 else
                     cy_conn_handover(c, owner, p.u.connect.version, data + off, len - off);
                 return len;

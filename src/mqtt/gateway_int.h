@@ -269,10 +269,11 @@ void cy_conn_refuse_unavailable(cy_conn *c, uint8_t version, const char *why);
 /* proxy.c: this shard as the TLS terminator of another shard's device
  * (the file comment there says how). */
 /* Instead of cy_conn_handover for a TLS connection: hand the owner a
- * socketpair with bytes[0..len) (the CONNECT onwards); id names the
- * client (for its certificate's proof). c becomes CONN_PROXY, or is
- * refused as "server unavailable". */
-void cy_proxy_start(cy_conn *c, unsigned owner, uint8_t version, const cy_str *id,
+ * socketpair with bytes[0..len) (the CONNECT cp onwards; name: its
+ * client's). The owner is told the device id the client certificate
+ * proves, if it names the one cp logs in as (its username, else its
+ * client id). c becomes CONN_PROXY, or is refused as "server unavailable". */
+void cy_proxy_start(cy_conn *c, unsigned owner, const cy_mqtt_connect *cp, const cy_str *name,
                     const uint8_t *bytes, size_t len);
 /* Plaintext from the device for the owner (copied if the pair does not
  * take it now). 0, or an error: the owner's end is gone. */

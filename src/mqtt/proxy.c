@@ -276,10 +276,12 @@ static void handed(void *arg, int status)
     }
 }
 
-void cy_proxy_start(cy_conn *c, unsigned owner, uint8_t version, const cy_str *id,
+void cy_proxy_start(cy_conn *c, unsigned owner, const cy_mqtt_connect *cp, const cy_str *name,
                     const uint8_t *bytes, size_t len)
 {
     cy_mqtt *g = c->g;
+    uint8_t version = cp->version;
+    const cy_str *id = cp->has_username ? &cp->username : &cp->client_id;
     char why[96];
     if (!cy_cluster_shard_ready(g->cluster, owner, why, sizeof(why))) {
         cy_conn_refuse_unavailable(c, version, why);
@@ -346,8 +348,9 @@ void cy_proxy_start(cy_conn *c, unsigned owner, uint8_t version, const cy_str *i
     cy_conn_ext_of(c)->proxy = p;
     c->state = CONN_PROXY;
     pipe_read_start(p);
-    cy_debug(cy_conn_peer(c), "TLS terminated here for shard %u, the owner of '%.*s'", owner,
-             (int)(id->len > 64 ? 64 : id->len), id->p);
+    cy_debug(cy_conn_peer(c), "TLS terminated here for shard %u, the owner of '%.*s'%s", owner,
+             (int)(name->len > 64 ? 64 : name->len), name->p,
+             info.cert_id_len ? " (its certificate names it)" : "");
 }
 
 unsigned cy_proxy_owner(const cy_proxy *p)

@@ -462,3 +462,71 @@ def test_sighup_reloads_the_certificate_without_dropping_connections(tls_factory
         assert _peer_cert(srv, certs) == _pem_of(certs.server2[0])
         old.publish(topic, b"after the broken reload", qos=1)
         assert old.get(5.0).payload == b"after the broken reload"
+
+
+# ------------------------------------------------------------------ device certificates
+
+def _cert_client(srv, certs, device_id, cert, version=5, username=None):
+    c = tls_paho(srv, certs, version=version, cert=cert, client_id=device_id,
+                 username=username)
+    return c
+
+
+def test_a_device_logs_in_with_its_certificate(tls_factory, certs):
+    srv = tls_factory(tls_ca=certs.ca, isolate_devices=True, allow_anonymous=False)
+    dev, other = srv.add_device(), srv.add_device()
+    cert = certs.device(dev.id)
+    # Client id = device id, no username, no secret.
+    with _cert_client(srv, certs, dev.id, cert) as c:
+        c.connect()
+        topic = "devices/%s/events/hello" % dev.id
+        assert c.subscribe(topic, 1) == [1]
+        c.publish(topic, b"by certificate", qos=1)
+        assert c.get().payload == b"by certificate"
+        # The device rules hold as for a password login.
+        assert c.subscribe("devices/%s/events/x" % other.id, 1) == [0x87]
+    # Username = the id, no secret; MQTT 3.1.1 too.
+    with _cert_client(srv, certs, dev.id, cert, version=4, username=dev.id) as c:
+        c.connect()
+    # The certificate names dev, not other: other's id without its secret is refused.
+    with _cert_client(srv, certs, other.id, cert) as c:
+        c.connect(expect_rc=0x87)
+    # A wrong secret is still wrong, certificate or not.
+    with _cert_client(srv, certs, dev.id, cert, username=dev.id) as c:
+        c.c.username_pw_set(dev.id, "0" * 32)
+        c.connect(expect_rc=0x86)
+    # Without a certificate the secret works as always.
+    with tls_paho(srv, certs, device=dev, client_id=dev.id) as c:
+        c.connect()
+    # A certificate of a CA we do not trust fails the handshake.
+    stranger = certs.device(dev.id, ca="other_ca")
+    with pytest.raises((ssl.SSLError, OSError)):
+        c = tls_raw(srv, certs, cert=stranger)
+        c.send(rawmqtt.connect(dev.id))
+        c.expect(rawmqtt.CONNACK)
+    assert wait_until(lambda: metric_sum(srv, "cyan_tls_handshake_failures_total") >= 1, 5.0)
+
+
+def test_a_certificate_login_through_the_terminator(tls_factory, certs):
+    srv = tls_factory(tls_ca=certs.ca, isolate_devices=True, allow_anonymous=False,
+                      shards=TERMINATOR_SHARDS)
+    srv.wait_api_healthy()
+    dev = srv.add_device()
+    cert = certs.device(dev.id)
+    needle = "the owner of '%s' (its certificate names it)" % dev.id
+    for _ in range(16):
+        seen = srv.log().count(needle)
+        c = _cert_client(srv, certs, dev.id, cert)
+        c.connect()
+        if wait_until(lambda: srv.log().count(needle) > seen, 0.5):
+            break
+        c.close()
+    else:
+        pytest.fail("no certificate login went through a terminator\n%s" % srv.log_tail())
+    try:
+        topic = "devices/%s/events/t" % dev.id
+        assert c.subscribe(topic, 1) == [1]
+        c.publish(topic, b"proxied", qos=1)
+        assert c.get().payload == b"proxied"
+    finally:
+        c.close()
