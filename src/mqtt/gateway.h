@@ -1,4 +1,6 @@
-/* gateway: the MQTT transport of one shard (3.1.1 and 5.0 over TCP).
+/* gateway: the MQTT transport of one shard (3.1.1 and 5.0 over TCP and
+ * TLS; conn.c says how TLS fits, proxy.c how a shard terminates TLS for
+ * another shard's device).
  *
  * It accepts connections on the shard's listening socket, frames and
  * decodes packets, runs the per-packet handlers (handle_*.c) and writes
@@ -79,7 +81,9 @@ uint64_t cy_mqtt_progress(const cy_mqtt *g);
  * once it accepts. Cost: one getsockopt for the accept queue; while some
  * connection is not read (paused, closing, stalled), a walk of the
  * connections (memory only) and one ioctl(FIONREAD) per socket whose
- * reading is stopped. 0 once stopping. */
+ * reading is stopped (and per socketpair of a TLS connection terminated
+ * for another shard). Both listeners' accept queues count. 0 once
+ * stopping. */
 uint64_t cy_mqtt_owed_input(const cy_mqtt *g);
 
 /* Cluster hooks (cluster.h; ctx: the gateway). */
