@@ -251,6 +251,46 @@ def test_a_handshake_that_never_finishes_is_cut_at_connect_timeout(tls_factory):
     half.close()
 
 
+def test_packets_split_across_records_and_records_holding_many(tls_factory, certs):
+    srv = tls_factory()
+    c = tls_raw(srv, certs)
+    topic = uniq("split/")
+    for b in rawmqtt.connect(uniq("s"), keepalive=60):  # one TLS record per byte
+        c.send(bytes([b]))
+    assert c.expect(rawmqtt.CONNACK).rc == 0
+    # A SUBSCRIBE, a PUBLISH to it and a PINGREQ in one record.
+    c.send(rawmqtt.subscribe(1, [(topic, 1)]) + rawmqtt.publish(topic, b"p" * 70000, qos=1, pid=2)
+           + rawmqtt.pingreq())
+    assert c.expect(rawmqtt.SUBACK).codes == [1]
+    got = [c.read() for _ in range(3)]
+    kinds = sorted(type(p).__name__ for p in got)
+    assert kinds == ["Ack", "Packet", "Publish"], got  # PUBACK, PINGRESP, the message
+    m = [p for p in got if isinstance(p, rawmqtt.Publish)][0]
+    assert m.payload == b"p" * 70000
+    c.send(rawmqtt.disconnect())
+    c.close()
+
+
+def test_handshakes_count_in_preauth_memory(tls_factory):
+    """Each handshake in progress holds CY_TLS_HANDSHAKE_BYTES (80 KB) of the
+    shard's preauth_memory: with 256 KB, three; the next is closed at once."""
+    srv = tls_factory(shards=1, preauth_memory=262144, connect_timeout=30)
+    socks = [socket.create_connection((srv.host, srv.mqtts_port), timeout=10) for _ in range(6)]
+    closed = []
+    for s in socks:
+        s.settimeout(1.5)
+        try:
+            closed.append(s.recv(1) == b"")
+        except socket.timeout:
+            closed.append(False)
+        except ConnectionResetError:
+            closed.append(True)
+    assert closed == [False] * 3 + [True] * 3, closed
+    for s in socks:
+        s.close()
+    assert srv.wait_log("preauth_memory (262144 bytes) spent"), srv.log_tail()
+
+
 def test_the_supervisor_refuses_a_broken_certificate(certs, tmp_path):
     argv = [CYAN_BIN, "--data_dir=%s" % (tmp_path / "data"), "--shards=1", "--monitor=false",
             "--mqtt_listen=%s:%d" % (HOST, free_port()), "--http_listen=",
