@@ -1200,6 +1200,12 @@ int cy_supervisor_check(const cy_config *cfg)
         if (!cfg->mqtts_listen[0])
             cy_warn(NULL, "supervisor: tls_cert is set but mqtts_listen is empty: no MQTT "
                           "over TLS");
+        else if (cfg->preauth_memory / CY_TLS_HANDSHAKE_BYTES < 16)
+            cy_warn(NULL,
+                    "supervisor: preauth_memory %u leaves room for %u TLS handshakes at a "
+                    "time per shard (%u bytes each)",
+                    cfg->preauth_memory, cfg->preauth_memory / CY_TLS_HANDSHAKE_BYTES,
+                    CY_TLS_HANDSHAKE_BYTES);
     }
     if (cfg->shards < 1 || cfg->shards > CY_SB_MAX_SHARDS) {
         cy_error(NULL, "supervisor: shards = %u: must be 1..%d", cfg->shards, CY_SB_MAX_SHARDS);
