@@ -570,3 +570,27 @@ def test_a_certificate_login_through_the_terminator(tls_factory, certs):
         assert c.get().payload == b"proxied"
     finally:
         c.close()
+
+
+def test_a_tls_device_of_a_stopped_shard_is_refused_at_once(tls_factory, certs):
+    """The owner is not ready (stopped past its heartbeat's limit): the
+    shard that took the TLS connection answers Server unavailable itself,
+    encrypted, at once."""
+    srv = tls_factory(shards=TERMINATOR_SHARDS, watchdog_timeout=5000)
+    srv.wait_api_healthy()
+    victim = 1
+    cid = next(c for c in (uniq("v") for _ in range(1000)) if shard_of(c, TERMINATOR_SHARDS) == victim)
+    pid = srv.shard_pids()[victim]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.3)  # its heartbeat is over 1 s old: not ready
+        t0 = time.monotonic()
+        c = tls_raw(srv, certs)
+        c.send(rawmqtt.connect(cid))
+        ack = c.expect(rawmqtt.CONNACK, timeout=3.0)
+        took = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert ack.rc == 0x88, ack
+    assert took < 1.0, took
+    c.wait_closed(3.0)
