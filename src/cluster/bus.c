@@ -605,12 +605,15 @@ static int alink_hello(alink *a, const frame *f)
     return 0;
 }
 
-/* Pops the descriptor that came with a flagged frame into a new uv_tcp_t. */
+/* Pops the descriptor that came with a flagged frame into a new uv_tcp_t:
+ * a TCP socket, or a TLS terminator's AF_UNIX stream socket (libuv names
+ * its type a pipe; a uv_tcp_t reads and writes it all the same). */
 static int alink_take_handle(alink *a, uv_tcp_t **out)
 {
     cy_bus *bus = a->bus;
     if (uv_pipe_pending_count(&a->pipe) <= 0) return CY_EPROTO;
-    if (uv_pipe_pending_type(&a->pipe) != UV_TCP) return CY_EPROTO;
+    uv_handle_type ht = uv_pipe_pending_type(&a->pipe);
+    if (ht != UV_TCP && ht != UV_NAMED_PIPE) return CY_EPROTO;
     uv_tcp_t *t = cy_malloc(sizeof(*t));
     if (!t) return CY_ENOMEM;
     uv_tcp_init(bus->loop, t);

@@ -50,6 +50,9 @@
  *     props, u8 group count, {u16 len, "$share/g/f"}..., payload (the rest)
  *   5 ACK: u64 frames applied on this link, u64 last durable seq applied
  *   6 HANDOVER (with a TCP handle): the bytes already read from it
+ *   20 HANDOVER_TLS (with a TLS terminator's socketpair end): u8 address
+ *     length, the device's struct sockaddr, u16 id length, the device id
+ *     its client certificate proved, the plaintext bytes already read
  *   8 API_REQ, 9 API_RESP: the HTTP API's requests to owner shards and
  *     their answers (api_int.h); not durable, and never hold an ack
  */
@@ -76,6 +79,8 @@ enum {
     F_ACK = 5,
     F_HANDOVER = 6,
     F_INTEREST_END = 7,
+    /* 8..12: CY_FRAME_* of the layers above */
+    F_HANDOVER_TLS = 20, /* a TLS terminator's socketpair: cy_handover_info, then the bytes */
 };
 
 enum { FL_RETAIN = 4, FL_ROUTE = 8, FL_SET_RETAINED = 16, FL_EVENT = 32 };
@@ -1020,11 +1025,27 @@ bool cy_cluster_shard_ready(const cy_cluster *cl, unsigned i, char *why, size_t 
     return true;
 }
 
-int cy_cluster_handover(cy_cluster *cl, unsigned owner, uv_tcp_t *tcp, const uint8_t *bytes,
-                        size_t len, void (*cb)(void *arg, int status), void *arg)
+int cy_cluster_handover(cy_cluster *cl, unsigned owner, uv_tcp_t *tcp, const cy_handover_info *info,
+                        const uint8_t *bytes, size_t len, void (*cb)(void *arg, int status),
+                        void *arg)
 {
     if (!cl->bus) return CY_EPIPE;
-    return cy_bus_send_handle(cl->bus, owner, tcp, F_HANDOVER, bytes, len, cb, arg);
+    if (!info) return cy_bus_send_handle(cl->bus, owner, tcp, F_HANDOVER, bytes, len, cb, arg);
+    /* u8 address length, the address (struct sockaddr as the kernel gave
+     * it), u16 certificate id length, the id, then the bytes. */
+    size_t alen = !info->peer                         ? 0
+                  : info->peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                  : info->peer->sa_family == AF_INET  ? sizeof(struct sockaddr_in)
+                                                      : 0;
+    if (info->cert_id_len > CY_HANDOVER_CERT_ID_MAX) return CY_EINVAL;
+    cy_buf *f = &cl->frame;
+    cy_buf_reset(f);
+    if (cy_buf_put_u8(f, (uint8_t)alen) || cy_buf_append(f, info->peer, alen) ||
+        cy_buf_put_u16(f, (uint16_t)info->cert_id_len) ||
+        cy_buf_append(f, info->cert_id, info->cert_id_len) || cy_buf_append(f, bytes, len))
+        return CY_ENOMEM;
+    return cy_bus_send_handle(cl->bus, owner, tcp, F_HANDOVER_TLS, cy_buf_head(f), cy_buf_size(f),
+                              cb, arg);
 }
 
 static void free_bus_tcp(uv_handle_t *h)
@@ -1038,7 +1059,28 @@ static void on_handle(void *ctx, unsigned from, uv_tcp_t *tcp, uint8_t type,
     cy_cluster *cl = ctx;
     int fd = -1;
     uv_os_fd_t ofd;
-    if (type == F_HANDOVER && uv_fileno((uv_handle_t *)tcp, &ofd) == 0) fd = dup(ofd);
+    cy_handover_info info, *ip = NULL;
+    struct sockaddr_storage peer;
+    if (type == F_HANDOVER_TLS) {
+        cy_reader r = cy_reader_of(body, len);
+        size_t alen = (size_t)cy_reader_be(&r, 1);
+        const uint8_t *a = cy_reader_take(&r, alen);
+        info.cert_id_len = (size_t)cy_reader_be(&r, 2);
+        info.cert_id = (const char *)cy_reader_take(&r, info.cert_id_len);
+        memset(&peer, 0, sizeof(peer));
+        if (a && alen <= sizeof(peer)) memcpy(&peer, a, alen);
+        info.peer = alen ? (const struct sockaddr *)&peer : NULL;
+        if (r.bad || alen > sizeof(peer) || info.cert_id_len > CY_HANDOVER_CERT_ID_MAX) {
+            uv_close((uv_handle_t *)tcp, free_bus_tcp);
+            cy_warn(NULL, "bus: a malformed TLS handover from shard %u", from);
+            return;
+        }
+        body = r.p;
+        len = cy_reader_left(&r);
+        ip = &info;
+    }
+    if ((type == F_HANDOVER || type == F_HANDOVER_TLS) && uv_fileno((uv_handle_t *)tcp, &ofd) == 0)
+        fd = dup(ofd);
     uv_close((uv_handle_t *)tcp, free_bus_tcp);
     if (fd < 0) {
         cy_warn(NULL, "bus: could not take a connection from shard %u", from);
@@ -1046,7 +1088,7 @@ static void on_handle(void *ctx, unsigned from, uv_tcp_t *tcp, uint8_t type,
     }
     cl->progress++;
     if (cl->hooks.adopt)
-        cl->hooks.adopt(cl->hooks.ctx, from, fd, body, len);
+        cl->hooks.adopt(cl->hooks.ctx, from, fd, ip, body, len);
     else
         close(fd);
 }

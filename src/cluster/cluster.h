@@ -36,6 +36,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 /* Frame types of the layers above, passed to the frame hook as they come
@@ -58,10 +59,23 @@ typedef struct cy_held_owner {
     uint32_t n;     /* entries held */
 } cy_held_owner;
 
+/* What a TLS terminator says about a connection it hands over (one end of
+ * a socketpair that carries the device's plaintext; docs/architecture.md,
+ * "MQTT over TLS"). Borrowed. */
+typedef struct cy_handover_info {
+    const struct sockaddr *peer; /* the device's address (for logs), or NULL */
+    const char *cert_id;         /* the device id its verified client certificate */
+    size_t cert_id_len;          /* names (0: none), for a login without secret */
+} cy_handover_info;
+#define CY_HANDOVER_CERT_ID_MAX 256
+
 typedef struct cy_cluster_hooks {
     /* A connection handed over by shard `from`: fd is ours, bytes were
-     * read from it already. */
-    void (*adopt)(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len);
+     * read from it already. info: NULL for a client's own TCP socket; a
+     * TLS terminator's socketpair end carries the device's address and
+     * what its certificate proved (borrowed for the call). */
+    void (*adopt)(void *ctx, unsigned from, int fd, const cy_handover_info *info,
+                  const uint8_t *bytes, size_t len);
     /* A frame of type CY_FRAME_API_REQ, _API_RESP or _COAP_*. */
     void (*frame)(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len);
     /* A held acknowledgement may go now: append bytes to o's output. */
@@ -127,9 +141,12 @@ bool cy_cluster_peer_up(const cy_cluster *cl, unsigned i, uint64_t *generation);
 bool cy_cluster_ready(const cy_cluster *cl, char *why, size_t whylen);
 /* Pass the socket tcp (whose first bytes are bytes[0..len)) to shard
  * owner; cb(arg, status) runs once the bus wrote it (status < 0: failed).
- * Errors: the bus's (then cb does not run). */
-int cy_cluster_handover(cy_cluster *cl, unsigned owner, uv_tcp_t *tcp, const uint8_t *bytes,
-                        size_t len, void (*cb)(void *arg, int status), void *arg);
+ * info (may be NULL; copied): what a TLS terminator tells the owner with
+ * a socketpair end (tcp may wrap an AF_UNIX stream socket).
+ * Errors: the bus's (then cb does not run), CY_EINVAL (info too large). */
+int cy_cluster_handover(cy_cluster *cl, unsigned owner, uv_tcp_t *tcp, const cy_handover_info *info,
+                        const uint8_t *bytes, size_t len, void (*cb)(void *arg, int status),
+                        void *arg);
 
 /* ---- the shard's loop ---- */
 

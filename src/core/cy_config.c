@@ -30,7 +30,9 @@ typedef struct setting {
 #define U32(f, d, lo, hi, doc) {#f, T_U32, offsetof(cy_config, f), 0, d, lo, hi, doc}
 
 static const setting table[] = {
-    STR(mqtt_listen, "0.0.0.0:1883", "address:port of the MQTT listener (TCP)"),
+    STR(mqtt_listen, "127.0.0.1:1883",
+        "address:port of the MQTT listener (plain TCP); the default takes connections from this "
+        "machine only: devices elsewhere use mqtts_listen, or set 0.0.0.0:1883"),
     STR(data_dir, "data", "folder for registry.db (devices) and shard-N.db (sessions, queues, retained)"),
     BOOL(allow_anonymous, "false", "accept MQTT connections without device credentials (development only)"),
     STR(log_level, "info", "least level logged: debug, info, warn or error"),
@@ -87,7 +89,9 @@ static const setting table[] = {
     BOOL(isolate_devices, "true",
          "devices may use only their own topics (devices/<id>/...) and the shared events/...; "
          "false makes cyan a plain MQTT broker"),
-    STR(http_listen, "0.0.0.0:8080", "address:port of the HTTP API; empty = no API"),
+    STR(http_listen, "127.0.0.1:8080",
+        "address:port of the HTTP API (plain HTTP; the default: this machine only); empty = no "
+        "API"),
     U32(http_max_body, "65536", 256, 16777216, "largest HTTP request body, bytes (413 beyond)"),
     U32(http_max_connections, "1024", 1, 1000000, "simultaneous HTTP connections per shard"),
     U32(http_idle_timeout, "60", 1, 3600, "seconds an idle HTTP connection is kept open"),
@@ -110,7 +114,7 @@ static const setting table[] = {
     BOOL(monitor, "true",
          "run the monitor process: /metrics, alerts, canaries and the status page, served on "
          "ops_listen by a process no shard's hang can block"),
-    STR(ops_listen, "0.0.0.0:8081",
+    STR(ops_listen, "127.0.0.1:8081",
         "address:port of the operations listener (/metrics, /status, /api/v2/*.json, "
         "/v1/alerts, /v1/incidents); empty = none (the monitor still alerts and runs canaries)"),
     BOOL(ops_public, "true",
@@ -146,7 +150,7 @@ static const setting table[] = {
     BOOL(webhook_allow_private, "false",
          "webhooks may call loopback, private (RFC 1918, fc00::/7) and link-local addresses; "
          "false refuses them (a webhook URL is a way into your network)"),
-    STR(coap_listen, "0.0.0.0:5683",
+    STR(coap_listen, "127.0.0.1:5683",
         "address:port of plain CoAP over UDP (development: see coap_insecure); empty = off"),
     STR(coaps_listen, "0.0.0.0:5684",
         "address:port of CoAP over DTLS 1.2 (pre-shared key per device); empty = off"),
@@ -166,9 +170,6 @@ static const setting table[] = {
     U32(coaps_handshake_rate, "1000", 1, 1000000,
         "new DTLS handshakes each shard starts per second at most (after the cookie "
         "exchange); more are dropped and the device retries"),
-    STR(tls_cert, "",
-        "PEM file of the server certificate (chain, leaf first) for TLS listeners; empty = no TLS"),
-    STR(tls_key, "", "PEM file of the private key of tls_cert (keep it mode 0600)"),
     BOOL(http_tls, "true", "with tls_cert set, the HTTP API on http_listen speaks HTTPS"),
     BOOL(ops_tls, "true",
          "with tls_cert set, the operations listener on ops_listen speaks HTTPS"),
@@ -207,6 +208,19 @@ static const setting table[] = {
     U32(max_publish_bytes_rate, "0", 0, 0xFFFFFFFFu,
         "bytes (topic and payload) per second one connection (a CoAP device) may publish, as "
         "max_publish_rate; 0 = no limit"),
+    STR(mqtts_listen, "0.0.0.0:8883",
+        "address:port of MQTT over TLS, served when tls_cert and tls_key are set; empty = off"),
+    STR(tls_cert, "",
+        "PEM file: the server's certificate chain, leaf first, for mqtts_listen and for HTTPS "
+        "on http_listen and ops_listen (http_tls, ops_tls); empty = no TLS"),
+    STR(tls_key, "", "PEM file: the private key of tls_cert (unencrypted; keep it mode 0600)"),
+    STR(tls_ca, "",
+        "PEM file: CAs that sign device certificates; set, a device may log in with a "
+        "certificate naming its id instead of its secret; empty = no client certificates"),
+    STR(tls_ciphers, "",
+        "OpenSSL cipher list for TLS 1.2; empty = ECDHE with AES-GCM or ChaCha20-Poly1305 "
+        "(TLS 1.3 suites are OpenSSL's, all AEAD)"),
+    STR(tls_min_version, "1.2", "oldest TLS version taken: 1.2 or 1.3"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))
@@ -328,6 +342,8 @@ int cy_config_set(cy_config *c, const char *name, const char *value, cy_config_e
             char bad[128];
             if (!strcmp(name, "limits_exempt") && cy_limit_exempt_check(value, bad, sizeof(bad)))
                 return fail(err, "%s: not an address or address/prefix: %s", name, bad);
+            if (!strcmp(name, "tls_min_version") && strcmp(value, "1.2") && strcmp(value, "1.3"))
+                return fail(err, "%s: expected 1.2 or 1.3, got '%s'", name, value);
             return 0;
         }
     return fail(err, "unknown setting '%s'%s", name, "");
@@ -414,6 +430,10 @@ static const char *const reloadable[] = {
     "auth_fail_burst",    "auth_fail_window",  "auth_fail_lockout_after",
     "auth_lockout",       "auth_fail_delay",   "max_connect_rate_per_address",
     "connect_burst_per_address", "max_publish_rate", "max_publish_bytes_rate",
+    /* read again by each shard at the reload itself (a new SSL_CTX for new
+     * connections; established ones keep theirs) */
+    "tls_cert",           "tls_key",           "tls_ca",
+    "tls_ciphers",        "tls_min_version",
 };
 
 size_t cy_config_count(void)

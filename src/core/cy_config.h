@@ -83,8 +83,6 @@ typedef struct cy_config {
     uint32_t coap_max_message;  /* bytes of the largest CoAP message taken or sent */
     uint32_t coaps_max_peers;   /* DTLS sessions (and handshakes) per shard */
     uint32_t coaps_handshake_rate; /* new DTLS handshakes per second per shard */
-    char tls_cert[512];         /* PEM certificate chain for TLS listeners; "" = no TLS */
-    char tls_key[512];          /* PEM private key of tls_cert */
     bool http_tls;              /* HTTPS on http_listen when tls_cert is set */
     bool ops_tls;               /* HTTPS on ops_listen when tls_cert is set */
     char acl_file[512];         /* the operator's ACL (Mosquitto's acl_file format); "" = none */
@@ -99,6 +97,12 @@ typedef struct cy_config {
     char limits_exempt[256];      /* addresses (with /prefix) no per-address limit applies to */
     uint32_t max_publish_rate;    /* messages per s per connection (CoAP: per device); 0 = no limit */
     uint32_t max_publish_bytes_rate; /* payload and topic bytes per s per connection; 0 = no limit */
+    char mqtts_listen[128];        /* host:port of MQTT over TLS (with tls_cert); "" = off */
+    char tls_cert[512];            /* PEM certificate chain; "" = no TLS */
+    char tls_key[512];             /* PEM private key of tls_cert */
+    char tls_ca[512];              /* PEM CAs of device certificates; "" = none */
+    char tls_ciphers[256];         /* TLS 1.2 cipher list; "" = cyan's */
+    char tls_min_version[8];       /* "1.2" or "1.3" */
 } cy_config;
 
 typedef struct cy_config_error {

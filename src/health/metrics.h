@@ -129,7 +129,10 @@ enum {
       "MQTT and HTTP connections closed at accept over max_connect_rate_per_address")              \
     X(limit_publish_rate, CY_METRIC_COUNTER, "packets",                                            \
       "publishes over max_publish_rate or max_publish_bytes_rate: refused or dropped (MQTT 5, "    \
-      "CoAP), or that paused reading their connection (MQTT 3.1.1)")
+      "CoAP), or that paused reading their connection (MQTT 3.1.1)")                              \
+    X(tls_handshakes, CY_METRIC_COUNTER, "handshakes", "MQTT over TLS handshakes completed")       \
+    X(tls_handshake_failures, CY_METRIC_COUNTER, "handshakes",                                     \
+      "MQTT over TLS handshakes failed (bad certificate, protocol version, not TLS)")
 
 #define CY_METRIC_ONE_(name, kind, unit, help) +1
 enum { CY_METRICS_N = 0 CY_METRICS(CY_METRIC_ONE_) };

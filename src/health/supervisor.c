@@ -50,6 +50,7 @@
 #include "core/cy_err.h"
 #include "core/cy_limit.h"
 #include "core/cy_log.h"
+#include "core/cy_tls.h"
 #include "core/cy_version.h"
 #include "health/scoreboard.h"
 #include "health/watchdog.h"
@@ -57,6 +58,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -121,6 +123,7 @@ struct sv {
     bool told_usr1, told_usr2; /* logged once */
     cy_config live;            /* the settings of this run; reloads change some */
     int listen_fd;
+    int mqtts_fd;  /* MQTT over TLS (mqtts_listen, with tls_cert); -1 when off */
     int http_fd; /* -1 when the HTTP API is off */
     int ops_fd;  /* the monitor's listener (ops_listen); -1 when off */
     int coap_fd; /* plain CoAP, one UDP socket every shard reads; -1 when off */
@@ -322,6 +325,22 @@ static void reload(sv *s)
     if (rc) {
         cy_error(NULL, "supervisor: SIGHUP: config not reloaded, nothing changed: %s", err.msg);
         return;
+    }
+    if (next.tls_cert[0] || next.tls_key[0]) {
+        /* Each shard reads the files again (a new SSL_CTX for new
+         * connections) and keeps its certificate when they are broken;
+         * said here once, with the file's name. */
+        char terr[300];
+        cy_tls_options o;
+        cy_tls_options_of(&next, &o);
+        if (cy_tls_check(&o, terr, sizeof(terr)))
+            cy_error(NULL,
+                     "supervisor: SIGHUP: TLS: %s; the shards keep the certificate they "
+                     "have",
+                     terr);
+        else if (s->mqtts_fd < 0)
+            cy_warn(NULL, "supervisor: SIGHUP: tls_cert is set but cyan started without an "
+                          "mqtts_listen listener: restart to serve MQTT over TLS");
     }
     char applied[900] = "";
     size_t n = 0, kept = 0;
@@ -566,7 +585,7 @@ static void spawn_shard(shard *sh)
         args[na++] = a;
     }
 
-    uv_stdio_container_t stdio[9];
+    uv_stdio_container_t stdio[10];
     stdio[0].flags = UV_IGNORE; /* /dev/null */
     stdio[1].flags = UV_INHERIT_FD;
     stdio[1].data.fd = 1;
@@ -601,13 +620,19 @@ static void spawn_shard(shard *sh)
         stdio[8].flags = UV_INHERIT_FD;
         stdio[8].data.fd = s->coaps_fd[sh->idx];
     }
+    /* MQTT over TLS: one listening socket shared like MQTT's, as fd 9. */
+    stdio[9].flags = UV_IGNORE;
+    if (!sh->monitor && s->mqtts_fd >= 0) {
+        stdio[9].flags = UV_INHERIT_FD;
+        stdio[9].data.fd = s->mqtts_fd;
+    }
     uv_process_options_t opt;
     memset(&opt, 0, sizeof(opt));
     opt.file = s->exe;
     opt.args = args;
     opt.exit_cb = on_child_exit;
     opt.flags = UV_PROCESS_DETACHED;
-    opt.stdio_count = 9;
+    opt.stdio_count = 10;
     opt.stdio = stdio;
     c->sh = sh;
     c->sock = sp[0];
@@ -888,6 +913,7 @@ static int start_failed(sv *s)
 {
     close_udp(s);
     if (s->listen_fd >= 0) close(s->listen_fd);
+    if (s->mqtts_fd >= 0) close(s->mqtts_fd);
     if (s->http_fd >= 0) close(s->http_fd);
     if (s->ops_fd >= 0) close(s->ops_fd);
     close(s->lock_fd);
@@ -1107,8 +1133,89 @@ static void init_handle(sv *s, uv_handle_t *h)
     h->data = s;
 }
 
+/* Is the listener address text (host:port) this machine's loopback only? */
+static bool loopback(const char *text)
+{
+    struct sockaddr_storage ss;
+    if (cy_listen_addr_parse(text, &ss)) return false;
+    if (ss.ss_family == AF_INET)
+        return (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+    return ss.ss_family == AF_INET6 &&
+           IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
+}
+
+/* Say once at start which plaintext listeners only this machine reaches
+ * because of their defaults (loopback since issue 14, as Mosquitto 2.0
+ * without a listener) and how to open them, and warn of those that take
+ * plaintext from the network. */
+static void tell_binds(const cy_config *cfg)
+{
+    cy_config *def = cy_malloc(sizeof(*def));
+    if (!def) return;
+    cy_config_defaults(def);
+    static const char *const names[] = {"mqtt_listen", "http_listen", "ops_listen", "coap_listen"};
+    const char *values[] = {cfg->mqtt_listen, cfg->http_listen, cfg->monitor ? cfg->ops_listen : "",
+                            cfg->coap_listen};
+    const char *defaults[] = {def->mqtt_listen, def->http_listen, def->ops_listen,
+                              def->coap_listen};
+    char local[200] = "", open[400] = "";
+    size_t nl = 0, no = 0;
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (!values[i][0]) continue;
+        if (loopback(values[i])) {
+            if (!strcmp(values[i], defaults[i]) && nl < sizeof(local))
+                nl += (size_t)snprintf(local + nl, sizeof(local) - nl, "%s%s", nl ? ", " : "",
+                                       names[i]);
+        } else if (i != 0 || !cfg->tls_cert[0]) { /* plain MQTT beside TLS: the operator's choice */
+            if (no < sizeof(open))
+                no += (size_t)snprintf(open + no, sizeof(open) - no, "%s%s %s", no ? ", " : "",
+                                       names[i], values[i]);
+        }
+    }
+    cy_free(def);
+    bool mqtt = strstr(local, "mqtt_listen") != NULL;
+    if (mqtt && cfg->tls_cert[0] && cfg->mqtts_listen[0])
+        cy_info(NULL,
+                "supervisor: %s take%s connections from this machine only (the default); "
+                "devices elsewhere use MQTT over TLS on mqtts_listen %s",
+                local, strchr(local, ',') ? "" : "s", cfg->mqtts_listen);
+    else if (mqtt)
+        cy_info(NULL,
+                "supervisor: %s take%s connections from this machine only (the default): "
+                "devices elsewhere cannot connect. To open MQTT up, configure tls_cert and "
+                "tls_key (devices then use mqtts_listen, 0.0.0.0:8883), or set mqtt_listen = "
+                "0.0.0.0:1883 explicitly (docs/operations.md, \"TLS\")",
+                local, strchr(local, ',') ? "" : "s");
+    else if (nl)
+        cy_info(NULL, "supervisor: %s take%s connections from this machine only (the default)",
+                local, strchr(local, ',') ? "" : "s");
+    if (no)
+        cy_warn(NULL,
+                "supervisor: plaintext listeners open to the network: %s; device secrets and "
+                "API tokens cross it in the clear%s",
+                open, cfg->tls_cert[0] ? "" : " (no tls_cert is configured)");
+}
+
 int cy_supervisor_check(const cy_config *cfg)
 {
+    if (cfg->tls_cert[0] || cfg->tls_key[0] || cfg->tls_ca[0]) {
+        char err[300];
+        cy_tls_options o;
+        cy_tls_options_of(cfg, &o);
+        if (cy_tls_check(&o, err, sizeof(err))) {
+            cy_error(NULL, "supervisor: TLS (tls_cert, tls_key, tls_ca): %s; not starting", err);
+            return 1;
+        }
+        if (!cfg->mqtts_listen[0])
+            cy_warn(NULL, "supervisor: tls_cert is set but mqtts_listen is empty: no MQTT "
+                          "over TLS");
+        else if (cfg->preauth_memory / CY_TLS_HANDSHAKE_BYTES < 16)
+            cy_warn(NULL,
+                    "supervisor: preauth_memory %u leaves room for %u TLS handshakes at a "
+                    "time per shard (%u bytes each)",
+                    cfg->preauth_memory, cfg->preauth_memory / CY_TLS_HANDSHAKE_BYTES,
+                    CY_TLS_HANDSHAKE_BYTES);
+    }
     if (cfg->shards < 1 || cfg->shards > CY_SB_MAX_SHARDS) {
         cy_error(NULL, "supervisor: shards = %u: must be 1..%d", cfg->shards, CY_SB_MAX_SHARDS);
         return 1;
@@ -1165,6 +1272,7 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
         s->npass++;
     s->n = cfg->shards;
     s->listen_fd = -1;
+    s->mqtts_fd = -1;
     s->http_fd = -1;
     s->ops_fd = -1;
     s->coap_fd = -1;
@@ -1174,6 +1282,8 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
         return start_failed(s);
     }
     if (open_listener("mqtt_listen", cfg->mqtt_listen, &s->listen_fd) ||
+        (cfg->tls_cert[0] && cfg->mqtts_listen[0] &&
+         open_listener("mqtts_listen", cfg->mqtts_listen, &s->mqtts_fd)) ||
         (cfg->http_listen[0] && open_listener("http_listen", cfg->http_listen, &s->http_fd)) ||
         (cfg->monitor && cfg->ops_listen[0] &&
          open_listener("ops_listen", cfg->ops_listen, &s->ops_fd)) ||
@@ -1256,10 +1366,12 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     uv_signal_start(&s->sigusr2, on_other_signal, SIGUSR2);
 
     cy_info(NULL,
-            "supervisor (pid %ld): %u shard%s, mqtt on %s, watchdog_timeout %u ms, "
+            "supervisor (pid %ld): %u shard%s, mqtt on %s%s%s, watchdog_timeout %u ms, "
             "scoreboard %s",
-            (long)getpid(), s->n, s->n == 1 ? "" : "s", cfg->mqtt_listen, cfg->watchdog_timeout,
-            path);
+            (long)getpid(), s->n, s->n == 1 ? "" : "s", cfg->mqtt_listen,
+            s->mqtts_fd >= 0 ? ", mqtts on " : "", s->mqtts_fd >= 0 ? cfg->mqtts_listen : "",
+            cfg->watchdog_timeout, path);
+    tell_binds(cfg);
     for (unsigned i = 0; i < s->nproc; i++)
         spawn_shard(&s->shards[i]);
     if (s->alive < s->nproc) {
@@ -1284,6 +1396,7 @@ out_sb:
     cy_sb_store(&s->sb.hdr->supervisor_pid, 0);
     cy_scoreboard_close(&s->sb);
     close(s->listen_fd);
+    if (s->mqtts_fd >= 0) close(s->mqtts_fd);
     if (s->http_fd >= 0) close(s->http_fd);
     if (s->ops_fd >= 0) close(s->ops_fd);
     close_udp(s);

@@ -22,6 +22,9 @@
  *        fd 6: the data folder's lock file, the supervisor's own open file
  *              (so the lock stays held while any process of the run lives);
  *              a shard keeps it open and never touches it
+ *        fds 7, 8: CoAP's sockets; fd 9: the MQTT over TLS listener
+ *              (mqtts_listen, when tls_cert is set; its files are checked
+ *              at start, cy_supervisor_check, and on SIGHUP)
  *        fd 0: /dev/null; fds 1, 2: inherited (one log stream)
  *      A shard also asks for SIGKILL at the supervisor's death
  *      (PR_SET_PDEATHSIG), so none outlives it, stopped or not.

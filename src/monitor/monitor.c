@@ -1044,19 +1044,10 @@ static void on_signal(uv_signal_t *h, int signum)
 }
 
 /* A reload from the supervisor: "name=value" lines. The monitor's own
- * settings shape the run; it applies log_level and ignores the rest. */
+ * settings shape the run; it applies log_level, and tls_cert and tls_key
+ * for HTTPS on ops_listen, and ignores the rest. */
 static void reload(mon *m, char *msg)
 {
-    if (m->http && m->live.tls_cert[0] && m->live.ops_tls) {
-        char why[256];
-        if (cy_http_tls_reload(m->http, m->live.tls_cert, m->live.tls_key, why, sizeof(why)))
-            cy_error(NULL, "ops_listen: reload of the TLS certificate failed, the old one stays "
-                           "in use: %s",
-                     why);
-        else
-            cy_info(NULL, "ops_listen: TLS certificate %s loaded for new connections",
-                    m->live.tls_cert);
-    }
     for (char *line = msg, *nl; line && *line; line = nl) {
         nl = strchr(line, '\n');
         if (nl) *nl++ = '\0';
@@ -1066,7 +1057,23 @@ static void reload(mon *m, char *msg)
                 cy_log_set_level(lvl);
                 snprintf(m->live.log_level, sizeof(m->live.log_level), "%s", line + 10);
             }
+        } else if (!strncmp(line, "tls_cert=", 9)) {
+            snprintf(m->live.tls_cert, sizeof(m->live.tls_cert), "%s", line + 9);
+        } else if (!strncmp(line, "tls_key=", 8)) {
+            snprintf(m->live.tls_key, sizeof(m->live.tls_key), "%s", line + 8);
         }
+    }
+    /* The pair is read again at every reload, changed or not (the files
+     * may be new under the same names). */
+    if (m->http && m->live.tls_cert[0] && m->live.ops_tls) {
+        char why[256];
+        if (cy_http_tls_reload(m->http, m->live.tls_cert, m->live.tls_key, why, sizeof(why)))
+            cy_error(NULL, "ops_listen: reload of the TLS certificate failed, the old one stays "
+                           "in use: %s",
+                     why);
+        else
+            cy_info(NULL, "ops_listen: TLS certificate %s loaded for new connections",
+                    m->live.tls_cert);
     }
 }
 

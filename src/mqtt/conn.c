@@ -36,6 +36,17 @@
  * again once auth_fail_delay has passed; a 3.1.1 publisher over
  * max_publish_rate is throttled the same way (handle_publish.c), what it
  * sent after the publish that crossed the rate waiting in `in`.
+ * TLS (mqtts_listen): a connection accepted on the TLS listener has a
+ * cy_tls session in its extension (cy_conn_ext, off the connection so a
+ * plain one pays nothing but a predictable branch). Its ciphertext is read
+ * into a second shared buffer, decrypted into the plaintext one and goes
+ * through the same process() path; cy_conn_flush encrypts a pass's `out`
+ * in one cy_tls_write and writes the records as it writes plaintext. The
+ * handshake is part of the stranger's budget: its memory counts in
+ * preauth_memory and CONNECT must still come within connect_timeout of the
+ * accept. A TLS session cannot move to another process, so a CONNECT for
+ * another shard's client makes this shard its terminator (proxy.c): the
+ * owner gets one end of a socketpair and the plaintext.
  *
  * Errors are mapped to the wire here, once: a handler returns a MQTT 5
  * reason code and the dispatcher closes with it (DISCONNECT for MQTT 5
@@ -58,6 +69,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 const char *cy_conn_name(const cy_conn *c)
@@ -75,7 +87,10 @@ const char *cy_conn_peer(const cy_conn *c)
     int sl = sizeof(ss);
     char ip[INET6_ADDRSTRLEN] = "?";
     int port = 0;
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl)) return "unknown peer";
+    if (c->ext && cy_conn_ext_of(c)->peer.ss_family) /* handed in by a TLS terminator */
+        ss = cy_conn_ext_of(c)->peer;
+    else if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl))
+        return "unknown peer";
     if (ss.ss_family == AF_INET) {
         uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
         port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
@@ -133,12 +148,75 @@ static void v5_free(cy_mqtt *g, cy_conn_v5 *x)
     cy_free(x);
 }
 
+/* ---- connection extensions (TLS) ---- */
+
+/* The ciphertext waiting for the socket of a TLS connection (0 for others). */
+static size_t tls_pending(const cy_conn *c)
+{
+    cy_tls *t = c->ext ? cy_conn_ext_of(c)->tls : NULL;
+    return t ? cy_buf_size(cy_tls_out(t)) : 0;
+}
+
+/* Give c an extension (zeroed); NULL when out of memory. */
+static cy_conn_ext *ext_new(cy_conn *c)
+{
+    cy_mqtt *g = c->g;
+    cy_conn_ext *x = cy_calloc(1, sizeof(*x));
+    if (!x) return NULL;
+    uint32_t slot;
+    if (g->n_free_exts) {
+        slot = g->free_exts[--g->n_free_exts];
+    } else {
+        if (g->n_exts == g->cap_exts) {
+            uint32_t cap = g->cap_exts ? g->cap_exts * 2 : 64;
+            cy_conn_ext **e = cy_realloc(g->exts, cap * sizeof(*e));
+            if (e) g->exts = e;
+            uint32_t *f = e ? cy_realloc(g->free_exts, cap * sizeof(*f)) : NULL;
+            if (!f) {
+                cy_free(x);
+                return NULL;
+            }
+            g->free_exts = f;
+            g->cap_exts = cap;
+        }
+        slot = g->n_exts++;
+    }
+    g->exts[slot] = x;
+    c->ext = slot + 1;
+    return x;
+}
+
+static void ext_free(cy_conn *c)
+{
+    if (!c->ext) return;
+    cy_mqtt *g = c->g;
+    cy_conn_ext *x = cy_conn_ext_of(c);
+    if (x->proxy) cy_proxy_detach(x->proxy);
+    cy_tls_free(x->tls);
+    cy_free(x->cert_id);
+    cy_free(x);
+    g->exts[c->ext - 1] = NULL;
+    g->free_exts[g->n_free_exts++] = c->ext - 1;
+    c->ext = 0;
+}
+
+bool cy_conn_cert_is(const cy_conn *c, const char *id, size_t len)
+{
+    if (!c->ext || !len) return false;
+    const cy_conn_ext *x = cy_conn_ext_of(c);
+    if (x->tls) return cy_tls_peer_is(x->tls, id, len);
+    return x->cert_id && x->cert_id_len == len && memcmp(x->cert_id, id, len) == 0;
+}
+
 /* Keep g->preauth_bytes equal to the capacity of the partial-input buffers
- * of connections that have not logged in; call after `in` or the state
- * changed. */
+ * of connections that have not logged in, and what their TLS sessions hold;
+ * call after `in`, the state or a handshake changed. */
 static void preauth_account(cy_conn *c)
 {
     uint32_t now = c->state == CONN_NEW && c->in ? (uint32_t)c->in->cap : 0;
+    if (c->state == CONN_NEW && c->ext && cy_conn_ext_of(c)->tls)
+        now += cy_tls_established(cy_conn_ext_of(c)->tls) ? CY_TLS_SESSION_BYTES
+                                                          : CY_TLS_HANDSHAKE_BYTES;
     c->g->preauth_bytes = c->g->preauth_bytes - c->preauth + now;
     c->preauth = now;
 }
@@ -171,22 +249,25 @@ static void set_reading(cy_conn *c, bool on)
         c->g->n_not_reading++;
 }
 
-static int conn_read_start(cy_conn *c)
+int cy_conn_read_start(cy_conn *c)
 {
     int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (rc == 0) set_reading(c, true);
     return rc;
 }
 
-static void conn_read_stop(cy_conn *c)
+void cy_conn_read_stop(cy_conn *c)
 {
     uv_read_stop((uv_stream_t *)&c->tcp);
     set_reading(c, false);
 }
+#define conn_read_start cy_conn_read_start
+#define conn_read_stop cy_conn_read_stop
 
 size_t cy_conn_backlog(const cy_conn *c)
 {
-    return cy_buf_size(&c->out) + (c->w ? cy_buf_size(&c->w->buf) : 0);
+    return cy_buf_size(&c->out) + (c->w ? cy_buf_size(&c->w->buf) : 0) +
+           (c->ext ? tls_pending(c) : 0);
 }
 
 /* Stop or resume reading by the output backlog (see the file comment).
@@ -197,7 +278,11 @@ size_t cy_conn_backlog(const cy_conn *c)
 static void backpressure(cy_conn *c)
 {
     cy_mqtt *g = c->g;
-    if (c->state != CONN_ACTIVE || g->stalled) return;
+    if (c->state != CONN_ACTIVE || g->stalled) {
+        /* A terminator reads the owner's plaintext while the device reads. */
+        if (c->state == CONN_PROXY && !g->stalled) cy_proxy_resume(cy_conn_ext_of(c)->proxy);
+        return;
+    }
     size_t backlog = cy_conn_backlog(c);
     if (!c->paused && backlog > g->cfg->max_output) {
         conn_read_stop(c);
@@ -248,18 +333,20 @@ static void on_close(uv_handle_t *h)
     in_free(c);
     c->state = CONN_CLOSING;
     preauth_account(c);
+    ext_free(c);
     cy_buf_fini(&c->out);
     v5_free(g, c->v5);
     cy_free(c);
 }
 
-static void mark_dirty(cy_conn *c)
+void cy_conn_mark_dirty(cy_conn *c)
 {
     if (c->dirty) return;
     c->dirty = true;
     c->dirty_next = c->g->dirty;
     c->g->dirty = c;
 }
+#define mark_dirty cy_conn_mark_dirty
 
 int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p)
 {
@@ -290,49 +377,76 @@ static void on_write(uv_write_t *req, int status)
      * store writes are not committed yet: the end of the pass writes it,
      * after the commit. Flushing here let an acknowledgement leave before
      * what it acknowledges was on disk. */
-    if (cy_buf_size(&c->out)) mark_dirty(c);
+    if (cy_buf_size(&c->out) || (c->ext && tls_pending(c))) mark_dirty(c);
     backpressure(c);
+}
+
+/* Encrypt the pass's `out` of a TLS connection, in one cy_tls_write (as
+ * few records as their size allows), and return the buffer of ciphertext
+ * to write; NULL when the session failed (the connection is closed). */
+static cy_buf *tls_seal(cy_conn *c)
+{
+    cy_tls *t = cy_conn_ext_of(c)->tls;
+    size_t n = cy_buf_size(&c->out);
+    int rc = n ? cy_tls_write(t, cy_buf_head(&c->out), n) : 0;
+    if (rc == CY_EAGAIN) return cy_tls_out(t); /* no handshake yet: `out` waits */
+    if (rc) {
+        cy_buf_reset(&c->out);
+        cy_buf_reset(cy_tls_out(t));
+        if (c->state != CONN_CLOSING) {
+            cy_debug(cy_conn_name(c), "TLS write failed: %s", cy_tls_why(t));
+            cy_conn_close(c, 0, NULL);
+        }
+        return NULL;
+    }
+    if (n && c->out.cap <= CY_OUT_KEEP_MIN)
+        cy_buf_fini(&c->out);
+    else
+        cy_buf_reset(&c->out);
+    return cy_tls_out(t);
 }
 
 void cy_conn_flush(cy_conn *c)
 {
-    if (c->w || cy_buf_size(&c->out) == 0) {
+    cy_buf *b = &c->out; /* what goes to the socket: `out`, or its ciphertext */
+    if (!c->w && c->ext && cy_conn_ext_of(c)->tls && !(b = tls_seal(c))) return;
+    if (c->w || cy_buf_size(b) == 0) {
         backpressure(c); /* `out` grew behind a write in flight */
         return;
     }
-    uv_buf_t ub = uv_buf_init((char *)cy_buf_head(&c->out), (unsigned)cy_buf_size(&c->out));
+    uv_buf_t ub = uv_buf_init((char *)cy_buf_head(b), (unsigned)cy_buf_size(b));
     int n = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
     if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
     if (n < 0) {
-        cy_buf_reset(&c->out);
+        cy_buf_reset(b);
         if (c->state != CONN_CLOSING) {
             cy_debug(cy_conn_name(c), "write failed: %s", uv_strerror(n));
             cy_conn_close(c, 0, NULL);
         }
         return;
     }
-    cy_buf_consume(&c->out, (size_t)n);
-    if (cy_buf_size(&c->out) == 0) {
+    cy_buf_consume(b, (size_t)n);
+    if (cy_buf_size(b) == 0) {
         /* A small emptied buffer is freed now: malloc's per-thread cache
          * hands the same block to the next pass or the next connection, and
          * an idle connection (a CONNACK, a PINGRESP) keeps nothing. A large
          * one is kept for the next pass (freeing it every pass made glibc
          * trim and re-fault it: 10x slower at 1 KiB messages); the sweep
          * frees it once the connection goes idle. */
-        if (c->out.cap <= CY_OUT_KEEP_MIN) cy_buf_fini(&c->out);
+        if (b->cap <= CY_OUT_KEEP_MIN) cy_buf_fini(b);
         backpressure(c);
         return;
     }
     if (c->state == CONN_CLOSING) return; /* best effort only */
     cy_wstate *w = cy_malloc(sizeof(*w));
     if (!w) {
-        cy_buf_reset(&c->out);
+        cy_buf_reset(b);
         cy_conn_close(c, 0, "out of memory");
         return;
     }
     w->c = c;
-    w->buf = c->out; /* the pending bytes move; out starts afresh */
-    cy_buf_init(&c->out);
+    w->buf = *b; /* the pending bytes move; out starts afresh */
+    cy_buf_init(b);
     w->req.data = w;
     ub = uv_buf_init((char *)cy_buf_head(&w->buf), (unsigned)cy_buf_size(&w->buf));
     int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
@@ -379,10 +493,23 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
         cy_session_detach(g->devices, s, !c->clean_disconnect);
     }
     conn_read_stop(c);
+    if (c->ext) {
+        cy_conn_ext *x = cy_conn_ext_of(c);
+        if (x->proxy) { /* the owner's end closes once our last plaintext is written */
+            cy_proxy_detach(x->proxy);
+            x->proxy = NULL;
+        }
+        if (x->tls) {
+            /* What `out` holds is sealed before the close_notify that
+             * follows it (the pass's flush adds nothing after a close). */
+            if (cy_buf_size(&c->out) && cy_tls_established(x->tls)) tls_seal(c);
+            cy_tls_close(x->tls);
+        }
+    }
     /* `out` may hold acknowledgements of this pass (a PUBLISH and a bad
      * packet in one read, a takeover): they leave with the pass's flush,
      * after the store commit, never before it; the socket closes then. */
-    if (cy_buf_size(&c->out)) {
+    if (cy_buf_size(&c->out) || (c->ext && tls_pending(c))) {
         c->close_at_flush = true;
         mark_dirty(c);
         return;
@@ -495,7 +622,10 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
             !c->handed_in && name->len) {
             unsigned owner = cy_shard_of(name->p, name->len, g->nshards);
             if (owner != g->self) {
-                cy_conn_handover(c, owner, p.u.connect.version, data + off, len - off);
+                if (c->ext && cy_conn_ext_of(c)->tls) /* we stay its TLS terminator */
+                    cy_proxy_start(c, owner, &p.u.connect, name, data + off, len - off);
+                else
+                    cy_conn_handover(c, owner, p.u.connect.version, data + off, len - off);
                 return len;
             }
         }
@@ -549,6 +679,18 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     cy_conn *c = h->data;
     cy_mqtt *g = c->g;
     (void)suggested;
+    if (c->ext && cy_conn_ext_of(c)->tls) {
+        /* Ciphertext: OpenSSL takes all of it before the read callback
+         * returns (a partial record in its own buffer), so one buffer
+         * serves every TLS connection. */
+        if (g->tls_rbuf_busy) {
+            *buf = uv_buf_init(NULL, 0); /* never: reads do not nest */
+            return;
+        }
+        g->tls_rbuf_busy = true;
+        *buf = uv_buf_init((char *)g->tls_rbuf, sizeof(g->tls_rbuf));
+        return;
+    }
     if (!c->in && !g->rbuf_busy) {
         g->rbuf_busy = true;
         *buf = uv_buf_init((char *)g->rbuf, sizeof(g->rbuf));
@@ -590,6 +732,86 @@ void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len)
     if (used < len && c->state != CONN_CLOSING) keep_partial(c, bytes + used, len - used);
 }
 
+/* Plaintext a TLS session decrypted: through process() as if read, with
+ * the partial packet of an earlier read first; to the owner shard once we
+ * are only its terminator. */
+static void tls_plain(cy_conn *c, const uint8_t *data, size_t len)
+{
+    if (c->state == CONN_PROXY) {
+        int rc = cy_proxy_up(cy_conn_ext_of(c)->proxy, data, len);
+        if (rc) cy_conn_close(c, 0, NULL); /* the owner's end is gone */
+        return;
+    }
+    if (!c->in) {
+        size_t used = process(c, data, len);
+        if (used < len && c->state != CONN_CLOSING) keep_partial(c, data + used, len - used);
+        return;
+    }
+    keep_partial(c, data, len);
+    if (c->state == CONN_CLOSING) return;
+    size_t used = process(c, cy_buf_head(c->in), cy_buf_size(c->in));
+    if (c->state == CONN_CLOSING) return;
+    cy_buf_consume(c->in, used);
+    if (cy_buf_size(c->in) == 0)
+        in_free(c);
+    else
+        preauth_account(c);
+}
+
+/* nread bytes of ciphertext in g->tls_rbuf: decrypt into the plaintext
+ * buffer, a buffer-full at a time, and handle it. */
+static void tls_read(cy_conn *c, size_t nread)
+{
+    cy_mqtt *g = c->g;
+    cy_tls *t = cy_conn_ext_of(c)->tls;
+    cy_tls_input(t, g->tls_rbuf, nread);
+    bool was_established = cy_tls_established(t);
+    if (c->state == CONN_PROXY) c->last_rx = (int64_t)uv_now(g->loop); /* for the idle sweep */
+    int rc;
+    do {
+        size_t have = 0, got = 0;
+        while (have < sizeof(g->rbuf) &&
+               (rc = cy_tls_read(t, g->rbuf + have, sizeof(g->rbuf) - have, &got)) == 0)
+            have += got;
+        if (have) {
+            g->rbuf_busy = true;
+            tls_plain(c, g->rbuf, have);
+            g->rbuf_busy = false;
+        }
+        if (c->state == CONN_CLOSING) { /* the rest of the input goes with the session */
+            g->tls_rbuf_busy = false;
+            return;
+        }
+    } while (rc == 0);
+    g->tls_rbuf_busy = false;
+    if (!was_established && cy_tls_established(t)) g->stats->tls_handshakes++;
+    if (cy_buf_size(cy_tls_out(t))) mark_dirty(c); /* the handshake's, a key update's */
+    if (rc == CY_EAGAIN) {
+        preauth_account(c); /* the handshake may be done */
+        if (c->state == CONN_PROXY)
+            cy_proxy_kick(cy_conn_ext_of(c)->proxy);
+        else
+            backpressure(c);
+        return;
+    }
+    if (rc == CY_EPIPE) { /* close_notify: an end, as a FIN */
+        if (c->state == CONN_NEW)
+            cy_conn_log_stranger(c, "closed sockets", "connection closed before CONNECT");
+        else if (c->state == CONN_ACTIVE)
+            cy_info(cy_conn_name(c), "connection lost%s",
+                    c->clean_disconnect ? "" : " without DISCONNECT");
+        cy_conn_close(c, 0, NULL);
+        return;
+    }
+    if (c->state == CONN_NEW && !cy_tls_established(t)) {
+        g->stats->tls_handshake_failures++;
+        cy_conn_log_stranger(c, "closed sockets", "TLS handshake failed: %s", cy_tls_why(t));
+    } else {
+        cy_info(cy_conn_name(c), "TLS error: %s", cy_tls_why(t));
+    }
+    cy_conn_close(c, 0, NULL); /* an alert OpenSSL wrote goes out first */
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     cy_conn *c = stream->data;
@@ -599,6 +821,14 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
      * completes no packet (a large one arriving slowly must not look like
      * a shard that reads nothing). */
     if (nread != 0) g->progress++;
+    if (buf->base == (char *)g->tls_rbuf) {
+        if (nread > 0) {
+            tls_read(c, (size_t)nread);
+            return;
+        }
+        g->tls_rbuf_busy = false;
+        if (nread == 0) return; /* EAGAIN */
+    }
     if (nread < 0) {
         set_reading(c, false); /* libuv stops at an end; every end or error closes below */
         if (shared) g->rbuf_busy = false;
@@ -611,6 +841,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
             if (nread != UV_EOF) cy_debug(cy_conn_name(c), "read: %s", uv_strerror((int)nread));
             if (c->state == CONN_NEW)
                 cy_conn_log_stranger(c, "closed sockets", "connection closed before CONNECT");
+            else if (c->state == CONN_PROXY)
+                cy_debug(cy_conn_peer(c), "TLS connection for shard %u closed by the device",
+                         cy_proxy_owner(cy_conn_ext_of(c)->proxy));
             else
                 cy_info(cy_conn_name(c), "connection lost%s",
                         c->clean_disconnect ? "" : " without DISCONNECT");
@@ -691,6 +924,25 @@ static cy_conn *conn_new(cy_mqtt *g)
     return c;
 }
 
+/* A connection accepted on the TLS listener: its session, counted as a
+ * stranger's memory until CONNECT. 0, or -1 when it was closed. */
+static int tls_accept(cy_conn *c)
+{
+    cy_mqtt *g = c->g;
+    if (g->preauth_bytes + CY_TLS_HANDSHAKE_BYTES > g->cfg->preauth_memory) {
+        preauth_refused(c, "preauth_memory (%u bytes) spent on sockets that have not logged in",
+                        g->cfg->preauth_memory);
+        return -1;
+    }
+    cy_conn_ext *x = ext_new(c);
+    if (!x || cy_tls_new(g->tls_ctx, &x->tls)) {
+        cy_conn_close(c, 0, "out of memory");
+        return -1;
+    }
+    preauth_account(c);
+    return 0;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     cy_mqtt *g = server->data;
@@ -724,6 +976,7 @@ static void on_connection(uv_stream_t *server, int status)
         cy_conn_close(c, 0, "over max_connect_rate_per_address");
         return;
     }
+    if (server == (uv_stream_t *)&g->tls_listener && tls_accept(c)) return;
     if (g->stalled) return; /* drill: accepted, never read (owed input once it sends) */
     uv_tcp_nodelay(&c->tcp, 1);
     int rc = conn_read_start(c);
@@ -733,7 +986,8 @@ static void on_connection(uv_stream_t *server, int status)
     }
 }
 
-void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len)
+void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const cy_handover_info *info,
+                   const uint8_t *bytes, size_t len)
 {
     cy_mqtt *g = ctx;
     (void)from;
@@ -750,7 +1004,25 @@ void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_
         return;
     }
     c->last_rx = uv_now(g->loop);
-    uv_tcp_nodelay(&c->tcp, 1);
+    if (info) {
+        /* A TLS terminator's socketpair (AF_UNIX: no Nagle to turn off, no
+         * peer address of its own): the device's address and proof. */
+        cy_conn_ext *x = ext_new(c);
+        if (x && info->peer)
+            memcpy(&x->peer, info->peer,
+                   info->peer->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                     : sizeof(struct sockaddr_in));
+        if (x && info->cert_id_len) {
+            x->cert_id = cy_strndup(info->cert_id, info->cert_id_len);
+            x->cert_id_len = x->cert_id ? info->cert_id_len : 0;
+        }
+        if (!x) {
+            cy_conn_close(c, 0, "out of memory");
+            return;
+        }
+    } else {
+        uv_tcp_nodelay(&c->tcp, 1);
+    }
     cy_conn_feed(c, bytes, len);
     if (c->state == CONN_CLOSING || c->delayed) return;
     int rc = conn_read_start(c);
@@ -794,7 +1066,9 @@ void cy_mqtt_release_held(void *ctx, cy_held_owner *o, const uint8_t *bytes, siz
 
 /* ---- handover to the owner shard ---- */
 
-static void refuse_unavailable(cy_conn *c, uint8_t version, const char *why)
+#define refuse_unavailable cy_conn_refuse_unavailable
+
+void cy_conn_refuse_unavailable(cy_conn *c, uint8_t version, const char *why)
 {
     static const uint8_t v5[] = {0x20, 0x03, 0x00, CY_RC_SERVER_UNAVAILABLE, 0x00};
     static const uint8_t v3[] = {0x20, 0x02, 0x00, CY_RC3_SERVER_UNAVAILABLE};
@@ -861,7 +1135,7 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
     g->preauth_bytes += len;
     conn_read_stop(c);
     c->state = CONN_HANDED;
-    int rc = cy_cluster_handover(g->cluster, owner, &c->tcp, bytes, len, handed, h);
+    int rc = cy_cluster_handover(g->cluster, owner, &c->tcp, NULL, bytes, len, handed, h);
     if (rc) {
         g->preauth_bytes -= h->bytes;
         cy_free(h);
@@ -1069,6 +1343,8 @@ int cy_mqtt_new(const cy_mqtt_deps *deps, cy_mqtt **out)
     cy_buf_init(&g->scratch);
     uv_tcp_init(g->loop, &g->listener);
     g->listener.data = g;
+    uv_tcp_init(g->loop, &g->tls_listener);
+    g->tls_listener.data = g;
     *out = g;
     return 0;
 }
@@ -1087,13 +1363,56 @@ int cy_mqtt_open(cy_mqtt *g, int listen_fd)
     return 0;
 }
 
+/* A TLS context from the settings; NULL (logged) when the files make none. */
+static cy_tls_ctx *tls_ctx_load(cy_mqtt *g, const char *when)
+{
+    cy_tls_options o;
+    cy_tls_options_of(g->cfg, &o);
+    cy_tls_ctx *ctx = NULL;
+    char err[300];
+    if (cy_tls_ctx_new(&o, &ctx, err, sizeof(err))) {
+        cy_error(NULL, "TLS %s: %s", when, err);
+        return NULL;
+    }
+    return ctx;
+}
+
+int cy_mqtt_open_tls(cy_mqtt *g, int listen_fd)
+{
+    g->tls_ctx = tls_ctx_load(g, "not served by this shard");
+    if (!g->tls_ctx) return CY_ECONFIG;
+    int fd = dup(listen_fd);
+    if (fd < 0) return -errno;
+    int rc = uv_tcp_open(&g->tls_listener, fd);
+    if (rc) {
+        close(fd);
+        cy_error(NULL, "listen on inherited TLS socket: %s", uv_strerror(rc));
+        return rc;
+    }
+    g->tls_open = true;
+    return 0;
+}
+
+void cy_mqtt_tls_reload(cy_mqtt *g)
+{
+    if (!g->tls_open || g->stopping) return;
+    cy_tls_ctx *ctx = tls_ctx_load(g, "reload refused, keeping the certificate in use");
+    if (!ctx) return;
+    cy_tls_ctx_unref(g->tls_ctx); /* established sessions hold their own reference */
+    g->tls_ctx = ctx;
+    cy_info(NULL, "TLS: certificate %s loaded for new connections", g->cfg->tls_cert);
+}
+
 int cy_mqtt_accept(cy_mqtt *g)
 {
     int rc = uv_listen((uv_stream_t *)&g->listener, 1024, on_connection);
-    if (rc)
+    if (rc) {
         cy_error(NULL, "listen: %s", uv_strerror(rc));
-    else
-        g->listening = true;
+        return rc;
+    }
+    g->listening = true;
+    if (g->tls_open && (rc = uv_listen((uv_stream_t *)&g->tls_listener, 1024, on_connection)))
+        cy_error(NULL, "listen (TLS): %s", uv_strerror(rc));
     return rc;
 }
 
@@ -1107,6 +1426,7 @@ void cy_mqtt_stall(cy_mqtt *g)
     g->stalled = true;
     for (cy_conn *c = g->conns; c; c = c->next)
         if (c->state != CONN_CLOSING && c->state != CONN_HANDED) conn_read_stop(c);
+    cy_proxy_stall(g);
 }
 
 void cy_mqtt_flush(cy_mqtt *g)
@@ -1166,7 +1486,13 @@ void cy_mqtt_sweep(cy_mqtt *g, int64_t now)
                    now - c->last_rx > 1000) {
             cy_buf_fini(&c->out); /* an idle connection keeps no output buffer */
         }
+        if (c->ext && (c->state == CONN_ACTIVE || c->state == CONN_PROXY) && !c->dirty && !c->w &&
+            now - c->last_rx > 1000) {
+            cy_tls *t = cy_conn_ext_of(c)->tls;
+            if (t && cy_tls_out(t)->cap && !cy_buf_size(cy_tls_out(t))) cy_buf_fini(cy_tls_out(t));
+        }
     }
+    cy_proxy_sweep(g, now);
 }
 
 uint32_t cy_mqtt_connections(const cy_mqtt *g)
@@ -1197,8 +1523,9 @@ uint64_t cy_mqtt_owed_input(const cy_mqtt *g)
     /* Walking 10k connections costs ~1 ms (a cache miss each): skipped
      * while libuv reads every one, the usual case. */
     for (const cy_conn *c = g->n_not_reading ? g->conns : NULL; c; c = c->next) {
+        if (c->state == CONN_PROXY) owed += cy_proxy_owed(cy_conn_ext_of(c)->proxy);
         if (c->reading || c->paused || c->delayed || c->throttled ||
-            (c->state != CONN_NEW && c->state != CONN_ACTIVE))
+            (c->state != CONN_NEW && c->state != CONN_ACTIVE && c->state != CONN_PROXY))
             continue;
         int n = 0;
         if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0 &&
@@ -1214,6 +1541,10 @@ uint64_t cy_mqtt_owed_input(const cy_mqtt *g)
     if (g->listening && uv_fileno((const uv_handle_t *)&g->listener, &fd) == 0 &&
         getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0)
         owed += ti.tcpi_unacked;
+    len = sizeof(ti);
+    if (g->listening && g->tls_open && uv_fileno((const uv_handle_t *)&g->tls_listener, &fd) == 0 &&
+        getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0)
+        owed += ti.tcpi_unacked;
     return owed;
 }
 
@@ -1227,12 +1558,17 @@ void cy_mqtt_stop(cy_mqtt *g)
         c->clean_disconnect = true; /* a shutdown is not the client's failure */
         cy_conn_close(c, CY_RC_SERVER_SHUTTING_DOWN, NULL);
     }
+    cy_proxy_stop(g);
     uv_close((uv_handle_t *)&g->listener, NULL);
+    uv_close((uv_handle_t *)&g->tls_listener, NULL);
 }
 
 void cy_mqtt_free(cy_mqtt *g)
 {
     if (!g) return;
     cy_buf_fini(&g->scratch);
+    cy_tls_ctx_unref(g->tls_ctx);
+    cy_free(g->exts);
+    cy_free(g->free_exts);
     cy_free(g);
 }

@@ -1,4 +1,6 @@
-/* gateway: the MQTT transport of one shard (3.1.1 and 5.0 over TCP).
+/* gateway: the MQTT transport of one shard (3.1.1 and 5.0 over TCP and
+ * TLS; conn.c says how TLS fits, proxy.c how a shard terminates TLS for
+ * another shard's device).
  *
  * It accepts connections on the shard's listening socket, frames and
  * decodes packets, runs the per-packet handlers (handle_*.c) and writes
@@ -41,6 +43,15 @@ int cy_mqtt_new(const cy_mqtt_deps *deps, cy_mqtt **out);
 /* Serve on the inherited listening socket fd (duplicated; not owned). The
  * socket listens already; connections are taken from cy_mqtt_accept on. */
 int cy_mqtt_open(cy_mqtt *g, int fd);
+/* Serve MQTT over TLS on the inherited listening socket fd (duplicated):
+ * a TLS context from cfg's tls_* settings. CY_ECONFIG (logged, naming the
+ * file) when the files do not make one: the shard then serves no TLS (the
+ * other shards take the shared socket's connections). */
+int cy_mqtt_open_tls(cy_mqtt *g, int fd);
+/* After a reload: a new TLS context from the tls_* settings for new
+ * connections (established ones keep theirs); broken files are logged and
+ * the context in use is kept. Nothing without a TLS listener. */
+void cy_mqtt_tls_reload(cy_mqtt *g);
 int cy_mqtt_accept(cy_mqtt *g);
 /* Refuse new CONNECTs (shutting down), close every connection (MQTT 5
  * clients get 0x8B) and the listener. Their last output leaves, and their
@@ -70,11 +81,14 @@ uint64_t cy_mqtt_progress(const cy_mqtt *g);
  * once it accepts. Cost: one getsockopt for the accept queue; while some
  * connection is not read (paused, closing, stalled), a walk of the
  * connections (memory only) and one ioctl(FIONREAD) per socket whose
- * reading is stopped. 0 once stopping. */
+ * reading is stopped (and per socketpair of a TLS connection terminated
+ * for another shard). Both listeners' accept queues count. 0 once
+ * stopping. */
 uint64_t cy_mqtt_owed_input(const cy_mqtt *g);
 
 /* Cluster hooks (cluster.h; ctx: the gateway). */
-void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len);
+void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const cy_handover_info *info,
+                   const uint8_t *bytes, size_t len);
 void cy_mqtt_release_held(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t len);
 
 #endif

@@ -8,6 +8,11 @@
  *             once CONNECT is accepted; the session holds &conn->link.
  *             Freed in its uv close callback, never inside its own read
  *             callback.
+ *   cy_conn_ext  what only a connection over TLS (or one a TLS terminator
+ *             handed in) has: owned by its connection, freed with it.
+ *   cy_proxy  a TLS terminator's socketpair to the device's owner shard:
+ *             owned by the gateway (list `proxies`); outlives its device's
+ *             connection until the last plaintext for the owner is written.
  *
  * Thread: everything here runs on the shard's loop thread.
  */
@@ -17,6 +22,7 @@
 #include "core/cy_buf.h"
 #include "core/cy_limit.h"
 #include "core/cy_log.h"
+#include "core/cy_tls.h"
 #include "device/session.h"
 #include "mqtt/gateway.h"
 #include "mqtt/mqtt.h"
@@ -26,6 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <uv.h>
 
 #define CY_READ_CHUNK 65536
@@ -49,7 +56,23 @@ typedef struct cy_wstate {
     cy_conn *c;
 } cy_wstate;
 
-enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING, CONN_HANDED };
+/* CONN_PROXY: a TLS connection this shard terminates for the device's
+ * owner shard (the plaintext goes through a cy_proxy). */
+enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING, CONN_HANDED, CONN_PROXY };
+
+typedef struct cy_proxy cy_proxy;
+
+/* What only some connections carry, off the connection so a plain one
+ * pays nothing: a TLS session (mqtts_listen), or, for a connection a TLS
+ * terminator handed in, the device's address and the id its certificate
+ * proved. */
+typedef struct cy_conn_ext {
+    cy_tls *tls;                  /* the TLS session, or NULL (a terminator's socketpair) */
+    cy_proxy *proxy;              /* terminator: the pipe to the owner, or NULL */
+    struct sockaddr_storage peer; /* the device's address; ss_family 0 = ask the socket */
+    char *cert_id;                /* handed in: the device id its certificate proved, or NULL */
+    size_t cert_id_len;
+} cy_conn_ext;
 
 /* What only some connections use: the limits a MQTT 5 client declared in
  * CONNECT, topic aliases, and the publish rates while max_publish_rate or
@@ -71,10 +94,12 @@ typedef struct cy_conn_v5 {
 } cy_conn_v5;
 
 /* One client connection. Every idle connection carries one, so its layout
- * is kept tight (376 bytes on x86-64 with libuv 1.44, 384 with malloc's
+ * is kept tight (392 bytes on x86-64 with libuv 1.44, 400 with malloc's
  * header; the libuv handle is 248 of them): what only some connections need
- * hangs off a pointer that is NULL most of the time, and the peer's address
- * is not kept (cy_conn_peer asks the socket when a log line needs it). */
+ * hangs off a pointer that is NULL most of the time (or, for TLS, an index
+ * in the padding: a pointer would cost 16 bytes of malloc's rounding), and
+ * the peer's address is not kept (cy_conn_peer asks the socket when a log
+ * line needs it). */
 struct cy_conn {
     uv_tcp_t tcp;
     cy_link link;          /* what the session sees of it (device/link.h) */
@@ -107,7 +132,10 @@ struct cy_conn {
     bool throttled : 1;        /* 3.1.1 over max_publish_rate: reading stopped until the rate
                                   allows (the sweep resumes it) */
     uint16_t paused_s;         /* mono s (mod 65536) when reading stopped; fits the padding */
-    uint32_t preauth;          /* bytes of `in` counted in g->preauth_bytes (before CONNECT) */
+    uint32_t preauth;          /* bytes of `in` (and a TLS session's) counted in
+                                  g->preauth_bytes (before CONNECT) */
+    uint32_t ext;              /* 1 + index of its cy_conn_ext in g->exts; 0 = none (plain
+                                  TCP: the usual case; the padding's last 4 bytes) */
 };
 
 struct cy_mqtt {
@@ -137,8 +165,19 @@ struct cy_mqtt {
     uint64_t next_assigned_id;
     uint64_t progress;     /* reads done and packets handled (the scoreboard's progress) */
     cy_buf scratch;        /* encode scratch */
-    uint8_t rbuf[CY_READ_CHUNK]; /* shared read buffer */
+    uint8_t rbuf[CY_READ_CHUNK]; /* shared read buffer (plaintext) */
     bool rbuf_busy;
+    /* MQTT over TLS (mqtts_listen) */
+    uv_tcp_t tls_listener;
+    bool tls_open;       /* tls_listener serves the inherited socket */
+    cy_tls_ctx *tls_ctx; /* for new connections (a reload replaces it) */
+    cy_conn_ext **exts;  /* by cy_conn.ext - 1; NULL = a free slot */
+    uint32_t n_exts, cap_exts;
+    uint32_t *free_exts; /* free slots below n_exts, a stack */
+    uint32_t n_free_exts;
+    cy_proxy *proxies;               /* every socketpair of connections we terminate for others */
+    uint8_t tls_rbuf[CY_READ_CHUNK]; /* shared read buffer (ciphertext) */
+    bool tls_rbuf_busy;
 };
 
 /* Clients connected on the whole node (all shards, from the scoreboard). */
@@ -172,6 +211,15 @@ size_t cy_conn_backlog(const cy_conn *c);
  * connection whose reading has been stopped for back-pressure for longer
  * than max_output_stall; true if it was closed. now: mono ms. */
 bool cy_conn_check_stall(cy_conn *c, int64_t now);
+/* The connection's extension (c->ext must be set). */
+static inline cy_conn_ext *cy_conn_ext_of(const cy_conn *c)
+{
+    return c->g->exts[c->ext - 1];
+}
+/* Has the device proved by certificate that it is id (len bytes): a
+ * verified client certificate of our TLS session naming it, or the proof a
+ * TLS terminator handed in? */
+bool cy_conn_cert_is(const cy_conn *c, const char *id, size_t len);
 /* The client id, or before CONNECT the peer's address (cy_conn_peer). */
 const char *cy_conn_name(const cy_conn *c);
 /* "ip:port" of the peer, asked of the socket now (the connection does not
@@ -226,6 +274,45 @@ const struct sockaddr *cy_conn_addr(const cy_conn *c, struct sockaddr_storage *s
 /* 3.1.1 publisher over its rate: stop reading it until the rate allows
  * (the sweep resumes it); the rest of what was read waits in `in`. */
 void cy_conn_throttle(cy_conn *c);
+
+/* conn.c, for proxy.c */
+/* Queue c for the pass's flush. */
+void cy_conn_mark_dirty(cy_conn *c);
+/* Start or stop reading c's socket (keeps g->n_not_reading). */
+int cy_conn_read_start(cy_conn *c);
+void cy_conn_read_stop(cy_conn *c);
+/* Answer CONNECT with "server unavailable" (in version's form) and close. */
+void cy_conn_refuse_unavailable(cy_conn *c, uint8_t version, const char *why);
+
+/* proxy.c: this shard as the TLS terminator of another shard's device
+ * (the file comment there says how). */
+/* Instead of cy_conn_handover for a TLS connection: hand the owner a
+ * socketpair with bytes[0..len) (the CONNECT cp onwards; name: its
+ * client's). The owner is told the device id the client certificate
+ * proves, if it names the one cp logs in as (its username, else its
+ * client id). c becomes CONN_PROXY, or is refused as "server unavailable". */
+void cy_proxy_start(cy_conn *c, unsigned owner, const cy_mqtt_connect *cp, const cy_str *name,
+                    const uint8_t *bytes, size_t len);
+/* Plaintext from the device for the owner (copied if the pair does not
+ * take it now). 0, or an error: the owner's end is gone. */
+int cy_proxy_up(cy_proxy *p, const uint8_t *data, size_t len);
+/* After a read's plaintext went up: write what waits, stop reading the
+ * device while too much does. */
+void cy_proxy_kick(cy_proxy *p);
+/* The device's output drained: read the owner's plaintext again. */
+void cy_proxy_resume(cy_proxy *p);
+/* The device's connection closes: the pair closes once its last bytes are
+ * written. Safe on NULL and twice. */
+void cy_proxy_detach(cy_proxy *p);
+unsigned cy_proxy_owner(const cy_proxy *p);
+/* 1 if the owner's plaintext waits in the pair unread (not paused). */
+uint64_t cy_proxy_owed(const cy_proxy *p);
+void cy_proxy_stall(cy_mqtt *g);
+/* Close pairs whose owner has not read a closed device's last bytes for
+ * connect_timeout. now: mono ms. */
+void cy_proxy_sweep(cy_mqtt *g, int64_t now);
+/* Shutting down: close every pair now. */
+void cy_proxy_stop(cy_mqtt *g);
 
 /* Whether topic is the connection's private canary topic: an internal
  * device's $cyan/canary/<its client id>. Only that client may publish and

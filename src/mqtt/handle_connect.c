@@ -52,6 +52,35 @@ static int refuse(cy_conn *c, uint8_t rc5, uint8_t rc3, const char *who, const c
     return 0;
 }
 
+/* A device certificate (mqtts_listen with tls_ca): the device it names
+ * logs in without its secret when it sends none, its username being absent
+ * or that id (the client id then names it). 1: logged in (an absent
+ * username becomes the id, so the device rules apply as for a password
+ * login); 0: not a certificate login, credentials decide; -1: refused. */
+static int cert_login(cy_conn *c, cy_mqtt_connect *p, const char *who)
+{
+    const cy_str *id = p->has_username ? &p->username : &p->client_id;
+    if (!c->ext || p->has_password || !id->len || id->len > CY_DEVICE_ID_LEN ||
+        !cy_conn_cert_is(c, id->p, id->len))
+        return 0;
+    char text[CY_DEVICE_ID_LEN + 1];
+    memcpy(text, id->p, id->len);
+    text[id->len] = '\0';
+    cy_device d;
+    int rc = cy_registry_device_get(c->g->registry, text, &d);
+    if (rc == CY_ESTORE)
+        return refuse(c, CY_RC_SERVER_UNAVAILABLE, CY_RC3_SERVER_UNAVAILABLE, who,
+                      "registry unavailable"),
+               -1;
+    if (rc || strcmp(d.id, text)) return 0; /* no such device (a name is not an id) */
+    if (!p->has_username) {
+        p->has_username = true;
+        p->username = *id;
+    }
+    cy_debug(text, "logged in by its client certificate");
+    return 1;
+}
+
 /* A failure changed the state of its address or device: say so, once per
  * lockout (or slowdown) and address, rate-limited like every line a
  * stranger can cause. */
@@ -173,9 +202,15 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     if (p->props.present & CY_PBIT(CY_PROP_AUTH_METHOD))
         return refuse(c, CY_RC_BAD_AUTH_METHOD, CY_RC3_NOT_AUTHORIZED, logname,
                       "enhanced authentication is not supported");
-    int auth = authenticate(c, p, logname);
-    if (auth == CY_CONN_HOLD) return CY_CONN_HOLD;
-    if (auth) return 0;
+    int cert = cert_login(c, p, logname);
+    if (cert < 0) return 0;
+    if (!cert) {
+        /* A verified certificate cannot be guessed: only secrets go through
+         * the failed-login limits. */
+        int auth = authenticate(c, p, logname);
+        if (auth == CY_CONN_HOLD) return CY_CONN_HOLD;
+        if (auth) return 0;
+    }
     if (p->client_id.len > CY_MAX_CLIENT_ID)
         return refuse(c, CY_RC_CLIENT_ID_INVALID, CY_RC3_ID_REJECTED, logname,
                       "client id longer than 256 bytes");

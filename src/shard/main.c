@@ -3,7 +3,8 @@
  * It inherits the listening MQTT socket as fd 3, one end of a socketpair
  * to the supervisor as fd 4, the listening HTTP socket as fd 5 and the data
  * folder's lock as fd 6, which it keeps open and never touches: while any
- * process of a run lives, the lock stays held (see health/supervisor.h). It
+ * process of a run lives, the lock stays held (see health/supervisor.h);
+ * CoAP's sockets as fds 7 and 8, and the MQTT over TLS listener as fd 9. It
  * maps the
  * scoreboard and writes only its own slot: STARTING while it loads its
  * SQLite file (data_dir/shard-<index>.db), then RUNNING, with a heartbeat on
@@ -50,6 +51,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -58,6 +60,7 @@
 #define HTTP_FD 5
 #define COAP_FD 7  /* the plain CoAP socket, when coap_listen is set */
 #define COAPS_FD 8 /* this shard's DTLS socket, when coaps_listen is set */
+#define MQTTS_FD 9 /* the MQTT over TLS listener, when tls_cert and mqtts_listen are set */
 #define BEAT_MS 100
 #define RELOAD_MAX 8192 /* bytes of one reload message from the supervisor */
 
@@ -332,8 +335,16 @@ int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation)
         cy_error(NULL, "shard %u: cannot load its state: %s", index, cy_strerror(rc));
         goto out_loop;
     }
+    /* Fd 9 exists when the supervisor started with a certificate; a
+     * tls_cert that a reload added has none (asked of the descriptor). */
+    int accepting = 0;
+    socklen_t alen = sizeof(accepting);
+    bool mqtts = cfg->tls_cert[0] && cfg->mqtts_listen[0] &&
+                 getsockopt(MQTTS_FD, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &alen) == 0 &&
+                 accepting;
     cy_shard_fds fds = {LISTEN_FD, cfg->http_listen[0] ? HTTP_FD : -1,
-                        cfg->coap_listen[0] ? COAP_FD : -1, cfg->coaps_listen[0] ? COAPS_FD : -1};
+                        cfg->coap_listen[0] ? COAP_FD : -1, cfg->coaps_listen[0] ? COAPS_FD : -1,
+                        mqtts ? MQTTS_FD : -1};
     if (cy_shard_start(sh.shard, &fds)) {
         cy_error(NULL, "shard %u: cannot start serving", index);
         cy_shard_stop(sh.shard);
@@ -344,6 +355,7 @@ int cy_shard_run(const cy_config *cfg, unsigned index, uint64_t generation)
     if (cfg->http_listen[0]) close(HTTP_FD);
     if (cfg->coap_listen[0]) close(COAP_FD);
     if (cfg->coaps_listen[0]) close(COAPS_FD);
+    if (mqtts) close(MQTTS_FD);
     uv_signal_init(&sh.loop, &sh.sigterm);
     uv_signal_init(&sh.loop, &sh.sigint);
     uv_signal_init(&sh.loop, &sh.sigusr1);

@@ -417,9 +417,10 @@ static void on_device_tick(uv_timer_t *t)
     cy_coap_tick(b->coap, (int64_t)uv_now(b->loop));
 }
 
-static void mqtt_adopt(void *ctx, unsigned from, int fd, const uint8_t *bytes, size_t len)
+static void mqtt_adopt(void *ctx, unsigned from, int fd, const cy_handover_info *info,
+                       const uint8_t *bytes, size_t len)
 {
-    cy_mqtt_adopt(((cy_shard *)ctx)->mqtt, from, fd, bytes, len);
+    cy_mqtt_adopt(((cy_shard *)ctx)->mqtt, from, fd, info, bytes, len);
 }
 
 static void mqtt_release(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t len)
@@ -556,6 +557,7 @@ fail:
 
 void cy_shard_reload(cy_shard *b)
 {
+    cy_mqtt_tls_reload(b->mqtt);
     if (b->api) cy_api_reload_tls(b->api);
     char err[320];
     bool had = cy_devices_acl(b->devices) != NULL;
@@ -591,6 +593,9 @@ int cy_shard_start(cy_shard *b, const cy_shard_fds *fds)
     b->handles = true;
     int rc = cy_mqtt_open(b->mqtt, listen_fd);
     if (rc) return rc;
+    /* Broken certificate files (a reload since the start) cost this shard
+     * its TLS listener, not its life: the others take the connections. */
+    if (fds->mqtts >= 0) cy_mqtt_open_tls(b->mqtt, fds->mqtts);
     rc = cy_cluster_start(b->cluster);
     if (rc) return rc;
     rc = cy_coap_open(b->coap, fds->coap, fds->coaps);

@@ -75,6 +75,7 @@ typedef struct cy_shard_fds {
     int http;  /* the HTTP API's */
     int coap;  /* the plain CoAP UDP socket, shared by every shard */
     int coaps; /* this shard's CoAP over DTLS UDP socket (one of a SO_REUSEPORT group) */
+    int mqtts; /* the MQTT over TLS listening socket, shared like mqtt's */
 } cy_shard_fds;
 /* Start serving on fds (duplicated, not owned); join the bus when there
  * are several shards; start the loop's handles. Clients are taken once
@@ -96,8 +97,9 @@ void cy_shard_stall(cy_shard *sh);
  * "The drill"). */
 void cy_shard_drop(cy_shard *sh);
 /* A reload (SIGHUP, main.c) was applied to the settings: read again the
- * files they name, changed or not: the TLS certificate and key of the API
- * (api.h, cy_api_reload_tls) and the ACL file (acl_file; device.h,
+ * files they name, changed or not: the TLS certificate and key (a new TLS
+ * context for new MQTT connections, mqtt.h; the API's HTTPS pair, api.h,
+ * cy_api_reload_tls) and the ACL file (acl_file; device.h,
  * cy_devices_load_acl). A file that does not load is logged and what was
  * in use stays; no connection is dropped. */
 void cy_shard_reload(cy_shard *sh);

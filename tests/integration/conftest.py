@@ -178,6 +178,12 @@ class Server:
                 port = free_udp_port() if listen is None else \
                     int(str(listen).rsplit(":", 1)[1]) if listen else None
                 setattr(self, key.replace("_listen", "_port"), port)
+        # MQTT over TLS: on a free port when the settings give a certificate.
+        self.mqtts_port = None
+        if self.peer != "mosquitto" and self.settings.get("tls_cert"):
+            listen = self.settings.get("mqtts_listen")
+            self.mqtts_port = free_port() if listen is None else \
+                int(str(listen).rsplit(":", 1)[1]) if listen else None
 
     # ---- process
     def argv(self):
@@ -196,6 +202,8 @@ class Server:
             port = getattr(self, key.replace("_listen", "_port"))
             if key not in self.settings and port is not None:
                 argv.append("--%s=%s:%d" % (key, self.host, port))
+        if "mqtts_listen" not in self.settings and self.mqtts_port is not None:
+            argv.append("--mqtts_listen=%s:%d" % (self.host, self.mqtts_port))
         if "isolate_devices" not in self.settings:
             argv.append("--isolate_devices=false")
         for k, v in self.settings.items():
@@ -253,6 +261,8 @@ class Server:
                     attr = key.replace("_listen", "_port")
                     if key not in self.settings and getattr(self, attr) is not None:
                         setattr(self, attr, free_udp_port())
+                if "mqtts_listen" not in self.settings and self.mqtts_port is not None:
+                    self.mqtts_port = free_port()
                 self.starts -= 1
         return self._start_once()
 

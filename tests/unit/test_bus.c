@@ -1201,6 +1201,46 @@ static void test_cy_bus_send_handle_passes_fd(void **state)
     H = NULL;
 }
 
+/* A TLS terminator hands over one end of a socketpair (AF_UNIX): libuv
+ * calls its type a pipe, the bus passes it all the same, and the receiver's
+ * uv_tcp_t writes on it. */
+static int pair_pred(void *arg)
+{
+    (void)arg;
+    ssize_t k = recv(H->client, H->got + H->got_len, sizeof(H->got) - 1 - H->got_len,
+                     MSG_DONTWAIT);
+    if (k > 0) H->got_len += (size_t)k;
+    return H->got_len >= 2 && H->done && T->nodes[1].hi_written;
+}
+
+static void test_cy_bus_send_handle_passes_a_socketpair(void **state)
+{
+    (void)state;
+    open_mesh(2, 0);
+    handover h;
+    memset(&h, 0, sizeof(h));
+    H = &h;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    h.client = sv[0];
+    uv_tcp_t *give = cy_malloc(sizeof(*give));
+    uv_tcp_init(&T->loop, give);
+    assert_int_equal(uv_tcp_open(give, sv[1]), 0);
+    assert_int_equal(cy_bus_send_handle(T->nodes[0].bus, 1, give, 21, (const uint8_t *)"pair", 4,
+                                        handover_done, give),
+                     0);
+    assert_true(run_until(pair_pred, NULL, 3000));
+    assert_int_equal(h.done_status, 0);
+    assert_string_equal(h.got, "hi");
+    node *b = &T->nodes[1];
+    assert_int_equal(b->handles, 1);
+    assert_int_equal(b->frames[0].type, 21);
+    assert_memory_equal(b->frames[0].body, "pair", 4);
+    close(sv[0]);
+    run_for(10);
+    H = NULL;
+}
+
 /* Several descriptors in one burst, between plain frames: each arrives with
  * its own frame. Each client is identified by its port, which shard B
  * writes back on the socket it received with that body. */
@@ -1588,6 +1628,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_bus_hello_replaces_old_link, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_hello_accept_alloc_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_send_handle_passes_fd, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_bus_send_handle_passes_a_socketpair, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_send_handle_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_send_handle_link_closes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_peer_closed_and_back, setup, teardown),

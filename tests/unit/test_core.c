@@ -162,7 +162,13 @@ static void test_cy_config_defaults(void **state)
     (void)state;
     cy_config c;
     cy_config_defaults(&c);
-    assert_string_equal(c.mqtt_listen, "0.0.0.0:1883");
+    assert_string_equal(c.mqtt_listen, "127.0.0.1:1883"); /* the plain listeners: loopback */
+    assert_string_equal(c.http_listen, "127.0.0.1:8080");
+    assert_string_equal(c.ops_listen, "127.0.0.1:8081");
+    assert_string_equal(c.coap_listen, "127.0.0.1:5683");
+    assert_string_equal(c.mqtts_listen, "0.0.0.0:8883");
+    assert_string_equal(c.tls_cert, "");
+    assert_string_equal(c.tls_min_version, "1.2");
     assert_false(c.allow_anonymous);
     assert_int_equal(c.max_inflight, 32);
     assert_int_equal(c.max_packet_size, 1048576);
@@ -189,6 +195,9 @@ static void test_cy_config_set_errors(void **state)
     assert_int_equal(cy_config_set(&c, "no_such_thing", "1", &e), CY_ECONFIG);
     assert_non_null(strstr(e.msg, "no_such_thing"));
     assert_int_equal(cy_config_set(&c, "store_sync", "sometimes", &e), CY_ECONFIG);
+    assert_int_equal(cy_config_set(&c, "tls_min_version", "1.1", &e), CY_ECONFIG);
+    assert_non_null(strstr(e.msg, "1.2 or 1.3"));
+    assert_int_equal(cy_config_set(&c, "tls_min_version", "1.3", &e), 0);
     char longv[600];
     memset(longv, 'x', sizeof(longv) - 1);
     longv[sizeof(longv) - 1] = '\0';

@@ -522,7 +522,7 @@ static void test_config_load_args(void **state)
         if (!strcmp(name, "auth_lockout") || !strcmp(name, "max_publish_rate"))
             assert_true(r);
     }
-    assert_int_equal(yes, 30); /* every name in the list is a real setting */
+    assert_int_equal(yes, 35); /* every name in the list is a real setting */
     assert_null(cy_config_name(n));
     assert_false(cy_config_reloadable(n));
 }
