@@ -17,8 +17,8 @@
 #   STRACE=1      syscalls per message (perf stat tracepoint count, strace -c breakdown; 0 to skip)
 #   DOC=1         write docs/benchmarks.md (0: only print; QUICK=1 defaults to 0)
 #   BUILD=build   build folder
-#   PORT_BASE=    first of 4 TCP ports on 127.0.0.1 (default: picked free)
-#   PHASES="throughput latency storm idle syscalls"   the phases to run
+#   PORT_BASE=    first of 7 TCP ports on 127.0.0.1 (default: picked free)
+#   PHASES="throughput latency storm idle syscalls tls"   the phases to run
 #   KEEP=1        keep the work folder (results, logs, strace tables)
 #
 # Phases: (1) throughput: one-to-one QoS 0 16 B (batched, and one message per
@@ -28,7 +28,10 @@
 # its setting for latency); (3) connect storm; (4) 10,000 idle connections
 # against a freshly started server each run; (5) syscalls per routed message:
 # counted with perf stat (raw_syscalls tracepoint) when perf works, and once
-# with strace -c -f for the breakdown. Takes about 11 minutes.
+# with strace -c -f for the breakdown; (6) tls: MQTT over TLS, one-to-one
+# QoS 0 16 B and the connect storm with a full handshake per connection,
+# every server presenting the same certificate (EC P-256, made here with the
+# openssl command) and the generator verifying it. Takes about 12 minutes.
 #
 # Everything it starts is stopped on exit (trap), whatever happens.
 set -euo pipefail
@@ -43,7 +46,7 @@ WARMUP=${WARMUP:-0.5}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 UNPINNED=${UNPINNED:-1}
 STRACE=${STRACE:-1}
-PHASES=${PHASES:-throughput latency storm idle syscalls}
+PHASES=${PHASES:-throughput latency storm idle syscalls tls}
 BUILD=${BUILD:-build}
 if [ "${QUICK:-0}" = 1 ]; then
     DOC=${DOC:-0}
@@ -85,6 +88,9 @@ CYAN=$ROOT/$BUILD/cyan
 GEN=$ROOT/$BUILD/cyan_bench
 [ -x "$MOSQ" ] || { log "mosquitto not installed ($MOSQ); run scripts/deps.sh bench"; exit 1; }
 command -v taskset >/dev/null || { log "taskset missing (util-linux)"; exit 1; }
+case " $PHASES " in *" tls "*)
+    command -v openssl >/dev/null || { log "the openssl command is missing (package openssl)"; exit 1; } ;;
+esac
 
 # ---- work folder, cleanup ---------------------------------------------------
 bench_workdir bench
@@ -95,9 +101,14 @@ bench_on_exit() {
 
 if [ -n "${PORT_BASE:-}" ]; then
     P_CYAN1=$PORT_BASE; P_CYAN2=$((PORT_BASE + 1)); P_MOSQ=$((PORT_BASE + 2)); P_CYAN2U=$((PORT_BASE + 3))
+    P_CYAN1T=$((PORT_BASE + 4)); P_CYAN2T=$((PORT_BASE + 5)); P_MOSQT=$((PORT_BASE + 6))
 else
     P_CYAN1=$(free_port); P_CYAN2=$(free_port); P_MOSQ=$(free_port); P_CYAN2U=$(free_port)
+    P_CYAN1T=$(free_port); P_CYAN2T=$(free_port); P_MOSQT=$(free_port)
 fi
+# TLS=1 (phase 6): servers start with their TLS listener, port_of names it
+# and the generator speaks TLS to it
+TLS=0
 
 # ---- device credentials -----------------------------------------------------
 mkdir -p "$WORK/template"
@@ -126,6 +137,10 @@ echo "set_tcp_nodelay true" >>"$WORK/mosquitto-nodelay.conf"
 MOSQ_CONF=$WORK/mosquitto.conf
 
 port_of() {
+    if [ "$TLS" = 1 ]; then
+        case $1 in cyan1) echo "$P_CYAN1T" ;; cyan2) echo "$P_CYAN2T" ;; mosq) echo "$P_MOSQT" ;; esac
+        return
+    fi
     case $1 in
     cyan1) echo "$P_CYAN1" ;; cyan2) echo "$P_CYAN2" ;; cyan2u) echo "$P_CYAN2U" ;; mosq) echo "$P_MOSQ" ;;
     esac
@@ -141,8 +156,11 @@ server_alive() {
     local pid=${SPID[$1]:-}
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
+# start_server NAME: exits the run if the server does not open its port,
+# or returns 1 with SOFT_START=1 (the TLS phase: a cyan whose TLS listener
+# does not come up loses its TLS rows, not the run).
 start_server() {
-    local s=$1 port dir shards cores
+    local s=$1 port dir shards cores tls_args=()
     port=$(port_of "$s")
     case $s in
     mosq)
@@ -152,25 +170,30 @@ start_server() {
     cyan*)
         case $s in cyan1) shards=1; cores=$SERVER_CORE ;; cyan2) shards=2; cores=$SERVER_CORE ;; cyan2u) shards=2; cores=0,1 ;; esac
         dir=$WORK/data-$s
+        [ "$TLS" = 1 ] && tls_args=(--mqtts_listen="127.0.0.1:$port" --tls_cert="$TLS_DIR/server.pem"
+            --tls_key="$TLS_DIR/server.key")
         rm -rf "$dir"
         cp -r "$WORK/template" "$dir"
         # A plain broker, as mosquitto is: every connection uses the one
         # bench device's credentials with its own client id and topics
         # (isolate_devices=false), and no HTTP API (make bench-api measures it).
-        taskset -c "$cores" "$CYAN" --data_dir="$dir" --mqtt_listen="127.0.0.1:$port" --shards=$shards --ops_listen= \
-            --isolate_devices=false --http_listen= --coap_listen= --coaps_listen= \
-            --log_level=warn --sys_interval=0 >>"$WORK/$s.log" 2>&1 &
+        taskset -c "$cores" "$CYAN" --data_dir="$dir" --mqtt_listen="127.0.0.1:$(TLS=0 port_of "$s")" \
+            --shards=$shards --ops_listen= --isolate_devices=false --http_listen= --coap_listen= --coaps_listen= \
+            --log_level=warn --sys_interval=0 "${tls_args[@]}" >>"$WORK/$s.log" 2>&1 &
         SPID[$s]=$!
         local i n
         for i in $(seq 1 100); do
             n=$( (pgrep -P "${SPID[$s]}" 2>/dev/null || true) | wc -l)
             [ "$n" -ge "$shards" ] && break
+            server_alive "$s" || break # refused its settings: no use waiting
             sleep 0.1
         done
         ;;
     esac
-    if ! wait_port "$port"; then
-        log "$s did not open port $port"; tail -n 20 "$WORK/$s.log" >&2 || true; exit 1
+    if ! server_alive "$s" || ! wait_port "$port"; then
+        log "$s did not open port $port"; tail -n 20 "$WORK/$s.log" >&2 || true
+        if [ "${SOFT_START:-0}" = 1 ]; then stop_server "$s"; return 1; fi
+        exit 1
     fi
     sleep 0.5 # shards link up over the bus, mosquitto settles
 }
@@ -179,7 +202,7 @@ ensure_server() {
     if [ -n "${SPID[$1]:-}" ]; then
         log "$1 died; restarting it"; echo "CRASH server=$1" >>"$RESULTS"; stop_server "$1"
     fi
-    start_server "$1"
+    start_server "$1" || return 1
 }
 # CPU seconds (user+system) used so far by a server's processes
 server_cpu() {
@@ -393,6 +416,85 @@ if [ "$STRACE" = 1 ] && phase syscalls; then
         cp "$WORK/sys-strace-$s-strace-1.txt" "$WORK/strace-$s.txt" 2>/dev/null || true
     done
     for s in "${SERVERS[@]}"; do stop_server "$s"; done
+fi
+
+# ---- phase 6: MQTT over TLS -------------------------------------------------------------
+# One CA and one server certificate for 127.0.0.1, both EC P-256 (ECDSA with
+# SHA-256), made here with the openssl command; every server presents the
+# same certificate and key, and the generator verifies it against the CA for
+# 127.0.0.1 (--tls). mosquitto gets its throughput settings (above) and a
+# TLS listener; cyan its --mqtts_listen with tls_cert and tls_key, beside its
+# plain listener. Clients authenticate as in the plain rows. The storm makes
+# a full handshake per connection: the generator sends no session ticket
+# and keeps no session, and checks that no handshake was resumed.
+make_tls_certs() {
+    local d=$TLS_DIR
+    mkdir -p "$d"
+    {
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -sha256 -days 2 \
+            -subj "/CN=cyan bench CA" -addext "basicConstraints=critical,CA:TRUE" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign" -keyout "$d/ca.key" -out "$d/ca.pem" &&
+            openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -sha256 \
+                -subj "/CN=127.0.0.1" -keyout "$d/server.key" -out "$d/server.csr" &&
+            printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+                "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1" >"$d/server.ext" &&
+            openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+                -days 2 -sha256 -extfile "$d/server.ext" -out "$d/server.pem" &&
+            openssl verify -CAfile "$d/ca.pem" -verify_ip 127.0.0.1 "$d/server.pem"
+    } >"$d/openssl.log" 2>&1 || { log "making the TLS certificates failed:"; cat "$d/openssl.log" >&2; exit 1; }
+}
+# log what server NAME negotiated, once per run (from its first TLS RESULT)
+declare -A TLS_SEEN=()
+log_tls() {
+    local s=$1 what
+    [ -n "${TLS_SEEN[$s]:-}" ] && return 0
+    what=$(grep "^RESULT .* server=$s .* tls=" "$RESULTS" | grep -o 'tls=[^ ]* cipher=[^ ]* group=[^ ]*' | head -n 1)
+    [ -n "$what" ] || return 0
+    TLS_SEEN[$s]=1
+    log "$s negotiated $what (certificate EC P-256, verified for 127.0.0.1)"
+}
+TLS_DIR=$WORK/tls
+if phase tls; then
+    make_tls_certs
+    # run as root, mosquitto drops to user mosquitto before it reads the
+    # certificate, and the work folder is private: let it stay (no effect
+    # for other users)
+    { sed "s/^listener .*/listener $P_MOSQT 127.0.0.1/" "$WORK/mosquitto.conf"
+      printf '%s\n' "certfile $TLS_DIR/server.pem" "keyfile $TLS_DIR/server.key"
+      if [ "$(id -u)" = 0 ]; then echo "user root"; fi; } >"$WORK/mosquitto-tls.conf"
+    MOSQ_CONF=$WORK/mosquitto-tls.conf
+    TLS_SERVERS=(cyan1 cyan2 mosq)
+    # (not `cyan config | grep -q`: grep leaving early fails the pipe under pipefail)
+    if ! grep -q '^mqtts_listen' <<<"$("$CYAN" config 2>/dev/null || true)"; then
+        TLS_SERVERS=(mosq)
+        log "cyan has no mqtts_listen in this build: its TLS rows are skipped"
+        echo "NOTE cyan has no mqtts_listen in this build: its TLS rows were skipped" >>"$RESULTS"
+    fi
+    TLS=1
+    TLS_ARGS=(--tls "$TLS_DIR/ca.pem")
+    declare -A TLS_DOWN=()
+    log "MQTT over TLS: one-to-one QoS 0 16 B, connect storm with full handshakes (${TLS_SERVERS[*]})"
+    for ((ROUND = 1; ROUND <= RUNS; ROUND++)); do
+        for w in o2o_q0_16_tls storm_tls; do
+            for s in $(order "$ROUND" "${TLS_SERVERS[@]}"); do
+                [ -n "${TLS_DOWN[$s]:-}" ] && continue
+                if ! SOFT_START=1 ensure_server "$s"; then
+                    TLS_DOWN[$s]=1
+                    log "$s: no TLS listener came up; its TLS rows are skipped (see $WORK/$s.log)"
+                    echo "FAIL round=$ROUND workload=$w server=$s rc=no-tls-listener" >>"$RESULTS"
+                    continue
+                fi
+                case $w in
+                o2o_q0_16_tls) gen "$s" "$w" --mode o2o --pairs $PAIRS --qos 0 --size 16 "${TLS_ARGS[@]}" ;;
+                storm_tls) gen "$s" "$w" --mode storm --concurrency 64 "${TLS_ARGS[@]}" ;;
+                esac
+                log_tls "$s"
+            done
+        done
+    done
+    for s in "${TLS_SERVERS[@]}"; do stop_server "$s"; done
+    TLS=0
+    MOSQ_CONF=$WORK/mosquitto.conf
 fi
 
 T1=$(date +%s)

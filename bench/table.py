@@ -38,7 +38,10 @@ ROWS = [
     ("sys_batched", "syscalls/msg", f"syscalls per routed message, batched ({tool}; lower is better)", -1),
     ("sys_paced", "syscalls/msg", f"syscalls per routed message, paced 5,000 msg/s ({tool}; lower is better)", -1),
     ("sys_strace", "syscalls/msg", "syscalls per routed message, paced 500 msg/s (strace -c; lower is better)", -1),
+    ("o2o_q0_16_tls", "msg/s", "TLS: one-to-one QoS 0, 16 B (msg/s)", 1),
+    ("storm_tls", "conn/s", "TLS: connect storm, full handshakes, 64 at a time (connections/s)", 1),
 ]
+TLS_ROWS = ("o2o_q0_16_tls", "storm_tls")
 SERVERS = ["cyan1", "cyan2", "mosq", "cyan2u"]
 
 
@@ -58,6 +61,10 @@ gbusy = defaultdict(list)     # (workload, server) -> [generator CPU s / wall s]
 percost = defaultdict(list)   # (workload, server) -> [server CPU ns per message, us per connection]
 fails = []
 crashes = []
+notes_run = []                # NOTE lines: what run.sh skipped and why
+negotiated = {}               # server -> "TLSv1.3 TLS_AES_256_GCM_SHA384, X25519"
+tls_conns = defaultdict(int)  # "handshakes", "resumed": over every TLS run
+
 with open(results) as fh:
     for line in fh:
         if line.startswith("RESULT "):
@@ -80,10 +87,18 @@ with open(results) as fh:
                     busy[k].append(float(f["server_busy"]))
             if f.get("unit") in ("msg/s", "deliveries/s", "us_p50", "conn/s"):
                 lost[(f["workload"], f["server"])] += int(f.get("lost", "0"))
+            if f.get("workload") in TLS_ROWS and "tls" in f:
+                if f["server"] not in negotiated:
+                    negotiated[f["server"]] = (f"{f['tls']} {f.get('cipher', '?')}, "
+                                               f"key exchange {f.get('group', '?')}")
+                for k in ("handshakes", "resumed"):
+                    tls_conns[k] += int(f.get(k, "0"))
         elif line.startswith("FAIL "):
             fails.append(line.strip())
         elif line.startswith("CRASH "):
             crashes.append(line.strip())
+        elif line.startswith("NOTE "):
+            notes_run.append(line[5:].strip())
 
 
 def med(w, u, s):
@@ -151,12 +166,12 @@ table = "\n".join(lines)
 # server CPU use during the throughput runs, and CPU per unit of work
 cpu_lines = ["| workload | cyan 1 shard | cyan 2 shards | mosquitto | CPU per unit: cyan 1 shard "
              "| cyan 2 shards | mosquitto |", "|---|---:|---:|---:|---:|---:|---:|"]
-for w, u, label, _d in ROWS[:7] + [r for r in ROWS if r[0] == "storm"]:
+for w, u, label, _d in ROWS[:7] + [r for r in ROWS if r[0] in ("storm",) + TLS_ROWS]:
     cells = []
     for s in ("cyan1", "cyan2", "mosq"):
         b = busy.get((w, s))
         cells.append(f"{statistics.median(b):.2f}" if b else "n/a")
-    unit = "µs/conn" if w == "storm" else "ns/msg"
+    unit = "µs/conn" if w.startswith("storm") else "ns/msg"
     for s in ("cyan1", "cyan2", "mosq"):
         c = percost.get((w, s))
         cells.append(f"{statistics.median(c):,.0f} {unit}" if c else "n/a")
@@ -176,6 +191,24 @@ for f in fails:
     notes.append(f"- failed run: `{f}`")
 for c in crashes:
     notes.append(f"- server crashed and was restarted: `{c}`")
+for n in notes_run:
+    notes.append(f"- {n}.")
+
+NAMES = {"cyan1": "cyan 1 shard", "cyan2": "cyan 2 shards", "mosq": "mosquitto"}
+tls_line = ""
+if negotiated or any(k[0] in TLS_ROWS for k in vals):
+    got = "; ".join(f"{NAMES.get(s, s)} {negotiated[s]}" for s in ("cyan1", "cyan2", "mosq")
+                    if s in negotiated)
+    tls_line = ("\n- TLS rows: MQTT over TLS to each server's TLS listener (mosquitto: a `listener` with "
+                "`certfile` and `keyfile`; cyan: `--mqtts_listen` with `--tls_cert` and `--tls_key`, beside "
+                "its plain listener), every server presenting the same certificate for 127.0.0.1 (EC P-256, "
+                "ECDSA with SHA-256, from a CA made for the run), which the generator verifies (OpenSSL, "
+                "TLS 1.2 or 1.3, its defaults otherwise); settings and credentials as in the plain rows. "
+                "One-to-one: as the plain row, over TLS. Storm: every connection a full handshake (the "
+                "generator sends no session ticket and keeps no session), then CONNECT, CONNACK, "
+                f"DISCONNECT, server close; {tls_conns['handshakes']:,} handshakes in all, "
+                f"{tls_conns['resumed']:,} resumed. Negotiated: "
+                + (got or "nothing (no TLS run succeeded)") + ".")
 
 runs_lines = []
 for w, u, label, _d in ROWS:
@@ -215,7 +248,7 @@ Run of {env.get('DATE')}{' (QUICK smoke run: not for comparison)' if quick else 
 - Load: MQTT 3.1.1, clean sessions, {env.get('PAIRS')} publisher→subscriber pairs on `bench/<i>` for one-to-one, with client ids chosen so that on cyan with 2 shards publishers and subscribers are spread evenly over the shards and half of the pairs cross shards (as devices placed at random would); every payload carries its send time (CLOCK_MONOTONIC ns), counted where the subscriber receives it. Publishers write up to 64 KiB of PUBLISHes per write(2), with at most a window of messages sent but not yet delivered (one-to-one: 64 KiB worth; fan-out 1→100: 64 messages; 1→1000: 16; fan-in: 16 per publisher) and at QoS 1 at most 32 without PUBACK. Subscribers read 64 KiB at a time.
 - Latency: {env.get('PAIRS')} pairs at {lat_rate} msg/s in total, each message its own write, timed from the publisher's write to the subscriber's read. The rate is half of mosquitto's maximum in the same shape (one-to-one QoS 0, one message per write, with set_tcp_nodelay): {float(env.get('MOSQ_MAX', '0')):,.0f} msg/s, median of {env.get('STRACE_RUNS')} runs in this run.
 - Idle memory: PSS (`/proc/<pid>/smaps_rollup`) of every server process (cyan: supervisor and shards) before and after {env.get('IDLE_CONNS')} connections (keepalive 3600 s), over the count, on a freshly started server.
-- Connect storm: 64 concurrent clients, each TCP connect, CONNECT, CONNACK, DISCONNECT, server close; counted per second.
+- Connect storm: 64 concurrent clients, each TCP connect, CONNECT, CONNACK, DISCONNECT, server close; counted per second.{tls_line}
 - Syscalls: every system call of every server process (cyan: supervisor and shards) over the messages delivered, while {env.get('PAIRS')} pairs route 200,000 messages in batches (up to 256 per write), or 10,000 paced at 5,000 msg/s (each alone), counted with {tool} (median of {env.get('STRACE_RUNS')} runs){"; perf stat counts the raw_syscalls:sys_enter tracepoint without slowing the server" if tool == "perf stat" else ""}. Once more with `strace -c -f` on 1,000 messages at 500 msg/s (strace stops the server at every call, so it only runs on a load it cannot distort); its breakdown is below.
 
 Server CPU while measuring (user and system time of every server process, read from `/proc` by the generator at the start and end of the measured seconds): the share of core 0 used (1.00 = all of it), and CPU time per delivered message (per completed connection for the storm). Where a server is well below 1.00, the generator's window or its own core set the pace, and CPU per unit compares the servers better than the rate does. (Kernel network work done in softirq context is not always charged to the process that caused it, so these are approximate.)
