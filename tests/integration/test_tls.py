@@ -600,3 +600,18 @@ def test_a_tls_device_of_a_stopped_shard_is_refused_at_once(tls_factory, certs):
     assert ack.rc == 0x88, ack
     assert took < 1.0, took
     c.wait_closed(3.0)
+
+
+def test_a_certificate_from_the_development_ca_logs_in(tls_factory, certs):
+    """`cyan device add NAME --cert` with tls_ca = data_dir/dev-ca.crt: the
+    device logs in with the certificate it was given, and no secret."""
+    srv = tls_factory(isolate_devices=True, allow_anonymous=False)
+    cp = srv.cli("device", "add", "lamp", "--cert")
+    out = dict(line.split(": ", 1) for line in cp.stdout.strip().splitlines())
+    srv.restart(tls_ca=os.path.join(srv.data_dir, "dev-ca.crt"))
+    with _cert_client(srv, certs, out["id"], (out["cert"], out["key"])) as c:
+        c.connect()
+        topic = "devices/%s/events/hello" % out["id"]
+        assert c.subscribe(topic, 1) == [1]
+        c.publish(topic, b"dev CA", qos=1)
+        assert c.get().payload == b"dev CA"
