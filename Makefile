@@ -56,7 +56,8 @@ valgrind:
 # must hold across shards exactly as on one. The shard fault, stall, drill,
 # monitor and rules tests choose their own shard counts (or need none), and
 # the canary, internal-device and histogram tests are about several shards,
-# so they run once, with four.
+# so they run once, with four (the limits too: they are counted for the
+# whole node, which only several shards can show).
 # The fault tests measure detection and recovery times, so they run first,
 # alone on the machine; then the one-shard and the four-shard passes run side
 # by side (each its own servers on their own ports), which keeps `make test`
@@ -67,7 +68,11 @@ INT_FAULTS = tests/integration/test_shards.py tests/integration/test_drill.py \
   tests/integration/test_coap_drill.py
 INT_MULTI = tests/integration/test_prometheus_rules.py tests/integration/test_canary_client.py \
   tests/integration/test_internal_devices.py tests/integration/test_histograms.py \
-  tests/integration/test_browser.py
+  tests/integration/test_browser.py tests/integration/test_limits.py
+# Files about the command line, the data folder's files and the HTTPS
+# certificate, where the shard count changes nothing: once, with one shard.
+INT_ONE = tests/integration/test_cli.py tests/integration/test_file_modes.py \
+  tests/integration/test_https.py
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=10
 integration:
 	@echo "integration: fault tests, 4 shards"
@@ -78,7 +83,7 @@ integration:
 	     $(foreach f,$(INT_FAULTS) $(INT_MULTI),--ignore=$(f)) \
 	     > $(ASAN)/integration/one.log 2>&1; echo $$? > $(ASAN)/integration/one.rc ) & \
 	 CYAN_SHARDS=4 CYAN_BIN=$(CURDIR)/$(ASAN)/cyan $(PYTEST) tests/integration \
-	     $(foreach f,$(INT_FAULTS),--ignore=$(f)) \
+	     $(foreach f,$(INT_FAULTS) $(INT_ONE),--ignore=$(f)) \
 	     > $(ASAN)/integration/four.log 2>&1; echo $$? > $(ASAN)/integration/four.rc; \
 	 wait; \
 	 echo "---- 1 shard"; cat $(ASAN)/integration/one.log; \
