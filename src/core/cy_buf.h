@@ -39,9 +39,10 @@ static inline size_t cy_buf_size(const cy_buf *b)
 {
     return b->len - b->off;
 }
+/* NULL for a buffer that never held anything (NULL + 0 is undefined in C). */
 static inline uint8_t *cy_buf_head(const cy_buf *b)
 {
-    return b->data + b->off;
+    return b->data ? b->data + b->off : NULL;
 }
 /* Drop n bytes from the front. */
 void cy_buf_consume(cy_buf *b, size_t n);
