@@ -59,9 +59,10 @@ typedef struct cy_reader {
     bool bad;
 } cy_reader;
 
+/* p may be NULL when len is 0 (an empty cy_buf's head). */
 static inline cy_reader cy_reader_of(const uint8_t *p, size_t len)
 {
-    return (cy_reader){p, p + len, false};
+    return (cy_reader){p, p ? p + len : p, false};
 }
 /* The next n bytes (borrowed), or NULL past the end. */
 const uint8_t *cy_reader_take(cy_reader *r, size_t n);
