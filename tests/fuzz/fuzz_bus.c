@@ -27,6 +27,14 @@
  * first. The shard store is made anew every RESET_EVERY inputs, so what
  * peers retain does not pile up over a long run.
  *
+ * Answers of devices: cyan draws the message ids and tokens of its
+ * requests to a device (calls, reads, messages) at random, so an input
+ * cannot know them. The fuzzer reads the last request cyan sent from the
+ * CoAP output before each flush (coap_int.h); in a COAP_IN datagram that
+ * follows, message id 0xFFFF becomes that request's id, and a token of as
+ * many 0xFF bytes as its token becomes its token: a device's piggybacked,
+ * separate and Block2 answers, its ACKs and RSTs.
+ *
  * Not driven here: a frame that carries a TCP handle (HANDOVER needs a real
  * descriptor), and the requester side of API_RESP (it completes only a
  * request this shard sent to a peer, which needs a link up). Frames are
@@ -37,6 +45,9 @@
 #include "cluster/bus.h"
 #include "cluster/cluster.h"
 #include "coap/coap.h"
+#include "coap/coap_int.h"
+#include "coap/codec.h"
+#include "core/cy_buf.h"
 #include "core/cy_clock.h"
 #include "core/cy_config.h"
 #include "core/cy_err.h"
@@ -72,6 +83,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char *const placeholder[2] = {"@DEVICE-0@@@@@@@@@@@@@@@", "@DEVICE-1@@@@@@@@@@@@@@@"};
 
+/* The last request cyan sent a device (class 0, from the CoAP output
+ * before it is flushed): what a device's answer in the input echoes. */
+typedef struct sent_req {
+    bool have;
+    uint16_t mid;
+    uint8_t tkl;
+    uint8_t token[CY_COAP_TOKEN_MAX];
+} sent_req;
+
 static struct {
     bool ready;
     char dir[64];
@@ -82,6 +102,7 @@ static struct {
     int dtls_fd; /* a UDP socket the terminator "sends" on; never read */
     char dev[2][CY_DEVICE_ID_LEN + 1];
     unsigned runs;
+    sent_req last; /* this input's */
 } G;
 
 /* One shard's layers for one input. */
@@ -215,12 +236,58 @@ static void layers_open(layers *y, bool dtls)
     if (dtls) CHECK(cy_coap_open(y->coap, -1, G.dtls_fd) == 0);
 }
 
+/* Note the last request among the CoAP output records (coap.c: via, term,
+ * address length and bytes, u16 length, datagram). */
+static void note_requests(const cy_coap *c)
+{
+    cy_reader r = cy_reader_of(cy_buf_head(&c->out), cy_buf_size(&c->out));
+    while (cy_reader_left(&r)) {
+        cy_reader_be(&r, 2);
+        size_t alen = (size_t)cy_reader_be(&r, 1);
+        cy_reader_take(&r, alen);
+        size_t len = (size_t)cy_reader_be(&r, 2);
+        const uint8_t *p = cy_reader_take(&r, len);
+        cy_coap_msg m;
+        CHECK(!r.bad); /* our own records are whole */
+        if (cy_coap_decode(p, len, &m) != 0 || CY_COAP_CLASS(m.code) != 0 ||
+            m.code == CY_COAP_EMPTY)
+            continue;
+        G.last.have = true;
+        G.last.mid = m.mid;
+        G.last.tkl = m.tkl;
+        if (m.tkl) memcpy(G.last.token, m.token, m.tkl);
+    }
+}
+
+/* A device's answer in a COAP_IN frame: message id 0xFFFF stands for the
+ * id of the last request cyan sent, a token of as many 0xFF bytes as that
+ * request's token for its token (cyan draws both at random). In place. */
+static void echo_request(uint8_t *body, size_t len)
+{
+    if (!G.last.have || len < 3) return;
+    size_t at = 3 + (size_t)body[2]; /* via, term, address */
+    if (at >= len) return;
+    at += 1 + (size_t)body[at]; /* device id */
+    if (at + 4 > len) return;
+    uint8_t *d = body + at;
+    size_t dl = len - at;
+    if (d[2] != 0xFF || d[3] != 0xFF) return;
+    d[2] = (uint8_t)(G.last.mid >> 8);
+    d[3] = (uint8_t)G.last.mid;
+    uint8_t tkl = d[0] & 15;
+    if (tkl != G.last.tkl || 4 + (size_t)tkl > dl) return;
+    for (unsigned i = 0; i < tkl; i++)
+        if (d[4 + i] != 0xFF) return;
+    memcpy(d + 4, G.last.token, tkl);
+}
+
 /* What the shard runs at the end of a loop pass. */
 static void pass(layers *y)
 {
     cy_cluster_flush(y->cl);
     cy_cluster_before_commit(y->cl);
     cy_store_commit(G.store);
+    note_requests(y->coap);
     cy_coap_flush(y->coap);
     cy_cluster_after_commit(y->cl);
     cy_registry_end_reads(G.registry);
@@ -287,6 +354,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         dtls = f.type == CY_FRAME_COAP_OUT || f.type == CY_FRAME_COAP_KICK;
     layers y;
     layers_open(&y, dtls);
+    memset(&G.last, 0, sizeof(G.last));
     CHECK(cy_bus_frame_parse(in, size, &f) == 1);
     size_t pos = f.total;
     for (;;) {
@@ -295,6 +363,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (r != 1) break; /* a bad length closes the link; a partial frame waits */
         CHECK(f.total == 5 + f.len && f.total <= size - pos && f.body == in + pos + 5);
         if (f.type == 0 || f.handle) break; /* closes the link: no descriptor came */
+        if (f.type == CY_FRAME_COAP_IN) echo_request(in + pos + 5, f.len);
         cy_cluster_input(y.cl, from, f.type, f.body, f.len);
         pass(&y);
         pos += f.total;

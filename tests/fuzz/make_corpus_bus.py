@@ -9,16 +9,18 @@ PUBLISH, ACK), src/device/requests.c (API_REQ, API_RESP) and
 src/coap/coap.c (COAP_IN, COAP_OUT, COAP_KICK), and the CoAP datagrams
 inside with make_corpus_coap.py's writer, following
 docs/device-protocol.md. "@DEVICE-0@@@@@@@@@@@@@@@" and
-"@DEVICE-1@@@@@@@@@@@@@@@" stand for the ids of the fuzzer's two devices.
+"@DEVICE-1@@@@@@@@@@@@@@@" stand for the ids of the fuzzer's two devices,
+and in a device's answer message id 0xFFFF and a token of 0xFF bytes for
+those of cyan's last request to it.
 Run: /usr/bin/python3 tests/fuzz/make_corpus_bus.py
 """
 import os
 import struct
 
 from make_corpus import write_seeds
-from make_corpus_coap import (ACCEPT, ACK, BLOCK1, CHANGED, CON, CONTENT, CONTENT_FORMAT, GET,
-                              NON, OBSERVE, POST, PUT, URI_PATH, URI_QUERY, block, code, header,
-                              msg)
+from make_corpus_coap import (ACCEPT, ACK, BLOCK1, BLOCK2, CHANGED, CON, CONTENT,
+                              CONTENT_FORMAT, GET, NON, OBSERVE, POST, PUT, RST, URI_PATH,
+                              URI_QUERY, block, code, header, msg)
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus", "bus")
 
@@ -139,6 +141,24 @@ SEEDS = {
                                           via=VIA_PLAIN, term=0),
     "coap_describe_call": hello() + coap_in(DESCRIBE) + api_req(10, CALL, name=b"led", arg=b"on")
     + api_req(11, GETV, name=b"temp") + coap_in(msg(ACK, 0, 0x2345, b"")),
+    # A device's answers: 0xFFFF and a token of 0xFF bytes stand for the
+    # message id and token cyan drew for its last request (fuzz_bus.c).
+    "call_piggybacked": hello() + coap_in(DESCRIBE) + api_req(12, CALL, name=b"led", arg=b"on")
+    + coap_in(msg(ACK, CONTENT, 0xFFFF, b"\xff" * 5, [(CONTENT_FORMAT, 0)], b"done"))
+    + api_req(13, GETV, name=b"temp") + coap_in(msg(ACK, CONTENT, 0xFFFF, b"\xff" * 5, [], b"21")),
+    "call_separate": hello() + coap_in(DESCRIBE) + api_req(14, CALL, name=b"reboot")
+    + coap_in(header(ACK, 0, 0xFFFF))
+    + coap_in(msg(CON, CONTENT, 0x4242, b"\xff" * 5, [], b"rebooting")),
+    "call_refused": hello() + coap_in(DESCRIBE) + api_req(15, CALL, name=b"led")
+    + coap_in(header(RST, 0, 0xFFFF)) + api_req(16, CALL, name=b"led")
+    + coap_in(msg(ACK, code(4, 4), 0xFFFF, b"\xff" * 5, [], b"no")),
+    "call_block2": hello() + coap_in(DESCRIBE) + api_req(17, GETV, name=b"temp")
+    + coap_in(msg(ACK, CONTENT, 0xFFFF, b"\xff" * 5, [(BLOCK2, block(0, True, 0))], b"A" * 16))
+    + coap_in(msg(ACK, CONTENT, 0xFFFF, b"\xff" * 5, [(BLOCK2, block(1, False, 0))], b"B" * 7)),
+    "delivery_ack": hello() + coap_in(msg(CON, POST, 0x109, b"\x07", path("s", "events", "#")
+                                          + [(URI_QUERY, "qos=1")]))
+    + publish("events/x", b"q1", seq=1, flags=ROUTE | 1) + coap_in(header(ACK, 0, 0xFFFF))
+    + publish("events/y", b"q1", seq=2, flags=ROUTE | 1) + coap_in(header(RST, 0, 0xFFFF)),
     "coap_subscribe": hello() + coap_in(SUBSCRIBE) + publish(b"devices/" + DEV1 + b"/events/a",
                                                              b"1", seq=1, flags=ROUTE | 1)
     + coap_in(msg(CON, DELETE, 0x105, b"\x05", path("s", "devices", "+", "events", "#"))),
