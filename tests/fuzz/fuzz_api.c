@@ -15,9 +15,9 @@
  * contract (every request answered once, with JSON; see fake_http.h).
  * Building the API opens every shard's file to preload the event ring
  * (milliseconds under ASan), so the layers live across inputs and are made
- * anew, with the shard's store, every RESET_EVERY inputs; an input leaves
- * nothing of its own behind but the events in the ring (at most
- * event_buffer) and counters.
+ * anew every RESET_EVERY inputs (and the store every fourth time): an input
+ * leaves nothing of its own behind but events (in the ring, at most
+ * event_buffer, and in the shard's log) and counters.
  *
  * Input: up to MAX_REQUESTS requests, separated by NUL bytes, run one
  * after the other on the same layers (a stream opened by one sees the
@@ -31,10 +31,10 @@
  * by a full, a read-only and an internal token, @DEV0@ and @DEV1@ by the
  * ids of the user devices dev-0 and dev-1 (each has described the
  * functions led and reboot and the variable temp), @IDEV@ by an internal
- * device's id, @HOOK@ by a webhook's id. After each request the loop runs once and
- * the event streams' tick runs (replays, heartbeats, token rechecks); at
- * the end every deadline passes (device calls time out), every client
- * still waiting or streaming leaves.
+ * device's id, @HOOK@ by a webhook's id, @EVENT@ by the id of the newest
+ * event this shard has numbered (as the previous requests left it). After each request the loop
+ * runs once and the event streams' tick runs (replays, heartbeats, token rechecks); at the end
+ * every deadline passes (device calls time out), every client still waiting or streaming leaves.
  *
  * Not covered here: src/http/http.c itself and libmicrohttpd (how bytes
  * become a request: framing, limits, timeouts; the integration tests
@@ -391,11 +391,13 @@ static void layers_close(layers *y)
  * caller frees). */
 static char *substitute(const char *s, size_t n)
 {
+    char event[48]; /* the id of the newest event this shard numbered */
+    snprintf(event, sizeof(event), "%u-%llu", SELF, (unsigned long long)Y.api->last_seq[SELF]);
     const struct {
         const char *key, *value;
     } subs[] = {{"@FULL@", G.full},   {"@READ@", G.read},   {"@INT@", G.internal},
                 {"@DEV0@", G.dev[0]}, {"@DEV1@", G.dev[1]}, {"@IDEV@", G.idev},
-                {"@HOOK@", G.hook}};
+                {"@HOOK@", G.hook},   {"@EVENT@", event}};
     size_t cap = n * 12 + 1, len = 0; /* a 6-byte key becomes at most 64 bytes */
     char *out = malloc(cap);
     CHECK(out);
@@ -474,14 +476,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!G.ready) init();
     layers *y = &Y;
     if (++G.runs % RESET_EVERY == 0 && y->open) {
-        /* Fresh layers and store now and then: what was published and
-         * buffered does not pile up over a long run. */
+        /* Fresh layers now and then, which preload the event ring from the
+         * log; a fresh store every fourth time: what was published does
+         * not pile up over a long run. */
         layers_close(y);
-        cy_store_close(G.store);
-        char p[128];
-        store_path(p, sizeof(p), SELF);
-        remove_db(p);
-        open_store();
+        if (G.runs % (4 * RESET_EVERY) == 0) {
+            cy_store_close(G.store);
+            char p[128];
+            store_path(p, sizeof(p), SELF);
+            remove_db(p);
+            open_store();
+        }
     }
     if (!y->open) {
         layers_open(y);

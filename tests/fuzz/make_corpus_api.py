@@ -4,9 +4,10 @@
 Each seed is one to eight HTTP-shaped requests separated by NUL bytes:
 "METHOD TARGET\\n", header lines, a blank line, the body. The fuzzer puts
 real tokens and ids for @FULL@, @READ@, @INT@ (tokens), @DEV0@, @DEV1@
-(the user devices dev-0 and dev-1), @IDEV@ (an internal device) and @HOOK@
-(a webhook). The requests follow docs/api.md: every route, each body with
-good and bad fields, scopes, limits, and paths that are not routes.
+(the user devices dev-0 and dev-1), @IDEV@ (an internal device), @HOOK@
+(a webhook) and @EVENT@ (the newest event's id). The requests follow
+docs/api.md: every route, each body with good and bad fields, scopes,
+limits, and paths that are not routes.
 Run: /usr/bin/python3 tests/fuzz/make_corpus_api.py
 """
 import json
@@ -154,6 +155,7 @@ SEEDS = {
                         req("POST", "/v1/webhooks/@HOOK@/dead-letters/replay", token="@READ@"),
                         req("GET", "/v1/webhooks/nosuch/dead-letters")),
     "trace": seq(req("POST", "/v1/events", {"name": "temp", "data": "1"}),
+                 req("GET", "/v1/events/@EVENT@/trace"),
                  req("GET", "/v1/events/0-1/trace"), req("GET", "/v1/events/1-99/trace"),
                  req("POST", "/v1/events/0-1/trace"), req("GET", "/v1/events/x-1/trace")),
     "paths": seq(req("GET", "/v2/devices"), req("GET", "/v1/"), req("GET", "/v1//devices"),
