@@ -90,24 +90,31 @@ integration:
 	 echo "---- 4 shards"; cat $(ASAN)/integration/four.log; \
 	 test "$$(cat $(ASAN)/integration/one.rc)" = 0 && test "$$(cat $(ASAN)/integration/four.rc)" = 0
 
-# Each fuzz target runs FUZZ_SECONDS on a copy of its corpus (what it finds
-# stays in $(FUZZB)/corpus/<corpus>): the MQTT and CoAP codecs and the ACL
-# parser and matcher (target:corpus). A crash, or any UBSan report (the fuzz
-# build would let those go on), fails the target and leaves the input in
-# $(FUZZB)/crash-*.
-FUZZ_TARGETS = fuzz_mqtt_codec:mqtt fuzz_coap_codec:coap fuzz_acl:acl
+# Each libFuzzer target (tests/fuzz/fuzz_<name>.c) runs on a copy of its
+# seed corpus (what it finds stays in $(FUZZB)/corpus/<corpus>): the two
+# codecs FUZZ_SECONDS each, the others (frames, API, config, webhook
+# templates, the ACL file) FUZZ_SECONDS_MORE each (slower per
+# input; here to catch what a change breaks, the long runs are by hand:
+# docs/operations.md, "Fuzzing"). A crash, a leak, or any UBSan report (the
+# fuzz build would let those go on) fails the target and leaves the input
+# in $(FUZZB)/crash-* (or leak-*). Entries: target:corpus:seconds.
+FUZZ_SECONDS_MORE ?= 5
+FUZZ_RUNS = mqtt_codec:mqtt:$(FUZZ_SECONDS) coap_codec:coap:$(FUZZ_SECONDS) \
+  bus:bus:$(FUZZ_SECONDS_MORE) api:api:$(FUZZ_SECONDS_MORE) \
+  config:config:$(FUZZ_SECONDS_MORE) render:render:$(FUZZ_SECONDS_MORE) \
+  acl:acl:$(FUZZ_SECONDS_MORE)
 fuzz: deps-test
 	@CC=clang cmake -S . -B $(FUZZB) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DCYAN_FUZZ=ON >/dev/null
-	@cmake --build $(FUZZB) -j $(JOBS) $(foreach t,$(FUZZ_TARGETS),--target $(firstword $(subst :, ,$(t))))
-	@set -e; for tc in $(FUZZ_TARGETS); do \
-	  t=$${tc%%:*}; c=$${tc##*:}; \
+	@cmake --build $(FUZZB) -j $(JOBS) $(foreach r,$(FUZZ_RUNS),--target fuzz_$(word 1,$(subst :, ,$(r))))
+	@set -e; for r in $(FUZZ_RUNS); do \
+	  t=$${r%%:*}; c=$${r#*:}; s=$${c#*:}; c=$${c%%:*}; \
 	  mkdir -p $(FUZZB)/corpus/$$c && cp tests/fuzz/corpus/$$c/* $(FUZZB)/corpus/$$c/; \
-	  echo "$$t:"; \
+	  echo "fuzz_$$t ($$s s):"; \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	    $(FUZZB)/$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
-	    -artifact_prefix=$(FUZZB)/ $(FUZZB)/corpus/$$c > $(FUZZB)/$$t.log 2>&1 \
-	    || { tail -n 40 $(FUZZB)/$$t.log; echo "$$t failed"; exit 1; }; \
-	  tail -n 5 $(FUZZB)/$$t.log; \
+	    $(FUZZB)/fuzz_$$t -max_total_time=$$s -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZB)/ $(FUZZB)/corpus/$$c > $(FUZZB)/fuzz_$$t.log 2>&1 \
+	    || { tail -n 40 $(FUZZB)/fuzz_$$t.log; echo "fuzz_$$t failed"; exit 1; }; \
+	  tail -n 5 $(FUZZB)/fuzz_$$t.log; \
 	done
 
 bench: build

@@ -189,21 +189,9 @@ static void hello_encode(uint8_t *out, unsigned index, uint64_t gen)
     put32(out + 13, (uint32_t)gen);
 }
 
-typedef struct frame {
-    bool handle;
-    uint8_t type;
-    const uint8_t *body;
-    size_t len;   /* body bytes */
-    size_t total; /* bytes on the wire */
-} frame;
-
-/* 1: a whole frame is at the head of b; 0: need more bytes; CY_EPROTO:
- * length 0 or over CY_BUS_MAX_FRAME. */
-static int frame_next(const cy_buf *b, frame *f)
+int cy_bus_frame_parse(const uint8_t *p, size_t have, cy_bus_frame *f)
 {
-    size_t have = cy_buf_size(b);
     if (have < 4) return 0;
-    const uint8_t *p = cy_buf_head(b);
     uint32_t w = get32(p);
     uint32_t len = w & ~CY_BUS_FLAG_HANDLE;
     if (len == 0 || len > CY_BUS_MAX_FRAME) return CY_EPROTO;
@@ -216,6 +204,12 @@ static int frame_next(const cy_buf *b, frame *f)
     return 1;
 }
 
+/* The frame at the head of b (cy_bus_frame_parse). */
+static int frame_next(const cy_buf *b, cy_bus_frame *f)
+{
+    return cy_bus_frame_parse(cy_buf_head(b), cy_buf_size(b), f);
+}
+
 /* Bytes still missing for the frame at the head of b (0 if unknown). */
 static size_t frame_missing(const cy_buf *b)
 {
@@ -226,11 +220,11 @@ static size_t frame_missing(const cy_buf *b)
     return 4 + (size_t)len - have;
 }
 
-static int hello_parse(const frame *f, unsigned *index, uint64_t *gen)
+int cy_bus_hello_parse(const cy_bus_frame *f, unsigned *index, uint64_t *generation)
 {
     if (f->type != 0 || f->handle || f->len != HELLO_BODY) return CY_EPROTO;
     *index = get32(f->body);
-    *gen = (uint64_t)get32(f->body + 4) << 32 | get32(f->body + 8);
+    *generation = (uint64_t)get32(f->body + 4) << 32 | get32(f->body + 8);
     return 0;
 }
 
@@ -462,12 +456,12 @@ static void olink_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         olink_fail(l, "unexpected bytes from peer");
         return;
     }
-    frame f;
+    cy_bus_frame f;
     int r = frame_next(&l->rbuf, &f);
     if (r == 0) return;
     unsigned index;
     uint64_t gen;
-    if (r < 0 || hello_parse(&f, &index, &gen) != 0 || index != l->peer) {
+    if (r < 0 || cy_bus_hello_parse(&f, &index, &gen) != 0 || index != l->peer) {
         cy_warn(NULL, "bus: shard %u: bad HELLO answer on %s", bus->self, l->path);
         olink_fail(l, "bad HELLO answer");
         return;
@@ -567,12 +561,12 @@ static void alink_answer_cb(uv_write_t *req, int status)
     if (status < 0 && status != UV_ECANCELED) alink_fail(a, CY_LOG_DEBUG, uv_strerror(status));
 }
 
-static int alink_hello(alink *a, const frame *f)
+static int alink_hello(alink *a, const cy_bus_frame *f)
 {
     cy_bus *bus = a->bus;
     unsigned index;
     uint64_t gen;
-    if (hello_parse(f, &index, &gen) != 0) {
+    if (cy_bus_hello_parse(f, &index, &gen) != 0) {
         alink_fail(a, CY_LOG_WARN, "first frame is not a HELLO");
         return -1;
     }
@@ -640,7 +634,7 @@ static void alink_read_cb(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     }
     a->rbuf.len += (size_t)nread;
     while (!a->closing && !bus->closing) {
-        frame f;
+        cy_bus_frame f;
         int r = frame_next(&a->rbuf, &f);
         if (r == 0) break;
         if (r < 0) {

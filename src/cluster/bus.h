@@ -49,6 +49,7 @@
 #ifndef CY_BUS_H
 #define CY_BUS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -116,5 +117,27 @@ size_t cy_bus_backlog(const cy_bus *bus, unsigned peer);
  * runs once every handle is closed; then call cy_bus_free. */
 void cy_bus_close(cy_bus *bus, void (*close_cb)(void *ctx), void *ctx);
 void cy_bus_free(cy_bus *bus); /* safe on NULL */
+
+/* ---- the wire format, as the bus reads it ----
+ * Exported so that tests and the fuzzer (tests/fuzz/fuzz_bus.c) read a
+ * link's bytes exactly as the bus does. Thread: any (pure functions). */
+
+/* One frame at the head of a link's bytes (pointers borrowed from them). */
+typedef struct cy_bus_frame {
+    bool handle;         /* bit 31 of the length word: a descriptor came with it */
+    uint8_t type;        /* 0 is the bus's own (HELLO) */
+    const uint8_t *body; /* borrowed */
+    size_t len;          /* bytes of body */
+    size_t total;        /* bytes of the whole frame on the wire */
+} cy_bus_frame;
+
+/* The frame at the head of p[0..have): 1 with *f filled when it is whole,
+ * 0 when more bytes are needed (*f untouched), CY_EPROTO when its length is
+ * 0 or over CY_BUS_MAX_FRAME (the bus closes such a link). */
+int cy_bus_frame_parse(const uint8_t *p, size_t have, cy_bus_frame *f);
+/* A HELLO (type 0, no descriptor, body: u32 index, u64 generation, big
+ * endian): the sender's index (not range-checked) and generation. 0, or
+ * CY_EPROTO for any other frame. */
+int cy_bus_hello_parse(const cy_bus_frame *f, unsigned *index, uint64_t *generation);
 
 #endif

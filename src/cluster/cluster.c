@@ -848,9 +848,8 @@ static void on_ack(cy_cluster *cl, cy_peer *p, const uint8_t *body, size_t len)
 }
 
 
-static void on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
+void cy_cluster_input(cy_cluster *cl, unsigned from, uint8_t type, const uint8_t *body, size_t len)
 {
-    cy_cluster *cl = ctx;
     if (from >= cl->nshards || from == cl->self || cl->stalled) return;
     cy_peer *p = &cl->peers[from];
     switch (type) {
@@ -896,6 +895,12 @@ static void on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body
         return;
     default: cy_warn(NULL, "bus: unknown frame type %u from shard %u", type, from);
     }
+}
+
+/* The bus's on_frame: a whole frame from a peer. */
+static void on_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *body, size_t len)
+{
+    cy_cluster_input(ctx, from, type, body, len);
 }
 
 /* ---- peers coming and going ---- */

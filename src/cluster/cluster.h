@@ -101,6 +101,12 @@ void cy_cluster_stop(cy_cluster *cl);
 void cy_cluster_free(cy_cluster *cl);
 /* Drill: frames from peers are ignored from now on. */
 void cy_cluster_stall(cy_cluster *cl);
+/* A whole frame from peer shard `from`, type and body (borrowed for the
+ * call) as the bus read them: what the bus's on_frame runs. Exported so
+ * that the frame decoders can be driven without sockets (the fuzzer,
+ * tests/fuzz/fuzz_bus.c). Frames from ourselves, from an index past
+ * nshards, or after cy_cluster_stall are ignored. */
+void cy_cluster_input(cy_cluster *cl, unsigned from, uint8_t type, const uint8_t *body, size_t len);
 
 /* ---- subscriptions of local subscribers (router + interest) ---- */
 

@@ -92,7 +92,7 @@ const uint8_t *cy_reader_take(cy_reader *r, size_t n)
         return NULL;
     }
     const uint8_t *at = r->p;
-    r->p += n;
+    if (n) r->p += n; /* p is NULL in a reader of no bytes */
     return at;
 }
 

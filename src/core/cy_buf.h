@@ -39,9 +39,10 @@ static inline size_t cy_buf_size(const cy_buf *b)
 {
     return b->len - b->off;
 }
+/* NULL for a buffer that never held anything (NULL + 0 is undefined in C). */
 static inline uint8_t *cy_buf_head(const cy_buf *b)
 {
-    return b->data + b->off;
+    return b->data ? b->data + b->off : NULL;
 }
 /* Drop n bytes from the front. */
 void cy_buf_consume(cy_buf *b, size_t n);
@@ -58,9 +59,10 @@ typedef struct cy_reader {
     bool bad;
 } cy_reader;
 
+/* p may be NULL when len is 0 (an empty cy_buf's head). */
 static inline cy_reader cy_reader_of(const uint8_t *p, size_t len)
 {
-    return (cy_reader){p, p + len, false};
+    return (cy_reader){p, p ? p + len : p, false};
 }
 /* The next n bytes (borrowed), or NULL past the end. */
 const uint8_t *cy_reader_take(cy_reader *r, size_t n);

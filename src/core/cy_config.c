@@ -2,6 +2,8 @@
  * To add a setting: a field in cy_config, a row here, nothing else. */
 #include "core/cy_config.h"
 
+#include "core/cy_alloc.h"
+#include "core/cy_buf.h"
 #include "core/cy_err.h"
 #include "core/cy_limit.h"
 #include "core/cy_log.h"
@@ -357,6 +359,63 @@ static char *trim(char *s)
     return s;
 }
 
+/* One line (NUL-terminated, without its '\n'): a comment, a blank, or
+ * "name = value". */
+static int load_line(cy_config *c, char *line, size_t len, cy_config_error *e)
+{
+    if (memchr(line, '\0', len)) {
+        snprintf(e->msg, sizeof(e->msg), "a NUL byte in the line");
+        return CY_ECONFIG;
+    }
+    char *hash = strchr(line, '#');
+    if (hash) *hash = '\0';
+    char *s = trim(line);
+    if (!*s) return 0;
+    char *eq = strchr(s, '=');
+    if (!eq) {
+        snprintf(e->msg, sizeof(e->msg), "expected name = value");
+        return CY_ECONFIG;
+    }
+    *eq = '\0';
+    return cy_config_set(c, trim(s), trim(eq + 1), e);
+}
+
+int cy_config_load_buf(cy_config *c, const char *text, size_t len, const char *name,
+                       cy_config_error *err)
+{
+    if (!name) name = "(config)";
+    if (len > CY_CONFIG_FILE_MAX) {
+        if (err)
+            snprintf(err->msg, sizeof(err->msg), "%.80s: larger than %u bytes", name,
+                     CY_CONFIG_FILE_MAX);
+        return CY_ECONFIG;
+    }
+    /* A copy, NUL-terminated, cut into lines in place: a line is whole
+     * however long it is (a value too long for its setting is refused by
+     * cy_config_set, a long comment is a comment to its end). */
+    char *copy = cy_malloc(len + 1);
+    if (!copy) {
+        if (err) snprintf(err->msg, sizeof(err->msg), "%.80s: out of memory", name);
+        return CY_ENOMEM;
+    }
+    if (len) memcpy(copy, text, len);
+    copy[len] = '\0';
+    int lineno = 0, rc = 0;
+    for (char *p = copy, *end = copy + len; !rc && p < end;) {
+        char *nl = memchr(p, '\n', (size_t)(end - p));
+        char *eol = nl ? nl : end;
+        *eol = '\0';
+        lineno++;
+        cy_config_error e;
+        rc = load_line(c, p, (size_t)(eol - p), &e);
+        if (rc && err)
+            snprintf(err->msg, sizeof(err->msg), "%.80s:%d: %.160s", name, lineno, e.msg);
+        p = nl ? nl + 1 : end;
+    }
+    cy_free(copy);
+    return rc;
+}
+
 int cy_config_load(cy_config *c, const char *path, cy_config_error *err)
 {
     FILE *f = fopen(path, "r");
@@ -364,27 +423,24 @@ int cy_config_load(cy_config *c, const char *path, cy_config_error *err)
         if (err) snprintf(err->msg, sizeof(err->msg), "%s: %s", path, strerror(errno));
         return CY_EIO;
     }
-    char line[1024];
-    int lineno = 0, rc = 0;
-    while (!rc && fgets(line, sizeof(line), f)) {
-        lineno++;
-        char *hash = strchr(line, '#');
-        if (hash) *hash = '\0';
-        char *s = trim(line);
-        if (!*s) continue;
-        char *eq = strchr(s, '=');
-        cy_config_error e;
-        if (!eq) {
-            rc = CY_ECONFIG;
-            snprintf(e.msg, sizeof(e.msg), "expected name = value");
-        } else {
-            *eq = '\0';
-            rc = cy_config_set(c, trim(s), trim(eq + 1), &e);
-        }
-        if (rc && err)
-            snprintf(err->msg, sizeof(err->msg), "%.80s:%d: %.160s", path, lineno, e.msg);
+    /* The whole file (one byte past the limit says it is too large). */
+    cy_buf b;
+    cy_buf_init(&b);
+    int rc = 0;
+    while (cy_buf_size(&b) <= CY_CONFIG_FILE_MAX && !(rc = cy_buf_reserve(&b, 4096))) {
+        size_t n = fread(b.data + b.len, 1, b.cap - b.len, f);
+        b.len += n;
+        if (n == 0) break;
+    }
+    if (rc) {
+        if (err) snprintf(err->msg, sizeof(err->msg), "%s: out of memory", path);
+    } else if (ferror(f)) {
+        if (err) snprintf(err->msg, sizeof(err->msg), "%s: %s", path, strerror(errno));
+        rc = CY_EIO;
     }
     fclose(f);
+    if (!rc) rc = cy_config_load_buf(c, (const char *)cy_buf_head(&b), cy_buf_size(&b), path, err);
+    cy_buf_fini(&b);
     return rc;
 }
 

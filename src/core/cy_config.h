@@ -10,7 +10,7 @@
  * name the file and line.
  *
  * Ownership: cy_config is a plain value; strings are fixed arrays inside it.
- * Errors: CY_ECONFIG (with a message written to err), CY_EIO.
+ * Errors: CY_ECONFIG (with a message written to err), CY_EIO, CY_ENOMEM.
  * Thread: any; no shared state.
  */
 #ifndef CY_CONFIG_H
@@ -112,8 +112,20 @@ typedef struct cy_config_error {
 void cy_config_defaults(cy_config *c);
 /* Set one setting from its text form. */
 int cy_config_set(cy_config *c, const char *name, const char *value, cy_config_error *err);
-/* Read a config file over c (settings absent from the file keep their value). */
+/* Read a config file over c (settings absent from the file keep their
+ * value): the file's bytes go to cy_config_load_buf, named by path. On an
+ * error the settings before the bad line are applied already. */
 int cy_config_load(cy_config *c, const char *path, cy_config_error *err);
+/* The largest config text taken, bytes (a real file is a few KiB). */
+#define CY_CONFIG_FILE_MAX (1u << 20)
+/* Read config text over c: len bytes of text (borrowed, need not be
+ * NUL-terminated), lines ending at '\n' (a '\r' before it is space), a
+ * line whole however long. name (NULL: "(config)") only names the text in
+ * messages: "name:line: what". A NUL byte in a line, or text over
+ * CY_CONFIG_FILE_MAX, is CY_ECONFIG; CY_ENOMEM when the line copy cannot
+ * be made. */
+int cy_config_load_buf(cy_config *c, const char *text, size_t len, const char *name,
+                       cy_config_error *err);
 /* Print every setting as a commented config file (defaults when c is the default). */
 void cy_config_print(const cy_config *c, FILE *out);
 

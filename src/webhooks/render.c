@@ -187,6 +187,7 @@ static int put_esc(sink *s, const void *vp, size_t n, enum esc e)
     for (size_t i = 0; i < n; i += adv)
         need += esc1(e, p + i, n - i, &adv, NULL);
     if (cy_buf_size(s->b) - s->base + need > CY_WH_BODY_MAX) return CY_ERANGE;
+    if (need == 0) return 0; /* an empty buffer may have no memory to point into */
     int rc = cy_buf_reserve(s->b, need);
     if (rc) return rc;
     uint8_t *o = s->b->data + s->b->len;

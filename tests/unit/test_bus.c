@@ -1596,11 +1596,61 @@ static void test_cy_bus_peer_stopped_backlog(void **state)
     assert_int_equal(a->up[1], 1);
 }
 
+/* The wire format alone (cy_bus_frame_parse, cy_bus_hello_parse): what
+ * every link's reader runs, and what fuzz_bus feeds bytes to. */
+static void test_cy_bus_frame_parse(void **state)
+{
+    (void)state;
+    cy_bus_frame f;
+    memset(&f, 0x55, sizeof(f));
+    const uint8_t two[] = {0, 0, 0, 3, 7, 'h', 'i', 0xee};
+    for (size_t n = 0; n < 7; n++) assert_int_equal(cy_bus_frame_parse(two, n, &f), 0);
+    assert_int_equal(cy_bus_frame_parse(NULL, 0, &f), 0);
+    assert_int_equal(cy_bus_frame_parse(two, sizeof(two), &f), 1);
+    assert_false(f.handle);
+    assert_int_equal(f.type, 7);
+    assert_ptr_equal(f.body, two + 5);
+    assert_int_equal(f.len, 2);
+    assert_int_equal(f.total, 7);
+    /* bit 31: a descriptor comes with it; the length is the other bits */
+    const uint8_t flagged[] = {0x80, 0, 0, 1, 6};
+    assert_int_equal(cy_bus_frame_parse(flagged, sizeof(flagged), &f), 1);
+    assert_true(f.handle);
+    assert_int_equal(f.len, 0);
+    assert_int_equal(f.total, 5);
+    /* length 0, with or without the flag, and past CY_BUS_MAX_FRAME */
+    const uint8_t zero[] = {0, 0, 0, 0, 1}, zero_flag[] = {0x80, 0, 0, 0},
+                  big[] = {0x04, 0, 0, 1};
+    assert_int_equal(cy_bus_frame_parse(zero, sizeof(zero), &f), CY_EPROTO);
+    assert_int_equal(cy_bus_frame_parse(zero_flag, sizeof(zero_flag), &f), CY_EPROTO);
+    assert_int_equal(cy_bus_frame_parse(big, sizeof(big), &f), CY_EPROTO);
+    const uint8_t max[] = {0x04, 0, 0, 0}; /* CY_BUS_MAX_FRAME itself: wait for it */
+    assert_int_equal(cy_bus_frame_parse(max, sizeof(max), &f), 0);
+
+    /* HELLO: type 0, no flag, u32 index, u64 generation */
+    const uint8_t hello[] = {0, 0, 0, 13, 0, 0, 0, 0, 5, 1, 2, 3, 4, 5, 6, 7, 8};
+    unsigned index = 0;
+    uint64_t gen = 0;
+    assert_int_equal(cy_bus_frame_parse(hello, sizeof(hello), &f), 1);
+    assert_int_equal(cy_bus_hello_parse(&f, &index, &gen), 0);
+    assert_int_equal(index, 5);
+    assert_true(gen == 0x0102030405060708ull);
+    f.handle = true;
+    assert_int_equal(cy_bus_hello_parse(&f, &index, &gen), CY_EPROTO);
+    f.handle = false;
+    f.type = 1;
+    assert_int_equal(cy_bus_hello_parse(&f, &index, &gen), CY_EPROTO);
+    f.type = 0;
+    f.len = 11;
+    assert_int_equal(cy_bus_hello_parse(&f, &index, &gen), CY_EPROTO);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     cy_log_set_level(CY_LOG_WARN);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cy_bus_frame_parse),
         cmocka_unit_test_setup_teardown(test_cy_bus_send_two_buses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_send_three_buses, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_send_large_frame, setup, teardown),

@@ -261,6 +261,72 @@ static void test_cy_config_load_file(void **state)
     assert_int_equal(cy_config_load(&c, "/nonexistent/cyan.conf", &e), CY_EIO);
 }
 
+/* A line is whole however long: a comment of 1500 bytes whose tail reads
+ * "max_queued = 5" stays a comment (a 1024-byte fgets buffer once cut it
+ * and read the tail as a line of its own: an unknown setting, or with the
+ * cut just before the name, a setting changed from a comment). */
+static void test_cy_config_long_line(void **state)
+{
+    (void)state;
+    char text[2048];
+    memset(text, 'x', sizeof(text));
+    text[0] = '#';
+    size_t n = 1500;
+    memcpy(text + n, " max_queued = 5\n", 16);
+    text[n + 16] = '\0';
+    cy_config c;
+    cy_config_defaults(&c);
+    cy_config_error e;
+    char *p = write_tmp(text);
+    assert_int_equal(cy_config_load(&c, p, &e), 0);
+    assert_int_equal(c.max_queued, 1000);
+    unlink(p);
+    /* The same with the setting right where the old buffer ended. */
+    memset(text, 'x', sizeof(text));
+    text[0] = '#';
+    memcpy(text + 1023, "max_queued = 5\n", 15);
+    text[1023 + 15] = '\0';
+    p = write_tmp(text);
+    assert_int_equal(cy_config_load(&c, p, &e), 0);
+    assert_int_equal(c.max_queued, 1000);
+    unlink(p);
+    /* A long value is refused whole, naming its line, not cut in two. */
+    memset(text, 'x', sizeof(text));
+    memcpy(text, "data_dir = ", 11);
+    text[1500] = '\0';
+    p = write_tmp(text);
+    assert_int_equal(cy_config_load(&c, p, &e), CY_ECONFIG);
+    assert_non_null(strstr(e.msg, ":1: data_dir: value too long"));
+    unlink(p);
+}
+
+static void test_cy_config_load_buf(void **state)
+{
+    (void)state;
+    cy_config c;
+    cy_config_defaults(&c);
+    cy_config_error e;
+    /* No newline at the end, CRLF lines, text not NUL-terminated. */
+    static const char t[] = "max_queued = 7\r\nlog_level = debug\r\nmax_inflight=9XYZ";
+    assert_int_equal(cy_config_load_buf(&c, t, sizeof(t) - 4, "t.conf", &e), 0);
+    assert_int_equal(c.max_queued, 7);
+    assert_string_equal(c.log_level, "debug");
+    assert_int_equal(c.max_inflight, 9);
+    assert_int_equal(cy_config_load_buf(&c, NULL, 0, NULL, &e), 0);
+    /* A NUL byte in a line is refused, naming the text and the line; the
+     * lines before it are applied. */
+    static const char z[] = "max_queued = 8\nmax_inflight = 3\0 0\n";
+    assert_int_equal(cy_config_load_buf(&c, z, sizeof(z) - 1, "z.conf", &e), CY_ECONFIG);
+    assert_string_equal(e.msg, "z.conf:2: a NUL byte in the line");
+    assert_int_equal(c.max_queued, 8);
+    assert_int_equal(c.max_inflight, 9);
+    assert_int_equal(cy_config_load_buf(&c, "= 1", 3, NULL, &e), CY_ECONFIG);
+    assert_string_equal(e.msg, "(config):1: unknown setting ''");
+    /* Over the limit: refused before the text is read. */
+    assert_int_equal(cy_config_load_buf(&c, "", CY_CONFIG_FILE_MAX + 1, "big", &e), CY_ECONFIG);
+    assert_string_equal(e.msg, "big: larger than 1048576 bytes");
+}
+
 static void test_cy_config_print_roundtrip(void **state)
 {
     (void)state;
@@ -366,6 +432,8 @@ int main(void)
         cmocka_unit_test(test_cy_config_defaults),
         cmocka_unit_test(test_cy_config_set_errors),
         cmocka_unit_test(test_cy_config_load_file),
+        cmocka_unit_test(test_cy_config_long_line),
+        cmocka_unit_test(test_cy_config_load_buf),
         cmocka_unit_test(test_cy_config_print_roundtrip),
         cmocka_unit_test(test_cy_strerror_codes),
         cmocka_unit_test(test_cy_alloc_fail_after_counts),
