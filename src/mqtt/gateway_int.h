@@ -61,6 +61,7 @@ typedef struct cy_wstate {
 enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING, CONN_HANDED, CONN_PROXY };
 
 typedef struct cy_proxy cy_proxy;
+typedef struct cy_ws cy_ws;
 
 /* What only some connections carry, off the connection so a plain one
  * pays nothing: a TLS session (mqtts_listen), or, for a connection a TLS
@@ -176,7 +177,8 @@ struct cy_mqtt {
     uint32_t *free_exts; /* free slots below n_exts, a stack */
     uint32_t n_free_exts;
     cy_proxy *proxies;               /* every socketpair of connections we terminate for others */
-    uint8_t tls_rbuf[CY_READ_CHUNK]; /* shared read buffer (ciphertext) */
+    cy_ws *wss;                      /* every WebSocket bridge (ws.c) */
+    uint8_t tls_rbuf[CY_READ_CHUNK]; /* shared read buffer (ciphertext; WebSocket frames) */
     bool tls_rbuf_busy;
 };
 
@@ -274,6 +276,14 @@ const struct sockaddr *cy_conn_addr(const cy_conn *c, struct sockaddr_storage *s
 /* 3.1.1 publisher over its rate: stop reading it until the rate allows
  * (the sweep resumes it); the rest of what was read waits in `in`. */
 void cy_conn_throttle(cy_conn *c);
+
+/* conn.c, for ws.c */
+/* A connection on fd (one end of a socketpair; taken over, closed on
+ * failure too) as if accepted from peer (copied; may be NULL): it may hand
+ * itself over to the owner shard at CONNECT. 0, or CY_ENOMEM (fd closed). */
+int cy_conn_open_pair(cy_mqtt *g, int fd, const struct sockaddr *peer);
+/* ws.c: close every WebSocket bridge (shutting down). */
+void cy_mqtt_ws_stop(cy_mqtt *g);
 
 /* conn.c, for proxy.c */
 /* Queue c for the pass's flush. */
