@@ -16,7 +16,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -28,7 +27,8 @@ import pytest
 import rawmqtt
 from apidevice import call, create_device
 from conftest import SHARDS, child_env
-from helpers import CYAN, Client, uniq, wait_until
+from helpers import CYAN, Client
+from test_coap_npm import node_coap  # noqa: F401 (the fixture: npm ci on first use)
 
 pytestmark = [
     pytest.mark.cyan_only,
@@ -345,10 +345,6 @@ def test_tcp_and_ws_devices_talk_raw(api_server):
 
 # ------------------------------------------------------------------ MQTT.js
 
-def node_ok():
-    return shutil.which("node") and os.path.isdir(os.path.join(NODE_DIR, "node_modules", "mqtt"))
-
-
 class NodeWs:
     """tests/integration/node/ws_device.js: a MQTT.js device over WebSocket.
     It prints one JSON line per event; commands go on its stdin."""
@@ -403,7 +399,7 @@ class NodeWs:
             self.p.wait()
 
 
-@pytest.mark.skipif(not node_ok(), reason="node and npm's mqtt (npm ci in tests/integration/node)")
+@pytest.mark.usefixtures("node_coap")
 def test_mqttjs_device_over_websocket(api_server_factory):
     """MQTT.js over ws:// as a device: a message from a TCP client reaches it,
     its publish reaches the TCP client, and an API function call reaches it
