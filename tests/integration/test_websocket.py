@@ -16,7 +16,9 @@ import base64
 import hashlib
 import json
 import os
+import http.client
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -27,7 +29,8 @@ import pytest
 import rawmqtt
 from apidevice import call, create_device
 from conftest import SHARDS, child_env
-from helpers import CYAN, Client
+from helpers import CYAN, Client, wait_until
+from tlscerts import CA
 from test_coap_npm import node_coap  # noqa: F401 (the fixture: npm ci on first use)
 
 pytestmark = [
@@ -43,10 +46,12 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # ------------------------------------------------------------------ raw WebSocket
 
 def handshake(server, key=None, version="13", protocol="mqtt", upgrade="websocket",
-              connection="Upgrade", extra=b"", timeout=5.0):
+              connection="Upgrade", extra=b"", timeout=5.0, tls=None):
     """Open a socket to the HTTP listener and send the handshake. Returns
     (sock, status, headers dict (lower-case names), body bytes, leftover)."""
     s = socket.create_connection((server.host, server.http_port), timeout=timeout)
+    if tls is not None:
+        s = tls.wrap_socket(s, server_hostname=server.host)
     if key is None:
         key = base64.b64encode(os.urandom(16)).decode()
     lines = ["GET /mqtt HTTP/1.1", "Host: %s:%d" % (server.host, server.http_port)]
@@ -178,9 +183,9 @@ def close_code(payload):
     return struct.unpack("!H", payload[:2])[0] if payload and len(payload) >= 2 else None
 
 
-def ws_mqtt(server, dev, client_id=None):
+def ws_mqtt(server, dev, client_id=None, tls=None):
     """A raw WebSocket MQTT 3.1.1 session logged in as dev: (sock, reader)."""
-    s, st, _, _, rest = handshake(server)
+    s, st, _, _, rest = handshake(server, tls=tls)
     assert st == 101
     r = WsReader(s, rest)
     s.sendall(frame(0x2, rawmqtt.connect(client_id or dev["id"], version=4,
@@ -341,6 +346,77 @@ def test_tcp_and_ws_devices_talk_raw(api_server):
     s.sendall(frame(0x2, rawmqtt.publish(topic, b"self", version=4)))
     assert r.mqtt().payload == b"self"
     s.close()
+
+
+def test_wss_on_the_https_listener(server_factory, tmp_path):
+    """With tls_cert and tls_key the HTTP listener speaks HTTPS, and /mqtt is
+    MQTT over WebSocket over TLS (wss://): MHD relays the upgraded
+    connection's TLS itself."""
+    ca = CA(str(tmp_path / "ca"))
+    cert, key = ca.issue("cyan-1")
+    srv = server_factory(_template=False, tls_cert=cert, tls_key=key)
+    ctx = ssl.create_default_context(cafile=ca.cert)
+    wait_until(lambda: _https_up(srv, ctx), timeout=15)
+    token = srv.admin_token()
+    for _ in range(4 if SHARDS > 1 else 1):
+        dev = _create_device_https(srv, ctx, token)
+        s, r = ws_mqtt(srv, dev, tls=ctx)
+        topic = "devices/%s/x" % dev["id"]
+        s.sendall(frame(0x2, rawmqtt.subscribe(1, [(topic, 0)], version=4)))
+        r.mqtt()
+        big = os.urandom(100000)
+        s.sendall(frame(0x2, rawmqtt.publish(topic, big, version=4)))
+        assert r.mqtt(timeout=10).payload == big
+        s.sendall(frame(0x9, b"tls"))
+        assert r.frame() == (0xA, b"tls")
+        # The close handshake: our close is answered (then we close the
+        # TCP side, as a browser does; MHD ends the TLS relay after that).
+        s.sendall(frame(0x8, struct.pack("!H", 1000)))
+        op, p = r.frame()
+        assert op == 0x8 and close_code(p) == 1000, (op, p)
+        s.close()
+    # The HTTP listener still serves (MHD cleaned up the relays).
+    assert _https_up(srv, ctx)
+
+
+def test_wss_client_that_never_closes_is_cut(server_factory, tmp_path):
+    """Over HTTPS a closed WebSocket whose client never closes its side is
+    cut at the HTTP idle deadline (MHD would relay it forever)."""
+    ca = CA(str(tmp_path / "ca"))
+    cert, key = ca.issue("cyan-1")
+    srv = server_factory(_template=False, tls_cert=cert, tls_key=key, http_idle_timeout=1)
+    ctx = ssl.create_default_context(cafile=ca.cert)
+    wait_until(lambda: _https_up(srv, ctx), timeout=15)
+    s, st, _, _, rest = handshake(srv, tls=ctx)
+    assert st == 101
+    r = WsReader(s, rest)
+    s.sendall(frame(0x2, b"\xff" * 5))  # a malformed MQTT header: the server closes
+    t0 = time.monotonic()
+    assert r.closed(timeout=8) is not False, "not cut"
+    assert time.monotonic() - t0 < 6
+    s.close()
+
+
+def _https_up(srv, ctx):
+    try:
+        c = http.client.HTTPSConnection(srv.host, srv.http_port, context=ctx, timeout=2)
+        c.request("GET", "/v1/health")
+        ok = c.getresponse().status == 200
+        c.close()
+        return ok
+    except OSError:
+        return False
+
+
+def _create_device_https(srv, ctx, token):
+    c = http.client.HTTPSConnection(srv.host, srv.http_port, context=ctx, timeout=5)
+    c.request("POST", "/v1/devices", body=json.dumps({"name": "wss-%s" % os.urandom(3).hex()}),
+              headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    resp = c.getresponse()
+    body = json.loads(resp.read())
+    c.close()
+    assert resp.status == 201, body
+    return body
 
 
 # ------------------------------------------------------------------ MQTT.js
