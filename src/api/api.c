@@ -183,9 +183,7 @@ static void wait_done(void *ctx, const cy_device_answer *ans)
     cy_http_on_close(w->req, NULL, NULL);
     switch (w->op) {
     case CY_DEVICE_OP_PRESENCE:
-    case CY_DEVICE_OP_PRESENCE_ALL:
-        finish_presence(b, w, ans->presence);
-        break;
+    case CY_DEVICE_OP_PRESENCE_ALL: finish_presence(b, w, ans->presence); break;
     case CY_DEVICE_OP_KICK:
         if (ans->status == 503) /* deleted; its connection ends when its shard is replaced */
             reply_json(b, w->req, 200,
@@ -252,8 +250,8 @@ static void auth_failed_log(cy_api *b, cy_http_req *req, const char *why)
     const char *addr = cy_http_peer_addr(req);
     char more[CY_LOGRL_MORE];
     if (!cy_logrl_line(&b->auth_log, addr, more)) return;
-    cy_warn(NULL, "api: %s %s from %s refused: %s%s", cy_http_method(req), cy_http_path(req), addr,
-            why, more);
+    cy_warn(NULL, "api: %s %s from %s refused: %s%s", cy_http_method(req), cy_http_path(req),
+            addr, why, more);
 }
 
 static const char *const www[] = {"WWW-Authenticate", "Bearer realm=\"cyan\"", NULL};
@@ -312,11 +310,8 @@ static int limit_gate(cy_api *b, cy_http_req *req, bool held)
                     "too many failed token checks from this address; retry in %s s", s);
         return 0;
     }
-    case CY_LIMIT_DELAY:
-        b->stats->auth_delayed++;
-        return API_AUTH_HELD;
-    default:
-        return 1;
+    case CY_LIMIT_DELAY: b->stats->auth_delayed++; return API_AUTH_HELD;
+    default: return 1;
     }
 }
 
@@ -719,9 +714,8 @@ static void device_create(cy_api *b, cy_http_req *req)
         reply_error(b, req, 409, "name_taken", NULL, "a device named %.64s exists",
                     json_string_value(n));
     else if (rc == CY_EINVAL)
-        reply_error(
-            b, req, 400, "bad_request", NULL,
-            "a name is 1 to 64 letters, digits, '-', '_' or '.', and not shaped like an id");
+        reply_error(b, req, 400, "bad_request", NULL,
+                    "a name is 1 to 64 letters, digits, '-', '_' or '.', and not shaped like an id");
     else if (rc)
         reply_error(b, req, 503, "registry_unavailable", NULL, "cannot add the device: %s",
                     cy_strerror(rc));
@@ -792,12 +786,12 @@ static int64_t timeout_ms(json_t *v, const char *text)
     return CY_DEVICE_DEFAULT_TIMEOUT_MS;
 }
 
-static void device_op(cy_api *b, cy_http_req *req, const cy_device *d, uint8_t op, const char *name)
+static void device_op(cy_api *b, cy_http_req *req, const cy_device *d, uint8_t op,
+                      const char *name)
 {
     if (strlen(name) > CY_DEVICE_NAME_MAX || !*name) {
-        reply_error(b, req, 404,
-                    op == CY_DEVICE_OP_CALL ? "function_not_found" : "variable_not_found", NULL,
-                    "no such name");
+        reply_error(b, req, 404, op == CY_DEVICE_OP_CALL ? "function_not_found" : "variable_not_found",
+                    NULL, "no such name");
         return;
     }
     const char *arg = NULL;
@@ -863,8 +857,8 @@ static void event_publish(cy_api *b, cy_http_req *req)
     const char *rule = NULL;
     bool ok = nl > 0 && nl == strlen(name) && (size_t)tl < sizeof(topic) &&
               cy_topic_valid_name(topic, (size_t)tl) &&
-              cy_device_admit(b->devices, NULL, 0, NULL, topic, (size_t)tl, NULL, 0, &retain,
-                              &reply, &rule) == 0;
+              cy_device_admit(b->devices, NULL, 0, NULL, topic, (size_t)tl, NULL, 0, &retain, &reply,
+                              &rule) == 0;
     if (!ok) {
         json_decref(o);
         reply_error(b, req, 400, "bad_request", NULL,
@@ -1123,7 +1117,8 @@ int cy_api_new(const cy_api_deps *deps, int http_fd, cy_api **out)
      * the links to peers come up, so the first interest snapshot has them. */
     static const char *const filters[] = {"devices/+/events/#", "events/#"};
     for (size_t i = 0; i < 2; i++) {
-        rc = cy_cluster_subscribe(a->cluster, &a->events_sub, filters[i], strlen(filters[i]), 0, 0);
+        rc = cy_cluster_subscribe(a->cluster, &a->events_sub, filters[i], strlen(filters[i]), 0,
+                                  0);
         if (rc) goto fail;
     }
     uv_timer_start(&a->tick, on_tick, API_TICK_MS, API_TICK_MS);

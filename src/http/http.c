@@ -23,8 +23,8 @@
  * A stream is a response of unknown size (chunked) whose content reader
  * hands out the request's byte queue: runs of copied bytes and references
  * to shared chunks (one event's bytes, written to a thousand streams, are
- * held once), copied into MHD's buffer only as the client takes them. With the queue empty the
- * reader suspends the connection and returns 0 (MHD's documented way not to spin);
+ * held once), copied into MHD's buffer only as the client takes them. With the queue empty the reader
+ * suspends the connection and returns 0 (MHD's documented way not to spin);
  * cy_http_stream_write or cy_http_stream_end resumes it. MHD calls the reader
  * for a chunk only after the previous chunk has entirely reached the kernel,
  * so "bytes accepted minus the reader's pos" is exactly what the kernel has
@@ -171,7 +171,7 @@ typedef struct addr_count {
 
 /* Per connection (MHD's socket context): its deadlines and its request. */
 struct hconn {
-    dlink link[2]; /* [0]: idle_q or req_q (its phase); [1]: head_q */
+    dlink link[2];           /* [0]: idle_q or req_q (its phase); [1]: head_q */
     int fd;
     struct cy_http_req *req; /* the request MHD has shown us, until it completes */
     addr_count *ac;          /* its address's count; NULL without one */
@@ -183,7 +183,7 @@ struct hconn {
 
 /* An upgrade, from cy_http_upgrade until its owner closes it. */
 struct cy_http_upgraded {
-    cy_http *h;                            /* NULL once the server stopped */
+    cy_http *h; /* NULL once the server stopped */
     struct MHD_UpgradeResponseHandle *urh; /* NULL until upgraded, and after stop */
     hconn *hc;                             /* its connection, once upgraded */
     cy_http_upgrade_cb cb;                 /* NULL once called */
@@ -227,15 +227,15 @@ struct cy_http_req {
     uv_poll_t watch;           /* the socket, for UV_DISCONNECT, while suspended */
     struct MHD_Response *resp; /* answer stored, to be queued by the access handler */
     unsigned status;
-    cy_http_upgraded *upg; /* an upgrade answered, until its callback has run */
+    cy_http_upgraded *upg;     /* an upgrade answered, until its callback has run */
     void (*on_close)(void *arg, cy_http_req *req);
     void *on_close_arg;
-    cy_buf out;            /* copied stream bytes not yet handed to MHD */
+    cy_buf out;         /* copied stream bytes not yet handed to MHD */
     oseg *q_head, *q_tail; /* the stream's queue, in order: runs of out, shared chunks */
-    uint64_t out_total;    /* stream bytes accepted from the application */
-    uint64_t out_sent;     /* stream bytes the kernel has taken (the reader's last pos) */
-    char peer[64];         /* "ip:port" */
-    char addr[48];         /* "ip" */
+    uint64_t out_total; /* stream bytes accepted from the application */
+    uint64_t out_sent;  /* stream bytes the kernel has taken (the reader's last pos) */
+    char peer[64];      /* "ip:port" */
+    char addr[48];      /* "ip" */
     char *extra[2 * CY_HTTP_EXTRA_HEADERS]; /* name, value pairs (owned) for every answer */
     unsigned nextra;                        /* pairs in extra */
 };
@@ -261,13 +261,13 @@ struct cy_http {
     unsigned streams;    /* requests that began a stream and are not completed */
     cy_http_req *reqs;
     cy_http_upgraded *upgraded; /* every upgrade answered and not yet closed */
-    uint64_t requests;          /* answers queued since start */
-    bool in_run;                /* inside MHD_run: do not re-enter, defer */
-    bool rerun;                 /* something asked for MHD_run while in_run */
-    bool stop_deferred;         /* cy_http_stop called from inside MHD_run */
-    bool stopping;              /* cy_http_stop has begun */
-    bool freed;                 /* cy_http_free ran; free when the last handle closes */
-    struct tls_creds *creds;    /* HTTPS: the pair new handshakes get; NULL = plain */
+    uint64_t requests;  /* answers queued since start */
+    bool in_run;        /* inside MHD_run: do not re-enter, defer */
+    bool rerun;         /* something asked for MHD_run while in_run */
+    bool stop_deferred; /* cy_http_stop called from inside MHD_run */
+    bool stopping;      /* cy_http_stop has begun */
+    bool freed;         /* cy_http_free ran; free when the last handle closes */
+    struct tls_creds *creds; /* HTTPS: the pair new handshakes get; NULL = plain */
 };
 
 static void run_mhd(cy_http *h);
@@ -403,7 +403,8 @@ static int64_t q_first(const cy_http *h, const dqueue *q)
 static void deadline_timer_update(cy_http *h)
 {
     if (h->stopping) return;
-    int64_t first = q_first(h, &h->idle_q), r = q_first(h, &h->req_q), hd = q_first(h, &h->head_q);
+    int64_t first = q_first(h, &h->idle_q), r = q_first(h, &h->req_q),
+            hd = q_first(h, &h->head_q);
     if (r < first) first = r;
     if (hd < first) first = hd;
     if (first == INT64_MAX) {
@@ -466,8 +467,8 @@ static void arm_idle(cy_http *h, hconn *hc)
 
 static bool raw_send(cy_http_req *req, int fd, const char *out, size_t n);
 static void upgrade_failed(cy_http_upgraded *u);
-static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code, const char *fmt,
-                       ...) __attribute__((format(printf, 5, 6)));
+static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 typedef enum { CUT_DEADLINE, CUT_EVICT } cut_why;
 
@@ -485,23 +486,23 @@ static void cut(cy_http *h, hconn *hc, cut_why why)
     q_remove(hc, 1);
     hc->cut = true;
     h->ncut++;
-    if (why == CUT_DEADLINE && receiving && req && req->state == RQ_RECEIVING && !req->raw_answered)
+    if (why == CUT_DEADLINE && receiving && req && req->state == RQ_RECEIVING &&
+        !req->raw_answered)
         raw_answer(req, hc->fd, 408, "request_timeout", "request not complete within %us",
                    h->lim.request_timeout_s);
     shutdown(hc->fd, SHUT_RDWR);
     const char *peer = req ? req->peer : "a client";
     if (why == CUT_EVICT)
-        cy_debug(NULL, "http: %u connections open, an idle one closed to make room", live(h) + 1);
+        cy_debug(NULL, "http: %u connections open, an idle one closed to make room",
+                 live(h) + 1);
     else if (receiving && !(head && press))
         cy_debug(NULL, "http: %s request not complete within %us, connection closed", peer,
                  h->lim.request_timeout_s);
     else if (idle && !press)
         cy_debug(NULL, "http: no request within %us, connection closed", h->lim.idle_timeout_s);
     else
-        cy_debug(NULL,
-                 "http: %u connections open: one with no whole request head within "
-                 "%dms closed",
-                 live(h) + 1, idle ? PRESSURE_IDLE_MS : PRESSURE_HEAD_MS);
+        cy_debug(NULL, "http: %u connections open: one with no whole request head within "
+                       "%dms closed", live(h) + 1, idle ? PRESSURE_IDLE_MS : PRESSURE_HEAD_MS);
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -564,10 +565,8 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
     inet_ntop(key[0] == 4 ? AF_INET : AF_INET6, key + 1, ip, sizeof(ip));
     char more[CY_LOGRL_MORE];
     if (cy_logrl_line(&h->refuse_log, ip, more)) {
-        cy_warn(NULL,
-                "http: connection from %s refused: it has %u open, the most one address "
-                "may (http_max_per_address)%s",
-                ip, ac->n, more);
+        cy_warn(NULL, "http: connection from %s refused: it has %u open, the most one address "
+                      "may (http_max_per_address)%s", ip, ac->n, more);
     }
     return MHD_NO;
 }
@@ -898,8 +897,8 @@ static enum MHD_Result queue_error(cy_http_req *req, unsigned status, const char
 /* An error answer written to the socket directly, for when MHD will not
  * take one (a body is arriving): the connection is to close after it, so
  * nothing of MHD's can follow it. True if the whole answer was taken. */
-static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code, const char *fmt,
-                       ...)
+static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code,
+                       const char *fmt, ...)
 {
     char msg[128], body[256], out[512];
     va_list ap;
@@ -978,8 +977,7 @@ static void upgrade_failed(cy_http_upgraded *u)
 
 /* MHD's upgrade handler, inside MHD_run, once the 101 is in the kernel. */
 static void on_upgraded(void *cls, struct MHD_Connection *c, void *con_cls, const char *extra_in,
-                        size_t extra_in_size, MHD_socket sock,
-                        struct MHD_UpgradeResponseHandle *urh)
+                        size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
 {
     cy_http_upgraded *u = cls;
     cy_http_req *req = con_cls;
@@ -1004,7 +1002,8 @@ static void on_upgraded(void *cls, struct MHD_Connection *c, void *con_cls, cons
     cb(u->arg, fd, (const uint8_t *)extra_in, extra_in_size, u);
 }
 
-int cy_http_upgrade(cy_http_req *req, const char *const *headers, cy_http_upgrade_cb cb, void *arg)
+int cy_http_upgrade(cy_http_req *req, const char *const *headers, cy_http_upgrade_cb cb,
+                    void *arg)
 {
     if (req == NULL || cb == NULL) return CY_EINVAL;
     if (req->state == RQ_GONE) return CY_EPIPE;
@@ -1378,10 +1377,11 @@ static enum MHD_Result reject_body(cy_http *h, cy_http_req *req, unsigned status
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci == NULL) return MHD_NO;
-    bool sent = status == 413
-                    ? raw_answer(req, ci->connect_fd, 413, "body_too_large",
-                                 "request body exceeds %zu bytes", h->lim.max_body_bytes)
-                    : raw_answer(req, ci->connect_fd, 503, "out_of_memory", "server out of memory");
+    bool sent = status == 413 ? raw_answer(req, ci->connect_fd, 413, "body_too_large",
+                                           "request body exceeds %zu bytes",
+                                           h->lim.max_body_bytes)
+                              : raw_answer(req, ci->connect_fd, 503, "out_of_memory",
+                                           "server out of memory");
     if (!sent) return MHD_NO;
     shutdown(ci->connect_fd, SHUT_WR);
     return MHD_YES;
@@ -1484,7 +1484,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
 #define TLS_MAX_CHAIN 8
 /* TLS 1.2 and 1.3 only, AEAD ciphers with forward secrecy. */
 #define TLS_PRIORITIES                                                                             \
-    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+CHACHA20-POLY1305:+AES-256-GCM:"      \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+CHACHA20-POLY1305:+AES-256-GCM:"     \
     "+AES-128-GCM:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:%SERVER_PRECEDENCE"
 
 typedef struct tls_creds {
@@ -1500,8 +1500,7 @@ static void creds_free(tls_creds *c)
 {
     while (c) {
         tls_creds *o = c->older;
-        for (unsigned i = 0; i < c->n; i++)
-            gnutls_pcert_deinit(&c->chain[i]);
+        for (unsigned i = 0; i < c->n; i++) gnutls_pcert_deinit(&c->chain[i]);
         if (c->key) gnutls_privkey_deinit(c->key);
         cy_free(c);
         c = o;
@@ -1533,8 +1532,8 @@ static tls_creds *creds_load(const char *cert, const char *key, char *buf, size_
         return NULL;
     }
     unsigned n = TLS_MAX_CHAIN;
-    int rc =
-        gnutls_pcert_list_import_x509_file(c->chain, &n, cert, GNUTLS_X509_FMT_PEM, NULL, NULL, 0);
+    int rc = gnutls_pcert_list_import_x509_file(c->chain, &n, cert, GNUTLS_X509_FMT_PEM, NULL,
+                                                NULL, 0);
     if (rc < 0 || n == 0) {
         snprintf(buf, len, "certificate %s: %s", cert,
                  rc == GNUTLS_E_SHORT_MEMORY_BUFFER ? "more than 8 certificates in the chain"
@@ -1696,10 +1695,8 @@ int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_ht
         }
         tls_server = h;
         flags |= MHD_USE_TLS;
-        tls_opts[0] =
-            (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0, (void *)tls_retrieve};
-        tls_opts[1] =
-            (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES};
+        tls_opts[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0, (void *)tls_retrieve};
+        tls_opts[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES};
     }
     /* The strings are the caller's: not kept. */
     h->lim.tls_cert = h->lim.tls_key = NULL;
@@ -1911,9 +1908,9 @@ int cy_http_add_header(cy_http_req *req, const char *name, const char *value)
 const struct sockaddr *cy_http_peer_sockaddr(const cy_http_req *req)
 {
     const union MHD_ConnectionInfo *ci =
-        req->state == RQ_GONE
-            ? NULL
-            : MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        req->state == RQ_GONE ? NULL
+                              : MHD_get_connection_info(req->conn,
+                                                        MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     return ci ? ci->client_addr : NULL;
 }
 

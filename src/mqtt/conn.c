@@ -137,14 +137,12 @@ static void v5_free(cy_mqtt *g, cy_conn_v5 *x)
 {
     if (!x) return;
     if (x->alias_in) {
-        for (uint32_t i = 0; i <= g->cfg->topic_alias_max; i++)
-            cy_free(x->alias_in[i]);
+        for (uint32_t i = 0; i <= g->cfg->topic_alias_max; i++) cy_free(x->alias_in[i]);
         cy_free(x->alias_in);
     }
     cy_free(x->alias_in_len);
     if (x->alias_out) {
-        for (uint16_t i = 0; i < x->n_alias_out; i++)
-            cy_free(x->alias_out[i]);
+        for (uint16_t i = 0; i < x->n_alias_out; i++) cy_free(x->alias_out[i]);
         cy_free(x->alias_out);
     }
     cy_free(x);
@@ -527,20 +525,13 @@ static int dispatch(cy_conn *c, cy_mqtt_packet *p)
     case CY_MQTT_CONNECT:
         if (c->state != CONN_NEW) return CY_RC_PROTOCOL_ERROR;
         return cy_handle_connect(c, &p->u.connect);
-    case CY_MQTT_PUBLISH:
-        return cy_handle_publish(c, &p->u.publish);
-    case CY_MQTT_PUBACK:
-        return cy_handle_puback(c, &p->u.ack);
-    case CY_MQTT_PUBREC:
-        return cy_handle_pubrec(c, &p->u.ack);
-    case CY_MQTT_PUBREL:
-        return cy_handle_pubrel(c, &p->u.ack);
-    case CY_MQTT_PUBCOMP:
-        return cy_handle_pubcomp(c, &p->u.ack);
-    case CY_MQTT_SUBSCRIBE:
-        return cy_handle_subscribe(c, &p->u.subscribe);
-    case CY_MQTT_UNSUBSCRIBE:
-        return cy_handle_unsubscribe(c, &p->u.subscribe);
+    case CY_MQTT_PUBLISH: return cy_handle_publish(c, &p->u.publish);
+    case CY_MQTT_PUBACK: return cy_handle_puback(c, &p->u.ack);
+    case CY_MQTT_PUBREC: return cy_handle_pubrec(c, &p->u.ack);
+    case CY_MQTT_PUBREL: return cy_handle_pubrel(c, &p->u.ack);
+    case CY_MQTT_PUBCOMP: return cy_handle_pubcomp(c, &p->u.ack);
+    case CY_MQTT_SUBSCRIBE: return cy_handle_subscribe(c, &p->u.subscribe);
+    case CY_MQTT_UNSUBSCRIBE: return cy_handle_unsubscribe(c, &p->u.subscribe);
     case CY_MQTT_PINGREQ: {
         cy_mqtt_packet r;
         memset(&r, 0, sizeof(r));
@@ -548,8 +539,7 @@ static int dispatch(cy_conn *c, cy_mqtt_packet *p)
         cy_conn_send(c, &r);
         return 0;
     }
-    case CY_MQTT_DISCONNECT:
-        return cy_handle_disconnect(c, &p->u.disconnect);
+    case CY_MQTT_DISCONNECT: return cy_handle_disconnect(c, &p->u.disconnect);
     default: /* CONNACK, SUBACK, UNSUBACK, PINGRESP, AUTH: not from a client */
         return CY_RC_PROTOCOL_ERROR;
     }
@@ -628,8 +618,8 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
         if (rc == 0 && p.type == CY_MQTT_CONNECT && name->len == 0 && g->cfg->isolate_devices &&
             p.u.connect.has_username)
             name = &p.u.connect.username;
-        if (p.type == CY_MQTT_CONNECT && c->state == CONN_NEW && g->nshards > 1 && !c->handed_in &&
-            name->len) {
+        if (p.type == CY_MQTT_CONNECT && c->state == CONN_NEW && g->nshards > 1 &&
+            !c->handed_in && name->len) {
             unsigned owner = cy_shard_of(name->p, name->len, g->nshards);
             if (owner != g->self) {
                 if (c->ext && cy_conn_ext_of(c)->tls) /* we stay its TLS terminator */
@@ -668,8 +658,7 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
 static bool preauth_fits(const cy_conn *c, size_t total)
 {
     size_t cap = 256, held = c->in ? c->in->cap : 0;
-    while (cap < total)
-        cap *= 2;
+    while (cap < total) cap *= 2;
     size_t grow = cap > held ? cap - held : 0;
     return c->g->preauth_bytes + grow <= c->g->cfg->preauth_memory;
 }
@@ -1000,8 +989,8 @@ static void on_connection(uv_stream_t *server, int status)
 /* A connection on fd, handed in by another shard (handed_in) or the
  * MQTT end of a WebSocket bridge here; info as cy_mqtt_adopt's. 0, or -1
  * (fd closed, nothing left). */
-static int adopt(cy_mqtt *g, int fd, const cy_handover_info *info, const uint8_t *bytes, size_t len,
-                 bool handed_in)
+static int adopt(cy_mqtt *g, int fd, const cy_handover_info *info, const uint8_t *bytes,
+                 size_t len, bool handed_in)
 {
     cy_conn *c = conn_new(g);
     if (!c) {
@@ -1072,7 +1061,8 @@ int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p)
         return CY_EMSGSIZE;
     /* Only these acknowledge work peers must have applied first; anything
      * else waits only for what is held before it on this connection. */
-    bool wait = p->type == CY_MQTT_SUBACK || p->type == CY_MQTT_PUBACK || p->type == CY_MQTT_PUBREC;
+    bool wait = p->type == CY_MQTT_SUBACK || p->type == CY_MQTT_PUBACK ||
+                p->type == CY_MQTT_PUBREC;
     if (cy_cluster_hold(g->cluster, &c->held, wait, cy_buf_head(&g->scratch),
                         cy_buf_size(&g->scratch)) == 0)
         return 0;
@@ -1131,7 +1121,8 @@ static void handed(void *arg, int status)
     cy_free(h);
 }
 
-void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t *bytes, size_t len)
+void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t *bytes,
+                      size_t len)
 {
     cy_mqtt *g = c->g;
     char why[96];
@@ -1175,6 +1166,7 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
     }
     cy_debug(cy_conn_peer(c), "handed to shard %u", owner);
 }
+
 
 /* ---- the MQTT binding of cy_link (device/link.h) ---- */
 
