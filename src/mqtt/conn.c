@@ -104,6 +104,12 @@ const char *cy_conn_peer(const cy_conn *c)
 
 const struct sockaddr *cy_conn_addr(const cy_conn *c, struct sockaddr_storage *ss)
 {
+    /* A socketpair (a WebSocket bridge's, a TLS terminator's) has no
+     * address: the device's came with it, and the limits count that. */
+    if (c->ext && cy_conn_ext_of(c)->peer.ss_family) {
+        *ss = cy_conn_ext_of(c)->peer;
+        return (const struct sockaddr *)ss;
+    }
     int sl = sizeof(*ss);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)ss, &sl)) return NULL;
     return (const struct sockaddr *)ss;

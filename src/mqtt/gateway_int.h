@@ -271,7 +271,8 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
                       size_t len);
 /* Feed bytes to a connection as if read (used by adopt). */
 void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len);
-/* The peer's address into ss (a system call): the sockaddr, or NULL. */
+/* The peer's address into ss (a system call; for a socketpair, the device's address it
+ * came with): the sockaddr, or NULL. */
 const struct sockaddr *cy_conn_addr(const cy_conn *c, struct sockaddr_storage *ss);
 /* 3.1.1 publisher over its rate: stop reading it until the rate allows
  * (the sweep resumes it); the rest of what was read waits in `in`. */

@@ -419,6 +419,60 @@ def _create_device_https(srv, ctx, token):
     return body
 
 
+def test_no_connect_is_closed_at_connect_timeout(api_server_factory):
+    srv = api_server_factory(connect_timeout=1)
+    s, st, _, _, rest = handshake(srv)
+    assert st == 101
+    t0 = time.monotonic()
+    assert WsReader(s, rest).closed(timeout=8) is not False
+    assert time.monotonic() - t0 < 6
+    s.close()
+
+
+def test_wrong_secret_is_refused_and_closed(api_server):
+    dev = create_device(api_server)
+    s, st, _, _, rest = handshake(api_server)
+    assert st == 101
+    r = WsReader(s, rest)
+    s.sendall(frame(0x2, rawmqtt.connect(dev["id"], version=4, username=dev["id"],
+                                         password="not-" + dev["secret"])))
+    ack = r.mqtt()
+    assert ack.rc in (4, 5), ack
+    res = r.closed()
+    assert res is not False
+    if isinstance(res, bytes):
+        assert close_code(res) == 1000, res
+    s.close()
+    assert "refused" in api_server.log() or "bad" in api_server.log()
+
+
+def test_server_stops_with_websockets_open(api_server):
+    """Open WebSockets (one logged in, one not) at shutdown: the server ends
+    cleanly (the fixture checks its exit status; ASan its memory)."""
+    dev = create_device(api_server)
+    s1, _ = ws_mqtt(api_server, dev)
+    s2, st, _, _, _ = handshake(api_server)
+    assert st == 101
+    api_server.stop(check=True)
+    s1.close()
+    s2.close()
+
+
+def test_https_server_stops_with_wss_open(server_factory, tmp_path):
+    ca = CA(str(tmp_path / "ca"))
+    cert, key = ca.issue("cyan-1")
+    srv = server_factory(_template=False, tls_cert=cert, tls_key=key)
+    ctx = ssl.create_default_context(cafile=ca.cert)
+    wait_until(lambda: _https_up(srv, ctx), timeout=15)
+    dev = _create_device_https(srv, ctx, srv.admin_token())
+    s1, _ = ws_mqtt(srv, dev, tls=ctx)
+    s2, st, _, _, _ = handshake(srv, tls=ctx)
+    assert st == 101
+    srv.stop(check=True)
+    s1.close()
+    s2.close()
+
+
 # ------------------------------------------------------------------ MQTT.js
 
 class NodeWs:
