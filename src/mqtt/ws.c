@@ -63,6 +63,7 @@ struct cy_ws {
     bool down_writing, up_writing;
     bool sock_reading, pair_reading;
     bool pair_eof; /* the MQTT side is gone: close once the device has our last frames */
+    bool sock_eof; /* the device's side ended: close once the MQTT side has its bytes */
     bool closing;
 };
 
@@ -202,9 +203,16 @@ static void sock_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     cy_ws *w = s->data;
     cy_mqtt *g = w->g;
     if (buf->base == (char *)g->tls_rbuf) g->tls_rbuf_busy = false;
-    if (nread == 0) return;
+    if (nread == 0 || nread == UV_ENOBUFS) return; /* no buffer now: read at the next wake-up */
+    if (nread == UV_EOF) { /* what it sent before goes to the MQTT side first */
+        uv_read_stop(s);
+        w->sock_reading = false;
+        w->sock_eof = true;
+        pump(w);
+        return;
+    }
     if (nread < 0) {
-        ws_close(w, nread == UV_EOF ? NULL : uv_strerror((int)nread));
+        ws_close(w, uv_strerror((int)nread));
         return;
     }
     g->progress++;
@@ -241,7 +249,7 @@ static void pair_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     cy_ws *w = s->data;
     cy_mqtt *g = w->g;
     if (buf->base == (char *)g->rbuf) g->rbuf_busy = false;
-    if (nread == 0) return;
+    if (nread == 0 || nread == UV_ENOBUFS) return;
     if (nread < 0) {
         w->pair_eof = true;
         pump(w);
@@ -313,14 +321,22 @@ static void pump(cy_ws *w)
         cy_buf_size(&w->down) + cy_buf_size(&w->down_w) + wslay_event_get_queued_msg_length(w->wc);
     size_t up = cy_buf_size(&w->up) + cy_buf_size(&w->up_w);
     bool done_down = !w->down_writing && !cy_buf_size(&w->down) && !wslay_event_want_write(w->wc);
-    if (done_down && (w->pair_eof || !wslay_event_get_read_enabled(w->wc)) &&
+    bool done_up = w->pair_eof || (!w->up_writing && !cy_buf_size(&w->up));
+    /* Both sides done: the close handshake (or the MQTT side's end) is
+     * written, and the MQTT side has what the device sent before its end. */
+    if (done_down && done_up && (w->pair_eof || !wslay_event_get_read_enabled(w->wc)) &&
         (wslay_event_get_close_sent(w->wc) || !wslay_event_get_write_enabled(w->wc))) {
+        ws_close(w, NULL);
+        return;
+    }
+    if (w->sock_eof && done_up) {
         ws_close(w, NULL);
         return;
     }
     /* Back-pressure: the device's socket is read while the pair takes what
      * it sends, the pair while the device takes what we frame. */
-    bool read_sock = up < g->cfg->max_output && wslay_event_get_read_enabled(w->wc) &&
+    bool read_sock = !w->sock_eof && up < g->cfg->max_output &&
+                     wslay_event_get_read_enabled(w->wc) &&
                      (w->sock_reading ? true : up <= g->cfg->max_output / 2);
     if (read_sock != w->sock_reading) {
         if (read_sock)

@@ -419,6 +419,29 @@ def _create_device_https(srv, ctx, token):
     return body
 
 
+def test_last_publish_before_the_end_arrives(api_server):
+    """What a device sent just before it closed (a close frame, or only its
+    TCP side) still reaches the MQTT side."""
+    srv = api_server
+    dev, tcp_dev = create_device(srv), create_device(srv)
+    topic = "events/%s/last" % dev["id"]
+    c = Client(srv, client_id=tcp_dev["id"], username=tcp_dev["id"], password=tcp_dev["secret"])
+    c.connect()
+    c.subscribe(topic, qos=1)
+    try:
+        for how in ("close frame", "tcp shutdown"):
+            s, _ = ws_mqtt(srv, dev)
+            big = how.encode() * 20000
+            end = frame(0x8, struct.pack("!H", 1000)) if how == "close frame" else b""
+            s.sendall(frame(0x2, rawmqtt.publish(topic, big, qos=0, version=4)) + end)
+            s.shutdown(socket.SHUT_WR)
+            m = c.get(timeout=5)
+            assert m.payload == big, (how, len(m.payload))
+            s.close()
+    finally:
+        c.disconnect()
+
+
 def test_no_connect_is_closed_at_connect_timeout(api_server_factory):
     srv = api_server_factory(connect_timeout=1)
     s, st, _, _, rest = handshake(srv)
