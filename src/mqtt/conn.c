@@ -1480,6 +1480,7 @@ bool cy_mqtt_dirty(const cy_mqtt *g)
 
 void cy_mqtt_sweep(cy_mqtt *g, int64_t now)
 {
+    if (g->wss) cy_mqtt_ws_sweep(g, now);
     for (cy_conn *c = g->conns; c; c = c->next) {
         if (c->delayed) { /* a held CONNECT (last_rx: when the hold ends) */
             if (c->state == CONN_NEW && now >= c->last_rx && !g->stalled) {

@@ -285,6 +285,9 @@ void cy_conn_throttle(cy_conn *c);
 int cy_conn_open_pair(cy_mqtt *g, int fd, const struct sockaddr *peer);
 /* ws.c: close every WebSocket bridge (shutting down). */
 void cy_mqtt_ws_stop(cy_mqtt *g);
+/* ws.c, every sweep: close bridges whose one side ended connect_timeout
+ * ago and whose other side has not taken the last bytes. now: mono ms. */
+void cy_mqtt_ws_sweep(cy_mqtt *g, int64_t now);
 
 /* conn.c, for proxy.c */
 /* Queue c for the pass's flush. */

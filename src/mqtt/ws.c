@@ -62,8 +62,9 @@ struct cy_ws {
     uint8_t handles; /* sock and pair not yet closed */
     bool down_writing, up_writing;
     bool sock_reading, pair_reading;
-    bool pair_eof; /* the MQTT side is gone: close once the device has our last frames */
-    bool sock_eof; /* the device's side ended: close once the MQTT side has its bytes */
+    bool pair_eof;     /* the MQTT side is gone: close once the device has our last frames */
+    bool sock_eof;     /* the device's side ended: close once the MQTT side has its bytes */
+    int64_t ending_ms; /* mono ms one side ended (pair_eof or sock_eof); 0 before */
     bool closing;
 };
 
@@ -274,6 +275,7 @@ static void pump(cy_ws *w)
 {
     if (w->closing) return;
     cy_mqtt *g = w->g;
+    if ((w->pair_eof || w->sock_eof) && !w->ending_ms) w->ending_ms = (int64_t)uv_now(g->loop);
     if (wslay_event_want_write(w->wc) && wslay_event_send(w->wc)) {
         ws_close(w, "WebSocket write failed");
         return;
@@ -460,6 +462,19 @@ fail:
     if (sv[1] >= 0) close(sv[1]);
     if (fd >= 0) close(fd);
     cy_http_upgraded_close(u);
+}
+
+void cy_mqtt_ws_sweep(cy_mqtt *g, int64_t now)
+{
+    /* One side ended and the other does not take our last bytes (a device
+     * that stopped reading, say): closed after connect_timeout, so that it
+     * holds neither the bridge nor its HTTP connection. */
+    int64_t limit = (int64_t)g->cfg->connect_timeout * 1000;
+    for (cy_ws *w = g->wss, *next; w; w = next) {
+        next = w->next;
+        if (w->ending_ms && now - w->ending_ms > limit)
+            ws_close(w, "its last bytes not taken within connect_timeout");
+    }
 }
 
 void cy_mqtt_ws_stop(cy_mqtt *g)

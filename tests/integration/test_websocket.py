@@ -46,10 +46,14 @@ GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # ------------------------------------------------------------------ raw WebSocket
 
 def handshake(server, key=None, version="13", protocol="mqtt", upgrade="websocket",
-              connection="Upgrade", extra=b"", timeout=5.0, tls=None):
+              connection="Upgrade", extra=b"", timeout=5.0, tls=None, rcvbuf=0):
     """Open a socket to the HTTP listener and send the handshake. Returns
     (sock, status, headers dict (lower-case names), body bytes, leftover)."""
-    s = socket.create_connection((server.host, server.http_port), timeout=timeout)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect((server.host, server.http_port))
     if tls is not None:
         s = tls.wrap_socket(s, server_hostname=server.host)
     if key is None:
@@ -440,6 +444,37 @@ def test_last_publish_before_the_end_arrives(api_server):
             s.close()
     finally:
         c.disconnect()
+
+
+def test_device_that_stops_reading_is_closed(api_server_factory):
+    """A device that stops reading: its MQTT connection is closed at
+    max_output_stall, and the WebSocket, whose close frame it does not take
+    either, connect_timeout after that."""
+    srv = api_server_factory(max_output=65536, max_output_stall=1, connect_timeout=1)
+    dev = create_device(srv)
+    s, st, _, _, rest = handshake(srv, rcvbuf=4096)
+    assert st == 101
+    r = WsReader(s, rest)
+    s.sendall(frame(0x2, rawmqtt.connect(dev["id"], version=4, username=dev["id"],
+                                         password=dev["secret"])))
+    assert r.mqtt().rc == 0
+    topic = "devices/%s/flood" % dev["id"]
+    s.sendall(frame(0x2, rawmqtt.subscribe(1, [(topic, 0)], version=4)))
+    r.mqtt()
+    # Publish to itself without ever reading: the echo fills every buffer.
+    p = frame(0x2, rawmqtt.publish(topic, b"x" * 60000, version=4))
+    s.settimeout(0.2)
+    end = time.monotonic() + 20
+    while time.monotonic() < end and "not taken within connect_timeout" not in srv.log():
+        try:
+            s.send(p)
+        except (socket.timeout, BlockingIOError):
+            time.sleep(0.1)
+        except OSError:
+            break
+    assert srv.wait_log("its last bytes not taken within connect_timeout", timeout=10), \
+        srv.log_tail()
+    s.close()
 
 
 def test_no_connect_is_closed_at_connect_timeout(api_server_factory):
