@@ -399,6 +399,10 @@ void cy_mqtt_ws_accept(cy_mqtt *g, int fd, const uint8_t *extra, size_t len,
     size_t budget = (size_t)g->cfg->max_connect_size + WS_HEADROOM;
     cy_ws *w = NULL;
     if (g->stopping) goto fail;
+    if (g->n_conns > g->cfg->max_connections + 64u) { /* as at a TCP accept */
+        g->stats->limit_connections++;
+        goto fail;
+    }
     if (g->preauth_bytes + budget > g->cfg->preauth_memory) {
         g->stats->limit_preauth++;
         cy_info(NULL,
