@@ -405,10 +405,10 @@ void cy_mqtt_ws_accept(cy_mqtt *g, int fd, const uint8_t *extra, size_t len,
     }
     if (g->preauth_bytes + budget > g->cfg->preauth_memory) {
         g->stats->limit_preauth++;
-        cy_info(NULL,
-                "WebSocket refused: preauth_memory (%u bytes) spent on sockets that "
-                "have not logged in",
-                g->cfg->preauth_memory);
+        cy_debug(NULL, /* a stranger repeats it at will: counted, not logged */
+                 "WebSocket refused: preauth_memory (%u bytes) spent on sockets that "
+                 "have not logged in",
+                 g->cfg->preauth_memory);
         goto fail;
     }
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv)) {

@@ -477,6 +477,40 @@ def test_device_that_stops_reading_is_closed(api_server_factory):
     s.close()
 
 
+def test_preauth_memory_bounds_websockets_not_logged_in(api_server_factory):
+    """Each WebSocket not yet logged in counts max_connect_size + 4 KiB in
+    its shard's preauth_memory: here one fits a shard, the next is closed
+    right after its 101; a logged-in one no longer counts."""
+    srv = api_server_factory(max_connect_size=40000, preauth_memory=65536)
+    socks, refused = [], 0
+    try:
+        for _ in range(SHARDS + 1):
+            s, st, _, _, rest = handshake(srv)
+            assert st == 101
+            r = WsReader(s, rest)
+            if r.closed(timeout=0.5) is not False:
+                refused += 1
+                s.close()
+            else:
+                socks.append((s, r))
+        # Pigeonhole: some shard got two of them.
+        assert refused >= 1
+        if SHARDS == 1:
+            assert refused == 1 and len(socks) == 1
+        # The one that fits logs in; then its budget is free again.
+        dev = create_device(srv)
+        s, r = socks[0]
+        s.sendall(frame(0x2, rawmqtt.connect(dev["id"], version=4, username=dev["id"],
+                                             password=dev["secret"])))
+        assert r.mqtt().rc == 0
+        if SHARDS == 1:
+            s2, r2 = ws_mqtt(srv, create_device(srv))
+            s2.close()
+    finally:
+        for s, _ in socks:
+            s.close()
+
+
 def test_no_connect_is_closed_at_connect_timeout(api_server_factory):
     srv = api_server_factory(connect_timeout=1)
     s, st, _, _, rest = handshake(srv)
