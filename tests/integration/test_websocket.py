@@ -571,12 +571,15 @@ class NodeWs:
     """tests/integration/node/ws_device.js: a MQTT.js device over WebSocket.
     It prints one JSON line per event; commands go on its stdin."""
 
-    def __init__(self, server, dev, subscribe):
-        url = "ws://%s:%d/mqtt" % (server.host, server.http_port)
+    def __init__(self, server, dev, subscribe, ca=None):
+        url = "%s://%s:%d/mqtt" % ("wss" if ca else "ws", server.host, server.http_port)
+        env = child_env()
+        if ca:
+            env["NODE_EXTRA_CA_CERTS"] = ca  # node verifies the server against it
         self.p = subprocess.Popen(
             ["node", WS_DEVICE, url, dev["id"], dev["secret"], subscribe],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=child_env(), cwd=NODE_DIR)
+            env=env, cwd=NODE_DIR)
         self.lines = []
         self.cv = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
@@ -666,3 +669,31 @@ def test_mqttjs_device_over_websocket(api_server_factory):
             local += 1
     if SHARDS > 1:
         assert handed and local, "handed over %d, served where accepted %d" % (handed, local)
+
+
+@pytest.mark.usefixtures("node_coap")
+def test_mqttjs_over_wss(server_factory, tmp_path):
+    """MQTT.js over wss:// (the HTTPS listener), verifying the server's
+    certificate: it subscribes, gets a message, and its publish arrives."""
+    ca = CA(str(tmp_path / "ca"))
+    cert, key = ca.issue("cyan-1")
+    srv = server_factory(_template=False, tls_cert=cert, tls_key=key)
+    ctx = ssl.create_default_context(cafile=ca.cert)
+    wait_until(lambda: _https_up(srv, ctx), timeout=15)
+    token = srv.admin_token()
+    dev, other = _create_device_https(srv, ctx, token), _create_device_https(srv, ctx, token)
+    down, up = "events/%s/down" % dev["id"], "events/%s/up" % dev["id"]
+    js = NodeWs(srv, dev, down, ca=ca.cert)
+    try:
+        js.wait(lambda e: e.get("event") == "subscribed", what="subscription")
+        c = Client(srv, client_id=other["id"], username=other["id"], password=other["secret"])
+        c.connect()
+        c.subscribe(up, qos=1)
+        c.publish(down, b"over tls", qos=1)
+        js.wait(lambda e: e.get("event") == "message" and e.get("payload") == "over tls",
+                what="message over wss")
+        js.send({"publish": up, "payload": "back over tls"})
+        assert c.get(timeout=10).payload == b"back over tls"
+        c.disconnect()
+    finally:
+        js.close()
