@@ -982,6 +982,14 @@ static void on_upgraded(void *cls, struct MHD_Connection *c, void *con_cls, cons
     cy_http_upgraded *u = cls;
     cy_http_req *req = con_cls;
     if (req && req->upg == u) req->upg = NULL;
+    if (u->h == NULL) { /* the server is stopping (its last MHD_run): no new connection */
+        MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+        cy_http_upgrade_cb cb = u->cb;
+        u->cb = NULL;
+        if (cb) cb(u->arg, -1, NULL, 0, NULL);
+        cy_free(u);
+        return;
+    }
     hconn *hc = conn_ctx(c);
     if (hc) { /* no deadline, no eviction from now on: the connection is the application's */
         hc->upgraded = true;

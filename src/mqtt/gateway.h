@@ -1,6 +1,7 @@
-/* gateway: the MQTT transport of one shard (3.1.1 and 5.0 over TCP and
- * TLS; conn.c says how TLS fits, proxy.c how a shard terminates TLS for
- * another shard's device).
+/* gateway: the MQTT transport of one shard (3.1.1 and 5.0 over TCP, TLS
+ * and WebSocket; conn.c says how TLS fits, proxy.c how a shard terminates
+ * TLS for another shard's device, ws.c how a WebSocket becomes a
+ * connection).
  *
  * It accepts connections on the shard's listening socket, frames and
  * decodes packets, runs the per-packet handlers (handle_*.c) and writes

@@ -1,6 +1,7 @@
 /* gateway_int: the MQTT gateway's internal types, shared by its files
  * (conn.c: reading, framing, dispatch, output, the link binding;
- * handle_*.c: the packet handlers; publish.c: messages from packets).
+ * handle_*.c: the packet handlers; publish.c: messages from packets;
+ * proxy.c: the TLS terminator; ws.c: WebSocket bridges).
  *
  * The objects and who owns what:
  *   cy_mqtt   owns every connection (list `conns`).
