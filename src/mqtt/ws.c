@@ -7,7 +7,8 @@
  * TCP. libwslay (a server context) does the framing: what the device sends
  * is read into the bridge, unframed (masking required, fragments joined,
  * pings answered, the close handshake done) and the payloads of its data
- * messages (binary or text) written to the pair as MQTT bytes; what the
+ * messages (binary; text too, though wslay holds text to UTF-8, which MQTT
+ * rarely is: 1007) written to the pair as MQTT bytes; what the
  * cy_conn writes to the pair is queued as one binary message per read and
  * framed onto the device's socket. So the MQTT side is exactly the TCP one
  * (limits, keep-alive, sessions, the login rules), plain TCP connections

@@ -331,6 +331,20 @@ def test_oversized_before_login_closes(api_server):
     assert res is not False
 
 
+def test_text_frames(api_server):
+    """A text message must be valid UTF-8 (RFC 6455), which MQTT packets
+    mostly are not (a CONNECT's flags byte 0xC2 already is not): one that is
+    not closes with 1007. Devices send binary messages."""
+    dev = create_device(api_server)
+    s, r = ws_mqtt(api_server, dev)
+    s.sendall(frame(0x1, rawmqtt.pingreq()))  # 0xC0 0x00: not UTF-8
+    res = r.closed()
+    assert res is not False
+    if isinstance(res, bytes):
+        assert close_code(res) == 1007, res
+    s.close()
+
+
 def test_garbage_mqtt_closes(api_server):
     s, st, _, _, rest = handshake(api_server)
     assert st == 101
