@@ -525,6 +525,53 @@ def test_preauth_memory_bounds_websockets_not_logged_in(api_server_factory):
             s.close()
 
 
+def test_connect_rate_per_address_applies(api_server_factory):
+    """max_connect_rate_per_address holds at the HTTP accept, before any
+    handshake: past the burst, new sockets are closed unanswered."""
+    srv = api_server_factory(limits_exempt="", max_connect_rate_per_address=1,
+                             connect_burst_per_address=3)
+    upgraded = refused = 0
+    socks = []
+    for _ in range(8):
+        try:
+            s, st, _, _, _ = handshake(srv, timeout=3)
+            socks.append(s)
+            if st == 101:
+                upgraded += 1
+            else:
+                refused += 1
+        except OSError:
+            refused += 1
+    for s in socks:
+        s.close()
+    assert refused >= 4 and upgraded <= 4, (upgraded, refused)
+
+
+def test_failed_logins_count_the_devices_address(api_server_factory):
+    """Failed logins over WebSocket count against the device's address (not
+    the socketpair's): after auth_fail_lockout_after failures with made-up
+    ids, a good login from that address is locked out too."""
+    srv = api_server_factory(limits_exempt="", auth_fail_lockout_after=3, auth_fail_delay=0,
+                             auth_fail_burst=100)
+    dev = create_device(srv)  # before the lockout, which bars the API too
+    for i in range(3):
+        s, st, _, _, rest = handshake(srv)
+        assert st == 101
+        r = WsReader(s, rest)
+        name = "nobody%d%s" % (i, os.urandom(4).hex())
+        s.sendall(frame(0x2, rawmqtt.connect(name, version=4, username=name, password="x")))
+        assert r.mqtt().rc != 0
+        s.close()
+    s, st, _, _, rest = handshake(srv)
+    assert st == 101
+    r = WsReader(s, rest)
+    s.sendall(frame(0x2, rawmqtt.connect(dev["id"], version=4, username=dev["id"],
+                                         password=dev["secret"])))
+    assert r.mqtt().rc != 0, "the address was not locked out"
+    s.close()
+    assert srv.wait_log("locked out")
+
+
 def test_no_connect_is_closed_at_connect_timeout(api_server_factory):
     srv = api_server_factory(connect_timeout=1)
     s, st, _, _, rest = handshake(srv)
