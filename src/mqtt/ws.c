@@ -44,6 +44,7 @@
 #include <wslay/wslay.h>
 
 #define WS_HEADROOM 4096u
+#define WS_KEEP_MAX 16384u /* bytes of an emptied buffer kept for the next write */
 
 struct cy_ws {
     uv_tcp_t sock;  /* the device's socket (a duplicate of the HTTP server's) */
@@ -145,11 +146,21 @@ static const struct wslay_event_callbacks callbacks = {
 
 /* ---- the device's socket ---- */
 
+/* A buffer written out: kept for the next write if small, else freed (an
+ * idle WebSocket should not hold its busiest moment's memory). */
+static void drained(cy_buf *b)
+{
+    if (b->cap > WS_KEEP_MAX)
+        cy_buf_fini(b);
+    else
+        cy_buf_reset(b);
+}
+
 static void down_written(uv_write_t *req, int status)
 {
     cy_ws *w = req->data;
     w->down_writing = false;
-    cy_buf_reset(&w->down_w);
+    drained(&w->down_w);
     if (status < 0) {
         ws_close(w, "write to the device failed");
         return;
@@ -161,7 +172,7 @@ static void up_written(uv_write_t *req, int status)
 {
     cy_ws *w = req->data;
     w->up_writing = false;
-    cy_buf_reset(&w->up_w);
+    drained(&w->up_w);
     if (status < 0) w->pair_eof = true;
     pump(w);
 }
@@ -290,6 +301,7 @@ static void pump(cy_ws *w)
             ws_close(w, uv_strerror(n));
             return;
         }
+        if (!cy_buf_size(&w->down)) drained(&w->down);
         if (cy_buf_size(&w->down)) {
             cy_buf t = w->down_w;
             w->down_w = w->down;
