@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh [build|test|bench]   (each level includes the previous)
 set -eu
 level=${1:-build}
-pkgs="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libssl-dev sqlite3 libmicrohttpd-dev libgnutls28-dev libjansson-dev libcurl4-openssl-dev"
+pkgs="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libssl-dev sqlite3 libmicrohttpd-dev libgnutls28-dev libjansson-dev libcurl4-openssl-dev libwslay-dev"
 case "$level" in
   test|bench) pkgs="$pkgs libcmocka-dev python3-pytest python3-paho-mqtt mosquitto-clients clang valgrind curl strace prometheus libcoap3-bin chromium openssl" ;;
 esac

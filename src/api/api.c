@@ -559,6 +559,10 @@ static void check_request(void *ctx, cy_http_req *req)
         if (strcmp(m, "GET") != 0) not_allowed(b, req, "GET");
         return;
     }
+    if (strcmp(cy_http_path(req), CY_API_WS_PATH) == 0) { /* the device logs in over MQTT */
+        cy_api_ws_check(b, req);
+        return;
+    }
     int g = limit_gate(b, req, false);
     if (g == API_AUTH_HELD) cy_http_set_tag(req, API_AUTH_HELD);
     if (g != 1) return;
@@ -983,6 +987,10 @@ static void handle(void *ctx, cy_http_req *req)
         reply_error(b, req, 500, "internal", NULL, "out of memory");
         return;
     }
+    if (strcmp(raw, CY_API_WS_PATH) == 0 && strcmp(method, "OPTIONS") != 0) {
+        cy_api_ws_upgrade(b, req);
+        goto out;
+    }
     char *seg[API_MAX_SEGMENTS];
     unsigned nseg = cy_api_split(path, seg);
     char allow[96];
@@ -1088,6 +1096,8 @@ int cy_api_new(const cy_api_deps *deps, int http_fd, cy_api **out)
     a->sb = deps->sb;
     a->limit = deps->limit;
     a->self = deps->self;
+    a->ws_accept = deps->ws_accept;
+    a->ws_ctx = deps->ws_ctx;
     a->nshards = deps->nshards ? deps->nshards : 1;
     a->http_fd = -1;
     cy_buf_init(&a->out);

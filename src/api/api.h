@@ -21,6 +21,7 @@
 #include "device/device.h"
 #include "health/metrics.h"
 #include "health/scoreboard.h"
+#include "http/http.h"
 #include "router/router.h"
 #include "store/store.h"
 
@@ -40,6 +41,12 @@ typedef struct cy_api_deps {
     cy_scoreboard *sb;      /* NULL: none */
     cy_limit *limit;        /* failed tokens, connection rates (core/cy_limit.h); NULL: none */
     unsigned self, nshards;
+    /* MQTT over WebSocket at GET /mqtt (api_ws.c): called with an upgraded
+     * connection (the arguments as cy_mqtt_ws_accept's, mqtt/gateway.h:
+     * fd and u are taken over). NULL: /mqtt is 404. */
+    void (*ws_accept)(void *ctx, int fd, const uint8_t *extra, size_t len,
+                      const struct sockaddr *peer, cy_http_upgraded *u);
+    void *ws_ctx;
 } cy_api_deps;
 
 /* Build the API on the inherited listening socket http_fd (duplicated),

@@ -113,6 +113,9 @@ struct cy_api {
     cy_scoreboard *sb;
     cy_limit *limit; /* the node's failed logins and connection rates; NULL: none */
     unsigned self, nshards;
+    void (*ws_accept)(void *ctx, int fd, const uint8_t *extra, size_t len,
+                      const struct sockaddr *peer, cy_http_upgraded *u);
+    void *ws_ctx;
     cy_subscriber events_sub; /* the event filters' subscriber (api_events.c) */
     cy_sub_kind events_kind;
     cy_http *http;
@@ -226,5 +229,20 @@ void cy_api_stream_token(cy_api *b, cy_http_req *req, const api_auth *auth);
 int cy_api_stream_key(cy_api *b, bool make);
 /* wall ms as the API shows times (ISO 8601 UTC), or null for 0. */
 json_t *cy_api_time_or_null(int64_t ms);
+
+/* api_ws.c: MQTT over WebSocket at GET /mqtt. */
+#define CY_API_WS_PATH "/mqtt"
+/* The check (headers in, no body read): a request that is not a valid
+ * WebSocket handshake offering subprotocol mqtt is refused here (400, 405,
+ * 426; JSON error body), as is one when the shard serves no WebSocket (404). */
+void cy_api_ws_check(cy_api *b, cy_http_req *req);
+/* The handler: answer 101 and hand the socket to deps->ws_accept. */
+void cy_api_ws_upgrade(cy_api *b, cy_http_req *req);
+/* Sec-WebSocket-Accept for key (RFC 6455 4.2.2) into out (29 bytes with
+ * the NUL). */
+void cy_api_ws_accept_key(const char *key, char out[29]);
+/* Whether the comma-separated list (an HTTP header's value; NULL = none)
+ * holds token, case-insensitively. */
+bool cy_api_ws_has_token(const char *list, const char *token);
 
 #endif

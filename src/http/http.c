@@ -178,6 +178,17 @@ struct hconn {
     bool bad_target;         /* a control character decoded from the request target */
     bool line_seen;          /* a request line has arrived on it (on_uri) */
     bool cut;                /* shut down by us; MHD is about to close it */
+    bool upgraded;           /* handed to the application (cy_http_upgrade): no deadline */
+};
+
+/* An upgrade, from cy_http_upgrade until its owner closes it. */
+struct cy_http_upgraded {
+    cy_http *h; /* NULL once the server stopped */
+    struct MHD_UpgradeResponseHandle *urh; /* NULL until upgraded, and after stop */
+    hconn *hc;                             /* its connection, once upgraded */
+    cy_http_upgrade_cb cb;                 /* NULL once called */
+    void *arg;
+    cy_http_upgraded *prev, *next; /* cy_http.upgraded */
 };
 
 /* Shared immutable bytes (cy_http_stream_write_ref). */
@@ -216,6 +227,7 @@ struct cy_http_req {
     uv_poll_t watch;           /* the socket, for UV_DISCONNECT, while suspended */
     struct MHD_Response *resp; /* answer stored, to be queued by the access handler */
     unsigned status;
+    cy_http_upgraded *upg;     /* an upgrade answered, until its callback has run */
     void (*on_close)(void *arg, cy_http_req *req);
     void *on_close_arg;
     cy_buf out;         /* copied stream bytes not yet handed to MHD */
@@ -248,6 +260,7 @@ struct cy_http {
     cy_logrl refuse_log; /* connections refused for their address */
     unsigned streams;    /* requests that began a stream and are not completed */
     cy_http_req *reqs;
+    cy_http_upgraded *upgraded; /* every upgrade answered and not yet closed */
     uint64_t requests;  /* answers queued since start */
     bool in_run;        /* inside MHD_run: do not re-enter, defer */
     bool rerun;         /* something asked for MHD_run while in_run */
@@ -444,7 +457,7 @@ static void disarm(cy_http *h, hconn *hc)
 
 static void arm(cy_http *h, hconn *hc, dqueue *q)
 {
-    if (hc) q_push(h, hc, q);
+    if (hc && !hc->upgraded) q_push(h, hc, q);
 }
 
 static void arm_idle(cy_http *h, hconn *hc)
@@ -453,6 +466,7 @@ static void arm_idle(cy_http *h, hconn *hc)
 }
 
 static bool raw_send(cy_http_req *req, int fd, const char *out, size_t n);
+static void upgrade_failed(cy_http_upgraded *u);
 static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code,
                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
@@ -598,7 +612,7 @@ static void addr_del(cy_http *h, hconn *hc)
 static bool evictable(const cy_http *h, const hconn *hc, const hconn *fresh)
 {
     (void)h;
-    if (hc == NULL || hc == fresh || hc->cut || hc->line_seen) return false;
+    if (hc == NULL || hc == fresh || hc->cut || hc->line_seen || hc->upgraded) return false;
     char b;
     return recv(hc->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) <= 0;
 }
@@ -709,6 +723,7 @@ static bool app_holds(const cy_http_req *req)
 
 static void req_free_mem(cy_http_req *req)
 {
+    if (req->upg) upgrade_failed(req->upg);
     if (req->streamed) req->h->streams--;
     for (unsigned i = 0; i < 2 * req->nextra; i++)
         cy_free(req->extra[i]);
@@ -932,6 +947,122 @@ int cy_http_reply(cy_http_req *req, unsigned status, const char *content_type, c
     req->state = RQ_ANSWERED;
     resume(req);
     return 0;
+}
+
+/* ---- upgrades --------------------------------------------------------------- */
+
+static void upg_unlink(cy_http_upgraded *u)
+{
+    if (u->h == NULL) return;
+    if (u->prev)
+        u->prev->next = u->next;
+    else
+        u->h->upgraded = u->next;
+    if (u->next) u->next->prev = u->prev;
+    u->prev = u->next = NULL;
+    u->h = NULL;
+}
+
+/* The 101 never went out (the client left, the server stopped): tell the
+ * application, once, and forget the handle. */
+static void upgrade_failed(cy_http_upgraded *u)
+{
+    if (u->urh) return; /* upgraded: its owner closes it */
+    upg_unlink(u);
+    cy_http_upgrade_cb cb = u->cb;
+    u->cb = NULL;
+    if (cb) cb(u->arg, -1, NULL, 0, NULL);
+    cy_free(u);
+}
+
+/* MHD's upgrade handler, inside MHD_run, once the 101 is in the kernel. */
+static void on_upgraded(void *cls, struct MHD_Connection *c, void *con_cls, const char *extra_in,
+                        size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+{
+    cy_http_upgraded *u = cls;
+    cy_http_req *req = con_cls;
+    if (req && req->upg == u) req->upg = NULL;
+    if (u->h == NULL) { /* the server is stopping (its last MHD_run): no new connection */
+        MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+        cy_http_upgrade_cb cb = u->cb;
+        u->cb = NULL;
+        if (cb) cb(u->arg, -1, NULL, 0, NULL);
+        cy_free(u);
+        return;
+    }
+    hconn *hc = conn_ctx(c);
+    if (hc) { /* no deadline, no eviction from now on: the connection is the application's */
+        hc->upgraded = true;
+        q_remove(hc, 0);
+        q_remove(hc, 1);
+    }
+    u->urh = urh;
+    u->hc = hc;
+    int fd = fcntl(sock, F_DUPFD_CLOEXEC, 0);
+    cy_http_upgrade_cb cb = u->cb;
+    u->cb = NULL;
+    if (fd < 0) {
+        cy_warn(NULL, "http: upgrade: dup: %s", strerror(errno));
+        cb(u->arg, -1, NULL, 0, NULL);
+        cy_http_upgraded_close(u);
+        return;
+    }
+    cb(u->arg, fd, (const uint8_t *)extra_in, extra_in_size, u);
+}
+
+int cy_http_upgrade(cy_http_req *req, const char *const *headers, cy_http_upgrade_cb cb,
+                    void *arg)
+{
+    if (req == NULL || cb == NULL) return CY_EINVAL;
+    if (req->state == RQ_GONE) return CY_EPIPE;
+    if (req->state != RQ_HANDLING && req->state != RQ_PENDING) return CY_EINVAL;
+    cy_http *h = req->h;
+    if (h->stopping) return CY_EPIPE;
+    cy_http_upgraded *u = cy_calloc(1, sizeof(*u));
+    if (u == NULL) return CY_ENOMEM;
+    struct MHD_Response *r = MHD_create_response_for_upgrade(on_upgraded, u);
+    bool ok = r != NULL;
+    for (size_t i = 0; ok && headers && headers[i]; i += 2)
+        ok = headers[i + 1] && MHD_add_response_header(r, headers[i], headers[i + 1]) == MHD_YES;
+    if (ok) ok = add_extra(req, r);
+    if (!ok) {
+        if (r) MHD_destroy_response(r);
+        cy_free(u);
+        return r ? CY_EINVAL : CY_ENOMEM;
+    }
+    u->cb = cb;
+    u->arg = arg;
+    u->h = h;
+    u->next = h->upgraded;
+    if (h->upgraded) h->upgraded->prev = u;
+    h->upgraded = u;
+    req->upg = u;
+    req->resp = r;
+    req->status = MHD_HTTP_SWITCHING_PROTOCOLS;
+    req->state = RQ_ANSWERED;
+    resume(req);
+    return 0;
+}
+
+void cy_http_upgraded_close(cy_http_upgraded *u)
+{
+    if (u == NULL) return;
+    cy_http *h = u->h;
+    upg_unlink(u);
+    if (h && u->urh) {
+        /* Over HTTPS, MHD ends its relay only once the client's side ends
+         * too: a client that never closes would keep the connection, so it
+         * gets the idle deadline from now (cut then, if MHD has not closed
+         * it first). Plain HTTP: MHD closes it in its next run. */
+        if (u->hc) {
+            u->hc->upgraded = false;
+            arm_idle(h, u->hc);
+        }
+        cy_debug(NULL, "http: an upgraded connection closed by the application");
+        MHD_upgrade_action(u->urh, MHD_UPGRADE_ACTION_CLOSE);
+        kick(h); /* MHD frees the connection in its next run */
+    }
+    cy_free(u);
 }
 
 /* ---- streams ---------------------------------------------------------------- */
@@ -1555,7 +1686,8 @@ int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_ht
     if (pool < MIN_POOL) pool = MIN_POOL;
     /* HTTPS: the pair first, so a bad file fails before anything starts. */
     struct MHD_OptionItem tls_opts[3] = {{MHD_OPTION_END, 0, NULL}};
-    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    unsigned flags =
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
     if (h->lim.tls_cert && h->lim.tls_cert[0]) {
         char why[256];
         err = CY_EBUSY;
@@ -1638,6 +1770,15 @@ static void do_stop(cy_http *h)
             req->suspended = false;
             MHD_resume_connection(req->conn);
         }
+    }
+    /* Upgraded connections: MHD closes them (its stop requires it); their
+     * owners' handles only free themselves from now on. */
+    while (h->upgraded) {
+        cy_http_upgraded *u = h->upgraded;
+        struct MHD_UpgradeResponseHandle *urh = u->urh;
+        u->urh = NULL;
+        upg_unlink(u);
+        if (urh) MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
     }
     if (h->d) {
         /* Let the resumed connections reach the access handler / reader,

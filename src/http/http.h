@@ -194,6 +194,32 @@ void cy_http_on_close(cy_http_req *req, void (*cb)(void *arg, cy_http_req *req),
 int cy_http_reply(cy_http_req *req, unsigned status, const char *content_type, const char *body,
                   size_t len, const char *const *headers);
 
+/* ---- protocol upgrade (WebSocket) ---- */
+/* A connection handed over by cy_http_upgrade. Its owner closes it with
+ * cy_http_upgraded_close, exactly once. */
+typedef struct cy_http_upgraded cy_http_upgraded;
+/* Called once the 101 has reached the kernel (fd >= 0), or when the
+ * upgrade fails (fd -1, extra NULL, u NULL: the client left first or the
+ * server stopped). fd: a duplicate of the socket, the callee's to close;
+ * extra: bytes the client sent past the request head, borrowed for the
+ * call; u: the handle. Until cy_http_upgraded_close the connection keeps
+ * one of max_connections (and its place in max_per_address), and no HTTP
+ * deadline applies to it. Over HTTPS the socket is one end of a socketpair
+ * that MHD relays through TLS in its own runs. */
+typedef void (*cy_http_upgrade_cb)(void *arg, int fd, const uint8_t *extra, size_t len,
+                                   cy_http_upgraded *u);
+/* Answer req with "101 Switching Protocols", headers (name/value pairs
+ * ending with NULL, copied; "Upgrade" among them), then hand the socket to
+ * cb. Called from the handler only (not the check); req must not be used
+ * after. On error (CY_EINVAL, CY_ENOMEM, CY_EPIPE) nothing was sent, cb
+ * never runs and req is still the caller's. */
+int cy_http_upgrade(cy_http_req *req, const char *const *headers, cy_http_upgrade_cb cb,
+                    void *arg);
+/* Done with the upgraded connection (its fd closed by the caller first):
+ * MHD shuts down and closes its own descriptor and frees the connection.
+ * After cy_http_stop this only frees u. */
+void cy_http_upgraded_close(cy_http_upgraded *u);
+
 /* ---- streams (server-sent events) ---- */
 /* Answer 200 with content_type (NULL means "text/event-stream") and
  * headers, the body to follow in chunks (chunked encoding; no

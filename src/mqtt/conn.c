@@ -104,6 +104,12 @@ const char *cy_conn_peer(const cy_conn *c)
 
 const struct sockaddr *cy_conn_addr(const cy_conn *c, struct sockaddr_storage *ss)
 {
+    /* A socketpair (a WebSocket bridge's, a TLS terminator's) has no
+     * address: the device's came with it, and the limits count that. */
+    if (c->ext && cy_conn_ext_of(c)->peer.ss_family) {
+        *ss = cy_conn_ext_of(c)->peer;
+        return (const struct sockaddr *)ss;
+    }
     int sl = sizeof(*ss);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)ss, &sl)) return NULL;
     return (const struct sockaddr *)ss;
@@ -986,22 +992,23 @@ static void on_connection(uv_stream_t *server, int status)
     }
 }
 
-void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const cy_handover_info *info,
-                   const uint8_t *bytes, size_t len)
+/* A connection on fd, handed in by another shard (handed_in) or the
+ * MQTT end of a WebSocket bridge here; info as cy_mqtt_adopt's. 0, or -1
+ * (fd closed, nothing left). */
+static int adopt(cy_mqtt *g, int fd, const cy_handover_info *info, const uint8_t *bytes,
+                 size_t len, bool handed_in)
 {
-    cy_mqtt *g = ctx;
-    (void)from;
     cy_conn *c = conn_new(g);
     if (!c) {
         close(fd);
-        return;
+        return -1;
     }
-    c->handed_in = true;
+    c->handed_in = handed_in;
     if (uv_tcp_open(&c->tcp, fd)) {
         close(fd);
         c->state = CONN_CLOSING;
         uv_close((uv_handle_t *)&c->tcp, on_close);
-        return;
+        return -1;
     }
     c->last_rx = uv_now(g->loop);
     if (info) {
@@ -1018,18 +1025,32 @@ void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const cy_handover_info *inf
         }
         if (!x) {
             cy_conn_close(c, 0, "out of memory");
-            return;
+            return -1;
         }
     } else {
         uv_tcp_nodelay(&c->tcp, 1);
     }
     cy_conn_feed(c, bytes, len);
-    if (c->state == CONN_CLOSING || c->delayed) return;
+    if (c->state == CONN_CLOSING || c->delayed) return 0;
     int rc = conn_read_start(c);
     if (rc) {
         cy_debug(cy_conn_name(c), "adopt: read start: %s", uv_strerror(rc));
         cy_conn_close(c, 0, NULL);
     }
+    return 0;
+}
+
+void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const cy_handover_info *info,
+                   const uint8_t *bytes, size_t len)
+{
+    (void)from;
+    adopt(ctx, fd, info, bytes, len, true);
+}
+
+int cy_conn_open_pair(cy_mqtt *g, int fd, const struct sockaddr *peer)
+{
+    cy_handover_info info = {peer, NULL, 0};
+    return adopt(g, fd, &info, NULL, 0, false) ? CY_ENOMEM : 0;
 }
 
 /* ---- what the cluster asks of connections ---- */
@@ -1135,7 +1156,13 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
     g->preauth_bytes += len;
     conn_read_stop(c);
     c->state = CONN_HANDED;
-    int rc = cy_cluster_handover(g->cluster, owner, &c->tcp, NULL, bytes, len, handed, h);
+    /* A WebSocket bridge's socketpair has no address of its own: the
+     * device's goes with it. */
+    cy_handover_info info = {NULL, NULL, 0};
+    if (c->ext && cy_conn_ext_of(c)->peer.ss_family)
+        info.peer = (const struct sockaddr *)&cy_conn_ext_of(c)->peer;
+    int rc = cy_cluster_handover(g->cluster, owner, &c->tcp, info.peer ? &info : NULL, bytes, len,
+                                 handed, h);
     if (rc) {
         g->preauth_bytes -= h->bytes;
         cy_free(h);
@@ -1453,6 +1480,7 @@ bool cy_mqtt_dirty(const cy_mqtt *g)
 
 void cy_mqtt_sweep(cy_mqtt *g, int64_t now)
 {
+    if (g->wss) cy_mqtt_ws_sweep(g, now);
     for (cy_conn *c = g->conns; c; c = c->next) {
         if (c->delayed) { /* a held CONNECT (last_rx: when the hold ends) */
             if (c->state == CONN_NEW && now >= c->last_rx && !g->stalled) {
@@ -1559,6 +1587,7 @@ void cy_mqtt_stop(cy_mqtt *g)
         cy_conn_close(c, CY_RC_SERVER_SHUTTING_DOWN, NULL);
     }
     cy_proxy_stop(g);
+    cy_mqtt_ws_stop(g);
     uv_close((uv_handle_t *)&g->listener, NULL);
     uv_close((uv_handle_t *)&g->tls_listener, NULL);
 }

@@ -1,6 +1,7 @@
-/* gateway: the MQTT transport of one shard (3.1.1 and 5.0 over TCP and
- * TLS; conn.c says how TLS fits, proxy.c how a shard terminates TLS for
- * another shard's device).
+/* gateway: the MQTT transport of one shard (3.1.1 and 5.0 over TCP, TLS
+ * and WebSocket; conn.c says how TLS fits, proxy.c how a shard terminates
+ * TLS for another shard's device, ws.c how a WebSocket becomes a
+ * connection).
  *
  * It accepts connections on the shard's listening socket, frames and
  * decodes packets, runs the per-packet handlers (handle_*.c) and writes
@@ -26,6 +27,7 @@
 #include "device/device.h"
 #include "health/metrics.h"
 #include "health/scoreboard.h"
+#include "http/http.h"
 #include "router/router.h"
 #include "store/space.h"
 #include "store/store.h"
@@ -85,6 +87,15 @@ uint64_t cy_mqtt_progress(const cy_mqtt *g);
  * for another shard). Both listeners' accept queues count. 0 once
  * stopping. */
 uint64_t cy_mqtt_owed_input(const cy_mqtt *g);
+
+/* MQTT over WebSocket (ws.c): the HTTP API upgraded a GET /mqtt with
+ * subprotocol mqtt. fd: the device's socket (taken over: closed here, also
+ * on failure); extra: bytes it sent past the request head (WebSocket
+ * frames, copied as needed); peer: its address (copied, may be NULL); u:
+ * the HTTP server's handle, closed (cy_http_upgraded_close) when the
+ * connection ends, or at once on failure. */
+void cy_mqtt_ws_accept(cy_mqtt *g, int fd, const uint8_t *extra, size_t len,
+                       const struct sockaddr *peer, cy_http_upgraded *u);
 
 /* Cluster hooks (cluster.h; ctx: the gateway). */
 void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const cy_handover_info *info,

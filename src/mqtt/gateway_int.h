@@ -1,6 +1,7 @@
 /* gateway_int: the MQTT gateway's internal types, shared by its files
  * (conn.c: reading, framing, dispatch, output, the link binding;
- * handle_*.c: the packet handlers; publish.c: messages from packets).
+ * handle_*.c: the packet handlers; publish.c: messages from packets;
+ * proxy.c: the TLS terminator; ws.c: WebSocket bridges).
  *
  * The objects and who owns what:
  *   cy_mqtt   owns every connection (list `conns`).
@@ -61,6 +62,7 @@ typedef struct cy_wstate {
 enum { CONN_NEW = 0, CONN_ACTIVE, CONN_CLOSING, CONN_HANDED, CONN_PROXY };
 
 typedef struct cy_proxy cy_proxy;
+typedef struct cy_ws cy_ws;
 
 /* What only some connections carry, off the connection so a plain one
  * pays nothing: a TLS session (mqtts_listen), or, for a connection a TLS
@@ -176,7 +178,8 @@ struct cy_mqtt {
     uint32_t *free_exts; /* free slots below n_exts, a stack */
     uint32_t n_free_exts;
     cy_proxy *proxies;               /* every socketpair of connections we terminate for others */
-    uint8_t tls_rbuf[CY_READ_CHUNK]; /* shared read buffer (ciphertext) */
+    cy_ws *wss;                      /* every WebSocket bridge (ws.c) */
+    uint8_t tls_rbuf[CY_READ_CHUNK]; /* shared read buffer (ciphertext; WebSocket frames) */
     bool tls_rbuf_busy;
 };
 
@@ -269,11 +272,23 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
                       size_t len);
 /* Feed bytes to a connection as if read (used by adopt). */
 void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len);
-/* The peer's address into ss (a system call): the sockaddr, or NULL. */
+/* The peer's address into ss (a system call; for a socketpair, the device's address it
+ * came with): the sockaddr, or NULL. */
 const struct sockaddr *cy_conn_addr(const cy_conn *c, struct sockaddr_storage *ss);
 /* 3.1.1 publisher over its rate: stop reading it until the rate allows
  * (the sweep resumes it); the rest of what was read waits in `in`. */
 void cy_conn_throttle(cy_conn *c);
+
+/* conn.c, for ws.c */
+/* A connection on fd (one end of a socketpair; taken over, closed on
+ * failure too) as if accepted from peer (copied; may be NULL): it may hand
+ * itself over to the owner shard at CONNECT. 0, or CY_ENOMEM (fd closed). */
+int cy_conn_open_pair(cy_mqtt *g, int fd, const struct sockaddr *peer);
+/* ws.c: close every WebSocket bridge (shutting down). */
+void cy_mqtt_ws_stop(cy_mqtt *g);
+/* ws.c, every sweep: close bridges whose one side ended connect_timeout
+ * ago and whose other side has not taken the last bytes. now: mono ms. */
+void cy_mqtt_ws_sweep(cy_mqtt *g, int64_t now);
 
 /* conn.c, for proxy.c */
 /* Queue c for the pass's flush. */

@@ -575,6 +575,13 @@ void cy_shard_reload(cy_shard *b)
 
 static void on_ready(uv_timer_t *t);
 
+/* MQTT over WebSocket: the API upgraded GET /mqtt; the gateway serves it. */
+static void ws_accept(void *ctx, int fd, const uint8_t *extra, size_t len,
+                      const struct sockaddr *peer, cy_http_upgraded *u)
+{
+    cy_mqtt_ws_accept(ctx, fd, extra, len, peer, u);
+}
+
 int cy_shard_start(cy_shard *b, const cy_shard_fds *fds)
 {
     int listen_fd = fds->mqtt, http_fd = fds->http;
@@ -622,6 +629,8 @@ int cy_shard_start(cy_shard *b, const cy_shard_fds *fds)
             .limit = b->limit,
             .self = b->self,
             .nshards = b->nshards,
+            .ws_accept = ws_accept,
+            .ws_ctx = b->mqtt,
         };
         rc = cy_api_new(&ad, http_fd, &b->api);
         if (rc) {

@@ -11,6 +11,12 @@ not in cors_origins reports "blocked": its browser refused the answer.
 
 The page gets the API's address and a token in its URL fragment, which a
 browser never sends to a server.
+
+A second page is a device in the browser: it loads MQTT.js (the npm
+package's browser bundle, served by the page server) and connects over
+WebSocket to ws://<http_listen>/mqtt with the device's id and secret,
+subscribes to a topic of the shared event space, and reports what a TCP
+client publishes there.
 """
 
 import http.server
@@ -21,9 +27,13 @@ import subprocess
 import tempfile
 import threading
 
+import os
+
 import pytest
 
-from apidevice import api, token_create
+from apidevice import api, create_device, token_create
+from helpers import Client
+from test_coap_npm import NODE_DIR, node_coap  # noqa: F401 (npm ci on first use)
 
 pytestmark = pytest.mark.cyan_only
 
@@ -49,6 +59,23 @@ fetch(api + "/v1/events/stream-token", {
 """
 
 
+MQTT_PAGE = """<!doctype html>
+<html><body><pre id="log"></pre><script src="/mqtt.min.js"></script><script>
+const p = new URLSearchParams(location.hash.slice(1));
+function report(kind, data) {
+  document.getElementById("log").textContent += kind + " " + data + "\\n";
+  fetch("/report", {method: "POST", body: JSON.stringify({kind: kind, data: data})});
+}
+const c = mqtt.connect(p.get("url"), {protocolVersion: 5, clientId: p.get("id"),
+  username: p.get("id"), password: p.get("secret"), reconnectPeriod: 0});
+c.on("connect", () => c.subscribe(p.get("topic"), {qos: 1}, (err) =>
+  report(err ? "error" : "subscribed", err ? String(err) : "")));
+c.on("message", (t, m) => report("message", t + " " + m.toString()));
+c.on("error", (e) => report("error", String(e)));
+</script></body></html>
+"""
+
+
 def chromium():
     for name in ("chromium", "chromium-browser"):
         path = shutil.which(name)
@@ -66,9 +93,18 @@ class PageServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                body = PAGE.encode()
+                ctype = "text/html; charset=utf-8"
+                if self.path.startswith("/mqtt.min.js"):
+                    with open(os.path.join(NODE_DIR, "node_modules", "mqtt", "dist",
+                                           "mqtt.min.js"), "rb") as f:
+                        body = f.read()
+                    ctype = "text/javascript"
+                elif self.path.startswith("/mqtt.html"):
+                    body = MQTT_PAGE.encode()
+                else:
+                    body = PAGE.encode()
                 self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -146,3 +182,31 @@ def test_pages_of_allowed_and_other_origins(api_server_factory):
             b.close()
         page.close()
         other.close()
+
+
+@pytest.mark.usefixtures("node_coap")
+def test_mqttjs_device_in_the_browser(api_server_factory):
+    """MQTT.js in headless Chromium logs in as a device over WebSocket and
+    gets the message a TCP client publishes."""
+    page = PageServer()
+    browser = None
+    try:
+        srv = api_server_factory()
+        dev = create_device(srv)
+        topic = "events/%s/to-browser" % dev["id"]
+        frag = "url=ws://%s:%d/mqtt&id=%s&secret=%s&topic=%s" % (
+            srv.host, srv.http_port, dev["id"], dev["secret"], topic)
+        browser = Browser(page.origin + "/mqtt.html#" + frag)
+        got = page.next()
+        assert got["kind"] == "subscribed", (got, srv.log_tail())
+        other = create_device(srv)
+        c = Client(srv, client_id=other["id"], username=other["id"], password=other["secret"])
+        c.connect()
+        c.publish(topic, b"hello browser", qos=1)
+        c.disconnect()
+        got = page.next()
+        assert got == {"kind": "message", "data": topic + " hello browser"}, got
+    finally:
+        if browser:
+            browser.close()
+        page.close()

@@ -41,16 +41,19 @@ NPM_TIMEOUT = 300
 
 
 def _installed():
-    """node_modules holds the coap version package.json pins, fully installed
+    """node_modules holds every package package.json pins (coap, and mqtt for
+    test_websocket.py and test_browser.py) at its version, fully installed
     (npm writes node_modules/.package-lock.json last)."""
     try:
         with open(os.path.join(NODE_DIR, "package.json")) as f:
-            want = json.load(f)["dependencies"]["coap"]
-        with open(os.path.join(NODE_DIR, "node_modules", "coap", "package.json")) as f:
-            have = json.load(f)["version"]
+            deps = json.load(f)["dependencies"]
+        for name, want in deps.items():
+            with open(os.path.join(NODE_DIR, "node_modules", name, "package.json")) as f:
+                if json.load(f)["version"] != want:
+                    return False
     except (OSError, ValueError, KeyError):
         return False
-    return have == want and os.path.exists(
+    return os.path.exists(
         os.path.join(NODE_DIR, "node_modules", ".package-lock.json"))
 
 
@@ -60,7 +63,7 @@ def new_device_id(srv):
 
 @pytest.fixture(scope="session")
 def node_coap():
-    """Makes sure node_modules holds the pinned coap package (npm ci on
+    """Makes sure node_modules holds the pinned packages (npm ci on
     first use); skips only when npm is not installed."""
     if shutil.which("npm") is None or shutil.which("node") is None:
         pytest.skip("npm is not installed (scripts/deps.sh test installs Node.js and npm)")

@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "api/api_int.h"
 #include "api/api_routes.h"
 #include "api/api_stream_token.h"
 #include "core/cy_err.h"
@@ -400,10 +401,30 @@ static void test_stream_token_malformed(void **state)
     assert_int_equal(cy_stream_token_mint(key, parent, T0, NULL), CY_EINVAL);
 }
 
+/* RFC 6455's own example (section 1.3), and the token lists of the
+ * handshake's headers. */
+static void test_api_ws_handshake_pieces(void **state)
+{
+    (void)state;
+    char out[29];
+    cy_api_ws_accept_key("dGhlIHNhbXBsZSBub25jZQ==", out);
+    assert_string_equal(out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    assert_true(cy_api_ws_has_token("mqtt", "mqtt"));
+    assert_true(cy_api_ws_has_token("wamp, MQTT", "mqtt"));
+    assert_true(cy_api_ws_has_token(" keep-alive ,Upgrade ", "upgrade"));
+    assert_true(cy_api_ws_has_token(",,mqtt,", "mqtt"));
+    assert_false(cy_api_ws_has_token("mqttv3.1", "mqtt"));
+    assert_false(cy_api_ws_has_token("xmqtt", "mqtt"));
+    assert_false(cy_api_ws_has_token("mq tt", "mqtt"));
+    assert_false(cy_api_ws_has_token("", "mqtt"));
+    assert_false(cy_api_ws_has_token(NULL, "mqtt"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_api_routes_each_needs_one_scope_and_is_found),
+        cmocka_unit_test(test_api_ws_handshake_pieces),
         cmocka_unit_test(test_api_routes_scopes_of_the_issue),
         cmocka_unit_test(test_api_routes_404_and_405),
         cmocka_unit_test(test_api_split),

@@ -71,6 +71,10 @@ struct srv {
     atomic_int handled;
     atomic_int closed;
     atomic_int closed_pending, closed_stream;
+    atomic_int upgraded;       /* upgrade callbacks with a socket */
+    atomic_int upgrade_failed; /* upgrade callbacks without one */
+    int held_fd;               /* /upgrade-hold: the socket the application keeps */
+    cy_http_upgraded *held;
     atomic_int checked;       /* the check ran */
     atomic_int check_saw_body; /* bytes of body the check could see (must stay 0) */
     int64_t check_started_us;  /* cy_http_started_us as the check saw it */
@@ -147,6 +151,28 @@ static void on_delayed_closed(void *arg, cy_http_req *req)
     (void)req;
     s->delayed = NULL;
     atomic_fetch_add(&s->closed, 1);
+}
+
+/* The upgraded socket: answer what the client sent past its request (the
+ * extra bytes) with those bytes and "!", then close it. */
+static void on_upgraded_cb(void *arg, int fd, const uint8_t *extra, size_t len, cy_http_upgraded *u)
+{
+    srv *s = arg;
+    if (fd < 0) {
+        atomic_fetch_add(&s->upgrade_failed, 1);
+        return;
+    }
+    atomic_fetch_add(&s->upgraded, 1);
+    if (s->held_fd == -2) { /* /upgrade-hold: kept open */
+        s->held_fd = fd;
+        s->held = u;
+        return;
+    }
+    char out[128];
+    int n = snprintf(out, sizeof(out), "[%.*s]!", (int)(len < 64 ? len : 64), (const char *)extra);
+    if (write(fd, out, (size_t)n) != n) atomic_fetch_add(&s->upgrade_failed, 100);
+    close(fd);
+    cy_http_upgraded_close(u);
 }
 
 static void handler(void *ctx, cy_http_req *req)
@@ -226,6 +252,15 @@ static void handler(void *ctx, cy_http_req *req)
         cy_http_reply(req, 204, NULL, "", 0, NULL);
         /* Answered: no more headers. */
         if (cy_http_add_header(req, "X-Late", "x") != CY_EINVAL) s->rc_second = 1000;
+    } else if (strcmp(path, "/upgrade-hold") == 0) {
+        static const char *const hdrs[] = {"Upgrade", "echo", NULL};
+        s->held_fd = -2;
+        if (cy_http_upgrade(req, hdrs, on_upgraded_cb, s) != 0)
+            cy_http_reply(req, 500, NULL, "{}", 2, NULL);
+    } else if (strcmp(path, "/upgrade") == 0) {
+        static const char *const hdrs[] = {"Upgrade", "echo", NULL};
+        if (cy_http_upgrade(req, hdrs, on_upgraded_cb, s) != 0)
+            cy_http_reply(req, 500, NULL, "{}", 2, NULL);
     } else if (strcmp(path, "/stopnow") == 0) {
         s->pending = req;
         cy_http_on_close(req, on_req_closed, s);
@@ -2023,6 +2058,78 @@ static void test_cy_http_new_invalid(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+static void c_upgrade(srv *s)
+{
+    cl *c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "GET /upgrade HTTP/1.1\r\nHost: t\r\nUpgrade: echo\r\n"
+                      "Connection: Upgrade\r\n\r\nEXTRA") == 0);
+    CHECK(cl_head(c, &R) == 0);
+    CHECK(R.status == 101);
+    char v[64];
+    CHECK(hdr(&R, "Upgrade", v, sizeof(v)) && strcmp(v, "echo") == 0);
+    /* The socket is the application's: its answer, then its close. */
+    while (!find(c, "!"))
+        CHECK(cl_fill(c) > 0);
+    CHECK(strncmp(c->buf, "[EXTRA]!", 8) == 0 || strncmp(c->buf, "[]!", 3) == 0);
+    CHECK(cl_sees_close(c));
+    cl_close(c);
+    c = NULL;
+    /* The server goes on, and the upgraded connection is gone from its count. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0);
+    CHECK(R.status == 201);
+    CHECK(loop_call(s, lf_counts, 0) / 1000000 == 1);
+out:
+    cl_close(c);
+}
+
+static void test_cy_http_upgrade(void **state)
+{
+    srv *s = *state;
+    srv_start(s, NULL);
+    run_client(s, c_upgrade);
+    assert_int_equal(atomic_load(&s->upgraded), 1);
+    assert_int_equal(atomic_load(&s->upgrade_failed), 0);
+}
+
+/* The server stops while the application still holds an upgraded
+ * connection: MHD lets it go, and the application's later close only frees
+ * its handle. */
+static void lf_release_held(srv *s)
+{
+    close(s->held_fd);
+    cy_http_upgraded_close(s->held);
+    s->held = NULL;
+    s->call_ret = 0;
+}
+
+static void c_upgrade_stop(srv *s)
+{
+    cl *c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "GET /upgrade-hold HTTP/1.1\r\nHost: t\r\nUpgrade: echo\r\n"
+                      "Connection: Upgrade\r\n\r\n") == 0);
+    CHECK(cl_head(c, &R) == 0);
+    CHECK(R.status == 101);
+    CHECK(wait_atomic(&s->upgraded, 1, 2000));
+    loop_call(s, lf_stop, 0);
+    loop_call(s, lf_release_held, 0);
+    CHECK(cl_sees_close(c));
+out:
+    cl_close(c);
+}
+
+static void test_cy_http_upgrade_then_stop(void **state)
+{
+    srv *s = *state;
+    srv_start(s, NULL);
+    run_client(s, c_upgrade_stop);
+    assert_int_equal(atomic_load(&s->upgraded), 1);
+}
+
 int main(void)
 {
     /* CY_TEST_LOG=debug shows the module's and MHD's lines. */
@@ -2031,6 +2138,8 @@ int main(void)
     cy_log_set_level(lvl);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_cy_http_reply_sync, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_upgrade, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_upgrade_then_stop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_request_accessors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_reply_delayed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_reply_invalid, setup, teardown),
