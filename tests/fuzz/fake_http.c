@@ -449,6 +449,28 @@ int cy_http_reply(cy_http_req *req, unsigned status, const char *content_type, c
     return 0;
 }
 
+/* An upgrade (GET /mqtt, a WebSocket): the 101 counts as the answer, and
+ * the handover fails as when the client leaves at once (fd -1): there is
+ * no socket here. The handler must take that without touching req. */
+int cy_http_upgrade(cy_http_req *req, const char *const *headers, cy_http_upgrade_cb cb,
+                    void *arg)
+{
+    CHECK(req && cb);
+    CHECK(req->state == RQ_HANDLING || req->state == RQ_PENDING);
+    for (size_t i = 0; headers && headers[i]; i += 2)
+        CHECK(headers[i + 1] != NULL);
+    if (req->h->stopping) return CY_EPIPE;
+    req->state = RQ_ANSWERED;
+    answered(req, 101);
+    cb(arg, -1, NULL, 0, NULL);
+    return 0;
+}
+
+void cy_http_upgraded_close(cy_http_upgraded *u)
+{
+    CHECK(u == NULL); /* never handed one out */
+}
+
 int cy_http_stream_begin(cy_http_req *req, const char *content_type, const char *const *headers)
 {
     (void)content_type;
