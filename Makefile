@@ -45,12 +45,14 @@ layers:
 unit:
 	@cd $(ASAN) && ctest --output-on-failure -j $(JOBS)
 
+# Each program under valgrind is single-threaded: $(JOBS) of them at a time.
 valgrind:
-	@set -e; mkdir -p $(BUILD)/valgrind; n=0; for t in $(BUILD)/test_*; do \
-	  [ -x "$$t" ] || continue; log=$(BUILD)/valgrind/$$(basename $$t).log; n=$$((n+1)); \
-	  valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite $$t >$$log 2>&1 \
-	    || { cat $$log; echo "valgrind: $$t failed"; exit 1; }; \
-	done; echo "valgrind: $$n unit test programs clean"
+	@set -e; mkdir -p $(BUILD)/valgrind; \
+	ls $(BUILD)/test_* | while read t; do [ -x "$$t" ] && echo "$$t"; done > $(BUILD)/valgrind/list; \
+	xargs -P $(JOBS) -I{} sh -c 'log=$(BUILD)/valgrind/$$(basename {}).log; \
+	  valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite {} >$$log 2>&1 \
+	    || { cat $$log; echo "valgrind: {} failed"; exit 255; }' < $(BUILD)/valgrind/list; \
+	echo "valgrind: $$(wc -l < $(BUILD)/valgrind/list) unit test programs clean"
 
 # The whole MQTT suite runs on one shard and again on four: every behaviour
 # must hold across shards exactly as on one. The shard fault, stall, drill,
@@ -71,8 +73,7 @@ INT_MULTI = tests/integration/test_prometheus_rules.py tests/integration/test_ca
   tests/integration/test_browser.py tests/integration/test_limits.py
 # The four-shard pass is the longer: these files' four-shard run goes after
 # the one-shard pass, in its stream, so both cores stay busy to the end.
-INT_LATE = tests/integration/test_coaps.py tests/integration/test_limits.py \
-  tests/integration/test_tls.py
+INT_LATE = tests/integration/test_coaps.py tests/integration/test_limits.py
 # Files about the command line, the data folder's files and the HTTPS
 # certificate, where the shard count changes nothing: once, with one shard.
 INT_ONE = tests/integration/test_cli.py tests/integration/test_file_modes.py \
