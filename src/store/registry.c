@@ -442,17 +442,23 @@ static int closed(cy_registry *r, int kind)
     return cy_mono_ms() < r->busy_until_ms[kind] ? CY_ESTORE : 0;
 }
 
-static void cache_free_one(void *ctx, void *v)
+static void free_value(void *ctx, void *v)
 {
     (void)ctx;
     cy_free(v);
 }
 
+/* Empty a map whose values are cy_malloc'd (the cache, the last uses). */
+static void map_empty(cy_map *m)
+{
+    cy_map_each(m, free_value, NULL);
+    cy_map_fini(m);
+    cy_map_init(m);
+}
+
 static void cache_clear(cy_registry *r)
 {
-    cy_map_each(&r->cache, cache_free_one, NULL);
-    cy_map_fini(&r->cache);
-    cy_map_init(&r->cache);
+    map_empty(&r->cache);
 }
 
 /* Is the cache still what the file holds? At most every RECHECK_MS, read
@@ -1660,17 +1666,9 @@ int cy_registry_token_create(cy_registry *r, const char *name, unsigned scopes, 
 
 /* ---- last uses ---- */
 
-static void used_free_one(void *ctx, void *v)
-{
-    (void)ctx;
-    cy_free(v);
-}
-
 static void used_clear(cy_registry *r)
 {
-    cy_map_each(&r->used, used_free_one, NULL);
-    cy_map_fini(&r->used);
-    cy_map_init(&r->used);
+    map_empty(&r->used);
 }
 
 /* Note a use of token id at wall ms now (out of memory: not noted). */
