@@ -88,6 +88,7 @@
  * watch was ever initialised is freed in that handle's close callback.
  */
 #include "http/http.h"
+#include "http/chunk_int.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_buf.h"
@@ -189,13 +190,6 @@ struct cy_http_upgraded {
     cy_http_upgrade_cb cb;                 /* NULL once called */
     void *arg;
     cy_http_upgraded *prev, *next; /* cy_http.upgraded */
-};
-
-/* Shared immutable bytes (cy_http_stream_write_ref). */
-struct cy_http_chunk {
-    unsigned refs;
-    size_t len;
-    char data[];
 };
 
 /* One piece of a stream's queue: the next len bytes of out (ref NULL), or
@@ -1197,33 +1191,6 @@ int cy_http_stream_write(cy_http_req *req, const char *data, size_t len)
     req->out_total += len;
     resume(req);
     return 0;
-}
-
-cy_http_chunk *cy_http_chunk_new(const char *data, size_t len)
-{
-    if (data == NULL && len > 0) return NULL;
-    cy_http_chunk *c = cy_malloc(sizeof(*c) + len);
-    if (c == NULL) return NULL;
-    c->refs = 1;
-    c->len = len;
-    if (len) memcpy(c->data, data, len);
-    return c;
-}
-
-cy_http_chunk *cy_http_chunk_ref(cy_http_chunk *c)
-{
-    if (c) c->refs++;
-    return c;
-}
-
-void cy_http_chunk_unref(cy_http_chunk *c)
-{
-    if (c && --c->refs == 0) cy_free(c);
-}
-
-size_t cy_http_chunk_len(const cy_http_chunk *c)
-{
-    return c ? c->len : 0;
 }
 
 int cy_http_stream_write_ref(cy_http_req *req, cy_http_chunk *c)

@@ -1376,18 +1376,24 @@ int cy_mqtt_new(const cy_mqtt_deps *deps, cy_mqtt **out)
     return 0;
 }
 
-int cy_mqtt_open(cy_mqtt *g, int listen_fd)
+/* Adopts a duplicate of the supervisor's listening socket into h. */
+static int adopt_listener(uv_tcp_t *h, int listen_fd, const char *what)
 {
     int fd = dup(listen_fd);
     if (fd < 0) return -errno;
-    int rc = uv_tcp_open(&g->listener, fd);
+    int rc = uv_tcp_open(h, fd);
     if (rc) {
         close(fd);
-        cy_error(NULL, "listen on inherited socket: %s", uv_strerror(rc));
-        return rc;
+        cy_error(NULL, "listen on inherited %s socket: %s", what, uv_strerror(rc));
     }
-    g->open = true;
-    return 0;
+    return rc;
+}
+
+int cy_mqtt_open(cy_mqtt *g, int listen_fd)
+{
+    int rc = adopt_listener(&g->listener, listen_fd, "MQTT");
+    if (!rc) g->open = true;
+    return rc;
 }
 
 /* A TLS context from the settings; NULL (logged) when the files make none. */
@@ -1408,16 +1414,9 @@ int cy_mqtt_open_tls(cy_mqtt *g, int listen_fd)
 {
     g->tls_ctx = tls_ctx_load(g, "not served by this shard");
     if (!g->tls_ctx) return CY_ECONFIG;
-    int fd = dup(listen_fd);
-    if (fd < 0) return -errno;
-    int rc = uv_tcp_open(&g->tls_listener, fd);
-    if (rc) {
-        close(fd);
-        cy_error(NULL, "listen on inherited TLS socket: %s", uv_strerror(rc));
-        return rc;
-    }
-    g->tls_open = true;
-    return 0;
+    int rc = adopt_listener(&g->tls_listener, listen_fd, "MQTT TLS");
+    if (!rc) g->tls_open = true;
+    return rc;
 }
 
 void cy_mqtt_tls_reload(cy_mqtt *g)

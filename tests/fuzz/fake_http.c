@@ -8,6 +8,7 @@
  * (stream ended), ANSWERED, GONE (the client left).
  */
 #include "fake_http.h"
+#include "http/chunk_int.h"
 
 #include "core/cy_alloc.h"
 #include "core/cy_clock.h"
@@ -28,12 +29,6 @@
     } while (0)
 
 enum { RQ_CHECKING, RQ_HANDLING, RQ_PENDING, RQ_STREAM, RQ_ENDED, RQ_ANSWERED, RQ_GONE };
-
-struct cy_http_chunk {
-    unsigned refs;
-    size_t len;
-    char data[];
-};
 
 struct cy_http {
     cy_http_handler handler;
@@ -514,32 +509,6 @@ int cy_http_stream_write(cy_http_req *req, const char *data, size_t len)
         fprintf(stderr, "fake_http: stream %.*s\n", (int)(len > 300 ? 300 : len), data);
     req->backlog += len;
     return 0;
-}
-
-cy_http_chunk *cy_http_chunk_new(const char *data, size_t len)
-{
-    cy_http_chunk *c = cy_malloc(sizeof(*c) + len);
-    if (!c) return NULL;
-    c->refs = 1;
-    c->len = len;
-    if (len) memcpy(c->data, data, len);
-    return c;
-}
-
-cy_http_chunk *cy_http_chunk_ref(cy_http_chunk *c)
-{
-    if (c) c->refs++;
-    return c;
-}
-
-void cy_http_chunk_unref(cy_http_chunk *c)
-{
-    if (c && --c->refs == 0) cy_free(c);
-}
-
-size_t cy_http_chunk_len(const cy_http_chunk *c)
-{
-    return c ? c->len : 0;
 }
 
 int cy_http_stream_write_ref(cy_http_req *req, cy_http_chunk *c)

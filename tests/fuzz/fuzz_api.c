@@ -52,6 +52,7 @@
 #include "core/cy_log.h"
 #include "device/device.h"
 #include "fake_http.h"
+#include "harness.h"
 #include "health/metrics.h"
 #include "router/msg.h"
 #include "router/router.h"
@@ -70,11 +71,6 @@
 #include <uv.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        if (!(c)) abort();                                                                         \
-    } while (0)
 
 #define NSHARDS 2
 #define SELF 0
@@ -100,12 +96,7 @@ static struct {
 } G;
 
 static struct layers {
-    cy_counters stats;
-    cy_hists hists;
-    cy_space space;
-    cy_router *router;
-    cy_cluster *cl;
-    cy_devices *devices;
+    fz_core c;
     cy_webhooks *webhooks;
     cy_api *api;
     cy_http *http;
@@ -119,16 +110,6 @@ typedef struct layers layers;
 static void store_path(char *p, size_t n, unsigned shard)
 {
     snprintf(p, n, "%s/shard-%u.db", G.dir, shard);
-}
-
-static void remove_db(const char *base)
-{
-    static const char *const ext[] = {"", "-wal", "-shm"};
-    char p[160];
-    for (size_t i = 0; i < 3; i++) {
-        snprintf(p, sizeof(p), "%s%s", base, ext[i]);
-        unlink(p);
-    }
 }
 
 static void open_store(void)
@@ -230,35 +211,14 @@ static void cleanup(void)
     if (Y.open) layers_close(&Y);
     cy_store_close(G.store);
     cy_registry_close(G.registry);
-    char p[160];
-    for (unsigned i = 0; i < NSHARDS; i++) {
-        store_path(p, sizeof(p), i);
-        remove_db(p);
-    }
-    snprintf(p, sizeof(p), "%s/registry.db", G.dir);
-    remove_db(p);
-    snprintf(p, sizeof(p), "%s/registry.key", G.dir);
-    unlink(p);
-    rmdir(G.dir);
+    fz_remove_dir(G.dir, NSHARDS);
 }
 
 static void init(void)
 {
     G.trace = getenv("CYAN_FUZZ_TRACE") != NULL;
-    const char *lvl = getenv("CYAN_FUZZ_LOG");
-    cy_log_level l;
-    if (lvl && cy_log_parse_level(lvl, &l) == 0)
-        cy_log_set_level(l);
-    else
-        cy_log_set_level((cy_log_level)(CY_LOG_ERROR + 1)); /* off */
-    snprintf(G.dir, sizeof(G.dir), "%s/cyan-fuzz-api-XXXXXX",
-             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-    CHECK(mkdtemp(G.dir));
-    CHECK(uv_loop_init(&G.loop) == 0);
-    cy_config_defaults(&G.cfg);
-    snprintf(G.cfg.data_dir, sizeof(G.cfg.data_dir), "%s", G.dir);
+    fz_setup("api", G.dir, sizeof(G.dir), &G.loop, &G.cfg, NSHARDS);
     snprintf(G.cfg.http_listen, sizeof(G.cfg.http_listen), "127.0.0.1:0");
-    G.cfg.shards = NSHARDS;
     /* Small limits, so that inputs reach them. */
     G.cfg.http_max_body = 8192;
     G.cfg.event_buffer = 8;
@@ -271,7 +231,8 @@ static void init(void)
     CHECK(cy_registry_open(p, &G.registry) == 0);
     char id[CY_TOKEN_ID_LEN + 1], secret[CY_DEVICE_SECRET_LEN + 1], psk[CY_DEVICE_PSK_LEN + 1];
     CHECK(cy_registry_token_create(G.registry, "fuzz-full", CY_SCOPE_ALL, 0, id, G.full) == 0);
-    CHECK(cy_registry_token_create(G.registry, "fuzz-read", CY_SCOPE_READ_ONLY, 0, id, G.read) == 0);
+    CHECK(cy_registry_token_create(G.registry, "fuzz-read", CY_SCOPE_READ_ONLY, 0, id, G.read) ==
+          0);
     CHECK(cy_registry_internal_token(G.registry, "cyan:fuzz", id, G.internal) == 0);
     CHECK(cy_registry_internal_device(G.registry, "cyan:fuzz:0", NULL, NULL, G.idev, secret, psk) ==
           0);
@@ -300,20 +261,15 @@ static void ws_accept(void *ctx, int fd, const uint8_t *extra, size_t len,
 static void layers_open(layers *y)
 {
     memset(y, 0, sizeof(*y));
-    cy_space_init(&y->space, G.store, G.dir, &y->stats.store_full_refusals);
-    CHECK(cy_router_new(&G.cfg, G.store, &y->stats, SELF, &y->router) == 0);
-    cy_cluster_options co = {.self = SELF, .nshards = NSHARDS, .generation = 1, .sb = NULL};
-    CHECK(cy_cluster_new(&G.loop, &G.cfg, G.store, y->router, &y->stats, &co, &y->cl) == 0);
-    CHECK(cy_devices_new(&G.loop, &G.cfg, G.store, y->router, y->cl, &y->stats, &y->hists, SELF,
-                         NSHARDS, 1, &y->devices) == 0);
+    fz_core_open(&y->c, &G.loop, &G.cfg, G.store, G.dir, SELF, NSHARDS, NULL);
     cy_webhooks_deps wd = {
         .loop = &G.loop,
         .cfg = &G.cfg,
         .store = G.store,
         .registry = G.registry,
-        .router = y->router,
-        .stats = &y->stats,
-        .space = &y->space,
+        .router = y->c.router,
+        .stats = &y->c.stats,
+        .space = &y->c.space,
         .self = SELF,
         .nshards = NSHARDS,
     };
@@ -322,11 +278,11 @@ static void layers_open(layers *y)
         .loop = &G.loop,
         .cfg = &G.cfg,
         .registry = G.registry,
-        .router = y->router,
-        .cluster = y->cl,
-        .devices = y->devices,
-        .stats = &y->stats,
-        .hists = &y->hists,
+        .router = y->c.router,
+        .cluster = y->c.cl,
+        .devices = y->c.devices,
+        .stats = &y->c.stats,
+        .hists = &y->c.hists,
         .sb = NULL,
         .self = SELF,
         .nshards = NSHARDS,
@@ -348,11 +304,11 @@ static void describe(layers *y)
     for (int i = 0; i < 2; i++) {
         char topic[64];
         int n = snprintf(topic, sizeof(topic), "devices/%s/describe", G.dev[i]);
-        if (cy_router_retained(y->router, topic, (size_t)n)) continue;
+        if (cy_router_retained(y->c.router, topic, (size_t)n)) continue;
         cy_msg *m = cy_msg_new(topic, (size_t)n, (const uint8_t *)desc, sizeof(desc) - 1, NULL, 0,
                                1, true, 0);
         CHECK(m);
-        cy_router_publish(y->router, m, NULL, NULL, false);
+        cy_router_publish(y->c.router, m, NULL, NULL, false);
         cy_msg_unref(m);
     }
 }
@@ -361,11 +317,11 @@ static void describe(layers *y)
 static void pass(layers *y)
 {
     uv_run(&G.loop, UV_RUN_NOWAIT); /* the event fan-out's idle slices */
-    cy_cluster_flush(y->cl);
-    cy_cluster_before_commit(y->cl);
+    cy_cluster_flush(y->c.cl);
+    cy_cluster_before_commit(y->c.cl);
     cy_webhooks_pass(y->webhooks);
     cy_store_commit(G.store);
-    cy_cluster_after_commit(y->cl);
+    cy_cluster_after_commit(y->c.cl);
     cy_registry_end_reads(G.registry);
 }
 
@@ -374,7 +330,7 @@ static void pass(layers *y)
 static void settle(layers *y)
 {
     G.clock += 3600000;
-    cy_devices_tick(y->devices, G.clock);
+    cy_devices_tick(y->c.devices, G.clock);
     cy_api_events_tick(y->api, G.clock);
     pass(y);
     fake_http_leave_all(y->http);
@@ -389,10 +345,7 @@ static void layers_close(layers *y)
     uv_run(&G.loop, UV_RUN_NOWAIT); /* the handles close */
     cy_api_free(y->api);
     cy_webhooks_free(y->webhooks);
-    cy_devices_free(y->devices);
-    cy_store_commit(G.store);
-    cy_cluster_free(y->cl);
-    cy_router_free(y->router);
+    fz_core_close(&y->c, G.store);
 }
 
 /* ---- the input ---- */
@@ -494,7 +447,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             cy_store_close(G.store);
             char p[128];
             store_path(p, sizeof(p), SELF);
-            remove_db(p);
+            fz_remove_db(p);
             open_store();
         }
     }

@@ -53,6 +53,7 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 #include "device/device.h"
+#include "harness.h"
 #include "health/metrics.h"
 #include "router/router.h"
 #include "store/space.h"
@@ -70,11 +71,6 @@
 #include <uv.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        if (!(c)) abort();                                                                         \
-    } while (0)
 
 #define NSHARDS 4
 #define SELF 0
@@ -107,29 +103,19 @@ static struct {
 
 /* One shard's layers for one input. */
 typedef struct layers {
-    cy_counters stats;
-    cy_hists hists;
-    cy_space space;
-    cy_router *router;
-    cy_cluster *cl;
-    cy_devices *devices;
+    fz_core c;
     cy_coap *coap;
 } layers;
 
-static void remove_store(void)
+static void store_path(char *p, size_t n)
 {
-    static const char *const ext[] = {"", "-wal", "-shm"};
-    char p[128];
-    for (size_t i = 0; i < 3; i++) {
-        snprintf(p, sizeof(p), "%s/shard-%u.db%s", G.dir, SELF, ext[i]);
-        unlink(p);
-    }
+    snprintf(p, n, "%s/shard-%u.db", G.dir, SELF);
 }
 
 static void open_store(void)
 {
     char p[128];
-    snprintf(p, sizeof(p), "%s/shard-%u.db", G.dir, SELF);
+    store_path(p, sizeof(p));
     CHECK(cy_store_open(p, false, &G.store) == 0);
 }
 
@@ -137,33 +123,12 @@ static void cleanup(void)
 {
     cy_store_close(G.store);
     cy_registry_close(G.registry);
-    remove_store();
-    char p[128];
-    static const char *const files[] = {"registry.db", "registry.db-wal", "registry.db-shm",
-                                        "registry.key"};
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-        snprintf(p, sizeof(p), "%s/%s", G.dir, files[i]);
-        unlink(p);
-    }
-    rmdir(G.dir);
+    fz_remove_dir(G.dir, NSHARDS);
 }
 
 static void init(void)
 {
-    const char *lvl = getenv("CYAN_FUZZ_LOG");
-    cy_log_level l;
-    if (lvl && cy_log_parse_level(lvl, &l) == 0)
-        cy_log_set_level(l);
-    else
-        cy_log_set_level((cy_log_level)(CY_LOG_ERROR + 1)); /* off */
-    /* SQLite's files in memory when /dev/shm is there. */
-    snprintf(G.dir, sizeof(G.dir), "%s/cyan-fuzz-bus-XXXXXX",
-             access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp");
-    CHECK(mkdtemp(G.dir));
-    CHECK(uv_loop_init(&G.loop) == 0);
-    cy_config_defaults(&G.cfg);
-    snprintf(G.cfg.data_dir, sizeof(G.cfg.data_dir), "%s", G.dir);
-    G.cfg.shards = NSHARDS;
+    fz_setup("bus", G.dir, sizeof(G.dir), &G.loop, &G.cfg, NSHARDS);
     G.cfg.max_queued = 16;
     G.cfg.max_subscriptions = 16;
     G.cfg.max_retained = 64;
@@ -192,7 +157,7 @@ static void layers_frame(void *ctx, unsigned from, uint8_t type, const uint8_t *
     if (type == CY_FRAME_COAP_IN || type == CY_FRAME_COAP_OUT || type == CY_FRAME_COAP_KICK)
         cy_coap_on_frame(y->coap, from, type, body, len);
     else
-        cy_devices_on_frame(y->devices, from, type, body, len);
+        cy_devices_on_frame(y->c.devices, from, type, body, len);
 }
 
 static void adopt(void *ctx, unsigned from, int fd, const cy_handover_info *info,
@@ -210,24 +175,18 @@ static void release(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t le
 static void layers_open(layers *y, bool dtls)
 {
     memset(y, 0, sizeof(*y));
-    cy_space_init(&y->space, G.store, G.dir, &y->stats.store_full_refusals);
-    CHECK(cy_router_new(&G.cfg, G.store, &y->stats, SELF, &y->router) == 0);
-    cy_cluster_options co = {.self = SELF, .nshards = NSHARDS, .generation = 1, .sb = NULL};
-    CHECK(cy_cluster_new(&G.loop, &G.cfg, G.store, y->router, &y->stats, &co, &y->cl) == 0);
     cy_cluster_hooks h = {.adopt = adopt, .frame = layers_frame, .release = release, .ctx = y};
-    cy_cluster_set_hooks(y->cl, &h);
-    CHECK(cy_devices_new(&G.loop, &G.cfg, G.store, y->router, y->cl, &y->stats, &y->hists, SELF,
-                         NSHARDS, 1, &y->devices) == 0);
+    fz_core_open(&y->c, &G.loop, &G.cfg, G.store, G.dir, SELF, NSHARDS, &h);
     cy_transport_deps td = {
         .loop = &G.loop,
         .cfg = &G.cfg,
         .store = G.store,
         .registry = G.registry,
-        .router = y->router,
-        .cluster = y->cl,
-        .devices = y->devices,
-        .space = &y->space,
-        .stats = &y->stats,
+        .router = y->c.router,
+        .cluster = y->c.cl,
+        .devices = y->c.devices,
+        .space = &y->c.space,
+        .stats = &y->c.stats,
         .sb = NULL,
         .self = SELF,
         .nshards = NSHARDS,
@@ -285,12 +244,12 @@ static void echo_request(uint8_t *body, size_t len)
 /* What the shard runs at the end of a loop pass. */
 static void pass(layers *y)
 {
-    cy_cluster_flush(y->cl);
-    cy_cluster_before_commit(y->cl);
+    cy_cluster_flush(y->c.cl);
+    cy_cluster_before_commit(y->c.cl);
     cy_store_commit(G.store);
     note_requests(y->coap);
     cy_coap_flush(y->coap);
-    cy_cluster_after_commit(y->cl);
+    cy_cluster_after_commit(y->c.cl);
     cy_registry_end_reads(G.registry);
 }
 
@@ -301,19 +260,16 @@ static void layers_close(layers *y)
     int64_t mono = cy_mono_ms(), loop_now = (int64_t)uv_now(&G.loop);
     for (int i = 1; i <= 6; i++)
         cy_coap_tick(y->coap, loop_now + (int64_t)i * 60000);
-    cy_devices_tick(y->devices, mono + 3600000);
+    cy_devices_tick(y->c.devices, mono + 3600000);
     cy_coap_sweep(y->coap, loop_now + 100LL * 86400000);
-    cy_devices_sweep(y->devices);
-    cy_cluster_sweep(y->cl);
+    cy_devices_sweep(y->c.devices);
+    cy_cluster_sweep(y->c.cl);
     pass(y);
     cy_coap_stop(y->coap);
     cy_coap_flush(y->coap);
     uv_run(&G.loop, UV_RUN_NOWAIT); /* the transport's handles close */
     cy_coap_free(y->coap);
-    cy_devices_free(y->devices);
-    cy_store_commit(G.store);
-    cy_cluster_free(y->cl);
-    cy_router_free(y->router);
+    fz_core_close(&y->c, G.store);
 }
 
 /* A copy of the input with the device placeholders replaced. */
@@ -334,7 +290,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!G.ready) init();
     if (++G.runs % RESET_EVERY == 0) {
         cy_store_close(G.store);
-        remove_store();
+        char p[128];
+        store_path(p, sizeof(p));
+        fz_remove_db(p);
         open_store();
     }
     uint8_t *in = substitute(data, size);
@@ -365,7 +323,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(f.total == 5 + f.len && f.total <= size - pos && f.body == in + pos + 5);
         if (f.type == 0 || f.handle) break; /* closes the link: no descriptor came */
         if (f.type == CY_FRAME_COAP_IN) echo_request(in + pos + 5, f.len);
-        cy_cluster_input(y.cl, from, f.type, f.body, f.len);
+        cy_cluster_input(y.c.cl, from, f.type, f.body, f.len);
         pass(&y);
         pos += f.total;
     }

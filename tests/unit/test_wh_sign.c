@@ -188,8 +188,8 @@ static void test_bad_secrets(void **state)
         "whsec_AAECAwQFBgcICQoLDA0O===",          /* three '=' */
         "whsec_AAECAwQFBgcICQoLDA0ODw====",
         "whsec_AAAAAAAAAAAAAAAAAAAA", /* 15 bytes: too short */
-        "whsec_\xc3\xa9\xc3\xa9"
-        "AAAAAAAAAAAAAAAAAAAAAAAA",
+        ("whsec_\xc3\xa9\xc3\xa9" /* not base64 (split: \xa9A would be one escape) */
+         "AAAAAAAAAAAAAAAAAAAAAAAA"),
     };
     uint8_t key[64];
     size_t len = 99;
