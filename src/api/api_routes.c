@@ -6,6 +6,7 @@
 #include "api/api_routes.h"
 
 #include "api/api_int.h"
+#include "core/cy_str.h"
 #include "store/store.h"
 
 #include <stdio.h>
@@ -127,18 +128,9 @@ const api_route *cy_api_route_find(const char *method, char *const *seg, unsigne
 const char *cy_api_cors_allow(const char *list, const char *origin)
 {
     if (!list || !origin || !*origin) return NULL;
-    size_t olen = strlen(origin);
-    const char *p = list;
-    while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        const char *start = p;
-        while (*p && *p != ',')
-            p++;
-        const char *end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
-        size_t len = (size_t)(end - start);
+    size_t olen = strlen(origin), len;
+    const char *p = list, *start;
+    while ((start = cy_list_next(&p, &len))) {
         if (len == 1 && *start == '*') return "*";
         if (len && len == olen && strncasecmp(start, origin, len) == 0) return origin;
     }

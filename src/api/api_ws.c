@@ -17,6 +17,7 @@
 
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "core/cy_str.h"
 
 #include <openssl/evp.h>
 #include <stdio.h>
@@ -27,19 +28,10 @@
 
 bool cy_api_ws_has_token(const char *list, const char *token)
 {
-    size_t tl = strlen(token);
-    for (const char *p = list; p && *p;) {
-        while (*p == ' ' || *p == '\t' || *p == ',')
-            p++;
-        const char *e = p;
-        while (*e && *e != ',')
-            e++;
-        const char *t = e;
-        while (t > p && (t[-1] == ' ' || t[-1] == '\t'))
-            t--;
-        if ((size_t)(t - p) == tl && strncasecmp(p, token, tl) == 0) return true;
-        p = e;
-    }
+    size_t tl = strlen(token), len;
+    const char *p = list, *item;
+    while ((item = cy_list_next(&p, &len)))
+        if (len == tl && strncasecmp(item, token, tl) == 0) return true;
     return false;
 }
 

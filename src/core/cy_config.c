@@ -7,6 +7,7 @@
 #include "core/cy_err.h"
 #include "core/cy_limit.h"
 #include "core/cy_log.h"
+#include "core/cy_str.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -315,16 +316,11 @@ static bool origins_valid(const char *v)
         while (*p == ' ' || *p == '\t') p++;
         return !*p;
     }
-    for (;;) {
-        while (*p == ' ' || *p == '\t') p++;
-        const char *start = p;
-        while (*p && *p != ',') p++;
-        const char *end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t')) end--;
-        if (!origin_valid(start, (size_t)(end - start))) return false;
-        if (!*p) return true;
-        p++;
-    }
+    const char *start;
+    size_t len;
+    while ((start = cy_list_next(&p, &len)))
+        if (!origin_valid(start, len)) return false;
+    return true;
 }
 
 int cy_config_set(cy_config *c, const char *name, const char *value, cy_config_error *err)

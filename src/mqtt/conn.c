@@ -738,6 +738,20 @@ void cy_conn_feed(cy_conn *c, const uint8_t *bytes, size_t len)
     if (used < len && c->state != CONN_CLOSING) keep_partial(c, bytes + used, len - used);
 }
 
+/* Handles what waits in `in` and keeps the rest; false when that closed
+ * the connection. */
+static bool process_in(cy_conn *c)
+{
+    size_t used = process(c, cy_buf_head(c->in), cy_buf_size(c->in));
+    if (c->state == CONN_CLOSING) return false;
+    cy_buf_consume(c->in, used);
+    if (cy_buf_size(c->in) == 0)
+        in_free(c);
+    else
+        preauth_account(c); /* CONNECT handled: what is left is no longer counted */
+    return true;
+}
+
 /* Plaintext a TLS session decrypted: through process() as if read, with
  * the partial packet of an earlier read first; to the owner shard once we
  * are only its terminator. */
@@ -749,19 +763,12 @@ static void tls_plain(cy_conn *c, const uint8_t *data, size_t len)
         return;
     }
     if (!c->in) {
-        size_t used = process(c, data, len);
-        if (used < len && c->state != CONN_CLOSING) keep_partial(c, data + used, len - used);
+        cy_conn_feed(c, data, len);
         return;
     }
     keep_partial(c, data, len);
     if (c->state == CONN_CLOSING) return;
-    size_t used = process(c, cy_buf_head(c->in), cy_buf_size(c->in));
-    if (c->state == CONN_CLOSING) return;
-    cy_buf_consume(c->in, used);
-    if (cy_buf_size(c->in) == 0)
-        in_free(c);
-    else
-        preauth_account(c);
+    process_in(c);
 }
 
 /* nread bytes of ciphertext in g->tls_rbuf: decrypt into the plaintext
@@ -866,15 +873,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     c->in->len += (size_t)nread;
-    size_t used = process(c, cy_buf_head(c->in), cy_buf_size(c->in));
-    if (c->state == CONN_CLOSING) return;
-    cy_buf_consume(c->in, used);
     /* Once the split packet is whole, the connection reads into the shared
      * buffer again. */
-    if (cy_buf_size(c->in) == 0)
-        in_free(c);
-    else
-        preauth_account(c); /* CONNECT handled: what is left is no longer counted */
+    if (!process_in(c)) return;
     backpressure(c);
 }
 
@@ -883,13 +884,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 static void resume_input(cy_conn *c)
 {
     if (c->in) {
-        size_t used = process(c, cy_buf_head(c->in), cy_buf_size(c->in));
-        if (c->state == CONN_CLOSING) return;
-        cy_buf_consume(c->in, used);
-        if (cy_buf_size(c->in) == 0)
-            in_free(c);
-        else
-            preauth_account(c);
+        if (!process_in(c)) return;
         backpressure(c);
     }
     if (c->state == CONN_CLOSING || c->delayed || c->throttled || c->paused || c->reading ||

@@ -11,6 +11,7 @@
 #include "store/store.h"
 
 #include "core/cy_err.h"
+#include "core/cy_str.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -59,20 +60,13 @@ int cy_scopes_parse(const char *text, unsigned *scopes, char *bad, size_t bad_ca
     if (bad && bad_cap) bad[0] = '\0';
     if (!text || !scopes) return CY_EINVAL;
     unsigned got = 0;
-    const char *p = text;
-    for (;;) {
-        while (*p == ' ' || *p == '\t')
-            p++;
-        const char *start = p;
-        while (*p && *p != ',')
-            p++;
-        const char *end = p;
-        while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
-            end--;
+    const char *p = text, *start;
+    size_t len;
+    while ((start = cy_list_next(&p, &len))) {
         unsigned bit;
-        if (cy_scope_parse(start, (size_t)(end - start), &bit)) {
+        if (cy_scope_parse(start, len, &bit)) {
             if (bad && bad_cap) {
-                size_t n = (size_t)(end - start);
+                size_t n = len;
                 if (n > bad_cap - 1) n = bad_cap - 1;
                 memcpy(bad, start, n);
                 bad[n] = '\0';
@@ -80,8 +74,6 @@ int cy_scopes_parse(const char *text, unsigned *scopes, char *bad, size_t bad_ca
             return CY_EINVAL;
         }
         got |= bit;
-        if (!*p) break;
-        p++; /* the comma */
     }
     *scopes = got;
     return 0;

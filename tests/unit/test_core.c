@@ -12,6 +12,7 @@
 #include "core/cy_err.h"
 #include "core/cy_log.h"
 #include "core/cy_map.h"
+#include "core/cy_str.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -418,6 +419,40 @@ static void test_cy_logrl_allow_burst_caps_all_sources(void **state)
     assert_true(total >= 1);
 }
 
+/* cy_list_next: every item of a comma list, blanks trimmed, empty ones too. */
+static void test_cy_list_next_items(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *list, *want; /* want: the items joined by '|' */
+    } cases[] = {
+        {"a", "a"},
+        {" a ,\tb c ,d", "a|b c|d"},
+        {"", ""},
+        {"a,", "a|"},
+        {",a,,b", "|a||b"},
+        {" , ", "|"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char got[64] = "";
+        size_t used = 0, len;
+        const char *p = cases[i].list, *item;
+        unsigned n = 0;
+        while ((item = cy_list_next(&p, &len))) {
+            assert_true(used + len + 2 < sizeof(got));
+            if (n++) got[used++] = '|';
+            memcpy(got + used, item, len);
+            used += len;
+            got[used] = '\0';
+        }
+        assert_string_equal(got, cases[i].want);
+        assert_null(cy_list_next(&p, &len)); /* stays at the end */
+    }
+    const char *none = NULL;
+    size_t len = 7;
+    assert_null(cy_list_next(&none, &len));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -439,6 +474,7 @@ int main(void)
         cmocka_unit_test(test_cy_alloc_fail_after_counts),
         cmocka_unit_test(test_cy_logrl_allow_one_line_per_source_per_window),
         cmocka_unit_test(test_cy_logrl_allow_burst_caps_all_sources),
+        cmocka_unit_test(test_cy_list_next_items),
     };
     return cmocka_run_group_tests_name("core", tests, NULL, NULL);
 }
