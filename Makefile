@@ -11,12 +11,15 @@ CONF    ?= etc/cyan.conf
 FUZZ_SECONDS ?= 20
 PYTHON  := /usr/bin/python3
 
-.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap clean deps deps-test
+.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap clean deps deps-run deps-test
 
 all: build
 
 deps:
 	@scripts/deps.sh build
+
+deps-run:
+	@scripts/deps.sh run
 
 deps-test:
 	@scripts/deps.sh test
@@ -29,7 +32,7 @@ asan: deps-test
 	@cmake -S . -B $(ASAN) -DCMAKE_BUILD_TYPE=Debug -DCYAN_SANITIZE=ON >/dev/null
 	@cmake --build $(ASAN) -j $(JOBS)
 
-run: build
+run: deps-run build
 	@mkdir -p $(DATA)
 	$(BUILD)/cyan -c $(CONF) --data_dir=$(DATA)
 
@@ -76,7 +79,7 @@ INT_MULTI = tests/integration/test_prometheus_rules.py tests/integration/test_ca
 INT_LATE = tests/integration/test_coaps.py tests/integration/test_limits.py
 # Files about the command line, the data folder's files and the HTTPS
 # certificate, where the shard count changes nothing: once, with one shard.
-INT_ONE = tests/integration/test_cli.py tests/integration/test_file_modes.py \
+INT_ONE = tests/integration/test_cli.py tests/integration/test_docs.py tests/integration/test_file_modes.py \
   tests/integration/test_https.py
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=10
 integration:

@@ -1,11 +1,15 @@
 #!/bin/sh
 # Installs the Debian 12 packages cyan needs to build, run and test, when missing.
-# Usage: scripts/deps.sh [build|test|bench]   (each level includes the previous)
+# Usage: scripts/deps.sh [build|run|test|bench]   (each level includes the previous;
+# run adds what the README's walkthrough uses: curl and paho-mqtt for examples/python)
 set -eu
 level=${1:-build}
 pkgs="build-essential cmake pkg-config libuv1-dev libsqlite3-dev libssl-dev sqlite3 libmicrohttpd-dev libgnutls28-dev libjansson-dev libcurl4-openssl-dev libwslay-dev"
 case "$level" in
-  test|bench) pkgs="$pkgs libcmocka-dev python3-pytest python3-paho-mqtt mosquitto-clients clang valgrind curl strace prometheus libcoap3-bin chromium openssl" ;;
+  run|test|bench) pkgs="$pkgs curl python3-paho-mqtt" ;;
+esac
+case "$level" in
+  test|bench) pkgs="$pkgs libcmocka-dev python3-pytest python3-paho-mqtt mosquitto-clients clang valgrind curl strace prometheus libcoap3-bin chromium openssl libmosquitto-dev" ;;
 esac
 case "$level" in
   bench) pkgs="$pkgs mosquitto util-linux" ;;
