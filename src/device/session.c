@@ -86,6 +86,15 @@ void cy_session_publish_will(cy_devices *d, cy_session *s, const char *when)
     s->will = NULL;
     s->will_at = 0;
     if (!m) return;
+    /* Checked at CONNECT, and again now: a reload since may deny it. */
+    cy_who w;
+    cy_session_who(s, &w);
+    if (!cy_device_acl(d, &w, m->topic, m->topic_len, CY_ACL_WRITE)) {
+        cy_info(s->client_id, "will on %s not published: acl_file no longer grants it%s",
+                m->topic, when);
+        cy_msg_unref(m);
+        return;
+    }
     cy_info(s->client_id, "publishing will on %s%s", m->topic, when);
     cy_session_publish(d, s, m, false);
     cy_msg_unref(m);

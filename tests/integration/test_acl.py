@@ -11,7 +11,8 @@ mosquitto_pub/mosquitto_sub, a CoAP device):
     PUBACK/PUBREC, a 3.1.1 client is disconnected; nothing is routed;
   - a granted subscription that a deny rule cuts into does not carry the
     denied topic: each message is read-checked at delivery (QoS 0 and 1);
-  - a will on a denied topic is refused at CONNECT, as isolation refuses one;
+  - a will on a denied topic is refused at CONNECT, as isolation refuses one,
+    and a will that a reload denies after CONNECT is not published;
   - a CoAP event or publish on a denied topic gets 4.03, a denied CoAP
     subscription too;
   - SIGHUP re-reads the file: the next publish meets the new rules, the
@@ -29,8 +30,6 @@ The servers read the file "acl" in their work folder (their cwd).
 import os
 import signal
 import subprocess
-import tempfile
-import time
 
 import pytest
 
@@ -215,6 +214,26 @@ def test_will_on_a_denied_topic_is_refused(server_factory, version):
         assert ack.rc == 0, ack
         c.abort()
         assert w.recv_publish().topic == "anon/will"
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_will_denied_by_a_reload_is_not_published(server_factory, version):
+    """A will granted at CONNECT is checked again when it is due: a reload
+    in between that denies it keeps it from going out (counted, logged)."""
+    srv = acl_server(server_factory)
+    c = raw(srv, version)
+    with c:
+        ack = c.connect(uniq("w"), version=version, will={"topic": "anon/will", "payload": b"y"})
+        assert ack.rc == 0, ack
+        reload_acl(srv, "topic read anon/#\n")  # anonymous clients may no longer write there
+        before = denied_total(srv)
+        mark = len(srv.log())
+        c.abort()
+    # The session's end logs one of the two outcomes.
+    assert wait_until(lambda: "will on anon/will" in since(srv, mark), 5.0), srv.log_tail()
+    assert "will on anon/will not published: acl_file no longer grants it" in since(srv, mark)
+    assert "publishing will on anon/will" not in since(srv, mark)
+    assert wait_until(lambda: denied_total(srv) > before, 5.0), status_totals(srv)
 
 
 def test_sighup_changes_the_rules_and_a_broken_file_keeps_them(server_factory):
