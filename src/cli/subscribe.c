@@ -328,10 +328,12 @@ int cli_subscribe(cli *c, const char *prefix)
             status = 1;
         } else {
             const char *why = rc == CURLE_OK                   ? "the server ended it"
+                              : rc == CURLE_PARTIAL_FILE       ? "the connection was closed"
                               : rc == CURLE_OPERATION_TIMEDOUT ? "nothing came for a minute"
                               : c->err[0]                      ? c->err
                                                                : curl_easy_strerror(rc);
-            fprintf(stderr, "cyan: the stream was lost (%s)", why);
+            fprintf(stderr, "cyan: %s (%s)", s.open ? "the stream was lost" : "cannot reconnect",
+                    why);
             done = false;
         }
         if (!done && s.open) backoff = BACKOFF_MIN_S; /* it worked: start over */
