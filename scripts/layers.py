@@ -18,7 +18,7 @@ LAYERS = {
     "cluster": 3, "webhooks": 3,
     "device": 4,
     "mqtt": 5, "coap": 5, "api": 5,
-    "shard": 6, "monitor": 6,
+    "shard": 6, "monitor": 6, "cli": 6,
 }
 MAX_LINES = 3000
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([a-z_]+)/[^"]+"', re.M)

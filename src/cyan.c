@@ -11,6 +11,10 @@
  *                                                an API token, shown once
  *   cyan token list | token revoke ID
  *   cyan config [-c FILE] [--name=value ...]     print every setting
+ *   cyan config --check [FILE]                   check a configuration file
+ *   cyan call|get|publish|subscribe|list, cyan device rename
+ *                                                the HTTP API's client (cli/cli.h)
+ *   cyan help                                    the usage
  *   cyan status [--json]                         the shards, from the scoreboard
  *   cyan canary [--shard N] [--count K]          walk the canary path now (monitor/canary.h)
  *   cyan shard stop|cont|kill|spin|stall INDEX   drills (see docs/supervision.md)
@@ -21,7 +25,12 @@
  * overriding the one before; SIGHUP to the running node reads them again
  * the same way and applies what can change at runtime (supervisor.h).
  * Exit status: 0 on a clean stop (SIGTERM or SIGINT), 1 on a startup error
- * (settings a run cannot start with included), 2 on a usage error.
+ * (settings a run cannot start with included), 2 on a usage error (an
+ * unknown command or option: one line pointing to `cyan help`). A word
+ * after "--" is a word, even one that starts with '-'.
+ *
+ * Every command but serve works on an existing data folder and says so
+ * when there is none, rather than make one where it was run by mistake.
  *
  * The first `cyan serve` on a data dir (or on one whose tokens were all
  * revoked) makes an API token with every scope and leaves it in DATA_DIR/admin-token
@@ -35,6 +44,7 @@
  * too if it is cyan's alone (logging each change), or refuses to start if
  * it cannot.
  */
+#include "cli/cli.h"
 #include "core/cy_version.h"
 #include "core/cy_x509.h"
 #include "monitor/monitor.h"
@@ -80,10 +90,20 @@ static void usage(FILE *out)
                  "       cyan token list [...]\n"
                  "       cyan token revoke ID [...]\n"
                  "       cyan config [-c FILE] [--name=value ...]  print every setting\n"
+                 "       cyan config --check [FILE]                check a configuration file\n"
                  "       cyan status [--json] [-c FILE]            the shards and their health\n"
                  "       cyan canary [--shard N] [--count K]       is the path working now?\n"
-                 "       cyan shard stop|cont|kill|spin|stall INDEX  outage drills\n"
+                 "       cyan shard stop|cont|kill|spin|stall INDEX  outage drills\n");
+    cy_cli_usage(out);
+    fprintf(out, "       cyan help | --help                        this\n"
                  "       cyan --version\n");
+}
+
+/* An unknown command or option: one line. */
+static int unknown(const char *what, const char *word)
+{
+    fprintf(stderr, "cyan: unknown %s '%s': see `cyan help`\n", what, word);
+    return 2;
 }
 
 /* Flags of a subcommand (not settings): passed on to it as words. */
@@ -95,9 +115,9 @@ static bool token_flag(const char *arg)
 
 static bool command_flag(const char *arg)
 {
-    return token_flag(arg) || !strcmp(arg, "--json") || !strcmp(arg, "--cert") ||
-           !strcmp(arg, "--shard") ||
-           !strcmp(arg, "--count") || !strncmp(arg, "--shard=", 8) || !strncmp(arg, "--count=", 8);
+    return token_flag(arg) || cy_cli_is_flag(arg) || !strcmp(arg, "--json") ||
+           !strcmp(arg, "--cert") || !strcmp(arg, "--shard") || !strcmp(arg, "--count") ||
+           !strncmp(arg, "--shard=", 8) || !strncmp(arg, "--count=", 8);
 }
 
 /* Whether command flag `flag` belongs to subcommand cmd. */
@@ -105,14 +125,15 @@ static bool flag_of(const char *cmd, const char *flag)
 {
     if (!strcmp(cmd, "token")) return token_flag(flag);
     if (!strcmp(cmd, "status")) return !strcmp(flag, "--json");
-    if (!strcmp(cmd, "device")) return !strcmp(flag, "--cert");
+    if (!strcmp(cmd, "device")) return !strcmp(flag, "--cert") || cy_cli_flag_of(cmd, flag);
     if (!strcmp(cmd, "canary"))
-        return !token_flag(flag) && strcmp(flag, "--json") != 0 && strcmp(flag, "--cert") != 0;
-    return false;
+        return !token_flag(flag) && !cy_cli_is_flag(flag) && strcmp(flag, "--json") != 0 &&
+               strcmp(flag, "--cert") != 0;
+    return cy_cli_flag_of(cmd, flag);
 }
 
 /* Parse -c FILE and --name=value into cfg; other words (and command flags)
- * go to args. */
+ * go to args, and so does "--" and every word after it. */
 static int parse_args(int argc, char **argv, cy_config *cfg, char **args, int *nargs)
 {
     cy_config_error err;
@@ -130,8 +151,12 @@ static int parse_args(int argc, char **argv, cy_config *cfg, char **args, int *n
         return 1;
     }
     *nargs = 0;
+    bool words = false;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) {
+        if (words || !strcmp(argv[i], "--")) {
+            words = true;
+            args[(*nargs)++] = argv[i];
+        } else if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) {
             i++;
         } else if (command_flag(argv[i])) {
             args[(*nargs)++] = argv[i];
@@ -143,13 +168,13 @@ static int parse_args(int argc, char **argv, cy_config *cfg, char **args, int *n
             memcpy(name, argv[i] + 2, n);
             name[n] = '\0';
             if (cy_config_set(cfg, name, eq + 1, &err)) {
-                fprintf(stderr, "cyan: %s\n", err.msg);
+                bool unknown_name = !strncmp(err.msg, "unknown setting", 15);
+                fprintf(stderr, "cyan: %s%s\n", err.msg,
+                        unknown_name ? ": see `cyan help` and `cyan config`" : "");
                 return 2;
             }
         } else if (argv[i][0] == '-') {
-            fprintf(stderr, "cyan: unknown option %s\n", argv[i]);
-            usage(stderr);
-            return 2;
+            return unknown("option", argv[i]);
         } else {
             args[(*nargs)++] = argv[i];
         }
@@ -244,16 +269,13 @@ static int private_data_dir(const char *dir)
     return rc;
 }
 
+/* The registry of an existing data folder (serve has made it). */
 static int open_registry(const cy_config *cfg, cy_registry **r)
 {
     char path[600];
-    int rc = make_dir(cfg->data_dir);
-    if (rc) {
-        fprintf(stderr, "cyan: data_dir %s: %s\n", cfg->data_dir, cy_strerror(rc));
-        return rc;
-    }
+    if (cy_cli_need_data_dir(cfg)) return CY_ENOENT;
     snprintf(path, sizeof(path), "%s/registry.db", cfg->data_dir);
-    rc = cy_registry_open(path, r);
+    int rc = cy_registry_open(path, r);
     if (rc) fprintf(stderr, "cyan: cannot open %s: %s\n", path, cy_strerror(rc));
     return rc;
 }
@@ -696,20 +718,24 @@ int main(int argc, char **argv)
     }
     /* Command flags belong to their command only (serve would pass them on to
      * the shards). */
-    for (int i = 0; i < nargs; i++)
+    for (int i = 0; i < nargs && strcmp(args[i], "--"); i++)
         if (command_flag(args[i]) && !flag_of(args[0], args[i])) {
-            fprintf(stderr, "cyan: unknown option %s\n", args[i]);
-            usage(stderr);
+            fprintf(stderr, "cyan: %s is not an option of `cyan %s`: see `cyan help`\n", args[i],
+                    args[0]);
             free(args);
             return 2;
         }
-    cy_log_level lvl;
-    if (cy_log_parse_level(cfg.log_level, &lvl)) {
+    cy_log_level lvl = CY_LOG_INFO;
+    /* `cyan config --check` reports a bad level itself, with its line. */
+    bool checking = false;
+    for (int i = 1; nargs > 0 && !strcmp(args[0], "config") && i < nargs; i++)
+        checking |= !strcmp(args[i], "--check");
+    if (cy_log_parse_level(cfg.log_level, &lvl) && !checking) {
         fprintf(stderr, "cyan: log_level: expected debug, info, warn or error\n");
         free(args);
         return 2;
     }
-    cy_log_set_level(lvl);
+    if (!checking) cy_log_set_level(lvl);
     unsigned long long idx, gen;
     if (nargs == 0 || !strcmp(args[0], "serve")) {
         /* Shards get the same -c and --name=value arguments. */
@@ -726,13 +752,15 @@ int main(int argc, char **argv)
                !parse_uint(args[2], &gen)) {
         rc = cy_monitor_run(&cfg, (unsigned)idx, gen);
     } else if (!strcmp(args[0], "shard") && nargs == 3) {
-        rc = cy_shard_drill(&cfg, args[1], args[2]);
+        rc = cy_cli_need_data_dir(&cfg) ? 1 : cy_shard_drill(&cfg, args[1], args[2]);
     } else if (!strcmp(args[0], "status") && nargs == 1) {
-        rc = cy_status_print(&cfg);
+        rc = cy_cli_need_data_dir(&cfg) ? 1 : cy_status_print(&cfg);
     } else if (!strcmp(args[0], "status") && nargs == 2 && !strcmp(args[1], "--json")) {
-        rc = cy_status_json(&cfg);
+        rc = cy_cli_need_data_dir(&cfg) ? 1 : cy_status_json(&cfg);
     } else if (!strcmp(args[0], "canary")) {
-        rc = cmd_canary(&cfg, args, nargs);
+        rc = cy_cli_need_data_dir(&cfg) ? 1 : cmd_canary(&cfg, args, nargs);
+    } else if (cy_cli_is_command(args, nargs)) {
+        rc = cy_cli_run(&cfg, args, nargs);
     } else if (!strcmp(args[0], "device"))
         rc = cmd_device(&cfg, args, nargs);
     else if (!strcmp(args[0], "token"))
@@ -740,9 +768,20 @@ int main(int argc, char **argv)
     else if (!strcmp(args[0], "config") && nargs == 1) {
         cy_config_print(&cfg, stdout);
         rc = 0;
-    } else {
+    } else if (!strcmp(args[0], "config")) {
+        const char *file = NULL; /* the -c of the command line, as parse_args took it */
+        for (int i = 1; i + 1 < argc && strcmp(argv[i], "--"); i++)
+            if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) file = argv[++i];
+        rc = cy_cli_config(&cfg, file, args, nargs);
+    } else if (!strcmp(args[0], "help")) {
+        usage(stdout);
+        rc = 0;
+    } else if (!strcmp(args[0], "status") || !strcmp(args[0], "shard") ||
+               !strcmp(args[0], "monitor")) {
         usage(stderr);
         rc = 2;
+    } else {
+        rc = unknown("command", args[0]);
     }
     free(args);
     return rc;

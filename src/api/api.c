@@ -769,6 +769,53 @@ static void device_delete(cy_api *b, cy_http_req *req, const cy_device *d)
     wait_on(b, req, CY_DEVICE_OP_KICK, d->id, NULL, NULL, 0, API_PRESENCE_TIMEOUT_MS, NULL);
 }
 
+/* PATCH /v1/devices/{id or name} {"name": new}: rename device d. Its id,
+ * secret and PSK stay, so a connected device notices nothing. */
+static void device_rename(cy_api *b, cy_http_req *req, const cy_device *d)
+{
+    json_t *o = cy_api_body_object(b, req);
+    if (!o) return;
+    const char *key;
+    json_t *v;
+    json_object_foreach(o, key, v)
+    {
+        if (strcmp(key, "name") != 0) {
+            reply_error(b, req, 400, "bad_request", NULL,
+                        "unknown field \"%.64s\": only \"name\" may be changed", key);
+            json_decref(o);
+            return;
+        }
+    }
+    json_t *n = json_object_get(o, "name");
+    if (!json_is_string(n)) {
+        json_decref(o);
+        reply_error(b, req, 400, "bad_json", NULL, "\"name\" must be a string");
+        return;
+    }
+    const char *name = json_string_value(n);
+    cy_device out;
+    int rc = strlen(name) == json_string_length(n)
+                 ? cy_registry_device_rename(b->registry, d->id, name, &out)
+                 : CY_EINVAL;
+    if (rc == CY_EEXIST)
+        reply_error(b, req, 409, "name_taken", NULL, "a device named %.64s exists", name);
+    else if (rc == CY_EINVAL)
+        reply_error(b, req, 400, "bad_request", NULL,
+                    "a name is 1 to 64 letters, digits, '-', '_' or '.', and not shaped like an id");
+    else if (rc == CY_ENOENT)
+        reply_error(b, req, 404, "device_not_found", NULL, "no device %s", d->id);
+    else if (rc)
+        reply_error(b, req, 503, "registry_unavailable", NULL, "cannot rename the device: %s",
+                    cy_strerror(rc));
+    else {
+        cy_info(d->id, "device renamed through the API (%s -> %s)", d->name, out.name);
+        reply_json(
+            b, req, 200,
+            json_pack("{s:s, s:s, s:s}", "id", out.id, "name", out.name, "previous_name", d->name));
+    }
+    json_decref(o);
+}
+
 /* "timeout" in seconds, 1..60, from JSON or query text; -1 if out of
  * range, -2 if not a number (JSON). */
 static int64_t timeout_ms(json_t *v, const char *text)
@@ -950,6 +997,9 @@ static void device_route(cy_api *b, cy_http_req *req, const api_route *rt, bool 
     case API_OP_DEVICE_DELETE:
         device_delete(b, req, &d);
         break;
+    case API_OP_DEVICE_RENAME:
+        device_rename(b, req, &d);
+        break;
     case API_OP_DEVICE_PSK:
         device_psk(b, req, &d);
         break;
@@ -1043,6 +1093,7 @@ static void handle(void *ctx, cy_http_req *req)
         break;
     case API_OP_DEVICE_GET:
     case API_OP_DEVICE_DELETE:
+    case API_OP_DEVICE_RENAME:
     case API_OP_DEVICE_PSK:
     case API_OP_DEVICE_CALL:
     case API_OP_DEVICE_VARIABLE:

@@ -25,6 +25,7 @@ static const api_route routes[] = {
     {"GET", "devices", DR, API_OP_DEVICES_LIST, false},
     {"POST", "devices", AD, API_OP_DEVICE_CREATE, false},
     {"GET", "devices/*", DR, API_OP_DEVICE_GET, false},
+    {"PATCH", "devices/*", AD, API_OP_DEVICE_RENAME, false},
     {"DELETE", "devices/*", AD, API_OP_DEVICE_DELETE, false},
     {"POST", "devices/*/psk", AD, API_OP_DEVICE_PSK, false},
     {"POST", "devices/*/functions/*", DC, API_OP_DEVICE_CALL, false},

@@ -291,6 +291,7 @@ enum {
     ST_CHECK,
     ST_GET,
     ST_REMOVE,
+    ST_RENAME,
     ST_LIST,
     ST_TOKEN_ADD,
     ST_TOKEN_CHECK,
@@ -332,6 +333,7 @@ static const char *const sql[N_ST] = {
     [ST_GET] = "SELECT id, name, created_at, internal FROM devices " USER_BY_ID_OR_NAME,
     [ST_REMOVE] =
         "DELETE FROM devices WHERE rowid = (SELECT rowid FROM devices " USER_BY_ID_OR_NAME ")",
+    [ST_RENAME] = "UPDATE devices SET name = ?2 WHERE internal = 0 AND id = ?1",
     /* rowids grow with insertion, so rowid order is creation order. */
     [ST_LIST] = "SELECT id, name, created_at, internal FROM devices WHERE internal = 0"
                 " ORDER BY rowid",
@@ -1363,6 +1365,35 @@ int cy_registry_device_psk_new(cy_registry *r, const char *id_or_name,
 int cy_registry_device_remove(cy_registry *r, const char *id_or_name)
 {
     return delete_by_key(r, r->st[ST_REMOVE], id_or_name, "device_remove");
+}
+
+int cy_registry_device_rename(cy_registry *r, const char *id_or_name, const char *name,
+                              cy_device *out)
+{
+    if (!r || !id_or_name || !name) return CY_EINVAL;
+    if (!name_valid(name)) return CY_EINVAL;
+    cy_device d;
+    int rc = get_device(r, r->st[ST_GET], id_or_name, "device_rename", &d);
+    if (rc) return rc;
+    if (closed(r, WRITES)) return CY_ESTORE;
+    /* By id, and a user's still: removed meanwhile, it is CY_ENOENT. */
+    sqlite3_stmt *st = r->st[ST_RENAME];
+    if (sqlite3_bind_text(st, 1, d.id, CY_DEVICE_ID_LEN, SQLITE_STATIC) ||
+        sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC)) {
+        rc = fail(r, WRITES, "device_rename");
+    } else if (sqlite3_step(st) == SQLITE_DONE) {
+        rc = sqlite3_changes(r->db) ? 0 : CY_ENOENT;
+    } else if (sqlite3_extended_errcode(r->db) == SQLITE_CONSTRAINT_UNIQUE) {
+        rc = CY_EEXIST;
+    } else {
+        rc = fail(r, WRITES, "device_rename");
+    }
+    done(st);
+    if (!rc && out) {
+        *out = d;
+        snprintf(out->name, sizeof(out->name), "%s", name);
+    }
+    return rc;
 }
 
 int cy_registry_device_list(cy_registry *r, int (*fn)(void *ctx, const cy_device *d), void *ctx)

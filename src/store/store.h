@@ -135,6 +135,14 @@ int cy_registry_device_psk_new(cy_registry *r, const char *id_or_name,
 int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out);
 /* Remove a user device by id or by name. CY_ENOENT if absent (or internal). */
 int cy_registry_device_remove(cy_registry *r, const char *id_or_name);
+/* Rename the user device id_or_name (borrowed) to name (borrowed; the
+ * rules of cy_registry_device_add). Its id, secret and PSK stay: devices
+ * log in by id, so a connected device notices nothing. *out (may be NULL)
+ * gets the device as renamed. Renaming to its own name is a success.
+ * Errors: CY_EINVAL (a bad name, a NULL argument), CY_ENOENT (no such user
+ * device), CY_EEXIST (another device has the name), CY_ESTORE. */
+int cy_registry_device_rename(cy_registry *r, const char *id_or_name, const char *name,
+                              cy_device *out);
 /* Calls fn for each user device (internal ones are never listed) in
  * creation order; stops early if fn returns non-zero and returns that
  * value. fn may call the other registry functions, not this one. */

@@ -121,9 +121,17 @@ def test_shared_data_dir_left_as_is_but_cyan_files_private(server_factory):
     assert not {p: oct(v) for p, v in m.items() if v & 0o077}, m
 
 
-def test_cli_creates_a_private_data_dir(server_factory):
+def test_cli_makes_no_data_dir_and_private_files(server_factory):
+    """A data folder that does not exist is refused (issue 15: only serve
+    makes one); in a new empty one the CLI's files are private."""
     srv = server_factory(_template=False)
     fresh = os.path.join(srv.workdir, "fresh", "data")
+    cp = srv.cli("device", "add", "d1", "--data_dir=%s" % fresh, data_dir=False, check=False)
+    assert cp.returncode == 1 and "does not exist" in cp.stderr, cp
+    assert not os.path.exists(os.path.join(srv.workdir, "fresh"))
+    for d in (os.path.dirname(fresh), fresh):
+        os.mkdir(d)
+        os.chmod(d, 0o700)
     srv.cli("device", "add", "d1", "--data_dir=%s" % fresh, data_dir=False)
     m = assert_private(os.path.join(srv.workdir, "fresh"))
     assert m["data/registry.db"] == 0o600, m

@@ -171,6 +171,7 @@ def test_device_cert_from_the_development_ca(tmp_path):
     owner-only files, never overwritten; `cyan device cert` issues one for
     an existing device."""
     data = str(tmp_path / "data")
+    os.makedirs(data)  # no command but serve makes a data folder
 
     def cyan(*args):
         return subprocess.run([CYAN_BIN] + list(args) + ["--data_dir=%s" % data],

@@ -130,6 +130,7 @@ static void test_api_routes_scopes_of_the_issue(void **state)
         {"GET", "/v1/devices/kitchen", CY_SCOPE_DEVICES_READ},
         {"POST", "/v1/devices", CY_SCOPE_ADMIN},
         {"DELETE", "/v1/devices/kitchen", CY_SCOPE_ADMIN},
+        {"PATCH", "/v1/devices/kitchen", CY_SCOPE_ADMIN},
         {"POST", "/v1/devices/kitchen/psk", CY_SCOPE_ADMIN},
         {"POST", "/v1/devices/kitchen/functions/led", CY_SCOPE_DEVICES_CALL},
         {"GET", "/v1/devices/kitchen/variables/temp", CY_SCOPE_DEVICES_CALL},
@@ -168,7 +169,7 @@ static void test_api_routes_404_and_405(void **state)
     assert_null(find("PUT", "/v1/devices", allow, sizeof(allow)));
     assert_string_equal(allow, "GET, POST");
     assert_null(find("POST", "/v1/devices/x", allow, sizeof(allow)));
-    assert_string_equal(allow, "GET, DELETE");
+    assert_string_equal(allow, "GET, PATCH, DELETE");
     assert_null(find("GET", "/v1/devices/x/functions/f", allow, sizeof(allow)));
     assert_string_equal(allow, "POST");
     assert_non_null(find("DELETE", "/v1/webhooks/w", allow, sizeof(allow)));
