@@ -16,6 +16,9 @@
  *
  * Errors are mapped to HTTP once, here: every error body is
  * {"error": code, "message": text} with a stable code.
+ *
+ * Particle's paths for calls and reads (api_particle.c) start the same
+ * device requests through cy_api_device_op; only their 200 is reshaped.
  */
 #include "api/api_int.h"
 
@@ -196,6 +199,8 @@ static void wait_done(void *ctx, const cy_device_answer *ans)
     default:
         if (ans->status == 503) {
             reply_unavailable(b, w->req, ans->why);
+        } else if (ans->status == 200 && w->shape != API_SHAPE_CYAN) {
+            cy_api_particle_reply(b, w, ans->body, ans->len);
         } else {
             cy_api_answered(b, w->req);
             cy_http_reply(w->req, ans->status, NULL, ans->body, ans->len, NULL);
@@ -205,9 +210,11 @@ static void wait_done(void *ctx, const cy_device_answer *ans)
 }
 
 /* Run op about device id on its owner (device.h) and answer req when it
- * ends. devices (presence; owned from here on) may be NULL. */
+ * ends. devices (presence; owned from here on) may be NULL. A call's or
+ * read's 200 is shown in shape, with dev_name (may be NULL). */
 static void wait_on(cy_api *b, cy_http_req *req, uint8_t op, const char *id, const char *name,
-                    const uint8_t *arg, size_t arg_len, uint32_t timeout_ms, json_t *devices)
+                    const uint8_t *arg, size_t arg_len, uint32_t timeout_ms, json_t *devices,
+                    api_shape shape, const char *dev_name)
 {
     api_wait *w = cy_calloc(1, sizeof(*w));
     if (!w) {
@@ -219,7 +226,9 @@ static void wait_on(cy_api *b, cy_http_req *req, uint8_t op, const char *id, con
     w->req = req;
     w->op = op;
     w->devices = devices;
+    w->shape = (uint8_t)shape;
     if (id) snprintf(w->id, sizeof(w->id), "%s", id);
+    if (dev_name) snprintf(w->name, sizeof(w->name), "%s", dev_name);
     cy_device_request *r = NULL;
     int rc = cy_device_request_start(b->devices, op, id, name, arg, arg_len, timeout_ms, wait_done,
                                      w, &r);
@@ -378,6 +387,8 @@ static bool stream_token_auth(cy_api *b, cy_http_req *req, const char *tok, size
     return true;
 }
 
+static const api_route *route_of(cy_http_req *req);
+
 bool cy_api_authenticate(cy_api *b, cy_http_req *req, bool stream_route, api_auth *out)
 {
     memset(out, 0, sizeof(*out));
@@ -408,7 +419,16 @@ bool cy_api_authenticate(cy_api *b, cy_http_req *req, bool stream_route, api_aut
         in_url = true;
     } else {
         auth_failed_log(b, req, "no token");
-        reply_error(b, req, 401, "unauthorized", www, "an Authorization: Bearer token is needed");
+        /* Particle's scripts may send access_token=... in a form body: it is
+         * not read (docs/api.md, "Particle compatibility"), and says so. */
+        const api_route *r = cy_api_particle_form_post(req) ? route_of(req) : NULL;
+        if (r && r->op == API_OP_PARTICLE_CALL)
+            reply_error(b, req, 401, "unauthorized", www,
+                        "an Authorization: Bearer token is needed; an access_token in the "
+                        "body is not taken (a body is never read before its token is known)");
+        else
+            reply_error(b, req, 401, "unauthorized", www,
+                        "an Authorization: Bearer token is needed");
         return false;
     }
     size_t len = strlen(tok);
@@ -652,7 +672,7 @@ static bool find_device(cy_api *b, cy_http_req *req, bool internal, const char *
 static void presence_request(cy_api *b, cy_http_req *req, json_t *devices, const char *id)
 {
     wait_on(b, req, id ? CY_DEVICE_OP_PRESENCE : CY_DEVICE_OP_PRESENCE_ALL, id, NULL, NULL, 0,
-            API_PRESENCE_TIMEOUT_MS, devices);
+            API_PRESENCE_TIMEOUT_MS, devices, API_SHAPE_CYAN, NULL);
 }
 
 typedef struct list_ctx {
@@ -766,7 +786,8 @@ static void device_delete(cy_api *b, cy_http_req *req, const cy_device *d)
     }
     cy_info(d->id, "device deleted through the API");
     clear_describe(b, d->id);
-    wait_on(b, req, CY_DEVICE_OP_KICK, d->id, NULL, NULL, 0, API_PRESENCE_TIMEOUT_MS, NULL);
+    wait_on(b, req, CY_DEVICE_OP_KICK, d->id, NULL, NULL, 0, API_PRESENCE_TIMEOUT_MS, NULL,
+            API_SHAPE_CYAN, NULL);
 }
 
 /* PATCH /v1/devices/{id or name} {"name": new}: rename device d. Its id,
@@ -816,9 +837,7 @@ static void device_rename(cy_api *b, cy_http_req *req, const cy_device *d)
     json_decref(o);
 }
 
-/* "timeout" in seconds, 1..60, from JSON or query text; -1 if out of
- * range, -2 if not a number (JSON). */
-static int64_t timeout_ms(json_t *v, const char *text)
+int64_t cy_api_timeout_ms(json_t *v, const char *text)
 {
     if (v) {
         if (!json_is_integer(v)) return -2;
@@ -833,14 +852,52 @@ static int64_t timeout_ms(json_t *v, const char *text)
     return CY_DEVICE_DEFAULT_TIMEOUT_MS;
 }
 
-static void device_op(cy_api *b, cy_http_req *req, const cy_device *d, uint8_t op,
-                      const char *name)
+bool cy_api_op_name_ok(cy_api *b, cy_http_req *req, uint8_t op, const char *name)
 {
-    if (strlen(name) > CY_DEVICE_NAME_MAX || !*name) {
-        reply_error(b, req, 404, op == CY_DEVICE_OP_CALL ? "function_not_found" : "variable_not_found",
-                    NULL, "no such name");
+    if (*name && strlen(name) <= CY_DEVICE_NAME_MAX) return true;
+    reply_error(b, req, 404, op == CY_DEVICE_OP_CALL ? "function_not_found" : "variable_not_found",
+                NULL, "no such name");
+    return false;
+}
+
+bool cy_api_call_fields(cy_api *b, cy_http_req *req, json_t *o, const char **arg, size_t *arg_len,
+                        int64_t *ms)
+{
+    *arg = NULL;
+    *arg_len = 0;
+    json_t *av = json_object_get(o, "arg");
+    if (av && !json_is_string(av) && !json_is_null(av)) {
+        reply_error(b, req, 400, "bad_json", NULL, "\"arg\" must be a string");
+        return false;
+    }
+    if (json_is_string(av)) {
+        *arg = json_string_value(av);
+        *arg_len = json_string_length(av);
+    }
+    *ms = cy_api_timeout_ms(json_object_get(o, "timeout"), NULL);
+    if (*ms == -2) {
+        reply_error(b, req, 400, "bad_json", NULL, "\"timeout\" must be a whole number");
+        return false;
+    }
+    return true;
+}
+
+void cy_api_device_op(cy_api *b, cy_http_req *req, const cy_device *d, uint8_t op, const char *name,
+                      const uint8_t *arg, size_t arg_len, int64_t ms, api_shape shape)
+{
+    if (ms < 0 || arg_len > CY_DEVICE_ARG_MAX) {
+        reply_error(b, req, 400, "bad_request", NULL, "%s",
+                    ms < 0 ? "timeout is a whole number of seconds from 1 to 60"
+                           : "arg is at most 1024 bytes");
         return;
     }
+    wait_on(b, req, op, d->id, name, arg, arg_len, (uint32_t)ms, NULL, shape, d->name);
+}
+
+/* cyan's own call and read routes. */
+static void device_op(cy_api *b, cy_http_req *req, const cy_device *d, uint8_t op, const char *name)
+{
+    if (!cy_api_op_name_ok(b, req, op, name)) return;
     const char *arg = NULL;
     size_t arg_len = 0;
     int64_t ms;
@@ -848,33 +905,14 @@ static void device_op(cy_api *b, cy_http_req *req, const cy_device *d, uint8_t o
     if (op == CY_DEVICE_OP_CALL) {
         o = cy_api_body_object(b, req);
         if (!o) return;
-        json_t *av = json_object_get(o, "arg");
-        if (av && !json_is_string(av) && !json_is_null(av)) {
+        if (!cy_api_call_fields(b, req, o, &arg, &arg_len, &ms)) {
             json_decref(o);
-            reply_error(b, req, 400, "bad_json", NULL, "\"arg\" must be a string");
             return;
         }
-        if (json_is_string(av)) {
-            arg = json_string_value(av);
-            arg_len = json_string_length(av);
-        }
-        ms = timeout_ms(json_object_get(o, "timeout"), NULL);
     } else {
-        ms = timeout_ms(NULL, cy_http_query(req, "timeout"));
+        ms = cy_api_timeout_ms(NULL, cy_http_query(req, "timeout"));
     }
-    if (ms == -2) {
-        json_decref(o);
-        reply_error(b, req, 400, "bad_json", NULL, "\"timeout\" must be a whole number");
-        return;
-    }
-    if (ms < 0 || arg_len > CY_DEVICE_ARG_MAX) {
-        json_decref(o);
-        reply_error(b, req, 400, "bad_request", NULL, "%s",
-                    ms < 0 ? "timeout is a whole number of seconds from 1 to 60"
-                           : "arg is at most 1024 bytes");
-        return;
-    }
-    wait_on(b, req, op, d->id, name, (const uint8_t *)arg, arg_len, (uint32_t)ms, NULL);
+    cy_api_device_op(b, req, d, op, name, (const uint8_t *)arg, arg_len, ms, API_SHAPE_CYAN);
     json_decref(o); /* after: arg points into it */
 }
 
@@ -1009,6 +1047,10 @@ static void device_route(cy_api *b, cy_http_req *req, const api_route *rt, bool 
     case API_OP_DEVICE_VARIABLE:
         device_op(b, req, &d, CY_DEVICE_OP_GET, seg[3]);
         break;
+    case API_OP_PARTICLE_CALL:
+    case API_OP_PARTICLE_VARIABLE:
+        cy_api_particle(b, req, &d, rt->op, seg[2]);
+        break;
     case API_OP_DEVICE_EVENTS: {
         const char *pre = "";
         if (nseg > 3) {
@@ -1050,6 +1092,7 @@ static void handle(void *ctx, cy_http_req *req)
         goto out;
     }
     if (!rt) {
+        if (nseg && cy_api_particle_shadowed(b, req, seg, nseg, allow)) goto out;
         if (nseg && allow[0])
             not_allowed(b, req, allow);
         else
@@ -1098,6 +1141,8 @@ static void handle(void *ctx, cy_http_req *req)
     case API_OP_DEVICE_CALL:
     case API_OP_DEVICE_VARIABLE:
     case API_OP_DEVICE_EVENTS:
+    case API_OP_PARTICLE_CALL:
+    case API_OP_PARTICLE_VARIABLE:
         device_route(b, req, rt, internal, seg, nseg, raw);
         break;
     case API_OP_EVENTS_STREAM:

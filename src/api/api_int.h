@@ -60,14 +60,23 @@ typedef struct api_auth {
     bool stream_token;            /* came as a stream token (api_stream_token.h) */
 } api_auth;
 
+/* How the 200 answer of a function call or a variable read is shown. */
+typedef enum api_shape {
+    API_SHAPE_CYAN,         /* as the owner made it (docs/api.md, "Functions and variables") */
+    API_SHAPE_PARTICLE,     /* Particle's fields (api_particle.c) */
+    API_SHAPE_PARTICLE_RAW, /* a variable's value alone, as text (Particle's ?format=raw) */
+} api_shape;
+
 /* An HTTP request waiting on a device request (device.h). */
 typedef struct api_wait {
     struct cy_api *a;
     cy_http_req *req;
     cy_device_request *r;  /* NULL once done or before it is known */
     uint8_t op;
+    uint8_t shape;         /* api_shape of a call's or read's 200 */
     json_t *devices;       /* presence: the registry's device objects */
     char id[CY_DEVICE_ID_LEN + 1];
+    char name[CY_DEVICE_NAME_MAX + 1]; /* the device's name (Particle's replies), or "" */
 } api_wait;
 
 /* One buffered event. */
@@ -172,6 +181,29 @@ char *cy_api_error_body(const char *code, const char *fmt, ...)
 /* The request's body as a JSON object (new reference; {} when empty), or
  * NULL after answering 400 bad_json. */
 json_t *cy_api_body_object(cy_api *b, cy_http_req *req);
+/* Function calls and variable reads, shared by cyan's routes and
+ * Particle's (api_particle.c). op is CY_DEVICE_OP_CALL or _GET. */
+/* Whether name may be a function's or a variable's (1 to
+ * CY_DEVICE_NAME_MAX bytes): true, or false after answering 404
+ * function_not_found / variable_not_found. */
+bool cy_api_op_name_ok(cy_api *b, cy_http_req *req, uint8_t op, const char *name);
+/* A call's "arg" and "timeout" from its JSON body o (borrowed: *arg points
+ * into it; NULL, 0 when absent or null): true, or false after answering
+ * 400 bad_json for a wrong type. *ms as cy_api_timeout_ms. */
+bool cy_api_call_fields(cy_api *b, cy_http_req *req, json_t *o, const char **arg, size_t *arg_len,
+                        int64_t *ms);
+/* A deadline "timeout" in whole seconds, 1 to 60, from JSON v or else
+ * text (a query's or a form field's; both NULL: the default,
+ * CY_DEVICE_DEFAULT_TIMEOUT_MS), in ms: -1 when out of range or not a
+ * number (text), -2 when v is not an integer. */
+int64_t cy_api_timeout_ms(json_t *v, const char *text);
+/* Run op of name on device d with the deadline ms and answer req when it
+ * ends: its 200 in shape, anything else as cyan's (the owner's error body,
+ * 503 shard_unavailable). 400 bad_request at once for ms < 0 or arg over
+ * CY_DEVICE_ARG_MAX bytes. arg (may be NULL) and d are borrowed for the
+ * call (copied). */
+void cy_api_device_op(cy_api *b, cy_http_req *req, const cy_device *d, uint8_t op, const char *name,
+                      const uint8_t *arg, size_t arg_len, int64_t ms, api_shape shape);
 /* Who req is (its Authorization header, or for an event stream
  * (stream_route) a stream token in the header or in ?stream_token=), into
  * *out: true; or false after answering it (400 token_in_url, 401
@@ -229,6 +261,27 @@ void cy_api_stream_token(cy_api *b, cy_http_req *req, const api_auth *auth);
 int cy_api_stream_key(cy_api *b, bool make);
 /* wall ms as the API shows times (ISO 8601 UTC), or null for 0. */
 json_t *cy_api_time_or_null(int64_t ms);
+
+/* api_particle.c: Particle's paths, POST /v1/devices/{id}/{function} and
+ * GET /v1/devices/{id}/{variable} (docs/api.md, "Particle compatibility"). */
+/* Answer a request of route op (API_OP_PARTICLE_CALL or _VARIABLE) about
+ * device d (borrowed), for the function or variable name; the token's
+ * scope was checked before. */
+void cy_api_particle(cy_api *b, cy_http_req *req, const cy_device *d, api_op op, const char *name);
+/* Answer w's request with the owner's 200 body[0..len) (borrowed) of a
+ * call or read, in w's Particle shape. */
+void cy_api_particle_reply(cy_api *b, const api_wait *w, const char *body, size_t len);
+/* A GET or POST of /v1/devices/{id}/{sub-path} (cy_api_device_subpath)
+ * that no route takes (seg after /v1; allow: the methods the path takes,
+ * "" for none): answered 405 method_not_allowed (with Allow) or 404
+ * not_found, the message naming where Particle's function or variable of
+ * that name is: true. false (nothing answered) for any other request. */
+bool cy_api_particle_shadowed(cy_api *b, cy_http_req *req, char *const *seg, unsigned nseg,
+                              const char *allow);
+/* Whether req is a form-encoded POST without Authorization: a script
+ * written for Particle that sends access_token=... in its body, which cyan
+ * does not read (the 401 says so). */
+bool cy_api_particle_form_post(cy_http_req *req);
 
 /* api_ws.c: MQTT over WebSocket at GET /mqtt. */
 #define CY_API_WS_PATH "/mqtt"

@@ -32,6 +32,11 @@ static const api_route routes[] = {
     {"GET", "devices/*/variables/*", DC, API_OP_DEVICE_VARIABLE, false},
     {"GET", "devices/*/events", ER, API_OP_DEVICE_EVENTS, true},
     {"GET", "devices/*/events/**", ER, API_OP_DEVICE_EVENTS, true},
+    /* Particle's paths (api_particle.c): a function or a variable right
+     * after the device, never one of the sub-paths above
+     * (cy_api_device_subpath). The same scope as cyan's own. */
+    {"POST", "devices/*/*", DC, API_OP_PARTICLE_CALL, false},
+    {"GET", "devices/*/*", DC, API_OP_PARTICLE_VARIABLE, false},
     {"GET", "events", ER, API_OP_EVENTS_STREAM, true},
     {"POST", "events", EP, API_OP_EVENT_PUBLISH, false},
     {"POST", "events/stream-token", ER, API_OP_STREAM_TOKEN, false},
@@ -100,7 +105,26 @@ static bool route_matches(const api_route *r, char *const *seg, unsigned nseg)
     /* events/{id}/trace is a trace only for an event id: events/a/trace
      * is the event stream of names starting with "a/trace". */
     if (r->op == API_OP_EVENT_TRACE) return cy_api_is_trace(seg, nseg);
+    /* devices/{id}/{name} is Particle's for a name, not for a sub-path of
+     * cyan's own (that one's route, 404 or 405 answers), nor for an empty
+     * one. */
+    if (r->op == API_OP_PARTICLE_CALL || r->op == API_OP_PARTICLE_VARIABLE)
+        return seg[2][0] != '\0' && !cy_api_device_subpath(seg[2]);
     return true;
+}
+
+bool cy_api_device_subpath(const char *name)
+{
+    static const char prefix[] = "devices/*/";
+    size_t len = strlen(name);
+    for (size_t i = 0; i < NROUTES; i++) {
+        const char *p = routes[i].pattern;
+        if (strncmp(p, prefix, sizeof(prefix) - 1) != 0) continue;
+        p += sizeof(prefix) - 1;
+        if (*p != '*' && strncmp(p, name, len) == 0 && (p[len] == '\0' || p[len] == '/'))
+            return true;
+    }
+    return false;
 }
 
 const api_route *cy_api_route_find(const char *method, char *const *seg, unsigned nseg, char *allow,

@@ -48,6 +48,9 @@ typedef enum api_op {
     API_OP_TOKENS_LIST,
     API_OP_TOKEN_CREATE,
     API_OP_TOKEN_REVOKE,
+    /* Particle's paths (api_particle.c) */
+    API_OP_PARTICLE_CALL,
+    API_OP_PARTICLE_VARIABLE,
 } api_op;
 
 typedef struct api_route {
@@ -71,6 +74,12 @@ const api_route *cy_api_routes(size_t *n);
  * stream with that prefix. */
 const api_route *cy_api_route_find(const char *method, char *const *seg, unsigned nseg, char *allow,
                                    size_t allow_cap);
+
+/* Whether name is one of cyan's own sub-paths of a device: the literal
+ * after "devices/{id}/" in a route of the table (psk, events, functions,
+ * variables). Particle's paths (POST and GET /v1/devices/{id}/{name}) never
+ * take such a name: cyan's own route, or its 404 or 405, wins. */
+bool cy_api_device_subpath(const char *name);
 
 /* Split path (changed in place) into its segments after "/v1/", at most
  * API_MAX_SEGMENTS (the rest is not split off: an event stream takes its

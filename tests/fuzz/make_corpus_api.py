@@ -33,6 +33,9 @@ def req(method, target, body=None, token="@FULL@", headers=()):
     return out.encode()
 
 
+FORM = "application/x-www-form-urlencoded"
+
+
 def seq(*reqs):
     return b"\0".join(reqs)
 
@@ -196,6 +199,26 @@ SEEDS = {
                  req("GET", "/v1/devices/a/b/c/d/e/f/g/h/i/j"),
                  req("GET", "/v1/devices/%2e%2e/variables/x"), req("GET", "/v1/nothing"),
                  req("GET", "/v1/devices/dev-0/unknown"), req("OPTIONS", "/v1/devices")),
+    # Particle's paths (docs/api.md, "Particle compatibility").
+    "particle_call": seq(
+        req("POST", "/v1/devices/@DEV0@/led", "arg=on", headers=[("Content-Type", FORM)]),
+        req("POST", "/v1/devices/@DEV1@/led", {"arg": "on", "timeout": 2},
+            headers=[("Content-Type", "application/json; charset=utf-8")]),
+        req("POST", "/v1/devices/dev-0/led", "arg=a%20b+c%C3%A9&timeout=5&x"),
+        req("POST", "/v1/devices/@DEV0@/led", "arg=%zz&arg=%00%FF&timeout=0"),
+        req("POST", "/v1/devices/@DEV0@/led", "arg=x", headers=[("Content-Type", "text/plain")]),
+        req("POST", "/v1/devices/@DEV0@/led?timeout=1", "arg=on&access_token=@FULL@", token=None,
+            headers=[("Content-Type", FORM)]),
+        req("POST", "/v1/devices/@DEV0@/events", "arg=x", headers=[("Content-Type", FORM)]),
+        req("POST", "/v1/devices/@DEV0@/psk", "arg=x", token="@READ@")),
+    "particle_read": seq(
+        req("GET", "/v1/devices/@DEV0@/temp?timeout=3"),
+        req("GET", "/v1/devices/dev-1/temp?format=raw"),
+        req("GET", "/v1/devices/@DEV0@/temp?format=json"),
+        req("GET", "/v1/devices/@DEV0@/psk"),
+        req("GET", "/v1/devices/@DEV0@/functions"),
+        req("GET", "/v1/devices/@DEV0@/temp", token="@READ@"),
+        req("GET", "/v1/devices/@IDEV@/temp", token="@INT@")),
     "control_in_path": seq(req("GET", "/v1/devices%00x"), req("GET", "/v1/devices?x=%0a")),
     "body_too_large": req("POST", "/v1/events", '{"name":"big","data":"' + "x" * 9000 + '"}'),
 }

@@ -723,8 +723,10 @@ def test_unknown_path(api_server, dev5):
         assert_error(r, 404, "not_found")
         r = api(api_server, "POST", path, json={})
         assert_error(r, 404, "not_found")
+    # (/v1/devices/{id}/nothing is Particle's path of a function or variable
+    # "nothing": test_particle_paths.py.)
     check_cases(["/", "/v1", "/v1/", "/v1/nothing", "/v2/devices", "/v1/devicesx",
-                 "/v1/devices/%(id)s/nothing", "/v1/devices/%(id)s/functions/num/extra"], check)
+                 "/v1/devices/%(id)s/functions", "/v1/devices/%(id)s/functions/num/extra"], check)
     assert dev5.calls == []
 
 

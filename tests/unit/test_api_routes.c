@@ -148,6 +148,8 @@ static void test_api_routes_scopes_of_the_issue(void **state)
         {"GET", "/v1/tokens", CY_SCOPE_ADMIN},
         {"POST", "/v1/tokens", CY_SCOPE_ADMIN},
         {"DELETE", "/v1/tokens/0123456789ab", CY_SCOPE_ADMIN},
+        {"POST", "/v1/devices/kitchen/led", CY_SCOPE_DEVICES_CALL},
+        {"GET", "/v1/devices/kitchen/temp", CY_SCOPE_DEVICES_CALL},
     };
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
         const api_route *r = find(want[i].method, want[i].path, NULL, 0);
@@ -181,14 +183,54 @@ static void test_api_routes_404_and_405(void **state)
     assert_string_equal(allow, "GET, POST");
     assert_null(find("GET", "/v1/nothing", allow, sizeof(allow)));
     assert_string_equal(allow, "");
-    assert_null(find("GET", "/v1/devices/x/y", allow, sizeof(allow)));
+    assert_null(find("GET", "/v1/devices/x/y/z", allow, sizeof(allow)));
     assert_string_equal(allow, "");
+    assert_null(find("PUT", "/v1/devices/x/y", allow, sizeof(allow)));
+    assert_string_equal(allow, "POST, GET"); /* Particle's function and variable */
     assert_null(find("GET", "/v2/devices", allow, sizeof(allow)));
     assert_string_equal(allow, "");
     /* A short buffer is cut, never overrun. */
     char tiny[6];
     assert_null(find("PUT", "/v1/webhooks/w", tiny, sizeof(tiny)));
     assert_true(strlen(tiny) < sizeof(tiny));
+}
+
+/* Particle's paths: a name right after the device, unless it is one of
+ * cyan's own sub-paths, whose routes (or 404, 405) win whatever the method. */
+static void test_api_routes_particle_paths(void **state)
+{
+    (void)state;
+    char allow[96];
+    assert_int_equal(find("POST", "/v1/devices/x/led", NULL, 0)->op, API_OP_PARTICLE_CALL);
+    assert_int_equal(find("GET", "/v1/devices/x/temp", NULL, 0)->op, API_OP_PARTICLE_VARIABLE);
+    assert_false(find("GET", "/v1/devices/x/temp", NULL, 0)->stream);
+    /* Not the names the table uses after devices/{id}/. */
+    assert_int_equal(find("POST", "/v1/devices/x/psk", NULL, 0)->op, API_OP_DEVICE_PSK);
+    assert_null(find("GET", "/v1/devices/x/psk", allow, sizeof(allow)));
+    assert_string_equal(allow, "POST");
+    assert_int_equal(find("GET", "/v1/devices/x/events", NULL, 0)->op, API_OP_DEVICE_EVENTS);
+    assert_null(find("POST", "/v1/devices/x/events", allow, sizeof(allow)));
+    assert_string_equal(allow, "GET");
+    const char *none[] = {"/v1/devices/x/functions", "/v1/devices/x/variables"};
+    for (size_t i = 0; i < 2; i++) {
+        assert_null(find("GET", none[i], allow, sizeof(allow)));
+        assert_string_equal(allow, "");
+        assert_null(find("POST", none[i], allow, sizeof(allow)));
+        assert_string_equal(allow, "");
+    }
+    /* Only whole segments: a name that starts like a sub-path is a name. */
+    const char *names[] = {"pskx", "ps", "event", "eventsx", "function", "variables2", "*", "-"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        assert_false(cy_api_device_subpath(names[i]));
+        char path[64];
+        snprintf(path, sizeof(path), "/v1/devices/x/%s", names[i]);
+        const api_route *r = find("POST", path, NULL, 0);
+        if (!r || r->op != API_OP_PARTICLE_CALL) fail_msg("POST %s is not Particle's", path);
+    }
+    const char *subs[] = {"psk", "events", "functions", "variables"};
+    for (size_t i = 0; i < 4; i++)
+        assert_true(cy_api_device_subpath(subs[i]));
+    assert_false(cy_api_device_subpath(""));
 }
 
 static void test_api_split(void **state)
@@ -428,6 +470,7 @@ int main(void)
         cmocka_unit_test(test_api_ws_handshake_pieces),
         cmocka_unit_test(test_api_routes_scopes_of_the_issue),
         cmocka_unit_test(test_api_routes_404_and_405),
+        cmocka_unit_test(test_api_routes_particle_paths),
         cmocka_unit_test(test_api_split),
         cmocka_unit_test(test_api_routes_match_the_docs),
         cmocka_unit_test(test_api_cors_allow),
