@@ -71,6 +71,7 @@ ROUTES = [
     ("POST", "/v1/devices", "/v1/devices", "new-device", "admin", None),
     ("GET", "/v1/devices/{id}", "/v1/devices/{dev}", None, "devices:read", None),
     ("DELETE", "/v1/devices/{id}", "/v1/devices/{fresh_dev}", None, "admin", None),
+    ("PATCH", "/v1/devices/{id}", "/v1/devices/{fresh_dev}", "new-device", "admin", None),
     ("POST", "/v1/devices/{id}/psk", "/v1/devices/{dev}/psk", None, "admin", None),
     ("POST", "/v1/devices/{id}/functions/{name}", "/v1/devices/{dev}/functions/led",
      {"arg": "on", "timeout": 1}, "devices:call", None),
