@@ -23,7 +23,9 @@
 static void answer(cy_devices *d, unsigned from, uint32_t req_id, unsigned status, json_t *body)
 {
     d->progress++;
-    char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(6));
+    /* 15 significant digits: a device's number comes back as it sent it
+     * (123456.78, not 123457), without binary noise (0.1, not 0.1000...01). */
+    char *text = json_dumps(body, JSON_COMPACT | JSON_REAL_PRECISION(15));
     json_decref(body);
     if (d->answer)
         d->answer(d->answer_ctx, from, req_id, text ? status : 500, text ? text : "{}",

@@ -557,6 +557,8 @@ def test_function_calls(api_server, version):
             ("echo", "[1, 2", "[1, 2"),
             ("echo", "{\"k\": true}", {"k": True}),
             ("echo", "a" * 1024, "a" * 1024),    # the largest argument
+            ("echo", "123456.78", 123456.78),     # numbers keep their digits
+            ("echo", "3.14159265358979", 3.14159265358979),
         ]
         for fn, arg, want in cases:
             r = call(api_server, did, fn, arg=arg)
