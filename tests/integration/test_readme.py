@@ -33,23 +33,25 @@ def test_readme_walkthrough_runs(api_server, tmp_path):
     srv = api_server
     script = walkthrough()
     assert "http://127.0.0.1:8080" in script
-    script = script.replace("http://127.0.0.1:8080", srv.api_url)
+    script = script.replace("http://127.0.0.1:8080/v1", srv.api_url + "/v1")
     os.makedirs(tmp_path / "build")
     os.symlink(os.path.abspath(CYAN_BIN), tmp_path / "build" / "cyan")
     os.symlink(os.path.join(ROOT, "examples"), tmp_path / "examples")
     os.symlink(srv.data_dir, tmp_path / "data")
-    env = dict(os.environ, CYAN_PORT=str(srv.port), CYAN_HOST=srv.host)
+    # The CLI finds this node through CYAN_URL and CYAN_TOKEN (the README's
+    # relies on the defaults: 127.0.0.1:8080 and data/admin-token).
+    env = dict(os.environ, CYAN_PORT=str(srv.port), CYAN_HOST=srv.host, CYAN_URL=srv.api_url,
+               CYAN_TOKEN=srv.admin_token())
     cp = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=env,
                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     out = cp.stdout
     assert cp.returncode == 0, (cp.returncode, out, cp.stderr[-3000:])
-    lines = [line for line in out.splitlines() if line.strip()]
-    objs = [json.loads(line) for line in lines if line.startswith("{")]
-    call = [o for o in objs if o.get("name") == "led"]
-    assert call and call[0]["return_value"] == 1, out
-    read = [o for o in objs if o.get("name") == "temperature" and "value" in o]
-    assert read and read[0]["value"] == 21.5, out
+    assert "online as " in out, out  # the example device, in the background
+    lines = [line.strip() for line in out.splitlines()
+             if line.strip() and not line.startswith("online as ")]
+    assert lines[0] == "1", out      # cyan call thermostat-1 led on
+    assert lines[1] == "21.5", out   # cyan get thermostat-1 temperature
+    listed = [line for line in lines if line.startswith("thermostat-1 ")]
+    assert listed and " yes " in listed[0] and "mqtt" in listed[0], out  # cyan list
     data = [line for line in lines if line.startswith("data: ")]
     assert data and json.loads(data[0][6:])["name"] == "temperature", out
-    device = [o for o in objs if "online" in o]
-    assert device and device[0]["online"] is True and device[0]["name"] == "thermostat-1", out
