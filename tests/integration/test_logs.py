@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import time
+import types
 
 import pytest
 
@@ -68,11 +69,11 @@ def test_ready_line_plain(server_factory):
     assert srv.wait_log("no admin token: ", timeout=15), srv.log_tail()
 
 
-def test_ready_line_tls(server_factory, tmp_path):
+def test_ready_line_tls_and_tls_summary(server_factory, tmp_path):
     ca = CA(str(tmp_path / "ca"))
     cert, key = ca.issue("cyan-1")
-    srv = server_factory(_template=False, tls_cert=cert, tls_key=key, ops_tls=False,
-                         coaps_listen="")
+    srv = server_factory(tls_cert=cert, tls_key=key, ops_tls=False, coaps_listen="",
+                         log_summary_interval=1)
     _, m = ready_line(srv)
     ls = listeners(m.group(2))
     assert ls["mqtts"] == ("127.0.0.1:%d" % srv.mqtts_port, "TLS"), ls
@@ -80,6 +81,24 @@ def test_ready_line_tls(server_factory, tmp_path):
     assert ls["http"][1].startswith("TLS"), ls
     assert ls["ops"][1].startswith("plain"), ls  # ops_tls = false
     assert "coaps" not in ls  # turned off
+
+    # A device over TLS counts as mqtts where its TLS ends on its own shard,
+    # as tls/ws where another shard ends it for the owner.
+    time.sleep(2.5)
+    base = len(summary_lines(srv))
+    dev = srv.add_device()
+    c = Client(types.SimpleNamespace(host=srv.host, port=srv.mqtts_port), dev,
+               client_id=uniq("tls"))
+    c.c.tls_set(ca_certs=ca.cert)
+    c.c.on_socket_register_write = lambda client, userdata, sock: None
+    c.connect()
+    c.disconnect()
+    assert wait_until(lambda: totals(summary_lines(srv)[base:], "closed")[0] >= 1, timeout=6), \
+        srv.log_tail()
+    n, kinds = totals(summary_lines(srv)[base:], "opened")
+    assert n == 1 and set(kinds) <= {"mqtts", "tls/ws"}, summary_lines(srv)
+    if SHARDS == 1:
+        assert kinds == {"mqtts": 1}, kinds
 
 
 def summary_lines(srv):

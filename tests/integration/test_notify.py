@@ -139,11 +139,12 @@ def test_ready_pings_status_reload_stop(server_factory, monkeypatch, systemd):
     assert "STATUS=%d of %d shard" % (SHARDS, SHARDS) in ready_msg, ready_msg
     assert any(s.startswith("starting") for s in systemd.statuses()), systemd.all()
 
-    # Pings every half WATCHDOG_USEC, from then on.
+    # Pings every half WATCHDOG_USEC, from then on (a gap must stay under
+    # WATCHDOG_USEC itself, what systemd would act on, on a loaded machine).
     time.sleep(3.0)
     pings = systemd.pings(since=t_ready)
     assert 4 <= len(pings) <= 8, pings
-    assert max_gap(pings) < 0.8, pings
+    assert max_gap(pings) < 0.95, pings
 
     # No child inherits the variables (they are not systemd's main process).
     pids = list(srv.wait_shard_pids().values()) + [srv.monitor_pid()]
@@ -217,7 +218,7 @@ def test_pings_stop_while_supervisor_stopped(server_factory, monkeypatch, system
     t_next = systemd.wait("WATCHDOG=1", 2.0, since=t_cont)
     assert t_next - t_cont < 1.0
     time.sleep(1.5)
-    assert max_gap(systemd.pings(since=t_next)) < 0.8
+    assert max_gap(systemd.pings(since=t_next)) < 0.95
 
 
 def test_pings_go_on_while_a_shard_is_replaced(server_factory, monkeypatch, systemd):
@@ -232,7 +233,7 @@ def test_pings_go_on_while_a_shard_is_replaced(server_factory, monkeypatch, syst
     assert new != victim
     time.sleep(1.0)
     pings = systemd.pings(since=t0)
-    assert max_gap(pings) < 0.8, pings
+    assert max_gap(pings) < 0.95, pings
     assert "not healthy" not in srv.log()
 
 
