@@ -289,14 +289,20 @@ static void kinds(char *buf, size_t len, size_t *n, const uint64_t *c, const cha
 int cy_connsum_tick(int64_t now_ms, uint32_t interval_s, uint64_t refused_total, uint64_t mqtt_open,
                     uint64_t coap_open)
 {
-    if (!interval_s) {
+    if (!interval_s) { /* off: nothing is kept, the next interval starts from here */
         memset(&sum, 0, sizeof(sum));
+        sum.refused_base = refused_total;
         return 0;
     }
-    if (!sum.start_ms || refused_total < sum.refused_base) {
+    if (refused_total < sum.refused_base) { /* another count (a new process): start over */
         memset(&sum, 0, sizeof(sum));
-        sum.start_ms = now_ms ? now_ms : 1;
         sum.refused_base = refused_total;
+    }
+    if (!sum.start_ms) {
+        /* The first interval begins at the first tick; what was counted
+         * before it (at start, or just after a reload turned the summary
+         * on) belongs to it. */
+        sum.start_ms = now_ms ? now_ms : 1;
         return 0;
     }
     if (now_ms - sum.start_ms < (int64_t)interval_s * 1000) return 0;

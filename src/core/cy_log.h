@@ -92,9 +92,9 @@ typedef enum {
 
 void cy_connsum_opened(cy_conn_kind k);
 void cy_connsum_closed(cy_conn_kind k);
-/* Called often (a sweep): at the first call it starts the interval; once
- * interval_s has passed it writes the line if anything happened and
- * starts the next. refused_total: the process's count of refused CONNECTs
+/* Called often (a sweep): the first call starts the interval (what was
+ * counted before belongs to it); once interval_s has passed it writes the
+ * line if anything happened and starts the next. refused_total: the process's count of refused CONNECTs
  * so far (the line shows its growth); mqtt_open, coap_open: connections
  * and CoAP devices online now. interval_s 0: no line, counts dropped.
  * Returns 1 when it wrote a line. */

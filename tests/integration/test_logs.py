@@ -14,6 +14,7 @@
 import json
 import os
 import re
+import signal
 import socket
 import time
 import types
@@ -155,6 +156,31 @@ def test_connection_lines_and_summary(server_factory):
     n = len(summary_lines(srv))
     time.sleep(3.2)
     assert len(summary_lines(srv)) == n, summary_lines(srv)
+
+
+def test_summary_interval_reloads(server_factory):
+    """log_summary_interval changes with a reload (SIGHUP), on every shard."""
+    def prepare(srv):
+        srv.conf = os.path.join(srv.workdir, "cyan.conf")
+        with open(srv.conf, "w") as f:
+            f.write("log_summary_interval = 0\n")
+        base = type(srv).argv
+        srv.argv = lambda: base(srv) + ["-c", srv.conf]
+
+    srv = server_factory(_prepare=prepare)
+    ready_line(srv)
+    dev = srv.add_device()
+    c = Client(srv, dev, client_id=uniq("rl"))
+    c.connect()
+    time.sleep(1.5)
+    assert not summary_lines(srv)  # off
+    with open(srv.conf, "w") as f:
+        f.write("log_summary_interval = 1\n")
+    srv.proc.send_signal(signal.SIGHUP)
+    assert srv.wait_log("applied log_summary_interval 0 -> 1", timeout=5), srv.log_tail()
+    c.disconnect()
+    assert wait_until(lambda: totals(summary_lines(srv), "closed")[0] == 1, timeout=6), \
+        srv.log_tail()
 
 
 def test_summary_off_and_debug_lines(server_factory):

@@ -185,43 +185,51 @@ static void test_summary(void **state)
     reset();
     cy_log_set_level(CY_LOG_INFO);
     cy_connsum_reset();
-    /* The first tick starts the interval; counts before it are dropped. */
+    /* What is counted before the first tick belongs to the first interval. */
     cy_connsum_opened(CY_CONN_MQTT);
     capture();
-    assert_int_equal(cy_connsum_tick(1000, 60, 7, 0, 0), 0);
+    assert_int_equal(cy_connsum_tick(1000, 60, 0, 0, 0), 0);
     cy_connsum_opened(CY_CONN_MQTT);
     cy_connsum_opened(CY_CONN_MQTT);
     cy_connsum_opened(CY_CONN_MQTTS);
     cy_connsum_opened(CY_CONN_COAPS);
     cy_connsum_closed(CY_CONN_MQTT);
     cy_connsum_closed(CY_CONN_RELAYED);
-    assert_int_equal(cy_connsum_tick(60999, 60, 9, 0, 0), 0); /* 1 ms early */
-    assert_int_equal(cy_connsum_tick(61000, 60, 10, 140, 12), 1);
+    assert_int_equal(cy_connsum_tick(60999, 60, 2, 0, 0), 0); /* 1 ms early */
+    assert_int_equal(cy_connsum_tick(61000, 60, 3, 140, 12), 1);
     /* Nothing since: no line, however long. */
-    assert_int_equal(cy_connsum_tick(200000, 60, 10, 140, 12), 0);
+    assert_int_equal(cy_connsum_tick(200000, 60, 3, 140, 12), 0);
     /* Refusals alone are something. */
-    assert_int_equal(cy_connsum_tick(261000, 60, 15, 140, 12), 1);
+    assert_int_equal(cy_connsum_tick(261000, 60, 8, 140, 12), 1);
     /* Off: nothing, and what was counted meanwhile is dropped. */
     cy_connsum_opened(CY_CONN_WS);
-    assert_int_equal(cy_connsum_tick(400000, 0, 15, 0, 0), 0);
-    assert_int_equal(cy_connsum_tick(400000, 1, 15, 0, 0), 0); /* starts again */
+    assert_int_equal(cy_connsum_tick(400000, 0, 8, 0, 0), 0);
+    assert_int_equal(cy_connsum_tick(400000, 1, 8, 0, 0), 0); /* starts again */
     cy_connsum_opened(CY_CONN_WS);
     cy_connsum_closed(CY_CONN_COAP);
-    assert_int_equal(cy_connsum_tick(401000, 1, 15, 1, 0), 1);
+    assert_int_equal(cy_connsum_tick(401000, 1, 8, 1, 0), 1);
     /* A refused count that went back (a new process's) starts over. */
     assert_int_equal(cy_connsum_tick(500000, 1, 3, 1, 0), 0);
+    assert_int_equal(cy_connsum_tick(501500, 1, 3, 1, 0), 0);
+    /* Turned on by a reload: what comes before the first tick is kept. */
+    assert_int_equal(cy_connsum_tick(600000, 0, 3, 0, 0), 0);
+    cy_connsum_closed(CY_CONN_MQTT);
+    assert_int_equal(cy_connsum_tick(600100, 1, 3, 0, 0), 0);
+    assert_int_equal(cy_connsum_tick(601100, 1, 4, 0, 0), 1);
     const char *s = captured();
-    assert_non_null(strstr(s, "INFO  connections in the last 60 s: 4 opened (mqtt 2, mqtts 1, "
+    assert_non_null(strstr(s, "INFO  connections in the last 60 s: 5 opened (mqtt 3, mqtts 1, "
                               "coaps 1), 2 closed (mqtt 1, tls/ws 1), 3 refused; open now: 140 "
                               "MQTT, 12 CoAP\n"));
     assert_non_null(strstr(s, "INFO  connections in the last 61 s: 0 opened, 0 closed, 5 "
                               "refused; open now: 140 MQTT, 12 CoAP\n"));
     assert_non_null(strstr(s, "INFO  connections in the last 1 s: 1 opened (ws 1), 1 closed "
                               "(coap 1), 0 refused; open now: 1 MQTT, 0 CoAP\n"));
+    assert_non_null(strstr(s, "INFO  connections in the last 1 s: 0 opened, 1 closed (mqtt 1), "
+                              "1 refused; open now: 0 MQTT, 0 CoAP\n"));
     int lines = 0;
     for (const char *p = s; (p = strchr(p, '\n')); p++)
         lines++;
-    assert_int_equal(lines, 3);
+    assert_int_equal(lines, 4);
     /* At warn the line is not written (it is info). */
     cy_log_set_level(CY_LOG_WARN);
     cy_connsum_reset();
