@@ -94,10 +94,10 @@ void cy_connsum_opened(cy_conn_kind k);
 void cy_connsum_closed(cy_conn_kind k);
 /* Called often (a sweep): the first call starts the interval (what was
  * counted before belongs to it); once interval_s has passed it writes the
- * line if anything happened and starts the next. refused_total: the process's count of refused CONNECTs
- * so far (the line shows its growth); mqtt_open, coap_open: connections
- * and CoAP devices online now. interval_s 0: no line, counts dropped.
- * Returns 1 when it wrote a line. */
+ * line if anything happened and starts the next. refused_total: the
+ * process's count of refused CONNECTs so far (the line shows its growth);
+ * mqtt_open, coap_open: connections and CoAP devices online now.
+ * interval_s 0: no line, counts dropped. Returns 1 when it wrote a line. */
 int cy_connsum_tick(int64_t now_ms, uint32_t interval_s, uint64_t refused_total, uint64_t mqtt_open,
                     uint64_t coap_open);
 /* Forget everything (tests). */
