@@ -1,7 +1,8 @@
 # Thin wrapper over CMake. The two commands of the README:
 #   make run    install what is missing, build, start cyan with ./data
 #   make test   install what is missing, build, run every test
-# Others: make build, make asan, make fuzz, make bench, make clean.
+# Others: make build, make asan, make fuzz, make bench, make clean,
+#   make install / make uninstall (PREFIX, DESTDIR; below), make man.
 JOBS    ?= $(shell nproc)
 BUILD   ?= build
 ASAN    ?= build-asan
@@ -11,7 +12,7 @@ CONF    ?= etc/cyan.conf
 FUZZ_SECONDS ?= 20
 PYTHON  := /usr/bin/python3
 
-.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap clean deps deps-run deps-test
+.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap clean deps deps-run deps-test install uninstall man
 
 all: build
 
@@ -157,3 +158,53 @@ bench-api:
 
 clean:
 	rm -rf $(BUILD) $(ASAN) $(FUZZB)
+
+# Install what `make build` built (it does not build: run `make` first, as
+# yourself, then `sudo make install`). DESTDIR stages into a folder (packages);
+# PREFIX and SYSCONFDIR are where the files will live and are written into the
+# unit. An existing configuration file is never overwritten: the new one goes
+# beside it as cyan.conf.new. Without DESTDIR, as root, the cyan user is made
+# (systemd-sysusers) unless SYSUSERS=no. docs/operations.md, "Install".
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+SYSCONFDIR ?= /etc
+SYSUSERS   ?= auto
+install:
+	@test -x $(BUILD)/cyan || { echo "install: $(BUILD)/cyan is not built: run make first"; exit 1; }
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(SYSCONFDIR)/cyan
+	install -m 0755 $(BUILD)/cyan $(DESTDIR)$(BINDIR)/cyan
+	install -m 0644 etc/cyan.1 $(DESTDIR)$(MANDIR)/man1/cyan.1
+	sed -e 's|/usr/local/bin/cyan|$(BINDIR)/cyan|' -e 's|/etc/cyan/|$(SYSCONFDIR)/cyan/|' \
+	  etc/cyan.service > $(DESTDIR)$(UNITDIR)/cyan.service.tmp
+	chmod 0644 $(DESTDIR)$(UNITDIR)/cyan.service.tmp
+	mv $(DESTDIR)$(UNITDIR)/cyan.service.tmp $(DESTDIR)$(UNITDIR)/cyan.service
+	install -m 0644 etc/cyan.sysusers $(DESTDIR)$(SYSUSERSDIR)/cyan.conf
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/cyan/cyan.conf ]; then \
+	  install -m 0644 etc/cyan.conf $(DESTDIR)$(SYSCONFDIR)/cyan/cyan.conf.new; \
+	  echo "install: kept $(DESTDIR)$(SYSCONFDIR)/cyan/cyan.conf; this version's is cyan.conf.new"; \
+	else \
+	  install -m 0644 etc/cyan.conf $(DESTDIR)$(SYSCONFDIR)/cyan/cyan.conf; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && [ "$(SYSUSERS)" != no ] && [ "$$(id -u)" = 0 ] && \
+	    command -v systemd-sysusers >/dev/null; then \
+	  systemd-sysusers $(SYSUSERSDIR)/cyan.conf; \
+	fi
+	@echo "install: done; under systemd: systemctl daemon-reload && systemctl enable --now cyan"
+
+# Removes what install put there, except the configuration (yours) and
+# the data (/var/lib/cyan) and the cyan user.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/cyan $(DESTDIR)$(MANDIR)/man1/cyan.1 \
+	  $(DESTDIR)$(UNITDIR)/cyan.service $(DESTDIR)$(SYSUSERSDIR)/cyan.conf \
+	  $(DESTDIR)$(SYSCONFDIR)/cyan/cyan.conf.new
+	@echo "uninstall: left $(DESTDIR)$(SYSCONFDIR)/cyan/cyan.conf and the data folder"
+
+# The generated files, from the binary (commit them with the change that
+# made them differ: tests/integration/test_cli.py and test_install.py check).
+man: build
+	$(BUILD)/cyan man > etc/cyan.1
+	$(BUILD)/cyan config > etc/cyan.conf

@@ -20,6 +20,8 @@
  *   cyan shard stop|cont|kill|spin|stall INDEX   drills (see docs/supervision.md)
  *   cyan shard INDEX GENERATION ...              a shard (spawned by the supervisor)
  *   cyan monitor INDEX GENERATION ...            the monitor (spawned by the supervisor)
+ *   cyan man                                     the manual page, cyan(1) (core/cy_man.h;
+ *                                                not in the usage: etc/cyan.1 is its output)
  *
  * Settings: defaults, then the config file (-c), then --name=value, each
  * overriding the one before; SIGHUP to the running node reads them again
@@ -53,6 +55,7 @@
 #include "core/cy_config.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "core/cy_man.h"
 #include "http/http.h"
 #include "device/acl.h"
 #include "health/supervisor.h"
@@ -682,6 +685,21 @@ static int cmd_serve(const cy_config *cfg, char **pass)
     return cy_supervisor_run(cfg, exe, pass);
 }
 
+/* `cyan man` (not in the usage: a maintainer's command): the manual page,
+ * cyan(1), from the settings table and the usage text (core/cy_man.h). */
+static int cmd_man(void)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&text, &len);
+    if (!m) return 1;
+    usage(m);
+    fclose(m);
+    cy_man_print(stdout, text);
+    free(text);
+    return fflush(stdout) || ferror(stdout) ? 1 : 0;
+}
+
 static int parse_uint(const char *s, unsigned long long *out)
 {
     char *end;
@@ -736,11 +754,15 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!checking) cy_log_set_level(lvl);
+    cy_log_format fmt = CY_LOG_TEXT;
+    cy_log_parse_format(cfg.log_format, &fmt); /* checked by cy_config_set */
+    cy_log_set_format(fmt);
     unsigned long long idx, gen;
     if (nargs == 0 || !strcmp(args[0], "serve")) {
         /* Shards get the same -c and --name=value arguments. */
         char **pass = calloc((size_t)argc + 1, sizeof(char *));
         int np = 0;
+        cy_log_set_process("supervisor");
         for (int i = 1; pass && i < argc; i++)
             if (strcmp(argv[i], "serve")) pass[np++] = argv[i];
         rc = pass ? cmd_serve(&cfg, pass) : 1;
@@ -768,6 +790,8 @@ int main(int argc, char **argv)
     else if (!strcmp(args[0], "config") && nargs == 1) {
         cy_config_print(&cfg, stdout);
         rc = 0;
+    } else if (!strcmp(args[0], "man") && nargs == 1) {
+        rc = cmd_man();
     } else if (!strcmp(args[0], "config")) {
         const char *file = NULL; /* the -c of the command line, as parse_args took it */
         for (int i = 1; i + 1 < argc && strcmp(argv[i], "--"); i++)

@@ -88,8 +88,7 @@ void cy_cli_usage(FILE *out)
             "           DEVICE: an id or a name. These six talk to the HTTP API and take\n"
             "           [--url URL] [--token TOKEN] [--cacert FILE] [--json]; without them\n"
             "           CYAN_URL and CYAN_TOKEN, else this configuration's http_listen and\n"
-            "           DATA_DIR/admin-token\n"
-            "       cyan config --check [FILE]                 check a configuration file\n");
+            "           DATA_DIR/admin-token\n");
 }
 
 /* The synopsis of one command, for its usage error. */

@@ -437,8 +437,9 @@ static void go_online(coap_ep *ep)
     c->online++;
     c->stats->coap_online = c->online;
     char t[64];
-    cy_info(ep->id, "online over %s from %s", link_protocol(&ep->link),
-            coap_addr_text(&ep->addr, t, sizeof(t)));
+    cy_connsum_opened(ep->via == COAP_VIA_DTLS ? CY_CONN_COAPS : CY_CONN_COAP);
+    cy_debug(ep->id, "online over %s from %s", link_protocol(&ep->link),
+             coap_addr_text(&ep->addr, t, sizeof(t)));
     cy_device_online(d, s, &ep->link);
     cy_session_resume(d, s);
 }
@@ -459,7 +460,8 @@ static void go_offline(coap_ep *ep, const char *why)
     answer_reset(ep); /* a call whose answer was coming in blocks: its deadline answers it */
     cy_session *s = ep->sess;
     ep->sess = NULL;
-    cy_info(ep->id, "offline: %s", why);
+    cy_connsum_closed(ep->via == COAP_VIA_DTLS ? CY_CONN_COAPS : CY_CONN_COAP);
+    cy_debug(ep->id, "offline: %s", why);
     if (s) {
         cy_device_offline(c->devices, s, &ep->link);
         cy_session_detach(c->devices, s, false);

@@ -224,6 +224,15 @@ static const setting table[] = {
         "OpenSSL cipher list for TLS 1.2; empty = ECDHE with AES-GCM or ChaCha20-Poly1305 "
         "(TLS 1.3 suites are OpenSSL's, all AEAD)"),
     STR(tls_min_version, "1.2", "oldest TLS version taken: 1.2 or 1.3"),
+    /* Logs (docs/operations.md, "Logs"). */
+    STR(log_format, "text",
+        "text: one line per event (time, level, process, client, message); json: one JSON "
+        "object per line (time, level, process, shard, source, client, message) for log "
+        "shippers"),
+    U32(log_summary_interval, "60", 0, 86400,
+        "seconds between each shard's info line summing up the MQTT connections opened, closed "
+        "and refused, by protocol (written only when there were some; each connection's own "
+        "lines are at debug); 0 = no summary"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))
@@ -342,6 +351,8 @@ int cy_config_set(cy_config *c, const char *name, const char *value, cy_config_e
                 return fail(err, "%s: not an address or address/prefix: %s", name, bad);
             if (!strcmp(name, "tls_min_version") && strcmp(value, "1.2") && strcmp(value, "1.3"))
                 return fail(err, "%s: expected 1.2 or 1.3, got '%s'", name, value);
+            if (!strcmp(name, "log_format") && strcmp(value, "text") && strcmp(value, "json"))
+                return fail(err, "%s: expected text or json, got '%s'", name, value);
             return 0;
         }
     return fail(err, "unknown setting '%s'%s", name, "");
@@ -486,6 +497,8 @@ static const char *const reloadable[] = {
      * connections; established ones keep theirs) */
     "tls_cert",           "tls_key",           "tls_ca",
     "tls_ciphers",        "tls_min_version",
+    /* read by each shard's sweep at each summary */
+    "log_summary_interval",
 };
 
 size_t cy_config_count(void)
@@ -503,6 +516,31 @@ bool cy_config_reloadable(size_t i)
     for (size_t k = 0; i < NSETTINGS && k < sizeof(reloadable) / sizeof(reloadable[0]); k++)
         if (!strcmp(reloadable[k], table[i].name)) return true;
     return false;
+}
+
+const char *cy_config_doc(size_t i)
+{
+    return i < NSETTINGS ? table[i].doc : NULL;
+}
+
+const char *cy_config_default(size_t i)
+{
+    return i < NSETTINGS ? table[i].def : NULL;
+}
+
+const char *cy_config_kind(size_t i, uint32_t *min, uint32_t *max)
+{
+    if (i >= NSETTINGS) return NULL;
+    if (min) *min = table[i].min;
+    if (max) *max = table[i].max;
+    switch (table[i].type) {
+    case T_BOOL:
+        return "bool";
+    case T_U32:
+        return "number";
+    default:
+        return "string";
+    }
 }
 
 void cy_config_value(const cy_config *c, size_t i, char *buf, size_t len)

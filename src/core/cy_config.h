@@ -103,6 +103,9 @@ typedef struct cy_config {
     char tls_ca[512];              /* PEM CAs of device certificates; "" = none */
     char tls_ciphers[256];         /* TLS 1.2 cipher list; "" = cyan's */
     char tls_min_version[8];       /* "1.2" or "1.3" */
+    /* logs */
+    char log_format[8];            /* "text" or "json" */
+    uint32_t log_summary_interval; /* s between connection summaries per shard; 0 = none */
 } cy_config;
 
 typedef struct cy_config_error {
@@ -146,5 +149,12 @@ size_t cy_config_count(void);
 const char *cy_config_name(size_t i);
 void cy_config_value(const cy_config *c, size_t i, char *buf, size_t len);
 bool cy_config_reloadable(size_t i);
+/* What `cyan man` prints of each setting: its one-line meaning, its
+ * default as text, and its kind, "string", "bool" or "number" (then
+ * *min..*max are its bounds; either pointer may be NULL). Static strings;
+ * NULL past the end. */
+const char *cy_config_doc(size_t i);
+const char *cy_config_default(size_t i);
+const char *cy_config_kind(size_t i, uint32_t *min, uint32_t *max);
 
 #endif

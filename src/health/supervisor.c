@@ -53,6 +53,7 @@
 #include "core/cy_tls.h"
 #include "core/cy_version.h"
 #include "health/scoreboard.h"
+#include "health/sdnotify.h"
 #include "health/watchdog.h"
 
 #include <dirent.h>
@@ -72,7 +73,7 @@
 #include <uv.h>
 
 #define TICK_MS 100
-#define FEED_MS 1000
+#define HEALTH_MS 1000 /* the supervisor judges itself at least this often */
 #define STOP_GRACE_MS 10000
 #define LISTEN_BACKLOG 1024
 #define LOCK_FD 6         /* where every shard holds the data folder's lock */
@@ -104,10 +105,12 @@ struct shard {
     cy_watch watch;
     int64_t running_since_ms; /* first sample RUNNING in this generation; 0 before */
     int64_t accepting_since_ms; /* first sample accepting clients in it; 0 before */
-    bool ever_running;        /* some generation reached RUNNING (READY=1) */
+    bool ever_running;          /* some generation reached RUNNING ("all N shards running") */
     int64_t backoff_ms;       /* the last crash-loop delay; 0 after a good run */
     int killed_reason;        /* CY_RESTART_* if we killed it, else -1 */
     int64_t killed_delay_ms;
+    int64_t killed_ms; /* when we sent SIGKILL to the current child (verdict), 0 = not */
+    int64_t spawn_failing_since_ms; /* first of the failed spawns in a row, 0 = none */
     char killed_why[128];
     bool stop_killed; /* shutdown: needed SIGKILL */
 };
@@ -118,7 +121,7 @@ struct sv {
     char *const *pass;
     size_t npass;
     uv_loop_t loop;
-    uv_timer_t tick, feed, stop_timer;
+    uv_timer_t tick, stop_timer;
     uv_signal_t sigterm, sigint, sighup, sigusr1, sigusr2;
     bool told_usr1, told_usr2; /* logged once */
     cy_config live;            /* the settings of this run; reloads change some */
@@ -133,13 +136,27 @@ struct sv {
     unsigned n;     /* shards */
     unsigned nproc; /* processes watched: the shards, then the monitor if on */
     unsigned alive;
-    bool ready, stopping, finished;
+    bool all_running; /* every shard reached RUNNING once (logged) */
+    bool ready;       /* every shard accepted clients at once: READY=1 sent */
+    bool stopping, finished;
     int result;
-    char notify[sizeof(((struct sockaddr_un *)0)->sun_path)];
+    /* systemd (sdnotify.h) and the supervisor's own health */
+    cy_sdnotify sd;
+    bool notify_failing;    /* the last send failed (logged once until one works) */
+    bool healthy;           /* the last judgement of itself */
+    int64_t started_ms;     /* monotonic ms at start, for "ready in 1.2 s" */
+    int64_t last_ping_ms;   /* the last WATCHDOG=1 */
+    int64_t last_health_ms; /* the last judgement */
+    char sb_path[640];      /* data_dir/run/scoreboard */
+    dev_t sb_dev;           /* what it was when we made it */
+    ino_t sb_ino;
+    char status[256]; /* the last STATUS= sent */
+    char unhealthy_why[256];
     shard shards[CY_SB_MAX_SHARDS + 1];
 };
 
 static void spawn_shard(shard *sh);
+static void feed_systemd(sv *s, int64_t now);
 
 static double secs(int64_t ms)
 {
@@ -190,11 +207,16 @@ static const char *signame(int sig)
     }
 }
 
+/* One message to systemd, if it listens. A failure is logged once until a
+ * send works again (the watchdog pings would repeat it twice a second). */
 static void notify(sv *s, const char *state)
 {
-    if (!s->notify[0]) return;
-    int rc = cy_sd_notify_to(s->notify, state);
-    if (rc) cy_warn(NULL, "supervisor: notify %s to %s: %s", state, s->notify, cy_strerror(rc));
+    if (s->sd.fd < 0) return;
+    int rc = cy_sdnotify_send(&s->sd, state);
+    if (rc && !s->notify_failing)
+        cy_warn(NULL, "supervisor: notify %.40s to %s: %s (logged once)", state, s->sd.socket,
+                cy_strerror(rc));
+    s->notify_failing = rc != 0;
 }
 
 static int mkdir_p(const char *path)
@@ -231,7 +253,6 @@ static void finish(sv *s)
     if (s->finished) return;
     s->finished = true;
     close_handle((uv_handle_t *)&s->tick);
-    close_handle((uv_handle_t *)&s->feed);
     close_handle((uv_handle_t *)&s->stop_timer);
     close_handle((uv_handle_t *)&s->sigterm);
     close_handle((uv_handle_t *)&s->sigint);
@@ -265,7 +286,9 @@ static void on_stop_timeout(uv_timer_t *t)
 static void begin_stop(sv *s, const char *why)
 {
     s->stopping = true;
-    notify(s, "STOPPING=1");
+    char msg[160];
+    snprintf(msg, sizeof(msg), "STOPPING=1\nSTATUS=stopping: %.100s", why);
+    notify(s, msg);
     cy_scoreboard_event(&s->sb, cy_wall_ms(), CY_SB_EVENT_STOP, -1, getpid(), 0, -1, why);
     cy_info(NULL, "supervisor: %s: stopping %u process%s", why, s->alive, s->alive == 1 ? "" : "es");
     for (unsigned i = 0; i < s->nproc; i++) {
@@ -312,11 +335,31 @@ void cy_supervisor_set_reload_check(cy_supervisor_check_fn fn)
     reload_check = fn;
 }
 
+static void reload_config(sv *s);
+
+/* systemd hears of the reload (RELOADING=1 with the monotonic clock, as
+ * Type=notify-reload wants; harmless to Type=notify), then READY=1 when it
+ * is done, whatever its outcome: the node serves throughout. */
+static void reload(sv *s)
+{
+    if (s->ready) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        char msg[96];
+        snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%llu",
+                 (unsigned long long)ts.tv_sec * 1000000ull +
+                     (unsigned long long)ts.tv_nsec / 1000);
+        notify(s, msg);
+    }
+    reload_config(s);
+    if (s->ready) notify(s, "READY=1");
+}
+
 /* Re-read the settings as at start (the -c file, then the command line's
  * --name=value on top), apply those that may change at runtime, name each
  * other change as not applied, and send the shards the runtime settings
  * over their fd 4 (see shard.c). A file with an error changes nothing. */
-static void reload(sv *s)
+static void reload_config(sv *s)
 {
     cy_config next;
     cy_config_error err;
@@ -653,6 +696,8 @@ static void spawn_shard(shard *sh)
     sh->child = c;
     sh->pid = c->proc.pid;
     sh->killed_reason = -1;
+    sh->killed_ms = 0;
+    sh->spawn_failing_since_ms = 0;
     sh->running_since_ms = 0;
     sh->accepting_since_ms = 0;
     cy_watch_init(&sh->watch, now);
@@ -675,6 +720,7 @@ fail:
     cy_sb_store(&slot->state, CY_SHARD_DOWN);
     cy_sb_store(&slot->sv_pid, 0);
     sh->backoff_ms = cy_backoff_next(sh->backoff_ms, 0);
+    if (!sh->spawn_failing_since_ms) sh->spawn_failing_since_ms = now;
     char why[128];
     snprintf(why, sizeof(why), "cannot spawn %.80s: %s", s->exe, uv_strerror(rc));
     set_reason(slot, why);
@@ -690,6 +736,7 @@ static void kill_shard(shard *sh, cy_verdict v, const char *why, int64_t now)
     sv *s = sh->sv;
     cy_sb_slot *slot = &s->sb.slots[sh->idx];
     uv_process_kill(&sh->child->proc, SIGKILL);
+    sh->killed_ms = now;
     /* Dead to its peers from now on (see the file comment). */
     cy_sb_store(&slot->state, CY_SHARD_DOWN);
     sh->killed_reason = cy_watchdog_reason(v);
@@ -791,21 +838,185 @@ static void on_tick(uv_timer_t *t)
         if (!sh->child || sh->killed_reason >= 0) continue;
         if (canary_failing(s, sh, now, why, sizeof(why))) kill_shard(sh, CY_VERDICT_CANARY, why, now);
     }
-    if (!s->ready) {
+    if (!s->all_running) {
         unsigned up = 0;
         for (unsigned i = 0; i < s->n; i++)
             up += s->shards[i].ever_running;
         if (up == s->n) {
-            s->ready = true;
+            s->all_running = true; /* processes up; ready once they accept (feed_systemd) */
             cy_info(NULL, "supervisor: all %u shards running", s->n);
-            notify(s, "READY=1");
         }
+    }
+    feed_systemd(s, now);
+}
+
+/* ---- readiness, status and health (systemd: sdnotify.h) ---- */
+
+/* "127.0.0.1:1883" or "[::1]:1883" of a bound socket, or the configured
+ * text when the kernel will not say. */
+static void bound_addr(int fd, const char *configured, char *out, size_t len)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN];
+    snprintf(out, len, "%s", configured);
+    if (fd < 0 || getsockname(fd, (struct sockaddr *)&ss, &sl) != 0) return;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        if (inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip)))
+            snprintf(out, len, "%s:%u", ip, ntohs(a->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+        if (inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip)))
+            snprintf(out, len, "[%s]:%u", ip, ntohs(a->sin6_port));
     }
 }
 
-static void on_feed(uv_timer_t *t)
+/* Append "name=addr (kind)" for one listener to buf at *n. */
+static void add_listener(char *buf, size_t len, size_t *n, const char *name, int fd,
+                         const char *configured, const char *kind)
 {
-    notify(t->data, "WATCHDOG=1");
+    char a[INET6_ADDRSTRLEN + 16];
+    if (fd < 0 || *n >= len) return;
+    bound_addr(fd, configured, a, sizeof(a));
+    *n += (size_t)snprintf(buf + *n, len - *n, "%s%s=%s (%s)", *n ? ", " : "", name, a, kind);
+}
+
+/* The line an operator (and a log search) looks for after a start: every
+ * listener with its address and whether it is encrypted, and where the
+ * admin token is (its path, never the token). */
+static void log_ready(sv *s, int64_t now)
+{
+    const cy_config *cfg = s->cfg;
+    bool tls = cfg->tls_cert[0] != '\0';
+    char l[900];
+    size_t n = 0;
+    l[0] = '\0';
+    add_listener(l, sizeof(l), &n, "mqtt", s->listen_fd, cfg->mqtt_listen, "plain");
+    add_listener(l, sizeof(l), &n, "mqtts", s->mqtts_fd, cfg->mqtts_listen, "TLS");
+    add_listener(l, sizeof(l), &n, "http", s->http_fd, cfg->http_listen,
+                 tls && cfg->http_tls ? "TLS: API, MQTT over WebSocket at /mqtt"
+                                      : "plain: API, MQTT over WebSocket at /mqtt");
+    add_listener(l, sizeof(l), &n, "ops", s->ops_fd, cfg->ops_listen,
+                 tls && cfg->ops_tls ? "TLS: metrics, status" : "plain: metrics, status");
+    add_listener(l, sizeof(l), &n, "coap", s->coap_fd, cfg->coap_listen, "UDP, plain");
+    add_listener(l, sizeof(l), &n, "coaps", s->coaps_fd ? s->coaps_fd[0] : -1, cfg->coaps_listen,
+                 "UDP, DTLS");
+    char dir[4096], token[4200];
+    if (!realpath(cfg->data_dir, dir)) snprintf(dir, sizeof(dir), "%s", cfg->data_dir);
+    snprintf(token, sizeof(token), "%s/admin-token", dir);
+    bool have = access(token, F_OK) == 0;
+    cy_info(NULL, "supervisor: ready in %.1f s: %u shard%s accepting; listeners: %s; %s %s%s",
+            secs(now - s->started_ms), s->n, s->n == 1 ? "" : "s", n ? l : "none",
+            have ? "admin token in" : "no admin token:", token,
+            have ? "" : " was removed (`cyan token create` makes others)");
+}
+
+/* Whether every shard serves clients now: running and accepting. */
+static unsigned serving(const sv *s)
+{
+    unsigned up = 0;
+    for (unsigned i = 0; i < s->n; i++) {
+        const cy_sb_slot *slot = &s->sb.slots[i];
+        up += s->shards[i].child && cy_sb_load(&slot->state) == CY_SHARD_RUNNING &&
+              cy_sb_load(&slot->accepting) == 1;
+    }
+    return up;
+}
+
+/* One line for `systemctl status`: how many shards serve, and why the
+ * first one that does not is down. Holds no clock, so it changes only when
+ * the node does. */
+static void status_text(const sv *s, unsigned up, char *out, size_t len)
+{
+    size_t n = 0;
+    if (!s->healthy)
+        n += (size_t)snprintf(out, len, "NOT HEALTHY (watchdog not fed): %.150s; ",
+                              s->unhealthy_why);
+    if (n < len)
+        n += (size_t)snprintf(out + n, len - n, "%s%u of %u shard%s serving",
+                              s->ready ? "" : "starting: ", up, s->n, s->n == 1 ? "" : "s");
+    for (unsigned i = 0; i < s->nproc && n < len; i++) {
+        const shard *sh = &s->shards[i];
+        const cy_sb_slot *slot = &s->sb.slots[i];
+        bool down = !sh->child || cy_sb_load(&slot->state) == CY_SHARD_DOWN;
+        if (sh->monitor && !down) continue;
+        if (!down && cy_sb_load(&slot->state) == CY_SHARD_RUNNING) continue;
+        if (!s->ready && !down) continue; /* starting: the count says it */
+        char reason[sizeof(slot->sv_last_reason) + 1];
+        memcpy(reason, slot->sv_last_reason, sizeof(slot->sv_last_reason));
+        reason[sizeof(reason) - 1] = '\0';
+        n += (size_t)snprintf(out + n, len - n, "; %s %s%s%s", sh->name,
+                              down ? "down" : "restarting", reason[0] ? ": " : "", reason);
+        break; /* the first is enough for a status line */
+    }
+}
+
+/* Whether data_dir/run/scoreboard is still the file we made and map. */
+static bool scoreboard_in_place(const sv *s)
+{
+    struct stat st;
+    return stat(s->sb_path, &st) == 0 && st.st_dev == s->sb_dev && st.st_ino == s->sb_ino;
+}
+
+/* Judge ourselves (sdnotify.h): what the supervisor knows of each process. */
+static bool judge_self(sv *s, int64_t now, char *why, size_t len)
+{
+    cy_sv_proc p[CY_SB_MAX_SHARDS + 1];
+    for (unsigned i = 0; i < s->nproc; i++) {
+        const shard *sh = &s->shards[i];
+        p[i].name = sh->name;
+        p[i].pid = sh->pid;
+        p[i].alive = sh->child != NULL;
+        p[i].killed_ms = sh->child ? sh->killed_ms : 0;
+        p[i].respawn_armed = uv_is_active((const uv_handle_t *)&sh->respawn) != 0;
+        p[i].spawn_failing_since_ms = sh->spawn_failing_since_ms;
+    }
+    return cy_supervisor_healthy(p, s->nproc, scoreboard_in_place(s), now, why, len);
+}
+
+/* Every tick: READY=1 once every shard serves, STATUS= when it changes,
+ * and WATCHDOG=1 every half WatchdogSec while we judge ourselves healthy.
+ * Sent from the tick that judges the shards, so a loop that stops turning
+ * stops the pings; a loop that turns but no longer supervises (sdnotify.h)
+ * stops them too. Health is judged and its changes logged also without
+ * systemd. */
+static void feed_systemd(sv *s, int64_t now)
+{
+    int64_t ping = cy_sdnotify_ping_ms(&s->sd);
+    int64_t every = ping && ping < HEALTH_MS ? ping : HEALTH_MS;
+    if (now - s->last_health_ms >= every) {
+        char why[256];
+        bool ok = judge_self(s, now, why, sizeof(why));
+        if (ok && !s->healthy)
+            cy_info(NULL, "supervisor: healthy again%s",
+                    ping ? ": feeding systemd's watchdog" : "");
+        else if (!ok && s->healthy)
+            cy_error(NULL, "supervisor: not healthy: %s%s", why,
+                     ping ? "; systemd's watchdog is no longer fed and will restart the node"
+                          : "; restart the node");
+        s->healthy = ok;
+        snprintf(s->unhealthy_why, sizeof(s->unhealthy_why), "%s", why);
+        s->last_health_ms = now;
+    }
+    unsigned up = serving(s);
+    bool now_ready = !s->ready && up == s->n;
+    if (now_ready) {
+        s->ready = true;
+        log_ready(s, now);
+    }
+    if (s->sd.fd < 0) return;
+    char status[sizeof(s->status)], msg[sizeof(s->status) + 32];
+    status_text(s, up, status, sizeof(status));
+    if (now_ready || strcmp(status, s->status)) {
+        snprintf(msg, sizeof(msg), "%sSTATUS=%s", now_ready ? "READY=1\n" : "", status);
+        notify(s, msg);
+        snprintf(s->status, sizeof(s->status), "%s", status);
+    }
+    if (ping && s->healthy && now - s->last_ping_ms >= ping) {
+        notify(s, "WATCHDOG=1");
+        s->last_ping_ms = now;
+    }
 }
 
 /* ---- start ---- */
@@ -1243,6 +1454,7 @@ int cy_supervisor_check(const cy_config *cfg)
 int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
 {
     char run_dir[600], path[640];
+    cy_log_set_process("supervisor");
     if (cy_supervisor_check(cfg)) return 1;
     if (snprintf(run_dir, sizeof(run_dir), "%s/run", cfg->data_dir) >= (int)sizeof(run_dir)) {
         cy_error(NULL, "supervisor: data_dir too long");
@@ -1264,6 +1476,10 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
         return 1;
     }
     s->lock_fd = lock_fd;
+    s->sd.fd = -1;
+    s->healthy = true;
+    s->started_ms = cy_mono_ms();
+    snprintf(s->sb_path, sizeof(s->sb_path), "%s", path);
     s->live = *cfg;
     s->cfg = cfg = &s->live;
     s->exe = exe;
@@ -1294,6 +1510,11 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
         cy_error(NULL, "supervisor: cannot create %s: %s", path, cy_strerror(rc));
         return start_failed(s);
     }
+    struct stat sbst;
+    if (stat(path, &sbst) == 0) {
+        s->sb_dev = sbst.st_dev;
+        s->sb_ino = sbst.st_ino;
+    }
     /* The node's table of failed logins and connection rates (core/cy_limit.h):
      * new at each start, so a restart forgets every count and lockout. */
     char lpath[640];
@@ -1317,10 +1538,18 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     }
 
     /* Our children are not systemd's main process: they must not inherit
-     * the notify socket. */
-    const char *ns = getenv("NOTIFY_SOCKET");
-    if (ns && strlen(ns) < sizeof(s->notify)) snprintf(s->notify, sizeof(s->notify), "%s", ns);
-    unsetenv("NOTIFY_SOCKET");
+     * the notify socket nor the watchdog (cy_sdnotify_open clears both). */
+    rc = cy_sdnotify_open(&s->sd);
+    if (rc && rc != CY_ENOENT)
+        cy_warn(NULL, "supervisor: NOTIFY_SOCKET %s: %s: systemd will not hear from cyan",
+                s->sd.socket[0] ? s->sd.socket : "(unusable)", cy_strerror(rc));
+    else if (!rc && s->sd.watchdog_ms)
+        cy_info(NULL,
+                "supervisor: under systemd (notify socket %s); its watchdog (%.1f s) is fed "
+                "every %.1f s while the supervisor is healthy",
+                s->sd.socket, secs(s->sd.watchdog_ms), secs(cy_sdnotify_ping_ms(&s->sd)));
+    else if (!rc)
+        cy_info(NULL, "supervisor: under systemd (notify socket %s), no watchdog", s->sd.socket);
 
     rc = uv_loop_init(&s->loop);
     if (rc) {
@@ -1330,8 +1559,6 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
     }
     uv_timer_init(&s->loop, &s->tick);
     init_handle(s, (uv_handle_t *)&s->tick);
-    uv_timer_init(&s->loop, &s->feed);
-    init_handle(s, (uv_handle_t *)&s->feed);
     uv_timer_init(&s->loop, &s->stop_timer);
     init_handle(s, (uv_handle_t *)&s->stop_timer);
     uv_signal_init(&s->loop, &s->sigterm);
@@ -1372,6 +1599,12 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
             s->mqtts_fd >= 0 ? ", mqtts on " : "", s->mqtts_fd >= 0 ? cfg->mqtts_listen : "",
             cfg->watchdog_timeout, path);
     tell_binds(cfg);
+    {
+        char msg[64];
+        snprintf(msg, sizeof(msg), "STATUS=starting %u shard%s", s->n, s->n == 1 ? "" : "s");
+        notify(s, msg);
+        snprintf(s->status, sizeof(s->status), "%s", msg + 7);
+    }
     for (unsigned i = 0; i < s->nproc; i++)
         spawn_shard(&s->shards[i]);
     if (s->alive < s->nproc) {
@@ -1380,7 +1613,6 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
         begin_stop(s, "startup failed");
     } else {
         uv_timer_start(&s->tick, on_tick, TICK_MS, TICK_MS);
-        uv_timer_start(&s->feed, on_feed, 0, FEED_MS);
     }
 
     uv_run(&s->loop, UV_RUN_DEFAULT);
@@ -1400,6 +1632,7 @@ out_sb:
     if (s->http_fd >= 0) close(s->http_fd);
     if (s->ops_fd >= 0) close(s->ops_fd);
     close_udp(s);
+    cy_sdnotify_close(&s->sd);
     int result = s->result;
     close(s->lock_fd);
     cy_free(s);

@@ -40,9 +40,16 @@
  *        - STARTING longer than max(10 s, 5 x watchdog_timeout): SIGKILL.
  *      Every restart is logged with its reason and counted by reason in the
  *      slot (sv_restarts, sv_last_reason).
- *   4. feeds systemd when run under it: READY=1 once every shard first
- *      reports RUNNING, WATCHDOG=1 every second from its own loop, STOPPING=1
- *      on shutdown (NOTIFY_SOCKET protocol, no libsystemd needed).
+ *   4. says when the node is ready: once every shard is RUNNING and
+ *      accepting clients, one info line with every listener (address,
+ *      plain or TLS) and where the admin token is; under systemd
+ *      (NOTIFY_SOCKET, sdnotify.h) READY=1 then, STATUS= lines as shards
+ *      come and go, RELOADING=1/READY=1 around a reload, STOPPING=1 on
+ *      shutdown, and WATCHDOG=1 every half WatchdogSec from the tick that
+ *      judges the shards, only while it judges itself healthy (every
+ *      process alive or its respawn scheduled, kills reaped, spawns
+ *      possible, the scoreboard in place: cy_supervisor_healthy). A loss of
+ *      health is logged at error, its end at info, with or without systemd.
  *   5. on SIGTERM/SIGINT: SIGTERM to every shard, waits up to 10 s (then
  *      SIGKILL), returns 0 if every shard exited with status 0, else 1.
  *   6. on SIGHUP: reloads. Re-reads the settings from pass as at start

@@ -1,5 +1,5 @@
-/* watchdog: verdicts, backoff, the listen address and systemd's notify
- * datagrams; see watchdog.h for the rules.
+/* watchdog: verdicts, backoff and the listen address; see watchdog.h for
+ * the rules.
  *
  * The idea needed to read the verdict: liveness is judged on two clocks. The
  * heartbeat says the shard's loop turns; the progress clock says the work
@@ -8,10 +8,6 @@
  * stopped (Particle's 2018 outage: a routing process alive, answering
  * nothing). The progress clock only runs while work is owed, so an idle
  * shard is never stuck.
- *
- * The notify protocol (sd_notify(3)) is one datagram per message on a unix
- * socket named in NOTIFY_SOCKET; a leading '@' means the abstract namespace.
- * It is simple enough that cyan needs no libsystemd.
  */
 #include "health/watchdog.h"
 
@@ -179,36 +175,6 @@ int cy_listen_addr_parse(const char *text, struct sockaddr_storage *addr)
     a4->sin_family = AF_INET;
     a4->sin_port = htons((uint16_t)port);
     return 0;
-}
-
-int cy_sd_notify_to(const char *socket_name, const char *state)
-{
-    if (!socket_name || !socket_name[0]) return CY_ENOENT;
-    struct sockaddr_un sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sun_family = AF_UNIX;
-    size_t n = strlen(socket_name);
-    if (n >= sizeof(sa.sun_path)) return CY_EINVAL;
-    memcpy(sa.sun_path, socket_name, n);
-    socklen_t salen;
-    if (socket_name[0] == '@') {
-        sa.sun_path[0] = '\0'; /* abstract: the name is the bytes after the NUL, no terminator */
-        salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
-    } else {
-        salen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
-    }
-    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) return -errno;
-    int rc = 0;
-    if (sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa, salen) < 0)
-        rc = -errno;
-    close(fd);
-    return rc;
-}
-
-int cy_sd_notify(const char *state)
-{
-    return cy_sd_notify_to(getenv("NOTIFY_SOCKET"), state);
 }
 
 bool cy_watchdog_supervisor_alive(const cy_scoreboard *sb, int64_t *beat_age_ms)

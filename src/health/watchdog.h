@@ -1,7 +1,7 @@
-/* watchdog: the supervisor's decisions as pure functions, and systemd's
- * notify protocol. supervisor.c is the only production caller; they are
- * exported so unit tests can drive every verdict and edge without processes
- * or clocks.
+/* watchdog: the supervisor's decisions as pure functions (systemd's notify
+ * protocol is in sdnotify.h, included here). supervisor.c is the only
+ * production caller; they are exported so unit tests can drive every
+ * verdict and edge without processes or clocks.
  *
  * The judgement of one shard (cy_watchdog_judge), sampled every 100 ms:
  *   - DOWN or STOPPING: OK (exits are the supervisor's exit callback's
@@ -29,9 +29,7 @@
  * for a client, a device or a peer is not owed. An idle shard owes 0. See
  * docs/supervision.md, "What a shard owes".
  *
- * Errors: cy_sd_notify* return 0, CY_ENOENT (NOTIFY_SOCKET unset: not under
- * systemd), CY_EINVAL (address too long), or -errno from the socket calls.
- * Thread: any; no shared state (cy_sd_notify reads the environment).
+ * Thread: any; no shared state.
  */
 #ifndef CY_WATCHDOG_H
 #define CY_WATCHDOG_H
@@ -43,6 +41,7 @@
 #include <sys/socket.h>
 
 #include "health/scoreboard.h"
+#include "health/sdnotify.h"
 
 typedef enum {
     CY_VERDICT_OK = 0,
@@ -149,13 +148,5 @@ int cy_drill_token(int64_t generation, int kind);
 /* The drill a received value asks for, or CY_DRILL_NONE if it is not a
  * drill for this generation. Async-signal-safe (pure). */
 int cy_drill_kind(int value, int64_t generation);
-
-/* Send one notify datagram ("READY=1", "WATCHDOG=1", "STOPPING=1", ...) to
- * the socket named by NOTIFY_SOCKET: a path, or an abstract socket name if
- * it starts with '@'. Does not block. */
-int cy_sd_notify(const char *state);
-/* The same to an explicit address (same syntax as NOTIFY_SOCKET); socket
- * NULL or "" is CY_ENOENT. */
-int cy_sd_notify_to(const char *socket, const char *state);
 
 #endif

@@ -491,6 +491,7 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
     if (c->counted) {
         g->stats->clients_connected--;
         c->counted = false;
+        if (!c->internal) cy_connsum_closed(cy_conn_kind_of(c)); /* canaries: not counted */
     }
     if (c->sess) {
         cy_session *s = c->sess;
@@ -811,8 +812,8 @@ static void tls_read(cy_conn *c, size_t nread)
         if (c->state == CONN_NEW)
             cy_conn_log_stranger(c, "closed sockets", "connection closed before CONNECT");
         else if (c->state == CONN_ACTIVE)
-            cy_info(cy_conn_name(c), "connection lost%s",
-                    c->clean_disconnect ? "" : " without DISCONNECT");
+            cy_debug(cy_conn_name(c), "connection lost%s",
+                     c->clean_disconnect ? "" : " without DISCONNECT");
         cy_conn_close(c, 0, NULL);
         return;
     }
@@ -858,8 +859,8 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
                 cy_debug(cy_conn_peer(c), "TLS connection for shard %u closed by the device",
                          cy_proxy_owner(cy_conn_ext_of(c)->proxy));
             else
-                cy_info(cy_conn_name(c), "connection lost%s",
-                        c->clean_disconnect ? "" : " without DISCONNECT");
+                cy_debug(cy_conn_name(c), "connection lost%s",
+                         c->clean_disconnect ? "" : " without DISCONNECT");
             cy_conn_close(c, 0, NULL);
         }
         return;
@@ -990,8 +991,8 @@ static void on_connection(uv_stream_t *server, int status)
 /* A connection on fd, handed in by another shard (handed_in) or the
  * MQTT end of a WebSocket bridge here; info as cy_mqtt_adopt's. 0, or -1
  * (fd closed, nothing left). */
-static int adopt(cy_mqtt *g, int fd, const cy_handover_info *info, const uint8_t *bytes,
-                 size_t len, bool handed_in)
+static int adopt(cy_mqtt *g, int fd, const cy_handover_info *info, const uint8_t *bytes, size_t len,
+                 bool handed_in, bool ws)
 {
     cy_conn *c = conn_new(g);
     if (!c) {
@@ -999,6 +1000,7 @@ static int adopt(cy_mqtt *g, int fd, const cy_handover_info *info, const uint8_t
         return -1;
     }
     c->handed_in = handed_in;
+    c->ws = ws;
     if (uv_tcp_open(&c->tcp, fd)) {
         close(fd);
         c->state = CONN_CLOSING;
@@ -1039,13 +1041,13 @@ void cy_mqtt_adopt(void *ctx, unsigned from, int fd, const cy_handover_info *inf
                    const uint8_t *bytes, size_t len)
 {
     (void)from;
-    adopt(ctx, fd, info, bytes, len, true);
+    adopt(ctx, fd, info, bytes, len, true, false);
 }
 
 int cy_conn_open_pair(cy_mqtt *g, int fd, const struct sockaddr *peer)
 {
     cy_handover_info info = {peer, NULL, 0};
-    return adopt(g, fd, &info, NULL, 0, false) ? CY_ENOMEM : 0;
+    return adopt(g, fd, &info, NULL, 0, false, true) ? CY_ENOMEM : 0;
 }
 
 /* ---- what the cluster asks of connections ---- */
@@ -1515,6 +1517,8 @@ void cy_mqtt_sweep(cy_mqtt *g, int64_t now)
         }
     }
     cy_proxy_sweep(g, now);
+    cy_connsum_tick(now, g->cfg->log_summary_interval, g->stats->connects_refused,
+                    g->stats->clients_connected, g->stats->coap_online);
 }
 
 uint32_t cy_mqtt_connections(const cy_mqtt *g)

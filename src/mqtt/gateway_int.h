@@ -133,6 +133,7 @@ struct cy_conn {
     bool delay_served : 1;     /* its CONNECT was held once: never again */
     bool throttled : 1;        /* 3.1.1 over max_publish_rate: reading stopped until the rate
                                   allows (the sweep resumes it) */
+    bool ws : 1;               /* the MQTT end of a WebSocket bridge of this shard (ws.c) */
     uint16_t paused_s;         /* mono s (mod 65536) when reading stopped; fits the padding */
     uint32_t preauth;          /* bytes of `in` (and a TLS session's) counted in
                                   g->preauth_bytes (before CONNECT) */
@@ -218,6 +219,16 @@ bool cy_conn_check_stall(cy_conn *c, int64_t now);
 static inline cy_conn_ext *cy_conn_ext_of(const cy_conn *c)
 {
     return c->g->exts[c->ext - 1];
+}
+/* What the connection summary (core/cy_log.h) calls the connection: plain
+ * TCP, TLS or WebSocket ended here, or a socketpair from another shard
+ * that ends the device's TLS or WebSocket (which of the two, the owner is
+ * not told). */
+static inline cy_conn_kind cy_conn_kind_of(const cy_conn *c)
+{
+    if (c->ws) return CY_CONN_WS;
+    if (!c->ext) return CY_CONN_MQTT;
+    return cy_conn_ext_of(c)->tls ? CY_CONN_MQTTS : CY_CONN_RELAYED;
 }
 /* Has the device proved by certificate that it is id (len bytes): a
  * verified client certificate of our TLS session naming it, or the proof a

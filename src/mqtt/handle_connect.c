@@ -329,6 +329,7 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
     c->device = device;
     c->internal = internal;
     c->counted = true;
+    if (!internal) cy_connsum_opened(cy_conn_kind_of(c)); /* the monitor's canaries: not */
     g->stats->clients_connected++;
     g->stats->connects_total++;
     /* Who the ACL sees (before anything is sent to the session). */
@@ -394,8 +395,9 @@ int cy_handle_connect(cy_conn *c, cy_mqtt_connect *p)
         }
     }
     cy_conn_send(c, &ack);
-    cy_info(s->client_id, "connected from %s proto=%u keepalive=%u clean=%d expiry=%u%s", cy_conn_peer(c),
-            c->version, c->keepalive, p->clean_start, expiry, present ? " resumed" : "");
+    cy_debug(s->client_id, "connected from %s proto=%u keepalive=%u clean=%d expiry=%u%s",
+             cy_conn_peer(c), c->version, c->keepalive, p->clean_start, expiry,
+             present ? " resumed" : "");
     if (device) cy_device_online(g->devices, s, &c->link);
     cy_session_resume(g->devices, s);
     return 0;

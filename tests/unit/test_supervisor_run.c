@@ -61,7 +61,7 @@ enum {
     K_PORT = 2,      /* fd 3's port */
     K_DEVNULL = 3,   /* fd 0 is /dev/null */
     K_MARK_MS = 4,   /* hang: last heartbeat; stuck: when it reported work */
-    K_NOTIFY = 5,    /* NOTIFY_SOCKET was in its environment */
+    K_NOTIFY = 5,    /* NOTIFY_SOCKET or WATCHDOG_* was in its environment */
 };
 
 /* ---------------- the fake shard ---------------- */
@@ -125,11 +125,13 @@ static int fake_shard_main(int argc, char **argv)
     struct stat a, b;
     cy_sb_storeu(&me->counters[K_DEVNULL], fstat(0, &a) == 0 && stat("/dev/null", &b) == 0 &&
                                                a.st_rdev == b.st_rdev && S_ISCHR(a.st_mode));
-    cy_sb_storeu(&me->counters[K_NOTIFY], getenv("NOTIFY_SOCKET") != NULL);
+    cy_sb_storeu(&me->counters[K_NOTIFY],
+                 getenv("NOTIFY_SOCKET") || getenv("WATCHDOG_USEC") || getenv("WATCHDOG_PID"));
 
     int64_t now = cy_mono_ms();
     cy_sb_store(&me->started_ms, now);
     cy_sb_store(&me->state, CY_SHARD_RUNNING);
+    cy_sb_store(&me->accepting, 1); /* as a shard taking clients: READY=1 waits for it */
     int64_t running_at = now;
     bool beating = true;
     for (;;) {
@@ -436,8 +438,10 @@ static void test_supervisor_run_spawns_serves_and_stops_cleanly(void **state)
     snprintf(nname, sizeof(nname), "@cy-test-sv-%ld", (long)getpid());
     int nfd = bind_abstract(nname);
     setenv("NOTIFY_SOCKET", nname, 1);
+    setenv("WATCHDOG_USEC", "1000000", 1); /* a ping every 0.5 s */
     start("ok");
     unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
 
     WAIT_FOR(running_gen(0, 1) && running_gen(1, 1), 3000);
     for (unsigned i = 0; i < 2; i++) {
@@ -489,24 +493,30 @@ static void test_supervisor_run_spawns_serves_and_stops_cleanly(void **state)
     /* No live supervisor: status says so with exit status 1. */
     assert_int_equal(capture(status_adapter, NULL, NULL, out, sizeof(out)), 1);
 
-    /* systemd saw READY once, WATCHDOG, and STOPPING last. */
-    int ready = 0, watchdog = 0, stopping = 0;
-    char last[64] = "";
+    /* systemd saw READY once (with a STATUS), pings every half second,
+     * and STOPPING last. A message is lines of NAME=value. */
+    int ready = 0, watchdog = 0, stopping = 0, status = 0;
+    char last[512] = "";
     for (;;) {
-        char buf[64];
+        char buf[512];
         ssize_t n = recv(nfd, buf, sizeof(buf) - 1, MSG_DONTWAIT);
         if (n < 0) break;
         buf[n] = '\0';
-        ready += !strcmp(buf, "READY=1");
-        watchdog += !strcmp(buf, "WATCHDOG=1");
-        stopping += !strcmp(buf, "STOPPING=1");
         snprintf(last, sizeof(last), "%s", buf);
+        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+            ready += !strcmp(line, "READY=1");
+            watchdog += !strcmp(line, "WATCHDOG=1");
+            stopping += !strcmp(line, "STOPPING=1");
+            status += !strcmp(line, "STATUS=2 of 2 shards serving");
+        }
     }
     close(nfd);
     assert_int_equal(ready, 1);
-    assert_true(watchdog >= 2);
+    assert_true(watchdog >= 3);
     assert_int_equal(stopping, 1);
-    assert_string_equal(last, "STOPPING=1");
+    assert_true(status >= 1);
+    assert_string_equal(last, "STOPPING=1\nSTATUS=stopping: SIGTERM");
+    assert_true(log_has("supervisor: ready in"));
     assert_true(log_has("all 2 shards running"));
     R.passed = true;
 }
