@@ -354,9 +354,13 @@ static int64_t restarts(unsigned i, int reason)
     return cy_sb_load(&R.sb.slots[i].sv_restarts[reason]);
 }
 
+/* Running in that generation, as the shard and its supervisor both say: a
+ * shard may write its state before the supervisor, back from the spawn,
+ * writes the pid it spawned (sv_pid, what the drills signal). */
 static bool running_gen(unsigned i, int64_t gen)
 {
-    return slot_state(i) == CY_SHARD_RUNNING && slot_gen(i) == gen;
+    return slot_state(i) == CY_SHARD_RUNNING && slot_gen(i) == gen &&
+           cy_sb_load(&R.sb.slots[i].sv_pid) != 0;
 }
 
 /* SIGTERM the supervisor; its exit status (bounded). */
