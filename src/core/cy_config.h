@@ -103,6 +103,10 @@ typedef struct cy_config {
     char tls_ca[512];              /* PEM CAs of device certificates; "" = none */
     char tls_ciphers[256];         /* TLS 1.2 cipher list; "" = cyan's */
     char tls_min_version[8];       /* "1.2" or "1.3" */
+    /* presence (device/presence.c) */
+    uint32_t presence_event_rate;     /* status events per s per shard; 0 = none */
+    uint32_t presence_flap_interval;  /* s between one device's status events past its burst; 0 = no limit */
+    uint32_t presence_flush_interval; /* s between writes of last heard and last round trip */
 } cy_config;
 
 typedef struct cy_config_error {
