@@ -67,6 +67,7 @@ typedef struct api_wait {
     cy_device_request *r;  /* NULL once done or before it is known */
     uint8_t op;
     json_t *devices;       /* presence: the registry's device objects */
+    int8_t online;         /* a list's ?online=: 1 online only, 0 offline only, -1 all */
     char id[CY_DEVICE_ID_LEN + 1];
 } api_wait;
 
