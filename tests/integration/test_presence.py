@@ -230,6 +230,30 @@ def test_last_heard_survives_restart(srv, kill):
     assert d2["functions"] == ["ping"], d2
 
 
+def test_clean_stop_says_shutdown(srv):
+    """A device online when cyan stops cleanly is told offline (shutdown) in
+    the stop's last commit, and the next start has nothing more to say of
+    it: its next status event is its reconnection's."""
+    info = create_device(srv)
+    did = info["id"]
+    with stream(srv, did) as s:
+        c = mqtt_connect(srv, info, 5)
+        ev, on = next_status(s, did)
+        assert on["status"] == "online", on
+    srv.restart()
+    c.close()
+    srv.wait_api_healthy()
+    with stream(srv, did, last_event_id=ev.id) as s:
+        _, off = next_status(s, did, timeout=10)
+        assert (off["status"], off["reason"], off["protocol"]) == \
+            ("offline", "shutdown", "mqtt5"), off
+        c = mqtt_connect(srv, info, 4)
+        _, on = next_status(s, did, timeout=10)  # not a shard_restart: it was told
+        assert (on["status"], on["reason"], on["protocol"]) == \
+            ("online", "connect", "mqtt3.1.1"), on
+        c.close()
+
+
 def test_shard_restart_is_told(srv):
     """The device's shard is killed while the device is online: once it is
     back the device gets an offline event (shard_restart), then, as it
