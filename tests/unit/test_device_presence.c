@@ -746,6 +746,29 @@ static void test_stop(void **state)
     assert_int_equal(cy_devices_presence_queued(T.d), 0);
 }
 
+/* No memory for a record: the change is held, not lost, and told later. */
+static void test_no_memory(void **state)
+{
+    (void)state;
+    int64_t now = cy_mono_ms();
+    flink f;
+    flink_init(&f, "mqtt5");
+    connect_(&f, DEV, false);
+    cy_devices_tick(T.d, now);
+    assert_int_equal(W.n, 1);
+    cy_alloc_fail_after(0); /* the record's allocation fails */
+    disconnect_(&f, CY_PRESENCE_DISCONNECT);
+    cy_alloc_fail_after(-1);
+    assert_int_equal(cy_devices_presence_queued(T.d), 0);
+    cy_devices_tick(T.d, now + 100); /* held for a second */
+    assert_int_equal(W.n, 1);
+    cy_devices_tick(T.d, now + 2000);
+    assert_int_equal(W.n, 2);
+    assert_string_equal(field(1, "status"), "offline");
+    assert_string_equal(field(1, "reason"), "disconnect");
+    assert_int_equal(coalesced(1), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -759,6 +782,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_memory, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
