@@ -145,11 +145,14 @@ static void wait_gone(void *arg, cy_http_req *req)
     wait_free(w);
 }
 
-/* Presence answers in: complete the registry's device objects. */
+/* Presence answers in: complete the registry's device objects (and keep
+ * those the list's ?online= asks for: a device whose presence is unknown,
+ * its shard not healthy, is neither online nor offline). */
 static void finish_presence(cy_api *b, api_wait *w, json_t *const *presence)
 {
     size_t i;
     json_t *d;
+    json_t *kept = w->online >= 0 ? json_array() : NULL;
     json_array_foreach(w->devices, i, d)
     {
         unsigned j = (unsigned)json_integer_value(json_object_get(d, "shard"));
@@ -171,11 +174,14 @@ static void finish_presence(cy_api *b, api_wait *w, json_t *const *presence)
             else
                 json_object_set_new(d, keys[k], json_null());
         }
+        json_t *on = json_object_get(d, "online");
+        if (kept && json_is_boolean(on) && json_is_true(on) == (w->online == 1))
+            json_array_append(kept, d);
     }
     if (w->op == CY_DEVICE_OP_PRESENCE)
         reply_json(b, w->req, 200, json_incref(json_array_get(w->devices, 0)));
     else
-        reply_json(b, w->req, 200, json_incref(w->devices));
+        reply_json(b, w->req, 200, kept ? kept : json_incref(w->devices));
 }
 
 /* The device request ended (exactly once): answer the HTTP request. */
@@ -209,12 +215,26 @@ static void wait_done(void *ctx, const cy_device_answer *ans)
     wait_free(w);
 }
 
+static void wait_on_list(cy_api *b, cy_http_req *req, uint8_t op, const char *id,
+                         const char *name, const uint8_t *arg, size_t arg_len,
+                         uint32_t timeout_ms, json_t *devices, api_shape shape,
+                         const char *dev_name, int8_t online);
+
 /* Run op about device id on its owner (device.h) and answer req when it
  * ends. devices (presence; owned from here on) may be NULL. A call's or
  * read's 200 is shown in shape, with dev_name (may be NULL). */
 static void wait_on(cy_api *b, cy_http_req *req, uint8_t op, const char *id, const char *name,
                     const uint8_t *arg, size_t arg_len, uint32_t timeout_ms, json_t *devices,
                     api_shape shape, const char *dev_name)
+{
+    wait_on_list(b, req, op, id, name, arg, arg_len, timeout_ms, devices, shape, dev_name, -1);
+}
+
+/* wait_on, and for a presence list the ?online= filter (-1: none). */
+static void wait_on_list(cy_api *b, cy_http_req *req, uint8_t op, const char *id,
+                         const char *name, const uint8_t *arg, size_t arg_len,
+                         uint32_t timeout_ms, json_t *devices, api_shape shape,
+                         const char *dev_name, int8_t online)
 {
     api_wait *w = cy_calloc(1, sizeof(*w));
     if (!w) {
@@ -227,6 +247,7 @@ static void wait_on(cy_api *b, cy_http_req *req, uint8_t op, const char *id, con
     w->op = op;
     w->devices = devices;
     w->shape = (uint8_t)shape;
+    w->online = online;
     if (id) snprintf(w->id, sizeof(w->id), "%s", id);
     if (dev_name) snprintf(w->name, sizeof(w->name), "%s", dev_name);
     cy_device_request *r = NULL;
@@ -643,11 +664,12 @@ static void refuse_scope(cy_api *b, cy_http_req *req, unsigned need, unsigned ha
 static json_t *device_base(cy_api *b, const cy_device *d)
 {
     json_t *desc = cy_device_describe(b->devices, d->id);
-    json_t *o = json_pack("{s:s, s:s, s:o, s:i, s:o, s:o}", "id", d->id, "name", d->name,
-                          "created_at", cy_device_time(d->created_at), "shard",
+    json_t *o = json_pack("{s:s, s:s, s:o, s:i, s:o, s:o, s:o, s:o}", "id", d->id, "name",
+                          d->name, "created_at", cy_device_time(d->created_at), "shard",
                           (json_int_t)cy_shard_of(d->id, strlen(d->id), b->nshards), "functions",
                           cy_device_names(desc, "functions"), "variables",
-                          cy_device_names(desc, "variables"));
+                          cy_device_names(desc, "variables"), "version",
+                          cy_device_info(desc, "version"), "model", cy_device_info(desc, "model"));
     json_decref(desc);
     return o;
 }
@@ -689,6 +711,16 @@ static int list_one(void *ctx, const cy_device *d)
 
 static void devices_list(cy_api *b, cy_http_req *req)
 {
+    const char *on = cy_http_query(req, "online");
+    int8_t online = -1;
+    if (on && strcmp(on, "true") == 0)
+        online = 1;
+    else if (on && strcmp(on, "false") == 0)
+        online = 0;
+    else if (on) {
+        reply_error(b, req, 400, "bad_request", NULL, "\"online\" is true or false");
+        return;
+    }
     list_ctx lc = {b, json_array()};
     int rc = cy_registry_device_list(b->registry, list_one, &lc);
     if (rc) {
@@ -697,7 +729,8 @@ static void devices_list(cy_api *b, cy_http_req *req)
                     cy_strerror(rc));
         return;
     }
-    presence_request(b, req, lc.arr, NULL);
+    wait_on_list(b, req, CY_DEVICE_OP_PRESENCE_ALL, NULL, NULL, NULL, 0, API_PRESENCE_TIMEOUT_MS,
+                 lc.arr, API_SHAPE_CYAN, NULL, online);
 }
 
 json_t *cy_api_body_object(cy_api *b, cy_http_req *req)
@@ -947,7 +980,8 @@ static void event_publish(cy_api *b, cy_http_req *req)
     if (!ok) {
         json_decref(o);
         reply_error(b, req, 400, "bad_request", NULL,
-                    "an event name is 1 to %u bytes without '+' or '#'",
+                    "an event name is 1 to %u bytes without '+' or '#', not beginning with "
+                    "\"" CY_EVENT_RESERVED "\"",
                     b->cfg->max_topic_length - 7);
         return;
     }

@@ -75,6 +75,7 @@ typedef struct api_wait {
     uint8_t op;
     uint8_t shape;         /* api_shape of a call's or read's 200 */
     json_t *devices;       /* presence: the registry's device objects */
+    int8_t online;         /* a list's ?online=: 1 online only, 0 offline only, -1 all */
     char id[CY_DEVICE_ID_LEN + 1];
     char name[CY_DEVICE_NAME_MAX + 1]; /* the device's name (Particle's replies), or "" */
 } api_wait;

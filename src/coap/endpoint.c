@@ -277,7 +277,7 @@ static bool link_congested(const cy_link *l)
     return ((const coap_ep *)l)->n_q >= COAP_QUEUE_MAX;
 }
 
-static void go_offline(coap_ep *ep, const char *why);
+static void go_offline(coap_ep *ep, const char *why, cy_presence_reason reason);
 static void obs_cancel(coap_ep *ep, coap_obs *o);
 static void block1_reset(coap_ep *ep);
 static void answer_reset(coap_ep *ep);
@@ -285,7 +285,7 @@ static void answer_reset(coap_ep *ep);
 static void link_close(cy_link *l, uint8_t reason, const char *why)
 {
     coap_ep *ep = ep_of(l);
-    go_offline(ep, why ? why : "closed");
+    go_offline(ep, why ? why : "closed", cy_presence_reason_of(reason, false));
     /* Deleted (the device layer closes with Not authorized): its DTLS
      * sessions end too, wherever they are. */
     if (reason == CY_REASON_NOT_AUTHORIZED) cy_coap_kick(ep->c, ep->id);
@@ -444,7 +444,7 @@ static void go_online(coap_ep *ep)
     cy_session_resume(d, s);
 }
 
-static void go_offline(coap_ep *ep, const char *why)
+static void go_offline(coap_ep *ep, const char *why, cy_presence_reason reason)
 {
     cy_coap *c = ep->c;
     if (!ep->online) return;
@@ -463,7 +463,7 @@ static void go_offline(coap_ep *ep, const char *why)
     cy_connsum_closed(ep->via == COAP_VIA_DTLS ? CY_CONN_COAPS : CY_CONN_COAP);
     cy_debug(ep->id, "offline: %s", why);
     if (s) {
-        cy_device_offline(c->devices, s, &ep->link);
+        cy_device_offline(c->devices, s, &ep->link, reason);
         cy_session_detach(c->devices, s, false);
     }
 }
@@ -1313,7 +1313,7 @@ void coap_ep_closed(cy_coap *c, const char *id, size_t id_len, uint8_t term, con
     coap_ep *ep = ep_find(c, id, id_len);
     if (ep && ep->online && ep->via == COAP_VIA_DTLS && ep->term == term &&
         coap_addr_eq(&ep->addr, a))
-        go_offline(ep, "its DTLS session ended");
+        go_offline(ep, "its DTLS session ended", CY_PRESENCE_CONNECTION_LOST);
 }
 
 void coap_ep_tick(cy_coap *c, int64_t now)
@@ -1323,7 +1323,7 @@ void coap_ep_tick(cy_coap *c, int64_t now)
         next = ep->busy_next;
         if (!ep->inflight || now < ep->retx_at) continue;
         if (ep->retx_n >= COAP_MAX_RETRANSMIT) {
-            go_offline(ep, "no acknowledgement from the device");
+            go_offline(ep, "no acknowledgement from the device", CY_PRESENCE_CONNECTION_LOST);
             continue;
         }
         ep->retx_n++;
@@ -1343,6 +1343,7 @@ typedef struct sweep_ctx {
     int64_t now;
     coap_ep *idle[SWEEP_BATCH];
     const char *why[SWEEP_BATCH];
+    cy_presence_reason reason[SWEEP_BATCH];
     unsigned n_idle;
     coap_ep *gone[SWEEP_BATCH];
     unsigned n_gone;
@@ -1360,6 +1361,7 @@ static void sweep_one(void *ctx, void *v)
         uint64_t gen = 0;
         if (!cy_cluster_peer_up(x->c->cluster, ep->term, &gen) || gen != ep->term_gen) {
             x->idle[x->n_idle] = ep;
+            x->reason[x->n_idle] = CY_PRESENCE_CONNECTION_LOST;
             x->why[x->n_idle++] = "the shard holding its DTLS session stopped";
             return;
         }
@@ -1368,6 +1370,7 @@ static void sweep_one(void *ctx, void *v)
     if (ep->blk.buf && x->now - ep->blk.at > COAP_SEEN_MS) block1_reset(ep);
     if (ep->online && x->now - ep->last_rx > idle_ms && x->n_idle < SWEEP_BATCH) {
         x->idle[x->n_idle] = ep;
+        x->reason[x->n_idle] = CY_PRESENCE_KEEPALIVE_TIMEOUT;
         x->why[x->n_idle++] = "not heard for coap_idle_timeout";
     }
     /* An offline endpoint whose session ended holds nothing worth keeping. */
@@ -1381,7 +1384,7 @@ void coap_ep_sweep(cy_coap *c, int64_t now)
     sweep_ctx x = {.c = c, .now = now};
     cy_map_each(&c->eps, sweep_one, &x);
     for (unsigned i = 0; i < x.n_idle; i++)
-        go_offline(x.idle[i], x.why[i]);
+        go_offline(x.idle[i], x.why[i], x.reason[i]);
     for (unsigned i = 0; i < x.n_gone; i++)
         ep_free(c, x.gone[i]);
 }
@@ -1405,7 +1408,7 @@ void coap_ep_free_all(cy_coap *c, bool offline)
     if (!a.v) return;
     cy_map_each(&c->eps, collect, &a);
     for (size_t i = 0; i < a.n; i++) {
-        if (offline) go_offline(a.v[i], "shutting down");
+        if (offline) go_offline(a.v[i], "shutting down", CY_PRESENCE_SHUTDOWN);
         ep_free(c, a.v[i]);
     }
     cy_free(a.v);

@@ -233,6 +233,19 @@ static const setting table[] = {
         "seconds between each shard's info line summing up the MQTT connections opened, closed "
         "and refused, by protocol (written only when there were some; each connection's own "
         "lines are at debug); 0 = no summary"),
+
+    /* Presence: online/offline events, last heard across restarts (docs/operations.md). */
+    U32(presence_event_rate, "500", 0, 1000000,
+        "status events (cyan/status: a device online or offline) each shard logs per second at "
+        "most; past it they wait in a queue, each with the time of its change; 0 = no status "
+        "events"),
+    U32(presence_flap_interval, "10", 0, 86400,
+        "seconds between one device's status events once it has made 4 in a row quickly; the "
+        "changes meanwhile are folded into one event with its latest state (\"coalesced\"); "
+        "0 = no limit per device"),
+    U32(presence_flush_interval, "30", 1, 3600,
+        "seconds between writes of devices' last heard and last round trip to their shard's "
+        "file (a crash loses at most this much of them; a clean stop writes them all)"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))
@@ -493,6 +506,7 @@ static const char *const reloadable[] = {
     "auth_fail_burst",    "auth_fail_window",  "auth_fail_lockout_after",
     "auth_lockout",       "auth_fail_delay",   "max_connect_rate_per_address",
     "connect_burst_per_address", "max_publish_rate", "max_publish_bytes_rate",
+    "presence_event_rate", "presence_flap_interval", "presence_flush_interval",
     /* read again by each shard at the reload itself (a new SSL_CTX for new
      * connections; established ones keep theirs) */
     "tls_cert",           "tls_key",           "tls_ca",

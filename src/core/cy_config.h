@@ -106,6 +106,10 @@ typedef struct cy_config {
     /* logs */
     char log_format[8];            /* "text" or "json" */
     uint32_t log_summary_interval; /* s between connection summaries per shard; 0 = none */
+    /* presence (device/presence.c) */
+    uint32_t presence_event_rate;     /* status events per s per shard; 0 = none */
+    uint32_t presence_flap_interval;  /* s between one device's status events past its burst; 0 = no limit */
+    uint32_t presence_flush_interval; /* s between writes of last heard and last round trip */
 } cy_config;
 
 typedef struct cy_config_error {

@@ -1,5 +1,5 @@
-/* device: the device layer's lifecycle, the device convention and presence
- * (device.h; docs/device-protocol.md).
+/* device: the device layer's lifecycle and the device convention (device.h;
+ * docs/device-protocol.md). Presence is presence.c's.
  *
  * A device's own space is "devices/<id>/..." and the shared event space is
  * "events/..."; an isolated device may use nothing else. Three topics of its
@@ -10,6 +10,9 @@
  *   devices/<id>/reply[/<rid>] the answer to a call or read (calls.c);
  *   devices/<id>/events/...    events (routed like any publish; the API's
  *                              event buffer is a subscriber of them).
+ * Event names starting with "cyan/" (CY_EVENT_RESERVED) are the server's
+ * own, its status events among them (presence.c): no one else publishes
+ * one, so a status event is always cyan's word.
  */
 #include "device/device_int.h"
 
@@ -45,8 +48,8 @@ int cy_devices_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_ro
     d->nshards = nshards ? nshards : 1;
     d->generation = generation;
     cy_map_init(&d->sessions);
-    cy_map_init(&d->presence);
     cy_map_init(&d->calls_by_rid);
+    cy_presence_init(d);
     cy_session_init_kind(d);
     cy_requests_init(d);
     cy_logrl_init(&d->acl_log, ACL_LOG_WINDOW_MS, ACL_LOG_BURST);
@@ -75,12 +78,6 @@ static void collect_session(void *ctx, void *v)
     c->v[c->n++] = v;
 }
 
-static void free_presence(void *ctx, void *v)
-{
-    (void)ctx;
-    cy_free(v);
-}
-
 void cy_devices_free(cy_devices *d)
 {
     if (!d) return;
@@ -94,8 +91,7 @@ void cy_devices_free(cy_devices *d)
     cy_map_fini(&d->sessions);
     cy_calls_free(d);
     cy_requests_free(d);
-    cy_map_each(&d->presence, free_presence, NULL);
-    cy_map_fini(&d->presence);
+    cy_presence_free(d);
     cy_acl_free(d->acl);
     cy_free(d);
 }
@@ -172,12 +168,14 @@ void cy_devices_sweep(cy_devices *d)
             cy_session_publish_will(d, s, " after its delay");
         s = next;
     }
+    cy_presence_flush(d, cy_mono_ms(), false);
 }
 
 void cy_devices_tick(cy_devices *d, int64_t now)
 {
     cy_calls_tick(d, now);
     cy_requests_tick(d, now);
+    cy_presence_tick(d, now);
 }
 
 /* ---- owed work ---- */
@@ -341,14 +339,40 @@ static bool valid_names(json_t *arr)
     return true;
 }
 
+/* A firmware-reported string shown by the API: 1 to CY_DEVICE_INFO_MAX
+ * printable ASCII characters (no control characters to end up in a
+ * terminal's table, nothing unbounded in a device list). */
+static bool valid_info(json_t *v)
+{
+    if (!json_is_string(v)) return false;
+    size_t len = json_string_length(v);
+    const char *t = json_string_value(v);
+    if (len == 0 || len > CY_DEVICE_INFO_MAX) return false;
+    for (size_t i = 0; i < len; i++)
+        if (t[i] < 0x20 || t[i] > 0x7e) return false;
+    return true;
+}
+
+static const char *const info_keys[] = {"version", "model"};
+
 bool cy_device_describe_ok(const uint8_t *p, size_t len)
 {
     if (len > CY_DEVICE_DESCRIBE_MAX) return false;
     json_t *doc = json_loadb((const char *)p, len, JSON_REJECT_DUPLICATES, NULL);
     bool ok = doc && json_is_object(doc) && valid_names(json_object_get(doc, "functions")) &&
               valid_names(json_object_get(doc, "variables"));
+    for (size_t i = 0; ok && i < sizeof(info_keys) / sizeof(info_keys[0]); i++) {
+        json_t *v = json_object_get(doc, info_keys[i]);
+        ok = !v || valid_info(v);
+    }
     json_decref(doc);
     return ok;
+}
+
+json_t *cy_device_info(json_t *describe, const char *key)
+{
+    json_t *v = json_object_get(describe, key);
+    return v && valid_info(v) ? json_incref(v) : json_null();
 }
 
 json_t *cy_device_describe(cy_devices *d, const char *id)
@@ -368,6 +392,23 @@ json_t *cy_device_names(json_t *describe, const char *key)
 
 /* ---- admission ---- */
 
+/* Is t an event whose name starts with CY_EVENT_RESERVED: events/cyan/...
+ * or devices/<any id>/events/cyan/...? */
+static bool reserved_event(const char *t, size_t len)
+{
+    static const char rsv[] = CY_EVENT_RESERVED;
+    const size_t rl = sizeof(rsv) - 1;
+    const char *name = NULL;
+    if (has_prefix(t, len, "events/", 7)) {
+        name = t + 7;
+    } else if (has_prefix(t, len, "devices/", 8)) {
+        const char *slash = memchr(t + 8, '/', len - 8);
+        size_t rest = slash ? len - (size_t)(slash + 1 - t) : 0;
+        if (slash && rest > 7 && memcmp(slash + 1, "events/", 7) == 0) name = slash + 8;
+    }
+    return name && (size_t)(t + len - name) >= rl && memcmp(name, rsv, rl) == 0;
+}
+
 int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const cy_who *who,
                     const char *topic, size_t len, const uint8_t *payload, size_t plen,
                     bool *retain, bool *reply, const char **why)
@@ -380,6 +421,10 @@ int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const c
     }
     if (len && topic[0] == '$') {
         *why = "topic in a reserved $ space";
+        return CY_REASON_NOT_AUTHORIZED;
+    }
+    if (reserved_event(topic, len)) {
+        *why = "event names beginning with " CY_EVENT_RESERVED " are cyan's own";
         return CY_REASON_NOT_AUTHORIZED;
     }
     if (device_id && !cy_device_topic_ok(device_id, id_len, topic, len)) {
@@ -404,103 +449,4 @@ int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const c
     }
     *reply = cy_device_is_reply(device_id, id_len, topic, len);
     return 0;
-}
-
-/* ---- presence ---- */
-
-dev_presence *cy_presence_get(cy_devices *d, const char *id, size_t len, bool create)
-{
-    dev_presence *pr = cy_map_get(&d->presence, id, len);
-    if (pr || !create || len > CY_DEVICE_ID_LEN) return pr;
-    pr = cy_calloc(1, sizeof(*pr));
-    if (!pr) return NULL;
-    memcpy(pr->id, id, len);
-    if (cy_map_put(&d->presence, pr->id, len, pr)) {
-        cy_free(pr);
-        return NULL;
-    }
-    return pr;
-}
-
-static int64_t wall_of_mono(cy_devices *d, int64_t mono_ms)
-{
-    return cy_wall_ms() - ((int64_t)uv_now(d->loop) - mono_ms);
-}
-
-void cy_device_online(cy_devices *d, cy_session *s, cy_link *link)
-{
-    dev_presence *pr = cy_presence_get(d, s->client_id, s->client_id_len, true);
-    if (!pr) return;
-    pr->link = link;
-    pr->connected_since = cy_wall_ms();
-    pr->last_heard = pr->connected_since;
-}
-
-void cy_device_offline(cy_devices *d, cy_session *s, cy_link *link)
-{
-    dev_presence *pr = cy_presence_get(d, s->client_id, s->client_id_len, false);
-    if (!pr || pr->link != link) return;
-    pr->link = NULL;
-    pr->connected_since = 0;
-    pr->last_heard = wall_of_mono(d, link->ops->last_heard(link));
-}
-
-json_t *cy_device_time(int64_t ms)
-{
-    char buf[CY_TIME_ISO_LEN];
-    return cy_time_iso(ms, buf)[0] ? json_string(buf) : json_null();
-}
-
-static json_t *presence_json(cy_devices *d, const dev_presence *pr)
-{
-    cy_link *l = pr ? pr->link : NULL;
-    int64_t heard = !pr ? 0 : l ? wall_of_mono(d, l->ops->last_heard(l)) : pr->last_heard;
-    const char *proto = l ? l->ops->protocol(l) : NULL;
-    return json_pack("{s:b, s:o, s:o, s:o, s:o}", "online", l != NULL, "protocol",
-                     proto ? json_string(proto) : json_null(), "connected_since",
-                     cy_device_time(l ? pr->connected_since : 0), "last_heard",
-                     cy_device_time(heard), "last_round_trip",
-                     cy_device_time(pr ? pr->last_rtt : 0));
-}
-
-json_t *cy_device_presence(cy_devices *d, const char *id)
-{
-    return presence_json(d, cy_presence_get(d, id, strlen(id), false));
-}
-
-typedef struct all_ctx {
-    cy_devices *d;
-    json_t *obj;
-} all_ctx;
-
-static void add_presence(void *ctx, void *v)
-{
-    all_ctx *ac = ctx;
-    dev_presence *pr = v;
-    json_object_set_new(ac->obj, pr->id, presence_json(ac->d, pr));
-}
-
-json_t *cy_device_presence_all(cy_devices *d)
-{
-    all_ctx ac = {d, json_object()};
-    cy_map_each(&d->presence, add_presence, &ac);
-    return ac.obj;
-}
-
-void cy_device_kick(cy_devices *d, const char *id)
-{
-    cy_session *s = cy_session_find(d, id, strlen(id));
-    if (s) {
-        /* No will from a deleted device: neither an armed one (the close
-         * below is abnormal) nor one waiting for its delay after an earlier
-         * abnormal close (cy_session_end would publish that one). */
-        cy_msg_unref(s->will);
-        s->will = NULL;
-        s->will_at = 0;
-    }
-    if (s && s->link) s->link->ops->close(s->link, CY_REASON_NOT_AUTHORIZED, "device deleted");
-    s = cy_session_find(d, id, strlen(id));
-    if (s) cy_session_end(d, s);
-    dev_presence *pr = cy_map_del(&d->presence, id, strlen(id));
-    cy_free(pr);
 }

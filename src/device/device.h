@@ -14,7 +14,9 @@
  *     publishes (cy_device_admit), subscriptions (cy_device_acl) and each
  *     message delivered to a session (session.c) are checked against it,
  *     as the client's connection named itself (cy_who);
- *   - presence: online since, protocol, last heard, last round trip;
+ *   - presence (presence.c): online since, protocol, last heard, last
+ *     round trip, kept across restarts; status events (cyan/status) when
+ *     a device goes online or offline;
  *   - device calls (calls.c): call a function or read a variable on a
  *     device with a deadline, on whichever shard owns it; the callback runs
  *     exactly once.
@@ -92,11 +94,13 @@ int cy_devices_load_inq2(void *ctx, const char *client_id, uint16_t id);
  * down. Returns how many. */
 size_t cy_devices_end_expired(cy_devices *d);
 /* Every sweep: publish wills whose delay passed, end offline sessions
- * whose expiry passed. */
+ * whose expiry passed, write presence rows when presence_flush_interval
+ * has passed. */
 void cy_devices_sweep(cy_devices *d);
 /* Deadlines: answer 504 for calls the device did not answer, 503 for
- * requests whose owner shard stopped or did not answer (now: mono ms).
- * Call it about every 100 ms. */
+ * requests whose owner shard stopped or did not answer; log the status
+ * events the rate allows (now: mono ms, cy_mono_ms). Call it about every
+ * 100 ms. */
 void cy_devices_tick(cy_devices *d, int64_t now);
 
 /* ---- owed work, for the progress watchdog (health/watchdog.h) ---- */
@@ -190,14 +194,99 @@ json_t *cy_device_describe(cy_devices *d, const char *id);
 /* describe[key] if it is an array, else an empty array (new reference). */
 json_t *cy_device_names(json_t *describe, const char *key);
 
-/* ---- presence ---- */
+/* ---- presence (presence.c) ----
+ *
+ * The owner shard keeps each device's presence in memory (online since,
+ * protocol, last heard, last round trip) and tells the node when a device
+ * goes online or offline: a status event, an event of the device named
+ * CY_PRESENCE_EVENT (topic devices/<id>/events/cyan/status), published by
+ * the owner into the router at QoS 0 like an API event, so the event log
+ * numbers it, webhooks and event streams get it. Its data is JSON:
+ *   {"status": "online"|"offline", "reason": cy_presence_reason_name(),
+ *    "protocol": "mqtt5"|..., "at": ISO time of the change,
+ *    "last_heard": ISO time, "coalesced": N}
+ *
+ * Floods: a change becomes a record in a queue that the tick drains at
+ * most presence_event_rate per second (per shard), so 10,000 devices
+ * reconnecting at once become a few seconds of events, each with the time
+ * of its change, never a burst the log, the streams and the webhooks must
+ * take in one pass. One device may make 4 events quickly, then one per
+ * presence_flap_interval (a GCRA, cy_presence_allow): the changes of a
+ * flapping device meanwhile are held, and when its time comes one event
+ * says its state then, if that differs from the last one announced, with
+ * "coalesced" = how many changes it stands for beyond itself. So the last
+ * status event of a device is always its state, at most an interval late.
+ *
+ * Persistence: each device's last heard, last round trip, last protocol
+ * and whether the last status event logged said online are a row of the
+ * shard's store (store.h, cy_store_presence_*): written in the batch of
+ * each status event, and every presence_flush_interval for the devices
+ * whose times moved. cy_devices_load_presence reads them at start: a
+ * device whose row says online lost its session with the restart and gets
+ * an offline event (reason shard_restart).
+ *
+ * Internal devices (canaries) have presence but no status events and no
+ * rows. Applications (not isolated devices) have no presence at all. */
+
+#define CY_PRESENCE_EVENT "cyan/status" /* the status events' name */
+/* Event names starting with this are the server's: no client, device or
+ * application may publish one (cy_device_admit). */
+#define CY_EVENT_RESERVED "cyan/"
+#define CY_PRESENCE_BURST 4            /* status events one device makes at once */
+#define CY_PRESENCE_QUEUE_MAX 65536    /* records waiting per shard; past it, changes are held */
+#define CY_PRESENCE_READY_WAIT_MS 5000 /* at start, events wait this long at most for the bus */
+
+/* Why a device went online or offline, as its status events say. */
+typedef enum cy_presence_reason {
+    CY_PRESENCE_CONNECT,           /* online: it connected (CoAP: it was heard) */
+    CY_PRESENCE_DISCONNECT,        /* it said goodbye: MQTT DISCONNECT */
+    CY_PRESENCE_CONNECTION_LOST,   /* the connection ended without one: network, TLS or DTLS
+                                    * session end, a CoAP device that stopped acknowledging */
+    CY_PRESENCE_KEEPALIVE_TIMEOUT, /* silent past its keep-alive (MQTT: 1.5 x keep-alive;
+                                    * CoAP: coap_idle_timeout) */
+    CY_PRESENCE_TAKEOVER,          /* another connection of the device took its session */
+    CY_PRESENCE_PROTOCOL_ERROR,    /* cyan closed it for what it sent (malformed, a protocol
+                                    * error, a publish refused to MQTT 3.1.1) */
+    CY_PRESENCE_LIMIT,             /* cyan closed it for a limit (output stall, a quota) */
+    CY_PRESENCE_DELETED,           /* the device was deleted */
+    CY_PRESENCE_SHUTDOWN,          /* cyan, or its shard, stopped cleanly */
+    CY_PRESENCE_SHARD_RESTART,     /* its shard died (crash, SIGKILL, watchdog) and restarted */
+    CY_PRESENCE_SERVER_ERROR,      /* cyan closed it after an error of its own (out of memory) */
+    CY_PRESENCE_NREASONS
+} cy_presence_reason;
+
+/* The reason's name in status events ("keepalive_timeout"); "unknown"
+ * out of range. Static storage. Thread: any. */
+const char *cy_presence_reason_name(int r);
+/* Why a link closed, from the transport-neutral MQTT 5 reason code it was
+ * closed with (0: none, cy_reason.h) and whether the device said goodbye
+ * (an MQTT DISCONNECT): the code decides when there is one (0x8D keep-alive,
+ * 0x8E takeover, 0x8B shutdown, 0x97 limit, 0x80/0x83/0x88/0x89 server
+ * error, any other >= 0x80 protocol error), else goodbye is DISCONNECT and
+ * its absence CONNECTION_LOST. Pure. Thread: any. */
+cy_presence_reason cy_presence_reason_of(uint8_t code, bool goodbye);
+/* A generic cell rate limit (GCRA) of `burst` events at once, then one per
+ * interval_ms: may an event go at now (ms)? *tat (theoretical arrival time,
+ * 0 at first) is advanced when it may; when not, *retry_at (may be NULL)
+ * is the first time one may. interval_ms <= 0: always. Pure. Thread: any. */
+bool cy_presence_allow(int64_t *tat, int64_t now, int64_t interval_ms, unsigned burst,
+                       int64_t *retry_at);
+/* A status event's data (the JSON above) into buf (cap bytes, NUL-
+ * terminated): its length, or CY_ERANGE when it does not fit (nothing
+ * usable in buf). protocol NULL or "": null. Times are wall ms (0: null).
+ * Pure. Thread: any. */
+int cy_presence_payload(char *buf, size_t cap, bool online, int reason, const char *protocol,
+                        int64_t at, int64_t last_heard, uint32_t coalesced);
 
 /* A device's session is connected over link / has lost it (transports
- * call these for isolated devices). */
+ * call these for isolated devices, online after the session took the link
+ * and its identity: cy_session_attach, cy_session_set_who). why: the
+ * reason the link ended (cy_presence_reason_of for a transport's close);
+ * a link that is not the device's current one changes nothing. */
 void cy_device_online(cy_devices *d, cy_session *s, cy_link *link);
-void cy_device_offline(cy_devices *d, cy_session *s, cy_link *link);
-/* The device was deleted: close its link (no will), end its session,
- * forget its presence. */
+void cy_device_offline(cy_devices *d, cy_session *s, cy_link *link, cy_presence_reason why);
+/* The device was deleted: close its link (no will; its status event says
+ * deleted), end its session, forget its presence and its row. */
 void cy_device_kick(cy_devices *d, const char *id);
 /* {"online", "protocol", "connected_since", "last_heard",
  * "last_round_trip"} of one device this shard owns (new reference). */
@@ -206,6 +295,29 @@ json_t *cy_device_presence(cy_devices *d, const char *id);
 json_t *cy_device_presence_all(cy_devices *d);
 /* ISO 8601 UTC with milliseconds, or null for 0 (new reference). */
 json_t *cy_device_time(int64_t wall_ms);
+/* At start, after the store's sessions are loaded: read the presence rows
+ * (store.h) back, so last heard and last round trip survive the restart,
+ * and queue an offline event (reason shard_restart) for every device whose
+ * last logged status event said online. Errors: CY_ENOMEM, CY_ESTORE
+ * (nothing is lost by going on without them: logged by the caller). */
+int cy_devices_load_presence(cy_devices *d);
+/* The shard stops cleanly (its transports closed every link already): log
+ * every status event waiting or held, whatever the rate, and write every
+ * row whose times moved, into the store's current batch (the caller
+ * commits). */
+void cy_devices_stop(cy_devices *d);
+/* Status events waiting in this shard's queue (not yet logged). */
+size_t cy_devices_presence_queued(const cy_devices *d);
+
+/* ---- describe fields shown by the API ---- */
+
+/* The firmware-reported strings of a describe that the API shows with a
+ * device ("version", "model": each optional, 1 to CY_DEVICE_INFO_MAX
+ * printable ASCII characters; cy_device_describe_ok refuses a describe
+ * with one that is not). */
+#define CY_DEVICE_INFO_MAX 64
+/* describe[key] when it is such a string, else null (new reference). */
+json_t *cy_device_info(json_t *describe, const char *key);
 
 /* ---- device calls (calls.c) ---- */
 

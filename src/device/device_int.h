@@ -1,5 +1,6 @@
 /* device_int: the device layer's state, shared by its files only
- * (device.c: lifecycle, convention, presence; session.c: sessions;
+ * (device.c: lifecycle, convention; presence.c: presence and status
+ * events; session.c: sessions;
  * calls.c: calls and reads on the owner shard).
  * Thread: the shard's loop thread.
  */
@@ -10,14 +11,48 @@
 #include "device/device.h"
 #include "device/session.h"
 
-/* The owner's record of one device since this shard started. */
+/* What a device's last status event said (announced: queued or logged). */
+enum { PR_NONE = 0, PR_OFFLINE, PR_ONLINE };
+
+/* The owner's record of one device: since this shard started, or read
+ * back from its row (presence.c). */
 typedef struct dev_presence {
     cy_link *link;           /* its link, or NULL while offline */
     int64_t connected_since; /* wall ms of the current connection, 0 offline */
     int64_t last_heard;      /* wall ms of its last packet, kept when it goes offline */
     int64_t last_rtt;        /* wall ms of its last answered call or read; 0 = none */
+    int64_t changed_at;      /* wall ms of its latest online/offline change */
+    int64_t saved_heard;     /* last_heard as its row has it (0: no row) */
+    int64_t saved_rtt;       /* last_rtt as its row has it */
+    int64_t saved_mono;      /* its link's last heard (mono ms) when its row was written; 0 none:
+                              * compared, not the wall time, which moves with the clocks' jitter */
+    /* status events */
+    int64_t tat;             /* mono ms: the per-device limit's (cy_presence_allow) */
+    int64_t held_until;      /* mono ms when held changes are looked at again */
+    struct dev_presence *held_prev, *held_next; /* the held list (d->held) */
+    uint32_t unannounced;    /* changes since its last status event that none announced */
+    uint8_t announced;       /* PR_*: what its last status event (queued or logged) says */
+    uint8_t reason;          /* cy_presence_reason of its latest change */
+    bool logged_online;      /* its last *logged* status event said online (its row's) */
+    bool held;               /* in the held list */
+    bool internal;           /* a canary: no status events, no row */
+    bool kicked;             /* being deleted: its offline is reason "deleted" */
+    char protocol[12];       /* of its current or last link */
     char id[CY_DEVICE_ID_LEN + 1];
 } dev_presence;
+
+/* A status event waiting for the rate (presence.c): self-contained, so
+ * its device may be deleted meanwhile. */
+typedef struct dev_status {
+    struct dev_status *next;
+    int64_t at;         /* wall ms of the change */
+    int64_t last_heard; /* wall ms */
+    uint32_t coalesced; /* changes it stands for beyond itself */
+    bool online;
+    uint8_t reason;     /* cy_presence_reason */
+    char protocol[12];
+    char id[CY_DEVICE_ID_LEN + 1];
+} dev_status;
 
 /* A call or read the owner sent to a device and waits for. */
 typedef struct dev_call {
@@ -46,6 +81,15 @@ struct cy_devices {
     cy_session *offline;  /* sessions offline and persistent, or with a pending will */
     cy_sub_kind session_kind;
     cy_map presence;      /* device id -> dev_presence */
+    /* status events (presence.c) */
+    dev_status *st_head, *st_tail; /* waiting for the rate, in order */
+    size_t st_n;
+    int64_t st_tokens;    /* the shard's bucket: events it may log now, in thousandths */
+    int64_t st_refill;    /* mono ms of its last refill */
+    dev_presence *held;   /* devices whose changes wait for their own limit */
+    int64_t started;      /* mono ms of cy_devices_new */
+    bool st_open;         /* the peers' links were up (or the wait ran out): events may go */
+    int64_t flush_at;     /* mono ms of the next write of moved presence rows */
     dev_call *calls;      /* in a list for the deadlines */
     cy_map calls_by_rid;  /* rid (16 bytes) -> dev_call, for replies */
     uint64_t next_rid;
@@ -84,8 +128,16 @@ int cy_session_load_sub(cy_devices *d, cy_session *s, const char *filter, size_t
 int cy_session_load_msg(cy_devices *d, cy_session *s, const cy_store_msg *sm);
 int cy_session_load_inq2(cy_session *s, uint16_t id);
 
-/* device.c */
+/* presence.c */
 dev_presence *cy_presence_get(cy_devices *d, const char *id, size_t len, bool create);
+void cy_presence_init(cy_devices *d);
+/* Log the status events the rate allows, release held devices whose time
+ * came (now: mono ms). */
+void cy_presence_tick(cy_devices *d, int64_t now);
+/* Write the rows whose times moved, when presence_flush_interval passed
+ * (all: now, whatever the interval). */
+void cy_presence_flush(cy_devices *d, int64_t now, bool all);
+void cy_presence_free(cy_devices *d);
 
 /* requests.c */
 void cy_requests_init(cy_devices *d);

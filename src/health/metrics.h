@@ -132,7 +132,12 @@ enum {
       "CoAP), or that paused reading their connection (MQTT 3.1.1)")                              \
     X(tls_handshakes, CY_METRIC_COUNTER, "handshakes", "MQTT over TLS handshakes completed")       \
     X(tls_handshake_failures, CY_METRIC_COUNTER, "handshakes",                                     \
-      "MQTT over TLS handshakes failed (bad certificate, protocol version, not TLS)")
+      "MQTT over TLS handshakes failed (bad certificate, protocol version, not TLS)")              \
+    X(presence_events, CY_METRIC_COUNTER, "events",                                                \
+      "status events (cyan/status: a device online or offline) logged")                            \
+    X(presence_coalesced, CY_METRIC_COUNTER, "changes",                                            \
+      "online and offline changes of flapping devices that got no status event of their own "     \
+      "(folded into a later one, or into none when the device ended as it was announced)")
 
 #define CY_METRIC_ONE_(name, kind, unit, help) +1
 enum { CY_METRICS_N = 0 CY_METRICS(CY_METRIC_ONE_) };

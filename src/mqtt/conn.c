@@ -495,7 +495,8 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
     }
     if (c->sess) {
         cy_session *s = c->sess;
-        if (c->device) cy_device_offline(g->devices, s, &c->link);
+        if (c->device)
+            cy_device_offline(g->devices, s, &c->link, cy_presence_reason_of(reason, c->said_bye));
         c->sess = NULL;
         cy_session_detach(g->devices, s, !c->clean_disconnect);
     }

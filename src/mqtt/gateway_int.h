@@ -120,6 +120,7 @@ struct cy_conn {
     uint8_t version;       /* 0 until CONNECT */
     bool dirty : 1;
     bool clean_disconnect : 1; /* got DISCONNECT 0x00: no will */
+    bool said_bye : 1;         /* got DISCONNECT (any reason): its status event says so */
     bool counted : 1;          /* counted in clients_connected */
     bool handed_in : 1;        /* arrived by handover from another shard */
     bool device : 1;           /* an isolated device: client id = device id, own topics only */

@@ -22,6 +22,7 @@ int cy_handle_disconnect(cy_conn *c, cy_mqtt_disconnect *p)
         s->expiry = e;
     }
     c->clean_disconnect = c->version != CY_MQTT_V5 || p->reason == CY_RC_SUCCESS;
+    c->said_bye = true;
     cy_debug(s->client_id, "disconnected (reason 0x%02x)",
              c->version == CY_MQTT_V5 ? p->reason : 0);
     cy_conn_close(c, 0, NULL);

@@ -21,7 +21,8 @@
  *   (see on_pass_end), and the next start begins in the state, refusing,
  *   instead of failing again.
  * - Stop: refuse new work, close connections (MQTT 5 clients get 0x8B),
- *   record offline time of persistent sessions, commit, close handles.
+ *   record offline time of persistent sessions, log the devices' status
+ *   events and presence rows (cy_devices_stop), commit, close handles.
  */
 #include "shard/shard.h"
 
@@ -537,6 +538,11 @@ int cy_shard_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_regi
     };
     rc = cy_store_load(store, &l, b);
     if (rc) goto fail;
+    /* Last heard and last round trip of every device, and an offline event
+     * for each that was online when this shard died. Without them the
+     * shard still serves: presence then starts from nothing, as before. */
+    int prc = cy_devices_load_presence(b->devices);
+    if (prc) cy_error(NULL, "shard %u: presence not loaded: %s", b->self, cy_strerror(prc));
     /* End what expired while we were down. */
     size_t ended = cy_devices_end_expired(b->devices);
     cy_store_commit(store);
@@ -698,6 +704,11 @@ void cy_shard_stop(cy_shard *b)
     b->stopping = true;
     cy_mqtt_stop(b->mqtt);
     cy_coap_stop(b->coap);
+    /* Every device went offline (reason shutdown): their status events go
+     * into this last batch, and their copies to the peers before the bus
+     * closes. */
+    cy_devices_stop(b->devices);
+    cy_cluster_flush(b->cluster);
     if (b->api) cy_api_stop(b->api);
     cy_cluster_stop(b->cluster);
     cy_webhooks_stop(b->webhooks);

@@ -52,7 +52,8 @@
  * below 2^63 (sequences count from 1 and never get there).
  *
  * Schema versions (PRAGMA user_version): 1 had no retained.ts, outbox or
- * peers; 2 had no retained.owner; 3 is current. A new file gets version 3
+ * peers; 2 had no retained.owner; 3 had no event log nor webhook state; 4
+ * had no presence table; 5 is current. A new file gets version 5
  * directly; an older file is migrated at open in one transaction (all of it
  * or none of it); a newer file is refused.
  *
@@ -81,7 +82,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 4
+#define SCHEMA_VERSION 5
 #define PEER_MAX 64 /* peers are 0..PEER_MAX-1 */
 /* What a row costs beyond its variable bytes, roughly (keys, integers,
  * b-tree cells), for cy_store_bytes. */
@@ -122,7 +123,17 @@
     " attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, trail TEXT NOT NULL,"                  \
     " PRIMARY KEY(hook, seq)) WITHOUT ROWID;"
 
-static const char schema_v4[] = "CREATE TABLE IF NOT EXISTS sessions("
+/* The table version 5 added: each device's presence as its owner shard
+ * last wrote it (device/presence.c). */
+#define TABLES_ADDED_V5                                                                            \
+    "CREATE TABLE IF NOT EXISTS presence("                                                         \
+    " id TEXT PRIMARY KEY NOT NULL,"                                                               \
+    " online INTEGER NOT NULL,"                                                                    \
+    " protocol TEXT NOT NULL,"                                                                     \
+    " last_heard INTEGER NOT NULL,"                                                                \
+    " last_rtt INTEGER NOT NULL) WITHOUT ROWID;"
+
+static const char schema_v5[] = "CREATE TABLE IF NOT EXISTS sessions("
                                 " client_id TEXT PRIMARY KEY NOT NULL,"
                                 " version INTEGER NOT NULL,"
                                 " expiry INTEGER NOT NULL,"
@@ -157,8 +168,8 @@ static const char schema_v4[] = "CREATE TABLE IF NOT EXISTS sessions("
                                 " qos INTEGER NOT NULL,"
                                 " expiry_at INTEGER NOT NULL,"
                                 " ts INTEGER NOT NULL,"
-                                " owner TEXT);" TABLES_ADDED_V2 TABLES_ADDED_V4
-                                "PRAGMA user_version = 4;";
+                                " owner TEXT);" TABLES_ADDED_V2 TABLES_ADDED_V4 TABLES_ADDED_V5
+                                "PRAGMA user_version = 5;";
 
 /* Version 1 to 2. Retained messages written before stamps existed get 0,
  * older than any stamp, so the first replicated update of the topic wins. */
@@ -175,8 +186,13 @@ static const char migrate_v3[] = "ALTER TABLE retained ADD COLUMN owner TEXT;"
 /* Version 3 to 4: the event log and webhook delivery state. */
 static const char migrate_v4[] = TABLES_ADDED_V4 "PRAGMA user_version = 4;";
 
+/* Version 4 to 5: presence (last heard, last round trip, the last status
+ * event logged). A device without a row has never been written: nothing
+ * known, as before. */
+static const char migrate_v5[] = TABLES_ADDED_V5 "PRAGMA user_version = 5;";
+
 /* migrations[v] takes a file from version v to v + 1. */
-static const char *const migrations[] = {NULL, migrate_v2, migrate_v3, migrate_v4};
+static const char *const migrations[] = {NULL, migrate_v2, migrate_v3, migrate_v4, migrate_v5};
 
 enum {
     ST_BEGIN,
@@ -230,6 +246,9 @@ enum {
     ST_HD_GET,
     ST_HD_DEL_HOOK,
     ST_HD_SEQS,
+    ST_PR_PUT,
+    ST_PR_DEL,
+    ST_PR_LOAD,
     N_ST
 };
 
@@ -316,6 +335,12 @@ static const char *const sql[N_ST] = {
                   " WHERE hook = ?1 AND seq = ?2",
     [ST_HD_DEL_HOOK] = "DELETE FROM hook_dead WHERE hook = ?1",
     [ST_HD_SEQS] = "SELECT hook, seq FROM hook_dead WHERE seq > ?1",
+    [ST_PR_PUT] = "INSERT INTO presence(id, online, protocol, last_heard, last_rtt)"
+                  " VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(id) DO UPDATE SET"
+                  " online = excluded.online, protocol = excluded.protocol,"
+                  " last_heard = excluded.last_heard, last_rtt = excluded.last_rtt",
+    [ST_PR_DEL] = "DELETE FROM presence WHERE id = ?1",
+    [ST_PR_LOAD] = "SELECT id, online, protocol, last_heard, last_rtt FROM presence ORDER BY id",
 };
 
 struct cy_store {
@@ -405,7 +430,7 @@ int cy_store_open(const char *path, bool sync_full, cy_store **out)
     *out = NULL;
     cy_store *s = cy_calloc(1, sizeof(*s));
     if (!s) return CY_ENOMEM;
-    static const cy_db_schema schema = {"store", SCHEMA_VERSION, schema_v4, migrations, true};
+    static const cy_db_schema schema = {"store", SCHEMA_VERSION, schema_v5, migrations, true};
     int rc = cy_db_open(path, sync_full, &schema, sql, N_ST, &s->db, s->st);
     if (!rc) rc = ev_last_load(s);
     if (rc) goto fail;
@@ -980,6 +1005,61 @@ int cy_store_load(cy_store *s, const cy_store_loader *l, void *ctx)
         if (!rc) rc = crc;
     }
     return rc;
+}
+
+/* ---- presence ---- */
+
+int cy_store_presence_put(cy_store *s, const cy_store_presence *p)
+{
+    if (!s || !p || !p->id || s->readonly) return CY_EINVAL;
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_PR_PUT];
+    const char *proto = p->protocol ? p->protocol : "";
+    if (sqlite3_bind_text(st, 1, p->id, -1, SQLITE_STATIC) ||
+        sqlite3_bind_int(st, 2, p->online ? 1 : 0) ||
+        sqlite3_bind_text(st, 3, proto, -1, SQLITE_STATIC) ||
+        sqlite3_bind_int64(st, 4, p->last_heard) || sqlite3_bind_int64(st, 5, p->last_rtt)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "presence_put"), 0);
+    }
+    return write_end(s, step_done(s, ST_PR_PUT, "presence_put"), strlen(p->id) + strlen(proto));
+}
+
+int cy_store_presence_delete(cy_store *s, const char *id)
+{
+    if (!s || !id || s->readonly) return CY_EINVAL;
+    int rc = write_begin(s);
+    if (rc) return rc;
+    sqlite3_stmt *st = s->st[ST_PR_DEL];
+    if (sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC)) {
+        done(st);
+        return write_end(s, db_fail(s->db, "presence_delete"), 0);
+    }
+    return write_end(s, step_done(s, ST_PR_DEL, "presence_delete"), 0);
+}
+
+int cy_store_presence_load(cy_store *s, int (*fn)(void *ctx, const cy_store_presence *p),
+                           void *ctx)
+{
+    if (!s || !fn) return CY_EINVAL;
+    if (s->loading) return CY_EBUSY;
+    sqlite3_stmt *st = s->st[ST_PR_LOAD];
+    s->loading = true;
+    int rc = 0, sr = SQLITE_DONE;
+    while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
+        size_t len;
+        cy_store_presence p = {
+            .id = col_str(st, 0, &len),
+            .online = sqlite3_column_int(st, 1) != 0,
+            .protocol = col_str(st, 2, &len),
+            .last_heard = sqlite3_column_int64(st, 3),
+            .last_rtt = sqlite3_column_int64(st, 4),
+        };
+        rc = fn(ctx, &p);
+    }
+    s->loading = false;
+    return rows_end(s, st, rc, sr, "load presence");
 }
 
 /* ---- the event log ---- */

@@ -9,8 +9,9 @@
  *   cy_store     the state of one shard ("shard-N.db", one file per
  *                shard): persistent sessions, their subscriptions,
  *                the messages queued or in flight for them, the packet ids
- *                of inbound QoS 2 messages not yet released, and retained
- *                messages.
+ *                of inbound QoS 2 messages not yet released, retained
+ *                messages, the event log and webhook state, and its
+ *                devices' presence.
  *
  * Durability: group commit. The first write after cy_store_commit opens a
  * transaction; the loop calls cy_store_commit once per pass, *before* it
@@ -556,6 +557,37 @@ int cy_store_outbox_put(cy_store *s, unsigned peer, uint64_t seq, const uint8_t 
 int cy_store_outbox_ack(cy_store *s, unsigned peer, uint64_t upto);
 /* Upsert the sequence state of peer. */
 int cy_store_peer_put(cy_store *s, unsigned peer, uint64_t last_sent, uint64_t last_applied);
+
+/* ---- presence (device/presence.c; docs/architecture.md, "Presence") ----
+ *
+ * One row per device this shard owns and has heard: its last heard and
+ * last round trip (wall ms, 0 = never), the protocol of its last link, and
+ * whether the last status event logged for it (cyan/status) said online.
+ * The owner writes a row in the batch of each status event it logs, and
+ * otherwise every presence_flush_interval for the devices whose times
+ * moved (never per packet); a crash loses at most that interval of last
+ * heard. At start, a row that says online names a device whose session
+ * the restart ended: it gets an offline event (reason shard_restart).
+ * Thread: the handle's owner. */
+
+typedef struct cy_store_presence {
+    const char *id;       /* device id, NUL-terminated */
+    bool online;          /* the last status event logged for it said online */
+    const char *protocol; /* of its last link ("mqtt5", "coaps", ...); "" or NULL: none */
+    int64_t last_heard;   /* wall ms; 0 = never */
+    int64_t last_rtt;     /* wall ms of its last answered call or read; 0 = never */
+} cy_store_presence;
+
+/* Insert or update p's row, in the current batch. Errors: CY_EINVAL (NULL
+ * argument, a reader), CY_ESTORE. */
+int cy_store_presence_put(cy_store *s, const cy_store_presence *p);
+/* Delete device id's row (none: not an error), in the current batch. */
+int cy_store_presence_delete(cy_store *s, const char *id);
+/* fn for every row, by id; a non-zero return stops and is returned. The
+ * pointers in *p are valid only during the call, and fn must not write to
+ * the store nor load again (CY_EBUSY). Errors: CY_EINVAL, CY_ESTORE. */
+int cy_store_presence_load(cy_store *s, int (*fn)(void *ctx, const cy_store_presence *p),
+                           void *ctx);
 
 /* ---- the event log (docs/architecture.md, "Events and webhooks") ----
  *

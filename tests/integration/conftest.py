@@ -15,7 +15,10 @@ HTTP API: every cyan server also serves the API on a free port of 127.0.0.1
 (server.http_port, server.api_url) and is ready once that port accepts too.
 Servers run with isolate_devices=false unless the test's settings say
 otherwise: the generic MQTT tests use free client ids and topics, as on any
-broker. The API tests use api_server_factory / api_server:
+broker. Likewise status events (cyan/status, a device online or offline)
+are off (presence_event_rate=0) unless the settings turn them on: tests
+that count or order the events of a stream or a webhook predate them, and
+test_presence.py turns them on. The API tests use api_server_factory / api_server:
 isolate_devices=true, an empty data dir, all shards healthy.
 
 Every server is started in its own short temporary directory (unix socket
@@ -206,6 +209,8 @@ class Server:
             argv.append("--mqtts_listen=%s:%d" % (self.host, self.mqtts_port))
         if "isolate_devices" not in self.settings:
             argv.append("--isolate_devices=false")
+        if "presence_event_rate" not in self.settings:
+            argv.append("--presence_event_rate=0")
         for k, v in self.settings.items():
             if isinstance(v, bool):
                 v = "true" if v else "false"

@@ -28,7 +28,8 @@ from test_shards import shard_of
 pytestmark = pytest.mark.cyan_only
 
 DEVICE_KEYS = {"id", "name", "created_at", "shard", "shard_healthy", "online", "protocol",
-               "connected_since", "last_heard", "last_round_trip", "functions", "variables"}
+               "connected_since", "last_heard", "last_round_trip", "functions", "variables",
+               "version", "model"}
 PROTOCOL = {4: "mqtt3.1.1", 5: "mqtt5"}
 # Refusals of the convention, by MQTT version: SUBACK code / CONNACK code.
 SUB_REFUSED = {4: 0x80, 5: 0x87}

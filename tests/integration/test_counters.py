@@ -155,7 +155,7 @@ def test_status_prints_node_totals(server, new_device):
     shards, whichever shard each client landed on) with unit and kind."""
     t0 = status_totals(server)
     assert set(COUNTERS) <= set(t0), t0
-    assert len(t0) == 58, t0
+    assert len(t0) == 60, t0
     assert t0["clients_connected"][1:] == ("connections", "gauge")
     assert t0["publish_received"][1:] == ("packets", "counter")
     assert t0["sessions"][2] == "gauge" and t0["events"][2] == "counter"

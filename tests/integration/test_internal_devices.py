@@ -104,15 +104,15 @@ def test_internal_events_not_streamed(api_server_factory, path):
             first = run_probe(srv, "--shard", str(shard), "--count", "2")
             canary = first.devices[shard]
             # The barrier: a user's event of the same name, from the same shard.
-            dev.publish_event("cyan/canary", b"user", qos=1)
+            dev.publish_event("cyan-canary", b"user", qos=1)
             ev = s.next(5.0)
             assert ev.json["device_id"] == dev.id, (ev, canary)
-            assert ev.event == "cyan/canary" and ev.json["data"] == "user", ev
+            assert ev.event == "cyan-canary" and ev.json["data"] == "user", ev
             # Replayed from the start: only users' events were buffered.
             cursor = ".".join(["0"] * n)
             with SseStream(srv, path, last_event_id=cursor) as r:
                 assert r.status == 200, r.body
-                dev.publish_event("cyan/canary", b"user2", qos=1)
+                dev.publish_event("cyan-canary", b"user2", qos=1)
                 got = r.take(2, 5.0)
                 assert [(e.json["device_id"], e.json["data"]) for e in got] == \
                     [(dev.id, "user"), (dev.id, "user2")], got

@@ -156,7 +156,7 @@ static void f_close(cy_link *l, uint8_t reason, const char *why)
     cy_session *s = f->s;
     if (!s) return;
     f->s = NULL;
-    if (f->device) cy_device_offline(T.d, s, l);
+    if (f->device) cy_device_offline(T.d, s, l, cy_presence_reason_of(reason, false));
     cy_session_detach(T.d, s, true);
 }
 
@@ -357,7 +357,9 @@ static void disconnect_(flink *f, bool abnormal)
     assert_non_null(s);
     f->s = NULL;
     f->ready = false;
-    if (f->device) cy_device_offline(T.d, s, &f->base);
+    if (f->device)
+        cy_device_offline(T.d, s, &f->base,
+                          abnormal ? CY_PRESENCE_CONNECTION_LOST : CY_PRESENCE_DISCONNECT);
     cy_session_detach(T.d, s, abnormal);
 }
 
@@ -1496,7 +1498,7 @@ static void test_presence(void **state)
     flink h;
     flink_init(&h);
     s = connect_(&h, DEV, 0, true);
-    cy_device_offline(T.d, s, &f.base);
+    cy_device_offline(T.d, s, &f.base, CY_PRESENCE_CONNECTION_LOST);
     p = cy_device_presence(T.d, DEV);
     assert_true(json_is_true(json_object_get(p, "online")));
     json_decref(p);

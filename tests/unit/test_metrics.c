@@ -53,7 +53,7 @@ static bool prom_name_ok(const char *s)
 static void test_metrics_registry_shape(void **state)
 {
     (void)state;
-    assert_int_equal(CY_METRICS_N, 58);
+    assert_int_equal(CY_METRICS_N, 60);
     assert_true(CY_METRICS_N <= CY_SB_COUNTERS);
     int gauges = 0;
     for (size_t i = 0; i < CY_METRICS_N; i++) {
@@ -80,13 +80,15 @@ static void test_metrics_registry_shape(void **state)
     /* Slot order is the order the scoreboard has always had. */
     assert_string_equal(cy_metric_defs[0].name, "clients_connected");
     assert_string_equal(cy_metric_defs[29].name, "store_full_refusals"); /* appended after it */
-    assert_string_equal(cy_metric_defs[CY_METRICS_N - 1].name, "tls_handshake_failures");
-    assert_string_equal(cy_metric_defs[CY_METRICS_N - 3].name, "limit_publish_rate");
-    assert_string_equal(cy_metric_defs[CY_METRICS_N - 7].name, "auth_failures");
-    assert_string_equal(cy_metric_defs[CY_METRICS_N - 8].name, "acl_file_denied");
-    assert_string_equal(cy_metric_defs[CY_METRICS_N - 9].name, "coaps_handshake_failures");
-    assert_string_equal(cy_metric_defs[CY_METRICS_N - 15].name, "webhook_oldest_seconds");
-    assert_string_equal(cy_metric_defs[CY_METRICS_N - 22].name, "messages_queued_online");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 1].name, "presence_coalesced");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 2].name, "presence_events");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 3].name, "tls_handshake_failures");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 5].name, "limit_publish_rate");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 9].name, "auth_failures");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 10].name, "acl_file_denied");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 11].name, "coaps_handshake_failures");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 17].name, "webhook_oldest_seconds");
+    assert_string_equal(cy_metric_defs[CY_METRICS_N - 24].name, "messages_queued_online");
     assert_int_equal(CY_METRIC_INDEX(publish_received), 7);
 }
 

@@ -236,7 +236,7 @@ static void test_cy_store_open_creates_wal_schema(void **state)
     assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
     sqlite3_finalize(st);
     sqlite3_close(db);
-    assert_int_equal(user_version(f), 4);
+    assert_int_equal(user_version(f), 5);
     assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 2); /* incremental */
 
     /* Reopening an existing file works, also with sync_full. */
@@ -270,11 +270,11 @@ static void test_cy_store_open_not_a_database(void **state)
 static void test_cy_store_open_newer_schema(void **state)
 {
     fixture *f = *state;
-    sql_exec(f, "PRAGMA user_version = 5");
+    sql_exec(f, "PRAGMA user_version = 6");
     cy_store *s = NULL;
     assert_int_equal(cy_store_open(f->path, false, &s), CY_ESTORE);
     assert_null(s);
-    assert_int_equal(user_version(f), 5); /* untouched */
+    assert_int_equal(user_version(f), 6); /* untouched */
 }
 
 static void test_cy_store_open_einval(void **state)
@@ -984,7 +984,7 @@ static void test_cy_store_open_migrates_v1(void **state)
 
     assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 0);
     cy_store *s = open_store(f);
-    assert_int_equal(user_version(f), 4);
+    assert_int_equal(user_version(f), 5);
     /* converted once (VACUUM) so that freed pages can be given back */
     assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 2);
     assert_string_equal(load(s), v1_load);
@@ -1007,7 +1007,7 @@ static void test_cy_store_open_migrates_v1(void **state)
     assert_int_equal(strlen(log), strlen(v1_load) + strlen("R t=r/2/3 p=/0 q0 r1 x0 ts77\n"
                                                            "P 3 s2 a1\n"
                                                            "O 3 #2 f2/2\n"));
-    assert_int_equal(user_version(f), 4);
+    assert_int_equal(user_version(f), 5);
     /* The file is as a new one would be, column for column. */
     assert_int_equal(sql_int(f, "SELECT count(*) FROM pragma_table_info('retained')"
                                 " WHERE name = 'ts' AND \"notnull\" = 1"),
@@ -1015,7 +1015,7 @@ static void test_cy_store_open_migrates_v1(void **state)
     assert_int_equal(sql_int(f, "SELECT count(*) FROM pragma_table_info('retained')"
                                 " WHERE name = 'owner' AND \"notnull\" = 0"),
                      1);
-    assert_int_equal(sql_int(f, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"), 11);
+    assert_int_equal(sql_int(f, "SELECT count(*) FROM sqlite_schema WHERE type = 'table'"), 12);
 }
 
 /* A migration that fails halfway leaves the file exactly at version 1. An
@@ -1040,7 +1040,7 @@ static void test_cy_store_open_migration_atomic(void **state)
     s = open_store(f);
     assert_string_equal(load(s), v1_load);
     cy_store_close(s);
-    assert_int_equal(user_version(f), 4);
+    assert_int_equal(user_version(f), 5);
 }
 
 /* A version 2 file (as the previous cyan left it) gains retained.owner;
@@ -1054,7 +1054,7 @@ static void test_cy_store_open_migrates_v2(void **state)
     sql_exec(f, "ALTER TABLE retained DROP COLUMN owner; PRAGMA user_version = 2");
     assert_int_equal(user_version(f), 2);
     s = open_store(f);
-    assert_int_equal(user_version(f), 4);
+    assert_int_equal(user_version(f), 5);
     assert_string_equal(load(s), v1_load);
     cy_store_msg m = {.topic = "r/2", .topic_len = 3, .owner = "dev1", .owner_len = 4};
     assert_int_equal(cy_store_retain_put(s, &m), 0);
@@ -1593,6 +1593,73 @@ static void test_cy_store_msg_put_cost(void **state)
     }
 }
 
+/* ---- presence ---- */
+
+static int presence_row(void *ctx, const cy_store_presence *p)
+{
+    char *out = ctx;
+    size_t n = strlen(out);
+    snprintf(out + n, 512 - n, "%s %d %s h%lld r%lld\n", p->id, p->online, p->protocol,
+             (long long)p->last_heard, (long long)p->last_rtt);
+    return 0;
+}
+
+static int presence_stop(void *ctx, const cy_store_presence *p)
+{
+    (void)p;
+    ++*(int *)ctx;
+    return 7;
+}
+
+/* Rows are upserted and deleted in the batch, read back by id, and a v4
+ * file (before presence) gains the table. */
+static void test_cy_store_presence(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    char out[512] = "";
+    assert_int_equal(cy_store_presence_load(s, presence_row, out), 0);
+    assert_string_equal(out, "");
+    cy_store_presence a = {"bbb", true, "mqtt5", 1000, 0};
+    cy_store_presence b = {"aaa", false, NULL, 5, 6};
+    assert_int_equal(cy_store_presence_put(s, &a), 0);
+    assert_int_equal(cy_store_presence_put(s, &b), 0);
+    assert_int_equal(cy_store_pending(s), 2);
+    a.online = false;
+    a.last_rtt = 2000;
+    a.protocol = "coaps";
+    assert_int_equal(cy_store_presence_put(s, &a), 0); /* the same row */
+    assert_int_equal(cy_store_commit(s), 0);
+    assert_int_equal(cy_store_presence_load(s, presence_row, out), 0);
+    assert_string_equal(out, "aaa 0  h5 r6\nbbb 0 coaps h1000 r2000\n");
+    int n = 0;
+    assert_int_equal(cy_store_presence_load(s, presence_stop, &n), 7); /* fn stops it */
+    assert_int_equal(n, 1);
+    assert_int_equal(cy_store_presence_delete(s, "aaa"), 0);
+    assert_int_equal(cy_store_presence_delete(s, "none"), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    out[0] = '\0';
+    assert_int_equal(cy_store_presence_load(s, presence_row, out), 0);
+    assert_string_equal(out, "bbb 0 coaps h1000 r2000\n");
+    assert_int_equal(cy_store_presence_put(s, NULL), CY_EINVAL);
+    cy_store_presence noid = {NULL, false, NULL, 0, 0};
+    assert_int_equal(cy_store_presence_put(s, &noid), CY_EINVAL);
+    assert_int_equal(cy_store_presence_delete(s, NULL), CY_EINVAL);
+    assert_int_equal(cy_store_presence_load(s, NULL, NULL), CY_EINVAL);
+    cy_store_close(s);
+
+    /* Back to version 4: the migration adds the table, empty. */
+    sql_exec(f, "DROP TABLE presence; PRAGMA user_version = 4");
+    s = open_store(f);
+    assert_int_equal(user_version(f), 5);
+    out[0] = '\0';
+    assert_int_equal(cy_store_presence_load(s, presence_row, out), 0);
+    assert_string_equal(out, "");
+    assert_int_equal(cy_store_presence_put(s, &a), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1631,6 +1698,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_store_open_migrates_v1, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_open_migration_atomic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_open_migrates_v2, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_presence, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_load_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_load_null_callbacks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_load_stop, setup, teardown),

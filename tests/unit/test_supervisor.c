@@ -524,7 +524,7 @@ static void test_config_load_args(void **state)
             assert_true(r);
         if (!strcmp(name, "log_format")) assert_false(r); /* a shipper parses one format */
     }
-    assert_int_equal(yes, 36); /* every name in the list is a real setting */
+    assert_int_equal(yes, 39); /* every name in the list is a real setting */
     assert_null(cy_config_name(n));
     assert_false(cy_config_reloadable(n));
 }
