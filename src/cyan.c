@@ -109,6 +109,16 @@ static int unknown(const char *what, const char *word)
     return 2;
 }
 
+/* A subcommand's words it could not take: an option it does not know is
+ * named in one line; anything else gets the usage. Returns 2. */
+static int bad_words(char **args, int nargs)
+{
+    for (int i = 1; i < nargs; i++)
+        if (!strncmp(args[i], "--", 2)) return unknown("option", args[i]);
+    usage(stderr);
+    return 2;
+}
+
 /* Flags of a subcommand (not settings): passed on to it as words. */
 static bool token_flag(const char *arg)
 {
@@ -377,8 +387,7 @@ static int cmd_device(cy_config *cfg, char **args, int nargs)
         if (rc == CY_ENOENT) fprintf(stderr, "cyan: no device '%s'\n", args[2]);
         if (rc == 0) fprintf(stderr, "cyan: device '%s' removed\n", args[2]);
     } else {
-        usage(stderr);
-        status = 2;
+        status = bad_words(args, nargs);
     }
     if (rc && !status) {
         if (rc != CY_EEXIST && rc != CY_EINVAL && rc != CY_ENOENT)
@@ -449,10 +458,8 @@ static int cmd_token(cy_config *cfg, char **args, int nargs)
     bool create = !strcmp(verb, "create") && nargs <= 3;
     bool list = !strcmp(verb, "list") && nargs == 2;
     bool revoke = !strcmp(verb, "revoke") && nargs == 3;
-    if (!(create || list || revoke) || (flags && !create) || bad || (read_only && scope_text)) {
-        usage(stderr);
-        return 2;
-    }
+    if (!(create || list || revoke) || (flags && !create) || bad || (read_only && scope_text))
+        return bad_words(args, nargs);
     unsigned scopes = read_only ? CY_SCOPE_READ_ONLY : CY_SCOPE_ALL;
     int64_t lifetime = 0;
     if (scope_text) {

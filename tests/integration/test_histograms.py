@@ -101,7 +101,7 @@ def test_status_json_shape(api_server):
     assert "node totals over" in api_server.cli("status").stdout
     # The flag is status's only.
     cp = api_server.cli("device", "list", "--json", check=False)
-    assert cp.returncode == 2 and "unknown option --json" in cp.stderr, cp
+    assert cp.returncode == 2 and "unknown option '--json'" in cp.stderr, cp
 
 
 def test_api_requests_and_calls_are_timed(api_server):
