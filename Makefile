@@ -62,7 +62,9 @@ valgrind:
 # must hold across shards exactly as on one. The shard fault, stall, drill,
 # monitor and rules tests choose their own shard counts (or need none), and
 # the canary, internal-device and histogram tests are about several shards,
-# so they run once, with four (the limits too: they are counted for the
+# and so are systemd's notifications (ready once every shard accepts), the
+# logs' per-shard summaries and the Particle paths (answered by the owner
+# shard), so they run once, with four (the limits too: they are counted for the
 # whole node, which only several shards can show).
 # The fault tests measure detection and recovery times, so they run first,
 # alone on the machine; then the one-shard and the four-shard passes run side
@@ -74,14 +76,18 @@ INT_FAULTS = tests/integration/test_shards.py tests/integration/test_drill.py \
   tests/integration/test_coap_drill.py
 INT_MULTI = tests/integration/test_prometheus_rules.py tests/integration/test_canary_client.py \
   tests/integration/test_internal_devices.py tests/integration/test_histograms.py \
-  tests/integration/test_browser.py tests/integration/test_limits.py
+  tests/integration/test_browser.py tests/integration/test_limits.py \
+  tests/integration/test_notify.py tests/integration/test_logs.py \
+  tests/integration/test_particle_paths.py
 # The four-shard pass is the longer: these files' four-shard run goes after
 # the one-shard pass, in its stream, so both cores stay busy to the end.
 INT_LATE = tests/integration/test_coaps.py tests/integration/test_limits.py
-# Files about the command line, the data folder's files and the HTTPS
-# certificate, where the shard count changes nothing: once, with one shard.
+# Files about the command line (its client commands too), the install, the
+# README, the data folder's files and the HTTPS certificate, where the shard
+# count changes nothing: once, with one shard.
 INT_ONE = tests/integration/test_cli.py tests/integration/test_docs.py tests/integration/test_file_modes.py \
-  tests/integration/test_https.py
+  tests/integration/test_https.py tests/integration/test_install.py \
+  tests/integration/test_readme.py tests/integration/test_cli_client.py
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=10
 integration:
 	@echo "integration: fault tests, 4 shards"
