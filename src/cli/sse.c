@@ -65,6 +65,8 @@ static int line(cy_sse *p, char *s, size_t n, const cy_sse_cb *cb)
         vlen = n - (size_t)(value - s);
     }
     if (!strcmp(s, "data")) {
+        /* An event's data is bounded as a line is: a server that never ends one is refused. */
+        if (cy_buf_size(&p->data) + vlen + 1 > CY_SSE_MAX_LINE) return CY_EMSGSIZE;
         if (p->has_data) {
             int rc = cy_buf_put_u8(&p->data, '\n');
             if (rc) return rc;
