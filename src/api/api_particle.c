@@ -154,22 +154,26 @@ static json_t *form_object(cy_api *b, cy_http_req *req, const uint8_t *body, siz
 
 enum { BODY_JSON, BODY_FORM, BODY_OTHER };
 
-/* What the body of a call is: JSON or a form by its Content-Type; without
- * one, JSON when it starts with '{', else a form (what curl -d sends says
- * so anyway). An empty body is JSON's {} (no arg). */
+/* What the body of a call is: JSON when its Content-Type says so, or when
+ * it starts with '{' and says nothing or the form type; else a form (or,
+ * another type, refused). An empty body is JSON's {} (no arg). */
 static int body_kind(cy_http_req *req, const uint8_t *body, size_t len)
 {
     if (!body || !len) return BODY_JSON;
-    const char *ct = cy_http_header(req, "Content-Type");
-    if (ct) {
-        if (media_is(ct, "application/json")) return BODY_JSON;
-        if (media_is(ct, FORM_TYPE)) return BODY_FORM;
-        return BODY_OTHER;
-    }
     size_t i = 0;
     while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n'))
         i++;
-    return i < len && body[i] == '{' ? BODY_JSON : BODY_FORM;
+    bool brace = i < len && body[i] == '{';
+    const char *ct = cy_http_header(req, "Content-Type");
+    if (ct) {
+        if (media_is(ct, "application/json")) return BODY_JSON;
+        /* `curl -d '{"arg":...}'` sends the form type: a form never starts
+         * with '{', so such a body is the JSON it looks like (as on cyan's
+         * own path), not a field named '{"arg":...}' and no arg. */
+        if (media_is(ct, FORM_TYPE)) return brace ? BODY_JSON : BODY_FORM;
+        return BODY_OTHER;
+    }
+    return brace ? BODY_JSON : BODY_FORM;
 }
 
 /* POST /v1/devices/{id}/{function}: arg (and timeout) from a form or JSON

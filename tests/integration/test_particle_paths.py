@@ -83,11 +83,14 @@ def test_call_form_and_json(api_server, dev):
               pcall(api_server, dev.id, "led", data="arg=on",
                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}),
               pcall(api_server, dev.id, "led", data='{"arg": "on"}',
-                    headers={"Content-Type": "Application/JSON"})):
+                    headers={"Content-Type": "Application/JSON"}),
+              # curl -d '{"arg":"on"}' says it is a form: it is the JSON it looks like
+              pcall(api_server, dev.id, "led", data=' {"arg": "on"}',
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})):
         assert r.status == 200, r
         assert r.headers.get("content-type", "").startswith("application/json"), r
         assert r.body == want, r
-    assert [c.arg for c in dev.calls] == ["on"] * 5, dev.calls
+    assert [c.arg for c in dev.calls] == ["on"] * 6, dev.calls
     assert all(c.name == "led" and c.kind == "call" for c in dev.calls), dev.calls
     # Another arg: another return value, an int as Particle's.
     r = pcall(api_server, dev.id, "led", data="arg=off")
