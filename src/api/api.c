@@ -784,6 +784,25 @@ static void device_create(cy_api *b, cy_http_req *req)
 /* POST /v1/devices/{id}/psk: a new DTLS PSK for device d, shown once. */
 static void device_psk(cy_api *b, cy_http_req *req, const cy_device *d)
 {
+    /* No body, or {}: a Particle-style call of a function named "psk"
+     * (arg=...) lands here too, and must not rotate the key by surprise. */
+    size_t blen;
+    const uint8_t *body = cy_http_body(req, &blen);
+    size_t i = 0;
+    while (body && i < blen && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' ||
+                                body[i] == '\n'))
+        i++;
+    if (body && i < blen) {
+        json_t *o = json_loadb((const char *)body + i, blen - i, 0, NULL);
+        bool empty = json_is_object(o) && json_object_size(o) == 0;
+        json_decref(o);
+        if (!empty) {
+            reply_error(b, req, 400, "bad_request", NULL,
+                        "POST /v1/devices/{id}/psk issues a new DTLS key and takes no body; a "
+                        "function named psk is called at /v1/devices/{id}/functions/psk");
+            return;
+        }
+    }
     char psk[CY_DEVICE_PSK_LEN + 1];
     int rc = cy_registry_device_psk_new(b->registry, d->id, psk);
     if (rc == CY_ENOENT) {

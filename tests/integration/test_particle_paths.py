@@ -310,6 +310,12 @@ def test_cyan_sub_paths_win(api_server):
         r = pcall(api_server, d.id, "psk", data="arg=x", token=calls)
         assert_error(r, 403, "forbidden")
         assert r.body["scope"] == "admin", r
+        # With the admin token, a body there is refused: the key stays.
+        r = pcall(api_server, d.id, "psk", data="arg=x")
+        assert_error(r, 400, "bad_request")
+        assert "/functions/psk" in r.body["message"], r
+        r = api(api_server, "POST", "/v1/devices/%s/psk" % d.id, json_body={})
+        assert r.status == 200 and r.body["psk"], r  # no body, or {}: a new key
         cases = [("GET", "psk", 405, "POST"), ("POST", "events", 405, "GET"),
                  ("GET", "functions", 404, None), ("POST", "functions", 404, None),
                  ("GET", "variables", 404, None), ("POST", "variables", 404, None)]
