@@ -90,7 +90,11 @@ int cli_target(cli *c, const cy_config *cfg, const char *url_flag, const char *t
     if (given) {
         const char *why = "too long";
         if (cy_cli_base_url(given, c->url, sizeof(c->url), &why)) {
-            fprintf(stderr, "cyan: bad %s '%.200s': %s\n", from, given, why);
+            /* A URL with a user:password@ is not echoed: terminals and CI logs keep it. */
+            if (strchr(given, '@'))
+                fprintf(stderr, "cyan: bad %s (not shown: it holds an '@'): %s\n", from, why);
+            else
+                fprintf(stderr, "cyan: bad %s '%.200s': %s\n", from, given, why);
             return 2;
         }
     } else if (lrc == CY_ENOENT) {

@@ -764,6 +764,10 @@ def test_bad_urls(tmp_path):
         one_line_error(cyan("list", "--url", url, "--token", "x"), 2, "bad --url")
         one_line_error(cyan("list", env={"CYAN_URL": url, "CYAN_TOKEN": "x"}), 2, "bad CYAN_URL")
     one_line_error(cyan("list", "--url", "http://127.0.0.1:1", "--token", "a b"), 2, "bad --token")
+    # A password in a refused URL is not echoed.
+    cp = cyan("list", "--url", "http://me:hunter2@127.0.0.1", "--token", "x")
+    one_line_error(cp, 2, "bad --url")
+    assert "hunter2" not in cp.stderr + cp.stdout, cp.stderr
 
 
 def test_server_down_silent_huge_and_not_json(fake):
