@@ -520,6 +520,10 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
     if (cy_buf_size(&c->out) || (c->ext && tls_pending(c))) {
         c->close_at_flush = true;
         mark_dirty(c);
+        /* After the shard's last flush (a handover the closing bus
+         * cancelled is refused then), nothing else would write it and
+         * close the socket: the connection would outlive the loop. */
+        if (g->flushed_last) cy_mqtt_flush(g);
         return;
     }
     uv_close((uv_handle_t *)&c->tcp, on_close);
@@ -1455,6 +1459,7 @@ void cy_mqtt_stall(cy_mqtt *g)
 
 void cy_mqtt_flush(cy_mqtt *g)
 {
+    if (g->stopping) g->flushed_last = true; /* cy_shard_stop's, after the commit */
     cy_conn *list = g->dirty;
     g->dirty = NULL;
     while (list) {

@@ -157,6 +157,8 @@ struct cy_mqtt {
     unsigned self, nshards;
     uv_tcp_t listener;
     bool open, stopping;
+    bool flushed_last;     /* stopping, and the shard's last flush has run: no pass
+                            * will flush again, so a close writes its output at once */
     bool listening;        /* uv_listen done: connections are taken from the accept queue */
     bool stalled;          /* drill: input is ignored */
     cy_conn *conns;        /* all connections */

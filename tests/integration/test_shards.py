@@ -1118,3 +1118,42 @@ def test_peer_restart_keeps_routing_to_its_subscriptions(server_factory):
     assert not miss, "%d acknowledged messages for the replaced shard's subscriber never " \
         "arrived (sent %r s after the kill)" % (len(miss), [round(t, 3) for _, t in around[:20]])
     assert not Fleet.duplicates(sub, True), Fleet.duplicates(sub, True)[:5]
+
+
+STOP_ROUNDS = 12
+
+
+def test_stop_with_handovers_in_flight_exits_clean(server_factory):
+    """SIGTERM while CONNECTs are being handed to their owner shards: a
+    handover the closing bus cancels is refused (server unavailable), and
+    that refusal is written and its socket closed although the shard's last
+    flush has run. Before, the connection and its output outlived the loop
+    (ASan: 1,224 bytes leaked at the stop, exit status 1), in about one stop
+    in six; the rounds vary how far into the burst the SIGTERM lands."""
+    import signal
+    import socket
+    for r in range(STOP_ROUNDS):
+        srv = server_factory(shards=NSHARDS)
+        proc = srv.proc
+        deadline = time.monotonic() + 10
+        while srv.log().count("serving MQTT on") < NSHARDS and time.monotonic() < deadline:
+            time.sleep(0.02)  # every shard takes clients: the handovers begin
+        assert srv.log().count("serving MQTT on") == NSHARDS, srv.log_tail()
+        socks = []
+        term_at = 40 + 60 * (r % 5)
+        try:
+            for k in range(term_at + 100):
+                if k == term_at:
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    s = socket.create_connection((srv.host, srv.port), 1)
+                    s.sendall(rawmqtt.connect("stop%d-%d" % (r, k), version=4, keepalive=30))
+                    socks.append(s)
+                except OSError:
+                    pass  # the node is closing its listener
+            rc = proc.wait(30)
+        finally:
+            for s in socks:
+                s.close()
+        srv.proc = None  # stopped here: one SIGTERM (a second kills the shards)
+        assert rc == 0, "round %d: exit status %d after SIGTERM\n%s" % (r, rc, srv.log_tail())
