@@ -1,20 +1,10 @@
 /* test_device: the transport-neutral device layer (src/device/) driven
- * through a fake link.
- *
- * The layer is built as a shard builds it: a store in a temporary folder,
- * a router, a cluster of one shard (idle: no bus), counters, a libuv loop
- * of its own and the default settings with a few limits lowered. Sessions
- * talk to their device only through a cy_link; the fake one here records
- * every send, release, close and call, and its window, readiness and
- * congestion are set by each test, so what the session decides is checked
- * without any wire. Its close does what a transport does: tells the layer
- * the device went offline and detaches the session.
+ * through a fake link (device_testlib.h: the layer as a shard builds it,
+ * and the link that records what the session decides), with a few limits
+ * lowered.
  *
  * A "watcher" (a subscriber of a fake router kind) stands for any other
  * consumer of routed messages: it sees wills and describes.
- *
- * Restarts are real: the layer, cluster, router and store are freed and
- * closed, then opened again and loaded from the same file.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -42,171 +32,23 @@
 #include "router/router.h"
 #include "store/store.h"
 
+#include "device_testlib.h"
+
 #define S(lit) lit, sizeof(lit) - 1
 #define DEV "0123456789abcdef01234567"  /* a device id (24 hex) */
 #define DEV2 "89abcdef0123456789abcdef" /* another one */
-#define MAX_SENT 64
+#define MAX_SENT CYT_MAX_SENT
 #define MAX_ANSWERS 32
 
-/* ---- the fake link ---- */
-
-typedef struct sent_rec {
-    char topic[64];
-    uint16_t id;
-    uint8_t qos;
-    bool retain, dup;
-    uint32_t n_sub_ids;
-    uint32_t sub_id0;
-} sent_rec;
-
-typedef struct flink {
-    cy_link base;
-    const char *proto;
-    uint32_t window;
-    bool ready, congested;
-    int send_rc; /* what send answers (0: it takes the message) */
-    int64_t heard; /* uv_now-based ms of the last packet */
-    cy_session *s; /* attached to, for close */
-    bool device;   /* an isolated device: close reports it offline */
-    unsigned n_send, n_release, n_close, n_call;
-    sent_rec sent[MAX_SENT];
-    uint16_t released[MAX_SENT];
-    uint8_t close_reason;
-    char call_verb[8], call_name[CY_DEVICE_NAME_MAX + 1], call_rid[32];
-    uint8_t call_arg[64];
-    size_t call_len;
-} flink;
-
+/* answers of device operations */
 static struct {
-    char dir[64], path[128];
-    uv_loop_t loop;
-    cy_config cfg;
-    cy_counters stats;
-    cy_hists hists;
-    cy_store *store;
-    cy_router *r;
-    cy_cluster *cl;
-    cy_devices *d;
-    /* answers of device operations */
     unsigned n_answers;
     unsigned per_req[MAX_ANSWERS]; /* answers by req_id */
     unsigned last_status;
     uint32_t last_req;
     char last_body[512];
     size_t last_len;
-} T;
-
-static int f_send(cy_link *l, const cy_link_msg *lm)
-{
-    flink *f = (flink *)l;
-    if (f->send_rc) return f->send_rc;
-    assert_true(f->n_send < MAX_SENT);
-    sent_rec *x = &f->sent[f->n_send++];
-    snprintf(x->topic, sizeof(x->topic), "%s", lm->m->topic);
-    x->id = lm->id;
-    x->qos = lm->qos;
-    x->retain = lm->retain;
-    x->dup = lm->dup;
-    x->n_sub_ids = lm->n_sub_ids;
-    x->sub_id0 = lm->n_sub_ids ? lm->sub_ids[0] : 0;
-    return 0;
-}
-
-static int f_send_release(cy_link *l, uint16_t id)
-{
-    flink *f = (flink *)l;
-    assert_true(f->n_release < MAX_SENT);
-    f->released[f->n_release++] = id;
-    return 0;
-}
-
-static uint32_t f_window(const cy_link *l)
-{
-    return ((const flink *)l)->window;
-}
-
-static bool f_ready(const cy_link *l)
-{
-    return ((const flink *)l)->ready;
-}
-
-static bool f_congested(const cy_link *l)
-{
-    return ((const flink *)l)->congested;
-}
-
-static const char *f_protocol(const cy_link *l)
-{
-    return ((const flink *)l)->proto;
-}
-
-static int64_t f_last_heard(const cy_link *l)
-{
-    return ((const flink *)l)->heard;
-}
-
-/* As a transport: the link goes, the layer hears of it at once. */
-static void f_close(cy_link *l, uint8_t reason, const char *why)
-{
-    (void)why;
-    flink *f = (flink *)l;
-    f->n_close++;
-    f->close_reason = reason;
-    f->ready = false;
-    cy_session *s = f->s;
-    if (!s) return;
-    f->s = NULL;
-    if (f->device) cy_device_offline(T.d, s, l, cy_presence_reason_of(reason, false));
-    cy_session_detach(T.d, s, true);
-}
-
-static int f_call(cy_link *l, const char *verb, const char *name, const char *rid,
-                  const uint8_t *arg, size_t len)
-{
-    flink *f = (flink *)l;
-    f->n_call++;
-    snprintf(f->call_verb, sizeof(f->call_verb), "%s", verb);
-    snprintf(f->call_name, sizeof(f->call_name), "%s", name);
-    snprintf(f->call_rid, sizeof(f->call_rid), "%s", rid);
-    assert_true(len <= sizeof(f->call_arg));
-    if (len) memcpy(f->call_arg, arg, len);
-    f->call_len = len;
-    return 0;
-}
-
-static const cy_link_ops f_ops = {
-    .send = f_send,
-    .send_release = f_send_release,
-    .window = f_window,
-    .ready = f_ready,
-    .congested = f_congested,
-    .close = f_close,
-    .protocol = f_protocol,
-    .last_heard = f_last_heard,
-    .call = f_call,
-};
-
-/* A transport that cannot carry calls. */
-static const cy_link_ops f_ops_nocall = {
-    .send = f_send,
-    .send_release = f_send_release,
-    .window = f_window,
-    .ready = f_ready,
-    .congested = f_congested,
-    .close = f_close,
-    .protocol = f_protocol,
-    .last_heard = f_last_heard,
-    .call = NULL,
-};
-
-static void flink_init(flink *f)
-{
-    memset(f, 0, sizeof(*f));
-    f->base.ops = &f_ops;
-    f->proto = "fake1";
-    f->ready = true;
-    f->heard = (int64_t)uv_now(&T.loop);
-}
+} A;
 
 /* ---- a watcher: a subscriber of another kind ---- */
 
@@ -250,44 +92,27 @@ static void on_answer(void *ctx, unsigned from, uint32_t req_id, unsigned status
     (void)ctx;
     assert_int_equal(from, 3);
     assert_true(req_id < MAX_ANSWERS);
-    T.n_answers++;
-    T.per_req[req_id]++;
-    T.last_status = status;
-    T.last_req = req_id;
-    T.last_len = len;
-    snprintf(T.last_body, sizeof(T.last_body), "%.*s", (int)len, body);
+    A.n_answers++;
+    A.per_req[req_id]++;
+    A.last_status = status;
+    A.last_req = req_id;
+    A.last_len = len;
+    snprintf(A.last_body, sizeof(A.last_body), "%.*s", (int)len, body);
 }
 
 /* ---- the layer ---- */
 
 static void layer_open(void)
 {
-    assert_int_equal(cy_store_open(T.path, false, &T.store), 0);
-    assert_int_equal(cy_router_new(&T.cfg, T.store, &T.stats, 0, &T.r), 0);
-    cy_cluster_options o = {.self = 0, .nshards = 1, .generation = 1, .sb = NULL};
-    assert_int_equal(cy_cluster_new(&T.loop, &T.cfg, T.store, T.r, &T.stats, &o, &T.cl), 0);
-    assert_int_equal(
-        cy_devices_new(&T.loop, &T.cfg, T.store, T.r, T.cl, &T.stats, &T.hists, 0, 1, 1, &T.d), 0);
+    cyt_layer_open();
     cy_devices_set_answer(T.d, on_answer, NULL);
-}
-
-static void layer_close(void)
-{
-    cy_devices_free(T.d);
-    cy_cluster_free(T.cl);
-    cy_router_free(T.r);
-    cy_store_close(T.store); /* commits */
-    T.d = NULL;
-    T.cl = NULL;
-    T.r = NULL;
-    T.store = NULL;
 }
 
 /* A restart: everything freed, then loaded again from the same file. */
 static void layer_restart(void)
 {
     assert_int_equal(cy_store_commit(T.store), 0);
-    layer_close();
+    cyt_layer_close();
     memset(&T.stats, 0, sizeof(T.stats));
     layer_open();
     cy_store_loader l = {.session = cy_devices_load_session,
@@ -300,13 +125,8 @@ static void layer_restart(void)
 static int setup(void **state)
 {
     (void)state;
-    memset(&T, 0, sizeof(T));
-    cy_log_set_level(CY_LOG_ERROR);
-    strcpy(T.dir, "/tmp/cyan-device-XXXXXX");
-    if (!mkdtemp(T.dir)) return -1;
-    snprintf(T.path, sizeof(T.path), "%s/broker.db", T.dir);
-    if (uv_loop_init(&T.loop)) return -1;
-    cy_config_defaults(&T.cfg);
+    memset(&A, 0, sizeof(A));
+    if (cyt_layer_setup("/tmp/cyan-device-XXXXXX")) return -1;
     T.cfg.max_topic_length = 64;
     T.cfg.max_inflight = 3;
     T.cfg.max_queued = 8;
@@ -317,16 +137,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    layer_close();
-    uv_run(&T.loop, UV_RUN_NOWAIT);
-    uv_loop_close(&T.loop);
-    const char *files[] = {"broker.db", "broker.db-wal", "broker.db-shm", "acl"};
-    char p[160];
-    for (size_t i = 0; i < sizeof(files) / sizeof(*files); i++) {
-        snprintf(p, sizeof(p), "%s/%s", T.dir, files[i]);
-        unlink(p);
-    }
-    rmdir(T.dir);
+    cyt_layer_teardown();
     return 0;
 }
 
@@ -543,7 +354,7 @@ static void test_qos0(void **state)
 {
     (void)state;
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     cy_session *s = connect_(&f, "c1", 0, false);
     assert_int_equal(cy_session_count(T.d), 1);
     assert_int_equal(T.stats.sessions, 1);
@@ -576,7 +387,7 @@ static void test_qos0(void **state)
 
     /* offline (a persistent session): QoS 0 is not kept */
     flink g;
-    flink_init(&g);
+    flink_init(&g, "fake1");
     cy_session *p = connect_(&g, "p1", 3600, false);
     disconnect_(&g, false);
     assert_ptr_equal(cy_session_find(T.d, S("p1")), p);
@@ -597,7 +408,7 @@ static void test_qos1_window(void **state)
 {
     (void)state;
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     f.window = 2; /* the device's own limit, under max_inflight 3 */
     cy_session *s = connect_(&f, "c1", 0, false);
     for (int i = 0; i < 5; i++) deliver(s, "q/1", 1);
@@ -692,7 +503,7 @@ static void test_resume(void **state)
 {
     (void)state;
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     cy_session *s = connect_(&f, "c1", 3600, false);
     deliver(s, "r/1", 1);
     deliver(s, "r/2", 2);
@@ -711,7 +522,7 @@ static void test_resume(void **state)
     assert_int_equal(s->n_queued, 1);
 
     flink g;
-    flink_init(&g);
+    flink_init(&g, "fake1");
     assert_ptr_equal(connect_(&g, "c1", 3600, false), s);
     assert_int_equal(s->offline_since, 0);
     /* r/1 again with dup and its id, the release of 2, then r/4 */
@@ -732,7 +543,7 @@ static void test_persistence(void **state)
 {
     (void)state;
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     cy_session *s = connect_(&f, "keep", 3600, false);
     bool fresh = false;
     assert_int_equal(cy_session_subscribe(T.d, s, S("p/#"), 2, 7, &fresh), 0);
@@ -752,7 +563,7 @@ static void test_persistence(void **state)
     assert_false(cy_session_del_inq2(T.d, s, 43));
     /* a session that is not persistent leaves no rows */
     flink g;
-    flink_init(&g);
+    flink_init(&g, "fake1");
     cy_session *e = connect_(&g, "ephemeral", 0, false);
     assert_int_equal(cy_session_subscribe(T.d, e, S("p/#"), 1, 0, &fresh), 0);
     publish(NULL, "p/4", "four", 1, false); /* to both; 'keep' queues it */
@@ -800,7 +611,7 @@ static void test_persistence(void **state)
 
     /* the device comes back: in flight first, then the queue in order */
     flink h;
-    flink_init(&h);
+    flink_init(&h, "fake1");
     assert_ptr_equal(connect_(&h, "keep", 3600, false), s);
     assert_int_equal(h.n_send, 2); /* p/1 (dup), then p/3: max_inflight 3 */
     assert_string_equal(h.sent[0].topic, "p/1");
@@ -867,13 +678,13 @@ static void test_will_now(void **state)
     watch(&w, "wills/#");
     /* a second session subscribed gets it too */
     flink fo;
-    flink_init(&fo);
+    flink_init(&fo, "fake1");
     cy_session *other = connect_(&fo, "other", 0, false);
     bool fresh;
     assert_int_equal(cy_session_subscribe(T.d, other, S("wills/+"), 1, 0, &fresh), 0);
 
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     cy_session *s = connect_(&f, "c1", 0, false);
     set_will(s, "wills/c1", 0);
     disconnect_(&f, true);
@@ -916,9 +727,9 @@ static void test_will_delay(void **state)
     watcher w;
     watch(&w, "wills/#");
     flink fa, fb, fc;
-    flink_init(&fa);
-    flink_init(&fb);
-    flink_init(&fc);
+    flink_init(&fa, "fake1");
+    flink_init(&fb, "fake1");
+    flink_init(&fc, "fake1");
     cy_session *a = connect_(&fa, "a", 3600, false);
     set_will(a, "wills/a", 1);
     cy_session *b = connect_(&fb, "b", 3600, false);
@@ -936,7 +747,7 @@ static void test_will_delay(void **state)
 
     /* b comes back: its will is cancelled */
     flink fb2;
-    flink_init(&fb2);
+    flink_init(&fb2, "fake1");
     assert_ptr_equal(connect_(&fb2, "b", 3600, false), b);
     assert_null(b->will);
     assert_int_equal(b->will_at, 0);
@@ -966,8 +777,8 @@ static void test_subscribe_route(void **state)
 {
     (void)state;
     flink fs, fp;
-    flink_init(&fs);
-    flink_init(&fp);
+    flink_init(&fs, "fake1");
+    flink_init(&fp, "fake1");
     cy_session *s = connect_(&fs, "sub", 0, false);
     cy_session *p = connect_(&fp, "pub", 0, false);
     bool fresh = false;
@@ -1124,7 +935,7 @@ static void test_acl_delivery(void **state)
     (void)state;
     load_acl("topic read a/#\ntopic deny a/secret\nuser u\ntopic read b/#\n");
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     cy_session *s = connect_(&f, "c1", 3600, false);
     assert_int_equal(cy_session_set_who(T.d, s, NULL, 0, false), 0);
     bool fresh;
@@ -1144,7 +955,7 @@ static void test_acl_delivery(void **state)
     publish(NULL, "a/secret", "s", 1, false);
     publish(NULL, "a/ok2", "o", 1, false);
     assert_int_equal(s->n_queued, 2);
-    flink_init(&f);
+    flink_init(&f, "fake1");
     s = connect_(&f, "c1", 3600, false);
     assert_int_equal(f.n_send, 1);
     assert_string_equal(f.sent[0].topic, "a/ok2");
@@ -1172,7 +983,7 @@ static void test_acl_recheck(void **state)
 {
     (void)state;
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     cy_session *s = connect_(&f, "c1", 0, false);
     assert_int_equal(cy_session_set_who(T.d, s, S("someone"), false), 0);
     assert_non_null(s->username);
@@ -1205,7 +1016,7 @@ static void test_acl_recheck(void **state)
 
     /* the username of an isolated device is its id: no copy */
     flink g;
-    flink_init(&g);
+    flink_init(&g, "fake1");
     cy_session *d = connect_(&g, DEV, 0, true);
     assert_int_equal(cy_session_set_who(T.d, d, S(DEV), false), 0);
     assert_true(d->username == d->client_id);
@@ -1244,13 +1055,13 @@ static void test_calls(void **state)
 {
     (void)state;
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     cy_session *s = connect_(&f, DEV, 0, true);
 
     op(1, CY_DEVICE_OP_CALL, DEV, "reboot", "now", 0);
-    assert_int_equal(T.n_answers, 1);
-    assert_int_equal(T.last_status, 404);
-    assert_non_null(strstr(T.last_body, "function_not_found"));
+    assert_int_equal(A.n_answers, 1);
+    assert_int_equal(A.last_status, 404);
+    assert_non_null(strstr(A.last_body, "function_not_found"));
     assert_int_equal(f.n_call, 0);
 
     publish(s, "devices/" DEV "/describe", "{\"functions\":[\"reboot\"],\"variables\":[\"temp\"]}",
@@ -1262,16 +1073,16 @@ static void test_calls(void **state)
     assert_null(cy_device_describe(T.d, "ffffffffffffffffffffffff"));
 
     op(2, CY_DEVICE_OP_GET, DEV, "reboot", NULL, 0); /* a function, not a variable */
-    assert_int_equal(T.last_status, 404);
-    assert_non_null(strstr(T.last_body, "variable_not_found"));
+    assert_int_equal(A.last_status, 404);
+    assert_non_null(strstr(A.last_body, "variable_not_found"));
     op(3, CY_DEVICE_OP_CALL, DEV2, "reboot", NULL, 0); /* described, never connected */
-    assert_int_equal(T.last_status, 409);
-    assert_non_null(strstr(T.last_body, "device_offline"));
-    assert_int_equal(T.n_answers, 3);
+    assert_int_equal(A.last_status, 409);
+    assert_non_null(strstr(A.last_body, "device_offline"));
+    assert_int_equal(A.n_answers, 3);
 
     /* a call goes to the link */
     op(4, CY_DEVICE_OP_CALL, DEV, "reboot", "now", 0);
-    assert_int_equal(T.n_answers, 3);
+    assert_int_equal(A.n_answers, 3);
     assert_int_equal(f.n_call, 1);
     assert_string_equal(f.call_verb, "call");
     assert_string_equal(f.call_name, "reboot");
@@ -1285,18 +1096,18 @@ static void test_calls(void **state)
 
     /* another device's session cannot answer it, nor a wrong id */
     flink g;
-    flink_init(&g);
+    flink_init(&g, "fake1");
     cy_session *s2 = connect_(&g, DEV2, 0, true);
     do_reply(s2, rid, S("1"));
     do_reply(s, "0123", S("1"));
     do_reply(s, NULL, S("1"));
-    assert_int_equal(T.n_answers, 3);
+    assert_int_equal(A.n_answers, 3);
 
     do_reply(s, rid, S("{\"ok\":true}"));
-    assert_int_equal(T.n_answers, 4);
-    assert_int_equal(T.last_req, 4);
-    assert_int_equal(T.last_status, 200);
-    json_t *body = json_loads(T.last_body, 0, NULL);
+    assert_int_equal(A.n_answers, 4);
+    assert_int_equal(A.last_req, 4);
+    assert_int_equal(A.last_status, 200);
+    json_t *body = json_loads(A.last_body, 0, NULL);
     assert_non_null(body);
     assert_string_equal(json_string_value(json_object_get(body, "id")), DEV);
     assert_string_equal(json_string_value(json_object_get(body, "name")), "reboot");
@@ -1304,7 +1115,7 @@ static void test_calls(void **state)
     assert_true(json_is_number(json_object_get(body, "round_trip_ms")));
     json_decref(body);
     do_reply(s, rid, S("2")); /* once */
-    assert_int_equal(T.n_answers, 4);
+    assert_int_equal(A.n_answers, 4);
 
     /* a read; a reply that is not JSON is a string */
     op(5, CY_DEVICE_OP_GET, DEV, "temp", NULL, 0);
@@ -1312,8 +1123,8 @@ static void test_calls(void **state)
     assert_string_equal(f.call_verb, "get");
     assert_string_not_equal(f.call_rid, rid);
     do_reply(s, f.call_rid, S("21 C"));
-    assert_int_equal(T.last_status, 200);
-    body = json_loads(T.last_body, 0, NULL);
+    assert_int_equal(A.last_status, 200);
+    body = json_loads(A.last_body, 0, NULL);
     assert_string_equal(json_string_value(json_object_get(body, "value")), "21 C");
     json_decref(body);
 
@@ -1324,61 +1135,63 @@ static void test_calls(void **state)
     memset(big, '1', CY_DEVICE_REPLY_MAX + 1);
     snprintf(rid, sizeof(rid), "%s", f.call_rid);
     do_reply(s, rid, big, CY_DEVICE_REPLY_MAX + 1);
-    assert_int_equal(T.last_status, 502);
-    assert_int_equal(T.last_req, 6);
+    assert_int_equal(A.last_status, 502);
+    assert_int_equal(A.last_req, 6);
     do_reply(s, rid, big, 1);
     free(big);
-    assert_int_equal(T.n_answers, 6);
+    assert_int_equal(A.n_answers, 6);
 
     /* the deadline: 504, once, counted */
     op(7, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 1000);
     assert_int_equal(f.n_call, 4);
     snprintf(rid, sizeof(rid), "%s", f.call_rid);
     cy_devices_tick(T.d, cy_mono_ms());
-    assert_int_equal(T.n_answers, 6);
+    assert_int_equal(A.n_answers, 6);
     cy_devices_tick(T.d, cy_mono_ms() + 1100);
-    assert_int_equal(T.n_answers, 7);
-    assert_int_equal(T.last_status, 504);
-    assert_non_null(strstr(T.last_body, "device_timeout"));
+    assert_int_equal(A.n_answers, 7);
+    assert_int_equal(A.last_status, 504);
+    assert_non_null(strstr(A.last_body, "device_timeout"));
     assert_int_equal(T.stats.api_call_timeouts, 1);
     cy_devices_tick(T.d, cy_mono_ms() + 120000);
     do_reply(s, rid, S("late"));
-    assert_int_equal(T.n_answers, 7);
+    assert_int_equal(A.n_answers, 7);
     /* the default deadline is 10 s, and more than 60 s is capped at 60 s */
     op(8, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 0);
     op(9, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, CY_DEVICE_MAX_TIMEOUT_MS + 60000);
     cy_devices_tick(T.d, cy_mono_ms() + CY_DEVICE_DEFAULT_TIMEOUT_MS - 1000);
-    assert_int_equal(T.n_answers, 7);
+    assert_int_equal(A.n_answers, 7);
     cy_devices_tick(T.d, cy_mono_ms() + CY_DEVICE_DEFAULT_TIMEOUT_MS + 10);
-    assert_int_equal(T.n_answers, 8);
+    assert_int_equal(A.n_answers, 8);
     cy_devices_tick(T.d, cy_mono_ms() + CY_DEVICE_MAX_TIMEOUT_MS - 1000);
-    assert_int_equal(T.n_answers, 8);
+    assert_int_equal(A.n_answers, 8);
     cy_devices_tick(T.d, cy_mono_ms() + CY_DEVICE_MAX_TIMEOUT_MS + 10);
-    assert_int_equal(T.n_answers, 9);
+    assert_int_equal(A.n_answers, 9);
     assert_int_equal(T.stats.api_call_timeouts, 3);
 
     /* malformed */
     op(10, 99, DEV, "reboot", NULL, 0);
-    assert_int_equal(T.last_status, 400);
+    assert_int_equal(A.last_status, 400);
     op(11, CY_DEVICE_OP_CALL, DEV "0", "reboot", NULL, 0);
-    assert_int_equal(T.last_status, 400);
+    assert_int_equal(A.last_status, 400);
 
     /* a transport that cannot carry calls: offline for calls */
-    g.base.ops = &f_ops_nocall;
+    cy_link_ops nocall = cyt_flink_ops;
+    nocall.call = NULL;
+    g.base.ops = &nocall;
     publish(s2, "devices/" DEV2 "/describe", "{\"functions\":[\"reboot\"]}", 1, true);
     op(12, CY_DEVICE_OP_CALL, DEV2, "reboot", NULL, 0);
-    assert_int_equal(T.last_status, 409);
-    g.base.ops = &f_ops;
+    assert_int_equal(A.last_status, 409);
+    g.base.ops = &cyt_flink_ops;
 
     /* presence through an operation */
     op(13, CY_DEVICE_OP_PRESENCE, DEV, NULL, NULL, 0);
-    assert_int_equal(T.last_status, 200);
-    body = json_loads(T.last_body, 0, NULL);
+    assert_int_equal(A.last_status, 200);
+    body = json_loads(A.last_body, 0, NULL);
     assert_true(json_is_true(json_object_get(body, "online")));
     assert_true(json_is_string(json_object_get(body, "last_round_trip")));
     json_decref(body);
     op(14, CY_DEVICE_OP_PRESENCE_ALL, DEV, NULL, NULL, 0);
-    body = json_loads(T.last_body, 0, NULL);
+    body = json_loads(A.last_body, 0, NULL);
     assert_int_equal(json_object_size(body), 2);
     json_decref(body);
 
@@ -1389,8 +1202,8 @@ static void test_calls(void **state)
     watch(&w, "wills/#");
     set_will(s, "wills/" DEV, 0);
     op(16, CY_DEVICE_OP_KICK, DEV, NULL, NULL, 0);
-    assert_int_equal(T.last_req, 16);
-    assert_int_equal(T.last_status, 200);
+    assert_int_equal(A.last_req, 16);
+    assert_int_equal(A.last_status, 200);
     assert_int_equal(f.n_close, 1);
     assert_int_equal(f.close_reason, CY_REASON_NOT_AUTHORIZED);
     assert_null(cy_session_find(T.d, S(DEV)));
@@ -1400,13 +1213,13 @@ static void test_calls(void **state)
     assert_int_equal(json_object_size(body), 1);
     json_decref(body);
     cy_devices_tick(T.d, cy_mono_ms() + 200);
-    assert_int_equal(T.last_req, 15);
-    assert_int_equal(T.last_status, 504);
+    assert_int_equal(A.last_req, 15);
+    assert_int_equal(A.last_status, 504);
     unwatch(&w, "wills/#");
 
     /* every operation answered exactly once */
-    assert_int_equal(T.n_answers, 16);
-    for (uint32_t i = 1; i <= 16; i++) assert_int_equal(T.per_req[i], 1);
+    assert_int_equal(A.n_answers, 16);
+    for (uint32_t i = 1; i <= 16; i++) assert_int_equal(A.per_req[i], 1);
 }
 
 /* A deleted device's will waiting for its delay is not published either. */
@@ -1416,13 +1229,13 @@ static void test_kick_pending_will(void **state)
     watcher w;
     watch(&w, "devices/#");
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     cy_session *s = connect_(&f, DEV, 3600, true);
     set_will(s, "devices/" DEV "/gone", 30);
     disconnect_(&f, true);
     assert_non_null(s->will);
     op(1, CY_DEVICE_OP_KICK, DEV, NULL, NULL, 0);
-    assert_int_equal(T.last_status, 200);
+    assert_int_equal(A.last_status, 200);
     assert_int_equal(f.n_close, 0); /* no link to close */
     assert_null(cy_session_find(T.d, S(DEV)));
     assert_int_equal(w.n, 0);
@@ -1443,7 +1256,7 @@ static void test_presence(void **state)
     json_decref(p);
 
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     f.proto = "coap";
     int64_t before = cy_wall_ms();
     cy_session *s = connect_(&f, DEV, 0, true);
@@ -1468,7 +1281,7 @@ static void test_presence(void **state)
 
     /* an application's session has no presence */
     flink g;
-    flink_init(&g);
+    flink_init(&g, "fake1");
     connect_(&g, "app", 0, false);
     p = cy_device_presence_all(T.d);
     assert_int_equal(json_object_size(p), 1);
@@ -1496,7 +1309,7 @@ static void test_presence(void **state)
 
     /* a stale link going offline does not touch the new one's record */
     flink h;
-    flink_init(&h);
+    flink_init(&h, "fake1");
     s = connect_(&h, DEV, 0, true);
     cy_device_offline(T.d, s, &f.base, CY_PRESENCE_CONNECTION_LOST);
     p = cy_device_presence(T.d, DEV);
@@ -1542,7 +1355,7 @@ static void test_requests(void **state)
     memset(&R, 0, sizeof(R));
     cy_devices_set_answer(T.d, NULL, NULL); /* the default: back to the requester */
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     cy_session *s = connect_(&f, DEV, 0, true);
     publish(s, "devices/" DEV "/describe", "{\"functions\":[\"reboot\"]}", 1, true);
     cy_device_request *r = NULL;
@@ -1656,8 +1469,8 @@ static void test_owed_deliveries(void **state)
 {
     (void)state;
     flink f, g;
-    flink_init(&f);
-    flink_init(&g);
+    flink_init(&f, "fake1");
+    flink_init(&g, "fake1");
     f.window = 2; /* under max_inflight 3 */
     cy_session *s = connect_(&f, "o1", 60, false);
     cy_session *s2 = connect_(&g, "o2", 60, false);
@@ -1713,7 +1526,7 @@ static void test_owed_deliveries(void **state)
 
     /* back online: its queue goes out as the window allows, nothing owed;
      * its device does not acknowledge the next ones: nothing owed either */
-    flink_init(&f);
+    flink_init(&f, "fake1");
     f.window = 1;
     connect_(&f, "o1", 60, false);
     check_online_queued();
@@ -1728,7 +1541,7 @@ static void test_owed_deliveries(void **state)
     s = cy_session_find(T.d, S("o1"));
     assert_non_null(s);
     assert_true(s->n_queued > 0);
-    flink_init(&f);
+    flink_init(&f, "fake1");
     connect_(&f, "o1", 60, false);
     check_online_queued();
     assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
@@ -1746,14 +1559,14 @@ static void test_owed_calls(void **state)
 {
     (void)state;
     flink f;
-    flink_init(&f);
+    flink_init(&f, "fake1");
     cy_session *s = connect_(&f, DEV, 0, true);
     publish(s, "devices/" DEV "/describe", "{\"functions\":[\"reboot\"]}", 1, true);
     int64_t now = cy_mono_ms();
     assert_int_equal(cy_devices_owed_calls(T.d, now), 0);
     uint64_t done = cy_devices_progress(T.d);
     op(1, CY_DEVICE_OP_CALL, DEV, "nope", NULL, 0); /* answered at once */
-    assert_int_equal(T.n_answers, 1);
+    assert_int_equal(A.n_answers, 1);
     assert_int_equal(cy_devices_progress(T.d), done + 1);
     op(2, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 1000);
     op(3, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 5000);
@@ -1763,12 +1576,12 @@ static void test_owed_calls(void **state)
     assert_int_equal(cy_devices_owed_calls(T.d, now + 6000), 2);
     done = cy_devices_progress(T.d);
     cy_devices_tick(T.d, now + 2000);
-    assert_int_equal(T.last_status, 504);
-    assert_int_equal(T.last_req, 2);
+    assert_int_equal(A.last_status, 504);
+    assert_int_equal(A.last_req, 2);
     assert_int_equal(cy_devices_progress(T.d), done + 1);
     assert_int_equal(cy_devices_owed_calls(T.d, now + 2000), 0);
     do_reply(s, f.call_rid, S("ok")); /* call 3 answered in time */
-    assert_int_equal(T.last_req, 3);
+    assert_int_equal(A.last_req, 3);
     assert_int_equal(cy_devices_owed_calls(T.d, now + 60000), 0);
 
     /* the requester's side: a request the owner did not answer in time */

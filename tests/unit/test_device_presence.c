@@ -1,11 +1,10 @@
 /* test_device_presence: presence and status events (src/device/presence.c)
  * on the device layer, driven through a fake link, and their pure parts.
  *
- * The layer is built as a shard builds it (a store in a temporary folder,
- * a router, a cluster of one shard, counters, a loop of its own). A watcher
- * (a subscriber of a fake router kind on devices/+/events/cyan/#) sees the
- * status events as every consumer does: published into the router by the
- * layer's tick. Time is the tick's argument: the tests move it forward
+ * The layer and the link are device_testlib.h's (the layer as a shard
+ * builds it). A watcher (a subscriber of a fake router kind on
+ * devices/+/events/cyan/#) sees the status events as every consumer does:
+ * published into the router by the layer's tick. Time is the tick's argument: the tests move it forward
  * instead of sleeping. Restarts are real: everything is freed and the store
  * closed, then opened and loaded again from the same file.
  */
@@ -37,109 +36,12 @@
 #include "router/router.h"
 #include "store/store.h"
 
+#include "device_testlib.h"
+
 #define S(lit) lit, sizeof(lit) - 1
 #define DEV "0123456789abcdef01234567"
 #define DEV2 "89abcdef0123456789abcdef"
 #define MAX_SEEN 64
-
-/* ---- a fake link ---- */
-
-typedef struct flink {
-    cy_link base;
-    const char *proto;
-    int64_t heard; /* uv_now-based ms */
-    cy_session *s;
-    unsigned n_close;
-    uint8_t close_reason;
-} flink;
-
-static struct {
-    char dir[64], path[128];
-    uv_loop_t loop;
-    cy_config cfg;
-    cy_counters stats;
-    cy_hists hists;
-    cy_store *store;
-    cy_router *r;
-    cy_cluster *cl;
-    cy_devices *d;
-} T;
-
-static int f_send(cy_link *l, const cy_link_msg *lm)
-{
-    (void)l;
-    (void)lm;
-    return 0;
-}
-
-static int f_send_release(cy_link *l, uint16_t id)
-{
-    (void)l;
-    (void)id;
-    return 0;
-}
-
-static uint32_t f_window(const cy_link *l)
-{
-    (void)l;
-    return 0;
-}
-
-static bool f_ready(const cy_link *l)
-{
-    (void)l;
-    return true;
-}
-
-static bool f_congested(const cy_link *l)
-{
-    (void)l;
-    return false;
-}
-
-static const char *f_protocol(const cy_link *l)
-{
-    return ((const flink *)l)->proto;
-}
-
-static int64_t f_last_heard(const cy_link *l)
-{
-    return ((const flink *)l)->heard;
-}
-
-/* As a transport: the layer hears of the close at once. */
-static void f_close(cy_link *l, uint8_t reason, const char *why)
-{
-    (void)why;
-    flink *f = (flink *)l;
-    f->n_close++;
-    f->close_reason = reason;
-    cy_session *s = f->s;
-    if (!s) return;
-    f->s = NULL;
-    cy_device_offline(T.d, s, l, cy_presence_reason_of(reason, false));
-    cy_session_detach(T.d, s, true);
-}
-
-static const cy_link_ops f_ops = {
-    .send = f_send,
-    .send_release = f_send_release,
-    .window = f_window,
-    .ready = f_ready,
-    .congested = f_congested,
-    .close = f_close,
-    .protocol = f_protocol,
-    .last_heard = f_last_heard,
-    .call = NULL,
-};
-
-static void flink_init(flink *f, const char *proto)
-{
-    memset(f, 0, sizeof(*f));
-    f->base.ops = &f_ops;
-    f->proto = proto;
-    f->heard = (int64_t)uv_now(&T.loop);
-}
 
 /* A connection as a transport makes it: session, attach, who, online. */
 static cy_session *connect_(flink *f, const char *id, bool internal)
@@ -152,6 +54,7 @@ static cy_session *connect_(flink *f, const char *id, bool internal)
     cy_session_attach(T.d, s, &f->base);
     assert_int_equal(cy_session_set_who(T.d, s, id, strlen(id), internal), 0);
     f->s = s;
+    f->device = true;
     cy_device_online(T.d, s, &f->base);
     return s;
 }
@@ -248,35 +151,14 @@ static void assert_near(json_t *a, json_t *b)
 
 /* ---- the layer ---- */
 
-static void layer_open(void)
-{
-    assert_int_equal(cy_store_open(T.path, false, &T.store), 0);
-    assert_int_equal(cy_router_new(&T.cfg, T.store, &T.stats, 0, &T.r), 0);
-    cy_cluster_options o = {.self = 0, .nshards = 1, .generation = 1, .sb = NULL};
-    assert_int_equal(cy_cluster_new(&T.loop, &T.cfg, T.store, T.r, &T.stats, &o, &T.cl), 0);
-    assert_int_equal(
-        cy_devices_new(&T.loop, &T.cfg, T.store, T.r, T.cl, &T.stats, &T.hists, 0, 1, 1, &T.d), 0);
-}
-
-static void layer_close(void)
-{
-    cy_devices_free(T.d);
-    cy_cluster_free(T.cl);
-    cy_router_free(T.r);
-    cy_store_close(T.store);
-    T.d = NULL;
-    T.cl = NULL;
-    T.r = NULL;
-    T.store = NULL;
-}
-
-/* A crash: nothing is written past the last commit; then a new start. */
+/* A restart without the layer's stop (cy_devices_stop): what the layer
+ * kept only in memory is gone, as in a crash; then a new start. */
 static void layer_restart(void)
 {
     unwatch();
-    layer_close();
+    cyt_layer_close();
     memset(&T.stats, 0, sizeof(T.stats));
-    layer_open();
+    cyt_layer_open();
     assert_int_equal(cy_devices_load_presence(T.d), 0);
     watch();
 }
@@ -284,15 +166,9 @@ static void layer_restart(void)
 static int setup(void **state)
 {
     (void)state;
-    memset(&T, 0, sizeof(T));
     memset(&W, 0, sizeof(W));
-    cy_log_set_level(CY_LOG_ERROR);
-    strcpy(T.dir, "/tmp/cyan-presence-XXXXXX");
-    if (!mkdtemp(T.dir)) return -1;
-    snprintf(T.path, sizeof(T.path), "%s/shard.db", T.dir);
-    if (uv_loop_init(&T.loop)) return -1;
-    cy_config_defaults(&T.cfg);
-    layer_open();
+    if (cyt_layer_setup("/tmp/cyan-presence-XXXXXX")) return -1;
+    cyt_layer_open();
     watch();
     return 0;
 }
@@ -301,16 +177,7 @@ static int teardown(void **state)
 {
     (void)state;
     unwatch();
-    layer_close();
-    uv_run(&T.loop, UV_RUN_NOWAIT);
-    uv_loop_close(&T.loop);
-    const char *files[] = {"shard.db", "shard.db-wal", "shard.db-shm"};
-    char p[160];
-    for (size_t i = 0; i < sizeof(files) / sizeof(*files); i++) {
-        snprintf(p, sizeof(p), "%s/%s", T.dir, files[i]);
-        unlink(p);
-    }
-    rmdir(T.dir);
+    cyt_layer_teardown();
     return 0;
 }
 
