@@ -277,6 +277,56 @@ static long device_timeout(const words *w, int *bad)
     return s;
 }
 
+/* What a command prints of a 2xx answer's JSON, for a person. */
+typedef void (*show_fn)(json_t *o, const words *w);
+
+/* One request and its answer: with --json the body as it came, else what
+ * show makes of it. Takes body (NULL: none). 0, or 1 (said). */
+static int exchange(cli *c, const char *method, const char *path, json_t *body, long timeout_s,
+                    const words *w, show_fn show)
+{
+    cli_answer a;
+    int status = ask(c, method, path, body, timeout_s, &a);
+    json_decref(body);
+    if (status) return 1;
+    if (c->json) {
+        print_raw(&a);
+    } else {
+        json_t *o = answer_object(&a);
+        if (o)
+            show(o, w);
+        else
+            status = 1;
+        json_decref(o);
+    }
+    cy_buf_fini(&a.body);
+    return status;
+}
+
+static void show_return_value(json_t *o, const words *w)
+{
+    (void)w;
+    print_value(json_object_get(o, "return_value"));
+}
+
+static void show_value(json_t *o, const words *w)
+{
+    (void)w;
+    print_value(json_object_get(o, "value"));
+}
+
+static void show_published(json_t *o, const words *w)
+{
+    (void)o;
+    printf("published %s\n", w->pos[0]);
+}
+
+static void show_renamed(json_t *o, const words *w)
+{
+    printf("renamed %s to %s (%s)\n", str_or(json_object_get(o, "previous_name"), w->pos[0]),
+           str_or(json_object_get(o, "name"), w->pos[1]), str_or(json_object_get(o, "id"), "?"));
+}
+
 /* call and get: the device's answer's "return_value" or "value". */
 static int cmd_device_op(cli *c, bool call, const words *w)
 {
@@ -305,24 +355,10 @@ static int cmd_device_op(cli *c, bool call, const words *w)
         if (arg) json_object_set_new(body, "arg", arg);
         if (t) json_object_set_new(body, "timeout", json_integer(t));
     }
-    cli_answer a;
-    if (ask(c, call ? "POST" : "GET", (const char *)cy_buf_head(&path), body,
-            (t ? t : CALL_DEFAULT_S) + CALL_MARGIN_S, &a))
-        goto out;
-    if (c->json) {
-        print_raw(&a);
-        status = 0;
-    } else {
-        json_t *o = answer_object(&a);
-        if (o) {
-            print_value(json_object_get(o, call ? "return_value" : "value"));
-            status = 0;
-        }
-        json_decref(o);
-    }
-    cy_buf_fini(&a.body);
+    status = exchange(c, call ? "POST" : "GET", (const char *)cy_buf_head(&path), body,
+                      (t ? t : CALL_DEFAULT_S) + CALL_MARGIN_S, w,
+                      call ? show_return_value : show_value);
 out:
-    json_decref(body);
     cy_buf_fini(&path);
     return status;
 }
@@ -331,25 +367,15 @@ static int cmd_publish(cli *c, const words *w)
 {
     json_t *body = json_object(), *name = word_string("NAME", w->pos[0]);
     json_t *data = w->npos > 1 ? word_string("DATA", w->pos[1]) : NULL;
-    int status = 1;
     if (!body || !name || (w->npos > 1 && !data)) {
         json_decref(name);
         json_decref(data);
-        goto out;
+        json_decref(body);
+        return 1;
     }
     json_object_set_new(body, "name", name);
     if (data) json_object_set_new(body, "data", data);
-    cli_answer a;
-    if (ask(c, "POST", "/v1/events", body, REQUEST_TIMEOUT_S, &a)) goto out;
-    if (c->json)
-        print_raw(&a);
-    else
-        printf("published %s\n", w->pos[0]);
-    cy_buf_fini(&a.body);
-    status = 0;
-out:
-    json_decref(body);
-    return status;
+    return exchange(c, "POST", "/v1/events", body, REQUEST_TIMEOUT_S, w, show_published);
 }
 
 static int cmd_rename(cli *c, const words *w)
@@ -360,28 +386,12 @@ static int cmd_rename(cli *c, const words *w)
     int status = 1;
     if (!body || !name || device_path(&path, w->pos[0], NULL, NULL)) {
         json_decref(name);
-        goto out;
-    }
-    json_object_set_new(body, "name", name);
-    cli_answer a;
-    if (ask(c, "PATCH", (const char *)cy_buf_head(&path), body, REQUEST_TIMEOUT_S, &a)) goto out;
-    if (c->json) {
-        print_raw(&a);
-        status = 0;
+        json_decref(body);
     } else {
-        json_t *o = answer_object(&a);
-        if (o) {
-            printf("renamed %s to %s (%s)\n",
-                   str_or(json_object_get(o, "previous_name"), w->pos[0]),
-                   str_or(json_object_get(o, "name"), w->pos[1]),
-                   str_or(json_object_get(o, "id"), "?"));
-            status = 0;
-        }
-        json_decref(o);
+        json_object_set_new(body, "name", name);
+        status = exchange(c, "PATCH", (const char *)cy_buf_head(&path), body, REQUEST_TIMEOUT_S, w,
+                          show_renamed);
     }
-    cy_buf_fini(&a.body);
-out:
-    json_decref(body);
     cy_buf_fini(&path);
     return status;
 }
