@@ -49,6 +49,26 @@ TOKEN_RE = re.compile(r"cyt_[0-9a-f]{12}_[0-9a-f]{32}")
 # UTC, ISO 8601 with milliseconds (docs/api.md).
 ISO_MS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
+# A device's functions and variables for the API tests (test_api,
+# test_particle_paths), each answering one kind of value.
+FUNCTIONS = {
+    "num": lambda arg: "42",
+    "float": lambda arg: "21.5",
+    "tenth": lambda arg: "0.1",                # 0.1, not 0.1000000000000000055511
+    "obj": lambda arg: '{"a": [1, 2], "b": "x"}',
+    "str": lambda arg: "hello world",          # not JSON: returned as a string
+    "quoted": lambda arg: '"quoted"',          # a JSON string
+    "echo": lambda arg: arg,                   # its arg back: JSON if it parses, else a string
+    "led": lambda arg: "1" if arg == "on" else "0",
+    "silent": lambda arg: None,                # never answers
+}
+VARIABLES = {
+    "temperature": lambda: 21.5,
+    "status": lambda: "ok",                    # not JSON: a string
+    "config": lambda: {"x": 1, "y": [True, None]},
+    "silent": lambda: None,
+}
+
 
 def parse_time(text):
     """Seconds since the epoch from an API time ("2026-11-24T06:00:00.000Z")."""

@@ -18,9 +18,9 @@ import time
 import pytest
 
 import rawmqtt as rm
-from apidevice import (ISO_MS_RE, ApiDevice, api, call, create_device, get_device,
-                       new_name, online_device, parse_time, read_var, token_create,
-                       wait_device)
+from apidevice import (FUNCTIONS, ISO_MS_RE, VARIABLES, ApiDevice, api, call, create_device,
+                       get_device, new_name, online_device, parse_time, read_var,
+                       token_create, wait_device)
 from conftest import SHARDS
 from helpers import raw, wait_until
 from test_shards import shard_of
@@ -36,21 +36,6 @@ SUB_REFUSED = {4: 0x80, 5: 0x87}
 BAD_CLIENT_ID = {4: 2, 5: 0x85}
 BAD_CREDENTIALS = {4: 4, 5: 0x86}
 
-FUNCTIONS = {
-    "num": lambda arg: "42",
-    "float": lambda arg: "21.5",
-    "obj": lambda arg: '{"a": [1, 2], "b": "x"}',
-    "str": lambda arg: "hello world",          # not JSON: returned as a string
-    "quoted": lambda arg: '"quoted"',          # a JSON string
-    "echo": lambda arg: arg,
-    "silent": lambda arg: None,                # never answers
-}
-VARIABLES = {
-    "temperature": lambda: 21.5,
-    "status": lambda: "ok",                    # not JSON: a string
-    "config": lambda: {"x": 1, "y": [True, None]},
-    "silent": lambda: None,
-}
 
 
 def nshards(srv):

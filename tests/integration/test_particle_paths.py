@@ -15,24 +15,12 @@ import time
 
 import pytest
 
-from apidevice import (ISO_MS_RE, api, call, create_device, online_device, parse_time,
-                       token_create, wait_device)
+from apidevice import (FUNCTIONS, ISO_MS_RE, VARIABLES, api, call, online_device,
+                       parse_time, token_create, wait_device)
 from test_api_abuse import connect, head, read_answer
 
 pytestmark = pytest.mark.cyan_only
 
-FUNCTIONS = {
-    "led": lambda arg: "1" if arg == "on" else "0",
-    "echo": lambda arg: arg,                     # its arg back: JSON if it parses, else a string
-    "float": lambda arg: "0.1",
-    "silent": lambda arg: None,                  # never answers
-}
-VARIABLES = {
-    "temperature": lambda: 21.5,
-    "status": lambda: "ok",                      # not JSON: a string
-    "config": lambda: {"x": 1, "y": [True, None]},
-    "silent": lambda: None,
-}
 
 
 @pytest.fixture
@@ -121,7 +109,7 @@ def test_call_percent_encoding(api_server, dev):
     assert pcall(api_server, dev.id, "echo", data="arg=hello").body["return_value"] == "hello"
     assert pcall(api_server, dev.id, "echo", data="arg=%7B%22k%22%3A1%7D").body[
         "return_value"] == {"k": 1}
-    r = pcall(api_server, dev.id, "float")
+    r = pcall(api_server, dev.id, "tenth")
     assert r.status == 200 and re.search(r'"return_value":0\.1[,}]', r.text), r  # not 0.1000...01
 
 
