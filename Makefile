@@ -12,7 +12,7 @@ CONF    ?= etc/cyan.conf
 FUZZ_SECONDS ?= 20
 PYTHON  := /usr/bin/python3
 
-.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap clean deps deps-run deps-test install uninstall man
+.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap bench-presence clean deps deps-run deps-test install uninstall man
 
 all: build
 
@@ -140,6 +140,13 @@ bench: build
 	@bench/run.sh
 	@BUILD=$(BUILD) bench/webhook_bench.sh
 	@BUILD=$(BUILD) bench/coap_bench.sh
+	@$(PYTHON) bench/presence_bench.py --cyan $(BUILD)/cyan
+
+# What status events (cyan/status) cost a reconnect storm of distinct
+# devices: server CPU per connect-and-disconnect with them on and off
+# (bench/presence_bench.py).
+bench-presence: build
+	@$(PYTHON) bench/presence_bench.py --cyan $(BUILD)/cyan
 
 # Device events to a webhook: events/s to a fast local sink (bench/whsink.c)
 # and the latency from PUBACK to the sink's receipt (bench/webhook_bench.sh).
