@@ -733,20 +733,38 @@ static void devices_list(cy_api *b, cy_http_req *req)
                  lc.arr, API_SHAPE_CYAN, NULL, online);
 }
 
-json_t *cy_api_body_object(cy_api *b, cy_http_req *req)
+static json_t *body_object(cy_api *b, cy_http_req *req, bool empty_ok)
 {
     size_t len;
     const uint8_t *body = cy_http_body(req, &len);
-    if (!body || len == 0) return json_object();
+    if (!body || len == 0) {
+        if (empty_ok) return json_object();
+        reply_error(b, req, 400, "bad_json", NULL, "the body must be a JSON object");
+        return NULL;
+    }
     json_error_t err;
     json_t *o = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, &err);
     if (!o || !json_is_object(o)) {
         json_decref(o);
+        /* jansson's text for this one names its flag (JSON_ALLOW_NUL) */
+        const char *why = !o && json_error_code(&err) == json_error_null_character
+                              ? "a string holds \\u0000, which cyan does not take"
+                              : err.text;
         reply_error(b, req, 400, "bad_json", NULL, "the body must be a JSON object%s%s",
-                    o ? "" : ": ", o ? "" : err.text);
+                    o ? "" : ": ", o ? "" : why);
         return NULL;
     }
     return o;
+}
+
+json_t *cy_api_body_object(cy_api *b, cy_http_req *req)
+{
+    return body_object(b, req, true);
+}
+
+json_t *cy_api_body_object_required(cy_api *b, cy_http_req *req)
+{
+    return body_object(b, req, false);
 }
 
 static void device_create(cy_api *b, cy_http_req *req)

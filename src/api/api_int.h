@@ -182,6 +182,8 @@ char *cy_api_error_body(const char *code, const char *fmt, ...)
 /* The request's body as a JSON object (new reference; {} when empty), or
  * NULL after answering 400 bad_json. */
 json_t *cy_api_body_object(cy_api *b, cy_http_req *req);
+/* The same, where an empty body is refused too (400 bad_json). */
+json_t *cy_api_body_object_required(cy_api *b, cy_http_req *req);
 /* Function calls and variable reads, shared by cyan's routes and
  * Particle's (api_particle.c). op is CY_DEVICE_OP_CALL or _GET. */
 /* Whether name may be a function's or a variable's (1 to

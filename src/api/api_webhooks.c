@@ -411,26 +411,6 @@ static int apply(cy_api *b, json_t *o, cy_webhook *w, bool create, refusal *rf)
     return 0;
 }
 
-/* The body as a JSON object, or an answer (400) and NULL. */
-static json_t *body_object(cy_api *b, cy_http_req *req)
-{
-    size_t len;
-    const uint8_t *body = cy_http_body(req, &len);
-    if (!body || len == 0) {
-        reply_error(b, req, 400, "bad_json", NULL, "the body must be a JSON object");
-        return NULL;
-    }
-    json_error_t err;
-    json_t *o = json_loadb((const char *)body, len, JSON_REJECT_DUPLICATES, &err);
-    if (!o || !json_is_object(o)) {
-        json_decref(o);
-        reply_error(b, req, 400, "bad_json", NULL, "the body must be a JSON object%s%s",
-                    o ? "" : ": ", o ? "" : err.text);
-        return NULL;
-    }
-    return o;
-}
-
 /* Answer a failed apply or store write. */
 static void refused(cy_api *b, cy_http_req *req, int rc, const refusal *rf, const char *why)
 {
@@ -475,7 +455,7 @@ static void webhooks_list(cy_api *b, cy_http_req *req)
 
 static void webhook_create(cy_api *b, cy_http_req *req)
 {
-    json_t *o = body_object(b, req);
+    json_t *o = cy_api_body_object_required(b, req);
     if (!o) return;
     cy_webhook w;
     memset(&w, 0, sizeof(w));
@@ -517,7 +497,7 @@ static void webhook_get(cy_api *b, cy_http_req *req, const char *id)
 
 static void webhook_patch(cy_api *b, cy_http_req *req, const char *id)
 {
-    json_t *o = body_object(b, req);
+    json_t *o = cy_api_body_object_required(b, req);
     if (!o) return;
     cy_webhook w;
     int rc = cy_registry_webhook_get(b->registry, id, &w);

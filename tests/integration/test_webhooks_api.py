@@ -244,7 +244,8 @@ BAD_CREATE = [  # (body, error, the field the message names)
     ({"url": "example.com/hook"}, "bad_request", "url"),
     ({"url": "https://example.com/" + "a" * 2100}, "bad_request", "url"),
     ({"url": "https://example.com/{{device_id"}, "bad_request", "url"),
-    ({"url": "https://example.com/\u0000x"}, "bad_json", None),  # jansson refuses NULs
+    # said in cyan's words (jansson's text names its JSON_ALLOW_NUL flag)
+    ({"url": "https://example.com/\u0000x"}, "bad_json", "\\u0000, which cyan does not take"),
     ({"url": URL, "method": "HEAD"}, "bad_request", "method"),
     ({"url": URL, "method": "post"}, "bad_request", "method"),
     ({"url": URL, "method": "POSTPOSTPOST"}, "bad_request", "method"),
