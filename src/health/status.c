@@ -307,6 +307,10 @@ static void json_shard(FILE *f, const cy_scoreboard *sb, unsigned i, int64_t now
         fprintf(f, "\"heartbeat_age_ms\": %lld, ", (long long)(now - beat));
     else
         fputs("\"heartbeat_age_ms\": null, ", f);
+    /* accepting: its listeners take clients (every peer was ready, or its
+     * wait for them ended); the monitor never accepts */
+    fprintf(f, "\"accepting\": %s, ",
+            st == CY_SHARD_RUNNING && cy_sb_load(&sl->accepting) ? "true" : "false");
     fprintf(f, "\"progress\": %llu, \"backlog\": %llu, \"connections\": %llu, \"restarts\": {",
             (unsigned long long)cy_sb_loadu(&sl->progress),
             (unsigned long long)cy_scoreboard_backlog(sb, i),

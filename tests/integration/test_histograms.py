@@ -90,6 +90,7 @@ def test_status_json_shape(api_server):
     assert len(doc["shards"]) == n and [s["shard"] for s in doc["shards"]] == list(range(n))
     for sh in doc["shards"]:
         assert sh["state"] == "RUNNING" and sh["pid"] > 0, sh
+        assert sh["accepting"] is True, sh  # the fixture waited for /v1/health
         assert set(sh["histograms"]) == {API, CALLS}, sh
         assert "api_requests" in sh["metrics"] and "publish_sent" in sh["metrics"], sh
         assert set(sh["restarts"]) == {"exit", "signal", "hung", "stuck", "canary"}, sh
