@@ -79,6 +79,8 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "cluster/cluster.h"
+
 #define RBUF_SIZE (64 * 1024)   /* one read(2) per wake-up, at most */
 #define WBATCH (64 * 1024)      /* a publisher's batch per write(2), bytes */
 #define STAMP 16                /* payload prefix: ts u64, seq u32, src u32 */
@@ -113,6 +115,7 @@ typedef struct conn {
     uint64_t credited;     /* deliveries presumed lost after a stall */
     uint64_t acked;        /* PUBACKs received */
     uint16_t next_pid;
+    int64_t *pid_ts;       /* --percentiles, QoS 1: send time by packet id (ACK_RING) */
     int64_t last_progress; /* ns */
     uint32_t seq;
     /* subscriber */
@@ -141,6 +144,8 @@ static struct {
     const char *id_prefix;
     const char *workload, *server;
     const char *tls_ca; /* --tls: CA file (PEM); NULL for plain MQTT */
+    bool persistent;    /* --session persistent: sessions the server keeps (and stores) */
+    bool percentiles;   /* --percentiles: delivery (and PUBACK) latency in every mode */
 } o = {
     .mode = M_O2O, .host = "127.0.0.1", .port = 1883, .proto = 4, .pairs = 8, .subs = 100,
     .pubs = 1000, .conns = 10000, .concurrency = 64, .qos = 0, .size = 16, .duration = 3,
@@ -167,6 +172,11 @@ static int64_t t_measure0, t_measure1, t_last_recv;
 static bool measuring, sending;
 static int64_t *lat;          /* latency samples, ns */
 static size_t n_lat, cap_lat;
+static int64_t *ack_lat;      /* --percentiles, QoS 1: publish to PUBACK, ns */
+static size_t n_ack_lat, cap_ack_lat;
+/* Packet ids in flight per publisher are at most --inflight (capped to this),
+ * so a ring indexed by the id's low bits holds each one's send time. */
+#define ACK_RING 1024
 static char run_id[64];
 static uint64_t storm_done, storm_started, storm_fail;
 static SSL_CTX *tls_ctx;      /* --tls: the one client context */
@@ -263,13 +273,19 @@ static void send_connect(conn *c, const char *client_id)
     size_t n = 0;
     n += put_str(body + n, "MQTT", 4);
     body[n++] = (uint8_t)o.proto;
-    uint8_t flags = 0x02;
+    uint8_t flags = o.persistent ? 0x00 : 0x02; /* clean session / clean start */
     if (o.user) flags |= 0x80;
     if (o.user && o.pass) flags |= 0x40;
     body[n++] = flags;
     body[n++] = (uint8_t)(o.keepalive >> 8);
     body[n++] = (uint8_t)o.keepalive;
-    if (o.proto == 5) body[n++] = 0; /* no properties */
+    if (o.proto == 5 && o.persistent) { /* Session Expiry Interval: 600 s */
+        static const uint8_t expiry[] = {5, 0x11, 0, 0, 0x02, 0x58};
+        memcpy(body + n, expiry, sizeof(expiry));
+        n += sizeof(expiry);
+    } else if (o.proto == 5) {
+        body[n++] = 0; /* no properties */
+    }
     n += put_str(body + n, client_id, strlen(client_id));
     if (o.user) n += put_str(body + n, o.user, strlen(o.user));
     if (o.user && o.pass) n += put_str(body + n, o.pass, strlen(o.pass));
@@ -333,6 +349,7 @@ static void append_publish(conn *c, int64_t ts)
     if (o.qos) {
         uint16_t pid = c->next_pid;
         c->next_pid = (uint16_t)(pid == 65535 ? 1 : pid + 1);
+        if (c->pid_ts) c->pid_ts[pid % ACK_RING] = ts;
         *p++ = (uint8_t)(pid >> 8);
         *p++ = (uint8_t)pid;
     }
@@ -605,12 +622,10 @@ static bool flush_out(conn *c)
     return true;
 }
 
-/* cyan's shard of a client id: FNV-1a 64 modulo the shard count. */
+/* cyan's shard of a client id: cyan's own function (src/cluster). */
 static unsigned shard_of(const char *id, unsigned nshards)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (const char *p = id; *p; p++) h = (h ^ (uint8_t)*p) * 0x100000001b3ull;
-    return (unsigned)(h % nshards);
+    return cy_shard_of(id, strlen(id), nshards);
 }
 
 /* Client ids are deterministic, so every run places clients on cyan's shards
@@ -673,7 +688,7 @@ static void on_publish(conn *c, uint8_t b0, const uint8_t *p, size_t rl, int64_t
     }
     if (measuring) {
         total_recv_window++;
-        if (o.mode == M_LATENCY) {
+        if (o.mode == M_LATENCY || o.percentiles) {
             if (n_lat == cap_lat) {
                 cap_lat = cap_lat ? cap_lat * 2 : 1 << 16;
                 lat = xrealloc(lat, cap_lat * sizeof(*lat));
@@ -722,6 +737,14 @@ static void on_packet(conn *c, const uint8_t *pkt, size_t hl, size_t rl, int64_t
     case 4: /* PUBACK */
         c->acked++;
         total_acked++;
+        if (c->pid_ts && measuring && rl >= 2) {
+            uint16_t pid = (uint16_t)((p[0] << 8) | p[1]);
+            if (n_ack_lat == cap_ack_lat) {
+                cap_ack_lat = cap_ack_lat ? cap_ack_lat * 2 : 1 << 16;
+                ack_lat = xrealloc(ack_lat, cap_ack_lat * sizeof(*ack_lat));
+            }
+            ack_lat[n_ack_lat++] = now - c->pid_ts[pid % ACK_RING];
+        }
         break;
     case 14: /* DISCONNECT from the server */
         fprintf(stderr, "cyan_bench: server sent DISCONNECT (reason %u)\n", rl ? p[0] : 0);
@@ -1000,6 +1023,17 @@ static void result(const char *unit, double value, const char *extra)
     fflush(stdout);
 }
 
+/* " <prefix>p50_us=... <prefix>p99_us=..." of n samples (sorted here) onto extra. */
+static void percentiles_extra(char *extra, size_t cap, const char *prefix, int64_t *v, size_t n)
+{
+    if (!n) return;
+    qsort(v, n, sizeof(*v), cmp_i64);
+    snprintf(extra + strlen(extra), cap - strlen(extra),
+             " %ssamples=%zu %sp50_us=%.1f %sp99_us=%.1f %sp999_us=%.1f", prefix, n, prefix,
+             (double)v[n / 2] / 1e3, prefix, (double)v[(size_t)((double)n * 0.99)] / 1e3, prefix,
+             (double)v[(size_t)((double)n * 0.999)] / 1e3);
+}
+
 static void run_traffic(void)
 {
     int64_t t0 = now_ns();
@@ -1102,7 +1136,7 @@ static void run_traffic(void)
     }
     if (secs <= 0) secs = 1e-9;
     uint64_t lost = expected_before > total_recv ? expected_before - total_recv : 0;
-    char extra[768];
+    char extra[1024];
     snprintf(extra, sizeof(extra),
              "sent=%llu received=%llu lost=%llu window_s=%.3f errors=%llu pubs=%zu subs=%zu "
              "gen_busy=%.2f",
@@ -1134,6 +1168,11 @@ static void run_traffic(void)
                p999, extra);
         fflush(stdout);
     } else {
+        if (o.percentiles) {
+            percentiles_extra(extra, sizeof(extra), "", lat, n_lat);
+            percentiles_extra(extra, sizeof(extra), "ack_", ack_lat, n_ack_lat);
+        }
+        if (o.persistent) snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), " session=persistent");
         result(o.mode == M_FANOUT ? "deliveries/s" : "msg/s", (double)total_recv_window / secs,
                extra);
     }
@@ -1434,7 +1473,11 @@ static void usage(void)
             "             shards for a cyan with this many shards)\n"
             "  --workload NAME --server NAME (labels of the RESULT lines)\n"
             "  --tls CAFILE: MQTT over TLS 1.2/1.3, the server's certificate verified against\n"
-            "             CAFILE (PEM) for the address --host; never a resumed session\n");
+            "             CAFILE (PEM) for the address --host; never a resumed session\n"
+            "  --session clean|persistent: persistent = clean session 0 (3.1.1) or clean\n"
+            "             start 0 with a session expiry of 600 s (5), ids of this run only\n"
+            "  --percentiles 1: latency p50/p99 in every mode: publish to delivery, and\n"
+            "             publish to PUBACK at QoS 1\n");
     exit(1);
 }
 
@@ -1494,6 +1537,10 @@ int main(int argc, char **argv)
         else if (!strcmp(key, "workload")) o.workload = v;
         else if (!strcmp(key, "server")) o.server = v;
         else if (!strcmp(key, "tls")) o.tls_ca = v;
+        else if (!strcmp(key, "session")) {
+            if (!strcmp(v, "persistent")) o.persistent = true;
+            else if (strcmp(v, "clean")) usage();
+        } else if (!strcmp(key, "percentiles")) o.percentiles = atoi(v) != 0;
         else usage();
     }
     if (o.proto != 4 && o.proto != 5) usage();
@@ -1501,6 +1548,7 @@ int main(int argc, char **argv)
     if (o.pairs < 1 || o.subs < 1 || o.pubs < 1 || o.conns < 1 || o.concurrency < 1) usage();
     if (o.duration <= 0 || o.duration > 3600 || o.rate <= 0) usage();
     if (o.inflight < 1) o.inflight = 1;
+    if (o.percentiles && o.inflight > ACK_RING) o.inflight = ACK_RING;
     if (o.tls_ca && !*o.tls_ca) usage();
     static const char *names[] = {"o2o", "fanout", "fanin", "latency", "idle", "storm"};
     if (!o.workload) o.workload = names[o.mode];
@@ -1514,7 +1562,12 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGALRM, on_alarm);
     alarm((unsigned)(o.setup_timeout + o.warmup + o.duration + o.drain + o.settle + 30));
-    snprintf(run_id, sizeof(run_id), "%s", o.id_prefix);
+    /* Persistent sessions outlive a run (3.1.1: until the server forgets
+     * them): each run has its own ids, so none resumes an older run's. */
+    if (o.persistent)
+        snprintf(run_id, sizeof(run_id), "%s%ld", o.id_prefix, (long)getpid());
+    else
+        snprintf(run_id, sizeof(run_id), "%s", o.id_prefix);
     if (o.tls_ca) tls_init();
     ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0) die("epoll_create1: %s", strerror(errno));
@@ -1553,6 +1606,10 @@ int main(int argc, char **argv)
         else
             snprintf(topic, sizeof(topic), "bench/%zu", i);
         make_pub_header(c, topic);
+        if (o.percentiles && o.qos) {
+            c->pid_ts = calloc(ACK_RING, sizeof(*c->pid_ts));
+            if (!c->pid_ts) die("%s", "out of memory");
+        }
         all[k++] = pubs[n_pubs++] = c;
     }
     for (size_t i = 0; i < ni; i++) all[k++] = new_conn(R_IDLE, (uint32_t)i);
@@ -1568,7 +1625,14 @@ int main(int argc, char **argv)
         conn *c = all[i];
         if (c->fd < 0) continue;
         c->out_len = c->out_off = 0;
-        send_small(c, 0xE0, 0, false);
+        if (o.persistent && o.proto == 5) {
+            /* Session Expiry Interval 0: the server drops the session now,
+             * so runs do not pile up sessions in its store */
+            static const uint8_t bye[] = {0xE0, 7, 0x00, 5, 0x11, 0, 0, 0, 0};
+            memcpy(out_reserve(c, sizeof(bye)), bye, sizeof(bye));
+        } else {
+            send_small(c, 0xE0, 0, false);
+        }
         if (c->ssl) {
             /* best effort, as below; a write still blocked from before is
              * abandoned (OpenSSL then refuses other bytes, which is fine) */
