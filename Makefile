@@ -12,7 +12,7 @@ CONF    ?= etc/cyan.conf
 FUZZ_SECONDS ?= 20
 PYTHON  := /usr/bin/python3
 
-.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap bench-presence clean deps deps-run deps-test install uninstall man
+.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap bench-presence bench-durable clean deps deps-run deps-test install uninstall man
 
 all: build
 
@@ -141,6 +141,14 @@ bench: build
 	@BUILD=$(BUILD) bench/webhook_bench.sh
 	@BUILD=$(BUILD) bench/coap_bench.sh
 	@$(PYTHON) bench/presence_bench.py --cyan $(BUILD)/cyan
+	@BUILD=$(BUILD) bench/durable_bench.sh
+
+# QoS 1 into persistent sessions (stored before the PUBACK; store_sync
+# normal and full) and one-to-one QoS 1 within and across shards, beside
+# mosquitto with persistence (bench/durable_bench.sh).
+bench-durable: build
+	@scripts/deps.sh bench
+	@BUILD=$(BUILD) bench/durable_bench.sh
 
 # What status events (cyan/status) cost a reconnect storm of distinct
 # devices: server CPU per connect-and-disconnect with them on and off

@@ -146,12 +146,13 @@ static struct {
     const char *tls_ca; /* --tls: CA file (PEM); NULL for plain MQTT */
     bool persistent;    /* --session persistent: sessions the server keeps (and stores) */
     bool percentiles;   /* --percentiles: delivery (and PUBACK) latency in every mode */
+    int cross;          /* --cross: one-to-one pairs across shards: 0 none, 1 half, 2 all */
 } o = {
     .mode = M_O2O, .host = "127.0.0.1", .port = 1883, .proto = 4, .pairs = 8, .subs = 100,
     .pubs = 1000, .conns = 10000, .concurrency = 64, .qos = 0, .size = 16, .duration = 3,
     .warmup = 0.5, .drain = 2, .setup_timeout = 60, .settle = 1, .count = 0, .window = 0,
     .inflight = 32, .rate = 10000, .server_pid = 0, .keepalive = 3600, .plan_shards = 2,
-    .id_prefix = "bench", .workload = NULL,
+    .id_prefix = "bench", .workload = NULL, .cross = 1,
     .server = "server",
 };
 
@@ -633,7 +634,9 @@ static unsigned shard_of(const char *id, unsigned nshards)
  * are chosen so that subscriber i is on shard i % N and publisher i on the
  * same shard for the first N pairs of every 2N and on the next shard for the
  * others: publishers and subscribers are spread evenly over the shards and
- * half of the traffic crosses shards, as for devices placed at random. */
+ * half of the traffic crosses shards, as for devices placed at random.
+ * --cross none or all puts every publisher on its subscriber's shard, or
+ * on the next one. */
 static void client_id(char *buf, size_t len, const char *kind, uint64_t i)
 {
     snprintf(buf, len, "%s-%s%llu", run_id, kind, (unsigned long long)i);
@@ -642,7 +645,8 @@ static void client_id(char *buf, size_t len, const char *kind, uint64_t i)
     if (!o2o || !(pub || sub) || o.plan_shards < 2) return;
     unsigned n = (unsigned)o.plan_shards;
     unsigned target = (unsigned)(i % n);
-    if (pub && (i / n) % 2 == 1) target = (target + 1) % n;
+    bool cross = o.cross == 2 || (o.cross == 1 && (i / n) % 2 == 1);
+    if (pub && cross) target = (target + 1) % n;
     for (unsigned k = 0; k < 100000; k++) {
         snprintf(buf, len, "%s-%s%llu-%u", run_id, kind, (unsigned long long)i, k);
         if (shard_of(buf, n) == target) return;
@@ -1470,7 +1474,7 @@ static void usage(void)
             "  --rate MSG/S (latency, total)  --dump_slow_us US (print slower samples)\n"
             "  --keepalive S  --setup_timeout S\n"
             "  --id_prefix bench (client ids)  --plan_shards 2 (one-to-one: half the pairs cross\n"
-            "             shards for a cyan with this many shards)\n"
+            "             shards for a cyan with this many shards)  --cross none|half|all\n"
             "  --workload NAME --server NAME (labels of the RESULT lines)\n"
             "  --tls CAFILE: MQTT over TLS 1.2/1.3, the server's certificate verified against\n"
             "             CAFILE (PEM) for the address --host; never a resumed session\n"
@@ -1541,6 +1545,12 @@ int main(int argc, char **argv)
             if (!strcmp(v, "persistent")) o.persistent = true;
             else if (strcmp(v, "clean")) usage();
         } else if (!strcmp(key, "percentiles")) o.percentiles = atoi(v) != 0;
+        else if (!strcmp(key, "cross")) {
+            if (!strcmp(v, "none")) o.cross = 0;
+            else if (!strcmp(v, "half")) o.cross = 1;
+            else if (!strcmp(v, "all")) o.cross = 2;
+            else usage();
+        }
         else usage();
     }
     if (o.proto != 4 && o.proto != 5) usage();
