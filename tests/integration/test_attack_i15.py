@@ -5,9 +5,16 @@ Each test names the defect it pins in its docstring. Fast: one server per
 test at most, every wait bounded by an event that must come.
 """
 
+import json
+import os
+import signal
+import time
+
 import pytest
 
-from apidevice import api, online_device
+from apidevice import SseStream, api, online_device, wait_device
+from conftest import SHARDS
+from helpers import wait_until
 
 pytestmark = pytest.mark.cyan_only
 
@@ -51,3 +58,60 @@ def test_particle_call_takes_args_and_params(api_server):
         assert [c.arg for c in dev.calls[n:]] == ["last"], dev.calls[n:]
     finally:
         dev.close()
+
+
+def conf_server(api_server_factory, text):
+    """An API server that reads presence_event_rate from a file (-c), so a
+    SIGHUP changes it (conftest's --presence_event_rate=0 taken out: a flag
+    would win over the file)."""
+    def prepare(srv):
+        srv.conf = os.path.join(srv.workdir, "cyan.conf")
+        with open(srv.conf, "w") as f:
+            f.write(text)
+        base = type(srv).argv
+        srv.argv = lambda: [a for a in base(srv) if not a.startswith("--presence_event_rate=")] + \
+            ["-c", srv.conf]
+    return api_server_factory(_prepare=prepare)
+
+
+def reload(srv, text, what):
+    with open(srv.conf, "w") as f:
+        f.write(text)
+    mark = len(srv.log())
+    os.kill(srv.proc.pid, signal.SIGHUP)
+    n = int(srv.settings.get("shards", SHARDS))
+    assert wait_until(lambda: all("shard %d: reload applied: %s" % (i, what) in srv.log()[mark:]
+                                  for i in range(n)), 5.0), srv.log_tail()
+
+
+def status_of(s, dev_id, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        ev = s.next(max(0.0, deadline - time.monotonic()))
+        if ev.json["device_id"] == dev_id:
+            return json.loads(ev.payload)
+
+
+def test_status_events_turned_back_on_tell_what_changed_while_off(api_server_factory):
+    """presence_event_rate 500 -> 0 -> 500 by SIGHUP: a device that went
+    offline while events were off was never told, so its last status event
+    said online for good (and one that came online then, never online)."""
+    srv = conf_server(api_server_factory, "presence_event_rate = 500\n")
+    s = SseStream(srv, "/v1/events/cyan/status")
+    assert s.status == 200, s.body
+    a = echo_device(srv)
+    assert status_of(s, a.id)["status"] == "online"
+    reload(srv, "presence_event_rate = 0\n", "presence_event_rate 500 -> 0")
+    a.close()
+    wait_device(srv, a.id, lambda d: d["online"] is False)
+    b = echo_device(srv)  # online while events are off: never announced
+    reload(srv, "presence_event_rate = 500\n", "presence_event_rate 0 -> 500")
+    got = {}
+    for _ in range(2):
+        ev = s.next(5.0)
+        got[ev.json["device_id"]] = json.loads(ev.payload)
+    assert got[a.id]["status"] == "offline" and got[a.id]["reason"] == "disconnect", got
+    assert got[b.id]["status"] == "online" and got[b.id]["reason"] == "connect", got
+    b.close()
+    assert status_of(s, b.id)["status"] == "offline"  # and on as before
+    s.close()
