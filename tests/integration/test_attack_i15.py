@@ -8,6 +8,7 @@ test at most, every wait bounded by an event that must come.
 import json
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from apidevice import SseStream, api, online_device, wait_device
 from conftest import SHARDS
 from helpers import wait_until
+from test_cli_client import answer, fake, running  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.cyan_only
 
@@ -115,3 +117,45 @@ def test_status_events_turned_back_on_tell_what_changed_while_off(api_server_fac
     b.close()
     assert status_of(s, b.id)["status"] == "offline"  # and on as before
     s.close()
+
+
+def test_subscribe_cleans_c1_and_ids_and_reads_no_date_as_seconds(fake, running):
+    """Against a fake stream: C1 control characters (U+009B is CSI) in an
+    event's name and data reached the terminal as they came; the id, the
+    server's text, was echoed raw on stderr at the reconnect; and a proxy's
+    503 with Retry-After as an HTTP date was read as its digits run
+    together, 3600 s (the cap) of waiting instead of the backoff."""
+    head = ("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            "Cache-Control: no-cache\r\nConnection: close\r\n\r\n")
+    hold = threading.Event()
+    event = ('event: x\ndata: {"name":"n\u009b2J","data":"d\u009b31m\u0085",'
+             '"published_at":"2026-12-04T10:00:00.000Z","device_id":null}\n\n')
+
+    def handler(conn, req, n):
+        if n == 0:
+            conn.sendall((head + "id: 7\x1b]0;title\x07\n" + event).encode())
+            time.sleep(0.2)
+            return  # dropped
+        if n == 1:
+            answer(conn, "503 Service Unavailable", '{"error":"busy","message":"later"}',
+                   extra="Retry-After: Wed, 21 Oct 2026 07:28:00 GMT\r\n")
+            return
+        conn.sendall((head + event).encode())
+        hold.wait(20)
+    f = fake(handler)
+    sub = running("subscribe", "--url", f.url, "--token", "t0k")
+    try:
+        sub.wait_err(lambda l: "HTTP 503 busy" in l)
+        sub.wait_err(lambda l: "retrying in" in l)
+        assert "retrying in 1.0 s" in sub.err_lines[-1], sub.err_lines
+        sub.wait_err(lambda l: "resuming after event" in l)
+        out = [sub.wait_out(lambda l: True)]
+        out.append(sub.next_out())
+        assert sub.stop() == 0
+    finally:
+        hold.set()
+    for line in out + sub.err_lines:
+        assert not any(c < " " or "\x7f" <= c <= "\x9f" for c in line), (line, out,
+                                                                         sub.err_lines)
+    assert out[0] == '2026-12-04T10:00:00.000Z  -  n?2J  "d\\u009B31m\\u0085"', out
+    assert "resuming after event 7?]0;title?" in "\n".join(sub.err_lines), sub.err_lines
