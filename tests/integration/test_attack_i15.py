@@ -16,7 +16,7 @@ import pytest
 from apidevice import SseStream, api, online_device, wait_device
 from conftest import SHARDS
 from helpers import wait_until
-from test_cli_client import answer, fake, running  # noqa: F401 (fixtures)
+from test_cli_client import answer, cyan, fake, running  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.cyan_only
 
@@ -159,3 +159,17 @@ def test_subscribe_cleans_c1_and_ids_and_reads_no_date_as_seconds(fake, running)
                                                                          sub.err_lines)
     assert out[0] == '2026-12-04T10:00:00.000Z  -  n?2J  "d\\u009B31m\\u0085"', out
     assert "resuming after event 7?]0;title?" in "\n".join(sub.err_lines), sub.err_lines
+
+
+def test_config_check_of_a_folder_and_a_bom(tmp_path):
+    """`cyan config --check DIR` said "Input/output error"; a file saved
+    with a UTF-8 byte order mark was "unknown setting 'shards'" (the mark
+    invisible in the name), for `cyan serve -c` too."""
+    cp = cyan("config", "--check", str(tmp_path))
+    assert cp.returncode == 1 and "Is a directory" in cp.stderr, cp.stderr
+    conf = tmp_path / "bom.conf"
+    conf.write_bytes(b"\xef\xbb\xbfshards = 2\nlog_level = loud\n")
+    cp = cyan("config", "--check", str(conf))
+    assert cp.returncode == 1, cp.stderr
+    assert cp.stderr.strip() == "cyan: %s:2: log_level: expected debug, info, warn or error, " \
+        "got 'loud'" % conf, cp.stderr
