@@ -173,3 +173,25 @@ def test_config_check_of_a_folder_and_a_bom(tmp_path):
     assert cp.returncode == 1, cp.stderr
     assert cp.stderr.strip() == "cyan: %s:2: log_level: expected debug, info, warn or error, " \
         "got 'loud'" % conf, cp.stderr
+
+
+def test_cli_takes_negative_numbers_and_words_after_dashdash(api_server):
+    """`cyan call DEV setTemp -5` and `cyan publish temp -3.5` were
+    "unknown option '-5'"; and a "-c" after "--" (a word) was still taken
+    as the configuration's option ("-c needs a file")."""
+    dev = echo_device(api_server)
+    try:
+        target = ["--url", api_server.api_url, "--token", api_server.admin_token()]
+        for arg in ("-5", "-0.5", "-.5"):
+            cp = cyan("call", dev.id, "echo", arg, *target)
+            assert cp.returncode == 0, cp.stderr
+            assert dev.calls[-1].arg == arg, (arg, dev.calls[-1])
+        cp = cyan("call", dev.id, "echo", *target, "--", "-c")
+        assert cp.returncode == 0 and cp.stdout == "-c\n", (cp.stdout, cp.stderr)
+        assert dev.calls[-1].arg == "-c"
+        # Not a number: still an unknown option, saying how to pass it.
+        cp = cyan("call", dev.id, "echo", "-x", *target)
+        assert cp.returncode == 2 and "unknown option '-x'" in cp.stderr, cp.stderr
+        assert "goes after --" in cp.stderr and len(cp.stderr.splitlines()) == 1, cp.stderr
+    finally:
+        dev.close()
