@@ -318,6 +318,26 @@ static int read_topic(const char *field, json_t *v, char **dst, refusal *rf)
     if (s && (strchr(s, '+') || strchr(s, '#') || s[0] == '$'))
         return refuse(rf, "bad_request", "\"%s\" is a topic: no '+' or '#', not a '$' topic",
                       field);
+    /* A topic that is a status event's whatever the event (its variables
+     * rendered as one device's): never published, so refused now. */
+    if (s) {
+        cy_wh_event ev = {.id = "0-0",
+                          .name = "x",
+                          .name_len = 1,
+                          .data = (const uint8_t *)"x",
+                          .data_len = 1,
+                          .device_id = "000000000000000000000000"};
+        cy_buf t;
+        cy_buf_init(&t);
+        bool rsv = cy_wh_render_text(s, &ev, false, &t) == 0 &&
+                   cy_topic_reserved_event((const char *)cy_buf_head(&t), cy_buf_size(&t));
+        cy_buf_fini(&t);
+        if (rsv)
+            return refuse(rf, "bad_request",
+                          "\"%s\" names an event beginning with " CY_EVENT_RESERVED
+                          ", which are cyan's own",
+                          field);
+    }
     return set_str(dst, s);
 }
 

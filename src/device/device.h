@@ -231,7 +231,7 @@ json_t *cy_device_names(json_t *describe, const char *key);
 #define CY_PRESENCE_EVENT "cyan/status" /* the status events' name */
 /* Event names starting with this are the server's: no client, device or
  * application may publish one (cy_device_admit). */
-#define CY_EVENT_RESERVED "cyan/"
+#define CY_EVENT_RESERVED CY_TOPIC_RESERVED_EVENT /* "cyan/" (router/topic.h) */
 #define CY_PRESENCE_BURST 4            /* status events one device makes at once */
 #define CY_PRESENCE_QUEUE_MAX 65536    /* records waiting per shard; past it, changes are held */
 #define CY_PRESENCE_READY_WAIT_MS 5000 /* at start, events wait this long at most for the bus */

@@ -674,9 +674,15 @@ static void publish_back(cy_webhooks *w, wh_hook *h, wh_entry *e, const char *tm
     cy_buf_reset(t);
     if (cy_wh_render_text(tmpl, &ev, false, t)) return;
     size_t tl = cy_buf_size(t);
-    if (tl == 0 || tl > w->cfg->max_topic_length || !cy_topic_valid_name((const char *)cy_buf_head(t), tl))
+    const char *topic = (const char *)cy_buf_head(t);
+    /* What the template made of the event (its name, its data: the
+     * device's words) may not reach a '$' space nor an event name of
+     * cyan's own, there to carry the receiver's answer (a forged
+     * cyan/status): the rules of every other publish (cy_device_admit). */
+    if (tl == 0 || tl > w->cfg->max_topic_length || !cy_topic_valid_name(topic, tl) ||
+        topic[0] == '$' || cy_topic_reserved_event(topic, tl))
         return;
-    cy_msg *m = cy_msg_new((const char *)cy_buf_head(t), tl, data, len, NULL, 0, 0, false, 0);
+    cy_msg *m = cy_msg_new(topic, tl, data, len, NULL, 0, 0, false, 0);
     if (!m) return;
     cy_router_publish(w->router, m, NULL, NULL, false);
     cy_msg_unref(m);

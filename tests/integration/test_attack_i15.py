@@ -17,6 +17,7 @@ from apidevice import SseStream, api, online_device, wait_device
 from conftest import SHARDS
 from helpers import wait_until
 from test_cli_client import answer, cyan, fake, running  # noqa: F401 (fixtures)
+from whsink import Answer, Sink
 
 pytestmark = pytest.mark.cyan_only
 
@@ -195,3 +196,38 @@ def test_cli_takes_negative_numbers_and_words_after_dashdash(api_server):
         assert "goes after --" in cp.stderr and len(cp.stderr.splitlines()) == 1, cp.stderr
     finally:
         dev.close()
+
+
+def test_webhook_answers_cannot_forge_status_events(api_server_factory):
+    """A webhook's response_topic is a template: devices/{{device_id}}/events/
+    cyan/status put the receiver's answer (a third party's text) on the
+    stream as a status event of any device that triggered it, and
+    events/{{data}} let a device choose cyan/status itself. cyan/... events
+    are cyan's word alone (docs/device-protocol.md)."""
+    srv = api_server_factory(webhook_allow_private=True)
+    with Sink() as sink:
+        sink.answer(Answer(200, body='{"status":"offline","reason":"forged"}'))
+        r = api(srv, "POST", "/v1/webhooks",
+                json={"event": "ping", "url": sink.url,
+                      "response_topic": "devices/{{device_id}}/events/cyan/status"})
+        assert r.status == 400 and "cyan/" in r.body["message"], r
+        r = api(srv, "POST", "/v1/webhooks",
+                json={"event": "ping", "url": sink.url, "ordered": True,
+                      "response_topic": "events/{{data}}"})
+        assert r.status == 201, r
+        s = SseStream(srv, "/v1/events")
+        assert s.status == 200, s.body
+        dev = echo_device(srv)
+        try:
+            dev.publish_event("ping", b"cyan/status")  # the device's choice of topic
+            dev.publish_event("ping", b"ok")
+            names = []
+            deadline = time.monotonic() + 10
+            while "ok" not in names:
+                names.append(s.next(max(0.0, deadline - time.monotonic())).name)
+            assert not [n for n in names if n.startswith("cyan/")], names
+            assert names.count("ping") == 2, names
+            assert len(sink.wait_for(2, timeout=5)) >= 2
+        finally:
+            dev.close()
+            s.close()
