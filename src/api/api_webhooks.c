@@ -38,6 +38,7 @@
 #include "store/hooks.h"
 #include "webhooks/policy.h"
 #include "webhooks/render.h"
+#include "webhooks/webhooks.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -318,25 +319,21 @@ static int read_topic(const char *field, json_t *v, char **dst, refusal *rf)
     if (s && (strchr(s, '+') || strchr(s, '#') || s[0] == '$'))
         return refuse(rf, "bad_request", "\"%s\" is a topic: no '+' or '#', not a '$' topic",
                       field);
-    /* A topic that is a status event's whatever the event (its variables
-     * rendered as one device's): never published, so refused now. */
+    /* A topic a webhook may never publish on, rendered for an event of
+     * some device (cy_webhooks_topic_ok): refused now rather than dropped
+     * at each event. */
     if (s) {
-        cy_wh_event ev = {.id = "0-0",
-                          .name = "x",
-                          .name_len = 1,
-                          .data = (const uint8_t *)"x",
-                          .data_len = 1,
-                          .device_id = "000000000000000000000000"};
+        static const char dev[] = "000000000000000000000000";
+        cy_wh_event ev = {.id = "0-0", .name = "x", .name_len = 1, .device_id = dev};
+        ev.data = (const uint8_t *)"x";
+        ev.data_len = 1;
         cy_buf t;
         cy_buf_init(&t);
-        bool rsv = cy_wh_render_text(s, &ev, false, &t) == 0 &&
-                   cy_topic_reserved_event((const char *)cy_buf_head(&t), cy_buf_size(&t));
+        const char *why = NULL;
+        bool bad = cy_wh_render_text(s, &ev, false, &t) == 0 &&
+                   !cy_webhooks_topic_ok((const char *)cy_buf_head(&t), cy_buf_size(&t), dev, &why);
         cy_buf_fini(&t);
-        if (rsv)
-            return refuse(rf, "bad_request",
-                          "\"%s\" names an event beginning with " CY_EVENT_RESERVED
-                          ", which are cyan's own",
-                          field);
+        if (bad) return refuse(rf, "bad_request", "\"%s\" would be %s", field, why);
     }
     return set_str(dst, s);
 }

@@ -198,36 +198,53 @@ def test_cli_takes_negative_numbers_and_words_after_dashdash(api_server):
         dev.close()
 
 
-def test_webhook_answers_cannot_forge_status_events(api_server_factory):
+def test_webhook_answers_cannot_forge_status_events_nor_calls(api_server_factory):
     """A webhook's response_topic is a template: devices/{{device_id}}/events/
     cyan/status put the receiver's answer (a third party's text) on the
     stream as a status event of any device that triggered it, and
-    events/{{data}} let a device choose cyan/status itself. cyan/... events
-    are cyan's word alone (docs/device-protocol.md)."""
+    devices/<another>/call/... made it a function call to another device
+    (the webhooks:manage scope calling devices without devices:call); with
+    {{data}} in it, the device chose. cyan/... events are cyan's word alone,
+    and only the API calls devices."""
     srv = api_server_factory(webhook_allow_private=True)
     with Sink() as sink:
         sink.answer(Answer(200, body='{"status":"offline","reason":"forged"}'))
-        r = api(srv, "POST", "/v1/webhooks",
-                json={"event": "ping", "url": sink.url,
-                      "response_topic": "devices/{{device_id}}/events/cyan/status"})
-        assert r.status == 400 and "cyan/" in r.body["message"], r
-        r = api(srv, "POST", "/v1/webhooks",
-                json={"event": "ping", "url": sink.url, "ordered": True,
-                      "response_topic": "events/{{data}}"})
-        assert r.status == 201, r
-        s = SseStream(srv, "/v1/events")
-        assert s.status == 200, s.body
+        victim = echo_device(srv)
         dev = echo_device(srv)
+        s = None
         try:
-            dev.publish_event("ping", b"cyan/status")  # the device's choice of topic
-            dev.publish_event("ping", b"ok")
+            r = api(srv, "POST", "/v1/webhooks",
+                    json={"event": "ping", "url": sink.url, "ordered": True,
+                          "response_topic": "{{data}}"})
+            assert r.status == 201, r
+            s = SseStream(srv, "/v1/events")
+            assert s.status == 200, s.body
+            for data in (b"events/cyan/status", b"devices/%s/events/cyan/status" % dev.id.encode(),
+                         b"devices/%s/call/echo/0123456789abcdef" % victim.id.encode(),
+                         b"devices/%s/x" % victim.id.encode(), b"events/ok"):
+                dev.publish_event("ping", data)  # the device's choice of topic
             names = []
             deadline = time.monotonic() + 10
             while "ok" not in names:
                 names.append(s.next(max(0.0, deadline - time.monotonic())).name)
             assert not [n for n in names if n.startswith("cyan/")], names
-            assert names.count("ping") == 2, names
-            assert len(sink.wait_for(2, timeout=5)) >= 2
+            assert names.count("ping") == 5, names
+            # A call through the API after them: the victim's first call.
+            r = api(srv, "POST", "/v1/devices/%s/functions/echo" % victim.id,
+                    json={"arg": "barrier"}, timeout=15)
+            assert r.status == 200, r
+            assert [c.arg for c in victim.calls] == ["barrier"], victim.calls
+            # Such topics are refused when the webhook is made, too.
+            for topic in ("devices/{{device_id}}/events/cyan/status",
+                          "devices/%s/call/echo/0123456789abcdef" % victim.id,
+                          "devices/{{device_id}}/call/echo/0123456789abcdef",
+                          "devices/{{device_id}}/describe",
+                          "devices/{{data}}/x"):
+                r = api(srv, "POST", "/v1/webhooks",
+                        json={"event": "ping", "url": sink.url, "response_topic": topic})
+                assert r.status == 400 and r.error == "bad_request", (topic, r)
         finally:
             dev.close()
-            s.close()
+            victim.close()
+            if s:
+                s.close()
