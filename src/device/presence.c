@@ -404,8 +404,12 @@ static void flush_one(void *ctx, void *v)
 
 void cy_presence_flush(cy_devices *d, int64_t now, bool all)
 {
+    int64_t every = (int64_t)d->cfg->presence_flush_interval * 1000;
+    /* A reload that shortens the interval counts from now, not after the
+     * longer one it replaces has run out (up to an hour). */
+    if (d->flush_at > now + every) d->flush_at = now + every;
     if (!all && now < d->flush_at) return;
-    d->flush_at = now + (int64_t)d->cfg->presence_flush_interval * 1000;
+    d->flush_at = now + every;
     cy_map_each(&d->presence, flush_one, d);
 }
 

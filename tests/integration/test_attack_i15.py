@@ -8,6 +8,7 @@ test at most, every wait bounded by an event that must come.
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 
@@ -248,3 +249,41 @@ def test_webhook_answers_cannot_forge_status_events_nor_calls(api_server_factory
             victim.close()
             if s:
                 s.close()
+
+
+def rtt_in_file(srv, shard, dev_id):
+    """last_rtt of dev_id's presence row in shard's file (None: no row)."""
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(srv.data_dir, "shard-%d.db" % shard),
+                         uri=True, timeout=2)
+    try:
+        row = db.execute("SELECT last_rtt FROM presence WHERE id = ?", (dev_id,)).fetchone()
+        return row[0] if row else None
+    finally:
+        db.close()
+
+
+def test_a_shorter_flush_interval_applies_at_once(api_server_factory):
+    """presence_flush_interval 3600 -> 1 by SIGHUP: the next write of moved
+    presence times still waited for the hour the old interval had set, so
+    a crash in that hour lost them (a last_round_trip came back null)."""
+    srv = conf_server(api_server_factory,
+                      "presence_event_rate = 500\npresence_flush_interval = 3600\n")
+    reload(srv, "presence_event_rate = 500\npresence_flush_interval = 1\n",
+           "presence_flush_interval 3600 -> 1")
+    dev = online_device(srv, 5, {"echo": lambda arg: arg}, {}, reconnect=False)
+    try:
+        shard = wait_device(srv, dev.id, lambda d: True)["shard"]
+        # Its online event logged, with its row: the round trip comes after.
+        assert wait_until(lambda: rtt_in_file(srv, shard, dev.id) == 0, timeout=5)
+        r = api(srv, "POST", "/v1/devices/%s/functions/echo" % dev.id, json={"arg": "a"},
+                timeout=15)
+        assert r.status == 200, r
+        d1 = wait_device(srv, dev.id, lambda d: d["last_round_trip"] is not None)
+        assert wait_until(lambda: rtt_in_file(srv, shard, dev.id), timeout=5), \
+            "not written within 5 s of a 1 s flush interval"
+        srv.restart(kill=True)
+        srv.wait_api_healthy()
+        d2 = wait_device(srv, dev.id, lambda d: True)
+        assert d2["last_round_trip"] == d1["last_round_trip"], (d1, d2)
+    finally:
+        dev.close()
