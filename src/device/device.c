@@ -325,6 +325,11 @@ static bool valid_name(const char *n, size_t len)
     return true;
 }
 
+bool cy_device_op_name_ok(const char *n, size_t len)
+{
+    return n && valid_name(n, len);
+}
+
 static bool valid_names(json_t *arr)
 {
     if (!arr) return true;

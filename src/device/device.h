@@ -186,6 +186,9 @@ int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const c
 bool cy_device_topic_ok(const char *id, size_t id_len, const char *t, size_t len);
 /* Is payload a valid describe (docs/device-protocol.md)? */
 bool cy_device_describe_ok(const uint8_t *payload, size_t len);
+/* Could n[0..len) be a function's or a variable's name in a describe (1 to
+ * CY_DEVICE_NAME_MAX letters, digits, '_', '-', '.')? */
+bool cy_device_op_name_ok(const char *n, size_t len);
 /* Is t the device's reply topic, devices/<id>/reply[/<rid>]? */
 bool cy_device_is_reply(const char *id, size_t id_len, const char *t, size_t len);
 /* The describe of device id (from the retained messages), parsed, or NULL;

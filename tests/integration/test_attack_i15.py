@@ -287,3 +287,28 @@ def test_a_shorter_flush_interval_applies_at_once(api_server_factory):
         assert d2["last_round_trip"] == d1["last_round_trip"], (d1, d2)
     finally:
         dev.close()
+
+
+def test_bytes_that_are_not_utf8_in_a_path(api_server):
+    """GET /v1/devices/dev/%ff (Particle's read, and cyan's own
+    .../variables/%ff) answered 500 with a body of {}; GET /v1/devices/%ff
+    a 404 whose body said "internal: out of memory": the error's message
+    held the path's bytes, which no JSON can carry."""
+    dev = echo_device(api_server)
+    try:
+        for method, path, code in (
+                ("GET", "/v1/devices/%s/%%ff" % dev.id, "variable_not_found"),
+                ("POST", "/v1/devices/%s/%%ff" % dev.id, "function_not_found"),
+                ("GET", "/v1/devices/%s/variables/%%ff" % dev.id, "variable_not_found"),
+                ("POST", "/v1/devices/%s/functions/a%%C3%%A9" % dev.id, "function_not_found"),
+                ("GET", "/v1/devices/%ff", "device_not_found"),
+                ("PATCH", "/v1/devices/%ff", "device_not_found"),
+                ("DELETE", "/v1/tokens/%ff", "not_found")):
+            kw = {"json": {"name": "x"}} if method == "PATCH" else \
+                {"data": "arg=1"} if method == "POST" else {}
+            r = api(api_server, method, path, timeout=15, **kw)
+            assert r.status == 404 and r.error == code, (method, path, r)
+            assert r.body["message"], r
+        assert dev.calls == [], dev.calls  # never asked
+    finally:
+        dev.close()
