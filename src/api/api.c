@@ -916,8 +916,7 @@ bool cy_api_op_name_ok(cy_api *b, cy_http_req *req, uint8_t op, const char *name
      * be any bytes, %ff, which no JSON answer can carry). */
     if (cy_device_op_name_ok(name, strlen(name))) return true;
     reply_error(b, req, 404, op == CY_DEVICE_OP_CALL ? "function_not_found" : "variable_not_found",
-                NULL,
-                "no such name: a %s's name is 1 to 64 letters, digits, '_', '-' or '.'",
+                NULL, "no such name: a %s's name is 1 to 64 letters, digits, '_', '-' or '.'",
                 op == CY_DEVICE_OP_CALL ? "function" : "variable");
     return false;
 }
