@@ -1,5 +1,8 @@
 """What a second attack pass on issue 15's surfaces found, each a case that
-failed before its fix: Particle's paths, the CLI client, presence.
+failed before its fix: Particle's paths, the CLI client and config --check,
+presence (status events across reloads, the flush interval), webhooks'
+response topics (no forged status events or calls), paths that are not
+UTF-8.
 
 Each test names the defect it pins in its docstring. Fast: one server per
 test at most, every wait bounded by an event that must come.
