@@ -145,13 +145,23 @@ static bool flag_of(const char *cmd, const char *flag)
     return cy_cli_flag_of(cmd, flag);
 }
 
+/* "-5", "-0.5", "-.5": an argument (`cyan call dev setTemp -5`), not an
+ * option. */
+static bool negative_number(const char *arg)
+{
+    const char *p = arg + 1;
+    if (*p == '.') p++;
+    return *p >= '0' && *p <= '9';
+}
+
 /* Parse -c FILE and --name=value into cfg; other words (and command flags)
- * go to args, and so does "--" and every word after it. */
+ * go to args, and so does "--" and every word after it. A negative number
+ * is a word too. */
 static int parse_args(int argc, char **argv, cy_config *cfg, char **args, int *nargs)
 {
     cy_config_error err;
     const char *file = NULL;
-    for (int i = 1; i < argc; i++)
+    for (int i = 1; i < argc && strcmp(argv[i], "--"); i++) /* after "--": words */
         if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config")) {
             if (++i >= argc) {
                 fprintf(stderr, "cyan: -c needs a file\n");
@@ -186,8 +196,12 @@ static int parse_args(int argc, char **argv, cy_config *cfg, char **args, int *n
                         unknown_name ? ": see `cyan help` and `cyan config`" : "");
                 return 2;
             }
-        } else if (argv[i][0] == '-') {
-            return unknown("option", argv[i]);
+        } else if (argv[i][0] == '-' && !negative_number(argv[i])) {
+            fprintf(stderr,
+                    "cyan: unknown option '%s': see `cyan help` (a word that starts with '-' "
+                    "goes after --)\n",
+                    argv[i]);
+            return 2;
         } else {
             args[(*nargs)++] = argv[i];
         }

@@ -48,6 +48,12 @@ char *cy_api_error_body(const char *code, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     json_t *o = json_pack("{s:s, s:s}", "error", code, "message", msg);
+    if (!o) {
+        /* Not UTF-8: a client's bytes in it (a path's %ff). Said as '?'. */
+        for (char *p = msg; *p; p++)
+            if ((unsigned char)*p >= 0x80) *p = '?';
+        o = json_pack("{s:s, s:s}", "error", code, "message", msg);
+    }
     char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
     return text;
@@ -924,9 +930,12 @@ int64_t cy_api_timeout_ms(json_t *v, const char *text)
 
 bool cy_api_op_name_ok(cy_api *b, cy_http_req *req, uint8_t op, const char *name)
 {
-    if (*name && strlen(name) <= CY_DEVICE_NAME_MAX) return true;
+    /* A name no describe can hold is not asked about (nor echoed: it may
+     * be any bytes, %ff, which no JSON answer can carry). */
+    if (cy_device_op_name_ok(name, strlen(name))) return true;
     reply_error(b, req, 404, op == CY_DEVICE_OP_CALL ? "function_not_found" : "variable_not_found",
-                NULL, "no such name");
+                NULL, "no such name: a %s's name is 1 to 64 letters, digits, '_', '-' or '.'",
+                op == CY_DEVICE_OP_CALL ? "function" : "variable");
     return false;
 }
 

@@ -3,6 +3,7 @@
  * its base URL and token (docs/api.md, "Particle compatibility").
  *
  *   POST /v1/devices/{id or name}/{function}   arg=on  or  {"arg": "on"}
+ *     (or args=, params=: the names Particle's own clients send)
  *     -> {"id", "name", "connected": true, "return_value"}
  *   GET  /v1/devices/{id or name}/{variable}[?format=raw]
  *     -> {"cmd": "VarReturn", "name", "result", "coreInfo": {...}}
@@ -176,8 +177,48 @@ static int body_kind(cy_http_req *req, const uint8_t *body, size_t len)
     return brace ? BODY_JSON : BODY_FORM;
 }
 
-/* POST /v1/devices/{id}/{function}: arg (and timeout) from a form or JSON
- * body; without a timeout there, ?timeout= (as a variable read takes it). */
+/* The names Particle takes for a call's argument: "arg" (its API
+ * reference), "args" (what particle-api-js, and so particle-cli, send) and
+ * "params" (the Spark-era examples). A body with one of them is a call
+ * with that argument; with two, 400 (which one was meant?); with none, an
+ * empty argument. */
+static const char *const arg_names[] = {"arg", "args", "params"};
+
+/* The argument's field of o, renamed "arg" in o if it came as an alias;
+ * false after answering 400 if two of the names are there. */
+static bool arg_field(cy_api *b, cy_http_req *req, json_t *o, bool form)
+{
+    const char *found = NULL;
+    for (size_t i = 0; i < sizeof(arg_names) / sizeof(arg_names[0]); i++) {
+        if (!json_object_get(o, arg_names[i])) continue;
+        if (found) {
+            cy_api_reply_error(b, req, 400, form ? "bad_request" : "bad_json", NULL,
+                               "the argument is given twice, as %s and as %s: give one (arg, or "
+                               "Particle's args or params)",
+                               found, arg_names[i]);
+            return false;
+        }
+        found = arg_names[i];
+    }
+    if (found && strcmp(found, "arg") != 0) {
+        json_t *v = json_object_get(o, found);
+        if (!json_is_string(v) && !json_is_null(v)) { /* said under its own name */
+            cy_api_reply_error(b, req, 400, "bad_json", NULL, "\"%s\" must be a string", found);
+            return false;
+        }
+        json_incref(v);
+        json_object_del(o, found);
+        if (json_object_set_new(o, "arg", v)) {
+            cy_api_reply_error(b, req, 500, "internal", NULL, "out of memory");
+            return false;
+        }
+    }
+    return true;
+}
+
+/* POST /v1/devices/{id}/{function}: arg (or args, params) and timeout from
+ * a form or JSON body; without a timeout there, ?timeout= (as a variable
+ * read takes it). */
 static void particle_call(cy_api *b, cy_http_req *req, const cy_device *d, const char *name)
 {
     size_t len;
@@ -190,6 +231,10 @@ static void particle_call(cy_api *b, cy_http_req *req, const cy_device *d, const
     }
     json_t *o = kind == BODY_FORM ? form_object(b, req, body, len) : cy_api_body_object(b, req);
     if (!o) return;
+    if (!arg_field(b, req, o, kind == BODY_FORM)) {
+        json_decref(o);
+        return;
+    }
     const char *arg = NULL;
     size_t arg_len = 0;
     int64_t ms;

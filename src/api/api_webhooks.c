@@ -38,6 +38,7 @@
 #include "store/hooks.h"
 #include "webhooks/policy.h"
 #include "webhooks/render.h"
+#include "webhooks/webhooks.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -318,6 +319,22 @@ static int read_topic(const char *field, json_t *v, char **dst, refusal *rf)
     if (s && (strchr(s, '+') || strchr(s, '#') || s[0] == '$'))
         return refuse(rf, "bad_request", "\"%s\" is a topic: no '+' or '#', not a '$' topic",
                       field);
+    /* A topic a webhook may never publish on, rendered for an event of
+     * some device (cy_webhooks_topic_ok): refused now rather than dropped
+     * at each event. */
+    if (s) {
+        static const char dev[] = "000000000000000000000000";
+        cy_wh_event ev = {.id = "0-0", .name = "x", .name_len = 1, .device_id = dev};
+        ev.data = (const uint8_t *)"x";
+        ev.data_len = 1;
+        cy_buf t;
+        cy_buf_init(&t);
+        const char *why = NULL;
+        bool bad = cy_wh_render_text(s, &ev, false, &t) == 0 &&
+                   !cy_webhooks_topic_ok((const char *)cy_buf_head(&t), cy_buf_size(&t), dev, &why);
+        cy_buf_fini(&t);
+        if (bad) return refuse(rf, "bad_request", "\"%s\" would be %s", field, why);
+    }
     return set_str(dst, s);
 }
 

@@ -240,7 +240,7 @@ static int read_all(const char *path, char **text, size_t *len)
         b.len += n;
         if (n == 0) break;
     }
-    if (!rc && ferror(f)) rc = CY_EIO;
+    if (!rc && ferror(f)) rc = errno ? -errno : CY_EIO; /* a folder: EISDIR */
     fclose(f);
     if (!rc) rc = cy_buf_put_u8(&b, 0);
     if (rc) {

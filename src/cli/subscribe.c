@@ -55,17 +55,32 @@ typedef struct stream {
     const char *what;   /* what is streamed, for the line that says it is open */
 } stream;
 
+/* How many bytes at s[0..n) are one control character: C0 and DEL (1), or
+ * a C1 one in UTF-8 (U+0080..U+009F: 0xC2 0x80..0x9F, 2), which terminals
+ * also obey (0x9B is CSI, as ESC [ is); 0 for anything else. */
+static size_t control_at(const char *s, size_t n)
+{
+    unsigned char c = (unsigned char)s[0];
+    if (c < 0x20 || c == 0x7f) return 1;
+    if (c == 0xC2 && n > 1 && (unsigned char)s[1] >= 0x80 && (unsigned char)s[1] <= 0x9F) return 2;
+    return 0;
+}
+
 /* Text of the stream for a terminal: control characters as '?'. */
 static void put_clean(FILE *f, const char *s)
 {
-    for (; *s; s++)
-        fputc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, f);
+    size_t n = strlen(s);
+    for (size_t i = 0; i < n;) {
+        size_t k = control_at(s + i, n - i);
+        fputc(k ? '?' : s[i], f);
+        i += k ? k : 1;
+    }
 }
 
 static bool has_control(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) return true;
+        if (control_at(s + i, n - i)) return true;
     return false;
 }
 
@@ -102,7 +117,9 @@ static int on_event(void *ctx, const char *type, const char *id, const char *dat
             if (dt && !has_control(dt, dl) && strlen(dt) == dl) {
                 fwrite(dt, 1, dl, stdout);
             } else {
-                char *t = d ? json_dumps(d, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+                /* ASCII only: a C1 character is written \u009b, not as itself. */
+                char *t =
+                    d ? json_dumps(d, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
                 fputs(t ? t : "", stdout);
                 free(t);
             }
@@ -142,9 +159,12 @@ static void first_byte(stream *s)
         return;
     }
     s->open = true;
-    if (s->resumed)
-        fprintf(stderr, "cyan: reconnected to %s, resuming after event %s\n", s->c->url, s->sse.id);
-    else
+    if (s->resumed) {
+        /* The id is the server's text: cleaned like the stream's. */
+        fprintf(stderr, "cyan: reconnected to %s, resuming after event ", s->c->url);
+        put_clean(stderr, s->sse.id);
+        fputc('\n', stderr);
+    } else
         fprintf(stderr, "cyan: subscribed to %s at %s (Ctrl-C ends it)\n", s->what, s->c->url);
 }
 
@@ -173,11 +193,17 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     stream *s = ud;
     size_t len = size * n;
     if (len > 12 && !strncasecmp(p, "Retry-After:", 12)) {
+        /* Seconds (cyan's form); an HTTP date (a proxy's) is not read as
+         * its digits run together, a wait of hours: the backoff stands. */
         char v[32];
-        size_t k = 0;
-        for (size_t i = 12; i < len && k + 1 < sizeof(v); i++)
-            if (p[i] >= '0' && p[i] <= '9') v[k++] = p[i];
-        v[k] = '\0';
+        size_t k = 0, i = 12;
+        while (i < len && (p[i] == ' ' || p[i] == '\t'))
+            i++;
+        for (; i < len && k + 1 < sizeof(v) && p[i] >= '0' && p[i] <= '9'; i++)
+            v[k++] = p[i];
+        while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n'))
+            i++;
+        v[i == len ? k : 0] = '\0';
         snprintf(s->refusal.retry_after, sizeof(s->refusal.retry_after), "%s", v);
     }
     return len;

@@ -230,7 +230,8 @@ unsigned cy_cli_config_line(const char *text, size_t len, const char *name)
     if (!text || !name) return 0;
     size_t nl = strlen(name);
     unsigned line = 0, found = 0;
-    for (size_t i = 0; i < len;) {
+    size_t i = len >= 3 && !memcmp(text, "\xEF\xBB\xBF", 3) ? 3 : 0; /* a BOM, as the loader */
+    while (i < len) {
         line++;
         const char *s = text + i;
         const char *end = memchr(s, '\n', len - i);

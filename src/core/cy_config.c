@@ -421,7 +421,10 @@ int cy_config_load_buf(cy_config *c, const char *text, size_t len, const char *n
     if (len) memcpy(copy, text, len);
     copy[len] = '\0';
     int lineno = 0, rc = 0;
-    for (char *p = copy, *end = copy + len; !rc && p < end;) {
+    /* A UTF-8 byte order mark (some editors write one) is no part of the
+     * first setting's name: skipped, as an invisible "unknown setting". */
+    size_t bom = len >= 3 && !memcmp(copy, "\xEF\xBB\xBF", 3) ? 3 : 0;
+    for (char *p = copy + bom, *end = copy + len; !rc && p < end;) {
         char *nl = memchr(p, '\n', (size_t)(end - p));
         char *eol = nl ? nl : end;
         *eol = '\0';

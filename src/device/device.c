@@ -325,6 +325,11 @@ static bool valid_name(const char *n, size_t len)
     return true;
 }
 
+bool cy_device_op_name_ok(const char *n, size_t len)
+{
+    return n && valid_name(n, len);
+}
+
 static bool valid_names(json_t *arr)
 {
     if (!arr) return true;
@@ -392,23 +397,6 @@ json_t *cy_device_names(json_t *describe, const char *key)
 
 /* ---- admission ---- */
 
-/* Is t an event whose name starts with CY_EVENT_RESERVED: events/cyan/...
- * or devices/<any id>/events/cyan/...? */
-static bool reserved_event(const char *t, size_t len)
-{
-    static const char rsv[] = CY_EVENT_RESERVED;
-    const size_t rl = sizeof(rsv) - 1;
-    const char *name = NULL;
-    if (has_prefix(t, len, "events/", 7)) {
-        name = t + 7;
-    } else if (has_prefix(t, len, "devices/", 8)) {
-        const char *slash = memchr(t + 8, '/', len - 8);
-        size_t rest = slash ? len - (size_t)(slash + 1 - t) : 0;
-        if (slash && rest > 7 && memcmp(slash + 1, "events/", 7) == 0) name = slash + 8;
-    }
-    return name && (size_t)(t + len - name) >= rl && memcmp(name, rsv, rl) == 0;
-}
-
 int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const cy_who *who,
                     const char *topic, size_t len, const uint8_t *payload, size_t plen,
                     bool *retain, bool *reply, const char **why)
@@ -423,7 +411,7 @@ int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const c
         *why = "topic in a reserved $ space";
         return CY_REASON_NOT_AUTHORIZED;
     }
-    if (reserved_event(topic, len)) {
+    if (cy_topic_reserved_event(topic, len)) {
         *why = "event names beginning with " CY_EVENT_RESERVED " are cyan's own";
         return CY_REASON_NOT_AUTHORIZED;
     }

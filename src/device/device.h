@@ -186,6 +186,9 @@ int cy_device_admit(cy_devices *d, const char *device_id, size_t id_len, const c
 bool cy_device_topic_ok(const char *id, size_t id_len, const char *t, size_t len);
 /* Is payload a valid describe (docs/device-protocol.md)? */
 bool cy_device_describe_ok(const uint8_t *payload, size_t len);
+/* Could n[0..len) be a function's or a variable's name in a describe (1 to
+ * CY_DEVICE_NAME_MAX letters, digits, '_', '-', '.')? */
+bool cy_device_op_name_ok(const char *n, size_t len);
 /* Is t the device's reply topic, devices/<id>/reply[/<rid>]? */
 bool cy_device_is_reply(const char *id, size_t id_len, const char *t, size_t len);
 /* The describe of device id (from the retained messages), parsed, or NULL;
@@ -231,7 +234,7 @@ json_t *cy_device_names(json_t *describe, const char *key);
 #define CY_PRESENCE_EVENT "cyan/status" /* the status events' name */
 /* Event names starting with this are the server's: no client, device or
  * application may publish one (cy_device_admit). */
-#define CY_EVENT_RESERVED "cyan/"
+#define CY_EVENT_RESERVED CY_TOPIC_RESERVED_EVENT /* "cyan/" (router/topic.h) */
 #define CY_PRESENCE_BURST 4            /* status events one device makes at once */
 #define CY_PRESENCE_QUEUE_MAX 65536    /* records waiting per shard; past it, changes are held */
 #define CY_PRESENCE_READY_WAIT_MS 5000 /* at start, events wait this long at most for the bus */

@@ -89,6 +89,8 @@ struct cy_devices {
     dev_presence *held;   /* devices whose changes wait for their own limit */
     int64_t started;      /* mono ms of cy_devices_new */
     bool st_open;         /* the peers' links were up (or the wait ran out): events may go */
+    bool st_quiet;        /* changes came while presence_event_rate was 0 (a reload): what
+                           * devices last announced may be stale; looked at once it is not */
     int64_t flush_at;     /* mono ms of the next write of moved presence rows */
     dev_call *calls;      /* in a list for the deadlines */
     cy_map calls_by_rid;  /* rid (16 bytes) -> dev_call, for replies */

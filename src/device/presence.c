@@ -249,7 +249,15 @@ static void change(cy_devices *d, dev_presence *pr, bool online, int reason)
 {
     pr->reason = (uint8_t)reason;
     pr->changed_at = cy_wall_ms();
-    if (pr->internal || !d->cfg->presence_event_rate) return;
+    if (pr->internal) return;
+    if (!d->cfg->presence_event_rate) {
+        /* Events are off (a reload may turn them on again): counted, and
+         * told once they are on if the device is not where its last
+         * event said (reconcile). */
+        pr->unannounced++;
+        d->st_quiet = true;
+        return;
+    }
     if (pr->held) { /* its release says where it ended */
         pr->unannounced++;
         return;
@@ -326,6 +334,25 @@ static dev_status *pop(cy_devices *d)
     return r;
 }
 
+/* Events are on again after changes while they were off: every device not
+ * where its last status event said (or online and never announced) is
+ * held, to be told by its release like a device that flapped. */
+static void reconcile_one(void *ctx, void *v)
+{
+    cy_devices *d = ctx;
+    dev_presence *pr = v;
+    if (pr->internal) return;
+    bool online = pr->link != NULL;
+    if (pr->announced == (online ? PR_ONLINE : PR_OFFLINE) ||
+        (pr->announced == PR_NONE && !online)) {
+        d->stats->presence_coalesced += pr->unannounced;
+        pr->unannounced = 0;
+        return;
+    }
+    if (!pr->unannounced) pr->unannounced = 1;
+    hold(d, pr, cy_mono_ms());
+}
+
 void cy_presence_tick(cy_devices *d, int64_t now)
 {
     if (!d->st_open) {
@@ -338,6 +365,10 @@ void cy_presence_tick(cy_devices *d, int64_t now)
         d->st_open = true;
         d->st_refill = now;
         d->st_tokens = (int64_t)d->cfg->presence_event_rate * 1000; /* a second's worth */
+    }
+    if (d->st_quiet && d->cfg->presence_event_rate) {
+        d->st_quiet = false;
+        cy_map_each(&d->presence, reconcile_one, d);
     }
     for (dev_presence *pr = d->held, *next; pr; pr = next) {
         next = pr->held_next;
@@ -373,8 +404,12 @@ static void flush_one(void *ctx, void *v)
 
 void cy_presence_flush(cy_devices *d, int64_t now, bool all)
 {
+    int64_t every = (int64_t)d->cfg->presence_flush_interval * 1000;
+    /* A reload that shortens the interval counts from now, not after the
+     * longer one it replaces has run out (up to an hour). */
+    if (d->flush_at > now + every) d->flush_at = now + every;
     if (!all && now < d->flush_at) return;
-    d->flush_at = now + (int64_t)d->cfg->presence_flush_interval * 1000;
+    d->flush_at = now + every;
     cy_map_each(&d->presence, flush_one, d);
 }
 
@@ -390,12 +425,17 @@ static int load_one(void *ctx, const cy_store_presence *p)
     snprintf(pr->protocol, sizeof(pr->protocol), "%s", p->protocol ? p->protocol : "");
     pr->logged_online = p->online;
     pr->announced = p->online ? PR_ONLINE : PR_OFFLINE;
-    if (p->online && !pr->link && d->cfg->presence_event_rate) {
+    if (p->online && !pr->link) {
         /* Its session ended with the shard: the node was told it was
-         * online, so it is told it is not. */
+         * online, so it is told it is not (once events are on). */
         pr->reason = CY_PRESENCE_SHARD_RESTART;
         pr->changed_at = cy_wall_ms();
-        if (!enqueue(d, pr, false, 0)) return CY_ENOMEM;
+        if (!d->cfg->presence_event_rate) {
+            pr->unannounced = 1;
+            d->st_quiet = true;
+        } else if (!enqueue(d, pr, false, 0)) {
+            return CY_ENOMEM;
+        }
     }
     return 0;
 }

@@ -30,6 +30,22 @@ bool cy_topic_valid_name(const char *name, size_t len)
     return true;
 }
 
+bool cy_topic_reserved_event(const char *t, size_t len)
+{
+    static const char rsv[] = CY_TOPIC_RESERVED_EVENT;
+    const size_t rl = sizeof(rsv) - 1;
+    const char *name = NULL;
+    if (!t) return false;
+    if (len > 7 && memcmp(t, "events/", 7) == 0) {
+        name = t + 7;
+    } else if (len > 8 && memcmp(t, "devices/", 8) == 0) {
+        const char *slash = memchr(t + 8, '/', len - 8);
+        size_t rest = slash ? len - (size_t)(slash + 1 - t) : 0;
+        if (slash && rest > 7 && memcmp(slash + 1, "events/", 7) == 0) name = slash + 8;
+    }
+    return name && (size_t)(t + len - name) >= rl && memcmp(name, rsv, rl) == 0;
+}
+
 /* A filter without the $share prefix: wildcards alone in their level, '#'
  * only in the last one. */
 static bool valid_plain_filter(const char *f, size_t len)

@@ -37,6 +37,13 @@
 #include <stdint.h>
 
 bool cy_topic_valid_name(const char *name, size_t len);
+
+/* Event names starting with this are the server's own (status events):
+ * nothing but cyan itself may publish one (device.h, cy_device_admit). */
+#define CY_TOPIC_RESERVED_EVENT "cyan/"
+/* Whether t[0..len) is an event whose name starts with
+ * CY_TOPIC_RESERVED_EVENT: events/cyan/... or devices/<any id>/events/cyan/... */
+bool cy_topic_reserved_event(const char *t, size_t len);
 /* Valid filter, including "$share/group/filter". */
 bool cy_topic_valid_filter(const char *filter, size_t len);
 /* If filter is "$share/group/f", set group and group_len, f and f_len to

@@ -651,6 +651,36 @@ static bool send_entry(cy_webhooks *w, wh_hook *h, wh_entry *e, int64_t now)
     return true;
 }
 
+bool cy_webhooks_topic_ok(const char *topic, size_t len, const char *device, const char **why)
+{
+    static const char *const convention[] = {"call", "get", "reply", "describe"};
+    const char *w = NULL;
+    if (len && topic[0] == '$') {
+        w = "a '$' topic";
+    } else if (cy_topic_reserved_event(topic, len)) {
+        w = "an event name beginning with cyan/, which are cyan's own";
+    } else if (len >= 8 && memcmp(topic, "devices/", 8) == 0) {
+        const char *id = topic + 8, *end = topic + len;
+        const char *slash = memchr(id, '/', (size_t)(end - id));
+        size_t idl = (size_t)((slash ? slash : end) - id);
+        const char *rest = slash ? slash + 1 : end;
+        size_t rl = (size_t)(end - rest);
+        if (!device || strlen(device) != idl || memcmp(id, device, idl) != 0) {
+            w = "another device's space: under devices/ only the event's own device's "
+                "(devices/{{device_id}}/...)";
+        } else {
+            for (size_t i = 0; i < sizeof(convention) / sizeof(convention[0]) && !w; i++) {
+                size_t cl = strlen(convention[i]);
+                if (rl >= cl && !memcmp(rest, convention[i], cl) && (rl == cl || rest[cl] == '/'))
+                    w = "the device's call/, get/, reply/ or describe topics, which are the "
+                        "API's and the device's";
+            }
+        }
+    }
+    if (w && why) *why = w;
+    return w == NULL;
+}
+
 /* Publish text on the webhook's response or error topic for e (Particle's
  * hook-response and hook-error). */
 static void publish_back(cy_webhooks *w, wh_hook *h, wh_entry *e, const char *tmpl,
@@ -674,9 +704,14 @@ static void publish_back(cy_webhooks *w, wh_hook *h, wh_entry *e, const char *tm
     cy_buf_reset(t);
     if (cy_wh_render_text(tmpl, &ev, false, t)) return;
     size_t tl = cy_buf_size(t);
-    if (tl == 0 || tl > w->cfg->max_topic_length || !cy_topic_valid_name((const char *)cy_buf_head(t), tl))
+    const char *topic = (const char *)cy_buf_head(t);
+    /* What the template made of the event (its name, its data: the
+     * device's words) carries the receiver's text: never into a '$' space,
+     * a status event (cyan/...), another device or a device's calls. */
+    if (tl == 0 || tl > w->cfg->max_topic_length || !cy_topic_valid_name(topic, tl) ||
+        !cy_webhooks_topic_ok(topic, tl, dev ? device : NULL, NULL))
         return;
-    cy_msg *m = cy_msg_new((const char *)cy_buf_head(t), tl, data, len, NULL, 0, 0, false, 0);
+    cy_msg *m = cy_msg_new(topic, tl, data, len, NULL, 0, 0, false, 0);
     if (!m) return;
     cy_router_publish(w->router, m, NULL, NULL, false);
     cy_msg_unref(m);

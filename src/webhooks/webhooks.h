@@ -116,6 +116,16 @@ int cy_webhooks_trace(const cy_config *cfg, unsigned nshards, cy_registry *regis
 bool cy_webhooks_event_view(const char *topic, size_t len, const char **name, size_t *name_len,
                             const char **device, size_t *device_len);
 
+/* Whether a webhook may publish its receiver's answer (or its failure) on
+ * topic[0..len), rendered from its response_topic or error_topic for an
+ * event of device (NUL-terminated; NULL: a shared event). Not a '$' topic,
+ * nor an event name of cyan's own (cyan/...); under devices/ only the
+ * event's own device's space, and not its call/, get/, reply/ or describe
+ * topics: those are the API's requests and the device's answers, which a
+ * webhook (the webhooks:manage scope, a receiver's text) may not make.
+ * false with why (a static text). */
+bool cy_webhooks_topic_ok(const char *topic, size_t len, const char *device, const char **why);
+
 /* The path of shard i's store file in the data folder, into buf. */
 void cy_webhooks_shard_path(const cy_config *cfg, unsigned shard, char *buf, size_t len);
 

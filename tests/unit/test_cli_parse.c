@@ -170,6 +170,8 @@ static void test_cy_cli_config_line(void **state)
     assert_int_equal(cy_cli_config_line(t, 20, "shards"), 0); /* the comment alone */
     assert_int_equal(cy_cli_config_line("", 0, "shards"), 0);
     assert_int_equal(cy_cli_config_line(NULL, 0, "shards"), 0);
+    /* A byte order mark is skipped, as the loader skips it. */
+    assert_int_equal(cy_cli_config_line("\xEF\xBB\xBFshards = 2\n", 14, "shards"), 1);
 }
 
 /* ---- server-sent events ---- */

@@ -326,6 +326,10 @@ static void test_cy_config_load_buf(void **state)
     /* Over the limit: refused before the text is read. */
     assert_int_equal(cy_config_load_buf(&c, "", CY_CONFIG_FILE_MAX + 1, "big", &e), CY_ECONFIG);
     assert_string_equal(e.msg, "big: larger than 1048576 bytes");
+    /* A UTF-8 byte order mark before the first line is skipped. */
+    static const char bom[] = "\xEF\xBB\xBFmax_queued = 11\n";
+    assert_int_equal(cy_config_load_buf(&c, bom, sizeof(bom) - 1, "bom", &e), 0);
+    assert_int_equal(c.max_queued, 11);
 }
 
 static void test_cy_config_print_roundtrip(void **state)

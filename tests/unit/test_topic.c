@@ -175,6 +175,39 @@ static void test_cy_topic_valid_length_limits(void **state)
     free(s);
 }
 
+/* Event names of cyan's own (status events): events/cyan/... and
+ * devices/<any id>/events/cyan/..., nothing else. */
+static void test_cy_topic_reserved_event(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *t;
+        bool rsv;
+    } cases[] = {
+        {"events/cyan/status", true},
+        {"events/cyan/", true},
+        {"devices/0123456789abcdef01234567/events/cyan/status", true},
+        {"devices/x/events/cyan/a/b", true},
+        {"events/cyan", false}, /* a name "cyan": not under cyan/ */
+        {"events/cyanide", false},
+        {"events/x/cyan/status", false},
+        {"devices/x/events/cyanx", false},
+        {"devices/x/cyan/status", false},
+        {"devices//events/cyan/status", true},
+        {"Events/cyan/status", false},
+        {"cyan/status", false},
+        {"devices/x/events/", false},
+        {"", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        if (cy_topic_reserved_event(cases[i].t, strlen(cases[i].t)) != cases[i].rsv)
+            fail_msg("%s: expected %s", cases[i].t, cases[i].rsv ? "reserved" : "not reserved");
+    assert_false(cy_topic_reserved_event(NULL, 0));
+    /* Not NUL-terminated: only len counts. */
+    assert_false(cy_topic_reserved_event("events/cyan/x", 11));
+    assert_true(cy_topic_reserved_event("events/cyan/x", 12));
+}
+
 static void test_cy_topic_split_shared_cases(void **state)
 {
     const char *g, *f;
@@ -1047,6 +1080,7 @@ int main(void)
         cmocka_unit_test(test_cy_topic_valid_filter_table),
         cmocka_unit_test(test_cy_topic_valid_length_limits),
         cmocka_unit_test(test_cy_topic_split_shared_cases),
+        cmocka_unit_test(test_cy_topic_reserved_event),
         cmocka_unit_test(test_cy_topic_matches_table),
         cmocka_unit_test(test_cy_topic_tree_match_table),
         cmocka_unit_test(test_cy_retain_match_table),
