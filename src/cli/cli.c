@@ -210,15 +210,23 @@ static const char *str_or(json_t *v, const char *def)
     return s ? s : def;
 }
 
-/* A JSON value for a person: a string as it is, anything else as JSON. */
+/* A JSON value for a person: a string as it is, anything else as JSON. A
+ * device chose it: one holding control characters (which a terminal would
+ * obey: a title, a cleared screen) is printed as a JSON string, in ASCII. */
 static void print_value(json_t *v)
 {
-    if (json_is_string(v)) {
-        fwrite(json_string_value(v), 1, json_string_length(v), stdout);
+    const char *s = json_string_value(v);
+    size_t n = json_string_length(v);
+    if (s && strlen(s) == n && !cy_cli_has_control(s, n)) {
+        fwrite(s, 1, n, stdout);
         putchar('\n');
         return;
     }
     char *t = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+    if (t && cy_cli_has_control(t, strlen(t))) { /* a C1 character stays raw in UTF-8 */
+        free(t);
+        t = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII);
+    }
     printf("%s\n", t ? t : "null");
     free(t);
 }
@@ -323,8 +331,14 @@ static void show_published(json_t *o, const words *w)
 
 static void show_renamed(json_t *o, const words *w)
 {
-    printf("renamed %s to %s (%s)\n", str_or(json_object_get(o, "previous_name"), w->pos[0]),
-           str_or(json_object_get(o, "name"), w->pos[1]), str_or(json_object_get(o, "id"), "?"));
+    char was[80], now[80], id[40];
+    snprintf(was, sizeof(was), "%.64s", str_or(json_object_get(o, "previous_name"), w->pos[0]));
+    snprintf(now, sizeof(now), "%.64s", str_or(json_object_get(o, "name"), w->pos[1]));
+    snprintf(id, sizeof(id), "%.32s", str_or(json_object_get(o, "id"), "?"));
+    cy_cli_clean(was);
+    cy_cli_clean(now);
+    cy_cli_clean(id);
+    printf("renamed %s to %s (%s)\n", was, now, id);
 }
 
 /* call and get: the device's answer's "return_value" or "value". */
@@ -423,9 +437,7 @@ static void row_cells(json_t *d, int64_t now, char cells[NCOLS][80])
     cell_age(json_object_get(d, "last_heard"), now, cells[COL_HEARD], 80);
     cell_age(json_object_get(d, "last_round_trip"), now, cells[COL_TRIP], 80);
     /* Names and ids come from the API: nothing in them may steer a terminal. */
-    for (int k = 0; k < NCOLS; k++)
-        for (char *p = cells[k]; *p; p++)
-            if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
+    for (int k = 0; k < NCOLS; k++) cy_cli_clean(cells[k]);
 }
 
 static int cmd_list(cli *c)

@@ -21,6 +21,16 @@
 
 /* ---- text.c ---- */
 
+/* How many bytes at s[0..n) are one control character: C0 and DEL (1), or
+ * a C1 one in UTF-8 (U+0080..U+009F: 0xC2 0x80..0x9F, 2), which terminals
+ * also obey (0x9B is CSI, as ESC [ is); 0 for anything else. */
+size_t cy_cli_control_at(const char *s, size_t n);
+/* Does s[0..n) hold a control character? */
+bool cy_cli_has_control(const char *s, size_t n);
+/* s with each control character replaced by '?', in place (it can only
+ * shrink); s is NUL-terminated. */
+void cy_cli_clean(char *s);
+
 /* The base URL of the API a node serves on listen (http_listen,
  * "host:port" or "[v6]:port"): "http[s]://host:port", with a wildcard host
  * (0.0.0.0, *, empty, [::]) replaced by this machine's loopback (127.0.0.1

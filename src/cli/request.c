@@ -287,10 +287,14 @@ int cli_request(cli *c, const char *method, const char *path, const char *body, 
 
 /* Text of the API's for a line on a terminal: control characters become
  * '?', so that an answer cannot move the cursor or hide itself. */
+/* The server's text for a terminal: control characters (C1 too) as '?'. */
 static void put_clean(FILE *f, const char *s, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        fputc(iscntrl((unsigned char)s[i]) ? '?' : s[i], f);
+    for (size_t i = 0; i < n;) {
+        size_t k = cy_cli_control_at(s + i, n - i);
+        fputc(k ? '?' : s[i], f);
+        i += k ? k : 1;
+    }
 }
 
 void cli_answer_error(const cli_answer *a)

@@ -55,33 +55,15 @@ typedef struct stream {
     const char *what;   /* what is streamed, for the line that says it is open */
 } stream;
 
-/* How many bytes at s[0..n) are one control character: C0 and DEL (1), or
- * a C1 one in UTF-8 (U+0080..U+009F: 0xC2 0x80..0x9F, 2), which terminals
- * also obey (0x9B is CSI, as ESC [ is); 0 for anything else. */
-static size_t control_at(const char *s, size_t n)
-{
-    unsigned char c = (unsigned char)s[0];
-    if (c < 0x20 || c == 0x7f) return 1;
-    if (c == 0xC2 && n > 1 && (unsigned char)s[1] >= 0x80 && (unsigned char)s[1] <= 0x9F) return 2;
-    return 0;
-}
-
 /* Text of the stream for a terminal: control characters as '?'. */
 static void put_clean(FILE *f, const char *s)
 {
     size_t n = strlen(s);
     for (size_t i = 0; i < n;) {
-        size_t k = control_at(s + i, n - i);
+        size_t k = cy_cli_control_at(s + i, n - i);
         fputc(k ? '?' : s[i], f);
         i += k ? k : 1;
     }
-}
-
-static bool has_control(const char *s, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (control_at(s + i, n - i)) return true;
-    return false;
 }
 
 /* One event: with --json its JSON as it came, else
@@ -114,7 +96,7 @@ static int on_event(void *ctx, const char *type, const char *id, const char *dat
             fputs("  ", stdout);
             const char *dt = json_string_value(d);
             size_t dl = json_string_length(d);
-            if (dt && !has_control(dt, dl) && strlen(dt) == dl) {
+            if (dt && !cy_cli_has_control(dt, dl) && strlen(dt) == dl) {
                 fwrite(dt, 1, dl, stdout);
             } else {
                 /* ASCII only: a C1 character is written \u009b, not as itself. */

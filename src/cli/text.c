@@ -18,6 +18,32 @@
 #include <strings.h>
 #include <time.h>
 
+size_t cy_cli_control_at(const char *s, size_t n)
+{
+    unsigned char c = (unsigned char)s[0];
+    if (c < 0x20 || c == 0x7f) return 1;
+    if (c == 0xC2 && n > 1 && (unsigned char)s[1] >= 0x80 && (unsigned char)s[1] <= 0x9F) return 2;
+    return 0;
+}
+
+bool cy_cli_has_control(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (cy_cli_control_at(s + i, n - i)) return true;
+    return false;
+}
+
+void cy_cli_clean(char *s)
+{
+    size_t n = strlen(s), w = 0;
+    for (size_t i = 0; i < n;) {
+        size_t k = cy_cli_control_at(s + i, n - i);
+        s[w++] = k ? '?' : s[i];
+        i += k ? k : 1;
+    }
+    s[w] = '\0';
+}
+
 int cy_cli_listen_url(const char *listen, bool https, char *out, size_t cap)
 {
     if (!listen || !*listen) return CY_ENOENT;

@@ -202,6 +202,27 @@ def test_cli_takes_negative_numbers_and_words_after_dashdash(api_server):
         dev.close()
 
 
+def test_call_prints_a_devices_control_characters_as_json(api_server):
+    """A device's return value reached the terminal raw through `cyan call`
+    and `cyan get`: ESC, BEL and C1 (U+009B is CSI) set the title or cleared
+    the screen. A value holding them is printed as a JSON string in ASCII;
+    a plain one is printed as it is."""
+    dev = echo_device(api_server)
+    try:
+        target = ["--url", api_server.api_url, "--token", api_server.admin_token()]
+        nasty = "\x1b]0;PWNED\x07\x1b[2J\u009b1mX"
+        cp = cyan("call", dev.id, "echo", nasty, *target)
+        assert cp.returncode == 0, cp.stderr
+        assert dev.calls[-1].arg == nasty
+        out = cp.stdout.encode()
+        assert b"\x1b" not in out and b"\x07" not in out and b"\xc2\x9b" not in out, out
+        assert json.loads(cp.stdout) == nasty, cp.stdout
+        cp = cyan("call", dev.id, "echo", "plain words", *target)
+        assert cp.returncode == 0 and cp.stdout == "plain words\n", cp.stdout
+    finally:
+        dev.close()
+
+
 def test_webhook_answers_cannot_forge_status_events_nor_calls(api_server_factory):
     """A webhook's response_topic is a template: devices/{{device_id}}/events/
     cyan/status put the receiver's answer (a third party's text) on the

@@ -346,6 +346,22 @@ static void test_cy_cli_flags(void **state)
     assert_false(cy_cli_is_command(tok, 0));
 }
 
+static void test_cy_cli_control(void **state)
+{
+    (void)state;
+    assert_int_equal(cy_cli_control_at("\x1b[", 2), 1);
+    assert_int_equal(cy_cli_control_at("\x7f", 1), 1);
+    assert_int_equal(cy_cli_control_at("\xc2\x9b", 2), 2); /* U+009B, CSI */
+    assert_int_equal(cy_cli_control_at("\xc2\xa0", 2), 0); /* U+00A0: printable */
+    assert_int_equal(cy_cli_control_at("\xc2", 1), 0);      /* cut short: not one */
+    assert_int_equal(cy_cli_control_at("a", 1), 0);
+    assert_true(cy_cli_has_control("ok\xc2\x85", 4));
+    assert_false(cy_cli_has_control("caf\xc3\xa9", 5));
+    char s[] = "a\x1b]0;t\x07" "b\xc2\x9b" "1m\xc2\xa0";
+    cy_cli_clean(s);
+    assert_string_equal(s, "a?]0;t?b?1m\xc2\xa0");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -353,6 +369,7 @@ int main(void)
         cmocka_unit_test(test_cy_cli_base_url),
         cmocka_unit_test(test_cy_cli_same_node),
         cmocka_unit_test(test_cy_cli_time_ms_and_age),
+        cmocka_unit_test(test_cy_cli_control),
         cmocka_unit_test(test_cy_cli_config_line),
         cmocka_unit_test(test_cy_sse_whole_and_byte_by_byte),
         cmocka_unit_test(test_cy_sse_stop_partial_and_limits),
