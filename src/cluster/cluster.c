@@ -677,15 +677,23 @@ static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bo
                               (set_retained ? FL_SET_RETAINED : 0) |
                               (m->event_seq ? FL_EVENT : 0));
     if (!durable) {
-        if (!p->up || encode_publish(&cl->frame, m, 0, flags, groups, n_groups) ||
-            cy_bus_send(cl->bus, j, F_PUBLISH, cy_buf_head(&cl->frame), cy_buf_size(&cl->frame))) {
+        int rc = !p->up ? CY_EPIPE : encode_publish(&cl->frame, m, 0, flags, groups, n_groups);
+        if (!rc)
+            rc = cy_bus_send(cl->bus, j, F_PUBLISH, cy_buf_head(&cl->frame),
+                             cy_buf_size(&cl->frame));
+        if (!rc) {
+            p->frames_out++;
+            /* QoS 1/2 for clean sessions: acknowledged once the peer applied it */
+            if (m->qos) hold_need(cl, j, p->frames_out, 0);
+            return;
+        }
+        /* QoS 0, or the peer is down (the clean sessions it was for went
+         * with it): dropped. QoS 1/2 for a peer that is up but not keeping
+         * up (its bus backlog is full): the outbox keeps it. */
+        if (!m->qos || !p->up) {
             cl->stats->messages_dropped++;
             return;
         }
-        p->frames_out++;
-        /* QoS 1/2 for clean sessions: acknowledged once the peer applied it */
-        if (m->qos) hold_need(cl, j, p->frames_out, 0);
-        return;
     }
     /* No bound here: what reaches this point was admitted (or cannot be
      * refused) and is acknowledged; admit() keeps the bound. */
