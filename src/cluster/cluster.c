@@ -16,7 +16,8 @@
  * sessions and peers (round robin).
  *
  * Forwarding. A publish that reaches peer j is sent to it as one frame. A
- * frame that carries acknowledged work (QoS 1/2, or a retained update,
+ * frame that carries acknowledged work (QoS 1/2 for a persistent session
+ * there, or a retained update,
  * which goes to every peer) is durable: it gets the next sequence number
  * for j, is kept in the outbox in memory and in the store, and is written to
  * the bus only after this pass's commit, so a crash can never reuse a
@@ -26,7 +27,12 @@
  * restarts the sender replays what is unacknowledged and the receiver skips
  * what it has applied: at least once on the wire, exactly once in effect.
  * QoS 0 frames are not durable: sent at once when the link is up, else
- * dropped (and counted).
+ * dropped (and counted). Nor is a QoS 1/2 frame whose every target on the
+ * peer is a clean session (no subscription it matched there carries
+ * CY_SUBOPT_DURABLE, which the peer's interest says): it goes at once like
+ * QoS 0, and the publisher's acknowledgement waits (held) until the peer
+ * has applied it. The outbox could save it from nothing: the sessions it
+ * was for end with their shard, and the bus breaks only when one does.
  *
  * The outbox is bounded in bytes per peer (max_outbox_bytes), and the bound
  * is enforced before the acknowledgement, never after: a client's publish
@@ -41,7 +47,10 @@
  * Frames (type: body), integers big endian:
  *   1 INTEREST_RESET: u64 its number among the frames of its link (1 on a
  *     new link; more when a snapshot is resent on a link in use)
- *   2 INTEREST_ADD / 3 INTEREST_DEL: filter
+ *   2 INTEREST_ADD / 3 INTEREST_DEL: filter (ADD: held by clean sessions
+ *     only, or no longer by a persistent one)
+ *   21 INTEREST_ADD_DURABLE: filter, held by at least one persistent
+ *     session (CY_SUBOPT_DURABLE): a QoS 1/2 forward for it is durable
  *   7 INTEREST_END: - (the snapshot that RESET began is complete)
  *   4 PUBLISH: u64 seq (0 = not durable), u8 flags (bits 0-1 QoS, 2 retain
  *     as published, 3 route to local subscribers, 4 set as retained, 5 an
@@ -81,6 +90,7 @@ enum {
     F_INTEREST_END = 7,
     /* 8..12: CY_FRAME_* of the layers above */
     F_HANDOVER_TLS = 20, /* a TLS terminator's socketpair: cy_handover_info, then the bytes */
+    F_INTEREST_ADD_DURABLE = 21,
 };
 
 enum { FL_RETAIN = 4, FL_ROUTE = 8, FL_SET_RETAINED = 16, FL_EVENT = 32 };
@@ -132,9 +142,11 @@ typedef struct cy_held {
     uint8_t bytes[];    /* the encoded packet */
 } cy_held;
 
-/* One local filter and how many local subscribers hold it (interest). */
+/* One local filter and how many local subscribers hold it (interest), of
+ * them how many with CY_SUBOPT_DURABLE. */
 typedef struct cy_interest {
     uint32_t refs;
+    uint32_t durable;
     uint32_t len;
     char filter[];
 } cy_interest;
@@ -345,20 +357,39 @@ static void broadcast_interest(cy_cluster *cl, uint8_t type, const char *filter,
         if (j != cl->self) send_counted(cl, &cl->peers[j], type, filter, len);
 }
 
+/* in's durable count moved by delta: tell the peers when it crossed zero. */
+static void interest_durable(cy_cluster *cl, cy_interest *in, int delta)
+{
+    uint32_t was = in->durable;
+    in->durable = (uint32_t)((int64_t)in->durable + delta);
+    if ((was > 0) != (in->durable > 0))
+        broadcast_interest(cl, in->durable ? F_INTEREST_ADD_DURABLE : F_INTEREST_ADD, in->filter,
+                           in->len);
+}
+
 int cy_cluster_subscribe(cy_cluster *cl, cy_subscriber *s, const char *filter, size_t len, uint8_t opts,
                       uint32_t sub_id)
 {
+    int prev = cl->nshards > 1 ? cy_router_sub_opts(cl->router, s, filter, len) : CY_ENOENT;
     bool existed = false;
     int rc = cy_router_subscribe(cl->router, s, filter, len, opts, sub_id, &existed);
-    if (rc || existed || cl->nshards <= 1) return rc;
+    if (rc || cl->nshards <= 1) return rc;
+    int durable = (opts & CY_SUBOPT_DURABLE) ? 1 : 0;
     cy_interest *in = cy_map_get(&cl->interest, filter, len);
+    if (existed) { /* new options: maybe another durability */
+        int was = prev >= 0 && (prev & CY_SUBOPT_DURABLE) ? 1 : 0;
+        if (in && durable != was) interest_durable(cl, in, durable - was);
+        return 0;
+    }
     if (in) {
         in->refs++;
+        if (durable) interest_durable(cl, in, 1);
         return 0;
     }
     in = cy_malloc(sizeof(*in) + len + 1);
     if (!in) goto fail;
     in->refs = 1;
+    in->durable = (uint32_t)durable;
     in->len = (uint32_t)len;
     memcpy(in->filter, filter, len);
     in->filter[len] = '\0';
@@ -366,7 +397,7 @@ int cy_cluster_subscribe(cy_cluster *cl, cy_subscriber *s, const char *filter, s
         cy_free(in);
         goto fail;
     }
-    broadcast_interest(cl, F_INTEREST_ADD, filter, len);
+    broadcast_interest(cl, durable ? F_INTEREST_ADD_DURABLE : F_INTEREST_ADD, filter, len);
     return 0;
 fail:
     cy_router_unsubscribe(cl->router, s, filter, len);
@@ -375,9 +406,14 @@ fail:
 
 void cy_cluster_unsubscribe(cy_cluster *cl, cy_subscriber *s, const char *filter, size_t len)
 {
+    int prev = cl->nshards > 1 ? cy_router_sub_opts(cl->router, s, filter, len) : CY_ENOENT;
     if (cy_router_unsubscribe(cl->router, s, filter, len) || cl->nshards <= 1) return;
     cy_interest *in = cy_map_get(&cl->interest, filter, len);
-    if (!in || --in->refs) return;
+    if (!in) return;
+    if (--in->refs) {
+        if (prev >= 0 && (prev & CY_SUBOPT_DURABLE)) interest_durable(cl, in, -1);
+        return;
+    }
     cy_map_del(&cl->interest, filter, len);
     broadcast_interest(cl, F_INTEREST_DEL, in->filter, in->len);
     cy_free(in);
@@ -392,7 +428,8 @@ static void snap_one(void *ctx, void *v)
 {
     snap_ctx *sc = ctx;
     cy_interest *in = v;
-    send_counted(sc->b, sc->p, F_INTEREST_ADD, in->filter, in->len);
+    send_counted(sc->b, sc->p, in->durable ? F_INTEREST_ADD_DURABLE : F_INTEREST_ADD, in->filter,
+                 in->len);
 }
 
 static void send_snapshot(cy_cluster *cl, cy_peer *p)
@@ -417,6 +454,7 @@ static void send_snapshot(cy_cluster *cl, cy_peer *p)
 typedef struct pfilter {
     uint64_t mark;
     uint32_t len;
+    bool durable; /* held by a persistent session there (INTEREST_ADD_DURABLE) */
     char f[];
 } pfilter;
 
@@ -453,21 +491,31 @@ static void sweep_interest(cy_cluster *cl, cy_peer *p, bool keep_current, bool i
     cy_free(d.v);
 }
 
-static void interest_add(cy_cluster *cl, cy_peer *p, const uint8_t *f, size_t len)
+/* QoS 2 and no options (the peer applies each session's own options), and
+ * whether a persistent session holds the filter there. */
+static uint8_t peer_opts(bool durable)
+{
+    return (uint8_t)(2u | (durable ? CY_SUBOPT_DURABLE : 0u));
+}
+
+static void interest_add(cy_cluster *cl, cy_peer *p, const uint8_t *f, size_t len, bool durable)
 {
     pfilter *pf = cy_map_get(&p->filters, f, len);
     if (pf) {
         pf->mark = p->mark;
+        if (pf->durable != durable &&
+            cy_router_subscribe(cl->router, &p->sub, pf->f, len, peer_opts(durable), 0, NULL) == 0)
+            pf->durable = durable;
         return;
     }
     pf = cy_malloc(sizeof(*pf) + len + 1);
     if (!pf) return;
     pf->mark = p->mark;
     pf->len = (uint32_t)len;
+    pf->durable = durable;
     memcpy(pf->f, f, len);
     pf->f[len] = '\0';
-    /* QoS 2 and no options: the peer applies each session's own options. */
-    if (cy_router_subscribe(cl->router, &p->sub, pf->f, len, 2, 0, NULL)) {
+    if (cy_router_subscribe(cl->router, &p->sub, pf->f, len, peer_opts(durable), 0, NULL)) {
         cy_free(pf);
         return;
     }
@@ -557,7 +605,7 @@ static int admit(void *ctx, const cy_route *r)
                      ~(UINT64_C(1) << cl->self);
     uint64_t routed = 0;
     for (uint32_t i = 0; m->qos && i < r->n_matches; i++)
-        if (r->matches[i].sub->kind == &cl->peer_kind)
+        if (r->matches[i].sub->kind == &cl->peer_kind && r->matches[i].durable)
             routed |= UINT64_C(1) << peer_of(r->matches[i].sub)->index;
     uint64_t need = (r->set_retained ? peers : routed) & peers;
     uint64_t over = need & cl->outbox_full;
@@ -621,21 +669,31 @@ static int encode_publish(cy_buf *f, const cy_msg *m, uint64_t seq, uint8_t flag
 /* Send m to peer j as one frame: routed to its subscribers (with the
  * shared groups it serves) and/or setting the retained message. */
 static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bool set_retained,
-                    const cy_str *groups, unsigned n_groups)
+                    bool for_persistent, const cy_str *groups, unsigned n_groups)
 {
     cy_peer *p = &cl->peers[j];
-    bool durable = m->qos > 0 || set_retained;
+    bool durable = (m->qos > 0 && for_persistent) || set_retained;
     uint8_t flags = (uint8_t)(m->qos | (m->retain ? FL_RETAIN : 0) | (routed ? FL_ROUTE : 0) |
                               (set_retained ? FL_SET_RETAINED : 0) |
                               (m->event_seq ? FL_EVENT : 0));
     if (!durable) {
-        if (!p->up || encode_publish(&cl->frame, m, 0, flags, groups, n_groups) ||
-            cy_bus_send(cl->bus, j, F_PUBLISH, cy_buf_head(&cl->frame), cy_buf_size(&cl->frame))) {
+        int rc = !p->up ? CY_EPIPE : encode_publish(&cl->frame, m, 0, flags, groups, n_groups);
+        if (!rc)
+            rc = cy_bus_send(cl->bus, j, F_PUBLISH, cy_buf_head(&cl->frame),
+                             cy_buf_size(&cl->frame));
+        if (!rc) {
+            p->frames_out++;
+            /* QoS 1/2 for clean sessions: acknowledged once the peer applied it */
+            if (m->qos) hold_need(cl, j, p->frames_out, 0);
+            return;
+        }
+        /* QoS 0, or the peer is down (the clean sessions it was for went
+         * with it): dropped. QoS 1/2 for a peer that is up but not keeping
+         * up (its bus backlog is full): the outbox keeps it. */
+        if (!m->qos || !p->up) {
             cl->stats->messages_dropped++;
             return;
         }
-        p->frames_out++;
-        return;
     }
     /* No bound here: what reaches this point was admitted (or cannot be
      * refused) and is acknowledged; admit() keeps the bound. */
@@ -679,7 +737,7 @@ static void peer_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const c
     for (uint32_t i = 0; i < r->n_groups && ng < CY_ROUTE_MAX_GROUPS; i++)
         if (r->groups[i].match == at) groups[ng++] = r->groups[i].filter;
     cl->fwd_mask |= UINT64_C(1) << j;
-    forward(cl, j, r->m, true, r->set_retained, groups, ng);
+    forward(cl, j, r->m, true, r->set_retained, x->durable, groups, ng);
 }
 
 /* Shared-group member choice: a peer whose link is up (its own members
@@ -705,7 +763,7 @@ static void routed(void *ctx, const cy_route *r)
     if (!r->set_retained || cl->nshards <= 1 || is_sys(r->m)) return;
     for (unsigned j = 0; j < cl->nshards; j++)
         if (j != cl->self && !(sent & (UINT64_C(1) << j)))
-            forward(cl, j, r->m, false, true, NULL, 0);
+            forward(cl, j, r->m, false, true, true, NULL, 0);
 }
 
 /* ---- loop pass hooks ---- */
@@ -795,7 +853,8 @@ static void on_publish(cy_cluster *cl, cy_peer *p, const uint8_t *body, size_t l
         return;
     }
     p->frames_in++;
-    if (seq || !ack_lazily(cl))
+    /* a QoS 1/2 frame outside the outbox: its publisher's ack waits on ours */
+    if (seq || (flags & 3) || !ack_lazily(cl))
         p->ack_due = true;
     else
         p->ack_lazy = true;
@@ -869,9 +928,10 @@ void cy_cluster_input(cy_cluster *cl, unsigned from, uint8_t type, const uint8_t
         cl->progress++;
         return;
     case F_INTEREST_ADD:
+    case F_INTEREST_ADD_DURABLE:
     case F_INTEREST_DEL:
-        if (type == F_INTEREST_ADD)
-            interest_add(cl, p, body, len);
+        if (type != F_INTEREST_DEL)
+            interest_add(cl, p, body, len, type == F_INTEREST_ADD_DURABLE);
         else
             interest_del(cl, p, body, len);
         p->frames_in++;

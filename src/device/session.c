@@ -230,6 +230,11 @@ void cy_session_forget(cy_devices *d, cy_session *s)
 {
     if (!s->persistent) return;
     s->persistent = false;
+    /* its subscriptions no longer need stored forwards (best effort: out
+     * of memory leaves them durable, which only costs) */
+    for (uint32_t i = 0; i < s->n_subs; i++)
+        cy_cluster_subscribe(d->cluster, &s->sub, s->subs[i].filter, s->subs[i].len,
+                             s->subs[i].opts, s->subs[i].sub_id);
     cy_store_session_delete(d->store, s->client_id);
     for (cy_delivery *dv = s->head; dv; dv = dv->next) dv->store_id = 0;
 }
@@ -260,10 +265,19 @@ static int add_sub(cy_session *s, const char *filter, size_t len, uint8_t opts, 
     return 0;
 }
 
+/* The options the router and the peers see: the session's, and whether a
+ * message for it must be stored (CY_SUBOPT_DURABLE: forwards to it from
+ * other shards go through the durable outbox). */
+static uint8_t routed_opts(const cy_session *s, uint8_t opts)
+{
+    return (uint8_t)(s->persistent ? opts | CY_SUBOPT_DURABLE : opts);
+}
+
 int cy_session_load_sub(cy_devices *d, cy_session *s, const char *filter, size_t len,
                         uint8_t opts, uint32_t sub_id)
 {
-    if (cy_cluster_subscribe(d->cluster, &s->sub, filter, len, opts, sub_id)) return CY_ENOMEM;
+    if (cy_cluster_subscribe(d->cluster, &s->sub, filter, len, routed_opts(s, opts), sub_id))
+        return CY_ENOMEM;
     if (add_sub(s, filter, len, opts, sub_id)) return CY_ENOMEM;
     d->stats->subscriptions++;
     return 0;
@@ -274,7 +288,8 @@ int cy_session_subscribe(cy_devices *d, cy_session *s, const char *filter, size_
 {
     *fresh = false;
     cy_sub *sub = cy_session_find_sub(s, filter, len);
-    if (cy_cluster_subscribe(d->cluster, &s->sub, filter, len, opts, sub_id)) return CY_ENOMEM;
+    if (cy_cluster_subscribe(d->cluster, &s->sub, filter, len, routed_opts(s, opts), sub_id))
+        return CY_ENOMEM;
     if (sub) {
         sub->opts = opts;
         sub->sub_id = sub_id;

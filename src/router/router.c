@@ -98,6 +98,11 @@ int cy_router_unsubscribe(cy_router *r, cy_subscriber *s, const char *filter, si
     return cy_topic_tree_remove(r->subs, filter, len, s);
 }
 
+int cy_router_sub_opts(const cy_router *r, cy_subscriber *s, const char *filter, size_t len)
+{
+    return cy_topic_tree_opts(r->subs, filter, len, s);
+}
+
 size_t cy_router_subscriptions(const cy_router *r)
 {
     return cy_topic_tree_count(r->subs);
@@ -128,9 +133,11 @@ static cy_match *merge(cy_router *r, cy_subscriber *s, uint8_t opts, uint32_t su
         x->sub = s;
         x->qos = CY_SUBOPT_QOS(opts);
         x->rap = false;
+        x->durable = false;
         x->n_sub_ids = 0;
     }
     if (opts & CY_SUBOPT_RAP) x->rap = true;
+    if (opts & CY_SUBOPT_DURABLE) x->durable = true;
     if (sub_id && x->n_sub_ids < CY_ROUTE_MAX_SUB_IDS) x->sub_ids[x->n_sub_ids++] = sub_id;
     return x;
 }

@@ -76,6 +76,7 @@ typedef struct cy_match {
     uint8_t qos;      /* effective: min(published, highest subscribed) */
     bool retain;      /* retain flag to send (retain-as-published, or a retained message) */
     bool rap;         /* scratch: some subscription asked retain-as-published */
+    bool durable;     /* some subscription has CY_SUBOPT_DURABLE */
     uint8_t n_sub_ids;
     uint32_t sub_ids[CY_ROUTE_MAX_SUB_IDS];
 } cy_match;
@@ -161,6 +162,8 @@ int cy_router_subscribe(cy_router *r, cy_subscriber *s, const char *filter, size
                         uint8_t opts, uint32_t sub_id, bool *existed);
 /* Errors: CY_ENOENT (s has no such subscription). */
 int cy_router_unsubscribe(cy_router *r, cy_subscriber *s, const char *filter, size_t len);
+/* s's options for filter (>= 0), or CY_ENOENT. */
+int cy_router_sub_opts(const cy_router *r, cy_subscriber *s, const char *filter, size_t len);
 size_t cy_router_subscriptions(const cy_router *r);
 
 /* ---- routing ---- */

@@ -63,6 +63,11 @@ typedef struct cy_topic_tree cy_topic_tree;
 #define CY_SUBOPT_NO_LOCAL 0x04u
 #define CY_SUBOPT_RAP 0x08u
 #define CY_SUBOPT_RH(o) (((o) >> 4) & 3u)
+/* cyan's own bit (MQTT 5 reserves bits 6-7 and the codec refuses them, so
+ * no client sets it): the subscriber's session is kept in the store, and a
+ * message for it must be too. A match has it when any of the subscriber's
+ * matching subscriptions does (cy_match.durable). */
+#define CY_SUBOPT_DURABLE 0x40u
 
 /* Called once per matching subscription. For a shared group it is called
  * once per group, with the member chosen for this message; `shared` is
@@ -100,6 +105,8 @@ void cy_topic_tree_free(cy_topic_tree *t);
  * which. The filter bytes are copied. Errors: CY_EINVAL, CY_ENOMEM. */
 int cy_topic_tree_add(cy_topic_tree *t, const char *filter, size_t len, void *owner, uint8_t opts,
                       uint32_t sub_id, bool *existed);
+/* owner's options for filter (>= 0), or CY_ENOENT (none), CY_EINVAL. */
+int cy_topic_tree_opts(const cy_topic_tree *t, const char *filter, size_t len, void *owner);
 /* Remove owner's subscription to filter. Errors: CY_ENOENT. Empty nodes are
  * pruned. */
 int cy_topic_tree_remove(cy_topic_tree *t, const char *filter, size_t len, void *owner);

@@ -307,6 +307,21 @@ fail:
     return CY_ENOMEM;
 }
 
+int cy_topic_tree_opts(const cy_topic_tree *t, const char *filter, size_t len, void *owner)
+{
+    if (!t || !cy_topic_valid_filter(filter, len)) return CY_EINVAL;
+    const char *gname = NULL, *f = filter;
+    size_t glen = 0, flen = len;
+    bool shared = cy_topic_split_shared(filter, len, &gname, &glen, &f, &flen);
+    node *last;
+    node *n = walk((cy_topic_tree *)t, f, flen, false, &last);
+    if (!n) return CY_ENOENT;
+    group *g = shared ? group_find(n, gname, glen) : NULL;
+    if (shared && !g) return CY_ENOENT;
+    sub *s = shared ? sub_find(g->members, g->n, owner) : sub_find(n->subs, n->nsubs, owner);
+    return s ? s->opts : CY_ENOENT;
+}
+
 int cy_topic_tree_remove(cy_topic_tree *t, const char *filter, size_t len, void *owner)
 {
     if (!t || !cy_topic_valid_filter(filter, len)) return CY_EINVAL;

@@ -27,6 +27,7 @@
 #include "health/scoreboard.h"
 #include "router/msg.h"
 #include "router/router.h"
+#include "router/topic.h"
 #include "store/store.h"
 
 #include <dirent.h>
@@ -55,7 +56,8 @@ typedef struct got {
 
 typedef struct fsub {
     cy_subscriber sub;
-    unsigned n;
+    unsigned n;   /* recorded (at most MAXGOT) */
+    unsigned all; /* delivered */
     got v[MAXGOT];
 } fsub;
 
@@ -63,6 +65,7 @@ static void fsub_deliver(void *ctx, cy_subscriber *s, const cy_route *r, const c
 {
     (void)ctx;
     fsub *f = (fsub *)s;
+    f->all++;
     if (f->n >= MAXGOT) return;
     got *g = &f->v[f->n++];
     snprintf(g->topic, sizeof(g->topic), "%.*s", (int)r->m->topic_len, r->m->topic);
@@ -312,7 +315,15 @@ static int publish(unsigned i, const char *topic, const char *payload, uint8_t q
     return rc;
 }
 
+/* f subscribes as a persistent session does (CY_SUBOPT_DURABLE: QoS 1/2
+ * forwards to it are durable), or as a clean one (sub_clean). */
 static int sub(unsigned i, fsub *f, const char *filter, uint8_t qos)
+{
+    return cy_cluster_subscribe(W->s[i].cl, &f->sub, filter, strlen(filter),
+                                (uint8_t)(qos | CY_SUBOPT_DURABLE), 0);
+}
+
+static int sub_clean(unsigned i, fsub *f, const char *filter, uint8_t qos)
 {
     return cy_cluster_subscribe(W->s[i].cl, &f->sub, filter, strlen(filter), qos, 0);
 }
@@ -935,6 +946,81 @@ static void test_cy_cluster_retained_replication(void **state)
     assert_int_equal(fb.n, 1);
 }
 
+/* QoS 1 for clean sessions only skips the outbox: it goes at once, and
+ * the publisher's acknowledgement is held until the peer applied it. A
+ * persistent subscriber of the same filter on the peer makes the forwards
+ * durable again, until it leaves; with the peer down, a forward for clean
+ * sessions is dropped and counted (the sessions it was for are gone). */
+static void test_cy_cluster_clean_qos1_skips_outbox(void **state)
+{
+    (void)state;
+    up_all();
+    W->no_sweep = true; /* held acknowledgements go only on B's ACK */
+    cy_cluster *a = W->s[0].cl;
+    fsub fc, fd;
+    fsub_init(&fc);
+    fsub_init(&fd);
+    assert_int_equal(sub_clean(1, &fc, "c/#", 1), 0);
+    WAIT(subs(0) == 1);
+
+    cy_held_owner o = {0};
+    cy_cluster_hold_begin(a);
+    assert_int_equal(publish(0, "c/1", "one", 1, false, true), 0);
+    assert_int_equal(outbox(0), 0);
+    assert_true(cy_cluster_must_hold(a, &o)); /* the PUBACK waits for B */
+    assert_int_equal(cy_cluster_hold(a, &o, true, (const uint8_t *)"k1", 2), 0);
+    assert_int_equal(W->nrel, 0);
+    WAIT(W->nrel == 1);
+    assert_int_equal(fc.n, 1); /* B applied it before A let the PUBACK go */
+    assert_int_equal(fc.v[0].qos, 1);
+
+    /* a persistent session on B holds the filter too: durable */
+    assert_int_equal(sub(1, &fd, "c/+", 1), 0);
+    run_for(50);
+    assert_int_equal(publish(0, "c/2", "two", 1, false, true), 0);
+    assert_int_equal(outbox(0), 1);
+    WAIT(outbox(0) == 0 && fd.n == 1 && fc.n == 2);
+    /* an overlapping filter of the clean one only: not durable */
+    assert_int_equal(publish(0, "c/2/x", "three", 1, false, true), 0);
+    assert_int_equal(outbox(0), 0);
+    WAIT(fc.n == 3);
+    /* the persistent session leaves: clean only again */
+    cy_cluster_unsubscribe(W->s[1].cl, &fd.sub, "c/+", 3);
+    run_for(50);
+    assert_int_equal(publish(0, "c/3", "four", 1, false, true), 0);
+    assert_int_equal(outbox(0), 0);
+    WAIT(fc.n == 4);
+    /* the same session's options change from clean to persistent */
+    assert_int_equal(sub(1, &fc, "c/#", 1), 0);
+    run_for(50);
+    assert_int_equal(publish(0, "c/4", "five", 1, false, true), 0);
+    assert_int_equal(outbox(0), 1);
+    WAIT(outbox(0) == 0 && fc.n == 5);
+    assert_int_equal(sub_clean(1, &fc, "c/#", 1), 0);
+    run_for(50);
+
+    /* B not keeping up (no loop runs while A publishes 72 MiB, past its
+     * bus backlog of 64 MiB): what the bus refuses waits in the outbox */
+    static uint8_t big[64 << 10];
+    memset(big, 'b', sizeof(big));
+    unsigned before = fc.all, n_big = 1152;
+    for (unsigned k = 0; k < n_big; k++) {
+        cy_msg *m = cy_msg_new("c/big", 5, big, sizeof(big), NULL, 0, 1, false, 0);
+        assert_non_null(m);
+        assert_int_equal(cy_router_publish(W->s[0].router, m, NULL, "tester", true), 0);
+        cy_msg_unref(m);
+    }
+    assert_true(outbox(0) > 0);
+    WAIT(fc.all == before + n_big && outbox(0) == 0);
+
+    /* B down: dropped and counted, nothing owed */
+    uint64_t dropped = W->s[0].stats.messages_dropped;
+    shard_down(1);
+    assert_int_equal(publish(0, "c/5", "six", 1, false, true), 0);
+    assert_int_equal(outbox(0), 0);
+    assert_int_equal(W->s[0].stats.messages_dropped, dropped + 1);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -954,6 +1040,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_cluster_interest_resync, setup2, teardown),
         cmocka_unit_test_setup_teardown(test_cy_cluster_send, setup2, teardown),
         cmocka_unit_test_setup_teardown(test_cy_cluster_retained_replication, setup2, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_cluster_clean_qos1_skips_outbox, setup2, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
