@@ -301,9 +301,11 @@ json_t *cy_device_time(int64_t wall_ms);
 /* At start, after the store's sessions are loaded: read the presence rows
  * (store.h) back, so last heard and last round trip survive the restart,
  * and queue an offline event (reason shard_restart) for every device whose
- * last logged status event said online. Errors: CY_ENOMEM, CY_ESTORE
+ * last logged status event said online. A row of a device registry
+ * (borrowed; NULL: no check) no longer has (deleted while this shard was
+ * down) is removed instead, without an event. Errors: CY_ENOMEM, CY_ESTORE
  * (nothing is lost by going on without them: logged by the caller). */
-int cy_devices_load_presence(cy_devices *d);
+int cy_devices_load_presence(cy_devices *d, cy_registry *registry);
 /* The shard stops cleanly (its transports closed every link already): log
  * every status event waiting or held, whatever the rate, and write every
  * row whose times moved, into the store's current batch (the caller

@@ -413,11 +413,39 @@ void cy_presence_flush(cy_devices *d, int64_t now, bool all)
     cy_map_each(&d->presence, flush_one, d);
 }
 
+typedef struct load_ctx {
+    cy_devices *d;
+    cy_registry *registry; /* borrowed, or NULL: every row's device is taken to exist */
+    char (*gone)[CY_DEVICE_ID_LEN + 1]; /* rows of deleted devices, removed after the load */
+    size_t n_gone, cap_gone;
+} load_ctx;
+
+/* Was device id deleted (while this shard was down: the API deletes the
+ * row of a device whose shard runs)? A registry that cannot answer keeps
+ * the row. */
+static bool deleted(load_ctx *lc, const char *id)
+{
+    cy_device dev;
+    return lc->registry && cy_registry_device_get(lc->registry, id, &dev) == CY_ENOENT;
+}
+
 static int load_one(void *ctx, const cy_store_presence *p)
 {
-    cy_devices *d = ctx;
+    load_ctx *lc = ctx;
+    cy_devices *d = lc->d;
     size_t len = strlen(p->id);
     if (len == 0 || len > CY_DEVICE_ID_LEN) return 0; /* not a device's: ignored */
+    if (deleted(lc, p->id)) { /* no row, and no shard_restart event for it */
+        if (lc->n_gone == lc->cap_gone) {
+            size_t cap = lc->cap_gone ? 2 * lc->cap_gone : 16;
+            void *g = cy_realloc(lc->gone, cap * sizeof(*lc->gone));
+            if (!g) return CY_ENOMEM;
+            lc->gone = g;
+            lc->cap_gone = cap;
+        }
+        memcpy(lc->gone[lc->n_gone++], p->id, len + 1);
+        return 0;
+    }
     dev_presence *pr = cy_presence_get(d, p->id, len, true);
     if (!pr) return CY_ENOMEM;
     pr->last_heard = pr->saved_heard = p->last_heard;
@@ -440,10 +468,16 @@ static int load_one(void *ctx, const cy_store_presence *p)
     return 0;
 }
 
-int cy_devices_load_presence(cy_devices *d)
+int cy_devices_load_presence(cy_devices *d, cy_registry *registry)
 {
     size_t before = d->st_n;
-    int rc = cy_store_presence_load(d->store, load_one, d);
+    load_ctx lc = {d, registry, NULL, 0, 0};
+    int rc = cy_store_presence_load(d->store, load_one, &lc);
+    for (size_t i = 0; i < lc.n_gone; i++) cy_store_presence_delete(d->store, lc.gone[i]);
+    if (lc.n_gone)
+        cy_info(NULL, "presence: %zu devices deleted while this shard was down: their rows removed",
+                lc.n_gone);
+    cy_free(lc.gone);
     if (d->st_n > before)
         cy_info(NULL,
                 "presence: %zu devices were online when this shard last stopped without "

@@ -541,7 +541,7 @@ int cy_shard_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_regi
     /* Last heard and last round trip of every device, and an offline event
      * for each that was online when this shard died. Without them the
      * shard still serves: presence then starts from nothing, as before. */
-    int prc = cy_devices_load_presence(b->devices);
+    int prc = cy_devices_load_presence(b->devices, b->registry);
     if (prc) cy_error(NULL, "shard %u: presence not loaded: %s", b->self, cy_strerror(prc));
     /* End what expired while we were down. */
     size_t ended = cy_devices_end_expired(b->devices);

@@ -16,6 +16,7 @@ they run at cyan's default rate.
 import json
 import os
 import signal
+import sqlite3
 import time
 
 import pytest
@@ -24,7 +25,8 @@ import coapdev
 import rawmqtt as rm
 from apidevice import (ISO_MS_RE, ApiDevice, SseStream, api, call, create_device, get_device,
                        online_device, parse_time, wait_device)
-from helpers import raw
+from conftest import SHARDS
+from helpers import raw, wait_until
 from whsink import Sink
 
 pytestmark = pytest.mark.cyan_only
@@ -284,6 +286,83 @@ def test_shard_restart_is_told(srv):
         wait_device(srv, did, lambda d: d["online"] is True, timeout=10, what="back")
     finally:
         dev.close()
+
+
+def presence_row(srv, shard, dev_id):
+    """Whether dev_id has a presence row in shard's file."""
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(srv.data_dir, "shard-%d.db" % shard),
+                         uri=True, timeout=2)
+    try:
+        return db.execute("SELECT 1 FROM presence WHERE id = ?", (dev_id,)).fetchone() is not None
+    finally:
+        db.close()
+
+
+def test_device_deleted_while_its_shard_is_down(srv):
+    """A device deleted while its owner shard is frozen, then killed: at
+    the restart its presence row is removed and it gets no shard_restart
+    event (it had one, for a device that no longer exists, and kept its row
+    for good). Another device of that shard, online at the kill, gets its
+    own; a marker event published after that one must come after any
+    event of the deleted device."""
+    if SHARDS < 2:
+        pytest.skip("needs a shard frozen while another serves the API")
+    by_shard = {}
+    while True:  # two devices of one shard
+        info = create_device(srv)
+        shard = get_device(srv, info["id"])["shard"]
+        by_shard.setdefault(shard, []).append(info)
+        if len(by_shard[shard]) == 2:
+            gone, kept = by_shard[shard]
+            break
+    clients = []
+    try:
+        with stream(srv) as s:
+            for info in (gone, kept):
+                clients.append(mqtt_connect(srv, info))
+            seen = set()
+            while len(seen) < 2:
+                ev = s.next(5)
+                did = ev.json["device_id"]
+                if did in (gone["id"], kept["id"]) and json.loads(ev.payload)["status"] == "online":
+                    seen.add(did)
+                    last = ev  # the stream's order: the later of the two
+        # its row, written in the commit after its status event
+        assert wait_until(lambda: presence_row(srv, shard, gone["id"]), timeout=5)
+        pids = srv.wait_shard_pids()
+        os.kill(pids[shard], signal.SIGSTOP)
+        try:
+            r = api(srv, "DELETE", "/v1/devices/%s" % gone["id"], timeout=15)
+        finally:
+            try:
+                os.kill(pids[shard], signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # the watchdog replaced it first
+        assert r.status in (200, 204), r
+        deadline = time.monotonic() + 20
+        while srv.shard_pids().get(shard) in (None, pids[shard]):
+            assert time.monotonic() < deadline, "shard %d not respawned" % shard
+            time.sleep(0.05)
+        srv.wait_api_healthy(timeout=20)
+        with SseStream(srv, "/v1/events", last_event_id=last.id) as s:
+            assert s.status == 200, (s.status, s.body)
+            marked = False
+            while True:
+                ev = s.next(15)
+                assert ev.json.get("device_id") != gone["id"], ev
+                if ev.name == "marker":
+                    break
+                if ev.name == "cyan/status" and ev.json["device_id"] == kept["id"]:
+                    off = json.loads(ev.payload)
+                    assert (off["status"], off["reason"]) == ("offline", "shard_restart"), off
+                    assert not marked
+                    r = api(srv, "POST", "/v1/events", json={"name": "marker", "data": "m"})
+                    assert r.status == 202, r
+                    marked = True
+        assert not presence_row(srv, shard, gone["id"])
+    finally:
+        for c in clients:
+            c.close()
 
 
 def test_flapping_is_folded(api_server_factory):

@@ -159,7 +159,7 @@ static void layer_restart(void)
     cyt_layer_close();
     memset(&T.stats, 0, sizeof(T.stats));
     cyt_layer_open();
-    assert_int_equal(cy_devices_load_presence(T.d), 0);
+    assert_int_equal(cy_devices_load_presence(T.d, NULL), 0);
     watch();
 }
 
