@@ -88,6 +88,7 @@ int cy_sdnotify_open_from(cy_sdnotify *n, const char *socket_name, const char *u
     n->fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (n->fd < 0) return -errno;
     unsigned long long us = number(usec);
+    n->bad_watchdog = usec && !us;
     /* WATCHDOG_PID names the process that must ping: absent, it is us. */
     bool ours = !pid || !pid[0] || number(pid) == (unsigned long long)self;
     if (us && ours) {

@@ -47,6 +47,7 @@ typedef struct cy_sdnotify {
     int fd;              /* datagram socket, -1 when not under systemd */
     char socket[108];    /* NOTIFY_SOCKET as given ("@name" for abstract), for logs */
     int64_t watchdog_ms; /* WatchdogSec (WATCHDOG_USEC / 1000), 0 = no watchdog */
+    bool bad_watchdog;   /* WATCHDOG_USEC was set but is no positive number (for the log) */
 } cy_sdnotify;
 
 /* From the values of NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID (each

@@ -1548,6 +1548,12 @@ int cy_supervisor_run(const cy_config *cfg, const char *exe, char *const *pass)
                 "supervisor: under systemd (notify socket %s); its watchdog (%.1f s) is fed "
                 "every %.1f s while the supervisor is healthy",
                 s->sd.socket, secs(s->sd.watchdog_ms), secs(cy_sdnotify_ping_ms(&s->sd)));
+    else if (!rc && s->sd.bad_watchdog)
+        cy_warn(NULL,
+                "supervisor: under systemd (notify socket %s), but WATCHDOG_USEC is not a "
+                "positive number of microseconds: its watchdog is not fed, and if WatchdogSec= "
+                "is set systemd will restart cyan when it runs out",
+                s->sd.socket);
     else if (!rc)
         cy_info(NULL, "supervisor: under systemd (notify socket %s), no watchdog", s->sd.socket);
 

@@ -93,11 +93,13 @@ static void test_open_path_and_watchdog(void **state)
     cy_sdnotify_close(&n);
     assert_int_equal(cy_sdnotify_open_from(&n, path, "500", "", 7), 0);
     assert_int_equal(n.watchdog_ms, 1); /* under a millisecond: at least 1 */
+    assert_false(n.bad_watchdog);
     cy_sdnotify_close(&n);
     const char *bad[] = {"0", "", "-5", "12x", "x", "99999999999999999999999"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         assert_int_equal(cy_sdnotify_open_from(&n, path, bad[i], NULL, 7), 0);
         assert_int_equal(cy_sdnotify_ping_ms(&n), 0);
+        assert_true(n.bad_watchdog); /* said in the log */
         cy_sdnotify_close(&n);
     }
     assert_int_equal(cy_sdnotify_open_from(&n, path, "1000000", "4242x", 4242), 0);
