@@ -316,6 +316,8 @@ static bool is_describe(const char *id, size_t id_len, const char *t, size_t len
 static bool valid_name(const char *n, size_t len)
 {
     if (len == 0 || len > CY_DEVICE_NAME_MAX) return false;
+    /* a path segment a URL cannot name: clients and proxies fold it away */
+    if ((len == 1 && n[0] == '.') || (len == 2 && n[0] == '.' && n[1] == '.')) return false;
     for (size_t i = 0; i < len; i++) {
         char ch = n[i];
         if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||

@@ -305,6 +305,8 @@ static void test_admit_describe(void **state)
         "{\"functions\":[\"\"]}",                   /* empty name */
         "{\"functions\":[\"a b\"]}",                /* bad character */
         "{\"variables\":[\"a/b\"]}",                /* bad character */
+        "{\"functions\":[\".\"]}",                  /* no URL can name it */
+        "{\"variables\":[\"..\"]}",
         "{\"functions\":[\"a\"],\"functions\":[\"b\"]}", /* duplicate key */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
