@@ -72,13 +72,7 @@ die() {
 }
 
 # ---- build -------------------------------------------------------------------------
-log "building cyan and coap_bench in $BUILD/ (RelWithDebInfo)"
-mkdir -p "$BUILD"
-if ! { cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
-    cmake --build "$BUILD" -j2 --target cyan coap_bench >"$BUILD/coap-bench-build.log" 2>&1; }; then
-    tail -n 20 "$BUILD/coap-bench-build.log" >&2 || true
-    die "build failed (log: $BUILD/coap-bench-build.log)"
-fi
+bench_build coap-bench cyan coap_bench
 CYAN=$BUILD/cyan
 GEN=$BUILD/coap_bench
 [ -n "$LIBCOAP" ] || die "coap-server-notls missing: scripts/deps.sh bench (libcoap3-bin)"

@@ -60,13 +60,7 @@ die() {
 }
 
 # ---- build -------------------------------------------------------------------------
-log "building cyan and cyan_bench in $BUILD/ (RelWithDebInfo)"
-mkdir -p "$BUILD"
-if ! { cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
-    cmake --build "$BUILD" -j2 --target cyan cyan_bench >"$BUILD/durable-bench-build.log" 2>&1; }; then
-    tail -n 20 "$BUILD/durable-bench-build.log" >&2 || true
-    die "build failed (log: $BUILD/durable-bench-build.log)"
-fi
+bench_build durable-bench cyan cyan_bench
 CYAN=$BUILD/cyan
 GEN=$BUILD/cyan_bench
 [ -x "$MOSQ" ] || die "mosquitto not installed ($MOSQ); run scripts/deps.sh bench"

@@ -7,6 +7,21 @@ free_port() {
     /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# bench_build NAME TARGET...: configure BUILD (RelWithDebInfo) and build the
+# targets, the output in BUILD/NAME-build.log; on failure its tail and
+# die (the caller's). Needs BUILD, log() and die().
+bench_build() {
+    local name=$1
+    shift
+    log "building $* in $BUILD/ (RelWithDebInfo)"
+    mkdir -p "$BUILD"
+    if ! { cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
+        cmake --build "$BUILD" -j2 --target "$@" >"$BUILD/$name-build.log" 2>&1; }; then
+        tail -n 20 "$BUILD/$name-build.log" >&2 || true
+        die "build failed (log: $BUILD/$name-build.log)"
+    fi
+}
+
 # Wait up to 10 s until 127.0.0.1:PORT accepts a connection.
 wait_port() {
     local port=$1 i

@@ -75,13 +75,7 @@ PIN_LOAD=()
 [ -n "$LOAD_CORES" ] && PIN_LOAD=(taskset -c "$LOAD_CORES")
 
 # ---- build -----------------------------------------------------------------------
-log "building cyan and whsink in $BUILD/ (RelWithDebInfo)"
-mkdir -p "$BUILD"
-if ! { cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null &&
-    cmake --build "$BUILD" -j2 --target cyan whsink >"$BUILD/webhook-bench-build.log" 2>&1; }; then
-    tail -n 20 "$BUILD/webhook-bench-build.log" >&2 || true
-    die "build failed (log: $BUILD/webhook-bench-build.log)"
-fi
+bench_build webhook-bench cyan whsink
 CYAN=$BUILD/cyan
 SINK=$BUILD/whsink
 command -v curl >/dev/null || die "curl missing"
