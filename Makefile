@@ -84,10 +84,12 @@ INT_MULTI = tests/integration/test_prometheus_rules.py tests/integration/test_ca
 INT_LATE = tests/integration/test_coaps.py tests/integration/test_limits.py
 # Files about the command line (its client commands too), the install, the
 # README, the data folder's files and the HTTPS certificate, where the shard
-# count changes nothing: once, with one shard.
+# count changes nothing, and the second attack pass on issue 15 (mostly the
+# CLI and the API's input): once, with one shard.
 INT_ONE = tests/integration/test_cli.py tests/integration/test_docs.py tests/integration/test_file_modes.py \
   tests/integration/test_https.py tests/integration/test_install.py \
-  tests/integration/test_readme.py tests/integration/test_cli_client.py
+  tests/integration/test_readme.py tests/integration/test_cli_client.py \
+  tests/integration/test_attack_i15.py
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=10
 integration:
 	@echo "integration: fault tests, 4 shards"
