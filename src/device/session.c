@@ -422,7 +422,7 @@ void cy_session_remove_delivery(cy_devices *d, cy_session *s, cy_delivery *dv)
         dv->next->prev = dv->prev;
     else
         s->tail = dv->prev;
-    if (dv->store_id) cy_store_msg_delete(d->store, dv->store_id);
+    if (dv->store_id > 0) cy_store_msg_delete(d->store, dv->store_id);
     cy_msg_unref(dv->msg);
     cy_free(dv);
 }
@@ -431,7 +431,8 @@ void cy_session_released(cy_devices *d, cy_session *s, cy_delivery *dv)
 {
     (void)s;
     dv->state = CY_MSG_RELEASED;
-    if (dv->store_id) cy_store_msg_update(d->store, dv->store_id, dv->packet_id, CY_MSG_RELEASED);
+    if (dv->store_id > 0)
+        cy_store_msg_update(d->store, dv->store_id, dv->packet_id, CY_MSG_RELEASED);
 }
 
 cy_delivery *cy_session_find_inflight(cy_session *s, uint16_t packet_id)
@@ -469,6 +470,18 @@ uint32_t cy_session_sendable(const cy_devices *d, const cy_session *s)
     return s->n_queued < room ? s->n_queued : room;
 }
 
+/* dv's row, in its state as it is now: queued, or sent with its packet
+ * id (one INSERT where a queued row and its UPDATE at the send were two). */
+static void put_row(cy_devices *d, cy_session *s, cy_delivery *dv)
+{
+    cy_store_msg sm = cy_msg_to_store(dv->msg, dv->qos, dv->retain);
+    sm.sub_ids = dv->sub_ids;
+    sm.n_sub_ids = dv->n_sub_ids;
+    sm.packet_id = dv->packet_id;
+    sm.state = dv->state;
+    dv->store_id = cy_store_msg_put(d->store, s->client_id, &sm) == 0 ? sm.id : 0;
+}
+
 void cy_session_pump(cy_devices *d, cy_session *s)
 {
     cy_link *l = s->link;
@@ -492,7 +505,10 @@ void cy_session_pump(cy_devices *d, cy_session *s)
         d->progress++; /* a queued delivery went out */
         dv->packet_id = id;
         dv->state = CY_MSG_SENT;
-        if (dv->store_id) cy_store_msg_update(d->store, dv->store_id, id, CY_MSG_SENT);
+        if (dv->store_id == CY_ROW_PENDING)
+            put_row(d, s, dv);
+        else if (dv->store_id)
+            cy_store_msg_update(d->store, dv->store_id, id, CY_MSG_SENT);
     }
 }
 
@@ -570,13 +586,15 @@ void cy_session_deliver(cy_devices *d, cy_session *s, cy_msg *m, uint8_t qos, bo
     dv->n_sub_ids = (uint8_t)n_sub_ids;
     if (n_sub_ids) memcpy(dv->sub_ids, sub_ids, n_sub_ids * sizeof(uint32_t));
     enqueue(d, s, dv);
-    if (s->persistent) {
-        cy_store_msg sm = cy_msg_to_store(m, qos, retain);
-        sm.sub_ids = dv->sub_ids;
-        sm.n_sub_ids = dv->n_sub_ids;
-        if (cy_store_msg_put(d->store, s->client_id, &sm) == 0) dv->store_id = sm.id;
-    }
+    /* Its row is written once, in this call: by the pump if it goes out
+     * now (sent, with its packet id), else below (queued). Both are in the
+     * pass's commit, before the publisher's acknowledgement. */
+    bool row = s->persistent; /* and so not ended by a link closing in the pump */
+    if (row) dv->store_id = CY_ROW_PENDING;
     if (l) cy_session_pump(d, s);
+    /* Not sent (the window is full, the link not ready), nor dropped by
+     * the pump (which frees it): still the queue's tail. */
+    if (row && s->tail && s->tail->store_id == CY_ROW_PENDING) put_row(d, s, s->tail);
 }
 
 int cy_session_load_msg(cy_devices *d, cy_session *s, const cy_store_msg *sm)

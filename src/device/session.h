@@ -37,10 +37,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#define CY_ROW_PENDING (-1)
+
 typedef struct cy_delivery {
     struct cy_delivery *prev, *next;
     cy_msg *msg; /* reference */
-    int64_t store_id; /* row in the store, 0 when the session is not persistent */
+    int64_t store_id; /* row in the store, 0 when the session is not persistent
+                       * (CY_ROW_PENDING inside cy_session_deliver: written
+                       * once, sent or queued, in the same call) */
     uint16_t packet_id; /* 0 while queued */
     uint8_t qos;   /* effective: min(published, subscribed) */
     uint8_t state; /* CY_MSG_QUEUED, CY_MSG_SENT, CY_MSG_RELEASED */
