@@ -90,8 +90,8 @@ void cy_session_publish_will(cy_devices *d, cy_session *s, const char *when)
     cy_who w;
     cy_session_who(s, &w);
     if (!cy_device_acl(d, &w, m->topic, m->topic_len, CY_ACL_WRITE)) {
-        cy_info(s->client_id, "will on %s not published: acl_file no longer grants it%s",
-                m->topic, when);
+        cy_info(s->client_id, "will on %s not published: acl_file no longer grants it%s", m->topic,
+                when);
         cy_msg_unref(m);
         return;
     }
@@ -117,6 +117,9 @@ static void release(cy_devices *d, cy_session *s, bool ending)
     cy_delivery *dv = s->head;
     while (dv) {
         cy_delivery *n = dv->next;
+        /* the store deletes the session's other rows, not its messages */
+        if (ending && s->persistent && dv->store_id > 0)
+            cy_store_msg_delete(d->store, dv->store_id);
         cy_msg_unref(dv->msg);
         cy_free(dv);
         dv = n;
@@ -236,7 +239,10 @@ void cy_session_forget(cy_devices *d, cy_session *s)
         cy_cluster_subscribe(d->cluster, &s->sub, s->subs[i].filter, s->subs[i].len,
                              s->subs[i].opts, s->subs[i].sub_id);
     cy_store_session_delete(d->store, s->client_id);
-    for (cy_delivery *dv = s->head; dv; dv = dv->next) dv->store_id = 0;
+    for (cy_delivery *dv = s->head; dv; dv = dv->next) {
+        if (dv->store_id > 0) cy_store_msg_delete(d->store, dv->store_id);
+        dv->store_id = 0;
+    }
 }
 
 /* ---- subscriptions ---- */
@@ -260,8 +266,8 @@ static int add_sub(cy_session *s, const char *filter, size_t len, uint8_t opts, 
     }
     char *f = cy_strndup(filter, len);
     if (!f) return CY_ENOMEM;
-    s->subs[s->n_subs++] = (cy_sub){.filter = f, .len = (uint16_t)len, .opts = opts,
-                                    .sub_id = sub_id};
+    s->subs[s->n_subs++] =
+        (cy_sub){.filter = f, .len = (uint16_t)len, .opts = opts, .sub_id = sub_id};
     return 0;
 }
 
@@ -273,8 +279,8 @@ static uint8_t routed_opts(const cy_session *s, uint8_t opts)
     return (uint8_t)(s->persistent ? opts | CY_SUBOPT_DURABLE : opts);
 }
 
-int cy_session_load_sub(cy_devices *d, cy_session *s, const char *filter, size_t len,
-                        uint8_t opts, uint32_t sub_id)
+int cy_session_load_sub(cy_devices *d, cy_session *s, const char *filter, size_t len, uint8_t opts,
+                        uint32_t sub_id)
 {
     if (cy_cluster_subscribe(d->cluster, &s->sub, filter, len, routed_opts(s, opts), sub_id))
         return CY_ENOMEM;
@@ -283,8 +289,8 @@ int cy_session_load_sub(cy_devices *d, cy_session *s, const char *filter, size_t
     return 0;
 }
 
-int cy_session_subscribe(cy_devices *d, cy_session *s, const char *filter, size_t len,
-                         uint8_t opts, uint32_t sub_id, bool *fresh)
+int cy_session_subscribe(cy_devices *d, cy_session *s, const char *filter, size_t len, uint8_t opts,
+                         uint32_t sub_id, bool *fresh)
 {
     *fresh = false;
     cy_sub *sub = cy_session_find_sub(s, filter, len);
@@ -656,8 +662,6 @@ static int session_grade(void *ctx, const cy_subscriber *sub, const cy_route *r)
 
 void cy_session_init_kind(cy_devices *d)
 {
-    d->session_kind = (cy_sub_kind){.name = "session",
-                                    .deliver = session_deliver,
-                                    .grade = session_grade,
-                                    .ctx = d};
+    d->session_kind = (cy_sub_kind){
+        .name = "session", .deliver = session_deliver, .grade = session_grade, .ctx = d};
 }

@@ -53,9 +53,9 @@
  *
  * Schema versions (PRAGMA user_version): 1 had no retained.ts, outbox or
  * peers; 2 had no retained.owner; 3 had no event log nor webhook state; 4
- * had no presence table; 5 is current. A new file gets version 5
- * directly; an older file is migrated at open in one transaction (all of it
- * or none of it); a newer file is refused.
+ * had no presence table; 5 had an index on msgs(client_id, id); 6 is
+ * current. A new file gets version 6 directly; an older file is migrated at open in one transaction
+ * (all of it or none of it); a newer file is refused.
  *
  * Space: the file is made with auto_vacuum = INCREMENTAL (an older file is
  * converted once at open, see db.c), so the pages that deleted rows free
@@ -82,7 +82,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define SCHEMA_VERSION 5
+#define SCHEMA_VERSION 6
 #define PEER_MAX 64 /* peers are 0..PEER_MAX-1 */
 /* What a row costs beyond its variable bytes, roughly (keys, integers,
  * b-tree cells), for cy_store_bytes. */
@@ -110,17 +110,17 @@
     "CREATE TABLE IF NOT EXISTS hook_state("                                                       \
     " hook TEXT PRIMARY KEY NOT NULL,"                                                             \
     " cursor INTEGER NOT NULL,"                                                                    \
-    " matched INTEGER NOT NULL, delivered INTEGER NOT NULL, dead INTEGER NOT NULL,"               \
+    " matched INTEGER NOT NULL, delivered INTEGER NOT NULL, dead INTEGER NOT NULL,"                \
     " shown TEXT NOT NULL) WITHOUT ROWID;"                                                         \
     "CREATE TABLE IF NOT EXISTS hook_retry("                                                       \
     " hook TEXT NOT NULL, seq INTEGER NOT NULL,"                                                   \
-    " at INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,"                           \
-    " attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, trail TEXT NOT NULL,"                  \
+    " at INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,"                            \
+    " attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, trail TEXT NOT NULL,"                   \
     " PRIMARY KEY(hook, seq)) WITHOUT ROWID;"                                                      \
     "CREATE TABLE IF NOT EXISTS hook_dead("                                                        \
     " hook TEXT NOT NULL, seq INTEGER NOT NULL,"                                                   \
-    " at INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,"                           \
-    " attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, trail TEXT NOT NULL,"                  \
+    " at INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,"                            \
+    " attempts INTEGER NOT NULL, next_at INTEGER NOT NULL, trail TEXT NOT NULL,"                   \
     " PRIMARY KEY(hook, seq)) WITHOUT ROWID;"
 
 /* The table version 5 added: each device's presence as its owner shard
@@ -133,43 +133,42 @@
     " last_heard INTEGER NOT NULL,"                                                                \
     " last_rtt INTEGER NOT NULL) WITHOUT ROWID;"
 
-static const char schema_v5[] = "CREATE TABLE IF NOT EXISTS sessions("
-                                " client_id TEXT PRIMARY KEY NOT NULL,"
-                                " version INTEGER NOT NULL,"
-                                " expiry INTEGER NOT NULL,"
-                                " disconnected_at INTEGER NOT NULL) WITHOUT ROWID;"
-                                "CREATE TABLE IF NOT EXISTS subs("
-                                " client_id TEXT NOT NULL,"
-                                " filter TEXT NOT NULL,"
-                                " opts INTEGER NOT NULL,"
-                                " sub_id INTEGER NOT NULL,"
-                                " PRIMARY KEY(client_id, filter)) WITHOUT ROWID;"
-                                "CREATE TABLE IF NOT EXISTS msgs("
-                                " id INTEGER PRIMARY KEY,"
-                                " client_id TEXT NOT NULL,"
-                                " topic TEXT NOT NULL,"
-                                " payload BLOB NOT NULL,"
-                                " props BLOB,"
-                                " qos INTEGER NOT NULL,"
-                                " retain INTEGER NOT NULL,"
-                                " expiry_at INTEGER NOT NULL,"
-                                " packet_id INTEGER NOT NULL,"
-                                " state INTEGER NOT NULL,"
-                                " sub_ids BLOB);"
-                                "CREATE INDEX IF NOT EXISTS msgs_client ON msgs(client_id, id);"
-                                "CREATE TABLE IF NOT EXISTS inq2("
-                                " client_id TEXT NOT NULL,"
-                                " packet_id INTEGER NOT NULL,"
-                                " PRIMARY KEY(client_id, packet_id)) WITHOUT ROWID;"
-                                "CREATE TABLE IF NOT EXISTS retained("
-                                " topic TEXT PRIMARY KEY NOT NULL,"
-                                " payload BLOB NOT NULL,"
-                                " props BLOB,"
-                                " qos INTEGER NOT NULL,"
-                                " expiry_at INTEGER NOT NULL,"
-                                " ts INTEGER NOT NULL,"
-                                " owner TEXT);" TABLES_ADDED_V2 TABLES_ADDED_V4 TABLES_ADDED_V5
-                                "PRAGMA user_version = 5;";
+static const char schema_v6[] =
+    "CREATE TABLE IF NOT EXISTS sessions("
+    " client_id TEXT PRIMARY KEY NOT NULL,"
+    " version INTEGER NOT NULL,"
+    " expiry INTEGER NOT NULL,"
+    " disconnected_at INTEGER NOT NULL) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS subs("
+    " client_id TEXT NOT NULL,"
+    " filter TEXT NOT NULL,"
+    " opts INTEGER NOT NULL,"
+    " sub_id INTEGER NOT NULL,"
+    " PRIMARY KEY(client_id, filter)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS msgs("
+    " id INTEGER PRIMARY KEY,"
+    " client_id TEXT NOT NULL,"
+    " topic TEXT NOT NULL,"
+    " payload BLOB NOT NULL,"
+    " props BLOB,"
+    " qos INTEGER NOT NULL,"
+    " retain INTEGER NOT NULL,"
+    " expiry_at INTEGER NOT NULL,"
+    " packet_id INTEGER NOT NULL,"
+    " state INTEGER NOT NULL,"
+    " sub_ids BLOB);"
+    "CREATE TABLE IF NOT EXISTS inq2("
+    " client_id TEXT NOT NULL,"
+    " packet_id INTEGER NOT NULL,"
+    " PRIMARY KEY(client_id, packet_id)) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS retained("
+    " topic TEXT PRIMARY KEY NOT NULL,"
+    " payload BLOB NOT NULL,"
+    " props BLOB,"
+    " qos INTEGER NOT NULL,"
+    " expiry_at INTEGER NOT NULL,"
+    " ts INTEGER NOT NULL,"
+    " owner TEXT);" TABLES_ADDED_V2 TABLES_ADDED_V4 TABLES_ADDED_V5 "PRAGMA user_version = 6;";
 
 /* Version 1 to 2. Retained messages written before stamps existed get 0,
  * older than any stamp, so the first replicated update of the topic wins. */
@@ -191,8 +190,18 @@ static const char migrate_v4[] = TABLES_ADDED_V4 "PRAGMA user_version = 4;";
  * known, as before. */
 static const char migrate_v5[] = TABLES_ADDED_V5 "PRAGMA user_version = 5;";
 
+/* Version 5 to 6: no index on msgs by session. It cost a second B-tree
+ * insert and delete per stored delivery, at pages scattered over the
+ * sessions, while the table's own inserts all land on its last page (ids
+ * increase). Nothing needs it: the load reads the queues in one scan of
+ * the table, and a session's rows are deleted by id by whoever holds them
+ * (cy_store_session_delete does not touch msgs). */
+static const char migrate_v6[] = "DROP INDEX IF EXISTS msgs_client;"
+                                 "PRAGMA user_version = 6;";
+
 /* migrations[v] takes a file from version v to v + 1. */
-static const char *const migrations[] = {NULL, migrate_v2, migrate_v3, migrate_v4, migrate_v5};
+static const char *const migrations[] = {NULL,       migrate_v2, migrate_v3,
+                                         migrate_v4, migrate_v5, migrate_v6};
 
 enum {
     ST_BEGIN,
@@ -202,13 +211,14 @@ enum {
     ST_SESSION_PUT,
     ST_SESSION_DEL,
     ST_SESSION_DEL_SUBS,
-    ST_SESSION_DEL_MSGS,
     ST_SESSION_DEL_INQ2,
     ST_SUB_PUT,
     ST_SUB_DEL,
     ST_MSG_PUT,
     ST_MSG_UPDATE,
     ST_MSG_DEL,
+    ST_MSGS_ORPHANS,
+    ST_MSGS_ORPHAN_ANY,
     ST_INQ2_PUT,
     ST_INQ2_DEL,
     ST_RETAIN_PUT,
@@ -263,7 +273,10 @@ static const char *const sql[N_ST] = {
                        " disconnected_at = excluded.disconnected_at",
     [ST_SESSION_DEL] = "DELETE FROM sessions WHERE client_id = ?1",
     [ST_SESSION_DEL_SUBS] = "DELETE FROM subs WHERE client_id = ?1",
-    [ST_SESSION_DEL_MSGS] = "DELETE FROM msgs WHERE client_id = ?1",
+    [ST_MSGS_ORPHAN_ANY] =
+        "SELECT 1 FROM msgs WHERE client_id NOT IN (SELECT client_id FROM sessions)"
+        " LIMIT 1",
+    [ST_MSGS_ORPHANS] = "DELETE FROM msgs WHERE client_id NOT IN (SELECT client_id FROM sessions)",
     [ST_SESSION_DEL_INQ2] = "DELETE FROM inq2 WHERE client_id = ?1",
     [ST_SUB_PUT] = "INSERT INTO subs(client_id, filter, opts, sub_id) VALUES(?1, ?2, ?3, ?4)"
                    " ON CONFLICT(client_id, filter) DO UPDATE SET"
@@ -293,14 +306,15 @@ static const char *const sql[N_ST] = {
                          " ORDER BY client_id",
     [ST_LOAD_SUBS] = "SELECT filter, opts, sub_id FROM subs WHERE client_id = ?1",
     [ST_LOAD_MSGS] = "SELECT id, topic, payload, props, qos, retain, expiry_at, packet_id, state,"
-                     " sub_ids FROM msgs WHERE client_id = ?1 ORDER BY id",
+                     " sub_ids, client_id FROM msgs ORDER BY id",
     [ST_LOAD_INQ2] = "SELECT packet_id FROM inq2 WHERE client_id = ?1 ORDER BY packet_id",
     [ST_LOAD_RETAINED] = "SELECT topic, payload, props, qos, expiry_at, ts, owner FROM retained",
     [ST_LOAD_PEERS] = "SELECT peer, last_sent, last_applied FROM peers ORDER BY peer",
     [ST_LOAD_OUTBOX] = "SELECT peer, seq, frame FROM outbox ORDER BY peer, seq",
     [ST_EV_PUT] = "INSERT INTO events(seq, at, topic, payload) VALUES(?1, ?2, ?3, ?4)",
     [ST_EV_LAST] = "SELECT max(seq) FROM events",
-    [ST_EV_READ] = "SELECT seq, at, topic, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    [ST_EV_READ] =
+        "SELECT seq, at, topic, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     [ST_EV_GET] = "SELECT seq, at, topic, payload FROM events WHERE seq = ?1",
     /* The newest event always stays: it carries the sequence across a
      * restart (cy_store_event_append never goes below it). */
@@ -311,7 +325,8 @@ static const char *const sql[N_ST] = {
     [ST_EV_TAIL] = "SELECT seq, at, topic, payload FROM events ORDER BY seq DESC LIMIT ?1",
     [ST_EV_FIRST] = "SELECT min(seq), count(*) FROM events",
     /* Counted up to a million: past it the figure says "at least". */
-    [ST_EV_COUNT_AFTER] = "SELECT count(*) FROM (SELECT 1 FROM events WHERE seq > ?1 LIMIT 1000000)",
+    [ST_EV_COUNT_AFTER] =
+        "SELECT count(*) FROM (SELECT 1 FROM events WHERE seq > ?1 LIMIT 1000000)",
     [ST_HS_PUT] = "INSERT INTO hook_state(hook, cursor, matched, delivered, dead, shown)"
                   " VALUES(?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(hook) DO UPDATE SET"
                   " cursor = excluded.cursor, matched = excluded.matched,"
@@ -346,20 +361,20 @@ static const char *const sql[N_ST] = {
 struct cy_store {
     sqlite3 *db;
     sqlite3_stmt *st[N_ST];
-    size_t pending; /* writes since the last commit */
-    bool in_txn;    /* a write transaction is open (ours, or load's read one joined) */
-    bool lost;      /* a write of this batch failed: the commit must fail it */
-    bool loading;   /* inside cy_store_load (it is not re-entrant) */
-    bool no_space;  /* a write or commit of this batch failed for lack of disk space */
-    uint64_t bytes; /* estimate of the bytes all writes so far have asked for */
-    uint64_t ev_last; /* the event log's last sequence number (0: none yet) */
+    size_t pending;       /* writes since the last commit */
+    bool in_txn;          /* a write transaction is open (ours, or load's read one joined) */
+    bool lost;            /* a write of this batch failed: the commit must fail it */
+    bool loading;         /* inside cy_store_load (it is not re-entrant) */
+    bool no_space;        /* a write or commit of this batch failed for lack of disk space */
+    uint64_t bytes;       /* estimate of the bytes all writes so far have asked for */
+    uint64_t ev_last;     /* the event log's last sequence number (0: none yet) */
     uint64_t ev_appends;  /* events appended since open */
     uint64_t ev_cut;      /* trim's cached cut (see cy_store_events_trim) */
     uint64_t ev_cut_keep; /* the keep it was found for */
     uint64_t ev_cut_mark; /* ev_appends when it was found; 0 = never */
-    bool readonly;  /* cy_store_open_reader: only the read calls */
-    uint32_t *ids;  /* load's scratch for decoded subscription identifiers */
-    size_t ids_cap; /* entries */
+    bool readonly;        /* cy_store_open_reader: only the read calls */
+    uint32_t *ids;        /* load's scratch for decoded subscription identifiers */
+    size_t ids_cap;       /* entries */
 };
 
 /* Logs the connection's last error once and returns CY_ESTORE. */
@@ -430,7 +445,7 @@ int cy_store_open(const char *path, bool sync_full, cy_store **out)
     *out = NULL;
     cy_store *s = cy_calloc(1, sizeof(*s));
     if (!s) return CY_ENOMEM;
-    static const cy_db_schema schema = {"store", SCHEMA_VERSION, schema_v5, migrations, true};
+    static const cy_db_schema schema = {"store", SCHEMA_VERSION, schema_v6, migrations, true};
     int rc = cy_db_open(path, sync_full, &schema, sql, N_ST, &s->db, s->st);
     if (!rc) rc = ev_last_load(s);
     if (rc) goto fail;
@@ -561,11 +576,10 @@ int cy_store_session_put(cy_store *s, const cy_store_session *sess)
 int cy_store_session_delete(cy_store *s, const char *client_id)
 {
     if (!client_id) return CY_EINVAL;
-    static const int del[] = {ST_SESSION_DEL_SUBS, ST_SESSION_DEL_MSGS, ST_SESSION_DEL_INQ2,
-                              ST_SESSION_DEL};
+    static const int del[] = {ST_SESSION_DEL_SUBS, ST_SESSION_DEL_INQ2, ST_SESSION_DEL};
     int rc = write_begin(s);
     if (rc) return rc;
-    /* All four run in the batch's transaction, so the deletion is atomic. */
+    /* All three run in the batch's transaction, so the deletion is atomic. */
     for (size_t i = 0; i < sizeof(del) / sizeof(del[0]) && !rc; i++) {
         sqlite3_stmt *st = s->st[del[i]];
         if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC)) {
@@ -894,11 +908,25 @@ static int load_subs(cy_store *s, const cy_store_loader *l, void *ctx, const cha
     return rows_end(s, st, rc, sr, "load subs");
 }
 
-static int load_msgs(cy_store *s, const cy_store_loader *l, void *ctx, const char *client_id)
+/* Every session's queue in one scan of msgs, in id order (so each queue in
+ * its order). Rows of no session were left by a session deleted at a time
+ * its rows were not all known (cy_store_session_delete leaves msgs to the
+ * caller): if there are any, they are deleted first, which makes this
+ * load's read transaction the pending batch. */
+static int load_msgs(cy_store *s, const cy_store_loader *l, void *ctx)
 {
-    sqlite3_stmt *st = s->st[ST_LOAD_MSGS];
-    if (sqlite3_bind_text(st, 1, client_id, -1, SQLITE_STATIC)) return db_fail(s->db, "load msgs");
-    int rc = 0, sr = SQLITE_DONE;
+    sqlite3_stmt *st = s->st[ST_MSGS_ORPHAN_ANY];
+    int sr = sqlite3_step(st), rc = 0;
+    sqlite3_reset(st);
+    if (sr != SQLITE_ROW && sr != SQLITE_DONE) return db_fail(s->db, "msgs orphans");
+    if (sr == SQLITE_ROW && !s->readonly) {
+        rc = write_begin(s);
+        if (!rc) rc = write_end(s, step_done(s, ST_MSGS_ORPHANS, "msgs orphans"), 0);
+        if (rc) return rc;
+        cy_warn(NULL, "store: deleted %d queued message(s) of no session", sqlite3_changes(s->db));
+    }
+    st = s->st[ST_LOAD_MSGS];
+    sr = SQLITE_DONE;
     while (rc == 0 && (sr = sqlite3_step(st)) == SQLITE_ROW) {
         cy_store_msg m = {.id = sqlite3_column_int64(st, 0)};
         m.topic = col_str(st, 1, &m.topic_len);
@@ -911,6 +939,8 @@ static int load_msgs(cy_store *s, const cy_store_loader *l, void *ctx, const cha
         m.packet_id = (uint16_t)sqlite3_column_int(st, 7);
         m.state = (uint8_t)sqlite3_column_int(st, 8);
         rc = col_sub_ids(s, st, 9, &m);
+        size_t len;
+        const char *client_id = col_str(st, 10, &len);
         if (!rc) rc = l->msg(ctx, client_id, &m);
     }
     return rows_end(s, st, rc, sr, "load msgs");
@@ -926,7 +956,7 @@ static int load_inq2(cy_store *s, const cy_store_loader *l, void *ctx, const cha
     return rows_end(s, st, rc, sr, "load inq2");
 }
 
-/* Second pass over the sessions: each one's subscriptions, queue, inq2. */
+/* Second pass over the sessions: each one's subscriptions and inq2. */
 static int load_session_state(cy_store *s, const cy_store_loader *l, void *ctx)
 {
     sqlite3_stmt *st = s->st[ST_LOAD_SESSIONS];
@@ -937,7 +967,6 @@ static int load_session_state(cy_store *s, const cy_store_loader *l, void *ctx)
          * statements and the callbacks' writes do. */
         const char *client_id = col_str(st, 0, &len);
         if (l->sub) rc = load_subs(s, l, ctx, client_id);
-        if (!rc && l->msg) rc = load_msgs(s, l, ctx, client_id);
         if (!rc && l->inq2) rc = load_inq2(s, l, ctx, client_id);
     }
     return rows_end(s, st, rc, sr, "load sessions");
@@ -993,7 +1022,8 @@ int cy_store_load(cy_store *s, const cy_store_loader *l, void *ctx)
     s->loading = true;
     int rc = 0;
     if (l->session) rc = load_sessions(s, l, ctx);
-    if (!rc && (l->sub || l->msg || l->inq2)) rc = load_session_state(s, l, ctx);
+    if (!rc && (l->sub || l->inq2)) rc = load_session_state(s, l, ctx);
+    if (!rc && l->msg) rc = load_msgs(s, l, ctx);
     if (!rc && l->retained) rc = load_retained(s, l, ctx);
     if (!rc && l->peer) rc = load_peers(s, l, ctx);
     if (!rc && l->outbox) rc = load_outbox(s, l, ctx);
@@ -1039,8 +1069,7 @@ int cy_store_presence_delete(cy_store *s, const char *id)
     return write_end(s, step_done(s, ST_PR_DEL, "presence_delete"), 0);
 }
 
-int cy_store_presence_load(cy_store *s, int (*fn)(void *ctx, const cy_store_presence *p),
-                           void *ctx)
+int cy_store_presence_load(cy_store *s, int (*fn)(void *ctx, const cy_store_presence *p), void *ctx)
 {
     if (!s || !fn) return CY_EINVAL;
     if (s->loading) return CY_EBUSY;
@@ -1141,8 +1170,8 @@ int cy_store_events_read(cy_store *s, uint64_t after, unsigned limit,
     return ev_rows(s, st, fn, ctx, "events read");
 }
 
-int cy_store_events_tail(cy_store *s, unsigned limit,
-                         int (*fn)(void *ctx, const cy_store_event *e), void *ctx)
+int cy_store_events_tail(cy_store *s, unsigned limit, int (*fn)(void *ctx, const cy_store_event *e),
+                         void *ctx)
 {
     if (!s || !fn) return CY_EINVAL;
     sqlite3_stmt *st = s->st[ST_EV_TAIL];
@@ -1244,16 +1273,15 @@ int cy_store_hook_state_put(cy_store *s, const cy_store_hook_state *h)
     sqlite3_stmt *st = s->st[ST_HS_PUT];
     size_t sl = strlen(h->shown);
     if (bind_str(st, 1, h->hook, strlen(h->hook)) || bind_u64(st, 2, h->cursor) ||
-        bind_u64(st, 3, h->matched) || bind_u64(st, 4, h->delivered) ||
-        bind_u64(st, 5, h->dead) || bind_str(st, 6, h->shown, sl)) {
+        bind_u64(st, 3, h->matched) || bind_u64(st, 4, h->delivered) || bind_u64(st, 5, h->dead) ||
+        bind_str(st, 6, h->shown, sl)) {
         done(st);
         return write_end(s, db_fail(s->db, "hook state put"), 0);
     }
     return write_end(s, step_done(s, ST_HS_PUT, "hook state put"), sl);
 }
 
-int cy_store_hook_states(cy_store *s, int (*fn)(void *ctx, const cy_store_hook_state *h),
-                         void *ctx)
+int cy_store_hook_states(cy_store *s, int (*fn)(void *ctx, const cy_store_hook_state *h), void *ctx)
 {
     if (!s || !fn) return CY_EINVAL;
     sqlite3_stmt *st = s->st[ST_HS_LOAD];
@@ -1282,8 +1310,9 @@ static int hook_row_put(cy_store *s, int which, const char *what, const cy_store
     size_t tl = strlen(r->trail);
     if (bind_str(st, 1, r->hook, strlen(r->hook)) || bind_u64(st, 2, r->seq) ||
         sqlite3_bind_int64(st, 3, r->at) || bind_str(st, 4, r->topic, r->topic_len) ||
-        bind_bytes(st, 5, r->payload, r->payload_len) || sqlite3_bind_int(st, 6, (int)r->attempts) ||
-        sqlite3_bind_int64(st, 7, r->next_at) || bind_str(st, 8, r->trail, tl)) {
+        bind_bytes(st, 5, r->payload, r->payload_len) ||
+        sqlite3_bind_int(st, 6, (int)r->attempts) || sqlite3_bind_int64(st, 7, r->next_at) ||
+        bind_str(st, 8, r->trail, tl)) {
         done(st);
         return write_end(s, db_fail(s->db, what), 0);
     }
@@ -1333,8 +1362,7 @@ int cy_store_hook_retry_delete(cy_store *s, const char *hook, uint64_t seq)
     return hook_row_del(s, ST_HR_DEL, "hook retry delete", hook, seq, true);
 }
 
-int cy_store_hook_retries(cy_store *s, int (*fn)(void *ctx, const cy_store_hook_row *r),
-                          void *ctx)
+int cy_store_hook_retries(cy_store *s, int (*fn)(void *ctx, const cy_store_hook_row *r), void *ctx)
 {
     if (!s || !fn) return CY_EINVAL;
     return hook_rows(s, s->st[ST_HR_LOAD], fn, ctx, "hook retries", NULL);

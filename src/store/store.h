@@ -455,8 +455,9 @@ typedef struct cy_store_session {
 } cy_store_session;
 
 /* What cy_store_load reports, in this order: every session, then for each
- * session its subscriptions, messages (in id order) and inbound QoS 2 ids,
- * then every retained message. Any callback may be NULL. A non-zero return
+ * session its subscriptions and inbound QoS 2 ids, then every session's
+ * queued messages in id order (so each queue in its order; the sessions'
+ * rows interleave), then every retained message. Any callback may be NULL. A non-zero return
  * stops the load and is returned. */
 typedef struct cy_store_loader {
     int (*session)(void *ctx, const cy_store_session *s);
@@ -510,7 +511,10 @@ int cy_store_load(cy_store *s, const cy_store_loader *l, void *ctx);
 
 /* Insert or update the session row. */
 int cy_store_session_put(cy_store *s, const cy_store_session *sess);
-/* Delete the session with its subscriptions, messages and inbound ids. */
+/* Delete the session with its subscriptions and inbound ids, in the
+ * pending batch. Not its queued messages: the caller deletes each of its
+ * rows by id (cy_store_msg_delete) in the same batch; a row it misses is
+ * deleted at the next cy_store_load, as a row of no session. */
 int cy_store_session_delete(cy_store *s, const char *client_id);
 
 int cy_store_sub_put(cy_store *s, const char *client_id, const char *filter, size_t filter_len,

@@ -34,6 +34,8 @@
 
 #include "device_testlib.h"
 
+#include <sqlite3.h>
+
 #define S(lit) lit, sizeof(lit) - 1
 #define DEV "0123456789abcdef01234567"  /* a device id (24 hex) */
 #define DEV2 "89abcdef0123456789abcdef" /* another one */
@@ -109,6 +111,22 @@ static void layer_open(void)
 }
 
 /* A restart: everything freed, then loaded again from the same file. */
+/* The message rows in the store's file, once the pending batch is
+ * committed (what a restart would find). */
+static long long stored_msgs(void)
+{
+    assert_int_equal(cy_store_commit(T.store), 0);
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open(T.path, &db), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM msgs", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    long long n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return n;
+}
+
 static void layer_restart(void)
 {
     assert_int_equal(cy_store_commit(T.store), 0);
@@ -176,8 +194,8 @@ static void disconnect_(flink *f, bool abnormal)
 
 static cy_msg *msg(const char *topic, const char *payload, uint8_t qos, bool retain)
 {
-    cy_msg *m = cy_msg_new(topic, strlen(topic), (const uint8_t *)payload, strlen(payload), NULL,
-                           0, qos, retain, 0);
+    cy_msg *m = cy_msg_new(topic, strlen(topic), (const uint8_t *)payload, strlen(payload), NULL, 0,
+                           qos, retain, 0);
     assert_non_null(m);
     return m;
 }
@@ -202,15 +220,14 @@ static void deliver(cy_session *s, const char *topic, uint8_t qos)
     cy_msg_unref(m);
 }
 
-static int admit(const char *id, const char *topic, const char *payload, bool *retain,
-                 bool *reply)
+static int admit(const char *id, const char *topic, const char *payload, bool *retain, bool *reply)
 {
     const char *why = NULL;
     /* A device is who it is (username = its id); NULL is an application. */
     cy_who w = {id, id ? strlen(id) : 0, id, id ? strlen(id) : 0, false};
     int rc = cy_device_admit(T.d, id, id ? strlen(id) : 0, id ? &w : NULL, topic, strlen(topic),
-                             (const uint8_t *)payload, payload ? strlen(payload) : 0, retain,
-                             reply, &why);
+                             (const uint8_t *)payload, payload ? strlen(payload) : 0, retain, reply,
+                             &why);
     if (rc) assert_non_null(why);
     return rc;
 }
@@ -242,8 +259,13 @@ static void test_admit_topics(void **state)
     assert_false(retain);
     assert_int_equal(admit(DEV, "events/boot", "1", &retain, &reply), 0);
     assert_int_equal(T.stats.acl_denied, 0);
-    const char *outside[] = {"other/x", "devices/" DEV2 "/temp", "devices/" DEV "x/temp",
-                             "devices/" DEV, "devices/" DEV "/", "events/", "event/x",
+    const char *outside[] = {"other/x",
+                             "devices/" DEV2 "/temp",
+                             "devices/" DEV "x/temp",
+                             "devices/" DEV,
+                             "devices/" DEV "/",
+                             "events/",
+                             "event/x",
                              "devices/0123456789abcdef0123456/x"};
     for (size_t i = 0; i < sizeof(outside) / sizeof(*outside); i++)
         assert_int_equal(admit(DEV, outside[i], "", &retain, &reply), CY_REASON_NOT_AUTHORIZED);
@@ -266,8 +288,7 @@ static void test_admit_reply(void **state)
     assert_int_equal(admit(DEV, "devices/" DEV "/reply", "1", &retain, &reply), 0);
     assert_true(reply);
     reply = false;
-    assert_int_equal(admit(DEV, "devices/" DEV "/reply/00000000000000ab", "1", &retain, &reply),
-                     0);
+    assert_int_equal(admit(DEV, "devices/" DEV "/reply/00000000000000ab", "1", &retain, &reply), 0);
     assert_true(reply);
     assert_int_equal(admit(DEV, "devices/" DEV "/replyx", "1", &retain, &reply), 0);
     assert_false(reply);
@@ -285,7 +306,8 @@ static void test_admit_describe(void **state)
     (void)state;
     const char *topic = "devices/" DEV "/describe";
     bool retain = false, reply = false;
-    assert_int_equal(admit(DEV, topic, "{\"functions\":[\"reboot\"],\"variables\":[\"t.1\",\"a-b_C\"]}",
+    assert_int_equal(admit(DEV, topic,
+                           "{\"functions\":[\"reboot\"],\"variables\":[\"t.1\",\"a-b_C\"]}",
                            &retain, &reply),
                      0);
     assert_true(retain); /* always retained */
@@ -298,14 +320,14 @@ static void test_admit_describe(void **state)
     assert_true(retain);
 
     const char *bad[] = {
-        "{\"functions\":[\"reboot\"]",              /* not JSON */
-        "[\"reboot\"]",                             /* not an object */
-        "{\"functions\":\"reboot\"}",               /* not an array */
-        "{\"functions\":[1]}",                      /* not a string */
-        "{\"functions\":[\"\"]}",                   /* empty name */
-        "{\"functions\":[\"a b\"]}",                /* bad character */
-        "{\"variables\":[\"a/b\"]}",                /* bad character */
-        "{\"functions\":[\".\"]}",                  /* no URL can name it */
+        "{\"functions\":[\"reboot\"]", /* not JSON */
+        "[\"reboot\"]",                /* not an object */
+        "{\"functions\":\"reboot\"}",  /* not an array */
+        "{\"functions\":[1]}",         /* not a string */
+        "{\"functions\":[\"\"]}",      /* empty name */
+        "{\"functions\":[\"a b\"]}",   /* bad character */
+        "{\"variables\":[\"a/b\"]}",   /* bad character */
+        "{\"functions\":[\".\"]}",     /* no URL can name it */
         "{\"variables\":[\"..\"]}",
         "{\"functions\":[\"a\"],\"functions\":[\"b\"]}", /* duplicate key */
     };
@@ -413,7 +435,8 @@ static void test_qos1_window(void **state)
     flink_init(&f, "fake1");
     f.window = 2; /* the device's own limit, under max_inflight 3 */
     cy_session *s = connect_(&f, "c1", 0, false);
-    for (int i = 0; i < 5; i++) deliver(s, "q/1", 1);
+    for (int i = 0; i < 5; i++)
+        deliver(s, "q/1", 1);
     assert_int_equal(f.n_send, 2);
     assert_int_equal(f.sent[0].id, 1);
     assert_int_equal(f.sent[1].id, 2);
@@ -467,7 +490,8 @@ static void test_qos1_window(void **state)
     /* max_queued 8 counts what is in flight and queued */
     f.ready = false;
     unsigned have = s->n_inflight + s->n_queued;
-    for (unsigned i = have; i < T.cfg.max_queued + 2; i++) deliver(s, "q/4", 1);
+    for (unsigned i = have; i < T.cfg.max_queued + 2; i++)
+        deliver(s, "q/4", 1);
     assert_int_equal(s->n_inflight + s->n_queued, T.cfg.max_queued);
     assert_int_equal(T.stats.limit_queue_full, 2);
     assert_int_equal(T.stats.messages_dropped, 2);
@@ -475,7 +499,8 @@ static void test_qos1_window(void **state)
 
     /* a message the device refuses (too large) is dropped, the next goes */
     f.ready = true;
-    while (s->head != s->next_send) cy_session_remove_delivery(T.d, s, s->head);
+    while (s->head != s->next_send)
+        cy_session_remove_delivery(T.d, s, s->head);
     f.send_rc = CY_EMSGSIZE;
     cy_session_pump(T.d, s);
     assert_null(s->head); /* every one refused */
@@ -627,9 +652,12 @@ static void test_persistence(void **state)
     assert_int_equal(h.sent[1].sub_id0, 7);
 
     /* forgetting it (expiry set to 0) removes every row */
+    assert_true(stored_msgs() > 0);
     cy_session_forget(T.d, s);
     assert_false(s->persistent);
-    for (dv = s->head; dv; dv = dv->next) assert_int_equal(dv->store_id, 0);
+    for (dv = s->head; dv; dv = dv->next)
+        assert_int_equal(dv->store_id, 0);
+    assert_int_equal(stored_msgs(), 0);
     cy_session_remove_delivery(T.d, s, cy_session_find_inflight(s, 1)); /* no row to touch */
     layer_restart();
     assert_int_equal(cy_session_count(T.d), 0);
@@ -640,20 +668,30 @@ static void test_expired_at_load(void **state)
 {
     (void)state;
     int64_t now = cy_wall_ms();
-    cy_store_session gone = {.client_id = "gone", .version = 5, .expiry = 10,
-                             .disconnected_at = now - 60000};
-    cy_store_session kept = {.client_id = "kept", .version = 4, .expiry = 3600,
-                             .disconnected_at = now - 60000};
-    cy_store_session never = {.client_id = "never", .version = 5, .expiry = 0xFFFFFFFFu,
+    cy_store_session gone = {
+        .client_id = "gone", .version = 5, .expiry = 10, .disconnected_at = now - 60000};
+    cy_store_session kept = {
+        .client_id = "kept", .version = 4, .expiry = 3600, .disconnected_at = now - 60000};
+    cy_store_session never = {.client_id = "never",
+                              .version = 5,
+                              .expiry = 0xFFFFFFFFu,
                               .disconnected_at = now - 86400000};
     assert_int_equal(cy_store_session_put(T.store, &gone), 0);
     assert_int_equal(cy_store_session_put(T.store, &kept), 0);
     assert_int_equal(cy_store_session_put(T.store, &never), 0);
     assert_int_equal(cy_store_sub_put(T.store, "gone", S("g/#"), 1, 0), 0);
+    cy_store_msg m = {.topic = "g/1",
+                      .topic_len = 3,
+                      .payload = (const uint8_t *)"x",
+                      .payload_len = 1,
+                      .qos = 1};
+    assert_int_equal(cy_store_msg_put(T.store, "gone", &m), 0);
     layer_restart();
     assert_int_equal(cy_session_count(T.d), 3);
     assert_int_equal(cy_session_find(T.d, S("kept"))->version, 4);
+    assert_int_equal(stored_msgs(), 1);
     assert_int_equal(cy_devices_end_expired(T.d), 1);
+    assert_int_equal(stored_msgs(), 0); /* its queue went with it */
     assert_null(cy_session_find(T.d, S("gone")));
     assert_non_null(cy_session_find(T.d, S("kept")));
     assert_non_null(cy_session_find(T.d, S("never")));
@@ -792,8 +830,7 @@ static void test_subscribe_route(void **state)
     assert_int_equal(T.stats.subscriptions, 1);
     assert_int_equal(cy_router_subscriptions(T.r), 1);
     /* the publisher subscribes to the same with no-local, and to more without */
-    assert_int_equal(
-        cy_session_subscribe(T.d, p, S("t/+"), 1 | CY_SUBOPT_NO_LOCAL, 0, &fresh), 0);
+    assert_int_equal(cy_session_subscribe(T.d, p, S("t/+"), 1 | CY_SUBOPT_NO_LOCAL, 0, &fresh), 0);
     assert_int_equal(cy_session_subscribe(T.d, p, S("u/#"), 0, 0, &fresh), 0);
     assert_int_equal(T.stats.subscriptions, 3);
 
@@ -1221,7 +1258,8 @@ static void test_calls(void **state)
 
     /* every operation answered exactly once */
     assert_int_equal(A.n_answers, 16);
-    for (uint32_t i = 1; i <= 16; i++) assert_int_equal(A.per_req[i], 1);
+    for (uint32_t i = 1; i <= 16; i++)
+        assert_int_equal(A.per_req[i], 1);
 }
 
 /* A deleted device's will waiting for its delay is not published either. */
@@ -1329,7 +1367,6 @@ static void test_presence(void **state)
     json_decref(day_lo);
     json_decref(day_hi);
 }
-
 
 /* ---- requests: any shard asks the owner (here: one shard, itself) ---- */
 
@@ -1477,7 +1514,8 @@ static void test_owed_deliveries(void **state)
     cy_session *s = connect_(&f, "o1", 60, false);
     cy_session *s2 = connect_(&g, "o2", 60, false);
     assert_int_equal(cy_devices_owed_deliveries(T.d), 0); /* connected, idle */
-    for (int i = 0; i < 5; i++) deliver(s, "o/1", 1);
+    for (int i = 0; i < 5; i++)
+        deliver(s, "o/1", 1);
     assert_int_equal(s->n_inflight, 2);
     assert_int_equal(s->n_queued, 3);
     assert_int_equal(cy_session_sendable(T.d, s), 0); /* the device's window is full */
@@ -1518,7 +1556,8 @@ static void test_owed_deliveries(void **state)
     assert_int_equal(cy_devices_progress(T.d), done + 4);
 
     /* offline with a queue: it waits for the device */
-    for (int i = 0; i < 3; i++) deliver(s, "o/1", 1);
+    for (int i = 0; i < 3; i++)
+        deliver(s, "o/1", 1);
     disconnect_(&f, true);
     assert_non_null(cy_session_find(T.d, S("o1")));
     assert_true(s->n_queued > 0);
@@ -1573,7 +1612,7 @@ static void test_owed_calls(void **state)
     op(2, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 1000);
     op(3, CY_DEVICE_OP_CALL, DEV, "reboot", NULL, 5000);
     assert_int_equal(f.n_call, 2);
-    assert_int_equal(cy_devices_owed_calls(T.d, now), 0); /* waiting for the device */
+    assert_int_equal(cy_devices_owed_calls(T.d, now), 0);        /* waiting for the device */
     assert_int_equal(cy_devices_owed_calls(T.d, now + 2000), 1); /* call 2's 504 is due */
     assert_int_equal(cy_devices_owed_calls(T.d, now + 6000), 2);
     done = cy_devices_progress(T.d);

@@ -236,7 +236,7 @@ static void test_cy_store_open_creates_wal_schema(void **state)
     assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
     sqlite3_finalize(st);
     sqlite3_close(db);
-    assert_int_equal(user_version(f), 5);
+    assert_int_equal(user_version(f), 6);
     assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 2); /* incremental */
 
     /* Reopening an existing file works, also with sync_full. */
@@ -270,11 +270,11 @@ static void test_cy_store_open_not_a_database(void **state)
 static void test_cy_store_open_newer_schema(void **state)
 {
     fixture *f = *state;
-    sql_exec(f, "PRAGMA user_version = 6");
+    sql_exec(f, "PRAGMA user_version = 7");
     cy_store *s = NULL;
     assert_int_equal(cy_store_open(f->path, false, &s), CY_ESTORE);
     assert_null(s);
-    assert_int_equal(user_version(f), 6); /* untouched */
+    assert_int_equal(user_version(f), 7); /* untouched */
 }
 
 static void test_cy_store_open_einval(void **state)
@@ -352,20 +352,23 @@ static void test_cy_store_session_delete_cascades(void **state)
     fixture *f = *state;
     cy_store *s = open_store(f);
     const char *ids[] = {"keep", "gone"};
+    int64_t msg[2];
     for (int i = 0; i < 2; i++) {
         put_session(s, ids[i], 5, 60, 0);
         assert_int_equal(cy_store_sub_put(s, ids[i], "x/+", 3, 2, 7), 0);
-        put_msg(s, ids[i], "x/y", "hello");
+        msg[i] = put_msg(s, ids[i], "x/y", "hello");
         assert_int_equal(cy_store_inq2_put(s, ids[i], 11), 0);
     }
+    /* The session's messages are its holder's to delete, by id. */
     assert_int_equal(cy_store_session_delete(s, "gone"), 0);
+    assert_int_equal(cy_store_msg_delete(s, msg[1]), 0);
     assert_int_equal(cy_store_commit(s), 0);
     cy_store_close(s);
 
     assert_string_equal(load_fresh(f), "S keep v5 e60 d0\n"
                                        "B keep x/+ o2 i7\n"
-                                       "M keep #1 t=x/y/3 p=hello/5 q1 r0 x0 pid0 st0 ids[]\n"
-                                       "Q keep 11\n");
+                                       "Q keep 11\n"
+                                       "M keep #1 t=x/y/3 p=hello/5 q1 r0 x0 pid0 st0 ids[]\n");
     /* Nothing of "gone" survives, not even rows without a session. */
     sqlite3 *db;
     sqlite3_stmt *st;
@@ -384,6 +387,36 @@ static void test_cy_store_session_delete_cascades(void **state)
     /* Deleting a session that does not exist is not an error. */
     s = open_store(f);
     assert_int_equal(cy_store_session_delete(s, "never"), 0);
+    cy_store_close(s);
+}
+
+/* A message row its holder did not delete with its session is not
+ * reported, and the load deletes it (in the batch it leaves pending). */
+static void test_cy_store_load_deletes_orphan_msgs(void **state)
+{
+    fixture *f = *state;
+    cy_store *s = open_store(f);
+    put_session(s, "keep", 5, 60, 0);
+    put_session(s, "gone", 5, 60, 0);
+    put_msg(s, "gone", "x/y", "left");
+    put_msg(s, "keep", "x/y", "kept");
+    assert_int_equal(cy_store_session_delete(s, "gone"), 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_int_equal(sql_int(f, "SELECT count(*) FROM msgs"), 2);
+
+    s = open_store(f);
+    assert_string_equal(load(s), "S keep v5 e60 d0\n"
+                                 "M keep #2 t=x/y/3 p=kept/4 q1 r0 x0 pid0 st0 ids[]\n");
+    assert_true(cy_store_pending(s) > 0);
+    assert_int_equal(cy_store_commit(s), 0);
+    cy_store_close(s);
+    assert_int_equal(sql_int(f, "SELECT count(*) FROM msgs"), 1);
+
+    /* Without orphans the load writes nothing. */
+    s = open_store(f);
+    load(s);
+    assert_int_equal(cy_store_pending(s), 0);
     cy_store_close(s);
 }
 
@@ -508,11 +541,11 @@ static void test_cy_store_msg_put_order(void **state)
     cy_store_close(s);
     assert_string_equal(load_fresh(f), "S a v5 e0 d0\n"
                                        "S b v5 e0 d0\n"
-                                       "M a #2 t=t/1 p=a1/2 q1 r0 x0 pid0 st0 ids[]\n"
-                                       "M a #5 t=t/1 p=a3/2 q1 r0 x0 pid0 st0 ids[]\n"
-                                       "M a #6 t=t/1 p=a4/2 q1 r0 x0 pid0 st0 ids[]\n"
                                        "M b #1 t=t/1 p=b1/2 q1 r0 x0 pid0 st0 ids[]\n"
-                                       "M b #3 t=t/1 p=b2/2 q1 r0 x0 pid0 st0 ids[]\n");
+                                       "M a #2 t=t/1 p=a1/2 q1 r0 x0 pid0 st0 ids[]\n"
+                                       "M b #3 t=t/1 p=b2/2 q1 r0 x0 pid0 st0 ids[]\n"
+                                       "M a #5 t=t/1 p=a3/2 q1 r0 x0 pid0 st0 ids[]\n"
+                                       "M a #6 t=t/1 p=a4/2 q1 r0 x0 pid0 st0 ids[]\n");
 }
 
 static void test_cy_store_msg_update(void **state)
@@ -665,8 +698,12 @@ static void test_cy_store_reclaim_shrinks_file(void **state)
     char topic[32];
     for (int i = 0; i < N; i++) {
         int n = snprintf(topic, sizeof(topic), "big/%d", i);
-        cy_store_msg m = {.topic = topic, .topic_len = (size_t)n, .payload = big,
-                          .payload_len = SIZE, .owner = "d", .owner_len = 1};
+        cy_store_msg m = {.topic = topic,
+                          .topic_len = (size_t)n,
+                          .payload = big,
+                          .payload_len = SIZE,
+                          .owner = "d",
+                          .owner_len = 1};
         assert_int_equal(cy_store_retain_put(s, &m), 0);
         assert_int_equal(cy_store_commit(s), 0);
     }
@@ -972,8 +1009,8 @@ static void make_v1(fixture *f)
 
 static const char v1_load[] = "S c v5 e60 d0\n"
                               "B c a/# o1 i0\n"
-                              "M c #1 t=t/1 p=m/1 q1 r0 x0 pid0 st0 ids[]\n"
                               "Q c 9\n"
+                              "M c #1 t=t/1 p=m/1 q1 r0 x0 pid0 st0 ids[]\n"
                               "R t=r/1/3 p=v\\x00/2 pr=\\x03\\x00\\x01 q1 r1 x5 ts0\n";
 
 static void test_cy_store_open_migrates_v1(void **state)
@@ -984,9 +1021,12 @@ static void test_cy_store_open_migrates_v1(void **state)
 
     assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 0);
     cy_store *s = open_store(f);
-    assert_int_equal(user_version(f), 5);
+    assert_int_equal(user_version(f), 6);
     /* converted once (VACUUM) so that freed pages can be given back */
     assert_int_equal(sql_int(f, "PRAGMA auto_vacuum"), 2);
+    /* version 6 dropped the index of msgs by session */
+    assert_int_equal(sql_int(f, "SELECT count(*) FROM sqlite_schema WHERE name = 'msgs_client'"),
+                     0);
     assert_string_equal(load(s), v1_load);
     /* The migrated file works like a new one. */
     cy_store_msg m = {.topic = "r/2", .topic_len = 3, .ts = 77};
@@ -1007,7 +1047,7 @@ static void test_cy_store_open_migrates_v1(void **state)
     assert_int_equal(strlen(log), strlen(v1_load) + strlen("R t=r/2/3 p=/0 q0 r1 x0 ts77\n"
                                                            "P 3 s2 a1\n"
                                                            "O 3 #2 f2/2\n"));
-    assert_int_equal(user_version(f), 5);
+    assert_int_equal(user_version(f), 6);
     /* The file is as a new one would be, column for column. */
     assert_int_equal(sql_int(f, "SELECT count(*) FROM pragma_table_info('retained')"
                                 " WHERE name = 'ts' AND \"notnull\" = 1"),
@@ -1040,7 +1080,7 @@ static void test_cy_store_open_migration_atomic(void **state)
     s = open_store(f);
     assert_string_equal(load(s), v1_load);
     cy_store_close(s);
-    assert_int_equal(user_version(f), 5);
+    assert_int_equal(user_version(f), 6);
 }
 
 /* A version 2 file (as the previous cyan left it) gains retained.owner;
@@ -1054,7 +1094,7 @@ static void test_cy_store_open_migrates_v2(void **state)
     sql_exec(f, "ALTER TABLE retained DROP COLUMN owner; PRAGMA user_version = 2");
     assert_int_equal(user_version(f), 2);
     s = open_store(f);
-    assert_int_equal(user_version(f), 5);
+    assert_int_equal(user_version(f), 6);
     assert_string_equal(load(s), v1_load);
     cy_store_msg m = {.topic = "r/2", .topic_len = 3, .owner = "dev1", .owner_len = 4};
     assert_int_equal(cy_store_retain_put(s, &m), 0);
@@ -1090,16 +1130,16 @@ static void test_cy_store_load_order(void **state)
     fixture *f = *state;
     cy_store *s = open_store(f);
     fill(s);
-    /* Every session first, then each session's subs, msgs, inq2, then
-     * retained, peers, outbox. */
+    /* Every session first, then each session's subs and inq2, then every
+     * msg in id order, then retained, peers, outbox. */
     assert_string_equal(load(s), "S a v5 e3 d4\n"
                                  "S b v4 e1 d2\n"
                                  "B a f o1 i0\n"
-                                 "M a #1 t=t/1 p=m1/2 q1 r0 x0 pid0 st0 ids[]\n"
                                  "Q a 9\n"
                                  "B b g o0 i0\n"
-                                 "M b #2 t=t/1 p=m2/2 q1 r0 x0 pid0 st0 ids[]\n"
                                  "Q b 8\n"
+                                 "M a #1 t=t/1 p=m1/2 q1 r0 x0 pid0 st0 ids[]\n"
+                                 "M b #2 t=t/1 p=m2/2 q1 r0 x0 pid0 st0 ids[]\n"
                                  "R t=rt/2 p=rv/2 q0 r1 x0 ts7\n"
                                  "P 1 s5 a6\n"
                                  "P 2 s10 a20\n"
@@ -1398,7 +1438,7 @@ static void test_cy_store_session_put_busy(void **state)
     cy_store_session sess = {"c", 5, 0, 0};
     assert_int_equal(cy_store_session_put(s, &sess), CY_ESTORE);
     int64_t waited = cy_mono_ms() - t0;
-    assert_true(waited >= 4000); /* it waited instead of failing at once */
+    assert_true(waited >= 4000);              /* it waited instead of failing at once */
     assert_int_equal(cy_store_pending(s), 1); /* the failed write, so the loop commits */
     assert_false(cy_store_no_space(s));       /* busy is not a full disk */
     assert_int_equal(cy_store_commit(s), CY_ESTORE);
@@ -1466,7 +1506,8 @@ static void test_cy_store_failed_write_fails_batch(void **state)
     assert_int_equal(cy_store_commit(s), 0);
     put_session(s, "c", 5, 0, 0);
     size_t big_len = (size_t)1 << 30; /* over SQLite's default 1e9 byte limit */
-    cy_store_msg m = {.topic = "t", .topic_len = 1, .payload = (const uint8_t *)"", .payload_len = 0};
+    cy_store_msg m = {
+        .topic = "t", .topic_len = 1, .payload = (const uint8_t *)"", .payload_len = 0};
     assert_int_equal(cy_store_msg_put(s, "c", &m), 0);
     uint8_t *big = malloc(big_len);
     if (big) { /* an allocation this size may be refused under ASan: then skip that part */
@@ -1531,7 +1572,8 @@ static void test_cy_store_no_space_tmpfs(void **state)
     assert_non_null(fl);
     static uint8_t chunk[64 << 10];
     memset(chunk, 'f', sizeof(chunk));
-    for (int i = 0; i < 16; i++) assert_int_equal(fwrite(chunk, 1, sizeof(chunk), fl), sizeof(chunk));
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(fwrite(chunk, 1, sizeof(chunk), fl), sizeof(chunk));
     fclose(fl);
     int failed_at = -1;
     for (int i = 0; i < 64 && failed_at < 0; i++) {
@@ -1651,7 +1693,7 @@ static void test_cy_store_presence(void **state)
     /* Back to version 4: the migration adds the table, empty. */
     sql_exec(f, "DROP TABLE presence; PRAGMA user_version = 4");
     s = open_store(f);
-    assert_int_equal(user_version(f), 5);
+    assert_int_equal(user_version(f), 6);
     out[0] = '\0';
     assert_int_equal(cy_store_presence_load(s, presence_row, out), 0);
     assert_string_equal(out, "");
@@ -1674,6 +1716,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_store_session_put_upsert, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_session_put_einval, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_session_delete_cascades, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_store_load_deletes_orphan_msgs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_sub_put_upsert, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_sub_delete, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_store_msg_put_all_fields, setup, teardown),

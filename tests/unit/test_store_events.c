@@ -1642,7 +1642,7 @@ static void test_cy_store_open_migrates_v3(void **state)
     fixture *f = *state;
     make_v3(f);
     cy_store *s = open_store(f);
-    assert_int_equal(sql_int(f, "PRAGMA user_version"), 5);
+    assert_int_equal(sql_int(f, "PRAGMA user_version"), 6);
     int n = 0;
     assert_int_equal(cy_store_load(s, &counting, &n), 0);
     assert_int_equal(n, 7);
@@ -1721,7 +1721,7 @@ static void test_cy_store_open_migration_v4_atomic(void **state)
     assert_int_equal(cy_store_load(s, &counting, &n), 0);
     assert_int_equal(n, 7);
     cy_store_close(s);
-    assert_int_equal(sql_int(f, "PRAGMA user_version"), 5);
+    assert_int_equal(sql_int(f, "PRAGMA user_version"), 6);
     cy_store_close(open_reader(f));
 }
 
