@@ -54,8 +54,9 @@
  * Schema versions (PRAGMA user_version): 1 had no retained.ts, outbox or
  * peers; 2 had no retained.owner; 3 had no event log nor webhook state; 4
  * had no presence table; 5 had an index on msgs(client_id, id); 6 is
- * current. A new file gets version 6 directly; an older file is migrated at open in one transaction
- * (all of it or none of it); a newer file is refused.
+ * current. A new file gets version 6 directly; an older file is migrated
+ * at open in one transaction (all of it or none of it); a newer file is
+ * refused.
  *
  * Space: the file is made with auto_vacuum = INCREMENTAL (an older file is
  * converted once at open, see db.c), so the pages that deleted rows free
