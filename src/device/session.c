@@ -511,9 +511,15 @@ void cy_session_pump(cy_devices *d, cy_session *s)
         d->progress++; /* a queued delivery went out */
         dv->packet_id = id;
         dv->state = CY_MSG_SENT;
+        /* A QoS 2 row records its packet id when it goes out: after a
+         * crash the receiver may hold that id for exactly-once. A QoS 1
+         * row that was queued stays queued on disk (one write fewer per
+         * message): if the shard dies before the PUBACK it is sent again
+         * as new, with a new packet id; a QoS 1 receiver keeps no state
+         * by packet id, and gets the copy it would get with DUP. */
         if (dv->store_id == CY_ROW_PENDING)
             put_row(d, s, dv);
-        else if (dv->store_id)
+        else if (dv->store_id && dv->qos == 2)
             cy_store_msg_update(d->store, dv->store_id, id, CY_MSG_SENT);
     }
 }

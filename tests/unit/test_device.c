@@ -664,6 +664,57 @@ static void test_persistence(void **state)
     assert_int_equal(T.stats.subscriptions, 0);
 }
 
+/* What a crash finds of deliveries that waited in the queue and then went
+ * out: QoS 2 in flight with its packet id, QoS 1 queued again (its sending
+ * is not written), to go out as new with a new id. */
+static void test_queued_then_sent_after_crash(void **state)
+{
+    (void)state;
+    flink f;
+    flink_init(&f, "fake1");
+    cy_session *s = connect_(&f, "keep", 3600, false);
+    bool fresh = false;
+    assert_int_equal(cy_session_subscribe(T.d, s, S("p/#"), 2, 0, &fresh), 0);
+    f.window = 1;
+    publish(NULL, "p/1", "one", 1, false);   /* out at once, id 1 */
+    publish(NULL, "p/2", "two", 1, false);   /* queued */
+    publish(NULL, "p/3", "three", 2, false); /* queued */
+    assert_int_equal(f.n_send, 1);
+    cy_session_remove_delivery(T.d, s, cy_session_find_inflight(s, 1)); /* PUBACK */
+    f.window = 2;
+    cy_session_pump(T.d, s);
+    assert_int_equal(f.n_send, 3);
+    assert_int_equal(f.sent[1].id, 2);
+    assert_int_equal(f.sent[2].id, 3);
+
+    layer_restart(); /* the link is not closed: as if the shard died */
+
+    s = cy_session_find(T.d, S("keep"));
+    assert_non_null(s);
+    assert_int_equal(s->n_inflight, 1);
+    assert_int_equal(s->n_queued, 1);
+    cy_delivery *dv = cy_session_find_inflight(s, 3);
+    assert_non_null(dv);
+    assert_int_equal(dv->qos, 2);
+    assert_int_equal(dv->state, CY_MSG_SENT);
+    assert_non_null(s->next_send);
+    assert_int_equal(s->next_send->qos, 1);
+    assert_int_equal(s->next_send->state, CY_MSG_QUEUED);
+    assert_int_equal(s->next_send->packet_id, 0);
+
+    /* back: p/3 again with DUP and id 3, then p/2 as new, with a new id */
+    flink g;
+    flink_init(&g, "fake1");
+    assert_ptr_equal(connect_(&g, "keep", 3600, false), s);
+    assert_int_equal(g.n_send, 2);
+    assert_string_equal(g.sent[0].topic, "p/3");
+    assert_true(g.sent[0].dup);
+    assert_int_equal(g.sent[0].id, 3);
+    assert_string_equal(g.sent[1].topic, "p/2");
+    assert_false(g.sent[1].dup);
+    assert_int_equal(g.sent[1].id, 4);
+}
+
 static void test_expired_at_load(void **state)
 {
     (void)state;
@@ -1658,6 +1709,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_qos1_window, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resume, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persistence, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_queued_then_sent_after_crash, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expired_at_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_will_now, setup, teardown),
         cmocka_unit_test_setup_teardown(test_will_delay, setup, teardown),
