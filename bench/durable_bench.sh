@@ -25,8 +25,10 @@
 # PUBACK and from publish to delivery (the generator's clock, one sample per
 # message). The medians of RUNS rounds (servers in rotating order) and the
 # ratio to mosquitto in the same round go to stdout as a Markdown table.
-# Authentication: cyan with one device's id and secret (isolate_devices
-# false, as in bench/run.sh), mosquitto anonymous (allow_anonymous true).
+# Authentication: the same on both, a username and password checked at
+# each CONNECT: cyan's one bench device (its id and secret; isolate_devices
+# false, as in bench/run.sh), and the same pair in a mosquitto password_file
+# (mosquitto_passwd; allow_anonymous false).
 # Readiness: cyan when `cyan status --json` says every shard accepts;
 # mosquitto when its port accepts.
 #
@@ -77,7 +79,8 @@ declare -A PORT=([cyan1]=$(free_port) [cyan1full]=$(free_port) [cyan4]=$(free_po
 mkdir -p "$WORK/mosq"
 cat >"$WORK/mosquitto.conf" <<EOF
 listener ${PORT[mosq]} 127.0.0.1
-allow_anonymous true
+allow_anonymous false
+password_file $WORK/mosq.passwd
 persistence true
 persistence_location $WORK/mosq/
 max_queued_messages 1000
@@ -86,6 +89,9 @@ log_type error
 log_type warning
 EOF
 [ "$(id -u)" = 0 ] && echo "user root" >>"$WORK/mosquitto.conf"
+mosquitto_passwd -c -b "$WORK/mosq.passwd" "$DEV_ID" "$DEV_SECRET" ||
+    die "mosquitto_passwd failed (it comes with the mosquitto package)"
+chmod 600 "$WORK/mosq.passwd"
 
 # every shard of the cyan in DIR accepts clients (`cyan status --json`)
 cyan_accepting() {
@@ -126,9 +132,8 @@ start_server() {
 # gen SERVER WORKLOAD ARGS...: one run; its RESULT line with the round to $RESULTS
 ROUND=0
 gen() {
-    local s=$1 w=$2 out rc=0 auth=()
+    local s=$1 w=$2 out rc=0 auth=(--user "$DEV_ID" --pass "$DEV_SECRET")
     shift 2
-    case $s in cyan*) auth=(--user "$DEV_ID" --pass "$DEV_SECRET") ;; esac
     out=$(taskset -c "$GEN_CORE" "$GEN" --port "${PORT[$s]}" "${auth[@]}" --server "$s" \
         --workload "$w" --server_pid "${SPID[$s]}" --duration "$DURATION" --warmup "$WARMUP" \
         --mode o2o --pairs 8 --qos 1 --size 16 --proto 5 --inflight 32 --window 512 \
