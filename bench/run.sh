@@ -118,9 +118,16 @@ DEV_SECRET=$(printf '%s\n' "$DEV_OUT" | sed -n 's/^secret: //p')
 [ -n "$DEV_ID" ] && [ -n "$DEV_SECRET" ] || { log "device add failed: $DEV_OUT"; exit 1; }
 
 # ---- servers ----------------------------------------------------------------
+# Both check the same username and password at every CONNECT: cyan as its
+# device registry does (HMAC-SHA256 of a random secret), mosquitto from a
+# password_file written by mosquitto_passwd (its default hash).
+mosquitto_passwd -c -b "$WORK/mosq.passwd" "$DEV_ID" "$DEV_SECRET" ||
+    { log "mosquitto_passwd failed (it comes with the mosquitto package)"; exit 1; }
+chmod 600 "$WORK/mosq.passwd"
 cat >"$WORK/mosquitto.conf" <<EOF
 listener $P_MOSQ 127.0.0.1
-allow_anonymous true
+allow_anonymous false
+password_file $WORK/mosq.passwd
 persistence false
 max_queued_messages 1000
 max_inflight_messages 32
@@ -132,6 +139,9 @@ EOF
 # milliseconds of latency, so mosquitto runs with its default (Nagle on) for
 # throughput, storm, memory and syscalls, and with set_tcp_nodelay for latency:
 # its better setting for each.
+# As root, mosquitto would drop to its own user, which cannot read the
+# password file in the private work folder.
+if [ "$(id -u)" = 0 ]; then echo "user root" >>"$WORK/mosquitto.conf"; fi
 cp "$WORK/mosquitto.conf" "$WORK/mosquitto-nodelay.conf"
 echo "set_tcp_nodelay true" >>"$WORK/mosquitto-nodelay.conf"
 MOSQ_CONF=$WORK/mosquitto.conf
@@ -215,7 +225,7 @@ server_cpu() {
 }
 
 auth_args() {
-    case $1 in cyan*) echo --user "$DEV_ID" --pass "$DEV_SECRET" ;; esac
+    echo --user "$DEV_ID" --pass "$DEV_SECRET"
 }
 
 # ---- one generator run --------------------------------------------------------
@@ -456,12 +466,9 @@ log_tls() {
 TLS_DIR=$WORK/tls
 if phase tls; then
     make_tls_certs
-    # run as root, mosquitto drops to user mosquitto before it reads the
-    # certificate, and the work folder is private: let it stay (no effect
-    # for other users)
+    # (mosquitto.conf already keeps it root, as root: see above)
     { sed "s/^listener .*/listener $P_MOSQT 127.0.0.1/" "$WORK/mosquitto.conf"
-      printf '%s\n' "certfile $TLS_DIR/server.pem" "keyfile $TLS_DIR/server.key"
-      if [ "$(id -u)" = 0 ]; then echo "user root"; fi; } >"$WORK/mosquitto-tls.conf"
+      printf '%s\n' "certfile $TLS_DIR/server.pem" "keyfile $TLS_DIR/server.key"; } >"$WORK/mosquitto-tls.conf"
     MOSQ_CONF=$WORK/mosquitto-tls.conf
     TLS_SERVERS=(cyan1 cyan2 mosq)
     # (not `cyan config | grep -q`: grep leaving early fails the pipe under pipefail)
