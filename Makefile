@@ -117,7 +117,8 @@ integration:
 # input; here to catch what a change breaks, the long runs are by hand:
 # docs/operations.md, "Fuzzing"). A crash, a leak, or any UBSan report (the
 # fuzz build would let those go on) fails the target and leaves the input
-# in $(FUZZB)/crash-* (or leak-*). Entries: target:corpus:seconds.
+# in $(FUZZB)/crash-* (or leak-*). Entries: target:corpus:seconds; $(JOBS)
+# targets run at a time, the longest first.
 FUZZ_SECONDS_MORE ?= 5
 FUZZ_RUNS = mqtt_codec:mqtt:$(FUZZ_SECONDS) coap_codec:coap:$(FUZZ_SECONDS) \
   bus:bus:$(FUZZ_SECONDS_MORE) api:api:$(FUZZ_SECONDS_MORE) \
@@ -126,16 +127,14 @@ FUZZ_RUNS = mqtt_codec:mqtt:$(FUZZ_SECONDS) coap_codec:coap:$(FUZZ_SECONDS) \
 fuzz: deps-test
 	@CC=clang cmake -S . -B $(FUZZB) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DCYAN_FUZZ=ON >/dev/null
 	@cmake --build $(FUZZB) -j $(JOBS) $(foreach r,$(FUZZ_RUNS),--target fuzz_$(word 1,$(subst :, ,$(r))))
-	@set -e; for r in $(FUZZ_RUNS); do \
-	  t=$${r%%:*}; c=$${r#*:}; s=$${c#*:}; c=$${c%%:*}; \
+	@for r in $(FUZZ_RUNS); do echo "$$r"; done | xargs -P $(JOBS) -I{} sh -c 'r={}; \
+	  t=$${r%%:*}; c=$${r#*:}; s=$${c#*:}; c=$${c%%:*}; log=$(FUZZB)/fuzz_$$t.log; \
 	  mkdir -p $(FUZZB)/corpus/$$c && cp tests/fuzz/corpus/$$c/* $(FUZZB)/corpus/$$c/; \
-	  echo "fuzz_$$t ($$s s):"; \
 	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	    $(FUZZB)/fuzz_$$t -max_total_time=$$s -print_final_stats=1 \
-	    -artifact_prefix=$(FUZZB)/ $(FUZZB)/corpus/$$c > $(FUZZB)/fuzz_$$t.log 2>&1 \
-	    || { tail -n 40 $(FUZZB)/fuzz_$$t.log; echo "fuzz_$$t failed"; exit 1; }; \
-	  tail -n 5 $(FUZZB)/fuzz_$$t.log; \
-	done
+	    -artifact_prefix=$(FUZZB)/ $(FUZZB)/corpus/$$c > $$log 2>&1 \
+	    || { tail -n 40 $$log; echo "fuzz_$$t failed"; exit 255; }; \
+	  { echo "fuzz_$$t ($$s s):"; tail -n 5 $$log; }'
 
 bench: build
 	@scripts/deps.sh bench
