@@ -30,9 +30,15 @@
  * dropped (and counted). Nor is a QoS 1/2 frame whose every target on the
  * peer is a clean session (no subscription it matched there carries
  * CY_SUBOPT_DURABLE, which the peer's interest says): it goes at once like
- * QoS 0, and the publisher's acknowledgement waits (held) until the peer
- * has applied it. The outbox could save it from nothing: the sessions it
- * was for end with their shard, and the bus breaks only when one does.
+ * QoS 0. The outbox could save it from nothing: the sessions it was for
+ * end with their shard, and the bus breaks only when one does. The
+ * publisher's acknowledgement waits (held) until the frame is in the
+ * kernel's socket buffer to the peer (the pass's bus flush left nothing of
+ * that link unwritten), or else until the peer acknowledges it. Once
+ * written the frame no longer depends on us: if we die the peer still
+ * reads what was sent before the end of the stream, and if the peer dies
+ * its clean sessions go with it. Waiting for the peer's ACK instead cost a
+ * wake-up of each shard per batch, and the publisher that time.
  *
  * The outbox is bounded in bytes per peer (max_outbox_bytes), and the bound
  * is enforced before the acknowledgement, never after: a client's publish
@@ -108,25 +114,26 @@ typedef struct cy_outframe {
 typedef struct cy_peer {
     cy_subscriber sub;
     unsigned index;
-    bool up;              /* our link to it is usable */
-    bool resync;          /* interest changes were lost: send a full snapshot */
-    bool state_dirty;     /* last_sent / last_applied to be stored */
-    bool ack_due;         /* frames applied since the last ACK we sent */
-    bool ack_lazy;        /* of those, only ones nobody waits on: the sweep acknowledges */
-    uint64_t last_sent;   /* last sequence number given to a durable frame for it */
-    uint64_t last_applied; /* last durable sequence number applied from it */
-    uint64_t acked;       /* highest sequence number it acknowledged */
-    uint64_t written;     /* highest sequence number written on the current link */
-    uint64_t frames_out;  /* frames sent on the current link (scoreboard bus_sent) */
-    uint64_t frames_out_acked; /* of those, acknowledged (scoreboard bus_acked) */
-    uint64_t frames_in;   /* frames applied from its current link */
+    bool up;                     /* our link to it is usable */
+    bool resync;                 /* interest changes were lost: send a full snapshot */
+    bool state_dirty;            /* last_sent / last_applied to be stored */
+    bool ack_due;                /* frames applied since the last ACK we sent */
+    bool ack_lazy;               /* of those, only ones nobody waits on: the sweep acknowledges */
+    uint64_t last_sent;          /* last sequence number given to a durable frame for it */
+    uint64_t last_applied;       /* last durable sequence number applied from it */
+    uint64_t acked;              /* highest sequence number it acknowledged */
+    uint64_t written;            /* highest sequence number written on the current link */
+    uint64_t frames_out;         /* frames sent on the current link (scoreboard bus_sent) */
+    uint64_t frames_out_acked;   /* of those, acknowledged (scoreboard bus_acked) */
+    uint64_t frames_out_written; /* of those, known to be in the socket (none left queued) */
+    uint64_t frames_in;          /* frames applied from its current link */
     cy_outframe *out_head, *out_tail; /* unacknowledged durable frames, by seq */
     cy_outframe *out_next; /* first of them not yet written on this link (seq > written) */
     size_t out_count;
-    size_t out_bytes;     /* bytes of their frames, bounded by max_outbox_bytes */
-    cy_map filters;       /* its interest: filter -> pfilter */
-    uint64_t mark;        /* its current interest snapshot */
-    uint64_t generation;  /* its spawn number, from the last link's HELLO */
+    size_t out_bytes;    /* bytes of their frames, bounded by max_outbox_bytes */
+    cy_map filters;      /* its interest: filter -> pfilter */
+    uint64_t mark;       /* its current interest snapshot */
+    uint64_t generation; /* its spawn number, from the last link's HELLO */
 } cy_peer;
 
 /* An acknowledgement held until peer shards have applied what it
@@ -134,12 +141,13 @@ typedef struct cy_peer {
 typedef struct cy_held {
     struct cy_held *next;
     cy_held_owner *o;
-    int64_t deadline;   /* mono ms */
-    uint64_t mask;      /* peers still waited for */
+    int64_t deadline; /* mono ms */
+    uint64_t mask;    /* peers still waited for */
+    uint64_t written; /* of those, the peers whose frames need only be written */
     uint64_t need_frames[CY_SB_MAX_SHARDS]; /* their frames_out_acked must reach this */
     uint64_t need_seq[CY_SB_MAX_SHARDS];    /* their acked seq must reach this */
     size_t len;
-    uint8_t bytes[];    /* the encoded packet */
+    uint8_t bytes[]; /* the encoded packet */
 } cy_held;
 
 /* One local filter and how many local subscribers hold it (interest), of
@@ -157,26 +165,27 @@ struct cy_cluster {
     cy_store *store;
     cy_router *router;
     cy_counters *stats;
-    cy_scoreboard *sb;     /* borrowed, or NULL */
+    cy_scoreboard *sb; /* borrowed, or NULL */
     cy_cluster_hooks hooks;
     unsigned self, nshards;
-    uint64_t generation;   /* our spawn number */
-    cy_bus *bus;           /* NULL with one shard */
-    bool stalled;          /* drill: frames from peers are ignored */
-    uint64_t progress;     /* work done (cy_cluster_progress): the scoreboard's progress */
+    uint64_t generation; /* our spawn number */
+    cy_bus *bus;         /* NULL with one shard */
+    bool stalled;        /* drill: frames from peers are ignored */
+    uint64_t progress;   /* work done (cy_cluster_progress): the scoreboard's progress */
     cy_sub_kind peer_kind;
     cy_peer peers[CY_SB_MAX_SHARDS];
-    cy_map interest;       /* local filter -> cy_interest */
-    uint64_t fwd_mask;     /* routing scratch: peers the message being routed was sent to */
-    uint64_t outbox_full;  /* peers whose outbox holds max_outbox_bytes or more */
-    cy_logrl outbox_log;   /* refusals at max_outbox_bytes, per peer */
-    cy_buf frame;          /* frame encode scratch */
+    cy_map interest;           /* local filter -> cy_interest */
+    uint64_t fwd_mask;         /* routing scratch: peers the message being routed was sent to */
+    uint64_t outbox_full;      /* peers whose outbox holds max_outbox_bytes or more */
+    cy_logrl outbox_log;       /* refusals at max_outbox_bytes, per peer */
+    cy_buf frame;              /* frame encode scratch */
     cy_held *held, *held_tail; /* held acknowledgements, in order */
-    uint64_t epoch;        /* release scratch */
-    uint64_t hold_mask;    /* scratch while handling a packet: peers to wait for */
+    uint64_t epoch;            /* release scratch */
+    uint64_t hold_mask;        /* scratch while handling a packet: peers to wait for */
+    uint64_t hold_written;     /* of those, where the frames written suffice */
     uint64_t hold_frames[CY_SB_MAX_SHARDS];
     uint64_t hold_seq[CY_SB_MAX_SHARDS];
-    uint64_t snap_from;    /* peers whose interest snapshot we hold (this incarnation) */
+    uint64_t snap_from; /* peers whose interest snapshot we hold (this incarnation) */
 };
 
 /* One line per peer per window for refusals at max_outbox_bytes. */
@@ -194,13 +203,19 @@ unsigned cy_shard_of(const char *client_id, size_t len, unsigned nshards)
 
 /* ---- held acknowledgements ---- */
 
-static void hold_need(cy_cluster *cl, unsigned j, uint64_t frames, uint64_t seq)
+/* The packet being handled waits for peer j: for its first `frames`
+ * frames on the current link to be applied (or only written, if
+ * written_ok and nothing else of this packet waits for j), and for the
+ * durable frames up to seq to be applied. */
+static void hold_need(cy_cluster *cl, unsigned j, uint64_t frames, uint64_t seq, bool written_ok)
 {
     uint64_t bit = UINT64_C(1) << j;
     if (!(cl->hold_mask & bit)) {
         cl->hold_mask |= bit;
         cl->hold_frames[j] = cl->hold_seq[j] = 0;
+        cl->hold_written |= bit;
     }
+    if (!written_ok || seq) cl->hold_written &= ~bit;
     if (frames > cl->hold_frames[j]) cl->hold_frames[j] = frames;
     if (seq > cl->hold_seq[j]) cl->hold_seq[j] = seq;
 }
@@ -226,6 +241,7 @@ int cy_cluster_hold(cy_cluster *cl, cy_held_owner *o, bool wait_peers, const uin
     h->o = o;
     h->deadline = cy_mono_ms() + CY_HOLD_MS;
     h->mask = mask;
+    h->written = mask & cl->hold_written;
     for (unsigned j = 0; j < cl->nshards; j++) {
         h->need_frames[j] = mask & (UINT64_C(1) << j) ? cl->hold_frames[j] : 0;
         h->need_seq[j] = mask & (UINT64_C(1) << j) ? cl->hold_seq[j] : 0;
@@ -244,7 +260,10 @@ int cy_cluster_hold(cy_cluster *cl, cy_held_owner *o, bool wait_peers, const uin
 /* Has peer p applied what h waits for from it (or is it down)? */
 static bool peer_done(const cy_peer *p, const cy_held *h, unsigned j)
 {
-    return !p->up || (p->frames_out_acked >= h->need_frames[j] && p->acked >= h->need_seq[j]);
+    if (!p->up) return true;
+    uint64_t frames = (h->written >> j) & 1 ? p->frames_out_written : 0;
+    if (p->frames_out_acked > frames) frames = p->frames_out_acked;
+    return frames >= h->need_frames[j] && p->acked >= h->need_seq[j];
 }
 
 /* May h go now: past its deadline, or every peer it waits for done? No
@@ -335,14 +354,14 @@ static void send_counted(cy_cluster *cl, cy_peer *p, uint8_t type, const void *b
     if (cy_bus_send(cl->bus, p->index, type, body, len) == 0) {
         p->frames_out++;
         /* whoever acknowledges the packet being handled waits for this frame */
-        hold_need(cl, p->index, p->frames_out, 0);
+        hold_need(cl, p->index, p->frames_out, 0, false);
     } else {
         p->resync = true;
     }
 }
 
 int cy_cluster_send(cy_cluster *cl, unsigned j, uint8_t type, const void *a, size_t alen,
-                        const void *c, size_t clen)
+                    const void *c, size_t clen)
 {
     cy_peer *p = &cl->peers[j];
     if (!p->up) return CY_EPIPE;
@@ -367,8 +386,8 @@ static void interest_durable(cy_cluster *cl, cy_interest *in, int delta)
                            in->len);
 }
 
-int cy_cluster_subscribe(cy_cluster *cl, cy_subscriber *s, const char *filter, size_t len, uint8_t opts,
-                      uint32_t sub_id)
+int cy_cluster_subscribe(cy_cluster *cl, cy_subscriber *s, const char *filter, size_t len,
+                         uint8_t opts, uint32_t sub_id)
 {
     int prev = cl->nshards > 1 ? cy_router_sub_opts(cl->router, s, filter, len) : CY_ENOENT;
     bool existed = false;
@@ -439,7 +458,8 @@ static void send_snapshot(cy_cluster *cl, cy_peer *p)
      * a new link, more for a resync on a link in use, where the peer's
      * count must go on, not restart, or its ACKs stay behind frames_out. */
     uint8_t n[8];
-    for (int k = 0; k < 8; k++) n[k] = (uint8_t)((p->frames_out + 1) >> (56 - 8 * k));
+    for (int k = 0; k < 8; k++)
+        n[k] = (uint8_t)((p->frames_out + 1) >> (56 - 8 * k));
     send_counted(cl, p, F_INTEREST_RESET, n, sizeof(n));
     snap_ctx sc = {cl, p};
     cy_map_each(&cl->interest, snap_one, &sc);
@@ -535,8 +555,7 @@ static void interest_del(cy_cluster *cl, cy_peer *p, const uint8_t *f, size_t le
 
 static int put_u64(cy_buf *f, uint64_t v)
 {
-    return cy_buf_put_u32(f, (uint32_t)(v >> 32)) || cy_buf_put_u32(f, (uint32_t)v) ? CY_ENOMEM
-                                                                                      : 0;
+    return cy_buf_put_u32(f, (uint32_t)(v >> 32)) || cy_buf_put_u32(f, (uint32_t)v) ? CY_ENOMEM : 0;
 }
 
 static bool outbox_full(const cy_cluster *cl, unsigned j)
@@ -611,7 +630,8 @@ static int admit(void *ctx, const cy_route *r)
     uint64_t over = need & cl->outbox_full;
     if (!over) return 0;
     unsigned j = 0;
-    while (!((over >> j) & 1)) j++;
+    while (!((over >> j) & 1))
+        j++;
     cl->stats->limit_outbox++;
     /* A publisher repeats this at will while the peer is stuck: one line
      * per peer per window, with the count of those held back. */
@@ -674,8 +694,7 @@ static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bo
     cy_peer *p = &cl->peers[j];
     bool durable = (m->qos > 0 && for_persistent) || set_retained;
     uint8_t flags = (uint8_t)(m->qos | (m->retain ? FL_RETAIN : 0) | (routed ? FL_ROUTE : 0) |
-                              (set_retained ? FL_SET_RETAINED : 0) |
-                              (m->event_seq ? FL_EVENT : 0));
+                              (set_retained ? FL_SET_RETAINED : 0) | (m->event_seq ? FL_EVENT : 0));
     if (!durable) {
         int rc = !p->up ? CY_EPIPE : encode_publish(&cl->frame, m, 0, flags, groups, n_groups);
         if (!rc)
@@ -684,7 +703,7 @@ static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bo
         if (!rc) {
             p->frames_out++;
             /* QoS 1/2 for clean sessions: acknowledged once the peer applied it */
-            if (m->qos) hold_need(cl, j, p->frames_out, 0);
+            if (m->qos) hold_need(cl, j, p->frames_out, 0, true);
             return;
         }
         /* QoS 0, or the peer is down (the clean sessions it was for went
@@ -719,7 +738,7 @@ static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bo
     p->last_sent = seq;
     p->state_dirty = true;
     outbox_append(cl, p, f);
-    if (set_retained && p->up) hold_need(cl, j, 0, seq); /* later subscribers see it */
+    if (set_retained && p->up) hold_need(cl, j, 0, seq, false); /* later subscribers see it */
     /* written by pump() after the commit */
 }
 
@@ -770,7 +789,21 @@ static void routed(void *ctx, const cy_route *r)
 
 void cy_cluster_flush(cy_cluster *cl)
 {
-    if (cl->bus) cy_bus_flush(cl->bus);
+    if (!cl->bus) return;
+    cy_bus_flush(cl->bus);
+    /* A link with nothing left queued has every frame sent on it in the
+     * kernel: acknowledgements that wait only for that may go, in this
+     * pass, after the commit with the rest of its replies. */
+    bool moved = false;
+    for (unsigned j = 0; j < cl->nshards; j++) {
+        cy_peer *p = &cl->peers[j];
+        if (j == cl->self || !p->up || p->frames_out_written == p->frames_out) continue;
+        if (cy_bus_backlog(cl->bus, j) == 0) {
+            p->frames_out_written = p->frames_out;
+            moved = true;
+        }
+    }
+    if (moved) release(cl);
 }
 
 void cy_cluster_before_commit(cy_cluster *cl)
@@ -906,7 +939,6 @@ static void on_ack(cy_cluster *cl, cy_peer *p, const uint8_t *body, size_t len)
     cy_store_outbox_ack(cl->store, p->index, seq);
 }
 
-
 void cy_cluster_input(cy_cluster *cl, unsigned from, uint8_t type, const uint8_t *body, size_t len)
 {
     if (from >= cl->nshards || from == cl->self || cl->stalled) return;
@@ -938,7 +970,9 @@ void cy_cluster_input(cy_cluster *cl, unsigned from, uint8_t type, const uint8_t
         p->ack_due = true;
         cl->progress++;
         return;
-    case F_PUBLISH: on_publish(cl, p, body, len); return;
+    case F_PUBLISH:
+        on_publish(cl, p, body, len);
+        return;
     case CY_FRAME_API_REQ:
     case CY_FRAME_API_RESP:
     case CY_FRAME_COAP_IN:
@@ -953,7 +987,8 @@ void cy_cluster_input(cy_cluster *cl, unsigned from, uint8_t type, const uint8_t
         on_ack(cl, p, body, len);
         release(cl); /* held acknowledgements may now go */
         return;
-    default: cy_warn(NULL, "bus: unknown frame type %u from shard %u", type, from);
+    default:
+        cy_warn(NULL, "bus: unknown frame type %u from shard %u", type, from);
     }
 }
 
@@ -972,7 +1007,7 @@ static void on_peer_up(void *ctx, unsigned peer, uint64_t generation)
     cy_peer *p = &cl->peers[peer];
     p->up = true;
     p->generation = generation;
-    p->frames_out = p->frames_out_acked = 0;
+    p->frames_out = p->frames_out_acked = p->frames_out_written = 0;
     p->written = p->acked; /* replay everything it has not acknowledged */
     p->out_next = p->out_head;
     if (p->out_count)
@@ -1011,8 +1046,7 @@ int cy_cluster_load_peer(void *ctx, unsigned peer, uint64_t last_sent, uint64_t 
     return 0;
 }
 
-int cy_cluster_load_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t *frame,
-                           size_t len)
+int cy_cluster_load_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t *frame, size_t len)
 {
     cy_cluster *cl = ctx;
     if (peer >= CY_SB_MAX_SHARDS) return 0;
@@ -1118,8 +1152,8 @@ static void free_bus_tcp(uv_handle_t *h)
     cy_free(h);
 }
 
-static void on_handle(void *ctx, unsigned from, uv_tcp_t *tcp, uint8_t type,
-                      const uint8_t *body, size_t len)
+static void on_handle(void *ctx, unsigned from, uv_tcp_t *tcp, uint8_t type, const uint8_t *body,
+                      size_t len)
 {
     cy_cluster *cl = ctx;
     int fd = -1;
@@ -1276,6 +1310,7 @@ size_t cy_cluster_owed_frames(const cy_cluster *cl)
 size_t cy_cluster_outbox_frames(const cy_cluster *cl)
 {
     size_t n = 0;
-    for (unsigned j = 0; j < cl->nshards; j++) n += cl->peers[j].out_count;
+    for (unsigned j = 0; j < cl->nshards; j++)
+        n += cl->peers[j].out_count;
     return n;
 }
