@@ -29,7 +29,10 @@
  *            ends when all are connected, or when the count has not grown
  *            for --stall seconds (a server at its limit: mosquitto)
  *   memory   --settle seconds later, the server's memory against its memory
- *            before the first connect, per connected device
+ *            before the first connect, per connected device; and the growth
+ *            of the kernel's slab (/proc/meminfo) per connection, which
+ *            counts both ends' sockets (the generator's too) and whatever
+ *            else the machine did meanwhile: indicative
  *   hold     --hold seconds of keep-alive only: PINGREQs/s, PINGRESPs/s and
  *            the server's CPU over that time (a share of one core and per
  *            ping); memory again at its end
@@ -730,6 +733,8 @@ int main(int argc, char **argv)
 
     /* connect */
     memsum m0 = server_mem();
+    double slab0 = 0, slab1 = 0; /* the kernel's (both ends' sockets: client and server) */
+    read_kb("/proc/meminfo", "Slab:", &slab0);
     double cpu0 = server_cpu();
     counters c0 = sum();
     double t0 = now_s(), last_growth = t0, t_all = -1, t_half = -1;
@@ -772,12 +777,14 @@ int main(int argc, char **argv)
     /* memory */
     nap(o.settle);
     memsum m1 = server_mem();
+    read_kb("/proc/meminfo", "Slab:", &slab1);
     long up = sum().up;
     snprintf(extra, sizeof(extra),
              "connected=%ld procs=%d pss_before_kb=%.0f pss_after_kb=%.0f rss_before_kb=%.0f "
-             "rss_after_kb=%.0f rss_per_conn_b=%.0f",
+             "rss_after_kb=%.0f rss_per_conn_b=%.0f kernel_slab_per_pair_b=%.0f",
              up, m1.nproc, m0.pss_kb, m1.pss_kb, m0.rss_kb, m1.rss_kb,
-             up ? (m1.rss_kb - m0.rss_kb) * 1024 / (double)up : 0);
+             up ? (m1.rss_kb - m0.rss_kb) * 1024 / (double)up : 0,
+             up ? (slab1 - slab0) * 1024 / (double)up : 0);
     if (o.server_pid)
         result("memory", up ? (m1.pss_kb - m0.pss_kb) * 1024 / (double)up : 0, "B/conn", extra);
 

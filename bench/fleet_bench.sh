@@ -189,9 +189,9 @@ for s in $SERVERS; do
     mosq)
         log "mosquitto: $N devices (one process, descriptor limit $(ulimit -n)), keep-alive $KEEPALIVE s"
         nice -n "$NICE" "$MOSQ" -c "$WORK/mosquitto.conf" >>"$WORK/mosq.log" 2>&1 &
-        SPID[mosq]=$!
+        SPID[$s]=$!
         wait_port "$PORT_MOSQ" || die "mosquitto did not open its port (log: $WORK/mosq.log)"
-        run_gen mosq --port "$PORT_MOSQ" --server_pid "${SPID[mosq]}" --stall 10
+        run_gen mosq --port "$PORT_MOSQ" --server_pid "${SPID[$s]}" --stall 10
         stop_server mosq
         ;;
     *) die "unknown server $s" ;;
@@ -228,6 +228,8 @@ print("| server CPU per connect, us | %s | %s | %s |" % (
 print("| memory per connection, B (PSS; RSS) | %s; %s | %s; %s | %s |" % (
     f(g("cyan", "memory")), f(g("cyan", "memory", "rss_per_conn_b")), f(g("mosq", "memory")),
     f(g("mosq", "memory", "rss_per_conn_b")), ratio(g("cyan", "memory"), g("mosq", "memory"))))
+print("| kernel slab per connection, both ends, B (indicative) | %s | %s | |" % (
+    f(g("cyan", "memory", "kernel_slab_per_pair_b")), f(g("mosq", "memory", "kernel_slab_per_pair_b"))))
 print("| memory per connection after a keep-alive round, B (PSS) | %s | %s | %s |" % (
     f(g("cyan", "keepalive", "pss_per_conn_after_b")), f(g("mosq", "keepalive", "pss_per_conn_after_b")),
     ratio(g("cyan", "keepalive", "pss_per_conn_after_b"), g("mosq", "keepalive", "pss_per_conn_after_b"))))
