@@ -33,6 +33,7 @@
 #   QUICK=1         N=20000, KEEPALIVE=10, HOLD=10 (a couple of minutes)
 #   KEEPALIVE=60    seconds between a device's PINGREQs (HOLD defaults to it)
 #   SERVERS="cyan mosq"   which to run
+#   RESTART=1       0: no restart of cyan (HOLD=0: no keep-alive hold)
 #   SHARDS=         cyan's shard count (default ceil(N/15000))
 #   BUILD=build KEEP=1 (keep the work folder) NICE=5 (nice of everything)
 #
@@ -51,6 +52,7 @@ N=${N:-150000}
 KEEPALIVE=${KEEPALIVE:-60}
 HOLD=${HOLD:-$KEEPALIVE}
 SERVERS=${SERVERS:-cyan mosq}
+RESTART=${RESTART:-1}
 SHARDS=${SHARDS:-$(((N + 14999) / 15000))}
 NICE=${NICE:-5}
 BUILD=${BUILD:-build}
@@ -180,8 +182,9 @@ for s in $SERVERS; do
             tail -n 20 "$WORK/cyan.log" >&2
             die "cyan did not accept clients within 20 s"
         }
-        run_gen cyan --port "$PORT_CYAN" --server_pid "$(cat "$WORK/cyan.pid")" \
-            --restart_cmd "$WORK/restart.sh"
+        restart=(--restart_cmd "$WORK/restart.sh")
+        [ "$RESTART" = 1 ] || restart=()
+        run_gen cyan --port "$PORT_CYAN" --server_pid "$(cat "$WORK/cyan.pid")" "${restart[@]}"
         p=$(cat "$WORK/cyan.pid")
         kill -TERM "$p" 2>/dev/null || true
         while kill -0 "$p" 2>/dev/null; do sleep 0.05; done
