@@ -28,7 +28,9 @@
  *            per child (the pace of the server's accepts, not a SYN flood);
  *            ends when all are connected, or when the count has not grown
  *            for --stall seconds (a server at its limit: mosquitto)
- *   memory   --settle seconds later, the server's memory against its memory
+ *   memory   --settle seconds later (the server's CPU over them: what
+ *            holding the fleet costs while it is quiet, if no ping falls in
+ *            them: their count is given), the server's memory against its memory
  *            before the first connect, per connected device; and the growth
  *            of the kernel's slab (/proc/meminfo) per connection, which
  *            counts both ends' sockets (the generator's too) and whatever
@@ -774,8 +776,13 @@ int main(int argc, char **argv)
              c1.up ? (cpu1 - cpu0) * 1e6 / (double)c1.up : 0, o.procs, o.sources, o.window, fail);
     result("connect_rate", c1.up / (t_conn > 0 ? t_conn : 1), "conn/s", extra);
 
-    /* memory */
+    /* memory; the server's CPU while the fleet is quiet (before the first
+     * pings: the cost of holding connections, not of their traffic) */
+    counters q0 = sum();
+    double qc0 = server_cpu(), qt0 = now_s();
     nap(o.settle);
+    double qc1 = server_cpu(), qt = now_s() - qt0;
+    counters q1 = sum();
     memsum m1 = server_mem();
     read_kb("/proc/meminfo", "Slab:", &slab1);
     long up = sum().up;
@@ -787,6 +794,9 @@ int main(int argc, char **argv)
              up ? (slab1 - slab0) * 1024 / (double)up : 0);
     if (o.server_pid)
         result("memory", up ? (m1.pss_kb - m0.pss_kb) * 1024 / (double)up : 0, "B/conn", extra);
+    snprintf(extra, sizeof(extra), "connected=%ld seconds=%.1f pings=%ld server_cpu_s=%.3f", up, qt,
+             q1.pings - q0.pings, qc1 - qc0);
+    if (o.server_pid) result("quiet_cpu", (qc1 - qc0) / qt, "core", extra);
 
     /* hold: keep-alive only */
     if (o.hold > 0) {
