@@ -221,9 +221,9 @@ run_mosq() {
     shift 2
     log "$name: mosquitto, $n devices (one process, descriptor limit $(ulimit -n)), keep-alive $KEEPALIVE s"
     nice -n "$NICE" "$MOSQ" -c "$WORK/mosquitto.conf" >>"$WORK/mosq.log" 2>&1 &
-    SPID[mosq]=$!
+    SPID["mosq"]=$!
     wait_port "$PORT_MOSQ" || die "mosquitto did not open its port (log: $WORK/mosq.log)"
-    run_gen "$name" "$n" --port "$PORT_MOSQ" --server_pid "${SPID[mosq]}" "$@"
+    run_gen "$name" "$n" --port "$PORT_MOSQ" --server_pid "${SPID["mosq"]}" "$@"
     stop_server mosq
 }
 
