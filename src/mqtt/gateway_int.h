@@ -171,6 +171,9 @@ struct cy_mqtt {
     uint32_t n_conns;
     uint32_t n_not_reading; /* of those, not read by libuv (reading false): the owed-input
                              * scan walks the connections only when there are any */
+    uint32_t sweeps;        /* sweeps so far (cy_mqtt_sweep walks the connections at
+                             * every SWEEP_IDLE_EVERY-th of a quiet fleet's) */
+    bool sweep_all;         /* the next sweep walks them: one needs 250 ms precision */
     size_t preauth_bytes;  /* partial-input bytes held for sockets before CONNECT (preauth_memory) */
     cy_logrl login_log;    /* failed logins and idle sockets: one line per address per window */
     cy_conn *dirty;        /* connections with output to flush */
