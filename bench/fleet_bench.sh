@@ -24,7 +24,9 @@
 # TLS. cyan's per-address connection rate limit is off
 # (max_connect_rate_per_address=0: the generator's 16 source addresses each
 # open N/16 connections in seconds) and max_connections is raised to
-# N + 10%; status events stay on (presence_event_rate default). Readiness:
+# N + 10%. Anonymous clients are not registered devices: no presence
+# records and no status events (a registered device adds about 190 B of
+# memory: docs/benchmarks.md). Readiness:
 # cyan when `cyan status --json` says every shard accepts; mosquitto when its
 # port accepts. Servers and generator are not pinned (2 cores, shared): the
 # figures are indicative; the generator is on the same machine.
