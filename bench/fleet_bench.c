@@ -66,6 +66,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -373,7 +374,9 @@ static void child(int k, int first, int count)
     first_dev = first;
     n_devs = count;
     rng = 0x9e3779b9u ^ (uint32_t)(k * 7919 + 1);
-    devs = calloc((size_t)count, sizeof(*devs));
+    prctl(PR_SET_PDEATHSIG, SIGKILL); /* the parent gone (killed, alarm): so are we */
+    if (getppid() == 1) _exit(2);
+    devs = calloc(count > 0 ? (size_t)count : 1, sizeof(*devs));
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (!devs || epfd < 0) _exit(2);
     for (int i = 0; i < count; i++)
@@ -729,9 +732,17 @@ int main(int argc, char **argv)
         if (kids[k] < 0) return 2;
         if (kids[k] == 0) child(k, first, count);
     }
+    /* Every run is bounded: the connect phase by --stall (and N), the others
+     * by their seconds; this is the backstop (the children die with us). */
+    alarm((unsigned)(900 + o.settle + o.hold + o.restart_timeout));
     for (int k = 0; k < o.procs; k++)
-        while (!sh->c[k].ready)
+        for (int i = 0; !sh->c[k].ready; i++) {
+            if (i > 10000 || waitpid(kids[k], NULL, WNOHANG) == kids[k]) {
+                fprintf(stderr, "fleet_bench: generator process %d did not start\n", k);
+                return 2;
+            }
             usleep(1000);
+        }
 
     /* connect */
     memsum m0 = server_mem();
