@@ -12,7 +12,7 @@ CONF    ?= etc/cyan.conf
 FUZZ_SECONDS ?= 20
 PYTHON  := /usr/bin/python3
 
-.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap bench-presence bench-durable clean deps deps-run deps-test install uninstall man
+.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap bench-presence bench-durable bench-fleet clean deps deps-run deps-test install uninstall man
 
 all: build
 
@@ -143,6 +143,7 @@ bench: build
 	@BUILD=$(BUILD) bench/coap_bench.sh
 	@$(PYTHON) bench/presence_bench.py --cyan $(BUILD)/cyan
 	@BUILD=$(BUILD) bench/durable_bench.sh
+	@BUILD=$(BUILD) bench/fleet_bench.sh
 
 # QoS 1 into persistent sessions (stored before the PUBACK; store_sync
 # normal and full) and one-to-one QoS 1 within and across shards, beside
@@ -150,6 +151,14 @@ bench: build
 bench-durable: build
 	@scripts/deps.sh bench
 	@BUILD=$(BUILD) bench/durable_bench.sh
+
+# 150,000 idle devices on one node (shards enough for the descriptor limit):
+# connect rate, memory per connection, keep-alive CPU, and the fleet's way
+# back after a restart; mosquitto beside it up to its descriptor limit
+# (bench/fleet_bench.sh, bench/fleet_bench.c; N=20000 or QUICK=1 for less).
+bench-fleet: build
+	@scripts/deps.sh bench
+	@BUILD=$(BUILD) bench/fleet_bench.sh
 
 # What status events (cyan/status) cost a reconnect storm of distinct
 # devices: server CPU per connect-and-disconnect with them on and off

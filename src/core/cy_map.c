@@ -1,4 +1,4 @@
-/* cy_map: chained hash map; see cy_map.h. */
+/* cy_map: chained hash map, entries carved from blocks; see cy_map.h. */
 #include "core/cy_map.h"
 
 #include "core/cy_alloc.h"
@@ -6,13 +6,52 @@
 
 #include <string.h>
 
+/* 32 bytes: the low 32 bits of the hash pick the slot (slots stay under
+ * 2^32) and filter the comparisons. */
 struct cy_map_entry {
     cy_map_entry *next;
-    uint64_t hash;
     const void *key;
-    size_t len;
     void *value;
+    uint32_t hash;
+    uint32_t len;
 };
+
+/* A block of entries; the map's blocks are a list. */
+typedef struct entry_block {
+    struct entry_block *next;
+    cy_map_entry e[];
+} entry_block;
+
+#define BLOCK_MIN 8
+#define BLOCK_MAX 1024
+
+/* An entry from the free list, or from a new block; NULL: no memory. */
+static cy_map_entry *entry_take(cy_map *m)
+{
+    if (!m->free_entries) {
+        uint32_t n = m->next_block ? m->next_block : BLOCK_MIN;
+        entry_block *b = cy_malloc(sizeof(*b) + n * sizeof(cy_map_entry));
+        if (!b) return NULL;
+        b->next = m->blocks;
+        m->blocks = b;
+        for (uint32_t i = 0; i < n; i++) {
+            b->e[i].next = m->free_entries;
+            m->free_entries = &b->e[i];
+        }
+        m->next_block = n < BLOCK_MAX ? n * 2 : BLOCK_MAX;
+    }
+    cy_map_entry *e = m->free_entries;
+    m->free_entries = e->next;
+    return e;
+}
+
+static void entry_give(cy_map *m, cy_map_entry *e)
+{
+    e->key = NULL;
+    e->value = NULL;
+    e->next = m->free_entries;
+    m->free_entries = e;
+}
 
 uint64_t cy_hash(const void *key, size_t len)
 {
@@ -29,19 +68,17 @@ void cy_map_init(cy_map *m)
 
 void cy_map_fini(cy_map *m)
 {
-    for (size_t i = 0; i < m->nslots; i++) {
-        cy_map_entry *e = m->slots[i];
-        while (e) {
-            cy_map_entry *n = e->next;
-            cy_free(e);
-            e = n;
-        }
+    entry_block *b = m->blocks;
+    while (b) {
+        entry_block *n = b->next;
+        cy_free(b);
+        b = n;
     }
     cy_free(m->slots);
     memset(m, 0, sizeof(*m));
 }
 
-static cy_map_entry **find(const cy_map *m, const void *key, size_t len, uint64_t h)
+static cy_map_entry **find(const cy_map *m, const void *key, size_t len, uint32_t h)
 {
     if (!m->nslots) return NULL;
     cy_map_entry **pp = &m->slots[h & (m->nslots - 1)];
@@ -52,7 +89,7 @@ static cy_map_entry **find(const cy_map *m, const void *key, size_t len, uint64_
 
 void *cy_map_get(const cy_map *m, const void *key, size_t len)
 {
-    cy_map_entry **pp = find(m, key, len, cy_hash(key, len));
+    cy_map_entry **pp = find(m, key, len, (uint32_t)cy_hash(key, len));
     return pp && *pp ? (*pp)->value : NULL;
 }
 
@@ -78,21 +115,22 @@ static int grow(cy_map *m)
 
 int cy_map_put(cy_map *m, const void *key, size_t len, void *value)
 {
-    uint64_t h = cy_hash(key, len);
+    if (len > UINT32_MAX) return CY_EINVAL;
+    uint32_t h = (uint32_t)cy_hash(key, len);
     cy_map_entry **pp = find(m, key, len, h);
     if (pp && *pp) return CY_EEXIST;
-    cy_map_entry *e = cy_malloc(sizeof(*e));
+    cy_map_entry *e = entry_take(m);
     if (!e) return CY_ENOMEM;
-    if (m->count >= m->nslots && grow(m)) {
+    if (m->count >= m->nslots && (m->nslots >= (size_t)1 << 31 || grow(m))) {
         /* A failed grow only costs speed, unless there are no slots at all. */
         if (!m->nslots) {
-            cy_free(e);
+            entry_give(m, e);
             return CY_ENOMEM;
         }
     }
     e->hash = h;
     e->key = key;
-    e->len = len;
+    e->len = (uint32_t)len;
     e->value = value;
     e->next = m->slots[h & (m->nslots - 1)];
     m->slots[h & (m->nslots - 1)] = e;
@@ -102,12 +140,12 @@ int cy_map_put(cy_map *m, const void *key, size_t len, void *value)
 
 void *cy_map_del(cy_map *m, const void *key, size_t len)
 {
-    cy_map_entry **pp = find(m, key, len, cy_hash(key, len));
+    cy_map_entry **pp = find(m, key, len, (uint32_t)cy_hash(key, len));
     if (!pp || !*pp) return NULL;
     cy_map_entry *e = *pp;
     void *v = e->value;
     *pp = e->next;
-    cy_free(e);
+    entry_give(m, e);
     m->count--;
     return v;
 }

@@ -9,6 +9,7 @@
 #include "core/cy_alloc.h"
 #include "core/cy_clock.h"
 #include "core/cy_err.h"
+#include "core/cy_intern.h"
 #include "core/cy_log.h"
 #include "router/topic.h"
 
@@ -125,7 +126,7 @@ static void release(cy_devices *d, cy_session *s, bool ending)
         dv = n;
     }
     cy_free(s->inq2);
-    if (s->username != s->client_id) cy_free(s->username);
+    if (s->username != s->client_id) cy_intern_drop(s->username);
     if (ending && s->persistent) cy_store_session_delete(d->store, s->client_id);
     cy_offline_unlink(d, s);
     cy_map_del(&d->sessions, s->client_id, s->client_id_len);
@@ -192,10 +193,10 @@ int cy_session_set_who(cy_devices *d, cy_session *s, const char *username, size_
     if (username) {
         if (len == s->client_id_len && memcmp(username, s->client_id, len) == 0)
             u = s->client_id; /* an isolated device: no copy */
-        else if (!(u = cy_strndup(username, len)))
+        else if (!(u = (char *)cy_intern(username, len))) /* a fleet's shared username: one copy */
             return CY_ENOMEM;
     }
-    if (s->username != s->client_id) cy_free(s->username);
+    if (s->username != s->client_id) cy_intern_drop(s->username);
     s->username = u;
     s->username_len = (uint16_t)(username ? len : 0);
     s->acl_internal = internal;

@@ -75,7 +75,8 @@ struct cy_session {
     /* will message, armed while connected, pending after an abnormal close */
     cy_msg *will;
     /* the username its last connection logged in with, for the ACL: owned,
-     * or client_id itself (an isolated device), or NULL (anonymous) */
+     * or client_id itself (an isolated device), or NULL (anonymous); owned
+     * means one reference to its shared copy (core/cy_intern.h) */
     char *username;
     int64_t will_at;     /* mono ms when a pending will is due; 0 = not pending */
     int64_t offline_since;   /* mono ms; 0 while online */

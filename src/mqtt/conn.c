@@ -135,7 +135,7 @@ void cy_conn_log_stranger(cy_conn *c, const char *kind, const char *fmt, ...)
 
 cy_conn_v5 *cy_conn_v5_get(cy_conn *c)
 {
-    if (!c->v5) c->v5 = cy_calloc(1, sizeof(*c->v5));
+    if (!c->v5 && (c->v5 = cy_calloc(1, sizeof(*c->v5)))) c->v5->conn = c;
     return c->v5;
 }
 
@@ -357,7 +357,7 @@ void cy_conn_mark_dirty(cy_conn *c)
 int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p)
 {
     if (c->state == CONN_CLOSING) return CY_EPIPE;
-    if (c->held.n) return cy_conn_send_acked(c, p); /* keep the wire in order */
+    if (c->v5 && c->v5->held.n) return cy_conn_send_acked(c, p); /* keep the wire in order */
     int rc = cy_mqtt_encode(&c->out, c->version ? c->version : CY_MQTT_V311, p);
     if (rc) return rc;
     mark_dirty(c);
@@ -487,7 +487,7 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
      * handle itself and this call closes it a second time (an abort in
      * uv_close). */
     c->state = CONN_CLOSING;
-    if (c->held.n) cy_cluster_drop_held(g->cluster, &c->held);
+    if (c->v5 && c->v5->held.n) cy_cluster_drop_held(g->cluster, &c->v5->held);
     if (c->counted) {
         g->stats->clients_connected--;
         c->counted = false;
@@ -649,6 +649,7 @@ static size_t process(cy_conn *c, const uint8_t *data, size_t len)
         int reason = dispatch(c, &p);
         if (reason == CY_CONN_HOLD) { /* this CONNECT and what follows wait in `in` */
             c->delayed = true;
+            g->sweep_all = true; /* its hold ends at 250 ms precision */
             c->last_rx = uv_now(g->loop) + g->cfg->auth_fail_delay;
             conn_read_stop(c);
             return at;
@@ -907,6 +908,7 @@ void cy_conn_throttle(cy_conn *c)
 {
     if (c->throttled || c->state != CONN_ACTIVE) return;
     c->throttled = true;
+    c->g->sweep_all = true; /* resumed at 250 ms precision */
     c->g->stats->limit_publish_rate++;
     conn_read_stop(c);
 }
@@ -927,6 +929,7 @@ static cy_conn *conn_new(cy_mqtt *g)
     if (g->conns) g->conns->prev = c;
     g->conns = c;
     g->n_conns++;
+    g->sweep_all = true; /* connect_timeout at 250 ms precision */
     g->n_not_reading++; /* until conn_read_start */
     return c;
 }
@@ -1059,8 +1062,10 @@ int cy_conn_open_pair(cy_mqtt *g, int fd, const struct sockaddr *peer)
 
 int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p)
 {
+    static const cy_held_owner none; /* nothing held: c->v5 need not exist to ask */
     cy_mqtt *g = c->g;
-    if (!cy_cluster_must_hold(g->cluster, &c->held)) return cy_conn_send(c, p);
+    if (!cy_cluster_must_hold(g->cluster, c->v5 ? &c->v5->held : &none))
+        return cy_conn_send(c, p);
     cy_buf_reset(&g->scratch);
     int rc = cy_mqtt_encode(&g->scratch, c->version, p);
     if (rc) return rc;
@@ -1071,8 +1076,9 @@ int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p)
      * else waits only for what is held before it on this connection. */
     bool wait = p->type == CY_MQTT_SUBACK || p->type == CY_MQTT_PUBACK ||
                 p->type == CY_MQTT_PUBREC;
-    if (cy_cluster_hold(g->cluster, &c->held, wait, cy_buf_head(&g->scratch),
-                        cy_buf_size(&g->scratch)) == 0)
+    cy_conn_v5 *x = cy_conn_v5_get(c);
+    if (x && cy_cluster_hold(g->cluster, &x->held, wait, cy_buf_head(&g->scratch),
+                             cy_buf_size(&g->scratch)) == 0)
         return 0;
     /* Out of memory: better early than never. */
     rc = cy_buf_append(&c->out, cy_buf_head(&g->scratch), cy_buf_size(&g->scratch));
@@ -1082,7 +1088,7 @@ int cy_conn_send_acked(cy_conn *c, const cy_mqtt_packet *p)
 
 void cy_mqtt_release_held(void *ctx, cy_held_owner *o, const uint8_t *bytes, size_t len)
 {
-    cy_conn *c = (cy_conn *)((char *)o - offsetof(cy_conn, held));
+    cy_conn *c = ((cy_conn_v5 *)((char *)o - offsetof(cy_conn_v5, held)))->conn;
     (void)ctx;
     if (cy_buf_append(&c->out, bytes, len) == 0) mark_dirty(c);
 }
@@ -1480,10 +1486,22 @@ bool cy_mqtt_dirty(const cy_mqtt *g)
     return g->dirty != NULL;
 }
 
+/* Every sweep (CY_SWEEP_MS) walks the connections while one of them needs
+ * that precision: a held CONNECT, a throttled publisher, a socket not yet
+ * logged in (connect_timeout), one whose reading is stopped; otherwise
+ * (a quiet fleet) every SWEEP_IDLE_EVERY-th sweep does, which is still
+ * precise enough for keep-alive (1.5 x keepalive s, at most a second late)
+ * and for freeing idle buffers. The walk touches every connection's
+ * memory: at 150,000 idle devices it was nearly all of the shards' CPU. */
+#define SWEEP_IDLE_EVERY 4
+
 void cy_mqtt_sweep(cy_mqtt *g, int64_t now)
 {
     if (g->wss) cy_mqtt_ws_sweep(g, now);
-    for (cy_conn *c = g->conns; c; c = c->next) {
+    bool walk = g->sweep_all || ++g->sweeps % SWEEP_IDLE_EVERY == 0;
+    g->sweep_all = false;
+    for (cy_conn *c = walk ? g->conns : NULL; c; c = c->next) {
+        if (c->delayed || c->throttled || c->paused || c->state == CONN_NEW) g->sweep_all = true;
         if (c->delayed) { /* a held CONNECT (last_rx: when the hold ends) */
             if (c->state == CONN_NEW && now >= c->last_rx && !g->stalled) {
                 c->delayed = false;

@@ -77,11 +77,16 @@ typedef struct cy_conn_ext {
 } cy_conn_ext;
 
 /* What only some connections use: the limits a MQTT 5 client declared in
- * CONNECT, topic aliases, and the publish rates while max_publish_rate or
- * max_publish_bytes_rate is set. Allocated the first time a client declares
- * a limit, uses an alias or publishes under a rate limit, so most
- * connections do not carry it (a 3.1.1 client may: its v5 fields are 0). */
+ * CONNECT, topic aliases, the publish rates while max_publish_rate or
+ * max_publish_bytes_rate is set, and the acknowledgements held until peer
+ * shards caught up (cluster.h). Allocated the first time a client declares
+ * a limit, uses an alias, publishes under a rate limit or has an
+ * acknowledgement held, so most connections (an idle fleet's) do not carry
+ * it (a 3.1.1 client may: its v5 fields are 0). Freed with the connection,
+ * after cy_conn_close dropped what is held (held entries point into it). */
 typedef struct cy_conn_v5 {
+    cy_conn *conn;      /* its connection (cy_mqtt_release_held finds it from held) */
+    cy_held_owner held; /* acknowledgements held until peers caught up */
     /* peer limits, 0 = none */
     uint32_t peer_max_packet;
     uint16_t peer_recv_max;
@@ -96,8 +101,9 @@ typedef struct cy_conn_v5 {
 } cy_conn_v5;
 
 /* One client connection. Every idle connection carries one, so its layout
- * is kept tight (392 bytes on x86-64 with libuv 1.44, 400 with malloc's
- * header; the libuv handle is 248 of them): what only some connections need
+ * is kept tight (376 bytes on x86-64 with libuv 1.44, 384 with malloc's
+ * chunk header; the libuv handle is 248 of them; malloc's chunks go by 16
+ * bytes, so check sizeof when adding a field): what only some connections need
  * hangs off a pointer that is NULL most of the time (or, for TLS, an index
  * in the padding: a pointer would cost 16 bytes of malloc's rounding), and
  * the peer's address is not kept (cy_conn_peer asks the socket when a log
@@ -113,8 +119,8 @@ struct cy_conn {
     cy_buf out;            /* output of this pass; no memory while idle */
     cy_buf *in;            /* partial packet carried between reads, or NULL (most of the time) */
     struct cy_wstate *w;   /* a uv_write in flight, or NULL (most of the time) */
-    cy_conn_v5 *v5;        /* MQTT 5 limits, aliases, publish rates, or NULL (most of the time) */
-    cy_held_owner held;    /* acknowledgements held until peers caught up (cluster.h) */
+    cy_conn_v5 *v5;        /* MQTT 5 limits, aliases, publish rates, held acknowledgements,
+                            * or NULL (most of the time) */
     uint16_t keepalive;    /* s granted; 0 = none */
     uint8_t state;
     uint8_t version;       /* 0 until CONNECT */
@@ -165,6 +171,9 @@ struct cy_mqtt {
     uint32_t n_conns;
     uint32_t n_not_reading; /* of those, not read by libuv (reading false): the owed-input
                              * scan walks the connections only when there are any */
+    uint32_t sweeps;        /* sweeps so far (cy_mqtt_sweep walks the connections at
+                             * every SWEEP_IDLE_EVERY-th of a quiet fleet's) */
+    bool sweep_all;         /* the next sweep walks them: one needs 250 ms precision */
     size_t preauth_bytes;  /* partial-input bytes held for sockets before CONNECT (preauth_memory) */
     cy_logrl login_log;    /* failed logins and idle sockets: one line per address per window */
     cy_conn *dirty;        /* connections with output to flush */

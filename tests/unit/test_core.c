@@ -11,6 +11,7 @@
 #include "core/cy_config.h"
 #include "core/cy_err.h"
 #include "core/cy_log.h"
+#include "core/cy_intern.h"
 #include "core/cy_map.h"
 #include "core/cy_str.h"
 
@@ -137,6 +138,76 @@ static void test_cy_map_put_enomem(void **state)
     }
     assert_ptr_equal(cy_map_get(&m, "k", 1), &m);
     cy_map_fini(&m);
+}
+
+/* Entries come from the map's blocks: deleted ones are reused before a new
+ * block is taken, across many blocks and rounds of churn, and every
+ * surviving key still maps to its value (ASan: no block leaks at fini). */
+static void test_cy_map_entries_reused(void **state)
+{
+    (void)state;
+    cy_map m;
+    cy_map_init(&m);
+    static char keys[3000][16];
+    for (int i = 0; i < 3000; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "dev-%d", i);
+        assert_int_equal(cy_map_put(&m, keys[i], strlen(keys[i]), keys[i]), 0);
+    }
+    void *blocks = m.blocks;
+    for (int round = 0; round < 5; round++) {
+        for (int i = round % 2; i < 3000; i += 2)
+            assert_ptr_equal(cy_map_del(&m, keys[i], strlen(keys[i])), keys[i]);
+        assert_int_equal(m.count, 1500);
+        for (int i = round % 2; i < 3000; i += 2)
+            assert_int_equal(cy_map_put(&m, keys[i], strlen(keys[i]), keys[i]), 0);
+        assert_ptr_equal(m.blocks, blocks); /* the freed entries served: no new block */
+    }
+    for (int i = 0; i < 3000; i++) assert_ptr_equal(cy_map_get(&m, keys[i], strlen(keys[i])), keys[i]);
+    cy_map_fini(&m);
+    assert_null(m.blocks);
+    assert_int_equal(m.count, 0);
+}
+
+/* One shared copy per text, freed with its last reference; a failed
+ * allocation returns NULL and leaves nothing behind. */
+static void test_cy_intern_shares_and_frees(void **state)
+{
+    (void)state;
+    char a[] = "fleet-user", b[] = "fleet-user";
+    const char *x = cy_intern(a, strlen(a));
+    const char *y = cy_intern(b, strlen(b));
+    assert_non_null(x);
+    assert_ptr_equal(x, y);
+    assert_ptr_not_equal(x, a); /* a copy, not the caller's bytes */
+    assert_string_equal(x, "fleet-user");
+    const char *z = cy_intern("fleet-user2", 10); /* only the first 10 bytes */
+    assert_ptr_equal(z, x);
+    const char *w = cy_intern("other", 5);
+    assert_ptr_not_equal(w, x);
+    assert_int_equal(cy_intern_count(), 2);
+    cy_intern_drop(x);
+    cy_intern_drop(y);
+    assert_int_equal(cy_intern_count(), 2); /* z still holds it */
+    cy_intern_drop(z);
+    assert_int_equal(cy_intern_count(), 1);
+    cy_intern_drop(w);
+    cy_intern_drop(NULL);
+    assert_int_equal(cy_intern_count(), 0);
+    const char *e = cy_intern("", 0);
+    assert_non_null(e);
+    assert_string_equal(e, "");
+    cy_intern_drop(e);
+    for (long n = 0; n < 3; n++) {
+        cy_alloc_fail_after(n);
+        const char *t = cy_intern("t", 1);
+        cy_alloc_fail_after(-1);
+        if (t) {
+            cy_intern_drop(t);
+            break;
+        }
+        assert_int_equal(cy_intern_count(), 0);
+    }
+    assert_int_equal(cy_intern_count(), 0);
 }
 
 static void count_each(void *ctx, void *v)
@@ -467,6 +538,8 @@ int main(void)
         cmocka_unit_test(test_cy_buf_shrink_idle),
         cmocka_unit_test(test_cy_map_put_get_del),
         cmocka_unit_test(test_cy_map_put_enomem),
+        cmocka_unit_test(test_cy_map_entries_reused),
+        cmocka_unit_test(test_cy_intern_shares_and_frees),
         cmocka_unit_test(test_cy_map_each_visits_all),
         cmocka_unit_test(test_cy_config_defaults),
         cmocka_unit_test(test_cy_config_set_errors),
