@@ -99,6 +99,8 @@ static struct {
     const char *server;
     int create;
     const char *out;
+    long count;             /* > 0: make exactly this many calls, no warm-up, then stop */
+    const char *start_file; /* wait for this file to exist before the first call */
 } o = {
     .mode = MODE_API,
     .http_host = "127.0.0.1",
@@ -474,7 +476,7 @@ static char http_head[512]; /* the request head up to the device id */
 static int caller_send(int ep, conn *c)
 {
     int64_t now = now_ns();
-    if (now >= win_end) {
+    if (now >= win_end || (o.count > 0 && next_seq > o.count)) {
         c->busy = false;
         return 0;
     }
@@ -636,6 +638,13 @@ static int callers_run(void)
             }
         }
     }
+    if (o.start_file) {
+        fprintf(stderr, "api_load: ready; waiting for %s\n", o.start_file);
+        while (access(o.start_file, F_OK) != 0) {
+            if (now_ns() > deadline + (int64_t)60e9) return -1;
+            usleep(10000);
+        }
+    }
     win_start = now_ns() + (int64_t)(o.warmup * 1e9);
     win_end = win_start + (int64_t)(o.seconds * 1e9);
     for (int i = 0; i < n_calls; i++)
@@ -685,7 +694,7 @@ static int callers_run(void)
         }
         for (int i = 0; i < n_calls; i++)
             busy += calls[i].busy;
-        if (now >= win_end && busy == 0) break;
+        if (busy == 0 && (now >= win_end || (o.count > 0 && next_seq > o.count))) break;
         if (atomic_load(&dev_failed)) {
             fprintf(stderr, "api_load: a device failed during the run\n");
             return -1;
@@ -890,18 +899,21 @@ static int load_devices(void)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: api_load --mode api|mqtt --devices_file FILE [options]\n"
-                    "       api_load --create N --out FILE --http HOST:PORT --token_file FILE\n"
-                    "  --http HOST:PORT        the API (api mode, --create)\n"
-                    "  --mqtt HOST:PORT        the broker (devices; applications in mqtt mode)\n"
-                    "  --token_file FILE       bearer token (api mode, --create)\n"
-                    "  --devices N             devices connected (default 1000)\n"
-                    "  --conns C               concurrent callers (default 32)\n"
-                    "  --seconds S --warmup W  measured window and the warm-up before it (5, 1)\n"
-                    "  --timeout_ms MS         per call (5000)\n"
-                    "  --setup_timeout S       logging in every device and caller (30)\n"
-                    "  --server_pid PID        the server (and its children): CPU per call\n"
-                    "  --server NAME           label of the RESULT line\n");
+    fprintf(stderr,
+            "usage: api_load --mode api|mqtt --devices_file FILE [options]\n"
+            "       api_load --create N --out FILE --http HOST:PORT --token_file FILE\n"
+            "  --http HOST:PORT        the API (api mode, --create)\n"
+            "  --mqtt HOST:PORT        the broker (devices; applications in mqtt mode)\n"
+            "  --token_file FILE       bearer token (api mode, --create)\n"
+            "  --devices N             devices connected (default 1000)\n"
+            "  --conns C               concurrent callers (default 32)\n"
+            "  --seconds S --warmup W  measured window and the warm-up before it (5, 1)\n"
+            "  --timeout_ms MS         per call (5000)\n"
+            "  --setup_timeout S       logging in every device and caller (30)\n"
+            "  --server_pid PID        the server (and its children): CPU per call\n"
+            "  --server NAME           label of the RESULT line\n"
+            "  --count N               exactly N calls, then stop (with --warmup 0: all measured)\n"
+            "  --start_file PATH       after setup, wait for PATH to exist (a tracer attaching)\n");
 }
 
 int main(int argc, char **argv)
@@ -951,6 +963,10 @@ int main(int argc, char **argv)
             o.create = atoi(v);
         else if (!strcmp(a, "--out"))
             o.out = v;
+        else if (!strcmp(a, "--count"))
+            o.count = atol(v);
+        else if (!strcmp(a, "--start_file"))
+            o.start_file = v;
         else {
             usage();
             return 1;
@@ -982,7 +998,8 @@ int main(int argc, char **argv)
         usage();
         return 1;
     }
-    alarm((unsigned)(o.setup_timeout * 2 + o.seconds + o.warmup + o.timeout_ms / 1000 + 30));
+    alarm((unsigned)(o.setup_timeout * 2 + o.seconds + o.warmup + o.timeout_ms / 1000 + 30 +
+                     (o.start_file ? 60 : 0)));
     if (load_devices()) return 2;
     n_calls = o.conns;
     calls = calloc((size_t)n_calls, sizeof(*calls));
@@ -1010,6 +1027,8 @@ int main(int argc, char **argv)
     pthread_join(dt, NULL);
     if (rc) return rc;
     qsort(lat, n_lat, sizeof(*lat), cmp_i64);
+    /* With --count the window closes when the last call is answered. */
+    if (o.count > 0 && edges_seen == 1) win_end = now_ns();
     double secs = (double)(win_end - win_start) / 1e9;
     /* CPU is read at the window's edges (within the callers' 10 ms tick),
      * and divided by the calls completed in it. */

@@ -30,7 +30,7 @@
 #   CONNS="8 32"                    concurrent callers (HTTP connections or MQTT apps)
 #   DEVICES=1000                    devices connected (each with its secret on cyan)
 #   ROWS="api_cyan1 ..."            a subset of rows (default: all)
-#   STRACE=1                        syscalls per call of the server (strace -c), untimed
+#   STRACE=1 STRACE_COUNT=5000      syscalls per call of the server (strace -c), untimed, C=8
 #   DOC=0 BUILD=build KEEP=1 (keep the work folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +44,7 @@ WARMUP=${WARMUP:-1}
 CONNS=${CONNS:-8 32}
 DEVICES=${DEVICES:-1000}
 STRACE=${STRACE:-1}
+STRACE_COUNT=${STRACE_COUNT:-5000}
 DOC=${DOC:-0}
 BUILD=${BUILD:-build}
 case $BUILD in /*) ;; *) BUILD=$ROOT/$BUILD ;; esac
@@ -177,33 +178,43 @@ for ((round = 1; round <= RUNS; round++)); do
 done
 
 # ---- syscalls per call (untimed: strace stops the server at each one) ---------------
+# api_load makes its devices and callers ready, then waits for a file;
+# strace attaches to every process of the server, the file appears, and
+# exactly STRACE_COUNT calls are made and answered before strace stops.
 strace_row() { # ROW C
-    local row=$1 c=$2 s=${ROW_SERVER[$1]} f sp p out rc=0 args=() calls n
+    local row=$1 c=$2 s=${ROW_SERVER[$1]} f sp p lp rc=0 args=() largs=() calls i
     f=$WORK/strace-$row.txt
-    for p in ${SPID[$s]} $(pgrep -P "${SPID[$s]}" 2>/dev/null || true); do args+=(-p "$p"); done
-    args2=(--mqtt "127.0.0.1:${MPORT[$s]}" --devices_file "$WORK/devices.txt" --devices "$DEVICES"
-        --conns "$c" --seconds 2 --warmup 1 --server "strace_$row")
+    rm -f "$WORK/go"
+    largs=(--mqtt "127.0.0.1:${MPORT[$s]}" --devices_file "$WORK/devices.txt" --devices "$DEVICES"
+        --conns "$c" --count "$STRACE_COUNT" --warmup 0 --seconds 60 --start_file "$WORK/go"
+        --server "strace_$row")
     case $row in
-    api_*) args2+=(--mode api --http "127.0.0.1:${HPORT[$s]}" --token_file "$WORK/data-$s/admin-token") ;;
-    *) args2+=(--mode mqtt) ;;
+    api_*) largs+=(--mode api --http "127.0.0.1:${HPORT[$s]}" --token_file "$WORK/data-$s/admin-token") ;;
+    *) largs+=(--mode mqtt) ;;
     esac
-    # The devices log in first (not counted): strace attaches after a second.
-    out=$(nice -n 5 "$LOAD" "${args2[@]}" 2>>"$WORK/load.log" &
-        sleep 1.5
-        strace -c -f -o "$f" "${args[@]}" 2>>"$WORK/strace.log" &
-        sp=$!
-        sleep 1.5
-        kill -INT "$sp" 2>/dev/null
-        wait "$sp" 2>/dev/null
-        wait) || rc=$?
+    : >"$WORK/strace-load.log"
+    nice -n 5 "$LOAD" "${largs[@]}" >/dev/null 2>"$WORK/strace-load.log" &
+    lp=$!
+    for i in $(seq 1 300); do
+        grep -q "ready; waiting" "$WORK/strace-load.log" && break
+        kill -0 "$lp" 2>/dev/null || break
+        sleep 0.1
+    done
+    for p in ${SPID[$s]} $(pgrep -P "${SPID[$s]}" 2>/dev/null || true); do args+=(-p "$p"); done
+    strace -c -f -o "$f" "${args[@]}" 2>>"$WORK/strace.log" &
+    sp=$!
+    sleep 1
+    touch "$WORK/go"
+    wait "$lp" || rc=$?
+    kill -INT "$sp" 2>/dev/null || true
+    wait "$sp" 2>/dev/null || true
     calls=$(awk '$NF=="total" {print $4}' "$f" 2>/dev/null || true)
-    # calls under strace: the generator's count over its 2 s window, scaled to 1.5 s traced
-    n=$(printf '%s\n' "$out" | grep -o 'calls_per_s=[0-9]*' | cut -d= -f2)
-    if [ -n "$calls" ] && [ -n "$n" ] && [ "$n" -gt 0 ]; then
-        echo "SYSCALLS row=$row syscalls=$calls calls=$(awk -v n="$n" 'BEGIN{printf "%d", n*1.5}')" >>"$RESULTS"
-        log "    $row: $(awk -v c="$calls" -v n="$n" 'BEGIN{printf "%.1f", c/(n*1.5)}') syscalls per call (approximate)"
+    if [ "$rc" = 0 ] && [ -n "$calls" ]; then
+        echo "SYSCALLS row=$row syscalls=$calls calls=$STRACE_COUNT" >>"$RESULTS"
+        log "    $row: $(awk -v c="$calls" -v n="$STRACE_COUNT" 'BEGIN{printf "%.1f", c/n}') syscalls per call"
     else
-        log "syscall count failed for $row"
+        log "syscall count failed for $row (exit $rc; $WORK/strace-load.log)"
+        echo "FAIL strace row=$row rc=$rc" >>"$RESULTS"
     fi
 }
 if [ "$STRACE" = 1 ] && command -v strace >/dev/null; then
@@ -221,6 +232,6 @@ KERNEL=$(uname -r)
 NPROC=$(nproc)
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git status --porcelain -- src 2>/dev/null | head -n 1 | wc -l)
-export RESULTS RUNS SECONDS_RUN WARMUP CONNS DEVICES DOC ROOT WORK ROWS
+export RESULTS RUNS SECONDS_RUN WARMUP CONNS DEVICES DOC ROOT WORK ROWS STRACE_COUNT
 export ELAPSED DATE LOADAVG KERNEL NPROC COMMIT DIRTY
 /usr/bin/python3 bench/api_load_table.py
