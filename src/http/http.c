@@ -307,6 +307,7 @@ static void kick(cy_http *h)
 static void run_mhd(cy_http *h)
 {
     if (h->d == NULL || h->stopping) return;
+    if (h->lim.before_run) h->lim.before_run(h->lim.before_run_ctx);
     h->in_run = true;
     h->rerun = false;
     MHD_run(h->d);

@@ -398,6 +398,7 @@ struct cy_registry {
     bool busy_set;                  /* cy_registry_set_busy_timeout was called */
     cy_map cache;                   /* key -> cached, rows seen by checks */
     int64_t version;                /* PRAGMA data_version the cache is valid for; -1 none */
+    bool recheck_now;               /* cy_registry_fresh: check at the next lookup */
     int64_t checked_ms;             /* mono ms of the last data_version read */
     int64_t busy_until_ms[2];       /* READS, WRITES: mono ms before which they fail at once */
     sqlite3_stmt *hook_st[CY_RH_N]; /* hooks.c's statements (registry_int.h) */
@@ -415,9 +416,9 @@ struct cy_registry {
     /* Last uses of tokens noted by checks and not yet written (see "Token
      * scopes, expiry and last use"): token id -> token_use. */
     cy_map used;
-    int64_t used_scan_ms;  /* wall ms of the last flush's look at `used` */
+    int64_t used_scan_ms;   /* wall ms of the last flush's look at `used` */
     int64_t used_window_ms; /* wall ms the current minute of writes began (0: none yet) */
-    int64_t used_retry_ms; /* wall ms before which a failed flush is not tried again */
+    int64_t used_retry_ms;  /* wall ms before which a failed flush is not tried again */
 };
 
 /* A token's use as this handle knows it. */
@@ -469,12 +470,21 @@ static void cache_clear(cy_registry *r)
  * shared read, so the version is the file's latest, not an old snapshot's.
  * A failed read keeps the cache (valid as of the last read) and is tried
  * again RECHECK_MS later. */
+static void read_begin(cy_registry *r);
+
 static void cache_recheck(cy_registry *r)
 {
     int64_t now = cy_mono_ms();
-    if (r->version >= 0 && now - r->checked_ms < RECHECK_MS) return;
+    if (!r->recheck_now && r->version >= 0 && now - r->checked_ms < RECHECK_MS) return;
     if (closed(r, READS)) return;
-    cy_registry_end_reads(r);
+    /* After cy_registry_fresh the version is read inside the new shared
+     * snapshot, the one the lookups that follow read from; otherwise on
+     * its own, the file's latest. */
+    if (r->recheck_now && r->share_reads)
+        read_begin(r);
+    else
+        cy_registry_end_reads(r);
+    r->recheck_now = false;
     r->checked_ms = now;
     sqlite3_stmt *st = r->st[ST_VERSION];
     if (sqlite3_step(st) == SQLITE_ROW) {
@@ -624,6 +634,13 @@ void cy_registry_set_busy_timeout(cy_registry *r, unsigned ms)
     if (!r) return;
     r->busy_set = true;
     sqlite3_busy_timeout(r->db, (int)(ms < CY_DB_BUSY_MS ? ms : CY_DB_BUSY_MS));
+}
+
+void cy_registry_fresh(cy_registry *r)
+{
+    if (!r) return;
+    cy_registry_end_reads(r);
+    r->recheck_now = true;
 }
 
 void cy_registry_end_reads(cy_registry *r)
@@ -1299,12 +1316,16 @@ int cy_registry_device_psk(cy_registry *r, const char *id, size_t id_len, uint8_
     return CY_DEVICE_PSK_LEN;
 }
 
-/* One device row by key with statement st: 0, CY_ENOENT or CY_ESTORE. */
+/* One device row by key with statement st: 0, CY_ENOENT or CY_ESTORE.
+ * With shared reads on, in the shared snapshot (begun after the owner's
+ * last cy_registry_end_reads or cy_registry_fresh), like the checks: a
+ * shard's lookups of a pass cost one read transaction, not one each. */
 static int get_device(cy_registry *r, sqlite3_stmt *st, const char *key, const char *what,
                       cy_device *out)
 {
-    cy_registry_end_reads(r);
     if (closed(r, READS)) return CY_ESTORE;
+    cache_recheck(r); /* after cy_registry_fresh: begins the snapshot */
+    read_begin(r);
     int rc;
     if (sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC)) {
         rc = fail(r, READS, what);
