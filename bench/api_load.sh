@@ -27,7 +27,7 @@
 #
 # Environment:
 #   RUNS=3 SECONDS_RUN=3 WARMUP=1   runs per row and C; measured and warm-up seconds
-#   CONNS="8 32"                    concurrent callers (HTTP connections or MQTT apps)
+#   CONNS="8 32 64"                 concurrent callers (HTTP connections or MQTT apps)
 #   DEVICES=1000                    devices connected (each with its secret on cyan)
 #   ROWS="api_cyan1 ..."            a subset of rows (default: all)
 #   STRACE=1 STRACE_COUNT=5000      syscalls per call of the server (strace -c), untimed, C=8
@@ -41,7 +41,7 @@ ROOT=$PWD
 RUNS=${RUNS:-3}
 SECONDS_RUN=${SECONDS_RUN:-3}
 WARMUP=${WARMUP:-1}
-CONNS=${CONNS:-8 32}
+CONNS=${CONNS:-8 32 64}
 DEVICES=${DEVICES:-1000}
 STRACE=${STRACE:-1}
 STRACE_COUNT=${STRACE_COUNT:-5000}
@@ -201,7 +201,11 @@ strace_row() { # ROW C
         sleep 0.1
     done
     for p in ${SPID[$s]} $(pgrep -P "${SPID[$s]}" 2>/dev/null || true); do args+=(-p "$p"); done
-    strace -c -f -o "$f" "${args[@]}" 2>>"$WORK/strace.log" &
+    if [ "${STRACE_FILES:-0}" = 1 ]; then # instead of counts: which files it reads and writes
+        strace -f -y -e trace=pread64,pwrite64,fsync,fdatasync -o "$WORK/files-$row.txt" "${args[@]}" 2>>"$WORK/strace.log" &
+    else
+        strace -c -f -o "$f" "${args[@]}" 2>>"$WORK/strace.log" &
+    fi
     sp=$!
     sleep 1
     touch "$WORK/go"

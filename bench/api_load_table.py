@@ -21,7 +21,7 @@ LABEL = {
     "mqtt_cyan2": ("MQTT", "cyan, 2 shards"),
 }
 rows = env.get("ROWS", "").split() or list(LABEL)
-conns = [int(c) for c in env.get("CONNS", "8 32").split()]
+conns = [int(c) for c in env.get("CONNS", "8 32 64").split()]
 
 runs = {}  # (row, conns) -> [dict]
 syscalls = {}
