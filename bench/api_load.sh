@@ -31,6 +31,8 @@
 #   DEVICES=1000                    devices connected (each with its secret on cyan)
 #   ROWS="api_cyan1 ..."            a subset of rows (default: all)
 #   STRACE=1 STRACE_COUNT=5000      syscalls per call of the server (strace -c), untimed, C=8
+#   STRACE_FILES=1                  instead: which files the server reads and writes then
+#                                   (strace -y, WORK/files-ROW.txt; with KEEP=1)
 #   DOC=0 BUILD=build KEEP=1 (keep the work folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
