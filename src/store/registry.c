@@ -380,6 +380,9 @@ static const char *const sql[N_ST] = {
  * found the file locked keeps its kind of statement from trying again. */
 #define RECHECK_MS CY_REGISTRY_RECHECK_MS
 #define CACHE_MAX 262144
+/* Device gets cached at most (about 200 bytes each): the devices the API
+ * is asked about, a working set; a full one starts over like the rows. */
+#define DEVS_MAX 8192
 #define BACKOFF_MS 200
 
 /* A cached row: a device ('d' + id) or a token ('t' + id). The key lives
@@ -1403,7 +1406,7 @@ static int get_device(cy_registry *r, sqlite3_stmt *st, char kind, const char *k
     }
     done(st);
     if (rc == 0 && klen && r->version >= 0) { /* out of memory: not remembered */
-        if (r->devs.count >= CACHE_MAX) map_empty(&r->devs);
+        if (r->devs.count >= DEVS_MAX) map_empty(&r->devs);
         devrow *c = cy_malloc(sizeof(*c));
         if (c) {
             memcpy(c->key, ck, klen);

@@ -142,7 +142,10 @@ int cy_registry_device_psk(cy_registry *r, const char *id, size_t id_len, uint8_
  * (random generator, cipher, key file: logged), CY_ESTORE. */
 int cy_registry_device_psk_new(cy_registry *r, const char *id_or_name,
                                char psk_out[CY_DEVICE_PSK_LEN + 1]);
-/* Look a user device up by id or by name (CY_ENOENT for an internal one). */
+/* Look a user device up by id or by name (CY_ENOENT for an internal one).
+ * With shared reads on (a shard), from the shared read snapshot and a
+ * cache of earlier gets checked against it (cy_registry_fresh); otherwise
+ * the file's latest. */
 int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out);
 /* Remove a user device by id or by name. CY_ENOENT if absent (or internal). */
 int cy_registry_device_remove(cy_registry *r, const char *id_or_name);
