@@ -12,7 +12,7 @@ CONF    ?= etc/cyan.conf
 FUZZ_SECONDS ?= 20
 PYTHON  := /usr/bin/python3
 
-.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-webhooks bench-coap bench-presence bench-durable bench-fleet clean deps deps-run deps-test install uninstall man
+.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-api-load bench-webhooks bench-coap bench-presence bench-durable bench-fleet clean deps deps-run deps-test install uninstall man
 
 all: build
 
@@ -144,6 +144,7 @@ bench: build
 	@$(PYTHON) bench/presence_bench.py --cyan $(BUILD)/cyan
 	@BUILD=$(BUILD) bench/durable_bench.sh
 	@BUILD=$(BUILD) bench/fleet_bench.sh
+	@BUILD=$(BUILD) bench/api_load.sh
 
 # QoS 1 into persistent sessions (stored before the PUBACK; store_sync
 # normal and full) and one-to-one QoS 1 within and across shards, beside
@@ -186,6 +187,14 @@ bench-api:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory build
 	@BUILD=$(BUILD) bench/api_bench.sh
+
+# Function calls under load: 1000 devices, C concurrent kept-alive HTTP
+# callers (a raw client, bench/api_load.c), beside the same exchange over
+# plain MQTT through mosquitto and cyan (bench/api_load.sh; DOC=1 writes
+# docs/benchmarks.md; RUNS, SECONDS_RUN, CONNS, DEVICES, ROWS).
+bench-api-load: build
+	@scripts/deps.sh bench
+	@BUILD=$(BUILD) bench/api_load.sh
 
 clean:
 	rm -rf $(BUILD) $(ASAN) $(FUZZB)

@@ -569,6 +569,18 @@ static void hold_auth(cy_api *b, cy_http_req *req)
     cy_http_on_close(req, hold_gone, ho);
 }
 
+/* Before each run of the HTTP server: the requests it reads see the
+ * registry as it is now. Tokens and devices are looked up in one read
+ * snapshot per run, begun after the run's requests arrived, with the
+ * token cache checked against it: a token revoked or a device removed
+ * before a request was sent is refused by every shard (docs/api.md,
+ * "Tokens"), and a run of many requests pays for one read transaction. */
+static void before_run(void *ctx)
+{
+    cy_api *b = ctx;
+    cy_registry_fresh(b->registry);
+}
+
 /* The HTTP server's admit: max_connect_rate_per_address, at accept. */
 static bool admit(void *ctx, const struct sockaddr *sa)
 {
@@ -1337,6 +1349,8 @@ void cy_api_listen(cy_api *b)
         .max_per_address = b->cfg->http_max_per_address,
         .admit = b->limit ? admit : NULL,
         .admit_ctx = b,
+        .before_run = before_run,
+        .before_run_ctx = b,
     };
     bool tls = b->cfg->tls_cert[0] && b->cfg->http_tls;
     if (tls) {

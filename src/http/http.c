@@ -23,23 +23,29 @@
  * A stream is a response of unknown size (chunked) whose content reader
  * hands out the request's byte queue: runs of copied bytes and references
  * to shared chunks (one event's bytes, written to a thousand streams, are
- * held once), copied into MHD's buffer only as the client takes them. With the queue empty the reader
- * suspends the connection and returns 0 (MHD's documented way not to spin);
+ * held once), copied into MHD's buffer only as the client takes them. With the queue empty the
+ * reader suspends the connection and returns 0 (MHD's documented way not to spin);
  * cy_http_stream_write or cy_http_stream_end resumes it. MHD calls the reader
  * for a chunk only after the previous chunk has entirely reached the kernel,
  * so "bytes accepted minus the reader's pos" is exactly what the kernel has
  * not taken: that is the backlog.
  *
  * MHD does not notice a client leaving while its connection is suspended,
- * so each suspension also starts a uv_poll_t on the connection's socket for
- * UV_DISCONNECT (EPOLLRDHUP, plus the HUP/ERR that epoll always reports).
- * Readability is not watched: a pipelined next request is not a departure.
- * When it fires the application hears cy_http_on_close at once, the request
- * turns GONE, and the connection is resumed so that MHD closes it (the
- * access handler answers MHD_NO, the reader END_WITH_ERROR). The watch is
- * always stopped before MHD regains the connection, so it never outlives the
- * descriptor. A client that half-closes (shutdown(SHUT_WR)) while waiting
- * counts as gone, as it does for nginx.
+ * so a connection's first suspension starts a uv_poll_t on its socket for
+ * UV_DISCONNECT (EPOLLRDHUP, plus the HUP/ERR that epoll always reports),
+ * which then runs for the life of the connection: a kept-alive client
+ * making call after call costs no epoll_ctl for it (it cost 5 per request,
+ * and an ioctl, when each suspension made its own). Readability is not
+ * watched: a pipelined next request is not a departure. When it fires on a
+ * suspended request the application hears cy_http_on_close at once, the
+ * request turns GONE, and the connection is resumed so that MHD closes it
+ * (the access handler answers MHD_NO, the reader END_WITH_ERROR). When it
+ * fires with nothing suspended, MHD will see the departure itself: the
+ * watch stops (the event is level-triggered) and the next suspension starts
+ * it again. It is closed when MHD tells us the connection is closed (before
+ * MHD closes the descriptor) or hands it to an upgrade, so it never
+ * outlives the descriptor. A client that half-closes (shutdown(SHUT_WR))
+ * while waiting counts as gone, as it does for nginx.
  *
  * MHD's inactivity timeout (idle_timeout_s) resets on every byte, so on its
  * own it would let a client trickle a request forever. Each connection
@@ -84,8 +90,7 @@
  * with its headers.
  *
  * Requests are freed in MHD's completion callback, after the application
- * has heard cy_http_on_close if it still held them; a request whose socket
- * watch was ever initialised is freed in that handle's close callback.
+ * has heard cy_http_on_close if it still held them.
  */
 #include "http/http.h"
 #include "http/chunk_int.h"
@@ -170,9 +175,17 @@ typedef struct addr_count {
     uint8_t key[17]; /* family byte + 4 or 16 address bytes */
 } addr_count;
 
+/* A connection's departure watch (see the file's comment), allocated on
+ * its own: uv_close needs it after the hconn is freed. */
+typedef struct cwatch {
+    uv_poll_t p;
+    hconn *hc; /* NULL once closing */
+    bool on;   /* started */
+} cwatch;
+
 /* Per connection (MHD's socket context): its deadlines and its request. */
 struct hconn {
-    dlink link[2];           /* [0]: idle_q or req_q (its phase); [1]: head_q */
+    dlink link[2]; /* [0]: idle_q or req_q (its phase); [1]: head_q */
     int fd;
     struct cy_http_req *req; /* the request MHD has shown us, until it completes */
     addr_count *ac;          /* its address's count; NULL without one */
@@ -180,11 +193,12 @@ struct hconn {
     bool line_seen;          /* a request line has arrived on it (on_uri) */
     bool cut;                /* shut down by us; MHD is about to close it */
     bool upgraded;           /* handed to the application (cy_http_upgrade): no deadline */
+    cwatch *watch;           /* from its first suspension until it closes; NULL before */
 };
 
 /* An upgrade, from cy_http_upgrade until its owner closes it. */
 struct cy_http_upgraded {
-    cy_http *h; /* NULL once the server stopped */
+    cy_http *h;                            /* NULL once the server stopped */
     struct MHD_UpgradeResponseHandle *urh; /* NULL until upgraded, and after stop */
     hconn *hc;                             /* its connection, once upgraded */
     cy_http_upgrade_cb cb;                 /* NULL once called */
@@ -216,20 +230,18 @@ struct cy_http_req {
     bool streamed;             /* counted in cy_http.streams */
     int tag;                   /* the application's (cy_http_set_tag) */
     int64_t started_us;        /* monotonic us when its head was whole (cy_http_started_us) */
-    bool suspended;            /* by us, with the watch running */
-    bool watch_init;           /* watch needs uv_close; req is freed in its close callback */
-    uv_poll_t watch;           /* the socket, for UV_DISCONNECT, while suspended */
+    bool suspended;            /* by us, with its connection's watch running */
     struct MHD_Response *resp; /* answer stored, to be queued by the access handler */
     unsigned status;
-    cy_http_upgraded *upg;     /* an upgrade answered, until its callback has run */
+    cy_http_upgraded *upg; /* an upgrade answered, until its callback has run */
     void (*on_close)(void *arg, cy_http_req *req);
     void *on_close_arg;
-    cy_buf out;         /* copied stream bytes not yet handed to MHD */
+    cy_buf out;            /* copied stream bytes not yet handed to MHD */
     oseg *q_head, *q_tail; /* the stream's queue, in order: runs of out, shared chunks */
-    uint64_t out_total; /* stream bytes accepted from the application */
-    uint64_t out_sent;  /* stream bytes the kernel has taken (the reader's last pos) */
-    char peer[64];      /* "ip:port" */
-    char addr[48];      /* "ip" */
+    uint64_t out_total;    /* stream bytes accepted from the application */
+    uint64_t out_sent;     /* stream bytes the kernel has taken (the reader's last pos) */
+    char peer[64];         /* "ip:port" */
+    char addr[48];         /* "ip" */
     char *extra[2 * CY_HTTP_EXTRA_HEADERS]; /* name, value pairs (owned) for every answer */
     unsigned nextra;                        /* pairs in extra */
 };
@@ -255,17 +267,18 @@ struct cy_http {
     unsigned streams;    /* requests that began a stream and are not completed */
     cy_http_req *reqs;
     cy_http_upgraded *upgraded; /* every upgrade answered and not yet closed */
-    uint64_t requests;  /* answers queued since start */
-    bool in_run;        /* inside MHD_run: do not re-enter, defer */
-    bool rerun;         /* something asked for MHD_run while in_run */
-    bool stop_deferred; /* cy_http_stop called from inside MHD_run */
-    bool stopping;      /* cy_http_stop has begun */
-    bool freed;         /* cy_http_free ran; free when the last handle closes */
-    struct tls_creds *creds; /* HTTPS: the pair new handshakes get; NULL = plain */
+    uint64_t requests;          /* answers queued since start */
+    bool in_run;                /* inside MHD_run: do not re-enter, defer */
+    bool rerun;                 /* something asked for MHD_run while in_run */
+    bool stop_deferred;         /* cy_http_stop called from inside MHD_run */
+    bool stopping;              /* cy_http_stop has begun */
+    bool freed;                 /* cy_http_free ran; free when the last handle closes */
+    struct tls_creds *creds;    /* HTTPS: the pair new handshakes get; NULL = plain */
 };
 
 static void run_mhd(cy_http *h);
 static void do_stop(cy_http *h);
+static void watch_close(hconn *hc);
 
 /* ---- loop glue ------------------------------------------------------------ */
 
@@ -294,6 +307,7 @@ static void kick(cy_http *h)
 static void run_mhd(cy_http *h)
 {
     if (h->d == NULL || h->stopping) return;
+    if (h->lim.before_run) h->lim.before_run(h->lim.before_run_ctx);
     h->in_run = true;
     h->rerun = false;
     MHD_run(h->d);
@@ -397,8 +411,7 @@ static int64_t q_first(const cy_http *h, const dqueue *q)
 static void deadline_timer_update(cy_http *h)
 {
     if (h->stopping) return;
-    int64_t first = q_first(h, &h->idle_q), r = q_first(h, &h->req_q),
-            hd = q_first(h, &h->head_q);
+    int64_t first = q_first(h, &h->idle_q), r = q_first(h, &h->req_q), hd = q_first(h, &h->head_q);
     if (r < first) first = r;
     if (hd < first) first = hd;
     if (first == INT64_MAX) {
@@ -461,8 +474,8 @@ static void arm_idle(cy_http *h, hconn *hc)
 
 static bool raw_send(cy_http_req *req, int fd, const char *out, size_t n);
 static void upgrade_failed(cy_http_upgraded *u);
-static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code,
-                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code, const char *fmt,
+                       ...) __attribute__((format(printf, 5, 6)));
 
 typedef enum { CUT_DEADLINE, CUT_EVICT } cut_why;
 
@@ -480,23 +493,23 @@ static void cut(cy_http *h, hconn *hc, cut_why why)
     q_remove(hc, 1);
     hc->cut = true;
     h->ncut++;
-    if (why == CUT_DEADLINE && receiving && req && req->state == RQ_RECEIVING &&
-        !req->raw_answered)
+    if (why == CUT_DEADLINE && receiving && req && req->state == RQ_RECEIVING && !req->raw_answered)
         raw_answer(req, hc->fd, 408, "request_timeout", "request not complete within %us",
                    h->lim.request_timeout_s);
     shutdown(hc->fd, SHUT_RDWR);
     const char *peer = req ? req->peer : "a client";
     if (why == CUT_EVICT)
-        cy_debug(NULL, "http: %u connections open, an idle one closed to make room",
-                 live(h) + 1);
+        cy_debug(NULL, "http: %u connections open, an idle one closed to make room", live(h) + 1);
     else if (receiving && !(head && press))
         cy_debug(NULL, "http: %s request not complete within %us, connection closed", peer,
                  h->lim.request_timeout_s);
     else if (idle && !press)
         cy_debug(NULL, "http: no request within %us, connection closed", h->lim.idle_timeout_s);
     else
-        cy_debug(NULL, "http: %u connections open: one with no whole request head within "
-                       "%dms closed", live(h) + 1, idle ? PRESSURE_IDLE_MS : PRESSURE_HEAD_MS);
+        cy_debug(NULL,
+                 "http: %u connections open: one with no whole request head within "
+                 "%dms closed",
+                 live(h) + 1, idle ? PRESSURE_IDLE_MS : PRESSURE_HEAD_MS);
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -559,8 +572,10 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
     inet_ntop(key[0] == 4 ? AF_INET : AF_INET6, key + 1, ip, sizeof(ip));
     char more[CY_LOGRL_MORE];
     if (cy_logrl_line(&h->refuse_log, ip, more)) {
-        cy_warn(NULL, "http: connection from %s refused: it has %u open, the most one address "
-                      "may (http_max_per_address)%s", ip, ac->n, more);
+        cy_warn(NULL,
+                "http: connection from %s refused: it has %u open, the most one address "
+                "may (http_max_per_address)%s",
+                ip, ac->n, more);
     }
     return MHD_NO;
 }
@@ -659,6 +674,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
         hconn *hc = *socket_context;
         *socket_context = NULL;
         if (hc) {
+            watch_close(hc); /* MHD closes the descriptor after telling us */
             q_remove(hc, 0);
             q_remove(hc, 1);
             addr_del(h, hc);
@@ -733,31 +749,44 @@ static void req_free_mem(cy_http_req *req)
     cy_free(req);
 }
 
-static void on_watch_closed(uv_handle_t *hd)
+static void on_cwatch_closed(uv_handle_t *hd)
 {
-    req_free_mem(hd->data);
+    cy_free(hd->data);
 }
 
 static void on_watch(uv_poll_t *p, int status, int events);
 
+/* Make (once per connection) and start req's connection's watch. */
 static void watch_start(cy_http_req *req)
 {
-    if (!req->watch_init) {
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-        if (ci == NULL || uv_poll_init(req->h->loop, &req->watch, ci->connect_fd) != 0) {
+    hconn *hc = conn_ctx(req->conn);
+    if (hc == NULL) {
+        cy_warn(NULL, "http: cannot watch %s for departure", req->peer);
+        return;
+    }
+    cwatch *w = hc->watch;
+    if (w == NULL) {
+        w = cy_calloc(1, sizeof(*w));
+        if (w == NULL || uv_poll_init(req->h->loop, &w->p, hc->fd) != 0) {
+            cy_free(w);
             cy_warn(NULL, "http: cannot watch %s for departure", req->peer);
             return;
         }
-        req->watch.data = req;
-        req->watch_init = true;
+        w->p.data = w;
+        w->hc = hc;
+        hc->watch = w;
     }
-    uv_poll_start(&req->watch, UV_DISCONNECT, on_watch);
+    if (!w->on && uv_poll_start(&w->p, UV_DISCONNECT, on_watch) == 0) w->on = true;
 }
 
-static void watch_stop(cy_http_req *req)
+/* Close hc's watch: MHD is about to close the descriptor, or hands it over. */
+static void watch_close(hconn *hc)
 {
-    if (req->watch_init) uv_poll_stop(&req->watch);
+    cwatch *w = hc->watch;
+    if (w == NULL) return;
+    hc->watch = NULL;
+    w->hc = NULL;
+    uv_close((uv_handle_t *)&w->p, on_cwatch_closed); /* stops it: off the loop's epoll now */
 }
 
 /* From the access handler or the content reader only (MHD's rule). */
@@ -768,10 +797,11 @@ static void suspend(cy_http_req *req)
     watch_start(req);
 }
 
+/* The watch keeps running: a departure while MHD has the connection is
+ * MHD's to see, and on_watch then stops it. */
 static void resume(cy_http_req *req)
 {
     if (!req->suspended) return;
-    watch_stop(req);
     req->suspended = false;
     MHD_resume_connection(req->conn);
     kick(req->h);
@@ -791,8 +821,11 @@ static void on_watch(uv_poll_t *p, int status, int events)
 {
     (void)status;
     (void)events;
-    cy_http_req *req = p->data;
-    uv_poll_stop(p);
+    cwatch *w = p->data;
+    cy_http_req *req = w->hc ? w->hc->req : NULL;
+    uv_poll_stop(p); /* level-triggered: it would fire again at once */
+    w->on = false;
+    if (req == NULL || !req->suspended) return; /* MHD has it, and sees the departure */
     cy_debug(NULL, "http: %s left while %s", req->peer,
              req->state == RQ_PENDING ? "waiting for an answer" : "streaming");
     lose(req);
@@ -821,7 +854,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (req->state == RQ_STREAM || req->state == RQ_PENDING)
         cy_debug(NULL, "http: %s %s %s ended (reason %d)", req->peer, req->method, req->path,
                  (int)toe);
-    watch_stop(req);
     req->suspended = false;
     lose(req);
     if (req->prev)
@@ -829,10 +861,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     else
         h->reqs = req->next;
     if (req->next) req->next->prev = req->prev;
-    if (req->watch_init)
-        uv_close((uv_handle_t *)&req->watch, on_watch_closed);
-    else
-        req_free_mem(req);
+    req_free_mem(req);
 }
 
 /* ---- answers ---------------------------------------------------------------- */
@@ -891,8 +920,8 @@ static enum MHD_Result queue_error(cy_http_req *req, unsigned status, const char
 /* An error answer written to the socket directly, for when MHD will not
  * take one (a body is arriving): the connection is to close after it, so
  * nothing of MHD's can follow it. True if the whole answer was taken. */
-static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code,
-                       const char *fmt, ...)
+static bool raw_answer(cy_http_req *req, int fd, unsigned status, const char *code, const char *fmt,
+                       ...)
 {
     char msg[128], body[256], out[512];
     va_list ap;
@@ -971,7 +1000,8 @@ static void upgrade_failed(cy_http_upgraded *u)
 
 /* MHD's upgrade handler, inside MHD_run, once the 101 is in the kernel. */
 static void on_upgraded(void *cls, struct MHD_Connection *c, void *con_cls, const char *extra_in,
-                        size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+                        size_t extra_in_size, MHD_socket sock,
+                        struct MHD_UpgradeResponseHandle *urh)
 {
     cy_http_upgraded *u = cls;
     cy_http_req *req = con_cls;
@@ -986,6 +1016,7 @@ static void on_upgraded(void *cls, struct MHD_Connection *c, void *con_cls, cons
     }
     hconn *hc = conn_ctx(c);
     if (hc) { /* no deadline, no eviction from now on: the connection is the application's */
+        watch_close(hc);
         hc->upgraded = true;
         q_remove(hc, 0);
         q_remove(hc, 1);
@@ -1004,8 +1035,7 @@ static void on_upgraded(void *cls, struct MHD_Connection *c, void *con_cls, cons
     cb(u->arg, fd, (const uint8_t *)extra_in, extra_in_size, u);
 }
 
-int cy_http_upgrade(cy_http_req *req, const char *const *headers, cy_http_upgrade_cb cb,
-                    void *arg)
+int cy_http_upgrade(cy_http_req *req, const char *const *headers, cy_http_upgrade_cb cb, void *arg)
 {
     if (req == NULL || cb == NULL) return CY_EINVAL;
     if (req->state == RQ_GONE) return CY_EPIPE;
@@ -1352,11 +1382,10 @@ static enum MHD_Result reject_body(cy_http *h, cy_http_req *req, unsigned status
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (ci == NULL) return MHD_NO;
-    bool sent = status == 413 ? raw_answer(req, ci->connect_fd, 413, "body_too_large",
-                                           "request body exceeds %zu bytes",
-                                           h->lim.max_body_bytes)
-                              : raw_answer(req, ci->connect_fd, 503, "out_of_memory",
-                                           "server out of memory");
+    bool sent = status == 413
+                    ? raw_answer(req, ci->connect_fd, 413, "body_too_large",
+                                 "request body exceeds %zu bytes", h->lim.max_body_bytes)
+                    : raw_answer(req, ci->connect_fd, 503, "out_of_memory", "server out of memory");
     if (!sent) return MHD_NO;
     shutdown(ci->connect_fd, SHUT_WR);
     return MHD_YES;
@@ -1459,7 +1488,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
 #define TLS_MAX_CHAIN 8
 /* TLS 1.2 and 1.3 only, AEAD ciphers with forward secrecy. */
 #define TLS_PRIORITIES                                                                             \
-    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+CHACHA20-POLY1305:+AES-256-GCM:"     \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+CHACHA20-POLY1305:+AES-256-GCM:"      \
     "+AES-128-GCM:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:%SERVER_PRECEDENCE"
 
 typedef struct tls_creds {
@@ -1475,7 +1504,8 @@ static void creds_free(tls_creds *c)
 {
     while (c) {
         tls_creds *o = c->older;
-        for (unsigned i = 0; i < c->n; i++) gnutls_pcert_deinit(&c->chain[i]);
+        for (unsigned i = 0; i < c->n; i++)
+            gnutls_pcert_deinit(&c->chain[i]);
         if (c->key) gnutls_privkey_deinit(c->key);
         cy_free(c);
         c = o;
@@ -1507,8 +1537,8 @@ static tls_creds *creds_load(const char *cert, const char *key, char *buf, size_
         return NULL;
     }
     unsigned n = TLS_MAX_CHAIN;
-    int rc = gnutls_pcert_list_import_x509_file(c->chain, &n, cert, GNUTLS_X509_FMT_PEM, NULL,
-                                                NULL, 0);
+    int rc =
+        gnutls_pcert_list_import_x509_file(c->chain, &n, cert, GNUTLS_X509_FMT_PEM, NULL, NULL, 0);
     if (rc < 0 || n == 0) {
         snprintf(buf, len, "certificate %s: %s", cert,
                  rc == GNUTLS_E_SHORT_MEMORY_BUFFER ? "more than 8 certificates in the chain"
@@ -1670,8 +1700,10 @@ int cy_http_new(uv_loop_t *loop, int listen_fd, const cy_http_limits *lim, cy_ht
         }
         tls_server = h;
         flags |= MHD_USE_TLS;
-        tls_opts[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0, (void *)tls_retrieve};
-        tls_opts[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES};
+        tls_opts[0] =
+            (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0, (void *)tls_retrieve};
+        tls_opts[1] =
+            (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES};
     }
     /* The strings are the caller's: not kept. */
     h->lim.tls_cert = h->lim.tls_key = NULL;
@@ -1733,7 +1765,6 @@ static void do_stop(cy_http *h)
     for (cy_http_req *req = h->reqs; req; req = req->next) {
         lose(req);
         if (req->suspended) {
-            watch_stop(req);
             req->suspended = false;
             MHD_resume_connection(req->conn);
         }
@@ -1765,10 +1796,7 @@ static void do_stop(cy_http *h)
     while (h->reqs) {
         cy_http_req *req = h->reqs;
         h->reqs = req->next;
-        if (req->watch_init)
-            uv_close((uv_handle_t *)&req->watch, on_watch_closed);
-        else
-            req_free_mem(req);
+        req_free_mem(req);
     }
 }
 
@@ -1883,9 +1911,9 @@ int cy_http_add_header(cy_http_req *req, const char *name, const char *value)
 const struct sockaddr *cy_http_peer_sockaddr(const cy_http_req *req)
 {
     const union MHD_ConnectionInfo *ci =
-        req->state == RQ_GONE ? NULL
-                              : MHD_get_connection_info(req->conn,
-                                                        MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        req->state == RQ_GONE
+            ? NULL
+            : MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     return ci ? ci->client_addr : NULL;
 }
 

@@ -98,6 +98,12 @@ typedef struct cy_http_limits {
      * (the callback counts and logs it). NULL: every connection is taken. */
     bool (*admit)(void *ctx, const struct sockaddr *addr);
     void *admit_ctx;
+    /* Called before each run of MHD (each batch of socket events: every
+     * request whose bytes arrived before the call is handled after it),
+     * from the loop, outside any request. The API starts a new registry
+     * snapshot there (cy_registry_fresh). NULL: nothing. */
+    void (*before_run)(void *ctx);
+    void *before_run_ctx;
 } cy_http_limits;
 
 /* Called once per request, on the loop thread, with the whole body read.

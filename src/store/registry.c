@@ -32,7 +32,13 @@
  * connection commits; if it moved, the whole cache goes (rows are few and
  * reloaded one by one as they are checked). This handle's own removals
  * clear it at once (its own commits do not move data_version). So another
- * process's revocation or removal is refused within RECHECK_MS. Nothing
+ * process's revocation or removal is refused within RECHECK_MS, or at once
+ * after cy_registry_fresh, which makes the next lookup read data_version
+ * inside a new shared snapshot (a shard's API calls it before each batch of
+ * requests: one read transaction per batch, and every request sees what was
+ * committed before it arrived). Device gets (cy_registry_device_get,
+ * cy_registry_internal_get) are cached the same way, under the id or name
+ * they were asked by, and dropped with the rest. Nothing
  * negative is kept: an unknown id is looked up every time, so a device
  * added is found at once, and strangers' made-up ids cannot fill memory.
  *
@@ -374,6 +380,9 @@ static const char *const sql[N_ST] = {
  * found the file locked keeps its kind of statement from trying again. */
 #define RECHECK_MS CY_REGISTRY_RECHECK_MS
 #define CACHE_MAX 262144
+/* Device gets cached at most (about 200 bytes each): the devices the API
+ * is asked about, a working set; a full one starts over like the rows. */
+#define DEVS_MAX 8192
 #define BACKOFF_MS 200
 
 /* A cached row: a device ('d' + id) or a token ('t' + id). The key lives
@@ -387,6 +396,16 @@ typedef struct cached {
     uint8_t hash[HASH_BYTES];
 } cached;
 
+/* A device found by a get in the shared snapshot (cy_registry_device_get,
+ * cy_registry_internal_get), under the key it was asked by: 'g' or 'i'
+ * and the id or name given. Kept with the rows above, and dropped with
+ * them. */
+typedef struct devrow {
+    char key[2 + CY_DEVICE_NAME_MAX];
+    uint8_t klen;
+    cy_device d;
+} devrow;
+
 enum { READS, WRITES };
 
 struct cy_registry {
@@ -397,7 +416,10 @@ struct cy_registry {
     bool reading;                   /* that transaction is open */
     bool busy_set;                  /* cy_registry_set_busy_timeout was called */
     cy_map cache;                   /* key -> cached, rows seen by checks */
+    cy_map devs;                    /* lookup key -> devrow, devices seen by shared gets */
     int64_t version;                /* PRAGMA data_version the cache is valid for; -1 none */
+    bool recheck_now;               /* cy_registry_fresh: check at the next lookup */
+    bool snap_checked;              /* version read inside the open shared transaction */
     int64_t checked_ms;             /* mono ms of the last data_version read */
     int64_t busy_until_ms[2];       /* READS, WRITES: mono ms before which they fail at once */
     sqlite3_stmt *hook_st[CY_RH_N]; /* hooks.c's statements (registry_int.h) */
@@ -415,9 +437,9 @@ struct cy_registry {
     /* Last uses of tokens noted by checks and not yet written (see "Token
      * scopes, expiry and last use"): token id -> token_use. */
     cy_map used;
-    int64_t used_scan_ms;  /* wall ms of the last flush's look at `used` */
+    int64_t used_scan_ms;   /* wall ms of the last flush's look at `used` */
     int64_t used_window_ms; /* wall ms the current minute of writes began (0: none yet) */
-    int64_t used_retry_ms; /* wall ms before which a failed flush is not tried again */
+    int64_t used_retry_ms;  /* wall ms before which a failed flush is not tried again */
 };
 
 /* A token's use as this handle knows it. */
@@ -461,26 +483,59 @@ static void map_empty(cy_map *m)
 static void cache_clear(cy_registry *r)
 {
     map_empty(&r->cache);
+    map_empty(&r->devs);
+}
+
+static void read_begin(cy_registry *r);
+static void cache_version(cy_registry *r, int64_t now);
+
+/* With shared reads on: make sure the shared read transaction is open and
+ * the cache was checked against its snapshot (PRAGMA data_version inside
+ * it, once per transaction). Then the cache holds what the snapshot holds:
+ * lookups may use it and the snapshot alike. r->snap_checked says whether
+ * that worked (a failure leaves it false: nothing cached is used). */
+static void snap_check(cy_registry *r)
+{
+    if (!r->share_reads || (r->reading && r->snap_checked)) return;
+    if (closed(r, READS)) return;
+    read_begin(r);
+    if (!r->reading) return;
+    r->recheck_now = false;
+    cache_version(r, cy_mono_ms());
 }
 
 /* Is the cache still what the file holds? At most every RECHECK_MS, read
  * PRAGMA data_version (a read transaction: it changes when another
  * connection commits) and drop the whole cache if it moved. Outside any
- * shared read, so the version is the file's latest, not an old snapshot's.
- * A failed read keeps the cache (valid as of the last read) and is tried
- * again RECHECK_MS later. */
+ * shared read, so the version is the file's latest, not an old snapshot's;
+ * after cy_registry_fresh at once, inside the new shared snapshot (the one
+ * the lookups that follow read from). A failed read keeps the cache (valid
+ * as of the last read) and is tried again RECHECK_MS later. */
 static void cache_recheck(cy_registry *r)
 {
     int64_t now = cy_mono_ms();
-    if (r->version >= 0 && now - r->checked_ms < RECHECK_MS) return;
+    if (r->recheck_now && r->share_reads) {
+        snap_check(r);
+        return;
+    }
+    if (!r->recheck_now && r->version >= 0 && now - r->checked_ms < RECHECK_MS) return;
     if (closed(r, READS)) return;
     cy_registry_end_reads(r);
+    r->recheck_now = false;
+    cache_version(r, now);
+}
+
+/* Read PRAGMA data_version (in the shared transaction if one is open, or
+ * on its own) and drop the cache if it moved. */
+static void cache_version(cy_registry *r, int64_t now)
+{
     r->checked_ms = now;
     sqlite3_stmt *st = r->st[ST_VERSION];
     if (sqlite3_step(st) == SQLITE_ROW) {
         int64_t v = sqlite3_column_int64(st, 0);
         if (v != r->version) cache_clear(r);
         r->version = v;
+        r->snap_checked = r->reading;
     } else {
         fail(r, READS, "data_version");
     }
@@ -556,6 +611,7 @@ int cy_registry_open(const char *path, cy_registry **out)
     cy_registry *r = cy_calloc(1, sizeof(*r));
     if (!r) return CY_ENOMEM;
     cy_map_init(&r->cache);
+    cy_map_init(&r->devs);
     cy_map_init(&r->used);
     r->version = -1;
     static const cy_db_schema schema = {"registry", SCHEMA_VERSION, schema_v6, migrations, false};
@@ -597,6 +653,7 @@ void cy_registry_close(cy_registry *r)
     cy_map_fini(&r->used);
     cache_clear(r);
     cy_map_fini(&r->cache);
+    cy_map_fini(&r->devs);
     EVP_MAC_CTX_free(r->mac);
     EVP_CIPHER_CTX_free(r->cctx);
     EVP_CIPHER_free(r->gcm);
@@ -626,10 +683,18 @@ void cy_registry_set_busy_timeout(cy_registry *r, unsigned ms)
     sqlite3_busy_timeout(r->db, (int)(ms < CY_DB_BUSY_MS ? ms : CY_DB_BUSY_MS));
 }
 
+void cy_registry_fresh(cy_registry *r)
+{
+    if (!r) return;
+    cy_registry_end_reads(r);
+    r->recheck_now = true;
+}
+
 void cy_registry_end_reads(cy_registry *r)
 {
     if (!r || !r->reading) return;
     r->reading = false;
+    r->snap_checked = false;
     /* COMMIT of a read-only transaction only drops the read lock; should it
      * fail, sqlite3_reset leaves autocommit on all the same. */
     if (sqlite3_step(r->st[ST_READ_END]) != SQLITE_DONE) fail(r, READS, "end of shared read");
@@ -1299,11 +1364,36 @@ int cy_registry_device_psk(cy_registry *r, const char *id, size_t id_len, uint8_
     return CY_DEVICE_PSK_LEN;
 }
 
-/* One device row by key with statement st: 0, CY_ENOENT or CY_ESTORE. */
-static int get_device(cy_registry *r, sqlite3_stmt *st, const char *key, const char *what,
-                      cy_device *out)
+/* One device row by key with statement st: 0, CY_ENOENT or CY_ESTORE.
+ * kind 0, or a handle without shared reads: the file's latest (a caller
+ * about to write must not hold a snapshot). kind 'g' or 'i' (a public
+ * get) with shared reads on: in the shared snapshot (begun after the
+ * owner's last cy_registry_end_reads or cy_registry_fresh) and from the
+ * cache checked against it, then cached: a shard's gets of a pass cost
+ * one read transaction at most, and SQLite only for a device not seen
+ * since the file last changed. */
+static int get_device(cy_registry *r, sqlite3_stmt *st, char kind, const char *key,
+                      const char *what, cy_device *out)
 {
-    cy_registry_end_reads(r);
+    char ck[2 + CY_DEVICE_NAME_MAX];
+    size_t klen = 0;
+    if (kind && r->share_reads) {
+        snap_check(r);
+        size_t n = strnlen(key, CY_DEVICE_NAME_MAX + 1);
+        if (r->snap_checked && n <= CY_DEVICE_NAME_MAX) {
+            ck[0] = kind;
+            memcpy(ck + 1, key, n);
+            klen = 1 + n;
+            const devrow *c = cy_map_get(&r->devs, ck, klen);
+            if (c) {
+                *out = c->d;
+                return 0;
+            }
+        }
+        read_begin(r);
+    } else {
+        cy_registry_end_reads(r);
+    }
     if (closed(r, READS)) return CY_ESTORE;
     int rc;
     if (sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC)) {
@@ -1315,13 +1405,23 @@ static int get_device(cy_registry *r, sqlite3_stmt *st, const char *key, const c
                                  : fail(r, READS, what);
     }
     done(st);
+    if (rc == 0 && klen && r->version >= 0) { /* out of memory: not remembered */
+        if (r->devs.count >= DEVS_MAX) map_empty(&r->devs);
+        devrow *c = cy_malloc(sizeof(*c));
+        if (c) {
+            memcpy(c->key, ck, klen);
+            c->klen = (uint8_t)klen;
+            c->d = *out;
+            if (cy_map_put(&r->devs, c->key, c->klen, c)) cy_free(c);
+        }
+    }
     return rc;
 }
 
 int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out)
 {
     if (!id_or_name || !out) return CY_EINVAL;
-    return get_device(r, r->st[ST_GET], id_or_name, "device_get", out);
+    return get_device(r, r->st[ST_GET], 'g', id_or_name, "device_get", out);
 }
 
 /* Run the DELETE statement st with key; CY_ENOENT if it deleted nothing. */
@@ -1349,7 +1449,7 @@ int cy_registry_device_psk_new(cy_registry *r, const char *id_or_name,
     if (psk_out) psk_out[0] = '\0';
     if (!r || !id_or_name || !psk_out) return CY_EINVAL;
     cy_device d;
-    int rc = get_device(r, r->st[ST_GET], id_or_name, "device_psk_new", &d);
+    int rc = get_device(r, r->st[ST_GET], 0, id_or_name, "device_psk_new", &d);
     if (rc) return rc;
     if (closed(r, WRITES)) return CY_ESTORE;
     if ((rc = key_need(r))) return rc;
@@ -1373,7 +1473,7 @@ int cy_registry_device_rename(cy_registry *r, const char *id_or_name, const char
     if (!r || !id_or_name || !name) return CY_EINVAL;
     if (!name_valid(name)) return CY_EINVAL;
     cy_device d;
-    int rc = get_device(r, r->st[ST_GET], id_or_name, "device_rename", &d);
+    int rc = get_device(r, r->st[ST_GET], 0, id_or_name, "device_rename", &d);
     if (rc) return rc;
     if (closed(r, WRITES)) return CY_ESTORE;
     /* By id, and a user's still: removed meanwhile, it is CY_ENOENT. */
@@ -1389,6 +1489,8 @@ int cy_registry_device_rename(cy_registry *r, const char *id_or_name, const char
         rc = fail(r, WRITES, "device_rename");
     }
     done(st);
+    /* Our own commit does not move data_version: forget the old name. */
+    if (!rc) cache_clear(r);
     if (!rc && out) {
         *out = d;
         snprintf(out->name, sizeof(out->name), "%s", name);
@@ -1430,7 +1532,7 @@ int cy_registry_device_internal(cy_registry *r, const char *id, size_t id_len)
 int cy_registry_internal_get(cy_registry *r, const char *id, cy_device *out)
 {
     if (!r || !id || !out) return CY_EINVAL;
-    return get_device(r, r->st[ST_INTERNAL_GET], id, "internal_get", out);
+    return get_device(r, r->st[ST_INTERNAL_GET], 'i', id, "internal_get", out);
 }
 
 /* Run st (bound with id, and salt and hash when given) to its end. */

@@ -98,6 +98,16 @@ int cy_registry_device_check(cy_registry *r, const char *id, size_t id_len, cons
 void cy_registry_share_reads(cy_registry *r, bool on);
 /* End the shared read transaction, if one is open. Safe on NULL. */
 void cy_registry_end_reads(cy_registry *r);
+/* End the shared read transaction, and make the next lookup check the
+ * cache (PRAGMA data_version) at once instead of within
+ * CY_REGISTRY_RECHECK_MS; with shared reads on, inside the new shared
+ * snapshot that the lookups after it read from. So everything committed
+ * before this call, by any process, is seen by the lookups after it: a
+ * revoked token or a removed device is refused at once, for the price of
+ * one read transaction for all the lookups until the next
+ * cy_registry_fresh or cy_registry_end_reads. A shard's API calls it
+ * before each batch of requests. Safe on NULL. Thread: the handle's owner. */
+void cy_registry_fresh(cy_registry *r);
 /* How long (ms, at most 5000) a statement waits for a lock another process
  * holds on the file (a CLI's write, a `sqlite3` shell) before it fails
  * with CY_ESTORE. 5000 by default; a handle with shared reads on (a loop)
@@ -132,7 +142,10 @@ int cy_registry_device_psk(cy_registry *r, const char *id, size_t id_len, uint8_
  * (random generator, cipher, key file: logged), CY_ESTORE. */
 int cy_registry_device_psk_new(cy_registry *r, const char *id_or_name,
                                char psk_out[CY_DEVICE_PSK_LEN + 1]);
-/* Look a user device up by id or by name (CY_ENOENT for an internal one). */
+/* Look a user device up by id or by name (CY_ENOENT for an internal one).
+ * With shared reads on (a shard), from the shared read snapshot and a
+ * cache of earlier gets checked against it (cy_registry_fresh); otherwise
+ * the file's latest. */
 int cy_registry_device_get(cy_registry *r, const char *id_or_name, cy_device *out);
 /* Remove a user device by id or by name. CY_ENOENT if absent (or internal). */
 int cy_registry_device_remove(cy_registry *r, const char *id_or_name);

@@ -1775,6 +1775,55 @@ out:
     cl_close(c);
 }
 
+/* The departure watch is made at a connection's first suspension and kept
+ * for the connection's life: a later suspended request on the same
+ * kept-alive connection still hears the client leave; a client leaving
+ * between requests (the watch running, nothing suspended) is MHD's to
+ * close, and nobody is told of a request. */
+static void c_pending_leaves_later(srv *s)
+{
+    cl *c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "GET /delay HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200 && strcmp(R.body, "late") == 0);
+    CHECK(cl_sends(c, "GET /sync HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 201);
+    CHECK(cl_sends(c, "GET /delay HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200 && strcmp(R.body, "late") == 0);
+    CHECK(cl_sends(c, "GET /pending HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(wait_atomic(&s->handled, 4, 2000));
+    sleep_ms(50);
+    CHECK(atomic_load(&s->closed_pending) == 0);
+    cl_close(c);
+    c = NULL;
+    CHECK(wait_atomic(&s->closed_pending, 1, 2000));
+    /* Gone between requests: the watch fires with nothing suspended. */
+    c = cl_open(s);
+    CHECK(c);
+    CHECK(cl_sends(c, "GET /delay HTTP/1.1\r\nHost: t\r\n\r\n") == 0);
+    CHECK(cl_response(c, &R, false) == 0 && R.status == 200 && strcmp(R.body, "late") == 0);
+    cl_close(c);
+    c = NULL;
+    long k = 1;
+    for (int i = 0; i < 100 && k != 0; i++) {
+        k = loop_call(s, lf_counts, 0) / 1000000;
+        if (k) sleep_ms(5);
+    }
+    CHECK(k == 0);
+    CHECK(atomic_load(&s->closed_pending) == 1);
+out:
+    cl_close(c);
+}
+
+static void test_cy_http_pending_client_leaves_later(void **state)
+{
+    srv *s = *state;
+    srv_start(s, NULL);
+    run_client(s, c_pending_leaves_later);
+    assert_null(s->pending);
+    assert_int_equal(cy_http_requests(s->h), 4);
+}
+
 static void test_cy_http_pending_client_leaves(void **state)
 {
     srv *s = *state;
@@ -2167,6 +2216,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_http_stream_head, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream_backlog_slow_reader, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_pending_client_leaves, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_http_pending_client_leaves_later, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_pending_client_resets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stream_client_leaves, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_http_stop_with_pending_and_stream, setup, teardown),

@@ -1134,10 +1134,9 @@ static void test_cy_registry_open_migrates_v2(void **state)
     sqlite3 *db;
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_open(old, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db,
-                                        "INSERT INTO devices VALUES(?1, 'old', ?2, ?3, 5);",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "INSERT INTO devices VALUES(?1, 'old', ?2, ?3, 5);", -1, &st, NULL),
+        SQLITE_OK);
     sqlite3_bind_text(st, 1, V1_ID, -1, SQLITE_STATIC);
     sqlite3_bind_blob(st, 2, v1_salt, 16, SQLITE_STATIC);
     sqlite3_bind_blob(st, 3, hash, 32, SQLITE_STATIC);
@@ -1347,6 +1346,75 @@ static void test_cy_registry_cache_invalidation(void **state)
     cy_registry_close(cli);
 }
 
+/* cy_registry_fresh (a shard's API, before each batch of requests): what
+ * another process committed before it is seen by the lookups after it, at
+ * once (no recheck delay): a revoked token, a removed or renamed device.
+ * Gets with shared reads on are cached, and the cache goes with the
+ * snapshot's change; writes after a get still commit at once. */
+static void test_cy_registry_fresh(void **state)
+{
+    fixture *f = *state;
+    cy_registry *cli;
+    assert_int_equal(cy_registry_open(f->path, &cli), 0);
+    cy_registry_share_reads(f->r, true);
+    made t = mk(cli, "t", CY_SCOPE_ALL);
+    added a = add(cli, "a"), b = add(cli, "b");
+    int scope;
+    cy_device d;
+    cy_registry_fresh(f->r);
+    assert_int_equal(tcheck(f->r, t.token, &scope, NULL), 0);
+    assert_int_equal(cy_registry_device_get(f->r, a.id, &d), 0);
+    assert_int_equal(cy_registry_device_get(f->r, "b", &d), 0);
+    assert_string_equal(d.id, b.id);
+    /* Cached: found again in the same snapshot, and in the next one while
+     * nothing changed. */
+    assert_int_equal(cy_registry_device_get(f->r, a.id, &d), 0);
+    cy_registry_fresh(f->r);
+    assert_int_equal(cy_registry_device_get(f->r, a.id, &d), 0);
+    assert_string_equal(d.name, "a");
+
+    /* Another process revokes, removes, renames: refused at the next
+     * fresh snapshot, with no wait (the recheck is 200 ms away). */
+    assert_int_equal(tcheck(f->r, t.token, &scope, NULL), 0); /* cached just now */
+    assert_int_equal(cy_registry_token_revoke(cli, t.id), 0);
+    cy_registry_fresh(f->r);
+    assert_int_equal(tcheck(f->r, t.token, &scope, NULL), CY_EACCES);
+    assert_int_equal(cy_registry_device_remove(cli, a.id), 0);
+    assert_int_equal(cy_registry_device_rename(cli, "b", "b2", NULL), 0);
+    cy_registry_fresh(f->r);
+    assert_int_equal(cy_registry_device_get(f->r, a.id, &d), CY_ENOENT);
+    assert_int_equal(cy_registry_device_get(f->r, "b", &d), CY_ENOENT);
+    assert_int_equal(cy_registry_device_get(f->r, "b2", &d), 0);
+    assert_string_equal(d.id, b.id);
+
+    /* A rename and a new PSK through the shard's handle, right after gets
+     * in its snapshot: committed at once (another handle sees them), and
+     * the handle's own cache forgets the old name. */
+    assert_int_equal(cy_registry_device_rename(f->r, b.id, "b3", NULL), 0);
+    assert_int_equal(cy_registry_device_get(cli, "b3", &d), 0);
+    assert_int_equal(cy_registry_device_get(f->r, "b2", &d), CY_ENOENT);
+    assert_int_equal(cy_registry_device_get(f->r, "b3", &d), 0);
+    char psk[CY_DEVICE_PSK_LEN + 1];
+    uint8_t k1[CY_DEVICE_PSK_LEN], k2[CY_DEVICE_PSK_LEN];
+    assert_int_equal(cy_registry_device_psk(cli, b.id, CY_DEVICE_ID_LEN, k1, sizeof(k1)),
+                     CY_DEVICE_PSK_LEN);
+    assert_int_equal(cy_registry_device_get(f->r, "b3", &d), 0);
+    assert_int_equal(cy_registry_device_psk_new(f->r, "b3", psk), 0);
+    assert_int_equal(cy_registry_device_psk(cli, b.id, CY_DEVICE_ID_LEN, k2, sizeof(k2)),
+                     CY_DEVICE_PSK_LEN);
+    assert_memory_equal(k2, psk, CY_DEVICE_PSK_LEN);
+    assert_memory_not_equal(k1, k2, CY_DEVICE_PSK_LEN);
+
+    /* A handle without shared reads reads the file's latest every time. */
+    assert_int_equal(cy_registry_device_get(cli, b.id, &d), 0);
+    assert_int_equal(cy_registry_device_remove(f->r, b.id), 0);
+    assert_int_equal(cy_registry_device_get(cli, b.id, &d), CY_ENOENT);
+    assert_int_equal(cy_registry_device_get(f->r, b.id, &d), CY_ENOENT);
+    cy_registry_fresh(NULL);
+    cy_registry_end_reads(f->r);
+    cy_registry_close(cli);
+}
+
 /* ---- internal devices and tokens ---- */
 
 /* id_ok: ids whose last hex digit is ctx's (a stand-in for "hashes to
@@ -1408,7 +1476,8 @@ static void test_cy_registry_internal_device_ensure(void **state)
     assert_true(d.internal);
     assert_true(d.created_at > 1600000000000);
     assert_int_equal(cy_registry_internal_get(f->r, user.id, &d), CY_ENOENT);
-    assert_int_equal(cy_registry_internal_get(f->r, "cyan:canary:1", &d), CY_ENOENT); /* by id only */
+    assert_int_equal(cy_registry_internal_get(f->r, "cyan:canary:1", &d),
+                     CY_ENOENT); /* by id only */
     assert_int_equal(cy_registry_device_get(f->r, user.id, &d), 0);
     assert_false(d.internal);
     assert_int_equal(cy_registry_device_internal(f->r, id, CY_DEVICE_ID_LEN), 1);
@@ -2409,6 +2478,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_registry_cache_hit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_write_lock_fails_fast, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_cache_invalidation, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_registry_fresh, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_device_psk_issued, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_device_psk_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_registry_device_psk_key_file, setup, teardown),
