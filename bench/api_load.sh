@@ -13,8 +13,11 @@
 #                   allow_anonymous=true (an isolated device's replies go to
 #                   the API and are never routed to another client): the
 #                   plain MQTT rows. Devices still log in with their secrets.
-#   mosq            Debian's mosquitto, allow_anonymous, set_tcp_nodelay:
-#                   devices log in anonymously (their passwords unchecked)
+#   mosq            Debian's mosquitto, set_tcp_nodelay, with a password_file
+#                   of the same devices (mosquitto_passwd -U) and
+#                   allow_anonymous true: as on cyan1m/cyan2m, each device's
+#                   secret is checked at its CONNECT and the callers (no
+#                   username) are let in anonymously
 # Each cyan gets a copy of the template folder (same devices, same admin
 # token). 1-shard servers and mosquitto run on core 0, the generator on core
 # 1; 2-shard servers are not pinned (their shards and the generator share
@@ -94,6 +97,7 @@ start_server() { # NAME [DIR]
         cat >"$WORK/mosquitto.conf" <<EOC
 listener ${MPORT[$s]} 127.0.0.1
 allow_anonymous true
+password_file $WORK/mosq.passwd
 persistence false
 set_tcp_nodelay true
 max_queued_messages 10000
@@ -128,6 +132,10 @@ start_server template
 "$LOAD" --create "$DEVICES" --out "$WORK/devices.txt" --http "127.0.0.1:${HPORT[template]}" \
     --token_file "$WORK/data-template/admin-token" || die "making $DEVICES devices failed"
 stop_server template
+# the same devices for mosquitto: "id:secret" lines, hashed in place
+awk 'NF == 2 { print $1 ":" $2 }' "$WORK/devices.txt" >"$WORK/mosq.passwd"
+chmod 600 "$WORK/mosq.passwd"
+mosquitto_passwd -U "$WORK/mosq.passwd" || die "mosquitto_passwd -U failed"
 
 # ---- servers -----------------------------------------------------------------------
 declare -A ROW_SERVER=([api_cyan1]=cyan1 [api_cyan2]=cyan2 [mqtt_cyan1]=cyan1m [mqtt_cyan2]=cyan2m [mqtt_mosq]=mosq)
