@@ -5,6 +5,8 @@
  *   retained messages to the router, peer state and outbox frames to the
  *   cluster); sessions whose expiry ran out while cyan was down are ended.
  * - Each loop pass ends in the check handle: the pass hooks (shard.h).
+ *   The first CY_EARLY_PASSES client reads of a pass may end it early
+ *   (on_input), when nothing waits for a commit.
  * - Owed work: every cy_watchdog_owed_interval a timer asks each layer
  *   what work it owes (health/watchdog.h) and writes the sum to the
  *   scoreboard slot's `queued`, so the supervisor finds a shard whose loop
@@ -54,6 +56,10 @@
 /* How often device calls and requests are checked against their deadlines
  * and their owner shard's health. */
 #define DEVICE_TICK_MS 100
+/* Early pass ends per loop pass: input handled by the first reads of a
+ * pass leaves at once; past these, the pass end writes the rest together
+ * (a fan-in's thousand reads into one subscriber stay one write). */
+#define CY_EARLY_PASSES 8
 
 typedef struct pass_hook {
     void (*fn)(void *ctx);
@@ -99,6 +105,7 @@ struct cy_shard {
     uint64_t owed_progress; /* progress when owed work was last seen (a quiet episode) */
     int64_t owed_since;     /* mono ms since work is owed and progress still; 0 = not */
     bool owed_logged;       /* that episode has been logged */
+    unsigned early_left;    /* early pass ends this pass may still run (on_input) */
     bool handles, stopping, stalled;
     int64_t started; /* mono ms */
     pass_hook hooks[CY_PASS_NPOINTS][MAX_HOOKS];
@@ -213,6 +220,30 @@ static void on_pass_end(uv_check_t *h)
     } while (hooks_have_more(b) || cy_store_pending(b->store));
     cy_shard_beat(b);
     run_hooks(b, CY_PASS_END);
+    b->early_left = CY_EARLY_PASSES;
+}
+
+/* An early pass end, after a client socket's read callback (the gateway's
+ * input hook): the pass end's hooks up to the writes, when they need no
+ * commit. Ending the pass there is what the loop would do had the poll
+ * returned that one socket, so nothing leaves that the pass end would hold:
+ * when the store has writes pending (durable work of this pass, before or
+ * after the hooks that route frames), it stops and the pass end commits
+ * them with the rest of the pass, as one group. The registry's read
+ * transaction and the END hooks stay the pass end's. */
+static void on_input(void *ctx)
+{
+    cy_shard *b = ctx;
+    if (!b->early_left || b->stopping || cy_store_pending(b->store)) return;
+    b->early_left--;
+    run_hooks(b, CY_PASS_START);
+    run_hooks(b, CY_PASS_BEFORE_COMMIT);
+    if (cy_store_pending(b->store)) return;
+    cy_shard_beat(b); /* counters before replies, as in on_pass_end */
+    do {
+        run_hooks(b, CY_PASS_AFTER_COMMIT);
+        run_hooks(b, CY_PASS_BEFORE_COMMIT);
+    } while (!cy_store_pending(b->store) && hooks_have_more(b));
 }
 
 /* Units of work done by every layer (the slot's progress). */
@@ -648,6 +679,8 @@ int cy_shard_start(cy_shard *b, const cy_shard_fds *fds)
      * first client (it may have ended for a commit that found no room). */
     cy_space_probe(&b->space, " at start");
     uv_check_start(&b->pass_end, on_pass_end);
+    b->early_left = CY_EARLY_PASSES;
+    cy_mqtt_on_input(b->mqtt, on_input, b);
     /* The CONNECTs of one pass share a registry read transaction; the pass
      * end ends it. */
     cy_registry_share_reads(b->registry, true);
