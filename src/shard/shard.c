@@ -7,6 +7,9 @@
  * - Each loop pass ends in the check handle: the pass hooks (shard.h).
  *   The first CY_EARLY_PASSES client reads of a pass may end it early
  *   (on_input), when nothing waits for a commit.
+ * - busy_poll_us: after a pass that did work, the loop polls without
+ *   sleeping (an idle handle) for that long, moved on by each pass that
+ *   does more, so input that follows soon is read without a wake-up.
  * - Owed work: every cy_watchdog_owed_interval a timer asks each layer
  *   what work it owes (health/watchdog.h) and writes the sum to the
  *   scoreboard slot's `queued`, so the supervisor finds a shard whose loop
@@ -101,6 +104,9 @@ struct cy_shard {
     uv_timer_t ready;       /* until every shard runs: then accept */
     uv_timer_t device_tick; /* deadlines of device calls and requests */
     uv_timer_t owed_scan;   /* sums the work the layers owe into the slot's queued */
+    uv_idle_t spin;         /* busy_poll_us: active while the loop polls without sleeping */
+    uint64_t spin_until;    /* uv_hrtime ns the spin ends, unless more work comes */
+    uint64_t spin_progress; /* shard_progress when last seen */
     uint64_t owed;          /* that sum at the last scan (cy_shard_beat writes it) */
     uint64_t owed_progress; /* progress when owed work was last seen (a quiet episode) */
     int64_t owed_since;     /* mono ms since work is owed and progress still; 0 = not */
@@ -187,6 +193,27 @@ static int load_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t *fr
 
 /* ---- the end of each loop pass ---- */
 
+/* busy_poll_us: while the idle handle is active, libuv polls with a zero
+ * timeout (epoll_wait returns at once) and every turn of the loop ends in
+ * on_pass_end, which moves spin_until on while work keeps coming. */
+static void on_spin(uv_idle_t *h)
+{
+    cy_shard *b = h->data;
+    if (uv_hrtime() >= b->spin_until) uv_idle_stop(h);
+}
+
+static uint64_t shard_progress(const cy_shard *b);
+
+/* After a pass that did work, poll without sleeping for busy_poll_us. */
+static void spin_on(cy_shard *b)
+{
+    uint64_t p = shard_progress(b);
+    if (p == b->spin_progress) return;
+    b->spin_progress = p;
+    b->spin_until = uv_hrtime() + (uint64_t)b->cfg->busy_poll_us * 1000;
+    if (!uv_is_active((uv_handle_t *)&b->spin)) uv_idle_start(&b->spin, on_spin);
+}
+
 static void on_pass_end(uv_check_t *h)
 {
     cy_shard *b = h->data;
@@ -221,6 +248,7 @@ static void on_pass_end(uv_check_t *h)
     cy_shard_beat(b);
     run_hooks(b, CY_PASS_END);
     b->early_left = CY_EARLY_PASSES;
+    if (b->cfg->busy_poll_us && !b->stopping) spin_on(b);
 }
 
 /* An early pass end, after a client socket's read callback (the gateway's
@@ -626,6 +654,8 @@ int cy_shard_start(cy_shard *b, const cy_shard_fds *fds)
      * here can fail: closing one never initialised aborts the process. */
     uv_check_init(b->loop, &b->pass_end);
     b->pass_end.data = b;
+    uv_idle_init(b->loop, &b->spin);
+    b->spin.data = b;
     uv_timer_init(b->loop, &b->sweep);
     b->sweep.data = b;
     uv_timer_init(b->loop, &b->ready);
@@ -754,6 +784,7 @@ void cy_shard_stop(cy_shard *b)
         uv_close((uv_handle_t *)&b->ready, NULL);
         uv_close((uv_handle_t *)&b->device_tick, NULL);
         uv_close((uv_handle_t *)&b->owed_scan, NULL);
+        uv_close((uv_handle_t *)&b->spin, NULL);
         b->handles = false;
     }
 }
