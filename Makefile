@@ -12,7 +12,7 @@ CONF    ?= etc/cyan.conf
 FUZZ_SECONDS ?= 20
 PYTHON  := /usr/bin/python3
 
-.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-api bench-api-load bench-webhooks bench-coap bench-presence bench-durable bench-fleet clean deps deps-run deps-test install uninstall man
+.PHONY: all build run test layers unit valgrind integration asan fuzz bench bench-latency bench-api bench-api-load bench-webhooks bench-coap bench-presence bench-durable bench-fleet clean deps deps-run deps-test install uninstall man
 
 all: build
 
@@ -145,6 +145,13 @@ bench: build
 	@BUILD=$(BUILD) bench/durable_bench.sh
 	@BUILD=$(BUILD) bench/fleet_bench.sh
 	@BUILD=$(BUILD) bench/api_load.sh
+
+# Only the main table's latency rows: one-to-one at a fixed rate (half of
+# mosquitto's maximum), cyan 1 and 2 shards, cyan 1 shard with busy_poll_us,
+# mosquitto; prints the table, docs/benchmarks.md untouched (bench/run.sh).
+bench-latency: build
+	@scripts/deps.sh bench
+	@PHASES=latency RUNS=5 DOC=0 STRACE=0 UNPINNED=0 bench/run.sh
 
 # QoS 1 into persistent sessions (stored before the PUBACK; store_sync
 # normal and full) and one-to-one QoS 1 within and across shards, beside

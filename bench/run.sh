@@ -14,6 +14,8 @@
 #   WARMUP=0.5    seconds of traffic before measuring
 #   QUICK=1       smoke run: RUNS=1, DURATION=1, 2,000 idle connections
 #   UNPINNED=1    also run cyan 2 shards on both cores (informative column)
+#   BUSY_POLL=50  latency phase: also cyan 1 shard with --busy_poll_us=50 (its own
+#                 column; 0 to skip)
 #   STRACE=1      syscalls per message (perf stat tracepoint count, strace -c breakdown; 0 to skip)
 #   DOC=1         write docs/benchmarks.md (0: only print; QUICK=1 defaults to 0)
 #   BUILD=build   build folder
@@ -25,7 +27,8 @@
 # write) and 1 KiB, QoS 1, fan-out 1->100 and 1->1000, fan-in 1000->1, with
 # cyan 2 shards on both cores as an extra, informative column; (2) latency at
 # half of mosquitto's one-to-one maximum (measured again with set_tcp_nodelay,
-# its setting for latency); (3) connect storm; (4) 10,000 idle connections
+# its setting for latency), and cyan 1 shard with busy_poll_us beside them;
+# (3) connect storm; (4) 10,000 idle connections
 # against a freshly started server each run; (5) syscalls per routed message:
 # counted with perf stat (raw_syscalls tracepoint) when perf works, and once
 # with strace -c -f for the breakdown; (6) tls: MQTT over TLS, one-to-one
@@ -45,6 +48,7 @@ DURATION=${DURATION:-2}
 WARMUP=${WARMUP:-0.5}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 UNPINNED=${UNPINNED:-1}
+BUSY_POLL=${BUSY_POLL:-50}
 STRACE=${STRACE:-1}
 PHASES=${PHASES:-throughput latency storm idle syscalls tls}
 BUILD=${BUILD:-build}
@@ -102,9 +106,10 @@ bench_on_exit() {
 if [ -n "${PORT_BASE:-}" ]; then
     P_CYAN1=$PORT_BASE; P_CYAN2=$((PORT_BASE + 1)); P_MOSQ=$((PORT_BASE + 2)); P_CYAN2U=$((PORT_BASE + 3))
     P_CYAN1T=$((PORT_BASE + 4)); P_CYAN2T=$((PORT_BASE + 5)); P_MOSQT=$((PORT_BASE + 6))
+    P_CYAN1B=$((PORT_BASE + 7))
 else
     P_CYAN1=$(free_port); P_CYAN2=$(free_port); P_MOSQ=$(free_port); P_CYAN2U=$(free_port)
-    P_CYAN1T=$(free_port); P_CYAN2T=$(free_port); P_MOSQT=$(free_port)
+    P_CYAN1T=$(free_port); P_CYAN2T=$(free_port); P_MOSQT=$(free_port); P_CYAN1B=$(free_port)
 fi
 # TLS=1 (phase 6): servers start with their TLS listener, port_of names it
 # and the generator speaks TLS to it
@@ -153,6 +158,7 @@ port_of() {
     fi
     case $1 in
     cyan1) echo "$P_CYAN1" ;; cyan2) echo "$P_CYAN2" ;; cyan2u) echo "$P_CYAN2U" ;; mosq) echo "$P_MOSQ" ;;
+    cyan1b) echo "$P_CYAN1B" ;;
     esac
 }
 # server name -> process ids (the supervisor and its shards for cyan)
@@ -170,7 +176,7 @@ server_alive() {
 # or returns 1 with SOFT_START=1 (the TLS phase: a cyan whose TLS listener
 # does not come up loses its TLS rows, not the run).
 start_server() {
-    local s=$1 port dir shards cores tls_args=()
+    local s=$1 port dir shards cores tls_args=() extra=()
     port=$(port_of "$s")
     case $s in
     mosq)
@@ -178,7 +184,8 @@ start_server() {
         SPID[$s]=$!
         ;;
     cyan*)
-        case $s in cyan1) shards=1; cores=$SERVER_CORE ;; cyan2) shards=2; cores=$SERVER_CORE ;; cyan2u) shards=2; cores=0,1 ;; esac
+        case $s in cyan1) shards=1; cores=$SERVER_CORE ;; cyan2) shards=2; cores=$SERVER_CORE ;; cyan2u) shards=2; cores=0,1 ;;
+        cyan1b) shards=1; cores=$SERVER_CORE; extra=(--busy_poll_us="$BUSY_POLL") ;; esac
         dir=$WORK/data-$s
         [ "$TLS" = 1 ] && tls_args=(--mqtts_listen="127.0.0.1:$port" --tls_cert="$TLS_DIR/server.pem"
             --tls_key="$TLS_DIR/server.key")
@@ -189,7 +196,7 @@ start_server() {
         # (isolate_devices=false), and no HTTP API (make bench-api measures it).
         taskset -c "$cores" "$CYAN" --data_dir="$dir" --mqtt_listen="127.0.0.1:$(TLS=0 port_of "$s")" \
             --shards=$shards --ops_listen= --isolate_devices=false --http_listen= --coap_listen= --coaps_listen= \
-            --log_level=warn --sys_interval=0 "${tls_args[@]}" >>"$WORK/$s.log" 2>&1 &
+            --log_level=warn --sys_interval=0 "${tls_args[@]}" "${extra[@]}" >>"$WORK/$s.log" 2>&1 &
         SPID[$s]=$!
         local i n
         for i in $(seq 1 100); do
@@ -310,15 +317,17 @@ if phase latency; then
     LAT_RATE=$(awk -v m="$MOSQ_MAX" 'BEGIN{r=int(m/2/1000)*1000; if(r<1000) r=1000; print r}')
     log "latency at $LAT_RATE msg/s (half of mosquitto's one-to-one QoS 0 median $MOSQ_MAX, set_tcp_nodelay, one message per write)"
 fi
+LAT_SERVERS=("${SERVERS[@]}")
+[ "$BUSY_POLL" != 0 ] && LAT_SERVERS+=(cyan1b)
 phase latency && for ((ROUND = 1; ROUND <= RUNS; ROUND++)); do
-    for s in $(order "$ROUND" "${SERVERS[@]}"); do
+    for s in $(order "$ROUND" "${LAT_SERVERS[@]}"); do
         ensure_server "$s"
         gen "$s" latency --mode latency --pairs $PAIRS --qos 0 --size 16 --rate "$LAT_RATE"
     done
 done
 
 # ---- phase 3: connect storm -----------------------------------------------------------
-if phase latency; then stop_server mosq; MOSQ_CONF=$WORK/mosquitto.conf; fi
+if phase latency; then stop_server mosq; stop_server cyan1b; MOSQ_CONF=$WORK/mosquitto.conf; fi
 phase storm && log "connect storm"
 phase storm && for ((ROUND = 1; ROUND <= RUNS; ROUND++)); do
     for s in $(order "$ROUND" "${SERVERS[@]}"); do
@@ -513,7 +522,7 @@ CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 CYAN_VERSION=$("$CYAN" --version 2>&1 | head -n 1)
 MOSQ_VERSION=$("$MOSQ" -h 2>&1 | head -n 1)
 export RESULTS RUNS DURATION WARMUP IDLE_CONNS LAT_RATE MOSQ_MAX PAIRS UNPINNED CPU_MODEL CYAN_VERSION \
-    MOSQ_VERSION STRACE_RUNS DOC WORK COUNT_TOOL
+    MOSQ_VERSION STRACE_RUNS DOC WORK COUNT_TOOL BUSY_POLL
 export NPROC=$(nproc) KERNEL=$(uname -r) DATE=$(date -u '+%Y-%m-%d %H:%M UTC') ELAPSED=$((T1 - T0))
 export LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg) QUICK=${QUICK:-0}
 export COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)

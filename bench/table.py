@@ -42,7 +42,7 @@ ROWS = [
     ("storm_tls", "conn/s", "TLS: connect storm, full handshakes, 64 at a time (connections/s)", 1),
 ]
 TLS_ROWS = ("o2o_q0_16_tls", "storm_tls")
-SERVERS = ["cyan1", "cyan2", "mosq", "cyan2u"]
+SERVERS = ["cyan1", "cyan2", "mosq", "cyan2u", "cyan1b"]
 
 
 def parse(line):
@@ -146,12 +146,17 @@ def ratio(a, b):
 
 
 have_u = any(k[2] == "cyan2u" for k in vals)
+have_b = any(k[2] == "cyan1b" for k in vals)
+busy_poll = env.get("BUSY_POLL", "?")
 lines = []
 hdr = "| workload | cyan 1 shard | cyan 2 shards | mosquitto | cyan 1 / mosquitto | cyan 2 / mosquitto |"
 sep = "|---|---:|---:|---:|---:|---:|"
 if have_u:
     hdr += " cyan 2 shards, 2 cores † |"
     sep += "---:|"
+if have_b:
+    hdr += f" cyan 1 shard, busy_poll_us={busy_poll} ‡ | ‡ / mosquitto |"
+    sep += "---:|---:|"
 lines += [hdr, sep]
 for w, u, label, _d in ROWS:
     c1, c2, m = med(w, u, "cyan1"), med(w, u, "cyan2"), med(w, u, "mosq")
@@ -160,6 +165,9 @@ for w, u, label, _d in ROWS:
     if have_u:
         cu = med(w, u, "cyan2u")
         row += f" {cell(w, u, 'cyan2u') if cu is not None else ''} |"
+    if have_b:
+        cb = med(w, u, "cyan1b")
+        row += (f" {cell(w, u, 'cyan1b')} | {ratio(cb, m)} |" if cb is not None else " | |")
     lines.append(row)
 table = "\n".join(lines)
 
@@ -239,6 +247,7 @@ Run of {env.get('DATE')}{' (QUICK smoke run: not for comparison)' if quick else 
 {table}
 
 {"† cyan with 2 shards allowed on both cores (taskset 0,1) while the generator also runs on core 1: not like-for-like, shown only to see what a second core does." if have_u else ""}
+{f"‡ cyan 1 shard with `busy_poll_us = {busy_poll}` (latency rows only): after a pass that did work the shard polls without sleeping for {busy_poll} µs, so it pays no wake-up from idle for a message that follows within it, and spins its core while traffic flows (server CPU in its RESULT lines); mosquitto has no such setting. See docs/operations.md, Latency and busy polling." if have_b else ""}
 
 - Machine: {env.get('NPROC')} cores, {env.get('CPU_MODEL')}, Linux {env.get('KERNEL')}; load average at the end {env.get('LOADAVG')}.
 - Versions: {env.get('CYAN_VERSION')} (commit {env.get('COMMIT')}{', with uncommitted changes in src/' if dirty else ''}, RelWithDebInfo), {env.get('MOSQ_VERSION')} (Debian package).

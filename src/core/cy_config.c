@@ -246,6 +246,14 @@ static const setting table[] = {
     U32(presence_flush_interval, "30", 1, 3600,
         "seconds between writes of devices' last heard and last round trip to their shard's "
         "file (a crash loses at most this much of them; a clean stop writes them all)"),
+
+    /* The loop (docs/operations.md, "Latency and busy polling"). */
+    U32(busy_poll_us, "0", 0, 10000,
+        "microseconds a shard keeps polling its sockets, without sleeping, after a loop pass "
+        "that did work: input arriving meanwhile is read without a wake-up from idle (lower "
+        "latency at moderate rates, most on virtual machines) at the cost of the CPU spent "
+        "spinning, up to a whole core while traffic flows; give each shard a core of its own; "
+        "0 = off"),
 };
 
 #define NSETTINGS (sizeof(table) / sizeof(table[0]))
@@ -510,6 +518,7 @@ static const char *const reloadable[] = {
     "auth_lockout",       "auth_fail_delay",   "max_connect_rate_per_address",
     "connect_burst_per_address", "max_publish_rate", "max_publish_bytes_rate",
     "presence_event_rate", "presence_flap_interval", "presence_flush_interval",
+    "busy_poll_us",
     /* read again by each shard at the reload itself (a new SSL_CTX for new
      * connections; established ones keep theirs) */
     "tls_cert",           "tls_key",           "tls_ca",

@@ -45,6 +45,7 @@ typedef struct cy_config {
     uint32_t max_session_expiry; /* s; 0 = no cap */
     uint32_t topic_alias_max;   /* aliases a client may set */
     uint32_t sys_interval;      /* s between $SYS/cyan updates; 0 = off */
+    uint32_t busy_poll_us;      /* µs a shard polls without sleeping after work; 0 = off */
     char store_sync[16];        /* normal or full */
     uint32_t shards;            /* shard processes */
     uint32_t watchdog_timeout;  /* ms without heartbeat or progress before a shard is replaced */

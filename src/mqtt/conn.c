@@ -7,9 +7,11 @@
  *
  * Writing: handlers append encoded packets to `out` and mark the connection
  * dirty. The shard's pass hook (once per loop pass, after the store
- * commit) calls cy_conn_flush, which tries one write(2) of everything; what
- * the kernel does not take moves to a cy_wstate (allocated for that write
- * only) and is written by uv_write while `out` collects the next pass.
+ * commit; or after a read callback, when the shard ends the pass early:
+ * cy_mqtt_on_input) calls cy_conn_flush, which tries one write(2) of
+ * everything; what the kernel does not take moves to a cy_wstate
+ * (allocated for that write only) and is written by uv_write while `out`
+ * collects the next pass.
  * Write readiness is armed only then.
  *
  * Back-pressure: a client that publishes QoS 1/2 and never reads would make
@@ -348,9 +350,16 @@ static void on_close(uv_handle_t *h)
 void cy_conn_mark_dirty(cy_conn *c)
 {
     if (c->dirty) return;
+    cy_mqtt *g = c->g;
     c->dirty = true;
-    c->dirty_next = c->g->dirty;
-    c->g->dirty = c;
+    c->dirty_next = NULL;
+    /* At the tail: the flush writes the output begun first first (a pass's
+     * first delivery does not wait behind the writes of all the others). */
+    if (g->dirty)
+        g->dirty_tail->dirty_next = c;
+    else
+        g->dirty = c;
+    g->dirty_tail = c;
 }
 #define mark_dirty cy_conn_mark_dirty
 
@@ -832,7 +841,7 @@ static void tls_read(cy_conn *c, size_t nread)
     cy_conn_close(c, 0, NULL); /* an alert OpenSSL wrote goes out first */
 }
 
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+static void read_input(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     cy_conn *c = stream->data;
     cy_mqtt *g = c->g;
@@ -884,6 +893,13 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
      * buffer again. */
     if (!process_in(c)) return;
     backpressure(c);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    cy_mqtt *g = ((cy_conn *)stream->data)->g;
+    read_input(stream, nread, buf);
+    if (g->on_input) g->on_input(g->on_input_ctx);
 }
 
 /* Handle what waits in `in` (a held CONNECT, a throttled publisher's
@@ -1479,6 +1495,12 @@ void cy_mqtt_flush(cy_mqtt *g)
             uv_close((uv_handle_t *)&c->tcp, on_close);
         }
     }
+}
+
+void cy_mqtt_on_input(cy_mqtt *g, void (*fn)(void *ctx), void *ctx)
+{
+    g->on_input = fn;
+    g->on_input_ctx = ctx;
 }
 
 bool cy_mqtt_dirty(const cy_mqtt *g)

@@ -63,8 +63,13 @@ void cy_mqtt_stop(cy_mqtt *g);
 void cy_mqtt_free(cy_mqtt *g);
 /* Drill: stop reading every connection; new ones are accepted, never read. */
 void cy_mqtt_stall(cy_mqtt *g);
-/* Pass hook, after the commit: write every connection's output. */
+/* Pass hook, after the commit: write every connection's output, the
+ * connections in the order their output began. */
 void cy_mqtt_flush(cy_mqtt *g);
+/* Call fn(ctx) after each read callback of a client socket has handled its
+ * input (the shard may end the pass there: shard.c, "early pass end").
+ * fn may call cy_mqtt_flush; it must not free the gateway. NULL: none. */
+void cy_mqtt_on_input(cy_mqtt *g, void (*fn)(void *ctx), void *ctx);
 /* Has any connection output not yet flushed? */
 bool cy_mqtt_dirty(const cy_mqtt *g);
 /* Every sweep: connect and keep-alive timeouts, back-pressure stalls,

@@ -176,7 +176,10 @@ struct cy_mqtt {
     bool sweep_all;         /* the next sweep walks them: one needs 250 ms precision */
     size_t preauth_bytes;  /* partial-input bytes held for sockets before CONNECT (preauth_memory) */
     cy_logrl login_log;    /* failed logins and idle sockets: one line per address per window */
-    cy_conn *dirty;        /* connections with output to flush */
+    cy_conn *dirty;        /* connections with output to flush, oldest first */
+    cy_conn *dirty_tail;   /* the last of them (valid when dirty is not NULL) */
+    void (*on_input)(void *ctx); /* cy_mqtt_on_input's, or NULL */
+    void *on_input_ctx;
     uint64_t next_assigned_id;
     uint64_t progress;     /* reads done and packets handled (the scoreboard's progress) */
     cy_buf scratch;        /* encode scratch */

@@ -5,6 +5,11 @@
  *   retained messages to the router, peer state and outbox frames to the
  *   cluster); sessions whose expiry ran out while cyan was down are ended.
  * - Each loop pass ends in the check handle: the pass hooks (shard.h).
+ *   The first CY_EARLY_PASSES client reads of a pass may end it early
+ *   (on_input), when nothing waits for a commit.
+ * - busy_poll_us: after a pass that did work, the loop polls without
+ *   sleeping (an idle handle) for that long, moved on by each pass that
+ *   does more, so input that follows soon is read without a wake-up.
  * - Owed work: every cy_watchdog_owed_interval a timer asks each layer
  *   what work it owes (health/watchdog.h) and writes the sum to the
  *   scoreboard slot's `queued`, so the supervisor finds a shard whose loop
@@ -54,6 +59,10 @@
 /* How often device calls and requests are checked against their deadlines
  * and their owner shard's health. */
 #define DEVICE_TICK_MS 100
+/* Early pass ends per loop pass: input handled by the first reads of a
+ * pass leaves at once; past these, the pass end writes the rest together
+ * (a fan-in's thousand reads into one subscriber stay one write). */
+#define CY_EARLY_PASSES 8
 
 typedef struct pass_hook {
     void (*fn)(void *ctx);
@@ -95,10 +104,14 @@ struct cy_shard {
     uv_timer_t ready;       /* until every shard runs: then accept */
     uv_timer_t device_tick; /* deadlines of device calls and requests */
     uv_timer_t owed_scan;   /* sums the work the layers owe into the slot's queued */
+    uv_idle_t spin;         /* busy_poll_us: active while the loop polls without sleeping */
+    uint64_t spin_until;    /* uv_hrtime ns the spin ends, unless more work comes */
+    uint64_t spin_progress; /* shard_progress when last seen */
     uint64_t owed;          /* that sum at the last scan (cy_shard_beat writes it) */
     uint64_t owed_progress; /* progress when owed work was last seen (a quiet episode) */
     int64_t owed_since;     /* mono ms since work is owed and progress still; 0 = not */
     bool owed_logged;       /* that episode has been logged */
+    unsigned early_left;    /* early pass ends this pass may still run (on_input) */
     bool handles, stopping, stalled;
     int64_t started; /* mono ms */
     pass_hook hooks[CY_PASS_NPOINTS][MAX_HOOKS];
@@ -180,6 +193,27 @@ static int load_outbox(void *ctx, unsigned peer, uint64_t seq, const uint8_t *fr
 
 /* ---- the end of each loop pass ---- */
 
+/* busy_poll_us: while the idle handle is active, libuv polls with a zero
+ * timeout (epoll_wait returns at once) and every turn of the loop ends in
+ * on_pass_end, which moves spin_until on while work keeps coming. */
+static void on_spin(uv_idle_t *h)
+{
+    cy_shard *b = h->data;
+    if (uv_hrtime() >= b->spin_until) uv_idle_stop(h);
+}
+
+static uint64_t shard_progress(const cy_shard *b);
+
+/* After a pass that did work, poll without sleeping for busy_poll_us. */
+static void spin_on(cy_shard *b)
+{
+    uint64_t p = shard_progress(b);
+    if (p == b->spin_progress) return;
+    b->spin_progress = p;
+    b->spin_until = uv_hrtime() + (uint64_t)b->cfg->busy_poll_us * 1000;
+    if (!uv_is_active((uv_handle_t *)&b->spin)) uv_idle_start(&b->spin, on_spin);
+}
+
 static void on_pass_end(uv_check_t *h)
 {
     cy_shard *b = h->data;
@@ -213,6 +247,31 @@ static void on_pass_end(uv_check_t *h)
     } while (hooks_have_more(b) || cy_store_pending(b->store));
     cy_shard_beat(b);
     run_hooks(b, CY_PASS_END);
+    b->early_left = CY_EARLY_PASSES;
+    if (b->cfg->busy_poll_us && !b->stopping) spin_on(b);
+}
+
+/* An early pass end, after a client socket's read callback (the gateway's
+ * input hook): the pass end's hooks up to the writes, when they need no
+ * commit. Ending the pass there is what the loop would do had the poll
+ * returned that one socket, so nothing leaves that the pass end would hold:
+ * when the store has writes pending (durable work of this pass, before or
+ * after the hooks that route frames), it stops and the pass end commits
+ * them with the rest of the pass, as one group. The registry's read
+ * transaction and the END hooks stay the pass end's. */
+static void on_input(void *ctx)
+{
+    cy_shard *b = ctx;
+    if (!b->early_left || b->stopping || cy_store_pending(b->store)) return;
+    b->early_left--;
+    run_hooks(b, CY_PASS_START);
+    run_hooks(b, CY_PASS_BEFORE_COMMIT);
+    if (cy_store_pending(b->store)) return;
+    cy_shard_beat(b); /* counters before replies, as in on_pass_end */
+    do {
+        run_hooks(b, CY_PASS_AFTER_COMMIT);
+        run_hooks(b, CY_PASS_BEFORE_COMMIT);
+    } while (!cy_store_pending(b->store) && hooks_have_more(b));
 }
 
 /* Units of work done by every layer (the slot's progress). */
@@ -595,6 +654,8 @@ int cy_shard_start(cy_shard *b, const cy_shard_fds *fds)
      * here can fail: closing one never initialised aborts the process. */
     uv_check_init(b->loop, &b->pass_end);
     b->pass_end.data = b;
+    uv_idle_init(b->loop, &b->spin);
+    b->spin.data = b;
     uv_timer_init(b->loop, &b->sweep);
     b->sweep.data = b;
     uv_timer_init(b->loop, &b->ready);
@@ -648,6 +709,8 @@ int cy_shard_start(cy_shard *b, const cy_shard_fds *fds)
      * first client (it may have ended for a commit that found no room). */
     cy_space_probe(&b->space, " at start");
     uv_check_start(&b->pass_end, on_pass_end);
+    b->early_left = CY_EARLY_PASSES;
+    cy_mqtt_on_input(b->mqtt, on_input, b);
     /* The CONNECTs of one pass share a registry read transaction; the pass
      * end ends it. */
     cy_registry_share_reads(b->registry, true);
@@ -721,6 +784,7 @@ void cy_shard_stop(cy_shard *b)
         uv_close((uv_handle_t *)&b->ready, NULL);
         uv_close((uv_handle_t *)&b->device_tick, NULL);
         uv_close((uv_handle_t *)&b->owed_scan, NULL);
+        uv_close((uv_handle_t *)&b->spin, NULL);
         b->handles = false;
     }
 }

@@ -14,6 +14,11 @@
  * store has more; then CY_PASS_END. So an acknowledgement never leaves
  * before what it acknowledges is on disk, and the loop calls no layer by
  * name: the composition (cy_shard_new) registers each layer's hooks.
+ * Early pass ends: after a client socket's read callback (the first few of
+ * a pass), the hooks up to the writes run at once when the store has
+ * nothing to commit, so a reply or delivery that needs no disk leaves
+ * without waiting for the rest of the poll's sockets; with writes pending,
+ * the check handle commits them with the rest of the pass (shard.c).
  *
  * Ownership: cy_shard_new borrows loop, config, store and registry; they
  * must outlive the shard. Thread: the loop's thread only.
