@@ -49,6 +49,7 @@
 #include "core/cy_err.h"
 #include "core/cy_map.h"
 #include "mqtt/mqtt.h"
+#include "procstat.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -550,33 +551,9 @@ static int shard_holding(unsigned long inode)
 static int srv_pids[64];
 static int n_srv_pids;
 
-static int ppid_of(int pid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    int pp = -1;
-    if (!p || sscanf(p + 1, " %*c %d", &pp) != 1) return -1;
-    return pp;
-}
-
 static void find_server_pids(void)
 {
-    if (!o.server_pid) return;
-    srv_pids[n_srv_pids++] = o.server_pid;
-    DIR *d = opendir("/proc");
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        int pid = atoi(e->d_name);
-        if (pid > 0 && ppid_of(pid) == o.server_pid && n_srv_pids < 64)
-            srv_pids[n_srv_pids++] = pid;
-    }
-    if (d) closedir(d);
+    if (o.server_pid) n_srv_pids = ps_family(o.server_pid, srv_pids, 64);
 }
 
 /* CPU seconds used so far by a thread of this process. */
@@ -589,23 +566,7 @@ static double thread_cpu_s(clockid_t clock)
 
 static double server_cpu_s(void)
 {
-    double total = 0;
-    long hz = sysconf(_SC_CLK_TCK);
-    for (int k = 0; k < n_srv_pids; k++) {
-        char path[64], buf[1024];
-        snprintf(path, sizeof(path), "/proc/%d/stat", srv_pids[k]);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        char *p = strrchr(buf, ')');
-        unsigned long ut = 0, st = 0;
-        if (p &&
-            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
-            total += (double)(ut + st) / (double)hz;
-    }
-    return total;
+    return ps_cpu_s(srv_pids, n_srv_pids);
 }
 
 /* ---- api mode ---- */

@@ -85,6 +85,7 @@
 #include <openssl/x509v3.h>
 
 #include "cluster/cluster.h"
+#include "procstat.h"
 
 #define RBUF_SIZE (64 * 1024)   /* one read(2) per wake-up, at most */
 #define WBATCH (64 * 1024)      /* a publisher's batch per write(2), bytes */
@@ -1192,119 +1193,30 @@ static void run_traffic(void)
 }
 
 /* ---- idle connections: memory ---- */
-typedef struct {
-    double pss_kb, rss_kb;
-    int nproc;
-} memsum;
 
-static bool read_kb(const char *path, const char *key, double *out)
+/* PSS and RSS of root and all its descendants. */
+static ps_mem server_mem(int root)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return false;
-    char line[256];
-    size_t kl = strlen(key);
-    bool found = false;
-    while (fgets(line, sizeof(line), f)) {
-        if (strncmp(line, key, kl) == 0) {
-            *out = strtod(line + kl, NULL);
-            found = true;
-            break;
-        }
-    }
-    fclose(f);
-    return found;
-}
-
-static int ppid_of(int pid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    if (!p) return -1;
-    char st;
-    int pp;
-    if (sscanf(p + 1, " %c %d", &st, &pp) != 2) return -1;
-    return pp;
-}
-
-/* PSS and RSS of pid and all its descendants. */
-static memsum server_mem(int root)
-{
-    memsum m = {0, 0, 0};
     int pids[4096];
-    int np = 0;
-    pids[np++] = root;
-    for (int k = 0; k < np; k++) {
-        DIR *d = opendir("/proc");
-        if (!d) break;
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            int pid = atoi(e->d_name);
-            if (pid <= 0) continue;
-            if (ppid_of(pid) == pids[k] && np < 4096) pids[np++] = pid;
-        }
-        closedir(d);
-    }
-    for (int k = 0; k < np; k++) {
-        char path[64];
-        double v;
-        snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", pids[k]);
-        if (read_kb(path, "Pss:", &v)) m.pss_kb += v;
-        snprintf(path, sizeof(path), "/proc/%d/status", pids[k]);
-        if (read_kb(path, "VmRSS:", &v)) m.rss_kb += v;
-        m.nproc++;
-    }
-    return m;
+    return ps_memory(pids, ps_family(root, pids, 4096));
 }
 
 static int srv_pids[64];
 static int n_srv_pids = -1;
 
 /* CPU seconds (user + system) used so far by the server's processes; the
- * process list is taken once (cyan: supervisor and shards). 0 without
- * --server_pid. */
+ * process list is taken once (cyan: supervisor, shards, monitor). 0
+ * without --server_pid. */
 static double server_cpu(void)
 {
     if (!o.server_pid) return 0;
-    if (n_srv_pids < 0) {
-        n_srv_pids = 0;
-        srv_pids[n_srv_pids++] = o.server_pid;
-        DIR *d = opendir("/proc");
-        struct dirent *e;
-        while (d && (e = readdir(d))) {
-            int pid = atoi(e->d_name);
-            if (pid > 0 && ppid_of(pid) == o.server_pid && n_srv_pids < 64) srv_pids[n_srv_pids++] = pid;
-        }
-        if (d) closedir(d);
-    }
-    double total = 0;
-    long hz = sysconf(_SC_CLK_TCK);
-    for (int k = 0; k < n_srv_pids; k++) {
-        char path[64], buf[1024];
-        snprintf(path, sizeof(path), "/proc/%d/stat", srv_pids[k]);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        char *p = strrchr(buf, ')');
-        if (!p) continue;
-        /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
-        unsigned long ut = 0, st = 0;
-        if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
-            total += (double)(ut + st) / (double)hz;
-    }
-    return total;
+    if (n_srv_pids < 0) n_srv_pids = ps_family(o.server_pid, srv_pids, 64);
+    return ps_cpu_s(srv_pids, n_srv_pids);
 }
 
 static void run_idle(void)
 {
-    memsum before = {0, 0, 0};
+    ps_mem before = {0, 0, 0};
     if (o.server_pid) before = server_mem(o.server_pid);
     int64_t t0 = now_ns();
     setup();
@@ -1318,7 +1230,7 @@ static void run_idle(void)
     }
     size_t alive = 0;
     for (size_t i = 0; i < n_all; i++) alive += all[i]->fd >= 0;
-    memsum after = {0, 0, 0};
+    ps_mem after = {0, 0, 0};
     if (o.server_pid) after = server_mem(o.server_pid);
     char extra[640];
     double n = (double)o.conns;

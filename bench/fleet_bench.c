@@ -73,6 +73,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "procstat.h"
+
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
@@ -421,79 +423,12 @@ static void child(int k, int first, int count)
 
 /* ---- the parent: the server's memory and CPU (as bench/cyan_bench.c) ---- */
 
-typedef struct {
-    double pss_kb, rss_kb;
-    int nproc;
-} memsum;
-
-static bool read_kb(const char *path, const char *key, double *out)
+static ps_mem server_mem(void)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return false;
-    char line[256];
-    size_t kl = strlen(key);
-    bool found = false;
-    while (fgets(line, sizeof(line), f)) {
-        if (strncmp(line, key, kl) == 0) {
-            *out = strtod(line + kl, NULL);
-            found = true;
-            break;
-        }
-    }
-    fclose(f);
-    return found;
-}
-
-static int ppid_of(int pid)
-{
-    char path[64], buf[512];
-    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
-    int pp;
-    char st;
-    if (!p || sscanf(p + 1, " %c %d", &st, &pp) != 2) return -1;
-    return pp;
-}
-
-/* root and its descendants (up to cap) into pids; how many. */
-static int family(int root, int *pids, int cap)
-{
-    int np = 0;
-    pids[np++] = root;
-    for (int k = 0; k < np; k++) {
-        DIR *d = opendir("/proc");
-        if (!d) break;
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            int pid = atoi(e->d_name);
-            if (pid > 0 && ppid_of(pid) == pids[k] && np < cap) pids[np++] = pid;
-        }
-        closedir(d);
-    }
-    return np;
-}
-
-static memsum server_mem(void)
-{
-    memsum m = {0, 0, 0};
+    ps_mem m = {0, 0, 0};
     if (!o.server_pid) return m;
     int pids[256];
-    int np = family(o.server_pid, pids, 256);
-    for (int k = 0; k < np; k++) {
-        char path[64];
-        double v;
-        snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", pids[k]);
-        if (read_kb(path, "Pss:", &v)) m.pss_kb += v;
-        snprintf(path, sizeof(path), "/proc/%d/status", pids[k]);
-        if (read_kb(path, "VmRSS:", &v)) m.rss_kb += v;
-        m.nproc++;
-    }
-    return m;
+    return ps_memory(pids, ps_family(o.server_pid, pids, 256));
 }
 
 /* CPU seconds (user + system) used so far by the server and its children. */
@@ -501,24 +436,7 @@ static double server_cpu(void)
 {
     if (!o.server_pid) return 0;
     int pids[256];
-    int np = family(o.server_pid, pids, 256);
-    double total = 0;
-    long hz = sysconf(_SC_CLK_TCK);
-    for (int k = 0; k < np; k++) {
-        char path[64], buf[1024];
-        snprintf(path, sizeof(path), "/proc/%d/stat", pids[k]);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        char *p = strrchr(buf, ')');
-        unsigned long ut = 0, st = 0;
-        if (p &&
-            sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
-            total += (double)(ut + st) / (double)hz;
-    }
-    return total;
+    return ps_cpu_s(pids, ps_family(o.server_pid, pids, 256));
 }
 
 static counters sum(void)
@@ -745,9 +663,9 @@ int main(int argc, char **argv)
         }
 
     /* connect */
-    memsum m0 = server_mem();
+    ps_mem m0 = server_mem();
     double slab0 = 0, slab1 = 0; /* the kernel's (both ends' sockets: client and server) */
-    read_kb("/proc/meminfo", "Slab:", &slab0);
+    ps_read_kb("/proc/meminfo", "Slab:", &slab0);
     double cpu0 = server_cpu();
     counters c0 = sum();
     double t0 = now_s(), last_growth = t0, t_all = -1, t_half = -1;
@@ -794,8 +712,8 @@ int main(int argc, char **argv)
     nap(o.settle);
     double qc1 = server_cpu(), qt = now_s() - qt0;
     counters q1 = sum();
-    memsum m1 = server_mem();
-    read_kb("/proc/meminfo", "Slab:", &slab1);
+    ps_mem m1 = server_mem();
+    ps_read_kb("/proc/meminfo", "Slab:", &slab1);
     long up = sum().up;
     snprintf(extra, sizeof(extra),
              "connected=%ld procs=%d pss_before_kb=%.0f pss_after_kb=%.0f rss_before_kb=%.0f "
@@ -817,7 +735,7 @@ int main(int argc, char **argv)
         nap(o.hold);
         counters h1 = sum();
         double hc1 = server_cpu(), ht = now_s() - ht0;
-        memsum m2 = server_mem();
+        ps_mem m2 = server_mem();
         long pings = h1.pings - h0.pings, pongs = h1.pongs - h0.pongs;
         snprintf(extra, sizeof(extra),
                  "keepalive_s=%d hold_s=%.1f connected=%ld pings=%ld pongs=%ld pongs_per_s=%.1f "
