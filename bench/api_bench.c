@@ -49,6 +49,7 @@
 #include "core/cy_err.h"
 #include "core/cy_map.h"
 #include "mqtt/mqtt.h"
+#include "netutil.h"
 #include "procstat.h"
 
 #include <arpa/inet.h>
@@ -114,13 +115,6 @@ static struct {
     .max_seconds = 300,
     .server = "server",
 };
-
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
 
 static void on_alarm(int sig)
 {
@@ -189,7 +183,7 @@ static int mq_next(mq *m, cy_mqtt_packet *p, int64_t deadline)
                     cy_strerror(rc));
             return -1;
         }
-        int64_t left = deadline - now_ns();
+        int64_t left = deadline - bench_now_ns();
         if (left <= 0) return 0;
         struct pollfd pf = {.fd = m->fd, .events = POLLIN};
         int pr = poll(&pf, 1, (int)((left + 999999) / 1000000));
@@ -229,21 +223,6 @@ static cy_str str_of(const char *s)
     return (cy_str){s, (uint32_t)strlen(s)};
 }
 
-static int tcp_connect(const char *host, int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1 ||
-        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* Connect, send CONNECT (user NULL: anonymous), wait for a successful CONNACK. */
 static int mq_open(mq *m, const char *who, const char *client_id, const char *user,
                    const char *pass, int64_t deadline)
@@ -253,7 +232,7 @@ static int mq_open(mq *m, const char *who, const char *client_id, const char *us
     m->version = (uint8_t)o.proto;
     cy_buf_init(&m->in);
     cy_buf_init(&m->out);
-    m->fd = tcp_connect(o.mqtt_host, o.mqtt_port);
+    m->fd = bench_tcp_connect(o.mqtt_host, o.mqtt_port);
     if (m->fd < 0) {
         fprintf(stderr, "api_bench: %s: cannot connect to %s:%d: %s\n", who, o.mqtt_host,
                 o.mqtt_port, strerror(errno));
@@ -321,7 +300,7 @@ static atomic_long dev_odd;   /* PUBLISHes it could not answer */
 
 static int device_setup(mq *m)
 {
-    int64_t deadline = now_ns() + (int64_t)(o.setup_timeout * 1e9);
+    int64_t deadline = bench_now_ns() + (int64_t)(o.setup_timeout * 1e9);
     char filter[160], topic[160];
     if (mq_open(m, "device", o.device, o.device, o.secret, deadline)) return -1;
     snprintf(filter, sizeof(filter), "devices/%s/call/#", o.device);
@@ -405,7 +384,7 @@ static void *device_main(void *arg)
     atomic_store(&dev_state, 1);
     while (!atomic_load(&dev_stop)) {
         cy_mqtt_packet p;
-        int rc = mq_next(&m, &p, now_ns() + DEVICE_POLL_NS);
+        int rc = mq_next(&m, &p, bench_now_ns() + DEVICE_POLL_NS);
         if (rc < 0) {
             atomic_store(&dev_state, -1);
             break;
@@ -427,8 +406,8 @@ static void *device_main(void *arg)
 
 static int wait_device(void)
 {
-    int64_t deadline = now_ns() + (int64_t)((o.setup_timeout + 1) * 1e9);
-    while (now_ns() < deadline) {
+    int64_t deadline = bench_now_ns() + (int64_t)((o.setup_timeout + 1) * 1e9);
+    while (bench_now_ns() < deadline) {
         int s = atomic_load(&dev_state);
         if (s) return s > 0 ? 0 : -1;
         usleep(1000);
@@ -640,8 +619,8 @@ static bool device_ready(json_t *dev)
  * with --http_shard, accepted by the wanted shard. */
 static CURL *http_setup(int *owner, int *accepted)
 {
-    int64_t deadline = now_ns() + (int64_t)(o.setup_timeout * 1e9);
-    for (int attempt = 1; now_ns() < deadline; attempt++) {
+    int64_t deadline = bench_now_ns() + (int64_t)(o.setup_timeout * 1e9);
+    for (int attempt = 1; bench_now_ns() < deadline; attempt++) {
         CURL *h = http_new();
         json_t *dev = NULL;
         if (!h) return NULL;
@@ -691,9 +670,9 @@ static int64_t api_call(CURL *h, long seq, bool record)
     body.p[0] = 0;
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, req);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, (long)blen);
-    int64_t t0 = now_ns();
+    int64_t t0 = bench_now_ns();
     CURLcode cc = curl_easy_perform(h);
-    int64_t t1 = now_ns();
+    int64_t t1 = bench_now_ns();
     long code = 0, conns = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
     curl_easy_getinfo(h, CURLINFO_NUM_CONNECTS, &conns);
@@ -744,7 +723,7 @@ static void app_client_id(char *buf, size_t len)
 
 static int mqtt_setup(void)
 {
-    int64_t deadline = now_ns() + (int64_t)(o.setup_timeout * 1e9);
+    int64_t deadline = bench_now_ns() + (int64_t)(o.setup_timeout * 1e9);
     char id[128], filter[160];
     app_client_id(id, sizeof(id));
     if (mq_open(&app, "app", id, NULL, NULL, deadline)) return -1;
@@ -791,7 +770,7 @@ static int64_t mqtt_call(long seq)
         rtl = snprintf(reply_topic, sizeof(reply_topic), "devices/%s/reply/%s", o.device, want);
     }
     if (mq_put(&app, &p)) return -1;
-    int64_t t0 = now_ns();
+    int64_t t0 = bench_now_ns();
     if (mq_flush(&app)) return -2;
     int64_t deadline = t0 + o.timeout_ms * 1000000LL;
     for (;;) {
@@ -803,7 +782,7 @@ static int64_t mqtt_call(long seq)
             return -1;
         }
         if (p.type != CY_MQTT_PUBLISH) continue; /* the PUBACK of the call */
-        int64_t t1 = now_ns();
+        int64_t t1 = bench_now_ns();
         cy_mqtt_publish *r = &p.u.publish;
         uint16_t pid = r->packet_id;
         bool mine = o.proto == 5 ? str_is(r->props.correlation_data, want, (size_t)wl)
@@ -962,7 +941,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     signal(SIGALRM, on_alarm);
     alarm((unsigned)(o.max_seconds + o.setup_timeout + 10));
-    int64_t t_start = now_ns(), t_limit = t_start + (int64_t)(o.max_seconds * 1e9);
+    int64_t t_start = bench_now_ns(), t_limit = t_start + (int64_t)(o.max_seconds * 1e9);
     lat = calloc((size_t)o.count, sizeof(*lat));
     srv_rtt = calloc((size_t)o.count, sizeof(*srv_rtt));
     body.p = malloc(RESP_MAX + 1);
@@ -1008,9 +987,9 @@ int main(int argc, char **argv)
             cpu0 = server_cpu_s();
             app0 = thread_cpu_s(CLOCK_THREAD_CPUTIME_ID);
             if (dev_clock != (clockid_t)-1) dev0 = thread_cpu_s(dev_clock);
-            t_m0 = now_ns();
+            t_m0 = bench_now_ns();
         }
-        if (now_ns() > t_limit) {
+        if (bench_now_ns() > t_limit) {
             fprintf(stderr, "api_bench: --max_seconds reached after %ld calls\n", i);
             aborted = true;
             break;
@@ -1032,7 +1011,7 @@ int main(int argc, char **argv)
             break;
         }
     }
-    t_m1 = now_ns();
+    t_m1 = bench_now_ns();
     double cpu1 = server_cpu_s();
     double app1 = thread_cpu_s(CLOCK_THREAD_CPUTIME_ID);
     double dev1 = dev_clock != (clockid_t)-1 ? thread_cpu_s(dev_clock) : 0;

@@ -146,14 +146,8 @@ run_row() { # ROW ROUND
     esac
     # shellcheck disable=SC2086
     out=$(taskset -c $GEN_CORE "$BENCH" "${args[@]}" ${ROW_ARGS[$row]} 2>>"$WORK/bench.log") || rc=$?
-    if [ "$rc" != 0 ] || [ -z "$out" ]; then
-        log "run failed: $row (exit $rc); the last lines of $WORK/bench.log:"
-        tail -n 8 "$WORK/bench.log" >&2 || true
-        echo "FAIL round=$round row=$row rc=$rc" >>"$RESULTS"
-    fi
-    printf '%s\n' "$out" | grep '^RESULT' | sed "s/^RESULT /RESULT round=$round /" >>"$RESULTS" || true
-    printf '%s\n' "$out" | grep '^RESULT' | grep -o 'p50_us=[^ ]* p99_us=[^ ]* p999_us=[^ ]*\|calls_per_s=[^ ]*' |
-        paste -sd' ' | sed "s/^/    $row: /" >&2 || true
+    bench_record "$rc" "$out" "$row" "FAIL round=$round row=$row rc=$rc" "$WORK/bench.log" \
+        'p50_us=[^ ]* p99_us=[^ ]* p999_us=[^ ]*\|calls_per_s=[^ ]*'
 }
 
 T0=$(date +%s)
@@ -312,12 +306,7 @@ if fails:
     print(f"\n{len(fails)} failed runs (see above)", file=sys.stderr)
 
 if env.get("DOC") == "1":
-    path = os.path.join(env["ROOT"], "docs", "benchmarks.md")
-    doc = open(path).read()
-    m = re.search(re.escape(BEGIN) + r".*?" + re.escape(END), doc, re.S)
-    if not m:
-        sys.exit(f"api-bench: markers {BEGIN} ... {END} not found in {path}")
-    doc = doc[:m.start()] + BEGIN + "\n" + text + "\n" + END + doc[m.end():]
-    open(path, "w").write(doc)
-    print(f"api-bench: table written into {path}", file=sys.stderr)
+    sys.path.insert(0, os.path.join(env["ROOT"], "bench"))
+    from docblock import write_between
+    write_between(env["ROOT"], BEGIN, END, text, "api-bench")
 PY

@@ -48,6 +48,7 @@
 #include "core/cy_buf.h"
 #include "core/cy_err.h"
 #include "mqtt/mqtt.h"
+#include "netutil.h"
 #include "procstat.h"
 
 #include <arpa/inet.h>
@@ -117,13 +118,6 @@ static struct {
     .server = "server",
 };
 
-static int64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
 static void on_alarm(int sig)
 {
     (void)sig;
@@ -175,21 +169,6 @@ static uint16_t pid_of(conn *c)
 {
     c->next_pid = (uint16_t)(c->next_pid == 65535 ? 1 : c->next_pid + 1);
     return c->next_pid;
-}
-
-static int tcp_connect(const char *host, int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1 ||
-        connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
 }
 
 static int set_nonblock(int fd)
@@ -337,7 +316,7 @@ static int n_devs;
 
 static int dev_start(int ep, conn *c)
 {
-    c->fd = tcp_connect(o.mqtt_host, o.mqtt_port);
+    c->fd = bench_tcp_connect(o.mqtt_host, o.mqtt_port);
     if (c->fd < 0 || set_nonblock(c->fd)) {
         fprintf(stderr, "api_load: device %s: cannot connect to %s:%d: %s\n", c->id, o.mqtt_host,
                 o.mqtt_port, strerror(errno));
@@ -476,7 +455,7 @@ static char http_head[512]; /* the request head up to the device id */
 
 static int caller_send(int ep, conn *c)
 {
-    int64_t now = now_ns();
+    int64_t now = bench_now_ns();
     if (now >= win_end || (o.count > 0 && next_seq > o.count)) {
         c->busy = false;
         return 0;
@@ -499,7 +478,7 @@ static int caller_send(int ep, conn *c)
         if (mq_publish(c, topic, (size_t)tl, pay, (size_t)pl, false, NULL)) return -1;
     }
     c->busy = true;
-    c->t0 = now_ns();
+    c->t0 = bench_now_ns();
     return conn_flush(ep, c);
 }
 
@@ -537,7 +516,7 @@ static int http_answer(conn *c)
     }
     if (clen < 0 || clen > HTTP_RESP_MAX) return -1;
     if (len < hlen + (size_t)clen) return 0;
-    int64_t t1 = now_ns();
+    int64_t t1 = bench_now_ns();
     const char *body = b + hlen;
     bool ok = status == 200 && body_ok(body, (size_t)clen, c->seq);
     if (!ok) note(status == 200 ? "wrong answer" : "status", c->seq, b, hlen + (size_t)clen);
@@ -577,7 +556,7 @@ static int app_input(conn *c)
                         memcmp(r->topic.p + r->topic.len - wl, want, (size_t)wl) == 0 &&
                         r->topic.p[r->topic.len - wl - 1] == '/';
             if (!mine) continue; /* a late answer of a call that timed out */
-            int64_t t1 = now_ns();
+            int64_t t1 = bench_now_ns();
             bool ok = r->payload_len == (size_t)wl && memcmp(r->payload, want, (size_t)wl) == 0;
             if (!ok) note("wrong answer", c->seq, (const char *)r->payload, r->payload_len);
             record(c->t0, t1, ok);
@@ -592,7 +571,7 @@ static int app_input(conn *c)
 static int caller_start(int ep, conn *c)
 {
     bool api = c->kind == K_HTTP;
-    c->fd = tcp_connect(api ? o.http_host : o.mqtt_host, api ? o.http_port : o.mqtt_port);
+    c->fd = bench_tcp_connect(api ? o.http_host : o.mqtt_host, api ? o.http_port : o.mqtt_port);
     if (c->fd < 0 || set_nonblock(c->fd)) return -1;
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev)) return -1;
@@ -620,13 +599,13 @@ static int callers_run(void)
         }
     }
     /* The applications log in and subscribe. */
-    int64_t deadline = now_ns() + (int64_t)(o.setup_timeout * 1e9);
+    int64_t deadline = bench_now_ns() + (int64_t)(o.setup_timeout * 1e9);
     for (;;) {
         int ready = 0;
         for (int i = 0; i < n_calls; i++)
             ready += calls[i].ready;
         if (ready == n_calls) break;
-        if (now_ns() > deadline) {
+        if (bench_now_ns() > deadline) {
             fprintf(stderr, "api_load: %d of %d callers ready in time\n", ready, n_calls);
             return -1;
         }
@@ -642,15 +621,15 @@ static int callers_run(void)
     if (o.start_file) {
         fprintf(stderr, "api_load: ready; waiting for %s\n", o.start_file);
         while (access(o.start_file, F_OK) != 0) {
-            if (now_ns() > deadline + (int64_t)60e9) return -1;
+            if (bench_now_ns() > deadline + (int64_t)60e9) return -1;
             usleep(10000);
         }
     }
-    win_start = now_ns() + (int64_t)(o.warmup * 1e9);
+    win_start = bench_now_ns() + (int64_t)(o.warmup * 1e9);
     win_end = win_start + (int64_t)(o.seconds * 1e9);
     for (int i = 0; i < n_calls; i++)
         if (caller_send(ep, &calls[i])) return -1;
-    int64_t last_check = now_ns();
+    int64_t last_check = bench_now_ns();
     for (;;) {
         int busy = 0;
         int n = epoll_wait(ep, evs, 256, 10);
@@ -667,13 +646,13 @@ static int callers_run(void)
             if (conn_flush(ep, c)) goto broken;
             continue;
         broken:
-            if (c->busy) record(c->t0, now_ns(), false);
+            if (c->busy) record(c->t0, bench_now_ns(), false);
             fprintf(stderr, "api_load: caller %d: connection lost or answer malformed\n", c->idx);
             c->dead = true;
             c->busy = false;
             epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
         }
-        int64_t now = now_ns();
+        int64_t now = bench_now_ns();
         if (edges_seen < 2 && now >= (edges_seen ? win_end : win_start)) {
             cpu_at[edges_seen] = server_cpu_s();
             gen_at[edges_seen] = proc_cpu_s();
@@ -769,7 +748,7 @@ static int create_devices(void)
         fprintf(stderr, "api_load: %s: %s\n", o.out, strerror(errno));
         return 2;
     }
-    int fd = tcp_connect(o.http_host, o.http_port);
+    int fd = bench_tcp_connect(o.http_host, o.http_port);
     if (fd < 0) {
         fprintf(stderr, "api_load: cannot connect to the API: %s\n", strerror(errno));
         fclose(out);
@@ -972,8 +951,8 @@ int main(int argc, char **argv)
 
     pthread_t dt;
     if (pthread_create(&dt, NULL, device_main, NULL)) return 2;
-    int64_t t_setup = now_ns(), deadline = t_setup + (int64_t)(o.setup_timeout * 1e9);
-    while (atomic_load(&dev_ready) < n_devs && !atomic_load(&dev_failed) && now_ns() < deadline)
+    int64_t t_setup = bench_now_ns(), deadline = t_setup + (int64_t)(o.setup_timeout * 1e9);
+    while (atomic_load(&dev_ready) < n_devs && !atomic_load(&dev_failed) && bench_now_ns() < deadline)
         usleep(2000);
     int rc = 0;
     if (atomic_load(&dev_ready) < n_devs) {
@@ -982,7 +961,7 @@ int main(int argc, char **argv)
         rc = 2;
     } else {
         fprintf(stderr, "api_load: %d devices logged in, subscribed and described in %.2f s\n",
-                n_devs, (double)(now_ns() - t_setup) / 1e9);
+                n_devs, (double)(bench_now_ns() - t_setup) / 1e9);
     }
     if (rc == 0 && callers_run()) rc = 2;
     atomic_store(&stop_all, true);
@@ -990,7 +969,7 @@ int main(int argc, char **argv)
     if (rc) return rc;
     qsort(lat, n_lat, sizeof(*lat), cmp_i64);
     /* With --count the window closes when the last call is answered. */
-    if (o.count > 0 && edges_seen == 1) win_end = now_ns();
+    if (o.count > 0 && edges_seen == 1) win_end = bench_now_ns();
     double secs = (double)(win_end - win_start) / 1e9;
     /* CPU is read at the window's edges (within the callers' 10 ms tick),
      * and divided by the calls completed in it. */

@@ -164,14 +164,8 @@ run_row() { # ROW C ROUND
     esac
     case $s in cyan2*) ;; *) gen=(taskset -c 1) ;; esac
     out=$(nice -n 5 "${gen[@]}" "$LOAD" "${args[@]}" 2>>"$WORK/load.log") || rc=$?
-    if [ "$rc" != 0 ] || [ -z "$out" ]; then
-        log "run failed: $row C=$c (exit $rc); the last lines of $WORK/load.log:"
-        tail -n 8 "$WORK/load.log" >&2 || true
-        echo "FAIL round=$round row=$row conns=$c rc=$rc" >>"$RESULTS"
-    fi
-    printf '%s\n' "$out" | grep '^RESULT' | sed "s/^RESULT /RESULT round=$round /" >>"$RESULTS" || true
-    printf '%s\n' "$out" | grep '^RESULT' | grep -o 'calls_per_s=[^ ]* p50_us=[^ ]* p99_us=[^ ]* p999_us=[^ ]*\|server_cpu_us_per_call=[^ ]*' |
-        paste -sd' ' | sed "s/^/    $row C=$c: /" >&2 || true
+    bench_record "$rc" "$out" "$row C=$c" "FAIL round=$round row=$row conns=$c rc=$rc" \
+        "$WORK/load.log" 'calls_per_s=[^ ]* p50_us=[^ ]* p99_us=[^ ]* p999_us=[^ ]*\|server_cpu_us_per_call=[^ ]*'
 }
 
 T0=$(date +%s)

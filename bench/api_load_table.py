@@ -6,9 +6,10 @@ rows as ratios against the plain MQTT rows of the same run, and with DOC=1
 writes the text into docs/benchmarks.md between the api-load markers.
 """
 import os
-import re
 import statistics
 import sys
+
+from docblock import write_between
 
 env = os.environ
 BEGIN = "<!-- api-load:begin -->"
@@ -141,11 +142,4 @@ if fails:
     print(f"\n{len(fails)} failed runs (see above)", file=sys.stderr)
 
 if env.get("DOC") == "1":
-    path = os.path.join(env["ROOT"], "docs", "benchmarks.md")
-    doc = open(path).read()
-    m = re.search(re.escape(BEGIN) + r".*?" + re.escape(END), doc, re.S)
-    if not m:
-        sys.exit(f"api-load: markers {BEGIN} ... {END} not found in {path}")
-    doc = doc[:m.start()] + BEGIN + "\n" + text + "\n" + END + doc[m.end():]
-    open(path, "w").write(doc)
-    print(f"api-load: table written into {path}", file=sys.stderr)
+    write_between(env["ROOT"], BEGIN, END, text, "api-load")

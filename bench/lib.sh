@@ -77,3 +77,20 @@ bench_cleanup() {
     fi
     exit "$rc"
 }
+
+# bench_record RC OUT LABEL FAILLINE GENLOG PATTERN: file one generator run.
+# RC and OUT are its exit status and stdout; a failure (RC not 0 or no
+# output) is logged with GENLOG's tail and FAILLINE goes to $RESULTS. The
+# RESULT lines go to $RESULTS with "round=$round" after RESULT, and the
+# fields matching PATTERN (a grep -o expression) to stderr after LABEL.
+bench_record() {
+    local rc=$1 out=$2 label=$3 failline=$4 genlog=$5 pattern=$6
+    if [ "$rc" != 0 ] || [ -z "$out" ]; then
+        log "run failed: $label (exit $rc); the last lines of $genlog:"
+        tail -n 8 "$genlog" >&2 || true
+        echo "$failline" >>"$RESULTS"
+    fi
+    printf '%s\n' "$out" | grep '^RESULT' | sed "s/^RESULT /RESULT round=$round /" >>"$RESULTS" || true
+    printf '%s\n' "$out" | grep '^RESULT' | grep -o "$pattern" |
+        paste -sd' ' | sed "s/^/    $label: /" >&2 || true
+}
