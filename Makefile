@@ -89,7 +89,7 @@ INT_LATE = tests/integration/test_coaps.py tests/integration/test_limits.py
 INT_ONE = tests/integration/test_cli.py tests/integration/test_docs.py tests/integration/test_file_modes.py \
   tests/integration/test_https.py tests/integration/test_install.py \
   tests/integration/test_readme.py tests/integration/test_cli_client.py \
-  tests/integration/test_attack_i15.py
+  tests/integration/test_attack_i15.py tests/integration/test_descriptors.py
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=10
 integration:
 	@echo "integration: fault tests, 4 shards"

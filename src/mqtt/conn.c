@@ -10,9 +10,21 @@
  * commit; or after a read callback, when the shard ends the pass early:
  * cy_mqtt_on_input) calls cy_conn_flush, which tries one write(2) of
  * everything; what the kernel does not take moves to a cy_wstate
- * (allocated for that write only) and is written by uv_write while `out`
- * collects the next pass.
- * Write readiness is armed only then.
+ * (allocated for that write only) and is written as the socket becomes
+ * writable while `out` collects the next pass. Write readiness is watched
+ * only then.
+ *
+ * The sockets: a connection's socket is a bare descriptor in the gateway's
+ * own epoll set (g->epfd), which libuv polls as one descriptor (g->epoll):
+ * a libuv stream handle per connection was 248 of the 376 bytes every idle
+ * connection carried. One readiness callback (on_sockets) takes up to
+ * IO_BATCH events from the set and reads (at most 32 reads while they fill
+ * the buffer) and writes each socket as libuv did. The set is level
+ * triggered and holds a socket only while it is read or has output
+ * waiting (EPOLLIN, EPOLLOUT). A closed socket leaves the set and is
+ * closed at once; its connection is freed by g->reaper after the loop's
+ * poll phase, so an event of the same batch, a caller up the stack or the
+ * pass's dirty list never holds a freed connection.
  *
  * Back-pressure: a client that publishes QoS 1/2 and never reads would make
  * its acknowledgements pile up in `out` without bound. So once the backlog
@@ -55,6 +67,7 @@
  * clients, a bare close for 3.1.1), logs one line naming the client and
  * counts it.
  */
+#define _GNU_SOURCE /* accept4 */
 #include "mqtt/gateway_int.h"
 
 #include "core/cy_alloc.h"
@@ -64,12 +77,15 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -86,12 +102,12 @@ const char *cy_conn_peer(const cy_conn *c)
      * by address (before CONNECT, refusals). */
     static char text[64];
     struct sockaddr_storage ss;
-    int sl = sizeof(ss);
+    socklen_t sl = sizeof(ss);
     char ip[INET6_ADDRSTRLEN] = "?";
     int port = 0;
     if (c->ext && cy_conn_ext_of(c)->peer.ss_family) /* handed in by a TLS terminator */
         ss = cy_conn_ext_of(c)->peer;
-    else if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl))
+    else if (c->fd < 0 || getpeername(c->fd, (struct sockaddr *)&ss, &sl))
         return "unknown peer";
     if (ss.ss_family == AF_INET) {
         uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
@@ -112,8 +128,8 @@ const struct sockaddr *cy_conn_addr(const cy_conn *c, struct sockaddr_storage *s
         *ss = cy_conn_ext_of(c)->peer;
         return (const struct sockaddr *)ss;
     }
-    int sl = sizeof(*ss);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)ss, &sl)) return NULL;
+    socklen_t sl = sizeof(*ss);
+    if (c->fd < 0 || getpeername(c->fd, (struct sockaddr *)ss, &sl)) return NULL;
     return (const struct sockaddr *)ss;
 }
 
@@ -240,13 +256,62 @@ static void in_free(cy_conn *c)
     preauth_account(c);
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static const cy_link_ops cy_conn_link_ops;
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+/* ---- the sockets (see the file comment) ---- */
+
+#define IO_IN 1u
+#define IO_OUT 2u
+#define IO_BATCH 512 /* events taken from the set per poll */
+
+/* Make what g->epfd watches of c's socket what c needs: input while it is
+ * read, writability while output waits. 0, or -errno (nothing changed). */
+static int io_sync(cy_conn *c)
+{
+    unsigned want = (c->reading ? IO_IN : 0) | (c->w ? IO_OUT : 0);
+    if (c->fd < 0 || want == c->io) return 0;
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = (want & IO_IN ? EPOLLIN : 0) | (want & IO_OUT ? EPOLLOUT : 0);
+    ev.data.ptr = c;
+    int op = !c->io ? EPOLL_CTL_ADD : !want ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
+    if (epoll_ctl(c->g->epfd, op, c->fd, &ev)) return -errno;
+    c->io = (uint8_t)want;
+    return 0;
+}
+
+/* Queue c, whose socket is closed and which is not on g->dirty, to be
+ * freed (the list goes by dirty_next). */
+static void closed_push(cy_conn *c)
+{
+    c->dirty_next = c->g->closed;
+    c->g->closed = c;
+}
+
+/* Close c's socket now (it leaves the set first: a descriptor passed to
+ * another process keeps its open file, and with it its place in our set)
+ * and free c once the loop has left the poll phase (reaper). Once only. */
+static void io_close(cy_conn *c)
+{
+    cy_mqtt *g = c->g;
+    c->state = CONN_CLOSING;
+    if (c->fd < 0) return;
+    if (c->io) epoll_ctl(g->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    c->io = 0;
+    close(c->fd);
+    c->fd = -1;
+    if (c->w) {
+        cy_buf_fini(&c->w->buf);
+        cy_free(c->w);
+        c->w = NULL;
+    }
+    if (!c->dirty) closed_push(c); /* else cy_mqtt_flush does, once it is off g->dirty */
+}
 
 /* Reading a socket starts and stops only through these, so `reading` says
- * what libuv does and g->n_not_reading counts the connections it does not
- * read: the owed-input scan (cy_mqtt_owed_input) looks into those only. */
+ * whether the set watches its input and g->n_not_reading counts the
+ * connections that are not read: the owed-input scan (cy_mqtt_owed_input)
+ * looks into those only. */
 static void set_reading(cy_conn *c, bool on)
 {
     if (c->reading == on) return;
@@ -259,15 +324,19 @@ static void set_reading(cy_conn *c, bool on)
 
 int cy_conn_read_start(cy_conn *c)
 {
-    int rc = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
-    if (rc == 0) set_reading(c, true);
+    if (c->reading) return 0;
+    if (c->fd < 0) return UV_EBADF;
+    set_reading(c, true);
+    int rc = io_sync(c);
+    if (rc) set_reading(c, false);
     return rc;
 }
 
 void cy_conn_read_stop(cy_conn *c)
 {
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    if (!c->reading) return;
     set_reading(c, false);
+    io_sync(c); /* on failure the set still reports input: it is not read (conn_io) */
 }
 #define conn_read_start cy_conn_read_start
 #define conn_read_stop cy_conn_read_stop
@@ -327,9 +396,9 @@ bool cy_conn_check_stall(cy_conn *c, int64_t now)
     return true;
 }
 
-static void on_close(uv_handle_t *h)
+/* Free a connection whose socket is closed (reaper, cy_mqtt_free). */
+static void conn_free(cy_conn *c)
 {
-    cy_conn *c = h->data;
     cy_mqtt *g = c->g;
     if (c->prev)
         c->prev->next = c->next;
@@ -349,7 +418,7 @@ static void on_close(uv_handle_t *h)
 
 void cy_conn_mark_dirty(cy_conn *c)
 {
-    if (c->dirty) return;
+    if (c->dirty || c->fd < 0) return; /* a closed socket takes nothing more */
     cy_mqtt *g = c->g;
     c->dirty = true;
     c->dirty_next = NULL;
@@ -373,13 +442,15 @@ int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p)
     return 0;
 }
 
-static void on_write(uv_write_t *req, int status)
+/* The output that waited for the socket is written (status 0) or the
+ * write failed (-errno). */
+static void write_done(cy_conn *c, int status)
 {
-    cy_wstate *w = req->data;
-    cy_conn *c = w->c;
+    cy_wstate *w = c->w;
     c->w = NULL;
     cy_buf_fini(&w->buf);
     cy_free(w);
+    if (status == 0) status = io_sync(c); /* stop watching writability */
     if (status < 0) {
         if (c->state != CONN_CLOSING) {
             cy_debug(cy_conn_name(c), "write failed: %s", uv_strerror(status));
@@ -387,11 +458,11 @@ static void on_write(uv_write_t *req, int status)
         }
         return;
     }
-    /* What `out` holds now may have been appended in this very pass (libuv
-     * runs a stream's read callback before its write callback), so its
-     * store writes are not committed yet: the end of the pass writes it,
-     * after the commit. Flushing here let an acknowledgement leave before
-     * what it acknowledges was on disk. */
+    /* What `out` holds now may have been appended in this very pass (a
+     * socket's input is handled before its writability), so its store
+     * writes are not committed yet: the end of the pass writes it, after
+     * the commit. Flushing here let an acknowledgement leave before what it
+     * acknowledges was on disk. */
     if (cy_buf_size(&c->out) || (c->ext && tls_pending(c))) mark_dirty(c);
     backpressure(c);
 }
@@ -421,21 +492,47 @@ static cy_buf *tls_seal(cy_conn *c)
     return cy_tls_out(t);
 }
 
+/* One write of the bytes at b's head: how many the socket took (0 when it
+ * is full), or -errno. */
+static ssize_t sock_write(cy_conn *c, const cy_buf *b)
+{
+    ssize_t n;
+    do
+        n = send(c->fd, cy_buf_head(b), cy_buf_size(b), MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n >= 0) return n;
+    return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+}
+
+/* The socket is writable (or failed) while output waits in c->w. */
+static void conn_writable(cy_conn *c)
+{
+    ssize_t n = sock_write(c, &c->w->buf);
+    if (n < 0) {
+        write_done(c, (int)n);
+        return;
+    }
+    cy_buf_consume(&c->w->buf, (size_t)n);
+    if (cy_buf_size(&c->w->buf) == 0) write_done(c, 0);
+}
+
 void cy_conn_flush(cy_conn *c)
 {
     cy_buf *b = &c->out; /* what goes to the socket: `out`, or its ciphertext */
+    if (c->fd < 0) {
+        cy_buf_reset(b);
+        return;
+    }
     if (!c->w && c->ext && cy_conn_ext_of(c)->tls && !(b = tls_seal(c))) return;
     if (c->w || cy_buf_size(b) == 0) {
         backpressure(c); /* `out` grew behind a write in flight */
         return;
     }
-    uv_buf_t ub = uv_buf_init((char *)cy_buf_head(b), (unsigned)cy_buf_size(b));
-    int n = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
-    if (n == UV_EAGAIN || n == UV_ENOSYS) n = 0;
+    ssize_t n = sock_write(c, b);
     if (n < 0) {
         cy_buf_reset(b);
         if (c->state != CONN_CLOSING) {
-            cy_debug(cy_conn_name(c), "write failed: %s", uv_strerror(n));
+            cy_debug(cy_conn_name(c), "write failed: %s", uv_strerror((int)n));
             cy_conn_close(c, 0, NULL);
         }
         return;
@@ -459,19 +556,18 @@ void cy_conn_flush(cy_conn *c)
         cy_conn_close(c, 0, "out of memory");
         return;
     }
-    w->c = c;
     w->buf = *b; /* the pending bytes move; out starts afresh */
     cy_buf_init(b);
-    w->req.data = w;
-    ub = uv_buf_init((char *)cy_buf_head(&w->buf), (unsigned)cy_buf_size(&w->buf));
-    int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &ub, 1, on_write);
+    c->w = w;
+    int rc = io_sync(c); /* watch writability */
     if (rc) {
         cy_buf_fini(&w->buf);
         cy_free(w);
+        c->w = NULL;
+        cy_debug(cy_conn_name(c), "write: %s", uv_strerror(rc));
         cy_conn_close(c, 0, NULL);
         return;
     }
-    c->w = w;
     backpressure(c);
 }
 
@@ -492,9 +588,8 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
     else if (why)
         cy_info(cy_conn_name(c), "disconnecting: %s (reason 0x%02x)", why, reason);
     /* Closing before the last flush: a write that fails (the peer reset the
-     * socket) must find the connection closing already, or it closes the
-     * handle itself and this call closes it a second time (an abort in
-     * uv_close). */
+     * socket) must find the connection closing already, or it closes it
+     * itself and this call goes on with a connection already closed. */
     c->state = CONN_CLOSING;
     if (c->v5 && c->v5->held.n) cy_cluster_drop_held(g->cluster, &c->v5->held);
     if (c->counted) {
@@ -535,7 +630,7 @@ void cy_conn_close(cy_conn *c, uint8_t reason, const char *why)
         if (g->flushed_last) cy_mqtt_flush(g);
         return;
     }
-    uv_close((uv_handle_t *)&c->tcp, on_close);
+    io_close(c);
 }
 
 /* The dispatcher: one switch, errors mapped to the wire by the caller. */
@@ -696,11 +791,10 @@ static size_t preauth_room(const cy_conn *c)
     return preauth_fits(c, total) ? total - have : 0;
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+/* The buffer the next read of c goes into (len 0: none, UV_ENOBUFS). */
+static void read_buffer(cy_conn *c, uv_buf_t *buf)
 {
-    cy_conn *c = h->data;
     cy_mqtt *g = c->g;
-    (void)suggested;
     if (c->ext && cy_conn_ext_of(c)->tls) {
         /* Ciphertext: OpenSSL takes all of it before the read callback
          * returns (a partial record in its own buffer), so one buffer
@@ -720,12 +814,12 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     }
     size_t want = CY_READ_CHUNK;
     if (c->state == CONN_NEW && (want = preauth_room(c)) == 0) {
-        *buf = uv_buf_init(NULL, 0); /* on_read sees UV_ENOBUFS */
+        *buf = uv_buf_init(NULL, 0); /* read_input sees UV_ENOBUFS */
         return;
     }
     if (!c->in) c->in = cy_calloc(1, sizeof(*c->in));
     if (!c->in || cy_buf_reserve(c->in, want)) {
-        *buf = uv_buf_init(NULL, 0); /* libuv reports UV_ENOBUFS */
+        *buf = uv_buf_init(NULL, 0); /* UV_ENOBUFS */
         return;
     }
     preauth_account(c);
@@ -841,9 +935,10 @@ static void tls_read(cy_conn *c, size_t nread)
     cy_conn_close(c, 0, NULL); /* an alert OpenSSL wrote goes out first */
 }
 
-static void read_input(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+/* What one read of c gave: nread bytes in buf, 0 (nothing: EAGAIN), or an
+ * end (UV_EOF) or error (-errno, UV_ENOBUFS). */
+static void read_input(cy_conn *c, ssize_t nread, const uv_buf_t *buf)
 {
-    cy_conn *c = stream->data;
     cy_mqtt *g = c->g;
     bool shared = buf->base == (char *)g->rbuf;
     /* Input taken from the kernel, bytes or an end: work done, even when it
@@ -859,7 +954,7 @@ static void read_input(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         if (nread == 0) return; /* EAGAIN */
     }
     if (nread < 0) {
-        set_reading(c, false); /* libuv stops at an end; every end or error closes below */
+        conn_read_stop(c); /* every end or error closes below */
         if (shared) g->rbuf_busy = false;
         if (nread == UV_ENOBUFS && c->state == CONN_NEW) {
             preauth_refused(c, "preauth_memory (%u bytes) spent on sockets that have not logged in",
@@ -895,11 +990,86 @@ static void read_input(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     backpressure(c);
 }
 
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+/* c's socket is readable (or ended, or failed): read it while reads fill
+ * the buffer, at most 32 times, as long as it is read. After each read the
+ * shard may end its pass early (cy_mqtt_on_input). */
+static void conn_readable(cy_conn *c)
 {
-    cy_mqtt *g = ((cy_conn *)stream->data)->g;
-    read_input(stream, nread, buf);
-    if (g->on_input) g->on_input(g->on_input_ctx);
+    cy_mqtt *g = c->g;
+    for (int count = 32; count > 0 && c->reading && c->fd >= 0; count--) {
+        uv_buf_t buf = uv_buf_init(NULL, 0);
+        read_buffer(c, &buf);
+        ssize_t n = UV_ENOBUFS;
+        if (buf.base && buf.len) {
+            do
+                n = read(c->fd, buf.base, buf.len);
+            while (n < 0 && errno == EINTR);
+            if (n == 0)
+                n = UV_EOF;
+            else if (n < 0)
+                n = errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+        }
+        read_input(c, n, &buf);
+        if (g->on_input) g->on_input(g->on_input_ctx);
+        if (n <= 0 || (size_t)n < buf.len) break; /* drained, ended or failed */
+    }
+}
+
+/* One event of the set for c: input first, then writability (what was
+ * read may have closed it). */
+static void conn_io(cy_conn *c, uint32_t events)
+{
+    if (c->fd < 0) return; /* closed by an earlier event of the batch */
+    if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) && c->reading) conn_readable(c);
+    if (c->fd >= 0 && c->w && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) conn_writable(c);
+}
+
+static void on_sockets(uv_poll_t *h, int status, int events)
+{
+    cy_mqtt *g = h->data;
+    struct epoll_event ev[IO_BATCH];
+    (void)events;
+    if (status < 0) return;
+    int n;
+    do
+        n = epoll_wait(g->epfd, ev, IO_BATCH, 0);
+    while (n < 0 && errno == EINTR);
+    for (int i = 0; i < n; i++) conn_io(ev[i].data.ptr, ev[i].events);
+}
+
+/* After the poll phase: free the connections whose sockets closed. */
+static void on_reap(uv_check_t *h)
+{
+    cy_mqtt *g = h->data;
+    cy_conn *list = g->closed;
+    g->closed = NULL;
+    while (list) {
+        cy_conn *c = list;
+        list = c->dirty_next;
+        conn_free(c);
+    }
+}
+
+/* The epoll set and its watchers, once (the first connection or
+ * cy_mqtt_open); closed by cy_mqtt_stop. 0, or -errno. */
+static int io_open(cy_mqtt *g)
+{
+    if (g->epfd >= 0) return 0;
+    if (g->stopping) return UV_ECANCELED;
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    if (fd < 0) return -errno;
+    int rc = uv_poll_init(g->loop, &g->epoll, fd);
+    if (rc) {
+        close(fd);
+        return rc;
+    }
+    g->epfd = fd;
+    g->epoll.data = g;
+    uv_poll_start(&g->epoll, UV_READABLE, on_sockets);
+    uv_check_init(g->loop, &g->reaper);
+    g->reaper.data = g;
+    uv_check_start(&g->reaper, on_reap);
+    return 0;
 }
 
 /* Handle what waits in `in` (a held CONNECT, a throttled publisher's
@@ -929,18 +1099,20 @@ void cy_conn_throttle(cy_conn *c)
     conn_read_stop(c);
 }
 
-/* A new connection object for an open socket, linked into the gateway. */
-static cy_conn *conn_new(cy_mqtt *g)
+/* A new connection object for the open socket fd (taken over: closed on
+ * failure too), linked into the gateway. */
+static cy_conn *conn_new(cy_mqtt *g, int fd)
 {
-    cy_conn *c = cy_calloc(1, sizeof(*c));
+    int rc = io_open(g);
+    cy_conn *c = rc ? NULL : cy_calloc(1, sizeof(*c));
     if (!c) {
-        cy_error(NULL, "accept: out of memory");
+        cy_error(NULL, "accept: %s", rc ? uv_strerror(rc) : "out of memory");
+        close(fd);
         return NULL;
     }
     c->g = g;
+    c->fd = fd;
     c->link.ops = &cy_conn_link_ops;
-    uv_tcp_init(g->loop, &c->tcp);
-    c->tcp.data = c;
     c->next = g->conns;
     if (g->conns) g->conns->prev = c;
     g->conns = c;
@@ -969,27 +1141,51 @@ static int tls_accept(cy_conn *c)
     return 0;
 }
 
-static void on_connection(uv_stream_t *server, int status)
+/* Take one connection from the listening socket's queue: 1, 0 when the
+ * queue is empty, -1 on an error that leaves it (logged). */
+static int accept_one(cy_mqtt *g, int lfd, bool tls)
 {
-    cy_mqtt *g = server->data;
-    if (status < 0) {
-        cy_warn(NULL, "accept: %s", uv_strerror(status));
-        return;
+    int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || errno == ECONNABORTED)
+            return errno == ECONNABORTED || errno == EINTR ? 1 : 0;
+        if ((errno == EMFILE || errno == ENFILE) && g->reserve_fd >= 0) {
+            /* Out of descriptors: refuse what waits (a close the client
+             * sees at once) rather than leave the queue to fill while the
+             * listening socket reports it ready on every turn of the loop. */
+            int err = errno;
+            close(g->reserve_fd);
+            g->reserve_fd = -1;
+            int n = 0;
+            while ((fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+                close(fd);
+                n++;
+            }
+            g->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            g->stats->limit_connections += (uint64_t)n;
+            g->refused_emfile += (uint64_t)n;
+            g->progress++;
+            int64_t now = (int64_t)uv_now(g->loop);
+            if (now - g->emfile_logged >= CY_LOGIN_LOG_WINDOW_MS) { /* a line per window */
+                cy_warn(NULL, "accept: %s: %" PRIu64 " connections refused", strerror(err),
+                        g->refused_emfile);
+                g->emfile_logged = now;
+                g->refused_emfile = 0;
+            }
+            return 0;
+        }
+        cy_warn(NULL, "accept: %s", strerror(errno));
+        return -1;
     }
-    cy_conn *c = conn_new(g);
-    if (!c) return;
-    if (uv_accept(server, (uv_stream_t *)&c->tcp)) {
-        c->state = CONN_CLOSING;
-        uv_close((uv_handle_t *)&c->tcp, on_close);
-        return;
-    }
+    cy_conn *c = conn_new(g, fd);
+    if (!c) return -1;
     c->last_rx = uv_now(g->loop);
     /* Sockets beyond the connection limit get no chance to send CONNECT. */
     if (g->n_conns > g->cfg->max_connections + 64u) {
         g->stats->limit_connections++;
         g->progress++; /* the accept queue's work, done by refusing it */
         cy_conn_close(c, 0, "over max_connections");
-        return;
+        return 1;
     }
     /* Nor do sockets from an address that opens them too fast (the node's
      * accepts together): a getpeername per accept, only while the limit is on. */
@@ -1000,16 +1196,36 @@ static void on_connection(uv_stream_t *server, int status)
         g->stats->limit_connect_rate++;
         g->progress++;
         cy_conn_close(c, 0, "over max_connect_rate_per_address");
-        return;
+        return 1;
     }
-    if (server == (uv_stream_t *)&g->tls_listener && tls_accept(c)) return;
-    if (g->stalled) return; /* drill: accepted, never read (owed input once it sends) */
-    uv_tcp_nodelay(&c->tcp, 1);
+    if (tls && tls_accept(c)) return 1;
+    if (g->stalled) return 1; /* drill: accepted, never read (owed input once it sends) */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     int rc = conn_read_start(c);
     if (rc) {
         cy_debug(NULL, "accept: read start: %s", uv_strerror(rc));
         cy_conn_close(c, 0, NULL);
     }
+    return 1;
+}
+
+/* The listening socket is readable: take what its queue holds, at most
+ * ACCEPT_BATCH (the socket is shared with the other shards, and the loop
+ * has other work; it stays readable while more wait). */
+#define ACCEPT_BATCH 64
+
+static void on_connection(uv_poll_t *h, int status, int events)
+{
+    cy_mqtt *g = h->data;
+    bool tls = h == &g->tls_listener;
+    (void)events;
+    if (status < 0) {
+        cy_warn(NULL, "accept: %s", uv_strerror(status));
+        return;
+    }
+    for (int i = 0; i < ACCEPT_BATCH && g->listening; i++)
+        if (accept_one(g, tls ? g->tls_listen_fd : g->listen_fd, tls) <= 0) break;
 }
 
 /* A connection on fd, handed in by another shard (handed_in) or the
@@ -1018,19 +1234,15 @@ static void on_connection(uv_stream_t *server, int status)
 static int adopt(cy_mqtt *g, int fd, const cy_handover_info *info, const uint8_t *bytes, size_t len,
                  bool handed_in, bool ws)
 {
-    cy_conn *c = conn_new(g);
-    if (!c) {
+    int one = 1;
+    if (ioctl(fd, FIONBIO, &one)) {
         close(fd);
         return -1;
     }
+    cy_conn *c = conn_new(g, fd);
+    if (!c) return -1;
     c->handed_in = handed_in;
     c->ws = ws;
-    if (uv_tcp_open(&c->tcp, fd)) {
-        close(fd);
-        c->state = CONN_CLOSING;
-        uv_close((uv_handle_t *)&c->tcp, on_close);
-        return -1;
-    }
     c->last_rx = uv_now(g->loop);
     if (info) {
         /* A TLS terminator's socketpair (AF_UNIX: no Nagle to turn off, no
@@ -1049,7 +1261,7 @@ static int adopt(cy_mqtt *g, int fd, const cy_handover_info *info, const uint8_t
             return -1;
         }
     } else {
-        uv_tcp_nodelay(&c->tcp, 1);
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
     cy_conn_feed(c, bytes, len);
     if (c->state == CONN_CLOSING || c->delayed) return 0;
@@ -1127,17 +1339,28 @@ void cy_conn_refuse_unavailable(cy_conn *c, uint8_t version, const char *why)
     cy_conn_close(c, 0, NULL);
 }
 
+/* A handover in flight. The bus passes a libuv TCP handle (uv_write2), so
+ * the socket travels as a duplicate in one of those for the while: the
+ * connection keeps its own descriptor, to refuse the device if the bus
+ * fails, and closes it once the owner has the socket. */
 typedef struct handover {
+    uv_tcp_t tcp; /* a duplicate of the connection's socket, for the bus */
     cy_conn *c;
     uint8_t version;
     unsigned owner;
     size_t bytes; /* counted in g->preauth_bytes until the bus has written them */
 } handover;
 
+static void handover_free(uv_handle_t *t)
+{
+    cy_free(t->data);
+}
+
 static void handed(void *arg, int status)
 {
     handover *h = arg;
     cy_conn *c = h->c;
+    uv_close((uv_handle_t *)&h->tcp, handover_free);
     c->g->preauth_bytes -= h->bytes;
     if (status < 0) {
         char why[64];
@@ -1148,7 +1371,6 @@ static void handed(void *arg, int status)
         c->state = CONN_NEW; /* so close is a plain close of our copy */
         cy_conn_close(c, 0, NULL);
     }
-    cy_free(h);
 }
 
 void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t *bytes,
@@ -1173,6 +1395,24 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
         refuse_unavailable(c, version, "out of memory");
         return;
     }
+    /* uv_tcp_init cannot fail on Linux; uv_tcp_open only on a bad
+     * descriptor, and then the handle closes with nothing open. */
+    int fd = dup(c->fd);
+    int rc = fd < 0 ? -errno : 0;
+    if (rc == 0) {
+        uv_tcp_init(g->loop, &h->tcp);
+        h->tcp.data = h;
+        if ((rc = uv_tcp_open(&h->tcp, fd)) != 0) close(fd);
+    }
+    if (rc) {
+        if (fd >= 0)
+            uv_close((uv_handle_t *)&h->tcp, handover_free);
+        else
+            cy_free(h);
+        snprintf(why, sizeof(why), "handover to shard %u: %s", owner, uv_strerror(rc));
+        refuse_unavailable(c, version, why);
+        return;
+    }
     h->c = c;
     h->version = version;
     h->owner = owner;
@@ -1185,11 +1425,11 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
     cy_handover_info info = {NULL, NULL, 0};
     if (c->ext && cy_conn_ext_of(c)->peer.ss_family)
         info.peer = (const struct sockaddr *)&cy_conn_ext_of(c)->peer;
-    int rc = cy_cluster_handover(g->cluster, owner, &c->tcp, info.peer ? &info : NULL, bytes, len,
-                                 handed, h);
+    rc = cy_cluster_handover(g->cluster, owner, &h->tcp, info.peer ? &info : NULL, bytes, len,
+                             handed, h);
     if (rc) {
         g->preauth_bytes -= h->bytes;
-        cy_free(h);
+        uv_close((uv_handle_t *)&h->tcp, handover_free);
         snprintf(why, sizeof(why), "handover to shard %u: %s", owner, cy_strerror(rc));
         refuse_unavailable(c, version, why);
         return;
@@ -1392,30 +1632,32 @@ int cy_mqtt_new(const cy_mqtt_deps *deps, cy_mqtt **out)
     g->nshards = deps->nshards ? deps->nshards : 1;
     cy_logrl_init(&g->login_log, CY_LOGIN_LOG_WINDOW_MS, CY_LOGIN_LOG_BURST);
     cy_buf_init(&g->scratch);
-    uv_tcp_init(g->loop, &g->listener);
-    g->listener.data = g;
-    uv_tcp_init(g->loop, &g->tls_listener);
-    g->tls_listener.data = g;
+    g->epfd = g->listen_fd = g->tls_listen_fd = -1;
+    g->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     *out = g;
     return 0;
 }
 
-/* Adopts a duplicate of the supervisor's listening socket into h. */
-static int adopt_listener(uv_tcp_t *h, int listen_fd, const char *what)
+/* A duplicate of the supervisor's listening socket, watched by h (not yet
+ * started: cy_mqtt_accept), into *fd. */
+static int adopt_listener(cy_mqtt *g, uv_poll_t *h, int *fd, int listen_fd, const char *what)
 {
-    int fd = dup(listen_fd);
-    if (fd < 0) return -errno;
-    int rc = uv_tcp_open(h, fd);
+    int rc = io_open(g);
+    int d = rc ? -1 : fcntl(listen_fd, F_DUPFD_CLOEXEC, 0);
+    if (!rc && d < 0) rc = -errno;
+    if (!rc && (rc = uv_poll_init(g->loop, h, d)) != 0) close(d);
     if (rc) {
-        close(fd);
         cy_error(NULL, "listen on inherited %s socket: %s", what, uv_strerror(rc));
+        return rc;
     }
-    return rc;
+    h->data = g;
+    *fd = d;
+    return 0;
 }
 
 int cy_mqtt_open(cy_mqtt *g, int listen_fd)
 {
-    int rc = adopt_listener(&g->listener, listen_fd, "MQTT");
+    int rc = adopt_listener(g, &g->listener, &g->listen_fd, listen_fd, "MQTT");
     if (!rc) g->open = true;
     return rc;
 }
@@ -1438,7 +1680,7 @@ int cy_mqtt_open_tls(cy_mqtt *g, int listen_fd)
 {
     g->tls_ctx = tls_ctx_load(g, "not served by this shard");
     if (!g->tls_ctx) return CY_ECONFIG;
-    int rc = adopt_listener(&g->tls_listener, listen_fd, "MQTT TLS");
+    int rc = adopt_listener(g, &g->tls_listener, &g->tls_listen_fd, listen_fd, "MQTT TLS");
     if (!rc) g->tls_open = true;
     return rc;
 }
@@ -1455,13 +1697,14 @@ void cy_mqtt_tls_reload(cy_mqtt *g)
 
 int cy_mqtt_accept(cy_mqtt *g)
 {
-    int rc = uv_listen((uv_stream_t *)&g->listener, 1024, on_connection);
+    if (!g->open) return UV_EBADF;
+    int rc = uv_poll_start(&g->listener, UV_READABLE, on_connection);
     if (rc) {
         cy_error(NULL, "listen: %s", uv_strerror(rc));
         return rc;
     }
     g->listening = true;
-    if (g->tls_open && (rc = uv_listen((uv_stream_t *)&g->tls_listener, 1024, on_connection)))
+    if (g->tls_open && (rc = uv_poll_start(&g->tls_listener, UV_READABLE, on_connection)))
         cy_error(NULL, "listen (TLS): %s", uv_strerror(rc));
     return rc;
 }
@@ -1489,10 +1732,15 @@ void cy_mqtt_flush(cy_mqtt *g)
         list = c->dirty_next;
         c->dirty = false;
         c->dirty_next = NULL;
+        if (c->fd < 0) { /* closed while on the list: it can be freed now */
+            cy_buf_reset(&c->out);
+            closed_push(c);
+            continue;
+        }
         cy_conn_flush(c);
         if (c->close_at_flush) {
             c->close_at_flush = false;
-            uv_close((uv_handle_t *)&c->tcp, on_close);
+            io_close(c);
         }
     }
 }
@@ -1591,7 +1839,6 @@ uint64_t cy_mqtt_owed_input(const cy_mqtt *g)
 {
     if (g->stopping) return 0;
     uint64_t owed = 0;
-    uv_os_fd_t fd;
     /* Walking 10k connections costs ~1 ms (a cache miss each): skipped
      * while libuv reads every one, the usual case. */
     for (const cy_conn *c = g->n_not_reading ? g->conns : NULL; c; c = c->next) {
@@ -1600,8 +1847,7 @@ uint64_t cy_mqtt_owed_input(const cy_mqtt *g)
             (c->state != CONN_NEW && c->state != CONN_ACTIVE && c->state != CONN_PROXY))
             continue;
         int n = 0;
-        if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 && ioctl(fd, FIONREAD, &n) == 0 &&
-            n > 0)
+        if (c->fd >= 0 && ioctl(c->fd, FIONREAD, &n) == 0 && n > 0)
             owed++;
     }
     /* On a listening socket, TCP_INFO's tcpi_unacked is the length of its
@@ -1610,12 +1856,11 @@ uint64_t cy_mqtt_owed_input(const cy_mqtt *g)
      * the same queue; any shard that accepts drains it. */
     struct tcp_info ti;
     socklen_t len = sizeof(ti);
-    if (g->listening && uv_fileno((const uv_handle_t *)&g->listener, &fd) == 0 &&
-        getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0)
+    if (g->listening && getsockopt(g->listen_fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0)
         owed += ti.tcpi_unacked;
     len = sizeof(ti);
-    if (g->listening && g->tls_open && uv_fileno((const uv_handle_t *)&g->tls_listener, &fd) == 0 &&
-        getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0)
+    if (g->listening && g->tls_open &&
+        getsockopt(g->tls_listen_fd, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0)
         owed += ti.tcpi_unacked;
     return owed;
 }
@@ -1632,13 +1877,38 @@ void cy_mqtt_stop(cy_mqtt *g)
     }
     cy_proxy_stop(g);
     cy_mqtt_ws_stop(g);
-    uv_close((uv_handle_t *)&g->listener, NULL);
-    uv_close((uv_handle_t *)&g->tls_listener, NULL);
+    /* The watchers close; the set stays open for the connections that
+     * close later (a handover the bus cancels), cy_mqtt_free frees them. */
+    if (g->listen_fd >= 0) {
+        uv_close((uv_handle_t *)&g->listener, NULL);
+        close(g->listen_fd);
+        g->listen_fd = -1;
+    }
+    if (g->tls_listen_fd >= 0) {
+        uv_close((uv_handle_t *)&g->tls_listener, NULL);
+        close(g->tls_listen_fd);
+        g->tls_listen_fd = -1;
+    }
+    if (g->epfd >= 0) {
+        uv_close((uv_handle_t *)&g->epoll, NULL);
+        uv_close((uv_handle_t *)&g->reaper, NULL);
+    }
 }
 
 void cy_mqtt_free(cy_mqtt *g)
 {
     if (!g) return;
+    /* Every connection is closed by now (cy_mqtt_stop, the last flush); any
+     * left open is closed without a word. */
+    while (g->conns) {
+        cy_conn *c = g->conns;
+        if (c->fd >= 0) io_close(c);
+        c->dirty = false;
+        g->closed = NULL; /* conn_free unlinks it from g->conns */
+        conn_free(c);
+    }
+    if (g->epfd >= 0) close(g->epfd);
+    if (g->reserve_fd >= 0) close(g->reserve_fd);
     cy_buf_fini(&g->scratch);
     cy_tls_ctx_unref(g->tls_ctx);
     cy_free(g->exts);

@@ -14,8 +14,11 @@
  * acknowledges is on disk.
  *
  * Ownership: cy_mqtt_new borrows everything in cy_mqtt_deps, which must
- * outlive it; the gateway owns its connections (freed in their close
- * callbacks: run the loop after cy_mqtt_stop, then cy_mqtt_free).
+ * outlive it; the gateway owns its connections and their sockets (an epoll
+ * set of its own, which libuv polls as one descriptor from the first
+ * cy_mqtt_open or handed-in connection on; a connection is freed after the
+ * poll phase of the loop turn that closed it; run the loop after
+ * cy_mqtt_stop, then cy_mqtt_free, which frees what closed after the stop).
  * Errors: CY_ENOMEM, -errno or libuv errors from cy_mqtt_open.
  * Thread: the shard's loop thread only.
  */

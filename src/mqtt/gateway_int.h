@@ -49,12 +49,11 @@
 
 typedef struct cy_conn cy_conn;
 
-/* Output the kernel did not take at once, being written by uv_write.
- * Allocated only then, so an idle connection does not carry it. */
+/* Output the kernel did not take at once, written as the socket becomes
+ * writable (EPOLLOUT is watched only then). Allocated only then, so an
+ * idle connection does not carry it. */
 typedef struct cy_wstate {
-    uv_write_t req;
     cy_buf buf;
-    cy_conn *c;
 } cy_wstate;
 
 /* CONN_PROXY: a TLS connection this shard terminates for the device's
@@ -101,24 +100,26 @@ typedef struct cy_conn_v5 {
 } cy_conn_v5;
 
 /* One client connection. Every idle connection carries one, so its layout
- * is kept tight (376 bytes on x86-64 with libuv 1.44, 384 with malloc's
- * chunk header; the libuv handle is 248 of them; malloc's chunks go by 16
- * bytes, so check sizeof when adding a field): what only some connections need
- * hangs off a pointer that is NULL most of the time (or, for TLS, an index
- * in the padding: a pointer would cost 16 bytes of malloc's rounding), and
- * the peer's address is not kept (cy_conn_peer asks the socket when a log
- * line needs it). */
+ * is kept tight (check sizeof when adding a field: malloc's chunks go by 16
+ * bytes): what only some connections need hangs off a pointer that is NULL
+ * most of the time (or, for TLS, an index in the padding: a pointer would
+ * cost 16 bytes of malloc's rounding), and the peer's address is not kept
+ * (cy_conn_peer asks the socket when a log line needs it). The socket is
+ * not a libuv handle (a uv_tcp_t is 248 bytes): it is a descriptor in the
+ * gateway's own epoll set, which libuv polls as one descriptor (conn.c,
+ * "The sockets"). */
 struct cy_conn {
-    uv_tcp_t tcp;
     cy_link link;          /* what the session sees of it (device/link.h) */
     cy_mqtt *g;
     cy_session *sess;
     cy_conn *prev, *next;  /* g->conns */
-    cy_conn *dirty_next;   /* g->dirty: connections with output */
+    cy_conn *dirty_next;   /* g->dirty: connections with output; once the socket is closed
+                            * (and the connection off g->dirty), g->closed */
     int64_t last_rx;       /* mono ms of the last packet received; of the accept before CONNECT */
     cy_buf out;            /* output of this pass; no memory while idle */
     cy_buf *in;            /* partial packet carried between reads, or NULL (most of the time) */
-    struct cy_wstate *w;   /* a uv_write in flight, or NULL (most of the time) */
+    struct cy_wstate *w;   /* output waiting for the socket to be writable, or NULL (most
+                            * of the time) */
     cy_conn_v5 *v5;        /* MQTT 5 limits, aliases, publish rates, held acknowledgements,
                             * or NULL (most of the time) */
     uint16_t keepalive;    /* s granted; 0 = none */
@@ -134,7 +135,7 @@ struct cy_conn {
                                   use its private $cyan/canary/<id> (cy_conn_canary_topic) */
     bool paused : 1;           /* reading stopped: output over max_output (back-pressure) */
     bool close_at_flush : 1;   /* closing: the socket closes after its last flush */
-    bool reading : 1;          /* libuv reads it: changed only by set_reading (conn.c) */
+    bool reading : 1;          /* the socket is read: changed only by set_reading (conn.c) */
     bool delayed : 1;          /* its CONNECT is held for auth_fail_delay (in `in`, unread
                                   socket); last_rx is then when the hold ends */
     bool delay_served : 1;     /* its CONNECT was held once: never again */
@@ -145,7 +146,10 @@ struct cy_conn {
     uint32_t preauth;          /* bytes of `in` (and a TLS session's) counted in
                                   g->preauth_bytes (before CONNECT) */
     uint32_t ext;              /* 1 + index of its cy_conn_ext in g->exts; 0 = none (plain
-                                  TCP: the usual case; the padding's last 4 bytes) */
+                                  TCP: the usual case) */
+    int fd;                    /* the socket; -1 once closed */
+    uint8_t io;                /* what g->epfd watches of it: IO_IN, IO_OUT (conn.c); 0 = not
+                                  in the set */
 };
 
 struct cy_mqtt {
@@ -161,7 +165,17 @@ struct cy_mqtt {
     cy_scoreboard *sb;
     cy_limit *limit;       /* the node's failed logins and connection rates, or NULL */
     unsigned self, nshards;
-    uv_tcp_t listener;
+    /* The connections' sockets: one epoll set, polled by libuv as one
+     * descriptor (conn.c, "The sockets"). */
+    int epfd;              /* -1 until the first connection or cy_mqtt_open */
+    uv_poll_t epoll;       /* libuv's watch of epfd (initialised with it) */
+    uv_check_t reaper;     /* frees g->closed after each poll (initialised with epfd) */
+    cy_conn *closed;       /* sockets closed, connections not yet freed (by dirty_next) */
+    int reserve_fd;        /* a descriptor given up to refuse a connection at EMFILE */
+    int64_t emfile_logged; /* mono ms of the last "out of descriptors" line */
+    uint64_t refused_emfile; /* connections refused since */
+    int listen_fd;         /* the MQTT listening socket (ours), or -1 */
+    uv_poll_t listener;    /* its watch, while listening */
     bool open, stopping;
     bool flushed_last;     /* stopping, and the shard's last flush has run: no pass
                             * will flush again, so a close writes its output at once */
@@ -186,8 +200,9 @@ struct cy_mqtt {
     uint8_t rbuf[CY_READ_CHUNK]; /* shared read buffer (plaintext) */
     bool rbuf_busy;
     /* MQTT over TLS (mqtts_listen) */
-    uv_tcp_t tls_listener;
-    bool tls_open;       /* tls_listener serves the inherited socket */
+    int tls_listen_fd;   /* the MQTTS listening socket (ours), or -1 */
+    uv_poll_t tls_listener; /* its watch, while listening */
+    bool tls_open;       /* tls_listen_fd is the inherited socket */
     cy_tls_ctx *tls_ctx; /* for new connections (a reload replaces it) */
     cy_conn_ext **exts;  /* by cy_conn.ext - 1; NULL = a free slot */
     uint32_t n_exts, cap_exts;

@@ -324,8 +324,8 @@ void cy_proxy_start(cy_conn *c, unsigned owner, const cy_mqtt_connect *cp, const
     cy_handover_info info;
     memset(&info, 0, sizeof(info));
     struct sockaddr_storage peer;
-    int sl = sizeof(peer);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&peer, &sl) == 0)
+    socklen_t sl = sizeof(peer);
+    if (c->fd >= 0 && getpeername(c->fd, (struct sockaddr *)&peer, &sl) == 0)
         info.peer = (const struct sockaddr *)&peer;
     if (cy_conn_cert_is(c, id->p, id->len)) {
         info.cert_id = id->p;

@@ -147,6 +147,7 @@ class Server:
         self.settings = dict(settings)
         self.proc = None
         self.starts = 0
+        self.nofile = None  # RLIMIT_NOFILE (soft and hard) for the server, or None
         self.peer = PEER
         self._devno = 0
         # The HTTP API: on a free port unless the settings choose (or, with
@@ -279,9 +280,14 @@ class Server:
         with open(self.log_path, "ab") as log:
             log.write(("==== start #%d: %s\n" % (self.starts, " ".join(self.argv()))).encode())
             log.flush()
+            limits = None
+            if self.nofile:
+                import resource
+                n = self.nofile
+                limits = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=child_env(),
-                                         cwd=self.workdir)
+                                         cwd=self.workdir, preexec_fn=limits)
         self._wait_ready()
         return self
 

@@ -5,8 +5,8 @@ commit; conn.c: a closing connection's last output waits for that flush).
 A client sends a retained QoS 1 PUBLISH (a store write) and a malformed
 packet in one segment: the PUBLISH is acknowledged, then the connection is
 closed for the bad packet in the same read. The shard is traced with strace
-(system calls write/pwrite64): SQLite's commit writes the WAL with pwrite64,
-and the PUBACK must reach write(2) after it. Before the fix, closing flushed
+(system calls write/sendto/pwrite64): SQLite's commit writes the WAL with
+pwrite64, and the PUBACK must reach the socket (sendto(2)) after it. Before the fix, closing flushed
 `out` at once, and the PUBACK left before the commit."""
 
 import os
@@ -33,7 +33,7 @@ def test_puback_after_commit_when_the_connection_closes(server_factory, tmp_path
     device = server.add_device()
     (pid,) = server.wait_shard_pids().values()
     out = str(tmp_path / "strace.txt")
-    st = subprocess.Popen(["strace", "-p", str(pid), "-e", "trace=write,writev,pwrite64",
+    st = subprocess.Popen(["strace", "-p", str(pid), "-e", "trace=write,writev,sendto,pwrite64",
                            "-xx", "-s", "8", "-o", out],
                           stderr=subprocess.PIPE)
     try:
@@ -50,7 +50,8 @@ def test_puback_after_commit_when_the_connection_closes(server_factory, tmp_path
         st.terminate()
         st.wait(10)
     calls = open(out).read().splitlines()
-    at = [i for i, l in enumerate(calls) if l.startswith(("write(", "writev(")) and PUBACK_7 in l]
+    at = [i for i, l in enumerate(calls)
+          if l.startswith(("write(", "writev(", "sendto(")) and PUBACK_7 in l]
     assert at, "PUBACK not seen in the trace:\n%s" % "\n".join(calls[-20:])
     before = calls[:at[0]]
     assert any(l.startswith("pwrite64(") for l in before), (
