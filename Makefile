@@ -84,12 +84,15 @@ INT_MULTI = tests/integration/test_prometheus_rules.py tests/integration/test_ca
 INT_LATE = tests/integration/test_coaps.py tests/integration/test_limits.py
 # Files about the command line (its client commands too), the install, the
 # README, the data folder's files and the HTTPS certificate, where the shard
-# count changes nothing, and the second attack pass on issue 15 (mostly the
-# CLI and the API's input): once, with one shard.
+# count changes nothing, the second attack pass on issue 15 (mostly the
+# CLI and the API's input), and the files whose servers run one shard
+# whatever the pass (a shard out of descriptors, the strace of one shard's
+# acknowledgements): once, with one shard.
 INT_ONE = tests/integration/test_cli.py tests/integration/test_docs.py tests/integration/test_file_modes.py \
   tests/integration/test_https.py tests/integration/test_install.py \
   tests/integration/test_readme.py tests/integration/test_cli_client.py \
-  tests/integration/test_attack_i15.py tests/integration/test_descriptors.py
+  tests/integration/test_attack_i15.py tests/integration/test_descriptors.py \
+  tests/integration/test_ack_order.py
 PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider --durations=10
 integration:
 	@echo "integration: fault tests, 4 shards"
