@@ -18,7 +18,7 @@
 
 cy_session *cy_session_find(cy_devices *d, const char *client_id, size_t len)
 {
-    return cy_map_get(&d->sessions, client_id, len);
+    return cy_session_map_get(&d->sessions, client_id, len);
 }
 
 size_t cy_session_count(const cy_devices *d)
@@ -28,14 +28,14 @@ size_t cy_session_count(const cy_devices *d)
 
 cy_session *cy_session_new(cy_devices *d, const char *client_id, size_t len)
 {
-    /* One allocation with the id inline: the map's key points into it. */
+    /* One allocation with the id inline: it is the sessions map's key. */
     cy_session *s = cy_calloc(1, offsetof(cy_session, client_id) + len + 1);
     if (!s) return NULL;
     memcpy(s->client_id, client_id, len);
     s->client_id[len] = '\0';
     s->client_id_len = (uint16_t)len;
     cy_subscriber_init(&s->sub, &d->session_kind);
-    if (cy_map_put(&d->sessions, s->client_id, len, s)) {
+    if (cy_session_map_put(&d->sessions, s)) {
         cy_free(s);
         return NULL;
     }
@@ -129,7 +129,7 @@ static void release(cy_devices *d, cy_session *s, bool ending)
     if (s->username != s->client_id) cy_intern_drop(s->username);
     if (ending && s->persistent) cy_store_session_delete(d->store, s->client_id);
     cy_offline_unlink(d, s);
-    cy_map_del(&d->sessions, s->client_id, s->client_id_len);
+    cy_session_map_del(&d->sessions, s);
     d->stats->sessions--;
     cy_free(s);
 }
@@ -192,7 +192,7 @@ int cy_session_set_who(cy_devices *d, cy_session *s, const char *username, size_
     if (len > UINT16_MAX) return CY_EINVAL;
     if (username) {
         if (len == s->client_id_len && memcmp(username, s->client_id, len) == 0)
-            u = s->client_id; /* an isolated device: no copy */
+            u = s->client_id;                             /* an isolated device: no copy */
         else if (!(u = (char *)cy_intern(username, len))) /* a fleet's shared username: one copy */
             return CY_ENOMEM;
     }

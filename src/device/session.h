@@ -41,14 +41,14 @@
 
 typedef struct cy_delivery {
     struct cy_delivery *prev, *next;
-    cy_msg *msg; /* reference */
-    int64_t store_id; /* row in the store, 0 when the session is not persistent
-                       * (CY_ROW_PENDING inside cy_session_deliver: written
-                       * once, sent or queued, in the same call) */
+    cy_msg *msg;        /* reference */
+    int64_t store_id;   /* row in the store, 0 when the session is not persistent
+                         * (CY_ROW_PENDING inside cy_session_deliver: written
+                         * once, sent or queued, in the same call) */
     uint16_t packet_id; /* 0 while queued */
-    uint8_t qos;   /* effective: min(published, subscribed) */
-    uint8_t state; /* CY_MSG_QUEUED, CY_MSG_SENT, CY_MSG_RELEASED */
-    bool retain;   /* retain flag to send */
+    uint8_t qos;        /* effective: min(published, subscribed) */
+    uint8_t state;      /* CY_MSG_QUEUED, CY_MSG_SENT, CY_MSG_RELEASED */
+    bool retain;        /* retain flag to send */
     uint8_t n_sub_ids;
     uint32_t sub_ids[]; /* n_sub_ids */
 } cy_delivery;
@@ -63,8 +63,8 @@ typedef struct cy_sub {
 /* Fields are ordered by size so the struct has no holes: one of these lives
  * for every connected device. The client id is stored inline, at the end. */
 struct cy_session {
-    cy_link *link;   /* NULL while offline */
-    cy_subscriber sub;       /* as the router sees it (kind "session") */
+    cy_link *link;     /* NULL while offline */
+    cy_subscriber sub; /* as the router sees it (kind "session") */
     /* subscriptions */
     cy_sub *subs;
     /* outbound QoS 1/2: in flight ones first (sent order), then queued */
@@ -78,24 +78,25 @@ struct cy_session {
      * or client_id itself (an isolated device), or NULL (anonymous); owned
      * means one reference to its shared copy (core/cy_intern.h) */
     char *username;
-    int64_t will_at;     /* mono ms when a pending will is due; 0 = not pending */
-    int64_t offline_since;   /* mono ms; 0 while online */
+    int64_t will_at;          /* mono ms when a pending will is due; 0 = not pending */
+    struct cy_session *hnext; /* the next in its chain of the sessions map (session_map.c) */
+    int64_t offline_since;    /* mono ms; 0 while online */
     struct cy_session *offline_next, *offline_prev; /* the device layer's offline list */
-    uint32_t expiry;         /* session expiry interval, s; 0xFFFFFFFF = never */
+    uint32_t expiry;     /* session expiry interval, s; 0xFFFFFFFF = never */
     uint32_t will_delay; /* s */
     uint32_t n_subs, cap_subs;
     uint32_t n_inflight;
     uint32_t n_queued;
     uint32_t n_inq2, cap_inq2;
-    uint32_t acl_gen;        /* the device layer's acl_gen when every subscription was last
-                              * found covered by the ACL; else 0: deliveries checked each */
+    uint32_t acl_gen; /* the device layer's acl_gen when every subscription was last
+                       * found covered by the ACL; else 0: deliveries checked each */
     uint16_t last_packet_id;
     uint16_t client_id_len;
     uint16_t username_len;
-    uint8_t version;         /* protocol version of its last connection */
-    bool persistent;         /* expiry > 0: kept in the store */
-    bool acl_internal;       /* its connection is an internal device's: no ACL */
-    char client_id[]; /* NUL-terminated, client_id_len bytes; the key in the sessions map */
+    uint8_t version;   /* protocol version of its last connection */
+    bool persistent;   /* expiry > 0: kept in the store */
+    bool acl_internal; /* its connection is an internal device's: no ACL */
+    char client_id[];  /* NUL-terminated, client_id_len bytes; the key in the sessions map */
 };
 
 /* The session named client_id, or NULL. */
@@ -149,8 +150,8 @@ void cy_session_released(cy_devices *d, cy_session *s, cy_delivery *dv);
 cy_sub *cy_session_find_sub(cy_session *s, const char *filter, size_t len);
 /* Subscribe s (router, interest, its list, the store): 0, or CY_ENOMEM.
  * *fresh: it is new (not a replacement of the same filter's options). */
-int cy_session_subscribe(cy_devices *d, cy_session *s, const char *filter, size_t len,
-                         uint8_t opts, uint32_t sub_id, bool *fresh);
+int cy_session_subscribe(cy_devices *d, cy_session *s, const char *filter, size_t len, uint8_t opts,
+                         uint32_t sub_id, bool *fresh);
 /* Errors: CY_ENOENT (s holds no such subscription). */
 int cy_session_unsubscribe(cy_devices *d, cy_session *s, const char *filter, size_t len);
 /* Deliver the retained messages matching filter, as for a new subscription. */

@@ -1538,16 +1538,15 @@ static void test_requests(void **state)
 
 /* device_int.h's online_queued is what it says: the queued deliveries of
  * the sessions that have a link (it lets the count skip its walk). */
-static void sum_online(void *ctx, void *value)
+static void sum_online(void *ctx, cy_session *s)
 {
-    const cy_session *s = value;
     if (s->link) *(uint64_t *)ctx += s->n_queued;
 }
 
 static void check_online_queued(void)
 {
     uint64_t n = 0;
-    cy_map_each(&T.d->sessions, sum_online, &n);
+    cy_session_map_each(&T.d->sessions, sum_online, &n);
     assert_int_equal(T.d->online_queued, n);
 }
 
