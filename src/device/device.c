@@ -97,9 +97,10 @@ int cy_devices_load_session(void *ctx, const cy_store_session *sr)
     int64_t now_wall = cy_wall_ms();
     int64_t away = sr->disconnected_at ? now_wall - sr->disconnected_at : 0;
     if (away < 0) away = 0;
-    s->offline_since = (int64_t)uv_now(d->loop) - away;
-    if (s->offline_since <= 0) s->offline_since = 1;
-    cy_offline_link(d, s);
+    if (cy_offline_link(d, s, (int64_t)uv_now(d->loop) - away)) {
+        cy_session_free(d, s);
+        return CY_ENOMEM;
+    }
     return 0;
 }
 
@@ -125,9 +126,10 @@ int cy_devices_load_inq2(void *ctx, const char *client_id, uint16_t id)
     return s ? cy_session_load_inq2(s, id) : 0;
 }
 
+/* s is in the offline list: it has a cold block. */
 static bool session_expired(const cy_session *s, int64_t now)
 {
-    return s->expiry != 0xFFFFFFFFu && now - s->offline_since >= (int64_t)s->expiry * 1000;
+    return s->expiry != 0xFFFFFFFFu && now - s->cold->offline_since >= (int64_t)s->expiry * 1000;
 }
 
 size_t cy_devices_end_expired(cy_devices *d)
@@ -135,7 +137,7 @@ size_t cy_devices_end_expired(cy_devices *d)
     int64_t now = (int64_t)uv_now(d->loop);
     size_t ended = 0;
     for (cy_session *s = d->offline, *n; s; s = n) {
-        n = s->offline_next;
+        n = s->cold->offline_next;
         if (session_expired(s, now)) {
             cy_session_end(d, s);
             ended++;
@@ -149,7 +151,7 @@ void cy_devices_sweep(cy_devices *d)
     int64_t now = (int64_t)uv_now(d->loop);
     cy_session *s = d->offline;
     while (s) {
-        cy_session *next = s->offline_next;
+        cy_session *next = s->cold->offline_next;
         if (session_expired(s, now))
             cy_session_end(d, s); /* publishes a pending will */
         else if (s->will && s->will_at && now >= s->will_at)

@@ -124,7 +124,11 @@ struct cy_devices {
 
 /* session.c */
 void cy_session_init_kind(cy_devices *d);
-void cy_offline_link(cy_devices *d, cy_session *s);
+/* Put s in the offline list (if it is not) as offline since `since` (mono
+ * ms; 1 if not above 0). Errors: CY_ENOMEM (its cold block; nothing
+ * changed). */
+int cy_offline_link(cy_devices *d, cy_session *s, int64_t since);
+/* Take s out of the offline list (if it is in): offline_since 0. */
 void cy_offline_unlink(cy_devices *d, cy_session *s);
 /* Free memory only (teardown). */
 void cy_session_free(cy_devices *d, cy_session *s);
