@@ -291,14 +291,18 @@ cy_sub *cy_session_find_sub(cy_session *s, const char *filter, size_t len)
     return NULL;
 }
 
+/* s->subs has room for at least the power of two at or above n_subs (it is
+ * grown to 2n when a power of two n is full, and only unsubscribing all
+ * shrinks it: freed), so it needs no capacity field; it starts at one
+ * subscription, what most devices hold (a 32-byte chunk rather than 80). */
 static int add_sub(cy_session *s, const char *filter, size_t len, uint8_t opts, uint32_t sub_id)
 {
-    if (s->n_subs == s->cap_subs) {
-        uint32_t cap = s->cap_subs ? s->cap_subs * 2 : 4;
+    uint32_t n_subs = s->n_subs;
+    if ((n_subs & (n_subs - 1)) == 0) { /* 0, or a power of two: full */
+        uint32_t cap = n_subs ? n_subs * 2 : 1;
         cy_sub *n = cy_realloc(s->subs, cap * sizeof(*n));
         if (!n) return CY_ENOMEM;
         s->subs = n;
-        s->cap_subs = cap;
     }
     char *f = cy_strndup(filter, len);
     if (!f) return CY_ENOMEM;
@@ -354,6 +358,10 @@ int cy_session_unsubscribe(cy_devices *d, cy_session *s, const char *filter, siz
     if (s->persistent) cy_store_sub_delete(d->store, s->client_id, filter, len);
     cy_free(sub->filter);
     *sub = s->subs[--s->n_subs];
+    if (!s->n_subs) {
+        cy_free(s->subs);
+        s->subs = NULL;
+    }
     d->stats->subscriptions--;
     return 0;
 }

@@ -100,10 +100,10 @@ struct cy_session {
     struct cy_session *hnext; /* the next in its chain of the sessions map (session_map.c) */
     uint32_t expiry;          /* session expiry interval, s; 0xFFFFFFFF = never */
     uint32_t will_delay;      /* s */
-    uint32_t n_subs, cap_subs;
-    uint32_t n_inq2;  /* inbound QoS 2 ids held (in cold->inq2) */
-    uint32_t acl_gen; /* the device layer's acl_gen when every subscription was last
-                       * found covered by the ACL; else 0: deliveries checked each */
+    uint32_t n_subs;          /* in subs (room: session.c, add_sub) */
+    uint32_t n_inq2;          /* inbound QoS 2 ids held (in cold->inq2) */
+    uint32_t acl_gen;         /* the device layer's acl_gen when every subscription was last
+                               * found covered by the ACL; else 0: deliveries checked each */
     uint16_t last_packet_id;
     uint16_t client_id_len;
     uint16_t username_len;

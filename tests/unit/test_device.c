@@ -862,6 +862,68 @@ static void test_will_delay(void **state)
     unwatch(&w, "wills/#");
 }
 
+/* The subscriptions array has no capacity field (session.c, add_sub):
+ * grown at powers of two, freed when the last subscription goes. Walked
+ * up and down past several doublings, under ASan. */
+static void test_session_subs_array(void **state)
+{
+    (void)state;
+    T.cfg.max_subscriptions = 1000;
+    flink f;
+    flink_init(&f, "fake1");
+    cy_session *s = connect_(&f, "c1", 0, false);
+    assert_null(s->subs);
+    char fl[32];
+    bool fresh;
+    for (int round = 0; round < 3; round++) {
+        int n = round == 0 ? 1 : round == 1 ? 9 : 40;
+        for (int i = 0; i < n; i++) {
+            snprintf(fl, sizeof(fl), "t/%d", i);
+            assert_int_equal(cy_session_subscribe(T.d, s, fl, strlen(fl), 1, 0, &fresh), 0);
+            assert_true(fresh);
+        }
+        assert_int_equal(s->n_subs, n);
+        /* take the odd ones out, put them back, then all out from the top */
+        for (int i = 1; i < n; i += 2) {
+            snprintf(fl, sizeof(fl), "t/%d", i);
+            assert_int_equal(cy_session_unsubscribe(T.d, s, fl, strlen(fl)), 0);
+        }
+        for (int i = 1; i < n; i += 2) {
+            snprintf(fl, sizeof(fl), "t/%d", i);
+            assert_int_equal(cy_session_subscribe(T.d, s, fl, strlen(fl), 2, 0, &fresh), 0);
+        }
+        assert_int_equal(s->n_subs, n);
+        for (int i = 0; i < n; i++) {
+            snprintf(fl, sizeof(fl), "t/%d", i);
+            cy_sub *x = cy_session_find_sub(s, fl, strlen(fl));
+            assert_non_null(x);
+            assert_int_equal(x->opts, i % 2 ? 2 : 1);
+        }
+        for (int i = n; i-- > 0;) {
+            snprintf(fl, sizeof(fl), "t/%d", i);
+            assert_int_equal(cy_session_unsubscribe(T.d, s, fl, strlen(fl)), 0);
+        }
+        assert_int_equal(s->n_subs, 0);
+        assert_null(s->subs);
+        assert_int_equal(T.stats.subscriptions, 0);
+    }
+    /* out of memory at each allocation (the router's, the array, the
+     * filter's copy): refused, nothing held */
+    int rc = CY_ENOMEM;
+    for (long n = 0; rc; n++) {
+        assert_true(n < 32);
+        cy_alloc_fail_after(n);
+        rc = cy_session_subscribe(T.d, s, S("t/x"), 1, 0, &fresh);
+        cy_alloc_fail_after(-1);
+        if (rc) {
+            assert_int_equal(rc, CY_ENOMEM);
+            assert_int_equal(s->n_subs, 0);
+            assert_int_equal(cy_router_subscriptions(T.r), 0);
+        }
+    }
+    assert_int_equal(s->n_subs, 1); /* freed with the session at the teardown */
+}
+
 /* ---- the cold block (session.h) ---- */
 
 /* A connected session with nothing in flight has no cold block; a queued
@@ -1869,6 +1931,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_will_now, setup, teardown),
         cmocka_unit_test_setup_teardown(test_will_delay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_subscribe_route, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_subs_array, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_cold, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_cold_no_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_cold_load, setup, teardown),
