@@ -47,7 +47,7 @@ int cy_devices_new(uv_loop_t *loop, const cy_config *cfg, cy_store *store, cy_ro
     d->self = self;
     d->nshards = nshards ? nshards : 1;
     d->generation = generation;
-    cy_map_init(&d->sessions);
+    cy_session_map_init(&d->sessions);
     cy_map_init(&d->calls_by_rid);
     cy_presence_init(d);
     cy_session_init_kind(d);
@@ -67,28 +67,16 @@ void cy_devices_set_answer(cy_devices *d, cy_device_answer_fn fn, void *ctx)
     d->answer_ctx = ctx;
 }
 
-typedef struct collect {
-    cy_session **v;
-    size_t n;
-} collect;
-
-static void collect_session(void *ctx, void *v)
+static void free_session(void *ctx, cy_session *s)
 {
-    collect *c = ctx;
-    c->v[c->n++] = v;
+    cy_session_free(ctx, s); /* takes s out of the map: allowed to the visitor */
 }
 
 void cy_devices_free(cy_devices *d)
 {
     if (!d) return;
-    /* cy_session_free removes from the map, so collect the sessions first. */
-    collect all = {cy_calloc(d->sessions.count + 1, sizeof(cy_session *)), 0};
-    if (all.v) {
-        cy_map_each(&d->sessions, collect_session, &all);
-        for (size_t i = 0; i < all.n; i++) cy_session_free(d, all.v[i]);
-        cy_free(all.v);
-    }
-    cy_map_fini(&d->sessions);
+    cy_session_map_each(&d->sessions, free_session, d);
+    cy_session_map_fini(&d->sessions);
     cy_calls_free(d);
     cy_requests_free(d);
     cy_presence_free(d);
@@ -109,9 +97,10 @@ int cy_devices_load_session(void *ctx, const cy_store_session *sr)
     int64_t now_wall = cy_wall_ms();
     int64_t away = sr->disconnected_at ? now_wall - sr->disconnected_at : 0;
     if (away < 0) away = 0;
-    s->offline_since = (int64_t)uv_now(d->loop) - away;
-    if (s->offline_since <= 0) s->offline_since = 1;
-    cy_offline_link(d, s);
+    if (cy_offline_link(d, s, (int64_t)uv_now(d->loop) - away)) {
+        cy_session_free(d, s);
+        return CY_ENOMEM;
+    }
     return 0;
 }
 
@@ -137,9 +126,10 @@ int cy_devices_load_inq2(void *ctx, const char *client_id, uint16_t id)
     return s ? cy_session_load_inq2(s, id) : 0;
 }
 
+/* s is in the offline list: it has a cold block. */
 static bool session_expired(const cy_session *s, int64_t now)
 {
-    return s->expiry != 0xFFFFFFFFu && now - s->offline_since >= (int64_t)s->expiry * 1000;
+    return s->expiry != 0xFFFFFFFFu && now - s->cold->offline_since >= (int64_t)s->expiry * 1000;
 }
 
 size_t cy_devices_end_expired(cy_devices *d)
@@ -147,7 +137,7 @@ size_t cy_devices_end_expired(cy_devices *d)
     int64_t now = (int64_t)uv_now(d->loop);
     size_t ended = 0;
     for (cy_session *s = d->offline, *n; s; s = n) {
-        n = s->offline_next;
+        n = s->cold->offline_next;
         if (session_expired(s, now)) {
             cy_session_end(d, s);
             ended++;
@@ -161,7 +151,7 @@ void cy_devices_sweep(cy_devices *d)
     int64_t now = (int64_t)uv_now(d->loop);
     cy_session *s = d->offline;
     while (s) {
-        cy_session *next = s->offline_next;
+        cy_session *next = s->cold->offline_next;
         if (session_expired(s, now))
             cy_session_end(d, s); /* publishes a pending will */
         else if (s->will && s->will_at && now >= s->will_at)
@@ -185,10 +175,10 @@ typedef struct sendable_sum {
     uint64_t n;
 } sendable_sum;
 
-static void add_sendable(void *ctx, void *value)
+static void add_sendable(void *ctx, cy_session *s)
 {
     sendable_sum *sum = ctx;
-    sum->n += cy_session_sendable(sum->d, value);
+    sum->n += cy_session_sendable(sum->d, s);
 }
 
 uint64_t cy_devices_online_queued(const cy_devices *d)
@@ -202,7 +192,7 @@ uint64_t cy_devices_owed_deliveries(const cy_devices *d)
      * device has anything queued, the usual case. */
     if (!d->online_queued) return 0;
     sendable_sum sum = {d, 0};
-    cy_map_each(&d->sessions, add_sendable, &sum);
+    cy_session_map_each(&d->sessions, add_sendable, &sum);
     return sum.n;
 }
 
@@ -218,9 +208,8 @@ uint64_t cy_devices_progress(const cy_devices *d)
 
 /* ---- the operator's ACL ---- */
 
-static void recheck_online(void *ctx, void *v)
+static void recheck_online(void *ctx, cy_session *s)
 {
-    cy_session *s = v;
     if (s->link) cy_session_acl_recheck(ctx, s);
 }
 
@@ -243,7 +232,7 @@ void cy_devices_set_acl(cy_devices *d, cy_acl *a)
     /* Offline sessions are checked when their device comes back (it names
      * itself then); connected ones now, so that an ACL without deny rules
      * keeps its deliveries free of per-message checks. */
-    if (a) cy_map_each(&d->sessions, recheck_online, d);
+    if (a) cy_session_map_each(&d->sessions, recheck_online, d);
 }
 
 const cy_acl *cy_devices_acl(const cy_devices *d)
@@ -288,8 +277,8 @@ static bool has_prefix(const char *t, size_t len, const char *p, size_t plen)
 /* Does t start with "devices/<id>/" and go on after it? */
 static bool own_space(const char *id, size_t idl, const char *t, size_t len)
 {
-    return has_prefix(t, len, "devices/", 8) && len > 8 + idl + 1 &&
-           memcmp(t + 8, id, idl) == 0 && t[8 + idl] == '/';
+    return has_prefix(t, len, "devices/", 8) && len > 8 + idl + 1 && memcmp(t + 8, id, idl) == 0 &&
+           t[8 + idl] == '/';
 }
 
 bool cy_device_topic_ok(const char *id, size_t id_len, const char *t, size_t len)

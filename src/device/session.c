@@ -18,7 +18,7 @@
 
 cy_session *cy_session_find(cy_devices *d, const char *client_id, size_t len)
 {
-    return cy_map_get(&d->sessions, client_id, len);
+    return cy_session_map_get(&d->sessions, client_id, len);
 }
 
 size_t cy_session_count(const cy_devices *d)
@@ -28,14 +28,14 @@ size_t cy_session_count(const cy_devices *d)
 
 cy_session *cy_session_new(cy_devices *d, const char *client_id, size_t len)
 {
-    /* One allocation with the id inline: the map's key points into it. */
+    /* One allocation with the id inline: it is the sessions map's key. */
     cy_session *s = cy_calloc(1, offsetof(cy_session, client_id) + len + 1);
     if (!s) return NULL;
     memcpy(s->client_id, client_id, len);
     s->client_id[len] = '\0';
     s->client_id_len = (uint16_t)len;
     cy_subscriber_init(&s->sub, &d->session_kind);
-    if (cy_map_put(&d->sessions, s->client_id, len, s)) {
+    if (cy_session_map_put(&d->sessions, s)) {
         cy_free(s);
         return NULL;
     }
@@ -43,24 +43,53 @@ cy_session *cy_session_new(cy_devices *d, const char *client_id, size_t len)
     return s;
 }
 
-void cy_offline_link(cy_devices *d, cy_session *s)
+/* ---- the cold block (session.h) ---- */
+
+/* s's cold block, allocated if it has none; NULL: out of memory. */
+static cy_session_cold *cold_get(cy_session *s)
 {
-    if (s->offline_prev || d->offline == s) return;
-    s->offline_prev = NULL;
-    s->offline_next = d->offline;
-    if (d->offline) d->offline->offline_prev = s;
+    if (!s->cold) s->cold = cy_calloc(1, sizeof(*s->cold));
+    return s->cold;
+}
+
+/* Free s's cold block if all of it is empty: no delivery, no inbound QoS 2
+ * id, not in the offline list. */
+static void cold_trim(cy_session *s)
+{
+    cy_session_cold *c = s->cold;
+    if (!c || c->head || s->n_inq2 || c->offline_since) return;
+    cy_free(c->inq2);
+    cy_free(c);
+    s->cold = NULL;
+}
+
+int cy_offline_link(cy_devices *d, cy_session *s, int64_t since)
+{
+    cy_session_cold *c = cold_get(s);
+    if (!c) return CY_ENOMEM;
+    c->offline_since = since > 0 ? since : 1;
+    if (c->offline_prev || d->offline == s) return 0;
+    c->offline_prev = NULL;
+    c->offline_next = d->offline;
+    if (d->offline) d->offline->cold->offline_prev = s;
     d->offline = s;
+    return 0;
 }
 
 void cy_offline_unlink(cy_devices *d, cy_session *s)
 {
-    if (!s->offline_prev && d->offline != s) return;
-    if (s->offline_prev)
-        s->offline_prev->offline_next = s->offline_next;
-    else
-        d->offline = s->offline_next;
-    if (s->offline_next) s->offline_next->offline_prev = s->offline_prev;
-    s->offline_next = s->offline_prev = NULL;
+    cy_session_cold *c = s->cold;
+    if (!c) return;
+    if (c->offline_prev || d->offline == s) {
+        if (c->offline_prev)
+            c->offline_prev->cold->offline_next = c->offline_next;
+        else
+            d->offline = c->offline_next;
+        if (c->offline_next) c->offline_next->cold->offline_prev = c->offline_prev;
+        c->offline_next = c->offline_prev = NULL;
+    }
+    c->offline_since = 0;
+    cold_trim(s);
 }
 
 void cy_session_persist(cy_devices *d, cy_session *s)
@@ -114,22 +143,25 @@ static void release(cy_devices *d, cy_session *s, bool ending)
     }
     d->stats->subscriptions -= s->n_subs;
     cy_free(s->subs);
-    if (s->link) d->online_queued -= s->n_queued;
-    cy_delivery *dv = s->head;
-    while (dv) {
-        cy_delivery *n = dv->next;
-        /* the store deletes the session's other rows, not its messages */
-        if (ending && s->persistent && dv->store_id > 0)
-            cy_store_msg_delete(d->store, dv->store_id);
-        cy_msg_unref(dv->msg);
-        cy_free(dv);
-        dv = n;
+    if (s->link) d->online_queued -= cy_session_n_queued(s);
+    cy_offline_unlink(d, s);
+    if (s->cold) {
+        cy_delivery *dv = s->cold->head;
+        while (dv) {
+            cy_delivery *n = dv->next;
+            /* the store deletes the session's other rows, not its messages */
+            if (ending && s->persistent && dv->store_id > 0)
+                cy_store_msg_delete(d->store, dv->store_id);
+            cy_msg_unref(dv->msg);
+            cy_free(dv);
+            dv = n;
+        }
+        cy_free(s->cold->inq2);
+        cy_free(s->cold);
     }
-    cy_free(s->inq2);
     if (s->username != s->client_id) cy_intern_drop(s->username);
     if (ending && s->persistent) cy_store_session_delete(d->store, s->client_id);
-    cy_offline_unlink(d, s);
-    cy_map_del(&d->sessions, s->client_id, s->client_id_len);
+    cy_session_map_del(&d->sessions, s);
     d->stats->sessions--;
     cy_free(s);
 }
@@ -147,16 +179,15 @@ void cy_session_free(cy_devices *d, cy_session *s)
 
 void cy_session_attach(cy_devices *d, cy_session *s, cy_link *link)
 {
-    cy_offline_unlink(d, s);
-    s->offline_since = 0;
-    if (s->will) { /* a will waiting for its delay is cancelled by the return */
+    cy_offline_unlink(d, s); /* and offline_since 0 */
+    if (s->will) {           /* a will waiting for its delay is cancelled by the return */
         cy_msg_unref(s->will);
         s->will = NULL;
         s->will_at = 0;
     }
-    if (s->link) d->online_queued -= s->n_queued;
+    if (s->link) d->online_queued -= cy_session_n_queued(s);
     s->link = link;
-    if (link) d->online_queued += s->n_queued;
+    if (link) d->online_queued += cy_session_n_queued(s);
 }
 
 void cy_session_who(const cy_session *s, cy_who *out)
@@ -192,7 +223,7 @@ int cy_session_set_who(cy_devices *d, cy_session *s, const char *username, size_
     if (len > UINT16_MAX) return CY_EINVAL;
     if (username) {
         if (len == s->client_id_len && memcmp(username, s->client_id, len) == 0)
-            u = s->client_id; /* an isolated device: no copy */
+            u = s->client_id;                             /* an isolated device: no copy */
         else if (!(u = (char *)cy_intern(username, len))) /* a fleet's shared username: one copy */
             return CY_ENOMEM;
     }
@@ -206,7 +237,7 @@ int cy_session_set_who(cy_devices *d, cy_session *s, const char *username, size_
 
 void cy_session_detach(cy_devices *d, cy_session *s, bool abnormal)
 {
-    if (s->link) d->online_queued -= s->n_queued;
+    if (s->link) d->online_queued -= cy_session_n_queued(s);
     s->link = NULL;
     if (s->will) {
         if (!abnormal) {
@@ -224,9 +255,13 @@ void cy_session_detach(cy_devices *d, cy_session *s, bool abnormal)
         cy_session_end(d, s);
         return;
     }
-    s->offline_since = uv_now(d->loop);
-    if (s->offline_since == 0) s->offline_since = 1;
-    cy_offline_link(d, s);
+    if (cy_offline_link(d, s, (int64_t)uv_now(d->loop))) {
+        /* Kept (its rows are, and a restart reads them back) but out of
+         * the offline list: it cannot expire, nor its will wait, until its
+         * device returns or the shard restarts. */
+        cy_warn(s->client_id, "out of memory: the session will not expire while offline");
+        if (s->will && s->will_at) cy_session_publish_will(d, s, " early (out of memory)");
+    }
     cy_session_persist(d, s);
 }
 
@@ -240,7 +275,7 @@ void cy_session_forget(cy_devices *d, cy_session *s)
         cy_cluster_subscribe(d->cluster, &s->sub, s->subs[i].filter, s->subs[i].len,
                              s->subs[i].opts, s->subs[i].sub_id);
     cy_store_session_delete(d->store, s->client_id);
-    for (cy_delivery *dv = s->head; dv; dv = dv->next) {
+    for (cy_delivery *dv = cy_session_head(s); dv; dv = dv->next) {
         if (dv->store_id > 0) cy_store_msg_delete(d->store, dv->store_id);
         dv->store_id = 0;
     }
@@ -256,14 +291,18 @@ cy_sub *cy_session_find_sub(cy_session *s, const char *filter, size_t len)
     return NULL;
 }
 
+/* s->subs has room for at least the power of two at or above n_subs (it is
+ * grown to 2n when a power of two n is full, and only unsubscribing all
+ * shrinks it: freed), so it needs no capacity field; it starts at one
+ * subscription, what most devices hold (a 32-byte chunk rather than 80). */
 static int add_sub(cy_session *s, const char *filter, size_t len, uint8_t opts, uint32_t sub_id)
 {
-    if (s->n_subs == s->cap_subs) {
-        uint32_t cap = s->cap_subs ? s->cap_subs * 2 : 4;
+    uint32_t n_subs = s->n_subs;
+    if ((n_subs & (n_subs - 1)) == 0) { /* 0, or a power of two: full */
+        uint32_t cap = n_subs ? n_subs * 2 : 1;
         cy_sub *n = cy_realloc(s->subs, cap * sizeof(*n));
         if (!n) return CY_ENOMEM;
         s->subs = n;
-        s->cap_subs = cap;
     }
     char *f = cy_strndup(filter, len);
     if (!f) return CY_ENOMEM;
@@ -319,6 +358,10 @@ int cy_session_unsubscribe(cy_devices *d, cy_session *s, const char *filter, siz
     if (s->persistent) cy_store_sub_delete(d->store, s->client_id, filter, len);
     cy_free(sub->filter);
     *sub = s->subs[--s->n_subs];
+    if (!s->n_subs) {
+        cy_free(s->subs);
+        s->subs = NULL;
+    }
     d->stats->subscriptions--;
     return 0;
 }
@@ -333,21 +376,26 @@ void cy_session_send_retained(cy_devices *d, cy_session *s, const char *filter, 
 
 bool cy_session_has_inq2(const cy_session *s, uint16_t id)
 {
-    for (uint32_t i = 0; i < s->n_inq2; i++)
-        if (s->inq2[i] == id) return true;
+    for (uint32_t i = 0; i < s->n_inq2; i++) /* n_inq2 > 0: s has a cold block */
+        if (s->cold->inq2[i] == id) return true;
     return false;
 }
 
 int cy_session_load_inq2(cy_session *s, uint16_t id)
 {
-    if (s->n_inq2 == s->cap_inq2) {
-        uint32_t cap = s->cap_inq2 ? s->cap_inq2 * 2 : 4;
-        uint16_t *n = cy_realloc(s->inq2, cap * sizeof(*n));
-        if (!n) return CY_ENOMEM;
-        s->inq2 = n;
-        s->cap_inq2 = cap;
+    cy_session_cold *c = cold_get(s);
+    if (!c) return CY_ENOMEM;
+    if (s->n_inq2 == c->cap_inq2) {
+        uint32_t cap = c->cap_inq2 ? c->cap_inq2 * 2 : 4;
+        uint16_t *n = cy_realloc(c->inq2, cap * sizeof(*n));
+        if (!n) {
+            cold_trim(s);
+            return CY_ENOMEM;
+        }
+        c->inq2 = n;
+        c->cap_inq2 = cap;
     }
-    s->inq2[s->n_inq2++] = id;
+    c->inq2[s->n_inq2++] = id;
     return 0;
 }
 
@@ -361,9 +409,10 @@ int cy_session_add_inq2(cy_devices *d, cy_session *s, uint16_t id)
 bool cy_session_del_inq2(cy_devices *d, cy_session *s, uint16_t id)
 {
     for (uint32_t i = 0; i < s->n_inq2; i++)
-        if (s->inq2[i] == id) {
-            s->inq2[i] = s->inq2[--s->n_inq2];
+        if (s->cold->inq2[i] == id) {
+            s->cold->inq2[i] = s->cold->inq2[--s->n_inq2];
             if (s->persistent) cy_store_inq2_delete(d->store, s->client_id, id);
+            cold_trim(s);
             return true;
         }
     return false;
@@ -415,23 +464,25 @@ static void drop(cy_devices *d, cy_session *s, const cy_msg *m, int why)
 
 void cy_session_remove_delivery(cy_devices *d, cy_session *s, cy_delivery *dv)
 {
-    if (dv == s->next_send) s->next_send = dv->next;
+    cy_session_cold *c = s->cold; /* dv is in it */
+    if (dv == c->next_send) c->next_send = dv->next;
     if (dv->state == CY_MSG_QUEUED) {
-        s->n_queued--;
+        c->n_queued--;
         if (s->link) d->online_queued--;
     } else
-        s->n_inflight--;
+        c->n_inflight--;
     if (dv->prev)
         dv->prev->next = dv->next;
     else
-        s->head = dv->next;
+        c->head = dv->next;
     if (dv->next)
         dv->next->prev = dv->prev;
     else
-        s->tail = dv->prev;
+        c->tail = dv->prev;
     if (dv->store_id > 0) cy_store_msg_delete(d->store, dv->store_id);
     cy_msg_unref(dv->msg);
     cy_free(dv);
+    cold_trim(s);
 }
 
 void cy_session_released(cy_devices *d, cy_session *s, cy_delivery *dv)
@@ -444,7 +495,8 @@ void cy_session_released(cy_devices *d, cy_session *s, cy_delivery *dv)
 
 cy_delivery *cy_session_find_inflight(cy_session *s, uint16_t packet_id)
 {
-    for (cy_delivery *dv = s->head; dv && dv != s->next_send; dv = dv->next)
+    if (!s->cold) return NULL;
+    for (cy_delivery *dv = s->cold->head; dv && dv != s->cold->next_send; dv = dv->next)
         if (dv->packet_id == packet_id) return dv;
     return NULL;
 }
@@ -470,11 +522,12 @@ static uint32_t window_of(const cy_devices *d, const cy_link *l)
 uint32_t cy_session_sendable(const cy_devices *d, const cy_session *s)
 {
     const cy_link *l = s->link;
-    if (!l || !s->next_send || !l->ops->ready(l)) return 0;
+    const cy_session_cold *c = s->cold;
+    if (!l || !c || !c->next_send || !l->ops->ready(l)) return 0;
     uint32_t window = window_of(d, l);
-    if (s->n_inflight >= window) return 0;
-    uint32_t room = window - s->n_inflight;
-    return s->n_queued < room ? s->n_queued : room;
+    if (c->n_inflight >= window) return 0;
+    uint32_t room = window - c->n_inflight;
+    return c->n_queued < room ? c->n_queued : room;
 }
 
 /* dv's row, in its state as it is now: queued, or sent with its packet
@@ -494,8 +547,9 @@ void cy_session_pump(cy_devices *d, cy_session *s)
     cy_link *l = s->link;
     if (!l || !l->ops->ready(l)) return;
     uint32_t window = window_of(d, l);
-    while (s->next_send && s->n_inflight < window) {
-        cy_delivery *dv = s->next_send;
+    /* s->cold is read again each round: a dropped delivery may free it */
+    while (s->cold && s->cold->next_send && s->cold->n_inflight < window) {
+        cy_delivery *dv = s->cold->next_send;
         uint16_t id = next_packet_id(s);
         int rc =
             send_msg(d, s, l, dv->msg, dv->qos, dv->retain, false, id, dv->sub_ids, dv->n_sub_ids);
@@ -505,10 +559,11 @@ void cy_session_pump(cy_devices *d, cy_session *s)
             cy_session_remove_delivery(d, s, dv);
             continue;
         }
-        s->next_send = dv->next;
-        s->n_queued--;
+        cy_session_cold *c = s->cold; /* dv is still in it */
+        c->next_send = dv->next;
+        c->n_queued--;
         d->online_queued--;
-        s->n_inflight++;
+        c->n_inflight++;
         d->progress++; /* a queued delivery went out */
         dv->packet_id = id;
         dv->state = CY_MSG_SENT;
@@ -528,8 +583,9 @@ void cy_session_pump(cy_devices *d, cy_session *s)
 void cy_session_resume(cy_devices *d, cy_session *s)
 {
     cy_link *l = s->link;
-    cy_delivery *dv = s->head;
-    while (dv && dv != s->next_send) {
+    cy_delivery *dv = cy_session_head(s);
+    /* a removal that empties the queue frees the cold block: n is NULL then */
+    while (dv && dv != cy_session_next_send(s)) {
         cy_delivery *n = dv->next;
         if (dv->state == CY_MSG_RELEASED) {
             l->ops->send_release(l, dv->packet_id);
@@ -547,19 +603,20 @@ void cy_session_resume(cy_devices *d, cy_session *s)
     cy_session_pump(d, s);
 }
 
-/* Link a delivery at the tail of the queue. */
+/* Link a delivery at the tail of the queue (s has a cold block). */
 static void enqueue(cy_devices *d, cy_session *s, cy_delivery *dv)
 {
+    cy_session_cold *c = s->cold;
     if (s->link) d->online_queued++;
     dv->next = NULL;
-    dv->prev = s->tail;
-    if (s->tail)
-        s->tail->next = dv;
+    dv->prev = c->tail;
+    if (c->tail)
+        c->tail->next = dv;
     else
-        s->head = dv;
-    s->tail = dv;
-    if (!s->next_send) s->next_send = dv;
-    s->n_queued++;
+        c->head = dv;
+    c->tail = dv;
+    if (!c->next_send) c->next_send = dv;
+    c->n_queued++;
 }
 
 void cy_session_deliver(cy_devices *d, cy_session *s, cy_msg *m, uint8_t qos, bool retain,
@@ -579,14 +636,15 @@ void cy_session_deliver(cy_devices *d, cy_session *s, cy_msg *m, uint8_t qos, bo
     /* Refused now rather than queued, stored and dropped at the send (a
      * queued one is checked again as it goes: the rules may change). */
     if (l && d->acl && !may_read(d, s, m)) return;
-    if (s->n_inflight + s->n_queued >= d->cfg->max_queued) {
+    if (cy_session_n_inflight(s) + cy_session_n_queued(s) >= d->cfg->max_queued) {
         d->stats->limit_queue_full++;
         drop(d, s, m, CY_EQUOTA);
         return;
     }
     if (n_sub_ids > 255) n_sub_ids = 255;
-    cy_delivery *dv = cy_malloc(sizeof(*dv) + n_sub_ids * sizeof(uint32_t));
+    cy_delivery *dv = cold_get(s) ? cy_malloc(sizeof(*dv) + n_sub_ids * sizeof(uint32_t)) : NULL;
     if (!dv) {
+        cold_trim(s);
         drop(d, s, m, CY_ENOMEM);
         return;
     }
@@ -607,7 +665,8 @@ void cy_session_deliver(cy_devices *d, cy_session *s, cy_msg *m, uint8_t qos, bo
     if (l) cy_session_pump(d, s);
     /* Not sent (the window is full, the link not ready), nor dropped by
      * the pump (which frees it): still the queue's tail. */
-    if (row && s->tail && s->tail->store_id == CY_ROW_PENDING) put_row(d, s, s->tail);
+    cy_session_cold *c = row ? s->cold : NULL; /* NULL too if the pump dropped it */
+    if (c && c->tail && c->tail->store_id == CY_ROW_PENDING) put_row(d, s, c->tail);
 }
 
 int cy_session_load_msg(cy_devices *d, cy_session *s, const cy_store_msg *sm)
@@ -615,8 +674,9 @@ int cy_session_load_msg(cy_devices *d, cy_session *s, const cy_store_msg *sm)
     cy_msg *m = cy_msg_new(sm->topic, sm->topic_len, sm->payload, sm->payload_len, sm->props,
                            sm->props_len, sm->qos, sm->retain, sm->expiry_at);
     uint32_t n = sm->n_sub_ids > 255 ? 255 : sm->n_sub_ids;
-    cy_delivery *dv = m ? cy_malloc(sizeof(*dv) + n * sizeof(uint32_t)) : NULL;
+    cy_delivery *dv = m && cold_get(s) ? cy_malloc(sizeof(*dv) + n * sizeof(uint32_t)) : NULL;
     if (!dv) {
+        cold_trim(s);
         cy_msg_unref(m);
         return CY_ENOMEM;
     }
@@ -633,18 +693,19 @@ int cy_session_load_msg(cy_devices *d, cy_session *s, const cy_store_msg *sm)
         return 0;
     }
     /* In flight: before the first queued one. */
-    cy_delivery *before = s->next_send;
+    cy_session_cold *c = s->cold;
+    cy_delivery *before = c->next_send;
     dv->next = before;
-    dv->prev = before ? before->prev : s->tail;
+    dv->prev = before ? before->prev : c->tail;
     if (dv->prev)
         dv->prev->next = dv;
     else
-        s->head = dv;
+        c->head = dv;
     if (before)
         before->prev = dv;
     else
-        s->tail = dv;
-    s->n_inflight++;
+        c->tail = dv;
+    c->n_inflight++;
     if (dv->packet_id > s->last_packet_id) s->last_packet_id = dv->packet_id;
     return 0;
 }

@@ -22,8 +22,9 @@
  *
  * Ownership: the device layer (device.h) owns every session; a session owns
  * its subscriptions (also entered in the router with its cy_subscriber),
- * its deliveries (each holds a reference on its message), its inbound QoS 2
- * ids, its will and its username. It borrows its link.
+ * its cold block (below) and in it its deliveries (each holds a reference
+ * on its message) and inbound QoS 2 ids, its will and its username. It
+ * borrows its link.
  * Errors: CY_ENOMEM.
  * Thread: the shard's loop thread.
  */
@@ -41,14 +42,14 @@
 
 typedef struct cy_delivery {
     struct cy_delivery *prev, *next;
-    cy_msg *msg; /* reference */
-    int64_t store_id; /* row in the store, 0 when the session is not persistent
-                       * (CY_ROW_PENDING inside cy_session_deliver: written
-                       * once, sent or queued, in the same call) */
+    cy_msg *msg;        /* reference */
+    int64_t store_id;   /* row in the store, 0 when the session is not persistent
+                         * (CY_ROW_PENDING inside cy_session_deliver: written
+                         * once, sent or queued, in the same call) */
     uint16_t packet_id; /* 0 while queued */
-    uint8_t qos;   /* effective: min(published, subscribed) */
-    uint8_t state; /* CY_MSG_QUEUED, CY_MSG_SENT, CY_MSG_RELEASED */
-    bool retain;   /* retain flag to send */
+    uint8_t qos;        /* effective: min(published, subscribed) */
+    uint8_t state;      /* CY_MSG_QUEUED, CY_MSG_SENT, CY_MSG_RELEASED */
+    bool retain;        /* retain flag to send */
     uint8_t n_sub_ids;
     uint32_t sub_ids[]; /* n_sub_ids */
 } cy_delivery;
@@ -60,43 +61,81 @@ typedef struct cy_sub {
     uint32_t sub_id;
 } cy_sub;
 
-/* Fields are ordered by size so the struct has no holes: one of these lives
- * for every connected device. The client id is stored inline, at the end. */
-struct cy_session {
-    cy_link *link;   /* NULL while offline */
-    cy_subscriber sub;       /* as the router sees it (kind "session") */
-    /* subscriptions */
-    cy_sub *subs;
+/* What a clean, idle session does not use: its QoS 1/2 flow, the store of
+ * its inbound QoS 2 ids and its place in the offline list. Allocated on
+ * first use (a delivery queued, an inbound QoS 2 id, a persistent session
+ * going offline) and freed as soon as all of it is empty again, so a
+ * connected device with nothing in flight carries none of it (s->cold is
+ * NULL): 68 bytes of fields that every connected device's session carried
+ * (the block is 72, an 80-byte malloc chunk, when it is there). */
+typedef struct cy_session_cold {
     /* outbound QoS 1/2: in flight ones first (sent order), then queued */
     cy_delivery *head, *tail;
     cy_delivery *next_send; /* first queued delivery, or NULL */
-    /* inbound QoS 2 ids received and not yet released */
+    /* inbound QoS 2 ids received and not yet released (s->n_inq2 of them) */
     uint16_t *inq2;
+    int64_t offline_since; /* mono ms; 0 unless in the device layer's offline list */
+    struct cy_session *offline_next, *offline_prev; /* the device layer's offline list */
+    uint32_t n_inflight;
+    uint32_t n_queued;
+    uint32_t cap_inq2;
+} cy_session_cold;
+
+/* Fields are ordered by size so the struct has no holes: one of these lives
+ * for every connected device, so what it does not need while connected and
+ * idle is in its cold block. The client id is stored inline, at the end. */
+struct cy_session {
+    cy_link *link;     /* NULL while offline */
+    cy_subscriber sub; /* as the router sees it (kind "session") */
+    /* subscriptions */
+    cy_sub *subs;
     /* will message, armed while connected, pending after an abnormal close */
     cy_msg *will;
     /* the username its last connection logged in with, for the ACL: owned,
      * or client_id itself (an isolated device), or NULL (anonymous); owned
      * means one reference to its shared copy (core/cy_intern.h) */
     char *username;
-    int64_t will_at;     /* mono ms when a pending will is due; 0 = not pending */
-    int64_t offline_since;   /* mono ms; 0 while online */
-    struct cy_session *offline_next, *offline_prev; /* the device layer's offline list */
-    uint32_t expiry;         /* session expiry interval, s; 0xFFFFFFFF = never */
-    uint32_t will_delay; /* s */
-    uint32_t n_subs, cap_subs;
-    uint32_t n_inflight;
-    uint32_t n_queued;
-    uint32_t n_inq2, cap_inq2;
-    uint32_t acl_gen;        /* the device layer's acl_gen when every subscription was last
-                              * found covered by the ACL; else 0: deliveries checked each */
+    int64_t will_at;          /* mono ms when a pending will is due; 0 = not pending */
+    cy_session_cold *cold;    /* owned; NULL while all of it would be empty */
+    struct cy_session *hnext; /* the next in its chain of the sessions map (session_map.c) */
+    uint32_t expiry;          /* session expiry interval, s; 0xFFFFFFFF = never */
+    uint32_t will_delay;      /* s */
+    uint32_t n_subs;          /* in subs (room: session.c, add_sub) */
+    uint32_t n_inq2;          /* inbound QoS 2 ids held (in cold->inq2) */
+    uint32_t acl_gen;         /* the device layer's acl_gen when every subscription was last
+                               * found covered by the ACL; else 0: deliveries checked each */
     uint16_t last_packet_id;
     uint16_t client_id_len;
     uint16_t username_len;
-    uint8_t version;         /* protocol version of its last connection */
-    bool persistent;         /* expiry > 0: kept in the store */
-    bool acl_internal;       /* its connection is an internal device's: no ACL */
-    char client_id[]; /* NUL-terminated, client_id_len bytes; the key in the sessions map */
+    uint8_t version;   /* protocol version of its last connection */
+    bool persistent;   /* expiry > 0: kept in the store */
+    bool acl_internal; /* its connection is an internal device's: no ACL */
+    char client_id[];  /* NUL-terminated, client_id_len bytes; the key in the sessions map */
 };
+
+/* The cold block's fields as a reader sees them: empty while there is
+ * none. */
+static inline cy_delivery *cy_session_head(const cy_session *s)
+{
+    return s->cold ? s->cold->head : NULL;
+}
+static inline cy_delivery *cy_session_next_send(const cy_session *s)
+{
+    return s->cold ? s->cold->next_send : NULL;
+}
+static inline uint32_t cy_session_n_inflight(const cy_session *s)
+{
+    return s->cold ? s->cold->n_inflight : 0;
+}
+static inline uint32_t cy_session_n_queued(const cy_session *s)
+{
+    return s->cold ? s->cold->n_queued : 0;
+}
+/* mono ms since it has been offline (persistent), 0 while it is not */
+static inline int64_t cy_session_offline_since(const cy_session *s)
+{
+    return s->cold ? s->cold->offline_since : 0;
+}
 
 /* The session named client_id, or NULL. */
 cy_session *cy_session_find(cy_devices *d, const char *client_id, size_t len);
@@ -149,8 +188,8 @@ void cy_session_released(cy_devices *d, cy_session *s, cy_delivery *dv);
 cy_sub *cy_session_find_sub(cy_session *s, const char *filter, size_t len);
 /* Subscribe s (router, interest, its list, the store): 0, or CY_ENOMEM.
  * *fresh: it is new (not a replacement of the same filter's options). */
-int cy_session_subscribe(cy_devices *d, cy_session *s, const char *filter, size_t len,
-                         uint8_t opts, uint32_t sub_id, bool *fresh);
+int cy_session_subscribe(cy_devices *d, cy_session *s, const char *filter, size_t len, uint8_t opts,
+                         uint32_t sub_id, bool *fresh);
 /* Errors: CY_ENOENT (s holds no such subscription). */
 int cy_session_unsubscribe(cy_devices *d, cy_session *s, const char *filter, size_t len);
 /* Deliver the retained messages matching filter, as for a new subscription. */

@@ -390,7 +390,7 @@ static void test_qos0(void **state)
     assert_int_equal(f.sent[0].id, 0);
     assert_false(f.sent[0].dup);
     assert_int_equal(T.stats.publish_sent, 1);
-    assert_null(s->head); /* never queued */
+    assert_null(cy_session_head(s)); /* never queued */
 
     f.congested = true;
     deliver(s, "a/2", 0);
@@ -416,8 +416,8 @@ static void test_qos0(void **state)
     disconnect_(&g, false);
     assert_ptr_equal(cy_session_find(T.d, S("p1")), p);
     deliver(p, "a/5", 0);
-    assert_null(p->head);
-    assert_int_equal(p->n_queued, 0);
+    assert_null(cy_session_head(p));
+    assert_int_equal(cy_session_n_queued(p), 0);
     assert_int_equal(g.n_send, 0);
     assert_int_equal(T.stats.publish_sent, 1);
 
@@ -441,8 +441,8 @@ static void test_qos1_window(void **state)
     assert_int_equal(f.sent[0].id, 1);
     assert_int_equal(f.sent[1].id, 2);
     assert_int_equal(f.sent[0].qos, 1);
-    assert_int_equal(s->n_inflight, 2);
-    assert_int_equal(s->n_queued, 3);
+    assert_int_equal(cy_session_n_inflight(s), 2);
+    assert_int_equal(cy_session_n_queued(s), 3);
 
     /* the device acknowledges 1: the next goes */
     cy_delivery *dv = cy_session_find_inflight(s, 1);
@@ -451,8 +451,8 @@ static void test_qos1_window(void **state)
     cy_session_pump(T.d, s);
     assert_int_equal(f.n_send, 3);
     assert_int_equal(f.sent[2].id, 3);
-    assert_int_equal(s->n_inflight, 2);
-    assert_int_equal(s->n_queued, 2);
+    assert_int_equal(cy_session_n_inflight(s), 2);
+    assert_int_equal(cy_session_n_queued(s), 2);
     assert_null(cy_session_find_inflight(s, 1));
 
     /* no limit of its own: max_inflight rules */
@@ -460,8 +460,8 @@ static void test_qos1_window(void **state)
     cy_session_pump(T.d, s);
     assert_int_equal(f.n_send, 4);
     assert_int_equal(f.sent[3].id, 4);
-    assert_int_equal(s->n_inflight, 3);
-    assert_int_equal(s->n_queued, 1);
+    assert_int_equal(cy_session_n_inflight(s), 3);
+    assert_int_equal(cy_session_n_queued(s), 1);
     f.window = 100;
     cy_session_pump(T.d, s);
     assert_int_equal(f.n_send, 4);
@@ -472,9 +472,9 @@ static void test_qos1_window(void **state)
     cy_session_pump(T.d, s);
     assert_int_equal(f.n_send, 5);
     assert_int_equal(f.sent[4].id, 65535);
-    assert_int_equal(s->n_queued, 0);
+    assert_int_equal(cy_session_n_queued(s), 0);
     deliver(s, "q/2", 1);
-    assert_int_equal(s->n_inflight, 3); /* 2, 4, 65535: full */
+    assert_int_equal(cy_session_n_inflight(s), 3); /* 2, 4, 65535: full */
     assert_int_equal(f.n_send, 5);
     cy_session_remove_delivery(T.d, s, cy_session_find_inflight(s, 65535));
     cy_session_pump(T.d, s);
@@ -489,23 +489,23 @@ static void test_qos1_window(void **state)
 
     /* max_queued 8 counts what is in flight and queued */
     f.ready = false;
-    unsigned have = s->n_inflight + s->n_queued;
+    unsigned have = cy_session_n_inflight(s) + cy_session_n_queued(s);
     for (unsigned i = have; i < T.cfg.max_queued + 2; i++)
         deliver(s, "q/4", 1);
-    assert_int_equal(s->n_inflight + s->n_queued, T.cfg.max_queued);
+    assert_int_equal(cy_session_n_inflight(s) + cy_session_n_queued(s), T.cfg.max_queued);
     assert_int_equal(T.stats.limit_queue_full, 2);
     assert_int_equal(T.stats.messages_dropped, 2);
     assert_int_equal(f.n_send, 7); /* not ready: nothing sent */
 
     /* a message the device refuses (too large) is dropped, the next goes */
     f.ready = true;
-    while (s->head != s->next_send)
-        cy_session_remove_delivery(T.d, s, s->head);
+    while (cy_session_head(s) != cy_session_next_send(s))
+        cy_session_remove_delivery(T.d, s, cy_session_head(s));
     f.send_rc = CY_EMSGSIZE;
     cy_session_pump(T.d, s);
-    assert_null(s->head); /* every one refused */
-    assert_int_equal(s->n_queued, 0);
-    assert_int_equal(s->n_inflight, 0);
+    assert_null(cy_session_head(s)); /* every one refused */
+    assert_int_equal(cy_session_n_queued(s), 0);
+    assert_int_equal(cy_session_n_inflight(s), 0);
     f.send_rc = 0;
     deliver(s, "q/5", 2);
     assert_int_equal(f.n_send, 8);
@@ -516,13 +516,13 @@ static void test_qos1_window(void **state)
     uint64_t dropped = T.stats.messages_dropped;
     f.send_rc = CY_EPIPE;
     deliver(s, "q/6", 1);
-    assert_int_equal(s->n_queued, 1);
-    assert_non_null(s->next_send);
-    assert_string_equal(s->next_send->msg->topic, "q/6");
+    assert_int_equal(cy_session_n_queued(s), 1);
+    assert_non_null(cy_session_next_send(s));
+    assert_string_equal(cy_session_next_send(s)->msg->topic, "q/6");
     assert_int_equal(T.stats.messages_dropped, dropped);
     f.send_rc = 0;
     cy_session_pump(T.d, s);
-    assert_int_equal(s->n_queued, 0);
+    assert_int_equal(cy_session_n_queued(s), 0);
     assert_string_equal(f.sent[f.n_send - 1].topic, "q/6");
 }
 
@@ -544,14 +544,14 @@ static void test_resume(void **state)
     cy_session_remove_delivery(T.d, s, cy_session_find_inflight(s, 3));
     disconnect_(&f, false);
     assert_ptr_equal(cy_session_find(T.d, S("c1")), s);
-    assert_true(s->offline_since > 0);
+    assert_true(cy_session_offline_since(s) > 0);
     deliver(s, "r/4", 1); /* kept for it */
-    assert_int_equal(s->n_queued, 1);
+    assert_int_equal(cy_session_n_queued(s), 1);
 
     flink g;
     flink_init(&g, "fake1");
     assert_ptr_equal(connect_(&g, "c1", 3600, false), s);
-    assert_int_equal(s->offline_since, 0);
+    assert_int_equal(cy_session_offline_since(s), 0);
     /* r/1 again with dup and its id, the release of 2, then r/4 */
     assert_int_equal(g.n_send, 2);
     assert_string_equal(g.sent[0].topic, "r/1");
@@ -562,7 +562,7 @@ static void test_resume(void **state)
     assert_string_equal(g.sent[1].topic, "r/4");
     assert_false(g.sent[1].dup);
     assert_int_equal(g.sent[1].id, 4); /* ids go on after the last one given */
-    assert_int_equal(s->n_inflight, 3);
+    assert_int_equal(cy_session_n_inflight(s), 3);
     assert_int_equal(f.n_send, 3); /* the old link was never touched again */
 }
 
@@ -606,7 +606,7 @@ static void test_persistence(void **state)
     assert_true(s->persistent);
     assert_int_equal(s->expiry, 3600);
     assert_null(s->link);
-    assert_true(s->offline_since > 0);
+    assert_true(cy_session_offline_since(s) > 0);
     assert_int_equal(T.stats.sessions, 1);
     assert_int_equal(T.stats.subscriptions, 1);
     assert_int_equal(s->n_subs, 1);
@@ -617,8 +617,8 @@ static void test_persistence(void **state)
     assert_null(cy_session_find_sub(s, S("x/+")));
     assert_true(cy_session_has_inq2(s, 42));
     assert_false(cy_session_has_inq2(s, 43));
-    assert_int_equal(s->n_inflight, 2);
-    assert_int_equal(s->n_queued, 2);
+    assert_int_equal(cy_session_n_inflight(s), 2);
+    assert_int_equal(cy_session_n_queued(s), 2);
     cy_delivery *dv = cy_session_find_inflight(s, 1);
     assert_non_null(dv);
     assert_int_equal(dv->state, CY_MSG_SENT);
@@ -632,9 +632,9 @@ static void test_persistence(void **state)
 
     /* the router knows its subscription again */
     publish(NULL, "p/5", "five", 0, false);
-    assert_int_equal(s->n_queued, 2); /* QoS 0: not kept for an offline session */
+    assert_int_equal(cy_session_n_queued(s), 2); /* QoS 0: not kept for an offline session */
     publish(NULL, "p/6", "six", 1, false);
-    assert_int_equal(s->n_queued, 3);
+    assert_int_equal(cy_session_n_queued(s), 3);
 
     /* the device comes back: in flight first, then the queue in order */
     flink h;
@@ -655,7 +655,7 @@ static void test_persistence(void **state)
     assert_true(stored_msgs() > 0);
     cy_session_forget(T.d, s);
     assert_false(s->persistent);
-    for (dv = s->head; dv; dv = dv->next)
+    for (dv = cy_session_head(s); dv; dv = dv->next)
         assert_int_equal(dv->store_id, 0);
     assert_int_equal(stored_msgs(), 0);
     cy_session_remove_delivery(T.d, s, cy_session_find_inflight(s, 1)); /* no row to touch */
@@ -691,16 +691,16 @@ static void test_queued_then_sent_after_crash(void **state)
 
     s = cy_session_find(T.d, S("keep"));
     assert_non_null(s);
-    assert_int_equal(s->n_inflight, 1);
-    assert_int_equal(s->n_queued, 1);
+    assert_int_equal(cy_session_n_inflight(s), 1);
+    assert_int_equal(cy_session_n_queued(s), 1);
     cy_delivery *dv = cy_session_find_inflight(s, 3);
     assert_non_null(dv);
     assert_int_equal(dv->qos, 2);
     assert_int_equal(dv->state, CY_MSG_SENT);
-    assert_non_null(s->next_send);
-    assert_int_equal(s->next_send->qos, 1);
-    assert_int_equal(s->next_send->state, CY_MSG_QUEUED);
-    assert_int_equal(s->next_send->packet_id, 0);
+    assert_non_null(cy_session_next_send(s));
+    assert_int_equal(cy_session_next_send(s)->qos, 1);
+    assert_int_equal(cy_session_next_send(s)->state, CY_MSG_QUEUED);
+    assert_int_equal(cy_session_next_send(s)->packet_id, 0);
 
     /* back: p/3 again with DUP and id 3, then p/2 as new, with a new id */
     flink g;
@@ -860,6 +860,224 @@ static void test_will_delay(void **state)
     /* b's will never came: the last is one of a and c */
     assert_true(strcmp(w.topic, "wills/a") == 0 || strcmp(w.topic, "wills/c") == 0);
     unwatch(&w, "wills/#");
+}
+
+/* The subscriptions array has no capacity field (session.c, add_sub):
+ * grown at powers of two, freed when the last subscription goes. Walked
+ * up and down past several doublings, under ASan. */
+static void test_session_subs_array(void **state)
+{
+    (void)state;
+    T.cfg.max_subscriptions = 1000;
+    flink f;
+    flink_init(&f, "fake1");
+    cy_session *s = connect_(&f, "c1", 0, false);
+    assert_null(s->subs);
+    char fl[32];
+    bool fresh;
+    for (int round = 0; round < 3; round++) {
+        int n = round == 0 ? 1 : round == 1 ? 9 : 40;
+        for (int i = 0; i < n; i++) {
+            snprintf(fl, sizeof(fl), "t/%d", i);
+            assert_int_equal(cy_session_subscribe(T.d, s, fl, strlen(fl), 1, 0, &fresh), 0);
+            assert_true(fresh);
+        }
+        assert_int_equal(s->n_subs, n);
+        /* take the odd ones out, put them back, then all out from the top */
+        for (int i = 1; i < n; i += 2) {
+            snprintf(fl, sizeof(fl), "t/%d", i);
+            assert_int_equal(cy_session_unsubscribe(T.d, s, fl, strlen(fl)), 0);
+        }
+        for (int i = 1; i < n; i += 2) {
+            snprintf(fl, sizeof(fl), "t/%d", i);
+            assert_int_equal(cy_session_subscribe(T.d, s, fl, strlen(fl), 2, 0, &fresh), 0);
+        }
+        assert_int_equal(s->n_subs, n);
+        for (int i = 0; i < n; i++) {
+            snprintf(fl, sizeof(fl), "t/%d", i);
+            cy_sub *x = cy_session_find_sub(s, fl, strlen(fl));
+            assert_non_null(x);
+            assert_int_equal(x->opts, i % 2 ? 2 : 1);
+        }
+        for (int i = n; i-- > 0;) {
+            snprintf(fl, sizeof(fl), "t/%d", i);
+            assert_int_equal(cy_session_unsubscribe(T.d, s, fl, strlen(fl)), 0);
+        }
+        assert_int_equal(s->n_subs, 0);
+        assert_null(s->subs);
+        assert_int_equal(T.stats.subscriptions, 0);
+    }
+    /* out of memory at each allocation (the router's, the array, the
+     * filter's copy): refused, nothing held */
+    int rc = CY_ENOMEM;
+    for (long n = 0; rc; n++) {
+        assert_true(n < 32);
+        cy_alloc_fail_after(n);
+        rc = cy_session_subscribe(T.d, s, S("t/x"), 1, 0, &fresh);
+        cy_alloc_fail_after(-1);
+        if (rc) {
+            assert_int_equal(rc, CY_ENOMEM);
+            assert_int_equal(s->n_subs, 0);
+            assert_int_equal(cy_router_subscriptions(T.r), 0);
+        }
+    }
+    assert_int_equal(s->n_subs, 1); /* freed with the session at the teardown */
+}
+
+/* ---- the cold block (session.h) ---- */
+
+/* A connected session with nothing in flight has no cold block; a queued
+ * delivery, an inbound QoS 2 id and the offline list each bring it, and
+ * it goes when the last of them does. Packet ids keep counting across. */
+static void test_session_cold(void **state)
+{
+    (void)state;
+    flink f;
+    flink_init(&f, "fake1");
+    cy_session *s = connect_(&f, "c1", 0, false);
+    assert_null(s->cold);
+    deliver(s, "q/0", 0); /* QoS 0 is never queued */
+    assert_null(s->cold);
+
+    deliver(s, "q/1", 1);
+    assert_non_null(s->cold);
+    assert_int_equal(cy_session_n_inflight(s), 1);
+    assert_int_equal(f.n_send, 2);
+    uint16_t id1 = f.sent[1].id;
+    cy_session_remove_delivery(T.d, s, cy_session_find_inflight(s, id1)); /* its PUBACK */
+    assert_null(s->cold);
+    assert_null(cy_session_find_inflight(s, id1));
+    deliver(s, "q/2", 2);
+    assert_int_equal(f.n_send, 3);
+    assert_int_equal(f.sent[2].id, (uint16_t)(id1 + 1)); /* not reused at once */
+    cy_delivery *dv = cy_session_find_inflight(s, f.sent[2].id);
+    assert_non_null(dv);
+    cy_session_released(T.d, s, dv); /* PUBREC: still held */
+    assert_non_null(s->cold);
+    cy_session_remove_delivery(T.d, s, dv); /* PUBCOMP */
+    assert_null(s->cold);
+
+    /* inbound QoS 2 ids */
+    assert_false(cy_session_has_inq2(s, 7));
+    assert_int_equal(cy_session_add_inq2(T.d, s, 7), 0);
+    assert_int_equal(cy_session_add_inq2(T.d, s, 9), 0);
+    assert_non_null(s->cold);
+    assert_true(cy_session_has_inq2(s, 7));
+    assert_true(cy_session_del_inq2(T.d, s, 7));
+    assert_non_null(s->cold);
+    assert_false(cy_session_del_inq2(T.d, s, 7));
+    assert_true(cy_session_del_inq2(T.d, s, 9));
+    assert_null(s->cold);
+    assert_false(cy_session_has_inq2(s, 9));
+    disconnect_(&f, false);
+
+    /* persistent: offline, it is in the offline list (the cold block) */
+    s = connect_(&f, "p1", 3600, false);
+    assert_null(s->cold);
+    disconnect_(&f, false);
+    assert_non_null(s->cold);
+    assert_true(cy_session_offline_since(s) > 0);
+    assert_ptr_equal(T.d->offline, s);
+    deliver(s, "q/3", 1); /* queued for it */
+    assert_ptr_equal(connect_(&f, "p1", 3600, false), s);
+    assert_int_equal(cy_session_offline_since(s), 0);
+    assert_null(T.d->offline);
+    assert_non_null(s->cold); /* its delivery went out, waits for its ack */
+    assert_int_equal(cy_session_n_inflight(s), 1);
+    cy_session_remove_delivery(T.d, s, cy_session_head(s));
+    assert_null(s->cold);
+    disconnect_(&f, false);
+    assert_ptr_equal(connect_(&f, "p1", 3600, false), s); /* back with nothing queued */
+    assert_null(s->cold);
+    disconnect_(&f, false);
+    assert_non_null(s->cold);
+}
+
+/* Out of memory for the cold block: a QoS 1 delivery is dropped (counted),
+ * an inbound QoS 2 id refused, a persistent session going offline is kept
+ * out of the offline list, its delayed will published at once; nothing
+ * leaks (ASan) and everything works once memory is back. */
+static void test_session_cold_no_memory(void **state)
+{
+    (void)state;
+    watcher w;
+    watch(&w, "wills/#");
+    flink f;
+    flink_init(&f, "fake1");
+    cy_session *s = connect_(&f, "p1", 3600, false);
+    cy_msg *m = msg("q/1", "x", 1, false);
+    uint64_t dropped = T.stats.messages_dropped;
+    for (long n = 0; n < 2; n++) { /* the cold block, then the delivery */
+        cy_alloc_fail_after(n);
+        cy_session_deliver(T.d, s, m, 1, false, NULL, 0);
+        cy_alloc_fail_after(-1);
+        assert_int_equal(T.stats.messages_dropped, dropped + 1 + (uint64_t)n);
+        assert_null(s->cold);
+    }
+    cy_msg_unref(m);
+    assert_int_equal(f.n_send, 0);
+    for (long n = 0; n < 2; n++) { /* the cold block, then the ids */
+        cy_alloc_fail_after(n);
+        assert_int_equal(cy_session_add_inq2(T.d, s, 5), CY_ENOMEM);
+        cy_alloc_fail_after(-1);
+        assert_null(s->cold);
+        assert_int_equal(s->n_inq2, 0);
+    }
+    deliver(s, "q/2", 1);
+    assert_int_equal(f.n_send, 1);
+    cy_session_remove_delivery(T.d, s, cy_session_head(s));
+
+    set_will(s, "wills/p1", 60);
+    cy_alloc_fail_after(0);
+    disconnect_(&f, true);
+    cy_alloc_fail_after(-1);
+    assert_ptr_equal(cy_session_find(T.d, S("p1")), s); /* kept */
+    assert_null(s->cold);
+    assert_null(T.d->offline);
+    assert_int_equal(w.n, 1); /* its will could not wait */
+    assert_null(s->will);
+    /* it comes back as usual */
+    assert_ptr_equal(connect_(&f, "p1", 3600, false), s);
+    deliver(s, "q/3", 1);
+    assert_int_equal(f.n_send, 2);
+    unwatch(&w, "wills/#");
+}
+
+/* A restart reads an offline session back into the offline list (its
+ * cold block); out of memory for it, the load fails and leaks nothing. */
+static void test_session_cold_load(void **state)
+{
+    (void)state;
+    flink f;
+    flink_init(&f, "fake1");
+    connect_(&f, "p1", 3600, false);
+    disconnect_(&f, false);
+    layer_restart();
+    cy_session *s = cy_session_find(T.d, S("p1"));
+    assert_non_null(s);
+    assert_non_null(s->cold);
+    assert_ptr_equal(T.d->offline, s);
+    assert_true(cy_session_offline_since(s) > 0);
+
+    cyt_layer_close();
+    layer_open();
+    cy_store_loader l = {.session = cy_devices_load_session};
+    bool loaded = false;
+    for (long n = 0; n < 8 && !loaded; n++) { /* the session, its map's slots, its cold block */
+        cy_alloc_fail_after(n);
+        int rc = cy_store_load(T.store, &l, T.d);
+        cy_alloc_fail_after(-1);
+        if (rc) {
+            assert_int_equal(rc, CY_ENOMEM);
+            continue;
+        }
+        assert_true(n > 0); /* the first allocation's failure is seen */
+        loaded = true;
+        s = cy_session_find(T.d, S("p1"));
+        assert_non_null(s);
+        assert_ptr_equal(T.d->offline, s);
+    }
+    assert_true(loaded);
 }
 
 /* ---- subscriptions and routing ---- */
@@ -1037,21 +1255,21 @@ static void test_acl_delivery(void **state)
     assert_string_equal(f.sent[0].topic, "a/ok");
     assert_int_equal(T.stats.acl_file_denied, 2);
     assert_int_equal(T.stats.messages_dropped, 0);
-    assert_int_equal(s->n_queued + s->n_inflight, 1);
+    assert_int_equal(cy_session_n_queued(s) + cy_session_n_inflight(s), 1);
 
     /* queued while offline (no identity is judged then), dropped as it goes */
-    cy_session_remove_delivery(T.d, s, s->head);
+    cy_session_remove_delivery(T.d, s, cy_session_head(s));
     disconnect_(&f, false);
     publish(NULL, "a/secret", "s", 1, false);
     publish(NULL, "a/ok2", "o", 1, false);
-    assert_int_equal(s->n_queued, 2);
+    assert_int_equal(cy_session_n_queued(s), 2);
     flink_init(&f, "fake1");
     s = connect_(&f, "c1", 3600, false);
     assert_int_equal(f.n_send, 1);
     assert_string_equal(f.sent[0].topic, "a/ok2");
-    assert_int_equal(s->n_queued + s->n_inflight, 1);
+    assert_int_equal(cy_session_n_queued(s) + cy_session_n_inflight(s), 1);
     assert_int_equal(T.stats.acl_file_denied, 3);
-    cy_session_remove_delivery(T.d, s, s->head);
+    cy_session_remove_delivery(T.d, s, cy_session_head(s));
 
     /* the same client as user u: only u's block applies */
     assert_int_equal(cy_session_set_who(T.d, s, S("u"), false), 0);
@@ -1538,16 +1756,15 @@ static void test_requests(void **state)
 
 /* device_int.h's online_queued is what it says: the queued deliveries of
  * the sessions that have a link (it lets the count skip its walk). */
-static void sum_online(void *ctx, void *value)
+static void sum_online(void *ctx, cy_session *s)
 {
-    const cy_session *s = value;
-    if (s->link) *(uint64_t *)ctx += s->n_queued;
+    if (s->link) *(uint64_t *)ctx += cy_session_n_queued(s);
 }
 
 static void check_online_queued(void)
 {
     uint64_t n = 0;
-    cy_map_each(&T.d->sessions, sum_online, &n);
+    cy_session_map_each(&T.d->sessions, sum_online, &n);
     assert_int_equal(T.d->online_queued, n);
 }
 
@@ -1567,8 +1784,8 @@ static void test_owed_deliveries(void **state)
     assert_int_equal(cy_devices_owed_deliveries(T.d), 0); /* connected, idle */
     for (int i = 0; i < 5; i++)
         deliver(s, "o/1", 1);
-    assert_int_equal(s->n_inflight, 2);
-    assert_int_equal(s->n_queued, 3);
+    assert_int_equal(cy_session_n_inflight(s), 2);
+    assert_int_equal(cy_session_n_queued(s), 3);
     assert_int_equal(cy_session_sendable(T.d, s), 0); /* the device's window is full */
     assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
     check_online_queued();
@@ -1590,13 +1807,13 @@ static void test_owed_deliveries(void **state)
     assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
 
     /* two acknowledged without a pump: two owed (two queued are left) */
-    cy_session_remove_delivery(T.d, s, s->head);
-    cy_session_remove_delivery(T.d, s, s->head);
+    cy_session_remove_delivery(T.d, s, cy_session_head(s));
+    cy_session_remove_delivery(T.d, s, cy_session_head(s));
     assert_int_equal(cy_session_sendable(T.d, s), 2);
     /* a second session adds its own */
     g.ready = false;
     deliver(s2, "o/2", 1);
-    assert_int_equal(s2->n_queued, 1);
+    assert_int_equal(cy_session_n_queued(s2), 1);
     assert_int_equal(cy_session_sendable(T.d, s2), 0); /* its link is not ready */
     g.ready = true;
     assert_int_equal(cy_devices_owed_deliveries(T.d), 3);
@@ -1611,7 +1828,7 @@ static void test_owed_deliveries(void **state)
         deliver(s, "o/1", 1);
     disconnect_(&f, true);
     assert_non_null(cy_session_find(T.d, S("o1")));
-    assert_true(s->n_queued > 0);
+    assert_true(cy_session_n_queued(s) > 0);
     assert_int_equal(cy_session_sendable(T.d, s), 0);
     assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
     check_online_queued();
@@ -1623,7 +1840,7 @@ static void test_owed_deliveries(void **state)
     connect_(&f, "o1", 60, false);
     check_online_queued();
     assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
-    assert_true(s->n_queued > 0);
+    assert_true(cy_session_n_queued(s) > 0);
     /* a restart loads the queue of the offline session */
     disconnect_(&f, true);
     disconnect_(&g, true);
@@ -1632,7 +1849,7 @@ static void test_owed_deliveries(void **state)
     assert_int_equal(cy_devices_owed_deliveries(T.d), 0);
     s = cy_session_find(T.d, S("o1"));
     assert_non_null(s);
-    assert_true(s->n_queued > 0);
+    assert_true(cy_session_n_queued(s) > 0);
     flink_init(&f, "fake1");
     connect_(&f, "o1", 60, false);
     check_online_queued();
@@ -1714,6 +1931,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_will_now, setup, teardown),
         cmocka_unit_test_setup_teardown(test_will_delay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_subscribe_route, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_subs_array, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_cold, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_cold_no_memory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_cold_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_calls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kick_pending_will, setup, teardown),
         cmocka_unit_test_setup_teardown(test_presence, setup, teardown),
