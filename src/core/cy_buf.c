@@ -19,6 +19,11 @@ void cy_buf_fini(cy_buf *b)
 
 int cy_buf_reserve(cy_buf *b, size_t n)
 {
+    return cy_buf_reserve_from(b, n, 256);
+}
+
+int cy_buf_reserve_from(cy_buf *b, size_t n, size_t first)
+{
     if (b->cap - b->len >= n) return 0;
     if (b->off > 0) { /* compact before growing */
         memmove(b->data, b->data + b->off, b->len - b->off);
@@ -26,7 +31,7 @@ int cy_buf_reserve(cy_buf *b, size_t n)
         b->off = 0;
         if (b->cap - b->len >= n) return 0;
     }
-    size_t cap = b->cap ? b->cap : 256;
+    size_t cap = b->cap ? b->cap : first ? first : 256;
     while (cap - b->len < n) {
         if (cap > SIZE_MAX / 2) return CY_ENOMEM;
         cap *= 2;

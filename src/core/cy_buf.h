@@ -29,8 +29,14 @@ typedef struct cy_buf {
 
 void cy_buf_init(cy_buf *b);
 void cy_buf_fini(cy_buf *b);
-/* Ensure room for n more bytes after len. */
+/* Ensure room for n more bytes after len. A buffer with no memory gets
+ * 256 bytes or the power-of-two multiple of it that n needs. */
 int cy_buf_reserve(cy_buf *b, size_t n);
+/* The same, but a buffer with no memory starts from `first` bytes (> 0):
+ * for a buffer that most often holds a few small packets and is freed
+ * after them, sized so its block matches the long-lived blocks around it
+ * (a freed 256-byte block split by them leaves a hole nothing reuses). */
+int cy_buf_reserve_from(cy_buf *b, size_t n, size_t first);
 int cy_buf_append(cy_buf *b, const void *p, size_t n);
 int cy_buf_put_u8(cy_buf *b, uint8_t v);
 int cy_buf_put_u16(cy_buf *b, uint16_t v); /* big endian */

@@ -436,6 +436,13 @@ int cy_conn_send(cy_conn *c, const cy_mqtt_packet *p)
 {
     if (c->state == CONN_CLOSING) return CY_EPIPE;
     if (c->v5 && c->v5->held.n) return cy_conn_send_acked(c, p); /* keep the wire in order */
+    /* Output that starts with an acknowledgement (a CONNACK, a PINGRESP)
+     * is most often that packet alone, freed after its write: its block is
+     * the size of the connection's and the session's (CY_OUT_FIRST), so
+     * the next connection reuses it whole. */
+    if (!c->out.cap && p->type != CY_MQTT_PUBLISH &&
+        cy_buf_reserve_from(&c->out, 1, CY_OUT_FIRST))
+        return CY_ENOMEM;
     int rc = cy_mqtt_encode(&c->out, c->version ? c->version : CY_MQTT_V311, p);
     if (rc) return rc;
     mark_dirty(c);

@@ -46,6 +46,10 @@
 /* An output buffer this small is freed as soon as it is written out (malloc
  * recycles it at once); a larger one is kept for the next pass. */
 #define CY_OUT_KEEP_MIN 1024u
+/* The first block of output that starts with an acknowledgement: 136
+ * bytes, a 144-byte malloc chunk like an idle connection's and session's
+ * (check with sizeof when either changes). */
+#define CY_OUT_FIRST 136u
 
 typedef struct cy_conn cy_conn;
 

@@ -68,6 +68,29 @@ static void test_cy_buf_reserve_compacts(void **state)
     cy_buf_fini(&b);
 }
 
+static void test_cy_buf_reserve_from_first_block(void **state)
+{
+    (void)state;
+    cy_buf b;
+    cy_buf_init(&b);
+    assert_int_equal(cy_buf_reserve_from(&b, 1, 136), 0);
+    assert_int_equal(b.cap, 136); /* the first block is what was asked */
+    uint8_t x[200] = {0};
+    assert_int_equal(cy_buf_append(&b, x, 100), 0);
+    assert_int_equal(b.cap, 136);
+    assert_int_equal(cy_buf_append(&b, x, 100), 0); /* then it doubles */
+    assert_int_equal(b.cap, 272);
+    assert_int_equal(cy_buf_reserve_from(&b, 1, 8), 0); /* only for a buffer with no memory */
+    assert_int_equal(b.cap, 272);
+    cy_buf_fini(&b);
+    assert_int_equal(cy_buf_reserve_from(&b, 300, 100), 0); /* n beyond first: doubled to fit */
+    assert_int_equal(b.cap, 400);
+    cy_buf_fini(&b);
+    assert_int_equal(cy_buf_reserve(&b, 1), 0); /* the default first block */
+    assert_int_equal(b.cap, 256);
+    cy_buf_fini(&b);
+}
+
 static void test_cy_buf_append_enomem_leaves_buffer(void **state)
 {
     (void)state;
@@ -534,6 +557,7 @@ int main(void)
         cmocka_unit_test(test_cy_buf_append_consume),
         cmocka_unit_test(test_cy_buf_put_big_endian),
         cmocka_unit_test(test_cy_buf_reserve_compacts),
+        cmocka_unit_test(test_cy_buf_reserve_from_first_block),
         cmocka_unit_test(test_cy_buf_append_enomem_leaves_buffer),
         cmocka_unit_test(test_cy_buf_shrink_idle),
         cmocka_unit_test(test_cy_map_put_get_del),
