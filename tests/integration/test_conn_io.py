@@ -21,7 +21,9 @@ do to that:
   behind a PUBLISH) while others' output is flushed;
 - CONNECT and an immediate close (FIN or reset), over TCP and WebSocket:
   with 4 shards most of them are handed over to their owner;
-- SIGTERM with writes waiting and handovers in flight.
+- SIGTERM with writes waiting and handovers in flight;
+- over TLS: ends right after CONNECT (through a terminator with 4
+  shards), a reset while ciphertext waits.
 
 Every server's log is searched for sanitizer reports, a shard that died and
 "loop closed with handles open" once it stopped (the fixture): a shard that
@@ -40,6 +42,7 @@ import pytest
 import rawmqtt as rm
 from conftest import SHARDS
 from helpers import Client, raw, uniq, wait_until
+from test_tls import certs, ssl_context, tls_raw  # noqa: F401 (certs: the fixture)
 from test_websocket import WsReader, frame, handshake
 
 pytestmark = pytest.mark.cyan_only
@@ -302,6 +305,63 @@ def test_takeovers_inside_one_batch(srv_factory):
     alive(srv)
 
 
+def test_takeover_of_connections_whose_output_waits(srv_factory):
+    """Six subscribers that read nothing have output waiting for their
+    sockets (EPOLLOUT watched). With the shards stopped each drains what its
+    socket holds (the server's socket becomes writable) and a new
+    connection sends CONNECT for its id: one batch holds both, the
+    takeover closing a connection whose write is in flight, before or after
+    its writability event. The new ones log in; the old ones are closed."""
+    srv = srv_factory(max_output=1 << 20)
+    topic = uniq("io/tw/")
+    ids = [uniq("tw") for _ in range(6)]
+    olds = []
+    for cid in ids:
+        c = slow_reader(srv, cid, rcvbuf=4096)
+        c.send(rm.subscribe(1, [(topic, rm.sub_options(qos=0))]))
+        olds.append(c)
+    pub, _ = rm_connected(srv)
+    payload = os.urandom(16 * 1024)
+    for i in range(16):
+        pub.send(rm.publish(topic, payload, qos=1, pid=1 + i))
+    for _ in range(16):
+        pub.expect(rm.PUBACK)
+    news = [as_raw(tcp_only(srv)) for _ in ids]
+    w, _ = rm_connected(srv)
+    w.close()
+    with stopped_shards(srv):
+        for c in olds:
+            c.sock.setblocking(False)
+            for _ in range(1000):
+                try:
+                    if not c.sock.recv(1 << 16):
+                        break
+                except BlockingIOError:
+                    break
+        for k, cid in enumerate(ids):
+            news[k].send(rm.connect(cid))
+        time.sleep(0.2)
+    for c in news:
+        assert c.expect(rm.CONNACK, timeout=5, skip=(rm.PUBLISH,)).rc == 0
+        c.send(rm.pingreq())
+        c.expect(rm.PINGRESP, skip=(rm.PUBLISH,))
+    for c in olds:
+        c.sock.setblocking(True)
+        c.sock.settimeout(5)
+        end = time.monotonic() + 10
+        while time.monotonic() < end:  # what it was sent, then the end
+            try:
+                if not c.sock.recv(1 << 16):
+                    break
+            except ConnectionResetError:
+                break
+        else:
+            raise AssertionError("old connection not closed")
+    for c in news + [pub]:
+        c.close()
+    alive(srv)
+
+
 def test_many_ends_in_one_pass_while_others_flush(srv_factory):
     """One pass (the shards stopped while they send): 10 clients send
     DISCONNECT, 10 reset, 10 send a QoS 1 PUBLISH and a malformed packet in
@@ -351,6 +411,40 @@ def test_many_ends_in_one_pass_while_others_flush(srv_factory):
     for c in pubs:
         c.close()
     sub.close()
+    alive(srv)
+
+
+def test_more_sockets_ready_than_one_batch_takes(srv_factory):
+    """540 logged-in clients (more than the 512 events one callback takes
+    from the set) send a QoS 1 PUBLISH while the shards are stopped; a
+    third then reset, a third send DISCONNECT behind it. On SIGCONT the
+    ready sockets take two batches (or more), with closes in each: every
+    client that stays gets its PUBACK."""
+    srv = srv_factory()
+    n = 540
+    socks = []
+    for k in range(n):
+        s = socket.create_connection((srv.host, srv.port), timeout=10)
+        s.sendall(rm.connect("b%d_%s" % (k, uniq("")), version=4))
+        socks.append(as_raw(s, 4))
+    for c in socks:
+        assert c.expect(rm.CONNACK, timeout=10).rc == 0
+    with stopped_shards(srv):
+        for k, c in enumerate(socks):
+            c.send(rm.publish("io/batch/%d" % k, b"x", qos=1, pid=1 + k, version=4) +
+                   (rm.disconnect(version=4) if k % 3 == 1 else b""))
+            if k % 3 == 2:
+                abort(c.sock)
+        time.sleep(0.3)
+    for k, c in enumerate(socks):
+        if k % 3 == 2:
+            continue
+        a = c.expect(rm.PUBACK, timeout=10)
+        assert a.pid == 1 + k, (k, a)
+        if k % 3 == 1:
+            c.wait_closed(timeout=5)
+    for c in socks:
+        c.close()
     alive(srv)
 
 
@@ -428,3 +522,85 @@ def test_sigterm_with_writes_waiting_and_handovers_in_flight(srv_factory):
         c.close()
     for s in strangers + late:
         s.close()
+
+
+# ------------------------------------------------------------------ TLS
+
+def test_tls_ends_right_after_connect_and_while_output_waits(srv_factory, certs):
+    """Over mqtts: 16 clients send CONNECT and a QoS 1 PUBLISH and end at
+    once (FIN or reset; with 4 shards most go through a terminator, the
+    plaintext on a socketpair to the owner), and a subscriber that reads
+    nothing resets while ciphertext waits for its socket. The shards
+    survive; a TLS client still logs in."""
+    srv = srv_factory(tls_cert=certs.server[0], tls_key=certs.server[1], http_tls=False,
+                      ops_tls=False, max_output=1 << 20)
+    topic = uniq("io/tls/")
+    ctx = ssl_context(certs)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    s.settimeout(5.0)
+    s.connect((srv.host, srv.mqtts_port))
+    slow = as_raw(ctx.wrap_socket(s, server_hostname="localhost"))
+    cid = uniq("tslow")
+    assert slow.connect(cid).rc == 0
+    slow.send(rm.subscribe(1, [(topic, rm.sub_options(qos=0))]))
+    pub = tls_raw(srv, certs)
+    assert pub.connect(uniq("tpub")).rc == 0
+    payload = os.urandom(32 * 1024)
+    for i in range(32):
+        pub.send(rm.publish(topic, payload, qos=1, pid=1 + i))
+    for _ in range(32):
+        pub.expect(rm.PUBACK)
+    abort(slow.sock)  # a reset under the TLS session
+    assert wait_until(lambda: lost(srv, cid) or ("client=%s TLS error" % cid) in srv.log(),
+                      timeout=5), srv.log_tail()
+    for k in range(16):
+        c = tls_raw(srv, certs, version=5 if k % 2 else 4)
+        c.send(rm.connect(uniq("tq"), version=c.version) +
+               rm.publish(topic, b"bye", qos=1, pid=1, version=c.version))
+        if k % 4 == 0:
+            abort(c.sock)
+        else:
+            c.close()
+    c = tls_raw(srv, certs)
+    assert c.connect(uniq("tok")).rc == 0
+    c.send(rm.pingreq())
+    c.expect(rm.PINGRESP)
+    c.close()
+    pub.close()
+    alive(srv)
+
+
+@pytest.mark.skipif(SHARDS == 1, reason="handovers need shards (runs with 2 in the 4-shard pass)")
+def test_sigterm_with_handovers_stuck_in_the_bus(srv_factory):
+    """Shard 1 stopped: shard 0 accepts strangers whose CONNECT names shard
+    1's clients and hands each over with 60 KiB behind it, until the bus's
+    socket to shard 1 is full and handovers wait in it (the socket's
+    duplicate in a libuv handle, the connection HANDED). SIGTERM then, and
+    shard 1 continues: the bus closes under the waiting handovers, their
+    connections are refused and closed after the shard's last flush. Exit
+    0 (LeakSanitizer), no handle left open."""
+    from test_shards import shard_of
+    srv = srv_factory(shards=2, preauth_memory=8 << 20, max_connect_size=65536)
+    srv.wait_api_healthy()
+    ids = [i for i in ("hs%d" % n for n in range(2000)) if shard_of(i, 2) == 1][:12]
+    pids = srv.wait_shard_pids()
+    junk = rm.packet(rm.PUBLISH, 0, rm.mstr("x") + b"j" * 60000)
+    socks = []
+    os.kill(pids[1], signal.SIGSTOP)
+    try:
+        for cid in ids:
+            c = raw(srv, 5, timeout=3.0)
+            socks.append(c)
+            c.send(rm.connect(cid, version=5) + junk)
+        assert wait_until(lambda: srv.log().count("handed to shard 1") >= len(ids), timeout=5), \
+            srv.log_tail()
+        proc, srv.proc = srv.proc, None
+        proc.send_signal(signal.SIGTERM)
+        assert srv.wait_log("shard=0 stopping: closing", timeout=5), srv.log_tail()
+    finally:
+        os.kill(pids[1], signal.SIGCONT)
+    rc = proc.wait(10)
+    assert rc == 0, srv.log_tail()
+    for c in socks:
+        c.close()
