@@ -1029,6 +1029,13 @@ static void conn_io(cy_conn *c, uint32_t events)
     if (c->fd < 0) return; /* closed by an earlier event of the batch */
     if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) && c->reading) conn_readable(c);
     if (c->fd >= 0 && c->w && (events & (EPOLLOUT | EPOLLERR | EPOLLHUP))) conn_writable(c);
+    /* An event nobody wants: the set still watches what a failed
+     * epoll_ctl could not take back. Level triggered, it would come on
+     * every turn of the loop: try again, or give the connection up. */
+    if (c->fd >= 0 && !c->reading && !c->w && io_sync(c)) {
+        cy_debug(cy_conn_name(c), "epoll: cannot stop watching the socket");
+        cy_conn_close(c, 0, NULL);
+    }
 }
 
 static void on_sockets(uv_poll_t *h, int status, int events)
@@ -1148,8 +1155,12 @@ static int tls_accept(cy_conn *c)
     return 0;
 }
 
+/* Connections refused at once when out of descriptors, per wake-up. */
+#define ACCEPT_REFUSE_MAX 1024
+
 /* Take one connection from the listening socket's queue: 1, 0 when the
- * queue is empty, -1 on an error that leaves it (logged). */
+ * queue is empty, -1 on an error that leaves it (logged; the caller stops
+ * taking connections until the next sweep). */
 static int accept_one(cy_mqtt *g, int lfd, bool tls)
 {
     int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -1164,7 +1175,7 @@ static int accept_one(cy_mqtt *g, int lfd, bool tls)
             close(g->reserve_fd);
             g->reserve_fd = -1;
             int n = 0;
-            while ((fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+            while (n < ACCEPT_REFUSE_MAX && (fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
                 close(fd);
                 n++;
             }
@@ -1222,6 +1233,26 @@ static int accept_one(cy_mqtt *g, int lfd, bool tls)
  * has other work; it stays readable while more wait). */
 #define ACCEPT_BATCH 64
 
+static void on_connection(uv_poll_t *h, int status, int events);
+
+/* An error the queue stays readable with (out of descriptors without the
+ * reserve, out of memory): the listening sockets are not watched until
+ * the next sweep, or the loop would turn on them without a pause. */
+static void accept_pause(cy_mqtt *g, bool pause)
+{
+    if (pause == g->accept_paused || !g->listening) return;
+    g->accept_paused = pause;
+    g->sweep_all = true; /* the next sweep (250 ms) resumes */
+    if (pause) {
+        uv_poll_stop(&g->listener);
+        if (g->tls_open) uv_poll_stop(&g->tls_listener);
+        return;
+    }
+    if (g->reserve_fd < 0) g->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    uv_poll_start(&g->listener, UV_READABLE, on_connection);
+    if (g->tls_open) uv_poll_start(&g->tls_listener, UV_READABLE, on_connection);
+}
+
 static void on_connection(uv_poll_t *h, int status, int events)
 {
     cy_mqtt *g = h->data;
@@ -1231,8 +1262,11 @@ static void on_connection(uv_poll_t *h, int status, int events)
         cy_warn(NULL, "accept: %s", uv_strerror(status));
         return;
     }
-    for (int i = 0; i < ACCEPT_BATCH && g->listening; i++)
-        if (accept_one(g, tls ? g->tls_listen_fd : g->listen_fd, tls) <= 0) break;
+    for (int i = 0; i < ACCEPT_BATCH && g->listening && !g->accept_paused; i++) {
+        int rc = accept_one(g, tls ? g->tls_listen_fd : g->listen_fd, tls);
+        if (rc < 0) accept_pause(g, true);
+        if (rc <= 0) break;
+    }
 }
 
 /* A connection on fd, handed in by another shard (handed_in) or the
@@ -1271,7 +1305,8 @@ static int adopt(cy_mqtt *g, int fd, const cy_handover_info *info, const uint8_t
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
     cy_conn_feed(c, bytes, len);
-    if (c->state == CONN_CLOSING || c->delayed) return 0;
+    /* (stalled: the drill's; what it sends is owed input) */
+    if (c->state == CONN_CLOSING || c->delayed || g->stalled) return 0;
     int rc = conn_read_start(c);
     if (rc) {
         cy_debug(cy_conn_name(c), "adopt: read start: %s", uv_strerror(rc));
@@ -1404,7 +1439,7 @@ void cy_conn_handover(cy_conn *c, unsigned owner, uint8_t version, const uint8_t
     }
     /* uv_tcp_init cannot fail on Linux; uv_tcp_open only on a bad
      * descriptor, and then the handle closes with nothing open. */
-    int fd = dup(c->fd);
+    int fd = fcntl(c->fd, F_DUPFD_CLOEXEC, 0);
     int rc = fd < 0 ? -errno : 0;
     if (rc == 0) {
         uv_tcp_init(g->loop, &h->tcp);
@@ -1775,6 +1810,7 @@ bool cy_mqtt_dirty(const cy_mqtt *g)
 void cy_mqtt_sweep(cy_mqtt *g, int64_t now)
 {
     if (g->wss) cy_mqtt_ws_sweep(g, now);
+    if (g->accept_paused) accept_pause(g, false);
     bool walk = g->sweep_all || ++g->sweeps % SWEEP_IDLE_EVERY == 0;
     g->sweep_all = false;
     for (cy_conn *c = walk ? g->conns : NULL; c; c = c->next) {

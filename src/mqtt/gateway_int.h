@@ -183,7 +183,8 @@ struct cy_mqtt {
     bool open, stopping;
     bool flushed_last;     /* stopping, and the shard's last flush has run: no pass
                             * will flush again, so a close writes its output at once */
-    bool listening;        /* uv_listen done: connections are taken from the accept queue */
+    bool listening;        /* cy_mqtt_accept done: connections are taken from the accept queue */
+    bool accept_paused;    /* listeners not watched until the next sweep (accept_pause) */
     bool stalled;          /* drill: input is ignored */
     cy_conn *conns;        /* all connections */
     uint32_t n_conns;
