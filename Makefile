@@ -64,8 +64,10 @@ valgrind:
 # the canary, internal-device and histogram tests are about several shards,
 # and so are systemd's notifications (ready once every shard accepts), the
 # logs' per-shard summaries and the Particle paths (answered by the owner
-# shard), so they run once, with four (the limits too: they are counted for the
-# whole node, which only several shards can show).
+# shard), and the attacks on the gateway's socket I/O (handovers, takeovers
+# across shards; on one shard they are a subset), so they run once, with four
+# (the limits too: they are counted for the whole node, which only several
+# shards can show).
 # The fault tests measure detection and recovery times, so they run first,
 # alone on the machine; then the one-shard and the four-shard passes run side
 # by side (each its own servers on their own ports), which keeps `make test`
@@ -78,10 +80,12 @@ INT_MULTI = tests/integration/test_prometheus_rules.py tests/integration/test_ca
   tests/integration/test_internal_devices.py tests/integration/test_histograms.py \
   tests/integration/test_browser.py tests/integration/test_limits.py \
   tests/integration/test_notify.py tests/integration/test_logs.py \
-  tests/integration/test_particle_paths.py
+  tests/integration/test_particle_paths.py \
+  tests/integration/test_conn_io.py
 # The four-shard pass is the longer: these files' four-shard run goes after
 # the one-shard pass, in its stream, so both cores stay busy to the end.
-INT_LATE = tests/integration/test_coaps.py tests/integration/test_limits.py
+INT_LATE = tests/integration/test_coaps.py tests/integration/test_limits.py \
+  tests/integration/test_conn_io.py
 # Files about the command line (its client commands too), the install, the
 # README, the data folder's files and the HTTPS certificate, where the shard
 # count changes nothing, the second attack pass on issue 15 (mostly the
