@@ -136,19 +136,36 @@ typedef struct cy_peer {
     uint64_t generation; /* its spawn number, from the last link's HELLO */
 } cy_peer;
 
+/* What a held acknowledgement waits for from one peer: its first
+ * `frames` frames on the current link applied (or only written, see
+ * cy_held.written), and its durable frames up to `seq` applied. */
+typedef struct cy_held_need {
+    uint64_t frames;
+    uint64_t seq;
+    unsigned peer;
+} cy_held_need;
+
 /* An acknowledgement held until peer shards have applied what it
- * acknowledges, or until its deadline. */
+ * acknowledges, or until its deadline. One allocation: the header, one
+ * need per peer waited for when it was held (usually one), the encoded
+ * packet. Kept small: one is made per PUBACK of a message that crossed
+ * shards, and a fixed array per shard made each a 1 KiB allocation past
+ * malloc's per-thread cache. */
 typedef struct cy_held {
     struct cy_held *next;
     cy_held_owner *o;
-    int64_t deadline; /* mono ms */
-    uint64_t mask;    /* peers still waited for */
-    uint64_t written; /* of those, the peers whose frames need only be written */
-    uint64_t need_frames[CY_SB_MAX_SHARDS]; /* their frames_out_acked must reach this */
-    uint64_t need_seq[CY_SB_MAX_SHARDS];    /* their acked seq must reach this */
-    size_t len;
-    uint8_t bytes[]; /* the encoded packet */
+    int64_t deadline;    /* mono ms */
+    uint64_t mask;       /* peers still waited for */
+    uint64_t written;    /* of those, the peers whose frames need only be written */
+    size_t len;          /* bytes of the packet */
+    unsigned n_need;     /* entries of need */
+    cy_held_need need[]; /* then the packet's bytes */
 } cy_held;
+
+static uint8_t *held_bytes(cy_held *h)
+{
+    return (uint8_t *)(h->need + h->n_need);
+}
 
 /* One local filter and how many local subscribers hold it (interest), of
  * them how many with CY_SUBOPT_DURABLE. */
@@ -235,19 +252,22 @@ int cy_cluster_hold(cy_cluster *cl, cy_held_owner *o, bool wait_peers, const uin
 {
     /* Packets queued behind a held one wait for nothing but it. */
     uint64_t mask = wait_peers ? cl->hold_mask : 0;
-    cy_held *h = cy_malloc(sizeof(*h) + len);
+    unsigned n = (unsigned)__builtin_popcountll(mask);
+    cy_held *h = cy_malloc(sizeof(*h) + n * sizeof(cy_held_need) + len);
     if (!h) return CY_ENOMEM;
     h->next = NULL;
     h->o = o;
     h->deadline = cy_mono_ms() + CY_HOLD_MS;
     h->mask = mask;
     h->written = mask & cl->hold_written;
-    for (unsigned j = 0; j < cl->nshards; j++) {
-        h->need_frames[j] = mask & (UINT64_C(1) << j) ? cl->hold_frames[j] : 0;
-        h->need_seq[j] = mask & (UINT64_C(1) << j) ? cl->hold_seq[j] : 0;
+    h->n_need = n;
+    unsigned k = 0;
+    for (uint64_t m = mask; m; m &= m - 1) {
+        unsigned j = (unsigned)__builtin_ctzll(m);
+        h->need[k++] = (cy_held_need){cl->hold_frames[j], cl->hold_seq[j], j};
     }
     h->len = len;
-    memcpy(h->bytes, bytes, len);
+    memcpy(held_bytes(h), bytes, len);
     if (cl->held_tail)
         cl->held_tail->next = h;
     else
@@ -257,13 +277,14 @@ int cy_cluster_hold(cy_cluster *cl, cy_held_owner *o, bool wait_peers, const uin
     return 0;
 }
 
-/* Has peer p applied what h waits for from it (or is it down)? */
-static bool peer_done(const cy_peer *p, const cy_held *h, unsigned j)
+/* Has peer p applied what h waits for from it (need: h's entry for it),
+ * or is it down? */
+static bool peer_done(const cy_peer *p, const cy_held *h, const cy_held_need *need)
 {
     if (!p->up) return true;
-    uint64_t frames = (h->written >> j) & 1 ? p->frames_out_written : 0;
+    uint64_t frames = (h->written >> need->peer) & 1 ? p->frames_out_written : 0;
     if (p->frames_out_acked > frames) frames = p->frames_out_acked;
-    return frames >= h->need_frames[j] && p->acked >= h->need_seq[j];
+    return frames >= need->frames && p->acked >= need->seq;
 }
 
 /* May h go now: past its deadline, or every peer it waits for done? No
@@ -271,8 +292,11 @@ static bool peer_done(const cy_peer *p, const cy_held *h, unsigned j)
 static bool may_go(const cy_cluster *cl, const cy_held *h, int64_t now)
 {
     if (now >= h->deadline) return true;
-    for (unsigned j = 0; j < cl->nshards; j++)
-        if ((h->mask & (UINT64_C(1) << j)) && !peer_done(&cl->peers[j], h, j)) return false;
+    for (unsigned k = 0; k < h->n_need; k++) {
+        const cy_held_need *need = &h->need[k];
+        if ((h->mask >> need->peer) & 1 && !peer_done(&cl->peers[need->peer], h, need))
+            return false;
+    }
     return true;
 }
 
@@ -282,9 +306,11 @@ static bool may_go(const cy_cluster *cl, const cy_held *h, int64_t now)
 static bool caught_up(cy_cluster *cl, cy_held *h, int64_t now)
 {
     if (now >= h->deadline) return true;
-    for (unsigned j = 0; j < cl->nshards; j++)
-        if ((h->mask & (UINT64_C(1) << j)) && peer_done(&cl->peers[j], h, j))
-            h->mask &= ~(UINT64_C(1) << j);
+    for (unsigned k = 0; k < h->n_need && h->mask; k++) {
+        const cy_held_need *need = &h->need[k];
+        if ((h->mask >> need->peer) & 1 && peer_done(&cl->peers[need->peer], h, need))
+            h->mask &= ~(UINT64_C(1) << need->peer);
+    }
     return h->mask == 0;
 }
 
@@ -303,7 +329,7 @@ static void release(cy_cluster *cl)
             o->n--;
             cl->progress++; /* an acknowledgement went */
             *pp = h->next;
-            if (cl->hooks.release) cl->hooks.release(cl->hooks.ctx, o, h->bytes, h->len);
+            if (cl->hooks.release) cl->hooks.release(cl->hooks.ctx, o, held_bytes(h), h->len);
             cy_free(h);
             continue;
         }
