@@ -579,11 +579,6 @@ static void interest_del(cy_cluster *cl, cy_peer *p, const uint8_t *f, size_t le
 
 /* ---- durable frames ---- */
 
-static int put_u64(cy_buf *f, uint64_t v)
-{
-    return cy_buf_put_u32(f, (uint32_t)(v >> 32)) || cy_buf_put_u32(f, (uint32_t)v) ? CY_ENOMEM : 0;
-}
-
 static bool outbox_full(const cy_cluster *cl, unsigned j)
 {
     return (cl->outbox_full >> j) & 1;
@@ -691,25 +686,55 @@ static void pump(cy_cluster *cl, cy_peer *p)
     }
 }
 
-static int encode_publish(cy_buf *f, const cy_msg *m, uint64_t seq, uint8_t flags,
+/* Big-endian stores and loads of the frame fields. */
+static uint8_t *be_put(uint8_t *p, uint64_t v, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++)
+        p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+    return p + n;
+}
+
+static uint64_t be_get(const uint8_t *p, unsigned n)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Bytes of m's PUBLISH frame body (publish_write). */
+static size_t publish_size(const cy_msg *m, uint8_t flags, const cy_str *groups, unsigned n_groups)
+{
+    size_t n = 8 + 1 + 8 + 8 + (flags & FL_EVENT ? 8 : 0) + 2 + m->topic_len + 4 + m->props_len +
+               1 + m->payload_len;
+    for (unsigned i = 0; i < n_groups; i++)
+        n += 2 + groups[i].len;
+    return n;
+}
+
+/* Write m's PUBLISH frame body, publish_size bytes, at out: into the bus's
+ * queue for a frame that goes at once, or into its outbox entry, never
+ * through a scratch buffer (one copy of the message per forward). */
+static void publish_write(uint8_t *out, const cy_msg *m, uint64_t seq, uint8_t flags,
                           const cy_str *groups, unsigned n_groups)
 {
-    cy_buf_reset(f);
-    int rc = put_u64(f, seq);
-    rc = rc ? rc : cy_buf_put_u8(f, flags);
-    rc = rc ? rc : put_u64(f, (uint64_t)m->expiry_at);
-    rc = rc ? rc : put_u64(f, (uint64_t)m->retain_ts);
-    if (flags & FL_EVENT) rc = rc ? rc : put_u64(f, m->event_seq);
-    rc = rc ? rc : cy_buf_put_u16(f, m->topic_len);
-    rc = rc ? rc : cy_buf_append(f, m->topic, m->topic_len);
-    rc = rc ? rc : cy_buf_put_u32(f, m->props_len);
-    rc = rc ? rc : cy_buf_append(f, m->props, m->props_len);
-    rc = rc ? rc : cy_buf_put_u8(f, (uint8_t)n_groups);
-    for (unsigned i = 0; !rc && i < n_groups; i++) {
-        rc = cy_buf_put_u16(f, (uint16_t)groups[i].len);
-        rc = rc ? rc : cy_buf_append(f, groups[i].p, groups[i].len);
+    uint8_t *p = be_put(out, seq, 8);
+    *p++ = flags;
+    p = be_put(p, (uint64_t)m->expiry_at, 8);
+    p = be_put(p, (uint64_t)m->retain_ts, 8);
+    if (flags & FL_EVENT) p = be_put(p, m->event_seq, 8);
+    p = be_put(p, m->topic_len, 2);
+    memcpy(p, m->topic, m->topic_len);
+    p = be_put(p + m->topic_len, m->props_len, 4);
+    if (m->props_len) memcpy(p, m->props, m->props_len);
+    p += m->props_len;
+    *p++ = (uint8_t)n_groups;
+    for (unsigned i = 0; i < n_groups; i++) {
+        p = be_put(p, groups[i].len, 2);
+        memcpy(p, groups[i].p, groups[i].len);
+        p += groups[i].len;
     }
-    return rc ? rc : cy_buf_append(f, m->payload, m->payload_len);
+    if (m->payload_len) memcpy(p, m->payload, m->payload_len);
 }
 
 /* Send m to peer j as one frame: routed to its subscribers (with the
@@ -721,14 +746,14 @@ static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bo
     bool durable = (m->qos > 0 && for_persistent) || set_retained;
     uint8_t flags = (uint8_t)(m->qos | (m->retain ? FL_RETAIN : 0) | (routed ? FL_ROUTE : 0) |
                               (set_retained ? FL_SET_RETAINED : 0) | (m->event_seq ? FL_EVENT : 0));
+    size_t len = publish_size(m, flags, groups, n_groups);
     if (!durable) {
-        int rc = !p->up ? CY_EPIPE : encode_publish(&cl->frame, m, 0, flags, groups, n_groups);
-        if (!rc)
-            rc = cy_bus_send(cl->bus, j, F_PUBLISH, cy_buf_head(&cl->frame),
-                             cy_buf_size(&cl->frame));
-        if (!rc) {
+        int rc = CY_EPIPE;
+        uint8_t *body = p->up ? cy_bus_send_inplace(cl->bus, j, F_PUBLISH, len, &rc) : NULL;
+        if (body) {
+            publish_write(body, m, 0, flags, groups, n_groups);
             p->frames_out++;
-            /* QoS 1/2 for clean sessions: acknowledged once the peer applied it */
+            /* QoS 1/2 for clean sessions: acknowledged once written (or applied) */
             if (m->qos) hold_need(cl, j, p->frames_out, 0, true);
             return;
         }
@@ -743,11 +768,6 @@ static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bo
     /* No bound here: what reaches this point was admitted (or cannot be
      * refused) and is acknowledged; admit() keeps the bound. */
     uint64_t seq = p->last_sent + 1;
-    if (encode_publish(&cl->frame, m, seq, flags, groups, n_groups)) {
-        cl->stats->messages_dropped++;
-        return;
-    }
-    size_t len = cy_buf_size(&cl->frame);
     cy_outframe *f = cy_malloc(sizeof(*f) + len);
     if (!f) {
         cl->stats->messages_dropped++;
@@ -755,7 +775,7 @@ static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bo
     }
     f->seq = seq;
     f->len = len;
-    memcpy(f->data, cy_buf_head(&cl->frame), len);
+    publish_write(f->data, m, seq, flags, groups, n_groups);
     if (cy_store_outbox_put(cl->store, j, seq, f->data, len)) {
         cy_free(f);
         cl->stats->messages_dropped++;
@@ -888,23 +908,48 @@ void cy_cluster_sweep(cy_cluster *cl)
 
 /* ---- frames from peers ---- */
 
+/* A bounds-checked cursor over a frame body, inline: a PUBLISH frame is
+ * decoded once per forwarded message (cy_reader's calls per field were a
+ * visible part of the peer's cost). */
+typedef struct frame_rd {
+    const uint8_t *p, *end;
+    bool bad;
+} frame_rd;
+
+static inline const uint8_t *rd_take(frame_rd *r, size_t n)
+{
+    if (r->bad || (size_t)(r->end - r->p) < n) {
+        r->bad = true;
+        return NULL;
+    }
+    const uint8_t *q = r->p;
+    r->p += n;
+    return q;
+}
+
+static inline uint64_t rd_be(frame_rd *r, unsigned n)
+{
+    const uint8_t *q = rd_take(r, n);
+    return q ? be_get(q, n) : 0;
+}
+
 static void on_publish(cy_cluster *cl, cy_peer *p, const uint8_t *body, size_t len)
 {
-    cy_reader r = cy_reader_of(body, len);
-    uint64_t seq = cy_reader_be(&r, 8);
-    uint8_t flags = (uint8_t)cy_reader_be(&r, 1);
-    int64_t expiry_at = (int64_t)cy_reader_be(&r, 8);
-    int64_t retain_ts = (int64_t)cy_reader_be(&r, 8);
-    uint64_t event_seq = flags & FL_EVENT ? cy_reader_be(&r, 8) : 0;
-    size_t tlen = (size_t)cy_reader_be(&r, 2);
-    const uint8_t *topic = cy_reader_take(&r, tlen);
-    size_t plen = (size_t)cy_reader_be(&r, 4);
-    const uint8_t *props = cy_reader_take(&r, plen);
-    unsigned ng = (unsigned)cy_reader_be(&r, 1);
+    frame_rd r = {body, body ? body + len : body, false};
+    uint64_t seq = rd_be(&r, 8);
+    uint8_t flags = (uint8_t)rd_be(&r, 1);
+    int64_t expiry_at = (int64_t)rd_be(&r, 8);
+    int64_t retain_ts = (int64_t)rd_be(&r, 8);
+    uint64_t event_seq = flags & FL_EVENT ? rd_be(&r, 8) : 0;
+    size_t tlen = (size_t)rd_be(&r, 2);
+    const uint8_t *topic = rd_take(&r, tlen);
+    size_t plen = (size_t)rd_be(&r, 4);
+    const uint8_t *props = rd_take(&r, plen);
+    unsigned ng = (unsigned)rd_be(&r, 1);
     cy_str groups[8];
     for (unsigned i = 0; i < ng && !r.bad; i++) {
-        size_t gl = (size_t)cy_reader_be(&r, 2);
-        const uint8_t *g = cy_reader_take(&r, gl);
+        size_t gl = (size_t)rd_be(&r, 2);
+        const uint8_t *g = rd_take(&r, gl);
         if (i < 8) groups[i] = (cy_str){(const char *)g, (uint32_t)gl};
     }
     if (r.bad || tlen == 0) {
