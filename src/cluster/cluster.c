@@ -257,7 +257,11 @@ int cy_cluster_hold(cy_cluster *cl, cy_held_owner *o, bool wait_peers, const uin
     if (!h) return CY_ENOMEM;
     h->next = NULL;
     h->o = o;
-    h->deadline = cy_mono_ms() + CY_HOLD_MS;
+    /* The loop's clock (the start of this loop iteration; the same
+     * monotonic milliseconds as cy_mono_ms): a clock read per held PUBACK
+     * was a visible part of a forwarded message's cost. Early by at most
+     * the iteration's time so far, against a deadline of a second. */
+    h->deadline = (int64_t)uv_now(cl->loop) + CY_HOLD_MS;
     h->mask = mask;
     h->written = mask & cl->hold_written;
     h->n_need = n;
