@@ -690,20 +690,32 @@ static void pump(cy_cluster *cl, cy_peer *p)
     }
 }
 
-/* Big-endian stores and loads of the frame fields. */
-static uint8_t *be_put(uint8_t *p, uint64_t v, unsigned n)
+/* Big-endian stores and loads of the frame fields, n (1..8) bytes: one
+ * byte swap and one copy on a little-endian machine. */
+static inline uint8_t *be_put(uint8_t *p, uint64_t v, unsigned n)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t b = __builtin_bswap64(v << (64 - 8 * n));
+    memcpy(p, &b, n);
+#else
     for (unsigned i = 0; i < n; i++)
         p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+#endif
     return p + n;
 }
 
-static uint64_t be_get(const uint8_t *p, unsigned n)
+static inline uint64_t be_get(const uint8_t *p, unsigned n)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t b = 0;
+    memcpy(&b, p, n);
+    return __builtin_bswap64(b) >> (64 - 8 * n);
+#else
     uint64_t v = 0;
     for (unsigned i = 0; i < n; i++)
         v = v << 8 | p[i];
     return v;
+#endif
 }
 
 /* Bytes of m's PUBLISH frame body (publish_write). */
