@@ -1034,23 +1034,58 @@ static void seg_put(seg *s, uint32_t word, uint8_t type, const uint8_t *a, size_
     s->data.len += 5 + alen + blen;
 }
 
+/* Queue a frame of body length len to peer, its header written: where its
+ * body goes, or NULL with *rc set (nothing queued). */
+static uint8_t *queue_frame(cy_bus *bus, unsigned peer, uint8_t type, size_t len, int *rc)
+{
+    *rc = check_peer(bus, peer, type);
+    if (*rc) return NULL;
+    if (len >= CY_BUS_MAX_FRAME) {
+        *rc = CY_EINVAL;
+        return NULL;
+    }
+    olink *l = &bus->out[peer];
+    if (bus->closing || l->state != L_UP) {
+        *rc = CY_EPIPE;
+        return NULL;
+    }
+    size_t need = 5 + len;
+    if (l->backlog && l->backlog + need > bus->max_backlog) {
+        *rc = CY_EAGAIN;
+        return NULL;
+    }
+    seg *s = seg_for(l, need, false);
+    if (!s) {
+        *rc = CY_ENOMEM;
+        return NULL;
+    }
+    uint8_t *p = s->data.data + s->data.len;
+    put32(p, (uint32_t)(1 + len));
+    p[4] = type;
+    s->data.len += need;
+    l->backlog += need;
+    flush_arm(bus);
+    return p + 5;
+}
+
 int cy_bus_send2(cy_bus *bus, unsigned peer, uint8_t type, const uint8_t *a, size_t alen,
                  const uint8_t *b, size_t blen)
 {
-    int rc = check_peer(bus, peer, type);
-    if (rc) return rc;
-    if (alen >= CY_BUS_MAX_FRAME || blen >= CY_BUS_MAX_FRAME || 1 + alen + blen > CY_BUS_MAX_FRAME)
-        return CY_EINVAL;
-    olink *l = &bus->out[peer];
-    if (bus->closing || l->state != L_UP) return CY_EPIPE;
-    size_t need = 5 + alen + blen;
-    if (l->backlog && l->backlog + need > bus->max_backlog) return CY_EAGAIN;
-    seg *s = seg_for(l, need, false);
-    if (!s) return CY_ENOMEM;
-    seg_put(s, (uint32_t)(1 + alen + blen), type, a, alen, b, blen);
-    l->backlog += need;
-    flush_arm(bus);
+    /* each part below the bound: their sum cannot wrap (refused as too long) */
+    size_t len =
+        alen < CY_BUS_MAX_FRAME && blen < CY_BUS_MAX_FRAME ? alen + blen : CY_BUS_MAX_FRAME;
+    int rc;
+    uint8_t *p = queue_frame(bus, peer, type, len, &rc);
+    if (!p) return rc;
+    if (alen) memcpy(p, a, alen);
+    if (blen) memcpy(p + alen, b, blen);
     return 0;
+}
+
+uint8_t *cy_bus_send_inplace(cy_bus *bus, unsigned peer, uint8_t type, size_t len, int *rc)
+{
+    int ignored;
+    return queue_frame(bus, peer, type, len, rc ? rc : &ignored);
 }
 
 int cy_bus_send(cy_bus *bus, unsigned peer, uint8_t type, const uint8_t *body, size_t len)

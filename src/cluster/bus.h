@@ -96,6 +96,13 @@ int cy_bus_send(cy_bus *bus, unsigned peer, uint8_t type, const uint8_t *body, s
  * parts by the caller. */
 int cy_bus_send2(cy_bus *bus, unsigned peer, uint8_t type, const uint8_t *a, size_t alen,
                  const uint8_t *b, size_t blen);
+/* Queue one frame of type with a body of len bytes to peer, and return
+ * where its body goes (in the link's queue): the caller writes exactly len
+ * bytes there before its next call into the bus; nothing is written to
+ * the socket before that (writes happen in cy_bus_flush or before the loop
+ * waits). Saves encoding a frame elsewhere and copying it. NULL with *rc
+ * (may be NULL) set as cy_bus_send's errors: nothing queued. */
+uint8_t *cy_bus_send_inplace(cy_bus *bus, unsigned peer, uint8_t type, size_t len, int *rc);
 /* Send a frame carrying the TCP handle tcp (the caller keeps its handle and
  * closes it when done_cb runs: status 0 once the peer has the descriptor,
  * <0 if it never will). done_cb runs exactly once if this returns 0.

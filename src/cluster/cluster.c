@@ -136,19 +136,36 @@ typedef struct cy_peer {
     uint64_t generation; /* its spawn number, from the last link's HELLO */
 } cy_peer;
 
+/* What a held acknowledgement waits for from one peer: its first
+ * `frames` frames on the current link applied (or only written, see
+ * cy_held.written), and its durable frames up to `seq` applied. */
+typedef struct cy_held_need {
+    uint64_t frames;
+    uint64_t seq;
+    unsigned peer;
+} cy_held_need;
+
 /* An acknowledgement held until peer shards have applied what it
- * acknowledges, or until its deadline. */
+ * acknowledges, or until its deadline. One allocation: the header, one
+ * need per peer waited for when it was held (usually one), the encoded
+ * packet. Kept small: one is made per PUBACK of a message that crossed
+ * shards, and a fixed array per shard made each a 1 KiB allocation past
+ * malloc's per-thread cache. */
 typedef struct cy_held {
     struct cy_held *next;
     cy_held_owner *o;
-    int64_t deadline; /* mono ms */
-    uint64_t mask;    /* peers still waited for */
-    uint64_t written; /* of those, the peers whose frames need only be written */
-    uint64_t need_frames[CY_SB_MAX_SHARDS]; /* their frames_out_acked must reach this */
-    uint64_t need_seq[CY_SB_MAX_SHARDS];    /* their acked seq must reach this */
-    size_t len;
-    uint8_t bytes[]; /* the encoded packet */
+    int64_t deadline;    /* mono ms */
+    uint64_t mask;       /* peers still waited for */
+    uint64_t written;    /* of those, the peers whose frames need only be written */
+    size_t len;          /* bytes of the packet */
+    unsigned n_need;     /* entries of need */
+    cy_held_need need[]; /* then the packet's bytes */
 } cy_held;
+
+static uint8_t *held_bytes(cy_held *h)
+{
+    return (uint8_t *)(h->need + h->n_need);
+}
 
 /* One local filter and how many local subscribers hold it (interest), of
  * them how many with CY_SUBOPT_DURABLE. */
@@ -235,19 +252,26 @@ int cy_cluster_hold(cy_cluster *cl, cy_held_owner *o, bool wait_peers, const uin
 {
     /* Packets queued behind a held one wait for nothing but it. */
     uint64_t mask = wait_peers ? cl->hold_mask : 0;
-    cy_held *h = cy_malloc(sizeof(*h) + len);
+    unsigned n = (unsigned)__builtin_popcountll(mask);
+    cy_held *h = cy_malloc(sizeof(*h) + n * sizeof(cy_held_need) + len);
     if (!h) return CY_ENOMEM;
     h->next = NULL;
     h->o = o;
-    h->deadline = cy_mono_ms() + CY_HOLD_MS;
+    /* The loop's clock (the start of this loop iteration; the same
+     * monotonic milliseconds as cy_mono_ms): a clock read per held PUBACK
+     * was a visible part of a forwarded message's cost. Early by at most
+     * the iteration's time so far, against a deadline of a second. */
+    h->deadline = (int64_t)uv_now(cl->loop) + CY_HOLD_MS;
     h->mask = mask;
     h->written = mask & cl->hold_written;
-    for (unsigned j = 0; j < cl->nshards; j++) {
-        h->need_frames[j] = mask & (UINT64_C(1) << j) ? cl->hold_frames[j] : 0;
-        h->need_seq[j] = mask & (UINT64_C(1) << j) ? cl->hold_seq[j] : 0;
+    h->n_need = n;
+    unsigned k = 0;
+    for (uint64_t m = mask; m; m &= m - 1) {
+        unsigned j = (unsigned)__builtin_ctzll(m);
+        h->need[k++] = (cy_held_need){cl->hold_frames[j], cl->hold_seq[j], j};
     }
     h->len = len;
-    memcpy(h->bytes, bytes, len);
+    memcpy(held_bytes(h), bytes, len);
     if (cl->held_tail)
         cl->held_tail->next = h;
     else
@@ -257,13 +281,14 @@ int cy_cluster_hold(cy_cluster *cl, cy_held_owner *o, bool wait_peers, const uin
     return 0;
 }
 
-/* Has peer p applied what h waits for from it (or is it down)? */
-static bool peer_done(const cy_peer *p, const cy_held *h, unsigned j)
+/* Has peer p applied what h waits for from it (need: h's entry for it),
+ * or is it down? */
+static bool peer_done(const cy_peer *p, const cy_held *h, const cy_held_need *need)
 {
     if (!p->up) return true;
-    uint64_t frames = (h->written >> j) & 1 ? p->frames_out_written : 0;
+    uint64_t frames = (h->written >> need->peer) & 1 ? p->frames_out_written : 0;
     if (p->frames_out_acked > frames) frames = p->frames_out_acked;
-    return frames >= h->need_frames[j] && p->acked >= h->need_seq[j];
+    return frames >= need->frames && p->acked >= need->seq;
 }
 
 /* May h go now: past its deadline, or every peer it waits for done? No
@@ -271,8 +296,11 @@ static bool peer_done(const cy_peer *p, const cy_held *h, unsigned j)
 static bool may_go(const cy_cluster *cl, const cy_held *h, int64_t now)
 {
     if (now >= h->deadline) return true;
-    for (unsigned j = 0; j < cl->nshards; j++)
-        if ((h->mask & (UINT64_C(1) << j)) && !peer_done(&cl->peers[j], h, j)) return false;
+    for (unsigned k = 0; k < h->n_need; k++) {
+        const cy_held_need *need = &h->need[k];
+        if ((h->mask >> need->peer) & 1 && !peer_done(&cl->peers[need->peer], h, need))
+            return false;
+    }
     return true;
 }
 
@@ -282,9 +310,11 @@ static bool may_go(const cy_cluster *cl, const cy_held *h, int64_t now)
 static bool caught_up(cy_cluster *cl, cy_held *h, int64_t now)
 {
     if (now >= h->deadline) return true;
-    for (unsigned j = 0; j < cl->nshards; j++)
-        if ((h->mask & (UINT64_C(1) << j)) && peer_done(&cl->peers[j], h, j))
-            h->mask &= ~(UINT64_C(1) << j);
+    for (unsigned k = 0; k < h->n_need && h->mask; k++) {
+        const cy_held_need *need = &h->need[k];
+        if ((h->mask >> need->peer) & 1 && peer_done(&cl->peers[need->peer], h, need))
+            h->mask &= ~(UINT64_C(1) << need->peer);
+    }
     return h->mask == 0;
 }
 
@@ -303,7 +333,7 @@ static void release(cy_cluster *cl)
             o->n--;
             cl->progress++; /* an acknowledgement went */
             *pp = h->next;
-            if (cl->hooks.release) cl->hooks.release(cl->hooks.ctx, o, h->bytes, h->len);
+            if (cl->hooks.release) cl->hooks.release(cl->hooks.ctx, o, held_bytes(h), h->len);
             cy_free(h);
             continue;
         }
@@ -553,11 +583,6 @@ static void interest_del(cy_cluster *cl, cy_peer *p, const uint8_t *f, size_t le
 
 /* ---- durable frames ---- */
 
-static int put_u64(cy_buf *f, uint64_t v)
-{
-    return cy_buf_put_u32(f, (uint32_t)(v >> 32)) || cy_buf_put_u32(f, (uint32_t)v) ? CY_ENOMEM : 0;
-}
-
 static bool outbox_full(const cy_cluster *cl, unsigned j)
 {
     return (cl->outbox_full >> j) & 1;
@@ -665,25 +690,67 @@ static void pump(cy_cluster *cl, cy_peer *p)
     }
 }
 
-static int encode_publish(cy_buf *f, const cy_msg *m, uint64_t seq, uint8_t flags,
+/* Big-endian stores and loads of the frame fields, n (1..8) bytes: one
+ * byte swap and one copy on a little-endian machine. */
+static inline uint8_t *be_put(uint8_t *p, uint64_t v, unsigned n)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t b = __builtin_bswap64(v << (64 - 8 * n));
+    memcpy(p, &b, n);
+#else
+    for (unsigned i = 0; i < n; i++)
+        p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+#endif
+    return p + n;
+}
+
+static inline uint64_t be_get(const uint8_t *p, unsigned n)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t b = 0;
+    memcpy(&b, p, n);
+    return __builtin_bswap64(b) >> (64 - 8 * n);
+#else
+    uint64_t v = 0;
+    for (unsigned i = 0; i < n; i++)
+        v = v << 8 | p[i];
+    return v;
+#endif
+}
+
+/* Bytes of m's PUBLISH frame body (publish_write). */
+static size_t publish_size(const cy_msg *m, uint8_t flags, const cy_str *groups, unsigned n_groups)
+{
+    size_t n = 8 + 1 + 8 + 8 + (flags & FL_EVENT ? 8 : 0) + 2 + m->topic_len + 4 + m->props_len +
+               1 + m->payload_len;
+    for (unsigned i = 0; i < n_groups; i++)
+        n += 2 + groups[i].len;
+    return n;
+}
+
+/* Write m's PUBLISH frame body, publish_size bytes, at out: into the bus's
+ * queue for a frame that goes at once, or into its outbox entry, never
+ * through a scratch buffer (one copy of the message per forward). */
+static void publish_write(uint8_t *out, const cy_msg *m, uint64_t seq, uint8_t flags,
                           const cy_str *groups, unsigned n_groups)
 {
-    cy_buf_reset(f);
-    int rc = put_u64(f, seq);
-    rc = rc ? rc : cy_buf_put_u8(f, flags);
-    rc = rc ? rc : put_u64(f, (uint64_t)m->expiry_at);
-    rc = rc ? rc : put_u64(f, (uint64_t)m->retain_ts);
-    if (flags & FL_EVENT) rc = rc ? rc : put_u64(f, m->event_seq);
-    rc = rc ? rc : cy_buf_put_u16(f, m->topic_len);
-    rc = rc ? rc : cy_buf_append(f, m->topic, m->topic_len);
-    rc = rc ? rc : cy_buf_put_u32(f, m->props_len);
-    rc = rc ? rc : cy_buf_append(f, m->props, m->props_len);
-    rc = rc ? rc : cy_buf_put_u8(f, (uint8_t)n_groups);
-    for (unsigned i = 0; !rc && i < n_groups; i++) {
-        rc = cy_buf_put_u16(f, (uint16_t)groups[i].len);
-        rc = rc ? rc : cy_buf_append(f, groups[i].p, groups[i].len);
+    uint8_t *p = be_put(out, seq, 8);
+    *p++ = flags;
+    p = be_put(p, (uint64_t)m->expiry_at, 8);
+    p = be_put(p, (uint64_t)m->retain_ts, 8);
+    if (flags & FL_EVENT) p = be_put(p, m->event_seq, 8);
+    p = be_put(p, m->topic_len, 2);
+    memcpy(p, m->topic, m->topic_len);
+    p = be_put(p + m->topic_len, m->props_len, 4);
+    if (m->props_len) memcpy(p, m->props, m->props_len);
+    p += m->props_len;
+    *p++ = (uint8_t)n_groups;
+    for (unsigned i = 0; i < n_groups; i++) {
+        p = be_put(p, groups[i].len, 2);
+        memcpy(p, groups[i].p, groups[i].len);
+        p += groups[i].len;
     }
-    return rc ? rc : cy_buf_append(f, m->payload, m->payload_len);
+    if (m->payload_len) memcpy(p, m->payload, m->payload_len);
 }
 
 /* Send m to peer j as one frame: routed to its subscribers (with the
@@ -695,14 +762,14 @@ static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bo
     bool durable = (m->qos > 0 && for_persistent) || set_retained;
     uint8_t flags = (uint8_t)(m->qos | (m->retain ? FL_RETAIN : 0) | (routed ? FL_ROUTE : 0) |
                               (set_retained ? FL_SET_RETAINED : 0) | (m->event_seq ? FL_EVENT : 0));
+    size_t len = publish_size(m, flags, groups, n_groups);
     if (!durable) {
-        int rc = !p->up ? CY_EPIPE : encode_publish(&cl->frame, m, 0, flags, groups, n_groups);
-        if (!rc)
-            rc = cy_bus_send(cl->bus, j, F_PUBLISH, cy_buf_head(&cl->frame),
-                             cy_buf_size(&cl->frame));
-        if (!rc) {
+        int rc = CY_EPIPE;
+        uint8_t *body = p->up ? cy_bus_send_inplace(cl->bus, j, F_PUBLISH, len, &rc) : NULL;
+        if (body) {
+            publish_write(body, m, 0, flags, groups, n_groups);
             p->frames_out++;
-            /* QoS 1/2 for clean sessions: acknowledged once the peer applied it */
+            /* QoS 1/2 for clean sessions: acknowledged once written (or applied) */
             if (m->qos) hold_need(cl, j, p->frames_out, 0, true);
             return;
         }
@@ -717,11 +784,6 @@ static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bo
     /* No bound here: what reaches this point was admitted (or cannot be
      * refused) and is acknowledged; admit() keeps the bound. */
     uint64_t seq = p->last_sent + 1;
-    if (encode_publish(&cl->frame, m, seq, flags, groups, n_groups)) {
-        cl->stats->messages_dropped++;
-        return;
-    }
-    size_t len = cy_buf_size(&cl->frame);
     cy_outframe *f = cy_malloc(sizeof(*f) + len);
     if (!f) {
         cl->stats->messages_dropped++;
@@ -729,7 +791,7 @@ static void forward(cy_cluster *cl, unsigned j, const cy_msg *m, bool routed, bo
     }
     f->seq = seq;
     f->len = len;
-    memcpy(f->data, cy_buf_head(&cl->frame), len);
+    publish_write(f->data, m, seq, flags, groups, n_groups);
     if (cy_store_outbox_put(cl->store, j, seq, f->data, len)) {
         cy_free(f);
         cl->stats->messages_dropped++;
@@ -862,23 +924,48 @@ void cy_cluster_sweep(cy_cluster *cl)
 
 /* ---- frames from peers ---- */
 
+/* A bounds-checked cursor over a frame body, inline: a PUBLISH frame is
+ * decoded once per forwarded message (cy_reader's calls per field were a
+ * visible part of the peer's cost). */
+typedef struct frame_rd {
+    const uint8_t *p, *end;
+    bool bad;
+} frame_rd;
+
+static inline const uint8_t *rd_take(frame_rd *r, size_t n)
+{
+    if (r->bad || (size_t)(r->end - r->p) < n) {
+        r->bad = true;
+        return NULL;
+    }
+    const uint8_t *q = r->p;
+    r->p += n;
+    return q;
+}
+
+static inline uint64_t rd_be(frame_rd *r, unsigned n)
+{
+    const uint8_t *q = rd_take(r, n);
+    return q ? be_get(q, n) : 0;
+}
+
 static void on_publish(cy_cluster *cl, cy_peer *p, const uint8_t *body, size_t len)
 {
-    cy_reader r = cy_reader_of(body, len);
-    uint64_t seq = cy_reader_be(&r, 8);
-    uint8_t flags = (uint8_t)cy_reader_be(&r, 1);
-    int64_t expiry_at = (int64_t)cy_reader_be(&r, 8);
-    int64_t retain_ts = (int64_t)cy_reader_be(&r, 8);
-    uint64_t event_seq = flags & FL_EVENT ? cy_reader_be(&r, 8) : 0;
-    size_t tlen = (size_t)cy_reader_be(&r, 2);
-    const uint8_t *topic = cy_reader_take(&r, tlen);
-    size_t plen = (size_t)cy_reader_be(&r, 4);
-    const uint8_t *props = cy_reader_take(&r, plen);
-    unsigned ng = (unsigned)cy_reader_be(&r, 1);
+    frame_rd r = {body, body ? body + len : body, false};
+    uint64_t seq = rd_be(&r, 8);
+    uint8_t flags = (uint8_t)rd_be(&r, 1);
+    int64_t expiry_at = (int64_t)rd_be(&r, 8);
+    int64_t retain_ts = (int64_t)rd_be(&r, 8);
+    uint64_t event_seq = flags & FL_EVENT ? rd_be(&r, 8) : 0;
+    size_t tlen = (size_t)rd_be(&r, 2);
+    const uint8_t *topic = rd_take(&r, tlen);
+    size_t plen = (size_t)rd_be(&r, 4);
+    const uint8_t *props = rd_take(&r, plen);
+    unsigned ng = (unsigned)rd_be(&r, 1);
     cy_str groups[8];
     for (unsigned i = 0; i < ng && !r.bad; i++) {
-        size_t gl = (size_t)cy_reader_be(&r, 2);
-        const uint8_t *g = cy_reader_take(&r, gl);
+        size_t gl = (size_t)rd_be(&r, 2);
+        const uint8_t *g = rd_take(&r, gl);
         if (i < 8) groups[i] = (cy_str){(const char *)g, (uint32_t)gl};
     }
     if (r.bad || tlen == 0) {

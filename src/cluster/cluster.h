@@ -123,7 +123,8 @@ void cy_cluster_hold_begin(cy_cluster *cl);
 bool cy_cluster_must_hold(const cy_cluster *cl, const cy_held_owner *o);
 /* Hold bytes (copied) for o until the peers this packet wrote to applied
  * it (wait_peers; else only until o's earlier entries went), or
- * CY_HOLD_MS at most. Errors: CY_ENOMEM (then send at once). */
+ * CY_HOLD_MS at most (from the loop's time, uv_now, when held). Errors:
+ * CY_ENOMEM (then send at once). */
 int cy_cluster_hold(cy_cluster *cl, cy_held_owner *o, bool wait_peers, const uint8_t *bytes,
                     size_t len);
 /* Forget o's held acknowledgements (it is closing). */

@@ -585,6 +585,51 @@ static void test_cy_bus_send2_equals_concat(void **state)
     assert_memory_equal(b->frames[2].body, b->frames[3].body, b->frames[2].len);
 }
 
+/* A frame filled in place arrives as if sent with cy_bus_send, in order
+ * with the others; the errors are cy_bus_send's, with nothing queued. */
+static void test_cy_bus_send_inplace(void **state)
+{
+    (void)state;
+    int rc = 0;
+    assert_int_equal(open_bus(0, 0, 3, 1, 0), 0);
+    assert_null(cy_bus_send_inplace(T->nodes[0].bus, 1, 1, 4, &rc));
+    assert_int_equal(rc, CY_EPIPE); /* not up yet */
+    assert_null(cy_bus_send_inplace(T->nodes[0].bus, 2, 0, 4, &rc));
+    assert_int_equal(rc, CY_EINVAL);                                  /* type 0 is the bus's */
+    assert_null(cy_bus_send_inplace(T->nodes[0].bus, 0, 1, 4, NULL)); /* self; rc may be NULL */
+    assert_null(cy_bus_send_inplace(NULL, 1, 1, 4, &rc));
+    assert_int_equal(rc, CY_EINVAL);
+    close_bus(0);
+
+    open_mesh(2, 64 << 10);
+    cy_bus *a = T->nodes[0].bus;
+    assert_null(cy_bus_send_inplace(a, 1, 1, CY_BUS_MAX_FRAME, &rc));
+    assert_int_equal(rc, CY_EINVAL);
+    assert_int_equal(cy_bus_backlog(a, 1), 0);
+    assert_int_equal(cy_bus_send(a, 1, 5, (const uint8_t *)"one", 3), 0);
+    uint8_t *p = cy_bus_send_inplace(a, 1, 6, 5, &rc);
+    assert_non_null(p);
+    memcpy(p, "two!!", 5);
+    assert_non_null(cy_bus_send_inplace(a, 1, 7, 0, &rc)); /* an empty body */
+    assert_int_equal(cy_bus_backlog(a, 1), 8 + 10 + 5);
+    /* past max_backlog: refused, nothing queued */
+    uint8_t *big = cy_bus_send_inplace(a, 1, 8, 64 << 10, &rc);
+    assert_null(big);
+    assert_int_equal(rc, CY_EAGAIN);
+    assert_int_equal(cy_bus_backlog(a, 1), 8 + 10 + 5);
+    assert_int_equal(cy_bus_send(a, 1, 9, (const uint8_t *)"three", 5), 0);
+    assert_true(wait_frames(1, 4));
+    node *b = &T->nodes[1];
+    assert_int_equal(b->frames[0].type, 5);
+    assert_int_equal(b->frames[1].type, 6);
+    assert_int_equal(b->frames[1].len, 5);
+    assert_memory_equal(b->frames[1].body, "two!!", 5);
+    assert_int_equal(b->frames[2].type, 7);
+    assert_int_equal(b->frames[2].len, 0);
+    assert_int_equal(b->frames[3].type, 9);
+    assert_memory_equal(b->frames[3].body, "three", 5);
+}
+
 static void test_cy_bus_send_invalid(void **state)
 {
     (void)state;
@@ -1657,6 +1702,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_cy_bus_send_many_small, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_send2_equals_concat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_send_invalid, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_bus_send_inplace, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_send_backlog_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_send_alloc_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cy_bus_new_single_shard, setup, teardown),

@@ -583,6 +583,51 @@ static void test_cy_cluster_outbox_durable(void **state)
     WAIT(outbox(0) == 0);
 }
 
+/* A PUBLISH frame from a peer as cluster.c lays it out: every truncation
+ * before its payload is malformed and ignored (nothing delivered, no
+ * crash), a topic of length 0 too; the whole frame is delivered. */
+static void test_cy_cluster_publish_frame_truncated(void **state)
+{
+    (void)state;
+    up_all();
+    fsub fb;
+    fsub_init(&fb);
+    assert_int_equal(sub_clean(1, &fb, "t/#", 1), 0);
+    WAIT(subs(0) == 1);
+    uint8_t f[64];
+    size_t n = 0;
+    memset(f, 0, 8 + 1 + 8 + 8); /* seq 0 (not durable), flags, expiry, retain_ts */
+    f[8] = 1 | 8;                /* QoS 1, route to local subscribers */
+    n = 8 + 1 + 8 + 8;
+    f[n++] = 0; /* topic length */
+    f[n++] = 3;
+    memcpy(f + n, "t/x", 3);
+    n += 3;
+    f[n++] = 0; /* props length */
+    f[n++] = 0;
+    f[n++] = 0;
+    f[n++] = 1;
+    f[n++] = 0x23; /* one property byte, carried as it is */
+    f[n++] = 0;    /* no shared groups */
+    size_t head = n;
+    memcpy(f + n, "hello", 5);
+    n += 5;
+    for (size_t k = 0; k < head; k++)
+        cy_cluster_input(W->s[1].cl, 0, 4, f, k);
+    cy_cluster_input(W->s[1].cl, 0, 4, NULL, 0);
+    assert_int_equal(fb.all, 0);
+    uint8_t z[sizeof(f)];
+    memcpy(z, f, n);
+    z[8 + 1 + 8 + 8 + 1] = 0; /* topic length 0 */
+    cy_cluster_input(W->s[1].cl, 0, 4, z, n);
+    assert_int_equal(fb.all, 0);
+    cy_cluster_input(W->s[1].cl, 0, 4, f, n);
+    assert_int_equal(fb.all, 1);
+    assert_string_equal(fb.v[0].topic, "t/x");
+    assert_string_equal(fb.v[0].payload, "hello");
+    assert_int_equal(fb.v[0].qos, 1);
+}
+
 /* Frames written on a link that then broke, before the peer applied them,
  * are written again on its next link (the sender did not restart). */
 static void test_cy_cluster_outbox_replay_on_relink(void **state)
@@ -710,7 +755,9 @@ static void test_cy_cluster_hold_deadline(void **state)
     fsub fa;
     fsub_init(&fa);
     cy_held_owner o1 = {0}, o2 = {0};
-    int64_t t0 = cy_mono_ms();
+    /* the deadline counts from the loop's time when held (uv_now) */
+    uv_update_time(&W->loop);
+    int64_t t0 = (int64_t)uv_now(&W->loop);
     cy_cluster_hold_begin(W->s[0].cl);
     assert_int_equal(sub(0, &fa, "h/y", 1), 0);
     assert_true(cy_cluster_must_hold(W->s[0].cl, &o1));
@@ -1049,6 +1096,7 @@ int main(void)
         cmocka_unit_test(test_cy_shard_of),
         cmocka_unit_test_setup_teardown(test_cy_cluster_ready, setup3, teardown),
         cmocka_unit_test_setup_teardown(test_cy_cluster_subscribe_forwards, setup2, teardown),
+        cmocka_unit_test_setup_teardown(test_cy_cluster_publish_frame_truncated, setup2, teardown),
         cmocka_unit_test_setup_teardown(test_cy_cluster_outbox_durable, setup2, teardown),
         cmocka_unit_test_setup_teardown(test_cy_cluster_outbox_replay_on_relink, setup2, teardown),
         cmocka_unit_test_setup_teardown(test_cy_cluster_outbox_bound, setup2, teardown),
