@@ -66,7 +66,7 @@ enum {
     X(limit_receive_max, CY_METRIC_COUNTER, "clients", "clients that exceeded the receive maximum") \
     X(limit_queue_full, CY_METRIC_COUNTER, "messages",                                             \
       "messages dropped because a session queue held max_queued")                                  \
-    X(limit_connections, CY_METRIC_COUNTER, "connections", "CONNECTs refused at max_connections")  \
+    X(limit_connections, CY_METRIC_COUNTER, "connections", "CONNECTs refused at max_connections, sockets refused out of descriptors")  \
     X(limit_output_stall, CY_METRIC_COUNTER, "clients",                                            \
       "clients closed for staying over max_output for max_output_stall")                           \
     X(limit_subscriptions, CY_METRIC_COUNTER, "subscriptions",                                     \
