@@ -925,6 +925,10 @@ static void tls_read(cy_conn *c, size_t nread)
         return;
     }
     if (rc == CY_EPIPE) { /* close_notify: an end, as a FIN */
+        if (c->state == CONN_PROXY) {
+            conn_read_stop(c);
+            if (cy_proxy_end_input(cy_conn_ext_of(c)->proxy)) return;
+        }
         if (c->state == CONN_NEW)
             cy_conn_log_stranger(c, "closed sockets", "connection closed before CONNECT");
         else if (c->state == CONN_ACTIVE)
@@ -961,7 +965,8 @@ static void read_input(cy_conn *c, ssize_t nread, const uv_buf_t *buf)
         if (nread == 0) return; /* EAGAIN */
     }
     if (nread < 0) {
-        conn_read_stop(c); /* every end or error closes below */
+        conn_read_stop(c); /* every end or error closes below (but a TLS terminator's
+                            * device: its end goes to the owner, proxy.c) */
         if (shared) g->rbuf_busy = false;
         if (nread == UV_ENOBUFS && c->state == CONN_NEW) {
             preauth_refused(c, "preauth_memory (%u bytes) spent on sockets that have not logged in",
@@ -972,6 +977,9 @@ static void read_input(cy_conn *c, ssize_t nread, const uv_buf_t *buf)
             if (nread != UV_EOF) cy_debug(cy_conn_name(c), "read: %s", uv_strerror((int)nread));
             if (c->state == CONN_NEW)
                 cy_conn_log_stranger(c, "closed sockets", "connection closed before CONNECT");
+            else if (c->state == CONN_PROXY && nread == UV_EOF &&
+                     cy_proxy_end_input(cy_conn_ext_of(c)->proxy))
+                return; /* the owner answers what it sent, then closes */
             else if (c->state == CONN_PROXY)
                 cy_debug(cy_conn_peer(c), "TLS connection for shard %u closed by the device",
                          cy_proxy_owner(cy_conn_ext_of(c)->proxy));

@@ -354,6 +354,11 @@ void cy_conn_refuse_unavailable(cy_conn *c, uint8_t version, const char *why);
  * client id). c becomes CONN_PROXY, or is refused as "server unavailable". */
 void cy_proxy_start(cy_conn *c, unsigned owner, const cy_mqtt_connect *cp, const cy_str *name,
                     const uint8_t *bytes, size_t len);
+/* The device's input ended (a FIN, a close_notify): pass the end on to the
+ * owner once what it sent is written, and keep the device's connection for
+ * the owner's answers (it closes when the owner closes, or connect_timeout
+ * later). false: nothing to pass it to (the caller closes). */
+bool cy_proxy_end_input(cy_proxy *p);
 /* Plaintext from the device for the owner (copied if the pair does not
  * take it now). 0, or an error: the owner's end is gone. */
 int cy_proxy_up(cy_proxy *p, const uint8_t *data, size_t len);

@@ -20,10 +20,14 @@
  *     then sees a slow client, as it would over TCP).
  *
  * An end closes the other: the owner closing the pair closes the device's
- * connection after what it sent (and a close_notify); the device closing
- * (or failing) detaches the proxy from its connection, and the pair closes
- * once the last plaintext is written (at most connect_timeout later if the
- * owner does not read it). The socketpair's owner end is closed here once
+ * connection after what it sent (and a close_notify); the device failing
+ * detaches the proxy from its connection, and the pair closes once the last
+ * plaintext is written (at most connect_timeout later if the owner does not
+ * read it). The device's end of input (a FIN or a close_notify: it may still
+ * read) is passed on as one: once its last plaintext is written, our end of
+ * the pair is shut down for writing, so the owner reads an end after the
+ * device's last packets, answers them and closes, and its answers reach the
+ * device before the close (the owner has connect_timeout to close). The socketpair's owner end is closed here once
  * the bus has passed it. A proxy is freed when both of its handles are
  * closed, which happens only after it was detached.
  *
@@ -64,7 +68,20 @@ struct cy_proxy {
     bool reading;    /* libuv reads the pipe (g->n_not_reading counts it when not) */
     bool paused;     /* not read: the device's output is over max_output */
     bool pipe_closed;
+    bool input_ended;  /* the device sent its last bytes (cy_proxy_end_input) */
+    bool pipe_shut;    /* our end of the pair is shut down for writing */
+    int64_t ended_ms;  /* mono ms of the device's end of input */
 };
+
+/* The device's input ended and all of it is written: pass the end on. */
+static void shut_pipe(cy_proxy *p)
+{
+    uv_os_fd_t fd;
+    if (!p->input_ended || p->pipe_shut || p->pipe_closed || p->writing || cy_buf_size(&p->up))
+        return;
+    p->pipe_shut = true;
+    if (uv_fileno((const uv_handle_t *)&p->pipe, &fd) == 0) shutdown(fd, SHUT_WR);
+}
 
 /* ---- reading the pair ---- */
 
@@ -203,7 +220,8 @@ static void written(uv_write_t *req, int status)
         if (!p->writing) close_pipe(p); /* the device's last words are the owner's */
         return;
     }
-    if (c->paused && !g->stalled &&
+    shut_pipe(p);
+    if (c->paused && !g->stalled && !p->input_ended &&
         cy_buf_size(&p->up) + cy_buf_size(&p->wbuf) <= g->cfg->max_output / 2) {
         c->paused = false;
         c->last_rx = (int64_t)uv_now(g->loop);
@@ -385,13 +403,29 @@ void cy_proxy_stall(cy_mqtt *g)
         if (p->c) pipe_read_stop(p);
 }
 
+bool cy_proxy_end_input(cy_proxy *p)
+{
+    if (!p || !p->c || p->pipe_closed || p->input_ended) return false;
+    p->input_ended = true;
+    p->ended_ms = (int64_t)uv_now(p->g->loop);
+    cy_debug(cy_conn_peer(p->c), "TLS device's input ended: passed on to shard %u", p->owner);
+    p->g->sweep_all = true; /* the owner's close is awaited at 250 ms precision */
+    shut_pipe(p);
+    return true;
+}
+
 void cy_proxy_sweep(cy_mqtt *g, int64_t now)
 {
-    /* A detached proxy whose owner does not read the device's last bytes. */
-    for (cy_proxy *p = g->proxies; p; p = p->next)
-        if (!p->c && !p->pipe_closed &&
-            now - p->detached_ms > (int64_t)g->cfg->connect_timeout * 1000)
-            close_pipe(p);
+    int64_t limit = (int64_t)g->cfg->connect_timeout * 1000;
+    for (cy_proxy *p = g->proxies; p; p = p->next) {
+        /* A detached proxy whose owner does not read the device's last bytes. */
+        if (!p->c && !p->pipe_closed && now - p->detached_ms > limit) close_pipe(p);
+        /* A device whose input ended, and an owner that does not close. */
+        if (p->c && p->input_ended && now - p->ended_ms > limit)
+            cy_conn_close(p->c, 0, "its owner shard did not close after the device's end");
+        else if (p->c && p->input_ended)
+            g->sweep_all = true;
+    }
 }
 
 void cy_proxy_stop(cy_mqtt *g)

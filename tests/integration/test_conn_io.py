@@ -24,8 +24,8 @@ do to that:
 - SIGTERM with writes waiting and handovers in flight;
 - over TLS: ends right after CONNECT (through a terminator with 4
   shards), a reset while ciphertext waits, a half-close after a PUBLISH
-  (on the owner shard; through a terminator it is a known limitation,
-  marked xfail: the terminator closes the device at its end of input).
+  (on the owner shard, and through a terminator, which passes the end on
+  to the owner and waits for its answer).
 
 Every server's log is searched for sanitizer reports, a shard that died and
 "loop closed with handles open" once it stopped (the fixture): a shard that
@@ -661,17 +661,15 @@ def tls_not_proxied(srv, certs):
 
 
 @pytest.mark.skipif(SHARDS == 1, reason="a terminator needs another shard")
-@pytest.mark.xfail(strict=True, reason="known: a TLS terminator closes the device's connection "
-                   "at its end of input, before the owner's answer to what came before it "
-                   "is back (proxy.c); plain TCP and the owner's own TLS deliver it")
 def test_tls_half_close_through_a_terminator(srv_factory, certs):
     """CONNECT, a QoS 1 PUBLISH and a half-close in one burst over TLS,
     while the client's owner shard is stopped: another shard terminates the
     TLS and passes the plaintext on a socketpair. The device should get its
     CONNACK and PUBACK before the close once the owner runs, as over plain
     TCP (the owner has the socket itself) and over TLS on the owner shard
-    (test above). Today the terminator closes the device at its end of
-    input and the pair with it: the owner's answer meets a closed pair."""
+    (test above). The terminator passes the end on (it shuts its end of
+    the pair for writing) and keeps the device's connection until the
+    owner, having answered, closes the pair."""
     from test_shards import shard_of
     srv = srv_factory(tls_cert=certs.server[0], tls_key=certs.server[1], http_tls=False,
                       ops_tls=False)
@@ -684,7 +682,8 @@ def test_tls_half_close_through_a_terminator(srv_factory, certs):
         c.send(rm.connect(cid) + rm.publish(uniq("io/th/"), b"last", qos=1, pid=4))
         socket.socket.shutdown(c.sock, socket.SHUT_WR)
         assert srv.wait_log("the owner of '%s'" % cid, timeout=5), srv.log_tail()
-        time.sleep(0.3)  # the terminator reads the end meanwhile (what the test is about)
+        # the terminator reads the end while the owner is stopped (what the test is about)
+        assert srv.wait_log("input ended: passed on to shard", timeout=5), srv.log_tail()
     finally:
         os.kill(owner, signal.SIGCONT)
     got = c.wait_closed(timeout=5)
