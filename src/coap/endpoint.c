@@ -1215,11 +1215,16 @@ static void on_ack(coap_ep *ep, const cy_coap_msg *m)
     send_next(ep);
 }
 
-/* A separate response to one of our calls (its token). */
+/* A separate response to one of our calls (its token). It may overtake
+ * the empty ACK of the request (RFC 7252 5.2.2: it then acknowledges the
+ * request as well); with several shards the two may even come through
+ * different ones, whose bus links do not keep their order. Then the call
+ * in flight takes it, and the ACK that follows is ignored as late. */
 static void on_response(coap_ep *ep, const cy_coap_msg *m)
 {
     int64_t now = now_ms(ep->c);
-    for (unsigned i = 0; i < COAP_WAITS_MAX; i++) {
+    bool matched = false;
+    for (unsigned i = 0; i < COAP_WAITS_MAX && !matched; i++) {
         coap_wait *w = &ep->waits[i];
         if (w->until >= now && w->tkl == m->tkl && !memcmp(w->token, m->token, m->tkl)) {
             w->until = 0;
@@ -1230,8 +1235,18 @@ static void on_response(coap_ep *ep, const cy_coap_msg *m)
             w->req = NULL;
             call_response(ep, rid, m, req, req_len);
             cy_free(req);
-            break;
+            matched = true;
         }
+    }
+    coap_out *o = ep->inflight;
+    bool overtook = !matched && o && o->kind == OUT_CALL && o->tkl == m->tkl &&
+                    !memcmp(o->token, m->token, m->tkl);
+    if (overtook) {
+        ep->inflight = NULL;
+        busy_unlink(ep->c, ep);
+        ep->c->progress++;
+        call_response(ep, o->rid, m, o->bytes, o->len);
+        cy_free(o);
     }
     if (m->type == CY_COAP_CON) {
         uint8_t b[CY_COAP_HEADER];
@@ -1239,6 +1254,7 @@ static void on_response(coap_ep *ep, const cy_coap_msg *m)
     } else {
         reply(ep, m->mid, NULL, 0);
     }
+    if (overtook) send_next(ep);
 }
 
 /* Does device id exist (plain requests name one; DTLS authenticated it)? */

@@ -113,7 +113,9 @@ def path_opts(path):
 class Device:
     """A CoAP device on its own UDP socket. functions: {name: fn(arg bytes)
     -> bytes}; variables: {name: bytes or fn() -> bytes}. separate: answer
-    calls with an empty ACK first and the response as its own CON."""
+    calls with an empty ACK first and the response as its own CON;
+    "response first": the CON response before the empty ACK (a reordering
+    RFC 7252 5.2.2 allows for)."""
 
     def __init__(self, host, port, device_id=None, functions=None, variables=None,
                  separate=False, query_id=True):
@@ -268,8 +270,9 @@ class Device:
         if m.type == CON and self.separate and parts and parts[0] in ("c", "v"):
             ack = encode(ACK, 0, m.mid)
             self.seen[m.mid] = ack
-            self.sock.sendto(ack, addr)
-            self.sock.sendto(encode(CON, rcode, self.next_mid(), m.token, (), body), addr)
+            resp = encode(CON, rcode, self.next_mid(), m.token, (), body)
+            for d in ((resp, ack) if self.separate == "response first" else (ack, resp)):
+                self.sock.sendto(d, addr)
             return
         resp = encode(ACK if m.type == CON else NON, rcode,
                       m.mid if m.type == CON else self.next_mid(), m.token, (), body)

@@ -88,6 +88,23 @@ def test_call_with_a_separate_response(coap_server):
         dev.close()
 
 
+def test_separate_response_before_its_ack(coap_server):
+    """The device's separate response overtakes its empty ACK (UDP may
+    reorder them; with several shards the two can come through different
+    ones): the response answers the call, the late ACK changes nothing."""
+    srv = coap_server
+    d = new_device(srv)
+    dev = dev_for(srv, d, functions={"slow": lambda arg: b"43"}, separate="response first")
+    try:
+        dev.describe()
+        for _ in range(2):  # and the next call goes out as usual
+            r = api(srv, "POST", "/v1/devices/%s/functions/slow" % d["id"], json={"arg": ""})
+            assert r.status == 200, r.text
+            assert r.body["return_value"] == 43
+    finally:
+        dev.close()
+
+
 def test_lost_ack_is_retransmitted(coap_server):
     srv = coap_server
     d = new_device(srv)
