@@ -53,10 +53,9 @@
  */
 #define _GNU_SOURCE
 #include "coap/codec.h"
+#include "procstat.h"
 
 #include <arpa/inet.h>
-#include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -184,55 +183,14 @@ static void die(const char *what)
 
 /* ---- CPU time of the server (and its children) and of ourselves ---- */
 
-static double proc_cpu(int pid)
-{
-    char p[64], buf[1024];
-    snprintf(p, sizeof(p), "/proc/%d/stat", pid);
-    FILE *f = fopen(p, "r");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *s = strrchr(buf, ')'); /* the command may hold spaces */
-    if (!s) return 0;
-    unsigned long ut = 0, st = 0;
-    /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
-     */
-    if (sscanf(s + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static int proc_ppid(int pid)
-{
-    char p[64], buf[1024];
-    snprintf(p, sizeof(p), "/proc/%d/stat", pid);
-    FILE *f = fopen(p, "r");
-    if (!f) return -1;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *s = strrchr(buf, ')');
-    int ppid = -1;
-    if (!s || sscanf(s + 2, "%*c %d", &ppid) != 1) return -1;
-    return ppid;
-}
-
-/* CPU seconds of pid and its children (one level: cyan's shards). */
+/* CPU seconds of the server and its descendants (cyan's shards and
+ * monitor), read from /proc (procstat.h). */
 static double server_cpu(void)
 {
     if (o.server_pid <= 0) return 0;
-    double t = proc_cpu(o.server_pid);
-    DIR *d = opendir("/proc");
-    if (!d) return t;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (!isdigit((unsigned char)e->d_name[0])) continue;
-        int pid = atoi(e->d_name);
-        if (pid != o.server_pid && proc_ppid(pid) == o.server_pid) t += proc_cpu(pid);
-    }
-    closedir(d);
-    return t;
+    int pids[256];
+    int n = ps_family(o.server_pid, pids, (int)(sizeof(pids) / sizeof(pids[0])));
+    return ps_cpu_s(pids, n);
 }
 
 static double self_cpu(void)
