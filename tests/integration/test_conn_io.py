@@ -116,6 +116,16 @@ def slow_reader(srv, client_id, rcvbuf=1024):
     return c
 
 
+def publish_acked(pub, topic, n, size=32 * 1024):
+    """n QoS 1 PUBLISHes of size random bytes from pub, then their n PUBACKs:
+    the server holds all of them when this returns."""
+    payload = os.urandom(size)
+    for i in range(n):
+        pub.send(rm.publish(topic, payload, qos=1, pid=1 + i))
+    for _ in range(n):
+        pub.expect(rm.PUBACK)
+
+
 def lost(srv, cid):
     """Has the shard closed cid's connection for an error or an end?"""
     log = srv.log()
@@ -169,11 +179,7 @@ def test_reset_while_output_waits_for_the_socket(srv_factory):
     slow.send(rm.subscribe(1, [(topic, rm.sub_options(qos=0))]))
     # its SUBACK is read later (never: it resets)
     pub, _ = rm_connected(srv)
-    payload = os.urandom(32 * 1024)
-    for i in range(48):  # 1.5 MiB: far more than a socket with a 1 KiB window takes
-        pub.send(rm.publish(topic, payload, qos=1, pid=1 + i))
-    for _ in range(48):
-        pub.expect(rm.PUBACK)
+    publish_acked(pub, topic, 48)  # 1.5 MiB: far more than a socket with a 1 KiB window takes
     abort(slow.sock)
     assert wait_until(lambda: lost(srv, cid), timeout=5), srv.log_tail()
     # the session is free: a new connection with its id takes no one over
@@ -323,11 +329,7 @@ def test_takeover_of_connections_whose_output_waits(srv_factory):
         c.send(rm.subscribe(1, [(topic, rm.sub_options(qos=0))]))
         olds.append(c)
     pub, _ = rm_connected(srv)
-    payload = os.urandom(16 * 1024)
-    for i in range(16):
-        pub.send(rm.publish(topic, payload, qos=1, pid=1 + i))
-    for _ in range(16):
-        pub.expect(rm.PUBACK)
+    publish_acked(pub, topic, 16, size=16 * 1024)
     news = [as_raw(tcp_only(srv)) for _ in ids]
     w, _ = rm_connected(srv)
     w.close()
@@ -517,11 +519,7 @@ def test_sigterm_with_writes_waiting_and_handovers_in_flight(srv_factory):
     assert wr.mqtt().rc == 0
     ws.sendall(frame(0x2, rm.subscribe(1, [(topic, rm.sub_options(qos=0))], version=4)))
     pub, _ = rm_connected(srv)
-    payload = os.urandom(32 * 1024)
-    for i in range(24):
-        pub.send(rm.publish(topic, payload, qos=1, pid=1 + i))
-    for _ in range(24):
-        pub.expect(rm.PUBACK)
+    publish_acked(pub, topic, 24)
     strangers = [tcp_only(srv) for _ in range(10)]
     late = [tcp_only(srv) for _ in range(30)]
     for s in late:
@@ -555,11 +553,7 @@ def test_tls_ends_right_after_connect_and_while_output_waits(srv_factory, certs)
     slow.send(rm.subscribe(1, [(topic, rm.sub_options(qos=0))]))
     pub = tls_raw(srv, certs)
     assert pub.connect(uniq("tpub")).rc == 0
-    payload = os.urandom(32 * 1024)
-    for i in range(32):
-        pub.send(rm.publish(topic, payload, qos=1, pid=1 + i))
-    for _ in range(32):
-        pub.expect(rm.PUBACK)
+    publish_acked(pub, topic, 32)
     abort(slow.sock)  # a reset under the TLS session
     assert wait_until(lambda: lost(srv, cid) or ("client=%s TLS error" % cid) in srv.log(),
                       timeout=5), srv.log_tail()
@@ -594,10 +588,7 @@ def test_tls_ends_right_after_connect_and_while_output_waits(srv_factory, certs)
     assert slow.connect(uniq("tslow")).rc == 0
     slow.send(rm.subscribe(1, [(topic, rm.sub_options(qos=0))]))
     slow.expect(rm.SUBACK)
-    for i in range(32):
-        pub.send(rm.publish(topic, payload, qos=1, pid=1 + i))
-    for _ in range(32):
-        pub.expect(rm.PUBACK)
+    publish_acked(pub, topic, 32)
     alive(srv)
     srv.stop(check=True)
     pub.close()
